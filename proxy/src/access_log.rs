@@ -1,0 +1,98 @@
+//! The access log: one line per request (or per tunnel, written when it closes), as JSON
+//! or in the combined format.
+
+use std::fs::OpenOptions;
+use std::io::{LineWriter, Write};
+use std::net::IpAddr;
+
+use parking_lot::Mutex;
+use serde::Serialize;
+
+use crate::config::{AccessLogConfig, AccessLogFormat};
+
+/// One finished request or tunnel.
+#[derive(Debug, Serialize)]
+pub struct Entry<'a> {
+    pub ts: String,
+    pub client: Option<IpAddr>,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub version: &'a str,
+    pub host: Option<&'a str>,
+    pub status: u16,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub duration_ms: f64,
+    pub upstream: Option<&'a str>,
+    pub backend: Option<String>,
+    pub tunnel: bool,
+    pub referer: Option<&'a str>,
+    pub user_agent: Option<&'a str>,
+}
+
+pub struct AccessLog {
+    format: AccessLogFormat,
+    out: Option<Mutex<Box<dyn Write + Send>>>,
+}
+
+impl std::fmt::Debug for AccessLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessLog")
+            .field("enabled", &self.out.is_some())
+            .finish()
+    }
+}
+
+impl AccessLog {
+    pub fn open(cfg: &AccessLogConfig) -> anyhow::Result<Self> {
+        let out: Option<Mutex<Box<dyn Write + Send>>> = if !cfg.enabled {
+            None
+        } else {
+            match &cfg.path {
+                None => Some(Mutex::new(Box::new(LineWriter::new(std::io::stdout())))),
+                Some(p) => {
+                    let f = OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(p)
+                        .map_err(|e| anyhow::anyhow!("access log {}: {e}", p.display()))?;
+                    Some(Mutex::new(Box::new(LineWriter::new(f))))
+                }
+            }
+        };
+        Ok(Self {
+            format: cfg.format,
+            out,
+        })
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.out.is_some()
+    }
+
+    pub fn write(&self, e: &Entry) {
+        let Some(out) = &self.out else { return };
+        let line = match self.format {
+            AccessLogFormat::Json => serde_json::to_string(e).unwrap_or_default(),
+            AccessLogFormat::Combined => format!(
+                "{} - - [{}] \"{} {} {}\" {} {} \"{}\" \"{}\"",
+                e.client.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+                chrono::Utc::now().format("%d/%b/%Y:%H:%M:%S %z"),
+                e.method,
+                e.path,
+                e.version,
+                e.status,
+                e.bytes_sent,
+                e.referer.unwrap_or("-"),
+                e.user_agent.unwrap_or("-"),
+            ),
+        };
+        let mut w = out.lock();
+        // A full disk must not take the proxy down: the line is dropped.
+        let _ = writeln!(w, "{line}");
+    }
+
+    pub fn now() -> String {
+        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    }
+}

@@ -1,0 +1,166 @@
+//! Prometheus metrics. Counters and histograms are updated on the request path; gauges of
+//! backend state (active, tunnels, health) are read from the live stats at scrape time.
+
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::state::Runtime;
+use crate::upstream::Health;
+
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub requests: IntCounterVec,
+    pub responses: IntCounterVec,
+    pub latency: HistogramVec,
+    pub picks: IntCounterVec,
+    pub rejected: IntCounterVec,
+    active: IntGaugeVec,
+    tunnels: IntGaugeVec,
+    healthy: IntGaugeVec,
+    draining: IntGaugeVec,
+    weight: GaugeVec,
+}
+
+/// Every metric here is created from constant names and labels; a failure is a programming
+/// error caught by the unit test below, never input-dependent.
+fn must<T>(r: prometheus::Result<T>) -> T {
+    match r {
+        Ok(v) => v,
+        Err(e) => panic!("metric definition: {e}"),
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new_custom(Some("switchyard".into()), None).unwrap_or_default();
+        let bl = &["upstream", "backend"];
+        let requests = must(IntCounterVec::new(
+            Opts::new("requests_total", "Requests and tunnels sent to a backend"),
+            bl,
+        ));
+        let responses = must(IntCounterVec::new(
+            Opts::new("responses_total", "Responses by backend and status class (1xx..5xx)"),
+            &["upstream", "backend", "class"],
+        ));
+        let latency = must(HistogramVec::new(
+            HistogramOpts::new(
+                "upstream_response_seconds",
+                "Time from choosing a backend to its response head",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            bl,
+        ));
+        let picks = must(IntCounterVec::new(
+            Opts::new("picks_total", "Backend picks by upstream and strategy"),
+            &["upstream", "strategy"],
+        ));
+        let rejected = must(IntCounterVec::new(
+            Opts::new("rejected_total", "Requests answered by the proxy itself, by reason"),
+            &["reason"],
+        ));
+        let active = must(IntGaugeVec::new(
+            Opts::new("backend_active", "In-flight requests plus open tunnels"),
+            bl,
+        ));
+        let tunnels = must(IntGaugeVec::new(
+            Opts::new("backend_tunnels", "Open upgraded (WebSocket) tunnels"),
+            bl,
+        ));
+        let healthy = must(IntGaugeVec::new(
+            Opts::new("backend_up", "1 when the backend is healthy"),
+            bl,
+        ));
+        let draining = must(IntGaugeVec::new(
+            Opts::new("backend_draining", "1 when the backend is drained by the admin"),
+            bl,
+        ));
+        let weight = must(GaugeVec::new(
+            Opts::new("backend_weight", "Effective weight (lower during slow start)"),
+            bl,
+        ));
+        for c in [&requests, &picks, &rejected, &responses] {
+            must(registry.register(Box::new(c.clone())));
+        }
+        must(registry.register(Box::new(latency.clone())));
+        for g in [&active, &tunnels, &healthy, &draining] {
+            must(registry.register(Box::new(g.clone())));
+        }
+        must(registry.register(Box::new(weight.clone())));
+        Self {
+            registry,
+            requests,
+            responses,
+            latency,
+            picks,
+            rejected,
+            active,
+            tunnels,
+            healthy,
+            draining,
+            weight,
+        }
+    }
+
+    pub fn reject(&self, reason: &str) {
+        self.rejected.with_label_values(&[reason]).inc();
+    }
+
+    /// Renders the text exposition, refreshing the backend gauges from `runtime` first.
+    pub fn render(&self, runtime: &Runtime) -> String {
+        for g in [&self.active, &self.tunnels, &self.healthy, &self.draining] {
+            g.reset();
+        }
+        self.weight.reset();
+        for up in runtime.upstreams.values() {
+            for b in &up.backends {
+                let addr = b.addr.to_string();
+                let l = [up.name.as_str(), addr.as_str()];
+                let s = &b.stats;
+                let load = |a: &std::sync::atomic::AtomicU64| {
+                    i64::try_from(a.load(std::sync::atomic::Ordering::Relaxed)).unwrap_or(i64::MAX)
+                };
+                self.active.with_label_values(&l).set(load(&s.active));
+                self.tunnels.with_label_values(&l).set(load(&s.tunnels));
+                self.healthy
+                    .with_label_values(&l)
+                    .set(i64::from(s.health() == Health::Up));
+                self.draining
+                    .with_label_values(&l)
+                    .set(i64::from(s.is_draining()));
+                self.weight.with_label_values(&l).set(b.effective_weight());
+            }
+        }
+        let mut out = Vec::new();
+        if TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .is_err()
+        {
+            return String::new();
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn metrics_register_without_conflicts() {
+        let m = super::Metrics::new();
+        m.reject("test");
+        m.requests.with_label_values(&["u", "b"]).inc();
+        let names: Vec<String> = m.registry.gather().iter().map(|f| f.name().to_string()).collect();
+        assert!(names.contains(&"switchyard_rejected_total".to_string()), "{names:?}");
+        assert!(names.contains(&"switchyard_requests_total".to_string()), "{names:?}");
+    }
+}

@@ -1,0 +1,399 @@
+//! The config file as written: serde types mirroring `proxy/examples/proxy.toml` key for key,
+//! with its defaults. Unknown keys are refused everywhere. [`super::resolve`] turns these
+//! into the typed [`super::Config`].
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+
+use super::duration::HumanDuration;
+use super::AccessLogFormat;
+use crate::balance::StrategyKind;
+
+/// The whole file.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct FileConfig {
+    /// `[server]`: process-wide settings.
+    pub server: ServerFile,
+    /// `[admin]`: absent means no admin listener.
+    pub admin: Option<AdminFile>,
+    /// `[access_log]`.
+    pub access_log: AccessLogFile,
+    /// `[limits]`: per-client and per-request limits.
+    pub limits: LimitsFile,
+    /// `[timeouts]`.
+    pub timeouts: TimeoutsFile,
+    /// `[[listeners]]`: at least one is required.
+    pub listeners: Vec<ListenerFile>,
+    /// `[upstreams.<name>]`, in file order.
+    pub upstreams: OrderedMap<UpstreamFile>,
+    /// `[[routes]]`; None when the key is absent (see the default-route rule in `super`).
+    pub routes: Option<Vec<RouteFile>>,
+}
+
+/// `[server]`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct ServerFile {
+    /// Worker threads; default: the number of CPU cores.
+    pub threads: Option<usize>,
+    /// Time in-flight requests get to finish on SIGTERM. Default 5s.
+    pub grace_period: HumanDuration,
+}
+
+impl Default for ServerFile {
+    fn default() -> Self {
+        Self {
+            threads: None,
+            grace_period: HumanDuration::secs(5),
+        }
+    }
+}
+
+/// `[admin]`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct AdminFile {
+    /// Admin listener address. Default 127.0.0.1:9900.
+    pub listen: Addr,
+    /// Bearer token for mutations, inline.
+    pub token: Option<String>,
+    /// Name of an environment variable holding the bearer token.
+    pub token_env: Option<String>,
+}
+
+impl Default for AdminFile {
+    fn default() -> Self {
+        Self {
+            listen: Addr(super::DEFAULT_ADMIN_LISTEN),
+            token: None,
+            token_env: None,
+        }
+    }
+}
+
+/// `[access_log]`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct AccessLogFile {
+    /// Off by default.
+    pub enabled: bool,
+    /// "json" (default) or "combined".
+    pub format: AccessLogFormat,
+    /// "-" (default) for stdout, else a file appended to.
+    pub path: PathBuf,
+}
+
+impl Default for AccessLogFile {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            format: AccessLogFormat::Json,
+            path: PathBuf::from("-"),
+        }
+    }
+}
+
+/// `[limits]`; 0 disables a limit.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct LimitsFile {
+    /// Concurrent requests + open tunnels per client IP. Default 0 (off).
+    pub max_connections_per_ip: u32,
+    /// Requests per second per client IP. Default 0 (off).
+    pub requests_per_second_per_ip: u32,
+    /// Request line + headers. Default 16384.
+    pub max_request_header_bytes: usize,
+    /// Request body. Default 10 MiB.
+    pub max_request_body_bytes: u64,
+    /// Time allowed to send a request head. Default 10s.
+    pub header_read_timeout: HumanDuration,
+}
+
+impl Default for LimitsFile {
+    fn default() -> Self {
+        Self {
+            max_connections_per_ip: 0,
+            requests_per_second_per_ip: 0,
+            max_request_header_bytes: 16 * 1024,
+            max_request_body_bytes: 10 * 1024 * 1024,
+            header_read_timeout: HumanDuration::secs(10),
+        }
+    }
+}
+
+/// `[timeouts]`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct TimeoutsFile {
+    /// TCP connect to a backend. Default 2s.
+    pub connect: HumanDuration,
+    /// Waiting for a backend's response. Default 60s.
+    pub upstream_read: HumanDuration,
+    /// Idle time of an upgraded tunnel. Default 1h, at least 1s.
+    pub tunnel_idle: HumanDuration,
+    /// Idle keep-alive of client connections. Default 60s; 0 disables keep-alive.
+    pub downstream_keepalive: HumanDuration,
+}
+
+impl Default for TimeoutsFile {
+    fn default() -> Self {
+        Self {
+            connect: HumanDuration::secs(2),
+            upstream_read: HumanDuration::secs(60),
+            tunnel_idle: HumanDuration::secs(3600),
+            downstream_keepalive: HumanDuration::secs(60),
+        }
+    }
+}
+
+/// One `[[listeners]]` entry.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListenerFile {
+    /// Address to bind.
+    pub listen: Addr,
+    /// Answer everything with 308 to https on this port.
+    #[serde(default)]
+    pub redirect_https_port: Option<u16>,
+    /// Default certificate; makes this a TLS listener.
+    #[serde(default)]
+    pub tls: Option<CertFile>,
+    /// Extra certificates chosen by SNI.
+    #[serde(default)]
+    pub sni: Vec<SniFile>,
+    /// Offer h2 by ALPN; default true on TLS listeners.
+    #[serde(default)]
+    pub h2: Option<bool>,
+}
+
+/// `tls = { cert, key }`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CertFile {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// One `sni = [...]` entry.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct SniFile {
+    /// The TLS server name this certificate answers.
+    pub server_name: String,
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// `[upstreams.<name>]`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct UpstreamFile {
+    /// Balancing strategy; default round_robin.
+    #[serde(default = "default_strategy")]
+    pub strategy: StrategyKind,
+    /// The backends; at least one must be a primary.
+    #[serde(default)]
+    pub backends: Vec<BackendFile>,
+    /// Weight ramp after recovery; absent or 0 disables.
+    #[serde(default)]
+    pub slow_start: Option<HumanDuration>,
+    /// `[upstreams.<name>.health]`.
+    #[serde(default)]
+    pub health: HealthFile,
+    /// `[upstreams.<name>.sticky]`, read when strategy = "sticky_cookie".
+    #[serde(default)]
+    pub sticky: Option<StickyFile>,
+    /// `[upstreams.<name>.ip_hash]`, read when strategy = "ip_hash".
+    #[serde(default)]
+    pub ip_hash: Option<IpHashFile>,
+}
+
+fn default_strategy() -> StrategyKind {
+    StrategyKind::RoundRobin
+}
+
+/// One `backends = [...]` entry.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct BackendFile {
+    /// `ip:port`.
+    pub addr: Addr,
+    /// Default 1; 1 to 10000.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// Stable id; default derived from the address.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Only used while every primary is down.
+    #[serde(default)]
+    pub backup: bool,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// Active check kind as written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum HealthKindFile {
+    /// No active check (default).
+    #[default]
+    None,
+    /// GET `path`; 2xx/3xx passes.
+    Http,
+    /// TCP connect.
+    Tcp,
+}
+
+/// `[upstreams.<name>.health]`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct HealthFile {
+    /// Active check kind; default none.
+    pub kind: HealthKindFile,
+    /// Path for http checks.
+    pub path: Option<String>,
+    /// Default 2s.
+    pub interval: HumanDuration,
+    /// Default 1s.
+    pub timeout: HumanDuration,
+    /// Default 2.
+    pub rise: u32,
+    /// Default 2.
+    pub fall: u32,
+    /// Passive: failures within `fail_window` that mark a backend down. Default 3; 0 disables.
+    pub max_fails: u32,
+    /// Default 10s.
+    pub fail_window: HumanDuration,
+}
+
+impl Default for HealthFile {
+    fn default() -> Self {
+        Self {
+            kind: HealthKindFile::None,
+            path: None,
+            interval: HumanDuration::secs(2),
+            timeout: HumanDuration::secs(1),
+            rise: 2,
+            fall: 2,
+            max_fails: 3,
+            fail_window: HumanDuration::secs(10),
+        }
+    }
+}
+
+/// `[upstreams.<name>.sticky]`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct StickyFile {
+    /// Cookie name; default "syd_route".
+    pub cookie: String,
+    /// Cookie Max-Age; absent for a session cookie.
+    pub max_age: Option<HumanDuration>,
+    /// HMAC key, inline (at least 16 bytes).
+    pub key: Option<String>,
+    /// Name of an environment variable holding the key.
+    pub key_env: Option<String>,
+    /// Strategy for first requests and re-placement; default least_conn.
+    pub fallback: StrategyKind,
+}
+
+impl Default for StickyFile {
+    fn default() -> Self {
+        Self {
+            cookie: super::DEFAULT_STICKY_COOKIE.to_string(),
+            max_age: None,
+            key: None,
+            key_env: None,
+            fallback: StrategyKind::LeastConn,
+        }
+    }
+}
+
+/// `[upstreams.<name>.ip_hash]`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct IpHashFile {
+    /// CIDRs or bare IPs whose X-Forwarded-For is believed.
+    pub trusted_proxies: Vec<String>,
+}
+
+/// One `[[routes]]` entry.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RouteFile {
+    /// Exact host, case-insensitive; absent matches any.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Path prefix; default "/".
+    #[serde(default = "default_prefix")]
+    pub path_prefix: String,
+    /// Upstream name.
+    pub upstream: String,
+}
+
+fn default_prefix() -> String {
+    "/".to_string()
+}
+
+/// A TOML table read as (key, value) pairs in file order (a `BTreeMap` would sort them).
+#[derive(Debug)]
+pub(super) struct OrderedMap<V>(pub Vec<(String, V)>);
+
+impl<V> Default for OrderedMap<V> {
+    fn default() -> Self {
+        OrderedMap(Vec::new())
+    }
+}
+
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for OrderedMap<V> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Vis<V>(PhantomData<V>);
+        impl<'de, V: Deserialize<'de>> Visitor<'de> for Vis<V> {
+            type Value = OrderedMap<V>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a table")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some((k, v)) = map.next_entry::<String, V>()? {
+                    out.push((k, v));
+                }
+                Ok(OrderedMap(out))
+            }
+        }
+        deserializer.deserialize_map(Vis(PhantomData))
+    }
+}
+
+/// A socket address (`ip:port`) whose parse error quotes the value and shows the syntax.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Addr(pub SocketAddr);
+
+impl<'de> Deserialize<'de> for Addr {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Vis;
+        impl Visitor<'_> for Vis {
+            type Value = Addr;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an address as \"ip:port\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Addr, E> {
+                v.parse()
+                    .map(Addr)
+                    .map_err(|_| E::custom(super::ErrorKind::InvalidAddress(v.to_string())))
+            }
+        }
+        deserializer.deserialize_str(Vis)
+    }
+}

@@ -1,0 +1,498 @@
+//! Proxy configuration: the TOML file (`proxy/examples/proxy.toml` documents every key and
+//! default), its validation, and the quick (flags-only) mode.
+//!
+//! # Layout
+//! - this file: the resolved, typed [`Config`] that the rest of the proxy consumes, and the
+//!   entry points [`Config::load`], [`Config::from_toml_str`] and [`Config::from_quick`].
+//! - `file`: serde types mirroring the file key for key, with the defaults; unknown keys are
+//!   refused everywhere.
+//! - `resolve`: file types → [`Config`], with every semantic check; all errors are collected.
+//! - `quick`: [`QuickOptions`] (command-line flags) → [`Config`].
+//! - `locate`: key paths and the line each is on, for error messages.
+//! - `duration`: durations written with a unit ("250ms", "5s", "2m", "1h").
+//! - `error`: [`ConfigError`] / [`ConfigErrors`], rendered `<file>:<line>: <key.path>: <message>`.
+//! - `summary`: [`Config::summary`], the human summary printed by `proxy check`.
+//!
+//! # Rules worth knowing
+//! - **Default route**: when `[[routes]]` is absent and exactly one upstream is defined, one
+//!   route `/` → that upstream is implied. Otherwise at least one route is required
+//!   (`routes = []` is an error).
+//! - **No admin by default**: without `[admin]` there is no admin listener. Quick mode enables
+//!   it only when asked (`--admin`, usually [`DEFAULT_ADMIN_LISTEN`]).
+//! - **Relative file paths** (certificates, access log) are used as written, i.e. relative to
+//!   the working directory of the proxy, not to the config file.
+//! - **Backend ids** default to the first 10 hex digits of SHA-256 of the address
+//!   (`127.0.0.1:9001`), so replicas of the proxy agree on sticky cookies.
+//! - **Secrets** from `*_env` keys are read at load (and reload) time. An unset `token_env` just
+//!   means no token (admin mutations refused); an unset sticky `key_env` is an error.
+//! - **0 disables** each `[limits]` entry; it is resolved to `None` here.
+
+mod duration;
+mod error;
+mod file;
+mod locate;
+mod quick;
+mod resolve;
+mod summary;
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use self::duration::{fmt_duration, parse_duration, HumanDuration};
+pub use self::error::{ConfigError, ConfigErrors, ErrorKind, TlsFileProblem};
+pub use self::quick::{QuickOptions, QUICK_UPSTREAM};
+pub use self::resolve::derived_id;
+pub use crate::balance::StrategyKind;
+
+use self::locate::Locator;
+
+/// Admin address used when the admin listener is enabled without an address.
+pub const DEFAULT_ADMIN_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9900);
+/// Default sticky cookie name.
+pub const DEFAULT_STICKY_COOKIE: &str = "syd_route";
+/// Largest backend weight.
+pub const MAX_WEIGHT: u32 = 10_000;
+/// Shortest sticky-cookie HMAC key, in bytes.
+pub const MIN_STICKY_KEY_LEN: usize = 16;
+/// Shortest `timeouts.tunnel_idle`.
+pub const MIN_TUNNEL_IDLE: Duration = Duration::from_secs(1);
+/// Environment variable read for the sticky key in quick mode.
+pub const QUICK_STICKY_KEY_ENV: &str = "SWITCHYARD_STICKY_KEY";
+
+/// The resolved configuration: every default applied, every value checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Process-wide settings.
+    pub server: ServerConfig,
+    /// The admin listener (metrics, status, admin API); None when not configured.
+    pub admin: Option<AdminConfig>,
+    /// Access logging.
+    pub access_log: AccessLogConfig,
+    /// Per-client and per-request limits.
+    pub limits: Limits,
+    /// Timeouts towards backends and clients.
+    pub timeouts: Timeouts,
+    /// Proxy listeners, at least one, distinct addresses.
+    pub listeners: Vec<ListenerConfig>,
+    /// Upstream groups, in file order, names unique.
+    pub upstreams: Vec<UpstreamConfig>,
+    /// Routes, first match wins; every `upstream` names an entry of `upstreams`.
+    pub routes: Vec<Route>,
+    /// The file this was loaded from; None in quick mode.
+    pub source: Option<PathBuf>,
+    /// Things that are allowed but probably not meant (unused sections, unshared keys), one
+    /// rendered line each, to be logged at start-up and printed by `proxy check`.
+    pub warnings: Vec<String>,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Worker threads of the proxy service, at least 1. Default: the number of CPU cores.
+    pub threads: usize,
+    /// How long a stopping proxy lets in-flight requests finish.
+    pub grace_period: Duration,
+}
+
+/// `[admin]`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// Address of the admin listener; never one of the proxy listeners.
+    pub listen: SocketAddr,
+    /// Bearer token for mutations; None (or unset `token_env`) refuses every mutation.
+    /// Never empty.
+    pub token: Option<String>,
+}
+
+impl fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdminConfig")
+            .field("listen", &self.listen)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// `[access_log]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLogConfig {
+    /// Whether requests are logged at all.
+    pub enabled: bool,
+    /// Line format.
+    pub format: AccessLogFormat,
+    /// File appended to; None for stdout (`"-"` in the file).
+    pub path: Option<PathBuf>,
+}
+
+impl Default for AccessLogConfig {
+    /// Off, JSON, stdout.
+    fn default() -> Self {
+        AccessLogConfig {
+            enabled: false,
+            format: AccessLogFormat::Json,
+            path: None,
+        }
+    }
+}
+
+/// Access log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccessLogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Apache/nginx "combined".
+    Combined,
+}
+
+impl AccessLogFormat {
+    /// The name used in the config file.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            AccessLogFormat::Json => "json",
+            AccessLogFormat::Combined => "combined",
+        }
+    }
+}
+
+/// `[limits]`; None means the limit is off (0 in the file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Concurrent requests + open tunnels per client IP (429 beyond).
+    pub max_connections_per_ip: Option<u32>,
+    /// Average requests per second per client IP over 1 s windows (429 beyond).
+    pub requests_per_second_per_ip: Option<u32>,
+    /// Request line + headers (431 beyond).
+    pub max_request_header_bytes: Option<usize>,
+    /// Request body (413 beyond).
+    pub max_request_body_bytes: Option<u64>,
+    /// Time allowed to send a request head (slowloris guard).
+    pub header_read_timeout: Option<Duration>,
+}
+
+impl Default for Limits {
+    /// The file's defaults: 16 KiB of headers, 10 MiB of body, 10s to send a head.
+    fn default() -> Self {
+        resolve::limits_from(file::LimitsFile::default())
+    }
+}
+
+/// `[timeouts]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP connect to a backend; > 0.
+    pub connect: Duration,
+    /// Waiting for a backend's response (not for tunnels); > 0.
+    pub upstream_read: Duration,
+    /// Idle time of an upgraded tunnel before both sides are closed; ≥ 1s.
+    pub tunnel_idle: Duration,
+    /// Idle time of a client keep-alive connection; zero disables keep-alive.
+    pub downstream_keepalive: Duration,
+}
+
+impl Default for Timeouts {
+    /// The file's defaults: connect 2s, upstream_read 60s, tunnel_idle 1h, keep-alive 60s.
+    fn default() -> Self {
+        resolve::timeouts_from(file::TimeoutsFile::default())
+    }
+}
+
+/// One `[[listeners]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerConfig {
+    /// Address to bind.
+    pub listen: SocketAddr,
+    /// TLS settings; None for plain HTTP.
+    pub tls: Option<TlsConfig>,
+    /// When set, every request is answered 308 → `https://<host>:<port><path>`.
+    pub redirect_https_port: Option<u16>,
+}
+
+/// TLS settings of a listener. The files were checked to hold a certificate / a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// Default certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Default private key (PEM: PKCS#8, RSA or EC).
+    pub key: PathBuf,
+    /// More certificates chosen by SNI; names unique and lowercase.
+    pub sni: Vec<SniCert>,
+    /// Offer h2 by ALPN (besides http/1.1).
+    pub h2: bool,
+}
+
+/// A certificate served for one TLS server name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SniCert {
+    /// Lowercase server name.
+    pub server_name: String,
+    /// Certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Private key (PEM).
+    pub key: PathBuf,
+}
+
+/// `[upstreams.<name>]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamConfig {
+    /// The table name; routes refer to it.
+    pub name: String,
+    /// Balancing strategy.
+    pub strategy: StrategyKind,
+    /// Backends in file order: at least one primary; addresses and ids unique.
+    pub backends: Vec<BackendConfig>,
+    /// Ramp of a recovered backend's weight; None when off.
+    pub slow_start: Option<Duration>,
+    /// Active and passive health checking.
+    pub health: HealthConfig,
+    /// Sticky-cookie settings (meaningful for `StrategyKind::StickyCookie`).
+    pub sticky: StickyConfig,
+    /// Client-IP hashing settings (meaningful for `StrategyKind::IpHash`).
+    pub ip_hash: IpHashConfig,
+}
+
+/// One backend of an upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendConfig {
+    /// Stable id (cookie-safe characters), explicit or derived from the address.
+    pub id: String,
+    /// Backend address.
+    pub addr: SocketAddr,
+    /// 1 to [`MAX_WEIGHT`].
+    pub weight: u32,
+    /// Receives traffic only while every primary is unavailable.
+    pub backup: bool,
+}
+
+/// Health checking of an upstream's backends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthConfig {
+    /// Active checks; None when not configured (backends start up).
+    pub active: Option<ActiveCheck>,
+    /// Passive: failures within `fail_window` that mark a backend down; 0 disables.
+    pub max_fails: u32,
+    /// Passive: the failure window, also the wait before a probe request.
+    pub fail_window: Duration,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            active: None,
+            max_fails: 3,
+            fail_window: Duration::from_secs(10),
+        }
+    }
+}
+
+/// An active health check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActiveCheck {
+    /// What is checked.
+    pub kind: CheckKind,
+    /// Time between checks of one backend; > 0.
+    pub interval: Duration,
+    /// Time allowed for one check; > 0.
+    pub timeout: Duration,
+    /// Consecutive passes to mark a backend up; ≥ 1.
+    pub rise: u32,
+    /// Consecutive failures to mark a backend down; ≥ 1.
+    pub fall: u32,
+}
+
+impl ActiveCheck {
+    /// The defaults of the file: every 2s, timeout 1s, rise 2, fall 2.
+    pub fn with_defaults(kind: CheckKind) -> Self {
+        ActiveCheck {
+            kind,
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            rise: 2,
+            fall: 2,
+        }
+    }
+}
+
+/// Kind of active check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckKind {
+    /// `GET path`; 2xx and 3xx pass. `path` starts with `/`.
+    Http {
+        /// Request path (and query).
+        path: String,
+    },
+    /// A TCP connect passes.
+    Tcp,
+}
+
+/// Sticky-cookie settings.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StickyConfig {
+    /// Cookie name (an RFC 6265 token).
+    pub cookie: String,
+    /// Cookie Max-Age; None for a session cookie.
+    pub max_age: Option<Duration>,
+    /// HMAC key signing the cookie; at least [`MIN_STICKY_KEY_LEN`] bytes when the strategy is
+    /// sticky_cookie, empty otherwise.
+    pub key: Vec<u8>,
+    /// Strategy placing requests without a valid cookie; never sticky_cookie.
+    pub fallback: StrategyKind,
+}
+
+impl Default for StickyConfig {
+    fn default() -> Self {
+        StickyConfig {
+            cookie: DEFAULT_STICKY_COOKIE.to_string(),
+            max_age: None,
+            key: Vec::new(),
+            fallback: StrategyKind::LeastConn,
+        }
+    }
+}
+
+impl fmt::Debug for StickyConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StickyConfig")
+            .field("cookie", &self.cookie)
+            .field("max_age", &self.max_age)
+            .field("key", &format_args!("<{} bytes redacted>", self.key.len()))
+            .field("fallback", &self.fallback)
+            .finish()
+    }
+}
+
+/// Client-IP hashing settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IpHashConfig {
+    /// Peers whose `X-Forwarded-For` is believed (bare IPs become /32 or /128).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+impl IpHashConfig {
+    /// Whether `peer` is a trusted proxy.
+    pub fn is_trusted(&self, peer: IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|n| n.contains(&peer))
+    }
+}
+
+/// One `[[routes]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Exact host to match, lowercase, without port; None matches any host.
+    pub host: Option<String>,
+    /// Path prefix, starting with `/`.
+    pub path_prefix: String,
+    /// Name of the upstream (always defined).
+    pub upstream: String,
+}
+
+impl Config {
+    /// Reads, parses and validates a config file. On failure, returns every semantic error
+    /// (or the first syntax/type error), each as `<file>:<line>: <key.path>: <message>`.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: Some(path.to_path_buf()),
+            line: None,
+            key: String::new(),
+            kind: ErrorKind::Read(e),
+        })?;
+        Self::from_toml_str(&text, Some(path))
+    }
+
+    /// Parses and validates config text; `source` names it in errors and in
+    /// [`Config::source`]. Secrets named by `*_env` keys are read from the environment.
+    pub fn from_toml_str(text: &str, source: Option<&Path>) -> Result<Config, ConfigErrors> {
+        parse_with_env(text, source, &|name| std::env::var(name).ok())
+    }
+
+    /// Builds the configuration of quick mode from command-line flags.
+    pub fn from_quick(q: &QuickOptions) -> Result<Config, ConfigErrors> {
+        quick::resolve(q, &|name| std::env::var(name).ok())
+    }
+
+    /// The upstream named `name`.
+    pub fn upstream(&self, name: &str) -> Option<&UpstreamConfig> {
+        self.upstreams.iter().find(|u| u.name == name)
+    }
+}
+
+/// Looks up an environment variable (injected so tests need not touch the process env).
+pub(crate) type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+fn parse_with_env(text: &str, source: Option<&Path>, env: Env<'_>) -> Result<Config, ConfigErrors> {
+    let locator = Locator::new(text);
+    let file = source.map(Path::to_path_buf);
+    let parsed: file::FileConfig = serde_path_to_error::deserialize(toml::Deserializer::new(text))
+        .map_err(|e| ConfigErrors::from(serde_error(e, file.as_deref(), &locator)))?;
+
+    let mut out = resolve::Resolved::default();
+    let mut config = resolve::resolve(parsed, env, &mut out);
+    let warnings = out
+        .warnings
+        .iter()
+        .map(|(path, msg)| {
+            let mut s = String::new();
+            let key = path.to_string();
+            // Writing into a String cannot fail.
+            let _ =
+                error::write_location(&mut s, file.as_deref(), locator.line_of_path(path), &key);
+            s.push_str(msg);
+            s
+        })
+        .collect();
+    if !out.errors.is_empty() {
+        let mut errors: Vec<ConfigError> = out
+            .errors
+            .into_iter()
+            .map(|(path, kind)| ConfigError {
+                file: file.clone(),
+                line: locator.line_of_path(&path),
+                key: path.to_string(),
+                kind,
+            })
+            .collect();
+        // File order; errors about the file as a whole (no line) last.
+        errors.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
+        return Err(ConfigErrors(errors));
+    }
+    config.source = file;
+    config.warnings = warnings;
+    Ok(config)
+}
+
+/// Converts the parser's error (syntax, wrong type, unknown key) into a located error.
+fn serde_error(
+    e: serde_path_to_error::Error<toml::de::Error>,
+    file: Option<&Path>,
+    locator: &Locator<'_>,
+) -> ConfigError {
+    let path = e.path().to_string();
+    let inner = e.into_inner();
+    let line = inner.span().map(|s| locator.line_of_offset(s.start));
+    let message = inner
+        .message()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(": ");
+    let kind = match message.strip_prefix("unknown field `") {
+        Some(rest) => ErrorKind::UnknownKey {
+            hint: rest
+                .split_once('`')
+                .map(|(_, hint)| hint.to_string())
+                .unwrap_or_default(),
+        },
+        None => ErrorKind::Syntax(message),
+    };
+    ConfigError {
+        file: file.map(Path::to_path_buf),
+        line,
+        key: if path == "." { String::new() } else { path },
+        kind,
+    }
+}

@@ -1,0 +1,471 @@
+//! Quick mode: a whole configuration from a few command-line flags — one upstream named
+//! `default`, one route `/` → it, the file's defaults for everything else.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use super::error::ErrorKind;
+use super::resolve::{addrs_conflict, check_cert_file, check_key_file, check_weight, derived_id};
+use super::{
+    AccessLogConfig, ActiveCheck, AdminConfig, BackendConfig, CheckKind, Config, ConfigError,
+    ConfigErrors, Env, HealthConfig, IpHashConfig, Limits, ListenerConfig, Route, ServerConfig,
+    StickyConfig, StrategyKind, Timeouts, TlsConfig, UpstreamConfig, MIN_STICKY_KEY_LEN,
+    QUICK_STICKY_KEY_ENV,
+};
+
+/// Name of the single upstream of quick mode.
+pub const QUICK_UPSTREAM: &str = "default";
+
+/// The flags of quick mode (`proxy run --listen ... --backend ...`), as parsed by the CLI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuickOptions {
+    /// Plain HTTP listener.
+    pub listen: Option<SocketAddr>,
+    /// Primary backends: `ip:port` or `ip:port=weight`.
+    pub backends: Vec<String>,
+    /// Backup backends, same syntax.
+    pub backups: Vec<String>,
+    /// Balancing strategy.
+    pub strategy: StrategyKind,
+    /// TLS listener (needs `cert` and `key`); offers h2.
+    pub tls_listen: Option<SocketAddr>,
+    /// PEM certificate chain for `tls_listen`.
+    pub cert: Option<PathBuf>,
+    /// PEM private key for `tls_listen`.
+    pub key: Option<PathBuf>,
+    /// Enables an HTTP active check of this path with the default timings.
+    pub health_path: Option<String>,
+    /// Admin listener (the CLI's bare `--admin` means [`super::DEFAULT_ADMIN_LISTEN`]).
+    pub admin: Option<SocketAddr>,
+    /// Bearer token for admin mutations.
+    pub admin_token: Option<String>,
+    /// Worker threads; default the number of cores.
+    pub threads: Option<usize>,
+    /// Sticky-cookie key; else `SWITCHYARD_STICKY_KEY`; else a random key (with a warning).
+    pub sticky_key: Option<String>,
+}
+
+impl Default for QuickOptions {
+    fn default() -> Self {
+        QuickOptions {
+            listen: None,
+            backends: Vec::new(),
+            backups: Vec::new(),
+            strategy: StrategyKind::RoundRobin,
+            tls_listen: None,
+            cert: None,
+            key: None,
+            health_path: None,
+            admin: None,
+            admin_token: None,
+            threads: None,
+            sticky_key: None,
+        }
+    }
+}
+
+/// Collects errors keyed by flag.
+#[derive(Default)]
+struct Errors(Vec<ConfigError>);
+
+impl Errors {
+    fn push(&mut self, key: impl Into<String>, kind: ErrorKind) {
+        self.0.push(ConfigError {
+            file: None,
+            line: None,
+            key: key.into(),
+            kind,
+        });
+    }
+}
+
+/// Parses `ip:port` or `ip:port=weight`.
+fn parse_backend(spec: &str) -> Result<(SocketAddr, u32), ErrorKind> {
+    let (addr, weight) = match spec.split_once('=') {
+        Some((a, w)) => {
+            let w: u32 = w
+                .trim()
+                .parse()
+                .map_err(|_| ErrorKind::WeightSyntax(w.to_string()))?;
+            (a, w)
+        }
+        None => (spec, 1),
+    };
+    let addr: SocketAddr = addr.trim().parse().map_err(|_| ErrorKind::AddressSyntax)?;
+    check_weight(weight)?;
+    Ok((addr, weight))
+}
+
+pub(super) fn resolve(q: &QuickOptions, env: Env<'_>) -> Result<Config, ConfigErrors> {
+    let mut errs = Errors::default();
+    let mut warnings = Vec::new();
+
+    let threads = match q.threads {
+        Some(0) => {
+            errs.push("--threads", ErrorKind::Zero);
+            1
+        }
+        Some(n) => n,
+        None => super::resolve::default_threads(),
+    };
+
+    let mut listeners = Vec::new();
+    if let Some(listen) = q.listen {
+        listeners.push(ListenerConfig {
+            listen,
+            tls: None,
+            redirect_https_port: None,
+        });
+    }
+    match (q.tls_listen, &q.cert, &q.key) {
+        (Some(listen), Some(cert), Some(key)) => {
+            if let Some(plain) = q.listen.filter(|p| addrs_conflict(*p, listen)) {
+                errs.push(
+                    "--tls-listen",
+                    ErrorKind::DuplicateListener {
+                        addr: listen,
+                        other: plain,
+                    },
+                );
+            }
+            if let Err(problem) = check_cert_file(cert) {
+                errs.push(
+                    "--cert",
+                    ErrorKind::TlsFile {
+                        path: cert.clone(),
+                        problem,
+                    },
+                );
+            }
+            if let Err(problem) = check_key_file(key) {
+                errs.push(
+                    "--key",
+                    ErrorKind::TlsFile {
+                        path: key.clone(),
+                        problem,
+                    },
+                );
+            }
+            listeners.push(ListenerConfig {
+                listen,
+                tls: Some(TlsConfig {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    sni: Vec::new(),
+                    h2: true,
+                }),
+                redirect_https_port: None,
+            });
+        }
+        (Some(_), _, _) => errs.push("--tls-listen", ErrorKind::NeedsFlags("--cert and --key")),
+        (None, cert, key) => {
+            if cert.is_some() {
+                errs.push("--cert", ErrorKind::NeedsFlags("--tls-listen"));
+            }
+            if key.is_some() {
+                errs.push("--key", ErrorKind::NeedsFlags("--tls-listen"));
+            }
+        }
+    }
+    if q.listen.is_none() && q.tls_listen.is_none() {
+        errs.push(
+            "",
+            ErrorKind::Missing("at least one of --listen and --tls-listen is required"),
+        );
+    }
+
+    let mut backends: Vec<BackendConfig> = Vec::new();
+    let specs = q
+        .backends
+        .iter()
+        .map(|s| ("--backend", s, false))
+        .chain(q.backups.iter().map(|s| ("--backup", s, true)));
+    for (flag, spec, backup) in specs {
+        let key = format!("{flag} {spec}");
+        match parse_backend(spec) {
+            Ok((addr, weight)) => {
+                if backends.iter().any(|b| b.addr == addr) {
+                    errs.push(key, ErrorKind::DuplicateBackend(addr));
+                    continue;
+                }
+                backends.push(BackendConfig {
+                    id: derived_id(addr),
+                    addr,
+                    weight,
+                    backup,
+                });
+            }
+            Err(kind) => errs.push(key, kind),
+        }
+    }
+    if q.backends.is_empty() {
+        errs.push("", ErrorKind::NoBackend);
+    }
+
+    let active = match &q.health_path {
+        Some(path) if path.starts_with('/') => Some(ActiveCheck::with_defaults(CheckKind::Http {
+            path: path.clone(),
+        })),
+        Some(path) => {
+            errs.push("--health-path", ErrorKind::NotAbsolutePath(path.clone()));
+            None
+        }
+        None => None,
+    };
+
+    let mut sticky = StickyConfig::default();
+    if q.strategy == StrategyKind::StickyCookie {
+        let given = q
+            .sticky_key
+            .clone()
+            .map(|k| ("--sticky-key", k))
+            .or_else(|| env(QUICK_STICKY_KEY_ENV).map(|k| (QUICK_STICKY_KEY_ENV, k)))
+            .filter(|(_, k)| !k.is_empty());
+        sticky.key = match given {
+            Some((source, k)) => {
+                if k.len() < MIN_STICKY_KEY_LEN {
+                    errs.push(source, ErrorKind::StickyKeyTooShort(k.len()));
+                }
+                k.into_bytes()
+            }
+            None => {
+                warnings.push(format!(
+                    "sticky_cookie: no --sticky-key and no {QUICK_STICKY_KEY_ENV}: using a \
+                     random key, so cookies are not shared across replicas or restarts"
+                ));
+                rand::random::<[u8; 32]>().to_vec()
+            }
+        };
+    }
+
+    let admin = q.admin.map(|listen| {
+        if let Some(l) = listeners.iter().find(|l| addrs_conflict(l.listen, listen)) {
+            errs.push("--admin", ErrorKind::AdminClashesWithListener(l.listen));
+        }
+        AdminConfig {
+            listen,
+            token: q.admin_token.clone().filter(|t| !t.is_empty()),
+        }
+    });
+
+    if !errs.0.is_empty() {
+        return Err(ConfigErrors(errs.0));
+    }
+    Ok(Config {
+        server: ServerConfig {
+            threads,
+            grace_period: std::time::Duration::from_secs(5),
+        },
+        admin,
+        access_log: AccessLogConfig::default(),
+        limits: Limits::default(),
+        timeouts: Timeouts::default(),
+        listeners,
+        upstreams: vec![UpstreamConfig {
+            name: QUICK_UPSTREAM.to_string(),
+            strategy: q.strategy,
+            backends,
+            slow_start: None,
+            health: HealthConfig {
+                active,
+                ..HealthConfig::default()
+            },
+            sticky,
+            ip_hash: IpHashConfig::default(),
+        }],
+        routes: vec![Route {
+            host: None,
+            path_prefix: "/".to_string(),
+            upstream: QUICK_UPSTREAM.to_string(),
+        }],
+        source: None,
+        warnings,
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn opts(backends: &[&str]) -> QuickOptions {
+        QuickOptions {
+            listen: Some("127.0.0.1:8080".parse().unwrap()),
+            backends: backends.iter().map(|s| s.to_string()).collect(),
+            ..QuickOptions::default()
+        }
+    }
+
+    fn errors(q: &QuickOptions) -> Vec<String> {
+        resolve(q, &no_env).unwrap_err().lines()
+    }
+
+    #[test]
+    fn backends_with_weights_and_backups() {
+        let mut q = opts(&["127.0.0.1:9001", "127.0.0.1:9002=3"]);
+        q.backups = vec!["[::1]:9009".to_string()];
+        let c = resolve(&q, &no_env).unwrap();
+        let u = &c.upstreams[0];
+        assert_eq!(u.name, "default");
+        assert_eq!(u.strategy, StrategyKind::RoundRobin);
+        let got: Vec<_> = u
+            .backends
+            .iter()
+            .map(|b| (b.addr.to_string(), b.weight, b.backup))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("127.0.0.1:9001".to_string(), 1, false),
+                ("127.0.0.1:9002".to_string(), 3, false),
+                ("[::1]:9009".to_string(), 1, true),
+            ]
+        );
+        assert_eq!(u.backends[0].id, derived_id(u.backends[0].addr));
+        assert_eq!(c.routes.len(), 1);
+        assert_eq!(c.routes[0].path_prefix, "/");
+        assert_eq!(c.routes[0].upstream, "default");
+        assert_eq!(c.listeners.len(), 1);
+        assert!(c.admin.is_none());
+        assert!(u.health.active.is_none());
+        assert_eq!(c.limits, Limits::default());
+        assert!(c.warnings.is_empty());
+    }
+
+    #[test]
+    fn bad_backends_are_all_reported() {
+        let q = opts(&[
+            "127.0.0.1:x",
+            "127.0.0.1:9001=0",
+            "127.0.0.1:9002=abc",
+            "127.0.0.1:9003",
+            "127.0.0.1:9003=2",
+        ]);
+        assert_eq!(
+            errors(&q),
+            vec![
+                "--backend 127.0.0.1:x: invalid address (expected ip:port, e.g. 127.0.0.1:9001 or [::1]:9001)",
+                "--backend 127.0.0.1:9001=0: weight 0 is out of range (1 to 10000)",
+                "--backend 127.0.0.1:9002=abc: invalid weight `abc` (expected 1 to 10000)",
+                "--backend 127.0.0.1:9003=2: duplicate backend address 127.0.0.1:9003",
+            ]
+        );
+    }
+
+    #[test]
+    fn needs_a_listener_and_a_backend() {
+        let q = QuickOptions::default();
+        assert_eq!(
+            errors(&q),
+            vec![
+                "missing: at least one of --listen and --tls-listen is required",
+                "at least one --backend is required",
+            ]
+        );
+        let mut q = opts(&[]);
+        q.backups = vec!["127.0.0.1:9001".to_string()];
+        assert_eq!(errors(&q), vec!["at least one --backend is required"]);
+    }
+
+    #[test]
+    fn tls_listen_needs_cert_and_key() {
+        let mut q = opts(&["127.0.0.1:9001"]);
+        q.tls_listen = Some("127.0.0.1:8443".parse().unwrap());
+        assert_eq!(errors(&q), vec!["--tls-listen: needs --cert and --key"]);
+        q.cert = Some("/nonexistent/cert.pem".into());
+        q.key = Some("/nonexistent/key.pem".into());
+        let e = errors(&q);
+        assert_eq!(e.len(), 2);
+        assert!(
+            e[0].starts_with("--cert: /nonexistent/cert.pem: cannot read: "),
+            "{e:?}"
+        );
+        assert!(
+            e[1].starts_with("--key: /nonexistent/key.pem: cannot read: "),
+            "{e:?}"
+        );
+        q.tls_listen = None;
+        assert_eq!(
+            errors(&q),
+            vec!["--cert: needs --tls-listen", "--key: needs --tls-listen"]
+        );
+    }
+
+    #[test]
+    fn health_path_enables_an_http_check_with_defaults() {
+        let mut q = opts(&["127.0.0.1:9001"]);
+        q.health_path = Some("/healthz".to_string());
+        let c = resolve(&q, &no_env).unwrap();
+        let active = c.upstreams[0].health.active.clone().unwrap();
+        assert_eq!(
+            active,
+            ActiveCheck::with_defaults(CheckKind::Http {
+                path: "/healthz".to_string()
+            })
+        );
+        assert_eq!(active.rise, 2);
+        assert_eq!(c.upstreams[0].health.max_fails, 3);
+        q.health_path = Some("healthz".to_string());
+        assert_eq!(
+            errors(&q),
+            vec!["--health-path: `healthz` must start with `/`"]
+        );
+    }
+
+    #[test]
+    fn admin_and_threads() {
+        let mut q = opts(&["127.0.0.1:9001"]);
+        q.admin = Some(super::super::DEFAULT_ADMIN_LISTEN);
+        q.admin_token = Some("s3cret".to_string());
+        q.threads = Some(3);
+        let c = resolve(&q, &no_env).unwrap();
+        let admin = c.admin.unwrap();
+        assert_eq!(admin.listen.to_string(), "127.0.0.1:9900");
+        assert_eq!(admin.token.as_deref(), Some("s3cret"));
+        assert_eq!(c.server.threads, 3);
+
+        q.admin = Some("127.0.0.1:8080".parse().unwrap());
+        q.threads = Some(0);
+        assert_eq!(
+            errors(&q),
+            vec![
+                "--threads: must be at least 1",
+                "--admin: conflicts with the proxy listener on 127.0.0.1:8080",
+            ]
+        );
+    }
+
+    #[test]
+    fn sticky_key_from_flag_env_or_random() {
+        let mut q = opts(&["127.0.0.1:9001"]);
+        q.strategy = StrategyKind::StickyCookie;
+
+        // Neither: a random 32-byte key and a warning.
+        let c = resolve(&q, &no_env).unwrap();
+        assert_eq!(c.upstreams[0].sticky.key.len(), 32);
+        assert_eq!(c.warnings.len(), 1);
+        assert!(c.warnings[0].contains("not shared across replicas"));
+
+        // From the environment.
+        let env =
+            |name: &str| (name == QUICK_STICKY_KEY_ENV).then(|| "0123456789abcdef-env".to_string());
+        let c = resolve(&q, &env).unwrap();
+        assert_eq!(c.upstreams[0].sticky.key, b"0123456789abcdef-env");
+        assert!(c.warnings.is_empty());
+
+        // The flag wins over the environment.
+        q.sticky_key = Some("0123456789abcdef-flag".to_string());
+        let c = resolve(&q, &env).unwrap();
+        assert_eq!(c.upstreams[0].sticky.key, b"0123456789abcdef-flag");
+
+        q.sticky_key = Some("short".to_string());
+        assert_eq!(
+            errors(&q),
+            vec!["--sticky-key: key is 5 bytes long, at least 16 are required"]
+        );
+    }
+}

@@ -1,0 +1,730 @@
+//! File types → [`Config`]: applies defaults, reads `*_env` secrets, checks every value and
+//! collects all errors (each with its key path) instead of stopping at the first.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use super::error::{ErrorKind, TlsFileProblem};
+use super::file::{
+    FileConfig, HealthFile, HealthKindFile, LimitsFile, ListenerFile, RouteFile, StickyFile,
+    TimeoutsFile, UpstreamFile,
+};
+use super::locate::KeyPath;
+use super::{
+    AccessLogConfig, ActiveCheck, AdminConfig, BackendConfig, CheckKind, Config, Env, HealthConfig,
+    IpHashConfig, Limits, ListenerConfig, Route, ServerConfig, SniCert, StickyConfig, StrategyKind,
+    Timeouts, TlsConfig, UpstreamConfig, MAX_WEIGHT, MIN_STICKY_KEY_LEN, MIN_TUNNEL_IDLE,
+};
+
+/// Errors and warnings found while resolving, each with the key path it is about.
+#[derive(Debug, Default)]
+pub(super) struct Resolved {
+    pub errors: Vec<(KeyPath, ErrorKind)>,
+    pub warnings: Vec<(KeyPath, String)>,
+}
+
+impl Resolved {
+    fn err(&mut self, path: KeyPath, kind: ErrorKind) {
+        self.errors.push((path, kind));
+    }
+
+    fn warn(&mut self, path: KeyPath, msg: impl Into<String>) {
+        self.warnings.push((path, msg.into()));
+    }
+}
+
+/// Builds the config from the parsed file. Invalid entries are reported in `out` and left
+/// out of the result, which is only meaningful when `out.errors` stays empty.
+pub(super) fn resolve(f: FileConfig, env: Env<'_>, out: &mut Resolved) -> Config {
+    let root = KeyPath::root();
+
+    let server = {
+        let p = root.key("server");
+        let threads = match f.server.threads {
+            Some(0) => {
+                out.err(p.key("threads"), ErrorKind::Zero);
+                1
+            }
+            Some(n) => n,
+            None => default_threads(),
+        };
+        ServerConfig {
+            threads,
+            grace_period: f.server.grace_period.0,
+        }
+    };
+
+    let admin = f.admin.map(|a| {
+        let p = root.key("admin");
+        let token = match (a.token, a.token_env) {
+            (Some(_), Some(_)) => {
+                out.err(
+                    p.key("token_env"),
+                    ErrorKind::Conflict("token", "token_env"),
+                );
+                None
+            }
+            (Some(t), None) => {
+                if t.is_empty() {
+                    out.warn(p.key("token"), "empty token: admin mutations are refused");
+                }
+                Some(t)
+            }
+            // An unset variable means "no token": mutations are refused, as documented.
+            (None, Some(var)) => env(&var),
+            (None, None) => None,
+        }
+        .filter(|t| !t.is_empty());
+        AdminConfig {
+            listen: a.listen.0,
+            token,
+        }
+    });
+
+    let access_log = {
+        let a = f.access_log;
+        let path = if a.path.as_os_str().is_empty() {
+            out.err(root.key("access_log").key("path"), ErrorKind::EmptyPath);
+            None
+        } else if a.path == Path::new("-") {
+            None
+        } else {
+            Some(a.path)
+        };
+        AccessLogConfig {
+            enabled: a.enabled,
+            format: a.format,
+            path,
+        }
+    };
+
+    let limits = limits_from(f.limits);
+
+    let timeouts = timeouts_from(f.timeouts);
+    check_timeouts(&timeouts, &root.key("timeouts"), out);
+
+    let listeners = resolve_listeners(f.listeners, &root, out);
+    if let Some(admin) = &admin {
+        if let Some(l) = listeners
+            .iter()
+            .find(|l| addrs_conflict(l.listen, admin.listen))
+        {
+            out.err(
+                root.key("admin").key("listen"),
+                ErrorKind::AdminClashesWithListener(l.listen),
+            );
+        }
+    }
+
+    let upstreams: Vec<UpstreamConfig> = f
+        .upstreams
+        .0
+        .into_iter()
+        .map(|(name, u)| resolve_upstream(name, u, &root, env, out))
+        .collect();
+    if upstreams.is_empty() {
+        out.err(root.key("upstreams"), ErrorKind::NoUpstream);
+    }
+
+    let routes = resolve_routes(f.routes, &upstreams, &root, out);
+
+    Config {
+        server,
+        admin,
+        access_log,
+        limits,
+        timeouts,
+        listeners,
+        upstreams,
+        routes,
+        source: None,
+        warnings: Vec::new(),
+    }
+}
+
+/// `[limits]` with 0 resolved to None.
+pub(super) fn limits_from(l: LimitsFile) -> Limits {
+    Limits {
+        max_connections_per_ip: nonzero(l.max_connections_per_ip),
+        requests_per_second_per_ip: nonzero(l.requests_per_second_per_ip),
+        max_request_header_bytes: (l.max_request_header_bytes != 0)
+            .then_some(l.max_request_header_bytes),
+        max_request_body_bytes: (l.max_request_body_bytes != 0).then_some(l.max_request_body_bytes),
+        header_read_timeout: Some(l.header_read_timeout.0).filter(|d| !d.is_zero()),
+    }
+}
+
+pub(super) fn timeouts_from(t: TimeoutsFile) -> Timeouts {
+    Timeouts {
+        connect: t.connect.0,
+        upstream_read: t.upstream_read.0,
+        tunnel_idle: t.tunnel_idle.0,
+        downstream_keepalive: t.downstream_keepalive.0,
+    }
+}
+
+fn check_timeouts(t: &Timeouts, p: &KeyPath, out: &mut Resolved) {
+    positive(out, p.key("connect"), t.connect);
+    positive(out, p.key("upstream_read"), t.upstream_read);
+    if t.tunnel_idle < MIN_TUNNEL_IDLE {
+        out.err(
+            p.key("tunnel_idle"),
+            ErrorKind::DurationTooShort(MIN_TUNNEL_IDLE),
+        );
+    }
+}
+
+pub(super) fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+fn nonzero(v: u32) -> Option<u32> {
+    (v != 0).then_some(v)
+}
+
+fn positive(out: &mut Resolved, path: KeyPath, d: Duration) {
+    if d.is_zero() {
+        out.err(path, ErrorKind::ZeroDuration);
+    }
+}
+
+/// Two bind addresses that cannot both be bound: equal, or the same port with a wildcard
+/// address on either side (Linux binds `[::]` dual-stack). Port 0 never conflicts.
+pub(super) fn addrs_conflict(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+fn resolve_listeners(
+    files: Vec<ListenerFile>,
+    root: &KeyPath,
+    out: &mut Resolved,
+) -> Vec<ListenerConfig> {
+    let base = root.key("listeners");
+    if files.is_empty() {
+        out.err(base.clone(), ErrorKind::NoListener);
+    }
+    let mut listeners: Vec<ListenerConfig> = Vec::new();
+    for (i, l) in files.into_iter().enumerate() {
+        let p = base.index(i);
+        let listen = l.listen.0;
+        if let Some(other) = listeners.iter().find(|o| addrs_conflict(o.listen, listen)) {
+            out.err(
+                p.key("listen"),
+                ErrorKind::DuplicateListener {
+                    addr: listen,
+                    other: other.listen,
+                },
+            );
+        }
+        if l.redirect_https_port == Some(0) {
+            out.err(p.key("redirect_https_port"), ErrorKind::ZeroPort);
+        }
+        let tls = match l.tls {
+            Some(t) => {
+                check_pair(out, &p.key("tls"), &t.cert, &t.key);
+                let mut names = HashSet::new();
+                let mut sni = Vec::new();
+                for (j, s) in l.sni.into_iter().enumerate() {
+                    let sp = p.key("sni").index(j);
+                    let server_name = normalize_host(&s.server_name);
+                    if !valid_host(&server_name) {
+                        out.err(
+                            sp.key("server_name"),
+                            ErrorKind::InvalidHost(s.server_name.clone()),
+                        );
+                    } else if !names.insert(server_name.clone()) {
+                        out.err(
+                            sp.key("server_name"),
+                            ErrorKind::DuplicateServerName(server_name.clone()),
+                        );
+                    }
+                    check_pair(out, &sp, &s.cert, &s.key);
+                    sni.push(SniCert {
+                        server_name,
+                        cert: s.cert,
+                        key: s.key,
+                    });
+                }
+                Some(TlsConfig {
+                    cert: t.cert,
+                    key: t.key,
+                    sni,
+                    h2: l.h2.unwrap_or(true),
+                })
+            }
+            None => {
+                if !l.sni.is_empty() {
+                    out.err(p.key("sni"), ErrorKind::NeedsTls);
+                }
+                if l.h2 == Some(true) {
+                    out.err(p.key("h2"), ErrorKind::NeedsTls);
+                }
+                None
+            }
+        };
+        listeners.push(ListenerConfig {
+            listen,
+            tls,
+            redirect_https_port: l.redirect_https_port,
+        });
+    }
+    listeners
+}
+
+/// Checks `<p>.cert` and `<p>.key`.
+fn check_pair(out: &mut Resolved, p: &KeyPath, cert: &Path, key: &Path) {
+    if let Err(problem) = check_cert_file(cert) {
+        out.err(
+            p.key("cert"),
+            ErrorKind::TlsFile {
+                path: cert.to_path_buf(),
+                problem,
+            },
+        );
+    }
+    if let Err(problem) = check_key_file(key) {
+        out.err(
+            p.key("key"),
+            ErrorKind::TlsFile {
+                path: key.to_path_buf(),
+                problem,
+            },
+        );
+    }
+}
+
+/// The file is readable PEM holding at least one certificate.
+pub(super) fn check_cert_file(path: &Path) -> Result<(), TlsFileProblem> {
+    let data = std::fs::read(path).map_err(TlsFileProblem::Read)?;
+    let mut count = 0usize;
+    for cert in rustls_pemfile::certs(&mut data.as_slice()) {
+        cert.map_err(|e| TlsFileProblem::InvalidPem(e.to_string()))?;
+        count += 1;
+    }
+    if count == 0 {
+        return Err(TlsFileProblem::NoCertificate);
+    }
+    Ok(())
+}
+
+/// The file is readable PEM holding a private key (PKCS#8, PKCS#1 or SEC1).
+pub(super) fn check_key_file(path: &Path) -> Result<(), TlsFileProblem> {
+    let data = std::fs::read(path).map_err(TlsFileProblem::Read)?;
+    match rustls_pemfile::private_key(&mut data.as_slice()) {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(TlsFileProblem::NoPrivateKey),
+        Err(e) => Err(TlsFileProblem::InvalidPem(e.to_string())),
+    }
+}
+
+fn resolve_upstream(
+    name: String,
+    u: UpstreamFile,
+    root: &KeyPath,
+    env: Env<'_>,
+    out: &mut Resolved,
+) -> UpstreamConfig {
+    let p = root.key("upstreams").key(name.as_str());
+    if !valid_name(&name) {
+        out.err(
+            p.clone(),
+            ErrorKind::InvalidName {
+                what: "upstream name",
+                name: name.clone(),
+            },
+        );
+    }
+
+    let mut backends: Vec<BackendConfig> = Vec::new();
+    for (j, b) in u.backends.into_iter().enumerate() {
+        let bp = p.key("backends").index(j);
+        let addr = b.addr.0;
+        if let Err(kind) = check_weight(b.weight) {
+            out.err(bp.key("weight"), kind);
+        }
+        let id = match b.id {
+            Some(id) => {
+                if !valid_name(&id) {
+                    out.err(
+                        bp.key("id"),
+                        ErrorKind::InvalidName {
+                            what: "backend id",
+                            name: id.clone(),
+                        },
+                    );
+                }
+                id
+            }
+            None => derived_id(addr),
+        };
+        if backends.iter().any(|o| o.addr == addr) {
+            out.err(bp.key("addr"), ErrorKind::DuplicateBackend(addr));
+        } else if backends.iter().any(|o| o.id == id) {
+            out.err(bp.key("id"), ErrorKind::DuplicateBackendId(id.clone()));
+        }
+        backends.push(BackendConfig {
+            id,
+            addr,
+            weight: b.weight,
+            backup: b.backup,
+        });
+    }
+    if !backends.iter().any(|b| !b.backup) {
+        out.err(p.key("backends"), ErrorKind::NoPrimaryBackend);
+    }
+
+    let slow_start = u.slow_start.map(|d| d.0).filter(|d| !d.is_zero());
+    let health = resolve_health(u.health, &p.key("health"), out);
+
+    let sticky = if u.strategy == StrategyKind::StickyCookie {
+        resolve_sticky(u.sticky.unwrap_or_default(), &p.key("sticky"), env, out)
+    } else {
+        if u.sticky.is_some() {
+            out.warn(
+                p.key("sticky"),
+                format!(
+                    "ignored: strategy is {}, not sticky_cookie",
+                    u.strategy.as_str()
+                ),
+            );
+        }
+        StickyConfig::default()
+    };
+
+    let ip_hash = match u.ip_hash {
+        Some(ih) => {
+            if u.strategy != StrategyKind::IpHash {
+                out.warn(
+                    p.key("ip_hash"),
+                    format!("ignored: strategy is {}, not ip_hash", u.strategy.as_str()),
+                );
+            }
+            let tp = p.key("ip_hash").key("trusted_proxies");
+            let mut trusted_proxies = Vec::new();
+            for (k, s) in ih.trusted_proxies.iter().enumerate() {
+                match parse_net(s) {
+                    Ok(net) => trusted_proxies.push(net),
+                    Err(kind) => out.err(tp.index(k), kind),
+                }
+            }
+            IpHashConfig { trusted_proxies }
+        }
+        None => IpHashConfig::default(),
+    };
+
+    UpstreamConfig {
+        name,
+        strategy: u.strategy,
+        backends,
+        slow_start,
+        health,
+        sticky,
+        ip_hash,
+    }
+}
+
+/// 1 to [`MAX_WEIGHT`].
+pub(super) fn check_weight(w: u32) -> Result<(), ErrorKind> {
+    if w == 0 || w > MAX_WEIGHT {
+        return Err(ErrorKind::WeightOutOfRange(w));
+    }
+    Ok(())
+}
+
+/// The default backend id: the first 10 hex digits of SHA-256 of the address as written by
+/// `SocketAddr`'s `Display` (`127.0.0.1:9001`, `[::1]:9001`). Deterministic, so every proxy
+/// replica names a backend the same way in sticky cookies.
+pub fn derived_id(addr: SocketAddr) -> String {
+    let digest = Sha256::digest(addr.to_string().as_bytes());
+    digest.iter().take(5).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Names that go into cookies, URL paths and metric labels unescaped.
+fn valid_name(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+fn resolve_health(h: HealthFile, p: &KeyPath, out: &mut Resolved) -> HealthConfig {
+    let kind = match h.kind {
+        HealthKindFile::None => None,
+        HealthKindFile::Tcp => Some(CheckKind::Tcp),
+        HealthKindFile::Http => match h.path {
+            Some(path) if path.starts_with('/') => Some(CheckKind::Http { path }),
+            Some(path) => {
+                out.err(p.key("path"), ErrorKind::NotAbsolutePath(path));
+                None
+            }
+            None => {
+                out.err(
+                    p.key("path"),
+                    ErrorKind::Missing("required when kind = \"http\", e.g. path = \"/healthz\""),
+                );
+                None
+            }
+        },
+    };
+    let active = kind.map(|kind| {
+        positive(out, p.key("interval"), h.interval.0);
+        positive(out, p.key("timeout"), h.timeout.0);
+        if h.rise == 0 {
+            out.err(p.key("rise"), ErrorKind::Zero);
+        }
+        if h.fall == 0 {
+            out.err(p.key("fall"), ErrorKind::Zero);
+        }
+        if h.timeout.0 > h.interval.0 && !h.interval.0.is_zero() {
+            out.warn(
+                p.key("timeout"),
+                "longer than the interval: checks of one backend will overlap",
+            );
+        }
+        ActiveCheck {
+            kind,
+            interval: h.interval.0,
+            timeout: h.timeout.0,
+            rise: h.rise,
+            fall: h.fall,
+        }
+    });
+    if h.max_fails > 0 {
+        positive(out, p.key("fail_window"), h.fail_window.0);
+    }
+    HealthConfig {
+        active,
+        max_fails: h.max_fails,
+        fail_window: h.fail_window.0,
+    }
+}
+
+fn resolve_sticky(s: StickyFile, p: &KeyPath, env: Env<'_>, out: &mut Resolved) -> StickyConfig {
+    if !valid_cookie_name(&s.cookie) {
+        out.err(
+            p.key("cookie"),
+            ErrorKind::InvalidCookieName(s.cookie.clone()),
+        );
+    }
+    if s.fallback == StrategyKind::StickyCookie {
+        out.err(p.key("fallback"), ErrorKind::InvalidFallback(s.fallback));
+    }
+    let key = match (s.key, s.key_env) {
+        (Some(_), Some(_)) => {
+            out.err(p.key("key_env"), ErrorKind::Conflict("key", "key_env"));
+            Vec::new()
+        }
+        (Some(k), None) => check_sticky_key(k.into_bytes(), out, p.key("key")),
+        (None, Some(var)) => match env(&var).filter(|v| !v.is_empty()) {
+            Some(k) => check_sticky_key(k.into_bytes(), out, p.key("key_env")),
+            None => {
+                out.err(p.key("key_env"), ErrorKind::EnvUnset(var));
+                Vec::new()
+            }
+        },
+        (None, None) => {
+            out.err(p.clone(), ErrorKind::StickyKeyMissing);
+            Vec::new()
+        }
+    };
+    StickyConfig {
+        cookie: s.cookie,
+        max_age: s.max_age.map(|d| d.0),
+        key,
+        fallback: s.fallback,
+    }
+}
+
+fn check_sticky_key(key: Vec<u8>, out: &mut Resolved, p: KeyPath) -> Vec<u8> {
+    if key.len() < MIN_STICKY_KEY_LEN {
+        out.err(p, ErrorKind::StickyKeyTooShort(key.len()));
+    }
+    key
+}
+
+/// RFC 6265 cookie-name: an RFC 2616 token.
+pub(super) fn valid_cookie_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes().all(|b| {
+            b.is_ascii_graphic()
+                && !matches!(
+                    b,
+                    b'(' | b')'
+                        | b'<'
+                        | b'>'
+                        | b'@'
+                        | b','
+                        | b';'
+                        | b':'
+                        | b'\\'
+                        | b'"'
+                        | b'/'
+                        | b'['
+                        | b']'
+                        | b'?'
+                        | b'='
+                        | b'{'
+                        | b'}'
+                )
+        })
+}
+
+/// A CIDR (`10.0.0.0/8`) or a bare IP (`10.1.2.3` → /32, `::1` → /128).
+pub(super) fn parse_net(s: &str) -> Result<ipnet::IpNet, ErrorKind> {
+    let t = s.trim();
+    if let Ok(net) = t.parse::<ipnet::IpNet>() {
+        return Ok(net.trunc());
+    }
+    if let Ok(ip) = t.parse::<IpAddr>() {
+        return Ok(ipnet::IpNet::from(ip));
+    }
+    let reason = if t.contains('/') {
+        "expected an address and a prefix length, e.g. 10.0.0.0/8"
+    } else {
+        "expected an IP address or a CIDR, e.g. 10.0.0.0/8"
+    };
+    Err(ErrorKind::InvalidCidr {
+        value: s.to_string(),
+        reason: reason.to_string(),
+    })
+}
+
+/// Lowercase, without a trailing dot.
+fn normalize_host(s: &str) -> String {
+    s.trim().trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// A DNS name or an IP address, as a Host header (without port) can hold.
+fn valid_host(s: &str) -> bool {
+    if s.parse::<IpAddr>().is_ok() {
+        return true;
+    }
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+        })
+}
+
+fn resolve_routes(
+    files: Option<Vec<RouteFile>>,
+    upstreams: &[UpstreamConfig],
+    root: &KeyPath,
+    out: &mut Resolved,
+) -> Vec<Route> {
+    let base = root.key("routes");
+    let files = match files {
+        Some(r) => r,
+        None => {
+            // The documented default: one upstream and no [[routes]] → `/` → that upstream.
+            return match upstreams {
+                [only] => vec![Route {
+                    host: None,
+                    path_prefix: "/".to_string(),
+                    upstream: only.name.clone(),
+                }],
+                [] => Vec::new(), // already reported as "no upstream"
+                _ => {
+                    out.err(base, ErrorKind::NoRoute);
+                    Vec::new()
+                }
+            };
+        }
+    };
+    if files.is_empty() {
+        out.err(base.clone(), ErrorKind::NoRoute);
+    }
+    let mut routes = Vec::new();
+    for (i, r) in files.into_iter().enumerate() {
+        let p = base.index(i);
+        if !upstreams.iter().any(|u| u.name == r.upstream) {
+            out.err(
+                p.key("upstream"),
+                ErrorKind::UnknownUpstream(r.upstream.clone()),
+            );
+        }
+        if !r.path_prefix.starts_with('/') {
+            out.err(
+                p.key("path_prefix"),
+                ErrorKind::NotAbsolutePath(r.path_prefix.clone()),
+            );
+        }
+        let host = r.host.map(|h| {
+            let n = normalize_host(&h);
+            if !valid_host(&n) {
+                out.err(p.key("host"), ErrorKind::InvalidHost(h));
+            }
+            n
+        });
+        routes.push(Route {
+            host,
+            path_prefix: r.path_prefix,
+            upstream: r.upstream,
+        });
+    }
+    for u in upstreams {
+        if !routes.is_empty() && !routes.iter().any(|r| r.upstream == u.name) {
+            out.warn(
+                root.key("upstreams").key(u.name.as_str()),
+                "no route uses this upstream",
+            );
+        }
+    }
+    routes
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derived_id_is_ten_hex_digits_of_sha256() {
+        let id = derived_id("127.0.0.1:9001".parse().unwrap());
+        assert_eq!(id.len(), 10);
+        assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
+        let full = Sha256::digest(b"127.0.0.1:9001");
+        let hex: String = full.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(id, hex[..10]);
+        assert_ne!(id, derived_id("127.0.0.1:9002".parse().unwrap()));
+    }
+
+    #[test]
+    fn nets_accept_cidrs_and_bare_ips() {
+        assert_eq!(parse_net("10.0.0.0/8").unwrap().to_string(), "10.0.0.0/8");
+        assert_eq!(parse_net("10.1.2.3/8").unwrap().to_string(), "10.0.0.0/8");
+        assert_eq!(parse_net("127.0.0.1").unwrap().to_string(), "127.0.0.1/32");
+        assert_eq!(parse_net("::1").unwrap().to_string(), "::1/128");
+        assert!(parse_net("10.0.0.0/33").is_err());
+        assert!(parse_net("localhost").is_err());
+    }
+
+    #[test]
+    fn wildcard_listeners_conflict_on_the_same_port() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert!(addrs_conflict(a("127.0.0.1:80"), a("127.0.0.1:80")));
+        assert!(addrs_conflict(a("0.0.0.0:80"), a("127.0.0.1:80")));
+        assert!(addrs_conflict(a("127.0.0.1:80"), a("[::]:80")));
+        assert!(!addrs_conflict(a("127.0.0.1:80"), a("127.0.0.2:80")));
+        assert!(!addrs_conflict(a("127.0.0.1:80"), a("127.0.0.1:81")));
+        assert!(!addrs_conflict(a("127.0.0.1:0"), a("127.0.0.1:0")));
+    }
+
+    #[test]
+    fn cookie_names_are_tokens() {
+        assert!(valid_cookie_name("syd_route"));
+        assert!(!valid_cookie_name(""));
+        assert!(!valid_cookie_name("a b"));
+        assert!(!valid_cookie_name("a=b"));
+    }
+}

@@ -1,0 +1,223 @@
+//! [`Config::summary`]: what `proxy check` prints about a valid configuration.
+
+use std::fmt::Write;
+
+use super::duration::fmt_duration;
+use super::{CheckKind, Config, StrategyKind};
+
+impl Config {
+    /// A human summary: listeners (TLS, h2, redirect), upstreams (strategy, backends with
+    /// weight, backup flag and id, health, sticky/ip_hash settings), routes, limits, timeouts,
+    /// admin, access log and warnings. Secrets are never printed.
+    pub fn summary(&self) -> String {
+        let mut s = String::new();
+        // Writing into a String cannot fail; the results are ignored below.
+        let _ = self.write_summary(&mut s);
+        s
+    }
+
+    fn write_summary(&self, s: &mut String) -> std::fmt::Result {
+        match &self.source {
+            Some(p) => writeln!(s, "config: {}", p.display())?,
+            None => writeln!(s, "config: quick mode (command-line flags)")?,
+        }
+        writeln!(
+            s,
+            "server: {} worker thread{}, grace period {}",
+            self.server.threads,
+            plural(self.server.threads),
+            fmt_duration(self.server.grace_period)
+        )?;
+
+        writeln!(s, "listeners:")?;
+        for l in &self.listeners {
+            write!(s, "  {}", l.listen)?;
+            match &l.tls {
+                Some(t) => {
+                    write!(
+                        s,
+                        "  https  cert {}  key {}",
+                        t.cert.display(),
+                        t.key.display()
+                    )?;
+                    write!(
+                        s,
+                        "  alpn {}",
+                        if t.h2 { "h2,http/1.1" } else { "http/1.1" }
+                    )?;
+                    for sni in &t.sni {
+                        write!(
+                            s,
+                            "\n      sni {} -> cert {}",
+                            sni.server_name,
+                            sni.cert.display()
+                        )?;
+                    }
+                }
+                None => write!(s, "  http")?,
+            }
+            if let Some(port) = l.redirect_https_port {
+                write!(s, "  (redirects everything to https port {port})")?;
+            }
+            writeln!(s)?;
+        }
+
+        writeln!(s, "upstreams:")?;
+        for u in &self.upstreams {
+            write!(s, "  {}  strategy {}", u.name, u.strategy.as_str())?;
+            if let Some(d) = u.slow_start {
+                write!(s, "  slow start {}", fmt_duration(d))?;
+            }
+            writeln!(s)?;
+            let width = u
+                .backends
+                .iter()
+                .map(|b| b.addr.to_string().len())
+                .max()
+                .unwrap_or(0);
+            for b in &u.backends {
+                writeln!(
+                    s,
+                    "    {:<width$}  weight {:<5}  id {}{}",
+                    b.addr.to_string(),
+                    b.weight,
+                    b.id,
+                    if b.backup { "  backup" } else { "" },
+                )?;
+            }
+            match &u.health.active {
+                Some(a) => {
+                    let what = match &a.kind {
+                        CheckKind::Http { path } => format!("http GET {path}"),
+                        CheckKind::Tcp => "tcp connect".to_string(),
+                    };
+                    write!(
+                        s,
+                        "    active check: {what} every {}, timeout {}, rise {}, fall {}",
+                        fmt_duration(a.interval),
+                        fmt_duration(a.timeout),
+                        a.rise,
+                        a.fall
+                    )?;
+                }
+                None => write!(s, "    active check: none")?,
+            }
+            if u.health.max_fails == 0 {
+                writeln!(s, "; passive: off")?;
+            } else {
+                writeln!(
+                    s,
+                    "; passive: down after {} failure{} in {}",
+                    u.health.max_fails,
+                    plural(u.health.max_fails as usize),
+                    fmt_duration(u.health.fail_window)
+                )?;
+            }
+            match u.strategy {
+                StrategyKind::StickyCookie => writeln!(
+                    s,
+                    "    sticky: cookie {}, {}, key {} bytes, fallback {}",
+                    u.sticky.cookie,
+                    match u.sticky.max_age {
+                        Some(d) => format!("max-age {}", fmt_duration(d)),
+                        None => "session cookie".to_string(),
+                    },
+                    u.sticky.key.len(),
+                    u.sticky.fallback.as_str()
+                )?,
+                StrategyKind::IpHash => {
+                    let nets: Vec<String> = u
+                        .ip_hash
+                        .trusted_proxies
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect();
+                    writeln!(
+                        s,
+                        "    ip_hash: trusted proxies {}",
+                        if nets.is_empty() {
+                            "none (X-Forwarded-For ignored)".to_string()
+                        } else {
+                            nets.join(", ")
+                        }
+                    )?
+                }
+                _ => {}
+            }
+        }
+
+        writeln!(s, "routes (first match wins):")?;
+        for r in &self.routes {
+            writeln!(
+                s,
+                "  {}{} -> {}",
+                r.host.as_deref().unwrap_or("*"),
+                r.path_prefix,
+                r.upstream
+            )?;
+        }
+
+        let l = &self.limits;
+        let off = |v: Option<String>| v.unwrap_or_else(|| "off".to_string());
+        writeln!(
+            s,
+            "limits: connections/ip {}, requests/s/ip {}, header bytes {}, body bytes {}, header read timeout {}",
+            off(l.max_connections_per_ip.map(|v| v.to_string())),
+            off(l.requests_per_second_per_ip.map(|v| v.to_string())),
+            off(l.max_request_header_bytes.map(|v| v.to_string())),
+            off(l.max_request_body_bytes.map(|v| v.to_string())),
+            off(l.header_read_timeout.map(fmt_duration)),
+        )?;
+        let t = &self.timeouts;
+        writeln!(
+            s,
+            "timeouts: connect {}, upstream read {}, tunnel idle {}, downstream keep-alive {}",
+            fmt_duration(t.connect),
+            fmt_duration(t.upstream_read),
+            fmt_duration(t.tunnel_idle),
+            if t.downstream_keepalive.is_zero() {
+                "off".to_string()
+            } else {
+                fmt_duration(t.downstream_keepalive)
+            },
+        )?;
+        match &self.admin {
+            Some(a) => writeln!(
+                s,
+                "admin: {} ({})",
+                a.listen,
+                if a.token.is_some() {
+                    "token set"
+                } else {
+                    "no token: mutations refused"
+                }
+            )?,
+            None => writeln!(s, "admin: off")?,
+        }
+        if self.access_log.enabled {
+            writeln!(
+                s,
+                "access log: {} to {}",
+                self.access_log.format.as_str(),
+                self.access_log
+                    .path
+                    .as_ref()
+                    .map_or("stdout".to_string(), |p| p.display().to_string())
+            )?;
+        } else {
+            writeln!(s, "access log: off")?;
+        }
+        for w in &self.warnings {
+            writeln!(s, "warning: {w}")?;
+        }
+        Ok(())
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}

@@ -1,0 +1,900 @@
+//! Tests of loading and validating config files: the example file, the defaults, and one
+//! test per error with its exact `file:line: key: message`.
+
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::*;
+
+/// Environment seen by the tests (the process environment is never touched).
+fn env(name: &str) -> Option<String> {
+    match name {
+        "TEST_ADMIN_TOKEN" | "SWITCHYARD_ADMIN_TOKEN" => Some("admin-secret".to_string()),
+        "TEST_STICKY_KEY" | "SWITCHYARD_STICKY_KEY" => Some("0123456789abcdef0123".to_string()),
+        "TEST_SHORT_KEY" => Some("short".to_string()),
+        "TEST_EMPTY" => Some(String::new()),
+        _ => None,
+    }
+}
+
+fn load(text: &str) -> Result<Config, ConfigErrors> {
+    parse_with_env(text, Some(Path::new("proxy.toml")), &env)
+}
+
+fn ok(text: &str) -> Config {
+    match load(text) {
+        Ok(c) => c,
+        Err(e) => panic!("expected a valid config, got:\n{e}"),
+    }
+}
+
+/// The rendered errors.
+fn errs(text: &str) -> Vec<String> {
+    match load(text) {
+        Ok(_) => panic!("expected errors for:\n{text}"),
+        Err(e) => e.lines(),
+    }
+}
+
+/// The single error, rendered.
+fn err(text: &str) -> String {
+    let e = errs(text);
+    assert_eq!(e.len(), 1, "expected one error, got {e:#?}");
+    e.into_iter().next().unwrap()
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+/// A temporary directory with a self-signed certificate (`cert.pem`) and its key (`key.pem`).
+struct Certs {
+    dir: tempfile::TempDir,
+}
+
+impl Certs {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        std::fs::write(dir.path().join("cert.pem"), ck.cert.pem()).unwrap();
+        std::fs::write(dir.path().join("key.pem"), ck.key_pair.serialize_pem()).unwrap();
+        Certs { dir }
+    }
+    fn cert(&self) -> PathBuf {
+        self.dir.path().join("cert.pem")
+    }
+    fn key(&self) -> PathBuf {
+        self.dir.path().join("key.pem")
+    }
+    fn file(&self, name: &str, content: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, content).unwrap();
+        p
+    }
+}
+
+const EXAMPLE: &str = include_str!("../../examples/proxy.toml");
+
+/// The example with its certificate paths pointing at generated files.
+fn example_with(certs: &Certs) -> String {
+    EXAMPLE
+        .replace("certs/localhost.pem", &certs.cert().display().to_string())
+        .replace(
+            "certs/localhost-key.pem",
+            &certs.key().display().to_string(),
+        )
+}
+
+/// Line (1-based) of the first line of `text` containing `needle`.
+fn line_of(text: &str, needle: &str) -> usize {
+    text.lines().position(|l| l.contains(needle)).unwrap() + 1
+}
+
+#[test]
+fn the_example_file_loads() {
+    let certs = Certs::new();
+    let c = ok(&example_with(&certs));
+
+    assert_eq!(c.server.threads, 2);
+    assert_eq!(c.server.grace_period, Duration::from_secs(5));
+    let admin = c.admin.as_ref().unwrap();
+    assert_eq!(admin.listen, addr("127.0.0.1:9900"));
+    assert_eq!(admin.token.as_deref(), Some("admin-secret"));
+    assert_eq!(
+        c.access_log,
+        AccessLogConfig {
+            enabled: false,
+            format: AccessLogFormat::Json,
+            path: None
+        }
+    );
+    assert_eq!(c.limits, Limits::default());
+    assert_eq!(c.limits.max_connections_per_ip, None);
+    assert_eq!(c.limits.max_request_header_bytes, Some(16384));
+    assert_eq!(c.limits.max_request_body_bytes, Some(10 * 1024 * 1024));
+    assert_eq!(c.limits.header_read_timeout, Some(Duration::from_secs(10)));
+    assert_eq!(c.timeouts, Timeouts::default());
+    assert_eq!(c.timeouts.tunnel_idle, Duration::from_secs(3600));
+
+    assert_eq!(c.listeners.len(), 2);
+    assert_eq!(c.listeners[0].listen, addr("127.0.0.1:8080"));
+    assert_eq!(c.listeners[0].redirect_https_port, Some(8443));
+    assert!(c.listeners[0].tls.is_none());
+    let tls = c.listeners[1].tls.as_ref().unwrap();
+    assert_eq!(tls.cert, certs.cert());
+    assert_eq!(tls.key, certs.key());
+    assert!(tls.sni.is_empty());
+    assert!(tls.h2);
+
+    assert_eq!(c.upstreams.len(), 1);
+    let u = c.upstream("chat").unwrap();
+    assert_eq!(u.strategy, StrategyKind::LeastConn);
+    assert_eq!(
+        u.backends,
+        vec![
+            BackendConfig {
+                id: derived_id(addr("127.0.0.1:9001")),
+                addr: addr("127.0.0.1:9001"),
+                weight: 1,
+                backup: false
+            },
+            BackendConfig {
+                id: "n2".to_string(),
+                addr: addr("127.0.0.1:9002"),
+                weight: 3,
+                backup: false
+            },
+            BackendConfig {
+                id: derived_id(addr("127.0.0.1:9009")),
+                addr: addr("127.0.0.1:9009"),
+                weight: 1,
+                backup: true
+            },
+        ]
+    );
+    assert_eq!(u.slow_start, Some(Duration::from_secs(10)));
+    assert_eq!(
+        u.health,
+        HealthConfig {
+            active: Some(ActiveCheck {
+                kind: CheckKind::Http {
+                    path: "/healthz".to_string()
+                },
+                interval: Duration::from_secs(2),
+                timeout: Duration::from_secs(1),
+                rise: 2,
+                fall: 2,
+            }),
+            max_fails: 3,
+            fail_window: Duration::from_secs(10),
+        }
+    );
+    // Not sticky_cookie: the sticky table is ignored (and reported as such).
+    assert!(u.sticky.key.is_empty());
+    assert_eq!(
+        u.ip_hash
+            .trusted_proxies
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        vec!["127.0.0.1/32", "10.0.0.0/8"]
+    );
+    assert!(u.ip_hash.is_trusted("10.1.2.3".parse().unwrap()));
+    assert!(!u.ip_hash.is_trusted("192.168.0.1".parse().unwrap()));
+
+    assert_eq!(
+        c.routes,
+        vec![
+            Route {
+                host: Some("chat.example.com".to_string()),
+                path_prefix: "/".to_string(),
+                upstream: "chat".to_string()
+            },
+            Route {
+                host: None,
+                path_prefix: "/".to_string(),
+                upstream: "chat".to_string()
+            },
+        ]
+    );
+    assert_eq!(c.source.as_deref(), Some(Path::new("proxy.toml")));
+    let sticky_line = line_of(EXAMPLE, "[upstreams.chat.sticky]");
+    let ip_hash_line = line_of(EXAMPLE, "[upstreams.chat.ip_hash]");
+    assert_eq!(
+        c.warnings,
+        vec![
+            format!("proxy.toml:{sticky_line}: upstreams.chat.sticky: ignored: strategy is least_conn, not sticky_cookie"),
+            format!("proxy.toml:{ip_hash_line}: upstreams.chat.ip_hash: ignored: strategy is least_conn, not ip_hash"),
+        ]
+    );
+
+    let summary = c.summary();
+    for needle in [
+        "127.0.0.1:8080  http  (redirects everything to https port 8443)",
+        "alpn h2,http/1.1",
+        "chat  strategy least_conn  slow start 10s",
+        "127.0.0.1:9002  weight 3      id n2",
+        "backup",
+        "active check: http GET /healthz every 2s, timeout 1s, rise 2, fall 2; passive: down after 3 failures in 10s",
+        "chat.example.com/ -> chat",
+        "*/ -> chat",
+        "admin: 127.0.0.1:9900 (token set)",
+        "limits: connections/ip off, requests/s/ip off, header bytes 16384",
+    ] {
+        assert!(summary.contains(needle), "summary lacks {needle:?}:\n{summary}");
+    }
+    assert!(!summary.contains("admin-secret"));
+}
+
+#[test]
+fn the_example_as_shipped_names_its_missing_certificates() {
+    // Relative to the test's working directory the example's cert paths do not exist.
+    let line = line_of(EXAMPLE, "tls = { cert");
+    let e = errs(EXAMPLE);
+    assert_eq!(e.len(), 2, "{e:#?}");
+    assert!(
+        e[0].starts_with(&format!(
+            "proxy.toml:{line}: listeners[1].tls.cert: certs/localhost.pem: cannot read: "
+        )),
+        "{}",
+        e[0]
+    );
+    assert!(
+        e[1].starts_with(&format!(
+            "proxy.toml:{line}: listeners[1].tls.key: certs/localhost-key.pem: cannot read: "
+        )),
+        "{}",
+        e[1]
+    );
+}
+
+#[test]
+fn load_reads_a_file_and_reports_a_missing_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.toml");
+    std::fs::write(&path, MINIMAL).unwrap();
+    let c = Config::load(&path).unwrap();
+    assert_eq!(c.source.as_deref(), Some(path.as_path()));
+
+    let missing = dir.path().join("nope.toml");
+    let e = Config::load(&missing).unwrap_err();
+    assert!(matches!(e.errors()[0].kind, ErrorKind::Read(_)));
+    let line = e.to_string();
+    assert!(
+        line.starts_with(&format!("{}: cannot read: ", missing.display())),
+        "{line}"
+    );
+
+    // A file's errors carry its path.
+    std::fs::write(&path, "[server]\ntreads = 3\n").unwrap();
+    let e = Config::load(&path).unwrap_err().to_string();
+    assert!(
+        e.starts_with(&format!("{}:2: server.treads: unknown key", path.display())),
+        "{e}"
+    );
+}
+
+const MINIMAL: &str = r#"[[listeners]]
+listen = "127.0.0.1:8080"
+
+[upstreams.app]
+backends = [{ addr = "127.0.0.1:9001" }]
+"#;
+
+#[test]
+fn defaults_and_the_implied_route() {
+    let c = ok(MINIMAL);
+    assert_eq!(
+        c.server.threads,
+        std::thread::available_parallelism().unwrap().get()
+    );
+    assert_eq!(c.server.grace_period, Duration::from_secs(5));
+    assert!(c.admin.is_none());
+    assert_eq!(c.access_log, AccessLogConfig::default());
+    assert_eq!(c.limits, Limits::default());
+    assert_eq!(
+        c.timeouts,
+        Timeouts {
+            connect: Duration::from_secs(2),
+            upstream_read: Duration::from_secs(60),
+            tunnel_idle: Duration::from_secs(3600),
+            downstream_keepalive: Duration::from_secs(60),
+        }
+    );
+    let u = &c.upstreams[0];
+    assert_eq!(u.strategy, StrategyKind::RoundRobin);
+    assert_eq!(u.health, HealthConfig::default());
+    assert_eq!(u.health.max_fails, 3);
+    assert_eq!(u.health.fail_window, Duration::from_secs(10));
+    assert_eq!(u.slow_start, None);
+    assert_eq!(
+        c.routes,
+        vec![Route {
+            host: None,
+            path_prefix: "/".to_string(),
+            upstream: "app".to_string()
+        }]
+    );
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+}
+
+#[test]
+fn active_check_defaults() {
+    let c = ok(&format!(
+        "{MINIMAL}[upstreams.app.health]\nkind = \"tcp\"\n"
+    ));
+    assert_eq!(
+        c.upstreams[0].health.active,
+        Some(ActiveCheck::with_defaults(CheckKind::Tcp))
+    );
+    let a = c.upstreams[0].health.active.clone().unwrap();
+    assert_eq!(
+        (a.interval, a.timeout, a.rise, a.fall),
+        (Duration::from_secs(2), Duration::from_secs(1), 2, 2)
+    );
+}
+
+#[test]
+fn unknown_key() {
+    let e = err(&format!("[server]\ntreads = 3\n{MINIMAL}"));
+    assert_eq!(
+        e,
+        "proxy.toml:2: server.treads: unknown key, expected `threads` or `grace_period`"
+    );
+    let e = err(&format!(
+        "{MINIMAL}[upstreams.app.health]\nkind = \"tcp\"\nrize = 3\n"
+    ));
+    assert!(
+        e.starts_with("proxy.toml:8: upstreams.app.health.rize: unknown key, expected one of"),
+        "{e}"
+    );
+    let e = err("[[listeners]]\nlisten = \"127.0.0.1:1\"\n[upstreams.a]\nbackends = [\n  { addr = \"127.0.0.1:2\", wieght = 2 },\n]\n");
+    assert!(
+        e.starts_with("proxy.toml:5: upstreams.a.backends[0].wieght: unknown key"),
+        "{e}"
+    );
+    let e = err(&format!("{MINIMAL}[extra]\n"));
+    assert!(e.starts_with("proxy.toml:6: extra: unknown key"), "{e}");
+}
+
+#[test]
+fn unknown_strategy() {
+    let e = err("[[listeners]]\nlisten = \"127.0.0.1:1\"\n\n[upstreams.chat]\nstrategy = \"leest_conn\"\nbackends = [{ addr = \"127.0.0.1:2\" }]\n");
+    assert_eq!(
+        e,
+        "proxy.toml:5: upstreams.chat.strategy: unknown variant `leest_conn`, expected one of \
+         `round_robin`, `least_conn`, `ip_hash`, `sticky_cookie`, `p2c`, `least_time`"
+    );
+}
+
+#[test]
+fn wrong_types_and_bad_values() {
+    let e = err(&format!("[server]\nthreads = \"two\"\n{MINIMAL}"));
+    assert_eq!(
+        e,
+        "proxy.toml:2: server.threads: invalid type: string \"two\", expected usize"
+    );
+    let e = err(&format!(
+        "[timeouts]\nconnect = \"2s\"\nupstream_read = \"5x\"\n{MINIMAL}"
+    ));
+    assert!(
+        e.starts_with("proxy.toml:3: timeouts.upstream_read: invalid duration \"5x\": "),
+        "{e}"
+    );
+    let e = err(&format!("[timeouts]\nconnect = 2\n{MINIMAL}"));
+    assert!(e.starts_with("proxy.toml:2: timeouts.connect: invalid type: integer `2`, expected a duration with a unit"), "{e}");
+    let e = err("[[listeners]]\nlisten = \"localhost\"\n");
+    assert_eq!(
+        e,
+        "proxy.toml:2: listeners[0].listen: invalid address `localhost` (expected ip:port, e.g. 127.0.0.1:9001 or [::1]:9001)"
+    );
+    let e = err(&format!("{MINIMAL}[access_log]\nformat = \"xml\"\n"));
+    assert_eq!(
+        e,
+        "proxy.toml:7: access_log.format: unknown variant `xml`, expected `json` or `combined`"
+    );
+    let e = err(
+        "[[listeners]]\nlisten = \"127.0.0.1:1\"\n[upstreams.a]\nbackends = [{ weight = 2 }]\n",
+    );
+    assert!(
+        e.starts_with("proxy.toml:4: upstreams.a.backends[0]: missing field `addr`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn syntax_error_has_a_line_and_no_key() {
+    let e = err("[server]\nthreads = 2\n[listeners\n");
+    assert!(e.starts_with("proxy.toml:3: invalid table header"), "{e}");
+    assert!(!e.contains('\n'), "{e}");
+}
+
+#[test]
+fn route_to_unknown_upstream() {
+    let text = format!("{MINIMAL}\n[[routes]]\npath_prefix = \"/\"\nupstream = \"ap\"\n");
+    assert_eq!(
+        err(&text),
+        "proxy.toml:9: routes[0].upstream: no upstream named `ap`"
+    );
+    assert!(matches!(
+        load(&text).unwrap_err().errors()[0].kind,
+        ErrorKind::UnknownUpstream(ref u) if u == "ap"
+    ));
+}
+
+#[test]
+fn upstream_without_a_primary_backend() {
+    let e = err("[[listeners]]\nlisten = \"127.0.0.1:1\"\n\n[upstreams.a]\nbackends = [\n  { addr = \"127.0.0.1:2\", backup = true },\n]\n");
+    assert_eq!(
+        e,
+        "proxy.toml:5: upstreams.a.backends: no primary backend (every backend is a backup, or none is listed)"
+    );
+    // No `backends` key at all: the line of the upstream's header.
+    let e = err("[[listeners]]\nlisten = \"127.0.0.1:1\"\n\n[upstreams.a]\nstrategy = \"p2c\"\n");
+    assert!(
+        e.starts_with("proxy.toml:4: upstreams.a.backends: no primary backend"),
+        "{e}"
+    );
+}
+
+#[test]
+fn duplicate_backend_address_and_id() {
+    let text = "[[listeners]]\nlisten = \"127.0.0.1:1\"\n[upstreams.a]\nbackends = [\n  { addr = \"127.0.0.1:2\" },\n  { addr = \"127.0.0.1:3\", id = \"x\" },\n  { addr = \"127.0.0.1:2\", weight = 2 },\n  { addr = \"127.0.0.1:4\", id = \"x\" },\n]\n";
+    assert_eq!(
+        errs(text),
+        vec![
+            "proxy.toml:7: upstreams.a.backends[2].addr: duplicate backend address 127.0.0.1:2",
+            "proxy.toml:8: upstreams.a.backends[3].id: duplicate backend id `x`",
+        ]
+    );
+    let e = err("[[listeners]]\nlisten = \"127.0.0.1:1\"\n[upstreams.a]\nbackends = [{ addr = \"127.0.0.1:2\", id = \"a b\" }]\n");
+    assert!(
+        e.starts_with("proxy.toml:4: upstreams.a.backends[0].id: invalid backend id `a b`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn weight_out_of_range() {
+    let text = "[[listeners]]\nlisten = \"127.0.0.1:1\"\n[upstreams.a]\nbackends = [\n  { addr = \"127.0.0.1:2\", weight = 0 },\n  { addr = \"127.0.0.1:3\", weight = 10000 },\n  { addr = \"127.0.0.1:4\", weight = 10001 },\n]\n";
+    assert_eq!(
+        errs(text),
+        vec![
+            "proxy.toml:5: upstreams.a.backends[0].weight: weight 0 is out of range (1 to 10000)",
+            "proxy.toml:7: upstreams.a.backends[2].weight: weight 10001 is out of range (1 to 10000)",
+        ]
+    );
+}
+
+#[test]
+fn duplicate_listener() {
+    let text = format!(
+        "{MINIMAL}[[listeners]]\nlisten = \"127.0.0.1:8081\"\n[[listeners]]\nlisten = \"127.0.0.1:8080\"\n[[listeners]]\nlisten = \"0.0.0.0:8081\"\n"
+    );
+    assert_eq!(
+        errs(&text),
+        vec![
+            "proxy.toml:9: listeners[2].listen: address 127.0.0.1:8080 conflicts with the listener on 127.0.0.1:8080",
+            "proxy.toml:11: listeners[3].listen: address 0.0.0.0:8081 conflicts with the listener on 127.0.0.1:8081",
+        ]
+    );
+}
+
+#[test]
+fn admin_on_a_listener_address() {
+    let text = format!("[admin]\nlisten = \"127.0.0.1:8080\"\n{MINIMAL}");
+    assert_eq!(
+        err(&text),
+        "proxy.toml:2: admin.listen: conflicts with the proxy listener on 127.0.0.1:8080"
+    );
+}
+
+#[test]
+fn admin_token_sources() {
+    let c = ok(&format!("[admin]\ntoken = \"t0k\"\n{MINIMAL}"));
+    let admin = c.admin.unwrap();
+    assert_eq!(admin.listen, DEFAULT_ADMIN_LISTEN);
+    assert_eq!(admin.token.as_deref(), Some("t0k"));
+    assert!(!format!("{admin:?}").contains("t0k"));
+
+    let c = ok(&format!(
+        "[admin]\ntoken_env = \"TEST_ADMIN_TOKEN\"\n{MINIMAL}"
+    ));
+    assert_eq!(c.admin.unwrap().token.as_deref(), Some("admin-secret"));
+
+    // An unset or empty variable: no token (mutations refused), no error, no warning.
+    for var in ["TEST_UNSET", "TEST_EMPTY"] {
+        let c = ok(&format!("[admin]\ntoken_env = \"{var}\"\n{MINIMAL}"));
+        assert_eq!(c.admin.unwrap().token, None);
+        assert!(c.warnings.is_empty());
+    }
+
+    let e = err(&format!(
+        "[admin]\ntoken = \"a\"\ntoken_env = \"TEST_ADMIN_TOKEN\"\n{MINIMAL}"
+    ));
+    assert_eq!(
+        e,
+        "proxy.toml:3: admin.token_env: set either `token` or `token_env`, not both"
+    );
+}
+
+#[test]
+fn tls_files_must_hold_a_certificate_and_a_key() {
+    let certs = Certs::new();
+    let listener = |cert: &Path, key: &Path| {
+        format!(
+            "{MINIMAL}[[listeners]]\nlisten = \"127.0.0.1:8443\"\ntls = {{ cert = \"{}\", key = \"{}\" }}\n",
+            cert.display(),
+            key.display()
+        )
+    };
+    // Valid pair.
+    let c = ok(&listener(&certs.cert(), &certs.key()));
+    assert!(c.listeners[1].tls.as_ref().unwrap().h2);
+
+    // Missing files.
+    let missing = certs.dir.path().join("missing.pem");
+    let e = errs(&listener(&missing, &missing));
+    assert_eq!(e.len(), 2);
+    assert!(
+        e[0].starts_with(&format!(
+            "proxy.toml:8: listeners[1].tls.cert: {}: cannot read: ",
+            missing.display()
+        )),
+        "{}",
+        e[0]
+    );
+    assert!(
+        e[1].starts_with("proxy.toml:8: listeners[1].tls.key: "),
+        "{}",
+        e[1]
+    );
+
+    // Swapped: the key file holds no certificate, the cert file holds no key.
+    let e = errs(&listener(&certs.key(), &certs.cert()));
+    assert_eq!(
+        e,
+        vec![
+            format!(
+                "proxy.toml:8: listeners[1].tls.cert: {}: no PEM certificate found",
+                certs.key().display()
+            ),
+            format!(
+                "proxy.toml:8: listeners[1].tls.key: {}: no PEM private key found (PKCS#8, RSA or EC)",
+                certs.cert().display()
+            ),
+        ]
+    );
+
+    // Not PEM at all.
+    let junk = certs.file("junk.pem", "hello\n");
+    let e = errs(&listener(&junk, &certs.key()));
+    assert_eq!(
+        e,
+        vec![format!(
+            "proxy.toml:8: listeners[1].tls.cert: {}: no PEM certificate found",
+            junk.display()
+        )]
+    );
+    let broken = certs.file(
+        "broken.pem",
+        "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
+    );
+    let e = err(&listener(&broken, &certs.key()));
+    assert!(e.contains(": invalid PEM: "), "{e}");
+}
+
+#[test]
+fn sni_certificates_and_tls_only_keys() {
+    let certs = Certs::new();
+    let (c, k) = (
+        certs.cert().display().to_string(),
+        certs.key().display().to_string(),
+    );
+    let text = format!(
+        "{MINIMAL}[[listeners]]\nlisten = \"127.0.0.1:8443\"\ntls = {{ cert = \"{c}\", key = \"{k}\" }}\nh2 = false\nsni = [\n  {{ server_name = \"Chat.Example.com\", cert = \"{c}\", key = \"{k}\" }},\n]\n"
+    );
+    let cfg = ok(&text);
+    let tls = cfg.listeners[1].tls.as_ref().unwrap();
+    assert!(!tls.h2);
+    assert_eq!(tls.sni[0].server_name, "chat.example.com");
+
+    let text = format!(
+        "{MINIMAL}[[listeners]]\nlisten = \"127.0.0.1:8443\"\ntls = {{ cert = \"{c}\", key = \"{k}\" }}\nsni = [\n  {{ server_name = \"a.example\", cert = \"{c}\", key = \"{k}\" }},\n  {{ server_name = \"A.example\", cert = \"{c}\", key = \"/nope\" }},\n]\n"
+    );
+    let e = errs(&text);
+    assert_eq!(
+        e[0],
+        "proxy.toml:11: listeners[1].sni[1].server_name: duplicate server name `a.example`"
+    );
+    assert!(
+        e[1].starts_with("proxy.toml:11: listeners[1].sni[1].key: /nope: cannot read: "),
+        "{}",
+        e[1]
+    );
+
+    let e = errs(&format!(
+        "{MINIMAL}[[listeners]]\nlisten = \"127.0.0.1:8443\"\nh2 = true\nredirect_https_port = 0\n"
+    ));
+    assert_eq!(
+        e,
+        vec![
+            "proxy.toml:8: listeners[1].h2: only valid on a TLS listener (set `tls = { cert = ..., key = ... }`)",
+            "proxy.toml:9: listeners[1].redirect_https_port: port must not be 0",
+        ]
+    );
+}
+
+const STICKY: &str = r#"[[listeners]]
+listen = "127.0.0.1:8080"
+
+[upstreams.app]
+strategy = "sticky_cookie"
+backends = [{ addr = "127.0.0.1:9001" }]
+"#;
+
+#[test]
+fn sticky_cookie_needs_a_long_enough_key() {
+    // No [sticky] table: reported at the upstream's header.
+    assert_eq!(
+        err(STICKY),
+        "proxy.toml:4: upstreams.app.sticky: strategy sticky_cookie needs `key` or `key_env` in [upstreams.<name>.sticky]"
+    );
+    // A table without a key: at the table's header.
+    let e = err(&format!(
+        "{STICKY}\n[upstreams.app.sticky]\ncookie = \"s\"\n"
+    ));
+    assert_eq!(
+        e,
+        "proxy.toml:8: upstreams.app.sticky: strategy sticky_cookie needs `key` or `key_env` in [upstreams.<name>.sticky]"
+    );
+    assert_eq!(
+        err(&format!("{STICKY}[upstreams.app.sticky]\nkey_env = \"TEST_UNSET\"\n")),
+        "proxy.toml:8: upstreams.app.sticky.key_env: environment variable `TEST_UNSET` is unset or empty"
+    );
+    assert_eq!(
+        err(&format!("{STICKY}[upstreams.app.sticky]\nkey_env = \"TEST_EMPTY\"\n")),
+        "proxy.toml:8: upstreams.app.sticky.key_env: environment variable `TEST_EMPTY` is unset or empty"
+    );
+    assert_eq!(
+        err(&format!(
+            "{STICKY}[upstreams.app.sticky]\nkey_env = \"TEST_SHORT_KEY\"\n"
+        )),
+        "proxy.toml:8: upstreams.app.sticky.key_env: key is 5 bytes long, at least 16 are required"
+    );
+    assert_eq!(
+        err(&format!(
+            "{STICKY}[upstreams.app.sticky]\nkey = \"0123456789abcde\"\n"
+        )),
+        "proxy.toml:8: upstreams.app.sticky.key: key is 15 bytes long, at least 16 are required"
+    );
+    assert_eq!(
+        errs(&format!(
+            "{STICKY}[upstreams.app.sticky]\nkey = \"0123456789abcdef\"\nfallback = \"sticky_cookie\"\ncookie = \"a;b\"\n"
+        )),
+        vec![
+            "proxy.toml:9: upstreams.app.sticky.fallback: the fallback cannot be sticky_cookie",
+            "proxy.toml:10: upstreams.app.sticky.cookie: invalid cookie name `a;b`",
+        ]
+    );
+
+    let c = ok(&format!(
+        "{STICKY}[upstreams.app.sticky]\nkey_env = \"TEST_STICKY_KEY\"\nmax_age = \"1h\"\n"
+    ));
+    let s = &c.upstreams[0].sticky;
+    assert_eq!(s.key, b"0123456789abcdef0123");
+    assert_eq!(s.cookie, "syd_route");
+    assert_eq!(s.max_age, Some(Duration::from_secs(3600)));
+    assert_eq!(s.fallback, StrategyKind::LeastConn);
+    assert!(!format!("{s:?}").contains("0123456789"));
+    let c = ok(&format!(
+        "{STICKY}[upstreams.app.sticky]\nkey = \"0123456789abcdef\"\n"
+    ));
+    assert_eq!(c.upstreams[0].sticky.key, b"0123456789abcdef");
+    assert!(c.upstreams[0].sticky.max_age.is_none());
+}
+
+#[test]
+fn health_check_values() {
+    let h = |body: &str| format!("{MINIMAL}[upstreams.app.health]\n{body}");
+    assert_eq!(
+        errs(&h("kind = \"tcp\"\nrise = 0\nfall = 0\n")),
+        vec![
+            "proxy.toml:8: upstreams.app.health.rise: must be at least 1",
+            "proxy.toml:9: upstreams.app.health.fall: must be at least 1",
+        ]
+    );
+    assert_eq!(
+        errs(&h("kind = \"tcp\"\ninterval = \"0s\"\ntimeout = \"0ms\"\n")),
+        vec![
+            "proxy.toml:8: upstreams.app.health.interval: must be greater than 0",
+            "proxy.toml:9: upstreams.app.health.timeout: must be greater than 0",
+        ]
+    );
+    assert_eq!(
+        err(&h("kind = \"http\"\n")),
+        "proxy.toml:6: upstreams.app.health.path: missing: required when kind = \"http\", e.g. path = \"/healthz\""
+    );
+    assert_eq!(
+        err(&h("kind = \"http\"\npath = \"healthz\"\n")),
+        "proxy.toml:8: upstreams.app.health.path: `healthz` must start with `/`"
+    );
+    assert_eq!(
+        err(&h("max_fails = 2\nfail_window = \"0s\"\n")),
+        "proxy.toml:8: upstreams.app.health.fail_window: must be greater than 0"
+    );
+    // "none" (or no kind) disables active checks; max_fails = 0 disables passive ones.
+    let c = ok(&h(
+        "kind = \"none\"\npath = \"/x\"\nmax_fails = 0\nfail_window = \"0s\"\n",
+    ));
+    assert_eq!(c.upstreams[0].health.active, None);
+    assert_eq!(c.upstreams[0].health.max_fails, 0);
+    // A timeout longer than the interval is allowed, with a warning.
+    let c = ok(&h("kind = \"tcp\"\ninterval = \"1s\"\ntimeout = \"2s\"\n"));
+    assert_eq!(
+        c.warnings,
+        vec!["proxy.toml:9: upstreams.app.health.timeout: longer than the interval: checks of one backend will overlap"]
+    );
+}
+
+#[test]
+fn trusted_proxies_are_cidrs_or_ips() {
+    let text = format!(
+        "{MINIMAL}strategy = \"ip_hash\"\n[upstreams.app.ip_hash]\ntrusted_proxies = [\n  \"10.0.0.0/8\",\n  \"192.168.1.7\",\n  \"::1\",\n  \"10.0.0.0/40\",\n  \"proxy.local\",\n]\n"
+    );
+    assert_eq!(
+        errs(&text),
+        vec![
+            "proxy.toml:12: upstreams.app.ip_hash.trusted_proxies[3]: invalid network `10.0.0.0/40`: expected an address and a prefix length, e.g. 10.0.0.0/8",
+            "proxy.toml:13: upstreams.app.ip_hash.trusted_proxies[4]: invalid network `proxy.local`: expected an IP address or a CIDR, e.g. 10.0.0.0/8",
+        ]
+    );
+    let text = format!(
+        "{MINIMAL}strategy = \"ip_hash\"\n[upstreams.app.ip_hash]\ntrusted_proxies = [\"10.0.0.0/8\", \"192.168.1.7\", \"::1\"]\n"
+    );
+    let c = ok(&text);
+    let nets: Vec<String> = c.upstreams[0]
+        .ip_hash
+        .trusted_proxies
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(nets, vec!["10.0.0.0/8", "192.168.1.7/32", "::1/128"]);
+}
+
+#[test]
+fn access_log_path() {
+    let c = ok(&format!(
+        "{MINIMAL}[access_log]\nenabled = true\nformat = \"combined\"\npath = \"/var/log/s.log\"\n"
+    ));
+    assert_eq!(
+        c.access_log,
+        AccessLogConfig {
+            enabled: true,
+            format: AccessLogFormat::Combined,
+            path: Some(PathBuf::from("/var/log/s.log"))
+        }
+    );
+    assert_eq!(
+        err(&format!("{MINIMAL}[access_log]\npath = \"\"\n")),
+        "proxy.toml:7: access_log.path: must not be empty (use \"-\" for stdout)"
+    );
+}
+
+#[test]
+fn timeouts_and_limits() {
+    assert_eq!(
+        err(&format!("[timeouts]\ntunnel_idle = \"500ms\"\n{MINIMAL}")),
+        "proxy.toml:2: timeouts.tunnel_idle: must be at least 1s"
+    );
+    assert_eq!(
+        err(&format!("[timeouts]\nconnect = \"0s\"\n{MINIMAL}")),
+        "proxy.toml:2: timeouts.connect: must be greater than 0"
+    );
+    let c = ok(&format!(
+        "[timeouts]\ntunnel_idle = \"1s\"\ndownstream_keepalive = \"0s\"\n[limits]\nmax_connections_per_ip = 10\nrequests_per_second_per_ip = 5\nmax_request_header_bytes = 0\nmax_request_body_bytes = 0\nheader_read_timeout = \"0s\"\n{MINIMAL}"
+    ));
+    assert_eq!(c.timeouts.tunnel_idle, Duration::from_secs(1));
+    assert_eq!(c.timeouts.downstream_keepalive, Duration::ZERO);
+    assert_eq!(
+        c.limits,
+        Limits {
+            max_connections_per_ip: Some(10),
+            requests_per_second_per_ip: Some(5),
+            max_request_header_bytes: None,
+            max_request_body_bytes: None,
+            header_read_timeout: None,
+        }
+    );
+    assert_eq!(
+        err(&format!("[server]\nthreads = 0\n{MINIMAL}")),
+        "proxy.toml:2: server.threads: must be at least 1"
+    );
+}
+
+#[test]
+fn no_listener() {
+    assert_eq!(
+        err("[upstreams.app]\nbackends = [{ addr = \"127.0.0.1:9001\" }]\n"),
+        "proxy.toml: listeners: no listener configured: add a [[listeners]] table"
+    );
+}
+
+#[test]
+fn routes_required_unless_one_upstream() {
+    let two = format!("{MINIMAL}[upstreams.other]\nbackends = [{{ addr = \"127.0.0.1:9002\" }}]\n");
+    assert_eq!(
+        err(&two),
+        "proxy.toml: routes: no route: add [[routes]] (a default route `/` is implied only when [[routes]] is absent and there is exactly one upstream)"
+    );
+    assert!(err(&format!("routes = []\n{MINIMAL}")).starts_with("proxy.toml:1: routes: no route"));
+    assert_eq!(
+        err("[[listeners]]\nlisten = \"127.0.0.1:8080\"\n"),
+        "proxy.toml: upstreams: no upstream defined"
+    );
+
+    // Routes: host lowercased, prefixes checked, unused upstreams reported.
+    let c = ok(&format!(
+        "{two}[[routes]]\nhost = \"API.Example.com\"\npath_prefix = \"/api\"\nupstream = \"app\"\n"
+    ));
+    assert_eq!(c.routes[0].host.as_deref(), Some("api.example.com"));
+    assert_eq!(c.routes[0].path_prefix, "/api");
+    assert_eq!(
+        c.warnings,
+        vec!["proxy.toml:6: upstreams.other: no route uses this upstream"]
+    );
+    assert_eq!(
+        errs(&format!(
+            "{MINIMAL}[[routes]]\nhost = \"a b\"\npath_prefix = \"api\"\nupstream = \"app\"\n"
+        )),
+        vec![
+            "proxy.toml:7: routes[0].host: invalid host `a b`",
+            "proxy.toml:8: routes[0].path_prefix: `api` must start with `/`",
+        ]
+    );
+}
+
+#[test]
+fn all_semantic_errors_are_reported_in_file_order() {
+    let text = r#"[admin]
+listen = "127.0.0.1:8080"
+
+[[listeners]]
+listen = "127.0.0.1:8080"
+
+[upstreams.a]
+strategy = "sticky_cookie"
+backends = [
+  { addr = "127.0.0.1:1", weight = 0 },
+  { addr = "127.0.0.1:1" },
+]
+
+[[routes]]
+upstream = "b"
+"#;
+    let e = load(text).unwrap_err();
+    assert_eq!(
+        e.lines(),
+        vec![
+            "proxy.toml:2: admin.listen: conflicts with the proxy listener on 127.0.0.1:8080",
+            "proxy.toml:7: upstreams.a.sticky: strategy sticky_cookie needs `key` or `key_env` in [upstreams.<name>.sticky]",
+            "proxy.toml:10: upstreams.a.backends[0].weight: weight 0 is out of range (1 to 10000)",
+            "proxy.toml:11: upstreams.a.backends[1].addr: duplicate backend address 127.0.0.1:1",
+            "proxy.toml:15: routes[0].upstream: no upstream named `b`",
+        ]
+    );
+    // Display is the same lines joined.
+    assert_eq!(e.to_string(), e.lines().join("\n"));
+    assert_eq!(e.errors()[4].line, Some(15));
+    assert_eq!(e.errors()[4].key, "routes[0].upstream");
+}
+
+#[test]
+fn upstreams_keep_file_order() {
+    let c = ok("[[listeners]]\nlisten = \"127.0.0.1:1\"\n[upstreams.zeta]\nbackends = [{ addr = \"127.0.0.1:2\" }]\n[upstreams.alpha]\nbackends = [{ addr = \"127.0.0.1:3\" }]\n[[routes]]\nupstream = \"zeta\"\n[[routes]]\nupstream = \"alpha\"\n");
+    let names: Vec<_> = c.upstreams.iter().map(|u| u.name.as_str()).collect();
+    assert_eq!(names, vec!["zeta", "alpha"]);
+}

@@ -1,0 +1,94 @@
+//! Active health checks: a background task that probes every backend of every upstream
+//! with an active check configured (HTTP GET or TCP connect), applying rise/fall.
+//! Passive checks live with the backend state (`upstream::backend`).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::config::CheckKind;
+use crate::state::Shared;
+
+/// How often the checker wakes to see which upstream is due.
+const TICK: Duration = Duration::from_millis(50);
+
+pub struct HealthChecker {
+    shared: Arc<Shared>,
+}
+
+impl HealthChecker {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+}
+
+/// One probe. HTTP: `GET path`, any 2xx or 3xx passes; TCP: the connect succeeds.
+pub async fn probe(addr: SocketAddr, kind: &CheckKind, timeout: Duration) -> bool {
+    let attempt = async {
+        let mut s = TcpStream::connect(addr).await.ok()?;
+        let path = match kind {
+            CheckKind::Tcp => return Some(true),
+            CheckKind::Http { path } => path,
+        };
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: switchyard-health\r\nConnection: close\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.ok()?;
+        let mut buf = [0u8; 64];
+        let mut got = 0;
+        while got < 12 {
+            let n = s.read(&mut buf[got..]).await.ok()?;
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        // "HTTP/1.1 200"
+        let line = std::str::from_utf8(&buf[..got]).ok()?;
+        let code: u16 = line.get(9..12)?.parse().ok()?;
+        Some((200..400).contains(&code))
+    };
+    matches!(tokio::time::timeout(timeout, attempt).await, Ok(Some(true)))
+}
+
+#[async_trait]
+impl BackgroundService for HealthChecker {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut next_due: HashMap<String, Instant> = HashMap::new();
+        let mut ticker = tokio::time::interval(TICK);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            let rt = self.shared.current();
+            let now = Instant::now();
+            for up in rt.upstreams.values() {
+                let Some(active) = up.config.health.active.clone() else {
+                    continue;
+                };
+                let due = next_due.entry(up.name.clone()).or_insert(now);
+                if *due > now {
+                    continue;
+                }
+                *due = now + active.interval;
+                for b in &up.backends {
+                    let (up, b, kind) = (up.clone(), b.clone(), active.kind.clone());
+                    let timeout = active.timeout;
+                    tokio::spawn(async move {
+                        let ok = probe(b.addr, &kind, timeout).await;
+                        up.report_check(&b, ok);
+                    });
+                }
+            }
+            next_due.retain(|name, _| rt.upstreams.contains_key(name));
+        }
+    }
+}

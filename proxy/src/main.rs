@@ -1,0 +1,140 @@
+//! The `proxy` binary: run from a config file or from flags, check a config, or generate
+//! development certificates.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use proxy::balance::StrategyKind;
+use proxy::config::{Config, QuickOptions};
+
+#[derive(Parser, Debug)]
+#[command(name = "proxy", version, about = "Switchyard edge proxy and load balancer")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    /// Run from this TOML config file.
+    #[arg(long, short, conflicts_with_all = ["listen", "backends", "tls_listen"])]
+    config: Option<PathBuf>,
+
+    /// Quick mode: plain HTTP listen address.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Quick mode: a backend `ip:port` or `ip:port=weight` (repeat for more).
+    #[arg(long = "backend", value_name = "ADDR[=WEIGHT]")]
+    backends: Vec<String>,
+    /// Quick mode: a backup backend, used only while every primary is down.
+    #[arg(long = "backup", value_name = "ADDR")]
+    backups: Vec<String>,
+    /// Quick mode: balancing strategy.
+    #[arg(long, value_enum, default_value_t = StrategyKind::LeastConn)]
+    strategy: StrategyKind,
+    /// Quick mode: TLS listen address (needs --cert and --key).
+    #[arg(long)]
+    tls_listen: Option<SocketAddr>,
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// Quick mode: enable active HTTP health checks on this path.
+    #[arg(long)]
+    health_path: Option<String>,
+    /// Quick mode: admin listener (metrics, status, mutations).
+    #[arg(long)]
+    admin: Option<SocketAddr>,
+    /// Bearer token for admin mutations.
+    #[arg(long, env = "SWITCHYARD_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Worker threads (default: number of cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// HMAC key for sticky cookies (shared by all replicas).
+    #[arg(long, env = "SWITCHYARD_STICKY_KEY", hide_env_values = true)]
+    sticky_key: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Validate a config file, print a summary; exit 1 with file:line errors.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Generate a development CA and a localhost certificate.
+    GenCert {
+        #[arg(long, default_value = "certs")]
+        out: PathBuf,
+    },
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,pingora_core=warn,pingora_proxy=warn")
+    });
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Some(Command::GenCert { out }) => {
+            proxy::tls::gen_cert(&out)?;
+            println!("wrote {0}/ca.pem, {0}/ca-key.pem, {0}/localhost.pem, {0}/localhost-key.pem", out.display());
+            println!("trust the CA: see README.md, section \"Trusting the development CA\"");
+            return Ok(ExitCode::SUCCESS);
+        }
+        Some(Command::Check { config }) => {
+            return Ok(match Config::load(&config) {
+                Ok(c) => {
+                    println!("{}", c.summary());
+                    println!("{}: OK", config.display());
+                    ExitCode::SUCCESS
+                }
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    ExitCode::FAILURE
+                }
+            });
+        }
+        None => {}
+    }
+    let config = match &cli.config {
+        Some(path) => Config::load(path),
+        None => Config::from_quick(&QuickOptions {
+            listen: cli.listen,
+            backends: cli.backends,
+            backups: cli.backups,
+            strategy: cli.strategy,
+            tls_listen: cli.tls_listen,
+            cert: cli.cert,
+            key: cli.key,
+            health_path: cli.health_path,
+            admin: cli.admin,
+            admin_token: cli.admin_token,
+            threads: cli.threads,
+            sticky_key: cli.sticky_key,
+        }),
+    };
+    let config = match config {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    proxy::server::run(config)?;
+    Ok(ExitCode::SUCCESS)
+}

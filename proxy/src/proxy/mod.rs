@@ -1,0 +1,483 @@
+//! The pingora `ProxyHttp` implementation: limits, routing, backend choice, forwarded
+//! headers, passive health, sticky cookies, metrics and the access log.
+
+mod forwarded;
+mod respond;
+mod upgrade;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorSource, ErrorType};
+
+use crate::access_log::{AccessLog, Entry};
+use crate::balance::{PickContext, StrategyKind};
+use crate::limits::ClientGuard;
+use crate::state::{Runtime, Shared};
+use crate::upstream::{ActiveGuard, Backend, Upstream};
+
+pub use forwarded::{client_ip, forwarded_headers};
+
+/// How many backends one request may try when connections fail.
+const MAX_TRIES: usize = 3;
+
+/// The proxy service logic. Holds nothing per request; see [`Ctx`].
+pub struct EdgeProxy {
+    shared: Arc<Shared>,
+}
+
+impl EdgeProxy {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+}
+
+/// Per-request state.
+#[derive(Default)]
+pub struct Ctx {
+    runtime: Option<Arc<Runtime>>,
+    upstream: Option<Arc<Upstream>>,
+    backend: Option<Arc<Backend>>,
+    tried: Vec<usize>,
+    guard: Option<ActiveGuard>,
+    client_guard: Option<ClientGuard>,
+    peer_ip: Option<IpAddr>,
+    /// Client address for balancing and X-Real-IP (trusted X-Forwarded-For applied).
+    client_ip: Option<IpAddr>,
+    tls: bool,
+    sticky_id: Option<String>,
+    set_cookie: Option<String>,
+    started: Option<Instant>,
+    upstream_started: Option<Instant>,
+    body_bytes: u64,
+    /// The request was handed to our tunnel path, which logs it when the tunnel closes.
+    tunneled: bool,
+    /// The proxy answered by itself (limit, route, redirect) with this status.
+    local_status: Option<u16>,
+}
+
+fn host_of(req: &RequestHeader) -> Option<&str> {
+    req.uri.authority().map(|a| a.as_str()).or_else(|| {
+        req.headers
+            .get(http::header::HOST)
+            .and_then(|v| v.to_str().ok())
+    })
+}
+
+/// Size of the request line plus headers as sent, for the 431 limit.
+fn head_size(req: &RequestHeader) -> usize {
+    let line = req.method.as_str().len() + req.uri.to_string().len() + 12;
+    req.headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + line
+}
+
+fn cookie_value<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
+    req.headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim_matches('"'))
+}
+
+impl EdgeProxy {
+    fn sticky_cookie_header(up: &Upstream, id: &str, tls: bool) -> Option<String> {
+        let signer = up.signer.as_ref()?;
+        let sticky = &up.config.sticky;
+        let mut c = format!(
+            "{}={}; Path=/; HttpOnly; SameSite=Lax",
+            sticky.cookie,
+            signer.sign(id)
+        );
+        if let Some(age) = sticky.max_age {
+            c.push_str(&format!("; Max-Age={}", age.as_secs()));
+        }
+        if tls {
+            c.push_str("; Secure");
+        }
+        Some(c)
+    }
+
+    /// Picks a backend for this request and records it in `ctx`; None when no backend can
+    /// take it.
+    fn choose(&self, up: &Arc<Upstream>, ctx: &mut Ctx) -> Option<Arc<Backend>> {
+        let pctx = PickContext {
+            client_ip: ctx.client_ip,
+            sticky_id: ctx.sticky_id.as_deref(),
+        };
+        let pick = up.pick(&pctx, &ctx.tried)?;
+        self.shared
+            .metrics
+            .picks
+            .with_label_values(&[up.name.as_str(), up.config.strategy.as_str()])
+            .inc();
+        self.shared
+            .metrics
+            .requests
+            .with_label_values(&[up.name.as_str(), &pick.backend.addr.to_string()])
+            .inc();
+        ctx.tried.push(pick.index);
+        if up.config.strategy == StrategyKind::StickyCookie
+            && ctx.sticky_id.as_deref() != Some(pick.backend.id.as_str())
+        {
+            ctx.set_cookie = Self::sticky_cookie_header(up, &pick.backend.id, ctx.tls);
+        }
+        // Replacing the guard of a failed attempt releases that backend's count.
+        ctx.guard = Some(ActiveGuard::new(pick.backend.stats.clone()));
+        ctx.backend = Some(pick.backend.clone());
+        ctx.upstream_started = Some(Instant::now());
+        Some(pick.backend)
+    }
+
+    /// Records a response head from the chosen backend (TTFB, metrics, passive success).
+    fn observe_response(&self, ctx: &Ctx, status: u16) {
+        let (Some(up), Some(b)) = (&ctx.upstream, &ctx.backend) else {
+            return;
+        };
+        let addr = b.addr.to_string();
+        if let Some(t) = ctx.upstream_started {
+            let el = t.elapsed();
+            b.stats.ewma.observe(el);
+            self.shared
+                .metrics
+                .latency
+                .with_label_values(&[up.name.as_str(), &addr])
+                .observe(el.as_secs_f64());
+        }
+        let class = match status {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.shared
+            .metrics
+            .responses
+            .with_label_values(&[up.name.as_str(), &addr, class])
+            .inc();
+        up.report_success(b);
+    }
+
+    /// Answers locally with a plain-text reason and stops the request.
+    async fn reject(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        status: u16,
+        reason: &str,
+        detail: &str,
+    ) -> Result<bool> {
+        self.shared.metrics.reject(reason);
+        ctx.local_status = Some(status);
+        respond::text(session, status, detail).await?;
+        Ok(true)
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for EdgeProxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            started: Some(Instant::now()),
+            ..Default::default()
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let rt = self.shared.current();
+        ctx.runtime = Some(rt.clone());
+        let cfg = &rt.config;
+        ctx.tls = session
+            .digest()
+            .is_some_and(|d| d.ssl_digest.is_some());
+        ctx.peer_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        // The head has been read: from now on the downstream read timeout guards bodies,
+        // not the (short) header timeout our listener wrapper set.
+        session.set_read_timeout(Some(cfg.timeouts.upstream_read));
+
+        // HTTP -> HTTPS redirect on listeners configured for it.
+        let local: Option<SocketAddr> = session
+            .server_addr()
+            .and_then(|a| a.as_inet())
+            .copied();
+        if let Some(port) = local.and_then(|l| {
+            cfg.listeners
+                .iter()
+                .find(|x| x.listen == l || (x.listen.ip().is_unspecified() && x.listen.port() == l.port()))
+                .and_then(|x| x.redirect_https_port)
+        }) {
+            let req = session.req_header();
+            let host = host_of(req).map(|h| h.rsplit_once(':').map_or(h, |(a, _)| a)).unwrap_or("localhost");
+            let pq = req.uri.path_and_query().map_or("/", |p| p.as_str());
+            let location = if port == 443 {
+                format!("https://{host}{pq}")
+            } else {
+                format!("https://{host}:{port}{pq}")
+            };
+            ctx.local_status = Some(308);
+            respond::redirect(session, &location).await?;
+            return Ok(true);
+        }
+
+        let limits = &cfg.limits;
+        if limits
+            .max_request_header_bytes
+            .is_some_and(|max| head_size(session.req_header()) > max)
+        {
+            return self
+                .reject(session, ctx, 431, "header_too_large", "request header fields too large")
+                .await;
+        }
+        if let Some(ip) = ctx.peer_ip {
+            if !self.shared.limits.allow_request(ip, limits.requests_per_second_per_ip.unwrap_or(0)) {
+                return self
+                    .reject(session, ctx, 429, "rate_limited", "too many requests from this address")
+                    .await;
+            }
+            match self.shared.limits.acquire(ip, limits.max_connections_per_ip.unwrap_or(0)) {
+                Some(g) => ctx.client_guard = Some(g),
+                None => {
+                    return self
+                        .reject(session, ctx, 429, "too_many_connections", "too many concurrent connections from this address")
+                        .await
+                }
+            }
+        }
+        if let Some(max) = limits.max_request_body_bytes {
+            let declared = session
+                .req_header()
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            if declared.is_some_and(|n| n > max) {
+                return self
+                    .reject(session, ctx, 413, "body_too_large", "request body too large")
+                    .await;
+            }
+        }
+
+        let req = session.req_header();
+        let Some(up) = rt.route(host_of(req), req.uri.path()).cloned() else {
+            return self
+                .reject(session, ctx, 404, "no_route", "no route for this host and path")
+                .await;
+        };
+        ctx.client_ip = client_ip(ctx.peer_ip, &req.headers, &up.config.ip_hash.trusted_proxies);
+        if let Some(signer) = &up.signer {
+            if let Some(value) = cookie_value(req, &up.config.sticky.cookie) {
+                match signer.verify(value) {
+                    Some(id) => ctx.sticky_id = Some(id.to_string()),
+                    None => tracing::warn!(client = ?ctx.peer_ip, "ignoring a sticky cookie with a bad signature"),
+                }
+            }
+        }
+        ctx.upstream = Some(up);
+
+        if session.is_upgrade_req() {
+            return upgrade::handle(self, session, ctx).await;
+        }
+        Ok(false)
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let (Some(up), Some(rt)) = (ctx.upstream.clone(), ctx.runtime.clone()) else {
+            return Err(Error::explain(ErrorType::InternalError, "no upstream chosen"));
+        };
+        let Some(backend) = self.choose(&up, ctx) else {
+            self.shared.metrics.reject("no_backend");
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(503),
+                format!("no healthy backend in upstream {}", up.name),
+            ));
+        };
+        let t = &rt.config.timeouts;
+        let mut peer = HttpPeer::new(backend.addr, false, String::new());
+        peer.options.connection_timeout = Some(t.connect);
+        peer.options.total_connection_timeout = Some(t.connect + Duration::from_secs(1));
+        peer.options.read_timeout = Some(t.upstream_read);
+        peer.options.write_timeout = Some(t.upstream_read);
+        peer.options.idle_timeout = Some(Duration::from_secs(30));
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let host = host_of(session.req_header()).map(str::to_string);
+        for (name, value) in forwarded_headers(
+            &session.req_header().headers,
+            ctx.peer_ip,
+            ctx.client_ip,
+            ctx.tls,
+            host.as_deref(),
+        ) {
+            upstream_request.insert_header(name, value)?;
+        }
+        Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(b) = body {
+            ctx.body_bytes += b.len() as u64;
+            let max = ctx
+                .runtime
+                .as_ref()
+                .and_then(|r| r.config.limits.max_request_body_bytes);
+            if max.is_some_and(|max| ctx.body_bytes > max) {
+                self.shared.metrics.reject("body_too_large");
+                return Err(Error::explain(ErrorType::HTTPStatus(413), "request body too large"));
+            }
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        self.observe_response(ctx, resp.status.as_u16());
+        if let Some(c) = ctx.set_cookie.take() {
+            resp.append_header("set-cookie", c)?;
+        }
+        Ok(())
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let (Some(up), Some(b)) = (&ctx.upstream, &ctx.backend) {
+            up.report_failure(b);
+            // Nothing was sent, so any method may go to another backend.
+            if ctx.tried.len() < MAX_TRIES.min(up.backends.len()) {
+                e.set_retry(true);
+            }
+        }
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        if e.esource() == &ErrorSource::Upstream {
+            if let (Some(up), Some(b)) = (&ctx.upstream, &ctx.backend) {
+                up.report_failure(b);
+            }
+        }
+        let mut e = e.more_context(format!("peer: {peer}"));
+        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated() {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let (code, detail) = match e.etype() {
+            ErrorType::HTTPStatus(c) => (*c, e.context.as_ref().map_or_else(String::new, |c| c.as_str().to_string())),
+            ErrorType::ConnectTimedout => (502, "timed out connecting to the backend".into()),
+            ErrorType::ConnectRefused | ErrorType::ConnectNoRoute | ErrorType::ConnectError => {
+                (502, "could not connect to any backend".into())
+            }
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout if e.esource() == &ErrorSource::Upstream => {
+                (504, "the backend did not answer in time".into())
+            }
+            _ => match e.esource() {
+                ErrorSource::Upstream => (502, "the backend failed".into()),
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => (0, String::new()),
+                    ErrorType::ReadTimedout => (408, "request timed out".into()),
+                    _ => (400, "bad request".into()),
+                },
+                ErrorSource::Internal | ErrorSource::Unset => (500, "internal error".into()),
+            },
+        };
+        if code > 0 && session.response_written().is_none() {
+            let detail = if detail.is_empty() { e.etype().as_str().to_string() } else { detail };
+            if let Err(err) = respond::text(session, code, &detail).await {
+                tracing::debug!("could not send the error response: {err}");
+            }
+        }
+        ctx.local_status = Some(code);
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        if ctx.tunneled {
+            return;
+        }
+        // Release the counts before the (possibly slow) log write.
+        ctx.guard = None;
+        ctx.client_guard = None;
+        if !self.shared.access_log.enabled() {
+            return;
+        }
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .or(ctx.local_status)
+            .unwrap_or(0);
+        let req = session.req_header();
+        let header = |n: http::header::HeaderName| req.headers.get(n).and_then(|v| v.to_str().ok());
+        let version = format!("{:?}", req.version);
+        self.shared.access_log.write(&Entry {
+            ts: AccessLog::now(),
+            client: ctx.client_ip.or(ctx.peer_ip),
+            method: req.method.as_str(),
+            path: req.uri.path_and_query().map_or("/", |p| p.as_str()),
+            version: &version,
+            host: host_of(req),
+            status,
+            bytes_sent: session.body_bytes_sent() as u64,
+            bytes_received: ctx.body_bytes,
+            duration_ms: ctx.started.map_or(0.0, |t| t.elapsed().as_secs_f64() * 1e3),
+            upstream: ctx.upstream.as_ref().map(|u| u.name.as_str()),
+            backend: ctx.backend.as_ref().map(|b| b.addr.to_string()),
+            tunnel: false,
+            referer: header(http::header::REFERER),
+            user_agent: header(http::header::USER_AGENT),
+        });
+    }
+}

@@ -1,0 +1,262 @@
+//! WebSocket (HTTP/1.1 Upgrade) requests, handled outside pingora's proxy loop.
+//!
+//! We connect to the backend ourselves, forward the request head and read the answer. On a
+//! `101` we take the raw client stream out of the pingora session and hand both sockets to
+//! [`Relay`], which holds no buffer while idle. This keeps an idle tunnel at a few KiB
+//! (pingora's own upgraded path keeps 64 KiB body buffers per tunnel) and avoids pingora
+//! issue #946 (a tunnel torn down when the 101 is read before the request body state
+//! settles), since pingora never sees the 101.
+
+use std::io::Cursor;
+use std::time::{Duration, Instant};
+
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::Stream;
+use pingora::proxy::Session;
+use pingora::{Error, ErrorType, Result};
+use tokio::io::AsyncWriteExt;
+
+use super::{forwarded_headers, host_of, respond, Ctx, EdgeProxy, MAX_TRIES};
+use crate::access_log::{AccessLog, Entry};
+use crate::tunnel::handshake::{self, HandshakeError, UpstreamResponse};
+use crate::tunnel::relay::{End, Relay};
+
+/// After one side of a tunnel closes, how long the other gets to finish.
+const CLOSE_LINGER: Duration = Duration::from_secs(10);
+
+/// Headers we set or replace on the upstream request.
+const REPLACED: &[&str] = &[
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-real-ip",
+];
+
+/// Hop-by-hop headers that never describe the upstream hop of an upgrade.
+const HOP_BY_HOP: &[&str] = &["keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding"];
+
+fn request_head(session: &Session, ctx: &Ctx) -> Vec<u8> {
+    let req = session.req_header();
+    let mut head = Vec::with_capacity(512);
+    let pq = req.uri.path_and_query().map_or("/", |p| p.as_str());
+    head.extend_from_slice(format!("{} {} HTTP/1.1\r\n", req.method, pq).as_bytes());
+    for (name, value) in req.headers.iter() {
+        let n = name.as_str();
+        if REPLACED.contains(&n) || HOP_BY_HOP.contains(&n) {
+            continue;
+        }
+        head.extend_from_slice(n.as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    for (name, value) in forwarded_headers(&req.headers, ctx.peer_ip, ctx.client_ip, ctx.tls, host_of(req)) {
+        head.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+    }
+    head.extend_from_slice(b"\r\n");
+    head
+}
+
+/// Takes the raw client stream out of the pingora session, leaving a parsed dummy session
+/// behind so that pingora's own bookkeeping after `request_filter` has something to finish.
+async fn take_client_stream(session: &mut Session) -> Result<Stream> {
+    let mut dummy = ServerSession::new_http1(Box::new(Cursor::new(
+        b"GET / HTTP/1.1\r\nHost: tunnel\r\n\r\n".to_vec(),
+    )));
+    dummy.read_request().await?;
+    let real = std::mem::replace(&mut session.downstream_session, Box::new(dummy));
+    match *real {
+        ServerSession::H1(h1) => Ok(h1.into_inner()),
+        other => {
+            *session.downstream_session = other;
+            Err(Error::explain(ErrorType::InternalError, "upgrade on a non-HTTP/1.1 session"))
+        }
+    }
+}
+
+/// Rebuilds a refused upgrade's response head with `Connection: close` (we close the client
+/// connection after relaying the answer).
+fn closing_head(head: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(head);
+    let mut out = String::with_capacity(head.len() + 20);
+    for line in text.split("\r\n").filter(|l| !l.is_empty()) {
+        let lower = line.to_ascii_lowercase();
+        if lower.starts_with("connection:") || lower.starts_with("keep-alive:") {
+            continue;
+        }
+        out.push_str(line);
+        out.push_str("\r\n");
+    }
+    out.push_str("connection: close\r\n\r\n");
+    out.into_bytes()
+}
+
+/// Relays a non-101 answer (its head and body) to the client, then closes.
+async fn relay_refusal(mut client: Stream, mut resp: UpstreamResponse, limit: Duration) {
+    use tokio::io::AsyncReadExt;
+    let head = closing_head(&resp.head);
+    if client.write_all(&head).await.is_err() {
+        return;
+    }
+    let no_body = matches!(resp.status, 100..=199 | 204 | 304);
+    let mut remaining = if no_body { Some(0) } else { resp.content_length };
+    let mut chunk = std::mem::take(&mut resp.rest).to_vec();
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let take = remaining.map_or(chunk.len(), |r| (r as usize).min(chunk.len()));
+        if take > 0 && client.write_all(&chunk[..take]).await.is_err() {
+            return;
+        }
+        if let Some(r) = remaining.as_mut() {
+            *r -= take as u64;
+            if *r == 0 {
+                break;
+            }
+        }
+        if resp.chunked && chunk[..take].ends_with(b"0\r\n\r\n") {
+            break;
+        }
+        chunk.clear();
+        chunk.resize(8192, 0);
+        match tokio::time::timeout_at(deadline, resp.stream.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => chunk.truncate(n),
+            _ => break,
+        }
+    }
+    let _ = client.flush().await;
+    let _ = client.shutdown().await;
+}
+
+pub(super) async fn handle(p: &EdgeProxy, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+    let (Some(up), Some(rt)) = (ctx.upstream.clone(), ctx.runtime.clone()) else {
+        return Err(Error::explain(ErrorType::InternalError, "no upstream chosen"));
+    };
+    let t = rt.config.timeouts.clone();
+    let head = request_head(session, ctx);
+    let max_tries = MAX_TRIES.min(up.backends.len()).max(1);
+    let resp = loop {
+        let Some(backend) = p.choose(&up, ctx) else {
+            p.shared.metrics.reject("no_backend");
+            ctx.local_status = Some(503);
+            respond::text(session, 503, &format!("no healthy backend in upstream {}", up.name)).await?;
+            return Ok(true);
+        };
+        let attempt = match handshake::connect(backend.addr, t.connect).await {
+            Ok(stream) => handshake::exchange(stream, backend.addr, &head, t.upstream_read).await,
+            Err(e) => Err(e),
+        };
+        match attempt {
+            Ok(resp) => break resp,
+            Err(e) => {
+                up.report_failure(&backend);
+                tracing::warn!(upstream = %up.name, "websocket upgrade: {e}");
+                if e.retryable() && ctx.tried.len() < max_tries {
+                    continue;
+                }
+                let (code, detail) = match e {
+                    HandshakeError::ReadTimeout(_) => (504, "the backend did not answer the upgrade in time"),
+                    _ => (502, "could not open the upgrade with a backend"),
+                };
+                ctx.local_status = Some(code);
+                respond::text(session, code, detail).await?;
+                return Ok(true);
+            }
+        }
+    };
+    p.observe_response(ctx, resp.status);
+    // Only what the access log needs, and only when it is on: this lives as long as the
+    // tunnel. Taken before the client stream, which replaces the request in the session.
+    let summary = p
+        .shared
+        .access_log
+        .enabled()
+        .then(|| tunnel_summary(session, ctx, &up.name));
+    let mut client = take_client_stream(session).await?;
+    ctx.tunneled = true;
+    if resp.status != 101 {
+        let limit = t.upstream_read;
+        tokio::spawn(relay_refusal(client, resp, limit));
+        return Ok(true);
+    }
+
+    let extra = ctx.set_cookie.take().map(|c| format!("set-cookie: {c}\r\n")).unwrap_or_default();
+    let out_head = handshake::with_extra_headers(&resp.head, &extra);
+    let UpstreamResponse { stream: upstream, rest, .. } = resp;
+    if client.write_all(&out_head).await.is_err()
+        || (!rest.is_empty() && client.write_all(&rest).await.is_err())
+        || client.flush().await.is_err()
+    {
+        return Ok(true);
+    }
+
+    let mut guard = ctx.guard.take();
+    if let Some(g) = guard.as_mut() {
+        g.mark_tunnel();
+    }
+    let client_guard = ctx.client_guard.take();
+    let shared = p.shared.clone();
+    let started = ctx.started.unwrap_or_else(Instant::now);
+    tokio::spawn(async move {
+        let totals = Relay::new(client, upstream, t.tunnel_idle, CLOSE_LINGER).await;
+        drop(guard);
+        drop(client_guard);
+        if totals.end == End::IdleTimeout {
+            tracing::debug!("tunnel closed after the idle timeout");
+        }
+        if let Some(req) = summary {
+            shared.access_log.write(&Entry {
+                ts: AccessLog::now(),
+                client: req.client,
+                method: "GET",
+                path: &req.path,
+                version: "HTTP/1.1",
+                host: req.host.as_deref(),
+                status: 101,
+                bytes_sent: totals.b_to_a,
+                bytes_received: totals.a_to_b,
+                duration_ms: started.elapsed().as_secs_f64() * 1e3,
+                upstream: Some(&req.upstream),
+                backend: req.backend.clone(),
+                tunnel: true,
+                referer: None,
+                user_agent: None,
+            });
+        }
+    });
+    Ok(true)
+}
+
+/// What the tunnel task needs to write its access-log line.
+struct TunnelSummary {
+    client: Option<std::net::IpAddr>,
+    path: String,
+    host: Option<String>,
+    upstream: String,
+    backend: Option<String>,
+}
+
+fn tunnel_summary(session: &Session, ctx: &Ctx, upstream: &str) -> Box<TunnelSummary> {
+    let req = session.req_header();
+    Box::new(TunnelSummary {
+        client: ctx.client_ip.or(ctx.peer_ip),
+        path: req.uri.path_and_query().map_or("/", |p| p.as_str()).to_string(),
+        host: host_of(req).map(str::to_string),
+        upstream: upstream.to_string(),
+        backend: ctx.backend.as_ref().map(|b| b.addr.to_string()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::closing_head;
+
+    #[test]
+    fn refused_upgrade_head_closes() {
+        let head = b"HTTP/1.1 400 Bad Request\r\nConnection: keep-alive\r\nContent-Length: 3\r\n\r\n";
+        let out = String::from_utf8(closing_head(head)).unwrap_or_default();
+        assert_eq!(
+            out,
+            "HTTP/1.1 400 Bad Request\r\nContent-Length: 3\r\nconnection: close\r\n\r\n"
+        );
+    }
+}

@@ -1,0 +1,169 @@
+//! The live, swappable state of a running proxy: the current config with its upstreams and
+//! routes, and the reload that replaces it without touching open connections.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::access_log::AccessLog;
+use crate::admin::metrics::Metrics;
+use crate::config::{Config, ConfigErrors};
+use crate::limits::ClientLimits;
+use crate::upstream::{StatsRegistry, Upstream};
+
+/// Everything built from one config. Requests take an `Arc` of it once and keep it, so a
+/// reload never changes the rules under a request that is already running.
+#[derive(Debug)]
+pub struct Runtime {
+    pub config: Arc<Config>,
+    pub upstreams: HashMap<String, Arc<Upstream>>,
+    /// Upstream of each route, in route order (first match wins).
+    routes: Vec<(Option<String>, String, Arc<Upstream>)>,
+}
+
+impl Runtime {
+    pub fn build(config: Config, registry: &StatsRegistry) -> Self {
+        let upstreams: HashMap<String, Arc<Upstream>> = config
+            .upstreams
+            .iter()
+            .map(|u| (u.name.clone(), Arc::new(Upstream::build(u, registry))))
+            .collect();
+        let routes = config
+            .routes
+            .iter()
+            .filter_map(|r| {
+                let up = upstreams.get(&r.upstream)?.clone();
+                Some((r.host.clone(), r.path_prefix.clone(), up))
+            })
+            .collect();
+        Self {
+            config: Arc::new(config),
+            upstreams,
+            routes,
+        }
+    }
+
+    /// The upstream for a request, by host (exact, case-insensitive, port ignored) and path
+    /// prefix; first match wins.
+    pub fn route(&self, host: Option<&str>, path: &str) -> Option<&Arc<Upstream>> {
+        let host = host.map(strip_port);
+        self.routes
+            .iter()
+            .find(|(h, prefix, _)| {
+                let host_ok = match (h, host) {
+                    (None, _) => true,
+                    (Some(want), Some(got)) => want.eq_ignore_ascii_case(got),
+                    (Some(_), None) => false,
+                };
+                host_ok && path.starts_with(prefix.as_str())
+            })
+            .map(|(_, _, u)| u)
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        // [v6]:port
+        return host.split(']').next().map_or(host, |h| &host[..h.len() + 1]);
+    }
+    match host.rsplit_once(':') {
+        Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+/// State shared by the proxy service, the health checker and the admin API.
+#[derive(Debug)]
+pub struct Shared {
+    pub runtime: ArcSwap<Runtime>,
+    pub registry: StatsRegistry,
+    pub metrics: Metrics,
+    pub limits: ClientLimits,
+    pub access_log: AccessLog,
+    /// The file to re-read on reload (None in quick mode: reload re-applies the same config).
+    pub config_path: Option<PathBuf>,
+}
+
+/// What a successful reload changed, for the admin answer and the log.
+#[derive(Debug, serde::Serialize)]
+pub struct ReloadReport {
+    pub upstreams: usize,
+    pub routes: usize,
+    /// Settings that only take effect after a restart (listeners, admin, threads).
+    pub needs_restart: Vec<String>,
+}
+
+impl Shared {
+    pub fn new(config: Config) -> anyhow::Result<Self> {
+        let registry = StatsRegistry::default();
+        let access_log = AccessLog::open(&config.access_log)?;
+        let config_path = config.source.clone();
+        let runtime = Runtime::build(config, &registry);
+        Ok(Self {
+            runtime: ArcSwap::from_pointee(runtime),
+            registry,
+            metrics: Metrics::new(),
+            limits: ClientLimits::default(),
+            access_log,
+            config_path,
+        })
+    }
+
+    pub fn current(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
+    }
+
+    /// Re-reads the config file and swaps upstreams, strategies, routes, limits and
+    /// timeouts. Open tunnels and in-flight requests keep the backend state they hold.
+    /// An invalid file leaves the running config untouched.
+    pub fn reload(&self) -> Result<ReloadReport, ConfigErrors> {
+        let old = self.current();
+        let new_config = match &self.config_path {
+            Some(path) => Config::load(path)?,
+            None => (*old.config).clone(),
+        };
+        let mut needs_restart = Vec::new();
+        let listen = |c: &Config| -> Vec<SocketAddr> { c.listeners.iter().map(|l| l.listen).collect() };
+        if listen(&new_config) != listen(&old.config) {
+            needs_restart.push("listeners".to_string());
+        }
+        if new_config.admin.as_ref().map(|a| a.listen) != old.config.admin.as_ref().map(|a| a.listen) {
+            needs_restart.push("admin.listen".to_string());
+        }
+        if new_config.server.threads != old.config.server.threads {
+            needs_restart.push("server.threads".to_string());
+        }
+        let runtime = Runtime::build(new_config, &self.registry);
+        let report = ReloadReport {
+            upstreams: runtime.upstreams.len(),
+            routes: runtime.routes.len(),
+            needs_restart,
+        };
+        self.runtime.store(Arc::new(runtime));
+        let current = self.current();
+        self.registry.retain(|u, a| {
+            current
+                .upstreams
+                .get(u)
+                .is_some_and(|up| up.backends.iter().any(|b| b.addr == *a))
+        });
+        tracing::info!(?report, "configuration reloaded");
+        Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip_port;
+
+    #[test]
+    fn strips_ports_from_hosts() {
+        assert_eq!(strip_port("example.com:8443"), "example.com");
+        assert_eq!(strip_port("example.com"), "example.com");
+        assert_eq!(strip_port("[::1]:8080"), "[::1]");
+        assert_eq!(strip_port("[::1]"), "[::1]");
+    }
+}

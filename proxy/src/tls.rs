@@ -1,0 +1,179 @@
+//! TLS for listeners (certificates loaded and checked up front, chosen by SNI) and the dev
+//! CA generator behind `proxy gen-cert`.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{anyhow, Context, Result};
+use pingora::listeners::tls::TlsSettings;
+use pingora::tls::sign::CertifiedKey;
+use pingora::tls::{ClientHello, CryptoProvider, ResolvesServerCert};
+
+use crate::config::TlsConfig;
+
+/// Loads one certificate chain and key. Errors name the file; pingora's own loader panics
+/// on bad files, so every listener goes through this instead.
+pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>> {
+    pingora::tls::install_default_crypto_provider();
+    let (cs, ks) = (cert.display().to_string(), key.display().to_string());
+    for p in [cert, key] {
+        fs::metadata(p).with_context(|| format!("TLS file {}", p.display()))?;
+    }
+    let (certs, private_key) = pingora::tls::load_certs_and_key_files(&cs, &ks)
+        .map_err(|e| anyhow!("TLS certificate {cs} / key {ks}: {e}"))?
+        .ok_or_else(|| anyhow!("TLS certificate {cs} / key {ks}: no certificate or no private key found"))?;
+    if certs.is_empty() {
+        return Err(anyhow!("TLS certificate {cs}: no certificate found"));
+    }
+    let provider = CryptoProvider::get_default()
+        .ok_or_else(|| anyhow!("no TLS crypto provider installed"))?;
+    let signing = provider
+        .key_provider
+        .load_private_key(private_key)
+        .map_err(|e| anyhow!("TLS key {ks}: {e}"))?;
+    Ok(Arc::new(CertifiedKey::new(certs, signing)))
+}
+
+/// Picks a certificate by SNI name; unknown or missing names get the default.
+#[derive(Debug)]
+pub struct SniResolver {
+    default: Arc<CertifiedKey>,
+    by_name: HashMap<String, Arc<CertifiedKey>>,
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let chosen = hello
+            .server_name()
+            .and_then(|n| self.by_name.get(&n.to_ascii_lowercase()))
+            .unwrap_or(&self.default);
+        Some(chosen.clone())
+    }
+}
+
+/// TLS settings for one listener: TLS 1.2 and 1.3 (pingora's rustls defaults), our SNI
+/// resolver, ALPN h2 + http/1.1 when enabled.
+pub fn listener_settings(cfg: &TlsConfig) -> Result<TlsSettings> {
+    let default = load_certified_key(&cfg.cert, &cfg.key)?;
+    let mut by_name = HashMap::new();
+    for s in &cfg.sni {
+        by_name.insert(s.server_name.to_ascii_lowercase(), load_certified_key(&s.cert, &s.key)?);
+    }
+    let mut settings = TlsSettings::intermediate("", "").map_err(|e| anyhow!("TLS settings: {e}"))?;
+    settings.set_cert_resolver(Arc::new(SniResolver { default, by_name }));
+    if cfg.h2 {
+        settings.enable_h2();
+    } else {
+        settings.set_alpn(pingora::listeners::ALPN::H1);
+    }
+    Ok(settings)
+}
+
+/// Writes a development CA (`ca.pem`, `ca-key.pem`) and a certificate for localhost,
+/// 127.0.0.1 and ::1 signed by it (`localhost.pem`, `localhost-key.pem`) into `dir`.
+/// An existing CA in `dir` is reused so that browsers that already trust it keep working.
+pub fn gen_cert(dir: &Path) -> Result<()> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
+        IsCa, KeyPair, KeyUsagePurpose, SanType,
+    };
+    fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let ca_cert_path = dir.join("ca.pem");
+    let ca_key_path = dir.join("ca-key.pem");
+
+    let mut ca_params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "Switchyard development CA");
+    dn.push(DnType::OrganizationName, "Switchyard (dev only)");
+    ca_params.distinguished_name = dn;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    ca_params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+    ca_params.not_after = rcgen::date_time_ymd(2036, 1, 1);
+
+    let (ca_key, ca_cert) = if ca_cert_path.exists() && ca_key_path.exists() {
+        let key_pem = fs::read_to_string(&ca_key_path)
+            .with_context(|| format!("read {}", ca_key_path.display()))?;
+        let key = KeyPair::from_pem(&key_pem)
+            .map_err(|e| anyhow!("{}: {e}", ca_key_path.display()))?;
+        // Re-signing the same parameters with the same key yields an equivalent CA
+        // certificate (same name and key), so existing trust stays valid.
+        let cert = ca_params
+            .self_signed(&key)
+            .map_err(|e| anyhow!("CA certificate: {e}"))?;
+        (key, cert)
+    } else {
+        let key = KeyPair::generate().map_err(|e| anyhow!("CA key: {e}"))?;
+        let cert = ca_params
+            .self_signed(&key)
+            .map_err(|e| anyhow!("CA certificate: {e}"))?;
+        write_private(&ca_key_path, &key.serialize_pem())?;
+        fs::write(&ca_cert_path, cert.pem()).with_context(|| format!("write {}", ca_cert_path.display()))?;
+        (key, cert)
+    };
+
+    let mut leaf = CertificateParams::new(vec!["localhost".to_string()])
+        .map_err(|e| anyhow!("leaf params: {e}"))?;
+    leaf.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse()?));
+    leaf.subject_alt_names.push(SanType::IpAddress("::1".parse()?));
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "localhost");
+    leaf.distinguished_name = dn;
+    leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    leaf.not_before = rcgen::date_time_ymd(2024, 1, 1);
+    leaf.not_after = rcgen::date_time_ymd(2027, 12, 31);
+    let leaf_key = KeyPair::generate().map_err(|e| anyhow!("leaf key: {e}"))?;
+    let leaf_cert = leaf
+        .signed_by(&leaf_key, &ca_cert, &ca_key)
+        .map_err(|e| anyhow!("leaf certificate: {e}"))?;
+    let leaf_path = dir.join("localhost.pem");
+    // The chain: leaf then CA, so clients that trust the CA can build the path.
+    fs::write(&leaf_path, format!("{}{}", leaf_cert.pem(), ca_cert.pem()))
+        .with_context(|| format!("write {}", leaf_path.display()))?;
+    write_private(&dir.join("localhost-key.pem"), &leaf_key.serialize_pem())?;
+    Ok(())
+}
+
+fn write_private(path: &Path, contents: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("write {}", path.display()))?;
+    f.write_all(contents.as_bytes())
+        .with_context(|| format!("write {}", path.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_certs_load_and_reuse_the_ca() {
+        let dir = std::env::temp_dir().join(format!("syd-certs-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        gen_cert(&dir).unwrap();
+        let ca1 = fs::read_to_string(dir.join("ca-key.pem")).unwrap();
+        load_certified_key(&dir.join("localhost.pem"), &dir.join("localhost-key.pem")).unwrap();
+        gen_cert(&dir).unwrap();
+        assert_eq!(ca1, fs::read_to_string(dir.join("ca-key.pem")).unwrap());
+        let err = load_certified_key(&dir.join("missing.pem"), &dir.join("localhost-key.pem"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("missing.pem"), "{err}");
+        let _ = fs::remove_dir_all(&dir);
+    }
+}

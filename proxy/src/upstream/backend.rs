@@ -1,0 +1,351 @@
+//! One backend of an upstream group: its identity from the config and its live state.
+//!
+//! The live state ([`BackendStats`]) is shared through an `Arc` and looked up by
+//! (upstream, address) when a config is (re)loaded, so counters, health and drain flags
+//! survive reloads: a reload never resets least_conn counts or re-admits a dead backend.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+/// A backend as configured, plus a handle to its live state.
+#[derive(Debug)]
+pub struct Backend {
+    /// Stable identifier, used in sticky cookies and the admin API.
+    pub id: String,
+    pub addr: SocketAddr,
+    /// Configured weight, at least 1.
+    pub weight: u32,
+    /// Backups get traffic only while every primary of the group is unavailable.
+    pub backup: bool,
+    pub stats: Arc<BackendStats>,
+}
+
+impl Backend {
+    pub fn new(id: impl Into<String>, addr: SocketAddr, weight: u32, backup: bool) -> Self {
+        Self {
+            id: id.into(),
+            addr,
+            weight: weight.max(1),
+            backup,
+            stats: Arc::new(BackendStats::new(true)),
+        }
+    }
+
+    /// Weight as the strategies should see it now: the configured weight, ramped down
+    /// during slow start after a recovery. Never 0, so a recovering backend still gets a
+    /// trickle of traffic.
+    pub fn effective_weight(&self) -> f64 {
+        let w = f64::from(self.weight);
+        match self.stats.slow_start_factor() {
+            Some(f) => (w * f).max(w * 0.05).max(0.01),
+            None => w,
+        }
+    }
+
+    /// In-flight requests plus open tunnels.
+    pub fn active(&self) -> u64 {
+        self.stats.active.load(Ordering::Relaxed)
+    }
+
+    /// Can receive new requests: healthy and not draining.
+    pub fn is_available(&self) -> bool {
+        self.stats.is_healthy() && !self.stats.is_draining()
+    }
+}
+
+/// Health as the proxy sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    /// Configured with active checks and not yet checked: no traffic until the first pass.
+    Pending,
+    Up,
+    Down,
+}
+
+impl Health {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            0 => Health::Pending,
+            1 => Health::Up,
+            _ => Health::Down,
+        }
+    }
+    fn as_u8(self) -> u8 {
+        match self {
+            Health::Pending => 0,
+            Health::Up => 1,
+            Health::Down => 2,
+        }
+    }
+}
+
+/// Live, shared state of one backend.
+#[derive(Debug)]
+pub struct BackendStats {
+    /// In-flight HTTP requests plus open upgraded tunnels (least_conn, p2c, least_time).
+    pub active: AtomicU64,
+    /// Open upgraded tunnels only (metrics, status).
+    pub tunnels: AtomicU64,
+    /// Requests (and tunnels) sent to this backend since start.
+    pub requests: AtomicU64,
+    health: AtomicU8,
+    draining: AtomicBool,
+    /// Peak-EWMA of time to first byte, for least_time.
+    pub ewma: PeakEwma,
+    passive: Mutex<PassiveState>,
+    slow_start: Mutex<Option<(Instant, Duration)>>,
+    /// Consecutive active-check passes and failures (rise/fall).
+    checks: Mutex<(u32, u32)>,
+}
+
+#[derive(Debug, Default)]
+struct PassiveState {
+    /// Times of recent failures inside the window.
+    failures: Vec<Instant>,
+    /// When the backend was marked down by passive checks (probe after the window).
+    down_since: Option<Instant>,
+    /// A probe request is in flight; no second one until it answers.
+    probing: bool,
+}
+
+impl BackendStats {
+    /// `start_up`: false when active checks are configured (a new backend waits for its
+    /// first passing check), true otherwise.
+    pub fn new(start_up: bool) -> Self {
+        Self {
+            active: AtomicU64::new(0),
+            tunnels: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            health: AtomicU8::new(if start_up { Health::Up } else { Health::Pending }.as_u8()),
+            draining: AtomicBool::new(false),
+            ewma: PeakEwma::default(),
+            passive: Mutex::new(PassiveState::default()),
+            slow_start: Mutex::new(None),
+            checks: Mutex::new((0, 0)),
+        }
+    }
+
+    /// Records an active check result and applies rise/fall. Returns the new health when it
+    /// changed. A pending backend (never checked) comes up on its first pass.
+    pub fn record_check(
+        &self,
+        passed: bool,
+        rise: u32,
+        fall: u32,
+        slow_start: Option<Duration>,
+    ) -> Option<Health> {
+        let mut c = self.checks.lock();
+        let current = self.health();
+        if passed {
+            c.0 = c.0.saturating_add(1);
+            c.1 = 0;
+            let up = match current {
+                Health::Pending => true,
+                Health::Down => c.0 >= rise,
+                Health::Up => false,
+            };
+            if up {
+                drop(c);
+                self.set_health(Health::Up, slow_start);
+                return Some(Health::Up);
+            }
+        } else {
+            c.1 = c.1.saturating_add(1);
+            c.0 = 0;
+            if current != Health::Down && c.1 >= fall {
+                drop(c);
+                self.set_health(Health::Down, None);
+                self.passive.lock().down_since = Some(Instant::now());
+                return Some(Health::Down);
+            }
+        }
+        None
+    }
+
+    pub fn health(&self) -> Health {
+        Health::from_u8(self.health.load(Ordering::Acquire))
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.health() == Health::Up
+    }
+
+    /// Sets the health; returns the previous value. Going from Down to Up starts slow start
+    /// when `slow_start` is given.
+    pub fn set_health(&self, h: Health, slow_start: Option<Duration>) -> Health {
+        let prev = Health::from_u8(self.health.swap(h.as_u8(), Ordering::AcqRel));
+        if h == Health::Up && prev == Health::Down {
+            let mut p = self.passive.lock();
+            p.failures.clear();
+            p.down_since = None;
+            p.probing = false;
+            drop(p);
+            if let Some(d) = slow_start.filter(|d| !d.is_zero()) {
+                *self.slow_start.lock() = Some((Instant::now(), d));
+            }
+        }
+        prev
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    pub fn set_draining(&self, d: bool) {
+        self.draining.store(d, Ordering::Release);
+    }
+
+    /// Fraction (0..1] of the weight during slow start, or None when not ramping.
+    fn slow_start_factor(&self) -> Option<f64> {
+        let mut guard = self.slow_start.lock();
+        let (since, dur) = (*guard)?;
+        let f = since.elapsed().as_secs_f64() / dur.as_secs_f64();
+        if f >= 1.0 {
+            *guard = None;
+            None
+        } else {
+            Some(f)
+        }
+    }
+
+    /// Passive check: a request to this backend failed (connect error, timeout, reset).
+    /// Returns true when this failure marked the backend down.
+    pub fn record_failure(&self, max_fails: u32, window: Duration) -> bool {
+        if max_fails == 0 {
+            return false;
+        }
+        let now = Instant::now();
+        let mut p = self.passive.lock();
+        p.probing = false;
+        if self.health() == Health::Down {
+            // A failed probe: wait a whole window again before the next one.
+            p.down_since = Some(now);
+            return false;
+        }
+        p.failures.retain(|t| now.duration_since(*t) < window);
+        p.failures.push(now);
+        if p.failures.len() >= max_fails as usize {
+            p.failures.clear();
+            p.down_since = Some(now);
+            drop(p);
+            self.health.store(Health::Down.as_u8(), Ordering::Release);
+            return true;
+        }
+        false
+    }
+
+    /// Passive check: a response (or a `101`) came back. Re-admits a backend that passive
+    /// checks had marked down. Returns true when this success re-admitted it.
+    pub fn record_success(&self, slow_start: Option<Duration>) -> bool {
+        let mut p = self.passive.lock();
+        let was_probe = p.probing || p.down_since.is_some();
+        p.failures.clear();
+        drop(p);
+        if was_probe && self.health() == Health::Down {
+            self.set_health(Health::Up, slow_start);
+            return true;
+        }
+        false
+    }
+
+    /// For a backend marked down by passive checks and without active checks: claims the
+    /// single probe slot once `window` has passed since it went down.
+    pub fn try_claim_probe(&self, window: Duration) -> bool {
+        let mut p = self.passive.lock();
+        match p.down_since {
+            Some(t) if !p.probing && t.elapsed() >= window => {
+                p.probing = true;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Peak-EWMA latency estimator (Linkerd, Finagle): jumps up to a slower sample at once,
+/// decays towards faster samples with time constant `TAU`.
+#[derive(Debug)]
+pub struct PeakEwma {
+    inner: Mutex<(f64, Option<Instant>)>,
+}
+
+impl PeakEwma {
+    /// Decay time constant.
+    pub const TAU: Duration = Duration::from_secs(10);
+    /// Estimate (µs) for a backend with no sample yet: optimistic enough to get it traffic.
+    pub const DEFAULT_US: f64 = 1_000.0;
+
+    pub fn observe(&self, sample: Duration) {
+        let rtt = sample.as_secs_f64() * 1e6;
+        let now = Instant::now();
+        let mut g = self.inner.lock();
+        let (cost, last) = *g;
+        let new = match last {
+            None => rtt,
+            Some(_) if rtt > cost => rtt,
+            Some(t) => {
+                let elapsed = now.duration_since(t).as_secs_f64();
+                let w = (-elapsed / Self::TAU.as_secs_f64()).exp();
+                cost * w + rtt * (1.0 - w)
+            }
+        };
+        *g = (new, Some(now));
+    }
+
+    /// Current estimate in microseconds.
+    pub fn get_us(&self) -> f64 {
+        let g = self.inner.lock();
+        match g.1 {
+            None => Self::DEFAULT_US,
+            Some(_) => g.0,
+        }
+    }
+}
+
+impl Default for PeakEwma {
+    fn default() -> Self {
+        Self {
+            inner: Mutex::new((0.0, None)),
+        }
+    }
+}
+
+/// RAII count of one in-flight request or tunnel on a backend.
+#[derive(Debug)]
+pub struct ActiveGuard {
+    stats: Arc<BackendStats>,
+    tunnel: bool,
+}
+
+impl ActiveGuard {
+    pub fn new(stats: Arc<BackendStats>) -> Self {
+        stats.active.fetch_add(1, Ordering::AcqRel);
+        stats.requests.fetch_add(1, Ordering::Relaxed);
+        Self {
+            stats,
+            tunnel: false,
+        }
+    }
+
+    /// The request became an upgraded tunnel: count it as such until dropped.
+    pub fn mark_tunnel(&mut self) {
+        if !self.tunnel {
+            self.tunnel = true;
+            self.stats.tunnels.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.stats.active.fetch_sub(1, Ordering::AcqRel);
+        if self.tunnel {
+            self.stats.tunnels.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}

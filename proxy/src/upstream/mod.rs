@@ -1,0 +1,148 @@
+//! Upstream groups: their backends, their strategy, and the choice of a backend for one
+//! request (health, draining, backup tiers, retries and passive-check probes).
+
+pub mod backend;
+pub mod registry;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use backend::{ActiveGuard, Backend, BackendStats, Health};
+pub use registry::StatsRegistry;
+
+use crate::balance::{self, CookieSigner, PickContext, Strategy, StrategyKind};
+use crate::config::UpstreamConfig;
+
+/// One upstream group as built from the current config.
+#[derive(Debug)]
+pub struct Upstream {
+    pub name: String,
+    /// Primaries first, then backups (the order of the config within each tier).
+    pub backends: Vec<Arc<Backend>>,
+    pub strategy: Box<dyn Strategy>,
+    pub config: UpstreamConfig,
+    /// Set when the strategy is sticky_cookie.
+    pub signer: Option<CookieSigner>,
+}
+
+/// The outcome of a pick.
+#[derive(Debug)]
+pub struct Pick {
+    pub index: usize,
+    pub backend: Arc<Backend>,
+    /// This request is the single probe sent to a passively-failed backend.
+    pub probe: bool,
+}
+
+impl Upstream {
+    /// Builds the group, reusing live stats from `registry` so counters and health survive
+    /// reloads.
+    pub fn build(config: &UpstreamConfig, registry: &StatsRegistry) -> Self {
+        let active_checks = config.health.active.is_some();
+        let mut primaries = Vec::new();
+        let mut backups = Vec::new();
+        for b in &config.backends {
+            let stats = registry.get_or_insert(&config.name, b.addr, !active_checks);
+            let backend = Arc::new(Backend {
+                id: b.id.clone(),
+                addr: b.addr,
+                weight: b.weight.max(1),
+                backup: b.backup,
+                stats,
+            });
+            if b.backup {
+                backups.push(backend);
+            } else {
+                primaries.push(backend);
+            }
+        }
+        primaries.extend(backups);
+        let backends = primaries;
+        let strategy = balance::build(config.strategy, &backends, config.sticky.fallback);
+        let signer = (config.strategy == StrategyKind::StickyCookie)
+            .then(|| CookieSigner::new(&config.sticky.key));
+        Self {
+            name: config.name.clone(),
+            backends,
+            strategy,
+            config: config.clone(),
+            signer,
+        }
+    }
+
+    fn slow_start(&self) -> Option<Duration> {
+        self.config.slow_start
+    }
+
+    /// Chooses a backend for a request. `tried` holds the indices that already failed for
+    /// this request. Backups are eligible only while no primary is.
+    pub fn pick(&self, ctx: &PickContext, tried: &[usize]) -> Option<Pick> {
+        let usable = |i: usize| -> bool { !tried.contains(&i) && self.backends[i].is_available() };
+        let primary_up = self
+            .backends
+            .iter()
+            .enumerate()
+            .any(|(i, b)| !b.backup && usable(i));
+        let eligible = |i: usize| -> bool { usable(i) && (self.backends[i].backup != primary_up) };
+        if let Some(index) = self.strategy.pick(&self.backends, &eligible, ctx) {
+            return Some(Pick {
+                index,
+                backend: self.backends[index].clone(),
+                probe: false,
+            });
+        }
+        // Nothing healthy: without active checks, a passively-failed backend gets one probe
+        // request per fail window (a success or a 101 re-admits it).
+        if self.config.health.active.is_none() {
+            for (i, b) in self.backends.iter().enumerate() {
+                if tried.contains(&i) || b.stats.is_draining() {
+                    continue;
+                }
+                if b.stats.try_claim_probe(self.config.health.fail_window) {
+                    return Some(Pick {
+                        index: i,
+                        backend: b.clone(),
+                        probe: true,
+                    });
+                }
+            }
+        }
+        None
+    }
+
+    /// Passive check: a connection to this backend failed.
+    pub fn report_failure(&self, backend: &Backend) {
+        if backend
+            .stats
+            .record_failure(self.config.health.max_fails, self.config.health.fail_window)
+        {
+            tracing::warn!(upstream = %self.name, backend = %backend.addr, "backend marked down by passive checks");
+        }
+    }
+
+    /// Passive check: a response or a 101 came back from this backend.
+    pub fn report_success(&self, backend: &Backend) {
+        if backend.stats.record_success(self.slow_start()) {
+            tracing::info!(upstream = %self.name, backend = %backend.addr, "backend re-admitted after a successful probe");
+        }
+    }
+
+    /// Active check result.
+    pub fn report_check(&self, backend: &Backend, passed: bool) {
+        if let Some(active) = &self.config.health.active {
+            if let Some(h) =
+                backend
+                    .stats
+                    .record_check(passed, active.rise, active.fall, self.slow_start())
+            {
+                tracing::info!(upstream = %self.name, backend = %backend.addr, health = ?h, "health changed");
+            }
+        }
+    }
+
+    pub fn find_backend(&self, key: &str) -> Option<&Arc<Backend>> {
+        self.backends
+            .iter()
+            .find(|b| b.id == key || b.addr.to_string() == key)
+    }
+}

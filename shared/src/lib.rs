@@ -1,0 +1,1 @@
+//! Types and helpers shared by the proxy and the chat nodes.

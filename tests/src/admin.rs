@@ -1,0 +1,106 @@
+//! The proxy's admin API from tests: `GET /status` as JSON, per-backend lookups by id or
+//! address, bounded waits on its counters and health, and bearer-authorised `POST`s.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::http::{client, send, Reply};
+use crate::procs::Proxy;
+use crate::wait::wait_for;
+
+/// `GET /status` on the proxy's admin listener, parsed.
+///
+/// # Panics
+/// If the admin listener does not answer 200 with JSON.
+pub async fn status(proxy: &Proxy) -> Value {
+    let r = send(client().get(proxy.admin_url("/status"))).await;
+    assert_eq!(r.status, 200, "GET /status: {}", r.body);
+    r.json()
+}
+
+/// Every backend entry of every upstream in a `/status` document.
+pub fn backends(status: &Value) -> Vec<&Value> {
+    status["upstreams"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|u| u["backends"].as_array().into_iter().flatten())
+        .collect()
+}
+
+/// The backend entry whose `id` or `addr` is `key` (first match over all upstreams).
+pub fn find_backend<'a>(status: &'a Value, key: &str) -> Option<&'a Value> {
+    backends(status)
+        .into_iter()
+        .find(|b| b["id"] == key || b["addr"] == key)
+}
+
+/// The `/status` entry of the backend with this id or address.
+///
+/// # Panics
+/// If the proxy has no such backend, with the status document.
+pub async fn backend_status(proxy: &Proxy, key: &str) -> Value {
+    let s = status(proxy).await;
+    match find_backend(&s, key) {
+        Some(b) => b.clone(),
+        None => panic!("no backend {key:?} in /status: {s}"),
+    }
+}
+
+/// A numeric field of a backend entry (`active`, `tunnels`, `requests`…), 0 when missing.
+pub fn counter(backend: &Value, field: &str) -> u64 {
+    backend[field].as_u64().unwrap_or(0)
+}
+
+/// The sum of a numeric field over every backend of a `/status` document.
+pub fn total(status: &Value, field: &str) -> u64 {
+    backends(status).iter().map(|b| counter(b, field)).sum()
+}
+
+/// Polls `/status` until the entry of backend `key` satisfies `cond`; returns that entry.
+/// Panics naming `what` after `timeout`.
+pub async fn wait_backend(
+    proxy: &Proxy,
+    key: &str,
+    timeout: Duration,
+    what: &str,
+    cond: impl Fn(&Value) -> bool,
+) -> Value {
+    let cond = &cond;
+    wait_for(timeout, what, || async move {
+        let s = status(proxy).await;
+        find_backend(&s, key).filter(|b| cond(b)).cloned()
+    })
+    .await
+}
+
+/// Waits until backend `key` has `health` equal to `health` (`"up"`, `"down"`, `"pending"`).
+pub async fn wait_health(proxy: &Proxy, key: &str, health: &str, timeout: Duration) {
+    wait_backend(
+        proxy,
+        key,
+        timeout,
+        &format!("backend {key} health {health:?}"),
+        |b| b["health"] == health,
+    )
+    .await;
+}
+
+/// Waits until no backend has an open tunnel or an in-flight request.
+pub async fn wait_idle(proxy: &Proxy, timeout: Duration) {
+    wait_for(timeout, "every backend at 0 tunnels and 0 active", || async {
+        let s = status(proxy).await;
+        (total(&s, "tunnels") == 0 && total(&s, "active") == 0).then_some(())
+    })
+    .await
+}
+
+/// `POST <path>` on the admin listener, with `Authorization: Bearer <token>` when given.
+pub async fn admin_post(proxy: &Proxy, path: &str, token: Option<&str>) -> Reply {
+    let mut req = client().post(proxy.admin_url(path));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    send(req).await
+}
