@@ -76,7 +76,9 @@ impl AccessLog {
             AccessLogFormat::Json => serde_json::to_string(e).unwrap_or_default(),
             AccessLogFormat::Combined => format!(
                 "{} - - [{}] \"{} {} {}\" {} {} \"{}\" \"{}\"",
-                e.client.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+                e.client
+                    .map(|c| c.to_string())
+                    .unwrap_or_else(|| "-".into()),
                 chrono::Utc::now().format("%d/%b/%Y:%H:%M:%S %z"),
                 e.method,
                 e.path,

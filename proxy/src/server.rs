@@ -1,12 +1,13 @@
 //! Assembles the pingora server: the proxy service with its listeners, the admin listener,
 //! the health checker and the SIGHUP reload handler.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use async_trait::async_trait;
 use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream};
-use pingora::listeners::{ListenerConfig, L4BufferSettings};
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::protocols::http::ServerSession;
 use pingora::proxy::HttpProxy;
 use pingora::server::configuration::ServerConf;
@@ -17,7 +18,7 @@ use pingora::services::listening::Service;
 use crate::admin::AdminApp;
 use crate::config::Config;
 use crate::health::HealthChecker;
-use crate::proxy::EdgeProxy;
+use crate::proxy::{EdgeProxy, HEAD_READ};
 use crate::state::Shared;
 use crate::tls;
 
@@ -36,11 +37,48 @@ impl HttpServerApp for Edge {
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
         let cfg = self.shared.current().config.clone();
-        if let Some(t) = cfg.limits.header_read_timeout {
-            session.set_read_timeout(Some(t));
+        let Some(head_timeout) = cfg.limits.header_read_timeout else {
+            return self.inner.process_new_http(session, shutdown).await;
+        };
+        // A fresh connection must send its head within the timeout; a kept-alive one may
+        // first idle for the keep-alive time. pingora only bounds each read, so a client
+        // trickling one byte at a time would never hit it: the deadline below bounds the
+        // whole head, and dropping the request future closes the connection.
+        // pingora enables keep-alive on every new HTTP/1 session; a reused connection is
+        // recognised by the marker our proxy leaves in the connection context.
+        let reused = match session.take_connection_user_context() {
+            Some(c) => {
+                session.set_connection_user_context(Some(c));
+                true
+            }
+            None => false,
+        };
+        let deadline = if reused {
+            head_timeout + cfg.timeouts.downstream_keepalive
+        } else {
+            // With keep-alive off, pingora bounds each read of the head by the read timeout;
+            // it turns keep-alive back on once the head is parsed.
+            session.set_keepalive(None);
+            session.set_read_timeout(Some(head_timeout));
+            head_timeout
+        };
+        let head_read = Arc::new(AtomicBool::new(false));
+        let request = HEAD_READ.scope(
+            head_read.clone(),
+            self.inner.process_new_http(session, shutdown),
+        );
+        tokio::pin!(request);
+        tokio::select! {
+            r = &mut request => r,
+            _ = tokio::time::sleep(deadline) => {
+                if head_read.load(Ordering::Acquire) {
+                    request.await
+                } else {
+                    self.shared.metrics.reject("header_timeout");
+                    None
+                }
+            }
         }
-        session.set_keepalive(Some(cfg.timeouts.downstream_keepalive.as_secs().max(1)));
-        self.inner.process_new_http(session, shutdown).await
     }
 
     fn h2_options(&self) -> Option<pingora::protocols::http::v2::server::H2Options> {
@@ -90,7 +128,9 @@ pub fn run(config: Config) -> Result<()> {
     let mut tls_settings = Vec::new();
     for l in &config.listeners {
         tls_settings.push(match &l.tls {
-            Some(t) => Some(tls::listener_settings(t).with_context(|| format!("listener {}", l.listen))?),
+            Some(t) => {
+                Some(tls::listener_settings(t).with_context(|| format!("listener {}", l.listen))?)
+            }
             None => None,
         });
     }
@@ -136,7 +176,8 @@ pub fn run(config: Config) -> Result<()> {
         // No L4 read buffer: request heads are parsed from pingora's own header buffer and
         // tunnels read through our relay, so a 64 KiB buffer per connection buys nothing
         // and costs RSS per idle WebSocket.
-        let mut lc = ListenerConfig::tcp(l.listen.to_string()).l4_buffer(L4BufferSettings::new(0, 1460));
+        let mut lc =
+            ListenerConfig::tcp(l.listen.to_string()).l4_buffer(L4BufferSettings::new(0, 1460));
         if let Some(t) = tls {
             lc = lc.tls(t);
         }
@@ -147,15 +188,27 @@ pub fn run(config: Config) -> Result<()> {
 
     if let Some(admin) = admin {
         if admin.token.is_none() {
-            tracing::warn!("admin API on {} has no token: drain/undrain/reload are refused", admin.listen);
+            tracing::warn!(
+                "admin API on {} has no token: drain/undrain/reload are refused",
+                admin.listen
+            );
         }
-        let mut svc = Service::new("switchyard admin".to_string(), AdminApp::new(shared.clone(), admin.token));
+        let mut svc = Service::new(
+            "switchyard admin".to_string(),
+            AdminApp::new(shared.clone(), admin.token),
+        );
         svc.add_tcp(&admin.listen.to_string());
         svc.threads = Some(1);
         server.add_service(svc);
         tracing::info!(listen = %admin.listen, "admin listening");
     }
-    server.add_service(background_service("health checks", HealthChecker::new(shared.clone())));
-    server.add_service(background_service("reload on SIGHUP", ReloadOnHup { shared }));
+    server.add_service(background_service(
+        "health checks",
+        HealthChecker::new(shared.clone()),
+    ));
+    server.add_service(background_service(
+        "reload on SIGHUP",
+        ReloadOnHup { shared },
+    ));
     server.run_forever();
 }

@@ -67,7 +67,10 @@ impl Runtime {
 fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
         // [v6]:port
-        return host.split(']').next().map_or(host, |h| &host[..h.len() + 1]);
+        return host
+            .split(']')
+            .next()
+            .map_or(host, |h| &host[..h.len() + 1]);
     }
     match host.rsplit_once(':') {
         Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => h,
@@ -126,11 +129,14 @@ impl Shared {
             None => (*old.config).clone(),
         };
         let mut needs_restart = Vec::new();
-        let listen = |c: &Config| -> Vec<SocketAddr> { c.listeners.iter().map(|l| l.listen).collect() };
+        let listen =
+            |c: &Config| -> Vec<SocketAddr> { c.listeners.iter().map(|l| l.listen).collect() };
         if listen(&new_config) != listen(&old.config) {
             needs_restart.push("listeners".to_string());
         }
-        if new_config.admin.as_ref().map(|a| a.listen) != old.config.admin.as_ref().map(|a| a.listen) {
+        if new_config.admin.as_ref().map(|a| a.listen)
+            != old.config.admin.as_ref().map(|a| a.listen)
+        {
             needs_restart.push("admin.listen".to_string());
         }
         if new_config.server.threads != old.config.server.threads {

@@ -23,12 +23,14 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>> 
     }
     let (certs, private_key) = pingora::tls::load_certs_and_key_files(&cs, &ks)
         .map_err(|e| anyhow!("TLS certificate {cs} / key {ks}: {e}"))?
-        .ok_or_else(|| anyhow!("TLS certificate {cs} / key {ks}: no certificate or no private key found"))?;
+        .ok_or_else(|| {
+            anyhow!("TLS certificate {cs} / key {ks}: no certificate or no private key found")
+        })?;
     if certs.is_empty() {
         return Err(anyhow!("TLS certificate {cs}: no certificate found"));
     }
-    let provider = CryptoProvider::get_default()
-        .ok_or_else(|| anyhow!("no TLS crypto provider installed"))?;
+    let provider =
+        CryptoProvider::get_default().ok_or_else(|| anyhow!("no TLS crypto provider installed"))?;
     let signing = provider
         .key_provider
         .load_private_key(private_key)
@@ -59,9 +61,13 @@ pub fn listener_settings(cfg: &TlsConfig) -> Result<TlsSettings> {
     let default = load_certified_key(&cfg.cert, &cfg.key)?;
     let mut by_name = HashMap::new();
     for s in &cfg.sni {
-        by_name.insert(s.server_name.to_ascii_lowercase(), load_certified_key(&s.cert, &s.key)?);
+        by_name.insert(
+            s.server_name.to_ascii_lowercase(),
+            load_certified_key(&s.cert, &s.key)?,
+        );
     }
-    let mut settings = TlsSettings::intermediate("", "").map_err(|e| anyhow!("TLS settings: {e}"))?;
+    let mut settings =
+        TlsSettings::intermediate("", "").map_err(|e| anyhow!("TLS settings: {e}"))?;
     settings.set_cert_resolver(Arc::new(SniResolver { default, by_name }));
     if cfg.h2 {
         settings.enable_h2();
@@ -100,8 +106,8 @@ pub fn gen_cert(dir: &Path) -> Result<()> {
     let (ca_key, ca_cert) = if ca_cert_path.exists() && ca_key_path.exists() {
         let key_pem = fs::read_to_string(&ca_key_path)
             .with_context(|| format!("read {}", ca_key_path.display()))?;
-        let key = KeyPair::from_pem(&key_pem)
-            .map_err(|e| anyhow!("{}: {e}", ca_key_path.display()))?;
+        let key =
+            KeyPair::from_pem(&key_pem).map_err(|e| anyhow!("{}: {e}", ca_key_path.display()))?;
         // Re-signing the same parameters with the same key yields an equivalent CA
         // certificate (same name and key), so existing trust stays valid.
         let cert = ca_params
@@ -114,18 +120,24 @@ pub fn gen_cert(dir: &Path) -> Result<()> {
             .self_signed(&key)
             .map_err(|e| anyhow!("CA certificate: {e}"))?;
         write_private(&ca_key_path, &key.serialize_pem())?;
-        fs::write(&ca_cert_path, cert.pem()).with_context(|| format!("write {}", ca_cert_path.display()))?;
+        fs::write(&ca_cert_path, cert.pem())
+            .with_context(|| format!("write {}", ca_cert_path.display()))?;
         (key, cert)
     };
 
     let mut leaf = CertificateParams::new(vec!["localhost".to_string()])
         .map_err(|e| anyhow!("leaf params: {e}"))?;
-    leaf.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse()?));
-    leaf.subject_alt_names.push(SanType::IpAddress("::1".parse()?));
+    leaf.subject_alt_names
+        .push(SanType::IpAddress("127.0.0.1".parse()?));
+    leaf.subject_alt_names
+        .push(SanType::IpAddress("::1".parse()?));
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, "localhost");
     leaf.distinguished_name = dn;
-    leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    leaf.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
     leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     leaf.not_before = rcgen::date_time_ymd(2024, 1, 1);
     leaf.not_after = rcgen::date_time_ymd(2027, 12, 31);

@@ -1,13 +1,13 @@
 //! The proxy's admin API from tests: `GET /status` as JSON, per-backend lookups by id or
 //! address, bounded waits on its counters and health, and bearer-authorised `POST`s.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use crate::http::{client, send, Reply};
 use crate::procs::Proxy;
-use crate::wait::wait_for;
+use crate::wait::POLL;
 
 /// `GET /status` on the proxy's admin listener, parsed.
 ///
@@ -58,6 +58,31 @@ pub fn total(status: &Value, field: &str) -> u64 {
     backends(status).iter().map(|b| counter(b, field)).sum()
 }
 
+/// Polls `/status` every [`POLL`] until `check` returns `Some`; panics naming `what`, with
+/// the last document seen, after `timeout`.
+pub async fn wait_status<T>(
+    proxy: &Proxy,
+    timeout: Duration,
+    what: &str,
+    check: impl Fn(&Value) -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let last = tokio::time::timeout(left.max(POLL), status(proxy))
+            .await
+            .ok();
+        if let Some(v) = last.as_ref().and_then(&check) {
+            return v;
+        }
+        if Instant::now() >= deadline {
+            let last = last.map_or_else(|| "(no answer)".to_owned(), |s| s.to_string());
+            panic!("timed out after {timeout:?} waiting for: {what}; last /status: {last}");
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
 /// Polls `/status` until the entry of backend `key` satisfies `cond`; returns that entry.
 /// Panics naming `what` after `timeout`.
 pub async fn wait_backend(
@@ -67,10 +92,8 @@ pub async fn wait_backend(
     what: &str,
     cond: impl Fn(&Value) -> bool,
 ) -> Value {
-    let cond = &cond;
-    wait_for(timeout, what, || async move {
-        let s = status(proxy).await;
-        find_backend(&s, key).filter(|b| cond(b)).cloned()
+    wait_status(proxy, timeout, what, |s| {
+        find_backend(s, key).filter(|b| cond(b)).cloned()
     })
     .await
 }
@@ -89,10 +112,12 @@ pub async fn wait_health(proxy: &Proxy, key: &str, health: &str, timeout: Durati
 
 /// Waits until no backend has an open tunnel or an in-flight request.
 pub async fn wait_idle(proxy: &Proxy, timeout: Duration) {
-    wait_for(timeout, "every backend at 0 tunnels and 0 active", || async {
-        let s = status(proxy).await;
-        (total(&s, "tunnels") == 0 && total(&s, "active") == 0).then_some(())
-    })
+    wait_status(
+        proxy,
+        timeout,
+        "every backend at 0 tunnels and 0 active",
+        |s| (total(s, "tunnels") == 0 && total(s, "active") == 0).then_some(()),
+    )
     .await
 }
 

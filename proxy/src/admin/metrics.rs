@@ -48,7 +48,10 @@ impl Metrics {
             bl,
         ));
         let responses = must(IntCounterVec::new(
-            Opts::new("responses_total", "Responses by backend and status class (1xx..5xx)"),
+            Opts::new(
+                "responses_total",
+                "Responses by backend and status class (1xx..5xx)",
+            ),
             &["upstream", "backend", "class"],
         ));
         let latency = must(HistogramVec::new(
@@ -57,7 +60,8 @@ impl Metrics {
                 "Time from choosing a backend to its response head",
             )
             .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
             ]),
             bl,
         ));
@@ -66,7 +70,10 @@ impl Metrics {
             &["upstream", "strategy"],
         ));
         let rejected = must(IntCounterVec::new(
-            Opts::new("rejected_total", "Requests answered by the proxy itself, by reason"),
+            Opts::new(
+                "rejected_total",
+                "Requests answered by the proxy itself, by reason",
+            ),
             &["reason"],
         ));
         let active = must(IntGaugeVec::new(
@@ -82,11 +89,17 @@ impl Metrics {
             bl,
         ));
         let draining = must(IntGaugeVec::new(
-            Opts::new("backend_draining", "1 when the backend is drained by the admin"),
+            Opts::new(
+                "backend_draining",
+                "1 when the backend is drained by the admin",
+            ),
             bl,
         ));
         let weight = must(GaugeVec::new(
-            Opts::new("backend_weight", "Effective weight (lower during slow start)"),
+            Opts::new(
+                "backend_weight",
+                "Effective weight (lower during slow start)",
+            ),
             bl,
         ));
         for c in [&requests, &picks, &rejected, &responses] {
@@ -159,8 +172,19 @@ mod tests {
         let m = super::Metrics::new();
         m.reject("test");
         m.requests.with_label_values(&["u", "b"]).inc();
-        let names: Vec<String> = m.registry.gather().iter().map(|f| f.name().to_string()).collect();
-        assert!(names.contains(&"switchyard_rejected_total".to_string()), "{names:?}");
-        assert!(names.contains(&"switchyard_requests_total".to_string()), "{names:?}");
+        let names: Vec<String> = m
+            .registry
+            .gather()
+            .iter()
+            .map(|f| f.name().to_string())
+            .collect();
+        assert!(
+            names.contains(&"switchyard_rejected_total".to_string()),
+            "{names:?}"
+        );
+        assert!(
+            names.contains(&"switchyard_requests_total".to_string()),
+            "{names:?}"
+        );
     }
 }

@@ -59,7 +59,10 @@ pub fn forwarded_headers(
         };
         out.push(("x-forwarded-for", xff));
     }
-    out.push(("x-forwarded-proto", if tls { "https" } else { "http" }.to_string()));
+    out.push((
+        "x-forwarded-proto",
+        if tls { "https" } else { "http" }.to_string(),
+    ));
     if let Some(h) = host {
         out.push(("x-forwarded-host", h.to_string()));
     }

@@ -25,6 +25,15 @@ use crate::upstream::{ActiveGuard, Backend, Upstream};
 
 pub use forwarded::{client_ip, forwarded_headers};
 
+tokio::task_local! {
+    /// Set by the listener wrapper around each request: flipped once the request head has
+    /// been read, which ends the header-read deadline.
+    pub static HEAD_READ: Arc<std::sync::atomic::AtomicBool>;
+}
+
+/// Connection-context marker: this connection has served a request before.
+struct KeptAlive;
+
 /// How many backends one request may try when connections fail.
 const MAX_TRIES: usize = 3;
 
@@ -198,13 +207,16 @@ impl ProxyHttp for EdgeProxy {
         }
     }
 
+    async fn early_request_filter(&self, _session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
+        let _ = HEAD_READ.try_with(|f| f.store(true, std::sync::atomic::Ordering::Release));
+        Ok(())
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let rt = self.shared.current();
         ctx.runtime = Some(rt.clone());
         let cfg = &rt.config;
-        ctx.tls = session
-            .digest()
-            .is_some_and(|d| d.ssl_digest.is_some());
+        ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         ctx.peer_ip = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -212,20 +224,26 @@ impl ProxyHttp for EdgeProxy {
         // The head has been read: from now on the downstream read timeout guards bodies,
         // not the (short) header timeout our listener wrapper set.
         session.set_read_timeout(Some(cfg.timeouts.upstream_read));
+        // pingora keeps HTTP/1.1 connections alive with no idle limit by default; bound the
+        // wait for the next request (unless the client asked to close).
+        if session.get_keepalive().is_some() {
+            session.set_keepalive(Some(cfg.timeouts.downstream_keepalive.as_secs().max(1)));
+        }
 
         // HTTP -> HTTPS redirect on listeners configured for it.
-        let local: Option<SocketAddr> = session
-            .server_addr()
-            .and_then(|a| a.as_inet())
-            .copied();
+        let local: Option<SocketAddr> = session.server_addr().and_then(|a| a.as_inet()).copied();
         if let Some(port) = local.and_then(|l| {
             cfg.listeners
                 .iter()
-                .find(|x| x.listen == l || (x.listen.ip().is_unspecified() && x.listen.port() == l.port()))
+                .find(|x| {
+                    x.listen == l || (x.listen.ip().is_unspecified() && x.listen.port() == l.port())
+                })
                 .and_then(|x| x.redirect_https_port)
         }) {
             let req = session.req_header();
-            let host = host_of(req).map(|h| h.rsplit_once(':').map_or(h, |(a, _)| a)).unwrap_or("localhost");
+            let host = host_of(req)
+                .map(|h| h.rsplit_once(':').map_or(h, |(a, _)| a))
+                .unwrap_or("localhost");
             let pq = req.uri.path_and_query().map_or("/", |p| p.as_str());
             let location = if port == 443 {
                 format!("https://{host}{pq}")
@@ -243,20 +261,46 @@ impl ProxyHttp for EdgeProxy {
             .is_some_and(|max| head_size(session.req_header()) > max)
         {
             return self
-                .reject(session, ctx, 431, "header_too_large", "request header fields too large")
+                .reject(
+                    session,
+                    ctx,
+                    431,
+                    "header_too_large",
+                    "request header fields too large",
+                )
                 .await;
         }
         if let Some(ip) = ctx.peer_ip {
-            if !self.shared.limits.allow_request(ip, limits.requests_per_second_per_ip.unwrap_or(0)) {
+            if !self
+                .shared
+                .limits
+                .allow_request(ip, limits.requests_per_second_per_ip.unwrap_or(0))
+            {
                 return self
-                    .reject(session, ctx, 429, "rate_limited", "too many requests from this address")
+                    .reject(
+                        session,
+                        ctx,
+                        429,
+                        "rate_limited",
+                        "too many requests from this address",
+                    )
                     .await;
             }
-            match self.shared.limits.acquire(ip, limits.max_connections_per_ip.unwrap_or(0)) {
+            match self
+                .shared
+                .limits
+                .acquire(ip, limits.max_connections_per_ip.unwrap_or(0))
+            {
                 Some(g) => ctx.client_guard = Some(g),
                 None => {
                     return self
-                        .reject(session, ctx, 429, "too_many_connections", "too many concurrent connections from this address")
+                        .reject(
+                            session,
+                            ctx,
+                            429,
+                            "too_many_connections",
+                            "too many concurrent connections from this address",
+                        )
                         .await
                 }
             }
@@ -270,7 +314,13 @@ impl ProxyHttp for EdgeProxy {
                 .and_then(|v| v.trim().parse::<u64>().ok());
             if declared.is_some_and(|n| n > max) {
                 return self
-                    .reject(session, ctx, 413, "body_too_large", "request body too large")
+                    .reject(
+                        session,
+                        ctx,
+                        413,
+                        "body_too_large",
+                        "request body too large",
+                    )
                     .await;
             }
         }
@@ -278,15 +328,27 @@ impl ProxyHttp for EdgeProxy {
         let req = session.req_header();
         let Some(up) = rt.route(host_of(req), req.uri.path()).cloned() else {
             return self
-                .reject(session, ctx, 404, "no_route", "no route for this host and path")
+                .reject(
+                    session,
+                    ctx,
+                    404,
+                    "no_route",
+                    "no route for this host and path",
+                )
                 .await;
         };
-        ctx.client_ip = client_ip(ctx.peer_ip, &req.headers, &up.config.ip_hash.trusted_proxies);
+        ctx.client_ip = client_ip(
+            ctx.peer_ip,
+            &req.headers,
+            &up.config.ip_hash.trusted_proxies,
+        );
         if let Some(signer) = &up.signer {
             if let Some(value) = cookie_value(req, &up.config.sticky.cookie) {
                 match signer.verify(value) {
                     Some(id) => ctx.sticky_id = Some(id.to_string()),
-                    None => tracing::warn!(client = ?ctx.peer_ip, "ignoring a sticky cookie with a bad signature"),
+                    None => {
+                        tracing::warn!(client = ?ctx.peer_ip, "ignoring a sticky cookie with a bad signature")
+                    }
                 }
             }
         }
@@ -300,7 +362,10 @@ impl ProxyHttp for EdgeProxy {
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let (Some(up), Some(rt)) = (ctx.upstream.clone(), ctx.runtime.clone()) else {
-            return Err(Error::explain(ErrorType::InternalError, "no upstream chosen"));
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "no upstream chosen",
+            ));
         };
         let Some(backend) = self.choose(&up, ctx) else {
             self.shared.metrics.reject("no_backend");
@@ -353,7 +418,10 @@ impl ProxyHttp for EdgeProxy {
                 .and_then(|r| r.config.limits.max_request_body_bytes);
             if max.is_some_and(|max| ctx.body_bytes > max) {
                 self.shared.metrics.reject("body_too_large");
-                return Err(Error::explain(ErrorType::HTTPStatus(413), "request body too large"));
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(413),
+                    "request body too large",
+                ));
             }
         }
         Ok(())
@@ -403,7 +471,8 @@ impl ProxyHttp for EdgeProxy {
             }
         }
         let mut e = e.more_context(format!("peer: {peer}"));
-        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated() {
+        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
+        {
             e.set_retry(false);
         } else {
             e.retry.decide_reuse(client_reused);
@@ -413,18 +482,27 @@ impl ProxyHttp for EdgeProxy {
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let (code, detail) = match e.etype() {
-            ErrorType::HTTPStatus(c) => (*c, e.context.as_ref().map_or_else(String::new, |c| c.as_str().to_string())),
+            ErrorType::HTTPStatus(c) => (
+                *c,
+                e.context
+                    .as_ref()
+                    .map_or_else(String::new, |c| c.as_str().to_string()),
+            ),
             ErrorType::ConnectTimedout => (502, "timed out connecting to the backend".into()),
             ErrorType::ConnectRefused | ErrorType::ConnectNoRoute | ErrorType::ConnectError => {
                 (502, "could not connect to any backend".into())
             }
-            ErrorType::ReadTimedout | ErrorType::WriteTimedout if e.esource() == &ErrorSource::Upstream => {
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout
+                if e.esource() == &ErrorSource::Upstream =>
+            {
                 (504, "the backend did not answer in time".into())
             }
             _ => match e.esource() {
                 ErrorSource::Upstream => (502, "the backend failed".into()),
                 ErrorSource::Downstream => match e.etype() {
-                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => (0, String::new()),
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => {
+                        (0, String::new())
+                    }
                     ErrorType::ReadTimedout => (408, "request timed out".into()),
                     _ => (400, "bad request".into()),
                 },
@@ -432,7 +510,11 @@ impl ProxyHttp for EdgeProxy {
             },
         };
         if code > 0 && session.response_written().is_none() {
-            let detail = if detail.is_empty() { e.etype().as_str().to_string() } else { detail };
+            let detail = if detail.is_empty() {
+                e.etype().as_str().to_string()
+            } else {
+                detail
+            };
             if let Err(err) = respond::text(session, code, &detail).await {
                 tracing::debug!("could not send the error response: {err}");
             }
@@ -442,6 +524,15 @@ impl ProxyHttp for EdgeProxy {
             error_code: code,
             can_reuse_downstream: false,
         }
+    }
+
+    fn persist_connection_context(
+        &self,
+        _session: &Session,
+        _ctx: &Ctx,
+    ) -> Option<Box<dyn std::any::Any + Send + Sync>> {
+        // Marks the connection as kept alive, for the header-read deadline.
+        Some(Box::new(KeptAlive))
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {

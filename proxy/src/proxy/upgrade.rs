@@ -33,7 +33,13 @@ const REPLACED: &[&str] = &[
 ];
 
 /// Hop-by-hop headers that never describe the upstream hop of an upgrade.
-const HOP_BY_HOP: &[&str] = &["keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding"];
+const HOP_BY_HOP: &[&str] = &[
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+];
 
 fn request_head(session: &Session, ctx: &Ctx) -> Vec<u8> {
     let req = session.req_header();
@@ -50,7 +56,13 @@ fn request_head(session: &Session, ctx: &Ctx) -> Vec<u8> {
         head.extend_from_slice(value.as_bytes());
         head.extend_from_slice(b"\r\n");
     }
-    for (name, value) in forwarded_headers(&req.headers, ctx.peer_ip, ctx.client_ip, ctx.tls, host_of(req)) {
+    for (name, value) in forwarded_headers(
+        &req.headers,
+        ctx.peer_ip,
+        ctx.client_ip,
+        ctx.tls,
+        host_of(req),
+    ) {
         head.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
     }
     head.extend_from_slice(b"\r\n");
@@ -69,7 +81,10 @@ async fn take_client_stream(session: &mut Session) -> Result<Stream> {
         ServerSession::H1(h1) => Ok(h1.into_inner()),
         other => {
             *session.downstream_session = other;
-            Err(Error::explain(ErrorType::InternalError, "upgrade on a non-HTTP/1.1 session"))
+            Err(Error::explain(
+                ErrorType::InternalError,
+                "upgrade on a non-HTTP/1.1 session",
+            ))
         }
     }
 }
@@ -99,7 +114,11 @@ async fn relay_refusal(mut client: Stream, mut resp: UpstreamResponse, limit: Du
         return;
     }
     let no_body = matches!(resp.status, 100..=199 | 204 | 304);
-    let mut remaining = if no_body { Some(0) } else { resp.content_length };
+    let mut remaining = if no_body {
+        Some(0)
+    } else {
+        resp.content_length
+    };
     let mut chunk = std::mem::take(&mut resp.rest).to_vec();
     let deadline = tokio::time::Instant::now() + limit;
     loop {
@@ -129,7 +148,10 @@ async fn relay_refusal(mut client: Stream, mut resp: UpstreamResponse, limit: Du
 
 pub(super) async fn handle(p: &EdgeProxy, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
     let (Some(up), Some(rt)) = (ctx.upstream.clone(), ctx.runtime.clone()) else {
-        return Err(Error::explain(ErrorType::InternalError, "no upstream chosen"));
+        return Err(Error::explain(
+            ErrorType::InternalError,
+            "no upstream chosen",
+        ));
     };
     let t = rt.config.timeouts.clone();
     let head = request_head(session, ctx);
@@ -138,7 +160,12 @@ pub(super) async fn handle(p: &EdgeProxy, session: &mut Session, ctx: &mut Ctx) 
         let Some(backend) = p.choose(&up, ctx) else {
             p.shared.metrics.reject("no_backend");
             ctx.local_status = Some(503);
-            respond::text(session, 503, &format!("no healthy backend in upstream {}", up.name)).await?;
+            respond::text(
+                session,
+                503,
+                &format!("no healthy backend in upstream {}", up.name),
+            )
+            .await?;
             return Ok(true);
         };
         let attempt = match handshake::connect(backend.addr, t.connect).await {
@@ -154,7 +181,9 @@ pub(super) async fn handle(p: &EdgeProxy, session: &mut Session, ctx: &mut Ctx) 
                     continue;
                 }
                 let (code, detail) = match e {
-                    HandshakeError::ReadTimeout(_) => (504, "the backend did not answer the upgrade in time"),
+                    HandshakeError::ReadTimeout(_) => {
+                        (504, "the backend did not answer the upgrade in time")
+                    }
                     _ => (502, "could not open the upgrade with a backend"),
                 };
                 ctx.local_status = Some(code);
@@ -179,9 +208,17 @@ pub(super) async fn handle(p: &EdgeProxy, session: &mut Session, ctx: &mut Ctx) 
         return Ok(true);
     }
 
-    let extra = ctx.set_cookie.take().map(|c| format!("set-cookie: {c}\r\n")).unwrap_or_default();
+    let extra = ctx
+        .set_cookie
+        .take()
+        .map(|c| format!("set-cookie: {c}\r\n"))
+        .unwrap_or_default();
     let out_head = handshake::with_extra_headers(&resp.head, &extra);
-    let UpstreamResponse { stream: upstream, rest, .. } = resp;
+    let UpstreamResponse {
+        stream: upstream,
+        rest,
+        ..
+    } = resp;
     if client.write_all(&out_head).await.is_err()
         || (!rest.is_empty() && client.write_all(&rest).await.is_err())
         || client.flush().await.is_err()
@@ -193,18 +230,80 @@ pub(super) async fn handle(p: &EdgeProxy, session: &mut Session, ctx: &mut Ctx) 
     if let Some(g) = guard.as_mut() {
         g.mark_tunnel();
     }
-    let client_guard = ctx.client_guard.take();
-    let shared = p.shared.clone();
-    let started = ctx.started.unwrap_or_else(Instant::now);
-    tokio::spawn(async move {
-        let totals = Relay::new(client, upstream, t.tunnel_idle, CLOSE_LINGER).await;
-        drop(guard);
-        drop(client_guard);
+    let tunnel = Tunnel {
+        upstream,
+        idle: t.tunnel_idle,
+        guards: (guard, ctx.client_guard.take()),
+        shared: p.shared.clone(),
+        summary,
+        started: ctx.started.unwrap_or_else(Instant::now),
+    };
+    match into_bare_tcp(client) {
+        Ok(tcp) => tokio::spawn(tunnel.run(tcp)),
+        Err(stream) => tokio::spawn(tunnel.run(stream)),
+    };
+    Ok(true)
+}
+
+/// Swaps pingora's buffered TCP stream for a bare tokio `TcpStream` on a duplicate of the
+/// same socket. pingora's stream keeps a write buffer and connection digests for its whole
+/// life (about 2 KiB); an idle tunnel needs none of it. TLS streams are returned unchanged.
+#[allow(unsafe_code)]
+fn into_bare_tcp(stream: Stream) -> std::result::Result<tokio::net::TcpStream, Stream> {
+    use pingora::protocols::l4::stream::Stream as L4Stream;
+    use std::os::fd::{AsRawFd, BorrowedFd};
+    // Deref explicitly: the box itself is also an `IO`, and its `as_any` is the box.
+    if !(*stream).as_any().is::<L4Stream>() {
+        return Err(stream);
+    }
+    let Ok(l4) = stream.into_any().downcast::<L4Stream>() else {
+        unreachable!("type checked above");
+    };
+    // SAFETY: `l4` owns this open descriptor and outlives the borrow, which ends with the
+    // duplication on the same line.
+    let dup = unsafe { BorrowedFd::borrow_raw(l4.as_raw_fd()) }.try_clone_to_owned();
+    let tcp = dup.and_then(|fd| {
+        let std = std::net::TcpStream::from(fd);
+        std.set_nonblocking(true)?;
+        tokio::net::TcpStream::from_std(std)
+    });
+    match tcp {
+        // Dropping pingora's stream closes only its own descriptor; it does not shut the
+        // socket down, so the duplicate carries on.
+        Ok(tcp) => Ok(tcp),
+        Err(e) => {
+            tracing::debug!("keeping pingora's stream for a tunnel: {e}");
+            Err(Box::new(*l4))
+        }
+    }
+}
+
+/// An accepted tunnel: everything the relay task owns besides the client side.
+struct Tunnel {
+    upstream: tokio::net::TcpStream,
+    idle: Duration,
+    /// Released when the tunnel closes: least_conn counts and the client's slot.
+    guards: (
+        Option<crate::upstream::ActiveGuard>,
+        Option<crate::limits::ClientGuard>,
+    ),
+    shared: std::sync::Arc<crate::state::Shared>,
+    summary: Option<Box<TunnelSummary>>,
+    started: Instant,
+}
+
+impl Tunnel {
+    async fn run<A>(self, client: A)
+    where
+        A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let totals = Relay::new(client, self.upstream, self.idle, CLOSE_LINGER).await;
+        drop(self.guards);
         if totals.end == End::IdleTimeout {
             tracing::debug!("tunnel closed after the idle timeout");
         }
-        if let Some(req) = summary {
-            shared.access_log.write(&Entry {
+        if let Some(req) = self.summary {
+            self.shared.access_log.write(&Entry {
                 ts: AccessLog::now(),
                 client: req.client,
                 method: "GET",
@@ -214,7 +313,7 @@ pub(super) async fn handle(p: &EdgeProxy, session: &mut Session, ctx: &mut Ctx) 
                 status: 101,
                 bytes_sent: totals.b_to_a,
                 bytes_received: totals.a_to_b,
-                duration_ms: started.elapsed().as_secs_f64() * 1e3,
+                duration_ms: self.started.elapsed().as_secs_f64() * 1e3,
                 upstream: Some(&req.upstream),
                 backend: req.backend.clone(),
                 tunnel: true,
@@ -222,8 +321,7 @@ pub(super) async fn handle(p: &EdgeProxy, session: &mut Session, ctx: &mut Ctx) 
                 user_agent: None,
             });
         }
-    });
-    Ok(true)
+    }
 }
 
 /// What the tunnel task needs to write its access-log line.
@@ -239,7 +337,11 @@ fn tunnel_summary(session: &Session, ctx: &Ctx, upstream: &str) -> Box<TunnelSum
     let req = session.req_header();
     Box::new(TunnelSummary {
         client: ctx.client_ip.or(ctx.peer_ip),
-        path: req.uri.path_and_query().map_or("/", |p| p.as_str()).to_string(),
+        path: req
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string(),
         host: host_of(req).map(str::to_string),
         upstream: upstream.to_string(),
         backend: ctx.backend.as_ref().map(|b| b.addr.to_string()),
@@ -252,7 +354,8 @@ mod tests {
 
     #[test]
     fn refused_upgrade_head_closes() {
-        let head = b"HTTP/1.1 400 Bad Request\r\nConnection: keep-alive\r\nContent-Length: 3\r\n\r\n";
+        let head =
+            b"HTTP/1.1 400 Bad Request\r\nConnection: keep-alive\r\nContent-Length: 3\r\n\r\n";
         let out = String::from_utf8(closing_head(head)).unwrap_or_default();
         assert_eq!(
             out,

@@ -47,7 +47,10 @@ pub struct UpstreamResponse {
     pub chunked: bool,
 }
 
-pub async fn connect(addr: SocketAddr, connect_timeout: Duration) -> Result<TcpStream, HandshakeError> {
+pub async fn connect(
+    addr: SocketAddr,
+    connect_timeout: Duration,
+) -> Result<TcpStream, HandshakeError> {
     match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
         Err(_) => Err(HandshakeError::ConnectTimeout(addr)),
         Ok(Err(source)) => Err(HandshakeError::Connect { addr, source }),

@@ -254,7 +254,12 @@ mod tests {
     async fn relays_both_ways_and_closes() {
         let (mut client, a) = duplex(64);
         let (b, mut server) = duplex(64);
-        let relay = tokio::spawn(Relay::new(a, b, Duration::from_secs(5), Duration::from_secs(5)));
+        let relay = tokio::spawn(Relay::new(
+            a,
+            b,
+            Duration::from_secs(5),
+            Duration::from_secs(5),
+        ));
         client.write_all(b"hello").await.unwrap();
         let mut buf = [0u8; 5];
         server.read_exact(&mut buf).await.unwrap();
@@ -289,7 +294,12 @@ mod tests {
     async fn idle_timeout_fires_only_after_inactivity() {
         let (mut client, a) = duplex(64);
         let (b, mut server) = duplex(64);
-        let relay = tokio::spawn(Relay::new(a, b, Duration::from_secs(10), Duration::from_secs(1)));
+        let relay = tokio::spawn(Relay::new(
+            a,
+            b,
+            Duration::from_secs(10),
+            Duration::from_secs(1),
+        ));
         tokio::time::sleep(Duration::from_secs(8)).await;
         client.write_all(b"x").await.unwrap();
         let mut one = [0u8; 1];

@@ -121,7 +121,14 @@ impl BackendStats {
             active: AtomicU64::new(0),
             tunnels: AtomicU64::new(0),
             requests: AtomicU64::new(0),
-            health: AtomicU8::new(if start_up { Health::Up } else { Health::Pending }.as_u8()),
+            health: AtomicU8::new(
+                if start_up {
+                    Health::Up
+                } else {
+                    Health::Pending
+                }
+                .as_u8(),
+            ),
             draining: AtomicBool::new(false),
             ewma: PeakEwma::default(),
             passive: Mutex::new(PassiveState::default()),

@@ -77,6 +77,14 @@ impl Upstream {
     /// Chooses a backend for a request. `tried` holds the indices that already failed for
     /// this request. Backups are eligible only while no primary is.
     pub fn pick(&self, ctx: &PickContext, tried: &[usize]) -> Option<Pick> {
+        // Without active checks, a passively-failed backend gets one probe request per fail
+        // window, even while others are healthy (otherwise it would never come back). A
+        // failed probe was never sent, so the request is retried elsewhere.
+        if self.config.health.active.is_none() {
+            if let Some(p) = self.claim_probe(tried) {
+                return Some(p);
+            }
+        }
         let usable = |i: usize| -> bool { !tried.contains(&i) && self.backends[i].is_available() };
         let primary_up = self
             .backends
@@ -84,30 +92,26 @@ impl Upstream {
             .enumerate()
             .any(|(i, b)| !b.backup && usable(i));
         let eligible = |i: usize| -> bool { usable(i) && (self.backends[i].backup != primary_up) };
-        if let Some(index) = self.strategy.pick(&self.backends, &eligible, ctx) {
-            return Some(Pick {
-                index,
-                backend: self.backends[index].clone(),
-                probe: false,
-            });
-        }
-        // Nothing healthy: without active checks, a passively-failed backend gets one probe
-        // request per fail window (a success or a 101 re-admits it).
-        if self.config.health.active.is_none() {
-            for (i, b) in self.backends.iter().enumerate() {
-                if tried.contains(&i) || b.stats.is_draining() {
-                    continue;
-                }
-                if b.stats.try_claim_probe(self.config.health.fail_window) {
-                    return Some(Pick {
-                        index: i,
-                        backend: b.clone(),
-                        probe: true,
-                    });
-                }
-            }
-        }
-        None
+        let index = self.strategy.pick(&self.backends, &eligible, ctx)?;
+        Some(Pick {
+            index,
+            backend: self.backends[index].clone(),
+            probe: false,
+        })
+    }
+
+    fn claim_probe(&self, tried: &[usize]) -> Option<Pick> {
+        self.backends.iter().enumerate().find_map(|(i, b)| {
+            let due = b.stats.health() == Health::Down
+                && !b.stats.is_draining()
+                && !tried.contains(&i)
+                && b.stats.try_claim_probe(self.config.health.fail_window);
+            due.then(|| Pick {
+                index: i,
+                backend: b.clone(),
+                probe: true,
+            })
+        })
     }
 
     /// Passive check: a connection to this backend failed.

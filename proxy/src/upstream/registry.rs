@@ -15,7 +15,12 @@ pub struct StatsRegistry {
 }
 
 impl StatsRegistry {
-    pub fn get_or_insert(&self, upstream: &str, addr: SocketAddr, start_up: bool) -> Arc<BackendStats> {
+    pub fn get_or_insert(
+        &self,
+        upstream: &str,
+        addr: SocketAddr,
+        start_up: bool,
+    ) -> Arc<BackendStats> {
         self.map
             .lock()
             .entry((upstream.to_string(), addr))

@@ -1,0 +1,353 @@
+//! Balancing strategies end to end: real `echo-backend` processes behind a real `proxy` on
+//! 127.0.0.1, with exact expectations on where requests and WebSockets land.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use tests::admin::{backend_status, counter, wait_backend, wait_health};
+use tests::http::{backend_counts, backend_sequence};
+use tests::{
+    client, client_from, get_with, ports, send, ws_close, ws_connect, Backend, Proxy, Reply,
+};
+
+/// Bound for waits on the proxy's state (a tunnel closing, a health change).
+const T: Duration = Duration::from_secs(10);
+/// The sticky-cookie HMAC key shared by the proxies of the sticky tests (32 bytes).
+const STICKY_KEY: &str = "0123456789abcdef0123456789abcdef";
+/// The proxy's default sticky cookie name (`config::DEFAULT_STICKY_COOKIE`).
+const COOKIE: &str = "syd_route";
+
+/// A quick-mode proxy in front of `backends` (with weights) using `strategy`.
+fn quick(strategy: &str, backends: &[(&Backend, u32)], extra: &[&str]) -> Proxy {
+    let listen = format!("127.0.0.1:{}", ports(1)[0]);
+    let specs: Vec<String> = backends
+        .iter()
+        .map(|(b, w)| format!("{}={w}", b.addr()))
+        .collect();
+    let mut args = vec!["--listen", listen.as_str(), "--strategy", strategy];
+    for s in &specs {
+        args.extend(["--backend", s.as_str()]);
+    }
+    args.extend(extra);
+    Proxy::start_quick(&args)
+}
+
+/// Every backend with weight 1.
+fn weight_1(backends: &[Backend]) -> Vec<(&Backend, u32)> {
+    backends.iter().map(|b| (b, 1)).collect()
+}
+
+/// Counts of each id.
+fn tally<'a>(ids: impl IntoIterator<Item = &'a str>) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for id in ids {
+        *counts.entry(id.to_owned()).or_insert(0) += 1;
+    }
+    counts
+}
+
+fn counts(pairs: &[(&str, usize)]) -> BTreeMap<String, usize> {
+    pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+}
+
+/// The id the proxy gives `backend` (quick mode derives it from the address).
+async fn proxy_id(proxy: &Proxy, backend: &Backend) -> String {
+    let b = backend_status(proxy, &backend.addr().to_string()).await;
+    b["id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn round_robin_follows_nginx_smooth_weighted_order() {
+    let bs = Backend::start_many(&["a", "b", "c"]);
+    let proxy = quick("round_robin", &[(&bs[0], 5), (&bs[1], 1), (&bs[2], 1)], &[]);
+    let c = client();
+    let url = proxy.url("/id");
+
+    let first = backend_sequence(&c, &url, 7).await;
+    assert_eq!(first, ["a", "a", "b", "a", "c", "a", "a"]);
+
+    let got = backend_counts(&c, &url, 70).await;
+    assert_eq!(got, counts(&[("a", 50), ("b", 10), ("c", 10)]));
+}
+
+#[tokio::test]
+async fn least_conn_counts_open_websockets() {
+    let bs = Backend::start_many(&["a", "b", "c"]);
+    let proxy = quick("least_conn", &weight_1(&bs), &[]);
+    let url = proxy.ws_url("/ws");
+
+    // Opened one after the other and kept open: each takes the least loaded backend.
+    let mut open = Vec::new();
+    for _ in 0..6 {
+        open.push(ws_connect(&url).await);
+    }
+    let ids = tally(open.iter().map(|(_, id)| id.as_str()));
+    assert_eq!(ids, counts(&[("a", 2), ("b", 2), ("c", 2)]));
+    for b in &bs {
+        wait_backend(
+            &proxy,
+            &b.addr().to_string(),
+            T,
+            &format!("{} shows 2 tunnels", b.id()),
+            |s| counter(s, "tunnels") == 2,
+        )
+        .await;
+    }
+
+    // Close the two on `a`; the proxy must notice before the next placement.
+    let (on_a, others): (Vec<_>, Vec<_>) = open.into_iter().partition(|(_, id)| id == "a");
+    for (ws, _) in on_a {
+        ws_close(ws).await;
+    }
+    wait_backend(
+        &proxy,
+        &bs[0].addr().to_string(),
+        T,
+        "a's tunnels closed",
+        |s| counter(s, "tunnels") == 0,
+    )
+    .await;
+
+    // a (0) is now below b and c (2 each): both new WebSockets go to a.
+    let mut again = Vec::new();
+    for _ in 0..2 {
+        let (ws, id) = ws_connect(&url).await;
+        assert_eq!(id, "a");
+        again.push(ws);
+    }
+    drop(others);
+}
+
+#[tokio::test]
+async fn least_conn_ties_rotate() {
+    let bs = Backend::start_many(&["a", "b", "c"]);
+    let proxy = quick("least_conn", &weight_1(&bs), &[]);
+    let got = backend_counts(&client(), &proxy.url("/id"), 30).await;
+    assert_eq!(got, counts(&[("a", 10), ("b", 10), ("c", 10)]));
+}
+
+/// Where each client lands: three requests each, which must agree.
+async fn placement(clients: &[reqwest::Client], url: &str) -> Vec<String> {
+    let mut out = Vec::with_capacity(clients.len());
+    for (i, c) in clients.iter().enumerate() {
+        let mut seen = BTreeSet::new();
+        for _ in 0..3 {
+            let r = get_with(c, url).await;
+            assert_eq!(r.status, 200, "client {i}: {}", r.body);
+            seen.insert(r.backend().unwrap().to_owned());
+        }
+        assert_eq!(seen.len(), 1, "client {i} was not stable: {seen:?}");
+        out.push(seen.into_iter().next().unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn ip_hash_is_stable_and_remaps_only_the_lost_backends_clients() {
+    let mut bs = Backend::start_many(&["a", "b", "c"]);
+    let port = ports(1)[0];
+    let backends: Vec<String> = bs
+        .iter()
+        .map(|b| format!("{{ addr = \"{}\", id = \"{}\" }}", b.addr(), b.id()))
+        .collect();
+    // Fast active checks, so the killed backend is marked down quickly; a generous timeout,
+    // so a loaded machine does not fail checks of live backends.
+    let toml = format!(
+        r#"
+[[listeners]]
+listen = "127.0.0.1:{port}"
+
+[upstreams.main]
+strategy = "ip_hash"
+backends = [{}]
+
+[upstreams.main.health]
+kind = "http"
+path = "/healthz"
+interval = "250ms"
+timeout = "2s"
+rise = 1
+fall = 2
+"#,
+        backends.join(", ")
+    );
+    let proxy = Proxy::start_config(&toml);
+    for id in ["a", "b", "c"] {
+        wait_health(&proxy, id, "up", T).await;
+    }
+
+    let clients: Vec<reqwest::Client> = (2..=61u8)
+        .map(|i| client_from(IpAddr::V4(Ipv4Addr::new(127, 0, 0, i))))
+        .collect();
+    let url = proxy.url("/id");
+    let before = placement(&clients, &url).await;
+    let spread = tally(before.iter().map(String::as_str));
+    for id in ["a", "b", "c"] {
+        assert!(
+            spread.get(id).copied().unwrap_or(0) >= 1,
+            "backend {id} got no client: {spread:?}"
+        );
+    }
+
+    // Lose b.
+    bs[1].kill();
+    wait_health(&proxy, "b", "down", T).await;
+
+    let after = placement(&clients, &url).await;
+    for (i, (was, now)) in before.iter().zip(&after).enumerate() {
+        if was == "b" {
+            assert_ne!(now, "b", "client {i} still on the dead backend");
+        } else {
+            assert_eq!(now, was, "client {i} (127.0.0.{}) moved", i + 2);
+        }
+    }
+}
+
+/// A `Set-Cookie` header split into name, value and attributes.
+fn parse_set_cookie(header: &str) -> (String, String, BTreeSet<String>) {
+    let mut parts = header.split(';').map(str::trim);
+    let (name, value) = parts.next().unwrap().split_once('=').unwrap();
+    let attrs = parts.map(str::to_owned).collect();
+    (name.to_owned(), value.to_owned(), attrs)
+}
+
+/// Asserts `r` carries exactly one sticky Set-Cookie for the backend that answered it, with
+/// the expected attributes; returns the cookie value `<proxy id>.<mac>`.
+async fn issued_cookie(proxy: &Proxy, r: &Reply, bs: &[Backend]) -> String {
+    assert_eq!(r.status, 200, "{}", r.body);
+    let set = r.header_all("set-cookie");
+    assert_eq!(set.len(), 1, "expected one Set-Cookie, got {set:?}");
+    let (name, value, attrs) = parse_set_cookie(&set[0]);
+    assert_eq!(name, COOKIE, "{}", set[0]);
+    let want: BTreeSet<String> = ["Path=/", "HttpOnly", "SameSite=Lax"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    assert_eq!(attrs, want, "{}", set[0]);
+    let (id, mac) = value.rsplit_once('.').unwrap();
+    assert!(!mac.is_empty(), "{value}");
+    let answered = r.backend().unwrap();
+    let backend = bs.iter().find(|b| b.id() == answered).unwrap();
+    assert_eq!(
+        id,
+        proxy_id(proxy, backend).await,
+        "the cookie names another backend than the one that answered"
+    );
+    value
+}
+
+/// `GET /id` with the sticky cookie set to `value`.
+async fn with_cookie(c: &reqwest::Client, url: &str, value: &str) -> Reply {
+    send(c.get(url).header("cookie", format!("{COOKIE}={value}"))).await
+}
+
+/// Asserts `n` requests carrying `value` all reach `backend`.
+async fn assert_pinned(c: &reqwest::Client, url: &str, value: &str, backend: &str, n: usize) {
+    for i in 0..n {
+        let r = with_cookie(c, url, value).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.backend(), Some(backend), "request {i} with {value}");
+    }
+}
+
+/// Swaps one character of a base64url MAC for another valid one.
+fn flip_first(mac: &str) -> String {
+    let mut chars: Vec<char> = mac.chars().collect();
+    chars[0] = if chars[0] == 'A' { 'B' } else { 'A' };
+    chars.into_iter().collect()
+}
+
+#[tokio::test]
+async fn sticky_cookie_pins_resists_tampering_fails_over_and_is_shared_by_replicas() {
+    let mut bs = Backend::start_many(&["a", "b", "c"]);
+    let key = ["--sticky-key", STICKY_KEY];
+    let p1 = quick("sticky_cookie", &weight_1(&bs), &key);
+    let c = client();
+    let url = p1.url("/id");
+
+    // First request: placed, and a signed cookie names the backend.
+    let r = send(c.get(&url)).await;
+    let pinned = r.backend().unwrap().to_owned();
+    let value = issued_cookie(&p1, &r, &bs).await;
+    assert_pinned(&c, &url, &value, &pinned, 20).await;
+
+    // A MAC with one character changed is ignored: answered, and a fresh valid cookie set.
+    let (id, mac) = value.rsplit_once('.').unwrap();
+    let forged = format!("{id}.{}", flip_first(mac));
+    let r = with_cookie(&c, &url, &forged).await;
+    let fresh = issued_cookie(&p1, &r, &bs).await;
+    assert_pinned(&c, &url, &fresh, r.backend().unwrap(), 3).await;
+
+    // Another backend's id with the old MAC is ignored too.
+    let other = bs.iter().find(|b| b.id() != pinned).unwrap();
+    let swapped = format!("{}.{mac}", proxy_id(&p1, other).await);
+    let r = with_cookie(&c, &url, &swapped).await;
+    let fresh = issued_cookie(&p1, &r, &bs).await;
+    assert_pinned(&c, &url, &fresh, r.backend().unwrap(), 3).await;
+
+    // A cookie for every backend (the fallback, least_conn, rotates over idle backends).
+    let mut cookies: BTreeMap<String, String> = BTreeMap::new();
+    for _ in 0..12 {
+        if cookies.len() == bs.len() {
+            break;
+        }
+        let r = send(c.get(&url)).await;
+        let v = issued_cookie(&p1, &r, &bs).await;
+        cookies.insert(r.backend().unwrap().to_owned(), v);
+    }
+    assert_eq!(cookies.len(), bs.len(), "{cookies:?}");
+
+    // A second proxy with the same key and backends routes every cookie the same way.
+    let p2 = quick("sticky_cookie", &weight_1(&bs), &key);
+    let url2 = p2.url("/id");
+    for (backend, v) in &cookies {
+        assert_pinned(&c, &url2, v, backend, 5).await;
+    }
+
+    // The pinned backend dies: requests with its cookie are re-placed and re-pinned.
+    let dead = bs.iter().position(|b| b.id() == pinned).unwrap();
+    bs[dead].kill();
+    let mut replaced = None;
+    for _ in 0..5 {
+        let r = with_cookie(&c, &url, &value).await;
+        assert_ne!(r.backend(), Some(pinned.as_str()));
+        let v = issued_cookie(&p1, &r, &bs).await;
+        replaced = Some((r.backend().unwrap().to_owned(), v));
+    }
+    let (backend, v) = replaced.unwrap();
+    assert_pinned(&c, &url, &v, &backend, 20).await;
+}
+
+#[tokio::test]
+async fn p2c_spreads_over_equal_backends() {
+    let bs = Backend::start_many(&["a", "b", "c"]);
+    let proxy = quick("p2c", &weight_1(&bs), &[]);
+    let got = backend_counts(&client(), &proxy.url("/id"), 60).await;
+    for id in ["a", "b", "c"] {
+        let n = got.get(id).copied().unwrap_or(0);
+        assert!(n >= 5, "{id} got {n} of 60: {got:?}");
+    }
+}
+
+#[tokio::test]
+async fn least_time_avoids_the_slow_backend() {
+    let slow = Backend::start_with("slow", &["--delay-ms", "200"]);
+    let fast = Backend::start_many(&["fast1", "fast2"]);
+    let proxy = quick(
+        "least_time",
+        &[(&slow, 1), (&fast[0], 1), (&fast[1], 1)],
+        &[],
+    );
+    let c = client();
+    let url = proxy.url("/id");
+    let warm = backend_counts(&c, &url, 20).await;
+    let got = backend_counts(&c, &url, 30).await;
+    let n = got.get("slow").copied().unwrap_or(0);
+    assert!(
+        n * 5 < 30,
+        "slow got {n} of 30 after the warm-up: {got:?} (warm-up: {warm:?})"
+    );
+}

@@ -1,0 +1,438 @@
+//! The proxy's command line and observability end to end: `proxy check` on good and bad
+//! files (`file:line: key: message`), quick-mode flag errors, `proxy gen-cert`, `/metrics`,
+//! `/status` and the access log — real processes on 127.0.0.1.
+
+#![allow(clippy::unwrap_used)]
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+use std::time::Duration;
+
+use tests::admin::{backend_status, counter, status};
+use tests::http::backend_counts;
+use tests::{
+    client, get, ports, wait_for, ws_connect, ws_echo, Backend, Certs, Exited, Proxy, ProxyCmd,
+};
+
+/// Bound for waits on files the proxy writes.
+const T: Duration = Duration::from_secs(10);
+
+/// The example config shipped with the proxy.
+fn example_config() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../proxy/examples/proxy.toml");
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Asserts a `check` (or a start) failed with exit code 1, without a panic, and that one of
+/// its output lines ends with `want` (`proxy.toml:<line>: <key>: <message>`, after the
+/// directory the harness wrote the file to).
+fn assert_error_line(out: &Exited, want: &str) {
+    let all = out.output();
+    assert_eq!(out.code(), Some(1), "exit code: {all}");
+    assert!(!all.contains("panicked"), "{all}");
+    assert!(
+        out.stderr
+            .lines()
+            .any(|l| l.ends_with(want) && l.contains(&format!("/{want}"))),
+        "no line ending with {want:?} in:\n{all}"
+    );
+}
+
+/// Like [`assert_error_line`], for a message whose tail varies (an OS error, a list).
+fn assert_error_prefix(out: &Exited, want: &str) {
+    let all = out.output();
+    assert_eq!(out.code(), Some(1), "exit code: {all}");
+    assert!(!all.contains("panicked"), "{all}");
+    assert!(
+        out.stderr.lines().any(|l| l.contains(&format!("/{want}"))),
+        "no line with {want:?} in:\n{all}"
+    );
+}
+
+#[test]
+fn check_accepts_the_example_config_and_prints_a_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let gen = Proxy::gen_cert(dir.path());
+    assert_eq!(gen.code(), Some(0), "{}", gen.output());
+    let certs = dir.path().display().to_string();
+    let toml = example_config().replace("\"certs/", &format!("\"{certs}/"));
+    assert!(toml.contains(&format!("{certs}/localhost-key.pem")));
+
+    let out = Proxy::check(&toml);
+    assert_eq!(out.code(), Some(0), "{}", out.output());
+    let s = &out.stdout;
+    for want in [
+        "listeners:",
+        "127.0.0.1:8080  http  (redirects everything to https port 8443)",
+        "127.0.0.1:8443  https",
+        "alpn h2,http/1.1",
+        "chat  strategy least_conn",
+        "127.0.0.1:9009",
+        "backup",
+        "active check: http GET /healthz every 2s",
+        "routes (first match wins):",
+        "chat.example.com/ -> chat",
+        "proxy.toml: OK",
+    ] {
+        assert!(s.contains(want), "summary lacks {want:?}:\n{s}");
+    }
+}
+
+#[test]
+fn check_reports_an_unknown_key_with_file_line_and_key() {
+    let out = Proxy::check(
+        "[server]\ntreads = 3\n\n[[listeners]]\nlisten = \"127.0.0.1:18080\"\n\n\
+         [upstreams.app]\nbackends = [{ addr = \"127.0.0.1:9001\" }]\n",
+    );
+    assert_error_line(
+        &out,
+        "proxy.toml:2: server.treads: unknown key, expected `threads` or `grace_period`",
+    );
+}
+
+#[test]
+fn check_reports_a_bad_strategy_with_file_line_and_key() {
+    let out = Proxy::check(
+        "[[listeners]]\nlisten = \"127.0.0.1:18080\"\n\n[upstreams.app]\n\
+         strategy = \"leest_conn\"\nbackends = [{ addr = \"127.0.0.1:9001\" }]\n",
+    );
+    assert_error_prefix(
+        &out,
+        "proxy.toml:5: upstreams.app.strategy: unknown variant `leest_conn`, expected one of",
+    );
+}
+
+#[test]
+fn check_reports_a_route_to_an_unknown_upstream() {
+    let out = Proxy::check(
+        "[[listeners]]\nlisten = \"127.0.0.1:18080\"\n\n[upstreams.app]\n\
+         backends = [{ addr = \"127.0.0.1:9001\" }]\n\n[[routes]]\npath_prefix = \"/\"\n\
+         upstream = \"apx\"\n",
+    );
+    assert_error_line(
+        &out,
+        "proxy.toml:9: routes[0].upstream: no upstream named `apx`",
+    );
+}
+
+#[test]
+fn check_reports_a_missing_certificate_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::generate(dir.path(), &["localhost"]);
+    let missing = dir.path().join("nope.pem");
+    let toml = format!(
+        "[[listeners]]\nlisten = \"127.0.0.1:18443\"\ntls = {{ cert = \"{}\", key = \"{}\" }}\n\n\
+         [upstreams.app]\nbackends = [{{ addr = \"127.0.0.1:9001\" }}]\n",
+        missing.display(),
+        certs.key.display()
+    );
+    let out = Proxy::check(&toml);
+    assert_error_prefix(
+        &out,
+        &format!(
+            "proxy.toml:3: listeners[0].tls.cert: {}: cannot read",
+            missing.display()
+        ),
+    );
+}
+
+#[test]
+fn check_reports_every_semantic_error_in_one_run_and_run_refuses_the_same_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::generate(dir.path(), &["localhost"]);
+    let missing = dir.path().join("gone.pem");
+    let toml = format!(
+        "[[listeners]]\nlisten = \"127.0.0.1:18443\"\ntls = {{ cert = \"{}\", key = \"{}\" }}\n\n\
+         [upstreams.app]\nbackends = [{{ addr = \"127.0.0.1:9001\" }}]\n\n[[routes]]\n\
+         path_prefix = \"/\"\nupstream = \"apx\"\n",
+        certs.cert.display(),
+        missing.display()
+    );
+    let key_error = format!(
+        "proxy.toml:3: listeners[0].tls.key: {}: cannot read",
+        missing.display()
+    );
+    let route_error = "proxy.toml:10: routes[0].upstream: no upstream named `apx`";
+    let out = Proxy::check(&toml);
+    assert_error_prefix(&out, &key_error);
+    assert_error_line(&out, route_error);
+
+    // Running (not checking) the same file fails the same way, before listening.
+    let out = ProxyCmd::config(&toml).run_to_exit(Duration::from_secs(20));
+    assert_error_prefix(&out, &key_error);
+    assert_error_line(&out, route_error);
+}
+
+#[test]
+fn quick_mode_rejects_a_bad_backend_address_naming_it() {
+    let listen = format!("127.0.0.1:{}", ports(1)[0]);
+    for bad in [
+        "127.0.0.1:notaport",
+        "localhost-ish",
+        "127.0.0.1:9001=heavy",
+    ] {
+        let out = ProxyCmd::quick(&["--listen", &listen, "--backend", bad])
+            .run_to_exit(Duration::from_secs(20));
+        let all = out.output();
+        assert!(!out.status.success(), "{bad}: {all}");
+        assert!(out.code().is_some(), "{bad}: killed by a signal: {all}");
+        assert!(!all.contains("panicked"), "{bad}: {all}");
+        assert!(
+            all.contains(&format!("--backend {bad}")),
+            "the message must name the flag and its value {bad:?}: {all}"
+        );
+    }
+}
+
+#[test]
+fn gen_cert_writes_a_ca_and_a_localhost_certificate_with_private_keys_0600() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("certs");
+    let out = Proxy::gen_cert(&out_dir);
+    assert_eq!(out.code(), Some(0), "{}", out.output());
+    for (file, private) in [
+        ("ca.pem", false),
+        ("ca-key.pem", true),
+        ("localhost.pem", false),
+        ("localhost-key.pem", true),
+    ] {
+        let path = out_dir.join(file);
+        let meta = std::fs::metadata(&path).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        if private {
+            assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{file}");
+            assert!(text.contains("PRIVATE KEY-----"), "{file}");
+        } else {
+            assert!(text.contains("-----BEGIN CERTIFICATE-----"), "{file}");
+        }
+    }
+
+    // Running it again keeps the CA, so a CA trusted once stays trusted.
+    let ca_key = std::fs::read(out_dir.join("ca-key.pem")).unwrap();
+    let out = Proxy::gen_cert(&out_dir);
+    assert_eq!(out.code(), Some(0), "{}", out.output());
+    assert_eq!(std::fs::read(out_dir.join("ca-key.pem")).unwrap(), ca_key);
+}
+
+/// The value of the first sample of `metrics` whose line starts with `name{` and contains
+/// every one of `labels`.
+fn sample(metrics: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .find(|l| labels.iter().all(|x| l.contains(x)))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_and_status_report_backends_traffic_and_health() {
+    let a = Backend::start("a");
+    let b = Backend::start("b");
+    let toml = format!(
+        r#"
+[[listeners]]
+listen = "127.0.0.1:{}"
+
+[upstreams.app]
+strategy = "round_robin"
+backends = [{{ addr = "{}", id = "a" }}, {{ addr = "{}", id = "b", weight = 2 }}]
+"#,
+        ports(1)[0],
+        a.addr(),
+        b.addr()
+    );
+    let proxy = Proxy::start_config(&toml);
+    let counts = backend_counts(&client(), &proxy.url("/id"), 9).await;
+    assert_eq!(counts.get("a"), Some(&3));
+    assert_eq!(counts.get("b"), Some(&6));
+    let (mut ws, on) = ws_connect(&proxy.ws_url("/ws")).await;
+    ws_echo(&mut ws, "hi").await;
+    let ws_addr = if on == "a" { a.addr() } else { b.addr() };
+
+    let m = get(&proxy.admin_url("/metrics")).await.body;
+    for name in [
+        "switchyard_requests_total",
+        "switchyard_backend_up",
+        "switchyard_backend_tunnels",
+        "switchyard_upstream_response_seconds_bucket",
+        "switchyard_picks_total",
+    ] {
+        assert!(m.contains(&format!("{name}{{")), "no {name} sample:\n{m}");
+    }
+    let picks = sample(
+        &m,
+        "switchyard_picks_total",
+        &["upstream=\"app\"", "strategy=\"round_robin\""],
+    );
+    assert_eq!(picks, Some(10.0), "{m}");
+    let ba = format!("backend=\"{}\"", a.addr());
+    let bb = format!("backend=\"{}\"", b.addr());
+    let req_a = sample(&m, "switchyard_requests_total", &[&ba]).unwrap();
+    let req_b = sample(&m, "switchyard_requests_total", &[&bb]).unwrap();
+    assert_eq!(req_a + req_b, 10.0, "{m}");
+    for bl in [&ba, &bb] {
+        assert_eq!(sample(&m, "switchyard_backend_up", &[bl]), Some(1.0), "{m}");
+    }
+    let wl = format!("backend=\"{ws_addr}\"");
+    assert_eq!(
+        sample(&m, "switchyard_backend_tunnels", &[&wl]),
+        Some(1.0),
+        "{m}"
+    );
+    assert!(
+        sample(
+            &m,
+            "switchyard_upstream_response_seconds_bucket",
+            &[&ba, "le=\"+Inf\""]
+        )
+        .is_some_and(|n| n >= 3.0),
+        "{m}"
+    );
+
+    let s = status(&proxy).await;
+    let ups = s["upstreams"].as_array().unwrap();
+    assert_eq!(ups.len(), 1, "{s}");
+    assert_eq!(ups[0]["name"], "app");
+    assert_eq!(ups[0]["strategy"], "round_robin");
+    let backends = ups[0]["backends"].as_array().unwrap();
+    assert_eq!(backends.len(), 2, "{s}");
+    let sa = backend_status(&proxy, "a").await;
+    let sb = backend_status(&proxy, "b").await;
+    assert_eq!(sa["addr"], a.addr().to_string());
+    assert_eq!(
+        (sa["weight"].as_u64(), sb["weight"].as_u64()),
+        (Some(1), Some(2))
+    );
+    for x in [&sa, &sb] {
+        assert_eq!(x["health"], "up", "{x}");
+        assert_eq!(x["draining"], false, "{x}");
+        assert_eq!(x["backup"], false, "{x}");
+    }
+    assert_eq!(counter(&sa, "requests") + counter(&sb, "requests"), 10);
+    let on_ws = if on == "a" { &sa } else { &sb };
+    assert_eq!(counter(on_ws, "tunnels"), 1, "{on_ws}");
+}
+
+/// Waits for a line of `path` satisfying `pred`; returns it.
+async fn wait_log_line(path: &Path, what: &str, pred: impl Fn(&str) -> bool) -> String {
+    let pred = &pred;
+    wait_for(T, what, || async move {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        text.lines().find(|l| pred(l)).map(str::to_owned)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn access_log_writes_json_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let b = Backend::start("b1");
+    let toml = format!(
+        r#"
+[access_log]
+enabled = true
+format = "json"
+path = "{}"
+
+[[listeners]]
+listen = "127.0.0.1:{}"
+
+[upstreams.app]
+backends = [{{ addr = "{}", id = "b1" }}]
+"#,
+        log.display(),
+        ports(1)[0],
+        b.addr()
+    );
+    let proxy = Proxy::start_config(&toml);
+    let r = tests::send(
+        client()
+            .get(proxy.url("/id?from=test"))
+            .header("user-agent", "access-log-test"),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+
+    let line = wait_log_line(&log, "an access log line for /id?from=test", |l| {
+        l.contains("/id?from=test")
+    })
+    .await;
+    let v: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    assert_eq!(v["status"], 200, "{v}");
+    assert_eq!(v["path"], "/id?from=test", "{v}");
+    assert_eq!(v["method"], "GET", "{v}");
+    assert_eq!(v["upstream"], "app", "{v}");
+    assert_eq!(v["backend"], b.addr().to_string(), "{v}");
+    assert_eq!(v["user_agent"], "access-log-test", "{v}");
+    assert_eq!(v["client"], "127.0.0.1", "{v}");
+
+    // Error statuses are logged with the status sent.
+    let r = get(&proxy.url("/status/404")).await;
+    assert_eq!(r.status, 404);
+    let line = wait_log_line(&log, "an access log line for /status/404", |l| {
+        l.contains("/status/404")
+    })
+    .await;
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["status"], 404, "{v}");
+
+    // A WebSocket is logged when it closes, as a tunnel.
+    let (ws, _) = ws_connect(&proxy.ws_url("/chat")).await;
+    tests::ws_close(ws).await;
+    let line = wait_log_line(&log, "an access log line for the tunnel", |l| {
+        l.contains("\"/chat\"")
+    })
+    .await;
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["status"], 101, "{v}");
+    assert_eq!(v["tunnel"], true, "{v}");
+}
+
+#[tokio::test]
+async fn access_log_writes_combined_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let b = Backend::start("b1");
+    let toml = format!(
+        r#"
+[access_log]
+enabled = true
+format = "combined"
+path = "{}"
+
+[[listeners]]
+listen = "127.0.0.1:{}"
+
+[upstreams.app]
+backends = [{{ addr = "{}", id = "b1" }}]
+"#,
+        log.display(),
+        ports(1)[0],
+        b.addr()
+    );
+    let proxy = Proxy::start_config(&toml);
+    let r = tests::send(
+        client()
+            .get(proxy.url("/id?c=1"))
+            .header("user-agent", "combined-test")
+            .header("referer", "http://ref.test/"),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let line = wait_log_line(&log, "a combined line for /id?c=1", |l| {
+        l.contains("/id?c=1")
+    })
+    .await;
+    assert!(line.starts_with("127.0.0.1 - - ["), "{line}");
+    assert!(
+        line.contains("\"GET /id?c=1 HTTP/1.1\" 200 "),
+        "request line and status: {line}"
+    );
+    assert!(
+        line.ends_with("\"http://ref.test/\" \"combined-test\""),
+        "{line}"
+    );
+}

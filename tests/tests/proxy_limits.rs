@@ -1,0 +1,382 @@
+//! Forwarded headers and per-client limits end to end: X-Forwarded-*, 431, 413, 429 (rate and
+//! concurrency), the header read timeout against slowloris, and 404 for unrouted requests —
+//! real `echo-backend` and `proxy` processes on 127.0.0.1.
+
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+
+use tests::admin::{backend_status, counter};
+use tests::ws::{ws_close, ws_open, WsOptions};
+use tests::{
+    client, client_from, get, get_with, ports, send, wait_until, ws_connect, ws_echo, Backend,
+    Proxy, Reply, STEP_TIMEOUT,
+};
+
+/// Bound for waits on the proxy's state (a slot freed after a tunnel closes).
+const T: Duration = Duration::from_secs(15);
+/// How long a connection that stalls its request head may stay open when
+/// `header_read_timeout = "1s"` (generous for a loaded machine; the default is 10 s).
+const SLOWLORIS_BOUND: Duration = Duration::from_secs(5);
+
+/// One listener on a fresh port, one upstream `app` over `backend`, and `limits` as the body
+/// of the `[limits]` table.
+fn config(backend: &Backend, limits: &str) -> String {
+    format!(
+        r#"
+[server]
+threads = 2
+
+[limits]
+{limits}
+
+[[listeners]]
+listen = "127.0.0.1:{}"
+
+[upstreams.app]
+backends = [{{ addr = "{}", id = "{}" }}]
+"#,
+        ports(1)[0],
+        backend.addr(),
+        backend.id()
+    )
+}
+
+fn assert_plain_text(r: &Reply) {
+    let ct = r.header("content-type").unwrap_or_default();
+    assert!(ct.starts_with("text/plain"), "content-type {ct:?}: {r:?}");
+}
+
+/// Writes `bytes` on a fresh connection to `addr` and reads the answer's head (up to the
+/// blank line, or whatever came before EOF), bounded by [`STEP_TIMEOUT`].
+async fn raw_head(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut got = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+            if got.windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
+        }
+    };
+    if tokio::time::timeout(STEP_TIMEOUT, read).await.is_err() {
+        panic!(
+            "no complete answer within {STEP_TIMEOUT:?}; got {:?}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// Reads from `s` until the peer closes (EOF or error), discarding data; panics when the
+/// connection is still open after `bound`.
+async fn expect_closed_within(s: &mut TcpStream, bound: Duration, what: &str) {
+    let closed = tokio::time::timeout(bound, async {
+        let mut buf = [0u8; 1024];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "{what}: still open after {bound:?}");
+}
+
+#[tokio::test]
+async fn forwarded_headers_are_added_and_x_forwarded_for_appended() {
+    let b = Backend::start("b1");
+    let proxy = Proxy::start_config(&config(&b, ""));
+    let url = proxy.url("/headers");
+
+    let h = send(client().get(&url).header("x-forwarded-for", "1.2.3.4"))
+        .await
+        .json();
+    assert_eq!(h["x-forwarded-for"], "1.2.3.4, 127.0.0.1", "{h}");
+    assert_eq!(h["x-forwarded-proto"], "http", "{h}");
+    assert_eq!(
+        h["x-forwarded-host"],
+        proxy.addr().to_string(),
+        "the Host header as sent: {h}"
+    );
+    assert_eq!(h["x-real-ip"], "127.0.0.1", "{h}");
+
+    // A Host of the client's choosing, no prior X-Forwarded-For, spoofed proto and real IP.
+    let h = send(
+        client()
+            .get(&url)
+            .header("host", "App.Test:8080")
+            .header("x-forwarded-proto", "https")
+            .header("x-real-ip", "9.9.9.9"),
+    )
+    .await
+    .json();
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1", "{h}");
+    assert_eq!(h["x-forwarded-host"], "App.Test:8080", "{h}");
+    assert_eq!(
+        h["x-forwarded-proto"], "http",
+        "a client cannot claim https: {h}"
+    );
+    assert_eq!(
+        h["x-real-ip"], "127.0.0.1",
+        "a client cannot choose its real IP: {h}"
+    );
+
+    // From another loopback address, with a chain of two.
+    let from = client_from("127.0.0.7".parse().unwrap());
+    let h = send(
+        from.get(&url)
+            .header("x-forwarded-for", "1.2.3.4")
+            .header("x-forwarded-for", "5.6.7.8"),
+    )
+    .await
+    .json();
+    assert_eq!(h["x-forwarded-for"], "1.2.3.4, 5.6.7.8, 127.0.0.7", "{h}");
+    assert_eq!(h["x-real-ip"], "127.0.0.7", "{h}");
+}
+
+#[tokio::test]
+async fn oversized_request_head_gets_431() {
+    let b = Backend::start("b1");
+    let proxy = Proxy::start_config(&config(&b, "max_request_header_bytes = 8192"));
+    let url = proxy.url("/id");
+
+    let r = send(client().get(&url).header("x-small", "s".repeat(4 * 1024))).await;
+    assert_eq!(r.status, 200, "a head under the limit passes: {r:?}");
+
+    let r = send(client().get(&url).header("x-big", "b".repeat(20 * 1024))).await;
+    assert_eq!(r.status, 431, "{r:?}");
+    assert_eq!(r.backend(), None, "{r:?}");
+    assert_plain_text(&r);
+    assert!(!r.body.trim().is_empty());
+
+    // Many small headers add up as well.
+    let mut req = client().get(&url);
+    for i in 0..40 {
+        req = req.header(format!("x-h{i}"), "v".repeat(400));
+    }
+    let r = send(req).await;
+    assert_eq!(r.status, 431, "{r:?}");
+}
+
+#[tokio::test]
+async fn declared_body_over_the_limit_gets_413_without_contacting_the_backend() {
+    let b = Backend::start("b1");
+    let proxy = Proxy::start_config(&config(&b, "max_request_body_bytes = 1024"));
+
+    // Under the limit: echoed.
+    let r = send(client().post(proxy.url("/echo")).body("x".repeat(1000))).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body.len(), 1000);
+    let before = counter(&backend_status(&proxy, "b1").await, "requests");
+
+    // Over the limit by Content-Length: answered from the head alone (no body is sent, so
+    // nothing unread is left to reset the connection).
+    let head = raw_head(
+        proxy.addr(),
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4096\r\n\r\n",
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/plain"),
+        "{head}"
+    );
+    assert!(
+        !head.to_ascii_lowercase().contains("x-backend-id"),
+        "{head}"
+    );
+    assert_eq!(
+        counter(&backend_status(&proxy, "b1").await, "requests"),
+        before,
+        "the backend was not contacted"
+    );
+}
+
+#[tokio::test]
+async fn chunked_body_over_the_limit_gets_413() {
+    // The backend holds every answer for 30 s, so whatever the proxy answers within the
+    // test's bounds is its own.
+    let b = Backend::start_with("b1", &["--delay-ms", "30000"]);
+    let proxy = Proxy::start_config(&config(&b, "max_request_body_bytes = 1024"));
+    let chunk = "c".repeat(1500);
+    // 1500 bytes in one chunk, and the body never ends.
+    let request = format!(
+        "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{chunk}\r\n",
+        chunk.len()
+    );
+    let head = raw_head(proxy.addr(), request.as_bytes()).await;
+    assert!(head.starts_with("HTTP/1.1 413"), "{head:?}");
+}
+
+#[tokio::test]
+async fn request_rate_over_the_limit_gets_429() {
+    let b = Backend::start("b1");
+    let proxy = Proxy::start_config(&config(&b, "requests_per_second_per_ip = 5"));
+    let c = client();
+    let url = proxy.url("/id");
+
+    let mut statuses = Vec::new();
+    let mut limited = None;
+    for _ in 0..20 {
+        let r = get_with(&c, &url).await;
+        statuses.push(r.status.as_u16());
+        if r.status == 429 && limited.is_none() {
+            limited = Some(r);
+        }
+    }
+    // No one-second window can hold more than five of the first five.
+    assert_eq!(&statuses[..5], &[200; 5], "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 429),
+        "{statuses:?}"
+    );
+    let r = limited.unwrap_or_else(|| panic!("no 429 in 20 quick requests: {statuses:?}"));
+    assert_plain_text(&r);
+    assert!(r.body.contains("too many requests"), "{:?}", r.body);
+    assert_eq!(r.backend(), None);
+
+    // Another client address has its own budget.
+    let other = client_from("127.0.0.9".parse().unwrap());
+    assert_eq!(get_with(&other, &url).await.status, 200);
+}
+
+#[tokio::test]
+async fn concurrent_connections_over_the_limit_get_429_until_one_closes() {
+    let b = Backend::start("b1");
+    let proxy = Proxy::start_config(&config(&b, "max_connections_per_ip = 2"));
+    let url = proxy.url("/id");
+
+    let (mut ws1, _) = ws_connect(&proxy.ws_url("/ws")).await;
+    let (ws2, _) = ws_connect(&proxy.ws_url("/ws")).await;
+
+    let r = get(&url).await;
+    assert_eq!(r.status, 429, "a third request: {r:?}");
+    assert_plain_text(&r);
+    assert_eq!(r.backend(), None);
+    match ws_open(&proxy.ws_url("/ws"), &WsOptions::default()).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), 429, "{resp:?}");
+        }
+        Ok(_) => panic!("a third WebSocket was accepted"),
+        Err(e) => panic!("expected 429 to a third WebSocket, got {e}"),
+    }
+    // Another client address is not affected.
+    let other = client_from("127.0.0.11".parse().unwrap());
+    assert_eq!(get_with(&other, &url).await.status, 200);
+
+    // Closing one tunnel frees a slot.
+    ws_close(ws2).await;
+    wait_until(T, "a slot freed by the closed WebSocket", || {
+        let url = url.clone();
+        async move { get(&url).await.status == 200 }
+    })
+    .await;
+    ws_echo(&mut ws1, "the first one still works").await;
+}
+
+#[tokio::test]
+async fn stalled_request_head_is_disconnected_after_the_header_read_timeout() {
+    let b = Backend::start("b1");
+    let proxy = Proxy::start_config(&config(&b, "header_read_timeout = \"1s\""));
+    let mut s = TcpStream::connect(proxy.addr()).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    expect_closed_within(&mut s, SLOWLORIS_BOUND, "a connection with half a head").await;
+    // The proxy still serves everyone else.
+    assert_eq!(get(&proxy.url("/id")).await.status, 200);
+}
+
+#[tokio::test]
+async fn silent_connection_is_disconnected_after_the_header_read_timeout() {
+    let b = Backend::start("b1");
+    let proxy = Proxy::start_config(&config(&b, "header_read_timeout = \"1s\""));
+    let mut s = TcpStream::connect(proxy.addr()).await.unwrap();
+    expect_closed_within(&mut s, SLOWLORIS_BOUND, "a connection that sends nothing").await;
+}
+
+#[tokio::test]
+async fn trickled_request_head_is_disconnected_after_the_header_read_timeout() {
+    let b = Backend::start("b1");
+    let proxy = Proxy::start_config(&config(&b, "header_read_timeout = \"1s\""));
+    let s = TcpStream::connect(proxy.addr()).await.unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    // One byte every 200 ms: each read is quick, the head never completes.
+    let trickle = tokio::spawn(async move {
+        let head = b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ".iter().copied();
+        for byte in head.chain(std::iter::repeat(b'a')) {
+            if wr.write_all(&[byte]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let closed = tokio::time::timeout(SLOWLORIS_BOUND, async {
+        let mut buf = [0u8; 1024];
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    trickle.abort();
+    assert!(
+        closed.is_ok(),
+        "a head trickled one byte per 200 ms is still being read after {SLOWLORIS_BOUND:?} \
+         (header_read_timeout = 1s)"
+    );
+}
+
+#[tokio::test]
+async fn request_matching_no_route_gets_404() {
+    let b = Backend::start("b1");
+    let toml = format!(
+        r#"
+[[listeners]]
+listen = "127.0.0.1:{}"
+
+[upstreams.app]
+backends = [{{ addr = "{}", id = "b1" }}]
+
+[[routes]]
+host = "only.test"
+path_prefix = "/"
+upstream = "app"
+"#,
+        ports(1)[0],
+        b.addr()
+    );
+    let proxy = Proxy::start_config(&toml);
+    let url = proxy.url("/id");
+
+    let r = send(client().get(&url).header("host", "only.test")).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.backend(), Some("b1"));
+    let r = send(client().get(&url).header("host", "ONLY.test:8080")).await;
+    assert_eq!(r.status, 200, "host match ignores case and port: {r:?}");
+
+    for host in [None, Some("other.test")] {
+        let mut req = client().get(&url);
+        if let Some(h) = host {
+            req = req.header("host", h);
+        }
+        let r = send(req).await;
+        assert_eq!(r.status, 404, "host {host:?}: {r:?}");
+        assert_eq!(r.backend(), None);
+        assert_plain_text(&r);
+        assert!(r.body.contains("no route"), "{:?}", r.body);
+    }
+}

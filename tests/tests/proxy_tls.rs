@@ -1,0 +1,554 @@
+//! TLS end to end: HTTPS over HTTP/1.1 and h2, WSS, certificates chosen by SNI, protocol
+//! versions, the HTTP → HTTPS redirect listener, and clear start-up errors for bad
+//! certificate files — real `echo-backend` and `proxy` processes on 127.0.0.1.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{ring, CryptoProvider};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, ProtocolVersion, SignatureScheme};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+use tests::http::tls_builder;
+use tests::ws::rustls_client_config;
+use tests::{
+    get_with, ports, send, tls_client, ws_connect_tls, ws_echo, Alpn, Backend, Certs, Proxy,
+    ProxyCmd, TestCa, STEP_TIMEOUT,
+};
+
+/// A backend, a TLS listener (and a plain one) with `tls_table` as the listener's TLS keys.
+fn tls_config(plain: u16, tls: u16, backend: &Backend, tls_table: &str) -> String {
+    format!(
+        r#"
+[server]
+threads = 2
+
+[[listeners]]
+listen = "127.0.0.1:{plain}"
+
+[[listeners]]
+listen = "127.0.0.1:{tls}"
+{tls_table}
+
+[upstreams.app]
+backends = [{{ addr = "{}", id = "{}" }}]
+"#,
+        backend.addr(),
+        backend.id()
+    )
+}
+
+fn tls_keys(cert: &Path, key: &Path) -> String {
+    format!(
+        "tls = {{ cert = \"{}\", key = \"{}\" }}",
+        cert.display(),
+        key.display()
+    )
+}
+
+/// `proxy gen-cert --out <dir>`: (ca.pem, localhost.pem, localhost-key.pem).
+fn gen_cert(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let out = Proxy::gen_cert(dir);
+    assert_eq!(out.code(), Some(0), "gen-cert: {}", out.output());
+    (
+        dir.join("ca.pem"),
+        dir.join("localhost.pem"),
+        dir.join("localhost-key.pem"),
+    )
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(ring::default_provider())
+}
+
+/// Accepts any server certificate (still checking handshake signatures), so a test can look
+/// at which certificate the proxy chose.
+#[derive(Debug)]
+struct AcceptAnyCert(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAnyCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A client config that accepts any certificate, offering `versions`.
+fn any_cert_config(versions: &[&'static rustls::SupportedProtocolVersion]) -> Arc<ClientConfig> {
+    let p = provider();
+    let config = ClientConfig::builder_with_provider(p.clone())
+        .with_protocol_versions(versions)
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(p)))
+        .with_no_client_auth();
+    Arc::new(config)
+}
+
+/// A verifying client config trusting only the CA in `ca_pem`, offering `versions`.
+fn verifying_config(
+    ca_pem: &[u8],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Arc::new(config)
+}
+
+/// A TLS handshake with 127.0.0.1:`port`, sending `server_name` as SNI (none for an IP).
+async fn handshake(
+    port: u16,
+    server_name: &str,
+    config: Arc<ClientConfig>,
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let name = ServerName::try_from(server_name.to_owned()).unwrap();
+    let attempt = async {
+        let tcp = TcpStream::connect(("127.0.0.1", port)).await?;
+        TlsConnector::from(config).connect(name, tcp).await
+    };
+    match tokio::time::timeout(STEP_TIMEOUT, attempt).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::other("TLS handshake timed out")),
+    }
+}
+
+/// The end-entity certificate the server presented.
+fn peer_leaf(s: &TlsStream<TcpStream>) -> CertificateDer<'static> {
+    s.get_ref().1.peer_certificates().unwrap()[0]
+        .clone()
+        .into_owned()
+}
+
+/// The first certificate of a PEM file.
+fn leaf_of(path: &Path) -> CertificateDer<'static> {
+    CertificateDer::pem_file_iter(path)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn https_http1_h2_and_wss_work_with_the_generated_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = gen_cert(dir.path());
+    let ca = std::fs::read(ca).unwrap();
+    let b = Backend::start("b1");
+    let [plain, tls] = ports(2)[..] else {
+        unreachable!()
+    };
+    let proxy = Proxy::start_config(&tls_config(plain, tls, &b, &tls_keys(&cert, &key)));
+
+    // HTTP/1.1 over TLS.
+    let r = get_with(&tls_client(&ca, Alpn::Http1), &proxy.https_url("/id")).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.backend(), Some("b1"));
+    assert_eq!(r.version, http::Version::HTTP_11);
+
+    // h2, forced and negotiated by ALPN.
+    for alpn in [Alpn::H2, Alpn::Auto] {
+        let r = get_with(&tls_client(&ca, alpn), &proxy.https_url("/id")).await;
+        assert_eq!(r.status, 200, "{alpn:?}: {r:?}");
+        assert_eq!(r.version, http::Version::HTTP_2, "{alpn:?}");
+        assert_eq!(r.backend(), Some("b1"), "{alpn:?}");
+        assert_eq!(r.body, "b1");
+    }
+    // A body through h2.
+    let body = "y".repeat(100_000);
+    let r = send(
+        tls_client(&ca, Alpn::H2)
+            .post(proxy.https_url("/echo"))
+            .body(body.clone()),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, body);
+
+    // The backend learns the client came over TLS.
+    for alpn in [Alpn::Http1, Alpn::H2] {
+        let h = get_with(&tls_client(&ca, alpn), &proxy.https_url("/headers"))
+            .await
+            .json();
+        assert_eq!(h["x-forwarded-proto"], "https", "{alpn:?}: {h}");
+        assert_eq!(h["x-forwarded-for"], "127.0.0.1", "{alpn:?}: {h}");
+    }
+    let h = get_with(&tests::client(), &proxy.url("/headers"))
+        .await
+        .json();
+    assert_eq!(h["x-forwarded-proto"], "http", "{h}");
+
+    // WSS through the TLS listener.
+    let (mut ws, id) = ws_connect_tls(&ca, &proxy.wss_url("/ws")).await;
+    assert_eq!(id, "b1");
+    ws_echo(&mut ws, "over tls").await;
+    ws_echo(&mut ws, &"z".repeat(70_000)).await;
+
+    // A client that does not trust the CA is refused.
+    let other = tempfile::tempdir().unwrap();
+    let stranger = Certs::generate(other.path(), &["localhost"]).ca_pem();
+    let err = tests::http::try_send(tls_client(&stranger, Alpn::Http1).get(proxy.https_url("/")))
+        .await
+        .unwrap_err();
+    assert!(err.is_connect() || err.is_request(), "{err:?}");
+}
+
+#[tokio::test]
+async fn alpn_offers_h2_and_http1() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::generate(dir.path(), &["localhost", "127.0.0.1"]);
+    let b = Backend::start("b1");
+    let [plain, tls] = ports(2)[..] else {
+        unreachable!()
+    };
+    let _proxy = Proxy::start_config(&tls_config(
+        plain,
+        tls,
+        &b,
+        &tls_keys(&certs.cert, &certs.key),
+    ));
+    let ca = certs.ca_pem();
+    for (offer, want) in [
+        (&[&b"h2"[..], b"http/1.1"][..], &b"h2"[..]),
+        (&[&b"http/1.1"[..]][..], &b"http/1.1"[..]),
+    ] {
+        let s = handshake(tls, "localhost", rustls_client_config(&ca, offer))
+            .await
+            .unwrap();
+        assert_eq!(s.get_ref().1.alpn_protocol(), Some(want));
+    }
+}
+
+#[tokio::test]
+async fn sni_picks_the_certificate_for_the_name_and_unknown_names_get_the_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let default = Certs::generate(dir.path(), &["localhost", "127.0.0.1"]);
+    // `api.test` is issued by a second, unrelated CA.
+    let api_dir = tempfile::tempdir().unwrap();
+    let api_ca = TestCa::new(api_dir.path());
+    let (api_cert, api_key) = api_ca.issue(&["api.test"]);
+    let b = Backend::start("b1");
+    let [plain, tls] = ports(2)[..] else {
+        unreachable!()
+    };
+    let keys = format!(
+        "{}\nsni = [{{ server_name = \"api.test\", cert = \"{}\", key = \"{}\" }}]",
+        tls_keys(&default.cert, &default.key),
+        api_cert.display(),
+        api_key.display()
+    );
+    let proxy = Proxy::start_config(&tls_config(plain, tls, &b, &keys));
+    let both = &[&rustls::version::TLS13, &rustls::version::TLS12][..];
+
+    // A client trusting only the api.test CA verifies the chain and the name.
+    let api_trust = std::fs::read(&api_ca.pem).unwrap();
+    let s = handshake(tls, "api.test", verifying_config(&api_trust, both))
+        .await
+        .unwrap_or_else(|e| panic!("SNI api.test must get the api.test certificate: {e}"));
+    assert_eq!(peer_leaf(&s), leaf_of(&api_cert));
+    // Names match case-insensitively.
+    let s = handshake(tls, "API.Test", any_cert_config(both))
+        .await
+        .unwrap();
+    assert_eq!(peer_leaf(&s), leaf_of(&api_cert));
+    // The api.test CA does not vouch for the default certificate.
+    assert!(
+        handshake(tls, "localhost", verifying_config(&api_trust, both))
+            .await
+            .is_err()
+    );
+
+    // Unknown names and no SNI at all (an IP address) get the default certificate.
+    for name in ["localhost", "unknown.test", "127.0.0.1"] {
+        let s = handshake(tls, name, any_cert_config(both)).await.unwrap();
+        assert_eq!(peer_leaf(&s), leaf_of(&default.cert), "SNI {name}");
+    }
+    let s = handshake(tls, "localhost", verifying_config(&default.ca_pem(), both))
+        .await
+        .unwrap();
+    assert_eq!(peer_leaf(&s), leaf_of(&default.cert));
+
+    // And requests flow on the SNI certificate's connections.
+    let client = tls_builder(&api_trust, Alpn::Auto)
+        .resolve(
+            "api.test",
+            std::net::SocketAddr::from(([127, 0, 0, 1], tls)),
+        )
+        .build()
+        .unwrap();
+    let r = get_with(&client, &format!("https://api.test:{tls}/id")).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.backend(), Some("b1"));
+    let h = get_with(&client, &format!("https://api.test:{tls}/headers"))
+        .await
+        .json();
+    assert_eq!(h["x-forwarded-host"], format!("api.test:{tls}"), "{h}");
+    drop(proxy);
+}
+
+/// Hand-made TLS 1.1 ClientHello (no `supported_versions` extension), ECDHE/RSA CBC suites.
+fn tls11_client_hello() -> Vec<u8> {
+    let mut body = vec![0x03, 0x02]; // client_version: TLS 1.1
+    body.extend([0x5a; 32]); // random
+    body.push(0); // no session id
+    let suites: [u8; 8] = [0xc0, 0x14, 0xc0, 0x13, 0x00, 0x35, 0x00, 0x2f];
+    body.extend(u16::try_from(suites.len()).unwrap().to_be_bytes());
+    body.extend(suites);
+    body.extend([1, 0]); // compression: null
+    let mut ext = Vec::new();
+    ext.extend([0x00, 0x0a, 0x00, 0x06, 0x00, 0x04, 0x00, 0x1d, 0x00, 0x17]); // groups
+    ext.extend([0x00, 0x0b, 0x00, 0x02, 0x01, 0x00]); // ec_point_formats
+    body.extend(u16::try_from(ext.len()).unwrap().to_be_bytes());
+    body.extend(ext);
+    let mut hs = vec![0x01]; // ClientHello
+    hs.extend(&u32::try_from(body.len()).unwrap().to_be_bytes()[1..]);
+    hs.extend(body);
+    let mut record = vec![0x16, 0x03, 0x01];
+    record.extend(u16::try_from(hs.len()).unwrap().to_be_bytes());
+    record.extend(hs);
+    record
+}
+
+#[tokio::test]
+async fn tls_1_2_and_1_3_are_accepted_and_1_1_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::generate(dir.path(), &["localhost", "127.0.0.1"]);
+    let b = Backend::start("b1");
+    let [plain, tls] = ports(2)[..] else {
+        unreachable!()
+    };
+    let _proxy = Proxy::start_config(&tls_config(
+        plain,
+        tls,
+        &b,
+        &tls_keys(&certs.cert, &certs.key),
+    ));
+    let ca = certs.ca_pem();
+    for (version, want) in [
+        (&rustls::version::TLS12, ProtocolVersion::TLSv1_2),
+        (&rustls::version::TLS13, ProtocolVersion::TLSv1_3),
+    ] {
+        let mut s = handshake(tls, "localhost", verifying_config(&ca, &[version]))
+            .await
+            .unwrap_or_else(|e| panic!("{want:?} handshake: {e}"));
+        assert_eq!(s.get_ref().1.protocol_version(), Some(want));
+        // And a request works on it.
+        s.write_all(b"GET /id HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut resp = Vec::new();
+        tokio::time::timeout(STEP_TIMEOUT, s.read_to_end(&mut resp))
+            .await
+            .unwrap()
+            .ok();
+        let resp = String::from_utf8_lossy(&resp);
+        assert!(resp.starts_with("HTTP/1.1 200"), "{want:?}: {resp}");
+        assert!(resp.ends_with("b1"), "{want:?}: {resp}");
+    }
+
+    // TLS 1.1: the server must not answer with a ServerHello (0x16); an alert or a close is
+    // fine.
+    let mut tcp = TcpStream::connect(("127.0.0.1", tls)).await.unwrap();
+    tcp.write_all(&tls11_client_hello()).await.unwrap();
+    let mut buf = [0u8; 64];
+    let n = match tokio::time::timeout(STEP_TIMEOUT, tcp.read(&mut buf)).await {
+        Ok(Ok(n)) => n,
+        Ok(Err(_)) => 0,
+        Err(_) => panic!("no answer to a TLS 1.1 ClientHello within {STEP_TIMEOUT:?}"),
+    };
+    if n > 0 {
+        assert_eq!(
+            buf[0],
+            0x15,
+            "expected an alert to a TLS 1.1 hello, got {:02x?}",
+            &buf[..n]
+        );
+    }
+}
+
+#[tokio::test]
+async fn plain_listener_redirects_to_https_with_308() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::generate(dir.path(), &["localhost", "127.0.0.1"]);
+    let b = Backend::start("b1");
+    let [plain, tls] = ports(2)[..] else {
+        unreachable!()
+    };
+    let toml = format!(
+        r#"
+[[listeners]]
+listen = "127.0.0.1:{plain}"
+redirect_https_port = {tls}
+
+[[listeners]]
+listen = "127.0.0.1:{tls}"
+{}
+
+[upstreams.app]
+backends = [{{ addr = "{}", id = "b1" }}]
+"#,
+        tls_keys(&certs.cert, &certs.key),
+        b.addr()
+    );
+    let proxy = Proxy::start_config(&toml);
+    let no_follow = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(STEP_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+
+    let r = get_with(&no_follow, &format!("http://127.0.0.1:{plain}/path?q=1")).await;
+    assert_eq!(r.status, 308, "{r:?}");
+    assert_eq!(
+        r.header("location"),
+        Some(format!("https://127.0.0.1:{tls}/path?q=1").as_str())
+    );
+    assert_eq!(r.backend(), None, "the redirect never reaches a backend");
+
+    let r = send(
+        no_follow
+            .post(format!("http://127.0.0.1:{plain}/a/b?x=y&z"))
+            .header("host", "shop.test:8080")
+            .body("payload"),
+    )
+    .await;
+    assert_eq!(r.status, 308, "{r:?}");
+    assert_eq!(
+        r.header("location"),
+        Some(format!("https://shop.test:{tls}/a/b?x=y&z").as_str())
+    );
+
+    // A client that follows it ends up on the TLS listener.
+    let follow = tls_builder(&certs.ca_pem(), Alpn::Auto).build().unwrap();
+    let r = get_with(&follow, &format!("http://localhost:{plain}/id")).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.backend(), Some("b1"));
+    drop(proxy);
+}
+
+/// Runs a proxy that must refuse to start; returns its output.
+fn must_fail(cmd: ProxyCmd) -> String {
+    let out = cmd.run_to_exit(Duration::from_secs(20));
+    let all = out.output();
+    assert!(!out.status.success(), "the proxy started: {all}");
+    assert!(
+        out.code().is_some(),
+        "exited by a signal, not an error: {all}"
+    );
+    assert!(!all.contains("panicked"), "the proxy panicked: {all}");
+    all
+}
+
+#[test]
+fn bad_certificate_files_are_a_clear_startup_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::generate(dir.path(), &["localhost"]);
+    let b = Backend::start("b1");
+    let missing = dir.path().join("missing-cert.pem");
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "this is not PEM\n").unwrap();
+    let [plain, tls] = ports(2)[..] else {
+        unreachable!()
+    };
+
+    let cases: [(&Path, &Path, &Path); 4] = [
+        // (cert, key, the file the message must name)
+        (&missing, &certs.key, &missing),
+        (&certs.cert, &missing, &missing),
+        (&garbage, &certs.key, &garbage),
+        // A certificate where the key should be.
+        (&certs.cert, &certs.cert, &certs.cert),
+    ];
+    for (cert, key, named) in cases {
+        let toml = tls_config(plain, tls, &b, &tls_keys(cert, key));
+        let out = must_fail(ProxyCmd::config(&toml));
+        assert!(
+            out.contains(&named.display().to_string()),
+            "cert {cert:?} key {key:?}: the message must name {named:?}: {out}"
+        );
+    }
+
+    // An SNI certificate too.
+    let keys = format!(
+        "{}\nsni = [{{ server_name = \"api.test\", cert = \"{}\", key = \"{}\" }}]",
+        tls_keys(&certs.cert, &certs.key),
+        missing.display(),
+        certs.key.display()
+    );
+    let out = must_fail(ProxyCmd::config(&tls_config(plain, tls, &b, &keys)));
+    assert!(out.contains(&missing.display().to_string()), "{out}");
+
+    // Quick mode.
+    let listen = format!("127.0.0.1:{plain}");
+    let tls_listen = format!("127.0.0.1:{tls}");
+    let backend = b.addr().to_string();
+    let missing_s = missing.display().to_string();
+    let key_s = certs.key.display().to_string();
+    let out = must_fail(ProxyCmd::quick(&[
+        "--listen",
+        &listen,
+        "--tls-listen",
+        &tls_listen,
+        "--cert",
+        &missing_s,
+        "--key",
+        &key_s,
+        "--backend",
+        &backend,
+    ]));
+    assert!(out.contains(&missing_s), "{out}");
+}
