@@ -387,7 +387,10 @@ mod tests {
         assert_eq!(Packet::decode_text("1").unwrap(), Packet::Close);
         assert_eq!(Packet::decode_text("5").unwrap(), Packet::Upgrade);
         assert_eq!(Packet::decode_text("6").unwrap(), Packet::Noop);
-        assert_eq!(Packet::decode_text("4").unwrap(), Packet::Message("".into()));
+        assert_eq!(
+            Packet::decode_text("4").unwrap(),
+            Packet::Message("".into())
+        );
         assert_eq!(
             Packet::decode_text("4€").unwrap(),
             Packet::Message("€".into())

@@ -126,7 +126,10 @@ impl Data {
     }
 
     /// Replaces every placeholder with its attachment.
-    pub(crate) fn fill_placeholders(&mut self, attachments: &[Bytes]) -> Result<(), InvalidPlaceholder> {
+    pub(crate) fn fill_placeholders(
+        &mut self,
+        attachments: &[Bytes],
+    ) -> Result<(), InvalidPlaceholder> {
         if let Some(num) = self.placeholder(attachments.len()) {
             let bytes = num
                 .ok()
@@ -402,7 +405,10 @@ mod tests {
 
     #[test]
     fn repeated_keys_behave_like_json_parse() {
-        assert_eq!(serialize(&parse(r#"{"a":1,"b":2,"a":3}"#)).0, r#"{"a":3,"b":2}"#);
+        assert_eq!(
+            serialize(&parse(r#"{"a":1,"b":2,"a":3}"#)).0,
+            r#"{"a":3,"b":2}"#
+        );
     }
 
     #[test]
@@ -417,14 +423,20 @@ mod tests {
             json,
             r#"[{"_placeholder":true,"num":0},{"f":{"_placeholder":true,"num":1}}]"#
         );
-        assert_eq!(attachments, vec![Bytes::from_static(&[1, 2]), Bytes::from_static(&[3, 4])]);
+        assert_eq!(
+            attachments,
+            vec![Bytes::from_static(&[1, 2]), Bytes::from_static(&[3, 4])]
+        );
     }
 
     #[test]
     fn placeholders_are_filled_and_checked() {
         let mut data = parse(r#"[{"_placeholder":true,"num":1},{"_placeholder":true,"num":0}]"#);
         data.check_placeholders(2).unwrap();
-        assert_eq!(data.check_placeholders(1), Err(InvalidPlaceholder { attachments: 1 }));
+        assert_eq!(
+            data.check_placeholders(1),
+            Err(InvalidPlaceholder { attachments: 1 })
+        );
         data.fill_placeholders(&[Bytes::from_static(b"a"), Bytes::from_static(b"b")])
             .unwrap();
         assert_eq!(
@@ -443,10 +455,15 @@ mod tests {
             r#"[{"_placeholder":true,"num":1}]"#,
         ] {
             assert!(parse(json).check_placeholders(1).is_err(), "{json}");
-            assert!(parse(json).fill_placeholders(&[Bytes::new()]).is_err(), "{json}");
+            assert!(
+                parse(json).fill_placeholders(&[Bytes::new()]).is_err(),
+                "{json}"
+            );
         }
         // Not a placeholder: `_placeholder` must be `true`.
-        assert!(parse(r#"{"_placeholder":1,"num":9}"#).check_placeholders(0).is_ok());
+        assert!(parse(r#"{"_placeholder":1,"num":9}"#)
+            .check_placeholders(0)
+            .is_ok());
     }
 
     #[test]

@@ -309,7 +309,12 @@ impl Packet {
     }
 
     /// An EVENT packet (BINARY_EVENT on the wire when `args` hold binary).
-    pub fn event(nsp: Namespace, name: impl Into<String>, args: Vec<Data>, id: Option<u64>) -> Self {
+    pub fn event(
+        nsp: Namespace,
+        name: impl Into<String>,
+        args: Vec<Data>,
+        id: Option<u64>,
+    ) -> Self {
         Self {
             nsp,
             data: PacketData::Event {
@@ -359,11 +364,9 @@ impl Packet {
     pub fn encode(&self) -> Encoded {
         let attachments = RefCell::new(Vec::new());
         let (packet_type, id, json) = match &self.data {
-            PacketData::Connect(data) => (
-                PacketType::Connect,
-                None,
-                data.as_ref().map(|d| to_json(d)),
-            ),
+            PacketData::Connect(data) => {
+                (PacketType::Connect, None, data.as_ref().map(|d| to_json(d)))
+            }
             PacketData::Disconnect => (PacketType::Disconnect, None, None),
             PacketData::Event { name, args, id } => {
                 let json = to_json(&ArgsArray {
@@ -602,7 +605,9 @@ fn parse(text: &str, max_attachments: usize) -> Result<(Packet, usize), DecodeEr
 
     let mut attachments = 0;
     if packet_type.is_binary() {
-        let (count, after) = rest.split_once('-').ok_or(DecodeError::InvalidAttachments)?;
+        let (count, after) = rest
+            .split_once('-')
+            .ok_or(DecodeError::InvalidAttachments)?;
         attachments = parse_digits(count)
             .and_then(|n| usize::try_from(n).ok())
             .ok_or(DecodeError::InvalidAttachments)?;
@@ -638,7 +643,7 @@ fn parse(text: &str, max_attachments: usize) -> Result<(Packet, usize), DecodeEr
         Some(_) => Err(DecodeError::UnexpectedId(packet_type)),
         None => Ok(()),
     };
-    let required = |json: Option<&str>| json.ok_or(DecodeError::MissingData(packet_type));
+    let required = || json.ok_or(DecodeError::MissingData(packet_type));
     let invalid = |reason| DecodeError::InvalidData {
         packet_type,
         reason,
@@ -662,13 +667,13 @@ fn parse(text: &str, max_attachments: usize) -> Result<(Packet, usize), DecodeEr
         }
         PacketType::ConnectError => {
             no_id()?;
-            match parse_json::<Value>(required(json)?)? {
+            match parse_json::<Value>(required()?)? {
                 data @ (Value::Object(_) | Value::String(_)) => PacketData::ConnectError(data),
                 _ => return Err(invalid("CONNECT_ERROR data must be an object or a string")),
             }
         }
         PacketType::Event | PacketType::BinaryEvent => {
-            let Data::Array(items) = parse_json::<Data>(required(json)?)? else {
+            let Data::Array(items) = parse_json::<Data>(required()?)? else {
                 return Err(invalid("EVENT data must be an array"));
             };
             let mut items = items.into_iter();
@@ -688,7 +693,7 @@ fn parse(text: &str, max_attachments: usize) -> Result<(Packet, usize), DecodeEr
         }
         PacketType::Ack | PacketType::BinaryAck => {
             let id = id.ok_or(DecodeError::MissingId)?;
-            let Data::Array(args) = parse_json::<Data>(required(json)?)? else {
+            let Data::Array(args) = parse_json::<Data>(required()?)? else {
                 return Err(invalid("ACK data must be an array"));
             };
             PacketData::Ack { id, args }
@@ -921,7 +926,8 @@ mod tests {
     #[test]
     fn the_decoder_waits_for_every_attachment() {
         let mut decoder = Decoder::new();
-        let header = r#"52-["message",{"_placeholder":true,"num":0},{"_placeholder":true,"num":1}]"#;
+        let header =
+            r#"52-["message",{"_placeholder":true,"num":0},{"_placeholder":true,"num":1}]"#;
         assert!(decoder.push_text(header).unwrap().is_none());
         assert!(decoder.is_awaiting_attachments());
         assert!(decoder
@@ -1012,17 +1018,27 @@ mod tests {
             ("2[]", |e| matches!(e, E::InvalidData { .. })),
             ("2[1]", |e| matches!(e, E::InvalidData { .. })),
             (r#"2["disconnect"]"#, |e| matches!(e, E::ReservedEvent(_))),
-            (r#"2["newListener",1]"#, |e| matches!(e, E::ReservedEvent(_))),
+            (r#"2["newListener",1]"#, |e| {
+                matches!(e, E::ReservedEvent(_))
+            }),
             (r#"2["a"]x"#, |e| matches!(e, E::InvalidJson(_))),
             (r#"2["a"]["b"]"#, |e| matches!(e, E::InvalidJson(_))),
             (r#"2admin,["a"]"#, |e| matches!(e, E::InvalidJson(_))),
             (r#"2/admin["a"]"#, |e| matches!(e, E::MissingData(_))),
-            (r#"299999999999999999999["a"]"#, |e| matches!(e, E::InvalidId)),
+            (r#"299999999999999999999["a"]"#, |e| {
+                matches!(e, E::InvalidId)
+            }),
             (r#"0"a""#, |e| matches!(e, E::InvalidData { .. })),
             ("0[]", |e| matches!(e, E::InvalidData { .. })),
-            ("01{}", |e| matches!(e, E::UnexpectedId(PacketType::Connect))),
-            ("1{}", |e| matches!(e, E::UnexpectedData(PacketType::Disconnect))),
-            ("4", |e| matches!(e, E::MissingData(PacketType::ConnectError))),
+            ("01{}", |e| {
+                matches!(e, E::UnexpectedId(PacketType::Connect))
+            }),
+            ("1{}", |e| {
+                matches!(e, E::UnexpectedData(PacketType::Disconnect))
+            }),
+            ("4", |e| {
+                matches!(e, E::MissingData(PacketType::ConnectError))
+            }),
             ("41", |e| matches!(e, E::UnexpectedId(_))),
             ("4[]", |e| matches!(e, E::InvalidData { .. })),
             (r#"3["a"]"#, |e| matches!(e, E::MissingId)),
@@ -1066,9 +1082,8 @@ mod tests {
         };
         let packet = Packet::connect_reply(Namespace::root(), &reply);
         assert_eq!(packet.encode().text, r#"0{"pid":"7O6D","sid":"veNM"}"#);
-        let PacketData::Connect(Some(data)) = decode(r#"0{"sid":"veNM","pid":"7O6D"}"#)
-            .unwrap()
-            .data
+        let PacketData::Connect(Some(data)) =
+            decode(r#"0{"sid":"veNM","pid":"7O6D"}"#).unwrap().data
         else {
             panic!("not a CONNECT with data");
         };
@@ -1099,7 +1114,10 @@ mod tests {
                 offset: "Q8UjAcS".into()
             })
         );
-        assert_eq!(RecoveryRequest::from_auth(&map(json!({"token": "t"}))), None);
+        assert_eq!(
+            RecoveryRequest::from_auth(&map(json!({"token": "t"}))),
+            None
+        );
 
         // The offset is the last argument of a replayed event.
         check_wire(
