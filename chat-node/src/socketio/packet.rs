@@ -364,9 +364,7 @@ impl Packet {
     pub fn encode(&self) -> Encoded {
         let attachments = RefCell::new(Vec::new());
         let (packet_type, id, json) = match &self.data {
-            PacketData::Connect(data) => {
-                (PacketType::Connect, None, data.as_ref().map(|d| to_json(d)))
-            }
+            PacketData::Connect(data) => (PacketType::Connect, None, data.as_ref().map(to_json)),
             PacketData::Disconnect => (PacketType::Disconnect, None, None),
             PacketData::Event { name, args, id } => {
                 let json = to_json(&ArgsArray {
@@ -561,16 +559,19 @@ impl Decoder {
         if self.pending.take().is_some() {
             return Err(DecodeError::UnexpectedText);
         }
-        let (packet, expected) = parse(text, self.max_attachments)?;
-        if expected == 0 {
-            return finish(packet, &[]).map(Some);
+        match parse(text, self.max_attachments)? {
+            // Placeholders mean nothing in a plain packet: they stay objects.
+            (packet, None) => Ok(Some(packet)),
+            (packet, Some(0)) => finish(packet, &[]).map(Some),
+            (packet, Some(expected)) => {
+                self.pending = Some(Pending {
+                    packet,
+                    expected,
+                    attachments: Vec::new(),
+                });
+                Ok(None)
+            }
         }
-        self.pending = Some(Pending {
-            packet,
-            expected,
-            attachments: Vec::new(),
-        });
-        Ok(None)
     }
 
     /// Takes a binary message: the packet once its last attachment is in, else `None`.
@@ -595,9 +596,9 @@ fn finish(mut packet: Packet, attachments: &[Bytes]) -> Result<Packet, DecodeErr
     Ok(packet)
 }
 
-/// Parses a text packet; returns it with placeholders still in place and the number of
-/// attachments it announces.
-fn parse(text: &str, max_attachments: usize) -> Result<(Packet, usize), DecodeError> {
+/// Parses a text packet; returns it with placeholders still in place and, for a binary
+/// packet, the number of attachments it announces.
+fn parse(text: &str, max_attachments: usize) -> Result<(Packet, Option<usize>), DecodeError> {
     let first = text.chars().next().ok_or(DecodeError::Empty)?;
     let packet_type = PacketType::from_char(first).ok_or(DecodeError::UnknownType(first))?;
     // Every delimiter below is ASCII, so each index is on a char boundary.
@@ -708,6 +709,7 @@ fn parse(text: &str, max_attachments: usize) -> Result<(Packet, usize), DecodeEr
             }
         }
     }
+    let attachments = packet_type.is_binary().then_some(attachments);
     Ok((Packet { nsp, data }, attachments))
 }
 
@@ -1006,7 +1008,8 @@ mod tests {
     #[test]
     fn invalid_packets_are_errors() {
         use DecodeError as E;
-        let cases: &[(&str, fn(&DecodeError) -> bool)] = &[
+        type Check = fn(&DecodeError) -> bool;
+        let cases: &[(&str, Check)] = &[
             ("", |e| matches!(e, E::Empty)),
             ("abc", |e| matches!(e, E::UnknownType('a'))),
             ("7", |e| matches!(e, E::UnknownType('7'))),
@@ -1051,7 +1054,7 @@ mod tests {
             (r#"61-["a"]"#, |e| matches!(e, E::MissingId)),
         ];
         for (text, expected) in cases {
-            match decode(text) {
+            match Decoder::new().push_text(text) {
                 Err(e) => assert!(expected(&e), "{text:?} gave {e:?}"),
                 Ok(p) => panic!("{text:?} decoded to {p:?}"),
             }

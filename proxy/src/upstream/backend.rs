@@ -99,6 +99,8 @@ pub struct BackendStats {
     pub ewma: PeakEwma,
     passive: Mutex<PassiveState>,
     slow_start: Mutex<Option<(Instant, Duration)>>,
+    /// Mirrors `slow_start.is_some()` so the pick path reads one atomic, not a lock.
+    ramping: AtomicBool,
     /// Consecutive active-check passes and failures (rise/fall).
     checks: Mutex<(u32, u32)>,
 }
@@ -133,6 +135,7 @@ impl BackendStats {
             ewma: PeakEwma::default(),
             passive: Mutex::new(PassiveState::default()),
             slow_start: Mutex::new(None),
+            ramping: AtomicBool::new(false),
             checks: Mutex::new((0, 0)),
         }
     }
@@ -194,6 +197,7 @@ impl BackendStats {
             drop(p);
             if let Some(d) = slow_start.filter(|d| !d.is_zero()) {
                 *self.slow_start.lock() = Some((Instant::now(), d));
+                self.ramping.store(true, Ordering::Release);
             }
         }
         prev
@@ -209,11 +213,15 @@ impl BackendStats {
 
     /// Fraction (0..1] of the weight during slow start, or None when not ramping.
     fn slow_start_factor(&self) -> Option<f64> {
+        if !self.ramping.load(Ordering::Acquire) {
+            return None;
+        }
         let mut guard = self.slow_start.lock();
         let (since, dur) = (*guard)?;
         let f = since.elapsed().as_secs_f64() / dur.as_secs_f64();
         if f >= 1.0 {
             *guard = None;
+            self.ramping.store(false, Ordering::Release);
             None
         } else {
             Some(f)
@@ -279,6 +287,16 @@ impl BackendStats {
 #[derive(Debug)]
 pub struct PeakEwma {
     inner: Mutex<(f64, Option<Instant>)>,
+    /// The current estimate's f64 bits, readable without the lock on the pick path.
+    current: AtomicU64,
+    /// When `current` was last set, in µs since [`epoch`].
+    updated_us: AtomicU64,
+}
+
+/// A process-wide time origin, so sample times fit in an atomic.
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
 }
 
 impl PeakEwma {
@@ -296,21 +314,35 @@ impl PeakEwma {
             None => rtt,
             Some(_) if rtt > cost => rtt,
             Some(t) => {
-                let elapsed = now.duration_since(t).as_secs_f64();
+                let elapsed = now.saturating_duration_since(t).as_secs_f64();
                 let w = (-elapsed / Self::TAU.as_secs_f64()).exp();
                 cost * w + rtt * (1.0 - w)
             }
         };
         *g = (new, Some(now));
+        self.current.store(new.to_bits(), Ordering::Release);
+        let at = now.saturating_duration_since(epoch()).as_micros();
+        self.updated_us
+            .store(u64::try_from(at).unwrap_or(u64::MAX), Ordering::Release);
     }
 
     /// Current estimate in microseconds.
+    ///
+    /// Like Linkerd's, the estimate decays towards zero while no sample arrives, so a
+    /// backend that was slow once is tried again instead of being starved for good. Fresh
+    /// estimates (the common case on the pick path) skip the `exp`.
     pub fn get_us(&self) -> f64 {
-        let g = self.inner.lock();
-        match g.1 {
-            None => Self::DEFAULT_US,
-            Some(_) => g.0,
+        let cost = f64::from_bits(self.current.load(Ordering::Acquire));
+        let updated = self.updated_us.load(Ordering::Acquire);
+        if updated == 0 {
+            return cost;
         }
+        let now = u64::try_from(epoch().elapsed().as_micros()).unwrap_or(u64::MAX);
+        let idle_us = now.saturating_sub(updated);
+        if idle_us < 1_000_000 {
+            return cost;
+        }
+        cost * (-(idle_us as f64) / 1e6 / Self::TAU.as_secs_f64()).exp()
     }
 }
 
@@ -318,6 +350,8 @@ impl Default for PeakEwma {
     fn default() -> Self {
         Self {
             inner: Mutex::new((0.0, None)),
+            current: AtomicU64::new(Self::DEFAULT_US.to_bits()),
+            updated_us: AtomicU64::new(0),
         }
     }
 }
@@ -354,5 +388,46 @@ impl Drop for ActiveGuard {
         if self.tunnel {
             self.stats.tunnels.fetch_sub(1, Ordering::AcqRel);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ewma_jumps_to_peaks_and_reads_without_the_lock() {
+        let e = PeakEwma::default();
+        assert_eq!(e.get_us(), PeakEwma::DEFAULT_US);
+        e.observe(Duration::from_millis(5));
+        assert!((e.get_us() - 5_000.0).abs() < 1.0);
+        e.observe(Duration::from_millis(50));
+        assert!(
+            (e.get_us() - 50_000.0).abs() < 1.0,
+            "a slower sample is taken at once"
+        );
+        e.observe(Duration::from_millis(1));
+        assert!(
+            e.get_us() > 40_000.0,
+            "a faster sample only pulls the estimate down slowly"
+        );
+    }
+
+    #[test]
+    fn slow_start_ramps_only_after_a_recovery() {
+        let b = Backend::new(
+            "a",
+            "127.0.0.1:1"
+                .parse()
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 1))),
+            10,
+            false,
+        );
+        assert_eq!(b.effective_weight(), 10.0);
+        b.stats.set_health(Health::Down, None);
+        b.stats
+            .set_health(Health::Up, Some(Duration::from_secs(60)));
+        let w = b.effective_weight();
+        assert!(w < 1.0, "just recovered: {w}");
     }
 }
