@@ -173,9 +173,43 @@ pub async fn backend_sequence(client: &Client, url: &str, n: usize) -> Vec<Strin
 
 /// `n` GETs in sequence, counted by `x-backend-id` (`"-"` when missing).
 pub async fn backend_counts(client: &Client, url: &str, n: usize) -> BTreeMap<String, usize> {
+    tally(
+        backend_sequence(client, url, n)
+            .await
+            .iter()
+            .map(String::as_str),
+    )
+}
+
+/// Sends as many GETs to `url` as `want` counts in all, and asserts that exactly those
+/// backends answered them, that many times each: `assert_counts(&c, &url, &[("a", 5), ("b", 5)])`.
+pub async fn assert_counts(client: &Client, url: &str, want: &[(&str, usize)]) {
+    let n = want.iter().map(|(_, k)| k).sum();
+    let got = backend_counts(client, url, n).await;
+    assert_eq!(
+        got,
+        counts(want),
+        "which backends answered {n} GETs of {url}"
+    );
+}
+
+/// How many times each id occurs.
+pub fn tally<'a>(ids: impl IntoIterator<Item = &'a str>) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
-    for id in backend_sequence(client, url, n).await {
-        *counts.entry(id).or_insert(0) += 1;
+    for id in ids {
+        *counts.entry(id.to_owned()).or_insert(0) += 1;
     }
     counts
+}
+
+/// The counts spelled out by `pairs`, to compare with [`backend_counts`] or [`tally`]:
+/// `counts(&[("a", 5), ("b", 5)])`.
+pub fn counts(pairs: &[(&str, usize)]) -> BTreeMap<String, usize> {
+    pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+}
+
+/// Asserts `r` is a `text/plain` answer (the proxy's own error pages are).
+pub fn assert_plain_text(r: &Reply) {
+    let ct = r.header("content-type").unwrap_or_default();
+    assert!(ct.starts_with("text/plain"), "content-type {ct:?}: {r:?}");
 }

@@ -5,8 +5,11 @@
 //! - [`procs`]: locating built binaries ([`bin_path`]), free ports ([`ports`]), and the child
 //!   processes [`Backend`] (echo backend, started on port 0) and [`Proxy`] (quick mode or a TOML
 //!   config), killed on drop.
+//! - [`fixtures`]: what several test files set up alike — proxy config snippets built from
+//!   running backends (listeners, upstreams, health checks, admin, TLS keys), a quick-mode proxy
+//!   in front of backends, waits on the echo backend's open WebSockets.
 //! - [`http`]: `reqwest` clients (plain, bound to a local 127.0.0.x, TLS trusting a test CA with
-//!   forced ALPN) and [`Reply`], a response read whole.
+//!   forced ALPN), [`Reply`], a response read whole, and counts of which backend answered.
 //! - [`ws`]: WebSocket clients (plain, from a local address, TLS) that read the backend's
 //!   `hello <id>` greeting, and echo helpers.
 //! - [`certs`]: a throw-away CA and server certificates ([`Certs`]), made with rcgen.
@@ -27,6 +30,7 @@
 
 pub mod admin;
 pub mod certs;
+pub mod fixtures;
 pub mod http;
 pub mod procs;
 pub mod wait;
@@ -34,7 +38,9 @@ pub mod ws;
 
 pub use certs::{Certs, TestCa};
 pub use http::{client, client_from, get, get_with, send, tls_client, Alpn, Reply};
-pub use procs::{bin_path, free_port, init, ports, target_dir, Backend, Exited, Proxy, ProxyCmd};
+pub use procs::{
+    bin_path, free_port, init, port_array, ports, target_dir, Backend, Exited, Proxy, ProxyCmd,
+};
 pub use wait::{wait_for, wait_until};
 pub use ws::{
     ws_close, ws_connect, ws_connect_from, ws_connect_tls, ws_echo, ws_echo_binary,

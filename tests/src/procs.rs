@@ -114,6 +114,13 @@ pub fn free_port() -> u16 {
     ports(1)[0]
 }
 
+/// `N` free ports as an array, to name them: `let [plain, tls] = port_array();`. See [`ports`].
+pub fn port_array<const N: usize>() -> [u16; N] {
+    let mut out = [0; N];
+    out.copy_from_slice(&ports(N));
+    out
+}
+
 /// Ports below the ephemeral range, at least 10000.
 fn candidate_range() -> (u16, u16) {
     let ephemeral_lo = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
@@ -164,6 +171,52 @@ fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
             Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
             _ => return None,
         }
+    }
+}
+
+/// A child process, or none once it has been killed or reaped; the process handling shared by
+/// [`Backend`] and [`Proxy`].
+#[derive(Default)]
+struct ChildSlot(Option<Child>);
+
+impl ChildSlot {
+    fn pid(&self) -> Option<u32> {
+        self.0.as_ref().map(Child::id)
+    }
+
+    fn is_running(&mut self) -> bool {
+        matches!(self.0.as_mut().map(Child::try_wait), Some(Ok(None)))
+    }
+
+    /// The exit status if the process has exited (it is then reaped and the slot empty).
+    fn exited(&mut self) -> Option<ExitStatus> {
+        let status = self.0.as_mut()?.try_wait().ok()??;
+        self.0 = None;
+        Some(status)
+    }
+
+    fn signal(&self, sig: Signal) {
+        if let Some(child) = &self.0 {
+            send_signal(child, sig);
+        }
+    }
+
+    /// SIGKILL and reap.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            kill_and_reap(&mut child);
+        }
+    }
+
+    /// Sends `sig` and waits up to `timeout` for the exit; `None` if it is still running.
+    fn signal_and_wait(&mut self, sig: Signal, timeout: Duration) -> Option<ExitStatus> {
+        let child = self.0.as_mut()?;
+        send_signal(child, sig);
+        let status = wait_exit(child, timeout);
+        if status.is_some() {
+            self.0 = None;
+        }
+        status
     }
 }
 
@@ -218,7 +271,7 @@ pub struct Backend {
     id: String,
     addr: SocketAddr,
     extra: Vec<String>,
-    child: Option<Child>,
+    child: ChildSlot,
     dir: TempDir,
 }
 
@@ -245,11 +298,11 @@ impl Backend {
             id: id.to_owned(),
             addr: listen,
             extra: extra.iter().map(|s| s.to_string()).collect(),
-            child: None,
+            child: ChildSlot::default(),
             dir,
         };
         let (child, addr) = b.spawn(listen).unwrap_or_else(|e| panic!("{e}"));
-        b.child = Some(child);
+        b.child = ChildSlot(Some(child));
         b.addr = addr;
         b
     }
@@ -318,34 +371,28 @@ impl Backend {
 
     /// Process id, while running.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.child.pid()
     }
 
     /// Whether the process is alive (a stopped process counts as alive).
     pub fn is_running(&mut self) -> bool {
-        matches!(self.child.as_mut().map(Child::try_wait), Some(Ok(None)))
+        self.child.is_running()
     }
 
     /// SIGKILL and reap: connections are reset, the port is free.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            kill_and_reap(&mut child);
-        }
+        self.child.kill();
     }
 
     /// SIGSTOP: the listening socket stays (the kernel still completes handshakes into the
     /// backlog) but nothing is answered — a hung backend.
     pub fn stop(&self) {
-        if let Some(child) = &self.child {
-            send_signal(child, Signal::SIGSTOP);
-        }
+        self.child.signal(Signal::SIGSTOP);
     }
 
     /// SIGCONT after [`stop`](Self::stop).
     pub fn cont(&self) {
-        if let Some(child) = &self.child {
-            send_signal(child, Signal::SIGCONT);
-        }
+        self.child.signal(Signal::SIGCONT);
     }
 
     /// Kills the process (if running) and starts it again on the same address, retrying the
@@ -356,7 +403,7 @@ impl Backend {
         loop {
             match self.spawn(self.addr) {
                 Ok((child, _)) => {
-                    self.child = Some(child);
+                    self.child = ChildSlot(Some(child));
                     return;
                 }
                 Err(e) if Instant::now() < deadline && e.contains("in use") => {
@@ -423,6 +470,20 @@ impl Exited {
     /// stdout and stderr together, for messages.
     pub fn output(&self) -> String {
         format!("{}{}", self.stdout, self.stderr)
+    }
+
+    /// Asserts the process refused to run as a program should: a failing exit code (not a
+    /// signal) and no panic. Returns [`output`](Self::output), to check the message; `what`
+    /// starts the assertion messages.
+    pub fn expect_refusal(&self, what: &str) -> String {
+        let all = self.output();
+        assert!(!self.status.success(), "{what}: exited successfully: {all}");
+        assert!(
+            self.code().is_some(),
+            "{what}: killed by a signal, not an error: {all}"
+        );
+        assert!(!all.contains("panicked"), "{what}: panicked: {all}");
+        all
     }
 }
 
@@ -571,13 +632,10 @@ impl ProxyCmd {
     /// If the proxy exits or does not listen in time, with its output.
     pub fn start(mut self) -> Proxy {
         let (listens, admin) = self.prepare();
-        let dir = tempfile::Builder::new()
-            .prefix("switchyard-proxy-")
-            .tempdir()
-            .expect("creating a temp dir for the proxy");
+        let dir = proxy_dir();
         let (child, config_path) = self.spawn(dir.path());
         let mut proxy = Proxy {
-            child: Some(child),
+            child: ChildSlot(Some(child)),
             dir,
             config_path,
             listens,
@@ -592,8 +650,7 @@ impl ProxyCmd {
                 if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
                     break;
                 }
-                if let Some(Ok(Some(status))) = proxy.child.as_mut().map(Child::try_wait) {
-                    proxy.child = None;
+                if let Some(status) = proxy.child.exited() {
                     panic!(
                         "proxy exited ({status}) before listening on {addr}\n{}",
                         proxy.logs()
@@ -614,10 +671,7 @@ impl ProxyCmd {
     /// Runs the proxy to completion (a `check`, `gen-cert`, or a start that must fail) and
     /// returns its status and output; panics if it runs longer than `timeout`.
     pub fn run_to_exit(mut self, timeout: Duration) -> Exited {
-        let dir = tempfile::Builder::new()
-            .prefix("switchyard-proxy-")
-            .tempdir()
-            .expect("creating a temp dir for the proxy");
+        let dir = proxy_dir();
         let (mut child, _) = self.spawn(dir.path());
         let status = wait_exit(&mut child, timeout);
         let stdout = read_file_lossy(&dir.path().join("stdout.log"));
@@ -637,6 +691,14 @@ impl ProxyCmd {
             }
         }
     }
+}
+
+/// A fresh working directory for a proxy process (its config and logs).
+fn proxy_dir() -> TempDir {
+    tempfile::Builder::new()
+        .prefix("switchyard-proxy-")
+        .tempdir()
+        .expect("creating a temp dir for the proxy")
 }
 
 /// Finds `listen = "<addr>"` keys anywhere in the config; `admin.listen` is the admin listener,
@@ -684,7 +746,7 @@ fn collect_listens(
 /// A running `proxy` process. Stopped on drop (SIGINT, then SIGKILL after 2 s); when the test
 /// is panicking, its log tail is printed first.
 pub struct Proxy {
-    child: Option<Child>,
+    child: ChildSlot,
     dir: TempDir,
     config_path: Option<PathBuf>,
     listens: Vec<Listen>,
@@ -805,37 +867,27 @@ impl Proxy {
 
     /// Sends a signal to the proxy process.
     pub fn signal(&self, sig: Signal) {
-        if let Some(child) = &self.child {
-            send_signal(child, sig);
-        }
+        self.child.signal(sig);
     }
 
     /// Process id, while running.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.child.pid()
     }
 
     /// Whether the process is alive.
     pub fn is_running(&mut self) -> bool {
-        matches!(self.child.as_mut().map(Child::try_wait), Some(Ok(None)))
+        self.child.is_running()
     }
 
     /// SIGKILL and reap.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            kill_and_reap(&mut child);
-        }
+        self.child.kill();
     }
 
     /// Sends `sig` and waits up to `timeout` for the exit; `None` if it is still running.
     pub fn signal_and_wait(&mut self, sig: Signal, timeout: Duration) -> Option<ExitStatus> {
-        let child = self.child.as_mut()?;
-        send_signal(child, sig);
-        let status = wait_exit(child, timeout);
-        if status.is_some() {
-            self.child = None;
-        }
-        status
+        self.child.signal_and_wait(sig, timeout)
     }
 
     /// Blocks until the proxy's stdout or stderr contains `needle` (bounded by `timeout`).

@@ -6,6 +6,7 @@
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt as _, StreamExt as _};
+use tests::fixtures::wait_ws_open;
 use tests::http::{backend_counts, client};
 use tests::ws::ws_close;
 use tests::{
@@ -112,10 +113,7 @@ async fn websocket_greets_then_echoes_text_and_binary() {
 
     // A client close is answered and the server side goes away.
     ws_close(ws).await;
-    wait_until(T, "backend counts the socket closed", || async {
-        get(&b.url("/stats")).await.json()["ws_open"] == 0
-    })
-    .await;
+    wait_ws_open(&b, 0, T).await;
 }
 
 #[tokio::test]
@@ -203,10 +201,7 @@ async fn two_hundred_concurrent_websockets_all_echo() {
     for ws in sockets {
         ws_close(ws).await;
     }
-    wait_until(T, "all 200 sockets closed on the backend", || async {
-        get(&b.url("/stats")).await.json()["ws_open"] == 0
-    })
-    .await;
+    wait_ws_open(&b, 0, T).await;
 }
 
 #[tokio::test]

@@ -8,9 +8,10 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use tests::admin::{backend_status, counter, wait_backend, wait_health};
-use tests::http::{backend_counts, backend_sequence};
+use tests::fixtures::{entries, http_health, listener, quick_proxy, upstream, weight_1};
+use tests::http::{backend_counts, backend_sequence, counts, tally};
 use tests::{
-    client, client_from, get_with, ports, send, ws_close, ws_connect, Backend, Proxy, Reply,
+    client, client_from, free_port, get_with, send, ws_close, ws_connect, Backend, Proxy, Reply,
 };
 
 /// Bound for waits on the proxy's state (a tunnel closing, a health change).
@@ -19,39 +20,6 @@ const T: Duration = Duration::from_secs(10);
 const STICKY_KEY: &str = "0123456789abcdef0123456789abcdef";
 /// The proxy's default sticky cookie name (`config::DEFAULT_STICKY_COOKIE`).
 const COOKIE: &str = "syd_route";
-
-/// A quick-mode proxy in front of `backends` (with weights) using `strategy`.
-fn quick(strategy: &str, backends: &[(&Backend, u32)], extra: &[&str]) -> Proxy {
-    let listen = format!("127.0.0.1:{}", ports(1)[0]);
-    let specs: Vec<String> = backends
-        .iter()
-        .map(|(b, w)| format!("{}={w}", b.addr()))
-        .collect();
-    let mut args = vec!["--listen", listen.as_str(), "--strategy", strategy];
-    for s in &specs {
-        args.extend(["--backend", s.as_str()]);
-    }
-    args.extend(extra);
-    Proxy::start_quick(&args)
-}
-
-/// Every backend with weight 1.
-fn weight_1(backends: &[Backend]) -> Vec<(&Backend, u32)> {
-    backends.iter().map(|b| (b, 1)).collect()
-}
-
-/// Counts of each id.
-fn tally<'a>(ids: impl IntoIterator<Item = &'a str>) -> BTreeMap<String, usize> {
-    let mut counts = BTreeMap::new();
-    for id in ids {
-        *counts.entry(id.to_owned()).or_insert(0) += 1;
-    }
-    counts
-}
-
-fn counts(pairs: &[(&str, usize)]) -> BTreeMap<String, usize> {
-    pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
-}
 
 /// The id the proxy gives `backend` (quick mode derives it from the address).
 async fn proxy_id(proxy: &Proxy, backend: &Backend) -> String {
@@ -62,7 +30,7 @@ async fn proxy_id(proxy: &Proxy, backend: &Backend) -> String {
 #[tokio::test]
 async fn round_robin_follows_nginx_smooth_weighted_order() {
     let bs = Backend::start_many(&["a", "b", "c"]);
-    let proxy = quick("round_robin", &[(&bs[0], 5), (&bs[1], 1), (&bs[2], 1)], &[]);
+    let proxy = quick_proxy("round_robin", &[(&bs[0], 5), (&bs[1], 1), (&bs[2], 1)], &[]);
     let c = client();
     let url = proxy.url("/id");
 
@@ -76,7 +44,7 @@ async fn round_robin_follows_nginx_smooth_weighted_order() {
 #[tokio::test]
 async fn least_conn_counts_open_websockets() {
     let bs = Backend::start_many(&["a", "b", "c"]);
-    let proxy = quick("least_conn", &weight_1(&bs), &[]);
+    let proxy = quick_proxy("least_conn", &weight_1(&bs), &[]);
     let url = proxy.ws_url("/ws");
 
     // Opened one after the other and kept open: each takes the least loaded backend.
@@ -124,7 +92,7 @@ async fn least_conn_counts_open_websockets() {
 #[tokio::test]
 async fn least_conn_ties_rotate() {
     let bs = Backend::start_many(&["a", "b", "c"]);
-    let proxy = quick("least_conn", &weight_1(&bs), &[]);
+    let proxy = quick_proxy("least_conn", &weight_1(&bs), &[]);
     let got = backend_counts(&client(), &proxy.url("/id"), 30).await;
     assert_eq!(got, counts(&[("a", 10), ("b", 10), ("c", 10)]));
 }
@@ -148,31 +116,17 @@ async fn placement(clients: &[reqwest::Client], url: &str) -> Vec<String> {
 #[tokio::test]
 async fn ip_hash_is_stable_and_remaps_only_the_lost_backends_clients() {
     let mut bs = Backend::start_many(&["a", "b", "c"]);
-    let port = ports(1)[0];
-    let backends: Vec<String> = bs
-        .iter()
-        .map(|b| format!("{{ addr = \"{}\", id = \"{}\" }}", b.addr(), b.id()))
-        .collect();
+    let all: Vec<&Backend> = bs.iter().collect();
     // Fast active checks, so the killed backend is marked down quickly; a generous timeout,
     // so a loaded machine does not fail checks of live backends.
     let toml = format!(
         r#"
-[[listeners]]
-listen = "127.0.0.1:{port}"
-
-[upstreams.main]
-strategy = "ip_hash"
-backends = [{}]
-
-[upstreams.main.health]
-kind = "http"
-path = "/healthz"
-interval = "250ms"
-timeout = "2s"
-rise = 1
-fall = 2
-"#,
-        backends.join(", ")
+{listener}
+{upstream}
+{health}"#,
+        listener = listener(free_port()),
+        upstream = upstream("main", Some("ip_hash"), &entries(&all)),
+        health = http_health("main", "250ms", "2s", 1, 2),
     );
     let proxy = Proxy::start_config(&toml);
     for id in ["a", "b", "c"] {
@@ -264,7 +218,7 @@ fn flip_first(mac: &str) -> String {
 async fn sticky_cookie_pins_resists_tampering_fails_over_and_is_shared_by_replicas() {
     let mut bs = Backend::start_many(&["a", "b", "c"]);
     let key = ["--sticky-key", STICKY_KEY];
-    let p1 = quick("sticky_cookie", &weight_1(&bs), &key);
+    let p1 = quick_proxy("sticky_cookie", &weight_1(&bs), &key);
     let c = client();
     let url = p1.url("/id");
 
@@ -301,7 +255,7 @@ async fn sticky_cookie_pins_resists_tampering_fails_over_and_is_shared_by_replic
     assert_eq!(cookies.len(), bs.len(), "{cookies:?}");
 
     // A second proxy with the same key and backends routes every cookie the same way.
-    let p2 = quick("sticky_cookie", &weight_1(&bs), &key);
+    let p2 = quick_proxy("sticky_cookie", &weight_1(&bs), &key);
     let url2 = p2.url("/id");
     for (backend, v) in &cookies {
         assert_pinned(&c, &url2, v, backend, 5).await;
@@ -324,7 +278,7 @@ async fn sticky_cookie_pins_resists_tampering_fails_over_and_is_shared_by_replic
 #[tokio::test]
 async fn p2c_spreads_over_equal_backends() {
     let bs = Backend::start_many(&["a", "b", "c"]);
-    let proxy = quick("p2c", &weight_1(&bs), &[]);
+    let proxy = quick_proxy("p2c", &weight_1(&bs), &[]);
     let got = backend_counts(&client(), &proxy.url("/id"), 60).await;
     for id in ["a", "b", "c"] {
         let n = got.get(id).copied().unwrap_or(0);
@@ -336,7 +290,7 @@ async fn p2c_spreads_over_equal_backends() {
 async fn least_time_avoids_the_slow_backend() {
     let slow = Backend::start_with("slow", &["--delay-ms", "200"]);
     let fast = Backend::start_many(&["fast1", "fast2"]);
-    let proxy = quick(
+    let proxy = quick_proxy(
         "least_time",
         &[(&slow, 1), (&fast[0], 1), (&fast[1], 1)],
         &[],

@@ -9,9 +9,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use tests::admin::{backend_status, counter, status};
+use tests::fixtures::{backend_entry, entries, listener, tls_keys, upstream};
 use tests::http::backend_counts;
 use tests::{
-    client, get, ports, wait_for, ws_connect, ws_echo, Backend, Certs, Exited, Proxy, ProxyCmd,
+    client, free_port, get, wait_for, ws_connect, ws_echo, Backend, Certs, Exited, Proxy, ProxyCmd,
 };
 
 /// Bound for waits on files the proxy writes.
@@ -27,25 +28,25 @@ fn example_config() -> String {
 /// its output lines ends with `want` (`proxy.toml:<line>: <key>: <message>`, after the
 /// directory the harness wrote the file to).
 fn assert_error_line(out: &Exited, want: &str) {
-    let all = out.output();
-    assert_eq!(out.code(), Some(1), "exit code: {all}");
-    assert!(!all.contains("panicked"), "{all}");
-    assert!(
-        out.stderr
-            .lines()
-            .any(|l| l.ends_with(want) && l.contains(&format!("/{want}"))),
-        "no line ending with {want:?} in:\n{all}"
-    );
+    assert_error(out, want, "ending with", |l| {
+        l.ends_with(want) && l.contains(&format!("/{want}"))
+    });
 }
 
 /// Like [`assert_error_line`], for a message whose tail varies (an OS error, a list).
 fn assert_error_prefix(out: &Exited, want: &str) {
+    assert_error(out, want, "with", |l| l.contains(&format!("/{want}")));
+}
+
+/// Exit code 1, no panic, and a line of stderr for which `line_ok` holds; `how` and `want`
+/// describe that line in the message.
+fn assert_error(out: &Exited, want: &str, how: &str, line_ok: impl Fn(&str) -> bool) {
     let all = out.output();
     assert_eq!(out.code(), Some(1), "exit code: {all}");
     assert!(!all.contains("panicked"), "{all}");
     assert!(
-        out.stderr.lines().any(|l| l.contains(&format!("/{want}"))),
-        "no line with {want:?} in:\n{all}"
+        out.stderr.lines().any(line_ok),
+        "no line {how} {want:?} in:\n{all}"
     );
 }
 
@@ -121,10 +122,9 @@ fn check_reports_a_missing_certificate_file() {
     let certs = Certs::generate(dir.path(), &["localhost"]);
     let missing = dir.path().join("nope.pem");
     let toml = format!(
-        "[[listeners]]\nlisten = \"127.0.0.1:18443\"\ntls = {{ cert = \"{}\", key = \"{}\" }}\n\n\
+        "[[listeners]]\nlisten = \"127.0.0.1:18443\"\n{}\n\n\
          [upstreams.app]\nbackends = [{{ addr = \"127.0.0.1:9001\" }}]\n",
-        missing.display(),
-        certs.key.display()
+        tls_keys(&missing, &certs.key)
     );
     let out = Proxy::check(&toml);
     assert_error_prefix(
@@ -142,11 +142,10 @@ fn check_reports_every_semantic_error_in_one_run_and_run_refuses_the_same_file()
     let certs = Certs::generate(dir.path(), &["localhost"]);
     let missing = dir.path().join("gone.pem");
     let toml = format!(
-        "[[listeners]]\nlisten = \"127.0.0.1:18443\"\ntls = {{ cert = \"{}\", key = \"{}\" }}\n\n\
+        "[[listeners]]\nlisten = \"127.0.0.1:18443\"\n{}\n\n\
          [upstreams.app]\nbackends = [{{ addr = \"127.0.0.1:9001\" }}]\n\n[[routes]]\n\
          path_prefix = \"/\"\nupstream = \"apx\"\n",
-        certs.cert.display(),
-        missing.display()
+        tls_keys(&certs.cert, &missing)
     );
     let key_error = format!(
         "proxy.toml:3: listeners[0].tls.key: {}: cannot read",
@@ -165,18 +164,15 @@ fn check_reports_every_semantic_error_in_one_run_and_run_refuses_the_same_file()
 
 #[test]
 fn quick_mode_rejects_a_bad_backend_address_naming_it() {
-    let listen = format!("127.0.0.1:{}", ports(1)[0]);
+    let listen = format!("127.0.0.1:{}", free_port());
     for bad in [
         "127.0.0.1:notaport",
         "localhost-ish",
         "127.0.0.1:9001=heavy",
     ] {
-        let out = ProxyCmd::quick(&["--listen", &listen, "--backend", bad])
-            .run_to_exit(Duration::from_secs(20));
-        let all = out.output();
-        assert!(!out.status.success(), "{bad}: {all}");
-        assert!(out.code().is_some(), "{bad}: killed by a signal: {all}");
-        assert!(!all.contains("panicked"), "{bad}: {all}");
+        let all = ProxyCmd::quick(&["--listen", &listen, "--backend", bad])
+            .run_to_exit(Duration::from_secs(20))
+            .expect_refusal(bad);
         assert!(
             all.contains(&format!("--backend {bad}")),
             "the message must name the flag and its value {bad:?}: {all}"
@@ -230,17 +226,13 @@ async fn metrics_and_status_report_backends_traffic_and_health() {
     let a = Backend::start("a");
     let b = Backend::start("b");
     let toml = format!(
-        r#"
-[[listeners]]
-listen = "127.0.0.1:{}"
-
-[upstreams.app]
-strategy = "round_robin"
-backends = [{{ addr = "{}", id = "a" }}, {{ addr = "{}", id = "b", weight = 2 }}]
-"#,
-        ports(1)[0],
-        a.addr(),
-        b.addr()
+        "{}\n{}",
+        listener(free_port()),
+        upstream(
+            "app",
+            Some("round_robin"),
+            &[backend_entry(&a, ""), backend_entry(&b, "weight = 2")]
+        )
     );
     let proxy = Proxy::start_config(&toml);
     let counts = backend_counts(&client(), &proxy.url("/id"), 9).await;
@@ -314,6 +306,23 @@ backends = [{{ addr = "{}", id = "a" }}, {{ addr = "{}", id = "b", weight = 2 }}
     assert_eq!(counter(on_ws, "tunnels"), 1, "{on_ws}");
 }
 
+/// One listener, one upstream `app` over `backend`, and an access log in `format` to `log`.
+fn access_log_config(format: &str, log: &Path, backend: &Backend) -> String {
+    format!(
+        r#"
+[access_log]
+enabled = true
+format = "{format}"
+path = "{log}"
+
+{listener}
+{upstream}"#,
+        log = log.display(),
+        listener = listener(free_port()),
+        upstream = upstream("app", None, &entries(&[backend])),
+    )
+}
+
 /// Waits for a line of `path` satisfying `pred`; returns it.
 async fn wait_log_line(path: &Path, what: &str, pred: impl Fn(&str) -> bool) -> String {
     let pred = &pred;
@@ -329,24 +338,7 @@ async fn access_log_writes_json_lines() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("access.log");
     let b = Backend::start("b1");
-    let toml = format!(
-        r#"
-[access_log]
-enabled = true
-format = "json"
-path = "{}"
-
-[[listeners]]
-listen = "127.0.0.1:{}"
-
-[upstreams.app]
-backends = [{{ addr = "{}", id = "b1" }}]
-"#,
-        log.display(),
-        ports(1)[0],
-        b.addr()
-    );
-    let proxy = Proxy::start_config(&toml);
+    let proxy = Proxy::start_config(&access_log_config("json", &log, &b));
     let r = tests::send(
         client()
             .get(proxy.url("/id?from=test"))
@@ -396,24 +388,7 @@ async fn access_log_writes_combined_lines() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("access.log");
     let b = Backend::start("b1");
-    let toml = format!(
-        r#"
-[access_log]
-enabled = true
-format = "combined"
-path = "{}"
-
-[[listeners]]
-listen = "127.0.0.1:{}"
-
-[upstreams.app]
-backends = [{{ addr = "{}", id = "b1" }}]
-"#,
-        log.display(),
-        ports(1)[0],
-        b.addr()
-    );
-    let proxy = Proxy::start_config(&toml);
+    let proxy = Proxy::start_config(&access_log_config("combined", &log, &b));
     let r = tests::send(
         client()
             .get(proxy.url("/id?c=1"))

@@ -4,74 +4,47 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use tests::admin::{admin_post, backend_status, counter, status, wait_backend, wait_health};
-use tests::http::backend_counts;
-use tests::ws::{ws_open, WsOptions};
-use tests::{
-    client, get, get_with, ports, send, wait_until, ws_connect, ws_echo, Backend, Proxy, Reply,
+use tests::fixtures::{
+    admin, backend_entry, entries, http_health, listener, upstream, TWO_THREADS,
 };
+use tests::http::{assert_counts, assert_plain_text, backend_counts};
+use tests::ws::{ws_open, WsOptions};
+use tests::{client, get, get_with, ports, send, wait_until, ws_connect, ws_echo, Backend, Proxy};
 
 /// Bound for waits on the proxy's state (a health change, a backend back in service).
 const T: Duration = Duration::from_secs(15);
 /// The admin token of the tests that use the admin API.
 const TOKEN: &str = "health-test-token";
 
-/// Active HTTP checks, fast enough for tests.
-const ACTIVE: &str = r#"
-[upstreams.app.health]
-kind = "http"
-path = "/healthz"
-interval = "200ms"
-timeout = "500ms"
-rise = 2
-fall = 2
-"#;
+/// Active HTTP checks of upstream `app`, fast enough for tests.
+fn active() -> String {
+    http_health("app", "200ms", "500ms", 2, 2)
+}
 
 /// A config with one listener on `port` and one upstream `app` (round_robin) routing
 /// everything to `primaries` and `backups` (ids are the backends' ids). `extra` is appended
 /// as is (health, admin).
 fn config(port: u16, primaries: &[&Backend], backups: &[&Backend], extra: &str) -> String {
-    let mut entries: Vec<String> = primaries
-        .iter()
-        .map(|b| format!("{{ addr = \"{}\", id = \"{}\" }}", b.addr(), b.id()))
-        .collect();
-    entries.extend(backups.iter().map(|b| {
-        format!(
-            "{{ addr = \"{}\", id = \"{}\", backup = true }}",
-            b.addr(),
-            b.id()
-        )
-    }));
+    let mut backends = entries(primaries);
+    backends.extend(backups.iter().map(|b| backend_entry(b, "backup = true")));
     format!(
         r#"
-[server]
-threads = 2
-
-[[listeners]]
-listen = "127.0.0.1:{port}"
-
-[upstreams.app]
-strategy = "round_robin"
-backends = [{}]
+{TWO_THREADS}
+{listener}
+{upstream}
 {extra}
 "#,
-        entries.join(", ")
+        listener = listener(port),
+        upstream = upstream("app", Some("round_robin"), &backends),
     )
 }
 
 /// An `[admin]` table on a free port with the test token.
 fn admin_with_token() -> String {
-    format!(
-        "\n[admin]\nlisten = \"127.0.0.1:{}\"\ntoken = \"{TOKEN}\"\n",
-        ports(1)[0]
-    )
-}
-
-fn tally(pairs: &[(&str, usize)]) -> BTreeMap<String, usize> {
-    pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    admin(ports(1)[0], TOKEN)
 }
 
 /// `POST /health/off` or `/health/on` on the backend itself.
@@ -95,9 +68,46 @@ async fn wait_traffic_reaches(proxy: &Proxy, id: &str) {
     .await;
 }
 
-fn assert_plain_text(r: &Reply) {
-    let ct = r.header("content-type").unwrap_or_default();
-    assert!(ct.starts_with("text/plain"), "content-type {ct:?}: {r:?}");
+/// Asserts that `want` answer the GETs of `url` (as [`assert_counts`]) without the proxy even
+/// trying backend `skipped`: its request counter does not move. Returns its entry after.
+async fn assert_counts_skipping(
+    proxy: &Proxy,
+    c: &reqwest::Client,
+    url: &str,
+    want: &[(&str, usize)],
+    skipped: &str,
+) -> serde_json::Value {
+    let before = counter(&backend_status(proxy, skipped).await, "requests");
+    assert_counts(c, url, want).await;
+    let after = backend_status(proxy, skipped).await;
+    assert_eq!(
+        counter(&after, "requests"),
+        before,
+        "no request was sent to {skipped}: {after}"
+    );
+    after
+}
+
+/// Backends `a` and `b` behind a proxy with [`active`] checks, once both are up.
+async fn both_up_with_active_checks() -> (Backend, Backend, Proxy) {
+    let a = Backend::start("a");
+    let b = Backend::start("b");
+    let proxy = Proxy::start_config(&config(ports(1)[0], &[&a, &b], &[], &active()));
+    wait_health(&proxy, "a", "up", T).await;
+    wait_health(&proxy, "b", "up", T).await;
+    (a, b, proxy)
+}
+
+/// With `fresh` failing its checks: asserts that `a` answers all of 20 requests and that
+/// `fresh` is not up and was sent none; then lets `fresh` pass and waits for traffic to reach it.
+async fn assert_left_out_until_it_passes(proxy: &Proxy, fresh: &Backend) {
+    assert_counts(&client(), &proxy.url("/id"), &[("a", 20)]).await;
+    let fresh_status = backend_status(proxy, fresh.id()).await;
+    assert_ne!(fresh_status["health"], "up", "{fresh_status}");
+    assert_eq!(counter(&fresh_status, "requests"), 0, "{fresh_status}");
+
+    set_backend_health(fresh, true).await;
+    wait_traffic_reaches(proxy, fresh.id()).await;
 }
 
 #[tokio::test]
@@ -107,10 +117,7 @@ async fn killed_backend_gets_no_requests_after_passive_detection() {
     let proxy = Proxy::start_config(&config(ports(1)[0], &[&a, &b], &[], ""));
     let c = client();
     let url = proxy.url("/id");
-    assert_eq!(
-        backend_counts(&c, &url, 10).await,
-        tally(&[("a", 5), ("b", 5)])
-    );
+    assert_counts(&c, &url, &[("a", 5), ("b", 5)]).await;
 
     a.kill();
     // Until `a` is marked down (3 failed connects within 10 s), the requests picked for it fail
@@ -129,38 +136,25 @@ async fn killed_backend_gets_no_requests_after_passive_detection() {
     }
 
     // Marked down: the proxy no longer even tries it.
-    let tried_before = counter(&backend_status(&proxy, "a").await, "requests");
-    assert_eq!(backend_counts(&c, &url, 20).await, tally(&[("b", 20)]));
-    let a_status = backend_status(&proxy, "a").await;
+    let a_status = assert_counts_skipping(&proxy, &c, &url, &[("b", 20)], "a").await;
     assert_eq!(a_status["health"], "down");
-    assert_eq!(
-        counter(&a_status, "requests"),
-        tried_before,
-        "no request was sent to the dead backend: {a_status}"
-    );
 }
 
 #[tokio::test]
 async fn killed_backend_returns_to_service_after_restart_with_active_checks() {
-    let mut a = Backend::start("a");
-    let b = Backend::start("b");
-    let proxy = Proxy::start_config(&config(ports(1)[0], &[&a, &b], &[], ACTIVE));
-    wait_health(&proxy, "a", "up", T).await;
-    wait_health(&proxy, "b", "up", T).await;
+    let (mut a, _b, proxy) = both_up_with_active_checks().await;
     let c = client();
     let url = proxy.url("/id");
 
     a.kill();
     wait_health(&proxy, "a", "down", T).await;
-    let counts = backend_counts(&c, &url, 20).await;
-    assert_eq!(counts, tally(&[("b", 20)]));
+    assert_counts(&c, &url, &[("b", 20)]).await;
 
     a.restart();
     wait_traffic_reaches(&proxy, "a").await;
     assert_eq!(backend_status(&proxy, "a").await["health"], "up");
     // Back in the rotation for good, not a single lucky request.
-    let counts = backend_counts(&c, &url, 10).await;
-    assert_eq!(counts, tally(&[("a", 5), ("b", 5)]));
+    assert_counts(&c, &url, &[("a", 5), ("b", 5)]).await;
 }
 
 /// Without active checks, a backend that passive checks marked down gets one probe request
@@ -202,26 +196,14 @@ async fn passively_failed_backend_is_probed_and_readmitted_after_restart() {
 
 #[tokio::test]
 async fn failing_active_check_takes_a_backend_out_and_passing_brings_it_back() {
-    let a = Backend::start("a");
-    let b = Backend::start("b");
-    let proxy = Proxy::start_config(&config(ports(1)[0], &[&a, &b], &[], ACTIVE));
-    wait_health(&proxy, "a", "up", T).await;
-    wait_health(&proxy, "b", "up", T).await;
+    let (a, b, proxy) = both_up_with_active_checks().await;
     let c = client();
     let url = proxy.url("/id");
-    assert_eq!(
-        backend_counts(&c, &url, 10).await,
-        tally(&[("a", 5), ("b", 5)])
-    );
+    assert_counts(&c, &url, &[("a", 5), ("b", 5)]).await;
 
     set_backend_health(&a, false).await;
     wait_health(&proxy, "a", "down", T).await;
-    let before = counter(&backend_status(&proxy, "a").await, "requests");
-    assert_eq!(backend_counts(&c, &url, 20).await, tally(&[("b", 20)]));
-    assert_eq!(
-        counter(&backend_status(&proxy, "a").await, "requests"),
-        before
-    );
+    assert_counts_skipping(&proxy, &c, &url, &[("b", 20)], "a").await;
     // The metrics agree.
     let m = get(&proxy.admin_url("/metrics")).await.body;
     let up_line = |addr: String| {
@@ -236,10 +218,7 @@ async fn failing_active_check_takes_a_backend_out_and_passing_brings_it_back() {
 
     set_backend_health(&a, true).await;
     wait_health(&proxy, "a", "up", T).await;
-    assert_eq!(
-        backend_counts(&c, &url, 10).await,
-        tally(&[("a", 5), ("b", 5)])
-    );
+    assert_counts(&c, &url, &[("a", 5), ("b", 5)]).await;
 }
 
 #[tokio::test]
@@ -248,22 +227,14 @@ async fn with_active_checks_a_new_backend_gets_no_traffic_until_it_passes() {
     let b = Backend::start("b");
     // `b` fails its checks from the start.
     set_backend_health(&b, false).await;
-    let proxy = Proxy::start_config(&config(ports(1)[0], &[&a, &b], &[], ACTIVE));
+    let proxy = Proxy::start_config(&config(ports(1)[0], &[&a, &b], &[], &active()));
     let first = backend_status(&proxy, "b").await;
     assert!(
         first["health"] == "pending" || first["health"] == "down",
         "a never-checked backend must not start up: {first}"
     );
     wait_health(&proxy, "a", "up", T).await;
-    let c = client();
-    let url = proxy.url("/id");
-    assert_eq!(backend_counts(&c, &url, 20).await, tally(&[("a", 20)]));
-    let b_status = backend_status(&proxy, "b").await;
-    assert_ne!(b_status["health"], "up", "{b_status}");
-    assert_eq!(counter(&b_status, "requests"), 0, "{b_status}");
-
-    set_backend_health(&b, true).await;
-    wait_traffic_reaches(&proxy, "b").await;
+    assert_left_out_until_it_passes(&proxy, &b).await;
     assert_eq!(backend_status(&proxy, "b").await["health"], "up");
 }
 
@@ -273,21 +244,13 @@ async fn with_active_checks_a_backend_added_by_reload_waits_for_its_first_pass()
     let n = Backend::start("n");
     set_backend_health(&n, false).await;
     let port = ports(1)[0];
-    let proxy = Proxy::start_config(&config(port, &[&a], &[], ACTIVE));
+    let proxy = Proxy::start_config(&config(port, &[&a], &[], &active()));
     wait_health(&proxy, "a", "up", T).await;
 
-    proxy.reload(&config(port, &[&a, &n], &[], ACTIVE));
+    proxy.reload(&config(port, &[&a, &n], &[], &active()));
     let added = wait_backend(&proxy, "n", T, "the reload to add backend n", |_| true).await;
     assert_ne!(added["health"], "up", "{added}");
-    let c = client();
-    let url = proxy.url("/id");
-    assert_eq!(backend_counts(&c, &url, 20).await, tally(&[("a", 20)]));
-    let n_status = backend_status(&proxy, "n").await;
-    assert_ne!(n_status["health"], "up", "{n_status}");
-    assert_eq!(counter(&n_status, "requests"), 0, "{n_status}");
-
-    set_backend_health(&n, true).await;
-    wait_traffic_reaches(&proxy, "n").await;
+    assert_left_out_until_it_passes(&proxy, &n).await;
 }
 
 #[tokio::test]
@@ -295,36 +258,28 @@ async fn backup_gets_traffic_only_while_every_primary_is_down() {
     let a = Backend::start("a");
     let b = Backend::start("b");
     let bk = Backend::start("backup");
-    let proxy = Proxy::start_config(&config(ports(1)[0], &[&a, &b], &[&bk], ACTIVE));
+    let proxy = Proxy::start_config(&config(ports(1)[0], &[&a, &b], &[&bk], &active()));
     for id in ["a", "b", "backup"] {
         wait_health(&proxy, id, "up", T).await;
     }
     let c = client();
     let url = proxy.url("/id");
-    assert_eq!(
-        backend_counts(&c, &url, 20).await,
-        tally(&[("a", 10), ("b", 10)])
-    );
+    assert_counts(&c, &url, &[("a", 10), ("b", 10)]).await;
 
     // One primary down: the other takes everything, the backup still nothing.
     set_backend_health(&a, false).await;
     wait_health(&proxy, "a", "down", T).await;
-    assert_eq!(backend_counts(&c, &url, 10).await, tally(&[("b", 10)]));
+    assert_counts(&c, &url, &[("b", 10)]).await;
 
     // Every primary down: the backup takes over.
     set_backend_health(&b, false).await;
     wait_health(&proxy, "b", "down", T).await;
-    assert_eq!(backend_counts(&c, &url, 20).await, tally(&[("backup", 20)]));
+    assert_counts(&c, &url, &[("backup", 20)]).await;
 
     // A primary is back: traffic returns to it, the backup gets nothing.
     set_backend_health(&a, true).await;
     wait_health(&proxy, "a", "up", T).await;
-    let before = counter(&backend_status(&proxy, "backup").await, "requests");
-    assert_eq!(backend_counts(&c, &url, 20).await, tally(&[("a", 20)]));
-    assert_eq!(
-        counter(&backend_status(&proxy, "backup").await, "requests"),
-        before
-    );
+    assert_counts_skipping(&proxy, &c, &url, &[("a", 20)], "backup").await;
 }
 
 #[tokio::test]
@@ -335,10 +290,7 @@ async fn killed_primaries_fail_over_to_the_backup_without_errors() {
     let proxy = Proxy::start_config(&config(ports(1)[0], &[&a, &b], &[&bk], ""));
     let c = client();
     let url = proxy.url("/id");
-    assert_eq!(
-        backend_counts(&c, &url, 10).await,
-        tally(&[("a", 5), ("b", 5)])
-    );
+    assert_counts(&c, &url, &[("a", 5), ("b", 5)]).await;
 
     a.kill();
     b.kill();
@@ -351,16 +303,12 @@ async fn killed_primaries_fail_over_to_the_backup_without_errors() {
     }
     wait_health(&proxy, "a", "down", T).await;
     wait_health(&proxy, "b", "down", T).await;
-    assert_eq!(backend_counts(&c, &url, 10).await, tally(&[("backup", 10)]));
+    assert_counts(&c, &url, &[("backup", 10)]).await;
 }
 
 #[tokio::test]
 async fn no_healthy_backend_is_an_immediate_503_with_a_reason() {
-    let a = Backend::start("a");
-    let b = Backend::start("b");
-    let proxy = Proxy::start_config(&config(ports(1)[0], &[&a, &b], &[], ACTIVE));
-    wait_health(&proxy, "a", "up", T).await;
-    wait_health(&proxy, "b", "up", T).await;
+    let (a, b, proxy) = both_up_with_active_checks().await;
     set_backend_health(&a, false).await;
     set_backend_health(&b, false).await;
     wait_health(&proxy, "a", "down", T).await;
@@ -451,7 +399,7 @@ async fn drained_backend_gets_no_new_requests_and_keeps_its_websockets() {
     assert_eq!(backend_status(&proxy, &on).await["draining"], true);
 
     // No new requests or tunnels on the drained backend...
-    assert_eq!(backend_counts(&c, &url, 20).await, tally(&[(other, 20)]));
+    assert_counts(&c, &url, &[(other, 20)]).await;
     let (mut ws2, on2) = ws_connect(&proxy.ws_url("/ws")).await;
     assert_eq!(on2, other);
     // ...while its open WebSocket keeps working.
@@ -463,11 +411,8 @@ async fn drained_backend_gets_no_new_requests_and_keeps_its_websockets() {
     let r = admin_post(&proxy, &format!("/backends/app/{on}/undrain"), Some(TOKEN)).await;
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(backend_status(&proxy, &on).await["draining"], false);
-    let counts = backend_counts(&c, &url, 10).await;
-    assert!(
-        counts.get(on.as_str()).is_some_and(|n| *n > 0),
-        "{counts:?}"
-    );
+    let got = backend_counts(&c, &url, 10).await;
+    assert!(got.get(on.as_str()).is_some_and(|n| *n > 0), "{got:?}");
     ws_echo(&mut ws, "after undrain").await;
 }
 

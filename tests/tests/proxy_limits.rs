@@ -7,14 +7,16 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
 use tests::admin::{backend_status, counter};
+use tests::fixtures::{entries, listener, upstream, TWO_THREADS};
+use tests::http::assert_plain_text;
 use tests::ws::{ws_close, ws_open, WsOptions};
 use tests::{
-    client, client_from, get, get_with, ports, send, wait_until, ws_connect, ws_echo, Backend,
-    Proxy, Reply, STEP_TIMEOUT,
+    client, client_from, free_port, get, get_with, send, wait_until, ws_connect, ws_echo, Backend,
+    Proxy, STEP_TIMEOUT,
 };
 
 /// Bound for waits on the proxy's state (a slot freed after a tunnel closes).
@@ -28,27 +30,15 @@ const SLOWLORIS_BOUND: Duration = Duration::from_secs(5);
 fn config(backend: &Backend, limits: &str) -> String {
     format!(
         r#"
-[server]
-threads = 2
-
+{TWO_THREADS}
 [limits]
 {limits}
 
-[[listeners]]
-listen = "127.0.0.1:{}"
-
-[upstreams.app]
-backends = [{{ addr = "{}", id = "{}" }}]
-"#,
-        ports(1)[0],
-        backend.addr(),
-        backend.id()
+{listener}
+{upstream}"#,
+        listener = listener(free_port()),
+        upstream = upstream("app", None, &entries(&[backend])),
     )
-}
-
-fn assert_plain_text(r: &Reply) {
-    let ct = r.header("content-type").unwrap_or_default();
-    assert!(ct.starts_with("text/plain"), "content-type {ct:?}: {r:?}");
 }
 
 /// Writes `bytes` on a fresh connection to `addr` and reads the answer's head (up to the
@@ -80,7 +70,7 @@ async fn raw_head(addr: SocketAddr, bytes: &[u8]) -> String {
 
 /// Reads from `s` until the peer closes (EOF or error), discarding data; panics when the
 /// connection is still open after `bound`.
-async fn expect_closed_within(s: &mut TcpStream, bound: Duration, what: &str) {
+async fn expect_closed_within(s: &mut (impl AsyncRead + Unpin), bound: Duration, what: &str) {
     let closed = tokio::time::timeout(bound, async {
         let mut buf = [0u8; 1024];
         loop {
@@ -322,22 +312,13 @@ async fn trickled_request_head_is_disconnected_after_the_header_read_timeout() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     });
-    let closed = tokio::time::timeout(SLOWLORIS_BOUND, async {
-        let mut buf = [0u8; 1024];
-        loop {
-            match rd.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    })
+    expect_closed_within(
+        &mut rd,
+        SLOWLORIS_BOUND,
+        "a head trickled one byte per 200 ms (header_read_timeout = 1s)",
+    )
     .await;
     trickle.abort();
-    assert!(
-        closed.is_ok(),
-        "a head trickled one byte per 200 ms is still being read after {SLOWLORIS_BOUND:?} \
-         (header_read_timeout = 1s)"
-    );
 }
 
 #[tokio::test]
@@ -345,19 +326,15 @@ async fn request_matching_no_route_gets_404() {
     let b = Backend::start("b1");
     let toml = format!(
         r#"
-[[listeners]]
-listen = "127.0.0.1:{}"
-
-[upstreams.app]
-backends = [{{ addr = "{}", id = "b1" }}]
-
+{listener}
+{upstream}
 [[routes]]
 host = "only.test"
 path_prefix = "/"
 upstream = "app"
 "#,
-        ports(1)[0],
-        b.addr()
+        listener = listener(free_port()),
+        upstream = upstream("app", None, &entries(&[&b])),
     );
     let proxy = Proxy::start_config(&toml);
     let url = proxy.url("/id");

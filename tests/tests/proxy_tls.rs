@@ -18,10 +18,12 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
+use tempfile::TempDir;
+use tests::fixtures::{entries, listener, tls_keys, upstream, TWO_THREADS};
 use tests::http::tls_builder;
 use tests::ws::rustls_client_config;
 use tests::{
-    get_with, ports, send, tls_client, ws_connect_tls, ws_echo, Alpn, Backend, Certs, Proxy,
+    get_with, port_array, send, tls_client, ws_connect_tls, ws_echo, Alpn, Backend, Certs, Proxy,
     ProxyCmd, TestCa, STEP_TIMEOUT,
 };
 
@@ -29,30 +31,54 @@ use tests::{
 fn tls_config(plain: u16, tls: u16, backend: &Backend, tls_table: &str) -> String {
     format!(
         r#"
-[server]
-threads = 2
+{TWO_THREADS}
+{plain}
+{tls}{tls_table}
 
-[[listeners]]
-listen = "127.0.0.1:{plain}"
-
-[[listeners]]
-listen = "127.0.0.1:{tls}"
-{tls_table}
-
-[upstreams.app]
-backends = [{{ addr = "{}", id = "{}" }}]
-"#,
-        backend.addr(),
-        backend.id()
+{upstream}"#,
+        plain = listener(plain),
+        tls = listener(tls),
+        upstream = upstream("app", None, &entries(&[backend])),
     )
 }
 
-fn tls_keys(cert: &Path, key: &Path) -> String {
+/// `keys` (see [`tls_keys`]) and an SNI entry: `server_name` gets `cert` and `key`.
+fn with_sni(keys: &str, server_name: &str, cert: &Path, key: &Path) -> String {
     format!(
-        "tls = {{ cert = \"{}\", key = \"{}\" }}",
+        "{keys}\nsni = [{{ server_name = \"{server_name}\", cert = \"{}\", key = \"{}\" }}]",
         cert.display(),
         key.display()
     )
+}
+
+/// Certificates for `localhost` and `127.0.0.1` from a fresh test CA, and a proxy with a plain
+/// and a TLS listener using them in front of one backend, `b1`.
+struct TlsProxy {
+    /// Fields drop in order: the proxy first, its certificate files last.
+    _proxy: Proxy,
+    _backend: Backend,
+    certs: Certs,
+    _dir: TempDir,
+    /// The TLS listener's port.
+    tls: u16,
+}
+
+impl TlsProxy {
+    fn start() -> TlsProxy {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = Certs::generate(dir.path(), &["localhost", "127.0.0.1"]);
+        let backend = Backend::start("b1");
+        let [plain, tls] = port_array();
+        let keys = tls_keys(&certs.cert, &certs.key);
+        let proxy = Proxy::start_config(&tls_config(plain, tls, &backend, &keys));
+        TlsProxy {
+            _proxy: proxy,
+            _backend: backend,
+            certs,
+            _dir: dir,
+            tls,
+        }
+    }
 }
 
 /// `proxy gen-cert --out <dir>`: (ca.pem, localhost.pem, localhost-key.pem).
@@ -188,9 +214,7 @@ async fn https_http1_h2_and_wss_work_with_the_generated_ca() {
     let (ca, cert, key) = gen_cert(dir.path());
     let ca = std::fs::read(ca).unwrap();
     let b = Backend::start("b1");
-    let [plain, tls] = ports(2)[..] else {
-        unreachable!()
-    };
+    let [plain, tls] = port_array();
     let proxy = Proxy::start_config(&tls_config(plain, tls, &b, &tls_keys(&cert, &key)));
 
     // HTTP/1.1 over TLS.
@@ -248,19 +272,8 @@ async fn https_http1_h2_and_wss_work_with_the_generated_ca() {
 
 #[tokio::test]
 async fn alpn_offers_h2_and_http1() {
-    let dir = tempfile::tempdir().unwrap();
-    let certs = Certs::generate(dir.path(), &["localhost", "127.0.0.1"]);
-    let b = Backend::start("b1");
-    let [plain, tls] = ports(2)[..] else {
-        unreachable!()
-    };
-    let _proxy = Proxy::start_config(&tls_config(
-        plain,
-        tls,
-        &b,
-        &tls_keys(&certs.cert, &certs.key),
-    ));
-    let ca = certs.ca_pem();
+    let setup = TlsProxy::start();
+    let (ca, tls) = (setup.certs.ca_pem(), setup.tls);
     for (offer, want) in [
         (&[&b"h2"[..], b"http/1.1"][..], &b"h2"[..]),
         (&[&b"http/1.1"[..]][..], &b"http/1.1"[..]),
@@ -281,14 +294,12 @@ async fn sni_picks_the_certificate_for_the_name_and_unknown_names_get_the_defaul
     let api_ca = TestCa::new(api_dir.path());
     let (api_cert, api_key) = api_ca.issue(&["api.test"]);
     let b = Backend::start("b1");
-    let [plain, tls] = ports(2)[..] else {
-        unreachable!()
-    };
-    let keys = format!(
-        "{}\nsni = [{{ server_name = \"api.test\", cert = \"{}\", key = \"{}\" }}]",
-        tls_keys(&default.cert, &default.key),
-        api_cert.display(),
-        api_key.display()
+    let [plain, tls] = port_array();
+    let keys = with_sni(
+        &tls_keys(&default.cert, &default.key),
+        "api.test",
+        &api_cert,
+        &api_key,
     );
     let proxy = Proxy::start_config(&tls_config(plain, tls, &b, &keys));
     let both = &[&rustls::version::TLS13, &rustls::version::TLS12][..];
@@ -364,19 +375,8 @@ fn tls11_client_hello() -> Vec<u8> {
 
 #[tokio::test]
 async fn tls_1_2_and_1_3_are_accepted_and_1_1_is_not() {
-    let dir = tempfile::tempdir().unwrap();
-    let certs = Certs::generate(dir.path(), &["localhost", "127.0.0.1"]);
-    let b = Backend::start("b1");
-    let [plain, tls] = ports(2)[..] else {
-        unreachable!()
-    };
-    let _proxy = Proxy::start_config(&tls_config(
-        plain,
-        tls,
-        &b,
-        &tls_keys(&certs.cert, &certs.key),
-    ));
-    let ca = certs.ca_pem();
+    let setup = TlsProxy::start();
+    let (ca, tls) = (setup.certs.ca_pem(), setup.tls);
     for (version, want) in [
         (&rustls::version::TLS12, ProtocolVersion::TLSv1_2),
         (&rustls::version::TLS13, ProtocolVersion::TLSv1_3),
@@ -424,24 +424,18 @@ async fn plain_listener_redirects_to_https_with_308() {
     let dir = tempfile::tempdir().unwrap();
     let certs = Certs::generate(dir.path(), &["localhost", "127.0.0.1"]);
     let b = Backend::start("b1");
-    let [plain, tls] = ports(2)[..] else {
-        unreachable!()
-    };
+    let [plain, tls] = port_array();
     let toml = format!(
         r#"
-[[listeners]]
-listen = "127.0.0.1:{plain}"
-redirect_https_port = {tls}
+{plain_listener}redirect_https_port = {tls}
 
-[[listeners]]
-listen = "127.0.0.1:{tls}"
-{}
+{tls_listener}{keys}
 
-[upstreams.app]
-backends = [{{ addr = "{}", id = "b1" }}]
-"#,
-        tls_keys(&certs.cert, &certs.key),
-        b.addr()
+{upstream}"#,
+        plain_listener = listener(plain),
+        tls_listener = listener(tls),
+        keys = tls_keys(&certs.cert, &certs.key),
+        upstream = upstream("app", None, &entries(&[&b])),
     );
     let proxy = Proxy::start_config(&toml);
     let no_follow = reqwest::Client::builder()
@@ -482,15 +476,8 @@ backends = [{{ addr = "{}", id = "b1" }}]
 
 /// Runs a proxy that must refuse to start; returns its output.
 fn must_fail(cmd: ProxyCmd) -> String {
-    let out = cmd.run_to_exit(Duration::from_secs(20));
-    let all = out.output();
-    assert!(!out.status.success(), "the proxy started: {all}");
-    assert!(
-        out.code().is_some(),
-        "exited by a signal, not an error: {all}"
-    );
-    assert!(!all.contains("panicked"), "the proxy panicked: {all}");
-    all
+    cmd.run_to_exit(Duration::from_secs(20))
+        .expect_refusal("the proxy")
 }
 
 #[test]
@@ -501,9 +488,7 @@ fn bad_certificate_files_are_a_clear_startup_error_not_a_panic() {
     let missing = dir.path().join("missing-cert.pem");
     let garbage = dir.path().join("garbage.pem");
     std::fs::write(&garbage, "this is not PEM\n").unwrap();
-    let [plain, tls] = ports(2)[..] else {
-        unreachable!()
-    };
+    let [plain, tls] = port_array();
 
     let cases: [(&Path, &Path, &Path); 4] = [
         // (cert, key, the file the message must name)
@@ -523,11 +508,11 @@ fn bad_certificate_files_are_a_clear_startup_error_not_a_panic() {
     }
 
     // An SNI certificate too.
-    let keys = format!(
-        "{}\nsni = [{{ server_name = \"api.test\", cert = \"{}\", key = \"{}\" }}]",
-        tls_keys(&certs.cert, &certs.key),
-        missing.display(),
-        certs.key.display()
+    let keys = with_sni(
+        &tls_keys(&certs.cert, &certs.key),
+        "api.test",
+        &missing,
+        &certs.key,
     );
     let out = must_fail(ProxyCmd::config(&tls_config(plain, tls, &b, &keys)));
     assert!(out.contains(&missing.display().to_string()), "{out}");

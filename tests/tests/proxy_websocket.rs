@@ -4,52 +4,23 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use tests::admin::{admin_post, backend_status, counter, status, total, wait_backend, wait_idle};
+use tests::fixtures::{admin, entries, listener, quick_proxy, upstream, wait_ws_open, weight_1};
+use tests::http::tally;
 use tests::{
-    client, get, get_with, ports, wait_until, ws_close, ws_connect, ws_echo, ws_echo_binary,
+    client, free_port, get_with, port_array, ws_close, ws_connect, ws_echo, ws_echo_binary,
     ws_expect_closed, Backend, Proxy, Ws,
 };
 
 /// Bound for waits on the proxy's state (a tunnel closing, a counter settling).
 const T: Duration = Duration::from_secs(10);
 
-/// A quick-mode least_conn proxy in front of `backends`.
-fn quick(backends: &[Backend]) -> Proxy {
-    let listen = format!("127.0.0.1:{}", ports(1)[0]);
-    let specs: Vec<String> = backends.iter().map(|b| b.addr().to_string()).collect();
-    let mut args = vec!["--listen", listen.as_str(), "--strategy", "least_conn"];
-    for s in &specs {
-        args.extend(["--backend", s.as_str()]);
-    }
-    Proxy::start_quick(&args)
-}
-
-/// `backends = [...]` entries with the echo ids as proxy ids.
-fn backends_toml(backends: &[&Backend]) -> String {
-    let entries: Vec<String> = backends
-        .iter()
-        .map(|b| format!("{{ addr = \"{}\", id = \"{}\" }}", b.addr(), b.id()))
-        .collect();
-    format!("[{}]", entries.join(", "))
-}
-
-/// Waits until the backend process itself counts `n` open WebSockets.
-async fn wait_backend_ws_open(b: &Backend, n: u64) {
-    wait_until(
-        T,
-        &format!("backend {} counts {n} open WebSockets", b.id()),
-        || async { get(&b.url("/stats")).await.json()["ws_open"] == n },
-    )
-    .await;
-}
-
 #[tokio::test]
 async fn frames_and_closes_cross_the_plain_listener() {
     let mut bs = Backend::start_many(&["a"]);
-    let proxy = quick(&bs);
+    let proxy = quick_proxy("least_conn", &weight_1(&bs), &[]);
     let addr = bs[0].addr().to_string();
     let url = proxy.ws_url("/chat?room=1");
 
@@ -68,12 +39,12 @@ async fn frames_and_closes_cross_the_plain_listener() {
 
     // The client closes: the backend sees it, and the proxy forgets the tunnel.
     ws_close(ws).await;
-    wait_backend_ws_open(&bs[0], 0).await;
+    wait_ws_open(&bs[0], 0, T).await;
     wait_idle(&proxy, T).await;
 
     // The backend dies: the client's stream ends.
     let (mut ws, _) = ws_connect(&url).await;
-    wait_backend_ws_open(&bs[0], 1).await;
+    wait_ws_open(&bs[0], 1, T).await;
     bs[0].kill();
     ws_expect_closed(&mut ws, Duration::from_secs(5)).await;
     // Once the client lets go of its socket too, the proxy forgets the tunnel.
@@ -93,7 +64,7 @@ async fn two_thousand_tunnels_all_greet_echo_and_close() {
     const N: usize = 2000;
     const BATCH: usize = 200;
     let bs = Backend::start_many(&["a", "b"]);
-    let proxy = quick(&bs);
+    let proxy = quick_proxy("least_conn", &weight_1(&bs), &[]);
     let url = proxy.ws_url("/ws");
 
     // Bounded as a whole, so a stuck handshake fails the test instead of hanging it.
@@ -110,10 +81,7 @@ async fn two_thousand_tunnels_all_greet_echo_and_close() {
                 }
             }
         }
-        let mut by_backend: BTreeMap<String, usize> = BTreeMap::new();
-        for (_, id) in &open {
-            *by_backend.entry(id.clone()).or_insert(0) += 1;
-        }
+        let by_backend = tally(open.iter().map(|(_, id)| id.as_str()));
         assert_eq!(by_backend.values().sum::<usize>(), N, "{by_backend:?}");
         let s = status(&proxy).await;
         assert_eq!(total(&s, "tunnels"), N as u64, "{s}");
@@ -136,7 +104,7 @@ async fn two_thousand_tunnels_all_greet_echo_and_close() {
         }
         wait_idle(&proxy, Duration::from_secs(20)).await;
         for b in &bs {
-            wait_backend_ws_open(b, 0).await;
+            wait_ws_open(b, 0, T).await;
         }
     };
     if tokio::time::timeout(Duration::from_secs(50), body)
@@ -150,20 +118,15 @@ async fn two_thousand_tunnels_all_greet_echo_and_close() {
 #[tokio::test]
 async fn idle_tunnels_close_and_busy_ones_stay() {
     let bs = Backend::start_many(&["a"]);
-    let port = ports(1)[0];
     let toml = format!(
         r#"
 [timeouts]
 tunnel_idle = "1s"
 
-[[listeners]]
-listen = "127.0.0.1:{port}"
-
-[upstreams.main]
-strategy = "least_conn"
-backends = {}
-"#,
-        backends_toml(&[&bs[0]])
+{listener}
+{upstream}"#,
+        listener = listener(free_port()),
+        upstream = upstream("main", Some("least_conn"), &entries(&[&bs[0]])),
     );
     let proxy = Proxy::start_config(&toml);
     let url = proxy.ws_url("/ws");
@@ -190,25 +153,16 @@ backends = {}
         counter(b, "tunnels") == 1
     })
     .await;
-    wait_backend_ws_open(&bs[0], 1).await;
+    wait_ws_open(&bs[0], 1, T).await;
 }
 
 /// The reload test's config: one upstream `main` with `backends`, admin token `t`.
-fn reload_config(listen: u16, admin: u16, strategy: &str, backends: &[&Backend]) -> String {
+fn reload_config(listen: u16, admin_port: u16, strategy: &str, backends: &[&Backend]) -> String {
     format!(
-        r#"
-[admin]
-listen = "127.0.0.1:{admin}"
-token = "t"
-
-[[listeners]]
-listen = "127.0.0.1:{listen}"
-
-[upstreams.main]
-strategy = "{strategy}"
-backends = {}
-"#,
-        backends_toml(backends)
+        "{}\n{}\n{}",
+        admin(admin_port, "t"),
+        listener(listen),
+        upstream("main", Some(strategy), &entries(backends))
     )
 }
 
@@ -216,8 +170,8 @@ backends = {}
 async fn reload_keeps_open_websockets_and_rejects_a_bad_config() {
     let bs = Backend::start_many(&["a", "b", "c"]);
     let (a, b, c) = (&bs[0], &bs[1], &bs[2]);
-    let p = ports(2);
-    let proxy = Proxy::start_config(&reload_config(p[0], p[1], "round_robin", &[a, b]));
+    let [listen, admin_port] = port_array();
+    let proxy = Proxy::start_config(&reload_config(listen, admin_port, "round_robin", &[a, b]));
     let url = proxy.ws_url("/ws");
 
     let mut open = Vec::new();
@@ -233,7 +187,7 @@ async fn reload_keeps_open_websockets_and_rejects_a_bad_config() {
     assert_eq!(r.status, 401, "{}", r.body);
 
     // Add c and switch to least_conn.
-    proxy.write_config(&reload_config(p[0], p[1], "least_conn", &[a, b, c]));
+    proxy.write_config(&reload_config(listen, admin_port, "least_conn", &[a, b, c]));
     let r = admin_post(&proxy, "/reload", Some("t")).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["ok"], true, "{}", r.body);
@@ -262,7 +216,7 @@ async fn reload_keeps_open_websockets_and_rejects_a_bad_config() {
     }
 
     // An invalid file is refused with its errors; the running config keeps serving.
-    proxy.write_config(&reload_config(p[0], p[1], "leest_conn", &[a, b, c]));
+    proxy.write_config(&reload_config(listen, admin_port, "leest_conn", &[a, b, c]));
     let r = admin_post(&proxy, "/reload", Some("t")).await;
     assert_eq!(r.status, 422, "{}", r.body);
     let j = r.json();

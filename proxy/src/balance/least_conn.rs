@@ -1,9 +1,8 @@
 //! Least connections: fewest active requests and tunnels per unit of weight; ties take turns.
 
-use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
-use super::{rotating_min, PickContext, Strategy, StrategyKind};
+use super::{PickContext, RotatingMin, Strategy, StrategyKind};
 use crate::upstream::Backend;
 
 /// Picks the eligible backend with the lowest `active / effective_weight`.
@@ -12,8 +11,7 @@ use crate::upstream::Backend;
 /// life), not here, so a rebuilt strategy sees the same counts as the old one.
 #[derive(Debug, Default)]
 pub struct LeastConn {
-    /// Where the next scan starts, so tied backends alternate.
-    next: AtomicUsize,
+    scan: RotatingMin,
 }
 
 impl LeastConn {
@@ -36,12 +34,11 @@ impl Strategy for LeastConn {
         // Counts stay far below 2^53, so the conversions are exact. The effective weight
         // never exceeds the configured one, so `active / weight` is a lower bound that
         // needs no lock: most backends that cannot win are ruled out on it alone.
-        rotating_min(
-            backends.len(),
-            &self.next,
+        self.scan.pick(
+            backends,
             eligible,
-            |i| (backends[i].active() as f64, f64::from(backends[i].weight)),
-            |i| (backends[i].active() as f64, backends[i].effective_weight()),
+            |b| (b.active() as f64, f64::from(b.weight)),
+            |b| (b.active() as f64, b.effective_weight()),
         )
     }
 }
@@ -50,20 +47,14 @@ impl Strategy for LeastConn {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::balance::testutil::{all, backends, set_active};
-
-    fn pick(lc: &LeastConn, bs: &[Arc<Backend>]) -> usize {
-        lc.pick(bs, &all, &PickContext::default()).unwrap()
-    }
+    use crate::balance::testutil::{all, backends, counts, pick, picks, set_active};
 
     #[test]
     fn picks_the_least_loaded() {
         let bs = backends(&[1, 1, 1]);
         let lc = LeastConn::new(&bs);
         set_active(&bs, &[2, 2, 0]);
-        for _ in 0..5 {
-            assert_eq!(pick(&lc, &bs), 2);
-        }
+        assert_eq!(picks(&lc, &bs, 5), [2; 5]);
         set_active(&bs, &[3, 1, 2]);
         assert_eq!(pick(&lc, &bs), 1);
     }
@@ -74,36 +65,28 @@ mod tests {
         let lc = LeastConn::new(&bs);
         // 1/1 > 2/3
         set_active(&bs, &[1, 2]);
-        for _ in 0..4 {
-            assert_eq!(pick(&lc, &bs), 1);
-        }
+        assert_eq!(picks(&lc, &bs, 4), [1; 4]);
         // 1/1 < 4/3
         set_active(&bs, &[1, 4]);
-        for _ in 0..4 {
-            assert_eq!(pick(&lc, &bs), 0);
-        }
+        assert_eq!(picks(&lc, &bs, 4), [0; 4]);
         // 1/1 == 3/3 exactly: a tie, so they alternate.
         set_active(&bs, &[1, 3]);
-        let picks: Vec<usize> = (0..4).map(|_| pick(&lc, &bs)).collect();
-        assert_eq!(picks.iter().filter(|&&i| i == 0).count(), 2, "{picks:?}");
-        assert_ne!(picks[0], picks[1]);
+        let got = picks(&lc, &bs, 4);
+        assert_eq!(got.iter().filter(|&&i| i == 0).count(), 2, "{got:?}");
+        assert_ne!(got[0], got[1]);
     }
 
     #[test]
     fn ties_alternate() {
         let bs = backends(&[1, 1, 1]);
         let lc = LeastConn::new(&bs);
-        let picks: Vec<usize> = (0..6).map(|_| pick(&lc, &bs)).collect();
-        assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
+        assert_eq!(picks(&lc, &bs, 6), [0, 1, 2, 0, 1, 2]);
 
         // Two tied at 0, one busy: the two idle ones share the traffic.
         set_active(&bs, &[0, 5, 0]);
-        let mut counts = [0; 3];
-        for _ in 0..300 {
-            counts[pick(&lc, &bs)] += 1;
-        }
-        assert_eq!(counts[1], 0);
-        assert!(counts[0] >= 100 && counts[2] >= 100, "{counts:?}");
+        let c = counts(&lc, &bs, &all, 300);
+        assert_eq!(c[1], 0);
+        assert!(c[0] >= 100 && c[2] >= 100, "{c:?}");
     }
 
     #[test]
@@ -134,13 +117,11 @@ mod tests {
         assert!(bs[0].effective_weight() < 0.06);
         // 1 / 0.05 = 20 > 5 / 1, though 1 / 1 (its configured weight) would win.
         set_active(&bs, &[1, 5]);
-        for _ in 0..4 {
-            assert_eq!(pick(&lc, &bs), 1);
-        }
+        assert_eq!(picks(&lc, &bs, 4), [1; 4]);
         // Idle, it is as good as any: 0 / 0.05 = 0 / 1.
         set_active(&bs, &[0, 0]);
-        let picks: Vec<usize> = (0..4).map(|_| pick(&lc, &bs)).collect();
-        assert_eq!(picks.iter().filter(|&&i| i == 0).count(), 2, "{picks:?}");
+        let got = picks(&lc, &bs, 4);
+        assert_eq!(got.iter().filter(|&&i| i == 0).count(), 2, "{got:?}");
     }
 
     #[test]

@@ -1,9 +1,8 @@
 //! Least time: lowest peak-EWMA latency × (active + 1) per unit of weight; ties take turns.
 
-use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
-use super::{rotating_min, PickContext, Strategy, StrategyKind};
+use super::{PickContext, RotatingMin, Strategy, StrategyKind};
 use crate::upstream::Backend;
 
 /// Picks the eligible backend with the lowest `ewma_us × (active + 1) / effective_weight`:
@@ -16,8 +15,7 @@ use crate::upstream::Backend;
 /// traffic and with it a real estimate.
 #[derive(Debug, Default)]
 pub struct LeastTime {
-    /// Where the next scan starts, so tied backends alternate.
-    next: AtomicUsize,
+    scan: RotatingMin,
 }
 
 impl LeastTime {
@@ -39,13 +37,11 @@ impl Strategy for LeastTime {
     ) -> Option<usize> {
         // No useful lock-free lower bound here (the latency could be anything), so the
         // floor is 0 and every eligible backend is scored.
-        rotating_min(
-            backends.len(),
-            &self.next,
+        self.scan.pick(
+            backends,
             eligible,
             |_| (0.0, 1.0),
-            |i| {
-                let b = &backends[i];
+            |b| {
                 let cost = b.stats.ewma.get_us() * (b.active() as f64 + 1.0);
                 (cost, b.effective_weight())
             },
@@ -57,13 +53,9 @@ impl Strategy for LeastTime {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::balance::testutil::{all, backends, set_active};
+    use crate::balance::testutil::{all, backends, pick, picks, set_active};
     use crate::upstream::backend::PeakEwma;
     use std::time::Duration;
-
-    fn pick(s: &LeastTime, bs: &[Arc<Backend>]) -> usize {
-        s.pick(bs, &all, &PickContext::default()).unwrap()
-    }
 
     #[test]
     fn faster_backend_wins_despite_more_active() {
@@ -73,17 +65,13 @@ mod tests {
         bs[1].stats.ewma.observe(Duration::from_millis(1));
         // 10_000 × 1 = 10_000 vs 1_000 × (3 + 1) = 4_000.
         set_active(&bs, &[0, 3]);
-        for _ in 0..4 {
-            assert_eq!(pick(&s, &bs), 1);
-        }
+        assert_eq!(picks(&s, &bs, 4), [1; 4]);
         // 10_000 × 1 vs 1_000 × 9 = 9_000: still the fast one.
         set_active(&bs, &[0, 8]);
         assert_eq!(pick(&s, &bs), 1);
         // 10_000 × 1 vs 1_000 × 11 = 11_000: now the slow idle one.
         set_active(&bs, &[0, 10]);
-        for _ in 0..4 {
-            assert_eq!(pick(&s, &bs), 0);
-        }
+        assert_eq!(picks(&s, &bs, 4), [0; 4]);
     }
 
     #[test]
@@ -94,9 +82,7 @@ mod tests {
         // b0: no sample (1_000 µs); b1: 2 ms; b2: 0.5 ms.
         bs[1].stats.ewma.observe(Duration::from_millis(2));
         bs[2].stats.ewma.observe(Duration::from_micros(500));
-        for _ in 0..3 {
-            assert_eq!(pick(&s, &bs), 2);
-        }
+        assert_eq!(picks(&s, &bs, 3), [2; 3]);
         assert_eq!(s.pick(&bs, &|i| i != 2, &PickContext::default()), Some(0));
         // 1_000 × 3 = 3_000 vs 2_000 × 1: the sampled 2 ms one.
         set_active(&bs, &[2, 0, 0]);
@@ -109,9 +95,7 @@ mod tests {
         let s = LeastTime::new(&bs);
         // Both without samples: 1_000 × 2 / 3 ≈ 667 vs 1_000 × 1 / 1.
         set_active(&bs, &[1, 0]);
-        for _ in 0..4 {
-            assert_eq!(pick(&s, &bs), 0);
-        }
+        assert_eq!(picks(&s, &bs, 4), [0; 4]);
         // 1_000 × 4 / 3 ≈ 1_333 vs 1_000.
         set_active(&bs, &[3, 0]);
         assert_eq!(pick(&s, &bs), 1);
@@ -121,14 +105,13 @@ mod tests {
     fn ties_alternate() {
         let bs = backends(&[1, 1, 1]);
         let s = LeastTime::new(&bs);
-        let picks: Vec<usize> = (0..6).map(|_| pick(&s, &bs)).collect();
-        assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
+        assert_eq!(picks(&s, &bs, 6), [0, 1, 2, 0, 1, 2]);
         // 1_000 × (2 + 1) / 3 equals 1_000 × 1 / 1 exactly: a tie.
         let weighted = backends(&[3, 1]);
         let s = LeastTime::new(&weighted);
         set_active(&weighted, &[2, 0]);
-        let picks: Vec<usize> = (0..4).map(|_| pick(&s, &weighted)).collect();
-        assert_eq!(picks.iter().filter(|&&i| i == 0).count(), 2, "{picks:?}");
+        let got = picks(&s, &weighted, 4);
+        assert_eq!(got.iter().filter(|&&i| i == 0).count(), 2, "{got:?}");
     }
 
     #[test]

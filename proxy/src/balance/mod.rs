@@ -129,49 +129,61 @@ fn cmp_load(a_cost: f64, a_weight: f64, b_cost: f64, b_weight: f64) -> CmpOrderi
     (a_cost * b_weight).total_cmp(&(b_cost * a_weight))
 }
 
-/// Index of the eligible backend with the lowest `cost / weight`, as given by `load(i)`.
+/// The scan behind [`least_conn`] and [`least_time`]: the eligible backend with the lowest
+/// score, a score being a `(cost, weight)` pair compared as `cost / weight` (see [`cmp_load`]).
 ///
-/// The scan starts at a rotating offset and keeps the first minimum it meets, so backends
-/// that tie take turns instead of the first one in the list getting every tied request.
-///
-/// `floor(i)` is a cheap lower bound of `load(i)` (as `cost / weight` too): a backend whose
-/// floor already cannot beat the best so far is skipped without computing `load(i)`, which
-/// takes the backend's locks. It must never exceed `load(i)`.
-#[inline]
-fn rotating_min(
-    n: usize,
-    next: &AtomicUsize,
-    eligible: &dyn Fn(usize) -> bool,
-    floor: impl Fn(usize) -> (f64, f64),
-    load: impl Fn(usize) -> (f64, f64),
-) -> Option<usize> {
-    if n == 0 {
-        return None;
-    }
-    let start = next.fetch_add(1, Ordering::Relaxed) % n;
-    let mut best: Option<(usize, f64, f64)> = None;
-    for k in 0..n {
-        let i = if start + k >= n {
-            start + k - n
-        } else {
-            start + k
-        };
-        if !eligible(i) {
-            continue;
+/// Each scan starts one place after the previous one and keeps the first minimum it meets, so
+/// backends that tie take turns instead of the first one in the list getting every tied request.
+#[derive(Debug, Default)]
+struct RotatingMin {
+    /// Where the next scan starts, so tied backends alternate.
+    next: AtomicUsize,
+}
+
+impl RotatingMin {
+    /// Index of the eligible backend with the lowest `load(backend)`.
+    ///
+    /// `floor(backend)` is a cheap lower bound of `load(backend)`: a backend whose floor already
+    /// cannot beat the best so far is skipped without computing its load, which takes the
+    /// backend's locks. It must never exceed `load(backend)`.
+    #[inline]
+    fn pick(
+        &self,
+        backends: &[Arc<Backend>],
+        eligible: &dyn Fn(usize) -> bool,
+        floor: impl Fn(&Backend) -> (f64, f64),
+        load: impl Fn(&Backend) -> (f64, f64),
+    ) -> Option<usize> {
+        let n = backends.len();
+        if n == 0 {
+            return None;
         }
-        if let Some((_, bc, bw)) = best {
-            let (fc, fw) = floor(i);
-            if cmp_load(fc, fw, bc, bw).is_ge() {
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        let mut best: Option<(usize, f64, f64)> = None;
+        for k in 0..n {
+            let i = if start + k >= n {
+                start + k - n
+            } else {
+                start + k
+            };
+            if !eligible(i) {
                 continue;
             }
+            let backend: &Backend = &backends[i];
+            if let Some((_, bc, bw)) = best {
+                let (fc, fw) = floor(backend);
+                if cmp_load(fc, fw, bc, bw).is_ge() {
+                    continue;
+                }
+            }
+            let (cost, weight) = load(backend);
+            match best {
+                Some((_, bc, bw)) if cmp_load(cost, weight, bc, bw).is_ge() => {}
+                _ => best = Some((i, cost, weight)),
+            }
         }
-        let (cost, weight) = load(i);
-        match best {
-            Some((_, bc, bw)) if cmp_load(cost, weight, bc, bw).is_ge() => {}
-            _ => best = Some((i, cost, weight)),
-        }
+        best.map(|(i, _, _)| i)
     }
-    best.map(|(i, _, _)| i)
 }
 
 /// Helpers shared by the strategies' unit tests.
@@ -181,6 +193,7 @@ pub(crate) mod testutil {
     use std::sync::atomic::Ordering;
     use std::sync::Arc;
 
+    use super::{PickContext, Strategy};
     use crate::upstream::Backend;
 
     /// Backends `b0`, `b1`, … on 127.0.0.1:8000+i with the given weights.
@@ -204,6 +217,48 @@ pub(crate) mod testutil {
 
     pub fn all(_: usize) -> bool {
         true
+    }
+
+    /// `n` picks in a row among the backends `eligible` allows, without a request context.
+    ///
+    /// # Panics
+    /// When a pick finds no backend.
+    pub fn picks_from(
+        s: &dyn Strategy,
+        bs: &[Arc<Backend>],
+        eligible: &dyn Fn(usize) -> bool,
+        n: usize,
+    ) -> Vec<usize> {
+        (0..n)
+            .map(|_| {
+                s.pick(bs, eligible, &PickContext::default())
+                    .expect("an eligible backend")
+            })
+            .collect()
+    }
+
+    /// `n` picks in a row among all of `bs`; see [`picks_from`].
+    pub fn picks(s: &dyn Strategy, bs: &[Arc<Backend>], n: usize) -> Vec<usize> {
+        picks_from(s, bs, &all, n)
+    }
+
+    /// One pick among all of `bs`; see [`picks_from`].
+    pub fn pick(s: &dyn Strategy, bs: &[Arc<Backend>]) -> usize {
+        picks(s, bs, 1)[0]
+    }
+
+    /// How many of `n` picks among the backends `eligible` allows went to each backend.
+    pub fn counts(
+        s: &dyn Strategy,
+        bs: &[Arc<Backend>],
+        eligible: &dyn Fn(usize) -> bool,
+        n: usize,
+    ) -> Vec<usize> {
+        let mut c = vec![0; bs.len()];
+        for i in picks_from(s, bs, eligible, n) {
+            c[i] += 1;
+        }
+        c
     }
 }
 

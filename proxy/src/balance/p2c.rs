@@ -92,20 +92,7 @@ impl Strategy for P2c {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::balance::testutil::{all, backends, set_active};
-
-    fn counts(
-        s: &P2c,
-        bs: &[Arc<Backend>],
-        eligible: &dyn Fn(usize) -> bool,
-        picks: usize,
-    ) -> Vec<usize> {
-        let mut c = vec![0; bs.len()];
-        for _ in 0..picks {
-            c[s.pick(bs, eligible, &PickContext::default()).unwrap()] += 1;
-        }
-        c
-    }
+    use crate::balance::testutil::{all, backends, counts, set_active};
 
     #[test]
     fn loaded_backend_is_avoided() {

@@ -67,19 +67,18 @@ impl Strategy for RoundRobin {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::balance::testutil::{all, backends};
+    use crate::balance::testutil::{all, backends, counts, picks_from};
 
+    /// `n` picks as letters: `a` for the first backend, `b` for the second…
     fn sequence(
         rr: &RoundRobin,
         bs: &[Arc<Backend>],
         eligible: &dyn Fn(usize) -> bool,
         n: usize,
     ) -> String {
-        (0..n)
-            .map(|_| {
-                let i = rr.pick(bs, eligible, &PickContext::default()).unwrap();
-                char::from(b'a' + u8::try_from(i).unwrap())
-            })
+        picks_from(rr, bs, eligible, n)
+            .into_iter()
+            .map(|i| char::from(b'a' + u8::try_from(i).unwrap()))
             .collect()
     }
 
@@ -129,10 +128,6 @@ mod tests {
     fn distribution_follows_weights() {
         let bs = backends(&[3, 2, 1]);
         let rr = RoundRobin::new(&bs);
-        let mut counts = [0; 3];
-        for _ in 0..600 {
-            counts[rr.pick(&bs, &all, &PickContext::default()).unwrap()] += 1;
-        }
-        assert_eq!(counts, [300, 200, 100]);
+        assert_eq!(counts(&rr, &bs, &all, 600), [300, 200, 100]);
     }
 }

@@ -1,0 +1,139 @@
+//! The Engine.IO server's settings: heartbeat, limits, path, CORS and the node's identity.
+
+use std::time::Duration;
+
+use http::HeaderValue;
+
+/// Which cross-origin requests the server allows (browsers only; other clients ignore it).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Cors {
+    /// No CORS headers; preflight requests are refused like any other bad request.
+    #[default]
+    Disabled,
+    /// `Access-Control-Allow-Origin: *`, without credentials (the official suites' setting,
+    /// `cors: { origin: "*" }`).
+    AnyOrigin,
+    /// The request's `Origin` is echoed back with `Access-Control-Allow-Credentials: true`,
+    /// so that browsers may send cookies (`cors: { origin: true, credentials: true }`).
+    MirrorOrigin,
+    /// Like [`Cors::MirrorOrigin`], for the listed origins only (`https://chat.example`).
+    Origins(Vec<String>),
+}
+
+/// Settings of an Engine.IO server; the defaults are the reference server's.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// The path the server answers on, with a trailing slash: `/engine.io/`, `/socket.io/`.
+    pub path: String,
+    /// How long after the handshake (then after each pong) the server sends a ping.
+    pub ping_interval: Duration,
+    /// How long the server waits for the pong before it closes the session.
+    pub ping_timeout: Duration,
+    /// The largest POST body and WebSocket message accepted, in bytes; also the largest
+    /// polling response the server builds when it has several packets to send.
+    pub max_payload: usize,
+    /// How long a WebSocket may take to complete an upgrade from polling (`2probe` … `5`).
+    pub upgrade_timeout: Duration,
+    /// How long a closing session waits for a poll to deliver its last packets.
+    pub close_timeout: Duration,
+    /// The most packets queued for a client that does not read them; beyond it the session
+    /// is closed (a slow or gone client must not hold memory forever).
+    pub max_queued_packets: usize,
+    /// Cross-origin policy.
+    pub cors: Cors,
+    /// This node's name, sent in the `x-served-by` header of every response.
+    pub node_id: String,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            path: "/engine.io/".to_owned(),
+            ping_interval: Duration::from_millis(25_000),
+            ping_timeout: Duration::from_millis(20_000),
+            max_payload: 1_000_000,
+            upgrade_timeout: Duration::from_millis(10_000),
+            close_timeout: Duration::from_millis(30_000),
+            max_queued_packets: 10_000,
+            cors: Cors::Disabled,
+            node_id: "chat-node".to_owned(),
+        }
+    }
+}
+
+/// An invalid setting.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The path must start and end with `/`.
+    #[error("path {0:?} must start and end with '/'")]
+    Path(String),
+    /// A duration that must be positive is zero.
+    #[error("{0} must be greater than zero")]
+    Zero(&'static str),
+    /// The node id cannot be sent in an HTTP header.
+    #[error("node id {0:?} is not a valid header value")]
+    NodeId(String),
+}
+
+impl EngineConfig {
+    /// Checks the settings.
+    pub fn validate(self) -> Result<Self, ConfigError> {
+        if !self.path.starts_with('/') || !self.path.ends_with('/') {
+            return Err(ConfigError::Path(self.path));
+        }
+        for (name, value) in [
+            ("ping_interval", self.ping_interval),
+            ("ping_timeout", self.ping_timeout),
+            ("upgrade_timeout", self.upgrade_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::Zero(name));
+            }
+        }
+        if self.max_payload == 0 {
+            return Err(ConfigError::Zero("max_payload"));
+        }
+        if self.max_queued_packets == 0 {
+            return Err(ConfigError::Zero("max_queued_packets"));
+        }
+        if HeaderValue::from_str(&self.node_id).is_err() {
+            return Err(ConfigError::NodeId(self.node_id));
+        }
+        Ok(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        assert!(EngineConfig::default().validate().is_ok());
+    }
+
+    #[test]
+    fn bad_settings_are_errors() {
+        let path = EngineConfig {
+            path: "/socket.io".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            path.validate().err(),
+            Some(ConfigError::Path("/socket.io".into()))
+        );
+        let zero = EngineConfig {
+            ping_interval: Duration::ZERO,
+            ..Default::default()
+        };
+        assert_eq!(
+            zero.validate().err(),
+            Some(ConfigError::Zero("ping_interval"))
+        );
+        let node = EngineConfig {
+            node_id: "a\nb".into(),
+            ..Default::default()
+        };
+        assert!(matches!(node.validate(), Err(ConfigError::NodeId(_))));
+    }
+}

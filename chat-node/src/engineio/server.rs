@@ -1,0 +1,390 @@
+//! The Engine.IO server: the session table, the handshake, and the HTTP handler for the
+//! engine path (GET/POST long-polling, WebSocket handshakes and upgrades, CORS preflight).
+//!
+//! Requests are checked in the reference server's order: transport, then session id (or,
+//! for a handshake, method and protocol version), and refused with its status and body
+//! (see [`EngineError`]).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{FromRequestParts as _, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use axum::Router;
+use bytes::Bytes;
+use parking_lot::RwLock;
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use super::config::{ConfigError, Cors, EngineConfig};
+use super::error::EngineError;
+use super::packet::Transport;
+use super::session::{CloseReason, Message, Session};
+use super::sid::Sid;
+use super::{polling, websocket};
+
+/// The header naming the node that answered, on every response.
+pub const SERVED_BY: HeaderName = HeaderName::from_static("x-served-by");
+
+/// What the layer above Engine.IO (Socket.IO, or the conformance echo server) does with
+/// sessions.
+pub trait Handler: Send + Sync + 'static {
+    /// A session opened. `inbound` yields the client's messages in order and ends when the
+    /// session closes ([`Session::close_reason`] then says why). Called on the request's
+    /// task: spawn to do anything long.
+    fn on_open(&self, session: Arc<Session>, inbound: mpsc::Receiver<Message>);
+}
+
+/// The open sessions of this node.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    map: RwLock<HashMap<Sid, Arc<Session>>>,
+}
+
+impl Sessions {
+    /// The session with this id, if it is open here.
+    pub fn get(&self, sid: Sid) -> Option<Arc<Session>> {
+        self.map.read().get(&sid).cloned()
+    }
+
+    /// How many sessions are open.
+    pub fn len(&self) -> usize {
+        self.map.read().len()
+    }
+
+    /// Whether no session is open.
+    pub fn is_empty(&self) -> bool {
+        self.map.read().is_empty()
+    }
+
+    fn insert(&self, session: Arc<Session>) {
+        self.map.write().insert(session.id(), session);
+    }
+
+    pub(crate) fn remove(&self, sid: Sid) {
+        self.map.write().remove(&sid);
+    }
+
+    fn all(&self) -> Vec<Arc<Session>> {
+        self.map.read().values().cloned().collect()
+    }
+}
+
+/// An Engine.IO server: cheap to clone, all clones share the sessions.
+#[derive(Clone)]
+pub struct EngineIo {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Arc<EngineConfig>,
+    sessions: Arc<Sessions>,
+    handler: Arc<dyn Handler>,
+    served_by: HeaderValue,
+}
+
+/// The query parameters of an Engine.IO request.
+#[derive(Debug, Default, Deserialize)]
+struct EngineQuery {
+    #[serde(rename = "EIO")]
+    eio: Option<String>,
+    transport: Option<String>,
+    sid: Option<String>,
+}
+
+impl EngineIo {
+    /// A server with these settings, handing its sessions to `handler`.
+    pub fn new(config: EngineConfig, handler: impl Handler) -> Result<Self, ConfigError> {
+        let config = config.validate()?;
+        let served_by = HeaderValue::from_str(&config.node_id)
+            .map_err(|_| ConfigError::NodeId(config.node_id.clone()))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config: Arc::new(config),
+                sessions: Arc::new(Sessions::default()),
+                handler: Arc::new(handler),
+                served_by,
+            }),
+        })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+
+    /// The open sessions.
+    pub fn sessions(&self) -> &Sessions {
+        &self.inner.sessions
+    }
+
+    /// The engine path's routes (with and without the trailing slash), without the
+    /// `x-served-by` header: merge them with other routes, then call [`served_by`].
+    pub fn routes(&self) -> Router {
+        let path = self.inner.config.path.clone();
+        let mut router = Router::new().route(&path, any(handle));
+        let bare = path.trim_end_matches('/');
+        if !bare.is_empty() {
+            router = router.route(bare, any(handle));
+        }
+        router.with_state(self.clone())
+    }
+
+    /// The whole application: [`EngineIo::routes`], 404 elsewhere, and `x-served-by` on
+    /// every response.
+    pub fn router(&self) -> Router {
+        served_by(self.routes(), self.inner.served_by.clone())
+    }
+
+    /// Serves on `listener` until `shutdown` completes, then closes every session (pending
+    /// polls return, WebSockets close) and waits for the requests in flight.
+    pub async fn serve<F>(self, listener: TcpListener, shutdown: F) -> std::io::Result<()>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let router = self.router();
+        let engine = self.clone();
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                engine.close_all(CloseReason::ServerShutdown);
+            })
+            .await
+    }
+
+    /// Closes every session.
+    pub fn close_all(&self, reason: CloseReason) {
+        for session in self.inner.sessions.all() {
+            session.close(reason);
+        }
+    }
+
+    /// Opens a session and hands it to the handler.
+    fn open(&self, transport: Transport) -> Arc<Session> {
+        let (session, inbound) = Session::new(
+            Sid::random(),
+            Arc::clone(&self.inner.config),
+            transport,
+            Arc::downgrade(&self.inner.sessions),
+        );
+        self.inner.sessions.insert(Arc::clone(&session));
+        session.spawn_heartbeat();
+        tracing::debug!(sid = %session.id(), %transport, "session opened");
+        self.inner.handler.on_open(Arc::clone(&session), inbound);
+        session
+    }
+
+    /// Serves one request on the engine path (CORS aside).
+    async fn dispatch(&self, request: Request) -> Result<Response, EngineError> {
+        let query = Query::<EngineQuery>::try_from_uri(request.uri())
+            .map(|q| q.0)
+            .unwrap_or_default();
+        let transport: Transport = query
+            .transport
+            .as_deref()
+            .and_then(|t| t.parse().ok())
+            .ok_or(EngineError::UnknownTransport)?;
+        let (mut parts, body) = request.into_parts();
+        let Some(sid) = query.sid else {
+            // A handshake.
+            if parts.method != Method::GET {
+                return Err(EngineError::BadHandshakeMethod);
+            }
+            let upgrade = match transport {
+                Transport::Websocket => Some(
+                    WebSocketUpgrade::from_request_parts(&mut parts, &())
+                        .await
+                        .map_err(|_| EngineError::BadRequest)?,
+                ),
+                Transport::Polling => None,
+            };
+            if query.eio.as_deref() != Some("4") {
+                return Err(EngineError::UnsupportedProtocolVersion);
+            }
+            return Ok(match upgrade {
+                Some(upgrade) => {
+                    let engine = self.clone();
+                    self.configure(upgrade)
+                        .on_upgrade(move |socket| async move {
+                            let session = engine.open(Transport::Websocket);
+                            websocket::run(socket, session).await;
+                        })
+                }
+                None => {
+                    let session = self.open(Transport::Polling);
+                    polling_response(polling::poll(&session).await?)
+                }
+            });
+        };
+
+        let session = sid
+            .parse::<Sid>()
+            .ok()
+            .and_then(|sid| self.inner.sessions.get(sid))
+            .ok_or(EngineError::UnknownSid)?;
+        if session.expire_if_overdue() {
+            return Err(EngineError::UnknownSid);
+        }
+        match transport {
+            Transport::Polling => {
+                if session.transport() != Transport::Polling {
+                    return Err(EngineError::BadRequest);
+                }
+                match parts.method {
+                    Method::GET => Ok(polling_response(polling::poll(&session).await?)),
+                    Method::POST => {
+                        let binary = parts
+                            .headers
+                            .get(header::CONTENT_TYPE)
+                            .is_some_and(|v| v.as_bytes() == b"application/octet-stream");
+                        let body =
+                            read_body(&parts.headers, body, self.inner.config.max_payload).await?;
+                        polling::post(&session, binary, body).await?;
+                        Ok((
+                            [(header::CONTENT_TYPE, HeaderValue::from_static("text/html"))],
+                            "ok",
+                        )
+                            .into_response())
+                    }
+                    _ => Err(EngineError::BadRequest),
+                }
+            }
+            Transport::Websocket => {
+                let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, &())
+                    .await
+                    .map_err(|_| EngineError::BadRequest)?;
+                Ok(self
+                    .configure(upgrade)
+                    .on_upgrade(move |mut socket| async move {
+                        // As the reference server: the WebSocket opens, and closes at once when
+                        // the session is already on WebSocket or another one is upgrading.
+                        if session.try_attach_upgrade() {
+                            websocket::upgrade(socket, session).await;
+                        } else {
+                            websocket::close(&mut socket).await;
+                        }
+                    }))
+            }
+        }
+    }
+
+    fn configure(&self, upgrade: WebSocketUpgrade) -> WebSocketUpgrade {
+        let max = self.inner.config.max_payload;
+        upgrade.max_message_size(max).max_frame_size(max)
+    }
+}
+
+/// Adds `x-served-by: <node_id>` to every response of `router`.
+pub fn served_by(router: Router, node_id: HeaderValue) -> Router {
+    router.layer(axum::middleware::map_response(
+        move |mut response: Response| {
+            let node_id = node_id.clone();
+            async move {
+                response.headers_mut().insert(SERVED_BY, node_id);
+                response
+            }
+        },
+    ))
+}
+
+async fn handle(State(engine): State<EngineIo>, request: Request) -> Response {
+    let cors = &engine.inner.config.cors;
+    let headers = cors_headers(cors, request.headers());
+    let mut response = if request.method() == Method::OPTIONS && *cors != Cors::Disabled {
+        preflight(request.headers())
+    } else {
+        match engine.dispatch(request).await {
+            Ok(response) => response,
+            Err(error) => error.into_response(),
+        }
+    };
+    response.headers_mut().extend(headers);
+    response
+}
+
+/// A poll's answer.
+fn polling_response(body: String) -> Response {
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=UTF-8"),
+            ),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// Reads a POST body of at most `max` bytes.
+async fn read_body(headers: &HeaderMap, body: Body, max: usize) -> Result<Bytes, EngineError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max as u64) {
+        return Err(EngineError::PayloadTooLarge);
+    }
+    axum::body::to_bytes(body, max).await.map_err(|error| {
+        let too_large = std::error::Error::source(&error)
+            .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
+        if too_large {
+            EngineError::PayloadTooLarge
+        } else {
+            EngineError::BadRequest
+        }
+    })
+}
+
+/// The CORS headers of a response to a request with these headers.
+fn cors_headers(cors: &Cors, request: &HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
+    let origin = request.get(header::ORIGIN);
+    let echo = |origin: &HeaderValue| {
+        vec![
+            (header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone()),
+            (
+                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            ),
+            (header::VARY, HeaderValue::from_static("Origin")),
+        ]
+    };
+    match (cors, origin) {
+        (Cors::Disabled, _) => Vec::new(),
+        (Cors::AnyOrigin, _) => vec![(
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            HeaderValue::from_static("*"),
+        )],
+        (Cors::MirrorOrigin, Some(origin)) => echo(origin),
+        (Cors::Origins(allowed), Some(origin))
+            if allowed.iter().any(|a| a.as_bytes() == origin.as_bytes()) =>
+        {
+            echo(origin)
+        }
+        (Cors::MirrorOrigin | Cors::Origins(_), _) => {
+            vec![(header::VARY, HeaderValue::from_static("Origin"))]
+        }
+    }
+}
+
+/// The answer to a CORS preflight (`OPTIONS`); the origin headers are added by the caller.
+fn preflight(request: &HeaderMap) -> Response {
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET,POST,OPTIONS"),
+    );
+    if let Some(requested) = request.get(header::ACCESS_CONTROL_REQUEST_HEADERS) {
+        headers.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, requested.clone());
+    }
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    response
+}

@@ -1,0 +1,127 @@
+//! The WebSocket transport: one Engine.IO packet per frame (binary messages as binary
+//! frames), for sessions that start on WebSocket and for sessions upgraded from polling.
+
+use std::sync::Arc;
+
+use axum::extract::ws::{Message as WsMessage, WebSocket};
+use futures::SinkExt as _;
+
+use super::packet::{Frame, Packet, PROBE};
+use super::session::{CloseReason, Session};
+
+/// Serves a session on `socket` until either ends.
+pub(crate) async fn run(mut socket: WebSocket, session: Arc<Session>) {
+    loop {
+        let notified = session.changed.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+
+        let (packets, closing) = match session.take_all() {
+            Ok(taken) => taken,
+            Err(_) => {
+                close(&mut socket).await;
+                return;
+            }
+        };
+        if !packets.is_empty() && write(&mut socket, packets).await.is_err() {
+            session.close(CloseReason::TransportError);
+            return;
+        }
+        if closing {
+            // Everything queued before the close has been written.
+            session.close(CloseReason::ForcedClose);
+            close(&mut socket).await;
+            return;
+        }
+
+        tokio::select! {
+            () = &mut notified => {}
+            frame = socket.recv() => {
+                let packet = match frame {
+                    Some(Ok(WsMessage::Text(text))) => Packet::decode_text(text.as_str()),
+                    Some(Ok(WsMessage::Binary(data))) => Packet::decode_frame(Frame::Binary(data)),
+                    Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
+                    Some(Ok(WsMessage::Close(_))) | None => {
+                        session.close(CloseReason::TransportClose);
+                        return;
+                    }
+                    Some(Err(error)) => {
+                        // Mostly a connection dropped without a close frame; also a
+                        // message larger than `max_payload`.
+                        tracing::debug!(sid = %session.id(), %error, "websocket error");
+                        session.close(CloseReason::TransportClose);
+                        return;
+                    }
+                };
+                let result = match packet {
+                    Ok(packet) => session.receive(packet).await,
+                    Err(error) => {
+                        tracing::debug!(sid = %session.id(), %error, "invalid packet");
+                        session.close(CloseReason::ParseError);
+                        Err(CloseReason::ParseError)
+                    }
+                };
+                if result.is_err() {
+                    close(&mut socket).await;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Runs the upgrade of a polling session to `socket`: the probe (`2probe` → `3probe`,
+/// which makes pending polls return a noop), then `5`, after which the WebSocket carries
+/// the session. Anything else, a timeout or the session closing ends only the WebSocket;
+/// polling goes on.
+pub(crate) async fn upgrade(mut socket: WebSocket, session: Arc<Session>) {
+    let deadline = tokio::time::sleep(session.config().upgrade_timeout);
+    tokio::pin!(deadline);
+    loop {
+        let frame = tokio::select! {
+            () = &mut deadline => None,
+            () = session.closed() => None,
+            frame = socket.recv() => frame,
+        };
+        let packet = match frame {
+            Some(Ok(WsMessage::Text(text))) => Packet::decode_text(text.as_str()).ok(),
+            Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
+            _ => None,
+        };
+        match packet {
+            Some(Packet::Ping(data)) if data == PROBE => {
+                let pong = Packet::Pong(PROBE.to_owned()).to_text();
+                if socket.send(WsMessage::Text(pong.into())).await.is_err() {
+                    break;
+                }
+                session.upgrade_probed();
+            }
+            Some(Packet::Upgrade) => {
+                if session.complete_upgrade() {
+                    return run(socket, session).await;
+                }
+                break;
+            }
+            _ => break,
+        }
+    }
+    session.abort_upgrade();
+    close(&mut socket).await;
+}
+
+/// Writes packets, one frame each, then flushes.
+async fn write(socket: &mut WebSocket, packets: Vec<Packet>) -> Result<(), axum::Error> {
+    for packet in packets {
+        let message = match packet.to_frame() {
+            Frame::Text(text) => WsMessage::Text(text.into()),
+            Frame::Binary(data) => WsMessage::Binary(data),
+        };
+        socket.feed(message).await?;
+    }
+    socket.flush().await
+}
+
+/// Sends a close frame; the peer may already be gone.
+pub(crate) async fn close(socket: &mut WebSocket) {
+    let _ = socket.send(WsMessage::Close(None)).await;
+}

@@ -1,0 +1,361 @@
+//! Rooms and broadcasts: the [`Adapter`] trait, one per namespace, and [`LocalAdapter`], the
+//! in-process implementation.
+//!
+//! A broadcast travels as an encoded packet ([`Encoded`]: text plus attachments), encoded
+//! once and handed to every target as is, so that a distributed adapter can ship it between
+//! nodes unchanged. Every socket is in the room named by its id, which is how a broadcast
+//! reaches "one socket" or excludes the sender.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::{Arc, Weak};
+
+use async_trait::async_trait;
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+
+use super::packet::{Encoded, Namespace};
+use crate::engineio::Sid;
+
+/// A room name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Room(Arc<str>);
+
+impl Serialize for Room {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Room {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Self::from)
+    }
+}
+
+impl Room {
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Room {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<&str> for Room {
+    fn from(name: &str) -> Self {
+        Self(name.into())
+    }
+}
+
+impl From<String> for Room {
+    fn from(name: String) -> Self {
+        Self(name.into())
+    }
+}
+
+/// The room of one socket, named by its id.
+impl From<Sid> for Room {
+    fn from(sid: Sid) -> Self {
+        Self(sid.as_str().into())
+    }
+}
+
+impl AsRef<str> for Room {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Which sockets of a namespace a broadcast reaches.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BroadcastOptions {
+    /// The sockets in any of these rooms; every socket of the namespace when empty.
+    pub rooms: Vec<Room>,
+    /// Minus the sockets in any of these rooms.
+    pub except: Vec<Room>,
+}
+
+/// A failure of a distributed adapter (the in-process one cannot fail).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AdapterError {
+    /// The broker behind the adapter cannot be reached.
+    #[error("adapter unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// The sockets of one namespace on this node, as an adapter sees them.
+pub trait LocalSockets: Send + Sync + 'static {
+    /// Sends an encoded packet to the local socket `sid`, if it is still connected.
+    fn deliver(&self, sid: Sid, packet: &Encoded);
+}
+
+/// Room membership and broadcasts for one namespace.
+///
+/// Membership is about this node's sockets; a broadcast reaches the matching sockets
+/// wherever they are connected (on this node only, for [`LocalAdapter`]).
+#[async_trait]
+pub trait Adapter: Send + Sync + 'static {
+    /// Adds a local socket to rooms.
+    async fn add_all(&self, sid: Sid, rooms: Vec<Room>) -> Result<(), AdapterError>;
+    /// Removes a local socket from a room.
+    async fn del(&self, sid: Sid, room: Room) -> Result<(), AdapterError>;
+    /// Removes a local socket from every room (it disconnected).
+    async fn del_all(&self, sid: Sid) -> Result<(), AdapterError>;
+    /// The rooms a local socket is in.
+    async fn rooms_of(&self, sid: Sid) -> Result<Vec<Room>, AdapterError>;
+    /// Sends `packet` to the sockets `opts` selects.
+    async fn broadcast(&self, packet: Encoded, opts: BroadcastOptions) -> Result<(), AdapterError>;
+    /// The ids of the sockets `opts` selects.
+    async fn sockets(&self, opts: BroadcastOptions) -> Result<Vec<Sid>, AdapterError>;
+}
+
+/// Makes the adapter of each namespace.
+pub trait AdapterFactory: Send + Sync + 'static {
+    /// The adapter of namespace `nsp`, delivering to its local sockets through `local`.
+    fn create(&self, nsp: &Namespace, local: Weak<dyn LocalSockets>) -> Arc<dyn Adapter>;
+}
+
+/// Makes [`LocalAdapter`]s: one node, everything in memory.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LocalAdapterFactory;
+
+impl AdapterFactory for LocalAdapterFactory {
+    fn create(&self, _nsp: &Namespace, local: Weak<dyn LocalSockets>) -> Arc<dyn Adapter> {
+        Arc::new(LocalAdapter::new(local))
+    }
+}
+
+/// Room membership in memory, broadcasts delivered to local sockets. A distributed adapter
+/// keeps one for its node's sockets and adds the traffic between nodes.
+pub struct LocalAdapter {
+    local: Weak<dyn LocalSockets>,
+    index: RwLock<Index>,
+}
+
+#[derive(Default)]
+struct Index {
+    rooms: HashMap<Room, HashSet<Sid>>,
+    sids: HashMap<Sid, HashSet<Room>>,
+}
+
+impl fmt::Debug for LocalAdapter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let index = self.index.read();
+        f.debug_struct("LocalAdapter")
+            .field("rooms", &index.rooms.len())
+            .field("sockets", &index.sids.len())
+            .finish()
+    }
+}
+
+impl LocalAdapter {
+    /// An empty adapter delivering through `local`.
+    pub fn new(local: Weak<dyn LocalSockets>) -> Self {
+        Self {
+            local,
+            index: RwLock::new(Index::default()),
+        }
+    }
+
+    /// Adds `sid` to `rooms`.
+    pub fn join(&self, sid: Sid, rooms: impl IntoIterator<Item = Room>) {
+        let mut index = self.index.write();
+        for room in rooms {
+            index.rooms.entry(room.clone()).or_default().insert(sid);
+            index.sids.entry(sid).or_default().insert(room);
+        }
+    }
+
+    /// Removes `sid` from `room`.
+    pub fn leave(&self, sid: Sid, room: &Room) {
+        let mut index = self.index.write();
+        if let Some(members) = index.rooms.get_mut(room) {
+            members.remove(&sid);
+            if members.is_empty() {
+                index.rooms.remove(room);
+            }
+        }
+        if let Some(rooms) = index.sids.get_mut(&sid) {
+            rooms.remove(room);
+            if rooms.is_empty() {
+                index.sids.remove(&sid);
+            }
+        }
+    }
+
+    /// Removes `sid` from every room.
+    pub fn leave_all(&self, sid: Sid) {
+        let mut index = self.index.write();
+        let Some(rooms) = index.sids.remove(&sid) else {
+            return;
+        };
+        for room in rooms {
+            if let Some(members) = index.rooms.get_mut(&room) {
+                members.remove(&sid);
+                if members.is_empty() {
+                    index.rooms.remove(&room);
+                }
+            }
+        }
+    }
+
+    /// The rooms `sid` is in.
+    pub fn rooms(&self, sid: Sid) -> Vec<Room> {
+        self.index
+            .read()
+            .sids
+            .get(&sid)
+            .map(|rooms| rooms.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The local sockets `opts` selects (the reference adapter's `apply`).
+    pub fn targets(&self, opts: &BroadcastOptions) -> Vec<Sid> {
+        let index = self.index.read();
+        let except: HashSet<Sid> = opts
+            .except
+            .iter()
+            .filter_map(|room| index.rooms.get(room))
+            .flatten()
+            .copied()
+            .collect();
+        if opts.rooms.is_empty() {
+            return index
+                .sids
+                .keys()
+                .filter(|sid| !except.contains(sid))
+                .copied()
+                .collect();
+        }
+        let mut seen = HashSet::new();
+        opts.rooms
+            .iter()
+            .filter_map(|room| index.rooms.get(room))
+            .flatten()
+            .filter(|sid| !except.contains(sid) && seen.insert(**sid))
+            .copied()
+            .collect()
+    }
+
+    /// Delivers `packet` to the local sockets `opts` selects.
+    pub fn deliver(&self, packet: &Encoded, opts: &BroadcastOptions) {
+        let Some(local) = self.local.upgrade() else {
+            return;
+        };
+        for sid in self.targets(opts) {
+            local.deliver(sid, packet);
+        }
+    }
+}
+
+#[async_trait]
+impl Adapter for LocalAdapter {
+    async fn add_all(&self, sid: Sid, rooms: Vec<Room>) -> Result<(), AdapterError> {
+        self.join(sid, rooms);
+        Ok(())
+    }
+
+    async fn del(&self, sid: Sid, room: Room) -> Result<(), AdapterError> {
+        self.leave(sid, &room);
+        Ok(())
+    }
+
+    async fn del_all(&self, sid: Sid) -> Result<(), AdapterError> {
+        self.leave_all(sid);
+        Ok(())
+    }
+
+    async fn rooms_of(&self, sid: Sid) -> Result<Vec<Room>, AdapterError> {
+        Ok(self.rooms(sid))
+    }
+
+    async fn broadcast(&self, packet: Encoded, opts: BroadcastOptions) -> Result<(), AdapterError> {
+        self.deliver(&packet, &opts);
+        Ok(())
+    }
+
+    async fn sockets(&self, opts: BroadcastOptions) -> Result<Vec<Sid>, AdapterError> {
+        Ok(self.targets(&opts))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use parking_lot::Mutex;
+
+    use super::*;
+
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<(Sid, String)>>);
+
+    impl LocalSockets for Recorder {
+        fn deliver(&self, sid: Sid, packet: &Encoded) {
+            self.0.lock().push((sid, packet.text.clone()));
+        }
+    }
+
+    fn sorted(mut sids: Vec<Sid>) -> Vec<Sid> {
+        sids.sort();
+        sids
+    }
+
+    #[test]
+    fn rooms_select_and_except_excludes() {
+        let recorder = Arc::new(Recorder::default());
+        let local: Weak<dyn LocalSockets> = Arc::downgrade(&recorder) as Weak<dyn LocalSockets>;
+        let adapter = LocalAdapter::new(local);
+        let [a, b, c] = [Sid::random(), Sid::random(), Sid::random()];
+        for sid in [a, b, c] {
+            adapter.join(sid, [Room::from(sid)]);
+        }
+        adapter.join(a, [Room::from("red"), Room::from("blue")]);
+        adapter.join(b, [Room::from("red")]);
+
+        let all = BroadcastOptions::default();
+        assert_eq!(sorted(adapter.targets(&all)), sorted(vec![a, b, c]));
+        let red = BroadcastOptions {
+            rooms: vec!["red".into(), "blue".into()],
+            except: vec![],
+        };
+        // A socket in two of the rooms is reached once.
+        assert_eq!(sorted(adapter.targets(&red)), sorted(vec![a, b]));
+        let red_but_a = BroadcastOptions {
+            rooms: vec!["red".into()],
+            except: vec![Room::from(a)],
+        };
+        assert_eq!(adapter.targets(&red_but_a), vec![b]);
+        let all_but_blue = BroadcastOptions {
+            rooms: vec![],
+            except: vec!["blue".into()],
+        };
+        assert_eq!(sorted(adapter.targets(&all_but_blue)), sorted(vec![b, c]));
+
+        adapter.deliver(
+            &Encoded {
+                text: "2[\"x\"]".into(),
+                attachments: vec![],
+            },
+            &red_but_a,
+        );
+        assert_eq!(recorder.0.lock().clone(), vec![(b, "2[\"x\"]".to_owned())]);
+    }
+
+    #[test]
+    fn leaving_cleans_up_empty_rooms() {
+        let adapter = LocalAdapter::new(Weak::<Recorder>::new() as Weak<dyn LocalSockets>);
+        let a = Sid::random();
+        adapter.join(a, [Room::from("red"), Room::from("blue")]);
+        adapter.leave(a, &Room::from("red"));
+        assert_eq!(adapter.rooms(a), vec![Room::from("blue")]);
+        adapter.leave_all(a);
+        assert!(adapter.rooms(a).is_empty());
+        let index = adapter.index.read();
+        assert!(index.rooms.is_empty() && index.sids.is_empty());
+    }
+}

@@ -1,0 +1,190 @@
+//! One client connection (one Engine.IO session): decodes its messages into packets,
+//! routes them to its sockets (one per namespace joined), runs the connect hooks, and
+//! closes the connection on a protocol error or when no namespace is joined within
+//! `connect_timeout`.
+//!
+//! Everything a connection does runs on this one task, in order; the event handlers'
+//! futures run concurrently on it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use futures::stream::{FuturesUnordered, StreamExt as _};
+use serde_json::{Map, Value};
+use tokio::sync::mpsc;
+
+use super::namespace::ConnectError;
+use super::packet::{Decoder, Namespace, Packet, PacketData};
+use super::server::ServerInner;
+use super::socket::{DisconnectReason, SocketRef};
+use crate::engineio::{Message, Session};
+
+/// How many of a connection's event handlers may run at once; beyond it the connection's
+/// messages wait (back-pressure on a client that sends faster than it is served).
+const MAX_RUNNING_HANDLERS: usize = 64;
+
+/// The connection broke the protocol; it is closed.
+#[derive(Debug)]
+struct ProtocolError;
+
+struct Client {
+    server: Arc<ServerInner>,
+    session: Arc<Session>,
+    decoder: Decoder,
+    sockets: HashMap<Namespace, SocketRef>,
+    /// Some namespace was joined: the connect timeout no longer applies.
+    joined: bool,
+}
+
+pub(crate) async fn run(
+    server: Arc<ServerInner>,
+    session: Arc<Session>,
+    mut inbound: mpsc::Receiver<Message>,
+) {
+    let connect_timeout = tokio::time::sleep(server.config.connect_timeout);
+    tokio::pin!(connect_timeout);
+    let mut client = Client {
+        decoder: Decoder::with_max_attachments(server.config.max_attachments),
+        server,
+        session,
+        sockets: HashMap::new(),
+        joined: false,
+    };
+    let mut handlers: FuturesUnordered<BoxFuture<'static, ()>> = FuturesUnordered::new();
+    let mut closing = None;
+
+    loop {
+        tokio::select! {
+            message = inbound.recv(), if handlers.len() < MAX_RUNNING_HANDLERS => {
+                let Some(message) = message else { break };
+                if closing.is_some() {
+                    continue;
+                }
+                if client.on_message(message, &mut handlers).await.is_err() {
+                    closing = Some(DisconnectReason::ForcedServerClose);
+                    client.session.disconnect();
+                }
+            }
+            Some(()) = handlers.next(), if !handlers.is_empty() => {}
+            () = &mut connect_timeout, if !client.joined && closing.is_none() => {
+                tracing::debug!(sid = %client.session.id(), "no namespace joined in time");
+                closing = Some(DisconnectReason::ForcedServerClose);
+                client.session.disconnect();
+            }
+        }
+    }
+
+    // The session is closed: every socket disconnects; started handlers finish.
+    let reason = closing
+        .or_else(|| client.session.close_reason().map(DisconnectReason::from))
+        .unwrap_or(DisconnectReason::TransportClose);
+    for socket in client.sockets.into_values() {
+        socket.closed(reason);
+    }
+    while handlers.next().await.is_some() {}
+}
+
+impl Client {
+    async fn on_message(
+        &mut self,
+        message: Message,
+        handlers: &mut FuturesUnordered<BoxFuture<'static, ()>>,
+    ) -> Result<(), ProtocolError> {
+        let decoded = match message {
+            Message::Text(text) => self.decoder.push_text(&text),
+            Message::Binary(data) => self.decoder.push_binary(data),
+        };
+        let packet = match decoded {
+            Ok(Some(packet)) => packet,
+            Ok(None) => return Ok(()),
+            Err(error) => {
+                tracing::debug!(sid = %self.session.id(), %error, "invalid packet");
+                return Err(ProtocolError);
+            }
+        };
+
+        // A socket the server disconnected is as good as gone.
+        let socket = match self.sockets.get(&packet.nsp) {
+            Some(socket) if socket.is_connected() => Some(socket.clone()),
+            Some(_) => {
+                self.sockets.remove(&packet.nsp);
+                None
+            }
+            None => None,
+        };
+        match (socket, packet.data) {
+            (None, PacketData::Connect(auth)) => {
+                self.connect(packet.nsp, auth).await;
+                Ok(())
+            }
+            (Some(socket), PacketData::Event { name, args, id }) => {
+                if let Some(handler) = socket.dispatch(&name, args, id) {
+                    handlers.push(handler);
+                }
+                Ok(())
+            }
+            (Some(socket), PacketData::Ack { id, args }) => {
+                socket.on_ack(id, args);
+                Ok(())
+            }
+            (Some(socket), PacketData::Disconnect) => {
+                self.sockets.remove(&packet.nsp);
+                socket.closed(DisconnectReason::ClientNamespaceDisconnect);
+                Ok(())
+            }
+            // A second CONNECT, a CONNECT_ERROR from the client, or a packet for a
+            // namespace it has not joined.
+            _ => {
+                tracing::debug!(sid = %self.session.id(), nsp = %packet.nsp, "packet out of place");
+                Err(ProtocolError)
+            }
+        }
+    }
+
+    /// Joins a namespace: runs its hook, then sends the CONNECT reply or a CONNECT_ERROR.
+    async fn connect(&mut self, nsp: Namespace, auth: Option<Map<String, Value>>) {
+        let Some(ns) = self.server.namespace(&nsp) else {
+            self.send(&ConnectError::new("Invalid namespace").to_packet(nsp));
+            return;
+        };
+        let socket = SocketRef::new(Arc::clone(&ns), Arc::clone(&self.session), auth.clone());
+        let hook = ns.hook().call(socket.clone(), auth);
+        let verdict = tokio::select! {
+            verdict = hook => verdict,
+            // The client left while the hook ran.
+            () = self.session.closed() => {
+                socket.reject();
+                return;
+            }
+        };
+        match verdict {
+            Ok(()) => {
+                let id = socket.id();
+                if let Err(error) = ns.adapter().add_all(id, vec![id.into()]).await {
+                    tracing::warn!(sid = %id, %error, "could not add a socket to its room");
+                }
+                ns.insert(socket.clone());
+                if socket.accept().is_ok() {
+                    self.joined = true;
+                    self.sockets.insert(nsp, socket);
+                } else {
+                    socket.closed(DisconnectReason::TransportClose);
+                }
+            }
+            Err(error) => {
+                tracing::debug!(nsp = %nsp, %error, "connection refused");
+                socket.reject();
+                self.send(&error.to_packet(nsp));
+            }
+        }
+    }
+
+    /// Sends a packet outside any socket (CONNECT_ERROR).
+    fn send(&self, packet: &Packet) {
+        let encoded = packet.encode();
+        let messages = std::iter::once(Message::Text(encoded.text))
+            .chain(encoded.attachments.into_iter().map(Message::Binary));
+        let _ = self.session.send_all(messages);
+    }
+}

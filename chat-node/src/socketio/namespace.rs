@@ -1,0 +1,195 @@
+//! Namespaces: registered by the application with a connect hook, they hold their local
+//! sockets and their adapter.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, Weak};
+
+use futures::future::BoxFuture;
+use parking_lot::RwLock;
+use serde_json::{Map, Value};
+
+use super::adapter::{Adapter, AdapterFactory, LocalSockets, Room};
+use super::broadcast::BroadcastOperator;
+use super::data::Data;
+use super::packet::{Encoded, Namespace, Packet, PacketData};
+use super::socket::{EmitError, SocketRef};
+use crate::engineio::Sid;
+
+/// A refusal from a connect hook, sent to the client as CONNECT_ERROR
+/// `{"message": ..., "data": ...}` (`socket.connect_error` in the client).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct ConnectError {
+    /// The message (`err.message` in the client).
+    pub message: String,
+    /// Details for the client (`err.data`).
+    pub data: Option<Value>,
+}
+
+impl ConnectError {
+    /// A refusal with a message.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            data: None,
+        }
+    }
+
+    /// Adds details for the client.
+    #[must_use]
+    pub fn with_data(mut self, data: Value) -> Self {
+        self.data = Some(data);
+        self
+    }
+
+    /// The CONNECT_ERROR packet for namespace `nsp`.
+    pub(crate) fn to_packet(&self, nsp: Namespace) -> Packet {
+        let mut map = Map::new();
+        map.insert("message".to_owned(), Value::String(self.message.clone()));
+        if let Some(data) = &self.data {
+            map.insert("data".to_owned(), data.clone());
+        }
+        Packet {
+            nsp,
+            data: PacketData::ConnectError(Value::Object(map)),
+        }
+    }
+}
+
+/// What runs when a client joins a namespace: an async function of the new socket and the
+/// CONNECT auth payload. `Ok` accepts the socket (the CONNECT reply is sent, then whatever
+/// the hook emitted); `Err` refuses it with a CONNECT_ERROR. The hook registers the
+/// socket's event handlers.
+pub trait ConnectHook: Send + Sync + 'static {
+    /// Runs the hook.
+    fn call(
+        &self,
+        socket: SocketRef,
+        auth: Option<Map<String, Value>>,
+    ) -> BoxFuture<'static, Result<(), ConnectError>>;
+}
+
+impl<F, Fut> ConnectHook for F
+where
+    F: Fn(SocketRef, Option<Map<String, Value>>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), ConnectError>> + Send + 'static,
+{
+    fn call(
+        &self,
+        socket: SocketRef,
+        auth: Option<Map<String, Value>>,
+    ) -> BoxFuture<'static, Result<(), ConnectError>> {
+        Box::pin(self(socket, auth))
+    }
+}
+
+/// A namespace's state, shared by its sockets.
+pub(crate) struct NamespaceInner {
+    name: Namespace,
+    hook: Box<dyn ConnectHook>,
+    adapter: Arc<dyn Adapter>,
+    sockets: RwLock<HashMap<Sid, SocketRef>>,
+}
+
+impl NamespaceInner {
+    pub(crate) fn new(
+        name: Namespace,
+        hook: Box<dyn ConnectHook>,
+        adapters: &dyn AdapterFactory,
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|this: &Weak<Self>| {
+            let local: Weak<dyn LocalSockets> = this.clone();
+            Self {
+                adapter: adapters.create(&name, local),
+                name,
+                hook,
+                sockets: RwLock::new(HashMap::new()),
+            }
+        })
+    }
+
+    pub(crate) fn name(&self) -> &Namespace {
+        &self.name
+    }
+
+    pub(crate) fn adapter(&self) -> &Arc<dyn Adapter> {
+        &self.adapter
+    }
+
+    pub(crate) fn hook(&self) -> &dyn ConnectHook {
+        &*self.hook
+    }
+
+    pub(crate) fn insert(&self, socket: SocketRef) {
+        self.sockets.write().insert(socket.id(), socket);
+    }
+
+    pub(crate) fn remove(&self, sid: Sid) {
+        self.sockets.write().remove(&sid);
+    }
+
+    pub(crate) fn socket(&self, sid: Sid) -> Option<SocketRef> {
+        self.sockets.read().get(&sid).cloned()
+    }
+}
+
+impl LocalSockets for NamespaceInner {
+    fn deliver(&self, sid: Sid, packet: &Encoded) {
+        let socket = self.sockets.read().get(&sid).cloned();
+        if let Some(socket) = socket {
+            // A socket that went away meanwhile misses it, as it would anyway.
+            let _ = socket.send_encoded(packet.clone());
+        }
+    }
+}
+
+/// A handle to a namespace: broadcasts and the list of its local sockets.
+#[derive(Clone)]
+pub struct Nsp(pub(crate) Arc<NamespaceInner>);
+
+impl fmt::Debug for Nsp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Nsp").field(&self.0.name).finish()
+    }
+}
+
+impl Nsp {
+    /// The namespace's name.
+    pub fn name(&self) -> &Namespace {
+        &self.0.name
+    }
+
+    /// A broadcast to the sockets in `room`.
+    pub fn to(&self, room: impl Into<Room>) -> BroadcastOperator {
+        BroadcastOperator::new(Arc::clone(&self.0)).to(room)
+    }
+
+    /// A broadcast to every socket except those in `room`.
+    pub fn except(&self, room: impl Into<Room>) -> BroadcastOperator {
+        BroadcastOperator::new(Arc::clone(&self.0)).except(room)
+    }
+
+    /// Emits an event to every socket of the namespace.
+    pub async fn emit(&self, event: &str, args: Vec<Data>) -> Result<(), EmitError> {
+        BroadcastOperator::new(Arc::clone(&self.0))
+            .emit(event, args)
+            .await
+    }
+
+    /// The sockets connected to this namespace on this node.
+    pub fn sockets(&self) -> Vec<SocketRef> {
+        self.0.sockets.read().values().cloned().collect()
+    }
+
+    /// The local socket with this id.
+    pub fn socket(&self, sid: Sid) -> Option<SocketRef> {
+        self.0.socket(sid)
+    }
+
+    /// The namespace's adapter.
+    pub fn adapter(&self) -> &Arc<dyn Adapter> {
+        &self.0.adapter
+    }
+}
