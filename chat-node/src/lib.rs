@@ -10,14 +10,28 @@
 //!   reassembles binary packets ([`socketio::packet`]), event arguments with binary leaves
 //!   ([`socketio::data`]); the server ([`socketio::SocketIo`]) with its namespaces, sockets,
 //!   acks, and rooms behind the [`socketio::Adapter`] trait.
+//! - [`bus`]: the message bus between nodes ([`bus::Bus`]): in process
+//!   ([`bus::MemoryBus`]) or on Redis Streams ([`bus::RedisBus`]).
+//! - [`cluster`]: the cross-node adapter ([`cluster::ClusterAdapter`]): local rooms, and
+//!   every broadcast also published on the bus for the other nodes.
+//! - [`node`]: one chat node: settings ([`node::NodeConfig`]), the HTTP application
+//!   (engine path, `/healthz`, `x-served-by`), serving with a bounded graceful shutdown.
+//! - [`cli`]: the `chat-node` binary's command line (flags with environment fallbacks).
+//! - [`app`]: the placeholder chat application on namespace `/`.
 //! - [`conformance`]: the servers the official protocol test suites run against (the
 //!   `conformance` binary).
 //!
 //! The codecs are pure: no I/O, no clocks; decoding never panics on any input. Servers are
-//! functions of an injected listener and a shutdown future ([`engineio::EngineIo::serve`]).
+//! functions of an injected listener and a shutdown future ([`engineio::EngineIo::serve`],
+//! [`node::Node::serve`]).
 
 #![forbid(unsafe_code)]
 
+pub mod app;
+pub mod bus;
+pub mod cli;
+pub mod cluster;
 pub mod conformance;
 pub mod engineio;
+pub mod node;
 pub mod socketio;

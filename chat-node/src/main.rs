@@ -1,5 +1,66 @@
-//! The chat-node binary (the server arrives with the next issues).
+//! The `chat-node` binary: one Switchyard chat node. See `chat-node --help`.
+//!
+//! Prints `LISTENING <addr>` on stdout once bound; stops on SIGTERM or SIGINT within the
+//! shutdown grace period (default 5 s), closing every client's connection so that it
+//! reconnects elsewhere.
 
-fn main() {
-    println!("chat-node: not yet implemented (the protocol codecs are in the library)");
+use std::io::Write as _;
+
+use anyhow::Context as _;
+use chat_node::cli::Args;
+use chat_node::node::Node;
+use clap::Parser as _;
+use tokio::net::TcpListener;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let args = Args::parse();
+    let node = Node::new(args.node_config())
+        .await
+        .context("starting the node")?;
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let addr = listener.local_addr().context("reading the bound address")?;
+    {
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "LISTENING {addr}").context("writing to stdout")?;
+        stdout.flush().context("writing to stdout")?;
+    }
+    tracing::info!(%addr, node = %args.node_id, redis = args.redis_url.is_some(), "serving");
+    node.serve(listener, shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Completes on SIGTERM or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
 }

@@ -25,11 +25,16 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    pub fn build(config: Config, registry: &StatsRegistry) -> Self {
+    pub fn build(config: Config, registry: &StatsRegistry, metrics: &Metrics) -> Self {
         let upstreams: HashMap<String, Arc<Upstream>> = config
             .upstreams
             .iter()
-            .map(|u| (u.name.clone(), Arc::new(Upstream::build(u, registry))))
+            .map(|u| {
+                (
+                    u.name.clone(),
+                    Arc::new(Upstream::build(u, registry, metrics)),
+                )
+            })
             .collect();
         let routes = config
             .routes
@@ -104,11 +109,12 @@ impl Shared {
         let registry = StatsRegistry::default();
         let access_log = AccessLog::open(&config.access_log)?;
         let config_path = config.source.clone();
-        let runtime = Runtime::build(config, &registry);
+        let metrics = Metrics::new();
+        let runtime = Runtime::build(config, &registry, &metrics);
         Ok(Self {
             runtime: ArcSwap::from_pointee(runtime),
             registry,
-            metrics: Metrics::new(),
+            metrics,
             limits: ClientLimits::default(),
             access_log,
             config_path,
@@ -142,7 +148,7 @@ impl Shared {
         if new_config.server.threads != old.config.server.threads {
             needs_restart.push("server.threads".to_string());
         }
-        let runtime = Runtime::build(new_config, &self.registry);
+        let runtime = Runtime::build(new_config, &self.registry, &self.metrics);
         let report = ReloadReport {
             upstreams: runtime.upstreams.len(),
             routes: runtime.routes.len(),

@@ -16,6 +16,8 @@
 //! - [`wait`]: [`wait_until`] / [`wait_for`] — poll a condition with a bounded timeout.
 //! - [`admin`]: the proxy's admin API — `/status` lookups, waits on its counters and health,
 //!   authorised `POST`s.
+//! - [`socketio`]: the chat-node `conformance` server process and the official
+//!   `socket.io-client` suite under `tests/node/` (run with Node, bounded by a timeout).
 //!
 //! # Binaries
 //! Tests in this crate get `echo-backend` built by cargo; `proxy` comes from another package, so
@@ -33,6 +35,7 @@ pub mod certs;
 pub mod fixtures;
 pub mod http;
 pub mod procs;
+pub mod socketio;
 pub mod wait;
 pub mod ws;
 

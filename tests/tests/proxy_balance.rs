@@ -305,3 +305,61 @@ async fn least_time_avoids_the_slow_backend() {
         "slow got {n} of 30 after the warm-up: {got:?} (warm-up: {warm:?})"
     );
 }
+
+/// ip_hash takes the client address from X-Forwarded-For only when the TCP peer is a
+/// trusted proxy; from anyone else the header is ignored.
+#[tokio::test]
+async fn ip_hash_believes_x_forwarded_for_only_from_trusted_proxies() {
+    let bs = Backend::start_many(&["a", "b", "c"]);
+    let all: Vec<&Backend> = bs.iter().collect();
+    let toml = format!(
+        r#"
+{listener}
+{upstream}
+[upstreams.main.ip_hash]
+trusted_proxies = ["127.0.0.1/32"]
+"#,
+        listener = listener(free_port()),
+        upstream = upstream("main", Some("ip_hash"), &entries(&all)),
+    );
+    let proxy = Proxy::start_config(&toml);
+    let url = proxy.url("/id");
+
+    // From the trusted peer 127.0.0.1: each forwarded client keeps its backend, and the
+    // forwarded clients spread over the backends.
+    let trusted = client_from(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    let mut seen = Vec::new();
+    for i in 1..=40u8 {
+        let xff = format!("203.0.113.{i}");
+        let mut ids = BTreeSet::new();
+        for _ in 0..3 {
+            let r = send(trusted.get(&url).header("x-forwarded-for", &xff)).await;
+            ids.insert(r.backend().unwrap().to_string());
+        }
+        assert_eq!(ids.len(), 1, "forwarded client {xff} moved: {ids:?}");
+        seen.extend(ids);
+    }
+    let spread = tally(seen.iter().map(String::as_str));
+    assert!(
+        spread.len() >= 2,
+        "forwarded clients all on one backend: {spread:?}"
+    );
+
+    // From an untrusted peer the header is ignored: one peer, one backend.
+    let untrusted = client_from(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 9)));
+    let mut ids = BTreeSet::new();
+    for i in 1..=20u8 {
+        let r = send(
+            untrusted
+                .get(&url)
+                .header("x-forwarded-for", format!("198.51.100.{i}")),
+        )
+        .await;
+        ids.insert(r.backend().unwrap().to_string());
+    }
+    assert_eq!(
+        ids.len(),
+        1,
+        "an untrusted peer steered ip_hash with X-Forwarded-For: {ids:?}"
+    );
+}

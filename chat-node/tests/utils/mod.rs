@@ -3,10 +3,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
+pub mod process;
+pub mod redis;
+
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::time::Duration;
 
 use chat_node::engineio::{Cors, EngineConfig, EngineIo};
+use chat_node::node::Node;
 use futures::{SinkExt as _, StreamExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -48,13 +54,36 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(engine: EngineIo) -> Self {
+        let path = engine.config().path.clone();
+        Self::spawn(path, move |listener, shutdown| {
+            engine.serve(listener, shutdown)
+        })
+        .await
+    }
+
+    /// A whole chat node (engine path, `/healthz`, bounded shutdown).
+    pub async fn start_node(node: Node) -> Self {
+        let path = node.engine().config().path.clone();
+        Self::spawn(path, move |listener, shutdown| {
+            node.serve(listener, shutdown)
+        })
+        .await
+    }
+
+    async fn spawn<S, Fut>(path: String, serve: S) -> Self
+    where
+        S: FnOnce(TcpListener, Pin<Box<dyn Future<Output = ()> + Send>>) -> Fut,
+        Fut: Future<Output = std::io::Result<()>> + Send + 'static,
+    {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let path = engine.config().path.clone();
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(engine.serve(listener, async move {
-            let _ = rx.await;
-        }));
+        let task = tokio::spawn(serve(
+            listener,
+            Box::pin(async move {
+                let _ = rx.await;
+            }),
+        ));
         Self {
             addr,
             path,

@@ -9,6 +9,24 @@ use prometheus::{
 use crate::state::Runtime;
 use crate::upstream::Health;
 
+/// Pre-resolved metric handles of one backend.
+#[derive(Debug, Clone)]
+pub struct BackendMetrics {
+    pub requests: prometheus::IntCounter,
+    pub latency: prometheus::Histogram,
+    /// By status class, 1xx..5xx.
+    pub responses: [prometheus::IntCounter; 5],
+    /// Picks of the backend's upstream and strategy.
+    pub picks: prometheus::IntCounter,
+}
+
+impl BackendMetrics {
+    pub fn response(&self, status: u16) {
+        let class = usize::from((status / 100).clamp(1, 5)) - 1;
+        self.responses[class].inc();
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Metrics {
     registry: Registry,
@@ -122,6 +140,19 @@ impl Metrics {
             healthy,
             draining,
             weight,
+        }
+    }
+
+    /// Metric handles for one backend, resolved once per config (a label lookup per request
+    /// would hash and lock on the hot path).
+    pub fn for_backend(&self, upstream: &str, backend: &str, strategy: &str) -> BackendMetrics {
+        let l = [upstream, backend];
+        BackendMetrics {
+            requests: self.requests.with_label_values(&l),
+            latency: self.latency.with_label_values(&l),
+            responses: ["1xx", "2xx", "3xx", "4xx", "5xx"]
+                .map(|c| self.responses.with_label_values(&[upstream, backend, c])),
+            picks: self.picks.with_label_values(&[upstream, strategy]),
         }
     }
 

@@ -82,7 +82,9 @@ fn host_of(req: &RequestHeader) -> Option<&str> {
 
 /// Size of the request line plus headers as sent, for the 431 limit.
 fn head_size(req: &RequestHeader) -> usize {
-    let line = req.method.as_str().len() + req.uri.to_string().len() + 12;
+    let target = req.uri.path_and_query().map_or(1, |p| p.as_str().len())
+        + req.uri.authority().map_or(0, |a| a.as_str().len());
+    let line = req.method.as_str().len() + target + 12;
     req.headers
         .iter()
         .map(|(k, v)| k.as_str().len() + v.len() + 4)
@@ -127,16 +129,10 @@ impl EdgeProxy {
             sticky_id: ctx.sticky_id.as_deref(),
         };
         let pick = up.pick(&pctx, &ctx.tried)?;
-        self.shared
-            .metrics
-            .picks
-            .with_label_values(&[up.name.as_str(), up.config.strategy.as_str()])
-            .inc();
-        self.shared
-            .metrics
-            .requests
-            .with_label_values(&[up.name.as_str(), &pick.backend.addr.to_string()])
-            .inc();
+        if let Some(m) = up.metrics.get(pick.index) {
+            m.picks.inc();
+            m.requests.inc();
+        }
         ctx.tried.push(pick.index);
         if up.config.strategy == StrategyKind::StickyCookie
             && ctx.sticky_id.as_deref() != Some(pick.backend.id.as_str())
@@ -155,28 +151,18 @@ impl EdgeProxy {
         let (Some(up), Some(b)) = (&ctx.upstream, &ctx.backend) else {
             return;
         };
-        let addr = b.addr.to_string();
+        // The last index tried is the backend that answered.
+        let metrics = ctx.tried.last().and_then(|&i| up.metrics.get(i));
         if let Some(t) = ctx.upstream_started {
             let el = t.elapsed();
             b.stats.ewma.observe(el);
-            self.shared
-                .metrics
-                .latency
-                .with_label_values(&[up.name.as_str(), &addr])
-                .observe(el.as_secs_f64());
+            if let Some(m) = metrics {
+                m.latency.observe(el.as_secs_f64());
+            }
         }
-        let class = match status {
-            100..=199 => "1xx",
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
-        };
-        self.shared
-            .metrics
-            .responses
-            .with_label_values(&[up.name.as_str(), &addr, class])
-            .inc();
+        if let Some(m) = metrics {
+            m.response(status);
+        }
         up.report_success(b);
     }
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 pub use backend::{ActiveGuard, Backend, BackendStats, Health};
 pub use registry::StatsRegistry;
 
+use crate::admin::metrics::{BackendMetrics, Metrics};
 use crate::balance::{self, CookieSigner, PickContext, Strategy, StrategyKind};
 use crate::config::UpstreamConfig;
 
@@ -23,6 +24,8 @@ pub struct Upstream {
     pub config: UpstreamConfig,
     /// Set when the strategy is sticky_cookie.
     pub signer: Option<CookieSigner>,
+    /// Metric handles, indexed like `backends`.
+    pub metrics: Vec<BackendMetrics>,
 }
 
 /// The outcome of a pick.
@@ -37,7 +40,7 @@ pub struct Pick {
 impl Upstream {
     /// Builds the group, reusing live stats from `registry` so counters and health survive
     /// reloads.
-    pub fn build(config: &UpstreamConfig, registry: &StatsRegistry) -> Self {
+    pub fn build(config: &UpstreamConfig, registry: &StatsRegistry, metrics: &Metrics) -> Self {
         let active_checks = config.health.active.is_some();
         let mut primaries = Vec::new();
         let mut backups = Vec::new();
@@ -61,12 +64,19 @@ impl Upstream {
         let strategy = balance::build(config.strategy, &backends, config.sticky.fallback);
         let signer = (config.strategy == StrategyKind::StickyCookie)
             .then(|| CookieSigner::new(&config.sticky.key));
+        let metrics = backends
+            .iter()
+            .map(|b| {
+                metrics.for_backend(&config.name, &b.addr.to_string(), config.strategy.as_str())
+            })
+            .collect();
         Self {
             name: config.name.clone(),
             backends,
             strategy,
             config: config.clone(),
             signer,
+            metrics,
         }
     }
 

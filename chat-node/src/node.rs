@@ -1,0 +1,242 @@
+//! One chat node: its settings ([`NodeConfig`]), built into a [`Node`] (the Engine.IO and
+//! Socket.IO servers on a bus, the placeholder application), and served over an injected
+//! listener until a shutdown future completes, with a bounded graceful shutdown.
+//!
+//! HTTP routes: the engine path (`/socket.io/`) and `GET /healthz`; every response
+//! carries `x-served-by: <node-id>`.
+
+use std::future::{Future, IntoFuture as _};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+use crate::app;
+use crate::bus::{Bus, BusError, MemoryBus, RedisBus, RedisBusConfig};
+use crate::cluster::ClusterAdapterFactory;
+use crate::engineio::server::served_by;
+use crate::engineio::{CloseReason, ConfigError, Cors, EngineConfig, EngineIo};
+use crate::socketio::{SocketIo, SocketIoConfig};
+
+/// Where Engine.IO sessions live.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum SessionMode {
+    /// Any node serves any request of a session (requests for a session owned by another
+    /// node are forwarded to it through the bus). PLANNED: today this behaves as `local`;
+    /// see `docs/sessions.md`.
+    #[default]
+    Shared,
+    /// Classic socket.io: a session is served only by the node that opened it (needs
+    /// sticky sessions when polling is on).
+    Local,
+}
+
+/// Settings of a chat node.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// This node's name: `x-served-by`, the welcome event, bus entries.
+    pub node_id: String,
+    /// The Redis URL of the cluster's bus; `None` runs alone on the in-process bus.
+    pub redis_url: Option<String>,
+    /// Where sessions live.
+    pub sessions: SessionMode,
+    /// Engine.IO heartbeat: interval between pings.
+    pub ping_interval: Duration,
+    /// Engine.IO heartbeat: how long to wait for a pong.
+    pub ping_timeout: Duration,
+    /// The largest message or POST body accepted, in bytes.
+    pub max_payload: usize,
+    /// Cross-origin policy.
+    pub cors: Cors,
+    /// How long a stopping node waits for its requests in flight before it exits anyway.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        let engine = EngineConfig::default();
+        Self {
+            node_id: "chat-node".to_owned(),
+            redis_url: None,
+            sessions: SessionMode::default(),
+            ping_interval: engine.ping_interval,
+            ping_timeout: engine.ping_timeout,
+            max_payload: engine.max_payload,
+            cors: Cors::Disabled,
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// An invalid setting.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The configured Redis does not answer.
+    #[error("redis: {0}")]
+    Bus(#[from] BusError),
+}
+
+impl NodeConfig {
+    /// The Engine.IO settings on `/socket.io/`.
+    pub fn engine_config(&self) -> EngineConfig {
+        EngineConfig {
+            path: "/socket.io/".to_owned(),
+            ping_interval: self.ping_interval,
+            ping_timeout: self.ping_timeout,
+            max_payload: self.max_payload,
+            cors: self.cors.clone(),
+            node_id: self.node_id.clone(),
+            ..EngineConfig::default()
+        }
+    }
+}
+
+/// A chat node ready to serve: cheap to clone.
+#[derive(Clone)]
+pub struct Node {
+    engine: EngineIo,
+    io: SocketIo,
+    bus: Arc<dyn Bus>,
+    config: Arc<NodeConfig>,
+    stopping: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("config", &self.config)
+            .field("bus", &self.bus.kind())
+            .finish()
+    }
+}
+
+impl Node {
+    /// Builds a node: connects to Redis when configured (it must answer now), else uses a
+    /// fresh in-process bus. Call inside a Tokio runtime.
+    pub async fn new(config: NodeConfig) -> Result<Self, StartError> {
+        let bus: Arc<dyn Bus> = match &config.redis_url {
+            Some(url) => Arc::new(RedisBus::connect(RedisBusConfig::new(url.clone())).await?),
+            None => Arc::new(MemoryBus::new()),
+        };
+        Self::with_bus(config, bus)
+    }
+
+    /// Builds a node on a given bus (tests share one [`MemoryBus`] between nodes).
+    pub fn with_bus(config: NodeConfig, bus: Arc<dyn Bus>) -> Result<Self, StartError> {
+        let engine_config = config.engine_config().validate()?;
+        if config.sessions == SessionMode::Shared {
+            tracing::info!("--sessions shared: forwarding between nodes is not implemented yet; sessions are served by their own node");
+        }
+        let adapters = ClusterAdapterFactory::new(Arc::clone(&bus), config.node_id.clone());
+        let io = SocketIo::with_adapter(SocketIoConfig::default(), adapters);
+        // "/" is a valid namespace: registering cannot fail.
+        let _ = app::register(&io, &config.node_id);
+        let engine = EngineIo::new(engine_config, io.clone())?;
+        Ok(Self {
+            engine,
+            io,
+            bus,
+            config: Arc::new(config),
+            stopping: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// The Engine.IO server.
+    pub fn engine(&self) -> &EngineIo {
+        &self.engine
+    }
+
+    /// The Socket.IO server (register more namespaces on it).
+    pub fn io(&self) -> &SocketIo {
+        &self.io
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    /// The HTTP application: the engine path, `GET /healthz`, and `x-served-by` on every
+    /// response (404s included).
+    pub fn router(&self) -> Router {
+        let health = Router::new()
+            .route("/healthz", get(healthz))
+            .with_state(self.clone());
+        let router = self.engine.routes().merge(health);
+        // The node id was validated as a header value by `EngineConfig::validate`.
+        let served = HeaderValue::from_str(&self.config.node_id)
+            .unwrap_or_else(|_| HeaderValue::from_static("chat-node"));
+        served_by(router, served)
+    }
+
+    /// Whether the node can serve: not stopping, and its bus answers.
+    pub async fn health(&self) -> Result<(), String> {
+        if self.stopping.load(Ordering::Relaxed) {
+            return Err("shutting down".to_owned());
+        }
+        let ping = tokio::time::timeout(Duration::from_secs(2), self.bus.ping()).await;
+        match ping {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(format!("{}: {error}", self.bus.kind())),
+            Err(_) => Err(format!("{}: no answer in time", self.bus.kind())),
+        }
+    }
+
+    /// Serves on `listener` until `shutdown` completes. Then the node stops accepting,
+    /// `/healthz` turns 503, every Engine.IO session is closed (pending polls return,
+    /// WebSockets close: clients reconnect, elsewhere behind a balancer), and it returns
+    /// when the requests in flight are done or after `shutdown_grace`, whichever is first.
+    pub async fn serve<F>(self, listener: TcpListener, shutdown: F) -> std::io::Result<()>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let (fired_tx, fired_rx) = oneshot::channel::<()>();
+        let node = self.clone();
+        let server = axum::serve(listener, self.router()).with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!(node = %node.config.node_id, "shutting down");
+            node.stopping.store(true, Ordering::Relaxed);
+            node.engine.close_all(CloseReason::ServerShutdown);
+            let _ = fired_tx.send(());
+        });
+        let server = server.into_future();
+        tokio::pin!(server);
+        let grace = self.config.shutdown_grace;
+        tokio::select! {
+            result = &mut server => result,
+            () = async {
+                // Only an error when the server stopped on its own (then the branch above
+                // wins): wait forever.
+                if fired_rx.await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            } => {
+                match tokio::time::timeout(grace, &mut server).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        tracing::warn!(?grace, "requests still in flight after the grace period; exiting anyway");
+                        Ok(())
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `GET /healthz`: 200 `ok`, or 503 with the reason.
+async fn healthz(State(node): State<Node>) -> Response {
+    match node.health().await {
+        Ok(()) => (StatusCode::OK, "ok").into_response(),
+        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason).into_response(),
+    }
+}
