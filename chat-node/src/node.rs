@@ -240,3 +240,38 @@ async fn healthz(State(node): State<Node>) -> Response {
         Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason).into_response(),
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_node_is_healthy_until_it_stops_and_stops_at_once_when_idle() {
+        let node = Node::new(NodeConfig {
+            node_id: "t".to_owned(),
+            ..NodeConfig::default()
+        })
+        .await
+        .unwrap();
+        assert_eq!(node.health().await, Ok(()));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let served = tokio::time::timeout(
+            Duration::from_secs(5),
+            node.clone().serve(listener, std::future::ready(())),
+        )
+        .await;
+        assert!(matches!(served, Ok(Ok(()))));
+        assert_eq!(node.health().await, Err("shutting down".to_owned()));
+    }
+
+    #[tokio::test]
+    async fn an_invalid_node_id_is_refused() {
+        let started = Node::new(NodeConfig {
+            node_id: "a\nb".to_owned(),
+            ..NodeConfig::default()
+        })
+        .await;
+        assert!(matches!(started, Err(StartError::Config(_))));
+    }
+}
