@@ -25,8 +25,9 @@ pub struct Args {
     /// an in-process bus.
     #[arg(long = "redis", env = "CHAT_REDIS_URL")]
     pub redis_url: Option<String>,
-    /// Where Engine.IO sessions live: `shared` (any node serves any request; forwarding is
-    /// planned, today as `local`) or `local` (classic, needs sticky sessions).
+    /// Where Engine.IO sessions live: `shared` (any node serves any request: it forwards
+    /// polling requests for other nodes' sessions to them and bridges WebSocket upgrades)
+    /// or `local` (classic, needs sticky sessions).
     #[arg(long, env = "CHAT_SESSIONS", value_enum, default_value_t = SessionMode::Shared)]
     pub sessions: SessionMode,
     /// Engine.IO heartbeat interval (`25s`, `300ms`).

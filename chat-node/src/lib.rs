@@ -14,6 +14,10 @@
 //!   ([`bus::MemoryBus`]) or on Redis Streams ([`bus::RedisBus`]).
 //! - [`cluster`]: the cross-node adapter ([`cluster::ClusterAdapter`]): local rooms, and
 //!   every broadcast also published on the bus for the other nodes.
+//! - [`forward`]: sessions without stickiness: the owner directory
+//!   ([`forward::SessionDirectory`]), the forwarding of polling requests to a session's
+//!   owner and the bridging of WebSocket upgrades to it, over the bus
+//!   ([`forward::Forwarder`]).
 //! - [`node`]: one chat node: settings ([`node::NodeConfig`]), the HTTP application
 //!   (engine path, `/healthz`, `x-served-by`), serving with a bounded graceful shutdown.
 //! - [`cli`]: the `chat-node` binary's command line (flags with environment fallbacks).
@@ -33,5 +37,6 @@ pub mod cli;
 pub mod cluster;
 pub mod conformance;
 pub mod engineio;
+pub mod forward;
 pub mod node;
 pub mod socketio;

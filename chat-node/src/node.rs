@@ -23,14 +23,15 @@ use crate::bus::{Bus, BusError, MemoryBus, RedisBus, RedisBusConfig};
 use crate::cluster::ClusterAdapterFactory;
 use crate::engineio::server::served_by;
 use crate::engineio::{CloseReason, ConfigError, Cors, EngineConfig, EngineIo};
+use crate::forward::{ForwardConfig, Forwarder, MemoryDirectory, RedisDirectory, SessionDirectory};
 use crate::socketio::{SocketIo, SocketIoConfig};
 
 /// Where Engine.IO sessions live.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum SessionMode {
-    /// Any node serves any request of a session (requests for a session owned by another
-    /// node are forwarded to it through the bus). PLANNED: today this behaves as `local`;
-    /// see `docs/sessions.md`.
+    /// Any node serves any request of a session: a polling request for a session owned by
+    /// another node is forwarded to it through the bus, and a WebSocket upgrade is bridged
+    /// to it (see [`crate::forward`] and `docs/sessions.md`).
     #[default]
     Shared,
     /// Classic socket.io: a session is served only by the node that opened it (needs
@@ -124,24 +125,51 @@ impl Node {
     /// Builds a node: connects to Redis when configured (it must answer now), else uses a
     /// fresh in-process bus. Call inside a Tokio runtime.
     pub async fn new(config: NodeConfig) -> Result<Self, StartError> {
-        let bus: Arc<dyn Bus> = match &config.redis_url {
-            Some(url) => Arc::new(RedisBus::connect(RedisBusConfig::new(url.clone())).await?),
-            None => Arc::new(MemoryBus::new()),
+        let (bus, directory): (Arc<dyn Bus>, Arc<dyn SessionDirectory>) = match &config.redis_url {
+            Some(url) => (
+                Arc::new(RedisBus::connect(RedisBusConfig::new(url.clone())).await?),
+                Arc::new(RedisDirectory::connect(url).await?),
+            ),
+            None => (Arc::new(MemoryBus::new()), Arc::new(MemoryDirectory::new())),
         };
-        Self::with_bus(config, bus)
+        Self::with_parts(config, bus, directory)
     }
 
-    /// Builds a node on a given bus (tests share one [`MemoryBus`] between nodes).
+    /// Builds a node on a given bus, with its own in-process session directory. Call
+    /// inside a Tokio runtime.
     pub fn with_bus(config: NodeConfig, bus: Arc<dyn Bus>) -> Result<Self, StartError> {
+        Self::with_parts(config, bus, Arc::new(MemoryDirectory::new()))
+    }
+
+    /// Builds a node on a given bus and session directory (tests share one [`MemoryBus`]
+    /// and one [`MemoryDirectory`] between the nodes of one process). Call inside a Tokio
+    /// runtime.
+    pub fn with_parts(
+        config: NodeConfig,
+        bus: Arc<dyn Bus>,
+        directory: Arc<dyn SessionDirectory>,
+    ) -> Result<Self, StartError> {
         let engine_config = config.engine_config().validate()?;
-        if config.sessions == SessionMode::Shared {
-            tracing::info!("--sessions shared: forwarding between nodes is not implemented yet; sessions are served by their own node");
-        }
         let adapters = ClusterAdapterFactory::new(Arc::clone(&bus), config.node_id.clone());
         let io = SocketIo::with_adapter(SocketIoConfig::default(), adapters);
         // "/" is a valid namespace: registering cannot fail.
         let _ = app::register(&io, &config.node_id);
         let engine = EngineIo::new(engine_config, io.clone())?;
+        if config.sessions == SessionMode::Shared {
+            let forwarder = Forwarder::start(
+                ForwardConfig {
+                    node_id: config.node_id.clone(),
+                    poll_timeout: config.ping_interval + config.ping_timeout,
+                    post_timeout: config.ping_timeout,
+                    owner_ttl: config.ping_interval * 2 + config.ping_timeout,
+                    refresh: config.ping_interval,
+                },
+                Arc::clone(&bus),
+                directory,
+                engine.sessions_arc(),
+            );
+            engine.set_remote(Arc::new(forwarder));
+        }
         Ok(Self {
             engine,
             io,

@@ -128,6 +128,7 @@ impl Bus for RedisBus {
         let (tx, rx) = mpsc::channel(SUBSCRIBER_CAPACITY);
         tokio::spawn(read_loop(
             self.inner.client.clone(),
+            self.inner.conn.clone(),
             self.inner.config.clone(),
             topic.to_owned(),
             tx,
@@ -191,10 +192,20 @@ async fn publish_loop(
     }
 }
 
+/// The id of the last entry of stream `key` (`0-0` when it is empty or missing).
+async fn last_entry(conn: &mut ConnectionManager, key: &str) -> redis::RedisResult<String> {
+    let last: StreamRangeReply = conn.xrevrange_count(key, "+", "-", 1).await?;
+    Ok(last
+        .ids
+        .first()
+        .map_or_else(|| "0-0".to_owned(), |entry| entry.id.clone()))
+}
+
 /// Reads `key` from its last entry on, forever, into `tx`; ends when `tx`'s receiver is
 /// dropped.
 async fn read_loop(
     client: redis::Client,
+    mut shared: ConnectionManager,
     config: RedisBusConfig,
     key: String,
     tx: mpsc::Sender<Bytes>,
@@ -203,7 +214,16 @@ async fn read_loop(
     let settings = manager_config(config.block + config.response_timeout);
     let block_ms = usize::try_from(config.block.as_millis()).unwrap_or(usize::MAX);
     let mut conn: Option<ConnectionManager> = None;
-    let mut last_id: Option<String> = None;
+    // The start is resolved at once on the shared connection, already open (the reader's
+    // own connection takes a while to open, and what is published meanwhile must not be
+    // skipped). The publisher's XADDs go through that connection too, in order.
+    let mut last_id: Option<String> = match last_entry(&mut shared, &key).await {
+        Ok(id) => Some(id),
+        Err(error) => {
+            tracing::warn!(%key, %error, "XREVRANGE failed; resolving the start later");
+            None
+        }
+    };
     let mut backoff = MIN_BACKOFF;
     while !tx.is_closed() {
         let result = async {
@@ -216,11 +236,7 @@ async fn read_loop(
             let from = match &last_id {
                 Some(id) => id.clone(),
                 None => {
-                    let last: StreamRangeReply = conn.xrevrange_count(&key, "+", "-", 1).await?;
-                    let id = last
-                        .ids
-                        .first()
-                        .map_or_else(|| "0-0".to_owned(), |entry| entry.id.clone());
+                    let id = last_entry(conn, &key).await?;
                     last_id = Some(id.clone());
                     id
                 }

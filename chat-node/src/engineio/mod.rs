@@ -22,13 +22,13 @@ pub mod polling;
 pub mod server;
 pub mod session;
 pub mod sid;
-mod websocket;
+pub(crate) mod websocket;
 
 pub use config::{ConfigError, Cors, EngineConfig};
 pub use error::EngineError;
 pub use packet::{DecodeError, Frame, OpenPacket, Packet, PacketType, Transport};
 pub use payload::{Batch, PayloadError};
-pub use server::{EngineIo, Handler, Sessions};
+pub use server::{EngineIo, Handler, Remote, Sessions};
 pub use session::{CloseReason, Message, SendError, Session};
 pub use sid::Sid;
 

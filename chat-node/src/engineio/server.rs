@@ -7,10 +7,11 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
+use async_trait::async_trait;
 use axum::body::Body;
-use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use axum::extract::{FromRequestParts as _, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -39,6 +40,24 @@ pub trait Handler: Send + Sync + 'static {
     /// session closes ([`Session::close_reason`] then says why). Called on the request's
     /// task: spawn to do anything long.
     fn on_open(&self, session: Arc<Session>, inbound: mpsc::Receiver<Message>);
+}
+
+/// Sessions held by other nodes (see `crate::forward`): the seam through which a request
+/// for a session this node does not hold is served by its owner.
+#[async_trait]
+pub trait Remote: Send + Sync + 'static {
+    /// A polling session opened here; called before its handshake is answered, so that
+    /// the owner is known before the client can send its next request anywhere.
+    async fn opened(&self, session: &Arc<Session>);
+    /// A long-polling GET for session `sid`, which is not open here.
+    async fn poll(&self, sid: &str) -> Result<String, EngineError>;
+    /// A POST for session `sid`, which is not open here (`max_payload` already checked).
+    async fn post(&self, sid: &str, binary: bool, body: Bytes) -> Result<(), EngineError>;
+    /// The node that owns session `sid` (not open here), if another node does.
+    async fn owner(&self, sid: &str) -> Option<String>;
+    /// Carries a client's WebSocket for session `sid` to its owner `owner` (an upgrade
+    /// from polling that landed here), until either side ends.
+    async fn bridge(&self, sid: String, owner: String, socket: WebSocket);
 }
 
 /// The open sessions of this node.
@@ -87,6 +106,7 @@ struct Inner {
     sessions: Arc<Sessions>,
     handler: Arc<dyn Handler>,
     served_by: HeaderValue,
+    remote: OnceLock<Arc<dyn Remote>>,
 }
 
 /// The query parameters of an Engine.IO request.
@@ -110,6 +130,7 @@ impl EngineIo {
                 sessions: Arc::new(Sessions::default()),
                 handler: Arc::new(handler),
                 served_by,
+                remote: OnceLock::new(),
             }),
         })
     }
@@ -122,6 +143,18 @@ impl EngineIo {
     /// The open sessions.
     pub fn sessions(&self) -> &Sessions {
         &self.inner.sessions
+    }
+
+    /// The open sessions, shared (for a forwarder that serves them for other nodes).
+    pub fn sessions_arc(&self) -> Arc<Sessions> {
+        Arc::clone(&self.inner.sessions)
+    }
+
+    /// Serves requests for sessions this node does not hold through `remote` (once; a
+    /// second call is ignored and returns `false`). Without it, such requests get
+    /// `400 Session ID unknown` (classic socket.io).
+    pub fn set_remote(&self, remote: Arc<dyn Remote>) -> bool {
+        self.inner.remote.set(remote).is_ok()
     }
 
     /// The engine path's routes (with and without the trailing slash), without the
@@ -218,16 +251,48 @@ impl EngineIo {
                 }
                 None => {
                     let session = self.open(Transport::Polling);
+                    if let Some(remote) = self.inner.remote.get() {
+                        remote.opened(&session).await;
+                    }
                     polling_response(polling::poll(&session).await?)
                 }
             });
         };
 
-        let session = sid
+        let local = sid
             .parse::<Sid>()
             .ok()
-            .and_then(|sid| self.inner.sessions.get(sid))
-            .ok_or(EngineError::UnknownSid)?;
+            .and_then(|sid| self.inner.sessions.get(sid));
+        let session = match (local, self.inner.remote.get()) {
+            (Some(session), _) => session,
+            (None, Some(remote)) if transport == Transport::Polling => {
+                return match parts.method {
+                    Method::GET => Ok(polling_response(remote.poll(&sid).await?)),
+                    Method::POST => {
+                        let binary = is_binary(&parts.headers);
+                        let body =
+                            read_body(&parts.headers, body, self.inner.config.max_payload).await?;
+                        remote.post(&sid, binary, body).await?;
+                        Ok(post_response())
+                    }
+                    _ => Err(EngineError::BadRequest),
+                };
+            }
+            (None, Some(remote)) => {
+                // A WebSocket for a session of another node: bridged to the owner.
+                let owner = remote.owner(&sid).await.ok_or(EngineError::UnknownSid)?;
+                let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, &())
+                    .await
+                    .map_err(|_| EngineError::BadRequest)?;
+                let remote = Arc::clone(remote);
+                return Ok(self
+                    .configure(upgrade)
+                    .on_upgrade(move |socket| async move {
+                        remote.bridge(sid, owner, socket).await;
+                    }));
+            }
+            (None, None) => return Err(EngineError::UnknownSid),
+        };
         if session.expire_if_overdue() {
             return Err(EngineError::UnknownSid);
         }
@@ -239,18 +304,11 @@ impl EngineIo {
                 match parts.method {
                     Method::GET => Ok(polling_response(polling::poll(&session).await?)),
                     Method::POST => {
-                        let binary = parts
-                            .headers
-                            .get(header::CONTENT_TYPE)
-                            .is_some_and(|v| v.as_bytes() == b"application/octet-stream");
+                        let binary = is_binary(&parts.headers);
                         let body =
                             read_body(&parts.headers, body, self.inner.config.max_payload).await?;
                         polling::post(&session, binary, body).await?;
-                        Ok((
-                            [(header::CONTENT_TYPE, HeaderValue::from_static("text/html"))],
-                            "ok",
-                        )
-                            .into_response())
+                        Ok(post_response())
                     }
                     _ => Err(EngineError::BadRequest),
                 }
@@ -306,6 +364,22 @@ async fn handle(State(engine): State<EngineIo>, request: Request) -> Response {
     };
     response.headers_mut().extend(headers);
     response
+}
+
+/// Whether a POST says `Content-Type: application/octet-stream`.
+fn is_binary(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes() == b"application/octet-stream")
+}
+
+/// A POST's answer.
+fn post_response() -> Response {
+    (
+        [(header::CONTENT_TYPE, HeaderValue::from_static("text/html"))],
+        "ok",
+    )
+        .into_response()
 }
 
 /// A poll's answer.

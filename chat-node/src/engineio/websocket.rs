@@ -4,13 +4,34 @@
 use std::sync::Arc;
 
 use axum::extract::ws::{Message as WsMessage, WebSocket};
-use futures::SinkExt as _;
+use futures::{Sink, SinkExt as _, Stream, StreamExt as _};
 
 use super::packet::{Frame, Packet, PROBE};
 use super::session::{CloseReason, Session};
 
+/// The frames a WebSocket (or a bridged one) receives.
+pub(crate) trait Incoming:
+    Stream<Item = Result<WsMessage, axum::Error>> + Unpin + Send
+{
+}
+impl<T: Stream<Item = Result<WsMessage, axum::Error>> + Unpin + Send> Incoming for T {}
+
+/// Where a WebSocket (or a bridged one) writes frames.
+pub(crate) trait Outgoing: Sink<WsMessage> + Unpin + Send {}
+impl<T: Sink<WsMessage> + Unpin + Send> Outgoing for T {}
+
 /// Serves a session on `socket` until either ends.
-pub(crate) async fn run(mut socket: WebSocket, session: Arc<Session>) {
+pub(crate) async fn run(socket: WebSocket, session: Arc<Session>) {
+    let (tx, rx) = socket.split();
+    run_on(rx, tx, session).await;
+}
+
+/// Serves a session on a WebSocket's two halves until either ends.
+pub(crate) async fn run_on<R: Incoming, W: Outgoing>(
+    mut rx: R,
+    mut socket: W,
+    session: Arc<Session>,
+) {
     loop {
         let notified = session.changed.notified();
         tokio::pin!(notified);
@@ -36,7 +57,7 @@ pub(crate) async fn run(mut socket: WebSocket, session: Arc<Session>) {
 
         tokio::select! {
             () = &mut notified => {}
-            frame = socket.recv() => {
+            frame = rx.next() => {
                 let packet = match frame {
                     Some(Ok(WsMessage::Text(text))) => Packet::decode_text(text.as_str()),
                     Some(Ok(WsMessage::Binary(data))) => Packet::decode_frame(Frame::Binary(data)),
@@ -74,14 +95,24 @@ pub(crate) async fn run(mut socket: WebSocket, session: Arc<Session>) {
 /// which makes pending polls return a noop), then `5`, after which the WebSocket carries
 /// the session. Anything else, a timeout or the session closing ends only the WebSocket;
 /// polling goes on.
-pub(crate) async fn upgrade(mut socket: WebSocket, session: Arc<Session>) {
+pub(crate) async fn upgrade(socket: WebSocket, session: Arc<Session>) {
+    let (tx, rx) = socket.split();
+    upgrade_on(rx, tx, session).await;
+}
+
+/// [`upgrade`] on a WebSocket's two halves.
+pub(crate) async fn upgrade_on<R: Incoming, W: Outgoing>(
+    mut rx: R,
+    mut socket: W,
+    session: Arc<Session>,
+) {
     let deadline = tokio::time::sleep(session.config().upgrade_timeout);
     tokio::pin!(deadline);
     loop {
         let frame = tokio::select! {
             () = &mut deadline => None,
             () = session.closed() => None,
-            frame = socket.recv() => frame,
+            frame = rx.next() => frame,
         };
         let packet = match frame {
             Some(Ok(WsMessage::Text(text))) => Packet::decode_text(text.as_str()).ok(),
@@ -98,7 +129,7 @@ pub(crate) async fn upgrade(mut socket: WebSocket, session: Arc<Session>) {
             }
             Some(Packet::Upgrade) => {
                 if session.complete_upgrade() {
-                    return run(socket, session).await;
+                    return run_on(rx, socket, session).await;
                 }
                 break;
             }
@@ -110,7 +141,7 @@ pub(crate) async fn upgrade(mut socket: WebSocket, session: Arc<Session>) {
 }
 
 /// Writes packets, one frame each, then flushes.
-async fn write(socket: &mut WebSocket, packets: Vec<Packet>) -> Result<(), axum::Error> {
+async fn write<W: Outgoing>(socket: &mut W, packets: Vec<Packet>) -> Result<(), W::Error> {
     for packet in packets {
         let message = match packet.to_frame() {
             Frame::Text(text) => WsMessage::Text(text.into()),
@@ -122,6 +153,6 @@ async fn write(socket: &mut WebSocket, packets: Vec<Packet>) -> Result<(), axum:
 }
 
 /// Sends a close frame; the peer may already be gone.
-pub(crate) async fn close(socket: &mut WebSocket) {
+pub(crate) async fn close<W: Outgoing>(socket: &mut W) {
     let _ = socket.send(WsMessage::Close(None)).await;
 }

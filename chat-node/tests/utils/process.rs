@@ -46,6 +46,12 @@ impl NodeProcess {
         self.child.id()
     }
 
+    /// Kills the process at once (SIGKILL) and reaps it.
+    pub fn terminate_now(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Sends SIGTERM.
     pub fn terminate(&self) {
         let pid = nix::unistd::Pid::from_raw(i32::try_from(self.pid()).unwrap());

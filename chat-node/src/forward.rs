@@ -1,0 +1,783 @@
+//! Sessions without stickiness (`--sessions shared`): a polling request for a session that
+//! another node owns is forwarded to that node, which serves it on its own session and
+//! answers back.
+//!
+//! - [`SessionDirectory`]: who owns a session. In Redis ([`RedisDirectory`]):
+//!   `SET syd:eio:<sid> <node-id> PX <ttl>`, refreshed every `ping_interval` while the
+//!   session lives, `DEL` when it closes. In process ([`MemoryDirectory`]): the same with a
+//!   map, shared by the nodes of one process (tests).
+//! - [`Forwarder`]: the engine's [`Remote`]. Each node reads its own RPC topic on the bus,
+//!   `syd:node:<node-id>` (a Redis Stream with the Redis bus). A request is a JSON entry
+//!   `{"t":"req","id","from","op":"poll"|"post","sid","binary","body"(base64)}` appended to
+//!   the owner's topic; the owner runs [`polling::poll`] / [`polling::post`] on its session
+//!   and appends `{"t":"res","id","body"?,"error"?}` to the requester's topic
+//!   (`syd:node:<from>`); `error` is the Engine.IO error's HTTP code (400 codes map back to
+//!   the same [`EngineError`]). The requester waits a bounded time (a GET:
+//!   `ping_interval + ping_timeout`, since the owner answers a long poll by the next ping
+//!   at the latest; a POST: `ping_timeout`); no answer in time (a dead owner) is
+//!   `400 Session ID unknown`, so the client reconnects.
+//! - WebSocket bridge: a WebSocket upgrade for another node's session is accepted and
+//!   bridged over the same topics: `{"t":"wsopen","id","from","sid"}`, then
+//!   `{"t":"wsin","id","from","frame"}` to the owner and `{"t":"wsout","id","frame"}` back,
+//!   a frame being `{"k":"text","d"}`, `{"k":"bin","d"(base64)}` or `{"k":"close"}`. The
+//!   owner runs its usual upgrade (probe, `5`, then the session) on a transport made of
+//!   those frames. The bridging node closes the client's WebSocket when the owner is
+//!   silent for `ping_interval + ping_timeout` (it pings every `ping_interval`).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::extract::ws::{Message as WsMessage, WebSocket};
+use base64::Engine as _;
+use bytes::Bytes;
+use futures::{SinkExt as _, StreamExt as _};
+use parking_lot::Mutex;
+use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::bus::{Bus, BusError};
+use crate::engineio::{polling, websocket, EngineError, Remote, Session, Sessions, Sid};
+
+/// How many bridged WebSocket frames may wait, in each direction, for a slow consumer
+/// before the bridge is closed.
+const BRIDGE_CAPACITY: usize = 256;
+
+/// How often, and how many times at most, a closed session is checked for having left the
+/// session table before its owner record is deleted.
+const LINGER_CHECK: Duration = Duration::from_millis(100);
+const LINGER_CHECKS: u32 = 30;
+
+/// The Redis key naming the owner of session `sid`: `syd:eio:<sid>`.
+pub fn owner_key(sid: &str) -> String {
+    format!("syd:eio:{sid}")
+}
+
+/// The bus topic of node `node`'s RPC requests and replies: `syd:node:<node>`.
+pub fn node_topic(node: &str) -> String {
+    format!("syd:node:{node}")
+}
+
+/// Who owns which Engine.IO session.
+#[async_trait]
+pub trait SessionDirectory: Send + Sync + 'static {
+    /// The node that owns `sid`, if any.
+    async fn owner(&self, sid: &str) -> Result<Option<String>, BusError>;
+    /// Records (or refreshes) `node` as the owner of `sid` for `ttl`.
+    async fn register(&self, sid: &str, node: &str, ttl: Duration) -> Result<(), BusError>;
+    /// Forgets `sid`.
+    async fn unregister(&self, sid: &str) -> Result<(), BusError>;
+}
+
+/// The in-process directory; clones share the map.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryDirectory {
+    owners: Arc<Mutex<HashMap<String, (String, Instant)>>>,
+}
+
+impl MemoryDirectory {
+    /// An empty directory.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait]
+impl SessionDirectory for MemoryDirectory {
+    async fn owner(&self, sid: &str) -> Result<Option<String>, BusError> {
+        let mut owners = self.owners.lock();
+        let now = Instant::now();
+        owners.retain(|_, (_, expires)| *expires > now);
+        Ok(owners.get(sid).map(|(node, _)| node.clone()))
+    }
+
+    async fn register(&self, sid: &str, node: &str, ttl: Duration) -> Result<(), BusError> {
+        self.owners
+            .lock()
+            .insert(sid.to_owned(), (node.to_owned(), Instant::now() + ttl));
+        Ok(())
+    }
+
+    async fn unregister(&self, sid: &str) -> Result<(), BusError> {
+        self.owners.lock().remove(sid);
+        Ok(())
+    }
+}
+
+/// The directory in Redis: `syd:eio:<sid>` → node id, with a TTL.
+#[derive(Clone)]
+pub struct RedisDirectory {
+    conn: ConnectionManager,
+}
+
+impl std::fmt::Debug for RedisDirectory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisDirectory").finish_non_exhaustive()
+    }
+}
+
+fn unavailable(error: impl std::fmt::Display) -> BusError {
+    BusError::Unavailable(error.to_string())
+}
+
+impl RedisDirectory {
+    /// Connects to Redis at `url` (it must answer now).
+    pub async fn connect(url: &str) -> Result<Self, BusError> {
+        let client = redis::Client::open(url).map_err(unavailable)?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(unavailable)?;
+        Ok(Self { conn })
+    }
+}
+
+#[async_trait]
+impl SessionDirectory for RedisDirectory {
+    async fn owner(&self, sid: &str) -> Result<Option<String>, BusError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("GET")
+            .arg(owner_key(sid))
+            .query_async::<Option<String>>(&mut conn)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn register(&self, sid: &str, node: &str, ttl: Duration) -> Result<(), BusError> {
+        let mut conn = self.conn.clone();
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        redis::cmd("SET")
+            .arg(owner_key(sid))
+            .arg(node)
+            .arg("PX")
+            .arg(ttl_ms)
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn unregister(&self, sid: &str) -> Result<(), BusError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("DEL")
+            .arg(owner_key(sid))
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(unavailable)
+    }
+}
+
+/// An operation forwarded to a session's owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Op {
+    Poll,
+    Post,
+}
+
+/// One RPC entry on a node's topic.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "lowercase")]
+enum Rpc {
+    Req {
+        id: u64,
+        from: String,
+        op: Op,
+        sid: String,
+        #[serde(default)]
+        binary: bool,
+        /// Base64 of the POST body (empty for a poll).
+        #[serde(default)]
+        body: String,
+    },
+    /// Bridging node → owner: a client's WebSocket for session `sid` opened on `from`.
+    WsOpen { id: u64, from: String, sid: String },
+    /// Bridging node → owner: a frame from the client of bridge (`from`, `id`).
+    WsIn {
+        id: u64,
+        from: String,
+        frame: WsFrame,
+    },
+    /// Owner → bridging node: a frame for the client of bridge `id`.
+    WsOut { id: u64, frame: WsFrame },
+    Res {
+        id: u64,
+        /// The poll's payload (a POST answers with none).
+        #[serde(default)]
+        body: Option<String>,
+        /// The error's code ([`error_code`]).
+        #[serde(default)]
+        error: Option<u16>,
+    },
+}
+
+/// A WebSocket frame carried over the bus.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "k", rename_all = "lowercase")]
+enum WsFrame {
+    Text {
+        d: String,
+    },
+    /// Base64.
+    Bin {
+        d: String,
+    },
+    Close,
+}
+
+impl WsFrame {
+    /// The frame, or `None` for a control frame that is not carried (ping/pong).
+    fn from_message(message: WsMessage) -> Option<Self> {
+        match message {
+            WsMessage::Text(text) => Some(Self::Text {
+                d: text.as_str().to_owned(),
+            }),
+            WsMessage::Binary(data) => Some(Self::Bin {
+                d: base64::engine::general_purpose::STANDARD.encode(&data),
+            }),
+            WsMessage::Close(_) => Some(Self::Close),
+            WsMessage::Ping(_) | WsMessage::Pong(_) => None,
+        }
+    }
+
+    /// The frame as a message; an undecodable binary frame is a close.
+    fn into_message(self) -> WsMessage {
+        match self {
+            Self::Text { d } => WsMessage::Text(d.into()),
+            Self::Bin { d } => match base64::engine::general_purpose::STANDARD.decode(d) {
+                Ok(data) => WsMessage::Binary(Bytes::from(data)),
+                Err(_) => WsMessage::Close(None),
+            },
+            Self::Close => WsMessage::Close(None),
+        }
+    }
+}
+
+/// The frames from a bridged client, as the owner's WebSocket transport reads them.
+type HostedFrames = futures::channel::mpsc::Sender<Result<WsMessage, axum::Error>>;
+
+/// An Engine.IO error as a number: its protocol code, or 413 for a payload too large.
+fn error_code(error: EngineError) -> u16 {
+    error.code().map_or(413, u16::from)
+}
+
+fn error_from_code(code: u16) -> EngineError {
+    match code {
+        0 => EngineError::UnknownTransport,
+        1 => EngineError::UnknownSid,
+        2 => EngineError::BadHandshakeMethod,
+        4 => EngineError::Forbidden,
+        5 => EngineError::UnsupportedProtocolVersion,
+        413 => EngineError::PayloadTooLarge,
+        _ => EngineError::BadRequest,
+    }
+}
+
+/// The owner's answer: a poll's payload (none for a POST), or the error.
+type Answer = Result<Option<String>, EngineError>;
+
+/// Settings of a [`Forwarder`].
+#[derive(Debug, Clone)]
+pub struct ForwardConfig {
+    /// This node's id.
+    pub node_id: String,
+    /// How long a forwarded GET waits for the owner's answer.
+    pub poll_timeout: Duration,
+    /// How long a forwarded POST waits for the owner's answer.
+    pub post_timeout: Duration,
+    /// The TTL of an owner record; it is refreshed every `refresh`.
+    pub owner_ttl: Duration,
+    /// How often a live session's owner record is refreshed.
+    pub refresh: Duration,
+}
+
+/// Forwards requests for other nodes' sessions, and serves this node's sessions for them.
+#[derive(Clone)]
+pub struct Forwarder {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: ForwardConfig,
+    bus: Arc<dyn Bus>,
+    directory: Arc<dyn SessionDirectory>,
+    sessions: Arc<Sessions>,
+    next_id: AtomicU64,
+    pending: Mutex<HashMap<u64, oneshot::Sender<Answer>>>,
+    /// Bridging side: the frames for each bridged client, by bridge id.
+    bridges: Mutex<HashMap<u64, mpsc::Sender<WsFrame>>>,
+    /// Owner side: the frames from each bridged client, by (bridging node, bridge id).
+    hosted: Mutex<HashMap<(String, u64), HostedFrames>>,
+}
+
+impl std::fmt::Debug for Forwarder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Forwarder")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Forwarder {
+    /// A forwarder for the node whose sessions are `sessions`; starts reading the node's
+    /// RPC topic. Call inside a Tokio runtime.
+    pub fn start(
+        config: ForwardConfig,
+        bus: Arc<dyn Bus>,
+        directory: Arc<dyn SessionDirectory>,
+        sessions: Arc<Sessions>,
+    ) -> Self {
+        let mut entries = bus.subscribe(&node_topic(&config.node_id));
+        let forwarder = Self {
+            inner: Arc::new(Inner {
+                config,
+                bus,
+                directory,
+                sessions,
+                // Random start: a restarted node with the same id does not take a stale
+                // reply for one of its new requests.
+                next_id: AtomicU64::new(rand::random::<u64>() >> 1),
+                pending: Mutex::new(HashMap::new()),
+                bridges: Mutex::new(HashMap::new()),
+                hosted: Mutex::new(HashMap::new()),
+            }),
+        };
+        let weak = Arc::downgrade(&forwarder.inner);
+        tokio::spawn(async move {
+            while let Some(entry) = entries.recv().await {
+                let Some(inner) = weak.upgrade() else { return };
+                match serde_json::from_slice::<Rpc>(&entry) {
+                    Ok(rpc) => Self { inner }.on_rpc(rpc),
+                    Err(error) => tracing::warn!(%error, "invalid RPC entry; skipped"),
+                }
+            }
+        });
+        forwarder
+    }
+
+    /// Appends `rpc` to node `node`'s topic; `false` if the bus refused it.
+    async fn send_to(&self, node: &str, rpc: &Rpc) -> bool {
+        let bytes = match serde_json::to_vec(rpc) {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                tracing::warn!(%error, "RPC entry not encoded");
+                return false;
+            }
+        };
+        match self
+            .inner
+            .bus
+            .publish(&node_topic(node), Bytes::from(bytes))
+            .await
+        {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::warn!(%error, %node, "RPC entry not sent");
+                false
+            }
+        }
+    }
+
+    /// Handles one entry of this node's topic, in order (frames of a bridge must keep
+    /// their order: they are queued here, not spawned).
+    fn on_rpc(self, rpc: Rpc) {
+        match rpc {
+            Rpc::WsOpen { id, from, sid } => self.host(id, from, &sid),
+            Rpc::WsIn { id, from, frame } => {
+                let key = (from, id);
+                let mut hosted = self.inner.hosted.lock();
+                let close = frame == WsFrame::Close;
+                let delivered = hosted
+                    .get_mut(&key)
+                    .is_some_and(|tx| tx.try_send(Ok(frame.into_message())).is_ok());
+                if close || !delivered {
+                    // Dropping the sender ends the owner's transport.
+                    hosted.remove(&key);
+                }
+            }
+            Rpc::WsOut { id, frame } => {
+                let mut bridges = self.inner.bridges.lock();
+                let close = frame == WsFrame::Close;
+                let delivered = bridges
+                    .get(&id)
+                    .is_some_and(|tx| tx.try_send(frame).is_ok());
+                if close || !delivered {
+                    bridges.remove(&id);
+                }
+            }
+            Rpc::Res { id, body, error } => {
+                let waiter = self.inner.pending.lock().remove(&id);
+                if let Some(waiter) = waiter {
+                    let _ = waiter.send(match error {
+                        Some(code) => Err(error_from_code(code)),
+                        None => Ok(body),
+                    });
+                }
+            }
+            Rpc::Req {
+                id,
+                from,
+                op,
+                sid,
+                binary,
+                body,
+            } => {
+                tokio::spawn(async move {
+                    let result = self.serve(op, &sid, binary, &body).await;
+                    let (body, error) = match result {
+                        Ok(body) => (body, None),
+                        Err(error) => (None, Some(error_code(error))),
+                    };
+                    let reply = Rpc::Res { id, body, error };
+                    match serde_json::to_vec(&reply) {
+                        Ok(bytes) => {
+                            if let Err(error) = self
+                                .inner
+                                .bus
+                                .publish(&node_topic(&from), Bytes::from(bytes))
+                                .await
+                            {
+                                tracing::warn!(%error, %from, "RPC reply not sent");
+                            }
+                        }
+                        Err(error) => tracing::warn!(%error, "RPC reply not encoded"),
+                    }
+                });
+            }
+        }
+    }
+
+    /// Owner side: attaches a bridged client's WebSocket to session `sid` as an upgrade,
+    /// exactly as a local WebSocket (the probe, `5`, then the session on it).
+    fn host(self, id: u64, from: String, sid: &str) {
+        let session = sid
+            .parse::<Sid>()
+            .ok()
+            .and_then(|sid| self.inner.sessions.get(sid))
+            .filter(|session| session.try_attach_upgrade());
+        let Some(session) = session else {
+            // As the reference server: the WebSocket opens and closes at once.
+            tokio::spawn(async move {
+                let close = Rpc::WsOut {
+                    id,
+                    frame: WsFrame::Close,
+                };
+                self.send_to(&from, &close).await;
+            });
+            return;
+        };
+        let (in_tx, in_rx) = futures::channel::mpsc::channel(BRIDGE_CAPACITY);
+        let (out_tx, mut out_rx) = futures::channel::mpsc::channel::<WsMessage>(BRIDGE_CAPACITY);
+        let key = (from.clone(), id);
+        self.inner.hosted.lock().insert(key.clone(), in_tx);
+        let pump = self.clone();
+        tokio::spawn(async move {
+            while let Some(message) = out_rx.next().await {
+                let Some(frame) = WsFrame::from_message(message) else {
+                    continue;
+                };
+                let close = frame == WsFrame::Close;
+                if !pump.send_to(&from, &Rpc::WsOut { id, frame }).await || close {
+                    break;
+                }
+            }
+            let close = Rpc::WsOut {
+                id,
+                frame: WsFrame::Close,
+            };
+            pump.send_to(&from, &close).await;
+        });
+        tokio::spawn(async move {
+            websocket::upgrade_on(in_rx, out_tx, session).await;
+            self.inner.hosted.lock().remove(&key);
+        });
+    }
+
+    /// Serves a forwarded request on a session of this node.
+    async fn serve(
+        &self,
+        op: Op,
+        sid: &str,
+        binary: bool,
+        body: &str,
+    ) -> Result<Option<String>, EngineError> {
+        let session = sid
+            .parse::<Sid>()
+            .ok()
+            .and_then(|sid| self.inner.sessions.get(sid))
+            .ok_or(EngineError::UnknownSid)?;
+        if session.expire_if_overdue() {
+            return Err(EngineError::UnknownSid);
+        }
+        match op {
+            Op::Poll => polling::poll(&session).await.map(Some),
+            Op::Post => {
+                let body = base64::engine::general_purpose::STANDARD
+                    .decode(body)
+                    .map_err(|_| EngineError::BadRequest)?;
+                polling::post(&session, binary, Bytes::from(body))
+                    .await
+                    .map(|()| None)
+            }
+        }
+    }
+
+    /// Sends a request to `sid`'s owner and waits (bounded) for its answer.
+    async fn call(
+        &self,
+        op: Op,
+        sid: &str,
+        binary: bool,
+        body: &[u8],
+    ) -> Result<Option<String>, EngineError> {
+        let owner = match self.inner.directory.owner(sid).await {
+            Ok(Some(owner)) => owner,
+            Ok(None) => return Err(EngineError::UnknownSid),
+            Err(error) => {
+                tracing::warn!(%error, "session directory unavailable");
+                return Err(EngineError::UnknownSid);
+            }
+        };
+        if owner == self.inner.config.node_id {
+            // Ours in the directory but not in the table: it just closed.
+            return Err(EngineError::UnknownSid);
+        }
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let request = Rpc::Req {
+            id,
+            from: self.inner.config.node_id.clone(),
+            op,
+            sid: sid.to_owned(),
+            binary,
+            body: base64::engine::general_purpose::STANDARD.encode(body),
+        };
+        let bytes = serde_json::to_vec(&request).map_err(|_| EngineError::BadRequest)?;
+        let (tx, rx) = oneshot::channel();
+        self.inner.pending.lock().insert(id, tx);
+        let _cleanup = RemovePending(&self.inner, id);
+        if let Err(error) = self
+            .inner
+            .bus
+            .publish(&node_topic(&owner), Bytes::from(bytes))
+            .await
+        {
+            tracing::warn!(%error, %owner, "forwarding failed");
+            return Err(EngineError::UnknownSid);
+        }
+        let limit = match op {
+            Op::Poll => self.inner.config.poll_timeout,
+            Op::Post => self.inner.config.post_timeout,
+        };
+        match tokio::time::timeout(limit, rx).await {
+            Ok(Ok(result)) => result,
+            _ => {
+                tracing::debug!(%owner, %sid, "no answer from the owner in time");
+                Err(EngineError::UnknownSid)
+            }
+        }
+    }
+}
+
+/// Forgets a pending request when its caller stops waiting.
+struct RemovePending<'a>(&'a Inner, u64);
+
+impl Drop for RemovePending<'_> {
+    fn drop(&mut self) {
+        self.0.pending.lock().remove(&self.1);
+    }
+}
+
+#[async_trait]
+impl Remote for Forwarder {
+    async fn opened(&self, session: &Arc<Session>) {
+        let sid = session.id().to_string();
+        let config = &self.inner.config;
+        if let Err(error) = self
+            .inner
+            .directory
+            .register(&sid, &config.node_id, config.owner_ttl)
+            .await
+        {
+            tracing::warn!(%error, %sid, "owner not recorded; other nodes will not find it");
+        }
+        let directory = Arc::clone(&self.inner.directory);
+        let sessions = Arc::clone(&self.inner.sessions);
+        let session = Arc::clone(session);
+        let (node, ttl, refresh) = (config.node_id.clone(), config.owner_ttl, config.refresh);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = session.closed() => break,
+                    () = tokio::time::sleep(refresh) => {
+                        if let Err(error) = directory.register(&sid, &node, ttl).await {
+                            tracing::warn!(%error, %sid, "owner record not refreshed");
+                        }
+                    }
+                }
+            }
+            // A session closed by its client lingers in the table for a moment, to answer
+            // the client's GET that races the close with a noop: on any node.
+            for _ in 0..LINGER_CHECKS {
+                if sessions.get(session.id()).is_none() {
+                    break;
+                }
+                tokio::time::sleep(LINGER_CHECK).await;
+            }
+            if let Err(error) = directory.unregister(&sid).await {
+                tracing::debug!(%error, %sid, "owner record not deleted; it expires");
+            }
+        });
+    }
+
+    async fn poll(&self, sid: &str) -> Result<String, EngineError> {
+        self.call(Op::Poll, sid, false, &[])
+            .await
+            .map(Option::unwrap_or_default)
+    }
+
+    async fn post(&self, sid: &str, binary: bool, body: Bytes) -> Result<(), EngineError> {
+        self.call(Op::Post, sid, binary, &body).await.map(|_| ())
+    }
+
+    async fn owner(&self, sid: &str) -> Option<String> {
+        match self.inner.directory.owner(sid).await {
+            Ok(Some(owner)) if owner != self.inner.config.node_id => Some(owner),
+            Ok(_) => None,
+            Err(error) => {
+                tracing::warn!(%error, "session directory unavailable");
+                None
+            }
+        }
+    }
+
+    async fn bridge(&self, sid: String, owner: String, socket: WebSocket) {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let from = self.inner.config.node_id.clone();
+        let (out_tx, mut out_rx) = mpsc::channel(BRIDGE_CAPACITY);
+        self.inner.bridges.lock().insert(id, out_tx);
+        let _cleanup = RemoveBridge(&self.inner, id);
+        let (mut ws_tx, mut ws_rx) = socket.split();
+        let open = Rpc::WsOpen {
+            id,
+            from: from.clone(),
+            sid,
+        };
+        if !self.send_to(&owner, &open).await {
+            let _ = ws_tx.send(WsMessage::Close(None)).await;
+            return;
+        }
+        // The owner pings the client every ping_interval: silence for longer than a
+        // forwarded poll may last means the owner is gone.
+        let silence = self.inner.config.poll_timeout;
+        let owner_gone = tokio::time::sleep(silence);
+        tokio::pin!(owner_gone);
+        loop {
+            tokio::select! {
+                () = &mut owner_gone => {
+                    tracing::debug!(%owner, "bridged WebSocket: no frame from the owner in time");
+                    let _ = ws_tx.send(WsMessage::Close(None)).await;
+                    break;
+                }
+                frame = ws_rx.next() => {
+                    let frame = match frame {
+                        Some(Ok(message)) => match WsFrame::from_message(message) {
+                            Some(frame) => frame,
+                            None => continue,
+                        },
+                        // The client went away (or sent more than `max_payload`).
+                        Some(Err(_)) | None => WsFrame::Close,
+                    };
+                    let close = frame == WsFrame::Close;
+                    let sent = self.send_to(&owner, &Rpc::WsIn { id, from: from.clone(), frame }).await;
+                    if close || !sent {
+                        break;
+                    }
+                }
+                frame = out_rx.recv() => {
+                    owner_gone.as_mut().reset(Instant::now() + silence);
+                    let message = frame.unwrap_or(WsFrame::Close).into_message();
+                    let close = matches!(message, WsMessage::Close(_));
+                    if ws_tx.send(message).await.is_err() {
+                        let gone = Rpc::WsIn { id, from: from.clone(), frame: WsFrame::Close };
+                        self.send_to(&owner, &gone).await;
+                        break;
+                    }
+                    if close {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Forgets a bridge when it ends.
+struct RemoveBridge<'a>(&'a Inner, u64);
+
+impl Drop for RemoveBridge<'_> {
+    fn drop(&mut self) {
+        self.0.bridges.lock().remove(&self.1);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rpc_entries_round_trip_and_errors_keep_their_codes() {
+        let req = Rpc::Req {
+            id: 7,
+            from: "b".into(),
+            op: Op::Post,
+            sid: "s".into(),
+            binary: false,
+            body: "NA==".into(),
+        };
+        let text = serde_json::to_string(&req).unwrap();
+        assert!(text.starts_with(r#"{"t":"req","id":7"#), "{text}");
+        assert!(matches!(
+            serde_json::from_str::<Rpc>(&text).unwrap(),
+            Rpc::Req {
+                id: 7,
+                op: Op::Post,
+                ..
+            }
+        ));
+        for error in [
+            EngineError::UnknownSid,
+            EngineError::BadRequest,
+            EngineError::PayloadTooLarge,
+            EngineError::Forbidden,
+        ] {
+            assert_eq!(error_from_code(error_code(error)), error);
+        }
+        assert!(serde_json::from_slice::<Rpc>(b"\xff{").is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_memory_directory_forgets_expired_owners() {
+        let directory = MemoryDirectory::new();
+        directory
+            .register("s", "a", Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!(directory.owner("s").await.unwrap().as_deref(), Some("a"));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(directory.owner("s").await.unwrap(), None);
+        directory
+            .register("s", "a", Duration::from_secs(1))
+            .await
+            .unwrap();
+        directory.unregister("s").await.unwrap();
+        assert_eq!(directory.owner("s").await.unwrap(), None);
+    }
+}
