@@ -60,7 +60,9 @@ impl ClientLimits {
     }
 
     /// Takes a concurrency slot for `ip`, or None when it already holds `max` (0 = no limit,
-    /// but the slot is still counted so the limit can be turned on by a reload).
+    /// the slot is still counted). The proxy does not call this while the limit is off, so
+    /// after a reload turns the limit on, requests and tunnels opened before it are not
+    /// counted against it.
     pub fn acquire(&self, ip: IpAddr, max: u32) -> Option<ClientGuard> {
         let shard = self.shard(&ip);
         let mut map = self.shards[shard].lock();

@@ -1,8 +1,11 @@
 //! Assembles the pingora server: the proxy service with its listeners, the admin listener,
 //! the health checker and the SIGHUP reload handler.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use async_trait::async_trait;
@@ -18,7 +21,7 @@ use pingora::services::listening::Service;
 use crate::admin::AdminApp;
 use crate::config::Config;
 use crate::health::HealthChecker;
-use crate::proxy::{EdgeProxy, HEAD_READ};
+use crate::proxy::EdgeProxy;
 use crate::state::Shared;
 use crate::tls;
 
@@ -36,8 +39,16 @@ impl HttpServerApp for Edge {
         mut session: ServerSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
-        let cfg = self.shared.current().config.clone();
-        let Some(head_timeout) = cfg.limits.header_read_timeout else {
+        // Copy the two settings out of the current config without taking a reference count.
+        let (head_timeout, keepalive) = {
+            let rt = self.shared.runtime.load();
+            let c = &rt.config;
+            (
+                c.limits.header_read_timeout,
+                c.timeouts.downstream_keepalive,
+            )
+        };
+        let Some(head_timeout) = head_timeout else {
             return self.inner.process_new_http(session, shutdown).await;
         };
         // A fresh connection must send its head within the timeout; a kept-alive one may
@@ -53,30 +64,29 @@ impl HttpServerApp for Edge {
             }
             None => false,
         };
-        let deadline = if reused {
-            head_timeout + cfg.timeouts.downstream_keepalive
+        let (deadline, first_wait_bounded) = if reused {
+            let deadline = head_timeout + keepalive;
+            // pingora bounds the wait for the first bytes of the next request by the
+            // connection's keep-alive timeout (and ends the request quietly when it expires).
+            // When that is within the deadline, our timer is only needed once bytes came in
+            // and the head is still incomplete: most kept-alive requests then never arm it.
+            let bounded = session
+                .get_keepalive()
+                .is_some_and(|k| k > 0 && Duration::from_secs(k) <= deadline);
+            (deadline, bounded)
         } else {
             // With keep-alive off, pingora bounds each read of the head by the read timeout;
             // it turns keep-alive back on once the head is parsed.
             session.set_keepalive(None);
             session.set_read_timeout(Some(head_timeout));
-            head_timeout
+            (head_timeout, false)
         };
-        let head_read = Arc::new(AtomicBool::new(false));
-        let request = HEAD_READ.scope(
-            head_read.clone(),
-            self.inner.process_new_http(session, shutdown),
-        );
-        tokio::pin!(request);
-        tokio::select! {
-            r = &mut request => r,
-            _ = tokio::time::sleep(deadline) => {
-                if head_read.load(Ordering::Acquire) {
-                    request.await
-                } else {
-                    self.shared.metrics.reject("header_timeout");
-                    None
-                }
+        let request = self.inner.process_new_http(session, shutdown);
+        match head_deadline(request, deadline, first_wait_bounded).await {
+            Some(r) => r,
+            None => {
+                self.shared.metrics.reject("header_timeout");
+                None
             }
         }
     }
@@ -92,6 +102,54 @@ impl HttpServerApp for Edge {
     async fn http_cleanup(&self) {
         self.inner.http_cleanup().await
     }
+}
+
+/// Runs `request` (one request of a connection) and gives up on it, returning None, when
+/// its head has not been read within `deadline` from now. The timer is armed only while the
+/// head is incomplete after a poll, and dropped as soon as the head has been read, so the
+/// rest of the request runs without it. With `first_wait_bounded` (the caller knows the
+/// request itself ends its first wait within the deadline), the first wait is left to the
+/// request and the timer is armed, for the same deadline, only if a second one follows.
+async fn head_deadline<F: std::future::Future>(
+    request: F,
+    deadline: Duration,
+    first_wait_bounded: bool,
+) -> Option<F::Output> {
+    let mut request = std::pin::pin!(request);
+    let mut head_read = false;
+    let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    // The clock is read here only when arming may be deferred; otherwise `sleep` reads it.
+    let start = first_wait_bounded.then(Instant::now);
+    let mut first_wait = true;
+    std::future::poll_fn(|cx| {
+        if head_read {
+            return request.as_mut().poll(cx).map(Some);
+        }
+        let (r, read) = crate::proxy::watch_head_read(|| request.as_mut().poll(cx));
+        if let Poll::Ready(out) = r {
+            return Poll::Ready(Some(out));
+        }
+        if read {
+            head_read = true;
+            timer = None;
+            return Poll::Pending;
+        }
+        if timer.is_none() {
+            let first = std::mem::replace(&mut first_wait, false);
+            let sleep = match start {
+                // The request itself ends its first wait within the deadline.
+                Some(_) if first => return Poll::Pending,
+                Some(s) => tokio::time::sleep_until((s + deadline).into()),
+                None => tokio::time::sleep(deadline),
+            };
+            timer = Some(Box::pin(sleep));
+        }
+        match timer.as_mut().map(|t| t.as_mut().poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(None),
+            _ => Poll::Pending,
+        }
+    })
+    .await
 }
 
 /// Reloads the config on SIGHUP.

@@ -1,9 +1,10 @@
 //! The client's address as the balancer sees it, and the X-Forwarded-* headers added to
 //! every request sent upstream.
 
+use std::fmt::Write as _;
 use std::net::IpAddr;
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderValue};
 use ipnet::IpNet;
 
 /// The client address for balancing: the TCP peer, or, when the peer is a trusted proxy, the
@@ -37,7 +38,62 @@ pub fn client_ip(peer: Option<IpAddr>, headers: &HeaderMap, trusted: &[IpNet]) -
     Some(candidate)
 }
 
-/// The headers to set on the upstream request (names lowercase).
+/// The headers to set on the upstream request (names lowercase), as header values: the
+/// request path builds each value once, with no intermediate strings.
+pub fn forwarded_header_values(
+    headers: &HeaderMap,
+    peer: Option<IpAddr>,
+    real_ip: Option<IpAddr>,
+    tls: bool,
+    host: Option<&str>,
+) -> [Option<(&'static str, HeaderValue)>; 4] {
+    let mut xff = None;
+    let mut peer_value = None;
+    if let Some(peer) = peer {
+        let mut prior = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .peekable();
+        let value = if prior.peek().is_none() {
+            let v = ip_value(peer);
+            peer_value = Some(v.clone());
+            v
+        } else {
+            let mut s = String::with_capacity(64);
+            for p in prior {
+                s.push_str(p);
+                s.push_str(", ");
+            }
+            let _ = write!(s, "{peer}");
+            // Built from visible ASCII only, so always valid.
+            HeaderValue::try_from(s).unwrap_or_else(|_| ip_value(peer))
+        };
+        xff = Some(("x-forwarded-for", value));
+    }
+    let proto = Some((
+        "x-forwarded-proto",
+        HeaderValue::from_static(if tls { "https" } else { "http" }),
+    ));
+    // The host comes from a header that was valid visible ASCII, or from the URI.
+    let host = host.and_then(|h| Some(("x-forwarded-host", HeaderValue::from_str(h).ok()?)));
+    let real = real_ip.or(peer).map(|ip| {
+        let v = match peer_value {
+            Some(v) if Some(ip) == peer => v,
+            _ => ip_value(ip),
+        };
+        ("x-real-ip", v)
+    });
+    [xff, proto, host, real]
+}
+
+fn ip_value(ip: IpAddr) -> HeaderValue {
+    let mut s = String::with_capacity(39);
+    let _ = write!(s, "{ip}");
+    HeaderValue::try_from(s).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// The headers to set on the upstream request (names lowercase), as strings.
 pub fn forwarded_headers(
     headers: &HeaderMap,
     peer: Option<IpAddr>,
@@ -45,31 +101,11 @@ pub fn forwarded_headers(
     tls: bool,
     host: Option<&str>,
 ) -> Vec<(&'static str, String)> {
-    let mut out = Vec::with_capacity(4);
-    let prior: Vec<&str> = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    if let Some(peer) = peer {
-        let xff = if prior.is_empty() {
-            peer.to_string()
-        } else {
-            format!("{}, {peer}", prior.join(", "))
-        };
-        out.push(("x-forwarded-for", xff));
-    }
-    out.push((
-        "x-forwarded-proto",
-        if tls { "https" } else { "http" }.to_string(),
-    ));
-    if let Some(h) = host {
-        out.push(("x-forwarded-host", h.to_string()));
-    }
-    if let Some(ip) = real_ip.or(peer) {
-        out.push(("x-real-ip", ip.to_string()));
-    }
-    out
+    forwarded_header_values(headers, peer, real_ip, tls, host)
+        .into_iter()
+        .flatten()
+        .map(|(n, v)| (n, v.to_str().map(str::to_string).unwrap_or_default()))
+        .collect()
 }
 
 #[cfg(test)]

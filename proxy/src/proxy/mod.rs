@@ -5,6 +5,7 @@ mod forwarded;
 mod respond;
 mod upgrade;
 
+use std::cell::Cell;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,12 +24,21 @@ use crate::limits::ClientGuard;
 use crate::state::{Runtime, Shared};
 use crate::upstream::{ActiveGuard, Backend, Upstream};
 
-pub use forwarded::{client_ip, forwarded_headers};
+pub use forwarded::{client_ip, forwarded_header_values, forwarded_headers};
 
-tokio::task_local! {
-    /// Set by the listener wrapper around each request: flipped once the request head has
-    /// been read, which ends the header-read deadline.
-    pub static HEAD_READ: Arc<std::sync::atomic::AtomicBool>;
+thread_local! {
+    /// Set by `early_request_filter` once a request head has been read. The listener
+    /// wrapper clears it before each poll of a request whose head it is still waiting for
+    /// and reads it right after: the filter runs inside that poll, on the same thread.
+    static HEAD_READ: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `poll` (one poll of a request future) and tells whether the request head was read
+/// during it, for the header-read deadline of the listener wrapper.
+pub(crate) fn watch_head_read<T>(poll: impl FnOnce() -> T) -> (T, bool) {
+    HEAD_READ.with(|f| f.set(false));
+    let r = poll();
+    (r, HEAD_READ.with(|f| f.replace(false)))
 }
 
 /// Connection-context marker: this connection has served a request before.
@@ -154,8 +164,9 @@ impl EdgeProxy {
         // The last index tried is the backend that answered.
         let metrics = ctx.tried.last().and_then(|&i| up.metrics.get(i));
         if let Some(t) = ctx.upstream_started {
-            let el = t.elapsed();
-            b.stats.ewma.observe(el);
+            let now = Instant::now();
+            let el = now.saturating_duration_since(t);
+            b.stats.ewma.observe_at(el, now);
             if let Some(m) = metrics {
                 m.latency.observe(el.as_secs_f64());
             }
@@ -188,13 +199,14 @@ impl ProxyHttp for EdgeProxy {
 
     fn new_ctx(&self) -> Ctx {
         Ctx {
-            started: Some(Instant::now()),
+            // Only the access log reads the request's start time.
+            started: self.shared.access_log.enabled().then(Instant::now),
             ..Default::default()
         }
     }
 
     async fn early_request_filter(&self, _session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
-        let _ = HEAD_READ.try_with(|f| f.store(true, std::sync::atomic::Ordering::Release));
+        HEAD_READ.with(|f| f.set(true));
         Ok(())
     }
 
@@ -217,7 +229,15 @@ impl ProxyHttp for EdgeProxy {
         }
 
         // HTTP -> HTTPS redirect on listeners configured for it.
-        let local: Option<SocketAddr> = session.server_addr().and_then(|a| a.as_inet()).copied();
+        let any_redirect = cfg
+            .listeners
+            .iter()
+            .any(|x| x.redirect_https_port.is_some());
+        let local: Option<SocketAddr> = if any_redirect {
+            session.server_addr().and_then(|a| a.as_inet()).copied()
+        } else {
+            None
+        };
         if let Some(port) = local.and_then(|l| {
             cfg.listeners
                 .iter()
@@ -272,22 +292,23 @@ impl ProxyHttp for EdgeProxy {
                     )
                     .await;
             }
-            match self
-                .shared
-                .limits
-                .acquire(ip, limits.max_connections_per_ip.unwrap_or(0))
-            {
-                Some(g) => ctx.client_guard = Some(g),
-                None => {
-                    return self
-                        .reject(
-                            session,
-                            ctx,
-                            429,
-                            "too_many_connections",
-                            "too many concurrent connections from this address",
-                        )
-                        .await
+            // With the limit off nothing is counted (a mutex and a map update per request
+            // otherwise). A reload that turns it on therefore does not see the requests and
+            // tunnels opened before it: they are not counted against the new limit.
+            if let Some(max) = limits.max_connections_per_ip.filter(|&m| m > 0) {
+                match self.shared.limits.acquire(ip, max) {
+                    Some(g) => ctx.client_guard = Some(g),
+                    None => {
+                        return self
+                            .reject(
+                                session,
+                                ctx,
+                                429,
+                                "too_many_connections",
+                                "too many concurrent connections from this address",
+                            )
+                            .await
+                    }
                 }
             }
         }
@@ -376,14 +397,17 @@ impl ProxyHttp for EdgeProxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let host = host_of(session.req_header()).map(str::to_string);
-        for (name, value) in forwarded_headers(
-            &session.req_header().headers,
+        let req = session.req_header();
+        for (name, value) in forwarded_header_values(
+            &req.headers,
             ctx.peer_ip,
             ctx.client_ip,
             ctx.tls,
-            host.as_deref(),
-        ) {
+            host_of(req),
+        )
+        .into_iter()
+        .flatten()
+        {
             upstream_request.insert_header(name, value)?;
         }
         Ok(())

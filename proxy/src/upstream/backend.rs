@@ -98,6 +98,9 @@ pub struct BackendStats {
     /// Peak-EWMA of time to first byte, for least_time.
     pub ewma: PeakEwma,
     passive: Mutex<PassiveState>,
+    /// False while `passive` holds nothing a success would clear (no failure, not down, no
+    /// probe): the common success path then skips the lock.
+    passive_dirty: AtomicBool,
     slow_start: Mutex<Option<(Instant, Duration)>>,
     /// Mirrors `slow_start.is_some()` so the pick path reads one atomic, not a lock.
     ramping: AtomicBool,
@@ -134,6 +137,7 @@ impl BackendStats {
             draining: AtomicBool::new(false),
             ewma: PeakEwma::default(),
             passive: Mutex::new(PassiveState::default()),
+            passive_dirty: AtomicBool::new(false),
             slow_start: Mutex::new(None),
             ramping: AtomicBool::new(false),
             checks: Mutex::new((0, 0)),
@@ -170,7 +174,10 @@ impl BackendStats {
             if current != Health::Down && c.1 >= fall {
                 drop(c);
                 self.set_health(Health::Down, None);
-                self.passive.lock().down_since = Some(Instant::now());
+                let mut p = self.passive.lock();
+                p.down_since = Some(Instant::now());
+                self.passive_dirty.store(true, Ordering::Release);
+                drop(p);
                 return Some(Health::Down);
             }
         }
@@ -194,6 +201,7 @@ impl BackendStats {
             p.failures.clear();
             p.down_since = None;
             p.probing = false;
+            self.passive_dirty.store(false, Ordering::Release);
             drop(p);
             if let Some(d) = slow_start.filter(|d| !d.is_zero()) {
                 *self.slow_start.lock() = Some((Instant::now(), d));
@@ -237,6 +245,8 @@ impl BackendStats {
         let now = Instant::now();
         let mut p = self.passive.lock();
         p.probing = false;
+        // Set before any change below, while the lock is held.
+        self.passive_dirty.store(true, Ordering::Release);
         if self.health() == Health::Down {
             // A failed probe: wait a whole window again before the next one.
             p.down_since = Some(now);
@@ -257,9 +267,15 @@ impl BackendStats {
     /// Passive check: a response (or a `101`) came back. Re-admits a backend that passive
     /// checks had marked down. Returns true when this success re-admitted it.
     pub fn record_success(&self, slow_start: Option<Duration>) -> bool {
+        if !self.passive_dirty.load(Ordering::Acquire) {
+            return false;
+        }
         let mut p = self.passive.lock();
         let was_probe = p.probing || p.down_since.is_some();
         p.failures.clear();
+        if !was_probe {
+            self.passive_dirty.store(false, Ordering::Release);
+        }
         drop(p);
         if was_probe && self.health() == Health::Down {
             self.set_health(Health::Up, slow_start);
@@ -275,6 +291,7 @@ impl BackendStats {
         match p.down_since {
             Some(t) if !p.probing && t.elapsed() >= window => {
                 p.probing = true;
+                self.passive_dirty.store(true, Ordering::Release);
                 true
             }
             _ => false,
@@ -306,8 +323,12 @@ impl PeakEwma {
     pub const DEFAULT_US: f64 = 1_000.0;
 
     pub fn observe(&self, sample: Duration) {
+        self.observe_at(sample, Instant::now());
+    }
+
+    /// [`Self::observe`] with the current time already read by the caller.
+    pub fn observe_at(&self, sample: Duration, now: Instant) {
         let rtt = sample.as_secs_f64() * 1e6;
-        let now = Instant::now();
         let mut g = self.inner.lock();
         let (cost, last) = *g;
         let new = match last {
