@@ -173,16 +173,8 @@ async fn alternate(a: &TestServer, b: &TestServer) {
     );
 }
 
-#[tokio::test]
-async fn polling_requests_alternate_between_two_nodes_through_redis() {
-    let redis = RedisServer::start();
-    let a = redis_node("a", &redis, SessionMode::Shared).await;
-    let b = redis_node("b", &redis, SessionMode::Shared).await;
-    alternate(&a, &b).await;
-}
-
-#[tokio::test]
-async fn polling_requests_alternate_between_two_nodes_on_the_in_process_bus() {
+/// Nodes "a" and "b" in this process, sharing an in-process bus and session directory.
+async fn memory_pair() -> (TestServer, TestServer) {
     let bus = Arc::new(MemoryBus::new());
     let directory = Arc::new(MemoryDirectory::new());
     let node = |id: &str| {
@@ -197,6 +189,20 @@ async fn polling_requests_alternate_between_two_nodes_on_the_in_process_bus() {
         TestServer::start_node(node("a")).await,
         TestServer::start_node(node("b")).await,
     );
+    (a, b)
+}
+
+#[tokio::test]
+async fn polling_requests_alternate_between_two_nodes_through_redis() {
+    let redis = RedisServer::start();
+    let a = redis_node("a", &redis, SessionMode::Shared).await;
+    let b = redis_node("b", &redis, SessionMode::Shared).await;
+    alternate(&a, &b).await;
+}
+
+#[tokio::test]
+async fn polling_requests_alternate_between_two_nodes_on_the_in_process_bus() {
+    let (a, b) = memory_pair().await;
     alternate(&a, &b).await;
 }
 
@@ -346,20 +352,7 @@ async fn a_websocket_upgrade_on_another_node_is_bridged_to_the_owner_through_red
 
 #[tokio::test]
 async fn a_websocket_upgrade_on_another_node_is_bridged_on_the_in_process_bus() {
-    let bus = Arc::new(MemoryBus::new());
-    let directory = Arc::new(MemoryDirectory::new());
-    let node = |id: &str| {
-        Node::with_parts(
-            config(id, None, SessionMode::Shared),
-            bus.clone(),
-            directory.clone(),
-        )
-        .unwrap()
-    };
-    let (a, b) = (
-        TestServer::start_node(node("a")).await,
-        TestServer::start_node(node("b")).await,
-    );
+    let (a, b) = memory_pair().await;
     upgrade_through(&a, &b).await;
 }
 
