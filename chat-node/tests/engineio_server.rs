@@ -124,10 +124,7 @@ async fn polling_echoes_batches_of_text_and_binary() {
 async fn a_pending_poll_returns_as_soon_as_there_is_data() {
     let server = echo_server(quiet_config("/engine.io/")).await;
     let session = Polling::open(&server).await;
-    let (reply, ()) = tokio::join!(session.poll(), async {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        session.send("4late").await;
-    });
+    let reply = session.poll_while_sending("4late").await;
     assert_eq!(reply, "4late");
 }
 
@@ -189,10 +186,7 @@ async fn overlapping_polls_close_the_session() {
 async fn a_close_packet_ends_the_pending_poll_with_a_noop() {
     let server = echo_server(quiet_config("/engine.io/")).await;
     let session = Polling::open(&server).await;
-    let (poll, ()) = tokio::join!(session.poll(), async {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        session.send("1").await;
-    });
+    let poll = session.poll_while_sending("1").await;
     assert_eq!(poll, "6");
     assert_eq!(session.get().await.status, 400);
 

@@ -198,6 +198,17 @@ impl Polling {
         reply.body
     }
 
+    /// A long poll that is (very likely) pending on the server when `packet` is posted;
+    /// returns what the poll got. Either order gives the same answer, so the delay only
+    /// makes the test exercise the pending path.
+    pub async fn poll_while_sending(&self, packet: &str) -> String {
+        let (reply, ()) = tokio::join!(self.poll(), async {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            self.send(packet).await;
+        });
+        reply
+    }
+
     pub async fn post(&self, body: impl Into<String>) -> Reply {
         request(self.client.post(self.url()).body(body.into())).await
     }
