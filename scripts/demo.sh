@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Runs the proxy in front of three echo backends until Ctrl-C: HTTPS on 127.0.0.1:8443
 # (dev CA in certs/), HTTP on 127.0.0.1:8080 redirecting to it, admin on 127.0.0.1:9900.
-# Until the chat stack (`switchyard up`) lands, this is the one-command way to watch the
-# balancing: `curl --cacert certs/ca.pem https://localhost:8443/id` answers with the
-# backend's id.
+# The chat stack is `cargo run --release --bin switchyard -- up`; this echo-backend variant
+# is for watching the balancing with curl: `curl --cacert certs/ca.pem
+# https://localhost:8443/id` answers with the backend's id.
 #
 #   scripts/demo.sh [strategy=least_conn]
 set -euo pipefail

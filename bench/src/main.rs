@@ -1,1 +1,79 @@
-fn main() {}
+//! `bench`: compares balancing strategies and proxies (Switchyard, nginx, HAProxy, or no
+//! proxy) side by side on loopback, with a progress bar, a summary table and a report folder
+//! (results.json, report.md, SVG charts). `bench backend` is the backend it runs.
+//!
+//! ```text
+//! cargo run --release -p bench -- http --targets direct,switchyard:round_robin,nginx,haproxy
+//! ```
+
+mod backend;
+mod backends;
+mod cli;
+mod load;
+mod procstat;
+mod progress;
+mod redis;
+mod report;
+mod scenarios;
+mod stats;
+mod targets;
+
+use clap::Parser as _;
+
+use crate::cli::{Cli, Command};
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Backend(args) => backend::run(args),
+        cmd => run_scenario(cmd),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_scenario(cmd: Command) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    // Thousands of sockets in ws-hold: take the whole descriptor allowance.
+    if let Ok((_, hard)) = rlimit::getrlimit(rlimit::Resource::NOFILE) {
+        let _ = rlimit::setrlimit(rlimit::Resource::NOFILE, hard, hard);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    // On Ctrl-C or SIGTERM the scenario future is dropped, which stops every process it
+    // started (proxies, backends, redis) through their Drop impls.
+    rt.block_on(async {
+        tokio::select! {
+            r = scenarios::run(cmd) => r,
+            _ = interrupted() => Err(anyhow::anyhow!("interrupted")),
+        }
+    })
+}
+
+async fn interrupted() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}

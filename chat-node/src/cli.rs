@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::chat::{ChatConfig, RateLimit};
 use crate::engineio::Cors;
 use crate::node::{NodeConfig, SessionMode};
 
@@ -47,6 +48,28 @@ pub struct Args {
     /// How long a stopping node waits for requests in flight before exiting anyway.
     #[arg(long, env = "CHAT_SHUTDOWN_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+    /// How long after a disconnection a client may recover its socket (rooms, id) and the
+    /// broadcasts it missed, on any node; `0s` turns connection-state recovery off.
+    #[arg(long, env = "CHAT_RECOVERY_WINDOW", default_value = "2m", value_parser = humantime::parse_duration)]
+    pub recovery_window: Duration,
+    /// Chat: about how many messages each room's history keeps (Redis trims
+    /// approximately).
+    #[arg(long, env = "CHAT_HISTORY_CAP", default_value_t = 1000)]
+    pub history_cap: usize,
+    /// Chat: how many of the newest messages `join` answers with (at most the cap and 100).
+    #[arg(long, env = "CHAT_HISTORY_ON_JOIN", default_value_t = 50)]
+    pub history_on_join: usize,
+    /// Chat: messages per user and window, across all nodes, as `<count>/<duration>`
+    /// (`10/5s`: bursts of 10, then one every 500 ms).
+    #[arg(long, env = "CHAT_RATE_LIMIT", default_value = "10/5s")]
+    pub rate_limit: RateLimit,
+    /// Chat: the longest message, in characters.
+    #[arg(long, env = "CHAT_MAX_TEXT", default_value_t = 2000)]
+    pub max_text: usize,
+    /// Chat: how long a node's presence entries outlive its last heartbeat (the node
+    /// beats every third of it): how long users of a crashed node still count as online.
+    #[arg(long, env = "CHAT_PRESENCE_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub presence_ttl: Duration,
 }
 
 impl Args {
@@ -80,6 +103,14 @@ impl Args {
             max_payload: self.max_payload,
             cors: self.cors(),
             shutdown_grace: self.shutdown_grace,
+            recovery_window: self.recovery_window,
+            chat: ChatConfig {
+                history_cap: self.history_cap,
+                history_on_join: self.history_on_join,
+                rate_limit: self.rate_limit,
+                max_text: self.max_text,
+                presence_ttl: self.presence_ttl,
+            },
         }
     }
 }
@@ -136,5 +167,40 @@ mod tests {
         assert_eq!(any.cors(), Cors::AnyOrigin);
         assert!(Args::try_parse_from(["chat-node", "--sessions", "sticky"]).is_err());
         assert!(Args::try_parse_from(["chat-node", "--ping-interval", "soon"]).is_err());
+    }
+
+    #[test]
+    fn chat_flags_map_to_chat_settings() {
+        let args = Args::try_parse_from([
+            "chat-node",
+            "--history-cap",
+            "20",
+            "--history-on-join",
+            "5",
+            "--rate-limit",
+            "3/2s",
+            "--max-text",
+            "100",
+            "--presence-ttl",
+            "2s",
+        ])
+        .unwrap();
+        let chat = args.node_config().chat;
+        assert_eq!(chat.history_cap, 20);
+        assert_eq!(chat.history_on_join, 5);
+        assert_eq!(chat.rate_limit.to_string(), "3/2s");
+        assert_eq!(chat.max_text, 100);
+        assert_eq!(chat.presence_ttl, Duration::from_secs(2));
+        assert!(chat.validate().is_ok());
+        let defaults = Args::try_parse_from(["chat-node"])
+            .unwrap()
+            .node_config()
+            .chat;
+        assert_eq!(defaults, ChatConfig::default());
+        let error = Args::try_parse_from(["chat-node", "--rate-limit", "fast"]).unwrap_err();
+        assert!(
+            error.to_string().contains("expected <count>/<duration>"),
+            "{error}"
+        );
     }
 }

@@ -16,13 +16,21 @@
 //! few nodes that is cheap; per-room channels (sharded pub/sub) are the way out if it is
 //! not (see `docs/sessions.md`).
 //!
+//! With connection-state recovery on ([`ClusterAdapterFactory::with_recovery`]), a
+//! broadcast is appended first and delivered locally once its id is known, and every
+//! event reaches its sockets with that id appended as its offset (see
+//! [`crate::recovery`]); the stream is kept for the recovery window, and the adapter keeps
+//! its sockets' recovery records up to date in the [`SessionStore`].
+//!
 //! An entry is JSON ([`Entry`]): the encoded packet (text plus base64 attachments), the
 //! rooms and `except`, and its origin: the node id, a random instance id of this process,
 //! and a sequence number. A node skips its own entries by instance id, and drops an entry
-//! whose sequence number it has already seen from that instance (a publisher retry after
-//! a lost reply may append an entry twice).
+//! whose sequence number it has recently seen from that instance (a publisher retry after
+//! a lost reply may append an entry twice). Recently, not "at most the highest seen":
+//! concurrent broadcasts of one node take their numbers and reach the bus in different
+//! orders.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
@@ -30,15 +38,23 @@ use async_trait::async_trait;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use bytes::Bytes;
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::bus::Bus;
+use crate::bus::{parse_id, Bus, BusEntry, LOG_START};
 use crate::engineio::Sid;
+use crate::recovery::{is_pid, Record, RecoveryConfig, SessionStore};
 use crate::socketio::{
     Adapter, AdapterError, AdapterFactory, BroadcastOptions, Encoded, LocalAdapter, LocalSockets,
-    Namespace, Room,
+    Namespace, Replay, Room, TakenSession,
 };
+
+/// How many log entries one read of a replay fetches.
+const REPLAY_PAGE: usize = 1000;
+/// The most log entries a replay scans: a client that missed more than this much traffic
+/// gets a new session rather than a node busy for seconds.
+const MAX_REPLAY_SCAN: usize = 100_000;
 
 /// The bus topic (the Redis Stream key) of namespace `nsp`: `syd:{/chat}:stream`. The
 /// braces are a Redis Cluster hash tag: every key of one namespace lands in one slot.
@@ -84,6 +100,7 @@ pub struct ClusterAdapterFactory {
     bus: Arc<dyn Bus>,
     node: String,
     instance: u64,
+    recovery: Option<(Arc<dyn SessionStore>, RecoveryConfig)>,
 }
 
 impl std::fmt::Debug for ClusterAdapterFactory {
@@ -103,7 +120,15 @@ impl ClusterAdapterFactory {
             bus,
             node: node.into(),
             instance: rand::random(),
+            recovery: None,
         }
+    }
+
+    /// Turns connection-state recovery on, with records in `store`.
+    #[must_use]
+    pub fn with_recovery(mut self, store: Arc<dyn SessionStore>, config: RecoveryConfig) -> Self {
+        self.recovery = Some((store, config));
+        self
     }
 }
 
@@ -112,22 +137,42 @@ impl AdapterFactory for ClusterAdapterFactory {
     /// adapter is local only, and says so in the log).
     fn create(&self, nsp: &Namespace, local: Weak<dyn LocalSockets>) -> Arc<dyn Adapter> {
         let (dropped, stop) = oneshot::channel();
+        let topic = stream_key(nsp);
+        let recovery = self.recovery.as_ref().map(|(store, config)| {
+            // A margin over the window: a client recovering at the window's end still
+            // finds its offset.
+            self.bus.retain(&topic, config.window + config.refresh);
+            Recovery {
+                store: Arc::clone(store),
+                config: *config,
+                sessions: Mutex::new(HashMap::new()),
+                pids: Mutex::new(HashMap::new()),
+            }
+        });
         let adapter = Arc::new(ClusterAdapter {
             local: Arc::new(LocalAdapter::new(local)),
             bus: Arc::clone(&self.bus),
-            topic: stream_key(nsp),
+            topic,
             node: self.node.clone(),
             instance: self.instance,
             seq: AtomicU64::new(0),
+            last_offset: Arc::new(Mutex::new(LOG_START.to_owned())),
+            recovery,
             _dropped: dropped,
         });
         if tokio::runtime::Handle::try_current().is_ok() {
             let entries = self.bus.subscribe(&adapter.topic);
-            let local = Arc::downgrade(&adapter.local);
-            let instance = self.instance;
+            let receiver = Receiver {
+                local: Arc::downgrade(&adapter.local),
+                me: self.instance,
+                last_offset: Arc::clone(&adapter.last_offset),
+                offsets: adapter.recovery.is_some(),
+            };
+            let weak = Arc::downgrade(&adapter);
             tokio::spawn(async move {
                 tokio::select! {
-                    () = receive(local, entries, instance) => {}
+                    () = receiver.run(entries) => {}
+                    () = maintain(weak) => {}
                     // The adapter is gone: stop reading (which ends the subscription).
                     _ = stop => {}
                 }
@@ -139,6 +184,53 @@ impl AdapterFactory for ClusterAdapterFactory {
     }
 }
 
+/// The recovery side of an adapter.
+struct Recovery {
+    store: Arc<dyn SessionStore>,
+    config: RecoveryConfig,
+    /// This node's recoverable sockets: their pid and the log offset when they connected.
+    sessions: Mutex<HashMap<Sid, (String, String)>>,
+    /// The same, by pid.
+    pids: Mutex<HashMap<String, Sid>>,
+}
+
+/// Learns the log's current offset, then renews this node's recovery records until the
+/// adapter is gone.
+async fn maintain(adapter: Weak<ClusterAdapter>) {
+    let Some(strong) = adapter.upgrade() else {
+        return;
+    };
+    match strong.bus.last_id(&strong.topic).await {
+        Ok(id) => strong.note_offset(&id),
+        Err(error) => tracing::warn!(topic = %strong.topic, %error, "log offset unknown"),
+    }
+    let Some(refresh) = strong.recovery.as_ref().map(|r| r.config.refresh) else {
+        return std::future::pending().await;
+    };
+    drop(strong);
+    let mut ticks = tokio::time::interval(refresh);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        let Some(adapter) = adapter.upgrade() else {
+            return;
+        };
+        let Some(recovery) = &adapter.recovery else {
+            return;
+        };
+        let pids: Vec<String> = recovery
+            .sessions
+            .lock()
+            .values()
+            .map(|(pid, _)| pid.clone())
+            .collect();
+        let ttl = recovery.config.connected_ttl();
+        if let Err(error) = recovery.store.touch(&pids, ttl).await {
+            tracing::warn!(%error, sockets = pids.len(), "recovery records not renewed");
+        }
+    }
+}
+
 /// Rooms of this node's sockets, broadcasts to every node.
 pub struct ClusterAdapter {
     local: Arc<LocalAdapter>,
@@ -147,8 +239,73 @@ pub struct ClusterAdapter {
     node: String,
     instance: u64,
     seq: AtomicU64,
+    /// The last log entry this node has seen: where a new socket's replay would start.
+    last_offset: Arc<Mutex<String>>,
+    recovery: Option<Recovery>,
     /// Dropped with the adapter, which stops its bus reader.
     _dropped: oneshot::Sender<()>,
+}
+
+/// Whether an encoded packet is an EVENT or BINARY_EVENT (which carry offsets).
+fn is_event(packet: &Encoded) -> bool {
+    packet.text.starts_with('2') || packet.text.starts_with('5')
+}
+
+/// Moves `last` forward to `id` (never back: the reader and the publisher race).
+fn advance(last: &Mutex<String>, id: &str) {
+    let mut last = last.lock();
+    if parse_id(id) > parse_id(&last) {
+        id.clone_into(&mut last);
+    }
+}
+
+/// Whether a broadcast with `opts` reaches a socket in `rooms`.
+fn reaches(opts: &BroadcastOptions, rooms: &HashSet<&str>) -> bool {
+    (opts.rooms.is_empty() || opts.rooms.iter().any(|r| rooms.contains(r.as_str())))
+        && !opts.except.iter().any(|r| rooms.contains(r.as_str()))
+}
+
+impl ClusterAdapter {
+    fn note_offset(&self, id: &str) {
+        advance(&self.last_offset, id);
+    }
+
+    fn owner(&self, sid: Sid) -> String {
+        format!("{:x}:{sid}", self.instance)
+    }
+
+    /// The record of local socket `sid` as it is now.
+    fn record(&self, sid: Sid, connected_at: String) -> Record {
+        Record {
+            sid: sid.to_string(),
+            rooms: self
+                .local
+                .rooms(sid)
+                .iter()
+                .map(|r| r.as_str().to_owned())
+                .collect(),
+            offset: connected_at,
+        }
+    }
+
+    /// Writes the record of `sid` after its rooms changed, if it is recoverable.
+    async fn rooms_changed(&self, sid: Sid) {
+        let Some(recovery) = &self.recovery else {
+            return;
+        };
+        let Some((pid, connected_at)) = recovery.sessions.lock().get(&sid).cloned() else {
+            return;
+        };
+        let record = self.record(sid, connected_at);
+        let ttl = recovery.config.connected_ttl();
+        if let Err(error) = recovery
+            .store
+            .update(&pid, &self.owner(sid), &record, ttl)
+            .await
+        {
+            tracing::warn!(%sid, %error, "recovery record not updated");
+        }
+    }
 }
 
 impl std::fmt::Debug for ClusterAdapter {
@@ -165,11 +322,13 @@ impl std::fmt::Debug for ClusterAdapter {
 impl Adapter for ClusterAdapter {
     async fn add_all(&self, sid: Sid, rooms: Vec<Room>) -> Result<(), AdapterError> {
         self.local.join(sid, rooms);
+        self.rooms_changed(sid).await;
         Ok(())
     }
 
     async fn del(&self, sid: Sid, room: Room) -> Result<(), AdapterError> {
         self.local.leave(sid, &room);
+        self.rooms_changed(sid).await;
         Ok(())
     }
 
@@ -182,10 +341,11 @@ impl Adapter for ClusterAdapter {
         Ok(self.local.rooms(sid))
     }
 
-    /// Delivers locally, then publishes for the other nodes. An error means the other
+    /// Without recovery: delivers locally, then publishes for the other nodes. With it:
+    /// appends, then delivers locally with the entry's id as the offset (without one when
+    /// the bus is unreachable: the entry waits in its buffer). An error means the other
     /// nodes will not get it (the local sockets already have).
     async fn broadcast(&self, packet: Encoded, opts: BroadcastOptions) -> Result<(), AdapterError> {
-        self.local.deliver(&packet, &opts);
         let entry = Entry {
             node: self.node.clone(),
             instance: self.instance,
@@ -195,52 +355,244 @@ impl Adapter for ClusterAdapter {
                 .iter()
                 .map(|a| BASE64.encode(a))
                 .collect(),
-            text: packet.text,
+            text: packet.text.clone(),
             opts,
         };
-        let bytes = serde_json::to_vec(&entry)
-            .map_err(|error| AdapterError::Unavailable(error.to_string()))?;
-        self.bus
-            .publish(&self.topic, Bytes::from(bytes))
-            .await
-            .map_err(|error| AdapterError::Unavailable(error.to_string()))
+        let bytes = match serde_json::to_vec(&entry) {
+            Ok(bytes) => Bytes::from(bytes),
+            Err(error) => {
+                self.local.deliver(&packet, &entry.opts, None);
+                return Err(AdapterError::Unavailable(error.to_string()));
+            }
+        };
+        if self.recovery.is_none() {
+            self.local.deliver(&packet, &entry.opts, None);
+            return self
+                .bus
+                .publish(&self.topic, bytes)
+                .await
+                .map_err(|error| AdapterError::Unavailable(error.to_string()));
+        }
+        match self.bus.append(&self.topic, bytes).await {
+            Ok(Some(id)) => {
+                self.note_offset(&id);
+                let key = parse_id(&id);
+                if is_event(&packet) {
+                    self.local
+                        .deliver(&packet.with_offset(&id), &entry.opts, key);
+                } else {
+                    self.local.deliver(&packet, &entry.opts, key);
+                }
+                Ok(())
+            }
+            Ok(None) => {
+                self.local.deliver(&packet, &entry.opts, None);
+                Ok(())
+            }
+            Err(error) => {
+                self.local.deliver(&packet, &entry.opts, None);
+                Err(AdapterError::Unavailable(error.to_string()))
+            }
+        }
     }
 
     /// This node's sockets only.
     async fn sockets(&self, opts: BroadcastOptions) -> Result<Vec<Sid>, AdapterError> {
         Ok(self.local.targets(&opts))
     }
+
+    fn recovers(&self) -> bool {
+        self.recovery.is_some()
+    }
+
+    async fn session_opened(&self, sid: Sid, pid: &str) -> Result<(), AdapterError> {
+        let Some(recovery) = &self.recovery else {
+            return Ok(());
+        };
+        let connected_at = self.last_offset.lock().clone();
+        recovery
+            .sessions
+            .lock()
+            .insert(sid, (pid.to_owned(), connected_at.clone()));
+        recovery.pids.lock().insert(pid.to_owned(), sid);
+        let record = self.record(sid, connected_at);
+        recovery
+            .store
+            .put(
+                pid,
+                &self.owner(sid),
+                &record,
+                recovery.config.connected_ttl(),
+            )
+            .await
+            .map_err(|error| AdapterError::Unavailable(error.to_string()))
+    }
+
+    async fn session_closed(&self, sid: Sid, recoverable: bool) -> Result<(), AdapterError> {
+        let Some(recovery) = &self.recovery else {
+            return Ok(());
+        };
+        let Some((pid, connected_at)) = recovery.sessions.lock().remove(&sid) else {
+            return Ok(());
+        };
+        recovery.pids.lock().remove(&pid);
+        let owner = self.owner(sid);
+        let result = if recoverable {
+            let record = self.record(sid, connected_at);
+            recovery
+                .store
+                .update(&pid, &owner, &record, recovery.config.window)
+                .await
+                .map(|_| ())
+        } else {
+            recovery.store.remove(&pid, &owner).await
+        };
+        result.map_err(|error| AdapterError::Unavailable(error.to_string()))
+    }
+
+    async fn take_session(&self, pid: &str) -> Result<Option<TakenSession>, AdapterError> {
+        let Some(recovery) = &self.recovery else {
+            return Ok(None);
+        };
+        // Its socket is still connected here (the client came back before this node
+        // noticed it was gone): a new session is safer than two sockets with one id.
+        if !is_pid(pid) || recovery.pids.lock().contains_key(pid) {
+            return Ok(None);
+        }
+        let record = recovery
+            .store
+            .take(pid)
+            .await
+            .map_err(|error| AdapterError::Unavailable(error.to_string()))?;
+        Ok(record.and_then(|record| {
+            Some(TakenSession {
+                sid: record.sid.parse().ok()?,
+                rooms: record.rooms.into_iter().map(Room::from).collect(),
+                connected_at: record.offset,
+            })
+        }))
+    }
+
+    async fn missed(&self, after: &str, rooms: &[Room]) -> Result<Option<Replay>, AdapterError> {
+        if self.recovery.is_none() {
+            return Ok(None);
+        }
+        let rooms: HashSet<&str> = rooms.iter().map(Room::as_str).collect();
+        let mut replay = Replay {
+            packets: Vec::new(),
+            through: parse_id(after),
+        };
+        let mut from = after.to_owned();
+        let mut scanned = 0;
+        loop {
+            let page = self
+                .bus
+                .read_after(&self.topic, &from, REPLAY_PAGE)
+                .await
+                .map_err(|error| AdapterError::Unavailable(error.to_string()))?;
+            let Some(page) = page else {
+                return Ok(None);
+            };
+            let full = page.len() == REPLAY_PAGE;
+            for BusEntry { id, data } in page {
+                scanned += 1;
+                replay.through = parse_id(&id);
+                from.clone_from(&id);
+                let Ok(entry) = serde_json::from_slice::<Entry>(&data) else {
+                    continue;
+                };
+                if !reaches(&entry.opts, &rooms) {
+                    continue;
+                }
+                if let Some(packet) = entry.packet() {
+                    if is_event(&packet) {
+                        replay.packets.push(packet.with_offset(&id));
+                    }
+                }
+            }
+            if !full {
+                return Ok(Some(replay));
+            }
+            if scanned >= MAX_REPLAY_SCAN {
+                tracing::info!(
+                    scanned,
+                    "too much missed to replay; the client gets a new session"
+                );
+                return Ok(None);
+            }
+        }
+    }
 }
 
-/// Delivers the other instances' entries to the local sockets; ends when the namespace is
-/// gone or the bus closes the subscription.
-async fn receive(local: Weak<LocalAdapter>, mut entries: mpsc::Receiver<Bytes>, me: u64) {
-    let mut last_seq: HashMap<u64, u64> = HashMap::new();
-    while let Some(bytes) = entries.recv().await {
-        let entry: Entry = match serde_json::from_slice(&bytes) {
-            Ok(entry) => entry,
-            Err(error) => {
-                tracing::warn!(%error, "invalid bus entry; skipped");
+/// How many sequence numbers per publishing instance a reader remembers: a duplicate
+/// (a retried batch) arrives within a few hundred entries of the original.
+const DEDUP_WINDOW: usize = 4096;
+
+/// The sequence numbers recently seen from one instance.
+#[derive(Default)]
+struct Seen {
+    set: HashSet<u64>,
+    order: std::collections::VecDeque<u64>,
+}
+
+impl Seen {
+    /// Records `seq`; `false` when it was already there.
+    fn insert(&mut self, seq: u64) -> bool {
+        if !self.set.insert(seq) {
+            return false;
+        }
+        self.order.push_back(seq);
+        if self.order.len() > DEDUP_WINDOW {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        true
+    }
+}
+
+/// Delivers the other instances' entries to the local sockets.
+struct Receiver {
+    local: Weak<LocalAdapter>,
+    me: u64,
+    last_offset: Arc<Mutex<String>>,
+    /// Append each event's offset (recovery is on).
+    offsets: bool,
+}
+
+impl Receiver {
+    /// Ends when the namespace is gone or the bus closes the subscription.
+    async fn run(self, mut entries: mpsc::Receiver<BusEntry>) {
+        let mut seen: HashMap<u64, Seen> = HashMap::new();
+        while let Some(BusEntry { id, data }) = entries.recv().await {
+            advance(&self.last_offset, &id);
+            let entry: Entry = match serde_json::from_slice(&data) {
+                Ok(entry) => entry,
+                Err(error) => {
+                    tracing::warn!(%error, "invalid bus entry; skipped");
+                    continue;
+                }
+            };
+            if entry.instance == self.me {
                 continue;
             }
-        };
-        if entry.instance == me {
-            continue;
+            if !seen.entry(entry.instance).or_default().insert(entry.seq) {
+                tracing::debug!(node = %entry.node, seq = entry.seq, "duplicate bus entry; skipped");
+                continue;
+            }
+            let Some(packet) = entry.packet() else {
+                tracing::warn!(node = %entry.node, "bus entry with an invalid attachment; skipped");
+                continue;
+            };
+            let Some(local) = self.local.upgrade() else {
+                return;
+            };
+            if self.offsets && is_event(&packet) {
+                local.deliver(&packet.with_offset(&id), &entry.opts, parse_id(&id));
+            } else {
+                local.deliver(&packet, &entry.opts, None);
+            }
         }
-        let last = last_seq.entry(entry.instance).or_insert(0);
-        if entry.seq <= *last {
-            tracing::debug!(node = %entry.node, seq = entry.seq, "duplicate bus entry; skipped");
-            continue;
-        }
-        *last = entry.seq;
-        let Some(packet) = entry.packet() else {
-            tracing::warn!(node = %entry.node, "bus entry with an invalid attachment; skipped");
-            continue;
-        };
-        let Some(local) = local.upgrade() else {
-            return;
-        };
-        local.deliver(&packet, &entry.opts);
     }
 }
 
@@ -249,8 +601,6 @@ async fn receive(local: Weak<LocalAdapter>, mut entries: mpsc::Receiver<Bytes>, 
 mod tests {
     use std::time::Duration;
 
-    use parking_lot::Mutex;
-
     use super::*;
     use crate::bus::MemoryBus;
 
@@ -258,7 +608,7 @@ mod tests {
     struct Recorder(Mutex<Vec<(Sid, Encoded)>>);
 
     impl LocalSockets for Recorder {
-        fn deliver(&self, sid: Sid, packet: &Encoded) {
+        fn deliver(&self, sid: Sid, packet: &Encoded, _offset: Option<(u64, u64)>) {
             self.0.lock().push((sid, packet.clone()));
         }
     }
@@ -333,15 +683,17 @@ mod tests {
             serde_json::to_vec(&entry(1, "2[\"one\"]")).unwrap(),
             serde_json::to_vec(&entry(1, "2[\"one again\"]")).unwrap(),
             b"not json".to_vec(),
+            // Concurrent broadcasts of one node reach the bus out of their order.
+            serde_json::to_vec(&entry(3, "2[\"three\"]")).unwrap(),
             serde_json::to_vec(&entry(2, "2[\"two\"]")).unwrap(),
         ] {
             bus.publish(&topic, Bytes::from(bytes)).await.unwrap();
         }
-        let got: Vec<String> = eventually(&on_b, 2)
+        let got: Vec<String> = eventually(&on_b, 3)
             .await
             .into_iter()
             .map(|(_, p)| p.text)
             .collect();
-        assert_eq!(got, ["2[\"one\"]", "2[\"two\"]"]);
+        assert_eq!(got, ["2[\"one\"]", "2[\"three\"]", "2[\"two\"]"]);
     }
 }

@@ -127,15 +127,7 @@ fn unavailable(error: impl std::fmt::Display) -> BusError {
 impl RedisDirectory {
     /// Connects to Redis at `url` (it must answer now).
     pub async fn connect(url: &str) -> Result<Self, BusError> {
-        let client = redis::Client::open(url).map_err(unavailable)?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_with_config(client, config)
-            .await
-            .map_err(unavailable)?;
+        let conn = crate::bus::redis::open(url).await.map_err(unavailable)?;
         Ok(Self { conn })
     }
 }
@@ -353,7 +345,7 @@ impl Forwarder {
         tokio::spawn(async move {
             while let Some(entry) = entries.recv().await {
                 let Some(inner) = weak.upgrade() else { return };
-                match serde_json::from_slice::<Rpc>(&entry) {
+                match serde_json::from_slice::<Rpc>(&entry.data) {
                     Ok(rpc) => Self { inner }.on_rpc(rpc),
                     Err(error) => tracing::warn!(%error, "invalid RPC entry; skipped"),
                 }

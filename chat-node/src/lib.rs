@@ -14,14 +14,20 @@
 //!   ([`bus::MemoryBus`]) or on Redis Streams ([`bus::RedisBus`]).
 //! - [`cluster`]: the cross-node adapter ([`cluster::ClusterAdapter`]): local rooms, and
 //!   every broadcast also published on the bus for the other nodes.
+//! - [`recovery`]: connection-state recovery: private session ids, the records of
+//!   recoverable sockets ([`recovery::SessionStore`], in process or in Redis), replayed
+//!   from the namespace's bus log.
 //! - [`forward`]: sessions without stickiness: the owner directory
 //!   ([`forward::SessionDirectory`]), the forwarding of polling requests to a session's
 //!   owner and the bridging of WebSocket upgrades to it, over the bus
 //!   ([`forward::Forwarder`]).
 //! - [`node`]: one chat node: settings ([`node::NodeConfig`]), the HTTP application
 //!   (engine path, `/healthz`, `x-served-by`), serving with a bounded graceful shutdown.
+//! - [`web`]: the browser chat page (`web/`: HTML, CSS, the JavaScript Socket.IO client),
+//!   embedded in the binary and served at `/` and `/assets/…` with a strict CSP.
 //! - [`cli`]: the `chat-node` binary's command line (flags with environment fallbacks).
-//! - [`app`]: the placeholder chat application on namespace `/`.
+//! - [`chat`]: the chat application on namespace `/` (rooms, private rooms, history,
+//!   presence; contract in `docs/chat-api.md`), on Redis or an embedded store.
 //! - [`conformance`]: the servers the official protocol test suites run against (the
 //!   `conformance` binary).
 //!
@@ -31,12 +37,14 @@
 
 #![forbid(unsafe_code)]
 
-pub mod app;
 pub mod bus;
+pub mod chat;
 pub mod cli;
 pub mod cluster;
 pub mod conformance;
 pub mod engineio;
 pub mod forward;
 pub mod node;
+pub mod recovery;
 pub mod socketio;
+pub mod web;

@@ -1,9 +1,9 @@
 //! One chat node: its settings ([`NodeConfig`]), built into a [`Node`] (the Engine.IO and
-//! Socket.IO servers on a bus, the placeholder application), and served over an injected
+//! Socket.IO servers on a bus, the chat application on its store), and served over an injected
 //! listener until a shutdown future completes, with a bounded graceful shutdown.
 //!
-//! HTTP routes: the engine path (`/socket.io/`) and `GET /healthz`; every response
-//! carries `x-served-by: <node-id>`.
+//! HTTP routes: the engine path (`/socket.io/`), `GET /healthz` and the browser page
+//! ([`crate::web`]: `/`, `/assets/…`); every response carries `x-served-by: <node-id>`.
 
 use std::future::{Future, IntoFuture as _};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,12 +18,16 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
-use crate::app;
 use crate::bus::{Bus, BusError, MemoryBus, RedisBus, RedisBusConfig};
+use crate::chat::{
+    self, Chat, ChatConfig, ChatConfigError, ChatStore, MemoryStore, RedisStore, StoreError,
+};
 use crate::cluster::ClusterAdapterFactory;
 use crate::engineio::server::served_by;
 use crate::engineio::{CloseReason, ConfigError, Cors, EngineConfig, EngineIo};
 use crate::forward::{ForwardConfig, Forwarder, MemoryDirectory, RedisDirectory, SessionDirectory};
+use crate::recovery::RecoveryConfig;
+use crate::socketio::packet::InvalidNamespace;
 use crate::socketio::{SocketIo, SocketIoConfig};
 
 /// Where Engine.IO sessions live.
@@ -58,6 +62,11 @@ pub struct NodeConfig {
     pub cors: Cors,
     /// How long a stopping node waits for its requests in flight before it exits anyway.
     pub shutdown_grace: Duration,
+    /// Connection-state recovery: how long after a disconnection a client may recover its
+    /// socket and what it missed (see [`crate::recovery`]); zero turns recovery off.
+    pub recovery_window: Duration,
+    /// The chat application's settings (history, rate limit, text length, presence).
+    pub chat: ChatConfig,
 }
 
 impl Default for NodeConfig {
@@ -72,6 +81,8 @@ impl Default for NodeConfig {
             max_payload: engine.max_payload,
             cors: Cors::Disabled,
             shutdown_grace: Duration::from_secs(5),
+            recovery_window: RecoveryConfig::default().window,
+            chat: ChatConfig::default(),
         }
     }
 }
@@ -85,9 +96,28 @@ pub enum StartError {
     /// The configured Redis does not answer.
     #[error("redis: {0}")]
     Bus(#[from] BusError),
+    /// An invalid chat setting (the source says which).
+    #[error("invalid chat setting")]
+    Chat(#[from] ChatConfigError),
+    /// The chat's store (Redis) does not answer (the source says why).
+    #[error("chat store")]
+    Store(#[from] StoreError),
+    /// The chat's namespace could not be registered.
+    #[error(transparent)]
+    Namespace(#[from] InvalidNamespace),
 }
 
 impl NodeConfig {
+    /// The recovery settings, when recovery is on: records renewed four times per window
+    /// (at most every 30 s).
+    pub fn recovery(&self) -> Option<RecoveryConfig> {
+        (!self.recovery_window.is_zero()).then(|| RecoveryConfig {
+            window: self.recovery_window,
+            refresh: (self.recovery_window / 4)
+                .clamp(Duration::from_millis(100), Duration::from_secs(30)),
+        })
+    }
+
     /// The Engine.IO settings on `/socket.io/`.
     pub fn engine_config(&self) -> EngineConfig {
         EngineConfig {
@@ -108,6 +138,7 @@ pub struct Node {
     engine: EngineIo,
     io: SocketIo,
     bus: Arc<dyn Bus>,
+    chat: Chat,
     config: Arc<NodeConfig>,
     stopping: Arc<AtomicBool>,
 }
@@ -123,16 +154,22 @@ impl std::fmt::Debug for Node {
 
 impl Node {
     /// Builds a node: connects to Redis when configured (it must answer now), else uses a
-    /// fresh in-process bus. Call inside a Tokio runtime.
+    /// fresh in-process bus and chat store. Call inside a Tokio runtime.
     pub async fn new(config: NodeConfig) -> Result<Self, StartError> {
-        let (bus, directory): (Arc<dyn Bus>, Arc<dyn SessionDirectory>) = match &config.redis_url {
-            Some(url) => (
-                Arc::new(RedisBus::connect(RedisBusConfig::new(url.clone())).await?),
-                Arc::new(RedisDirectory::connect(url).await?),
-            ),
-            None => (Arc::new(MemoryBus::new()), Arc::new(MemoryDirectory::new())),
-        };
-        Self::with_parts(config, bus, directory)
+        let (bus, directory, store): (Arc<dyn Bus>, Arc<dyn SessionDirectory>, Arc<dyn ChatStore>) =
+            match &config.redis_url {
+                Some(url) => (
+                    Arc::new(RedisBus::connect(RedisBusConfig::new(url.clone())).await?),
+                    Arc::new(RedisDirectory::connect(url).await?),
+                    Arc::new(RedisStore::connect(url).await?),
+                ),
+                None => (
+                    Arc::new(MemoryBus::new()),
+                    Arc::new(MemoryDirectory::new()),
+                    Arc::new(MemoryStore::new()),
+                ),
+            };
+        Self::with_store(config, bus, directory, store)
     }
 
     /// Builds a node on a given bus, with its own in-process session directory. Call
@@ -141,19 +178,34 @@ impl Node {
         Self::with_parts(config, bus, Arc::new(MemoryDirectory::new()))
     }
 
-    /// Builds a node on a given bus and session directory (tests share one [`MemoryBus`]
-    /// and one [`MemoryDirectory`] between the nodes of one process). Call inside a Tokio
-    /// runtime.
+    /// Builds a node on a given bus and session directory, with its own in-process chat
+    /// store (tests share one [`MemoryBus`] and one [`MemoryDirectory`] between the nodes
+    /// of one process). Call inside a Tokio runtime.
     pub fn with_parts(
         config: NodeConfig,
         bus: Arc<dyn Bus>,
         directory: Arc<dyn SessionDirectory>,
     ) -> Result<Self, StartError> {
+        Self::with_store(config, bus, directory, Arc::new(MemoryStore::new()))
+    }
+
+    /// Builds a node on a given bus, session directory and chat store: in-process nodes
+    /// sharing one [`MemoryBus`], [`MemoryDirectory`] and [`MemoryStore`] behave like a
+    /// cluster on Redis. Call inside a Tokio runtime.
+    pub fn with_store(
+        config: NodeConfig,
+        bus: Arc<dyn Bus>,
+        directory: Arc<dyn SessionDirectory>,
+        store: Arc<dyn ChatStore>,
+    ) -> Result<Self, StartError> {
         let engine_config = config.engine_config().validate()?;
-        let adapters = ClusterAdapterFactory::new(Arc::clone(&bus), config.node_id.clone());
+        let chat_config = config.chat.clone().validate()?;
+        let mut adapters = ClusterAdapterFactory::new(Arc::clone(&bus), config.node_id.clone());
+        if let Some(recovery) = config.recovery() {
+            adapters = adapters.with_recovery(bus.session_store(), recovery);
+        }
         let io = SocketIo::with_adapter(SocketIoConfig::default(), adapters);
-        // "/" is a valid namespace: registering cannot fail.
-        let _ = app::register(&io, &config.node_id);
+        let chat = chat::register(&io, &config.node_id, chat_config, store)?;
         let engine = EngineIo::new(engine_config, io.clone())?;
         if config.sessions == SessionMode::Shared {
             let forwarder = Forwarder::start(
@@ -174,6 +226,7 @@ impl Node {
             engine,
             io,
             bus,
+            chat,
             config: Arc::new(config),
             stopping: Arc::new(AtomicBool::new(false)),
         })
@@ -189,6 +242,11 @@ impl Node {
         &self.io
     }
 
+    /// The chat application.
+    pub fn chat(&self) -> &Chat {
+        &self.chat
+    }
+
     /// The settings.
     pub fn config(&self) -> &NodeConfig {
         &self.config
@@ -200,7 +258,11 @@ impl Node {
         let health = Router::new()
             .route("/healthz", get(healthz))
             .with_state(self.clone());
-        let router = self.engine.routes().merge(health);
+        let router = self
+            .engine
+            .routes()
+            .merge(health)
+            .merge(crate::web::routes());
         // The node id was validated as a header value by `EngineConfig::validate`.
         let served = HeaderValue::from_str(&self.config.node_id)
             .unwrap_or_else(|_| HeaderValue::from_static("chat-node"));

@@ -35,7 +35,7 @@ async fn the_binary_serves_and_exits_cleanly_on_sigterm() {
     let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", node.addr);
     let mut ws = utils::Ws::connect(&url).await;
     assert!(ws.recv_text().await.starts_with("0{"));
-    ws.send_text("40").await;
+    ws.send_text(r#"40{"name":"t"}"#).await;
     assert!(ws.recv_text().await.starts_with("40{"));
     assert!(ws.recv_text().await.starts_with("42[\"welcome\""));
 

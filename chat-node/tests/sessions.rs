@@ -17,7 +17,7 @@ use chat_node::node::{Node, NodeConfig, SessionMode};
 use serde_json::Value;
 use utils::process::NodeProcess;
 use utils::redis::RedisServer;
-use utils::{http, request, Reply, TestServer, Ws, STEP};
+use utils::{http, placeholder, request, Reply, TestServer, Ws, STEP};
 
 fn config(node_id: &str, redis: Option<&RedisServer>, sessions: SessionMode) -> NodeConfig {
     NodeConfig {
@@ -34,7 +34,7 @@ async fn redis_node(node_id: &str, redis: &RedisServer, sessions: SessionMode) -
     let node = Node::new(config(node_id, Some(redis), sessions))
         .await
         .unwrap();
-    TestServer::start_node(node).await
+    TestServer::start_node(placeholder::install(node)).await
 }
 
 /// A raw polling client of one session whose requests go to whichever node it is told.
@@ -186,8 +186,8 @@ async fn memory_pair() -> (TestServer, TestServer) {
         .unwrap()
     };
     let (a, b) = (
-        TestServer::start_node(node("a")).await,
-        TestServer::start_node(node("b")).await,
+        TestServer::start_node(placeholder::install(node("a"))).await,
+        TestServer::start_node(placeholder::install(node("b"))).await,
     );
     (a, b)
 }
@@ -398,7 +398,7 @@ async fn a_dead_owner_is_a_bounded_session_id_unknown() {
     })
     .await
     .unwrap();
-    let b = TestServer::start_node(b).await;
+    let b = TestServer::start_node(placeholder::install(b)).await;
 
     let http = http();
     let base = format!("http://{}/socket.io/?EIO=4&transport=polling", owner.addr);
@@ -407,8 +407,8 @@ async fn a_dead_owner_is_a_bounded_session_id_unknown() {
     let open: Value = serde_json::from_str(open.body.strip_prefix('0').unwrap()).unwrap();
     let sid = open["sid"].as_str().unwrap();
     let on_b = url(&b, &format!("sid={sid}"));
-    // Forwarded to the live owner process.
-    let post = request(http.post(&on_b).body("40")).await;
+    // Forwarded to the live owner process (which serves the chat: it wants a name).
+    let post = request(http.post(&on_b).body(r#"40{"name":"t"}"#)).await;
     assert_eq!((post.status, post.body.as_str()), (200, "ok"));
     let get = request(http.get(&on_b)).await;
     assert_eq!(get.status, 200, "{}", get.body);

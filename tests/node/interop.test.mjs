@@ -11,6 +11,7 @@
 
 import { after, describe, test } from "node:test";
 import assert from "node:assert/strict";
+import { waitEvent as waitFor } from "./wait.mjs";
 import { io, Manager } from "socket.io-client";
 
 const URL = process.env.SIO_URL;
@@ -62,20 +63,8 @@ function manager(opts = {}) {
   return m;
 }
 
-/** Resolves with the arguments of the next `event` on `emitter`; rejects after `ms`. */
 function waitEvent(emitter, event, ms = STEP_MS) {
-  return new Promise((resolve, reject) => {
-    const on = (...args) => {
-      clearTimeout(timer);
-      emitter.off(event, on);
-      resolve(args);
-    };
-    const timer = setTimeout(() => {
-      emitter.off(event, on);
-      reject(new Error(`timed out after ${ms} ms waiting for "${event}"`));
-    }, ms);
-    emitter.on(event, on);
-  });
+  return waitFor(emitter, event, ms);
 }
 
 /** Resolves with the next `n` arguments lists of `event`; rejects after `ms`. */

@@ -31,10 +31,13 @@
 //! (children are killed on drop; the echo backend also exits when its stdin closes).
 
 pub mod admin;
+pub mod browser;
 pub mod certs;
+pub mod chatnode;
 pub mod fixtures;
 pub mod http;
 pub mod procs;
+pub mod redis;
 pub mod socketio;
 pub mod wait;
 pub mod ws;

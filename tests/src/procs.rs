@@ -157,7 +157,7 @@ fn send_signal(child: &Child, sig: Signal) {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
 }
 
-fn kill_and_reap(child: &mut Child) {
+pub(crate) fn kill_and_reap(child: &mut Child) {
     let _ = child.kill();
     let _ = child.wait();
 }
@@ -220,7 +220,7 @@ impl ChildSlot {
     }
 }
 
-fn read_file_lossy(path: &Path) -> String {
+pub(crate) fn read_file_lossy(path: &Path) -> String {
     let mut buf = Vec::new();
     if let Ok(mut f) = File::open(path) {
         let _ = f.read_to_end(&mut buf);
@@ -229,14 +229,14 @@ fn read_file_lossy(path: &Path) -> String {
 }
 
 /// The last `n` lines of `text`.
-fn tail(text: &str, n: usize) -> String {
+pub(crate) fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// Reads `child`'s stdout until a `LISTENING <addr>` line, then keeps draining it in the
 /// background so the child never blocks on a full pipe.
-fn read_listening(stdout: ChildStdout, timeout: Duration) -> Result<SocketAddr, String> {
+pub(crate) fn read_listening(stdout: ChildStdout, timeout: Duration) -> Result<SocketAddr, String> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let mut lines = BufReader::new(stdout).lines();

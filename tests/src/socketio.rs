@@ -32,8 +32,7 @@ pub fn node_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("node")
 }
 
-/// `node --version`, or `None` when Node is not installed (callers print `SKIP: node not
-/// found` and return).
+/// `node --version`, or `None` when Node is not installed (the tests that need it fail).
 pub fn node_version() -> Option<String> {
     let out = Command::new("node")
         .arg("--version")
@@ -210,10 +209,16 @@ fn read_lossy(path: &Path) -> String {
 /// Runs `node --test tests/node/<file>` with `SIO_URL=<url>`, bounded by `timeout`. Call
 /// [`ensure_node_modules`] first.
 pub fn run_node_suite(file: &str, url: &str, timeout: Duration) -> Run {
+    run_node_suite_with(file, &[("SIO_URL", url)], timeout)
+}
+
+/// Runs `node --test tests/node/<file>` with the environment variables `env`, bounded by
+/// `timeout`. Call [`ensure_node_modules`] first.
+pub fn run_node_suite_with(file: &str, env: &[(&str, &str)], timeout: Duration) -> Run {
     let mut cmd = Command::new("node");
     cmd.args(["--test", "--test-reporter=spec", file])
         .current_dir(node_dir())
-        .env("SIO_URL", url)
+        .envs(env.iter().copied())
         .env("NO_COLOR", "1");
     run_with_timeout(cmd, timeout)
 }

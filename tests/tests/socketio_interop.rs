@@ -4,9 +4,9 @@
 //! backend — so the polling requests, the WebSocket upgrade and the WebSocket itself all cross
 //! the proxy).
 //!
-//! Needs `node` (the machine image and CI have Node 20 and npm); without it the tests print
-//! `SKIP: node not found` and pass. `node_modules` comes from `scripts/install-deps.sh`, or
-//! from `npm ci` here when it is missing. Build the binaries first:
+//! Needs `node` (`scripts/install-deps.sh` installs it, with npm, when missing); without
+//! it the tests fail. `node_modules` comes from `scripts/install-deps.sh`, or from `npm ci`
+//! here when it is missing. Build the binaries first:
 //! `cargo build --workspace --bins && cargo test -p tests --test socketio_interop`.
 
 use std::time::Duration;
@@ -18,19 +18,13 @@ use tests::{free_port, Proxy};
 const SUITE_TIMEOUT: Duration = Duration::from_secs(180);
 const SUITE: &str = "interop.test.mjs";
 
-/// Whether Node is there; prints the skip otherwise. Installs `node_modules` when missing.
+/// Checks that Node is there and installs `node_modules` when missing.
 fn node_ready() -> bool {
-    match socketio::node_version() {
-        Some(version) => {
-            println!("node {version}");
-            socketio::ensure_node_modules();
-            true
-        }
-        None => {
-            println!("SKIP: node not found");
-            false
-        }
-    }
+    let version = socketio::node_version()
+        .expect("node is required for the interop tests: run scripts/install-deps.sh");
+    println!("node {version}");
+    socketio::ensure_node_modules();
+    true
 }
 
 #[test]

@@ -7,7 +7,10 @@
 //!
 //! A topic is an append-only log: every subscriber of a topic sees every entry published to
 //! it after it subscribed, in one order (the publisher's order for one publisher), including
-//! its own node's entries (the adapter skips those by their origin).
+//! its own node's entries (the adapter skips those by their origin). Every entry has an id,
+//! increasing along the log (a Redis Stream id, `<ms>-<seq>`); a log keeps its entries for a
+//! retention time when asked to ([`Bus::retain`]), so that a reader can ask for what followed an id it saw
+//! ([`Bus::read_after`]): that is how connection-state recovery replays missed broadcasts.
 
 pub mod memory;
 pub mod redis;
@@ -31,6 +34,24 @@ pub enum BusError {
     BufferFull(usize),
 }
 
+/// One entry of a topic, as a subscriber or [`Bus::read_after`] sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BusEntry {
+    /// Its id in the topic's log: `<ms>-<seq>`, increasing along the log.
+    pub id: String,
+    /// What was published.
+    pub data: Bytes,
+}
+
+/// An entry id `<ms>-<seq>` as numbers, in log order; `None` when malformed.
+pub fn parse_id(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
+/// The id before every entry: reading after it reads a whole log.
+pub const LOG_START: &str = "0-0";
+
 /// A publish/subscribe log shared by the nodes of a cluster.
 #[async_trait]
 pub trait Bus: Send + Sync + 'static {
@@ -38,10 +59,38 @@ pub trait Bus: Send + Sync + 'static {
     /// broker may buffer it locally and deliver it when the broker is reachable again.
     async fn publish(&self, topic: &str, entry: Bytes) -> Result<(), BusError>;
 
+    /// Appends `entry` to `topic` like [`publish`](Bus::publish), and waits for its id.
+    /// `Ok(None)`: accepted, but the broker is unreachable now, so the entry waits in the
+    /// local buffer and has no id yet (it is delivered later).
+    async fn append(&self, topic: &str, entry: Bytes) -> Result<Option<String>, BusError>;
+
     /// The entries published to `topic` from now on, in order. The receiver ends when the
     /// bus is dropped. Must be called inside a Tokio runtime (a broker-backed bus starts a
     /// reader task).
-    fn subscribe(&self, topic: &str) -> mpsc::Receiver<Bytes>;
+    fn subscribe(&self, topic: &str) -> mpsc::Receiver<BusEntry>;
+
+    /// Up to `limit` entries of `topic` that follow the entry `after`, in order; `Ok(None)`
+    /// when `after` is not in the log (never was, or is older than the retention), so that
+    /// what followed it cannot be known. [`LOG_START`] is always in the log.
+    async fn read_after(
+        &self,
+        topic: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Option<Vec<BusEntry>>, BusError>;
+
+    /// The id of the last entry of `topic` ([`LOG_START`] when it has none).
+    async fn last_id(&self, topic: &str) -> Result<String, BusError>;
+
+    /// Keeps `topic`'s entries for at least `window` (for [`read_after`](Bus::read_after)).
+    /// Other topics keep only what their readers need: a bounded length (Redis), or
+    /// nothing (in process).
+    fn retain(&self, topic: &str, window: std::time::Duration);
+
+    /// The store of connection-state recovery records that lives with this bus (the same
+    /// Redis, or the same process): the records and the log they point into stay
+    /// together.
+    fn session_store(&self) -> std::sync::Arc<dyn crate::recovery::SessionStore>;
 
     /// Whether the broker answers now (always `Ok` in process).
     async fn ping(&self) -> Result<(), BusError>;

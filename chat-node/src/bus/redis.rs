@@ -1,42 +1,50 @@
 //! The Redis bus: one Redis Stream per topic.
 //!
-//! - Publishing is `XADD <topic> MAXLEN ~ <maxlen> * d <entry>` from one publisher task fed by
-//!   a bounded local queue: while Redis is down the entries wait in the queue (in order) and
-//!   the task retries with a capped backoff, so a short outage loses nothing. A retry after
-//!   a lost reply may append an entry twice; readers drop duplicates (see
+//! - Publishing is `XADD <topic> MINID ~ <now - retention> * d <entry>` (or `MAXLEN ~ n`
+//!   without a retention) from one publisher task fed by a bounded local queue. The task
+//!   sends what has queued up as one pipeline (one round trip for a burst, in order), and
+//!   hands each entry's id back to an [`append`](Bus::append) waiting for it. While Redis is
+//!   down the entries wait in the queue (in order) and the task retries with a capped
+//!   backoff, so a short outage loses nothing; `append` then answers at once, without an
+//!   id. A retry after a lost reply may append an entry twice; readers drop duplicates (see
 //!   [`crate::cluster`]).
 //! - Each subscription is a reader task on its own connection (a blocking `XREAD` would
 //!   stall every other command on a shared, multiplexed one). It starts from the stream's
 //!   last entry at subscription time (`XREVRANGE + - COUNT 1`, not `$`, so that nothing
 //!   published between two `XREAD`s is skipped) and always resumes from the last id it
 //!   read, across errors and reconnections.
-//! - `MAXLEN ~` bounds memory: a reader away for longer than the stream's length of
-//!   traffic misses the trimmed entries.
+//! - Trimming bounds memory: by age (`MINID`) when recovery needs the log for a time
+//!   window, by length (`MAXLEN`) otherwise. A reader away for longer than that misses the
+//!   trimmed entries, and [`Bus::read_after`] says so.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::{StreamRangeReply, StreamReadOptions, StreamReadReply};
 use redis::AsyncCommands as _;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
-use super::{Bus, BusError, SUBSCRIBER_CAPACITY};
+use super::{parse_id, Bus, BusEntry, BusError, LOG_START, SUBSCRIBER_CAPACITY};
 
 /// The stream field holding an entry's bytes.
 const FIELD: &str = "d";
 /// The first and the longest pause between two attempts while Redis is unreachable.
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// The most queued entries sent in one pipeline.
+const MAX_BATCH: usize = 256;
 
 /// Settings of the Redis bus.
 #[derive(Debug, Clone)]
 pub struct RedisBusConfig {
     /// `redis://host:port[/db]`.
     pub url: String,
-    /// The approximate length each stream is trimmed to (`XADD … MAXLEN ~ n`).
+    /// The approximate length each stream is trimmed to (`XADD … MAXLEN ~ n`), unless it
+    /// is retained for a time ([`Bus::retain`]: `XADD … MINID ~ <now - window>`).
     pub max_len: usize,
     /// How long one `XREAD` blocks waiting for entries.
     pub block: Duration,
@@ -69,7 +77,43 @@ struct Inner {
     config: RedisBusConfig,
     client: redis::Client,
     conn: ConnectionManager,
-    outbox: mpsc::Sender<(String, Bytes)>,
+    outbox: mpsc::Sender<Outgoing>,
+    /// The last XADD succeeded: an `append` may wait for its id.
+    healthy: Arc<AtomicBool>,
+    /// Topics trimmed by age rather than length.
+    retained: Retained,
+}
+
+type Retained = Arc<parking_lot::RwLock<std::collections::HashMap<String, Duration>>>;
+
+/// An entry waiting for the publisher task.
+struct Outgoing {
+    key: String,
+    entry: Bytes,
+    /// Where its id goes, when someone waits for it.
+    reply: Option<oneshot::Sender<String>>,
+}
+
+/// How streams are trimmed on every XADD.
+#[derive(Debug, Clone, Copy)]
+enum Trim {
+    MaxLen(usize),
+    Retention(Duration),
+}
+
+impl Trim {
+    fn args(self, cmd: &mut redis::Cmd) {
+        match self {
+            Self::MaxLen(n) => cmd.arg("MAXLEN").arg("~").arg(n),
+            Self::Retention(window) => {
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default();
+                let min = now.saturating_sub(window).as_millis();
+                cmd.arg("MINID").arg("~").arg(min.to_string())
+            }
+        };
+    }
 }
 
 impl std::fmt::Debug for RedisBus {
@@ -82,6 +126,13 @@ impl std::fmt::Debug for RedisBus {
 
 fn unavailable(error: impl std::fmt::Display) -> BusError {
     BusError::Unavailable(error.to_string())
+}
+
+/// Opens a managed connection to `url` with the cluster's settings (the bus, the session
+/// directory and the chat store all use these): it must answer now.
+pub(crate) async fn open(url: &str) -> redis::RedisResult<ConnectionManager> {
+    let client = redis::Client::open(url)?;
+    ConnectionManager::new_with_config(client, manager_config(Duration::from_secs(2))).await
 }
 
 fn manager_config(response_timeout: Duration) -> ConnectionManagerConfig {
@@ -103,13 +154,23 @@ impl RedisBus {
         .await
         .map_err(unavailable)?;
         let (outbox, queue) = mpsc::channel(config.buffer.max(1));
-        tokio::spawn(publish_loop(conn.clone(), queue, config.max_len));
+        let healthy = Arc::new(AtomicBool::new(true));
+        let retained = Retained::default();
+        tokio::spawn(publish_loop(
+            conn.clone(),
+            queue,
+            config.max_len,
+            Arc::clone(&retained),
+            Arc::clone(&healthy),
+        ));
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
                 client,
                 conn,
                 outbox,
+                healthy,
+                retained,
             }),
         })
     }
@@ -118,13 +179,78 @@ impl RedisBus {
 #[async_trait]
 impl Bus for RedisBus {
     async fn publish(&self, topic: &str, entry: Bytes) -> Result<(), BusError> {
-        self.inner
-            .outbox
-            .try_send((topic.to_owned(), entry))
-            .map_err(|_| BusError::BufferFull(self.inner.config.buffer))
+        self.enqueue(topic, entry, None)
     }
 
-    fn subscribe(&self, topic: &str) -> mpsc::Receiver<Bytes> {
+    async fn append(&self, topic: &str, entry: Bytes) -> Result<Option<String>, BusError> {
+        if !self.inner.healthy.load(Ordering::Relaxed) {
+            // Redis is down: queue it without making the caller wait for the outage.
+            return self.enqueue(topic, entry, None).map(|()| None);
+        }
+        let (tx, rx) = oneshot::channel();
+        self.enqueue(topic, entry, Some(tx))?;
+        match tokio::time::timeout(self.inner.config.response_timeout, rx).await {
+            Ok(Ok(id)) => Ok(Some(id)),
+            // Still queued: it is appended when Redis answers again.
+            _ => Ok(None),
+        }
+    }
+
+    async fn read_after(
+        &self,
+        topic: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Option<Vec<BusEntry>>, BusError> {
+        if parse_id(after).is_none() {
+            return Ok(None);
+        }
+        let mut conn = self.inner.conn.clone();
+        if after != LOG_START {
+            let found: StreamRangeReply = conn
+                .xrange_count(topic, after, after, 1)
+                .await
+                .map_err(unavailable)?;
+            if found.ids.is_empty() {
+                return Ok(None);
+            }
+        }
+        let range: StreamRangeReply = conn
+            .xrange_count(topic, format!("({after}"), "+", limit)
+            .await
+            .map_err(unavailable)?;
+        Ok(Some(
+            range
+                .ids
+                .into_iter()
+                .filter_map(|entry| {
+                    let data = entry
+                        .map
+                        .get(FIELD)
+                        .and_then(|v| redis::from_redis_value_ref::<Vec<u8>>(v).ok())?;
+                    Some(BusEntry {
+                        id: entry.id,
+                        data: Bytes::from(data),
+                    })
+                })
+                .collect(),
+        ))
+    }
+
+    async fn last_id(&self, topic: &str) -> Result<String, BusError> {
+        let mut conn = self.inner.conn.clone();
+        last_entry(&mut conn, topic).await.map_err(unavailable)
+    }
+
+    fn session_store(&self) -> Arc<dyn crate::recovery::SessionStore> {
+        Arc::new(crate::recovery::RedisStore::on(self.inner.conn.clone()))
+    }
+
+    fn retain(&self, topic: &str, window: Duration) {
+        self.inner.retained.write().insert(topic.to_owned(), window);
+    }
+
+    fn subscribe(&self, topic: &str) -> mpsc::Receiver<BusEntry> {
         let (tx, rx) = mpsc::channel(SUBSCRIBER_CAPACITY);
         tokio::spawn(read_loop(
             self.inner.client.clone(),
@@ -152,38 +278,77 @@ impl Bus for RedisBus {
     }
 }
 
+impl RedisBus {
+    fn enqueue(
+        &self,
+        topic: &str,
+        entry: Bytes,
+        reply: Option<oneshot::Sender<String>>,
+    ) -> Result<(), BusError> {
+        self.inner
+            .outbox
+            .try_send(Outgoing {
+                key: topic.to_owned(),
+                entry,
+                reply,
+            })
+            .map_err(|_| BusError::BufferFull(self.inner.config.buffer))
+    }
+}
+
 fn next_backoff(backoff: Duration) -> Duration {
     (backoff * 2).min(MAX_BACKOFF)
 }
 
-/// Appends the queued entries in order, each retried until Redis takes it. Ends when the
-/// bus is dropped.
+/// Appends the queued entries in order, each batch retried until Redis takes it, and hands
+/// the ids back. Ends when the bus is dropped.
 async fn publish_loop(
     mut conn: ConnectionManager,
-    mut queue: mpsc::Receiver<(String, Bytes)>,
+    mut queue: mpsc::Receiver<Outgoing>,
     max_len: usize,
+    retained: Retained,
+    healthy: Arc<AtomicBool>,
 ) {
-    while let Some((key, entry)) = queue.recv().await {
+    while let Some(first) = queue.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
         let mut backoff = MIN_BACKOFF;
         loop {
-            let added: redis::RedisResult<String> = redis::cmd("XADD")
-                .arg(&key)
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(max_len)
-                .arg("*")
-                .arg(FIELD)
-                .arg(entry.as_ref())
-                .query_async(&mut conn)
-                .await;
+            let mut pipe = redis::pipe();
+            for item in &batch {
+                let trim = match retained.read().get(&item.key) {
+                    Some(window) => Trim::Retention(*window),
+                    None => Trim::MaxLen(max_len),
+                };
+                let mut cmd = redis::cmd("XADD");
+                cmd.arg(&item.key);
+                trim.args(&mut cmd);
+                cmd.arg("*").arg(FIELD).arg(item.entry.as_ref());
+                pipe.add_command(cmd);
+            }
+            let added: redis::RedisResult<Vec<String>> = pipe.query_async(&mut conn).await;
             match added {
-                Ok(_) => break,
+                Ok(ids) => {
+                    healthy.store(true, Ordering::Relaxed);
+                    for (item, id) in batch.into_iter().zip(ids) {
+                        if let Some(reply) = item.reply {
+                            let _ = reply.send(id);
+                        }
+                    }
+                    break;
+                }
                 Err(error) if queue.is_closed() => {
-                    tracing::warn!(%key, %error, lost = queue.len() + 1, "XADD failed and the bus is gone; dropping what is left");
+                    tracing::warn!(%error, lost = queue.len() + batch.len(), "XADD failed and the bus is gone; dropping what is left");
                     return;
                 }
                 Err(error) => {
-                    tracing::warn!(%key, %error, waiting = queue.len(), "XADD failed; retrying");
+                    healthy.store(false, Ordering::Relaxed);
+                    tracing::warn!(%error, waiting = queue.len() + batch.len(), "XADD failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = next_backoff(backoff);
                 }
@@ -208,7 +373,7 @@ async fn read_loop(
     mut shared: ConnectionManager,
     config: RedisBusConfig,
     key: String,
-    tx: mpsc::Sender<Bytes>,
+    tx: mpsc::Sender<BusEntry>,
 ) {
     // The blocking read must not time out on the client side before Redis answers.
     let settings = manager_config(config.block + config.response_timeout);
@@ -255,10 +420,14 @@ async fn read_loop(
                         .map
                         .get(FIELD)
                         .and_then(|v| redis::from_redis_value_ref::<Vec<u8>>(v).ok());
-                    last_id = Some(entry.id);
+                    last_id = Some(entry.id.clone());
                     match data {
                         Some(data) => {
-                            if tx.send(Bytes::from(data)).await.is_err() {
+                            let entry = BusEntry {
+                                id: entry.id,
+                                data: Bytes::from(data),
+                            };
+                            if tx.send(entry).await.is_err() {
                                 return;
                             }
                         }

@@ -332,11 +332,21 @@ impl EngineIo {
         }
     }
 
+    /// Small buffers: tungstenite's defaults (128 KiB to read, 128 KiB to write) would
+    /// cost every idle client more than everything else it holds; chat frames are small,
+    /// and a buffer grows for a large frame while it is read.
     fn configure(&self, upgrade: WebSocketUpgrade) -> WebSocketUpgrade {
         let max = self.inner.config.max_payload;
-        upgrade.max_message_size(max).max_frame_size(max)
+        upgrade
+            .max_message_size(max)
+            .max_frame_size(max)
+            .read_buffer_size(WS_READ_BUFFER)
+            .write_buffer_size(0)
     }
 }
+
+/// The initial read buffer of a WebSocket connection.
+const WS_READ_BUFFER: usize = 1024;
 
 /// Adds `x-served-by: <node_id>` to every response of `router`.
 pub fn served_by(router: Router, node_id: HeaderValue) -> Router {

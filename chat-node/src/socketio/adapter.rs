@@ -91,7 +91,34 @@ pub enum AdapterError {
 /// The sockets of one namespace on this node, as an adapter sees them.
 pub trait LocalSockets: Send + Sync + 'static {
     /// Sends an encoded packet to the local socket `sid`, if it is still connected.
-    fn deliver(&self, sid: Sid, packet: &Encoded);
+    /// `offset`: the broadcast's position in the namespace log ([`parse_id`]), when
+    /// connection-state recovery is on; a socket that was just recovered drops what it
+    /// already got in its replay.
+    ///
+    /// [`parse_id`]: crate::bus::parse_id
+    fn deliver(&self, sid: Sid, packet: &Encoded, offset: Option<(u64, u64)>);
+}
+
+/// The recorded state of a socket that a reconnecting client may take back
+/// (connection-state recovery, see [`crate::recovery`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TakenSession {
+    /// Its socket id.
+    pub sid: Sid,
+    /// Its rooms (its own room included).
+    pub rooms: Vec<Room>,
+    /// The namespace log's last offset when it connected.
+    pub connected_at: String,
+}
+
+/// The broadcasts a recovering socket missed.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Replay {
+    /// In order, each with its offset appended.
+    pub packets: Vec<Encoded>,
+    /// The position of the last entry the replay covers: a later delivery at or before it
+    /// is a duplicate.
+    pub through: Option<(u64, u64)>,
 }
 
 /// Room membership and broadcasts for one namespace.
@@ -112,6 +139,35 @@ pub trait Adapter: Send + Sync + 'static {
     async fn broadcast(&self, packet: Encoded, opts: BroadcastOptions) -> Result<(), AdapterError>;
     /// The ids of the sockets `opts` selects.
     async fn sockets(&self, opts: BroadcastOptions) -> Result<Vec<Sid>, AdapterError>;
+
+    /// Whether this adapter recovers connection states: sockets then get a private id.
+    fn recovers(&self) -> bool {
+        false
+    }
+
+    /// Socket `sid` connected with private id `pid` (new or recovered); record its state
+    /// (rooms included) so that it can be recovered, even if this node dies.
+    async fn session_opened(&self, _sid: Sid, _pid: &str) -> Result<(), AdapterError> {
+        Ok(())
+    }
+
+    /// Socket `sid` disconnected. `recoverable`: keep its state for the recovery window;
+    /// else forget it. Called before [`del_all`](Adapter::del_all), while its rooms are known.
+    async fn session_closed(&self, _sid: Sid, _recoverable: bool) -> Result<(), AdapterError> {
+        Ok(())
+    }
+
+    /// Takes the recorded state of the socket with private id `pid`: `None` when there is
+    /// none (unknown, expired, already taken, or its socket is still connected here).
+    async fn take_session(&self, _pid: &str) -> Result<Option<TakenSession>, AdapterError> {
+        Ok(None)
+    }
+
+    /// The broadcasts to `rooms` after offset `after`; `None` when `after` is no longer in
+    /// the log (or never was), so that what was missed cannot be known.
+    async fn missed(&self, _after: &str, _rooms: &[Room]) -> Result<Option<Replay>, AdapterError> {
+        Ok(None)
+    }
 }
 
 /// Makes the adapter of each namespace.
@@ -243,12 +299,12 @@ impl LocalAdapter {
     }
 
     /// Delivers `packet` to the local sockets `opts` selects.
-    pub fn deliver(&self, packet: &Encoded, opts: &BroadcastOptions) {
+    pub fn deliver(&self, packet: &Encoded, opts: &BroadcastOptions, offset: Option<(u64, u64)>) {
         let Some(local) = self.local.upgrade() else {
             return;
         };
         for sid in self.targets(opts) {
-            local.deliver(sid, packet);
+            local.deliver(sid, packet, offset);
         }
     }
 }
@@ -275,7 +331,7 @@ impl Adapter for LocalAdapter {
     }
 
     async fn broadcast(&self, packet: Encoded, opts: BroadcastOptions) -> Result<(), AdapterError> {
-        self.deliver(&packet, &opts);
+        self.deliver(&packet, &opts, None);
         Ok(())
     }
 
@@ -295,7 +351,7 @@ mod tests {
     struct Recorder(Mutex<Vec<(Sid, String)>>);
 
     impl LocalSockets for Recorder {
-        fn deliver(&self, sid: Sid, packet: &Encoded) {
+        fn deliver(&self, sid: Sid, packet: &Encoded, _offset: Option<(u64, u64)>) {
             self.0.lock().push((sid, packet.text.clone()));
         }
     }
@@ -342,6 +398,7 @@ mod tests {
                 attachments: vec![],
             },
             &red_but_a,
+            None,
         );
         assert_eq!(recorder.0.lock().clone(), vec![(b, "2[\"x\"]".to_owned())]);
     }

@@ -14,11 +14,12 @@ use futures::stream::{FuturesUnordered, StreamExt as _};
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 
-use super::namespace::ConnectError;
-use super::packet::{Decoder, Namespace, Packet, PacketData};
+use super::namespace::{ConnectError, NamespaceInner};
+use super::packet::{Decoder, Namespace, Packet, PacketData, RecoveryRequest};
 use super::server::ServerInner;
-use super::socket::{DisconnectReason, SocketRef};
-use crate::engineio::{Message, Session};
+use super::socket::{self, DisconnectReason, SocketRef};
+use crate::engineio::{Message, Session, Sid};
+use crate::recovery::new_pid;
 
 /// How many of a connection's event handlers may run at once; beyond it the connection's
 /// messages wait (back-pressure on a client that sends faster than it is served).
@@ -142,13 +143,30 @@ impl Client {
         }
     }
 
-    /// Joins a namespace: runs its hook, then sends the CONNECT reply or a CONNECT_ERROR.
+    /// Joins a namespace: recovers the client's previous socket when it asks to and can,
+    /// runs the hook, then sends the CONNECT reply (after the replay of what a recovered
+    /// socket missed) or a CONNECT_ERROR.
     async fn connect(&mut self, nsp: Namespace, auth: Option<Map<String, Value>>) {
         let Some(ns) = self.server.namespace(&nsp) else {
             self.send(&ConnectError::new("Invalid namespace").to_packet(nsp));
             return;
         };
-        let socket = SocketRef::new(Arc::clone(&ns), Arc::clone(&self.session), auth.clone());
+        let socket = match self.recover(&ns, auth.as_ref()).await {
+            Some(socket) => socket,
+            None => {
+                let recovery = socket::Recovery {
+                    pid: ns.adapter().recovers().then(new_pid),
+                    ..socket::Recovery::default()
+                };
+                SocketRef::with_id(
+                    Arc::clone(&ns),
+                    Arc::clone(&self.session),
+                    auth.clone(),
+                    Sid::random(),
+                    recovery,
+                )
+            }
+        };
         let hook = ns.hook().call(socket.clone(), auth);
         let verdict = tokio::select! {
             verdict = hook => verdict,
@@ -164,6 +182,11 @@ impl Client {
                 if let Err(error) = ns.adapter().add_all(id, vec![id.into()]).await {
                     tracing::warn!(sid = %id, %error, "could not add a socket to its room");
                 }
+                if let Some(pid) = socket.pid() {
+                    if let Err(error) = ns.adapter().session_opened(id, pid).await {
+                        tracing::warn!(sid = %id, %error, "could not record a socket for recovery");
+                    }
+                }
                 ns.insert(socket.clone());
                 if socket.accept().is_ok() {
                     self.joined = true;
@@ -176,6 +199,63 @@ impl Client {
                 tracing::debug!(nsp = %nsp, %error, "connection refused");
                 socket.reject();
                 self.send(&error.to_packet(nsp));
+            }
+        }
+    }
+
+    /// The client's previous socket, when its CONNECT asks to recover one and the adapter
+    /// still has its state: same id, its rooms joined, what it missed ready to replay.
+    /// The socket is registered in the namespace before the replay is read, so that a
+    /// broadcast is either in the replay or delivered (and buffered until the CONNECT
+    /// reply), never lost; a broadcast in both is dropped by its offset.
+    async fn recover(
+        &self,
+        ns: &Arc<NamespaceInner>,
+        auth: Option<&Map<String, Value>>,
+    ) -> Option<SocketRef> {
+        let adapter = ns.adapter();
+        if !adapter.recovers() {
+            return None;
+        }
+        let request = RecoveryRequest::from_auth(auth?)?;
+        let taken = match adapter.take_session(&request.pid).await {
+            Ok(taken) => taken?,
+            Err(error) => {
+                tracing::warn!(%error, "recovery unavailable");
+                return None;
+            }
+        };
+        let after = request.offset.unwrap_or(taken.connected_at);
+        let sid = taken.sid;
+        let socket = SocketRef::with_id(
+            Arc::clone(ns),
+            Arc::clone(&self.session),
+            auth.cloned(),
+            sid,
+            socket::Recovery {
+                pid: Some(request.pid),
+                recovered: true,
+                ..socket::Recovery::default()
+            },
+        );
+        // Its rooms first: from now on its broadcasts reach it (buffered until the reply).
+        ns.insert(socket.clone());
+        if let Err(error) = adapter.add_all(sid, taken.rooms.clone()).await {
+            tracing::warn!(%sid, %error, "could not restore a socket's rooms");
+        }
+        match adapter.missed(&after, &taken.rooms).await {
+            Ok(Some(replay)) => {
+                tracing::debug!(%sid, missed = replay.packets.len(), "socket recovered");
+                socket.set_replay(replay.packets, replay.through);
+                Some(socket)
+            }
+            outcome => {
+                if let Err(error) = outcome {
+                    tracing::warn!(%error, "missed broadcasts unavailable");
+                }
+                tracing::debug!(%sid, "state too old to recover; a new socket");
+                socket.reject();
+                None
             }
         }
     }

@@ -28,7 +28,7 @@ pub mod socket;
 pub use ack::{AckError, AckSender};
 pub use adapter::{
     Adapter, AdapterError, AdapterFactory, BroadcastOptions, LocalAdapter, LocalAdapterFactory,
-    LocalSockets, Room,
+    LocalSockets, Replay, Room, TakenSession,
 };
 pub use broadcast::BroadcastOperator;
 pub use data::{Data, Object};

@@ -136,11 +136,11 @@ impl NamespaceInner {
 }
 
 impl LocalSockets for NamespaceInner {
-    fn deliver(&self, sid: Sid, packet: &Encoded) {
+    fn deliver(&self, sid: Sid, packet: &Encoded, offset: Option<(u64, u64)>) {
         let socket = self.sockets.read().get(&sid).cloned();
         if let Some(socket) = socket {
             // A socket that went away meanwhile misses it, as it would anyway.
-            let _ = socket.send_encoded(packet.clone());
+            let _ = socket.send_broadcast(packet.clone(), offset);
         }
     }
 }

@@ -225,6 +225,27 @@ pub struct Encoded {
     pub attachments: Vec<Bytes>,
 }
 
+impl Encoded {
+    /// The same EVENT with `offset` appended as its last argument (connection-state
+    /// recovery); anything that does not end with its JSON array is returned as is.
+    #[must_use]
+    pub fn with_offset(&self, offset: &str) -> Self {
+        let Some(head) = self.text.strip_suffix(']') else {
+            return self.clone();
+        };
+        // An offset is `<ms>-<seq>`: nothing to escape.
+        let text = if head.ends_with('[') {
+            format!("{head}\"{offset}\"]")
+        } else {
+            format!("{head},\"{offset}\"]")
+        };
+        Self {
+            text,
+            attachments: self.attachments.clone(),
+        }
+    }
+}
+
 /// Why a packet could not be decoded; every one of them closes the connection.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
@@ -495,17 +516,21 @@ impl ConnectReply {
 pub struct RecoveryRequest {
     /// The private session id from the previous CONNECT reply.
     pub pid: String,
-    /// The offset of the last event received.
-    pub offset: String,
+    /// The offset of the last event received; `None` when it received none (the server
+    /// then replays from when the socket connected — an extension: the reference server
+    /// does not recover without an offset).
+    pub offset: Option<String>,
 }
 
 impl RecoveryRequest {
-    /// The recovery request in a CONNECT auth payload, if it has a string `pid` and
-    /// `offset`.
+    /// The recovery request in a CONNECT auth payload, if it has a string `pid`.
     pub fn from_auth(auth: &Map<String, Value>) -> Option<Self> {
         Some(Self {
             pid: auth.get("pid")?.as_str()?.to_owned(),
-            offset: auth.get("offset")?.as_str()?.to_owned(),
+            offset: auth
+                .get("offset")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
         })
     }
 }
@@ -1114,7 +1139,7 @@ mod tests {
             RecoveryRequest::from_auth(&auth),
             Some(RecoveryRequest {
                 pid: "7O6D".into(),
-                offset: "Q8UjAcS".into()
+                offset: Some("Q8UjAcS".into())
             })
         );
         assert_eq!(

@@ -60,6 +60,17 @@ impl DisconnectReason {
     }
 }
 
+impl DisconnectReason {
+    /// Whether a client may recover its state after it (the reference server's
+    /// `RECOVERABLE_DISCONNECT_REASONS`): not when either side left on purpose.
+    pub fn is_recoverable(self) -> bool {
+        !matches!(
+            self,
+            Self::ClientNamespaceDisconnect | Self::ServerNamespaceDisconnect
+        )
+    }
+}
+
 impl fmt::Display for DisconnectReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -149,15 +160,34 @@ type DisconnectHandler = Box<dyn FnOnce(SocketRef, DisconnectReason) + Send>;
 
 /// Where a socket is in its life.
 enum Phase {
-    /// The connect hook runs; what the socket emits waits for the CONNECT reply.
-    Connecting(Vec<Message>),
+    /// The connect hook runs; what the socket emits waits for the CONNECT reply (with the
+    /// offset of the broadcast it belongs to, if any).
+    Connecting(Vec<(Option<(u64, u64)>, Message)>),
     Connected,
     Disconnected(DisconnectReason),
+}
+
+/// Connection-state recovery of one socket.
+#[derive(Debug, Default)]
+pub(crate) struct Recovery {
+    /// The private session id, when the namespace recovers states.
+    pub(crate) pid: Option<String>,
+    /// Whether this socket took over a previous one's state.
+    pub(crate) recovered: bool,
+    /// The missed broadcasts, sent before the CONNECT reply.
+    pub(crate) replay: Vec<Encoded>,
+    /// Broadcasts at or before this offset were in the replay.
+    pub(crate) replayed_through: Option<(u64, u64)>,
 }
 
 /// A socket; used through [`SocketRef`].
 pub struct Socket {
     id: Sid,
+    pid: Option<String>,
+    recovered: bool,
+    /// The replay not sent yet, then nothing.
+    replay: Mutex<Vec<Encoded>>,
+    replayed_through: Mutex<Option<(u64, u64)>>,
     ns: Arc<NamespaceInner>,
     session: Arc<Session>,
     auth: Option<Map<String, Value>>,
@@ -190,13 +220,19 @@ impl fmt::Debug for SocketRef {
 }
 
 impl SocketRef {
-    pub(crate) fn new(
+    pub(crate) fn with_id(
         ns: Arc<NamespaceInner>,
         session: Arc<Session>,
         auth: Option<Map<String, Value>>,
+        id: Sid,
+        recovery: Recovery,
     ) -> Self {
         Self(Arc::new(Socket {
-            id: Sid::random(),
+            id,
+            pid: recovery.pid,
+            recovered: recovery.recovered,
+            replay: Mutex::new(recovery.replay),
+            replayed_through: Mutex::new(recovery.replayed_through),
             ns,
             session,
             auth,
@@ -293,12 +329,29 @@ impl SocketRef {
 
     /// Sends an encoded packet to the client (buffered during the connect hook).
     pub(crate) fn send_encoded(&self, encoded: Encoded) -> Result<(), EmitError> {
+        self.send_at(encoded, None)
+    }
+
+    /// Sends a broadcast at `offset` in the namespace log, unless the socket's replay
+    /// already had it.
+    pub(crate) fn send_broadcast(
+        &self,
+        encoded: Encoded,
+        offset: Option<(u64, u64)>,
+    ) -> Result<(), EmitError> {
+        if self.replayed(offset) {
+            return Ok(());
+        }
+        self.send_at(encoded, offset)
+    }
+
+    fn send_at(&self, encoded: Encoded, offset: Option<(u64, u64)>) -> Result<(), EmitError> {
         let messages = std::iter::once(Message::Text(encoded.text))
             .chain(encoded.attachments.into_iter().map(Message::Binary));
         let mut phase = self.phase.lock();
         match &mut *phase {
             Phase::Connecting(buffer) => {
-                buffer.extend(messages);
+                buffer.extend(messages.map(|m| (offset, m)));
                 Ok(())
             }
             Phase::Connected => Ok(self.session.send_all(messages)?),
@@ -306,22 +359,49 @@ impl SocketRef {
         }
     }
 
-    /// The connect hook accepted the socket: the CONNECT reply, then what it emitted.
+    /// Whether a broadcast at `offset` was already in this socket's replay.
+    fn replayed(&self, offset: Option<(u64, u64)>) -> bool {
+        matches!((offset, *self.replayed_through.lock()), (Some(at), Some(through)) if at <= through)
+    }
+
+    /// Sets the replay of a recovering socket, which may have buffered some of the same
+    /// broadcasts meanwhile: those are dropped.
+    pub(crate) fn set_replay(&self, packets: Vec<Encoded>, through: Option<(u64, u64)>) {
+        if let Phase::Connecting(buffer) = &mut *self.phase.lock() {
+            buffer.retain(
+                |(offset, _)| !matches!((offset, through), (Some(at), Some(t)) if *at <= t),
+            );
+        }
+        *self.replay.lock() = packets;
+        *self.replayed_through.lock() = through;
+    }
+
+    /// The connect hook accepted the socket: the missed broadcasts of a recovered socket
+    /// (the client buffers them until the reply), the CONNECT reply, then what the hook
+    /// emitted and what was broadcast meanwhile.
     pub(crate) fn accept(&self) -> Result<(), EmitError> {
         let reply = Packet::connect_reply(
             self.ns.name().clone(),
             &ConnectReply {
                 sid: self.id.to_string(),
-                pid: None,
+                pid: self.pid.clone(),
             },
         )
         .encode();
+        let replay = std::mem::take(&mut *self.replay.lock());
         let mut phase = self.phase.lock();
         let Phase::Connecting(buffer) = std::mem::replace(&mut *phase, Phase::Connected) else {
             return Err(EmitError::Disconnected);
         };
         // On failure the socket stays "connected" for the caller to close it properly.
-        let messages = std::iter::once(Message::Text(reply.text)).chain(buffer);
+        let messages = replay
+            .into_iter()
+            .flat_map(|packet| {
+                std::iter::once(Message::Text(packet.text))
+                    .chain(packet.attachments.into_iter().map(Message::Binary))
+            })
+            .chain(std::iter::once(Message::Text(reply.text)))
+            .chain(buffer.into_iter().map(|(_, m)| m));
         Ok(self.session.send_all(messages)?)
     }
 
@@ -329,7 +409,8 @@ impl SocketRef {
     pub(crate) fn reject(&self) {
         *self.phase.lock() = Phase::Disconnected(DisconnectReason::ServerNamespaceDisconnect);
         self.acks.close();
-        self.forget_membership();
+        self.ns.remove(self.id);
+        self.forget_membership(false);
     }
 
     /// The socket is disconnected: it leaves its namespace and rooms, its pending acks
@@ -345,17 +426,22 @@ impl SocketRef {
         tracing::debug!(sid = %self.id, nsp = %self.ns.name(), %reason, "socket disconnected");
         self.acks.close();
         self.ns.remove(self.id);
-        self.forget_membership();
+        self.forget_membership(reason.is_recoverable());
         let handlers = std::mem::take(&mut *self.on_disconnect.lock());
         for handler in handlers {
             handler(self.clone(), reason);
         }
     }
 
-    fn forget_membership(&self) {
+    /// Leaves every room; first records the socket's state for recovery when
+    /// `recoverable` (or forgets it).
+    fn forget_membership(&self, recoverable: bool) {
         let adapter = Arc::clone(self.ns.adapter());
         let id = self.id;
         tokio::spawn(async move {
+            if let Err(error) = adapter.session_closed(id, recoverable).await {
+                tracing::warn!(sid = %id, %error, "could not record a socket's state for recovery");
+            }
             if let Err(error) = adapter.del_all(id).await {
                 tracing::warn!(sid = %id, %error, "could not remove a socket from its rooms");
             }
@@ -388,6 +474,18 @@ impl Socket {
     /// The socket id (not the Engine.IO session id).
     pub fn id(&self) -> Sid {
         self.id
+    }
+
+    /// The private session id a client may recover this socket's state with, when the
+    /// namespace recovers states.
+    pub fn pid(&self) -> Option<&str> {
+        self.pid.as_deref()
+    }
+
+    /// Whether this socket took over the state (id, rooms, missed broadcasts) of a
+    /// previous connection of its client.
+    pub fn recovered(&self) -> bool {
+        self.recovered
     }
 
     /// The namespace.

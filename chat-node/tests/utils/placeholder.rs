@@ -1,5 +1,7 @@
-//! PLACEHOLDER chat application on namespace `/`, until the chat application issue lands:
-//! just enough to see a node work and to test broadcasts across nodes.
+//! A minimal test application on namespace `/` (the placeholder app nodes served before the
+//! chat): the transport and cluster tests use it to watch broadcasts, rooms and binary
+//! attachments cross nodes without the chat's identity and membership rules. Installing it
+//! replaces the chat on that node's `/`.
 //!
 //! - on connect: emit `welcome` `{node, sid}`;
 //! - `join` `{room}`: join the room; ack `{ok:true}`;
@@ -7,13 +9,11 @@
 //! - `broadcast` `{room, payload}`: emit `message` `{room, from, payload}` to the room's
 //!   members on every node, except the sender; ack `{ok:true}`.
 //!
-//! A malformed request is answered with the ack `{ok:false, error}` (and otherwise
-//! ignored).
+//! A malformed request is answered with the ack `{ok:false, error}`.
 
+use chat_node::node::Node;
+use chat_node::socketio::{AckSender, ConnectError, Data, Object, SocketRef};
 use serde_json::{json, Map, Value};
-
-use crate::socketio::packet::InvalidNamespace;
-use crate::socketio::{AckSender, ConnectError, Data, Nsp, Object, SocketIo, SocketRef};
 
 /// Why a request failed; sent back as `{ok:false, error}`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -26,13 +26,13 @@ enum AppError {
     Adapter(String),
 }
 
-/// Registers the placeholder application on `/` of `io`, naming `node` in its welcome.
-pub fn register(io: &SocketIo, node: &str) -> Result<Nsp, InvalidNamespace> {
-    let node = node.to_owned();
-    io.ns(
+/// Replaces the chat on `/` of `node` with the test application; returns the node.
+pub fn install(node: Node) -> Node {
+    let name = node.config().node_id.clone();
+    let registered = node.io().ns(
         "/",
         move |socket: SocketRef, _auth: Option<Map<String, Value>>| {
-            let node = node.clone();
+            let node = name.clone();
             async move {
                 let welcome = json!({"node": node, "sid": socket.id().as_str()});
                 let _ = socket.emit("welcome", vec![welcome.into()]);
@@ -88,7 +88,9 @@ pub fn register(io: &SocketIo, node: &str) -> Result<Nsp, InvalidNamespace> {
                 Ok::<(), ConnectError>(())
             }
         },
-    )
+    );
+    registered.expect("/ is a valid namespace");
+    node
 }
 
 fn object(args: &[Data]) -> Option<&Object> {

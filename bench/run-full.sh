@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The full run behind bench/RESULTS.md: every scenario with medians over several runs,
+# one proxy worker each, into bench/results/full-<date>/<scenario>/; the charts and reports
+# are then copied to bench/report/ (committed; bench/results/ is not).
+#
+#   bench/run-full.sh [bench-binary]
+# Needs release builds: cargo build --release -p bench -p proxy -p chat-node, and
+# npm ci --prefix bench/node (the Node.js reference of `chat`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bench=${1:-target/release/bench}
+dir=$(dirname "$bench")
+chat=${CHAT_NODE_BIN:-$dir/chat-node}
+[ -x "$chat" ] || chat=target/debug/chat-node
+out=bench/results/full-$(date -u +%Y%m%d-%H%M)
+common=(--quiet --proxy-bin "${PROXY_BIN:-$dir/proxy}")
+# run <folder> <scenario> [options]
+run() { local d=$1 s=$2; shift 2; echo "== $s $*"; "$bench" "$s" "${common[@]}" --out "$out/$d" "$@"; }
+run http http --duration 5s --runs 3 --rates 5000
+run ws-echo ws-echo --duration 5s --runs 3
+run ws-hold ws-hold --runs 2
+run hetero hetero --duration 5s --runs 3
+run recover recover --runs 3
+run failover failover --duration 10s --runs 2
+run sticky sticky --connections 100 --runs 3
+run polling polling --connections 20 --runs 1 --chat-node-bin "$chat"
+run chat chat --connections 60 --rooms 6 --rate 5 --duration 10s --runs 3 --chat-node-bin "$chat"
+# The headline comparison once more at the end: Switchyard, nginx and HAProxy only.
+run http-repeat http --duration 5s --runs 5 --rates 5000 \
+  --targets direct,switchyard:round_robin,nginx:round_robin,haproxy:round_robin
+mkdir -p bench/report
+for d in "$out"/*/; do
+  n=$(basename "$d"); mkdir -p "bench/report/$n"
+  cp "$d"/report.md "$d"/results.json "$d"/*.svg "bench/report/$n/" 2>/dev/null || true
+  # The generated proxy configs, without nginx's logs and pid files.
+  (cd "$d" && find configs -type f \( -name '*.toml' -o -name '*.cfg' -o -name nginx.conf \)) |
+    while read -r f; do mkdir -p "bench/report/$n/$(dirname "$f")"; cp "$d/$f" "bench/report/$n/$f"; done
+done
+echo "results: $out (copied to bench/report/)"

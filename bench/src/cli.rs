@@ -1,0 +1,173 @@
+//! The command line: one subcommand per scenario, options common to all of them, and the
+//! `backend` subcommand that runs one of bench's own backends.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Compares balancing strategies and proxies side by side on loopback.
+#[derive(Debug, Parser)]
+#[command(name = "bench", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Keep-alive HTTP requests, closed loop (max rps) and open loop at fixed rates.
+    Http {
+        #[command(flatten)]
+        common: Common,
+        /// Open-loop rates (requests/s, comma separated) measured after the closed loop.
+        #[arg(long, value_delimiter = ',', default_value = "5000")]
+        rates: Vec<u64>,
+    },
+    /// WebSocket round-trip latency and message throughput.
+    WsEcho {
+        #[command(flatten)]
+        common: Common,
+        /// Bytes per message.
+        #[arg(long, default_value_t = 32)]
+        size: usize,
+    },
+    /// Idle WebSockets opened in steps: proxy memory per connection (RSS slope) and spread.
+    WsHold {
+        #[command(flatten)]
+        common: Common,
+        /// Open connections after each step.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "1000,2000,4000,6000,8000"
+        )]
+        steps: Vec<usize>,
+    },
+    /// One backend much slower than the others: p99 and distribution per strategy.
+    Hetero {
+        #[command(flatten)]
+        common: Common,
+        /// Open-loop request rate.
+        #[arg(long, default_value_t = 2000)]
+        rate: u64,
+        /// Delay of the slow backend (the last one).
+        #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+        slow: Duration,
+    },
+    /// A backend is down while WebSockets are opened, comes back, more are opened.
+    Recover {
+        #[command(flatten)]
+        common: Common,
+        /// WebSockets opened in each of the two batches.
+        #[arg(long, default_value_t = 60)]
+        batch: usize,
+        /// Time between the backend's restart and the second batch.
+        #[arg(long, default_value = "4s", value_parser = humantime::parse_duration)]
+        wait: Duration,
+    },
+    /// Constant HTTP load and open WebSockets while a backend is killed (or frozen) and
+    /// restarted.
+    Failover {
+        #[command(flatten)]
+        common: Common,
+        /// Open-loop request rate.
+        #[arg(long, default_value_t = 1000)]
+        rate: u64,
+        /// WebSockets held open during the run.
+        #[arg(long, default_value_t = 30)]
+        websockets: usize,
+    },
+    /// Stickiness and the share of clients remapped when one of N backends leaves.
+    Sticky {
+        #[command(flatten)]
+        common: Common,
+        /// Requests per client in each phase.
+        #[arg(long, default_value_t = 20)]
+        requests: usize,
+    },
+    /// Socket.IO long-polling through each strategy, with node-local and with Redis-shared
+    /// Engine.IO sessions: handshake success and `Session ID unknown` errors.
+    Polling {
+        #[command(flatten)]
+        common: Common,
+        /// Sessions each client opens one after the other.
+        #[arg(long, default_value_t = 3)]
+        sessions: usize,
+        /// Poll/pong cycles per session.
+        #[arg(long, default_value_t = 6)]
+        cycles: usize,
+    },
+    /// Socket.IO chat clients in rooms across three chat nodes + Redis, each sending at a
+    /// rate: delivered messages/s and delivery latency; then the same against the reference
+    /// Node.js socket.io cluster (bench/node/).
+    Chat {
+        #[command(flatten)]
+        common: Common,
+        /// Rooms; clients (`--connections`) are spread over them.
+        #[arg(long, default_value_t = 5)]
+        rooms: usize,
+        /// Messages per second each client sends.
+        #[arg(long, default_value_t = 2.0)]
+        rate: f64,
+    },
+    /// Runs one of bench's backends (HTTP + WebSocket echo answering with its id).
+    Backend(BackendArgs),
+}
+
+/// Options every scenario takes.
+#[derive(Debug, Clone, Args)]
+pub struct Common {
+    /// Length of each measurement.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Concurrent client connections (HTTP, ws-echo) or clients (sticky).
+    #[arg(long, default_value_t = 50)]
+    pub connections: usize,
+    /// Targets, comma separated: `direct`, `switchyard:<strategy>`, `nginx:<strategy>`,
+    /// `haproxy:<strategy>`; a proxy without a strategy uses the scenario's default, and
+    /// `<proxy>:all` expands to every strategy. Default: the scenario's own list.
+    #[arg(long, value_delimiter = ',')]
+    pub targets: Vec<String>,
+    /// Worker threads/processes of every proxy.
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    /// Report folder; default bench/results/<date>-<scenario>/.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Repetitions; numbers are the medians over the runs.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Backends behind every proxy.
+    #[arg(long)]
+    pub backends: Option<usize>,
+    /// Don't pin the proxy to a CPU with taskset.
+    #[arg(long)]
+    pub no_pin: bool,
+    /// The Switchyard `proxy` binary; default: next to this executable.
+    #[arg(long)]
+    pub proxy_bin: Option<PathBuf>,
+    /// The `chat-node` binary (polling); default: next to this executable.
+    #[arg(long)]
+    pub chat_node_bin: Option<PathBuf>,
+    /// Install nginx/haproxy with apt-get when missing (otherwise they are skipped).
+    #[arg(long)]
+    pub install: bool,
+    /// No progress bar (logs only).
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// `bench backend`.
+#[derive(Debug, Clone, Args)]
+pub struct BackendArgs {
+    /// Address to listen on; port 0 picks one, printed as `LISTENING <addr>`.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: std::net::SocketAddr,
+    /// Id sent in every answer.
+    #[arg(long)]
+    pub id: String,
+    /// Delay before every HTTP answer.
+    #[arg(long, default_value = "0ms", value_parser = humantime::parse_duration)]
+    pub delay: Duration,
+}

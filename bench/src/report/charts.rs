@@ -1,0 +1,312 @@
+//! SVG charts with plotters: latency percentiles per target, per-backend distribution,
+//! throughput/error timelines, and a scenario's own curve (ws-hold: RSS over connections).
+
+use std::path::Path;
+
+use plotters::coord::Shift;
+use plotters::prelude::*;
+
+use super::{Report, Timeline};
+
+fn err<E: std::fmt::Display>(e: E) -> anyhow::Error {
+    anyhow::anyhow!("drawing a chart: {e}")
+}
+
+fn color(i: usize) -> RGBAColor {
+    Palette99::pick(i).to_rgba()
+}
+
+const FONT: &str = "sans-serif";
+
+/// TrueType fonts tried in turn for the charts' text (plotters measures text with it; a
+/// system font keeps the build free of fontconfig).
+const FONT_FILES: &[&str] = &[
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+    "/usr/share/fonts/truetype/freefont/FreeSans.ttf",
+];
+
+/// Registers the first font found, once.
+fn ensure_font() -> anyhow::Result<()> {
+    static FONT_OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let ok = *FONT_OK.get_or_init(|| {
+        FONT_FILES.iter().any(|path| {
+            std::fs::read(path).ok().is_some_and(|bytes| {
+                // Registered fonts must live for the whole program.
+                let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+                plotters::style::register_font(FONT, FontStyle::Normal, bytes).is_ok()
+            })
+        })
+    });
+    if ok {
+        Ok(())
+    } else {
+        anyhow::bail!("no TrueType font found for the charts (apt-get install fonts-dejavu-core)")
+    }
+}
+
+/// Draws every chart that has data; returns the file names.
+pub fn draw_all(r: &Report, out: &Path) -> anyhow::Result<Vec<String>> {
+    ensure_font()?;
+    let mut files = Vec::new();
+    let ok: Vec<_> = r.targets.iter().filter(|t| t.ok()).collect();
+    let lat: Vec<(String, Vec<f64>)> = ok
+        .iter()
+        .filter_map(|t| {
+            t.latency
+                .map(|p| (t.target.clone(), vec![p.p50, p.p90, p.p99, p.p999]))
+        })
+        .collect();
+    if !lat.is_empty() {
+        latency(&out.join("latency.svg"), &r.scenario, &lat)?;
+        files.push("latency.svg".to_owned());
+    }
+    let dist: Vec<(String, Vec<f64>)> = ok
+        .iter()
+        .filter(|t| !t.per_backend.is_empty())
+        .map(|t| (t.target.clone(), t.per_backend.clone()))
+        .collect();
+    if !dist.is_empty() {
+        distribution(
+            &out.join("distribution.svg"),
+            &r.scenario,
+            &r.backends,
+            &dist,
+        )?;
+        files.push("distribution.svg".to_owned());
+    }
+    // Timelines and curves of the last run of each target.
+    let lines: Vec<(String, Timeline)> = ok
+        .iter()
+        .filter_map(|t| {
+            t.runs
+                .last()
+                .map(|run| (t.target.clone(), run.timeline.clone()))
+        })
+        .filter(|(_, tl)| !tl.is_empty())
+        .collect();
+    if !lines.is_empty() {
+        timeline(&out.join("timeline.svg"), &r.scenario, &lines)?;
+        files.push("timeline.svg".to_owned());
+    }
+    let curves: Vec<(String, Vec<(f64, f64)>)> = ok
+        .iter()
+        .filter_map(|t| {
+            t.runs
+                .last()
+                .map(|run| (t.target.clone(), run.curve.clone()))
+        })
+        .filter(|(_, c)| !c.is_empty())
+        .collect();
+    if !curves.is_empty() {
+        let path = out.join("curve.svg");
+        let root = SVGBackend::new(&path, (900, 500)).into_drawing_area();
+        xy(
+            &root,
+            &format!("{}: proxy RSS over open connections", r.scenario),
+            "open connections",
+            "RSS (MiB)",
+            &curves,
+        )?;
+        root.present().map_err(err)?;
+        files.push("curve.svg".to_owned());
+    }
+    Ok(files)
+}
+
+fn latency(path: &Path, scenario: &str, series: &[(String, Vec<f64>)]) -> anyhow::Result<()> {
+    let root = SVGBackend::new(path, (900, 520)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let all = series.iter().flat_map(|(_, v)| v.iter().copied());
+    let hi = all.clone().fold(0.01f64, f64::max) * 1.5;
+    let lo = all.fold(f64::MAX, f64::min).max(0.001) / 1.5;
+    let names = ["p50", "p90", "p99", "p99.9"];
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!("{scenario}: latency percentiles (ms, log)"),
+            (FONT, 20),
+        )
+        .margin(12)
+        .x_label_area_size(35)
+        .y_label_area_size(60)
+        .build_cartesian_2d(-0.2f64..3.2f64, (lo.min(hi / 2.0)..hi).log_scale())
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_labels(4)
+        .x_label_formatter(&|x| label_at(*x, &names))
+        .y_desc("ms")
+        .draw()
+        .map_err(err)?;
+    for (i, (name, v)) in series.iter().enumerate() {
+        let c = color(i);
+        let pts: Vec<(f64, f64)> = v
+            .iter()
+            .enumerate()
+            .map(|(k, y)| (k as f64, y.max(lo)))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))
+            .map_err(err)?
+            .label(name.as_str())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+        chart
+            .draw_series(pts.into_iter().map(|p| Circle::new(p, 3, c.filled())))
+            .map_err(err)?;
+    }
+    legend(&mut chart)?;
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+fn label_at(x: f64, names: &[impl AsRef<str>]) -> String {
+    let k = x.round();
+    if (x - k).abs() < 0.05 && k >= 0.0 {
+        names
+            .get(k as usize)
+            .map(|s| s.as_ref().to_owned())
+            .unwrap_or_default()
+    } else {
+        String::new()
+    }
+}
+
+fn distribution(
+    path: &Path,
+    scenario: &str,
+    backends: &[String],
+    series: &[(String, Vec<f64>)],
+) -> anyhow::Result<()> {
+    let width = (160 + 110 * series.len()).max(700) as u32;
+    let root = SVGBackend::new(path, (width, 520)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    // Shares in percent, so targets with different totals compare.
+    let shares: Vec<Vec<f64>> = series
+        .iter()
+        .map(|(_, v)| {
+            let sum: f64 = v.iter().sum();
+            v.iter()
+                .map(|x| if sum > 0.0 { 100.0 * x / sum } else { 0.0 })
+                .collect()
+        })
+        .collect();
+    let hi = shares.iter().flatten().copied().fold(10.0f64, f64::max) * 1.15;
+    let n = series.len();
+    let names: Vec<String> = series.iter().map(|(n, _)| n.clone()).collect();
+    let mut chart = ChartBuilder::on(&root)
+        .caption(format!("{scenario}: share per backend (%)"), (FONT, 20))
+        .margin(12)
+        .x_label_area_size(45)
+        .y_label_area_size(50)
+        .build_cartesian_2d(-0.5f64..(n as f64 - 0.5), 0f64..hi)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(n.max(2))
+        .x_label_formatter(&|x| label_at(*x, &names))
+        .x_label_style((FONT, 11))
+        .y_desc("% of requests / connections")
+        .draw()
+        .map_err(err)?;
+    let nb = backends.len().max(1);
+    let w = 0.8 / nb as f64;
+    for (b, id) in backends.iter().enumerate() {
+        let c = color(b);
+        chart
+            .draw_series(shares.iter().enumerate().map(|(t, v)| {
+                let x0 = t as f64 - 0.4 + b as f64 * w;
+                let y = v.get(b).copied().unwrap_or(0.0);
+                Rectangle::new([(x0, 0.0), (x0 + w * 0.9, y)], c.filled())
+            }))
+            .map_err(err)?
+            .label(id.as_str())
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], c.filled()));
+    }
+    legend(&mut chart)?;
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+fn timeline(path: &Path, scenario: &str, series: &[(String, Timeline)]) -> anyhow::Result<()> {
+    let root = SVGBackend::new(path, (900, 760)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let (top, bottom) = root.split_vertically(400);
+    let ok: Vec<(String, Vec<(f64, f64)>)> = series
+        .iter()
+        .map(|(n, tl)| (n.clone(), tl.iter().map(|p| (p.0, p.1)).collect()))
+        .collect();
+    let errs: Vec<(String, Vec<(f64, f64)>)> = series
+        .iter()
+        .map(|(n, tl)| (n.clone(), tl.iter().map(|p| (p.0, p.2)).collect()))
+        .collect();
+    xy(
+        &top,
+        &format!("{scenario}: successful requests/s"),
+        "time (s)",
+        "ok/s",
+        &ok,
+    )?;
+    xy(
+        &bottom,
+        &format!("{scenario}: errors/s"),
+        "time (s)",
+        "errors/s",
+        &errs,
+    )?;
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+fn xy(
+    area: &DrawingArea<SVGBackend<'_>, Shift>,
+    title: &str,
+    xdesc: &str,
+    ydesc: &str,
+    series: &[(String, Vec<(f64, f64)>)],
+) -> anyhow::Result<()> {
+    area.fill(&WHITE).map_err(err)?;
+    let pts = series.iter().flat_map(|(_, v)| v.iter());
+    let xmax = pts.clone().map(|p| p.0).fold(1.0f64, f64::max);
+    let ymax = pts.map(|p| p.1).fold(1.0f64, f64::max) * 1.1;
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, (FONT, 18))
+        .margin(12)
+        .x_label_area_size(35)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..xmax, 0f64..ymax)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc(xdesc)
+        .y_desc(ydesc)
+        .draw()
+        .map_err(err)?;
+    for (i, (name, v)) in series.iter().enumerate() {
+        let c = color(i);
+        chart
+            .draw_series(LineSeries::new(v.clone(), c.stroke_width(2)))
+            .map_err(err)?
+            .label(name.as_str())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+    }
+    legend(&mut chart)?;
+    Ok(())
+}
+
+fn legend<'a, DB: DrawingBackend + 'a, CT: plotters::coord::CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+) -> anyhow::Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font((FONT, 12))
+        .draw()
+        .map_err(err)
+}

@@ -1,0 +1,104 @@
+//! report.md: summary table, goals, charts, per-backend distribution, machine and commands.
+
+use std::fmt::Write as _;
+
+use super::Report;
+
+/// Header and rows of the summary table (also used for the terminal).
+pub(super) fn table_cells(r: &Report) -> (Vec<String>, Vec<Vec<String>>) {
+    let mut headers = vec!["target".to_owned()];
+    headers.extend(r.columns.iter().map(|c| c.header.clone()));
+    let rows = r
+        .targets
+        .iter()
+        .map(|t| {
+            let mut row = vec![t.target.clone()];
+            for (i, c) in r.columns.iter().enumerate() {
+                row.push(match t.metrics.get(&c.key) {
+                    Some(v) if v.is_finite() => format!("{v:.prec$}", prec = c.decimals),
+                    Some(_) => "∞".to_owned(),
+                    None if t.ok() || i > 0 => "-".to_owned(),
+                    // The reason is listed under the table; the cell says which kind.
+                    None => t.status.split([' ', ':']).next().unwrap_or("-").to_owned(),
+                });
+            }
+            row
+        })
+        .collect();
+    (headers, rows)
+}
+
+pub(super) fn render(r: &Report) -> String {
+    let mut md = String::new();
+    let _ = writeln!(md, "# bench `{}`\n\n{}\n", r.scenario, r.description);
+    let _ = writeln!(md, "## Summary\n\nMedians over the runs.\n");
+    let (headers, rows) = table_cells(r);
+    let _ = writeln!(md, "| {} |", headers.join(" | "));
+    let _ = writeln!(md, "|{}", "---|".repeat(headers.len()));
+    for row in rows {
+        let _ = writeln!(md, "| {} |", row.join(" | "));
+    }
+    for t in r.targets.iter().filter(|t| !t.ok()) {
+        let _ = writeln!(md, "\n{}: {}", t.target, t.status);
+    }
+    let _ = writeln!(md, "\n## Goals\n");
+    if r.checks.is_empty() {
+        let _ = writeln!(md, "No goal from the issue applies to this scenario.");
+    }
+    for c in &r.checks {
+        let mark = match c.met {
+            Some(true) => "met",
+            Some(false) => "**missed**",
+            None => "not evaluated",
+        };
+        let _ = writeln!(md, "- {}: {mark} — {}", c.goal, c.measured);
+    }
+    let _ = writeln!(md, "\n## Charts\n");
+    for c in &r.charts {
+        let _ = writeln!(md, "![{c}]({c})\n");
+    }
+    let _ = writeln!(md, "## Per-backend distribution\n");
+    let _ = writeln!(
+        md,
+        "| target | {} | CV | Jain | max/min |",
+        r.backends.join(" | ")
+    );
+    let _ = writeln!(md, "|{}", "---|".repeat(r.backends.len() + 4));
+    for t in r
+        .targets
+        .iter()
+        .filter(|t| t.ok() && !t.per_backend.is_empty())
+    {
+        let counts: Vec<String> = t.per_backend.iter().map(|v| format!("{v:.0}")).collect();
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.3} | {:.3} | {:.2} |",
+            t.target,
+            counts.join(" | "),
+            t.fairness.cv,
+            t.fairness.jain,
+            t.fairness.max_over_min
+        );
+    }
+    if !r.notes.is_empty() {
+        let _ = writeln!(md, "\n## Notes\n");
+        for n in &r.notes {
+            let _ = writeln!(md, "- {n}");
+        }
+    }
+    let _ = writeln!(md, "\n## Machine and versions\n");
+    let _ = writeln!(
+        md,
+        "```json\n{}\n```",
+        serde_json::to_string_pretty(&r.meta).unwrap_or_default()
+    );
+    let _ = writeln!(md, "\n## Commands\n");
+    if let Some(cmd) = r.meta.get("command").and_then(|c| c.as_str()) {
+        let _ = writeln!(md, "bench: `{cmd}`\n");
+    }
+    for t in r.targets.iter().filter(|t| !t.command.is_empty()) {
+        let _ = writeln!(md, "- {}: `{}`", t.target, t.command);
+    }
+    let _ = writeln!(md, "\nGenerated configs are in `configs/`.");
+    md
+}

@@ -1,0 +1,48 @@
+//! Run metadata: versions, git commit, machine, the exact command line.
+
+use std::process::Command;
+
+use crate::targets::{tool_versions, Tools};
+
+pub fn collect(tools: &Tools, pin: Option<usize>, workers: usize) -> serde_json::Value {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    let dirty =
+        git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    let cpu_model = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|c| {
+        c.lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split(':').nth(1))
+            .map(|s| s.trim().to_owned())
+    });
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .ok()
+        .map(|s| s.trim().to_owned());
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|s| s.trim().to_owned());
+    serde_json::json!({
+        "date": chrono::Local::now().to_rfc3339(),
+        "command": std::env::args().collect::<Vec<_>>().join(" "),
+        "git_commit": git(&["rev-parse", "HEAD"]),
+        "git_dirty": dirty,
+        "versions": tool_versions(tools),
+        "bench": env!("CARGO_PKG_VERSION"),
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "cpu": cpu_model,
+        "memory_mib": crate::procstat::mem_total_mib(),
+        "kernel": kernel,
+        "loadavg_at_report": load,
+        "proxy_workers": workers,
+        "proxy_pinned_cpu": pin,
+        "fd_limit": rlimit::getrlimit(rlimit::Resource::NOFILE).ok().map(|l| l.0),
+        "note": "loopback only; load generator, backends and proxy share this machine's cores",
+    })
+}

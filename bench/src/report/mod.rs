@@ -1,0 +1,203 @@
+//! The report of one scenario: results.json, report.md, SVG charts and the terminal table.
+
+pub mod charts;
+mod markdown;
+pub mod meta;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use serde::Serialize;
+
+use crate::load::http::Bucket;
+use crate::stats::{Fairness, Percentiles};
+
+/// One measured number shown as a column: key in `metrics`, header, decimals.
+#[derive(Debug, Clone, Serialize)]
+pub struct Column {
+    pub key: String,
+    pub header: String,
+    pub decimals: usize,
+}
+
+pub fn col(key: &str, header: &str, decimals: usize) -> Column {
+    Column {
+        key: key.to_owned(),
+        header: header.to_owned(),
+        decimals,
+    }
+}
+
+/// A timeline: (seconds since start, successes/s, errors/s).
+pub type Timeline = Vec<(f64, f64, f64)>;
+
+/// One measurement of one target.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RunResult {
+    pub metrics: BTreeMap<String, f64>,
+    pub per_backend: Vec<f64>,
+    pub latency: Option<Percentiles>,
+    /// Throughput/error timeline (time in s, ok/s, errors/s).
+    pub timeline: Timeline,
+    /// Free-form points for a scenario chart (ws-hold: connections → RSS MiB).
+    pub curve: Vec<(f64, f64)>,
+    pub details: serde_json::Value,
+}
+
+impl RunResult {
+    pub fn set(&mut self, key: &str, value: f64) {
+        self.metrics.insert(key.to_owned(), value);
+    }
+}
+
+/// Turns HTTP buckets into a (t, ok/s, errors/s) timeline.
+pub fn timeline_of(buckets: &[Bucket], bucket_secs: f64) -> Timeline {
+    buckets
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            (
+                i as f64 * bucket_secs,
+                b.ok as f64 / bucket_secs,
+                b.errors as f64 / bucket_secs,
+            )
+        })
+        .collect()
+}
+
+/// Everything about one target over the runs.
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetReport {
+    pub target: String,
+    /// `ok`, or why it did not run (`n/a (...)`, `skipped (...)`, `failed: ...`).
+    pub status: String,
+    pub command: String,
+    /// Medians over the runs.
+    pub metrics: BTreeMap<String, f64>,
+    pub per_backend: Vec<f64>,
+    pub fairness: Fairness,
+    pub latency: Option<Percentiles>,
+    pub runs: Vec<RunResult>,
+}
+
+impl TargetReport {
+    pub fn unavailable(target: String, status: String) -> Self {
+        TargetReport {
+            target,
+            status,
+            command: String::new(),
+            metrics: BTreeMap::new(),
+            per_backend: Vec::new(),
+            fairness: Fairness::default(),
+            latency: None,
+            runs: Vec::new(),
+        }
+    }
+
+    pub fn ok(&self) -> bool {
+        self.status == "ok"
+    }
+
+    pub fn metric(&self, key: &str) -> Option<f64> {
+        self.metrics.get(key).copied()
+    }
+}
+
+/// A goal from the issue, checked against the measurement.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub goal: String,
+    pub measured: String,
+    /// None when it could not be evaluated (a target missing).
+    pub met: Option<bool>,
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub scenario: String,
+    pub description: String,
+    pub meta: serde_json::Value,
+    pub columns: Vec<Column>,
+    pub backends: Vec<String>,
+    pub targets: Vec<TargetReport>,
+    pub checks: Vec<Check>,
+    pub notes: Vec<String>,
+    pub charts: Vec<String>,
+}
+
+/// Default report folder: bench/results/<date>-<scenario>/.
+pub fn default_out(scenario: &str) -> PathBuf {
+    let date = chrono::Local::now().format("%Y-%m-%d-%H%M%S");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("results");
+    root.join(format!("{date}-{scenario}"))
+}
+
+impl Report {
+    /// Writes results.json, the charts and report.md into `out`.
+    pub fn write(&mut self, out: &Path) -> anyhow::Result<()> {
+        std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+        // Without charts the numbers are still worth writing.
+        self.charts = match charts::draw_all(self, out) {
+            Ok(files) => files,
+            Err(e) => {
+                eprintln!("bench: no charts: {e:#}");
+                self.notes.push(format!("No charts: {e:#}"));
+                Vec::new()
+            }
+        };
+        let json = serde_json::to_string_pretty(self).context("serialising the results")?;
+        std::fs::write(out.join("results.json"), json).context("writing results.json")?;
+        std::fs::write(out.join("report.md"), markdown::render(self))
+            .context("writing report.md")?;
+        Ok(())
+    }
+
+    /// The summary table as aligned plain text.
+    pub fn terminal_table(&self) -> String {
+        let (headers, rows) = markdown::table_cells(self);
+        let widths: Vec<usize> = (0..headers.len())
+            .map(|c| {
+                rows.iter()
+                    .map(|r| r[c].chars().count())
+                    .chain([headers[c].chars().count()])
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let line = |cells: &[String]| {
+            cells
+                .iter()
+                .zip(&widths)
+                .enumerate()
+                .map(|(i, (c, w))| {
+                    if i == 0 {
+                        format!("{c:<w$}")
+                    } else {
+                        format!("{c:>w$}")
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("  ")
+        };
+        let mut s = line(&headers);
+        s.push('\n');
+        for r in &rows {
+            s.push_str(&line(r));
+            s.push('\n');
+        }
+        for t in self.targets.iter().filter(|t| !t.ok()) {
+            s.push_str(&format!("{}: {}\n", t.target, t.status));
+        }
+        for c in &self.checks {
+            let mark = match c.met {
+                Some(true) => "met",
+                Some(false) => "MISSED",
+                None => "n/a",
+            };
+            s.push_str(&format!("[{mark}] {} — {}\n", c.goal, c.measured));
+        }
+        s
+    }
+}

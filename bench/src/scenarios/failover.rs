@@ -1,0 +1,216 @@
+//! `failover`: open-loop HTTP load and idle WebSockets while the first backend is killed
+//! (then restarted on its port), and in a second phase frozen with SIGSTOP (then continued).
+//! Failed requests, the error window, detection time (until requests stop failing) and
+//! re-admission time (until the backend answers again), from a 50 ms timeline of requests
+//! by the time they were due.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use super::Plan;
+use crate::backends::Backends;
+use crate::cli::Common;
+use crate::load::http::{run as run_load, Bucket, HttpLoad};
+use crate::load::ws::hold_many;
+use crate::report::{col, timeline_of, RunResult};
+use crate::stats::Percentiles;
+use crate::targets::{Running, Strategy};
+
+const BUCKET: Duration = Duration::from_millis(50);
+
+#[derive(Clone, Copy)]
+enum Fault {
+    Kill,
+    Stop,
+}
+
+impl Fault {
+    fn name(self) -> &'static str {
+        match self {
+            Fault::Kill => "kill",
+            Fault::Stop => "stop",
+        }
+    }
+}
+
+pub fn plan(common: &Common, rate: u64, websockets: usize, backends: usize) -> Plan {
+    let d = common.duration;
+    let mut columns = Vec::new();
+    for m in ["kill", "stop"] {
+        columns.push(col(&format!("{m}_failed"), &format!("{m}: failed"), 0));
+        columns.push(col(
+            &format!("{m}_window_ms"),
+            &format!("{m}: error window ms"),
+            0,
+        ));
+        columns.push(col(
+            &format!("{m}_detect_ms"),
+            &format!("{m}: detection ms"),
+            0,
+        ));
+        columns.push(col(
+            &format!("{m}_readmit_ms"),
+            &format!("{m}: re-admission ms"),
+            0,
+        ));
+        columns.push(col(
+            &format!("{m}_ws_lost_other"),
+            &format!("{m}: WS lost elsewhere"),
+            0,
+        ));
+    }
+    Plan {
+        name: "failover",
+        description: format!(
+            "{backends} backends, {rate} req/s open loop over {} connections plus {websockets} \
+             idle WebSockets. Phase kill: b1 is SIGKILLed at {:?} and restarted at {:?}; phase \
+             stop: b1 is SIGSTOPped and SIGCONTinued at the same offsets. Each phase lasts {d:?}; \
+             client timeout 2 s, proxies' upstream read timeout 3 s, health checks every 1 s \
+             (nginx: passive only).",
+            common.connections,
+            d.mul_f64(0.2),
+            d.mul_f64(0.6)
+        ),
+        default_targets: "switchyard:round_robin,switchyard:least_conn,nginx:round_robin,\
+                          haproxy:round_robin",
+        default_strategy: Strategy::RoundRobin,
+        delays: vec![Duration::ZERO; backends],
+        fresh_backends: true,
+        allow_direct: false,
+        columns,
+        notes: vec![
+            "Detection = from the fault to the end of the last 50 ms bucket whose requests \
+             failed before the restore; re-admission = from the restore to the first bucket \
+             with an answer from b1. WebSockets on b1 die with it (kill) — expected; \
+             `WS lost elsewhere` counts sockets on the other backends that closed (should be 0). \
+             0 failed requests with a 0 ms detection means the proxy retried every failed \
+             connect on another backend, so the client never saw the fault."
+                .into(),
+        ],
+        chat: None,
+    }
+}
+
+pub async fn measure(
+    common: &Common,
+    rate: u64,
+    websockets: usize,
+    running: &Running,
+    backends: &mut Backends,
+) -> anyhow::Result<RunResult> {
+    let mut r = RunResult::default();
+    let mut offset = 0.0;
+    let mut lat = Vec::new();
+    for (k, fault) in [Fault::Kill, Fault::Stop].into_iter().enumerate() {
+        let (timeline, p) = phase(
+            fault, k, common, rate, websockets, running, backends, &mut r,
+        )
+        .await?;
+        r.timeline
+            .extend(timeline.into_iter().map(|(t, a, b)| (t + offset, a, b)));
+        offset += common.duration.as_secs_f64();
+        lat.push(p);
+    }
+    r.latency = Some(Percentiles::median_of(&lat));
+    Ok(r)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn phase(
+    fault: Fault,
+    k: usize,
+    common: &Common,
+    rate: u64,
+    websockets: usize,
+    running: &Running,
+    backends: &mut Backends,
+    r: &mut RunResult,
+) -> anyhow::Result<(Vec<(f64, f64, f64)>, Percentiles)> {
+    let ids = Arc::new(backends.ids());
+    // WebSocket clients use source addresses after the HTTP clients'.
+    let first = 5000 + k * websockets;
+    let (held, _) = hold_many(first, websockets, running.addr, ids.clone(), 8).await;
+    let d = common.duration;
+    let (fault_at, restore_at) = (d.mul_f64(0.2), d.mul_f64(0.6));
+    let load = HttpLoad {
+        addr: running.addr,
+        connections: common.connections.max(1),
+        duration: d,
+        rate: Some(rate),
+        backend_ids: backends.ids(),
+        timeout: Duration::from_secs(2),
+        bucket: BUCKET,
+        max_requests: None,
+        cookies: Vec::new(),
+    };
+    let start = Instant::now();
+    let task = tokio::spawn(run_load(load));
+    tokio::time::sleep_until((start + fault_at).into()).await;
+    match fault {
+        Fault::Kill => backends.kill(0),
+        Fault::Stop => backends.signal(0, Signal::SIGSTOP),
+    }
+    tokio::time::sleep_until((start + restore_at).into()).await;
+    match fault {
+        Fault::Kill => backends.restart(0)?,
+        Fault::Stop => backends.signal(0, Signal::SIGCONT),
+    }
+    let o = task.await?;
+    let m = fault.name();
+    let b = BUCKET.as_secs_f64();
+    let f_slot = (fault_at.as_secs_f64() / b) as usize;
+    let r_slot = (restore_at.as_secs_f64() / b) as usize;
+    let err_slots: Vec<usize> = o
+        .timeline
+        .iter()
+        .enumerate()
+        .filter(|(_, x)| x.errors > 0)
+        .map(|(i, _)| i)
+        .collect();
+    let window = match (err_slots.first(), err_slots.last()) {
+        (Some(a), Some(z)) => (z + 1 - a) as f64 * b * 1000.0,
+        _ => 0.0,
+    };
+    let detect = err_slots
+        .iter()
+        .rev()
+        .find(|&&i| i >= f_slot && i < r_slot)
+        .map_or(0.0, |&i| {
+            ((i + 1) as f64 * b - fault_at.as_secs_f64()) * 1000.0
+        });
+    let readmit = o
+        .timeline
+        .iter()
+        .enumerate()
+        .skip(r_slot)
+        .find(|(_, x): &(usize, &Bucket)| x.per_backend.first().is_some_and(|c| *c > 0))
+        .map_or(f64::INFINITY, |(i, _)| {
+            ((i as f64 * b) - restore_at.as_secs_f64()).max(0.0) * 1000.0
+        });
+    let lost_other = held
+        .iter()
+        .filter(|h| h.backend != Some(0) && h.is_closed())
+        .count();
+    let lost_victim = held
+        .iter()
+        .filter(|h| h.backend == Some(0) && h.is_closed())
+        .count();
+    r.set(&format!("{m}_failed"), o.errors as f64);
+    r.set(&format!("{m}_ok"), o.ok as f64);
+    r.set(&format!("{m}_window_ms"), window);
+    r.set(&format!("{m}_detect_ms"), detect);
+    r.set(&format!("{m}_readmit_ms"), readmit);
+    r.set(&format!("{m}_ws_lost_other"), lost_other as f64);
+    r.set(&format!("{m}_ws_lost_victim"), lost_victim as f64);
+    let p = Percentiles::of(&o.latency);
+    r.set(&format!("{m}_p99_ms"), p.p99);
+    for (i, c) in o.per_backend.iter().enumerate() {
+        if r.per_backend.len() <= i {
+            r.per_backend.resize(i + 1, 0.0);
+        }
+        r.per_backend[i] += *c as f64;
+    }
+    Ok((timeline_of(&o.timeline, b), p))
+}

@@ -1,0 +1,409 @@
+//! The scenario driver: starts backends and each target in turn (alternating targets within
+//! each run, like a fair A/B), calls the scenario's measurement, takes medians over the runs
+//! and writes the report.
+
+mod chat;
+mod failover;
+mod hetero;
+mod http;
+mod polling;
+mod recover;
+mod sticky;
+mod ws_echo;
+mod ws_hold;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use crate::backends::Backends;
+use crate::cli::{Command, Common};
+use crate::report::{meta, Check, Column, Report, RunResult, TargetReport};
+use crate::stats::{median, Fairness, Percentiles};
+use crate::targets::{
+    availability, launch, parse_targets, LaunchOpts, Proxy, Running, Strategy, Target, Tools,
+};
+
+/// What a scenario needs from the driver.
+pub struct Plan {
+    pub name: &'static str,
+    pub description: String,
+    pub default_targets: &'static str,
+    pub default_strategy: Strategy,
+    /// One entry per backend: its answer delay.
+    pub delays: Vec<Duration>,
+    /// New backends for every measurement (when a scenario kills or fills them).
+    pub fresh_backends: bool,
+    pub allow_direct: bool,
+    pub columns: Vec<Column>,
+    pub notes: Vec<String>,
+    /// Chat nodes instead of bench backends (Socket.IO scenarios).
+    pub chat: Option<ChatPlan>,
+}
+
+/// Chat nodes behind the proxies, in variants.
+pub struct ChatPlan {
+    pub nodes: usize,
+    pub variants: Vec<ChatVariant>,
+}
+
+/// One kind of chat cluster: a row suffix, the nodes' arguments (`{redis}` is replaced by
+/// the URL of a redis-server bench starts), and whether the nodes are the Node.js reference.
+#[derive(Debug, Clone)]
+pub struct ChatVariant {
+    pub label: String,
+    pub args: Vec<String>,
+    pub node_reference: bool,
+}
+
+/// Runs a scenario subcommand end to end.
+pub async fn run(cmd: Command) -> anyhow::Result<()> {
+    let (common, plan) = plan(&cmd)?;
+    let tools = Tools::discover(common.proxy_bin.clone(), common.install);
+    let listed: Vec<String> = if common.targets.is_empty() {
+        plan.default_targets.split(',').map(str::to_owned).collect()
+    } else {
+        common.targets.clone()
+    };
+    let targets = parse_targets(&listed, plan.default_strategy)?;
+    let out = common
+        .out
+        .clone()
+        .unwrap_or_else(|| crate::report::default_out(plan.name));
+    // nginx resolves a relative -c against its -p prefix: hand every tool absolute paths.
+    let out = std::path::absolute(&out).context("resolving --out")?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let pin = (!common.no_pin && cores >= 2).then_some(cores - 1);
+    let opts = LaunchOpts {
+        workers: common.workers.max(1),
+        pin,
+        tools: tools.clone(),
+        config_dir: out.join("configs"),
+    };
+    let mut reports: Vec<TargetReport> = Vec::new();
+    let mut runnable = Vec::new();
+    for t in &targets {
+        let status = if t.proxy == Proxy::Direct && !plan.allow_direct {
+            Err("n/a (no proxy to measure)".to_owned())
+        } else {
+            availability(*t, &tools).map_err(|e| e.to_string())
+        };
+        match status {
+            Ok(()) => runnable.push(*t),
+            Err(why) => {
+                eprintln!("bench: {t}: {why}");
+                reports.push(TargetReport::unavailable(t.to_string(), why));
+            }
+        }
+    }
+    let runs = common.runs.max(1);
+    let chat_bin = match &plan.chat {
+        Some(_) => Some(
+            crate::targets::sibling_bin(common.chat_node_bin.clone(), "chat-node").context(
+                "chat-node binary not found: cargo build -p chat-node, or --chat-node-bin",
+            )?,
+        ),
+        None => None,
+    };
+    let redis = match &plan.chat {
+        Some(c)
+            if c.variants
+                .iter()
+                .any(|v| v.args.iter().any(|a| a == "{redis}")) =>
+        {
+            Some(crate::redis::Redis::start()?)
+        }
+        _ => None,
+    };
+    let variants: Vec<ChatVariant> = match &plan.chat {
+        Some(c) => c.variants.clone(),
+        None => vec![ChatVariant {
+            label: String::new(),
+            args: Vec::new(),
+            node_reference: false,
+        }],
+    };
+    let row = |t: &Target, label: &str| {
+        if label.is_empty() {
+            t.to_string()
+        } else {
+            format!("{t} {label}")
+        }
+    };
+    let pb = crate::progress::bar(
+        (runnable.len() * runs * variants.len()) as u64,
+        common.quiet,
+    );
+    let mut shared = if plan.fresh_backends || plan.chat.is_some() {
+        None
+    } else {
+        Some(Backends::start(&plan.delays)?)
+    };
+    let mut results: BTreeMap<String, (Vec<RunResult>, String, Vec<String>)> = BTreeMap::new();
+    for run in 0..runs {
+        for v in &variants {
+            for t in &runnable {
+                let name = row(t, &v.label);
+                pb.set_message(format!("{name} (run {}/{runs})", run + 1));
+                let mut fresh = None;
+                let backends = match (shared.as_mut(), &chat_bin, &plan.chat) {
+                    (Some(b), _, _) => b,
+                    (None, Some(bin), Some(c)) => {
+                        let url = redis.as_ref().map(|r| r.url.clone()).unwrap_or_default();
+                        let args: Vec<String> = v
+                            .args
+                            .iter()
+                            .map(|a| {
+                                if a == "{redis}" {
+                                    url.clone()
+                                } else {
+                                    a.clone()
+                                }
+                            })
+                            .collect();
+                        if v.node_reference {
+                            fresh.insert(Backends::start_node_reference(c.nodes, &args)?)
+                        } else {
+                            fresh.insert(Backends::start_chat(bin, c.nodes, &args)?)
+                        }
+                    }
+                    _ => fresh.insert(Backends::start(&plan.delays)?),
+                };
+                let entry = results.entry(name).or_default();
+                let pairs: Vec<(String, SocketAddr)> =
+                    backends.ids().into_iter().zip(backends.addrs()).collect();
+                match launch(*t, &pairs, &opts) {
+                    Ok(running) => {
+                        entry.1.clone_from(&running.command);
+                        match measure(&cmd, &common, &running, backends).await {
+                            Ok(r) => entry.0.push(r),
+                            Err(e) => entry.2.push(format!("run {}: {e:#}", run + 1)),
+                        }
+                    }
+                    Err(e) => entry.2.push(format!("run {}: {e:#}", run + 1)),
+                }
+                pb.inc(1);
+            }
+        }
+    }
+    pb.finish_and_clear();
+    let ids = match (&shared, &plan.chat) {
+        (Some(b), _) => b.ids(),
+        (None, Some(c)) => (1..=c.nodes).map(|i| format!("n{i}")).collect(),
+        (None, None) => (1..=plan.delays.len()).map(|i| format!("b{i}")).collect(),
+    };
+    drop(shared);
+    drop(redis);
+    for v in &variants {
+        for t in &runnable {
+            let name = row(t, &v.label);
+            let (runs, command, errors) = results.remove(&name).unwrap_or_default();
+            reports.push(aggregate(name, runs, command, errors));
+        }
+    }
+    // Keep the order the user asked for, variants together.
+    reports.sort_by_key(|r| {
+        let base = r.target.split(' ').next().unwrap_or_default();
+        targets
+            .iter()
+            .position(|t| t.to_string() == base)
+            .unwrap_or(usize::MAX)
+    });
+    let checks = checks(&cmd, &mut reports);
+    let mut report = Report {
+        scenario: plan.name.to_owned(),
+        description: plan.description,
+        meta: meta::collect(&tools, pin, opts.workers),
+        columns: plan.columns,
+        backends: ids,
+        targets: reports,
+        checks,
+        notes: plan.notes,
+        charts: Vec::new(),
+    };
+    for t in report
+        .targets
+        .iter()
+        .filter(|t| t.status.starts_with("failed"))
+    {
+        eprintln!("bench: {}: {}", t.target, t.status);
+    }
+    report
+        .write(&out)
+        .with_context(|| format!("writing the report to {}", out.display()))?;
+    println!("{}", report.terminal_table());
+    println!("report: {}", out.join("report.md").display());
+    Ok(())
+}
+
+fn aggregate(
+    t: String,
+    runs: Vec<RunResult>,
+    command: String,
+    errors: Vec<String>,
+) -> TargetReport {
+    if runs.is_empty() {
+        let why = errors.first().cloned().unwrap_or_else(|| "no run".into());
+        let mut r = TargetReport::unavailable(t.to_string(), format!("failed: {why}"));
+        r.command = command;
+        return r;
+    }
+    let mut metrics = BTreeMap::new();
+    let keys: std::collections::BTreeSet<&String> =
+        runs.iter().flat_map(|r| r.metrics.keys()).collect();
+    for k in keys {
+        let vals: Vec<f64> = runs
+            .iter()
+            .filter_map(|r| r.metrics.get(k).copied())
+            .collect();
+        metrics.insert(k.clone(), median(&vals));
+    }
+    let nb = runs.iter().map(|r| r.per_backend.len()).max().unwrap_or(0);
+    let per_backend: Vec<f64> = (0..nb)
+        .map(|i| {
+            median(
+                &runs
+                    .iter()
+                    .map(|r| r.per_backend.get(i).copied().unwrap_or(0.0))
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .collect();
+    let lats: Vec<Percentiles> = runs.iter().filter_map(|r| r.latency).collect();
+    let latency = (!lats.is_empty()).then(|| Percentiles::median_of(&lats));
+    let mut status = "ok".to_owned();
+    if !errors.is_empty() {
+        // Some runs failed: the medians are over the others; say so in the JSON.
+        metrics.insert("failed_runs".into(), errors.len() as f64);
+        eprintln!("bench: {t}: {}", errors.join("; "));
+        status = "ok".into();
+    }
+    TargetReport {
+        target: t.to_string(),
+        status,
+        command,
+        fairness: Fairness::of(&per_backend),
+        metrics,
+        per_backend,
+        latency,
+        runs,
+    }
+}
+
+fn common_of(cmd: &Command) -> Option<&Common> {
+    Some(match cmd {
+        Command::Http { common, .. }
+        | Command::WsEcho { common, .. }
+        | Command::WsHold { common, .. }
+        | Command::Hetero { common, .. }
+        | Command::Recover { common, .. }
+        | Command::Failover { common, .. }
+        | Command::Sticky { common, .. }
+        | Command::Polling { common, .. }
+        | Command::Chat { common, .. } => common,
+        Command::Backend(_) => return None,
+    })
+}
+
+fn plan(cmd: &Command) -> anyhow::Result<(Common, Plan)> {
+    let common = common_of(cmd).context("not a scenario")?.clone();
+    let n = |default: usize| common.backends.unwrap_or(default).max(1);
+    let plan = match cmd {
+        Command::Http { rates, .. } => http::plan(&common, rates, n(3)),
+        Command::WsEcho { size, .. } => ws_echo::plan(&common, *size, n(3)),
+        Command::WsHold { steps, .. } => ws_hold::plan(steps, n(3)),
+        Command::Hetero { rate, slow, .. } => hetero::plan(&common, *rate, *slow, n(3)),
+        Command::Recover { batch, wait, .. } => recover::plan(*batch, *wait, n(3)),
+        Command::Failover {
+            rate, websockets, ..
+        } => failover::plan(&common, *rate, *websockets, n(3)),
+        Command::Sticky { requests, .. } => sticky::plan(&common, *requests, n(4)),
+        Command::Polling {
+            sessions, cycles, ..
+        } => polling::plan(&common, *sessions, *cycles, n(3)),
+        Command::Chat { rooms, rate, .. } => chat::plan(&common, *rooms, *rate, n(3)),
+        Command::Backend(_) => unreachable!("checked by common_of"),
+    };
+    Ok((common, plan))
+}
+
+async fn measure(
+    cmd: &Command,
+    common: &Common,
+    running: &Running,
+    backends: &mut Backends,
+) -> anyhow::Result<RunResult> {
+    match cmd {
+        Command::Http { rates, .. } => http::measure(common, rates, running, backends).await,
+        Command::WsEcho { size, .. } => ws_echo::measure(common, *size, running, backends).await,
+        Command::WsHold { steps, .. } => ws_hold::measure(steps, running, backends).await,
+        Command::Hetero { rate, .. } => hetero::measure(common, *rate, running, backends).await,
+        Command::Recover { batch, wait, .. } => {
+            recover::measure(*batch, *wait, running, backends).await
+        }
+        Command::Failover {
+            rate, websockets, ..
+        } => failover::measure(common, *rate, *websockets, running, backends).await,
+        Command::Sticky { requests, .. } => {
+            sticky::measure(common, *requests, running, backends).await
+        }
+        Command::Polling {
+            sessions, cycles, ..
+        } => polling::measure(common, *sessions, *cycles, running, backends).await,
+        Command::Chat { rooms, rate, .. } => {
+            chat::measure(common, *rooms, *rate, running, backends).await
+        }
+        Command::Backend(_) => anyhow::bail!("not a scenario"),
+    }
+}
+
+fn checks(cmd: &Command, reports: &mut [TargetReport]) -> Vec<Check> {
+    match cmd {
+        Command::Http { .. } => http::checks(reports),
+        Command::WsEcho { .. } => {
+            ws_echo::add_overhead(reports);
+            ws_echo::checks(reports)
+        }
+        Command::WsHold { .. } => ws_hold::checks(reports),
+        Command::Hetero { .. } => hetero::checks(reports),
+        Command::Chat { .. } => chat::checks(reports),
+        _ => Vec::new(),
+    }
+}
+
+/// The report of the first target that ran with this proxy (and strategy, when given).
+pub(crate) fn find<'a>(
+    reports: &'a [TargetReport],
+    proxy: &str,
+    strategy: Option<&str>,
+) -> Option<&'a TargetReport> {
+    reports.iter().filter(|r| r.ok()).find(|r| {
+        let (p, s) = r.target.split_once(':').unwrap_or((r.target.as_str(), ""));
+        p == proxy && strategy.is_none_or(|want| want == s)
+    })
+}
+
+/// A goal comparing two numbers; `met` is None when either side is missing.
+pub(crate) fn compare(
+    goal: &str,
+    measured: Option<(f64, f64)>,
+    describe: impl Fn(f64, f64) -> (String, bool),
+) -> Check {
+    match measured {
+        Some((a, b)) => {
+            let (text, met) = describe(a, b);
+            Check {
+                goal: goal.to_owned(),
+                measured: text,
+                met: Some(met),
+            }
+        }
+        None => Check {
+            goal: goal.to_owned(),
+            measured: "a target it needs did not run".into(),
+            met: None,
+        },
+    }
+}

@@ -1,0 +1,138 @@
+//! Finding the programs bench drives: the Switchyard `proxy` binary, nginx, HAProxy and
+//! taskset; installing nginx/HAProxy from Debian packages when missing and allowed.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde::Serialize;
+
+/// The programs found on this machine.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Tools {
+    pub proxy: Option<PathBuf>,
+    pub nginx: Option<PathBuf>,
+    pub haproxy: Option<PathBuf>,
+    pub taskset: bool,
+}
+
+impl Tools {
+    /// Looks for everything; with `install`, runs `apt-get install` for a missing nginx or
+    /// HAProxy first (root only).
+    pub fn discover(proxy_bin: Option<PathBuf>, install: bool) -> Tools {
+        let proxy = sibling_bin(proxy_bin, "proxy");
+        let mut nginx = which("nginx");
+        let mut haproxy = which("haproxy");
+        let mut missing = Vec::new();
+        if nginx.is_none() {
+            missing.push("nginx");
+        }
+        if haproxy.is_none() {
+            missing.push("haproxy");
+        }
+        if install && !missing.is_empty() {
+            apt_install(&missing);
+            nginx = which("nginx");
+            haproxy = which("haproxy");
+        }
+        Tools {
+            proxy,
+            nginx,
+            haproxy,
+            taskset: which("taskset").is_some(),
+        }
+    }
+}
+
+/// `explicit` if given, else the workspace binary `name` next to this executable
+/// (target/<profile>/), else in the other profile's folder.
+pub fn sibling_bin(explicit: Option<PathBuf>, name: &str) -> Option<PathBuf> {
+    if let Some(p) = explicit {
+        return p.is_file().then_some(p);
+    }
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?;
+    // target/<profile>/bench, or target/<profile>/deps/<test> for integration tests.
+    let up = dir.parent()?;
+    let top = up.parent().unwrap_or(up);
+    [
+        dir.join(name),
+        up.join(name),
+        up.join("release").join(name),
+        up.join("debug").join(name),
+        top.join("release").join(name),
+        top.join("debug").join(name),
+    ]
+    .into_iter()
+    .find(|p| p.is_file())
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+fn apt_install(pkgs: &[&str]) {
+    if !nix_is_root() {
+        eprintln!(
+            "bench: {} missing and not root: skipping them (apt-get install {})",
+            pkgs.join(", "),
+            pkgs.join(" ")
+        );
+        return;
+    }
+    eprintln!("bench: installing {} with apt-get", pkgs.join(", "));
+    let quiet = |c: &mut Command| {
+        c.env("DEBIAN_FRONTEND", "noninteractive")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    };
+    let _ = quiet(Command::new("apt-get").args(["update", "-qq"]));
+    if !quiet(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq"])
+            .args(pkgs),
+    ) {
+        eprintln!("bench: apt-get install failed; those targets are skipped");
+    }
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// First line of `<program> <flag>` (stdout or stderr), e.g. "nginx version: nginx/1.22.1".
+fn version_of(program: &Path, flag: &str) -> Option<String> {
+    let out = Command::new(program).arg(flag).output().ok()?;
+    let text = if out.stdout.is_empty() {
+        out.stderr
+    } else {
+        out.stdout
+    };
+    String::from_utf8_lossy(&text)
+        .lines()
+        .next()
+        .map(|l| l.trim().to_owned())
+}
+
+/// Versions of the proxies, for the report.
+pub fn tool_versions(tools: &Tools) -> serde_json::Value {
+    let v = |p: &Option<PathBuf>, flag: &str| p.as_deref().and_then(|p| version_of(p, flag));
+    serde_json::json!({
+        "switchyard": v(&tools.proxy, "--version"),
+        "nginx": v(&tools.nginx, "-v"),
+        "haproxy": v(&tools.haproxy, "-v"),
+    })
+}

@@ -1,0 +1,323 @@
+//! CI smoke test: every scenario runs for a few seconds at tiny sizes into a temporary
+//! folder, and the report must be complete (results.json fields, report.md sections, chart
+//! files). No performance assertions. nginx/HAProxy are included when installed.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn bench() -> &'static str {
+    env!("CARGO_BIN_EXE_bench")
+}
+
+/// A workspace binary next to bench; built when missing (scripts/test.sh builds them first).
+fn sibling(package: &str) -> PathBuf {
+    let dir = Path::new(bench()).parent().unwrap_or(Path::new("."));
+    let bin = dir.join(package);
+    if !bin.is_file() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-p", package, "--bin", package])
+            .status()
+            .expect("running cargo build");
+        assert!(status.success(), "building {package} failed");
+    }
+    assert!(bin.is_file(), "no {package} binary at {}", bin.display());
+    bin
+}
+
+fn installed(name: &str) -> bool {
+    let found = ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"]
+        .iter()
+        .any(|d| Path::new(d).join(name).is_file());
+    if !found {
+        eprintln!("smoke: {name} is not installed; its targets are left out of this test");
+    }
+    found
+}
+
+/// `switchyard:<s>` plus nginx/HAProxy with `others` when installed.
+fn targets(switchyard: &[&str], others: &str, direct: bool) -> String {
+    let mut t: Vec<String> = Vec::new();
+    if direct {
+        t.push("direct".into());
+    }
+    t.extend(switchyard.iter().map(|s| format!("switchyard:{s}")));
+    for p in ["nginx", "haproxy"] {
+        if installed(p) {
+            t.push(format!("{p}:{others}"));
+        }
+    }
+    t.join(",")
+}
+
+/// Runs one scenario and checks its report; returns results.json.
+fn run(scenario: &str, targets: &str, extra: &[&str]) -> serde_json::Value {
+    let out = tempfile::tempdir().expect("temp dir");
+    let proxy = sibling("proxy");
+    // polling and chat report each target once per kind of chat cluster.
+    let variants = if matches!(scenario, "polling" | "chat") {
+        2
+    } else {
+        1
+    };
+    let output = Command::new(bench())
+        .arg(scenario)
+        .args(["--runs", "1", "--quiet", "--targets", targets])
+        .arg("--out")
+        .arg(out.path())
+        .arg("--proxy-bin")
+        .arg(&proxy)
+        .args(if variants > 1 {
+            vec![
+                "--chat-node-bin".to_owned(),
+                sibling("chat-node").display().to_string(),
+            ]
+        } else {
+            Vec::new()
+        })
+        .args(extra)
+        .output()
+        .expect("running bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "bench {scenario} failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("report:"), "no summary printed:\n{stdout}");
+
+    let json = std::fs::read_to_string(out.path().join("results.json")).expect("results.json");
+    let v: serde_json::Value = serde_json::from_str(&json).expect("results.json parses");
+    assert_eq!(v["scenario"], scenario);
+    for key in [
+        "git_commit",
+        "versions",
+        "cores",
+        "memory_mib",
+        "command",
+        "date",
+    ] {
+        assert!(v["meta"].get(key).is_some(), "meta.{key} missing");
+    }
+    let columns = v["columns"].as_array().expect("columns");
+    assert!(!columns.is_empty());
+    let reports = v["targets"].as_array().expect("targets");
+    assert_eq!(
+        reports.len(),
+        targets.split(',').count() * variants,
+        "one report per target (and session mode)"
+    );
+    for t in reports {
+        let name = t["target"].as_str().unwrap_or_default();
+        assert_eq!(
+            t["status"], "ok",
+            "{name} did not run: {}\n{stderr}",
+            t["status"]
+        );
+        // Every target reports the scenario's first column (the headline number).
+        let first = columns[0]["key"].as_str().unwrap_or_default();
+        let direct_without = name == "direct" && t["metrics"].get(first).is_none();
+        assert!(
+            t["metrics"].get(first).is_some() || direct_without,
+            "{name}: metric {first} missing"
+        );
+        assert!(!t["runs"].as_array().expect("runs").is_empty());
+        if name != "direct" {
+            assert!(
+                !t["command"].as_str().unwrap_or_default().is_empty(),
+                "{name}: no command"
+            );
+        }
+    }
+    let md = std::fs::read_to_string(out.path().join("report.md")).expect("report.md");
+    for section in [
+        "## Summary",
+        "## Goals",
+        "## Charts",
+        "## Per-backend distribution",
+        "## Machine and versions",
+        "## Commands",
+    ] {
+        assert!(md.contains(section), "report.md lacks {section}");
+    }
+    let charts = v["charts"].as_array().expect("charts");
+    assert!(!charts.is_empty(), "no charts");
+    for c in charts {
+        let file = out.path().join(c.as_str().unwrap_or_default());
+        let svg = std::fs::read_to_string(&file).expect("chart file");
+        assert!(
+            svg.starts_with("<svg") && svg.contains("</svg>"),
+            "{} is not an SVG",
+            file.display()
+        );
+        assert!(
+            md.contains(c.as_str().unwrap_or_default()),
+            "report.md does not show {c}"
+        );
+    }
+    assert!(
+        out.path().join("configs").is_dir(),
+        "generated configs not kept"
+    );
+    v
+}
+
+fn has_chart(v: &serde_json::Value, name: &str) -> bool {
+    v["charts"]
+        .as_array()
+        .is_some_and(|c| c.iter().any(|x| x == name))
+}
+
+#[test]
+fn http() {
+    let v = run(
+        "http",
+        &targets(&["round_robin"], "round_robin", true),
+        &["--duration", "1s", "--connections", "8", "--rates", "200"],
+    );
+    assert!(has_chart(&v, "latency.svg") && has_chart(&v, "distribution.svg"));
+    assert!(has_chart(&v, "timeline.svg"));
+    let sy = &v["targets"][1];
+    assert!(
+        sy["metrics"]["req_per_cpu_s"].as_f64().is_some(),
+        "no CPU accounting"
+    );
+    assert!(
+        sy["metrics"]["open200_p99_ms"].as_f64().is_some(),
+        "no open loop"
+    );
+}
+
+#[test]
+fn ws_echo() {
+    let v = run(
+        "ws-echo",
+        &targets(&["least_conn"], "least_conn", true),
+        &["--duration", "1s", "--connections", "4"],
+    );
+    assert!(has_chart(&v, "latency.svg"));
+}
+
+#[test]
+fn ws_hold() {
+    let v = run(
+        "ws-hold",
+        &targets(&["least_conn"], "least_conn", false),
+        &["--steps", "20,50"],
+    );
+    assert!(has_chart(&v, "curve.svg"));
+    assert_eq!(v["targets"][0]["metrics"]["open"], 50.0);
+}
+
+#[test]
+fn hetero() {
+    run(
+        "hetero",
+        &targets(&["round_robin", "least_time"], "least_conn", false),
+        &[
+            "--duration",
+            "1s",
+            "--connections",
+            "4",
+            "--rate",
+            "100",
+            "--slow",
+            "20ms",
+        ],
+    );
+}
+
+#[test]
+fn recover() {
+    let v = run(
+        "recover",
+        &targets(&["least_conn"], "least_conn", false),
+        &["--batch", "6", "--wait", "2s"],
+    );
+    assert_eq!(v["targets"][0]["metrics"]["open"], 12.0);
+}
+
+#[test]
+fn failover() {
+    let v = run(
+        "failover",
+        &targets(&["round_robin"], "round_robin", false),
+        &[
+            "--duration",
+            "2s",
+            "--connections",
+            "4",
+            "--rate",
+            "100",
+            "--websockets",
+            "3",
+        ],
+    );
+    assert!(has_chart(&v, "timeline.svg"));
+    assert!(v["targets"][0]["metrics"]["kill_readmit_ms"].is_number());
+}
+
+#[test]
+fn sticky() {
+    let v = run(
+        "sticky",
+        &targets(&["ip_hash", "sticky_cookie"], "ip_hash", false),
+        &["--connections", "8", "--requests", "4"],
+    );
+    assert!(v["targets"][0]["metrics"]["remapped_pct"].is_number());
+}
+
+#[test]
+fn polling() {
+    let v = run(
+        "polling",
+        &targets(&["round_robin", "sticky_cookie"], "ip_hash", false),
+        &["--connections", "3", "--sessions", "1", "--cycles", "2"],
+    );
+    assert!(has_chart(&v, "distribution.svg"));
+    let local = v["targets"]
+        .as_array()
+        .and_then(|t| {
+            t.iter()
+                .find(|r| r["target"] == "switchyard:sticky_cookie [local]")
+        })
+        .expect("sticky_cookie with local sessions reported");
+    assert!(local["metrics"]["handshake_ok_pct"].is_number());
+}
+
+/// bench/node/node_modules, installed from the lock file when missing.
+fn node_reference() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("node");
+    if !dir.join("node_modules").is_dir() {
+        let status = Command::new("npm")
+            .args([
+                "ci",
+                "--no-audit",
+                "--no-fund",
+                "--loglevel=error",
+                "--prefix",
+            ])
+            .arg(&dir)
+            .status()
+            .expect("running npm ci (install nodejs and npm: scripts/install-deps.sh)");
+        assert!(status.success(), "npm ci for bench/node failed");
+    }
+}
+
+#[test]
+fn chat() {
+    node_reference();
+    let v = run(
+        "chat",
+        "switchyard:least_conn",
+        &["--connections", "6", "--rooms", "2", "--duration", "1s"],
+    );
+    let rows = v["targets"].as_array().expect("targets");
+    assert!(rows
+        .iter()
+        .any(|r| r["target"] == "switchyard:least_conn [chat-node]"));
+    assert!(rows
+        .iter()
+        .any(|r| r["target"] == "switchyard:least_conn [node.js]"));
+    assert!(rows[0]["metrics"]["delivered_per_s"].is_number());
+}

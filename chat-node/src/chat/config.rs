@@ -1,0 +1,116 @@
+//! The chat's settings ([`ChatConfig`]) and their checks.
+
+use std::time::Duration;
+
+use super::rate::RateLimit;
+
+/// The longest history page a client may ask for.
+pub const MAX_PAGE: usize = 100;
+
+/// Settings of the chat application.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatConfig {
+    /// About how many messages each room's history keeps (Redis trims approximately,
+    /// `XADD MAXLEN ~`, so it may keep a few more).
+    pub history_cap: usize,
+    /// How many of the newest messages `join` answers with.
+    pub history_on_join: usize,
+    /// Messages per user and window, across all nodes.
+    pub rate_limit: RateLimit,
+    /// The longest message, in characters.
+    pub max_text: usize,
+    /// How long a node's presence entries live without its heartbeat (it beats every third
+    /// of this): the longest a dead node's users still count as online.
+    pub presence_ttl: Duration,
+}
+
+impl Default for ChatConfig {
+    fn default() -> Self {
+        Self {
+            history_cap: 1000,
+            history_on_join: 50,
+            rate_limit: RateLimit::default(),
+            max_text: 2000,
+            presence_ttl: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A setting out of range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChatConfigError {
+    /// `history_cap` is 0.
+    #[error("the history cap must be at least 1")]
+    HistoryCap,
+    /// `history_on_join` is above the cap or above [`MAX_PAGE`].
+    #[error("history on join ({0}) must be at most the history cap and at most {MAX_PAGE}")]
+    HistoryOnJoin(usize),
+    /// `max_text` is 0 or above 100 000.
+    #[error("the longest message must be between 1 and 100000 characters, got {0}")]
+    MaxText(usize),
+    /// `presence_ttl` is below 300 ms.
+    #[error("the presence TTL must be at least 300ms, got {0:?}")]
+    PresenceTtl(Duration),
+}
+
+impl ChatConfig {
+    /// The settings if they make sense.
+    pub fn validate(self) -> Result<Self, ChatConfigError> {
+        if self.history_cap == 0 {
+            return Err(ChatConfigError::HistoryCap);
+        }
+        if self.history_on_join > self.history_cap || self.history_on_join > MAX_PAGE {
+            return Err(ChatConfigError::HistoryOnJoin(self.history_on_join));
+        }
+        if self.max_text == 0 || self.max_text > 100_000 {
+            return Err(ChatConfigError::MaxText(self.max_text));
+        }
+        if self.presence_ttl < Duration::from_millis(300) {
+            return Err(ChatConfigError::PresenceTtl(self.presence_ttl));
+        }
+        Ok(self)
+    }
+
+    /// How often the presence heartbeat runs.
+    pub fn heartbeat(&self) -> Duration {
+        self.presence_ttl / 3
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_bad_values_are_refused() {
+        assert!(ChatConfig::default().validate().is_ok());
+        let bad = |c: ChatConfig| c.validate().is_err();
+        assert!(bad(ChatConfig {
+            history_cap: 0,
+            ..ChatConfig::default()
+        }));
+        assert!(bad(ChatConfig {
+            history_cap: 10,
+            history_on_join: 11,
+            ..ChatConfig::default()
+        }));
+        assert!(bad(ChatConfig {
+            history_on_join: 101,
+            ..ChatConfig::default()
+        }));
+        assert!(bad(ChatConfig {
+            max_text: 0,
+            ..ChatConfig::default()
+        }));
+        assert!(bad(ChatConfig {
+            presence_ttl: Duration::from_millis(10),
+            ..ChatConfig::default()
+        }));
+        assert!(ChatConfig {
+            history_on_join: 0,
+            ..ChatConfig::default()
+        }
+        .validate()
+        .is_ok());
+    }
+}

@@ -1,0 +1,355 @@
+//! The client's events, one function each. Every one parses its object argument, checks
+//! it, answers its ack with `{ok:true, ...}` or `{ok:false, error}` ([`ChatError`]), and
+//! checks the membership of any room it names before touching the room.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::config::MAX_PAGE;
+use super::error::ChatError;
+use super::store::{Message, NewMessage, RoomMeta};
+use super::{now_ms, presence, secret, validate, ChatInner, LOBBY};
+use crate::socketio::{AckSender, Data, SocketRef};
+
+type Answer = Result<Map<String, Value>, ChatError>;
+
+/// Registers every event handler on `socket`.
+pub(super) fn register(chat: &Arc<ChatInner>, socket: &SocketRef) {
+    on(chat, socket, "rooms", rooms);
+    on(chat, socket, "create", create);
+    on(chat, socket, "join", join);
+    on(chat, socket, "leave", leave);
+    on(chat, socket, "send", send);
+    on(chat, socket, "typing", typing);
+    on(chat, socket, "history", history);
+}
+
+/// Registers `handler` for `event`: parses the first argument as `T`, runs the handler,
+/// answers the ack.
+fn on<T, F, Fut>(chat: &Arc<ChatInner>, socket: &SocketRef, event: &'static str, handler: F)
+where
+    T: DeserializeOwned + Send + 'static,
+    F: Fn(Arc<ChatInner>, SocketRef, T) -> Fut + Copy + Send + Sync + 'static,
+    Fut: Future<Output = Answer> + Send + 'static,
+{
+    let chat = Arc::downgrade(chat);
+    socket.on(
+        event,
+        move |socket: SocketRef, args: Vec<Data>, ack: Option<AckSender>| {
+            let chat = chat.upgrade();
+            async move {
+                let answer = match (chat, parse::<T>(&args)) {
+                    (Some(chat), Ok(request)) => handler(chat, socket, request).await,
+                    (None, _) => Err(ChatError::Unavailable),
+                    (_, Err(error)) => Err(error),
+                };
+                reply(ack, answer);
+            }
+        },
+    );
+}
+
+/// The first argument as `T`; a missing argument reads as `{}`.
+fn parse<T: DeserializeOwned>(args: &[Data]) -> Result<T, ChatError> {
+    let value = match args.first() {
+        Some(data) => Value::try_from(data.clone()).map_err(|_| ChatError::InvalidRequest)?,
+        None => Value::Object(Map::new()),
+    };
+    serde_json::from_value(value).map_err(|_| ChatError::InvalidRequest)
+}
+
+/// Answers the ack, if the client asked for one.
+fn reply(ack: Option<AckSender>, answer: Answer) {
+    let Some(ack) = ack else { return };
+    let body = match answer {
+        Ok(mut fields) => {
+            fields.insert("ok".to_owned(), Value::Bool(true));
+            Value::Object(fields)
+        }
+        Err(error) => json!({"ok": false, "error": error.to_string()}),
+    };
+    let _ = ack.send(vec![Data::from(body)]);
+}
+
+fn fields(value: Value) -> Map<String, Value> {
+    match value {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    }
+}
+
+/// The socket's user and display name.
+fn identity(chat: &ChatInner, socket: &SocketRef) -> Result<(String, String), ChatError> {
+    chat.identity(socket).ok_or(ChatError::Unavailable)
+}
+
+/// `lobby`'s settings: it is not stored, it always exists.
+fn lobby() -> RoomMeta {
+    RoomMeta {
+        private: false,
+        invite: None,
+        created_by: String::new(),
+        created_at: 0,
+    }
+}
+
+/// The room's settings; `lobby` always exists.
+async fn room_meta(chat: &ChatInner, room: &str) -> Result<Option<RoomMeta>, ChatError> {
+    if room == LOBBY {
+        return Ok(Some(lobby()));
+    }
+    Ok(chat.store.room(room).await?)
+}
+
+/// Checks that the user is a member of `room` (everyone is a member of `lobby`), and
+/// makes sure this socket is in the room's Socket.IO room (the user may have joined from
+/// another tab since this socket connected).
+async fn member(
+    chat: &ChatInner,
+    socket: &SocketRef,
+    user: &str,
+    room: &str,
+) -> Result<(), ChatError> {
+    if room != LOBBY && !chat.store.is_member(room, user).await? {
+        return Err(match room_meta(chat, room).await? {
+            Some(_) => ChatError::NotMember,
+            None => ChatError::NoSuchRoom,
+        });
+    }
+    chat.enter(socket, room).await;
+    Ok(())
+}
+
+#[derive(Deserialize)]
+struct Empty {}
+
+/// `rooms` → `{rooms: [{room, private, members}]}`: the public rooms and the user's
+/// private ones, with online member counts.
+async fn rooms(chat: Arc<ChatInner>, socket: SocketRef, _: Empty) -> Answer {
+    let (user, _) = identity(&chat, &socket)?;
+    let mut names: BTreeSet<String> = chat.store.public_rooms().await?.into_iter().collect();
+    names.extend(chat.store.rooms_of(&user).await?);
+    names.insert(LOBBY.to_owned());
+    let names: Vec<String> = names.into_iter().collect();
+    let metas = chat.store.rooms(&names).await?;
+    let visible: Vec<(String, bool)> = names
+        .into_iter()
+        .filter_map(|room| {
+            let private = if room == LOBBY {
+                false
+            } else {
+                metas.get(&room)?.private
+            };
+            Some((room, private))
+        })
+        .collect();
+    let rooms: Vec<String> = visible.iter().map(|(r, _)| r.clone()).collect();
+    let online = chat.store.presence(&rooms).await?;
+    // A private room shows up only when the user is a member: `rooms_of` checked that.
+    let list: Vec<Value> = visible
+        .iter()
+        .map(|(room, private)| {
+            let members = online.get(room).map_or(0, presence::count);
+            json!({"room": room, "private": private, "members": members})
+        })
+        .collect();
+    let mut sorted = list;
+    sorted.sort_by_key(|r| (r["room"] != LOBBY, r["room"].as_str().map(str::to_owned)));
+    Ok(fields(json!({"rooms": sorted})))
+}
+
+#[derive(Deserialize)]
+struct CreateRequest {
+    room: String,
+    #[serde(default)]
+    private: bool,
+}
+
+/// `create {room, private}` → `{room, invite}`: the creator becomes a member. Counts
+/// against the rate limit like a message.
+async fn create(chat: Arc<ChatInner>, socket: SocketRef, request: CreateRequest) -> Answer {
+    let (user, _) = identity(&chat, &socket)?;
+    let room = validate::room(&request.room)?;
+    if room == LOBBY {
+        return Err(ChatError::RoomExists);
+    }
+    // Rooms are cheap to create and never deleted: creating counts against the rate limit.
+    if !chat.store.admit(&user, &chat.config.rate_limit).await? {
+        return Err(ChatError::RateLimited);
+    }
+    let invite = request.private.then(secret::secret);
+    let meta = RoomMeta {
+        private: request.private,
+        invite: invite.clone(),
+        created_by: user.clone(),
+        created_at: now_ms(),
+    };
+    if !chat.store.create_room(&room, &meta).await? {
+        return Err(ChatError::RoomExists);
+    }
+    chat.store.add_member(&room, &user).await?;
+    chat.enter(&socket, &room).await;
+    chat.presence_changed(&room);
+    let mut answer = fields(json!({"room": room}));
+    if let Some(invite) = invite {
+        answer.insert("invite".to_owned(), Value::String(invite));
+    }
+    Ok(answer)
+}
+
+#[derive(Deserialize)]
+struct JoinRequest {
+    room: String,
+    #[serde(default)]
+    invite: Option<String>,
+}
+
+/// `join {room, invite?}` → `{room, history, members}`; a private room needs its invite
+/// unless the user is already a member.
+async fn join(chat: Arc<ChatInner>, socket: SocketRef, request: JoinRequest) -> Answer {
+    let (user, name) = identity(&chat, &socket)?;
+    let room = validate::room(&request.room)?;
+    let meta = room_meta(&chat, &room)
+        .await?
+        .ok_or(ChatError::NoSuchRoom)?;
+    let already = room == LOBBY || chat.store.is_member(&room, &user).await?;
+    if meta.private && !already {
+        let valid = match (&request.invite, &meta.invite) {
+            (Some(given), Some(invite)) => secret::same(given, invite),
+            _ => false,
+        };
+        if !valid {
+            return Err(ChatError::InvalidInvite);
+        }
+    }
+    let added = !already && chat.store.add_member(&room, &user).await?;
+    chat.enter(&socket, &room).await;
+    let history = chat
+        .store
+        .history(&room, None, chat.config.history_on_join)
+        .await?;
+    let online = chat.store.presence(std::slice::from_ref(&room)).await?;
+    let members = online.get(&room).map(presence::names).unwrap_or_default();
+    let count = online.get(&room).map_or(0, presence::count);
+    if added {
+        let notice = json!({"room": room, "text": format!("{name} joined"), "ts": now_ms()});
+        chat.broadcast(&room, "system", notice).await;
+    }
+    chat.presence_changed(&room);
+    Ok(fields(
+        json!({"room": room, "history": history, "members": members, "count": count}),
+    ))
+}
+
+#[derive(Deserialize)]
+struct RoomRequest {
+    room: String,
+}
+
+/// `leave {room}`: ends the membership (this socket leaves the room at once; the user's
+/// other sockets stop receiving it when they reconnect).
+async fn leave(chat: Arc<ChatInner>, socket: SocketRef, request: RoomRequest) -> Answer {
+    let (user, name) = identity(&chat, &socket)?;
+    let room = validate::room(&request.room)?;
+    if room == LOBBY {
+        return Err(ChatError::CannotLeaveLobby);
+    }
+    let removed = chat.store.remove_member(&room, &user).await?;
+    let was_in = chat.exit(&socket, &room).await;
+    if removed {
+        let notice = json!({"room": room, "text": format!("{name} left"), "ts": now_ms()});
+        chat.broadcast(&room, "system", notice).await;
+    }
+    // Only a real change is announced: a stranger's `leave` sends nothing to the room.
+    if removed || was_in {
+        chat.presence_changed(&room);
+    }
+    Ok(Map::new())
+}
+
+#[derive(Deserialize)]
+struct SendRequest {
+    room: String,
+    text: String,
+}
+
+/// `send {room, text}` → `{id}`: members only, rate limited; everyone in the room gets
+/// the `message`, the sender included.
+async fn send(chat: Arc<ChatInner>, socket: SocketRef, request: SendRequest) -> Answer {
+    let (user, name) = identity(&chat, &socket)?;
+    let room = validate::room(&request.room)?;
+    let text = validate::text(&request.text, chat.config.max_text)?;
+    member(&chat, &socket, &user, &room).await?;
+    if !chat.store.admit(&user, &chat.config.rate_limit).await? {
+        return Err(ChatError::RateLimited);
+    }
+    let stored = NewMessage {
+        from: name,
+        user,
+        text: text.to_owned(),
+        ts: now_ms(),
+    };
+    let id = chat
+        .store
+        .append(&room, &stored, chat.config.history_cap)
+        .await?;
+    let message = Message::new(id.clone(), &room, stored);
+    let payload = serde_json::to_value(&message).unwrap_or_default();
+    chat.broadcast(&room, "message", payload).await;
+    Ok(fields(json!({"id": id})))
+}
+
+#[derive(Deserialize)]
+struct TypingRequest {
+    room: String,
+    typing: bool,
+}
+
+/// `typing {room, typing}`: members only; the others in the room get `typing`.
+async fn typing(chat: Arc<ChatInner>, socket: SocketRef, request: TypingRequest) -> Answer {
+    let (user, name) = identity(&chat, &socket)?;
+    let room = validate::room(&request.room)?;
+    member(&chat, &socket, &user, &room).await?;
+    let event = json!({"room": room, "name": name, "typing": request.typing});
+    if let Err(error) = socket
+        .to(room.as_str())
+        .emit("typing", vec![Data::from(event)])
+        .await
+    {
+        tracing::warn!(%error, "broadcasting typing");
+    }
+    Ok(Map::new())
+}
+
+#[derive(Deserialize)]
+struct HistoryRequest {
+    room: String,
+    #[serde(default)]
+    before: Option<String>,
+    #[serde(default)]
+    limit: Option<u64>,
+}
+
+/// `history {room, before?, limit?}` → `{messages}`: members only; up to `limit` (1–100,
+/// default 50) messages older than `before`, oldest first.
+async fn history(chat: Arc<ChatInner>, socket: SocketRef, request: HistoryRequest) -> Answer {
+    let (user, _) = identity(&chat, &socket)?;
+    let room = validate::room(&request.room)?;
+    let before = request
+        .before
+        .as_deref()
+        .map(validate::message_id)
+        .transpose()?;
+    let limit = request
+        .limit
+        .map_or(50, |l| usize::try_from(l).unwrap_or(MAX_PAGE))
+        .clamp(1, MAX_PAGE);
+    member(&chat, &socket, &user, &room).await?;
+    let messages = chat.store.history(&room, before, limit).await?;
+    Ok(fields(json!({"messages": messages})))
+}

@@ -1,0 +1,356 @@
+//! The chat application on namespace `/`: users with display names and secret tokens,
+//! public and private rooms with invites, messages with a history per room, typing
+//! notices and presence across nodes. The public contract is `docs/chat-api.md`.
+//!
+//! # Layout
+//! - this module: registration ([`register`]), the connect hook (identity, rejoining the
+//!   user's rooms, `welcome`) and the disconnect clean-up.
+//! - [`handlers`]: one function per client event (`rooms`, `create`, `join`, `leave`,
+//!   `send`, `typing`, `history`), each answering its ack.
+//! - [`validate`]: checks of names, room names, text and cursors.
+//! - [`error`]: [`ChatError`], the ack's `error` strings.
+//! - [`config`]: the settings, [`ChatConfig`].
+//! - [`rate`]: the per-user rate limit (GCRA).
+//! - [`presence`]: presence counting and the heartbeat that keeps this node's entries alive.
+//! - [`secret`]: tokens, invites and user ids.
+//! - [`store`]: where the state lives ([`ChatStore`]): Redis or memory.
+//!
+//! Private rooms are enforced here, for every event: the Socket.IO room of a chat room
+//! only ever holds sockets of its members (a socket joins it after the membership check),
+//! and every request naming a room checks the membership in the store first.
+
+pub mod config;
+pub mod error;
+mod handlers;
+pub mod presence;
+pub mod rate;
+pub mod secret;
+pub mod store;
+pub mod validate;
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use serde_json::{json, Map, Value};
+
+pub use self::config::{ChatConfig, ChatConfigError};
+pub use self::error::ChatError;
+pub use self::rate::RateLimit;
+use self::store::PresenceEntry;
+pub use self::store::{ChatStore, MemoryStore, RedisStore, StoreError};
+use crate::engineio::Sid;
+use crate::socketio::packet::InvalidNamespace;
+use crate::socketio::{ConnectError, Data, Nsp, SocketIo, SocketRef};
+
+/// The public room every socket is in; it always exists.
+pub const LOBBY: &str = "lobby";
+
+/// How long presence changes in one room are gathered into one broadcast.
+pub const PRESENCE_DEBOUNCE: Duration = Duration::from_millis(150);
+
+/// The chat of one node: keep it alive as long as the node (the namespace hook holds only
+/// a weak reference, and the presence heartbeat stops when it is dropped).
+#[derive(Clone)]
+pub struct Chat {
+    inner: Arc<ChatInner>,
+}
+
+impl std::fmt::Debug for Chat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Chat")
+            .field("node", &self.inner.node)
+            .field("store", &self.inner.store.kind())
+            .field("config", &self.inner.config)
+            .finish()
+    }
+}
+
+impl Chat {
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn ChatStore> {
+        &self.inner.store
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &ChatConfig {
+        &self.inner.config
+    }
+}
+
+/// One local socket's identity and the chat rooms it is in.
+struct Session {
+    user: String,
+    name: String,
+    rooms: BTreeSet<String>,
+}
+
+/// The state behind [`Chat`], shared by the handlers.
+pub(crate) struct ChatInner {
+    node: String,
+    config: ChatConfig,
+    store: Arc<dyn ChatStore>,
+    nsp: OnceLock<Nsp>,
+    sessions: Mutex<HashMap<Sid, Session>>,
+    /// Rooms with a `presence` broadcast scheduled.
+    presence_pending: Mutex<HashSet<String>>,
+}
+
+/// Milliseconds since the epoch (message `ts`, ids of the embedded store).
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Registers the chat on namespace `/` of `io`, as node `node`, on `store`; starts the
+/// presence heartbeat. Call inside a Tokio runtime.
+pub fn register(
+    io: &SocketIo,
+    node: &str,
+    config: ChatConfig,
+    store: Arc<dyn ChatStore>,
+) -> Result<Chat, InvalidNamespace> {
+    let inner = Arc::new(ChatInner {
+        node: node.to_owned(),
+        config,
+        store,
+        nsp: OnceLock::new(),
+        sessions: Mutex::new(HashMap::new()),
+        presence_pending: Mutex::new(HashSet::new()),
+    });
+    let weak = Arc::downgrade(&inner);
+    let nsp = io.ns(
+        "/",
+        move |socket: SocketRef, auth: Option<Map<String, Value>>| {
+            let chat = weak.clone();
+            async move {
+                match chat.upgrade() {
+                    Some(chat) => connect(chat, socket, auth).await,
+                    None => Err(ConnectError::new("shutting down")),
+                }
+            }
+        },
+    )?;
+    let _ = inner.nsp.set(nsp);
+    tokio::spawn(presence::heartbeat(Arc::downgrade(&inner)));
+    Ok(Chat { inner })
+}
+
+/// The connect hook: checks the name, finds or creates the user, puts the socket in
+/// `lobby` and in every room the user is a member of, says `welcome`.
+async fn connect(
+    chat: Arc<ChatInner>,
+    socket: SocketRef,
+    auth: Option<Map<String, Value>>,
+) -> Result<(), ConnectError> {
+    let field = |key: &str| {
+        auth.as_ref()
+            .and_then(|a| a.get(key))
+            .and_then(Value::as_str)
+    };
+    let name = validate::name(field("name")).map_err(|error| {
+        ConnectError::new(error.to_string()).with_data(json!({"reason": error.to_string()}))
+    })?;
+    let unavailable = |error: StoreError| {
+        tracing::warn!(%error, "chat store, on connect");
+        ConnectError::new("unavailable")
+    };
+    // An unknown or malformed token is not an error: the client gets a new identity.
+    let known = match field("token").filter(|t| validate::secret_shape(t)) {
+        Some(token) => chat
+            .store
+            .user_for_token(token)
+            .await
+            .map_err(unavailable)?
+            .map(|user| (user, token.to_owned())),
+        None => None,
+    };
+    let (user, token) = match known {
+        Some(known) => known,
+        None => {
+            let (user, token) = (secret::user_id(), secret::secret());
+            chat.store
+                .create_user(&user, &token)
+                .await
+                .map_err(unavailable)?;
+            (user, token)
+        }
+    };
+    let mut rooms: BTreeSet<String> = chat
+        .store
+        .rooms_of(&user)
+        .await
+        .map_err(unavailable)?
+        .into_iter()
+        .collect();
+    rooms.insert(LOBBY.to_owned());
+
+    let _ = socket.emit(
+        "welcome",
+        vec![json!({"node": chat.node, "name": name, "user": user, "token": token}).into()],
+    );
+    chat.sessions.lock().insert(
+        socket.id(),
+        Session {
+            user: user.clone(),
+            name: name.clone(),
+            rooms: BTreeSet::new(),
+        },
+    );
+    handlers::register(&chat, &socket);
+    let weak = Arc::downgrade(&chat);
+    socket.on_disconnect(move |socket, _reason| {
+        if let Some(chat) = weak.upgrade() {
+            tokio::spawn(async move { chat.disconnected(socket.id()).await });
+        }
+    });
+    for room in &rooms {
+        chat.enter(&socket, room).await;
+    }
+    // Everyone in those rooms, this socket included (it is reachable by broadcasts once
+    // the hook returns, well before the debounced broadcast), gets the new member list.
+    for room in &rooms {
+        chat.presence_changed(room);
+    }
+    Ok(())
+}
+
+impl ChatInner {
+    fn nsp(&self) -> Option<&Nsp> {
+        self.nsp.get()
+    }
+
+    /// The user id and display name of a local socket.
+    fn identity(&self, socket: &SocketRef) -> Option<(String, String)> {
+        self.sessions
+            .lock()
+            .get(&socket.id())
+            .map(|s| (s.user.clone(), s.name.clone()))
+    }
+
+    /// Puts the socket in the Socket.IO room of `room` and records it as online there.
+    /// Only call it for a member.
+    async fn enter(&self, socket: &SocketRef, room: &str) {
+        let entry = {
+            let mut sessions = self.sessions.lock();
+            let Some(session) = sessions.get_mut(&socket.id()) else {
+                return;
+            };
+            if !session.rooms.insert(room.to_owned()) {
+                return;
+            }
+            PresenceEntry {
+                user: session.user.clone(),
+                name: session.name.clone(),
+            }
+        };
+        if let Err(error) = socket.join(room).await {
+            tracing::warn!(%error, room, "joining a socket.io room");
+        }
+        let added = self
+            .store
+            .presence_add(
+                &self.node,
+                room,
+                socket.id().as_str(),
+                &entry,
+                self.config.presence_ttl,
+            )
+            .await;
+        if let Err(error) = added {
+            tracing::warn!(%error, room, "recording presence");
+        }
+    }
+
+    /// Takes the socket out of `room`'s Socket.IO room and its presence; whether it was
+    /// in.
+    async fn exit(&self, socket: &SocketRef, room: &str) -> bool {
+        let was_in = self
+            .sessions
+            .lock()
+            .get_mut(&socket.id())
+            .is_some_and(|session| session.rooms.remove(room));
+        if !was_in {
+            return false;
+        }
+        if let Err(error) = socket.leave(room).await {
+            tracing::warn!(%error, room, "leaving a socket.io room");
+        }
+        let removed = self
+            .store
+            .presence_remove(&self.node, room, socket.id().as_str())
+            .await;
+        if let Err(error) = removed {
+            tracing::warn!(%error, room, "removing presence");
+        }
+        true
+    }
+
+    /// A socket is gone: forget it and tell its rooms who is left.
+    async fn disconnected(self: Arc<Self>, sid: Sid) {
+        let Some(session) = self.sessions.lock().remove(&sid) else {
+            return;
+        };
+        for room in &session.rooms {
+            let removed = self
+                .store
+                .presence_remove(&self.node, room, sid.as_str())
+                .await;
+            if let Err(error) = removed {
+                tracing::warn!(%error, room, "removing presence");
+            }
+        }
+        for room in &session.rooms {
+            self.presence_changed(room);
+        }
+    }
+
+    /// Someone came, went, joined or left `room`: a `presence` broadcast follows within
+    /// [`PRESENCE_DEBOUNCE`], one for all the changes meanwhile (a thousand clients
+    /// connecting at once cause a few broadcasts to the lobby, not a thousand).
+    fn presence_changed(self: &Arc<Self>, room: &str) {
+        if !self.presence_pending.lock().insert(room.to_owned()) {
+            return;
+        }
+        let chat = Arc::downgrade(self);
+        let room = room.to_owned();
+        tokio::spawn(async move {
+            tokio::time::sleep(PRESENCE_DEBOUNCE).await;
+            let Some(chat) = chat.upgrade() else { return };
+            // Before reading: a change from now on schedules another broadcast.
+            chat.presence_pending.lock().remove(&room);
+            chat.broadcast_presence(std::slice::from_ref(&room)).await;
+        });
+    }
+
+    /// Emits `presence` to each of `rooms`, on every node.
+    async fn broadcast_presence(&self, rooms: &[String]) {
+        let online = match self.store.presence(rooms).await {
+            Ok(online) => online,
+            Err(error) => {
+                tracing::warn!(%error, "reading presence");
+                return;
+            }
+        };
+        for (room, online) in &online {
+            let event = json!({
+                "room": room,
+                "members": presence::names(online),
+                "count": presence::count(online),
+            });
+            self.broadcast(room, "presence", event).await;
+        }
+    }
+
+    /// Emits `event` to every socket in `room`, on every node.
+    async fn broadcast(&self, room: &str, event: &str, payload: Value) {
+        let Some(nsp) = self.nsp() else {
+            return;
+        };
+        if let Err(error) = nsp.to(room).emit(event, vec![Data::from(payload)]).await {
+            tracing::warn!(%error, room, event, "broadcast");
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! Presence: which users are online in which room, across nodes.
+//!
+//! Each node records its own sockets in the store, per room (`presence:<room>:<node>` in
+//! Redis), when a socket joins a room and removes them when it leaves or disconnects. A
+//! heartbeat rewrites all of this node's entries every third of the TTL and pushes their
+//! expiry forward, so a node killed without cleaning up stops counting after at most the
+//! TTL (30 s by default), and entries lost to a Redis restart come back at the next beat.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Weak;
+
+use super::store::{Online, PresenceEntry};
+use super::ChatInner;
+
+/// The most names a `presence` event or a `join` answer lists: a room of thousands would
+/// otherwise send every member a list of thousands on every change (its `count` says how
+/// many there are).
+pub const MAX_LISTED: usize = 100;
+
+/// The display names of `online`, sorted and de-duplicated, the first [`MAX_LISTED`] (the
+/// `presence` event's `members`).
+pub fn names(online: &Online) -> Vec<String> {
+    let names: BTreeSet<&str> = online.iter().map(|e| e.name.as_str()).collect();
+    names
+        .into_iter()
+        .take(MAX_LISTED)
+        .map(str::to_owned)
+        .collect()
+}
+
+/// How many distinct users `online` holds (a user with two tabs counts once).
+pub fn count(online: &Online) -> usize {
+    online
+        .iter()
+        .map(|e| e.user.as_str())
+        .collect::<BTreeSet<_>>()
+        .len()
+}
+
+/// This node's entries, by room: what the heartbeat writes.
+pub(super) fn snapshot(chat: &ChatInner) -> BTreeMap<String, Vec<(String, PresenceEntry)>> {
+    let mut rooms: BTreeMap<String, Vec<(String, PresenceEntry)>> = BTreeMap::new();
+    for (sid, session) in chat.sessions.lock().iter() {
+        for room in &session.rooms {
+            rooms.entry(room.clone()).or_default().push((
+                sid.to_string(),
+                PresenceEntry {
+                    user: session.user.clone(),
+                    name: session.name.clone(),
+                },
+            ));
+        }
+    }
+    rooms
+}
+
+/// Runs the heartbeat until the chat is dropped.
+pub(super) async fn heartbeat(chat: Weak<ChatInner>) {
+    let Some(period) = chat.upgrade().map(|c| c.config.heartbeat()) else {
+        return;
+    };
+    let mut ticks = tokio::time::interval(period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(chat) = chat.upgrade() else {
+            return;
+        };
+        let entries = snapshot(&chat);
+        let refreshed = chat
+            .store
+            .presence_refresh(&chat.node, &entries, chat.config.presence_ttl)
+            .await;
+        if let Err(error) = refreshed {
+            tracing::warn!(%error, "presence heartbeat");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(user: &str, name: &str) -> PresenceEntry {
+        PresenceEntry {
+            user: user.into(),
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn names_are_sorted_and_unique_counts_are_per_user() {
+        let online = vec![
+            entry("u2", "bob"),
+            entry("u1", "alice"),
+            entry("u1", "alice"),
+            entry("u3", "alice"),
+        ];
+        assert_eq!(names(&online), ["alice", "bob"]);
+        assert_eq!(count(&online), 3);
+        assert!(names(&Vec::new()).is_empty());
+        let crowd: Online = (0..MAX_LISTED + 5)
+            .map(|i| PresenceEntry {
+                user: format!("u{i}"),
+                name: format!("n{i:04}"),
+            })
+            .collect();
+        assert_eq!(names(&crowd).len(), MAX_LISTED);
+        assert_eq!(count(&crowd), MAX_LISTED + 5);
+    }
+}

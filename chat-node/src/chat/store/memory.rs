@@ -1,0 +1,398 @@
+//! The embedded store: the chat's state in this process's memory, for a node without
+//! Redis (or several in-process nodes sharing one `MemoryStore`, which then behave like a
+//! cluster). Same behaviour as the Redis store, except that nothing outlives the process,
+//! history is trimmed to exactly `cap`, and tokens never expire.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+use super::{ChatStore, Message, NewMessage, Online, PresenceEntry, RoomMeta, StoreError};
+use crate::chat::now_ms;
+use crate::chat::rate::RateLimit;
+
+/// The state; cheap to clone (clones share it).
+#[derive(Clone, Default)]
+pub struct MemoryStore {
+    state: Arc<Mutex<State>>,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore").finish_non_exhaustive()
+    }
+}
+
+/// A message id: milliseconds, sequence number.
+type Id = (u64, u64);
+
+/// One node's sockets online in one room, until `expires`.
+struct NodePresence {
+    sockets: HashMap<String, PresenceEntry>,
+    expires: Instant,
+}
+
+#[derive(Default)]
+struct State {
+    tokens: HashMap<String, String>,
+    rooms: BTreeMap<String, RoomMeta>,
+    members: HashMap<String, BTreeSet<String>>,
+    rooms_of: HashMap<String, BTreeSet<String>>,
+    history: HashMap<String, VecDeque<(Id, NewMessage)>>,
+    last_id: HashMap<String, Id>,
+    rate: HashMap<String, u64>,
+    /// By room, then by node.
+    presence: HashMap<String, HashMap<String, NodePresence>>,
+    clock: Option<Instant>,
+}
+
+impl State {
+    /// Microseconds on the store's monotonic clock (Tokio's, so tests can pause it).
+    fn now_us(&mut self) -> u64 {
+        let start = *self.clock.get_or_insert_with(Instant::now);
+        u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait]
+impl ChatStore for MemoryStore {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn user_for_token(&self, token: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.state.lock().tokens.get(token).cloned())
+    }
+
+    async fn create_user(&self, user: &str, token: &str) -> Result<(), StoreError> {
+        self.state
+            .lock()
+            .tokens
+            .insert(token.to_owned(), user.to_owned());
+        Ok(())
+    }
+
+    async fn create_room(&self, room: &str, meta: &RoomMeta) -> Result<bool, StoreError> {
+        let mut state = self.state.lock();
+        if state.rooms.contains_key(room) {
+            return Ok(false);
+        }
+        state.rooms.insert(room.to_owned(), meta.clone());
+        Ok(true)
+    }
+
+    async fn room(&self, room: &str) -> Result<Option<RoomMeta>, StoreError> {
+        Ok(self.state.lock().rooms.get(room).cloned())
+    }
+
+    async fn rooms(&self, rooms: &[String]) -> Result<BTreeMap<String, RoomMeta>, StoreError> {
+        let state = self.state.lock();
+        Ok(rooms
+            .iter()
+            .filter_map(|r| state.rooms.get(r).map(|m| (r.clone(), m.clone())))
+            .collect())
+    }
+
+    async fn public_rooms(&self) -> Result<Vec<String>, StoreError> {
+        let state = self.state.lock();
+        Ok(state
+            .rooms
+            .iter()
+            .filter(|(_, meta)| !meta.private)
+            .map(|(room, _)| room.clone())
+            .collect())
+    }
+
+    async fn add_member(&self, room: &str, user: &str) -> Result<bool, StoreError> {
+        let mut state = self.state.lock();
+        let added = state
+            .members
+            .entry(room.to_owned())
+            .or_default()
+            .insert(user.to_owned());
+        state
+            .rooms_of
+            .entry(user.to_owned())
+            .or_default()
+            .insert(room.to_owned());
+        Ok(added)
+    }
+
+    async fn remove_member(&self, room: &str, user: &str) -> Result<bool, StoreError> {
+        let mut state = self.state.lock();
+        let removed = state.members.get_mut(room).is_some_and(|m| m.remove(user));
+        if let Some(rooms) = state.rooms_of.get_mut(user) {
+            rooms.remove(room);
+        }
+        Ok(removed)
+    }
+
+    async fn is_member(&self, room: &str, user: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .state
+            .lock()
+            .members
+            .get(room)
+            .is_some_and(|m| m.contains(user)))
+    }
+
+    async fn rooms_of(&self, user: &str) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .state
+            .lock()
+            .rooms_of
+            .get(user)
+            .map(|rooms| rooms.iter().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn append(
+        &self,
+        room: &str,
+        message: &NewMessage,
+        cap: usize,
+    ) -> Result<String, StoreError> {
+        let mut state = self.state.lock();
+        // Like Redis: the time in ms, and a sequence number within one ms.
+        let now = now_ms();
+        let id = match state.last_id.get(room) {
+            Some(&(ms, seq)) if ms >= now => (ms, seq + 1),
+            _ => (now, 0),
+        };
+        state.last_id.insert(room.to_owned(), id);
+        let history = state.history.entry(room.to_owned()).or_default();
+        history.push_back((id, message.clone()));
+        while history.len() > cap.max(1) {
+            history.pop_front();
+        }
+        Ok(format!("{}-{}", id.0, id.1))
+    }
+
+    async fn history(
+        &self,
+        room: &str,
+        before: Option<(u64, u64)>,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError> {
+        let state = self.state.lock();
+        let Some(history) = state.history.get(room) else {
+            return Ok(Vec::new());
+        };
+        let mut page: Vec<Message> = history
+            .iter()
+            .rev()
+            .filter(|(id, _)| before.is_none_or(|b| *id < b))
+            .take(limit)
+            .map(|((ms, seq), m)| Message::new(format!("{ms}-{seq}"), room, m.clone()))
+            .collect();
+        page.reverse();
+        Ok(page)
+    }
+
+    async fn admit(&self, user: &str, limit: &RateLimit) -> Result<bool, StoreError> {
+        let mut state = self.state.lock();
+        let now = state.now_us();
+        let tat = state.rate.get(user).copied();
+        Ok(match limit.admit(tat, now) {
+            Some(next) => {
+                state.rate.insert(user.to_owned(), next);
+                true
+            }
+            None => false,
+        })
+    }
+
+    async fn presence_add(
+        &self,
+        node: &str,
+        room: &str,
+        sid: &str,
+        entry: &PresenceEntry,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let mut state = self.state.lock();
+        let expires = Instant::now() + ttl;
+        let nodes = state.presence.entry(room.to_owned()).or_default();
+        let here = nodes
+            .entry(node.to_owned())
+            .or_insert_with(|| NodePresence {
+                sockets: HashMap::new(),
+                expires,
+            });
+        if here.expires < Instant::now() {
+            here.sockets.clear();
+        }
+        here.expires = expires;
+        here.sockets.insert(sid.to_owned(), entry.clone());
+        Ok(())
+    }
+
+    async fn presence_remove(&self, node: &str, room: &str, sid: &str) -> Result<(), StoreError> {
+        let mut state = self.state.lock();
+        if let Some(here) = state
+            .presence
+            .get_mut(room)
+            .and_then(|nodes| nodes.get_mut(node))
+        {
+            here.sockets.remove(sid);
+        }
+        Ok(())
+    }
+
+    async fn presence_refresh(
+        &self,
+        node: &str,
+        entries: &BTreeMap<String, Vec<(String, PresenceEntry)>>,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let mut state = self.state.lock();
+        let expires = Instant::now() + ttl;
+        for (room, sockets) in entries {
+            let here = state
+                .presence
+                .entry(room.clone())
+                .or_default()
+                .entry(node.to_owned())
+                .or_insert_with(|| NodePresence {
+                    sockets: HashMap::new(),
+                    expires,
+                });
+            here.expires = expires;
+            here.sockets.extend(sockets.iter().cloned());
+        }
+        Ok(())
+    }
+
+    async fn presence(&self, rooms: &[String]) -> Result<BTreeMap<String, Online>, StoreError> {
+        let mut state = self.state.lock();
+        let now = Instant::now();
+        Ok(rooms
+            .iter()
+            .map(|room| {
+                let mut online = Vec::new();
+                if let Some(nodes) = state.presence.get_mut(room) {
+                    nodes.retain(|_, here| here.expires > now);
+                    for here in nodes.values() {
+                        online.extend(here.sockets.values().cloned());
+                    }
+                }
+                (room.clone(), online)
+            })
+            .collect())
+    }
+}
+
+/// What both stores must do alike is checked in `tests/chat_store.rs`; here, what only the
+/// memory store does (exact trimming) and what needs a paused clock.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn message(text: &str) -> NewMessage {
+        NewMessage {
+            from: "alice".into(),
+            user: "u1".into(),
+            text: text.into(),
+            ts: 1,
+        }
+    }
+
+    fn entry(user: &str, name: &str) -> PresenceEntry {
+        PresenceEntry {
+            user: user.into(),
+            name: name.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn history_is_ordered_capped_and_pages_backwards() {
+        let store = MemoryStore::new();
+        let mut ids = Vec::new();
+        for i in 0..10 {
+            ids.push(
+                store
+                    .append("r", &message(&i.to_string()), 6)
+                    .await
+                    .unwrap(),
+            );
+        }
+        let parsed: Vec<(u64, u64)> = ids
+            .iter()
+            .map(|id| crate::chat::validate::message_id(id).unwrap())
+            .collect();
+        assert!(parsed.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+        let all = store.history("r", None, 100).await.unwrap();
+        let texts: Vec<&str> = all.iter().map(|m| m.text.as_str()).collect();
+        assert_eq!(texts, ["4", "5", "6", "7", "8", "9"], "capped at 6");
+        let last = store.history("r", None, 2).await.unwrap();
+        assert_eq!(last[0].id, ids[8]);
+        assert_eq!(last[1].id, ids[9]);
+        assert_eq!(last[1].room, "r");
+        let older = store.history("r", Some(parsed[8]), 3).await.unwrap();
+        let texts: Vec<&str> = older.iter().map(|m| m.text.as_str()).collect();
+        assert_eq!(texts, ["5", "6", "7"]);
+        let oldest = store.history("r", Some(parsed[5]), 3).await.unwrap();
+        assert_eq!(oldest.len(), 1, "only 4 is older than 5");
+        assert!(store.history("other", None, 5).await.unwrap().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_rate_limit_is_per_user_and_refills() {
+        let store = MemoryStore::new();
+        let limit: RateLimit = "2/2s".parse().unwrap();
+        assert!(store.admit("u1", &limit).await.unwrap());
+        assert!(store.admit("u1", &limit).await.unwrap());
+        assert!(!store.admit("u1", &limit).await.unwrap());
+        assert!(store.admit("u2", &limit).await.unwrap(), "another user");
+        tokio::time::advance(Duration::from_millis(1000)).await;
+        assert!(store.admit("u1", &limit).await.unwrap());
+        assert!(!store.admit("u1", &limit).await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn presence_spans_nodes_and_a_silent_node_expires() {
+        let store = MemoryStore::new();
+        let ttl = Duration::from_secs(3);
+        let rooms = ["r".to_owned()];
+        store
+            .presence_add("n1", "r", "s1", &entry("u1", "alice"), ttl)
+            .await
+            .unwrap();
+        store
+            .presence_add("n2", "r", "s2", &entry("u2", "bob"), ttl)
+            .await
+            .unwrap();
+        store
+            .presence_add("n2", "r", "s3", &entry("u1", "alice"), ttl)
+            .await
+            .unwrap();
+        assert_eq!(store.presence(&rooms).await.unwrap()["r"].len(), 3);
+        store.presence_remove("n2", "r", "s3").await.unwrap();
+        assert_eq!(store.presence(&rooms).await.unwrap()["r"].len(), 2);
+
+        // n1 keeps beating, n2 falls silent.
+        let mut n1 = BTreeMap::new();
+        n1.insert(
+            "r".to_owned(),
+            vec![("s1".to_owned(), entry("u1", "alice"))],
+        );
+        for _ in 0..3 {
+            tokio::time::advance(Duration::from_secs(2)).await;
+            store.presence_refresh("n1", &n1, ttl).await.unwrap();
+        }
+        let online = &store.presence(&rooms).await.unwrap()["r"];
+        assert_eq!(online, &vec![entry("u1", "alice")]);
+    }
+}

@@ -1,0 +1,184 @@
+//! Where the chat's state lives: users and their tokens, rooms and their invites,
+//! memberships, each room's history, presence, and the rate limit's state.
+//!
+//! - [`ChatStore`]: the operations the chat needs, each one atomic on its own.
+//! - [`RedisStore`] (`redis`): the cluster's store, every key prefixed `syd:chat:`.
+//! - [`MemoryStore`] (`memory`): the embedded default, the same behaviour inside one
+//!   process (share one between in-process nodes and they behave like a cluster).
+//!
+//! Presence is kept per node and per room with an expiry that the node's heartbeat pushes
+//! forward (see [`crate::chat::presence`]): the entries of a node that dies without
+//! cleaning up vanish after the TTL.
+
+mod memory;
+mod redis;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+pub use self::memory::MemoryStore;
+pub use self::redis::RedisStore;
+use super::rate::RateLimit;
+
+/// A store failure (Redis unreachable, a corrupt entry).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// Redis did not answer or refused the command.
+    #[error("redis: {0}")]
+    Redis(String),
+    /// An entry the store holds is not what this code writes.
+    #[error("corrupt entry {key}: {reason}")]
+    Corrupt {
+        /// The key.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// A room's settings, fixed at creation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomMeta {
+    /// Only members see it; joining needs the invite.
+    pub private: bool,
+    /// The invite of a private room.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invite: Option<String>,
+    /// The user id of its creator (empty for `lobby`).
+    #[serde(default)]
+    pub created_by: String,
+    /// Milliseconds since the epoch.
+    #[serde(default)]
+    pub created_at: u64,
+}
+
+/// A message as it is stored, without its id and room.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewMessage {
+    /// The sender's display name when it sent the message.
+    pub from: String,
+    /// The sender's user id.
+    pub user: String,
+    /// The text.
+    pub text: String,
+    /// Milliseconds since the epoch.
+    pub ts: u64,
+}
+
+/// A stored message: the `message` event's payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    /// Its id in the room's history: `<ms>-<seq>`, ordered.
+    pub id: String,
+    /// The room.
+    pub room: String,
+    /// The sender's display name.
+    pub from: String,
+    /// The sender's user id.
+    pub user: String,
+    /// The text.
+    pub text: String,
+    /// Milliseconds since the epoch.
+    pub ts: u64,
+}
+
+impl Message {
+    /// The stored `message` with its id and room.
+    pub fn new(id: String, room: &str, message: NewMessage) -> Self {
+        Self {
+            id,
+            room: room.to_owned(),
+            from: message.from,
+            user: message.user,
+            text: message.text,
+            ts: message.ts,
+        }
+    }
+}
+
+/// One socket online in one room.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PresenceEntry {
+    /// The user id.
+    pub user: String,
+    /// The display name the socket connected with.
+    pub name: String,
+}
+
+/// Who is online in a room: one entry per socket, on every node.
+pub type Online = Vec<PresenceEntry>;
+
+/// The chat's state. Every method is one atomic step; the chat composes them.
+#[async_trait]
+pub trait ChatStore: Send + Sync + 'static {
+    /// What the store is (`redis`, `memory`), for logs.
+    fn kind(&self) -> &'static str;
+
+    /// The user that `token` identifies; refreshes the token's expiry.
+    async fn user_for_token(&self, token: &str) -> Result<Option<String>, StoreError>;
+    /// Records a new user with its token.
+    async fn create_user(&self, user: &str, token: &str) -> Result<(), StoreError>;
+
+    /// Creates a room; `false` when the name is taken.
+    async fn create_room(&self, room: &str, meta: &RoomMeta) -> Result<bool, StoreError>;
+    /// A room's settings, if it exists.
+    async fn room(&self, room: &str) -> Result<Option<RoomMeta>, StoreError>;
+    /// The settings of each of `rooms` that exists.
+    async fn rooms(&self, rooms: &[String]) -> Result<BTreeMap<String, RoomMeta>, StoreError>;
+    /// The names of the public rooms.
+    async fn public_rooms(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Makes `user` a member of `room`; `false` when it already was.
+    async fn add_member(&self, room: &str, user: &str) -> Result<bool, StoreError>;
+    /// Ends `user`'s membership of `room`; `false` when it was not a member.
+    async fn remove_member(&self, room: &str, user: &str) -> Result<bool, StoreError>;
+    /// Whether `user` is a member of `room`.
+    async fn is_member(&self, room: &str, user: &str) -> Result<bool, StoreError>;
+    /// The rooms `user` is a member of.
+    async fn rooms_of(&self, user: &str) -> Result<Vec<String>, StoreError>;
+
+    /// Appends a message to the room's history, trimmed to about `cap` messages; its id.
+    async fn append(
+        &self,
+        room: &str,
+        message: &NewMessage,
+        cap: usize,
+    ) -> Result<String, StoreError>;
+    /// Up to `limit` messages older than `before` (the newest ones without it), oldest
+    /// first.
+    async fn history(
+        &self,
+        room: &str,
+        before: Option<(u64, u64)>,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError>;
+
+    /// Counts one message of `user` against `limit`; `false` when it is over the limit.
+    async fn admit(&self, user: &str, limit: &RateLimit) -> Result<bool, StoreError>;
+
+    /// Records socket `sid` of node `node` as online in `room`, until `ttl` from now
+    /// unless refreshed.
+    async fn presence_add(
+        &self,
+        node: &str,
+        room: &str,
+        sid: &str,
+        entry: &PresenceEntry,
+        ttl: Duration,
+    ) -> Result<(), StoreError>;
+    /// Forgets socket `sid` of node `node` in `room`.
+    async fn presence_remove(&self, node: &str, room: &str, sid: &str) -> Result<(), StoreError>;
+    /// The heartbeat: (re)writes every entry node `node` holds, grouped by room, and moves
+    /// their expiry to `ttl` from now.
+    async fn presence_refresh(
+        &self,
+        node: &str,
+        entries: &BTreeMap<String, Vec<(String, PresenceEntry)>>,
+        ttl: Duration,
+    ) -> Result<(), StoreError>;
+    /// Who is online in each of `rooms`, on every live node.
+    async fn presence(&self, rooms: &[String]) -> Result<BTreeMap<String, Online>, StoreError>;
+}

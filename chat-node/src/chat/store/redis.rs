@@ -1,0 +1,388 @@
+//! The Redis store: the cluster's shared chat state. Keys (all prefixed `syd:chat:`):
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `token:<token>` | string, 90-day expiry refreshed on use | the user id |
+//! | `room:<room>` | string (JSON) | [`RoomMeta`], created with `SET NX` |
+//! | `rooms:public` | set | the public rooms' names |
+//! | `members:<room>` | set | member user ids |
+//! | `user:<user>:rooms` | set | the rooms the user is a member of |
+//! | `history:<room>` | stream, `XADD MAXLEN ~ cap` | field `m`: a [`NewMessage`] as JSON |
+//! | `rate:<user>` | string, expires when idle | the rate limit's arrival time (µs) |
+//! | `presence:<room>:<node>` | hash, expiry pushed by the node's heartbeat | socket id → [`PresenceEntry`] |
+//! | `nodes` | sorted set | nodes that wrote presence (score: last write, ms), to find the hashes |
+//!
+//! Message ids are the stream ids (`<ms>-<seq>`, ordered and unique per room).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::ConnectionManager;
+use redis::streams::StreamRangeReply;
+use redis::{Pipeline, RedisError};
+
+use super::{ChatStore, Message, NewMessage, Online, PresenceEntry, RoomMeta, StoreError};
+use crate::chat::now_ms;
+use crate::chat::rate::RateLimit;
+
+const PREFIX: &str = "syd:chat:";
+/// How long an unused token stays valid.
+const TOKEN_TTL_SECS: u64 = 90 * 24 * 3600;
+/// Nodes silent for this long are dropped from `nodes` (their hashes expired long ago).
+const NODE_FORGET_MS: u64 = 24 * 3600 * 1000;
+/// The stream field holding a message.
+const FIELD: &str = "m";
+
+/// The GCRA step of [`RateLimit::admit`], on Redis's clock. KEYS[1]: the state;
+/// ARGV: interval and tolerance in µs. Returns 1 (admitted) or 0.
+const ADMIT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+if tat - now > tolerance then return 0 end
+local next = tat + interval
+redis.call('SET', KEYS[1], string.format('%.0f', next), 'PX', math.floor((next - now) / 1000) + 1000)
+return 1
+";
+
+fn key(parts: &[&str]) -> String {
+    let mut key = String::from(PREFIX);
+    key.push_str(&parts.join(":"));
+    key
+}
+
+fn redis_error(error: RedisError) -> StoreError {
+    StoreError::Redis(error.to_string())
+}
+
+fn ttl_ms(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+/// A store on Redis; clones share the connection.
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: ConnectionManager,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore").finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// Connects to Redis at `url` (it must answer now).
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let conn = crate::bus::redis::open(url).await.map_err(redis_error)?;
+        Ok(Self { conn })
+    }
+
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
+        let mut conn = self.conn.clone();
+        cmd.query_async(&mut conn).await.map_err(redis_error)
+    }
+
+    async fn run<T: redis::FromRedisValue>(&self, pipe: &Pipeline) -> Result<T, StoreError> {
+        let mut conn = self.conn.clone();
+        pipe.query_async(&mut conn).await.map_err(redis_error)
+    }
+}
+
+fn parse_meta(key: &str, json: &str) -> Result<RoomMeta, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt {
+        key: key.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+#[async_trait]
+impl ChatStore for RedisStore {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn user_for_token(&self, token: &str) -> Result<Option<String>, StoreError> {
+        let mut cmd = redis::cmd("GETEX");
+        cmd.arg(key(&["token", token]))
+            .arg("EX")
+            .arg(TOKEN_TTL_SECS);
+        self.query(&cmd).await
+    }
+
+    async fn create_user(&self, user: &str, token: &str) -> Result<(), StoreError> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(key(&["token", token]))
+            .arg(user)
+            .arg("EX")
+            .arg(TOKEN_TTL_SECS);
+        self.query(&cmd).await
+    }
+
+    async fn create_room(&self, room: &str, meta: &RoomMeta) -> Result<bool, StoreError> {
+        let json = serde_json::to_string(meta).map_err(|e| StoreError::Corrupt {
+            key: key(&["room", room]),
+            reason: e.to_string(),
+        })?;
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(key(&["room", room])).arg(json).arg("NX");
+        let created: Option<String> = self.query(&cmd).await?;
+        if created.is_none() {
+            return Ok(false);
+        }
+        if !meta.private {
+            let mut cmd = redis::cmd("SADD");
+            cmd.arg(key(&["rooms", "public"])).arg(room);
+            let _: i64 = self.query(&cmd).await?;
+        }
+        Ok(true)
+    }
+
+    async fn room(&self, room: &str) -> Result<Option<RoomMeta>, StoreError> {
+        let key = key(&["room", room]);
+        let json: Option<String> = self.query(redis::cmd("GET").arg(&key)).await?;
+        json.map(|json| parse_meta(&key, &json)).transpose()
+    }
+
+    async fn rooms(&self, rooms: &[String]) -> Result<BTreeMap<String, RoomMeta>, StoreError> {
+        if rooms.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let keys: Vec<String> = rooms.iter().map(|r| key(&["room", r])).collect();
+        let metas: Vec<Option<String>> = self.query(redis::cmd("MGET").arg(&keys)).await?;
+        let mut found = BTreeMap::new();
+        for ((room, key), json) in rooms.iter().zip(&keys).zip(metas) {
+            if let Some(json) = json {
+                found.insert(room.clone(), parse_meta(key, &json)?);
+            }
+        }
+        Ok(found)
+    }
+
+    async fn public_rooms(&self) -> Result<Vec<String>, StoreError> {
+        self.query(redis::cmd("SMEMBERS").arg(key(&["rooms", "public"])))
+            .await
+    }
+
+    async fn add_member(&self, room: &str, user: &str) -> Result<bool, StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("SADD")
+            .arg(key(&["members", room]))
+            .arg(user)
+            .cmd("SADD")
+            .arg(key(&["user", user, "rooms"]))
+            .arg(room)
+            .ignore();
+        let (added,): (i64,) = self.run(&pipe).await?;
+        Ok(added == 1)
+    }
+
+    async fn remove_member(&self, room: &str, user: &str) -> Result<bool, StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("SREM")
+            .arg(key(&["members", room]))
+            .arg(user)
+            .cmd("SREM")
+            .arg(key(&["user", user, "rooms"]))
+            .arg(room)
+            .ignore();
+        let (removed,): (i64,) = self.run(&pipe).await?;
+        Ok(removed == 1)
+    }
+
+    async fn is_member(&self, room: &str, user: &str) -> Result<bool, StoreError> {
+        self.query(
+            redis::cmd("SISMEMBER")
+                .arg(key(&["members", room]))
+                .arg(user),
+        )
+        .await
+    }
+
+    async fn rooms_of(&self, user: &str) -> Result<Vec<String>, StoreError> {
+        self.query(redis::cmd("SMEMBERS").arg(key(&["user", user, "rooms"])))
+            .await
+    }
+
+    async fn append(
+        &self,
+        room: &str,
+        message: &NewMessage,
+        cap: usize,
+    ) -> Result<String, StoreError> {
+        let json = serde_json::to_string(message).map_err(|e| StoreError::Corrupt {
+            key: key(&["history", room]),
+            reason: e.to_string(),
+        })?;
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(key(&["history", room]))
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(cap.max(1))
+            .arg("*")
+            .arg(FIELD)
+            .arg(json);
+        self.query(&cmd).await
+    }
+
+    async fn history(
+        &self,
+        room: &str,
+        before: Option<(u64, u64)>,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError> {
+        let key = key(&["history", room]);
+        let end = before.map_or_else(|| "+".to_owned(), |(ms, seq)| format!("({ms}-{seq}"));
+        let mut cmd = redis::cmd("XREVRANGE");
+        cmd.arg(&key)
+            .arg(end)
+            .arg("-")
+            .arg("COUNT")
+            .arg(limit.max(1));
+        let reply: StreamRangeReply = self.query(&cmd).await?;
+        let mut page = Vec::with_capacity(reply.ids.len());
+        for entry in reply.ids.into_iter().rev() {
+            let json: Option<String> = entry.get(FIELD);
+            let parsed = json
+                .as_deref()
+                .map(serde_json::from_str::<NewMessage>)
+                .transpose()
+                .ok()
+                .flatten();
+            match parsed {
+                Some(message) => page.push(Message::new(entry.id, room, message)),
+                // Something else wrote to our stream: skip the entry, keep the room usable.
+                None => tracing::warn!(%key, id = %entry.id, "unreadable history entry"),
+            }
+        }
+        Ok(page)
+    }
+
+    async fn admit(&self, user: &str, limit: &RateLimit) -> Result<bool, StoreError> {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(ADMIT)
+            .arg(1)
+            .arg(key(&["rate", user]))
+            .arg(limit.interval_us())
+            .arg(limit.tolerance_us());
+        let admitted: i64 = self.query(&cmd).await?;
+        Ok(admitted == 1)
+    }
+
+    async fn presence_add(
+        &self,
+        node: &str,
+        room: &str,
+        sid: &str,
+        entry: &PresenceEntry,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let hash = key(&["presence", room, node]);
+        let json = serde_json::to_string(entry).unwrap_or_default();
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("HSET")
+            .arg(&hash)
+            .arg(sid)
+            .arg(json)
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(&hash)
+            .arg(ttl_ms(ttl))
+            .ignore()
+            .cmd("ZADD")
+            .arg(key(&["nodes"]))
+            .arg(now_ms())
+            .arg(node)
+            .ignore();
+        self.run(&pipe).await
+    }
+
+    async fn presence_remove(&self, node: &str, room: &str, sid: &str) -> Result<(), StoreError> {
+        let _: i64 = self
+            .query(
+                redis::cmd("HDEL")
+                    .arg(key(&["presence", room, node]))
+                    .arg(sid),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn presence_refresh(
+        &self,
+        node: &str,
+        entries: &BTreeMap<String, Vec<(String, PresenceEntry)>>,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let now = now_ms();
+        let mut pipe = redis::pipe();
+        pipe.cmd("ZADD")
+            .arg(key(&["nodes"]))
+            .arg(now)
+            .arg(node)
+            .ignore()
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(key(&["nodes"]))
+            .arg("-inf")
+            .arg(now.saturating_sub(NODE_FORGET_MS))
+            .ignore();
+        for (room, sockets) in entries {
+            if sockets.is_empty() {
+                continue;
+            }
+            let hash = key(&["presence", room, node]);
+            let fields: Vec<(&str, String)> = sockets
+                .iter()
+                .map(|(sid, e)| (sid.as_str(), serde_json::to_string(e).unwrap_or_default()))
+                .collect();
+            pipe.cmd("HSET")
+                .arg(&hash)
+                .arg(&fields)
+                .ignore()
+                .cmd("PEXPIRE")
+                .arg(&hash)
+                .arg(ttl_ms(ttl))
+                .ignore();
+        }
+        self.run(&pipe).await
+    }
+
+    async fn presence(&self, rooms: &[String]) -> Result<BTreeMap<String, Online>, StoreError> {
+        let nodes: Vec<String> = self
+            .query(redis::cmd("ZRANGE").arg(key(&["nodes"])).arg(0).arg(-1))
+            .await?;
+        let mut online: BTreeMap<String, Online> =
+            rooms.iter().map(|r| (r.clone(), Vec::new())).collect();
+        if nodes.is_empty() || rooms.is_empty() {
+            return Ok(online);
+        }
+        let mut pipe = redis::pipe();
+        for room in rooms {
+            for node in &nodes {
+                pipe.cmd("HVALS").arg(key(&["presence", room, node]));
+            }
+        }
+        let values: Vec<Vec<String>> = self.run(&pipe).await?;
+        let mut values = values.into_iter();
+        for room in rooms {
+            let Some(list) = online.get_mut(room) else {
+                continue;
+            };
+            for _ in &nodes {
+                for json in values.next().unwrap_or_default() {
+                    if let Ok(entry) = serde_json::from_str::<PresenceEntry>(&json) {
+                        list.push(entry);
+                    }
+                }
+            }
+        }
+        Ok(online)
+    }
+}

@@ -1,0 +1,177 @@
+//! Checks of what clients send: display names, room names, message text, history cursors
+//! and identity tokens. Pure functions, no I/O.
+
+use super::error::ChatError;
+
+/// The longest display name, in characters after trimming.
+pub const MAX_NAME_CHARS: usize = 32;
+/// The longest room name, in characters after trimming.
+pub const MAX_ROOM_CHARS: usize = 64;
+/// The longest token or invite accepted before any look-up (ours are 43 characters).
+pub const MAX_SECRET_CHARS: usize = 128;
+
+/// Why a display name is refused; the text is the CONNECT_ERROR message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    /// No auth payload, or no string `name` in it.
+    #[error("name required")]
+    Missing,
+    /// Only white space.
+    #[error("name is empty")]
+    Empty,
+    /// More than [`MAX_NAME_CHARS`] characters.
+    #[error("name is longer than 32 characters")]
+    TooLong,
+    /// A control or invisible formatting character.
+    #[error("name contains invisible characters")]
+    Invisible,
+}
+
+/// Whether `c` shows nothing: control characters and the invisible formatting ones
+/// (zero-width spaces and joiners, direction marks, the BOM) that would let two names
+/// look alike.
+fn invisible(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{00AD}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}' | '\u{FEFF}')
+}
+
+/// A display name: trimmed, 1–32 characters, none of them invisible.
+pub fn name(raw: Option<&str>) -> Result<String, NameError> {
+    let name = raw.ok_or(NameError::Missing)?.trim();
+    if name.is_empty() {
+        return Err(NameError::Empty);
+    }
+    if name.chars().count() > MAX_NAME_CHARS {
+        return Err(NameError::TooLong);
+    }
+    if name.chars().any(invisible) {
+        return Err(NameError::Invisible);
+    }
+    Ok(name.to_owned())
+}
+
+/// A room name: trimmed, 1–64 characters, each a letter or digit (any script), a space,
+/// `-`, `_` or `.`.
+pub fn room(raw: &str) -> Result<String, ChatError> {
+    let room = raw.trim();
+    let chars = room.chars().count();
+    let allowed = |c: char| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_' | '.');
+    if chars == 0 || chars > MAX_ROOM_CHARS || !room.chars().all(allowed) {
+        return Err(ChatError::InvalidRoomName);
+    }
+    Ok(room.to_owned())
+}
+
+/// Message text: 1 to `max_chars` characters, not only white space. Kept as sent.
+pub fn text(raw: &str, max_chars: usize) -> Result<&str, ChatError> {
+    if raw.trim().is_empty() {
+        return Err(ChatError::EmptyText);
+    }
+    if raw.chars().count() > max_chars {
+        return Err(ChatError::TextTooLong);
+    }
+    Ok(raw)
+}
+
+/// A history cursor: a message id, `<milliseconds>-<sequence>` as Redis stream ids are.
+pub fn message_id(raw: &str) -> Result<(u64, u64), ChatError> {
+    let (ms, seq) = raw.split_once('-').ok_or(ChatError::InvalidCursor)?;
+    let digits = |s: &str| !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(ms) || !digits(seq) {
+        return Err(ChatError::InvalidCursor);
+    }
+    match (ms.parse(), seq.parse()) {
+        (Ok(ms), Ok(seq)) => Ok((ms, seq)),
+        _ => Err(ChatError::InvalidCursor),
+    }
+}
+
+/// Whether `raw` could be a token or invite we issued (URL-safe base64, bounded length):
+/// anything else is never looked up.
+pub fn secret_shape(raw: &str) -> bool {
+    !raw.is_empty()
+        && raw.len() <= MAX_SECRET_CHARS
+        && raw
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_trimmed_and_bounded() {
+        assert_eq!(name(Some("  alice ")).unwrap(), "alice");
+        assert_eq!(name(Some("Zoë 李")).unwrap(), "Zoë 李");
+        assert_eq!(name(None), Err(NameError::Missing));
+        assert_eq!(name(Some(" \t ")), Err(NameError::Empty));
+        assert_eq!(name(Some("")), Err(NameError::Empty));
+        assert_eq!(name(Some(&"é".repeat(32))).unwrap().chars().count(), 32);
+        assert_eq!(name(Some(&"é".repeat(33))), Err(NameError::TooLong));
+        assert_eq!(name(Some("al\u{0}ice")), Err(NameError::Invisible));
+        assert_eq!(name(Some("al\u{200B}ice")), Err(NameError::Invisible));
+        assert_eq!(name(Some("a\nb")), Err(NameError::Invisible));
+    }
+
+    #[test]
+    fn room_names_allow_letters_digits_and_a_few_marks() {
+        assert_eq!(room(" general ").unwrap(), "general");
+        assert_eq!(room("Team-2_b.x y").unwrap(), "Team-2_b.x y");
+        assert_eq!(room("café").unwrap(), "café");
+        assert_eq!(room(&"r".repeat(64)).unwrap().len(), 64);
+        for bad in [
+            "",
+            "   ",
+            "a/b",
+            "a:b",
+            "<script>",
+            "tab\there",
+            "a\u{200B}b",
+        ] {
+            assert_eq!(room(bad), Err(ChatError::InvalidRoomName), "{bad:?}");
+        }
+        assert_eq!(room(&"r".repeat(65)), Err(ChatError::InvalidRoomName));
+    }
+
+    #[test]
+    fn text_is_bounded_in_characters_not_bytes() {
+        assert_eq!(text(" hi ", 10).unwrap(), " hi ");
+        assert_eq!(text(&"é".repeat(10), 10).unwrap().chars().count(), 10);
+        assert_eq!(text(&"é".repeat(11), 10), Err(ChatError::TextTooLong));
+        assert_eq!(text("", 10), Err(ChatError::EmptyText));
+        assert_eq!(text(" \n ", 10), Err(ChatError::EmptyText));
+    }
+
+    #[test]
+    fn cursors_are_stream_ids() {
+        assert_eq!(
+            message_id("1732751234567-0").unwrap(),
+            (1_732_751_234_567, 0)
+        );
+        for bad in [
+            "",
+            "1",
+            "-1",
+            "1-",
+            "a-1",
+            "1-1-1",
+            "+",
+            "(1-0",
+            "99999999999999999999999-0",
+        ] {
+            assert_eq!(message_id(bad), Err(ChatError::InvalidCursor), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn secrets_have_a_shape() {
+        assert!(secret_shape("abc-_XYZ09"));
+        assert!(!secret_shape(""));
+        assert!(!secret_shape("a b"));
+        assert!(!secret_shape("syd:chat:x"));
+        assert!(!secret_shape(&"a".repeat(129)));
+    }
+}

@@ -1,0 +1,198 @@
+//! The two chat stores behave alike: the same checks run on [`MemoryStore`] and on
+//! [`RedisStore`] against a real `redis-server` — rooms, memberships, tokens, history
+//! order, paging and trimming, the rate limit, presence across nodes and its expiry.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod utils;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chat_node::chat::store::{NewMessage, PresenceEntry, RoomMeta};
+use chat_node::chat::validate::message_id;
+use chat_node::chat::{ChatStore, MemoryStore, RateLimit, RedisStore};
+use utils::redis::RedisServer;
+
+fn meta(private: bool) -> RoomMeta {
+    RoomMeta {
+        private,
+        invite: private.then(|| "invite".to_owned()),
+        created_by: "u1".to_owned(),
+        created_at: 1,
+    }
+}
+
+fn entry(user: &str, name: &str) -> PresenceEntry {
+    PresenceEntry {
+        user: user.to_owned(),
+        name: name.to_owned(),
+    }
+}
+
+fn message(i: usize) -> NewMessage {
+    NewMessage {
+        from: "alice".to_owned(),
+        user: "u1".to_owned(),
+        text: format!("m{i}"),
+        ts: 1,
+    }
+}
+
+async fn rooms_members_tokens(store: &dyn ChatStore) {
+    assert!(store.create_room("pub", &meta(false)).await.unwrap());
+    assert!(store.create_room("priv", &meta(true)).await.unwrap());
+    assert!(!store.create_room("priv", &meta(false)).await.unwrap());
+    assert_eq!(store.room("priv").await.unwrap(), Some(meta(true)));
+    assert_eq!(store.room("none").await.unwrap(), None);
+    assert_eq!(store.public_rooms().await.unwrap(), ["pub"]);
+    let found = store
+        .rooms(&["pub".into(), "priv".into(), "none".into()])
+        .await
+        .unwrap();
+    assert_eq!(found.keys().collect::<Vec<_>>(), ["priv", "pub"]);
+
+    assert!(store.add_member("priv", "u1").await.unwrap());
+    assert!(!store.add_member("priv", "u1").await.unwrap());
+    assert!(store.add_member("pub", "u1").await.unwrap());
+    assert!(store.is_member("priv", "u1").await.unwrap());
+    assert!(!store.is_member("priv", "u2").await.unwrap());
+    let mut rooms = store.rooms_of("u1").await.unwrap();
+    rooms.sort();
+    assert_eq!(rooms, ["priv", "pub"]);
+    assert!(store.remove_member("priv", "u1").await.unwrap());
+    assert!(!store.remove_member("priv", "u1").await.unwrap());
+    assert!(!store.is_member("priv", "u1").await.unwrap());
+    assert_eq!(store.rooms_of("u1").await.unwrap(), ["pub"]);
+
+    assert_eq!(store.user_for_token("t1").await.unwrap(), None);
+    store.create_user("u1", "t1").await.unwrap();
+    assert_eq!(
+        store.user_for_token("t1").await.unwrap().as_deref(),
+        Some("u1")
+    );
+}
+
+async fn history(store: &dyn ChatStore) {
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        ids.push(store.append("h", &message(i), 1000).await.unwrap());
+    }
+    let parsed: Vec<(u64, u64)> = ids.iter().map(|id| message_id(id).unwrap()).collect();
+    assert!(parsed.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    let newest = store.history("h", None, 5).await.unwrap();
+    assert_eq!(
+        newest.iter().map(|m| &m.id).collect::<Vec<_>>(),
+        ids[7..].iter().collect::<Vec<_>>()
+    );
+    assert_eq!(
+        (newest[0].room.as_str(), newest[0].text.as_str()),
+        ("h", "m7")
+    );
+    // `before` is exclusive.
+    let page = store.history("h", Some(parsed[7]), 3).await.unwrap();
+    let texts: Vec<&str> = page.iter().map(|m| m.text.as_str()).collect();
+    assert_eq!(texts, ["m4", "m5", "m6"]);
+    assert!(store
+        .history("h", Some(parsed[0]), 3)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store.history("none", None, 3).await.unwrap().is_empty());
+
+    // Trimming: Redis trims approximately (whole nodes of ~100 entries), memory exactly.
+    for i in 0..300 {
+        store.append("t", &message(i), 10).await.unwrap();
+    }
+    let mut kept = 0;
+    let mut before = None;
+    loop {
+        let page = store.history("t", before, 100).await.unwrap();
+        let Some(first) = page.first() else { break };
+        kept += page.len();
+        before = Some(message_id(&first.id).unwrap());
+    }
+    assert!((10..=110).contains(&kept), "{kept} kept");
+    let last = store.history("t", None, 1).await.unwrap();
+    assert_eq!(last[0].text, "m299", "the newest are kept");
+}
+
+async fn rate_limit(store: &dyn ChatStore) {
+    let limit: RateLimit = "3/1h".parse().unwrap();
+    for _ in 0..3 {
+        assert!(store.admit("r1", &limit).await.unwrap());
+    }
+    assert!(!store.admit("r1", &limit).await.unwrap());
+    assert!(!store.admit("r1", &limit).await.unwrap());
+    assert!(store.admit("r2", &limit).await.unwrap(), "per user");
+}
+
+async fn presence(store: &dyn ChatStore) {
+    let long = Duration::from_secs(60);
+    let rooms = ["p".to_owned(), "empty".to_owned()];
+    store
+        .presence_add("n1", "p", "s1", &entry("u1", "alice"), long)
+        .await
+        .unwrap();
+    store
+        .presence_add("n2", "p", "s2", &entry("u2", "bob"), long)
+        .await
+        .unwrap();
+    store
+        .presence_add("n2", "p", "s3", &entry("u1", "alice"), long)
+        .await
+        .unwrap();
+    let online = store.presence(&rooms).await.unwrap();
+    assert_eq!(online["p"].len(), 3);
+    assert!(online["empty"].is_empty());
+    store.presence_remove("n2", "p", "s3").await.unwrap();
+    let mut online = store.presence(&rooms).await.unwrap().remove("p").unwrap();
+    online.sort_by(|a, b| a.user.cmp(&b.user));
+    assert_eq!(online, [entry("u1", "alice"), entry("u2", "bob")]);
+
+    // Node n3 writes once with a short TTL and falls silent; n1's heartbeat keeps its
+    // entry alive.
+    let short = Duration::from_millis(400);
+    store
+        .presence_add("n3", "p", "s4", &entry("u3", "carol"), short)
+        .await
+        .unwrap();
+    assert_eq!(store.presence(&rooms).await.unwrap()["p"].len(), 3);
+    let mut beat = BTreeMap::new();
+    beat.insert(
+        "p".to_owned(),
+        vec![("s1".to_owned(), entry("u1", "alice"))],
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        store.presence_refresh("n1", &beat, short).await.unwrap();
+        let online = store.presence(&rooms).await.unwrap().remove("p").unwrap();
+        if !online.contains(&entry("u3", "carol")) {
+            assert!(online.contains(&entry("u1", "alice")), "{online:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "n3's entry never expired");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn all(store: Arc<dyn ChatStore>) {
+    rooms_members_tokens(&*store).await;
+    history(&*store).await;
+    rate_limit(&*store).await;
+    presence(&*store).await;
+}
+
+#[tokio::test]
+async fn the_memory_store() {
+    all(Arc::new(MemoryStore::new())).await;
+}
+
+#[tokio::test]
+async fn the_redis_store() {
+    let redis = RedisServer::start();
+    let store = RedisStore::connect(&redis.url()).await.unwrap();
+    assert_eq!(store.kind(), "redis");
+    all(Arc::new(store)).await;
+}

@@ -1,0 +1,627 @@
+// The Switchyard chat page: nickname, rooms (public and private with invite links),
+// messages, members, typing, and a status bar naming the node that serves this tab.
+// Every piece of text that comes from the server or another user is rendered with
+// textContent, never parsed as HTML. The chat API is docs/chat-api.md.
+
+import { SioClient } from "./sio.js";
+
+const NAME_KEY = "switchyard.name";
+const TOKEN_KEY = "switchyard.token";
+const INVITES_KEY = "switchyard.invites";
+const LOBBY = "lobby";
+const ROOMS_REFRESH_MS = 10000;
+const TYPING_SEND_EVERY_MS = 2000;
+const TYPING_IDLE_MS = 3000;
+const TYPING_SHOW_MS = 6000;
+
+const $ = (id) => document.getElementById(id);
+
+/** localStorage that never throws (private mode, disabled storage). */
+const store = {
+  get(key) {
+    try {
+      return window.localStorage.getItem(key);
+    } catch {
+      return null;
+    }
+  },
+  set(key, value) {
+    try {
+      if (value === null || value === undefined) window.localStorage.removeItem(key);
+      else window.localStorage.setItem(key, value);
+    } catch {
+      // Not remembered; the page still works for this visit.
+    }
+  },
+  /** The invites this browser knows, room -> token (a Map: room names are user data). */
+  invites() {
+    try {
+      const entries = JSON.parse(this.get(INVITES_KEY) ?? "[]");
+      return new Map(
+        Array.isArray(entries)
+          ? entries.filter((e) => Array.isArray(e) && typeof e[0] === "string" && typeof e[1] === "string")
+          : [],
+      );
+    } catch {
+      return new Map();
+    }
+  },
+  rememberInvite(room, invite) {
+    const invites = this.invites();
+    invites.set(room, invite);
+    this.set(INVITES_KEY, JSON.stringify([...invites]));
+  },
+};
+
+const state = {
+  name: store.get(NAME_KEY),
+  user: null, // our public user id, from `welcome`
+  current: LOBBY,
+  rooms: new Map(), // room -> {room, private, members}
+  messages: new Map(), // room -> Map(key -> entry), entry: {kind, id?, from?, text, ts}
+  members: new Map(), // room -> [names]
+  typing: new Map(), // room -> Map(name -> expiry ms)
+  unread: new Map(), // room -> count
+  loaded: new Set(), // rooms whose history this tab has
+  pendingInvite: null, // {room, invite} from the URL fragment, joined once connected
+  typingSentAt: 0,
+  typingIdle: null,
+  noticeTimer: null,
+  systemSeq: 0,
+};
+
+// -------------------------------------------------------------------------------------------
+// Connection
+
+const params = new URLSearchParams(window.location.search);
+const forced = params.get("transport");
+const transports =
+  forced === "polling" ? ["polling"] : forced === "websocket" ? ["websocket"] : ["websocket", "polling"];
+
+const client = new SioClient({
+  transports,
+  auth: () => {
+    const auth = { name: state.name ?? "" };
+    const token = store.get(TOKEN_KEY);
+    if (token) auth.token = token;
+    return auth;
+  },
+});
+
+client.on("state", (s) => {
+  const el = $("status-state");
+  el.textContent = s;
+  el.className = s;
+  const online = s === "connected";
+  $("message-input").disabled = !online;
+  $("send-button").disabled = !online;
+  if (!online) {
+    $("status-transport").textContent = client.transport ?? "none";
+  }
+});
+
+client.on("transport", (name) => {
+  $("status-transport").textContent = name;
+});
+
+client.on("connect", () => {
+  $("status-transport").textContent = client.transport ?? "none";
+  $("name-dialog").hidden = true;
+  afterConnect().catch((error) => notice(error.message));
+});
+
+client.on("connect_error", (error) => {
+  // Refusals about the name need the person; anything else (the server's store is
+  // unavailable) may pass: retry with backoff.
+  if (error.message.startsWith("name")) {
+    askName(error.message);
+  } else {
+    notice(`cannot connect: ${error.message}; retrying`);
+    client.retryLater();
+  }
+});
+
+client.on("welcome", (welcome) => {
+  if (!welcome || typeof welcome !== "object") return;
+  if (typeof welcome.node === "string") $("status-node").textContent = welcome.node;
+  if (typeof welcome.name === "string") {
+    $("status-name").textContent = welcome.name;
+  }
+  if (typeof welcome.user === "string") state.user = welcome.user;
+  if (typeof welcome.token === "string" && welcome.token) store.set(TOKEN_KEY, welcome.token);
+});
+
+client.on("message", (message) => {
+  if (!message || typeof message.room !== "string") return;
+  addEntry(message.room, {
+    kind: "message",
+    id: String(message.id ?? ""),
+    from: String(message.from ?? ""),
+    user: String(message.user ?? ""),
+    text: String(message.text ?? ""),
+    ts: Number(message.ts) || Date.now(),
+  });
+  if (message.room !== state.current) {
+    state.unread.set(message.room, (state.unread.get(message.room) ?? 0) + 1);
+    renderRooms();
+  }
+  clearTyping(message.room, message.from);
+});
+
+client.on("system", (event) => {
+  if (!event || typeof event.room !== "string") return;
+  state.systemSeq += 1;
+  addEntry(event.room, {
+    kind: "system",
+    id: `system-${state.systemSeq}`,
+    text: String(event.text ?? ""),
+    ts: Number(event.ts) || Date.now(),
+  });
+  refreshRoomsSoon();
+});
+
+client.on("presence", (event) => {
+  if (!event || typeof event.room !== "string" || !Array.isArray(event.members)) return;
+  state.members.set(event.room, event.members.map(String));
+  const known = state.rooms.get(event.room);
+  if (known) {
+    known.members = event.members.length;
+    renderRooms();
+  }
+  if (event.room === state.current) renderMembers();
+});
+
+client.on("typing", (event) => {
+  if (!event || typeof event.room !== "string" || typeof event.name !== "string") return;
+  const room = state.typing.get(event.room) ?? new Map();
+  if (event.typing) room.set(event.name, Date.now() + TYPING_SHOW_MS);
+  else room.delete(event.name);
+  state.typing.set(event.room, room);
+  renderTyping();
+});
+
+/** After every (re)connect: rooms, the invite from the link, the current room's history. */
+async function afterConnect() {
+  if (!$("status-name").textContent && state.name) $("status-name").textContent = state.name;
+  await refreshRooms().catch((error) => notice(`rooms: ${error.message}`));
+  if (state.pendingInvite) {
+    const { room, invite } = state.pendingInvite;
+    state.pendingInvite = null;
+    await joinRoom(room, invite);
+    return;
+  }
+  if (client.recovered && state.loaded.has(state.current)) {
+    // The server replayed what we missed; nothing to fetch.
+    return;
+  }
+  await joinRoom(state.current, store.invites().get(state.current));
+}
+
+// -------------------------------------------------------------------------------------------
+// Requests
+
+/** Sends a request and returns the ack; a `{ok:false}` answer becomes an Error. */
+async function request(event, data) {
+  const reply = await client.request(event, data);
+  if (!reply || typeof reply !== "object") throw new Error(`${event}: no answer`);
+  if (!reply.ok) throw new Error(String(reply.error ?? `${event} failed`));
+  return reply;
+}
+
+let roomsRefresh = null;
+
+function refreshRoomsSoon() {
+  clearTimeout(roomsRefresh);
+  roomsRefresh = setTimeout(() => refreshRooms().catch(() => {}), 300);
+}
+
+async function refreshRooms() {
+  const reply = await request("rooms", {});
+  if (!Array.isArray(reply.rooms)) return;
+  state.rooms.clear();
+  for (const r of reply.rooms) {
+    if (!r || typeof r.room !== "string") continue;
+    state.rooms.set(r.room, { room: r.room, private: Boolean(r.private), members: Number(r.members) || 0 });
+  }
+  renderRooms();
+}
+
+async function joinRoom(room, invite) {
+  const data = { room };
+  if (invite) data.invite = invite;
+  let reply;
+  try {
+    reply = await request("join", data);
+  } catch (error) {
+    notice(`cannot join ${room}: ${error.message}`);
+    if (room !== LOBBY && room === state.current) await switchTo(LOBBY);
+    return false;
+  }
+  if (invite) store.rememberInvite(reply.room ?? room, invite);
+  const name = typeof reply.room === "string" ? reply.room : room;
+  if (Array.isArray(reply.history)) mergeHistory(name, reply.history);
+  if (Array.isArray(reply.members)) state.members.set(name, reply.members.map(String));
+  state.loaded.add(name);
+  state.current = name;
+  state.unread.delete(name);
+  await refreshRooms().catch(() => {});
+  renderAll();
+  return true;
+}
+
+async function switchTo(room) {
+  closePanels();
+  if (room === state.current && state.loaded.has(room)) return;
+  state.current = room;
+  renderAll();
+  await joinRoom(room, store.invites().get(room));
+}
+
+function mergeHistory(room, messages) {
+  for (const m of messages) {
+    if (!m || typeof m !== "object") continue;
+    addEntry(
+      room,
+      {
+        kind: "message",
+        id: String(m.id ?? ""),
+        from: String(m.from ?? ""),
+        user: String(m.user ?? ""),
+        text: String(m.text ?? ""),
+        ts: Number(m.ts) || 0,
+      },
+      false,
+    );
+  }
+  if (room === state.current) renderMessages();
+}
+
+// -------------------------------------------------------------------------------------------
+// State
+
+function addEntry(room, entry, render = true) {
+  const entries = state.messages.get(room) ?? new Map();
+  const key = entry.kind === "message" ? `m:${entry.id}` : entry.id;
+  if (entry.kind === "message" && entry.id && entries.has(key)) return;
+  entries.set(key, entry);
+  state.messages.set(room, entries);
+  if (render && room === state.current) appendMessage(entry);
+}
+
+function clearTyping(room, name) {
+  const typing = state.typing.get(room);
+  if (typing?.delete(name)) renderTyping();
+}
+
+/** Message ids are ordered per room (`<ms>-<seq>`); system entries sort by time. */
+function sortedEntries(room) {
+  const entries = [...(state.messages.get(room)?.values() ?? [])];
+  return entries.sort((a, b) => a.ts - b.ts || compareIds(a.id, b.id));
+}
+
+function compareIds(a, b) {
+  const [am, as] = String(a).split("-").map(Number);
+  const [bm, bs] = String(b).split("-").map(Number);
+  if (Number.isFinite(am) && Number.isFinite(bm) && am !== bm) return am - bm;
+  if (Number.isFinite(as) && Number.isFinite(bs) && as !== bs) return as - bs;
+  return String(a) < String(b) ? -1 : String(a) > String(b) ? 1 : 0;
+}
+
+// -------------------------------------------------------------------------------------------
+// Rendering (textContent only)
+
+function el(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function formatTime(ts) {
+  const date = new Date(ts);
+  return date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+}
+
+function messageNode(entry) {
+  const li = el("li", entry.kind);
+  const time = el("time", "msg-time", formatTime(entry.ts));
+  time.dateTime = new Date(entry.ts).toISOString();
+  li.append(time);
+  if (entry.kind === "message") {
+    li.dataset.id = entry.id;
+    if (entry.user && entry.user === state.user) li.classList.add("mine");
+    li.append(el("span", "msg-from", entry.from), el("span", "msg-text", entry.text));
+  } else {
+    li.append(el("span", "msg-text", entry.text));
+  }
+  return li;
+}
+
+function nearBottom(list) {
+  return list.scrollHeight - list.scrollTop - list.clientHeight < 80;
+}
+
+function appendMessage(entry) {
+  const list = $("messages");
+  const stick = nearBottom(list);
+  // Keep the order by time even when a late event arrives (history racing a live message).
+  const node = messageNode(entry);
+  let before = null;
+  for (let i = list.children.length - 1; i >= 0; i -= 1) {
+    const child = list.children[i];
+    const ts = Number(child.dataset.ts);
+    if (ts <= entry.ts) break;
+    before = child;
+  }
+  node.dataset.ts = String(entry.ts);
+  list.insertBefore(node, before);
+  if (stick) list.scrollTop = list.scrollHeight;
+}
+
+function renderMessages() {
+  const list = $("messages");
+  const nodes = sortedEntries(state.current).map((entry) => {
+    const node = messageNode(entry);
+    node.dataset.ts = String(entry.ts);
+    return node;
+  });
+  list.replaceChildren(...nodes);
+  list.scrollTop = list.scrollHeight;
+}
+
+function renderRooms() {
+  const list = $("room-list");
+  const rooms = [...state.rooms.values()];
+  if (!state.rooms.has(state.current)) {
+    rooms.push({ room: state.current, private: false, members: 0, unlisted: true });
+  }
+  rooms.sort((a, b) => (a.room === LOBBY ? -1 : b.room === LOBBY ? 1 : a.room.localeCompare(b.room)));
+  const items = rooms.map((r) => {
+    const li = el("li");
+    li.dataset.room = r.room;
+    li.dataset.private = String(r.private);
+    if (r.room === state.current) li.classList.add("current");
+    const button = el("button");
+    button.type = "button";
+    if (r.private) {
+      const lock = el("span", "room-lock");
+      lock.setAttribute("role", "img");
+      lock.setAttribute("aria-label", "private");
+      lock.title = "private";
+      button.append(lock);
+    }
+    button.append(el("span", "room-name", r.room));
+    const unread = state.unread.get(r.room);
+    if (unread) button.append(el("span", "room-unread", String(unread)));
+    if (!r.unlisted) button.append(el("span", "room-count", String(r.members)));
+    button.title = `${r.members} online`;
+    button.addEventListener("click", () => switchTo(r.room).catch((e) => notice(e.message)));
+    li.append(button);
+    return li;
+  });
+  list.replaceChildren(...items);
+}
+
+function renderMembers() {
+  const names = state.members.get(state.current) ?? [];
+  $("members").replaceChildren(...names.map((name) => el("li", "member", name)));
+}
+
+function renderTyping() {
+  const now = Date.now();
+  const room = state.typing.get(state.current) ?? new Map();
+  for (const [name, until] of room) if (until < now) room.delete(name);
+  const names = [...room.keys()];
+  let text = "";
+  if (names.length === 1) text = `${names[0]} is typing…`;
+  else if (names.length === 2) text = `${names[0]} and ${names[1]} are typing…`;
+  else if (names.length > 2) text = "several people are typing…";
+  $("typing").textContent = text;
+}
+
+function renderAll() {
+  $("room-title").textContent = state.current;
+  $("leave-room").hidden = state.current === LOBBY;
+  renderRooms();
+  renderMessages();
+  renderMembers();
+  renderTyping();
+}
+
+function notice(text, kind = "error") {
+  const box = $("notice");
+  box.textContent = text;
+  box.className = kind;
+  box.hidden = false;
+  clearTimeout(state.noticeTimer);
+  state.noticeTimer = setTimeout(() => {
+    box.hidden = true;
+  }, 6000);
+}
+
+// -------------------------------------------------------------------------------------------
+// Nickname
+
+function askName(error) {
+  $("name-error").textContent = error ?? "";
+  const input = $("name-input");
+  input.value = state.name ?? "";
+  $("name-dialog").hidden = false;
+  input.focus();
+}
+
+$("name-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const name = $("name-input").value.trim();
+  if (!name) {
+    $("name-error").textContent = "enter a nickname";
+    return;
+  }
+  state.name = name;
+  store.set(NAME_KEY, name);
+  $("name-dialog").hidden = true;
+  // A new name takes effect on a new connection (the name travels in the CONNECT auth).
+  client.disconnect();
+  client.connect();
+});
+
+$("change-name").addEventListener("click", () => askName());
+
+// -------------------------------------------------------------------------------------------
+// Rooms: create, invite link, join by link, leave
+
+function inviteLink(room, invite) {
+  const url = new URL(window.location.href);
+  url.search = "";
+  url.hash = new URLSearchParams({ room, invite }).toString();
+  return url.toString();
+}
+
+$("create-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const room = $("create-name").value.trim();
+  const isPrivate = $("create-private").checked;
+  if (!room) return;
+  try {
+    const reply = await request("create", { room, private: isPrivate });
+    const name = typeof reply.room === "string" ? reply.room : room;
+    $("create-name").value = "";
+    if (typeof reply.invite === "string" && reply.invite) {
+      store.rememberInvite(name, reply.invite);
+      showInvite(name, reply.invite);
+    } else {
+      $("invite-box").hidden = true;
+    }
+    state.current = name;
+    await joinRoom(name, reply.invite);
+  } catch (error) {
+    notice(`cannot create ${room}: ${error.message}`);
+  }
+});
+
+function showInvite(room, invite) {
+  $("invite-room").textContent = room;
+  $("invite-link").value = inviteLink(room, invite);
+  $("invite-box").hidden = false;
+}
+
+$("invite-copy").addEventListener("click", async () => {
+  const input = $("invite-link");
+  try {
+    await navigator.clipboard.writeText(input.value);
+    notice("invite link copied", "info");
+  } catch {
+    // No clipboard permission (or not a secure context): select it for a manual copy.
+    input.focus();
+    input.select();
+    notice("press Ctrl+C (or long-press) to copy the selected link", "info");
+  }
+});
+
+$("leave-room").addEventListener("click", async () => {
+  const room = state.current;
+  if (room === LOBBY) return;
+  try {
+    await request("leave", { room });
+    state.loaded.delete(room);
+    state.messages.delete(room);
+    await switchTo(LOBBY);
+    await refreshRooms();
+  } catch (error) {
+    notice(`cannot leave ${room}: ${error.message}`);
+  }
+});
+
+/** `#room=<room>&invite=<token>`: remembered, then removed from the address bar. */
+function readInviteFromHash() {
+  if (!window.location.hash) return;
+  const fields = new URLSearchParams(window.location.hash.slice(1));
+  const room = fields.get("room");
+  if (!room) return;
+  state.pendingInvite = { room, invite: fields.get("invite") ?? undefined };
+  window.history.replaceState(null, "", window.location.pathname + window.location.search);
+  if (client.connected) {
+    const { invite } = state.pendingInvite;
+    state.pendingInvite = null;
+    joinRoom(room, invite).catch((error) => notice(error.message));
+  }
+}
+
+window.addEventListener("hashchange", readInviteFromHash);
+
+// -------------------------------------------------------------------------------------------
+// Composer and typing
+
+$("composer").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const input = $("message-input");
+  const text = input.value;
+  if (!text.trim()) return;
+  const room = state.current;
+  stopTyping();
+  try {
+    await request("send", { room, text });
+    input.value = "";
+  } catch (error) {
+    notice(`not sent: ${error.message}`);
+  }
+});
+
+$("message-input").addEventListener("input", () => {
+  const now = Date.now();
+  if (now - state.typingSentAt > TYPING_SEND_EVERY_MS) {
+    state.typingSentAt = now;
+    client.emit("typing", { room: state.current, typing: true });
+  }
+  clearTimeout(state.typingIdle);
+  state.typingIdle = setTimeout(stopTyping, TYPING_IDLE_MS);
+});
+
+function stopTyping() {
+  clearTimeout(state.typingIdle);
+  if (state.typingSentAt) {
+    state.typingSentAt = 0;
+    client.emit("typing", { room: state.current, typing: false });
+  }
+}
+
+// -------------------------------------------------------------------------------------------
+// Phone layout: rooms and members as slide-in panels
+
+function togglePanel(button, panel) {
+  const open = !$(panel).classList.contains("open");
+  closePanels();
+  $(panel).classList.toggle("open", open);
+  $(button).setAttribute("aria-expanded", String(open));
+}
+
+function closePanels() {
+  for (const [button, panel] of [
+    ["toggle-rooms", "sidebar"],
+    ["toggle-members", "members-pane"],
+  ]) {
+    $(panel).classList.remove("open");
+    $(button).setAttribute("aria-expanded", "false");
+  }
+}
+
+$("toggle-rooms").addEventListener("click", () => togglePanel("toggle-rooms", "sidebar"));
+$("toggle-members").addEventListener("click", () => togglePanel("toggle-members", "members-pane"));
+
+// -------------------------------------------------------------------------------------------
+// Start
+
+setInterval(() => {
+  if (client.connected) refreshRooms().catch(() => {});
+}, ROOMS_REFRESH_MS);
+setInterval(renderTyping, 1000);
+// Back online (laptop lid, train tunnel): try now instead of waiting out the backoff.
+window.addEventListener("online", () => client.reconnectNow());
+
+// For tests and the curious: the live client (state, transport, recovered).
+window.switchyard = { client, state };
+
+readInviteFromHash();
+renderAll();
+if (state.name) client.connect();
+else askName();

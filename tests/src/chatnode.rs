@@ -1,0 +1,124 @@
+//! A running `chat-node` process (from the chat-node package): started on 127.0.0.1 port 0,
+//! its address read from its `LISTENING <addr>` line, its stderr kept in a temp file, killed
+//! on drop.
+//!
+//! Build it first: `cargo build -p chat-node --bin chat-node`.
+
+use std::fs::OpenOptions;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use tempfile::TempDir;
+
+use crate::procs::{
+    bin_path, init, kill_and_reap, read_file_lossy, read_listening, tail, START_TIMEOUT,
+};
+
+/// A `chat-node` child process.
+pub struct ChatNode {
+    id: String,
+    addr: SocketAddr,
+    child: Option<Child>,
+    dir: TempDir,
+}
+
+impl ChatNode {
+    /// Starts `chat-node --node-id <id> --listen 127.0.0.1:0`, on the cluster bus of `redis`
+    /// (a `redis://` URL) when given, with `extra` arguments (e.g. short heartbeats).
+    ///
+    /// # Panics
+    /// If the binary is missing or the node does not report `LISTENING` in time, with its
+    /// log.
+    pub fn start(id: &str, redis: Option<&str>, extra: &[&str]) -> ChatNode {
+        init();
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("chat-node-{id}-"))
+            .tempdir()
+            .expect("creating a temp dir for the node's log");
+        let log = dir.path().join("stderr.log");
+        let stderr = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("creating the node's log");
+        let bin = bin_path("chat-node");
+        let mut cmd = Command::new(&bin);
+        cmd.args(["--listen", "127.0.0.1:0", "--node-id", id]);
+        if let Some(url) = redis {
+            cmd.args(["--redis", url]);
+        }
+        let mut child = cmd
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {}: {e}", bin.display()));
+        let stdout = child.stdout.take().expect("stdout is piped");
+        match read_listening(stdout, START_TIMEOUT) {
+            Ok(addr) => ChatNode {
+                id: id.to_owned(),
+                addr,
+                child: Some(child),
+                dir,
+            },
+            Err(e) => {
+                kill_and_reap(&mut child);
+                panic!(
+                    "chat-node {id} failed to start: {e}\n--- stderr ---\n{}",
+                    tail(&read_file_lossy(&log), 50)
+                );
+            }
+        }
+    }
+
+    /// The node id it was started with.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://<addr><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("stderr.log")
+    }
+
+    /// The node's log so far.
+    pub fn logs(&self) -> String {
+        read_file_lossy(&self.log_path())
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill_and_reap(&mut child);
+        }
+    }
+}
+
+impl Drop for ChatNode {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- chat-node {} stderr (tail) ---\n{}",
+                self.id,
+                tail(&self.logs(), 40)
+            );
+        }
+        self.kill();
+    }
+}

@@ -1,0 +1,97 @@
+//! A real `redis-server` on a free port, without persistence, for tests that run chat nodes
+//! as a cluster; killed on drop.
+
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::procs::{free_port, kill_and_reap, START_TIMEOUT};
+use crate::wait::POLL;
+
+/// A running `redis-server`.
+pub struct RedisServer {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts one on a free port and waits until it answers `PING`.
+    ///
+    /// # Panics
+    /// If `redis-server` is not installed (`scripts/install-deps.sh` installs it) or does not
+    /// start within [`START_TIMEOUT`] on any of a few ports.
+    pub fn start() -> RedisServer {
+        crate::procs::init();
+        let mut last_error = String::new();
+        for _ in 0..5 {
+            match Self::start_on(free_port()) {
+                Ok(server) => return server,
+                Err(error) => last_error = error,
+            }
+        }
+        panic!("could not start redis-server: {last_error}");
+    }
+
+    fn start_on(port: u16) -> Result<RedisServer, String> {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| {
+                format!("spawning redis-server (run scripts/install-deps.sh to install it): {e}")
+            })?;
+        let mut server = RedisServer {
+            port,
+            child: Some(child),
+        };
+        let deadline = Instant::now() + START_TIMEOUT;
+        while Instant::now() < deadline {
+            if ping(port) {
+                return Ok(server);
+            }
+            if let Some(Ok(Some(status))) = server.child.as_mut().map(Child::try_wait) {
+                server.child = None;
+                return Err(format!("redis-server on port {port} exited: {status}"));
+            }
+            std::thread::sleep(POLL);
+        }
+        Err(format!(
+            "redis-server on port {port} did not answer PING in time"
+        ))
+    }
+
+    /// The port it listens on (127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill_and_reap(&mut child);
+        }
+    }
+}
+
+/// Whether a Redis on `port` answers `PING` with `+PONG`.
+pub fn ping(port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    if stream.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut reply = [0u8; 7];
+    stream.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
+}

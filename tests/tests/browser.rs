@@ -1,0 +1,734 @@
+//! The chat page in headless Chromium, end to end: a real `redis-server`, three `chat-node`
+//! processes and the TLS proxy (least connections) in front of them; browser sessions
+//! driven over WebDriver. What a person sees: chatting across nodes, a private room shared
+//! by its invite link and invisible to everyone else, message text rendered as text (no
+//! HTML injection), the status bar naming the node and transport, the long-polling
+//! fallback, a tab moving to another node when its node dies, the nickname prompt and the
+//! remembered identity, and a CSP the browser enforces (every page also checks that it
+//! reported no CSP violation or script error).
+//!
+//! Screenshots go to `target/artifacts/browser-*.png`. The page's Socket.IO client also has
+//! unit tests of its own (`chat-node/web/sio.test.mjs`, run here with Node).
+//!
+//! Needs `chromium`, `chromedriver` and `redis-server` (`scripts/install-deps.sh`), and the
+//! binaries: `cargo build -p chat-node --bin chat-node -p proxy --bin proxy`.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tempfile::TempDir;
+use tests::browser::{artifacts_dir, spki_pin, Browser, BrowserOptions, Chromedriver};
+use tests::chatnode::ChatNode;
+use tests::redis::RedisServer;
+use tests::socketio::run_with_timeout;
+use tests::{port_array, Certs, Proxy};
+
+/// Bound for every wait on the page (a connection, a message crossing nodes through Redis);
+/// generous for busy CI machines, never waited out when things work.
+const T: Duration = Duration::from_secs(30);
+/// How many times a tab is reloaded at most to land on another node than a peer.
+const MAX_RELOADS: usize = 12;
+const NODES: [&str; 3] = ["n1", "n2", "n3"];
+
+/// A `WebSocket` that never connects: `error` then `close` (1006), like a blocked upgrade.
+const FAILING_WEBSOCKET: &str = "window.WebSocket = class {
+  static OPEN = 1;
+  constructor(url) {
+    this.url = url;
+    this.readyState = 0;
+    setTimeout(() => {
+      this.readyState = 3;
+      this.onerror?.(new Event('error'));
+      this.onclose?.(new CloseEvent('close', { code: 1006 }));
+    }, 10);
+  }
+  send() { throw new DOMException('not open', 'InvalidStateError'); }
+  close() {}
+};";
+
+/// Redis, three chat nodes and the proxy (TLS, least connections), with a certificate for
+/// `localhost` that the browsers trust by its key.
+struct Stack {
+    proxy: Proxy,
+    nodes: Vec<ChatNode>,
+    _redis: RedisServer,
+    pin: String,
+    _certs: TempDir,
+}
+
+impl Stack {
+    fn start() -> Stack {
+        let redis = RedisServer::start();
+        let nodes: Vec<ChatNode> = NODES
+            .iter()
+            .map(|id| ChatNode::start(id, Some(&redis.url()), &[]))
+            .collect();
+        let certs_dir = tempfile::tempdir().unwrap();
+        let certs = Certs::generate(certs_dir.path(), &["localhost", "127.0.0.1"]);
+        let [plain, tls] = port_array();
+        let listen = format!("127.0.0.1:{plain}");
+        let tls_listen = format!("127.0.0.1:{tls}");
+        let cert = certs.cert.display().to_string();
+        let key = certs.key.display().to_string();
+        let backends: Vec<String> = nodes.iter().map(|n| n.addr().to_string()).collect();
+        let mut args = vec![
+            "--listen",
+            &listen,
+            "--tls-listen",
+            &tls_listen,
+            "--cert",
+            &cert,
+            "--key",
+            &key,
+            // Not round robin: a page load is six requests (five files and the WebSocket), a
+            // multiple of three, so every reload would land on the same node. Least
+            // connections sends a new WebSocket away from the nodes that hold one.
+            "--strategy",
+            "least_conn",
+            "--health-path",
+            "/healthz",
+        ];
+        for b in &backends {
+            args.extend(["--backend", b.as_str()]);
+        }
+        let proxy = Proxy::start_quick(&args);
+        Stack {
+            proxy,
+            nodes,
+            _redis: redis,
+            pin: spki_pin(&certs.key),
+            _certs: certs_dir,
+        }
+    }
+
+    /// The page through the proxy's TLS listener, with an optional query (`?transport=…`).
+    fn url(&self, query: &str) -> String {
+        self.proxy.https_url(&format!("/{query}"))
+    }
+
+    /// Kills the node `id` (SIGKILL: no goodbye to its clients).
+    fn kill_node(&mut self, id: &str) {
+        let node = self.nodes.iter_mut().find(|n| n.id() == id);
+        node.unwrap_or_else(|| panic!("no node {id}")).kill();
+    }
+
+    fn options(&self) -> BrowserOptions {
+        BrowserOptions {
+            trust_spki: vec![self.pin.clone()],
+            ..BrowserOptions::default()
+        }
+    }
+}
+
+/// Installed before any page script: records Content-Security-Policy violations, uncaught
+/// errors, unhandled promise rejections and `console.error` calls in `window.__problems`.
+const PROBLEM_RECORDER: &str = "window.__problems = [];
+document.addEventListener('securitypolicyviolation', (e) =>
+  window.__problems.push(`csp: ${e.violatedDirective} blocked ${e.blockedURI}`));
+window.addEventListener('error', (e) => window.__problems.push(`error: ${e.message}`));
+window.addEventListener('unhandledrejection', (e) =>
+  window.__problems.push(`unhandled rejection: ${e.reason}`));
+const consoleError = console.error.bind(console);
+console.error = (...args) => {
+  window.__problems.push(`console.error: ${args.join(' ')}`);
+  consoleError(...args);
+};";
+
+/// A new browser session whose pages record their problems (see [`PROBLEM_RECORDER`]).
+async fn start_browser(driver: &Chromedriver, label: &str, options: &BrowserOptions) -> Browser {
+    let browser = Browser::start(driver, label, options).await;
+    browser
+        .cdp(
+            "Page.addScriptToEvaluateOnNewDocument",
+            json!({ "source": PROBLEM_RECORDER }),
+        )
+        .await;
+    browser
+}
+
+/// Asserts the current page recorded no CSP violation, script error or `console.error`,
+/// then ends the session.
+async fn close_clean(browser: Browser) {
+    let problems = browser.js("return window.__problems;", vec![]).await;
+    assert_eq!(
+        problems,
+        json!([]),
+        "{}: the page reported problems",
+        browser.label()
+    );
+    browser.close().await;
+}
+
+/// Opens the page in a new session, answers the nickname prompt, and waits until connected.
+async fn open_chat(driver: &Chromedriver, stack: &Stack, name: &str, query: &str) -> Browser {
+    let browser = start_browser(driver, name, &stack.options()).await;
+    browser.goto(&stack.url(query)).await;
+    browser
+        .wait_js(
+            T,
+            "the nickname prompt",
+            "return !document.getElementById('name-dialog').hidden;",
+            vec![],
+        )
+        .await;
+    browser.fill("#name-input", name).await;
+    browser.click("#name-submit").await;
+    wait_connected(&browser).await;
+    browser.wait_text(T, "#status-name", name).await;
+    browser
+}
+
+/// Waits for `connected` in the status bar and a node id; returns the node id.
+async fn wait_connected(browser: &Browser) -> String {
+    browser.wait_text(T, "#status-state", "connected").await;
+    let node = browser
+        .wait_js(
+            T,
+            "a node id in the status bar",
+            "const n = document.getElementById('status-node').textContent; \
+             return n !== 'none' ? n : null;",
+            vec![],
+        )
+        .await;
+    node.as_str().unwrap().to_owned()
+}
+
+/// Reloads `browser` (same profile: same name and identity) until it is served by another
+/// node than `other`; returns its node. Bounded by [`MAX_RELOADS`].
+async fn move_off(browser: &Browser, url: &str, other: &str) -> String {
+    let mut node = status(browser, "#status-node").await;
+    for _ in 0..MAX_RELOADS {
+        if node != other {
+            return node;
+        }
+        browser.goto(url).await;
+        node = wait_connected(browser).await;
+    }
+    panic!(
+        "{} stayed on node {other} after {MAX_RELOADS} reloads",
+        browser.label()
+    );
+}
+
+/// Opens the chat for `first`, then for `second` on another node; each with its node.
+async fn two_on_different_nodes(
+    driver: &Chromedriver,
+    stack: &Stack,
+    first: &str,
+    second: &str,
+) -> ((Browser, String), (Browser, String)) {
+    let one = open_chat(driver, stack, first, "").await;
+    let two = open_chat(driver, stack, second, "").await;
+    let one_node = status(&one, "#status-node").await;
+    let two_node = move_off(&two, &stack.url(""), &one_node).await;
+    assert_ne!(one_node, two_node);
+    ((one, one_node), (two, two_node))
+}
+
+/// The text of the element `css` (a status bar field), empty if there is none.
+async fn status(browser: &Browser, css: &str) -> String {
+    browser.text(css).await.unwrap_or_default()
+}
+
+/// Types `text` into the composer and sends it; waits for the server's acknowledgement (the
+/// input is cleared only then).
+async fn send(browser: &Browser, text: &str) {
+    browser.fill("#message-input", text).await;
+    browser.click("#send-button").await;
+    browser
+        .wait_js(
+            T,
+            &format!("{text:?} to be acknowledged"),
+            "return document.getElementById('message-input').value === '';",
+            vec![],
+        )
+        .await;
+}
+
+/// Waits until the message list shows `text` from `from`.
+async fn wait_message(browser: &Browser, from: &str, text: &str) {
+    browser
+        .wait_js(
+            T,
+            &format!("a message {text:?} from {from}"),
+            "const [from, text] = arguments; \
+             return [...document.querySelectorAll('#messages li.message')].some(li => \
+               li.querySelector('.msg-from')?.textContent === from && \
+               li.querySelector('.msg-text')?.textContent === text);",
+            vec![json!(from), json!(text)],
+        )
+        .await;
+}
+
+/// The rooms in the sidebar (`data-room` of each entry).
+async fn listed_rooms(browser: &Browser) -> Vec<String> {
+    let rooms = browser
+        .js(
+            "return [...document.querySelectorAll('#room-list li')].map(li => li.dataset.room);",
+            vec![],
+        )
+        .await;
+    serde_json::from_value(rooms).unwrap()
+}
+
+async fn screenshot(browser: &Browser, name: &str) -> PathBuf {
+    let path = artifacts_dir().join(format!("browser-{name}.png"));
+    browser.screenshot(&path).await;
+    println!("screenshot: {}", path.display());
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_people_on_different_nodes_chat_share_a_private_room_and_a_third_cannot_see_it() {
+    let stack = Stack::start();
+    let driver = Chromedriver::start();
+    let url = stack.url("");
+
+    // Two people, served by two different nodes.
+    let ((alice, alice_node), (bob, bob_node)) =
+        two_on_different_nodes(&driver, &stack, "alice", "bob").await;
+    for (browser, node) in [(&alice, &alice_node), (&bob, &bob_node)] {
+        assert!(NODES.contains(&node.as_str()), "unknown node {node}");
+        assert_eq!(status(browser, "#status-transport").await, "websocket");
+        assert_eq!(status(browser, "#status-state").await, "connected");
+    }
+    assert_eq!(status(&bob, "#status-name").await, "bob");
+
+    // The lobby, both ways across the nodes.
+    alice.wait_text(T, "#room-title", "lobby").await;
+    bob.wait_text(T, "#room-title", "lobby").await;
+    send(&alice, "hello from alice").await;
+    wait_message(&bob, "alice", "hello from alice").await;
+    send(&bob, "hi alice, bob here").await;
+    wait_message(&alice, "bob", "hi alice, bob here").await;
+
+    // Alice creates a private room and gets its invite link.
+    alice.fill("#create-name", "secret plans").await;
+    let private = alice
+        .js(
+            "return document.getElementById('create-private').checked;",
+            vec![],
+        )
+        .await;
+    assert_eq!(private, json!(true), "private is the default");
+    alice.click("#create-submit").await;
+    alice.wait_text(T, "#room-title", "secret plans").await;
+    let link = alice
+        .wait_js(
+            T,
+            "the invite link",
+            "return document.getElementById('invite-box').hidden ? null : \
+             document.getElementById('invite-link').value;",
+            vec![],
+        )
+        .await;
+    let link = link.as_str().unwrap().to_owned();
+    assert!(
+        link.starts_with(&url) && link.contains("#room=secret+plans&invite="),
+        "{link}"
+    );
+    let invite = link.rsplit("invite=").next().unwrap();
+    assert!(invite.len() >= 22, "an invite of at least 128 bits: {link}");
+
+    // Bob opens the link and is in.
+    bob.goto(&link).await;
+    bob.wait_text(T, "#room-title", "secret plans").await;
+    let bob_node = wait_connected(&bob).await;
+    let bob_node = if bob_node == alice_node {
+        // Opening the link reloaded the page onto Alice's node: move, then pick the room
+        // from the list (membership is kept by the server).
+        let node = move_off(&bob, &url, &alice_node).await;
+        bob.click("#room-list li[data-room='secret plans'] button")
+            .await;
+        bob.wait_text(T, "#room-title", "secret plans").await;
+        node
+    } else {
+        bob_node
+    };
+    assert_ne!(alice_node, bob_node);
+    assert!(listed_rooms(&bob)
+        .await
+        .contains(&"secret plans".to_owned()));
+    for browser in [&alice, &bob] {
+        browser
+            .wait_js(
+                T,
+                "alice and bob in the member list",
+                "const names = [...document.querySelectorAll('#members li')] \
+                   .map(li => li.textContent); \
+                 return names.includes('alice') && names.includes('bob');",
+                vec![],
+            )
+            .await;
+    }
+    send(&alice, "the plan: meet at noon").await;
+    wait_message(&bob, "alice", "the plan: meet at noon").await;
+
+    // Bob types: Alice sees it, until his message arrives.
+    bob.fill("#message-input", "<img").await;
+    alice.wait_text(T, "#typing", "bob is typing…").await;
+
+    // Markup in a message is text, nothing else.
+    let markup = "<img src=x onerror=alert(1)>";
+    send(&bob, markup).await;
+    alice.wait_text(T, "#typing", "").await;
+    for browser in [&alice, &bob] {
+        wait_message(browser, "bob", markup).await;
+        let images = browser
+            .js(
+                "return document.querySelectorAll('#messages img').length;",
+                vec![],
+            )
+            .await;
+        assert_eq!(
+            images,
+            json!(0),
+            "{}: markup became elements",
+            browser.label()
+        );
+        let last = browser
+            .js(
+                "const t = [...document.querySelectorAll('#messages .msg-text')]; \
+                 return t[t.length - 1].textContent;",
+                vec![],
+            )
+            .await;
+        assert_eq!(last, json!(markup));
+        assert!(
+            browser.client().get_alert_text().await.is_err(),
+            "{}: a script ran and opened an alert",
+            browser.label()
+        );
+    }
+
+    // Carol, without the invite: the room is not listed, joining it by name or with a
+    // forged invite fails, and none of its messages reach her page.
+    let carol = open_chat(&driver, &stack, "carol", "").await;
+    carol.wait_text(T, "#room-title", "lobby").await;
+    carol
+        .wait_js(
+            T,
+            "carol's room list",
+            "return document.querySelector('#room-list li[data-room=\"lobby\"]') !== null;",
+            vec![],
+        )
+        .await;
+    assert!(!listed_rooms(&carol)
+        .await
+        .contains(&"secret plans".to_owned()));
+    for forged in [
+        "#room=secret+plans",
+        "#room=secret+plans&invite=AAAAAAAAAAAAAAAAAAAAAA",
+    ] {
+        // Hide the previous refusal, so that the next one is a fresh answer.
+        carol
+            .js("document.getElementById('notice').hidden = true;", vec![])
+            .await;
+        carol.goto(&format!("{url}{forged}")).await;
+        wait_connected(&carol).await;
+        carol
+            .wait_js(
+                T,
+                "a refusal notice",
+                "const n = document.getElementById('notice'); \
+                 return !n.hidden && n.textContent.startsWith('cannot join secret plans');",
+                vec![],
+            )
+            .await;
+        assert_eq!(status(&carol, "#room-title").await, "lobby");
+    }
+    // A message after Carol's attempts: once Bob has it, Carol would have it too if it
+    // leaked to her.
+    send(&alice, "still just us two").await;
+    wait_message(&bob, "alice", "still just us two").await;
+    // A lobby message from Bob: once Carol has it, she has had every chance to get the rest.
+    bob.click("#room-list li[data-room='lobby'] button").await;
+    bob.wait_text(T, "#room-title", "lobby").await;
+    send(&bob, "checkpoint in the lobby").await;
+    wait_message(&carol, "bob", "checkpoint in the lobby").await;
+    let leaked = carol
+        .js(
+            "const s = window.switchyard.state; \
+             return { listed: [...s.rooms.keys()], stored: [...s.messages.keys()], \
+                      page: document.body.textContent };",
+            vec![],
+        )
+        .await;
+    let listed: Vec<String> = serde_json::from_value(leaked["listed"].clone()).unwrap();
+    let stored: Vec<String> = serde_json::from_value(leaked["stored"].clone()).unwrap();
+    let page = leaked["page"].as_str().unwrap_or_default();
+    assert!(!listed.contains(&"secret plans".to_owned()), "{listed:?}");
+    assert!(!stored.contains(&"secret plans".to_owned()), "{stored:?}");
+    for secret in ["the plan: meet at noon", "still just us two", markup] {
+        assert!(!page.contains(secret), "carol's page shows {secret:?}");
+    }
+    // Carol's member count for the lobby counts all three people across the nodes.
+    carol
+        .wait_js(
+            T,
+            "three people in the lobby",
+            "const li = document.querySelector('#room-list li[data-room=\"lobby\"] .room-count'); \
+             return li && li.textContent === '3';",
+            vec![],
+        )
+        .await;
+
+    // The status bar of every tab names its node and transport.
+    for browser in [&alice, &bob, &carol] {
+        let node = status(browser, "#status-node").await;
+        assert!(
+            NODES.contains(&node.as_str()),
+            "{}: {node}",
+            browser.label()
+        );
+        assert_eq!(status(browser, "#status-transport").await, "websocket");
+    }
+
+    // Back in the private room for the pictures; Bob's at phone width.
+    bob.click("#room-list li[data-room='secret plans'] button")
+        .await;
+    bob.wait_text(T, "#room-title", "secret plans").await;
+    wait_message(&bob, "bob", markup).await;
+    screenshot(&alice, "alice-private-room").await;
+    screenshot(&carol, "carol-lobby").await;
+    bob.client().set_window_size(390, 844).await.unwrap();
+    bob.wait_js(
+        T,
+        "the phone layout",
+        "return getComputedStyle(document.getElementById('toggle-rooms')).display !== 'none';",
+        vec![],
+    )
+    .await;
+    let wide = bob
+        .js(
+            "return document.documentElement.scrollWidth <= window.innerWidth;",
+            vec![],
+        )
+        .await;
+    assert_eq!(
+        wide,
+        json!(true),
+        "the page scrolls sideways at phone width"
+    );
+    screenshot(&bob, "bob-phone").await;
+    bob.click("#toggle-rooms").await;
+    screenshot(&bob, "bob-phone-rooms").await;
+
+    for browser in [alice, bob, carol] {
+        close_clean(browser).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_falls_back_to_long_polling_and_still_chats() {
+    let stack = Stack::start();
+    let driver = Chromedriver::start();
+
+    // `?transport=polling` forces what a client gets when WebSockets are blocked.
+    let dora = open_chat(&driver, &stack, "dora", "?transport=polling").await;
+    let erin = open_chat(&driver, &stack, "erin", "").await;
+    assert_eq!(status(&dora, "#status-transport").await, "polling");
+    assert_eq!(status(&erin, "#status-transport").await, "websocket");
+    let node: Value = dora
+        .js("return window.switchyard.client.transport;", vec![])
+        .await;
+    assert_eq!(node, json!("polling"));
+
+    send(&dora, "over long-polling").await;
+    wait_message(&erin, "dora", "over long-polling").await;
+    send(&erin, "over a websocket").await;
+    wait_message(&dora, "erin", "over a websocket").await;
+    // Several round trips: the polling session keeps working across requests that the
+    // proxy spreads over the nodes (any node serves any request of a session).
+    for i in 0..3 {
+        let text = format!("poll {i}");
+        send(&dora, &text).await;
+        wait_message(&erin, "dora", &text).await;
+    }
+    assert_eq!(status(&dora, "#status-state").await, "connected");
+    screenshot(&dora, "dora-polling").await;
+
+    // Without the option, a browser whose WebSocket connections fail (as behind a proxy that
+    // refuses upgrades: error, then close 1006) falls back to long-polling by itself. DevTools
+    // cannot block WebSockets by URL, so the failing WebSocket is swapped in before the page's
+    // scripts run.
+    let finn = start_browser(&driver, "finn", &stack.options()).await;
+    finn.cdp(
+        "Page.addScriptToEvaluateOnNewDocument",
+        json!({ "source": FAILING_WEBSOCKET }),
+    )
+    .await;
+    finn.goto(&stack.url("")).await;
+    finn.fill("#name-input", "finn").await;
+    finn.click("#name-submit").await;
+    wait_connected(&finn).await;
+    assert_eq!(status(&finn, "#status-transport").await, "polling");
+    send(&finn, "websockets are blocked here").await;
+    wait_message(&erin, "finn", "websockets are blocked here").await;
+    send(&erin, "still reaching you").await;
+    wait_message(&finn, "erin", "still reaching you").await;
+
+    for browser in [dora, erin, finn] {
+        close_clean(browser).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tab_whose_node_dies_reconnects_to_another_and_misses_nothing() {
+    let mut stack = Stack::start();
+    let driver = Chromedriver::start();
+
+    let ((fay, _), (gus, gus_node)) = two_on_different_nodes(&driver, &stack, "fay", "gus").await;
+    send(&fay, "before the crash").await;
+    wait_message(&gus, "fay", "before the crash").await;
+
+    // Gus's node dies, and Fay writes at once, most likely before Gus is back (if not, the
+    // checks below hold all the same). His tab reconnects (backoff, through the proxy) to a
+    // live node.
+    stack.kill_node(&gus_node);
+    send(&fay, "while you were away").await;
+    let moved = gus
+        .wait_js(
+            T,
+            "gus connected to another node",
+            "const node = document.getElementById('status-node').textContent; \
+             const state = document.getElementById('status-state').textContent; \
+             return state === 'connected' && node !== arguments[0] ? node : null;",
+            vec![json!(gus_node)],
+        )
+        .await;
+    let moved = moved.as_str().unwrap().to_owned();
+    assert!(
+        NODES.contains(&moved.as_str()) && moved != gus_node,
+        "{moved}"
+    );
+
+    // The message sent around the crash reaches him exactly once (connection-state recovery
+    // replays what he missed; the page also de-duplicates by message id).
+    wait_message(&gus, "fay", "while you were away").await;
+    send(&gus, "back, on another node").await;
+    wait_message(&fay, "gus", "back, on another node").await;
+    for text in ["before the crash", "while you were away"] {
+        let copies = gus
+            .js(
+                "return [...document.querySelectorAll('#messages .msg-text')] \
+                 .filter(t => t.textContent === arguments[0]).length;",
+                vec![json!(text)],
+            )
+            .await;
+        assert_eq!(copies, json!(1), "{text:?} shown {copies} times");
+    }
+    // The server kept his session's recovery record in Redis, so another node restored it.
+    let recovered = gus
+        .js("return window.switchyard.client.recovered;", vec![])
+        .await;
+    println!("gus moved from {gus_node} to {moved}; recovered: {recovered}");
+    assert_eq!(recovered, json!(true), "the session was not recovered");
+    screenshot(&gus, "gus-after-failover").await;
+
+    for browser in [fay, gus] {
+        close_clean(browser).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_name_is_explained_and_the_identity_survives_a_reload() {
+    // One node on its embedded store, straight over plain HTTP: the page needs no proxy.
+    let node = ChatNode::start("solo", None, &[]);
+    let driver = Chromedriver::start();
+    let page = node.url("/");
+    let hana = start_browser(&driver, "hana", &BrowserOptions::default()).await;
+    hana.goto(&page).await;
+
+    // A name with an invisible character: the server refuses the connection and says why.
+    hana.fill("#name-input", "ha\u{200b}na").await;
+    hana.click("#name-submit").await;
+    hana.wait_text(T, "#status-state", "error").await;
+    hana.wait_js(
+        T,
+        "the refusal in the nickname prompt",
+        "return !document.getElementById('name-dialog').hidden && \
+         document.getElementById('name-error').textContent === \
+         'name contains invisible characters';",
+        vec![],
+    )
+    .await;
+
+    hana.fill("#name-input", "  hana  ").await;
+    hana.click("#name-submit").await;
+    assert_eq!(wait_connected(&hana).await, "solo");
+    hana.wait_text(T, "#status-name", "hana").await;
+    let identity = "return [window.switchyard.state.user, \
+                    localStorage.getItem('switchyard.token')];";
+    let before = hana.js(identity, vec![]).await;
+    assert!(before[0].is_string() && before[1].is_string(), "{before}");
+    send(&hana, "remember me").await;
+
+    // A reload connects at once with the remembered name and token: the same user, whose
+    // message is in the lobby's history.
+    hana.goto(&page).await;
+    wait_connected(&hana).await;
+    let dialog = hana
+        .js(
+            "return document.getElementById('name-dialog').hidden;",
+            vec![],
+        )
+        .await;
+    assert_eq!(dialog, json!(true), "asked for the name again");
+    wait_message(&hana, "hana", "remember me").await;
+    let after = hana
+        .wait_js(
+            T,
+            "the user id from the welcome",
+            &format!("const v = (() => {{ {identity} }})(); return v[0] ? v : null;"),
+            vec![],
+        )
+        .await;
+    assert_eq!(before, after, "a new identity after the reload");
+    let mine = hana
+        .js(
+            "return document.querySelector('#messages li.message.mine .msg-text')?.textContent;",
+            vec![],
+        )
+        .await;
+    assert_eq!(mine, json!("remember me"), "own messages are marked");
+
+    // The browser enforces the page's CSP: injected inline code and styles are refused, and
+    // reported (so the recorder behind `close_clean` would notice any from the page itself).
+    let ran = hana
+        .js(
+            "window.__ran = false; \
+             const s = document.createElement('script'); \
+             s.textContent = 'window.__ran = true'; \
+             document.body.append(s); \
+             document.body.setAttribute('style', 'background: red'); \
+             return window.__ran;",
+            vec![],
+        )
+        .await;
+    assert_eq!(ran, json!(false), "an inline script ran");
+    hana.wait_js(
+        T,
+        "both violations reported",
+        "const p = window.__problems.join('\\n'); \
+         if (!p.includes('csp: script-src') || !p.includes('csp: style-src')) return null; \
+         window.__problems.length = 0; return true;",
+        vec![],
+    )
+    .await;
+    close_clean(hana).await;
+}
+
+#[test]
+fn the_page_socketio_client_passes_its_unit_tests() {
+    let suite = Path::new(env!("CARGO_MANIFEST_DIR")).join("../chat-node/web/sio.test.mjs");
+    let mut node = Command::new("node");
+    node.args(["--test", "--test-reporter=spec"])
+        .arg(&suite)
+        .env("NO_COLOR", "1");
+    run_with_timeout(node, Duration::from_secs(60)).assert_passed("sio.js unit tests");
+}
