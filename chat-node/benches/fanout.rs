@@ -15,6 +15,7 @@ use futures::{SinkExt as _, StreamExt as _};
 use serde_json::{json, Map, Value};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
 const CLIENTS: usize = 1000;
@@ -47,7 +48,13 @@ async fn setup() -> (Node, mpsc::UnboundedReceiver<()>) {
     for _ in 0..CLIENTS {
         let (url, tx, ready_tx) = (url.clone(), tx.clone(), ready_tx.clone());
         tokio::spawn(async move {
-            let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+            // Small client buffers: tungstenite's 128 KiB default would have the clients,
+            // which share the machine with the node, spend their time zeroing buffers.
+            let config = WebSocketConfig::default().read_buffer_size(4096);
+            let (mut ws, _) =
+                tokio_tungstenite::connect_async_with_config(&url, Some(config), false)
+                    .await
+                    .unwrap();
             ws.next().await.unwrap().unwrap(); // open
             ws.send(Message::Text("40/bench,".into())).await.unwrap();
             while let Some(Ok(frame)) = ws.next().await {

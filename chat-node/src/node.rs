@@ -14,6 +14,7 @@ use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt as _;
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -292,6 +293,7 @@ impl Node {
     {
         let (fired_tx, fired_rx) = oneshot::channel::<()>();
         let node = self.clone();
+        let listener = listener.tap_io(crate::engineio::server::no_delay);
         let server = axum::serve(listener, self.router()).with_graceful_shutdown(async move {
             shutdown.await;
             tracing::info!(node = %node.config.node_id, "shutting down");

@@ -16,6 +16,7 @@ use axum::extract::{FromRequestParts as _, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
+use axum::serve::ListenerExt as _;
 use axum::Router;
 use bytes::Bytes;
 use parking_lot::RwLock;
@@ -183,7 +184,7 @@ impl EngineIo {
     {
         let router = self.router();
         let engine = self.clone();
-        axum::serve(listener, router)
+        axum::serve(listener.tap_io(no_delay), router)
             .with_graceful_shutdown(async move {
                 shutdown.await;
                 engine.close_all(CloseReason::ServerShutdown);
@@ -342,6 +343,14 @@ impl EngineIo {
             .max_frame_size(max)
             .read_buffer_size(WS_READ_BUFFER)
             .write_buffer_size(0)
+    }
+}
+
+/// Turns Nagle's algorithm off on an accepted connection: small frames written one after
+/// the other (events, acks, polling replies) must not wait for the client's delayed ACK.
+pub fn no_delay(stream: &mut tokio::net::TcpStream) {
+    if let Err(error) = stream.set_nodelay(true) {
+        tracing::debug!(%error, "TCP_NODELAY not set");
     }
 }
 
