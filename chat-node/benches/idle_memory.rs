@@ -1,10 +1,13 @@
 //! A chat node's memory per idle connected client: the slope of the node's resident memory
 //! over 1k, 2k, 4k, 6k and 8k connected Socket.IO clients (WebSocket, namespace `/` of the
 //! chat, each in `lobby`), read from `/proc/<pid>/status` once the node has settled.
-//! The node is the real `chat-node` binary on the embedded bus; the clients live in this
-//! process and answer pings, so they stay connected and "idle" (they send nothing else).
+//! The node is the real `chat-node` binary, measured twice: on the embedded bus and store
+//! (the users, memberships and presence then live in the node too), and on a private
+//! `redis-server` when one is installed (the cluster set-up: they live in Redis). The
+//! clients live in this process and answer pings, so they stay connected and "idle" (they
+//! send nothing else).
 //!
-//! `cargo bench -p chat-node --bench idle_memory` (Linux; about a minute)
+//! `cargo bench -p chat-node --bench idle_memory` (Linux; about two minutes)
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -74,10 +77,59 @@ async fn open_client(url: String, id: usize, ready: mpsc::UnboundedSender<()>) {
     }
 }
 
+/// A private `redis-server` on a free port, without persistence; `None` when not installed.
+fn redis_server() -> Option<(std::process::Child, String)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .ok()?
+        .local_addr()
+        .ok()?
+        .port();
+    let child = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Some((child, format!("redis://127.0.0.1:{port}")))
+}
+
 fn main() {
+    measure("embedded bus and store", None);
+    match redis_server() {
+        Some((mut redis, url)) => {
+            measure("on redis-server", Some(&url));
+            let _ = redis.kill();
+            let _ = redis.wait();
+        }
+        None => println!("redis-server not installed: the Redis-backed measurement is skipped"),
+    }
+}
+
+fn measure(what: &str, redis: Option<&str>) {
+    println!("== chat-node, {what}");
     let bin = env!("CARGO_BIN_EXE_chat-node");
-    let mut node = Command::new(bin)
-        .args(["--listen", "127.0.0.1:0", "--node-id", "mem"])
+    let mut command = Command::new(bin);
+    command.args(["--listen", "127.0.0.1:0", "--node-id", "mem"]);
+    if let Some(url) = redis {
+        command.args(["--redis", url]);
+    }
+    let mut node = command
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -129,7 +181,7 @@ fn main() {
         points
     });
     let per_client = slope(&points);
-    println!("memory per idle client (slope over {STEPS:?}): {per_client:.2} KiB");
+    println!("memory per idle client, {what} (slope over {STEPS:?}): {per_client:.2} KiB");
     let _ = node.kill();
     let _ = node.wait();
 }
