@@ -74,6 +74,21 @@ impl MemoryBus {
     }
 }
 
+/// Applies `change` to `topic` now when no publisher holds it, else as soon as the
+/// publisher lets go (from a task: the callers are synchronous).
+fn update(topic: Arc<tokio::sync::Mutex<Topic>>, change: impl FnOnce(&mut Topic) + Send + 'static) {
+    let pending = match topic.try_lock() {
+        Ok(mut locked) => {
+            change(&mut locked);
+            None
+        }
+        Err(_) => Some(change),
+    };
+    if let Some(change) = pending {
+        tokio::spawn(async move { change(&mut *topic.lock().await) });
+    }
+}
+
 #[async_trait]
 impl Bus for MemoryBus {
     async fn publish(&self, topic: &str, entry: Bytes) -> Result<(), BusError> {
@@ -116,19 +131,8 @@ impl Bus for MemoryBus {
 
     fn subscribe(&self, topic: &str) -> mpsc::Receiver<BusEntry> {
         let (tx, rx) = mpsc::channel(SUBSCRIBER_CAPACITY);
-        let topic = self.topic(topic);
-        // Subscribing is synchronous: wait for a publisher that holds the topic (it never
-        // holds it for long, but may be mid-send).
-        let waiting = match topic.try_lock() {
-            Ok(mut locked) => {
-                locked.subscribers.push(tx);
-                None
-            }
-            Err(_) => Some(tx),
-        };
-        if let Some(tx) = waiting {
-            tokio::spawn(async move { topic.lock().await.subscribers.push(tx) });
-        }
+        // Subscribing is synchronous: a publisher may hold the topic (never for long).
+        update(self.topic(topic), move |topic| topic.subscribers.push(tx));
         rx
     }
 
@@ -171,17 +175,9 @@ impl Bus for MemoryBus {
     }
 
     fn retain(&self, topic: &str, window: Duration) {
-        let topic = self.topic(topic);
-        let done = match topic.try_lock() {
-            Ok(mut locked) => {
-                locked.retention = Some(window);
-                true
-            }
-            Err(_) => false,
-        };
-        if !done {
-            tokio::spawn(async move { topic.lock().await.retention = Some(window) });
-        }
+        update(self.topic(topic), move |topic| {
+            topic.retention = Some(window)
+        });
     }
 
     fn session_store(&self) -> Arc<dyn SessionStore> {
