@@ -24,13 +24,19 @@ pub enum Command {
         #[arg(long, value_delimiter = ',', default_value = "5000")]
         rates: Vec<u64>,
     },
-    /// WebSocket round-trip latency and message throughput.
+    /// WebSocket message throughput (closed loop) and round-trip latency at fixed message
+    /// rates (open loop).
     WsEcho {
         #[command(flatten)]
         common: Common,
         /// Bytes per message.
         #[arg(long, default_value_t = 32)]
         size: usize,
+        /// Open-loop rates (messages/s over all sockets, comma separated) measured after the
+        /// closed loop.
+        #[arg(long, value_delimiter = ',', default_value = "5000",
+              value_parser = clap::value_parser!(u64).range(1..))]
+        rates: Vec<u64>,
     },
     /// Idle WebSockets opened in steps: proxy memory per connection (RSS slope) and spread.
     WsHold {

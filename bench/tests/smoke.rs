@@ -193,9 +193,15 @@ fn ws_echo() {
     let v = run(
         "ws-echo",
         &targets(&["least_conn"], "least_conn", true),
-        &["--duration", "1s", "--connections", "4"],
+        &["--duration", "1s", "--connections", "4", "--rates", "200"],
     );
     assert!(has_chart(&v, "latency.svg"));
+    assert!(
+        v["targets"][1]["metrics"]["open200_p99_added_ms"]
+            .as_f64()
+            .is_some(),
+        "no open loop"
+    );
 }
 
 #[test]

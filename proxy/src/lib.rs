@@ -9,6 +9,8 @@
 //! - [`health`]: active health checks (passive ones live with the backend state).
 //! - [`tunnel`]: the WebSocket upgrade handshake and a byte relay that holds no buffer while
 //!   idle.
+//! - [`h1`]: our own HTTP/1.1 request path, which serves plain requests without pingora's
+//!   per-request machinery and hands everything else to [`proxy`].
 //! - [`proxy`]: the pingora `ProxyHttp` implementation tying it together.
 //! - [`limits`]: per-client-IP concurrency and rate limits.
 //! - [`admin`]: metrics, status and the token-protected admin API.
@@ -20,6 +22,7 @@ pub mod access_log;
 pub mod admin;
 pub mod balance;
 pub mod config;
+pub mod h1;
 pub mod health;
 pub mod limits;
 pub mod proxy;

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use async_trait::async_trait;
+use bytes::BytesMut;
 use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream};
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::protocols::http::ServerSession;
@@ -20,21 +21,98 @@ use pingora::services::listening::Service;
 
 use crate::admin::AdminApp;
 use crate::config::Config;
+use crate::h1::{Outcome, H1};
 use crate::health::HealthChecker;
-use crate::proxy::EdgeProxy;
+use crate::proxy::{EdgeProxy, KeptAlive};
 use crate::state::Shared;
 use crate::tls;
 
-/// Wraps pingora's HTTP proxy app to apply our header read timeout before the request head
-/// is read (pingora's default is a fixed 60 s), the slowloris guard.
+/// The proxy service: HTTP/1.1 requests go to our own path ([`H1`]), which hands the ones
+/// it does not take, and HTTP/2, to pingora's proxy. pingora's path gets our header read
+/// timeout before the request head is read (its default is a fixed 60 s), the slowloris
+/// guard.
 struct Edge {
     inner: Arc<HttpProxy<EdgeProxy>>,
+    h1: H1,
+    /// `server.http1 = "native"`, fixed at start (the listeners' app is built once).
+    native_h1: bool,
     shared: Arc<Shared>,
 }
 
 #[async_trait]
 impl HttpServerApp for Edge {
     async fn process_new_http(
+        self: &Arc<Self>,
+        session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        let session = match session {
+            // A connection pingora served with pipelining on may hold bytes of this request
+            // inside the session, out of our reach: it stays with pingora.
+            ServerSession::H1(mut h1) if self.native_h1 && !h1.pipelining_enabled() => {
+                let reused = h1.take_connection_user_context().is_some();
+                match self.h1.serve(h1.into_inner(), reused, shutdown).await {
+                    Outcome::Closed => return None,
+                    Outcome::Handoff {
+                        stream,
+                        prefix,
+                        reused,
+                    } => self.handoff(stream, prefix, reused),
+                }
+            }
+            other => other,
+        };
+        self.pingora_request(session, shutdown).await
+    }
+
+    fn h2_options(&self) -> Option<pingora::protocols::http::v2::server::H2Options> {
+        self.inner.h2_options()
+    }
+
+    fn server_options(&self) -> Option<&HttpServerOptions> {
+        self.inner.server_options()
+    }
+
+    async fn http_cleanup(&self) {
+        self.inner.http_cleanup().await
+    }
+}
+
+impl Edge {
+    /// A pingora session for a request our path did not take, starting from the bytes
+    /// already read of it.
+    fn handoff(
+        &self,
+        stream: pingora::protocols::Stream,
+        prefix: BytesMut,
+        reused: bool,
+    ) -> ServerSession {
+        let mut session = ServerSession::new_http1(stream);
+        if !prefix.is_empty() {
+            session.set_pipelined_prefix(prefix);
+        }
+        // Requests the client pipelined behind this one are then kept for the next session
+        // (with pipelining off, pingora closes a connection that read past its request).
+        session.set_pipelining_enabled(true);
+        if reused {
+            let keepalive = self
+                .shared
+                .runtime
+                .load()
+                .config
+                .timeouts
+                .downstream_keepalive;
+            session.set_keepalive(Some(keepalive.as_secs().max(1)));
+            session.set_connection_user_context(Some(Box::new(KeptAlive)));
+        } else {
+            // pingora's own default for a new connection.
+            session.set_keepalive(Some(60));
+        }
+        session
+    }
+
+    /// Runs one request through pingora's proxy, under the header read deadline.
+    async fn pingora_request(
         self: &Arc<Self>,
         mut session: ServerSession,
         shutdown: &ShutdownWatch,
@@ -89,18 +167,6 @@ impl HttpServerApp for Edge {
                 None
             }
         }
-    }
-
-    fn h2_options(&self) -> Option<pingora::protocols::http::v2::server::H2Options> {
-        self.inner.h2_options()
-    }
-
-    fn server_options(&self) -> Option<&HttpServerOptions> {
-        self.inner.server_options()
-    }
-
-    async fn http_cleanup(&self) {
-        self.inner.http_cleanup().await
     }
 }
 
@@ -218,6 +284,7 @@ pub fn run(config: Config) -> Result<()> {
     server.bootstrap();
 
     let threads = config.server.threads.max(1);
+    let native_h1 = config.server.http1 == crate::config::Http1Path::Native;
     let admin = config.admin.clone();
     let listeners = config.listeners.clone();
     let shared = Arc::new(Shared::new(config)?);
@@ -226,6 +293,8 @@ pub fn run(config: Config) -> Result<()> {
     proxy.handle_init_modules();
     let edge = Edge {
         inner: Arc::new(proxy),
+        h1: H1::new(shared.clone()),
+        native_h1,
         shared: shared.clone(),
     };
     let mut service = Service::new("switchyard proxy".to_string(), edge);

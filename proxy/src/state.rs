@@ -100,7 +100,7 @@ pub struct Shared {
 pub struct ReloadReport {
     pub upstreams: usize,
     pub routes: usize,
-    /// Settings that only take effect after a restart (listeners, admin, threads).
+    /// Settings that only take effect after a restart (listeners, admin, threads, http1).
     pub needs_restart: Vec<String>,
 }
 
@@ -147,6 +147,9 @@ impl Shared {
         }
         if new_config.server.threads != old.config.server.threads {
             needs_restart.push("server.threads".to_string());
+        }
+        if new_config.server.http1 != old.config.server.http1 {
+            needs_restart.push("server.http1".to_string());
         }
         let runtime = Runtime::build(new_config, &self.registry, &self.metrics);
         let report = ReloadReport {

@@ -1,22 +1,26 @@
-//! WebSocket clients: echo round trips through tokio-tungstenite, and idle "held" sockets
-//! with a minimal hand-written handshake so that ten thousand of them cost the client little.
+//! WebSocket clients: echo round trips through tokio-tungstenite (closed loop, or open loop
+//! at a fixed message rate), and idle "held" sockets with a minimal hand-written handshake
+//! so that ten thousand of them cost the client little.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::{SinkExt as _, StreamExt as _};
+use futures::{SinkExt as _, Stream, StreamExt as _};
 use hdrhistogram::Histogram;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use super::{backend_index, connect_from};
 use crate::stats::histogram;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an open-loop socket waits for an echo before counting the rest as lost.
+const ECHO_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// An open WebSocket that nobody reads, and the backend that greeted it.
 pub struct Held {
@@ -103,61 +107,101 @@ pub async fn hold_many(
     (results.into_iter().flatten().collect(), failed)
 }
 
+/// What an echo run sends.
+#[derive(Debug, Clone)]
+pub struct EchoLoad {
+    pub addr: SocketAddr,
+    pub connections: usize,
+    pub duration: Duration,
+    /// Bytes per message.
+    pub size: usize,
+    /// Messages/s over all sockets; None: closed loop (one message in flight per socket).
+    pub rate: Option<u64>,
+}
+
 /// Result of an echo run.
 pub struct EchoOutcome {
     pub latency: Histogram<u64>,
+    /// Echoes received.
     pub messages: u64,
+    /// Sockets that did not open or broke.
     pub errors: u64,
+    /// Messages sent whose echo never came (open loop).
+    pub lost: u64,
     pub per_backend: Vec<u64>,
     pub elapsed: Duration,
 }
 
-/// `connections` sockets each send a message and wait for its echo, for `duration`.
-pub async fn echo(
-    addr: SocketAddr,
-    connections: usize,
-    duration: Duration,
-    size: usize,
-    ids: Arc<Vec<String>>,
-) -> EchoOutcome {
+/// What one socket did.
+struct SocketEcho {
+    latency: Histogram<u64>,
+    echoed: u64,
+    lost: u64,
+    backend: Option<usize>,
+    broken: bool,
+}
+
+/// Runs the echo load: in closed loop each socket sends, waits for the echo and sends again
+/// until the duration is over; in open loop each socket sends on a fixed schedule.
+pub async fn echo(load: EchoLoad, ids: Arc<Vec<String>>) -> EchoOutcome {
+    let n = load.connections.max(1);
+    let interval = load
+        .rate
+        .filter(|r| *r > 0)
+        .map(|r| Duration::from_secs_f64(n as f64 / r as f64));
     let start = Instant::now();
-    let deadline = start + duration;
-    let tasks: Vec<_> = (0..connections)
+    let tasks: Vec<_> = (0..n)
         .map(|i| {
             let ids = ids.clone();
-            tokio::spawn(async move { echo_client(i, addr, deadline, size, &ids).await })
+            let load = load.clone();
+            tokio::spawn(async move {
+                match interval {
+                    // Staggered so the sockets do not fire in lockstep.
+                    Some(iv) => {
+                        let offset = iv.mul_f64(i as f64 / n as f64);
+                        paced_client(i, &load, offset, iv, &ids).await
+                    }
+                    None => echo_client(i, &load, start + load.duration, &ids).await,
+                }
+            })
         })
         .collect();
     let mut out = EchoOutcome {
         latency: histogram(),
         messages: 0,
         errors: 0,
+        lost: 0,
         per_backend: vec![0; ids.len()],
         elapsed: Duration::ZERO,
     };
     for t in tasks {
         match t.await {
-            Ok(Some((h, n, backend))) => {
-                let _ = out.latency.add(&h);
-                out.messages += n;
-                if let Some(k) = backend {
+            Ok(Some(s)) => {
+                let _ = out.latency.add(&s.latency);
+                out.messages += s.echoed;
+                out.lost += s.lost;
+                out.errors += u64::from(s.broken);
+                if let Some(k) = s.backend {
                     out.per_backend[k] += 1;
                 }
             }
             _ => out.errors += 1,
         }
     }
-    out.elapsed = start.elapsed();
+    // Open loop: every socket sends for exactly `duration` once it is open.
+    out.elapsed = match interval {
+        Some(_) => load.duration,
+        None => start.elapsed(),
+    };
     out
 }
 
-async fn echo_client(
+/// Opens client `i`'s echo socket and reads the greeting: the socket and its backend.
+async fn open(
     i: usize,
     addr: SocketAddr,
-    deadline: Instant,
-    size: usize,
     ids: &[String],
-) -> Option<(Histogram<u64>, u64, Option<usize>)> {
+) -> Option<(WebSocketStream<TcpStream>, Option<usize>)> {
     let stream = connect_from(i, addr).await.ok()?;
     let mut config = WebSocketConfig::default();
     config.read_buffer_size = 16 * 1024;
@@ -169,26 +213,118 @@ async fn echo_client(
     .ok()?
     .ok()?;
     let backend = greeting(&mut ws, ids).await;
-    let payload = "x".repeat(size);
-    let mut h = histogram();
-    let mut n = 0u64;
+    Some((ws, backend))
+}
+
+/// Waits for the next data frame, skipping control frames; None on a timeout, close or error.
+async fn next_echo<S>(stream: &mut S, wait: Duration) -> Option<()>
+where
+    S: Stream<Item = Result<Message, WsError>> + Unpin,
+{
+    loop {
+        let msg = tokio::time::timeout(wait, stream.next())
+            .await
+            .ok()??
+            .ok()?;
+        if msg.is_text() || msg.is_binary() {
+            return Some(());
+        }
+    }
+}
+
+fn record(h: &mut Histogram<u64>, since: Instant) {
+    let _ = h.record((since.elapsed().as_micros() as u64).max(1));
+}
+
+async fn echo_client(
+    i: usize,
+    load: &EchoLoad,
+    deadline: Instant,
+    ids: &[String],
+) -> Option<SocketEcho> {
+    let (mut ws, backend) = open(i, load.addr, ids).await?;
+    let payload = "x".repeat(load.size);
+    let mut latency = histogram();
+    let mut echoed = 0u64;
     while Instant::now() < deadline {
         let t = Instant::now();
         ws.send(Message::text(payload.clone())).await.ok()?;
-        loop {
-            let msg = tokio::time::timeout(HANDSHAKE_TIMEOUT, ws.next())
-                .await
-                .ok()??
-                .ok()?;
-            if msg.is_text() || msg.is_binary() {
-                break;
-            }
-        }
-        let _ = h.record((t.elapsed().as_micros() as u64).max(1));
-        n += 1;
+        next_echo(&mut ws, HANDSHAKE_TIMEOUT).await?;
+        record(&mut latency, t);
+        echoed += 1;
     }
     let _ = ws.close(None).await;
-    Some((h, n, backend))
+    Some(SocketEcho {
+        latency,
+        echoed,
+        lost: 0,
+        backend,
+        broken: false,
+    })
+}
+
+/// Open loop: a message leaves every `interval` whether or not the earlier echoes came back
+/// (several may be in flight), and echoes are matched to sends in order, as the backend
+/// answers them in order.
+async fn paced_client(
+    i: usize,
+    load: &EchoLoad,
+    offset: Duration,
+    interval: Duration,
+    ids: &[String],
+) -> Option<SocketEcho> {
+    let (ws, backend) = open(i, load.addr, ids).await?;
+    let payload = "x".repeat(load.size);
+    let (mut sink, mut stream) = ws.split();
+    let (origins_tx, mut origins) = mpsc::unbounded_channel::<Instant>();
+    let first = Instant::now() + offset;
+    let deadline = first + load.duration;
+    let send = async move {
+        let mut due = first;
+        let mut free_at = first;
+        let mut sent = 0u64;
+        let mut ok = true;
+        while due < deadline {
+            tokio::time::sleep_until(due.into()).await;
+            // The clock starts when the message was due if the previous send was still
+            // blocked then (the target not reading: its delay, coordinated omission); else
+            // now, since the timer's own lateness (up to a millisecond) is the client's.
+            let origin = if free_at > due { due } else { Instant::now() };
+            if origins_tx.send(origin).is_err() {
+                break; // the reader gave up
+            }
+            if sink.send(Message::text(payload.clone())).await.is_err() {
+                ok = false;
+                break;
+            }
+            sent += 1;
+            free_at = Instant::now();
+            due += interval;
+        }
+        drop(origins_tx);
+        let _ = sink.close().await;
+        (sent, ok)
+    };
+    let receive = async move {
+        let mut latency = histogram();
+        let mut echoed = 0u64;
+        while let Some(origin) = origins.recv().await {
+            if next_echo(&mut stream, ECHO_TIMEOUT).await.is_none() {
+                return (latency, echoed, false);
+            }
+            record(&mut latency, origin);
+            echoed += 1;
+        }
+        (latency, echoed, true)
+    };
+    let ((sent, sent_ok), (latency, echoed, received_ok)) = tokio::join!(send, receive);
+    Some(SocketEcho {
+        latency,
+        echoed,
+        lost: sent.saturating_sub(echoed),
+        backend,
+        broken: !(sent_ok && received_ok),
+    })
 }
 
 async fn greeting(ws: &mut WebSocketStream<TcpStream>, ids: &[String]) -> Option<usize> {
@@ -199,4 +335,79 @@ async fn greeting(ws: &mut WebSocketStream<TcpStream>, ids: &[String]) -> Option
     let text = msg.into_text().ok()?;
     let id = text.strip_prefix("hello ")?;
     backend_index(ids, id.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// A WebSocket server on a free port that greets with `hello b1` and echoes the first
+    /// `limit` messages of each socket, then closes it.
+    async fn echo_server(limit: usize) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                        return;
+                    };
+                    let _ = ws.send(Message::text("hello b1")).await;
+                    let mut echoed = 0;
+                    while echoed < limit {
+                        match ws.next().await {
+                            Some(Ok(m)) if m.is_text() => {
+                                let _ = ws.send(m).await;
+                                echoed += 1;
+                            }
+                            Some(Ok(_)) => {}
+                            _ => return,
+                        }
+                    }
+                    let _ = ws.close(None).await;
+                });
+            }
+        });
+        addr
+    }
+
+    fn load(addr: SocketAddr, rate: Option<u64>) -> EchoLoad {
+        EchoLoad {
+            addr,
+            connections: 2,
+            duration: Duration::from_millis(500),
+            size: 8,
+            rate,
+        }
+    }
+
+    #[tokio::test]
+    async fn open_loop_sends_on_schedule_and_matches_every_echo() {
+        let addr = echo_server(usize::MAX).await;
+        let ids = Arc::new(vec!["b1".to_owned()]);
+        // 200 msgs/s over 2 sockets: one every 10 ms each, 50 each in 500 ms.
+        let o = echo(load(addr, Some(200)), ids).await;
+        assert_eq!((o.messages, o.lost, o.errors), (100, 0, 0));
+        assert_eq!(o.latency.len(), 100);
+        assert_eq!(o.per_backend, vec![2]);
+    }
+
+    #[tokio::test]
+    async fn open_loop_counts_a_socket_closed_mid_run() {
+        let addr = echo_server(10).await;
+        let ids = Arc::new(vec!["b1".to_owned()]);
+        let o = echo(load(addr, Some(200)), ids).await;
+        assert_eq!((o.messages, o.errors), (20, 2));
+    }
+
+    #[tokio::test]
+    async fn closed_loop_keeps_one_message_in_flight() {
+        let addr = echo_server(usize::MAX).await;
+        let ids = Arc::new(vec!["b1".to_owned()]);
+        let o = echo(load(addr, None), ids).await;
+        assert!(o.messages > 0);
+        assert_eq!((o.lost, o.errors), (0, 0));
+        assert_eq!(o.latency.len(), o.messages);
+    }
 }

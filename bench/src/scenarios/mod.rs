@@ -312,7 +312,7 @@ fn plan(cmd: &Command) -> anyhow::Result<(Common, Plan)> {
     let n = |default: usize| common.backends.unwrap_or(default).max(1);
     let plan = match cmd {
         Command::Http { rates, .. } => http::plan(&common, rates, n(3)),
-        Command::WsEcho { size, .. } => ws_echo::plan(&common, *size, n(3)),
+        Command::WsEcho { size, rates, .. } => ws_echo::plan(&common, *size, rates, n(3)),
         Command::WsHold { steps, .. } => ws_hold::plan(steps, n(3)),
         Command::Hetero { rate, slow, .. } => hetero::plan(&common, *rate, *slow, n(3)),
         Command::Recover { batch, wait, .. } => recover::plan(*batch, *wait, n(3)),
@@ -337,7 +337,9 @@ async fn measure(
 ) -> anyhow::Result<RunResult> {
     match cmd {
         Command::Http { rates, .. } => http::measure(common, rates, running, backends).await,
-        Command::WsEcho { size, .. } => ws_echo::measure(common, *size, running, backends).await,
+        Command::WsEcho { size, rates, .. } => {
+            ws_echo::measure(common, *size, rates, running, backends).await
+        }
         Command::WsHold { steps, .. } => ws_hold::measure(steps, running, backends).await,
         Command::Hetero { rate, .. } => hetero::measure(common, *rate, running, backends).await,
         Command::Recover { batch, wait, .. } => {
@@ -362,9 +364,9 @@ async fn measure(
 fn checks(cmd: &Command, reports: &mut [TargetReport]) -> Vec<Check> {
     match cmd {
         Command::Http { .. } => http::checks(reports),
-        Command::WsEcho { .. } => {
+        Command::WsEcho { rates, .. } => {
             ws_echo::add_overhead(reports);
-            ws_echo::checks(reports)
+            ws_echo::checks(reports, rates)
         }
         Command::WsHold { .. } => ws_hold::checks(reports),
         Command::Hetero { .. } => hetero::checks(reports),

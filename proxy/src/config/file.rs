@@ -43,6 +43,8 @@ pub(super) struct ServerFile {
     pub threads: Option<usize>,
     /// Time in-flight requests get to finish on SIGTERM. Default 5s.
     pub grace_period: HumanDuration,
+    /// Which code serves plain HTTP/1.1 requests. Default "native".
+    pub http1: super::Http1Path,
 }
 
 impl Default for ServerFile {
@@ -50,6 +52,7 @@ impl Default for ServerFile {
         Self {
             threads: None,
             grace_period: HumanDuration::secs(5),
+            http1: super::Http1Path::Native,
         }
     }
 }

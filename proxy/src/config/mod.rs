@@ -96,6 +96,18 @@ pub struct ServerConfig {
     pub threads: usize,
     /// How long a stopping proxy lets in-flight requests finish.
     pub grace_period: Duration,
+    pub http1: Http1Path,
+}
+
+/// `server.http1`: which code serves plain HTTP/1.1 requests (see `crate::h1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Http1Path {
+    /// Our own request path; requests it does not take still go to pingora's.
+    #[default]
+    Native,
+    /// pingora's proxy for every request (the escape hatch, and a baseline to compare).
+    Pingora,
 }
 
 /// `[admin]`.

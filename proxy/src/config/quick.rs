@@ -255,6 +255,7 @@ pub(super) fn resolve(q: &QuickOptions, env: Env<'_>) -> Result<Config, ConfigEr
         server: ServerConfig {
             threads,
             grace_period: std::time::Duration::from_secs(5),
+            http1: super::Http1Path::Native,
         },
         admin,
         access_log: AccessLogConfig::default(),

@@ -55,6 +55,7 @@ pub(super) fn resolve(f: FileConfig, env: Env<'_>, out: &mut Resolved) -> Config
         ServerConfig {
             threads,
             grace_period: f.server.grace_period.0,
+            http1: f.server.http1,
         }
     };
 

@@ -23,10 +23,14 @@ impl Config {
         }
         writeln!(
             s,
-            "server: {} worker thread{}, grace period {}",
+            "server: {} worker thread{}, grace period {}, HTTP/1 path {}",
             self.server.threads,
             plural(self.server.threads),
-            fmt_duration(self.server.grace_period)
+            fmt_duration(self.server.grace_period),
+            match self.server.http1 {
+                super::Http1Path::Native => "native",
+                super::Http1Path::Pingora => "pingora",
+            }
         )?;
 
         writeln!(s, "listeners:")?;

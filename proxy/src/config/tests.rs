@@ -342,7 +342,7 @@ fn unknown_key() {
     let e = err(&format!("[server]\ntreads = 3\n{MINIMAL}"));
     assert_eq!(
         e,
-        "proxy.toml:2: server.treads: unknown key, expected `threads` or `grace_period`"
+        "proxy.toml:2: server.treads: unknown key, expected one of `threads`, `grace_period`, `http1`"
     );
     let e = err(&format!(
         "{MINIMAL}[upstreams.app.health]\nkind = \"tcp\"\nrize = 3\n"

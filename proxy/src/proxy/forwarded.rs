@@ -1,25 +1,35 @@
 //! The client's address as the balancer sees it, and the X-Forwarded-* headers added to
 //! every request sent upstream.
 
-use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use http::{HeaderMap, HeaderValue};
 use ipnet::IpNet;
 
+/// The values of every X-Forwarded-For field of a request, in order.
+pub fn xff_values(headers: &HeaderMap) -> impl Iterator<Item = &str> + '_ {
+    headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+}
+
 /// The client address for balancing: the TCP peer, or, when the peer is a trusted proxy, the
 /// right-most address of X-Forwarded-For that is not itself trusted (the standard walk: the
-/// left part of the header is client-controlled and cannot be believed).
-pub fn client_ip(peer: Option<IpAddr>, headers: &HeaderMap, trusted: &[IpNet]) -> Option<IpAddr> {
+/// left part of the header is client-controlled and cannot be believed). `xff` yields the
+/// request's X-Forwarded-For field values; it is only consumed when the peer is trusted.
+pub fn client_ip<'a>(
+    peer: Option<IpAddr>,
+    xff: impl IntoIterator<Item = &'a str>,
+    trusted: &[IpNet],
+) -> Option<IpAddr> {
     let peer = peer?;
     if trusted.is_empty() || !trusted.iter().any(|n| n.contains(&peer)) {
         return Some(peer);
     }
     let mut candidate = peer;
-    let hops = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
+    let hops = xff
+        .into_iter()
         .flat_map(|v| v.split(','))
         .map(str::trim)
         .collect::<Vec<_>>();
@@ -38,59 +48,77 @@ pub fn client_ip(peer: Option<IpAddr>, headers: &HeaderMap, trusted: &[IpNet]) -
     Some(candidate)
 }
 
-/// The headers to set on the upstream request (names lowercase), as header values: the
-/// request path builds each value once, with no intermediate strings.
+/// The value of one forwarded header, kept structured so that a writer can reuse text it
+/// already has (the HTTP/1 path keeps each connection's peer address as text).
+#[derive(Debug, Clone, Copy)]
+pub enum FieldValue<'a> {
+    Text(&'a str),
+    Ip(IpAddr),
+    /// An X-Forwarded-For chain received (`"a, b, "`) with our peer appended.
+    Chain(&'a str, IpAddr),
+}
+
+impl std::fmt::Display for FieldValue<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FieldValue::Text(t) => f.write_str(t),
+            FieldValue::Ip(ip) => write!(f, "{ip}"),
+            FieldValue::Chain(prior, ip) => write!(f, "{prior}{ip}"),
+        }
+    }
+}
+
+/// Produces the headers to set on the upstream request (names lowercase), calling `emit`
+/// once per header, so that each request path can write them in its own form (header
+/// values for pingora, raw bytes for the HTTP/1 path) with no intermediate copies.
+/// `prior_xff` yields the request's X-Forwarded-For field values.
+pub fn forwarded<'a>(
+    prior_xff: impl IntoIterator<Item = &'a str>,
+    peer: Option<IpAddr>,
+    real_ip: Option<IpAddr>,
+    tls: bool,
+    host: Option<&str>,
+    mut emit: impl FnMut(&'static str, FieldValue<'_>),
+) {
+    if let Some(peer) = peer {
+        let mut prior = prior_xff.into_iter().peekable();
+        if prior.peek().is_none() {
+            emit("x-forwarded-for", FieldValue::Ip(peer));
+        } else {
+            let mut chain = String::with_capacity(64);
+            for p in prior {
+                chain.push_str(p);
+                chain.push_str(", ");
+            }
+            emit("x-forwarded-for", FieldValue::Chain(&chain, peer));
+        }
+    }
+    emit(
+        "x-forwarded-proto",
+        FieldValue::Text(if tls { "https" } else { "http" }),
+    );
+    if let Some(host) = host {
+        emit("x-forwarded-host", FieldValue::Text(host));
+    }
+    if let Some(ip) = real_ip.or(peer) {
+        emit("x-real-ip", FieldValue::Ip(ip));
+    }
+}
+
+/// The headers to set on the upstream request (names lowercase), as header values.
 pub fn forwarded_header_values(
     headers: &HeaderMap,
     peer: Option<IpAddr>,
     real_ip: Option<IpAddr>,
     tls: bool,
     host: Option<&str>,
-) -> [Option<(&'static str, HeaderValue)>; 4] {
-    let mut xff = None;
-    let mut peer_value = None;
-    if let Some(peer) = peer {
-        let mut prior = headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .peekable();
-        let value = if prior.peek().is_none() {
-            let v = ip_value(peer);
-            peer_value = Some(v.clone());
-            v
-        } else {
-            let mut s = String::with_capacity(64);
-            for p in prior {
-                s.push_str(p);
-                s.push_str(", ");
-            }
-            let _ = write!(s, "{peer}");
-            // Built from visible ASCII only, so always valid.
-            HeaderValue::try_from(s).unwrap_or_else(|_| ip_value(peer))
-        };
-        xff = Some(("x-forwarded-for", value));
-    }
-    let proto = Some((
-        "x-forwarded-proto",
-        HeaderValue::from_static(if tls { "https" } else { "http" }),
-    ));
-    // The host comes from a header that was valid visible ASCII, or from the URI.
-    let host = host.and_then(|h| Some(("x-forwarded-host", HeaderValue::from_str(h).ok()?)));
-    let real = real_ip.or(peer).map(|ip| {
-        let v = match peer_value {
-            Some(v) if Some(ip) == peer => v,
-            _ => ip_value(ip),
-        };
-        ("x-real-ip", v)
-    });
-    [xff, proto, host, real]
-}
-
-fn ip_value(ip: IpAddr) -> HeaderValue {
-    let mut s = String::with_capacity(39);
-    let _ = write!(s, "{ip}");
-    HeaderValue::try_from(s).unwrap_or_else(|_| HeaderValue::from_static(""))
+) -> Vec<(&'static str, HeaderValue)> {
+    // Built from addresses and from header values that were valid already; a host taken
+    // from the URI that is not a valid value is left out rather than sent.
+    forwarded_headers(headers, peer, real_ip, tls, host)
+        .into_iter()
+        .filter_map(|(name, s)| Some((name, HeaderValue::try_from(s).ok()?)))
+        .collect()
 }
 
 /// The headers to set on the upstream request (names lowercase), as strings.
@@ -101,11 +129,18 @@ pub fn forwarded_headers(
     tls: bool,
     host: Option<&str>,
 ) -> Vec<(&'static str, String)> {
-    forwarded_header_values(headers, peer, real_ip, tls, host)
-        .into_iter()
-        .flatten()
-        .map(|(n, v)| (n, v.to_str().map(str::to_string).unwrap_or_default()))
-        .collect()
+    let mut out = Vec::with_capacity(4);
+    forwarded(
+        xff_values(headers),
+        peer,
+        real_ip,
+        tls,
+        host,
+        |name, value| {
+            out.push((name, value.to_string()));
+        },
+    );
+    out
 }
 
 #[cfg(test)]
@@ -122,18 +157,28 @@ mod tests {
     #[test]
     fn untrusted_peer_is_the_client() {
         let peer: IpAddr = "203.0.113.7".parse().unwrap();
-        assert_eq!(client_ip(Some(peer), &hm("1.2.3.4"), &[]), Some(peer));
+        assert_eq!(
+            client_ip(Some(peer), xff_values(&hm("1.2.3.4")), &[]),
+            Some(peer)
+        );
         let trusted = vec!["10.0.0.0/8".parse().unwrap()];
-        assert_eq!(client_ip(Some(peer), &hm("1.2.3.4"), &trusted), Some(peer));
+        assert_eq!(
+            client_ip(Some(peer), xff_values(&hm("1.2.3.4")), &trusted),
+            Some(peer)
+        );
     }
 
     #[test]
     fn trusted_peer_yields_rightmost_untrusted_hop() {
         let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
         let peer: IpAddr = "10.0.0.2".parse().unwrap();
-        let got = client_ip(Some(peer), &hm("6.6.6.6, 198.51.100.1, 10.0.0.9"), &trusted);
+        let got = client_ip(
+            Some(peer),
+            xff_values(&hm("6.6.6.6, 198.51.100.1, 10.0.0.9")),
+            &trusted,
+        );
         assert_eq!(got, Some("198.51.100.1".parse().unwrap()));
-        let got = client_ip(Some(peer), &hm("not-an-ip, 10.0.0.9"), &trusted);
+        let got = client_ip(Some(peer), xff_values(&hm("not-an-ip, 10.0.0.9")), &trusted);
         assert_eq!(got, Some("10.0.0.9".parse().unwrap()));
     }
 

@@ -2,11 +2,12 @@
 //! headers, passive health, sticky cookies, metrics and the access log.
 
 mod forwarded;
-mod respond;
+pub(crate) mod policy;
+pub(crate) mod respond;
 mod upgrade;
 
 use std::cell::Cell;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,12 +20,14 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
 
 use crate::access_log::{AccessLog, Entry};
-use crate::balance::{PickContext, StrategyKind};
 use crate::limits::ClientGuard;
 use crate::state::{Runtime, Shared};
 use crate::upstream::{ActiveGuard, Backend, Upstream};
 
-pub use forwarded::{client_ip, forwarded_header_values, forwarded_headers};
+pub use forwarded::{
+    client_ip, forwarded, forwarded_header_values, forwarded_headers, xff_values, FieldValue,
+};
+use policy::{Admission, RequestView};
 
 thread_local! {
     /// Set by `early_request_filter` once a request head has been read. The listener
@@ -42,10 +45,10 @@ pub(crate) fn watch_head_read<T>(poll: impl FnOnce() -> T) -> (T, bool) {
 }
 
 /// Connection-context marker: this connection has served a request before.
-struct KeptAlive;
+pub(crate) struct KeptAlive;
 
 /// How many backends one request may try when connections fail.
-const MAX_TRIES: usize = 3;
+pub(crate) const MAX_TRIES: usize = 3;
 
 /// The proxy service logic. Holds nothing per request; see [`Ctx`].
 pub struct EdgeProxy {
@@ -102,79 +105,67 @@ fn head_size(req: &RequestHeader) -> usize {
         + line
 }
 
-fn cookie_value<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
-    req.headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.trim_matches('"'))
+/// pingora's parsed request head, as the policy sees it.
+struct PingoraHead<'a>(&'a RequestHeader);
+
+impl RequestView for PingoraHead<'_> {
+    fn path_and_query(&self) -> &str {
+        self.0.uri.path_and_query().map_or("/", |p| p.as_str())
+    }
+    fn path(&self) -> &str {
+        self.0.uri.path()
+    }
+    fn host(&self) -> Option<&str> {
+        host_of(self.0)
+    }
+    fn head_size(&self) -> usize {
+        head_size(self.0)
+    }
+    fn content_length(&self) -> Option<u64> {
+        self.0
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    }
+    fn values<'s>(&'s self, name: &'static str) -> impl Iterator<Item = &'s str> + 's {
+        self.0
+            .headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+    }
 }
 
 impl EdgeProxy {
-    fn sticky_cookie_header(up: &Upstream, id: &str, tls: bool) -> Option<String> {
-        let signer = up.signer.as_ref()?;
-        let sticky = &up.config.sticky;
-        let mut c = format!(
-            "{}={}; Path=/; HttpOnly; SameSite=Lax",
-            sticky.cookie,
-            signer.sign(id)
-        );
-        if let Some(age) = sticky.max_age {
-            c.push_str(&format!("; Max-Age={}", age.as_secs()));
-        }
-        if tls {
-            c.push_str("; Secure");
-        }
-        Some(c)
-    }
-
     /// Picks a backend for this request and records it in `ctx`; None when no backend can
     /// take it.
     fn choose(&self, up: &Arc<Upstream>, ctx: &mut Ctx) -> Option<Arc<Backend>> {
-        let pctx = PickContext {
-            client_ip: ctx.client_ip,
-            sticky_id: ctx.sticky_id.as_deref(),
-        };
-        let pick = up.pick(&pctx, &ctx.tried)?;
-        if let Some(m) = up.metrics.get(pick.index) {
-            m.picks.inc();
-            m.requests.inc();
-        }
-        ctx.tried.push(pick.index);
-        if up.config.strategy == StrategyKind::StickyCookie
-            && ctx.sticky_id.as_deref() != Some(pick.backend.id.as_str())
-        {
-            ctx.set_cookie = Self::sticky_cookie_header(up, &pick.backend.id, ctx.tls);
+        let c = policy::choose(
+            up,
+            ctx.client_ip,
+            ctx.sticky_id.as_deref(),
+            &mut ctx.tried,
+            ctx.tls,
+        )?;
+        if c.set_cookie.is_some() {
+            ctx.set_cookie = c.set_cookie;
         }
         // Replacing the guard of a failed attempt releases that backend's count.
-        ctx.guard = Some(ActiveGuard::new(pick.backend.stats.clone()));
-        ctx.backend = Some(pick.backend.clone());
+        ctx.guard = Some(c.guard);
+        ctx.backend = Some(c.backend.clone());
         ctx.upstream_started = Some(Instant::now());
-        Some(pick.backend)
+        Some(c.backend)
     }
 
     /// Records a response head from the chosen backend (TTFB, metrics, passive success).
     fn observe_response(&self, ctx: &Ctx, status: u16) {
-        let (Some(up), Some(b)) = (&ctx.upstream, &ctx.backend) else {
+        let (Some(up), Some(b), Some(&index)) = (&ctx.upstream, &ctx.backend, ctx.tried.last())
+        else {
             return;
         };
         // The last index tried is the backend that answered.
-        let metrics = ctx.tried.last().and_then(|&i| up.metrics.get(i));
-        if let Some(t) = ctx.upstream_started {
-            let now = Instant::now();
-            let el = now.saturating_duration_since(t);
-            b.stats.ewma.observe_at(el, now);
-            if let Some(m) = metrics {
-                m.latency.observe(el.as_secs_f64());
-            }
-        }
-        if let Some(m) = metrics {
-            m.response(status);
-        }
-        up.report_success(b);
+        policy::observe_response(up, index, b, ctx.upstream_started, status);
     }
 
     /// Answers locally with a plain-text reason and stops the request.
@@ -228,138 +219,31 @@ impl ProxyHttp for EdgeProxy {
             session.set_keepalive(Some(cfg.timeouts.downstream_keepalive.as_secs().max(1)));
         }
 
-        // HTTP -> HTTPS redirect on listeners configured for it.
-        let any_redirect = cfg
-            .listeners
-            .iter()
-            .any(|x| x.redirect_https_port.is_some());
-        let local: Option<SocketAddr> = if any_redirect {
-            session.server_addr().and_then(|a| a.as_inet()).copied()
-        } else {
-            None
-        };
-        if let Some(port) = local.and_then(|l| {
-            cfg.listeners
-                .iter()
-                .find(|x| {
-                    x.listen == l || (x.listen.ip().is_unspecified() && x.listen.port() == l.port())
-                })
-                .and_then(|x| x.redirect_https_port)
-        }) {
-            let req = session.req_header();
-            let host = host_of(req)
-                .map(|h| h.rsplit_once(':').map_or(h, |(a, _)| a))
-                .unwrap_or("localhost");
-            let pq = req.uri.path_and_query().map_or("/", |p| p.as_str());
-            let location = if port == 443 {
-                format!("https://{host}{pq}")
-            } else {
-                format!("https://{host}:{port}{pq}")
-            };
-            ctx.local_status = Some(308);
-            respond::redirect(session, &location).await?;
-            return Ok(true);
-        }
-
-        let limits = &cfg.limits;
-        if limits
-            .max_request_header_bytes
-            .is_some_and(|max| head_size(session.req_header()) > max)
-        {
-            return self
-                .reject(
-                    session,
-                    ctx,
-                    431,
-                    "header_too_large",
-                    "request header fields too large",
-                )
-                .await;
-        }
-        if let Some(ip) = ctx.peer_ip {
-            if !self
-                .shared
-                .limits
-                .allow_request(ip, limits.requests_per_second_per_ip.unwrap_or(0))
-            {
-                return self
-                    .reject(
-                        session,
-                        ctx,
-                        429,
-                        "rate_limited",
-                        "too many requests from this address",
-                    )
-                    .await;
-            }
-            // With the limit off nothing is counted (a mutex and a map update per request
-            // otherwise). A reload that turns it on therefore does not see the requests and
-            // tunnels opened before it: they are not counted against the new limit.
-            if let Some(max) = limits.max_connections_per_ip.filter(|&m| m > 0) {
-                match self.shared.limits.acquire(ip, max) {
-                    Some(g) => ctx.client_guard = Some(g),
-                    None => {
-                        return self
-                            .reject(
-                                session,
-                                ctx,
-                                429,
-                                "too_many_connections",
-                                "too many concurrent connections from this address",
-                            )
-                            .await
-                    }
-                }
-            }
-        }
-        if let Some(max) = limits.max_request_body_bytes {
-            let declared = session
-                .req_header()
-                .headers
-                .get(http::header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok());
-            if declared.is_some_and(|n| n > max) {
-                return self
-                    .reject(
-                        session,
-                        ctx,
-                        413,
-                        "body_too_large",
-                        "request body too large",
-                    )
-                    .await;
-            }
-        }
-
-        let req = session.req_header();
-        let Some(up) = rt.route(host_of(req), req.uri.path()).cloned() else {
-            return self
-                .reject(
-                    session,
-                    ctx,
-                    404,
-                    "no_route",
-                    "no route for this host and path",
-                )
-                .await;
-        };
-        ctx.client_ip = client_ip(
+        let admission = policy::admit(
+            &self.shared,
+            &rt,
+            &PingoraHead(session.req_header()),
             ctx.peer_ip,
-            &req.headers,
-            &up.config.ip_hash.trusted_proxies,
+            || session.server_addr().and_then(|a| a.as_inet()).copied(),
         );
-        if let Some(signer) = &up.signer {
-            if let Some(value) = cookie_value(req, &up.config.sticky.cookie) {
-                match signer.verify(value) {
-                    Some(id) => ctx.sticky_id = Some(id.to_string()),
-                    None => {
-                        tracing::warn!(client = ?ctx.peer_ip, "ignoring a sticky cookie with a bad signature")
-                    }
-                }
+        match admission {
+            Admission::Redirect(location) => {
+                ctx.local_status = Some(308);
+                respond::redirect(session, &location).await?;
+                return Ok(true);
+            }
+            Admission::Reject(r) => {
+                return self
+                    .reject(session, ctx, r.status, r.reason, r.detail)
+                    .await;
+            }
+            Admission::Forward(a) => {
+                ctx.client_ip = a.client_ip;
+                ctx.sticky_id = a.sticky_id;
+                ctx.client_guard = a.client_guard;
+                ctx.upstream = Some(a.upstream);
             }
         }
-        ctx.upstream = Some(up);
 
         if session.is_upgrade_req() {
             return upgrade::handle(self, session, ctx).await;
@@ -404,10 +288,7 @@ impl ProxyHttp for EdgeProxy {
             ctx.client_ip,
             ctx.tls,
             host_of(req),
-        )
-        .into_iter()
-        .flatten()
-        {
+        ) {
             upstream_request.insert_header(name, value)?;
         }
         Ok(())

@@ -1,0 +1,201 @@
+//! Where a response body ends. Bodies are relayed as they come, never re-encoded; this only
+//! follows the framing far enough to know when the message is over, so that both
+//! connections can carry the next one.
+
+/// How a response body is delimited.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Framing {
+    /// No body (HEAD, 1xx, 204, 304, or Content-Length: 0).
+    Empty,
+    /// Content-Length: this many bytes remain.
+    Length(u64),
+    /// Transfer-Encoding: chunked, followed chunk by chunk.
+    Chunked(Chunked),
+    /// Neither: the body runs until the backend closes, and so does the client connection.
+    UntilClose,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("malformed chunked body from the backend")]
+pub struct BadChunk;
+
+impl Framing {
+    /// Takes the next `bytes` of the body: how many of them belong to it, and whether the
+    /// body is complete with them.
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<(usize, bool), BadChunk> {
+        match self {
+            Framing::Empty => Ok((0, true)),
+            Framing::Length(left) => {
+                let take = (*left).min(bytes.len() as u64);
+                *left -= take;
+                Ok((take as usize, *left == 0))
+            }
+            Framing::Chunked(c) => c.feed(bytes),
+            Framing::UntilClose => Ok((bytes.len(), false)),
+        }
+    }
+
+    /// Whether the end of the connection is what ends the body.
+    pub fn until_close(&self) -> bool {
+        matches!(self, Framing::UntilClose)
+    }
+}
+
+/// Chunk-size line limit: a size of 16 hex digits plus room for extensions.
+const MAX_LINE: usize = 4096;
+
+/// State of a chunked body scan (RFC 9112 §7.1).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Chunked {
+    state: State,
+    size: u64,
+    /// Bytes seen on the current size or trailer line.
+    line: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum State {
+    /// Hex digits of a chunk size.
+    #[default]
+    Size,
+    /// Chunk extensions or whitespace, up to the end of the size line.
+    SizeRest,
+    /// The `\n` that ends the size line.
+    SizeLf,
+    /// Chunk data, `size` bytes left.
+    Data,
+    DataCr,
+    DataLf,
+    /// The start of a trailer line (or of the final empty line).
+    TrailerStart,
+    TrailerLine,
+    /// The `\n` of the final empty line.
+    EndLf,
+    Done,
+}
+
+impl Chunked {
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<(usize, bool), BadChunk> {
+        let mut i = 0;
+        while i < bytes.len() {
+            if self.state == State::Data {
+                let take = self.size.min((bytes.len() - i) as u64) as usize;
+                i += take;
+                self.size -= take as u64;
+                if self.size == 0 {
+                    self.state = State::DataCr;
+                }
+                continue;
+            }
+            let b = bytes[i];
+            i += 1;
+            self.state = match self.state {
+                State::Size => match (b as char).to_digit(16) {
+                    Some(d) => {
+                        self.line += 1;
+                        if self.line > 16 {
+                            return Err(BadChunk);
+                        }
+                        self.size = (self.size << 4) | u64::from(d);
+                        State::Size
+                    }
+                    None if self.line == 0 => return Err(BadChunk),
+                    None if b == b'\r' => State::SizeLf,
+                    None if b == b';' || b == b' ' || b == b'\t' => State::SizeRest,
+                    None => return Err(BadChunk),
+                },
+                State::SizeRest => {
+                    self.line += 1;
+                    if self.line > MAX_LINE {
+                        return Err(BadChunk);
+                    }
+                    if b == b'\r' {
+                        State::SizeLf
+                    } else {
+                        State::SizeRest
+                    }
+                }
+                State::SizeLf if b == b'\n' => {
+                    self.line = 0;
+                    if self.size == 0 {
+                        State::TrailerStart
+                    } else {
+                        State::Data
+                    }
+                }
+                State::DataCr if b == b'\r' => State::DataLf,
+                State::DataLf if b == b'\n' => State::Size,
+                State::TrailerStart if b == b'\r' => State::EndLf,
+                State::TrailerStart | State::TrailerLine => {
+                    self.line += 1;
+                    if self.line > MAX_LINE {
+                        return Err(BadChunk);
+                    }
+                    if b == b'\n' {
+                        self.line = 0;
+                        State::TrailerStart
+                    } else {
+                        State::TrailerLine
+                    }
+                }
+                State::EndLf if b == b'\n' => {
+                    self.state = State::Done;
+                    return Ok((i, true));
+                }
+                _ => return Err(BadChunk),
+            };
+        }
+        Ok((i, self.state == State::Done))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan(parts: &[&[u8]]) -> Result<(usize, bool), BadChunk> {
+        let mut c = Chunked::default();
+        let mut total = 0;
+        for p in parts {
+            let (n, done) = c.feed(p)?;
+            total += n;
+            if done {
+                return Ok((total, true));
+            }
+        }
+        Ok((total, false))
+    }
+
+    #[test]
+    fn finds_the_end_across_any_split() {
+        let body = b"5\r\nhello\r\n1a;ext=1\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nx-trailer: 1\r\n\r\nNEXT";
+        let end = body.len() - 4;
+        for cut in 0..body.len() {
+            let (a, b) = body.split_at(cut);
+            assert_eq!(scan(&[a, b]), Ok((end, true)), "split at {cut}");
+        }
+        // Byte by byte: done exactly at the end, never early.
+        let mut c = Chunked::default();
+        let done_at = body
+            .iter()
+            .position(|b| c.feed(std::slice::from_ref(b)) == Ok((1, true)));
+        assert_eq!(done_at, Some(end - 1));
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        assert_eq!(scan(&[b"zz\r\n"]), Err(BadChunk));
+        assert_eq!(scan(&[b"5\r\nhelloXX"]), Err(BadChunk));
+        assert_eq!(scan(&[b"\r\n"]), Err(BadChunk));
+        assert_eq!(scan(&[b"11111111111111111\r\n"]), Err(BadChunk));
+    }
+
+    #[test]
+    fn length_and_empty() {
+        let mut f = Framing::Length(5);
+        assert_eq!(f.feed(b"abc"), Ok((3, false)));
+        assert_eq!(f.feed(b"defgh"), Ok((2, true)));
+        assert_eq!(Framing::Empty.feed(b"x"), Ok((0, true)));
+        assert_eq!(Framing::UntilClose.feed(b"xy"), Ok((2, false)));
+    }
+}

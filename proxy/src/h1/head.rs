@@ -1,0 +1,478 @@
+//! Request and response heads on the HTTP/1 path: which requests it takes, the head sent
+//! to the backend, and the head sent back to the client.
+
+use std::io::Write as _;
+use std::net::IpAddr;
+
+use crate::proxy::policy::RequestView;
+use crate::proxy::{forwarded, FieldValue};
+
+use super::body::Framing;
+
+/// Most header fields a head may have on this path; more go to pingora's parser.
+pub const MAX_HEADERS: usize = 64;
+
+/// Hop-by-hop fields: they describe one connection and are never forwarded.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+/// Fields the proxy sets itself on the upstream request.
+const REPLACED: &[&str] = &[
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-real-ip",
+];
+
+fn is_one_of(name: &str, list: &[&str]) -> bool {
+    list.iter().any(|n| n.eq_ignore_ascii_case(name))
+}
+
+/// A parsed request head, borrowing the connection's read buffer.
+pub struct RequestHead<'a> {
+    pub method: &'a str,
+    pub target: &'a str,
+    pub headers: &'a [httparse::Header<'a>],
+    /// Bytes of the head, blank line included.
+    pub len: usize,
+    pub content_length: u64,
+    /// The client asked to close after this request.
+    pub close: bool,
+}
+
+/// What the HTTP/1 path makes of the bytes read so far.
+pub enum Parse<'a> {
+    /// A complete head this path handles.
+    Ready(RequestHead<'a>),
+    /// More bytes are needed.
+    Partial,
+    /// Valid or not, this request is left to pingora: HTTP/1.0, upgrades, CONNECT,
+    /// chunked or `Expect` bodies, absolute-form targets, unusual framing, parse errors
+    /// (pingora answers those with its 400).
+    Handoff,
+}
+
+pub fn parse_request<'a>(
+    buf: &'a [u8],
+    headers: &'a mut [httparse::Header<'a>; MAX_HEADERS],
+) -> Parse<'a> {
+    let mut req = httparse::Request::new(headers);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Parse::Partial,
+        Err(_) => return Parse::Handoff,
+    };
+    let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
+        return Parse::Handoff;
+    };
+    if method == "CONNECT" || !target.starts_with('/') {
+        return Parse::Handoff;
+    }
+    let mut content_length = None;
+    let mut close = false;
+    for h in req.headers.iter() {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("content-length") {
+            let Some(n) = parse_length(h.value) else {
+                return Parse::Handoff;
+            };
+            if content_length.is_some_and(|c| c != n) {
+                return Parse::Handoff;
+            }
+            content_length = Some(n);
+        } else if name.eq_ignore_ascii_case("transfer-encoding")
+            || name.eq_ignore_ascii_case("upgrade")
+            || name.eq_ignore_ascii_case("expect")
+        {
+            return Parse::Handoff;
+        } else if name.eq_ignore_ascii_case("connection") {
+            for token in h.value.split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"keep-alive") {
+                    // Other fields named hop-by-hop by the client: rare, left to pingora.
+                    return Parse::Handoff;
+                }
+            }
+        }
+    }
+    Parse::Ready(RequestHead {
+        method,
+        target,
+        headers: req.headers,
+        len,
+        content_length: content_length.unwrap_or(0),
+        close,
+    })
+}
+
+/// A Content-Length value: digits only (no sign, no spaces inside).
+fn parse_length(v: &[u8]) -> Option<u64> {
+    let v = v.trim_ascii();
+    if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+impl RequestHead<'_> {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .and_then(|h| std::str::from_utf8(h.value).ok())
+    }
+
+    pub fn is_head(&self) -> bool {
+        self.method == "HEAD"
+    }
+
+    /// Methods a request may be repeated with (RFC 9110 §9.2.2).
+    pub fn idempotent(&self) -> bool {
+        matches!(
+            self.method,
+            "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+        )
+    }
+
+    /// Writes the head sent to the backend into `out`: the request line and fields as
+    /// received, minus hop-by-hop fields and the ones we replace, plus X-Forwarded-*.
+    /// `peer_text` is `peer` as text, formatted once per connection.
+    pub fn write_upstream(
+        &self,
+        out: &mut Vec<u8>,
+        peer: Option<IpAddr>,
+        peer_text: &str,
+        client: Option<IpAddr>,
+        tls: bool,
+    ) {
+        out.extend_from_slice(self.method.as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(self.target.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        for h in self.headers {
+            if is_one_of(h.name, HOP_BY_HOP) || is_one_of(h.name, REPLACED) {
+                continue;
+            }
+            out.extend_from_slice(h.name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(h.value);
+            out.extend_from_slice(b"\r\n");
+        }
+        forwarded(
+            self.values("x-forwarded-for"),
+            peer,
+            client,
+            tls,
+            self.host(),
+            |name, value| {
+                out.extend_from_slice(name.as_bytes());
+                out.extend_from_slice(b": ");
+                match value {
+                    FieldValue::Text(t) => out.extend_from_slice(t.as_bytes()),
+                    FieldValue::Ip(ip) if Some(ip) == peer => {
+                        out.extend_from_slice(peer_text.as_bytes())
+                    }
+                    other => {
+                        let _ = write!(out, "{other}");
+                    }
+                }
+                out.extend_from_slice(b"\r\n");
+            },
+        );
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+impl RequestView for RequestHead<'_> {
+    fn path_and_query(&self) -> &str {
+        self.target
+    }
+    fn host(&self) -> Option<&str> {
+        self.header("host")
+    }
+    fn head_size(&self) -> usize {
+        self.len
+    }
+    fn content_length(&self) -> Option<u64> {
+        Some(self.content_length)
+    }
+    fn values<'s>(&'s self, name: &'static str) -> impl Iterator<Item = &'s str> + 's {
+        self.headers
+            .iter()
+            .filter(move |h| h.name.eq_ignore_ascii_case(name))
+            .filter_map(|h| std::str::from_utf8(h.value).ok())
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BadResponse {
+    #[error("the backend sent an invalid response head")]
+    Invalid,
+    #[error("the backend's response head is too large")]
+    TooLarge,
+    #[error("the backend sent conflicting Content-Length values")]
+    Length,
+    #[error("the backend switched protocols on a request that asked for no upgrade")]
+    Upgrade,
+}
+
+/// A backend's response head, rewritten for the client.
+#[derive(Debug)]
+pub struct ResponseHead {
+    pub status: u16,
+    /// Bytes of the head as received.
+    pub len: usize,
+    pub framing: Framing,
+    /// The backend keeps the connection open after this response.
+    pub reusable: bool,
+    /// The head for the client: status line and end-to-end fields, without the final blank
+    /// line (the caller adds its own fields first).
+    pub out: Vec<u8>,
+}
+
+/// Parses a response head from `buf`; `Ok(None)` when more bytes are needed.
+pub fn parse_response(
+    buf: &[u8],
+    request_was_head: bool,
+    max: usize,
+) -> Result<Option<ResponseHead>, BadResponse> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() > max => return Err(BadResponse::TooLarge),
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(BadResponse::TooLarge),
+        Err(_) => return Err(BadResponse::Invalid),
+    };
+    let (Some(status), Some(version)) = (resp.code, resp.version) else {
+        return Err(BadResponse::Invalid);
+    };
+    if status == 101 {
+        return Err(BadResponse::Upgrade);
+    }
+    let mut out = Vec::with_capacity(len + 64);
+    // The status line as received (it parsed, so it is `HTTP/1.x NNN reason` and ends in a
+    // newline within the head), always answered as HTTP/1.1.
+    let line_end = buf[..len]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(len, |i| i + 1);
+    let line = buf[b"HTTP/1.1".len().min(line_end)..line_end].trim_ascii_end();
+    out.extend_from_slice(b"HTTP/1.1");
+    out.extend_from_slice(line);
+    out.extend_from_slice(b"\r\n");
+    let mut length = None;
+    let mut chunked = None;
+    let mut close = version == 0;
+    for h in resp.headers.iter() {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("connection") {
+            close |= h
+                .value
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+            continue;
+        }
+        if is_one_of(name, HOP_BY_HOP) {
+            continue;
+        }
+        if name.eq_ignore_ascii_case("content-length") {
+            let n = parse_length(h.value).ok_or(BadResponse::Length)?;
+            if length.is_some_and(|l| l != n) {
+                return Err(BadResponse::Length);
+            }
+            length = Some(n);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            // Chunked only counts as the final coding.
+            let last = h.value.rsplit(|&b| b == b',').next().unwrap_or_default();
+            chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        }
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(h.value);
+        out.extend_from_slice(b"\r\n");
+    }
+    let framing =
+        if request_was_head || (100..200).contains(&status) || status == 204 || status == 304 {
+            Framing::Empty
+        } else {
+            match (chunked, length) {
+                (Some(true), _) => Framing::Chunked(Default::default()),
+                (Some(false), _) => Framing::UntilClose,
+                (None, Some(0)) => Framing::Empty,
+                (None, Some(n)) => Framing::Length(n),
+                (None, None) => Framing::UntilClose,
+            }
+        };
+    if chunked.is_some() && length.is_some() {
+        // Transfer-Encoding overrides Content-Length (RFC 9112 §6.3); sending both on
+        // would let a downstream parser pick the wrong one.
+        strip_field(&mut out, b"content-length");
+    }
+    Ok(Some(ResponseHead {
+        status,
+        len,
+        reusable: !close && !framing.until_close(),
+        framing,
+        out,
+    }))
+}
+
+/// Removes every `name: value\r\n` line from a head being built (status line kept).
+fn strip_field(head: &mut Vec<u8>, name: &[u8]) {
+    let mut kept = Vec::with_capacity(head.len());
+    for (i, line) in head.split_inclusive(|&b| b == b'\n').enumerate() {
+        let is_field = i > 0
+            && line.len() > name.len()
+            && line[..name.len()].eq_ignore_ascii_case(name)
+            && line[name.len()] == b':';
+        if !is_field {
+            kept.extend_from_slice(line);
+        }
+    }
+    *head = kept;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ready(raw: &[u8]) -> bool {
+        let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        matches!(parse_request(raw, &mut h), Parse::Ready(_))
+    }
+
+    #[test]
+    fn takes_plain_requests_and_hands_off_the_rest() {
+        assert!(ready(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
+        assert!(ready(
+            b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nConnection: keep-alive\r\n\r\nabc"
+        ));
+        for raw in [
+            &b"GET / HTTP/1.0\r\n\r\n"[..],
+            b"GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+            b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nConnection: x-secret\r\n\r\n",
+            b"\x00\x01garbage\r\n\r\n",
+        ] {
+            assert!(!ready(raw), "{}", String::from_utf8_lossy(raw));
+        }
+        let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        assert!(matches!(
+            parse_request(b"GET / HTTP/1.1\r\nHo", &mut h),
+            Parse::Partial
+        ));
+    }
+
+    #[test]
+    fn upstream_head_drops_hop_by_hop_and_replaces_forwarded_fields() {
+        let raw = b"GET /p?q=1 HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\nKeep-Alive: 5\r\nX-Real-IP: 6.6.6.6\r\nX-Forwarded-For: 1.1.1.1\r\nX-Custom: Yes\r\n\r\n";
+        let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let Parse::Ready(head) = parse_request(raw, &mut h) else {
+            panic!("not ready");
+        };
+        assert!(head.close);
+        let mut out = Vec::new();
+        let peer = "127.0.0.9".parse().ok();
+        head.write_upstream(&mut out, peer, "127.0.0.9", peer, false);
+        let text = String::from_utf8_lossy(&out);
+        assert_eq!(
+            text,
+            "GET /p?q=1 HTTP/1.1\r\nHost: a.example\r\nX-Custom: Yes\r\n\
+             x-forwarded-for: 1.1.1.1, 127.0.0.9\r\nx-forwarded-proto: http\r\n\
+             x-forwarded-host: a.example\r\nx-real-ip: 127.0.0.9\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn response_framing() {
+        let r = parse_response(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive\r\n\r\nhello",
+            false,
+            1024,
+        )
+        .ok()
+        .flatten();
+        let r = r.as_ref();
+        assert_eq!(r.map(|r| r.framing.clone()), Some(Framing::Length(5)));
+        assert_eq!(r.map(|r| r.reusable), Some(true));
+        assert_eq!(
+            r.map(|r| String::from_utf8_lossy(&r.out).to_string()),
+            Some("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n".to_string())
+        );
+
+        let r = parse_response(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+            false,
+            1024,
+        )
+        .ok()
+        .flatten();
+        let r = r.as_ref();
+        assert!(matches!(r.map(|r| &r.framing), Some(Framing::Chunked(_))));
+        assert_eq!(
+            r.map(|r| String::from_utf8_lossy(&r.out).to_string()),
+            Some("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n".to_string())
+        );
+
+        let r = parse_response(b"HTTP/1.0 200 OK\n\n", false, 1024)
+            .ok()
+            .flatten();
+        assert_eq!(
+            r.as_ref()
+                .map(|r| String::from_utf8_lossy(&r.out).to_string()),
+            Some("HTTP/1.1 200 OK\r\n".to_string())
+        );
+        assert_eq!(r.as_ref().map(|r| r.reusable), Some(false));
+        assert_eq!(r.map(|r| r.framing), Some(Framing::UntilClose));
+
+        let r = parse_response(
+            b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
+            false,
+            1024,
+        )
+        .ok()
+        .flatten();
+        assert_eq!(r.map(|r| r.framing), Some(Framing::Empty));
+        let r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", true, 1024)
+            .ok()
+            .flatten();
+        assert_eq!(r.map(|r| r.framing), Some(Framing::Empty));
+
+        assert_eq!(
+            parse_response(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                false,
+                1024
+            )
+            .err(),
+            Some(BadResponse::Length)
+        );
+        assert_eq!(
+            parse_response(b"HTTP/1.1 101 Switching\r\n\r\n", false, 1024).err(),
+            Some(BadResponse::Upgrade)
+        );
+        assert_eq!(
+            parse_response(b"HTTP/1.1 200 OK\r\nX: aaaaaaaaaaaa", false, 8).err(),
+            Some(BadResponse::TooLarge)
+        );
+        assert!(matches!(
+            parse_response(b"HTTP/1.1 200 OK\r\nX:", false, 1024),
+            Ok(None)
+        ));
+    }
+}

@@ -1,0 +1,123 @@
+//! Idle keep-alive connections to backends, reused by the HTTP/1 path.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use tokio::net::TcpStream;
+
+/// A connection idle for longer than this is checked for a close from the backend before
+/// reuse. Busy connections are reused within microseconds and skip the check; the check
+/// itself costs no system call unless the socket has been reported readable.
+const CHECK_AFTER: Duration = Duration::from_secs(1);
+
+struct Idle {
+    stream: TcpStream,
+    since: Instant,
+}
+
+/// Idle connections per backend address, most recently used last (reused first: it is
+/// the one most likely still open, and the oldest age out at the front).
+pub struct Pool {
+    idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+    max_per_backend: usize,
+    max_idle: Duration,
+}
+
+impl Pool {
+    pub fn new(max_per_backend: usize, max_idle: Duration) -> Self {
+        Self {
+            idle: Mutex::new(HashMap::new()),
+            max_per_backend,
+            max_idle,
+        }
+    }
+
+    /// An idle connection to `addr` that is still open, if there is one.
+    pub fn take(&self, addr: SocketAddr) -> Option<TcpStream> {
+        loop {
+            let idle = self.idle.lock().get_mut(&addr)?.pop()?;
+            let age = idle.since.elapsed();
+            if age > self.max_idle {
+                // Everything below it is older still.
+                if let Some(list) = self.idle.lock().get_mut(&addr) {
+                    list.clear();
+                }
+                return None;
+            }
+            if age > CHECK_AFTER && !still_open(&idle.stream) {
+                continue;
+            }
+            return Some(idle.stream);
+        }
+    }
+
+    /// Keeps a connection whose last response was read completely, for reuse.
+    pub fn put(&self, addr: SocketAddr, stream: TcpStream) {
+        let now = Instant::now();
+        let mut map = self.idle.lock();
+        let list = map.entry(addr).or_default();
+        let expired = list
+            .iter()
+            .take_while(|i| now.saturating_duration_since(i.since) > self.max_idle)
+            .count();
+        list.drain(..expired);
+        if list.len() >= self.max_per_backend {
+            list.remove(0);
+        }
+        list.push(Idle { stream, since: now });
+    }
+
+    /// Number of idle connections to `addr` (for tests and metrics).
+    pub fn idle_count(&self, addr: SocketAddr) -> usize {
+        self.idle.lock().get(&addr).map_or(0, Vec::len)
+    }
+}
+
+/// An idle connection is usable when reading from it would block: a backend that closed it
+/// made it readable (EOF), and one that sent anything unasked broke the protocol.
+fn still_open(stream: &TcpStream) -> bool {
+    let mut probe = [0u8; 1];
+    matches!(stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    #[tokio::test]
+    async fn reuses_open_connections_and_drops_closed_ones() -> std::io::Result<()> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let pool = Pool::new(2, Duration::from_secs(30));
+        let a = TcpStream::connect(addr).await?;
+        let (server_a, _) = listener.accept().await?;
+        pool.put(addr, a);
+        assert_eq!(pool.idle_count(addr), 1);
+        assert!(pool.take(addr).is_some());
+        assert!(pool.take(addr).is_none());
+
+        // A connection the backend closed is not handed out once it is old enough to check.
+        let b = TcpStream::connect(addr).await?;
+        drop(server_a);
+        let (server_b, _) = listener.accept().await?;
+        drop(server_b);
+        b.readable().await?;
+        pool.idle.lock().entry(addr).or_default().push(Idle {
+            stream: b,
+            since: Instant::now() - CHECK_AFTER * 2,
+        });
+        assert!(pool.take(addr).is_none());
+
+        // The oldest goes when the pool is full.
+        for _ in 0..3 {
+            let c = TcpStream::connect(addr).await?;
+            let _ = listener.accept().await?;
+            pool.put(addr, c);
+        }
+        assert_eq!(pool.idle_count(addr), 2);
+        Ok(())
+    }
+}

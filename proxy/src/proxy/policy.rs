@@ -1,0 +1,270 @@
+//! What the edge decides about a request from its head alone: redirects, limits, the route,
+//! the balancing key, and which backend takes it. Both HTTP/1 request paths (pingora's and
+//! our own in `crate::h1`) ask the same questions here, so a request gets the same answer
+//! whichever path reads it.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::balance::{PickContext, StrategyKind};
+use crate::limits::ClientGuard;
+use crate::state::{Runtime, Shared};
+use crate::upstream::{ActiveGuard, Backend, Upstream};
+
+use super::client_ip;
+
+/// The parts of a request head the policy reads.
+pub(crate) trait RequestView {
+    /// The request target as sent in origin form, `/path?query`.
+    fn path_and_query(&self) -> &str;
+    fn host(&self) -> Option<&str>;
+    /// Size of the request line plus headers as sent, for the 431 limit.
+    fn head_size(&self) -> usize;
+    /// The declared Content-Length, when there is a valid one.
+    fn content_length(&self) -> Option<u64>;
+    /// Every value of the header `name` (lowercase), in order.
+    fn values<'s>(&'s self, name: &'static str) -> impl Iterator<Item = &'s str> + 's;
+
+    fn path(&self) -> &str {
+        let pq = self.path_and_query();
+        pq.split_once('?').map_or(pq, |(p, _)| p)
+    }
+}
+
+/// A request the proxy answers by itself, with the reason counted in the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Rejection {
+    pub status: u16,
+    /// Metrics label.
+    pub reason: &'static str,
+    /// The text after the status in the response body.
+    pub detail: &'static str,
+}
+
+/// A request allowed through, with what the balancer needs to place it.
+pub(crate) struct Admitted {
+    pub upstream: Arc<Upstream>,
+    /// Client address for balancing and X-Real-IP (trusted X-Forwarded-For applied).
+    pub client_ip: Option<IpAddr>,
+    /// Backend id from a validly signed sticky cookie.
+    pub sticky_id: Option<String>,
+    /// The client's concurrency slot, held until the request (or tunnel) ends.
+    pub client_guard: Option<ClientGuard>,
+}
+
+pub(crate) enum Admission {
+    /// Permanent redirect to this location (HTTP -> HTTPS listeners).
+    Redirect(String),
+    Reject(Rejection),
+    Forward(Admitted),
+}
+
+/// Decides what happens to a request. `local` gives the listener address the request came
+/// in on; it is only asked for when some listener redirects.
+pub(crate) fn admit<V: RequestView>(
+    shared: &Shared,
+    rt: &Runtime,
+    req: &V,
+    peer_ip: Option<IpAddr>,
+    local: impl FnOnce() -> Option<SocketAddr>,
+) -> Admission {
+    let cfg = &rt.config;
+    if cfg
+        .listeners
+        .iter()
+        .any(|x| x.redirect_https_port.is_some())
+    {
+        let port = local().and_then(|l| {
+            cfg.listeners
+                .iter()
+                .find(|x| {
+                    x.listen == l || (x.listen.ip().is_unspecified() && x.listen.port() == l.port())
+                })
+                .and_then(|x| x.redirect_https_port)
+        });
+        if let Some(port) = port {
+            let host = req
+                .host()
+                .map(|h| h.rsplit_once(':').map_or(h, |(a, _)| a))
+                .unwrap_or("localhost");
+            let pq = req.path_and_query();
+            return Admission::Redirect(if port == 443 {
+                format!("https://{host}{pq}")
+            } else {
+                format!("https://{host}:{port}{pq}")
+            });
+        }
+    }
+
+    let limits = &cfg.limits;
+    if limits
+        .max_request_header_bytes
+        .is_some_and(|max| req.head_size() > max)
+    {
+        return Admission::Reject(Rejection {
+            status: 431,
+            reason: "header_too_large",
+            detail: "request header fields too large",
+        });
+    }
+    let mut client_guard = None;
+    if let Some(ip) = peer_ip {
+        if !shared
+            .limits
+            .allow_request(ip, limits.requests_per_second_per_ip.unwrap_or(0))
+        {
+            return Admission::Reject(Rejection {
+                status: 429,
+                reason: "rate_limited",
+                detail: "too many requests from this address",
+            });
+        }
+        // With the limit off nothing is counted (a mutex and a map update per request
+        // otherwise). A reload that turns it on therefore does not see the requests and
+        // tunnels opened before it: they are not counted against the new limit.
+        if let Some(max) = limits.max_connections_per_ip.filter(|&m| m > 0) {
+            match shared.limits.acquire(ip, max) {
+                Some(g) => client_guard = Some(g),
+                None => {
+                    return Admission::Reject(Rejection {
+                        status: 429,
+                        reason: "too_many_connections",
+                        detail: "too many concurrent connections from this address",
+                    })
+                }
+            }
+        }
+    }
+    if let Some(max) = limits.max_request_body_bytes {
+        if req.content_length().is_some_and(|n| n > max) {
+            return Admission::Reject(Rejection {
+                status: 413,
+                reason: "body_too_large",
+                detail: "request body too large",
+            });
+        }
+    }
+
+    let Some(upstream) = rt.route(req.host(), req.path()).cloned() else {
+        return Admission::Reject(Rejection {
+            status: 404,
+            reason: "no_route",
+            detail: "no route for this host and path",
+        });
+    };
+    let client_ip = client_ip(
+        peer_ip,
+        req.values("x-forwarded-for"),
+        &upstream.config.ip_hash.trusted_proxies,
+    );
+    let mut sticky_id = None;
+    if let Some(signer) = &upstream.signer {
+        if let Some(value) = cookie_value(req, &upstream.config.sticky.cookie) {
+            match signer.verify(value) {
+                Some(id) => sticky_id = Some(id.to_string()),
+                None => {
+                    tracing::warn!(client = ?peer_ip, "ignoring a sticky cookie with a bad signature")
+                }
+            }
+        }
+    }
+    Admission::Forward(Admitted {
+        upstream,
+        client_ip,
+        sticky_id,
+        client_guard,
+    })
+}
+
+fn cookie_value<'a, V: RequestView>(req: &'a V, name: &str) -> Option<&'a str> {
+    req.values("cookie")
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim_matches('"'))
+}
+
+/// One backend chosen for one attempt of a request.
+pub(crate) struct Choice {
+    pub index: usize,
+    pub backend: Arc<Backend>,
+    /// Counts the request against the backend (least_conn) until dropped.
+    pub guard: ActiveGuard,
+    /// A Set-Cookie value to pin the client to this backend (sticky_cookie).
+    pub set_cookie: Option<String>,
+}
+
+/// Picks a backend for an attempt, skipping those already `tried`, and records the pick.
+pub(crate) fn choose(
+    up: &Upstream,
+    client_ip: Option<IpAddr>,
+    sticky_id: Option<&str>,
+    tried: &mut Vec<usize>,
+    tls: bool,
+) -> Option<Choice> {
+    let pctx = PickContext {
+        client_ip,
+        sticky_id,
+    };
+    let pick = up.pick(&pctx, tried)?;
+    if let Some(m) = up.metrics.get(pick.index) {
+        m.picks.inc();
+        m.requests.inc();
+    }
+    tried.push(pick.index);
+    let set_cookie = if up.config.strategy == StrategyKind::StickyCookie
+        && sticky_id != Some(pick.backend.id.as_str())
+    {
+        sticky_cookie_header(up, &pick.backend.id, tls)
+    } else {
+        None
+    };
+    Some(Choice {
+        index: pick.index,
+        guard: ActiveGuard::new(pick.backend.stats.clone()),
+        backend: pick.backend,
+        set_cookie,
+    })
+}
+
+fn sticky_cookie_header(up: &Upstream, id: &str, tls: bool) -> Option<String> {
+    let signer = up.signer.as_ref()?;
+    let sticky = &up.config.sticky;
+    let mut c = format!(
+        "{}={}; Path=/; HttpOnly; SameSite=Lax",
+        sticky.cookie,
+        signer.sign(id)
+    );
+    if let Some(age) = sticky.max_age {
+        c.push_str(&format!("; Max-Age={}", age.as_secs()));
+    }
+    if tls {
+        c.push_str("; Secure");
+    }
+    Some(c)
+}
+
+/// Records a response head from a chosen backend: time to first byte (least_time and the
+/// latency histogram), the status class, and a passive-health success.
+pub(crate) fn observe_response(
+    up: &Upstream,
+    index: usize,
+    backend: &Backend,
+    started: Option<Instant>,
+    status: u16,
+) {
+    let metrics = up.metrics.get(index);
+    if let Some(t) = started {
+        let now = Instant::now();
+        let el = now.saturating_duration_since(t);
+        backend.stats.ewma.observe_at(el, now);
+        if let Some(m) = metrics {
+            m.latency.observe(el.as_secs_f64());
+        }
+    }
+    if let Some(m) = metrics {
+        m.response(status);
+    }
+    up.report_success(backend);
+}

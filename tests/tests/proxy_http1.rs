@@ -1,0 +1,823 @@
+//! The proxy's own HTTP/1.1 path end to end: pipelining, hand-offs to pingora on one
+//! connection, streamed bodies, backend keep-alive and stale pooled connections, response
+//! framing (Content-Length, chunked with trailers, until close, HEAD, interim 1xx) and a
+//! 101 nobody asked for. Clients are raw TCP streams so every byte on the wire is checked;
+//! backends are real `echo-backend` processes or, for specific misbehaviour, raw HTTP servers
+//! on a 127.0.0.1 socket inside the test.
+
+#![allow(clippy::unwrap_used)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+use tests::fixtures::{entries, listener, upstream, TWO_THREADS};
+use tests::{free_port, get, Backend, Proxy, STEP_TIMEOUT};
+
+/// How long a raw backend waits for request bytes the proxy should send before it answers
+/// that they never came (a bound, not a synchronisation: the answer says which it was).
+const BODY_WAIT: Duration = Duration::from_secs(3);
+
+// ---------------------------------------------------------------------------------------
+// A raw HTTP/1.1 reader for both ends of a connection.
+
+/// A byte stream with what has been read of it but not yet taken.
+struct RawConn<R> {
+    io: R,
+    buf: Vec<u8>,
+}
+
+/// A response as the client received it.
+#[derive(Debug)]
+struct Resp {
+    status: u16,
+    /// The head as text, status line included.
+    head: String,
+    headers: Vec<(String, String)>,
+    /// The body, de-chunked.
+    body: Vec<u8>,
+    /// Trailer lines of a chunked body.
+    trailers: Vec<String>,
+}
+
+impl Resp {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// Whether the head carries `connection: close`.
+    fn closes(&self) -> bool {
+        self.header("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+    }
+}
+
+/// A request as a raw backend received it.
+#[derive(Debug)]
+struct Req {
+    method: String,
+    path: String,
+    body: Vec<u8>,
+    /// The declared body did not arrive within [`BODY_WAIT`].
+    body_missing: bool,
+}
+
+/// Splits a head into its first line and its fields.
+fn split_head(head: &str) -> (&str, Vec<(String, String)>) {
+    let mut lines = head.split("\r\n");
+    let first = lines.next().unwrap_or_default();
+    let fields = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (first, fields)
+}
+
+fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    fields
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+impl<R: AsyncRead + Unpin> RawConn<R> {
+    fn new(io: R) -> Self {
+        Self {
+            io,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Reads more bytes (bounded by `limit`): how many, 0 at EOF; `Err` on timeout or error.
+    async fn fill(&mut self, limit: Duration) -> Result<usize, String> {
+        let mut chunk = [0u8; 16 * 1024];
+        match tokio::time::timeout(limit, self.io.read(&mut chunk)).await {
+            Err(_) => Err(format!("nothing to read within {limit:?}")),
+            Ok(Err(e)) => Err(format!("read failed: {e}")),
+            Ok(Ok(n)) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                Ok(n)
+            }
+        }
+    }
+
+    /// Takes a head (without its blank line); `Ok(None)` at EOF before any byte of it.
+    async fn head(&mut self, limit: Duration) -> Result<Option<String>, String> {
+        loop {
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.buf[..end]).into_owned();
+                self.buf.drain(..end + 4);
+                return Ok(Some(head));
+            }
+            if self.fill(limit).await? == 0 {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(format!(
+                        "EOF inside a head: {:?}",
+                        String::from_utf8_lossy(&self.buf)
+                    ))
+                };
+            }
+        }
+    }
+
+    /// Takes exactly `n` bytes.
+    async fn take(&mut self, n: usize, limit: Duration) -> Result<Vec<u8>, String> {
+        while self.buf.len() < n {
+            if self.fill(limit).await? == 0 {
+                return Err(format!("EOF after {} of {n} bytes", self.buf.len()));
+            }
+        }
+        Ok(self.buf.drain(..n).collect())
+    }
+
+    /// Takes a line, without its CRLF.
+    async fn line(&mut self, limit: Duration) -> Result<String, String> {
+        loop {
+            if let Some(end) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                let line = String::from_utf8_lossy(&self.buf[..end]).into_owned();
+                self.buf.drain(..end + 2);
+                return Ok(line);
+            }
+            if self.fill(limit).await? == 0 {
+                return Err("EOF inside a line".into());
+            }
+        }
+    }
+
+    /// Reads one response; `no_body` for the answer to a HEAD request.
+    async fn try_response(&mut self, no_body: bool) -> Result<Resp, String> {
+        let head = self
+            .head(STEP_TIMEOUT)
+            .await?
+            .ok_or("the connection closed before a response")?;
+        let (first, headers) = split_head(&head);
+        let status = first
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse::<u16>().ok())
+            .ok_or_else(|| format!("bad status line {first:?}"))?;
+        let mut body = Vec::new();
+        let mut trailers = Vec::new();
+        let chunked = field(&headers, "transfer-encoding")
+            .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+        if no_body || (100..200).contains(&status) || status == 204 || status == 304 {
+        } else if chunked {
+            loop {
+                let line = self.line(STEP_TIMEOUT).await?;
+                let size = line.split(';').next().unwrap_or_default().trim();
+                let size = usize::from_str_radix(size, 16)
+                    .map_err(|_| format!("bad chunk size line {line:?}"))?;
+                if size == 0 {
+                    loop {
+                        let t = self.line(STEP_TIMEOUT).await?;
+                        if t.is_empty() {
+                            break;
+                        }
+                        trailers.push(t);
+                    }
+                    break;
+                }
+                body.extend(self.take(size, STEP_TIMEOUT).await?);
+                if !self.take(2, STEP_TIMEOUT).await?.eq(b"\r\n") {
+                    return Err("chunk data not followed by CRLF".into());
+                }
+            }
+        } else if let Some(len) = field(&headers, "content-length") {
+            let len: usize = len.parse().map_err(|_| format!("content-length {len:?}"))?;
+            body = self.take(len, STEP_TIMEOUT).await?;
+        } else {
+            while self.fill(STEP_TIMEOUT).await? > 0 {}
+            body = std::mem::take(&mut self.buf);
+        }
+        Ok(Resp {
+            status,
+            head,
+            headers,
+            body,
+            trailers,
+        })
+    }
+
+    /// Reads one response, panicking with the reason when there is none.
+    async fn response(&mut self, no_body: bool) -> Resp {
+        match self.try_response(no_body).await {
+            Ok(r) => r,
+            Err(e) => panic!(
+                "reading a response: {e}; unread bytes {:?}",
+                String::from_utf8_lossy(&self.buf)
+            ),
+        }
+    }
+
+    /// Asserts the peer closes the connection (within [`STEP_TIMEOUT`]) without sending
+    /// anything more.
+    async fn expect_eof(&mut self, what: &str) {
+        loop {
+            match self.fill(STEP_TIMEOUT).await {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.starts_with("read failed") => break,
+                Err(e) => panic!("{what}: the connection is still open: {e}"),
+            }
+        }
+        assert!(
+            self.buf.is_empty(),
+            "{what}: unexpected bytes before the close: {:?}",
+            String::from_utf8_lossy(&self.buf)
+        );
+    }
+
+    /// Reads one request (server side); `None` when the connection ends or breaks first.
+    async fn request(&mut self) -> Option<Req> {
+        let head = self.head(STEP_TIMEOUT).await.ok()??;
+        let (first, fields) = split_head(&head);
+        let mut parts = first.split(' ');
+        let method = parts.next()?.to_owned();
+        let path = parts.next()?.to_owned();
+        let len = field(&fields, "content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let (body, body_missing) = match self.take(len, BODY_WAIT).await {
+            Ok(b) => (b, false),
+            Err(_) => (std::mem::take(&mut self.buf), true),
+        };
+        Some(Req {
+            method,
+            path,
+            body,
+            body_missing,
+        })
+    }
+}
+
+impl RawConn<TcpStream> {
+    /// A client connection to `addr`.
+    async fn connect(addr: SocketAddr) -> Self {
+        let s = tokio::time::timeout(STEP_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .unwrap()
+            .unwrap();
+        Self::new(s)
+    }
+
+    async fn send(&mut self, bytes: impl AsRef<[u8]>) {
+        tokio::time::timeout(STEP_TIMEOUT, self.io.write_all(bytes.as_ref()))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    /// Sends `bytes` and reads one response.
+    async fn exchange(&mut self, bytes: impl AsRef<[u8]>) -> Resp {
+        self.send(bytes).await;
+        self.response(false).await
+    }
+}
+
+/// `GET <path>` with a Host.
+fn get_req(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n")
+}
+
+// ---------------------------------------------------------------------------------------
+// Raw backends and proxies.
+
+/// An HTTP server on a 127.0.0.1 socket that speaks raw bytes, for backend behaviour the
+/// echo backend never shows. It lives until the test's runtime ends.
+struct RawBackend {
+    addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+}
+
+impl RawBackend {
+    /// Serves each accepted connection with `serve(connection, index of the connection)`.
+    async fn start<F, Fut>(serve: F) -> RawBackend
+    where
+        F: Fn(RawConn<TcpStream>, usize) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                let n = count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(serve(RawConn::new(s), n));
+            }
+        });
+        RawBackend { addr, accepted }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+/// A proxy with one upstream over the raw backends; `extra` is added to the config.
+fn proxy_for_raw(backends: &[&RawBackend], extra: &str) -> Proxy {
+    let entries: Vec<String> = backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| format!("{{ addr = \"{}\", id = \"raw{i}\" }}", b.addr))
+        .collect();
+    Proxy::start_config(&format!(
+        "{TWO_THREADS}\n{extra}\n{}\n{}",
+        listener(free_port()),
+        upstream("app", None, &entries)
+    ))
+}
+
+/// An echo backend `b1`, a proxy in front of it, and a client connection to the proxy.
+async fn echo_setup() -> (Backend, Proxy, RawConn<TcpStream>) {
+    let b = Backend::start("b1");
+    let proxy = proxy_for(&b);
+    let c = RawConn::connect(proxy.addr()).await;
+    (b, proxy, c)
+}
+
+/// A proxy with one upstream over the echo backend `b`.
+fn proxy_for(b: &Backend) -> Proxy {
+    Proxy::start_config(&format!(
+        "{TWO_THREADS}\n{}\n{}",
+        listener(free_port()),
+        upstream("app", None, &entries(&[b]))
+    ))
+}
+
+/// Writes `bytes` to a raw backend's connection; a failed write ends the connection anyway.
+async fn reply(conn: &mut RawConn<TcpStream>, bytes: impl AsRef<[u8]>) -> bool {
+    conn.io.write_all(bytes.as_ref()).await.is_ok()
+}
+
+// ---------------------------------------------------------------------------------------
+// Tests.
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order() {
+    let (_b, _proxy, mut c) = echo_setup().await;
+
+    // Three requests in one write: each one's answer tells it apart.
+    let mut batch = get_req("/status/203");
+    batch.push_str("GET /headers HTTP/1.1\r\nHost: test\r\nX-Marker: second\r\n\r\n");
+    batch.push_str(&get_req("/id"));
+    c.send(batch).await;
+
+    let r = c.response(false).await;
+    assert_eq!(r.status, 203, "{r:?}");
+    let r = c.response(false).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let h: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(h["x-marker"], "second", "{h}");
+    let r = c.response(false).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "b1"), "{r:?}");
+
+    // The connection still serves what comes next.
+    let r = c.exchange(get_req("/status/202")).await;
+    assert_eq!(r.status, 202, "{r:?}");
+}
+
+#[tokio::test]
+async fn one_connection_carries_plain_chunked_and_http10_requests() {
+    let (_b, _proxy, mut c) = echo_setup().await;
+
+    // A chunked body goes to pingora.
+    let r = c
+        .exchange(
+            "POST /echo HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n\
+             5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+        )
+        .await;
+    assert_eq!((r.status, r.text().as_str()), (200, "hello world"), "{r:?}");
+    assert!(!r.closes(), "{r:?}");
+
+    // A plain GET after it comes back to the h1 path, on the same connection.
+    let r = c.exchange(get_req("/id")).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "b1"), "{r:?}");
+
+    // HTTP/1.0 with keep-alive (pingora), then HTTP/1.1 again.
+    let r = c
+        .exchange("GET /id HTTP/1.0\r\nHost: test\r\nConnection: keep-alive\r\n\r\n")
+        .await;
+    assert_eq!((r.status, r.text().as_str()), (200, "b1"), "{r:?}");
+    assert!(
+        !r.closes(),
+        "an HTTP/1.0 keep-alive request keeps the connection: {r:?}"
+    );
+    let r = c.exchange(get_req("/status/202")).await;
+    assert_eq!(r.status, 202, "{r:?}");
+}
+
+#[tokio::test]
+async fn pipelined_request_after_a_handed_off_one_is_answered() {
+    let (_b, _proxy, mut c) = echo_setup().await;
+
+    // In one write: a GET (h1 path), a chunked POST (handed to pingora with the rest of the
+    // batch already read), and a GET that pingora finds read past the POST's body.
+    let mut batch = get_req("/status/203");
+    batch.push_str(
+        "POST /echo HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n\
+         3\r\nabc\r\n0\r\n\r\n",
+    );
+    batch.push_str(&get_req("/id"));
+    c.send(batch).await;
+    let r = c.response(false).await;
+    assert_eq!(r.status, 203, "{r:?}");
+    let r = c.response(false).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "abc"), "{r:?}");
+    let r = c.response(false).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "b1"), "{r:?}");
+}
+
+/// POSTs `len` bytes with a Content-Length to `/echo` through the proxy at `addr`, writing
+/// and reading at once (the echo answers while the body is still coming), and asserts the
+/// body comes back byte-identical.
+async fn echo_through(addr: SocketAddr, len: u32) {
+    // Not a repeating short pattern, so a lost or repeated block shows.
+    let body: Vec<u8> = (0..len)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let head = format!(
+        "POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let (rd, mut wr) = tcp.split();
+    let mut c = RawConn::new(rd);
+    let write = async {
+        wr.write_all(head.as_bytes()).await.unwrap();
+        wr.write_all(&body).await.unwrap();
+    };
+    let (r, ()) = tokio::join!(c.response(false), async {
+        tokio::time::timeout(STEP_TIMEOUT, write)
+            .await
+            .expect("writing the body")
+    });
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert_eq!(r.body.len(), body.len());
+    assert!(r.body == body, "the echoed body differs");
+}
+
+#[tokio::test]
+async fn one_mib_body_streams_through_byte_identical() {
+    let b = Backend::start("b1");
+    let proxy = proxy_for(&b);
+    echo_through(proxy.addr(), 1024 * 1024).await;
+}
+
+#[tokio::test]
+async fn large_body_to_a_backend_that_answers_while_reading_does_not_deadlock() {
+    // The echo backend answers as it reads. Once more is in flight than the socket buffers
+    // between proxy and backend hold, a proxy that reads the answer only after sending the
+    // whole body waits on a backend that waits on it.
+    let b = Backend::start("b1");
+    let proxy = Proxy::start_config(&format!(
+        "{TWO_THREADS}\n[limits]\nmax_request_body_bytes = {}\n{}\n{}",
+        64 * 1024 * 1024,
+        listener(free_port()),
+        upstream("app", None, &entries(&[&b]))
+    ));
+    echo_through(proxy.addr(), 32 * 1024 * 1024).await;
+}
+
+#[tokio::test]
+async fn backend_connections_are_kept_alive_and_reused() {
+    let (b, _proxy, mut c) = echo_setup().await;
+    for i in 0..50 {
+        let r = c.exchange(get_req("/id")).await;
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (200, "b1"),
+            "request {i}: {r:?}"
+        );
+    }
+    // Asked directly: this request is one more connection.
+    let stats = get(&b.url("/stats")).await.json();
+    assert!(stats["requests"].as_u64().unwrap() >= 50, "{stats}");
+    assert!(
+        stats["connections"].as_u64().unwrap() <= 3,
+        "50 sequential requests should share a pooled connection: {stats}"
+    );
+}
+
+#[tokio::test]
+async fn stale_pooled_connection_is_replaced_and_the_request_resent() {
+    // Answers one request per connection and closes, without saying so: every pooled
+    // connection is stale by the time the next request comes.
+    let (seen_tx, mut seen) = mpsc::unbounded_channel();
+    let raw = RawBackend::start(move |mut conn, _| {
+        let seen_tx = seen_tx.clone();
+        async move {
+            if let Some(req) = conn.request().await {
+                let _ = seen_tx.send(req);
+                reply(&mut conn, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+            }
+        }
+    })
+    .await;
+    let proxy = proxy_for_raw(&[&raw], "");
+    let mut c = RawConn::connect(proxy.addr()).await;
+    for i in 0..20 {
+        let r = c.exchange(get_req(&format!("/n{i}"))).await;
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (200, "ok"),
+            "request {i}: {r:?}"
+        );
+    }
+    // A POST whose whole body comes with its head may be resent as well.
+    let r = c
+        .exchange("POST /form HTTP/1.1\r\nHost: test\r\nContent-Length: 5\r\n\r\nhello")
+        .await;
+    assert_eq!((r.status, r.text().as_str()), (200, "ok"), "{r:?}");
+
+    let mut paths = Vec::new();
+    while let Ok(req) = seen.try_recv() {
+        if req.path == "/form" {
+            assert_eq!(req.method, "POST");
+            assert_eq!(req.body, b"hello", "{req:?}");
+        }
+        paths.push(req.path);
+    }
+    let want: Vec<String> = (0..20)
+        .map(|i| format!("/n{i}"))
+        .chain(["/form".to_owned()])
+        .collect();
+    assert_eq!(paths, want, "each request reached the backend once");
+    assert_eq!(raw.accepted(), 21);
+}
+
+#[tokio::test]
+async fn body_until_close_ends_the_client_connection() {
+    let body: String = (0..20_000).map(|i| format!("{i},")).collect();
+    let sent = body.clone();
+    let raw = RawBackend::start(move |mut conn, _| {
+        let body = sent.clone();
+        async move {
+            if conn.request().await.is_some() {
+                let answer = format!("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n{body}");
+                reply(&mut conn, answer).await;
+            }
+        }
+    })
+    .await;
+    let proxy = proxy_for_raw(&[&raw], "");
+    let mut c = RawConn::connect(proxy.addr()).await;
+    c.send(get_req("/")).await;
+    let r = c.response(false).await;
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert!(
+        r.closes(),
+        "the client must learn the body ends at the close: {}",
+        r.head
+    );
+    assert!(r.header("content-length").is_none(), "{}", r.head);
+    assert!(r.text() == body, "{} of {} bytes", r.body.len(), body.len());
+    // `response` read to EOF; nothing followed it.
+    c.expect_eof("after a body delimited by the close").await;
+}
+
+#[tokio::test]
+async fn interim_103_is_forwarded_before_the_final_answer() {
+    let raw = RawBackend::start(|mut conn, _| async move {
+        while conn.request().await.is_some() {
+            let answer = "HTTP/1.1 103 Early Hints\r\nLink: </a>; rel=preload\r\n\r\n\
+                          HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+            if !reply(&mut conn, answer).await {
+                return;
+            }
+        }
+    })
+    .await;
+    let proxy = proxy_for_raw(&[&raw], "");
+    let mut c = RawConn::connect(proxy.addr()).await;
+    for _ in 0..2 {
+        c.send(get_req("/")).await;
+        let r = c.response(false).await;
+        assert_eq!(r.status, 103, "{r:?}");
+        assert_eq!(r.header("link"), Some("</a>; rel=preload"), "{r:?}");
+        let r = c.response(false).await;
+        assert_eq!((r.status, r.text().as_str()), (200, "ok"), "{r:?}");
+    }
+}
+
+#[tokio::test]
+async fn chunked_response_with_trailer_keeps_both_connections() {
+    let raw = RawBackend::start(|mut conn, _| async move {
+        while let Some(req) = conn.request().await {
+            let path = req.path;
+            // The path split over two chunks, with an extension, then a trailer.
+            let (a, b) = path.split_at(path.len() / 2);
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-sum\r\n\r\n\
+                 {:x};ext=1\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\nx-sum: {}\r\n\r\n",
+                a.len(),
+                b.len(),
+                path.len()
+            );
+            if !reply(&mut conn, answer).await {
+                return;
+            }
+        }
+    })
+    .await;
+    let proxy = proxy_for_raw(&[&raw], "");
+    let mut c = RawConn::connect(proxy.addr()).await;
+    for path in ["/first/request", "/second"] {
+        let r = c.exchange(get_req(path)).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.text(), path, "{r:?}");
+        assert_eq!(r.trailers, [format!("x-sum: {}", path.len())], "{r:?}");
+        assert!(!r.closes(), "{r:?}");
+    }
+    assert_eq!(
+        raw.accepted(),
+        1,
+        "the backend connection is reused after a chunked body"
+    );
+}
+
+#[tokio::test]
+async fn unasked_101_gets_502() {
+    let raw = RawBackend::start(|mut conn, _| async move {
+        if conn.request().await.is_some() {
+            let answer = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                          Connection: Upgrade\r\n\r\n";
+            reply(&mut conn, answer).await;
+            // Holds the connection open: only the proxy may end it.
+            let _ = conn.fill(STEP_TIMEOUT * 2).await;
+        }
+    })
+    .await;
+    let proxy = proxy_for_raw(&[&raw], "");
+    let mut c = RawConn::connect(proxy.addr()).await;
+    let r = c.exchange(get_req("/")).await;
+    assert_eq!(r.status, 502, "{r:?}");
+    assert!(
+        r.header("content-type")
+            .is_some_and(|v| v.starts_with("text/plain")),
+        "{r:?}"
+    );
+    assert!(r.text().starts_with("502"), "{r:?}");
+    assert!(r.closes(), "{r:?}");
+    c.expect_eof("after a 502").await;
+}
+
+#[tokio::test]
+async fn head_response_has_no_body_and_the_connection_goes_on() {
+    let (_b, _proxy, mut c) = echo_setup().await;
+    for _ in 0..2 {
+        c.send("HEAD /id HTTP/1.1\r\nHost: test\r\n\r\n").await;
+        let r = c.response(true).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.header("content-length"), Some("2"), "{r:?}");
+        // Were a body relayed, it would be read as the start of the next answer.
+        let r = c.exchange(get_req("/status/202")).await;
+        assert_eq!((r.status, r.text().as_str()), (202, "b1"), "{r:?}");
+    }
+}
+
+/// Takes the next request's head, tells `head_tx`, takes its 5-byte body and hangs up
+/// without answering: what the proxy sees of a backend that fails after reading a request.
+async fn take_request_and_hang_up(
+    conn: &mut RawConn<TcpStream>,
+    head_tx: &mpsc::UnboundedSender<()>,
+) {
+    if let Ok(Some(_)) = conn.head(STEP_TIMEOUT).await {
+        let _ = head_tx.send(());
+        let _ = conn.take(5, STEP_TIMEOUT).await;
+    }
+}
+
+/// Answers one request with the body it carried, or `400 body missing` when the declared
+/// body never came.
+async fn answer_with_body(conn: &mut RawConn<TcpStream>) {
+    if let Some(req) = conn.request().await {
+        let answer = if req.body_missing {
+            "HTTP/1.1 400 Bad Request\r\nContent-Length: 12\r\n\r\nbody missing".to_owned()
+        } else {
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{}",
+                req.body.len(),
+                String::from_utf8_lossy(&req.body)
+            )
+        };
+        reply(conn, answer).await;
+    }
+}
+
+/// Sends `head` (declaring a 5-byte body) and then the body in a second write, and asserts
+/// the body comes back whole: the proxy reads a small body completely before the request
+/// goes upstream, so a request sent again (to another backend, or on a fresh connection)
+/// always carries it. `head_seen` hears from the backend that hung up on the first try.
+async fn send_split_body_and_check(
+    c: &mut RawConn<TcpStream>,
+    head: &str,
+    head_seen: &mut mpsc::UnboundedReceiver<()>,
+) {
+    c.send(head).await;
+    c.send("hello").await;
+    let r = c.response(false).await;
+    assert_eq!(
+        (r.status, r.body.as_slice()),
+        (200, &b"hello"[..]),
+        "the request was not sent again whole: {r:?}"
+    );
+    assert!(
+        head_seen.try_recv().is_ok(),
+        "the first backend never saw the request"
+    );
+}
+
+#[tokio::test]
+async fn idempotent_retry_sends_the_whole_body_again() {
+    // Whichever backend takes the first connection reads the whole request and closes
+    // without answering; the other answers with the body it received.
+    let (head_tx, mut head_seen) = mpsc::unbounded_channel::<()>();
+    let first = Arc::new(AtomicUsize::new(0));
+    let serve = Arc::new(move |mut conn: RawConn<TcpStream>| {
+        let head_tx = head_tx.clone();
+        let is_first = first.fetch_add(1, Ordering::SeqCst) == 0;
+        async move {
+            if is_first {
+                take_request_and_hang_up(&mut conn, &head_tx).await;
+            } else {
+                answer_with_body(&mut conn).await;
+            }
+        }
+    });
+    let s1 = serve.clone();
+    let a = RawBackend::start(move |c, _| s1(c)).await;
+    let b = RawBackend::start(move |c, _| serve(c)).await;
+    let proxy = proxy_for_raw(&[&a, &b], "[timeouts]\nupstream_read = \"8s\"\n");
+    let mut c = RawConn::connect(proxy.addr()).await;
+    let head = "PUT /doc HTTP/1.1\r\nHost: test\r\nContent-Length: 5\r\n\r\n";
+    send_split_body_and_check(&mut c, head, &mut head_seen).await;
+}
+
+#[tokio::test]
+async fn stale_connection_resend_sends_the_whole_body_again() {
+    // The first connection answers one GET with keep-alive, then takes the next request
+    // whole and closes without answering, as a backend closing an idle connection just as
+    // a request arrives looks to the proxy. Later connections answer with the body they got.
+    let (head_tx, mut head_seen) = mpsc::unbounded_channel::<()>();
+    let raw = RawBackend::start(move |mut conn, n| {
+        let head_tx = head_tx.clone();
+        async move {
+            if n > 0 {
+                answer_with_body(&mut conn).await;
+            } else if conn.request().await.is_some()
+                && reply(&mut conn, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await
+            {
+                take_request_and_hang_up(&mut conn, &head_tx).await;
+            }
+        }
+    })
+    .await;
+    let proxy = proxy_for_raw(&[&raw], "[timeouts]\nupstream_read = \"8s\"\n");
+    let mut c = RawConn::connect(proxy.addr()).await;
+    let r = c.exchange(get_req("/")).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "ok"), "{r:?}");
+    // A POST is never retried elsewhere, but a pooled connection that turns out closed is
+    // replaced, and the request resent when it is all in hand.
+    let head = "POST /form HTTP/1.1\r\nHost: test\r\nContent-Length: 5\r\n\r\n";
+    send_split_body_and_check(&mut c, head, &mut head_seen).await;
+}
+
+#[tokio::test]
+async fn the_pingora_path_can_be_chosen_and_serves_the_same_requests() {
+    let b = Backend::start("b1");
+    let toml = format!(
+        "{TWO_THREADS}http1 = \"pingora\"\n\n{}\n{}",
+        listener(free_port()),
+        upstream("app", None, &entries(&[&b]))
+    );
+    let summary = Proxy::check(&toml).output();
+    assert!(summary.contains("HTTP/1 path pingora"), "{summary}");
+
+    let proxy = Proxy::start_config(&toml);
+    let mut c = RawConn::connect(proxy.addr()).await;
+    let r = c.exchange(get_req("/status/203")).await;
+    assert_eq!((r.status, r.text().as_str()), (203, "b1"), "{r:?}");
+    c.send("POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 5\r\n\r\nhello")
+        .await;
+    let r = c.response(false).await;
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"hello"[..]), "{r:?}");
+    let r = c.exchange(get_req("/status/202")).await;
+    assert_eq!((r.status, r.text().as_str()), (202, "b1"), "{r:?}");
+}
