@@ -67,7 +67,9 @@ fn socketio(c: &mut Criterion) {
 fn engineio(c: &mut Criterion) {
     let mut group = c.benchmark_group("engineio_payload");
     let text = chat_message().encode().text;
-    let packets: Vec<EioPacket> = (0..32).map(|_| EioPacket::Message(text.clone())).collect();
+    let packets: Vec<EioPacket> = (0..32)
+        .map(|_| EioPacket::Message(text.as_str().into()))
+        .collect();
     let body = payload::encode(&packets, usize::MAX).body;
     group.throughput(Throughput::Elements(packets.len() as u64));
     group.bench_function("encode_32_messages", |b| {

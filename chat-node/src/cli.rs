@@ -70,6 +70,11 @@ pub struct Args {
     /// beats every third of it): how long users of a crashed node still count as online.
     #[arg(long, env = "CHAT_PRESENCE_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
     pub presence_ttl: Duration,
+    /// Worker threads (default: one per CPU). One is the cheapest per message when several
+    /// nodes share a machine's cores (no hand-offs between threads); more let one node use
+    /// more cores.
+    #[arg(long, env = "CHAT_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
 }
 
 impl Args {
@@ -167,6 +172,10 @@ mod tests {
         assert_eq!(any.cors(), Cors::AnyOrigin);
         assert!(Args::try_parse_from(["chat-node", "--sessions", "sticky"]).is_err());
         assert!(Args::try_parse_from(["chat-node", "--ping-interval", "soon"]).is_err());
+        assert_eq!(args.threads, None, "one worker per CPU");
+        let one = Args::try_parse_from(["chat-node", "--threads", "1"]).unwrap();
+        assert_eq!(one.threads, Some(1));
+        assert!(Args::try_parse_from(["chat-node", "--threads", "0"]).is_err());
     }
 
     #[test]

@@ -608,8 +608,9 @@ mod tests {
     struct Recorder(Mutex<Vec<(Sid, Encoded)>>);
 
     impl LocalSockets for Recorder {
-        fn deliver(&self, sid: Sid, packet: &Encoded, _offset: Option<(u64, u64)>) {
-            self.0.lock().push((sid, packet.clone()));
+        fn deliver(&self, sids: &[Sid], packet: &Encoded, _offset: Option<(u64, u64)>) {
+            let mut got = self.0.lock();
+            got.extend(sids.iter().map(|sid| (*sid, packet.clone())));
         }
     }
 

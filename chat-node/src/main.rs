@@ -12,8 +12,7 @@ use chat_node::node::Node;
 use clap::Parser as _;
 use tokio::net::TcpListener;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -22,6 +21,19 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = args.threads {
+        runtime.worker_threads(usize::from(threads));
+    }
+    runtime
+        .enable_all()
+        .build()
+        .context("starting the runtime")?
+        .block_on(run(args))
+}
+
+/// Serves until SIGTERM or SIGINT.
+async fn run(args: Args) -> anyhow::Result<()> {
     let node = Node::new(args.node_config())
         .await
         .context("starting the node")?;

@@ -1,6 +1,7 @@
 //! The two chat stores behave alike: the same checks run on [`MemoryStore`] and on
 //! [`RedisStore`] against a real `redis-server` — rooms, memberships, tokens, history
-//! order, paging and trimming, the rate limit, presence across nodes and its expiry.
+//! order, paging and trimming, the rate limit, a `send`'s combined step, presence across
+//! nodes and its expiry.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -10,7 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chat_node::chat::store::{NewMessage, PresenceEntry, RoomMeta};
+use chat_node::chat::store::{Membership, NewMessage, Post, Posted, PresenceEntry, RoomMeta};
 use chat_node::chat::validate::message_id;
 use chat_node::chat::{ChatStore, MemoryStore, RateLimit, RedisStore};
 use utils::redis::RedisServer;
@@ -128,6 +129,72 @@ async fn rate_limit(store: &dyn ChatStore) {
     assert!(store.admit("r2", &limit).await.unwrap(), "per user");
 }
 
+fn post<'a>(
+    room: &'a str,
+    membership: Membership,
+    message: &'a NewMessage,
+    limit: &'a RateLimit,
+) -> Post<'a> {
+    Post {
+        room,
+        membership,
+        message,
+        limit,
+        cap: 100,
+    }
+}
+
+/// `post`: the membership check, then the rate limit, then the append; a failed check
+/// changes nothing.
+async fn posting(store: &dyn ChatStore) {
+    let limit: RateLimit = "2/1h".parse().unwrap();
+    let by = |user: &str, text: &str| NewMessage {
+        from: "someone".to_owned(),
+        user: user.to_owned(),
+        text: text.to_owned(),
+        ts: 1,
+    };
+    assert!(store.add_member("club", "p1").await.unwrap());
+    let outsider = store
+        .post(post("club", Membership::Required, &by("p2", "no"), &limit))
+        .await
+        .unwrap();
+    assert_eq!(outsider, Posted::NotMember);
+    assert!(store.history("club", None, 10).await.unwrap().is_empty());
+
+    // The refused post did not count against p2's limit: two pass, the third does not.
+    let mut ids = Vec::new();
+    for text in ["one", "two", "three"] {
+        match store
+            .post(post("open", Membership::Open, &by("p2", text), &limit))
+            .await
+            .unwrap()
+        {
+            Posted::Appended(id) => ids.push(id),
+            Posted::RateLimited => assert_eq!(text, "three", "limited too early"),
+            Posted::NotMember => panic!("open rooms need no membership"),
+        }
+    }
+    assert_eq!(ids.len(), 2);
+    let open = store.history("open", None, 10).await.unwrap();
+    let got: Vec<(&str, &str, &str)> = open
+        .iter()
+        .map(|m| (m.id.as_str(), m.user.as_str(), m.text.as_str()))
+        .collect();
+    assert_eq!(got, [(&*ids[0], "p2", "one"), (&*ids[1], "p2", "two")]);
+
+    let Posted::Appended(id) = store
+        .post(post("club", Membership::Required, &by("p1", "hi"), &limit))
+        .await
+        .unwrap()
+    else {
+        panic!("a member's post is appended");
+    };
+    let club = store.history("club", None, 10).await.unwrap();
+    assert_eq!(club.len(), 1);
+    assert_eq!((club[0].id.as_str(), club[0].text.as_str()), (&*id, "hi"));
+}
+
 async fn presence(store: &dyn ChatStore) {
     let long = Duration::from_secs(60);
     let rooms = ["p".to_owned(), "empty".to_owned()];
@@ -181,6 +248,7 @@ async fn all(store: Arc<dyn ChatStore>) {
     rooms_members_tokens(&*store).await;
     history(&*store).await;
     rate_limit(&*store).await;
+    posting(&*store).await;
     presence(&*store).await;
 }
 

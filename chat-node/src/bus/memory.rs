@@ -24,14 +24,32 @@ pub const DEFAULT_MAX_LEN: usize = 100_000;
 /// An in-process bus; clones share the topics.
 #[derive(Debug, Clone)]
 pub struct MemoryBus {
-    topics: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<Topic>>>>>,
+    topics: Arc<Mutex<HashMap<String, Arc<Topic>>>>,
     max_len: usize,
     sessions: MemoryStore,
 }
 
+/// One topic. Its state sits behind a synchronous lock held only to number an entry, to
+/// add a subscriber or to read the log, never across an `await`: a subscription is in
+/// place when `subscribe` returns, even while a publisher is waiting on a slow subscriber.
+/// Entries reach the subscribers in their numbering order through one publisher at a time
+/// (the holder of `delivery`), each subscriber from the first entry numbered after it
+/// subscribed.
 #[derive(Debug, Default)]
 struct Topic {
-    subscribers: Vec<mpsc::Sender<BusEntry>>,
+    state: Mutex<TopicState>,
+    /// Held by the publisher that hands the pending entries to the subscribers.
+    delivery: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug, Default)]
+struct TopicState {
+    /// The sequence number of the next entry.
+    next: u64,
+    /// Numbered, not yet handed to the subscribers, in order.
+    pending: VecDeque<(u64, BusEntry)>,
+    /// Each subscriber with the sequence number of the first entry it gets.
+    subscribers: Vec<(u64, mpsc::Sender<BusEntry>)>,
     /// How long the log keeps entries; `None`: it keeps none.
     retention: Option<Duration>,
     log: VecDeque<((u64, u64), BusEntry)>,
@@ -65,27 +83,44 @@ impl MemoryBus {
         }
     }
 
-    fn topic(&self, name: &str) -> Arc<tokio::sync::Mutex<Topic>> {
+    fn topic(&self, name: &str) -> Arc<Topic> {
         Arc::clone(self.topics.lock().entry(name.to_owned()).or_default())
     }
 
-    fn existing(&self, name: &str) -> Option<Arc<tokio::sync::Mutex<Topic>>> {
+    fn existing(&self, name: &str) -> Option<Arc<Topic>> {
         self.topics.lock().get(name).cloned()
     }
 }
 
-/// Applies `change` to `topic` now when no publisher holds it, else as soon as the
-/// publisher lets go (from a task: the callers are synchronous).
-fn update(topic: Arc<tokio::sync::Mutex<Topic>>, change: impl FnOnce(&mut Topic) + Send + 'static) {
-    let pending = match topic.try_lock() {
-        Ok(mut locked) => {
-            change(&mut locked);
-            None
+impl Topic {
+    /// Hands every pending entry to the subscribers, in order. A publisher that waited
+    /// for its turn finds its entry delivered already, or delivers it (with whatever was
+    /// published meanwhile); either way it is delivered when this returns.
+    async fn deliver(&self) {
+        let _turn = self.delivery.lock().await;
+        loop {
+            let (batch, subscribers) = {
+                let mut state = self.state.lock();
+                if state.pending.is_empty() {
+                    return;
+                }
+                state.subscribers.retain(|(_, tx)| !tx.is_closed());
+                (
+                    std::mem::take(&mut state.pending),
+                    state.subscribers.clone(),
+                )
+            };
+            // Anyone subscribing from now on starts after this batch.
+            for (seq, entry) in batch {
+                for (from, tx) in &subscribers {
+                    if seq >= *from {
+                        // A subscriber that went away meanwhile misses it, as it would
+                        // anyway.
+                        let _ = tx.send(entry.clone()).await;
+                    }
+                }
+            }
         }
-        Err(_) => Some(change),
-    };
-    if let Some(change) = pending {
-        tokio::spawn(async move { change(&mut *topic.lock().await) });
     }
 }
 
@@ -97,42 +132,46 @@ impl Bus for MemoryBus {
 
     async fn append(&self, topic: &str, entry: Bytes) -> Result<Option<String>, BusError> {
         let topic = self.topic(topic);
-        // One lock across the sends keeps every subscriber's order the log's order.
-        let mut topic = topic.lock().await;
-        let now = now_ms();
-        let key = if now > topic.last.0 {
-            (now, 0)
-        } else {
-            (topic.last.0, topic.last.1 + 1)
-        };
-        topic.last = key;
-        let entry = BusEntry {
-            id: format!("{}-{}", key.0, key.1),
-            data: entry,
-        };
-        if let Some(retention) = topic.retention {
-            let horizon = now.saturating_sub(u64::try_from(retention.as_millis()).unwrap_or(0));
-            while topic
-                .log
-                .front()
-                .is_some_and(|(k, _)| k.0 < horizon || topic.log.len() >= self.max_len)
-            {
-                topic.log.pop_front();
+        let id = {
+            let mut state = topic.state.lock();
+            let now = now_ms();
+            let key = if now > state.last.0 {
+                (now, 0)
+            } else {
+                (state.last.0, state.last.1 + 1)
+            };
+            state.last = key;
+            let entry = BusEntry {
+                id: format!("{}-{}", key.0, key.1),
+                data: entry,
+            };
+            if let Some(retention) = state.retention {
+                let horizon = now.saturating_sub(u64::try_from(retention.as_millis()).unwrap_or(0));
+                while state
+                    .log
+                    .front()
+                    .is_some_and(|(k, _)| k.0 < horizon || state.log.len() >= self.max_len)
+                {
+                    state.log.pop_front();
+                }
+                state.log.push_back((key, entry.clone()));
             }
-            topic.log.push_back((key, entry.clone()));
-        }
-        topic.subscribers.retain(|tx| !tx.is_closed());
-        for tx in &topic.subscribers {
-            // A subscriber that went away meanwhile misses it, as it would anyway.
-            let _ = tx.send(entry.clone()).await;
-        }
-        Ok(Some(entry.id))
+            let seq = state.next;
+            state.next += 1;
+            let id = entry.id.clone();
+            state.pending.push_back((seq, entry));
+            id
+        };
+        topic.deliver().await;
+        Ok(Some(id))
     }
 
     fn subscribe(&self, topic: &str) -> mpsc::Receiver<BusEntry> {
         let (tx, rx) = mpsc::channel(SUBSCRIBER_CAPACITY);
-        // Subscribing is synchronous: a publisher may hold the topic (never for long).
-        update(self.topic(topic), move |topic| topic.subscribers.push(tx));
+        let topic = self.topic(topic);
+        let mut state = topic.state.lock();
+        let from = state.next;
+        state.subscribers.push((from, tx));
         rx
     }
 
@@ -148,12 +187,12 @@ impl Bus for MemoryBus {
         let Some(topic) = self.existing(topic) else {
             return Ok((after == LOG_START).then(Vec::new));
         };
-        let topic = topic.lock().await;
-        if after != LOG_START && !topic.log.iter().any(|(k, _)| *k == after_key) {
+        let state = topic.state.lock();
+        if after != LOG_START && !state.log.iter().any(|(k, _)| *k == after_key) {
             return Ok(None);
         }
         Ok(Some(
-            topic
+            state
                 .log
                 .iter()
                 .filter(|(k, _)| *k > after_key)
@@ -167,17 +206,15 @@ impl Bus for MemoryBus {
         let Some(topic) = self.existing(topic) else {
             return Ok(LOG_START.to_owned());
         };
-        let topic = topic.lock().await;
-        Ok(topic
+        let state = topic.state.lock();
+        Ok(state
             .log
             .back()
             .map_or_else(|| LOG_START.to_owned(), |(_, e)| e.id.clone()))
     }
 
     fn retain(&self, topic: &str, window: Duration) {
-        update(self.topic(topic), move |topic| {
-            topic.retention = Some(window)
-        });
+        self.topic(topic).state.lock().retention = Some(window);
     }
 
     fn session_store(&self) -> Arc<dyn SessionStore> {
@@ -217,6 +254,47 @@ mod tests {
         // A gone subscriber does not block the others.
         bus.publish("t", Bytes::from_static(b"x")).await.unwrap();
         assert_eq!(b.recv().await.unwrap().data, Bytes::from_static(b"x"));
+    }
+
+    async fn next(rx: &mut mpsc::Receiver<BusEntry>) -> Bytes {
+        tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap()
+            .unwrap()
+            .data
+    }
+
+    /// A subscription made while a publisher waits on a full subscriber gets everything
+    /// published after it was made, in order (the old bus added it only once that
+    /// publisher let go of the topic, after the next publisher had gone by).
+    #[tokio::test]
+    async fn a_subscription_made_during_a_publish_misses_nothing_after_it() {
+        let bus = MemoryBus::new();
+        let mut slow = bus.subscribe("t");
+        for i in 0..SUBSCRIBER_CAPACITY {
+            bus.publish("t", Bytes::from(i.to_string())).await.unwrap();
+        }
+        let busy = tokio::spawn({
+            let bus = bus.clone();
+            async move { bus.publish("t", Bytes::from_static(b"during")).await }
+        });
+        // `busy` runs until `slow`'s full channel stops it.
+        tokio::task::yield_now().await;
+        let mut late = bus.subscribe("t");
+        // Room for `busy`, without yielding: nothing else runs before the next publish.
+        for _ in 0..SUBSCRIBER_CAPACITY {
+            slow.try_recv().unwrap();
+        }
+        bus.publish("t", Bytes::from_static(b"after"))
+            .await
+            .unwrap();
+        bus.publish("t", Bytes::from_static(b"last")).await.unwrap();
+        busy.await.unwrap().unwrap();
+        assert_eq!(next(&mut late).await, "after");
+        assert_eq!(next(&mut late).await, "last");
+        for expected in ["during", "after", "last"] {
+            assert_eq!(next(&mut slow).await, expected);
+        }
     }
 
     #[tokio::test]

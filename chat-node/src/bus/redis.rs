@@ -24,8 +24,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::streams::{StreamRangeReply, StreamReadOptions, StreamReadReply};
-use redis::AsyncCommands as _;
+use redis::streams::StreamRangeReply;
+use redis::{AsyncCommands as _, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{parse_id, Bus, BusEntry, BusError, LOG_START, SUBSCRIBER_CAPACITY};
@@ -377,6 +377,78 @@ async fn last_entry(conn: &mut ConnectionManager, key: &str) -> redis::RedisResu
         .map_or_else(|| "0-0".to_owned(), |entry| entry.id.clone()))
 }
 
+/// The most entries one `XREAD` returns.
+const READ_COUNT: usize = 256;
+
+/// The entries of an `XREAD` reply (for one stream), in order: each id with its data
+/// (`None` when the entry has no [`FIELD`]). Read from the reply as it is, without a map
+/// per entry or a copy of the data: every node reads every entry.
+fn read_entries(reply: Value) -> Vec<(String, Option<Bytes>)> {
+    // RESP2: [[key, entries], ...]; RESP3: {key: entries, ...}; nil when the read timed out.
+    let streams: Vec<Value> = match reply {
+        Value::Array(streams) => streams
+            .into_iter()
+            .filter_map(|stream| match stream {
+                Value::Array(pair) => pair.into_iter().nth(1),
+                _ => None,
+            })
+            .collect(),
+        Value::Map(streams) => streams.into_iter().map(|(_, entries)| entries).collect(),
+        _ => Vec::new(),
+    };
+    let mut read = Vec::new();
+    for entries in streams {
+        let Value::Array(entries) = entries else {
+            continue;
+        };
+        for entry in entries {
+            let Value::Array(entry) = entry else { continue };
+            let mut parts = entry.into_iter();
+            let Some(id) = parts.next().and_then(text) else {
+                continue;
+            };
+            let data = match parts.next() {
+                Some(Value::Array(fields)) => field(fields),
+                Some(Value::Map(fields)) => {
+                    field(fields.into_iter().flat_map(|(k, v)| [k, v]).collect())
+                }
+                _ => None,
+            };
+            read.push((id, data));
+        }
+    }
+    read
+}
+
+/// The value of [`FIELD`] among an entry's `field, value, ...`.
+fn field(fields: Vec<Value>) -> Option<Bytes> {
+    let mut fields = fields.into_iter();
+    while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
+        let is_data = match &name {
+            Value::BulkString(name) => name.as_slice() == FIELD.as_bytes(),
+            Value::SimpleString(name) => name == FIELD,
+            _ => false,
+        };
+        if is_data {
+            return match value {
+                Value::BulkString(data) => Some(Bytes::from(data)),
+                Value::SimpleString(data) => Some(Bytes::from(data)),
+                _ => None,
+            };
+        }
+    }
+    None
+}
+
+/// A string reply's text.
+fn text(value: Value) -> Option<String> {
+    match value {
+        Value::BulkString(bytes) => String::from_utf8(bytes).ok(),
+        Value::SimpleString(text) => Some(text),
+        _ => None,
+    }
+}
+
 /// Reads `key` from its last entry on, forever, into `tx`; ends when `tx`'s receiver is
 /// dropped.
 async fn read_loop(
@@ -417,28 +489,26 @@ async fn read_loop(
                     id
                 }
             };
-            let options = StreamReadOptions::default().block(block_ms).count(256);
-            let reply: Option<StreamReadReply> =
-                conn.xread_options(&[&key], &[&from], &options).await?;
+            let mut read = redis::cmd("XREAD");
+            read.arg("BLOCK")
+                .arg(block_ms)
+                .arg("COUNT")
+                .arg(READ_COUNT)
+                .arg("STREAMS")
+                .arg(&key)
+                .arg(&from);
+            let reply: Value = read.query_async(conn).await?;
             Ok::<_, redis::RedisError>(reply)
         }
         .await;
         match result {
             Ok(reply) => {
                 backoff = MIN_BACKOFF;
-                for entry in reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids) {
-                    let data = entry
-                        .map
-                        .get(FIELD)
-                        .and_then(|v| redis::from_redis_value_ref::<Vec<u8>>(v).ok());
-                    last_id = Some(entry.id.clone());
+                for (id, data) in read_entries(reply) {
+                    last_id = Some(id.clone());
                     match data {
                         Some(data) => {
-                            let entry = BusEntry {
-                                id: entry.id,
-                                data: Bytes::from(data),
-                            };
-                            if tx.send(entry).await.is_err() {
+                            if tx.send(BusEntry { id, data }).await.is_err() {
                                 return;
                             }
                         }
@@ -452,5 +522,41 @@ async fn read_loop(
                 backoff = next_backoff(backoff);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(text: &str) -> Value {
+        Value::BulkString(text.as_bytes().to_vec())
+    }
+
+    fn entry(id: &str, fields: &[&str]) -> Value {
+        Value::Array(vec![
+            bulk(id),
+            Value::Array(fields.iter().map(|f| bulk(f)).collect()),
+        ])
+    }
+
+    #[test]
+    fn xread_replies_in_both_protocols_give_ids_and_data_in_order() {
+        let entries = Value::Array(vec![
+            entry("1-0", &["d", "one"]),
+            entry("1-1", &["x", "y"]),
+            entry("2-0", &["x", "y", "d", "two"]),
+        ]);
+        let expected = vec![
+            ("1-0".to_owned(), Some(Bytes::from_static(b"one"))),
+            ("1-1".to_owned(), None),
+            ("2-0".to_owned(), Some(Bytes::from_static(b"two"))),
+        ];
+        let resp2 = Value::Array(vec![Value::Array(vec![bulk("t"), entries.clone()])]);
+        assert_eq!(read_entries(resp2), expected);
+        let resp3 = Value::Map(vec![(bulk("t"), entries)]);
+        assert_eq!(read_entries(resp3), expected);
+        // A read that timed out.
+        assert!(read_entries(Value::Nil).is_empty());
     }
 }

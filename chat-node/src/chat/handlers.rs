@@ -12,7 +12,7 @@ use serde_json::{json, Map, Value};
 
 use super::config::MAX_PAGE;
 use super::error::ChatError;
-use super::store::{Message, NewMessage, RoomMeta};
+use super::store::{Membership, Message, NewMessage, Post, Posted, RoomMeta};
 use super::{now_ms, presence, secret, validate, ChatInner, LOBBY};
 use crate::socketio::{AckSender, Data, SocketRef};
 
@@ -116,13 +116,20 @@ async fn member(
     room: &str,
 ) -> Result<(), ChatError> {
     if room != LOBBY && !chat.store.is_member(room, user).await? {
-        return Err(match room_meta(chat, room).await? {
-            Some(_) => ChatError::NotMember,
-            None => ChatError::NoSuchRoom,
-        });
+        return Err(not_member(chat, room).await);
     }
     chat.enter(socket, room).await;
     Ok(())
+}
+
+/// The error for a user who is not a member of `room`: whether the room exists tells
+/// which.
+async fn not_member(chat: &ChatInner, room: &str) -> ChatError {
+    match room_meta(chat, room).await {
+        Ok(Some(_)) => ChatError::NotMember,
+        Ok(None) => ChatError::NoSuchRoom,
+        Err(error) => error,
+    }
 }
 
 #[derive(Deserialize)]
@@ -279,25 +286,42 @@ struct SendRequest {
 }
 
 /// `send {room, text}` → `{id}`: members only, rate limited; everyone in the room gets
-/// the `message`, the sender included.
+/// the `message`, the sender included. The checks and the append are one store step (one
+/// round trip to Redis).
 async fn send(chat: Arc<ChatInner>, socket: SocketRef, request: SendRequest) -> Answer {
     let (user, name) = identity(&chat, &socket)?;
     let room = validate::room(&request.room)?;
     let text = validate::text(&request.text, chat.config.max_text)?;
-    member(&chat, &socket, &user, &room).await?;
-    if !chat.store.admit(&user, &chat.config.rate_limit).await? {
-        return Err(ChatError::RateLimited);
-    }
+    let membership = if room == LOBBY {
+        Membership::Open
+    } else {
+        Membership::Required
+    };
     let stored = NewMessage {
         from: name,
         user,
         text: text.to_owned(),
         ts: now_ms(),
     };
-    let id = chat
+    let posted = chat
         .store
-        .append(&room, &stored, chat.config.history_cap)
+        .post(Post {
+            room: &room,
+            membership,
+            message: &stored,
+            limit: &chat.config.rate_limit,
+            cap: chat.config.history_cap,
+        })
         .await?;
+    let id = match posted {
+        Posted::NotMember => return Err(not_member(&chat, &room).await),
+        Posted::RateLimited => {
+            chat.enter(&socket, &room).await;
+            return Err(ChatError::RateLimited);
+        }
+        Posted::Appended(id) => id,
+    };
+    chat.enter(&socket, &room).await;
     let message = Message::new(id.clone(), &room, stored);
     let payload = serde_json::to_value(&message).unwrap_or_default();
     chat.broadcast(&room, "message", payload).await;

@@ -238,9 +238,11 @@ impl ChatInner {
             let Some(session) = sessions.get_mut(&socket.id()) else {
                 return;
             };
-            if !session.rooms.insert(room.to_owned()) {
+            // Checked first: every `send` comes here, nearly always for a room it is in.
+            if session.rooms.contains(room) {
                 return;
             }
+            session.rooms.insert(room.to_owned());
             PresenceEntry {
                 user: session.user.clone(),
                 name: session.name.clone(),

@@ -2,6 +2,7 @@
 //! HTTP long-polling and WebSocket, and the upgrade between them).
 //!
 //! - [`packet`]: one packet, its text form and its WebSocket frame.
+//! - [`text`]: a message's text, encoded once and shared ([`MessageText`]).
 //! - [`payload`]: polling payloads, several packets joined by `\x1e`.
 //! - [`config`]: the server's settings ([`EngineConfig`], [`Cors`]).
 //! - [`sid`]: session ids.
@@ -22,6 +23,7 @@ pub mod polling;
 pub mod server;
 pub mod session;
 pub mod sid;
+pub mod text;
 pub(crate) mod websocket;
 
 pub use config::{ConfigError, Cors, EngineConfig};
@@ -31,6 +33,7 @@ pub use payload::{Batch, PayloadError};
 pub use server::{EngineIo, Handler, Remote, Sessions};
 pub use session::{CloseReason, Message, SendError, Session};
 pub use sid::Sid;
+pub use text::MessageText;
 
 /// The Engine.IO protocol version this crate speaks (`EIO=4`).
 pub const PROTOCOL_VERSION: u8 = 4;

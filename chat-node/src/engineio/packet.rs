@@ -14,6 +14,10 @@ use base64::Engine as _;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+pub use axum::extract::ws::Utf8Bytes;
+
+use super::text::MessageText;
+
 /// Base64 as engine.io-client writes it (standard alphabet, padded); padding is optional on
 /// input so that a client that strips it is not cut off for it.
 const BASE64: GeneralPurpose = GeneralPurpose::new(
@@ -179,7 +183,7 @@ pub enum Packet {
     /// `3` or `3probe`.
     Pong(String),
     /// `4<text>`: a text message (a Socket.IO packet, for Socket.IO).
-    Message(String),
+    Message(MessageText),
     /// A binary message: a binary WebSocket frame, or `b<base64>` on polling.
     Binary(Bytes),
     /// `5`.
@@ -188,11 +192,11 @@ pub enum Packet {
     Noop,
 }
 
-/// A WebSocket frame's content, independent of the WebSocket library.
+/// A WebSocket frame's content.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
     /// A text frame.
-    Text(String),
+    Text(Utf8Bytes),
     /// A binary frame.
     Binary(Bytes),
 }
@@ -270,16 +274,20 @@ impl Packet {
             PacketType::Close => no_data(Self::Close),
             PacketType::Ping => Ok(Self::Ping(data.to_owned())),
             PacketType::Pong => Ok(Self::Pong(data.to_owned())),
-            PacketType::Message => Ok(Self::Message(data.to_owned())),
+            PacketType::Message => Ok(Self::Message(MessageText::new(data))),
             PacketType::Upgrade => no_data(Self::Upgrade),
             PacketType::Noop => no_data(Self::Noop),
         }
     }
 
-    /// Decodes a WebSocket frame: a binary frame is a binary message as is.
+    /// Decodes a WebSocket frame: a binary frame is a binary message as is, and a text
+    /// message keeps the frame's text (no copy).
     pub fn decode_frame(frame: Frame) -> Result<Self, DecodeError> {
         match frame {
-            Frame::Text(text) => Self::decode_text(&text),
+            Frame::Text(text) => match MessageText::from_packet(text) {
+                Ok(message) => Ok(Self::Message(message)),
+                Err(text) => Self::decode_text(&text),
+            },
             Frame::Binary(data) => Ok(Self::Binary(data)),
         }
     }
@@ -299,7 +307,11 @@ impl Packet {
                 out.push_str(&json);
                 return;
             }
-            Self::Ping(data) | Self::Pong(data) | Self::Message(data) => data.as_str(),
+            Self::Message(text) => {
+                out.push_str(text.packet());
+                return;
+            }
+            Self::Ping(data) | Self::Pong(data) => data.as_str(),
             Self::Close | Self::Upgrade | Self::Noop => "",
         };
         out.push(self.packet_type().as_char());
@@ -313,11 +325,13 @@ impl Packet {
         out
     }
 
-    /// The WebSocket frame for this packet: a binary message is a binary frame of raw bytes.
+    /// The WebSocket frame for this packet: a binary message is a binary frame of raw
+    /// bytes, a text message its shared packet.
     pub fn to_frame(&self) -> Frame {
         match self {
             Self::Binary(data) => Frame::Binary(data.clone()),
-            other => Frame::Text(other.to_text()),
+            Self::Message(text) => Frame::Text(text.frame()),
+            other => Frame::Text(other.to_text().into()),
         }
     }
 }

@@ -21,6 +21,7 @@ use super::packet::{OpenPacket, Packet, Transport};
 use super::payload::{self, SEPARATOR};
 use super::server::Sessions;
 use super::sid::Sid;
+use super::text::MessageText;
 
 /// How long a session closed by its client's close packet (POST) waits for the client's
 /// GET that may still be on its way, to answer it with a noop.
@@ -34,7 +35,7 @@ const INBOUND_CAPACITY: usize = 32;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
     /// A text message (a Socket.IO packet, for Socket.IO).
-    Text(String),
+    Text(MessageText),
     /// A binary message (a Socket.IO attachment, for Socket.IO).
     Binary(Bytes),
 }

@@ -59,7 +59,7 @@ pub(crate) async fn run_on<R: Incoming, W: Outgoing>(
             () = &mut notified => {}
             frame = rx.next() => {
                 let packet = match frame {
-                    Some(Ok(WsMessage::Text(text))) => Packet::decode_text(text.as_str()),
+                    Some(Ok(WsMessage::Text(text))) => Packet::decode_frame(Frame::Text(text)),
                     Some(Ok(WsMessage::Binary(data))) => Packet::decode_frame(Frame::Binary(data)),
                     Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
                     Some(Ok(WsMessage::Close(_))) | None => {
@@ -144,7 +144,7 @@ pub(crate) async fn upgrade_on<R: Incoming, W: Outgoing>(
 async fn write<W: Outgoing>(socket: &mut W, packets: Vec<Packet>) -> Result<(), W::Error> {
     for packet in packets {
         let message = match packet.to_frame() {
-            Frame::Text(text) => WsMessage::Text(text.into()),
+            Frame::Text(text) => WsMessage::Text(text),
             Frame::Binary(data) => WsMessage::Binary(data),
         };
         socket.feed(message).await?;

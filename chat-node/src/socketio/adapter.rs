@@ -90,13 +90,13 @@ pub enum AdapterError {
 
 /// The sockets of one namespace on this node, as an adapter sees them.
 pub trait LocalSockets: Send + Sync + 'static {
-    /// Sends an encoded packet to the local socket `sid`, if it is still connected.
-    /// `offset`: the broadcast's position in the namespace log ([`parse_id`]), when
-    /// connection-state recovery is on; a socket that was just recovered drops what it
-    /// already got in its replay.
+    /// Sends an encoded packet to each of the local sockets `sids` that is still
+    /// connected. `offset`: the broadcast's position in the namespace log ([`parse_id`]),
+    /// when connection-state recovery is on; a socket that was just recovered drops what
+    /// it already got in its replay.
     ///
     /// [`parse_id`]: crate::bus::parse_id
-    fn deliver(&self, sid: Sid, packet: &Encoded, offset: Option<(u64, u64)>);
+    fn deliver(&self, sids: &[Sid], packet: &Encoded, offset: Option<(u64, u64)>);
 }
 
 /// The recorded state of a socket that a reconnecting client may take back
@@ -303,8 +303,9 @@ impl LocalAdapter {
         let Some(local) = self.local.upgrade() else {
             return;
         };
-        for sid in self.targets(opts) {
-            local.deliver(sid, packet, offset);
+        let targets = self.targets(opts);
+        if !targets.is_empty() {
+            local.deliver(&targets, packet, offset);
         }
     }
 }
@@ -351,8 +352,9 @@ mod tests {
     struct Recorder(Mutex<Vec<(Sid, String)>>);
 
     impl LocalSockets for Recorder {
-        fn deliver(&self, sid: Sid, packet: &Encoded, _offset: Option<(u64, u64)>) {
-            self.0.lock().push((sid, packet.text.clone()));
+        fn deliver(&self, sids: &[Sid], packet: &Encoded, _offset: Option<(u64, u64)>) {
+            let mut got = self.0.lock();
+            got.extend(sids.iter().map(|sid| (*sid, packet.text.clone())));
         }
     }
 

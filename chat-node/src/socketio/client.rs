@@ -262,9 +262,6 @@ impl Client {
 
     /// Sends a packet outside any socket (CONNECT_ERROR).
     fn send(&self, packet: &Packet) {
-        let encoded = packet.encode();
-        let messages = std::iter::once(Message::Text(encoded.text))
-            .chain(encoded.attachments.into_iter().map(Message::Binary));
-        let _ = self.session.send_all(messages);
+        let _ = self.session.send_all(packet.encode().messages());
     }
 }

@@ -15,7 +15,7 @@ use super::broadcast::BroadcastOperator;
 use super::data::Data;
 use super::packet::{Encoded, Namespace, Packet, PacketData};
 use super::socket::{EmitError, SocketRef};
-use crate::engineio::Sid;
+use crate::engineio::{Message, Sid};
 
 /// A refusal from a connect hook, sent to the client as CONNECT_ERROR
 /// `{"message": ..., "data": ...}` (`socket.connect_error` in the client).
@@ -136,11 +136,20 @@ impl NamespaceInner {
 }
 
 impl LocalSockets for NamespaceInner {
-    fn deliver(&self, sid: Sid, packet: &Encoded, offset: Option<(u64, u64)>) {
-        let socket = self.sockets.read().get(&sid).cloned();
-        if let Some(socket) = socket {
+    fn deliver(&self, sids: &[Sid], packet: &Encoded, offset: Option<(u64, u64)>) {
+        // Encoded once for all of them.
+        let messages: Vec<Message> = packet.messages().collect();
+        // Sent after the lock is released: a full queue closes its session, which may
+        // remove the socket from this table.
+        let sockets: Vec<SocketRef> = {
+            let sockets = self.sockets.read();
+            sids.iter()
+                .filter_map(|sid| sockets.get(sid).cloned())
+                .collect()
+        };
+        for socket in sockets {
             // A socket that went away meanwhile misses it, as it would anyway.
-            let _ = socket.send_broadcast(packet.clone(), offset);
+            let _ = socket.send_broadcast(&messages, offset);
         }
     }
 }

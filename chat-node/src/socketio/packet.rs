@@ -14,6 +14,7 @@ use serde::ser::{Serialize, SerializeSeq, Serializer};
 use serde_json::{Map, Value};
 
 use super::data::{Data, InvalidPlaceholder, WithPlaceholders};
+use crate::engineio::{Message, MessageText};
 
 /// Event names an application may not use: they mean something to the libraries.
 pub const RESERVED_EVENTS: [&str; 6] = [
@@ -226,6 +227,13 @@ pub struct Encoded {
 }
 
 impl Encoded {
+    /// The Engine.IO messages that carry it: its text, then one binary message per
+    /// attachment. Clones of them share the text (a broadcast encodes it once).
+    pub fn messages(&self) -> impl Iterator<Item = Message> + '_ {
+        std::iter::once(Message::Text(MessageText::new(&self.text)))
+            .chain(self.attachments.iter().cloned().map(Message::Binary))
+    }
+
     /// The same EVENT with `offset` appended as its last argument (connection-state
     /// recovery); anything that does not end with its JSON array is returned as is.
     #[must_use]

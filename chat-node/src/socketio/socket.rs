@@ -329,25 +329,27 @@ impl SocketRef {
 
     /// Sends an encoded packet to the client (buffered during the connect hook).
     pub(crate) fn send_encoded(&self, encoded: Encoded) -> Result<(), EmitError> {
-        self.send_at(encoded, None)
+        self.send_at(encoded.messages(), None)
     }
 
-    /// Sends a broadcast at `offset` in the namespace log, unless the socket's replay
-    /// already had it.
+    /// Sends a broadcast (its messages, shared with the other sockets it goes to) at
+    /// `offset` in the namespace log, unless the socket's replay already had it.
     pub(crate) fn send_broadcast(
         &self,
-        encoded: Encoded,
+        messages: &[Message],
         offset: Option<(u64, u64)>,
     ) -> Result<(), EmitError> {
         if self.replayed(offset) {
             return Ok(());
         }
-        self.send_at(encoded, offset)
+        self.send_at(messages.iter().cloned(), offset)
     }
 
-    fn send_at(&self, encoded: Encoded, offset: Option<(u64, u64)>) -> Result<(), EmitError> {
-        let messages = std::iter::once(Message::Text(encoded.text))
-            .chain(encoded.attachments.into_iter().map(Message::Binary));
+    fn send_at(
+        &self,
+        messages: impl Iterator<Item = Message>,
+        offset: Option<(u64, u64)>,
+    ) -> Result<(), EmitError> {
         let mut phase = self.phase.lock();
         match &mut *phase {
             Phase::Connecting(buffer) => {
@@ -395,12 +397,9 @@ impl SocketRef {
         };
         // On failure the socket stays "connected" for the caller to close it properly.
         let messages = replay
-            .into_iter()
-            .flat_map(|packet| {
-                std::iter::once(Message::Text(packet.text))
-                    .chain(packet.attachments.into_iter().map(Message::Binary))
-            })
-            .chain(std::iter::once(Message::Text(reply.text)))
+            .iter()
+            .flat_map(Encoded::messages)
+            .chain(reply.messages())
             .chain(buffer.into_iter().map(|(_, m)| m));
         Ok(self.session.send_all(messages)?)
     }

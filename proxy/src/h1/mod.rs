@@ -89,7 +89,10 @@ struct Conn {
 
 /// Why waiting for a request head ended without one.
 enum NoHead {
-    /// The client closed, the keep-alive time passed, or the proxy is stopping.
+    /// Nothing came within the wait for a first byte (keep-alive time, or the header
+    /// timeout on a new connection).
+    Idle,
+    /// The client closed, or the proxy is stopping.
     Gone,
     /// Bytes came but not a whole head within the header timeout (slowloris).
     TimedOut,
@@ -149,14 +152,13 @@ impl H1 {
             .await
             {
                 Ok(()) => {}
-                Err(NoHead::Gone) => {
-                    if !served && buf.is_empty() && rt.config.limits.header_read_timeout.is_some() {
-                        // A new connection that never sent a request within the header
-                        // timeout, as pingora's path counts it.
-                        self.shared.metrics.reject("header_timeout");
-                    }
+                Err(NoHead::Idle) if !served && rt.config.limits.header_read_timeout.is_some() => {
+                    // A new connection that sent nothing within the header timeout, counted
+                    // as pingora's path counts it.
+                    self.shared.metrics.reject("header_timeout");
                     return Outcome::Closed;
                 }
+                Err(NoHead::Idle | NoHead::Gone) => return Outcome::Closed,
                 Err(NoHead::TimedOut) => {
                     self.shared.metrics.reject("header_timeout");
                     return Outcome::Closed;
@@ -577,7 +579,7 @@ async fn wait_head(
             let until = tokio::time::Instant::now() + first_wait;
             tokio::select! {
                 biased;
-                r = timeout_at(until, stream.read_buf(buf)) => r.map_err(|_| NoHead::Gone)?,
+                r = timeout_at(until, stream.read_buf(buf)) => r.map_err(|_| NoHead::Idle)?,
                 Ok(()) = shutdown.changed() => return Err(NoHead::Gone),
             }
         } else {

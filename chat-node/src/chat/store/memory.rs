@@ -11,7 +11,10 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use super::{ChatStore, Message, NewMessage, Online, PresenceEntry, RoomMeta, StoreError};
+use super::{
+    ChatStore, Membership, Message, NewMessage, Online, Post, Posted, PresenceEntry, RoomMeta,
+    StoreError,
+};
 use crate::chat::now_ms;
 use crate::chat::rate::RateLimit;
 
@@ -55,6 +58,40 @@ impl State {
     fn now_us(&mut self) -> u64 {
         let start = *self.clock.get_or_insert_with(Instant::now);
         u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+
+    fn is_member(&self, room: &str, user: &str) -> bool {
+        self.members.get(room).is_some_and(|m| m.contains(user))
+    }
+
+    /// One GCRA step for `user`; `false` when it is over the limit.
+    fn admit(&mut self, user: &str, limit: &RateLimit) -> bool {
+        let now = self.now_us();
+        let tat = self.rate.get(user).copied();
+        match limit.admit(tat, now) {
+            Some(next) => {
+                self.rate.insert(user.to_owned(), next);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Appends to the room's history, trimmed to `cap`; the new id.
+    fn append(&mut self, room: &str, message: &NewMessage, cap: usize) -> String {
+        // Like Redis: the time in ms, and a sequence number within one ms.
+        let now = now_ms();
+        let id = match self.last_id.get(room) {
+            Some(&(ms, seq)) if ms >= now => (ms, seq + 1),
+            _ => (now, 0),
+        };
+        self.last_id.insert(room.to_owned(), id);
+        let history = self.history.entry(room.to_owned()).or_default();
+        history.push_back((id, message.clone()));
+        while history.len() > cap.max(1) {
+            history.pop_front();
+        }
+        format!("{}-{}", id.0, id.1)
     }
 }
 
@@ -139,12 +176,7 @@ impl ChatStore for MemoryStore {
     }
 
     async fn is_member(&self, room: &str, user: &str) -> Result<bool, StoreError> {
-        Ok(self
-            .state
-            .lock()
-            .members
-            .get(room)
-            .is_some_and(|m| m.contains(user)))
+        Ok(self.state.lock().is_member(room, user))
     }
 
     async fn rooms_of(&self, user: &str) -> Result<Vec<String>, StoreError> {
@@ -163,20 +195,7 @@ impl ChatStore for MemoryStore {
         message: &NewMessage,
         cap: usize,
     ) -> Result<String, StoreError> {
-        let mut state = self.state.lock();
-        // Like Redis: the time in ms, and a sequence number within one ms.
-        let now = now_ms();
-        let id = match state.last_id.get(room) {
-            Some(&(ms, seq)) if ms >= now => (ms, seq + 1),
-            _ => (now, 0),
-        };
-        state.last_id.insert(room.to_owned(), id);
-        let history = state.history.entry(room.to_owned()).or_default();
-        history.push_back((id, message.clone()));
-        while history.len() > cap.max(1) {
-            history.pop_front();
-        }
-        Ok(format!("{}-{}", id.0, id.1))
+        Ok(self.state.lock().append(room, message, cap))
     }
 
     async fn history(
@@ -201,16 +220,23 @@ impl ChatStore for MemoryStore {
     }
 
     async fn admit(&self, user: &str, limit: &RateLimit) -> Result<bool, StoreError> {
+        Ok(self.state.lock().admit(user, limit))
+    }
+
+    async fn post(&self, post: Post<'_>) -> Result<Posted, StoreError> {
+        let user = &post.message.user;
         let mut state = self.state.lock();
-        let now = state.now_us();
-        let tat = state.rate.get(user).copied();
-        Ok(match limit.admit(tat, now) {
-            Some(next) => {
-                state.rate.insert(user.to_owned(), next);
-                true
-            }
-            None => false,
-        })
+        if post.membership == Membership::Required && !state.is_member(post.room, user) {
+            return Ok(Posted::NotMember);
+        }
+        if !state.admit(user, post.limit) {
+            return Ok(Posted::RateLimited);
+        }
+        Ok(Posted::Appended(state.append(
+            post.room,
+            post.message,
+            post.cap,
+        )))
     }
 
     async fn presence_add(

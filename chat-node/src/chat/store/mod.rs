@@ -111,6 +111,41 @@ pub struct PresenceEntry {
 /// Who is online in a room: one entry per socket, on every node.
 pub type Online = Vec<PresenceEntry>;
 
+/// What [`ChatStore::post`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Posted {
+    /// The message is in the history with this id.
+    Appended(String),
+    /// The user is not a member of the room (or the room does not exist): nothing changed.
+    NotMember,
+    /// The user is over the rate limit: nothing changed.
+    RateLimited,
+}
+
+/// Who may post to a room: [`ChatStore::post`] checks the membership or not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Membership {
+    /// Members only.
+    Required,
+    /// Everyone (`lobby`, whose members are not stored).
+    Open,
+}
+
+/// A message for [`ChatStore::post`], with what it is checked against.
+#[derive(Debug, Clone, Copy)]
+pub struct Post<'a> {
+    /// The room.
+    pub room: &'a str,
+    /// Whether the sender (`message.user`) must be a member.
+    pub membership: Membership,
+    /// The message.
+    pub message: &'a NewMessage,
+    /// The sender's rate limit.
+    pub limit: &'a RateLimit,
+    /// The history's cap, as for [`ChatStore::append`].
+    pub cap: usize,
+}
+
 /// The chat's state. Every method is one atomic step; the chat composes them.
 #[async_trait]
 pub trait ChatStore: Send + Sync + 'static {
@@ -158,6 +193,12 @@ pub trait ChatStore: Send + Sync + 'static {
 
     /// Counts one message of `user` against `limit`; `false` when it is over the limit.
     async fn admit(&self, user: &str, limit: &RateLimit) -> Result<bool, StoreError>;
+
+    /// A `send` in one step (one round trip to Redis): checks that the sender is a member
+    /// of the room (unless [`Membership::Open`]), then counts the message against the
+    /// limit like [`admit`](ChatStore::admit), then appends it like
+    /// [`append`](ChatStore::append). A check that fails leaves everything as it was.
+    async fn post(&self, post: Post<'_>) -> Result<Posted, StoreError>;
 
     /// Records socket `sid` of node `node` as online in `room`, until `ttl` from now
     /// unless refreshed.

@@ -15,14 +15,18 @@
 //! Message ids are the stream ids (`<ms>-<seq>`, ordered and unique per room).
 
 use std::collections::BTreeMap;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 use redis::streams::StreamRangeReply;
-use redis::{Pipeline, RedisError};
+use redis::{Pipeline, RedisError, Script, Value};
 
-use super::{ChatStore, Message, NewMessage, Online, PresenceEntry, RoomMeta, StoreError};
+use super::{
+    ChatStore, Membership, Message, NewMessage, Online, Post, Posted, PresenceEntry, RoomMeta,
+    StoreError,
+};
 use crate::chat::now_ms;
 use crate::chat::rate::RateLimit;
 
@@ -31,23 +35,55 @@ const PREFIX: &str = "syd:chat:";
 const TOKEN_TTL_SECS: u64 = 90 * 24 * 3600;
 /// Nodes silent for this long are dropped from `nodes` (their hashes expired long ago).
 const NODE_FORGET_MS: u64 = 24 * 3600 * 1000;
-/// The stream field holding a message.
-const FIELD: &str = "m";
+/// The stream field holding a message (also in [`POST`]).
+const HISTORY_FIELD: &str = "m";
 
-/// The GCRA step of [`RateLimit::admit`], on Redis's clock. KEYS[1]: the state;
-/// ARGV: interval and tolerance in µs. Returns 1 (admitted) or 0.
-const ADMIT: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local interval = tonumber(ARGV[1])
-local tolerance = tonumber(ARGV[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tat < now then tat = now end
-if tat - now > tolerance then return 0 end
-local next = tat + interval
-redis.call('SET', KEYS[1], string.format('%.0f', next), 'PX', math.floor((next - now) / 1000) + 1000)
-return 1
-";
+/// The GCRA step of [`RateLimit::admit`] as a Lua function, on Redis's clock:
+/// `admit(key, interval_us, tolerance_us)` is `true` (and moves the arrival time kept in
+/// `key`) when the message is allowed. A macro so that both scripts can `concat!` it.
+macro_rules! gcra_lua {
+    () => {
+        r"
+local function admit(key, interval, tolerance)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local tat = tonumber(redis.call('GET', key) or '0')
+  if tat < now then tat = now end
+  if tat - now > tolerance then return false end
+  local next = tat + interval
+  redis.call('SET', key, string.format('%.0f', next), 'PX', math.floor((next - now) / 1000) + 1000)
+  return true
+end
+"
+    };
+}
+
+/// [`ChatStore::admit`]. KEYS[1]: the state; ARGV: interval and tolerance in µs.
+/// Returns 1 (admitted) or 0.
+static ADMIT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        gcra_lua!(),
+        r"
+if admit(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2])) then return 1 end
+return 0
+"
+    ))
+});
+
+/// [`ChatStore::post`]. KEYS: the room's members, the user's rate state, the room's
+/// history. ARGV: `1` when membership is required, the user, interval and tolerance in µs,
+/// the history cap, the message's JSON. Returns 0 (not a member), 1 (over the limit), or
+/// the new entry's id.
+static POST: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        gcra_lua!(),
+        r"
+if ARGV[1] == '1' and redis.call('SISMEMBER', KEYS[1], ARGV[2]) == 0 then return 0 end
+if not admit(KEYS[2], tonumber(ARGV[3]), tonumber(ARGV[4])) then return 1 end
+return redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'm', ARGV[6])
+"
+    ))
+});
 
 fn key(parts: &[&str]) -> String {
     let mut key = String::from(PREFIX);
@@ -91,6 +127,14 @@ impl RedisStore {
         let mut conn = self.conn.clone();
         pipe.query_async(&mut conn).await.map_err(redis_error)
     }
+}
+
+/// The history entry of `message`: its JSON.
+fn history_json(room: &str, message: &NewMessage) -> Result<String, StoreError> {
+    serde_json::to_string(message).map_err(|e| StoreError::Corrupt {
+        key: key(&["history", room]),
+        reason: e.to_string(),
+    })
 }
 
 fn parse_meta(key: &str, json: &str) -> Result<RoomMeta, StoreError> {
@@ -216,17 +260,14 @@ impl ChatStore for RedisStore {
         message: &NewMessage,
         cap: usize,
     ) -> Result<String, StoreError> {
-        let json = serde_json::to_string(message).map_err(|e| StoreError::Corrupt {
-            key: key(&["history", room]),
-            reason: e.to_string(),
-        })?;
+        let json = history_json(room, message)?;
         let mut cmd = redis::cmd("XADD");
         cmd.arg(key(&["history", room]))
             .arg("MAXLEN")
             .arg("~")
             .arg(cap.max(1))
             .arg("*")
-            .arg(FIELD)
+            .arg(HISTORY_FIELD)
             .arg(json);
         self.query(&cmd).await
     }
@@ -248,7 +289,7 @@ impl ChatStore for RedisStore {
         let reply: StreamRangeReply = self.query(&cmd).await?;
         let mut page = Vec::with_capacity(reply.ids.len());
         for entry in reply.ids.into_iter().rev() {
-            let json: Option<String> = entry.get(FIELD);
+            let json: Option<String> = entry.get(HISTORY_FIELD);
             let parsed = json
                 .as_deref()
                 .map(serde_json::from_str::<NewMessage>)
@@ -265,14 +306,55 @@ impl ChatStore for RedisStore {
     }
 
     async fn admit(&self, user: &str, limit: &RateLimit) -> Result<bool, StoreError> {
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(ADMIT)
-            .arg(1)
-            .arg(key(&["rate", user]))
+        let mut conn = self.conn.clone();
+        let admitted: i64 = ADMIT
+            .key(key(&["rate", user]))
             .arg(limit.interval_us())
-            .arg(limit.tolerance_us());
-        let admitted: i64 = self.query(&cmd).await?;
+            .arg(limit.tolerance_us())
+            .invoke_async(&mut conn)
+            .await
+            .map_err(redis_error)?;
         Ok(admitted == 1)
+    }
+
+    async fn post(&self, post: Post<'_>) -> Result<Posted, StoreError> {
+        let Post {
+            room,
+            membership,
+            message,
+            limit,
+            cap,
+        } = post;
+        let json = history_json(room, message)?;
+        let required = match membership {
+            Membership::Required => "1",
+            Membership::Open => "0",
+        };
+        let mut conn = self.conn.clone();
+        let reply: Value = POST
+            .key(key(&["members", room]))
+            .key(key(&["rate", &message.user]))
+            .key(key(&["history", room]))
+            .arg(required)
+            .arg(&message.user)
+            .arg(limit.interval_us())
+            .arg(limit.tolerance_us())
+            .arg(cap.max(1))
+            .arg(json)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(redis_error)?;
+        match reply {
+            Value::Int(0) => Ok(Posted::NotMember),
+            Value::Int(1) => Ok(Posted::RateLimited),
+            Value::BulkString(id) => String::from_utf8(id)
+                .map(Posted::Appended)
+                .map_err(|e| StoreError::Redis(format!("message id: {e}"))),
+            Value::SimpleString(id) => Ok(Posted::Appended(id)),
+            other => Err(StoreError::Redis(format!(
+                "unexpected reply to the post script: {other:?}"
+            ))),
+        }
     }
 
     async fn presence_add(
