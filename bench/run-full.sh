@@ -25,6 +25,7 @@ run failover failover --duration 10s --runs 2
 run sticky sticky --connections 100 --runs 3
 run polling polling --connections 20 --runs 1 --chat-node-bin "$chat"
 run chat chat --connections 60 --rooms 6 --rate 5 --duration 10s --runs 3 --chat-node-bin "$chat"
+run chat-30 chat --connections 60 --rooms 6 --rate 30 --duration 10s --runs 3 --chat-node-bin "$chat"
 # The headline comparison once more at the end: Switchyard, nginx and HAProxy only.
 run http-repeat http --duration 5s --runs 5 --rates 5000 \
   --targets direct,switchyard:round_robin,nginx:round_robin,haproxy:round_robin
