@@ -55,6 +55,8 @@ const BODY_CHUNK: usize = 16 * 1024;
 const POOL_PER_BACKEND: usize = 128;
 /// How long an idle backend connection is kept.
 const POOL_IDLE: Duration = Duration::from_secs(30);
+/// How often idle backend connections are checked for a close from the backend.
+const POOL_SWEEP: Duration = Duration::from_secs(5);
 /// Bound on reading the rest of a head once its first bytes came, when no header timeout
 /// is configured.
 const DEFAULT_HEAD_TIMEOUT: Duration = Duration::from_secs(60);
@@ -75,7 +77,10 @@ pub enum Outcome {
 /// The HTTP/1 path of one proxy service.
 pub struct H1 {
     shared: Arc<Shared>,
-    pool: Pool,
+    pool: Arc<Pool>,
+    /// Whether the pool's sweeper task runs (started by the first connection, on the
+    /// service's own runtime).
+    sweeping: std::sync::atomic::AtomicBool,
 }
 
 /// The connection-level facts every request of a connection shares.
@@ -104,8 +109,31 @@ impl H1 {
     pub fn new(shared: Arc<Shared>) -> Self {
         Self {
             shared,
-            pool: Pool::new(POOL_PER_BACKEND, POOL_IDLE),
+            pool: Arc::new(Pool::new(POOL_PER_BACKEND, POOL_IDLE)),
+            sweeping: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Sweeps the pool every few seconds while the service runs.
+    fn start_sweeper(&self) {
+        if self
+            .sweeping
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            return;
+        }
+        let pool = Arc::downgrade(&self.pool);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(POOL_SWEEP);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                match pool.upgrade() {
+                    Some(p) => p.sweep(),
+                    None => return,
+                }
+            }
+        });
     }
 
     /// Serves requests on `stream` until it closes or a request needs pingora.
@@ -115,6 +143,7 @@ impl H1 {
         reused: bool,
         shutdown: &ShutdownWatch,
     ) -> Outcome {
+        self.start_sweeper();
         let digest = stream.get_socket_digest();
         let peer_ip = digest
             .as_ref()

@@ -69,6 +69,20 @@ impl Pool {
         list.push(Idle { stream, since: now });
     }
 
+    /// Drops the idle connections that expired or that their backend closed. Run now and
+    /// then, so that a pool nobody takes from does not keep closed sockets (CLOSE_WAIT)
+    /// until the next request to that backend.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        let mut map = self.idle.lock();
+        for list in map.values_mut() {
+            list.retain(|i| {
+                now.saturating_duration_since(i.since) <= self.max_idle && still_open(&i.stream)
+            });
+        }
+        map.retain(|_, list| !list.is_empty());
+    }
+
     /// Number of idle connections to `addr` (for tests and metrics).
     pub fn idle_count(&self, addr: SocketAddr) -> usize {
         self.idle.lock().get(&addr).map_or(0, Vec::len)
@@ -110,6 +124,15 @@ mod tests {
             since: Instant::now() - CHECK_AFTER * 2,
         });
         assert!(pool.take(addr).is_none());
+
+        // A sweep drops closed connections nobody asked for.
+        let d = TcpStream::connect(addr).await?;
+        let (server_d, _) = listener.accept().await?;
+        drop(server_d);
+        d.readable().await?;
+        pool.put(addr, d);
+        pool.sweep();
+        assert_eq!(pool.idle_count(addr), 0);
 
         // The oldest goes when the pool is full.
         for _ in 0..3 {
