@@ -821,3 +821,67 @@ async fn the_pingora_path_can_be_chosen_and_serves_the_same_requests() {
     let r = c.exchange(get_req("/status/202")).await;
     assert_eq!((r.status, r.text().as_str()), (202, "b1"), "{r:?}");
 }
+
+#[tokio::test]
+async fn refused_upgrade_answers_are_relayed_whole_then_closed() {
+    // A backend that refuses WebSocket upgrades: first with a chunked body whose first part
+    // ends in `0\r\n\r\n` inside the data (which must not be taken for the end) and whose
+    // rest is sent only once the client has the first part; then with a Content-Length
+    // body. It holds its connections open, so only the framing can tell where an answer ends.
+    let go_on = Arc::new(tokio::sync::Notify::new());
+    let backend_go_on = go_on.clone();
+    let raw = RawBackend::start(move |mut conn, n| {
+        let go_on = backend_go_on.clone();
+        async move {
+            if conn.request().await.is_none() {
+                return;
+            }
+            if n == 0 {
+                let head = "HTTP/1.1 403 Forbidden\r\nTransfer-Encoding: chunked\r\n\r\n";
+                reply(&mut conn, format!("{head}b\r\nno 0\r\n\r\n")).await;
+                if tokio::time::timeout(STEP_TIMEOUT, go_on.notified())
+                    .await
+                    .is_ok()
+                {
+                    reply(&mut conn, " ws\r\n5\r\n here\r\n0\r\n\r\n").await;
+                }
+            } else {
+                reply(
+                    &mut conn,
+                    "HTTP/1.1 401 Unauthorized\r\nContent-Length: 6\r\n\r\nlog in",
+                )
+                .await;
+            }
+            let _ = conn.fill(STEP_TIMEOUT * 2).await;
+        }
+    })
+    .await;
+    let proxy = proxy_for_raw(&[&raw], "");
+    let upgrade = "GET /ws HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                   Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+    let mut c = RawConn::connect(proxy.addr()).await;
+    c.send(upgrade).await;
+    let head = c.head(STEP_TIMEOUT).await.unwrap().unwrap_or_default();
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("connection: close"),
+        "{head}"
+    );
+    let first = c.take(11, STEP_TIMEOUT).await.unwrap();
+    assert_eq!(first, b"b\r\nno 0\r\n\r\n");
+    go_on.notify_one();
+    let rest = c.take(20, STEP_TIMEOUT).await;
+    assert_eq!(
+        rest.as_deref(),
+        Ok(&b" ws\r\n5\r\n here\r\n0\r\n\r\n"[..]),
+        "the answer was cut at a `0\\r\\n\\r\\n` inside a chunk"
+    );
+    c.expect_eof("after a refused upgrade").await;
+
+    let mut c = RawConn::connect(proxy.addr()).await;
+    let r = c.exchange(upgrade).await;
+    assert_eq!((r.status, r.text().as_str()), (401, "log in"), "{r:?}");
+    assert!(r.closes(), "{r:?}");
+    c.expect_eof("after a refused upgrade").await;
+}

@@ -15,7 +15,7 @@
 //! keeps such a connection (it may have read requests pipelined behind that one); an
 //! upgraded one becomes a tunnel. HTTP/2 never comes here.
 
-mod body;
+pub(crate) mod body;
 mod head;
 pub mod pool;
 

@@ -18,6 +18,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::{forwarded_headers, host_of, respond, Ctx, EdgeProxy, MAX_TRIES};
 use crate::access_log::{AccessLog, Entry};
+use crate::h1::body::Framing;
 use crate::tunnel::handshake::{self, HandshakeError, UpstreamResponse};
 use crate::tunnel::relay::{End, Relay};
 
@@ -110,29 +111,29 @@ fn closing_head(head: &[u8]) -> Vec<u8> {
 async fn relay_refusal(mut client: Stream, mut resp: UpstreamResponse, limit: Duration) {
     use tokio::io::AsyncReadExt;
     let head = closing_head(&resp.head);
-    if client.write_all(&head).await.is_err() {
+    // pingora's stream buffers small writes: every part is flushed as it comes, or a slow
+    // backend's answer would wait in the buffer until its body is complete.
+    if client.write_all(&head).await.is_err() || client.flush().await.is_err() {
         return;
     }
-    let no_body = matches!(resp.status, 100..=199 | 204 | 304);
-    let mut remaining = if no_body {
-        Some(0)
-    } else {
-        resp.content_length
+    // The same framing rules as the HTTP/1 path, so the body ends where it really ends
+    // (a chunked body is followed chunk by chunk, not guessed from its last bytes).
+    let mut framing = match (resp.status, resp.chunked, resp.content_length) {
+        (100..=199 | 204 | 304, _, _) | (_, false, Some(0)) => Framing::Empty,
+        (_, true, _) => Framing::Chunked(Default::default()),
+        (_, false, Some(n)) => Framing::Length(n),
+        (_, false, None) => Framing::UntilClose,
     };
     let mut chunk = std::mem::take(&mut resp.rest).to_vec();
     let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        let take = remaining.map_or(chunk.len(), |r| (r as usize).min(chunk.len()));
-        if take > 0 && client.write_all(&chunk[..take]).await.is_err() {
+    // A malformed chunked body ends the relay.
+    while let Ok((take, done)) = framing.feed(&chunk) {
+        if take > 0
+            && (client.write_all(&chunk[..take]).await.is_err() || client.flush().await.is_err())
+        {
             return;
         }
-        if let Some(r) = remaining.as_mut() {
-            *r -= take as u64;
-            if *r == 0 {
-                break;
-            }
-        }
-        if resp.chunked && chunk[..take].ends_with(b"0\r\n\r\n") {
+        if done {
             break;
         }
         chunk.clear();
