@@ -5,7 +5,7 @@ use std::io::Write as _;
 use std::net::IpAddr;
 
 use crate::proxy::policy::RequestView;
-use crate::proxy::{forwarded, FieldValue};
+use crate::proxy::{forwarded, FieldValue, FORWARDED_FIELDS};
 
 use super::body::Framing;
 
@@ -20,14 +20,6 @@ const HOP_BY_HOP: &[&str] = &[
     "te",
     "trailer",
     "upgrade",
-];
-
-/// Fields the proxy sets itself on the upstream request.
-const REPLACED: &[&str] = &[
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "x-real-ip",
 ];
 
 fn is_one_of(name: &str, list: &[&str]) -> bool {
@@ -158,7 +150,7 @@ impl RequestHead<'_> {
         out.extend_from_slice(self.target.as_bytes());
         out.extend_from_slice(b" HTTP/1.1\r\n");
         for h in self.headers {
-            if is_one_of(h.name, HOP_BY_HOP) || is_one_of(h.name, REPLACED) {
+            if is_one_of(h.name, HOP_BY_HOP) || is_one_of(h.name, &FORWARDED_FIELDS) {
                 continue;
             }
             out.extend_from_slice(h.name.as_bytes());

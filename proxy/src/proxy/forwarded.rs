@@ -48,6 +48,15 @@ pub fn client_ip<'a>(
     Some(candidate)
 }
 
+/// The fields [`forwarded`] sets on every upstream request: whatever the client sent under
+/// these names is dropped, never passed on beside ours.
+pub const FORWARDED_FIELDS: [&str; 4] = [
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-real-ip",
+];
+
 /// The value of one forwarded header, kept structured so that a writer can reuse text it
 /// already has (the HTTP/1 path keeps each connection's peer address as text).
 #[derive(Debug, Clone, Copy)]

@@ -26,6 +26,7 @@ use crate::upstream::{ActiveGuard, Backend, Upstream};
 
 pub use forwarded::{
     client_ip, forwarded, forwarded_header_values, forwarded_headers, xff_values, FieldValue,
+    FORWARDED_FIELDS,
 };
 use policy::{Admission, RequestView};
 

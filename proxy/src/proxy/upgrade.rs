@@ -16,7 +16,7 @@ use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
 use tokio::io::AsyncWriteExt;
 
-use super::{forwarded_headers, host_of, respond, Ctx, EdgeProxy, MAX_TRIES};
+use super::{forwarded_headers, host_of, respond, Ctx, EdgeProxy, FORWARDED_FIELDS, MAX_TRIES};
 use crate::access_log::{AccessLog, Entry};
 use crate::h1::body::Framing;
 use crate::tunnel::handshake::{self, HandshakeError, UpstreamResponse};
@@ -24,14 +24,6 @@ use crate::tunnel::relay::{End, Relay};
 
 /// After one side of a tunnel closes, how long the other gets to finish.
 const CLOSE_LINGER: Duration = Duration::from_secs(10);
-
-/// Headers we set or replace on the upstream request.
-const REPLACED: &[&str] = &[
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "x-real-ip",
-];
 
 /// Hop-by-hop headers that never describe the upstream hop of an upgrade.
 const HOP_BY_HOP: &[&str] = &[
@@ -49,7 +41,7 @@ fn request_head(session: &Session, ctx: &Ctx) -> Vec<u8> {
     head.extend_from_slice(format!("{} {} HTTP/1.1\r\n", req.method, pq).as_bytes());
     for (name, value) in req.headers.iter() {
         let n = name.as_str();
-        if REPLACED.contains(&n) || HOP_BY_HOP.contains(&n) {
+        if FORWARDED_FIELDS.contains(&n) || HOP_BY_HOP.contains(&n) {
             continue;
         }
         head.extend_from_slice(n.as_bytes());
