@@ -253,12 +253,12 @@ impl H1 {
         rt: &Runtime,
         shutdown: &ShutdownWatch,
     ) -> bool {
-        let started = Instant::now();
         let mut log = Log {
             shared: &self.shared,
             req,
             client: conn.peer_ip,
-            started,
+            // Only the access log reads the clock for the whole request.
+            started: self.shared.access_log.enabled().then(Instant::now),
             status: 0,
             bytes_sent: 0,
             bytes_received: body.len() as u64,
@@ -682,7 +682,8 @@ struct Log<'a> {
     shared: &'a Shared,
     req: &'a RequestHead<'a>,
     client: Option<IpAddr>,
-    started: Instant,
+    /// Set when the access log is on.
+    started: Option<Instant>,
     status: u16,
     bytes_sent: u64,
     bytes_received: u64,
@@ -705,7 +706,9 @@ impl Drop for Log<'_> {
             status: self.status,
             bytes_sent: self.bytes_sent,
             bytes_received: self.bytes_received,
-            duration_ms: self.started.elapsed().as_secs_f64() * 1e3,
+            duration_ms: self
+                .started
+                .map_or(0.0, |t| t.elapsed().as_secs_f64() * 1e3),
             upstream: self.upstream.as_ref().map(|u| u.name.as_str()),
             backend: self.backend.map(|b| b.to_string()),
             tunnel: false,
