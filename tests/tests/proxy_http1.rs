@@ -885,3 +885,97 @@ async fn refused_upgrade_answers_are_relayed_whole_then_closed() {
     assert!(r.closes(), "{r:?}");
     c.expect_eof("after a refused upgrade").await;
 }
+
+/// A backend that answers `GET /wait/<ms>` after that many milliseconds, on every request
+/// of a kept-alive connection.
+async fn slow_backend() -> RawBackend {
+    RawBackend::start(|mut conn, _| async move {
+        while let Some(req) = conn.request().await {
+            let ms = req
+                .path
+                .strip_prefix("/wait/")
+                .and_then(|ms| ms.parse().ok())
+                .unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            if !reply(&mut conn, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await {
+                return;
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn each_wait_for_a_backend_is_bounded_from_its_own_start() {
+    // The proxy keeps one timer per connection across requests and moves it lazily; a
+    // wait that ends after an earlier wait's deadline must still get its whole bound.
+    let raw = slow_backend().await;
+    let proxy = proxy_for_raw(&[&raw], "[timeouts]\nupstream_read = \"2s\"\n");
+    let mut c = RawConn::connect(proxy.addr()).await;
+    // Answered at ~1.2 s (its bound ends at 2 s), then one answered at ~2.4 s: past the
+    // first bound, within its own (3.2 s).
+    for i in 0..2 {
+        let r = c.exchange(get_req("/wait/1200")).await;
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (200, "ok"),
+            "request {i}: {r:?}"
+        );
+    }
+    // And the bound still holds: a backend that takes 9 s is cut off with a 504.
+    let started = std::time::Instant::now();
+    let r = c.exchange(get_req("/wait/9000")).await;
+    assert_eq!(r.status, 504, "{r:?}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "cut off before its bound: {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn idle_client_connection_closes_after_the_keep_alive_time_from_its_last_answer() {
+    let raw = slow_backend().await;
+    let proxy = proxy_for_raw(&[&raw], "[timeouts]\ndownstream_keepalive = \"1s\"\n");
+    let mut c = RawConn::connect(proxy.addr()).await;
+    // Requests that keep the connection busy for longer than one keep-alive time: the
+    // idle bound set while waiting for the first request must not close it later.
+    for i in 0..3 {
+        let r = c.exchange(get_req("/wait/600")).await;
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (200, "ok"),
+            "request {i}: {r:?}"
+        );
+    }
+    let answered = std::time::Instant::now();
+    c.expect_eof("an idle kept-alive connection").await;
+    // Timers never fire early; a little slack for the timer wheel's millisecond ticks.
+    assert!(
+        answered.elapsed() >= Duration::from_millis(950),
+        "closed {:?} after the last answer",
+        answered.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn stopping_proxy_closes_idle_kept_alive_connections_at_once() {
+    let raw = slow_backend().await;
+    // A grace period far longer than the test's waits: only the stop signal itself can
+    // close the idle connection in time.
+    let proxy = Proxy::start_config(&format!(
+        "[server]\nthreads = 2\ngrace_period = \"60s\"\n{}\n{}",
+        listener(free_port()),
+        upstream(
+            "app",
+            None,
+            &[format!("{{ addr = \"{}\", id = \"raw0\" }}", raw.addr)]
+        )
+    ));
+    let mut c = RawConn::connect(proxy.addr()).await;
+    let r = c.exchange(get_req("/wait/0")).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    proxy.signal(nix::sys::signal::Signal::SIGTERM);
+    c.expect_eof("an idle connection when the proxy stops")
+        .await;
+}

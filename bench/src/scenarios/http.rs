@@ -28,6 +28,11 @@ pub fn plan(common: &Common, rates: &[u64], backends: usize) -> Plan {
             &format!("p99 ms @{r}/s"),
             2,
         ));
+        columns.push(col(
+            &format!("open{r}_req_per_cpu_s"),
+            &format!("req/proxy-CPU-s @{r}/s"),
+            0,
+        ));
     }
     Plan {
         name: "http",
@@ -47,7 +52,9 @@ pub fn plan(common: &Common, rates: &[u64], backends: usize) -> Plan {
         columns,
         notes: vec![
             "Requests per proxy CPU-second = successful requests / (user+system CPU seconds \
-             of the proxy process and its children, from /proc/<pid>/stat) over the closed loop."
+             of the proxy process and its children, from /proc/<pid>/stat) over the closed loop; \
+             `@<rate>/s`: the same over the open loop at that rate, where no process is \
+             saturated (the CPU a proxy costs at a given load)."
                 .into(),
         ],
         chat: None,
@@ -110,6 +117,7 @@ pub async fn measure(
     r.per_backend = o.per_backend.iter().map(|c| *c as f64).collect();
     r.timeline = timeline_of(&o.timeline, 1.0);
     for rate in rates {
+        let cpu0 = running.cpu_seconds();
         let o = run_load(load(
             common,
             running,
@@ -118,6 +126,10 @@ pub async fn measure(
             common.duration,
         ))
         .await;
+        let cpu = running.cpu_seconds() - cpu0;
+        if running.pid.is_some() && cpu > 0.0 {
+            r.set(&format!("open{rate}_req_per_cpu_s"), o.ok as f64 / cpu);
+        }
         let p = Percentiles::of(&o.latency);
         r.set(&format!("open{rate}_p99_ms"), p.p99);
         r.set(&format!("open{rate}_p50_ms"), p.p50);

@@ -16,11 +16,14 @@
 //! upgraded one becomes a tunnel. HTTP/2 never comes here.
 
 pub(crate) mod body;
+mod bound;
 mod head;
 pub mod pool;
 
+use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,7 +32,6 @@ use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::timeout_at;
 
 use crate::access_log::{AccessLog, Entry};
 use crate::proxy::policy::{self, Admission, RequestView};
@@ -39,7 +41,8 @@ use crate::tunnel::handshake::{self, HandshakeError};
 use crate::upstream::Upstream;
 
 use body::Framing;
-use head::{BadResponse, Parse, RequestHead, ResponseHead, MAX_HEADERS};
+use bound::{bounded, Deadline};
+use head::{BadResponse, Parse, RequestHead, ResponseHead};
 use pool::Pool;
 
 /// Request heads larger than this go to pingora, which applies its own limit.
@@ -90,6 +93,8 @@ struct Conn {
     peer_text: String,
     local: Option<SocketAddr>,
     tls: bool,
+    /// Set when the proxy starts to stop: the connection is not kept alive after that.
+    shutdown: ShutdownWatch,
 }
 
 /// Why waiting for a request head ended without one.
@@ -159,10 +164,13 @@ impl H1 {
                 .and_then(|a| a.as_inet())
                 .copied(),
             tls: stream.get_ssl_digest().is_some(),
+            shutdown: shutdown.clone(),
         };
-        let mut shutdown = shutdown.clone();
+        // Registered once for the connection's life, not once per wait for a request.
+        let mut stopping = pin!(stopped(shutdown.clone()));
         let mut buf = BytesMut::with_capacity(4096);
         let mut served = reused;
+        let mut timers = Timers::default();
         loop {
             let rt = self.shared.current();
             let t = &rt.config.timeouts;
@@ -176,7 +184,9 @@ impl H1 {
                 &mut buf,
                 first_wait,
                 head_timeout,
-                &mut shutdown,
+                shutdown,
+                stopping.as_mut(),
+                &mut timers.client,
             )
             .await
             {
@@ -202,7 +212,7 @@ impl H1 {
             }
             // The whole request (head and body) is read before anything goes upstream.
             let (consumed, next) = loop {
-                let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                let mut fields = head::fields();
                 let need = match head::parse_request(&buf, &mut fields) {
                     Parse::Ready(req) if req.content_length <= MAX_BUFFERED_BODY => {
                         let need = req.len + req.content_length as usize;
@@ -215,7 +225,7 @@ impl H1 {
                         if buf.len() >= need || refused {
                             let body = &buf[req.len..need.min(buf.len())];
                             let next = self
-                                .exchange(&mut stream, &req, body, &conn, &rt, &shutdown)
+                                .exchange(&mut stream, &req, body, &conn, &rt, &mut timers.upstream)
                                 .await;
                             break (need, next);
                         }
@@ -251,7 +261,7 @@ impl H1 {
         body: &[u8],
         conn: &Conn,
         rt: &Runtime,
-        shutdown: &ShutdownWatch,
+        deadline: &mut Deadline,
     ) -> bool {
         let mut log = Log {
             shared: &self.shared,
@@ -313,12 +323,11 @@ impl H1 {
                 return false;
             };
             log.backend = Some(choice.backend.addr);
-            let attempt_started = Instant::now();
             match self
-                .attempt(choice.backend.addr, client, &out, req, t)
+                .attempt(choice.backend.addr, client, &out, req, t, deadline)
                 .await
             {
-                Ok((upstream, resp, upbuf)) => {
+                Ok((upstream, resp, upbuf, attempt_started)) => {
                     break (choice, upstream, resp, upbuf, attempt_started)
                 }
                 Err(Failure::Client) => return false,
@@ -339,18 +348,19 @@ impl H1 {
                 }
             }
         };
+        let answered = Instant::now();
         policy::observe_response(
             up,
             choice.index,
             &choice.backend,
-            Some(attempt_started),
+            Some((attempt_started, answered)),
             resp.status,
         );
         log.status = resp.status;
 
         let keep_alive = !req.close
             && !resp.framing.until_close()
-            && !*shutdown.borrow()
+            && !*conn.shutdown.borrow()
             && !t.downstream_keepalive.is_zero();
         let mut head = resp.out;
         if let Some(cookie) = &choice.set_cookie {
@@ -378,7 +388,7 @@ impl H1 {
             Ok(r) => {
                 log.bytes_sent = r.body_bytes;
                 if resp.reusable && r.clean {
-                    self.pool.put(choice.backend.addr, upstream);
+                    self.pool.put(choice.backend.addr, upstream, answered);
                 }
                 true
             }
@@ -400,7 +410,8 @@ impl H1 {
 
     /// One attempt on one backend: a pooled connection, then (if that one turns out to be
     /// stale and the request can be sent again) a fresh one. Returns the connection, the
-    /// final response head, and the bytes read so far (head included).
+    /// final response head, the bytes read so far (head included), and when the attempt
+    /// started (for the time to first byte).
     async fn attempt(
         &self,
         addr: SocketAddr,
@@ -408,8 +419,10 @@ impl H1 {
         request: &[u8],
         req: &RequestHead<'_>,
         t: &crate::config::Timeouts,
-    ) -> Result<(TcpStream, ResponseHead, BytesMut), Failure> {
-        let mut pooled = self.pool.take(addr);
+        deadline: &mut Deadline,
+    ) -> Result<(TcpStream, ResponseHead, BytesMut, Instant), Failure> {
+        let started = Instant::now();
+        let mut pooled = self.pool.take(addr, started);
         loop {
             let reused = pooled.is_some();
             let mut upstream = match pooled.take() {
@@ -420,11 +433,18 @@ impl H1 {
             };
             let result = async {
                 write_upstream(&mut upstream, request, t.upstream_read).await?;
-                read_response_head(&mut upstream, client, req.is_head(), t.upstream_read).await
+                read_response_head(
+                    &mut upstream,
+                    client,
+                    req.is_head(),
+                    t.upstream_read,
+                    deadline,
+                )
+                .await
             }
             .await;
             match result {
-                Ok((resp, buf)) => return Ok((upstream, resp, buf)),
+                Ok((resp, buf)) => return Ok((upstream, resp, buf, started)),
                 // A kept-alive connection the backend closed just before our request: the
                 // request never reached it, so it goes again (whole: the body was read
                 // before sending) on a new connection.
@@ -442,7 +462,7 @@ async fn write_upstream(
     bytes: &[u8],
     limit: Duration,
 ) -> Result<(), Failure> {
-    match tokio::time::timeout(limit, upstream.write_all(bytes)).await {
+    match bounded(limit, upstream.write_all(bytes)).await {
         Ok(r) => r.map_err(Failure::Write),
         Err(_) => Err(Failure::Timeout),
     }
@@ -455,9 +475,10 @@ async fn read_response_head(
     client: &mut Stream,
     request_was_head: bool,
     limit: Duration,
+    deadline: &mut Deadline,
 ) -> Result<(ResponseHead, BytesMut), Failure> {
     let mut buf = BytesMut::with_capacity(BODY_CHUNK);
-    let deadline = tokio::time::Instant::now() + limit;
+    let until = tokio::time::Instant::now() + limit;
     let mut received = false;
     loop {
         match head::parse_response(&buf, request_was_head, MAX_RESPONSE_HEAD) {
@@ -477,18 +498,18 @@ async fn read_response_head(
         if buf.capacity() - buf.len() < 1024 {
             buf.reserve(BODY_CHUNK);
         }
-        match timeout_at(deadline, upstream.read_buf(&mut buf)).await {
-            Err(_) => return Err(Failure::Timeout),
-            Ok(Ok(0)) if !received => return Err(Failure::Closed),
-            Ok(Ok(0)) => return Err(Failure::Bad(BadResponse::Invalid)),
-            Ok(Ok(_)) => received = true,
-            Ok(Err(e)) if !received => {
+        match deadline.until(until, upstream.read_buf(&mut buf)).await {
+            None => return Err(Failure::Timeout),
+            Some(Ok(0)) if !received => return Err(Failure::Closed),
+            Some(Ok(0)) => return Err(Failure::Bad(BadResponse::Invalid)),
+            Some(Ok(_)) => received = true,
+            Some(Err(e)) if !received => {
                 // Reset before any byte of the answer: like a close, the request may
                 // never have been read.
                 tracing::trace!("backend connection failed before answering: {e}");
                 return Err(Failure::Closed);
             }
-            Ok(Err(e)) => return Err(Failure::Read(e)),
+            Some(Err(e)) => return Err(Failure::Read(e)),
         }
     }
 }
@@ -534,8 +555,7 @@ async fn relay_body(
         if upbuf.capacity() < BODY_CHUNK {
             upbuf.reserve(BODY_CHUNK);
         }
-        let deadline = tokio::time::Instant::now() + limit;
-        let got = match timeout_at(deadline, upstream.read_buf(upbuf)).await {
+        let got = match bounded(limit, upstream.read_buf(upbuf)).await {
             Err(_) => return Err(RelayError::Upstream(sent, "timed out".into())),
             Ok(Err(e)) => return Err(RelayError::Upstream(sent, e.to_string())),
             Ok(Ok(0)) if framing.until_close() => {
@@ -569,7 +589,7 @@ async fn relay_body(
 async fn read_body(stream: &mut Stream, buf: &mut BytesMut, need: usize, limit: Duration) -> bool {
     buf.reserve(need.saturating_sub(buf.len()));
     while buf.len() < need {
-        match tokio::time::timeout(limit, stream.read_buf(buf)).await {
+        match bounded(limit, stream.read_buf(buf)).await {
             Ok(Ok(n)) if n > 0 => {}
             _ => return false,
         }
@@ -583,7 +603,9 @@ async fn wait_head(
     buf: &mut BytesMut,
     first_wait: Duration,
     head_timeout: Duration,
-    shutdown: &mut ShutdownWatch,
+    shutdown: &ShutdownWatch,
+    mut stopping: Pin<&mut impl Future<Output = ()>>,
+    timer: &mut Deadline,
 ) -> Result<(), NoHead> {
     let mut deadline = None;
     // Where the search for the blank line resumes: a head trickled in byte by byte is
@@ -605,17 +627,17 @@ async fn wait_head(
             if *shutdown.borrow() {
                 return Err(NoHead::Gone);
             }
-            let until = tokio::time::Instant::now() + first_wait;
             tokio::select! {
                 biased;
-                r = timeout_at(until, stream.read_buf(buf)) => r.map_err(|_| NoHead::Idle)?,
-                Ok(()) = shutdown.changed() => return Err(NoHead::Gone),
+                r = timer.within(first_wait, stream.read_buf(buf)) => r.ok_or(NoHead::Idle)?,
+                () = stopping.as_mut() => return Err(NoHead::Gone),
             }
         } else {
             let until = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + head_timeout);
-            timeout_at(until, stream.read_buf(buf))
+            timer
+                .until(until, stream.read_buf(buf))
                 .await
-                .map_err(|_| NoHead::TimedOut)?
+                .ok_or(NoHead::TimedOut)?
         };
         match read {
             Ok(0) | Err(_) => return Err(NoHead::Gone),
@@ -624,22 +646,39 @@ async fn wait_head(
     }
 }
 
+/// Ends when the proxy starts to stop (never, if the signal's sender is gone).
+async fn stopped(mut watch: ShutdownWatch) {
+    while !*watch.borrow_and_update() {
+        if watch.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
 /// Whether `buf` holds the blank line that ends a head (CRLF or bare LF line endings).
 fn head_complete(buf: &[u8]) -> bool {
-    buf.windows(2)
-        .enumerate()
-        .any(|(i, w)| w == b"\n\n" || (w == b"\n\r" && buf.get(i + 2) == Some(&b'\n')))
+    memchr::memchr_iter(b'\n', buf).any(|i| match buf.get(i + 1) {
+        Some(b'\n') => true,
+        Some(b'\r') => buf.get(i + 2) == Some(&b'\n'),
+        _ => false,
+    })
 }
 
 async fn write_all(client: &mut Stream, bytes: &[u8], limit: Duration) -> bool {
-    matches!(
-        tokio::time::timeout(limit, client.write_all(bytes)).await,
-        Ok(Ok(()))
-    )
+    matches!(bounded(limit, client.write_all(bytes)).await, Ok(Ok(())))
 }
 
 async fn write_flush(client: &mut Stream, bytes: &[u8]) -> bool {
     client.write_all(bytes).await.is_ok() && client.flush().await.is_ok()
+}
+
+/// A connection's timers: one per kind of wait that happens on every request.
+#[derive(Default)]
+struct Timers {
+    /// Waiting for the client's next request (keep-alive, header timeout).
+    client: Deadline,
+    /// Waiting for a backend's answer.
+    upstream: Deadline,
 }
 
 /// Why an attempt on a backend failed.
@@ -728,5 +767,9 @@ mod tests {
         assert!(head_complete(b"GET / HTTP/1.1\nHost: a\n\n"));
         assert!(!head_complete(b"GET / HTTP/1.1\r\nHost: a\r\n"));
         assert!(!head_complete(b"GET / HTTP/1.1\r\nHost: a\r\n\r"));
+        assert!(!head_complete(b"\r"));
+        assert!(head_complete(b"\n\n"));
+        assert!(head_complete(b"a\n\r\n"));
+        assert!(!head_complete(b"a\n\rb\n"));
     }
 }

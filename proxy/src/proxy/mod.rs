@@ -166,7 +166,13 @@ impl EdgeProxy {
             return;
         };
         // The last index tried is the backend that answered.
-        policy::observe_response(up, index, b, ctx.upstream_started, status);
+        policy::observe_response(
+            up,
+            index,
+            b,
+            ctx.upstream_started.map(|t| (t, Instant::now())),
+            status,
+        );
     }
 
     /// Answers locally with a plain-text reason and stops the request.

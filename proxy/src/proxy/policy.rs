@@ -245,18 +245,18 @@ fn sticky_cookie_header(up: &Upstream, id: &str, tls: bool) -> Option<String> {
     Some(c)
 }
 
-/// Records a response head from a chosen backend: time to first byte (least_time and the
-/// latency histogram), the status class, and a passive-health success.
+/// Records a response head from a chosen backend: time to first byte from `timing` (when
+/// the attempt started, when the head came; least_time and the latency histogram), the
+/// status class, and a passive-health success.
 pub(crate) fn observe_response(
     up: &Upstream,
     index: usize,
     backend: &Backend,
-    started: Option<Instant>,
+    timing: Option<(Instant, Instant)>,
     status: u16,
 ) {
     let metrics = up.metrics.get(index);
-    if let Some(t) = started {
-        let now = Instant::now();
+    if let Some((t, now)) = timing {
         let el = now.saturating_duration_since(t);
         backend.stats.ewma.observe_at(el, now);
         if let Some(m) = metrics {
