@@ -3,7 +3,8 @@
 //!
 //! - [`memory`]: in-process ([`MemoryBus`]), the embedded default without `--redis`; several
 //!   nodes in one process (tests) may share one.
-//! - [`redis`]: Redis Streams ([`RedisBus`]), one stream per topic.
+//! - [`redis`]: Redis Streams ([`RedisBus`]), one stream per topic, delivered live by
+//!   pub/sub.
 //!
 //! A topic is an append-only log: every subscriber of a topic sees every entry published to
 //! it after it subscribed, in one order (the publisher's order for one publisher), including
@@ -99,6 +100,7 @@ pub trait Bus: Send + Sync + 'static {
     fn kind(&self) -> &'static str;
 }
 
-/// The capacity of a subscriber's channel: a reader that falls this far behind waits (the
-/// Redis reader then stops reading, and resumes from its last entry id).
+/// The capacity of a subscriber's channel. A reader that falls this far behind is caught
+/// up later rather than waited for (the Redis bus reads the stream for it from its last
+/// entry id, without holding up the other topics' delivery); the in-process bus waits.
 pub const SUBSCRIBER_CAPACITY: usize = 1024;

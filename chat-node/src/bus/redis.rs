@@ -1,21 +1,25 @@
-//! The Redis bus: one Redis Stream per topic.
+//! The Redis bus: one Redis Stream per topic, and a pub/sub channel of the same name that
+//! carries each entry live.
 //!
-//! - Publishing is `XADD <topic> MINID ~ <now - retention> * d <entry>` (or `MAXLEN ~ n`
-//!   without a retention) from one publisher task fed by a bounded local queue. The task
-//!   sends what has queued up as one pipeline (one round trip for a burst, in order), and
-//!   hands each entry's id back to an [`append`](Bus::append) waiting for it. While Redis is
-//!   down the entries wait in the queue (in order) and the task retries with a capped
-//!   backoff, so a short outage loses nothing; `append` then answers at once, without an
-//!   id. A retry after a lost reply may append an entry twice; readers drop duplicates (see
-//!   [`crate::cluster`]).
-//! - Each subscription is a reader task on its own connection (a blocking `XREAD` would
-//!   stall every other command on a shared, multiplexed one). It starts from the stream's
-//!   last entry at subscription time (`XREVRANGE + - COUNT 1`, not `$`, so that nothing
-//!   published between two `XREAD`s is skipped) and always resumes from the last id it
-//!   read, across errors and reconnections.
+//! - Publishing runs the [`APPEND`] script: `XADD <topic> MINID ~ <now - retention> * d
+//!   <entry>` (or `MAXLEN ~ n` without a retention), then `PUBLISH <topic> "<id> <entry>"`,
+//!   atomically, so that the channel carries the log's entries in the log's order with their
+//!   ids. One publisher task, fed by a bounded local queue, sends what has queued up as one
+//!   pipeline (one round trip for a burst, in order), and hands each entry's id back to an
+//!   [`append`](Bus::append) waiting for it. While Redis is down the entries wait in the
+//!   queue (in order) and the task retries with a capped backoff, so a short outage loses
+//!   nothing; `append` then answers at once, without an id. A retry after a lost reply may
+//!   append an entry twice; readers drop duplicates (see [`crate::cluster`]).
+//! - Subscribers are served by one task per bus on one pub/sub connection ([`live`]): entries
+//!   arrive as they are published, without a read command per entry. The stream is read
+//!   (`XRANGE`) only to catch up: from the last entry at subscription time, after every
+//!   reconnection, and for a subscriber that fell behind; so nothing the connection missed
+//!   is skipped.
 //! - Trimming bounds memory: by age (`MINID`) when recovery needs the log for a time
 //!   window, by length (`MAXLEN`) otherwise. A reader away for longer than that misses the
 //!   trimmed entries, and [`Bus::read_after`] says so.
+
+mod live;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -25,13 +29,29 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::StreamRangeReply;
-use redis::{AsyncCommands as _, Value};
+use redis::{AsyncCommands as _, Script, ServerErrorKind, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{parse_id, Bus, BusEntry, BusError, LOG_START, SUBSCRIBER_CAPACITY};
 
-/// The stream field holding an entry's bytes.
+/// The stream field holding an entry's bytes (also in [`APPEND`]).
 const FIELD: &str = "d";
+
+/// Appends an entry and publishes it with its id. KEYS[1]: the stream, also the channel's
+/// name (Redis keeps channel names apart from keys). ARGV: the trim strategy (`MAXLEN` or
+/// `MINID`), its threshold, the entry. Returns the id. The message is `<id> <entry>`: an
+/// id has no space. One script, so that no other entry of the stream comes between the two
+/// and the channel's order is the log's.
+static APPEND: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
+    Script::new(
+        r"
+local id = redis.call('XADD', KEYS[1], ARGV[1], '~', ARGV[2], '*', 'd', ARGV[3])
+redis.call('PUBLISH', KEYS[1], id .. ' ' .. ARGV[3])
+return id
+",
+    )
+});
+
 /// The first and the longest pause between two attempts while Redis is unreachable.
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -46,11 +66,13 @@ pub struct RedisBusConfig {
     /// The approximate length each stream is trimmed to (`XADD … MAXLEN ~ n`), unless it
     /// is retained for a time ([`Bus::retain`]: `XADD … MINID ~ <now - window>`).
     pub max_len: usize,
-    /// How long one `XREAD` blocks waiting for entries.
-    pub block: Duration,
+    /// How often the pub/sub connection is pinged (a Redis that vanished without closing
+    /// it is noticed within this plus `response_timeout`), and closed subscriptions are
+    /// swept.
+    pub keepalive: Duration,
     /// How many entries may wait locally for an unreachable Redis before publishing fails.
     pub buffer: usize,
-    /// How long a command (other than the blocking read) may take.
+    /// How long a command may take.
     pub response_timeout: Duration,
 }
 
@@ -60,7 +82,7 @@ impl RedisBusConfig {
         Self {
             url: url.into(),
             max_len: 10_000,
-            block: Duration::from_secs(5),
+            keepalive: Duration::from_secs(5),
             buffer: 10_000,
             response_timeout: Duration::from_secs(2),
         }
@@ -75,10 +97,11 @@ pub struct RedisBus {
 
 struct Inner {
     config: RedisBusConfig,
-    client: redis::Client,
     conn: ConnectionManager,
     outbox: mpsc::Sender<Outgoing>,
-    /// The last XADD succeeded: an `append` may wait for its id.
+    /// The subscribers' task ([`live`]); it ends when this is dropped.
+    live: live::Handle,
+    /// The last append succeeded: an `append` may wait for its id.
     healthy: Arc<AtomicBool>,
     /// Topics trimmed by age rather than length.
     retained: Retained,
@@ -102,15 +125,16 @@ enum Trim {
 }
 
 impl Trim {
+    /// The strategy and its threshold, as [`APPEND`] takes them.
     fn args(self, cmd: &mut redis::Cmd) {
         match self {
-            Self::MaxLen(n) => cmd.arg("MAXLEN").arg("~").arg(n),
+            Self::MaxLen(n) => cmd.arg("MAXLEN").arg(n),
             Self::Retention(window) => {
                 let now = SystemTime::now()
                     .duration_since(UNIX_EPOCH)
                     .unwrap_or_default();
                 let min = now.saturating_sub(window).as_millis();
-                cmd.arg("MINID").arg("~").arg(min.to_string())
+                cmd.arg("MINID").arg(min.to_string())
             }
         };
     }
@@ -167,6 +191,7 @@ impl RedisBus {
         let (outbox, queue) = mpsc::channel(config.buffer.max(1));
         let healthy = Arc::new(AtomicBool::new(true));
         let retained = Retained::default();
+        let live = live::spawn(client, conn.clone(), config.clone());
         tokio::spawn(publish_loop(
             conn.clone(),
             queue,
@@ -177,9 +202,9 @@ impl RedisBus {
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
-                client,
                 conn,
                 outbox,
+                live,
                 healthy,
                 retained,
             }),
@@ -263,13 +288,7 @@ impl Bus for RedisBus {
 
     fn subscribe(&self, topic: &str) -> mpsc::Receiver<BusEntry> {
         let (tx, rx) = mpsc::channel(SUBSCRIBER_CAPACITY);
-        tokio::spawn(read_loop(
-            self.inner.client.clone(),
-            self.inner.conn.clone(),
-            self.inner.config.clone(),
-            topic.to_owned(),
-            tx,
-        ));
+        self.inner.live.subscribe(topic, tx);
         rx
     }
 
@@ -311,8 +330,8 @@ fn next_backoff(backoff: Duration) -> Duration {
     (backoff * 2).min(MAX_BACKOFF)
 }
 
-/// Appends the queued entries in order, each batch retried until Redis takes it, and hands
-/// the ids back. Ends when the bus is dropped.
+/// Appends (and publishes) the queued entries in order, each batch retried until Redis
+/// takes it, and hands the ids back. Ends when the bus is dropped.
 async fn publish_loop(
     mut conn: ConnectionManager,
     mut queue: mpsc::Receiver<Outgoing>,
@@ -336,10 +355,10 @@ async fn publish_loop(
                     Some(window) => Trim::Retention(*window),
                     None => Trim::MaxLen(max_len),
                 };
-                let mut cmd = redis::cmd("XADD");
-                cmd.arg(&item.key);
+                let mut cmd = redis::cmd("EVALSHA");
+                cmd.arg(APPEND.get_hash()).arg(1).arg(&item.key);
                 trim.args(&mut cmd);
-                cmd.arg("*").arg(FIELD).arg(item.entry.as_ref());
+                cmd.arg(item.entry.as_ref());
                 pipe.add_command(cmd);
             }
             let added: redis::RedisResult<Vec<String>> = pipe.query_async(&mut conn).await;
@@ -353,19 +372,34 @@ async fn publish_loop(
                     }
                     break;
                 }
+                // A new or restarted Redis: load the script and send the batch again (no
+                // entry of it was appended: they all failed the same way).
+                Err(error) if is_no_script(&error) => {
+                    if let Err(error) = APPEND.load_async(&mut conn).await {
+                        tracing::warn!(%error, "SCRIPT LOAD failed; retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = next_backoff(backoff);
+                    }
+                }
                 Err(error) if queue.is_closed() => {
-                    tracing::warn!(%error, lost = queue.len() + batch.len(), "XADD failed and the bus is gone; dropping what is left");
+                    tracing::warn!(%error, lost = queue.len() + batch.len(), "append failed and the bus is gone; dropping what is left");
                     return;
                 }
                 Err(error) => {
                     healthy.store(false, Ordering::Relaxed);
-                    tracing::warn!(%error, waiting = queue.len() + batch.len(), "XADD failed; retrying");
+                    tracing::warn!(%error, waiting = queue.len() + batch.len(), "append failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = next_backoff(backoff);
                 }
             }
         }
     }
+}
+
+/// Whether `error` (of one command, or the first of a pipeline's) says that a script is
+/// not loaded.
+fn is_no_script(error: &redis::RedisError) -> bool {
+    error.kind() == redis::ErrorKind::Server(ServerErrorKind::NoScript)
 }
 
 /// The id of the last entry of stream `key` (`0-0` when it is empty or missing).
@@ -377,45 +411,28 @@ async fn last_entry(conn: &mut ConnectionManager, key: &str) -> redis::RedisResu
         .map_or_else(|| "0-0".to_owned(), |entry| entry.id.clone()))
 }
 
-/// The most entries one `XREAD` returns.
-const READ_COUNT: usize = 256;
-
-/// The entries of an `XREAD` reply (for one stream), in order: each id with its data
-/// (`None` when the entry has no [`FIELD`]). Read from the reply as it is, without a map
-/// per entry or a copy of the data: every node reads every entry.
-fn read_entries(reply: Value) -> Vec<(String, Option<Bytes>)> {
-    // RESP2: [[key, entries], ...]; RESP3: {key: entries, ...}; nil when the read timed out.
-    let streams: Vec<Value> = match reply {
-        Value::Array(streams) => streams
-            .into_iter()
-            .filter_map(|stream| match stream {
-                Value::Array(pair) => pair.into_iter().nth(1),
-                _ => None,
-            })
-            .collect(),
-        Value::Map(streams) => streams.into_iter().map(|(_, entries)| entries).collect(),
-        _ => Vec::new(),
+/// The entries of an `XRANGE` reply, in order: each id with its data (`None` when the
+/// entry has no [`FIELD`]). Read from the reply as it is, without a map per entry or a copy
+/// of the data.
+fn range_entries(reply: Value) -> Vec<(String, Option<Bytes>)> {
+    let Value::Array(entries) = reply else {
+        return Vec::new();
     };
-    let mut read = Vec::new();
-    for entries in streams {
-        let Value::Array(entries) = entries else {
+    let mut read = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let Value::Array(entry) = entry else { continue };
+        let mut parts = entry.into_iter();
+        let Some(id) = parts.next().and_then(text) else {
             continue;
         };
-        for entry in entries {
-            let Value::Array(entry) = entry else { continue };
-            let mut parts = entry.into_iter();
-            let Some(id) = parts.next().and_then(text) else {
-                continue;
-            };
-            let data = match parts.next() {
-                Some(Value::Array(fields)) => field(fields),
-                Some(Value::Map(fields)) => {
-                    field(fields.into_iter().flat_map(|(k, v)| [k, v]).collect())
-                }
-                _ => None,
-            };
-            read.push((id, data));
-        }
+        let data = match parts.next() {
+            Some(Value::Array(fields)) => field(fields),
+            Some(Value::Map(fields)) => {
+                field(fields.into_iter().flat_map(|(k, v)| [k, v]).collect())
+            }
+            _ => None,
+        };
+        read.push((id, data));
     }
     read
 }
@@ -449,82 +466,6 @@ fn text(value: Value) -> Option<String> {
     }
 }
 
-/// Reads `key` from its last entry on, forever, into `tx`; ends when `tx`'s receiver is
-/// dropped.
-async fn read_loop(
-    client: redis::Client,
-    mut shared: ConnectionManager,
-    config: RedisBusConfig,
-    key: String,
-    tx: mpsc::Sender<BusEntry>,
-) {
-    // The blocking read must not time out on the client side before Redis answers.
-    let settings = manager_config(config.block + config.response_timeout);
-    let block_ms = usize::try_from(config.block.as_millis()).unwrap_or(usize::MAX);
-    let mut conn: Option<ConnectionManager> = None;
-    // The start is resolved at once on the shared connection, already open (the reader's
-    // own connection takes a while to open, and what is published meanwhile must not be
-    // skipped). The publisher's XADDs go through that connection too, in order.
-    let mut last_id: Option<String> = match last_entry(&mut shared, &key).await {
-        Ok(id) => Some(id),
-        Err(error) => {
-            tracing::warn!(%key, %error, "XREVRANGE failed; resolving the start later");
-            None
-        }
-    };
-    let mut backoff = MIN_BACKOFF;
-    while !tx.is_closed() {
-        let result = async {
-            let conn = match &mut conn {
-                Some(conn) => conn,
-                None => conn.insert(
-                    ConnectionManager::new_with_config(client.clone(), settings.clone()).await?,
-                ),
-            };
-            let from = match &last_id {
-                Some(id) => id.clone(),
-                None => {
-                    let id = last_entry(conn, &key).await?;
-                    last_id = Some(id.clone());
-                    id
-                }
-            };
-            let mut read = redis::cmd("XREAD");
-            read.arg("BLOCK")
-                .arg(block_ms)
-                .arg("COUNT")
-                .arg(READ_COUNT)
-                .arg("STREAMS")
-                .arg(&key)
-                .arg(&from);
-            let reply: Value = read.query_async(conn).await?;
-            Ok::<_, redis::RedisError>(reply)
-        }
-        .await;
-        match result {
-            Ok(reply) => {
-                backoff = MIN_BACKOFF;
-                for (id, data) in read_entries(reply) {
-                    last_id = Some(id.clone());
-                    match data {
-                        Some(data) => {
-                            if tx.send(BusEntry { id, data }).await.is_err() {
-                                return;
-                            }
-                        }
-                        None => tracing::warn!(%key, "stream entry without data; skipped"),
-                    }
-                }
-            }
-            Err(error) => {
-                tracing::warn!(%key, %error, "XREAD failed; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = next_backoff(backoff);
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -541,22 +482,29 @@ mod tests {
     }
 
     #[test]
-    fn xread_replies_in_both_protocols_give_ids_and_data_in_order() {
+    fn range_replies_give_ids_and_data_in_order() {
         let entries = Value::Array(vec![
             entry("1-0", &["d", "one"]),
             entry("1-1", &["x", "y"]),
             entry("2-0", &["x", "y", "d", "two"]),
+            // Not an entry: skipped.
+            bulk("3-0"),
         ]);
         let expected = vec![
             ("1-0".to_owned(), Some(Bytes::from_static(b"one"))),
             ("1-1".to_owned(), None),
             ("2-0".to_owned(), Some(Bytes::from_static(b"two"))),
         ];
-        let resp2 = Value::Array(vec![Value::Array(vec![bulk("t"), entries.clone()])]);
-        assert_eq!(read_entries(resp2), expected);
-        let resp3 = Value::Map(vec![(bulk("t"), entries)]);
-        assert_eq!(read_entries(resp3), expected);
-        // A read that timed out.
-        assert!(read_entries(Value::Nil).is_empty());
+        assert_eq!(range_entries(entries), expected);
+        // RESP3 may give an entry's fields as a map.
+        let map = Value::Array(vec![Value::Array(vec![
+            bulk("4-0"),
+            Value::Map(vec![(bulk("d"), bulk("four"))]),
+        ])]);
+        assert_eq!(
+            range_entries(map),
+            vec![("4-0".to_owned(), Some(Bytes::from_static(b"four")))]
+        );
+        assert!(range_entries(Value::Nil).is_empty());
     }
 }
