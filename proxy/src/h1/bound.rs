@@ -21,10 +21,15 @@ use tokio::time::{sleep_until, Instant, Sleep};
 /// `fut`, failing with [`Elapsed`] if it waits for longer than `limit`.
 pub(crate) async fn bounded<F: Future>(limit: Duration, fut: F) -> Result<F::Output, Elapsed> {
     let mut fut = pin!(fut);
-    match poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await {
+    match poll_once(fut.as_mut()).await {
         Poll::Ready(out) => Ok(out),
         Poll::Pending => tokio::time::timeout(limit, fut).await,
     }
+}
+
+/// Polls `fut` once (registering the task's waker if it is pending).
+async fn poll_once<F: Future>(mut fut: Pin<&mut F>) -> Poll<F::Output> {
+    poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await
 }
 
 /// The time bound of one kind of wait on one connection (waiting for a request, waiting
@@ -39,7 +44,7 @@ impl Deadline {
     /// `fut`, or `None` if it waits for longer than `limit`.
     pub async fn within<F: Future>(&mut self, limit: Duration, fut: F) -> Option<F::Output> {
         let mut fut = pin!(fut);
-        match poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await {
+        match poll_once(fut.as_mut()).await {
             Poll::Ready(out) => Some(out),
             Poll::Pending => self.wait(Instant::now() + limit, fut).await,
         }
