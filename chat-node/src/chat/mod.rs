@@ -28,7 +28,7 @@ pub mod secret;
 pub mod store;
 pub mod validate;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashSet};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -40,7 +40,7 @@ pub use self::error::ChatError;
 pub use self::rate::RateLimit;
 use self::store::PresenceEntry;
 pub use self::store::{ChatStore, MemoryStore, RedisStore, StoreError};
-use crate::engineio::Sid;
+use crate::engineio::{Sid, SidMap};
 use crate::socketio::packet::InvalidNamespace;
 use crate::socketio::{ConnectError, Data, Nsp, SocketIo, SocketRef};
 
@@ -92,7 +92,7 @@ pub(crate) struct ChatInner {
     config: ChatConfig,
     store: Arc<dyn ChatStore>,
     nsp: OnceLock<Nsp>,
-    sessions: Mutex<HashMap<Sid, Session>>,
+    sessions: Mutex<SidMap<Session>>,
     /// Rooms with a `presence` broadcast scheduled.
     presence_pending: Mutex<HashSet<String>>,
 }
@@ -117,7 +117,7 @@ pub fn register(
         config,
         store,
         nsp: OnceLock::new(),
-        sessions: Mutex::new(HashMap::new()),
+        sessions: Mutex::new(SidMap::default()),
         presence_pending: Mutex::new(HashSet::new()),
     });
     let weak = Arc::downgrade(&inner);

@@ -32,7 +32,7 @@ pub use packet::{DecodeError, Frame, OpenPacket, Packet, PacketType, Transport};
 pub use payload::{Batch, PayloadError};
 pub use server::{EngineIo, Handler, Remote, Sessions};
 pub use session::{CloseReason, Message, SendError, Session};
-pub use sid::Sid;
+pub use sid::{Sid, SidMap, SidSet};
 pub use text::MessageText;
 
 /// The Engine.IO protocol version this crate speaks (`EIO=4`).

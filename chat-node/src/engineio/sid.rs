@@ -15,6 +15,14 @@ pub const SID_LEN: usize = 20;
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Sid([u8; SID_LEN]);
 
+/// Maps and sets keyed by session ids, with a fast hash instead of SipHash: the ids are
+/// 120 random bits chosen by this server (a client can look one up, never choose the keys
+/// inserted), so there is no hash flooding to defend against, and a broadcast hashes one id
+/// per recipient.
+pub type SidMap<V> = std::collections::HashMap<Sid, V, foldhash::fast::RandomState>;
+/// See [`SidMap`].
+pub type SidSet = std::collections::HashSet<Sid, foldhash::fast::RandomState>;
+
 /// A string that is not a session id this server could have issued.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("not a session id")]

@@ -15,7 +15,7 @@ use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
 use super::packet::{Encoded, Namespace};
-use crate::engineio::Sid;
+use crate::engineio::{Sid, SidMap, SidSet};
 
 /// A room name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -195,8 +195,8 @@ pub struct LocalAdapter {
 
 #[derive(Default)]
 struct Index {
-    rooms: HashMap<Room, HashSet<Sid>>,
-    sids: HashMap<Sid, HashSet<Room>>,
+    rooms: HashMap<Room, SidSet>,
+    sids: SidMap<HashSet<Room>>,
 }
 
 impl fmt::Debug for LocalAdapter {
@@ -273,7 +273,7 @@ impl LocalAdapter {
     /// The local sockets `opts` selects (the reference adapter's `apply`).
     pub fn targets(&self, opts: &BroadcastOptions) -> Vec<Sid> {
         let index = self.index.read();
-        let except: HashSet<Sid> = opts
+        let except: SidSet = opts
             .except
             .iter()
             .filter_map(|room| index.rooms.get(room))
@@ -288,7 +288,18 @@ impl LocalAdapter {
                 .copied()
                 .collect();
         }
-        let mut seen = HashSet::new();
+        if let [room] = opts.rooms.as_slice() {
+            // One room holds each socket once: nothing to de-duplicate.
+            return index
+                .rooms
+                .get(room)
+                .into_iter()
+                .flatten()
+                .filter(|sid| !except.contains(sid))
+                .copied()
+                .collect();
+        }
+        let mut seen = SidSet::default();
         opts.rooms
             .iter()
             .filter_map(|room| index.rooms.get(room))

@@ -1,7 +1,6 @@
 //! Namespaces: registered by the application with a connect hook, they hold their local
 //! sockets and their adapter.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, Weak};
@@ -15,7 +14,7 @@ use super::broadcast::BroadcastOperator;
 use super::data::Data;
 use super::packet::{Encoded, Namespace, Packet, PacketData};
 use super::socket::{EmitError, SocketRef};
-use crate::engineio::{Message, Sid};
+use crate::engineio::{Message, Sid, SidMap};
 
 /// A refusal from a connect hook, sent to the client as CONNECT_ERROR
 /// `{"message": ..., "data": ...}` (`socket.connect_error` in the client).
@@ -90,7 +89,7 @@ pub(crate) struct NamespaceInner {
     name: Namespace,
     hook: Box<dyn ConnectHook>,
     adapter: Arc<dyn Adapter>,
-    sockets: RwLock<HashMap<Sid, SocketRef>>,
+    sockets: RwLock<SidMap<SocketRef>>,
 }
 
 impl NamespaceInner {
@@ -105,7 +104,7 @@ impl NamespaceInner {
                 adapter: adapters.create(&name, local),
                 name,
                 hook,
-                sockets: RwLock::new(HashMap::new()),
+                sockets: RwLock::new(SidMap::default()),
             }
         })
     }

@@ -106,8 +106,8 @@ pub(super) fn spawn(
         events,
         generation: 0,
         link: None,
-        channels: HashMap::new(),
-        subs: HashMap::new(),
+        channels: HashMap::default(),
+        subs: HashMap::default(),
         next_sub: 0,
         next_token: 0,
         backoff: MIN_BACKOFF,
@@ -256,8 +256,10 @@ struct Hub {
     /// Counts connections: a catch-up or a failure of an older one is stale.
     generation: u64,
     link: Option<Link>,
-    channels: HashMap<String, Channel>,
-    subs: HashMap<u64, Sub>,
+    /// Keyed by this node's own topic names and subscription numbers: a fast hash (one
+    /// lookup per message) with nothing to defend against.
+    channels: HashMap<String, Channel, foldhash::fast::RandomState>,
+    subs: HashMap<u64, Sub, foldhash::fast::RandomState>,
     next_sub: u64,
     next_token: u64,
     backoff: Duration,
