@@ -251,24 +251,13 @@ impl Bus for RedisBus {
                 return Ok(None);
             }
         }
-        let range: StreamRangeReply = conn
-            .xrange_count(topic, format!("({after}"), "+", limit)
+        let range = range_after(&mut conn, topic, after, limit)
             .await
             .map_err(unavailable)?;
         Ok(Some(
             range
-                .ids
                 .into_iter()
-                .filter_map(|entry| {
-                    let data = entry
-                        .map
-                        .get(FIELD)
-                        .and_then(|v| redis::from_redis_value_ref::<Vec<u8>>(v).ok())?;
-                    Some(BusEntry {
-                        id: entry.id,
-                        data: Bytes::from(data),
-                    })
-                })
+                .filter_map(|(id, data)| Some(BusEntry { id, data: data? }))
                 .collect(),
         ))
     }
@@ -409,6 +398,25 @@ async fn last_entry(conn: &mut ConnectionManager, key: &str) -> redis::RedisResu
         .ids
         .first()
         .map_or_else(|| "0-0".to_owned(), |entry| entry.id.clone()))
+}
+
+/// Up to `count` entries of stream `key` after the entry `after` (`XRANGE key (<after> +`),
+/// as [`range_entries`] gives them. Both [`Bus::read_after`] and the subscribers' catch-up
+/// ([`live`]) read the log this way.
+async fn range_after(
+    conn: &mut ConnectionManager,
+    key: &str,
+    after: &str,
+    count: usize,
+) -> redis::RedisResult<Vec<(String, Option<Bytes>)>> {
+    let mut range = redis::cmd("XRANGE");
+    range
+        .arg(key)
+        .arg(format!("({after}"))
+        .arg("+")
+        .arg("COUNT")
+        .arg(count);
+    Ok(range_entries(range.query_async::<Value>(conn).await?))
 }
 
 /// The entries of an `XRANGE` reply, in order: each id with its data (`None` when the

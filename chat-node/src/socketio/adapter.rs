@@ -288,23 +288,14 @@ impl LocalAdapter {
                 .copied()
                 .collect();
         }
-        if let [room] = opts.rooms.as_slice() {
-            // One room holds each socket once: nothing to de-duplicate.
-            return index
-                .rooms
-                .get(room)
-                .into_iter()
-                .flatten()
-                .filter(|sid| !except.contains(sid))
-                .copied()
-                .collect();
-        }
+        // One room holds each socket once: only several need de-duplicating.
+        let several = opts.rooms.len() > 1;
         let mut seen = SidSet::default();
         opts.rooms
             .iter()
             .filter_map(|room| index.rooms.get(room))
             .flatten()
-            .filter(|sid| !except.contains(sid) && seen.insert(**sid))
+            .filter(|sid| !except.contains(sid) && (!several || seen.insert(**sid)))
             .copied()
             .collect()
     }

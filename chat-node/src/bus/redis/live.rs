@@ -43,7 +43,7 @@ use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::{last_entry, next_backoff, range_entries, RedisBusConfig, MIN_BACKOFF};
+use super::{last_entry, next_backoff, range_after, RedisBusConfig, MIN_BACKOFF};
 use crate::bus::{parse_id, BusEntry, SUBSCRIBER_CAPACITY};
 
 /// The most entries one catch-up read returns.
@@ -679,23 +679,15 @@ async fn read_after(
                     from
                 }
             };
-            let mut range = redis::cmd("XRANGE");
-            range
-                .arg(&topic)
-                .arg(format!("({}", id_text(from)))
-                .arg("+")
-                .arg("COUNT")
-                .arg(READ_COUNT);
-            range.query_async::<Value>(&mut conn).await
+            range_after(&mut conn, &topic, &id_text(from), READ_COUNT).await
         };
         let read = tokio::select! {
             read = read => read,
             () = tx.closed() => return None,
         };
         match read {
-            Ok(reply) => {
+            Ok(entries) => {
                 backoff = MIN_BACKOFF;
-                let entries = range_entries(reply);
                 let more = entries.len() >= READ_COUNT;
                 for (id, data) in entries {
                     let Some(key) = parse_id(&id) else {
