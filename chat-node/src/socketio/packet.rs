@@ -241,12 +241,16 @@ impl Encoded {
         let Some(head) = self.text.strip_suffix(']') else {
             return self.clone();
         };
-        // An offset is `<ms>-<seq>`: nothing to escape.
-        let text = if head.ends_with('[') {
-            format!("{head}\"{offset}\"]")
-        } else {
-            format!("{head},\"{offset}\"]")
-        };
+        // An offset is `<ms>-<seq>`: nothing to escape. Pushed rather than `format!`ed:
+        // this runs for every broadcast event a node delivers.
+        let mut text = String::with_capacity(head.len() + offset.len() + 4);
+        text.push_str(head);
+        if !head.ends_with('[') {
+            text.push(',');
+        }
+        text.push('"');
+        text.push_str(offset);
+        text.push_str("\"]");
         Self {
             text,
             attachments: self.attachments.clone(),
@@ -1164,6 +1168,23 @@ mod tests {
                 vec![Data::from("missed-1"), Data::from("Q8UjAnh")],
                 None,
             ),
+        );
+    }
+
+    #[test]
+    fn an_offset_is_appended_as_the_last_argument_of_an_event() {
+        let encoded = |text: &str| Encoded {
+            text: text.to_owned(),
+            attachments: vec![Bytes::from_static(b"\x01")],
+        };
+        let with = |text: &str| encoded(text).with_offset("17-3").text;
+        assert_eq!(with("2[\"m\",{\"a\":1}]"), "2[\"m\",{\"a\":1},\"17-3\"]");
+        assert_eq!(with("2/chat,[]"), "2/chat,[\"17-3\"]");
+        // Not ending with its array: as it was.
+        assert_eq!(with("0{\"sid\":\"x\"}"), "0{\"sid\":\"x\"}");
+        assert_eq!(
+            encoded("2[\"m\"]").with_offset("1-0").attachments,
+            encoded("").attachments
         );
     }
 }
