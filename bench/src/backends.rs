@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use crate::cpulimit::CpuLimit;
 use anyhow::{bail, Context as _};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -25,6 +26,8 @@ pub struct Backend {
 /// The backends of one measurement; killed on drop.
 pub struct Backends {
     pub list: Vec<Backend>,
+    /// Dropped after the processes (field order): the kernel removes only an empty group.
+    cpu_limit: Option<CpuLimit>,
 }
 
 impl Backends {
@@ -103,7 +106,26 @@ impl Backends {
                 child: Some(child),
             });
         }
-        Ok(Backends { list })
+        Ok(Backends {
+            list,
+            cpu_limit: None,
+        })
+    }
+
+    /// Puts every backend process into one cgroup limited to `cpus` CPUs in total, on CPU
+    /// `pin` if given.
+    pub fn limit_cpu(&mut self, cpus: f64, pin: Option<usize>) -> anyhow::Result<()> {
+        let limit = CpuLimit::create(cpus, pin)?;
+        for c in self.list.iter().filter_map(|b| b.child.as_ref()) {
+            limit.add(c.id())?;
+        }
+        self.cpu_limit = Some(limit);
+        Ok(())
+    }
+
+    /// The CPU budget the backends share, if any.
+    pub fn cpu_limit(&self) -> Option<&CpuLimit> {
+        self.cpu_limit.as_ref()
     }
 
     pub fn ids(&self) -> Vec<String> {
@@ -143,7 +165,14 @@ impl Backends {
         let mut last = None;
         for _ in 0..50 {
             match spawn(&b.id, &b.program, &b.args, b.addr) {
-                Ok((child, _)) => {
+                Ok((mut child, _)) => {
+                    if let Some(limit) = &self.cpu_limit {
+                        if let Err(e) = limit.add(child.id()) {
+                            let _ = child.kill();
+                            let _ = child.wait();
+                            return Err(e);
+                        }
+                    }
                     b.child = Some(child);
                     return Ok(());
                 }

@@ -113,9 +113,25 @@ pub enum Command {
         /// Rooms; clients (`--connections`) are spread over them.
         #[arg(long, default_value_t = 5)]
         rooms: usize,
-        /// Messages per second each client sends.
+        /// Messages per second each client sends (with --cpu-limit: the first step).
         #[arg(long, default_value_t = 2.0)]
         rate: f64,
+        /// Give each cluster's nodes together this many CPUs (a cgroup CPU quota, e.g. 0.5)
+        /// and raise the rate in steps of √2 until a step misses --max-p99 or loses
+        /// messages: the clusters compare by the load each sustains at equal CPU. Needs a
+        /// writable cgroup cpu controller (root).
+        #[arg(long)]
+        cpu_limit: Option<f64>,
+        /// With --cpu-limit: the p99 delivery latency a sustained step stays within.
+        #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+        max_p99: Duration,
+        /// With --cpu-limit: the most steps of the ladder (12 reach 45× the first rate).
+        #[arg(long, default_value_t = 12, value_parser = clap::value_parser!(u32).range(1..=40))]
+        steps: u32,
+        /// With --cpu-limit: steps that bisect between the last sustained and the first
+        /// failed rate (each halves the gap in ratio: 2 narrow √2 to 9%).
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=10))]
+        refine: u32,
     },
     /// Runs one of bench's backends (HTTP + WebSocket echo answering with its id).
     Backend(BackendArgs),

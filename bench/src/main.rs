@@ -9,6 +9,7 @@
 mod backend;
 mod backends;
 mod cli;
+mod cpulimit;
 mod load;
 mod procstat;
 mod progress;

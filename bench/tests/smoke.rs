@@ -327,3 +327,73 @@ fn chat() {
         .any(|r| r["target"] == "switchyard:least_conn [node.js]"));
     assert!(rows[0]["metrics"]["delivered_per_s"].is_number());
 }
+
+/// Whether this machine lets bench create a cgroup with a CPU quota (root, cpu controller).
+fn cgroup_cpu_writable() -> bool {
+    let v1 = Path::new("/sys/fs/cgroup/cpu");
+    let root = if v1.join("cpu.cfs_quota_us").exists() {
+        v1
+    } else {
+        Path::new("/sys/fs/cgroup")
+    };
+    let probe = root.join(format!("switchyard-smoke-{}", std::process::id()));
+    let ok = std::fs::create_dir(&probe).is_ok();
+    let _ = std::fs::remove_dir(&probe);
+    ok
+}
+
+#[test]
+fn chat_at_equal_cpu() {
+    node_reference();
+    let base = [
+        "--connections",
+        "6",
+        "--rooms",
+        "2",
+        "--duration",
+        "1s",
+        "--rate",
+        "4",
+        "--cpu-limit",
+        "1",
+    ];
+    if !cgroup_cpu_writable() {
+        // Then bench must refuse up front with a reason, not measure unlimited nodes.
+        let output = Command::new(bench())
+            .arg("chat")
+            .args(base)
+            .args(["--quiet", "--targets", "switchyard:least_conn"])
+            .arg("--chat-node-bin")
+            .arg(sibling("chat-node"))
+            .output()
+            .expect("running bench");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "bench ran without its cgroup");
+        assert!(stderr.contains("--cpu-limit"), "no reason given: {stderr}");
+        return;
+    }
+    // A bound every step meets: the ladder climbs all its steps.
+    let all = [base.as_slice(), &["--steps", "2", "--max-p99", "10s"]].concat();
+    let v = run("chat", "switchyard:least_conn", &all);
+    for row in v["targets"].as_array().expect("targets") {
+        let m = &row["metrics"];
+        assert_eq!(m["cpu_limit"], 1.0, "{row}");
+        assert_eq!(m["ladder_step"], 1.0, "{row}");
+        let rate = m["sustained_rate"].as_f64().expect("sustained_rate");
+        assert!((rate - 4.0 * 2f64.sqrt()).abs() < 1e-9, "{row}");
+        assert!(m["sustained_per_s"].as_f64().is_some_and(|d| d > 0.0));
+        assert!(m.get("next_rate").is_none(), "no step failed: {row}");
+    }
+    // A bound no step meets: nothing is sustained and the first step says why.
+    let none = [base.as_slice(), &["--max-p99", "1us"]].concat();
+    let v = run("chat", "switchyard:least_conn", &none);
+    for row in v["targets"].as_array().expect("targets") {
+        let m = &row["metrics"];
+        assert_eq!(m["sustained_per_s"], 0.0, "{row}");
+        assert_eq!(m["next_rate"], 4.0, "{row}");
+        assert!(m["next_p99_ms"].as_f64().is_some_and(|p| p > 0.001));
+    }
+    assert!(v["checks"][0]["measured"]
+        .as_str()
+        .is_some_and(|m| m.contains("sustained no step")));
+}

@@ -113,7 +113,56 @@ pub fn draw_all(r: &Report, out: &Path) -> anyhow::Result<Vec<String>> {
         root.present().map_err(err)?;
         files.push("curve.svg".to_owned());
     }
+    let ladders: Vec<(String, Vec<[f64; 3]>)> = ok
+        .iter()
+        .map(|t| (t.target.clone(), ladder_steps(t)))
+        .filter(|(_, steps)| !steps.is_empty())
+        .collect();
+    if !ladders.is_empty() {
+        let path = out.join("ladder.svg");
+        let root = SVGBackend::new(&path, (1100, 480)).into_drawing_area();
+        let (left, right) = root.split_horizontally(550);
+        let pick = |i: usize| -> Vec<(String, Vec<(f64, f64)>)> {
+            ladders
+                .iter()
+                .map(|(name, steps)| (name.clone(), steps.iter().map(|s| (s[0], s[i])).collect()))
+                .collect()
+        };
+        xy(
+            &left,
+            &format!("{}: delivered/s per load step", r.scenario),
+            "messages/s per client",
+            "delivered/s",
+            &pick(1),
+        )?;
+        xy(
+            &right,
+            &format!("{}: p99 delivery latency per step", r.scenario),
+            "messages/s per client",
+            "p99 ms",
+            &pick(2),
+        )?;
+        root.present().map_err(err)?;
+        files.push("ladder.svg".to_owned());
+    }
     Ok(files)
+}
+
+/// A target's load steps (chat with a CPU limit), ladder and refinement, by rate:
+/// [rate, delivered/s, p99 ms] each.
+fn ladder_steps(t: &super::TargetReport) -> Vec<[f64; 3]> {
+    let series = |name: &str| -> Vec<[f64; 3]> {
+        (0..)
+            .map_while(|k| {
+                let m = |key: &str| t.metric(&format!("{name}{k}_{key}"));
+                Some([m("rate")?, m("delivered_per_s")?, m("p99_ms")?])
+            })
+            .collect()
+    };
+    let mut steps = series("step");
+    steps.extend(series("refine"));
+    steps.sort_by(|a, b| a[0].total_cmp(&b[0]));
+    steps
 }
 
 fn latency(path: &Path, scenario: &str, series: &[(String, Vec<f64>)]) -> anyhow::Result<()> {

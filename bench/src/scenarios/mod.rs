@@ -47,6 +47,8 @@ pub struct Plan {
 pub struct ChatPlan {
     pub nodes: usize,
     pub variants: Vec<ChatVariant>,
+    /// CPUs all nodes of one cluster share (a cgroup quota), if limited.
+    pub cpu_limit: Option<f64>,
 }
 
 /// One kind of chat cluster: a row suffix, the nodes' arguments (`{redis}` is replaced by
@@ -97,6 +99,12 @@ pub async fn run(cmd: Command) -> anyhow::Result<()> {
                 reports.push(TargetReport::unavailable(t.to_string(), why));
             }
         }
+    }
+    // Limited chat nodes run on the first CPU, away from the proxy on the last one.
+    let node_cpu = pin.map(|_| 0);
+    if let Some(cpus) = plan.chat.as_ref().and_then(|c| c.cpu_limit) {
+        // Fail before starting anything when the budget cannot be set.
+        crate::cpulimit::CpuLimit::create(cpus, node_cpu)?;
     }
     let runs = common.runs.max(1);
     let chat_bin = match &plan.chat {
@@ -163,11 +171,15 @@ pub async fn run(cmd: Command) -> anyhow::Result<()> {
                                 }
                             })
                             .collect();
-                        if v.node_reference {
-                            fresh.insert(Backends::start_node_reference(c.nodes, &args)?)
+                        let mut started = if v.node_reference {
+                            Backends::start_node_reference(c.nodes, &args)?
                         } else {
-                            fresh.insert(Backends::start_chat(bin, c.nodes, &args)?)
+                            Backends::start_chat(bin, c.nodes, &args)?
+                        };
+                        if let Some(cpus) = c.cpu_limit {
+                            started.limit_cpu(cpus, node_cpu)?;
                         }
+                        fresh.insert(started)
                     }
                     _ => fresh.insert(Backends::start(&plan.delays)?),
                 };
@@ -323,7 +335,13 @@ fn plan(cmd: &Command) -> anyhow::Result<(Common, Plan)> {
         Command::Polling {
             sessions, cycles, ..
         } => polling::plan(&common, *sessions, *cycles, n(3)),
-        Command::Chat { rooms, rate, .. } => chat::plan(&common, *rooms, *rate, n(3)),
+        Command::Chat {
+            rooms,
+            rate,
+            cpu_limit,
+            max_p99,
+            ..
+        } => chat::plan(&common, *rooms, *rate, *cpu_limit, *max_p99, n(3)),
         Command::Backend(_) => unreachable!("checked by common_of"),
     };
     Ok((common, plan))
@@ -354,8 +372,20 @@ async fn measure(
         Command::Polling {
             sessions, cycles, ..
         } => polling::measure(common, *sessions, *cycles, running, backends).await,
-        Command::Chat { rooms, rate, .. } => {
-            chat::measure(common, *rooms, *rate, running, backends).await
+        Command::Chat {
+            rooms,
+            rate,
+            max_p99,
+            steps,
+            refine,
+            ..
+        } => {
+            let ladder = chat::Ladder {
+                max_p99: *max_p99,
+                steps: *steps,
+                refine: *refine,
+            };
+            chat::measure(common, *rooms, *rate, ladder, running, backends).await
         }
         Command::Backend(_) => anyhow::bail!("not a scenario"),
     }

@@ -66,6 +66,7 @@ pub fn plan(common: &Common, sessions: usize, cycles: usize, nodes: usize) -> Pl
                     node_reference: false,
                 },
             ],
+            cpu_limit: None,
         }),
     }
 }
