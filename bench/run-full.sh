@@ -26,11 +26,14 @@ run sticky sticky --connections 100 --runs 3
 run polling polling --connections 20 --runs 1 --chat-node-bin "$chat"
 run chat chat --connections 60 --rooms 6 --rate 5 --duration 10s --runs 3 --chat-node-bin "$chat"
 run chat-30 chat --connections 60 --rooms 6 --rate 30 --duration 10s --runs 3 --chat-node-bin "$chat"
-# At equal CPU: both clusters' nodes share 0.4 CPU, the load rises until p99 > 100 ms
-# (needs root for the cgroup; skipped with a message otherwise).
-if ! run chat-cpu chat --connections 60 --rooms 6 --rate 8 --cpu-limit 0.4 --duration 8s --runs 3 \
+# At equal CPU: each cluster's nodes share 0.4 CPU (then nodes + redis-server 0.5), the load
+# rises until p99 > 100 ms (needs root for the cgroup; skipped with a message otherwise).
+if ! run chat-cpu chat --connections 60 --rooms 6 --rate 8 --cpu-limit 0.4 --duration 6s --runs 3 \
   --chat-node-bin "$chat"; then
   echo "chat-cpu skipped: --cpu-limit needs a writable cgroup cpu controller"
+else
+  run chat-cpu-redis chat --connections 60 --rooms 6 --rate 8 --cpu-limit 0.5 --limit-redis \
+    --duration 6s --runs 3 --chat-node-bin "$chat"
 fi
 # The headline comparison once more at the end: Switchyard, nginx and HAProxy only.
 run http-repeat http --duration 5s --runs 5 --rates 5000 \

@@ -28,6 +28,9 @@ pub struct Backends {
     pub list: Vec<Backend>,
     /// Dropped after the processes (field order): the kernel removes only an empty group.
     cpu_limit: Option<CpuLimit>,
+    /// The redis-server the chat nodes share (counted apart).
+    redis_pid: Option<u32>,
+    redis_in_budget: bool,
 }
 
 impl Backends {
@@ -109,6 +112,8 @@ impl Backends {
         Ok(Backends {
             list,
             cpu_limit: None,
+            redis_pid: None,
+            redis_in_budget: false,
         })
     }
 
@@ -121,6 +126,27 @@ impl Backends {
         }
         self.cpu_limit = Some(limit);
         Ok(())
+    }
+
+    /// Counts the CPU of the redis-server the backends use; with `in_budget`, it joins
+    /// their CPU limit (until the limit is dropped).
+    pub fn count_redis(&mut self, pid: u32, in_budget: bool) -> anyhow::Result<()> {
+        self.redis_pid = Some(pid);
+        if let (true, Some(limit)) = (in_budget, &self.cpu_limit) {
+            limit.add(pid)?;
+            self.redis_in_budget = true;
+        }
+        Ok(())
+    }
+
+    /// Whether the redis-server shares the backends' CPU limit.
+    pub fn redis_in_budget(&self) -> bool {
+        self.redis_in_budget
+    }
+
+    /// CPU seconds used so far by the backends' redis-server, if counted.
+    pub fn redis_cpu_seconds(&self) -> Option<f64> {
+        self.redis_pid.map(crate::procstat::cpu_seconds)
     }
 
     /// The CPU budget the backends share, if any.

@@ -122,6 +122,11 @@ pub enum Command {
         /// writable cgroup cpu controller (root).
         #[arg(long)]
         cpu_limit: Option<f64>,
+        /// With --cpu-limit: the shared redis-server joins the budget of the cluster that
+        /// is running (chat-node keeps history, rate limits and recovery streams in Redis;
+        /// the reference only publishes there).
+        #[arg(long, requires = "cpu_limit")]
+        limit_redis: bool,
         /// With --cpu-limit: the p99 delivery latency a sustained step stays within.
         #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
         max_p99: Duration,

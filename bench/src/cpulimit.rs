@@ -98,6 +98,16 @@ impl CpuLimit {
 
 impl Drop for CpuLimit {
     fn drop(&mut self) {
+        // A process that outlives the group's users (the shared redis-server) goes back to
+        // the parent group, or the kernel would refuse to remove this one.
+        if let (Ok(procs), Some(parent)) = (
+            std::fs::read_to_string(self.dir.join("cgroup.procs")),
+            self.dir.parent(),
+        ) {
+            for pid in procs.lines() {
+                let _ = std::fs::write(parent.join("cgroup.procs"), pid);
+            }
+        }
         // The kernel refuses while a just-killed process is still leaving the group.
         for _ in 0..50 {
             if std::fs::remove_dir(&self.dir).is_ok() || !self.dir.exists() {

@@ -13,6 +13,11 @@ pub struct Redis {
 }
 
 impl Redis {
+    /// The server's process id (to count its CPU).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn start() -> anyhow::Result<Redis> {
         let port = crate::targets::free_port()?;
         let child = Command::new("redis-server")

@@ -372,12 +372,19 @@ fn chat_at_equal_cpu() {
         assert!(stderr.contains("--cpu-limit"), "no reason given: {stderr}");
         return;
     }
-    // A bound every step meets: the ladder climbs all its steps.
-    let all = [base.as_slice(), &["--steps", "2", "--max-p99", "10s"]].concat();
+    // A bound every step meets: the ladder climbs all its steps (redis-server in the
+    // budget too, moved in and out of each cluster's group).
+    let all = [
+        base.as_slice(),
+        &["--steps", "2", "--max-p99", "10s", "--limit-redis"],
+    ]
+    .concat();
     let v = run("chat", "switchyard:least_conn", &all);
     for row in v["targets"].as_array().expect("targets") {
         let m = &row["metrics"];
         assert_eq!(m["cpu_limit"], 1.0, "{row}");
+        assert_eq!(m["budget_includes_redis"], 1.0, "{row}");
+        assert!(m["redis_cpu_pct"].is_number(), "{row}");
         assert_eq!(m["ladder_step"], 1.0, "{row}");
         let rate = m["sustained_rate"].as_f64().expect("sustained_rate");
         assert!((rate - 4.0 * 2f64.sqrt()).abs() < 1e-9, "{row}");
@@ -396,4 +403,22 @@ fn chat_at_equal_cpu() {
     assert!(v["checks"][0]["measured"]
         .as_str()
         .is_some_and(|m| m.contains("sustained no step")));
+    // Every group bench made is gone again (no other bench may run meanwhile).
+    let root = ["/sys/fs/cgroup/cpu", "/sys/fs/cgroup"]
+        .map(Path::new)
+        .into_iter()
+        .find(|d| d.join("cgroup.procs").exists());
+    if let Some(root) = root {
+        let left: Vec<_> = std::fs::read_dir(root)
+            .expect("cgroup root")
+            .filter_map(|e| e.ok())
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("switchyard-bench-")
+            })
+            .map(|e| e.file_name())
+            .collect();
+        assert!(left.is_empty(), "cgroups left behind: {left:?}");
+    }
 }

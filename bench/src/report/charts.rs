@@ -122,11 +122,21 @@ pub fn draw_all(r: &Report, out: &Path) -> anyhow::Result<Vec<String>> {
         let path = out.join("ladder.svg");
         let root = SVGBackend::new(&path, (1100, 480)).into_drawing_area();
         let (left, right) = root.split_horizontally(550);
+        // A failed step's p99 can be seconds: clip at 3× the bound so the rest stays legible.
+        let bound = ok.iter().find_map(|t| t.metric("max_p99_ms"));
+        let clip = bound.map_or(f64::MAX, |b| 3.0 * b);
         let pick = |i: usize| -> Vec<(String, Vec<(f64, f64)>)> {
             ladders
                 .iter()
-                .map(|(name, steps)| (name.clone(), steps.iter().map(|s| (s[0], s[i])).collect()))
+                .map(|(name, steps)| {
+                    let pts = steps.iter().map(|s| (s[0], s[i].min(clip))).collect();
+                    (name.clone(), pts)
+                })
                 .collect()
+        };
+        let p99_title = match bound {
+            Some(b) => format!("p99 per step (bound {b:.0} ms; clipped at {clip:.0})"),
+            None => "p99 delivery latency per step".to_owned(),
         };
         xy(
             &left,
@@ -137,7 +147,7 @@ pub fn draw_all(r: &Report, out: &Path) -> anyhow::Result<Vec<String>> {
         )?;
         xy(
             &right,
-            &format!("{}: p99 delivery latency per step", r.scenario),
+            &format!("{}: {p99_title}", r.scenario),
             "messages/s per client",
             "p99 ms",
             &pick(2),

@@ -49,6 +49,8 @@ pub struct ChatPlan {
     pub variants: Vec<ChatVariant>,
     /// CPUs all nodes of one cluster share (a cgroup quota), if limited.
     pub cpu_limit: Option<f64>,
+    /// The shared redis-server is in the budget too.
+    pub limit_redis: bool,
 }
 
 /// One kind of chat cluster: a row suffix, the nodes' arguments (`{redis}` is replaced by
@@ -178,6 +180,9 @@ pub async fn run(cmd: Command) -> anyhow::Result<()> {
                         };
                         if let Some(cpus) = c.cpu_limit {
                             started.limit_cpu(cpus, node_cpu)?;
+                        }
+                        if let Some(r) = &redis {
+                            started.count_redis(r.pid(), c.limit_redis)?;
                         }
                         fresh.insert(started)
                     }
@@ -339,9 +344,16 @@ fn plan(cmd: &Command) -> anyhow::Result<(Common, Plan)> {
             rooms,
             rate,
             cpu_limit,
+            limit_redis,
             max_p99,
             ..
-        } => chat::plan(&common, *rooms, *rate, *cpu_limit, *max_p99, n(3)),
+        } => {
+            let budget = cpu_limit.map(|cpus| chat::Budget {
+                cpus,
+                with_redis: *limit_redis,
+            });
+            chat::plan(&common, *rooms, *rate, budget, *max_p99, n(3))
+        }
         Command::Backend(_) => unreachable!("checked by common_of"),
     };
     Ok((common, plan))

@@ -67,6 +67,7 @@ pub fn plan(common: &Common, sessions: usize, cycles: usize, nodes: usize) -> Pl
                 },
             ],
             cpu_limit: None,
+            limit_redis: false,
         }),
     }
 }
