@@ -140,6 +140,12 @@ pub enum Command {
     },
     /// Runs one of bench's backends (HTTP + WebSocket echo answering with its id).
     Backend(BackendArgs),
+    /// Draws a report's charts and report.md again from its results.json (after a change
+    /// to the charts or the Markdown), without measuring anything.
+    Redraw {
+        /// The report folder (holding results.json).
+        folder: PathBuf,
+    },
 }
 
 /// Options every scenario takes.

@@ -70,11 +70,36 @@ pub fn median(values: &[f64]) -> f64 {
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub struct Fairness {
     /// Coefficient of variation σ/μ (0 is perfectly even).
+    #[serde(deserialize_with = "null_as_nan")]
     pub cv: f64,
     /// Jain's index (Σx)²/(n·Σx²): 1 even, 1/n all on one.
+    #[serde(deserialize_with = "null_as_nan")]
     pub jain: f64,
     /// Largest share over the smallest (infinite when one backend got nothing).
+    #[serde(deserialize_with = "null_as_infinity")]
     pub max_over_min: f64,
+}
+
+// JSON has no NaN or infinity: serde_json writes them as null, and these read it back.
+
+/// A number that is NaN when undefined (no load at all).
+fn null_as_nan<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
+fn null_as_infinity<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::INFINITY))
+}
+
+/// Metrics by name, a ratio of nothing being NaN.
+pub(crate) fn metrics_null_as_nan<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<std::collections::BTreeMap<String, f64>, D::Error> {
+    let read = std::collections::BTreeMap::<String, Option<f64>>::deserialize(d)?;
+    Ok(read
+        .into_iter()
+        .map(|(k, v)| (k, v.unwrap_or(f64::NAN)))
+        .collect())
 }
 
 impl Fairness {

@@ -159,6 +159,24 @@ fn run(scenario: &str, targets: &str, extra: &[&str]) -> serde_json::Value {
         out.path().join("configs").is_dir(),
         "generated configs not kept"
     );
+    // The report can be drawn again from its results.json alone.
+    for c in charts {
+        std::fs::remove_file(out.path().join(c.as_str().unwrap_or_default())).expect("chart");
+    }
+    let redraw = Command::new(bench())
+        .arg("redraw")
+        .arg(out.path())
+        .output()
+        .expect("running bench redraw");
+    assert!(
+        redraw.status.success(),
+        "bench redraw failed: {}",
+        String::from_utf8_lossy(&redraw.stderr)
+    );
+    for c in charts {
+        let file = out.path().join(c.as_str().unwrap_or_default());
+        assert!(file.is_file(), "redraw did not draw {}", file.display());
+    }
     v
 }
 

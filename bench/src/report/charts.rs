@@ -129,7 +129,8 @@ pub fn draw_all(r: &Report, out: &Path) -> anyhow::Result<Vec<String>> {
             ladders
                 .iter()
                 .map(|(name, steps)| {
-                    let pts = steps.iter().map(|s| (s[0], s[i].min(clip))).collect();
+                    let cap = if i == 2 { clip } else { f64::MAX };
+                    let pts = steps.iter().map(|s| (s[0], s[i].min(cap))).collect();
                     (name.clone(), pts)
                 })
                 .collect()

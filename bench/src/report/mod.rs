@@ -8,13 +8,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::load::http::Bucket;
 use crate::stats::{Fairness, Percentiles};
 
 /// One measured number shown as a column: key in `metrics`, header, decimals.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Column {
     pub key: String,
     pub header: String,
@@ -33,8 +33,9 @@ pub fn col(key: &str, header: &str, decimals: usize) -> Column {
 pub type Timeline = Vec<(f64, f64, f64)>;
 
 /// One measurement of one target.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RunResult {
+    #[serde(deserialize_with = "crate::stats::metrics_null_as_nan")]
     pub metrics: BTreeMap<String, f64>,
     pub per_backend: Vec<f64>,
     pub latency: Option<Percentiles>,
@@ -67,13 +68,14 @@ pub fn timeline_of(buckets: &[Bucket], bucket_secs: f64) -> Timeline {
 }
 
 /// Everything about one target over the runs.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TargetReport {
     pub target: String,
     /// `ok`, or why it did not run (`n/a (...)`, `skipped (...)`, `failed: ...`).
     pub status: String,
     pub command: String,
     /// Medians over the runs.
+    #[serde(deserialize_with = "crate::stats::metrics_null_as_nan")]
     pub metrics: BTreeMap<String, f64>,
     pub per_backend: Vec<f64>,
     pub fairness: Fairness,
@@ -105,7 +107,7 @@ impl TargetReport {
 }
 
 /// A goal from the issue, checked against the measurement.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Check {
     pub goal: String,
     pub measured: String,
@@ -114,7 +116,7 @@ pub struct Check {
 }
 
 /// The whole report.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     pub scenario: String,
     pub description: String,
@@ -135,6 +137,14 @@ pub fn default_out(scenario: &str) -> PathBuf {
 }
 
 impl Report {
+    /// Reads the results.json of an earlier run.
+    pub fn read(dir: &Path) -> anyhow::Result<Report> {
+        let path = dir.join("results.json");
+        let json = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        serde_json::from_str(&json).with_context(|| format!("parsing {}", path.display()))
+    }
+
     /// Writes results.json, the charts and report.md into `out`.
     pub fn write(&mut self, out: &Path) -> anyhow::Result<()> {
         std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;

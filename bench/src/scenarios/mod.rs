@@ -320,7 +320,7 @@ fn common_of(cmd: &Command) -> Option<&Common> {
         | Command::Sticky { common, .. }
         | Command::Polling { common, .. }
         | Command::Chat { common, .. } => common,
-        Command::Backend(_) => return None,
+        Command::Backend(_) | Command::Redraw { .. } => return None,
     })
 }
 
@@ -354,7 +354,7 @@ fn plan(cmd: &Command) -> anyhow::Result<(Common, Plan)> {
             });
             chat::plan(&common, *rooms, *rate, budget, *max_p99, n(3))
         }
-        Command::Backend(_) => unreachable!("checked by common_of"),
+        Command::Backend(_) | Command::Redraw { .. } => unreachable!("checked by common_of"),
     };
     Ok((common, plan))
 }
@@ -399,7 +399,7 @@ async fn measure(
             };
             chat::measure(common, *rooms, *rate, ladder, running, backends).await
         }
-        Command::Backend(_) => anyhow::bail!("not a scenario"),
+        Command::Backend(_) | Command::Redraw { .. } => anyhow::bail!("not a scenario"),
     }
 }
 
