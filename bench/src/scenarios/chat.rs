@@ -165,9 +165,7 @@ pub async fn measure(
         with_redis: backends.redis_in_budget(),
     }) else {
         let step = Step::run(common, rooms, rate, running, backends).await?;
-        step.record(&mut r, "", None);
-        r.latency = Some(step.percentiles());
-        r.per_backend = step.outcome.per_node.iter().map(|c| *c as f64).collect();
+        step.record_headline(&mut r, None);
         return Ok(r);
     };
     r.set("cpu_limit", budget.cpus);
@@ -212,11 +210,9 @@ pub async fn measure(
     }
     match sustained {
         Some(step) => {
-            step.record(&mut r, "", Some(budget));
+            step.record_headline(&mut r, Some(budget));
             r.set("sustained_rate", step.rate);
             r.set("sustained_per_s", step.delivered_per_s());
-            r.latency = Some(step.percentiles());
-            r.per_backend = step.outcome.per_node.iter().map(|c| *c as f64).collect();
         }
         None => r.set("sustained_per_s", 0.0),
     }
@@ -388,6 +384,13 @@ impl Step {
         r.set(&format!("{name}_rate"), self.rate);
         r.set(&format!("{name}_delivered_per_s"), self.delivered_per_s());
         r.set(&format!("{name}_p99_ms"), self.percentiles().p99);
+    }
+
+    /// The step as the run's result: its metrics, latency and spread over the nodes.
+    fn record_headline(&self, r: &mut RunResult, budget: Option<Budget>) {
+        self.record(r, "", budget);
+        r.latency = Some(self.percentiles());
+        r.per_backend = self.outcome.per_node.iter().map(|c| *c as f64).collect();
     }
 
     /// The step's metrics under `prefix`.
