@@ -277,6 +277,10 @@ pub fn run(config: Config) -> Result<()> {
         graceful_shutdown_timeout_seconds: Some(2),
         pid_file: tmp("pid"),
         upgrade_sock: tmp("sock"),
+        // One worker has no one to steal from: pingora then runs a current-thread runtime,
+        // whose park and wake skip the multi-thread scheduler's bookkeeping (callgrind:
+        // 2.5-6.5% fewer instructions per proxied request).
+        work_stealing: config.server.threads > 1,
         ..Default::default()
     };
 

@@ -24,6 +24,10 @@ use crate::wait::wait_until;
 /// `[server]` with two worker threads: plenty for one test, light on a shared machine.
 pub const TWO_THREADS: &str = "[server]\nthreads = 2\n";
 
+/// `[server]` with one worker thread, which the proxy runs on a current-thread runtime (no
+/// work stealing): the health checker, reloads and the admin API run on that flavour too.
+pub const ONE_THREAD: &str = "[server]\nthreads = 1\n";
+
 /// A plain `[[listeners]]` entry on 127.0.0.1:`port`.
 pub fn listener(port: u16) -> String {
     format!("[[listeners]]\nlisten = \"127.0.0.1:{port}\"\n")

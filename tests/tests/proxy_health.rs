@@ -7,9 +7,7 @@
 use std::time::Duration;
 
 use tests::admin::{admin_post, backend_status, counter, status, wait_backend, wait_health};
-use tests::fixtures::{
-    admin, backend_entry, entries, http_health, listener, upstream, TWO_THREADS,
-};
+use tests::fixtures::{admin, backend_entry, entries, http_health, listener, upstream, ONE_THREAD};
 use tests::http::{assert_counts, assert_plain_text, backend_counts};
 use tests::ws::{ws_open, WsOptions};
 use tests::{client, get, get_with, ports, send, wait_until, ws_connect, ws_echo, Backend, Proxy};
@@ -32,7 +30,7 @@ fn config(port: u16, primaries: &[&Backend], backups: &[&Backend], extra: &str) 
     backends.extend(backups.iter().map(|b| backend_entry(b, "backup = true")));
     format!(
         r#"
-{TWO_THREADS}
+{ONE_THREAD}
 {listener}
 {upstream}
 {extra}
