@@ -27,9 +27,10 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Backend(args) => backend::run(args),
-        Command::Redraw { folder } => {
-            report::Report::read(&folder).and_then(|mut r| r.write(&folder))
-        }
+        Command::Redraw { folder } => report::Report::read(&folder).and_then(|mut r| {
+            scenarios::recheck(&mut r);
+            r.write(&folder)
+        }),
         cmd => run_scenario(cmd),
     };
     match result {

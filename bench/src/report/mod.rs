@@ -50,6 +50,10 @@ impl RunResult {
     pub fn set(&mut self, key: &str, value: f64) {
         self.metrics.insert(key.to_owned(), value);
     }
+
+    pub fn metric(&self, key: &str) -> Option<f64> {
+        self.metrics.get(key).copied()
+    }
 }
 
 /// Turns HTTP buckets into a (t, ok/s, errors/s) timeline.

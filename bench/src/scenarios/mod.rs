@@ -403,6 +403,24 @@ async fn measure(
     }
 }
 
+/// Judges a stored report's goals again with this build's checks, from the command it
+/// recorded (the runs are in results.json). A command that no longer parses keeps the
+/// stored checks.
+pub fn recheck(report: &mut Report) {
+    let Some(line) = report.meta.get("command").and_then(|c| c.as_str()) else {
+        return;
+    };
+    match <crate::cli::Cli as clap::Parser>::try_parse_from(line.split_whitespace()) {
+        Ok(cli) => {
+            let checks = checks(&cli.command, &mut report.targets);
+            if !checks.is_empty() {
+                report.checks = checks;
+            }
+        }
+        Err(e) => eprintln!("bench: keeping the stored checks: `{line}` does not parse: {e}"),
+    }
+}
+
 fn checks(cmd: &Command, reports: &mut [TargetReport]) -> Vec<Check> {
     match cmd {
         Command::Http { .. } => http::checks(reports),
@@ -429,6 +447,90 @@ pub(crate) fn find<'a>(
     })
 }
 
+/// How a goal fared run by run. Targets alternate inside each run, so run *i* of every
+/// target saw the same minutes of a shared machine: a goal that the medians meet in only
+/// some runs (or miss while most runs meet it) is within the machine's noise, and the
+/// check says so.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct PerRun {
+    /// The compared value of each run (a ratio, or a difference).
+    values: Vec<f64>,
+    /// Runs that met the goal.
+    met: usize,
+}
+
+impl PerRun {
+    /// Evaluates `f` on the same run of each of `targets`; `None` with fewer than two runs,
+    /// or when a target lost a run, so that the runs no longer pair up.
+    pub(crate) fn of(
+        targets: &[&TargetReport],
+        f: impl Fn(&[&RunResult]) -> Option<(f64, bool)>,
+    ) -> Option<Self> {
+        let n = targets.first()?.runs.len();
+        let paired = targets
+            .iter()
+            .all(|t| t.runs.len() == n && t.metric("failed_runs").is_none());
+        if n < 2 || !paired {
+            return None;
+        }
+        let mut values = Vec::with_capacity(n);
+        let mut met = 0;
+        for i in 0..n {
+            let runs: Vec<&RunResult> = targets.iter().map(|t| &t.runs[i]).collect();
+            let (value, ok) = f(&runs)?;
+            values.push(value);
+            met += usize::from(ok);
+        }
+        Some(Self { values, met })
+    }
+
+    /// `; per run 0.89–1.30×, met in 2 of 5`.
+    pub(crate) fn ratios(this: Option<Self>) -> String {
+        this.map_or(String::new(), |p| {
+            let (lo, hi) = p.range();
+            format!("; per run {lo:.2}–{hi:.2}×, {}", p.tally())
+        })
+    }
+
+    /// `; <what> per run -0.012 to +0.090 ms, met in 2 of 5`.
+    pub(crate) fn ms_differences(this: Option<Self>, what: &str) -> String {
+        this.map_or(String::new(), |p| {
+            let (lo, hi) = p.range();
+            format!("; {what} per run {lo:+.3} to {hi:+.3} ms, {}", p.tally())
+        })
+    }
+
+    fn range(&self) -> (f64, f64) {
+        let lo = self.values.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = self
+            .values
+            .iter()
+            .copied()
+            .fold(f64::NEG_INFINITY, f64::max);
+        (lo, hi)
+    }
+
+    fn tally(&self) -> String {
+        format!("met in {} of {} runs", self.met, self.values.len())
+    }
+}
+
+/// `a`'s `key` over `b`'s in each paired run, met when `goal(ratio)`.
+pub(crate) fn run_ratios(
+    a: Option<&TargetReport>,
+    b: Option<&TargetReport>,
+    key: &str,
+    goal: impl Fn(f64) -> bool,
+) -> String {
+    let per_run = a.zip(b).and_then(|(a, b)| {
+        PerRun::of(&[a, b], |runs| {
+            let ratio = runs[0].metric(key)? / runs[1].metric(key)?;
+            ratio.is_finite().then(|| (ratio, goal(ratio)))
+        })
+    });
+    PerRun::ratios(per_run)
+}
+
 /// A goal comparing two numbers; `met` is None when either side is missing.
 pub(crate) fn compare(
     goal: &str,
@@ -449,5 +551,55 @@ pub(crate) fn compare(
             measured: "a target it needs did not run".into(),
             met: None,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(name: &str, per_run: &[f64]) -> TargetReport {
+        let mut t = TargetReport::unavailable(name.to_owned(), "ok".to_owned());
+        t.runs = per_run
+            .iter()
+            .map(|v| {
+                let mut r = RunResult::default();
+                r.set("req_per_cpu_s", *v);
+                r
+            })
+            .collect();
+        t
+    }
+
+    #[test]
+    fn ratios_pair_the_same_run_of_each_target() {
+        let ours = target("switchyard:round_robin", &[120.0, 140.0, 135.0]);
+        let theirs = target("nginx:round_robin", &[100.0, 100.0, 100.0]);
+        let text = run_ratios(Some(&ours), Some(&theirs), "req_per_cpu_s", |r| r >= 1.3);
+        assert_eq!(text, "; per run 1.20–1.40×, met in 2 of 3 runs");
+    }
+
+    #[test]
+    fn no_per_run_claim_without_pairs() {
+        let one = target("switchyard:round_robin", &[120.0]);
+        let other = target("nginx:round_robin", &[100.0]);
+        assert_eq!(
+            run_ratios(Some(&one), Some(&other), "req_per_cpu_s", |_| true),
+            ""
+        );
+        // A missing target or metric, or runs that do not line up.
+        let three = target("nginx:round_robin", &[100.0; 3]);
+        assert_eq!(
+            run_ratios(Some(&one), Some(&three), "req_per_cpu_s", |_| true),
+            ""
+        );
+        assert_eq!(
+            run_ratios(None, Some(&three), "req_per_cpu_s", |_| true),
+            ""
+        );
+        assert_eq!(
+            run_ratios(Some(&three), Some(&three), "p99_ms", |_| true),
+            ""
+        );
     }
 }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{compare, find, Plan};
+use super::{compare, find, PerRun, Plan};
 use crate::backends::Backends;
 use crate::cli::Common;
 use crate::load::ws::{echo, EchoLoad};
@@ -177,12 +177,14 @@ pub fn checks(reports: &[TargetReport], rates: &[u64]) -> Vec<Check> {
             } else {
                 format!("; below the offered rate (saturated): {}", short.join(", "))
             };
+            let runs =
+                PerRun::ms_differences(added_per_run(reports, &key), "switchyard's minus nginx's");
             compare(
                 &format!("ws-echo: p99 added over direct ≤ nginx's at {rate} msgs/s"),
                 added("switchyard", &key).zip(added("nginx", &key)),
                 |a, b| {
                     (
-                        format!("switchyard {a:+.3} ms vs nginx {b:+.3} ms{warning}{closed}"),
+                        format!("switchyard {a:+.3} ms vs nginx {b:+.3} ms{runs}{warning}{closed}"),
                         a <= b,
                     )
                 },
@@ -192,6 +194,20 @@ pub fn checks(reports: &[TargetReport], rates: &[u64]) -> Vec<Check> {
 }
 
 /// Fills the `…p99_added_ms` columns (closed loop and each rate) from direct's p99s.
+/// Run by run, how much more switchyard's p99 (`key`) adds over direct's than nginx's does.
+fn added_per_run(reports: &[TargetReport], key: &str) -> Option<PerRun> {
+    let targets = [
+        find(reports, "switchyard", None)?,
+        find(reports, "nginx", None)?,
+        find(reports, "direct", None)?,
+    ];
+    PerRun::of(&targets, |runs| {
+        let direct = runs[2].metric(key)?;
+        let more = (runs[0].metric(key)? - direct) - (runs[1].metric(key)? - direct);
+        Some((more, more <= 0.0))
+    })
+}
+
 pub fn add_overhead(reports: &mut [TargetReport]) {
     let Some(direct) = reports.iter().find(|r| r.target == "direct" && r.ok()) else {
         return;
@@ -216,6 +232,7 @@ pub fn add_overhead(reports: &mut [TargetReport]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::report::RunResult;
 
     fn report(target: &str, metrics: &[(&str, f64)]) -> TargetReport {
         let mut r = TargetReport::unavailable(target.to_owned(), "ok".to_owned());
@@ -259,6 +276,39 @@ mod tests {
         assert!(!found[0].measured.contains("saturated"));
         let closed = checks(&reports(100.0), &[]);
         assert_eq!(closed[0].met, Some(false), "{}", closed[0].measured);
+    }
+
+    #[test]
+    fn the_check_says_in_how_many_runs_the_goal_held() {
+        let mut all = reports(100.0);
+        // Three runs: switchyard adds 0.3, 0.5, 0.1 ms over direct's 0.2; nginx adds 0.4.
+        let per_target = [vec![0.2; 3], vec![0.5, 0.7, 0.3], vec![0.6; 3]];
+        for (t, p99s) in all.iter_mut().zip(per_target) {
+            t.runs = p99s
+                .into_iter()
+                .map(|p| {
+                    let mut r = RunResult::default();
+                    r.set("open100_p99_ms", p);
+                    r
+                })
+                .collect();
+        }
+        let found = checks(&all, &[100]);
+        assert!(
+            found[0].measured.contains(
+                "switchyard's minus nginx's per run -0.300 to +0.100 ms, met in 2 of 3 runs"
+            ),
+            "{}",
+            found[0].measured
+        );
+        // A lost run unpairs the runs: no per-run claim.
+        all[1].metrics.insert("failed_runs".into(), 1.0);
+        let found = checks(&all, &[100]);
+        assert!(
+            !found[0].measured.contains("per run"),
+            "{}",
+            found[0].measured
+        );
     }
 
     #[test]
