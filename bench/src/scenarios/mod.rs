@@ -484,7 +484,7 @@ impl PerRun {
         Some(Self { values, met })
     }
 
-    /// `; per run 0.89–1.30×, met in 2 of 5`.
+    /// `; per run 0.89–1.30×, met in 2 of 5 runs`.
     pub(crate) fn ratios(this: Option<Self>) -> String {
         this.map_or(String::new(), |p| {
             let (lo, hi) = p.range();
@@ -492,7 +492,7 @@ impl PerRun {
         })
     }
 
-    /// `; <what> per run -0.012 to +0.090 ms, met in 2 of 5`.
+    /// `; <what> per run -0.012 to +0.090 ms, met in 2 of 5 runs`.
     pub(crate) fn ms_differences(this: Option<Self>, what: &str) -> String {
         this.map_or(String::new(), |p| {
             let (lo, hi) = p.range();
