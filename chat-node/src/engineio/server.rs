@@ -358,7 +358,10 @@ pub fn no_delay(stream: &mut tokio::net::TcpStream) {
 /// The frames queued for one client are written with one syscall, up to this many bytes.
 /// With 0 (a write per frame), a node limited to 0.4 CPU under `bench chat` made one
 /// `sendto` per delivered message; batching halved those and raised the load it sustains
-/// within the same CPU from 19-27k to 38k deliveries/s.
+/// within the same CPU from 19-27k to 38k deliveries/s. Frames queued together therefore
+/// reach the client in one read, as TCP always allowed; a client that re-arms a one-shot
+/// listener between messages (the official socket.io-protocol suite's harness) misses the
+/// second of them.
 const WS_WRITE_BATCH: usize = 16 * 1024;
 
 /// The initial read buffer of a WebSocket connection.
