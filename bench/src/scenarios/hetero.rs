@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::http::{load, record};
-use super::{compare, find, Plan};
+use super::{compare, find, run_ratios, Plan};
 use crate::backends::Backends;
 use crate::cli::Common;
 use crate::load::http::run as run_load;
@@ -63,18 +63,21 @@ pub async fn measure(
 }
 
 pub fn checks(reports: &[TargetReport]) -> Vec<Check> {
-    let rr = find(reports, "switchyard", Some("round_robin")).and_then(|r| r.metric("p99_ms"));
+    let rr_target = find(reports, "switchyard", Some("round_robin"));
+    let rr = rr_target.and_then(|r| r.metric("p99_ms"));
     ["least_conn", "p2c", "least_time"]
         .into_iter()
         .map(|s| {
-            let p = find(reports, "switchyard", Some(s)).and_then(|r| r.metric("p99_ms"));
+            let target = find(reports, "switchyard", Some(s));
+            let p = target.and_then(|r| r.metric("p99_ms"));
+            let runs = run_ratios(rr_target, target, "p99_ms", |r| r >= 2.0);
             compare(
                 &format!("hetero: switchyard {s} p99 at least 2× better than round_robin"),
                 rr.zip(p),
                 |rr, p| {
                     (
                         format!(
-                            "{s} {p:.2} ms vs round_robin {rr:.2} ms = {:.1}×",
+                            "{s} {p:.2} ms vs round_robin {rr:.2} ms = {:.1}×{runs}",
                             rr / p.max(1e-6)
                         ),
                         rr >= 2.0 * p,
