@@ -63,6 +63,7 @@ pub fn plan(
                 col("node_cpu_pct", "nodes CPU %", 0),
                 col("delivered_per_cpu_s", "delivered/node-CPU-s", 0),
                 col("redis_cpu_pct", "redis CPU %", 0),
+                col("redis_us_per_msg", "redis µs/msg", 1),
                 col(
                     "delivered_per_cpu_s_with_redis",
                     "delivered/CPU-s with redis",
@@ -77,7 +78,8 @@ pub fn plan(
                  redis` adds the shared redis-server's (the proxy is counted in neither). It \
                  flatters a cluster that has fallen behind (an event loop \
                  with a backlog handles many messages per wake-up): `--cpu-limit` compares \
-                 sustained load at equal CPU instead."
+                 sustained load at equal CPU instead. `redis µs/msg` is the redis-server's \
+                 CPU time per message sent."
                     .into(),
             ],
         ),
@@ -104,6 +106,7 @@ pub fn plan(
                 col("budget_used_pct", "CPU budget used %", 0),
                 col("delivered_per_cpu_s", "delivered/node-CPU-s", 0),
                 col("redis_cpu_pct", "redis CPU %", 0),
+                col("redis_us_per_msg", "redis µs/msg", 1),
                 col("next_rate", "next step msgs/s", 1),
                 col("next_delivery_pct", "its delivered %", 1),
                 col("next_p99_ms", "its p99 ms", 0),
@@ -116,7 +119,8 @@ pub fn plan(
                  `next step` columns say why the ladder stopped; a next step that used well \
                  under its CPU budget was stopped by something else (the load generator, the \
                  proxy or redis-server, which are not limited). `redis CPU %` is the shared \
-                 redis-server's use at the sustained step, outside the budget."
+                 redis-server's use at the sustained step (inside the budget with \
+                 --limit-redis), `redis µs/msg` its CPU time per message sent."
                     .into(),
             ],
         ),
@@ -407,6 +411,12 @@ impl Step {
         set("node_cpu_pct", 100.0 * self.cpu / self.secs);
         if let Some(redis) = self.redis_cpu {
             set("redis_cpu_pct", 100.0 * redis / self.secs);
+            // The shared server's work per message, whatever a cluster keeps there: the
+            // reference only publishes; chat-node also checks membership and the rate
+            // limit and appends history and the recovery stream.
+            if o.sent > 0 {
+                set("redis_us_per_msg", 1e6 * redis / o.sent as f64);
+            }
             if self.cpu + redis > 0.0 {
                 set(
                     "delivered_per_cpu_s_with_redis",
