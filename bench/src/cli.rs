@@ -177,6 +177,10 @@ pub struct Common {
     /// Don't pin the proxy to a CPU with taskset.
     #[arg(long)]
     pub no_pin: bool,
+    /// Keep bench's own processes (load generator, backends, chat nodes) off the proxy's
+    /// CPU, so that the proxy under test has it to itself; they share the other CPUs.
+    #[arg(long, conflicts_with = "no_pin")]
+    pub isolate: bool,
     /// The Switchyard `proxy` binary; default: next to this executable.
     #[arg(long)]
     pub proxy_bin: Option<PathBuf>,

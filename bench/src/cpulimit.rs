@@ -84,7 +84,7 @@ impl CpuLimit {
     pub fn add(&self, pid: u32) -> anyhow::Result<()> {
         self.write("cgroup.procs", &pid.to_string())?;
         if let Some(cpu) = self.pin {
-            pin_threads(pid, cpu)?;
+            crate::affinity::set_threads(pid, &[cpu])?;
         }
         Ok(())
     }
@@ -132,22 +132,4 @@ fn create_dir(dir: &Path) -> anyhow::Result<()> {
 fn cpu_controller_v2() -> bool {
     std::fs::read_to_string(Path::new(V2_ROOT).join("cgroup.controllers"))
         .is_ok_and(|c| c.split_whitespace().any(|c| c == "cpu"))
-}
-
-/// Pins every thread of `pid` to `cpu`; threads started later inherit it from theirs.
-fn pin_threads(pid: u32, cpu: usize) -> anyhow::Result<()> {
-    use nix::sched::{sched_setaffinity, CpuSet};
-    let mut set = CpuSet::new();
-    set.set(cpu).with_context(|| format!("CPU {cpu}"))?;
-    let tasks = format!("/proc/{pid}/task");
-    for entry in std::fs::read_dir(&tasks).with_context(|| format!("reading {tasks}"))? {
-        let tid = entry
-            .ok()
-            .and_then(|e| e.file_name().to_str()?.parse::<i32>().ok());
-        if let Some(tid) = tid {
-            // A thread may have ended since the listing.
-            let _ = sched_setaffinity(nix::unistd::Pid::from_raw(tid), &set);
-        }
-    }
-    Ok(())
 }

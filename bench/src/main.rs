@@ -6,6 +6,7 @@
 //! cargo run --release -p bench -- http --targets direct,switchyard:round_robin,nginx,haproxy
 //! ```
 
+mod affinity;
 mod backend;
 mod backends;
 mod cli;

@@ -208,12 +208,31 @@ fn http() {
 
 #[test]
 fn ws_echo() {
+    // With two CPUs or more (and taskset), bench keeps itself off the proxy's CPU.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let isolate = cores >= 2 && installed("taskset");
+    let mut extra = vec!["--duration", "1s", "--connections", "4", "--rates", "200"];
+    if isolate {
+        extra.push("--isolate");
+    }
     let v = run(
         "ws-echo",
         &targets(&["least_conn"], "least_conn", true),
-        &["--duration", "1s", "--connections", "4", "--rates", "200"],
+        &extra,
     );
     assert!(has_chart(&v, "latency.svg"));
+    if isolate {
+        let rest = match cores {
+            2 => "0".to_owned(),
+            n => format!("0-{}", n - 2),
+        };
+        assert_eq!(v["meta"]["proxy_pinned_cpu"], cores - 1);
+        assert_eq!(
+            v["meta"]["bench_cpus"],
+            rest.as_str(),
+            "bench on the proxy's CPU"
+        );
+    }
     assert!(
         v["targets"][1]["metrics"]["open200_p99_added_ms"]
             .as_f64()

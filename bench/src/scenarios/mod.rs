@@ -80,6 +80,19 @@ pub async fn run(cmd: Command) -> anyhow::Result<()> {
     let out = std::path::absolute(&out).context("resolving --out")?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let pin = (!common.no_pin && cores >= 2).then_some(cores - 1);
+    if common.isolate {
+        if !tools.taskset {
+            anyhow::bail!("--isolate needs taskset (util-linux) to keep the proxy on its CPU");
+        }
+        let Some(proxy_cpu) = pin else {
+            anyhow::bail!(
+                "--isolate needs a CPU for the proxy and another for bench; this process may use {cores}"
+            );
+        };
+        let others: Vec<usize> = (0..cores).filter(|&c| c != proxy_cpu).collect();
+        crate::affinity::set_threads(std::process::id(), &others)
+            .context("--isolate: moving bench off the proxy's CPU")?;
+    }
     let opts = LaunchOpts {
         workers: common.workers.max(1),
         pin,
