@@ -2,7 +2,7 @@
 //! everything bench runs itself (load generator, backends, chat nodes) on the others.
 
 use anyhow::Context as _;
-use nix::sched::{sched_setaffinity, CpuSet};
+use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
 
 /// Sets the affinity of every thread of `pid` to `cpus`; threads and processes started later
 /// inherit it from the thread that starts them.
@@ -22,6 +22,16 @@ pub fn set_threads(pid: u32, cpus: &[usize]) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The CPUs this process may run on, in order (all CPUs when the kernel will not say).
+pub fn allowed() -> Vec<usize> {
+    match sched_getaffinity(nix::unistd::Pid::from_raw(0)) {
+        Ok(set) => (0..CpuSet::count())
+            .filter(|&c| set.is_set(c).unwrap_or(false))
+            .collect(),
+        Err(_) => (0..online()).collect(),
+    }
 }
 
 /// The CPUs this process may run on, as the kernel lists them (`0-1`, `0,2-3`).

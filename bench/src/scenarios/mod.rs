@@ -78,18 +78,23 @@ pub async fn run(cmd: Command) -> anyhow::Result<()> {
         .unwrap_or_else(|| crate::report::default_out(plan.name));
     // nginx resolves a relative -c against its -p prefix: hand every tool absolute paths.
     let out = std::path::absolute(&out).context("resolving --out")?;
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let pin = (!common.no_pin && cores >= 2).then_some(cores - 1);
+    // The proxy takes the last CPU this process may use; bench and chat nodes the others.
+    let cpus = crate::affinity::allowed();
+    let pin = cpus
+        .last()
+        .copied()
+        .filter(|_| !common.no_pin && cpus.len() >= 2);
     if common.isolate {
         if !tools.taskset {
             anyhow::bail!("--isolate needs taskset (util-linux) to keep the proxy on its CPU");
         }
         let Some(proxy_cpu) = pin else {
             anyhow::bail!(
-                "--isolate needs a CPU for the proxy and another for bench; this process may use {cores}"
+                "--isolate needs a CPU for the proxy and another for bench; this process may use {}",
+                cpus.len()
             );
         };
-        let others: Vec<usize> = (0..cores).filter(|&c| c != proxy_cpu).collect();
+        let others: Vec<usize> = cpus.iter().copied().filter(|&c| c != proxy_cpu).collect();
         crate::affinity::set_threads(std::process::id(), &others)
             .context("--isolate: moving bench off the proxy's CPU")?;
     }
@@ -116,7 +121,7 @@ pub async fn run(cmd: Command) -> anyhow::Result<()> {
         }
     }
     // Limited chat nodes run on the first CPU, away from the proxy on the last one.
-    let node_cpu = pin.map(|_| 0);
+    let node_cpu = pin.and(cpus.first().copied());
     if let Some(cpus) = plan.chat.as_ref().and_then(|c| c.cpu_limit) {
         // Fail before starting anything when the budget cannot be set.
         crate::cpulimit::CpuLimit::create(cpus, node_cpu)?;
