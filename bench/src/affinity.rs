@@ -34,52 +34,12 @@ pub fn allowed() -> Vec<usize> {
     }
 }
 
-/// The CPUs this process may run on, as the kernel lists them (`0-1`, `0,2-3`).
-pub fn allowed_self() -> Option<String> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-        .map(|v| v.trim().to_owned())
-}
-
 /// The machine's online CPUs, whatever this process's own affinity.
 pub fn online() -> usize {
-    std::fs::read_to_string("/sys/devices/system/cpu/online")
+    use nix::unistd::{sysconf, SysconfVar};
+    sysconf(SysconfVar::_NPROCESSORS_ONLN)
         .ok()
-        .and_then(|list| count_list(list.trim()))
+        .flatten()
+        .and_then(|n| usize::try_from(n).ok())
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-}
-
-/// Counts the CPUs of a kernel CPU list (`0-3,6`); `None` when it does not parse.
-fn count_list(list: &str) -> Option<usize> {
-    let mut n = 0;
-    for part in list.split(',') {
-        n += match part.split_once('-') {
-            Some((a, b)) => {
-                let (a, b) = (a.parse::<usize>().ok()?, b.parse::<usize>().ok()?);
-                b.checked_sub(a)? + 1
-            }
-            None => {
-                part.parse::<usize>().ok()?;
-                1
-            }
-        };
-    }
-    Some(n)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::count_list;
-
-    #[test]
-    fn counts_kernel_cpu_lists() {
-        assert_eq!(count_list("0"), Some(1));
-        assert_eq!(count_list("0-1"), Some(2));
-        assert_eq!(count_list("0-3,6,8-9"), Some(7));
-        assert_eq!(count_list("3-1"), None);
-        assert_eq!(count_list("x"), None);
-        assert_eq!(count_list(""), None);
-    }
 }

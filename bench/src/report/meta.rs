@@ -36,7 +36,7 @@ pub fn collect(tools: &Tools, pin: Option<usize>, workers: usize) -> serde_json:
         "versions": tool_versions(tools),
         "bench": env!("CARGO_PKG_VERSION"),
         "cores": crate::affinity::online(),
-        "bench_cpus": crate::affinity::allowed_self(),
+        "bench_cpus": crate::affinity::allowed(),
         "cpu": cpu_model,
         "memory_mib": crate::procstat::mem_total_mib(),
         "kernel": kernel,
