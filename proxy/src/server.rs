@@ -326,7 +326,7 @@ pub fn run(config: Config) -> Result<()> {
         }
         let mut svc = Service::new(
             "switchyard admin".to_string(),
-            AdminApp::new(shared.clone(), admin.token),
+            AdminApp::new(shared.clone()),
         );
         svc.add_tcp(&admin.listen.to_string());
         svc.threads = Some(1);

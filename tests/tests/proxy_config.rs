@@ -1,6 +1,6 @@
 //! The proxy's command line and observability end to end: `proxy check` on good and bad
 //! files (`file:line: key: message`), quick-mode flag errors, `proxy gen-cert`, `/metrics`,
-//! `/status` and the access log — real processes on 127.0.0.1.
+//! `/status`, the admin token and the access log — real processes on 127.0.0.1.
 
 #![allow(clippy::unwrap_used)]
 
@@ -8,11 +8,12 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::time::Duration;
 
-use tests::admin::{backend_status, counter, status};
-use tests::fixtures::{backend_entry, entries, listener, tls_keys, upstream};
+use tests::admin::{admin_post, backend_status, counter, status};
+use tests::fixtures::{admin, backend_entry, entries, listener, tls_keys, upstream};
 use tests::http::backend_counts;
 use tests::{
-    client, free_port, get, wait_for, ws_connect, ws_echo, Backend, Certs, Exited, Proxy, ProxyCmd,
+    client, free_port, get, port_array, send, wait_for, ws_connect, ws_echo, Backend, Certs,
+    Exited, Proxy, ProxyCmd,
 };
 
 /// Bound for waits on files the proxy writes.
@@ -410,4 +411,62 @@ async fn access_log_writes_combined_lines() {
         line.ends_with("\"http://ref.test/\" \"combined-test\""),
         "{line}"
     );
+}
+
+/// `GET` on the admin listener with `Authorization: Bearer <token>`.
+async fn admin_get(proxy: &Proxy, path: &str, token: &str) -> tests::Reply {
+    send(client().get(proxy.admin_url(path)).bearer_auth(token)).await
+}
+
+#[tokio::test]
+async fn a_reload_rotates_the_admin_token_and_auth_reads_guards_status_and_metrics() {
+    let a = Backend::start("a");
+    let [listen, admin_port] = port_array();
+    let config = |token: &str, auth_reads: bool| {
+        format!(
+            "{}auth_reads = {auth_reads}\n{}\n{}",
+            admin(admin_port, token),
+            listener(listen),
+            upstream("app", None, &entries(&[&a]))
+        )
+    };
+    let proxy = Proxy::start_config(&config("old", false));
+    // Reads are open by default.
+    assert_eq!(get(&proxy.admin_url("/status")).await.status, 200);
+    assert_eq!(get(&proxy.admin_url("/metrics")).await.status, 200);
+
+    proxy.write_config(&config("new", true));
+    let r = admin_post(&proxy, "/reload", Some("old")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    // The old token is dead at once, for mutations and reads alike.
+    let r = admin_post(&proxy, "/reload", Some("old")).await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    for path in ["/status", "/metrics"] {
+        for r in [
+            get(&proxy.admin_url(path)).await,
+            admin_get(&proxy, path, "old").await,
+        ] {
+            assert_eq!(r.status, 401, "{path}: {}", r.body);
+            assert_eq!(
+                r.headers.get("www-authenticate").map(|v| v.as_bytes()),
+                Some(&b"Bearer"[..]),
+                "{path}"
+            );
+            assert!(!r.body.contains("127.0.0.1"), "{path} leaked: {}", r.body);
+        }
+    }
+    // The new one opens both; a load balancer's /healthz needs none.
+    let s = admin_get(&proxy, "/status", "new").await;
+    assert_eq!(s.status, 200, "{}", s.body);
+    assert_eq!(s.json()["upstreams"][0]["name"], "app", "{}", s.body);
+    let m = admin_get(&proxy, "/metrics", "new").await;
+    assert_eq!(m.status, 200);
+    assert!(m.body.contains("switchyard_backend_up{"), "{}", m.body);
+    assert_eq!(get(&proxy.admin_url("/healthz")).await.status, 200);
+    let r = admin_post(&proxy, "/reload", Some("new")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    // Proxying never needed any of it.
+    assert_eq!(get(&proxy.url("/id")).await.backend(), Some("a"));
 }

@@ -1,6 +1,8 @@
 //! The admin listener: `GET /metrics` (Prometheus), `GET /status` (JSON), and the
 //! token-protected mutations `POST /backends/<upstream>/<backend>/drain|undrain` and
-//! `POST /reload`.
+//! `POST /reload`. With `auth_reads` the two reads need the token too. The token and
+//! `auth_reads` are read from the live configuration on every request, so a reload that
+//! changes them (a rotated token) takes effect at once.
 
 pub mod metrics;
 
@@ -17,26 +19,43 @@ use crate::state::Shared;
 
 pub struct AdminApp {
     shared: Arc<Shared>,
-    token: Option<String>,
 }
 
 impl AdminApp {
-    pub fn new(shared: Arc<Shared>, token: Option<String>) -> Self {
-        Self { shared, token }
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
     }
 
-    fn authorized(&self, session: &ServerSession) -> bool {
-        let Some(token) = self.token.as_deref() else {
-            return false;
+    /// Checks the bearer token of a mutation, or of a read when `auth_reads` is set; the
+    /// error is the answer to send instead.
+    fn access(
+        &self,
+        session: &ServerSession,
+        mutation: bool,
+    ) -> Result<(), Box<Response<Vec<u8>>>> {
+        let rt = self.shared.current();
+        let admin = rt.config.admin.as_ref();
+        if !mutation && !admin.is_some_and(|a| a.auth_reads) {
+            return Ok(());
+        }
+        let Some(token) = admin.and_then(|a| a.token.as_deref()) else {
+            return Err(Box::new(json_reply(
+                StatusCode::FORBIDDEN,
+                json!({"ok": false, "error": "admin mutations are disabled: no admin token configured"}),
+            )));
         };
-        let Some(got) = session
-            .get_header(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-        else {
-            return false;
-        };
-        constant_time_eq(got.trim().as_bytes(), token.as_bytes())
+        if bearer_matches(session, token) {
+            return Ok(());
+        }
+        let mut r = json_reply(
+            StatusCode::UNAUTHORIZED,
+            json!({"ok": false, "error": "missing or wrong bearer token"}),
+        );
+        r.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static("Bearer"),
+        );
+        Err(Box::new(r))
     }
 
     pub fn status_json(&self) -> serde_json::Value {
@@ -78,6 +97,14 @@ impl AdminApp {
     }
 }
 
+fn bearer_matches(session: &ServerSession, token: &str) -> bool {
+    session
+        .get_header(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|got| constant_time_eq(got.trim().as_bytes(), token.as_bytes()))
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
@@ -108,6 +135,14 @@ impl ServeHttp for AdminApp {
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_string();
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let mutation = method == Method::POST;
+        // A load balancer probing /healthz has no token.
+        let read = method == Method::GET && segments.as_slice() != ["healthz"];
+        if mutation || read {
+            if let Err(denied) = self.access(session, mutation) {
+                return *denied;
+            }
+        }
         match (&method, segments.as_slice()) {
             (&Method::GET, ["metrics"]) => reply(
                 StatusCode::OK,
@@ -116,21 +151,6 @@ impl ServeHttp for AdminApp {
             ),
             (&Method::GET, ["status"]) => json_reply(StatusCode::OK, self.status_json()),
             (&Method::GET, ["healthz"]) => reply(StatusCode::OK, "text/plain", "ok\n"),
-            (&Method::POST, _) if self.token.is_none() => json_reply(
-                StatusCode::FORBIDDEN,
-                json!({"ok": false, "error": "admin mutations are disabled: no admin token configured"}),
-            ),
-            (&Method::POST, _) if !self.authorized(session) => {
-                let mut r = json_reply(
-                    StatusCode::UNAUTHORIZED,
-                    json!({"ok": false, "error": "missing or wrong bearer token"}),
-                );
-                r.headers_mut().insert(
-                    http::header::WWW_AUTHENTICATE,
-                    http::HeaderValue::from_static("Bearer"),
-                );
-                r
-            }
             (&Method::POST, ["reload"]) => match self.shared.reload() {
                 Ok(report) => json_reply(StatusCode::OK, json!({"ok": true, "report": report})),
                 Err(errors) => json_reply(

@@ -67,6 +67,8 @@ pub(super) struct AdminFile {
     pub token: Option<String>,
     /// Name of an environment variable holding the bearer token.
     pub token_env: Option<String>,
+    /// Whether `GET /status` and `GET /metrics` need the token too.
+    pub auth_reads: bool,
 }
 
 impl Default for AdminFile {
@@ -75,6 +77,7 @@ impl Default for AdminFile {
             listen: Addr(super::DEFAULT_ADMIN_LISTEN),
             token: None,
             token_env: None,
+            auth_reads: false,
         }
     }
 }

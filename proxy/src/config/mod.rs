@@ -118,6 +118,8 @@ pub struct AdminConfig {
     /// Bearer token for mutations; None (or unset `token_env`) refuses every mutation.
     /// Never empty.
     pub token: Option<String>,
+    /// `GET /status` and `GET /metrics` need the token too (`/healthz` never does).
+    pub auth_reads: bool,
 }
 
 impl fmt::Debug for AdminConfig {
@@ -125,6 +127,7 @@ impl fmt::Debug for AdminConfig {
         f.debug_struct("AdminConfig")
             .field("listen", &self.listen)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("auth_reads", &self.auth_reads)
             .finish()
     }
 }

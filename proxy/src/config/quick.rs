@@ -245,6 +245,7 @@ pub(super) fn resolve(q: &QuickOptions, env: Env<'_>) -> Result<Config, ConfigEr
         AdminConfig {
             listen,
             token: q.admin_token.clone().filter(|t| !t.is_empty()),
+            auth_reads: false,
         }
     });
 

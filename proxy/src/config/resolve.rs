@@ -80,9 +80,16 @@ pub(super) fn resolve(f: FileConfig, env: Env<'_>, out: &mut Resolved) -> Config
             (None, None) => None,
         }
         .filter(|t| !t.is_empty());
+        if a.auth_reads && token.is_none() {
+            out.err(
+                p.key("auth_reads"),
+                ErrorKind::Missing("a token (`token`, or `token_env` naming a set variable): with auth_reads = true every read would be refused"),
+            );
+        }
         AdminConfig {
             listen: a.listen.0,
             token,
+            auth_reads: a.auth_reads,
         }
     });
 

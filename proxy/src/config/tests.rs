@@ -522,6 +522,28 @@ fn admin_token_sources() {
 }
 
 #[test]
+fn admin_auth_reads_needs_a_token() {
+    let c = ok(&format!(
+        "[admin]\ntoken = \"t0k\"\nauth_reads = true\n{MINIMAL}"
+    ));
+    assert!(c.admin.unwrap().auth_reads);
+    assert!(!ok(&format!("[admin]\n{MINIMAL}")).admin.unwrap().auth_reads);
+
+    // Without a token (none, or an unset variable) every read would be refused.
+    for (source, line) in [("", 2), ("token_env = \"TEST_UNSET\"\n", 3)] {
+        let e = err(&format!("[admin]\n{source}auth_reads = true\n{MINIMAL}"));
+        assert_eq!(
+            e,
+            format!(
+                "proxy.toml:{line}: admin.auth_reads: missing: a token (`token`, or \
+                 `token_env` naming a set variable): with auth_reads = true every read \
+                 would be refused"
+            )
+        );
+    }
+}
+
+#[test]
 fn tls_files_must_hold_a_certificate_and_a_key() {
     let certs = Certs::new();
     let listener = |cert: &Path, key: &Path| {
