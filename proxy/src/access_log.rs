@@ -44,18 +44,16 @@ impl std::fmt::Debug for AccessLog {
 }
 
 impl AccessLog {
-    pub fn open(cfg: &AccessLogConfig) -> anyhow::Result<Self> {
+    /// Opens (creating it if needed) the configured file, or stdout. Called at start and on
+    /// every reload, so a reload after renaming the file (log rotation) starts a new one.
+    pub fn open(cfg: &AccessLogConfig) -> std::io::Result<Self> {
         let out: Option<Mutex<Box<dyn Write + Send>>> = if !cfg.enabled {
             None
         } else {
             match &cfg.path {
                 None => Some(Mutex::new(Box::new(LineWriter::new(std::io::stdout())))),
                 Some(p) => {
-                    let f = OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(p)
-                        .map_err(|e| anyhow::anyhow!("access log {}: {e}", p.display()))?;
+                    let f = OpenOptions::new().create(true).append(true).open(p)?;
                     Some(Mutex::new(Box::new(LineWriter::new(f))))
                 }
             }

@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 
 use crate::access_log::AccessLog;
 use crate::admin::metrics::Metrics;
-use crate::config::{Config, ConfigErrors};
+use crate::config::{Config, ConfigError, ConfigErrors, ErrorKind};
 use crate::limits::ClientLimits;
 use crate::upstream::{StatsRegistry, Upstream};
 
@@ -90,7 +90,8 @@ pub struct Shared {
     pub registry: StatsRegistry,
     pub metrics: Metrics,
     pub limits: ClientLimits,
-    pub access_log: AccessLog,
+    /// Swapped by reload: a new path or format, or the same file reopened after rotation.
+    pub access_log: ArcSwap<AccessLog>,
     /// The file to re-read on reload (None in quick mode: reload re-applies the same config).
     pub config_path: Option<PathBuf>,
 }
@@ -107,7 +108,7 @@ pub struct ReloadReport {
 impl Shared {
     pub fn new(config: Config) -> anyhow::Result<Self> {
         let registry = StatsRegistry::default();
-        let access_log = AccessLog::open(&config.access_log)?;
+        let access_log = open_access_log(&config)?;
         let config_path = config.source.clone();
         let metrics = Metrics::new();
         let runtime = Runtime::build(config, &registry, &metrics);
@@ -116,7 +117,7 @@ impl Shared {
             registry,
             metrics,
             limits: ClientLimits::default(),
-            access_log,
+            access_log: ArcSwap::from_pointee(access_log),
             config_path,
         })
     }
@@ -125,8 +126,8 @@ impl Shared {
         self.runtime.load_full()
     }
 
-    /// Re-reads the config file and swaps upstreams, strategies, routes, limits and
-    /// timeouts. Open tunnels and in-flight requests keep the backend state they hold.
+    /// Re-reads the config file and swaps upstreams, strategies, routes, limits, timeouts,
+    /// the admin token and the access log (reopened). Open tunnels and in-flight requests keep the backend state they hold.
     /// An invalid file leaves the running config untouched.
     pub fn reload(&self) -> Result<ReloadReport, ConfigErrors> {
         let old = self.current();
@@ -151,6 +152,8 @@ impl Shared {
         if new_config.server.http1 != old.config.server.http1 {
             needs_restart.push("server.http1".to_string());
         }
+        // Opened before anything is swapped: a log that cannot be opened rejects the reload.
+        let access_log = open_access_log(&new_config)?;
         let runtime = Runtime::build(new_config, &self.registry, &self.metrics);
         let report = ReloadReport {
             upstreams: runtime.upstreams.len(),
@@ -158,6 +161,7 @@ impl Shared {
             needs_restart,
         };
         self.runtime.store(Arc::new(runtime));
+        self.access_log.store(Arc::new(access_log));
         let current = self.current();
         self.registry.retain(|u, a| {
             current
@@ -168,6 +172,21 @@ impl Shared {
         tracing::info!(?report, "configuration reloaded");
         Ok(report)
     }
+}
+
+/// Opens the access log of `config`; an error names the file and key like a config error.
+fn open_access_log(config: &Config) -> Result<AccessLog, ConfigErrors> {
+    AccessLog::open(&config.access_log).map_err(|e| {
+        ConfigErrors::from(ConfigError {
+            file: config.source.clone(),
+            line: None,
+            key: "access_log.path".to_owned(),
+            kind: ErrorKind::CannotOpen {
+                path: config.access_log.path.clone().unwrap_or_default(),
+                reason: e.to_string(),
+            },
+        })
+    })
 }
 
 #[cfg(test)]

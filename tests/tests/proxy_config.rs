@@ -385,6 +385,66 @@ async fn access_log_writes_json_lines() {
 }
 
 #[tokio::test]
+async fn a_reload_reopens_the_access_log_and_refuses_one_it_cannot_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let rotated = dir.path().join("access.log.1");
+    let b = Backend::start("b1");
+    let admin_port = free_port();
+    let config = |log: &Path| {
+        format!(
+            "{}\n{}",
+            admin(admin_port, "t"),
+            access_log_config("json", log, &b)
+        )
+    };
+    let proxy = Proxy::start_config(&config(&log));
+    assert_eq!(get(&proxy.url("/id?n=1")).await.status, 200);
+    wait_log_line(&log, "the line of n=1", |l| l.contains("/id?n=1")).await;
+
+    // Rotation as logrotate does it: rename, then reload.
+    std::fs::rename(&log, &rotated).unwrap();
+    let r = admin_post(&proxy, "/reload", Some("t")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(get(&proxy.url("/id?n=2")).await.status, 200);
+    wait_log_line(&log, "the line of n=2 in a new file", |l| {
+        l.contains("/id?n=2")
+    })
+    .await;
+    let old = std::fs::read_to_string(&rotated).unwrap();
+    assert!(old.contains("/id?n=1") && !old.contains("/id?n=2"), "{old}");
+
+    // A log that cannot be opened (its folder is missing) rejects the reload, naming the
+    // file and key; the running config keeps logging where it did.
+    let missing = dir.path().join("no-such-dir").join("access.log");
+    proxy.write_config(&config(&missing));
+    let r = admin_post(&proxy, "/reload", Some("t")).await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    let error = r.json()["error"].as_str().unwrap().to_owned();
+    assert!(
+        error.contains("proxy.toml: access_log.path: cannot open ")
+            && error.contains("no-such-dir")
+            && error.contains("for appending"),
+        "{error}"
+    );
+    assert_eq!(get(&proxy.url("/id?n=3")).await.status, 200);
+    wait_log_line(&log, "the line of n=3 after the refused reload", |l| {
+        l.contains("/id?n=3")
+    })
+    .await;
+
+    // Starting with that file fails the same way, before listening.
+    let out = ProxyCmd::config(&config(&missing)).run_to_exit(Duration::from_secs(20));
+    assert_error_prefix(
+        &out,
+        &format!(
+            "proxy.toml: access_log.path: cannot open {} for appending",
+            missing.display()
+        ),
+    );
+}
+
+#[tokio::test]
 async fn access_log_writes_combined_lines() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("access.log");

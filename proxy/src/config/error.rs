@@ -83,6 +83,14 @@ pub enum ErrorKind {
         /// What is wrong with it.
         problem: TlsFileProblem,
     },
+    /// The access log file cannot be opened for appending.
+    #[error("cannot open {} for appending: {reason}", path.display())]
+    CannotOpen {
+        /// The file, as configured.
+        path: PathBuf,
+        /// The operating system's complaint.
+        reason: String,
+    },
     /// A setting that only makes sense on a TLS listener.
     #[error("only valid on a TLS listener (set `tls = {{ cert = ..., key = ... }}`)")]
     NeedsTls,

@@ -268,7 +268,7 @@ impl H1 {
             req,
             client: conn.peer_ip,
             // Only the access log reads the clock for the whole request.
-            started: self.shared.access_log.enabled().then(Instant::now),
+            started: self.shared.access_log.load().enabled().then(Instant::now),
             status: 0,
             bytes_sent: 0,
             bytes_received: body.len() as u64,
@@ -732,10 +732,10 @@ struct Log<'a> {
 
 impl Drop for Log<'_> {
     fn drop(&mut self) {
-        if !self.shared.access_log.enabled() {
+        if !self.shared.access_log.load().enabled() {
             return;
         }
-        self.shared.access_log.write(&Entry {
+        self.shared.access_log.load().write(&Entry {
             ts: AccessLog::now(),
             client: self.client,
             method: self.req.method,

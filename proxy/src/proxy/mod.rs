@@ -198,7 +198,7 @@ impl ProxyHttp for EdgeProxy {
     fn new_ctx(&self) -> Ctx {
         Ctx {
             // Only the access log reads the request's start time.
-            started: self.shared.access_log.enabled().then(Instant::now),
+            started: self.shared.access_log.load().enabled().then(Instant::now),
             ..Default::default()
         }
     }
@@ -440,7 +440,7 @@ impl ProxyHttp for EdgeProxy {
         // Release the counts before the (possibly slow) log write.
         ctx.guard = None;
         ctx.client_guard = None;
-        if !self.shared.access_log.enabled() {
+        if !self.shared.access_log.load().enabled() {
             return;
         }
         let status = session
@@ -451,7 +451,7 @@ impl ProxyHttp for EdgeProxy {
         let req = session.req_header();
         let header = |n: http::header::HeaderName| req.headers.get(n).and_then(|v| v.to_str().ok());
         let version = format!("{:?}", req.version);
-        self.shared.access_log.write(&Entry {
+        self.shared.access_log.load().write(&Entry {
             ts: AccessLog::now(),
             client: ctx.client_ip.or(ctx.peer_ip),
             method: req.method.as_str(),

@@ -191,6 +191,7 @@ pub(super) async fn handle(p: &EdgeProxy, session: &mut Session, ctx: &mut Ctx) 
     let summary = p
         .shared
         .access_log
+        .load()
         .enabled()
         .then(|| tunnel_summary(session, ctx, &up.name));
     let mut client = take_client_stream(session).await?;
@@ -296,7 +297,7 @@ impl Tunnel {
             tracing::debug!("tunnel closed after the idle timeout");
         }
         if let Some(req) = self.summary {
-            self.shared.access_log.write(&Entry {
+            self.shared.access_log.load().write(&Entry {
                 ts: AccessLog::now(),
                 client: req.client,
                 method: "GET",
