@@ -250,10 +250,14 @@ impl BackgroundService for ReloadOnHup {
 /// input (certificates, files) is checked before pingora starts, which would panic.
 pub fn run(config: Config) -> Result<()> {
     let mut tls_settings = Vec::new();
+    let mut resolvers = Vec::new();
     for l in &config.listeners {
         tls_settings.push(match &l.tls {
             Some(t) => {
-                Some(tls::listener_settings(t).with_context(|| format!("listener {}", l.listen))?)
+                let (settings, resolver) =
+                    tls::listener_settings(t).with_context(|| format!("listener {}", l.listen))?;
+                resolvers.push((l.listen, resolver));
+                Some(settings)
             }
             None => None,
         });
@@ -291,7 +295,7 @@ pub fn run(config: Config) -> Result<()> {
     let native_h1 = config.server.http1 == crate::config::Http1Path::Native;
     let admin = config.admin.clone();
     let listeners = config.listeners.clone();
-    let shared = Arc::new(Shared::new(config)?);
+    let shared = Arc::new(Shared::new(config, resolvers)?);
 
     let mut proxy = HttpProxy::new(EdgeProxy::new(shared.clone()), server.configuration.clone());
     proxy.handle_init_modules();

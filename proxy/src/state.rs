@@ -12,6 +12,7 @@ use crate::access_log::AccessLog;
 use crate::admin::metrics::Metrics;
 use crate::config::{Config, ConfigError, ConfigErrors, ErrorKind};
 use crate::limits::ClientLimits;
+use crate::tls::{SniCerts, SniResolver};
 use crate::upstream::{StatsRegistry, Upstream};
 
 /// Everything built from one config. Requests take an `Arc` of it once and keep it, so a
@@ -92,6 +93,9 @@ pub struct Shared {
     pub limits: ClientLimits,
     /// Swapped by reload: a new path or format, or the same file reopened after rotation.
     pub access_log: ArcSwap<AccessLog>,
+    /// The certificate resolver of each TLS listener, by address: a reload swaps in the
+    /// certificates its files hold now.
+    pub certs: Vec<(SocketAddr, SniResolver)>,
     /// The file to re-read on reload (None in quick mode: reload re-applies the same config).
     pub config_path: Option<PathBuf>,
 }
@@ -101,12 +105,13 @@ pub struct Shared {
 pub struct ReloadReport {
     pub upstreams: usize,
     pub routes: usize,
-    /// Settings that only take effect after a restart (listeners, admin, threads, http1).
+    /// Settings that only take effect after a restart (listener addresses, TLS or not and
+    /// h2, the admin address, threads, http1).
     pub needs_restart: Vec<String>,
 }
 
 impl Shared {
-    pub fn new(config: Config) -> anyhow::Result<Self> {
+    pub fn new(config: Config, certs: Vec<(SocketAddr, SniResolver)>) -> anyhow::Result<Self> {
         let registry = StatsRegistry::default();
         let access_log = open_access_log(&config)?;
         let config_path = config.source.clone();
@@ -118,6 +123,7 @@ impl Shared {
             metrics,
             limits: ClientLimits::default(),
             access_log: ArcSwap::from_pointee(access_log),
+            certs,
             config_path,
         })
     }
@@ -126,8 +132,32 @@ impl Shared {
         self.runtime.load_full()
     }
 
+    /// The certificates `config` names for each running TLS listener that it keeps (a
+    /// listener it adds or turns to TLS waits for a restart, which the reload reports).
+    fn load_certs(&self, config: &Config) -> Result<Vec<(&SniResolver, SniCerts)>, ConfigErrors> {
+        let mut loaded = Vec::new();
+        for (i, l) in config.listeners.iter().enumerate() {
+            let (Some(tls), Some((_, resolver))) = (
+                &l.tls,
+                self.certs.iter().find(|(addr, _)| *addr == l.listen),
+            ) else {
+                continue;
+            };
+            let certs = SniCerts::load(tls).map_err(|e| {
+                ConfigErrors::from(ConfigError {
+                    file: config.source.clone(),
+                    line: None,
+                    key: format!("listeners[{i}].tls"),
+                    kind: ErrorKind::TlsUnusable(format!("{e:#}")),
+                })
+            })?;
+            loaded.push((resolver, certs));
+        }
+        Ok(loaded)
+    }
+
     /// Re-reads the config file and swaps upstreams, strategies, routes, limits, timeouts,
-    /// the admin token and the access log (reopened). Open tunnels and in-flight requests keep the backend state they hold.
+    /// TLS certificates, the admin token and the access log (reopened). Open tunnels and in-flight requests keep the backend state they hold.
     /// An invalid file leaves the running config untouched.
     pub fn reload(&self) -> Result<ReloadReport, ConfigErrors> {
         let old = self.current();
@@ -136,8 +166,14 @@ impl Shared {
             None => (*old.config).clone(),
         };
         let mut needs_restart = Vec::new();
-        let listen =
-            |c: &Config| -> Vec<SocketAddr> { c.listeners.iter().map(|l| l.listen).collect() };
+        // A listener's address, TLS or not, and ALPN are fixed at start; its certificates
+        // are not.
+        let listen = |c: &Config| -> Vec<(SocketAddr, Option<bool>)> {
+            c.listeners
+                .iter()
+                .map(|l| (l.listen, l.tls.as_ref().map(|t| t.h2)))
+                .collect()
+        };
         if listen(&new_config) != listen(&old.config) {
             needs_restart.push("listeners".to_string());
         }
@@ -152,8 +188,10 @@ impl Shared {
         if new_config.server.http1 != old.config.server.http1 {
             needs_restart.push("server.http1".to_string());
         }
-        // Opened before anything is swapped: a log that cannot be opened rejects the reload.
+        // Opened before anything is swapped: a log or certificate that cannot be loaded
+        // rejects the reload.
         let access_log = open_access_log(&new_config)?;
+        let certs = self.load_certs(&new_config)?;
         let runtime = Runtime::build(new_config, &self.registry, &self.metrics);
         let report = ReloadReport {
             upstreams: runtime.upstreams.len(),
@@ -162,6 +200,9 @@ impl Shared {
         };
         self.runtime.store(Arc::new(runtime));
         self.access_log.store(Arc::new(access_log));
+        for (resolver, loaded) in certs {
+            resolver.store(loaded);
+        }
         let current = self.current();
         self.registry.retain(|u, a| {
             current

@@ -1,5 +1,5 @@
-//! TLS for listeners (certificates loaded and checked up front, chosen by SNI) and the dev
-//! CA generator behind `proxy gen-cert`.
+//! TLS for listeners (certificates loaded and checked up front, chosen by SNI, swapped by a
+//! reload) and the dev CA generator behind `proxy gen-cert`.
 
 use std::collections::HashMap;
 use std::fs;
@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{anyhow, Context, Result};
+use arc_swap::ArcSwap;
 use pingora::listeners::tls::TlsSettings;
 use pingora::tls::sign::CertifiedKey;
 use pingora::tls::{ClientHello, CryptoProvider, ResolvesServerCert};
@@ -38,43 +39,72 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>> 
     Ok(Arc::new(CertifiedKey::new(certs, signing)))
 }
 
-/// Picks a certificate by SNI name; unknown or missing names get the default.
+/// The certificates of one listener: a default and more by SNI name.
 #[derive(Debug)]
-pub struct SniResolver {
+pub struct SniCerts {
     default: Arc<CertifiedKey>,
     by_name: HashMap<String, Arc<CertifiedKey>>,
 }
 
+impl SniCerts {
+    /// Loads every certificate `cfg` names; the first bad file fails the whole set.
+    pub fn load(cfg: &TlsConfig) -> Result<Self> {
+        let default = load_certified_key(&cfg.cert, &cfg.key)?;
+        let mut by_name = HashMap::new();
+        for s in &cfg.sni {
+            by_name.insert(
+                s.server_name.to_ascii_lowercase(),
+                load_certified_key(&s.cert, &s.key)?,
+            );
+        }
+        Ok(Self { default, by_name })
+    }
+}
+
+/// Picks a certificate by SNI name; unknown or missing names get the default. Clones share
+/// the certificates, so a reload swaps them under the listener (renewed certificates need
+/// no restart); handshakes in progress keep the ones they picked.
+#[derive(Debug, Clone)]
+pub struct SniResolver {
+    certs: Arc<ArcSwap<SniCerts>>,
+}
+
+impl SniResolver {
+    pub fn new(certs: SniCerts) -> Self {
+        Self {
+            certs: Arc::new(ArcSwap::from_pointee(certs)),
+        }
+    }
+
+    pub fn store(&self, certs: SniCerts) {
+        self.certs.store(Arc::new(certs));
+    }
+}
+
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let certs = self.certs.load();
         let chosen = hello
             .server_name()
-            .and_then(|n| self.by_name.get(&n.to_ascii_lowercase()))
-            .unwrap_or(&self.default);
+            .and_then(|n| certs.by_name.get(&n.to_ascii_lowercase()))
+            .unwrap_or(&certs.default);
         Some(chosen.clone())
     }
 }
 
 /// TLS settings for one listener: TLS 1.2 and 1.3 (pingora's rustls defaults), our SNI
-/// resolver, ALPN h2 + http/1.1 when enabled.
-pub fn listener_settings(cfg: &TlsConfig) -> Result<TlsSettings> {
-    let default = load_certified_key(&cfg.cert, &cfg.key)?;
-    let mut by_name = HashMap::new();
-    for s in &cfg.sni {
-        by_name.insert(
-            s.server_name.to_ascii_lowercase(),
-            load_certified_key(&s.cert, &s.key)?,
-        );
-    }
+/// resolver, ALPN h2 + http/1.1 when enabled. The resolver is returned too, for reloads.
+pub fn listener_settings(cfg: &TlsConfig) -> Result<(TlsSettings, SniResolver)> {
+    let resolver = SniResolver::new(SniCerts::load(cfg)?);
     let mut settings =
         TlsSettings::intermediate("", "").map_err(|e| anyhow!("TLS settings: {e}"))?;
-    settings.set_cert_resolver(Arc::new(SniResolver { default, by_name }));
+    settings.set_cert_resolver(Arc::new(resolver.clone()));
     if cfg.h2 {
         settings.enable_h2();
     } else {
         settings.set_alpn(pingora::listeners::ALPN::H1);
     }
-    Ok(settings)
+    Ok((settings, resolver))
 }
 
 /// Writes a development CA (`ca.pem`, `ca-key.pem`) and a certificate for localhost,

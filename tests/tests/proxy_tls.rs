@@ -1,6 +1,6 @@
 //! TLS end to end: HTTPS over HTTP/1.1 and h2, WSS, certificates chosen by SNI, protocol
-//! versions, the HTTP → HTTPS redirect listener, and clear start-up errors for bad
-//! certificate files — real `echo-backend` and `proxy` processes on 127.0.0.1.
+//! versions, the HTTP → HTTPS redirect listener, certificates renewed by a reload, and clear
+//! start-up errors for bad certificate files — real `echo-backend` and `proxy` processes on 127.0.0.1.
 
 #![allow(clippy::unwrap_used)]
 
@@ -19,12 +19,13 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use tempfile::TempDir;
-use tests::fixtures::{entries, listener, tls_keys, upstream, TWO_THREADS};
+use tests::admin::admin_post;
+use tests::fixtures::{admin, entries, listener, tls_keys, upstream, TWO_THREADS};
 use tests::http::tls_builder;
 use tests::ws::rustls_client_config;
 use tests::{
-    get_with, port_array, send, tls_client, ws_connect_tls, ws_echo, Alpn, Backend, Certs, Proxy,
-    ProxyCmd, TestCa, STEP_TIMEOUT,
+    free_port, get_with, port_array, send, tls_client, ws_connect_tls, ws_echo, Alpn, Backend,
+    Certs, Proxy, ProxyCmd, TestCa, STEP_TIMEOUT,
 };
 
 /// A backend, a TLS listener (and a plain one) with `tls_table` as the listener's TLS keys.
@@ -351,6 +352,89 @@ async fn sni_picks_the_certificate_for_the_name_and_unknown_names_get_the_defaul
 }
 
 /// Hand-made TLS 1.1 ClientHello (no `supported_versions` extension), ECDHE/RSA CBC suites.
+/// Copies `from` over `to` the way deployment tools do: a new file renamed into place.
+fn replace_file(from: &Path, to: &Path) {
+    let tmp = to.with_extension("new");
+    std::fs::copy(from, &tmp).unwrap();
+    std::fs::rename(&tmp, to).unwrap();
+}
+
+#[tokio::test]
+async fn a_reload_serves_renewed_certificates_without_a_restart() {
+    let both = &[&rustls::version::TLS13, &rustls::version::TLS12][..];
+    let (first_dir, renewed_dir, live_dir) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    // The two certificates come from unrelated CAs, so each CA vouches for one only.
+    let first = Certs::generate(first_dir.path(), &["localhost", "127.0.0.1"]);
+    let renewed = Certs::generate(renewed_dir.path(), &["localhost", "127.0.0.1"]);
+    let (cert, key) = (
+        live_dir.path().join("cert.pem"),
+        live_dir.path().join("key.pem"),
+    );
+    replace_file(&first.cert, &cert);
+    replace_file(&first.key, &key);
+
+    let b = Backend::start("b1");
+    let [plain, tls] = port_array();
+    let admin_port = free_port();
+    let toml = format!(
+        "{}\n{}",
+        admin(admin_port, "t"),
+        tls_config(plain, tls, &b, &tls_keys(&cert, &key))
+    );
+    let proxy = Proxy::start_config(&toml);
+    let s = handshake(tls, "localhost", any_cert_config(both))
+        .await
+        .unwrap();
+    assert_eq!(peer_leaf(&s), leaf_of(&first.cert));
+
+    replace_file(&renewed.cert, &cert);
+    replace_file(&renewed.key, &key);
+    let r = admin_post(&proxy, "/reload", Some("t")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.json()["report"]["needs_restart"],
+        serde_json::json!([]),
+        "{}",
+        r.body
+    );
+
+    // New handshakes get the renewed certificate; a client trusting only its CA verifies it
+    // and is served.
+    let s = handshake(tls, "localhost", any_cert_config(both))
+        .await
+        .unwrap();
+    assert_eq!(peer_leaf(&s), leaf_of(&renewed.cert));
+    assert!(
+        handshake(tls, "localhost", verifying_config(&first.ca_pem(), both))
+            .await
+            .is_err(),
+        "the first CA must no longer match"
+    );
+    let client = tls_client(&renewed.ca_pem(), Alpn::Auto);
+    let r = get_with(&client, &format!("https://localhost:{tls}/id")).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.backend(), Some("b1"));
+
+    // A broken key file rejects the reload with its key path; the renewed certificate stays.
+    std::fs::write(&key, "not a key").unwrap();
+    let r = admin_post(&proxy, "/reload", Some("t")).await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    let error = r.json()["error"].as_str().unwrap().to_owned();
+    assert!(
+        error.contains("listeners[1].tls.key") && error.contains(&key.display().to_string()),
+        "{error}"
+    );
+    let s = handshake(tls, "localhost", any_cert_config(both))
+        .await
+        .unwrap();
+    assert_eq!(peer_leaf(&s), leaf_of(&renewed.cert));
+    drop(proxy);
+}
+
 fn tls11_client_hello() -> Vec<u8> {
     let mut body = vec![0x03, 0x02]; // client_version: TLS 1.1
     body.extend([0x5a; 32]); // random

@@ -91,6 +91,10 @@ pub enum ErrorKind {
         /// The operating system's complaint.
         reason: String,
     },
+    /// Certificate files that pass the checks at load but cannot be put to use (a key
+    /// the TLS library cannot sign with, or a file replaced meanwhile).
+    #[error("{0}")]
+    TlsUnusable(String),
     /// A setting that only makes sense on a TLS listener.
     #[error("only valid on a TLS listener (set `tls = {{ cert = ..., key = ... }}`)")]
     NeedsTls,
