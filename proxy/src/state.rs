@@ -106,7 +106,7 @@ pub struct ReloadReport {
     pub upstreams: usize,
     pub routes: usize,
     /// Settings that only take effect after a restart (listener addresses, TLS or not and
-    /// h2, the admin address, threads, http1).
+    /// h2, the admin address, threads, http1, grace period).
     pub needs_restart: Vec<String>,
 }
 
@@ -188,6 +188,10 @@ impl Shared {
         if new_config.server.http1 != old.config.server.http1 {
             needs_restart.push("server.http1".to_string());
         }
+        // pingora takes the grace period when the server is built.
+        if new_config.server.grace_period != old.config.server.grace_period {
+            needs_restart.push("server.grace_period".to_string());
+        }
         // Opened before anything is swapped: a log or certificate that cannot be loaded
         // rejects the reload.
         let access_log = open_access_log(&new_config)?;
@@ -231,8 +235,32 @@ fn open_access_log(config: &Config) -> Result<AccessLog, ConfigErrors> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
-    use super::strip_port;
+    use super::{strip_port, Shared};
+    use crate::config::Config;
+
+    #[test]
+    fn a_reload_lists_what_only_a_restart_applies() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("proxy.toml");
+        let config = |threads: u32, grace: &str, listen: u16| {
+            format!(
+                "[server]\nthreads = {threads}\ngrace_period = \"{grace}\"\n\
+                 [[listeners]]\nlisten = \"127.0.0.1:{listen}\"\n\
+                 [upstreams.app]\nbackends = [{{ addr = \"127.0.0.1:9001\" }}]\n"
+            )
+        };
+        std::fs::write(&path, config(1, "5s", 18080)).unwrap();
+        let shared = Shared::new(Config::load(&path).unwrap(), Vec::new()).unwrap();
+        assert!(shared.reload().unwrap().needs_restart.is_empty());
+
+        std::fs::write(&path, config(2, "9s", 18081)).unwrap();
+        assert_eq!(
+            shared.reload().unwrap().needs_restart,
+            ["listeners", "server.threads", "server.grace_period"]
+        );
+    }
 
     #[test]
     fn strips_ports_from_hosts() {
