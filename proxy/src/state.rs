@@ -157,8 +157,9 @@ impl Shared {
     }
 
     /// Re-reads the config file and swaps upstreams, strategies, routes, limits, timeouts,
-    /// TLS certificates, the admin token and the access log (reopened). Open tunnels and in-flight requests keep the backend state they hold.
-    /// An invalid file leaves the running config untouched.
+    /// TLS certificates, the admin token and the access log (reopened). Open tunnels and
+    /// in-flight requests keep the backend state they hold. An invalid file, or a
+    /// certificate or log file that cannot be used, leaves the running config untouched.
     pub fn reload(&self) -> Result<ReloadReport, ConfigErrors> {
         let old = self.current();
         let new_config = match &self.config_path {
