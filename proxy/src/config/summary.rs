@@ -188,12 +188,17 @@ impl Config {
         match &self.admin {
             Some(a) => writeln!(
                 s,
-                "admin: {} ({})",
+                "admin: {} ({}{})",
                 a.listen,
                 if a.token.is_some() {
                     "token set"
                 } else {
                     "no token: mutations refused"
+                },
+                if a.auth_reads {
+                    ", reads need it too"
+                } else {
+                    ""
                 }
             )?,
             None => writeln!(s, "admin: off")?,

@@ -526,6 +526,9 @@ fn admin_auth_reads_needs_a_token() {
     let c = ok(&format!(
         "[admin]\ntoken = \"t0k\"\nauth_reads = true\n{MINIMAL}"
     ));
+    assert!(c
+        .summary()
+        .contains("admin: 127.0.0.1:9900 (token set, reads need it too)"));
     assert!(c.admin.unwrap().auth_reads);
     assert!(!ok(&format!("[admin]\n{MINIMAL}")).admin.unwrap().auth_reads);
 
