@@ -62,6 +62,11 @@ struct Cli {
     /// HMAC key for sticky cookies (shared by all replicas).
     #[arg(long, env = "SWITCHYARD_STICKY_KEY", hide_env_values = true)]
     sticky_key: Option<String>,
+    /// Take the listening sockets over from a running proxy with the same listeners: start
+    /// this one, then send the old one SIGQUIT. It hands its sockets over, stops accepting
+    /// and finishes what it has within the grace period, so an upgrade refuses no connection.
+    #[arg(long)]
+    upgrade: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -150,6 +155,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
-    proxy::server::run(config)?;
+    proxy::server::run(config, cli.upgrade)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -248,7 +248,7 @@ impl BackgroundService for ReloadOnHup {
 
 /// Builds every service and runs until SIGINT/SIGTERM. Everything that can fail on bad
 /// input (certificates, files) is checked before pingora starts, which would panic.
-pub fn run(config: Config) -> Result<()> {
+pub fn run(config: Config, upgrade: bool) -> Result<()> {
     let mut tls_settings = Vec::new();
     let mut resolvers = Vec::new();
     for l in &config.listeners {
@@ -267,20 +267,20 @@ pub fn run(config: Config) -> Result<()> {
     }
 
     // pingora's default pid and upgrade-socket paths are shared names in /tmp: two proxies
-    // on one machine would clash.
+    // on one machine would clash. The socket is named for the first listener, which the old
+    // and the new process of an upgrade share and two running proxies cannot.
     let pid = std::process::id();
-    let tmp = |ext: &str| {
-        std::env::temp_dir()
-            .join(format!("switchyard-proxy-{pid}.{ext}"))
-            .display()
-            .to_string()
+    let tmp = |name: String| std::env::temp_dir().join(name).display().to_string();
+    let upgrade_sock = match config.listeners.first() {
+        Some(l) => format!("switchyard-proxy-{}.sock", l.listen).replace([':', '[', ']'], "_"),
+        None => format!("switchyard-proxy-{pid}.sock"),
     };
     let conf = ServerConf {
         threads: config.server.threads.max(1),
         grace_period_seconds: Some(config.server.grace_period.as_secs()),
         graceful_shutdown_timeout_seconds: Some(2),
-        pid_file: tmp("pid"),
-        upgrade_sock: tmp("sock"),
+        pid_file: tmp(format!("switchyard-proxy-{pid}.pid")),
+        upgrade_sock: tmp(upgrade_sock),
         // One worker has no one to steal from: pingora then runs a current-thread runtime,
         // whose park and wake skip the multi-thread scheduler's bookkeeping (callgrind:
         // 2.5-6.5% fewer instructions per proxied request).
@@ -288,7 +288,17 @@ pub fn run(config: Config) -> Result<()> {
         ..Default::default()
     };
 
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let opt = pingora::server::configuration::Opt {
+        upgrade,
+        ..Default::default()
+    };
+    if upgrade {
+        tracing::info!(
+            sock = %conf.upgrade_sock,
+            "waiting for the running proxy's sockets: send it SIGQUIT"
+        );
+    }
+    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
 
     let threads = config.server.threads.max(1);

@@ -40,7 +40,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn run_proxy(config: &std::path::Path) -> anyhow::Result<()> {
     let config =
         proxy::config::Config::load(config).map_err(|errors| anyhow::anyhow!("{errors}"))?;
-    proxy::server::run(config)
+    proxy::server::run(config, false)
 }
 
 /// Logs go to stderr (stdout carries `LISTENING` and the banner), without colours when

@@ -1,0 +1,77 @@
+//! Binary upgrade without downtime: a proxy started with `--upgrade` takes over the
+//! listening sockets of a running one that is sent SIGQUIT. No connection is refused
+//! meanwhile, and the old process finishes its open tunnels within its grace period, then
+//! exits — real `echo-backend` and `proxy` processes on 127.0.0.1.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use tests::fixtures::{entries, listener, upstream};
+use tests::{free_port, get_with, ws_connect, ws_echo, Backend, Proxy, ProxyCmd};
+
+/// Bound for the hand-over and for the old process to exit (pingora waits 5 s after sending
+/// its sockets, then the grace period).
+const T: Duration = Duration::from_secs(30);
+
+#[tokio::test]
+async fn an_upgrade_hands_the_listeners_over_without_refusing_a_connection() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let port = free_port();
+    // The old process sends everything to `a`, the new one to `b`: the answers tell which
+    // process took each connection.
+    let config = |backend: &Backend| {
+        format!(
+            "[server]\nthreads = 1\ngrace_period = \"1s\"\n{}\n{}",
+            listener(port),
+            upstream("app", None, &entries(&[backend]))
+        )
+    };
+    let mut old = Proxy::start_config(&config(&a));
+    let url = old.url("/id");
+    let (mut tunnel, on) = ws_connect(&old.ws_url("/ws")).await;
+    assert_eq!(on, "a");
+
+    let new = ProxyCmd::config(&config(&b))
+        .arg("--upgrade")
+        .no_auto_admin()
+        .start();
+    new.wait_log("waiting for the running proxy's sockets", T);
+    old.signal(Signal::SIGQUIT);
+
+    // A fresh connection for every request: each must be accepted and answered. For a few
+    // seconds both processes accept on the shared sockets (pingora lets the old one finish
+    // what it has queued), then only the new one.
+    let fresh = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let deadline = Instant::now() + T;
+    let (mut by_old, mut by_new) = (0, 0);
+    while old.is_running() {
+        let r = get_with(&fresh, &url).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        match r.backend() {
+            Some("a") => by_old += 1,
+            Some("b") => {
+                if by_new == 0 {
+                    // The tunnel opened on the old process outlives the hand-over.
+                    ws_echo(&mut tunnel, "still through the old process").await;
+                }
+                by_new += 1;
+            }
+            other => panic!("answered by {other:?}"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the old proxy did not exit within {T:?} of SIGQUIT (new took {by_new})\n{}",
+            new.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(by_old > 0 && by_new > 0, "old {by_old}, new {by_new}");
+    for _ in 0..20 {
+        assert_eq!(get_with(&fresh, &url).await.backend(), Some("b"));
+    }
+}
