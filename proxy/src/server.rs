@@ -275,8 +275,12 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         Some(l) => format!("switchyard-proxy-{}.sock", l.listen).replace([':', '[', ']'], "_"),
         None => format!("switchyard-proxy-{pid}.sock"),
     };
+    let threads = config.server.threads.max(1);
+    let native_h1 = config.server.http1 == crate::config::Http1Path::Native;
+    let admin = config.admin.clone();
+    let listeners = config.listeners.clone();
     let conf = ServerConf {
-        threads: config.server.threads.max(1),
+        threads,
         grace_period_seconds: Some(config.server.grace_period.as_secs()),
         graceful_shutdown_timeout_seconds: Some(2),
         pid_file: tmp(format!("switchyard-proxy-{pid}.pid")),
@@ -284,9 +288,13 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         // One worker has no one to steal from: pingora then runs a current-thread runtime,
         // whose park and wake skip the multi-thread scheduler's bookkeeping (callgrind:
         // 2.5-6.5% fewer instructions per proxied request).
-        work_stealing: config.server.threads > 1,
+        work_stealing: threads > 1,
         ..Default::default()
     };
+
+    // Before bootstrap: in an upgrade, bootstrap takes the running proxy's sockets, and a
+    // failure after that (an access log that cannot be opened) would leave no one serving.
+    let shared = Arc::new(Shared::new(config, resolvers)?);
 
     let opt = pingora::server::configuration::Opt {
         upgrade,
@@ -300,12 +308,6 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
     }
     let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
-
-    let threads = config.server.threads.max(1);
-    let native_h1 = config.server.http1 == crate::config::Http1Path::Native;
-    let admin = config.admin.clone();
-    let listeners = config.listeners.clone();
-    let shared = Arc::new(Shared::new(config, resolvers)?);
 
     let mut proxy = HttpProxy::new(EdgeProxy::new(shared.clone()), server.configuration.clone());
     proxy.handle_init_modules();

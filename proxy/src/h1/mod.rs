@@ -732,10 +732,11 @@ struct Log<'a> {
 
 impl Drop for Log<'_> {
     fn drop(&mut self) {
-        if !self.shared.access_log.load().enabled() {
+        let log = self.shared.access_log.load();
+        if !log.enabled() {
             return;
         }
-        self.shared.access_log.load().write(&Entry {
+        log.write(&Entry {
             ts: AccessLog::now(),
             client: self.client,
             method: self.req.method,

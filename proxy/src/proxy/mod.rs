@@ -440,7 +440,8 @@ impl ProxyHttp for EdgeProxy {
         // Release the counts before the (possibly slow) log write.
         ctx.guard = None;
         ctx.client_guard = None;
-        if !self.shared.access_log.load().enabled() {
+        let log = self.shared.access_log.load();
+        if !log.enabled() {
             return;
         }
         let status = session
@@ -451,7 +452,7 @@ impl ProxyHttp for EdgeProxy {
         let req = session.req_header();
         let header = |n: http::header::HeaderName| req.headers.get(n).and_then(|v| v.to_str().ok());
         let version = format!("{:?}", req.version);
-        self.shared.access_log.load().write(&Entry {
+        log.write(&Entry {
             ts: AccessLog::now(),
             client: ctx.client_ip.or(ctx.peer_ip),
             method: req.method.as_str(),
