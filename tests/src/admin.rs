@@ -123,7 +123,15 @@ pub async fn wait_idle(proxy: &Proxy, timeout: Duration) {
 
 /// `POST <path>` on the admin listener, with `Authorization: Bearer <token>` when given.
 pub async fn admin_post(proxy: &Proxy, path: &str, token: Option<&str>) -> Reply {
-    let mut req = client().post(proxy.admin_url(path));
+    admin_request(client().post(proxy.admin_url(path)), token).await
+}
+
+/// `GET <path>` on the admin listener, with `Authorization: Bearer <token>` when given.
+pub async fn admin_get(proxy: &Proxy, path: &str, token: Option<&str>) -> Reply {
+    admin_request(client().get(proxy.admin_url(path)), token).await
+}
+
+async fn admin_request(mut req: reqwest::RequestBuilder, token: Option<&str>) -> Reply {
     if let Some(t) = token {
         req = req.bearer_auth(t);
     }

@@ -8,12 +8,12 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::time::Duration;
 
-use tests::admin::{admin_post, backend_status, counter, status};
+use tests::admin::{admin_get, admin_post, backend_status, counter, status};
 use tests::fixtures::{admin, backend_entry, entries, listener, tls_keys, upstream};
 use tests::http::backend_counts;
 use tests::{
-    client, free_port, get, port_array, send, wait_for, ws_connect, ws_echo, Backend, Certs,
-    Exited, Proxy, ProxyCmd,
+    client, free_port, get, port_array, wait_for, ws_connect, ws_echo, Backend, Certs, Exited,
+    Proxy, ProxyCmd,
 };
 
 /// Bound for waits on files the proxy writes.
@@ -473,11 +473,6 @@ async fn access_log_writes_combined_lines() {
     );
 }
 
-/// `GET` on the admin listener with `Authorization: Bearer <token>`.
-async fn admin_get(proxy: &Proxy, path: &str, token: &str) -> tests::Reply {
-    send(client().get(proxy.admin_url(path)).bearer_auth(token)).await
-}
-
 #[tokio::test]
 async fn a_reload_rotates_the_admin_token_and_auth_reads_guards_status_and_metrics() {
     let a = Backend::start("a");
@@ -505,7 +500,7 @@ async fn a_reload_rotates_the_admin_token_and_auth_reads_guards_status_and_metri
     for path in ["/status", "/metrics"] {
         for r in [
             get(&proxy.admin_url(path)).await,
-            admin_get(&proxy, path, "old").await,
+            admin_get(&proxy, path, Some("old")).await,
         ] {
             assert_eq!(r.status, 401, "{path}: {}", r.body);
             assert_eq!(
@@ -517,10 +512,10 @@ async fn a_reload_rotates_the_admin_token_and_auth_reads_guards_status_and_metri
         }
     }
     // The new one opens both; a load balancer's /healthz needs none.
-    let s = admin_get(&proxy, "/status", "new").await;
+    let s = admin_get(&proxy, "/status", Some("new")).await;
     assert_eq!(s.status, 200, "{}", s.body);
     assert_eq!(s.json()["upstreams"][0]["name"], "app", "{}", s.body);
-    let m = admin_get(&proxy, "/metrics", "new").await;
+    let m = admin_get(&proxy, "/metrics", Some("new")).await;
     assert_eq!(m.status, 200);
     assert!(m.body.contains("switchyard_backend_up{"), "{}", m.body);
     assert_eq!(get(&proxy.admin_url("/healthz")).await.status, 200);
