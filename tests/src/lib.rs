@@ -13,6 +13,7 @@
 //! - [`ws`]: WebSocket clients (plain, from a local address, TLS) that read the backend's
 //!   `hello <id>` greeting, and echo helpers.
 //! - [`certs`]: a throw-away CA and server certificates ([`Certs`]), made with rcgen.
+//! - [`raw`]: raw HTTP/1.1 clients and misbehaving backends, for tests of exact bytes.
 //! - [`wait`]: [`wait_until`] / [`wait_for`] — poll a condition with a bounded timeout.
 //! - [`admin`]: the proxy's admin API — `/status` lookups, waits on its counters and health,
 //!   authorised `POST`s.
@@ -37,6 +38,7 @@ pub mod chatnode;
 pub mod fixtures;
 pub mod http;
 pub mod procs;
+pub mod raw;
 pub mod redis;
 pub mod socketio;
 pub mod wait;
