@@ -452,10 +452,67 @@ async fn stale_connection_resend_sends_the_whole_body_again() {
     let mut c = RawConn::connect(proxy.addr()).await;
     let r = c.exchange(get_req("/")).await;
     assert_eq!((r.status, r.text().as_str()), (200, "ok"), "{r:?}");
-    // A POST is never retried elsewhere, but a pooled connection that turns out closed is
-    // replaced, and the request resent when it is all in hand.
-    let head = "POST /form HTTP/1.1\r\nHost: test\r\nContent-Length: 5\r\n\r\n";
+    // An idempotent request on a pooled connection that turns out closed is resent on a
+    // new one, whole.
+    let head = "PUT /doc HTTP/1.1\r\nHost: test\r\nContent-Length: 5\r\n\r\n";
     send_split_body_and_check(&mut c, head, &mut head_seen).await;
+}
+
+#[tokio::test]
+async fn a_post_the_backend_read_and_dropped_is_not_sent_twice() {
+    // The first connection answers one GET with keep-alive, then reads the POST whole and
+    // closes without answering: the backend may have acted on it, so the proxy must not
+    // send it again (nginx does not either); the client gets a 502.
+    let (seen_tx, mut seen) = mpsc::unbounded_channel::<String>();
+    let raw = RawBackend::start(move |mut conn, _| {
+        let seen_tx = seen_tx.clone();
+        async move {
+            while let Some(req) = conn.request().await {
+                let _ = seen_tx.send(format!("{} {}", req.method, req.path));
+                if req.method == "POST" {
+                    return;
+                }
+                if !reply(&mut conn, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    let proxy = proxy_for_raw(&[&raw], "");
+    let mut c = RawConn::connect(proxy.addr()).await;
+    let r = c.exchange(get_req("/")).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "ok"), "{r:?}");
+    let r = c
+        .exchange("POST /pay HTTP/1.1\r\nHost: test\r\nContent-Length: 5\r\n\r\nhello")
+        .await;
+    assert_eq!(r.status, 502, "{r:?}");
+    c.expect_eof("after a 502").await;
+    // Every request the backend saw was reported before the proxy answered.
+    let mut got = Vec::new();
+    while let Ok(line) = seen.try_recv() {
+        got.push(line);
+    }
+    assert_eq!(got, ["GET /", "POST /pay"], "the POST was sent twice");
+
+    // With an Idempotency-Key the client says the backend de-duplicates: it goes again.
+    let mut c = RawConn::connect(proxy.addr()).await;
+    let r = c.exchange(get_req("/")).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    c.send(
+        "POST /pay HTTP/1.1\r\nHost: test\r\nIdempotency-Key: k1\r\nContent-Length: 5\r\n\r\nhello",
+    )
+    .await;
+    let r = c.response(false).await;
+    assert_eq!(r.status, 502, "{r:?}");
+    let mut posts = 0;
+    while let Ok(line) = seen.try_recv() {
+        posts += usize::from(line == "POST /pay");
+    }
+    assert_eq!(
+        posts, 2,
+        "a POST with an Idempotency-Key is resent once on a new connection"
+    );
 }
 
 #[tokio::test]

@@ -139,12 +139,13 @@ impl RequestHead<'_> {
         self.method == "HEAD"
     }
 
-    /// Methods a request may be repeated with (RFC 9110 §9.2.2).
+    /// Whether the request may be sent twice: an idempotent method (RFC 9110 §9.2.2), or
+    /// a client's `Idempotency-Key` saying the backend de-duplicates it.
     pub fn idempotent(&self) -> bool {
         matches!(
             self.method,
             "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
-        )
+        ) || self.header("idempotency-key").is_some()
     }
 
     /// Writes the head sent to the backend into `out`: the request line and fields as
@@ -270,20 +271,27 @@ pub fn parse_response(
     }
     let mut out = Vec::with_capacity(len + 64);
     // The status line as received (it parsed, so it is `HTTP/1.x NNN reason` and ends in a
-    // newline within the head), always answered as HTTP/1.1.
-    let line_end = buf[..len]
+    // newline within the head, after any empty lines the parser skipped), always answered
+    // as HTTP/1.1.
+    let start = buf[..len]
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(len);
+    let line_end = buf[start..len]
         .iter()
         .position(|&b| b == b'\n')
-        .map_or(len, |i| i + 1);
-    let line = buf[b"HTTP/1.1".len().min(line_end)..line_end].trim_ascii_end();
+        .map_or(len, |i| start + i + 1);
+    let line = buf[(start + b"HTTP/1.1".len()).min(line_end)..line_end].trim_ascii_end();
     out.extend_from_slice(b"HTTP/1.1");
     out.extend_from_slice(line);
     out.extend_from_slice(b"\r\n");
     let mut length = None;
     let mut chunked = None;
     let mut close = version == 0;
+    let mut dated = (100..200).contains(&status);
     for h in resp.headers.iter() {
         let name = h.name;
+        dated |= name.eq_ignore_ascii_case("date");
         if name.eq_ignore_ascii_case("connection") {
             close |= h
                 .value
@@ -322,6 +330,12 @@ pub fn parse_response(
                 (None, None) => Framing::UntilClose,
             }
         };
+    if !dated {
+        // A recipient with a clock adds the Date a response lacks (RFC 9110 §6.6.1).
+        out.extend_from_slice(b"date: ");
+        with_http_date(|d| out.extend_from_slice(d));
+        out.extend_from_slice(b"\r\n");
+    }
     if chunked.is_some() && length.is_some() {
         // Transfer-Encoding overrides Content-Length (RFC 9112 §6.3); sending both on
         // would let a downstream parser pick the wrong one.
@@ -334,6 +348,24 @@ pub fn parse_response(
         framing,
         out,
     }))
+}
+
+/// Calls `f` with the current time as an HTTP date, formatted once a second per thread.
+fn with_http_date<R>(f: impl FnOnce(&[u8]) -> R) -> R {
+    thread_local! {
+        static DATE: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((0, String::new())) };
+    }
+    let now = std::time::SystemTime::now();
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    DATE.with(|cell| {
+        let mut date = cell.borrow_mut();
+        if date.0 != secs || date.1.is_empty() {
+            *date = (secs, httpdate::fmt_http_date(now));
+        }
+        f(date.1.as_bytes())
+    })
 }
 
 /// Removes every `name: value\r\n` line from a head being built (status line kept).
@@ -354,6 +386,36 @@ fn strip_field(head: &mut Vec<u8>, name: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A rewritten head without the Date field this proxy adds.
+    fn undated(out: &[u8]) -> String {
+        String::from_utf8_lossy(out)
+            .split_inclusive("\r\n")
+            .filter(|l| !l.starts_with("date: "))
+            .collect()
+    }
+
+    #[test]
+    fn a_date_is_added_only_when_missing() {
+        let head = |raw: &[u8]| {
+            parse_response(raw, false, 1024)
+                .ok()
+                .flatten()
+                .map(|r| String::from_utf8_lossy(&r.out).into_owned())
+                .unwrap_or_default()
+        };
+        let added = head(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+        let date = added
+            .lines()
+            .find_map(|l| l.strip_prefix("date: "))
+            .map(|d| httpdate::parse_http_date(d).is_ok());
+        assert_eq!(date, Some(true), "{added}");
+        let kept = head(b"HTTP/1.1 200 OK\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\n\r\n");
+        assert_eq!(
+            kept,
+            "HTTP/1.1 200 OK\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\n"
+        );
+    }
 
     fn ready(raw: &[u8]) -> bool {
         let mut h = fields();
@@ -408,6 +470,22 @@ mod tests {
     }
 
     #[test]
+    fn status_line_after_empty_lines_keeps_its_code() {
+        let r = parse_response(
+            b"\r\n\r\nHTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+            false,
+            4096,
+        )
+        .ok()
+        .flatten()
+        .map(|r| undated(&r.out));
+        assert_eq!(
+            r.as_deref(),
+            Some("HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n")
+        );
+    }
+
+    #[test]
     fn response_framing() {
         let r = parse_response(
             b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive\r\n\r\nhello",
@@ -420,7 +498,7 @@ mod tests {
         assert_eq!(r.map(|r| r.framing.clone()), Some(Framing::Length(5)));
         assert_eq!(r.map(|r| r.reusable), Some(true));
         assert_eq!(
-            r.map(|r| String::from_utf8_lossy(&r.out).to_string()),
+            r.map(|r| undated(&r.out)),
             Some("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n".to_string())
         );
 
@@ -434,7 +512,7 @@ mod tests {
         let r = r.as_ref();
         assert!(matches!(r.map(|r| &r.framing), Some(Framing::Chunked(_))));
         assert_eq!(
-            r.map(|r| String::from_utf8_lossy(&r.out).to_string()),
+            r.map(|r| undated(&r.out)),
             Some("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n".to_string())
         );
 
@@ -442,8 +520,7 @@ mod tests {
             .ok()
             .flatten();
         assert_eq!(
-            r.as_ref()
-                .map(|r| String::from_utf8_lossy(&r.out).to_string()),
+            r.as_ref().map(|r| undated(&r.out)),
             Some("HTTP/1.1 200 OK\r\n".to_string())
         );
         assert_eq!(r.as_ref().map(|r| r.reusable), Some(false));

@@ -335,7 +335,7 @@ impl H1 {
                     up.report_failure(&choice.backend);
                     tracing::debug!(upstream = %up.name, backend = %choice.backend.addr, "{e}");
                     let again = match e {
-                        Failure::Connect(_) => true,
+                        Failure::Connect(_) | Failure::Unsent(_) => true,
                         _ => req.idempotent(),
                     };
                     if again && tried.len() < max_tries {
@@ -422,7 +422,7 @@ impl H1 {
         deadline: &mut Deadline,
     ) -> Result<(TcpStream, ResponseHead, BytesMut, Instant), Failure> {
         let started = Instant::now();
-        let mut pooled = self.pool.take(addr, started);
+        let mut pooled = self.pool.take(addr, started, !req.idempotent());
         loop {
             let reused = pooled.is_some();
             let mut upstream = match pooled.take() {
@@ -445,10 +445,12 @@ impl H1 {
             .await;
             match result {
                 Ok((resp, buf)) => return Ok((upstream, resp, buf, started)),
-                // A kept-alive connection the backend closed just before our request: the
-                // request never reached it, so it goes again (whole: the body was read
-                // before sending) on a new connection.
-                Err(Failure::Closed | Failure::Write(_)) if reused => {}
+                // A kept-alive connection the backend closed just before our request goes
+                // again (whole: the body was read before sending) on a new connection. Only
+                // an idempotent request, unless not a byte of it went out: the backend may
+                // have read it and died before answering, and a POST must not run twice.
+                Err(Failure::Closed | Failure::Write(_)) if reused && req.idempotent() => {}
+                Err(Failure::Unsent(_)) if reused => {}
                 Err(e) => return Err(e),
             }
         }
@@ -462,8 +464,22 @@ async fn write_upstream(
     bytes: &[u8],
     limit: Duration,
 ) -> Result<(), Failure> {
-    match bounded(limit, upstream.write_all(bytes)).await {
-        Ok(r) => r.map_err(Failure::Write),
+    let mut written = 0;
+    let sent = bounded(limit, async {
+        while written < bytes.len() {
+            match upstream.write(&bytes[written..]).await {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => written += n,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    })
+    .await;
+    match sent {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) if written == 0 => Err(Failure::Unsent(e)),
+        Ok(Err(e)) => Err(Failure::Write(e)),
         Err(_) => Err(Failure::Timeout),
     }
 }
@@ -688,6 +704,9 @@ enum Failure {
     Connect(HandshakeError),
     #[error("sending the request failed: {0}")]
     Write(io::Error),
+    /// The connection failed before any byte of the request was written.
+    #[error("sending the request failed before any byte went out: {0}")]
+    Unsent(io::Error),
     #[error("the backend closed the connection without answering")]
     Closed,
     #[error("reading the answer failed: {0}")]

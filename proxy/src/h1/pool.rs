@@ -37,8 +37,10 @@ impl Pool {
     }
 
     /// An idle connection to `addr` that is still open, if there is one. `now` is the
-    /// caller's clock reading (it has one for the request already).
-    pub fn take(&self, addr: SocketAddr, now: Instant) -> Option<TcpStream> {
+    /// caller's clock reading (it has one for the request already). `check` checks even a
+    /// connection used a moment ago, for a request that cannot be sent twice: a close that
+    /// has already arrived is seen here, before the request is lost in it.
+    pub fn take(&self, addr: SocketAddr, now: Instant, check: bool) -> Option<TcpStream> {
         loop {
             let idle = self.idle.lock().get_mut(&addr)?.pop()?;
             let age = now.saturating_duration_since(idle.since);
@@ -49,7 +51,7 @@ impl Pool {
                 }
                 return None;
             }
-            if age > CHECK_AFTER && !still_open(&idle.stream) {
+            if (check || age > CHECK_AFTER) && !still_open(&idle.stream) {
                 continue;
             }
             return Some(idle.stream);
@@ -113,8 +115,8 @@ mod tests {
         let (server_a, _) = listener.accept().await?;
         pool.put(addr, a, Instant::now());
         assert_eq!(pool.idle_count(addr), 1);
-        assert!(pool.take(addr, Instant::now()).is_some());
-        assert!(pool.take(addr, Instant::now()).is_none());
+        assert!(pool.take(addr, Instant::now(), false).is_some());
+        assert!(pool.take(addr, Instant::now(), false).is_none());
 
         // A connection the backend closed is not handed out once it is old enough to check.
         let b = TcpStream::connect(addr).await?;
@@ -126,7 +128,15 @@ mod tests {
             stream: b,
             since: Instant::now() - CHECK_AFTER * 2,
         });
-        assert!(pool.take(addr, Instant::now()).is_none());
+        assert!(pool.take(addr, Instant::now(), false).is_none());
+
+        // A request that cannot be sent twice checks even a connection used a moment ago.
+        let e = TcpStream::connect(addr).await?;
+        let (server_e, _) = listener.accept().await?;
+        drop(server_e);
+        e.readable().await?;
+        pool.put(addr, e, Instant::now());
+        assert!(pool.take(addr, Instant::now(), true).is_none());
 
         // A sweep drops closed connections nobody asked for.
         let d = TcpStream::connect(addr).await?;

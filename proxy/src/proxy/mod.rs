@@ -2,6 +2,7 @@
 //! headers, passive health, sticky cookies, metrics and the access log.
 
 mod forwarded;
+mod normalize;
 pub(crate) mod policy;
 pub(crate) mod respond;
 mod upgrade;
@@ -135,6 +136,9 @@ impl RequestView for PingoraHead<'_> {
             .get_all(name)
             .iter()
             .filter_map(|v| v.to_str().ok())
+    }
+    fn host_required(&self) -> bool {
+        self.0.version >= http::Version::HTTP_11
     }
 }
 

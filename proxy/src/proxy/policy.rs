@@ -13,6 +13,7 @@ use crate::state::{Runtime, Shared};
 use crate::upstream::{ActiveGuard, Backend, Upstream};
 
 use super::client_ip;
+use super::normalize::{route_path, valid_host, BadPath};
 
 /// The parts of a request head the policy reads.
 pub(crate) trait RequestView {
@@ -29,6 +30,11 @@ pub(crate) trait RequestView {
     fn path(&self) -> &str {
         let pq = self.path_and_query();
         pq.split_once('?').map_or(pq, |(p, _)| p)
+    }
+    /// Whether the request must carry a Host field: every HTTP/1.1 request does
+    /// (RFC 9112 §3.2), an HTTP/1.0 one need not.
+    fn host_required(&self) -> bool {
+        true
     }
 }
 
@@ -70,6 +76,9 @@ pub(crate) fn admit<V: RequestView>(
     local: impl FnOnce() -> Option<SocketAddr>,
 ) -> Admission {
     let cfg = &rt.config;
+    if let Some(r) = check_host(req) {
+        return Admission::Reject(r);
+    }
     if cfg
         .listeners
         .iter()
@@ -146,7 +155,21 @@ pub(crate) fn admit<V: RequestView>(
         }
     }
 
-    let Some(upstream) = rt.route(req.host(), req.path()).cloned() else {
+    let path = match route_path(req.path()) {
+        Ok(p) => p,
+        Err(e) => {
+            return Admission::Reject(Rejection {
+                status: 400,
+                reason: "bad_path",
+                detail: match e {
+                    BadPath::Escape => "a percent escape in the path is invalid",
+                    BadPath::Nul => "the path contains a NUL byte",
+                    BadPath::AboveRoot => "the path climbs above the root",
+                },
+            })
+        }
+    };
+    let Some(upstream) = rt.route(req.host(), &path).cloned() else {
         return Admission::Reject(Rejection {
             status: 404,
             reason: "no_route",
@@ -175,6 +198,25 @@ pub(crate) fn admit<V: RequestView>(
         sticky_id,
         client_guard,
     })
+}
+
+/// RFC 9112 §3.2: one Host field, a valid authority, present on every HTTP/1.1 request.
+/// Checked before anything reads the Host (routing, redirects, X-Forwarded-Host).
+fn check_host<V: RequestView>(req: &V) -> Option<Rejection> {
+    let bad = |detail| {
+        Some(Rejection {
+            status: 400,
+            reason: "bad_host",
+            detail,
+        })
+    };
+    let mut hosts = req.values("host");
+    match (hosts.next(), hosts.next()) {
+        (None, _) if req.host_required() => bad("missing Host header"),
+        (Some(_), Some(_)) => bad("more than one Host header"),
+        (Some(h), None) if !valid_host(h) => bad("invalid Host header"),
+        _ => None,
+    }
 }
 
 fn cookie_value<'a, V: RequestView>(req: &'a V, name: &str) -> Option<&'a str> {

@@ -124,8 +124,14 @@ impl Upstream {
         })
     }
 
-    /// Passive check: a connection to this backend failed.
+    /// Passive check: a connection to this backend failed. The only backend of an upstream
+    /// is never marked down by it (as in nginx): there is nowhere else to send requests,
+    /// and a few failing requests, which any client can cause, would otherwise take the
+    /// whole site down for the fail window. Active checks still can.
     pub fn report_failure(&self, backend: &Backend) {
+        if self.backends.len() == 1 {
+            return;
+        }
         if backend
             .stats
             .record_failure(self.config.health.max_fails, self.config.health.fail_window)

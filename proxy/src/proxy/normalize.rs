@@ -1,0 +1,192 @@
+//! The request path that routes match, and the Host that requests must carry.
+//!
+//! Routes match the path a backend will act on, not the bytes on the wire: a backend that
+//! decodes `%61pi` to `api` or resolves `/api/../admin` would otherwise serve paths the
+//! operator routed elsewhere. So, as nginx does for `location`, the path is percent-decoded,
+//! runs of slashes are merged and dot-segments are resolved before matching; the request
+//! itself is forwarded as it came.
+
+use std::borrow::Cow;
+
+/// Why a path cannot be routed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BadPath {
+    #[error("a percent escape is not two hex digits")]
+    Escape,
+    #[error("the path contains a NUL byte")]
+    Nul,
+    #[error("the path climbs above the root")]
+    AboveRoot,
+}
+
+/// The path routes match for the origin-form `path` (no query).
+pub fn route_path(path: &str) -> Result<Cow<'_, str>, BadPath> {
+    let plain = !path.contains('%') && !path.contains("//") && !path.contains("/.");
+    if plain {
+        return Ok(Cow::Borrowed(path));
+    }
+    let decoded = decode(path.as_bytes())?;
+    let mut out: Vec<u8> = Vec::with_capacity(decoded.len());
+    // Segments of `decoded` after its leading slash; `""` segments are merged slashes.
+    let mut segments = decoded.split(|&b| b == b'/').skip(1).peekable();
+    out.push(b'/');
+    while let Some(seg) = segments.next() {
+        let last = segments.peek().is_none();
+        match seg {
+            b"" if !last => {}
+            b"." => {}
+            b".." => {
+                // Drop the last segment written (out ends with '/').
+                if out.len() == 1 {
+                    return Err(BadPath::AboveRoot);
+                }
+                out.pop();
+                let cut = out.iter().rposition(|&b| b == b'/').map_or(0, |i| i + 1);
+                out.truncate(cut);
+            }
+            seg => {
+                out.extend_from_slice(seg);
+                if !last {
+                    out.push(b'/');
+                }
+            }
+        }
+    }
+    Ok(Cow::Owned(String::from_utf8_lossy(&out).into_owned()))
+}
+
+fn decode(path: &[u8]) -> Result<Vec<u8>, BadPath> {
+    let mut out = Vec::with_capacity(path.len());
+    let mut i = 0;
+    while i < path.len() {
+        let b = path[i];
+        if b == b'%' {
+            let hex = |j: usize| path.get(j).and_then(|&c| (c as char).to_digit(16));
+            let (Some(hi), Some(lo)) = (hex(i + 1), hex(i + 2)) else {
+                return Err(BadPath::Escape);
+            };
+            let v = (hi * 16 + lo) as u8;
+            if v == 0 {
+                return Err(BadPath::Nul);
+            }
+            out.push(v);
+            i += 3;
+        } else {
+            out.push(b);
+            i += 1;
+        }
+    }
+    Ok(out)
+}
+
+/// Whether `host` is a valid Host field value: `uri-host [ ":" port ]` (RFC 9110 §7.2,
+/// RFC 3986 §3.2). Empty is valid (a target without an authority). Anything else, such as
+/// `@`, `/`, spaces or a second port, is what request smuggling and cache poisoning
+/// attempts send.
+pub fn valid_host(host: &str) -> bool {
+    let digits = |p: &str| p.bytes().all(|b| b.is_ascii_digit());
+    if let Some(rest) = host.strip_prefix('[') {
+        let Some((literal, after)) = rest.split_once(']') else {
+            return false;
+        };
+        let literal_ok = !literal.is_empty()
+            && literal
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
+        let port_ok = after.is_empty() || after.strip_prefix(':').is_some_and(digits);
+        return literal_ok && port_ok;
+    }
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if digits(port) => name,
+        Some(_) => return false,
+        None => host,
+    };
+    name.bytes().all(|b| {
+        b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'%'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+            )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_paths_are_borrowed_unchanged() {
+        for p in ["/", "/api/x", "/a.b/c.d", "/x?"] {
+            assert!(
+                matches!(route_path(p), Ok(Cow::Borrowed(q)) if q == p),
+                "{p}"
+            );
+        }
+    }
+
+    #[test]
+    fn escapes_slashes_and_dot_segments_are_resolved() {
+        let cases = [
+            ("/%61pi/x", "/api/x"),
+            ("/api/../secret", "/secret"),
+            ("/api/%2e%2e/secret", "/secret"),
+            ("/api%2F..%2Fsecret", "/secret"),
+            ("//api///x", "/api/x"),
+            ("/api/./x/.", "/api/x/"),
+            ("/api/x/..", "/api/"),
+            ("/a/b/../../c", "/c"),
+            ("/api/", "/api/"),
+            ("/.well-known/x", "/.well-known/x"),
+            ("/a/..b", "/a/..b"),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(route_path(raw).as_deref(), Ok(want), "{raw}");
+        }
+    }
+
+    #[test]
+    fn bad_paths_are_refused() {
+        assert_eq!(route_path("/../etc"), Err(BadPath::AboveRoot));
+        assert_eq!(route_path("/a/../../etc"), Err(BadPath::AboveRoot));
+        assert_eq!(route_path("/%2e%2e/x"), Err(BadPath::AboveRoot));
+        assert_eq!(route_path("/a%zz"), Err(BadPath::Escape));
+        assert_eq!(route_path("/a%4"), Err(BadPath::Escape));
+        assert_eq!(route_path("/a%00b"), Err(BadPath::Nul));
+    }
+
+    #[test]
+    fn hosts() {
+        for ok in [
+            "",
+            "example.com",
+            "example.com:8080",
+            "127.0.0.1:80",
+            "[::1]",
+            "[::1]:443",
+            "xn--bcher-kva.example",
+            "a_b.local:",
+        ] {
+            assert!(valid_host(ok), "{ok:?} should be valid");
+        }
+        for bad in [
+            "a b", "a@b", "a/b", "a b/c@d", "a:b:c", "host:80x", "[::1", "[::1]x", "[]", "a?b",
+            "a#b", "a\tb",
+        ] {
+            assert!(!valid_host(bad), "{bad:?} should be invalid");
+        }
+    }
+}

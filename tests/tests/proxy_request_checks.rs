@@ -1,0 +1,169 @@
+//! What the proxy checks in a request before it routes it, on both request paths (its own
+//! HTTP/1.1 path, and pingora's, which a chunked body or HTTP/1.0 leads to): one valid Host
+//! on every HTTP/1.1 request, and routes matched on the path a backend will act on
+//! (percent-decoded, dot-segments resolved). Also what it adds to or keeps from answers:
+//! a Date when the backend sent none, a status line after stray empty lines, and the only
+//! backend of an upstream kept in service through failures any client can cause.
+
+#![allow(clippy::unwrap_used)]
+
+use tokio::net::TcpStream;
+
+use tests::fixtures::{backend_entry, listener, upstream, TWO_THREADS};
+use tests::raw::{get_req, proxy_for_raw, reply, RawBackend, RawConn};
+use tests::{free_port, Backend, Proxy};
+
+/// A raw backend that answers every request `200 ok` and counts the connections it got.
+async fn ok_backend() -> RawBackend {
+    RawBackend::start(|mut conn: RawConn<TcpStream>, _| async move {
+        while conn.request().await.is_some() {
+            if !reply(&mut conn, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await {
+                return;
+            }
+        }
+    })
+    .await
+}
+
+/// Sends `raw` on a new connection and returns the answer's status and body text.
+async fn answer(proxy: &Proxy, raw: &str) -> (u16, String) {
+    let mut c = RawConn::connect(proxy.addr()).await;
+    let r = c.exchange(raw).await;
+    (r.status, r.text())
+}
+
+#[tokio::test]
+async fn requests_without_one_valid_host_get_400_and_reach_no_backend() {
+    let raw = ok_backend().await;
+    let proxy = proxy_for_raw(&[&raw], "");
+    let chunked = "Transfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n";
+    let cases = [
+        // The proxy's own path.
+        ("GET / HTTP/1.1\r\n\r\n", "missing Host header"),
+        (
+            "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            "more than one Host header",
+        ),
+        (
+            "GET / HTTP/1.1\r\nHost: a b/c@d\r\n\r\n",
+            "invalid Host header",
+        ),
+        (
+            "GET / HTTP/1.1\r\nHost: user@a\r\n\r\n",
+            "invalid Host header",
+        ),
+        // pingora's path (a chunked body).
+        (
+            &format!("POST / HTTP/1.1\r\n{chunked}"),
+            "missing Host header",
+        ),
+        (
+            &format!("POST / HTTP/1.1\r\nHost: a:80x\r\n{chunked}"),
+            "invalid Host header",
+        ),
+    ];
+    for (req, reason) in cases {
+        let (status, body) = answer(&proxy, req).await;
+        assert_eq!(status, 400, "{req:?}: {body}");
+        assert!(body.contains(reason), "{req:?}: {body}");
+    }
+    assert_eq!(raw.accepted(), 0, "a rejected request reached the backend");
+
+    // Valid ones pass: HTTP/1.0 needs no Host; ports and IPv6 literals are fine.
+    for req in [
+        "GET / HTTP/1.0\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: example.com:8080\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: [::1]:80\r\n\r\n",
+    ] {
+        assert_eq!(answer(&proxy, req).await, (200, "ok".into()), "{req:?}");
+    }
+}
+
+#[tokio::test]
+async fn routes_match_the_decoded_path_with_dot_segments_resolved() {
+    let api = Backend::start("api");
+    let web = Backend::start("web");
+    let proxy = Proxy::start_config(&format!(
+        "{TWO_THREADS}\n{}\n{}\n{}\n[[routes]]\npath_prefix = \"/api/\"\nupstream = \"api\"\n\n\
+         [[routes]]\npath_prefix = \"/\"\nupstream = \"web\"\n",
+        listener(free_port()),
+        upstream("api", None, &[backend_entry(&api, "")]),
+        upstream("web", None, &[backend_entry(&web, "")]),
+    ));
+    let cases = [
+        ("/api/x", 200, "api"),
+        ("/%61pi/x", 200, "api"),
+        ("//api//x", 200, "api"),
+        ("/api/./x", 200, "api"),
+        ("/api/../secret", 200, "web"),
+        ("/api/%2e%2e/secret", 200, "web"),
+        ("/api%2F..%2Fsecret", 200, "web"),
+        ("/apiary", 200, "web"),
+        ("/../etc/passwd", 400, "the path climbs above the root"),
+        ("/api/../../x", 400, "the path climbs above the root"),
+        ("/a%zz", 400, "a percent escape in the path is invalid"),
+        ("/a%00", 400, "the path contains a NUL byte"),
+    ];
+    for (path, status, want) in cases {
+        let (got_status, body) = answer(&proxy, &get_req(path)).await;
+        assert_eq!(got_status, status, "{path}: {body}");
+        assert!(body.contains(want), "{path}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn a_date_is_added_and_a_status_line_after_empty_lines_is_kept() {
+    let raw = RawBackend::start(|mut conn: RawConn<TcpStream>, _| async move {
+        while let Some(req) = conn.request().await {
+            let answer = if req.path == "/dated" {
+                "HTTP/1.1 200 OK\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nContent-Length: 2\r\n\r\nok"
+            } else {
+                "\r\n\r\nHTTP/1.1 203 Fine\r\nContent-Length: 2\r\n\r\nok"
+            };
+            if !reply(&mut conn, answer).await {
+                return;
+            }
+        }
+    })
+    .await;
+    let proxy = proxy_for_raw(&[&raw], "");
+    let mut c = RawConn::connect(proxy.addr()).await;
+    let r = c.exchange(get_req("/undated")).await;
+    assert!(r.head.starts_with("HTTP/1.1 203 Fine\r\n"), "{r:?}");
+    let date = r.header("date").unwrap_or_default();
+    assert!(httpdate::parse_http_date(date).is_ok(), "{r:?}");
+    let r = c.exchange(get_req("/dated")).await;
+    assert_eq!(
+        r.header("date"),
+        Some("Sun, 06 Nov 1994 08:49:37 GMT"),
+        "{r:?}"
+    );
+    assert_eq!(r.head.matches("ate:").count(), 1, "{r:?}");
+}
+
+#[tokio::test]
+async fn the_only_backend_stays_in_service_through_failed_requests() {
+    // `/garbage` gets an answer that is not HTTP: a failure any client can cause.
+    let raw = RawBackend::start(|mut conn: RawConn<TcpStream>, _| async move {
+        while let Some(req) = conn.request().await {
+            let answer = if req.path == "/garbage" {
+                "NOT HTTP\r\n\r\n"
+            } else {
+                "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+            };
+            if !reply(&mut conn, answer).await || req.path == "/garbage" {
+                return;
+            }
+        }
+    })
+    .await;
+    let proxy = proxy_for_raw(
+        &[&raw],
+        "[upstreams.app.health]\nmax_fails = 2\nfail_window = \"30s\"\n",
+    );
+    for _ in 0..4 {
+        let (status, body) = answer(&proxy, &get_req("/garbage")).await;
+        assert_eq!(status, 502, "{body}");
+    }
+    assert_eq!(answer(&proxy, &get_req("/")).await, (200, "ok".into()));
+}
