@@ -167,3 +167,43 @@ async fn the_only_backend_stays_in_service_through_failed_requests() {
     }
     assert_eq!(answer(&proxy, &get_req("/")).await, (200, "ok".into()));
 }
+
+#[tokio::test]
+async fn forwarded_fields_spelled_with_underscores_are_dropped() {
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let raw = RawBackend::start(move |mut conn: RawConn<TcpStream>, _| {
+        let seen_tx = seen_tx.clone();
+        async move {
+            while let Some(req) = conn.request().await {
+                let _ = seen_tx.send(req.headers);
+                if !reply(&mut conn, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    let proxy = proxy_for_raw(&[&raw], "");
+    let spoof = "X_Forwarded_For: 6.6.6.6\r\nX_Real_IP: 6.6.6.6\r\nx_forwarded_host: evil\r\n";
+    let (status, _) = answer(
+        &proxy,
+        &format!("GET / HTTP/1.1\r\nHost: test\r\n{spoof}X-Custom_Name: kept\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let headers = seen.recv().await.unwrap();
+    assert!(
+        headers
+            .iter()
+            .all(|(_, v)| !v.contains("6.6.6.6") && v != "evil"),
+        "{headers:?}"
+    );
+    assert!(
+        headers.contains(&("x-custom_name".into(), "kept".into())),
+        "{headers:?}"
+    );
+    assert!(
+        headers.contains(&("x-real-ip".into(), "127.0.0.1".into())),
+        "{headers:?}"
+    );
+}

@@ -6,7 +6,7 @@ use std::mem::MaybeUninit;
 use std::net::IpAddr;
 
 use crate::proxy::policy::RequestView;
-use crate::proxy::{forwarded, FieldValue, FORWARDED_FIELDS};
+use crate::proxy::{forwarded, is_forwarded_field, FieldValue};
 
 use super::body::Framing;
 
@@ -164,7 +164,7 @@ impl RequestHead<'_> {
         out.extend_from_slice(self.target.as_bytes());
         out.extend_from_slice(b" HTTP/1.1\r\n");
         for h in self.headers {
-            if is_one_of(h.name, HOP_BY_HOP) || is_one_of(h.name, &FORWARDED_FIELDS) {
+            if is_one_of(h.name, HOP_BY_HOP) || is_forwarded_field(h.name) {
                 continue;
             }
             out.extend_from_slice(h.name.as_bytes());

@@ -57,6 +57,18 @@ pub const FORWARDED_FIELDS: [&str; 4] = [
     "x-real-ip",
 ];
 
+/// Whether a client's field `name` is one of [`FORWARDED_FIELDS`], with `_` for `-` too:
+/// CGI-style servers (PHP, WSGI, Rack) read `X_Forwarded_For` and `X-Forwarded-For` as the
+/// same variable, so the underscore spelling would smuggle a client's value in beside ours.
+pub fn is_forwarded_field(name: &str) -> bool {
+    FORWARDED_FIELDS.iter().any(|f| {
+        f.len() == name.len()
+            && f.bytes()
+                .zip(name.bytes())
+                .all(|(f, n)| f == n.to_ascii_lowercase() || (f == b'-' && n == b'_'))
+    })
+}
+
 /// The value of one forwarded header, kept structured so that a writer can reuse text it
 /// already has (the HTTP/1 path keeps each connection's peer address as text).
 #[derive(Debug, Clone, Copy)]
@@ -155,6 +167,26 @@ pub fn forwarded_headers(
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    #[test]
+    fn forwarded_fields_match_in_either_spelling() {
+        for name in [
+            "X-Forwarded-For",
+            "x_forwarded_for",
+            "X_Real_IP",
+            "x-forwarded-host",
+        ] {
+            assert!(is_forwarded_field(name), "{name}");
+        }
+        for name in [
+            "x-forwarded-port",
+            "forwarded",
+            "x-real-ipx",
+            "x.forwarded.for",
+        ] {
+            assert!(!is_forwarded_field(name), "{name}");
+        }
+    }
+
     use super::*;
 
     fn hm(xff: &str) -> HeaderMap {

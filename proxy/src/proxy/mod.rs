@@ -26,8 +26,8 @@ use crate::state::{Runtime, Shared};
 use crate::upstream::{ActiveGuard, Backend, Upstream};
 
 pub use forwarded::{
-    client_ip, forwarded, forwarded_header_values, forwarded_headers, xff_values, FieldValue,
-    FORWARDED_FIELDS,
+    client_ip, forwarded, forwarded_header_values, forwarded_headers, is_forwarded_field,
+    xff_values, FieldValue, FORWARDED_FIELDS,
 };
 use policy::{Admission, RequestView};
 
