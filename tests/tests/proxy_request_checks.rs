@@ -1,7 +1,9 @@
 //! What the proxy checks in a request before it routes it, on both request paths (its own
 //! HTTP/1.1 path, and pingora's, which a chunked body or HTTP/1.0 leads to): one valid Host
 //! on every HTTP/1.1 request, and routes matched on the path a backend will act on
-//! (percent-decoded, dot-segments resolved). Also what it adds to or keeps from answers:
+//! (percent-decoded, dot-segments resolved); a malformed head gets a 400 that says what is
+//! wrong; client fields that mimic ours with underscores never reach a backend. Also what it
+//! adds to or keeps from answers:
 //! a Date when the backend sent none, a status line after stray empty lines, and the only
 //! backend of an upstream kept in service through failures any client can cause.
 
@@ -206,4 +208,35 @@ async fn forwarded_fields_spelled_with_underscores_are_dropped() {
         headers.contains(&("x-real-ip".into(), "127.0.0.1".into())),
         "{headers:?}"
     );
+}
+
+#[tokio::test]
+async fn malformed_heads_get_400_with_the_reason() {
+    let raw = ok_backend().await;
+    let proxy = proxy_for_raw(&[&raw], "");
+    for (req, reason) in [
+        (
+            "GET / HTTP/1.1\r\nHost: a\r\nX-A : b\r\n\r\n",
+            "invalid header field name",
+        ),
+        (
+            "GET / HTTP/1.1\r\nHost: a\r\nX-A: b\r\n folded\r\n\r\n",
+            "invalid header field name",
+        ),
+        (
+            "GET / HTTP/1.1\r\nHost: a\r\nX-A: b\x00c\r\n\r\n",
+            "invalid header field value",
+        ),
+    ] {
+        let mut c = RawConn::connect(proxy.addr()).await;
+        let r = c.exchange(req).await;
+        assert_eq!(r.status, 400, "{req:?}: {r:?}");
+        assert!(
+            r.text()
+                .contains(&format!("malformed request head: {reason}")),
+            "{req:?}: {r:?}"
+        );
+        c.expect_eof("after a malformed head").await;
+    }
+    assert_eq!(raw.accepted(), 0, "a malformed request reached the backend");
 }

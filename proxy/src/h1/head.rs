@@ -22,12 +22,12 @@ pub fn fields<'a>() -> Fields<'a> {
 }
 
 /// Hop-by-hop fields: they describe one connection and are never forwarded.
+/// (`Trailer` is not one: it announces the trailer fields, which are relayed.)
 const HOP_BY_HOP: &[&str] = &[
     "connection",
     "keep-alive",
     "proxy-connection",
     "te",
-    "trailer",
     "upgrade",
 ];
 
@@ -56,9 +56,12 @@ pub enum Parse<'a> {
     /// More bytes are needed.
     Partial,
     /// Valid or not, this request is left to pingora: HTTP/1.0, upgrades, CONNECT,
-    /// chunked or `Expect` bodies, absolute-form targets, unusual framing, parse errors
-    /// (pingora answers those with its 400).
+    /// chunked or `Expect` bodies, absolute-form targets, unusual framing, a request line
+    /// pingora may repair (it escapes stray bytes in the target), more fields than fit here.
     Handoff,
+    /// A head no parser accepts: answered 400 with this reason, then the connection closes
+    /// (pingora would answer with an empty 400).
+    Invalid(&'static str),
 }
 
 pub fn parse_request<'a>(buf: &'a [u8], fields: &'a mut Fields<'a>) -> Parse<'a> {
@@ -66,6 +69,9 @@ pub fn parse_request<'a>(buf: &'a [u8], fields: &'a mut Fields<'a>) -> Parse<'a>
     let len = match req.parse_with_uninit_headers(buf, fields) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Parse::Partial,
+        Err(httparse::Error::HeaderName) => return Parse::Invalid("invalid header field name"),
+        Err(httparse::Error::HeaderValue) => return Parse::Invalid("invalid header field value"),
+        Err(httparse::Error::NewLine) => return Parse::Invalid("invalid line ending"),
         Err(_) => return Parse::Handoff,
     };
     let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
@@ -289,6 +295,18 @@ pub fn parse_response(
     let mut chunked = None;
     let mut close = version == 0;
     let mut dated = (100..200).contains(&status);
+    // Fields the backend named in Connection describe its connection to us only
+    // (RFC 9110 §7.6.1).
+    let connection_tokens = || {
+        resp.headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+            .flat_map(|h| h.value.split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
+    };
+    let lists_fields = connection_tokens().any(|t| {
+        !t.is_empty() && !t.eq_ignore_ascii_case(b"close") && !t.eq_ignore_ascii_case(b"keep-alive")
+    });
     for h in resp.headers.iter() {
         let name = h.name;
         dated |= name.eq_ignore_ascii_case("date");
@@ -299,7 +317,10 @@ pub fn parse_response(
                 .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
             continue;
         }
-        if is_one_of(name, HOP_BY_HOP) {
+        if is_one_of(name, HOP_BY_HOP)
+            || (lists_fields
+                && connection_tokens().any(|t| t.eq_ignore_ascii_case(name.as_bytes())))
+        {
             continue;
         }
         if name.eq_ignore_ascii_case("content-length") {
@@ -447,6 +468,18 @@ mod tests {
             parse_request(b"GET / HTTP/1.1\r\nHo", &mut h),
             Parse::Partial
         ));
+        for raw in [
+            &b"GET / HTTP/1.1\r\nHost: a\r\nX-A : b\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nHost: a\r\nX-A: b\r\n folded\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nX-A: b\x00c\r\n\r\n",
+        ] {
+            let mut h = fields();
+            assert!(
+                matches!(parse_request(raw, &mut h), Parse::Invalid(_)),
+                "{}",
+                String::from_utf8_lossy(raw)
+            );
+        }
     }
 
     #[test]
@@ -482,6 +515,23 @@ mod tests {
         assert_eq!(
             r.as_deref(),
             Some("HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n")
+        );
+    }
+
+    #[test]
+    fn fields_the_backend_names_in_connection_are_dropped_and_trailer_kept() {
+        let r = parse_response(
+            b"HTTP/1.1 200 OK\r\nConnection: X-Hop, keep-alive\r\nX-Hop: 1\r\nX-End: 2\r\n\
+              Trailer: X-Sum\r\nTransfer-Encoding: chunked\r\n\r\n",
+            false,
+            1024,
+        )
+        .ok()
+        .flatten()
+        .map(|r| undated(&r.out));
+        assert_eq!(
+            r.as_deref(),
+            Some("HTTP/1.1 200 OK\r\nX-End: 2\r\nTrailer: X-Sum\r\nTransfer-Encoding: chunked\r\n")
         );
     }
 

@@ -231,6 +231,12 @@ impl H1 {
                         }
                         need
                     }
+                    Parse::Invalid(reason) => {
+                        self.shared.metrics.reject("bad_request");
+                        let detail = format!("malformed request head: {reason}");
+                        write_flush(&mut stream, &respond::text_bytes(400, &detail)).await;
+                        return Outcome::Closed;
+                    }
                     // Larger bodies are streamed by pingora, which reads the answer while
                     // it still sends (a backend may answer before the body is over).
                     Parse::Ready(_) | Parse::Partial | Parse::Handoff => {
