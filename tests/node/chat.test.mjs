@@ -159,6 +159,9 @@ test("a connection needs a valid name; the reason is the connect_error message",
     [{ name: "x".repeat(33) }, "name is longer than 32 characters"],
     [{ name: "al\u200bice" }, "name contains invisible characters"],
     [{ name: "bad\nname" }, "name contains invisible characters"],
+    [{ name: "alice\u3164" }, "name contains invisible characters"],
+    [{ name: "\u0430lice" }, "name mixes look-alike characters"],
+    [{ name: "\uff4c\uff4f\uff42\uff42\uff59" }, "name mixes look-alike characters"],
   ];
   for (const [auth, reason] of cases) {
     const err = await refusal(0, auth);
@@ -227,7 +230,7 @@ test("create, rooms with counts across nodes, join, system notices, presence, le
   await a.waitFor("presence", (p) => p.room === room && p.members.join() === a.welcome.name);
   await a.refused("create", { room }, "room exists");
   await a.refused("create", { room: "lobby" }, "room exists");
-  for (const bad of ["", "a/b", "x".repeat(65), "<b>", 7]) {
+  for (const bad of ["", "a/b", "x".repeat(65), "<b>", 7, "l\u043ebby", "lobby\u3164", "a  b"]) {
     await a.refused("create", { room: bad }, bad === 7 ? "invalid request" : "invalid room name");
   }
   await a.refused("create", "not an object", "invalid request");

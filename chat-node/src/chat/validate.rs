@@ -25,18 +25,47 @@ pub enum NameError {
     /// A control or invisible formatting character.
     #[error("name contains invisible characters")]
     Invisible,
+    /// Letters that imitate others: Latin mixed with Greek or Cyrillic, full-width or
+    /// mathematical styled letters.
+    #[error("name mixes look-alike characters")]
+    LookAlike,
 }
 
-/// Whether `c` shows nothing: control characters and the invisible formatting ones
-/// (zero-width spaces and joiners, direction marks, the BOM) that would let two names
-/// look alike.
+/// Whether `c` shows nothing, or nothing but a space: control characters, white space
+/// other than the plain space, and the characters that render blank or invisibly
+/// (zero-width spaces and joiners, direction marks, the BOM, Hangul and Braille blanks,
+/// variation selectors, tags) — each would let two names look alike.
 fn invisible(c: char) -> bool {
     c.is_control()
-        || matches!(c, '\u{00AD}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
-            | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}' | '\u{FEFF}')
+        || (c.is_whitespace() && c != ' ')
+        || matches!(c, '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}'
+            | '\u{17B4}' | '\u{17B5}' | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}'
+            | '\u{2800}' | '\u{3164}' | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}' | '\u{FFA0}'
+            | '\u{FFF9}'..='\u{FFFB}' | '\u{1D173}'..='\u{1D17A}' | '\u{E0000}'..='\u{E0FFF}')
 }
 
-/// A display name: trimmed, 1–32 characters, none of them invisible.
+/// Whether `text` has letters made to imitate others: Latin mixed with Greek or Cyrillic
+/// in one word or name (`lоbby` with a Cyrillic `о`), full-width forms (`ｌｏｂｂｙ`) and
+/// mathematical styled letters (`𝐥𝐨𝐛𝐛𝐲`). Single-script names in any language pass.
+fn look_alike(text: &str) -> bool {
+    let (mut latin, mut greek, mut cyrillic) = (false, false, false);
+    for c in text.chars().filter(|c| c.is_alphabetic()) {
+        match c {
+            '\u{FF01}'..='\u{FF5E}' | '\u{1D400}'..='\u{1D7FF}' => return true,
+            'a'..='z' | 'A'..='Z' | '\u{00C0}'..='\u{024F}' | '\u{1E00}'..='\u{1EFF}' => {
+                latin = true
+            }
+            '\u{0370}'..='\u{03FF}' | '\u{1F00}'..='\u{1FFF}' => greek = true,
+            '\u{0400}'..='\u{052F}' => cyrillic = true,
+            _ => {}
+        }
+    }
+    u8::from(latin) + u8::from(greek) + u8::from(cyrillic) > 1
+}
+
+/// A display name: trimmed, runs of spaces made one, 1–32 characters, none of them
+/// invisible, no look-alike letters.
 pub fn name(raw: Option<&str>) -> Result<String, NameError> {
     let name = raw.ok_or(NameError::Missing)?.trim();
     if name.is_empty() {
@@ -48,16 +77,30 @@ pub fn name(raw: Option<&str>) -> Result<String, NameError> {
     if name.chars().any(invisible) {
         return Err(NameError::Invisible);
     }
-    Ok(name.to_owned())
+    if look_alike(name) {
+        return Err(NameError::LookAlike);
+    }
+    Ok(name
+        .split(' ')
+        .filter(|w| !w.is_empty())
+        .collect::<Vec<_>>()
+        .join(" "))
 }
 
 /// A room name: trimmed, 1–64 characters, each a letter or digit (any script), a space,
-/// `-`, `_` or `.`.
+/// `-`, `_` or `.`; no two spaces in a row, nothing invisible, no look-alike letters (a
+/// room must not pass for another in the room list).
 pub fn room(raw: &str) -> Result<String, ChatError> {
     let room = raw.trim();
     let chars = room.chars().count();
-    let allowed = |c: char| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_' | '.');
-    if chars == 0 || chars > MAX_ROOM_CHARS || !room.chars().all(allowed) {
+    let allowed =
+        |c: char| (c.is_alphanumeric() && !invisible(c)) || matches!(c, ' ' | '-' | '_' | '.');
+    if chars == 0
+        || chars > MAX_ROOM_CHARS
+        || !room.chars().all(allowed)
+        || room.contains("  ")
+        || look_alike(room)
+    {
         return Err(ChatError::InvalidRoomName);
     }
     Ok(room.to_owned())
@@ -114,6 +157,25 @@ mod tests {
         assert_eq!(name(Some("al\u{0}ice")), Err(NameError::Invisible));
         assert_eq!(name(Some("al\u{200B}ice")), Err(NameError::Invisible));
         assert_eq!(name(Some("a\nb")), Err(NameError::Invisible));
+        for blank in [
+            "alice\u{3164}",
+            "\u{3164}",
+            "\u{2800}",
+            "a\u{034F}b",
+            "alice\u{E0020}",
+            "\u{115F}\u{1160}",
+            "a\u{2003}b",
+            "a\u{FE0F}",
+        ] {
+            assert_eq!(name(Some(blank)), Err(NameError::Invisible), "{blank:?}");
+        }
+        assert_eq!(name(Some("a   b")).unwrap(), "a b");
+        for spoof in ["\u{0430}lice", "ｌｏｂｂｙ", "\u{1D41A}lice", "p\u{03B1}ul"] {
+            assert_eq!(name(Some(spoof)), Err(NameError::LookAlike), "{spoof:?}");
+        }
+        for real in ["Алиса", "Ζωή", "Zoë", "José María", "李小龍", "Jürgen 2"] {
+            assert!(name(Some(real)).is_ok(), "{real:?}");
+        }
     }
 
     #[test]
@@ -130,6 +192,11 @@ mod tests {
             "<script>",
             "tab\there",
             "a\u{200B}b",
+            "lobby\u{3164}",
+            "\u{3164}",
+            "l\u{043E}bby",
+            "ｌｏｂｂｙ",
+            "a  b",
         ] {
             assert_eq!(room(bad), Err(ChatError::InvalidRoomName), "{bad:?}");
         }
