@@ -164,9 +164,10 @@ async fn an_invalid_packet_closes_the_session() {
     assert_eq!(reply.status, 400);
     assert_eq!(reply.body, r#"{"code":1,"message":"Session ID unknown"}"#);
 
+    // On a WebSocket the close frame says why.
     let (mut ws, _) = Ws::open(&server).await;
     ws.send_text("abc").await;
-    ws.expect_close().await;
+    assert_eq!(ws.expect_close_frame().await, (1002, "parse error".into()));
 }
 
 #[tokio::test]
@@ -222,7 +223,10 @@ async fn a_websocket_message_over_max_payload_closes_the_session() {
     let server = echo_server(config).await;
     let (mut ws, _) = Ws::open(&server).await;
     ws.send_text(&format!("4{}", "z".repeat(200))).await;
-    ws.expect_close().await;
+    assert_eq!(
+        ws.expect_close_frame().await,
+        (1009, "message larger than maxPayload".into())
+    );
 }
 
 #[tokio::test]

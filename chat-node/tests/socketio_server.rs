@@ -427,7 +427,12 @@ async fn protocol_errors_close_the_connection() {
     ] {
         let mut ws = connected(&server).await;
         ws.send_text(bad).await;
-        ws.expect_close().await;
+        // The close frame says why (the official client reports it as a transport close).
+        assert_eq!(
+            ws.expect_close_frame().await,
+            (1002, "parse error".into()),
+            "{bad}"
+        );
     }
     // Binary where text is expected, and text where an attachment is expected.
     let mut ws = connected(&server).await;

@@ -130,7 +130,8 @@ pub(crate) struct State {
     pub(crate) polling: bool,
     /// A POST is being read (only one at a time).
     pub(crate) posting: bool,
-    pub(crate) closing: bool,
+    /// The server is closing once what is queued has been delivered, for this reason.
+    pub(crate) closing: Option<CloseReason>,
     pub(crate) closed: Option<CloseReason>,
     /// Closed by the client's close packet with no GET pending: the GET it had in flight
     /// (if it arrives soon) gets the noop it would have got had it arrived first.
@@ -190,7 +191,7 @@ impl Session {
                 queue: VecDeque::from([open]),
                 polling: false,
                 posting: false,
-                closing: false,
+                closing: None,
                 closed: None,
                 noop_owed: false,
                 pong_due: None,
@@ -254,7 +255,7 @@ impl Session {
     {
         {
             let mut state = self.state.lock();
-            if state.closing || state.closed.is_some() {
+            if state.closing.is_some() || state.closed.is_some() {
                 return Err(SendError::Closed);
             }
             let before = state.queue.len();
@@ -318,12 +319,17 @@ impl Session {
     /// poll, WebSocket clients get the rest and a close frame. A client that does not poll
     /// within `close_timeout` is closed anyway.
     pub fn disconnect(&self) {
+        self.disconnect_for(CloseReason::ForcedClose);
+    }
+
+    /// [`disconnect`](Self::disconnect), saying why (a WebSocket's close frame carries it).
+    pub fn disconnect_for(&self, reason: CloseReason) {
         {
             let mut state = self.state.lock();
-            if state.closing || state.closed.is_some() {
+            if state.closing.is_some() || state.closed.is_some() {
                 return;
             }
-            state.closing = true;
+            state.closing = Some(reason);
         }
         self.phase.send_replace(Phase::Closing);
         self.changed.notify_waiters();
@@ -449,14 +455,14 @@ impl Session {
             let batch = payload::encode(state.queue.iter(), self.config.max_payload);
             state.queue.drain(..batch.taken);
             let mut body = batch.body;
-            let finish = state.closing && state.queue.is_empty();
+            let finish = state.closing.is_some() && state.queue.is_empty();
             if finish {
                 body.push(SEPARATOR);
                 Packet::Close.write_text(&mut body);
             }
             return Ok(Some(PollBody { body, finish }));
         }
-        if state.closing {
+        if state.closing.is_some() {
             return Ok(Some(PollBody {
                 body: Packet::Close.to_text(),
                 finish: true,
@@ -465,9 +471,9 @@ impl Session {
         Ok(None)
     }
 
-    /// Takes everything queued for the WebSocket; `finish` when the session was closing and
-    /// this is the last of it.
-    pub(crate) fn take_all(&self) -> Result<(Vec<Packet>, bool), CloseReason> {
+    /// Takes everything queued for the WebSocket, with the reason the session is closing
+    /// for when it is (then this is the last of it).
+    pub(crate) fn take_all(&self) -> Result<(Vec<Packet>, Option<CloseReason>), CloseReason> {
         let mut state = self.state.lock();
         if let Some(reason) = state.closed {
             return Err(reason);
@@ -481,7 +487,7 @@ impl Session {
     pub(crate) fn try_attach_upgrade(&self) -> bool {
         let mut state = self.state.lock();
         if state.closed.is_some()
-            || state.closing
+            || state.closing.is_some()
             || state.transport != Transport::Polling
             || state.upgrade != Upgrade::None
         {
@@ -533,7 +539,7 @@ impl Session {
     fn ping(&self, due: Instant) -> Result<(), SendError> {
         {
             let mut state = self.state.lock();
-            if state.closing || state.closed.is_some() {
+            if state.closing.is_some() || state.closed.is_some() {
                 return Err(SendError::Closed);
             }
             state.pong_due = Some(due);

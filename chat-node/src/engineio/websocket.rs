@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::ws::{Message as WsMessage, WebSocket};
+use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
 use futures::{Sink, SinkExt as _, Stream, StreamExt as _};
 
 use super::packet::{Frame, Packet, PROBE};
@@ -39,8 +39,8 @@ pub(crate) async fn run_on<R: Incoming, W: Outgoing>(
 
         let (packets, closing) = match session.take_all() {
             Ok(taken) => taken,
-            Err(_) => {
-                close(&mut socket).await;
+            Err(reason) => {
+                close_for(&mut socket, reason).await;
                 return;
             }
         };
@@ -48,10 +48,10 @@ pub(crate) async fn run_on<R: Incoming, W: Outgoing>(
             session.close(CloseReason::TransportError);
             return;
         }
-        if closing {
+        if let Some(reason) = closing {
             // Everything queued before the close has been written.
-            session.close(CloseReason::ForcedClose);
-            close(&mut socket).await;
+            session.close(reason);
+            close_for(&mut socket, reason).await;
             return;
         }
 
@@ -68,9 +68,12 @@ pub(crate) async fn run_on<R: Incoming, W: Outgoing>(
                     }
                     Some(Err(error)) => {
                         // Mostly a connection dropped without a close frame; also a
-                        // message larger than `max_payload`.
+                        // message larger than `max_payload`, which the client is told.
                         tracing::debug!(sid = %session.id(), %error, "websocket error");
                         session.close(CloseReason::TransportClose);
+                        if error.to_string().contains("Message too long") {
+                            close_with(&mut socket, 1009, "message larger than maxPayload").await;
+                        }
                         return;
                     }
                 };
@@ -82,8 +85,8 @@ pub(crate) async fn run_on<R: Incoming, W: Outgoing>(
                         Err(CloseReason::ParseError)
                     }
                 };
-                if result.is_err() {
-                    close(&mut socket).await;
+                if let Err(reason) = result {
+                    close_for(&mut socket, reason).await;
                     return;
                 }
             }
@@ -155,4 +158,28 @@ async fn write<W: Outgoing>(socket: &mut W, packets: Vec<Packet>) -> Result<(), 
 /// Sends a close frame; the peer may already be gone.
 pub(crate) async fn close<W: Outgoing>(socket: &mut W) {
     let _ = socket.send(WsMessage::Close(None)).await;
+}
+
+/// Sends the close frame for why the server ends a session: a status code (RFC 6455
+/// §7.4.1) and the reference server's name for the reason, so that a client, or whoever
+/// reads its logs, sees why rather than a bare close.
+async fn close_for<W: Outgoing>(socket: &mut W, reason: CloseReason) {
+    let code = match reason {
+        CloseReason::ParseError => 1002,
+        CloseReason::TransportError => 1008,
+        CloseReason::ServerShutdown => 1001,
+        CloseReason::ClientClose
+        | CloseReason::TransportClose
+        | CloseReason::PingTimeout
+        | CloseReason::ForcedClose => 1000,
+    };
+    close_with(socket, code, reason.as_str()).await;
+}
+
+async fn close_with<W: Outgoing>(socket: &mut W, code: u16, reason: &'static str) {
+    let frame = CloseFrame {
+        code,
+        reason: reason.into(),
+    };
+    let _ = socket.send(WsMessage::Close(Some(frame))).await;
 }

@@ -64,7 +64,7 @@ pub(crate) async fn run(
                 }
                 if client.on_message(message, &mut handlers).await.is_err() {
                     closing = Some(DisconnectReason::ForcedServerClose);
-                    client.session.disconnect();
+                    client.session.disconnect_for(crate::engineio::CloseReason::ParseError);
                 }
             }
             Some(()) = handlers.next(), if !handlers.is_empty() => {}

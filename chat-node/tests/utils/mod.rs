@@ -293,6 +293,23 @@ impl Ws {
         }
     }
 
+    /// Waits for the server's close frame and returns its code and reason; fails on any
+    /// data frame, or when the connection ends without a close frame.
+    pub async fn expect_close_frame(&mut self) -> (u16, String) {
+        loop {
+            let next = tokio::time::timeout(STEP, self.stream.next())
+                .await
+                .expect("nothing received in time");
+            match next {
+                Some(Ok(WsMessage::Close(Some(frame)))) => {
+                    return (frame.code.into(), frame.reason.to_string())
+                }
+                Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
+                other => panic!("expected a close frame with a code, got {other:?}"),
+            }
+        }
+    }
+
     /// Waits for the server to close the connection; fails on any data frame.
     pub async fn expect_close(&mut self) {
         if let Some(frame) = self.recv().await {
