@@ -88,6 +88,9 @@ impl Edge {
         reused: bool,
     ) -> ServerSession {
         let mut session = ServerSession::new_http1(stream);
+        // pingora would refuse an absolute-form target whose Host differs from its authority;
+        // RFC 9112 §3.2.2 says the target wins.
+        let prefix = crate::proxy::request::host_from_target(&prefix).unwrap_or(prefix);
         if !prefix.is_empty() {
             session.set_pipelined_prefix(prefix);
         }

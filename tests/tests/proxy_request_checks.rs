@@ -208,6 +208,21 @@ async fn forwarded_fields_spelled_with_underscores_are_dropped() {
         headers.contains(&("x-real-ip".into(), "127.0.0.1".into())),
         "{headers:?}"
     );
+
+    // pingora's path (HTTP/1.0) drops them too.
+    let (status, _) = answer(&proxy, &format!("GET / HTTP/1.0\r\n{spoof}\r\n")).await;
+    assert_eq!(status, 200);
+    let headers = seen.recv().await.unwrap();
+    assert!(
+        headers
+            .iter()
+            .all(|(_, v)| !v.contains("6.6.6.6") && v != "evil"),
+        "{headers:?}"
+    );
+    assert!(
+        headers.contains(&("x-real-ip".into(), "127.0.0.1".into())),
+        "{headers:?}"
+    );
 }
 
 #[tokio::test]

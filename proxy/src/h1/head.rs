@@ -47,6 +47,8 @@ pub struct RequestHead<'a> {
     pub close: bool,
     /// The `Host` field (read by routing and by the forwarded fields: found once).
     host: Option<&'a str>,
+    /// How many Host fields there are (more than one is refused).
+    hosts: usize,
 }
 
 /// What the HTTP/1 path makes of the bytes read so far.
@@ -83,11 +85,13 @@ pub fn parse_request<'a>(buf: &'a [u8], fields: &'a mut Fields<'a>) -> Parse<'a>
     let mut content_length = None;
     let mut close = false;
     let mut host: Option<Option<&str>> = None;
+    let mut hosts = 0;
     for h in req.headers.iter() {
         let name = h.name;
         if name.eq_ignore_ascii_case("host") {
             // The first one counts, as in `header()`.
             host.get_or_insert(std::str::from_utf8(h.value).ok());
+            hosts += 1;
         } else if name.eq_ignore_ascii_case("content-length") {
             let Some(n) = parse_length(h.value) else {
                 return Parse::Handoff;
@@ -121,6 +125,7 @@ pub fn parse_request<'a>(buf: &'a [u8], fields: &'a mut Fields<'a>) -> Parse<'a>
         content_length: content_length.unwrap_or(0),
         close,
         host: host.flatten(),
+        hosts,
     })
 }
 
@@ -209,6 +214,9 @@ impl RequestView for RequestHead<'_> {
     }
     fn host(&self) -> Option<&str> {
         self.host
+    }
+    fn host_fields(&self) -> (usize, Option<&str>) {
+        (self.hosts, self.host)
     }
     fn head_size(&self) -> usize {
         self.len

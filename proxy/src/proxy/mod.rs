@@ -4,6 +4,7 @@
 mod forwarded;
 mod normalize;
 pub(crate) mod policy;
+pub(crate) mod request;
 pub(crate) mod respond;
 mod upgrade;
 
@@ -85,10 +86,15 @@ pub struct Ctx {
     tunneled: bool,
     /// The proxy answered by itself (limit, route, redirect) with this status.
     local_status: Option<u16>,
+    /// The client speaks HTTP/1.0: no chunked response, no 1xx (RFC 9112 §6.1, RFC 9110
+    /// §15.2).
+    http10: bool,
 }
 
+/// The request's host: an absolute-form target's authority (RFC 9112 §3.2.2: it replaces
+/// the Host field), else the Host field.
 fn host_of(req: &RequestHeader) -> Option<&str> {
-    req.uri.authority().map(|a| a.as_str()).or_else(|| {
+    request::target_authority(req).or_else(|| {
         req.headers
             .get(http::header::HOST)
             .and_then(|v| v.to_str().ok())
@@ -97,14 +103,40 @@ fn host_of(req: &RequestHeader) -> Option<&str> {
 
 /// Size of the request line plus headers as sent, for the 431 limit.
 fn head_size(req: &RequestHeader) -> usize {
-    let target = req.uri.path_and_query().map_or(1, |p| p.as_str().len())
-        + req.uri.authority().map_or(0, |a| a.as_str().len());
+    // An absolute-form target keeps its authority in the raw bytes, HTTP/2's in the URI.
+    let target = req.raw_path().len() + req.uri.authority().map_or(0, |a| a.as_str().len());
     let line = req.method.as_str().len() + target + 12;
     req.headers
         .iter()
         .map(|(k, v)| k.as_str().len() + v.len() + 4)
         .sum::<usize>()
         + line
+}
+
+/// The final (non-1xx) response head written to the client, if any.
+fn final_response(session: &Session) -> Option<&ResponseHeader> {
+    session
+        .response_written()
+        .filter(|r| !r.status.is_informational() || r.status == 101)
+}
+
+/// The reason of an `HTTPStatus` error as our own code raised it: the context of the
+/// innermost `HTTPStatus` error in the chain. Contexts added on the way out (by pingora or
+/// by a hook) may name internal things, such as the backend's address, and are not shown
+/// to clients.
+fn status_reason(e: &Error) -> String {
+    let mut cur = e;
+    while let Some(inner) = cur
+        .cause
+        .as_deref()
+        .and_then(|c| (c as &dyn std::error::Error).downcast_ref::<Error>())
+        .filter(|c| matches!(c.etype(), ErrorType::HTTPStatus(_)))
+    {
+        cur = inner;
+    }
+    cur.context
+        .as_ref()
+        .map_or_else(String::new, |c| c.as_str().to_string())
 }
 
 /// pingora's parsed request head, as the policy sees it.
@@ -138,7 +170,8 @@ impl RequestView for PingoraHead<'_> {
             .filter_map(|v| v.to_str().ok())
     }
     fn host_required(&self) -> bool {
-        self.0.version >= http::Version::HTTP_11
+        // HTTP/2 carries the authority in the request target, not in a Host field.
+        self.0.version == http::Version::HTTP_11
     }
 }
 
@@ -230,6 +263,38 @@ impl ProxyHttp for EdgeProxy {
             session.set_keepalive(Some(cfg.timeouts.downstream_keepalive.as_secs().max(1)));
         }
 
+        let version = session.req_header().version;
+        let mut expect_continue = false;
+        match request::expectation(session.req_header()) {
+            request::Expectation::None => {}
+            request::Expectation::Unsupported => {
+                return self
+                    .reject(
+                        session,
+                        ctx,
+                        417,
+                        "expectation_failed",
+                        "unsupported expectation",
+                    )
+                    .await;
+            }
+            request::Expectation::Continue => {
+                // We answer 100 ourselves (below, once the request is admitted), as nginx
+                // does: many backends never send one, and the client would wait for it
+                // before sending the body. An HTTP/1.0 server must ignore the expectation.
+                expect_continue = version == http::Version::HTTP_11;
+                session
+                    .req_header_mut()
+                    .remove_header(&http::header::EXPECT);
+            }
+        }
+        if matches!(version, http::Version::HTTP_10 | http::Version::HTTP_09) {
+            // RFC 9110 §15.2: no 1xx to an HTTP/1.0 client (chunked bodies are undone in
+            // response_filter).
+            ctx.http10 = true;
+            session.set_ignore_info_resp(true);
+        }
+
         let admission = policy::admit(
             &self.shared,
             &rt,
@@ -257,7 +322,20 @@ impl ProxyHttp for EdgeProxy {
         }
 
         if session.is_upgrade_req() {
-            return upgrade::handle(self, session, ctx).await;
+            let has_body = !session.is_body_empty();
+            if request::settle_upgrade(session.req_header_mut(), has_body) {
+                return upgrade::handle(self, session, ctx).await;
+            }
+        }
+        if expect_continue && !session.is_body_empty() {
+            // Writing a response head before the body is read makes pingora close the
+            // connection afterwards (meant for final answers): a 100 keeps it.
+            let keepalive = session.get_keepalive();
+            session.write_continue_response().await?;
+            session.set_keepalive(keepalive);
+            // Expect is not forwarded, but some backends send 100 regardless: the client
+            // must not get a second one.
+            session.set_ignore_info_resp(true);
         }
         Ok(false)
     }
@@ -293,6 +371,23 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         let req = session.req_header();
+        // RFC 9112 §3.2.2: an origin is sent origin-form, with the target's authority as Host.
+        if let Some(target) = request::origin_form(req) {
+            upstream_request.set_raw_path(&target)?;
+            if let Some(host) = request::target_authority(req) {
+                upstream_request.insert_header(http::header::HOST, host)?;
+            }
+        }
+        // Ours replace the client's below; its underscore spellings go too.
+        let mimics: Vec<_> = upstream_request
+            .headers
+            .keys()
+            .filter(|n| n.as_str().contains('_') && is_forwarded_field(n.as_str()))
+            .cloned()
+            .collect();
+        for name in mimics {
+            upstream_request.remove_header(&name);
+        }
         for (name, value) in forwarded_header_values(
             &req.headers,
             ctx.peer_ip,
@@ -331,13 +426,29 @@ impl ProxyHttp for EdgeProxy {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        // Interim answers (100, 103) come here too: the metrics, the passive health and the
+        // sticky cookie belong to the final one.
+        if resp.status.is_informational() && resp.status != 101 {
+            return Ok(());
+        }
         self.observe_response(ctx, resp.status.as_u16());
         if let Some(c) = ctx.set_cookie.take() {
             resp.append_header("set-cookie", c)?;
+        }
+        // pingora passes chunked bodies through and chunks close-delimited ones; an HTTP/1.0
+        // client gets the body raw, ended by the close (RFC 9112 §6.1). A Content-Length
+        // from the backend stays.
+        if ctx.http10
+            && resp
+                .remove_header(&http::header::TRANSFER_ENCODING)
+                .is_some()
+        {
+            resp.remove_header(&http::header::TRAILER);
+            session.set_keepalive(None);
         }
         Ok(())
     }
@@ -372,7 +483,10 @@ impl ProxyHttp for EdgeProxy {
                 up.report_failure(b);
             }
         }
-        let mut e = e.more_context(format!("peer: {peer}"));
+        // The peer goes to the log, not into the error: fail_to_proxy may show its context
+        // to the client.
+        tracing::debug!(%peer, "proxying failed: {e}");
+        let mut e = e;
         if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
         {
             e.set_retry(false);
@@ -384,12 +498,7 @@ impl ProxyHttp for EdgeProxy {
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let (code, detail) = match e.etype() {
-            ErrorType::HTTPStatus(c) => (
-                *c,
-                e.context
-                    .as_ref()
-                    .map_or_else(String::new, |c| c.as_str().to_string()),
-            ),
+            ErrorType::HTTPStatus(c) => (*c, status_reason(e)),
             ErrorType::ConnectTimedout => (502, "timed out connecting to the backend".into()),
             ErrorType::ConnectRefused | ErrorType::ConnectNoRoute | ErrorType::ConnectError => {
                 (502, "could not connect to any backend".into())
@@ -411,7 +520,8 @@ impl ProxyHttp for EdgeProxy {
                 ErrorSource::Internal | ErrorSource::Unset => (500, "internal error".into()),
             },
         };
-        if code > 0 && session.response_written().is_none() {
+        // A 100 Continue may have gone out; a final answer has not.
+        if code > 0 && final_response(session).is_none() {
             let detail = if detail.is_empty() {
                 e.etype().as_str().to_string()
             } else {
@@ -448,8 +558,7 @@ impl ProxyHttp for EdgeProxy {
         if !log.enabled() {
             return;
         }
-        let status = session
-            .response_written()
+        let status = final_response(session)
             .map(|r| r.status.as_u16())
             .or(ctx.local_status)
             .unwrap_or(0);

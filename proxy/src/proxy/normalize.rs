@@ -101,10 +101,19 @@ pub fn valid_host(host: &str) -> bool {
         Some(_) => return false,
         None => host,
     };
-    name.bytes().all(|b| {
-        b.is_ascii_alphanumeric()
+    // Every request's Host goes through here: a table lookup per byte.
+    name.bytes().all(|b| REG_NAME[usize::from(b)])
+}
+
+/// The bytes of a `reg-name`: unreserved, sub-delims and `%` of pct-encoded (RFC 3986).
+const REG_NAME: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
             || matches!(
-                b,
+                c,
                 b'-' | b'.'
                     | b'_'
                     | b'~'
@@ -120,9 +129,11 @@ pub fn valid_host(host: &str) -> bool {
                     | b','
                     | b';'
                     | b'='
-            )
-    })
-}
+            );
+        b += 1;
+    }
+    table
+};
 
 #[cfg(test)]
 mod tests {

@@ -36,6 +36,12 @@ pub(crate) trait RequestView {
     fn host_required(&self) -> bool {
         true
     }
+    /// How many Host fields the request has, and the first one.
+    fn host_fields(&self) -> (usize, Option<&str>) {
+        let mut hosts = self.values("host");
+        let first = hosts.next();
+        (usize::from(first.is_some()) + hosts.count(), first)
+    }
 }
 
 /// A request the proxy answers by itself, with the reason counted in the metrics.
@@ -210,11 +216,20 @@ fn check_host<V: RequestView>(req: &V) -> Option<Rejection> {
             detail,
         })
     };
-    let mut hosts = req.values("host");
-    match (hosts.next(), hosts.next()) {
-        (None, _) if req.host_required() => bad("missing Host header"),
-        (Some(_), Some(_)) => bad("more than one Host header"),
-        (Some(h), None) if !valid_host(h) => bad("invalid Host header"),
+    let (count, field) = req.host_fields();
+    match (count, field) {
+        (0, _) if req.host_required() => return bad("missing Host header"),
+        (2.., _) => return bad("more than one Host header"),
+        (_, Some(h)) if !valid_host(h) => return bad("invalid Host header"),
+        // A field that is not text.
+        (1, None) => return bad("invalid Host header"),
+        _ => {}
+    }
+    // An absolute-form target's authority stands in for the Host field (§3.2.2).
+    match req.host() {
+        Some(h) if !field.is_some_and(|f| std::ptr::eq(f, h)) && !valid_host(h) => {
+            bad("invalid authority in the request target")
+        }
         _ => None,
     }
 }

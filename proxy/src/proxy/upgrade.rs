@@ -16,7 +16,7 @@ use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
 use tokio::io::AsyncWriteExt;
 
-use super::{forwarded_headers, host_of, respond, Ctx, EdgeProxy, FORWARDED_FIELDS, MAX_TRIES};
+use super::{forwarded_headers, host_of, is_forwarded_field, respond, Ctx, EdgeProxy, MAX_TRIES};
 use crate::access_log::{AccessLog, Entry};
 use crate::h1::body::Framing;
 use crate::tunnel::handshake::{self, HandshakeError, UpstreamResponse};
@@ -39,9 +39,14 @@ fn request_head(session: &Session, ctx: &Ctx) -> Vec<u8> {
     let mut head = Vec::with_capacity(512);
     let pq = req.uri.path_and_query().map_or("/", |p| p.as_str());
     head.extend_from_slice(format!("{} {} HTTP/1.1\r\n", req.method, pq).as_bytes());
+    // The Host sent is the request's host: an absolute-form target's authority replaces
+    // the field (RFC 9112 §3.2.2).
+    if let Some(host) = host_of(req) {
+        head.extend_from_slice(format!("host: {host}\r\n").as_bytes());
+    }
     for (name, value) in req.headers.iter() {
         let n = name.as_str();
-        if FORWARDED_FIELDS.contains(&n) || HOP_BY_HOP.contains(&n) {
+        if is_forwarded_field(n) || HOP_BY_HOP.contains(&n) || n == "host" {
             continue;
         }
         head.extend_from_slice(n.as_bytes());
@@ -83,10 +88,11 @@ async fn take_client_stream(session: &mut Session) -> Result<Stream> {
 }
 
 /// Rebuilds a refused upgrade's response head with `Connection: close` (we close the client
-/// connection after relaying the answer).
-fn closing_head(head: &[u8]) -> Vec<u8> {
+/// connection after relaying the answer), and with `Transfer-Encoding: chunked` when
+/// `chunk` (see [`relay_refusal`]).
+fn closing_head(head: &[u8], chunk: bool) -> Vec<u8> {
     let text = String::from_utf8_lossy(head);
-    let mut out = String::with_capacity(head.len() + 20);
+    let mut out = String::with_capacity(head.len() + 48);
     for line in text.split("\r\n").filter(|l| !l.is_empty()) {
         let lower = line.to_ascii_lowercase();
         if lower.starts_with("connection:") || lower.starts_with("keep-alive:") {
@@ -95,19 +101,29 @@ fn closing_head(head: &[u8]) -> Vec<u8> {
         out.push_str(line);
         out.push_str("\r\n");
     }
+    if chunk {
+        out.push_str("transfer-encoding: chunked\r\n");
+    }
     out.push_str("connection: close\r\n\r\n");
     out.into_bytes()
 }
 
-/// Relays a non-101 answer (its head and body) to the client, then closes.
-async fn relay_refusal(mut client: Stream, mut resp: UpstreamResponse, limit: Duration) {
+/// Writes `data` to the client and flushes it, within `limit`; false when that failed.
+async fn send(client: &mut Stream, data: &[u8], limit: Duration) -> bool {
+    let write = async { client.write_all(data).await.and(client.flush().await) };
+    matches!(tokio::time::timeout(limit, write).await, Ok(Ok(())))
+}
+
+/// Relays a non-101 answer (its head and body) to the client, then closes. Each read from
+/// the backend (and each write to the client) may take `idle`; a long body that keeps
+/// coming is relayed whole.
+///
+/// A relay cut short (timeout, backend failure) must not look complete to the client. A
+/// body framed by length or chunks is then simply incomplete when the connection closes;
+/// a body delimited by the close is sent chunked (the request was HTTP/1.1: an upgrade),
+/// so that only the backend's own end writes the last chunk.
+async fn relay_refusal(mut client: Stream, mut resp: UpstreamResponse, idle: Duration) {
     use tokio::io::AsyncReadExt;
-    let head = closing_head(&resp.head);
-    // pingora's stream buffers small writes: every part is flushed as it comes, or a slow
-    // backend's answer would wait in the buffer until its body is complete.
-    if client.write_all(&head).await.is_err() || client.flush().await.is_err() {
-        return;
-    }
     // The same framing rules as the HTTP/1 path, so the body ends where it really ends
     // (a chunked body is followed chunk by chunk, not guessed from its last bytes).
     let mut framing = match (resp.status, resp.chunked, resp.content_length) {
@@ -116,27 +132,58 @@ async fn relay_refusal(mut client: Stream, mut resp: UpstreamResponse, limit: Du
         (_, false, Some(n)) => Framing::Length(n),
         (_, false, None) => Framing::UntilClose,
     };
+    let rechunk = framing.until_close();
+    let head = closing_head(&resp.head, rechunk);
+    // pingora's stream buffers small writes: every part is flushed as it comes, or a slow
+    // backend's answer would wait in the buffer until its body is complete.
+    if !send(&mut client, &head, idle).await {
+        return;
+    }
     let mut chunk = std::mem::take(&mut resp.rest).to_vec();
-    let deadline = tokio::time::Instant::now() + limit;
+    let mut complete = false;
     // A malformed chunked body ends the relay.
     while let Ok((take, done)) = framing.feed(&chunk) {
-        if take > 0
-            && (client.write_all(&chunk[..take]).await.is_err() || client.flush().await.is_err())
-        {
+        let sent = match take {
+            0 => true,
+            n if rechunk => send(&mut client, &chunked(&chunk[..n]), idle).await,
+            n => send(&mut client, &chunk[..n], idle).await,
+        };
+        if !sent {
             return;
         }
         if done {
+            complete = true;
             break;
         }
         chunk.clear();
         chunk.resize(8192, 0);
-        match tokio::time::timeout_at(deadline, resp.stream.read(&mut chunk)).await {
+        match tokio::time::timeout(idle, resp.stream.read(&mut chunk)).await {
             Ok(Ok(n)) if n > 0 => chunk.truncate(n),
-            _ => break,
+            // The backend's close ends a close-delimited body: that end is complete.
+            Ok(Ok(_)) if rechunk => {
+                complete = send(&mut client, b"0\r\n\r\n", idle).await;
+                break;
+            }
+            Ok(_) => break,
+            Err(_) => {
+                tracing::debug!("a refused upgrade's answer stalled for {idle:?}; cut");
+                break;
+            }
         }
     }
-    let _ = client.flush().await;
-    let _ = client.shutdown().await;
+    if !complete {
+        tracing::debug!("a refused upgrade's answer was cut before its end");
+    }
+    let _ = tokio::time::timeout(idle, client.shutdown()).await;
+}
+
+/// `data` as one chunk of a chunked body.
+fn chunked(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + 12);
+    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+    out
 }
 
 pub(super) async fn handle(p: &EdgeProxy, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
@@ -197,8 +244,7 @@ pub(super) async fn handle(p: &EdgeProxy, session: &mut Session, ctx: &mut Ctx) 
     let mut client = take_client_stream(session).await?;
     ctx.tunneled = true;
     if resp.status != 101 {
-        let limit = t.upstream_read;
-        tokio::spawn(relay_refusal(client, resp, limit));
+        tokio::spawn(relay_refusal(client, resp, t.upstream_read));
         return Ok(true);
     }
 
@@ -350,10 +396,15 @@ mod tests {
     fn refused_upgrade_head_closes() {
         let head =
             b"HTTP/1.1 400 Bad Request\r\nConnection: keep-alive\r\nContent-Length: 3\r\n\r\n";
-        let out = String::from_utf8(closing_head(head)).unwrap_or_default();
+        let out = String::from_utf8(closing_head(head, false)).unwrap_or_default();
         assert_eq!(
             out,
             "HTTP/1.1 400 Bad Request\r\nContent-Length: 3\r\nconnection: close\r\n\r\n"
+        );
+        let out = String::from_utf8(closing_head(b"HTTP/1.1 403 No\r\n\r\n", true));
+        assert_eq!(
+            out.unwrap_or_default(),
+            "HTTP/1.1 403 No\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
         );
     }
 }

@@ -1,0 +1,601 @@
+//! Requests our HTTP/1 path hands to pingora's proxy loop, end to end: upgrades that are
+//! not tunnelled (h2c, upgrades with a body) and those that are, refused upgrades with long
+//! or cut answers, HTTP/1.0 clients (no chunked body, no 1xx), `Expect: 100-continue`,
+//! absolute-form targets, error answers that name no backend, and the Host field rules.
+//! Clients are raw TCP streams, backends raw HTTP servers on a 127.0.0.1 socket.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use tests::fixtures::{listener, upstream, TWO_THREADS};
+use tests::raw::{field, proxy_for_raw, reply, RawBackend, RawConn, Req};
+use tests::{free_port, Proxy, STEP_TIMEOUT};
+
+// ---------------------------------------------------------------------------------------
+// Backends.
+
+/// Answers every request of a connection with `200` and the body it received (or `400 body
+/// missing` when the declared body never came), and reports each request on `seen`.
+async fn echo_backend(seen: mpsc::UnboundedSender<Req>) -> RawBackend {
+    RawBackend::start(move |mut conn, _| {
+        let seen = seen.clone();
+        async move {
+            while let Some(req) = conn.request().await {
+                let answer = if req.body_missing {
+                    "HTTP/1.1 400 Bad Request\r\nContent-Length: 12\r\n\r\nbody missing".to_owned()
+                } else {
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{}",
+                        req.body.len(),
+                        String::from_utf8_lossy(&req.body)
+                    )
+                };
+                let _ = seen.send(req);
+                if !reply(&mut conn, answer).await {
+                    return;
+                }
+            }
+        }
+    })
+    .await
+}
+
+/// Reads the next request a backend reported, bounded.
+async fn next_seen(seen: &mut mpsc::UnboundedReceiver<Req>) -> Req {
+    tokio::time::timeout(STEP_TIMEOUT, seen.recv())
+        .await
+        .expect("the backend saw no request")
+        .expect("the backend is gone")
+}
+
+/// Reads the body of a request whose head fields are `headers`, de-chunked
+/// (`conn.request()` reads Content-Length bodies only).
+async fn read_body(conn: &mut RawConn<TcpStream>, headers: &[(String, String)]) -> Vec<u8> {
+    if field(headers, "transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        let mut body = Vec::new();
+        loop {
+            let line = conn.line(STEP_TIMEOUT).await.unwrap();
+            let size = usize::from_str_radix(line.split(';').next().unwrap().trim(), 16).unwrap();
+            if size == 0 {
+                while !conn.line(STEP_TIMEOUT).await.unwrap().is_empty() {}
+                return body;
+            }
+            body.extend(conn.take(size, STEP_TIMEOUT).await.unwrap());
+            conn.take(2, STEP_TIMEOUT).await.unwrap();
+        }
+    }
+    let len = field(headers, "content-length").map_or(0, |v| v.parse().unwrap());
+    conn.take(len, STEP_TIMEOUT).await.unwrap()
+}
+
+const WS_UPGRADE: &str = "Upgrade: websocket\r\nConnection: Upgrade\r\n\
+                          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n";
+
+// ---------------------------------------------------------------------------------------
+// 1. Upgrades that are not tunnelled, and those that are.
+
+#[tokio::test]
+async fn h2c_upgrade_is_proxied_as_a_plain_http11_request() {
+    let (tx, mut seen) = mpsc::unbounded_channel();
+    let raw = echo_backend(tx).await;
+    let proxy = proxy_for_raw(&[&raw], "");
+    let mut c = RawConn::connect(proxy.addr()).await;
+
+    // What `curl --http2 http://…` sends, first without a body, then with one (handed to
+    // pingora with or without the body: both are upgrade requests).
+    let h2c = "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n\
+               HTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n";
+    let r = c
+        .exchange(format!("GET /plain HTTP/1.1\r\nHost: test\r\n{h2c}\r\n"))
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let req = next_seen(&mut seen).await;
+    assert_eq!(req.path, "/plain");
+    for name in ["upgrade", "http2-settings"] {
+        assert!(
+            field(&req.headers, name).is_none(),
+            "{name} forwarded: {req:?}"
+        );
+    }
+    assert!(
+        field(&req.headers, "connection")
+            .is_none_or(|v| !v.to_ascii_lowercase().contains("upgrade")),
+        "{req:?}"
+    );
+    assert!(!r.closes(), "a plain request keeps the connection: {r:?}");
+
+    // The same connection goes on, and a body comes through whole.
+    let r = c
+        .exchange(format!(
+            "POST /form HTTP/1.1\r\nHost: test\r\n{h2c}Content-Length: 5\r\n\r\nhello"
+        ))
+        .await;
+    assert_eq!((r.status, r.text().as_str()), (200, "hello"), "{r:?}");
+    let req = next_seen(&mut seen).await;
+    assert!(field(&req.headers, "upgrade").is_none(), "{req:?}");
+}
+
+#[tokio::test]
+async fn upgrade_request_with_a_body_is_proxied_without_the_upgrade() {
+    let (tx, mut seen) = mpsc::unbounded_channel();
+    let raw = echo_backend(tx).await;
+    let proxy = proxy_for_raw(&[&raw], "[timeouts]\nupstream_read = \"8s\"\n");
+
+    // With a Content-Length body.
+    let mut c = RawConn::connect(proxy.addr()).await;
+    let r = c
+        .exchange(format!(
+            "POST /ws HTTP/1.1\r\nHost: test\r\n{WS_UPGRADE}Content-Length: 5\r\n\r\nhello"
+        ))
+        .await;
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (200, "hello"),
+        "the body must reach the backend: {r:?}"
+    );
+    let req = next_seen(&mut seen).await;
+    assert!(field(&req.headers, "upgrade").is_none(), "{req:?}");
+
+    // With a chunked body (sent upstream with its length or chunked: the backend reads a
+    // Content-Length only, so the proxy's framing shows in the answer).
+    let (tx, mut seen) = mpsc::unbounded_channel::<Vec<u8>>();
+    let raw = RawBackend::start(move |mut conn, _| {
+        let tx = tx.clone();
+        async move {
+            if let Ok(Some(head)) = conn.head(STEP_TIMEOUT).await {
+                let (_, headers) = tests::raw::split_head(&head);
+                assert!(field(&headers, "upgrade").is_none(), "{head}");
+                let body = read_body(&mut conn, &headers).await;
+                let _ = tx.send(body.clone());
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{}",
+                    body.len(),
+                    String::from_utf8_lossy(&body)
+                );
+                reply(&mut conn, answer).await;
+            }
+        }
+    })
+    .await;
+    let proxy = proxy_for_raw(&[&raw], "");
+    let mut c = RawConn::connect(proxy.addr()).await;
+    let r = c
+        .exchange(format!(
+            "POST /ws HTTP/1.1\r\nHost: test\r\n{WS_UPGRADE}Transfer-Encoding: chunked\r\n\r\n\
+             5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+        ))
+        .await;
+    assert_eq!((r.status, r.text().as_str()), (200, "hello world"), "{r:?}");
+    let body = tokio::time::timeout(STEP_TIMEOUT, seen.recv())
+        .await
+        .unwrap();
+    assert_eq!(body.as_deref(), Some(&b"hello world"[..]));
+}
+
+#[tokio::test]
+async fn body_less_tcp_upgrade_is_still_tunnelled() {
+    // `Upgrade: tcp` (docker attach): 101, then raw bytes both ways.
+    let raw = RawBackend::start(|mut conn, _| async move {
+        let Some(req) = conn.request().await else {
+            return;
+        };
+        assert_eq!(field(&req.headers, "upgrade"), Some("tcp"), "{req:?}");
+        if !reply(
+            &mut conn,
+            "HTTP/1.1 101 UPGRADED\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n",
+        )
+        .await
+        {
+            return;
+        }
+        loop {
+            if !conn.buf.is_empty() {
+                let out = std::mem::take(&mut conn.buf);
+                if !reply(&mut conn, out).await {
+                    return;
+                }
+            }
+            if !matches!(conn.fill(STEP_TIMEOUT).await, Ok(n) if n > 0) {
+                return;
+            }
+        }
+    })
+    .await;
+    let proxy = proxy_for_raw(&[&raw], "");
+    let mut c = RawConn::connect(proxy.addr()).await;
+    c.send(
+        "POST /containers/x/attach HTTP/1.1\r\nHost: test\r\nUpgrade: tcp\r\n\
+         Connection: Upgrade\r\n\r\n",
+    )
+    .await;
+    let head = c.head(STEP_TIMEOUT).await.unwrap().unwrap_or_default();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    c.send("ping").await;
+    assert_eq!(c.take(4, STEP_TIMEOUT).await.as_deref(), Ok(&b"ping"[..]));
+}
+
+// ---------------------------------------------------------------------------------------
+// 2. Refused upgrades: long answers relayed whole, cut answers never look complete.
+
+/// Answers an upgrade with a 403 whose body is delimited by the close: `parts` parts, each
+/// `pause` after the previous one. With `stall`, it sends one part and then holds the
+/// connection open, sending nothing more.
+async fn refusing_backend(parts: usize, pause: Duration, stall: bool) -> RawBackend {
+    RawBackend::start(move |mut conn, _| async move {
+        if conn.request().await.is_none() {
+            return;
+        }
+        if !reply(
+            &mut conn,
+            "HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\n\r\n",
+        )
+        .await
+        {
+            return;
+        }
+        for i in 0..parts {
+            if i > 0 {
+                // The backend's own pace, not a synchronisation: a slow producer.
+                tokio::time::sleep(pause).await;
+            }
+            if !reply(&mut conn, format!("part {i};")).await {
+                return;
+            }
+            if stall {
+                // Held open: only the proxy may end it.
+                let _ = conn.fill(STEP_TIMEOUT * 2).await;
+                return;
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn refused_upgrade_answer_longer_than_the_read_timeout_is_relayed_whole() {
+    // Seven parts 400 ms apart: 2.4 s in all, longer than the read timeout, never idle for
+    // more than a fifth of it (room for a loaded machine's scheduling).
+    let raw = refusing_backend(7, Duration::from_millis(400), false).await;
+    let proxy = proxy_for_raw(&[&raw], "[timeouts]\nupstream_read = \"2s\"\n");
+    let mut c = RawConn::connect(proxy.addr()).await;
+    c.send(format!(
+        "GET /ws HTTP/1.1\r\nHost: test\r\n{WS_UPGRADE}\r\n"
+    ))
+    .await;
+    let r = c.try_response(false).await.unwrap_or_else(|e| {
+        panic!(
+            "the answer did not end cleanly: {e}; {:?}",
+            String::from_utf8_lossy(&c.buf)
+        )
+    });
+    assert_eq!(r.status, 403, "{r:?}");
+    let want: String = (0..7).map(|i| format!("part {i};")).collect();
+    assert_eq!(r.text(), want, "{r:?}");
+    assert!(r.closes(), "{r:?}");
+    c.expect_eof("after a refused upgrade").await;
+}
+
+#[tokio::test]
+async fn refused_upgrade_answer_cut_by_the_idle_timeout_does_not_look_complete() {
+    let raw = refusing_backend(3, Duration::ZERO, true).await;
+    let proxy = proxy_for_raw(&[&raw], "[timeouts]\nupstream_read = \"1s\"\n");
+    let mut c = RawConn::connect(proxy.addr()).await;
+    c.send(format!(
+        "GET /ws HTTP/1.1\r\nHost: test\r\n{WS_UPGRADE}\r\n"
+    ))
+    .await;
+    // A body ended by the close would read as complete; the client must see it broken.
+    match c.try_response(false).await {
+        Err(e) => assert!(
+            e.contains("EOF") || e.contains("read failed"),
+            "not a cut connection: {e}"
+        ),
+        Ok(r) => panic!("a cut answer looked complete: {r:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// 3. HTTP/1.0 clients: no chunked bodies, no 1xx.
+
+#[tokio::test]
+async fn http10_client_gets_raw_bodies_and_no_interim_answers() {
+    let raw = RawBackend::start(|mut conn, _| async move {
+        while let Some(req) = conn.request().await {
+            let answer = match req.path.as_str() {
+                // Chunked, after a 103 and a 100 nobody asked for.
+                "/chunked" => {
+                    "HTTP/1.1 103 Early Hints\r\nLink: </a>; rel=preload\r\n\r\n\
+                               HTTP/1.1 100 Continue\r\n\r\n\
+                               HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+                               5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+                }
+                "/length" => "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nsized",
+                // Delimited by the close (pingora chunks those for HTTP/1.1 clients).
+                _ => {
+                    reply(&mut conn, "HTTP/1.1 200 OK\r\n\r\nuntil close").await;
+                    return;
+                }
+            };
+            if !reply(&mut conn, answer).await {
+                return;
+            }
+        }
+    })
+    .await;
+    let proxy = proxy_for_raw(&[&raw], "");
+
+    for (path, keep_alive, body) in [
+        ("/chunked", false, "hello world"),
+        ("/chunked", true, "hello world"),
+        ("/close", false, "until close"),
+        ("/close", true, "until close"),
+    ] {
+        let mut c = RawConn::connect(proxy.addr()).await;
+        let connection = if keep_alive {
+            "Connection: keep-alive\r\n"
+        } else {
+            ""
+        };
+        let r = c
+            .exchange(format!(
+                "GET {path} HTTP/1.0\r\nHost: test\r\n{connection}\r\n"
+            ))
+            .await;
+        assert_eq!(r.status, 200, "{path}: no 1xx to an HTTP/1.0 client: {r:?}");
+        assert!(
+            r.header("transfer-encoding").is_none(),
+            "{path}: chunked to an HTTP/1.0 client: {r:?}"
+        );
+        assert_eq!(r.text(), body, "{path}: {r:?}");
+        assert!(
+            r.closes(),
+            "{path}: the body ends at the close, and says so: {r:?}"
+        );
+        c.expect_eof(path).await;
+    }
+
+    // A Content-Length from the backend stays, and so does a kept-alive connection.
+    let mut c = RawConn::connect(proxy.addr()).await;
+    for _ in 0..2 {
+        let r = c
+            .exchange("GET /length HTTP/1.0\r\nHost: test\r\nConnection: keep-alive\r\n\r\n")
+            .await;
+        assert_eq!((r.status, r.text().as_str()), (200, "sized"), "{r:?}");
+        assert_eq!(r.header("content-length"), Some("5"), "{r:?}");
+        assert!(!r.closes(), "{r:?}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// 4. Expect: 100-continue.
+
+#[tokio::test]
+async fn expect_100_continue_is_answered_by_the_proxy_and_not_forwarded() {
+    let (tx, mut seen) = mpsc::unbounded_channel();
+    let raw = echo_backend(tx).await;
+    let proxy = proxy_for_raw(&[&raw], "[timeouts]\nupstream_read = \"8s\"\n");
+    let mut c = RawConn::connect(proxy.addr()).await;
+
+    for i in 0..2 {
+        // The head only: the client waits for the 100 before its body, and this backend
+        // never sends one.
+        c.send("POST /form HTTP/1.1\r\nHost: test\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
+            .await;
+        let head = c.head(STEP_TIMEOUT).await.unwrap().unwrap_or_default();
+        assert_eq!(head, "HTTP/1.1 100 Continue", "request {i}");
+        let r = c.exchange("hello").await;
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (200, "hello"),
+            "request {i}: {r:?}"
+        );
+        assert!(!r.closes(), "request {i}: {r:?}");
+        let req = next_seen(&mut seen).await;
+        assert!(field(&req.headers, "expect").is_none(), "{req:?}");
+    }
+
+    // No body, no 100: the answer comes straight.
+    let r = c
+        .exchange("POST /form HTTP/1.1\r\nHost: test\r\nExpect: 100-continue\r\nContent-Length: 0\r\n\r\n")
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+}
+
+#[tokio::test]
+async fn a_backends_own_100_does_not_reach_the_client_twice() {
+    // Sends 100 Continue to every request (as some backends do, asked or not).
+    let raw = RawBackend::start(|mut conn, _| async move {
+        while let Ok(Some(head)) = conn.head(STEP_TIMEOUT).await {
+            let (_, headers) = tests::raw::split_head(&head);
+            if !reply(&mut conn, "HTTP/1.1 100 Continue\r\n\r\n").await {
+                return;
+            }
+            let body = read_body(&mut conn, &headers).await;
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{}",
+                body.len(),
+                String::from_utf8_lossy(&body)
+            );
+            if !reply(&mut conn, answer).await {
+                return;
+            }
+        }
+    })
+    .await;
+    let proxy = proxy_for_raw(&[&raw], "");
+    let mut c = RawConn::connect(proxy.addr()).await;
+    c.send("PUT /doc HTTP/1.1\r\nHost: test\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
+        .await;
+    let head = c.head(STEP_TIMEOUT).await.unwrap().unwrap_or_default();
+    assert_eq!(head, "HTTP/1.1 100 Continue");
+    c.send("hello").await;
+    let r = c.response(false).await;
+    // Not the backend's 100 in second place: the final answer, and nothing after it.
+    assert_eq!((r.status, r.text().as_str()), (200, "hello"), "{r:?}");
+    assert!(c.buf.is_empty(), "{:?}", String::from_utf8_lossy(&c.buf));
+}
+
+#[tokio::test]
+async fn unknown_expectation_gets_417() {
+    let (tx, _seen) = mpsc::unbounded_channel();
+    let raw = echo_backend(tx).await;
+    let proxy = proxy_for_raw(&[&raw], "");
+    let mut c = RawConn::connect(proxy.addr()).await;
+    let r = c
+        .exchange(
+            "POST /form HTTP/1.1\r\nHost: test\r\nExpect: 200-ok\r\nContent-Length: 5\r\n\r\nhello",
+        )
+        .await;
+    assert_eq!(r.status, 417, "{r:?}");
+    assert!(
+        r.text()
+            .starts_with("417 Expectation Failed: unsupported expectation"),
+        "{r:?}"
+    );
+    assert_eq!(raw.accepted(), 0, "the backend was contacted");
+}
+
+// ---------------------------------------------------------------------------------------
+// 5. Absolute-form targets.
+
+#[tokio::test]
+async fn absolute_form_target_is_routed_by_its_authority_and_sent_origin_form() {
+    let (api_tx, mut api_seen) = mpsc::unbounded_channel();
+    let api = echo_backend(api_tx).await;
+    let (web_tx, mut web_seen) = mpsc::unbounded_channel();
+    let web = echo_backend(web_tx).await;
+    let entry =
+        |b: &RawBackend, id: &str| vec![format!("{{ addr = \"{}\", id = \"{id}\" }}", b.addr)];
+    let proxy = Proxy::start_config(&format!(
+        "{TWO_THREADS}\n{}\n{}\n{}\n[[routes]]\nhost = \"api.example\"\nupstream = \"api\"\n\n\
+         [[routes]]\nupstream = \"web\"\n",
+        listener(free_port()),
+        upstream("api", None, &entry(&api, "api")),
+        upstream("web", None, &entry(&web, "web")),
+    ));
+
+    // The Host field differs (ignored), matches, or is absent: the target's authority wins.
+    // Each on a new connection: after a hand-off the connection stays with pingora, which
+    // refuses a differing Host while reading the head, before any of our code runs.
+    for host in ["Host: web.example\r\n", "Host: api.example\r\n", ""] {
+        let mut c = RawConn::connect(proxy.addr()).await;
+        let r = c
+            .exchange(format!(
+                "GET http://api.example/echo?x=1 HTTP/1.1\r\n{host}Content-Length: 2\r\n\r\nhi"
+            ))
+            .await;
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (200, "hi"),
+            "{host:?}: {r:?}"
+        );
+        let req = next_seen(&mut api_seen).await;
+        assert_eq!(req.path, "/echo?x=1", "{host:?}: not origin-form: {req:?}");
+        assert_eq!(field(&req.headers, "host"), Some("api.example"), "{req:?}");
+        assert!(
+            !req.headers
+                .iter()
+                .any(|(n, v)| n == "host" && v == "web.example"),
+            "{req:?}"
+        );
+    }
+    // An origin-form request still goes by its Host.
+    let mut c = RawConn::connect(proxy.addr()).await;
+    let r = c
+        .exchange(
+            "POST /x HTTP/1.1\r\nHost: web.example\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let req = next_seen(&mut web_seen).await;
+    assert_eq!(req.path, "/x");
+    assert!(api_seen.try_recv().is_err());
+}
+
+// ---------------------------------------------------------------------------------------
+// 6. Error answers name no backend.
+
+#[tokio::test]
+async fn chunked_body_over_the_limit_gets_413_without_the_backends_address() {
+    // Reads whatever comes and never answers.
+    let raw = RawBackend::start(|mut conn, _| async move {
+        while matches!(conn.fill(STEP_TIMEOUT * 2).await, Ok(n) if n > 0) {}
+    })
+    .await;
+    let proxy = proxy_for_raw(&[&raw], "[limits]\nmax_request_body_bytes = 1024\n");
+    let mut c = RawConn::connect(proxy.addr()).await;
+    let chunk = "c".repeat(1500);
+    // 1500 bytes in one chunk, and the body never ends.
+    c.send(format!(
+        "POST /up HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{chunk}\r\n",
+        chunk.len()
+    ))
+    .await;
+    let r = c.response(false).await;
+    assert_eq!(r.status, 413, "{r:?}");
+    let text = r.text();
+    assert_eq!(
+        text, "413 Payload Too Large: request body too large\n",
+        "{r:?}"
+    );
+    let addr = raw.addr.to_string();
+    assert!(!r.head.contains(&addr) && !text.contains("peer"), "{r:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// 7. The Host field.
+
+#[tokio::test]
+async fn missing_repeated_or_malformed_host_gets_400() {
+    let (tx, mut seen) = mpsc::unbounded_channel();
+    let raw = echo_backend(tx).await;
+    let proxy = proxy_for_raw(&[&raw], "");
+    let chunked = "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+
+    for (host, reason) in [
+        ("", Some("missing Host header")),
+        ("Host: a/b\r\n", Some("invalid Host header")),
+        ("Host: a b\r\n", Some("invalid Host header")),
+        ("Host: user@a\r\n", None),
+        ("Host: a:8x\r\n", Some("invalid Host header")),
+        // pingora refuses these two while reading the head, with its own 400.
+        ("Host: a\r\nHost: b\r\n", None),
+    ] {
+        let mut c = RawConn::connect(proxy.addr()).await;
+        c.send(format!("POST /form HTTP/1.1\r\n{host}{chunked}"))
+            .await;
+        let r = c.response(false).await;
+        assert_eq!(r.status, 400, "{host:?}: {r:?}");
+        if let Some(reason) = reason {
+            assert_eq!(r.text(), format!("400 Bad Request: {reason}\n"), "{r:?}");
+            assert!(
+                r.header("content-type")
+                    .is_some_and(|v| v.starts_with("text/plain")),
+                "{r:?}"
+            );
+        }
+        c.expect_eof(host).await;
+    }
+    assert_eq!(raw.accepted(), 0, "a request reached the backend");
+
+    // HTTP/1.0 may omit it; HTTP/1.1 with one is served.
+    let mut c = RawConn::connect(proxy.addr()).await;
+    let r = c
+        .exchange("POST /ten HTTP/1.0\r\nContent-Length: 5\r\n\r\nhello")
+        .await;
+    assert_eq!((r.status, r.text().as_str()), (200, "hello"), "{r:?}");
+    assert_eq!(next_seen(&mut seen).await.path, "/ten");
+    let mut c = RawConn::connect(proxy.addr()).await;
+    let r = c
+        .exchange(format!(
+            "POST /ok HTTP/1.1\r\nHost: a.example:8080\r\n{chunked}"
+        ))
+        .await;
+    // (This backend reads Content-Length bodies only: the chunked one is not echoed.)
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(next_seen(&mut seen).await.path, "/ok");
+}
