@@ -363,3 +363,17 @@ pub fn proxy_for(b: &Backend) -> Proxy {
 pub async fn reply(conn: &mut RawConn<TcpStream>, bytes: impl AsRef<[u8]>) -> bool {
     conn.io.write_all(bytes.as_ref()).await.is_ok()
 }
+
+/// The answer of a backend that echoes: `200` with the body `req` carried, or
+/// `400 body missing` when the declared body never came.
+pub fn echo_answer(req: &Req) -> String {
+    if req.body_missing {
+        "HTTP/1.1 400 Bad Request\r\nContent-Length: 12\r\n\r\nbody missing".to_owned()
+    } else {
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{}",
+            req.body.len(),
+            String::from_utf8_lossy(&req.body)
+        )
+    }
+}

@@ -18,7 +18,9 @@ use tokio::sync::mpsc;
 use std::net::SocketAddr;
 
 use tests::fixtures::{entries, listener, upstream, TWO_THREADS};
-use tests::raw::{echo_setup, get_req, proxy_for, proxy_for_raw, reply, RawBackend, RawConn};
+use tests::raw::{
+    echo_answer, echo_setup, get_req, proxy_for, proxy_for_raw, reply, RawBackend, RawConn,
+};
 use tests::{free_port, get, Backend, Proxy, STEP_TIMEOUT};
 
 // ---------------------------------------------------------------------------------------
@@ -367,16 +369,7 @@ async fn take_request_and_hang_up(
 /// body never came.
 async fn answer_with_body(conn: &mut RawConn<TcpStream>) {
     if let Some(req) = conn.request().await {
-        let answer = if req.body_missing {
-            "HTTP/1.1 400 Bad Request\r\nContent-Length: 12\r\n\r\nbody missing".to_owned()
-        } else {
-            format!(
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{}",
-                req.body.len(),
-                String::from_utf8_lossy(&req.body)
-            )
-        };
-        reply(conn, answer).await;
+        reply(conn, echo_answer(&req)).await;
     }
 }
 

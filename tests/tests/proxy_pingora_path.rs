@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use tests::fixtures::{listener, upstream, TWO_THREADS};
-use tests::raw::{field, proxy_for_raw, reply, RawBackend, RawConn, Req};
+use tests::raw::{echo_answer, field, proxy_for_raw, reply, RawBackend, RawConn, Req};
 use tests::{free_port, Proxy, STEP_TIMEOUT};
 
 // ---------------------------------------------------------------------------------------
@@ -25,15 +25,7 @@ async fn echo_backend(seen: mpsc::UnboundedSender<Req>) -> RawBackend {
         let seen = seen.clone();
         async move {
             while let Some(req) = conn.request().await {
-                let answer = if req.body_missing {
-                    "HTTP/1.1 400 Bad Request\r\nContent-Length: 12\r\n\r\nbody missing".to_owned()
-                } else {
-                    format!(
-                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{}",
-                        req.body.len(),
-                        String::from_utf8_lossy(&req.body)
-                    )
-                };
+                let answer = echo_answer(&req);
                 let _ = seen.send(req);
                 if !reply(&mut conn, answer).await {
                     return;
