@@ -63,6 +63,14 @@ pub struct Args {
     /// (`10/5s`: bursts of 10, then one every 500 ms).
     #[arg(long, env = "CHAT_RATE_LIMIT", default_value = "10/5s")]
     pub rate_limit: RateLimit,
+    /// Chat: `join`s and `leave`s per user and window, across all nodes (beyond it they
+    /// answer `rate limited`).
+    #[arg(long, env = "CHAT_JOIN_RATE_LIMIT", default_value = "20/10s")]
+    pub join_rate_limit: RateLimit,
+    /// Chat: `typing` events per user and window, across all nodes (beyond it they are
+    /// dropped).
+    #[arg(long, env = "CHAT_TYPING_RATE_LIMIT", default_value = "10/5s")]
+    pub typing_rate_limit: RateLimit,
     /// Chat: the longest message, in characters.
     #[arg(long, env = "CHAT_MAX_TEXT", default_value_t = 2000)]
     pub max_text: usize,
@@ -113,6 +121,8 @@ impl Args {
                 history_cap: self.history_cap,
                 history_on_join: self.history_on_join,
                 rate_limit: self.rate_limit,
+                join_rate_limit: self.join_rate_limit,
+                typing_rate_limit: self.typing_rate_limit,
                 max_text: self.max_text,
                 presence_ttl: self.presence_ttl,
             },
@@ -188,6 +198,10 @@ mod tests {
             "5",
             "--rate-limit",
             "3/2s",
+            "--join-rate-limit",
+            "4/3s",
+            "--typing-rate-limit",
+            "5/4s",
             "--max-text",
             "100",
             "--presence-ttl",
@@ -198,6 +212,8 @@ mod tests {
         assert_eq!(chat.history_cap, 20);
         assert_eq!(chat.history_on_join, 5);
         assert_eq!(chat.rate_limit.to_string(), "3/2s");
+        assert_eq!(chat.join_rate_limit.to_string(), "4/3s");
+        assert_eq!(chat.typing_rate_limit.to_string(), "5/4s");
         assert_eq!(chat.max_text, 100);
         assert_eq!(chat.presence_ttl, Duration::from_secs(2));
         assert!(chat.validate().is_ok());

@@ -156,10 +156,20 @@ impl AdapterFactory for ClusterAdapterFactory {
 struct Recovery {
     store: Arc<dyn SessionStore>,
     config: RecoveryConfig,
-    /// This node's recoverable sockets: their pid and the log offset when they connected.
-    sessions: Mutex<HashMap<Sid, (String, String)>>,
+    /// This node's recoverable sockets.
+    sessions: Mutex<HashMap<Sid, Open>>,
     /// The same, by pid.
     pids: Mutex<HashMap<String, Sid>>,
+}
+
+/// One of this node's recoverable sockets.
+#[derive(Clone)]
+struct Open {
+    pid: String,
+    /// The log offset when it connected.
+    connected_at: String,
+    /// Whom it belongs to, as the application said.
+    identity: Option<String>,
 }
 
 /// Learns the log's current offset, then renews this node's recovery records until the
@@ -190,7 +200,7 @@ async fn maintain(adapter: Weak<ClusterAdapter>) {
             .sessions
             .lock()
             .values()
-            .map(|(pid, _)| pid.clone())
+            .map(|open| open.pid.clone())
             .collect();
         let ttl = recovery.config.connected_ttl();
         if let Err(error) = recovery.store.touch(&pids, ttl).await {
@@ -257,7 +267,7 @@ impl ClusterAdapter {
     }
 
     /// The record of local socket `sid` as it is now.
-    fn record(&self, sid: Sid, connected_at: String) -> Record {
+    fn record(&self, sid: Sid, open: Open) -> Record {
         Record {
             sid: sid.to_string(),
             rooms: self
@@ -266,7 +276,8 @@ impl ClusterAdapter {
                 .iter()
                 .map(|r| r.as_str().to_owned())
                 .collect(),
-            offset: connected_at,
+            offset: open.connected_at,
+            identity: open.identity,
         }
     }
 
@@ -275,10 +286,11 @@ impl ClusterAdapter {
         let Some(recovery) = &self.recovery else {
             return;
         };
-        let Some((pid, connected_at)) = recovery.sessions.lock().get(&sid).cloned() else {
+        let Some(open) = recovery.sessions.lock().get(&sid).cloned() else {
             return;
         };
-        let record = self.record(sid, connected_at);
+        let pid = open.pid.clone();
+        let record = self.record(sid, open);
         let ttl = recovery.config.connected_ttl();
         if let Err(error) = recovery
             .store
@@ -382,17 +394,23 @@ impl Adapter for ClusterAdapter {
         self.recovery.is_some()
     }
 
-    async fn session_opened(&self, sid: Sid, pid: &str) -> Result<(), AdapterError> {
+    async fn session_opened(
+        &self,
+        sid: Sid,
+        pid: &str,
+        identity: Option<&str>,
+    ) -> Result<(), AdapterError> {
         let Some(recovery) = &self.recovery else {
             return Ok(());
         };
-        let connected_at = self.last_offset.lock().id.clone();
-        recovery
-            .sessions
-            .lock()
-            .insert(sid, (pid.to_owned(), connected_at.clone()));
+        let open = Open {
+            pid: pid.to_owned(),
+            connected_at: self.last_offset.lock().id.clone(),
+            identity: identity.map(str::to_owned),
+        };
+        recovery.sessions.lock().insert(sid, open.clone());
         recovery.pids.lock().insert(pid.to_owned(), sid);
-        let record = self.record(sid, connected_at);
+        let record = self.record(sid, open);
         recovery
             .store
             .put(
@@ -409,13 +427,14 @@ impl Adapter for ClusterAdapter {
         let Some(recovery) = &self.recovery else {
             return Ok(());
         };
-        let Some((pid, connected_at)) = recovery.sessions.lock().remove(&sid) else {
+        let Some(open) = recovery.sessions.lock().remove(&sid) else {
             return Ok(());
         };
+        let pid = open.pid.clone();
         recovery.pids.lock().remove(&pid);
         let owner = self.owner(sid);
         let result = if recoverable {
-            let record = self.record(sid, connected_at);
+            let record = self.record(sid, open);
             recovery
                 .store
                 .update(&pid, &owner, &record, recovery.config.window)
@@ -446,6 +465,7 @@ impl Adapter for ClusterAdapter {
                 sid: record.sid.parse().ok()?,
                 rooms: record.rooms.into_iter().map(Room::from).collect(),
                 connected_at: record.offset,
+                identity: record.identity,
             })
         }))
     }

@@ -146,15 +146,24 @@ describe("sessions without stickiness, through round_robin over three nodes", { 
   });
 });
 
-/** A client that reconnects quickly and tracks what it receives, and whether it recovered. */
-function recoveringClient(opts = {}) {
-  return connectedClient({
+/** A client that reconnects quickly and tracks what it receives, and whether it recovered.
+ * It reconnects with the token of its last `welcome`, as a real client does: only the same
+ * user recovers its socket. */
+async function recoveringClient(opts = {}) {
+  const connected = await connectedClient({
     reconnection: true,
     reconnectionDelay: 300,
     reconnectionDelayMax: 300,
     randomizationFactor: 0,
     ...opts,
   });
+  const { socket } = connected;
+  const remember = (w) => {
+    socket.auth = { ...socket.auth, token: w.token };
+  };
+  remember(socket.welcomes[0]);
+  socket.on("welcome", remember);
+  return connected;
 }
 
 /** `tag`-prefixed texts of `socket`'s messages, in arrival order. */

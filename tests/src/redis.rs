@@ -1,6 +1,7 @@
 //! A real `redis-server` on a free port, without persistence, for tests that run chat nodes
 //! as a cluster; killed on drop.
 
+use std::fmt::Write as _;
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
@@ -80,6 +81,35 @@ impl Drop for RedisServer {
         if let Some(mut child) = self.child.take() {
             kill_and_reap(&mut child);
         }
+    }
+}
+
+impl RedisServer {
+    /// Runs one command whose reply is one line (an integer, a status, an error), e.g.
+    /// `HSET` or `HEXISTS`, and returns that line (`:1`, `+OK`, `-ERR …`).
+    ///
+    /// # Panics
+    /// If Redis does not answer within [`STEP_TIMEOUT`](crate::STEP_TIMEOUT).
+    pub fn command(&self, args: &[&str]) -> String {
+        let mut request = format!("*{}\r\n", args.len());
+        for arg in args {
+            let _ = write!(request, "${}\r\n{arg}\r\n", arg.len());
+        }
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connecting to redis");
+        stream
+            .set_read_timeout(Some(crate::STEP_TIMEOUT))
+            .expect("a read timeout");
+        stream
+            .write_all(request.as_bytes())
+            .expect("sending a command to redis");
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while !line.ends_with(b"\r\n") {
+            stream.read_exact(&mut byte).expect("reading redis's reply");
+            line.push(byte[0]);
+        }
+        line.truncate(line.len() - 2);
+        String::from_utf8_lossy(&line).into_owned()
     }
 }
 

@@ -7,6 +7,20 @@ use super::rate::RateLimit;
 /// The longest history page a client may ask for.
 pub const MAX_PAGE: usize = 100;
 
+/// The default of [`ChatConfig::join_rate_limit`]: 20 in a burst, then one every 500 ms
+/// (clicking through rooms stays well below; a script cycling join/leave does not).
+pub const DEFAULT_JOIN_RATE_LIMIT: RateLimit = RateLimit {
+    count: 20,
+    window: Duration::from_secs(10),
+};
+
+/// The default of [`ChatConfig::typing_rate_limit`]: 10 in a burst, then one every 500 ms
+/// (a client says it types about once every two seconds per room).
+pub const DEFAULT_TYPING_RATE_LIMIT: RateLimit = RateLimit {
+    count: 10,
+    window: Duration::from_secs(5),
+};
+
 /// Settings of the chat application.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChatConfig {
@@ -15,8 +29,13 @@ pub struct ChatConfig {
     pub history_cap: usize,
     /// How many of the newest messages `join` answers with.
     pub history_on_join: usize,
-    /// Messages per user and window, across all nodes.
+    /// Messages (and room creations) per user and window, across all nodes.
     pub rate_limit: RateLimit,
+    /// `join`s and `leave`s per user and window, across all nodes (each may notify a
+    /// room).
+    pub join_rate_limit: RateLimit,
+    /// `typing` events per user and window, across all nodes; those beyond it are dropped.
+    pub typing_rate_limit: RateLimit,
     /// The longest message, in characters.
     pub max_text: usize,
     /// How long a node's presence entries live without its heartbeat (it beats every third
@@ -30,6 +49,8 @@ impl Default for ChatConfig {
             history_cap: 1000,
             history_on_join: 50,
             rate_limit: RateLimit::default(),
+            join_rate_limit: DEFAULT_JOIN_RATE_LIMIT,
+            typing_rate_limit: DEFAULT_TYPING_RATE_LIMIT,
             max_text: 2000,
             presence_ttl: Duration::from_secs(30),
         }

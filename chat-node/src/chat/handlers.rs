@@ -13,7 +13,7 @@ use serde_json::{json, Map, Value};
 use super::config::MAX_PAGE;
 use super::error::ChatError;
 use super::store::{Membership, Message, NewMessage, Post, Posted, RoomMeta};
-use super::{now_ms, presence, secret, validate, ChatInner, LOBBY};
+use super::{now_ms, presence, rate, secret, validate, ChatInner, LOBBY};
 use crate::socketio::{AckSender, Data, SocketRef};
 
 type Answer = Result<Map<String, Value>, ChatError>;
@@ -221,6 +221,7 @@ struct JoinRequest {
 async fn join(chat: Arc<ChatInner>, socket: SocketRef, request: JoinRequest) -> Answer {
     let (user, name) = identity(&chat, &socket)?;
     let room = validate::room(&request.room)?;
+    admit_join(&chat, &user).await?;
     let meta = room_meta(&chat, &room)
         .await?
         .ok_or(ChatError::NoSuchRoom)?;
@@ -253,6 +254,21 @@ async fn join(chat: Arc<ChatInner>, socket: SocketRef, request: JoinRequest) -> 
     ))
 }
 
+/// Counts a `join` or `leave` against the user's limit: each may tell a whole room
+/// (`system` notice, `presence`), so a loop of them would flood it.
+async fn admit_join(chat: &ChatInner, user: &str) -> Result<(), ChatError> {
+    let bucket = rate::bucket(user, "join");
+    if chat
+        .store
+        .admit(&bucket, &chat.config.join_rate_limit)
+        .await?
+    {
+        Ok(())
+    } else {
+        Err(ChatError::RateLimited)
+    }
+}
+
 #[derive(Deserialize)]
 struct RoomRequest {
     room: String,
@@ -266,6 +282,7 @@ async fn leave(chat: Arc<ChatInner>, socket: SocketRef, request: RoomRequest) ->
     if room == LOBBY {
         return Err(ChatError::CannotLeaveLobby);
     }
+    admit_join(&chat, &user).await?;
     let removed = chat.store.remove_member(&room, &user).await?;
     let was_in = chat.exit(&socket, &room).await;
     if removed {
@@ -334,11 +351,21 @@ struct TypingRequest {
     typing: bool,
 }
 
-/// `typing {room, typing}`: members only; the others in the room get `typing`.
+/// `typing {room, typing}`: members only; the others in the room get `typing`. Over the
+/// user's typing limit the event is dropped, answered `ok` all the same: it only says
+/// what is already on its way, and a client has nothing to retry.
 async fn typing(chat: Arc<ChatInner>, socket: SocketRef, request: TypingRequest) -> Answer {
     let (user, name) = identity(&chat, &socket)?;
     let room = validate::room(&request.room)?;
     member(&chat, &socket, &user, &room).await?;
+    let bucket = rate::bucket(&user, "typing");
+    if !chat
+        .store
+        .admit(&bucket, &chat.config.typing_rate_limit)
+        .await?
+    {
+        return Ok(Map::new());
+    }
     let event = json!({"room": room, "name": name, "typing": request.typing});
     if let Err(error) = socket
         .to(room.as_str())

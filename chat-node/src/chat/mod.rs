@@ -17,7 +17,10 @@
 //!
 //! Private rooms are enforced here, for every event: the Socket.IO room of a chat room
 //! only ever holds sockets of its members (a socket joins it after the membership check),
-//! and every request naming a room checks the membership in the store first.
+//! and every request naming a room checks the membership in the store first. A socket's
+//! connection-state recovery goes only to the same user (the token's user id is recorded
+//! with the state) and brings back only the rooms it is still a member of, and their
+//! missed broadcasts only (`may_recover`).
 
 pub mod config;
 pub mod error;
@@ -42,7 +45,7 @@ use self::store::PresenceEntry;
 pub use self::store::{ChatStore, MemoryStore, RedisStore, StoreError};
 use crate::engineio::{Sid, SidMap};
 use crate::socketio::packet::InvalidNamespace;
-use crate::socketio::{ConnectError, Data, Nsp, SocketIo, SocketRef};
+use crate::socketio::{ConnectError, Data, Nsp, Room, SocketIo, SocketRef};
 
 /// The public room every socket is in; it always exists.
 pub const LOBBY: &str = "lobby";
@@ -95,6 +98,12 @@ pub(crate) struct ChatInner {
     sessions: Mutex<SidMap<Session>>,
     /// Rooms with a `presence` broadcast scheduled.
     presence_pending: Mutex<HashSet<String>>,
+    /// Taken shared by each presence write of one socket, exclusively by the heartbeat
+    /// from its snapshot of the sessions to the end of its write: a heartbeat never lands
+    /// between a session change and its own write with a snapshot older than the change
+    /// (it would bring back a socket that left, or hide one that came, until the next
+    /// beat).
+    presence_writes: tokio::sync::RwLock<()>,
 }
 
 /// Milliseconds since the epoch (message `ts`, ids of the embedded store).
@@ -119,6 +128,7 @@ pub fn register(
         nsp: OnceLock::new(),
         sessions: Mutex::new(SidMap::default()),
         presence_pending: Mutex::new(HashSet::new()),
+        presence_writes: tokio::sync::RwLock::new(()),
     });
     let weak = Arc::downgrade(&inner);
     let nsp = io.ns(
@@ -133,9 +143,62 @@ pub fn register(
             }
         },
     )?;
+    let weak = Arc::downgrade(&inner);
+    nsp.on_recovery(
+        move |auth: Option<Map<String, Value>>, identity: Option<String>, rooms: Vec<Room>| {
+            let chat = weak.clone();
+            async move {
+                let chat = chat.upgrade()?;
+                may_recover(&chat, auth, identity, rooms).await
+            }
+        },
+    );
     let _ = inner.nsp.set(nsp);
     tokio::spawn(presence::heartbeat(Arc::downgrade(&inner)));
     Ok(Chat { inner })
+}
+
+/// The recovery check: a socket's state goes back only to its own user (the token in the
+/// CONNECT auth names the user id recorded with it; a client without a token would be a
+/// new user), and keeps only the rooms that user is still a member of (it may have left
+/// one from another tab meanwhile), so that only their missed broadcasts are replayed.
+/// A refusal gives the client a fresh socket, and `connect` then puts it in its rooms.
+async fn may_recover(
+    chat: &ChatInner,
+    auth: Option<Map<String, Value>>,
+    identity: Option<String>,
+    rooms: Vec<Room>,
+) -> Option<Vec<Room>> {
+    let identity = identity?;
+    let token = auth
+        .as_ref()
+        .and_then(|a| a.get("token"))
+        .and_then(Value::as_str)
+        .filter(|t| validate::secret_shape(t))?;
+    let user = match chat.store.user_for_token(token).await {
+        Ok(user) => user?,
+        Err(error) => {
+            tracing::warn!(%error, "chat store, on recovery");
+            return None;
+        }
+    };
+    if user != identity {
+        tracing::debug!("recovery by another user refused");
+        return None;
+    }
+    let member: HashSet<String> = match chat.store.rooms_of(&user).await {
+        Ok(rooms) => rooms.into_iter().collect(),
+        Err(error) => {
+            tracing::warn!(%error, "chat store, on recovery");
+            return None;
+        }
+    };
+    Some(
+        rooms
+            .into_iter()
+            .filter(|room| room.as_str() == LOBBY || member.contains(room.as_str()))
+            .collect(),
+    )
 }
 
 /// The connect hook: checks the name, finds or creates the user, puts the socket in
@@ -199,6 +262,8 @@ async fn connect(
             rooms: BTreeSet::new(),
         },
     );
+    // Recorded with the socket's recovery state: only this user may take it back.
+    socket.set_identity(user.clone());
     handlers::register(&chat, &socket);
     let weak = Arc::downgrade(&chat);
     socket.on_disconnect(move |socket, _reason| {
@@ -208,6 +273,11 @@ async fn connect(
     });
     for room in &rooms {
         chat.enter(&socket, room).await;
+    }
+    // A recovered socket got its Socket.IO rooms back before this hook, checked against
+    // the memberships of a moment ago: one the user left since then goes now.
+    if socket.recovered() {
+        chat.drop_stale_rooms(&socket, &rooms).await;
     }
     // Everyone in those rooms, this socket included (it is reachable by broadcasts once
     // the hook returns, well before the debounced broadcast), gets the new member list.
@@ -251,6 +321,7 @@ impl ChatInner {
         if let Err(error) = socket.join(room).await {
             tracing::warn!(%error, room, "joining a socket.io room");
         }
+        let _writing = self.presence_writes.read().await;
         let added = self
             .store
             .presence_add(
@@ -266,6 +337,26 @@ impl ChatInner {
         }
     }
 
+    /// Takes the socket out of the Socket.IO rooms that are not among the chat rooms
+    /// `rooms` (nor its own room).
+    async fn drop_stale_rooms(&self, socket: &SocketRef, rooms: &BTreeSet<String>) {
+        let current = match socket.rooms().await {
+            Ok(current) => current,
+            Err(error) => {
+                tracing::warn!(%error, "listing a socket's rooms");
+                return;
+            }
+        };
+        let own = Room::from(socket.id());
+        for room in current {
+            if room != own && !rooms.contains(room.as_str()) {
+                if let Err(error) = socket.leave(room.clone()).await {
+                    tracing::warn!(%error, %room, "leaving a socket.io room");
+                }
+            }
+        }
+    }
+
     /// Takes the socket out of `room`'s Socket.IO room and its presence; whether it was
     /// in.
     async fn exit(&self, socket: &SocketRef, room: &str) -> bool {
@@ -274,12 +365,15 @@ impl ChatInner {
             .lock()
             .get_mut(&socket.id())
             .is_some_and(|session| session.rooms.remove(room));
-        if !was_in {
-            return false;
-        }
+        // Always, even when the session does not list it: the socket must not stay in a
+        // room it left (whatever put it there).
         if let Err(error) = socket.leave(room).await {
             tracing::warn!(%error, room, "leaving a socket.io room");
         }
+        if !was_in {
+            return false;
+        }
+        let _writing = self.presence_writes.read().await;
         let removed = self
             .store
             .presence_remove(&self.node, room, socket.id().as_str())
@@ -295,6 +389,7 @@ impl ChatInner {
         let Some(session) = self.sessions.lock().remove(&sid) else {
             return;
         };
+        let writing = self.presence_writes.read().await;
         for room in &session.rooms {
             let removed = self
                 .store
@@ -304,6 +399,7 @@ impl ChatInner {
                 tracing::warn!(%error, room, "removing presence");
             }
         }
+        drop(writing);
         for room in &session.rooms {
             self.presence_changed(room);
         }

@@ -2,9 +2,12 @@
 //!
 //! Each node records its own sockets in the store, per room (`presence:<room>:<node>` in
 //! Redis), when a socket joins a room and removes them when it leaves or disconnects. A
-//! heartbeat rewrites all of this node's entries every third of the TTL and pushes their
-//! expiry forward, so a node killed without cleaning up stops counting after at most the
-//! TTL (30 s by default), and entries lost to a Redis restart come back at the next beat.
+//! heartbeat replaces all of this node's entries with its sessions every third of the TTL
+//! and pushes their expiry forward, so a node killed without cleaning up stops counting
+//! after at most the TTL (30 s by default), entries lost to a Redis restart come back at
+//! the next beat, and an entry that outlived its socket (its removal failed or raced a
+//! write) is gone at the next beat. A node starting removes what an earlier process with
+//! its id left.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Weak;
@@ -61,11 +64,22 @@ pub(super) async fn heartbeat(chat: Weak<ChatInner>) {
     };
     let mut ticks = tokio::time::interval(period);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Until it succeeds once: what an earlier process with this node id left is removed
+    // (its sockets are gone; a refresh would otherwise never touch the hashes of rooms this
+    // process has no socket in, and their TTL would keep counting them until it ran out).
+    let mut forgotten = false;
     loop {
         ticks.tick().await;
         let Some(chat) = chat.upgrade() else {
             return;
         };
+        let _writing = chat.presence_writes.write().await;
+        if !forgotten {
+            match chat.store.presence_forget(&chat.node).await {
+                Ok(()) => forgotten = true,
+                Err(error) => tracing::warn!(%error, "forgetting this node's old presence"),
+            }
+        }
         let entries = snapshot(&chat);
         let refreshed = chat
             .store

@@ -8,6 +8,12 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+/// The limiter state of `user`'s events of kind `kind` (`join`, `typing`), apart from its
+/// messages (whose state is keyed by the bare user id).
+pub fn bucket(user: &str, kind: &str) -> String {
+    format!("{user}:{kind}")
+}
+
 /// A rate limit: at most `count` messages per `window` (`10/5s` on the command line).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimit {

@@ -127,6 +127,7 @@ mod tests {
             sid: "s".into(),
             rooms: rooms.iter().map(|r| (*r).to_owned()).collect(),
             offset: "0-0".into(),
+            identity: None,
         }
     }
 

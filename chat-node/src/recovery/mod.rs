@@ -66,6 +66,11 @@ pub struct Record {
     /// The namespace log's last entry when the socket connected: a client that never saw
     /// an offset missed everything after it.
     pub offset: String,
+    /// Whom the application said the socket belongs to (a user id): a recovery is offered
+    /// to the application's check with it, so that a pid alone is not a credential.
+    /// Absent in records of earlier versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
 }
 
 /// Why the store failed.

@@ -109,6 +109,10 @@ pub struct TakenSession {
     pub rooms: Vec<Room>,
     /// The namespace log's last offset when it connected.
     pub connected_at: String,
+    /// Whom the application said it belongs to ([`Socket::set_identity`]), if it did.
+    ///
+    /// [`Socket::set_identity`]: crate::socketio::socket::Socket::set_identity
+    pub identity: Option<String>,
 }
 
 /// The broadcasts a recovering socket missed.
@@ -145,9 +149,15 @@ pub trait Adapter: Send + Sync + 'static {
         false
     }
 
-    /// Socket `sid` connected with private id `pid` (new or recovered); record its state
-    /// (rooms included) so that it can be recovered, even if this node dies.
-    async fn session_opened(&self, _sid: Sid, _pid: &str) -> Result<(), AdapterError> {
+    /// Socket `sid` connected with private id `pid` (new or recovered), belonging to
+    /// `identity` as the application says; record its state (rooms and identity included)
+    /// so that it can be recovered, even if this node dies.
+    async fn session_opened(
+        &self,
+        _sid: Sid,
+        _pid: &str,
+        _identity: Option<&str>,
+    ) -> Result<(), AdapterError> {
         Ok(())
     }
 

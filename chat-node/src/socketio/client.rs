@@ -14,6 +14,7 @@ use futures::stream::{FuturesUnordered, StreamExt as _};
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 
+use super::adapter::Room;
 use super::namespace::{ConnectError, NamespaceInner};
 use super::packet::{Decoder, Namespace, Packet, PacketData, RecoveryRequest};
 use super::server::ServerInner;
@@ -183,7 +184,12 @@ impl Client {
                     tracing::warn!(sid = %id, %error, "could not add a socket to its room");
                 }
                 if let Some(pid) = socket.pid() {
-                    if let Err(error) = ns.adapter().session_opened(id, pid).await {
+                    let identity = socket.identity();
+                    let opened = ns
+                        .adapter()
+                        .session_opened(id, pid, identity.as_deref())
+                        .await;
+                    if let Err(error) = opened {
                         tracing::warn!(sid = %id, %error, "could not record a socket for recovery");
                     }
                 }
@@ -227,6 +233,22 @@ impl Client {
         };
         let after = request.offset.unwrap_or(taken.connected_at);
         let sid = taken.sid;
+        // The application decides whether this client may have the state, and which rooms
+        // it keeps (a pid alone is no credential; memberships may have ended meanwhile).
+        let rooms = match ns.recovery_check() {
+            None => taken.rooms,
+            Some(check) => {
+                let own = Room::from(sid);
+                let others = taken.rooms.into_iter().filter(|r| *r != own).collect();
+                let Some(mut kept) = check.check(auth.cloned(), taken.identity, others).await
+                else {
+                    tracing::debug!(%sid, "recovery refused by the application; a new socket");
+                    return None;
+                };
+                kept.push(own);
+                kept
+            }
+        };
         let socket = SocketRef::with_id(
             Arc::clone(ns),
             Arc::clone(&self.session),
@@ -240,10 +262,10 @@ impl Client {
         );
         // Its rooms first: from now on its broadcasts reach it (buffered until the reply).
         ns.insert(socket.clone());
-        if let Err(error) = adapter.add_all(sid, taken.rooms.clone()).await {
+        if let Err(error) = adapter.add_all(sid, rooms.clone()).await {
             tracing::warn!(%sid, %error, "could not restore a socket's rooms");
         }
-        match adapter.missed(&after, &taken.rooms).await {
+        match adapter.missed(&after, &rooms).await {
             Ok(Some(replay)) => {
                 tracing::debug!(%sid, missed = replay.packets.len(), "socket recovered");
                 socket.set_replay(replay.packets, replay.through);

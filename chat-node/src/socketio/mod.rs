@@ -32,7 +32,7 @@ pub use adapter::{
 };
 pub use broadcast::BroadcastOperator;
 pub use data::{Data, Object};
-pub use namespace::{ConnectError, ConnectHook, Nsp};
+pub use namespace::{ConnectError, ConnectHook, Nsp, RecoveryCheck};
 pub use packet::{
     ConnectReply, DecodeError, Decoder, Encoded, Namespace, Packet, PacketData, PacketType,
     RecoveryRequest,

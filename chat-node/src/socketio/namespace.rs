@@ -84,11 +84,46 @@ where
     }
 }
 
+/// Decides whether a client may recover a socket's state (connection-state recovery),
+/// before its connect hook runs: the recorded state came from a private id (`pid`) the
+/// client presented, which alone proves nothing about who the client is.
+///
+/// Given the CONNECT auth, the identity recorded with the state
+/// ([`Socket::set_identity`](super::socket::Socket::set_identity)) and the socket's rooms
+/// (its own room excepted), it answers the rooms the socket keeps, or `None` to refuse:
+/// the client then gets a new socket, as when its state is too old. Only broadcasts to
+/// the rooms it keeps are replayed.
+pub trait RecoveryCheck: Send + Sync + 'static {
+    /// Runs the check.
+    fn check(
+        &self,
+        auth: Option<Map<String, Value>>,
+        identity: Option<String>,
+        rooms: Vec<Room>,
+    ) -> BoxFuture<'static, Option<Vec<Room>>>;
+}
+
+impl<F, Fut> RecoveryCheck for F
+where
+    F: Fn(Option<Map<String, Value>>, Option<String>, Vec<Room>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Option<Vec<Room>>> + Send + 'static,
+{
+    fn check(
+        &self,
+        auth: Option<Map<String, Value>>,
+        identity: Option<String>,
+        rooms: Vec<Room>,
+    ) -> BoxFuture<'static, Option<Vec<Room>>> {
+        Box::pin(self(auth, identity, rooms))
+    }
+}
+
 /// A namespace's state, shared by its sockets.
 pub(crate) struct NamespaceInner {
     name: Namespace,
     hook: Box<dyn ConnectHook>,
     adapter: Arc<dyn Adapter>,
+    recovery_check: RwLock<Option<Arc<dyn RecoveryCheck>>>,
     sockets: RwLock<SidMap<SocketRef>>,
 }
 
@@ -104,6 +139,7 @@ impl NamespaceInner {
                 adapter: adapters.create(&name, local),
                 name,
                 hook,
+                recovery_check: RwLock::new(None),
                 sockets: RwLock::new(SidMap::default()),
             }
         })
@@ -119,6 +155,11 @@ impl NamespaceInner {
 
     pub(crate) fn hook(&self) -> &dyn ConnectHook {
         &*self.hook
+    }
+
+    /// The application's check of recoveries, if it set one.
+    pub(crate) fn recovery_check(&self) -> Option<Arc<dyn RecoveryCheck>> {
+        self.recovery_check.read().clone()
     }
 
     pub(crate) fn insert(&self, socket: SocketRef) {
@@ -199,5 +240,12 @@ impl Nsp {
     /// The namespace's adapter.
     pub fn adapter(&self) -> &Arc<dyn Adapter> {
         &self.0.adapter
+    }
+
+    /// Sets the check every recovery of a socket of this namespace must pass (replacing
+    /// any previous one). Without one, any client presenting a socket's pid recovers it,
+    /// as with the reference server.
+    pub fn on_recovery(&self, check: impl RecoveryCheck) {
+        *self.0.recovery_check.write() = Some(Arc::new(check));
     }
 }

@@ -188,6 +188,8 @@ pub struct Socket {
     /// The replay not sent yet, then nothing.
     replay: Mutex<Vec<Encoded>>,
     replayed_through: Mutex<Option<(u64, u64)>>,
+    /// Whom the application says the socket belongs to; recorded for recovery.
+    identity: Mutex<Option<String>>,
     ns: Arc<NamespaceInner>,
     session: Arc<Session>,
     auth: Option<Map<String, Value>>,
@@ -233,6 +235,7 @@ impl SocketRef {
             recovered: recovery.recovered,
             replay: Mutex::new(recovery.replay),
             replayed_through: Mutex::new(recovery.replayed_through),
+            identity: Mutex::new(None),
             ns,
             session,
             auth,
@@ -485,6 +488,19 @@ impl Socket {
     /// previous connection of its client.
     pub fn recovered(&self) -> bool {
         self.recovered
+    }
+
+    /// Says whom the socket belongs to (a user id), for connection-state recovery: set it
+    /// in the connect hook, and it is recorded with the socket's state, so that the
+    /// namespace's [`RecoveryCheck`](super::namespace::RecoveryCheck) can refuse a
+    /// recovery by someone else.
+    pub fn set_identity(&self, identity: impl Into<String>) {
+        *self.identity.lock() = Some(identity.into());
+    }
+
+    /// Whom the application said the socket belongs to.
+    pub fn identity(&self) -> Option<String> {
+        self.identity.lock().clone()
     }
 
     /// The namespace.

@@ -219,8 +219,8 @@ impl ChatStore for MemoryStore {
         Ok(page)
     }
 
-    async fn admit(&self, user: &str, limit: &RateLimit) -> Result<bool, StoreError> {
-        Ok(self.state.lock().admit(user, limit))
+    async fn admit(&self, bucket: &str, limit: &RateLimit) -> Result<bool, StoreError> {
+        Ok(self.state.lock().admit(bucket, limit))
     }
 
     async fn post(&self, post: Post<'_>) -> Result<Posted, StoreError> {
@@ -284,19 +284,33 @@ impl ChatStore for MemoryStore {
     ) -> Result<(), StoreError> {
         let mut state = self.state.lock();
         let expires = Instant::now() + ttl;
-        for (room, sockets) in entries {
-            let here = state
-                .presence
-                .entry(room.clone())
-                .or_default()
-                .entry(node.to_owned())
-                .or_insert_with(|| NodePresence {
-                    sockets: HashMap::new(),
-                    expires,
-                });
-            here.expires = expires;
-            here.sockets.extend(sockets.iter().cloned());
+        for (room, nodes) in &mut state.presence {
+            if entries.get(room).is_none_or(Vec::is_empty) {
+                nodes.remove(node);
+            }
         }
+        state.presence.retain(|_, nodes| !nodes.is_empty());
+        for (room, sockets) in entries {
+            if sockets.is_empty() {
+                continue;
+            }
+            state.presence.entry(room.clone()).or_default().insert(
+                node.to_owned(),
+                NodePresence {
+                    sockets: sockets.iter().cloned().collect(),
+                    expires,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    async fn presence_forget(&self, node: &str) -> Result<(), StoreError> {
+        let mut state = self.state.lock();
+        for nodes in state.presence.values_mut() {
+            nodes.remove(node);
+        }
+        state.presence.retain(|_, nodes| !nodes.is_empty());
         Ok(())
     }
 

@@ -191,8 +191,10 @@ pub trait ChatStore: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<Message>, StoreError>;
 
-    /// Counts one message of `user` against `limit`; `false` when it is over the limit.
-    async fn admit(&self, user: &str, limit: &RateLimit) -> Result<bool, StoreError>;
+    /// Counts one event against `limit` in `bucket` (a user id for messages, see
+    /// [`rate::bucket`](crate::chat::rate::bucket) for the others); `false` when it is
+    /// over the limit.
+    async fn admit(&self, bucket: &str, limit: &RateLimit) -> Result<bool, StoreError>;
 
     /// A `send` in one step (one round trip to Redis): checks that the sender is a member
     /// of the room (unless [`Membership::Open`]), then counts the message against the
@@ -212,14 +214,19 @@ pub trait ChatStore: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     /// Forgets socket `sid` of node `node` in `room`.
     async fn presence_remove(&self, node: &str, room: &str, sid: &str) -> Result<(), StoreError>;
-    /// The heartbeat: (re)writes every entry node `node` holds, grouped by room, and moves
-    /// their expiry to `ttl` from now.
+    /// The heartbeat: replaces everything node `node` holds with `entries`, grouped by
+    /// room (entries not among them, in these rooms or others, are removed: a socket that
+    /// left while a heartbeat was on its way, or one of an earlier process with the same
+    /// node id), and moves their expiry to `ttl` from now.
     async fn presence_refresh(
         &self,
         node: &str,
         entries: &BTreeMap<String, Vec<(String, PresenceEntry)>>,
         ttl: Duration,
     ) -> Result<(), StoreError>;
+    /// Removes every entry of node `node`, wherever it is: a node starting forgets what an
+    /// earlier process with its id left.
+    async fn presence_forget(&self, node: &str) -> Result<(), StoreError>;
     /// Who is online in each of `rooms`, on every live node.
     async fn presence(&self, rooms: &[String]) -> Result<BTreeMap<String, Online>, StoreError>;
 }

@@ -8,9 +8,10 @@
 //! | `members:<room>` | set | member user ids |
 //! | `user:<user>:rooms` | set | the rooms the user is a member of |
 //! | `history:<room>` | stream, `XADD MAXLEN ~ cap` | field `m`: a [`NewMessage`] as JSON |
-//! | `rate:<user>` | string, expires when idle | the rate limit's arrival time (µs) |
+//! | `rate:<user>`, `rate:<user>:<kind>` | string, expires when idle | a rate limit's arrival time (µs): messages, `join`/`leave` (`join`), `typing` |
 //! | `presence:<room>:<node>` | hash, expiry pushed by the node's heartbeat | socket id → [`PresenceEntry`] |
 //! | `nodes` | sorted set | nodes that wrote presence (score: last write, ms), to find the hashes |
+//! | `node:<node>:presence` | set, expiry pushed like the hashes' | the rooms where the node has a `presence` hash |
 //!
 //! Message ids are the stream ids (`<ms>-<seq>`, ordered and unique per room).
 
@@ -85,6 +86,47 @@ return redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'm', ARGV[6])
     ))
 });
 
+/// [`ChatStore::presence_refresh`], atomic: every presence hash of the node is replaced
+/// by what it holds now (a hash only ever gets what the node's latest heartbeat or a later
+/// add wrote, so a socket that left cannot be kept alive by later heartbeats), and the
+/// hashes of rooms where it holds nothing are deleted.
+/// KEYS: `nodes`, the node's room set. ARGV: the node, now (ms), the score under which
+/// nodes are forgotten, the TTL (ms), the presence key prefix, then per room: the room,
+/// the number of sockets `n`, and `n` pairs socket id, entry JSON.
+static REFRESH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local node, ttl, prefix = ARGV[1], ARGV[4], ARGV[5]
+redis.call('ZADD', KEYS[1], ARGV[2], node)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
+local keep = {}
+local i = 6
+while i <= #ARGV do
+  local room, n = ARGV[i], tonumber(ARGV[i + 1])
+  local hash = prefix .. room .. ':' .. node
+  redis.call('DEL', hash)
+  for j = 0, n - 1 do
+    redis.call('HSET', hash, ARGV[i + 2 + 2 * j], ARGV[i + 3 + 2 * j])
+  end
+  redis.call('PEXPIRE', hash, ttl)
+  keep[room] = true
+  i = i + 2 + 2 * n
+end
+for _, room in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  if not keep[room] then
+    redis.call('DEL', prefix .. room .. ':' .. node)
+  end
+end
+redis.call('DEL', KEYS[2])
+for room in pairs(keep) do
+  redis.call('SADD', KEYS[2], room)
+end
+redis.call('PEXPIRE', KEYS[2], ttl)
+return 0
+",
+    )
+});
+
 fn key(parts: &[&str]) -> String {
     let mut key = String::from(PREFIX);
     key.push_str(&parts.join(":"));
@@ -130,6 +172,27 @@ impl RedisStore {
 }
 
 /// The history entry of `message`: its JSON.
+/// `raw` matching itself in a `SCAN MATCH` pattern.
+fn glob_escape(raw: &str) -> String {
+    let mut escaped = String::with_capacity(raw.len());
+    for c in raw.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}
+
+/// The greatest stream id below `(ms, seq)`; `None` below `0-0`.
+fn id_before((ms, seq): (u64, u64)) -> Option<(u64, u64)> {
+    match (ms, seq) {
+        (0, 0) => None,
+        (ms, 0) => Some((ms - 1, u64::MAX)),
+        (ms, seq) => Some((ms, seq - 1)),
+    }
+}
+
 fn history_json(room: &str, message: &NewMessage) -> Result<String, StoreError> {
     serde_json::to_string(message).map_err(|e| StoreError::Corrupt {
         key: key(&["history", room]),
@@ -279,7 +342,15 @@ impl ChatStore for RedisStore {
         limit: usize,
     ) -> Result<Vec<Message>, StoreError> {
         let key = key(&["history", room]);
-        let end = before.map_or_else(|| "+".to_owned(), |(ms, seq)| format!("({ms}-{seq}"));
+        // The newest id strictly before the cursor, as an inclusive end: Redis refuses
+        // the exclusive `(0-0` (nothing can precede it), and nothing is older than it.
+        let end = match before {
+            None => "+".to_owned(),
+            Some(cursor) => match id_before(cursor) {
+                Some((ms, seq)) => format!("{ms}-{seq}"),
+                None => return Ok(Vec::new()),
+            },
+        };
         let mut cmd = redis::cmd("XREVRANGE");
         cmd.arg(&key)
             .arg(end)
@@ -305,10 +376,10 @@ impl ChatStore for RedisStore {
         Ok(page)
     }
 
-    async fn admit(&self, user: &str, limit: &RateLimit) -> Result<bool, StoreError> {
+    async fn admit(&self, bucket: &str, limit: &RateLimit) -> Result<bool, StoreError> {
         let mut conn = self.conn.clone();
         let admitted: i64 = ADMIT
-            .key(key(&["rate", user]))
+            .key(key(&["rate", bucket]))
             .arg(limit.interval_us())
             .arg(limit.tolerance_us())
             .invoke_async(&mut conn)
@@ -368,6 +439,7 @@ impl ChatStore for RedisStore {
         let hash = key(&["presence", room, node]);
         let json = serde_json::to_string(entry).unwrap_or_default();
         let mut pipe = redis::pipe();
+        let rooms = key(&["node", node, "presence"]);
         pipe.atomic()
             .cmd("HSET")
             .arg(&hash)
@@ -376,6 +448,14 @@ impl ChatStore for RedisStore {
             .ignore()
             .cmd("PEXPIRE")
             .arg(&hash)
+            .arg(ttl_ms(ttl))
+            .ignore()
+            .cmd("SADD")
+            .arg(&rooms)
+            .arg(room)
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(&rooms)
             .arg(ttl_ms(ttl))
             .ignore()
             .cmd("ZADD")
@@ -404,36 +484,69 @@ impl ChatStore for RedisStore {
         ttl: Duration,
     ) -> Result<(), StoreError> {
         let now = now_ms();
-        let mut pipe = redis::pipe();
-        pipe.cmd("ZADD")
-            .arg(key(&["nodes"]))
-            .arg(now)
+        let mut invocation = REFRESH.prepare_invoke();
+        invocation
+            .key(key(&["nodes"]))
+            .key(key(&["node", node, "presence"]))
             .arg(node)
-            .ignore()
-            .cmd("ZREMRANGEBYSCORE")
-            .arg(key(&["nodes"]))
-            .arg("-inf")
+            .arg(now)
             .arg(now.saturating_sub(NODE_FORGET_MS))
-            .ignore();
+            .arg(ttl_ms(ttl))
+            .arg(key(&["presence", ""]));
         for (room, sockets) in entries {
             if sockets.is_empty() {
                 continue;
             }
-            let hash = key(&["presence", room, node]);
-            let fields: Vec<(&str, String)> = sockets
-                .iter()
-                .map(|(sid, e)| (sid.as_str(), serde_json::to_string(e).unwrap_or_default()))
-                .collect();
-            pipe.cmd("HSET")
-                .arg(&hash)
-                .arg(&fields)
-                .ignore()
-                .cmd("PEXPIRE")
-                .arg(&hash)
-                .arg(ttl_ms(ttl))
-                .ignore();
+            invocation.arg(room).arg(sockets.len());
+            for (sid, entry) in sockets {
+                invocation
+                    .arg(sid)
+                    .arg(serde_json::to_string(entry).unwrap_or_default());
+            }
         }
-        self.run(&pipe).await
+        let mut conn = self.conn.clone();
+        invocation
+            .invoke_async::<i64>(&mut conn)
+            .await
+            .map(|_| ())
+            .map_err(redis_error)
+    }
+
+    async fn presence_forget(&self, node: &str) -> Result<(), StoreError> {
+        // The room set may be missing (an earlier version did not keep it, or it
+        // expired): the hashes are found by name too. Once, when a node starts.
+        let prefix = key(&["presence", ""]);
+        let suffix = format!(":{node}");
+        let pattern = format!("{}*{}", glob_escape(&prefix), glob_escape(&suffix));
+        let mut doomed = vec![key(&["node", node, "presence"])];
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = self
+                .query(
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(1000),
+                )
+                .await?;
+            // Room names have no `:`: `presence:<room>:<node>` is this node's hash, not
+            // that of a node whose id ends with `:<node>`.
+            doomed.extend(keys.into_iter().filter(|k| {
+                k.strip_prefix(&prefix)
+                    .and_then(|rest| rest.strip_suffix(&suffix))
+                    .is_some_and(|room| !room.contains(':'))
+            }));
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        for chunk in doomed.chunks(500) {
+            let _: i64 = self.query(redis::cmd("DEL").arg(chunk)).await?;
+        }
+        Ok(())
     }
 
     async fn presence(&self, rooms: &[String]) -> Result<BTreeMap<String, Online>, StoreError> {
@@ -466,5 +579,28 @@ impl ChatStore for RedisStore {
             }
         }
         Ok(online)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_id_before_a_cursor_is_the_greatest_smaller_one() {
+        assert_eq!(id_before((0, 0)), None);
+        assert_eq!(id_before((0, 1)), Some((0, 0)));
+        assert_eq!(id_before((5, 0)), Some((4, u64::MAX)));
+        assert_eq!(id_before((5, 7)), Some((5, 6)));
+        assert_eq!(
+            id_before((u64::MAX, u64::MAX)),
+            Some((u64::MAX, u64::MAX - 1))
+        );
+    }
+
+    #[test]
+    fn glob_characters_are_escaped() {
+        assert_eq!(glob_escape("a*b?[c]\\d"), "a\\*b\\?\\[c\\]\\\\d");
+        assert_eq!(glob_escape(":n1"), ":n1");
     }
 }
