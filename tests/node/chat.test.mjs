@@ -9,10 +9,10 @@
 // values below must match). CHAT_KILL_PID (optional): the pid of the last node, which the
 // last test kills to check that its presence expires.
 
-import { after, test } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import { randomBytes } from "node:crypto";
 import { io } from "socket.io-client";
+import { Client, STEP_MS, opened, uniq } from "./chat-client.mjs";
 
 const URLS = (process.env.CHAT_URLS ?? "").split(",").filter(Boolean);
 const NODE_IDS = (process.env.CHAT_NODE_IDS ?? "").split(",").filter(Boolean);
@@ -26,82 +26,6 @@ const HISTORY_ON_JOIN = 5;
 const RATE_BURST = 20;
 const PRESENCE_TTL_MS = 3000;
 const MAX_TEXT = 2000;
-
-/** Bound for one step (a connect, one round trip, one event). */
-const STEP_MS = 5000;
-
-/** Every socket opened here; whatever a test leaves open is closed at the end. */
-const opened = new Set();
-after(() => {
-  for (const s of opened) s.disconnect();
-});
-
-/** A fresh unique name part, so tests never see each other's rooms or users. */
-const uniq = () => randomBytes(4).toString("hex");
-
-/** A connected client that records every event it receives. */
-class Client {
-  constructor(socket) {
-    this.socket = socket;
-    this.log = [];
-    this.waiters = new Set();
-    socket.onAny((event, data) => {
-      // Extra trailing arguments (recovery offsets) are ignored, as the contract says.
-      const entry = { event, data };
-      this.log.push(entry);
-      for (const w of this.waiters) {
-        if (w.matches(entry)) {
-          this.waiters.delete(w);
-          w.resolve(entry.data);
-        }
-      }
-    });
-  }
-
-  /** How many events it has received: a mark for `waitFor`'s `from`. */
-  mark() {
-    return this.log.length;
-  }
-
-  /** The first `event` (among those received from the `from`-th on, or later) whose
-   * payload satisfies `pred`. */
-  waitFor(event, pred = () => true, from = 0, ms = STEP_MS) {
-    const matches = (e) => e.event === event && pred(e.data);
-    const seen = this.log.slice(from).find(matches);
-    if (seen) return Promise.resolve(seen.data);
-    return new Promise((resolve, reject) => {
-      const w = { matches, resolve };
-      this.waiters.add(w);
-      setTimeout(() => {
-        if (this.waiters.delete(w)) {
-          reject(new Error(`no ${event} matching ${pred} within ${ms} ms; got ${JSON.stringify(this.log)}`));
-        }
-      }, ms);
-    });
-  }
-
-  /** Emits with an ack; the ack's answer. */
-  call(event, payload) {
-    return this.socket.timeout(STEP_MS).emitWithAck(event, payload);
-  }
-
-  /** Like `call`, asserting `{ok:true}`. */
-  async ok(event, payload) {
-    const answer = await this.call(event, payload);
-    assert.equal(answer.ok, true, `${event} ${JSON.stringify(payload)} → ${JSON.stringify(answer)}`);
-    return answer;
-  }
-
-  /** Like `call`, asserting `{ok:false, error}`. */
-  async refused(event, payload, error) {
-    const answer = await this.call(event, payload);
-    assert.deepEqual(answer, { ok: false, error }, `${event} ${JSON.stringify(payload)}`);
-  }
-
-  close() {
-    this.socket.disconnect();
-  }
-}
 
 /** Opens a socket to node `i` (modulo the node count) with `auth`. */
 function open(i, auth, opts = {}) {

@@ -9,11 +9,11 @@
 // The nodes run with `--join-rate-limit 6/60s --typing-rate-limit 4/60s` (the values below
 // must match) and connection-state recovery on (the default).
 
-import { after, test } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import { randomBytes } from "node:crypto";
 import { io } from "socket.io-client";
 import { waitEvent } from "./wait.mjs";
+import { Client, STEP_MS, opened, uniq } from "./chat-client.mjs";
 
 const URLS = (process.env.CHAT_URLS ?? "").split(",").filter(Boolean);
 if (URLS.length === 0) throw new Error("set CHAT_URLS (comma-separated)");
@@ -23,74 +23,14 @@ const LAST = URLS.length - 1;
 const JOIN_BURST = 6;
 const TYPING_BURST = 4;
 
-/** Bound for one step (a connect, one round trip, one event). */
-const STEP_MS = 5000;
-
-const opened = new Set();
-after(() => {
-  for (const s of opened) s.disconnect();
-});
-
-const uniq = () => randomBytes(4).toString("hex");
-
-/** A client that records every event it receives (its first argument). */
-class Client {
-  constructor(socket) {
-    this.socket = socket;
-    this.log = [];
-    this.waiters = new Set();
-    socket.onAny((event, data) => {
-      const entry = { event, data };
-      this.log.push(entry);
-      for (const w of this.waiters) {
-        if (w.matches(entry)) {
-          this.waiters.delete(w);
-          w.resolve(entry.data);
-        }
-      }
-    });
-  }
-
-  mark() {
-    return this.log.length;
-  }
-
-  /** The first `event` from the `from`-th on whose payload satisfies `pred`. */
-  waitFor(event, pred = () => true, from = 0, ms = STEP_MS) {
-    const matches = (e) => e.event === event && pred(e.data);
-    const seen = this.log.slice(from).find(matches);
-    if (seen) return Promise.resolve(seen.data);
-    return new Promise((resolve, reject) => {
-      const w = { matches, resolve };
-      this.waiters.add(w);
-      setTimeout(() => {
-        if (this.waiters.delete(w)) {
-          reject(new Error(`no ${event} matching ${pred} within ${ms} ms; got ${JSON.stringify(this.log)}`));
-        }
-      }, ms);
-    });
-  }
-
+/** The shared client, plus what recovery tests need. */
+class GuardClient extends Client {
   /** The texts of the `message`s received in `room` (from the `from`-th event on). */
   texts(room, from = 0) {
     return this.log
       .slice(from)
       .filter((e) => e.event === "message" && e.data.room === room)
       .map((e) => e.data.text);
-  }
-
-  close() {
-    this.socket.disconnect();
-  }
-
-  call(event, payload) {
-    return this.socket.timeout(STEP_MS).emitWithAck(event, payload);
-  }
-
-  async ok(event, payload) {
-    const answer = await this.call(event, payload);
-    assert.equal(answer.ok, true, `${event} ${JSON.stringify(payload)} → ${JSON.stringify(answer)}`);
-    return answer;
   }
 
   /** Cuts the TCP connection under the client (no close frame), as a network drop would,
@@ -124,7 +64,7 @@ async function connect(i, name, extra = {}) {
     auth: { name, ...extra },
   });
   opened.add(socket);
-  const client = new Client(socket);
+  const client = new GuardClient(socket);
   client.welcome = await new Promise((resolve, reject) => {
     socket.once("connect_error", (err) => reject(new Error(`connect_error: ${err.message}`)));
     client.waitFor("welcome").then(resolve, reject);
