@@ -220,3 +220,20 @@ test("typing beyond its rate limit is dropped, answered ok", async () => {
   const typing = alice.log.slice(from).filter((e) => e.event === "typing" && e.data.room === room);
   assert.equal(typing.length, TYPING_BURST, JSON.stringify(typing));
 });
+
+test("a room named like a socket's id is not that socket's own room", async () => {
+  const victim = await connect(0, "victim");
+  const mallory = await connect(0, "mallory");
+  // Socket.IO keeps a room per socket, named by its id; a chat room of the same name must
+  // not be it (the victim would get the room's messages, mallory what is the victim's).
+  const room = victim.socket.id;
+  await mallory.ok("create", { room });
+  await mallory.ok("send", { room, text: "to the id room" });
+  await barrier(mallory, [victim]);
+  assert.deepEqual(victim.texts(room), [], "the victim got a room it never joined");
+  assert.deepEqual(
+    victim.log.filter((e) => e.event === "presence" && e.data.room === room),
+    [],
+    "the victim got the presence of a room it never joined",
+  );
+});

@@ -368,7 +368,7 @@ async fn typing(chat: Arc<ChatInner>, socket: SocketRef, request: TypingRequest)
     }
     let event = json!({"room": room, "name": name, "typing": request.typing});
     if let Err(error) = socket
-        .to(room.as_str())
+        .to(super::sio_room(&room))
         .emit("typing", vec![Data::from(event)])
         .await
     {

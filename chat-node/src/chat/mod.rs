@@ -50,6 +50,19 @@ use crate::socketio::{ConnectError, Data, Nsp, Room, SocketIo, SocketRef};
 /// The public room every socket is in; it always exists.
 pub const LOBBY: &str = "lobby";
 
+/// The Socket.IO room of chat room `room`. Socket.IO also has a room per socket, named by
+/// its id; without the prefix a chat room named like a socket's id would be that socket's
+/// own room (its members would get what is sent to that socket alone). `#` is in no chat
+/// room name and in no socket id.
+pub(crate) fn sio_room(room: &str) -> Room {
+    Room::from(format!("#{room}"))
+}
+
+/// The chat room a Socket.IO room stands for, if it is one.
+fn chat_room(room: &Room) -> Option<&str> {
+    room.as_str().strip_prefix('#')
+}
+
 /// How long presence changes in one room are gathered into one broadcast.
 pub const PRESENCE_DEBOUNCE: Duration = Duration::from_millis(150);
 
@@ -196,7 +209,7 @@ async fn may_recover(
     Some(
         rooms
             .into_iter()
-            .filter(|room| room.as_str() == LOBBY || member.contains(room.as_str()))
+            .filter(|room| chat_room(room).is_some_and(|r| r == LOBBY || member.contains(r)))
             .collect(),
     )
 }
@@ -318,7 +331,7 @@ impl ChatInner {
                 name: session.name.clone(),
             }
         };
-        if let Err(error) = socket.join(room).await {
+        if let Err(error) = socket.join(sio_room(room)).await {
             tracing::warn!(%error, room, "joining a socket.io room");
         }
         let _writing = self.presence_writes.read().await;
@@ -349,7 +362,7 @@ impl ChatInner {
         };
         let own = Room::from(socket.id());
         for room in current {
-            if room != own && !rooms.contains(room.as_str()) {
+            if room != own && !chat_room(&room).is_some_and(|r| rooms.contains(r)) {
                 if let Err(error) = socket.leave(room.clone()).await {
                     tracing::warn!(%error, %room, "leaving a socket.io room");
                 }
@@ -367,7 +380,7 @@ impl ChatInner {
             .is_some_and(|session| session.rooms.remove(room));
         // Always, even when the session does not list it: the socket must not stay in a
         // room it left (whatever put it there).
-        if let Err(error) = socket.leave(room).await {
+        if let Err(error) = socket.leave(sio_room(room)).await {
             tracing::warn!(%error, room, "leaving a socket.io room");
         }
         if !was_in {
@@ -447,7 +460,11 @@ impl ChatInner {
         let Some(nsp) = self.nsp() else {
             return;
         };
-        if let Err(error) = nsp.to(room).emit(event, vec![Data::from(payload)]).await {
+        if let Err(error) = nsp
+            .to(sio_room(room))
+            .emit(event, vec![Data::from(payload)])
+            .await
+        {
             tracing::warn!(%error, room, event, "broadcast");
         }
     }
