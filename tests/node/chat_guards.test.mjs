@@ -237,3 +237,11 @@ test("a room named like a socket's id is not that socket's own room", async () =
     "the victim got the presence of a room it never joined",
   );
 });
+
+test("an event the chat does not have is answered when an answer is awaited", async () => {
+  const alice = await connect(0, "alice");
+  assert.deepEqual(await alice.call("nope", {}), { ok: false, error: "unknown event" });
+  // Without an ack it is dropped, and the connection goes on.
+  alice.socket.emit("nope", {});
+  await alice.ok("rooms", {});
+});

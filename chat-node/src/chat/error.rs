@@ -43,6 +43,9 @@ pub enum ChatError {
     /// The store (Redis) failed; details are in the node's log.
     #[error("unavailable")]
     Unavailable,
+    /// An event the chat does not have.
+    #[error("unknown event")]
+    UnknownEvent,
 }
 
 impl From<StoreError> for ChatError {

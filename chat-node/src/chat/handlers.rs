@@ -27,6 +27,13 @@ pub(super) fn register(chat: &Arc<ChatInner>, socket: &SocketRef) {
     on(chat, socket, "send", send);
     on(chat, socket, "typing", typing);
     on(chat, socket, "history", history);
+    // An event the chat does not have gets an answer when one is awaited, rather than
+    // leaving the client to its timeout.
+    socket.on_other(
+        |_event: String, _args: Vec<Data>, ack: Option<AckSender>| async move {
+            reply(ack, Err(ChatError::UnknownEvent));
+        },
+    );
 }
 
 /// Registers `handler` for `event`: parses the first argument as `T`, runs the handler,

@@ -195,8 +195,36 @@ pub struct Socket {
     auth: Option<Map<String, Value>>,
     phase: Mutex<Phase>,
     handlers: RwLock<HashMap<String, Arc<dyn EventHandler>>>,
+    /// Takes events no handler is registered for (see [`SocketRef::on_other`]).
+    other: RwLock<Option<Arc<dyn OtherHandler>>>,
     on_disconnect: Mutex<Vec<DisconnectHandler>>,
     acks: Acks,
+}
+
+/// A handler of events without their own, called with the event's name, its arguments and
+/// its ack (when the client asked for one).
+pub trait OtherHandler: Send + Sync + 'static {
+    fn call(
+        &self,
+        event: String,
+        args: Vec<Data>,
+        ack: Option<AckSender>,
+    ) -> BoxFuture<'static, ()>;
+}
+
+impl<F, Fut> OtherHandler for F
+where
+    F: Fn(String, Vec<Data>, Option<AckSender>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    fn call(
+        &self,
+        event: String,
+        args: Vec<Data>,
+        ack: Option<AckSender>,
+    ) -> BoxFuture<'static, ()> {
+        Box::pin(self(event, args, ack))
+    }
 }
 
 /// A shared handle to a socket; cheap to clone.
@@ -241,6 +269,7 @@ impl SocketRef {
             auth,
             phase: Mutex::new(Phase::Connecting(Vec::new())),
             handlers: RwLock::new(HashMap::new()),
+            other: RwLock::new(None),
             on_disconnect: Mutex::new(Vec::new()),
             acks: Acks::default(),
         }))
@@ -251,6 +280,13 @@ impl SocketRef {
         self.handlers
             .write()
             .insert(event.into(), Arc::new(handler));
+    }
+
+    /// Registers the handler of every event that has none of its own: without one, such an
+    /// event is dropped (as the reference server does), and a client waiting for its ack
+    /// waits until its own timeout.
+    pub fn on_other(&self, handler: impl OtherHandler) {
+        *self.other.write() = Some(Arc::new(handler));
     }
 
     /// Registers a function to call when the socket disconnects.
@@ -458,11 +494,12 @@ impl SocketRef {
         ack_id: Option<u64>,
     ) -> Option<BoxFuture<'static, ()>> {
         let handler = self.handlers.read().get(event).cloned();
+        let ack = ack_id.map(|id| AckSender::new(self.clone(), id));
         let Some(handler) = handler else {
             tracing::trace!(sid = %self.id, event, "no handler");
-            return None;
+            let other = self.other.read().clone()?;
+            return Some(other.call(event.to_owned(), args, ack));
         };
-        let ack = ack_id.map(|id| AckSender::new(self.clone(), id));
         Some(handler.call(self.clone(), args, ack))
     }
 
