@@ -84,25 +84,35 @@ fn decode(path: &[u8]) -> Result<Vec<u8>, BadPath> {
 /// `@`, `/`, spaces or a second port, is what request smuggling and cache poisoning
 /// attempts send.
 pub fn valid_host(host: &str) -> bool {
-    let digits = |p: &str| p.bytes().all(|b| b.is_ascii_digit());
-    if let Some(rest) = host.strip_prefix('[') {
-        let Some((literal, after)) = rest.split_once(']') else {
+    let digits = |p: &[u8]| p.iter().all(u8::is_ascii_digit);
+    let bytes = host.as_bytes();
+    if bytes.first() == Some(&b'[') {
+        let Some(close) = bytes.iter().position(|&b| b == b']') else {
             return false;
         };
+        let literal = &bytes[1..close];
+        let after = &bytes[close + 1..];
         let literal_ok = !literal.is_empty()
             && literal
-                .bytes()
-                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
-        let port_ok = after.is_empty() || after.strip_prefix(':').is_some_and(digits);
+                .iter()
+                .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
+        let port_ok = after.is_empty() || after.strip_prefix(b":").is_some_and(digits);
         return literal_ok && port_ok;
     }
-    let name = match host.rsplit_once(':') {
-        Some((name, port)) if digits(port) => name,
-        Some(_) => return false,
-        None => host,
-    };
-    // Every request's Host goes through here: a table lookup per byte.
-    name.bytes().all(|b| REG_NAME[usize::from(b)])
+    // Every request's Host goes through here: one pass, a table lookup per byte until the
+    // port, digits after it.
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b':' {
+            return digits(&bytes[i + 1..]);
+        }
+        if !REG_NAME[usize::from(b)] {
+            return false;
+        }
+        i += 1;
+    }
+    true
 }
 
 /// The bytes of a `reg-name`: unreserved, sub-delims and `%` of pct-encoded (RFC 3986).
