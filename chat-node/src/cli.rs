@@ -40,6 +40,10 @@ pub struct Args {
     /// The largest message or POST body accepted, in bytes.
     #[arg(long, env = "CHAT_MAX_PAYLOAD", default_value_t = 1_000_000)]
     pub max_payload: usize,
+    /// The most clients connected to this node at once; a handshake beyond it gets 503
+    /// `Server at capacity` (0: no limit). Keep it below the open-file limit.
+    #[arg(long, env = "CHAT_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
     /// Allowed browser origins: `*` (any, without credentials), `mirror` (any, with
     /// credentials), or origins such as `https://chat.example` (repeat the flag, or
     /// separate with commas). None: CORS off.
@@ -114,6 +118,7 @@ impl Args {
             ping_interval: self.ping_interval,
             ping_timeout: self.ping_timeout,
             max_payload: self.max_payload,
+            max_connections: self.max_connections,
             cors: self.cors(),
             shutdown_grace: self.shutdown_grace,
             recovery_window: self.recovery_window,

@@ -59,6 +59,8 @@ pub struct NodeConfig {
     pub ping_timeout: Duration,
     /// The largest message or POST body accepted, in bytes.
     pub max_payload: usize,
+    /// The most clients connected to this node at once (zero: no limit).
+    pub max_connections: usize,
     /// Cross-origin policy.
     pub cors: Cors,
     /// How long a stopping node waits for its requests in flight before it exits anyway.
@@ -80,6 +82,7 @@ impl Default for NodeConfig {
             ping_interval: engine.ping_interval,
             ping_timeout: engine.ping_timeout,
             max_payload: engine.max_payload,
+            max_connections: engine.max_sessions,
             cors: Cors::Disabled,
             shutdown_grace: Duration::from_secs(5),
             recovery_window: RecoveryConfig::default().window,
@@ -126,6 +129,7 @@ impl NodeConfig {
             ping_interval: self.ping_interval,
             ping_timeout: self.ping_timeout,
             max_payload: self.max_payload,
+            max_sessions: self.max_connections,
             cors: self.cors.clone(),
             node_id: self.node_id.clone(),
             ..EngineConfig::default()

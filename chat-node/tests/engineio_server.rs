@@ -397,3 +397,31 @@ async fn shutdown_ends_pending_polls_and_websockets() {
     assert_eq!((pending.status, pending.body.as_str()), (200, "1"));
     ws.expect_close().await;
 }
+
+#[tokio::test]
+async fn handshakes_beyond_max_sessions_get_503_until_one_closes() {
+    let config = EngineConfig {
+        max_sessions: 2,
+        ..quiet_config("/engine.io/")
+    };
+    let server = echo_server(config).await;
+    let first = Polling::open(&server).await;
+    let (_ws, _) = Ws::open(&server).await;
+    let reply = request(http().get(server.url("transport=polling"))).await;
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (503, r#"{"code":4,"message":"Server at capacity"}"#)
+    );
+    // A session that closes makes room.
+    first.send("1").await;
+    let deadline = Instant::now() + STEP;
+    loop {
+        let reply = request(http().get(server.url("transport=polling"))).await;
+        if reply.status == 200 {
+            break;
+        }
+        assert_eq!(reply.status, 503, "{}", reply.body);
+        assert!(Instant::now() < deadline, "no room after a session closed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

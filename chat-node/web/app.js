@@ -129,6 +129,11 @@ client.on("welcome", (welcome) => {
   }
   if (typeof welcome.user === "string") state.user = welcome.user;
   if (typeof welcome.token === "string" && welcome.token) store.set(TOKEN_KEY, welcome.token);
+  // The server's limit (--max-text), not the page's guess; maxLength counts UTF-16 units,
+  // so the page is at most stricter than the server, never looser.
+  if (Number.isInteger(welcome.maxText) && welcome.maxText > 0) {
+    $("message-input").maxLength = welcome.maxText;
+  }
 });
 
 client.on("message", (message) => {

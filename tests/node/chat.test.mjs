@@ -108,7 +108,7 @@ test("welcome names the node, the user and a secret token that restores the user
 
   const last = URLS.length - 1;
   const again = await connect(last, "renamed", { token });
-  assert.deepEqual(again.welcome, { node: NODE_IDS[last], name: "renamed", user, token });
+  assert.deepEqual(again.welcome, { node: NODE_IDS[last], name: "renamed", user, token, maxText: MAX_TEXT });
 
   // An unknown or malformed token is ignored: a new user, never an error.
   for (const bogus of ["x".repeat(43), "not a token!", user, ""]) {

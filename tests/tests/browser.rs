@@ -638,7 +638,7 @@ async fn a_tab_whose_node_dies_reconnects_to_another_and_misses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_name_is_explained_and_the_identity_survives_a_reload() {
     // One node on its embedded store, straight over plain HTTP: the page needs no proxy.
-    let node = ChatNode::start("solo", None, &[]);
+    let node = ChatNode::start("solo", None, &["--max-text", "120"]);
     let driver = Chromedriver::start();
     let page = node.url("/");
     let hana = start_browser(&driver, "hana", &BrowserOptions::default()).await;
@@ -662,6 +662,14 @@ async fn a_refused_name_is_explained_and_the_identity_survives_a_reload() {
     hana.click("#name-submit").await;
     assert_eq!(wait_connected(&hana).await, "solo");
     hana.wait_text(T, "#status-name", "hana").await;
+    // The composer takes the server's text limit, not a guess of its own.
+    hana.wait_js(
+        T,
+        "the composer's maxlength from welcome",
+        "return document.getElementById('message-input').maxLength === 120;",
+        vec![],
+    )
+    .await;
     let identity = "return [window.switchyard.state.user, \
                     localStorage.getItem('switchyard.token')];";
     let before = hana.js(identity, vec![]).await;

@@ -265,7 +265,14 @@ async fn connect(
 
     let _ = socket.emit(
         "welcome",
-        vec![json!({"node": chat.node, "name": name, "user": user, "token": token}).into()],
+        vec![json!({
+            "node": chat.node,
+            "name": name,
+            "user": user,
+            "token": token,
+            "maxText": chat.config.max_text,
+        })
+        .into()],
     );
     chat.sessions.lock().insert(
         socket.id(),

@@ -39,6 +39,10 @@ pub struct EngineConfig {
     /// The most packets queued for a client that does not read them; beyond it the session
     /// is closed (a slow or gone client must not hold memory forever).
     pub max_queued_packets: usize,
+    /// The most sessions open at once; a handshake beyond it is refused with 503 (a node
+    /// out of file descriptors or memory would fail everyone). Zero: no limit, as the
+    /// reference server.
+    pub max_sessions: usize,
     /// Cross-origin policy.
     pub cors: Cors,
     /// This node's name, sent in the `x-served-by` header of every response.
@@ -55,6 +59,7 @@ impl Default for EngineConfig {
             upgrade_timeout: Duration::from_millis(10_000),
             close_timeout: Duration::from_millis(30_000),
             max_queued_packets: 10_000,
+            max_sessions: 0,
             cors: Cors::Disabled,
             node_id: "chat-node".to_owned(),
         }

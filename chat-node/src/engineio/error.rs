@@ -29,6 +29,10 @@ pub enum EngineError {
     /// A POST larger than `max_payload` (413, empty body, as the reference server).
     #[error("Payload too large")]
     PayloadTooLarge,
+    /// A handshake while `max_sessions` are open (503, code 4 as the reference server's
+    /// refusals by the application, with its own message).
+    #[error("Server at capacity")]
+    AtCapacity,
 }
 
 impl EngineError {
@@ -39,7 +43,7 @@ impl EngineError {
             Self::UnknownSid => 1,
             Self::BadHandshakeMethod => 2,
             Self::BadRequest => 3,
-            Self::Forbidden => 4,
+            Self::Forbidden | Self::AtCapacity => 4,
             Self::UnsupportedProtocolVersion => 5,
             Self::PayloadTooLarge => return None,
         })
@@ -50,6 +54,7 @@ impl EngineError {
         match self {
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::AtCapacity => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_REQUEST,
         }
     }
@@ -121,6 +126,11 @@ mod tests {
                 r#"{"code":5,"message":"Unsupported protocol version"}"#,
             ),
             (EngineError::PayloadTooLarge, 413, ""),
+            (
+                EngineError::AtCapacity,
+                503,
+                r#"{"code":4,"message":"Server at capacity"}"#,
+            ),
         ];
         for (error, status, expected) in cases {
             assert_eq!(

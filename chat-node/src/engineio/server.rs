@@ -241,6 +241,11 @@ impl EngineIo {
             if query.eio.as_deref() != Some("4") {
                 return Err(EngineError::UnsupportedProtocolVersion);
             }
+            let max = self.inner.config.max_sessions;
+            if max > 0 && self.inner.sessions.len() >= max {
+                tracing::warn!(max, "refusing a handshake: at the session limit");
+                return Err(EngineError::AtCapacity);
+            }
             return Ok(match upgrade {
                 Some(upgrade) => {
                     let engine = self.clone();
