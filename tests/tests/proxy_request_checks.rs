@@ -240,3 +240,51 @@ async fn malformed_heads_get_400_with_the_reason() {
     }
     assert_eq!(raw.accepted(), 0, "a malformed request reached the backend");
 }
+
+#[tokio::test]
+async fn a_content_length_list_of_one_value_reaches_the_backend_once() {
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let raw = RawBackend::start(move |mut conn: RawConn<TcpStream>, _| {
+        let seen_tx = seen_tx.clone();
+        async move {
+            while let Some(req) = conn.request().await {
+                let _ = seen_tx.send((req.headers, req.body));
+                if !reply(&mut conn, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    let proxy = proxy_for_raw(&[&raw], "");
+    for lengths in [
+        "Content-Length: 2, 2\r\n",
+        "Content-Length: 2\r\nContent-Length: 2\r\n",
+    ] {
+        let req = format!("POST /p HTTP/1.1\r\nHost: test\r\n{lengths}\r\nhi");
+        assert_eq!(
+            answer(&proxy, &req).await,
+            (200, "ok".into()),
+            "{lengths:?}"
+        );
+        let (headers, body) = seen.recv().await.unwrap();
+        let lengths_seen: Vec<_> = headers
+            .iter()
+            .filter(|(n, _)| n == "content-length")
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(lengths_seen, ["2"], "{headers:?}");
+        assert_eq!(body, b"hi");
+    }
+    // Two different values: refused, nothing forwarded.
+    let (status, _) = answer(
+        &proxy,
+        "POST /p HTTP/1.1\r\nHost: test\r\nContent-Length: 2, 3\r\n\r\nhi",
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(
+        seen.try_recv().is_err(),
+        "a conflicting length was forwarded"
+    );
+}

@@ -49,6 +49,8 @@ pub struct RequestHead<'a> {
     host: Option<&'a str>,
     /// How many Host fields there are (more than one is refused).
     hosts: usize,
+    /// Content-Length came as a list or more than once (with one value): sent on as one.
+    length_repeated: bool,
 }
 
 /// What the HTTP/1 path makes of the bytes read so far.
@@ -86,6 +88,7 @@ pub fn parse_request<'a>(buf: &'a [u8], fields: &'a mut Fields<'a>) -> Parse<'a>
     let mut close = false;
     let mut host: Option<Option<&str>> = None;
     let mut hosts = 0;
+    let mut length_repeated = false;
     for h in req.headers.iter() {
         let name = h.name;
         if name.eq_ignore_ascii_case("host") {
@@ -93,11 +96,23 @@ pub fn parse_request<'a>(buf: &'a [u8], fields: &'a mut Fields<'a>) -> Parse<'a>
             host.get_or_insert(std::str::from_utf8(h.value).ok());
             hosts += 1;
         } else if name.eq_ignore_ascii_case("content-length") {
-            let Some(n) = parse_length(h.value) else {
+            // RFC 9110 §8.6: a list of one value repeated (`5, 5`), or the field repeated
+            // with one value, is that value; the backend gets it once.
+            let mut values = h.value.split(|&b| b == b',');
+            let Some(n) = values.next().and_then(parse_length) else {
                 return Parse::Handoff;
             };
-            if content_length.is_some_and(|c| c != n) {
-                return Parse::Handoff;
+            for other in values {
+                if parse_length(other) != Some(n) {
+                    return Parse::Handoff;
+                }
+                length_repeated = true;
+            }
+            if let Some(c) = content_length {
+                if c != n {
+                    return Parse::Handoff;
+                }
+                length_repeated = true;
             }
             content_length = Some(n);
         } else if name.eq_ignore_ascii_case("transfer-encoding")
@@ -126,6 +141,7 @@ pub fn parse_request<'a>(buf: &'a [u8], fields: &'a mut Fields<'a>) -> Parse<'a>
         close,
         host: host.flatten(),
         hosts,
+        length_repeated,
     })
 }
 
@@ -175,13 +191,19 @@ impl RequestHead<'_> {
         out.extend_from_slice(self.target.as_bytes());
         out.extend_from_slice(b" HTTP/1.1\r\n");
         for h in self.headers {
-            if is_one_of(h.name, HOP_BY_HOP) || is_forwarded_field(h.name) {
+            if is_one_of(h.name, HOP_BY_HOP)
+                || is_forwarded_field(h.name)
+                || (self.length_repeated && h.name.eq_ignore_ascii_case("content-length"))
+            {
                 continue;
             }
             out.extend_from_slice(h.name.as_bytes());
             out.extend_from_slice(b": ");
             out.extend_from_slice(h.value);
             out.extend_from_slice(b"\r\n");
+        }
+        if self.length_repeated {
+            let _ = write!(out, "Content-Length: {}\r\n", self.content_length);
         }
         forwarded(
             self.values("x-forwarded-for"),
@@ -488,6 +510,32 @@ mod tests {
                 String::from_utf8_lossy(raw)
             );
         }
+    }
+
+    #[test]
+    fn a_repeated_content_length_goes_upstream_once() {
+        for raw in [
+            &b"POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 2, 2\r\n\r\nhi"[..],
+            b"POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\ncontent-length: 2\r\n\r\nhi",
+        ] {
+            let mut h = fields();
+            let Parse::Ready(head) = parse_request(raw, &mut h) else {
+                panic!("not ready: {}", String::from_utf8_lossy(raw));
+            };
+            assert_eq!(head.content_length, 2);
+            let mut out = Vec::new();
+            head.write_upstream(&mut out, None, "", None, false);
+            let text = String::from_utf8_lossy(&out);
+            assert_eq!(
+                text.to_ascii_lowercase().matches("content-length").count(),
+                1,
+                "{text}"
+            );
+            assert!(text.contains("Content-Length: 2\r\n"), "{text}");
+        }
+        let mut h = fields();
+        let raw = b"POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 2, 3\r\n\r\nhi";
+        assert!(matches!(parse_request(raw, &mut h), Parse::Handoff));
     }
 
     #[test]
