@@ -446,6 +446,23 @@ impl Adapter for ClusterAdapter {
         result.map_err(|error| AdapterError::Unavailable(error.to_string()))
     }
 
+    async fn restore_session(&self, pid: &str, taken: TakenSession) -> Result<(), AdapterError> {
+        let Some(recovery) = &self.recovery else {
+            return Ok(());
+        };
+        let record = Record {
+            sid: taken.sid.to_string(),
+            rooms: taken.rooms.iter().map(|r| r.as_str().to_owned()).collect(),
+            offset: taken.connected_at,
+            identity: taken.identity,
+        };
+        recovery
+            .store
+            .put(pid, &self.owner(taken.sid), &record, recovery.config.window)
+            .await
+            .map_err(|error| AdapterError::Unavailable(error.to_string()))
+    }
+
     async fn take_session(&self, pid: &str) -> Result<Option<TakenSession>, AdapterError> {
         let Some(recovery) = &self.recovery else {
             return Ok(None);

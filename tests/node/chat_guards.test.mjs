@@ -160,6 +160,14 @@ test("a recovery pid is no credential: someone else presenting it gets a fresh s
     await barrier(alice, [thief]);
     assert.deepEqual(thief.texts(room), [], `nothing of the private room with ${JSON.stringify(auth)}`);
     thief.close();
+
+    // The refused attempt did not use up the state: its owner still recovers it all.
+    const welcome = await bob.reconnect({ name: "bob", token: bob.welcome.token });
+    assert.equal(bob.socket.recovered, true, "the owner recovers after a refused attempt");
+    assert.equal(welcome.user, bob.welcome.user);
+    await bob.waitFor("message", (m) => m.room === room && m.text === "live");
+    assert.deepEqual(bob.texts(room), ["missed", "live"]);
+    bob.close();
   }
 });
 

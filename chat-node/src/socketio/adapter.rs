@@ -173,6 +173,12 @@ pub trait Adapter: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// Puts back a state [`take_session`](Adapter::take_session) took, for its owner to
+    /// recover: the application refused it to whoever presented the pid.
+    async fn restore_session(&self, _pid: &str, _taken: TakenSession) -> Result<(), AdapterError> {
+        Ok(())
+    }
+
     /// The broadcasts to `rooms` after offset `after`; `None` when `after` is no longer in
     /// the log (or never was), so that what was missed cannot be known.
     async fn missed(&self, _after: &str, _rooms: &[Room]) -> Result<Option<Replay>, AdapterError> {

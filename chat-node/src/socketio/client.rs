@@ -231,7 +231,10 @@ impl Client {
                 return None;
             }
         };
-        let after = request.offset.unwrap_or(taken.connected_at);
+        let after = request
+            .offset
+            .clone()
+            .unwrap_or_else(|| taken.connected_at.clone());
         let sid = taken.sid;
         // The application decides whether this client may have the state, and which rooms
         // it keeps (a pid alone is no credential; memberships may have ended meanwhile).
@@ -239,10 +242,16 @@ impl Client {
             None => taken.rooms,
             Some(check) => {
                 let own = Room::from(sid);
-                let others = taken.rooms.into_iter().filter(|r| *r != own).collect();
-                let Some(mut kept) = check.check(auth.cloned(), taken.identity, others).await
+                let others = taken.rooms.iter().filter(|r| **r != own).cloned().collect();
+                let Some(mut kept) = check
+                    .check(auth.cloned(), taken.identity.clone(), others)
+                    .await
                 else {
                     tracing::debug!(%sid, "recovery refused by the application; a new socket");
+                    // Whoever presented the pid must not cost its owner the recovery.
+                    if let Err(error) = adapter.restore_session(&request.pid, taken).await {
+                        tracing::warn!(%sid, %error, "could not put a recovery state back");
+                    }
                     return None;
                 };
                 kept.push(own);
