@@ -30,7 +30,7 @@ pub(super) fn register(chat: &Arc<ChatInner>, socket: &SocketRef) {
     // An event the chat does not have gets an answer when one is awaited, rather than
     // leaving the client to its timeout.
     socket.on_other(
-        |_event: String, _args: Vec<Data>, ack: Option<AckSender>| async move {
+        |_socket: SocketRef, _args: Vec<Data>, ack: Option<AckSender>| async move {
             reply(ack, Err(ChatError::UnknownEvent));
         },
     );

@@ -38,7 +38,7 @@ pub use packet::{
     RecoveryRequest,
 };
 pub use server::{SocketIo, SocketIoConfig};
-pub use socket::{DisconnectReason, EmitError, EventHandler, OtherHandler, SocketRef};
+pub use socket::{DisconnectReason, EmitError, EventHandler, SocketRef};
 
 /// The Socket.IO protocol version this crate speaks.
 pub const PROTOCOL_VERSION: u8 = 5;

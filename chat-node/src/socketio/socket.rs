@@ -196,35 +196,9 @@ pub struct Socket {
     phase: Mutex<Phase>,
     handlers: RwLock<HashMap<String, Arc<dyn EventHandler>>>,
     /// Takes events no handler is registered for (see [`SocketRef::on_other`]).
-    other: RwLock<Option<Arc<dyn OtherHandler>>>,
+    other: RwLock<Option<Arc<dyn EventHandler>>>,
     on_disconnect: Mutex<Vec<DisconnectHandler>>,
     acks: Acks,
-}
-
-/// A handler of events without their own, called with the event's name, its arguments and
-/// its ack (when the client asked for one).
-pub trait OtherHandler: Send + Sync + 'static {
-    fn call(
-        &self,
-        event: String,
-        args: Vec<Data>,
-        ack: Option<AckSender>,
-    ) -> BoxFuture<'static, ()>;
-}
-
-impl<F, Fut> OtherHandler for F
-where
-    F: Fn(String, Vec<Data>, Option<AckSender>) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    fn call(
-        &self,
-        event: String,
-        args: Vec<Data>,
-        ack: Option<AckSender>,
-    ) -> BoxFuture<'static, ()> {
-        Box::pin(self(event, args, ack))
-    }
 }
 
 /// A shared handle to a socket; cheap to clone.
@@ -285,7 +259,7 @@ impl SocketRef {
     /// Registers the handler of every event that has none of its own: without one, such an
     /// event is dropped (as the reference server does), and a client waiting for its ack
     /// waits until its own timeout.
-    pub fn on_other(&self, handler: impl OtherHandler) {
+    pub fn on_other(&self, handler: impl EventHandler) {
         *self.other.write() = Some(Arc::new(handler));
     }
 
@@ -498,7 +472,7 @@ impl SocketRef {
         let Some(handler) = handler else {
             tracing::trace!(sid = %self.id, event, "no handler");
             let other = self.other.read().clone()?;
-            return Some(other.call(event.to_owned(), args, ack));
+            return Some(other.call(self.clone(), args, ack));
         };
         Some(handler.call(self.clone(), args, ack))
     }
