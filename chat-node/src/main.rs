@@ -40,6 +40,7 @@ fn main() -> anyhow::Result<()> {
 
 /// Serves until SIGTERM or SIGINT.
 async fn run(args: Args) -> anyhow::Result<()> {
+    let shutdown = shutdown_signal()?;
     let node = Node::new(args.node_config())
         .await
         .context("starting the node")?;
@@ -53,32 +54,32 @@ async fn run(args: Args) -> anyhow::Result<()> {
         stdout.flush().context("writing to stdout")?;
     }
     tracing::info!(%addr, node = %args.node_id, redis = args.redis_url.is_some(), "serving");
-    node.serve(listener, shutdown_signal()).await?;
+    node.serve(listener, shutdown).await?;
     tracing::info!("stopped");
     Ok(())
 }
 
-/// Completes on SIGTERM or SIGINT (Ctrl-C).
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// A future that completes on SIGTERM or SIGINT (Ctrl-C). The handlers are installed here,
+/// when it is made, not when it is first polled: a signal that comes as soon as the node
+/// answers (a supervisor stopping it at once) must stop it cleanly, not kill it by the
+/// signal's default action before the server's shutdown task first ran.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut terminate = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+        let mut interrupt = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+        Ok(async move {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = interrupt.recv() => {}
             }
-            Err(error) => {
-                tracing::warn!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
+        })
+    }
     #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
     }
 }
