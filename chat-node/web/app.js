@@ -298,18 +298,24 @@ function clearTyping(room, name) {
   if (typing?.delete(name)) renderTyping();
 }
 
-/** Message ids are ordered per room (`<ms>-<seq>`); system entries sort by time. */
-function sortedEntries(room) {
-  const entries = [...(state.messages.get(room)?.values() ?? [])];
-  return entries.sort((a, b) => a.ts - b.ts || compareIds(a.id, b.id));
+/** Where an entry sorts: a message by its id (`<ms>-<seq>`, given by the store, so that
+ * the page, every node and the history agree even when the nodes' clocks differ); any
+ * other entry by its time. */
+function orderKey(entry) {
+  if (entry.kind === "message") {
+    const [ms, seq] = String(entry.id).split("-").map(Number);
+    if (Number.isFinite(ms) && Number.isFinite(seq)) return [ms, seq];
+  }
+  return [entry.ts, -1];
 }
 
-function compareIds(a, b) {
-  const [am, as] = String(a).split("-").map(Number);
-  const [bm, bs] = String(b).split("-").map(Number);
-  if (Number.isFinite(am) && Number.isFinite(bm) && am !== bm) return am - bm;
-  if (Number.isFinite(as) && Number.isFinite(bs) && as !== bs) return as - bs;
-  return String(a) < String(b) ? -1 : String(a) > String(b) ? 1 : 0;
+function compareKeys(a, b) {
+  return a[0] - b[0] || a[1] - b[1];
+}
+
+function sortedEntries(room) {
+  const entries = [...(state.messages.get(room)?.values() ?? [])];
+  return entries.sort((a, b) => compareKeys(orderKey(a), orderKey(b)));
 }
 
 // -------------------------------------------------------------------------------------------
@@ -349,16 +355,16 @@ function nearBottom(list) {
 function appendMessage(entry) {
   const list = $("messages");
   const stick = nearBottom(list);
-  // Keep the order by time even when a late event arrives (history racing a live message).
+  // Keep the order even when a late event arrives (history racing a live message).
   const node = messageNode(entry);
+  const key = orderKey(entry);
   let before = null;
   for (let i = list.children.length - 1; i >= 0; i -= 1) {
     const child = list.children[i];
-    const ts = Number(child.dataset.ts);
-    if (ts <= entry.ts) break;
+    if (compareKeys(child.orderKey, key) <= 0) break;
     before = child;
   }
-  node.dataset.ts = String(entry.ts);
+  node.orderKey = key;
   list.insertBefore(node, before);
   if (stick) list.scrollTop = list.scrollHeight;
 }
@@ -367,7 +373,7 @@ function renderMessages() {
   const list = $("messages");
   const nodes = sortedEntries(state.current).map((entry) => {
     const node = messageNode(entry);
-    node.dataset.ts = String(entry.ts);
+    node.orderKey = orderKey(entry);
     return node;
   });
   list.replaceChildren(...nodes);
