@@ -8,15 +8,23 @@
 
 use std::borrow::Cow;
 
-/// Why a path cannot be routed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+/// Why a path cannot be routed (the client gets a 400 with [`BadPath::reason`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BadPath {
-    #[error("a percent escape is not two hex digits")]
     Escape,
-    #[error("the path contains a NUL byte")]
     Nul,
-    #[error("the path climbs above the root")]
     AboveRoot,
+}
+
+impl BadPath {
+    /// The reason, as the 400's text says it.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Escape => "a percent escape in the path is invalid",
+            Self::Nul => "the path contains a NUL byte",
+            Self::AboveRoot => "the path climbs above the root",
+        }
+    }
 }
 
 /// The path routes match for the origin-form `path` (no query).

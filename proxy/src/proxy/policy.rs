@@ -13,7 +13,7 @@ use crate::state::{Runtime, Shared};
 use crate::upstream::{ActiveGuard, Backend, Upstream};
 
 use super::client_ip;
-use super::normalize::{route_path, valid_host, BadPath};
+use super::normalize::{route_path, valid_host};
 
 /// The parts of a request head the policy reads.
 pub(crate) trait RequestView {
@@ -167,11 +167,7 @@ pub(crate) fn admit<V: RequestView>(
             return Admission::Reject(Rejection {
                 status: 400,
                 reason: "bad_path",
-                detail: match e {
-                    BadPath::Escape => "a percent escape in the path is invalid",
-                    BadPath::Nul => "the path contains a NUL byte",
-                    BadPath::AboveRoot => "the path climbs above the root",
-                },
+                detail: e.reason(),
             })
         }
     };

@@ -171,7 +171,6 @@ impl RedisStore {
     }
 }
 
-/// The history entry of `message`: its JSON.
 /// `raw` matching itself in a `SCAN MATCH` pattern.
 fn glob_escape(raw: &str) -> String {
     let mut escaped = String::with_capacity(raw.len());
@@ -193,6 +192,7 @@ fn id_before((ms, seq): (u64, u64)) -> Option<(u64, u64)> {
     }
 }
 
+/// The history entry of `message`: its JSON.
 fn history_json(room: &str, message: &NewMessage) -> Result<String, StoreError> {
     serde_json::to_string(message).map_err(|e| StoreError::Corrupt {
         key: key(&["history", room]),
