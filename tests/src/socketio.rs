@@ -63,6 +63,18 @@ fn pinned_and_installed(dep: &str) -> (Option<String>, Option<String>) {
     (pinned, installed)
 }
 
+/// Node and the pinned client, for a test that runs a Node suite: prints Node's version and
+/// installs `node_modules` when needed ([`ensure_node_modules`]).
+///
+/// # Panics
+/// When Node is missing, saying how to get it.
+pub fn require_node() {
+    let version = node_version()
+        .unwrap_or_else(|| panic!("node not found: run scripts/install-deps.sh to install it"));
+    println!("node {version}");
+    ensure_node_modules();
+}
+
 /// Runs `npm ci` in `tests/node/` unless `node_modules` already holds the pinned
 /// `socket.io-client` (`scripts/install-deps.sh` normally did it). Serialised within the test
 /// process.

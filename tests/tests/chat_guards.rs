@@ -34,13 +34,6 @@ const GUARD_FLAGS: &[&str] = &[
     "100/1s",
 ];
 
-fn require_node() {
-    let version = socketio::node_version()
-        .unwrap_or_else(|| panic!("node not found: run scripts/install-deps.sh to install it"));
-    println!("node {version}");
-    socketio::ensure_node_modules();
-}
-
 fn run(file: &str, nodes: &[&ChatNode], env: &[(&str, &str)], what: &str) {
     let urls: Vec<String> = nodes.iter().map(|n| n.url("")).collect();
     let urls = urls.join(",");
@@ -57,7 +50,7 @@ fn run(file: &str, nodes: &[&ChatNode], env: &[(&str, &str)], what: &str) {
 
 #[test]
 fn guards_on_one_node_with_the_embedded_store() {
-    require_node();
+    socketio::require_node();
     let node = ChatNode::start("solo", None, GUARD_FLAGS);
     run(
         "chat_guards.test.mjs",
@@ -69,7 +62,7 @@ fn guards_on_one_node_with_the_embedded_store() {
 
 #[test]
 fn guards_across_two_nodes_on_redis() {
-    require_node();
+    socketio::require_node();
     let redis = RedisServer::start();
     let url = redis.url();
     let n1 = ChatNode::start("n1", Some(&url), GUARD_FLAGS);
@@ -79,7 +72,7 @@ fn guards_across_two_nodes_on_redis() {
 
 #[test]
 fn a_node_restarted_under_its_id_does_not_keep_its_old_sockets_online() {
-    require_node();
+    socketio::require_node();
     let redis = RedisServer::start();
     let url = redis.url();
     // A TTL far longer than the restart takes: what the old process left has not expired

@@ -34,14 +34,6 @@ const CHAT_FLAGS: &[&str] = &[
     "1s",
 ];
 
-/// Node is required: a machine without it fails here, with how to get it.
-fn require_node() {
-    let version = socketio::node_version()
-        .unwrap_or_else(|| panic!("node not found: run scripts/install-deps.sh to install it"));
-    println!("node {version}");
-    socketio::ensure_node_modules();
-}
-
 fn run_suite(nodes: &[ChatNode], kill: Option<&ChatNode>, what: &str) {
     let urls: Vec<String> = nodes.iter().map(|n| n.url("")).collect();
     let ids: Vec<&str> = nodes.iter().map(ChatNode::id).collect();
@@ -72,7 +64,7 @@ fn run_suite(nodes: &[ChatNode], kill: Option<&ChatNode>, what: &str) {
 
 #[test]
 fn the_chat_api_across_three_nodes_on_redis() {
-    require_node();
+    socketio::require_node();
     let redis = RedisServer::start();
     let url = redis.url();
     let nodes: Vec<ChatNode> = ["n1", "n2", "n3"]
@@ -84,7 +76,7 @@ fn the_chat_api_across_three_nodes_on_redis() {
 
 #[test]
 fn the_chat_api_on_one_node_with_the_embedded_store() {
-    require_node();
+    socketio::require_node();
     let node = ChatNode::start("solo", None, CHAT_FLAGS);
     run_suite(std::slice::from_ref(&node), None, "1 node, embedded store");
 }

@@ -19,9 +19,7 @@ const SUITE_TIMEOUT: Duration = Duration::from_secs(240);
 
 #[test]
 fn official_client_across_three_nodes_behind_round_robin() {
-    let version = socketio::node_version().expect("node is required: run scripts/install-deps.sh");
-    println!("node {version}");
-    socketio::ensure_node_modules();
+    socketio::require_node();
     let redis = RedisServer::start();
     let url = redis.url();
     // A generous rate limit: the suite sends bursts; a short heartbeat: dead peers are

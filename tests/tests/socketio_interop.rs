@@ -18,20 +18,9 @@ use tests::{free_port, Proxy};
 const SUITE_TIMEOUT: Duration = Duration::from_secs(180);
 const SUITE: &str = "interop.test.mjs";
 
-/// Checks that Node is there and installs `node_modules` when missing.
-fn node_ready() -> bool {
-    let version = socketio::node_version()
-        .expect("node is required for the interop tests: run scripts/install-deps.sh");
-    println!("node {version}");
-    socketio::ensure_node_modules();
-    true
-}
-
 #[test]
 fn official_client_against_the_conformance_server() {
-    if !node_ready() {
-        return;
-    }
+    socketio::require_node();
     let server = Conformance::start("socket.io");
     socketio::run_node_suite(SUITE, &server.url(), SUITE_TIMEOUT)
         .assert_passed(&format!("direct, {}", server.url()));
@@ -39,9 +28,7 @@ fn official_client_against_the_conformance_server() {
 
 #[test]
 fn official_client_through_a_round_robin_proxy() {
-    if !node_ready() {
-        return;
-    }
+    socketio::require_node();
     let server = Conformance::start("socket.io");
     let listen = format!("127.0.0.1:{}", free_port());
     let backend = server.addr().to_string();
