@@ -189,12 +189,14 @@ client.on("typing", (event) => {
 async function afterConnect() {
   if (!$("status-name").textContent && state.name) $("status-name").textContent = state.name;
   await refreshRooms().catch((error) => notice(`rooms: ${error.message}`));
-  if (state.pendingInvite) {
+  if (state.pendingInvite && alreadyIn(state.pendingInvite.room)) {
     const { room, invite } = state.pendingInvite;
     state.pendingInvite = null;
-    await joinRoom(room, invite);
+    await joinRoom(room, invite ?? store.invites().get(room));
     return;
   }
+  // Asking does not hold up the page: the current room loads behind the question.
+  if (state.pendingInvite) askToJoin(state.pendingInvite.room);
   if (client.recovered && state.loaded.has(state.current)) {
     // The server replayed what we missed; nothing to fetch.
     return;
@@ -551,12 +553,48 @@ function readInviteFromHash() {
   if (!room) return;
   state.pendingInvite = { room, invite: fields.get("invite") ?? undefined };
   window.history.replaceState(null, "", window.location.pathname + window.location.search);
-  if (client.connected) {
-    const { invite } = state.pendingInvite;
+  if (client.connected) offerInvite();
+}
+
+/**
+ * A link must not put anyone in a room by itself: joining shows the person's name to the
+ * room's members, so anyone could unmask a visitor with a link. A room the person is
+ * already in opens at once; any other is joined only when they say so.
+ */
+function offerInvite() {
+  const pending = state.pendingInvite;
+  if (!pending) return;
+  if (alreadyIn(pending.room)) {
     state.pendingInvite = null;
-    joinRoom(room, invite).catch((error) => notice(error.message));
+    switchTo(pending.room).catch((error) => notice(error.message));
+  } else {
+    askToJoin(pending.room);
   }
 }
+
+/** The lobby, a room this tab has open, or a private room (listed only to its members). */
+function alreadyIn(room) {
+  return room === LOBBY || state.loaded.has(room) || Boolean(state.rooms.get(room)?.private);
+}
+
+function askToJoin(room) {
+  $("join-room").textContent = room;
+  $("join-dialog").hidden = false;
+  $("join-accept").focus();
+}
+
+$("join-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const pending = state.pendingInvite;
+  state.pendingInvite = null;
+  $("join-dialog").hidden = true;
+  if (pending) joinRoom(pending.room, pending.invite).catch((error) => notice(error.message));
+});
+
+$("join-decline").addEventListener("click", () => {
+  state.pendingInvite = null;
+  $("join-dialog").hidden = true;
+});
 
 window.addEventListener("hashchange", readInviteFromHash);
 

