@@ -148,7 +148,10 @@ impl Shared {
                     file: config.source.clone(),
                     line: None,
                     key: format!("listeners[{i}].tls"),
-                    kind: ErrorKind::TlsUnusable(format!("{e:#}")),
+                    kind: ErrorKind::TlsFile {
+                        path: e.path,
+                        problem: e.problem,
+                    },
                 })
             })?;
             loaded.push((resolver, certs));
