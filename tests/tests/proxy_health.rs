@@ -281,6 +281,37 @@ async fn backup_gets_traffic_only_while_every_primary_is_down() {
 }
 
 #[tokio::test]
+async fn with_active_checks_a_late_answer_does_not_bring_a_failed_backend_back() {
+    let a = Backend::start("a");
+    let bk = Backend::start("backup");
+    // `rise = 200` at 100ms: a backend the checks took down needs 20 s of passing checks.
+    let health = http_health("app", "100ms", "500ms", 200, 1);
+    let proxy = Proxy::start_config(&config(ports(1)[0], &[&a], &[&bk], &health));
+    wait_health(&proxy, "a", "up", T).await;
+    wait_health(&proxy, "backup", "up", T).await;
+
+    // A slow request is in flight on `a` when its checks fail and take it down.
+    let slow_url = proxy.url("/delay/3000");
+    let slow = tokio::spawn(async move { get(&slow_url).await });
+    wait_backend(&proxy, "a", T, "the slow request in flight on a", |b| {
+        counter(b, "active") == 1
+    })
+    .await;
+    set_backend_health(&a, false).await;
+    wait_health(&proxy, "a", "down", T).await;
+    set_backend_health(&a, true).await;
+
+    // Its answer, sent before `a` went down, says nothing of `a` now: only `rise` passing
+    // checks bring it back (as in HAProxy), so the backup keeps the traffic.
+    let r = slow.await.unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.backend(), Some("a"), "{r:?}");
+    let after = backend_status(&proxy, "a").await;
+    assert_eq!(after["health"], "down", "{after}");
+    assert_counts_skipping(&proxy, &client(), &proxy.url("/id"), &[("backup", 10)], "a").await;
+}
+
+#[tokio::test]
 async fn killed_primaries_fail_over_to_the_backup_without_errors() {
     let mut a = Backend::start("a");
     let mut b = Backend::start("b");
