@@ -474,6 +474,34 @@ async fn access_log_writes_combined_lines() {
 }
 
 #[tokio::test]
+async fn combined_lines_escape_quotes_the_client_sent_as_nginx_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let b = Backend::start("b1");
+    let proxy = Proxy::start_config(&access_log_config("combined", &log, &b));
+    // A User-Agent that, written as is, closes its field and forges a status and a
+    // User-Agent of its own.
+    let r = tests::send(
+        client()
+            .get(proxy.url("/id?esc=1"))
+            .header("user-agent", r#"evil" 200 0 "-" "forged"#)
+            .header("referer", r"http://ref.test/a\b"),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let line = wait_log_line(&log, "a combined line for /id?esc=1", |l| {
+        l.contains("/id?esc=1")
+    })
+    .await;
+    assert!(
+        line.ends_with(r#" "http://ref.test/a\x5Cb" "evil\x22 200 0 \x22-\x22 \x22forged""#),
+        "{line}"
+    );
+    // Three quoted fields: the request line, the Referer and the User-Agent.
+    assert_eq!(line.matches('"').count(), 6, "{line}");
+}
+
+#[tokio::test]
 async fn a_reload_rotates_the_admin_token_and_auth_reads_guards_status_and_metrics() {
     let a = Backend::start("a");
     let [listen, admin_port] = port_array();
