@@ -550,6 +550,22 @@ async fn plain_listener_redirects_to_https_with_308() {
         Some(format!("https://shop.test:{tls}/a/b?x=y&z").as_str())
     );
 
+    // An IPv6 literal keeps its brackets, with or without a port.
+    for host in ["[::1]", "[::1]:8080"] {
+        let r = send(
+            no_follow
+                .get(format!("http://127.0.0.1:{plain}/v6"))
+                .header("host", host),
+        )
+        .await;
+        assert_eq!(r.status, 308, "Host {host}: {r:?}");
+        assert_eq!(
+            r.header("location"),
+            Some(format!("https://[::1]:{tls}/v6").as_str()),
+            "Host {host}"
+        );
+    }
+
     // A client that follows it ends up on the TLS listener.
     let follow = tls_builder(&certs.ca_pem(), Alpn::Auto).build().unwrap();
     let r = get_with(&follow, &format!("http://localhost:{plain}/id")).await;
