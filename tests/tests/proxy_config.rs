@@ -502,6 +502,54 @@ async fn combined_lines_escape_quotes_the_client_sent_as_nginx_does() {
 }
 
 #[tokio::test]
+async fn admin_answers_a_wrong_method_with_405_and_allow_and_takes_any_case_of_bearer() {
+    let a = Backend::start("a");
+    let [listen, admin_port] = port_array();
+    let toml = format!(
+        "{}\n{}\n{}",
+        admin(admin_port, "tok"),
+        listener(listen),
+        upstream("app", None, &entries(&[&a]))
+    );
+    let proxy = Proxy::start_config(&toml);
+    let c = client();
+    let url = |path: &str| proxy.admin_url(path);
+    // An endpoint asked with another method: 405 naming the one it takes (RFC 9110
+    // §15.5.6), not a 404 that says it does not exist.
+    for (method, path, allow) in [
+        (http::Method::GET, "/reload", "POST"),
+        (http::Method::GET, "/backends/app/a/drain", "POST"),
+        (http::Method::DELETE, "/status", "GET"),
+        (http::Method::PUT, "/metrics", "GET"),
+    ] {
+        let r = tests::send(c.request(method.clone(), url(path))).await;
+        assert_eq!(r.status, 405, "{method} {path}: {}", r.body);
+        assert_eq!(
+            r.header("allow"),
+            Some(allow),
+            "{method} {path}: {:?}",
+            r.headers
+        );
+    }
+    // A path that is no endpoint is still a 404.
+    let r = tests::send(c.delete(url("/nope"))).await;
+    assert_eq!(r.status, 404, "{}", r.body);
+
+    // The scheme of `Authorization` is case-insensitive (RFC 9110 §11.1); the token is not.
+    for (value, want) in [
+        ("bearer tok", 200),
+        ("BEARER tok", 200),
+        ("Bearer tok", 200),
+        ("Bearer TOK", 401),
+        ("Bearer to", 401),
+        ("Basic tok", 401),
+    ] {
+        let r = tests::send(c.post(url("/reload")).header("authorization", value)).await;
+        assert_eq!(r.status, want, "Authorization: {value}: {}", r.body);
+    }
+}
+
+#[tokio::test]
 async fn a_reload_rotates_the_admin_token_and_auth_reads_guards_status_and_metrics() {
     let a = Backend::start("a");
     let [listen, admin_port] = port_array();
