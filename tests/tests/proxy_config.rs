@@ -601,3 +601,33 @@ async fn a_reload_rotates_the_admin_token_and_auth_reads_guards_status_and_metri
     // Proxying never needed any of it.
     assert_eq!(get(&proxy.url("/id")).await.backend(), Some("a"));
 }
+
+#[tokio::test]
+async fn a_sub_second_grace_period_still_lets_in_flight_requests_finish() {
+    let b = Backend::start("b1");
+    let toml = format!(
+        "[server]\nthreads = 1\ngrace_period = \"900ms\"\n{}\n{}",
+        listener(free_port()),
+        upstream("app", None, &entries(&[&b]))
+    );
+    let mut proxy = Proxy::start_config(&toml);
+    let url = proxy.url("/delay/500");
+    let slow = tokio::spawn(async move { tests::http::try_send(client().get(url)).await });
+    tests::admin::wait_backend(&proxy, "b1", T, "the request in flight", |b| {
+        counter(b, "active") == 1
+    })
+    .await;
+
+    proxy.signal(nix::sys::signal::Signal::SIGTERM);
+    let r = slow
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("the in-flight request was cut by the stop: {e:#}"));
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.backend(), Some("b1"));
+    let exited = proxy.signal_and_wait(nix::sys::signal::Signal::SIGTERM, T);
+    assert!(
+        exited.is_some(),
+        "the proxy must exit after its grace period"
+    );
+}
