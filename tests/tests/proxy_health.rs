@@ -252,6 +252,30 @@ async fn with_active_checks_a_backend_added_by_reload_waits_for_its_first_pass()
 }
 
 #[tokio::test]
+async fn a_reload_that_shortens_the_check_interval_applies_it_at_once() {
+    let a = Backend::start("a");
+    let b = Backend::start("b");
+    let port = ports(1)[0];
+    let with_interval = |interval: &str| {
+        config(
+            port,
+            &[&a, &b],
+            &[],
+            &http_health("app", interval, "500ms", 1, 1),
+        )
+    };
+    // The first round of checks runs at start; the next one would be an hour later.
+    let proxy = Proxy::start_config(&with_interval("1h"));
+    wait_health(&proxy, "a", "up", T).await;
+    wait_health(&proxy, "b", "up", T).await;
+
+    set_backend_health(&a, false).await;
+    proxy.reload(&with_interval("100ms"));
+    wait_health(&proxy, "a", "down", T).await;
+    assert_counts_skipping(&proxy, &client(), &proxy.url("/id"), &[("b", 10)], "a").await;
+}
+
+#[tokio::test]
 async fn backup_gets_traffic_only_while_every_primary_is_down() {
     let a = Backend::start("a");
     let b = Backend::start("b");
