@@ -24,7 +24,8 @@ pub struct Args {
     pub node_id: String,
     /// The cluster's Redis (`redis://127.0.0.1:6379`); without it the node runs alone on
     /// an in-process bus.
-    #[arg(long = "redis", env = "CHAT_REDIS_URL")]
+    // The value stays out of `--help`: a Redis URL may hold a password.
+    #[arg(long = "redis", env = "CHAT_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
     /// Where Engine.IO sessions live: `shared` (any node serves any request: it forwards
     /// polling requests for other nodes' sessions to them and bridges WebSocket upgrades)

@@ -78,13 +78,13 @@ impl AccessLog {
                     .map(|c| c.to_string())
                     .unwrap_or_else(|| "-".into()),
                 chrono::Utc::now().format("%d/%b/%Y:%H:%M:%S %z"),
-                e.method,
-                e.path,
-                e.version,
+                Escaped(e.method),
+                Escaped(e.path),
+                Escaped(e.version),
                 e.status,
                 e.bytes_sent,
-                e.referer.unwrap_or("-"),
-                e.user_agent.unwrap_or("-"),
+                Escaped(e.referer.unwrap_or("-")),
+                Escaped(e.user_agent.unwrap_or("-")),
             ),
         };
         let mut w = out.lock();
@@ -94,5 +94,40 @@ impl AccessLog {
 
     pub fn now() -> String {
         chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    }
+}
+
+/// A client-supplied field of a combined line, escaped as nginx escapes its log variables:
+/// `"`, `\` and every byte outside printable ASCII become `\xHH`. Unescaped, a quote in a
+/// User-Agent (or an HTTP/2 path) ends the field early and lets the client write fields of
+/// its own into the line, which log parsers and fail2ban-style tools then believe.
+struct Escaped<'a>(&'a str);
+
+impl std::fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write as _;
+        for &b in self.0.as_bytes() {
+            if b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b) {
+                write!(f, "\\x{b:02X}")?;
+            } else {
+                f.write_char(char::from(b))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Escaped;
+
+    #[test]
+    fn combined_fields_escape_quotes_backslashes_and_non_printables() {
+        assert_eq!(Escaped("curl/8.0").to_string(), "curl/8.0");
+        assert_eq!(
+            Escaped("a\" 200 0 \"x\\y").to_string(),
+            "a\\x22 200 0 \\x22x\\x5Cy"
+        );
+        assert_eq!(Escaped("t\tü\u{7f}").to_string(), "t\\x09\\xC3\\xBC\\x7F");
     }
 }

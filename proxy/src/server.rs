@@ -221,6 +221,13 @@ async fn head_deadline<F: std::future::Future>(
     .await
 }
 
+/// `d` in whole seconds, rounded up. pingora counts the grace period in whole seconds;
+/// rounding down would make `grace_period = "500ms"` no grace at all, and a SIGTERM would
+/// cut every in-flight request at once.
+fn whole_seconds_up(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
 /// Reloads the config on SIGHUP.
 struct ReloadOnHup {
     shared: Arc<Shared>,
@@ -284,7 +291,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
     let listeners = config.listeners.clone();
     let conf = ServerConf {
         threads,
-        grace_period_seconds: Some(config.server.grace_period.as_secs()),
+        grace_period_seconds: Some(whole_seconds_up(config.server.grace_period)),
         graceful_shutdown_timeout_seconds: Some(2),
         pid_file: tmp(format!("switchyard-proxy-{pid}.pid")),
         upgrade_sock: tmp(upgrade_sock),
@@ -361,4 +368,18 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         ReloadOnHup { shared },
     ));
     server.run_forever();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::whole_seconds_up;
+    use std::time::Duration;
+
+    #[test]
+    fn grace_periods_round_up_to_whole_seconds() {
+        assert_eq!(whole_seconds_up(Duration::ZERO), 0);
+        assert_eq!(whole_seconds_up(Duration::from_millis(500)), 1);
+        assert_eq!(whole_seconds_up(Duration::from_secs(5)), 5);
+        assert_eq!(whole_seconds_up(Duration::from_millis(5001)), 6);
+    }
 }

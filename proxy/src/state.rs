@@ -70,7 +70,8 @@ impl Runtime {
     }
 }
 
-fn strip_port(host: &str) -> &str {
+/// `host` without its `:port`, if any; an IPv6 literal keeps its brackets.
+pub(crate) fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
         // [v6]:port
         return host
@@ -148,7 +149,10 @@ impl Shared {
                     file: config.source.clone(),
                     line: None,
                     key: format!("listeners[{i}].tls"),
-                    kind: ErrorKind::TlsUnusable(format!("{e:#}")),
+                    kind: ErrorKind::TlsFile {
+                        path: e.path,
+                        problem: e.problem,
+                    },
                 })
             })?;
             loaded.push((resolver, certs));

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{anyhow, Context, Result};
@@ -12,31 +12,65 @@ use pingora::listeners::tls::TlsSettings;
 use pingora::tls::sign::CertifiedKey;
 use pingora::tls::{ClientHello, CryptoProvider, ResolvesServerCert};
 
-use crate::config::TlsConfig;
+use crate::config::{TlsConfig, TlsFileProblem};
 
-/// Loads one certificate chain and key. Errors name the file; pingora's own loader panics
-/// on bad files, so every listener goes through this instead.
-pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>> {
+/// A certificate or key file a listener cannot serve with: the file at fault and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {problem}", path.display())]
+pub struct TlsFileError {
+    /// The file at fault, as configured.
+    pub path: PathBuf,
+    /// What is wrong with it.
+    pub problem: TlsFileProblem,
+}
+
+impl TlsFileError {
+    fn new(path: &Path, problem: TlsFileProblem) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            problem,
+        }
+    }
+}
+
+/// Loads one certificate chain and its private key, as a handshake will use them. Errors
+/// name the file; pingora's own loader panics on bad files, so every listener goes through
+/// this instead. A key that is not the certificate's is refused here: rustls would accept
+/// the pair and then fail every handshake ("bad signature"), which nginx and HAProxy refuse
+/// at start for the same reason.
+pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, TlsFileError> {
     pingora::tls::install_default_crypto_provider();
-    let (cs, ks) = (cert.display().to_string(), key.display().to_string());
-    for p in [cert, key] {
-        fs::metadata(p).with_context(|| format!("TLS file {}", p.display()))?;
-    }
-    let (certs, private_key) = pingora::tls::load_certs_and_key_files(&cs, &ks)
-        .map_err(|e| anyhow!("TLS certificate {cs} / key {ks}: {e}"))?
-        .ok_or_else(|| {
-            anyhow!("TLS certificate {cs} / key {ks}: no certificate or no private key found")
-        })?;
+    let cert_pem = fs::read(cert).map_err(|e| TlsFileError::new(cert, TlsFileProblem::Read(e)))?;
+    let certs = rustls_pemfile::certs(&mut cert_pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsFileError::new(cert, TlsFileProblem::InvalidPem(e.to_string())))?;
     if certs.is_empty() {
-        return Err(anyhow!("TLS certificate {cs}: no certificate found"));
+        return Err(TlsFileError::new(cert, TlsFileProblem::NoCertificate));
     }
-    let provider =
-        CryptoProvider::get_default().ok_or_else(|| anyhow!("no TLS crypto provider installed"))?;
+    let key_pem = fs::read(key).map_err(|e| TlsFileError::new(key, TlsFileProblem::Read(e)))?;
+    let private_key = rustls_pemfile::private_key(&mut key_pem.as_slice())
+        .map_err(|e| TlsFileError::new(key, TlsFileProblem::InvalidPem(e.to_string())))?
+        .ok_or_else(|| TlsFileError::new(key, TlsFileProblem::NoPrivateKey))?;
+    let unusable = |reason: String| TlsFileError::new(key, TlsFileProblem::UnusableKey(reason));
+    let provider = CryptoProvider::get_default()
+        .ok_or_else(|| unusable("no TLS crypto provider installed".to_owned()))?;
     let signing = provider
         .key_provider
         .load_private_key(private_key)
-        .map_err(|e| anyhow!("TLS key {ks}: {e}"))?;
-    Ok(Arc::new(CertifiedKey::new(certs, signing)))
+        .map_err(|e| unusable(e.to_string()))?;
+    // Without the key's public half (a provider that cannot tell), the pair is taken as
+    // written, as rustls itself does.
+    let knows_public_key = signing.public_key().is_some();
+    let pair = CertifiedKey::new(certs, signing);
+    if knows_public_key && pair.keys_match().is_err() {
+        return Err(TlsFileError::new(
+            key,
+            TlsFileProblem::KeyMismatch {
+                cert: cert.to_path_buf(),
+            },
+        ));
+    }
+    Ok(Arc::new(pair))
 }
 
 /// The certificates of one listener: a default and more by SNI name.
@@ -48,7 +82,7 @@ pub struct SniCerts {
 
 impl SniCerts {
     /// Loads every certificate `cfg` names; the first bad file fails the whole set.
-    pub fn load(cfg: &TlsConfig) -> Result<Self> {
+    pub fn load(cfg: &TlsConfig) -> Result<Self, TlsFileError> {
         let default = load_certified_key(&cfg.cert, &cfg.key)?;
         let mut by_name = HashMap::new();
         for s in &cfg.sni {
@@ -217,5 +251,29 @@ mod tests {
             .to_string();
         assert!(err.contains("missing.pem"), "{err}");
         let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_key_that_is_not_the_certificates_is_refused() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        gen_cert(a.path()).unwrap();
+        gen_cert(b.path()).unwrap();
+        let cert = a.path().join("localhost.pem");
+        let err = load_certified_key(&cert, &b.path().join("localhost-key.pem")).unwrap_err();
+        assert_eq!(err.path, b.path().join("localhost-key.pem"));
+        assert!(
+            matches!(&err.problem, TlsFileProblem::KeyMismatch { cert: c } if *c == cert),
+            "{err}"
+        );
+        // A chain whose first certificate is not the key's (the CA put first) too.
+        let ca_first = a.path().join("ca-first.pem");
+        let chain = fs::read_to_string(&cert).unwrap();
+        let ca = fs::read_to_string(a.path().join("ca.pem")).unwrap();
+        fs::write(&ca_first, format!("{ca}{chain}")).unwrap();
+        let err = load_certified_key(&ca_first, &a.path().join("localhost-key.pem")).unwrap_err();
+        assert!(
+            matches!(err.problem, TlsFileProblem::KeyMismatch { .. }),
+            "{err}"
+        );
     }
 }

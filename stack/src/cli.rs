@@ -41,7 +41,13 @@ pub struct UpArgs {
     pub nodes: u16,
     /// Use this Redis (`redis://host:port`). Without it, a private `redis-server` is started
     /// when one is installed; else the nodes run in-process on the embedded default.
-    #[arg(long, env = "SWITCHYARD_REDIS_URL", conflicts_with = "no_redis")]
+    // The value stays out of `--help`: a Redis URL may hold a password.
+    #[arg(
+        long,
+        env = "SWITCHYARD_REDIS_URL",
+        hide_env_values = true,
+        conflicts_with = "no_redis"
+    )]
     pub redis: Option<String>,
     /// Do not use Redis even if `redis-server` is installed: run the nodes in-process.
     #[arg(long)]

@@ -37,6 +37,24 @@ pub fn choose(given: Option<&str>, no_redis: bool) -> Choice {
     }
 }
 
+/// `url` with the password of its user information replaced by `***`, for the banner and the
+/// logs: `redis://:secret@host:6379` shows as `redis://:***@host:6379`. A user name alone
+/// stays.
+pub fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let Some((userinfo, host)) = authority.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
+        None => url.to_owned(),
+    }
+}
+
 /// The first executable `name` on `$PATH`.
 pub fn find_in_path(name: &str) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt as _;
@@ -111,6 +129,21 @@ mod tests {
             Some(bin) => assert_eq!(auto, Choice::Private(bin)),
             None => assert!(matches!(auto, Choice::Embedded(_))),
         }
+    }
+
+    #[test]
+    fn passwords_are_redacted_from_urls() {
+        assert_eq!(
+            redacted("redis://:s3cret@10.0.0.1:6379/0"),
+            "redis://:***@10.0.0.1:6379/0"
+        );
+        assert_eq!(
+            redacted("rediss://app:p@ss:w0rd@h:1"),
+            "rediss://app:***@h:1"
+        );
+        assert_eq!(redacted("redis://app@h:1"), "redis://app@h:1");
+        assert_eq!(redacted("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(redacted("not a url"), "not a url");
     }
 
     #[test]

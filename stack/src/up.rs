@@ -222,7 +222,10 @@ async fn start(
         ..
     } = *plan;
     let (url, redis) = match redis::choose(args.redis.as_deref(), args.no_redis) {
-        Choice::Given(url) => (Some(url.clone()), format!("{url} (given)")),
+        Choice::Given(url) => (
+            Some(url.clone()),
+            format!("{} (given)", redis::redacted(&url)),
+        ),
         Choice::Private(bin) => {
             let (child, url) =
                 redis::start_private(&bin, &work.join("redis"), args.ready_timeout, exits.clone())

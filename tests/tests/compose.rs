@@ -56,11 +56,12 @@ fn help(bin: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// The `[env: NAME=]` variables a clap help text lists.
+/// The `[env: NAME=]` variables a clap help text lists (`[env: NAME]` where the value is
+/// hidden).
 fn help_env(help: &str) -> BTreeSet<String> {
     help.split("[env: ")
         .skip(1)
-        .filter_map(|rest| rest.split('=').next())
+        .filter_map(|rest| rest.split(['=', ']']).next())
         .map(str::to_owned)
         .collect()
 }

@@ -474,6 +474,82 @@ async fn access_log_writes_combined_lines() {
 }
 
 #[tokio::test]
+async fn combined_lines_escape_quotes_the_client_sent_as_nginx_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let b = Backend::start("b1");
+    let proxy = Proxy::start_config(&access_log_config("combined", &log, &b));
+    // A User-Agent that, written as is, closes its field and forges a status and a
+    // User-Agent of its own.
+    let r = tests::send(
+        client()
+            .get(proxy.url("/id?esc=1"))
+            .header("user-agent", r#"evil" 200 0 "-" "forged"#)
+            .header("referer", r"http://ref.test/a\b"),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let line = wait_log_line(&log, "a combined line for /id?esc=1", |l| {
+        l.contains("/id?esc=1")
+    })
+    .await;
+    assert!(
+        line.ends_with(r#" "http://ref.test/a\x5Cb" "evil\x22 200 0 \x22-\x22 \x22forged""#),
+        "{line}"
+    );
+    // Three quoted fields: the request line, the Referer and the User-Agent.
+    assert_eq!(line.matches('"').count(), 6, "{line}");
+}
+
+#[tokio::test]
+async fn admin_answers_a_wrong_method_with_405_and_allow_and_takes_any_case_of_bearer() {
+    let a = Backend::start("a");
+    let [listen, admin_port] = port_array();
+    let toml = format!(
+        "{}\n{}\n{}",
+        admin(admin_port, "tok"),
+        listener(listen),
+        upstream("app", None, &entries(&[&a]))
+    );
+    let proxy = Proxy::start_config(&toml);
+    let c = client();
+    let url = |path: &str| proxy.admin_url(path);
+    // An endpoint asked with another method: 405 naming the one it takes (RFC 9110
+    // §15.5.6), not a 404 that says it does not exist.
+    for (method, path, allow) in [
+        (http::Method::GET, "/reload", "POST"),
+        (http::Method::GET, "/backends/app/a/drain", "POST"),
+        (http::Method::DELETE, "/status", "GET"),
+        (http::Method::PUT, "/metrics", "GET"),
+    ] {
+        let r = tests::send(c.request(method.clone(), url(path))).await;
+        assert_eq!(r.status, 405, "{method} {path}: {}", r.body);
+        assert_eq!(
+            r.header("allow"),
+            Some(allow),
+            "{method} {path}: {:?}",
+            r.headers
+        );
+    }
+    // A path that is no endpoint is still a 404.
+    let r = tests::send(c.delete(url("/nope"))).await;
+    assert_eq!(r.status, 404, "{}", r.body);
+
+    // The scheme of `Authorization` is case-insensitive (RFC 9110 §11.1); the token is not.
+    for (value, want) in [
+        ("bearer tok", 200),
+        ("BEARER tok", 200),
+        ("Bearer tok", 200),
+        ("Bearer TOK", 401),
+        ("Bearer to", 401),
+        ("Basic tok", 401),
+    ] {
+        let r = tests::send(c.post(url("/reload")).header("authorization", value)).await;
+        assert_eq!(r.status, want, "Authorization: {value}: {}", r.body);
+    }
+}
+
+#[tokio::test]
 async fn a_reload_rotates_the_admin_token_and_auth_reads_guards_status_and_metrics() {
     let a = Backend::start("a");
     let [listen, admin_port] = port_array();
@@ -524,4 +600,34 @@ async fn a_reload_rotates_the_admin_token_and_auth_reads_guards_status_and_metri
 
     // Proxying never needed any of it.
     assert_eq!(get(&proxy.url("/id")).await.backend(), Some("a"));
+}
+
+#[tokio::test]
+async fn a_sub_second_grace_period_still_lets_in_flight_requests_finish() {
+    let b = Backend::start("b1");
+    let toml = format!(
+        "[server]\nthreads = 1\ngrace_period = \"900ms\"\n{}\n{}",
+        listener(free_port()),
+        upstream("app", None, &entries(&[&b]))
+    );
+    let mut proxy = Proxy::start_config(&toml);
+    let url = proxy.url("/delay/500");
+    let slow = tokio::spawn(async move { tests::http::try_send(client().get(url)).await });
+    tests::admin::wait_backend(&proxy, "b1", T, "the request in flight", |b| {
+        counter(b, "active") == 1
+    })
+    .await;
+
+    proxy.signal(nix::sys::signal::Signal::SIGTERM);
+    let r = slow
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("the in-flight request was cut by the stop: {e:#}"));
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.backend(), Some("b1"));
+    let exited = proxy.signal_and_wait(nix::sys::signal::Signal::SIGTERM, T);
+    assert!(
+        exited.is_some(),
+        "the proxy must exit after its grace period"
+    );
 }

@@ -252,6 +252,30 @@ async fn with_active_checks_a_backend_added_by_reload_waits_for_its_first_pass()
 }
 
 #[tokio::test]
+async fn a_reload_that_shortens_the_check_interval_applies_it_at_once() {
+    let a = Backend::start("a");
+    let b = Backend::start("b");
+    let port = ports(1)[0];
+    let with_interval = |interval: &str| {
+        config(
+            port,
+            &[&a, &b],
+            &[],
+            &http_health("app", interval, "500ms", 1, 1),
+        )
+    };
+    // The first round of checks runs at start; the next one would be an hour later.
+    let proxy = Proxy::start_config(&with_interval("1h"));
+    wait_health(&proxy, "a", "up", T).await;
+    wait_health(&proxy, "b", "up", T).await;
+
+    set_backend_health(&a, false).await;
+    proxy.reload(&with_interval("100ms"));
+    wait_health(&proxy, "a", "down", T).await;
+    assert_counts_skipping(&proxy, &client(), &proxy.url("/id"), &[("b", 10)], "a").await;
+}
+
+#[tokio::test]
 async fn backup_gets_traffic_only_while_every_primary_is_down() {
     let a = Backend::start("a");
     let b = Backend::start("b");
@@ -278,6 +302,37 @@ async fn backup_gets_traffic_only_while_every_primary_is_down() {
     set_backend_health(&a, true).await;
     wait_health(&proxy, "a", "up", T).await;
     assert_counts_skipping(&proxy, &c, &url, &[("a", 20)], "backup").await;
+}
+
+#[tokio::test]
+async fn with_active_checks_a_late_answer_does_not_bring_a_failed_backend_back() {
+    let a = Backend::start("a");
+    let bk = Backend::start("backup");
+    // `rise = 200` at 100ms: a backend the checks took down needs 20 s of passing checks.
+    let health = http_health("app", "100ms", "500ms", 200, 1);
+    let proxy = Proxy::start_config(&config(ports(1)[0], &[&a], &[&bk], &health));
+    wait_health(&proxy, "a", "up", T).await;
+    wait_health(&proxy, "backup", "up", T).await;
+
+    // A slow request is in flight on `a` when its checks fail and take it down.
+    let slow_url = proxy.url("/delay/3000");
+    let slow = tokio::spawn(async move { get(&slow_url).await });
+    wait_backend(&proxy, "a", T, "the slow request in flight on a", |b| {
+        counter(b, "active") == 1
+    })
+    .await;
+    set_backend_health(&a, false).await;
+    wait_health(&proxy, "a", "down", T).await;
+    set_backend_health(&a, true).await;
+
+    // Its answer, sent before `a` went down, says nothing of `a` now: only `rise` passing
+    // checks bring it back (as in HAProxy), so the backup keeps the traffic.
+    let r = slow.await.unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.backend(), Some("a"), "{r:?}");
+    let after = backend_status(&proxy, "a").await;
+    assert_eq!(after["health"], "down", "{after}");
+    assert_counts_skipping(&proxy, &client(), &proxy.url("/id"), &[("backup", 10)], "a").await;
 }
 
 #[tokio::test]

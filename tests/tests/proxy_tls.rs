@@ -550,6 +550,22 @@ async fn plain_listener_redirects_to_https_with_308() {
         Some(format!("https://shop.test:{tls}/a/b?x=y&z").as_str())
     );
 
+    // An IPv6 literal keeps its brackets, with or without a port.
+    for host in ["[::1]", "[::1]:8080"] {
+        let r = send(
+            no_follow
+                .get(format!("http://127.0.0.1:{plain}/v6"))
+                .header("host", host),
+        )
+        .await;
+        assert_eq!(r.status, 308, "Host {host}: {r:?}");
+        assert_eq!(
+            r.header("location"),
+            Some(format!("https://[::1]:{tls}/v6").as_str()),
+            "Host {host}"
+        );
+    }
+
     // A client that follows it ends up on the TLS listener.
     let follow = tls_builder(&certs.ca_pem(), Alpn::Auto).build().unwrap();
     let r = get_with(&follow, &format!("http://localhost:{plain}/id")).await;
@@ -620,4 +636,122 @@ fn bad_certificate_files_are_a_clear_startup_error_not_a_panic() {
         &backend,
     ]));
     assert!(out.contains(&missing_s), "{out}");
+}
+
+/// The line of `out` that reports an error about `key` as `…proxy.toml:<line>: <key>: …`.
+fn error_line<'a>(out: &'a str, key: &str) -> &'a str {
+    let prefix = format!("{key}: ");
+    out.lines()
+        .find(|l| {
+            l.split_once("proxy.toml:")
+                .and_then(|(_, rest)| rest.split_once(": "))
+                .is_some_and(|(line, rest)| {
+                    line.parse::<usize>().is_ok() && rest.starts_with(&prefix)
+                })
+        })
+        .unwrap_or_else(|| panic!("no `proxy.toml:<line>: {key}: ` error in: {out}"))
+}
+
+#[tokio::test]
+async fn a_key_that_is_not_the_certificates_is_refused_at_start_by_check_and_by_reload() {
+    let both = &[&rustls::version::TLS13, &rustls::version::TLS12][..];
+    // Two certificates for the same names from unrelated CAs: each file is fine on its own,
+    // but `first.cert` with `other.key` cannot complete a handshake.
+    let (first_dir, other_dir, live_dir) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let first = Certs::generate(first_dir.path(), &["localhost", "127.0.0.1"]);
+    let other = Certs::generate(other_dir.path(), &["localhost", "127.0.0.1"]);
+    let b = Backend::start("b1");
+    let [plain, tls] = port_array();
+    let mismatched = tls_keys(&first.cert, &other.key);
+    let wants = |out: &str, key: &str| {
+        let line = error_line(out, key);
+        for part in [
+            other.key.display().to_string(),
+            "does not match the certificate".to_owned(),
+            first.cert.display().to_string(),
+        ] {
+            assert!(line.contains(&part), "{part:?} missing from: {line}");
+        }
+    };
+
+    // At start and in `proxy check`, with the file, line and key (as `nginx -t` refuses it).
+    let toml = tls_config(plain, tls, &b, &mismatched);
+    wants(&must_fail(ProxyCmd::config(&toml)), "listeners[1].tls.key");
+    let checked = Proxy::check(&toml);
+    assert_eq!(checked.code(), Some(1), "{}", checked.output());
+    wants(&checked.output(), "listeners[1].tls.key");
+
+    // An SNI certificate's key.
+    let keys = with_sni(
+        &tls_keys(&first.cert, &first.key),
+        "api.test",
+        &first.cert,
+        &other.key,
+    );
+    wants(
+        &must_fail(ProxyCmd::config(&tls_config(plain, tls, &b, &keys))),
+        "listeners[1].sni[0].key",
+    );
+
+    // Quick mode names the flag.
+    let (listen, tls_listen) = (format!("127.0.0.1:{plain}"), format!("127.0.0.1:{tls}"));
+    let (cert_s, key_s) = (
+        first.cert.display().to_string(),
+        other.key.display().to_string(),
+    );
+    let backend = b.addr().to_string();
+    let out = must_fail(ProxyCmd::quick(&[
+        "--listen",
+        &listen,
+        "--tls-listen",
+        &tls_listen,
+        "--cert",
+        &cert_s,
+        "--key",
+        &key_s,
+        "--backend",
+        &backend,
+    ]));
+    assert!(
+        out.contains(&format!(
+            "--key: {key_s}: does not match the certificate {cert_s}"
+        )),
+        "{out}"
+    );
+
+    // A reload that would pair the running certificate with another key is rejected, and
+    // the running pair keeps serving.
+    let (cert, key) = (
+        live_dir.path().join("cert.pem"),
+        live_dir.path().join("key.pem"),
+    );
+    replace_file(&first.cert, &cert);
+    replace_file(&first.key, &key);
+    let admin_port = free_port();
+    let toml = format!(
+        "{}\n{}",
+        admin(admin_port, "t"),
+        tls_config(plain, tls, &b, &tls_keys(&cert, &key))
+    );
+    let proxy = Proxy::start_config(&toml);
+    replace_file(&other.key, &key);
+    let r = admin_post(&proxy, "/reload", Some("t")).await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    let error = r.json()["error"].as_str().unwrap().to_owned();
+    assert!(
+        error.contains("listeners[1].tls.key") && error.contains("does not match the certificate"),
+        "{error}"
+    );
+    let s = handshake(tls, "localhost", verifying_config(&first.ca_pem(), both))
+        .await
+        .unwrap_or_else(|e| panic!("the running certificate must still be served: {e}"));
+    assert_eq!(peer_leaf(&s), leaf_of(&first.cert));
+    let client = tls_client(&first.ca_pem(), Alpn::Auto);
+    let r = get_with(&client, &format!("https://localhost:{tls}/id")).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    drop(proxy);
 }

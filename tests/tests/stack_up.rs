@@ -621,3 +621,30 @@ fn a_taken_port_is_refused_naming_the_flag() {
     assert!(!all.contains("started "), "nothing may start: {all}");
     assert!(!all.contains("panicked"), "{all}");
 }
+
+#[test]
+fn help_does_not_print_a_redis_password_from_the_environment() {
+    // A Redis URL often carries its password; `--help` output ends up in terminals, issues
+    // and CI logs.
+    let url = "redis://:s3cret-pw@127.0.0.1:6379";
+    for (bin, args, var) in [
+        ("switchyard", &["up", "--help"][..], "SWITCHYARD_REDIS_URL"),
+        ("chat-node", &["--help"][..], "CHAT_REDIS_URL"),
+    ] {
+        let out = Command::new(bin_path(bin))
+            .args(args)
+            .env(var, url)
+            .output()
+            .unwrap_or_else(|e| panic!("running {bin}: {e}"));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{bin} {args:?}: {text}");
+        assert!(
+            text.contains(var),
+            "{bin}: the variable is still named: {text}"
+        );
+        assert!(
+            !text.contains("s3cret-pw"),
+            "{bin} printed the password: {text}"
+        );
+    }
+}

@@ -101,15 +101,42 @@ fn bearer_matches(session: &ServerSession, token: &str) -> bool {
     session
         .get_header(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|got| constant_time_eq(got.trim().as_bytes(), token.as_bytes()))
+        .and_then(bearer_credentials)
+        .is_some_and(|got| tokens_equal(got, token))
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
+/// The credentials of an `Authorization: Bearer <token>` value. The scheme is
+/// case-insensitive (RFC 9110 §11.1): clients and libraries that send `bearer` are not
+/// refused for it.
+fn bearer_credentials(value: &str) -> Option<&str> {
+    let (scheme, credentials) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("Bearer")
+        .then(|| credentials.trim())
+}
+
+/// Compares the SHA-256 digests of the two tokens in constant time, so that neither the
+/// position of the first differing byte nor the token's length shows in the time taken (a
+/// plain comparison that returns early on a length mismatch tells an attacker the length).
+fn tokens_equal(got: &str, want: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    let (a, b) = (
+        Sha256::digest(got.as_bytes()),
+        Sha256::digest(want.as_bytes()),
+    );
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
+}
+
+/// The one method each endpoint answers, or None for a path that is not an endpoint.
+fn endpoint_method(segments: &[&str]) -> Option<Method> {
+    match segments {
+        ["metrics"] | ["status"] | ["healthz"] => Some(Method::GET),
+        ["reload"] | ["backends", _, _, "drain" | "undrain"] => Some(Method::POST),
+        _ => None,
     }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn reply(status: StatusCode, content_type: &str, body: impl Into<Vec<u8>>) -> Response<Vec<u8>> {
@@ -142,6 +169,27 @@ impl ServeHttp for AdminApp {
             if let Err(denied) = self.access(session, mutation) {
                 return *denied;
             }
+        }
+        // An endpoint asked with another method gets 405 and the method it takes, as RFC
+        // 9110 §15.5.6 requires, rather than a 404 that says it does not exist.
+        match endpoint_method(&segments) {
+            None => {
+                return json_reply(
+                    StatusCode::NOT_FOUND,
+                    json!({"ok": false, "error": "unknown endpoint; see GET /status, GET /metrics, POST /reload, POST /backends/<upstream>/<backend>/drain|undrain"}),
+                )
+            }
+            Some(allowed) if allowed != method => {
+                let mut r = json_reply(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    json!({"ok": false, "error": format!("method not allowed; use {allowed}")}),
+                );
+                if let Ok(v) = http::HeaderValue::from_str(allowed.as_str()) {
+                    r.headers_mut().insert(http::header::ALLOW, v);
+                }
+                return r;
+            }
+            Some(_) => {}
         }
         match (&method, segments.as_slice()) {
             (&Method::GET, ["metrics"]) => reply(
@@ -179,14 +227,46 @@ impl ServeHttp for AdminApp {
                     json!({"ok": true, "backend": b.addr.to_string(), "draining": b.stats.is_draining()}),
                 )
             }
-            (&Method::GET | &Method::POST, _) => json_reply(
-                StatusCode::NOT_FOUND,
-                json!({"ok": false, "error": "unknown endpoint; see GET /status, GET /metrics, POST /reload, POST /backends/<upstream>/<backend>/drain|undrain"}),
-            ),
+            // endpoint_method() answered every other pair above.
             _ => json_reply(
-                StatusCode::METHOD_NOT_ALLOWED,
-                json!({"ok": false, "error": "method not allowed"}),
+                StatusCode::NOT_FOUND,
+                json!({"ok": false, "error": "unknown endpoint"}),
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{bearer_credentials, endpoint_method, tokens_equal};
+    use http::Method;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer_credentials("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_credentials("bearer  abc "), Some("abc"));
+        assert_eq!(bearer_credentials("BEARER abc"), Some("abc"));
+        assert_eq!(bearer_credentials("Basic abc"), None);
+        assert_eq!(bearer_credentials("Bearerabc"), None);
+    }
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(tokens_equal("secret", "secret"));
+        assert!(!tokens_equal("secre", "secret"));
+        assert!(!tokens_equal("secret!", "secret"));
+        assert!(!tokens_equal("", "secret"));
+    }
+
+    #[test]
+    fn each_endpoint_has_one_method() {
+        assert_eq!(endpoint_method(&["metrics"]), Some(Method::GET));
+        assert_eq!(endpoint_method(&["reload"]), Some(Method::POST));
+        assert_eq!(
+            endpoint_method(&["backends", "app", "b1", "drain"]),
+            Some(Method::POST)
+        );
+        assert_eq!(endpoint_method(&["backends", "app", "b1", "kill"]), None);
+        assert_eq!(endpoint_method(&["nope"]), None);
     }
 }

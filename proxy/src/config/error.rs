@@ -91,10 +91,6 @@ pub enum ErrorKind {
         /// The operating system's complaint.
         reason: String,
     },
-    /// Certificate files that pass the checks at load but cannot be put to use (a key
-    /// the TLS library cannot sign with, or a file replaced meanwhile).
-    #[error("{0}")]
-    TlsUnusable(String),
     /// A setting that only makes sense on a TLS listener.
     #[error("only valid on a TLS listener (set `tls = {{ cert = ..., key = ... }}`)")]
     NeedsTls,
@@ -181,6 +177,15 @@ pub enum TlsFileProblem {
     /// Valid PEM, but no PKCS#8, PKCS#1 (RSA) or SEC1 (EC) private key.
     #[error("no PEM private key found (PKCS#8, RSA or EC)")]
     NoPrivateKey,
+    /// A private key the TLS library cannot sign with (an unsupported algorithm or curve).
+    #[error("unusable private key: {0}")]
+    UnusableKey(String),
+    /// A private key that is not the one of the certificate it is paired with.
+    #[error("does not match the certificate {} (the key's public key is not the certificate's)", cert.display())]
+    KeyMismatch {
+        /// The certificate file the key was paired with.
+        cert: PathBuf,
+    },
 }
 
 /// One error, located: the file and line, and the key path (`upstreams.chat.backends[1].weight`)

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use super::error::ErrorKind;
-use super::resolve::{addrs_conflict, check_cert_file, check_key_file, check_weight, derived_id};
+use super::resolve::{addrs_conflict, check_weight, derived_id, tls_pair_problems};
 use super::{
     AccessLogConfig, ActiveCheck, AdminConfig, BackendConfig, CheckKind, Config, ConfigError,
     ConfigErrors, Env, HealthConfig, IpHashConfig, Limits, ListenerConfig, Route, ServerConfig,
@@ -128,23 +128,11 @@ pub(super) fn resolve(q: &QuickOptions, env: Env<'_>) -> Result<Config, ConfigEr
                     },
                 );
             }
-            if let Err(problem) = check_cert_file(cert) {
-                errs.push(
-                    "--cert",
-                    ErrorKind::TlsFile {
-                        path: cert.clone(),
-                        problem,
-                    },
-                );
-            }
-            if let Err(problem) = check_key_file(key) {
-                errs.push(
-                    "--key",
-                    ErrorKind::TlsFile {
-                        path: key.clone(),
-                        problem,
-                    },
-                );
+            let (cert_problem, key_problem) = tls_pair_problems(cert, key);
+            for (flag, kind) in [("--cert", cert_problem), ("--key", key_problem)] {
+                if let Some(kind) = kind {
+                    errs.push(flag, kind);
+                }
             }
             listeners.push(ListenerConfig {
                 listen,

@@ -289,28 +289,38 @@ fn resolve_listeners(
 
 /// Checks `<p>.cert` and `<p>.key`.
 fn check_pair(out: &mut Resolved, p: &KeyPath, cert: &Path, key: &Path) {
-    if let Err(problem) = check_cert_file(cert) {
-        out.err(
-            p.key("cert"),
-            ErrorKind::TlsFile {
-                path: cert.to_path_buf(),
-                problem,
-            },
-        );
+    let (cert_problem, key_problem) = tls_pair_problems(cert, key);
+    for (name, kind) in [("cert", cert_problem), ("key", key_problem)] {
+        if let Some(kind) = kind {
+            out.err(p.key(name), kind);
+        }
     }
-    if let Err(problem) = check_key_file(key) {
-        out.err(
-            p.key("key"),
-            ErrorKind::TlsFile {
-                path: key.to_path_buf(),
-                problem,
-            },
-        );
+}
+
+/// What is wrong with a certificate and its key, as (the certificate's, the key's): each
+/// file on its own first, so both are reported at once; then, when both read well, the pair
+/// as a listener loads it (a key that is not the certificate's, or one that cannot sign),
+/// so `proxy check` and a reload refuse what would fail every handshake.
+pub(super) fn tls_pair_problems(cert: &Path, key: &Path) -> (Option<ErrorKind>, Option<ErrorKind>) {
+    let file = |path: &Path, problem| ErrorKind::TlsFile {
+        path: path.to_path_buf(),
+        problem,
+    };
+    let cert_problem = check_cert_file(cert).err().map(|p| file(cert, p));
+    let key_problem = check_key_file(key).err().map(|p| file(key, p));
+    if cert_problem.is_some() || key_problem.is_some() {
+        return (cert_problem, key_problem);
+    }
+    match crate::tls::load_certified_key(cert, key) {
+        Ok(_) => (None, None),
+        // Only a file replaced between the two reads can fail on the certificate here.
+        Err(e) if e.path == cert => (Some(file(cert, e.problem)), None),
+        Err(e) => (None, Some(file(key, e.problem))),
     }
 }
 
 /// The file is readable PEM holding at least one certificate.
-pub(super) fn check_cert_file(path: &Path) -> Result<(), TlsFileProblem> {
+fn check_cert_file(path: &Path) -> Result<(), TlsFileProblem> {
     let data = std::fs::read(path).map_err(TlsFileProblem::Read)?;
     let mut count = 0usize;
     for cert in rustls_pemfile::certs(&mut data.as_slice()) {
@@ -324,7 +334,7 @@ pub(super) fn check_cert_file(path: &Path) -> Result<(), TlsFileProblem> {
 }
 
 /// The file is readable PEM holding a private key (PKCS#8, PKCS#1 or SEC1).
-pub(super) fn check_key_file(path: &Path) -> Result<(), TlsFileProblem> {
+fn check_key_file(path: &Path) -> Result<(), TlsFileProblem> {
     let data = std::fs::read(path).map_err(TlsFileProblem::Read)?;
     match rustls_pemfile::private_key(&mut data.as_slice()) {
         Ok(Some(_)) => Ok(()),

@@ -13,7 +13,7 @@ use pingora::services::background::BackgroundService;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::config::CheckKind;
+use crate::config::{ActiveCheck, CheckKind};
 use crate::state::Shared;
 
 /// How often the checker wakes to see which upstream is due.
@@ -61,7 +61,11 @@ pub async fn probe(addr: SocketAddr, kind: &CheckKind, timeout: Duration) -> boo
 #[async_trait]
 impl BackgroundService for HealthChecker {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut next_due: HashMap<String, Instant> = HashMap::new();
+        // Per upstream: when its next round of checks is due, and the check settings that
+        // date was computed with. A reload that changes them (a shorter interval, another
+        // path) checks at once: kept, the old due time would delay the new settings by up to
+        // a whole old interval (an hour-long interval shortened to 2 s waited the hour).
+        let mut next_due: HashMap<String, (Instant, ActiveCheck)> = HashMap::new();
         let mut ticker = tokio::time::interval(TICK);
         loop {
             tokio::select! {
@@ -74,7 +78,13 @@ impl BackgroundService for HealthChecker {
                 let Some(active) = up.config.health.active.clone() else {
                     continue;
                 };
-                let due = next_due.entry(up.name.clone()).or_insert(now);
+                let (due, checked_with) = next_due
+                    .entry(up.name.clone())
+                    .or_insert_with(|| (now, active.clone()));
+                if *checked_with != active {
+                    *due = now;
+                    *checked_with = active.clone();
+                }
                 if *due > now {
                     continue;
                 }

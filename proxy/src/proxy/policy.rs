@@ -99,10 +99,8 @@ pub(crate) fn admit<V: RequestView>(
                 .and_then(|x| x.redirect_https_port)
         });
         if let Some(port) = port {
-            let host = req
-                .host()
-                .map(|h| h.rsplit_once(':').map_or(h, |(a, _)| a))
-                .unwrap_or("localhost");
+            // An IPv6 literal keeps its brackets (`[::1]` has colons but no port).
+            let host = req.host().map_or("localhost", crate::state::strip_port);
             let pq = req.path_and_query();
             return Admission::Redirect(if port == 443 {
                 format!("https://{host}{pq}")

@@ -264,9 +264,10 @@ impl BackendStats {
         false
     }
 
-    /// Passive check: a response (or a `101`) came back. Re-admits a backend that passive
-    /// checks had marked down. Returns true when this success re-admitted it.
-    pub fn record_success(&self, slow_start: Option<Duration>) -> bool {
+    /// Passive check: a response (or a `101`) came back. With `readmit` (no active checks),
+    /// re-admits a backend that was marked down. Returns true when this success re-admitted
+    /// it.
+    pub fn record_success(&self, slow_start: Option<Duration>, readmit: bool) -> bool {
         if !self.passive_dirty.load(Ordering::Acquire) {
             return false;
         }
@@ -277,7 +278,7 @@ impl BackendStats {
             self.passive_dirty.store(false, Ordering::Release);
         }
         drop(p);
-        if was_probe && self.health() == Health::Down {
+        if readmit && was_probe && self.health() == Health::Down {
             self.set_health(Health::Up, slow_start);
             return true;
         }
@@ -432,6 +433,22 @@ mod tests {
             e.get_us() > 40_000.0,
             "a faster sample only pulls the estimate down slowly"
         );
+    }
+
+    #[test]
+    fn a_response_readmits_only_when_asked() {
+        let s = BackendStats::new(false);
+        assert_eq!(s.record_check(true, 2, 1, None), Some(Health::Up));
+        assert_eq!(s.record_check(false, 2, 1, None), Some(Health::Down));
+        // Active checks configured: only `rise` passing checks bring it back.
+        assert!(!s.record_success(None, false));
+        assert_eq!(s.health(), Health::Down);
+        assert_eq!(s.record_check(true, 2, 1, None), None);
+        assert_eq!(s.record_check(true, 2, 1, None), Some(Health::Up));
+        // Passive checks alone: a response re-admits.
+        assert_eq!(s.record_check(false, 2, 1, None), Some(Health::Down));
+        assert!(s.record_success(None, true));
+        assert_eq!(s.health(), Health::Up);
     }
 
     #[test]

@@ -140,9 +140,12 @@ impl Upstream {
         }
     }
 
-    /// Passive check: a response or a 101 came back from this backend.
+    /// Passive check: a response or a 101 came back from this backend. With active
+    /// checks, only they bring a backend back, after `rise` passes (as in HAProxy): the
+    /// answer to a request sent before the backend went down says nothing about it now.
     pub fn report_success(&self, backend: &Backend) {
-        if backend.stats.record_success(self.slow_start()) {
+        let readmit = self.config.health.active.is_none();
+        if backend.stats.record_success(self.slow_start(), readmit) {
             tracing::info!(upstream = %self.name, backend = %backend.addr, "backend re-admitted after a successful probe");
         }
     }
