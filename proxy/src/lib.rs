@@ -17,11 +17,13 @@
 //! - [`tls`]: certificate loading, SNI selection and the dev CA generator.
 //! - [`state`]: the swappable runtime built from a config, and reload.
 //! - [`server`]: assembles the pingora server and its services.
+//! - [`drain`]: ends a graceful stop as soon as the last client connection has closed.
 
 pub mod access_log;
 pub mod admin;
 pub mod balance;
 pub mod config;
+pub mod drain;
 pub mod h1;
 pub mod health;
 pub mod limits;

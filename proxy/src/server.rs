@@ -1,8 +1,9 @@
 //! Assembles the pingora server: the proxy service with its listeners, the admin listener,
-//! the health checker and the SIGHUP reload handler.
+//! the health checker, the SIGHUP reload handler and the watcher that ends a drained stop.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -21,6 +22,7 @@ use pingora::services::listening::Service;
 
 use crate::admin::AdminApp;
 use crate::config::Config;
+use crate::drain::{exit_when_drained, Counted};
 use crate::h1::{Outcome, H1};
 use crate::health::HealthChecker;
 use crate::proxy::{EdgeProxy, KeptAlive};
@@ -327,7 +329,11 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         native_h1,
         shared: shared.clone(),
     };
-    let mut service = Service::new("switchyard proxy".to_string(), edge);
+    let open = Arc::new(AtomicUsize::new(0));
+    let mut service = Service::new(
+        "switchyard proxy".to_string(),
+        Counted::new(edge, open.clone()),
+    );
     service.threads = Some(threads);
     for (l, tls) in listeners.iter().zip(tls_settings) {
         // No L4 read buffer: request heads are parsed from pingora's own header buffer and
@@ -367,6 +373,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         "reload on SIGHUP",
         ReloadOnHup { shared },
     ));
+    exit_when_drained(server.watch_execution_phase(), open);
     server.run_forever();
 }
 

@@ -208,6 +208,15 @@ impl ChildSlot {
         }
     }
 
+    /// Waits up to `timeout` for the exit; `None` if it is still running.
+    fn wait(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let status = wait_exit(self.0.as_mut()?, timeout);
+        if status.is_some() {
+            self.0 = None;
+        }
+        status
+    }
+
     /// Sends `sig` and waits up to `timeout` for the exit; `None` if it is still running.
     fn signal_and_wait(&mut self, sig: Signal, timeout: Duration) -> Option<ExitStatus> {
         let child = self.0.as_mut()?;
@@ -888,6 +897,11 @@ impl Proxy {
     /// Sends `sig` and waits up to `timeout` for the exit; `None` if it is still running.
     pub fn signal_and_wait(&mut self, sig: Signal, timeout: Duration) -> Option<ExitStatus> {
         self.child.signal_and_wait(sig, timeout)
+    }
+
+    /// Waits up to `timeout` for the proxy to exit by itself; `None` if it is still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        self.child.wait(timeout)
     }
 
     /// Blocks until the proxy's stdout or stderr contains `needle` (bounded by `timeout`).

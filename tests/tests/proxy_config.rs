@@ -12,8 +12,8 @@ use tests::admin::{admin_get, admin_post, backend_status, counter, status};
 use tests::fixtures::{admin, backend_entry, entries, listener, tls_keys, upstream};
 use tests::http::backend_counts;
 use tests::{
-    client, free_port, get, port_array, wait_for, ws_connect, ws_echo, Backend, Certs, Exited,
-    Proxy, ProxyCmd,
+    client, free_port, get, port_array, wait_for, ws_close, ws_connect, ws_echo, Backend, Certs,
+    Exited, Proxy, ProxyCmd,
 };
 
 /// Bound for waits on files the proxy writes.
@@ -629,5 +629,52 @@ async fn a_sub_second_grace_period_still_lets_in_flight_requests_finish() {
     assert!(
         exited.is_some(),
         "the proxy must exit after its grace period"
+    );
+}
+
+/// A graceful stop ends once the last connection is done, as nginx's and HAProxy's do
+/// (pingora alone sleeps the whole grace period, however idle): a request in flight and an
+/// open WebSocket are let finish, the tunnel keeps working after the request is done, and
+/// the proxy exits when the WebSocket closes, long before its 60 s grace period.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_graceful_stop_exits_when_the_last_connection_closes_not_when_the_grace_period_ends() {
+    let b = Backend::start("b1");
+    let toml = format!(
+        "[server]\nthreads = 1\ngrace_period = \"60s\"\n{}\n{}",
+        listener(free_port()),
+        upstream("app", None, &entries(&[&b]))
+    );
+    let mut proxy = Proxy::start_config(&toml);
+    let (mut ws, on) = ws_connect(&proxy.ws_url("/ws")).await;
+    assert_eq!(on, "b1");
+    let url = proxy.url("/delay/500");
+    let slow = tokio::spawn(async move { tests::http::try_send(client().get(url)).await });
+    tests::admin::wait_backend(&proxy, "b1", T, "the request and the tunnel", |b| {
+        counter(b, "active") == 2
+    })
+    .await;
+
+    proxy.signal(nix::sys::signal::Signal::SIGTERM);
+    let r = slow
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("the in-flight request was cut by the stop: {e:#}"));
+    assert_eq!(r.status, 200, "{r:?}");
+    ws_echo(&mut ws, "still open after the request").await;
+    assert!(proxy.is_running(), "the proxy exited with a tunnel open");
+
+    ws_close(ws).await;
+    let exited = proxy.wait_exit(T);
+    let status = exited.unwrap_or_else(|| {
+        panic!(
+            "the proxy still runs with nothing left to finish:\n{}",
+            proxy.logs()
+        )
+    });
+    assert!(status.success(), "{status:?}");
+    assert!(
+        proxy.logs().contains("every connection has closed"),
+        "{}",
+        proxy.logs()
     );
 }
