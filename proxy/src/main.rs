@@ -43,8 +43,10 @@ struct Cli {
     /// Quick mode: TLS listen address (needs --cert and --key).
     #[arg(long)]
     tls_listen: Option<SocketAddr>,
+    /// Quick mode: certificate chain (PEM, leaf first) for --tls-listen.
     #[arg(long)]
     cert: Option<PathBuf>,
+    /// Quick mode: the certificate's private key (PEM).
     #[arg(long)]
     key: Option<PathBuf>,
     /// Quick mode: enable active HTTP health checks on this path.
@@ -56,7 +58,7 @@ struct Cli {
     /// Bearer token for admin mutations.
     #[arg(long, env = "SWITCHYARD_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
-    /// Worker threads (default: number of cores).
+    /// Worker threads, 1 to 1024 (default: number of cores).
     #[arg(long)]
     threads: Option<usize>,
     /// HMAC key for sticky cookies (shared by all replicas).

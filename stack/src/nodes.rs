@@ -65,25 +65,26 @@ pub struct Embedded {
 }
 
 /// A node's `chat-node` flags: the child processes get them as arguments, the embedded nodes
-/// parse them too (with the same `CHAT_*` environment fallbacks), so both run alike.
-pub fn node_flags(id: &str, addr: SocketAddr, redis: Option<&str>, grace: Duration) -> Vec<String> {
-    let mut flags = vec![
+/// parse them too (with the same `CHAT_*` environment fallbacks), so both run alike. The
+/// Redis URL is not among them: it may carry a password, and arguments are public to every
+/// user of the machine (`ps`); child nodes get it in their environment ([`REDIS_URL_ENV`]).
+pub fn node_flags(id: &str, addr: SocketAddr, grace: Duration) -> Vec<String> {
+    vec![
         "--listen".to_owned(),
         addr.to_string(),
         "--node-id".to_owned(),
         id.to_owned(),
         "--shutdown-grace".to_owned(),
         format!("{}ms", grace.as_millis()),
-    ];
-    if let Some(url) = redis {
-        flags.extend(["--redis".to_owned(), url.to_owned()]);
-    }
-    flags
+    ]
 }
+
+/// The environment variable a child node reads its Redis URL from (`chat-node --redis`'s).
+pub const REDIS_URL_ENV: &str = "CHAT_REDIS_URL";
 
 /// The settings an embedded node gets from [`node_flags`] (and the environment).
 fn embedded_config(id: &str, addr: SocketAddr, grace: Duration) -> Result<NodeConfig> {
-    let flags = node_flags(id, addr, None, grace);
+    let flags = node_flags(id, addr, grace);
     let args =
         chat_node::cli::Args::try_parse_from(std::iter::once("chat-node".to_owned()).chain(flags))
             .with_context(|| {
@@ -172,18 +173,12 @@ mod tests {
         assert_eq!(config.node_id, "n1");
         assert_eq!(config.redis_url, None);
         assert_eq!(config.shutdown_grace, Duration::from_secs(2));
-        let flags = node_flags(
-            "n2",
-            addr,
-            Some("redis://127.0.0.1:1"),
-            Duration::from_millis(1500),
-        );
+        let flags = node_flags("n2", addr, Duration::from_millis(1500));
         let args = chat_node::cli::Args::try_parse_from(
             std::iter::once("chat-node".to_owned()).chain(flags),
         )
         .unwrap();
         assert_eq!(args.listen, addr);
-        assert_eq!(args.redis_url.as_deref(), Some("redis://127.0.0.1:1"));
         assert_eq!(args.shutdown_grace, Duration::from_millis(1500));
     }
 }

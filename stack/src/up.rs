@@ -251,7 +251,8 @@ async fn start(
             for (id, addr) in nodes {
                 let mut cmd = Command::new(exe);
                 cmd.arg("node")
-                    .args(nodes::node_flags(id, *addr, Some(url), NODE_GRACE));
+                    .args(nodes::node_flags(id, *addr, NODE_GRACE))
+                    .env(nodes::REDIS_URL_ENV, url);
                 let spawned = children::spawn(id, cmd, exits.clone())?;
                 running.nodes.push(spawned.child);
                 listening.push((id, spawned.listening));

@@ -539,6 +539,24 @@ async fn with_a_given_redis_it_uses_it_and_leaves_it_running_after_sigterm() {
     let children = sy.children();
     let names: BTreeSet<&str> = children.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, BTreeSet::from(["n1", "n2", "n3", "proxy"]));
+    // The URL (which may carry a password) reaches the nodes in their environment, not on
+    // their command line, which every user of the machine can read with `ps`.
+    for (name, pid) in children.iter().filter(|(n, _)| n.starts_with('n')) {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("the node's cmdline");
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("the node's environ");
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        assert!(
+            !cmdline.contains(&redis.url()),
+            "{name}'s command line shows the Redis URL: {cmdline}"
+        );
+        let wanted = format!("CHAT_REDIS_URL={}", redis.url());
+        assert!(
+            String::from_utf8_lossy(&environ)
+                .split('\0')
+                .any(|v| v == wanted),
+            "{name} did not get {wanted} in its environment"
+        );
+    }
 
     let served = assert_serves(&sy).await;
     assert_chat_across_nodes(&sy).await;

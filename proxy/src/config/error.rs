@@ -118,6 +118,9 @@ pub enum ErrorKind {
     /// A count that must be at least 1.
     #[error("must be at least 1")]
     Zero,
+    /// A count above its bound.
+    #[error("must be at most {0}")]
+    AtMost(usize),
     /// A duration that must be greater than zero.
     #[error("must be greater than 0")]
     ZeroDuration,

@@ -56,6 +56,11 @@ pub const DEFAULT_ADMIN_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr
 pub const DEFAULT_STICKY_COOKIE: &str = "syd_route";
 /// Largest backend weight.
 pub const MAX_WEIGHT: u32 = 10_000;
+
+/// Most worker threads a proxy service may have: each is an OS thread with its own runtime,
+/// and far more than the cores only adds switching (a typo such as `100000` would otherwise
+/// try to start them all).
+pub const MAX_THREADS: usize = 1024;
 /// Shortest sticky-cookie HMAC key, in bytes.
 pub const MIN_STICKY_KEY_LEN: usize = 16;
 /// Shortest `timeouts.tunnel_idle`.
@@ -92,7 +97,8 @@ pub struct Config {
 /// `[server]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerConfig {
-    /// Worker threads of the proxy service, at least 1. Default: the number of CPU cores.
+    /// Worker threads of the proxy service, 1 to [`MAX_THREADS`]. Default: the number of CPU
+    /// cores.
     pub threads: usize,
     /// How long a stopping proxy lets in-flight requests finish.
     pub grace_period: Duration,

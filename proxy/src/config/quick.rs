@@ -105,6 +105,10 @@ pub(super) fn resolve(q: &QuickOptions, env: Env<'_>) -> Result<Config, ConfigEr
             errs.push("--threads", ErrorKind::Zero);
             1
         }
+        Some(n) if n > super::MAX_THREADS => {
+            errs.push("--threads", ErrorKind::AtMost(super::MAX_THREADS));
+            1
+        }
         Some(n) => n,
         None => super::resolve::default_threads(),
     };

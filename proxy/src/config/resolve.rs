@@ -49,6 +49,10 @@ pub(super) fn resolve(f: FileConfig, env: Env<'_>, out: &mut Resolved) -> Config
                 out.err(p.key("threads"), ErrorKind::Zero);
                 1
             }
+            Some(n) if n > super::MAX_THREADS => {
+                out.err(p.key("threads"), ErrorKind::AtMost(super::MAX_THREADS));
+                1
+            }
             Some(n) => n,
             None => default_threads(),
         };

@@ -838,6 +838,10 @@ fn timeouts_and_limits() {
         err(&format!("[server]\nthreads = 0\n{MINIMAL}")),
         "proxy.toml:2: server.threads: must be at least 1"
     );
+    assert_eq!(
+        err(&format!("[server]\nthreads = 100000\n{MINIMAL}")),
+        "proxy.toml:2: server.threads: must be at most 1024"
+    );
 }
 
 #[test]
