@@ -78,6 +78,8 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, 
 pub struct SniCerts {
     default: Arc<CertifiedKey>,
     by_name: HashMap<String, Arc<CertifiedKey>>,
+    /// Wildcard entries `*.<suffix>`, by suffix.
+    by_suffix: HashMap<String, Arc<CertifiedKey>>,
 }
 
 impl SniCerts {
@@ -85,17 +87,40 @@ impl SniCerts {
     pub fn load(cfg: &TlsConfig) -> Result<Self, TlsFileError> {
         let default = load_certified_key(&cfg.cert, &cfg.key)?;
         let mut by_name = HashMap::new();
+        let mut by_suffix = HashMap::new();
         for s in &cfg.sni {
-            by_name.insert(
-                s.server_name.to_ascii_lowercase(),
-                load_certified_key(&s.cert, &s.key)?,
-            );
+            let name = s.server_name.to_ascii_lowercase();
+            let key = load_certified_key(&s.cert, &s.key)?;
+            match name.strip_prefix("*.") {
+                Some(suffix) => by_suffix.insert(suffix.to_owned(), key),
+                None => by_name.insert(name, key),
+            };
         }
-        Ok(Self { default, by_name })
+        Ok(Self {
+            default,
+            by_name,
+            by_suffix,
+        })
+    }
+
+    /// The certificate for an SNI name: an exact entry, else a wildcard one for the name
+    /// without its first label (one label only, as a wildcard certificate covers), else the
+    /// default.
+    fn pick(&self, server_name: Option<&str>) -> &Arc<CertifiedKey> {
+        let Some(name) = server_name.map(str::to_ascii_lowercase) else {
+            return &self.default;
+        };
+        if let Some(key) = self.by_name.get(&name) {
+            return key;
+        }
+        name.split_once('.')
+            .and_then(|(_, suffix)| self.by_suffix.get(suffix))
+            .unwrap_or(&self.default)
     }
 }
 
-/// Picks a certificate by SNI name; unknown or missing names get the default. Clones share
+/// Picks a certificate by SNI name (exact, then `*.` wildcard); unknown or missing names
+/// get the default. Clones share
 /// the certificates, so a reload swaps them under the listener (renewed certificates need
 /// no restart); handshakes in progress keep the ones they picked.
 #[derive(Debug, Clone)]
@@ -118,11 +143,7 @@ impl SniResolver {
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let certs = self.certs.load();
-        let chosen = hello
-            .server_name()
-            .and_then(|n| certs.by_name.get(&n.to_ascii_lowercase()))
-            .unwrap_or(&certs.default);
-        Some(chosen.clone())
+        Some(certs.pick(hello.server_name()).clone())
     }
 }
 

@@ -286,6 +286,50 @@ async fn alpn_offers_h2_and_http1() {
     }
 }
 
+/// A wildcard `server_name` serves a wildcard certificate to every name one label in front
+/// of it, as the certificate itself covers (RFC 6125): a client verifying the name accepts
+/// it; deeper names and the bare suffix get the default, and an exact entry wins over the
+/// wildcard.
+#[tokio::test]
+async fn a_wildcard_server_name_serves_its_certificate_to_names_one_label_deep() {
+    let dir = tempfile::tempdir().unwrap();
+    let default = Certs::generate(dir.path(), &["localhost", "127.0.0.1"]);
+    let api_dir = tempfile::tempdir().unwrap();
+    let api_ca = TestCa::new(api_dir.path());
+    let (wild_cert, wild_key) = api_ca.issue(&["*.api.test"]);
+    let (exact_cert, exact_key) = api_ca.issue(&["eu.api.test"]);
+    let b = Backend::start("b1");
+    let [plain, tls] = port_array();
+    let keys = format!(
+        "{}\nsni = [\n  {{ server_name = \"*.api.test\", cert = \"{}\", key = \"{}\" }},\n  \
+         {{ server_name = \"eu.api.test\", cert = \"{}\", key = \"{}\" }},\n]",
+        tls_keys(&default.cert, &default.key),
+        wild_cert.display(),
+        wild_key.display(),
+        exact_cert.display(),
+        exact_key.display(),
+    );
+    let proxy = Proxy::start_config(&tls_config(plain, tls, &b, &keys));
+    let both = &[&rustls::version::TLS13, &rustls::version::TLS12][..];
+    let api_trust = std::fs::read(&api_ca.pem).unwrap();
+
+    for name in ["us.api.test", "US.Api.Test"] {
+        let s = handshake(tls, name, verifying_config(&api_trust, both))
+            .await
+            .unwrap_or_else(|e| panic!("SNI {name} must get the *.api.test certificate: {e}"));
+        assert_eq!(peer_leaf(&s), leaf_of(&wild_cert), "SNI {name}");
+    }
+    let s = handshake(tls, "eu.api.test", verifying_config(&api_trust, both))
+        .await
+        .unwrap();
+    assert_eq!(peer_leaf(&s), leaf_of(&exact_cert), "the exact entry wins");
+    for name in ["a.b.api.test", "api.test", "localhost"] {
+        let s = handshake(tls, name, any_cert_config(both)).await.unwrap();
+        assert_eq!(peer_leaf(&s), leaf_of(&default.cert), "SNI {name}");
+    }
+    drop(proxy);
+}
+
 #[tokio::test]
 async fn sni_picks_the_certificate_for_the_name_and_unknown_names_get_the_default() {
     let dir = tempfile::tempdir().unwrap();

@@ -247,7 +247,7 @@ fn resolve_listeners(
                 for (j, s) in l.sni.into_iter().enumerate() {
                     let sp = p.key("sni").index(j);
                     let server_name = normalize_host(&s.server_name);
-                    if !valid_host(&server_name) {
+                    if !valid_server_name(&server_name) {
                         out.err(
                             sp.key("server_name"),
                             ErrorKind::InvalidHost(s.server_name.clone()),
@@ -636,6 +636,15 @@ fn valid_host(s: &str) -> bool {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
         })
+}
+
+/// An SNI `server_name`: a DNS name, or a wildcard `*.<name>` standing for one more label
+/// in front of `<name>` (as a wildcard certificate covers it, RFC 6125 §6.4.3).
+fn valid_server_name(s: &str) -> bool {
+    match s.strip_prefix("*.") {
+        Some(rest) => rest.parse::<IpAddr>().is_err() && valid_host(rest),
+        None => valid_host(s),
+    }
 }
 
 fn resolve_routes(

@@ -641,6 +641,30 @@ fn sni_certificates_and_tls_only_keys() {
         e[1]
     );
 
+    // A wildcard covers one label in front of a name; it is no pattern language.
+    let sni = |name: &str| {
+        format!(
+            "{MINIMAL}[[listeners]]\nlisten = \"127.0.0.1:8443\"\ntls = {{ cert = \"{c}\", key = \"{k}\" }}\nsni = [\n  {{ server_name = \"{name}\", cert = \"{c}\", key = \"{k}\" }},\n]\n"
+        )
+    };
+    let cfg = ok(&sni("*.Example.com"));
+    let tls = cfg.listeners[1].tls.as_ref().unwrap();
+    assert_eq!(tls.sni[0].server_name, "*.example.com");
+    for bad in [
+        "*",
+        "*.",
+        "a.*.example.com",
+        "*example.com",
+        "**.example.com",
+        "*.10.0.0.1",
+    ] {
+        assert_eq!(
+            errs(&sni(bad))[0],
+            format!("proxy.toml:10: listeners[1].sni[0].server_name: invalid host `{bad}`"),
+            "{bad}"
+        );
+    }
+
     let e = errs(&format!(
         "{MINIMAL}[[listeners]]\nlisten = \"127.0.0.1:8443\"\nh2 = true\nredirect_https_port = 0\n"
     ));
