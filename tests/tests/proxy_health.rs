@@ -482,3 +482,56 @@ async fn admin_mutations_are_refused_without_a_configured_token() {
     assert_eq!(backend_status(&proxy, "a").await["draining"], false);
     assert_eq!(get(&proxy.url("/id")).await.backend(), Some("a"));
 }
+
+/// `host` sets the `Host` a check sends, for a backend that serves virtual hosts and
+/// answers any other name (its bare address too) with 404: every check arrives with it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http_check_sends_the_configured_host() {
+    use std::sync::{Arc, Mutex};
+    use tests::raw::{field, proxy_for_raw, RawBackend};
+
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let record = seen.clone();
+    let vhost = RawBackend::start(move |mut conn, _| {
+        let record = record.clone();
+        async move {
+            while let Some(req) = conn.request().await {
+                let host = field(&req.headers, "host").unwrap_or("").to_owned();
+                let known = host == "app.internal";
+                record.lock().unwrap().push(format!("{} {host}", req.path));
+                let answer: &[u8] = if known {
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+                } else {
+                    b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n"
+                };
+                conn.send(answer).await;
+            }
+        }
+    })
+    .await;
+    let health = "[upstreams.app.health]\nkind = \"http\"\npath = \"/healthz\"\n\
+                  host = \"app.internal\"\ninterval = \"100ms\"\ntimeout = \"500ms\"\n\
+                  rise = 1\nfall = 1\n";
+    let _proxy = proxy_for_raw(&[&vhost], health);
+    wait_until(T, "a check with the configured Host", || {
+        let seen = seen.clone();
+        async move {
+            seen.lock()
+                .unwrap()
+                .iter()
+                .any(|r| r == "/healthz app.internal")
+        }
+    })
+    .await;
+    let checks: Vec<String> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.starts_with("/healthz"))
+        .cloned()
+        .collect();
+    assert!(
+        checks.iter().all(|r| r == "/healthz app.internal"),
+        "{checks:?}"
+    );
+}

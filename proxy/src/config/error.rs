@@ -118,6 +118,14 @@ pub enum ErrorKind {
     /// A count that must be at least 1.
     #[error("must be at least 1")]
     Zero,
+    /// A request path with spaces or control characters.
+    #[error(
+        "`{0}` is not a request path (visible ASCII only, no spaces; percent-encode the rest)"
+    )]
+    InvalidRequestPath(String),
+    /// A key meaningful only for HTTP health checks.
+    #[error("only valid when kind = \"http\"")]
+    OnlyForHttpChecks,
     /// A count above its bound.
     #[error("must be at most {0}")]
     AtMost(usize),

@@ -269,6 +269,8 @@ pub(super) struct HealthFile {
     pub kind: HealthKindFile,
     /// Path for http checks.
     pub path: Option<String>,
+    /// Host header for http checks; default the backend's address.
+    pub host: Option<String>,
     /// Default 2s.
     pub interval: HumanDuration,
     /// Default 1s.
@@ -288,6 +290,7 @@ impl Default for HealthFile {
         Self {
             kind: HealthKindFile::None,
             path: None,
+            host: None,
             interval: HumanDuration::secs(2),
             timeout: HumanDuration::secs(1),
             rise: 2,

@@ -57,6 +57,18 @@ pub const DEFAULT_STICKY_COOKIE: &str = "syd_route";
 /// Largest backend weight.
 pub const MAX_WEIGHT: u32 = 10_000;
 
+/// A health check's request path: from `/`, visible ASCII only (it goes on the request line
+/// as written).
+pub(crate) fn check_path(path: &str) -> Result<(), ErrorKind> {
+    if !path.starts_with('/') {
+        return Err(ErrorKind::NotAbsolutePath(path.to_owned()));
+    }
+    if !path.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ErrorKind::InvalidRequestPath(path.to_owned()));
+    }
+    Ok(())
+}
+
 /// Most worker threads a proxy service may have: each is an OS thread with its own runtime,
 /// and far more than the cores only adds switching (a typo such as `100000` would otherwise
 /// try to start them all).
@@ -343,8 +355,11 @@ impl ActiveCheck {
 pub enum CheckKind {
     /// `GET path`; 2xx and 3xx pass. `path` starts with `/`.
     Http {
-        /// Request path (and query).
+        /// Request path (and query): visible ASCII only, from `/`.
         path: String,
+        /// The `Host` the check sends; default the backend's address (a backend serving
+        /// virtual hosts may answer that with 404 or a redirect).
+        host: Option<String>,
     },
     /// A TCP connect passes.
     Tcp,

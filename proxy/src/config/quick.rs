@@ -195,13 +195,16 @@ pub(super) fn resolve(q: &QuickOptions, env: Env<'_>) -> Result<Config, ConfigEr
     }
 
     let active = match &q.health_path {
-        Some(path) if path.starts_with('/') => Some(ActiveCheck::with_defaults(CheckKind::Http {
-            path: path.clone(),
-        })),
-        Some(path) => {
-            errs.push("--health-path", ErrorKind::NotAbsolutePath(path.clone()));
-            None
-        }
+        Some(path) => match super::check_path(path) {
+            Ok(()) => Some(ActiveCheck::with_defaults(CheckKind::Http {
+                path: path.clone(),
+                host: None,
+            })),
+            Err(kind) => {
+                errs.push("--health-path", kind);
+                None
+            }
+        },
         None => None,
     };
 
@@ -398,7 +401,8 @@ mod tests {
         assert_eq!(
             active,
             ActiveCheck::with_defaults(CheckKind::Http {
-                path: "/healthz".to_string()
+                path: "/healthz".to_string(),
+                host: None,
             })
         );
         assert_eq!(active.rise, 2);

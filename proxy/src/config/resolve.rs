@@ -477,15 +477,24 @@ fn valid_name(s: &str) -> bool {
 }
 
 fn resolve_health(h: HealthFile, p: &KeyPath, out: &mut Resolved) -> HealthConfig {
+    if h.host.is_some() && !matches!(h.kind, HealthKindFile::Http) {
+        out.err(p.key("host"), ErrorKind::OnlyForHttpChecks);
+    }
+    if let Some(host) = h.host.as_ref().filter(|host| !valid_authority(host)) {
+        out.err(p.key("host"), ErrorKind::InvalidHost(host.clone()));
+    }
+    let host = h.host;
     let kind = match h.kind {
         HealthKindFile::None => None,
         HealthKindFile::Tcp => Some(CheckKind::Tcp),
         HealthKindFile::Http => match h.path {
-            Some(path) if path.starts_with('/') => Some(CheckKind::Http { path }),
-            Some(path) => {
-                out.err(p.key("path"), ErrorKind::NotAbsolutePath(path));
-                None
-            }
+            Some(path) => match super::check_path(&path) {
+                Ok(()) => Some(CheckKind::Http { path, host }),
+                Err(kind) => {
+                    out.err(p.key("path"), kind);
+                    None
+                }
+            },
             None => {
                 out.err(
                     p.key("path"),
@@ -636,6 +645,30 @@ fn valid_host(s: &str) -> bool {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
         })
+}
+
+/// A `Host` value: a DNS name or IPv4 address, or an IPv6 address in brackets, with an
+/// optional port.
+fn valid_authority(s: &str) -> bool {
+    let port_ok = |p: Option<&str>| p.is_none_or(|p| p.parse::<u16>().is_ok());
+    if let Some(rest) = s.strip_prefix('[') {
+        let Some((v6, tail)) = rest.split_once(']') else {
+            return false;
+        };
+        let port = match tail {
+            "" => None,
+            t => match t.strip_prefix(':') {
+                Some(p) => Some(p),
+                None => return false,
+            },
+        };
+        return v6.parse::<std::net::Ipv6Addr>().is_ok() && port_ok(port);
+    }
+    let (host, port) = match s.rsplit_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (s, None),
+    };
+    port_ok(port) && valid_host(host)
 }
 
 /// An SNI `server_name`: a DNS name, or a wildcard `*.<name>` standing for one more label

@@ -92,7 +92,11 @@ impl Config {
             match &u.health.active {
                 Some(a) => {
                     let what = match &a.kind {
-                        CheckKind::Http { path } => format!("http GET {path}"),
+                        CheckKind::Http { path, host: None } => format!("http GET {path}"),
+                        CheckKind::Http {
+                            path,
+                            host: Some(host),
+                        } => format!("http GET {path} (Host: {host})"),
                         CheckKind::Tcp => "tcp connect".to_string(),
                     };
                     write!(

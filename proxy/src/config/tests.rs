@@ -161,7 +161,8 @@ fn the_example_file_loads() {
         HealthConfig {
             active: Some(ActiveCheck {
                 kind: CheckKind::Http {
-                    path: "/healthz".to_string()
+                    path: "/healthz".to_string(),
+                    host: None,
                 },
                 interval: Duration::from_secs(2),
                 timeout: Duration::from_secs(1),
@@ -770,6 +771,54 @@ fn health_check_values() {
     assert_eq!(
         err(&h("kind = \"http\"\npath = \"healthz\"\n")),
         "proxy.toml:8: upstreams.app.health.path: `healthz` must start with `/`"
+    );
+    assert_eq!(
+        err(&h("kind = \"http\"\npath = \"/a b\"\n")),
+        "proxy.toml:8: upstreams.app.health.path: `/a b` is not a request path (visible ASCII only, no spaces; percent-encode the rest)"
+    );
+    // A Host for backends that serve virtual hosts: a name or address, with a port or not.
+    for host in [
+        "app.internal",
+        "app.internal:8080",
+        "10.0.0.1:80",
+        "[::1]:8080",
+        "[::1]",
+    ] {
+        let c = ok(&h(&format!(
+            "kind = \"http\"\npath = \"/healthz\"\nhost = \"{host}\"\n"
+        )));
+        let active = c.upstreams[0].health.active.clone().unwrap();
+        assert_eq!(
+            active.kind,
+            CheckKind::Http {
+                path: "/healthz".into(),
+                host: Some(host.into())
+            }
+        );
+    }
+    for host in [
+        "",
+        "a b",
+        "app:port",
+        "::1",
+        "[::1",
+        "a/b",
+        "app.internal\\r\\nX: y",
+    ] {
+        assert_eq!(
+            err(&h(&format!(
+                "kind = \"http\"\npath = \"/healthz\"\nhost = \"{host}\"\n"
+            ))),
+            format!(
+                "proxy.toml:9: upstreams.app.health.host: invalid host `{}`",
+                host.replace("\\r\\n", "\r\n")
+            ),
+            "{host}"
+        );
+    }
+    assert_eq!(
+        err(&h("kind = \"tcp\"\nhost = \"app.internal\"\n")),
+        "proxy.toml:8: upstreams.app.health.host: only valid when kind = \"http\""
     );
     assert_eq!(
         err(&h("max_fails = 2\nfail_window = \"0s\"\n")),

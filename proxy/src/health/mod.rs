@@ -33,13 +33,18 @@ impl HealthChecker {
 pub async fn probe(addr: SocketAddr, kind: &CheckKind, timeout: Duration) -> bool {
     let attempt = async {
         let mut s = TcpStream::connect(addr).await.ok()?;
-        let path = match kind {
+        let (path, host) = match kind {
             CheckKind::Tcp => return Some(true),
-            CheckKind::Http { path } => path,
+            CheckKind::Http { path, host } => (path, host),
         };
-        let req = format!(
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: switchyard-health\r\nConnection: close\r\n\r\n"
-        );
+        let req = match host {
+            Some(host) => format!(
+                "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: switchyard-health\r\nConnection: close\r\n\r\n"
+            ),
+            None => format!(
+                "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: switchyard-health\r\nConnection: close\r\n\r\n"
+            ),
+        };
         s.write_all(req.as_bytes()).await.ok()?;
         let mut buf = [0u8; 64];
         let mut got = 0;
