@@ -288,3 +288,94 @@ async fn a_content_length_list_of_one_value_reaches_the_backend_once() {
         "a conflicting length was forwarded"
     );
 }
+
+/// Sends `raw` on `c` and checks the answer is `status` with the plain-text reason
+/// `"<status> <phrase>: <detail>"`, then that the connection closes.
+async fn refused(c: &mut RawConn<TcpStream>, raw: &str, status: u16, detail: &str, what: &str) {
+    c.send(raw).await;
+    let r = c.response(false).await;
+    assert_eq!(r.status, status, "{what}: {r:?}");
+    let text = r.text();
+    assert!(
+        text.starts_with(&format!("{status} ")) && text.ends_with(&format!(": {detail}\n")),
+        "{what}: {text:?}"
+    );
+    assert!(
+        r.header("content-type")
+            .is_some_and(|v| v.starts_with("text/plain")),
+        "{what}: {r:?}"
+    );
+    c.expect_eof(what).await;
+}
+
+#[tokio::test]
+async fn transfer_codings_other_than_chunked_alone_are_refused() {
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let raw = RawBackend::start(move |mut conn: RawConn<TcpStream>, _| {
+        let seen_tx = seen_tx.clone();
+        async move {
+            // One request per connection: its chunked body is left unread.
+            if let Ok(Some(head)) = conn.head(tests::STEP_TIMEOUT).await {
+                let _ = seen_tx.send(head);
+                let answer = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
+                reply(&mut conn, answer).await;
+            }
+        }
+    })
+    .await;
+    let body = "\r\n5\r\nhello\r\n0\r\n\r\n";
+    let cases = [
+        // RFC 9112 §6.1: a coding the proxy cannot apply or forward: 501, as nginx answers.
+        (
+            format!("POST / HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: gzip, chunked\r\n{body}"),
+            501,
+            "only the chunked transfer coding is supported",
+        ),
+        (
+            format!(
+                "POST / HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: gzip\r\n\
+                 Transfer-Encoding: chunked\r\n{body}"
+            ),
+            501,
+            "only the chunked transfer coding is supported",
+        ),
+        // RFC 9112 §6.3: without chunked last, the body's length cannot be known.
+        (
+            format!("POST / HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked, gzip\r\n{body}"),
+            400,
+            "chunked is not the final transfer coding",
+        ),
+        (
+            format!("POST / HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: gzip\r\n{body}"),
+            400,
+            "chunked is not the final transfer coding",
+        ),
+        // RFC 9112 §6.1: faulty framing from an HTTP/1.0 client.
+        (
+            format!("POST / HTTP/1.0\r\nHost: test\r\nTransfer-Encoding: chunked\r\n{body}"),
+            400,
+            "Transfer-Encoding in an HTTP/1.0 request",
+        ),
+    ];
+    for path in [""] {
+        let proxy = proxy_for_raw(&[&raw], path);
+        for (req, status, detail) in &cases {
+            let what = format!("{path:?} {req:?}");
+            let mut c = RawConn::connect(proxy.addr()).await;
+            refused(&mut c, req, *status, detail, &what).await;
+        }
+        assert!(
+            seen.try_recv().is_err(),
+            "{path:?}: a refused request was forwarded"
+        );
+        // Chunked alone is forwarded.
+        let (status, _) = answer(
+            &proxy,
+            &format!("POST / HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: Chunked\r\n{body}"),
+        )
+        .await;
+        assert_eq!(status, 200, "{path:?}");
+        let head = seen.recv().await.unwrap_or_default().to_ascii_lowercase();
+        assert!(!head.contains("gzip"), "{head}");
+    }
+}

@@ -231,15 +231,27 @@ impl H1 {
                         }
                         need
                     }
-                    Parse::Invalid(reason) => {
+                    Parse::Invalid(detail) => {
                         self.shared.metrics.reject("bad_request");
-                        let detail = format!("malformed request head: {reason}");
-                        write_flush(&mut stream, &respond::text_bytes(400, &detail)).await;
+                        write_flush(&mut stream, &respond::text_bytes(400, detail)).await;
                         return Outcome::Closed;
+                    }
+                    Parse::Handoff => {
+                        if let Err(r) = head::handoff_framing(&buf) {
+                            self.shared.metrics.reject(r.reason);
+                            write_flush(&mut stream, &respond::text_bytes(r.status, r.detail))
+                                .await;
+                            return Outcome::Closed;
+                        }
+                        return Outcome::Handoff {
+                            stream,
+                            prefix: buf,
+                            reused: served,
+                        };
                     }
                     // Larger bodies are streamed by pingora, which reads the answer while
                     // it still sends (a backend may answer before the body is over).
-                    Parse::Ready(_) | Parse::Partial | Parse::Handoff => {
+                    Parse::Ready(_) | Parse::Partial => {
                         return Outcome::Handoff {
                             stream,
                             prefix: buf,

@@ -264,6 +264,21 @@ impl ProxyHttp for EdgeProxy {
         }
 
         let version = session.req_header().version;
+        // Our HTTP/1 path checks this before handing a request over; HTTP/2 has no such field.
+        // Checked here too so that no request pingora reads is forwarded with a coding it
+        // would drop.
+        let codings = session
+            .req_header()
+            .headers
+            .get_all(http::header::TRANSFER_ENCODING)
+            .iter()
+            .map(|v| v.as_bytes());
+        let http10 = matches!(version, http::Version::HTTP_10 | http::Version::HTTP_09);
+        if let Err(r) = policy::check_transfer_encoding(codings, http10) {
+            return self
+                .reject(session, ctx, r.status, r.reason, r.detail)
+                .await;
+        }
         let mut expect_continue = false;
         match request::expectation(session.req_header()) {
             request::Expectation::None => {}
