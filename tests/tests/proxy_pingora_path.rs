@@ -471,8 +471,7 @@ async fn absolute_form_target_is_routed_by_its_authority_and_sent_origin_form() 
     ));
 
     // The Host field differs (ignored), matches, or is absent: the target's authority wins.
-    // Each on a new connection: after a hand-off the connection stays with pingora, which
-    // refuses a differing Host while reading the head, before any of our code runs.
+    // Each as the first request of a connection (later ones: the next test).
     for host in ["Host: web.example\r\n", "Host: api.example\r\n", ""] {
         let mut c = RawConn::connect(proxy.addr()).await;
         let r = c
@@ -506,6 +505,66 @@ async fn absolute_form_target_is_routed_by_its_authority_and_sent_origin_form() 
     let req = next_seen(&mut web_seen).await;
     assert_eq!(req.path, "/x");
     assert!(api_seen.try_recv().is_err());
+}
+
+#[tokio::test]
+async fn absolute_form_requests_after_a_hand_off_are_routed_by_their_authority() {
+    let (api_tx, mut api_seen) = mpsc::unbounded_channel();
+    let api = echo_backend(api_tx).await;
+    let (web_tx, mut web_seen) = mpsc::unbounded_channel();
+    let web = echo_backend(web_tx).await;
+    let entry =
+        |b: &RawBackend, id: &str| vec![format!("{{ addr = \"{}\", id = \"{id}\" }}", b.addr)];
+    let proxy = Proxy::start_config(&format!(
+        "{TWO_THREADS}\n{}\n{}\n{}\n[[routes]]\nhost = \"api.example\"\nupstream = \"api\"\n\n\
+         [[routes]]\nupstream = \"web\"\n",
+        listener(free_port()),
+        upstream("api", None, &entry(&api, "api")),
+        upstream("web", None, &entry(&web, "web")),
+    ));
+    let absolute =
+        |n: usize| format!("GET http://api.example/abs/{n} HTTP/1.1\r\nHost: web.example\r\n\r\n");
+
+    // Handed to pingora first: HTTP/1.0, then an absolute-form target itself.
+    for first in [
+        "GET /first HTTP/1.0\r\nHost: web.example\r\nConnection: keep-alive\r\n\r\n".to_owned(),
+        absolute(0),
+    ] {
+        let mut c = RawConn::connect(proxy.addr()).await;
+        let r = c.exchange(&first).await;
+        assert_eq!(r.status, 200, "{first:?}: {r:?}");
+        assert!(!r.closes(), "{first:?}: {r:?}");
+        let req = if first.contains("http://") {
+            next_seen(&mut api_seen).await
+        } else {
+            next_seen(&mut web_seen).await
+        };
+        assert!(
+            req.path.ends_with("first") || req.path == "/abs/0",
+            "{req:?}"
+        );
+
+        // Then absolute-form requests whose Host differs, one at a time and pipelined.
+        let r = c.exchange(absolute(1)).await;
+        assert_eq!(r.status, 200, "{first:?}: {r:?}");
+        c.send(absolute(2) + &absolute(3)).await;
+        for n in 2..4 {
+            assert_eq!(
+                c.response(false).await.status,
+                200,
+                "{first:?}: request {n}"
+            );
+        }
+        for n in 1..4 {
+            let req = next_seen(&mut api_seen).await;
+            assert_eq!(req.path, format!("/abs/{n}"), "{first:?}: {req:?}");
+            assert_eq!(field(&req.headers, "host"), Some("api.example"), "{req:?}");
+        }
+        assert!(
+            web_seen.try_recv().is_err(),
+            "{first:?}: routed by the Host field"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------

@@ -289,6 +289,10 @@ async fn a_content_length_list_of_one_value_reaches_the_backend_once() {
     );
 }
 
+/// The two request paths a test runs on: the proxy's own (`native`, the default), and
+/// pingora's for every request (`server.http1 = "pingora"`).
+const BOTH_PATHS: [&str; 2] = ["", "http1 = \"pingora\"\n"];
+
 /// Sends `raw` on `c` and checks the answer is `status` with the plain-text reason
 /// `"<status> <phrase>: <detail>"`, then that the connection closes.
 async fn refused(c: &mut RawConn<TcpStream>, raw: &str, status: u16, detail: &str, what: &str) {
@@ -357,7 +361,7 @@ async fn transfer_codings_other_than_chunked_alone_are_refused() {
             "Transfer-Encoding in an HTTP/1.0 request",
         ),
     ];
-    for path in [""] {
+    for path in BOTH_PATHS {
         let proxy = proxy_for_raw(&[&raw], path);
         for (req, status, detail) in &cases {
             let what = format!("{path:?} {req:?}");

@@ -11,13 +11,16 @@
 //! always be sent again, and response bodies are relayed as they come. The same policy code as pingora's path decides limits,
 //! routes, backends and headers (`crate::proxy::policy`), so answers do not depend on the
 //! path. Anything else (HTTP/1.0, upgrades, chunked, `Expect` or larger request bodies,
-//! odd framing, parse errors) is handed to pingora with the bytes already read. pingora
-//! keeps such a connection (it may have read requests pipelined behind that one); an
-//! upgraded one becomes a tunnel. HTTP/2 never comes here.
+//! odd framing, request lines httparse refuses) is handed to pingora with the bytes already
+//! read, one request at a time ([`lent`]): once pingora has answered it, the connection
+//! comes back here for the next request (an upgraded one becomes a tunnel). With
+//! `server.http1 = "pingora"` every request is handed over, after the same checks of its
+//! head. HTTP/2 never comes here.
 
 pub(crate) mod body;
 mod bound;
 mod head;
+pub mod lent;
 pub mod pool;
 
 use std::future::Future;
@@ -43,6 +46,7 @@ use crate::upstream::Upstream;
 use body::Framing;
 use bound::{bounded, Deadline};
 use head::{BadResponse, Parse, RequestHead, ResponseHead};
+use lent::Lent;
 use pool::Pool;
 
 /// Request heads larger than this go to pingora, which applies its own limit.
@@ -68,7 +72,8 @@ const DEFAULT_HEAD_TIMEOUT: Duration = Duration::from_secs(60);
 pub enum Outcome {
     /// Closed (or to be closed): nothing more to do.
     Closed,
-    /// The next request is pingora's to serve: `prefix` holds the bytes read of it so far.
+    /// The next request is pingora's to serve: `prefix` holds the bytes read of it so far
+    /// (none when `stream` is [`Lent`], which holds them).
     Handoff {
         stream: Stream,
         prefix: BytesMut,
@@ -81,6 +86,8 @@ pub enum Outcome {
 pub struct H1 {
     shared: Arc<Shared>,
     pool: Arc<Pool>,
+    /// `server.http1 = "native"`: plain requests are served here, not handed over.
+    native: bool,
     /// Whether the pool's sweeper task runs (started by the first connection, on the
     /// service's own runtime).
     sweeping: std::sync::atomic::AtomicBool,
@@ -111,10 +118,11 @@ enum NoHead {
 }
 
 impl H1 {
-    pub fn new(shared: Arc<Shared>) -> Self {
+    pub fn new(shared: Arc<Shared>, native: bool) -> Self {
         Self {
             shared,
             pool: Arc::new(Pool::new(POOL_PER_BACKEND, POOL_IDLE)),
+            native,
             sweeping: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -141,10 +149,12 @@ impl H1 {
         });
     }
 
-    /// Serves requests on `stream` until it closes or a request needs pingora.
+    /// Serves requests on `stream`, of which `buf` has been read, until it closes or a
+    /// request needs pingora.
     pub async fn serve(
         &self,
         mut stream: Stream,
+        mut buf: BytesMut,
         reused: bool,
         shutdown: &ShutdownWatch,
     ) -> Outcome {
@@ -168,7 +178,7 @@ impl H1 {
         };
         // Registered once for the connection's life, not once per wait for a request.
         let mut stopping = pin!(stopped(shutdown.clone()));
-        let mut buf = BytesMut::with_capacity(4096);
+        buf.reserve(4096);
         let mut served = reused;
         let mut timers = Timers::default();
         loop {
@@ -214,7 +224,7 @@ impl H1 {
             let (consumed, next) = loop {
                 let mut fields = head::fields();
                 let need = match head::parse_request(&buf, &mut fields) {
-                    Parse::Ready(req) if req.content_length <= MAX_BUFFERED_BODY => {
+                    Parse::Ready(req) if self.native && req.content_length <= MAX_BUFFERED_BODY => {
                         let need = req.len + req.content_length as usize;
                         // A body over the limit is refused from the head alone.
                         let refused = rt
@@ -236,26 +246,31 @@ impl H1 {
                         write_flush(&mut stream, &respond::text_bytes(400, detail)).await;
                         return Outcome::Closed;
                     }
-                    Parse::Handoff => {
-                        if let Err(r) = head::handoff_framing(&buf) {
-                            self.shared.metrics.reject(r.reason);
-                            write_flush(&mut stream, &respond::text_bytes(r.status, r.detail))
-                                .await;
-                            return Outcome::Closed;
-                        }
-                        return Outcome::Handoff {
-                            stream,
-                            prefix: buf,
-                            reused: served,
-                        };
-                    }
                     // Larger bodies are streamed by pingora, which reads the answer while
                     // it still sends (a backend may answer before the body is over).
-                    Parse::Ready(_) | Parse::Partial => {
-                        return Outcome::Handoff {
-                            stream,
-                            prefix: buf,
-                            reused: served,
+                    Parse::Ready(req) => {
+                        let (len, length) = (req.len, req.content_length);
+                        let body = match length {
+                            0 => Framing::Empty,
+                            n => Framing::Length(n),
+                        };
+                        return self.lend(stream, buf, len, body, served);
+                    }
+                    Parse::Partial | Parse::Handoff => {
+                        // RFC 9112 §3.2.2: the target's authority replaces the Host field.
+                        // pingora refuses a Host that differs from it while reading the head,
+                        // before any of our hooks runs, so the head it reads has the target's.
+                        if let Some(rewritten) = crate::proxy::request::host_from_target(&buf) {
+                            buf = rewritten;
+                        }
+                        match head::handoff_framing(&buf) {
+                            Ok((len, body)) => return self.lend(stream, buf, len, body, served),
+                            Err(r) => {
+                                self.shared.metrics.reject(r.reason);
+                                write_flush(&mut stream, &respond::text_bytes(r.status, r.detail))
+                                    .await;
+                                return Outcome::Closed;
+                            }
                         }
                     }
                 };
@@ -268,6 +283,23 @@ impl H1 {
             }
             buf.advance(consumed);
             served = true;
+        }
+    }
+
+    /// Hands the request at the start of `buf` (a head of `head_len` bytes, then a body
+    /// framed by `body`) to pingora, which gets nothing of the stream past its end.
+    fn lend(
+        &self,
+        stream: Stream,
+        buf: BytesMut,
+        head_len: usize,
+        body: Framing,
+        reused: bool,
+    ) -> Outcome {
+        Outcome::Handoff {
+            stream: Box::new(Lent::new(stream, buf, head_len, body)),
+            prefix: BytesMut::new(),
+            reused,
         }
     }
 
@@ -646,6 +678,13 @@ async fn wait_head(
     // still searched once, not once per byte.
     let mut searched: usize = 0;
     loop {
+        // RFC 9112 §2.2: empty lines before a request line are ignored (some clients send
+        // one after a body).
+        let blank = leading_empty_lines(buf);
+        if blank > 0 {
+            buf.advance(blank);
+            searched = searched.saturating_sub(blank);
+        }
         if head_complete(&buf[searched.saturating_sub(3)..]) {
             return Ok(());
         }
@@ -685,6 +724,18 @@ async fn stopped(mut watch: ShutdownWatch) {
     while !*watch.borrow_and_update() {
         if watch.changed().await.is_err() {
             std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// How many bytes at the start of `buf` are empty lines (CRLF or a bare LF).
+fn leading_empty_lines(buf: &[u8]) -> usize {
+    let mut n = 0;
+    loop {
+        match &buf[n..] {
+            [b'\r', b'\n', ..] => n += 2,
+            [b'\n', ..] => n += 1,
+            _ => return n,
         }
     }
 }
@@ -797,7 +848,15 @@ impl Drop for Log<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::head_complete;
+    use super::{head_complete, leading_empty_lines};
+
+    #[test]
+    fn skips_empty_lines_before_a_request() {
+        assert_eq!(leading_empty_lines(b"\r\n\nGET"), 3);
+        assert_eq!(leading_empty_lines(b"\r\n\r"), 2);
+        assert_eq!(leading_empty_lines(b"GET / HTTP/1.1\r\n\r\n"), 0);
+        assert_eq!(leading_empty_lines(b""), 0);
+    }
 
     #[test]
     fn finds_the_end_of_a_head() {

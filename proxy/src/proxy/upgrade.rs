@@ -10,6 +10,7 @@
 use std::io::Cursor;
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::Stream;
 use pingora::proxy::Session;
@@ -19,6 +20,7 @@ use tokio::io::AsyncWriteExt;
 use super::{forwarded_headers, host_of, is_forwarded_field, respond, Ctx, EdgeProxy, MAX_TRIES};
 use crate::access_log::{AccessLog, Entry};
 use crate::h1::body::Framing;
+use crate::h1::lent::{self, Returned};
 use crate::tunnel::handshake::{self, HandshakeError, UpstreamResponse};
 use crate::tunnel::relay::{End, Relay};
 
@@ -177,6 +179,14 @@ async fn relay_refusal(mut client: Stream, mut resp: UpstreamResponse, idle: Dur
     let _ = tokio::time::timeout(idle, client.shutdown()).await;
 }
 
+/// Writes the bytes a client sent behind its upgrade request to the backend, within `limit`.
+async fn send_early(upstream: &mut tokio::net::TcpStream, early: &[u8], limit: Duration) -> bool {
+    matches!(
+        tokio::time::timeout(limit, upstream.write_all(early)).await,
+        Ok(Ok(()))
+    )
+}
+
 /// `data` as one chunk of a chunked body.
 fn chunked(data: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(data.len() + 12);
@@ -241,8 +251,16 @@ pub(super) async fn handle(p: &EdgeProxy, session: &mut Session, ctx: &mut Ctx) 
         .load()
         .enabled()
         .then(|| tunnel_summary(session, ctx, &up.name));
-    let mut client = take_client_stream(session).await?;
+    let client = take_client_stream(session).await?;
     ctx.tunneled = true;
+    // Our HTTP/1 path lent pingora the stream for the request alone; what the client sent
+    // behind it (a WebSocket client's first frames, say) is held with it.
+    let (mut client, early) = match lent::take_back(client) {
+        Returned::Back(stream, rest) => (stream, rest),
+        Returned::Other(stream) => (stream, BytesMut::new()),
+        // A tunnelled request has no body: it was read whole.
+        Returned::Unfinished => return Ok(true),
+    };
     if resp.status != 101 {
         tokio::spawn(relay_refusal(client, resp, t.upstream_read));
         return Ok(true);
@@ -255,7 +273,7 @@ pub(super) async fn handle(p: &EdgeProxy, session: &mut Session, ctx: &mut Ctx) 
         .unwrap_or_default();
     let out_head = handshake::with_extra_headers(&resp.head, &extra);
     let UpstreamResponse {
-        stream: upstream,
+        stream: mut upstream,
         rest,
         ..
     } = resp;
@@ -263,6 +281,9 @@ pub(super) async fn handle(p: &EdgeProxy, session: &mut Session, ctx: &mut Ctx) 
         || (!rest.is_empty() && client.write_all(&rest).await.is_err())
         || client.flush().await.is_err()
     {
+        return Ok(true);
+    }
+    if !early.is_empty() && !send_early(&mut upstream, &early, t.upstream_read).await {
         return Ok(true);
     }
 
