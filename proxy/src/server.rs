@@ -60,11 +60,7 @@ impl HttpServerApp for Edge {
         loop {
             let session = match self.h1.serve(stream, buf, reused, shutdown).await {
                 Outcome::Closed => return None,
-                Outcome::Handoff {
-                    stream,
-                    prefix,
-                    reused,
-                } => self.handoff(stream, prefix, reused),
+                Outcome::Handoff { stream, reused } => self.handoff(stream, reused),
             };
             let (next, settings) = self.pingora_request(session, shutdown).await?.consume();
             // pingora is done with the request it was lent: the next one is ours to read.
@@ -91,17 +87,9 @@ impl HttpServerApp for Edge {
 }
 
 impl Edge {
-    /// A pingora session for a request our path did not take, starting from the bytes
-    /// already read of it.
-    fn handoff(&self, stream: Stream, prefix: BytesMut, reused: bool) -> ServerSession {
+    /// A pingora session for a request our path did not take, on the stream lent for it.
+    fn handoff(&self, stream: Stream, reused: bool) -> ServerSession {
         let mut session = ServerSession::new_http1(stream);
-        if !prefix.is_empty() {
-            session.set_pipelined_prefix(prefix);
-            // Requests the client pipelined behind this one are then kept for the next
-            // session (with pipelining off, pingora closes a connection that read past its
-            // request). A lent stream never lets it read that far.
-            session.set_pipelining_enabled(true);
-        }
         if reused {
             let keepalive = self
                 .shared

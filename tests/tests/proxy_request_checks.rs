@@ -313,6 +313,69 @@ async fn refused(c: &mut RawConn<TcpStream>, raw: &str, status: u16, detail: &st
 }
 
 #[tokio::test]
+async fn heads_over_the_limits_get_431_or_414_with_the_reason() {
+    let raw = ok_backend().await;
+    // 300 short fields: within the byte limit, over the count either parser takes.
+    let many: String = (0..300).map(|i| format!("X-F{i}: v\r\n")).collect();
+    let long_uri = format!("/{}", "u".repeat(9000));
+    for path in BOTH_PATHS {
+        let proxy = proxy_for_raw(
+            &[&raw],
+            &format!("{path}[limits]\nmax_request_header_bytes = 8192\n"),
+        );
+        let cases = [
+            (
+                format!("GET / HTTP/1.1\r\nHost: test\r\n{many}\r\n"),
+                431,
+                "too many header fields (more than 256)",
+            ),
+            (
+                format!(
+                    "GET / HTTP/1.1\r\nHost: test\r\nX-Big: {}\r\n\r\n",
+                    "b".repeat(9000)
+                ),
+                431,
+                "request header fields too large",
+            ),
+            (
+                format!("GET {long_uri} HTTP/1.1\r\nHost: test\r\n\r\n"),
+                414,
+                "request line too long",
+            ),
+            // Over the limit before its line even ends.
+            (
+                format!("GET /{} HTTP/1.1\r\nHost: test\r\n\r\n", "u".repeat(70_000)),
+                414,
+                "request line too long",
+            ),
+        ];
+        for (req, status, detail) in &cases {
+            let what = format!("{path:?} {status} {detail}");
+            let mut c = RawConn::connect(proxy.addr()).await;
+            refused(&mut c, req, *status, detail, &what).await;
+
+            // The same on a connection that pingora served a request on before (HTTP/1.0
+            // is handed to it).
+            let mut c = RawConn::connect(proxy.addr()).await;
+            let r = c
+                .exchange("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+                .await;
+            assert_eq!(r.status, 200, "{what}: {r:?}");
+            refused(&mut c, req, *status, detail, &format!("{what}, second")).await;
+        }
+        // Just under the limits: served.
+        let fields: String = (0..250).map(|i| format!("X-F{i}: v\r\n")).collect();
+        let uri = format!("/{}", "u".repeat(7000));
+        for req in [
+            format!("GET / HTTP/1.1\r\nHost: test\r\n{fields}\r\n"),
+            format!("GET {uri} HTTP/1.1\r\nHost: test\r\n\r\n"),
+        ] {
+            assert_eq!(answer(&proxy, &req).await, (200, "ok".into()), "{path:?}");
+        }
+    }
+}
+
+#[tokio::test]
 async fn transfer_codings_other_than_chunked_alone_are_refused() {
     let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
     let raw = RawBackend::start(move |mut conn: RawConn<TcpStream>, _| {

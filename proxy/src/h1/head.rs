@@ -176,6 +176,13 @@ pub fn handoff_framing(buf: &[u8]) -> Result<(usize, Framing), Rejection> {
         Ok(httparse::Status::Partial) => {
             return Err(malformed_head("malformed request head: incomplete"))
         }
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(Rejection {
+                status: 431,
+                reason: "too_many_fields",
+                detail: "too many header fields (more than 256)",
+            })
+        }
         Err(e) => {
             return Err(malformed_head(
                 malformed(e).unwrap_or("malformed request head"),
@@ -215,6 +222,25 @@ pub fn handoff_framing(buf: &[u8]) -> Result<(usize, Framing), Rejection> {
         Some(n) if n > 0 => (len, Framing::Length(n)),
         _ => (len, Framing::Empty),
     })
+}
+
+/// The answer to a request head (complete or not, at the start of `buf`) longer than
+/// `limit`: 414 when its request line alone is, or has not ended within it; 431 otherwise.
+pub fn oversized(buf: &[u8], limit: usize) -> Rejection {
+    let line = memchr::memchr(b'\n', buf).map_or(usize::MAX, |i| i + 1);
+    if line > limit {
+        Rejection {
+            status: 414,
+            reason: "request_line_too_long",
+            detail: "request line too long",
+        }
+    } else {
+        Rejection {
+            status: 431,
+            reason: "header_too_large",
+            detail: "request header fields too large",
+        }
+    }
 }
 
 /// A Content-Length value: digits only (no sign, no spaces inside).
@@ -636,6 +662,20 @@ mod tests {
                 .map_err(|e| e.0),
             Err(501)
         );
+    }
+
+    #[test]
+    fn heads_over_the_limits() {
+        let many: String = (0..=MAX_FIELDS).map(|i| format!("x-{i}: v\r\n")).collect();
+        let head = format!("GET / HTTP/1.1\r\n{many}\r\n");
+        assert_eq!(
+            handoff_framing(head.as_bytes()).map_err(|r| r.status),
+            Err(431)
+        );
+        let status = |buf: &[u8]| oversized(buf, 16).status;
+        assert_eq!(status(b"GET /0123456789abcdef"), 414);
+        assert_eq!(status(b"GET /0123456789a HTTP/1.1\r\n"), 414);
+        assert_eq!(status(b"GET / HTTP/1.1\r\nHost: a.example\r\n"), 431);
     }
 
     #[test]

@@ -37,7 +37,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::access_log::{AccessLog, Entry};
-use crate::proxy::policy::{self, Admission, RequestView};
+use crate::proxy::policy::{self, Admission, Rejection, RequestView};
 use crate::proxy::{respond, MAX_TRIES};
 use crate::state::{Runtime, Shared};
 use crate::tunnel::handshake::{self, HandshakeError};
@@ -49,8 +49,13 @@ use head::{BadResponse, Parse, RequestHead, ResponseHead};
 use lent::Lent;
 use pool::Pool;
 
-/// Request heads larger than this go to pingora, which applies its own limit.
-const MAX_HEAD: usize = 64 * 1024;
+/// The largest request head pingora reads (its parser's own bound), and so the bound on
+/// either path when `limits.max_request_header_bytes` is off.
+const MAX_HEAD: usize = 1024 * 1024 - 1;
+/// After an error answer to a request not read whole, how long the connection keeps
+/// reading (and dropping) what the client still sends, and how much of it.
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 1024 * 1024;
 /// Request bodies up to this size are read whole before the request goes upstream (as
 /// nginx buffers them), so a request can always be sent again; larger ones go to pingora.
 const MAX_BUFFERED_BODY: u64 = 64 * 1024;
@@ -72,11 +77,9 @@ const DEFAULT_HEAD_TIMEOUT: Duration = Duration::from_secs(60);
 pub enum Outcome {
     /// Closed (or to be closed): nothing more to do.
     Closed,
-    /// The next request is pingora's to serve: `prefix` holds the bytes read of it so far
-    /// (none when `stream` is [`Lent`], which holds them).
+    /// The next request is pingora's to serve, on a [`Lent`] stream.
     Handoff {
         stream: Stream,
-        prefix: BytesMut,
         /// The connection served a request before this one.
         reused: bool,
     },
@@ -113,7 +116,7 @@ enum NoHead {
     Gone,
     /// Bytes came but not a whole head within the header timeout (slowloris).
     TimedOut,
-    /// The head is larger than this path takes.
+    /// The head is larger than the limit.
     TooLarge,
 }
 
@@ -189,9 +192,15 @@ impl H1 {
                 Some(h) => (t.downstream_keepalive, h),
                 None => (t.downstream_keepalive, DEFAULT_HEAD_TIMEOUT),
             };
+            let head_limit = rt
+                .config
+                .limits
+                .max_request_header_bytes
+                .map_or(MAX_HEAD, |max| max.min(MAX_HEAD));
             match wait_head(
                 &mut stream,
                 &mut buf,
+                head_limit,
                 first_wait,
                 head_timeout,
                 shutdown,
@@ -213,11 +222,9 @@ impl H1 {
                     return Outcome::Closed;
                 }
                 Err(NoHead::TooLarge) => {
-                    return Outcome::Handoff {
-                        stream,
-                        prefix: buf,
-                        reused: served,
-                    }
+                    self.refuse(&mut stream, head::oversized(&buf, head_limit))
+                        .await;
+                    return Outcome::Closed;
                 }
             }
             // The whole request (head and body) is read before anything goes upstream.
@@ -242,8 +249,12 @@ impl H1 {
                         need
                     }
                     Parse::Invalid(detail) => {
-                        self.shared.metrics.reject("bad_request");
-                        write_flush(&mut stream, &respond::text_bytes(400, detail)).await;
+                        let r = Rejection {
+                            status: 400,
+                            reason: "bad_request",
+                            detail,
+                        };
+                        self.refuse(&mut stream, r).await;
                         return Outcome::Closed;
                     }
                     // Larger bodies are streamed by pingora, which reads the answer while
@@ -266,9 +277,7 @@ impl H1 {
                         match head::handoff_framing(&buf) {
                             Ok((len, body)) => return self.lend(stream, buf, len, body, served),
                             Err(r) => {
-                                self.shared.metrics.reject(r.reason);
-                                write_flush(&mut stream, &respond::text_bytes(r.status, r.detail))
-                                    .await;
+                                self.refuse(&mut stream, r).await;
                                 return Outcome::Closed;
                             }
                         }
@@ -298,9 +307,34 @@ impl H1 {
     ) -> Outcome {
         Outcome::Handoff {
             stream: Box::new(Lent::new(stream, buf, head_len, body)),
-            prefix: BytesMut::new(),
             reused,
         }
+    }
+
+    /// Answers a request refused from its head, then closes the connection. Its rest may be
+    /// unread, and a socket closed with unread bytes sends a reset, which can make the
+    /// client lose the answer before reading it: so the write side is shut first, and what
+    /// still comes is read and dropped until the client closes, within [`LINGER`] (as
+    /// nginx's lingering close does).
+    async fn refuse(&self, stream: &mut Stream, r: Rejection) {
+        self.shared.metrics.reject(r.reason);
+        if !write_flush(stream, &respond::text_bytes(r.status, r.detail)).await {
+            return;
+        }
+        let _ = bounded(LINGER, async {
+            if AsyncWriteExt::shutdown(stream).await.is_err() {
+                return;
+            }
+            let mut sink = [0u8; 4096];
+            let mut dropped = 0;
+            while dropped < LINGER_BYTES {
+                match stream.read(&mut sink).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => dropped += n,
+                }
+            }
+        })
+        .await;
     }
 
     /// Serves one request; whether the client connection stays open.
@@ -663,10 +697,12 @@ async fn read_body(stream: &mut Stream, buf: &mut BytesMut, need: usize, limit: 
     true
 }
 
-/// Waits until `buf` holds a whole request head.
+/// Waits until `buf` holds a whole request head of at most `limit` bytes.
+#[allow(clippy::too_many_arguments)]
 async fn wait_head(
     stream: &mut Stream,
     buf: &mut BytesMut,
+    limit: usize,
     first_wait: Duration,
     head_timeout: Duration,
     shutdown: &ShutdownWatch,
@@ -685,11 +721,16 @@ async fn wait_head(
             buf.advance(blank);
             searched = searched.saturating_sub(blank);
         }
-        if head_complete(&buf[searched.saturating_sub(3)..]) {
-            return Ok(());
+        let from = searched.saturating_sub(3);
+        if let Some(end) = head_end(&buf[from..]) {
+            return if from + end > limit {
+                Err(NoHead::TooLarge)
+            } else {
+                Ok(())
+            };
         }
         searched = buf.len();
-        if buf.len() > MAX_HEAD {
+        if buf.len() > limit {
             return Err(NoHead::TooLarge);
         }
         if buf.capacity() - buf.len() < 1024 {
@@ -740,12 +781,13 @@ fn leading_empty_lines(buf: &[u8]) -> usize {
     }
 }
 
-/// Whether `buf` holds the blank line that ends a head (CRLF or bare LF line endings).
-fn head_complete(buf: &[u8]) -> bool {
-    memchr::memchr_iter(b'\n', buf).any(|i| match buf.get(i + 1) {
-        Some(b'\n') => true,
-        Some(b'\r') => buf.get(i + 2) == Some(&b'\n'),
-        _ => false,
+/// Where the blank line that ends a head ends in `buf` (CRLF or bare LF line endings), if
+/// it holds one.
+fn head_end(buf: &[u8]) -> Option<usize> {
+    memchr::memchr_iter(b'\n', buf).find_map(|i| match buf.get(i + 1) {
+        Some(b'\n') => Some(i + 2),
+        Some(b'\r') if buf.get(i + 2) == Some(&b'\n') => Some(i + 3),
+        _ => None,
     })
 }
 
@@ -848,7 +890,7 @@ impl Drop for Log<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::{head_complete, leading_empty_lines};
+    use super::{head_end, leading_empty_lines};
 
     #[test]
     fn skips_empty_lines_before_a_request() {
@@ -860,13 +902,13 @@ mod tests {
 
     #[test]
     fn finds_the_end_of_a_head() {
-        assert!(head_complete(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
-        assert!(head_complete(b"GET / HTTP/1.1\nHost: a\n\n"));
-        assert!(!head_complete(b"GET / HTTP/1.1\r\nHost: a\r\n"));
-        assert!(!head_complete(b"GET / HTTP/1.1\r\nHost: a\r\n\r"));
-        assert!(!head_complete(b"\r"));
-        assert!(head_complete(b"\n\n"));
-        assert!(head_complete(b"a\n\r\n"));
-        assert!(!head_complete(b"a\n\rb\n"));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nBODY"), Some(27));
+        assert_eq!(head_end(b"GET / HTTP/1.1\nHost: a\n\n"), Some(24));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n"), None);
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r"), None);
+        assert_eq!(head_end(b"\r"), None);
+        assert_eq!(head_end(b"\n\n"), Some(2));
+        assert_eq!(head_end(b"a\n\r\n"), Some(4));
+        assert_eq!(head_end(b"a\n\rb\n"), None);
     }
 }
