@@ -62,12 +62,21 @@ impl HttpServerApp for Edge {
                 Outcome::Closed => return None,
                 Outcome::Handoff { stream, reused } => self.handoff(stream, reused),
             };
-            let (next, settings) = self.pingora_request(session, shutdown).await?.consume();
+            let (done, resumed) =
+                crate::proxy::resumable(self.pingora_request(session, shutdown)).await;
             // pingora is done with the request it was lent: the next one is ours to read.
-            (stream, buf) = match lent::take_back(next) {
-                Returned::Back(stream, rest) => (stream, rest),
-                Returned::Unfinished => return None,
-                Returned::Other(stream) => return Some(ReusedHttpStream::new(stream, settings)),
+            (stream, buf) = match resumed {
+                Some(back) => back,
+                None => {
+                    let (next, settings) = done?.consume();
+                    match lent::take_back(next) {
+                        Returned::Back(stream, rest) => (stream, rest),
+                        Returned::Unfinished => return None,
+                        Returned::Other(stream) => {
+                            return Some(ReusedHttpStream::new(stream, settings))
+                        }
+                    }
+                }
             };
             reused = true;
         }

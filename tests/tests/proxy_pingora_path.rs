@@ -267,8 +267,10 @@ async fn refused_upgrade_answer_longer_than_the_read_timeout_is_relayed_whole() 
     assert_eq!(r.status, 403, "{r:?}");
     let want: String = (0..7).map(|i| format!("part {i};")).collect();
     assert_eq!(r.text(), want, "{r:?}");
-    assert!(r.closes(), "{r:?}");
-    c.expect_eof("after a refused upgrade").await;
+    // The backend's close ended the body; the client got it chunked, and the connection
+    // goes on.
+    assert_eq!(r.header("transfer-encoding"), Some("chunked"), "{r:?}");
+    assert!(!r.closes(), "{r:?}");
 }
 
 #[tokio::test]
@@ -288,6 +290,79 @@ async fn refused_upgrade_answer_cut_by_the_idle_timeout_does_not_look_complete()
         ),
         Ok(r) => panic!("a cut answer looked complete: {r:?}"),
     }
+}
+
+#[tokio::test]
+async fn refused_upgrade_with_a_framed_answer_leaves_the_connection_usable() {
+    // Refuses upgrades by path, with a length, a chunked or a close-delimited body; answers
+    // any other request `200 plain`.
+    let raw = RawBackend::start(|mut conn, _| async move {
+        while let Some(req) = conn.request().await {
+            let answer = match (field(&req.headers, "upgrade"), req.path.as_str()) {
+                (None, _) => "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nplain",
+                (Some(_), "/ws/401") => {
+                    "HTTP/1.1 401 Unauthorized\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\
+                     Content-Length: 6\r\n\r\nlog in"
+                }
+                (Some(_), "/ws/404") => {
+                    "HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n\
+                     4\r\nnone\r\n5\r\n here\r\n0\r\n\r\n"
+                }
+                (Some(_), _) => {
+                    reply(&mut conn, "HTTP/1.1 200 OK\r\n\r\nuntil close").await;
+                    return;
+                }
+            };
+            if !reply(&mut conn, answer).await {
+                return;
+            }
+        }
+    })
+    .await;
+    let proxy = proxy_for_raw(&[&raw], "");
+    let upgrade = |path: &str, extra: &str| {
+        format!("GET {path} HTTP/1.1\r\nHost: test\r\n{WS_UPGRADE}{extra}\r\n")
+    };
+
+    let mut c = RawConn::connect(proxy.addr()).await;
+    for (path, status, body) in [
+        ("/ws/401", 401, "log in"),
+        ("/ws/404", 404, "none here"),
+        // Delimited by the backend's close: the client gets it chunked, which ends it.
+        ("/ws/200", 200, "until close"),
+    ] {
+        let r = c.exchange(upgrade(path, "")).await;
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (status, body),
+            "{path}: {r:?}"
+        );
+        assert!(!r.closes(), "{path}: {r:?}");
+        assert!(r.header("keep-alive").is_none(), "{path}: {r:?}");
+        // The same connection carries the next request.
+        let r = c.exchange("GET /next HTTP/1.1\r\nHost: test\r\n\r\n").await;
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (200, "plain"),
+            "after {path}: {r:?}"
+        );
+    }
+    // A request sent right behind the upgrade is answered after the refusal.
+    c.send(upgrade("/ws/401", "") + "GET /next HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await;
+    let r = c.response(false).await;
+    assert_eq!(r.status, 401, "{r:?}");
+    let r = c.response(false).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "plain"), "{r:?}");
+
+    // A client that asked to close gets the answer, then the close.
+    c.send(upgrade("/ws/401", "").replace("Connection: Upgrade", "Connection: Upgrade, close"))
+        .await;
+    let r = c.response(false).await;
+    assert_eq!((r.status, r.text().as_str()), (401, "log in"), "{r:?}");
+    assert!(r.closes(), "{r:?}");
+    c.expect_eof("after a refusal the client asked to close")
+        .await;
 }
 
 // ---------------------------------------------------------------------------------------
