@@ -1,7 +1,9 @@
 //! Requests our HTTP/1 path hands to pingora's proxy loop, end to end: upgrades that are
 //! not tunnelled (h2c, upgrades with a body) and those that are, refused upgrades with long
-//! or cut answers, HTTP/1.0 clients (no chunked body, no 1xx), `Expect: 100-continue`,
-//! absolute-form targets, error answers that name no backend, and the Host field rules.
+//! or cut answers and the connection they leave for the next request, HTTP/1.0 clients (no
+//! chunked body, no 1xx), `Expect: 100-continue`, absolute-form targets on the first and
+//! later requests of a connection, error answers that name no backend, and the Host field
+//! rules.
 //! Clients are raw TCP streams, backends raw HTTP servers on a 127.0.0.1 socket.
 
 #![allow(clippy::unwrap_used)]
@@ -319,50 +321,50 @@ async fn refused_upgrade_with_a_framed_answer_leaves_the_connection_usable() {
         }
     })
     .await;
-    let proxy = proxy_for_raw(&[&raw], "");
-    let upgrade = |path: &str, extra: &str| {
-        format!("GET {path} HTTP/1.1\r\nHost: test\r\n{WS_UPGRADE}{extra}\r\n")
-    };
+    let upgrade = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: test\r\n{WS_UPGRADE}\r\n");
+    // On our HTTP/1 path, and with pingora serving every request.
+    for http1 in ["", "http1 = \"pingora\"\n"] {
+        let proxy = proxy_for_raw(&[&raw], http1);
+        let mut c = RawConn::connect(proxy.addr()).await;
+        for (path, status, body) in [
+            ("/ws/401", 401, "log in"),
+            ("/ws/404", 404, "none here"),
+            // Delimited by the backend's close: the client gets it chunked, which ends it.
+            ("/ws/200", 200, "until close"),
+        ] {
+            let r = c.exchange(upgrade(path)).await;
+            assert_eq!(
+                (r.status, r.text().as_str()),
+                (status, body),
+                "{http1:?} {path}: {r:?}"
+            );
+            assert!(!r.closes(), "{http1:?} {path}: {r:?}");
+            assert!(r.header("keep-alive").is_none(), "{http1:?} {path}: {r:?}");
+            // The same connection carries the next request.
+            let r = c.exchange("GET /next HTTP/1.1\r\nHost: test\r\n\r\n").await;
+            assert_eq!(
+                (r.status, r.text().as_str()),
+                (200, "plain"),
+                "{http1:?} after {path}: {r:?}"
+            );
+        }
+        // A request sent right behind the upgrade is answered after the refusal.
+        c.send(upgrade("/ws/401") + "GET /next HTTP/1.1\r\nHost: test\r\n\r\n")
+            .await;
+        let r = c.response(false).await;
+        assert_eq!(r.status, 401, "{r:?}");
+        let r = c.response(false).await;
+        assert_eq!((r.status, r.text().as_str()), (200, "plain"), "{r:?}");
 
-    let mut c = RawConn::connect(proxy.addr()).await;
-    for (path, status, body) in [
-        ("/ws/401", 401, "log in"),
-        ("/ws/404", 404, "none here"),
-        // Delimited by the backend's close: the client gets it chunked, which ends it.
-        ("/ws/200", 200, "until close"),
-    ] {
-        let r = c.exchange(upgrade(path, "")).await;
-        assert_eq!(
-            (r.status, r.text().as_str()),
-            (status, body),
-            "{path}: {r:?}"
-        );
-        assert!(!r.closes(), "{path}: {r:?}");
-        assert!(r.header("keep-alive").is_none(), "{path}: {r:?}");
-        // The same connection carries the next request.
-        let r = c.exchange("GET /next HTTP/1.1\r\nHost: test\r\n\r\n").await;
-        assert_eq!(
-            (r.status, r.text().as_str()),
-            (200, "plain"),
-            "after {path}: {r:?}"
-        );
+        // A client that asked to close gets the answer, then the close.
+        c.send(upgrade("/ws/401").replace("Connection: Upgrade", "Connection: Upgrade, close"))
+            .await;
+        let r = c.response(false).await;
+        assert_eq!((r.status, r.text().as_str()), (401, "log in"), "{r:?}");
+        assert!(r.closes(), "{r:?}");
+        c.expect_eof("after a refusal the client asked to close")
+            .await;
     }
-    // A request sent right behind the upgrade is answered after the refusal.
-    c.send(upgrade("/ws/401", "") + "GET /next HTTP/1.1\r\nHost: test\r\n\r\n")
-        .await;
-    let r = c.response(false).await;
-    assert_eq!(r.status, 401, "{r:?}");
-    let r = c.response(false).await;
-    assert_eq!((r.status, r.text().as_str()), (200, "plain"), "{r:?}");
-
-    // A client that asked to close gets the answer, then the close.
-    c.send(upgrade("/ws/401", "").replace("Connection: Upgrade", "Connection: Upgrade, close"))
-        .await;
-    let r = c.response(false).await;
-    assert_eq!((r.status, r.text().as_str()), (401, "log in"), "{r:?}");
-    assert!(r.closes(), "{r:?}");
-    c.expect_eof("after a refusal the client asked to close")
-        .await;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -590,55 +592,63 @@ async fn absolute_form_requests_after_a_hand_off_are_routed_by_their_authority()
     let web = echo_backend(web_tx).await;
     let entry =
         |b: &RawBackend, id: &str| vec![format!("{{ addr = \"{}\", id = \"{id}\" }}", b.addr)];
-    let proxy = Proxy::start_config(&format!(
-        "{TWO_THREADS}\n{}\n{}\n{}\n[[routes]]\nhost = \"api.example\"\nupstream = \"api\"\n\n\
-         [[routes]]\nupstream = \"web\"\n",
-        listener(free_port()),
-        upstream("api", None, &entry(&api, "api")),
-        upstream("web", None, &entry(&web, "web")),
-    ));
     let absolute =
         |n: usize| format!("GET http://api.example/abs/{n} HTTP/1.1\r\nHost: web.example\r\n\r\n");
 
-    // Handed to pingora first: HTTP/1.0, then an absolute-form target itself.
-    for first in [
-        "GET /first HTTP/1.0\r\nHost: web.example\r\nConnection: keep-alive\r\n\r\n".to_owned(),
-        absolute(0),
-    ] {
-        let mut c = RawConn::connect(proxy.addr()).await;
-        let r = c.exchange(&first).await;
-        assert_eq!(r.status, 200, "{first:?}: {r:?}");
-        assert!(!r.closes(), "{first:?}: {r:?}");
-        let req = if first.contains("http://") {
-            next_seen(&mut api_seen).await
-        } else {
-            next_seen(&mut web_seen).await
-        };
-        assert!(
-            req.path.ends_with("first") || req.path == "/abs/0",
-            "{req:?}"
-        );
+    // On our HTTP/1 path, and with pingora serving every request.
+    for http1 in ["", "http1 = \"pingora\"\n"] {
+        let proxy = Proxy::start_config(&format!(
+            "{TWO_THREADS}{http1}\n{}\n{}\n{}\n[[routes]]\nhost = \"api.example\"\nupstream = \"api\"\n\n\
+             [[routes]]\nupstream = \"web\"\n",
+            listener(free_port()),
+            upstream("api", None, &entry(&api, "api")),
+            upstream("web", None, &entry(&web, "web")),
+        ));
 
-        // Then absolute-form requests whose Host differs, one at a time and pipelined.
-        let r = c.exchange(absolute(1)).await;
-        assert_eq!(r.status, 200, "{first:?}: {r:?}");
-        c.send(absolute(2) + &absolute(3)).await;
-        for n in 2..4 {
-            assert_eq!(
-                c.response(false).await.status,
-                200,
-                "{first:?}: request {n}"
+        // Handed to pingora first: HTTP/1.0, then an absolute-form target itself.
+        for first in [
+            "GET /first HTTP/1.0\r\nHost: web.example\r\nConnection: keep-alive\r\n\r\n".to_owned(),
+            absolute(0),
+        ] {
+            let mut c = RawConn::connect(proxy.addr()).await;
+            let r = c.exchange(&first).await;
+            assert_eq!(r.status, 200, "{http1:?} {first:?}: {r:?}");
+            assert!(!r.closes(), "{http1:?} {first:?}: {r:?}");
+            let req = if first.contains("http://") {
+                next_seen(&mut api_seen).await
+            } else {
+                next_seen(&mut web_seen).await
+            };
+            assert!(
+                req.path.ends_with("first") || req.path == "/abs/0",
+                "{req:?}"
+            );
+
+            // Then absolute-form requests whose Host differs, one at a time and pipelined.
+            let r = c.exchange(absolute(1)).await;
+            assert_eq!(r.status, 200, "{http1:?} {first:?}: {r:?}");
+            c.send(absolute(2) + &absolute(3)).await;
+            for n in 2..4 {
+                assert_eq!(
+                    c.response(false).await.status,
+                    200,
+                    "{http1:?} {first:?}: request {n}"
+                );
+            }
+            for n in 1..4 {
+                let req = next_seen(&mut api_seen).await;
+                assert_eq!(
+                    req.path,
+                    format!("/abs/{n}"),
+                    "{http1:?} {first:?}: {req:?}"
+                );
+                assert_eq!(field(&req.headers, "host"), Some("api.example"), "{req:?}");
+            }
+            assert!(
+                web_seen.try_recv().is_err(),
+                "{http1:?} {first:?}: routed by the Host field"
             );
         }
-        for n in 1..4 {
-            let req = next_seen(&mut api_seen).await;
-            assert_eq!(req.path, format!("/abs/{n}"), "{first:?}: {req:?}");
-            assert_eq!(field(&req.headers, "host"), Some("api.example"), "{req:?}");
-        }
-        assert!(
-            web_seen.try_recv().is_err(),
-            "{first:?}: routed by the Host field"
-        );
     }
 }
 

@@ -2,7 +2,9 @@
 //! HTTP/1.1 path, and pingora's, which a chunked body or HTTP/1.0 leads to): one valid Host
 //! on every HTTP/1.1 request, and routes matched on the path a backend will act on
 //! (percent-decoded, dot-segments resolved); a malformed head gets a 400 that says what is
-//! wrong; client fields that mimic ours with underscores never reach a backend. Also what it
+//! wrong, one over the size limits a 414 or 431, and a transfer coding other than chunked
+//! alone a 501 or 400; client fields that mimic ours with underscores never reach a
+//! backend. Also what it
 //! adds to or keeps from answers:
 //! a Date when the backend sent none, a status line after stray empty lines, and the only
 //! backend of an upstream kept in service through failures any client can cause.
