@@ -14,6 +14,7 @@ use bytes::BytesMut;
 use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream};
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::protocols::http::ServerSession;
+use pingora::protocols::Stream;
 use pingora::proxy::HttpProxy;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{Server, ShutdownWatch};
@@ -23,6 +24,7 @@ use pingora::services::listening::Service;
 use crate::admin::AdminApp;
 use crate::config::Config;
 use crate::drain::{exit_when_drained, Counted};
+use crate::h1::lent::{self, Returned};
 use crate::h1::{Outcome, H1};
 use crate::health::HealthChecker;
 use crate::proxy::{EdgeProxy, KeptAlive};
@@ -36,8 +38,6 @@ use crate::tls;
 struct Edge {
     inner: Arc<HttpProxy<EdgeProxy>>,
     h1: H1,
-    /// `server.http1 = "native"`, fixed at start (the listeners' app is built once).
-    native_h1: bool,
     shared: Arc<Shared>,
 }
 
@@ -48,23 +48,40 @@ impl HttpServerApp for Edge {
         session: ServerSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
-        let session = match session {
-            // A connection pingora served with pipelining on may hold bytes of this request
-            // inside the session, out of our reach: it stays with pingora.
-            ServerSession::H1(mut h1) if self.native_h1 && !h1.pipelining_enabled() => {
-                let reused = h1.take_connection_user_context().is_some();
-                match self.h1.serve(h1.into_inner(), reused, shutdown).await {
-                    Outcome::Closed => return None,
-                    Outcome::Handoff {
-                        stream,
-                        prefix,
-                        reused,
-                    } => self.handoff(stream, prefix, reused),
-                }
-            }
-            other => other,
+        let ServerSession::H1(mut h1) = session else {
+            return self.pingora_request(session, shutdown).await;
         };
-        self.pingora_request(session, shutdown).await
+        // A connection pingora served with pipelining on may hold bytes of this request
+        // inside the session, out of our reach: it stays with pingora.
+        if h1.pipelining_enabled() {
+            return self.pingora_request(ServerSession::H1(h1), shutdown).await;
+        }
+        let mut reused = h1.take_connection_user_context().is_some();
+        let mut stream = h1.into_inner();
+        let mut buf = BytesMut::new();
+        loop {
+            let session = match self.h1.serve(stream, buf, reused, shutdown).await {
+                Outcome::Closed => return None,
+                Outcome::Handoff { stream, reused } => self.handoff(stream, reused),
+            };
+            let (done, resumed) =
+                crate::proxy::resumable(self.pingora_request(session, shutdown)).await;
+            // pingora is done with the request it was lent: the next one is ours to read.
+            (stream, buf) = match resumed {
+                Some(back) => back,
+                None => {
+                    let (next, settings) = done?.consume();
+                    match lent::take_back(next) {
+                        Returned::Back(stream, rest) => (stream, rest),
+                        Returned::Unfinished => return None,
+                        Returned::Other(stream) => {
+                            return Some(ReusedHttpStream::new(stream, settings))
+                        }
+                    }
+                }
+            };
+            reused = true;
+        }
     }
 
     fn h2_options(&self) -> Option<pingora::protocols::http::v2::server::H2Options> {
@@ -81,24 +98,9 @@ impl HttpServerApp for Edge {
 }
 
 impl Edge {
-    /// A pingora session for a request our path did not take, starting from the bytes
-    /// already read of it.
-    fn handoff(
-        &self,
-        stream: pingora::protocols::Stream,
-        prefix: BytesMut,
-        reused: bool,
-    ) -> ServerSession {
+    /// A pingora session for a request our path did not take, on the stream lent for it.
+    fn handoff(&self, stream: Stream, reused: bool) -> ServerSession {
         let mut session = ServerSession::new_http1(stream);
-        // pingora would refuse an absolute-form target whose Host differs from its authority;
-        // RFC 9112 §3.2.2 says the target wins.
-        let prefix = crate::proxy::request::host_from_target(&prefix).unwrap_or(prefix);
-        if !prefix.is_empty() {
-            session.set_pipelined_prefix(prefix);
-        }
-        // Requests the client pipelined behind this one are then kept for the next session
-        // (with pipelining off, pingora closes a connection that read past its request).
-        session.set_pipelining_enabled(true);
         if reused {
             let keepalive = self
                 .shared
@@ -325,8 +327,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
     proxy.handle_init_modules();
     let edge = Edge {
         inner: Arc::new(proxy),
-        h1: H1::new(shared.clone()),
-        native_h1,
+        h1: H1::new(shared.clone(), native_h1),
         shared: shared.clone(),
     };
     let open = Arc::new(AtomicUsize::new(0));

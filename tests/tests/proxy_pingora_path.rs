@@ -1,7 +1,9 @@
 //! Requests our HTTP/1 path hands to pingora's proxy loop, end to end: upgrades that are
 //! not tunnelled (h2c, upgrades with a body) and those that are, refused upgrades with long
-//! or cut answers, HTTP/1.0 clients (no chunked body, no 1xx), `Expect: 100-continue`,
-//! absolute-form targets, error answers that name no backend, and the Host field rules.
+//! or cut answers and the connection they leave for the next request, HTTP/1.0 clients (no
+//! chunked body, no 1xx), `Expect: 100-continue`, absolute-form targets on the first and
+//! later requests of a connection, error answers that name no backend, and the Host field
+//! rules.
 //! Clients are raw TCP streams, backends raw HTTP servers on a 127.0.0.1 socket.
 
 #![allow(clippy::unwrap_used)]
@@ -267,8 +269,10 @@ async fn refused_upgrade_answer_longer_than_the_read_timeout_is_relayed_whole() 
     assert_eq!(r.status, 403, "{r:?}");
     let want: String = (0..7).map(|i| format!("part {i};")).collect();
     assert_eq!(r.text(), want, "{r:?}");
-    assert!(r.closes(), "{r:?}");
-    c.expect_eof("after a refused upgrade").await;
+    // The backend's close ended the body; the client got it chunked, and the connection
+    // goes on.
+    assert_eq!(r.header("transfer-encoding"), Some("chunked"), "{r:?}");
+    assert!(!r.closes(), "{r:?}");
 }
 
 #[tokio::test]
@@ -287,6 +291,79 @@ async fn refused_upgrade_answer_cut_by_the_idle_timeout_does_not_look_complete()
             "not a cut connection: {e}"
         ),
         Ok(r) => panic!("a cut answer looked complete: {r:?}"),
+    }
+}
+
+#[tokio::test]
+async fn refused_upgrade_with_a_framed_answer_leaves_the_connection_usable() {
+    // Refuses upgrades by path, with a length, a chunked or a close-delimited body; answers
+    // any other request `200 plain`.
+    let raw = RawBackend::start(|mut conn, _| async move {
+        while let Some(req) = conn.request().await {
+            let answer = match (field(&req.headers, "upgrade"), req.path.as_str()) {
+                (None, _) => "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nplain",
+                (Some(_), "/ws/401") => {
+                    "HTTP/1.1 401 Unauthorized\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\
+                     Content-Length: 6\r\n\r\nlog in"
+                }
+                (Some(_), "/ws/404") => {
+                    "HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n\
+                     4\r\nnone\r\n5\r\n here\r\n0\r\n\r\n"
+                }
+                (Some(_), _) => {
+                    reply(&mut conn, "HTTP/1.1 200 OK\r\n\r\nuntil close").await;
+                    return;
+                }
+            };
+            if !reply(&mut conn, answer).await {
+                return;
+            }
+        }
+    })
+    .await;
+    let upgrade = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: test\r\n{WS_UPGRADE}\r\n");
+    // On our HTTP/1 path, and with pingora serving every request.
+    for http1 in ["", "http1 = \"pingora\"\n"] {
+        let proxy = proxy_for_raw(&[&raw], http1);
+        let mut c = RawConn::connect(proxy.addr()).await;
+        for (path, status, body) in [
+            ("/ws/401", 401, "log in"),
+            ("/ws/404", 404, "none here"),
+            // Delimited by the backend's close: the client gets it chunked, which ends it.
+            ("/ws/200", 200, "until close"),
+        ] {
+            let r = c.exchange(upgrade(path)).await;
+            assert_eq!(
+                (r.status, r.text().as_str()),
+                (status, body),
+                "{http1:?} {path}: {r:?}"
+            );
+            assert!(!r.closes(), "{http1:?} {path}: {r:?}");
+            assert!(r.header("keep-alive").is_none(), "{http1:?} {path}: {r:?}");
+            // The same connection carries the next request.
+            let r = c.exchange("GET /next HTTP/1.1\r\nHost: test\r\n\r\n").await;
+            assert_eq!(
+                (r.status, r.text().as_str()),
+                (200, "plain"),
+                "{http1:?} after {path}: {r:?}"
+            );
+        }
+        // A request sent right behind the upgrade is answered after the refusal.
+        c.send(upgrade("/ws/401") + "GET /next HTTP/1.1\r\nHost: test\r\n\r\n")
+            .await;
+        let r = c.response(false).await;
+        assert_eq!(r.status, 401, "{r:?}");
+        let r = c.response(false).await;
+        assert_eq!((r.status, r.text().as_str()), (200, "plain"), "{r:?}");
+
+        // A client that asked to close gets the answer, then the close.
+        c.send(upgrade("/ws/401").replace("Connection: Upgrade", "Connection: Upgrade, close"))
+            .await;
+        let r = c.response(false).await;
+        assert_eq!((r.status, r.text().as_str()), (401, "log in"), "{r:?}");
+        assert!(r.closes(), "{r:?}");
+        c.expect_eof("after a refusal the client asked to close")
+            .await;
     }
 }
 
@@ -471,8 +548,7 @@ async fn absolute_form_target_is_routed_by_its_authority_and_sent_origin_form() 
     ));
 
     // The Host field differs (ignored), matches, or is absent: the target's authority wins.
-    // Each on a new connection: after a hand-off the connection stays with pingora, which
-    // refuses a differing Host while reading the head, before any of our code runs.
+    // Each as the first request of a connection (later ones: the next test).
     for host in ["Host: web.example\r\n", "Host: api.example\r\n", ""] {
         let mut c = RawConn::connect(proxy.addr()).await;
         let r = c
@@ -506,6 +582,74 @@ async fn absolute_form_target_is_routed_by_its_authority_and_sent_origin_form() 
     let req = next_seen(&mut web_seen).await;
     assert_eq!(req.path, "/x");
     assert!(api_seen.try_recv().is_err());
+}
+
+#[tokio::test]
+async fn absolute_form_requests_after_a_hand_off_are_routed_by_their_authority() {
+    let (api_tx, mut api_seen) = mpsc::unbounded_channel();
+    let api = echo_backend(api_tx).await;
+    let (web_tx, mut web_seen) = mpsc::unbounded_channel();
+    let web = echo_backend(web_tx).await;
+    let entry =
+        |b: &RawBackend, id: &str| vec![format!("{{ addr = \"{}\", id = \"{id}\" }}", b.addr)];
+    let absolute =
+        |n: usize| format!("GET http://api.example/abs/{n} HTTP/1.1\r\nHost: web.example\r\n\r\n");
+
+    // On our HTTP/1 path, and with pingora serving every request.
+    for http1 in ["", "http1 = \"pingora\"\n"] {
+        let proxy = Proxy::start_config(&format!(
+            "{TWO_THREADS}{http1}\n{}\n{}\n{}\n[[routes]]\nhost = \"api.example\"\nupstream = \"api\"\n\n\
+             [[routes]]\nupstream = \"web\"\n",
+            listener(free_port()),
+            upstream("api", None, &entry(&api, "api")),
+            upstream("web", None, &entry(&web, "web")),
+        ));
+
+        // Handed to pingora first: HTTP/1.0, then an absolute-form target itself.
+        for first in [
+            "GET /first HTTP/1.0\r\nHost: web.example\r\nConnection: keep-alive\r\n\r\n".to_owned(),
+            absolute(0),
+        ] {
+            let mut c = RawConn::connect(proxy.addr()).await;
+            let r = c.exchange(&first).await;
+            assert_eq!(r.status, 200, "{http1:?} {first:?}: {r:?}");
+            assert!(!r.closes(), "{http1:?} {first:?}: {r:?}");
+            let req = if first.contains("http://") {
+                next_seen(&mut api_seen).await
+            } else {
+                next_seen(&mut web_seen).await
+            };
+            assert!(
+                req.path.ends_with("first") || req.path == "/abs/0",
+                "{req:?}"
+            );
+
+            // Then absolute-form requests whose Host differs, one at a time and pipelined.
+            let r = c.exchange(absolute(1)).await;
+            assert_eq!(r.status, 200, "{http1:?} {first:?}: {r:?}");
+            c.send(absolute(2) + &absolute(3)).await;
+            for n in 2..4 {
+                assert_eq!(
+                    c.response(false).await.status,
+                    200,
+                    "{http1:?} {first:?}: request {n}"
+                );
+            }
+            for n in 1..4 {
+                let req = next_seen(&mut api_seen).await;
+                assert_eq!(
+                    req.path,
+                    format!("/abs/{n}"),
+                    "{http1:?} {first:?}: {req:?}"
+                );
+                assert_eq!(field(&req.headers, "host"), Some("api.example"), "{req:?}");
+            }
+            assert!(
+                web_seen.try_recv().is_err(),
+                "{http1:?} {first:?}: routed by the Host field"
+            );
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------

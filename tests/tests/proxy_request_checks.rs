@@ -2,7 +2,9 @@
 //! HTTP/1.1 path, and pingora's, which a chunked body or HTTP/1.0 leads to): one valid Host
 //! on every HTTP/1.1 request, and routes matched on the path a backend will act on
 //! (percent-decoded, dot-segments resolved); a malformed head gets a 400 that says what is
-//! wrong; client fields that mimic ours with underscores never reach a backend. Also what it
+//! wrong, one over the size limits a 414 or 431, and a transfer coding other than chunked
+//! alone a 501 or 400; client fields that mimic ours with underscores never reach a
+//! backend. Also what it
 //! adds to or keeps from answers:
 //! a Date when the backend sent none, a status line after stray empty lines, and the only
 //! backend of an upstream kept in service through failures any client can cause.
@@ -287,4 +289,162 @@ async fn a_content_length_list_of_one_value_reaches_the_backend_once() {
         seen.try_recv().is_err(),
         "a conflicting length was forwarded"
     );
+}
+
+/// The two request paths a test runs on: the proxy's own (`native`, the default), and
+/// pingora's for every request (`server.http1 = "pingora"`).
+const BOTH_PATHS: [&str; 2] = ["", "http1 = \"pingora\"\n"];
+
+/// Sends `raw` on `c` and checks the answer is `status` with the plain-text reason
+/// `"<status> <phrase>: <detail>"`, then that the connection closes.
+async fn refused(c: &mut RawConn<TcpStream>, raw: &str, status: u16, detail: &str, what: &str) {
+    c.send(raw).await;
+    let r = c.response(false).await;
+    assert_eq!(r.status, status, "{what}: {r:?}");
+    let text = r.text();
+    assert!(
+        text.starts_with(&format!("{status} ")) && text.ends_with(&format!(": {detail}\n")),
+        "{what}: {text:?}"
+    );
+    assert!(
+        r.header("content-type")
+            .is_some_and(|v| v.starts_with("text/plain")),
+        "{what}: {r:?}"
+    );
+    c.expect_eof(what).await;
+}
+
+#[tokio::test]
+async fn heads_over_the_limits_get_431_or_414_with_the_reason() {
+    let raw = ok_backend().await;
+    // 300 short fields: within the byte limit, over the count either parser takes.
+    let many: String = (0..300).map(|i| format!("X-F{i}: v\r\n")).collect();
+    let long_uri = format!("/{}", "u".repeat(9000));
+    for path in BOTH_PATHS {
+        let proxy = proxy_for_raw(
+            &[&raw],
+            &format!("{path}[limits]\nmax_request_header_bytes = 8192\n"),
+        );
+        let cases = [
+            (
+                format!("GET / HTTP/1.1\r\nHost: test\r\n{many}\r\n"),
+                431,
+                "too many header fields (more than 256)",
+            ),
+            (
+                format!(
+                    "GET / HTTP/1.1\r\nHost: test\r\nX-Big: {}\r\n\r\n",
+                    "b".repeat(9000)
+                ),
+                431,
+                "request header fields too large",
+            ),
+            (
+                format!("GET {long_uri} HTTP/1.1\r\nHost: test\r\n\r\n"),
+                414,
+                "request line too long",
+            ),
+            // Over the limit before its line even ends.
+            (
+                format!("GET /{} HTTP/1.1\r\nHost: test\r\n\r\n", "u".repeat(70_000)),
+                414,
+                "request line too long",
+            ),
+        ];
+        for (req, status, detail) in &cases {
+            let what = format!("{path:?} {status} {detail}");
+            let mut c = RawConn::connect(proxy.addr()).await;
+            refused(&mut c, req, *status, detail, &what).await;
+
+            // The same on a connection that pingora served a request on before (HTTP/1.0
+            // is handed to it).
+            let mut c = RawConn::connect(proxy.addr()).await;
+            let r = c
+                .exchange("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+                .await;
+            assert_eq!(r.status, 200, "{what}: {r:?}");
+            refused(&mut c, req, *status, detail, &format!("{what}, second")).await;
+        }
+        // Just under the limits: served.
+        let fields: String = (0..250).map(|i| format!("X-F{i}: v\r\n")).collect();
+        let uri = format!("/{}", "u".repeat(7000));
+        for req in [
+            format!("GET / HTTP/1.1\r\nHost: test\r\n{fields}\r\n"),
+            format!("GET {uri} HTTP/1.1\r\nHost: test\r\n\r\n"),
+        ] {
+            assert_eq!(answer(&proxy, &req).await, (200, "ok".into()), "{path:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn transfer_codings_other_than_chunked_alone_are_refused() {
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let raw = RawBackend::start(move |mut conn: RawConn<TcpStream>, _| {
+        let seen_tx = seen_tx.clone();
+        async move {
+            // One request per connection: its chunked body is left unread.
+            if let Ok(Some(head)) = conn.head(tests::STEP_TIMEOUT).await {
+                let _ = seen_tx.send(head);
+                let answer = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
+                reply(&mut conn, answer).await;
+            }
+        }
+    })
+    .await;
+    let body = "\r\n5\r\nhello\r\n0\r\n\r\n";
+    let cases = [
+        // RFC 9112 §6.1: a coding the proxy cannot apply or forward: 501, as nginx answers.
+        (
+            format!("POST / HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: gzip, chunked\r\n{body}"),
+            501,
+            "only the chunked transfer coding is supported",
+        ),
+        (
+            format!(
+                "POST / HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: gzip\r\n\
+                 Transfer-Encoding: chunked\r\n{body}"
+            ),
+            501,
+            "only the chunked transfer coding is supported",
+        ),
+        // RFC 9112 §6.3: without chunked last, the body's length cannot be known.
+        (
+            format!("POST / HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked, gzip\r\n{body}"),
+            400,
+            "chunked is not the final transfer coding",
+        ),
+        (
+            format!("POST / HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: gzip\r\n{body}"),
+            400,
+            "chunked is not the final transfer coding",
+        ),
+        // RFC 9112 §6.1: faulty framing from an HTTP/1.0 client.
+        (
+            format!("POST / HTTP/1.0\r\nHost: test\r\nTransfer-Encoding: chunked\r\n{body}"),
+            400,
+            "Transfer-Encoding in an HTTP/1.0 request",
+        ),
+    ];
+    for path in BOTH_PATHS {
+        let proxy = proxy_for_raw(&[&raw], path);
+        for (req, status, detail) in &cases {
+            let what = format!("{path:?} {req:?}");
+            let mut c = RawConn::connect(proxy.addr()).await;
+            refused(&mut c, req, *status, detail, &what).await;
+        }
+        assert!(
+            seen.try_recv().is_err(),
+            "{path:?}: a refused request was forwarded"
+        );
+        // Chunked alone is forwarded.
+        let (status, _) = answer(
+            &proxy,
+            &format!("POST / HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: Chunked\r\n{body}"),
+        )
+        .await;
+        assert_eq!(status, 200, "{path:?}");
+        let head = seen.recv().await.unwrap_or_default().to_ascii_lowercase();
+        assert!(!head.contains("gzip"), "{head}");
+    }
 }

@@ -199,7 +199,7 @@ pub struct Limits {
     pub max_connections_per_ip: Option<u32>,
     /// Average requests per second per client IP over 1 s windows (429 beyond).
     pub requests_per_second_per_ip: Option<u32>,
-    /// Request line + headers (431 beyond).
+    /// Request line + headers (431 beyond; 414 when the request line alone is beyond).
     pub max_request_header_bytes: Option<usize>,
     /// Request body (413 beyond).
     pub max_request_body_bytes: Option<u64>,

@@ -5,13 +5,15 @@ use std::io::Write as _;
 use std::mem::MaybeUninit;
 use std::net::IpAddr;
 
-use crate::proxy::policy::RequestView;
+use crate::proxy::policy::{self, Rejection, RequestView};
 use crate::proxy::{forwarded, is_forwarded_field, FieldValue};
 
 use super::body::Framing;
 
 /// Most header fields a head may have on this path; more go to pingora's parser.
 pub const MAX_HEADERS: usize = 64;
+/// Most header fields a request may have at all: pingora's parser takes no more.
+pub const MAX_FIELDS: usize = 256;
 
 /// Room for a head's fields. Left uninitialised: httparse fills what it parses, and
 /// zeroing 2 KiB per head showed in profiles.
@@ -68,15 +70,22 @@ pub enum Parse<'a> {
     Invalid(&'static str),
 }
 
+/// The 400 reason for a head httparse refuses, when no parser would take it.
+fn malformed(e: httparse::Error) -> Option<&'static str> {
+    match e {
+        httparse::Error::HeaderName => Some("malformed request head: invalid header field name"),
+        httparse::Error::HeaderValue => Some("malformed request head: invalid header field value"),
+        httparse::Error::NewLine => Some("malformed request head: invalid line ending"),
+        _ => None,
+    }
+}
+
 pub fn parse_request<'a>(buf: &'a [u8], fields: &'a mut Fields<'a>) -> Parse<'a> {
     let mut req = httparse::Request::new(&mut []);
     let len = match req.parse_with_uninit_headers(buf, fields) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Parse::Partial,
-        Err(httparse::Error::HeaderName) => return Parse::Invalid("invalid header field name"),
-        Err(httparse::Error::HeaderValue) => return Parse::Invalid("invalid header field value"),
-        Err(httparse::Error::NewLine) => return Parse::Invalid("invalid line ending"),
-        Err(_) => return Parse::Handoff,
+        Err(e) => return malformed(e).map_or(Parse::Handoff, Parse::Invalid),
     };
     let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
         return Parse::Handoff;
@@ -143,6 +152,95 @@ pub fn parse_request<'a>(buf: &'a [u8], fields: &'a mut Fields<'a>) -> Parse<'a>
         hosts,
         length_repeated,
     })
+}
+
+/// Where a request handed to pingora ends, read from its complete head at the start of
+/// `buf` (leading empty lines already dropped): the head's length and the body's framing.
+/// Its framing follows the rules of pingora's parser, which reads it next; what that parser
+/// would refuse with an empty 400 is refused here, with a reason.
+pub fn handoff_framing(buf: &[u8]) -> Result<(usize, Framing), Rejection> {
+    let malformed_head = |detail| Rejection {
+        status: 400,
+        reason: "bad_request",
+        detail,
+    };
+    // The request line is not parsed: pingora repairs some that httparse refuses (it escapes
+    // stray bytes in the target), and the framing is in the fields alone.
+    let Some(line_end) = memchr::memchr(b'\n', buf) else {
+        return Err(malformed_head("malformed request head: no request line"));
+    };
+    let http10 = buf[..line_end].trim_ascii_end().ends_with(b" HTTP/1.0");
+    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+    let (len, fields) = match httparse::parse_headers(&buf[line_end + 1..], &mut fields) {
+        Ok(httparse::Status::Complete((n, parsed))) => (line_end + 1 + n, parsed),
+        Ok(httparse::Status::Partial) => {
+            return Err(malformed_head("malformed request head: incomplete"))
+        }
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(Rejection {
+                status: 431,
+                reason: "too_many_fields",
+                detail: "too many header fields (more than 256)",
+            })
+        }
+        Err(e) => {
+            return Err(malformed_head(
+                malformed(e).unwrap_or("malformed request head"),
+            ))
+        }
+    };
+    let chunked = policy::check_transfer_encoding(
+        fields
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("transfer-encoding"))
+            .map(|h| h.value),
+        http10,
+    )?;
+    if chunked {
+        // pingora ignores a Content-Length beside it (and closes after the answer).
+        return Ok((len, Framing::Chunked(Default::default())));
+    }
+    let mut length = None;
+    for h in fields
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
+    {
+        // RFC 9110 §8.6: one value, however often repeated.
+        for v in h.value.split(|&b| b == b',') {
+            match (parse_length(v), length) {
+                (Some(n), None) => length = Some(n),
+                (Some(n), Some(m)) if n == m => {}
+                _ => {
+                    return Err(malformed_head(
+                        "malformed request head: invalid or conflicting Content-Length",
+                    ))
+                }
+            }
+        }
+    }
+    Ok(match length {
+        Some(n) if n > 0 => (len, Framing::Length(n)),
+        _ => (len, Framing::Empty),
+    })
+}
+
+/// The answer to a request head (complete or not, at the start of `buf`) longer than
+/// `limit`: 414 when its request line alone is, or has not ended within it; 431 otherwise.
+pub fn oversized(buf: &[u8], limit: usize) -> Rejection {
+    let line = memchr::memchr(b'\n', buf).map_or(usize::MAX, |i| i + 1);
+    if line > limit {
+        Rejection {
+            status: 414,
+            reason: "request_line_too_long",
+            detail: "request line too long",
+        }
+    } else {
+        Rejection {
+            status: 431,
+            reason: "header_too_large",
+            detail: "request header fields too large",
+        }
+    }
 }
 
 /// A Content-Length value: digits only (no sign, no spaces inside).
@@ -536,6 +634,48 @@ mod tests {
         let mut h = fields();
         let raw = b"POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 2, 3\r\n\r\nhi";
         assert!(matches!(parse_request(raw, &mut h), Parse::Handoff));
+    }
+
+    #[test]
+    fn where_a_handed_off_request_ends() {
+        let framing = |raw: &[u8]| handoff_framing(raw).map_err(|r| (r.status, r.detail));
+        let head = b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(
+            framing(head),
+            Ok((head.len(), Framing::Chunked(Default::default())))
+        );
+        // A request line httparse refuses is still measured (pingora may repair it).
+        let head = b"GET /a|b c HTTP/1.1\r\nContent-Length: 3, 3\r\n\r\nabcNEXT";
+        assert_eq!(framing(head), Ok((head.len() - 7, Framing::Length(3))));
+        assert_eq!(framing(b"GET / HTTP/1.0\r\n\r\n"), Ok((18, Framing::Empty)));
+        assert_eq!(
+            framing(b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n")
+                .map_err(|e| e.0),
+            Err(400)
+        );
+        assert_eq!(
+            framing(b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Err((400, "Transfer-Encoding in an HTTP/1.0 request"))
+        );
+        assert_eq!(
+            framing(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n")
+                .map_err(|e| e.0),
+            Err(501)
+        );
+    }
+
+    #[test]
+    fn heads_over_the_limits() {
+        let many: String = (0..=MAX_FIELDS).map(|i| format!("x-{i}: v\r\n")).collect();
+        let head = format!("GET / HTTP/1.1\r\n{many}\r\n");
+        assert_eq!(
+            handoff_framing(head.as_bytes()).map_err(|r| r.status),
+            Err(431)
+        );
+        let status = |buf: &[u8]| oversized(buf, 16).status;
+        assert_eq!(status(b"GET /0123456789abcdef"), 414);
+        assert_eq!(status(b"GET /0123456789a HTTP/1.1\r\n"), 414);
+        assert_eq!(status(b"GET / HTTP/1.1\r\nHost: a.example\r\n"), 431);
     }
 
     #[test]

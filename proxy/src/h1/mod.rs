@@ -11,13 +11,16 @@
 //! always be sent again, and response bodies are relayed as they come. The same policy code as pingora's path decides limits,
 //! routes, backends and headers (`crate::proxy::policy`), so answers do not depend on the
 //! path. Anything else (HTTP/1.0, upgrades, chunked, `Expect` or larger request bodies,
-//! odd framing, parse errors) is handed to pingora with the bytes already read. pingora
-//! keeps such a connection (it may have read requests pipelined behind that one); an
-//! upgraded one becomes a tunnel. HTTP/2 never comes here.
+//! odd framing, request lines httparse refuses) is handed to pingora with the bytes already
+//! read, one request at a time ([`lent`]): once pingora has answered it, the connection
+//! comes back here for the next request (an upgraded one becomes a tunnel). With
+//! `server.http1 = "pingora"` every request is handed over, after the same checks of its
+//! head. HTTP/2 never comes here.
 
 pub(crate) mod body;
 mod bound;
 mod head;
+pub mod lent;
 pub mod pool;
 
 use std::future::Future;
@@ -34,7 +37,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::access_log::{AccessLog, Entry};
-use crate::proxy::policy::{self, Admission, RequestView};
+use crate::proxy::policy::{self, Admission, Rejection, RequestView};
 use crate::proxy::{respond, MAX_TRIES};
 use crate::state::{Runtime, Shared};
 use crate::tunnel::handshake::{self, HandshakeError};
@@ -43,10 +46,16 @@ use crate::upstream::Upstream;
 use body::Framing;
 use bound::{bounded, Deadline};
 use head::{BadResponse, Parse, RequestHead, ResponseHead};
+use lent::Lent;
 use pool::Pool;
 
-/// Request heads larger than this go to pingora, which applies its own limit.
-const MAX_HEAD: usize = 64 * 1024;
+/// The largest request head pingora reads (its parser's own bound), and so the bound on
+/// either path when `limits.max_request_header_bytes` is off.
+const MAX_HEAD: usize = 1024 * 1024 - 1;
+/// After an error answer to a request not read whole, how long the connection keeps
+/// reading (and dropping) what the client still sends, and how much of it.
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 1024 * 1024;
 /// Request bodies up to this size are read whole before the request goes upstream (as
 /// nginx buffers them), so a request can always be sent again; larger ones go to pingora.
 const MAX_BUFFERED_BODY: u64 = 64 * 1024;
@@ -68,10 +77,9 @@ const DEFAULT_HEAD_TIMEOUT: Duration = Duration::from_secs(60);
 pub enum Outcome {
     /// Closed (or to be closed): nothing more to do.
     Closed,
-    /// The next request is pingora's to serve: `prefix` holds the bytes read of it so far.
+    /// The next request is pingora's to serve, on a [`Lent`] stream.
     Handoff {
         stream: Stream,
-        prefix: BytesMut,
         /// The connection served a request before this one.
         reused: bool,
     },
@@ -81,6 +89,8 @@ pub enum Outcome {
 pub struct H1 {
     shared: Arc<Shared>,
     pool: Arc<Pool>,
+    /// `server.http1 = "native"`: plain requests are served here, not handed over.
+    native: bool,
     /// Whether the pool's sweeper task runs (started by the first connection, on the
     /// service's own runtime).
     sweeping: std::sync::atomic::AtomicBool,
@@ -106,15 +116,16 @@ enum NoHead {
     Gone,
     /// Bytes came but not a whole head within the header timeout (slowloris).
     TimedOut,
-    /// The head is larger than this path takes.
+    /// The head is larger than the limit.
     TooLarge,
 }
 
 impl H1 {
-    pub fn new(shared: Arc<Shared>) -> Self {
+    pub fn new(shared: Arc<Shared>, native: bool) -> Self {
         Self {
             shared,
             pool: Arc::new(Pool::new(POOL_PER_BACKEND, POOL_IDLE)),
+            native,
             sweeping: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -141,10 +152,12 @@ impl H1 {
         });
     }
 
-    /// Serves requests on `stream` until it closes or a request needs pingora.
+    /// Serves requests on `stream`, of which `buf` has been read, until it closes or a
+    /// request needs pingora.
     pub async fn serve(
         &self,
         mut stream: Stream,
+        mut buf: BytesMut,
         reused: bool,
         shutdown: &ShutdownWatch,
     ) -> Outcome {
@@ -168,7 +181,7 @@ impl H1 {
         };
         // Registered once for the connection's life, not once per wait for a request.
         let mut stopping = pin!(stopped(shutdown.clone()));
-        let mut buf = BytesMut::with_capacity(4096);
+        buf.reserve(4096);
         let mut served = reused;
         let mut timers = Timers::default();
         loop {
@@ -179,9 +192,15 @@ impl H1 {
                 Some(h) => (t.downstream_keepalive, h),
                 None => (t.downstream_keepalive, DEFAULT_HEAD_TIMEOUT),
             };
+            let head_limit = rt
+                .config
+                .limits
+                .max_request_header_bytes
+                .map_or(MAX_HEAD, |max| max.min(MAX_HEAD));
             match wait_head(
                 &mut stream,
                 &mut buf,
+                head_limit,
                 first_wait,
                 head_timeout,
                 shutdown,
@@ -203,18 +222,16 @@ impl H1 {
                     return Outcome::Closed;
                 }
                 Err(NoHead::TooLarge) => {
-                    return Outcome::Handoff {
-                        stream,
-                        prefix: buf,
-                        reused: served,
-                    }
+                    self.refuse(&mut stream, head::oversized(&buf, head_limit))
+                        .await;
+                    return Outcome::Closed;
                 }
             }
             // The whole request (head and body) is read before anything goes upstream.
             let (consumed, next) = loop {
                 let mut fields = head::fields();
                 let need = match head::parse_request(&buf, &mut fields) {
-                    Parse::Ready(req) if req.content_length <= MAX_BUFFERED_BODY => {
+                    Parse::Ready(req) if self.native && req.content_length <= MAX_BUFFERED_BODY => {
                         let need = req.len + req.content_length as usize;
                         // A body over the limit is refused from the head alone.
                         let refused = rt
@@ -231,19 +248,38 @@ impl H1 {
                         }
                         need
                     }
-                    Parse::Invalid(reason) => {
-                        self.shared.metrics.reject("bad_request");
-                        let detail = format!("malformed request head: {reason}");
-                        write_flush(&mut stream, &respond::text_bytes(400, &detail)).await;
+                    Parse::Invalid(detail) => {
+                        let r = Rejection {
+                            status: 400,
+                            reason: "bad_request",
+                            detail,
+                        };
+                        self.refuse(&mut stream, r).await;
                         return Outcome::Closed;
                     }
                     // Larger bodies are streamed by pingora, which reads the answer while
                     // it still sends (a backend may answer before the body is over).
-                    Parse::Ready(_) | Parse::Partial | Parse::Handoff => {
-                        return Outcome::Handoff {
-                            stream,
-                            prefix: buf,
-                            reused: served,
+                    Parse::Ready(req) => {
+                        let (len, length) = (req.len, req.content_length);
+                        let body = match length {
+                            0 => Framing::Empty,
+                            n => Framing::Length(n),
+                        };
+                        return self.lend(stream, buf, len, body, served);
+                    }
+                    Parse::Partial | Parse::Handoff => {
+                        // RFC 9112 §3.2.2: the target's authority replaces the Host field.
+                        // pingora refuses a Host that differs from it while reading the head,
+                        // before any of our hooks runs, so the head it reads has the target's.
+                        if let Some(rewritten) = crate::proxy::request::host_from_target(&buf) {
+                            buf = rewritten;
+                        }
+                        match head::handoff_framing(&buf) {
+                            Ok((len, body)) => return self.lend(stream, buf, len, body, served),
+                            Err(r) => {
+                                self.refuse(&mut stream, r).await;
+                                return Outcome::Closed;
+                            }
                         }
                     }
                 };
@@ -257,6 +293,48 @@ impl H1 {
             buf.advance(consumed);
             served = true;
         }
+    }
+
+    /// Hands the request at the start of `buf` (a head of `head_len` bytes, then a body
+    /// framed by `body`) to pingora, which gets nothing of the stream past its end.
+    fn lend(
+        &self,
+        stream: Stream,
+        buf: BytesMut,
+        head_len: usize,
+        body: Framing,
+        reused: bool,
+    ) -> Outcome {
+        Outcome::Handoff {
+            stream: Box::new(Lent::new(stream, buf, head_len, body)),
+            reused,
+        }
+    }
+
+    /// Answers a request refused from its head, then closes the connection. Its rest may be
+    /// unread, and a socket closed with unread bytes sends a reset, which can make the
+    /// client lose the answer before reading it: so the write side is shut first, and what
+    /// still comes is read and dropped until the client closes, within [`LINGER`] (as
+    /// nginx's lingering close does).
+    async fn refuse(&self, stream: &mut Stream, r: Rejection) {
+        self.shared.metrics.reject(r.reason);
+        if !write_flush(stream, &respond::text_bytes(r.status, r.detail)).await {
+            return;
+        }
+        let _ = bounded(LINGER, async {
+            if AsyncWriteExt::shutdown(stream).await.is_err() {
+                return;
+            }
+            let mut sink = [0u8; 4096];
+            let mut dropped = 0;
+            while dropped < LINGER_BYTES {
+                match stream.read(&mut sink).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => dropped += n,
+                }
+            }
+        })
+        .await;
     }
 
     /// Serves one request; whether the client connection stays open.
@@ -619,10 +697,12 @@ async fn read_body(stream: &mut Stream, buf: &mut BytesMut, need: usize, limit: 
     true
 }
 
-/// Waits until `buf` holds a whole request head.
+/// Waits until `buf` holds a whole request head of at most `limit` bytes.
+#[allow(clippy::too_many_arguments)]
 async fn wait_head(
     stream: &mut Stream,
     buf: &mut BytesMut,
+    limit: usize,
     first_wait: Duration,
     head_timeout: Duration,
     shutdown: &ShutdownWatch,
@@ -634,11 +714,23 @@ async fn wait_head(
     // still searched once, not once per byte.
     let mut searched: usize = 0;
     loop {
-        if head_complete(&buf[searched.saturating_sub(3)..]) {
-            return Ok(());
+        // RFC 9112 §2.2: empty lines before a request line are ignored (some clients send
+        // one after a body).
+        let blank = leading_empty_lines(buf);
+        if blank > 0 {
+            buf.advance(blank);
+            searched = searched.saturating_sub(blank);
+        }
+        let from = searched.saturating_sub(3);
+        if let Some(end) = head_end(&buf[from..]) {
+            return if from + end > limit {
+                Err(NoHead::TooLarge)
+            } else {
+                Ok(())
+            };
         }
         searched = buf.len();
-        if buf.len() > MAX_HEAD {
+        if buf.len() > limit {
             return Err(NoHead::TooLarge);
         }
         if buf.capacity() - buf.len() < 1024 {
@@ -677,12 +769,25 @@ async fn stopped(mut watch: ShutdownWatch) {
     }
 }
 
-/// Whether `buf` holds the blank line that ends a head (CRLF or bare LF line endings).
-fn head_complete(buf: &[u8]) -> bool {
-    memchr::memchr_iter(b'\n', buf).any(|i| match buf.get(i + 1) {
-        Some(b'\n') => true,
-        Some(b'\r') => buf.get(i + 2) == Some(&b'\n'),
-        _ => false,
+/// How many bytes at the start of `buf` are empty lines (CRLF or a bare LF).
+fn leading_empty_lines(buf: &[u8]) -> usize {
+    let mut n = 0;
+    loop {
+        match &buf[n..] {
+            [b'\r', b'\n', ..] => n += 2,
+            [b'\n', ..] => n += 1,
+            _ => return n,
+        }
+    }
+}
+
+/// Where the blank line that ends a head ends in `buf` (CRLF or bare LF line endings), if
+/// it holds one.
+fn head_end(buf: &[u8]) -> Option<usize> {
+    memchr::memchr_iter(b'\n', buf).find_map(|i| match buf.get(i + 1) {
+        Some(b'\n') => Some(i + 2),
+        Some(b'\r') if buf.get(i + 2) == Some(&b'\n') => Some(i + 3),
+        _ => None,
     })
 }
 
@@ -785,17 +890,25 @@ impl Drop for Log<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::head_complete;
+    use super::{head_end, leading_empty_lines};
+
+    #[test]
+    fn skips_empty_lines_before_a_request() {
+        assert_eq!(leading_empty_lines(b"\r\n\nGET"), 3);
+        assert_eq!(leading_empty_lines(b"\r\n\r"), 2);
+        assert_eq!(leading_empty_lines(b"GET / HTTP/1.1\r\n\r\n"), 0);
+        assert_eq!(leading_empty_lines(b""), 0);
+    }
 
     #[test]
     fn finds_the_end_of_a_head() {
-        assert!(head_complete(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
-        assert!(head_complete(b"GET / HTTP/1.1\nHost: a\n\n"));
-        assert!(!head_complete(b"GET / HTTP/1.1\r\nHost: a\r\n"));
-        assert!(!head_complete(b"GET / HTTP/1.1\r\nHost: a\r\n\r"));
-        assert!(!head_complete(b"\r"));
-        assert!(head_complete(b"\n\n"));
-        assert!(head_complete(b"a\n\r\n"));
-        assert!(!head_complete(b"a\n\rb\n"));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nBODY"), Some(27));
+        assert_eq!(head_end(b"GET / HTTP/1.1\nHost: a\n\n"), Some(24));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n"), None);
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r"), None);
+        assert_eq!(head_end(b"\r"), None);
+        assert_eq!(head_end(b"\n\n"), Some(2));
+        assert_eq!(head_end(b"a\n\r\n"), Some(4));
+        assert_eq!(head_end(b"a\n\rb\n"), None);
     }
 }

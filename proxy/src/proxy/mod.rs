@@ -9,14 +9,16 @@ pub(crate) mod respond;
 mod upgrade;
 
 use std::cell::Cell;
+use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
+use pingora::protocols::Stream;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
@@ -45,6 +47,38 @@ pub(crate) fn watch_head_read<T>(poll: impl FnOnce() -> T) -> (T, bool) {
     HEAD_READ.with(|f| f.set(false));
     let r = poll();
     (r, HEAD_READ.with(|f| f.replace(false)))
+}
+
+/// A client connection with the bytes read of it so far.
+pub(crate) type Resumed = (Stream, BytesMut);
+
+tokio::task_local! {
+    /// Where request handling that took the client stream out of pingora's session (a
+    /// refused upgrade) leaves it when the connection goes on. pingora would only hand back
+    /// the session's own stream, a placeholder by then.
+    static RESUME: Cell<Option<Resumed>>;
+}
+
+/// Runs `request` (one request through pingora's proxy) and returns, with its outcome, the
+/// client connection it left to [`resume`] with, if any: that one carries the next request.
+pub(crate) async fn resumable<F: Future>(request: F) -> (F::Output, Option<Resumed>) {
+    RESUME
+        .scope(Cell::new(None), async move {
+            let out = request.await;
+            (out, RESUME.try_with(Cell::take).ok().flatten())
+        })
+        .await
+}
+
+/// Leaves the client connection for [`resumable`]'s caller to read the next request on;
+/// gives it back when there is none (outside [`resumable`]).
+fn resume(stream: Stream, rest: BytesMut) -> Result<(), Stream> {
+    let mut back = Some((stream, rest));
+    let _ = RESUME.try_with(|r| r.set(back.take()));
+    match back {
+        None => Ok(()),
+        Some((stream, _)) => Err(stream),
+    }
 }
 
 /// Connection-context marker: this connection has served a request before.
@@ -264,6 +298,21 @@ impl ProxyHttp for EdgeProxy {
         }
 
         let version = session.req_header().version;
+        // Our HTTP/1 path checks this before handing a request over; HTTP/2 has no such field.
+        // Checked here too so that no request pingora reads is forwarded with a coding it
+        // would drop.
+        let codings = session
+            .req_header()
+            .headers
+            .get_all(http::header::TRANSFER_ENCODING)
+            .iter()
+            .map(|v| v.as_bytes());
+        let http10 = matches!(version, http::Version::HTTP_10 | http::Version::HTTP_09);
+        if let Err(r) = policy::check_transfer_encoding(codings, http10) {
+            return self
+                .reject(session, ctx, r.status, r.reason, r.detail)
+                .await;
+        }
         let mut expect_continue = false;
         match request::expectation(session.req_header()) {
             request::Expectation::None => {}

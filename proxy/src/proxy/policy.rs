@@ -228,6 +228,67 @@ fn check_host<V: RequestView>(req: &V) -> Option<Rejection> {
     }
 }
 
+/// RFC 9112 §6.1 and §6.3: what a request's `Transfer-Encoding` values (every field, in
+/// order) allow. `Ok(false)` without the field, `Ok(true)` for `chunked` alone, the only
+/// coding either path can pass on: a chunked body is taken apart to find its end and framed
+/// again upstream, so a coding applied before it would be lost or mislabelled.
+///
+/// - On an HTTP/1.0 request the field means faulty framing (§6.1): 400.
+/// - Without `chunked` as the final coding the body's length cannot be known (§6.3): 400.
+/// - `chunked` after other codings (`gzip, chunked`): a coding the proxy does not implement
+///   (§6.1; nginx answers the same): 501.
+///
+/// Either way the connection closes after the answer: the body's end is unknown.
+pub(crate) fn check_transfer_encoding<'a>(
+    values: impl IntoIterator<Item = &'a [u8]>,
+    http10: bool,
+) -> Result<bool, Rejection> {
+    let mut present = false;
+    let mut codings = 0usize;
+    let mut last: &[u8] = b"";
+    for v in values {
+        present = true;
+        // Empty list elements are allowed and mean nothing (RFC 9110 §5.6.1).
+        for t in v.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            if !t.is_empty() {
+                codings += 1;
+                last = t;
+            }
+        }
+    }
+    if !present {
+        return Ok(false);
+    }
+    let refuse = |status, reason, detail| Rejection {
+        status,
+        reason,
+        detail,
+    };
+    if http10 {
+        return Err(refuse(
+            400,
+            "bad_transfer_encoding",
+            "Transfer-Encoding in an HTTP/1.0 request",
+        ));
+    }
+    let name = last.split(|&b| b == b';').next().unwrap_or_default();
+    if !name.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+        return Err(refuse(
+            400,
+            "bad_transfer_encoding",
+            "chunked is not the final transfer coding",
+        ));
+    }
+    if codings > 1 || !last.eq_ignore_ascii_case(b"chunked") {
+        return Err(refuse(
+            501,
+            "unsupported_transfer_encoding",
+            "only the chunked transfer coding is supported",
+        ));
+    }
+    Ok(true)
+}
+
 fn cookie_value<'a, V: RequestView>(req: &'a V, name: &str) -> Option<&'a str> {
     req.values("cookie")
         .flat_map(|v| v.split(';'))
@@ -318,4 +379,45 @@ pub(crate) fn observe_response(
         m.response(status);
     }
     up.report_success(backend);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_transfer_encoding;
+
+    #[test]
+    fn transfer_codings() {
+        let check = |values: &[&str], http10| {
+            check_transfer_encoding(values.iter().map(|v| v.as_bytes()), http10)
+                .map_err(|r| (r.status, r.detail))
+        };
+        assert_eq!(check(&[], false), Ok(false));
+        assert_eq!(check(&[], true), Ok(false));
+        assert_eq!(check(&["chunked"], false), Ok(true));
+        assert_eq!(check(&[" Chunked ,"], false), Ok(true));
+        for gzip_first in [
+            &["gzip, chunked"][..],
+            &["gzip", "chunked"],
+            &["chunked, chunked"],
+        ] {
+            assert_eq!(check(gzip_first, false).map_err(|e| e.0), Err(501));
+        }
+        assert_eq!(check(&["chunked;x=1"], false).map_err(|e| e.0), Err(501));
+        for unframed in [
+            &["chunked, gzip"][..],
+            &["gzip"],
+            &[""],
+            &["chunked", "gzip"],
+        ] {
+            assert_eq!(
+                check(unframed, false),
+                Err((400, "chunked is not the final transfer coding")),
+                "{unframed:?}"
+            );
+        }
+        assert_eq!(
+            check(&["chunked"], true),
+            Err((400, "Transfer-Encoding in an HTTP/1.0 request"))
+        );
+    }
 }

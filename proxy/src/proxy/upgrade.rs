@@ -6,10 +6,15 @@
 //! (pingora's own upgraded path keeps 64 KiB body buffers per tunnel) and avoids pingora
 //! issue #946 (a tunnel torn down when the 101 is read before the request body state
 //! settles), since pingora never sees the 101.
+//!
+//! Any other answer refuses the upgrade: it is relayed as it comes, and when it ends where
+//! its framing says (and the client did not ask to close), the connection goes back to our
+//! HTTP/1 path for the next request, as nginx keeps it ([`super::resume`]).
 
 use std::io::Cursor;
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::Stream;
 use pingora::proxy::Session;
@@ -19,6 +24,7 @@ use tokio::io::AsyncWriteExt;
 use super::{forwarded_headers, host_of, is_forwarded_field, respond, Ctx, EdgeProxy, MAX_TRIES};
 use crate::access_log::{AccessLog, Entry};
 use crate::h1::body::Framing;
+use crate::h1::lent::{self, Returned};
 use crate::tunnel::handshake::{self, HandshakeError, UpstreamResponse};
 use crate::tunnel::relay::{End, Relay};
 
@@ -74,6 +80,8 @@ async fn take_client_stream(session: &mut Session) -> Result<Stream> {
         b"GET / HTTP/1.1\r\nHost: tunnel\r\n\r\n".to_vec(),
     )));
     dummy.read_request().await?;
+    // Nothing to reuse: pingora drops it once done.
+    dummy.set_keepalive(None);
     let real = std::mem::replace(&mut session.downstream_session, Box::new(dummy));
     match *real {
         ServerSession::H1(h1) => Ok(h1.into_inner()),
@@ -87,15 +95,20 @@ async fn take_client_stream(session: &mut Session) -> Result<Stream> {
     }
 }
 
-/// Rebuilds a refused upgrade's response head with `Connection: close` (we close the client
-/// connection after relaying the answer), and with `Transfer-Encoding: chunked` when
-/// `chunk` (see [`relay_refusal`]).
-fn closing_head(head: &[u8], chunk: bool) -> Vec<u8> {
+/// Rebuilds a refused upgrade's response head for the client: without the backend's
+/// `Connection` and `Keep-Alive` (they describe its connection to us), with
+/// `Transfer-Encoding: chunked` instead of any `Content-Length` when `chunk` (see
+/// [`relay_refusal`]; a chunked answer from the backend keeps its own field and loses its
+/// `Content-Length` too, as on the HTTP/1 path), and with `Connection: close` when `close`.
+fn refusal_head(head: &[u8], chunk: bool, chunked: bool, close: bool) -> Vec<u8> {
     let text = String::from_utf8_lossy(head);
     let mut out = String::with_capacity(head.len() + 48);
     for line in text.split("\r\n").filter(|l| !l.is_empty()) {
         let lower = line.to_ascii_lowercase();
-        if lower.starts_with("connection:") || lower.starts_with("keep-alive:") {
+        if lower.starts_with("connection:")
+            || lower.starts_with("keep-alive:")
+            || ((chunk || chunked) && lower.starts_with("content-length:"))
+        {
             continue;
         }
         out.push_str(line);
@@ -104,7 +117,10 @@ fn closing_head(head: &[u8], chunk: bool) -> Vec<u8> {
     if chunk {
         out.push_str("transfer-encoding: chunked\r\n");
     }
-    out.push_str("connection: close\r\n\r\n");
+    if close {
+        out.push_str("connection: close\r\n");
+    }
+    out.push_str("\r\n");
     out.into_bytes()
 }
 
@@ -114,30 +130,39 @@ async fn send(client: &mut Stream, data: &[u8], limit: Duration) -> bool {
     matches!(tokio::time::timeout(limit, write).await, Ok(Ok(())))
 }
 
-/// Relays a non-101 answer (its head and body) to the client, then closes. Each read from
-/// the backend (and each write to the client) may take `idle`; a long body that keeps
-/// coming is relayed whole.
+/// Relays a non-101 answer (its head and body) to the client; whether it was relayed to its
+/// end. Each read from the backend (and each write to the client) may take `idle`; a long
+/// body that keeps coming is relayed whole. The head says `Connection: close` when `close`;
+/// `head_request`: the answer to a HEAD has no body.
 ///
 /// A relay cut short (timeout, backend failure) must not look complete to the client. A
 /// body framed by length or chunks is then simply incomplete when the connection closes;
 /// a body delimited by the close is sent chunked (the request was HTTP/1.1: an upgrade),
-/// so that only the backend's own end writes the last chunk.
-async fn relay_refusal(mut client: Stream, mut resp: UpstreamResponse, idle: Duration) {
+/// so that only the backend's own end writes the last chunk. That also frames it for a
+/// connection that goes on.
+async fn relay_refusal(
+    client: &mut Stream,
+    mut resp: UpstreamResponse,
+    idle: Duration,
+    close: bool,
+    head_request: bool,
+) -> bool {
     use tokio::io::AsyncReadExt;
     // The same framing rules as the HTTP/1 path, so the body ends where it really ends
     // (a chunked body is followed chunk by chunk, not guessed from its last bytes).
     let mut framing = match (resp.status, resp.chunked, resp.content_length) {
+        _ if head_request => Framing::Empty,
         (100..=199 | 204 | 304, _, _) | (_, false, Some(0)) => Framing::Empty,
         (_, true, _) => Framing::Chunked(Default::default()),
         (_, false, Some(n)) => Framing::Length(n),
         (_, false, None) => Framing::UntilClose,
     };
     let rechunk = framing.until_close();
-    let head = closing_head(&resp.head, rechunk);
+    let head = refusal_head(&resp.head, rechunk, resp.chunked, close);
     // pingora's stream buffers small writes: every part is flushed as it comes, or a slow
     // backend's answer would wait in the buffer until its body is complete.
-    if !send(&mut client, &head, idle).await {
-        return;
+    if !send(client, &head, idle).await {
+        return false;
     }
     let mut chunk = std::mem::take(&mut resp.rest).to_vec();
     let mut complete = false;
@@ -145,11 +170,11 @@ async fn relay_refusal(mut client: Stream, mut resp: UpstreamResponse, idle: Dur
     while let Ok((take, done)) = framing.feed(&chunk) {
         let sent = match take {
             0 => true,
-            n if rechunk => send(&mut client, &chunked(&chunk[..n]), idle).await,
-            n => send(&mut client, &chunk[..n], idle).await,
+            n if rechunk => send(client, &chunked(&chunk[..n]), idle).await,
+            n => send(client, &chunk[..n], idle).await,
         };
         if !sent {
-            return;
+            return false;
         }
         if done {
             complete = true;
@@ -161,7 +186,7 @@ async fn relay_refusal(mut client: Stream, mut resp: UpstreamResponse, idle: Dur
             Ok(Ok(n)) if n > 0 => chunk.truncate(n),
             // The backend's close ends a close-delimited body: that end is complete.
             Ok(Ok(_)) if rechunk => {
-                complete = send(&mut client, b"0\r\n\r\n", idle).await;
+                complete = send(client, b"0\r\n\r\n", idle).await;
                 break;
             }
             Ok(_) => break,
@@ -174,7 +199,15 @@ async fn relay_refusal(mut client: Stream, mut resp: UpstreamResponse, idle: Dur
     if !complete {
         tracing::debug!("a refused upgrade's answer was cut before its end");
     }
-    let _ = tokio::time::timeout(idle, client.shutdown()).await;
+    complete
+}
+
+/// Writes the bytes a client sent behind its upgrade request to the backend, within `limit`.
+async fn send_early(upstream: &mut tokio::net::TcpStream, early: &[u8], limit: Duration) -> bool {
+    matches!(
+        tokio::time::timeout(limit, upstream.write_all(early)).await,
+        Ok(Ok(()))
+    )
 }
 
 /// `data` as one chunk of a chunked body.
@@ -195,6 +228,10 @@ pub(super) async fn handle(p: &EdgeProxy, session: &mut Session, ctx: &mut Ctx) 
     };
     let t = rt.config.timeouts.clone();
     let head = request_head(session, ctx);
+    // Whether the client's connection may outlive a refusal: pingora turned keep-alive off
+    // for a client that asked to close and for a proxy that is stopping.
+    let keep_alive = session.get_keepalive().is_some() && !t.downstream_keepalive.is_zero();
+    let head_request = session.req_header().method == http::Method::HEAD;
     let max_tries = MAX_TRIES.min(up.backends.len()).max(1);
     let resp = loop {
         let Some(backend) = p.choose(&up, ctx) else {
@@ -241,10 +278,28 @@ pub(super) async fn handle(p: &EdgeProxy, session: &mut Session, ctx: &mut Ctx) 
         .load()
         .enabled()
         .then(|| tunnel_summary(session, ctx, &up.name));
-    let mut client = take_client_stream(session).await?;
+    let client = take_client_stream(session).await?;
     ctx.tunneled = true;
+    // Our HTTP/1 path lent pingora the stream for the request alone; what the client sent
+    // behind it (a WebSocket client's first frames, say) is held with it.
+    let (mut client, early, lent) = match lent::take_back(client) {
+        Returned::Back(stream, rest) => (stream, rest, true),
+        Returned::Other(stream) => (stream, BytesMut::new(), false),
+        // A tunnelled request has no body: it was read whole.
+        Returned::Unfinished => return Ok(true),
+    };
     if resp.status != 101 {
-        tokio::spawn(relay_refusal(client, resp, t.upstream_read));
+        // An interim answer is not the end of the exchange, and only a lent stream comes
+        // with what was read past the request.
+        let keep = keep_alive && lent && resp.status >= 200;
+        let idle = t.upstream_read;
+        if relay_refusal(&mut client, resp, idle, !keep, head_request).await && keep {
+            match super::resume(client, early) {
+                Ok(()) => return Ok(true),
+                Err(back) => client = back,
+            }
+        }
+        let _ = tokio::time::timeout(idle, client.shutdown()).await;
         return Ok(true);
     }
 
@@ -255,7 +310,7 @@ pub(super) async fn handle(p: &EdgeProxy, session: &mut Session, ctx: &mut Ctx) 
         .unwrap_or_default();
     let out_head = handshake::with_extra_headers(&resp.head, &extra);
     let UpstreamResponse {
-        stream: upstream,
+        stream: mut upstream,
         rest,
         ..
     } = resp;
@@ -263,6 +318,9 @@ pub(super) async fn handle(p: &EdgeProxy, session: &mut Session, ctx: &mut Ctx) 
         || (!rest.is_empty() && client.write_all(&rest).await.is_err())
         || client.flush().await.is_err()
     {
+        return Ok(true);
+    }
+    if !early.is_empty() && !send_early(&mut upstream, &early, t.upstream_read).await {
         return Ok(true);
     }
 
@@ -390,21 +448,30 @@ fn tunnel_summary(session: &Session, ctx: &Ctx, upstream: &str) -> Box<TunnelSum
 
 #[cfg(test)]
 mod tests {
-    use super::closing_head;
+    use super::refusal_head;
 
     #[test]
-    fn refused_upgrade_head_closes() {
+    fn refused_upgrade_heads() {
         let head =
-            b"HTTP/1.1 400 Bad Request\r\nConnection: keep-alive\r\nContent-Length: 3\r\n\r\n";
-        let out = String::from_utf8(closing_head(head, false)).unwrap_or_default();
+            b"HTTP/1.1 400 Bad Request\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\
+                     Content-Length: 3\r\n\r\n";
+        let text = |out: Vec<u8>| String::from_utf8(out).unwrap_or_default();
         assert_eq!(
-            out,
+            text(refusal_head(head, false, false, true)),
             "HTTP/1.1 400 Bad Request\r\nContent-Length: 3\r\nconnection: close\r\n\r\n"
         );
-        let out = String::from_utf8(closing_head(b"HTTP/1.1 403 No\r\n\r\n", true));
         assert_eq!(
-            out.unwrap_or_default(),
-            "HTTP/1.1 403 No\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+            text(refusal_head(head, false, false, false)),
+            "HTTP/1.1 400 Bad Request\r\nContent-Length: 3\r\n\r\n"
+        );
+        assert_eq!(
+            text(refusal_head(b"HTTP/1.1 403 No\r\n\r\n", true, false, false)),
+            "HTTP/1.1 403 No\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+        let both = b"HTTP/1.1 404 No\r\nContent-Length: 9\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(
+            text(refusal_head(both, false, true, false)),
+            "HTTP/1.1 404 No\r\nTransfer-Encoding: chunked\r\n\r\n"
         );
     }
 }

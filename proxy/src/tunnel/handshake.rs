@@ -90,6 +90,7 @@ pub async fn exchange(
             Ok(httparse::Status::Complete(len)) => {
                 let status = resp.code.unwrap_or(0);
                 let mut content_length = None;
+                let mut coded = false;
                 let mut chunked = false;
                 for h in resp.headers.iter() {
                     if h.name.eq_ignore_ascii_case("content-length") {
@@ -97,10 +98,16 @@ pub async fn exchange(
                             .ok()
                             .and_then(|v| v.trim().parse().ok());
                     } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-                        chunked = String::from_utf8_lossy(h.value)
-                            .to_ascii_lowercase()
-                            .contains("chunked");
+                        // Chunked only counts as the final coding (RFC 9112 §6.3).
+                        coded = true;
+                        let last = h.value.rsplit(|&b| b == b',').next().unwrap_or_default();
+                        chunked = last.trim_ascii().eq_ignore_ascii_case(b"chunked");
                     }
+                }
+                if coded {
+                    // Transfer-Encoding overrides Content-Length; without chunked last, the
+                    // close ends the body.
+                    content_length = None;
                 }
                 let head = buf.split_to(len).to_vec();
                 return Ok(UpstreamResponse {
