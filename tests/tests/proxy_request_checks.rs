@@ -448,3 +448,39 @@ async fn transfer_codings_other_than_chunked_alone_are_refused() {
         assert!(!head.contains("gzip"), "{head}");
     }
 }
+
+/// Bytes that cannot start a request are answered at once, as nginx and HAProxy answer
+/// them, not after the header timeout (60 s here, longer than any wait of this test): a
+/// TLS handshake sent to a plain listener is named as such, other binary as not HTTP.
+#[tokio::test]
+async fn bytes_that_cannot_start_a_request_get_400_at_once() {
+    let raw = ok_backend().await;
+    for path in BOTH_PATHS {
+        let proxy = proxy_for_raw(
+            &[&raw],
+            &format!("{path}[limits]\nheader_read_timeout = \"60s\"\n"),
+        );
+        // The start of a TLS ClientHello record, and NUL bytes.
+        for (bytes, detail) in [
+            (
+                "\u{16}\u{3}\u{1}\u{0}\u{5}hello",
+                "TLS handshake on a plain-HTTP listener (use https:// on the TLS port)",
+            ),
+            ("\u{0}\u{0}\u{0}", "not an HTTP request"),
+            ("\r\n\u{7f}GET", "not an HTTP request"),
+        ] {
+            let mut c = RawConn::connect(proxy.addr()).await;
+            refused(&mut c, bytes, 400, detail, &format!("{path}{bytes:?}")).await;
+        }
+        // An empty line before a request is still only skipped, however it arrives.
+        let mut c = RawConn::connect(proxy.addr()).await;
+        c.send("\r").await;
+        let r = c.exchange(format!("\n{}", get_req("/"))).await;
+        assert_eq!(r.status, 200, "{path}: {r:?}");
+    }
+    assert_eq!(
+        raw.accepted(),
+        BOTH_PATHS.len(),
+        "only the real requests reached the backend"
+    );
+}

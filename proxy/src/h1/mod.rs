@@ -118,6 +118,9 @@ enum NoHead {
     TimedOut,
     /// The head is larger than the limit.
     TooLarge,
+    /// What came cannot start a request (the reason): answered at once rather than after
+    /// the header timeout, as nginx and HAProxy answer it.
+    NotHttp(&'static str),
 }
 
 impl H1 {
@@ -224,6 +227,15 @@ impl H1 {
                 Err(NoHead::TooLarge) => {
                     self.refuse(&mut stream, head::oversized(&buf, head_limit))
                         .await;
+                    return Outcome::Closed;
+                }
+                Err(NoHead::NotHttp(detail)) => {
+                    let r = Rejection {
+                        status: 400,
+                        reason: "bad_request",
+                        detail,
+                    };
+                    self.refuse(&mut stream, r).await;
                     return Outcome::Closed;
                 }
             }
@@ -733,6 +745,9 @@ async fn wait_head(
         if buf.len() > limit {
             return Err(NoHead::TooLarge);
         }
+        if let Some(why) = buf.first().and_then(|&b| not_a_request(b)) {
+            return Err(NoHead::NotHttp(why));
+        }
         if buf.capacity() - buf.len() < 1024 {
             buf.reserve(4096);
         }
@@ -766,6 +781,21 @@ async fn stopped(mut watch: ShutdownWatch) {
         if watch.changed().await.is_err() {
             std::future::pending::<()>().await;
         }
+    }
+}
+
+/// Why a head starting with `first` (after any empty lines) cannot be a request: a method
+/// is a token (RFC 9110 §9.1). A TLS handshake record starts with 0x16: a client speaking
+/// HTTPS to a plain listener would otherwise wait out the header timeout.
+fn not_a_request(first: u8) -> Option<&'static str> {
+    const TOKEN_SYMBOLS: &[u8] = b"!#$%&'*+-.^_`|~";
+    if first == 0x16 {
+        Some("TLS handshake on a plain-HTTP listener (use https:// on the TLS port)")
+    } else if first.is_ascii_alphanumeric() || TOKEN_SYMBOLS.contains(&first) || first == b'\r' {
+        // A CR may be the first half of an empty line whose LF is still to come.
+        None
+    } else {
+        Some("not an HTTP request")
     }
 }
 
@@ -890,6 +920,19 @@ impl Drop for Log<'_> {
 
 #[cfg(test)]
 mod tests {
+    use super::not_a_request;
+
+    #[test]
+    fn only_a_token_character_or_a_cr_can_start_a_request() {
+        for first in [b'G', b'p', b'0', b'!', b'~', b'\r'] {
+            assert_eq!(not_a_request(first), None, "{first}");
+        }
+        assert!(not_a_request(0x16).is_some_and(|why| why.starts_with("TLS handshake")));
+        for first in [0u8, b' ', b'\n', b'"', b'(', 0x7f, 0x80, 0xff] {
+            assert_eq!(not_a_request(first), Some("not an HTTP request"), "{first}");
+        }
+    }
+
     use super::{head_end, leading_empty_lines};
 
     #[test]
