@@ -501,6 +501,46 @@ async fn combined_lines_escape_quotes_the_client_sent_as_nginx_does() {
     assert_eq!(line.matches('"').count(), 6, "{line}");
 }
 
+/// Requests the proxy answers itself are logged like the rest, with the bytes it sent:
+/// one refused before it could be parsed (a TLS handshake on the plain port, logged with
+/// its first line as it came, as nginx logs a bad `$request`) and one refused by policy
+/// (no Host).
+#[tokio::test]
+async fn answers_of_the_proxys_own_are_logged_with_their_size() {
+    use tests::raw::RawConn;
+
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let b = Backend::start("b1");
+    let proxy = Proxy::start_config(&access_log_config("combined", &log, &b));
+
+    let mut c = RawConn::connect(proxy.addr()).await;
+    let r = c.exchange("\u{16}\u{3}\u{1}\u{0}\u{5}hello").await;
+    assert_eq!(r.status, 400, "{r:?}");
+    let line = wait_log_line(&log, "a line for the TLS bytes", |l| l.contains("hello")).await;
+    assert!(
+        line.contains(r#""- \x16\x03\x01\x00\x05hello -" 400 "#),
+        "{line}"
+    );
+    let sent: u64 = line
+        .split("\" 400 ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(sent > 0, "{line}");
+
+    let mut c = RawConn::connect(proxy.addr()).await;
+    let r = c.exchange("GET /no-host HTTP/1.1\r\n\r\n").await;
+    assert_eq!(r.status, 400, "{r:?}");
+    let line = wait_log_line(&log, "a line for /no-host", |l| l.contains("/no-host")).await;
+    assert!(line.contains(r#""GET /no-host HTTP/1.1" 400 "#), "{line}");
+    assert!(!line.contains(r#"" 400 0 "#), "{line}");
+}
+
 #[tokio::test]
 async fn admin_answers_a_wrong_method_with_405_and_allow_and_takes_any_case_of_bearer() {
     let a = Backend::start("a");

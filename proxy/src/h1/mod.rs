@@ -56,6 +56,8 @@ const MAX_HEAD: usize = 1024 * 1024 - 1;
 /// reading (and dropping) what the client still sends, and how much of it.
 const LINGER: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 1024 * 1024;
+/// How much of a refused request's first line the access log keeps.
+const LOGGED_LINE: usize = 1024;
 /// Request bodies up to this size are read whole before the request goes upstream (as
 /// nginx buffers them), so a request can always be sent again; larger ones go to pingora.
 const MAX_BUFFERED_BODY: u64 = 64 * 1024;
@@ -225,8 +227,8 @@ impl H1 {
                     return Outcome::Closed;
                 }
                 Err(NoHead::TooLarge) => {
-                    self.refuse(&mut stream, head::oversized(&buf, head_limit))
-                        .await;
+                    let r = head::oversized(&buf, head_limit);
+                    self.refuse(&mut stream, r, &conn, &buf).await;
                     return Outcome::Closed;
                 }
                 Err(NoHead::NotHttp(detail)) => {
@@ -235,7 +237,7 @@ impl H1 {
                         reason: "bad_request",
                         detail,
                     };
-                    self.refuse(&mut stream, r).await;
+                    self.refuse(&mut stream, r, &conn, &buf).await;
                     return Outcome::Closed;
                 }
             }
@@ -266,7 +268,7 @@ impl H1 {
                             reason: "bad_request",
                             detail,
                         };
-                        self.refuse(&mut stream, r).await;
+                        self.refuse(&mut stream, r, &conn, &buf).await;
                         return Outcome::Closed;
                     }
                     // Larger bodies are streamed by pingora, which reads the answer while
@@ -289,7 +291,7 @@ impl H1 {
                         match head::handoff_framing(&buf) {
                             Ok((len, body)) => return self.lend(stream, buf, len, body, served),
                             Err(r) => {
-                                self.refuse(&mut stream, r).await;
+                                self.refuse(&mut stream, r, &conn, &buf).await;
                                 return Outcome::Closed;
                             }
                         }
@@ -328,9 +330,12 @@ impl H1 {
     /// client lose the answer before reading it: so the write side is shut first, and what
     /// still comes is read and dropped until the client closes, within [`LINGER`] (as
     /// nginx's lingering close does).
-    async fn refuse(&self, stream: &mut Stream, r: Rejection) {
+    async fn refuse(&self, stream: &mut Stream, r: Rejection, conn: &Conn, head: &[u8]) {
         self.shared.metrics.reject(r.reason);
-        if !write_flush(stream, &respond::text_bytes(r.status, r.detail)).await {
+        let answer = respond::text_bytes(r.status, r.detail);
+        let sent = write_flush(stream, &answer).await;
+        self.log_refusal(conn, head, r.status, if sent { answer.len() } else { 0 });
+        if !sent {
             return;
         }
         let _ = bounded(LINGER, async {
@@ -347,6 +352,41 @@ impl H1 {
             }
         })
         .await;
+    }
+
+    /// An access log line for a request refused before it could be parsed, with its first
+    /// line as it came (as nginx logs `$request` of a bad request), since an operator looks
+    /// for these in the access log like for any other answer.
+    fn log_refusal(&self, conn: &Conn, head: &[u8], status: u16, bytes_sent: usize) {
+        let log = self.shared.access_log.load();
+        if !log.enabled() {
+            return;
+        }
+        let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let line = String::from_utf8_lossy(&line[..line.len().min(LOGGED_LINE)]);
+        let parts: Vec<&str> = line.split(' ').collect();
+        let (method, path, version) = match parts[..] {
+            [method, path, version] => (method, path, version),
+            _ => ("-", &*line, "-"),
+        };
+        log.write(&Entry {
+            ts: AccessLog::now(),
+            client: conn.peer_ip,
+            method,
+            path,
+            version,
+            host: None,
+            status,
+            bytes_sent: bytes_sent as u64,
+            bytes_received: head.len() as u64,
+            duration_ms: 0.0,
+            upstream: None,
+            backend: None,
+            tunnel: false,
+            referer: None,
+            user_agent: None,
+        });
     }
 
     /// Serves one request; whether the client connection stays open.
@@ -377,13 +417,13 @@ impl H1 {
                 // A body we did not read would be taken for the next request.
                 let close = req.close || (body.len() as u64) < req.content_length;
                 log.status = 308;
-                let ok = write_flush(client, &respond::redirect_bytes(&location, close)).await;
-                return ok && !close;
+                let answer = respond::redirect_bytes(&location, close);
+                return answer_own(client, &mut log, &answer).await && !close;
             }
             Admission::Reject(r) => {
                 self.shared.metrics.reject(r.reason);
                 log.status = r.status;
-                write_flush(client, &respond::text_bytes(r.status, r.detail)).await;
+                answer_own(client, &mut log, &respond::text_bytes(r.status, r.detail)).await;
                 return false;
             }
         };
@@ -415,7 +455,7 @@ impl H1 {
                 self.shared.metrics.reject("no_backend");
                 log.status = 503;
                 let detail = format!("no healthy backend in upstream {}", up.name);
-                write_flush(client, &respond::text_bytes(503, &detail)).await;
+                answer_own(client, &mut log, &respond::text_bytes(503, &detail)).await;
                 return false;
             };
             log.backend = Some(choice.backend.addr);
@@ -439,7 +479,7 @@ impl H1 {
                     }
                     let (status, detail) = e.answer();
                     log.status = status;
-                    write_flush(client, &respond::text_bytes(status, detail)).await;
+                    answer_own(client, &mut log, &respond::text_bytes(status, detail)).await;
                     return false;
                 }
             }
@@ -823,6 +863,16 @@ fn head_end(buf: &[u8]) -> Option<usize> {
 
 async fn write_all(client: &mut Stream, bytes: &[u8], limit: Duration) -> bool {
     matches!(bounded(limit, client.write_all(bytes)).await, Ok(Ok(())))
+}
+
+/// Writes an answer of the proxy's own and counts it in the request's access log line;
+/// whether it was written.
+async fn answer_own(client: &mut Stream, log: &mut Log<'_>, answer: &[u8]) -> bool {
+    let written = write_flush(client, answer).await;
+    if written {
+        log.bytes_sent = answer.len() as u64;
+    }
+    written
 }
 
 async fn write_flush(client: &mut Stream, bytes: &[u8]) -> bool {
