@@ -730,6 +730,18 @@ fn resolve_routes(
             }
             n
         });
+        // First match wins: a route every request of which an earlier one takes is dead
+        // config, most often a catch-all `/` listed first.
+        if let Some(j) = routes.iter().position(|e: &Route| {
+            (e.host.is_none() || e.host == host) && r.path_prefix.starts_with(&e.path_prefix)
+        }) {
+            out.warn(
+                p.clone(),
+                format!(
+                    "never used: routes[{j}] comes first and takes every request it would match"
+                ),
+            );
+        }
         routes.push(Route {
             host,
             path_prefix: r.path_prefix,

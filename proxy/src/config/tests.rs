@@ -948,6 +948,31 @@ fn routes_required_unless_one_upstream() {
         c.warnings,
         vec!["proxy.toml:6: upstreams.other: no route uses this upstream"]
     );
+    // A route an earlier one always takes first is reported; a narrower one listed before a
+    // wider one, or one for another host, is fine.
+    let route = |host: &str, prefix: &str| {
+        let host = if host.is_empty() {
+            String::new()
+        } else {
+            format!("host = \"{host}\"\n")
+        };
+        format!("[[routes]]\n{host}path_prefix = \"{prefix}\"\nupstream = \"app\"\n")
+    };
+    let c = ok(&format!(
+        "{MINIMAL}{}{}{}{}{}",
+        route("", "/api/"),
+        route("a.test", "/"),
+        route("", "/"),
+        route("", "/api/v2/"),
+        route("b.test", "/x")
+    ));
+    assert_eq!(
+        c.warnings,
+        vec![
+            "proxy.toml:16: routes[3]: never used: routes[0] comes first and takes every request it would match",
+            "proxy.toml:19: routes[4]: never used: routes[2] comes first and takes every request it would match",
+        ]
+    );
     assert_eq!(
         errs(&format!(
             "{MINIMAL}[[routes]]\nhost = \"a b\"\npath_prefix = \"api\"\nupstream = \"app\"\n"
