@@ -23,6 +23,8 @@ pub struct Runtime {
     pub upstreams: HashMap<String, Arc<Upstream>>,
     /// Upstream of each route, in route order (first match wins).
     routes: Vec<(Option<String>, String, Arc<Upstream>)>,
+    /// The listeners that set fields on answers, with those fields (most have none).
+    response_headers: Vec<(SocketAddr, Vec<(String, String)>)>,
 }
 
 impl Runtime {
@@ -45,11 +47,32 @@ impl Runtime {
                 Some((r.host.clone(), r.path_prefix.clone(), up))
             })
             .collect();
+        let response_headers = config
+            .listeners
+            .iter()
+            .filter(|l| !l.response_headers.is_empty())
+            .map(|l| (l.listen, l.response_headers.clone()))
+            .collect();
         Self {
             config: Arc::new(config),
             upstreams,
             routes,
+            response_headers,
         }
+    }
+
+    /// The fields the listener a connection came in on (its local address) sets on answers.
+    pub fn response_headers(&self, local: Option<SocketAddr>) -> &[(String, String)] {
+        let (Some(local), false) = (local, self.response_headers.is_empty()) else {
+            return &[];
+        };
+        self.response_headers
+            .iter()
+            .find(|(listen, _)| {
+                listen.port() == local.port()
+                    && (listen.ip().is_unspecified() || listen.ip() == local.ip())
+            })
+            .map_or(&[], |(_, fields)| fields.as_slice())
     }
 
     /// The upstream for a request, by host (exact, case-insensitive, port ignored) and path

@@ -484,3 +484,73 @@ async fn bytes_that_cannot_start_a_request_get_400_at_once() {
         "only the real requests reached the backend"
     );
 }
+
+/// `response_headers` on a listener sets its fields on every answer relayed through it —
+/// on the proxy's own HTTP/1 path, on pingora's (an HTTP/1.0 request), and on a refused
+/// upgrade — replacing a backend's field of the same name rather than adding a second one;
+/// another listener's answers keep the backend's fields as they were.
+#[tokio::test]
+async fn a_listeners_response_headers_are_set_on_every_answer_through_it() {
+    let raw = RawBackend::start(|mut conn: RawConn<TcpStream>, _| async move {
+        while conn.request().await.is_some() {
+            let answer = "HTTP/1.1 200 OK\r\nX-Frame-Options: SAMEORIGIN\r\n\
+                          Content-Length: 2\r\n\r\nok";
+            if !reply(&mut conn, answer).await {
+                return;
+            }
+        }
+    })
+    .await;
+    let (with, without) = (free_port(), free_port());
+    let _proxy = Proxy::start_config(&format!(
+        "{TWO_THREADS}{}response_headers = {{ \"Strict-Transport-Security\" = \"max-age=600\", \
+         X-Frame-Options = \"DENY\" }}\n{}{}",
+        listener(with),
+        listener(without),
+        upstream(
+            "app",
+            None,
+            &[format!("{{ addr = \"{}\", id = \"raw\" }}", raw.addr)]
+        )
+    ));
+    let at = |port: u16| std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let fields = |r: &tests::raw::Resp, name: &str| -> Vec<String> {
+        r.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+            .collect()
+    };
+    for (what, req) in [
+        ("our path", get_req("/a")),
+        ("pingora's path", "GET /b HTTP/1.0\r\n\r\n".to_owned()),
+        (
+            "a refused upgrade",
+            "GET /c HTTP/1.1\r\nHost: test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+                .to_owned(),
+        ),
+    ] {
+        let mut c = RawConn::connect(at(with)).await;
+        let r = c.exchange(&req).await;
+        assert_eq!(r.status, 200, "{what}: {r:?}");
+        assert_eq!(fields(&r, "x-frame-options"), ["DENY"], "{what}: {r:?}");
+        assert_eq!(
+            fields(&r, "strict-transport-security"),
+            ["max-age=600"],
+            "{what}: {r:?}"
+        );
+
+        let mut c = RawConn::connect(at(without)).await;
+        let r = c.exchange(&req).await;
+        assert_eq!(
+            fields(&r, "x-frame-options"),
+            ["SAMEORIGIN"],
+            "{what}: {r:?}"
+        );
+        assert!(
+            fields(&r, "strict-transport-security").is_empty(),
+            "{what}: {r:?}"
+        );
+    }
+}

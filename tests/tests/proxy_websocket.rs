@@ -239,3 +239,31 @@ async fn reload_keeps_open_websockets_and_rejects_a_bad_config() {
     assert_eq!(id, "c");
     ws_echo(&mut ws, "new tunnel").await;
 }
+
+/// A listener's `response_headers` are on the `101` of a tunnel too, and the tunnel works.
+#[tokio::test]
+async fn the_101_carries_the_listeners_response_headers() {
+    let b = Backend::start("b1");
+    let proxy = Proxy::start_config(&format!(
+        "{}response_headers = {{ \"Strict-Transport-Security\" = \"max-age=600\" }}\n{}",
+        listener(free_port()),
+        upstream("app", None, &entries(&[&b]))
+    ));
+    let (mut ws, response) =
+        tests::ws::ws_open(&proxy.ws_url("/ws"), &tests::ws::WsOptions::default())
+            .await
+            .unwrap();
+    assert_eq!(response.status(), 101);
+    let hsts: Vec<_> = response
+        .headers()
+        .get_all("strict-transport-security")
+        .iter()
+        .collect();
+    assert_eq!(hsts, ["max-age=600"], "{response:?}");
+    let hello = tokio::time::timeout(T, futures::StreamExt::next(&mut ws)).await;
+    assert!(
+        matches!(&hello, Ok(Some(Ok(m))) if m.to_text().ok() == Some("hello b1")),
+        "{hello:?}"
+    );
+    ws_echo(&mut ws, "still a tunnel").await;
+}

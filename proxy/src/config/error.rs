@@ -123,6 +123,15 @@ pub enum ErrorKind {
         "`{0}` is not a request path (visible ASCII only, no spaces; percent-encode the rest)"
     )]
     InvalidRequestPath(String),
+    /// A response field name that is not a token.
+    #[error("`{0}` is not a field name (letters, digits and !#$%&'*+-.^_`|~ only)")]
+    InvalidFieldName(String),
+    /// A response field the proxy or the backend's framing owns.
+    #[error("`{0}` cannot be set here: the proxy or the backend's framing sets it")]
+    ReservedField(String),
+    /// A response field value with control characters, or empty or padded.
+    #[error("invalid value: visible text without line breaks, not empty, no spaces around it")]
+    InvalidFieldValue,
     /// A key meaningful only for HTTP health checks.
     #[error("only valid when kind = \"http\"")]
     OnlyForHttpChecks,

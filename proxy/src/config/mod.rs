@@ -243,6 +243,10 @@ pub struct ListenerConfig {
     pub tls: Option<TlsConfig>,
     /// When set, every request is answered 308 → `https://<host>:<port><path>`.
     pub redirect_https_port: Option<u16>,
+    /// Fields set on every answer relayed from a backend through this listener, replacing
+    /// the backend's own of the same name (as nginx's `add_header ... always` and
+    /// HAProxy's `http-response set-header`): names are tokens, values visible text.
+    pub response_headers: Vec<(String, String)>,
 }
 
 /// TLS settings of a listener. The files were checked to hold a certificate / a key.

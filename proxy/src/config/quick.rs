@@ -119,6 +119,7 @@ pub(super) fn resolve(q: &QuickOptions, env: Env<'_>) -> Result<Config, ConfigEr
             listen,
             tls: None,
             redirect_https_port: None,
+            response_headers: Vec::new(),
         });
     }
     match (q.tls_listen, &q.cert, &q.key) {
@@ -147,6 +148,7 @@ pub(super) fn resolve(q: &QuickOptions, env: Env<'_>) -> Result<Config, ConfigEr
                     h2: true,
                 }),
                 redirect_https_port: None,
+                response_headers: Vec::new(),
             });
         }
         (Some(_), _, _) => errs.push("--tls-listen", ErrorKind::NeedsFlags("--cert and --key")),

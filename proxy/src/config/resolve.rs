@@ -282,13 +282,61 @@ fn resolve_listeners(
                 None
             }
         };
+        let headers = p.key("response_headers");
+        let response_headers = l
+            .response_headers
+            .into_iter()
+            .filter(|(name, value)| match check_added_field(name, value) {
+                Ok(()) => true,
+                Err(kind) => {
+                    out.err(headers.key(name.as_str()), kind);
+                    false
+                }
+            })
+            .collect();
         listeners.push(ListenerConfig {
             listen,
             tls,
             redirect_https_port: l.redirect_https_port,
+            response_headers,
         });
     }
     listeners
+}
+
+/// A field a listener adds to answers: a token name (RFC 9110 §5.1) that is not about the
+/// connection or the framing, which the proxy itself sets, nor `set-cookie`, which would
+/// replace the application's cookies; a value of visible text, spaces and tabs.
+fn check_added_field(name: &str, value: &str) -> Result<(), ErrorKind> {
+    const SYMBOLS: &[u8] = b"!#$%&'*+-.^_`|~";
+    const RESERVED: &[&str] = &[
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+        "set-cookie",
+    ];
+    let token = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || SYMBOLS.contains(&b));
+    if !token {
+        return Err(ErrorKind::InvalidFieldName(name.to_owned()));
+    }
+    if RESERVED.iter().any(|r| r.eq_ignore_ascii_case(name)) {
+        return Err(ErrorKind::ReservedField(name.to_owned()));
+    }
+    let visible = value
+        .bytes()
+        .all(|b| b == b'\t' || b == b' ' || b.is_ascii_graphic() || b >= 0x80);
+    if !visible || value.trim().len() != value.len() || value.is_empty() {
+        return Err(ErrorKind::InvalidFieldValue);
+    }
+    Ok(())
 }
 
 /// Checks `<p>.cert` and `<p>.key`.

@@ -1025,3 +1025,44 @@ fn upstreams_keep_file_order() {
     let names: Vec<_> = c.upstreams.iter().map(|u| u.name.as_str()).collect();
     assert_eq!(names, vec!["zeta", "alpha"]);
 }
+
+#[test]
+fn listener_response_headers() {
+    let with = |fields: &str| {
+        format!(
+            "{MINIMAL}[[listeners]]\nlisten = \"127.0.0.1:8081\"\nresponse_headers = {{ {fields} }}\n"
+        )
+    };
+    let c = ok(&with(
+        r#""Strict-Transport-Security" = "max-age=63072000; includeSubDomains", X-Frame-Options = "DENY""#,
+    ));
+    assert_eq!(
+        c.listeners[1].response_headers,
+        vec![
+            (
+                "Strict-Transport-Security".to_owned(),
+                "max-age=63072000; includeSubDomains".to_owned()
+            ),
+            ("X-Frame-Options".to_owned(), "DENY".to_owned()),
+        ]
+    );
+    assert!(c.listeners[0].response_headers.is_empty());
+    for (fields, why) in [
+        (r#""X Bad" = "v""#, "`X Bad` is not a field name"),
+        (
+            r#""Content-Length" = "5""#,
+            "`Content-Length` cannot be set here",
+        ),
+        (r#"Set-Cookie = "a=b""#, "`Set-Cookie` cannot be set here"),
+        (r#"Connection = "close""#, "`Connection` cannot be set here"),
+        (r#"X-A = "a\r\nX-B: b""#, "invalid value"),
+        (r#"X-A = """#, "invalid value"),
+        (r#"X-A = " padded""#, "invalid value"),
+    ] {
+        let e = err(&with(fields));
+        assert!(
+            e.starts_with("proxy.toml:8: listeners[1].response_headers.") && e.contains(why),
+            "{fields}: {e}"
+        );
+    }
+}

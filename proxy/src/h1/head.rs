@@ -518,6 +518,29 @@ fn with_http_date<R>(f: impl FnOnce(&[u8]) -> R) -> R {
 }
 
 /// Removes every `name: value\r\n` line from a head being built (status line kept).
+/// Sets `fields` on a rewritten head (before its blank line), replacing any of the same
+/// names.
+pub fn set_fields(head: &mut Vec<u8>, fields: &[(String, String)]) {
+    for (name, value) in fields {
+        strip_field(head, name.as_bytes());
+        head.extend_from_slice(name.as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+}
+
+/// [`set_fields`] on a whole head, blank line included.
+pub fn with_fields_set(head: &[u8], fields: &[(String, String)]) -> Vec<u8> {
+    let Some(fields_part) = head.strip_suffix(b"\r\n").filter(|_| !fields.is_empty()) else {
+        return head.to_vec();
+    };
+    let mut out = fields_part.to_vec();
+    set_fields(&mut out, fields);
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
 fn strip_field(head: &mut Vec<u8>, name: &[u8]) {
     let mut kept = Vec::with_capacity(head.len());
     for (i, line) in head.split_inclusive(|&b| b == b'\n').enumerate() {

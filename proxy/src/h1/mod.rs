@@ -19,7 +19,7 @@
 
 pub(crate) mod body;
 mod bound;
-mod head;
+pub(crate) mod head;
 pub mod lent;
 pub mod pool;
 
@@ -499,6 +499,7 @@ impl H1 {
             && !*conn.shutdown.borrow()
             && !t.downstream_keepalive.is_zero();
         let mut head = resp.out;
+        head::set_fields(&mut head, rt.response_headers(conn.local));
         if let Some(cookie) = &choice.set_cookie {
             head.extend_from_slice(b"set-cookie: ");
             head.extend_from_slice(cookie.as_bytes());

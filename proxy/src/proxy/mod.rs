@@ -485,6 +485,12 @@ impl ProxyHttp for EdgeProxy {
             return Ok(());
         }
         self.observe_response(ctx, resp.status.as_u16());
+        if let Some(rt) = &ctx.runtime {
+            let local = session.server_addr().and_then(|a| a.as_inet()).copied();
+            for (name, value) in rt.response_headers(local) {
+                resp.insert_header(name.clone(), value.as_str())?;
+            }
+        }
         if let Some(c) = ctx.set_cookie.take() {
             resp.append_header("set-cookie", c)?;
         }

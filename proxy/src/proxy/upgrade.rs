@@ -24,6 +24,7 @@ use tokio::io::AsyncWriteExt;
 use super::{forwarded_headers, host_of, is_forwarded_field, respond, Ctx, EdgeProxy, MAX_TRIES};
 use crate::access_log::{AccessLog, Entry};
 use crate::h1::body::Framing;
+use crate::h1::head;
 use crate::h1::lent::{self, Returned};
 use crate::tunnel::handshake::{self, HandshakeError, UpstreamResponse};
 use crate::tunnel::relay::{End, Relay};
@@ -143,6 +144,7 @@ async fn send(client: &mut Stream, data: &[u8], limit: Duration) -> bool {
 async fn relay_refusal(
     client: &mut Stream,
     mut resp: UpstreamResponse,
+    fields: &[(String, String)],
     idle: Duration,
     close: bool,
     head_request: bool,
@@ -158,7 +160,10 @@ async fn relay_refusal(
         (_, false, None) => Framing::UntilClose,
     };
     let rechunk = framing.until_close();
-    let head = refusal_head(&resp.head, rechunk, resp.chunked, close);
+    let head = head::with_fields_set(
+        &refusal_head(&resp.head, rechunk, resp.chunked, close),
+        fields,
+    );
     // pingora's stream buffers small writes: every part is flushed as it comes, or a slow
     // backend's answer would wait in the buffer until its body is complete.
     if !send(client, &head, idle).await {
@@ -278,6 +283,9 @@ pub(super) async fn handle(p: &EdgeProxy, session: &mut Session, ctx: &mut Ctx) 
         .load()
         .enabled()
         .then(|| tunnel_summary(session, ctx, &up.name));
+    // Read before the stream leaves the session, with its addresses.
+    let local = session.server_addr().and_then(|a| a.as_inet()).copied();
+    let fields = rt.response_headers(local);
     let client = take_client_stream(session).await?;
     ctx.tunneled = true;
     // Our HTTP/1 path lent pingora the stream for the request alone; what the client sent
@@ -293,7 +301,7 @@ pub(super) async fn handle(p: &EdgeProxy, session: &mut Session, ctx: &mut Ctx) 
         // with what was read past the request.
         let keep = keep_alive && lent && resp.status >= 200;
         let idle = t.upstream_read;
-        if relay_refusal(&mut client, resp, idle, !keep, head_request).await && keep {
+        if relay_refusal(&mut client, resp, fields, idle, !keep, head_request).await && keep {
             match super::resume(client, early) {
                 Ok(()) => return Ok(true),
                 Err(back) => client = back,
@@ -308,7 +316,8 @@ pub(super) async fn handle(p: &EdgeProxy, session: &mut Session, ctx: &mut Ctx) 
         .take()
         .map(|c| format!("set-cookie: {c}\r\n"))
         .unwrap_or_default();
-    let out_head = handshake::with_extra_headers(&resp.head, &extra);
+    let out_head =
+        handshake::with_extra_headers(&head::with_fields_set(&resp.head, fields), &extra);
     let UpstreamResponse {
         stream: mut upstream,
         rest,
