@@ -642,22 +642,26 @@ async fn a_reload_rotates_the_admin_token_and_auth_reads_guards_status_and_metri
     assert_eq!(get(&proxy.url("/id")).await.backend(), Some("a"));
 }
 
-#[tokio::test]
-async fn a_sub_second_grace_period_still_lets_in_flight_requests_finish() {
+/// A proxy with one worker thread and `grace_period`, in front of one echo backend `b1`.
+fn proxy_with_grace(grace: &str) -> (Backend, Proxy) {
     let b = Backend::start("b1");
     let toml = format!(
-        "[server]\nthreads = 1\ngrace_period = \"900ms\"\n{}\n{}",
+        "[server]\nthreads = 1\ngrace_period = \"{grace}\"\n{}\n{}",
         listener(free_port()),
         upstream("app", None, &entries(&[&b]))
     );
-    let mut proxy = Proxy::start_config(&toml);
+    (b, Proxy::start_config(&toml))
+}
+
+/// Starts a 500 ms request, waits until `b1` counts `active` requests and tunnels, sends
+/// SIGTERM and asserts that the request is answered all the same.
+async fn a_request_outlives_sigterm(proxy: &Proxy, active: u64) {
     let url = proxy.url("/delay/500");
     let slow = tokio::spawn(async move { tests::http::try_send(client().get(url)).await });
-    tests::admin::wait_backend(&proxy, "b1", T, "the request in flight", |b| {
-        counter(b, "active") == 1
+    tests::admin::wait_backend(proxy, "b1", T, "the request in flight", |b| {
+        counter(b, "active") == active
     })
     .await;
-
     proxy.signal(nix::sys::signal::Signal::SIGTERM);
     let r = slow
         .await
@@ -665,6 +669,12 @@ async fn a_sub_second_grace_period_still_lets_in_flight_requests_finish() {
         .unwrap_or_else(|e| panic!("the in-flight request was cut by the stop: {e:#}"));
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.backend(), Some("b1"));
+}
+
+#[tokio::test]
+async fn a_sub_second_grace_period_still_lets_in_flight_requests_finish() {
+    let (_b, mut proxy) = proxy_with_grace("900ms");
+    a_request_outlives_sigterm(&proxy, 1).await;
     let exited = proxy.signal_and_wait(nix::sys::signal::Signal::SIGTERM, T);
     assert!(
         exited.is_some(),
@@ -678,28 +688,10 @@ async fn a_sub_second_grace_period_still_lets_in_flight_requests_finish() {
 /// the proxy exits when the WebSocket closes, long before its 60 s grace period.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_graceful_stop_exits_when_the_last_connection_closes_not_when_the_grace_period_ends() {
-    let b = Backend::start("b1");
-    let toml = format!(
-        "[server]\nthreads = 1\ngrace_period = \"60s\"\n{}\n{}",
-        listener(free_port()),
-        upstream("app", None, &entries(&[&b]))
-    );
-    let mut proxy = Proxy::start_config(&toml);
+    let (_b, mut proxy) = proxy_with_grace("60s");
     let (mut ws, on) = ws_connect(&proxy.ws_url("/ws")).await;
     assert_eq!(on, "b1");
-    let url = proxy.url("/delay/500");
-    let slow = tokio::spawn(async move { tests::http::try_send(client().get(url)).await });
-    tests::admin::wait_backend(&proxy, "b1", T, "the request and the tunnel", |b| {
-        counter(b, "active") == 2
-    })
-    .await;
-
-    proxy.signal(nix::sys::signal::Signal::SIGTERM);
-    let r = slow
-        .await
-        .unwrap()
-        .unwrap_or_else(|e| panic!("the in-flight request was cut by the stop: {e:#}"));
-    assert_eq!(r.status, 200, "{r:?}");
+    a_request_outlives_sigterm(&proxy, 2).await;
     ws_echo(&mut ws, "still open after the request").await;
     assert!(proxy.is_running(), "the proxy exited with a tunnel open");
 

@@ -159,11 +159,7 @@ pub fn parse_request<'a>(buf: &'a [u8], fields: &'a mut Fields<'a>) -> Parse<'a>
 /// Its framing follows the rules of pingora's parser, which reads it next; what that parser
 /// would refuse with an empty 400 is refused here, with a reason.
 pub fn handoff_framing(buf: &[u8]) -> Result<(usize, Framing), Rejection> {
-    let malformed_head = |detail| Rejection {
-        status: 400,
-        reason: "bad_request",
-        detail,
-    };
+    let malformed_head = Rejection::bad_request;
     // The request line is not parsed: pingora repairs some that httparse refuses (it escapes
     // stray bytes in the target), and the framing is in the fields alone.
     let Some(line_end) = memchr::memchr(b'\n', buf) else {

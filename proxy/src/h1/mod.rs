@@ -232,11 +232,7 @@ impl H1 {
                     return Outcome::Closed;
                 }
                 Err(NoHead::NotHttp(detail)) => {
-                    let r = Rejection {
-                        status: 400,
-                        reason: "bad_request",
-                        detail,
-                    };
+                    let r = Rejection::bad_request(detail);
                     self.refuse(&mut stream, r, &conn, &buf).await;
                     return Outcome::Closed;
                 }
@@ -263,11 +259,7 @@ impl H1 {
                         need
                     }
                     Parse::Invalid(detail) => {
-                        let r = Rejection {
-                            status: 400,
-                            reason: "bad_request",
-                            detail,
-                        };
+                        let r = Rejection::bad_request(detail);
                         self.refuse(&mut stream, r, &conn, &buf).await;
                         return Outcome::Closed;
                     }

@@ -54,6 +54,17 @@ pub(crate) struct Rejection {
     pub detail: &'static str,
 }
 
+impl Rejection {
+    /// `400` for a request that cannot be read as one, saying why.
+    pub(crate) fn bad_request(detail: &'static str) -> Self {
+        Self {
+            status: 400,
+            reason: "bad_request",
+            detail,
+        }
+    }
+}
+
 /// A request allowed through, with what the balancer needs to place it.
 pub(crate) struct Admitted {
     pub upstream: Arc<Upstream>,
