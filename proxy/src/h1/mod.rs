@@ -491,7 +491,10 @@ impl H1 {
             && !*conn.shutdown.borrow()
             && !t.downstream_keepalive.is_zero();
         let mut head = resp.out;
-        head::set_fields(&mut head, rt.response_headers(conn.local));
+        let added = rt.response_headers(conn.local);
+        if !added.is_empty() {
+            head::set_fields(&mut head, added);
+        }
         if let Some(cookie) = &choice.set_cookie {
             head.extend_from_slice(b"set-cookie: ");
             head.extend_from_slice(cookie.as_bytes());
