@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
+use crate::proxy::is_token_char;
+
 use super::error::{ErrorKind, TlsFileProblem};
 use super::file::{
     FileConfig, HealthFile, HealthKindFile, LimitsFile, ListenerFile, RouteFile, StickyFile,
@@ -308,7 +310,6 @@ fn resolve_listeners(
 /// connection or the framing, which the proxy itself sets, nor `set-cookie`, which would
 /// replace the application's cookies; a value of visible text, spaces and tabs.
 fn check_added_field(name: &str, value: &str) -> Result<(), ErrorKind> {
-    const SYMBOLS: &[u8] = b"!#$%&'*+-.^_`|~";
     const RESERVED: &[&str] = &[
         "connection",
         "keep-alive",
@@ -320,10 +321,7 @@ fn check_added_field(name: &str, value: &str) -> Result<(), ErrorKind> {
         "content-length",
         "set-cookie",
     ];
-    let token = !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || SYMBOLS.contains(&b));
+    let token = !name.is_empty() && name.bytes().all(is_token_char);
     if !token {
         return Err(ErrorKind::InvalidFieldName(name.to_owned()));
     }
@@ -630,29 +628,7 @@ fn check_sticky_key(key: Vec<u8>, out: &mut Resolved, p: KeyPath) -> Vec<u8> {
 
 /// RFC 6265 cookie-name: an RFC 2616 token.
 pub(super) fn valid_cookie_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes().all(|b| {
-            b.is_ascii_graphic()
-                && !matches!(
-                    b,
-                    b'(' | b')'
-                        | b'<'
-                        | b'>'
-                        | b'@'
-                        | b','
-                        | b';'
-                        | b':'
-                        | b'\\'
-                        | b'"'
-                        | b'/'
-                        | b'['
-                        | b']'
-                        | b'?'
-                        | b'='
-                        | b'{'
-                        | b'}'
-                )
-        })
+    !s.is_empty() && s.bytes().all(is_token_char)
 }
 
 /// A CIDR (`10.0.0.0/8`) or a bare IP (`10.1.2.3` → /32, `::1` → /128).

@@ -38,7 +38,7 @@ use tokio::net::TcpStream;
 
 use crate::access_log::{AccessLog, Entry};
 use crate::proxy::policy::{self, Admission, Rejection, RequestView};
-use crate::proxy::{respond, MAX_TRIES};
+use crate::proxy::{is_token_char, respond, MAX_TRIES};
 use crate::state::{Runtime, Shared};
 use crate::tunnel::handshake::{self, HandshakeError};
 use crate::upstream::Upstream;
@@ -824,10 +824,9 @@ async fn stopped(mut watch: ShutdownWatch) {
 /// is a token (RFC 9110 §9.1). A TLS handshake record starts with 0x16: a client speaking
 /// HTTPS to a plain listener would otherwise wait out the header timeout.
 fn not_a_request(first: u8) -> Option<&'static str> {
-    const TOKEN_SYMBOLS: &[u8] = b"!#$%&'*+-.^_`|~";
     if first == 0x16 {
         Some("TLS handshake on a plain-HTTP listener (use https:// on the TLS port)")
-    } else if first.is_ascii_alphanumeric() || TOKEN_SYMBOLS.contains(&first) || first == b'\r' {
+    } else if is_token_char(first) || first == b'\r' {
         // A CR may be the first half of an empty line whose LF is still to come.
         None
     } else {

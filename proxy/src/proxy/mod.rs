@@ -32,6 +32,7 @@ pub use forwarded::{
     client_ip, forwarded, forwarded_header_values, forwarded_headers, is_forwarded_field,
     xff_values, FieldValue, FORWARDED_FIELDS,
 };
+pub(crate) use normalize::is_token_char;
 use policy::{Admission, RequestView};
 
 thread_local! {

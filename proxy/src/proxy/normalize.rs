@@ -87,6 +87,12 @@ fn decode(path: &[u8]) -> Result<Vec<u8>, BadPath> {
     Ok(out)
 }
 
+/// Whether `b` may appear in a token (RFC 9110 §5.6.2): a method, a field name, a cookie
+/// name.
+pub fn is_token_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
 /// Whether `host` is a valid Host field value: `uri-host [ ":" port ]` (RFC 9110 §7.2,
 /// RFC 3986 §3.2). Empty is valid (a target without an authority). Anything else, such as
 /// `@`, `/`, spaces or a second port, is what request smuggling and cache poisoning
