@@ -25,6 +25,7 @@ use crate::admin::AdminApp;
 use crate::config::Config;
 use crate::drain::{exit_when_drained, Counted};
 use crate::h1::lent::{self, Returned};
+use crate::h1::plain_on_tls::PlainHttpOnTls;
 use crate::h1::{Outcome, H1};
 use crate::health::HealthChecker;
 use crate::proxy::{EdgeProxy, KeptAlive};
@@ -336,6 +337,10 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         Counted::new(edge, open.clone()),
     );
     service.threads = Some(threads);
+    // Runs on TLS listeners only, before the handshake.
+    service
+        .endpoints()
+        .set_pre_tls_callback(Arc::new(PlainHttpOnTls::new(shared.clone())));
     for (l, tls) in listeners.iter().zip(tls_settings) {
         // No L4 read buffer: request heads are parsed from pingora's own header buffer and
         // tunnels read through our relay, so a 64 KiB buffer per connection buys nothing

@@ -554,3 +554,84 @@ async fn a_listeners_response_headers_are_set_on_every_answer_through_it() {
         );
     }
 }
+
+/// The proxy's own answers carry the listener's `response_headers` too (as nginx's
+/// `add_header … always`): refusals from the head, errors when no backend answers, and
+/// redirects, on both HTTP/1 paths and for upgrades; a field the operator sets replaces the
+/// proxy's own of that name.
+#[tokio::test]
+async fn a_listeners_response_headers_are_set_on_the_proxys_own_answers() {
+    let (plain, redirecting, tls_port) = (free_port(), free_port(), free_port());
+    let added = "response_headers = { \"Strict-Transport-Security\" = \"max-age=600\", \
+                 Cache-Control = \"private\" }\n";
+    let _proxy = Proxy::start_config(&format!(
+        "{TWO_THREADS}{}{added}{}redirect_https_port = {tls_port}\n{added}{}",
+        listener(plain),
+        listener(redirecting),
+        // Nothing listens there: every attempt fails.
+        upstream(
+            "app",
+            None,
+            &[format!(
+                "{{ addr = \"127.0.0.1:{}\", id = \"dead\" }}",
+                free_port()
+            )]
+        )
+    ));
+    let at = |port: u16| std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let upgrade = "GET /ws HTTP/1.1\r\nHost: test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+                   Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    for (what, port, req, statuses) in [
+        (
+            "no backend, our path",
+            plain,
+            get_req("/a"),
+            &[502, 503][..],
+        ),
+        (
+            "no backend, pingora's path",
+            plain,
+            "GET /b HTTP/1.0\r\nHost: test\r\n\r\n".to_owned(),
+            &[502, 503],
+        ),
+        (
+            "no backend, an upgrade",
+            plain,
+            upgrade.to_owned(),
+            &[502, 503],
+        ),
+        (
+            "a head refused",
+            plain,
+            "GET /no-host HTTP/1.1\r\n\r\n".to_owned(),
+            &[400],
+        ),
+        ("not HTTP", plain, "\u{0}\u{0}".to_owned(), &[400]),
+        ("a redirect, our path", redirecting, get_req("/r"), &[308]),
+        (
+            "a redirect, pingora's path",
+            redirecting,
+            "GET /r HTTP/1.0\r\nHost: test\r\n\r\n".to_owned(),
+            &[308],
+        ),
+    ] {
+        let mut c = RawConn::connect(at(port)).await;
+        let r = c.exchange(&req).await;
+        assert!(statuses.contains(&r.status), "{what}: {r:?}");
+        let values = |name: &str| -> Vec<&str> {
+            r.headers
+                .iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+                .collect()
+        };
+        assert_eq!(
+            values("strict-transport-security"),
+            ["max-age=600"],
+            "{what}: {r:?}"
+        );
+        if r.status != 308 {
+            assert_eq!(values("cache-control"), ["private"], "{what}: {r:?}");
+        }
+    }
+}

@@ -618,6 +618,52 @@ async fn plain_listener_redirects_to_https_with_308() {
     drop(proxy);
 }
 
+/// Plain HTTP sent to the TLS port gets a 400 that says so, in plain text (as nginx answers
+/// it), not a bare close that looks like a crashed proxy; TLS clients on the same listener
+/// are served as before, and bytes that are neither go on to the handshake, which refuses
+/// them.
+#[tokio::test]
+async fn plain_http_sent_to_the_tls_port_gets_a_400_saying_so() {
+    let setup = TlsProxy::start();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], setup.tls));
+
+    let mut c = tests::raw::RawConn::connect(addr).await;
+    let r = c
+        .exchange("GET /id HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await;
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(
+        r.text()
+            .contains("plain HTTP request sent to a TLS listener (use https://)"),
+        "{r:?}"
+    );
+    assert!(r.closes(), "{r:?}");
+    c.expect_eof("the connection after the 400").await;
+
+    // A request line trickled in byte by byte is answered the same.
+    let mut c = tests::raw::RawConn::connect(addr).await;
+    c.send("P").await;
+    let r = c.exchange("OST / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(r.status, 400, "{r:?}");
+
+    // Binary that is no request is left to the TLS handshake: closed without an HTTP answer.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"\x00\x01\x02\x03").await.unwrap();
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(STEP_TIMEOUT, s.read_to_end(&mut out)).await;
+    assert!(read.is_ok(), "the handshake refused the bytes in time");
+    assert!(!out.starts_with(b"HTTP/"), "{out:?}");
+
+    // HTTPS on the same listener is untouched.
+    let r = get_with(
+        &tls_client(&setup.certs.ca_pem(), Alpn::Http1),
+        &format!("https://localhost:{}/id", setup.tls),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.backend(), Some("b1"));
+}
+
 /// Runs a proxy that must refuse to start; returns its output.
 fn must_fail(cmd: ProxyCmd) -> String {
     cmd.run_to_exit(Duration::from_secs(20))

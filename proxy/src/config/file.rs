@@ -175,7 +175,7 @@ pub(super) struct ListenerFile {
     /// Offer h2 by ALPN; default true on TLS listeners.
     #[serde(default)]
     pub h2: Option<bool>,
-    /// Fields set on every proxied answer (Strict-Transport-Security, ...), by name.
+    /// Fields set on every answer (Strict-Transport-Security, ...), by name.
     #[serde(default)]
     pub response_headers: std::collections::BTreeMap<String, String>,
 }

@@ -243,9 +243,9 @@ pub struct ListenerConfig {
     pub tls: Option<TlsConfig>,
     /// When set, every request is answered 308 → `https://<host>:<port><path>`.
     pub redirect_https_port: Option<u16>,
-    /// Fields set on every answer relayed from a backend through this listener, replacing
-    /// the backend's own of the same name (as nginx's `add_header ... always` and
-    /// HAProxy's `http-response set-header`): names are tokens, values visible text.
+    /// Fields set on every answer through this listener, a backend's or the proxy's own,
+    /// replacing any of the same name (as nginx's `add_header ... always` and HAProxy's
+    /// `http-response set-header`): names are tokens, values visible text.
     pub response_headers: Vec<(String, String)>,
 }
 

@@ -513,7 +513,6 @@ fn with_http_date<R>(f: impl FnOnce(&[u8]) -> R) -> R {
     })
 }
 
-/// Removes every `name: value\r\n` line from a head being built (status line kept).
 /// Sets `fields` on a rewritten head (before its blank line), replacing any of the same
 /// names.
 pub fn set_fields(head: &mut Vec<u8>, fields: &[(String, String)]) {
@@ -537,6 +536,7 @@ pub fn with_fields_set(head: &[u8], fields: &[(String, String)]) -> Vec<u8> {
     out
 }
 
+/// Removes every `name: value\r\n` line from a head being built (status line kept).
 fn strip_field(head: &mut Vec<u8>, name: &[u8]) {
     let mut kept = Vec::with_capacity(head.len());
     for (i, line) in head.split_inclusive(|&b| b == b'\n').enumerate() {

@@ -21,6 +21,7 @@ pub(crate) mod body;
 mod bound;
 pub(crate) mod head;
 pub mod lent;
+pub mod plain_on_tls;
 pub mod pool;
 
 use std::future::Future;
@@ -31,9 +32,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
-use pingora::protocols::Stream;
+use pingora::protocols::{SocketDigest, Stream};
 use pingora::server::ShutdownWatch;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::access_log::{AccessLog, Entry};
@@ -167,20 +168,11 @@ impl H1 {
         shutdown: &ShutdownWatch,
     ) -> Outcome {
         self.start_sweeper();
-        let digest = stream.get_socket_digest();
-        let peer_ip = digest
-            .as_ref()
-            .and_then(|d| d.peer_addr())
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
+        let (peer_ip, local) = addresses(stream.get_socket_digest().as_deref());
         let conn = Conn {
             peer_ip,
             peer_text: peer_ip.map(|ip| ip.to_string()).unwrap_or_default(),
-            local: digest
-                .as_ref()
-                .and_then(|d| d.local_addr())
-                .and_then(|a| a.as_inet())
-                .copied(),
+            local,
             tls: stream.get_ssl_digest().is_some(),
             shutdown: shutdown.clone(),
         };
@@ -228,12 +220,12 @@ impl H1 {
                 }
                 Err(NoHead::TooLarge) => {
                     let r = head::oversized(&buf, head_limit);
-                    self.refuse(&mut stream, r, &conn, &buf).await;
+                    self.refuse(&mut stream, r, &conn, &rt, &buf).await;
                     return Outcome::Closed;
                 }
                 Err(NoHead::NotHttp(detail)) => {
                     let r = Rejection::bad_request(detail);
-                    self.refuse(&mut stream, r, &conn, &buf).await;
+                    self.refuse(&mut stream, r, &conn, &rt, &buf).await;
                     return Outcome::Closed;
                 }
             }
@@ -260,7 +252,7 @@ impl H1 {
                     }
                     Parse::Invalid(detail) => {
                         let r = Rejection::bad_request(detail);
-                        self.refuse(&mut stream, r, &conn, &buf).await;
+                        self.refuse(&mut stream, r, &conn, &rt, &buf).await;
                         return Outcome::Closed;
                     }
                     // Larger bodies are streamed by pingora, which reads the answer while
@@ -283,7 +275,7 @@ impl H1 {
                         match head::handoff_framing(&buf) {
                             Ok((len, body)) => return self.lend(stream, buf, len, body, served),
                             Err(r) => {
-                                self.refuse(&mut stream, r, &conn, &buf).await;
+                                self.refuse(&mut stream, r, &conn, &rt, &buf).await;
                                 return Outcome::Closed;
                             }
                         }
@@ -317,68 +309,17 @@ impl H1 {
         }
     }
 
-    /// Answers a request refused from its head, then closes the connection. Its rest may be
-    /// unread, and a socket closed with unread bytes sends a reset, which can make the
-    /// client lose the answer before reading it: so the write side is shut first, and what
-    /// still comes is read and dropped until the client closes, within [`LINGER`] (as
-    /// nginx's lingering close does).
-    async fn refuse(&self, stream: &mut Stream, r: Rejection, conn: &Conn, head: &[u8]) {
-        self.shared.metrics.reject(r.reason);
-        let answer = respond::text_bytes(r.status, r.detail);
-        let sent = write_flush(stream, &answer).await;
-        self.log_refusal(conn, head, r.status, if sent { answer.len() } else { 0 });
-        if !sent {
-            return;
-        }
-        let _ = bounded(LINGER, async {
-            if AsyncWriteExt::shutdown(stream).await.is_err() {
-                return;
-            }
-            let mut sink = [0u8; 4096];
-            let mut dropped = 0;
-            while dropped < LINGER_BYTES {
-                match stream.read(&mut sink).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => dropped += n,
-                }
-            }
-        })
-        .await;
-    }
-
-    /// An access log line for a request refused before it could be parsed, with its first
-    /// line as it came (as nginx logs `$request` of a bad request), since an operator looks
-    /// for these in the access log like for any other answer.
-    fn log_refusal(&self, conn: &Conn, head: &[u8], status: u16, bytes_sent: usize) {
-        let log = self.shared.access_log.load();
-        if !log.enabled() {
-            return;
-        }
-        let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let line = String::from_utf8_lossy(&line[..line.len().min(LOGGED_LINE)]);
-        let parts: Vec<&str> = line.split(' ').collect();
-        let (method, path, version) = match parts[..] {
-            [method, path, version] => (method, path, version),
-            _ => ("-", &*line, "-"),
-        };
-        log.write(&Entry {
-            ts: AccessLog::now(),
-            client: conn.peer_ip,
-            method,
-            path,
-            version,
-            host: None,
-            status,
-            bytes_sent: bytes_sent as u64,
-            bytes_received: head.len() as u64,
-            duration_ms: 0.0,
-            upstream: None,
-            backend: None,
-            tunnel: false,
-            referer: None,
-            user_agent: None,
-        });
+    /// [`refuse`] on a connection of this path.
+    async fn refuse(
+        &self,
+        stream: &mut Stream,
+        r: Rejection,
+        conn: &Conn,
+        rt: &Runtime,
+        head: &[u8],
+    ) {
+        let added = rt.response_headers(conn.local);
+        refuse(&self.shared, stream, r, conn.peer_ip, head, added).await;
     }
 
     /// Serves one request; whether the client connection stays open.
@@ -403,19 +344,21 @@ impl H1 {
             upstream: None,
             backend: None,
         };
+        let added = rt.response_headers(conn.local);
         let admitted = match policy::admit(&self.shared, rt, req, conn.peer_ip, || conn.local) {
             Admission::Forward(a) => a,
             Admission::Redirect(location) => {
                 // A body we did not read would be taken for the next request.
                 let close = req.close || (body.len() as u64) < req.content_length;
                 log.status = 308;
-                let answer = respond::redirect_bytes(&location, close);
+                let answer = respond::redirect_bytes(&location, close, added);
                 return answer_own(client, &mut log, &answer).await && !close;
             }
             Admission::Reject(r) => {
                 self.shared.metrics.reject(r.reason);
                 log.status = r.status;
-                answer_own(client, &mut log, &respond::text_bytes(r.status, r.detail)).await;
+                let answer = respond::text_bytes(r.status, r.detail, added);
+                answer_own(client, &mut log, &answer).await;
                 return false;
             }
         };
@@ -447,7 +390,7 @@ impl H1 {
                 self.shared.metrics.reject("no_backend");
                 log.status = 503;
                 let detail = format!("no healthy backend in upstream {}", up.name);
-                answer_own(client, &mut log, &respond::text_bytes(503, &detail)).await;
+                answer_own(client, &mut log, &respond::text_bytes(503, &detail, added)).await;
                 return false;
             };
             log.backend = Some(choice.backend.addr);
@@ -471,7 +414,8 @@ impl H1 {
                     }
                     let (status, detail) = e.answer();
                     log.status = status;
-                    answer_own(client, &mut log, &respond::text_bytes(status, detail)).await;
+                    let answer = respond::text_bytes(status, detail, added);
+                    answer_own(client, &mut log, &answer).await;
                     return false;
                 }
             }
@@ -491,7 +435,6 @@ impl H1 {
             && !*conn.shutdown.borrow()
             && !t.downstream_keepalive.is_zero();
         let mut head = resp.out;
-        let added = rt.response_headers(conn.local);
         if !added.is_empty() {
             head::set_fields(&mut head, added);
         }
@@ -856,6 +799,102 @@ fn head_end(buf: &[u8]) -> Option<usize> {
     })
 }
 
+/// The client's address and the one it connected to, as IP socket addresses.
+fn addresses(digest: Option<&SocketDigest>) -> (Option<IpAddr>, Option<SocketAddr>) {
+    let Some(d) = digest else {
+        return (None, None);
+    };
+    (
+        d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()),
+        d.local_addr().and_then(|a| a.as_inet()).copied(),
+    )
+}
+
+/// Answers a request refused from its head, then closes the connection. Its rest may be
+/// unread, and a socket closed with unread bytes sends a reset, which can make the client
+/// lose the answer before reading it: so the write side is shut first, and what still
+/// comes is read and dropped until the client closes, within [`LINGER`] (as nginx's
+/// lingering close does). `added` are the listener's `response_headers`.
+pub(crate) async fn refuse<S>(
+    shared: &Shared,
+    stream: &mut S,
+    r: Rejection,
+    peer_ip: Option<IpAddr>,
+    head: &[u8],
+    added: &[(String, String)],
+) where
+    S: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    shared.metrics.reject(r.reason);
+    let answer = respond::text_bytes(r.status, r.detail, added);
+    let sent = write_flush(stream, &answer).await;
+    log_refusal(
+        shared,
+        peer_ip,
+        head,
+        r.status,
+        if sent { answer.len() } else { 0 },
+    );
+    if !sent {
+        return;
+    }
+    let _ = bounded(LINGER, async {
+        if AsyncWriteExt::shutdown(stream).await.is_err() {
+            return;
+        }
+        let mut sink = [0u8; 4096];
+        let mut dropped = 0;
+        while dropped < LINGER_BYTES {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => dropped += n,
+            }
+        }
+    })
+    .await;
+}
+
+/// An access log line for a request refused before it could be parsed, with its first
+/// line as it came (as nginx logs `$request` of a bad request), since an operator looks
+/// for these in the access log like for any other answer.
+fn log_refusal(
+    shared: &Shared,
+    peer_ip: Option<IpAddr>,
+    head: &[u8],
+    status: u16,
+    bytes_sent: usize,
+) {
+    let log = shared.access_log.load();
+    if !log.enabled() {
+        return;
+    }
+    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let line = String::from_utf8_lossy(&line[..line.len().min(LOGGED_LINE)]);
+    let parts: Vec<&str> = line.split(' ').collect();
+    let (method, path, version) = match parts[..] {
+        [method, path, version] => (method, path, version),
+        _ => ("-", &*line, "-"),
+    };
+    log.write(&Entry {
+        ts: AccessLog::now(),
+        client: peer_ip,
+        method,
+        path,
+        version,
+        host: None,
+        status,
+        bytes_sent: bytes_sent as u64,
+        bytes_received: head.len() as u64,
+        duration_ms: 0.0,
+        upstream: None,
+        backend: None,
+        tunnel: false,
+        referer: None,
+        user_agent: None,
+    });
+}
+
 async fn write_all(client: &mut Stream, bytes: &[u8], limit: Duration) -> bool {
     matches!(bounded(limit, client.write_all(bytes)).await, Ok(Ok(())))
 }
@@ -870,7 +909,10 @@ async fn answer_own(client: &mut Stream, log: &mut Log<'_>, answer: &[u8]) -> bo
     written
 }
 
-async fn write_flush(client: &mut Stream, bytes: &[u8]) -> bool {
+async fn write_flush<S>(client: &mut S, bytes: &[u8]) -> bool
+where
+    S: AsyncWrite + Unpin + ?Sized,
+{
     client.write_all(bytes).await.is_ok() && client.flush().await.is_ok()
 }
 

@@ -258,9 +258,21 @@ impl EdgeProxy {
     ) -> Result<bool> {
         self.shared.metrics.reject(reason);
         ctx.local_status = Some(status);
-        respond::text(session, status, detail).await?;
+        let rt = self.runtime_of(ctx);
+        respond::text(session, status, detail, added_fields(&rt, session)).await?;
         Ok(true)
     }
+
+    /// The configuration the request is served under (the current one, if it failed before
+    /// it was read).
+    fn runtime_of(&self, ctx: &Ctx) -> Arc<Runtime> {
+        ctx.runtime.clone().unwrap_or_else(|| self.shared.current())
+    }
+}
+
+/// The `response_headers` of the listener `session` came in on.
+pub(crate) fn added_fields<'a>(rt: &'a Runtime, session: &Session) -> &'a [(String, String)] {
+    rt.response_headers(session.server_addr().and_then(|a| a.as_inet()).copied())
 }
 
 #[async_trait]
@@ -355,7 +367,7 @@ impl ProxyHttp for EdgeProxy {
         match admission {
             Admission::Redirect(location) => {
                 ctx.local_status = Some(308);
-                respond::redirect(session, &location).await?;
+                respond::redirect(session, &location, added_fields(&rt, session)).await?;
                 return Ok(true);
             }
             Admission::Reject(r) => {
@@ -487,8 +499,7 @@ impl ProxyHttp for EdgeProxy {
         }
         self.observe_response(ctx, resp.status.as_u16());
         if let Some(rt) = &ctx.runtime {
-            let local = session.server_addr().and_then(|a| a.as_inet()).copied();
-            for (name, value) in rt.response_headers(local) {
+            for (name, value) in added_fields(rt, session) {
                 resp.insert_header(name.clone(), value.as_str())?;
             }
         }
@@ -583,7 +594,10 @@ impl ProxyHttp for EdgeProxy {
             } else {
                 detail
             };
-            if let Err(err) = respond::text(session, code, &detail).await {
+            let rt = self.runtime_of(ctx);
+            if let Err(err) =
+                respond::text(session, code, &detail, added_fields(&rt, session)).await
+            {
                 tracing::debug!("could not send the error response: {err}");
             }
         }

@@ -246,6 +246,7 @@ pub(super) async fn handle(p: &EdgeProxy, session: &mut Session, ctx: &mut Ctx) 
                 session,
                 503,
                 &format!("no healthy backend in upstream {}", up.name),
+                super::added_fields(&rt, session),
             )
             .await?;
             return Ok(true);
@@ -269,7 +270,7 @@ pub(super) async fn handle(p: &EdgeProxy, session: &mut Session, ctx: &mut Ctx) 
                     _ => (502, "could not open the upgrade with a backend"),
                 };
                 ctx.local_status = Some(code);
-                respond::text(session, code, detail).await?;
+                respond::text(session, code, detail, super::added_fields(&rt, session)).await?;
                 return Ok(true);
             }
         }
@@ -284,8 +285,7 @@ pub(super) async fn handle(p: &EdgeProxy, session: &mut Session, ctx: &mut Ctx) 
         .enabled()
         .then(|| tunnel_summary(session, ctx, &up.name));
     // Read before the stream leaves the session, with its addresses.
-    let local = session.server_addr().and_then(|a| a.as_inet()).copied();
-    let fields = rt.response_headers(local);
+    let fields = super::added_fields(&rt, session);
     let client = take_client_stream(session).await?;
     ctx.tunneled = true;
     // Our HTTP/1 path lent pingora the stream for the request alone; what the client sent

@@ -1,0 +1,114 @@
+//! Plain HTTP sent to a TLS listener: answered with a 400 that says so, in plain text.
+//!
+//! Without this, pingora starts the TLS handshake on whatever arrives, rustls fails on the
+//! first byte, and the client sees the connection close with no answer (curl: "Empty reply
+//! from server"), which looks like a crashed proxy. nginx answers these with "400 The plain
+//! HTTP request was sent to HTTPS port", Go's servers and Caddy with a 400 too. This runs
+//! after accept and before the handshake: it peeks at the first byte, and only a byte that
+//! can start a request line (a token character: a method) is answered here; a TLS record
+//! (0x16) and anything else go on to the handshake untouched.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::BytesMut;
+use pingora::listeners::PreTlsProcess;
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::{GetSocketDigest as _, Peek as _};
+use pingora::{Error, ErrorType};
+use tokio::io::AsyncReadExt as _;
+
+use super::{addresses, bound::bounded, refuse, DEFAULT_HEAD_TIMEOUT, LOGGED_LINE};
+use crate::proxy::is_token_char;
+use crate::proxy::policy::Rejection;
+use crate::state::Shared;
+
+/// The first byte of a TLS record carrying a handshake (a ClientHello).
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// What the client is told.
+const DETAIL: &str = "plain HTTP request sent to a TLS listener (use https://)";
+
+/// The pre-TLS step of every TLS listener of the proxy service.
+pub struct PlainHttpOnTls {
+    shared: Arc<Shared>,
+}
+
+impl PlainHttpOnTls {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+}
+
+#[async_trait]
+impl PreTlsProcess for PlainHttpOnTls {
+    async fn process(&self, stream: &mut L4Stream) -> pingora::Result<()> {
+        let rt = self.shared.current();
+        // The same bound as the first byte of a request on a plain listener: a client that
+        // connects and says nothing is not kept for pingora's 60 s handshake limit.
+        let wait = rt
+            .config
+            .limits
+            .header_read_timeout
+            .unwrap_or(DEFAULT_HEAD_TIMEOUT);
+        let mut first = [0u8; 1];
+        match bounded(wait, stream.try_peek(&mut first)).await {
+            Ok(Ok(true)) => {}
+            // Peeking is not offered on this stream: the handshake decides, as before.
+            Ok(Ok(false)) => return Ok(()),
+            Ok(Err(e)) => {
+                return Err(Error::because(
+                    ErrorType::ConnectionClosed,
+                    "closed before a TLS handshake",
+                    e,
+                ))
+            }
+            Err(_) => {
+                self.shared.metrics.reject("header_timeout");
+                return Err(Error::explain(
+                    ErrorType::ReadTimedout,
+                    "no TLS handshake within the header timeout",
+                ));
+            }
+        }
+        if first[0] == TLS_HANDSHAKE || !is_token_char(first[0]) {
+            return Ok(());
+        }
+
+        // The first line, for the access log (as nginx logs `$request` of this 400).
+        let mut head = BytesMut::with_capacity(LOGGED_LINE);
+        let _ = bounded(wait.min(MAX_LINE_WAIT), async {
+            while !head.contains(&b'\n') && head.len() < LOGGED_LINE {
+                match stream.read_buf(&mut head).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        let (peer_ip, local) = addresses(stream.get_socket_digest().as_deref());
+        let r = Rejection {
+            status: 400,
+            reason: "plain_http_on_tls",
+            detail: DETAIL,
+        };
+        refuse(
+            &self.shared,
+            stream,
+            r,
+            peer_ip,
+            &head,
+            rt.response_headers(local),
+        )
+        .await;
+        Err(Error::explain(
+            ErrorType::InvalidHTTPHeader,
+            "plain HTTP request on a TLS listener: answered 400",
+        ))
+    }
+}
+
+/// How long the rest of the first line may take once a plain request has begun: the answer
+/// does not depend on it, only the access log's line does.
+const MAX_LINE_WAIT: Duration = Duration::from_secs(1);
