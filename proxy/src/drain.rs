@@ -44,11 +44,12 @@ impl<A> Counted<A> {
     }
 }
 
-/// One open connection, released however its task ends.
-struct Open(Arc<AtomicUsize>);
+/// One open connection (or tunnel, which outlives its connection's task), released
+/// however its task ends.
+pub struct Open(Arc<AtomicUsize>);
 
 impl Open {
-    fn new(open: &Arc<AtomicUsize>) -> Self {
+    pub fn new(open: &Arc<AtomicUsize>) -> Self {
         open.fetch_add(1, Ordering::AcqRel);
         Self(open.clone())
     }
@@ -109,13 +110,20 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Counted<A> {
 
 /// Watches pingora's execution phases from a thread of its own and exits the process once
 /// a graceful stop's grace period has begun and `open` has stayed at zero for [`SETTLE`].
-/// If connections outlast the grace period, pingora's own shutdown ends them as before.
-pub fn exit_when_drained(mut phases: broadcast::Receiver<ExecutionPhase>, open: Arc<AtomicUsize>) {
+/// If connections outlast the grace period (`grace`), pingora's own shutdown ends them as
+/// before; WebSockets are first sent a Close frame ([`going_away_at`]).
+pub fn exit_when_drained(
+    mut phases: broadcast::Receiver<ExecutionPhase>,
+    open: Arc<AtomicUsize>,
+    grace: Duration,
+) {
     let spawned = std::thread::Builder::new()
         .name("drain watch".into())
         .spawn(move || loop {
             match phases.blocking_recv() {
-                Ok(ExecutionPhase::ShutdownGracePeriod) => break wait_and_exit(&open),
+                Ok(ExecutionPhase::ShutdownGracePeriod) => {
+                    break wait_and_exit(&open, going_away_at(grace))
+                }
                 Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
                 Err(broadcast::error::RecvError::Closed) => break,
             }
@@ -125,9 +133,24 @@ pub fn exit_when_drained(mut phases: broadcast::Receiver<ExecutionPhase>, open: 
     }
 }
 
-fn wait_and_exit(open: &AtomicUsize) {
+/// When, into a grace period of `grace`, the WebSockets still open are told that the
+/// proxy is going away: near its end, so that they stay usable through it, as before, but
+/// early enough for the Close frames to be written and answered before pingora drops
+/// every connection. `None` when there is no grace period to speak of.
+fn going_away_at(grace: Duration) -> Option<Duration> {
+    let margin = (grace / 4).min(Duration::from_secs(2));
+    (!grace.is_zero()).then(|| grace - margin)
+}
+
+fn wait_and_exit(open: &AtomicUsize, mut going_away: Option<Duration>) {
+    let started = Instant::now();
     let mut zero_since: Option<Instant> = None;
     loop {
+        if going_away.is_some_and(|at| started.elapsed() >= at) {
+            going_away = None;
+            tracing::info!("the grace period is ending: closing the open WebSockets (1001)");
+            crate::tunnel::relay::going_away();
+        }
         if open.load(Ordering::Acquire) == 0 {
             let since = *zero_since.get_or_insert_with(Instant::now);
             if since.elapsed() >= SETTLE {

@@ -3,7 +3,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -291,12 +290,13 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         None => format!("switchyard-proxy-{pid}.sock"),
     };
     let threads = config.server.threads.max(1);
+    let grace = Duration::from_secs(whole_seconds_up(config.server.grace_period));
     let native_h1 = config.server.http1 == crate::config::Http1Path::Native;
     let admin = config.admin.clone();
     let listeners = config.listeners.clone();
     let conf = ServerConf {
         threads,
-        grace_period_seconds: Some(whole_seconds_up(config.server.grace_period)),
+        grace_period_seconds: Some(grace.as_secs()),
         graceful_shutdown_timeout_seconds: Some(2),
         pid_file: tmp(format!("switchyard-proxy-{pid}.pid")),
         upgrade_sock: tmp(upgrade_sock),
@@ -331,7 +331,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         h1: H1::new(shared.clone(), native_h1),
         shared: shared.clone(),
     };
-    let open = Arc::new(AtomicUsize::new(0));
+    let open = shared.open.clone();
     let mut service = Service::new(
         "switchyard proxy".to_string(),
         Counted::new(edge, open.clone()),
@@ -379,7 +379,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         "reload on SIGHUP",
         ReloadOnHup { shared },
     ));
-    exit_when_drained(server.watch_execution_phase(), open);
+    exit_when_drained(server.watch_execution_phase(), open, grace);
     server.run_forever();
 }
 

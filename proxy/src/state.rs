@@ -122,6 +122,9 @@ pub struct Shared {
     pub certs: Vec<(SocketAddr, SniResolver)>,
     /// The file to re-read on reload (None in quick mode: reload re-applies the same config).
     pub config_path: Option<PathBuf>,
+    /// Open client connections and tunnels: a graceful stop ends when none is left
+    /// ([`crate::drain`]).
+    pub open: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// What a successful reload changed, for the admin answer and the log.
@@ -149,6 +152,7 @@ impl Shared {
             access_log: ArcSwap::from_pointee(access_log),
             certs,
             config_path,
+            open: Arc::default(),
         })
     }
 

@@ -267,3 +267,138 @@ async fn the_101_carries_the_listeners_response_headers() {
     );
     ws_echo(&mut ws, "still a tunnel").await;
 }
+
+/// A WebSocket backend that echoes text and reports every Close frame it receives (code
+/// and reason) on the returned channel.
+async fn close_reporting_backend() -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<(u16, String)>,
+) {
+    use futures::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+                    return;
+                };
+                while let Some(Ok(m)) = ws.next().await {
+                    if let Message::Close(frame) = &m {
+                        let _ = tx.send(frame.as_ref().map_or((0, String::new()), |f| {
+                            (u16::from(f.code), f.reason.to_string())
+                        }));
+                    }
+                    if m.is_text() && ws.send(m).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// The Close frame (code, reason) the client receives next, within `limit`.
+async fn next_close(ws: &mut Ws, limit: Duration) -> (u16, String) {
+    use futures::StreamExt as _;
+    use tokio_tungstenite::tungstenite::Message;
+    let got = tokio::time::timeout(limit, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(Some(f)))) => {
+                    return Ok((u16::from(f.code), f.reason.to_string()))
+                }
+                Some(Ok(Message::Close(None))) => {
+                    return Err("a Close frame without a code".to_owned())
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(format!("the stream failed instead: {e}")),
+                None => return Err("the stream ended without a Close frame".to_owned()),
+            }
+        }
+    })
+    .await;
+    got.unwrap_or_else(|_| Err(format!("no Close frame within {limit:?}")))
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A proxy with `section` in front of the close-reporting backend at `backend`.
+fn proxy_before(backend: std::net::SocketAddr, section: &str) -> Proxy {
+    Proxy::start_config(&format!(
+        "{section}\n{}\n{}",
+        listener(free_port()),
+        upstream(
+            "app",
+            None,
+            &[format!("{{ addr = \"{backend}\", id = \"ws\" }}")]
+        )
+    ))
+}
+
+/// Asserts the close-reporting backend receives a Close frame 1001 with `reason`.
+async fn backend_gets_1001(
+    closes: &mut tokio::sync::mpsc::UnboundedReceiver<(u16, String)>,
+    reason: &str,
+) {
+    let got = tokio::time::timeout(T, closes.recv())
+        .await
+        .unwrap_or_else(|_| panic!("no Close frame at the backend within {T:?}"));
+    assert_eq!(got, Some((1001, reason.to_owned())));
+}
+
+/// Opens a WebSocket through `proxy` to the close-reporting backend and echoes once.
+async fn open_raw(proxy: &Proxy) -> Ws {
+    let (mut ws, _) = tests::ws::ws_open(&proxy.ws_url("/ws"), &Default::default())
+        .await
+        .unwrap();
+    ws_echo(&mut ws, "open").await;
+    ws
+}
+
+/// When the proxy ends a WebSocket itself — at the end of a graceful stop's grace period —
+/// each side gets a Close frame with 1001 (going away), as a server going down sends one,
+/// not a bare TCP close that a browser reports as an abnormal closure (1006). The tunnel
+/// stays usable through the grace period until then, and the proxy exits once it closed.
+#[tokio::test]
+async fn a_stopping_proxy_closes_websockets_with_1001_at_the_end_of_its_grace_period() {
+    let (backend, mut closes) = close_reporting_backend().await;
+    let mut proxy = proxy_before(backend, "[server]\nthreads = 1\ngrace_period = \"4s\"");
+    let mut ws = open_raw(&proxy).await;
+    let stopped = Instant::now();
+    proxy.signal(nix::sys::signal::Signal::SIGTERM);
+    ws_echo(&mut ws, "still open in the grace period").await;
+    let (code, reason) = next_close(&mut ws, T).await;
+    assert_eq!((code, reason.as_str()), (1001, "proxy stopping"));
+    // Near the end of the 4 s grace period (1 s before it), not at its start.
+    assert!(
+        stopped.elapsed() >= Duration::from_secs(2),
+        "{:?}",
+        stopped.elapsed()
+    );
+    backend_gets_1001(&mut closes, "proxy stopping").await;
+    // The client answers the close; the proxy is then left with nothing and exits.
+    ws_close(ws).await;
+    let status = proxy
+        .wait_exit(T)
+        .unwrap_or_else(|| panic!("the proxy still runs:\n{}", proxy.logs()));
+    assert!(status.success(), "{status:?}");
+}
+
+/// A WebSocket idle for `tunnel_idle` is ended with a Close frame (1001, "idle timeout") to
+/// both sides, not cut.
+#[tokio::test]
+async fn an_idle_websocket_is_closed_with_1001_to_both_sides() {
+    let (backend, mut closes) = close_reporting_backend().await;
+    let proxy = proxy_before(backend, "[timeouts]\ntunnel_idle = \"1s\"");
+    let mut ws = open_raw(&proxy).await;
+    let (code, reason) = next_close(&mut ws, T).await;
+    assert_eq!((code, reason.as_str()), (1001, "idle timeout"));
+    backend_gets_1001(&mut closes, "idle timeout").await;
+    ws_close(ws).await;
+    wait_idle(&proxy, T).await;
+}

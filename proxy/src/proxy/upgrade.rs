@@ -286,6 +286,12 @@ pub(super) async fn handle(p: &EdgeProxy, session: &mut Session, ctx: &mut Ctx) 
         .then(|| tunnel_summary(session, ctx, &up.name));
     // Read before the stream leaves the session, with its addresses.
     let fields = super::added_fields(&rt, session);
+    // Only a WebSocket's frames are known: other protocols are relayed as bytes to the end.
+    let websocket = session
+        .req_header()
+        .headers
+        .get(http::header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
     let client = take_client_stream(session).await?;
     ctx.tunneled = true;
     // Our HTTP/1 path lent pingora the stream for the request alone; what the client sent
@@ -338,8 +344,12 @@ pub(super) async fn handle(p: &EdgeProxy, session: &mut Session, ctx: &mut Ctx) 
         g.mark_tunnel();
     }
     let tunnel = Tunnel {
+        // The connection's own task ends once the tunnel is spawned: the tunnel is counted
+        // for itself, or a graceful stop would not wait for it.
+        _open: crate::drain::Open::new(&p.shared.open),
         upstream,
         idle: t.tunnel_idle,
+        websocket,
         guards: (guard, ctx.client_guard.take()),
         shared: p.shared.clone(),
         summary,
@@ -387,8 +397,11 @@ fn into_bare_tcp(stream: Stream) -> std::result::Result<tokio::net::TcpStream, S
 
 /// An accepted tunnel: everything the relay task owns besides the client side.
 struct Tunnel {
+    _open: crate::drain::Open,
     upstream: tokio::net::TcpStream,
     idle: Duration,
+    /// Ended with Close frames when the proxy ends it.
+    websocket: bool,
     /// Released when the tunnel closes: least_conn counts and the client's slot.
     guards: (
         Option<crate::upstream::ActiveGuard>,
@@ -404,7 +417,12 @@ impl Tunnel {
     where
         A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
-        let totals = Relay::new(client, self.upstream, self.idle, CLOSE_LINGER).await;
+        let relay = Relay::new(client, self.upstream, self.idle, CLOSE_LINGER);
+        let totals = if self.websocket {
+            relay.websocket().await
+        } else {
+            relay.await
+        };
         drop(self.guards);
         if totals.end == End::IdleTimeout {
             tracing::debug!("tunnel closed after the idle timeout");

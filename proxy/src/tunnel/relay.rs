@@ -6,22 +6,49 @@
 //! buffer per worker thread, borrowed only inside `poll`; bytes that the other side cannot
 //! take at once are copied into a heap buffer owned by the tunnel until they are written.
 //! An idle tunnel therefore costs its two sockets, a timer and this small struct.
+//!
+//! A WebSocket tunnel also follows the frames of both directions ([`frames::Cursor`]) so
+//! that when the proxy itself ends it — the end of a graceful stop's grace period
+//! ([`going_away`]), or the idle timeout — each side gets a Close frame (1001, going away)
+//! between two frames, as a server closing a WebSocket sends one, instead of a bare TCP
+//! close that clients report as an abnormal closure (1006).
 
 use std::cell::RefCell;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::futures::Notified;
+use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
+
+use super::frames::{self, Cursor};
 
 /// Size of the per-thread scratch buffer: one read never moves more than this.
 const SCRATCH: usize = 16 * 1024;
 
 thread_local! {
     static SCRATCH_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; SCRATCH].into_boxed_slice());
+}
+
+/// How long the two sides of a WebSocket get to answer the proxy's Close frames (and to
+/// finish a frame in flight before them) before the connections are closed anyway.
+const CLOSING_WAIT: Duration = Duration::from_secs(1);
+
+/// Set once the proxy is about to end every tunnel ([`going_away`]).
+static GOING_AWAY: AtomicBool = AtomicBool::new(false);
+static GOING_AWAY_NOTIFY: Notify = Notify::const_new();
+
+/// Ends every WebSocket tunnel of the process with a Close frame (1001) to each side: for
+/// the end of a graceful stop's grace period, just before the runtimes and their tunnels
+/// are dropped.
+pub fn going_away() {
+    GOING_AWAY.store(true, Ordering::Release);
+    GOING_AWAY_NOTIFY.notify_waiters();
 }
 
 /// Why a relay ended.
@@ -33,6 +60,8 @@ pub enum End {
     IdleTimeout,
     /// A read or write failed (reset, broken pipe).
     Error,
+    /// The proxy ended a WebSocket with Close frames (stopping, or the idle timeout).
+    GoingAway,
 }
 
 /// Totals of a finished relay.
@@ -50,6 +79,9 @@ struct Direction {
     read_eof: bool,
     shut: bool,
     needs_flush: bool,
+    /// The proxy wrote a Close frame this way (or saw one pass): nothing more is relayed,
+    /// what still comes is read and dropped.
+    closed_by_proxy: bool,
     bytes: u64,
 }
 
@@ -64,6 +96,29 @@ pub struct Relay<A, B> {
     linger: Duration,
     last_activity: Instant,
     timer: Pin<Box<Sleep>>,
+    /// Set for a WebSocket tunnel (boxed: most of a tunnel's life it is not looked at).
+    ws: Option<Box<WebSocket>>,
+}
+
+/// What a WebSocket tunnel keeps to close itself cleanly.
+struct WebSocket {
+    /// Client to backend, backend to client.
+    ab: Cursor,
+    ba: Cursor,
+    stopping: Pin<Box<Notified<'static>>>,
+    /// The Close frames are due (with their reason), since when.
+    closing: Option<(&'static str, Instant)>,
+}
+
+/// A mask key for the Close frame to the backend (a client's frames are masked with a key
+/// the server cannot predict, RFC 6455 §5.3).
+fn mask_key() -> [u8; 4] {
+    use std::hash::{BuildHasher, Hasher};
+    let bits = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let [a, b, c, d, ..] = bits.to_le_bytes();
+    [a, b, c, d]
 }
 
 impl<A, B> Relay<A, B>
@@ -82,7 +137,24 @@ where
             linger,
             last_activity: now,
             timer: Box::pin(tokio::time::sleep_until(now + idle)),
+            ws: None,
         }
+    }
+
+    /// `a` is a WebSocket client and `b` its server: the proxy ends the tunnel with Close
+    /// frames when it stops or when the tunnel has been idle for the idle timeout.
+    pub fn websocket(mut self) -> Self {
+        let stopping = Box::pin(GOING_AWAY_NOTIFY.notified());
+        let closing = GOING_AWAY
+            .load(Ordering::Acquire)
+            .then(|| (STOPPING, Instant::now()));
+        self.ws = Some(Box::new(WebSocket {
+            ab: Cursor::default(),
+            ba: Cursor::default(),
+            stopping,
+            closing,
+        }));
+        self
     }
 
     fn totals(&self, end: End) -> Totals {
@@ -99,6 +171,7 @@ where
 fn poll_direction<R, W>(
     cx: &mut Context<'_>,
     dir: &mut Direction,
+    mut frames: Option<&mut Cursor>,
     reader: &mut R,
     writer: &mut W,
 ) -> Poll<io::Result<bool>>
@@ -133,12 +206,23 @@ where
             }
         }
         // 2. Propagate a close once everything read has been written.
-        if dir.read_eof {
+        if dir.read_eof || dir.closed_by_proxy {
             if !dir.shut {
                 ready!(Pin::new(&mut *writer).poll_shutdown(cx)).ok();
                 dir.shut = true;
             }
-            return Poll::Ready(Ok(progressed));
+            if dir.read_eof {
+                return Poll::Ready(Ok(progressed));
+            }
+            // After a Close frame only the peer's close is awaited: what comes is dropped.
+            match drain(cx, reader) {
+                Poll::Ready(Ok(0)) => dir.read_eof = true,
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => break,
+            }
+            progressed = true;
+            continue;
         }
         // 3. Read into the thread's scratch buffer and write straight through.
         let read = SCRATCH_BUF.with(|cell| -> Poll<io::Result<()>> {
@@ -154,6 +238,9 @@ where
                         return Poll::Ready(Ok(()));
                     }
                     dir.bytes += n as u64;
+                    if let Some(f) = frames.as_deref_mut() {
+                        f.advance(&scratch[..n]);
+                    }
                     let written = match Pin::new(&mut *writer).poll_write(cx, &scratch[..n]) {
                         Poll::Ready(Ok(w)) => w,
                         Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
@@ -182,6 +269,40 @@ where
     }
 }
 
+/// Reads from `reader` into the scratch buffer and drops it; the count read.
+fn drain<R: AsyncRead + Unpin>(cx: &mut Context<'_>, reader: &mut R) -> Poll<io::Result<usize>> {
+    SCRATCH_BUF.with(|cell| {
+        let mut scratch = cell.borrow_mut();
+        let mut rb = ReadBuf::new(&mut scratch[..]);
+        ready!(Pin::new(&mut *reader).poll_read(cx, &mut rb))?;
+        Poll::Ready(Ok(rb.filled().len()))
+    })
+}
+
+/// The reason sent when the proxy stops.
+const STOPPING: &str = "proxy stopping";
+/// The reason sent after the idle timeout.
+const IDLE: &str = "idle timeout";
+
+/// Queues the proxy's Close frame on `dir` once it is between two frames with nothing
+/// pending, masked on the direction toward the backend (`to_server`). A side that already sent a Close
+/// gets none (nothing may follow one), and its direction is only finished.
+fn queue_close(dir: &mut Direction, frames: &Cursor, reason: &str, to_server: bool) {
+    if dir.closed_by_proxy || dir.read_eof || dir.shut {
+        return;
+    }
+    if frames.closed() {
+        dir.closed_by_proxy = true;
+        return;
+    }
+    if dir.pending.is_none() && frames.at_boundary() {
+        let mask = to_server.then(mask_key);
+        let frame = frames::close_frame(frames::GOING_AWAY, reason, mask);
+        dir.pending = Some((frame.into_boxed_slice(), 0));
+        dir.closed_by_proxy = true;
+    }
+}
+
 impl<A, B> Future for Relay<A, B>
 where
     A: AsyncRead + AsyncWrite + Unpin,
@@ -191,12 +312,28 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Totals> {
         let this = self.get_mut();
+        if let Some(ws) = this.ws.as_mut() {
+            if ws.closing.is_none() && ws.stopping.as_mut().poll(cx).is_ready() {
+                ws.closing = Some((STOPPING, Instant::now()));
+                this.timer.as_mut().reset(Instant::now() + CLOSING_WAIT);
+            }
+        }
         let mut progressed = false;
         loop {
+            if let Some(ws) = this.ws.as_deref() {
+                if let Some((reason, _)) = ws.closing {
+                    queue_close(&mut this.ab, &ws.ab, reason, true);
+                    queue_close(&mut this.ba, &ws.ba, reason, false);
+                }
+            }
+            let (ab_frames, ba_frames) = match this.ws.as_deref_mut() {
+                Some(ws) => (Some(&mut ws.ab), Some(&mut ws.ba)),
+                None => (None, None),
+            };
             let mut moved = false;
             let ab_done = this.ab.read_eof && this.ab.shut && this.ab.pending.is_none();
             if !ab_done {
-                match poll_direction(cx, &mut this.ab, &mut this.a, &mut this.b) {
+                match poll_direction(cx, &mut this.ab, ab_frames, &mut this.a, &mut this.b) {
                     Poll::Ready(Ok(p)) => moved |= p,
                     Poll::Ready(Err(_)) => return Poll::Ready(this.totals(End::Error)),
                     Poll::Pending => {}
@@ -204,7 +341,7 @@ where
             }
             let ba_done = this.ba.read_eof && this.ba.shut && this.ba.pending.is_none();
             if !ba_done {
-                match poll_direction(cx, &mut this.ba, &mut this.b, &mut this.a) {
+                match poll_direction(cx, &mut this.ba, ba_frames, &mut this.b, &mut this.a) {
                     Poll::Ready(Ok(p)) => moved |= p,
                     Poll::Ready(Err(_)) => return Poll::Ready(this.totals(End::Error)),
                     Poll::Pending => {}
@@ -213,7 +350,12 @@ where
             let ab_done = this.ab.read_eof && this.ab.shut && this.ab.pending.is_none();
             let ba_done = this.ba.read_eof && this.ba.shut && this.ba.pending.is_none();
             if ab_done && ba_done {
-                return Poll::Ready(this.totals(End::Closed));
+                let closing = this.ws.as_ref().is_some_and(|ws| ws.closing.is_some());
+                return Poll::Ready(this.totals(if closing {
+                    End::GoingAway
+                } else {
+                    End::Closed
+                }));
             }
             if !moved {
                 break;
@@ -229,6 +371,19 @@ where
             if this.timer.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
+            let now = Instant::now();
+            if let Some(ws) = this.ws.as_mut() {
+                match ws.closing {
+                    Some((_, since)) if now >= since + CLOSING_WAIT => {
+                        return Poll::Ready(this.totals(End::GoingAway));
+                    }
+                    Some((_, since)) => {
+                        this.timer.as_mut().reset(since + CLOSING_WAIT);
+                        continue;
+                    }
+                    None => {}
+                }
+            }
             let half_closed = this.ab.shut || this.ba.shut;
             let limit = if half_closed {
                 this.linger.min(this.idle)
@@ -236,7 +391,14 @@ where
                 this.idle
             };
             let deadline = this.last_activity + limit;
-            if Instant::now() >= deadline {
+            if now >= deadline {
+                if let Some(ws) = this.ws.as_mut().filter(|_| !half_closed) {
+                    // Both sides are still open: they are told, then given a moment.
+                    ws.closing = Some((IDLE, now));
+                    this.timer.as_mut().reset(now + CLOSING_WAIT);
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
                 return Poll::Ready(this.totals(End::IdleTimeout));
             }
             this.timer.as_mut().reset(deadline);
@@ -288,6 +450,53 @@ mod tests {
         assert_eq!(totals.end, End::Closed);
         assert_eq!(totals.a_to_b, 5);
         assert_eq!(totals.b_to_a, 100_000);
+    }
+
+    /// The proxy's Close frame never lands inside a frame: a frame half relayed when the
+    /// idle timeout fires is finished first, then the client gets the Close (unmasked) and
+    /// the backend its own (masked), and what either sends after it is not relayed.
+    #[tokio::test(start_paused = true)]
+    async fn a_websocket_is_closed_between_frames() {
+        let (mut client, a) = duplex(1024);
+        let (b, mut server) = duplex(1024);
+        let relay = tokio::spawn(
+            Relay::new(a, b, Duration::from_secs(10), Duration::from_secs(10)).websocket(),
+        );
+        // A 6-byte text frame from the backend, of which 4 bytes come before the timeout.
+        let frame = [0x81, 4, b'a', b'b', b'c', b'd'];
+        server.write_all(&frame[..4]).await.unwrap();
+        let mut got = [0u8; 4];
+        client.read_exact(&mut got).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(10_500)).await;
+        server.write_all(&frame[4..]).await.unwrap();
+        let mut rest = [0u8; 2];
+        client.read_exact(&mut rest).await.unwrap();
+        assert_eq!(&rest, b"cd");
+        let close = frames::close_frame(frames::GOING_AWAY, IDLE, None);
+        let mut got = vec![0u8; close.len()];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, close);
+        // The backend's Close is masked: 2 header bytes, the key, then the masked payload.
+        let mut head = [0u8; 6];
+        server.read_exact(&mut head).await.unwrap();
+        assert_eq!(head[..2], [0x88, 0x80 | (close.len() as u8 - 2)]);
+        let mut payload = vec![0u8; close.len() - 2];
+        server.read_exact(&mut payload).await.unwrap();
+        let unmasked: Vec<u8> = payload
+            .iter()
+            .zip(head[2..].iter().cycle())
+            .map(|(b, k)| b ^ k)
+            .collect();
+        assert_eq!(unmasked, close[2..]);
+        // After the Close, a late frame from the client goes nowhere; both sides close.
+        client.write_all(&[0x81, 0x80, 0, 0, 0, 0]).await.unwrap();
+        client.shutdown().await.unwrap();
+        server.shutdown().await.unwrap();
+        let mut tail = Vec::new();
+        server.read_to_end(&mut tail).await.unwrap();
+        assert!(tail.is_empty(), "{tail:?}");
+        let totals = relay.await.unwrap();
+        assert_eq!(totals.end, End::GoingAway);
     }
 
     #[tokio::test(start_paused = true)]
