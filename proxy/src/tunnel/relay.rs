@@ -148,6 +148,9 @@ where
         let closing = GOING_AWAY
             .load(Ordering::Acquire)
             .then(|| (STOPPING, Instant::now()));
+        if let Some((_, since)) = closing {
+            self.timer.as_mut().reset(since + CLOSING_WAIT);
+        }
         self.ws = Some(Box::new(WebSocket {
             ab: Cursor::default(),
             ba: Cursor::default(),
@@ -285,21 +288,19 @@ const STOPPING: &str = "proxy stopping";
 const IDLE: &str = "idle timeout";
 
 /// Queues the proxy's Close frame on `dir` once it is between two frames with nothing
-/// pending, masked on the direction toward the backend (`to_server`). A side that already sent a Close
-/// gets none (nothing may follow one), and its direction is only finished.
+/// pending, masked on the direction toward the backend (`to_server`). A side whose own
+/// Close already went through gets none (nothing may follow one): its direction is only
+/// finished, once that Close has passed whole.
 fn queue_close(dir: &mut Direction, frames: &Cursor, reason: &str, to_server: bool) {
-    if dir.closed_by_proxy || dir.read_eof || dir.shut {
+    let busy = dir.pending.is_some() || !frames.at_boundary();
+    if dir.closed_by_proxy || dir.read_eof || dir.shut || busy {
         return;
     }
-    if frames.closed() {
-        dir.closed_by_proxy = true;
-        return;
-    }
-    if dir.pending.is_none() && frames.at_boundary() {
+    dir.closed_by_proxy = true;
+    if !frames.closed() {
         let mask = to_server.then(mask_key);
         let frame = frames::close_frame(frames::GOING_AWAY, reason, mask);
         dir.pending = Some((frame.into_boxed_slice(), 0));
-        dir.closed_by_proxy = true;
     }
 }
 
@@ -497,6 +498,32 @@ mod tests {
         assert!(tail.is_empty(), "{tail:?}");
         let totals = relay.await.unwrap();
         assert_eq!(totals.end, End::GoingAway);
+    }
+
+    /// A side whose own Close is under way when the proxy closes gets no second one: its
+    /// Close is relayed whole, then that direction is shut.
+    #[tokio::test(start_paused = true)]
+    async fn a_close_under_way_is_finished_not_doubled() {
+        let (mut client, a) = duplex(1024);
+        let (b, mut server) = duplex(1024);
+        let relay = tokio::spawn(
+            Relay::new(a, b, Duration::from_secs(10), Duration::from_secs(10)).websocket(),
+        );
+        let clients_close = frames::close_frame(1000, "bye", Some([1, 2, 3, 4]));
+        client.write_all(&clients_close[..3]).await.unwrap();
+        let mut got = [0u8; 3];
+        server.read_exact(&mut got).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(10_500)).await;
+        client.write_all(&clients_close[3..]).await.unwrap();
+        let mut rest = Vec::new();
+        server.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, clients_close[3..]);
+        let close = frames::close_frame(frames::GOING_AWAY, IDLE, None);
+        let mut got = vec![0u8; close.len()];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, close);
+        drop((client, server));
+        assert_eq!(relay.await.unwrap().end, End::GoingAway);
     }
 
     #[tokio::test(start_paused = true)]
