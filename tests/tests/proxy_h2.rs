@@ -119,7 +119,12 @@ async fn chunked_body(conn: &mut RawConn<TcpStream>) -> Option<Vec<u8>> {
         let size = conn.line(STEP_TIMEOUT).await.ok()?;
         let size = usize::from_str_radix(size.trim(), 16).ok()?;
         if size == 0 {
-            return (conn.line(STEP_TIMEOUT).await.ok()? == "").then_some(body);
+            return conn
+                .line(STEP_TIMEOUT)
+                .await
+                .ok()?
+                .is_empty()
+                .then_some(body);
         }
         body.extend(conn.take(size, STEP_TIMEOUT).await.ok()?);
         conn.line(STEP_TIMEOUT).await.ok()?;
@@ -197,4 +202,84 @@ async fn a_body_ended_by_an_empty_data_frame_gets_one_last_chunk_upstream() {
         ],
         "what the backend read, in order"
     );
+}
+
+/// An echo backend and a TLS proxy in front of it, with `extra` (other tables).
+fn echo_tls_proxy(certs: &Certs, extra: &str) -> (tests::Backend, Proxy, u16) {
+    let b = tests::Backend::start("b1");
+    let entry = tests::fixtures::backend_entry(&b, "");
+    let (proxy, port) = tls_proxy(certs, &entry, extra);
+    (b, proxy, port)
+}
+
+/// Bound for a close the proxy should make after a 1 s or 2 s timeout (generous for a
+/// loaded machine).
+const CLOSE_BOUND: Duration = Duration::from_secs(8);
+
+/// An h2 connection is bounded as an HTTP/1 one is: one that says nothing after the TLS
+/// handshake is closed after `header_read_timeout` (it was kept for good: a slowloris hole
+/// on every TLS listener), and one that idles after its requests after
+/// `downstream_keepalive`; a request that takes longer than both is not cut.
+#[tokio::test]
+async fn h2_connections_that_say_nothing_or_idle_are_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::generate(dir.path(), &["localhost", "127.0.0.1"]);
+    let (_b, _proxy, port) = echo_tls_proxy(
+        &certs,
+        "[limits]\nheader_read_timeout = \"1s\"\n[timeouts]\ndownstream_keepalive = \"2s\"\n",
+    );
+    let ca = certs.ca_pem();
+
+    // Silent after the TLS handshake: no h2 preface, no request.
+    let mut silent = tls_connect(&ca, port, &[b"h2"]).await;
+    let started = Instant::now();
+    let mut buf = [0u8; 256];
+    let closed = tokio::time::timeout(CLOSE_BOUND, async {
+        // The proxy's own SETTINGS may come first.
+        while matches!(silent.read(&mut buf).await, Ok(n) if n > 0) {}
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "a silent h2 connection was still open after {:?}",
+        started.elapsed()
+    );
+
+    // A request longer than both timeouts is served; then the idle connection is closed.
+    let tls = tls_connect(&ca, port, &[b"h2"]).await;
+    let (h2, conn) = h2::client::handshake(tls).await.unwrap();
+    let driver = tokio::spawn(conn);
+    let (status, body) = h2_get(&h2, &format!("https://localhost:{port}/delay/3000"))
+        .await
+        .unwrap();
+    assert_eq!((status.as_u16(), body.as_str()), (200, "b1"));
+    let idle = Instant::now();
+    let ended = tokio::time::timeout(CLOSE_BOUND, driver).await;
+    assert!(
+        ended.is_ok(),
+        "an idle h2 connection was still open after {:?}",
+        idle.elapsed()
+    );
+}
+
+/// `max_request_header_bytes` works on h2 as on HTTP/1: a head over it gets our `431` with
+/// the reason, and a limit above the h2 library's default bound (64 KiB) lets through a
+/// head below it (the library refused those with a bare `431`).
+#[tokio::test]
+async fn h2_heads_are_held_to_max_request_header_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::generate(dir.path(), &["localhost", "127.0.0.1"]);
+    let (_b, _proxy, port) =
+        echo_tls_proxy(&certs, "[limits]\nmax_request_header_bytes = 131072\n");
+    let client = tests::tls_client(&certs.ca_pem(), tests::Alpn::H2);
+    let url = format!("https://localhost:{port}/id");
+
+    let r = tests::send(client.get(&url).header("x-big", "a".repeat(80_000))).await;
+    assert_eq!(r.version, http::Version::HTTP_2);
+    assert_eq!((r.status.as_u16(), r.backend()), (200, Some("b1")), "{r:?}");
+
+    let r = tests::send(client.get(&url).header("x-big", "a".repeat(140_000))).await;
+    assert_eq!(r.status, 431, "{r:?}");
+    assert!(r.body.contains("request header fields too large"), "{r:?}");
+    assert_eq!(r.backend(), None);
 }
