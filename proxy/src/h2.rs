@@ -166,12 +166,14 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for FirstRequest<A> {
         Self: 'async_trait,
     {
         let rt = self.shared.current();
-        // The first wait of a new HTTP/1 connection: the header timeout, else the keep-alive.
+        // The first wait of a new HTTP/1 connection: the header timeout, else the keep-alive
+        // (which may be zero: no h2 connection would live to send its first request).
         let deadline = rt
             .config
             .limits
             .header_read_timeout
-            .unwrap_or(rt.config.timeouts.downstream_keepalive);
+            .unwrap_or(rt.config.timeouts.downstream_keepalive)
+            .max(Duration::from_secs(1));
         let digest = session.get_socket_digest();
         let (Some(ALPN::H2), Some(digest)) = (session.selected_alpn_proto(), digest) else {
             return self.inner.process_new(session, shutdown);
