@@ -11,6 +11,8 @@
 //!   idle.
 //! - [`h1`]: our own HTTP/1.1 request path, which serves plain requests without pingora's
 //!   per-request machinery and hands everything else to [`proxy`].
+//! - [`h2`]: bounds on HTTP/2 client connections (the first request's deadline, the idle
+//!   timeout, the header-list size), which pingora serves.
 //! - [`proxy`]: the pingora `ProxyHttp` implementation tying it together.
 //! - [`limits`]: per-client-IP concurrency and rate limits.
 //! - [`admin`]: metrics, status and the token-protected admin API.
@@ -25,6 +27,7 @@ pub mod balance;
 pub mod config;
 pub mod drain;
 pub mod h1;
+pub mod h2;
 pub mod health;
 pub mod limits;
 pub mod proxy;

@@ -26,6 +26,7 @@ use crate::drain::{exit_when_drained, Counted};
 use crate::h1::lent::{self, Returned};
 use crate::h1::plain_on_tls::PlainHttpOnTls;
 use crate::h1::{Outcome, H1};
+use crate::h2::{self, FirstRequest};
 use crate::health::HealthChecker;
 use crate::proxy::{EdgeProxy, KeptAlive};
 use crate::state::Shared;
@@ -39,6 +40,9 @@ struct Edge {
     inner: Arc<HttpProxy<EdgeProxy>>,
     h1: H1,
     shared: Arc<Shared>,
+    /// h2 connections waiting for their first request ([`FirstRequest`]).
+    waiting: Arc<h2::Waiting>,
+    server_options: HttpServerOptions,
 }
 
 #[async_trait]
@@ -49,6 +53,7 @@ impl HttpServerApp for Edge {
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
         let ServerSession::H1(mut h1) = session else {
+            self.waiting.started(session.digest());
             return self.pingora_request(session, shutdown).await;
         };
         // A connection pingora served with pipelining on may hold bytes of this request
@@ -85,11 +90,11 @@ impl HttpServerApp for Edge {
     }
 
     fn h2_options(&self) -> Option<pingora::protocols::http::v2::server::H2Options> {
-        self.inner.h2_options()
+        Some(h2::options(&self.shared.runtime.load().config))
     }
 
     fn server_options(&self) -> Option<&HttpServerOptions> {
-        self.inner.server_options()
+        Some(&self.server_options)
     }
 
     async fn http_cleanup(&self) {
@@ -326,15 +331,21 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
 
     let mut proxy = HttpProxy::new(EdgeProxy::new(shared.clone()), server.configuration.clone());
     proxy.handle_init_modules();
+    let waiting = Arc::new(h2::Waiting::default());
     let edge = Edge {
         inner: Arc::new(proxy),
         h1: H1::new(shared.clone(), native_h1),
         shared: shared.clone(),
+        waiting: waiting.clone(),
+        server_options: h2::server_options(&shared.current().config),
     };
     let open = shared.open.clone();
     let mut service = Service::new(
         "switchyard proxy".to_string(),
-        Counted::new(edge, open.clone()),
+        Counted::new(
+            FirstRequest::new(edge, shared.clone(), waiting),
+            open.clone(),
+        ),
     );
     service.threads = Some(threads);
     // Runs on TLS listeners only, before the handshake.

@@ -466,9 +466,16 @@ impl ProxyHttp for EdgeProxy {
         &self,
         _session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        // An h2 client may end its body with an empty DATA frame. pingora writes an empty
+        // piece to a chunked HTTP/1 upstream as a chunk of size 0, which is the last chunk,
+        // and then the last chunk again: the backend reads the second as the start of the
+        // next request on that connection. With no piece, only the end is sent.
+        if end_of_stream && body.as_ref().is_some_and(Bytes::is_empty) {
+            *body = None;
+        }
         if let Some(b) = body {
             ctx.body_bytes += b.len() as u64;
             let max = ctx

@@ -1,0 +1,285 @@
+//! HTTP/2 from clients, end to end: requests over TLS with ALPN h2, which go through
+//! pingora's proxy loop rather than our HTTP/1 path, checked where they used to behave worse
+//! than HTTP/1.1 ones — real `echo-backend` and `proxy` processes on 127.0.0.1, and raw h2
+//! clients (the `h2` crate) for frames a browser-like client would not send.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::io::AsyncReadExt as _;
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+use tests::fixtures::{listener, tls_keys, upstream, TWO_THREADS};
+use tests::raw::{field, split_head, RawBackend, RawConn};
+use tests::ws::rustls_client_config;
+use tests::{Certs, Proxy, STEP_TIMEOUT};
+
+/// A TLS connection to 127.0.0.1:`port` for `localhost`, offering only `alpn`.
+async fn tls_connect(ca: &[u8], port: u16, alpn: &[&[u8]]) -> TlsStream<TcpStream> {
+    let attempt = async {
+        let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        TlsConnector::from(rustls_client_config(ca, alpn))
+            .connect("localhost".try_into().unwrap(), tcp)
+            .await
+            .unwrap()
+    };
+    tokio::time::timeout(STEP_TIMEOUT, attempt).await.unwrap()
+}
+
+/// An h2 connection to the TLS listener on `port`, its driver running in the background.
+async fn h2_connect(ca: &[u8], port: u16) -> h2::client::SendRequest<Bytes> {
+    let tls = tls_connect(ca, port, &[b"h2"]).await;
+    let (send, conn) = tokio::time::timeout(STEP_TIMEOUT, h2::client::handshake(tls))
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    send
+}
+
+/// A response read whole: its status and body.
+async fn read_response(
+    resp: h2::client::ResponseFuture,
+) -> Result<(http::StatusCode, String), String> {
+    let resp = tokio::time::timeout(STEP_TIMEOUT, resp)
+        .await
+        .map_err(|_| "no response in time".to_owned())?
+        .map_err(|e| e.to_string())?;
+    let (parts, mut body) = resp.into_parts();
+    let mut out = Vec::new();
+    while let Some(chunk) = tokio::time::timeout(STEP_TIMEOUT, body.data())
+        .await
+        .map_err(|_| "the body did not end in time".to_owned())?
+    {
+        let chunk = chunk.map_err(|e| e.to_string())?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+        out.extend_from_slice(&chunk);
+    }
+    Ok((parts.status, String::from_utf8_lossy(&out).into_owned()))
+}
+
+/// Sends `req` on `h2` with `data` as DATA frames, the last one empty and ending the stream
+/// (as clients that stream a body of unknown length end it), and reads the response.
+async fn send_streamed(
+    h2: &h2::client::SendRequest<Bytes>,
+    req: http::Request<()>,
+    data: &[&'static [u8]],
+) -> (http::StatusCode, String) {
+    let mut h2 = tokio::time::timeout(STEP_TIMEOUT, h2.clone().ready())
+        .await
+        .unwrap()
+        .unwrap();
+    let (resp, mut stream) = h2.send_request(req, false).unwrap();
+    for d in data {
+        stream.send_data(Bytes::from_static(d), false).unwrap();
+    }
+    stream.send_data(Bytes::new(), true).unwrap();
+    read_response(resp).await.unwrap()
+}
+
+/// A GET with no body on `h2`.
+async fn h2_get(
+    h2: &h2::client::SendRequest<Bytes>,
+    url: &str,
+) -> Result<(http::StatusCode, String), String> {
+    let mut h2 = tokio::time::timeout(STEP_TIMEOUT, h2.clone().ready())
+        .await
+        .map_err(|_| "the connection was not ready in time".to_owned())?
+        .map_err(|e| e.to_string())?;
+    let req = http::Request::get(url).body(()).unwrap();
+    let (resp, _) = h2.send_request(req, true).map_err(|e| e.to_string())?;
+    read_response(resp).await
+}
+
+/// A TLS listener on a fresh port with the certificates of `certs`, `extra` before it (other
+/// tables) and one upstream over `backend` (a `{ addr, id }` entry).
+fn tls_proxy(certs: &Certs, backend: &str, extra: &str) -> (Proxy, u16) {
+    let port = tests::free_port();
+    let proxy = Proxy::start_config(&format!(
+        "{TWO_THREADS}{extra}\n{}{}\n\n{}",
+        listener(port),
+        tls_keys(&certs.cert, &certs.key),
+        upstream("app", None, &[backend.to_owned()]),
+    ));
+    (proxy, port)
+}
+
+/// Reads a chunked body off `conn` up to its last chunk; the bytes of the chunks, or None
+/// when it did not end in time. Trailers are not expected.
+async fn chunked_body(conn: &mut RawConn<TcpStream>) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        let size = conn.line(STEP_TIMEOUT).await.ok()?;
+        let size = usize::from_str_radix(size.trim(), 16).ok()?;
+        if size == 0 {
+            return conn
+                .line(STEP_TIMEOUT)
+                .await
+                .ok()?
+                .is_empty()
+                .then_some(body);
+        }
+        body.extend(conn.take(size, STEP_TIMEOUT).await.ok()?);
+        conn.line(STEP_TIMEOUT).await.ok()?;
+    }
+}
+
+/// An h2 request body that ends with an empty DATA frame (how clients streaming a body of
+/// unknown length end it) reaches an HTTP/1 backend as a chunked body with one last chunk.
+/// pingora wrote the empty frame as a chunk of size 0 — a last chunk — and then the last
+/// chunk again: the backend read that second `0\r\n\r\n` as the start of the next request
+/// on the kept-alive connection, so a later request (any client's) got an error.
+#[tokio::test]
+async fn a_body_ended_by_an_empty_data_frame_gets_one_last_chunk_upstream() {
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let log = seen.clone();
+    let raw = RawBackend::start(move |mut conn: RawConn<TcpStream>, _| {
+        let log = log.clone();
+        async move {
+            while let Ok(Some(head)) = conn.head(STEP_TIMEOUT).await {
+                let (line, fields) = split_head(&head);
+                let mut parts = line.split(' ');
+                let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+                if !path.starts_with('/') {
+                    // Not a request: the bytes the proxy sent after the last one's end.
+                    log.lock().unwrap().push(format!("not a request: {head:?}"));
+                    continue;
+                }
+                let body = if field(&fields, "transfer-encoding") == Some("chunked") {
+                    chunked_body(&mut conn).await
+                } else {
+                    let n = field(&fields, "content-length").map_or(0, |v| v.parse().unwrap());
+                    conn.take(n, STEP_TIMEOUT).await.ok()
+                };
+                let Some(body) = body else { return };
+                let body = String::from_utf8_lossy(&body).into_owned();
+                log.lock()
+                    .unwrap()
+                    .push(format!("{method} {path} {body:?}"));
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                if !tests::raw::reply(&mut conn, answer).await {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::generate(dir.path(), &["localhost", "127.0.0.1"]);
+    let (_proxy, port) = tls_proxy(
+        &certs,
+        &format!("{{ addr = \"{}\", id = \"raw\" }}", raw.addr),
+        "",
+    );
+    let h2 = h2_connect(&certs.ca_pem(), port).await;
+
+    let url = |path: &str| format!("https://localhost:{port}{path}");
+    for (path, data) in [("/streamed", &[&b"hello"[..]][..]), ("/empty", &[])] {
+        let req = http::Request::post(url(path)).body(()).unwrap();
+        let (status, body) = send_streamed(&h2, req, data).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        assert_eq!(body, String::from_utf8_lossy(&data.concat()), "{path}");
+    }
+    // Sent after the others on the same kept-alive backend connection.
+    let (status, _) = h2_get(&h2, &url("/next")).await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [
+            r#"POST /streamed "hello""#,
+            r#"POST /empty """#,
+            r#"GET /next """#
+        ],
+        "what the backend read, in order"
+    );
+}
+
+/// An echo backend and a TLS proxy in front of it, with `extra` (other tables).
+fn echo_tls_proxy(certs: &Certs, extra: &str) -> (tests::Backend, Proxy, u16) {
+    let b = tests::Backend::start("b1");
+    let entry = tests::fixtures::backend_entry(&b, "");
+    let (proxy, port) = tls_proxy(certs, &entry, extra);
+    (b, proxy, port)
+}
+
+/// Bound for a close the proxy should make after a 1 s or 2 s timeout (generous for a
+/// loaded machine).
+const CLOSE_BOUND: Duration = Duration::from_secs(8);
+
+/// An h2 connection is bounded as an HTTP/1 one is: one that says nothing after the TLS
+/// handshake is closed after `header_read_timeout` (it was kept for good: a slowloris hole
+/// on every TLS listener), and one that idles after its requests after
+/// `downstream_keepalive`; a request that takes longer than both is not cut.
+#[tokio::test]
+async fn h2_connections_that_say_nothing_or_idle_are_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::generate(dir.path(), &["localhost", "127.0.0.1"]);
+    let (_b, _proxy, port) = echo_tls_proxy(
+        &certs,
+        "[limits]\nheader_read_timeout = \"1s\"\n[timeouts]\ndownstream_keepalive = \"2s\"\n",
+    );
+    let ca = certs.ca_pem();
+
+    // Silent after the TLS handshake: no h2 preface, no request.
+    let mut silent = tls_connect(&ca, port, &[b"h2"]).await;
+    let started = Instant::now();
+    let mut buf = [0u8; 256];
+    let closed = tokio::time::timeout(CLOSE_BOUND, async {
+        // The proxy's own SETTINGS may come first.
+        while matches!(silent.read(&mut buf).await, Ok(n) if n > 0) {}
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "a silent h2 connection was still open after {:?}",
+        started.elapsed()
+    );
+
+    // A request longer than both timeouts is served; then the idle connection is closed.
+    let tls = tls_connect(&ca, port, &[b"h2"]).await;
+    let (h2, conn) = h2::client::handshake(tls).await.unwrap();
+    let driver = tokio::spawn(conn);
+    let (status, body) = h2_get(&h2, &format!("https://localhost:{port}/delay/3000"))
+        .await
+        .unwrap();
+    assert_eq!((status.as_u16(), body.as_str()), (200, "b1"));
+    let idle = Instant::now();
+    let ended = tokio::time::timeout(CLOSE_BOUND, driver).await;
+    assert!(
+        ended.is_ok(),
+        "an idle h2 connection was still open after {:?}",
+        idle.elapsed()
+    );
+}
+
+/// `max_request_header_bytes` works on h2 as on HTTP/1: a head over it gets our `431` with
+/// the reason, and a limit above the h2 library's default bound (64 KiB) lets through a
+/// head below it (the library refused those with a bare `431`).
+#[tokio::test]
+async fn h2_heads_are_held_to_max_request_header_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::generate(dir.path(), &["localhost", "127.0.0.1"]);
+    let (_b, _proxy, port) =
+        echo_tls_proxy(&certs, "[limits]\nmax_request_header_bytes = 131072\n");
+    let client = tests::tls_client(&certs.ca_pem(), tests::Alpn::H2);
+    let url = format!("https://localhost:{port}/id");
+
+    let r = tests::send(client.get(&url).header("x-big", "a".repeat(80_000))).await;
+    assert_eq!(r.version, http::Version::HTTP_2);
+    assert_eq!((r.status.as_u16(), r.backend()), (200, Some("b1")), "{r:?}");
+
+    let r = tests::send(client.get(&url).header("x-big", "a".repeat(140_000))).await;
+    assert_eq!(r.status, 431, "{r:?}");
+    assert!(r.body.contains("request header fields too large"), "{r:?}");
+    assert_eq!(r.backend(), None);
+}
