@@ -165,6 +165,12 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for FirstRequest<A> {
         'life1: 'async_trait,
         Self: 'async_trait,
     {
+        if session.selected_alpn_proto() != Some(ALPN::H2) {
+            return self.inner.process_new(session, shutdown);
+        }
+        let Some(digest) = session.get_socket_digest() else {
+            return self.inner.process_new(session, shutdown);
+        };
         let rt = self.shared.current();
         // The first wait of a new HTTP/1 connection: the header timeout, else the keep-alive
         // (which may be zero: no h2 connection would live to send its first request).
@@ -174,10 +180,6 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for FirstRequest<A> {
             .header_read_timeout
             .unwrap_or(rt.config.timeouts.downstream_keepalive)
             .max(Duration::from_secs(1));
-        let digest = session.get_socket_digest();
-        let (Some(ALPN::H2), Some(digest)) = (session.selected_alpn_proto(), digest) else {
-            return self.inner.process_new(session, shutdown);
-        };
         let registered = self.waiting.register(digest);
         let connection = self.inner.process_new(session, shutdown);
         Box::pin(async move {
