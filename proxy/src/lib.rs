@@ -15,6 +15,7 @@
 //!   timeout, the header-list size), which pingora serves.
 //! - [`proxy`]: the pingora `ProxyHttp` implementation tying it together.
 //! - [`limits`]: per-client-IP concurrency and rate limits.
+//! - [`logging`]: the subscriber, and pingora's log records bridged into it.
 //! - [`admin`]: metrics, status and the token-protected admin API.
 //! - [`tls`]: certificate loading, SNI selection and the dev CA generator.
 //! - [`state`]: the swappable runtime built from a config, and reload.
@@ -30,6 +31,7 @@ pub mod h1;
 pub mod h2;
 pub mod health;
 pub mod limits;
+pub mod logging;
 pub mod proxy;
 pub mod server;
 pub mod state;

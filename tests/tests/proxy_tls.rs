@@ -56,7 +56,7 @@ fn with_sni(keys: &str, server_name: &str, cert: &Path, key: &Path) -> String {
 /// and a TLS listener using them in front of one backend, `b1`.
 struct TlsProxy {
     /// Fields drop in order: the proxy first, its certificate files last.
-    _proxy: Proxy,
+    proxy: Proxy,
     _backend: Backend,
     certs: Certs,
     _dir: TempDir,
@@ -73,7 +73,7 @@ impl TlsProxy {
         let keys = tls_keys(&certs.cert, &certs.key);
         let proxy = Proxy::start_config(&tls_config(plain, tls, &backend, &keys));
         TlsProxy {
-            _proxy: proxy,
+            proxy,
             _backend: backend,
             certs,
             _dir: dir,
@@ -653,6 +653,8 @@ async fn plain_http_sent_to_the_tls_port_gets_a_400_saying_so() {
     let read = tokio::time::timeout(STEP_TIMEOUT, s.read_to_end(&mut out)).await;
     assert!(read.is_ok(), "the handshake refused the bytes in time");
     assert!(!out.starts_with(b"HTTP/"), "{out:?}");
+    // A connection closed before any byte, as a load balancer's TCP check does.
+    drop(TcpStream::connect(addr).await.unwrap());
 
     // HTTPS on the same listener is untouched.
     let r = get_with(
@@ -662,6 +664,16 @@ async fn plain_http_sent_to_the_tls_port_gets_a_400_saying_so() {
     .await;
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.backend(), Some("b1"));
+    // None of these is an error an operator could act on: nothing at ERROR in the log (as
+    // nginx logs them at `info`), while pingora's failed-handshake lines are still there at
+    // INFO for whoever turns them on.
+    let logs = setup.proxy.logs();
+    assert!(
+        !logs
+            .lines()
+            .any(|l| l.contains("ERROR") && l.contains("handshake")),
+        "{logs}"
+    );
 }
 
 /// Runs a proxy that must refuse to start; returns its output.

@@ -113,12 +113,7 @@ struct WebSocket {
 /// A mask key for the Close frame to the backend (a client's frames are masked with a key
 /// the server cannot predict, RFC 6455 §5.3).
 fn mask_key() -> [u8; 4] {
-    use std::hash::{BuildHasher, Hasher};
-    let bits = std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish();
-    let [a, b, c, d, ..] = bits.to_le_bytes();
-    [a, b, c, d]
+    rand::random()
 }
 
 impl<A, B> Relay<A, B>

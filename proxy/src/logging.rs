@@ -1,0 +1,124 @@
+//! Logging: `tracing` for the proxy's own events, and pingora's `log` records bridged into
+//! it, with the TLS handshake failures that clients cause demoted from ERROR to INFO.
+//!
+//! pingora logs every failed downstream handshake at ERROR: a port scanner, a load
+//! balancer's TCP check that connects and closes, a client that does not trust the
+//! certificate, plain HTTP sent to the TLS port. An edge proxy on the internet sees these all
+//! day, and ERROR lines that nobody can act on bury the ones that matter. nginx logs them at
+//! `info` ("client closed connection while SSL handshaking", "client sent plain HTTP
+//! request to HTTPS port"). Here they become INFO records of their pingora target, which
+//! the default filter (`pingora_core=warn`) hides and `RUST_LOG=pingora_core=info` shows.
+
+use log::{Level, Log, Metadata, Record};
+use tracing::level_filters::LevelFilter;
+use tracing_log::AsLog as _;
+
+/// The default filter when `RUST_LOG` is not set.
+const DEFAULT_FILTER: &str = "info,pingora_core=warn,pingora_proxy=warn";
+
+/// Installs the subscriber and the bridge for `log` records (pingora's).
+pub fn init() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_FILTER));
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .finish();
+    if tracing::subscriber::set_global_default(subscriber).is_err() {
+        return;
+    }
+    if log::set_boxed_logger(Box::new(Bridge)).is_ok() {
+        // Records above the subscriber's most verbose level are skipped by `log` itself,
+        // without formatting (pingora's hot paths are full of `debug!`).
+        log::set_max_level(LevelFilter::current().as_log());
+    }
+}
+
+/// Forwards `log` records to `tracing`, demoting client-caused handshake failures.
+struct Bridge;
+
+impl Log for Bridge {
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &Record<'_>) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        if is_client_handshake_failure(record) {
+            let demoted = Record::builder()
+                .args(*record.args())
+                .level(Level::Info)
+                .target(record.target())
+                .module_path(record.module_path())
+                .file(record.file())
+                .line(record.line())
+                .build();
+            tracing_log::format_trace(&demoted).ok();
+        } else {
+            tracing_log::format_trace(record).ok();
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+/// pingora's "Downstream handshake error …" and "… timeout" from its listening service.
+fn is_client_handshake_failure(record: &Record<'_>) -> bool {
+    record.level() == Level::Error
+        && record
+            .target()
+            .starts_with("pingora_core::services::listening")
+        && record
+            .args()
+            .to_string()
+            .starts_with("Downstream handshake")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(target: &str, level: Level, message: std::fmt::Arguments<'_>) -> bool {
+        is_client_handshake_failure(
+            &Record::builder()
+                .args(message)
+                .level(level)
+                .target(target)
+                .build(),
+        )
+    }
+
+    #[test]
+    fn only_pingoras_handshake_errors_are_demoted() {
+        let listening = "pingora_core::services::listening";
+        let peer = "127.0.0.1:4000";
+        assert!(check(
+            listening,
+            Level::Error,
+            format_args!("Downstream handshake error from {peer}: early eof")
+        ));
+        assert!(check(
+            listening,
+            Level::Error,
+            format_args!("Downstream handshake timeout")
+        ));
+        // Accept failures (out of descriptors) stay errors, as does anything elsewhere.
+        assert!(!check(
+            listening,
+            Level::Error,
+            format_args!("Accept() failed Too many open files")
+        ));
+        assert!(!check(
+            "pingora_proxy",
+            Level::Error,
+            format_args!("Downstream handshake error")
+        ));
+        assert!(!check(
+            listening,
+            Level::Warn,
+            format_args!("Downstream handshake error")
+        ));
+    }
+}
