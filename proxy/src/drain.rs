@@ -19,6 +19,9 @@ use pingora::protocols::Stream;
 use pingora::server::{ExecutionPhase, ShutdownWatch};
 use tokio::sync::broadcast;
 
+use crate::capacity;
+use crate::state::Shared;
+
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// How long the count must stay at zero before the process exits. A connection accepted
@@ -29,17 +32,18 @@ const SETTLE: Duration = Duration::from_millis(300);
 /// How often the watcher looks at the count during the grace period.
 const POLL: Duration = Duration::from_millis(20);
 
-/// A listening service's app whose open connections are counted.
+/// A listening service's app whose open connections are counted (`shared.open`), and
+/// refused over `limits.max_connections` ([`crate::capacity`]).
 pub struct Counted<A> {
     inner: Arc<A>,
-    open: Arc<AtomicUsize>,
+    shared: Arc<Shared>,
 }
 
 impl<A> Counted<A> {
-    pub fn new(inner: A, open: Arc<AtomicUsize>) -> Self {
+    pub fn new(inner: A, shared: Arc<Shared>) -> Self {
         Self {
             inner: Arc::new(inner),
-            open,
+            shared,
         }
     }
 }
@@ -92,11 +96,12 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Counted<A> {
         // Counted before the future is first polled. A kept-alive connection that pingora
         // hands back for its next request is uncounted only between this future's end and
         // the next call, with no await between them, which the watcher's settle time covers.
-        let open = Open::new(&self.open);
-        Box::pin(Guarded {
-            inner: self.inner.process_new(session, shutdown),
-            _open: open,
-        })
+        let open = Open::new(&self.shared.open);
+        let inner = match capacity::over_cap(&self.shared) {
+            None => self.inner.process_new(session, shutdown),
+            Some(max) => Box::pin(capacity::refuse(self.shared.clone(), session, max)),
+        };
+        Box::pin(Guarded { inner, _open: open })
     }
 
     fn cleanup<'life0, 'async_trait>(&'life0 self) -> BoxFuture<'async_trait, ()>

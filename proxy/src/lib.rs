@@ -15,6 +15,7 @@
 //!   timeout, the header-list size), which pingora serves.
 //! - [`proxy`]: the pingora `ProxyHttp` implementation tying it together.
 //! - [`limits`]: per-client-IP concurrency and rate limits.
+//! - [`capacity`]: the cap on open connections, from the open-file limit.
 //! - [`logging`]: the subscriber, and pingora's log records bridged into it.
 //! - [`admin`]: metrics, status and the token-protected admin API.
 //! - [`tls`]: certificate loading, SNI selection and the dev CA generator.
@@ -25,6 +26,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod balance;
+pub mod capacity;
 pub mod config;
 pub mod drain;
 pub mod h1;

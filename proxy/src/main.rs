@@ -88,6 +88,8 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     proxy::logging::init();
+    // Before the config is read: the default connection cap is derived from the result.
+    proxy::capacity::raise_open_files();
     match run(cli) {
         Ok(code) => code,
         Err(e) => {

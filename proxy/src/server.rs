@@ -344,7 +344,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         "switchyard proxy".to_string(),
         Counted::new(
             FirstRequest::new(edge, shared.clone(), waiting),
-            open.clone(),
+            shared.clone(),
         ),
     );
     service.threads = Some(threads);

@@ -357,3 +357,69 @@ upstream = "app"
         assert!(r.body.contains("no route"), "{:?}", r.body);
     }
 }
+
+/// `max_connections` caps the open client connections and WebSockets of the whole proxy, as
+/// HAProxy's `maxconn` does: one over it gets `503` with the reason and is closed, counted
+/// under its own reason in the metrics; once a connection closes, new ones are served again.
+#[tokio::test]
+async fn connections_over_max_connections_get_503_until_one_closes() {
+    let b = Backend::start("b1");
+    let proxy = Proxy::start_config(&config(&b, "max_connections = 2"));
+    let addr = proxy.addr();
+    let get_one = b"GET /id HTTP/1.1\r\nHost: test\r\n\r\n";
+
+    // One kept-alive connection and one WebSocket: the cap is reached.
+    let mut kept = TcpStream::connect(addr).await.unwrap();
+    kept.write_all(get_one).await.unwrap();
+    let mut buf = [0u8; 1024];
+    let n = tokio::time::timeout(STEP_TIMEOUT, kept.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+    let (mut ws, _) = ws_connect(&proxy.ws_url("/ws")).await;
+
+    let head = raw_head(addr, get_one).await;
+    assert!(head.starts_with("HTTP/1.1 503 "), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("connection: close"),
+        "{head}"
+    );
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(get_one).await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(STEP_TIMEOUT, s.read_to_string(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        answer.ends_with(
+            "503 Service Unavailable: the proxy is at its connection limit, try again shortly\n"
+        ),
+        "{answer}"
+    );
+    // The two that were in keep serving.
+    ws_echo(&mut ws, "still served at the cap").await;
+    kept.write_all(get_one).await.unwrap();
+    let n = tokio::time::timeout(STEP_TIMEOUT, kept.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+
+    // The WebSocket closes: its slot is free again.
+    ws_close(ws).await;
+    wait_until(
+        T,
+        "a new connection served after the WebSocket closed",
+        || async { raw_head(addr, get_one).await.starts_with("HTTP/1.1 200") },
+    )
+    .await;
+    let metrics = get(&proxy.admin_url("/metrics")).await.body;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("switchyard_rejected_total{reason=\"max_connections\"}")),
+        "{metrics}"
+    );
+}

@@ -108,6 +108,9 @@ impl Default for AccessLogFile {
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(super) struct LimitsFile {
+    /// Open client connections and tunnels, all clients together. Default: from the
+    /// open-file limit ([`crate::capacity`]); 0 turns the cap off.
+    pub max_connections: Option<u32>,
     /// Concurrent requests + open tunnels per client IP. Default 0 (off).
     pub max_connections_per_ip: u32,
     /// Requests per second per client IP. Default 0 (off).
@@ -123,6 +126,7 @@ pub(super) struct LimitsFile {
 impl Default for LimitsFile {
     fn default() -> Self {
         Self {
+            max_connections: None,
             max_connections_per_ip: 0,
             requests_per_second_per_ip: 0,
             max_request_header_bytes: 16 * 1024,

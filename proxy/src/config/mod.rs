@@ -195,6 +195,8 @@ impl AccessLogFormat {
 /// `[limits]`; None means the limit is off (0 in the file).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
+    /// Open client connections and tunnels of the whole proxy (503 beyond).
+    pub max_connections: Option<u32>,
     /// Concurrent requests + open tunnels per client IP (429 beyond).
     pub max_connections_per_ip: Option<u32>,
     /// Average requests per second per client IP over 1 s windows (429 beyond).

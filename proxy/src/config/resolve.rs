@@ -163,6 +163,12 @@ pub(super) fn resolve(f: FileConfig, env: Env<'_>, out: &mut Resolved) -> Config
 /// `[limits]` with 0 resolved to None.
 pub(super) fn limits_from(l: LimitsFile) -> Limits {
     Limits {
+        max_connections: match l.max_connections {
+            None => Some(crate::capacity::default_max_connections(
+                crate::capacity::open_files().unwrap_or(1024),
+            )),
+            Some(n) => nonzero(n),
+        },
         max_connections_per_ip: nonzero(l.max_connections_per_ip),
         requests_per_second_per_ip: nonzero(l.requests_per_second_per_ip),
         max_request_header_bytes: (l.max_request_header_bytes != 0)

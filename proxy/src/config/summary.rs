@@ -169,7 +169,8 @@ impl Config {
         let off = |v: Option<String>| v.unwrap_or_else(|| "off".to_string());
         writeln!(
             s,
-            "limits: connections/ip {}, requests/s/ip {}, header bytes {}, body bytes {}, header read timeout {}",
+            "limits: connections {}, connections/ip {}, requests/s/ip {}, header bytes {}, body bytes {}, header read timeout {}",
+            off(l.max_connections.map(|v| v.to_string())),
             off(l.max_connections_per_ip.map(|v| v.to_string())),
             off(l.requests_per_second_per_ip.map(|v| v.to_string())),
             off(l.max_request_header_bytes.map(|v| v.to_string())),

@@ -113,6 +113,12 @@ fn the_example_file_loads() {
     );
     assert_eq!(c.limits, Limits::default());
     assert_eq!(c.limits.max_connections_per_ip, None);
+    // From the open-file limit: two descriptors per connection, less a reserve.
+    let open_files = crate::capacity::open_files().unwrap_or(1024);
+    assert_eq!(
+        c.limits.max_connections,
+        Some(crate::capacity::default_max_connections(open_files))
+    );
     assert_eq!(c.limits.max_request_header_bytes, Some(16384));
     assert_eq!(c.limits.max_request_body_bytes, Some(10 * 1024 * 1024));
     assert_eq!(c.limits.header_read_timeout, Some(Duration::from_secs(10)));
@@ -223,7 +229,8 @@ fn the_example_file_loads() {
         "chat.example.com/ -> chat",
         "*/ -> chat",
         "admin: 127.0.0.1:9900 (token set)",
-        "limits: connections/ip off, requests/s/ip off, header bytes 16384",
+        "limits: connections ",
+        "connections/ip off, requests/s/ip off, header bytes 16384",
     ] {
         assert!(summary.contains(needle), "summary lacks {needle:?}:\n{summary}");
     }
@@ -893,13 +900,14 @@ fn timeouts_and_limits() {
         "proxy.toml:2: timeouts.connect: must be greater than 0"
     );
     let c = ok(&format!(
-        "[timeouts]\ntunnel_idle = \"1s\"\ndownstream_keepalive = \"0s\"\n[limits]\nmax_connections_per_ip = 10\nrequests_per_second_per_ip = 5\nmax_request_header_bytes = 0\nmax_request_body_bytes = 0\nheader_read_timeout = \"0s\"\n{MINIMAL}"
+        "[timeouts]\ntunnel_idle = \"1s\"\ndownstream_keepalive = \"0s\"\n[limits]\nmax_connections = 0\nmax_connections_per_ip = 10\nrequests_per_second_per_ip = 5\nmax_request_header_bytes = 0\nmax_request_body_bytes = 0\nheader_read_timeout = \"0s\"\n{MINIMAL}"
     ));
     assert_eq!(c.timeouts.tunnel_idle, Duration::from_secs(1));
     assert_eq!(c.timeouts.downstream_keepalive, Duration::ZERO);
     assert_eq!(
         c.limits,
         Limits {
+            max_connections: None,
             max_connections_per_ip: Some(10),
             requests_per_second_per_ip: Some(5),
             max_request_header_bytes: None,

@@ -800,7 +800,7 @@ fn head_end(buf: &[u8]) -> Option<usize> {
 }
 
 /// The client's address and the one it connected to, as IP socket addresses.
-fn addresses(digest: Option<&SocketDigest>) -> (Option<IpAddr>, Option<SocketAddr>) {
+pub(crate) fn addresses(digest: Option<&SocketDigest>) -> (Option<IpAddr>, Option<SocketAddr>) {
     let Some(d) = digest else {
         return (None, None);
     };
