@@ -7,12 +7,16 @@
 use std::fs::OpenOptions;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
 
 use tempfile::TempDir;
 
 use crate::procs::{
-    bin_path, init, kill_and_reap, read_file_lossy, read_listening, tail, START_TIMEOUT,
+    bin_path, init, kill_and_reap, read_file_lossy, read_listening, send_signal, tail, wait_exit,
+    START_TIMEOUT,
 };
 
 /// A `chat-node` child process.
@@ -100,6 +104,22 @@ impl ChatNode {
     /// The process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends SIGTERM (a graceful stop) without waiting.
+    pub fn terminate(&mut self) {
+        if let Some(child) = &self.child {
+            send_signal(child, Signal::SIGTERM);
+        }
+    }
+
+    /// Waits up to `timeout` for the process to exit; its status and how long the wait
+    /// took, or `None` if it is still running (or was already reaped).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<(ExitStatus, Duration)> {
+        let start = Instant::now();
+        let status = wait_exit(self.child.as_mut()?, timeout)?;
+        self.child = None;
+        Some((status, start.elapsed()))
     }
 
     /// SIGKILL and reap.
