@@ -11,6 +11,8 @@
 //!   frame 1001, and the owner learns at once that its client is gone: before, the
 //!   connection was cut, and the owner kept the socket connected until its ping timeout
 //!   (so a client reconnecting elsewhere could not recover it).
+//! - An idle node exits at once, and its log, written to a file, is plain text (it had
+//!   terminal colour codes).
 //!
 //! Needs `redis-server`. Build the node first: `cargo build -p chat-node --bin chat-node &&
 //! cargo test -p tests --test chat_shutdown`.
@@ -178,4 +180,19 @@ async fn a_websocket_bridged_by_a_stopping_node_is_closed_and_its_owner_told() {
         .wait_exit(Duration::from_secs(7))
         .expect("n1 exits within its grace period");
     assert!(status.success(), "{status}");
+}
+
+#[test]
+fn an_idle_node_stops_at_once_and_logs_plain_text() {
+    let mut node = ChatNode::start("idle", None, &[]);
+    node.terminate();
+    let (status, took) = node
+        .wait_exit(Duration::from_secs(7))
+        .expect("the node exits");
+    assert!(status.success(), "{status}");
+    assert!(took < Duration::from_secs(2), "an idle node took {took:?}");
+    // Its stderr is a file here, as under a supervisor: no terminal colour codes.
+    let logs = node.logs();
+    assert!(logs.contains("shutting down"), "{logs}");
+    assert!(!logs.contains('\x1b'), "escape codes in the log: {logs:?}");
 }
