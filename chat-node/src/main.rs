@@ -44,9 +44,8 @@ fn main() -> anyhow::Result<()> {
 /// Serves until SIGTERM or SIGINT.
 async fn run(args: Args) -> anyhow::Result<()> {
     let shutdown = shutdown_signal()?;
-    let node = Node::new(args.node_config())
-        .await
-        .context("starting the node")?;
+    let config = args.checked_config()?;
+    let node = Node::new(config).await.context("starting the node")?;
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
