@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::chat::{ChatConfig, RateLimit};
-use crate::engineio::Cors;
+use crate::chat::{ChatConfig, ChatConfigError, RateLimit};
+use crate::engineio::{ConfigError, Cors};
 use crate::node::{NodeConfig, SessionMode};
 
 /// A Switchyard chat node: a Socket.IO v4 server on `/socket.io/`.
@@ -90,7 +90,54 @@ pub struct Args {
     pub threads: Option<u16>,
 }
 
+/// A value the node refuses, named as the operator gave it: the flag and its variable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("--{flag} (or {env}): {reason}")]
+pub struct InvalidFlag {
+    /// The flag, without its dashes.
+    pub flag: &'static str,
+    /// Its environment variable.
+    pub env: &'static str,
+    /// What is wrong with the value.
+    pub reason: String,
+}
+
 impl Args {
+    /// The node's settings, checked as [`crate::node::Node::new`] checks them, an invalid
+    /// value naming its flag (the checks themselves name the settings' fields, which
+    /// an operator never wrote).
+    pub fn checked_config(&self) -> Result<NodeConfig, InvalidFlag> {
+        let config = self.node_config();
+        let named = |(flag, env): (&'static str, &'static str), reason: String| InvalidFlag {
+            flag,
+            env,
+            reason,
+        };
+        if let Err(error) = config.engine_config().validate() {
+            let which = match &error {
+                ConfigError::Zero("ping_interval") => Some(("ping-interval", "CHAT_PING_INTERVAL")),
+                ConfigError::Zero("ping_timeout") => Some(("ping-timeout", "CHAT_PING_TIMEOUT")),
+                ConfigError::Zero("max_payload") => Some(("max-payload", "CHAT_MAX_PAYLOAD")),
+                ConfigError::NodeId(_) => Some(("node-id", "CHAT_NODE_ID")),
+                // Settings without a flag: `Node::new` reports them.
+                _ => None,
+            };
+            if let Some(which) = which {
+                return Err(named(which, error.to_string()));
+            }
+        }
+        if let Err(error) = config.chat.clone().validate() {
+            let which = match error {
+                ChatConfigError::HistoryCap => ("history-cap", "CHAT_HISTORY_CAP"),
+                ChatConfigError::HistoryOnJoin(_) => ("history-on-join", "CHAT_HISTORY_ON_JOIN"),
+                ChatConfigError::MaxText(_) => ("max-text", "CHAT_MAX_TEXT"),
+                ChatConfigError::PresenceTtl(_) => ("presence-ttl", "CHAT_PRESENCE_TTL"),
+            };
+            return Err(named(which, error.to_string()));
+        }
+        Ok(config)
+    }
+
     /// The CORS policy the `--cors-origin` values describe.
     pub fn cors(&self) -> Cors {
         let origins: Vec<String> = self

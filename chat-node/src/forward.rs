@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use axum::extract::ws::{Message as WsMessage, WebSocket};
+use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
 use base64::Engine as _;
 use bytes::Bytes;
 use futures::{SinkExt as _, StreamExt as _};
@@ -39,9 +39,13 @@ use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::bus::{Bus, BusError};
-use crate::engineio::{polling, websocket, EngineError, Remote, Session, Sessions, Sid};
+use crate::engineio::{
+    polling, websocket, CloseReason, EngineError, Remote, Session, Sessions, Sid,
+};
 
 /// How many bridged WebSocket frames may wait, in each direction, for a slow consumer
 /// before the bridge is closed.
@@ -307,6 +311,11 @@ struct Inner {
     bridges: Mutex<HashMap<u64, mpsc::Sender<WsFrame>>>,
     /// Owner side: the frames from each bridged client, by (bridging node, bridge id).
     hosted: Mutex<HashMap<(String, u64), HostedFrames>>,
+    /// The work this node's sessions and bridges leave to finish when they end: replies to
+    /// other nodes, owner records to delete ([`Forwarder::stopped`] waits for it).
+    tasks: TaskTracker,
+    /// Cancelled when the node stops: the bridges it holds end ([`Forwarder::stop`]).
+    stopping: CancellationToken,
 }
 
 impl std::fmt::Debug for Forwarder {
@@ -339,6 +348,8 @@ impl Forwarder {
                 pending: Mutex::new(HashMap::new()),
                 bridges: Mutex::new(HashMap::new()),
                 hosted: Mutex::new(HashMap::new()),
+                tasks: TaskTracker::new(),
+                stopping: CancellationToken::new(),
             }),
         };
         let weak = Arc::downgrade(&forwarder.inner);
@@ -352,6 +363,22 @@ impl Forwarder {
             }
         });
         forwarder
+    }
+
+    /// The node stops (its sessions are closing): every WebSocket it bridges to another
+    /// node's session is closed, the owner told (so that the client, reconnecting
+    /// elsewhere, recovers its socket rather than finding it still connected).
+    pub fn stop(&self) {
+        self.inner.stopping.cancel();
+    }
+
+    /// Returns once the work left by closed sessions and bridges is done: answers to other
+    /// nodes' forwarded requests (a closed session's pending poll gets its close packet),
+    /// owner records deleted, bridges' closes sent. Call after [`stop`](Self::stop) and
+    /// after closing the sessions, then flush the bus; bound the wait.
+    pub async fn stopped(&self) {
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
     }
 
     /// Appends `rpc` to node `node`'s topic; `false` if the bus refused it.
@@ -421,7 +448,7 @@ impl Forwarder {
                 binary,
                 body,
             } => {
-                tokio::spawn(async move {
+                self.inner.tasks.clone().spawn(async move {
                     let result = self.serve(op, &sid, binary, &body).await;
                     let (body, error) = match result {
                         Ok(body) => (body, None),
@@ -456,7 +483,7 @@ impl Forwarder {
             .filter(|session| session.try_attach_upgrade());
         let Some(session) = session else {
             // As the reference server: the WebSocket opens and closes at once.
-            tokio::spawn(async move {
+            self.inner.tasks.clone().spawn(async move {
                 let close = Rpc::WsOut {
                     id,
                     frame: WsFrame::Close,
@@ -470,7 +497,7 @@ impl Forwarder {
         let key = (from.clone(), id);
         self.inner.hosted.lock().insert(key.clone(), in_tx);
         let pump = self.clone();
-        tokio::spawn(async move {
+        self.inner.tasks.spawn(async move {
             while let Some(message) = out_rx.next().await {
                 let Some(frame) = WsFrame::from_message(message) else {
                     continue;
@@ -486,7 +513,7 @@ impl Forwarder {
             };
             pump.send_to(&from, &close).await;
         });
-        tokio::spawn(async move {
+        self.inner.tasks.clone().spawn(async move {
             websocket::upgrade_on(in_rx, out_tx, session).await;
             self.inner.hosted.lock().remove(&key);
         });
@@ -603,7 +630,7 @@ impl Remote for Forwarder {
         let sessions = Arc::clone(&self.inner.sessions);
         let session = Arc::clone(session);
         let (node, ttl, refresh) = (config.node_id.clone(), config.owner_ttl, config.refresh);
-        tokio::spawn(async move {
+        self.inner.tasks.spawn(async move {
             loop {
                 tokio::select! {
                     () = session.closed() => break,
@@ -650,6 +677,16 @@ impl Remote for Forwarder {
     }
 
     async fn bridge(&self, sid: String, owner: String, socket: WebSocket) {
+        let tasks = self.inner.tasks.clone();
+        tasks
+            .track_future(self.run_bridge(sid, owner, socket))
+            .await;
+    }
+}
+
+impl Forwarder {
+    /// [`Remote::bridge`], until either side ends or the node stops.
+    async fn run_bridge(&self, sid: String, owner: String, socket: WebSocket) {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let from = self.inner.config.node_id.clone();
         let (out_tx, mut out_rx) = mpsc::channel(BRIDGE_CAPACITY);
@@ -672,6 +709,15 @@ impl Remote for Forwarder {
         tokio::pin!(owner_gone);
         loop {
             tokio::select! {
+                () = self.inner.stopping.cancelled() => {
+                    let gone = Rpc::WsIn { id, from: from.clone(), frame: WsFrame::Close };
+                    self.send_to(&owner, &gone).await;
+                    let _ = ws_tx.send(WsMessage::Close(Some(CloseFrame {
+                        code: 1001,
+                        reason: CloseReason::ServerShutdown.as_str().into(),
+                    }))).await;
+                    break;
+                }
                 () = &mut owner_gone => {
                     tracing::debug!(%owner, "bridged WebSocket: no frame from the owner in time");
                     let _ = ws_tx.send(WsMessage::Close(None)).await;

@@ -4,7 +4,7 @@
 //! shutdown grace period (default 5 s), closing every client's connection so that it
 //! reconnects elsewhere.
 
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write as _};
 
 use anyhow::Context as _;
 use chat_node::cli::Args;
@@ -21,6 +21,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal: a log file, journald or `docker logs`
+        // would get the escape codes as text.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
@@ -41,9 +44,8 @@ fn main() -> anyhow::Result<()> {
 /// Serves until SIGTERM or SIGINT.
 async fn run(args: Args) -> anyhow::Result<()> {
     let shutdown = shutdown_signal()?;
-    let node = Node::new(args.node_config())
-        .await
-        .context("starting the node")?;
+    let config = args.checked_config()?;
+    let node = Node::new(config).await.context("starting the node")?;
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;

@@ -18,6 +18,7 @@ use axum::serve::ListenerExt as _;
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 use crate::bus::{Bus, BusError, MemoryBus, RedisBus, RedisBusConfig};
 use crate::chat::{
@@ -146,6 +147,8 @@ pub struct Node {
     chat: Chat,
     config: Arc<NodeConfig>,
     stopping: Arc<AtomicBool>,
+    /// With `--sessions shared`: what serves other nodes' requests for this node's sessions.
+    forwarder: Option<Forwarder>,
 }
 
 impl std::fmt::Debug for Node {
@@ -212,8 +215,9 @@ impl Node {
         let io = SocketIo::with_adapter(SocketIoConfig::default(), adapters);
         let chat = chat::register(&io, &config.node_id, chat_config, store)?;
         let engine = EngineIo::new(engine_config, io.clone())?;
+        let mut forwarder = None;
         if config.sessions == SessionMode::Shared {
-            let forwarder = Forwarder::start(
+            let started = Forwarder::start(
                 ForwardConfig {
                     node_id: config.node_id.clone(),
                     poll_timeout: config.ping_interval + config.ping_timeout,
@@ -225,7 +229,8 @@ impl Node {
                 directory,
                 engine.sessions_arc(),
             );
-            engine.set_remote(Arc::new(forwarder));
+            engine.set_remote(Arc::new(started.clone()));
+            forwarder = Some(started);
         }
         Ok(Self {
             engine,
@@ -234,6 +239,7 @@ impl Node {
             chat,
             config: Arc::new(config),
             stopping: Arc::new(AtomicBool::new(false)),
+            forwarder,
         })
     }
 
@@ -289,43 +295,69 @@ impl Node {
 
     /// Serves on `listener` until `shutdown` completes. Then the node stops accepting,
     /// `/healthz` turns 503, every Engine.IO session is closed (pending polls return,
-    /// WebSockets close: clients reconnect, elsewhere behind a balancer), and it returns
-    /// when the requests in flight are done or after `shutdown_grace`, whichever is first.
+    /// WebSockets close: clients reconnect, elsewhere behind a balancer), and so is every
+    /// WebSocket it bridges to another node's session. It returns when the requests in
+    /// flight are done and the closes have reached the other nodes (answers to their
+    /// forwarded polls, owner records deleted: see [`Forwarder::stopped`]), or after
+    /// `shutdown_grace`, whichever is first.
     pub async fn serve<F>(self, listener: TcpListener, shutdown: F) -> std::io::Result<()>
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        let (fired_tx, fired_rx) = oneshot::channel::<()>();
+        let (fired_tx, fired_rx) = oneshot::channel::<Instant>();
         let node = self.clone();
         let listener = listener.tap_io(crate::engineio::server::no_delay);
         let server = axum::serve(listener, self.router()).with_graceful_shutdown(async move {
             shutdown.await;
-            tracing::info!(node = %node.config.node_id, "shutting down");
+            let since = Instant::now();
+            tracing::info!(
+                node = %node.config.node_id,
+                sessions = node.engine.sessions().len(),
+                "shutting down"
+            );
             node.stopping.store(true, Ordering::Relaxed);
             node.engine.close_all(CloseReason::ServerShutdown);
-            let _ = fired_tx.send(());
+            if let Some(forwarder) = &node.forwarder {
+                forwarder.stop();
+            }
+            let _ = fired_tx.send(since);
         });
         let server = server.into_future();
         tokio::pin!(server);
+        tokio::pin!(fired_rx);
         let grace = self.config.shutdown_grace;
-        tokio::select! {
-            result = &mut server => result,
-            () = async {
-                // Only an error when the server stopped on its own (then the branch above
-                // wins): wait forever.
-                if fired_rx.await.is_err() {
-                    std::future::pending::<()>().await;
+        let (result, since) = tokio::select! {
+            // Stopped on its own, or a shutdown with nothing in flight.
+            result = &mut server => (result, fired_rx.try_recv().ok()),
+            since = &mut fired_rx => match since {
+                Ok(since) => {
+                    let result = tokio::time::timeout_at(since + grace, &mut server).await;
+                    (result.unwrap_or(Ok(())), Some(since))
                 }
-            } => {
-                match tokio::time::timeout(grace, &mut server).await {
-                    Ok(result) => result,
-                    Err(_) => {
-                        tracing::warn!(?grace, "requests still in flight after the grace period; exiting anyway");
-                        Ok(())
-                    }
-                }
+                // The server stopped on its own (then the branch above wins): wait for it.
+                Err(_) => ((&mut server).await, None),
+            },
+        };
+        let Some(since) = since else {
+            return result;
+        };
+        // The sessions' closes, for the other nodes: without them a client whose request
+        // another node forwards here waits for that node's timeout (`ping_interval +
+        // ping_timeout`) to learn its session is gone.
+        let drained = tokio::time::timeout_at(since + grace, async {
+            if let Some(forwarder) = &self.forwarder {
+                forwarder.stopped().await;
             }
+            self.bus.flush().await;
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                ?grace,
+                "requests or replies to other nodes still in flight after the grace period; exiting anyway"
+            );
         }
+        result
     }
 }
 

@@ -7,13 +7,21 @@
 use std::fs::OpenOptions;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
+use nix::sys::signal::Signal;
+
+use futures::SinkExt as _;
 use tempfile::TempDir;
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::procs::{
-    bin_path, init, kill_and_reap, read_file_lossy, read_listening, tail, START_TIMEOUT,
+    bin_path, init, kill_and_reap, read_file_lossy, read_listening, send_signal, tail, wait_exit,
+    START_TIMEOUT,
 };
+use crate::ws::{ws_open, ws_recv, Ws, WsOptions};
+use crate::STEP_TIMEOUT;
 
 /// A `chat-node` child process.
 pub struct ChatNode {
@@ -102,6 +110,22 @@ impl ChatNode {
         self.child.as_ref().map(Child::id)
     }
 
+    /// Sends SIGTERM (a graceful stop) without waiting.
+    pub fn terminate(&mut self) {
+        if let Some(child) = &self.child {
+            send_signal(child, Signal::SIGTERM);
+        }
+    }
+
+    /// Waits up to `timeout` for the process to exit; its status and how long the wait
+    /// took, or `None` if it is still running (or was already reaped).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<(ExitStatus, Duration)> {
+        let start = Instant::now();
+        let status = wait_exit(self.child.as_mut()?, timeout)?;
+        self.child = None;
+        Some((status, start.elapsed()))
+    }
+
     /// SIGKILL and reap.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -120,5 +144,58 @@ impl Drop for ChatNode {
             );
         }
         self.kill();
+    }
+}
+
+/// A socket connected to the chat on `node` (raw Engine.IO over WebSocket), kept open by
+/// the caller; it is in `lobby` once this returns.
+///
+/// # Panics
+/// If the node does not open the session or send the `welcome` in time.
+pub async fn raw_chat_socket(node: &ChatNode, name: &str) -> Ws {
+    let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", node.addr());
+    let (mut ws, _) = ws_open(&url, &WsOptions::default())
+        .await
+        .expect("opening a WebSocket to the chat node");
+    let open = ws_recv(&mut ws, STEP_TIMEOUT).await;
+    assert!(
+        matches!(&open, Some(Message::Text(t)) if t.starts_with('0')),
+        "an Engine.IO open packet: {open:?}"
+    );
+    let connect = format!(r#"40{{"name":"{name}"}}"#);
+    ws.send(Message::text(connect))
+        .await
+        .expect("sending CONNECT");
+    // The welcome comes after the hook put the socket in its rooms.
+    loop {
+        match ws_recv(&mut ws, STEP_TIMEOUT).await {
+            Some(Message::Text(t)) if t.starts_with(r#"42["welcome""#) => return ws,
+            Some(_) => {}
+            None => panic!("no welcome from {}", node.id()),
+        }
+    }
+}
+
+/// Emits chat event `event` with `payload` (JSON) and ack id `id` on a
+/// [`raw_chat_socket`], and returns the ack's answer (`{"ok":…}`); other packets are
+/// skipped.
+///
+/// # Panics
+/// If no ack comes within [`STEP_TIMEOUT`].
+pub async fn raw_chat_call(ws: &mut Ws, id: u64, event: &str, payload: &str) -> serde_json::Value {
+    ws.send(Message::text(format!(r#"42{id}["{event}",{payload}]"#)))
+        .await
+        .expect("sending an event");
+    let prefix = format!("43{id}[");
+    loop {
+        match ws_recv(ws, STEP_TIMEOUT).await {
+            Some(Message::Text(t)) if t.starts_with(&prefix) => {
+                let args: serde_json::Value = serde_json::from_str(&t[prefix.len() - 1..])
+                    .unwrap_or_else(|e| panic!("an ack's arguments: {t}: {e}"));
+                return args[0].clone();
+            }
+            Some(_) => {}
+            None => panic!("no ack {id} for {event}"),
+        }
     }
 }

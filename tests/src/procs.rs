@@ -149,7 +149,7 @@ fn seed() -> u64 {
 // ---------------------------------------------------------------------------------------------
 // Process plumbing
 
-fn send_signal(child: &Child, sig: Signal) {
+pub(crate) fn send_signal(child: &Child, sig: Signal) {
     let Ok(pid) = i32::try_from(child.id()) else {
         return;
     };
@@ -163,7 +163,7 @@ pub(crate) fn kill_and_reap(child: &mut Child) {
 }
 
 /// Waits up to `timeout` for `child` to exit.
-fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+pub(crate) fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + timeout;
     loop {
         match child.try_wait() {

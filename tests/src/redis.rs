@@ -65,6 +65,26 @@ impl RedisServer {
         ))
     }
 
+    /// Kills it (SIGKILL): an outage. [`restart`](Self::restart) brings it back.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill_and_reap(&mut child);
+        }
+    }
+
+    /// Starts it again on the same port, empty (it keeps nothing), and waits until it
+    /// answers `PING`.
+    ///
+    /// # Panics
+    /// If it does not start within [`START_TIMEOUT`].
+    pub fn restart(&mut self) {
+        self.stop();
+        match Self::start_on(self.port) {
+            Ok(mut server) => self.child = server.child.take(),
+            Err(error) => panic!("restarting redis-server: {error}"),
+        }
+    }
+
     /// The port it listens on (127.0.0.1).
     pub fn port(&self) -> u16 {
         self.port

@@ -14,11 +14,10 @@
 
 use std::time::Duration;
 
-use tests::chatnode::ChatNode;
+use tests::chatnode::{raw_chat_socket, ChatNode};
 use tests::redis::RedisServer;
 use tests::socketio;
-use tests::{wait_until, ws_open, ws_recv, WsOptions, STEP_TIMEOUT};
-use tokio_tungstenite::tungstenite::Message;
+use tests::wait_until;
 
 /// Bound for one run of a Node suite (a few seconds alone; the machine is shared).
 const SUITE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -100,32 +99,6 @@ fn a_node_restarted_under_its_id_does_not_keep_its_old_sockets_online() {
         &[("CHAT_PHASE", "after"), ("GHOST_NAME", &ghost)],
         "after the restart",
     );
-}
-
-/// A socket connected to the chat on `node` (raw Engine.IO over WebSocket), kept open by
-/// the caller; it is in `lobby` once this returns.
-async fn raw_chat_socket(node: &ChatNode, name: &str) -> tests::Ws {
-    let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", node.addr());
-    let (mut ws, _) = ws_open(&url, &WsOptions::default())
-        .await
-        .expect("opening a WebSocket to the chat node");
-    let open = ws_recv(&mut ws, STEP_TIMEOUT).await;
-    assert!(
-        matches!(&open, Some(Message::Text(t)) if t.starts_with('0')),
-        "an Engine.IO open packet: {open:?}"
-    );
-    let connect = format!(r#"40{{"name":"{name}"}}"#);
-    futures::SinkExt::send(&mut ws, Message::text(connect))
-        .await
-        .expect("sending CONNECT");
-    // The welcome comes after the hook put the socket in its rooms.
-    loop {
-        match ws_recv(&mut ws, STEP_TIMEOUT).await {
-            Some(Message::Text(t)) if t.starts_with(r#"42["welcome""#) => return ws,
-            Some(_) => {}
-            None => panic!("no welcome from {}", node.id()),
-        }
-    }
 }
 
 #[tokio::test]

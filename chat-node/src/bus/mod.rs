@@ -96,6 +96,11 @@ pub trait Bus: Send + Sync + 'static {
     /// Whether the broker answers now (always `Ok` in process).
     async fn ping(&self) -> Result<(), BusError>;
 
+    /// Returns once every entry published before the call has reached the broker (at once
+    /// in process): a stopping node's last words (replies to other nodes) must not die in
+    /// its local buffer. Waits as long as the broker is unreachable; bound it.
+    async fn flush(&self) {}
+
     /// A name for logs and health reports: `memory`, `redis`.
     fn kind(&self) -> &'static str;
 }

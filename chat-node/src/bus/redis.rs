@@ -98,7 +98,7 @@ pub struct RedisBus {
 struct Inner {
     config: RedisBusConfig,
     conn: ConnectionManager,
-    outbox: mpsc::Sender<Outgoing>,
+    outbox: mpsc::Sender<Queued>,
     /// The subscribers' task ([`live`]); it ends when this is dropped.
     live: live::Handle,
     /// The last append succeeded: an `append` may wait for its id.
@@ -108,6 +108,13 @@ struct Inner {
 }
 
 type Retained = Arc<parking_lot::RwLock<std::collections::HashMap<String, Duration>>>;
+
+/// What the publisher task takes from its queue.
+enum Queued {
+    Entry(Outgoing),
+    /// Answered once everything queued before it has been appended ([`Bus::flush`]).
+    Flush(oneshot::Sender<()>),
+}
 
 /// An entry waiting for the publisher task.
 struct Outgoing {
@@ -295,6 +302,14 @@ impl Bus for RedisBus {
     fn kind(&self) -> &'static str {
         "redis"
     }
+
+    async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.inner.outbox.send(Queued::Flush(tx)).await.is_ok() {
+            // An error: the publisher gave up (the bus is being dropped); nothing to wait for.
+            let _ = rx.await;
+        }
+    }
 }
 
 impl RedisBus {
@@ -306,11 +321,11 @@ impl RedisBus {
     ) -> Result<(), BusError> {
         self.inner
             .outbox
-            .try_send(Outgoing {
+            .try_send(Queued::Entry(Outgoing {
                 key: topic.to_owned(),
                 entry,
                 reply,
-            })
+            }))
             .map_err(|_| BusError::BufferFull(self.inner.config.buffer))
     }
 }
@@ -323,21 +338,30 @@ fn next_backoff(backoff: Duration) -> Duration {
 /// takes it, and hands the ids back. Ends when the bus is dropped.
 async fn publish_loop(
     mut conn: ConnectionManager,
-    mut queue: mpsc::Receiver<Outgoing>,
+    mut queue: mpsc::Receiver<Queued>,
     max_len: usize,
     retained: Retained,
     healthy: Arc<AtomicBool>,
 ) {
     while let Some(first) = queue.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
+        let mut batch = Vec::new();
+        // A flush ends the batch: it is answered once the batch is appended.
+        let mut flushed = None;
+        let mut next = Some(first);
+        while let Some(queued) = next.take() {
+            match queued {
+                Queued::Entry(entry) => batch.push(entry),
+                Queued::Flush(done) => {
+                    flushed = Some(done);
+                    break;
+                }
+            }
+            if batch.len() < MAX_BATCH {
+                next = queue.try_recv().ok();
             }
         }
         let mut backoff = MIN_BACKOFF;
-        loop {
+        while !batch.is_empty() {
             let mut pipe = redis::pipe();
             for item in &batch {
                 let trim = match retained.read().get(&item.key) {
@@ -354,7 +378,7 @@ async fn publish_loop(
             match added {
                 Ok(ids) => {
                     healthy.store(true, Ordering::Relaxed);
-                    for (item, id) in batch.into_iter().zip(ids) {
+                    for (item, id) in batch.drain(..).zip(ids) {
                         if let Some(reply) = item.reply {
                             let _ = reply.send(id);
                         }
@@ -381,6 +405,9 @@ async fn publish_loop(
                     backoff = next_backoff(backoff);
                 }
             }
+        }
+        if let Some(done) = flushed {
+            let _ = done.send(());
         }
     }
 }

@@ -1,6 +1,9 @@
 //! Why a chat request failed: one enum, turned into the ack `{ok:false, error}` in one place
 //! (its `Display` is the `error` string of the public API, `docs/chat-api.md`).
 
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
 use super::store::StoreError;
 
 /// A refused or failed request. The messages are part of the public API.
@@ -50,7 +53,42 @@ pub enum ChatError {
 
 impl From<StoreError> for ChatError {
     fn from(error: StoreError) -> Self {
-        tracing::warn!(%error, "chat store");
+        store_failed(&error, "a request");
         Self::Unavailable
     }
+}
+
+/// At most one line per this period about the store failing: while Redis is down every
+/// request fails the same way, and a line each (thousands a second on a busy node) would
+/// bury everything else.
+const STORE_WARNING_PERIOD: Duration = Duration::from_secs(10);
+
+/// When the last store warning was written, and how many were left out since.
+static STORE_WARNINGS: Mutex<(Option<Instant>, u64)> = Mutex::new((None, 0));
+
+/// Logs that the store failed `during` something, unless it was said less than
+/// [`STORE_WARNING_PERIOD`] ago; the next line counts those left out.
+pub(crate) fn store_failed(error: &StoreError, during: &'static str) {
+    let now = Instant::now();
+    let suppressed = {
+        let mut last = STORE_WARNINGS
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if last
+            .0
+            .is_some_and(|at| now.duration_since(at) < STORE_WARNING_PERIOD)
+        {
+            last.1 += 1;
+            return;
+        }
+        last.0 = Some(now);
+        std::mem::take(&mut last.1)
+    };
+    tracing::warn!(
+        %error,
+        during,
+        suppressed,
+        "chat store failed; its requests answer `unavailable` (one line per {}s at most, `suppressed`: those left out before this one)",
+        STORE_WARNING_PERIOD.as_secs()
+    );
 }

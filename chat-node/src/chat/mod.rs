@@ -191,7 +191,7 @@ async fn may_recover(
     let user = match chat.store.user_for_token(token).await {
         Ok(user) => user?,
         Err(error) => {
-            tracing::warn!(%error, "chat store, on recovery");
+            error::store_failed(&error, "a recovery");
             return None;
         }
     };
@@ -202,7 +202,7 @@ async fn may_recover(
     let member: HashSet<String> = match chat.store.rooms_of(&user).await {
         Ok(rooms) => rooms.into_iter().collect(),
         Err(error) => {
-            tracing::warn!(%error, "chat store, on recovery");
+            error::store_failed(&error, "a recovery");
             return None;
         }
     };
@@ -230,7 +230,7 @@ async fn connect(
         ConnectError::new(error.to_string()).with_data(json!({"reason": error.to_string()}))
     })?;
     let unavailable = |error: StoreError| {
-        tracing::warn!(%error, "chat store, on connect");
+        error::store_failed(&error, "a connection");
         ConnectError::new("unavailable")
     };
     // An unknown or malformed token is not an error: the client gets a new identity.
@@ -353,7 +353,7 @@ impl ChatInner {
             )
             .await;
         if let Err(error) = added {
-            tracing::warn!(%error, room, "recording presence");
+            error::store_failed(&error, "recording presence");
         }
     }
 
@@ -399,7 +399,7 @@ impl ChatInner {
             .presence_remove(&self.node, room, socket.id().as_str())
             .await;
         if let Err(error) = removed {
-            tracing::warn!(%error, room, "removing presence");
+            error::store_failed(&error, "removing presence");
         }
         true
     }
@@ -416,7 +416,7 @@ impl ChatInner {
                 .presence_remove(&self.node, room, sid.as_str())
                 .await;
             if let Err(error) = removed {
-                tracing::warn!(%error, room, "removing presence");
+                error::store_failed(&error, "removing presence");
             }
         }
         drop(writing);
@@ -448,7 +448,7 @@ impl ChatInner {
         let online = match self.store.presence(rooms).await {
             Ok(online) => online,
             Err(error) => {
-                tracing::warn!(%error, "reading presence");
+                error::store_failed(&error, "reading presence");
                 return;
             }
         };

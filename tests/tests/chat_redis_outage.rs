@@ -1,0 +1,72 @@
+//! A chat node through a Redis outage, with a real `redis-server` killed and started again
+//! on its port: the node keeps its clients connected and answers their requests
+//! `unavailable` while Redis is gone, `/healthz` says 503 with the reason, the node
+//! reconnects by itself, and its log says the store failed once, not once per request
+//! (it wrote a line per failed request: thousands a second on a busy node).
+//!
+//! Needs `redis-server`. Build the node first: `cargo build -p chat-node --bin chat-node &&
+//! cargo test -p tests --test chat_redis_outage`.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tests::chatnode::{raw_chat_call, raw_chat_socket, ChatNode};
+use tests::get;
+use tests::redis::RedisServer;
+use tests::wait::POLL;
+
+/// How many requests fail during the outage.
+const FAILED: u64 = 20;
+
+#[tokio::test]
+async fn an_outage_is_answered_reported_logged_once_and_recovered_from() {
+    let mut redis = RedisServer::start();
+    let url = redis.url();
+    let node = ChatNode::start("n1", Some(&url), &["--rate-limit", "1000/1s"]);
+    let mut ws = raw_chat_socket(&node, "outage").await;
+    let send = |i: u64| format!(r#"{{"room":"lobby","text":"m{i}"}}"#);
+    let answer = raw_chat_call(&mut ws, 0, "send", &send(0)).await;
+    assert_eq!(answer["ok"], true, "{answer}");
+
+    redis.stop();
+    let outage = Instant::now();
+    for i in 1..=FAILED {
+        let answer = raw_chat_call(&mut ws, i, "send", &send(i)).await;
+        assert_eq!(
+            answer,
+            json!({"ok": false, "error": "unavailable"}),
+            "request {i}"
+        );
+    }
+    let health = get(&node.url("/healthz")).await;
+    assert_eq!(health.status, 503, "{}", health.body);
+    assert!(health.body.starts_with("redis: "), "{}", health.body);
+    // Each failed request takes a while (the connection's retries): one line per 10 s.
+    let allowed = 1 + outage.elapsed().as_secs() / 10;
+    let logs = node.logs();
+    let store_lines = logs.lines().filter(|l| l.contains("chat store")).count() as u64;
+    assert!(
+        (1..=allowed).contains(&store_lines),
+        "{store_lines} lines about the store for {FAILED} failed requests (at most {allowed}):\n{logs}"
+    );
+
+    // Back, empty: the node reconnects by itself, the same client chats again.
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut id = FAILED;
+    let answer = loop {
+        id += 1;
+        let answer = raw_chat_call(&mut ws, id, "send", &send(id)).await;
+        if answer["ok"] == true {
+            break answer;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no send accepted 15 s after Redis came back: {answer}"
+        );
+        tokio::time::sleep(POLL).await;
+    };
+    assert!(answer["id"].is_string(), "{answer}");
+    let health = get(&node.url("/healthz")).await;
+    assert_eq!((health.status.as_u16(), health.body.as_str()), (200, "ok"));
+}

@@ -1,0 +1,198 @@
+//! A chat node's graceful stop (SIGTERM) in a cluster with shared sessions, seen from the
+//! other node and from raw Engine.IO clients: two `chat-node` processes on one real
+//! `redis-server`, requests sent to chosen nodes so that they are forwarded or bridged.
+//!
+//! - A long poll that another node forwards to the stopping node (the session's owner) gets
+//!   the session's close packet at once, and the session is unknown everywhere right after:
+//!   before, the stopping node exited before its answer and its owner records reached
+//!   Redis, and the client waited for the forwarding timeout (`ping_interval +
+//!   ping_timeout`, 45 s by default) with no message delivered.
+//! - A WebSocket that the stopping node bridges to another node's session gets a Close
+//!   frame 1001, and the owner learns at once that its client is gone: before, the
+//!   connection was cut, and the owner kept the socket connected until its ping timeout
+//!   (so a client reconnecting elsewhere could not recover it).
+//! - An idle node exits at once, and its log, written to a file, is plain text (it had
+//!   terminal colour codes).
+//!
+//! Needs `redis-server`. Build the node first: `cargo build -p chat-node --bin chat-node &&
+//! cargo test -p tests --test chat_shutdown`.
+
+use std::time::{Duration, Instant};
+
+use futures::SinkExt as _;
+use tests::chatnode::ChatNode;
+use tests::redis::RedisServer;
+use tests::{client, send, wait_until, ws_open, ws_recv, WsOptions, STEP_TIMEOUT};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+
+/// How soon the other node must know: far below the 45 s it took, well above a stop.
+const PROMPT: Duration = Duration::from_secs(4);
+
+/// The engine path of `node`, for session `sid` when given.
+fn engine_url(node: &ChatNode, transport: &str, sid: Option<&str>) -> String {
+    let mut url = node.url(&format!("/socket.io/?EIO=4&transport={transport}"));
+    if let Some(sid) = sid {
+        url.push_str("&sid=");
+        url.push_str(sid);
+    }
+    url
+}
+
+/// A chat socket on long-polling whose session `owner` holds: the handshake and CONNECT
+/// sent to `owner`, polled there until the `welcome`. Returns the Engine.IO session id.
+async fn polling_chat_session(owner: &ChatNode, name: &str) -> String {
+    let http = client();
+    let open = send(http.get(engine_url(owner, "polling", None))).await;
+    assert_eq!(open.status, 200, "handshake: {}", open.body);
+    let handshake: serde_json::Value = open
+        .body
+        .strip_prefix('0')
+        .and_then(|json| serde_json::from_str(json).ok())
+        .unwrap_or_else(|| panic!("an open packet: {}", open.body));
+    let sid = handshake["sid"].as_str().expect("a sid").to_owned();
+    let url = engine_url(owner, "polling", Some(&sid));
+    let connect = send(http.post(&url).body(format!(r#"40{{"name":"{name}"}}"#))).await;
+    assert_eq!(
+        (connect.status.as_u16(), connect.body.as_str()),
+        (200, "ok")
+    );
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    loop {
+        let poll = tokio::time::timeout_at(deadline.into(), send(http.get(&url)))
+            .await
+            .expect("the welcome in time");
+        assert_eq!(poll.status, 200, "poll: {}", poll.body);
+        if poll.body.contains(r#"42["welcome""#) {
+            return sid;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_poll_forwarded_to_a_stopping_node_is_answered_at_once() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let mut n1 = ChatNode::start("n1", Some(&url), &[]);
+    let n2 = ChatNode::start("n2", Some(&url), &[]);
+    let sid = polling_chat_session(&n1, "stopper").await;
+
+    // A long poll on n2 for n1's session: n2 forwards it to n1 (through n1's RPC stream),
+    // where it waits, the queue being empty, for the next ping (25 s away).
+    let pending = tokio::spawn({
+        let url = engine_url(&n2, "polling", Some(&sid));
+        async move {
+            let reply = send(client().get(url)).await;
+            (reply.status.as_u16(), reply.body, Instant::now())
+        }
+    });
+    let redis_ref = &redis;
+    wait_until(STEP_TIMEOUT, "the poll forwarded to n1", || async move {
+        redis_ref.command(&["XLEN", "syd:node:n1"]) != ":0"
+    })
+    .await;
+
+    n1.terminate();
+    let stopped = Instant::now();
+    let (status, body, answered) = tokio::time::timeout(PROMPT, pending)
+        .await
+        .expect("the forwarded poll answered promptly once its owner stops")
+        .expect("the poll task");
+    // The close packet; or, had the request reached n1 after its sessions closed, the
+    // error that makes a client reconnect.
+    assert!(
+        (status, body.as_str()) == (200, "1") || status == 400,
+        "{status} {body:?}"
+    );
+    assert!(answered.duration_since(stopped) < PROMPT);
+
+    // The session is gone for every node: its owner record was deleted.
+    let again = tokio::time::timeout(
+        PROMPT,
+        send(client().get(engine_url(&n2, "polling", Some(&sid)))),
+    )
+    .await
+    .expect("a poll for the closed session answered at once");
+    assert_eq!(again.status, 400, "{}", again.body);
+    assert!(again.body.contains("Session ID unknown"), "{}", again.body);
+
+    let (status, took) = n1
+        .wait_exit(Duration::from_secs(7))
+        .expect("n1 exits within its grace period");
+    assert!(status.success(), "{status}");
+    assert!(took < Duration::from_secs(6), "{took:?}");
+}
+
+#[tokio::test]
+async fn a_websocket_bridged_by_a_stopping_node_is_closed_and_its_owner_told() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let mut n1 = ChatNode::start("n1", Some(&url), &[]);
+    let n2 = ChatNode::start("n2", Some(&url), &[]);
+    // The session lives on n2; its upgrade to WebSocket lands on n1, which bridges it.
+    let sid = polling_chat_session(&n2, "bridged").await;
+    let presence = "syd:chat:presence:lobby:n2";
+    assert_eq!(redis.command(&["HLEN", presence]), ":1", "online on n2");
+    let ws_url = engine_url(&n1, "websocket", Some(&sid)).replacen("http://", "ws://", 1);
+    let (mut ws, _) = ws_open(&ws_url, &WsOptions::default())
+        .await
+        .expect("the WebSocket upgrade on n1");
+    ws.send(Message::text("2probe")).await.expect("probe");
+    let probe = ws_recv(&mut ws, STEP_TIMEOUT).await;
+    assert!(
+        matches!(&probe, Some(Message::Text(t)) if t.as_str() == "3probe"),
+        "{probe:?}"
+    );
+    ws.send(Message::text("5")).await.expect("upgrade");
+    // A round trip through the bridge: the upgrade is complete.
+    ws.send(Message::text(r#"421["rooms",{}]"#))
+        .await
+        .expect("an event");
+    loop {
+        match ws_recv(&mut ws, STEP_TIMEOUT).await {
+            Some(Message::Text(t)) if t.starts_with("431") => break,
+            Some(_) => {}
+            None => panic!("no answer through the bridge"),
+        }
+    }
+
+    n1.terminate();
+    let close = loop {
+        match ws_recv(&mut ws, PROMPT).await {
+            Some(Message::Close(frame)) => break frame,
+            Some(_) => {}
+            None => panic!("the bridged WebSocket ended without a Close frame"),
+        }
+    };
+    assert_eq!(
+        close.as_ref().map(|f| f.code),
+        Some(CloseCode::Away),
+        "{close:?}"
+    );
+    // The owner closed the session: its socket left, so the client may recover it
+    // elsewhere.
+    let redis_ref = &redis;
+    wait_until(PROMPT, "the socket gone from n2", || async move {
+        redis_ref.command(&["HLEN", presence]) == ":0"
+    })
+    .await;
+    let (status, _) = n1
+        .wait_exit(Duration::from_secs(7))
+        .expect("n1 exits within its grace period");
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn an_idle_node_stops_at_once_and_logs_plain_text() {
+    let mut node = ChatNode::start("idle", None, &[]);
+    node.terminate();
+    let (status, took) = node
+        .wait_exit(Duration::from_secs(7))
+        .expect("the node exits");
+    assert!(status.success(), "{status}");
+    assert!(took < Duration::from_secs(2), "an idle node took {took:?}");
+    // Its stderr is a file here, as under a supervisor: no terminal colour codes.
+    let logs = node.logs();
+    assert!(logs.contains("shutting down"), "{logs}");
+    assert!(!logs.contains('\x1b'), "escape codes in the log: {logs:?}");
+}
