@@ -54,11 +54,16 @@ fn official_client_across_three_nodes_behind_round_robin() {
         .map(|n| format!("{}={}", n.id(), n.pid().unwrap_or(0)))
         .collect();
     let pids = pids.join(",");
+    let urls: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("{}=http://{}", n.id(), n.addr()))
+        .collect();
+    let urls = urls.join(",");
     let base = proxy.url("");
     let base = base.trim_end_matches('/');
     let run = socketio::run_node_suite_with(
         "cluster.test.mjs",
-        &[("SIO_URL", base), ("NODE_PIDS", &pids)],
+        &[("SIO_URL", base), ("NODE_PIDS", &pids), ("NODE_URLS", &urls)],
         SUITE_TIMEOUT,
     );
     if !run.success() {
