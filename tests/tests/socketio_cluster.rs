@@ -63,7 +63,11 @@ fn official_client_across_three_nodes_behind_round_robin() {
     let base = base.trim_end_matches('/');
     let run = socketio::run_node_suite_with(
         "cluster.test.mjs",
-        &[("SIO_URL", base), ("NODE_PIDS", &pids), ("NODE_URLS", &urls)],
+        &[
+            ("SIO_URL", base),
+            ("NODE_PIDS", &pids),
+            ("NODE_URLS", &urls),
+        ],
         SUITE_TIMEOUT,
     );
     if !run.success() {
