@@ -221,10 +221,13 @@ describe("connection state recovery", { timeout: TEST_MS }, () => {
     await until(a.socket, "message", () => texts(a.socket, tag).length === 1, "the first message");
 
     const reconnected = waitEvent(a.socket, "connect", STEP_MS * 3);
+    const welcomed = a.socket.welcomes.length;
     process.kill(pid, "SIGKILL");
     for (let i = 1; i <= 3; i++) await send(b.socket, `${tag} missed ${i}`);
     await reconnected;
     assert.equal(a.socket.recovered, true, "socket.recovered");
+    // The new node's welcome follows the connect.
+    await until(a.socket, "welcome", () => a.socket.welcomes.length > welcomed, "a new welcome");
     const now = a.socket.welcomes.at(-1).node;
     assert.notEqual(now, a.node, "served by another node now");
     await until(a.socket, "message", () => texts(a.socket, tag).length >= 4, "4 messages");
