@@ -9,6 +9,8 @@
 //! request to HTTPS port"). Here they become INFO records of their pingora target, which
 //! the default filter (`pingora_core=warn`) hides and `RUST_LOG=pingora_core=info` shows.
 
+use std::io::IsTerminal as _;
+
 use log::{Level, Log, Metadata, Record};
 use tracing::level_filters::LevelFilter;
 use tracing_log::AsLog as _;
@@ -16,15 +18,34 @@ use tracing_log::AsLog as _;
 /// The default filter when `RUST_LOG` is not set.
 const DEFAULT_FILTER: &str = "info,pingora_core=warn,pingora_proxy=warn";
 
-/// Installs the subscriber and the bridge for `log` records (pingora's).
-pub fn init() {
+/// Where log lines go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    Stdout,
+    /// For a process whose stdout carries something else (`switchyard`'s roles).
+    Stderr,
+}
+
+/// Installs the subscriber (colours only on a terminal: in a file, journald or `docker
+/// logs` escape codes are noise) and the bridge for `log` records (pingora's).
+pub fn init(output: Output) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_FILTER));
-    let subscriber = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(false)
-        .finish();
-    if tracing::subscriber::set_global_default(subscriber).is_err() {
+        .with_target(false);
+    let installed = match output {
+        Output::Stdout => tracing::subscriber::set_global_default(
+            builder.with_ansi(std::io::stdout().is_terminal()).finish(),
+        ),
+        Output::Stderr => tracing::subscriber::set_global_default(
+            builder
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal())
+                .finish(),
+        ),
+    };
+    if installed.is_err() {
         return;
     }
     if log::set_boxed_logger(Box::new(Bridge)).is_ok() {

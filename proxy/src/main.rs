@@ -87,7 +87,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    proxy::logging::init();
+    proxy::logging::init(proxy::logging::Output::Stdout);
     // Before the config is read: the default connection cap is derived from the result.
     proxy::capacity::raise_open_files();
     match run(cli) {

@@ -1,7 +1,6 @@
 //! The `switchyard` binary: `switchyard up` runs the whole chat stack; the hidden `proxy`
 //! and `node` roles are what `up` starts as its child processes (see the `stack` crate docs).
 
-use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
@@ -14,7 +13,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    // To stderr: stdout carries `LISTENING` and the banner. `up` prefixes its children's
+    // lines. The proxy role gets the proxy's own setup (pingora's records bridged).
+    proxy::logging::init(proxy::logging::Output::Stderr);
     let result = match cli.command {
         // pingora builds its own runtimes: the proxy role must not run inside Tokio.
         Command::Proxy { config } => run_proxy(&config),
@@ -38,21 +39,9 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn run_proxy(config: &std::path::Path) -> anyhow::Result<()> {
+    // As the `proxy` binary does: the default connection cap comes from the result.
+    proxy::capacity::raise_open_files();
     let config =
         proxy::config::Config::load(config).map_err(|errors| anyhow::anyhow!("{errors}"))?;
     proxy::server::run(config, false)
-}
-
-/// Logs go to stderr (stdout carries `LISTENING` and the banner), without colours when
-/// piped: `up` prefixes its children's lines.
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,pingora_core=warn,pingora_proxy=warn")
-    });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .init();
 }

@@ -674,6 +674,8 @@ async fn plain_http_sent_to_the_tls_port_gets_a_400_saying_so() {
             .any(|l| l.contains("ERROR") && l.contains("handshake")),
         "{logs}"
     );
+    // Piped, not a terminal: no colour codes in the lines.
+    assert!(!logs.contains('\u{1b}'), "{logs}");
 }
 
 /// Runs a proxy that must refuse to start; returns its output.

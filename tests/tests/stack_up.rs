@@ -290,6 +290,16 @@ async fn assert_serves(sy: &Switchyard) -> BTreeSet<String> {
         Some(format!("https://127.0.0.1:{}/x", sy.https).as_str())
     );
 
+    // Plain HTTP on the TLS port is told so, and is not an ERROR in the proxy's log.
+    let mut c = tests::raw::RawConn::connect(([127, 0, 0, 1], sy.https).into()).await;
+    let r = c
+        .exchange("GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await;
+    assert_eq!(r.status, 400, "{r:?}");
+    // Closed now, so that the proxy is done with it (and has logged whatever it logs)
+    // well before the log is read below.
+    drop(c);
+
     let node = socketio_welcome(&https, &base).await;
     assert!(["n1", "n2", "n3"].contains(&node.as_str()), "{node}");
     served.insert(node);
@@ -301,6 +311,14 @@ async fn assert_serves(sy: &Switchyard) -> BTreeSet<String> {
     );
     served.insert(ws.node.clone());
     ws.close().await;
+    let out = sy.output();
+    assert!(
+        !out.lines()
+            .any(|l| l.contains("ERROR") && l.contains("handshake")),
+        "{out}"
+    );
+    // Piped, not a terminal: no colour codes.
+    assert!(!out.contains('\u{1b}'), "{out}");
     served
 }
 
