@@ -12,7 +12,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use pingora::protocols::tls::ALPN;
@@ -20,6 +20,11 @@ use pingora::protocols::Stream;
 
 use crate::proxy::policy::Rejection;
 use crate::state::Shared;
+
+/// How long a refused connection is kept to read what the client already sent (so that
+/// closing it does not reset the answer away): short, since a flood over the cap must not
+/// hold a descriptor per refused connection for long, which would spend the reserve.
+const CAP_LINGER: Duration = Duration::from_millis(250);
 
 /// Descriptors kept aside from the cap: listeners, the log, the admin API, health checks,
 /// idle pooled backend connections beyond the one each client connection uses.
@@ -95,7 +100,7 @@ pub async fn refuse(shared: Arc<Shared>, mut session: Stream, max: u32) -> Optio
     };
     let rt = shared.current();
     let added = rt.response_headers(local);
-    crate::h1::refuse(&shared, &mut session, r, peer_ip, b"", added).await;
+    crate::h1::refuse(&shared, &mut session, r, peer_ip, b"", added, CAP_LINGER).await;
     None
 }
 

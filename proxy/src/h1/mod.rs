@@ -55,7 +55,7 @@ use pool::Pool;
 const MAX_HEAD: usize = 1024 * 1024 - 1;
 /// After an error answer to a request not read whole, how long the connection keeps
 /// reading (and dropping) what the client still sends, and how much of it.
-const LINGER: Duration = Duration::from_secs(2);
+pub(crate) const LINGER: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 1024 * 1024;
 /// How much of a refused request's first line the access log keeps.
 const LOGGED_LINE: usize = 1024;
@@ -319,7 +319,7 @@ impl H1 {
         head: &[u8],
     ) {
         let added = rt.response_headers(conn.local);
-        refuse(&self.shared, stream, r, conn.peer_ip, head, added).await;
+        refuse(&self.shared, stream, r, conn.peer_ip, head, added, LINGER).await;
     }
 
     /// Serves one request; whether the client connection stays open.
@@ -814,7 +814,8 @@ pub(crate) fn addresses(digest: Option<&SocketDigest>) -> (Option<IpAddr>, Optio
 /// unread, and a socket closed with unread bytes sends a reset, which can make the client
 /// lose the answer before reading it: so the write side is shut first, and what still
 /// comes is read and dropped until the client closes, within [`LINGER`] (as nginx's
-/// lingering close does). `added` are the listener's `response_headers`.
+/// lingering close does); `linger` bounds that ([`LINGER`] but where holding the
+/// connection costs too much). `added` are the listener's `response_headers`.
 pub(crate) async fn refuse<S>(
     shared: &Shared,
     stream: &mut S,
@@ -822,6 +823,7 @@ pub(crate) async fn refuse<S>(
     peer_ip: Option<IpAddr>,
     head: &[u8],
     added: &[(String, String)],
+    linger: Duration,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
@@ -838,7 +840,7 @@ pub(crate) async fn refuse<S>(
     if !sent {
         return;
     }
-    let _ = bounded(LINGER, async {
+    let _ = bounded(linger, async {
         if AsyncWriteExt::shutdown(stream).await.is_err() {
             return;
         }

@@ -19,7 +19,7 @@ use pingora::protocols::{GetSocketDigest as _, Peek as _};
 use pingora::{Error, ErrorType};
 use tokio::io::AsyncReadExt as _;
 
-use super::{addresses, bound::bounded, refuse, DEFAULT_HEAD_TIMEOUT, LOGGED_LINE};
+use super::{addresses, bound::bounded, refuse, DEFAULT_HEAD_TIMEOUT, LINGER, LOGGED_LINE};
 use crate::proxy::is_token_char;
 use crate::proxy::policy::Rejection;
 use crate::state::Shared;
@@ -100,6 +100,7 @@ impl PreTlsProcess for PlainHttpOnTls {
             peer_ip,
             &head,
             rt.response_headers(local),
+            LINGER,
         )
         .await;
         Err(Error::explain(
