@@ -30,13 +30,14 @@ const CAP_LINGER: Duration = Duration::from_millis(250);
 /// idle pooled backend connections beyond the one each client connection uses.
 const RESERVED_FDS: u64 = 256;
 
-/// Raises the soft open-file limit to the hard one; the limit now in force.
-pub fn raise_open_files() -> Option<u64> {
-    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
-    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
-        return Some(hard);
+/// Raises the soft open-file limit to the hard one ([`open_files`] then reads it).
+pub fn raise_open_files() {
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            // A refusal leaves the soft limit, from which the default cap is then derived.
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
     }
-    Some(soft)
 }
 
 /// The default cap for an open-file limit of `open_files`: two descriptors per connection,
@@ -56,8 +57,10 @@ pub fn open_files() -> Option<u64> {
 /// Whether a new connection, already counted in `shared.open`, is over the cap; the cap.
 pub fn over_cap(shared: &Shared) -> Option<u32> {
     let open = shared.open.load(Ordering::Acquire);
+    // A borrow of the runtime, not a clone of its `Arc`: this runs for every connection.
     shared
-        .current()
+        .runtime
+        .load()
         .config
         .limits
         .max_connections
