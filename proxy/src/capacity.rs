@@ -10,14 +10,15 @@
 //! get `503` with the reason (HTTP/1) or are closed (h2), and are counted in the metrics;
 //! the check runs where connections are counted ([`crate::drain::Counted`]).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use pingora::protocols::tls::ALPN;
 use pingora::protocols::Stream;
 
+use crate::logging::Throttle;
 use crate::proxy::policy::Rejection;
 use crate::state::Shared;
 
@@ -67,19 +68,11 @@ pub fn over_cap(shared: &Shared) -> Option<u32> {
         .filter(|&max| open > max as usize)
 }
 
-/// When the cap was last reported in the log (Unix seconds): once a minute at most.
-static LAST_WARNED: AtomicU64 = AtomicU64::new(0);
+/// The cap is reported in the log once a minute at most.
+static AT_CAP: Throttle = Throttle::new();
 
 fn warn_at_cap(max: u32) {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let last = LAST_WARNED.load(Ordering::Relaxed);
-    if now >= last + 60
-        && LAST_WARNED
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-    {
+    if AT_CAP.allow() {
         tracing::warn!(
             max_connections = max,
             "connection limit reached: new connections are refused (limits.max_connections)"

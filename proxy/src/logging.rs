@@ -10,6 +10,8 @@
 //! the default filter (`pingora_core=warn`) hides and `RUST_LOG=pingora_core=info` shows.
 
 use std::io::IsTerminal as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use log::{Level, Log, Metadata, Record};
 use tracing::level_filters::LevelFilter;
@@ -95,6 +97,40 @@ fn is_client_handshake_failure(record: &Record<'_>) -> bool {
             .args()
             .to_string()
             .starts_with("Downstream handshake")
+}
+
+/// Lets a warning that can repeat per connection (a full connection table, a backend whose
+/// certificate is refused) through once a minute at most, so it is seen without flooding.
+pub struct Throttle {
+    /// When a line was last let through (Unix seconds).
+    last: AtomicU64,
+}
+
+impl Default for Throttle {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Throttle {
+    pub const fn new() -> Self {
+        Self {
+            last: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether to log now.
+    pub fn allow(&self) -> bool {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let last = self.last.load(Ordering::Relaxed);
+        now >= last + 60
+            && self
+                .last
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
 }
 
 #[cfg(test)]

@@ -228,6 +228,31 @@ pub(super) struct UpstreamFile {
     /// `[upstreams.<name>.ip_hash]`, read when strategy = "ip_hash".
     #[serde(default)]
     pub ip_hash: Option<IpHashFile>,
+    /// `[upstreams.<name>.tls]`: present when the backends speak TLS.
+    #[serde(default)]
+    pub tls: Option<UpstreamTlsFile>,
+}
+
+/// `[upstreams.<name>.tls]`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct UpstreamTlsFile {
+    /// Name checked against the certificates and sent as SNI; default the backend's IP.
+    pub server_name: Option<String>,
+    /// PEM file of trusted CA certificates; default the system's roots.
+    pub ca: Option<PathBuf>,
+    /// Check the backends' certificates. Default true.
+    pub verify: bool,
+}
+
+impl Default for UpstreamTlsFile {
+    fn default() -> Self {
+        Self {
+            server_name: None,
+            ca: None,
+            verify: true,
+        }
+    }
 }
 
 fn default_strategy() -> StrategyKind {

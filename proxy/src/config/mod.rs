@@ -292,6 +292,41 @@ pub struct UpstreamConfig {
     pub sticky: StickyConfig,
     /// Client-IP hashing settings (meaningful for `StrategyKind::IpHash`).
     pub ip_hash: IpHashConfig,
+    /// Set when the backends speak TLS.
+    pub tls: Option<UpstreamTlsConfig>,
+}
+
+/// `[upstreams.<name>.tls]`: the backends are reached over TLS (nginx's `proxy_pass
+/// https://`, HAProxy's `server ... ssl`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTlsConfig {
+    /// The name each backend's certificate must carry, also sent as SNI; None: the
+    /// backend's IP address, which the certificate must then list.
+    pub server_name: Option<String>,
+    /// Roots trusted for the backends; None: the system's.
+    pub ca: Option<CaCerts>,
+    /// false accepts any certificate (encrypted, not authenticated).
+    pub verify: bool,
+}
+
+/// CA certificates read from a PEM file at load (and again at each reload).
+#[derive(Clone, PartialEq, Eq)]
+pub struct CaCerts {
+    /// The file, as configured.
+    pub path: PathBuf,
+    /// DER certificates, each checked to parse.
+    pub certs: std::sync::Arc<[Vec<u8>]>,
+}
+
+impl std::fmt::Debug for CaCerts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} ({} certificates)",
+            self.path.display(),
+            self.certs.len()
+        )
+    }
 }
 
 /// One backend of an upstream.

@@ -271,6 +271,7 @@ pub(super) fn resolve(q: &QuickOptions, env: Env<'_>) -> Result<Config, ConfigEr
             },
             sticky,
             ip_hash: IpHashConfig::default(),
+            tls: None,
         }],
         routes: vec![Route {
             host: None,

@@ -13,13 +13,14 @@ use crate::proxy::is_token_char;
 use super::error::{ErrorKind, TlsFileProblem};
 use super::file::{
     FileConfig, HealthFile, HealthKindFile, LimitsFile, ListenerFile, RouteFile, StickyFile,
-    TimeoutsFile, UpstreamFile,
+    TimeoutsFile, UpstreamFile, UpstreamTlsFile,
 };
 use super::locate::KeyPath;
 use super::{
     AccessLogConfig, ActiveCheck, AdminConfig, BackendConfig, CheckKind, Config, Env, HealthConfig,
     IpHashConfig, Limits, ListenerConfig, Route, ServerConfig, SniCert, StickyConfig, StrategyKind,
-    Timeouts, TlsConfig, UpstreamConfig, MAX_WEIGHT, MIN_STICKY_KEY_LEN, MIN_TUNNEL_IDLE,
+    Timeouts, TlsConfig, UpstreamConfig, UpstreamTlsConfig, MAX_WEIGHT, MIN_STICKY_KEY_LEN,
+    MIN_TUNNEL_IDLE,
 };
 
 /// Errors and warnings found while resolving, each with the key path it is about.
@@ -494,6 +495,8 @@ fn resolve_upstream(
         None => IpHashConfig::default(),
     };
 
+    let tls = u.tls.map(|t| resolve_upstream_tls(t, &p.key("tls"), out));
+
     UpstreamConfig {
         name,
         strategy: u.strategy,
@@ -502,7 +505,66 @@ fn resolve_upstream(
         health,
         sticky,
         ip_hash,
+        tls,
     }
+}
+
+fn resolve_upstream_tls(t: UpstreamTlsFile, p: &KeyPath, out: &mut Resolved) -> UpstreamTlsConfig {
+    let server_name = t.server_name.map(|n| normalize_host(&n));
+    if let Some(name) = &server_name {
+        // The TLS library's own check, so that a name it would refuse at the first
+        // handshake is refused here instead.
+        if rustls::pki_types::ServerName::try_from(name.as_str()).is_err() {
+            out.err(p.key("server_name"), ErrorKind::InvalidHost(name.clone()));
+        }
+    }
+    let ca = t.ca.and_then(|path| match read_ca_file(&path) {
+        Ok(certs) => Some(super::CaCerts { path, certs }),
+        Err(problem) => {
+            out.err(p.key("ca"), ErrorKind::TlsFile { path, problem });
+            None
+        }
+    });
+    if !t.verify {
+        out.warn(
+            p.key("verify"),
+            "backend certificates are not checked: the connection is encrypted, but \
+             anyone on the path to the backends can pose as them",
+        );
+    }
+    UpstreamTlsConfig {
+        server_name,
+        ca,
+        verify: t.verify,
+    }
+}
+
+/// The certificates of a CA file, each one that both the TLS library and pingora's
+/// certificate parser (which panics on what it cannot read) accept.
+fn read_ca_file(path: &Path) -> Result<std::sync::Arc<[Vec<u8>]>, TlsFileProblem> {
+    let data = std::fs::read(path).map_err(TlsFileProblem::Read)?;
+    let mut certs = Vec::new();
+    for cert in rustls_pemfile::certs(&mut data.as_slice()) {
+        let der = cert.map_err(|e| TlsFileProblem::InvalidPem(e.to_string()))?;
+        if let Err(e) = x509_parser::parse_x509_certificate(&der) {
+            return Err(TlsFileProblem::InvalidPem(format!(
+                "certificate {} cannot be parsed: {e}",
+                certs.len() + 1
+            )));
+        }
+        let mut store = rustls::RootCertStore::empty();
+        if let Err(e) = store.add(der.clone()) {
+            return Err(TlsFileProblem::InvalidPem(format!(
+                "certificate {} cannot be a trust anchor: {e}",
+                certs.len() + 1
+            )));
+        }
+        certs.push(der.to_vec());
+    }
+    if certs.is_empty() {
+        return Err(TlsFileProblem::NoCertificate);
+    }
+    Ok(certs.into())
 }
 
 /// 1 to [`MAX_WEIGHT`].

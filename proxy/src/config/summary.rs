@@ -121,6 +121,24 @@ impl Config {
                     fmt_duration(u.health.fail_window)
                 )?;
             }
+            if let Some(tls) = &u.tls {
+                writeln!(
+                    s,
+                    "    tls: name {}, roots {}{}",
+                    tls.server_name
+                        .as_deref()
+                        .unwrap_or("each backend's IP address"),
+                    match &tls.ca {
+                        Some(ca) => format!("{ca:?}"),
+                        None => "of the system".to_string(),
+                    },
+                    if tls.verify {
+                        ""
+                    } else {
+                        ", certificates NOT verified"
+                    },
+                )?;
+            }
             match u.strategy {
                 StrategyKind::StickyCookie => writeln!(
                     s,

@@ -35,13 +35,14 @@ use bytes::{Buf, BytesMut};
 use pingora::protocols::{SocketDigest, Stream};
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::access_log::{AccessLog, Entry};
 use crate::proxy::policy::{self, Admission, Rejection, RequestView};
 use crate::proxy::{is_token_char, respond, MAX_TRIES};
 use crate::state::{Runtime, Shared};
 use crate::tunnel::handshake::{self, HandshakeError};
+use crate::upstream::stream::UpstreamStream;
+use crate::upstream::tls::TlsClient;
 use crate::upstream::Upstream;
 
 use body::Framing;
@@ -395,7 +396,15 @@ impl H1 {
             };
             log.backend = Some(choice.backend.addr);
             match self
-                .attempt(choice.backend.addr, client, &out, req, t, deadline)
+                .attempt(
+                    choice.backend.addr,
+                    up.tls.as_deref(),
+                    client,
+                    &out,
+                    req,
+                    t,
+                    deadline,
+                )
                 .await
             {
                 Ok((upstream, resp, upbuf, attempt_started)) => {
@@ -463,7 +472,8 @@ impl H1 {
             Ok(r) => {
                 log.bytes_sent = r.body_bytes;
                 if resp.reusable && r.clean {
-                    self.pool.put(choice.backend.addr, upstream, answered);
+                    let key = (choice.backend.addr, up.tls.as_ref().map_or(0, |t| t.id));
+                    self.pool.put(key, upstream, answered);
                 }
                 true
             }
@@ -487,22 +497,25 @@ impl H1 {
     /// stale and the request can be sent again) a fresh one. Returns the connection, the
     /// final response head, the bytes read so far (head included), and when the attempt
     /// started (for the time to first byte).
+    #[allow(clippy::too_many_arguments)]
     async fn attempt(
         &self,
         addr: SocketAddr,
+        tls: Option<&TlsClient>,
         client: &mut Stream,
         request: &[u8],
         req: &RequestHead<'_>,
         t: &crate::config::Timeouts,
         deadline: &mut Deadline,
-    ) -> Result<(TcpStream, ResponseHead, BytesMut, Instant), Failure> {
+    ) -> Result<(UpstreamStream, ResponseHead, BytesMut, Instant), Failure> {
         let started = Instant::now();
-        let mut pooled = self.pool.take(addr, started, !req.idempotent());
+        let key = (addr, tls.map_or(0, |t| t.id));
+        let mut pooled = self.pool.take(key, started, !req.idempotent());
         loop {
             let reused = pooled.is_some();
             let mut upstream = match pooled.take() {
                 Some(s) => s,
-                None => handshake::connect(addr, t.connect)
+                None => handshake::connect(addr, tls, t.connect)
                     .await
                     .map_err(Failure::Connect)?,
             };
@@ -535,7 +548,7 @@ impl H1 {
 /// Writes to a backend. One that stops reading (frozen, overloaded) must not hold the
 /// request forever: each write gets the same bound as each read.
 async fn write_upstream(
-    upstream: &mut TcpStream,
+    upstream: &mut UpstreamStream,
     bytes: &[u8],
     limit: Duration,
 ) -> Result<(), Failure> {
@@ -548,7 +561,8 @@ async fn write_upstream(
                 Err(e) => return Err(e),
             }
         }
-        Ok(())
+        // A no-op on plain TCP; over TLS, the last record may still be held.
+        upstream.flush().await
     })
     .await;
     match sent {
@@ -562,7 +576,7 @@ async fn write_upstream(
 /// Reads the backend's answer up to its final head. Interim (1xx) answers are passed on to
 /// the client as they come.
 async fn read_response_head(
-    upstream: &mut TcpStream,
+    upstream: &mut UpstreamStream,
     client: &mut Stream,
     request_was_head: bool,
     limit: Duration,
@@ -624,7 +638,7 @@ enum RelayError {
 /// bytes that came with it, in one write.
 async fn relay_body(
     client: &mut Stream,
-    upstream: &mut TcpStream,
+    upstream: &mut UpstreamStream,
     upbuf: &mut BytesMut,
     head_len: usize,
     mut head: Vec<u8>,
@@ -956,6 +970,9 @@ impl Failure {
         match self {
             Failure::Connect(HandshakeError::ConnectTimeout(_)) => {
                 (502, "timed out connecting to the backend")
+            }
+            Failure::Connect(HandshakeError::Tls { .. }) => {
+                (502, "TLS handshake with the backend failed")
             }
             Failure::Connect(_) => (502, "could not connect to any backend"),
             Failure::Timeout => (504, "the backend did not answer in time"),

@@ -5,7 +5,13 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use tokio::net::TcpStream;
+
+use crate::upstream::stream::UpstreamStream;
+
+/// A backend's address and the TLS settings its connections were opened with (the
+/// [`crate::upstream::tls::TlsClient`] id, 0 for plain TCP): a connection is only reused
+/// under the settings that opened it.
+pub type Key = (SocketAddr, u64);
 
 /// A connection idle for longer than this is checked for a close from the backend before
 /// reuse. Busy connections are reused within microseconds and skip the check; the check
@@ -13,7 +19,7 @@ use tokio::net::TcpStream;
 const CHECK_AFTER: Duration = Duration::from_secs(1);
 
 struct Idle {
-    stream: TcpStream,
+    stream: UpstreamStream,
     since: Instant,
 }
 
@@ -22,7 +28,7 @@ struct Idle {
 pub struct Pool {
     /// Keyed by backend addresses from our own configuration: no hash flooding to fear,
     /// so a fast hash instead of SipHash (two lookups per request).
-    idle: Mutex<HashMap<SocketAddr, Vec<Idle>, foldhash::fast::RandomState>>,
+    idle: Mutex<HashMap<Key, Vec<Idle>, foldhash::fast::RandomState>>,
     max_per_backend: usize,
     max_idle: Duration,
 }
@@ -40,18 +46,18 @@ impl Pool {
     /// caller's clock reading (it has one for the request already). `check` checks even a
     /// connection used a moment ago, for a request that cannot be sent twice: a close that
     /// has already arrived is seen here, before the request is lost in it.
-    pub fn take(&self, addr: SocketAddr, now: Instant, check: bool) -> Option<TcpStream> {
+    pub fn take(&self, key: Key, now: Instant, check: bool) -> Option<UpstreamStream> {
         loop {
-            let idle = self.idle.lock().get_mut(&addr)?.pop()?;
+            let mut idle = self.idle.lock().get_mut(&key)?.pop()?;
             let age = now.saturating_duration_since(idle.since);
             if age > self.max_idle {
                 // Everything below it is older still.
-                if let Some(list) = self.idle.lock().get_mut(&addr) {
+                if let Some(list) = self.idle.lock().get_mut(&key) {
                     list.clear();
                 }
                 return None;
             }
-            if (check || age > CHECK_AFTER) && !still_open(&idle.stream) {
+            if (check || age > CHECK_AFTER) && !idle.stream.still_open() {
                 continue;
             }
             return Some(idle.stream);
@@ -60,9 +66,9 @@ impl Pool {
 
     /// Keeps a connection whose last response was read completely, for reuse; `now` is the
     /// caller's clock reading.
-    pub fn put(&self, addr: SocketAddr, stream: TcpStream, now: Instant) {
+    pub fn put(&self, key: Key, stream: UpstreamStream, now: Instant) {
         let mut map = self.idle.lock();
-        let list = map.entry(addr).or_default();
+        let list = map.entry(key).or_default();
         let expired = list
             .iter()
             .take_while(|i| now.saturating_duration_since(i.since) > self.max_idle)
@@ -81,77 +87,74 @@ impl Pool {
         let now = Instant::now();
         let mut map = self.idle.lock();
         for list in map.values_mut() {
-            list.retain(|i| {
-                now.saturating_duration_since(i.since) <= self.max_idle && still_open(&i.stream)
+            list.retain_mut(|i| {
+                now.saturating_duration_since(i.since) <= self.max_idle && i.stream.still_open()
             });
         }
         map.retain(|_, list| !list.is_empty());
     }
 
-    /// Number of idle connections to `addr` (for tests and metrics).
-    pub fn idle_count(&self, addr: SocketAddr) -> usize {
-        self.idle.lock().get(&addr).map_or(0, Vec::len)
+    /// Number of idle connections for `key` (for tests and metrics).
+    pub fn idle_count(&self, key: Key) -> usize {
+        self.idle.lock().get(&key).map_or(0, Vec::len)
     }
-}
-
-/// An idle connection is usable when reading from it would block: a backend that closed it
-/// made it readable (EOF), and one that sent anything unasked broke the protocol.
-fn still_open(stream: &TcpStream) -> bool {
-    let mut probe = [0u8; 1];
-    matches!(stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::net::TcpListener;
+    use tokio::net::{TcpListener, TcpStream};
+
+    fn plain(s: TcpStream) -> UpstreamStream {
+        UpstreamStream::Plain(s)
+    }
 
     #[tokio::test]
     async fn reuses_open_connections_and_drops_closed_ones() -> std::io::Result<()> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
+        let addr = (listener.local_addr()?, 0);
         let pool = Pool::new(2, Duration::from_secs(30));
-        let a = TcpStream::connect(addr).await?;
+        let a = TcpStream::connect(addr.0).await?;
         let (server_a, _) = listener.accept().await?;
-        pool.put(addr, a, Instant::now());
+        pool.put(addr, plain(a), Instant::now());
         assert_eq!(pool.idle_count(addr), 1);
         assert!(pool.take(addr, Instant::now(), false).is_some());
         assert!(pool.take(addr, Instant::now(), false).is_none());
 
         // A connection the backend closed is not handed out once it is old enough to check.
-        let b = TcpStream::connect(addr).await?;
+        let b = TcpStream::connect(addr.0).await?;
         drop(server_a);
         let (server_b, _) = listener.accept().await?;
         drop(server_b);
         b.readable().await?;
         pool.idle.lock().entry(addr).or_default().push(Idle {
-            stream: b,
+            stream: plain(b),
             since: Instant::now() - CHECK_AFTER * 2,
         });
         assert!(pool.take(addr, Instant::now(), false).is_none());
 
         // A request that cannot be sent twice checks even a connection used a moment ago.
-        let e = TcpStream::connect(addr).await?;
+        let e = TcpStream::connect(addr.0).await?;
         let (server_e, _) = listener.accept().await?;
         drop(server_e);
         e.readable().await?;
-        pool.put(addr, e, Instant::now());
+        pool.put(addr, plain(e), Instant::now());
         assert!(pool.take(addr, Instant::now(), true).is_none());
 
         // A sweep drops closed connections nobody asked for.
-        let d = TcpStream::connect(addr).await?;
+        let d = TcpStream::connect(addr.0).await?;
         let (server_d, _) = listener.accept().await?;
         drop(server_d);
         d.readable().await?;
-        pool.put(addr, d, Instant::now());
+        pool.put(addr, plain(d), Instant::now());
         pool.sweep();
         assert_eq!(pool.idle_count(addr), 0);
 
         // The oldest goes when the pool is full.
         for _ in 0..3 {
-            let c = TcpStream::connect(addr).await?;
+            let c = TcpStream::connect(addr.0).await?;
             let _ = listener.accept().await?;
-            pool.put(addr, c, Instant::now());
+            pool.put(addr, plain(c), Instant::now());
         }
         assert_eq!(pool.idle_count(addr), 2);
         Ok(())

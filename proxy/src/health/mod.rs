@@ -11,10 +11,11 @@ use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::config::{ActiveCheck, CheckKind};
 use crate::state::Shared;
+use crate::tunnel::handshake;
+use crate::upstream::tls::TlsClient;
 
 /// How often the checker wakes to see which upstream is due.
 const TICK: Duration = Duration::from_millis(50);
@@ -29,23 +30,38 @@ impl HealthChecker {
     }
 }
 
-/// One probe. HTTP: `GET path`, any 2xx or 3xx passes; TCP: the connect succeeds.
-pub async fn probe(addr: SocketAddr, kind: &CheckKind, timeout: Duration) -> bool {
+/// One probe. HTTP: `GET path`, any 2xx or 3xx passes; TCP: the connect succeeds. With
+/// `tls`, either kind needs the TLS handshake to pass too (as HAProxy's `check-ssl`): a
+/// backend whose certificate the proxy refuses would fail every request sent to it.
+pub async fn probe(
+    addr: SocketAddr,
+    tls: Option<&TlsClient>,
+    kind: &CheckKind,
+    timeout: Duration,
+) -> bool {
     let attempt = async {
-        let mut s = TcpStream::connect(addr).await.ok()?;
+        let mut s = match handshake::connect(addr, tls, timeout).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!("health check: {e}");
+                return None;
+            }
+        };
         let (path, host) = match kind {
             CheckKind::Tcp => return Some(true),
             CheckKind::Http { path, host } => (path, host),
         };
-        let req = match host {
-            Some(host) => format!(
-                "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: switchyard-health\r\nConnection: close\r\n\r\n"
-            ),
-            None => format!(
-                "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: switchyard-health\r\nConnection: close\r\n\r\n"
-            ),
+        // A backend serving several names by SNI expects the same name in Host.
+        let host = match (host, tls.and_then(TlsClient::server_name)) {
+            (Some(host), _) => host.clone(),
+            (None, Some(name)) => name.to_owned(),
+            (None, None) => addr.to_string(),
         };
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: switchyard-health\r\nConnection: close\r\n\r\n"
+        );
         s.write_all(req.as_bytes()).await.ok()?;
+        s.flush().await.ok()?;
         let mut buf = [0u8; 64];
         let mut got = 0;
         while got < 12 {
@@ -98,7 +114,7 @@ impl BackgroundService for HealthChecker {
                     let (up, b, kind) = (up.clone(), b.clone(), active.kind.clone());
                     let timeout = active.timeout;
                     tokio::spawn(async move {
-                        let ok = probe(b.addr, &kind, timeout).await;
+                        let ok = probe(b.addr, up.tls.as_deref(), &kind, timeout).await;
                         up.report_check(&b, ok);
                     });
                 }

@@ -417,7 +417,10 @@ impl ProxyHttp for EdgeProxy {
             ));
         };
         let t = &rt.config.timeouts;
-        let mut peer = HttpPeer::new(backend.addr, false, String::new());
+        let mut peer = match &up.tls {
+            Some(tls) => tls.peer(backend.addr),
+            None => HttpPeer::new(backend.addr, false, String::new()),
+        };
         peer.options.connection_timeout = Some(t.connect);
         peer.options.total_connection_timeout = Some(t.connect + Duration::from_secs(1));
         peer.options.read_timeout = Some(t.upstream_read);

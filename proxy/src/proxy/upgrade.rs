@@ -28,6 +28,7 @@ use crate::h1::head;
 use crate::h1::lent::{self, Returned};
 use crate::tunnel::handshake::{self, HandshakeError, UpstreamResponse};
 use crate::tunnel::relay::{End, Relay};
+use crate::upstream::stream::UpstreamStream;
 
 /// After one side of a tunnel closes, how long the other gets to finish.
 const CLOSE_LINGER: Duration = Duration::from_secs(10);
@@ -208,11 +209,12 @@ async fn relay_refusal(
 }
 
 /// Writes the bytes a client sent behind its upgrade request to the backend, within `limit`.
-async fn send_early(upstream: &mut tokio::net::TcpStream, early: &[u8], limit: Duration) -> bool {
-    matches!(
-        tokio::time::timeout(limit, upstream.write_all(early)).await,
-        Ok(Ok(()))
-    )
+async fn send_early(upstream: &mut UpstreamStream, early: &[u8], limit: Duration) -> bool {
+    let write = async {
+        upstream.write_all(early).await?;
+        upstream.flush().await
+    };
+    matches!(tokio::time::timeout(limit, write).await, Ok(Ok(())))
 }
 
 /// `data` as one chunk of a chunked body.
@@ -251,7 +253,7 @@ pub(super) async fn handle(p: &EdgeProxy, session: &mut Session, ctx: &mut Ctx) 
             .await?;
             return Ok(true);
         };
-        let attempt = match handshake::connect(backend.addr, t.connect).await {
+        let attempt = match handshake::connect(backend.addr, up.tls.as_deref(), t.connect).await {
             Ok(stream) => handshake::exchange(stream, backend.addr, &head, t.upstream_read).await,
             Err(e) => Err(e),
         };
@@ -267,6 +269,7 @@ pub(super) async fn handle(p: &EdgeProxy, session: &mut Session, ctx: &mut Ctx) 
                     HandshakeError::ReadTimeout(_) => {
                         (504, "the backend did not answer the upgrade in time")
                     }
+                    HandshakeError::Tls { .. } => (502, "TLS handshake with the backend failed"),
                     _ => (502, "could not open the upgrade with a backend"),
                 };
                 ctx.local_status = Some(code);
@@ -398,7 +401,7 @@ fn into_bare_tcp(stream: Stream) -> std::result::Result<tokio::net::TcpStream, S
 /// An accepted tunnel: everything the relay task owns besides the client side.
 struct Tunnel {
     _open: crate::drain::Open,
-    upstream: tokio::net::TcpStream,
+    upstream: UpstreamStream,
     idle: Duration,
     /// Ended with Close frames when the proxy ends it.
     websocket: bool,

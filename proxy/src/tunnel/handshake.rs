@@ -9,6 +9,10 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::logging::Throttle;
+use crate::upstream::stream::UpstreamStream;
+use crate::upstream::tls::TlsClient;
+
 /// Largest upstream response head we accept for an upgrade.
 const MAX_RESPONSE_HEAD: usize = 16 * 1024;
 
@@ -19,6 +23,10 @@ pub enum HandshakeError {
     Connect { addr: SocketAddr, source: io::Error },
     #[error("connect to {0} timed out")]
     ConnectTimeout(SocketAddr),
+    /// The TLS handshake failed (an untrusted or misnamed certificate, a backend that does
+    /// not speak TLS): nothing was sent.
+    #[error("TLS handshake with {addr} failed: {source}")]
+    Tls { addr: SocketAddr, source: io::Error },
     /// The request was sent; the backend then failed.
     #[error("upstream {addr} failed during the upgrade: {reason}")]
     Upstream { addr: SocketAddr, reason: String },
@@ -29,14 +37,17 @@ pub enum HandshakeError {
 impl HandshakeError {
     /// Whether the request may be retried on another backend (it was never sent).
     pub fn retryable(&self) -> bool {
-        matches!(self, Self::Connect { .. } | Self::ConnectTimeout(_))
+        matches!(
+            self,
+            Self::Connect { .. } | Self::ConnectTimeout(_) | Self::Tls { .. }
+        )
     }
 }
 
 /// The upstream's answer to an upgrade request.
 #[derive(Debug)]
 pub struct UpstreamResponse {
-    pub stream: TcpStream,
+    pub stream: UpstreamStream,
     pub status: u16,
     /// The raw response head, ending with the blank line.
     pub head: Vec<u8>,
@@ -47,32 +58,55 @@ pub struct UpstreamResponse {
     pub chunked: bool,
 }
 
+/// Connects to a backend, with a TLS handshake when its upstream has `tls`;
+/// `connect_timeout` bounds both.
 pub async fn connect(
     addr: SocketAddr,
+    tls: Option<&TlsClient>,
     connect_timeout: Duration,
-) -> Result<TcpStream, HandshakeError> {
-    match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
+) -> Result<UpstreamStream, HandshakeError> {
+    let deadline = tokio::time::Instant::now() + connect_timeout;
+    let tcp = match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
+        Err(_) => return Err(HandshakeError::ConnectTimeout(addr)),
+        Ok(Err(source)) => return Err(HandshakeError::Connect { addr, source }),
+        Ok(Ok(s)) => s,
+    };
+    tcp.set_nodelay(true).ok();
+    let Some(tls) = tls else {
+        return Ok(UpstreamStream::Plain(tcp));
+    };
+    let handshake = tls.connector().connect(tls.name_for(addr), tcp);
+    match tokio::time::timeout_at(deadline, handshake).await {
         Err(_) => Err(HandshakeError::ConnectTimeout(addr)),
-        Ok(Err(source)) => Err(HandshakeError::Connect { addr, source }),
-        Ok(Ok(s)) => {
-            s.set_nodelay(true).ok();
-            Ok(s)
+        Ok(Err(source)) => {
+            let e = HandshakeError::Tls { addr, source };
+            // Most often a setting to fix (a CA, a name), which the client's 502 does not
+            // say: warned, but once a minute at most, since it repeats on every request.
+            if TLS_FAILURES.allow() {
+                tracing::warn!("{e}");
+            }
+            Err(e)
         }
+        Ok(Ok(s)) => Ok(UpstreamStream::Tls(Box::new(s))),
     }
 }
 
+static TLS_FAILURES: Throttle = Throttle::new();
+
 /// Sends `head` on `stream` and reads the response head.
 pub async fn exchange(
-    mut stream: TcpStream,
+    mut stream: UpstreamStream,
     addr: SocketAddr,
     head: &[u8],
     read_timeout: Duration,
 ) -> Result<UpstreamResponse, HandshakeError> {
     let fail = |reason: String| HandshakeError::Upstream { addr, reason };
-    stream
-        .write_all(head)
-        .await
-        .map_err(|e| fail(format!("write: {e}")))?;
+    // The flush matters over TLS, which may hold the last record back.
+    let sent = async {
+        stream.write_all(head).await?;
+        stream.flush().await
+    };
+    sent.await.map_err(|e| fail(format!("write: {e}")))?;
     let mut buf = BytesMut::with_capacity(1024);
     let deadline = tokio::time::Instant::now() + read_timeout;
     loop {

@@ -3,6 +3,8 @@
 
 pub mod backend;
 pub mod registry;
+pub mod stream;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +28,8 @@ pub struct Upstream {
     pub signer: Option<CookieSigner>,
     /// Metric handles, indexed like `backends`.
     pub metrics: Vec<BackendMetrics>,
+    /// Set when the backends speak TLS.
+    pub tls: Option<Arc<tls::TlsClient>>,
 }
 
 /// The outcome of a pick.
@@ -77,6 +81,10 @@ impl Upstream {
             config: config.clone(),
             signer,
             metrics,
+            tls: config
+                .tls
+                .as_ref()
+                .map(|t| Arc::new(tls::TlsClient::new(t))),
         }
     }
 

@@ -1,0 +1,211 @@
+//! TLS to backends (`[upstreams.NAME.tls]`): one client setting per upstream, used by our
+//! own HTTP/1 path, the WebSocket handshake and the health checks (through tokio-rustls),
+//! and handed to pingora's connector for the requests pingora proxies, so that every path
+//! trusts the same roots and checks the same name.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use pingora::upstreams::peer::HttpPeer;
+use pingora::utils::tls::{parse_x509, WrappedX509};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio_rustls::TlsConnector;
+
+use crate::config::UpstreamTlsConfig;
+
+/// Distinguishes the client settings of one config generation from another's, so that a
+/// pooled connection is only reused under the settings it was opened with.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// How an upstream's backends are reached over TLS.
+pub struct TlsClient {
+    /// Never 0 (0 keys plain connections in the pool).
+    pub id: u64,
+    connector: TlsConnector,
+    /// The name checked against each backend's certificate and sent as SNI; None: the
+    /// backend's IP address (checked against the certificate's IP addresses, no SNI sent).
+    server_name: Option<ServerName<'static>>,
+    verify: bool,
+    /// The configured roots, as pingora's connector takes them; None: the system's.
+    pingora_ca: Option<Arc<[WrappedX509]>>,
+}
+
+impl std::fmt::Debug for TlsClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsClient")
+            .field("id", &self.id)
+            .field("server_name", &self.server_name)
+            .field("verify", &self.verify)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsClient {
+    /// Builds the settings from a resolved config, whose CA certificates were checked to
+    /// parse at load.
+    pub fn new(config: &UpstreamTlsConfig) -> Self {
+        pingora::tls::install_default_crypto_provider();
+        let roots = match &config.ca {
+            Some(ca) => {
+                let mut store = RootCertStore::empty();
+                store.add_parsable_certificates(
+                    ca.certs.iter().map(|c| CertificateDer::from(c.clone())),
+                );
+                Arc::new(store)
+            }
+            None => system_roots(),
+        };
+        let builder = ClientConfig::builder();
+        let mut tls = if config.verify {
+            builder.with_root_certificates(roots).with_no_client_auth()
+        } else {
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AcceptAny::new()))
+                .with_no_client_auth()
+        };
+        // HTTP/1.1 only: our paths and pingora's speak it to backends.
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let pingora_ca = config.ca.as_ref().map(|ca| {
+            ca.certs
+                .iter()
+                .map(|der| WrappedX509::new(der.clone(), parse_x509))
+                .collect::<Vec<_>>()
+                .into()
+        });
+        Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            connector: TlsConnector::from(Arc::new(tls)),
+            server_name: config
+                .server_name
+                .as_deref()
+                .and_then(|n| ServerName::try_from(n.to_owned()).ok()),
+            verify: config.verify,
+            pingora_ca,
+        }
+    }
+
+    pub fn connector(&self) -> &TlsConnector {
+        &self.connector
+    }
+
+    /// The configured server name, if any.
+    pub fn server_name(&self) -> Option<&str> {
+        match &self.server_name {
+            Some(ServerName::DnsName(name)) => Some(name.as_ref()),
+            _ => None,
+        }
+    }
+
+    /// The name `addr`'s certificate must carry.
+    pub fn name_for(&self, addr: SocketAddr) -> ServerName<'static> {
+        match &self.server_name {
+            Some(name) => name.clone(),
+            None => ServerName::IpAddress(addr.ip().into()),
+        }
+    }
+
+    /// A pingora peer for `addr` with these settings.
+    pub fn peer(&self, addr: SocketAddr) -> HttpPeer {
+        let sni = match &self.server_name {
+            Some(ServerName::DnsName(name)) => name.as_ref().to_owned(),
+            Some(ServerName::IpAddress(ip)) => IpAddr::from(*ip).to_string(),
+            // pingora takes an empty SNI for "verify nothing": give it the address instead.
+            Some(_) | None => addr.ip().to_string(),
+        };
+        let mut peer = HttpPeer::new(addr, true, sni);
+        peer.options.verify_cert = self.verify;
+        peer.options.verify_hostname = self.verify;
+        peer.options.ca = self.pingora_ca.clone();
+        peer
+    }
+}
+
+/// The system's trusted roots (honouring `SSL_CERT_FILE` / `SSL_CERT_DIR`), read once.
+fn system_roots() -> Arc<RootCertStore> {
+    static ROOTS: OnceLock<Arc<RootCertStore>> = OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let mut store = RootCertStore::empty();
+            match pingora::tls::load_native_certs() {
+                Ok(certs) => {
+                    let (added, ignored) = store.add_parsable_certificates(certs);
+                    tracing::debug!(added, ignored, "system root certificates loaded");
+                }
+                Err(e) => tracing::warn!(
+                    "cannot read the system's root certificates ({e}): backends with \
+                     `tls` and no `ca` will fail their handshakes"
+                ),
+            }
+            Arc::new(store)
+        })
+        .clone()
+}
+
+/// `verify = false`: the connection is encrypted but the backend not authenticated, as
+/// nginx's default `proxy_ssl_verify off`. Signatures are still checked, so that the
+/// handshake itself is sound.
+#[derive(Debug)]
+struct AcceptAny {
+    provider: Arc<CryptoProvider>,
+}
+
+impl AcceptAny {
+    fn new() -> Self {
+        let provider = CryptoProvider::get_default()
+            .cloned()
+            .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()));
+        Self { provider }
+    }
+}
+
+impl ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}

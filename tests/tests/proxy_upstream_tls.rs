@@ -1,0 +1,303 @@
+//! TLS to backends (`[upstreams.NAME.tls]`) end to end: plain requests on Switchyard's own
+//! HTTP/1 path, requests pingora proxies (chunked, HTTP/1.0, h2 clients), WebSockets and
+//! active health checks all reach `echo-backend` processes serving TLS with a test CA's
+//! certificate; an untrusted or misnamed certificate gets a 502 with its reason, and bad
+//! settings are config errors with their key — real processes on 127.0.0.1.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use tempfile::TempDir;
+use tests::fixtures::{listener, tls_keys, TWO_THREADS};
+use tests::raw::RawConn;
+use tests::{
+    client, get, get_with, port_array, send, tls_client, wait_until, ws_connect, ws_echo, Alpn,
+    Backend, Proxy, ProxyCmd, TestCa, STEP_TIMEOUT,
+};
+
+/// A test CA and an `echo-backend` serving TLS with a certificate for `backend.test` and
+/// 127.0.0.1 that the CA signed.
+struct TlsBackend {
+    backend: Backend,
+    ca: TestCa,
+    _dir: TempDir,
+}
+
+impl TlsBackend {
+    fn start(id: &str) -> TlsBackend {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TestCa::new(dir.path());
+        let (cert, key) = ca.issue(&["backend.test", "127.0.0.1"]);
+        let backend = Backend::start_with(
+            id,
+            &[
+                "--tls-cert",
+                cert.to_str().unwrap(),
+                "--tls-key",
+                key.to_str().unwrap(),
+            ],
+        );
+        TlsBackend {
+            backend,
+            ca,
+            _dir: dir,
+        }
+    }
+
+    fn ca(&self) -> &Path {
+        &self.ca.pem
+    }
+}
+
+/// `[upstreams.<name>]` over `b` with `tls_table` as its `[upstreams.<name>.tls]` body and
+/// a route for `/<name>/` (the echo backend answers its id to any path it does not know).
+fn tls_upstream(name: &str, b: &Backend, tls_table: &str) -> String {
+    routed(name, b, tls_table, &format!("/{name}/"))
+}
+
+/// [`tls_upstream`] with a route for `prefix`.
+fn routed(name: &str, b: &Backend, tls_table: &str, prefix: &str) -> String {
+    format!(
+        "[upstreams.{name}]\nbackends = [{{ addr = \"{}\", id = \"{}\" }}]\n\
+         [upstreams.{name}.tls]\n{tls_table}\n\
+         [[routes]]\npath_prefix = \"{prefix}\"\nupstream = \"{name}\"\n",
+        b.addr(),
+        b.id(),
+    )
+}
+
+fn trusting(ca: &Path, server_name: &str) -> String {
+    format!(
+        "ca = \"{}\"\nserver_name = \"{server_name}\"\n",
+        ca.display()
+    )
+}
+
+#[tokio::test]
+async fn requests_and_websockets_reach_a_tls_backend_on_every_path() {
+    let tb = TlsBackend::start("t1");
+    let [port] = port_array();
+    let proxy = Proxy::start_config(&format!(
+        "{TWO_THREADS}\n{}\n{}",
+        listener(port),
+        routed("app", &tb.backend, &trusting(tb.ca(), "backend.test"), "/"),
+    ));
+
+    // Switchyard's own path, several requests on one client connection, a POST among
+    // them (which checks the pooled TLS connection before reusing it): one backend
+    // connection carries them all.
+    let c = client();
+    let r = get_with(&c, &proxy.url("/x")).await;
+    assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "t1"), "{r:?}");
+    let r = send(c.post(proxy.url("/echo")).body("over tls")).await;
+    assert_eq!(
+        (r.status.as_u16(), r.body.as_str()),
+        (200, "over tls"),
+        "{r:?}"
+    );
+    let r = get_with(&c, &proxy.url("/stats")).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        r.json()["connections"],
+        1,
+        "the pooled TLS connection was reused: {r:?}"
+    );
+
+    // Requests pingora proxies: a chunked body, and HTTP/1.0.
+    let mut raw = RawConn::connect(proxy.addr()).await;
+    let resp = raw
+        .exchange(
+            "POST /echo HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n\
+             5\r\nhello\r\n0\r\n\r\n",
+        )
+        .await;
+    assert_eq!(
+        (resp.status, resp.text().as_str()),
+        (200, "hello"),
+        "{resp:?}"
+    );
+    let mut raw = RawConn::connect(proxy.addr()).await;
+    let resp = raw.exchange("GET /id HTTP/1.0\r\nHost: test\r\n\r\n").await;
+    assert_eq!((resp.status, resp.text().as_str()), (200, "t1"), "{resp:?}");
+
+    // A WebSocket: the backend's greeting, then an echo, through the TLS connection.
+    let (mut ws, hello) = ws_connect(&proxy.ws_url("/ws")).await;
+    assert_eq!(hello, "t1", "the greeting names the backend");
+    ws_echo(&mut ws, "through tls").await;
+}
+
+#[tokio::test]
+async fn h2_clients_reach_a_tls_backend_through_pingora() {
+    let tb = TlsBackend::start("t2");
+    let dir = tempfile::tempdir().unwrap();
+    let front = TestCa::new(dir.path());
+    let (cert, key) = front.issue(&["localhost", "127.0.0.1"]);
+    let [port] = port_array();
+    let proxy = Proxy::start_config(&format!(
+        "{TWO_THREADS}\n{}{}\n{}\n{}",
+        listener(port),
+        tls_keys(&cert, &key),
+        tls_upstream("app", &tb.backend, &trusting(tb.ca(), "backend.test")),
+        tls_upstream("bad", &tb.backend, "server_name = \"other.test\"\n"),
+    ));
+    let c = tls_client(&std::fs::read(&front.pem).unwrap(), Alpn::H2);
+    let r = get_with(&c, &proxy.https_url("/app/id")).await;
+    assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "t2"), "{r:?}");
+    // pingora's connector checks the name too.
+    let r = get_with(&c, &proxy.https_url("/bad/id")).await;
+    assert_eq!(r.status, 502, "{r:?}");
+}
+
+#[tokio::test]
+async fn an_untrusted_or_misnamed_certificate_gets_502_unless_verify_is_off() {
+    let tb = TlsBackend::start("t3");
+    let [port] = port_array();
+    let proxy = Proxy::start_config(&format!(
+        "{TWO_THREADS}\n{}\n{}\n{}\n{}",
+        listener(port),
+        // The system's roots, which do not hold the test CA.
+        tls_upstream("untrusted", &tb.backend, "server_name = \"backend.test\"\n"),
+        tls_upstream("misnamed", &tb.backend, &trusting(tb.ca(), "other.test")),
+        tls_upstream("unchecked", &tb.backend, "verify = false\n"),
+    ));
+    for name in ["untrusted", "misnamed"] {
+        let r = get(&proxy.url(&format!("/{name}/id"))).await;
+        assert_eq!(r.status, 502, "{name}: {r:?}");
+        assert!(
+            r.body.contains("TLS handshake with the backend failed"),
+            "{name}: {r:?}"
+        );
+        // The same for a WebSocket upgrade and for a request pingora proxies.
+        let mut raw = RawConn::connect(proxy.addr()).await;
+        let resp = raw
+            .exchange(format!(
+                "GET /{name}/ws HTTP/1.1\r\nHost: test\r\nConnection: Upgrade\r\n\
+                 Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+                 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+            ))
+            .await;
+        assert_eq!(resp.status, 502, "{name} upgrade: {resp:?}");
+        assert!(
+            resp.text()
+                .contains("TLS handshake with the backend failed"),
+            "{name} upgrade: {resp:?}"
+        );
+        let mut raw = RawConn::connect(proxy.addr()).await;
+        let resp = raw
+            .exchange(format!("GET /{name}/id HTTP/1.0\r\nHost: test\r\n\r\n"))
+            .await;
+        assert_eq!(resp.status, 502, "{name} via pingora: {resp:?}");
+    }
+    let r = get(&proxy.url("/unchecked/id")).await;
+    assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "t3"), "{r:?}");
+    let mut raw = RawConn::connect(proxy.addr()).await;
+    let resp = raw
+        .exchange("GET /unchecked/id HTTP/1.0\r\nHost: test\r\n\r\n")
+        .await;
+    assert_eq!((resp.status, resp.text().as_str()), (200, "t3"), "{resp:?}");
+}
+
+#[tokio::test]
+async fn health_checks_pass_only_through_a_trusted_handshake() {
+    let tb = TlsBackend::start("t4");
+    let [port] = port_array();
+    let health = |name: &str, kind: &str| {
+        format!(
+            "[upstreams.{name}.health]\nkind = \"{kind}\"\n{}interval = \"100ms\"\nrise = 1\nfall = 1\n",
+            if kind == "http" { "path = \"/healthz\"\n" } else { "" }
+        )
+    };
+    let proxy = Proxy::start_config(&format!(
+        "{TWO_THREADS}\n{}\n{}\n{}\n{}\n{}\n{}\n{}",
+        listener(port),
+        tls_upstream("good", &tb.backend, &trusting(tb.ca(), "backend.test")),
+        health("good", "http"),
+        tls_upstream("bad", &tb.backend, "server_name = \"backend.test\"\n"),
+        health("bad", "http"),
+        // A TCP check on a TLS upstream does the handshake too.
+        tls_upstream("badtcp", &tb.backend, "server_name = \"backend.test\"\n"),
+        health("badtcp", "tcp"),
+    ));
+    // With active checks a backend takes traffic only after its first passing check.
+    wait_until(
+        STEP_TIMEOUT,
+        "the trusted backend passes its check",
+        || async { get(&proxy.url("/good/id")).await.status == 200 },
+    )
+    .await;
+    // Several intervals later, the untrusted ones still have not passed one.
+    let seen = wait_for_checks(&tb, 5).await;
+    for name in ["bad", "badtcp"] {
+        let r = get(&proxy.url(&format!("/{name}/id"))).await;
+        assert_eq!(r.status, 503, "{name} after {seen} checks: {r:?}");
+        assert!(r.body.contains("no healthy backend"), "{name}: {r:?}");
+    }
+}
+
+/// Waits until the backend has answered `n` more health checks (the `healthz` count of its
+/// `/stats`, asked directly), returning the count.
+async fn wait_for_checks(tb: &TlsBackend, n: u64) -> u64 {
+    let c = tls_client(&std::fs::read(tb.ca()).unwrap(), Alpn::Http1);
+    let url = tb.backend.url("/stats").replace("http://", "https://");
+    let checks = || async { get_with(&c, &url).await.json()["healthz"].as_u64().unwrap() };
+    let start = checks().await;
+    wait_until(STEP_TIMEOUT, "the backend answers more checks", || async {
+        checks().await >= start + n
+    })
+    .await;
+    checks().await
+}
+
+#[test]
+fn bad_upstream_tls_settings_are_config_errors_with_their_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not PEM at all\n").unwrap();
+    let b = Backend::start("t5");
+    let [port] = port_array();
+    let config =
+        |tls_table: &str| format!("{}\n{}", listener(port), tls_upstream("app", &b, tls_table));
+    let cases = [
+        (
+            format!("ca = \"{}\"\n", dir.path().join("missing.pem").display()),
+            "upstreams.app.tls.ca",
+            "cannot read",
+        ),
+        (
+            format!("ca = \"{}\"\n", garbage.display()),
+            "upstreams.app.tls.ca",
+            "no PEM certificate",
+        ),
+        (
+            "server_name = \"bad name!\"\n".to_owned(),
+            "upstreams.app.tls.server_name",
+            "bad name!",
+        ),
+        ("verfy = false\n".to_owned(), "upstreams.app.tls", "verfy"),
+    ];
+    for (table, key, detail) in cases {
+        let checked = Proxy::check(&config(&table));
+        assert_eq!(checked.code(), Some(1), "{table}: {}", checked.output());
+        let out = checked.output();
+        assert!(out.contains(key), "{table}: wants {key}: {out}");
+        assert!(out.contains(detail), "{table}: wants {detail}: {out}");
+        assert!(
+            out.contains("proxy.toml:"),
+            "{table}: wants file:line: {out}"
+        );
+        let refused = ProxyCmd::config(&config(&table))
+            .run_to_exit(Duration::from_secs(20))
+            .expect_refusal("the proxy");
+        assert!(refused.contains(key), "{table}: at start: {refused}");
+    }
+    // verify = false is allowed, with a warning.
+    let checked = Proxy::check(&config("verify = false\n"));
+    assert_eq!(checked.code(), Some(0), "{}", checked.output());
+    assert!(
+        checked.output().contains("upstreams.app.tls.verify"),
+        "{}",
+        checked.output()
+    );
+}
