@@ -11,6 +11,7 @@ use std::time::Duration;
 use tests::admin::{admin_get, admin_post, backend_status, counter, status};
 use tests::fixtures::{admin, backend_entry, entries, listener, tls_keys, upstream};
 use tests::http::backend_counts;
+use tests::raw::{get_req, RawConn};
 use tests::{
     client, free_port, get, port_array, wait_for, ws_close, ws_connect, ws_echo, Backend, Certs,
     Exited, Proxy, ProxyCmd,
@@ -708,5 +709,33 @@ async fn a_graceful_stop_exits_when_the_last_connection_closes_not_when_the_grac
         proxy.logs().contains("every connection has closed"),
         "{}",
         proxy.logs()
+    );
+}
+
+#[tokio::test]
+async fn a_request_on_a_kept_alive_connection_follows_a_reload_made_while_it_waited() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let [listen, admin_port] = port_array();
+    let config = |backend: &Backend| {
+        format!(
+            "{}\n{}\n{}",
+            admin(admin_port, "t"),
+            listener(listen),
+            upstream("app", None, &entries(&[backend]))
+        )
+    };
+    let proxy = Proxy::start_config(&config(&a));
+    let mut conn = RawConn::connect(proxy.addr()).await;
+    let resp = conn.exchange(get_req("/id")).await;
+    assert_eq!((resp.status, resp.text().as_str()), (200, "a"), "{resp:?}");
+    // The connection now waits for its next request; the reload moves the upstream to b.
+    proxy.write_config(&config(&b));
+    let r = admin_post(&proxy, "/reload", Some("t")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let resp = conn.exchange(get_req("/id")).await;
+    assert_eq!(
+        (resp.status, resp.text().as_str()),
+        (200, "b"),
+        "served under the config of before the reload: {resp:?}"
     );
 }

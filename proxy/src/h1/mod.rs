@@ -183,19 +183,28 @@ impl H1 {
         let mut served = reused;
         let mut timers = Timers::default();
         loop {
-            let rt = self.shared.current();
-            let t = &rt.config.timeouts;
-            let (first_wait, head_timeout) = match rt.config.limits.header_read_timeout {
-                Some(h) if !served => (h, h),
-                Some(h) => (t.downstream_keepalive, h),
-                None => (t.downstream_keepalive, DEFAULT_HEAD_TIMEOUT),
+            // The waits are bounded by the config of when they start; the request that
+            // comes is served under the config of when it came (a reload may happen while
+            // a kept-alive connection waits).
+            let (first_wait, head_timeout, head_limit, header_read_timeout) = {
+                let rt = self.shared.runtime.load();
+                let (t, limits) = (&rt.config.timeouts, &rt.config.limits);
+                let (first_wait, head_timeout) = match limits.header_read_timeout {
+                    Some(h) if !served => (h, h),
+                    Some(h) => (t.downstream_keepalive, h),
+                    None => (t.downstream_keepalive, DEFAULT_HEAD_TIMEOUT),
+                };
+                let head_limit = limits
+                    .max_request_header_bytes
+                    .map_or(MAX_HEAD, |max| max.min(MAX_HEAD));
+                (
+                    first_wait,
+                    head_timeout,
+                    head_limit,
+                    limits.header_read_timeout,
+                )
             };
-            let head_limit = rt
-                .config
-                .limits
-                .max_request_header_bytes
-                .map_or(MAX_HEAD, |max| max.min(MAX_HEAD));
-            match wait_head(
+            let waited = wait_head(
                 &mut stream,
                 &mut buf,
                 head_limit,
@@ -205,10 +214,12 @@ impl H1 {
                 stopping.as_mut(),
                 &mut timers.client,
             )
-            .await
-            {
+            .await;
+            let rt = self.shared.current();
+            let t = &rt.config.timeouts;
+            match waited {
                 Ok(()) => {}
-                Err(NoHead::Idle) if !served && rt.config.limits.header_read_timeout.is_some() => {
+                Err(NoHead::Idle) if !served && header_read_timeout.is_some() => {
                     // A new connection that sent nothing within the header timeout, counted
                     // as pingora's path counts it.
                     self.shared.metrics.reject("header_timeout");
