@@ -10,7 +10,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use tempfile::TempDir;
-use tests::fixtures::{listener, tls_keys, TWO_THREADS};
+use tests::admin::admin_post;
+use tests::fixtures::{admin, listener, tls_keys, TWO_THREADS};
 use tests::raw::RawConn;
 use tests::{
     client, get, get_with, port_array, send, tls_client, wait_until, ws_connect, ws_echo, Alpn,
@@ -200,6 +201,103 @@ async fn an_untrusted_or_misnamed_certificate_gets_502_unless_verify_is_off() {
 }
 
 #[tokio::test]
+async fn a_client_certificate_is_presented_to_backends_that_require_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server_dir, client_dir) = (dir.path().join("server"), dir.path().join("client"));
+    std::fs::create_dir_all(&server_dir).unwrap();
+    std::fs::create_dir_all(&client_dir).unwrap();
+    let server_ca = TestCa::new(&server_dir);
+    let client_ca = TestCa::new(&client_dir);
+    let (cert, key) = server_ca.issue(&["backend.test"]);
+    let (client_cert, client_key) = client_ca.issue(&["switchyard.client"]);
+    let backend = Backend::start_with(
+        "m1",
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+            "--tls-client-ca",
+            client_ca.pem.to_str().unwrap(),
+        ],
+    );
+    let trusted = trusting(&server_ca.pem, "backend.test");
+    let with_cert = format!(
+        "{trusted}cert = \"{}\"\nkey = \"{}\"\n",
+        client_cert.display(),
+        client_key.display()
+    );
+    let [port] = port_array();
+    let proxy = Proxy::start_config(&format!(
+        "{TWO_THREADS}\n{}\n{}\n{}",
+        listener(port),
+        tls_upstream("mtls", &backend, &with_cert),
+        tls_upstream("nocert", &backend, &trusted),
+    ));
+    // Switchyard's own path, pingora's path and a WebSocket all present it.
+    let r = get(&proxy.url("/mtls/id")).await;
+    assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "m1"), "{r:?}");
+    let mut raw = RawConn::connect(proxy.addr()).await;
+    let resp = raw
+        .exchange("GET /mtls/id HTTP/1.0\r\nHost: test\r\n\r\n")
+        .await;
+    assert_eq!((resp.status, resp.text().as_str()), (200, "m1"), "{resp:?}");
+    let (mut ws, hello) = ws_connect(&proxy.ws_url("/mtls/ws")).await;
+    assert_eq!(hello, "m1");
+    ws_echo(&mut ws, "mutual").await;
+    // Without one the backend refuses the connection.
+    let r = get(&proxy.url("/nocert/id")).await;
+    assert_eq!(r.status, 502, "{r:?}");
+    let mut raw = RawConn::connect(proxy.addr()).await;
+    let resp = raw
+        .exchange("GET /nocert/id HTTP/1.0\r\nHost: test\r\n\r\n")
+        .await;
+    assert_eq!(resp.status, 502, "{resp:?}");
+}
+
+#[tokio::test]
+async fn a_reload_applies_new_tls_settings_to_the_next_connection() {
+    let tb = TlsBackend::start("r1");
+    let [port, admin_port] = port_array();
+    let proxy = Proxy::start_config(&reloadable(
+        port,
+        admin_port,
+        &tb,
+        "server_name = \"backend.test\"\n",
+    ));
+    let reload = |tls_table: &str| {
+        proxy.write_config(&reloadable(port, admin_port, &tb, tls_table));
+        async {
+            let r = admin_post(&proxy, "/reload", Some("t")).await;
+            assert_eq!(r.status, 200, "{}", r.body);
+        }
+    };
+    let c = client();
+    let r = get_with(&c, &proxy.url("/id")).await;
+    assert_eq!(
+        r.status, 502,
+        "the system's roots do not hold the test CA: {r:?}"
+    );
+    reload(&trusting(tb.ca(), "backend.test")).await;
+    let r = get_with(&c, &proxy.url("/id")).await;
+    assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "r1"), "{r:?}");
+    // And back: the kept-alive connection opened under the old settings is not reused.
+    reload(&trusting(tb.ca(), "other.test")).await;
+    let r = get_with(&c, &proxy.url("/id")).await;
+    assert_eq!(r.status, 502, "the name no longer matches: {r:?}");
+}
+
+/// One TLS upstream for every path, and an admin listener whose token is `t`.
+fn reloadable(port: u16, admin_port: u16, tb: &TlsBackend, tls_table: &str) -> String {
+    format!(
+        "{TWO_THREADS}\n{}\n{}\n{}",
+        admin(admin_port, "t"),
+        listener(port),
+        routed("app", &tb.backend, tls_table, "/")
+    )
+}
+
+#[tokio::test]
 async fn health_checks_pass_only_through_a_trusted_handshake() {
     let tb = TlsBackend::start("t4");
     let [port] = port_array();
@@ -255,6 +353,9 @@ fn bad_upstream_tls_settings_are_config_errors_with_their_key() {
     let dir = tempfile::tempdir().unwrap();
     let garbage = dir.path().join("garbage.pem");
     std::fs::write(&garbage, "not PEM at all\n").unwrap();
+    let ca = TestCa::new(dir.path());
+    let (other_cert, _) = ca.issue(&["one.test"]);
+    let (_, mismatched_key) = ca.issue(&["two.test"]);
     let b = Backend::start("t5");
     let [port] = port_array();
     let config =
@@ -276,6 +377,20 @@ fn bad_upstream_tls_settings_are_config_errors_with_their_key() {
             "bad name!",
         ),
         ("verfy = false\n".to_owned(), "upstreams.app.tls", "verfy"),
+        (
+            format!("cert = \"{}\"\n", other_cert.display()),
+            "upstreams.app.tls.key",
+            "required with `cert`",
+        ),
+        (
+            format!(
+                "cert = \"{}\"\nkey = \"{}\"\n",
+                other_cert.display(),
+                mismatched_key.display()
+            ),
+            "upstreams.app.tls.key",
+            "does not match the certificate",
+        ),
     ];
     for (table, key, detail) in cases {
         let checked = Proxy::check(&config(&table));

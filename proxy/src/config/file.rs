@@ -243,6 +243,10 @@ pub(super) struct UpstreamTlsFile {
     pub ca: Option<PathBuf>,
     /// Check the backends' certificates. Default true.
     pub verify: bool,
+    /// PEM client certificate chain, for backends that ask for one.
+    pub cert: Option<PathBuf>,
+    /// PEM private key of `cert`.
+    pub key: Option<PathBuf>,
 }
 
 impl Default for UpstreamTlsFile {
@@ -251,6 +255,8 @@ impl Default for UpstreamTlsFile {
             server_name: None,
             ca: None,
             verify: true,
+            cert: None,
+            key: None,
         }
     }
 }

@@ -307,6 +307,27 @@ pub struct UpstreamTlsConfig {
     pub ca: Option<CaCerts>,
     /// false accepts any certificate (encrypted, not authenticated).
     pub verify: bool,
+    /// A client certificate for backends that ask for one (mTLS).
+    pub client_cert: Option<ClientCert>,
+}
+
+/// A certificate chain and its key, read at load (and again at each reload) and checked to
+/// be a pair.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientCert {
+    /// The certificate file, as configured.
+    pub cert: PathBuf,
+    /// DER certificates, leaf first.
+    pub chain: std::sync::Arc<[Vec<u8>]>,
+    /// The private key, DER (PKCS#8, PKCS#1 or SEC1).
+    pub key: std::sync::Arc<[u8]>,
+}
+
+impl std::fmt::Debug for ClientCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        write!(f, "{}", self.cert.display())
+    }
 }
 
 /// CA certificates read from a PEM file at load (and again at each reload).

@@ -532,16 +532,105 @@ fn resolve_upstream_tls(t: UpstreamTlsFile, p: &KeyPath, out: &mut Resolved) -> 
              anyone on the path to the backends can pose as them",
         );
     }
+    let client_cert = match (t.cert, t.key) {
+        (None, None) => None,
+        (Some(_), None) => {
+            out.err(p.key("key"), ErrorKind::Missing("required with `cert`"));
+            None
+        }
+        (None, Some(_)) => {
+            out.err(p.key("cert"), ErrorKind::Missing("required with `key`"));
+            None
+        }
+        (Some(cert), Some(key)) => read_client_cert(cert, key, p, out),
+    };
     UpstreamTlsConfig {
         server_name,
         ca,
         verify: t.verify,
+        client_cert,
     }
 }
 
-/// The certificates of a CA file, each one that both the TLS library and pingora's
-/// certificate parser (which panics on what it cannot read) accept.
+/// A client certificate and its key, checked as a listener's pair is (readable, matching)
+/// and, since pingora's connector panics on what it cannot use, for pingora too: every
+/// certificate parses and the key's DER format is one it recognises.
+fn read_client_cert(
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    p: &KeyPath,
+    out: &mut Resolved,
+) -> Option<super::ClientCert> {
+    let (cert_problem, key_problem) = tls_pair_problems(&cert, &key);
+    let mut failed = false;
+    for (name, kind) in [("cert", cert_problem), ("key", key_problem)] {
+        if let Some(kind) = kind {
+            out.err(p.key(name), kind);
+            failed = true;
+        }
+    }
+    if failed {
+        return None;
+    }
+    let chain = match read_certs(&cert) {
+        Ok(chain) => chain,
+        Err(problem) => {
+            out.err(
+                p.key("cert"),
+                ErrorKind::TlsFile {
+                    path: cert,
+                    problem,
+                },
+            );
+            return None;
+        }
+    };
+    let der = std::fs::read(&key)
+        .map_err(TlsFileProblem::Read)
+        .and_then(
+            |pem| match rustls_pemfile::private_key(&mut pem.as_slice()) {
+                Ok(Some(k)) => Ok(k.secret_der().to_vec()),
+                Ok(None) => Err(TlsFileProblem::NoPrivateKey),
+                Err(e) => Err(TlsFileProblem::InvalidPem(e.to_string())),
+            },
+        )
+        .and_then(
+            |der| match rustls::pki_types::PrivateKeyDer::try_from(der.clone()) {
+                Ok(_) => Ok(der),
+                Err(e) => Err(TlsFileProblem::UnusableKey(e.to_string())),
+            },
+        );
+    match der {
+        Ok(der) => Some(super::ClientCert {
+            cert,
+            chain,
+            key: der.into(),
+        }),
+        Err(problem) => {
+            out.err(p.key("key"), ErrorKind::TlsFile { path: key, problem });
+            None
+        }
+    }
+}
+
+/// The certificates of a CA file, each one the TLS library takes as a trust anchor.
 fn read_ca_file(path: &Path) -> Result<std::sync::Arc<[Vec<u8>]>, TlsFileProblem> {
+    let certs = read_certs(path)?;
+    for (i, der) in certs.iter().enumerate() {
+        let mut store = rustls::RootCertStore::empty();
+        if let Err(e) = store.add(der.clone().into()) {
+            return Err(TlsFileProblem::InvalidPem(format!(
+                "certificate {} cannot be a trust anchor: {e}",
+                i + 1
+            )));
+        }
+    }
+    Ok(certs)
+}
+
+/// The certificates of a PEM file, at least one, each one pingora's certificate parser
+/// (which panics on what it cannot read) accepts.
+fn read_certs(path: &Path) -> Result<std::sync::Arc<[Vec<u8>]>, TlsFileProblem> {
     let data = std::fs::read(path).map_err(TlsFileProblem::Read)?;
     let mut certs = Vec::new();
     for cert in rustls_pemfile::certs(&mut data.as_slice()) {
@@ -549,13 +638,6 @@ fn read_ca_file(path: &Path) -> Result<std::sync::Arc<[Vec<u8>]>, TlsFileProblem
         if let Err(e) = x509_parser::parse_x509_certificate(&der) {
             return Err(TlsFileProblem::InvalidPem(format!(
                 "certificate {} cannot be parsed: {e}",
-                certs.len() + 1
-            )));
-        }
-        let mut store = rustls::RootCertStore::empty();
-        if let Err(e) = store.add(der.clone()) {
-            return Err(TlsFileProblem::InvalidPem(format!(
-                "certificate {} cannot be a trust anchor: {e}",
                 certs.len() + 1
             )));
         }

@@ -138,6 +138,9 @@ impl Config {
                         ", certificates NOT verified"
                     },
                 )?;
+                if let Some(c) = &tls.client_cert {
+                    writeln!(s, "    tls client certificate: {c:?}")?;
+                }
             }
             match u.strategy {
                 StrategyKind::StickyCookie => writeln!(

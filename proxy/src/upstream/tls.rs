@@ -8,14 +8,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use pingora::upstreams::peer::HttpPeer;
-use pingora::utils::tls::{parse_x509, WrappedX509};
+use pingora::utils::tls::{parse_x509, CertKey, WrappedX509};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::ResolvesClientCert;
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio_rustls::TlsConnector;
 
-use crate::config::UpstreamTlsConfig;
+use crate::config::{ClientCert, UpstreamTlsConfig};
 
 /// Distinguishes the client settings of one config generation from another's, so that a
 /// pooled connection is only reused under the settings it was opened with.
@@ -32,6 +34,8 @@ pub struct TlsClient {
     verify: bool,
     /// The configured roots, as pingora's connector takes them; None: the system's.
     pingora_ca: Option<Arc<[WrappedX509]>>,
+    /// The client certificate, as pingora's connector takes it.
+    pingora_client_cert: Option<Arc<CertKey>>,
 }
 
 impl std::fmt::Debug for TlsClient {
@@ -60,13 +64,17 @@ impl TlsClient {
             None => system_roots(),
         };
         let builder = ClientConfig::builder();
-        let mut tls = if config.verify {
-            builder.with_root_certificates(roots).with_no_client_auth()
+        let builder = if config.verify {
+            builder.with_root_certificates(roots)
         } else {
             builder
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(AcceptAny::new()))
-                .with_no_client_auth()
+        };
+        let client_key = config.client_cert.as_ref().and_then(certified_key);
+        let mut tls = match client_key {
+            Some(key) => builder.with_client_cert_resolver(Arc::new(AlwaysSend(key))),
+            None => builder.with_no_client_auth(),
         };
         // HTTP/1.1 only: our paths and pingora's speak it to backends.
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -77,6 +85,10 @@ impl TlsClient {
                 .collect::<Vec<_>>()
                 .into()
         });
+        let pingora_client_cert = config
+            .client_cert
+            .as_ref()
+            .map(|c| Arc::new(CertKey::new(c.chain.to_vec(), c.key.to_vec())));
         Self {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             connector: TlsConnector::from(Arc::new(tls)),
@@ -86,6 +98,7 @@ impl TlsClient {
                 .and_then(|n| ServerName::try_from(n.to_owned()).ok()),
             verify: config.verify,
             pingora_ca,
+            pingora_client_cert,
         }
     }
 
@@ -121,7 +134,50 @@ impl TlsClient {
         peer.options.verify_cert = self.verify;
         peer.options.verify_hostname = self.verify;
         peer.options.ca = self.pingora_ca.clone();
+        peer.client_cert_key = self.pingora_client_cert.clone();
         peer
+    }
+}
+
+/// The signing form of a client certificate, which the config checked at load to be
+/// usable; None (logged) if it is not after all.
+fn certified_key(c: &ClientCert) -> Option<Arc<CertifiedKey>> {
+    let provider = CryptoProvider::get_default()?;
+    let key = PrivateKeyDer::try_from(c.key.to_vec())
+        .map_err(|e| e.to_string())
+        .and_then(|k| {
+            provider
+                .key_provider
+                .load_private_key(k)
+                .map_err(|e| e.to_string())
+        });
+    match key {
+        Ok(key) => {
+            let chain = c.chain.iter().map(|d| CertificateDer::from(d.clone()));
+            Some(Arc::new(CertifiedKey::new(chain.collect(), key)))
+        }
+        Err(e) => {
+            tracing::error!(cert = ?c, "client certificate key unusable, not sent: {e}");
+            None
+        }
+    }
+}
+
+/// Presents the one client certificate to every backend that asks.
+#[derive(Debug)]
+struct AlwaysSend(Arc<CertifiedKey>);
+
+impl ResolvesClientCert for AlwaysSend {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
     }
 }
 

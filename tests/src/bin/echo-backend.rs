@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! echo-backend --listen 127.0.0.1:0 --id b1 [--delay-ms N] [--port-file PATH]
-//!              [--tls-cert cert.pem --tls-key key.pem] [--exit-on-stdin-close]
+//!              [--tls-cert cert.pem --tls-key key.pem [--tls-client-ca ca.pem]]
+//!              [--exit-on-stdin-close]
 //! ```
 //! Once bound it prints exactly one line, `LISTENING <addr>`, so a parent that asked for port 0
 //! learns the real port.
@@ -73,6 +74,9 @@ struct Args {
     /// PEM private key for `--tls-cert`.
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Require a client certificate signed by a CA of this PEM file (mutual TLS).
+    #[arg(long, requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
     /// Exit when standard input closes, so a parent that dies (even by SIGKILL) leaves no orphan.
     #[arg(long)]
     exit_on_stdin_close: bool,
@@ -112,7 +116,7 @@ fn main() -> anyhow::Result<()> {
 
 async fn async_main(args: Args) -> anyhow::Result<()> {
     let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
+        (Some(cert), Some(key)) => Some(tls_acceptor(cert, key, args.tls_client_ca.as_deref())?),
         _ => None,
     };
     let id_header = HeaderValue::from_str(&args.id)
@@ -443,7 +447,7 @@ where
     Ok(())
 }
 
-fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
+fn tls_acceptor(cert: &Path, key: &Path, client_ca: Option<&Path>) -> anyhow::Result<TlsAcceptor> {
     use rustls::pki_types::pem::PemObject as _;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let certs = CertificateDer::pem_file_iter(cert)
@@ -453,10 +457,28 @@ fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
     let key = PrivateKeyDer::from_pem_file(key)
         .with_context(|| format!("reading key {}", key.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .context("TLS protocol versions")?
-        .with_no_client_auth()
+        .context("TLS protocol versions")?;
+    let builder = match client_ca {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_file_iter(ca)
+                .with_context(|| format!("reading {}", ca.display()))?
+            {
+                roots
+                    .add(c.with_context(|| format!("parsing {}", ca.display()))?)
+                    .context("client CA")?;
+            }
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+                    .build()
+                    .context("client certificate verifier")?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder
         .with_single_cert(certs, key)
         .context("certificate and key do not match")?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
