@@ -61,6 +61,17 @@ struct Cli {
     /// Worker threads, 1 to 1024 (default: number of cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Quick mode: the backends speak TLS (certificates checked against the system's roots
+    /// for each backend's IP address, unless --backend-ca / --backend-server-name say
+    /// otherwise; either implies this).
+    #[arg(long)]
+    backend_tls: bool,
+    /// Quick mode: trust these CA certificates (PEM) for the backends.
+    #[arg(long, value_name = "FILE")]
+    backend_ca: Option<PathBuf>,
+    /// Quick mode: the name the backends' certificates must carry, also sent as SNI.
+    #[arg(long, value_name = "NAME")]
+    backend_server_name: Option<String>,
     /// HMAC key for sticky cookies (shared by all replicas).
     #[arg(long, env = "SWITCHYARD_STICKY_KEY", hide_env_values = true)]
     sticky_key: Option<String>,
@@ -140,6 +151,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             admin_token: cli.admin_token,
             threads: cli.threads,
             sticky_key: cli.sticky_key,
+            backend_tls: cli.backend_tls,
+            backend_ca: cli.backend_ca,
+            backend_server_name: cli.backend_server_name,
         }),
     };
     let config = match config {

@@ -416,3 +416,43 @@ fn bad_upstream_tls_settings_are_config_errors_with_their_key() {
         checked.output()
     );
 }
+
+#[tokio::test]
+async fn quick_mode_reaches_tls_backends_and_names_the_flag_of_a_bad_setting() {
+    let tb = TlsBackend::start("q1");
+    let listen = format!("127.0.0.1:{}", tests::free_port());
+    let (addr, ca) = (tb.backend.addr().to_string(), tb.ca().display().to_string());
+    let proxy = Proxy::start_quick(&[
+        "--listen",
+        &listen,
+        "--backend",
+        &addr,
+        "--backend-ca",
+        &ca,
+        "--backend-server-name",
+        "backend.test",
+    ]);
+    let r = get(&proxy.url("/id")).await;
+    assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "q1"), "{r:?}");
+    // --backend-tls alone checks against the system's roots, which lack the test CA.
+    let listen = format!("127.0.0.1:{}", tests::free_port());
+    let proxy = Proxy::start_quick(&["--listen", &listen, "--backend", &addr, "--backend-tls"]);
+    let r = get(&proxy.url("/id")).await;
+    assert_eq!(r.status, 502, "{r:?}");
+
+    let missing = tb._dir.path().join("missing.pem").display().to_string();
+    let out = ProxyCmd::quick(&[
+        "--listen",
+        &listen,
+        "--backend",
+        &addr,
+        "--backend-ca",
+        &missing,
+    ])
+    .run_to_exit(Duration::from_secs(20))
+    .expect_refusal("the proxy");
+    assert!(
+        out.contains("--backend-ca") && out.contains("cannot read"),
+        "{out}"
+    );
+}

@@ -5,7 +5,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use super::error::ErrorKind;
-use super::resolve::{addrs_conflict, check_weight, derived_id, tls_pair_problems};
+use super::file::UpstreamTlsFile;
+use super::resolve::{
+    addrs_conflict, check_weight, derived_id, tls_pair_problems, upstream_tls, TlsFindings,
+};
 use super::{
     AccessLogConfig, ActiveCheck, AdminConfig, BackendConfig, CheckKind, Config, ConfigError,
     ConfigErrors, Env, HealthConfig, IpHashConfig, Limits, ListenerConfig, Route, ServerConfig,
@@ -43,6 +46,12 @@ pub struct QuickOptions {
     pub threads: Option<usize>,
     /// Sticky-cookie key; else `SWITCHYARD_STICKY_KEY`; else a random key (with a warning).
     pub sticky_key: Option<String>,
+    /// The backends speak TLS (implied by the two below).
+    pub backend_tls: bool,
+    /// CA certificates (PEM) trusted for the backends; default the system's.
+    pub backend_ca: Option<PathBuf>,
+    /// The name the backends' certificates must carry; default each one's IP address.
+    pub backend_server_name: Option<String>,
 }
 
 impl Default for QuickOptions {
@@ -60,6 +69,9 @@ impl Default for QuickOptions {
             admin_token: None,
             threads: None,
             sticky_key: None,
+            backend_tls: false,
+            backend_ca: None,
+            backend_server_name: None,
         }
     }
 }
@@ -235,6 +247,28 @@ pub(super) fn resolve(q: &QuickOptions, env: Env<'_>) -> Result<Config, ConfigEr
         };
     }
 
+    let tls =
+        (q.backend_tls || q.backend_ca.is_some() || q.backend_server_name.is_some()).then(|| {
+            let mut found = TlsFindings::default();
+            let file = UpstreamTlsFile {
+                server_name: q.backend_server_name.clone(),
+                ca: q.backend_ca.clone(),
+                ..UpstreamTlsFile::default()
+            };
+            let tls = upstream_tls(file, &mut found);
+            for (key, kind) in found.errors {
+                errs.push(
+                    match key {
+                        "ca" => "--backend-ca",
+                        "server_name" => "--backend-server-name",
+                        _ => "--backend-tls",
+                    },
+                    kind,
+                );
+            }
+            tls
+        });
+
     let admin = q.admin.map(|listen| {
         if let Some(l) = listeners.iter().find(|l| addrs_conflict(l.listen, listen)) {
             errs.push("--admin", ErrorKind::AdminClashesWithListener(l.listen));
@@ -271,7 +305,7 @@ pub(super) fn resolve(q: &QuickOptions, env: Env<'_>) -> Result<Config, ConfigEr
             },
             sticky,
             ip_hash: IpHashConfig::default(),
-            tls: None,
+            tls,
         }],
         routes: vec![Route {
             host: None,

@@ -495,7 +495,17 @@ fn resolve_upstream(
         None => IpHashConfig::default(),
     };
 
-    let tls = u.tls.map(|t| resolve_upstream_tls(t, &p.key("tls"), out));
+    let tls = u.tls.map(|t| {
+        let mut found = TlsFindings::default();
+        let tls = upstream_tls(t, &mut found);
+        for (key, kind) in found.errors {
+            out.err(p.key("tls").key(key), kind);
+        }
+        for (key, msg) in found.warnings {
+            out.warn(p.key("tls").key(key), msg);
+        }
+        tls
+    });
 
     UpstreamConfig {
         name,
@@ -509,40 +519,53 @@ fn resolve_upstream(
     }
 }
 
-fn resolve_upstream_tls(t: UpstreamTlsFile, p: &KeyPath, out: &mut Resolved) -> UpstreamTlsConfig {
+/// What [`upstream_tls`] found wrong or risky, by key of `[upstreams.NAME.tls]`, for the
+/// file (key paths) and quick mode (flags) to report in their own terms.
+#[derive(Default)]
+pub(super) struct TlsFindings {
+    pub errors: Vec<(&'static str, ErrorKind)>,
+    pub warnings: Vec<(&'static str, String)>,
+}
+
+pub(super) fn upstream_tls(t: UpstreamTlsFile, out: &mut TlsFindings) -> UpstreamTlsConfig {
     let server_name = t.server_name.map(|n| normalize_host(&n));
     if let Some(name) = &server_name {
         // The TLS library's own check, so that a name it would refuse at the first
         // handshake is refused here instead.
         if rustls::pki_types::ServerName::try_from(name.as_str()).is_err() {
-            out.err(p.key("server_name"), ErrorKind::InvalidHost(name.clone()));
+            out.errors
+                .push(("server_name", ErrorKind::InvalidHost(name.clone())));
         }
     }
     let ca = t.ca.and_then(|path| match read_ca_file(&path) {
         Ok(certs) => Some(super::CaCerts { path, certs }),
         Err(problem) => {
-            out.err(p.key("ca"), ErrorKind::TlsFile { path, problem });
+            out.errors
+                .push(("ca", ErrorKind::TlsFile { path, problem }));
             None
         }
     });
     if !t.verify {
-        out.warn(
-            p.key("verify"),
+        out.warnings.push((
+            "verify",
             "backend certificates are not checked: the connection is encrypted, but \
-             anyone on the path to the backends can pose as them",
-        );
+             anyone on the path to the backends can pose as them"
+                .to_owned(),
+        ));
     }
     let client_cert = match (t.cert, t.key) {
         (None, None) => None,
         (Some(_), None) => {
-            out.err(p.key("key"), ErrorKind::Missing("required with `cert`"));
+            out.errors
+                .push(("key", ErrorKind::Missing("required with `cert`")));
             None
         }
         (None, Some(_)) => {
-            out.err(p.key("cert"), ErrorKind::Missing("required with `key`"));
+            out.errors
+                .push(("cert", ErrorKind::Missing("required with `key`")));
             None
         }
-        (Some(cert), Some(key)) => read_client_cert(cert, key, p, out),
+        (Some(cert), Some(key)) => read_client_cert(cert, key, out),
     };
     UpstreamTlsConfig {
         server_name,
@@ -558,14 +581,13 @@ fn resolve_upstream_tls(t: UpstreamTlsFile, p: &KeyPath, out: &mut Resolved) -> 
 fn read_client_cert(
     cert: std::path::PathBuf,
     key: std::path::PathBuf,
-    p: &KeyPath,
-    out: &mut Resolved,
+    out: &mut TlsFindings,
 ) -> Option<super::ClientCert> {
     let (cert_problem, key_problem) = tls_pair_problems(&cert, &key);
     let mut failed = false;
     for (name, kind) in [("cert", cert_problem), ("key", key_problem)] {
         if let Some(kind) = kind {
-            out.err(p.key(name), kind);
+            out.errors.push((name, kind));
             failed = true;
         }
     }
@@ -575,13 +597,13 @@ fn read_client_cert(
     let chain = match read_certs(&cert) {
         Ok(chain) => chain,
         Err(problem) => {
-            out.err(
-                p.key("cert"),
+            out.errors.push((
+                "cert",
                 ErrorKind::TlsFile {
                     path: cert,
                     problem,
                 },
-            );
+            ));
             return None;
         }
     };
@@ -607,7 +629,8 @@ fn read_client_cert(
             key: der.into(),
         }),
         Err(problem) => {
-            out.err(p.key("key"), ErrorKind::TlsFile { path: key, problem });
+            out.errors
+                .push(("key", ErrorKind::TlsFile { path: key, problem }));
             None
         }
     }
