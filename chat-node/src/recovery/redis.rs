@@ -42,6 +42,8 @@ impl std::fmt::Debug for RedisStore {
 }
 
 fn unavailable(error: impl std::fmt::Display) -> StoreError {
+    // The recovery records live with the bus (the same Redis): counted as its errors.
+    crate::bus::redis::bus_error();
     StoreError::Unavailable(error.to_string())
 }
 
