@@ -103,6 +103,10 @@ pub fn node_flags(id: &str, addr: SocketAddr, grace: Duration) -> Vec<String> {
 /// The environment variable a child node reads its Redis URL from (`chat-node --redis`'s).
 pub const REDIS_URL_ENV: &str = "CHAT_REDIS_URL";
 
+/// The environment variable of `chat-node --metrics-listen`, which `up` keeps from its
+/// child nodes.
+pub const METRICS_LISTEN_ENV: &str = "CHAT_METRICS_LISTEN";
+
 /// The settings an embedded node gets from [`node_flags`] (and the environment).
 fn embedded_config(id: &str, addr: SocketAddr, grace: Duration) -> Result<NodeConfig> {
     let flags = node_flags(id, addr, grace);
