@@ -88,6 +88,11 @@ pub struct Args {
     /// more cores.
     #[arg(long, env = "CHAT_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
     pub threads: Option<u16>,
+    /// Serve Prometheus metrics (`GET /metrics`) on this address, apart from the chat port
+    /// so that they are never public with it (port 0: any free port; printed as
+    /// `METRICS <addr>`). None: no metrics listener.
+    #[arg(long, env = "CHAT_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// A value the node refuses, named as the operator gave it: the flag and its variable.
@@ -124,6 +129,17 @@ impl Args {
             };
             if let Some(which) = which {
                 return Err(named(which, error.to_string()));
+            }
+        }
+        if let Some(metrics) = self.metrics_listen {
+            // Port 0 twice is two free ports; the same fixed address twice cannot be bound
+            // twice, and is refused here with the flag's name rather than as "address in
+            // use".
+            if metrics == self.listen && metrics.port() != 0 {
+                return Err(named(
+                    ("metrics-listen", "CHAT_METRICS_LISTEN"),
+                    format!("{metrics} is the chat listener's address (--listen); the metrics need their own"),
+                ));
             }
         }
         if let Err(error) = config.chat.clone().validate() {
@@ -239,6 +255,43 @@ mod tests {
         let one = Args::try_parse_from(["chat-node", "--threads", "1"]).unwrap();
         assert_eq!(one.threads, Some(1));
         assert!(Args::try_parse_from(["chat-node", "--threads", "0"]).is_err());
+    }
+
+    #[test]
+    fn metrics_listen_is_off_by_default_and_needs_its_own_address() {
+        let args = Args::try_parse_from(["chat-node"]).unwrap();
+        assert_eq!(args.metrics_listen, None);
+        let args =
+            Args::try_parse_from(["chat-node", "--metrics-listen", "127.0.0.1:9464"]).unwrap();
+        assert_eq!(args.metrics_listen, Some("127.0.0.1:9464".parse().unwrap()));
+        assert!(args.checked_config().is_ok());
+        let error = Args::try_parse_from(["chat-node", "--metrics-listen", "nowhere"]).unwrap_err();
+        assert!(error.to_string().contains("--metrics-listen"), "{error}");
+        let same = Args::try_parse_from([
+            "chat-node",
+            "--listen",
+            "127.0.0.1:9001",
+            "--metrics-listen",
+            "127.0.0.1:9001",
+        ])
+        .unwrap();
+        let error = same.checked_config().unwrap_err();
+        assert_eq!(error.flag, "metrics-listen");
+        assert!(
+            error
+                .to_string()
+                .starts_with("--metrics-listen (or CHAT_METRICS_LISTEN): "),
+            "{error}"
+        );
+        let zeros = Args::try_parse_from([
+            "chat-node",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
+        .unwrap();
+        assert!(zeros.checked_config().is_ok());
     }
 
     #[test]

@@ -45,6 +45,7 @@ pub use entry::{Entry, EntryError};
 
 use crate::bus::{parse_id, Bus, BusEntry, LOG_START};
 use crate::engineio::Sid;
+use crate::metrics::{metrics, Topic};
 use crate::recovery::{is_pid, Record, RecoveryConfig, SessionStore};
 use crate::socketio::{
     Adapter, AdapterError, AdapterFactory, BroadcastOptions, Encoded, LocalAdapter, LocalSockets,
@@ -357,13 +358,13 @@ impl Adapter for ClusterAdapter {
         };
         if self.recovery.is_none() {
             self.local.deliver(packet, opts, None);
-            return self
-                .bus
-                .publish(&self.topic, bytes)
-                .await
-                .map_err(|error| AdapterError::Unavailable(error.to_string()));
+            let published = self.bus.publish(&self.topic, bytes).await;
+            metrics().bus_publish(Topic::Broadcast, published.is_ok());
+            return published.map_err(|error| AdapterError::Unavailable(error.to_string()));
         }
-        match self.bus.append(&self.topic, bytes).await {
+        let appended = self.bus.append(&self.topic, bytes).await;
+        metrics().bus_publish(Topic::Broadcast, appended.is_ok());
+        match appended {
             Ok(Some(id)) => {
                 let key = parse_id(&id);
                 advance(&self.last_offset, &id, key);
@@ -569,6 +570,7 @@ impl Skipped {
     /// (whose broadcasts this one cannot deliver) shows at the default log level, without
     /// a line per entry.
     fn note(&mut self, error: &EntryError, id: &str) {
+        metrics().bus_skipped.inc();
         self.0 += 1;
         if self.0.is_power_of_two() {
             tracing::warn!(
@@ -622,6 +624,9 @@ impl Receiver {
             let Some(local) = self.local.upgrade() else {
                 return;
             };
+            // Another node's broadcast, read once: this node's own entries and duplicates
+            // were skipped above.
+            metrics().bus_received(Topic::Broadcast);
             if self.offsets && is_event(&packet) {
                 local.deliver(&packet.with_offset(&id), &opts, key);
             } else {

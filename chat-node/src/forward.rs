@@ -46,6 +46,7 @@ use crate::bus::{Bus, BusError};
 use crate::engineio::{
     polling, websocket, CloseReason, EngineError, Remote, Session, Sessions, Sid,
 };
+use crate::metrics::{metrics, Component, Topic};
 
 /// How many bridged WebSocket frames may wait, in each direction, for a slow consumer
 /// before the bridge is closed.
@@ -125,6 +126,8 @@ impl std::fmt::Debug for RedisDirectory {
 }
 
 fn unavailable(error: impl std::fmt::Display) -> BusError {
+    // Every Redis failure of the directory comes through here.
+    metrics().redis_error(Component::Directory);
     BusError::Unavailable(error.to_string())
 }
 
@@ -356,6 +359,7 @@ impl Forwarder {
         tokio::spawn(async move {
             while let Some(entry) = entries.recv().await {
                 let Some(inner) = weak.upgrade() else { return };
+                metrics().bus_received(Topic::Forward);
                 match serde_json::from_slice::<Rpc>(&entry.data) {
                     Ok(rpc) => Self { inner }.on_rpc(rpc),
                     Err(error) => tracing::warn!(%error, "invalid RPC entry; skipped"),
@@ -390,12 +394,13 @@ impl Forwarder {
                 return false;
             }
         };
-        match self
+        let published = self
             .inner
             .bus
             .publish(&node_topic(node), Bytes::from(bytes))
-            .await
-        {
+            .await;
+        metrics().bus_publish(Topic::Forward, published.is_ok());
+        match published {
             Ok(()) => true,
             Err(error) => {
                 tracing::warn!(%error, %node, "RPC entry not sent");
@@ -448,6 +453,7 @@ impl Forwarder {
                 binary,
                 body,
             } => {
+                metrics().forward_served.inc();
                 self.inner.tasks.clone().spawn(async move {
                     let result = self.serve(op, &sid, binary, &body).await;
                     let (body, error) = match result {
@@ -457,12 +463,13 @@ impl Forwarder {
                     let reply = Rpc::Res { id, body, error };
                     match serde_json::to_vec(&reply) {
                         Ok(bytes) => {
-                            if let Err(error) = self
+                            let published = self
                                 .inner
                                 .bus
                                 .publish(&node_topic(&from), Bytes::from(bytes))
-                                .await
-                            {
+                                .await;
+                            metrics().bus_publish(Topic::Forward, published.is_ok());
+                            if let Err(error) = published {
                                 tracing::warn!(%error, %from, "RPC reply not sent");
                             }
                         }
@@ -581,12 +588,16 @@ impl Forwarder {
         let (tx, rx) = oneshot::channel();
         self.inner.pending.lock().insert(id, tx);
         let _cleanup = RemovePending(&self.inner, id);
-        if let Err(error) = self
+        let published = self
             .inner
             .bus
             .publish(&node_topic(&owner), Bytes::from(bytes))
-            .await
-        {
+            .await;
+        metrics().bus_publish(Topic::Forward, published.is_ok());
+        if published.is_ok() {
+            metrics().forwarded(op == Op::Post);
+        }
+        if let Err(error) = published {
             tracing::warn!(%error, %owner, "forwarding failed");
             return Err(EngineError::UnknownSid);
         }
@@ -597,6 +608,7 @@ impl Forwarder {
         match tokio::time::timeout(limit, rx).await {
             Ok(Ok(result)) => result,
             _ => {
+                metrics().forward_timeouts.inc();
                 tracing::debug!(%owner, %sid, "no answer from the owner in time");
                 Err(EngineError::UnknownSid)
             }
@@ -692,6 +704,8 @@ impl Forwarder {
         let (out_tx, mut out_rx) = mpsc::channel(BRIDGE_CAPACITY);
         self.inner.bridges.lock().insert(id, out_tx);
         let _cleanup = RemoveBridge(&self.inner, id);
+        metrics().bridges.inc();
+        metrics().bridges_open.inc();
         let (mut ws_tx, mut ws_rx) = socket.split();
         let open = Rpc::WsOpen {
             id,
@@ -761,6 +775,7 @@ struct RemoveBridge<'a>(&'a Inner, u64);
 
 impl Drop for RemoveBridge<'_> {
     fn drop(&mut self) {
+        metrics().bridges_open.dec();
         self.0.bridges.lock().remove(&self.1);
     }
 }

@@ -21,6 +21,8 @@
 //!   ([`forward::SessionDirectory`]), the forwarding of polling requests to a session's
 //!   owner and the bridging of WebSocket upgrades to it, over the bus
 //!   ([`forward::Forwarder`]).
+//! - [`metrics`]: Prometheus metrics (plain atomics), served on their own listener
+//!   (`--metrics-listen`).
 //! - [`node`]: one chat node: settings ([`node::NodeConfig`]), the HTTP application
 //!   (engine path, `/healthz`, `x-served-by`), serving with a bounded graceful shutdown.
 //! - [`web`]: the browser chat page (`web/`: HTML, CSS, the JavaScript Socket.IO client),
@@ -44,6 +46,7 @@ pub mod cluster;
 pub mod conformance;
 pub mod engineio;
 pub mod forward;
+pub mod metrics;
 pub mod node;
 pub mod recovery;
 pub mod socketio;

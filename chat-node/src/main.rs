@@ -1,6 +1,7 @@
 //! The `chat-node` binary: one Switchyard chat node. See `chat-node --help`.
 //!
-//! Prints `LISTENING <addr>` on stdout once bound; stops on SIGTERM or SIGINT within the
+//! Prints `LISTENING <addr>` on stdout once bound (after `METRICS <addr>` with
+//! `--metrics-listen`); stops on SIGTERM or SIGINT within the
 //! shutdown grace period (default 5 s), closing every client's connection so that it
 //! reconnects elsewhere.
 
@@ -8,6 +9,7 @@ use std::io::{IsTerminal as _, Write as _};
 
 use anyhow::Context as _;
 use chat_node::cli::Args;
+use chat_node::metrics::MetricsServer;
 use chat_node::node::Node;
 use clap::Parser as _;
 use tokio::net::TcpListener;
@@ -50,13 +52,30 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
+    let metrics = match args.metrics_listen {
+        Some(at) => {
+            let server = MetricsServer::start(at, args.node_id.clone())
+                .await
+                .with_context(|| format!("binding the metrics listener {at} (--metrics-listen)"))?;
+            tracing::info!(addr = %server.addr(), "serving metrics on /metrics");
+            Some(server)
+        }
+        None => None,
+    };
     {
         let mut stdout = std::io::stdout().lock();
+        if let Some(metrics) = &metrics {
+            writeln!(stdout, "METRICS {}", metrics.addr()).context("writing to stdout")?;
+        }
         writeln!(stdout, "LISTENING {addr}").context("writing to stdout")?;
         stdout.flush().context("writing to stdout")?;
     }
     tracing::info!(%addr, node = %args.node_id, redis = args.redis_url.is_some(), "serving");
     node.serve(listener, shutdown).await?;
+    // Stopped after the node: a scrape during the shutdown still sees its numbers.
+    if let Some(metrics) = metrics {
+        metrics.stop().await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

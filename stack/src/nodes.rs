@@ -11,6 +11,7 @@ use anyhow::{Context as _, Result};
 use chat_node::bus::{Bus, MemoryBus};
 use chat_node::chat::{ChatStore, MemoryStore};
 use chat_node::forward::{MemoryDirectory, SessionDirectory};
+use chat_node::metrics::MetricsServer;
 use chat_node::node::{Node, NodeConfig};
 use clap::Parser as _;
 use tokio::net::TcpListener;
@@ -23,7 +24,7 @@ use crate::console;
 use crate::signals::StopSignals;
 
 /// The `node` role: one chat node until SIGTERM or SIGINT. Prints `LISTENING <addr>` once
-/// bound, like `chat-node`.
+/// bound, like `chat-node`, and serves `--metrics-listen` as it does.
 pub async fn run_role(args: chat_node::cli::Args) -> Result<()> {
     let mut signals = StopSignals::install()?;
     let node = Node::new(args.node_config())
@@ -31,8 +32,25 @@ pub async fn run_role(args: chat_node::cli::Args) -> Result<()> {
         .context("starting the node")?;
     let listener = bind(args.listen, &args.node_id).await?;
     let addr = listener.local_addr().context("reading the bound address")?;
+    // `--metrics-listen` (or CHAT_METRICS_LISTEN), as `chat-node` serves it.
+    let metrics = match args.metrics_listen {
+        Some(at) => Some(
+            MetricsServer::start(at, args.node_id.clone())
+                .await
+                .with_context(|| {
+                    format!(
+                        "node {}: binding the metrics listener {at} (--metrics-listen)",
+                        args.node_id
+                    )
+                })?,
+        ),
+        None => None,
+    };
     {
         let mut stdout = std::io::stdout().lock();
+        if let Some(metrics) = &metrics {
+            writeln!(stdout, "METRICS {}", metrics.addr()).context("writing to stdout")?;
+        }
         writeln!(stdout, "LISTENING {addr}").context("writing to stdout")?;
         stdout.flush().context("writing to stdout")?;
     }
@@ -42,6 +60,9 @@ pub async fn run_role(args: chat_node::cli::Args) -> Result<()> {
     })
     .await
     .context("serving")?;
+    if let Some(metrics) = metrics {
+        metrics.stop().await;
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -81,6 +102,10 @@ pub fn node_flags(id: &str, addr: SocketAddr, grace: Duration) -> Vec<String> {
 
 /// The environment variable a child node reads its Redis URL from (`chat-node --redis`'s).
 pub const REDIS_URL_ENV: &str = "CHAT_REDIS_URL";
+
+/// The environment variable of `chat-node --metrics-listen`, which `up` keeps from its
+/// child nodes.
+pub const METRICS_LISTEN_ENV: &str = "CHAT_METRICS_LISTEN";
 
 /// The settings an embedded node gets from [`node_flags`] (and the environment).
 fn embedded_config(id: &str, addr: SocketAddr, grace: Duration) -> Result<NodeConfig> {

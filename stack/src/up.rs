@@ -252,7 +252,10 @@ async fn start(
                 let mut cmd = Command::new(exe);
                 cmd.arg("node")
                     .args(nodes::node_flags(id, *addr, NODE_GRACE))
-                    .env(nodes::REDIS_URL_ENV, url);
+                    .env(nodes::REDIS_URL_ENV, url)
+                    // One address for every node: the second could not bind it and the
+                    // stack would not start. `up` serves no node metrics (see README).
+                    .env_remove(nodes::METRICS_LISTEN_ENV);
                 let spawned = children::spawn(id, cmd, exits.clone())?;
                 running.nodes.push(spawned.child);
                 listening.push((id, spawned.listening));

@@ -156,7 +156,13 @@ impl std::fmt::Debug for RedisBus {
 }
 
 fn unavailable(error: impl std::fmt::Display) -> BusError {
+    bus_error();
     BusError::Unavailable(error.to_string())
+}
+
+/// Counts a failed Redis command or connection of the bus.
+pub(crate) fn bus_error() {
+    crate::metrics::metrics().redis_error(crate::metrics::Component::Bus);
 }
 
 /// Opens a managed connection to `url` with the cluster's settings (the bus, the session
@@ -295,7 +301,10 @@ impl Bus for RedisBus {
         match tokio::time::timeout(self.inner.config.response_timeout, ping).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(error)) => Err(unavailable(error)),
-            Err(_) => Err(BusError::Unavailable("PING timed out".to_owned())),
+            Err(_) => {
+                bus_error();
+                Err(BusError::Unavailable("PING timed out".to_owned()))
+            }
         }
     }
 
@@ -389,16 +398,19 @@ async fn publish_loop(
                 // entry of it was appended: they all failed the same way).
                 Err(error) if is_no_script(&error) => {
                     if let Err(error) = APPEND.load_async(&mut conn).await {
+                        bus_error();
                         tracing::warn!(%error, "SCRIPT LOAD failed; retrying");
                         tokio::time::sleep(backoff).await;
                         backoff = next_backoff(backoff);
                     }
                 }
                 Err(error) if queue.is_closed() => {
+                    bus_error();
                     tracing::warn!(%error, lost = queue.len() + batch.len(), "append failed and the bus is gone; dropping what is left");
                     return;
                 }
                 Err(error) => {
+                    bus_error();
                     healthy.store(false, Ordering::Relaxed);
                     tracing::warn!(%error, waiting = queue.len() + batch.len(), "append failed; retrying");
                     tokio::time::sleep(backoff).await;

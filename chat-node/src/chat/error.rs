@@ -69,6 +69,8 @@ static STORE_WARNINGS: Mutex<(Option<Instant>, u64)> = Mutex::new((None, 0));
 /// Logs that the store failed `during` something, unless it was said less than
 /// [`STORE_WARNING_PERIOD`] ago; the next line counts those left out.
 pub(crate) fn store_failed(error: &StoreError, during: &'static str) {
+    // Every failure counts, the ones left out of the log included.
+    crate::metrics::metrics().redis_error(crate::metrics::Component::Store);
     let now = Instant::now();
     let suppressed = {
         let mut last = STORE_WARNINGS

@@ -14,6 +14,7 @@ use super::config::MAX_PAGE;
 use super::error::ChatError;
 use super::store::{Membership, Message, NewMessage, Post, Posted, RoomMeta};
 use super::{now_ms, presence, rate, secret, validate, ChatInner, LOBBY};
+use crate::metrics::metrics;
 use crate::socketio::{AckSender, Data, SocketRef};
 
 type Answer = Result<Map<String, Value>, ChatError>;
@@ -55,10 +56,23 @@ where
                     (None, _) => Err(ChatError::Unavailable),
                     (_, Err(error)) => Err(error),
                 };
+                count(event, &answer);
                 reply(ack, answer);
             }
         },
     );
+}
+
+/// Counts the outcome of a `send` or a `join` in the node's metrics (a request that does
+/// not parse included: that is a refused message too). The names are compared here, once
+/// per request, so that the handlers themselves stay free of bookkeeping.
+fn count(event: &'static str, answer: &Answer) {
+    match (event, answer) {
+        ("send", Ok(_)) => metrics().messages_accepted.inc(),
+        ("send", Err(error)) => metrics().message_rejected(error),
+        ("join", Ok(_)) => metrics().room_joins.inc(),
+        _ => {}
+    }
 }
 
 /// The first argument as `T`; a missing argument reads as `{}`.

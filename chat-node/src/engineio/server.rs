@@ -244,6 +244,7 @@ impl EngineIo {
             let max = self.inner.config.max_sessions;
             if max > 0 && self.inner.sessions.len() >= max {
                 tracing::warn!(max, "refusing a handshake: at the session limit");
+                crate::metrics::metrics().handshakes_refused.inc();
                 return Err(EngineError::AtCapacity);
             }
             return Ok(match upgrade {

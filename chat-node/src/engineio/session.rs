@@ -22,6 +22,7 @@ use super::payload::{self, SEPARATOR};
 use super::server::Sessions;
 use super::sid::Sid;
 use super::text::MessageText;
+use crate::metrics::metrics;
 
 /// How long a session closed by its client's close packet (POST) waits for the client's
 /// GET that may still be on its way, to answer it with a noop.
@@ -182,6 +183,9 @@ impl Session {
             ping_timeout: config.ping_timeout,
             max_payload: config.max_payload,
         });
+        // Counted here and uncounted in `close` (or `drop`, for a session never closed):
+        // every session ever made is in the gauge exactly while it lives.
+        metrics().session_opened(transport);
         let session = Arc::new(Self {
             id,
             config,
@@ -282,6 +286,9 @@ impl Session {
             }
             tracing::debug!(sid = %self.id, %reason, "session closed");
             state.closed = Some(reason);
+            // Under the lock, with the transport that carried it: an upgrade cannot slip
+            // between the two.
+            metrics().session_closed(state.transport, reason);
             state.queue = VecDeque::new();
             // The client closes with a POST while its GET is pending; when the POST is
             // served first (the two race on separate connections), the GET still gets "6".
@@ -518,6 +525,7 @@ impl Session {
             }
             state.upgrade = Upgrade::None;
             state.transport = Transport::Websocket;
+            metrics().session_upgraded();
         }
         self.changed.notify_waiters();
         true
@@ -547,6 +555,17 @@ impl Session {
         }
         self.changed.notify_waiters();
         Ok(())
+    }
+}
+
+impl Drop for Session {
+    /// A session dropped without being closed (a unit test's, or one abandoned before it
+    /// was registered) leaves the open-sessions gauge as it came in.
+    fn drop(&mut self) {
+        let state = self.state.get_mut();
+        if state.closed.is_none() {
+            metrics().session_dropped(state.transport);
+        }
     }
 }
 

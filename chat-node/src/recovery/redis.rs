@@ -42,6 +42,8 @@ impl std::fmt::Debug for RedisStore {
 }
 
 fn unavailable(error: impl std::fmt::Display) -> StoreError {
+    // The recovery records live with the bus (the same Redis): counted as its errors.
+    crate::bus::redis::bus_error();
     StoreError::Unavailable(error.to_string())
 }
 
@@ -50,7 +52,9 @@ fn millis(ttl: Duration) -> u64 {
 }
 
 fn value(owner: &str, record: &Record) -> Result<String, StoreError> {
-    let json = serde_json::to_string(record).map_err(unavailable)?;
+    // Not through `unavailable`: a record that does not encode is no Redis error.
+    let json = serde_json::to_string(record)
+        .map_err(|error| StoreError::Unavailable(error.to_string()))?;
     Ok(format!("{owner}\n{json}"))
 }
 

@@ -20,6 +20,7 @@ use super::packet::{Decoder, Namespace, Packet, PacketData, RecoveryRequest};
 use super::server::ServerInner;
 use super::socket::{self, DisconnectReason, SocketRef};
 use crate::engineio::{Message, Session, Sid};
+use crate::metrics::{metrics, PacketType};
 use crate::recovery::new_pid;
 
 /// How many of a connection's event handlers may run at once; beyond it the connection's
@@ -98,7 +99,16 @@ impl Client {
             Message::Binary(data) => self.decoder.push_binary(data),
         };
         let packet = match decoded {
-            Ok(Some(packet)) => packet,
+            Ok(Some(packet)) => {
+                metrics().packet_received(match &packet.data {
+                    PacketData::Connect(_) => PacketType::Connect,
+                    PacketData::Disconnect => PacketType::Disconnect,
+                    PacketData::Event { .. } => PacketType::Event,
+                    PacketData::Ack { .. } => PacketType::Ack,
+                    PacketData::ConnectError(_) => PacketType::ConnectError,
+                });
+                packet
+            }
             Ok(None) => return Ok(()),
             Err(error) => {
                 tracing::debug!(sid = %self.session.id(), %error, "invalid packet");
@@ -293,6 +303,8 @@ impl Client {
 
     /// Sends a packet outside any socket (CONNECT_ERROR).
     fn send(&self, packet: &Packet) {
-        let _ = self.session.send_all(packet.encode().messages());
+        if self.session.send_all(packet.encode().messages()).is_ok() {
+            metrics().packets_sent.inc();
+        }
     }
 }

@@ -187,10 +187,13 @@ impl LocalSockets for NamespaceInner {
                 .filter_map(|sid| sockets.get(sid).cloned())
                 .collect()
         };
+        let mut sent = 0;
         for socket in sockets {
             // A socket that went away meanwhile misses it, as it would anyway.
-            let _ = socket.send_broadcast(&messages, offset);
+            sent += u64::from(socket.send_broadcast(&messages, offset).is_ok());
         }
+        // One atomic add per broadcast, not one per recipient.
+        crate::metrics::metrics().packets_sent.add(sent);
     }
 }
 

@@ -342,11 +342,16 @@ impl SocketRef {
 
     /// Sends an encoded packet to the client (buffered during the connect hook).
     pub(crate) fn send_encoded(&self, encoded: Encoded) -> Result<(), EmitError> {
-        self.send_at(encoded.messages(), None)
+        self.send_at(encoded.messages(), None)?;
+        crate::metrics::metrics().packets_sent.inc();
+        Ok(())
     }
 
     /// Sends a broadcast (its messages, shared with the other sockets it goes to) at
     /// `offset` in the namespace log, unless the socket's replay already had it.
+    ///
+    /// Not counted in `socketio_packets_sent_total` here: the caller counts a broadcast's
+    /// deliveries once for all its sockets.
     pub(crate) fn send_broadcast(
         &self,
         messages: &[Message],
@@ -414,7 +419,12 @@ impl SocketRef {
             .flat_map(Encoded::messages)
             .chain(reply.messages())
             .chain(buffer.into_iter().map(|(_, m)| m));
-        Ok(self.session.send_all(messages)?)
+        self.session.send_all(messages)?;
+        // The reply and the replay; what was buffered was counted when it was sent.
+        crate::metrics::metrics()
+            .packets_sent
+            .add(1 + replay.len() as u64);
+        Ok(())
     }
 
     /// The connect hook refused the socket: nothing it emitted is sent.

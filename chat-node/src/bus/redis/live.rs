@@ -82,6 +82,7 @@ impl Handle {
             let start = match last_entry(&mut conn, &topic).await {
                 Ok(id) => parse_id(&id),
                 Err(error) => {
+                    super::bus_error();
                     tracing::warn!(%topic, %error, "XREVRANGE failed; resolving the start later");
                     None
                 }
@@ -296,6 +297,7 @@ impl Hub {
                 message = next_message(&mut stream) => match message {
                     Some(message) => self.on_message(&message),
                     None => {
+                        super::bus_error();
                         tracing::warn!("Redis pub/sub connection lost; reconnecting");
                         self.lost();
                     }
@@ -319,11 +321,13 @@ impl Hub {
         let pubsub = match opened {
             Ok(Ok(pubsub)) => pubsub,
             Ok(Err(error)) => {
+                super::bus_error();
                 tracing::warn!(%error, "Redis pub/sub connection failed; retrying");
                 self.retry_later();
                 return None;
             }
             Err(_) => {
+                super::bus_error();
                 tracing::warn!("Redis pub/sub connection timed out; retrying");
                 self.retry_later();
                 return None;
@@ -490,6 +494,7 @@ impl Hub {
             }
             Event::Failed { generation } => {
                 if generation == self.generation && self.link.is_some() {
+                    super::bus_error();
                     tracing::warn!("Redis pub/sub connection not answering; reconnecting");
                     self.lost();
                 }
@@ -636,6 +641,7 @@ async fn control_loop(
                 let done = tokio::time::timeout(timeout, sink.subscribe(&channel)).await;
                 let ok = matches!(done, Ok(Ok(())));
                 if !ok {
+                    super::bus_error();
                     tracing::warn!(%channel, ?done, "SUBSCRIBE failed");
                 }
                 let _ = events.send(Event::Subscribed { channel, token, ok });
@@ -705,6 +711,7 @@ async fn read_after(
                 }
             }
             Err(error) => {
+                super::bus_error();
                 tracing::warn!(%topic, %error, "XRANGE failed; retrying");
                 tokio::select! {
                     () = tokio::time::sleep(backoff) => {}
