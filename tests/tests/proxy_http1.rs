@@ -353,6 +353,70 @@ async fn head_response_has_no_body_and_the_connection_goes_on() {
     }
 }
 
+/// A streamed answer (server-sent events, a slow backend) reaches the client as it comes:
+/// the backend sends the head and a first small chunk, then waits until the client has
+/// them before it sends the rest. (The proxy's client stream buffers small writes; a relay
+/// that flushed only at the end of the body held both here until the backend went on.)
+#[tokio::test]
+async fn a_streamed_body_reaches_the_client_before_it_ends() {
+    for framing in ["chunked", "close"] {
+        let go = Arc::new(tokio::sync::Notify::new());
+        let backend_go = go.clone();
+        let raw = RawBackend::start(move |mut conn, _| {
+            let go = backend_go.clone();
+            async move {
+                if conn.head(STEP_TIMEOUT).await.ok().flatten().is_none() {
+                    return;
+                }
+                let (head, first, rest) = if framing == "chunked" {
+                    (
+                        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                        "7\r\nevent 1\r\n",
+                        "7\r\nevent 2\r\n0\r\n\r\n",
+                    )
+                } else {
+                    ("HTTP/1.1 200 OK\r\n\r\n", "event 1", "event 2")
+                };
+                if !reply(&mut conn, format!("{head}{first}")).await {
+                    return;
+                }
+                go.notified().await;
+                reply(&mut conn, rest).await;
+            }
+        })
+        .await;
+        let proxy = proxy_for_raw(&[&raw], "");
+        let mut c = RawConn::connect(proxy.addr()).await;
+        c.send(get_req("/events")).await;
+        let head = c.head(STEP_TIMEOUT).await;
+        let head =
+            head.unwrap_or_else(|e| panic!("{framing}: no head while the body streams: {e}"));
+        assert!(
+            head.is_some_and(|h| h.starts_with("HTTP/1.1 200")),
+            "{framing}"
+        );
+        let first = if framing == "chunked" {
+            "7\r\nevent 1\r\n"
+        } else {
+            "event 1"
+        };
+        let got = c.take(first.len(), STEP_TIMEOUT).await;
+        assert_eq!(
+            got.as_deref().map(String::from_utf8_lossy),
+            Ok(first.into()),
+            "{framing}: the first part of the body did not come before the rest"
+        );
+        go.notify_one();
+        let rest = if framing == "chunked" {
+            "7\r\nevent 2\r\n0\r\n\r\n"
+        } else {
+            "event 2"
+        };
+        let got = c.take(rest.len(), STEP_TIMEOUT).await.unwrap();
+        assert_eq!(String::from_utf8_lossy(&got), rest, "{framing}");
+    }
+}
+
 /// Takes the next request's head, tells `head_tx`, takes its 5-byte body and hangs up
 /// without answering: what the proxy sees of a backend that fails after reading a request.
 async fn take_request_and_hang_up(

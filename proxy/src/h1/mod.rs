@@ -667,6 +667,14 @@ async fn relay_body(
         return Err(RelayError::Client(0));
     }
     while !done {
+        // The client stream buffers small writes (pingora's 1460-byte write buffer): what
+        // has been relayed goes out before waiting for more of the body, or a streamed
+        // answer (server-sent events, a slow backend) would reach the client only once that
+        // buffer fills or the body ends. Cheap when the buffer is empty (large writes
+        // bypass it).
+        if !flush(client, limit).await {
+            return Err(RelayError::Client(sent));
+        }
         upbuf.clear();
         if upbuf.capacity() < BODY_CHUNK {
             upbuf.reserve(BODY_CHUNK);
@@ -691,7 +699,7 @@ async fn relay_body(
         }
         sent += n as u64;
     }
-    if client.flush().await.is_err() {
+    if !flush(client, limit).await {
         return Err(RelayError::Client(sent));
     }
     Ok(Relayed {
@@ -924,6 +932,12 @@ fn log_refusal(
 
 async fn write_all(client: &mut Stream, bytes: &[u8], limit: Duration) -> bool {
     matches!(bounded(limit, client.write_all(bytes)).await, Ok(Ok(())))
+}
+
+/// Flushes the client stream, bounded like a write (a client that stops reading must not
+/// hold the request forever).
+async fn flush(client: &mut Stream, limit: Duration) -> bool {
+    matches!(bounded(limit, client.flush()).await, Ok(Ok(())))
 }
 
 /// Writes an answer of the proxy's own and counts it in the request's access log line;
