@@ -176,6 +176,66 @@ async fn backend_connections_are_kept_alive_and_reused() {
     );
 }
 
+/// Bytes a backend sends after the end of an answer (here a whole second answer, written
+/// once the first one has reached the client) are not read as the answer to the next
+/// request on that pooled connection, which is another client's: the connection is
+/// dropped, and every later answer still matches its request.
+#[tokio::test]
+async fn bytes_after_an_answer_are_not_served_to_the_next_client() {
+    let first_seen = Arc::new(tokio::sync::Notify::new());
+    let (extra_tx, mut extra_written) = mpsc::unbounded_channel();
+    let seen = first_seen.clone();
+    let raw = RawBackend::start(move |mut conn, n| {
+        let (seen, extra_tx) = (seen.clone(), extra_tx.clone());
+        async move {
+            let mut first = n == 0;
+            while let Some(req) = conn.request().await {
+                if std::mem::take(&mut first) {
+                    if !reply(&mut conn, "HTTP/1.1 204 No Content\r\n\r\n").await {
+                        return;
+                    }
+                    seen.notified().await;
+                    let stray = "HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\nnot for you!";
+                    reply(&mut conn, stray).await;
+                    let _ = extra_tx.send(());
+                    continue;
+                }
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{}",
+                    req.path.len(),
+                    req.path
+                );
+                if !reply(&mut conn, answer).await {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    let proxy = proxy_for_raw(&[&raw], "");
+    let mut a = RawConn::connect(proxy.addr()).await;
+    let r = a.exchange(get_req("/one")).await;
+    assert_eq!(r.status, 204, "{r:?}");
+    first_seen.notify_one();
+    tokio::time::timeout(STEP_TIMEOUT, extra_written.recv())
+        .await
+        .unwrap();
+    for (i, path) in ["/two", "/three"].into_iter().enumerate() {
+        let mut b = RawConn::connect(proxy.addr()).await;
+        let r = b.exchange(get_req(path)).await;
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (200, path),
+            "client {i} got another request's answer: {r:?}"
+        );
+    }
+    assert_eq!(
+        raw.accepted(),
+        2,
+        "the connection with stray bytes was reused"
+    );
+}
+
 #[tokio::test]
 async fn stale_pooled_connection_is_replaced_and_the_request_resent() {
     // Answers one request per connection and closes, without saying so: every pooled

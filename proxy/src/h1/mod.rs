@@ -521,7 +521,7 @@ impl H1 {
     ) -> Result<(UpstreamStream, ResponseHead, BytesMut, Instant), Failure> {
         let started = Instant::now();
         let key = (addr, tls.map_or(0, |t| t.id));
-        let mut pooled = self.pool.take(key, started, !req.idempotent());
+        let mut pooled = self.pool.take(key, started);
         loop {
             let reused = pooled.is_some();
             let mut upstream = match pooled.take() {

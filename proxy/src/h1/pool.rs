@@ -13,11 +13,6 @@ use crate::upstream::stream::UpstreamStream;
 /// under the settings that opened it.
 pub type Key = (SocketAddr, u64);
 
-/// A connection idle for longer than this is checked for a close from the backend before
-/// reuse. Busy connections are reused within microseconds and skip the check; the check
-/// itself costs no system call unless the socket has been reported readable.
-const CHECK_AFTER: Duration = Duration::from_secs(1);
-
 struct Idle {
     stream: UpstreamStream,
     since: Instant,
@@ -42,11 +37,18 @@ impl Pool {
         }
     }
 
-    /// An idle connection to `addr` that is still open, if there is one. `now` is the
-    /// caller's clock reading (it has one for the request already). `check` checks even a
-    /// connection used a moment ago, for a request that cannot be sent twice: a close that
-    /// has already arrived is seen here, before the request is lost in it.
-    pub fn take(&self, key: Key, now: Instant, check: bool) -> Option<UpstreamStream> {
+    /// An idle connection for `key` that is still open and has nothing unread, if there is
+    /// one. `now` is the caller's clock reading (it has one for the request already).
+    ///
+    /// Every connection is checked, even one used a moment ago: bytes a backend sent after
+    /// the end of its last response (a body on a 204 or a HEAD answer written late, a
+    /// second answer) would otherwise be read as the answer to the next request, which may
+    /// be another client's, and every answer on that connection after it would be one
+    /// late. A close that has already arrived is seen here too, before a request is lost
+    /// in it. The check costs no system call unless the socket has been reported readable
+    /// since its last read (tokio clears readiness on a read that does not fill the
+    /// buffer, as the last read of an answer almost always is).
+    pub fn take(&self, key: Key, now: Instant) -> Option<UpstreamStream> {
         loop {
             let mut idle = self.idle.lock().get_mut(&key)?.pop()?;
             let age = now.saturating_duration_since(idle.since);
@@ -57,7 +59,7 @@ impl Pool {
                 }
                 return None;
             }
-            if (check || age > CHECK_AFTER) && !idle.stream.still_open() {
+            if !idle.stream.still_open() {
                 continue;
             }
             return Some(idle.stream);
@@ -118,28 +120,25 @@ mod tests {
         let (server_a, _) = listener.accept().await?;
         pool.put(addr, plain(a), Instant::now());
         assert_eq!(pool.idle_count(addr), 1);
-        assert!(pool.take(addr, Instant::now(), false).is_some());
-        assert!(pool.take(addr, Instant::now(), false).is_none());
+        assert!(pool.take(addr, Instant::now()).is_some());
+        assert!(pool.take(addr, Instant::now()).is_none());
 
-        // A connection the backend closed is not handed out once it is old enough to check.
+        // A connection the backend closed is not handed out, even one used a moment ago.
         let b = TcpStream::connect(addr.0).await?;
         drop(server_a);
         let (server_b, _) = listener.accept().await?;
         drop(server_b);
         b.readable().await?;
-        pool.idle.lock().entry(addr).or_default().push(Idle {
-            stream: plain(b),
-            since: Instant::now() - CHECK_AFTER * 2,
-        });
-        assert!(pool.take(addr, Instant::now(), false).is_none());
+        pool.put(addr, plain(b), Instant::now());
+        assert!(pool.take(addr, Instant::now()).is_none());
 
-        // A request that cannot be sent twice checks even a connection used a moment ago.
+        // Nor one the backend sent bytes on after its last answer.
         let e = TcpStream::connect(addr.0).await?;
-        let (server_e, _) = listener.accept().await?;
-        drop(server_e);
+        let (mut server_e, _) = listener.accept().await?;
+        tokio::io::AsyncWriteExt::write_all(&mut server_e, b"HTTP/1.1 200 OK\r\n").await?;
         e.readable().await?;
         pool.put(addr, plain(e), Instant::now());
-        assert!(pool.take(addr, Instant::now(), true).is_none());
+        assert!(pool.take(addr, Instant::now()).is_none());
 
         // A sweep drops closed connections nobody asked for.
         let d = TcpStream::connect(addr.0).await?;
