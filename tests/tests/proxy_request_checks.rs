@@ -212,6 +212,47 @@ async fn forwarded_fields_spelled_with_underscores_are_dropped() {
     }
 }
 
+/// `Content_Length` and `Transfer_Encoding` never reach a backend, on either request path:
+/// the proxy frames a request by the real fields, and a server that reads `_` as `-` (Puma
+/// before 6.4.3 maps both to one CGI variable) would frame it by these, reading the next
+/// request on the shared backend connection as this one's body or the other way round.
+#[tokio::test]
+async fn framing_fields_spelled_with_underscores_are_dropped() {
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let raw = RawBackend::start(move |mut conn: RawConn<TcpStream>, _| {
+        let seen_tx = seen_tx.clone();
+        async move {
+            while let Some(req) = conn.request().await {
+                let _ = seen_tx.send((req.headers, req.body));
+                if !reply(&mut conn, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    let spoof = "Content_Length: 40\r\nTransfer_Encoding: chunked\r\ncontent_length: 7\r\n";
+    for path in BOTH_PATHS {
+        let proxy = proxy_for_raw(&[&raw], path);
+        for req in [
+            format!("POST /p HTTP/1.1\r\nHost: test\r\n{spoof}Content-Length: 2\r\n\r\nhi"),
+            format!("GET /p HTTP/1.1\r\nHost: test\r\n{spoof}\r\n"),
+            // pingora's path on either setting (HTTP/1.0).
+            format!("POST /p HTTP/1.0\r\n{spoof}Content-Length: 2\r\n\r\nhi"),
+        ] {
+            let what = format!("{path:?} {req:?}");
+            assert_eq!(answer(&proxy, &req).await, (200, "ok".into()), "{what}");
+            let (headers, body) = seen.recv().await.unwrap();
+            assert!(
+                headers.iter().all(|(n, _)| !n.contains('_')),
+                "{what}: {headers:?}"
+            );
+            let want: &[u8] = if req.starts_with("POST") { b"hi" } else { b"" };
+            assert_eq!(body, want, "{what}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn malformed_heads_get_400_with_the_reason() {
     let raw = ok_backend().await;

@@ -6,6 +6,7 @@ use std::mem::MaybeUninit;
 use std::net::IpAddr;
 
 use crate::proxy::policy::{self, Rejection, RequestView};
+use crate::proxy::request::is_framing_mimic;
 use crate::proxy::{forwarded, is_forwarded_field, FieldValue};
 
 use super::body::Framing;
@@ -287,6 +288,7 @@ impl RequestHead<'_> {
         for h in self.headers {
             if is_one_of(h.name, HOP_BY_HOP)
                 || is_forwarded_field(h.name)
+                || is_framing_mimic(h.name)
                 || (self.length_repeated && h.name.eq_ignore_ascii_case("content-length"))
             {
                 continue;

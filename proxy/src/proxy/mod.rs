@@ -443,11 +443,15 @@ impl ProxyHttp for EdgeProxy {
                 upstream_request.insert_header(http::header::HOST, host)?;
             }
         }
-        // Ours replace the client's below; its underscore spellings go too.
+        // Ours replace the client's below; its underscore spellings go too, and those of
+        // the framing fields (see `request::is_framing_mimic`).
         let mimics: Vec<_> = upstream_request
             .headers
             .keys()
-            .filter(|n| n.as_str().contains('_') && is_forwarded_field(n.as_str()))
+            .filter(|n| {
+                let n = n.as_str();
+                n.contains('_') && (is_forwarded_field(n) || request::is_framing_mimic(n))
+            })
             .cloned()
             .collect();
         for name in mimics {

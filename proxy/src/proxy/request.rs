@@ -16,6 +16,25 @@ const HTTP2_SETTINGS: &str = "http2-settings";
 /// Most header fields [`host_from_target`] rewrites; a longer head is left to pingora.
 const MAX_FIELDS: usize = 256;
 
+/// Whether a client's field `name` spells `Content-Length` or `Transfer-Encoding` with `_`
+/// for some `-` (`Transfer_Encoding`, `content_length`). Never forwarded, as nginx drops
+/// fields with underscores: the proxy frames the request by the real fields alone, while
+/// servers that fold `_` and `-` into one CGI-style variable (Puma before 6.4.3, Mongrel's
+/// other heirs) would frame it by these too, and read the rest of the body, or the next
+/// request on the shared backend connection, as something else (request smuggling).
+pub(crate) fn is_framing_mimic(name: &str) -> bool {
+    const FRAMING: [&[u8]; 2] = [b"content-length", b"transfer-encoding"];
+    let name = name.as_bytes();
+    // Length first: most fields are neither length, and this runs for every field.
+    FRAMING.iter().any(|f| {
+        f.len() == name.len()
+            && name.contains(&b'_')
+            && f.iter()
+                .zip(name)
+                .all(|(&f, &n)| f == n.to_ascii_lowercase() || (f == b'-' && n == b'_'))
+    })
+}
+
 /// The authority of an absolute-form target with an http(s)/ws(s) scheme, as sent.
 pub(crate) fn target_authority(req: &RequestHeader) -> Option<&str> {
     if let Some(a) = req.uri.authority() {
@@ -207,6 +226,27 @@ mod tests {
             r.append_header(n.to_string(), *v).unwrap();
         }
         r
+    }
+
+    #[test]
+    fn underscore_spellings_of_framing_fields() {
+        for mimic in [
+            "Transfer_Encoding",
+            "content_length",
+            "CONTENT_LENGTH",
+            "Content-Length_",
+        ] {
+            assert_eq!(is_framing_mimic(mimic), !mimic.ends_with('_'), "{mimic}");
+        }
+        for real in [
+            "Content-Length",
+            "transfer-encoding",
+            "X_Custom",
+            "Content_Type",
+            "te",
+        ] {
+            assert!(!is_framing_mimic(real), "{real}");
+        }
     }
 
     #[test]
