@@ -399,6 +399,79 @@ async fn unasked_101_gets_502() {
     c.expect_eof("after a 502").await;
 }
 
+/// An answer whose framing the proxy cannot follow exactly gets a 502 that says why, and
+/// neither connection is used again: a head over the 64 KiB limit (even one that came
+/// whole in one read), an invalid Content-Length, and chunked bodies with a malformed size
+/// or with bare LFs where a lenient client would end a line (in a chunk extension, ending a
+/// trailer), which that client would frame apart from the proxy.
+#[tokio::test]
+async fn answers_with_broken_framing_get_502_with_the_reason() {
+    let chunked = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let cases = [
+        (
+            format!(
+                "HTTP/1.1 200 OK\r\nX-Big: {}\r\nContent-Length: 2\r\n\r\nok",
+                "x".repeat(70_000)
+            ),
+            "the backend's response head is too large",
+        ),
+        (
+            "HTTP/1.1 200 OK\r\nContent-Length: 2x\r\n\r\nok".to_owned(),
+            "the backend sent an invalid or conflicting Content-Length",
+        ),
+        (
+            format!("{chunked}zz\r\nabc\r\n0\r\n\r\n"),
+            "the backend sent a malformed chunked body",
+        ),
+        (
+            format!("{chunked}3;x\nabc\r\n0\r\n\r\n"),
+            "the backend sent a malformed chunked body",
+        ),
+        (
+            format!("{chunked}3\r\nabc\r\n0\r\nx-sum: 3\n\r\n"),
+            "the backend sent a malformed chunked body",
+        ),
+    ];
+    let answers: Vec<String> = cases.iter().map(|(a, _)| a.clone()).collect();
+    let raw = RawBackend::start(move |mut conn, _| {
+        let answers = answers.clone();
+        async move {
+            while let Some(req) = conn.request().await {
+                let i: usize = req
+                    .path
+                    .trim_start_matches('/')
+                    .parse()
+                    .unwrap_or(usize::MAX);
+                let answer = answers
+                    .get(i)
+                    .map_or("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", |a| a);
+                if !reply(&mut conn, answer).await {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    let proxy = proxy_for_raw(&[&raw], "");
+    for (i, (_, reason)) in cases.iter().enumerate() {
+        let mut c = RawConn::connect(proxy.addr()).await;
+        let r = c.exchange(get_req(&format!("/{i}"))).await;
+        let head: String = r.head.chars().take(300).collect();
+        assert_eq!(r.status, 502, "case {i}: {head}");
+        assert_eq!(r.text(), format!("502 Bad Gateway: {reason}\n"), "case {i}");
+        assert!(r.closes(), "case {i}: {head}");
+        c.expect_eof(&format!("case {i}")).await;
+    }
+    let mut c = RawConn::connect(proxy.addr()).await;
+    let r = c.exchange(get_req("/ok")).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "ok"), "{r:?}");
+    assert_eq!(
+        raw.accepted(),
+        cases.len() + 1,
+        "a connection with a broken answer was used again"
+    );
+}
+
 #[tokio::test]
 async fn head_response_has_no_body_and_the_connection_goes_on() {
     let (_b, _proxy, mut c) = echo_setup().await;

@@ -69,6 +69,8 @@ enum State {
     /// The start of a trailer line (or of the final empty line).
     TrailerStart,
     TrailerLine,
+    /// The `\n` that ends a trailer line.
+    TrailerLf,
     /// The `\n` of the final empty line.
     EndLf,
     Done,
@@ -111,6 +113,12 @@ impl Chunked {
                     }
                     if b == b'\r' {
                         State::SizeLf
+                    } else if is_ctl(b) {
+                        // A bare LF (or other control byte) has no place in chunk extensions
+                        // (RFC 9112 §7.1.1). Passed on, it would end the size line for a
+                        // client that takes a bare LF as a line end, which would then frame
+                        // the body apart from us.
+                        return Err(BadChunk);
                     } else {
                         State::SizeRest
                     }
@@ -131,12 +139,20 @@ impl Chunked {
                     if self.line > MAX_LINE {
                         return Err(BadChunk);
                     }
-                    if b == b'\n' {
-                        self.line = 0;
-                        State::TrailerStart
+                    if b == b'\r' {
+                        State::TrailerLf
+                    } else if is_ctl(b) {
+                        // Trailer lines are field lines ending in CRLF (RFC 9112 §7.1.2): a
+                        // bare LF or CR would end the trailer section elsewhere for a
+                        // lenient client than for us.
+                        return Err(BadChunk);
                     } else {
                         State::TrailerLine
                     }
+                }
+                State::TrailerLf if b == b'\n' => {
+                    self.line = 0;
+                    State::TrailerStart
                 }
                 State::EndLf if b == b'\n' => {
                     self.state = State::Done;
@@ -147,6 +163,11 @@ impl Chunked {
         }
         Ok((i, self.state == State::Done))
     }
+}
+
+/// A control byte other than HTAB, which is allowed in field values and extensions.
+fn is_ctl(b: u8) -> bool {
+    (b < 0x20 && b != b'\t') || b == 0x7f
 }
 
 #[cfg(test)]
@@ -188,6 +209,20 @@ mod tests {
         assert_eq!(scan(&[b"5\r\nhelloXX"]), Err(BadChunk));
         assert_eq!(scan(&[b"\r\n"]), Err(BadChunk));
         assert_eq!(scan(&[b"11111111111111111\r\n"]), Err(BadChunk));
+        // Bare LFs and other control bytes where a lenient parser would see a line end.
+        for bad in [
+            &b"3;x\nabc\r\n0\r\n\r\n"[..],
+            b"3;x\0\r\nabc\r\n0\r\n\r\n",
+            b"3\r\nabc\r\n0\r\nx: y\n\r\n",
+            b"3\r\nabc\r\n0\r\nx: y\rz\r\n\r\n",
+            b"3\r\nabc\r\n0\r\n\n",
+            b"3\nabc\r\n0\r\n\r\n",
+        ] {
+            assert_eq!(scan(&[bad]), Err(BadChunk), "{}", bad.escape_ascii());
+        }
+        // Whitespace and extensions with tabs stay fine.
+        let good = b"3 ;a=\"b\tc\"\r\nabc\r\n0\r\nx-a: 1\t2\r\n\r\n";
+        assert_eq!(scan(&[good]), Ok((good.len(), true)));
     }
 
     #[test]

@@ -351,15 +351,26 @@ impl RequestView for RequestHead<'_> {
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{}", self.reason())]
 pub enum BadResponse {
-    #[error("the backend sent an invalid response head")]
     Invalid,
-    #[error("the backend's response head is too large")]
     TooLarge,
-    #[error("the backend sent conflicting Content-Length values")]
     Length,
-    #[error("the backend switched protocols on a request that asked for no upgrade")]
     Upgrade,
+}
+
+impl BadResponse {
+    /// What is wrong, as the client's 502 says it.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            BadResponse::Invalid => "the backend sent an invalid response head",
+            BadResponse::TooLarge => "the backend's response head is too large",
+            BadResponse::Length => "the backend sent an invalid or conflicting Content-Length",
+            BadResponse::Upgrade => {
+                "the backend switched protocols on a request that asked for no upgrade"
+            }
+        }
+    }
 }
 
 /// A backend's response head, rewritten for the client.
@@ -389,6 +400,9 @@ pub fn parse_response(
         buf,
         &mut fields,
     ) {
+        // A head that came whole in the read that took the buffer past the limit is over
+        // the limit all the same.
+        Ok(httparse::Status::Complete(len)) if len > max => return Err(BadResponse::TooLarge),
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() > max => return Err(BadResponse::TooLarge),
         Ok(httparse::Status::Partial) => return Ok(None),
@@ -821,6 +835,10 @@ mod tests {
         );
         assert_eq!(
             parse_response(b"HTTP/1.1 200 OK\r\nX: aaaaaaaaaaaa", false, 8).err(),
+            Some(BadResponse::TooLarge)
+        );
+        assert_eq!(
+            parse_response(b"HTTP/1.1 200 OK\r\nX: aaaaaaaaaaaa\r\n\r\n", false, 20).err(),
             Some(BadResponse::TooLarge)
         );
         assert!(matches!(

@@ -45,7 +45,7 @@ use crate::upstream::stream::UpstreamStream;
 use crate::upstream::tls::TlsClient;
 use crate::upstream::Upstream;
 
-use body::Framing;
+use body::{BadChunk, Framing};
 use bound::{bounded, Deadline};
 use head::{BadResponse, Parse, RequestHead, ResponseHead};
 use lent::Lent;
@@ -488,6 +488,15 @@ impl H1 {
                 }
                 true
             }
+            Err(RelayError::Unsent(e)) => {
+                up.report_failure(&choice.backend);
+                tracing::debug!(upstream = %up.name, backend = %choice.backend.addr, "response body: {e}");
+                log.status = 502;
+                let answer =
+                    respond::text_bytes(502, "the backend sent a malformed chunked body", added);
+                answer_own(client, &mut log, &answer).await;
+                false
+            }
             Err(RelayError::Client(sent)) => {
                 log.bytes_sent = sent;
                 false
@@ -639,6 +648,9 @@ struct Relayed {
 }
 
 enum RelayError {
+    /// The body's framing was broken in the bytes that came with the head: nothing has been
+    /// sent to the client yet, which can still be answered.
+    Unsent(BadChunk),
     /// The client went away; body bytes sent until then.
     Client(u64),
     /// The backend failed mid-body (the client connection must close: it cannot be told).
@@ -657,9 +669,7 @@ async fn relay_body(
     limit: Duration,
 ) -> Result<Relayed, RelayError> {
     let first = &upbuf[head_len..];
-    let (n, mut done) = framing
-        .feed(first)
-        .map_err(|e| RelayError::Upstream(0, e.to_string()))?;
+    let (n, mut done) = framing.feed(first).map_err(RelayError::Unsent)?;
     let mut clean = n == first.len();
     head.extend_from_slice(&first[..n]);
     let mut sent = n as u64;
@@ -1001,6 +1011,7 @@ impl Failure {
             }
             Failure::Connect(_) => (502, "could not connect to any backend"),
             Failure::Timeout => (504, "the backend did not answer in time"),
+            Failure::Bad(bad) => (502, bad.reason()),
             _ => (502, "the backend failed"),
         }
     }
