@@ -472,6 +472,66 @@ async fn answers_with_broken_framing_get_502_with_the_reason() {
     );
 }
 
+/// What the client gets of an answer head leaves it no room to frame the answer otherwise
+/// than the proxy did: a status line without a reason phrase keeps the space before it, a
+/// 204 loses the Content-Length it must not have, and an answer with
+/// both fields is framed by Transfer-Encoding alone, its backend connection not reused (the
+/// backend may have framed it by the length). A status below 100 gets a 502.
+#[tokio::test]
+async fn answer_heads_leave_the_client_one_framing() {
+    let answers = [
+        "HTTP/1.1 200\r\nContent-Length: 2\r\n\r\nok",
+        "HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nContent-Length: 9\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        "HTTP/1.1 099 Low\r\nContent-Length: 2\r\n\r\nok",
+    ];
+    let raw = RawBackend::start(move |mut conn, _| async move {
+        while let Some(req) = conn.request().await {
+            let i: usize = req.path.trim_start_matches('/').parse().unwrap_or(0);
+            if !reply(&mut conn, answers.get(i).copied().unwrap_or(answers[0])).await {
+                return;
+            }
+        }
+    })
+    .await;
+    let proxy = proxy_for_raw(&[&raw], "");
+    let mut c = RawConn::connect(proxy.addr()).await;
+
+    let r = c.exchange(get_req("/0")).await;
+    assert!(r.head.starts_with("HTTP/1.1 200 \r\n"), "{:?}", r.head);
+    assert_eq!(r.text(), "ok");
+
+    let r = c.exchange(get_req("/1")).await;
+    assert_eq!(r.status, 204, "{r:?}");
+    for field in ["content-length", "transfer-encoding"] {
+        assert_eq!(r.header(field), None, "{r:?}");
+    }
+    assert_eq!(
+        raw.accepted(),
+        1,
+        "a plain 204 keeps the backend connection"
+    );
+
+    let r = c.exchange(get_req("/2")).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "ok"), "{r:?}");
+    assert_eq!(r.header("content-length"), None, "{r:?}");
+    assert!(!r.closes(), "{r:?}");
+    let r = c.exchange(get_req("/0")).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        raw.accepted(),
+        2,
+        "the connection that sent both Content-Length and Transfer-Encoding was reused"
+    );
+
+    let r = c.exchange(get_req("/3")).await;
+    assert_eq!(r.status, 502, "{r:?}");
+    assert_eq!(
+        r.text(),
+        "502 Bad Gateway: the backend sent an invalid response head\n"
+    );
+}
+
 #[tokio::test]
 async fn head_response_has_no_body_and_the_connection_goes_on() {
     let (_b, _proxy, mut c) = echo_setup().await;

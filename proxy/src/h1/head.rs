@@ -415,6 +415,10 @@ pub fn parse_response(
     if status == 101 {
         return Err(BadResponse::Upgrade);
     }
+    if status < 100 {
+        // RFC 9110 §15: a status code is three digits from 100 on.
+        return Err(BadResponse::Invalid);
+    }
     let mut out = Vec::with_capacity(len + 64);
     // The status line as received (it parsed, so it is `HTTP/1.x NNN reason` and ends in a
     // newline within the head, after any empty lines the parser skipped), always answered
@@ -430,6 +434,11 @@ pub fn parse_response(
     let line = buf[(start + b"HTTP/1.1".len()).min(line_end)..line_end].trim_ascii_end();
     out.extend_from_slice(b"HTTP/1.1");
     out.extend_from_slice(line);
+    if line.len() == b" 200".len() {
+        // No reason phrase: the space before it is still required (RFC 9112 §4), and was
+        // trimmed (or never sent).
+        out.push(b' ');
+    }
     out.extend_from_slice(b"\r\n");
     let mut length = None;
     let mut chunked = None;
@@ -497,15 +506,29 @@ pub fn parse_response(
         with_http_date(|d| out.extend_from_slice(d));
         out.extend_from_slice(b"\r\n");
     }
-    if chunked.is_some() && length.is_some() {
+    let both = chunked.is_some() && length.is_some();
+    if both {
         // Transfer-Encoding overrides Content-Length (RFC 9112 §6.3); sending both on
         // would let a downstream parser pick the wrong one.
         strip_field(&mut out, b"content-length");
     }
+    if status == 204 || (100..200).contains(&status) {
+        // Neither field belongs on a 1xx or 204 (RFC 9110 §8.6, RFC 9112 §6.1): a client
+        // that took one for a body would read the next answer as this one's body.
+        if length.is_some() && !both {
+            strip_field(&mut out, b"content-length");
+        }
+        if chunked.is_some() {
+            strip_field(&mut out, b"transfer-encoding");
+        }
+    }
     Ok(Some(ResponseHead {
         status,
         len,
-        reusable: !close && !framing.until_close(),
+        // Both fields at once may be an attempt at response splitting (RFC 9112 §6.3): the
+        // answer is framed by Transfer-Encoding, but the backend may have framed it by the
+        // length, so its connection is not used again (nginx refuses such an answer).
+        reusable: !close && !framing.until_close() && !both,
         framing,
         out,
     }))
@@ -806,6 +829,50 @@ mod tests {
         );
         assert_eq!(r.as_ref().map(|r| r.reusable), Some(false));
         assert_eq!(r.map(|r| r.framing), Some(Framing::UntilClose));
+
+        let r = parse_response(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+            false,
+            1024,
+        )
+        .ok()
+        .flatten();
+        assert_eq!(r.map(|r| r.reusable), Some(false), "CL and TE: not reused");
+
+        for (raw, want) in [
+            (
+                &b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\nX: 1\r\n\r\n"[..],
+                "HTTP/1.1 204 No Content\r\nX: 1\r\n",
+            ),
+            (
+                b"HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\n\r\n",
+                "HTTP/1.1 204 No Content\r\n",
+            ),
+            (
+                b"HTTP/1.1 103 Early Hints\r\nContent-Length: 5\r\n\r\n",
+                "HTTP/1.1 103 Early Hints\r\n",
+            ),
+            (
+                b"HTTP/1.1 200\r\nContent-Length: 0\r\n\r\n",
+                "HTTP/1.1 200 \r\nContent-Length: 0\r\n",
+            ),
+            (
+                b"HTTP/1.1 200 \r\nContent-Length: 0\r\n\r\n",
+                "HTTP/1.1 200 \r\nContent-Length: 0\r\n",
+            ),
+        ] {
+            let r = parse_response(raw, false, 1024).ok().flatten();
+            assert_eq!(r.map(|r| undated(&r.out)).as_deref(), Some(want));
+        }
+        assert_eq!(
+            parse_response(
+                b"HTTP/1.1 099 Low\r\nContent-Length: 0\r\n\r\n",
+                false,
+                1024
+            )
+            .err(),
+            Some(BadResponse::Invalid)
+        );
 
         let r = parse_response(
             b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
