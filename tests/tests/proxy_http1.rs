@@ -532,6 +532,34 @@ async fn answer_heads_leave_the_client_one_framing() {
     );
 }
 
+/// An answer with more header fields than a request on the proxy's own path may have (it
+/// hands those to pingora; an answer has no other path) is relayed whole, up to the 256
+/// pingora takes: many cookies and security headers are an ordinary answer, not a 502.
+#[tokio::test]
+async fn an_answer_with_many_fields_is_relayed() {
+    let cookies: String = (0..150)
+        .map(|i| format!("Set-Cookie: c{i}=v{i}\r\n"))
+        .collect();
+    let answer = format!("HTTP/1.1 200 OK\r\n{cookies}Content-Length: 2\r\n\r\nok");
+    let raw = RawBackend::start(move |mut conn, _| {
+        let answer = answer.clone();
+        async move {
+            while conn.request().await.is_some() {
+                if !reply(&mut conn, &answer).await {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    let proxy = proxy_for_raw(&[&raw], "");
+    let mut c = RawConn::connect(proxy.addr()).await;
+    let r = c.exchange(get_req("/")).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "ok"), "{r:?}");
+    let cookies = r.headers.iter().filter(|(n, _)| n == "set-cookie").count();
+    assert_eq!(cookies, 150, "{r:?}");
+}
+
 #[tokio::test]
 async fn head_response_has_no_body_and_the_connection_goes_on() {
     let (_b, _proxy, mut c) = echo_setup().await;

@@ -393,7 +393,11 @@ pub fn parse_response(
     request_was_head: bool,
     max: usize,
 ) -> Result<Option<ResponseHead>, BadResponse> {
-    let mut fields = fields();
+    // As many fields as pingora's parser takes: a response has no other path to go to, and
+    // one with more fields than a request on this path may have (Set-Cookie, security
+    // headers) is an ordinary answer. Left uninitialised, the room costs nothing unused.
+    let mut fields: [MaybeUninit<httparse::Header<'_>>; MAX_FIELDS] =
+        [const { MaybeUninit::uninit() }; MAX_FIELDS];
     let mut resp = httparse::Response::new(&mut []);
     let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
         &mut resp,
