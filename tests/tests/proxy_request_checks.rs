@@ -284,6 +284,31 @@ async fn malformed_heads_get_400_with_the_reason() {
     assert_eq!(raw.accepted(), 0, "a malformed request reached the backend");
 }
 
+/// A request line whose version is not HTTP/1.1 or HTTP/1.0 (HTTP/2.0 or HTTP/1.2 over an
+/// HTTP/1 connection, a lower-case version, none at all as in HTTP/0.9, tabs for spaces)
+/// gets a 400 that says so on either path, not pingora's empty one, and reaches no backend.
+#[tokio::test]
+async fn request_lines_without_a_known_version_get_400_with_the_reason() {
+    let raw = ok_backend().await;
+    let detail = "malformed request line: the version is not HTTP/1.1 or HTTP/1.0";
+    for path in BOTH_PATHS {
+        let proxy = proxy_for_raw(&[&raw], path);
+        for line in [
+            "GET / HTTP/2.0",
+            "GET / HTTP/1.2",
+            "GET / http/1.1",
+            "GET /",
+            "GET\t/\tHTTP/1.1",
+        ] {
+            let what = format!("{path:?} {line:?}");
+            let mut c = RawConn::connect(proxy.addr()).await;
+            let req = format!("{line}\r\nHost: test\r\n\r\n");
+            refused(&mut c, &req, 400, detail, &what).await;
+        }
+    }
+    assert_eq!(raw.accepted(), 0, "a refused request reached the backend");
+}
+
 #[tokio::test]
 async fn a_content_length_list_of_one_value_reaches_the_backend_once() {
     let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();

@@ -166,7 +166,20 @@ pub fn handoff_framing(buf: &[u8]) -> Result<(usize, Framing), Rejection> {
     let Some(line_end) = memchr::memchr(b'\n', buf) else {
         return Err(malformed_head("malformed request head: no request line"));
     };
-    let http10 = buf[..line_end].trim_ascii_end().ends_with(b" HTTP/1.0");
+    // pingora's parser takes these two versions alone and refuses any other (HTTP/2.0,
+    // HTTP/1.2, a lower-case or missing version, tabs for spaces) with an empty 400: refused
+    // here with the reason. The version is the last word of the line, whatever pingora
+    // makes of the words before it.
+    let line = buf[..line_end].trim_ascii_end();
+    let http10 = match line.rsplit(|&b| b == b' ').next().unwrap_or_default() {
+        b"HTTP/1.1" => false,
+        b"HTTP/1.0" => true,
+        _ => {
+            return Err(malformed_head(
+                "malformed request line: the version is not HTTP/1.1 or HTTP/1.0",
+            ))
+        }
+    };
     let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
     let (len, fields) = match httparse::parse_headers(&buf[line_end + 1..], &mut fields) {
         Ok(httparse::Status::Complete((n, parsed))) => (line_end + 1 + n, parsed),
@@ -710,6 +723,20 @@ mod tests {
         let head = b"GET /a|b c HTTP/1.1\r\nContent-Length: 3, 3\r\n\r\nabcNEXT";
         assert_eq!(framing(head), Ok((head.len() - 7, Framing::Length(3))));
         assert_eq!(framing(b"GET / HTTP/1.0\r\n\r\n"), Ok((18, Framing::Empty)));
+        for line in [
+            &b"GET / HTTP/2.0\r\n\r\n"[..],
+            b"GET / HTTP/1.2\r\n\r\n",
+            b"GET / http/1.1\r\n\r\n",
+            b"GET /\r\n\r\n",
+            b"GET\t/\tHTTP/1.1\r\n\r\n",
+        ] {
+            assert_eq!(
+                framing(line).map_err(|e| e.1),
+                Err("malformed request line: the version is not HTTP/1.1 or HTTP/1.0"),
+                "{}",
+                line.escape_ascii()
+            );
+        }
         assert_eq!(
             framing(b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n")
                 .map_err(|e| e.0),
