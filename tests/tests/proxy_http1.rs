@@ -229,11 +229,9 @@ async fn bytes_after_an_answer_are_not_served_to_the_next_client() {
             "client {i} got another request's answer: {r:?}"
         );
     }
-    assert_eq!(
-        raw.accepted(),
-        2,
-        "the connection with stray bytes was reused"
-    );
+    // (Were the connection with the stray bytes used again, the first client above would
+    // have had them for its answer. How many connections the later requests took is not
+    // checked: a client may have its answer before the proxy has pooled the connection.)
 }
 
 #[tokio::test]
