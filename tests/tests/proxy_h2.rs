@@ -283,3 +283,51 @@ async fn h2_heads_are_held_to_max_request_header_bytes() {
     assert!(r.body.contains("request header fields too large"), "{r:?}");
     assert_eq!(r.backend(), None);
 }
+
+/// An h2 request's `content_length` and `transfer_encoding` fields (underscores) never
+/// reach an HTTP/1 backend, where a server that reads `_` as `-` would frame the request
+/// by them (as on the HTTP/1 paths, `proxy_request_checks.rs`).
+#[tokio::test]
+async fn framing_fields_spelled_with_underscores_are_dropped() {
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let raw = RawBackend::start(move |mut conn: RawConn<TcpStream>, _| {
+        let seen_tx = seen_tx.clone();
+        async move {
+            while let Some(req) = conn.request().await {
+                let _ = seen_tx.send(req.headers);
+                let answer = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                if !tests::raw::reply(&mut conn, answer).await {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::generate(dir.path(), &["localhost", "127.0.0.1"]);
+    let (_proxy, port) = tls_proxy(
+        &certs,
+        &format!("{{ addr = \"{}\", id = \"raw\" }}", raw.addr),
+        "",
+    );
+    let h2 = h2_connect(&certs.ca_pem(), port).await;
+    let mut ready = tokio::time::timeout(STEP_TIMEOUT, h2.clone().ready())
+        .await
+        .unwrap()
+        .unwrap();
+    let req = http::Request::get(format!("https://localhost:{port}/p"))
+        .header("content_length", "40")
+        .header("transfer_encoding", "chunked")
+        .body(())
+        .unwrap();
+    let (resp, _) = ready.send_request(req, true).unwrap();
+    assert_eq!(
+        read_response(resp).await,
+        Ok((http::StatusCode::OK, "ok".to_owned()))
+    );
+    let headers = tokio::time::timeout(STEP_TIMEOUT, seen.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(headers.iter().all(|(n, _)| !n.contains('_')), "{headers:?}");
+}
