@@ -107,10 +107,22 @@ async fn routes_match_the_decoded_path_with_dot_segments_resolved() {
         ("/api/../../x", 400, "the path climbs above the root"),
         ("/a%zz", 400, "a percent escape in the path is invalid"),
         ("/a%00", 400, "the path contains a NUL byte"),
+        // Targets that are not paths: pingora routed them as `/` and forwarded them as
+        // sent (two spaces after the method are repaired to the target `%20/api/x`).
+        (
+            " /api/x",
+            400,
+            "the request target is not a path, an http(s) URL, or * for OPTIONS",
+        ),
+        (
+            "api/../x",
+            400,
+            "the request target is not a path, an http(s) URL, or * for OPTIONS",
+        ),
     ];
     for (path, status, want) in cases {
         let (got_status, body) = answer(&proxy, &get_req(path)).await;
-        assert_eq!(got_status, status, "{path}: {body}");
+        assert_eq!(got_status, status, "{path}: {got_status} {body}");
         assert!(body.contains(want), "{path}: {body}");
     }
 }

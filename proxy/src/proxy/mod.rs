@@ -326,6 +326,17 @@ impl ProxyHttp for EdgeProxy {
                 .reject(session, ctx, r.status, r.reason, r.detail)
                 .await;
         }
+        if !request::routable_target(session.req_header()) {
+            return self
+                .reject(
+                    session,
+                    ctx,
+                    400,
+                    "bad_target",
+                    "the request target is not a path, an http(s) URL, or * for OPTIONS",
+                )
+                .await;
+        }
         let mut expect_continue = false;
         match request::expectation(session.req_header()) {
             request::Expectation::None => {}

@@ -35,6 +35,19 @@ pub(crate) fn is_framing_mimic(name: &str) -> bool {
     })
 }
 
+/// Whether the request target has a form the routes can read (RFC 9112 §3.2): a path
+/// (origin-form), an http(s)/ws(s) URL (absolute-form), or `*` on an OPTIONS request.
+/// pingora routes any other target as `/` (its URI is left empty) but forwards it as
+/// sent, so a backend would act on a path no route was chosen for: `GET x/../admin`, or
+/// `GET  /admin` (two spaces), which pingora repairs to the target `%20/admin`.
+pub(crate) fn routable_target(req: &RequestHeader) -> bool {
+    match req.raw_path() {
+        [b'/', ..] => true,
+        b"*" => req.method == http::Method::OPTIONS,
+        _ => target_authority(req).is_some(),
+    }
+}
+
 /// The authority of an absolute-form target with an http(s)/ws(s) scheme, as sent.
 pub(crate) fn target_authority(req: &RequestHeader) -> Option<&str> {
     if let Some(a) = req.uri.authority() {
@@ -246,6 +259,33 @@ mod tests {
             "te",
         ] {
             assert!(!is_framing_mimic(real), "{real}");
+        }
+    }
+
+    #[test]
+    fn routable_targets() {
+        let routable = |method: &str, target: &str| {
+            let mut r = RequestHeader::build(method, target.as_bytes(), None).unwrap();
+            r.set_version(Version::HTTP_11);
+            routable_target(&r)
+        };
+        for (method, target) in [
+            ("GET", "/"),
+            ("GET", "/a?b"),
+            ("GET", "http://a.example/x"),
+            ("GET", "https://a.example"),
+            ("OPTIONS", "*"),
+        ] {
+            assert!(routable(method, target), "{method} {target}");
+        }
+        for (method, target) in [
+            ("GET", "%20/admin"),
+            ("GET", "x/../admin"),
+            ("GET", "?q"),
+            ("GET", "ftp://a.example/x"),
+            ("GET", "*"),
+        ] {
+            assert!(!routable(method, target), "{method} {target}");
         }
     }
 
