@@ -581,8 +581,11 @@ async fn write_upstream(
                 Err(e) => return Err(e),
             }
         }
-        // A no-op on plain TCP; over TLS, the last record may still be held.
-        upstream.flush().await
+        // Over TLS the last record may still be held; plain TCP holds nothing back.
+        if upstream.buffers_writes() {
+            upstream.flush().await?;
+        }
+        Ok(())
     })
     .await;
     match sent {

@@ -75,7 +75,10 @@ impl Pool {
             .iter()
             .take_while(|i| now.saturating_duration_since(i.since) > self.max_idle)
             .count();
-        list.drain(..expired);
+        // Guarded: a drain of nothing still costs its drop glue on every request.
+        if expired > 0 {
+            list.drain(..expired);
+        }
         if list.len() >= self.max_per_backend {
             list.remove(0);
         }

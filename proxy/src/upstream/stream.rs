@@ -23,6 +23,9 @@ impl UpstreamStream {
     pub fn still_open(&mut self) -> bool {
         match self {
             UpstreamStream::Plain(s) => {
+                // Checked on every reuse: tokio answers from the readiness it has cached,
+                // without a system call, when nothing has come since the last read (cheaper
+                // than asking for readiness with a waker, which registers it).
                 let mut probe = [0u8; 1];
                 matches!(s.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
             }
@@ -36,6 +39,13 @@ impl UpstreamStream {
                 matches!(Pin::new(s).poll_read(&mut cx, &mut buf), Poll::Pending)
             }
         }
+    }
+}
+
+impl UpstreamStream {
+    /// Whether written bytes may wait in a buffer until a flush: over TLS, the last record.
+    pub fn buffers_writes(&self) -> bool {
+        matches!(self, UpstreamStream::Tls(_))
     }
 }
 
