@@ -9,8 +9,9 @@
 use std::path::Path;
 use std::time::Duration;
 
+use serde_json::json;
 use tempfile::TempDir;
-use tests::admin::admin_post;
+use tests::admin::{admin_post, status};
 use tests::fixtures::{admin, listener, tls_keys, TWO_THREADS};
 use tests::raw::RawConn;
 use tests::{
@@ -278,9 +279,19 @@ async fn a_reload_applies_new_tls_settings_to_the_next_connection() {
         r.status, 502,
         "the system's roots do not hold the test CA: {r:?}"
     );
+    let s = status(&proxy).await;
+    let tls = &s["upstreams"][0]["tls"];
+    assert_eq!(
+        (&tls["server_name"], &tls["ca"], &tls["verify"]),
+        (&json!("backend.test"), &json!(null), &json!(true)),
+        "{s}"
+    );
     reload(&trusting(tb.ca(), "backend.test")).await;
     let r = get_with(&c, &proxy.url("/id")).await;
     assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "r1"), "{r:?}");
+    let s = status(&proxy).await;
+    let ca = tb.ca().display().to_string();
+    assert_eq!(s["upstreams"][0]["tls"]["ca"], json!(ca), "{s}");
     // And back: the kept-alive connection opened under the old settings is not reused.
     reload(&trusting(tb.ca(), "other.test")).await;
     let r = get_with(&c, &proxy.url("/id")).await;

@@ -89,6 +89,13 @@ impl AdminApp {
                     "name": u.name,
                     "strategy": u.config.strategy.as_str(),
                     "active_checks": u.config.health.active.is_some(),
+                    // What an operator checks when a backend's handshakes fail.
+                    "tls": u.config.tls.as_ref().map(|t| json!({
+                        "server_name": t.server_name,
+                        "ca": t.ca.as_ref().map(|c| c.path.display().to_string()),
+                        "verify": t.verify,
+                        "client_cert": t.client_cert.as_ref().map(|c| c.cert.display().to_string()),
+                    })),
                     "backends": backends,
                 })
             })
