@@ -15,7 +15,9 @@
 //!   the same [`EngineError`]). The requester waits a bounded time (a GET:
 //!   `ping_interval + ping_timeout`, since the owner answers a long poll by the next ping
 //!   at the latest; a POST: `ping_timeout`); no answer in time (a dead owner) is
-//!   `400 Session ID unknown`, so the client reconnects.
+//!   `400 Session ID unknown`, so the client reconnects. A requester that stops sends
+//!   `{"t":"release","id","from"}` for each poll it still waits on: the owner answers it at
+//!   once (a noop if nothing is queued), and the client polls again through another node.
 //! - WebSocket bridge: a WebSocket upgrade for another node's session is accepted and
 //!   bridged over the same topics: `{"t":"wsopen","id","from","sid"}`, then
 //!   `{"t":"wsin","id","from","frame"}` to the owner and `{"t":"wsout","id","frame"}` back,
@@ -206,6 +208,11 @@ enum Rpc {
     },
     /// Owner → bridging node: a frame for the client of bridge `id`.
     WsOut { id: u64, frame: WsFrame },
+    /// Requesting node → owner: answer poll `id` from `from` now (a noop if nothing is
+    /// queued). The requester is stopping: held until the next ping, the poll would be cut
+    /// at the end of its grace period, and the client would reconnect rather than poll
+    /// again, through another node, on the same session.
+    Release { id: u64, from: String },
     Res {
         id: u64,
         /// The poll's payload (a POST answers with none).
@@ -314,6 +321,9 @@ struct Inner {
     bridges: Mutex<HashMap<u64, mpsc::Sender<WsFrame>>>,
     /// Owner side: the frames from each bridged client, by (bridging node, bridge id).
     hosted: Mutex<HashMap<(String, u64), HostedFrames>>,
+    /// Owner side: the sessions of the forwarded polls being served, by (requesting node,
+    /// request id), for a [`Rpc::Release`].
+    serving: Mutex<HashMap<(String, u64), Arc<Session>>>,
     /// The work this node's sessions and bridges leave to finish when they end: replies to
     /// other nodes, owner records to delete ([`Forwarder::stopped`] waits for it).
     tasks: TaskTracker,
@@ -351,6 +361,7 @@ impl Forwarder {
                 pending: Mutex::new(HashMap::new()),
                 bridges: Mutex::new(HashMap::new()),
                 hosted: Mutex::new(HashMap::new()),
+                serving: Mutex::new(HashMap::new()),
                 tasks: TaskTracker::new(),
                 stopping: CancellationToken::new(),
             }),
@@ -445,6 +456,12 @@ impl Forwarder {
                     });
                 }
             }
+            Rpc::Release { id, from } => {
+                let session = self.inner.serving.lock().get(&(from, id)).cloned();
+                if let Some(session) = session {
+                    session.release_poll();
+                }
+            }
             Rpc::Req {
                 id,
                 from,
@@ -454,8 +471,20 @@ impl Forwarder {
                 body,
             } => {
                 metrics().forward_served.inc();
+                // Registered before the poll is spawned: a release right behind the
+                // request on the topic finds it.
+                let serving = (op == Op::Poll)
+                    .then(|| {
+                        let session = sid.parse::<Sid>().ok()?;
+                        let session = self.inner.sessions.get(session)?;
+                        let key = (from.clone(), id);
+                        self.inner.serving.lock().insert(key.clone(), session);
+                        Some(Serving(Arc::clone(&self.inner), key))
+                    })
+                    .flatten();
                 self.inner.tasks.clone().spawn(async move {
                     let result = self.serve(op, &sid, binary, &body).await;
+                    drop(serving);
                     let (body, error) = match result {
                         Ok(body) => (body, None),
                         Err(error) => (None, Some(error_code(error))),
@@ -605,7 +634,23 @@ impl Forwarder {
             Op::Poll => self.inner.config.poll_timeout,
             Op::Post => self.inner.config.post_timeout,
         };
-        match tokio::time::timeout(limit, rx).await {
+        let answer = async {
+            let mut rx = rx;
+            if op == Op::Poll {
+                tokio::select! {
+                    answer = &mut rx => return answer,
+                    () = self.inner.stopping.cancelled() => {
+                        let release = Rpc::Release {
+                            id,
+                            from: self.inner.config.node_id.clone(),
+                        };
+                        self.send_to(&owner, &release).await;
+                    }
+                }
+            }
+            rx.await
+        };
+        match tokio::time::timeout(limit, answer).await {
             Ok(Ok(result)) => result,
             _ => {
                 metrics().forward_timeouts.inc();
@@ -613,6 +658,15 @@ impl Forwarder {
                 Err(EngineError::UnknownSid)
             }
         }
+    }
+}
+
+/// Forgets a forwarded poll once it is served.
+struct Serving(Arc<Inner>, (String, u64));
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        self.0.serving.lock().remove(&self.1);
     }
 }
 

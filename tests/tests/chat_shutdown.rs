@@ -11,6 +11,10 @@
 //!   frame 1001, and the owner learns at once that its client is gone: before, the
 //!   connection was cut, and the owner kept the socket connected until its ping timeout
 //!   (so a client reconnecting elsewhere could not recover it).
+//! - A long poll that a stopping node forwards to another node (the session's owner) is
+//!   answered at once with a noop, and the session goes on there: before, the poll was held
+//!   until the next ping and cut at the end of the grace period, and the client started a
+//!   new session.
 //! - An idle node exits at once, and its log, written to a file, is plain text (it had
 //!   terminal colour codes).
 //!
@@ -40,7 +44,8 @@ fn engine_url(node: &ChatNode, transport: &str, sid: Option<&str>) -> String {
 }
 
 /// A chat socket on long-polling whose session `owner` holds: the handshake and CONNECT
-/// sent to `owner`, polled there until the `welcome`. Returns the Engine.IO session id.
+/// sent to `owner`, polled there until the `welcome` and the lobby's `presence` event.
+/// Returns the Engine.IO session id.
 async fn polling_chat_session(owner: &ChatNode, name: &str) -> String {
     let http = client();
     let open = send(http.get(engine_url(owner, "polling", None))).await;
@@ -57,16 +62,19 @@ async fn polling_chat_session(owner: &ChatNode, name: &str) -> String {
         (connect.status.as_u16(), connect.body.as_str()),
         (200, "ok")
     );
+    // The welcome, and the lobby's presence event that follows it through the bus: once
+    // both are in, nothing is queued and a poll waits.
     let deadline = Instant::now() + STEP_TIMEOUT;
-    loop {
+    let (mut welcome, mut presence) = (false, false);
+    while !(welcome && presence) {
         let poll = tokio::time::timeout_at(deadline.into(), send(http.get(&url)))
             .await
-            .expect("the welcome in time");
+            .expect("the welcome and the presence event in time");
         assert_eq!(poll.status, 200, "poll: {}", poll.body);
-        if poll.body.contains(r#"42["welcome""#) {
-            return sid;
-        }
+        welcome |= poll.body.contains(r#"42["welcome""#);
+        presence |= poll.body.contains(r#"42["presence""#);
     }
+    sid
 }
 
 #[tokio::test]
@@ -121,6 +129,53 @@ async fn a_poll_forwarded_to_a_stopping_node_is_answered_at_once() {
         .expect("n1 exits within its grace period");
     assert!(status.success(), "{status}");
     assert!(took < Duration::from_secs(6), "{took:?}");
+}
+
+#[tokio::test]
+async fn a_poll_a_stopping_node_forwarded_is_released_and_the_session_lives_on() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let n1 = ChatNode::start("n1", Some(&url), &[]);
+    let mut n2 = ChatNode::start("n2", Some(&url), &[]);
+    let sid = polling_chat_session(&n1, "traveller").await;
+
+    // n2 forwards a long poll for n1's session; it waits on n1 for the next ping.
+    let pending = tokio::spawn({
+        let url = engine_url(&n2, "polling", Some(&sid));
+        async move {
+            let reply = send(client().get(url)).await;
+            (reply.status.as_u16(), reply.body)
+        }
+    });
+    let redis_ref = &redis;
+    wait_until(STEP_TIMEOUT, "the poll forwarded to n1", || async move {
+        redis_ref.command(&["XLEN", "syd:node:n1"]) != ":0"
+    })
+    .await;
+
+    // The forwarding node stops: the owner answers the poll now, with a noop, rather than
+    // at the next ping; held, the poll would be cut at the end of n2's grace period.
+    n2.terminate();
+    let (status, body) = tokio::time::timeout(PROMPT, pending)
+        .await
+        .expect("the forwarded poll released promptly once the forwarding node stops")
+        .expect("the poll task");
+    assert_eq!((status, body.as_str()), (200, "6"));
+
+    // The session goes on where it lives: an event and its ack, through n1.
+    let url = engine_url(&n1, "polling", Some(&sid));
+    let posted = send(client().post(&url).body(r#"421["rooms",{}]"#)).await;
+    assert_eq!((posted.status.as_u16(), posted.body.as_str()), (200, "ok"));
+    let ack = tokio::time::timeout(PROMPT, send(client().get(&url)))
+        .await
+        .expect("the ack polled in time");
+    assert_eq!(ack.status, 200, "{}", ack.body);
+    assert!(ack.body.starts_with("431"), "{}", ack.body);
+
+    let (status, _) = n2
+        .wait_exit(Duration::from_secs(7))
+        .expect("n2 exits within its grace period");
+    assert!(status.success(), "{status}");
 }
 
 #[tokio::test]

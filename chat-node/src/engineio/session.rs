@@ -137,6 +137,9 @@ pub(crate) struct State {
     /// Closed by the client's close packet with no GET pending: the GET it had in flight
     /// (if it arrives soon) gets the noop it would have got had it arrived first.
     pub(crate) noop_owed: bool,
+    /// The pending GET is to be answered now, with a noop if nothing is queued
+    /// ([`Session::release_poll`]).
+    pub(crate) release: bool,
     /// A ping was sent and its pong is due by this instant.
     pong_due: Option<Instant>,
     /// Where client messages go; dropped when the session closes.
@@ -198,6 +201,7 @@ impl Session {
                 closing: None,
                 closed: None,
                 noop_owed: false,
+                release: false,
                 pong_due: None,
                 inbound: Some(tx),
             }),
@@ -459,6 +463,8 @@ impl Session {
             return Ok(None);
         }
         if !state.queue.is_empty() {
+            // This answer releases the GET as well as a noop would.
+            state.release = false;
             let batch = payload::encode(state.queue.iter(), self.config.max_payload);
             state.queue.drain(..batch.taken);
             let mut body = batch.body;
@@ -473,6 +479,12 @@ impl Session {
             return Ok(Some(PollBody {
                 body: Packet::Close.to_text(),
                 finish: true,
+            }));
+        }
+        if std::mem::take(&mut state.release) {
+            return Ok(Some(PollBody {
+                body: Packet::Noop.to_text(),
+                finish: false,
             }));
         }
         Ok(None)
@@ -502,6 +514,16 @@ impl Session {
         }
         state.upgrade = Upgrade::Attached;
         true
+    }
+
+    /// Answers the pending GET now: with what is queued, else a noop (the node that
+    /// forwarded it is stopping). The client polls again at once, through another node.
+    pub(crate) fn release_poll(&self) {
+        // Set even when the GET has not started to wait yet (it is served by a task that
+        // may run after the release arrives): it then returns at once. At worst, a GET
+        // answered just before gets the next one answered with a noop: one more round.
+        self.state.lock().release = true;
+        self.changed.notify_waiters();
     }
 
     /// The WebSocket answered the probe: polls now end with a noop.
