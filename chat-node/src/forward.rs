@@ -859,6 +859,16 @@ mod tests {
                 ..
             }
         ));
+        let release = Rpc::Release {
+            id: 7,
+            from: "b".into(),
+        };
+        let text = serde_json::to_string(&release).unwrap();
+        assert_eq!(text, r#"{"t":"release","id":7,"from":"b"}"#);
+        assert!(matches!(
+            serde_json::from_str::<Rpc>(&text).unwrap(),
+            Rpc::Release { id: 7, .. }
+        ));
         for error in [
             EngineError::UnknownSid,
             EngineError::BadRequest,
