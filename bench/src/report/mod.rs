@@ -29,6 +29,15 @@ pub fn col(key: &str, header: &str, decimals: usize) -> Column {
     }
 }
 
+/// `200, 1000` for a description (not Rust's `[200, 1000]`).
+pub fn list<T: std::fmt::Display>(items: &[T]) -> String {
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// A timeline: (seconds since start, successes/s, errors/s).
 pub type Timeline = Vec<(f64, f64, f64)>;
 

@@ -38,9 +38,11 @@ pub fn plan(common: &Common, rates: &[u64], backends: usize) -> Plan {
         name: "http",
         description: format!(
             "Keep-alive GET /id over {} connections: closed loop for {:?} (max rps), then \
-             open loop at {:?} req/s (latency from the scheduled send time). {backends} \
+             open loop at {} req/s (latency from the scheduled send time). {backends} \
              backends; `direct` talks to the first backend only.",
-            common.connections, common.duration, rates
+            common.connections,
+            common.duration,
+            crate::report::list(rates)
         ),
         default_targets:
             "direct,switchyard:round_robin,switchyard:least_conn,switchyard:p2c,\

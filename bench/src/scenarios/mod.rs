@@ -348,7 +348,7 @@ fn plan(cmd: &Command) -> anyhow::Result<(Common, Plan)> {
     let plan = match cmd {
         Command::Http { rates, .. } => http::plan(&common, rates, n(3)),
         Command::WsEcho { size, rates, .. } => ws_echo::plan(&common, *size, rates, n(3)),
-        Command::WsHold { steps, .. } => ws_hold::plan(steps, n(3)),
+        Command::WsHold { steps, .. } => ws_hold::plan(steps, n(3), common.workers),
         Command::Hetero { rate, slow, .. } => hetero::plan(&common, *rate, *slow, n(3)),
         Command::Recover { batch, wait, .. } => recover::plan(*batch, *wait, n(3)),
         Command::Failover {

@@ -64,10 +64,13 @@ pub fn plan(common: &Common, size: usize, rates: &[u64], backends: usize) -> Pla
         name: "ws-echo",
         description: format!(
             "{} WebSockets send {size}-byte text messages and wait for their echoes: closed \
-             loop for {:?} (max messages/s), then open loop at {:?} messages/s for {:?} each \
+             loop for {:?} (max messages/s), then open loop at {} messages/s for {:?} each \
              (round-trip latency at equal load). {backends} backends; `direct` talks to the \
              first backend.",
-            common.connections, common.duration, rates, common.duration
+            common.connections,
+            common.duration,
+            crate::report::list(rates),
+            common.duration
         ),
         default_targets: "direct,switchyard:least_conn,nginx:least_conn,haproxy:least_conn",
         default_strategy: Strategy::LeastConn,
