@@ -283,6 +283,7 @@ fn aggregate(
         let why = errors.first().cloned().unwrap_or_else(|| "no run".into());
         let mut r = TargetReport::unavailable(t.to_string(), format!("failed: {why}"));
         r.command = command;
+        r.errors = errors;
         return r;
     }
     let mut metrics = BTreeMap::new();
@@ -308,16 +309,16 @@ fn aggregate(
         .collect();
     let lats: Vec<Percentiles> = runs.iter().filter_map(|r| r.latency).collect();
     let latency = (!lats.is_empty()).then(|| Percentiles::median_of(&lats));
-    let mut status = "ok".to_owned();
     if !errors.is_empty() {
-        // Some runs failed: the medians are over the others; say so in the JSON.
+        // Some runs failed: the medians are over the others; say so in the JSON, and in
+        // report.md (through `errors`: the failures were printed on stderr only).
         metrics.insert("failed_runs".into(), errors.len() as f64);
         eprintln!("bench: {t}: {}", errors.join("; "));
-        status = "ok".into();
     }
     TargetReport {
         target: t.to_string(),
-        status,
+        status: "ok".to_owned(),
+        errors,
         command,
         fairness: Fairness::of(&per_backend),
         metrics,
