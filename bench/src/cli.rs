@@ -23,7 +23,7 @@ pub enum Command {
         /// Open-loop rates (requests/s, comma separated) measured after the closed loop.
         // A rate of 0 used to run a second closed loop labelled "@0/s".
         #[arg(long, value_delimiter = ',', default_value = "5000",
-              value_parser = clap::value_parser!(u64).range(1..))]
+              value_parser = rate)]
         rates: Vec<u64>,
     },
     /// WebSocket message throughput (closed loop) and round-trip latency at fixed message
@@ -37,7 +37,7 @@ pub enum Command {
         /// Open-loop rates (messages/s over all sockets, comma separated) measured after the
         /// closed loop.
         #[arg(long, value_delimiter = ',', default_value = "5000",
-              value_parser = clap::value_parser!(u64).range(1..))]
+              value_parser = rate)]
         rates: Vec<u64>,
     },
     /// Idle WebSockets opened in steps: proxy memory per connection (RSS slope) and spread.
@@ -57,7 +57,7 @@ pub enum Command {
         #[command(flatten)]
         common: Common,
         /// Open-loop request rate (requests/s).
-        #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
+        #[arg(long, default_value_t = 2000, value_parser = rate)]
         rate: u64,
         /// Delay of the slow backend (the last one).
         #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
@@ -80,7 +80,7 @@ pub enum Command {
         #[command(flatten)]
         common: Common,
         /// Open-loop request rate (requests/s).
-        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+        #[arg(long, default_value_t = 1000, value_parser = rate)]
         rate: u64,
         /// WebSockets held open during the run.
         #[arg(long, default_value_t = 30)]
@@ -227,6 +227,16 @@ fn at_least_one(s: &str) -> Result<usize, String> {
     }
 }
 
+/// A rate of at least 1/s (clap's own range check said `0 is not in
+/// 1..18446744073709551615`).
+fn rate(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(0) => Err("must be at least 1 (per second)".to_owned()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// A finite number above zero (a message rate, a CPU budget).
 fn positive(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
@@ -257,6 +267,7 @@ mod tests {
             "bench http --workers 0",
             "bench http --backends 0",
             "bench hetero --rate 0",
+            "bench ws-echo --rates 0",
             "bench failover --rate 0",
             "bench recover --batch 0",
             "bench sticky --requests 0",

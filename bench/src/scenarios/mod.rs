@@ -651,7 +651,12 @@ pub(crate) fn compare(
         }
         None => Check {
             goal: goal.to_owned(),
-            measured: "a target it needs did not run".into(),
+            // Both targets can run and still lack the figure (a per-CPU-second ratio
+            // from too little CPU time): "did not run" alone sent users looking for a
+            // failure that did not happen.
+            measured: "a target it needs did not run, or a figure it needs is missing \
+                       (`-` in the table)"
+                .into(),
             met: None,
         },
     }
