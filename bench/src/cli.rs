@@ -215,6 +215,54 @@ pub struct BackendArgs {
     pub delay: Duration,
 }
 
+/// Common flags a scenario does not use, given on its command line: they were ignored
+/// without a word (`bench recover --duration 2s` ran as long as ever). `given(id)` says
+/// whether the flag with that clap id was on the command line.
+pub fn unused_flags(scenario: &str, given: impl Fn(&str) -> bool) -> Vec<String> {
+    let unused: &[(&str, &str, &str)] = match scenario {
+        "ws-hold" => &[
+            (
+                "duration",
+                "--duration",
+                "it runs until its --steps are open",
+            ),
+            (
+                "connections",
+                "--connections",
+                "--steps sets how many are opened",
+            ),
+        ],
+        "recover" => &[
+            (
+                "duration",
+                "--duration",
+                "it runs until its two batches are open",
+            ),
+            (
+                "connections",
+                "--connections",
+                "--batch sets how many are opened",
+            ),
+        ],
+        "sticky" => &[(
+            "duration",
+            "--duration",
+            "each client sends --requests requests",
+        )],
+        "polling" => &[(
+            "duration",
+            "--duration",
+            "each client runs --sessions and --cycles",
+        )],
+        _ => &[],
+    };
+    unused
+        .iter()
+        .filter(|(id, _, _)| given(id))
+        .map(|(_, flag, why)| format!("{scenario} does not use {flag} ({why}); ignored"))
+        .collect()
+}
+
 // Zero connections, runs, workers or rates used to be raised to 1 (or, for a rate, to run a
 // closed loop) without a word; they are refused instead, with the flag named by clap.
 
@@ -252,6 +300,16 @@ mod tests {
 
     fn parses(args: &str) -> bool {
         Cli::try_parse_from(args.split_whitespace()).is_ok()
+    }
+
+    #[test]
+    fn flags_a_scenario_ignores_are_named() {
+        let w = unused_flags("recover", |id| id == "duration");
+        assert_eq!(w.len(), 1);
+        assert!(w[0].starts_with("recover does not use --duration"), "{w:?}");
+        assert_eq!(unused_flags("ws-hold", |_| true).len(), 2);
+        assert!(unused_flags("http", |_| true).is_empty());
+        assert!(unused_flags("sticky", |_| false).is_empty());
     }
 
     #[test]

@@ -21,12 +21,23 @@ mod signals;
 mod stats;
 mod targets;
 
-use clap::Parser as _;
+use clap::{CommandFactory as _, FromArgMatches as _};
 
 use crate::cli::{Cli, Command};
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    if let Some((name, sub)) = matches.subcommand() {
+        for warning in cli::unused_flags(name, |flag| {
+            sub.value_source(flag) == Some(clap::parser::ValueSource::CommandLine)
+        }) {
+            eprintln!("bench: {warning}");
+        }
+    }
     let result = match cli.command {
         Command::Backend(args) => backend::run(args),
         Command::Redraw { folder } => report::Report::read(&folder).and_then(|mut r| {

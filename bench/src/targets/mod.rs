@@ -222,13 +222,19 @@ pub fn availability(target: Target, tools: &Tools) -> Result<(), Unavailable> {
         },
         Proxy::Nginx => {
             tools.nginx.as_ref().ok_or_else(|| {
-                Unavailable::Missing("nginx not installed (apt-get install nginx)".into())
+                Unavailable::Missing(
+                    "nginx not installed: apt-get install nginx, or run bench with --install"
+                        .into(),
+                )
             })?;
             nginx::directive(target.strategy).map(|_| ())
         }
         Proxy::Haproxy => {
             tools.haproxy.as_ref().ok_or_else(|| {
-                Unavailable::Missing("haproxy not installed (apt-get install haproxy)".into())
+                Unavailable::Missing(
+                    "haproxy not installed: apt-get install haproxy, or run bench with --install"
+                        .into(),
+                )
             })?;
             haproxy::balance(target.strategy).map(|_| ())
         }
