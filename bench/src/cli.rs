@@ -21,7 +21,9 @@ pub enum Command {
         #[command(flatten)]
         common: Common,
         /// Open-loop rates (requests/s, comma separated) measured after the closed loop.
-        #[arg(long, value_delimiter = ',', default_value = "5000")]
+        // A rate of 0 used to run a second closed loop labelled "@0/s".
+        #[arg(long, value_delimiter = ',', default_value = "5000",
+              value_parser = rate)]
         rates: Vec<u64>,
     },
     /// WebSocket message throughput (closed loop) and round-trip latency at fixed message
@@ -35,7 +37,7 @@ pub enum Command {
         /// Open-loop rates (messages/s over all sockets, comma separated) measured after the
         /// closed loop.
         #[arg(long, value_delimiter = ',', default_value = "5000",
-              value_parser = clap::value_parser!(u64).range(1..))]
+              value_parser = rate)]
         rates: Vec<u64>,
     },
     /// Idle WebSockets opened in steps: proxy memory per connection (RSS slope) and spread.
@@ -54,8 +56,8 @@ pub enum Command {
     Hetero {
         #[command(flatten)]
         common: Common,
-        /// Open-loop request rate.
-        #[arg(long, default_value_t = 2000)]
+        /// Open-loop request rate (requests/s).
+        #[arg(long, default_value_t = 2000, value_parser = rate)]
         rate: u64,
         /// Delay of the slow backend (the last one).
         #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
@@ -66,7 +68,7 @@ pub enum Command {
         #[command(flatten)]
         common: Common,
         /// WebSockets opened in each of the two batches.
-        #[arg(long, default_value_t = 60)]
+        #[arg(long, default_value_t = 60, value_parser = at_least_one)]
         batch: usize,
         /// Time between the backend's restart and the second batch.
         #[arg(long, default_value = "4s", value_parser = humantime::parse_duration)]
@@ -77,8 +79,8 @@ pub enum Command {
     Failover {
         #[command(flatten)]
         common: Common,
-        /// Open-loop request rate.
-        #[arg(long, default_value_t = 1000)]
+        /// Open-loop request rate (requests/s).
+        #[arg(long, default_value_t = 1000, value_parser = rate)]
         rate: u64,
         /// WebSockets held open during the run.
         #[arg(long, default_value_t = 30)]
@@ -89,7 +91,7 @@ pub enum Command {
         #[command(flatten)]
         common: Common,
         /// Requests per client in each phase.
-        #[arg(long, default_value_t = 20)]
+        #[arg(long, default_value_t = 20, value_parser = at_least_one)]
         requests: usize,
     },
     /// Socket.IO long-polling through each strategy, with node-local and with Redis-shared
@@ -98,7 +100,7 @@ pub enum Command {
         #[command(flatten)]
         common: Common,
         /// Sessions each client opens one after the other.
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 3, value_parser = at_least_one)]
         sessions: usize,
         /// Poll/pong cycles per session.
         #[arg(long, default_value_t = 6)]
@@ -111,16 +113,16 @@ pub enum Command {
         #[command(flatten)]
         common: Common,
         /// Rooms; clients (`--connections`) are spread over them.
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = 5, value_parser = at_least_one)]
         rooms: usize,
         /// Messages per second each client sends (with --cpu-limit: the first step).
-        #[arg(long, default_value_t = 2.0)]
+        #[arg(long, default_value_t = 2.0, value_parser = positive)]
         rate: f64,
         /// Give each cluster's nodes together this many CPUs (a cgroup CPU quota, e.g. 0.5)
         /// and raise the rate in steps of √2 until a step misses --max-p99 or loses
         /// messages: the clusters compare by the load each sustains at equal CPU. Needs a
         /// writable cgroup cpu controller (root).
-        #[arg(long)]
+        #[arg(long, value_parser = positive)]
         cpu_limit: Option<f64>,
         /// With --cpu-limit: the shared redis-server joins the budget of the cluster that
         /// is running (chat-node keeps history, rate limits and recovery streams in Redis;
@@ -151,28 +153,32 @@ pub enum Command {
 /// Options every scenario takes.
 #[derive(Debug, Clone, Args)]
 pub struct Common {
-    /// Length of each measurement.
+    /// Length of each measurement (http, ws-echo, hetero, failover's phases, chat); ws-hold,
+    /// recover, sticky and polling run until their steps are done and do not use it.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
-    /// Concurrent client connections (HTTP, ws-echo) or clients (sticky).
-    #[arg(long, default_value_t = 50)]
+    /// Concurrent client connections (http, ws-echo, hetero, failover) or clients (sticky,
+    /// polling, chat); ws-hold and recover set their own counts (--steps, --batch).
+    #[arg(long, default_value_t = 50, value_parser = at_least_one)]
     pub connections: usize,
     /// Targets, comma separated: `direct`, `switchyard:<strategy>`, `nginx:<strategy>`,
-    /// `haproxy:<strategy>`; a proxy without a strategy uses the scenario's default, and
-    /// `<proxy>:all` expands to every strategy. Default: the scenario's own list.
+    /// `haproxy:<strategy>`, with a strategy among round_robin, least_conn, ip_hash,
+    /// sticky_cookie, p2c, least_time; a proxy without a strategy uses the scenario's
+    /// default, and `<proxy>:all` expands to every strategy (those a proxy lacks are
+    /// reported n/a). Default: the scenario's own list.
     #[arg(long, value_delimiter = ',')]
     pub targets: Vec<String>,
     /// Worker threads/processes of every proxy.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = at_least_one)]
     pub workers: usize,
     /// Report folder; default bench/results/<date>-<scenario>/.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Repetitions; numbers are the medians over the runs.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = at_least_one)]
     pub runs: usize,
-    /// Backends behind every proxy.
-    #[arg(long)]
+    /// Backends behind every proxy; default 3 (sticky: 4; polling and chat: 3 nodes).
+    #[arg(long, value_parser = at_least_one)]
     pub backends: Option<usize>,
     /// Don't pin the proxy to a CPU with taskset.
     #[arg(long)]
@@ -184,7 +190,7 @@ pub struct Common {
     /// The Switchyard `proxy` binary; default: next to this executable.
     #[arg(long)]
     pub proxy_bin: Option<PathBuf>,
-    /// The `chat-node` binary (polling); default: next to this executable.
+    /// The `chat-node` binary (polling, chat); default: next to this executable.
     #[arg(long)]
     pub chat_node_bin: Option<PathBuf>,
     /// Install nginx/haproxy with apt-get when missing (otherwise they are skipped).
@@ -207,4 +213,130 @@ pub struct BackendArgs {
     /// Delay before every HTTP answer.
     #[arg(long, default_value = "0ms", value_parser = humantime::parse_duration)]
     pub delay: Duration,
+}
+
+/// Common flags a scenario does not use, given on its command line: they were ignored
+/// without a word (`bench recover --duration 2s` ran as long as ever). `given(id)` says
+/// whether the flag with that clap id was on the command line.
+pub fn unused_flags(scenario: &str, given: impl Fn(&str) -> bool) -> Vec<String> {
+    let unused: &[(&str, &str, &str)] = match scenario {
+        "ws-hold" => &[
+            (
+                "duration",
+                "--duration",
+                "it runs until its --steps are open",
+            ),
+            (
+                "connections",
+                "--connections",
+                "--steps sets how many are opened",
+            ),
+        ],
+        "recover" => &[
+            (
+                "duration",
+                "--duration",
+                "it runs until its two batches are open",
+            ),
+            (
+                "connections",
+                "--connections",
+                "--batch sets how many are opened",
+            ),
+        ],
+        "sticky" => &[(
+            "duration",
+            "--duration",
+            "each client sends --requests requests",
+        )],
+        "polling" => &[(
+            "duration",
+            "--duration",
+            "each client runs --sessions and --cycles",
+        )],
+        _ => &[],
+    };
+    unused
+        .iter()
+        .filter(|(id, _, _)| given(id))
+        .map(|(_, flag, why)| format!("{scenario} does not use {flag} ({why}); ignored"))
+        .collect()
+}
+
+// Zero connections, runs, workers or rates used to be raised to 1 (or, for a rate, to run a
+// closed loop) without a word; they are refused instead, with the flag named by clap.
+
+/// A count of at least one.
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A rate of at least 1/s (clap's own range check said `0 is not in
+/// 1..18446744073709551615`).
+fn rate(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(0) => Err("must be at least 1 (per second)".to_owned()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A finite number above zero (a message rate, a CPU budget).
+fn positive(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
+        Ok(_) => Err("must be a number above 0".to_owned()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parses(args: &str) -> bool {
+        Cli::try_parse_from(args.split_whitespace()).is_ok()
+    }
+
+    #[test]
+    fn flags_a_scenario_ignores_are_named() {
+        let w = unused_flags("recover", |id| id == "duration");
+        assert_eq!(w.len(), 1);
+        assert!(w[0].starts_with("recover does not use --duration"), "{w:?}");
+        assert_eq!(unused_flags("ws-hold", |_| true).len(), 2);
+        assert!(unused_flags("http", |_| true).is_empty());
+        assert!(unused_flags("sticky", |_| false).is_empty());
+    }
+
+    #[test]
+    fn zero_and_negative_sizes_are_refused() {
+        assert!(parses(
+            "bench http --rates 100,200 --connections 1 --runs 1 --workers 1"
+        ));
+        for bad in [
+            "bench http --rates 0",
+            "bench http --rates 100,0",
+            "bench http --connections 0",
+            "bench http --runs 0",
+            "bench http --workers 0",
+            "bench http --backends 0",
+            "bench hetero --rate 0",
+            "bench ws-echo --rates 0",
+            "bench failover --rate 0",
+            "bench recover --batch 0",
+            "bench sticky --requests 0",
+            "bench polling --sessions 0",
+            "bench chat --rooms 0",
+            "bench chat --rate 0",
+            "bench chat --rate -1",
+            "bench chat --rate nan",
+            "bench chat --cpu-limit 0",
+        ] {
+            assert!(!parses(bad), "{bad} was accepted");
+        }
+    }
 }

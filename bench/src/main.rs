@@ -17,15 +17,27 @@ mod progress;
 mod redis;
 mod report;
 mod scenarios;
+mod signals;
 mod stats;
 mod targets;
 
-use clap::Parser as _;
+use clap::{CommandFactory as _, FromArgMatches as _};
 
 use crate::cli::{Cli, Command};
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    if let Some((name, sub)) = matches.subcommand() {
+        for warning in cli::unused_flags(name, |flag| {
+            sub.value_source(flag) == Some(clap::parser::ValueSource::CommandLine)
+        }) {
+            eprintln!("bench: {warning}");
+        }
+    }
     let result = match cli.command {
         Command::Backend(args) => backend::run(args),
         Command::Redraw { folder } => report::Report::read(&folder).and_then(|mut r| {
@@ -59,27 +71,8 @@ fn run_scenario(cmd: Command) -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    // On Ctrl-C or SIGTERM the scenario future is dropped, which stops every process it
-    // started (proxies, backends, redis) through their Drop impls.
-    rt.block_on(async {
-        tokio::select! {
-            r = scenarios::run(cmd) => r,
-            _ = interrupted() => Err(anyhow::anyhow!("interrupted")),
-        }
-    })
-}
-
-async fn interrupted() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
+    // Ctrl-C, SIGTERM and SIGHUP are handled by the driver (crate::signals): it stops the
+    // measurement in progress, writes what was measured and stops every process it started
+    // (proxies, backends, redis) through their Drop impls.
+    rt.block_on(scenarios::run(cmd))
 }

@@ -5,6 +5,26 @@ use std::fs;
 /// Kernel clock ticks per second for /proc/<pid>/stat times (USER_HZ, 100 on Linux).
 const TICKS_PER_SEC: f64 = 100.0;
 
+/// Below this many CPU seconds a count per CPU-second is not reported: /proc counts CPU
+/// time in 10 ms ticks, so a measurement that used 0.03 s could have used 0.02 or 0.04
+/// (a short open loop gave 6667, 10000 and 20000 requests per CPU-second for the same
+/// work). At 0.1 s the tick is 10% of the total; a longer --duration gets more.
+pub const MIN_CPU_SECONDS: f64 = 0.1;
+
+/// `count` per CPU second, or None when `cpu` is too little to divide by.
+pub fn per_cpu_second(count: f64, cpu: f64) -> Option<f64> {
+    (cpu >= MIN_CPU_SECONDS).then(|| count / cpu)
+}
+
+/// The note for a report whose per-CPU-second columns may be `-`.
+pub fn coarse_cpu_note() -> String {
+    format!(
+        "A per-CPU-second figure shown as `-` had less than {MIN_CPU_SECONDS} CPU-second to \
+         divide by: /proc counts CPU time in 10 ms ticks, so it would be off by more than 10% \
+         (a longer --duration or a higher rate measures it)."
+    )
+}
+
 /// User + system CPU seconds of `pid` and of its direct children (nginx's workers).
 pub fn cpu_seconds(pid: u32) -> f64 {
     let mut total = own_cpu(pid).unwrap_or(0.0);
@@ -26,7 +46,7 @@ pub fn rss_kib(pid: u32) -> u64 {
 fn own_cpu(pid: u32) -> Option<f64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may hold spaces; the fields after the last ')' are fixed.
-    let rest = &stat[stat.rfind(')')? + 2..];
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
     let utime: f64 = fields.get(11)?.parse().ok()?;
@@ -81,5 +101,13 @@ mod tests {
         assert!(rss_kib(me) > 0);
         assert!(cpu_seconds(me) >= 0.0);
         assert!(mem_total_mib() > 0);
+    }
+
+    #[test]
+    fn too_little_cpu_gives_no_ratio() {
+        // 200 requests in 3 ticks: 6667/s, but 2 or 4 ticks would give 10000 or 5000.
+        assert_eq!(per_cpu_second(200.0, 0.03), None);
+        assert_eq!(per_cpu_second(0.0, 0.0), None);
+        assert_eq!(per_cpu_second(5000.0, 0.1), Some(50000.0));
     }
 }

@@ -51,9 +51,12 @@ impl Percentiles {
     }
 }
 
-/// Median (mean of the middle two for an even count); 0 for none.
+/// Median (mean of the middle two for an even count); 0 for none. NaN values are left
+/// out, but infinities are kept: a run may record "never" as infinity (failover's
+/// re-admission when the backend got no request again before the phase ended), and
+/// dropping them turned a run that never re-admitted into a median of 0 ms.
 pub fn median(values: &[f64]) -> f64 {
-    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| !x.is_nan()).collect();
     if v.is_empty() {
         return 0.0;
     }
@@ -146,6 +149,18 @@ mod tests {
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
         assert_eq!(median(&[]), 0.0);
+    }
+
+    #[test]
+    fn median_keeps_infinity_and_drops_nan() {
+        // One run never re-admitted: the median of one run is that run.
+        assert_eq!(median(&[f64::INFINITY]), f64::INFINITY);
+        assert_eq!(
+            median(&[200.0, f64::INFINITY, f64::INFINITY]),
+            f64::INFINITY
+        );
+        assert_eq!(median(&[200.0, 100.0, f64::INFINITY]), 200.0);
+        assert_eq!(median(&[f64::NAN, 3.0]), 3.0);
     }
 
     #[test]

@@ -65,7 +65,7 @@ pub fn draw_all(r: &Report, out: &Path) -> anyhow::Result<Vec<String>> {
     }
     let dist: Vec<(String, Vec<f64>)> = ok
         .iter()
-        .filter(|t| !t.per_backend.is_empty())
+        .filter(|t| super::balanced(t) && !t.per_backend.is_empty())
         .map(|t| (t.target.clone(), t.per_backend.clone()))
         .collect();
     if !dist.is_empty() {
@@ -197,6 +197,7 @@ fn latency(path: &Path, scenario: &str, series: &[(String, Vec<f64>)]) -> anyhow
         .configure_mesh()
         .x_labels(4)
         .x_label_formatter(&|x| label_at(*x, &names))
+        .y_label_formatter(&|y| tick(*y))
         .y_desc("ms")
         .draw()
         .map_err(err)?;
@@ -219,6 +220,21 @@ fn latency(path: &Path, scenario: &str, series: &[(String, Vec<f64>)]) -> anyhow
     legend(&mut chart)?;
     root.present().map_err(err)?;
     Ok(())
+}
+
+/// An axis label: plotters prints the raw f64 of a tick (`0.30000000000000004`,
+/// `10000.0`); three decimals at most, trailing zeros dropped.
+fn tick(v: f64) -> String {
+    let s = if v.abs() >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.3}")
+    };
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_owned()
+    } else {
+        s
+    }
 }
 
 fn label_at(x: f64, names: &[impl AsRef<str>]) -> String {
@@ -268,6 +284,7 @@ fn distribution(
         .x_labels(n.max(2))
         .x_label_formatter(&|x| label_at(*x, &names))
         .x_label_style((FONT, 11))
+        .y_label_formatter(&|y| tick(*y))
         .y_desc("% of requests / connections")
         .draw()
         .map_err(err)?;
@@ -342,6 +359,8 @@ fn xy(
         .configure_mesh()
         .x_desc(xdesc)
         .y_desc(ydesc)
+        .x_label_formatter(&|x| tick(*x))
+        .y_label_formatter(&|y| tick(*y))
         .draw()
         .map_err(err)?;
     for (i, (name, v)) in series.iter().enumerate() {
@@ -369,4 +388,20 @@ where
         .label_font((FONT, 12))
         .draw()
         .map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tick;
+
+    #[test]
+    fn axis_labels_are_short() {
+        assert_eq!(tick(0.30000000000000004), "0.3");
+        assert_eq!(tick(0.6000000000000001), "0.6");
+        assert_eq!(tick(10000.0), "10000");
+        assert_eq!(tick(2.0), "2");
+        assert_eq!(tick(0.015), "0.015");
+        assert_eq!(tick(0.0), "0");
+        assert_eq!(tick(-1.5), "-1.5");
+    }
 }

@@ -28,6 +28,24 @@ pub(super) fn table_cells(r: &Report) -> (Vec<String>, Vec<Vec<String>>) {
     (headers, rows)
 }
 
+/// A line per target that lost some of its runs (the others made its medians).
+pub(super) fn failed_runs(r: &Report) -> Vec<String> {
+    r.targets
+        .iter()
+        .filter(|t| t.ok() && !t.errors.is_empty())
+        .map(|t| {
+            let n = t.errors.len();
+            format!(
+                "{}: {n} of {} runs failed, the medians are over the other {}: {}",
+                t.target,
+                n + t.runs.len(),
+                t.runs.len(),
+                t.errors.join("; ")
+            )
+        })
+        .collect()
+}
+
 pub(super) fn render(r: &Report) -> String {
     let mut md = String::new();
     let _ = writeln!(md, "# bench `{}`\n\n{}\n", r.scenario, r.description);
@@ -40,6 +58,9 @@ pub(super) fn render(r: &Report) -> String {
     }
     for t in r.targets.iter().filter(|t| !t.ok()) {
         let _ = writeln!(md, "\n{}: {}", t.target, t.status);
+    }
+    for line in failed_runs(r) {
+        let _ = writeln!(md, "\n{line}");
     }
     let _ = writeln!(md, "\n## Goals\n");
     if r.checks.is_empty() {
@@ -54,10 +75,20 @@ pub(super) fn render(r: &Report) -> String {
         let _ = writeln!(md, "- {}: {mark} — {}", c.goal, c.measured);
     }
     let _ = writeln!(md, "\n## Charts\n");
+    if r.charts.is_empty() {
+        let _ = writeln!(md, "None.\n");
+    }
     for c in &r.charts {
         let _ = writeln!(md, "![{c}]({c})\n");
     }
     let _ = writeln!(md, "## Per-backend distribution\n");
+    if r.targets.iter().any(|t| t.ok() && !super::balanced(t)) {
+        let _ = writeln!(
+            md,
+            "`direct` is left out: it sends everything to the first backend, which says \
+             nothing about balancing.\n"
+        );
+    }
     let _ = writeln!(
         md,
         "| target | {} | CV | Jain | max/min |",
@@ -67,7 +98,7 @@ pub(super) fn render(r: &Report) -> String {
     for t in r
         .targets
         .iter()
-        .filter(|t| t.ok() && !t.per_backend.is_empty())
+        .filter(|t| t.ok() && super::balanced(t) && !t.per_backend.is_empty())
     {
         let counts: Vec<String> = t.per_backend.iter().map(|v| format!("{v:.0}")).collect();
         let _ = writeln!(
@@ -101,4 +132,54 @@ pub(super) fn render(r: &Report) -> String {
     }
     let _ = writeln!(md, "\nGenerated configs are in `configs/`.");
     md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{col, Report, RunResult, TargetReport};
+
+    pub(crate) fn report(targets: Vec<TargetReport>) -> Report {
+        Report {
+            scenario: "http".into(),
+            description: String::new(),
+            meta: serde_json::json!({}),
+            columns: vec![col("rps", "rps", 0)],
+            backends: vec!["b1".into(), "b2".into()],
+            targets,
+            checks: Vec::new(),
+            notes: Vec::new(),
+            charts: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn direct_is_not_in_the_distribution() {
+        let mut direct = TargetReport::unavailable("direct".into(), "ok".into());
+        direct.per_backend = vec![100.0, 0.0];
+        let mut rr = TargetReport::unavailable("switchyard:round_robin".into(), "ok".into());
+        rr.per_backend = vec![50.0, 50.0];
+        let md = super::render(&report(vec![direct, rr]));
+        let dist = md
+            .split("## Per-backend distribution")
+            .nth(1)
+            .unwrap_or_default();
+        assert!(
+            dist.contains("| switchyard:round_robin | 50 | 50 |"),
+            "{md}"
+        );
+        assert!(!dist.contains("| direct |"), "{md}");
+        assert!(dist.contains("`direct` is left out"), "{md}");
+    }
+
+    #[test]
+    fn runs_that_failed_are_in_report_md() {
+        let mut t = TargetReport::unavailable("nginx:round_robin".into(), "ok".into());
+        t.runs = vec![RunResult::default(); 2];
+        t.errors = vec!["run 2: nginx did not answer".into()];
+        let md = super::render(&report(vec![t]));
+        assert!(
+            md.contains("nginx:round_robin: 1 of 3 runs failed, the medians are over the other 2: run 2: nginx did not answer"),
+            "{md}"
+        );
+    }
 }

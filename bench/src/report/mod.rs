@@ -29,6 +29,15 @@ pub fn col(key: &str, header: &str, decimals: usize) -> Column {
     }
 }
 
+/// `200, 1000` for a description (not Rust's `[200, 1000]`).
+pub fn list<T: std::fmt::Display>(items: &[T]) -> String {
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// A timeline: (seconds since start, successes/s, errors/s).
 pub type Timeline = Vec<(f64, f64, f64)>;
 
@@ -77,6 +86,9 @@ pub struct TargetReport {
     pub target: String,
     /// `ok`, or why it did not run (`n/a (...)`, `skipped (...)`, `failed: ...`).
     pub status: String,
+    /// Runs that failed (`run 2: …`); with status `ok` the medians are over the others.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
     pub command: String,
     /// Medians over the runs.
     #[serde(deserialize_with = "crate::stats::metrics_null_as_nan")]
@@ -92,6 +104,7 @@ impl TargetReport {
         TargetReport {
             target,
             status,
+            errors: Vec::new(),
             command: String::new(),
             metrics: BTreeMap::new(),
             per_backend: Vec::new(),
@@ -108,6 +121,13 @@ impl TargetReport {
     pub fn metric(&self, key: &str) -> Option<f64> {
         self.metrics.get(key).copied()
     }
+}
+
+/// Whether a target's per-backend counts say something about balancing: `direct` talks to
+/// the first backend only, and its row (all on b1, Jain 0.33, max/min inf) in the
+/// distribution table and chart read as the worst balancer of all.
+pub fn balanced(t: &TargetReport) -> bool {
+    t.target.split([' ', ':']).next() != Some("direct")
 }
 
 /// A goal from the issue, checked against the measurement.
@@ -203,6 +223,10 @@ impl Report {
         }
         for t in self.targets.iter().filter(|t| !t.ok()) {
             s.push_str(&format!("{}: {}\n", t.target, t.status));
+        }
+        for line in markdown::failed_runs(self) {
+            s.push_str(&line);
+            s.push('\n');
         }
         for c in &self.checks {
             let mark = match c.met {

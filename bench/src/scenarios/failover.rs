@@ -83,7 +83,8 @@ pub fn plan(common: &Common, rate: u64, websockets: usize, backends: usize) -> P
         notes: vec![
             "Detection = from the fault to the end of the last 50 ms bucket whose requests \
              failed before the restore; re-admission = from the restore to the first bucket \
-             with an answer from b1. WebSockets on b1 die with it (kill) — expected; \
+             with an answer from b1, ∞ (null in results.json) when b1 answered nothing \
+             between the restore and the end of the phase. WebSockets on b1 die with it (kill) — expected; \
              `WS lost elsewhere` counts sockets on the other backends that closed (should be 0). \
              0 failed requests with a 0 ms detection means the proxy retried every failed \
              connect on another backend, so the client never saw the fault."

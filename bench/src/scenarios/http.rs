@@ -38,9 +38,11 @@ pub fn plan(common: &Common, rates: &[u64], backends: usize) -> Plan {
         name: "http",
         description: format!(
             "Keep-alive GET /id over {} connections: closed loop for {:?} (max rps), then \
-             open loop at {:?} req/s (latency from the scheduled send time). {backends} \
+             open loop at {} req/s (latency from the scheduled send time). {backends} \
              backends; `direct` talks to the first backend only.",
-            common.connections, common.duration, rates
+            common.connections,
+            common.duration,
+            crate::report::list(rates)
         ),
         default_targets:
             "direct,switchyard:round_robin,switchyard:least_conn,switchyard:p2c,\
@@ -56,6 +58,7 @@ pub fn plan(common: &Common, rates: &[u64], backends: usize) -> Plan {
              `@<rate>/s`: the same over the open loop at that rate, where no process is \
              saturated (the CPU a proxy costs at a given load)."
                 .into(),
+            crate::procstat::coarse_cpu_note(),
         ],
         chat: None,
     }
@@ -106,8 +109,10 @@ pub async fn measure(
     let cpu = running.cpu_seconds() - cpu0;
     let mut r = RunResult::default();
     record(&mut r, &o, "");
+    if let Some(per) = per_cpu(running, o.ok, cpu) {
+        r.set("req_per_cpu_s", per);
+    }
     if running.pid.is_some() && cpu > 0.0 {
-        r.set("req_per_cpu_s", o.ok as f64 / cpu);
         r.set(
             "proxy_cpu_pct",
             100.0 * cpu / o.elapsed.as_secs_f64().max(1e-3),
@@ -127,8 +132,8 @@ pub async fn measure(
         ))
         .await;
         let cpu = running.cpu_seconds() - cpu0;
-        if running.pid.is_some() && cpu > 0.0 {
-            r.set(&format!("open{rate}_req_per_cpu_s"), o.ok as f64 / cpu);
+        if let Some(per) = per_cpu(running, o.ok, cpu) {
+            r.set(&format!("open{rate}_req_per_cpu_s"), per);
         }
         let p = Percentiles::of(&o.latency);
         r.set(&format!("open{rate}_p99_ms"), p.p99);
@@ -140,6 +145,12 @@ pub async fn measure(
         r.set(&format!("open{rate}_errors"), o.errors as f64);
     }
     Ok(r)
+}
+
+/// `count` per proxy CPU-second, when there is a proxy and enough CPU time to divide by.
+pub fn per_cpu(running: &Running, count: u64, cpu: f64) -> Option<f64> {
+    running.pid?;
+    crate::procstat::per_cpu_second(count as f64, cpu)
 }
 
 /// The issue's proxy-overhead goals, Switchyard and the others with the same strategy.

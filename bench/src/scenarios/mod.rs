@@ -64,6 +64,8 @@ pub struct ChatVariant {
 
 /// Runs a scenario subcommand end to end.
 pub async fn run(cmd: Command) -> anyhow::Result<()> {
+    // Before anything is started: see crate::signals.
+    let mut stop = crate::signals::Stop::install().context("installing the signal handlers")?;
     let (common, plan) = plan(&cmd)?;
     let tools = Tools::discover(common.proxy_bin.clone(), common.install);
     let listed: Vec<String> = if common.targets.is_empty() {
@@ -120,6 +122,22 @@ pub async fn run(cmd: Command) -> anyhow::Result<()> {
             }
         }
     }
+    // Nothing to measure: say so instead of writing a report with an empty table (and
+    // exiting 0).
+    if runnable.is_empty() {
+        let why: Vec<String> = reports
+            .iter()
+            .map(|r| format!("{}: {}", r.target, r.status))
+            .collect();
+        anyhow::bail!(
+            "no target of this {} run can be measured ({})",
+            plan.name,
+            why.join("; ")
+        );
+    }
+    // Before anything is measured: a report that cannot be written was found out only at
+    // the end, after the whole run.
+    prepare_out(&out)?;
     // Limited chat nodes run on the first CPU, away from the proxy on the last one.
     let node_cpu = pin.and(cpus.first().copied());
     if let Some(cpus) = plan.chat.as_ref().and_then(|c| c.cpu_limit) {
@@ -170,9 +188,17 @@ pub async fn run(cmd: Command) -> anyhow::Result<()> {
         Some(Backends::start(&plan.delays)?)
     };
     let mut results: BTreeMap<String, (Vec<RunResult>, String, Vec<String>)> = BTreeMap::new();
-    for run in 0..runs {
+    let total = runnable.len() * runs * variants.len();
+    let mut done = 0usize;
+    let mut stopped: Option<&'static str> = None;
+    'runs: for run in 0..runs {
         for v in &variants {
             for t in &runnable {
+                // A signal during the last launch (synchronous) is seen here.
+                if let Some(sig) = stop.arrived().await {
+                    stopped = Some(sig);
+                    break 'runs;
+                }
                 let name = row(t, &v.label);
                 pb.set_message(format!("{name} (run {}/{runs})", run + 1));
                 let mut fresh = None;
@@ -212,18 +238,34 @@ pub async fn run(cmd: Command) -> anyhow::Result<()> {
                 match launch(*t, &pairs, &opts) {
                     Ok(running) => {
                         entry.1.clone_from(&running.command);
-                        match measure(&cmd, &common, &running, backends).await {
-                            Ok(r) => entry.0.push(r),
-                            Err(e) => entry.2.push(format!("run {}: {e:#}", run + 1)),
+                        tokio::select! {
+                            r = measure(&cmd, &common, &running, backends) => match r {
+                                Ok(r) => entry.0.push(r),
+                                Err(e) => entry.2.push(format!("run {}: {e:#}", run + 1)),
+                            },
+                            // The measurement in progress is dropped (its processes stop
+                            // with `running` and `fresh`); what finished is reported.
+                            sig = stop.recv() => {
+                                stopped = Some(sig);
+                                break 'runs;
+                            }
                         }
                     }
                     Err(e) => entry.2.push(format!("run {}: {e:#}", run + 1)),
                 }
+                done += 1;
                 pb.inc(1);
             }
         }
     }
     pb.finish_and_clear();
+    if let Some(sig) = stopped {
+        if done == 0 {
+            anyhow::bail!(
+                "interrupted by {sig} before any measurement finished; no report written"
+            );
+        }
+    }
     let ids = match (&shared, &plan.chat) {
         (Some(b), _) => b.ids(),
         (None, Some(c)) => (1..=c.nodes).map(|i| format!("n{i}")).collect(),
@@ -235,6 +277,13 @@ pub async fn run(cmd: Command) -> anyhow::Result<()> {
         for t in &runnable {
             let name = row(t, &v.label);
             let (runs, command, errors) = results.remove(&name).unwrap_or_default();
+            if runs.is_empty() && errors.is_empty() && stopped.is_some() {
+                reports.push(TargetReport::unavailable(
+                    name,
+                    "interrupted (not measured)".to_owned(),
+                ));
+                continue;
+            }
             reports.push(aggregate(name, runs, command, errors));
         }
     }
@@ -247,6 +296,16 @@ pub async fn run(cmd: Command) -> anyhow::Result<()> {
             .unwrap_or(usize::MAX)
     });
     let checks = checks(&cmd, &mut reports);
+    let mut notes = plan.notes;
+    if let Some(sig) = stopped {
+        notes.insert(
+            0,
+            format!(
+                "**Partial report**: interrupted by {sig} after {done} of {total} \
+                 measurements; the medians are over the runs that finished."
+            ),
+        );
+    }
     let mut report = Report {
         scenario: plan.name.to_owned(),
         description: plan.description,
@@ -255,7 +314,7 @@ pub async fn run(cmd: Command) -> anyhow::Result<()> {
         backends: ids,
         targets: reports,
         checks,
-        notes: plan.notes,
+        notes,
         charts: Vec::new(),
     };
     for t in report
@@ -270,6 +329,31 @@ pub async fn run(cmd: Command) -> anyhow::Result<()> {
         .with_context(|| format!("writing the report to {}", out.display()))?;
     println!("{}", report.terminal_table());
     println!("report: {}", out.join("report.md").display());
+    match stopped {
+        Some(sig) => anyhow::bail!(
+            "interrupted by {sig} after {done} of {total} measurements; partial report: {}",
+            out.join("report.md").display()
+        ),
+        None => Ok(()),
+    }
+}
+
+/// Makes the report folder and checks that it can be written, before anything is measured.
+/// A folder that already holds a report is refused: writing over it mixed the old run's
+/// charts and generated configs (`configs/`) into the new report.
+fn prepare_out(out: &std::path::Path) -> anyhow::Result<()> {
+    if out.join("results.json").exists() {
+        anyhow::bail!(
+            "{} already holds a report (results.json): choose another --out, or remove it first",
+            out.display()
+        );
+    }
+    std::fs::create_dir_all(out)
+        .with_context(|| format!("cannot create the report folder {}", out.display()))?;
+    let probe = out.join(".bench-write-test");
+    std::fs::write(&probe, b"")
+        .with_context(|| format!("cannot write into the report folder {}", out.display()))?;
+    let _ = std::fs::remove_file(&probe);
     Ok(())
 }
 
@@ -283,6 +367,7 @@ fn aggregate(
         let why = errors.first().cloned().unwrap_or_else(|| "no run".into());
         let mut r = TargetReport::unavailable(t.to_string(), format!("failed: {why}"));
         r.command = command;
+        r.errors = errors;
         return r;
     }
     let mut metrics = BTreeMap::new();
@@ -308,16 +393,16 @@ fn aggregate(
         .collect();
     let lats: Vec<Percentiles> = runs.iter().filter_map(|r| r.latency).collect();
     let latency = (!lats.is_empty()).then(|| Percentiles::median_of(&lats));
-    let mut status = "ok".to_owned();
     if !errors.is_empty() {
-        // Some runs failed: the medians are over the others; say so in the JSON.
+        // Some runs failed: the medians are over the others; say so in the JSON, and in
+        // report.md (through `errors`: the failures were printed on stderr only).
         metrics.insert("failed_runs".into(), errors.len() as f64);
         eprintln!("bench: {t}: {}", errors.join("; "));
-        status = "ok".into();
     }
     TargetReport {
         target: t.to_string(),
-        status,
+        status: "ok".to_owned(),
+        errors,
         command,
         fairness: Fairness::of(&per_backend),
         metrics,
@@ -348,7 +433,7 @@ fn plan(cmd: &Command) -> anyhow::Result<(Common, Plan)> {
     let plan = match cmd {
         Command::Http { rates, .. } => http::plan(&common, rates, n(3)),
         Command::WsEcho { size, rates, .. } => ws_echo::plan(&common, *size, rates, n(3)),
-        Command::WsHold { steps, .. } => ws_hold::plan(steps, n(3)),
+        Command::WsHold { steps, .. } => ws_hold::plan(steps, n(3), common.workers),
         Command::Hetero { rate, slow, .. } => hetero::plan(&common, *rate, *slow, n(3)),
         Command::Recover { batch, wait, .. } => recover::plan(*batch, *wait, n(3)),
         Command::Failover {
@@ -566,7 +651,12 @@ pub(crate) fn compare(
         }
         None => Check {
             goal: goal.to_owned(),
-            measured: "a target it needs did not run".into(),
+            // Both targets can run and still lack the figure (a per-CPU-second ratio
+            // from too little CPU time): "did not run" alone sent users looking for a
+            // failure that did not happen.
+            measured: "a target it needs did not run, or a figure it needs is missing \
+                       (`-` in the table)"
+                .into(),
             met: None,
         },
     }
@@ -587,6 +677,40 @@ mod tests {
             })
             .collect();
         t
+    }
+
+    #[test]
+    fn the_report_folder_is_checked_before_measuring() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        // A fresh folder (and its parents) is made.
+        let fresh = tmp.path().join("a/b");
+        assert!(prepare_out(&fresh).is_ok());
+        assert!(fresh.is_dir());
+        // One holding a report is refused: its charts and configs would mix with ours.
+        std::fs::write(fresh.join("results.json"), "{}").expect("write");
+        let e = prepare_out(&fresh).err().map(|e| format!("{e:#}"));
+        assert!(e.is_some_and(|e| e.contains("already holds a report")));
+        // One that cannot be made (a file is in the way).
+        let file = tmp.path().join("file");
+        std::fs::write(&file, "").expect("write");
+        let e = prepare_out(&file.join("out"))
+            .err()
+            .map(|e| format!("{e:#}"));
+        assert!(e.is_some_and(|e| e.contains("cannot create the report folder")));
+    }
+
+    #[test]
+    fn failed_runs_are_kept_for_the_report() {
+        let ok = RunResult::default();
+        let t = aggregate(
+            "switchyard:p2c".into(),
+            vec![ok.clone(), ok],
+            String::new(),
+            vec!["run 3: proxy did not answer".into()],
+        );
+        assert!(t.ok());
+        assert_eq!(t.metric("failed_runs"), Some(1.0));
+        assert_eq!(t.errors, vec!["run 3: proxy did not answer".to_owned()]);
     }
 
     #[test]

@@ -60,14 +60,18 @@ pub fn plan(common: &Common, size: usize, rates: &[u64], backends: usize) -> Pla
             "The latency chart shows the open loop at {r} messages/s."
         ));
     }
+    notes.push(crate::procstat::coarse_cpu_note());
     Plan {
         name: "ws-echo",
         description: format!(
             "{} WebSockets send {size}-byte text messages and wait for their echoes: closed \
-             loop for {:?} (max messages/s), then open loop at {:?} messages/s for {:?} each \
+             loop for {:?} (max messages/s), then open loop at {} messages/s for {:?} each \
              (round-trip latency at equal load). {backends} backends; `direct` talks to the \
              first backend.",
-            common.connections, common.duration, rates, common.duration
+            common.connections,
+            common.duration,
+            crate::report::list(rates),
+            common.duration
         ),
         default_targets: "direct,switchyard:least_conn,nginx:least_conn,haproxy:least_conn",
         default_strategy: Strategy::LeastConn,
@@ -111,8 +115,8 @@ pub async fn measure(
     r.set("p99_ms", p.p99);
     r.set("p999_ms", p.p999);
     r.set("errors", o.errors as f64);
-    if running.pid.is_some() && cpu > 0.0 {
-        r.set("msgs_per_cpu_s", o.messages as f64 / cpu);
+    if let Some(per) = super::http::per_cpu(running, o.messages as u64, cpu) {
+        r.set("msgs_per_cpu_s", per);
     }
     r.latency = Some(p);
     r.per_backend = o.per_backend.iter().map(|c| *c as f64).collect();

@@ -54,7 +54,10 @@ impl Strategy {
         Strategy::ALL
             .into_iter()
             .find(|k| k.name() == s)
-            .with_context(|| format!("unknown strategy {s:?}"))
+            .with_context(|| {
+                let names: Vec<&str> = Strategy::ALL.iter().map(|k| k.name()).collect();
+                format!("unknown strategy {s:?} ({}, or all)", names.join(", "))
+            })
     }
 }
 
@@ -219,13 +222,19 @@ pub fn availability(target: Target, tools: &Tools) -> Result<(), Unavailable> {
         },
         Proxy::Nginx => {
             tools.nginx.as_ref().ok_or_else(|| {
-                Unavailable::Missing("nginx not installed (apt-get install nginx)".into())
+                Unavailable::Missing(
+                    "nginx not installed: apt-get install nginx, or run bench with --install"
+                        .into(),
+                )
             })?;
             nginx::directive(target.strategy).map(|_| ())
         }
         Proxy::Haproxy => {
             tools.haproxy.as_ref().ok_or_else(|| {
-                Unavailable::Missing("haproxy not installed (apt-get install haproxy)".into())
+                Unavailable::Missing(
+                    "haproxy not installed: apt-get install haproxy, or run bench with --install"
+                        .into(),
+                )
             })?;
             haproxy::balance(target.strategy).map(|_| ())
         }
@@ -326,4 +335,30 @@ fn write_config(dir: &Path, file: &str, text: &str) -> anyhow::Result<PathBuf> {
     let path = dir.join(file);
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_typo_names_the_valid_choices() {
+        let list = |s: &str| vec![s.to_owned()];
+        let e = parse_targets(&list("switchyard:roundrobin"), Strategy::RoundRobin)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.contains("\"roundrobin\"") && e.contains("round_robin"),
+            "{e}"
+        );
+        assert!(e.contains("least_time") && e.contains("all"), "{e}");
+        let e = parse_targets(&list("ngnix"), Strategy::RoundRobin)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("direct, switchyard, nginx, haproxy"), "{e}");
+        assert!(parse_targets(&list("nginx:all"), Strategy::RoundRobin)
+            .is_ok_and(|t| t.len() == Strategy::ALL.len()));
+    }
 }

@@ -41,6 +41,9 @@ pub(super) fn prepare(
     for (_, addr) in backends {
         let _ = writeln!(servers, "    server {addr} max_fails=1 fail_timeout=2s;");
     }
+    // Socket.IO (chat, polling) upgrades on /socket.io/: under `location /` nginx dropped
+    // the Upgrade header, so `chat --targets nginx` failed with "no client connected";
+    // its long-polls are held by the node, so they get the long read timeout too.
     let conf = format!(
         "worker_processes {workers};
 worker_rlimit_nofile 20000;
@@ -72,6 +75,12 @@ http {{
       proxy_set_header Connection $connection_upgrade;
       proxy_read_timeout 3600s;
     }}
+    location /socket.io/ {{
+      proxy_pass http://b;
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection $connection_upgrade;
+      proxy_read_timeout 3600s;
+    }}
   }}
 }}
 ",
@@ -90,4 +99,44 @@ http {{
             format!("{d}/error.log"),
         ],
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::targets::{Proxy, Tools};
+
+    #[test]
+    fn socket_io_is_upgraded() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let opts = LaunchOpts {
+            workers: 1,
+            pin: None,
+            tools: Tools {
+                proxy: None,
+                nginx: Some(PathBuf::from("/usr/sbin/nginx")),
+                haproxy: None,
+                taskset: false,
+            },
+            config_dir: tmp.path().to_path_buf(),
+        };
+        let target = Target {
+            proxy: Proxy::Nginx,
+            strategy: Some(Strategy::LeastConn),
+        };
+        let backend: SocketAddr = "127.0.0.1:9".parse().expect("addr");
+        let listen: SocketAddr = "127.0.0.1:8".parse().expect("addr");
+        prepare(target, listen, &[("n1".into(), backend)], &opts, "nginx-lc").expect("prepare");
+        let conf = std::fs::read_to_string(tmp.path().join("nginx-lc/nginx.conf")).expect("conf");
+        let block = conf
+            .split("location /socket.io/ {")
+            .nth(1)
+            .and_then(|b| b.split('}').next())
+            .unwrap_or_default();
+        assert!(
+            block.contains("proxy_set_header Upgrade $http_upgrade;"),
+            "{conf}"
+        );
+        assert!(block.contains("Connection $connection_upgrade;"), "{conf}");
+    }
 }
