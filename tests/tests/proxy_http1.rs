@@ -429,6 +429,11 @@ async fn answers_with_broken_framing_get_502_with_the_reason() {
             format!("{chunked}3\r\nabc\r\n0\r\nx-sum: 3\n\r\n"),
             "the backend sent a malformed chunked body",
         ),
+        // RFC 9110 §15: a client takes a status from 600 as a 5xx; the proxy says so.
+        (
+            "HTTP/1.1 600 Library Error\r\nContent-Length: 2\r\n\r\nok".to_owned(),
+            "the backend sent an invalid response head",
+        ),
     ];
     let answers: Vec<String> = cases.iter().map(|(a, _)| a.clone()).collect();
     let raw = RawBackend::start(move |mut conn, _| {

@@ -322,6 +322,20 @@ async fn request_lines_without_a_known_version_get_400_with_the_reason() {
 }
 
 #[tokio::test]
+async fn connect_gets_501_with_the_reason_and_opens_no_tunnel() {
+    let raw = ok_backend().await;
+    let detail = "CONNECT is not supported: this proxy forwards requests to its backends \
+                  and opens no tunnels to other addresses";
+    for path in BOTH_PATHS {
+        let proxy = proxy_for_raw(&[&raw], path);
+        let mut c = RawConn::connect(proxy.addr()).await;
+        let req = "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n";
+        refused(&mut c, req, 501, detail, &format!("{path:?}")).await;
+    }
+    assert_eq!(raw.accepted(), 0, "a CONNECT reached the backend");
+}
+
+#[tokio::test]
 async fn a_content_length_list_of_one_value_reaches_the_backend_once() {
     let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
     let raw = RawBackend::start(move |mut conn: RawConn<TcpStream>, _| {

@@ -180,6 +180,15 @@ pub fn handoff_framing(buf: &[u8]) -> Result<(usize, Framing), Rejection> {
             ))
         }
     };
+    // pingora answers CONNECT with an empty 405: a reverse proxy opens no tunnels to
+    // addresses its clients name (that is a forward proxy's job, and an open relay's).
+    if line.starts_with(b"CONNECT ") {
+        return Err(Rejection {
+            status: 501,
+            reason: "method",
+            detail: "CONNECT is not supported: this proxy forwards requests to its backends and opens no tunnels to other addresses",
+        });
+    }
     let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
     let (len, fields) = match httparse::parse_headers(&buf[line_end + 1..], &mut fields) {
         Ok(httparse::Status::Complete((n, parsed))) => (line_end + 1 + n, parsed),
@@ -432,8 +441,10 @@ pub fn parse_response(
     if status == 101 {
         return Err(BadResponse::Upgrade);
     }
-    if status < 100 {
-        // RFC 9110 §15: a status code is three digits from 100 on.
+    if !(100..=599).contains(&status) {
+        // RFC 9110 §15: a status code is three digits from 100 on, and values from 600 are
+        // invalid (libraries use them for their own errors); a client is to take one as a
+        // 5xx, so the proxy says so itself.
         return Err(BadResponse::Invalid);
     }
     let mut out = Vec::with_capacity(len + 64);
@@ -723,6 +734,11 @@ mod tests {
         let head = b"GET /a|b c HTTP/1.1\r\nContent-Length: 3, 3\r\n\r\nabcNEXT";
         assert_eq!(framing(head), Ok((head.len() - 7, Framing::Length(3))));
         assert_eq!(framing(b"GET / HTTP/1.0\r\n\r\n"), Ok((18, Framing::Empty)));
+        assert_eq!(
+            framing(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
+                .map_err(|e| e.0),
+            Err(501)
+        );
         for line in [
             &b"GET / HTTP/2.0\r\n\r\n"[..],
             b"GET / HTTP/1.2\r\n\r\n",
@@ -895,15 +911,18 @@ mod tests {
             let r = parse_response(raw, false, 1024).ok().flatten();
             assert_eq!(r.map(|r| undated(&r.out)).as_deref(), Some(want));
         }
-        assert_eq!(
-            parse_response(
-                b"HTTP/1.1 099 Low\r\nContent-Length: 0\r\n\r\n",
-                false,
-                1024
-            )
-            .err(),
-            Some(BadResponse::Invalid)
-        );
+        for raw in [
+            &b"HTTP/1.1 099 Low\r\nContent-Length: 0\r\n\r\n"[..],
+            b"HTTP/1.1 600 High\r\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.1 999 High\r\nContent-Length: 0\r\n\r\n",
+        ] {
+            assert_eq!(
+                parse_response(raw, false, 1024).err(),
+                Some(BadResponse::Invalid),
+                "{}",
+                raw.escape_ascii()
+            );
+        }
 
         let r = parse_response(
             b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
