@@ -199,3 +199,63 @@ pub async fn raw_chat_call(ws: &mut Ws, id: u64, event: &str, payload: &str) -> 
         }
     }
 }
+
+/// The Engine.IO path of `node` for `transport`, with session `sid` when given.
+pub fn engine_url(node: &ChatNode, transport: &str, sid: Option<&str>) -> String {
+    let mut url = node.url(&format!("/socket.io/?EIO=4&transport={transport}"));
+    if let Some(sid) = sid {
+        url.push_str("&sid=");
+        url.push_str(sid);
+    }
+    url
+}
+
+/// A chat socket opened over long-polling on `node`: the Engine.IO handshake, then the
+/// Socket.IO CONNECT as `name`. Returns the Engine.IO session id; the `welcome` is still
+/// to be polled.
+pub async fn polling_open(node: &ChatNode, name: &str) -> String {
+    let http = crate::client();
+    let open = crate::send(http.get(engine_url(node, "polling", None))).await;
+    assert_eq!(open.status, 200, "handshake: {}", open.body);
+    let handshake: serde_json::Value = open
+        .body
+        .strip_prefix('0')
+        .and_then(|json| serde_json::from_str(json).ok())
+        .unwrap_or_else(|| panic!("an open packet: {}", open.body));
+    let sid = handshake["sid"].as_str().expect("a sid").to_owned();
+    let url = engine_url(node, "polling", Some(&sid));
+    let connect = crate::send(http.post(&url).body(format!(r#"40{{"name":"{name}"}}"#))).await;
+    assert_eq!(
+        (connect.status.as_u16(), connect.body.as_str()),
+        (200, "ok")
+    );
+    sid
+}
+
+/// Runs `chat-node` with `args` (and `--listen 127.0.0.1:0` unless they name one) and
+/// environment `env`; it must exit with a failure within a few seconds, without serving.
+/// Returns its stderr.
+pub fn refused_start(args: &[&str], env: &[(&str, &str)]) -> String {
+    let mut cmd = Command::new(bin_path("chat-node"));
+    if !args.contains(&"--listen") {
+        cmd.args(["--listen", "127.0.0.1:0"]);
+    }
+    cmd.args(args)
+        .envs(env.iter().copied())
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LIB_BACKTRACE")
+        .stdin(Stdio::null());
+    let run = crate::socketio::run_with_timeout(cmd, Duration::from_secs(10));
+    assert!(
+        run.status.is_some_and(|s| !s.success()),
+        "chat-node {args:?} {env:?} should be refused ({}):\n{}",
+        run.describe_status(),
+        run.output()
+    );
+    assert!(
+        !run.stdout.contains("LISTENING"),
+        "it must not serve: {}",
+        run.output()
+    );
+    run.stderr
+}

@@ -6,36 +6,7 @@
 //! Build the node first: `cargo build -p chat-node --bin chat-node && cargo test -p tests
 //! --test chat_config`.
 
-use std::process::{Command, Stdio};
-use std::time::Duration;
-
-use tests::bin_path;
-use tests::socketio::run_with_timeout;
-
-/// Runs `chat-node` with `args` and environment `env`; its exit must be a failure within
-/// a few seconds. Returns its stderr.
-fn refused(args: &[&str], env: &[(&str, &str)]) -> String {
-    let mut cmd = Command::new(bin_path("chat-node"));
-    cmd.args(["--listen", "127.0.0.1:0"])
-        .args(args)
-        .envs(env.iter().copied())
-        .env_remove("RUST_BACKTRACE")
-        .env_remove("RUST_LIB_BACKTRACE")
-        .stdin(Stdio::null());
-    let run = run_with_timeout(cmd, Duration::from_secs(10));
-    assert!(
-        run.status.is_some_and(|s| !s.success()),
-        "chat-node {args:?} {env:?} should be refused ({}):\n{}",
-        run.describe_status(),
-        run.output()
-    );
-    assert!(
-        !run.stdout.contains("LISTENING"),
-        "it must not serve: {}",
-        run.output()
-    );
-    run.stderr
-}
+use tests::chatnode::refused_start as refused;
 
 /// Flags, environment variables, and what the error must name.
 type Case = (

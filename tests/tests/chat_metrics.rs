@@ -11,16 +11,12 @@
 //! Needs `redis-server` for the cluster test. Build the node first: `cargo build -p
 //! chat-node --bin chat-node && cargo test -p tests --test chat_metrics`.
 
-use std::process::{Command, Stdio};
-use std::time::Duration;
-
 use futures::SinkExt as _;
-use tests::chatnode::{raw_chat_call, raw_chat_socket, ChatNode};
-use tests::redis::RedisServer;
-use tests::socketio::run_with_timeout;
-use tests::{
-    bin_path, client, free_port, send, wait_for, ws_open, ws_recv, Ws, WsOptions, STEP_TIMEOUT,
+use tests::chatnode::{
+    engine_url, polling_open, raw_chat_call, raw_chat_socket, refused_start as refused, ChatNode,
 };
+use tests::redis::RedisServer;
+use tests::{client, free_port, send, wait_for, ws_open, ws_recv, Ws, WsOptions, STEP_TIMEOUT};
 use tokio_tungstenite::tungstenite::Message;
 
 /// A chat node with its metrics on a port of their own; returns it and the metrics URL.
@@ -101,35 +97,12 @@ async fn value(url: &str, series: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {series} in:\n{}", scrape.0))
 }
 
-/// The engine path of `node`, for session `sid` when given.
-fn engine_url(node: &ChatNode, transport: &str, sid: Option<&str>) -> String {
-    let mut url = node.url(&format!("/socket.io/?EIO=4&transport={transport}"));
-    if let Some(sid) = sid {
-        url.push_str("&sid=");
-        url.push_str(sid);
-    }
-    url
-}
-
 /// A chat socket on long-polling: the handshake and CONNECT sent to `node`, polled until
 /// the `welcome` at `poll_at` (the same node, or another that forwards the polls).
 /// Returns the Engine.IO session id.
 async fn polling_chat_session(node: &ChatNode, poll_at: &ChatNode, name: &str) -> String {
     let http = client();
-    let open = send(http.get(engine_url(node, "polling", None))).await;
-    assert_eq!(open.status, 200, "handshake: {}", open.body);
-    let handshake: serde_json::Value = open
-        .body
-        .strip_prefix('0')
-        .and_then(|json| serde_json::from_str(json).ok())
-        .unwrap_or_else(|| panic!("an open packet: {}", open.body));
-    let sid = handshake["sid"].as_str().expect("a sid").to_owned();
-    let url = engine_url(node, "polling", Some(&sid));
-    let connect = send(http.post(&url).body(format!(r#"40{{"name":"{name}"}}"#))).await;
-    assert_eq!(
-        (connect.status.as_u16(), connect.body.as_str()),
-        (200, "ok")
-    );
+    let sid = polling_open(node, name).await;
     let url = engine_url(poll_at, "polling", Some(&sid));
     wait_for(STEP_TIMEOUT, "the welcome over polling", || async {
         let poll = send(http.get(&url)).await;
@@ -348,31 +321,6 @@ async fn the_metrics_listener_and_the_chat_port_serve_only_their_own() {
     }
     let post = send(http.post(&metrics)).await;
     assert_eq!(post.status, 405, "POST /metrics");
-}
-
-/// Runs `chat-node` with `args` (on port 0 unless they say `--listen`) and `env`; it must
-/// fail at once without serving. Returns its stderr.
-fn refused(args: &[&str], env: &[(&str, &str)]) -> String {
-    let mut cmd = Command::new(bin_path("chat-node"));
-    if !args.contains(&"--listen") {
-        cmd.args(["--listen", "127.0.0.1:0"]);
-    }
-    cmd.args(args)
-        .envs(env.iter().copied())
-        .stdin(Stdio::null());
-    let run = run_with_timeout(cmd, Duration::from_secs(10));
-    assert!(
-        run.status.is_some_and(|s| !s.success()),
-        "chat-node {args:?} {env:?} should be refused ({}):\n{}",
-        run.describe_status(),
-        run.output()
-    );
-    assert!(
-        !run.stdout.contains("LISTENING"),
-        "it must not serve: {}",
-        run.output()
-    );
-    run.stderr
 }
 
 #[test]

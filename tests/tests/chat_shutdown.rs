@@ -24,7 +24,7 @@
 use std::time::{Duration, Instant};
 
 use futures::SinkExt as _;
-use tests::chatnode::ChatNode;
+use tests::chatnode::{engine_url, polling_open, ChatNode};
 use tests::redis::RedisServer;
 use tests::{client, send, wait_until, ws_open, ws_recv, WsOptions, STEP_TIMEOUT};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -33,35 +33,13 @@ use tokio_tungstenite::tungstenite::Message;
 /// How soon the other node must know: far below the 45 s it took, well above a stop.
 const PROMPT: Duration = Duration::from_secs(4);
 
-/// The engine path of `node`, for session `sid` when given.
-fn engine_url(node: &ChatNode, transport: &str, sid: Option<&str>) -> String {
-    let mut url = node.url(&format!("/socket.io/?EIO=4&transport={transport}"));
-    if let Some(sid) = sid {
-        url.push_str("&sid=");
-        url.push_str(sid);
-    }
-    url
-}
-
 /// A chat socket on long-polling whose session `owner` holds: the handshake and CONNECT
 /// sent to `owner`, polled there until the `welcome` and the lobby's `presence` event.
 /// Returns the Engine.IO session id.
 async fn polling_chat_session(owner: &ChatNode, name: &str) -> String {
     let http = client();
-    let open = send(http.get(engine_url(owner, "polling", None))).await;
-    assert_eq!(open.status, 200, "handshake: {}", open.body);
-    let handshake: serde_json::Value = open
-        .body
-        .strip_prefix('0')
-        .and_then(|json| serde_json::from_str(json).ok())
-        .unwrap_or_else(|| panic!("an open packet: {}", open.body));
-    let sid = handshake["sid"].as_str().expect("a sid").to_owned();
+    let sid = polling_open(owner, name).await;
     let url = engine_url(owner, "polling", Some(&sid));
-    let connect = send(http.post(&url).body(format!(r#"40{{"name":"{name}"}}"#))).await;
-    assert_eq!(
-        (connect.status.as_u16(), connect.body.as_str()),
-        (200, "ok")
-    );
     // The welcome, and the lobby's presence event that follows it through the bus: once
     // both are in, nothing is queued and a poll waits.
     let deadline = Instant::now() + STEP_TIMEOUT;
