@@ -29,6 +29,28 @@ async fn ok_backend() -> RawBackend {
     .await
 }
 
+/// A backend that answers `200 ok` to every request and hands over the fields and body of
+/// each, as it received them.
+async fn recording_backend() -> (
+    RawBackend,
+    tokio::sync::mpsc::UnboundedReceiver<(Vec<(String, String)>, Vec<u8>)>,
+) {
+    let (seen_tx, seen) = tokio::sync::mpsc::unbounded_channel();
+    let raw = RawBackend::start(move |mut conn: RawConn<TcpStream>, _| {
+        let seen_tx = seen_tx.clone();
+        async move {
+            while let Some(req) = conn.request().await {
+                let _ = seen_tx.send((req.headers, req.body));
+                if !reply(&mut conn, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    (raw, seen)
+}
+
 /// Sends `raw` on a new connection and returns the answer's status and body text.
 async fn answer(proxy: &Proxy, raw: &str) -> (u16, String) {
     let mut c = RawConn::connect(proxy.addr()).await;
@@ -186,19 +208,7 @@ async fn the_only_backend_stays_in_service_through_failed_requests() {
 
 #[tokio::test]
 async fn forwarded_fields_spelled_with_underscores_are_dropped() {
-    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
-    let raw = RawBackend::start(move |mut conn: RawConn<TcpStream>, _| {
-        let seen_tx = seen_tx.clone();
-        async move {
-            while let Some(req) = conn.request().await {
-                let _ = seen_tx.send(req.headers);
-                if !reply(&mut conn, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await {
-                    return;
-                }
-            }
-        }
-    })
-    .await;
+    let (raw, mut seen) = recording_backend().await;
     let proxy = proxy_for_raw(&[&raw], "");
     let spoof = "X_Forwarded_For: 6.6.6.6\r\nX_Real_IP: 6.6.6.6\r\nx_forwarded_host: evil\r\n";
     // The HTTP/1 path, then pingora's (HTTP/1.0).
@@ -208,7 +218,7 @@ async fn forwarded_fields_spelled_with_underscores_are_dropped() {
     ] {
         let (status, _) = answer(&proxy, &req).await;
         assert_eq!(status, 200, "{req:?}");
-        let headers = seen.recv().await.unwrap();
+        let (headers, _) = seen.recv().await.unwrap();
         assert!(
             headers
                 .iter()
@@ -230,19 +240,7 @@ async fn forwarded_fields_spelled_with_underscores_are_dropped() {
 /// request on the shared backend connection as this one's body or the other way round.
 #[tokio::test]
 async fn framing_fields_spelled_with_underscores_are_dropped() {
-    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
-    let raw = RawBackend::start(move |mut conn: RawConn<TcpStream>, _| {
-        let seen_tx = seen_tx.clone();
-        async move {
-            while let Some(req) = conn.request().await {
-                let _ = seen_tx.send((req.headers, req.body));
-                if !reply(&mut conn, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await {
-                    return;
-                }
-            }
-        }
-    })
-    .await;
+    let (raw, mut seen) = recording_backend().await;
     let spoof = "Content_Length: 40\r\nTransfer_Encoding: chunked\r\ncontent_length: 7\r\n";
     for path in BOTH_PATHS {
         let proxy = proxy_for_raw(&[&raw], path);
@@ -337,19 +335,7 @@ async fn connect_gets_501_with_the_reason_and_opens_no_tunnel() {
 
 #[tokio::test]
 async fn a_content_length_list_of_one_value_reaches_the_backend_once() {
-    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
-    let raw = RawBackend::start(move |mut conn: RawConn<TcpStream>, _| {
-        let seen_tx = seen_tx.clone();
-        async move {
-            while let Some(req) = conn.request().await {
-                let _ = seen_tx.send((req.headers, req.body));
-                if !reply(&mut conn, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await {
-                    return;
-                }
-            }
-        }
-    })
-    .await;
+    let (raw, mut seen) = recording_backend().await;
     let proxy = proxy_for_raw(&[&raw], "");
     for lengths in [
         "Content-Length: 2, 2\r\n",
