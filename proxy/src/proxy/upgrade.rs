@@ -26,6 +26,7 @@ use crate::access_log::{AccessLog, Entry};
 use crate::h1::body::Framing;
 use crate::h1::head;
 use crate::h1::lent::{self, Returned};
+use crate::tunnel::frames;
 use crate::tunnel::handshake::{self, HandshakeError, UpstreamResponse};
 use crate::tunnel::relay::{End, Relay};
 use crate::upstream::stream::UpstreamStream;
@@ -341,6 +342,17 @@ pub(super) async fn handle(p: &EdgeProxy, session: &mut Session, ctx: &mut Ctx) 
     if !early.is_empty() && !send_early(&mut upstream, &early, t.upstream_read).await {
         return Ok(true);
     }
+    // The frame cursors start with what already went each way: a backend's first frames
+    // often come in the read of its 101, a client's right behind its request. Started
+    // after them, a cursor would take a payload for headers, and the proxy's Close could
+    // then land inside a frame, or never find a frame's end.
+    let frames = websocket.then(|| {
+        let mut ab = frames::Cursor::default();
+        ab.advance(&early);
+        let mut ba = frames::Cursor::default();
+        ba.advance(&rest);
+        (ab, ba)
+    });
 
     let mut guard = ctx.guard.take();
     if let Some(g) = guard.as_mut() {
@@ -352,7 +364,7 @@ pub(super) async fn handle(p: &EdgeProxy, session: &mut Session, ctx: &mut Ctx) 
         _open: crate::drain::Open::new(&p.shared.open),
         upstream,
         idle: t.tunnel_idle,
-        websocket,
+        frames,
         guards: (guard, ctx.client_guard.take()),
         shared: p.shared.clone(),
         summary,
@@ -403,8 +415,9 @@ struct Tunnel {
     _open: crate::drain::Open,
     upstream: UpstreamStream,
     idle: Duration,
-    /// Ended with Close frames when the proxy ends it.
-    websocket: bool,
+    /// A WebSocket's frame cursors (client to backend, backend to client): it is ended
+    /// with Close frames when the proxy ends it.
+    frames: Option<(frames::Cursor, frames::Cursor)>,
     /// Released when the tunnel closes: least_conn counts and the client's slot.
     guards: (
         Option<crate::upstream::ActiveGuard>,
@@ -421,10 +434,9 @@ impl Tunnel {
         A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
         let relay = Relay::new(client, self.upstream, self.idle, CLOSE_LINGER);
-        let totals = if self.websocket {
-            relay.websocket().await
-        } else {
-            relay.await
+        let totals = match self.frames {
+            Some((ab, ba)) => relay.websocket_from(ab, ba).await,
+            None => relay.await,
         };
         drop(self.guards);
         if totals.end == End::IdleTimeout {

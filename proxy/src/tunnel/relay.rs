@@ -138,7 +138,14 @@ where
 
     /// `a` is a WebSocket client and `b` its server: the proxy ends the tunnel with Close
     /// frames when it stops or when the tunnel has been idle for the idle timeout.
-    pub fn websocket(mut self) -> Self {
+    pub fn websocket(self) -> Self {
+        self.websocket_from(Cursor::default(), Cursor::default())
+    }
+
+    /// [`Self::websocket`] for a tunnel whose streams did not start with the relay: `ab`
+    /// and `ba` have followed what already went each way (the frames a client sent behind
+    /// its upgrade request, those a backend sent behind its `101`).
+    pub fn websocket_from(mut self, ab: Cursor, ba: Cursor) -> Self {
         let stopping = Box::pin(GOING_AWAY_NOTIFY.notified());
         let closing = GOING_AWAY
             .load(Ordering::Acquire)
@@ -147,8 +154,8 @@ where
             self.timer.as_mut().reset(since + CLOSING_WAIT);
         }
         self.ws = Some(Box::new(WebSocket {
-            ab: Cursor::default(),
-            ba: Cursor::default(),
+            ab,
+            ba,
             stopping,
             closing,
         }));

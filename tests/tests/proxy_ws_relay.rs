@@ -1,0 +1,272 @@
+//! The WebSocket relay byte for byte, with raw peers on both ends: where the proxy's own
+//! Close frames land in the two frame streams (never inside a frame, also for the frames
+//! that arrive with the handshake), and a side whose Close went first.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use tests::admin::wait_idle;
+use tests::raw::{proxy_for_raw, reply, RawBackend, RawConn};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+/// Bound for waits on the proxy's state and on the peers' events.
+const T: Duration = Duration::from_secs(10);
+
+const UPGRADE: &str = "GET /ws HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\n\
+    Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+    Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+
+const SWITCH: &str = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+    Connection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+
+const IDLE_1S: &str = "[timeouts]\ntunnel_idle = \"1s\"\n";
+
+/// A frame as a peer reads it: its first byte (FIN, RSV, opcode), whether it was masked,
+/// and its payload (unmasked).
+#[derive(Debug, PartialEq, Eq)]
+struct Frame {
+    first: u8,
+    masked: bool,
+    payload: Vec<u8>,
+}
+
+impl Frame {
+    fn opcode(&self) -> u8 {
+        self.first & 0x0f
+    }
+
+    /// The code and reason of a Close frame.
+    fn close(&self) -> Option<(u16, String)> {
+        (self.opcode() == 8 && self.payload.len() >= 2).then(|| {
+            (
+                u16::from_be_bytes([self.payload[0], self.payload[1]]),
+                String::from_utf8_lossy(&self.payload[2..]).into_owned(),
+            )
+        })
+    }
+}
+
+/// A frame with `first` as its first byte, masked with `mask` when given.
+fn frame(first: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+    let mut f = vec![first];
+    let m = if mask.is_some() { 0x80 } else { 0 };
+    match payload.len() {
+        n @ 0..=125 => f.push(m | n as u8),
+        n @ 126..=0xffff => {
+            f.push(m | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            f.push(m | 127);
+            f.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    match mask {
+        Some(key) => {
+            f.extend_from_slice(&key);
+            f.extend(payload.iter().zip(key.iter().cycle()).map(|(b, k)| b ^ k));
+        }
+        None => f.extend_from_slice(payload),
+    }
+    f
+}
+
+/// Reads one frame, each read bounded by `limit`.
+async fn read_frame(c: &mut RawConn<TcpStream>, limit: Duration) -> Result<Frame, String> {
+    let head = c.take(2, limit).await?;
+    let masked = head[1] & 0x80 != 0;
+    let len = match head[1] & 0x7f {
+        126 => u64::from(u16::from_be_bytes(
+            c.take(2, limit).await?.try_into().unwrap(),
+        )),
+        127 => u64::from_be_bytes(c.take(8, limit).await?.try_into().unwrap()),
+        n => u64::from(n),
+    };
+    let key = if masked {
+        c.take(4, limit).await?
+    } else {
+        vec![0; 4]
+    };
+    let len = usize::try_from(len).map_err(|_| format!("length {len}"))?;
+    if len > 16 << 20 {
+        return Err(format!("a frame of {len} bytes: the stream is out of step"));
+    }
+    let payload = c.take(len, limit).await?;
+    let payload = payload
+        .iter()
+        .zip(key.iter().cycle())
+        .map(|(b, k)| b ^ k)
+        .collect();
+    Ok(Frame {
+        first: head[0],
+        masked,
+        payload,
+    })
+}
+
+/// Connects to the proxy and opens a WebSocket: the 101 is read, what follows it is left.
+async fn open(proxy: &tests::Proxy, behind: &[u8]) -> RawConn<TcpStream> {
+    let mut c = RawConn::connect(proxy.addr()).await;
+    let mut req = UPGRADE.as_bytes().to_vec();
+    req.extend_from_slice(behind);
+    c.send(req).await;
+    let head = c.head(T).await.unwrap().unwrap_or_default();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    c
+}
+
+/// Reads a raw backend's request and answers `101` followed by `behind`, in one write.
+async fn accept(conn: &mut RawConn<TcpStream>, behind: &[u8]) -> bool {
+    if conn.request().await.is_none() {
+        return false;
+    }
+    let mut out = SWITCH.as_bytes().to_vec();
+    out.extend_from_slice(behind);
+    reply(conn, out).await
+}
+
+/// Waits for the peer to close (EOF or reset) and returns what came before.
+async fn rest_until_eof(c: &mut RawConn<TcpStream>, limit: Duration) -> Result<Vec<u8>, String> {
+    loop {
+        match c.fill(limit).await {
+            Ok(0) => return Ok(std::mem::take(&mut c.buf)),
+            Ok(_) => {}
+            Err(e) if e.starts_with("read failed") => return Ok(std::mem::take(&mut c.buf)),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// 1. The frames that come with the handshake are followed too.
+
+/// A backend's first frame often arrives in the same read as its `101`. The relay must
+/// count those bytes into its frame cursor: here the head of a 4-byte frame comes with the
+/// 101 and half its payload later, which a cursor that started after the 101 would take
+/// for a whole (empty) frame and put the idle Close right inside the real one.
+#[tokio::test]
+async fn a_frame_begun_with_the_101_is_not_cut_by_the_idle_close() {
+    let (tx, mut to_backend) = mpsc::unbounded_channel::<Result<Frame, String>>();
+    let raw = RawBackend::start(move |mut conn, _| {
+        let tx = tx.clone();
+        async move {
+            // The head of a binary frame of 4 bytes right behind the 101, then 2 bytes of it
+            // that a lost cursor reads as a frame header.
+            if !accept(&mut conn, &[0x82, 0x04]).await || !reply(&mut conn, [0, 0]).await {
+                return;
+            }
+            // The proxy's Close reaches the backend at the idle timeout (that side is
+            // between frames); only then does the frame to the client end.
+            let close = read_frame(&mut conn, T).await;
+            let _ = tx.send(close);
+            let _ = reply(&mut conn, *b"ab").await;
+            let _ = rest_until_eof(&mut conn, T).await;
+        }
+    })
+    .await;
+    let proxy = proxy_for_raw(&[&raw], IDLE_1S);
+    let mut c = open(&proxy, b"").await;
+
+    let to_backend = tokio::time::timeout(T, to_backend.recv()).await.unwrap();
+    let to_backend = to_backend.unwrap().unwrap();
+    assert_eq!(to_backend.close(), Some((1001, "idle timeout".into())));
+    assert!(to_backend.masked, "{to_backend:?}");
+    // The client gets the frame whole, then the Close.
+    let first = read_frame(&mut c, T).await.unwrap();
+    assert_eq!(
+        (first.first, first.payload.as_slice()),
+        (0x82, &b"\0\0ab"[..])
+    );
+    let close = read_frame(&mut c, T).await.unwrap();
+    assert_eq!(
+        close.close(),
+        Some((1001, "idle timeout".into())),
+        "{close:?}"
+    );
+    assert!(!close.masked);
+    wait_idle(&proxy, T).await;
+}
+
+/// The same toward the backend: a client's first frame sent right behind its upgrade
+/// request (held by the proxy until the backend said 101) is followed from its first byte.
+#[tokio::test]
+async fn a_frame_sent_with_the_upgrade_request_is_not_cut_by_the_idle_close() {
+    let key = [0x12, 0x34, 0x56, 0x78];
+    // Masked with `key`, the first two payload bytes are 00 00: a lost cursor's empty frame.
+    let payload = [0x12, 0x34, 0x56, 0x78];
+    let whole = frame(0x82, &payload, Some(key));
+    let (tx, mut seen) = mpsc::unbounded_channel::<Result<Frame, String>>();
+    let raw = RawBackend::start(move |mut conn, _| {
+        let tx = tx.clone();
+        async move {
+            if !accept(&mut conn, b"").await {
+                return;
+            }
+            for _ in 0..2 {
+                let f = read_frame(&mut conn, T).await;
+                let stop = f.is_err();
+                let _ = tx.send(f);
+                if stop {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    let proxy = proxy_for_raw(&[&raw], IDLE_1S);
+    // The frame's head comes with the request, then 2 of its 4 payload bytes.
+    let mut c = open(&proxy, &whole[..6]).await;
+    c.send(&whole[6..8]).await;
+    // The client gets its Close at the idle timeout; then it ends its frame.
+    let close = read_frame(&mut c, T).await.unwrap();
+    assert_eq!(
+        close.close(),
+        Some((1001, "idle timeout".into())),
+        "{close:?}"
+    );
+    c.send(&whole[8..]).await;
+
+    let first = tokio::time::timeout(T, seen.recv()).await.unwrap().unwrap();
+    let first = first.unwrap();
+    assert_eq!((first.first, first.payload), (0x82, payload.to_vec()));
+    let second = tokio::time::timeout(T, seen.recv()).await.unwrap().unwrap();
+    let second = second.unwrap();
+    assert_eq!(second.close(), Some((1001, "idle timeout".into())));
+    assert!(second.masked);
+    wait_idle(&proxy, T).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// 2. A side whose own Close went first.
+
+/// The backend closed first and the client never answered: at the idle timeout the client
+/// has the backend's Close whole and no second one; the backend gets the proxy's (the
+/// answer the client never gave).
+#[tokio::test]
+async fn a_close_already_sent_is_not_followed_by_the_proxys() {
+    let (tx, mut seen) = mpsc::unbounded_channel::<Result<Frame, String>>();
+    let raw = RawBackend::start(move |mut conn, _| {
+        let tx = tx.clone();
+        async move {
+            let bye = frame(0x88, b"\x03\xe8bye", None);
+            if !accept(&mut conn, &bye).await {
+                return;
+            }
+            let _ = tx.send(read_frame(&mut conn, T).await);
+            let _ = rest_until_eof(&mut conn, T).await;
+        }
+    })
+    .await;
+    let proxy = proxy_for_raw(&[&raw], IDLE_1S);
+    let mut c = open(&proxy, b"").await;
+    let at_backend = tokio::time::timeout(T, seen.recv()).await.unwrap().unwrap();
+    assert_eq!(
+        at_backend.unwrap().close(),
+        Some((1001, "idle timeout".into()))
+    );
+    let rest = rest_until_eof(&mut c, T).await.unwrap();
+    assert_eq!(rest, frame(0x88, b"\x03\xe8bye", None));
+    wait_idle(&proxy, T).await;
+}
