@@ -1,13 +1,16 @@
 //! The WebSocket relay byte for byte, with raw peers on both ends: where the proxy's own
 //! Close frames land in the two frame streams (never inside a frame, also for the frames
-//! that arrive with the handshake), and a side whose Close went first.
+//! that arrive with the handshake and for a stream that never pauses), and a side whose
+//! Close went first.
 
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
 
 use tests::admin::wait_idle;
+use tests::fixtures::{listener, upstream};
 use tests::raw::{proxy_for_raw, reply, RawBackend, RawConn};
+use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
@@ -269,4 +272,173 @@ async fn a_close_already_sent_is_not_followed_by_the_proxys() {
     let rest = rest_until_eof(&mut c, T).await.unwrap();
     assert_eq!(rest, frame(0x88, b"\x03\xe8bye", None));
     wait_idle(&proxy, T).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// 3. The proxy's Close in a stream that never pauses.
+
+/// A proxy over `raw` with a grace period of 2 s (the WebSockets are told at 1.5 s) and
+/// `extra` in its config.
+fn stopping_in_2s(raw: &RawBackend, extra: &str) -> tests::Proxy {
+    tests::Proxy::start_config(&format!(
+        "[server]\nthreads = 2\ngrace_period = \"2s\"\n{extra}\n{}\n{}",
+        listener(tests::free_port()),
+        upstream(
+            "app",
+            None,
+            &[format!("{{ addr = \"{}\", id = \"raw\" }}", raw.addr)]
+        )
+    ))
+}
+
+/// A backend that, once upgraded, streams binary frames of 1000 bytes without a pause (in
+/// writes of 7777 bytes, which never end with a frame) and reports the first frame it
+/// reads.
+async fn streaming_backend() -> (RawBackend, mpsc::UnboundedReceiver<Result<Frame, String>>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let raw = RawBackend::start(move |mut conn, _| {
+        let tx = tx.clone();
+        async move {
+            if !accept(&mut conn, b"").await {
+                return;
+            }
+            let RawConn { io, buf } = conn;
+            let (read, mut write) = io.into_split();
+            let mut reader = RawConn { io: read, buf };
+            tokio::spawn(async move {
+                let mut stream = Vec::new();
+                for i in 0..64u32 {
+                    stream.extend(frame(0x82, &[i as u8; 1000], None));
+                }
+                let mut at = 0;
+                loop {
+                    let end = at + 7777;
+                    let mut chunk = Vec::with_capacity(7777);
+                    for i in at..end {
+                        chunk.push(stream[i % stream.len()]);
+                    }
+                    at = end % stream.len();
+                    if write.write_all(&chunk).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            let f = read_frame_from(&mut reader).await;
+            let _ = tx.send(f);
+        }
+    })
+    .await;
+    (raw, rx)
+}
+
+/// [`read_frame`] on a read half.
+async fn read_frame_from(c: &mut RawConn<tokio::net::tcp::OwnedReadHalf>) -> Result<Frame, String> {
+    let head = c.take(2, T).await?;
+    let masked = head[1] & 0x80 != 0;
+    let len = usize::from(head[1] & 0x7f);
+    if len > 125 {
+        return Err(format!("unexpected length form {head:?}"));
+    }
+    let key = if masked {
+        c.take(4, T).await?
+    } else {
+        vec![0; 4]
+    };
+    let payload = c.take(len, T).await?;
+    Ok(Frame {
+        first: head[0],
+        masked,
+        payload: payload
+            .iter()
+            .zip(key.iter().cycle())
+            .map(|(b, k)| b ^ k)
+            .collect(),
+    })
+}
+
+/// Data frames read (all checked whole) until the first other frame, which is returned.
+async fn frames_until_control(c: &mut RawConn<TcpStream>, mut on_data: impl FnMut(usize)) -> Frame {
+    let mut n = 0;
+    loop {
+        let f = read_frame(c, T)
+            .await
+            .unwrap_or_else(|e| panic!("after {n} whole data frames: {e}"));
+        if f.opcode() != 2 {
+            return f;
+        }
+        assert_eq!(f.first, 0x82);
+        assert_eq!(f.payload.len(), 1000, "frame {n}");
+        let b = f.payload[0];
+        assert!(f.payload.iter().all(|&x| x == b), "frame {n} mixed");
+        n += 1;
+        on_data(n);
+    }
+}
+
+/// At the end of a graceful stop's grace period, a WebSocket whose backend never stops
+/// sending still gets its Close (1001) between two frames: the relay must stop at a frame's
+/// end to put it there, not wait for a read that happens to end with a frame (which a
+/// busy stream may never do) until the closing wait runs out and the connection is cut.
+#[tokio::test]
+async fn a_stopping_proxy_closes_a_websocket_that_never_pauses_between_two_frames() {
+    let (raw, mut seen) = streaming_backend().await;
+    let mut proxy = stopping_in_2s(&raw, "");
+    let mut c = open(&proxy, b"").await;
+    let signalled = std::cell::Cell::new(false);
+    let close = frames_until_control(&mut c, |n| {
+        if n == 100 && !signalled.get() {
+            proxy.signal(nix::sys::signal::Signal::SIGTERM);
+            signalled.set(true);
+        }
+    })
+    .await;
+    assert_eq!(
+        close.close(),
+        Some((1001, "proxy stopping".into())),
+        "{close:?}"
+    );
+    assert!(!close.masked);
+    let at_backend = tokio::time::timeout(T, seen.recv()).await.unwrap().unwrap();
+    let at_backend = at_backend.unwrap();
+    assert_eq!(at_backend.close(), Some((1001, "proxy stopping".into())));
+    drop(c);
+    proxy
+        .wait_exit(T)
+        .unwrap_or_else(|| panic!("the proxy still runs:\n{}", proxy.logs()));
+}
+
+/// A large frame under way when the grace period ends is finished before the Close: the
+/// backend sends the rest of it only once the proxy's Close has reached it.
+#[tokio::test]
+async fn a_stopping_proxy_finishes_a_slow_frame_before_its_close() {
+    let big: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let whole = frame(0x82, &big, None);
+    let sent = whole.clone();
+    let raw = RawBackend::start(move |mut conn, _| {
+        let sent = sent.clone();
+        async move {
+            if !accept(&mut conn, &sent[..30_000]).await {
+                return;
+            }
+            if read_frame(&mut conn, T).await.is_err() {
+                return;
+            }
+            let _ = reply(&mut conn, &sent[30_000..]).await;
+            let _ = rest_until_eof(&mut conn, T).await;
+        }
+    })
+    .await;
+    let mut proxy = stopping_in_2s(&raw, "");
+    let mut c = open(&proxy, b"").await;
+    // Under way: the frame's first bytes have come.
+    c.fill(T).await.unwrap();
+    proxy.signal(nix::sys::signal::Signal::SIGTERM);
+    let got = read_frame(&mut c, T).await.unwrap();
+    assert!(got.payload == big, "the frame was not relayed whole");
+    let close = read_frame(&mut c, T).await.unwrap();
+    assert_eq!(close.close(), Some((1001, "proxy stopping".into())));
+    drop(c);
+    proxy
+        .wait_exit(T)
+        .unwrap_or_else(|| panic!("the proxy still runs:\n{}", proxy.logs()));
 }

@@ -29,26 +29,49 @@ impl Cursor {
     /// Follows `bytes`, the next bytes of the stream.
     pub fn advance(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() {
-            if self.payload_left > 0 {
-                let n = usize::try_from(self.payload_left)
-                    .unwrap_or(usize::MAX)
-                    .min(bytes.len());
-                self.payload_left -= n as u64;
-                bytes = &bytes[n..];
-                continue;
-            }
-            let have = usize::from(self.have);
-            self.header[have] = bytes[0];
-            self.have += 1;
-            bytes = &bytes[1..];
-            if have == 0 && self.header[0] & 0x0f == 0x8 {
-                self.saw_close = true;
-            }
-            if let Some(payload) = complete(&self.header[..usize::from(self.have)]) {
-                self.have = 0;
-                self.payload_left = payload;
+            let n = self.step(bytes);
+            bytes = &bytes[n..];
+        }
+    }
+
+    /// Follows `bytes` up to the end of the first frame that ends in them, and says how many
+    /// bytes that is: all of them when no frame ends in them. For the proxy's own Close,
+    /// which must go in at the first boundary of a stream that may never pause at one.
+    pub fn advance_to_frame_end(&mut self, bytes: &[u8]) -> usize {
+        let mut used = 0;
+        while used < bytes.len() {
+            used += self.step(&bytes[used..]);
+            if self.at_boundary() {
+                break;
             }
         }
+        used
+    }
+
+    /// Follows the next bytes of the current header or payload (at least one byte of a
+    /// non-empty `bytes`); how many it took.
+    fn step(&mut self, bytes: &[u8]) -> usize {
+        let Some(&first) = bytes.first() else {
+            return 0;
+        };
+        if self.payload_left > 0 {
+            let n = usize::try_from(self.payload_left)
+                .unwrap_or(usize::MAX)
+                .min(bytes.len());
+            self.payload_left -= n as u64;
+            return n;
+        }
+        let have = usize::from(self.have);
+        self.header[have] = first;
+        self.have += 1;
+        if have == 0 && first & 0x0f == 0x8 {
+            self.saw_close = true;
+        }
+        if let Some(payload) = complete(&self.header[..usize::from(self.have)]) {
+            self.have = 0;
+            self.payload_left = payload;
+        }
+        1
     }
 
     /// Between two frames: what has passed ends a frame.
@@ -173,6 +196,132 @@ mod tests {
         c.advance(&close_frame(1000, "bye", Some([9, 8, 7, 6]))[..3]);
         assert!(c.closed());
         assert!(!c.at_boundary());
+    }
+
+    /// A header with the 64-bit length form and `len`, masked or not.
+    fn long_header(len: u64, masked: bool) -> Vec<u8> {
+        let mut h = vec![0x82, if masked { 0xff } else { 0x7f }];
+        h.extend_from_slice(&len.to_be_bytes());
+        if masked {
+            h.extend_from_slice(&[1, 2, 3, 4]);
+        }
+        h
+    }
+
+    /// Lengths RFC 6455 forbids (the high bit of the 64-bit form set) or that no stream
+    /// will ever carry are followed as given: no overflow, no panic, never a boundary
+    /// until that many bytes have passed.
+    #[test]
+    fn huge_and_invalid_lengths_are_followed_without_overflow() {
+        for len in [u64::MAX, u64::MAX - 1, 1 << 63, (1 << 63) + 5] {
+            for masked in [false, true] {
+                let mut c = Cursor::default();
+                c.advance(&long_header(len, masked));
+                assert!(!c.at_boundary());
+                c.advance(&[0u8; 70_000]);
+                assert!(!c.at_boundary());
+                assert_eq!(c.advance_to_frame_end(&[0u8; 9]), 9);
+                assert_eq!(c.payload_left, len - 70_009);
+            }
+        }
+        // The largest length, all but its last byte passed, then the rest: a boundary.
+        let mut c = Cursor {
+            payload_left: 3,
+            ..Cursor::default()
+        };
+        assert_eq!(c.advance_to_frame_end(&[0, 0, 0, 0x81, 0]), 3);
+        assert!(c.at_boundary());
+    }
+
+    /// RSV bits (an extension such as permessage-deflate), a server's masked frames, a
+    /// client's unmasked ones, control frames inside a fragmented message and empty frames
+    /// are all just frames: the cursor finds their ends, and only a Close opcode counts as
+    /// a Close (a compressed frame's RSV1 does not make a text frame one).
+    #[test]
+    fn any_opcode_rsv_and_mask_is_a_frame() {
+        let stream: Vec<Vec<u8>> = vec![
+            frame(0x01, 3, false), // first fragment of a text message, unmasked
+            frame(0x89, 0, true),  // a ping in the middle of it, masked
+            frame(0x8a, 4, false), // a pong
+            frame(0x00, 0, false), // an empty continuation
+            frame(0xc1, 9, true),  // RSV1 (compressed), FIN, text
+            frame(0xf2, 2, false), // every RSV bit
+            frame(0x80, 0, false), // the final, empty continuation
+        ];
+        let all: Vec<u8> = stream.concat();
+        let mut c = Cursor::default();
+        let mut at = 0;
+        for f in &stream {
+            assert_eq!(c.advance_to_frame_end(&all[at..]), f.len());
+            at += f.len();
+            assert!(c.at_boundary());
+        }
+        assert!(!c.closed());
+        // Many tiny frames in one read.
+        let tiny: Vec<u8> = (0..1000).flat_map(|_| frame(0x82, 1, false)).collect();
+        let mut c = Cursor::default();
+        c.advance(&tiny);
+        assert!(c.at_boundary());
+        assert_eq!(c.advance_to_frame_end(&tiny), 3);
+    }
+
+    proptest::proptest! {
+        /// Any stream of frames, cut into reads anywhere: the cursor is at a boundary after
+        /// a read exactly when the read ends a frame, and `advance_to_frame_end` stops at
+        /// each frame's end.
+        #[test]
+        fn boundaries_are_found_wherever_the_reads_are_cut(
+            frames in proptest::collection::vec(
+                (0u8..=255, 0usize..300, proptest::bool::ANY), 1..20),
+            cuts in proptest::collection::vec(1usize..400, 1..50),
+        ) {
+            let mut stream = Vec::new();
+            let mut ends = vec![0];
+            for &(first, len, masked) in &frames {
+                // Any FIN and RSV bits, a binary opcode (never a Close).
+                let mut f = frame(0x2, len, masked);
+                f[0] = first & 0xf0 | 0x2;
+                stream.extend(f);
+                ends.push(stream.len());
+            }
+            // advance(): boundary after each read exactly when a frame ended there.
+            let mut c = Cursor::default();
+            let (mut at, mut i) = (0, 0);
+            while at < stream.len() {
+                let n = cuts[i % cuts.len()].min(stream.len() - at);
+                c.advance(&stream[at..at + n]);
+                at += n;
+                i += 1;
+                proptest::prop_assert_eq!(c.at_boundary(), ends.contains(&at));
+            }
+            // advance_to_frame_end(): from each boundary, one frame per call.
+            let mut c = Cursor::default();
+            let mut at = 0;
+            for w in ends.windows(2) {
+                let mut got = 0;
+                while !c.at_boundary() || got == 0 {
+                    let n = cuts[(at + got) % cuts.len()].min(stream.len() - at - got);
+                    got += c.advance_to_frame_end(&stream[at + got..at + got + n]);
+                }
+                proptest::prop_assert_eq!(at + got, w[1]);
+                at += got;
+            }
+        }
+
+        /// Arbitrary bytes never make the cursor panic.
+        #[test]
+        fn any_bytes_are_followed(bytes in proptest::collection::vec(0u8..=255, 0..2000),
+                                  cut in 1usize..64) {
+            let mut c = Cursor::default();
+            for piece in bytes.chunks(cut) {
+                let mut rest = piece;
+                while !rest.is_empty() {
+                    let n = c.advance_to_frame_end(rest);
+                    proptest::prop_assert!(n >= 1 && n <= rest.len());
+                    rest = &rest[n..];
+                }
+            }
+        }
     }
 
     #[test]

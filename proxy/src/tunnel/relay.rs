@@ -171,12 +171,22 @@ where
     }
 }
 
+/// The proxy's Close frame due on one direction of a WebSocket.
+#[derive(Debug, Clone, Copy)]
+struct CloseDue {
+    reason: &'static str,
+    /// Toward the backend: masked.
+    to_server: bool,
+}
+
 /// Moves what it can in one direction. Returns Ready(Ok(true)) when progress was made,
 /// Ready(Ok(false)) when this direction is finished, Pending when it is waiting.
+/// `close`: the proxy's Close frame is due on this direction (`frames` is then followed).
 fn poll_direction<R, W>(
     cx: &mut Context<'_>,
     dir: &mut Direction,
     mut frames: Option<&mut Cursor>,
+    close: Option<CloseDue>,
     reader: &mut R,
     writer: &mut W,
 ) -> Poll<io::Result<bool>>
@@ -208,6 +218,15 @@ where
                 Poll::Ready(Ok(())) => dir.needs_flush = false,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => break,
+            }
+        }
+        // The proxy's Close goes in here, before anything more is read, as soon as the
+        // stream is between two frames: checked on every turn of this loop, not once per
+        // poll, or a stream that keeps coming would be read past each boundary.
+        if let (Some(due), Some(f)) = (close, frames.as_deref()) {
+            queue_close(dir, f, due.reason, due.to_server);
+            if dir.pending.is_some() {
+                continue;
             }
         }
         // 2. Propagate a close once everything read has been written.
@@ -242,10 +261,20 @@ where
                         dir.read_eof = true;
                         return Poll::Ready(Ok(()));
                     }
+                    // Once the proxy's Close is due, only the rest of the current frame is
+                    // relayed: the Close goes in right behind it, and what the read brought
+                    // after it is dropped, as all that comes after the Close will be. Read
+                    // whole, a stream that never pauses might never end a read at a frame's
+                    // end, and would be cut at the closing wait without its Close.
+                    let n = match (frames.as_deref_mut(), close) {
+                        (Some(f), Some(_)) => f.advance_to_frame_end(&scratch[..n]),
+                        (Some(f), None) => {
+                            f.advance(&scratch[..n]);
+                            n
+                        }
+                        (None, _) => n,
+                    };
                     dir.bytes += n as u64;
-                    if let Some(f) = frames.as_deref_mut() {
-                        f.advance(&scratch[..n]);
-                    }
                     let written = match Pin::new(&mut *writer).poll_write(cx, &scratch[..n]) {
                         Poll::Ready(Ok(w)) => w,
                         Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
@@ -323,12 +352,11 @@ where
         }
         let mut progressed = false;
         loop {
-            if let Some(ws) = this.ws.as_deref() {
-                if let Some((reason, _)) = ws.closing {
-                    queue_close(&mut this.ab, &ws.ab, reason, true);
-                    queue_close(&mut this.ba, &ws.ba, reason, false);
-                }
-            }
+            let due = |to_server| {
+                let (reason, _) = this.ws.as_deref()?.closing?;
+                Some(CloseDue { reason, to_server })
+            };
+            let (ab_close, ba_close) = (due(true), due(false));
             let (ab_frames, ba_frames) = match this.ws.as_deref_mut() {
                 Some(ws) => (Some(&mut ws.ab), Some(&mut ws.ba)),
                 None => (None, None),
@@ -336,7 +364,14 @@ where
             let mut moved = false;
             let ab_done = this.ab.read_eof && this.ab.shut && this.ab.pending.is_none();
             if !ab_done {
-                match poll_direction(cx, &mut this.ab, ab_frames, &mut this.a, &mut this.b) {
+                match poll_direction(
+                    cx,
+                    &mut this.ab,
+                    ab_frames,
+                    ab_close,
+                    &mut this.a,
+                    &mut this.b,
+                ) {
                     Poll::Ready(Ok(p)) => moved |= p,
                     Poll::Ready(Err(_)) => return Poll::Ready(this.totals(End::Error)),
                     Poll::Pending => {}
@@ -344,7 +379,14 @@ where
             }
             let ba_done = this.ba.read_eof && this.ba.shut && this.ba.pending.is_none();
             if !ba_done {
-                match poll_direction(cx, &mut this.ba, ba_frames, &mut this.b, &mut this.a) {
+                match poll_direction(
+                    cx,
+                    &mut this.ba,
+                    ba_frames,
+                    ba_close,
+                    &mut this.b,
+                    &mut this.a,
+                ) {
                     Poll::Ready(Ok(p)) => moved |= p,
                     Poll::Ready(Err(_)) => return Poll::Ready(this.totals(End::Error)),
                     Poll::Pending => {}
