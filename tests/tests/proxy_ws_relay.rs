@@ -1,14 +1,16 @@
 //! The WebSocket relay byte for byte, with raw peers on both ends: where the proxy's own
 //! Close frames land in the two frame streams (never inside a frame, also for the frames
-//! that arrive with the handshake and for a stream that never pauses), and a side whose
-//! Close went first.
+//! that arrive with the handshake and for a stream that never pauses), a side whose Close
+//! went first, upgrades that are not WebSockets, half-closes, a client that stops reading,
+//! a peer that vanishes, and the counts a tunnel holds until it ends.
 
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
 
-use tests::admin::wait_idle;
+use tests::admin::{total, wait_idle, wait_status};
 use tests::fixtures::{listener, upstream};
+use tests::get;
 use tests::raw::{proxy_for_raw, reply, RawBackend, RawConn};
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpStream;
@@ -441,4 +443,285 @@ async fn a_stopping_proxy_finishes_a_slow_frame_before_its_close() {
     proxy
         .wait_exit(T)
         .unwrap_or_else(|| panic!("the proxy still runs:\n{}", proxy.logs()));
+}
+
+// ---------------------------------------------------------------------------------------
+// 4. Other upgrades, half-closes, backpressure, vanished peers.
+
+/// An upgrade to another protocol is relayed as bytes: the idle timeout closes it without
+/// a byte of its own (a Close frame would corrupt that protocol).
+#[tokio::test]
+async fn an_idle_tunnel_of_another_protocol_gets_no_close_frame() {
+    let (tx, mut seen) = mpsc::unbounded_channel::<Vec<u8>>();
+    let raw = RawBackend::start(move |mut conn, _| {
+        let tx = tx.clone();
+        async move {
+            if conn.request().await.is_none()
+                || !reply(
+                    &mut conn,
+                    &b"HTTP/1.1 101 Switching\r\nUpgrade: foo\r\nConnection: Upgrade\r\n\r\n\x88\x02"[..],
+                )
+                .await
+            {
+                return;
+            }
+            let _ = tx.send(rest_until_eof(&mut conn, T).await.unwrap_or_default());
+        }
+    })
+    .await;
+    let proxy = proxy_for_raw(&[&raw], IDLE_1S);
+    let mut c = RawConn::connect(proxy.addr()).await;
+    c.send(
+        &b"GET /x HTTP/1.1\r\nHost: test\r\nUpgrade: foo\r\nConnection: Upgrade\r\n\r\n\x81"[..],
+    )
+    .await;
+    let head = c.head(T).await.unwrap().unwrap_or_default();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert_eq!(rest_until_eof(&mut c, T).await.unwrap(), b"\x88\x02");
+    let at_backend = tokio::time::timeout(T, seen.recv()).await.unwrap().unwrap();
+    assert_eq!(at_backend, b"\x81");
+    wait_idle(&proxy, T).await;
+}
+
+/// A client that shuts its write side (half-close) still gets what the backend sends,
+/// until the backend closes too: the shutdown is passed on, not taken for the end.
+#[tokio::test]
+async fn a_half_closed_websocket_still_carries_the_other_way() {
+    let raw = RawBackend::start(|mut conn, _| async move {
+        if !accept(&mut conn, b"").await {
+            return;
+        }
+        // The client's FIN comes through as a FIN.
+        if !matches!(rest_until_eof(&mut conn, T).await, Ok(b) if b.is_empty()) {
+            return;
+        }
+        for i in 0..3u8 {
+            if !reply(&mut conn, frame(0x81, &[b'0' + i], None)).await {
+                return;
+            }
+        }
+        let _ = conn.io.shutdown().await;
+    })
+    .await;
+    let proxy = proxy_for_raw(&[&raw], "");
+    let mut c = open(&proxy, b"").await;
+    c.io.shutdown().await.unwrap();
+    let rest = rest_until_eof(&mut c, T).await.unwrap();
+    let mut want = Vec::new();
+    for i in 0..3u8 {
+        want.extend(frame(0x81, &[b'0' + i], None));
+    }
+    assert_eq!(rest, want);
+    wait_idle(&proxy, T).await;
+}
+
+/// A client that stops reading while the backend floods it: the tunnel still ends at the
+/// idle timeout plus the closing wait (the Close it cannot take does not hold it open),
+/// what the client got is whole frames, and the backend is told.
+#[tokio::test]
+async fn a_client_that_stops_reading_does_not_hold_the_tunnel() {
+    let (tx, mut seen) = mpsc::unbounded_channel::<Result<Frame, String>>();
+    let raw = RawBackend::start(move |mut conn, _| {
+        let tx = tx.clone();
+        async move {
+            if !accept(&mut conn, b"").await {
+                return;
+            }
+            let RawConn { io, buf } = conn;
+            let (read, mut write) = io.into_split();
+            let mut reader = RawConn { io: read, buf };
+            tokio::spawn(async move {
+                let f = frame(0x82, &[7u8; 3000], None);
+                while write.write_all(&f).await.is_ok() {}
+            });
+            let _ = tx.send(read_frame_from(&mut reader).await);
+        }
+    })
+    .await;
+    let proxy = proxy_for_raw(&[&raw], IDLE_1S);
+    let c = open(&proxy, b"").await;
+    let at_backend = tokio::time::timeout(T, seen.recv()).await.unwrap().unwrap();
+    assert_eq!(
+        at_backend.unwrap().close(),
+        Some((1001, "idle timeout".into()))
+    );
+    wait_idle(&proxy, T).await;
+    drop(c);
+}
+
+/// A client that vanishes without a FIN (nothing more comes from it, nothing it is sent is
+/// answered) is ended at the idle timeout, and its per-IP slot and the backend's tunnel
+/// count are given back; so are they when the backend resets or the client closes.
+#[tokio::test]
+async fn every_end_of_a_tunnel_gives_back_its_slots() {
+    let raw = RawBackend::start(|mut conn, _| async move {
+        // Plain requests on a kept-alive connection, until an upgrade.
+        let req = loop {
+            let Some(req) = conn.request().await else {
+                return;
+            };
+            if req.path != "/plain" {
+                break req;
+            }
+            if !reply(&mut conn, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await {
+                return;
+            }
+        };
+        if !reply(&mut conn, SWITCH).await {
+            return;
+        }
+        match req.path.as_str() {
+            // Reset: close with unread bytes pending.
+            "/reset" => {
+                let _ = conn.fill(T).await;
+                #[allow(deprecated)] // a zero linger does not block the drop
+                let _ = conn.io.set_linger(Some(Duration::ZERO));
+            }
+            _ => {
+                let _ = rest_until_eof(&mut conn, Duration::from_secs(30)).await;
+            }
+        }
+    })
+    .await;
+    let proxy = proxy_for_raw(
+        &[&raw],
+        "[limits]\nmax_connections_per_ip = 1\n[timeouts]\ntunnel_idle = \"1s\"\n",
+    );
+    let plain = proxy.url("/plain");
+    for how in ["vanish", "reset", "close"] {
+        let path = if how == "reset" { "/reset" } else { "/ws" };
+        let mut c = RawConn::connect(proxy.addr()).await;
+        c.send(UPGRADE.replace("/ws", path)).await;
+        let head = c.head(T).await.unwrap().unwrap_or_default();
+        assert!(head.starts_with("HTTP/1.1 101"), "{how}: {head}");
+        // Counted once the 101 has gone out, which the client may read first.
+        wait_status(&proxy, T, &format!("{how}: one tunnel"), |s| {
+            (total(s, "tunnels") == 1).then_some(())
+        })
+        .await;
+        assert_eq!(get(&plain).await.status, 429, "{how}: the slot is taken");
+        match how {
+            "vanish" => {}
+            "reset" => c.send(b"\x81\x80\0\0\0\0").await,
+            _ => c.io.shutdown().await.unwrap(),
+        }
+        wait_idle(&proxy, T).await;
+        tests::wait_until(T, &format!("{how}: the per-IP slot back"), || {
+            let plain = plain.clone();
+            async move { get(&plain).await.status == 200 }
+        })
+        .await;
+        drop(c);
+    }
+}
+
+/// An extension the backend negotiates (permessage-deflate) is the peers' business: the
+/// 101 keeps its field, frames with RSV1 set cross unchanged both ways, and the idle Close
+/// still lands between two of them.
+#[tokio::test]
+async fn a_negotiated_extension_crosses_unchanged() {
+    let (tx, mut seen) = mpsc::unbounded_channel::<Result<Frame, String>>();
+    let raw = RawBackend::start(move |mut conn, _| {
+        let tx = tx.clone();
+        async move {
+            let Some(req) = conn.request().await else {
+                return;
+            };
+            let offered = req
+                .headers
+                .iter()
+                .any(|(n, v)| n == "sec-websocket-extensions" && v.contains("permessage-deflate"));
+            let head = SWITCH.replace(
+                "\r\n\r\n",
+                "\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n",
+            );
+            let mut out = head.into_bytes();
+            // A compressed text frame ("Hello", RFC 7692 §7.2.3.1), split from its head.
+            out.extend_from_slice(&[0xc1, 0x07, 0xf2]);
+            if !offered || !reply(&mut conn, out).await {
+                return;
+            }
+            if !reply(&mut conn, [0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00]).await {
+                return;
+            }
+            for _ in 0..2 {
+                let _ = tx.send(read_frame(&mut conn, T).await);
+            }
+        }
+    })
+    .await;
+    let proxy = proxy_for_raw(&[&raw], IDLE_1S);
+    let mut c = RawConn::connect(proxy.addr()).await;
+    c.send(UPGRADE.replace(
+        "\r\n\r\n",
+        "\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n",
+    ))
+    .await;
+    let head = c.head(T).await.unwrap().unwrap_or_default();
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("sec-websocket-extensions: permessage-deflate"),
+        "{head}"
+    );
+    let hello = read_frame(&mut c, T).await.unwrap();
+    assert_eq!(hello.first, 0xc1);
+    assert_eq!(hello.payload, [0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00]);
+    let key = [9, 8, 7, 6];
+    c.send(frame(
+        0xc1,
+        &[0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00],
+        Some(key),
+    ))
+    .await;
+    let echoed = tokio::time::timeout(T, seen.recv()).await.unwrap().unwrap();
+    let echoed = echoed.unwrap();
+    assert_eq!((echoed.first, echoed.masked), (0xc1, true));
+    assert_eq!(echoed.payload, [0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00]);
+    let close = read_frame(&mut c, T).await.unwrap();
+    assert_eq!(close.close(), Some((1001, "idle timeout".into())));
+    let at_backend = tokio::time::timeout(T, seen.recv()).await.unwrap().unwrap();
+    assert_eq!(
+        at_backend.unwrap().close(),
+        Some((1001, "idle timeout".into()))
+    );
+}
+
+/// Over a TLS backend the proxy's Close is written inside the TLS stream like any byte:
+/// the client gets its 1001 at the idle timeout, and the tunnel is released.
+#[tokio::test]
+async fn an_idle_websocket_to_a_tls_backend_is_closed_with_1001() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = tests::TestCa::new(dir.path());
+    let (cert, key) = ca.issue(&["backend.test", "127.0.0.1"]);
+    let b = tests::Backend::start_with(
+        "tls",
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let proxy = tests::Proxy::start_config(&format!(
+        "{IDLE_1S}\n{}\n[upstreams.app]\nbackends = [{{ addr = \"{}\", id = \"tls\" }}]\n\
+         [upstreams.app.tls]\nca = \"{}\"\nserver_name = \"backend.test\"\n",
+        listener(tests::free_port()),
+        b.addr(),
+        ca.pem.display(),
+    ));
+    let (mut ws, id) = tests::ws_connect(&proxy.ws_url("/ws")).await;
+    assert_eq!(id, "tls");
+    tests::ws_echo(&mut ws, "through tls").await;
+    let got = tests::ws_recv(&mut ws, T).await;
+    match got {
+        Some(tokio_tungstenite::tungstenite::Message::Close(Some(f))) => {
+            assert_eq!(
+                (u16::from(f.code), f.reason.as_str()),
+                (1001, "idle timeout")
+            );
+        }
+        other => panic!("expected the proxy's Close, got {other:?}"),
+    }
+    tests::ws_close(ws).await;
+    wait_idle(&proxy, T).await;
 }
