@@ -298,6 +298,33 @@ async fn a_reload_applies_new_tls_settings_to_the_next_connection() {
     assert_eq!(r.status, 502, "the name no longer matches: {r:?}");
 }
 
+/// pingora's path pools its backend connections too: a reload that changes only the
+/// trusted roots must not go on using a connection verified under the old ones.
+#[tokio::test]
+async fn a_reload_that_changes_only_the_roots_is_applied_on_pingoras_path_too() {
+    let tb = TlsBackend::start("r2");
+    let other = TempDir::new().unwrap();
+    let other_ca = TestCa::new(other.path());
+    let [port, admin_port] = port_array();
+    let config = |ca: &Path| reloadable(port, admin_port, &tb, &trusting(ca, "backend.test"));
+    let proxy = Proxy::start_config(&config(tb.ca()));
+    // HTTP/1.0 requests are proxied by pingora, which keeps the backend connection.
+    let via_pingora = || async {
+        let mut raw = RawConn::connect(proxy.addr()).await;
+        raw.exchange("GET /id HTTP/1.0\r\nHost: test\r\n\r\n").await
+    };
+    let resp = via_pingora().await;
+    assert_eq!((resp.status, resp.text().as_str()), (200, "r2"), "{resp:?}");
+    proxy.write_config(&config(&other_ca.pem));
+    let r = admin_post(&proxy, "/reload", Some("t")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let resp = via_pingora().await;
+    assert_eq!(
+        resp.status, 502,
+        "served on a connection the old roots verified: {resp:?}"
+    );
+}
+
 /// One TLS upstream for every path, and an admin listener whose token is `t`.
 fn reloadable(port: u16, admin_port: u16, tb: &TlsBackend, tls_table: &str) -> String {
     format!(

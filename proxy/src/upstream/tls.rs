@@ -135,6 +135,10 @@ impl TlsClient {
         peer.options.verify_hostname = self.verify;
         peer.options.ca = self.pingora_ca.clone();
         peer.client_cert_key = self.pingora_client_cert.clone();
+        // pingora's pool keys connections by address, name and verification flags, not
+        // by the roots: without this a reload that changed only `ca` would go on using
+        // connections verified under the old one.
+        peer.group_key = self.id;
         peer
     }
 }
