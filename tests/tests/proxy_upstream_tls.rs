@@ -246,9 +246,18 @@ async fn a_client_certificate_is_presented_to_backends_that_require_one() {
     let (mut ws, hello) = ws_connect(&proxy.ws_url("/mtls/ws")).await;
     assert_eq!(hello, "m1");
     ws_echo(&mut ws, "mutual").await;
-    // Without one the backend refuses the connection.
+    // Without one the backend refuses the connection: a handshake failure, said so.
     let r = get(&proxy.url("/nocert/id")).await;
     assert_eq!(r.status, 502, "{r:?}");
+    assert!(
+        r.body.contains("TLS handshake with the backend failed"),
+        "{r:?}"
+    );
+    // The log says why (once a minute at most).
+    proxy.wait_log(
+        "refused the TLS session: alert CertificateRequired",
+        STEP_TIMEOUT,
+    );
     let mut raw = RawConn::connect(proxy.addr()).await;
     let resp = raw
         .exchange("GET /nocert/id HTTP/1.0\r\nHost: test\r\n\r\n")

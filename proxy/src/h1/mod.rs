@@ -632,6 +632,11 @@ async fn read_response_head(
             Some(Ok(0)) => return Err(Failure::Bad(BadResponse::Invalid)),
             Some(Ok(_)) => received = true,
             Some(Err(e)) if !received => {
+                if let Some(alert) = handshake::tls_alert(&e) {
+                    let failure = Failure::TlsAlert(alert);
+                    handshake::warn_tls(&failure);
+                    return Err(failure);
+                }
                 // Reset before any byte of the answer: like a close, the request may
                 // never have been read.
                 tracing::trace!("backend connection failed before answering: {e}");
@@ -995,6 +1000,9 @@ enum Failure {
     Read(io::Error),
     #[error("the backend did not answer in time")]
     Timeout,
+    /// The backend ended the TLS session with this alert (a refused client certificate).
+    #[error("the backend refused the TLS session: alert {0}")]
+    TlsAlert(String),
     #[error("{0}")]
     Bad(BadResponse),
     /// The client side failed while its body was relayed: nobody to answer.
@@ -1009,7 +1017,7 @@ impl Failure {
             Failure::Connect(HandshakeError::ConnectTimeout(_)) => {
                 (502, "timed out connecting to the backend")
             }
-            Failure::Connect(HandshakeError::Tls { .. }) => {
+            Failure::Connect(HandshakeError::Tls { .. }) | Failure::TlsAlert(_) => {
                 (502, "TLS handshake with the backend failed")
             }
             Failure::Connect(_) => (502, "could not connect to any backend"),

@@ -80,11 +80,7 @@ pub async fn connect(
         Err(_) => Err(HandshakeError::ConnectTimeout(addr)),
         Ok(Err(source)) => {
             let e = HandshakeError::Tls { addr, source };
-            // Most often a setting to fix (a CA, a name), which the client's 502 does not
-            // say: warned, but once a minute at most, since it repeats on every request.
-            if TLS_FAILURES.allow() {
-                tracing::warn!("{e}");
-            }
+            warn_tls(&e);
             Err(e)
         }
         Ok(Ok(s)) => Ok(UpstreamStream::Tls(Box::new(s))),
@@ -92,6 +88,25 @@ pub async fn connect(
 }
 
 static TLS_FAILURES: Throttle = Throttle::new();
+
+/// Logs a failed TLS session with a backend. Most often a setting to fix (a CA, a name, a
+/// client certificate), which the client's 502 does not say: warned, but once a minute at
+/// most, since it repeats on every request.
+pub(crate) fn warn_tls(e: &dyn std::fmt::Display) {
+    if TLS_FAILURES.allow() {
+        tracing::warn!("{e}");
+    }
+}
+
+/// The alert a backend ended a TLS session with, if `e` is one. Under TLS 1.3 a backend
+/// that refuses the client certificate says so only after the client's side of the
+/// handshake is done: on the first read, not at connect.
+pub(crate) fn tls_alert(e: &io::Error) -> Option<String> {
+    match e.get_ref()?.downcast_ref::<rustls::Error>()? {
+        rustls::Error::AlertReceived(alert) => Some(format!("{alert:?}")),
+        _ => None,
+    }
+}
 
 /// Sends `head` on `stream` and reads the response head.
 pub async fn exchange(
