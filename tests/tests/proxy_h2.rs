@@ -32,6 +32,27 @@ async fn tls_connect(ca: &[u8], port: u16, alpn: &[&[u8]]) -> TlsStream<TcpStrea
 }
 
 /// An h2 connection to the TLS listener on `port`, its driver running in the background.
+/// A TLS proxy in front of `raw` and an h2 connection to it: the proxy, the folder of its
+/// certificates, its port and the connection.
+async fn h2_to_raw(
+    raw: &tests::raw::RawBackend,
+) -> (
+    Proxy,
+    tempfile::TempDir,
+    u16,
+    h2::client::SendRequest<Bytes>,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::generate(dir.path(), &["localhost", "127.0.0.1"]);
+    let (proxy, port) = tls_proxy(
+        &certs,
+        &format!("{{ addr = \"{}\", id = \"raw\" }}", raw.addr),
+        "",
+    );
+    let h2 = h2_connect(&certs.ca_pem(), port).await;
+    (proxy, dir, port, h2)
+}
+
 async fn h2_connect(ca: &[u8], port: u16) -> h2::client::SendRequest<Bytes> {
     let tls = tls_connect(ca, port, &[b"h2"]).await;
     let (send, conn) = tokio::time::timeout(STEP_TIMEOUT, h2::client::handshake(tls))
@@ -174,14 +195,7 @@ async fn a_body_ended_by_an_empty_data_frame_gets_one_last_chunk_upstream() {
         }
     })
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    let certs = Certs::generate(dir.path(), &["localhost", "127.0.0.1"]);
-    let (_proxy, port) = tls_proxy(
-        &certs,
-        &format!("{{ addr = \"{}\", id = \"raw\" }}", raw.addr),
-        "",
-    );
-    let h2 = h2_connect(&certs.ca_pem(), port).await;
+    let (_proxy, _dir, port, h2) = h2_to_raw(&raw).await;
 
     let url = |path: &str| format!("https://localhost:{port}{path}");
     for (path, data) in [("/streamed", &[&b"hello"[..]][..]), ("/empty", &[])] {
@@ -303,14 +317,7 @@ async fn framing_fields_spelled_with_underscores_are_dropped() {
         }
     })
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    let certs = Certs::generate(dir.path(), &["localhost", "127.0.0.1"]);
-    let (_proxy, port) = tls_proxy(
-        &certs,
-        &format!("{{ addr = \"{}\", id = \"raw\" }}", raw.addr),
-        "",
-    );
-    let h2 = h2_connect(&certs.ca_pem(), port).await;
+    let (_proxy, _dir, port, h2) = h2_to_raw(&raw).await;
     let mut ready = tokio::time::timeout(STEP_TIMEOUT, h2.clone().ready())
         .await
         .unwrap()
