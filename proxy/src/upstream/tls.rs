@@ -53,19 +53,9 @@ impl TlsClient {
     /// parse at load.
     pub fn new(config: &UpstreamTlsConfig) -> Self {
         pingora::tls::install_default_crypto_provider();
-        let roots = match &config.ca {
-            Some(ca) => {
-                let mut store = RootCertStore::empty();
-                store.add_parsable_certificates(
-                    ca.certs.iter().map(|c| CertificateDer::from(c.clone())),
-                );
-                Arc::new(store)
-            }
-            None => system_roots(),
-        };
         let builder = ClientConfig::builder();
         let builder = if config.verify {
-            builder.with_root_certificates(roots)
+            builder.with_root_certificates(roots(config))
         } else {
             builder
                 .dangerous()
@@ -182,6 +172,21 @@ impl ResolvesClientCert for AlwaysSend {
 
     fn has_certs(&self) -> bool {
         true
+    }
+}
+
+/// The roots `config` trusts: its `ca`, else the system's (read only when some upstream
+/// verifies without a `ca`).
+fn roots(config: &UpstreamTlsConfig) -> Arc<RootCertStore> {
+    match &config.ca {
+        Some(ca) => {
+            let mut store = RootCertStore::empty();
+            store.add_parsable_certificates(
+                ca.certs.iter().map(|c| CertificateDer::from(c.clone())),
+            );
+            Arc::new(store)
+        }
+        None => system_roots(),
     }
 }
 
