@@ -5,7 +5,7 @@
 use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use crate::cpulimit::CpuLimit;
@@ -239,7 +239,7 @@ fn spawn(
             }
         })
         .collect();
-    let mut child = Command::new(program)
+    let mut child = crate::child::command(program)
         .args(&args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -57,6 +57,7 @@ impl CpuLimit {
         );
         let quota = ((cpus * PERIOD_US as f64).round() as u64).max(1000);
         let limit = if Path::new(V1_ROOT).join("cpu.cfs_quota_us").exists() {
+            remove_stale(Path::new(V1_ROOT));
             let dir = Path::new(V1_ROOT).join(&name);
             create_dir(&dir)?;
             let limit = CpuLimit { dir, cpus, pin };
@@ -66,6 +67,7 @@ impl CpuLimit {
         } else if cpu_controller_v2() {
             // A v2 child only gets the cpu files when its parent delegates the controller.
             let _ = std::fs::write(Path::new(V2_ROOT).join("cgroup.subtree_control"), "+cpu");
+            remove_stale(Path::new(V2_ROOT));
             let dir = Path::new(V2_ROOT).join(&name);
             create_dir(&dir)?;
             let limit = CpuLimit { dir, cpus, pin };
@@ -116,6 +118,28 @@ impl Drop for CpuLimit {
             std::thread::sleep(Duration::from_millis(20));
         }
         eprintln!("bench: could not remove the cgroup {}", self.dir.display());
+    }
+}
+
+/// Removes the groups of earlier bench processes that are gone: one killed with SIGKILL
+/// could not remove its own. A group is removed only once empty (its processes got their
+/// SIGTERM with bench, see `crate::child`), which the kernel checks.
+fn remove_stale(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("switchyard-bench-"))
+            .and_then(|rest| rest.split('-').next())
+        else {
+            continue;
+        };
+        if !Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir(entry.path());
+        }
     }
 }
 

@@ -9,6 +9,7 @@
 mod affinity;
 mod backend;
 mod backends;
+mod child;
 mod cli;
 mod cpulimit;
 mod load;

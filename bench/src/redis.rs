@@ -1,7 +1,7 @@
 //! A throwaway redis-server on a free loopback port, for the chat nodes' shared state.
 
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
@@ -20,7 +20,7 @@ impl Redis {
 
     pub fn start() -> anyhow::Result<Redis> {
         let port = crate::targets::free_port()?;
-        let child = Command::new("redis-server")
+        let child = crate::child::command("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
             .stdin(Stdio::null())

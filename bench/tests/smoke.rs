@@ -479,7 +479,11 @@ fn children(pid: u32) -> Vec<u32> {
 
 #[test]
 fn interrupted_run_writes_a_partial_report_and_stops_everything() {
-    let out = tempfile::tempdir().expect("temp dir");
+    // A space in the path: the report's command line must still read back as bench's words.
+    let out = tempfile::Builder::new()
+        .prefix("bench out ")
+        .tempdir()
+        .expect("temp dir");
     let child = Command::new(bench())
         .args(["http", "--runs", "2", "--quiet", "--duration", "1s"])
         .args(["--connections", "4", "--rates", "100"])
@@ -523,10 +527,71 @@ fn interrupted_run_writes_a_partial_report_and_stops_everything() {
     let v: serde_json::Value = serde_json::from_str(&json).expect("results.json parses");
     assert_eq!(v["targets"][0]["status"], "ok");
     assert_eq!(v["targets"][1]["status"], "interrupted (not measured)");
+    let command = v["meta"]["command"].as_str().expect("meta.command");
+    let words = shlex::split(command).expect("meta.command is shell syntax");
+    assert_eq!(
+        words.get(words.len().saturating_sub(3)).map(String::as_str),
+        out.path().to_str(),
+        "{command}"
+    );
     // Backends and proxy are gone (bench waits for each before it exits).
     let left: Vec<u32> = started
         .into_iter()
         .filter(|p| Path::new(&format!("/proc/{p}")).exists())
         .collect();
     assert!(left.is_empty(), "left running: {left:?}");
+}
+
+/// Whether `pid` has exited (gone, or a zombie its new parent has not reaped yet).
+fn exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        // The state follows the command name, which is in parentheses and may hold spaces.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+    }
+}
+
+#[test]
+fn killed_bench_takes_its_children_with_it() {
+    let out = tempfile::tempdir().expect("temp dir");
+    let mut child = Command::new(bench())
+        .args(["http", "--runs", "1", "--quiet", "--duration", "60s"])
+        .args(["--connections", "4", "--rates", "100"])
+        .args(["--targets", "switchyard:round_robin"])
+        .arg("--out")
+        .arg(out.path())
+        .arg("--proxy-bin")
+        .arg(sibling("proxy"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("running bench");
+    // Three backends and the proxy: the measurement has started.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut started = children(child.id());
+    while started.len() < 4 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        started = children(child.id());
+    }
+    assert!(started.len() >= 4, "backends and proxy: {started:?}");
+    // SIGKILL: no handler and no destructor of bench's runs.
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reaping bench");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut left: Vec<u32> = started.clone();
+    while !left.is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        left.retain(|p| !exited(*p));
+    }
+    for p in &left {
+        let _ = Command::new("kill")
+            .args(["-KILL", &p.to_string()])
+            .status();
+    }
+    assert!(
+        left.is_empty(),
+        "left running after bench was killed: {left:?}"
+    );
 }

@@ -28,9 +28,13 @@ pub fn collect(tools: &Tools, pin: Option<usize>, workers: usize) -> serde_json:
     let load = std::fs::read_to_string("/proc/loadavg")
         .ok()
         .map(|s| s.trim().to_owned());
+    let args: Vec<String> = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let command = crate::child::shell_line(args.iter().map(String::as_str));
     serde_json::json!({
         "date": chrono::Local::now().to_rfc3339(),
-        "command": std::env::args().collect::<Vec<_>>().join(" "),
+        "command": command,
         "git_commit": git(&["rev-parse", "HEAD"]),
         "git_dirty": dirty,
         "versions": tool_versions(tools),

@@ -270,11 +270,11 @@ pub fn launch(
     };
     let mut cmd = match opts.pin {
         Some(cpu) if opts.tools.taskset => {
-            let mut c = Command::new("taskset");
+            let mut c = crate::child::command("taskset");
             c.arg("-c").arg(cpu.to_string()).arg(&program);
             c
         }
-        _ => Command::new(&program),
+        _ => crate::child::command(&program),
     };
     cmd.args(&args)
         .stdin(Stdio::null())
@@ -297,9 +297,11 @@ pub fn launch(
 }
 
 fn describe(cmd: &Command) -> String {
-    let mut parts = vec![cmd.get_program().to_string_lossy().into_owned()];
-    parts.extend(cmd.get_args().map(|a| a.to_string_lossy().into_owned()));
-    parts.join(" ")
+    let words: Vec<String> = std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|w| w.to_string_lossy().into_owned())
+        .collect();
+    crate::child::shell_line(words.iter().map(String::as_str))
 }
 
 /// A port that was free a moment ago.
