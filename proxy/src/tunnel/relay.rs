@@ -437,8 +437,10 @@ where
             };
             let deadline = this.last_activity + limit;
             if now >= deadline {
-                if let Some(ws) = this.ws.as_mut().filter(|_| !half_closed) {
-                    // Both sides are still open: they are told, then given a moment.
+                if let Some(ws) = this.ws.as_mut() {
+                    // Each side still open is told, then given a moment. After a half-close
+                    // that is the side still reading: a client that sent its FIN still
+                    // reads, and a bare close would look like an abnormal closure (1006).
                     ws.closing = Some((IDLE, now));
                     this.timer.as_mut().reset(now + CLOSING_WAIT);
                     cx.waker().wake_by_ref();
@@ -567,6 +569,32 @@ mod tests {
         client.read_exact(&mut got).await.unwrap();
         assert_eq!(got, close);
         drop((client, server));
+        assert_eq!(relay.await.unwrap().end, End::GoingAway);
+    }
+
+    /// A client that has sent its FIN still reads: when the backend then goes quiet for the
+    /// linger time, the client gets the proxy's Close after the backend's last frame, not a
+    /// bare close.
+    #[tokio::test(start_paused = true)]
+    async fn a_half_closed_websocket_that_goes_quiet_gets_a_close() {
+        let (mut client, a) = duplex(1024);
+        let (b, mut server) = duplex(1024);
+        let relay = tokio::spawn(
+            Relay::new(a, b, Duration::from_secs(60), Duration::from_secs(10)).websocket(),
+        );
+        client.shutdown().await.unwrap();
+        let mut eof = [0u8; 1];
+        assert_eq!(server.read(&mut eof).await.unwrap(), 0, "FIN relayed");
+        let frame = [0x81, 2, b'h', b'i'];
+        server.write_all(&frame).await.unwrap();
+        let mut got = [0u8; 4];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, frame);
+        tokio::time::sleep(Duration::from_millis(10_500)).await;
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, frames::close_frame(frames::GOING_AWAY, IDLE, None));
+        drop(server);
         assert_eq!(relay.await.unwrap().end, End::GoingAway);
     }
 
