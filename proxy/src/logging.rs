@@ -99,6 +99,30 @@ fn is_client_handshake_failure(record: &Record<'_>) -> bool {
             .starts_with("Downstream handshake")
 }
 
+/// One line per minute at most for failed attempts on backends.
+static BACKEND_FAILURES: Throttle = Throttle::new();
+
+/// A request (or upgrade) could not be served by a backend: refused, reset, timed out, a
+/// malformed answer. Every path of the proxy logs it here, the first of each minute as a
+/// warning and the others at debug: a backend that fails every request would otherwise
+/// write a line per request, as pingora's own ERROR did, and the access log already has
+/// each request's status. A backend that goes down is logged by its health (warn).
+pub fn backend_failure(
+    upstream: &str,
+    backend: std::net::SocketAddr,
+    what: &dyn std::fmt::Display,
+) {
+    if BACKEND_FAILURES.allow() {
+        tracing::warn!(
+            upstream,
+            %backend,
+            "{what} (further backend failures within a minute are logged at debug)"
+        );
+    } else {
+        tracing::debug!(upstream, %backend, "{what}");
+    }
+}
+
 /// Lets a warning that can repeat per connection (a full connection table, a backend whose
 /// certificate is refused) through once a minute at most, so it is seen without flooding.
 pub struct Throttle {

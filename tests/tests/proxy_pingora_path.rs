@@ -735,3 +735,49 @@ async fn missing_repeated_or_malformed_host_gets_400() {
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(next_seen(&mut seen).await.path, "/ok");
 }
+
+/// A backend that refuses every connection is logged once a minute, on every path alike:
+/// pingora's path no longer writes an ERROR line per request (nor a warning per retried
+/// attempt), Switchyard's HTTP/1 path and the upgrade path the same single warning. Each
+/// request's status is in the access log.
+#[tokio::test]
+async fn a_failing_backend_is_logged_once_a_minute_on_every_path_never_as_error() {
+    let [port, dead] = tests::port_array();
+    let proxy = Proxy::start_config(&format!(
+        "{TWO_THREADS}[access_log]\nenabled = true\nformat = \"combined\"\n{}{}",
+        listener(port),
+        upstream(
+            "app",
+            None,
+            &[format!("{{ addr = \"127.0.0.1:{dead}\", id = \"dead\" }}")]
+        ),
+    ));
+    let requests = [
+        // The upgrade path.
+        "GET /ws HTTP/1.1\r\nHost: test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        // Switchyard's HTTP/1 path.
+        "GET /one HTTP/1.1\r\nHost: test\r\n\r\n",
+        // pingora's path: HTTP/1.0, then a chunked body.
+        "GET /two HTTP/1.0\r\nHost: test\r\n\r\n",
+        "POST /three HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n\
+         5\r\nhello\r\n0\r\n\r\n",
+    ];
+    for req in requests {
+        let mut c = RawConn::connect(proxy.addr()).await;
+        let r = c.exchange(req).await;
+        assert_eq!(r.status, 502, "{req:?}: {r:?}");
+        assert!(r.text().contains("could not connect"), "{req:?}: {r:?}");
+    }
+    // The access line of the last request follows anything logged while it was served.
+    proxy.wait_log("\"POST /three HTTP/1.1\" 502", STEP_TIMEOUT);
+    let logs = proxy.logs();
+    let errors: Vec<&str> = logs.lines().filter(|l| l.contains("ERROR")).collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+    assert!(!logs.contains("Fail to proxy"), "{logs}");
+    let warned = logs
+        .lines()
+        .filter(|l| l.contains("further backend failures within a minute"))
+        .count();
+    assert_eq!(warned, 1, "{logs}");
+}

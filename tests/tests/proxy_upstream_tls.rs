@@ -191,6 +191,11 @@ async fn an_untrusted_or_misnamed_certificate_gets_502_unless_verify_is_off() {
             .exchange(format!("GET /{name}/id HTTP/1.0\r\nHost: test\r\n\r\n"))
             .await;
         assert_eq!(resp.status, 502, "{name} via pingora: {resp:?}");
+        assert!(
+            resp.text()
+                .contains("TLS handshake with the backend failed"),
+            "{name} via pingora: {resp:?}"
+        );
     }
     let r = get(&proxy.url("/unchecked/id")).await;
     assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "t3"), "{r:?}");
@@ -263,6 +268,11 @@ async fn a_client_certificate_is_presented_to_backends_that_require_one() {
         .exchange("GET /nocert/id HTTP/1.0\r\nHost: test\r\n\r\n")
         .await;
     assert_eq!(resp.status, 502, "{resp:?}");
+    assert!(
+        resp.text()
+            .contains("TLS handshake with the backend failed"),
+        "via pingora: {resp:?}"
+    );
 }
 
 #[tokio::test]

@@ -424,7 +424,7 @@ impl H1 {
                 Err(Failure::Client) => return false,
                 Err(e) => {
                     up.report_failure(&choice.backend);
-                    tracing::debug!(upstream = %up.name, backend = %choice.backend.addr, "{e}");
+                    crate::logging::backend_failure(&up.name, choice.backend.addr, &e);
                     let again = match e {
                         Failure::Connect(_) | Failure::Unsent(_) => true,
                         _ => req.idempotent(),
@@ -490,7 +490,11 @@ impl H1 {
             }
             Err(RelayError::Unsent(e)) => {
                 up.report_failure(&choice.backend);
-                tracing::debug!(upstream = %up.name, backend = %choice.backend.addr, "response body: {e}");
+                crate::logging::backend_failure(
+                    &up.name,
+                    choice.backend.addr,
+                    &format_args!("response body: {e}"),
+                );
                 log.status = 502;
                 let answer =
                     respond::text_bytes(502, "the backend sent a malformed chunked body", added);
@@ -504,7 +508,11 @@ impl H1 {
             Err(RelayError::Upstream(sent, e)) => {
                 log.bytes_sent = sent;
                 up.report_failure(&choice.backend);
-                tracing::debug!(upstream = %up.name, backend = %choice.backend.addr, "response body: {e}");
+                crate::logging::backend_failure(
+                    &up.name,
+                    choice.backend.addr,
+                    &format_args!("response body: {e}"),
+                );
                 false
             }
         };

@@ -20,7 +20,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::protocols::Stream;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
-use pingora::upstreams::peer::HttpPeer;
+use pingora::upstreams::peer::{HttpPeer, Peer as _};
 use pingora::{Error, ErrorSource, ErrorType};
 
 use crate::access_log::{AccessLog, Entry};
@@ -153,6 +153,33 @@ fn final_response(session: &Session) -> Option<&ResponseHeader> {
     session
         .response_written()
         .filter(|r| !r.status.is_informational() || r.status == 101)
+}
+
+/// The client closed or reset its connection: nobody is left to answer.
+fn client_went_away(e: &Error) -> bool {
+    e.esource() == &ErrorSource::Downstream
+        && matches!(
+            e.etype(),
+            ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed
+        )
+}
+
+/// A TLS handshake with the backend failed on pingora's connector (an untrusted or
+/// misnamed certificate, a backend that does not speak TLS).
+fn tls_handshake_failed(e: &Error) -> bool {
+    matches!(
+        e.etype(),
+        ErrorType::TLSHandshakeFailure | ErrorType::TLSHandshakeTimedout | ErrorType::InvalidCert
+    )
+}
+
+/// The alert a backend ended its TLS session with after the handshake seemed done, as
+/// TLS 1.3 reports a refused client certificate: on the first read of the answer.
+fn tls_alert(e: &Error) -> Option<String> {
+    if e.esource() != &ErrorSource::Upstream {
+        return None;
+    }
+    crate::tunnel::handshake::tls_alert(e.root_cause().downcast_ref::<std::io::Error>()?)
 }
 
 /// The reason of an `HTTPStatus` error as our own code raised it: the context of the
@@ -548,12 +575,19 @@ impl ProxyHttp for EdgeProxy {
     fn fail_to_connect(
         &self,
         _session: &mut Session,
-        _peer: &HttpPeer,
+        peer: &HttpPeer,
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        if tls_handshake_failed(&e) {
+            crate::tunnel::handshake::warn_tls(&format_args!(
+                "TLS handshake with {} failed: {e}",
+                peer.address()
+            ));
+        }
         if let (Some(up), Some(b)) = (&ctx.upstream, &ctx.backend) {
             up.report_failure(b);
+            crate::logging::backend_failure(&up.name, b.addr, &e);
             // Nothing was sent, so any method may go to another backend.
             if ctx.tried.len() < MAX_TRIES.min(up.backends.len()) {
                 e.set_retry(true);
@@ -570,14 +604,21 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut Ctx,
         client_reused: bool,
     ) -> Box<Error> {
-        if e.esource() == &ErrorSource::Upstream {
-            if let (Some(up), Some(b)) = (&ctx.upstream, &ctx.backend) {
+        match (e.esource(), &ctx.upstream, &ctx.backend) {
+            (ErrorSource::Upstream, Some(up), Some(b)) => {
                 up.report_failure(b);
+                crate::logging::backend_failure(&up.name, b.addr, &e);
             }
+            // The peer goes to the log, not into the error: fail_to_proxy may show its
+            // context to the client.
+            _ => tracing::debug!(%peer, "proxying failed: {e}"),
         }
-        // The peer goes to the log, not into the error: fail_to_proxy may show its context
-        // to the client.
-        tracing::debug!(%peer, "proxying failed: {e}");
+        if let Some(alert) = tls_alert(&e) {
+            crate::tunnel::handshake::warn_tls(&format_args!(
+                "the backend {} refused the TLS session: alert {alert}",
+                peer.address()
+            ));
+        }
         let mut e = e;
         if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
         {
@@ -591,6 +632,9 @@ impl ProxyHttp for EdgeProxy {
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let (code, detail) = match e.etype() {
             ErrorType::HTTPStatus(c) => (*c, status_reason(e)),
+            _ if tls_handshake_failed(e) || tls_alert(e).is_some() => {
+                (502, "TLS handshake with the backend failed".into())
+            }
             ErrorType::ConnectTimedout => (502, "timed out connecting to the backend".into()),
             ErrorType::ConnectRefused | ErrorType::ConnectNoRoute | ErrorType::ConnectError => {
                 (502, "could not connect to any backend".into())
@@ -603,9 +647,7 @@ impl ProxyHttp for EdgeProxy {
             _ => match e.esource() {
                 ErrorSource::Upstream => (502, "the backend failed".into()),
                 ErrorSource::Downstream => match e.etype() {
-                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => {
-                        (0, String::new())
-                    }
+                    _ if client_went_away(e) => (0, String::new()),
                     ErrorType::ReadTimedout => (408, "request timed out".into()),
                     _ => (400, "bad request".into()),
                 },
@@ -631,6 +673,29 @@ impl ProxyHttp for EdgeProxy {
             error_code: code,
             can_reuse_downstream: false,
         }
+    }
+
+    /// pingora logs every failed request at ERROR. A backend's failures are logged by
+    /// `error_while_proxy` and `fail_to_connect` (throttled, as on Switchyard's own path),
+    /// and a client that went away is no error of the proxy's (nginx logs it at `info`).
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, e: &Error) -> bool {
+        let quiet = client_went_away(e) || e.esource() == &ErrorSource::Upstream;
+        if quiet {
+            tracing::debug!("request failed: {e}");
+        }
+        quiet
+    }
+
+    /// pingora warns of each failed attempt it retries; those are a backend's failures,
+    /// logged as above.
+    fn suppress_proxy_warn_log(
+        &self,
+        _session: &Session,
+        _ctx: &Ctx,
+        e: &Error,
+        _context: pingora::proxy::ProxyWarnLogContext,
+    ) -> bool {
+        client_went_away(e) || e.esource() == &ErrorSource::Upstream
     }
 
     fn persist_connection_context(

@@ -262,7 +262,11 @@ pub(super) async fn handle(p: &EdgeProxy, session: &mut Session, ctx: &mut Ctx) 
             Ok(resp) => break resp,
             Err(e) => {
                 up.report_failure(&backend);
-                tracing::warn!(upstream = %up.name, "websocket upgrade: {e}");
+                crate::logging::backend_failure(
+                    &up.name,
+                    backend.addr,
+                    &format_args!("websocket upgrade: {e}"),
+                );
                 if e.retryable() && ctx.tried.len() < max_tries {
                     continue;
                 }
@@ -271,7 +275,14 @@ pub(super) async fn handle(p: &EdgeProxy, session: &mut Session, ctx: &mut Ctx) 
                         (504, "the backend did not answer the upgrade in time")
                     }
                     HandshakeError::Tls { .. } => (502, "TLS handshake with the backend failed"),
-                    _ => (502, "could not open the upgrade with a backend"),
+                    // Worded as on the other paths, which a client may meet on the same URL.
+                    HandshakeError::ConnectTimeout(_) => {
+                        (502, "timed out connecting to the backend")
+                    }
+                    HandshakeError::Connect { .. } => (502, "could not connect to any backend"),
+                    HandshakeError::Upstream { .. } => {
+                        (502, "could not open the upgrade with a backend")
+                    }
                 };
                 ctx.local_status = Some(code);
                 respond::text(session, code, detail, super::added_fields(&rt, session)).await?;
