@@ -72,6 +72,10 @@ struct Cli {
     /// Quick mode: the name the backends' certificates must carry, also sent as SNI.
     #[arg(long, value_name = "NAME")]
     backend_server_name: Option<String>,
+    /// Quick mode: speak h2 to the backends (h2c, prior knowledge, without --backend-tls;
+    /// ALPN h2 with it), for gRPC and other HTTP/2-only backends.
+    #[arg(long)]
+    backend_h2: bool,
     /// HMAC key for sticky cookies (shared by all replicas).
     #[arg(long, env = "SWITCHYARD_STICKY_KEY", hide_env_values = true)]
     sticky_key: Option<String>,
@@ -154,6 +158,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             backend_tls: cli.backend_tls,
             backend_ca: cli.backend_ca,
             backend_server_name: cli.backend_server_name,
+            backend_h2: cli.backend_h2,
         }),
     };
     let config = match config {

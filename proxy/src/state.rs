@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 
 use crate::access_log::AccessLog;
 use crate::admin::metrics::Metrics;
-use crate::config::{Config, ConfigError, ConfigErrors, ErrorKind};
+use crate::config::{Config, ConfigError, ConfigErrors, ErrorKind, UpstreamProtocol};
 use crate::limits::ClientLimits;
 use crate::tls::{SniCerts, SniResolver};
 use crate::upstream::{StatsRegistry, Upstream};
@@ -25,6 +25,8 @@ pub struct Runtime {
     routes: Vec<(Option<String>, String, Arc<Upstream>)>,
     /// The listeners that set fields on answers, with those fields (most have none).
     response_headers: Vec<(SocketAddr, Vec<(String, String)>)>,
+    /// Some route leads to an h2 upstream (which only pingora's path speaks).
+    any_h2: bool,
 }
 
 impl Runtime {
@@ -53,12 +55,28 @@ impl Runtime {
             .filter(|l| !l.response_headers.is_empty())
             .map(|l| (l.listen, l.response_headers.clone()))
             .collect();
+        let any_h2 = config
+            .upstreams
+            .iter()
+            .any(|u| u.protocol == UpstreamProtocol::H2);
         Self {
             config: Arc::new(config),
             upstreams,
             routes,
             response_headers,
+            any_h2,
         }
+    }
+
+    /// Whether a request goes to an h2 upstream, which Switchyard's HTTP/1 path does not
+    /// speak: pingora's path serves it. Routed as `crate::proxy::policy::admit` routes (a
+    /// path that does not route is left to that path's answer).
+    pub(crate) fn routes_to_h2<V: crate::proxy::policy::RequestView>(&self, req: &V) -> bool {
+        self.any_h2
+            && crate::proxy::route_path(req.path()).is_ok_and(|path| {
+                self.route(req.host(), &path)
+                    .is_some_and(|u| u.config.protocol == UpstreamProtocol::H2)
+            })
     }
 
     /// The fields the listener a connection came in on (its local address) sets on answers.

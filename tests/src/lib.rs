@@ -10,6 +10,7 @@
 //!   in front of backends, waits on the echo backend's open WebSockets.
 //! - [`http`]: `reqwest` clients (plain, bound to a local 127.0.0.x, TLS trusting a test CA with
 //!   forced ALPN), [`Reply`], a response read whole, and counts of which backend answered.
+//! - [`h2client`]: h2 clients of the TLS listeners (`h2` crate), responses with trailers.
 //! - [`ws`]: WebSocket clients (plain, from a local address, TLS) that read the backend's
 //!   `hello <id>` greeting, and echo helpers.
 //! - [`certs`]: a throw-away CA and server certificates ([`Certs`]), made with rcgen.
@@ -36,6 +37,7 @@ pub mod browser;
 pub mod certs;
 pub mod chatnode;
 pub mod fixtures;
+pub mod h2client;
 pub mod http;
 pub mod procs;
 pub mod raw;

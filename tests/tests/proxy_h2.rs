@@ -11,27 +11,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::io::AsyncReadExt as _;
 use tokio::net::TcpStream;
-use tokio_rustls::client::TlsStream;
-use tokio_rustls::TlsConnector;
 
 use tests::fixtures::{listener, tls_keys, upstream, TWO_THREADS};
+use tests::h2client::{connect as h2_connect, get as h2_get, read_response, tls_connect};
 use tests::raw::{field, split_head, RawBackend, RawConn};
-use tests::ws::rustls_client_config;
 use tests::{Certs, Proxy, STEP_TIMEOUT};
 
-/// A TLS connection to 127.0.0.1:`port` for `localhost`, offering only `alpn`.
-async fn tls_connect(ca: &[u8], port: u16, alpn: &[&[u8]]) -> TlsStream<TcpStream> {
-    let attempt = async {
-        let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        TlsConnector::from(rustls_client_config(ca, alpn))
-            .connect("localhost".try_into().unwrap(), tcp)
-            .await
-            .unwrap()
-    };
-    tokio::time::timeout(STEP_TIMEOUT, attempt).await.unwrap()
-}
-
-/// An h2 connection to the TLS listener on `port`, its driver running in the background.
 /// A TLS proxy in front of `raw` and an h2 connection to it: the proxy, the folder of its
 /// certificates, its port and the connection.
 async fn h2_to_raw(
@@ -53,39 +38,6 @@ async fn h2_to_raw(
     (proxy, dir, port, h2)
 }
 
-async fn h2_connect(ca: &[u8], port: u16) -> h2::client::SendRequest<Bytes> {
-    let tls = tls_connect(ca, port, &[b"h2"]).await;
-    let (send, conn) = tokio::time::timeout(STEP_TIMEOUT, h2::client::handshake(tls))
-        .await
-        .unwrap()
-        .unwrap();
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    send
-}
-
-/// A response read whole: its status and body.
-async fn read_response(
-    resp: h2::client::ResponseFuture,
-) -> Result<(http::StatusCode, String), String> {
-    let resp = tokio::time::timeout(STEP_TIMEOUT, resp)
-        .await
-        .map_err(|_| "no response in time".to_owned())?
-        .map_err(|e| e.to_string())?;
-    let (parts, mut body) = resp.into_parts();
-    let mut out = Vec::new();
-    while let Some(chunk) = tokio::time::timeout(STEP_TIMEOUT, body.data())
-        .await
-        .map_err(|_| "the body did not end in time".to_owned())?
-    {
-        let chunk = chunk.map_err(|e| e.to_string())?;
-        let _ = body.flow_control().release_capacity(chunk.len());
-        out.extend_from_slice(&chunk);
-    }
-    Ok((parts.status, String::from_utf8_lossy(&out).into_owned()))
-}
-
 /// Sends `req` on `h2` with `data` as DATA frames, the last one empty and ending the stream
 /// (as clients that stream a body of unknown length end it), and reads the response.
 async fn send_streamed(
@@ -103,20 +55,6 @@ async fn send_streamed(
     }
     stream.send_data(Bytes::new(), true).unwrap();
     read_response(resp).await.unwrap()
-}
-
-/// A GET with no body on `h2`.
-async fn h2_get(
-    h2: &h2::client::SendRequest<Bytes>,
-    url: &str,
-) -> Result<(http::StatusCode, String), String> {
-    let mut h2 = tokio::time::timeout(STEP_TIMEOUT, h2.clone().ready())
-        .await
-        .map_err(|_| "the connection was not ready in time".to_owned())?
-        .map_err(|e| e.to_string())?;
-    let req = http::Request::get(url).body(()).unwrap();
-    let (resp, _) = h2.send_request(req, true).map_err(|e| e.to_string())?;
-    read_response(resp).await
 }
 
 /// A TLS listener on a fresh port with the certificates of `certs`, `extra` before it (other

@@ -88,6 +88,7 @@ impl AdminApp {
                 json!({
                     "name": u.name,
                     "strategy": u.config.strategy.as_str(),
+                    "protocol": u.config.protocol.as_str(),
                     "active_checks": u.config.health.active.is_some(),
                     // What an operator checks when a backend's handshakes fail.
                     "tls": u.config.tls.as_ref().map(|t| json!({

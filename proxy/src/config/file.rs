@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 
 use super::duration::HumanDuration;
-use super::AccessLogFormat;
+use super::{AccessLogFormat, UpstreamProtocol};
 use crate::balance::StrategyKind;
 
 /// The whole file.
@@ -231,6 +231,9 @@ pub(super) struct UpstreamFile {
     /// `[upstreams.<name>.tls]`: present when the backends speak TLS.
     #[serde(default)]
     pub tls: Option<UpstreamTlsFile>,
+    /// "http1" (default) or "h2".
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
 }
 
 /// `[upstreams.<name>.tls]`.

@@ -172,6 +172,28 @@ impl Default for AccessLogConfig {
     }
 }
 
+/// The protocol spoken to an upstream's backends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 (nginx's `proxy_pass`, HAProxy's default).
+    #[default]
+    Http1,
+    /// HTTP/2: by ALPN over TLS, with prior knowledge (h2c) over plain TCP, with many
+    /// requests multiplexed on each connection. gRPC backends need it (trailers, streams).
+    H2,
+}
+
+impl UpstreamProtocol {
+    /// The name used in the config file.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            UpstreamProtocol::Http1 => "http1",
+            UpstreamProtocol::H2 => "h2",
+        }
+    }
+}
+
 /// Access log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -294,6 +316,8 @@ pub struct UpstreamConfig {
     pub ip_hash: IpHashConfig,
     /// Set when the backends speak TLS.
     pub tls: Option<UpstreamTlsConfig>,
+    /// HTTP/1.1 or h2 to the backends (WebSocket upgrades always use HTTP/1.1).
+    pub protocol: UpstreamProtocol,
 }
 
 /// `[upstreams.<name>.tls]`: the backends are reached over TLS (nginx's `proxy_pass

@@ -12,8 +12,8 @@ use super::resolve::{
 use super::{
     AccessLogConfig, ActiveCheck, AdminConfig, BackendConfig, CheckKind, Config, ConfigError,
     ConfigErrors, Env, HealthConfig, IpHashConfig, Limits, ListenerConfig, Route, ServerConfig,
-    StickyConfig, StrategyKind, Timeouts, TlsConfig, UpstreamConfig, MIN_STICKY_KEY_LEN,
-    QUICK_STICKY_KEY_ENV,
+    StickyConfig, StrategyKind, Timeouts, TlsConfig, UpstreamConfig, UpstreamProtocol,
+    MIN_STICKY_KEY_LEN, QUICK_STICKY_KEY_ENV,
 };
 
 /// Name of the single upstream of quick mode.
@@ -52,6 +52,8 @@ pub struct QuickOptions {
     pub backend_ca: Option<PathBuf>,
     /// The name the backends' certificates must carry; default each one's IP address.
     pub backend_server_name: Option<String>,
+    /// The backends speak h2 (h2c without TLS).
+    pub backend_h2: bool,
 }
 
 impl Default for QuickOptions {
@@ -72,6 +74,7 @@ impl Default for QuickOptions {
             backend_tls: false,
             backend_ca: None,
             backend_server_name: None,
+            backend_h2: false,
         }
     }
 }
@@ -306,6 +309,11 @@ pub(super) fn resolve(q: &QuickOptions, env: Env<'_>) -> Result<Config, ConfigEr
             sticky,
             ip_hash: IpHashConfig::default(),
             tls,
+            protocol: if q.backend_h2 {
+                UpstreamProtocol::H2
+            } else {
+                UpstreamProtocol::Http1
+            },
         }],
         routes: vec![Route {
             host: None,

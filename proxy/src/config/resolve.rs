@@ -516,6 +516,7 @@ fn resolve_upstream(
         sticky,
         ip_hash,
         tls,
+        protocol: u.protocol,
     }
 }
 

@@ -69,6 +69,9 @@ impl Config {
         writeln!(s, "upstreams:")?;
         for u in &self.upstreams {
             write!(s, "  {}  strategy {}", u.name, u.strategy.as_str())?;
+            if u.protocol == super::UpstreamProtocol::H2 {
+                write!(s, "  h2")?;
+            }
             if let Some(d) = u.slow_start {
                 write!(s, "  slow start {}", fmt_duration(d))?;
             }

@@ -245,7 +245,11 @@ impl H1 {
             let (consumed, next) = loop {
                 let mut fields = head::fields();
                 let need = match head::parse_request(&buf, &mut fields) {
-                    Parse::Ready(req) if self.native && req.content_length <= MAX_BUFFERED_BODY => {
+                    Parse::Ready(req)
+                        if self.native
+                            && req.content_length <= MAX_BUFFERED_BODY
+                            && !rt.routes_to_h2(&req) =>
+                    {
                         let need = req.len + req.content_length as usize;
                         // A body over the limit is refused from the head alone.
                         let refused = rt

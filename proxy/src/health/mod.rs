@@ -12,7 +12,9 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::config::{ActiveCheck, CheckKind};
+mod h2;
+
+use crate::config::{ActiveCheck, CheckKind, UpstreamProtocol};
 use crate::state::Shared;
 use crate::tunnel::handshake;
 use crate::upstream::tls::TlsClient;
@@ -33,14 +35,17 @@ impl HealthChecker {
 /// One probe. HTTP: `GET path`, any 2xx or 3xx passes; TCP: the connect succeeds. With
 /// `tls`, either kind needs the TLS handshake to pass too (as HAProxy's `check-ssl`): a
 /// backend whose certificate the proxy refuses would fail every request sent to it.
+/// An h2 upstream is checked over h2, as its backends may speak nothing else (a gRPC
+/// server refuses HTTP/1.1).
 pub async fn probe(
     addr: SocketAddr,
     tls: Option<&TlsClient>,
     kind: &CheckKind,
     timeout: Duration,
+    h2: bool,
 ) -> bool {
     let attempt = async {
-        let mut s = match handshake::connect(addr, tls, timeout).await {
+        let mut s = match handshake::connect_alpn(addr, tls, timeout, h2).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!("health check: {e}");
@@ -57,6 +62,10 @@ pub async fn probe(
             (None, Some(name)) => name.to_owned(),
             (None, None) => addr.to_string(),
         };
+        if h2 {
+            let code = h2::get(s, tls.is_some(), &host, path).await?;
+            return Some((200..400).contains(&code));
+        }
         let req = format!(
             "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: switchyard-health\r\nConnection: close\r\n\r\n"
         );
@@ -114,7 +123,8 @@ impl BackgroundService for HealthChecker {
                     let (up, b, kind) = (up.clone(), b.clone(), active.kind.clone());
                     let timeout = active.timeout;
                     tokio::spawn(async move {
-                        let ok = probe(b.addr, up.tls.as_deref(), &kind, timeout).await;
+                        let h2 = up.config.protocol == UpstreamProtocol::H2;
+                        let ok = probe(b.addr, up.tls.as_deref(), &kind, timeout, h2).await;
                         up.report_check(&b, ok);
                     });
                 }

@@ -24,6 +24,7 @@ use pingora::upstreams::peer::{HttpPeer, Peer as _};
 use pingora::{Error, ErrorSource, ErrorType};
 
 use crate::access_log::{AccessLog, Entry};
+use crate::config::UpstreamProtocol;
 use crate::limits::ClientGuard;
 use crate::state::{Runtime, Shared};
 use crate::upstream::{ActiveGuard, Backend, Upstream};
@@ -32,7 +33,7 @@ pub use forwarded::{
     client_ip, forwarded, forwarded_header_values, forwarded_headers, is_forwarded_field,
     xff_values, FieldValue, FORWARDED_FIELDS,
 };
-pub(crate) use normalize::is_token_char;
+pub(crate) use normalize::{is_token_char, route_path};
 use policy::{Admission, RequestView};
 
 thread_local! {
@@ -87,6 +88,9 @@ pub(crate) struct KeptAlive;
 
 /// How many backends one request may try when connections fail.
 pub(crate) const MAX_TRIES: usize = 3;
+
+/// Concurrent streams pingora opens on one h2 connection to a backend.
+const H2_STREAMS_PER_CONNECTION: usize = 100;
 
 /// The proxy service logic. Holds nothing per request; see [`Ctx`].
 pub struct EdgeProxy {
@@ -464,6 +468,14 @@ impl ProxyHttp for EdgeProxy {
         peer.options.read_timeout = Some(t.upstream_read);
         peer.options.write_timeout = Some(t.upstream_read);
         peer.options.idle_timeout = Some(Duration::from_secs(30));
+        if up.config.protocol == UpstreamProtocol::H2 {
+            // ALPN h2 alone over TLS; prior knowledge (h2c) over plain TCP.
+            peer.options.set_http_version(2, 2);
+            // pingora's default is one stream per connection, which would open a
+            // connection per concurrent request; 100 is the minimum RFC 9113 §6.5.2
+            // recommends a server allow.
+            peer.options.max_h2_streams = H2_STREAMS_PER_CONNECTION;
+        }
         Ok(Box::new(peer))
     }
 

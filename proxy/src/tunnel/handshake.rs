@@ -65,6 +65,16 @@ pub async fn connect(
     tls: Option<&TlsClient>,
     connect_timeout: Duration,
 ) -> Result<UpstreamStream, HandshakeError> {
+    connect_alpn(addr, tls, connect_timeout, false).await
+}
+
+/// [`connect`], offering h2 alone by ALPN when `h2` (an h2 upstream's health checks).
+pub async fn connect_alpn(
+    addr: SocketAddr,
+    tls: Option<&TlsClient>,
+    connect_timeout: Duration,
+    h2: bool,
+) -> Result<UpstreamStream, HandshakeError> {
     let deadline = tokio::time::Instant::now() + connect_timeout;
     let tcp = match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
         Err(_) => return Err(HandshakeError::ConnectTimeout(addr)),
@@ -75,7 +85,7 @@ pub async fn connect(
     let Some(tls) = tls else {
         return Ok(UpstreamStream::Plain(tcp));
     };
-    let handshake = tls.connector().connect(tls.name_for(addr), tcp);
+    let handshake = tls.connector(h2).connect(tls.name_for(addr), tcp);
     match tokio::time::timeout_at(deadline, handshake).await {
         Err(_) => Err(HandshakeError::ConnectTimeout(addr)),
         Ok(Err(source)) => {

@@ -28,6 +28,8 @@ pub struct TlsClient {
     /// Never 0 (0 keys plain connections in the pool).
     pub id: u64,
     connector: TlsConnector,
+    /// The same settings offering h2 alone, for the health checks of an h2 upstream.
+    h2_connector: TlsConnector,
     /// The name checked against each backend's certificate and sent as SNI; None: the
     /// backend's IP address (checked against the certificate's IP addresses, no SNI sent).
     server_name: Option<ServerName<'static>>,
@@ -66,7 +68,10 @@ impl TlsClient {
             Some(key) => builder.with_client_cert_resolver(Arc::new(AlwaysSend(key))),
             None => builder.with_no_client_auth(),
         };
-        // HTTP/1.1 only: our paths and pingora's speak it to backends.
+        // HTTP/1.1 only on Switchyard's paths (requests, upgrades); pingora's connector
+        // offers h2 itself for an h2 upstream.
+        let mut h2 = tls.clone();
+        h2.alpn_protocols = vec![b"h2".to_vec()];
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         let pingora_ca = config.ca.as_ref().map(|ca| {
             ca.certs
@@ -82,6 +87,7 @@ impl TlsClient {
         Self {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             connector: TlsConnector::from(Arc::new(tls)),
+            h2_connector: TlsConnector::from(Arc::new(h2)),
             server_name: config
                 .server_name
                 .as_deref()
@@ -92,8 +98,13 @@ impl TlsClient {
         }
     }
 
-    pub fn connector(&self) -> &TlsConnector {
-        &self.connector
+    /// The connector offering http/1.1, or h2 when `h2`.
+    pub fn connector(&self, h2: bool) -> &TlsConnector {
+        if h2 {
+            &self.h2_connector
+        } else {
+            &self.connector
+        }
     }
 
     /// The configured server name, if any.

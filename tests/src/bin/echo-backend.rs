@@ -4,7 +4,7 @@
 //! ```text
 //! echo-backend --listen 127.0.0.1:0 --id b1 [--delay-ms N] [--port-file PATH]
 //!              [--tls-cert cert.pem --tls-key key.pem [--tls-client-ca ca.pem]]
-//!              [--exit-on-stdin-close]
+//!              [--h2c | --h2-only] [--exit-on-stdin-close]
 //! ```
 //! Once bound it prints exactly one line, `LISTENING <addr>`, so a parent that asked for port 0
 //! learns the real port.
@@ -19,6 +19,12 @@
 //! | `GET /delay/<ms>` | waits, then `200` with the id |
 //! | `GET /status/<code>` | that status, body `<id>` |
 //! | `GET /stats` | JSON `{id, connections, requests, healthz, ws_open, ws_total}` |
+//! | `GET /version` | the request's HTTP version (`HTTP/1.1`, `HTTP/2.0`) |
+//! | `GET /trailers` | body `<id>`, then the trailers `grpc-status: 0` and `x-trailer-id: <id>` |
+//!
+//! Plain connections speak HTTP/1.1; with `--h2c` also h2 with prior knowledge (told apart
+//! by the preface), with `--h2-only` nothing but h2 (TLS then offers only h2 by ALPN): a
+//! backend like a gRPC server, which refuses HTTP/1.1.
 //!
 //! Every HTTP answer carries `x-backend-id: <id>`; `--delay-ms` delays every answer.
 
@@ -80,6 +86,20 @@ struct Args {
     /// Exit when standard input closes, so a parent that dies (even by SIGKILL) leaves no orphan.
     #[arg(long)]
     exit_on_stdin_close: bool,
+    /// Plain connections may also speak h2 with prior knowledge.
+    #[arg(long, conflicts_with = "h2_only")]
+    h2c: bool,
+    /// Speak h2 alone (prior knowledge on plain connections, ALPN h2 alone on TLS).
+    #[arg(long)]
+    h2_only: bool,
+}
+
+/// What a plain connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Plain {
+    Http1,
+    Http1OrH2c,
+    H2Only,
 }
 
 /// Shared state of one backend process.
@@ -95,8 +115,32 @@ struct State {
     ws_total: AtomicU64,
 }
 
-/// Response body: a fixed buffer, or the request body streamed back (`POST /echo`).
-type Body = Either<Full<Bytes>, Incoming>;
+/// Response body: a fixed buffer, the request body streamed back (`POST /echo`), or a
+/// buffer followed by trailers (`GET /trailers`).
+type Body = Either<Either<Full<Bytes>, Incoming>, Trailered>;
+
+/// A body of fixed frames: data, then trailers.
+type Trailered = http_body_util::StreamBody<
+    futures::stream::Iter<std::vec::IntoIter<Result<hyper::body::Frame<Bytes>, Infallible>>>,
+>;
+
+/// `id` as the body, then trailers as a gRPC server ends a call.
+fn with_trailers(id: &str) -> Response<Body> {
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", HeaderValue::from_static("0"));
+    if let Ok(v) = HeaderValue::from_str(id) {
+        trailers.insert("x-trailer-id", v);
+    }
+    let frames = vec![
+        Ok(hyper::body::Frame::data(Bytes::from(id.to_owned()))),
+        Ok(hyper::body::Frame::trailers(trailers)),
+    ];
+    let body = http_body_util::StreamBody::new(futures::stream::iter(frames));
+    let mut resp = Response::new(Either::Right(body));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    resp
+}
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -116,7 +160,12 @@ fn main() -> anyhow::Result<()> {
 
 async fn async_main(args: Args) -> anyhow::Result<()> {
     let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(tls_acceptor(cert, key, args.tls_client_ca.as_deref())?),
+        (Some(cert), Some(key)) => Some(tls_acceptor(
+            cert,
+            key,
+            args.tls_client_ca.as_deref(),
+            args.h2_only,
+        )?),
         _ => None,
     };
     let id_header = HeaderValue::from_str(&args.id)
@@ -161,7 +210,12 @@ async fn async_main(args: Args) -> anyhow::Result<()> {
             termination().await;
         }
     };
-    run(listener, state, tls, shutdown).await;
+    let plain = match (args.h2c, args.h2_only) {
+        (_, true) => Plain::H2Only,
+        (true, false) => Plain::Http1OrH2c,
+        (false, false) => Plain::Http1,
+    };
+    run(listener, state, tls, plain, shutdown).await;
     Ok(())
 }
 
@@ -199,6 +253,7 @@ async fn run(
     listener: TcpListener,
     state: Arc<State>,
     tls: Option<TlsAcceptor>,
+    plain: Plain,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
@@ -221,24 +276,33 @@ async fn run(
         let state = state.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
-            if let Err(e) = serve_connection(stream, state, tls).await {
+            if let Err(e) = serve_connection(stream, state, tls, plain).await {
                 debug!("connection from {peer}: {e}");
             }
         });
     }
 }
 
-/// Serves one accepted connection: HTTP/1.1 with upgrades, or h2 when TLS negotiated it.
+/// Serves one accepted connection: HTTP/1.1 with upgrades, or h2 when TLS negotiated it
+/// (or, on a plain connection, as `plain` allows).
 async fn serve_connection(
     stream: TcpStream,
     state: Arc<State>,
     tls: Option<TlsAcceptor>,
+    plain: Plain,
 ) -> anyhow::Result<()> {
     match tls {
-        None => serve_http(stream, state, false).await,
+        None if plain == Plain::Http1OrH2c => {
+            let service = service_fn(move |req| handle(state.clone(), req));
+            hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))
+        }
+        None => serve_http(stream, state, plain == Plain::H2Only).await,
         Some(acceptor) => {
             let stream = acceptor.accept(stream).await.context("TLS handshake")?;
-            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            let h2 = plain == Plain::H2Only || stream.get_ref().1.alpn_protocol() == Some(b"h2");
             serve_http(stream, state, h2).await
         }
     }
@@ -304,7 +368,9 @@ async fn route(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
         }
         (&Method::GET, "/headers") => headers_json(&req),
         (&Method::GET, "/stats") => stats_json(state),
-        (&Method::POST, "/echo") => Response::new(Either::Right(req.into_body())),
+        (&Method::GET, "/version") => text(StatusCode::OK, format!("{:?}", req.version())),
+        (&Method::GET, "/trailers") => with_trailers(&state.id),
+        (&Method::POST, "/echo") => Response::new(Either::Left(Either::Right(req.into_body()))),
         (&Method::GET, p) if p.starts_with("/delay/") => match p["/delay/".len()..].parse() {
             Ok(ms) => {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -327,7 +393,7 @@ async fn route(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
-    let mut resp = Response::new(Either::Left(Full::new(body.into())));
+    let mut resp = Response::new(Either::Left(Either::Left(Full::new(body.into()))));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         CONTENT_TYPE,
@@ -417,7 +483,7 @@ fn websocket(state: Arc<State>, mut req: Request<Incoming>) -> Response<Body> {
             Err(e) => debug!("upgrade failed: {e}"),
         }
     });
-    let mut resp = Response::new(Either::Left(Full::new(Bytes::new())));
+    let mut resp = Response::new(Either::Left(Either::Left(Full::new(Bytes::new()))));
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = resp.headers_mut();
     h.insert(UPGRADE, HeaderValue::from_static("websocket"));
@@ -447,7 +513,12 @@ where
     Ok(())
 }
 
-fn tls_acceptor(cert: &Path, key: &Path, client_ca: Option<&Path>) -> anyhow::Result<TlsAcceptor> {
+fn tls_acceptor(
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+    h2_only: bool,
+) -> anyhow::Result<TlsAcceptor> {
     use rustls::pki_types::pem::PemObject as _;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let certs = CertificateDer::pem_file_iter(cert)
@@ -481,6 +552,10 @@ fn tls_acceptor(cert: &Path, key: &Path, client_ca: Option<&Path>) -> anyhow::Re
     let mut config = builder
         .with_single_cert(certs, key)
         .context("certificate and key do not match")?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = if h2_only {
+        vec![b"h2".to_vec()]
+    } else {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    };
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
