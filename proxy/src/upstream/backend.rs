@@ -258,6 +258,9 @@ impl BackendStats {
             p.failures.clear();
             p.down_since = Some(now);
             drop(p);
+            // Active checks that passed while requests failed must not bring it back at
+            // the next pass: `rise` passes count from now.
+            self.checks.lock().0 = 0;
             self.health.store(Health::Down.as_u8(), Ordering::Release);
             return true;
         }
@@ -449,6 +452,26 @@ mod tests {
         assert_eq!(s.record_check(false, 2, 1, None), Some(Health::Down));
         assert!(s.record_success(None, true));
         assert_eq!(s.health(), Health::Up);
+    }
+
+    #[test]
+    fn after_a_passive_mark_down_only_rise_fresh_passes_readmit() {
+        let s = BackendStats::new(false);
+        // Up for a while: many passing checks in a row.
+        for _ in 0..10 {
+            s.record_check(true, 3, 2, None);
+        }
+        assert_eq!(s.health(), Health::Up);
+        // Requests fail: passive checks take it out.
+        assert!(!s.record_failure(2, Duration::from_secs(60)));
+        assert!(s.record_failure(2, Duration::from_secs(60)));
+        assert_eq!(s.health(), Health::Down);
+        // The passes from before the failures say nothing about it now: `rise` new ones are
+        // needed, not one.
+        assert_eq!(s.record_check(true, 3, 2, None), None);
+        assert_eq!(s.record_check(true, 3, 2, None), None);
+        assert_eq!(s.health(), Health::Down);
+        assert_eq!(s.record_check(true, 3, 2, None), Some(Health::Up));
     }
 
     #[test]
