@@ -50,6 +50,11 @@ impl Upstream {
         let mut backups = Vec::new();
         for b in &config.backends {
             let stats = registry.get_or_insert(&config.name, b.addr, !active_checks);
+            // A backend kept from a config with active checks may still wait for its first
+            // pass; without checks nothing would ever give it one.
+            if !active_checks && stats.health() == Health::Pending {
+                stats.set_health(Health::Up, None);
+            }
             let backend = Arc::new(Backend {
                 id: b.id.clone(),
                 addr: b.addr,
