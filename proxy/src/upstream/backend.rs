@@ -116,6 +116,8 @@ struct PassiveState {
     down_since: Option<Instant>,
     /// A probe request is in flight; no second one until it answers.
     probing: bool,
+    /// Numbers the probes, so that the end of one releases its own slot and no later one.
+    probe_seq: u64,
 }
 
 impl BackendStats {
@@ -289,16 +291,29 @@ impl BackendStats {
     }
 
     /// For a backend marked down by passive checks and without active checks: claims the
-    /// single probe slot once `window` has passed since it went down.
-    pub fn try_claim_probe(&self, window: Duration) -> bool {
+    /// single probe slot once `window` has passed since it went down. The number returned
+    /// releases the slot ([`Self::release_probe`]) if the probe ends without an answer
+    /// either way.
+    pub fn try_claim_probe(&self, window: Duration) -> Option<u64> {
         let mut p = self.passive.lock();
         match p.down_since {
             Some(t) if !p.probing && t.elapsed() >= window => {
                 p.probing = true;
+                p.probe_seq = p.probe_seq.wrapping_add(1);
                 self.passive_dirty.store(true, Ordering::Release);
-                true
+                Some(p.probe_seq)
             }
-            _ => false,
+            _ => None,
+        }
+    }
+
+    /// Ends probe `seq` if it still holds the slot: it ended without telling anything (the
+    /// client went away, the request was refused), so the next request may probe. Without
+    /// this, the slot stayed taken and the backend was never probed, so never re-admitted.
+    pub fn release_probe(&self, seq: u64) {
+        let mut p = self.passive.lock();
+        if p.probing && p.probe_seq == seq {
+            p.probing = false;
         }
     }
 }
@@ -381,11 +396,14 @@ impl Default for PeakEwma {
     }
 }
 
-/// RAII count of one in-flight request or tunnel on a backend.
+/// RAII count of one in-flight request or tunnel on a backend; for a probe request, also
+/// its hold on the probe slot.
 #[derive(Debug)]
 pub struct ActiveGuard {
     stats: Arc<BackendStats>,
     tunnel: bool,
+    /// The probe this request is ([`BackendStats::try_claim_probe`]).
+    probe: Option<u64>,
 }
 
 impl ActiveGuard {
@@ -395,7 +413,15 @@ impl ActiveGuard {
         Self {
             stats,
             tunnel: false,
+            probe: None,
         }
+    }
+
+    /// The request is probe `seq`: its slot is released with the guard, however the
+    /// request ends (an answer or a failure has settled it by then).
+    pub fn with_probe(mut self, seq: Option<u64>) -> Self {
+        self.probe = seq;
+        self
     }
 
     /// The request became an upgraded tunnel: count it as such until dropped.
@@ -409,6 +435,9 @@ impl ActiveGuard {
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
+        if let Some(seq) = self.probe {
+            self.stats.release_probe(seq);
+        }
         self.stats.active.fetch_sub(1, Ordering::AcqRel);
         if self.tunnel {
             self.stats.tunnels.fetch_sub(1, Ordering::AcqRel);

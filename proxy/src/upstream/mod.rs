@@ -37,8 +37,9 @@ pub struct Upstream {
 pub struct Pick {
     pub index: usize,
     pub backend: Arc<Backend>,
-    /// This request is the single probe sent to a passively-failed backend.
-    pub probe: bool,
+    /// This request is the single probe sent to a passively-failed backend: the number of
+    /// its claim on the probe slot.
+    pub probe: Option<u64>,
 }
 
 impl Upstream {
@@ -119,20 +120,20 @@ impl Upstream {
         Some(Pick {
             index,
             backend: self.backends[index].clone(),
-            probe: false,
+            probe: None,
         })
     }
 
     fn claim_probe(&self, tried: &[usize]) -> Option<Pick> {
         self.backends.iter().enumerate().find_map(|(i, b)| {
-            let due = b.stats.health() == Health::Down
-                && !b.stats.is_draining()
-                && !tried.contains(&i)
-                && b.stats.try_claim_probe(self.config.health.fail_window);
-            due.then(|| Pick {
+            if b.stats.health() != Health::Down || b.stats.is_draining() || tried.contains(&i) {
+                return None;
+            }
+            let seq = b.stats.try_claim_probe(self.config.health.fail_window)?;
+            Some(Pick {
                 index: i,
                 backend: b.clone(),
-                probe: true,
+                probe: Some(seq),
             })
         })
     }
