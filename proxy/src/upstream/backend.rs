@@ -290,10 +290,19 @@ impl BackendStats {
         false
     }
 
-    /// For a backend marked down by passive checks and without active checks: claims the
-    /// single probe slot once `window` has passed since it went down. The number returned
-    /// releases the slot ([`Self::release_probe`]) if the probe ends without an answer
-    /// either way.
+    /// For a backend marked down by passive checks and without active checks: whether its
+    /// probe is due (`window` has passed since it went down and no probe is in flight).
+    pub fn probe_due(&self, window: Duration) -> bool {
+        if self.health() != Health::Down || self.is_draining() {
+            return false;
+        }
+        let p = self.passive.lock();
+        !p.probing && p.down_since.is_some_and(|t| t.elapsed() >= window)
+    }
+
+    /// Claims the single probe slot of a backend whose probe is due (see
+    /// [`Self::probe_due`]). The number returned releases the slot ([`Self::release_probe`])
+    /// if the probe ends without an answer either way.
     pub fn try_claim_probe(&self, window: Duration) -> Option<u64> {
         let mut p = self.passive.lock();
         match p.down_since {
