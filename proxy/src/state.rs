@@ -239,6 +239,8 @@ impl Shared {
         for (resolver, loaded) in certs {
             resolver.store(loaded);
         }
+        // The old config no longer holds its backends' stats: what still does is in use.
+        drop(old);
         let current = self.current();
         self.registry.retain(|u, a| {
             current

@@ -7,9 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
-use tests::admin::{backend_status, counter, wait_backend, wait_health};
+use tests::admin::{admin_post, backend_status, counter, wait_backend, wait_health};
 use tests::fixtures::{
-    entries, http_health, listener, quick_proxy, upstream, weight_1, TWO_THREADS,
+    admin, entries, http_health, listener, quick_proxy, upstream, weight_1, TWO_THREADS,
 };
 use tests::http::{backend_counts, backend_sequence, counts, tally};
 use tests::{
@@ -23,6 +23,8 @@ const T: Duration = Duration::from_secs(10);
 const STICKY_KEY: &str = "0123456789abcdef0123456789abcdef";
 /// The proxy's default sticky cookie name (`config::DEFAULT_STICKY_COOKIE`).
 const COOKIE: &str = "syd_route";
+/// The admin token of the tests that reload through the admin API.
+const TOKEN: &str = "balance-test-token";
 
 /// The id the proxy gives `backend` (quick mode derives it from the address).
 async fn proxy_id(proxy: &Proxy, backend: &Backend) -> String {
@@ -330,6 +332,53 @@ async fn a_probe_never_takes_a_request_pinned_to_another_backend() {
     .await;
     wait_health(&proxy, "a", "up", T).await;
     assert_pinned(&c, &url, &on_b, "b", 5).await;
+}
+
+/// A reload that removes a backend, then one that adds it back while WebSockets opened to
+/// it are still open: least_conn still counts them, so new ones go to the other backend.
+/// The backend added back used to start from zero, as if it carried nothing.
+#[tokio::test]
+async fn least_conn_counts_survive_removing_a_backend_and_adding_it_back() {
+    let bs = Backend::start_many(&["a", "b"]);
+    let (port, admin_port) = (free_port(), free_port());
+    let config = |backends: &[&Backend]| {
+        format!(
+            "{TWO_THREADS}\n{}\n{}\n{}",
+            listener(port),
+            upstream("app", Some("least_conn"), &entries(backends)),
+            admin(admin_port, TOKEN),
+        )
+    };
+    let proxy = Proxy::start_config(&config(&[&bs[0]]));
+    let reload = |backends: &[&Backend]| {
+        proxy.write_config(&config(backends));
+        let proxy = &proxy;
+        async move {
+            let r = admin_post(proxy, "/reload", Some(TOKEN)).await;
+            assert_eq!(r.status, 200, "{}", r.body);
+        }
+    };
+    let url = proxy.ws_url("/ws");
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let (ws, id) = ws_connect(&url).await;
+        assert_eq!(id, "a");
+        open.push(ws);
+    }
+
+    reload(&[&bs[1]]).await;
+    reload(&[&bs[0], &bs[1]]).await;
+    let a = backend_status(&proxy, "a").await;
+    assert_eq!(
+        (counter(&a, "active"), counter(&a, "tunnels")),
+        (2, 2),
+        "a's open WebSockets are not counted: {a}"
+    );
+    for _ in 0..2 {
+        let (ws, id) = ws_connect(&url).await;
+        assert_eq!(id, "b");
+        open.push(ws);
+    }
 }
 
 #[tokio::test]
