@@ -310,6 +310,22 @@ async fn with_active_checks_a_backend_added_by_reload_waits_for_its_first_pass()
     assert_left_out_until_it_passes(&proxy, &n).await;
 }
 
+/// A backend that a reload adds is checked at once, not at its upstream's next round of
+/// checks: it used to wait that whole interval (an hour here) with no traffic.
+#[tokio::test]
+async fn with_active_checks_a_backend_added_by_reload_is_checked_at_once() {
+    let a = Backend::start("a");
+    let n = Backend::start("n");
+    let port = ports(1)[0];
+    let checks = http_health("app", "1h", "500ms", 1, 1);
+    let proxy = Proxy::start_config(&config(port, &[&a], &[], &checks));
+    wait_health(&proxy, "a", "up", T).await;
+
+    proxy.reload(&config(port, &[&a, &n], &[], &checks));
+    wait_health(&proxy, "n", "up", T).await;
+    wait_traffic_reaches(&proxy, "n").await;
+}
+
 #[tokio::test]
 async fn a_reload_that_shortens_the_check_interval_applies_it_at_once() {
     let a = Backend::start("a");
