@@ -501,6 +501,30 @@ async fn killed_backends_end_in_an_immediate_503_with_a_reason() {
     }
 }
 
+/// The last backend left in service (the others drained, for a deploy say) is not marked
+/// down by passive checks, as the only backend of an upstream is not: one slow answer, which
+/// any client can ask for, took it out, and every request got a 503 for the fail window.
+#[tokio::test]
+async fn passive_checks_never_take_out_the_last_backend_not_drained() {
+    let a = Backend::start("a");
+    let b = Backend::start("b");
+    let extra = format!(
+        "[upstreams.app.health]\nmax_fails = 1\nfail_window = \"60s\"\n\
+         [timeouts]\nupstream_read = \"300ms\"\n{}",
+        admin_with_token()
+    );
+    let proxy = Proxy::start_config(&config(ports(1)[0], &[&a, &b], &[], &extra));
+    let r = admin_post(&proxy, "/backends/app/b/drain", Some(TOKEN)).await;
+    assert_eq!(r.status, 200, "{r:?}");
+
+    let c = client();
+    let slow = get_with(&c, &proxy.url("/delay/3000")).await;
+    assert_ne!(slow.status, 200, "{slow:?}");
+    let r = get_with(&c, &proxy.url("/id")).await;
+    assert_eq!((r.status.as_u16(), r.backend()), (200, Some("a")), "{r:?}");
+    assert_eq!(backend_status(&proxy, "a").await["health"], "up");
+}
+
 #[tokio::test]
 async fn drained_backend_gets_no_new_requests_and_keeps_its_websockets() {
     let a = Backend::start("a");

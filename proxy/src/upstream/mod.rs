@@ -155,9 +155,15 @@ impl Upstream {
     /// Passive check: a connection to this backend failed. The only backend of an upstream
     /// is never marked down by it (as in nginx): there is nowhere else to send requests,
     /// and a few failing requests, which any client can cause, would otherwise take the
-    /// whole site down for the fail window. Active checks still can.
+    /// whole site down for the fail window. Nor is the only one the operator left in
+    /// service, the others drained (during a deploy, say), for the same reason. Active
+    /// checks still can.
     pub fn report_failure(&self, backend: &Backend) {
-        if self.backends.len() == 1 {
+        let others_in_service = self
+            .backends
+            .iter()
+            .any(|b| b.addr != backend.addr && !b.stats.is_draining());
+        if !others_in_service {
             return;
         }
         if backend
