@@ -257,6 +257,8 @@ impl Shared {
         for (resolver, loaded) in certs {
             resolver.store(loaded);
         }
+        // The old config no longer holds its backends' stats: what still does is in use.
+        drop(old);
         let current = self.current();
         self.registry.retain(|u, a| {
             current
@@ -288,7 +290,9 @@ fn open_access_log(config: &Config) -> Result<AccessLog, ConfigErrors> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::{strip_port, Shared};
+    use crate::balance::PickContext;
     use crate::config::Config;
+    use crate::upstream::Health;
 
     #[test]
     fn a_reload_lists_what_only_a_restart_applies() {
@@ -310,6 +314,32 @@ mod tests {
             shared.reload().unwrap().needs_restart,
             ["listeners", "server.threads", "server.grace_period"]
         );
+    }
+
+    #[test]
+    fn a_reload_that_drops_active_checks_admits_backends_still_waiting_for_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("proxy.toml");
+        let config = |health: &str| {
+            format!(
+                "[[listeners]]\nlisten = \"127.0.0.1:18090\"\n\
+                 [upstreams.app]\nbackends = [{{ addr = \"127.0.0.1:9001\" }}]\n{health}"
+            )
+        };
+        let checks = "[upstreams.app.health]\nkind = \"http\"\npath = \"/healthz\"\n";
+        std::fs::write(&path, config(checks)).unwrap();
+        let shared = Shared::new(Config::load(&path).unwrap(), Vec::new()).unwrap();
+        let backend = |shared: &Shared| shared.current().upstreams["app"].backends[0].clone();
+        // No check has run yet: the backend waits for its first pass.
+        assert_eq!(backend(&shared).stats.health(), Health::Pending);
+
+        // Without active checks nothing would ever pass it: it must be taken as up, as a
+        // backend configured without checks is.
+        std::fs::write(&path, config("")).unwrap();
+        shared.reload().unwrap();
+        assert_eq!(backend(&shared).stats.health(), Health::Up);
+        let up = shared.current().upstreams["app"].clone();
+        assert!(up.pick(&PickContext::default(), &[]).is_some());
     }
 
     #[test]

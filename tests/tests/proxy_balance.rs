@@ -5,13 +5,16 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tests::admin::{backend_status, counter, wait_backend, wait_health};
-use tests::fixtures::{entries, http_health, listener, quick_proxy, upstream, weight_1};
+use tests::admin::{admin_post, backend_status, counter, wait_backend, wait_health};
+use tests::fixtures::{
+    admin, entries, http_health, listener, quick_proxy, upstream, weight_1, TWO_THREADS,
+};
 use tests::http::{backend_counts, backend_sequence, counts, tally};
 use tests::{
-    client, client_from, free_port, get_with, send, ws_close, ws_connect, Backend, Proxy, Reply,
+    client, client_from, free_port, get_with, send, wait_until, ws_close, ws_connect, Backend,
+    Proxy, Reply,
 };
 
 /// Bound for waits on the proxy's state (a tunnel closing, a health change).
@@ -20,6 +23,8 @@ const T: Duration = Duration::from_secs(10);
 const STICKY_KEY: &str = "0123456789abcdef0123456789abcdef";
 /// The proxy's default sticky cookie name (`config::DEFAULT_STICKY_COOKIE`).
 const COOKIE: &str = "syd_route";
+/// The admin token of the tests that reload through the admin API.
+const TOKEN: &str = "balance-test-token";
 
 /// The id the proxy gives `backend` (quick mode derives it from the address).
 async fn proxy_id(proxy: &Proxy, backend: &Backend) -> String {
@@ -273,6 +278,107 @@ async fn sticky_cookie_pins_resists_tampering_fails_over_and_is_shared_by_replic
     }
     let (backend, v) = replaced.unwrap();
     assert_pinned(&c, &url, &v, &backend, 20).await;
+}
+
+/// Without active checks, a backend marked down is probed with one request per fail window:
+/// a request the strategy would send it, never one whose cookie pins it to another backend.
+/// The first request after the window used to be the probe whatever its cookie, so a client
+/// pinned to a healthy backend was moved to the recovered one, and pinned there.
+#[tokio::test]
+async fn a_probe_never_takes_a_request_pinned_to_another_backend() {
+    let mut bs = Backend::start_many(&["a", "b"]);
+    let toml = format!(
+        "{TWO_THREADS}\n{}\n{}\n[upstreams.app.sticky]\nkey = \"{STICKY_KEY}\"\n\
+         [upstreams.app.health]\nmax_fails = 1\nfail_window = \"1s\"\n",
+        listener(free_port()),
+        upstream("app", Some("sticky_cookie"), &entries(&[&bs[0], &bs[1]])),
+    );
+    let proxy = Proxy::start_config(&toml);
+    let c = client();
+    let url = proxy.url("/id");
+    // The fallback (least_conn) rotates over the idle backends: b within two requests.
+    let mut on_b = None;
+    for _ in 0..4 {
+        let r = send(c.get(&url)).await;
+        if r.backend() == Some("b") {
+            on_b = Some(issued_cookie(&proxy, &r, &bs).await);
+            break;
+        }
+    }
+    let on_b = on_b.expect("a cookie for b");
+
+    // Requests without a cookie reach a, fail, are retried on b: a is marked down.
+    bs[0].kill();
+    let mut sent = 0;
+    while backend_status(&proxy, "a").await["health"] != "down" {
+        sent += 1;
+        assert!(sent <= 30, "a still not down after {sent} requests");
+        assert_eq!(send(c.get(&url)).await.status, 200);
+    }
+    let down = Instant::now();
+    bs[0].restart();
+    // Until well past the 1 s window, only the client pinned to b asks: it stays on b and
+    // is not re-pinned.
+    while down.elapsed() < Duration::from_millis(1500) {
+        let r = with_cookie(&c, &url, &on_b).await;
+        assert_eq!(r.backend(), Some("b"), "the client pinned to b was moved");
+        assert_eq!(r.header_all("set-cookie"), Vec::<String>::new());
+    }
+    // A request without a cookie is a's probe, and brings it back.
+    wait_until(T, "a request without a cookie to probe a", || {
+        let (c, url) = (c.clone(), url.clone());
+        async move { send(c.get(&url)).await.backend() == Some("a") }
+    })
+    .await;
+    wait_health(&proxy, "a", "up", T).await;
+    assert_pinned(&c, &url, &on_b, "b", 5).await;
+}
+
+/// A reload that removes a backend, then one that adds it back while WebSockets opened to
+/// it are still open: least_conn still counts them, so new ones go to the other backend.
+/// The backend added back used to start from zero, as if it carried nothing.
+#[tokio::test]
+async fn least_conn_counts_survive_removing_a_backend_and_adding_it_back() {
+    let bs = Backend::start_many(&["a", "b"]);
+    let (port, admin_port) = (free_port(), free_port());
+    let config = |backends: &[&Backend]| {
+        format!(
+            "{TWO_THREADS}\n{}\n{}\n{}",
+            listener(port),
+            upstream("app", Some("least_conn"), &entries(backends)),
+            admin(admin_port, TOKEN),
+        )
+    };
+    let proxy = Proxy::start_config(&config(&[&bs[0]]));
+    let reload = |backends: &[&Backend]| {
+        proxy.write_config(&config(backends));
+        let proxy = &proxy;
+        async move {
+            let r = admin_post(proxy, "/reload", Some(TOKEN)).await;
+            assert_eq!(r.status, 200, "{}", r.body);
+        }
+    };
+    let url = proxy.ws_url("/ws");
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let (ws, id) = ws_connect(&url).await;
+        assert_eq!(id, "a");
+        open.push(ws);
+    }
+
+    reload(&[&bs[1]]).await;
+    reload(&[&bs[0], &bs[1]]).await;
+    let a = backend_status(&proxy, "a").await;
+    assert_eq!(
+        (counter(&a, "active"), counter(&a, "tunnels")),
+        (2, 2),
+        "a's open WebSockets are not counted: {a}"
+    );
+    for _ in 0..2 {
+        let (ws, id) = ws_connect(&url).await;
+        assert_eq!(id, "b");
+        open.push(ws);
+    }
 }
 
 #[tokio::test]

@@ -9,6 +9,7 @@ use std::time::Duration;
 use tests::admin::{admin_post, backend_status, counter, status, wait_backend, wait_health};
 use tests::fixtures::{admin, backend_entry, entries, http_health, listener, upstream, ONE_THREAD};
 use tests::http::{assert_counts, assert_plain_text, backend_counts};
+use tests::raw::{get_req, RawConn};
 use tests::ws::{ws_open, WsOptions};
 use tests::{client, get, get_with, ports, send, wait_until, ws_connect, ws_echo, Backend, Proxy};
 
@@ -167,12 +168,7 @@ async fn passively_failed_backend_is_probed_and_readmitted_after_restart() {
     let url = proxy.url("/id");
 
     a.kill();
-    let mut sent = 0;
-    while backend_status(&proxy, "a").await["health"] != "down" {
-        sent += 1;
-        assert!(sent <= 30, "a still not down after {sent} requests");
-        assert_eq!(get_with(&c, &url).await.status, 200);
-    }
+    fail_passively(&proxy, "a").await;
 
     a.restart();
     // Requests keep flowing (to `b`); after the 1 s window one of them must probe `a`.
@@ -189,6 +185,69 @@ async fn passively_failed_backend_is_probed_and_readmitted_after_restart() {
         },
     )
     .await;
+    wait_health(&proxy, "a", "up", T).await;
+}
+
+/// Marks backend `a` down through passive checks: GETs (answered by the others) until its
+/// `/status` entry says so. `a` must refuse connections.
+async fn fail_passively(proxy: &Proxy, a: &str) {
+    let (c, url) = (client(), proxy.url("/id"));
+    let mut sent = 0;
+    while backend_status(proxy, a).await["health"] != "down" {
+        sent += 1;
+        assert!(sent <= 30, "{a} still not down after {sent} requests");
+        assert_eq!(get_with(&c, &url).await.status, 200);
+    }
+}
+
+/// A probe whose client goes away before the backend answers says nothing about the
+/// backend: the next request probes it again. The probe slot used to stay taken, so a
+/// backend without active checks was never probed again, never re-admitted.
+#[tokio::test]
+async fn a_probe_abandoned_by_its_client_does_not_keep_the_backend_out_for_good() {
+    let mut a = Backend::start("a");
+    let b = Backend::start("b");
+    let extra = "[upstreams.app.health]\nmax_fails = 1\nfail_window = \"1s\"\n\
+                 [timeouts]\nupstream_read = \"60s\"\n";
+    // pingora's path notices a client that closes while the backend is silent.
+    let toml = config(ports(1)[0], &[&a, &b], &[], extra).replacen(
+        "[server]\n",
+        "[server]\nhttp1 = \"pingora\"\n",
+        1,
+    );
+    let proxy = Proxy::start_config(&toml);
+
+    a.kill();
+    fail_passively(&proxy, "a").await;
+    // Back, but hung: the probe waits for an answer.
+    a.restart();
+    a.stop();
+    // b answers until the fail window has passed and a request is a's probe.
+    let probe = tokio::time::timeout(T, async {
+        loop {
+            let mut conn = RawConn::connect(proxy.addr()).await;
+            conn.send(get_req("/id")).await;
+            tokio::select! {
+                r = conn.try_response(false) => {
+                    let r = r.unwrap();
+                    assert_eq!((r.status, r.header("x-backend-id")), (200, Some("b")));
+                }
+                _ = wait_backend(&proxy, "a", T, "a's probe", |e| counter(e, "active") == 1) => {
+                    break conn;
+                }
+            }
+        }
+    })
+    .await
+    .expect("a request probes a within the bound");
+    drop(probe);
+    wait_backend(&proxy, "a", T, "the abandoned probe to end", |e| {
+        counter(e, "active") == 0
+    })
+    .await;
+
+    a.cont();
+    wait_traffic_reaches(&proxy, "a").await;
     wait_health(&proxy, "a", "up", T).await;
 }
 
@@ -249,6 +308,22 @@ async fn with_active_checks_a_backend_added_by_reload_waits_for_its_first_pass()
     let added = wait_backend(&proxy, "n", T, "the reload to add backend n", |_| true).await;
     assert_ne!(added["health"], "up", "{added}");
     assert_left_out_until_it_passes(&proxy, &n).await;
+}
+
+/// A backend that a reload adds is checked at once, not at its upstream's next round of
+/// checks: it used to wait that whole interval (an hour here) with no traffic.
+#[tokio::test]
+async fn with_active_checks_a_backend_added_by_reload_is_checked_at_once() {
+    let a = Backend::start("a");
+    let n = Backend::start("n");
+    let port = ports(1)[0];
+    let checks = http_health("app", "1h", "500ms", 1, 1);
+    let proxy = Proxy::start_config(&config(port, &[&a], &[], &checks));
+    wait_health(&proxy, "a", "up", T).await;
+
+    proxy.reload(&config(port, &[&a, &n], &[], &checks));
+    wait_health(&proxy, "n", "up", T).await;
+    wait_traffic_reaches(&proxy, "n").await;
 }
 
 #[tokio::test]
@@ -424,6 +499,30 @@ async fn killed_backends_end_in_an_immediate_503_with_a_reason() {
         assert_plain_text(&r);
         assert!(r.body.contains("no healthy backend"), "{:?}", r.body);
     }
+}
+
+/// The last backend left in service (the others drained, for a deploy say) is not marked
+/// down by passive checks, as the only backend of an upstream is not: one slow answer, which
+/// any client can ask for, took it out, and every request got a 503 for the fail window.
+#[tokio::test]
+async fn passive_checks_never_take_out_the_last_backend_not_drained() {
+    let a = Backend::start("a");
+    let b = Backend::start("b");
+    let extra = format!(
+        "[upstreams.app.health]\nmax_fails = 1\nfail_window = \"60s\"\n\
+         [timeouts]\nupstream_read = \"300ms\"\n{}",
+        admin_with_token()
+    );
+    let proxy = Proxy::start_config(&config(ports(1)[0], &[&a, &b], &[], &extra));
+    let r = admin_post(&proxy, "/backends/app/b/drain", Some(TOKEN)).await;
+    assert_eq!(r.status, 200, "{r:?}");
+
+    let c = client();
+    let slow = get_with(&c, &proxy.url("/delay/3000")).await;
+    assert_ne!(slow.status, 200, "{slow:?}");
+    let r = get_with(&c, &proxy.url("/id")).await;
+    assert_eq!((r.status.as_u16(), r.backend()), (200, Some("a")), "{r:?}");
+    assert_eq!(backend_status(&proxy, "a").await["health"], "up");
 }
 
 #[tokio::test]

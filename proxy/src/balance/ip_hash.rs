@@ -10,8 +10,9 @@ use crate::upstream::Backend;
 
 /// Ring points per unit of configured weight (Ketama's usual 160).
 pub const POINTS_PER_WEIGHT: u64 = 160;
-/// Upper bound on the ring's size (16 bytes a point: 4 MiB). Reached only with extreme
-/// weights; then every backend's share of points is scaled down alike.
+/// Upper bound on the ring's size (16 bytes a point: 4 MiB). Reached only with large
+/// weights (a total above about 1600); then every backend's share of points is divided by
+/// the same power of two.
 pub const MAX_POINTS: u64 = 1 << 18;
 
 /// Consistent hashing of the client address onto a Ketama ring.
@@ -36,12 +37,17 @@ impl IpHash {
             .iter()
             .map(|b| u64::from(b.weight) * POINTS_PER_WEIGHT)
             .sum();
-        let mut ring: Vec<(u64, &str, u32)> = Vec::with_capacity(total.min(MAX_POINTS) as usize);
+        // A power of two, so that a backend added or removed leaves the others' points as
+        // they were unless the total crosses one: scaled by MAX_POINTS / total, every change
+        // of the list changed every backend's count, and clients moved between backends
+        // that all stayed.
+        let shift = (0..u64::BITS)
+            .find(|&s| total >> s <= MAX_POINTS)
+            .unwrap_or(u64::BITS - 1);
+        let mut ring: Vec<(u64, &str, u32)> =
+            Vec::with_capacity((total >> shift) as usize + backends.len());
         for (i, b) in backends.iter().enumerate() {
-            let mut n = u64::from(b.weight) * POINTS_PER_WEIGHT;
-            if total > MAX_POINTS {
-                n = (n * MAX_POINTS / total).max(1);
-            }
+            let n = ((u64::from(b.weight) * POINTS_PER_WEIGHT) >> shift).max(1);
             let Ok(owner) = u32::try_from(i) else { break };
             for seed in 0..n {
                 ring.push((
@@ -251,6 +257,29 @@ mod tests {
         };
         assert_eq!(s.pick(&bs, &|_| false, &ctx), None);
         assert_eq!(s.pick(&bs, &|i| i == 2, &ctx), Some(2));
+    }
+
+    #[test]
+    fn on_a_scaled_ring_removing_a_backend_moves_only_its_clients() {
+        // Weights whose points exceed MAX_POINTS: the ring is scaled down. Removing one
+        // backend must not rescale the others' points, or clients move between survivors.
+        let bs = backends(&[100; 20]);
+        const _: () = assert!(20 * 100 * POINTS_PER_WEIGHT > MAX_POINTS);
+        let s = IpHash::new(&bs);
+        let ineligible = map(&s, &bs, &|i| i != 7);
+        let rest: Vec<_> = bs
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| i != 7)
+            .map(|(_, b)| b.clone())
+            .collect();
+        let rebuilt = IpHash::new(&rest);
+        let moved = map(&rebuilt, &rest, &all)
+            .iter()
+            .zip(&ineligible)
+            .filter(|(a, b)| a != b)
+            .count();
+        assert_eq!(moved, 0, "clients moved between backends that stayed");
     }
 
     #[test]

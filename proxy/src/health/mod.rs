@@ -2,7 +2,7 @@
 //! with an active check configured (HTTP GET or TCP connect), applying rise/fall.
 //! Passive checks live with the backend state (`upstream::backend`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -88,6 +88,17 @@ pub async fn probe(
     matches!(tokio::time::timeout(timeout, attempt).await, Ok(Some(true)))
 }
 
+/// The checks of one upstream: when its next round is due, the settings that date was
+/// computed with, and the backends it has checked.
+struct Schedule {
+    due: Instant,
+    settings: ActiveCheck,
+    /// A backend not in here (one a reload added) is checked at once: it gets no traffic
+    /// until its first pass, which would otherwise wait for the next round, up to a whole
+    /// interval.
+    backends: HashSet<SocketAddr>,
+}
+
 #[async_trait]
 impl BackgroundService for HealthChecker {
     async fn start(&self, mut shutdown: ShutdownWatch) {
@@ -95,7 +106,7 @@ impl BackgroundService for HealthChecker {
         // date was computed with. A reload that changes them (a shorter interval, another
         // path) checks at once: kept, the old due time would delay the new settings by up to
         // a whole old interval (an hour-long interval shortened to 2 s waited the hour).
-        let mut next_due: HashMap<String, (Instant, ActiveCheck)> = HashMap::new();
+        let mut schedules: HashMap<String, Schedule> = HashMap::new();
         let mut ticker = tokio::time::interval(TICK);
         loop {
             tokio::select! {
@@ -108,18 +119,25 @@ impl BackgroundService for HealthChecker {
                 let Some(active) = up.config.health.active.clone() else {
                     continue;
                 };
-                let (due, checked_with) = next_due
+                let s = schedules
                     .entry(up.name.clone())
-                    .or_insert_with(|| (now, active.clone()));
-                if *checked_with != active {
-                    *due = now;
-                    *checked_with = active.clone();
+                    .or_insert_with(|| Schedule {
+                        due: now,
+                        settings: active.clone(),
+                        backends: HashSet::new(),
+                    });
+                if s.settings != active {
+                    s.due = now;
+                    s.settings = active.clone();
                 }
-                if *due > now {
-                    continue;
+                let round = s.due <= now;
+                if round {
+                    s.due = now + active.interval;
                 }
-                *due = now + active.interval;
                 for b in &up.backends {
+                    if !s.backends.insert(b.addr) && !round {
+                        continue;
+                    }
                     let (up, b, kind) = (up.clone(), b.clone(), active.kind.clone());
                     let timeout = active.timeout;
                     tokio::spawn(async move {
@@ -128,8 +146,13 @@ impl BackgroundService for HealthChecker {
                         up.report_check(&b, ok);
                     });
                 }
+                // Forget the backends a reload removed, so that one added back is new again.
+                if s.backends.len() > up.backends.len() {
+                    s.backends
+                        .retain(|addr| up.backends.iter().any(|b| b.addr == *addr));
+                }
             }
-            next_due.retain(|name, _| rt.upstreams.contains_key(name));
+            schedules.retain(|name, _| rt.upstreams.contains_key(name));
         }
     }
 }

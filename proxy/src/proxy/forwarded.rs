@@ -24,7 +24,15 @@ pub fn client_ip<'a>(
     trusted: &[IpNet],
 ) -> Option<IpAddr> {
     let peer = peer?;
-    if trusted.is_empty() || !trusted.iter().any(|n| n.contains(&peer)) {
+    // A listener on `[::]` sees IPv4 clients as `::ffff:a.b.c.d`, the same host that the
+    // list names as `a.b.c.d`: both forms are compared.
+    let is_trusted = |ip: &IpAddr| {
+        let canonical = ip.to_canonical();
+        trusted
+            .iter()
+            .any(|n| n.contains(ip) || n.contains(&canonical))
+    };
+    if trusted.is_empty() || !is_trusted(&peer) {
         return Some(peer);
     }
     let mut candidate = peer;
@@ -37,7 +45,7 @@ pub fn client_ip<'a>(
         match hop.parse::<IpAddr>() {
             Ok(ip) => {
                 candidate = ip;
-                if !trusted.iter().any(|n| n.contains(&ip)) {
+                if !is_trusted(&ip) {
                     return Some(ip);
                 }
             }
@@ -221,6 +229,29 @@ mod tests {
         assert_eq!(got, Some("198.51.100.1".parse().unwrap()));
         let got = client_ip(Some(peer), xff_values(&hm("not-an-ip, 10.0.0.9")), &trusted);
         assert_eq!(got, Some("10.0.0.9".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_trusted_proxy_is_recognised_by_its_ipv4_mapped_address_too() {
+        // A listener on [::] takes IPv4 connections as ::ffff:a.b.c.d: the proxy at
+        // 10.0.0.2 is the same host, and trusted_proxies lists it as 10.0.0.0/8.
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let mapped: IpAddr = "::ffff:10.0.0.2".parse().unwrap();
+        let got = client_ip(Some(mapped), xff_values(&hm("198.51.100.1")), &trusted);
+        assert_eq!(got, Some("198.51.100.1".parse().unwrap()));
+        // A mapped hop of the chain is skipped as trusted like its IPv4 form.
+        let got = client_ip(
+            Some(mapped),
+            xff_values(&hm("198.51.100.1, ::ffff:10.0.0.9")),
+            &trusted,
+        );
+        assert_eq!(got, Some("198.51.100.1".parse().unwrap()));
+        // An untrusted mapped peer is still the client.
+        let other: IpAddr = "::ffff:203.0.113.7".parse().unwrap();
+        assert_eq!(
+            client_ip(Some(other), xff_values(&hm("1.2.3.4")), &trusted),
+            Some(other)
+        );
     }
 
     #[test]

@@ -252,9 +252,9 @@ impl EdgeProxy {
             &mut ctx.tried,
             ctx.tls,
         )?;
-        if c.set_cookie.is_some() {
-            ctx.set_cookie = c.set_cookie;
-        }
+        // The cookie of this attempt, or none: one set for a backend that failed an
+        // earlier attempt would pin the client to it.
+        ctx.set_cookie = c.set_cookie;
         // Replacing the guard of a failed attempt releases that backend's count.
         ctx.guard = Some(c.guard);
         ctx.backend = Some(c.backend.clone());
@@ -754,5 +754,43 @@ impl ProxyHttp for EdgeProxy {
             referer: header(http::header::REFERER),
             user_agent: header(http::header::USER_AGENT),
         });
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn a_retry_on_the_cookies_own_backend_sets_no_cookie_for_the_failed_one() {
+        let config = Config::from_toml_str(
+            "[[listeners]]\nlisten = \"127.0.0.1:18091\"\n\
+             [upstreams.app]\nstrategy = \"sticky_cookie\"\n\
+             backends = [{ addr = \"127.0.0.1:9001\", id = \"a\" }, \
+                         { addr = \"127.0.0.1:9002\", id = \"b\" }]\n\
+             [upstreams.app.sticky]\nkey = \"0123456789abcdef0123\"\n",
+            None,
+        )
+        .unwrap();
+        let shared = Arc::new(Shared::new(config, Vec::new()).unwrap());
+        let up = shared.current().upstreams["app"].clone();
+        let proxy = EdgeProxy::new(shared);
+        let mut ctx = Ctx {
+            sticky_id: Some("b".to_owned()),
+            ..Default::default()
+        };
+        // The cookie's backend cannot take the first attempt: another is chosen, and pinned.
+        up.backends[1].stats.set_draining(true);
+        let first = proxy.choose(&up, &mut ctx).unwrap();
+        assert_eq!(first.id, "a");
+        assert!(ctx.set_cookie.as_deref().is_some_and(|c| c.contains("=a.")));
+        // That attempt failed; meanwhile the cookie's backend came back and takes the retry.
+        up.backends[1].stats.set_draining(false);
+        let second = proxy.choose(&up, &mut ctx).unwrap();
+        assert_eq!(second.id, "b");
+        // The client is already pinned to b: pinning it to the failed a would move it.
+        assert_eq!(ctx.set_cookie, None);
     }
 }

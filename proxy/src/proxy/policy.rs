@@ -345,7 +345,7 @@ pub(crate) fn choose(
     };
     Some(Choice {
         index: pick.index,
-        guard: ActiveGuard::new(pick.backend.stats.clone()),
+        guard: ActiveGuard::new(pick.backend.stats.clone()).with_probe(pick.probe),
         backend: pick.backend,
         set_cookie,
     })

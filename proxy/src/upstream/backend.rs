@@ -116,6 +116,8 @@ struct PassiveState {
     down_since: Option<Instant>,
     /// A probe request is in flight; no second one until it answers.
     probing: bool,
+    /// Numbers the probes, so that the end of one releases its own slot and no later one.
+    probe_seq: u64,
 }
 
 impl BackendStats {
@@ -258,6 +260,9 @@ impl BackendStats {
             p.failures.clear();
             p.down_since = Some(now);
             drop(p);
+            // Active checks that passed while requests failed must not bring it back at
+            // the next pass: `rise` passes count from now.
+            self.checks.lock().0 = 0;
             self.health.store(Health::Down.as_u8(), Ordering::Release);
             return true;
         }
@@ -285,17 +290,39 @@ impl BackendStats {
         false
     }
 
-    /// For a backend marked down by passive checks and without active checks: claims the
-    /// single probe slot once `window` has passed since it went down.
-    pub fn try_claim_probe(&self, window: Duration) -> bool {
+    /// For a backend marked down by passive checks and without active checks: whether its
+    /// probe is due (`window` has passed since it went down and no probe is in flight).
+    pub fn probe_due(&self, window: Duration) -> bool {
+        if self.health() != Health::Down || self.is_draining() {
+            return false;
+        }
+        let p = self.passive.lock();
+        !p.probing && p.down_since.is_some_and(|t| t.elapsed() >= window)
+    }
+
+    /// Claims the single probe slot of a backend whose probe is due (see
+    /// [`Self::probe_due`]). The number returned releases the slot ([`Self::release_probe`])
+    /// if the probe ends without an answer either way.
+    pub fn try_claim_probe(&self, window: Duration) -> Option<u64> {
         let mut p = self.passive.lock();
         match p.down_since {
             Some(t) if !p.probing && t.elapsed() >= window => {
                 p.probing = true;
+                p.probe_seq = p.probe_seq.wrapping_add(1);
                 self.passive_dirty.store(true, Ordering::Release);
-                true
+                Some(p.probe_seq)
             }
-            _ => false,
+            _ => None,
+        }
+    }
+
+    /// Ends probe `seq` if it still holds the slot: it ended without telling anything (the
+    /// client went away, the request was refused), so the next request may probe. Without
+    /// this, the slot stayed taken and the backend was never probed, so never re-admitted.
+    pub fn release_probe(&self, seq: u64) {
+        let mut p = self.passive.lock();
+        if p.probing && p.probe_seq == seq {
+            p.probing = false;
         }
     }
 }
@@ -378,11 +405,14 @@ impl Default for PeakEwma {
     }
 }
 
-/// RAII count of one in-flight request or tunnel on a backend.
+/// RAII count of one in-flight request or tunnel on a backend; for a probe request, also
+/// its hold on the probe slot.
 #[derive(Debug)]
 pub struct ActiveGuard {
     stats: Arc<BackendStats>,
     tunnel: bool,
+    /// The probe this request is ([`BackendStats::try_claim_probe`]).
+    probe: Option<u64>,
 }
 
 impl ActiveGuard {
@@ -392,7 +422,15 @@ impl ActiveGuard {
         Self {
             stats,
             tunnel: false,
+            probe: None,
         }
+    }
+
+    /// The request is probe `seq`: its slot is released with the guard, however the
+    /// request ends (an answer or a failure has settled it by then).
+    pub fn with_probe(mut self, seq: Option<u64>) -> Self {
+        self.probe = seq;
+        self
     }
 
     /// The request became an upgraded tunnel: count it as such until dropped.
@@ -406,6 +444,9 @@ impl ActiveGuard {
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
+        if let Some(seq) = self.probe {
+            self.stats.release_probe(seq);
+        }
         self.stats.active.fetch_sub(1, Ordering::AcqRel);
         if self.tunnel {
             self.stats.tunnels.fetch_sub(1, Ordering::AcqRel);
@@ -449,6 +490,26 @@ mod tests {
         assert_eq!(s.record_check(false, 2, 1, None), Some(Health::Down));
         assert!(s.record_success(None, true));
         assert_eq!(s.health(), Health::Up);
+    }
+
+    #[test]
+    fn after_a_passive_mark_down_only_rise_fresh_passes_readmit() {
+        let s = BackendStats::new(false);
+        // Up for a while: many passing checks in a row.
+        for _ in 0..10 {
+            s.record_check(true, 3, 2, None);
+        }
+        assert_eq!(s.health(), Health::Up);
+        // Requests fail: passive checks take it out.
+        assert!(!s.record_failure(2, Duration::from_secs(60)));
+        assert!(s.record_failure(2, Duration::from_secs(60)));
+        assert_eq!(s.health(), Health::Down);
+        // The passes from before the failures say nothing about it now: `rise` new ones are
+        // needed, not one.
+        assert_eq!(s.record_check(true, 3, 2, None), None);
+        assert_eq!(s.record_check(true, 3, 2, None), None);
+        assert_eq!(s.health(), Health::Down);
+        assert_eq!(s.record_check(true, 3, 2, None), Some(Health::Up));
     }
 
     #[test]

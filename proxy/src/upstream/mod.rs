@@ -37,8 +37,9 @@ pub struct Upstream {
 pub struct Pick {
     pub index: usize,
     pub backend: Arc<Backend>,
-    /// This request is the single probe sent to a passively-failed backend.
-    pub probe: bool,
+    /// This request is the single probe sent to a passively-failed backend: the number of
+    /// its claim on the probe slot.
+    pub probe: Option<u64>,
 }
 
 impl Upstream {
@@ -50,6 +51,11 @@ impl Upstream {
         let mut backups = Vec::new();
         for b in &config.backends {
             let stats = registry.get_or_insert(&config.name, b.addr, !active_checks);
+            // A backend kept from a config with active checks may still wait for its first
+            // pass; without checks nothing would ever give it one.
+            if !active_checks && stats.health() == Health::Pending {
+                stats.set_health(Health::Up, None);
+            }
             let backend = Arc::new(Backend {
                 id: b.id.clone(),
                 addr: b.addr,
@@ -94,50 +100,70 @@ impl Upstream {
 
     /// Chooses a backend for a request. `tried` holds the indices that already failed for
     /// this request. Backups are eligible only while no primary is.
+    ///
+    /// Without active checks, a backend that passive checks took out gets one probe request
+    /// per fail window, even while others are healthy (otherwise it would never come back).
+    /// It is offered to the strategy like a usable backend, so the probe is a request the
+    /// strategy would send it anyway: one whose sticky cookie or client address maps to it,
+    /// or its turn. Handing it the first request that came, whatever its cookie or address,
+    /// moved a pinned client to it (and, once it answered, re-pinned the client there). A
+    /// down primary is offered even while backups serve, a down backup only while they do.
+    /// A failed probe was never sent, so the request is retried elsewhere.
     pub fn pick(&self, ctx: &PickContext, tried: &[usize]) -> Option<Pick> {
-        // Without active checks, a passively-failed backend gets one probe request per fail
-        // window, even while others are healthy (otherwise it would never come back). A
-        // failed probe was never sent, so the request is retried elsewhere.
-        if self.config.health.active.is_none() {
-            if let Some(p) = self.claim_probe(tried) {
-                return Some(p);
+        let probes = self.config.health.active.is_none();
+        let window = self.config.health.fail_window;
+        // Backends whose due probe another request claimed first, between scan and claim.
+        let mut taken: Vec<usize> = Vec::new();
+        loop {
+            let skip = |i: usize| tried.contains(&i) || taken.contains(&i);
+            let usable = |i: usize| !skip(i) && self.backends[i].is_available();
+            let primary_up = self
+                .backends
+                .iter()
+                .enumerate()
+                .any(|(i, b)| !b.backup && usable(i));
+            let eligible = |i: usize| -> bool {
+                let b = &self.backends[i];
+                if b.is_available() {
+                    !skip(i) && b.backup != primary_up
+                } else {
+                    probes && !(b.backup && primary_up) && !skip(i) && b.stats.probe_due(window)
+                }
+            };
+            let index = self.strategy.pick(&self.backends, &eligible, ctx)?;
+            let backend = self.backends[index].clone();
+            if backend.is_available() {
+                return Some(Pick {
+                    index,
+                    backend,
+                    probe: None,
+                });
+            }
+            match backend.stats.try_claim_probe(window) {
+                Some(seq) => {
+                    return Some(Pick {
+                        index,
+                        backend,
+                        probe: Some(seq),
+                    })
+                }
+                None => taken.push(index),
             }
         }
-        let usable = |i: usize| -> bool { !tried.contains(&i) && self.backends[i].is_available() };
-        let primary_up = self
-            .backends
-            .iter()
-            .enumerate()
-            .any(|(i, b)| !b.backup && usable(i));
-        let eligible = |i: usize| -> bool { usable(i) && (self.backends[i].backup != primary_up) };
-        let index = self.strategy.pick(&self.backends, &eligible, ctx)?;
-        Some(Pick {
-            index,
-            backend: self.backends[index].clone(),
-            probe: false,
-        })
-    }
-
-    fn claim_probe(&self, tried: &[usize]) -> Option<Pick> {
-        self.backends.iter().enumerate().find_map(|(i, b)| {
-            let due = b.stats.health() == Health::Down
-                && !b.stats.is_draining()
-                && !tried.contains(&i)
-                && b.stats.try_claim_probe(self.config.health.fail_window);
-            due.then(|| Pick {
-                index: i,
-                backend: b.clone(),
-                probe: true,
-            })
-        })
     }
 
     /// Passive check: a connection to this backend failed. The only backend of an upstream
     /// is never marked down by it (as in nginx): there is nowhere else to send requests,
     /// and a few failing requests, which any client can cause, would otherwise take the
-    /// whole site down for the fail window. Active checks still can.
+    /// whole site down for the fail window. Nor is the only one the operator left in
+    /// service, the others drained (during a deploy, say), for the same reason. Active
+    /// checks still can.
     pub fn report_failure(&self, backend: &Backend) {
-        if self.backends.len() == 1 {
+        let others_in_service = self
+            .backends
+            .iter()
+            .any(|b| b.addr != backend.addr && !b.stats.is_draining());
+        if !others_in_service {
             return;
         }
         if backend

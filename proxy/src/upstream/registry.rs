@@ -28,8 +28,14 @@ impl StatsRegistry {
             .clone()
     }
 
-    /// Drops entries no longer referenced by any config (open tunnels keep their own Arc).
+    /// Drops the entries that no config names and nothing uses any more. An entry still
+    /// held elsewhere (an open tunnel's or an in-flight request's count, a request running
+    /// under an older config) stays: a reload that adds its backend back finds the counts
+    /// of what is still open on it, where a fresh entry would start from zero and least_conn
+    /// would pile new requests onto it.
     pub fn retain(&self, keep: impl Fn(&str, &SocketAddr) -> bool) {
-        self.map.lock().retain(|(u, a), _| keep(u, a));
+        self.map
+            .lock()
+            .retain(|(u, a), stats| keep(u, a) || Arc::strong_count(stats) > 1);
     }
 }
