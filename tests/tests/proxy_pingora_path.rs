@@ -781,3 +781,45 @@ async fn a_failing_backend_is_logged_once_a_minute_on_every_path_never_as_error(
         .count();
     assert_eq!(warned, 1, "{logs}");
 }
+
+/// A kept-alive backend connection that the backend closes when the next request comes
+/// (its idle timeout struck as the request went out) is no failure of the backend: on
+/// pingora's path too the request goes again on a fresh connection, to the same backend
+/// when it is the only one, instead of a `503 no healthy backend`. A POST is not sent
+/// twice (it gets the `502`) unless it carries an `Idempotency-Key`.
+#[tokio::test]
+async fn a_request_on_a_kept_alive_connection_the_backend_closed_is_sent_again() {
+    // Each connection answers its first request, and closes at the second.
+    let raw = RawBackend::start(|mut conn, _| async move {
+        if let Some(req) = conn.request().await {
+            if !reply(&mut conn, echo_answer(&req)).await {
+                return;
+            }
+        }
+        let _ = conn.request().await;
+    })
+    .await;
+    let proxy = proxy_for_raw(&[&raw], "");
+    // HTTP/1.0: pingora's path. The first request leaves a pooled connection.
+    for n in 1..=3 {
+        let mut c = RawConn::connect(proxy.addr()).await;
+        let r = c
+            .exchange("GET /again HTTP/1.0\r\nHost: test\r\n\r\n")
+            .await;
+        assert_eq!(r.status, 200, "request {n}: {r:?}");
+    }
+    let mut c = RawConn::connect(proxy.addr()).await;
+    let r = c
+        .exchange("POST /once HTTP/1.0\r\nHost: test\r\nContent-Length: 2\r\n\r\nhi")
+        .await;
+    assert_eq!(r.status, 502, "{r:?}");
+    // The same with an Idempotency-Key: the backend de-duplicates, so it may go again.
+    let mut c = RawConn::connect(proxy.addr()).await;
+    let r = c
+        .exchange(
+            "POST /keyed HTTP/1.0\r\nHost: test\r\nIdempotency-Key: k1\r\n\
+             Content-Length: 2\r\n\r\nhi",
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+}

@@ -21,7 +21,7 @@ use pingora::prelude::*;
 use pingora::protocols::Stream;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::{HttpPeer, Peer as _};
-use pingora::{Error, ErrorSource, ErrorType};
+use pingora::{Error, ErrorSource, ErrorType, RetryType};
 
 use crate::access_log::{AccessLog, Entry};
 use crate::config::UpstreamProtocol;
@@ -616,8 +616,13 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut Ctx,
         client_reused: bool,
     ) -> Box<Error> {
+        let mut e = e;
+        // pingora marks the failures a pooled connection the backend closed while idle
+        // would give (`ReusedOnly`). On a reused connection such a failure says nothing
+        // about the backend: its keep-alive timeout struck as the request went out.
+        let stale = client_reused && matches!(e.retry, RetryType::ReusedOnly);
         match (e.esource(), &ctx.upstream, &ctx.backend) {
-            (ErrorSource::Upstream, Some(up), Some(b)) => {
+            (ErrorSource::Upstream, Some(up), Some(b)) if !stale => {
                 up.report_failure(b);
                 crate::logging::backend_failure(&up.name, b.addr, &e);
             }
@@ -631,12 +636,28 @@ impl ProxyHttp for EdgeProxy {
                 peer.address()
             ));
         }
-        let mut e = e;
-        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
-        {
+        let req = session.req_header();
+        // As on Switchyard's path (`RequestHead::idempotent`): a client's Idempotency-Key
+        // says the backend de-duplicates the request.
+        let idempotent = req.method.is_idempotent() || req.headers.contains_key("idempotency-key");
+        if !idempotent || session.as_ref().retry_buffer_truncated() {
             e.set_retry(false);
+        } else if stale {
+            // Sent again on a fresh connection, to any backend the strategy picks, this
+            // one included (with a single backend, excluding it answered 503).
+            e.set_retry(true);
+            ctx.tried.pop();
         } else {
             e.retry.decide_reuse(client_reused);
+            let max = ctx
+                .upstream
+                .as_ref()
+                .map_or(1, |up| MAX_TRIES.min(up.backends.len()));
+            // Every backend it may go to has failed it: their failure, not a `503 no
+            // healthy backend`, is the answer.
+            if ctx.tried.len() >= max {
+                e.set_retry(false);
+            }
         }
         e
     }
