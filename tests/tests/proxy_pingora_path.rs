@@ -823,3 +823,53 @@ async fn a_request_on_a_kept_alive_connection_the_backend_closed_is_sent_again()
         .await;
     assert_eq!(r.status, 200, "{r:?}");
 }
+
+/// An answer with both Content-Length and Transfer-Encoding reaches a client of pingora's
+/// path framed by Transfer-Encoding alone (RFC 9112 §6.3: an intermediary removes the
+/// length), as on Switchyard's path; the backend connection that sent it is not used again
+/// (the backend may have framed it by the length).
+#[tokio::test]
+async fn an_answer_with_both_framings_keeps_transfer_encoding_alone() {
+    let raw = RawBackend::start(|mut conn, _| async move {
+        while let Some(req) = conn.request().await {
+            let answer = if req.path == "/both" {
+                "HTTP/1.1 200 OK\r\nContent-Length: 9\r\nTransfer-Encoding: chunked\r\n\r\n\
+                 2\r\nok\r\n0\r\n\r\n"
+                    .to_owned()
+            } else {
+                echo_answer(&req)
+            };
+            if !reply(&mut conn, answer).await {
+                return;
+            }
+        }
+    })
+    .await;
+    let proxy = proxy_for_raw(&[&raw], "");
+    // A chunked request body: pingora's path, on a kept-alive connection.
+    let mut c = RawConn::connect(proxy.addr()).await;
+    let r = c
+        .exchange(
+            "POST /both HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        )
+        .await;
+    assert_eq!((r.status, r.text().as_str()), (200, "ok"), "{r:?}");
+    assert_eq!(r.header("content-length"), None, "{r:?}");
+    let r = c
+        .exchange(
+            "POST /next HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        raw.accepted(),
+        2,
+        "the connection that sent both Content-Length and Transfer-Encoding was reused"
+    );
+    // An HTTP/1.0 client gets the body unchunked, ended by the close, with no length
+    // (the backend's 9 would make it wait for 7 bytes that never come).
+    let mut c = RawConn::connect(proxy.addr()).await;
+    let r = c.exchange("GET /both HTTP/1.0\r\nHost: test\r\n\r\n").await;
+    assert_eq!((r.status, r.text().as_str()), (200, "ok"), "{r:?}");
+    assert_eq!(r.header("content-length"), None, "{r:?}");
+}
