@@ -298,6 +298,14 @@ fn failover() {
     assert!(v["targets"][0]["metrics"]
         .get("kill_readmit_ms")
         .is_some_and(|m| m.is_number() || m.is_null()));
+    // A 0.8 s freeze is shorter than the timeouts: the report says what that hides.
+    let notes = v["notes"].as_array().expect("notes");
+    assert!(
+        notes.iter().any(|n| n
+            .as_str()
+            .is_some_and(|n| n.contains("--duration 8s or more"))),
+        "{notes:?}"
+    );
 }
 
 #[test]

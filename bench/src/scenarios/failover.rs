@@ -20,6 +20,9 @@ use crate::targets::{Running, Strategy};
 
 const BUCKET: Duration = Duration::from_millis(50);
 
+/// The proxies' upstream read timeout in this scenario (set in each generated config).
+const UPSTREAM_READ: Duration = Duration::from_secs(3);
+
 #[derive(Clone, Copy)]
 enum Fault {
     Kill,
@@ -91,6 +94,22 @@ pub fn plan(common: &Common, rate: u64, websockets: usize, backends: usize) -> P
                 .into(),
         ],
         chat: None,
+    }
+    .with_short_freeze_note(d)
+}
+
+impl Plan {
+    /// A frozen backend still accepts connections (the kernel does) and answers what it
+    /// was sent once continued: a freeze shorter than the timeouts shows up as late
+    /// answers, not failures, which the report must not leave the reader to guess.
+    fn with_short_freeze_note(mut self, d: Duration) -> Self {
+        let frozen = d.mul_f64(0.4);
+        if frozen < UPSTREAM_READ {
+            self.notes.push(format!(
+                "The stop phase froze b1 for {frozen:?}, less than the proxies' {UPSTREAM_READ:?}                  upstream read timeout: requests sent to it were answered late after SIGCONT                  rather than failing, so this phase shows latency, not failures or detection.                  Run with --duration 8s or more to see a freeze detected."
+            ));
+        }
+        self
     }
 }
 
