@@ -789,39 +789,71 @@ async fn a_failing_backend_is_logged_once_a_minute_on_every_path_never_as_error(
 /// twice (it gets the `502`) unless it carries an `Idempotency-Key`.
 #[tokio::test]
 async fn a_request_on_a_kept_alive_connection_the_backend_closed_is_sent_again() {
-    // Each connection answers its first request, and closes at the second.
-    let raw = RawBackend::start(|mut conn, _| async move {
-        if let Some(req) = conn.request().await {
-            if !reply(&mut conn, echo_answer(&req)).await {
-                return;
+    // Each connection answers its first request, and closes at the second, which it
+    // reports (whether the proxy reuses a connection is its pool's timing: the test sends
+    // requests until one meets a closed connection).
+    let (closed_tx, mut closed_rx) = mpsc::unbounded_channel::<String>();
+    let raw = RawBackend::start(move |mut conn, _| {
+        let closed_tx = closed_tx.clone();
+        async move {
+            if let Some(req) = conn.request().await {
+                if !reply(&mut conn, echo_answer(&req)).await {
+                    return;
+                }
+            }
+            if let Some(req) = conn.request().await {
+                let _ = closed_tx.send(req.path);
             }
         }
-        let _ = conn.request().await;
     })
     .await;
     let proxy = proxy_for_raw(&[&raw], "");
-    // HTTP/1.0: pingora's path. The first request leaves a pooled connection.
-    for n in 1..=3 {
-        let mut c = RawConn::connect(proxy.addr()).await;
-        let r = c
-            .exchange("GET /again HTTP/1.0\r\nHost: test\r\n\r\n")
-            .await;
-        assert_eq!(r.status, 200, "request {n}: {r:?}");
-    }
-    let mut c = RawConn::connect(proxy.addr()).await;
-    let r = c
-        .exchange("POST /once HTTP/1.0\r\nHost: test\r\nContent-Length: 2\r\n\r\nhi")
-        .await;
-    assert_eq!(r.status, 502, "{r:?}");
+    // HTTP/1.0: pingora's path.
+    let (path, r) = until_closed(&proxy, &mut closed_rx, |n| {
+        format!("GET /again{n} HTTP/1.0\r\nHost: test\r\n\r\n")
+    })
+    .await;
+    assert_eq!((r.status, r.text().as_str()), (200, ""), "{path}: {r:?}");
+    let (path, r) = until_closed(&proxy, &mut closed_rx, |n| {
+        format!("POST /once{n} HTTP/1.0\r\nHost: test\r\nContent-Length: 2\r\n\r\nhi")
+    })
+    .await;
+    assert_eq!(r.status, 502, "{path}: {r:?}");
     // The same with an Idempotency-Key: the backend de-duplicates, so it may go again.
-    let mut c = RawConn::connect(proxy.addr()).await;
-    let r = c
-        .exchange(
-            "POST /keyed HTTP/1.0\r\nHost: test\r\nIdempotency-Key: k1\r\n\
-             Content-Length: 2\r\n\r\nhi",
+    let (path, r) = until_closed(&proxy, &mut closed_rx, |n| {
+        format!(
+            "POST /keyed{n} HTTP/1.0\r\nHost: test\r\nIdempotency-Key: k{n}\r\n\
+             Content-Length: 2\r\n\r\nhi"
         )
-        .await;
-    assert_eq!(r.status, 200, "{r:?}");
+    })
+    .await;
+    assert_eq!((r.status, r.text().as_str()), (200, "hi"), "{path}: {r:?}");
+}
+
+/// Sends the requests `make(0)`, `make(1)`, ... through `proxy`, each on a new client
+/// connection, until the backend reports on `closed` that one met a kept-alive connection
+/// it closed; returns that request's path and answer. The others must succeed.
+async fn until_closed(
+    proxy: &Proxy,
+    closed: &mut mpsc::UnboundedReceiver<String>,
+    make: impl Fn(usize) -> String,
+) -> (String, tests::raw::Resp) {
+    for n in 0..50 {
+        let req = make(n);
+        let mut c = RawConn::connect(proxy.addr()).await;
+        let r = c.exchange(req.as_str()).await;
+        let path = req.split(' ').nth(1).unwrap_or_default().to_owned();
+        // The backend reports before it closes, so before the proxy can answer.
+        let mut hit = false;
+        while let Ok(p) = closed.try_recv() {
+            hit |= p == path;
+        }
+        if hit {
+            return (path, r);
+        }
+        assert_eq!(r.status, 200, "{req:?} on a fresh connection: {r:?}");
+    }
+    panic!("no request met a kept-alive connection in 50 tries");
 }
 
 /// An answer with both Content-Length and Transfer-Encoding reaches a client of pingora's
