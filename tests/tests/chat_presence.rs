@@ -1,0 +1,138 @@
+//! Presence when things go wrong, on chat nodes sharing a real `redis-server`: a client that
+//! goes away while its connect hook is still putting it in its rooms is not left online.
+//!
+//! Needs `redis-server` (`scripts/install-deps.sh` installs it). Build the node first:
+//! `cargo build -p chat-node --bin chat-node && cargo test -p tests --test chat_presence`.
+
+use std::time::{Duration, Instant};
+
+use futures::SinkExt as _;
+use serde_json::Value;
+use tests::chatnode::{raw_chat_call, ChatNode};
+use tests::redis::RedisServer;
+use tests::{client, free_port, send, wait_until, ws_open, ws_recv, Ws, WsOptions, STEP_TIMEOUT};
+use tokio_tungstenite::tungstenite::Message;
+
+/// Opens a raw Engine.IO WebSocket to `node` and sends the chat CONNECT with `auth`
+/// (JSON); the `welcome` is still to be read.
+async fn open_chat(node: &ChatNode, auth: &str) -> Ws {
+    let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", node.addr());
+    let (mut ws, _) = ws_open(&url, &WsOptions::default())
+        .await
+        .expect("opening a WebSocket to the chat node");
+    let open = ws_recv(&mut ws, STEP_TIMEOUT).await;
+    assert!(
+        matches!(&open, Some(Message::Text(t)) if t.starts_with('0')),
+        "an Engine.IO open packet: {open:?}"
+    );
+    ws.send(Message::text(format!("40{auth}")))
+        .await
+        .expect("sending CONNECT");
+    ws
+}
+
+/// The first event `event` that arrives on `ws` and satisfies `pred`, its payload.
+async fn await_event(ws: &mut Ws, event: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    loop {
+        let Some(Message::Text(text)) = ws_recv(ws, STEP_TIMEOUT).await else {
+            panic!("no {event} event in time");
+        };
+        let Some(json) = text.strip_prefix("42") else {
+            continue;
+        };
+        let args: Value = serde_json::from_str(json).unwrap_or_default();
+        if args[0] == event && pred(&args[1]) {
+            return args[1].clone();
+        }
+    }
+}
+
+/// The value of gauge or counter `series` in a scrape of `url`.
+async fn metric(url: &str, series: &str) -> Option<f64> {
+    let body = send(client().get(url)).await.body;
+    body.lines().find_map(|line| {
+        line.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// How many rooms the user of [`a_client_gone_while_it_connects_is_not_left_online`] is
+/// in: its connect hook takes long enough to be caught in the middle.
+const ROOMS: u64 = 300;
+
+/// A client that goes away while its connect hook is still putting it in its rooms (the
+/// hook is abandoned) must not stay online: its socket's presence was written for the
+/// rooms entered so far, and the heartbeat kept rewriting it from the node's sessions,
+/// forever (a ghost in every `presence` list of those rooms, and a session never freed).
+#[tokio::test]
+async fn a_client_gone_while_it_connects_is_not_left_online() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let metrics_url = format!("http://{metrics}/metrics");
+    let node = ChatNode::start(
+        "n1",
+        Some(&url),
+        &[
+            "--presence-ttl",
+            "1500ms",
+            "--rate-limit",
+            "1000/1s",
+            "--metrics-listen",
+            &metrics,
+        ],
+    );
+    // A user in many rooms: its connect hook enters them one by one, `lobby` first.
+    let mut ws = open_chat(&node, r#"{"name":"ghost"}"#).await;
+    let welcome = await_event(&mut ws, "welcome", |_| true).await;
+    let token = welcome["token"].as_str().expect("a token").to_owned();
+    for i in 0..ROOMS {
+        let created =
+            raw_chat_call(&mut ws, i, "create", &format!(r#"{{"room":"r{i:03}"}}"#)).await;
+        assert_eq!(created["ok"], true, "{created}");
+    }
+    drop(ws);
+    let redis = &redis;
+    let lobby = "syd:chat:presence:lobby:n1";
+    wait_until(STEP_TIMEOUT, "the first connection gone", || async move {
+        redis.command(&["HLEN", lobby]) == ":0"
+    })
+    .await;
+
+    // Back with the token; once it is online in `lobby`, Redis holds every write (the
+    // hook's next presence entry among them) while the client goes away. Watched without
+    // a pause between looks: the hook takes a Redis round trip or two per room.
+    let ws = open_chat(&node, &format!(r#"{{"name":"ghost","token":"{token}"}}"#)).await;
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    while redis.command(&["HLEN", lobby]) != ":1" {
+        assert!(Instant::now() < deadline, "the hook never entered lobby");
+    }
+    assert_eq!(redis.command(&["CLIENT", "PAUSE", "20000", "WRITE"]), "+OK");
+    drop(ws);
+    let sessions = r#"switchyard_chat_sessions_open{transport="websocket"}"#;
+    let metrics_url = &metrics_url;
+    wait_until(STEP_TIMEOUT, "the node saw the client go", || async move {
+        metric(metrics_url, sessions).await == Some(0.0)
+    })
+    .await;
+    assert_eq!(redis.command(&["CLIENT", "UNPAUSE"]), "+OK");
+
+    // Nothing of it stays online, in `lobby` or the rooms the hook had entered.
+    wait_until(
+        Duration::from_secs(8),
+        "the abandoned socket offline",
+        || async move {
+            redis.command(&["HLEN", lobby]) == ":0"
+                && redis.command(&["EXISTS", "syd:chat:presence:r000:n1"]) == ":0"
+        },
+    )
+    .await;
+    let mut watcher = open_chat(&node, r#"{"name":"watcher"}"#).await;
+    await_event(&mut watcher, "welcome", |_| true).await;
+    let rooms = raw_chat_call(&mut watcher, 1, "rooms", "{}").await;
+    assert_eq!(rooms["rooms"][0]["room"], "lobby", "{rooms}");
+    assert_eq!(rooms["rooms"][0]["members"], 1, "only the watcher: {rooms}");
+}
