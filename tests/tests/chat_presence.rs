@@ -1,5 +1,7 @@
 //! Presence when things go wrong, on chat nodes sharing a real `redis-server`: a client that
-//! goes away while its connect hook is still putting it in its rooms is not left online.
+//! goes away while its connect hook is still putting it in its rooms is not left online,
+//! and the users of a node that dies stop being listed in the `presence` the other nodes'
+//! clients were last sent.
 //!
 //! Needs `redis-server` (`scripts/install-deps.sh` installs it). Build the node first:
 //! `cargo build -p chat-node --bin chat-node && cargo test -p tests --test chat_presence`.
@@ -44,6 +46,19 @@ async fn await_event(ws: &mut Ws, event: &str, pred: impl Fn(&Value) -> bool) ->
         if args[0] == event && pred(&args[1]) {
             return args[1].clone();
         }
+    }
+}
+
+/// Reads `presence` events on `ws` until each of `rooms` has had one listing `members`
+/// (and counting as many).
+async fn await_presence(ws: &mut Ws, rooms: &[&str], members: &[&str]) {
+    let mut waiting: Vec<&str> = rooms.to_vec();
+    while !waiting.is_empty() {
+        let event = await_event(ws, "presence", |p| {
+            p["members"] == serde_json::json!(members) && p["count"] == members.len()
+        })
+        .await;
+        waiting.retain(|room| event["room"] != *room);
     }
 }
 
@@ -135,4 +150,32 @@ async fn a_client_gone_while_it_connects_is_not_left_online() {
     let rooms = raw_chat_call(&mut watcher, 1, "rooms", "{}").await;
     assert_eq!(rooms["rooms"][0]["room"], "lobby", "{rooms}");
     assert_eq!(rooms["rooms"][0]["members"], 1, "only the watcher: {rooms}");
+}
+
+/// A node killed without saying goodbye: its users' presence entries expire, and every
+/// client of the other nodes is sent the new `presence` of its rooms. (The entries
+/// expired, the `rooms` counts followed, but nothing told the rooms: every client kept
+/// listing the dead node's users as online until someone else came or went.)
+#[tokio::test]
+async fn the_users_of_a_killed_node_leave_the_presence_lists() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    // Heartbeats every 500 ms.
+    let flags = ["--presence-ttl", "1500ms"];
+    let n1 = ChatNode::start("n1", Some(&url), &flags);
+    let mut n2 = ChatNode::start("n2", Some(&url), &flags);
+    let mut alice = open_chat(&n1, r#"{"name":"alice"}"#).await;
+    await_event(&mut alice, "welcome", |_| true).await;
+    let created = raw_chat_call(&mut alice, 1, "create", r#"{"room":"team"}"#).await;
+    assert_eq!(created["ok"], true, "{created}");
+    let mut bob = open_chat(&n2, r#"{"name":"bob"}"#).await;
+    await_event(&mut bob, "welcome", |_| true).await;
+    let joined = raw_chat_call(&mut bob, 1, "join", r#"{"room":"team"}"#).await;
+    assert_eq!(joined["ok"], true, "{joined}");
+    await_presence(&mut alice, &["lobby", "team"], &["alice", "bob"]).await;
+
+    n2.kill();
+    drop(bob);
+    // Within the TTL and a beat or two, every room of alice's is told.
+    await_presence(&mut alice, &["lobby", "team"], &["alice"]).await;
 }

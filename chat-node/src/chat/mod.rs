@@ -31,7 +31,7 @@ pub mod secret;
 pub mod store;
 pub mod validate;
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -453,12 +453,35 @@ impl ChatInner {
             }
         };
         for (room, online) in &online {
-            let event = json!({
-                "room": room,
-                "members": presence::names(online),
-                "count": presence::count(online),
-            });
-            self.broadcast(room, "presence", event).await;
+            self.broadcast(room, "presence", presence::event(room, online))
+                .await;
+        }
+    }
+
+    /// Sends every socket of this node the current `presence` of each of its rooms
+    /// (`entries`, a heartbeat's snapshot), without a broadcast: the other nodes do the
+    /// same for theirs.
+    async fn repeat_presence(&self, entries: &BTreeMap<String, Vec<(String, PresenceEntry)>>) {
+        let Some(nsp) = self.nsp() else {
+            return;
+        };
+        let rooms: Vec<String> = entries.keys().cloned().collect();
+        let online = match self.store.presence(&rooms).await {
+            Ok(online) => online,
+            Err(error) => {
+                error::store_failed(&error, "reading presence");
+                return;
+            }
+        };
+        for (room, online) in &online {
+            let event = presence::event(room, online);
+            for (sid, _) in entries.get(room).into_iter().flatten() {
+                let Some(socket) = sid.parse().ok().and_then(|sid| nsp.socket(sid)) else {
+                    continue;
+                };
+                // A socket that went away meanwhile has nothing to be told.
+                let _ = socket.emit("presence", vec![Data::from(event.clone())]);
+            }
         }
     }
 
