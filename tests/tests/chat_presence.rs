@@ -1,7 +1,8 @@
 //! Presence when things go wrong, on chat nodes sharing a real `redis-server`: a client that
 //! goes away while its connect hook is still putting it in its rooms is not left online,
-//! and the users of a node that dies stop being listed in the `presence` the other nodes'
-//! clients were last sent.
+//! the users of a node that dies stop being listed in the `presence` the other nodes'
+//! clients were last sent, and a tab that enters a room late (its user joined it from
+//! another tab) is announced there.
 //!
 //! Needs `redis-server` (`scripts/install-deps.sh` installs it). Build the node first:
 //! `cargo build -p chat-node --bin chat-node && cargo test -p tests --test chat_presence`.
@@ -178,4 +179,32 @@ async fn the_users_of_a_killed_node_leave_the_presence_lists() {
     drop(bob);
     // Within the TTL and a beat or two, every room of alice's is told.
     await_presence(&mut alice, &["lobby", "team"], &["alice"]).await;
+}
+
+/// A tab that enters a room late (its user joined the room from another tab after this
+/// one connected) and speaks there is online in the room again once the other tab is
+/// gone: the room is told. (It was recorded as online, so `rooms` counted it, but no
+/// `presence` said so: every list showed the user offline while it was posting.)
+#[tokio::test]
+async fn a_tab_that_enters_a_room_late_is_announced() {
+    let redis = RedisServer::start();
+    let node = ChatNode::start("n1", Some(&redis.url()), &[]);
+    let mut watcher = open_chat(&node, r#"{"name":"watcher"}"#).await;
+    await_event(&mut watcher, "welcome", |_| true).await;
+    let created = raw_chat_call(&mut watcher, 1, "create", r#"{"room":"team"}"#).await;
+    assert_eq!(created["ok"], true, "{created}");
+    let mut tab_b = open_chat(&node, r#"{"name":"carol"}"#).await;
+    let welcome = await_event(&mut tab_b, "welcome", |_| true).await;
+    let token = welcome["token"].as_str().expect("a token");
+    let mut tab_a = open_chat(&node, &format!(r#"{{"name":"carol","token":"{token}"}}"#)).await;
+    await_event(&mut tab_a, "welcome", |_| true).await;
+    let joined = raw_chat_call(&mut tab_a, 1, "join", r#"{"room":"team"}"#).await;
+    assert_eq!(joined["ok"], true, "{joined}");
+    await_presence(&mut watcher, &["team"], &["carol", "watcher"]).await;
+    drop(tab_a);
+    await_presence(&mut watcher, &["team"], &["watcher"]).await;
+
+    let sent = raw_chat_call(&mut tab_b, 1, "send", r#"{"room":"team","text":"back"}"#).await;
+    assert_eq!(sent["ok"], true, "{sent}");
+    await_presence(&mut watcher, &["team"], &["carol", "watcher"]).await;
 }

@@ -320,17 +320,17 @@ impl ChatInner {
             .map(|s| (s.user.clone(), s.name.clone()))
     }
 
-    /// Puts the socket in the Socket.IO room of `room` and records it as online there.
-    /// Only call it for a member.
-    async fn enter(&self, socket: &SocketRef, room: &str) {
+    /// Puts the socket in the Socket.IO room of `room` and records it as online there;
+    /// whether it was not in yet. Only call it for a member.
+    async fn enter(&self, socket: &SocketRef, room: &str) -> bool {
         let entry = {
             let mut sessions = self.sessions.lock();
             let Some(session) = sessions.get_mut(&socket.id()) else {
-                return;
+                return false;
             };
             // Checked first: every `send` comes here, nearly always for a room it is in.
             if session.rooms.contains(room) {
-                return;
+                return false;
             }
             session.rooms.insert(room.to_owned());
             PresenceEntry {
@@ -354,6 +354,16 @@ impl ChatInner {
             .await;
         if let Err(error) = added {
             error::store_failed(&error, "recording presence");
+        }
+        true
+    }
+
+    /// [`enter`](Self::enter) for a socket of a member that may not be in the room yet
+    /// (the user joined from another tab since it connected): when it was not, the room
+    /// is told, as for any socket that comes.
+    async fn enter_late(self: &Arc<Self>, socket: &SocketRef, room: &str) {
+        if self.enter(socket, room).await {
+            self.presence_changed(room);
         }
     }
 
