@@ -9,30 +9,11 @@
 
 use std::time::{Duration, Instant};
 
-use futures::SinkExt as _;
 use serde_json::Value;
-use tests::chatnode::{raw_chat_call, ChatNode};
+use tests::chatnode::{raw_chat_call, raw_chat_connect, ChatNode};
 use tests::redis::RedisServer;
-use tests::{client, free_port, send, wait_until, ws_open, ws_recv, Ws, WsOptions, STEP_TIMEOUT};
+use tests::{client, free_port, send, wait_until, ws_recv, Ws, STEP_TIMEOUT};
 use tokio_tungstenite::tungstenite::Message;
-
-/// Opens a raw Engine.IO WebSocket to `node` and sends the chat CONNECT with `auth`
-/// (JSON); the `welcome` is still to be read.
-async fn open_chat(node: &ChatNode, auth: &str) -> Ws {
-    let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", node.addr());
-    let (mut ws, _) = ws_open(&url, &WsOptions::default())
-        .await
-        .expect("opening a WebSocket to the chat node");
-    let open = ws_recv(&mut ws, STEP_TIMEOUT).await;
-    assert!(
-        matches!(&open, Some(Message::Text(t)) if t.starts_with('0')),
-        "an Engine.IO open packet: {open:?}"
-    );
-    ws.send(Message::text(format!("40{auth}")))
-        .await
-        .expect("sending CONNECT");
-    ws
-}
 
 /// The first event `event` that arrives on `ws` and satisfies `pred`, its payload.
 async fn await_event(ws: &mut Ws, event: &str, pred: impl Fn(&Value) -> bool) -> Value {
@@ -102,7 +83,7 @@ async fn a_client_gone_while_it_connects_is_not_left_online() {
         ],
     );
     // A user in many rooms: its connect hook enters them one by one, `lobby` first.
-    let mut ws = open_chat(&node, r#"{"name":"ghost"}"#).await;
+    let mut ws = raw_chat_connect(&node, r#"{"name":"ghost"}"#).await;
     let welcome = await_event(&mut ws, "welcome", |_| true).await;
     let token = welcome["token"].as_str().expect("a token").to_owned();
     for i in 0..ROOMS {
@@ -121,7 +102,7 @@ async fn a_client_gone_while_it_connects_is_not_left_online() {
     // Back with the token; once it is online in `lobby`, Redis holds every write (the
     // hook's next presence entry among them) while the client goes away. Watched without
     // a pause between looks: the hook takes a Redis round trip or two per room.
-    let ws = open_chat(&node, &format!(r#"{{"name":"ghost","token":"{token}"}}"#)).await;
+    let ws = raw_chat_connect(&node, &format!(r#"{{"name":"ghost","token":"{token}"}}"#)).await;
     let deadline = Instant::now() + STEP_TIMEOUT;
     while redis.command(&["HLEN", lobby]) != ":1" {
         assert!(Instant::now() < deadline, "the hook never entered lobby");
@@ -146,7 +127,7 @@ async fn a_client_gone_while_it_connects_is_not_left_online() {
         },
     )
     .await;
-    let mut watcher = open_chat(&node, r#"{"name":"watcher"}"#).await;
+    let mut watcher = raw_chat_connect(&node, r#"{"name":"watcher"}"#).await;
     await_event(&mut watcher, "welcome", |_| true).await;
     let rooms = raw_chat_call(&mut watcher, 1, "rooms", "{}").await;
     assert_eq!(rooms["rooms"][0]["room"], "lobby", "{rooms}");
@@ -165,11 +146,11 @@ async fn the_users_of_a_killed_node_leave_the_presence_lists() {
     let flags = ["--presence-ttl", "1500ms"];
     let n1 = ChatNode::start("n1", Some(&url), &flags);
     let mut n2 = ChatNode::start("n2", Some(&url), &flags);
-    let mut alice = open_chat(&n1, r#"{"name":"alice"}"#).await;
+    let mut alice = raw_chat_connect(&n1, r#"{"name":"alice"}"#).await;
     await_event(&mut alice, "welcome", |_| true).await;
     let created = raw_chat_call(&mut alice, 1, "create", r#"{"room":"team"}"#).await;
     assert_eq!(created["ok"], true, "{created}");
-    let mut bob = open_chat(&n2, r#"{"name":"bob"}"#).await;
+    let mut bob = raw_chat_connect(&n2, r#"{"name":"bob"}"#).await;
     await_event(&mut bob, "welcome", |_| true).await;
     let joined = raw_chat_call(&mut bob, 1, "join", r#"{"room":"team"}"#).await;
     assert_eq!(joined["ok"], true, "{joined}");
@@ -189,14 +170,15 @@ async fn the_users_of_a_killed_node_leave_the_presence_lists() {
 async fn a_tab_that_enters_a_room_late_is_announced() {
     let redis = RedisServer::start();
     let node = ChatNode::start("n1", Some(&redis.url()), &[]);
-    let mut watcher = open_chat(&node, r#"{"name":"watcher"}"#).await;
+    let mut watcher = raw_chat_connect(&node, r#"{"name":"watcher"}"#).await;
     await_event(&mut watcher, "welcome", |_| true).await;
     let created = raw_chat_call(&mut watcher, 1, "create", r#"{"room":"team"}"#).await;
     assert_eq!(created["ok"], true, "{created}");
-    let mut tab_b = open_chat(&node, r#"{"name":"carol"}"#).await;
+    let mut tab_b = raw_chat_connect(&node, r#"{"name":"carol"}"#).await;
     let welcome = await_event(&mut tab_b, "welcome", |_| true).await;
     let token = welcome["token"].as_str().expect("a token");
-    let mut tab_a = open_chat(&node, &format!(r#"{{"name":"carol","token":"{token}"}}"#)).await;
+    let mut tab_a =
+        raw_chat_connect(&node, &format!(r#"{{"name":"carol","token":"{token}"}}"#)).await;
     await_event(&mut tab_a, "welcome", |_| true).await;
     let joined = raw_chat_call(&mut tab_a, 1, "join", r#"{"room":"team"}"#).await;
     assert_eq!(joined["ok"], true, "{joined}");
