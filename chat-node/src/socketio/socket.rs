@@ -444,9 +444,10 @@ impl SocketRef {
     }
 
     /// The client went away while the connect hook ran (the hook is dropped): as for a
-    /// refusal nothing is sent and no recovery state is kept (the client never had its
-    /// pid), but the disconnect handlers the hook registered before it was dropped run, so
-    /// that what the hook set up for the socket (presence, sessions) is undone.
+    /// refusal nothing is sent and no recovery state is kept (the client never got this
+    /// socket's CONNECT reply, so never its pid), but the disconnect handlers the hook
+    /// registered before it was dropped run, so that what the hook set up for the socket
+    /// (presence, sessions) is undone.
     pub(crate) fn abandoned(&self, reason: DisconnectReason) {
         self.end(reason, false);
     }
