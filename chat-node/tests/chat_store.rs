@@ -7,7 +7,7 @@
 
 mod utils;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -231,9 +231,16 @@ async fn presence(store: &dyn ChatStore) {
         "p".to_owned(),
         vec![("s1".to_owned(), entry("u1", "alice"))],
     );
+    let nodes =
+        |names: &[&str]| -> BTreeSet<String> { names.iter().map(|n| (*n).to_owned()).collect() };
+    assert_eq!(
+        store.presence_nodes().await.unwrap(),
+        nodes(&["n1", "n2", "n3"])
+    );
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        store.presence_refresh("n1", &beat, short).await.unwrap();
+        // Its entries were there: added, then kept by each beat.
+        assert!(store.presence_refresh("n1", &beat, short).await.unwrap());
         let online = store.presence(&rooms).await.unwrap().remove("p").unwrap();
         if !online.contains(&entry("u3", "carol")) {
             assert!(online.contains(&entry("u1", "alice")), "{online:?}");
@@ -242,6 +249,20 @@ async fn presence(store: &dyn ChatStore) {
         assert!(Instant::now() < deadline, "n3's entry never expired");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    assert_eq!(store.presence_nodes().await.unwrap(), nodes(&["n1", "n2"]));
+
+    // A node whose entries are gone (lost, or a beat with none) is told so by its next
+    // beat, and has none listed after a beat with none.
+    assert!(!store.presence_refresh("n4", &beat, short).await.unwrap());
+    assert!(store
+        .presence_refresh("n4", &BTreeMap::new(), short)
+        .await
+        .unwrap());
+    assert!(!store
+        .presence_refresh("n4", &BTreeMap::new(), short)
+        .await
+        .unwrap());
+    assert!(!store.presence_nodes().await.unwrap().contains("n4"));
 }
 
 async fn all(store: Arc<dyn ChatStore>) {

@@ -170,7 +170,8 @@ client.on("presence", (event) => {
   state.members.set(event.room, event.members.map(String));
   const known = state.rooms.get(event.room);
   if (known) {
-    known.members = event.members.length;
+    // `members` lists names, each once and at most 100: two users may share one.
+    known.members = Number.isFinite(event.count) ? event.count : event.members.length;
     renderRooms();
   }
   if (event.room === state.current) renderMembers();

@@ -153,6 +153,23 @@ impl Drop for ChatNode {
 /// # Panics
 /// If the node does not open the session or send the `welcome` in time.
 pub async fn raw_chat_socket(node: &ChatNode, name: &str) -> Ws {
+    let mut ws = raw_chat_connect(node, &format!(r#"{{"name":"{name}"}}"#)).await;
+    // The welcome comes after the hook put the socket in its rooms.
+    loop {
+        match ws_recv(&mut ws, STEP_TIMEOUT).await {
+            Some(Message::Text(t)) if t.starts_with(r#"42["welcome""#) => return ws,
+            Some(_) => {}
+            None => panic!("no welcome from {}", node.id()),
+        }
+    }
+}
+
+/// Opens a raw Engine.IO WebSocket to the chat on `node` and sends the Socket.IO CONNECT
+/// with `auth` (JSON, e.g. `{"name":"a","token":"…"}`); the `welcome` is still to be read.
+///
+/// # Panics
+/// If the node does not open the session in time.
+pub async fn raw_chat_connect(node: &ChatNode, auth: &str) -> Ws {
     let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", node.addr());
     let (mut ws, _) = ws_open(&url, &WsOptions::default())
         .await
@@ -162,18 +179,10 @@ pub async fn raw_chat_socket(node: &ChatNode, name: &str) -> Ws {
         matches!(&open, Some(Message::Text(t)) if t.starts_with('0')),
         "an Engine.IO open packet: {open:?}"
     );
-    let connect = format!(r#"40{{"name":"{name}"}}"#);
-    ws.send(Message::text(connect))
+    ws.send(Message::text(format!("40{auth}")))
         .await
         .expect("sending CONNECT");
-    // The welcome comes after the hook put the socket in its rooms.
-    loop {
-        match ws_recv(&mut ws, STEP_TIMEOUT).await {
-            Some(Message::Text(t)) if t.starts_with(r#"42["welcome""#) => return ws,
-            Some(_) => {}
-            None => panic!("no welcome from {}", node.id()),
-        }
-    }
+    ws
 }
 
 /// Emits chat event `event` with `payload` (JSON) and ack id `id` on a

@@ -4,7 +4,8 @@
 //! by its invite link and invisible to everyone else, message text rendered as text (no
 //! HTML injection), the status bar naming the node and transport, the long-polling
 //! fallback, a tab moving to another node when its node dies, the nickname prompt and the
-//! remembered identity, and a CSP the browser enforces (every page also checks that it
+//! remembered identity, the room list counting users (not their names), and a CSP the
+//! browser enforces (every page also checks that it
 //! reported no CSP violation or script error).
 //!
 //! Screenshots go to `target/artifacts/browser-*.png`. The page's Socket.IO client also has
@@ -22,7 +23,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tempfile::TempDir;
 use tests::browser::{artifacts_dir, spki_pin, Browser, BrowserOptions, Chromedriver};
-use tests::chatnode::ChatNode;
+use tests::chatnode::{raw_chat_socket, ChatNode};
 use tests::redis::RedisServer;
 use tests::socketio::run_with_timeout;
 use tests::{port_array, Certs, Proxy};
@@ -614,6 +615,45 @@ async fn the_page_falls_back_to_long_polling_and_still_chats() {
     for browser in [dora, erin, finn] {
         close_clean(browser).await;
     }
+}
+
+/// The room list counts the users online, not their names: two people may both be "bob",
+/// and a `presence` lists at most 100 names. (Each `presence` set the count to the number
+/// of names: the list said 2 where `rooms`, and the `presence` itself, said 3.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_room_list_counts_users_not_names() {
+    let stack = Stack::start();
+    let driver = Chromedriver::start();
+    let gail = open_chat(&driver, &stack, "gail", "").await;
+    // What the room list shows right after the page handled each `presence` of the lobby
+    // (this listener comes after the page's own).
+    gail.js(
+        "window.__shown = []; \
+         window.switchyard.client.on('presence', (e) => { if (e.room === 'lobby') \
+           window.__shown.push([e.count, document.querySelector(\
+             '#room-list li[data-room=\"lobby\"] .room-count')?.textContent]); });",
+        vec![],
+    )
+    .await;
+    let _bob = raw_chat_socket(&stack.nodes[0], "bob").await;
+    let _other_bob = raw_chat_socket(&stack.nodes[1], "bob").await;
+    let shown = gail
+        .wait_js(
+            T,
+            "a presence of the lobby counting 3",
+            "const s = window.__shown.find(([count]) => count === 3); return s ?? null;",
+            vec![],
+        )
+        .await;
+    assert_eq!(shown, json!([3, "3"]), "the count shown with it");
+    let names = gail
+        .js(
+            "return [...document.querySelectorAll('#members li')].map(li => li.textContent);",
+            vec![],
+        )
+        .await;
+    assert_eq!(names, json!(["bob", "gail"]), "names are listed once");
+    close_clean(gail).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -131,7 +131,7 @@ async fn room_meta(chat: &ChatInner, room: &str) -> Result<Option<RoomMeta>, Cha
 /// makes sure this socket is in the room's Socket.IO room (the user may have joined from
 /// another tab since this socket connected).
 async fn member(
-    chat: &ChatInner,
+    chat: &Arc<ChatInner>,
     socket: &SocketRef,
     user: &str,
     room: &str,
@@ -139,7 +139,7 @@ async fn member(
     if room != LOBBY && !chat.store.is_member(room, user).await? {
         return Err(not_member(chat, room).await);
     }
-    chat.enter(socket, room).await;
+    chat.enter_late(socket, room).await;
     Ok(())
 }
 
@@ -353,13 +353,11 @@ async fn send(chat: Arc<ChatInner>, socket: SocketRef, request: SendRequest) -> 
         .await?;
     let id = match posted {
         Posted::NotMember => return Err(not_member(&chat, &room).await),
-        Posted::RateLimited => {
-            chat.enter(&socket, &room).await;
-            return Err(ChatError::RateLimited);
-        }
-        Posted::Appended(id) => id,
+        Posted::RateLimited => Err(ChatError::RateLimited),
+        Posted::Appended(id) => Ok(id),
     };
-    chat.enter(&socket, &room).await;
+    chat.enter_late(&socket, &room).await;
+    let id = id?;
     let message = Message::new(id.clone(), &room, stored);
     let payload = serde_json::to_value(&message).unwrap_or_default();
     chat.broadcast(&room, "message", payload).await;

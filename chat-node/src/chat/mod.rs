@@ -31,7 +31,7 @@ pub mod secret;
 pub mod store;
 pub mod validate;
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -320,17 +320,17 @@ impl ChatInner {
             .map(|s| (s.user.clone(), s.name.clone()))
     }
 
-    /// Puts the socket in the Socket.IO room of `room` and records it as online there.
-    /// Only call it for a member.
-    async fn enter(&self, socket: &SocketRef, room: &str) {
+    /// Puts the socket in the Socket.IO room of `room` and records it as online there;
+    /// whether it was not in yet. Only call it for a member.
+    async fn enter(&self, socket: &SocketRef, room: &str) -> bool {
         let entry = {
             let mut sessions = self.sessions.lock();
             let Some(session) = sessions.get_mut(&socket.id()) else {
-                return;
+                return false;
             };
             // Checked first: every `send` comes here, nearly always for a room it is in.
             if session.rooms.contains(room) {
-                return;
+                return false;
             }
             session.rooms.insert(room.to_owned());
             PresenceEntry {
@@ -354,6 +354,16 @@ impl ChatInner {
             .await;
         if let Err(error) = added {
             error::store_failed(&error, "recording presence");
+        }
+        true
+    }
+
+    /// [`enter`](Self::enter) for a socket of a member that may not be in the room yet
+    /// (the user joined from another tab since it connected): when it was not, the room
+    /// is told, as for any socket that comes.
+    async fn enter_late(self: &Arc<Self>, socket: &SocketRef, room: &str) {
+        if self.enter(socket, room).await {
+            self.presence_changed(room);
         }
     }
 
@@ -453,12 +463,35 @@ impl ChatInner {
             }
         };
         for (room, online) in &online {
-            let event = json!({
-                "room": room,
-                "members": presence::names(online),
-                "count": presence::count(online),
-            });
-            self.broadcast(room, "presence", event).await;
+            self.broadcast(room, "presence", presence::event(room, online))
+                .await;
+        }
+    }
+
+    /// Sends every socket of this node the current `presence` of each of its rooms
+    /// (`entries`, a heartbeat's snapshot), without a broadcast: the other nodes do the
+    /// same for theirs.
+    async fn repeat_presence(&self, entries: &BTreeMap<String, Vec<(String, PresenceEntry)>>) {
+        let Some(nsp) = self.nsp() else {
+            return;
+        };
+        let rooms: Vec<String> = entries.keys().cloned().collect();
+        let online = match self.store.presence(&rooms).await {
+            Ok(online) => online,
+            Err(error) => {
+                error::store_failed(&error, "reading presence");
+                return;
+            }
+        };
+        for (room, online) in &online {
+            let event = presence::event(room, online);
+            for (sid, _) in entries.get(room).into_iter().flatten() {
+                let Some(socket) = sid.parse().ok().and_then(|sid| nsp.socket(sid)) else {
+                    continue;
+                };
+                // A socket that went away meanwhile has nothing to be told.
+                let _ = socket.emit("presence", vec![Data::from(event.clone())]);
+            }
         }
     }
 

@@ -8,9 +8,15 @@
 //! the next beat, and an entry that outlived its socket (its removal failed or raced a
 //! write) is gone at the next beat. A node starting removes what an earlier process with
 //! its id left.
+//!
+//! An expiry tells no one: so each beat also lists the nodes that have entries, and when
+//! another node dropped out (or came back after Redis lost its data), this node sends its
+//! own sockets the current `presence` of their rooms.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Weak;
+
+use serde_json::{json, Value};
 
 use super::store::{Online, PresenceEntry};
 use super::ChatInner;
@@ -38,6 +44,11 @@ pub fn count(online: &Online) -> usize {
         .map(|e| e.user.as_str())
         .collect::<BTreeSet<_>>()
         .len()
+}
+
+/// The `presence` event of `room`.
+pub(super) fn event(room: &str, online: &Online) -> Value {
+    json!({"room": room, "members": names(online), "count": count(online)})
 }
 
 /// This node's entries, by room: what the heartbeat writes.
@@ -68,12 +79,16 @@ pub(super) async fn heartbeat(chat: Weak<ChatInner>) {
     // (its sockets are gone; a refresh would otherwise never touch the hashes of rooms this
     // process has no socket in, and their TTL would keep counting them until it ran out).
     let mut forgotten = false;
+    // The other nodes that had presence entries at the last beat, and whether this node
+    // wrote some then.
+    let mut others: Option<BTreeSet<String>> = None;
+    let mut wrote = false;
     loop {
         ticks.tick().await;
         let Some(chat) = chat.upgrade() else {
             return;
         };
-        let _writing = chat.presence_writes.write().await;
+        let writing = chat.presence_writes.write().await;
         if !forgotten {
             match chat.store.presence_forget(&chat.node).await {
                 Ok(()) => forgotten = true,
@@ -85,9 +100,42 @@ pub(super) async fn heartbeat(chat: Weak<ChatInner>) {
             .store
             .presence_refresh(&chat.node, &entries, chat.config.presence_ttl)
             .await;
-        if let Err(error) = refreshed {
-            tracing::warn!(%error, "presence heartbeat");
+        drop(writing);
+        match refreshed {
+            // Its own entries gone since the last beat: Redis lost its data (or this beat
+            // is late). The other nodes write theirs again within a beat: until they
+            // have, their absence says nothing about their sockets.
+            Ok(had) if wrote && !had => {
+                tracing::debug!("this node's presence was lost; the others' is awaited");
+                others = None;
+                wrote = !entries.is_empty();
+                continue;
+            }
+            Ok(_) => wrote = !entries.is_empty(),
+            Err(error) => {
+                tracing::warn!(%error, "presence heartbeat");
+                continue;
+            }
         }
+        let now = match chat.store.presence_nodes().await {
+            Ok(mut nodes) => {
+                nodes.remove(&chat.node);
+                nodes
+            }
+            Err(error) => {
+                tracing::warn!(%error, "listing the nodes with presence");
+                continue;
+            }
+        };
+        // A node whose entries expired (it died) or came back without its sockets saying
+        // so (Redis lost them, the node's heartbeat wrote them again) changed who is
+        // online in its rooms, and no `presence` told them: each node tells its own
+        // sockets, so that no list keeps showing users who are gone, or misses some.
+        if others.as_ref().is_some_and(|before| *before != now) {
+            tracing::debug!(?now, "the nodes with presence changed");
+            chat.repeat_presence(&entries).await;
+        }
+        others = Some(now);
     }
 }
 

@@ -183,7 +183,11 @@ impl Client {
             verdict = hook => verdict,
             // The client left while the hook ran.
             () = self.session.closed() => {
-                socket.reject();
+                let reason = self
+                    .session
+                    .close_reason()
+                    .map_or(DisconnectReason::TransportClose, DisconnectReason::from);
+                socket.abandoned(reason);
                 return;
             }
         };

@@ -263,7 +263,9 @@ impl SocketRef {
         *self.other.write() = Some(Arc::new(handler));
     }
 
-    /// Registers a function to call when the socket disconnects.
+    /// Registers a function to call when the socket disconnects, or when the client goes
+    /// away while the connect hook that registered it still runs (the hook is dropped at
+    /// its next await: what it set up before is for this function to undo).
     pub fn on_disconnect(
         &self,
         handler: impl FnOnce(SocketRef, DisconnectReason) + Send + 'static,
@@ -438,6 +440,19 @@ impl SocketRef {
     /// The socket is disconnected: it leaves its namespace and rooms, its pending acks
     /// fail, and the disconnect handlers run.
     pub(crate) fn closed(&self, reason: DisconnectReason) {
+        self.end(reason, reason.is_recoverable());
+    }
+
+    /// The client went away while the connect hook ran (the hook is dropped): as for a
+    /// refusal nothing is sent and no recovery state is kept (the client never got this
+    /// socket's CONNECT reply, so never its pid), but the disconnect handlers the hook
+    /// registered before it was dropped run, so that what the hook set up for the socket
+    /// (presence, sessions) is undone.
+    pub(crate) fn abandoned(&self, reason: DisconnectReason) {
+        self.end(reason, false);
+    }
+
+    fn end(&self, reason: DisconnectReason, recoverable: bool) {
         {
             let mut phase = self.phase.lock();
             if matches!(*phase, Phase::Disconnected(_)) {
@@ -448,7 +463,7 @@ impl SocketRef {
         tracing::debug!(sid = %self.id, nsp = %self.ns.name(), %reason, "socket disconnected");
         self.acks.close();
         self.ns.remove(self.id);
-        self.forget_membership(reason.is_recoverable());
+        self.forget_membership(recoverable);
         let handlers = std::mem::take(&mut *self.on_disconnect.lock());
         for handler in handlers {
             handler(self.clone(), reason);

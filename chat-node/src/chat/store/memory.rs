@@ -281,9 +281,15 @@ impl ChatStore for MemoryStore {
         node: &str,
         entries: &BTreeMap<String, Vec<(String, PresenceEntry)>>,
         ttl: Duration,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let mut state = self.state.lock();
-        let expires = Instant::now() + ttl;
+        let now = Instant::now();
+        let had = state
+            .presence
+            .values()
+            .filter_map(|nodes| nodes.get(node))
+            .any(|here| here.expires > now);
+        let expires = now + ttl;
         for (room, nodes) in &mut state.presence {
             if entries.get(room).is_none_or(Vec::is_empty) {
                 nodes.remove(node);
@@ -302,7 +308,7 @@ impl ChatStore for MemoryStore {
                 },
             );
         }
-        Ok(())
+        Ok(had)
     }
 
     async fn presence_forget(&self, node: &str) -> Result<(), StoreError> {
@@ -329,6 +335,18 @@ impl ChatStore for MemoryStore {
                 }
                 (room.clone(), online)
             })
+            .collect())
+    }
+
+    async fn presence_nodes(&self) -> Result<BTreeSet<String>, StoreError> {
+        let state = self.state.lock();
+        let now = Instant::now();
+        Ok(state
+            .presence
+            .values()
+            .flatten()
+            .filter(|(_, here)| here.expires > now)
+            .map(|(node, _)| node.clone())
             .collect())
     }
 }

@@ -13,7 +13,7 @@
 mod memory;
 mod redis;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -217,16 +217,22 @@ pub trait ChatStore: Send + Sync + 'static {
     /// The heartbeat: replaces everything node `node` holds with `entries`, grouped by
     /// room (entries not among them, in these rooms or others, are removed: a socket that
     /// left while a heartbeat was on its way, or one of an earlier process with the same
-    /// node id), and moves their expiry to `ttl` from now.
+    /// node id), and moves their expiry to `ttl` from now. Answers whether the node had
+    /// entries until then: `false` after a beat with none, or when they were lost (Redis
+    /// restarted without its data) or expired (the beat came too late).
     async fn presence_refresh(
         &self,
         node: &str,
         entries: &BTreeMap<String, Vec<(String, PresenceEntry)>>,
         ttl: Duration,
-    ) -> Result<(), StoreError>;
+    ) -> Result<bool, StoreError>;
     /// Removes every entry of node `node`, wherever it is: a node starting forgets what an
     /// earlier process with its id left.
     async fn presence_forget(&self, node: &str) -> Result<(), StoreError>;
     /// Who is online in each of `rooms`, on every live node.
     async fn presence(&self, rooms: &[String]) -> Result<BTreeMap<String, Online>, StoreError>;
+    /// The nodes that have presence entries now (not expired): a node that drops out
+    /// without removing its sockets (killed, or its entries lost with Redis's data) has
+    /// changed the presence of its rooms without telling them.
+    async fn presence_nodes(&self) -> Result<BTreeSet<String>, StoreError>;
 }

@@ -15,7 +15,7 @@
 //!
 //! Message ids are the stream ids (`<ms>-<seq>`, ordered and unique per room).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -92,11 +92,13 @@ return redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'm', ARGV[6])
 /// hashes of rooms where it holds nothing are deleted.
 /// KEYS: `nodes`, the node's room set. ARGV: the node, now (ms), the score under which
 /// nodes are forgotten, the TTL (ms), the presence key prefix, then per room: the room,
-/// the number of sockets `n`, and `n` pairs socket id, entry JSON.
+/// the number of sockets `n`, and `n` pairs socket id, entry JSON. Returns whether the
+/// room set was there (1 or 0).
 static REFRESH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local node, ttl, prefix = ARGV[1], ARGV[4], ARGV[5]
+local had = redis.call('EXISTS', KEYS[2])
 redis.call('ZADD', KEYS[1], ARGV[2], node)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
 local keep = {}
@@ -122,7 +124,7 @@ for room in pairs(keep) do
   redis.call('SADD', KEYS[2], room)
 end
 redis.call('PEXPIRE', KEYS[2], ttl)
-return 0
+return had
 ",
     )
 });
@@ -482,7 +484,7 @@ impl ChatStore for RedisStore {
         node: &str,
         entries: &BTreeMap<String, Vec<(String, PresenceEntry)>>,
         ttl: Duration,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let now = now_ms();
         let mut invocation = REFRESH.prepare_invoke();
         invocation
@@ -508,7 +510,7 @@ impl ChatStore for RedisStore {
         invocation
             .invoke_async::<i64>(&mut conn)
             .await
-            .map(|_| ())
+            .map(|had| had == 1)
             .map_err(redis_error)
     }
 
@@ -579,6 +581,28 @@ impl ChatStore for RedisStore {
             }
         }
         Ok(online)
+    }
+
+    async fn presence_nodes(&self) -> Result<BTreeSet<String>, StoreError> {
+        // A node's room set expires with the last of its hashes, on Redis's clock: it is
+        // there exactly while the node has entries (the `nodes` scores are the nodes'
+        // clocks, and outlive them by a day).
+        let nodes: Vec<String> = self
+            .query(redis::cmd("ZRANGE").arg(key(&["nodes"])).arg(0).arg(-1))
+            .await?;
+        if nodes.is_empty() {
+            return Ok(BTreeSet::new());
+        }
+        let mut pipe = redis::pipe();
+        for node in &nodes {
+            pipe.cmd("EXISTS").arg(key(&["node", node, "presence"]));
+        }
+        let exists: Vec<bool> = self.run(&pipe).await?;
+        Ok(nodes
+            .into_iter()
+            .zip(exists)
+            .filter_map(|(node, live)| live.then_some(node))
+            .collect())
     }
 }
 

@@ -1,0 +1,192 @@
+//! Presence when things go wrong, on chat nodes sharing a real `redis-server`: a client that
+//! goes away while its connect hook is still putting it in its rooms is not left online,
+//! the users of a node that dies stop being listed in the `presence` the other nodes'
+//! clients were last sent, and a tab that enters a room late (its user joined it from
+//! another tab) is announced there.
+//!
+//! Needs `redis-server` (`scripts/install-deps.sh` installs it). Build the node first:
+//! `cargo build -p chat-node --bin chat-node && cargo test -p tests --test chat_presence`.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tests::chatnode::{raw_chat_call, raw_chat_connect, ChatNode};
+use tests::redis::RedisServer;
+use tests::{client, free_port, send, wait_until, ws_recv, Ws, STEP_TIMEOUT};
+use tokio_tungstenite::tungstenite::Message;
+
+/// The first event `event` that arrives on `ws` and satisfies `pred`, its payload.
+async fn await_event(ws: &mut Ws, event: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    loop {
+        let Some(Message::Text(text)) = ws_recv(ws, STEP_TIMEOUT).await else {
+            panic!("no {event} event in time");
+        };
+        let Some(json) = text.strip_prefix("42") else {
+            continue;
+        };
+        let args: Value = serde_json::from_str(json).unwrap_or_default();
+        if args[0] == event && pred(&args[1]) {
+            return args[1].clone();
+        }
+    }
+}
+
+/// Reads `presence` events on `ws` until each of `rooms` has had one listing `members`
+/// (and counting as many).
+async fn await_presence(ws: &mut Ws, rooms: &[&str], members: &[&str]) {
+    let mut waiting: Vec<&str> = rooms.to_vec();
+    while !waiting.is_empty() {
+        let event = await_event(ws, "presence", |p| {
+            p["members"] == serde_json::json!(members) && p["count"] == members.len()
+        })
+        .await;
+        waiting.retain(|room| event["room"] != *room);
+    }
+}
+
+/// The value of gauge or counter `series` in a scrape of `url`.
+async fn metric(url: &str, series: &str) -> Option<f64> {
+    let body = send(client().get(url)).await.body;
+    body.lines().find_map(|line| {
+        line.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// How many rooms the user of [`a_client_gone_while_it_connects_is_not_left_online`] is
+/// in: its connect hook takes long enough to be caught in the middle.
+const ROOMS: u64 = 300;
+
+/// A client that goes away while its connect hook is still putting it in its rooms (the
+/// hook is abandoned) must not stay online: its socket's presence was written for the
+/// rooms entered so far, and the heartbeat kept rewriting it from the node's sessions,
+/// forever (a ghost in every `presence` list of those rooms, and a session never freed).
+#[tokio::test]
+async fn a_client_gone_while_it_connects_is_not_left_online() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let metrics_url = format!("http://{metrics}/metrics");
+    let node = ChatNode::start(
+        "n1",
+        Some(&url),
+        &[
+            "--presence-ttl",
+            "1500ms",
+            "--rate-limit",
+            "1000/1s",
+            "--metrics-listen",
+            &metrics,
+        ],
+    );
+    // A user in many rooms: its connect hook enters them one by one, `lobby` first.
+    let mut ws = raw_chat_connect(&node, r#"{"name":"ghost"}"#).await;
+    let welcome = await_event(&mut ws, "welcome", |_| true).await;
+    let token = welcome["token"].as_str().expect("a token").to_owned();
+    for i in 0..ROOMS {
+        let created =
+            raw_chat_call(&mut ws, i, "create", &format!(r#"{{"room":"r{i:03}"}}"#)).await;
+        assert_eq!(created["ok"], true, "{created}");
+    }
+    drop(ws);
+    let redis = &redis;
+    let lobby = "syd:chat:presence:lobby:n1";
+    wait_until(STEP_TIMEOUT, "the first connection gone", || async move {
+        redis.command(&["HLEN", lobby]) == ":0"
+    })
+    .await;
+
+    // Back with the token; once it is online in `lobby`, Redis holds every write (the
+    // hook's next presence entry among them) while the client goes away. Watched without
+    // a pause between looks: the hook takes a Redis round trip or two per room.
+    let ws = raw_chat_connect(&node, &format!(r#"{{"name":"ghost","token":"{token}"}}"#)).await;
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    while redis.command(&["HLEN", lobby]) != ":1" {
+        assert!(Instant::now() < deadline, "the hook never entered lobby");
+    }
+    assert_eq!(redis.command(&["CLIENT", "PAUSE", "20000", "WRITE"]), "+OK");
+    drop(ws);
+    let sessions = r#"switchyard_chat_sessions_open{transport="websocket"}"#;
+    let metrics_url = &metrics_url;
+    wait_until(STEP_TIMEOUT, "the node saw the client go", || async move {
+        metric(metrics_url, sessions).await == Some(0.0)
+    })
+    .await;
+    assert_eq!(redis.command(&["CLIENT", "UNPAUSE"]), "+OK");
+
+    // Nothing of it stays online, in `lobby` or the rooms the hook had entered.
+    wait_until(
+        Duration::from_secs(8),
+        "the abandoned socket offline",
+        || async move {
+            redis.command(&["HLEN", lobby]) == ":0"
+                && redis.command(&["EXISTS", "syd:chat:presence:r000:n1"]) == ":0"
+        },
+    )
+    .await;
+    let mut watcher = raw_chat_connect(&node, r#"{"name":"watcher"}"#).await;
+    await_event(&mut watcher, "welcome", |_| true).await;
+    let rooms = raw_chat_call(&mut watcher, 1, "rooms", "{}").await;
+    assert_eq!(rooms["rooms"][0]["room"], "lobby", "{rooms}");
+    assert_eq!(rooms["rooms"][0]["members"], 1, "only the watcher: {rooms}");
+}
+
+/// A node killed without saying goodbye: its users' presence entries expire, and every
+/// client of the other nodes is sent the new `presence` of its rooms. (The entries
+/// expired, the `rooms` counts followed, but nothing told the rooms: every client kept
+/// listing the dead node's users as online until someone else came or went.)
+#[tokio::test]
+async fn the_users_of_a_killed_node_leave_the_presence_lists() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    // Heartbeats every 500 ms.
+    let flags = ["--presence-ttl", "1500ms"];
+    let n1 = ChatNode::start("n1", Some(&url), &flags);
+    let mut n2 = ChatNode::start("n2", Some(&url), &flags);
+    let mut alice = raw_chat_connect(&n1, r#"{"name":"alice"}"#).await;
+    await_event(&mut alice, "welcome", |_| true).await;
+    let created = raw_chat_call(&mut alice, 1, "create", r#"{"room":"team"}"#).await;
+    assert_eq!(created["ok"], true, "{created}");
+    let mut bob = raw_chat_connect(&n2, r#"{"name":"bob"}"#).await;
+    await_event(&mut bob, "welcome", |_| true).await;
+    let joined = raw_chat_call(&mut bob, 1, "join", r#"{"room":"team"}"#).await;
+    assert_eq!(joined["ok"], true, "{joined}");
+    await_presence(&mut alice, &["lobby", "team"], &["alice", "bob"]).await;
+
+    n2.kill();
+    drop(bob);
+    // Within the TTL and a beat or two, every room of alice's is told.
+    await_presence(&mut alice, &["lobby", "team"], &["alice"]).await;
+}
+
+/// A tab that enters a room late (its user joined the room from another tab after this
+/// one connected) and speaks there is online in the room again once the other tab is
+/// gone: the room is told. (It was recorded as online, so `rooms` counted it, but no
+/// `presence` said so: every list showed the user offline while it was posting.)
+#[tokio::test]
+async fn a_tab_that_enters_a_room_late_is_announced() {
+    let redis = RedisServer::start();
+    let node = ChatNode::start("n1", Some(&redis.url()), &[]);
+    let mut watcher = raw_chat_connect(&node, r#"{"name":"watcher"}"#).await;
+    await_event(&mut watcher, "welcome", |_| true).await;
+    let created = raw_chat_call(&mut watcher, 1, "create", r#"{"room":"team"}"#).await;
+    assert_eq!(created["ok"], true, "{created}");
+    let mut tab_b = raw_chat_connect(&node, r#"{"name":"carol"}"#).await;
+    let welcome = await_event(&mut tab_b, "welcome", |_| true).await;
+    let token = welcome["token"].as_str().expect("a token");
+    let mut tab_a =
+        raw_chat_connect(&node, &format!(r#"{{"name":"carol","token":"{token}"}}"#)).await;
+    await_event(&mut tab_a, "welcome", |_| true).await;
+    let joined = raw_chat_call(&mut tab_a, 1, "join", r#"{"room":"team"}"#).await;
+    assert_eq!(joined["ok"], true, "{joined}");
+    await_presence(&mut watcher, &["team"], &["carol", "watcher"]).await;
+    drop(tab_a);
+    await_presence(&mut watcher, &["team"], &["watcher"]).await;
+
+    let sent = raw_chat_call(&mut tab_b, 1, "send", r#"{"room":"team","text":"back"}"#).await;
+    assert_eq!(sent["ok"], true, "{sent}");
+    await_presence(&mut watcher, &["team"], &["carol", "watcher"]).await;
+}
