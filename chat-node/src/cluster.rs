@@ -22,6 +22,22 @@
 //! [`crate::recovery`]); the stream is kept for the recovery window, and the adapter keeps
 //! its sockets' recovery records up to date in the [`SessionStore`].
 //!
+//! # One order for every node
+//!
+//! A node delivers its own broadcast to its own sockets only once its bus reader has
+//! reached the broadcast's entry in the log ([`ReadProgress`]), as every other node does.
+//! So on every node the local sockets see the namespace's broadcasts and room changes in
+//! the log's order, wherever they were made. That is what makes
+//! [`sockets_leave`](crate::socketio::BroadcastOperator::sockets_leave) hold cluster-wide:
+//! a leave is an entry of the same log ([`Leave`]), applied by each node's reader between
+//! two broadcasts, and once its append has returned every later broadcast is after it in
+//! the log; without the wait, a node could hand its own later broadcast to a local socket
+//! before its reader had applied the leave. The cost: a node's own sockets get its
+//! broadcasts one bus round trip later (the append's reply, then the entry coming back),
+//! as the other nodes' sockets already did. A reader that does not get there within
+//! [`ORDER_WAIT`] (stalled, the broker's live feed down) is not waited for longer:
+//! delivery goes on, out of that order, and says so in the log.
+//!
 //! An entry ([`Entry`], a small binary format: `cluster/entry.rs`) holds the encoded
 //! packet (text and attachments, as raw bytes), the rooms and `except`, and its origin: the
 //! node id, a random instance id of this process, and a sequence number. A node skips its
@@ -33,15 +49,17 @@
 
 mod entry;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 
-pub use entry::{Entry, EntryError};
+pub use entry::{Entry, EntryError, Leave};
 
 use crate::bus::{parse_id, Bus, BusEntry, LOG_START};
 use crate::engineio::Sid;
@@ -57,6 +75,10 @@ const REPLAY_PAGE: usize = 1000;
 /// The most log entries a replay scans: a client that missed more than this much traffic
 /// gets a new session rather than a node busy for seconds.
 const MAX_REPLAY_SCAN: usize = 100_000;
+
+/// The longest a broadcast waits for this node's reader to reach its entry before it is
+/// delivered to the local sockets all the same (see the module's documentation).
+pub const ORDER_WAIT: Duration = Duration::from_secs(1);
 
 /// The bus topic (the Redis Stream key) of namespace `nsp`: `syd:{/chat}:stream`. The
 /// braces are a Redis Cluster hash tag: every key of one namespace lands in one slot.
@@ -126,6 +148,7 @@ impl AdapterFactory for ClusterAdapterFactory {
             instance: self.instance,
             seq: AtomicU64::new(0),
             last_offset: Arc::new(Mutex::new(LastOffset::default())),
+            progress: Arc::new(ReadProgress::default()),
             recovery,
             _dropped: dropped,
         });
@@ -135,6 +158,7 @@ impl AdapterFactory for ClusterAdapterFactory {
                 local: Arc::downgrade(&adapter.local),
                 me: self.instance,
                 last_offset: Arc::clone(&adapter.last_offset),
+                progress: Arc::clone(&adapter.progress),
                 offsets: adapter.recovery.is_some(),
             };
             let weak = Arc::downgrade(&adapter);
@@ -147,6 +171,7 @@ impl AdapterFactory for ClusterAdapterFactory {
                 }
             });
         } else {
+            adapter.progress.close();
             tracing::error!(nsp = %nsp, "no Tokio runtime: the namespace will not receive other nodes' broadcasts");
         }
         adapter
@@ -220,9 +245,98 @@ pub struct ClusterAdapter {
     seq: AtomicU64,
     /// The last log entry this node has seen: where a new socket's replay would start.
     last_offset: Arc<Mutex<LastOffset>>,
+    /// How far this node's reader has gone.
+    progress: Arc<ReadProgress>,
     recovery: Option<Recovery>,
     /// Dropped with the adapter, which stops its bus reader.
     _dropped: oneshot::Sender<()>,
+}
+
+/// How far a node's bus reader has handled the log, and the broadcasts of this node
+/// waiting for it to reach their entries.
+#[derive(Default)]
+struct ReadProgress {
+    state: Mutex<ProgressState>,
+}
+
+#[derive(Default)]
+struct ProgressState {
+    /// The last entry handled.
+    through: Option<(u64, u64)>,
+    /// The reader has stopped: nobody waits for it any more.
+    closed: bool,
+    waiting: BTreeMap<(u64, u64), Vec<oneshot::Sender<()>>>,
+    /// Broadcasts delivered without waiting for the reader (counted for the log).
+    late: u64,
+}
+
+impl ReadProgress {
+    /// The reader has handled every entry up to `key` (a malformed id changes nothing:
+    /// the next entry's will).
+    fn reached(&self, key: Option<(u64, u64)>) {
+        let Some(key) = key else { return };
+        let ready: Vec<oneshot::Sender<()>> = {
+            let mut state = self.state.lock();
+            if state.through >= Some(key) {
+                return;
+            }
+            state.through = Some(key);
+            let keys: Vec<(u64, u64)> = state.waiting.range(..=key).map(|(k, _)| *k).collect();
+            keys.iter()
+                .filter_map(|k| state.waiting.remove(k))
+                .flatten()
+                .collect()
+        };
+        for waiter in ready {
+            // One that gave up waiting is gone; nothing to tell it.
+            let _ = waiter.send(());
+        }
+    }
+
+    /// The reader has stopped: release every waiter, now and later.
+    fn close(&self) {
+        let waiting = {
+            let mut state = self.state.lock();
+            state.closed = true;
+            std::mem::take(&mut state.waiting)
+        };
+        for waiter in waiting.into_values().flatten() {
+            let _ = waiter.send(());
+        }
+    }
+
+    /// Returns once the reader has handled the entry `key`, or after [`ORDER_WAIT`].
+    async fn wait(&self, key: (u64, u64)) {
+        let reached = {
+            let mut state = self.state.lock();
+            if state.closed || state.through >= Some(key) {
+                return;
+            }
+            let (tx, rx) = oneshot::channel();
+            state.waiting.entry(key).or_default().push(tx);
+            rx
+        };
+        if tokio::time::timeout(ORDER_WAIT, reached).await.is_ok() {
+            return;
+        }
+        let late = {
+            let mut state = self.state.lock();
+            if let Some(waiters) = state.waiting.get_mut(&key) {
+                waiters.retain(|tx| !tx.is_closed());
+                if waiters.is_empty() {
+                    state.waiting.remove(&key);
+                }
+            }
+            state.late += 1;
+            state.late
+        };
+        if late.is_power_of_two() {
+            tracing::warn!(
+                late,
+                "the bus reader is behind: broadcasts delivered to this node's sockets before it read them, out of the log's order"
+            );
+        }
+    }
 }
 
 /// Whether an encoded packet is an EVENT or BINARY_EVENT (which carry offsets).
@@ -263,6 +377,12 @@ fn reaches(opts: &BroadcastOptions, rooms: &HashSet<&str>) -> bool {
 }
 
 impl ClusterAdapter {
+    /// The next number of this instance's entries (broadcasts and leaves share it: the
+    /// readers' duplicate check goes by it).
+    fn next_seq(&self) -> u64 {
+        self.seq.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
     fn owner(&self, sid: Sid) -> String {
         format!("{:x}:{sid}", self.instance)
     }
@@ -336,15 +456,17 @@ impl Adapter for ClusterAdapter {
         Ok(self.local.rooms(sid))
     }
 
-    /// Without recovery: delivers locally, then publishes for the other nodes. With it:
-    /// appends, then delivers locally with the entry's id as the offset (without one when
-    /// the bus is unreachable: the entry waits in its buffer). An error means the other
-    /// nodes will not get it (the local sockets already have).
+    /// Appends, then delivers locally once this node's reader has reached the entry (in
+    /// the log's order, see the module's documentation), with the entry's id as the
+    /// offset when recovery is on. When the bus is unreachable (the entry waits in its
+    /// buffer, or was refused) the local sockets get it at once: there is no order to
+    /// keep then. An error means the other nodes will not get it (the local sockets
+    /// already have).
     async fn broadcast(&self, packet: Encoded, opts: BroadcastOptions) -> Result<(), AdapterError> {
         let entry = Entry {
             node: self.node.clone(),
             instance: self.instance,
-            seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
+            seq: self.next_seq(),
             packet,
             opts,
         };
@@ -356,19 +478,18 @@ impl Adapter for ClusterAdapter {
                 return Err(AdapterError::Unavailable(error.to_string()));
             }
         };
-        if self.recovery.is_none() {
-            self.local.deliver(packet, opts, None);
-            let published = self.bus.publish(&self.topic, bytes).await;
-            metrics().bus_publish(Topic::Broadcast, published.is_ok());
-            return published.map_err(|error| AdapterError::Unavailable(error.to_string()));
-        }
         let appended = self.bus.append(&self.topic, bytes).await;
         metrics().bus_publish(Topic::Broadcast, appended.is_ok());
         match appended {
             Ok(Some(id)) => {
                 let key = parse_id(&id);
                 advance(&self.last_offset, &id, key);
-                if is_event(packet) {
+                if let Some(key) = key {
+                    self.progress.wait(key).await;
+                }
+                if self.recovery.is_none() {
+                    self.local.deliver(packet, opts, None);
+                } else if is_event(packet) {
                     self.local.deliver(&packet.with_offset(&id), opts, key);
                 } else {
                     self.local.deliver(packet, opts, key);
@@ -383,6 +504,45 @@ impl Adapter for ClusterAdapter {
                 self.local.deliver(packet, opts, None);
                 Err(AdapterError::Unavailable(error.to_string()))
             }
+        }
+    }
+
+    /// This node's sockets leave at once (a broadcast of this node that starts afterwards
+    /// finds them out); then the leave is appended to the log, where every other node's
+    /// reader applies it in order: between the broadcasts appended before it, which may
+    /// still reach the sockets, and those appended after it, which do not (their own
+    /// node waits for its reader before delivering them). `Ok` only once the append
+    /// has its id: with the bus unreachable the leave waits in the bus's buffer (the
+    /// other nodes apply it when the bus is back), and the caller hears so.
+    async fn del_sockets(
+        &self,
+        opts: BroadcastOptions,
+        rooms: Vec<Room>,
+    ) -> Result<(), AdapterError> {
+        for sid in self.local.leave_selected(&opts, &rooms) {
+            self.rooms_changed(sid).await;
+        }
+        let leave = Leave {
+            node: self.node.clone(),
+            instance: self.instance,
+            seq: self.next_seq(),
+            opts,
+            rooms,
+        };
+        let bytes = leave
+            .encode()
+            .map_err(|error| AdapterError::Unavailable(error.to_string()))?;
+        let appended = self.bus.append(&self.topic, bytes).await;
+        metrics().bus_publish(Topic::Broadcast, appended.is_ok());
+        match appended {
+            Ok(Some(id)) => {
+                advance(&self.last_offset, &id, parse_id(&id));
+                Ok(())
+            }
+            Ok(None) => Err(AdapterError::Unavailable(
+                "bus unreachable: the other nodes get the leave once it is back".to_owned(),
+            )),
+            Err(error) => Err(AdapterError::Unavailable(error.to_string())),
         }
     }
 
@@ -563,6 +723,7 @@ impl Seen {
 }
 
 /// Counts the entries a receiver could not read.
+#[derive(Default)]
 struct Skipped(u64);
 
 impl Skipped {
@@ -588,51 +749,90 @@ struct Receiver {
     local: Weak<LocalAdapter>,
     me: u64,
     last_offset: Arc<Mutex<LastOffset>>,
+    progress: Arc<ReadProgress>,
     /// Append each event's offset (recovery is on).
     offsets: bool,
+}
+
+/// What a receiver keeps between entries.
+#[derive(Default)]
+struct ReceiverState {
+    seen: HashMap<u64, Seen, foldhash::fast::RandomState>,
+    skipped: Skipped,
 }
 
 impl Receiver {
     /// Ends when the namespace is gone or the bus closes the subscription.
     async fn run(self, mut entries: mpsc::Receiver<BusEntry>) {
-        let mut seen: HashMap<u64, Seen, foldhash::fast::RandomState> = HashMap::default();
-        let mut skipped = Skipped(0);
+        let mut state = ReceiverState::default();
         while let Some(BusEntry { id, data }) = entries.recv().await {
             let key = parse_id(&id);
             advance(&self.last_offset, &id, key);
-            let (instance, seq) = match entry::origin(&data) {
-                Ok(origin) => origin,
-                Err(error) => {
-                    skipped.note(&error, &id);
-                    continue;
-                }
-            };
-            if instance == self.me {
-                continue;
-            }
-            if !seen.entry(instance).or_default().insert(seq) {
-                tracing::debug!(instance = %format_args!("{instance:x}"), seq, "duplicate bus entry; skipped");
-                continue;
-            }
-            let Entry { packet, opts, .. } = match Entry::decode(&data) {
-                Ok(entry) => entry,
-                Err(error) => {
-                    skipped.note(&error, &id);
-                    continue;
-                }
-            };
-            let Some(local) = self.local.upgrade() else {
-                return;
-            };
-            // Another node's broadcast, read once: this node's own entries and duplicates
-            // were skipped above.
-            metrics().bus_received(Topic::Broadcast);
-            if self.offsets && is_event(&packet) {
-                local.deliver(&packet.with_offset(&id), &opts, key);
-            } else {
-                local.deliver(&packet, &opts, None);
+            let namespace_alive = self.handle(&id, key, &data, &mut state);
+            // After the entry is applied: a broadcast of this node waiting for its own
+            // entry finds every earlier one (a leave among them) done.
+            self.progress.reached(key);
+            if !namespace_alive {
+                break;
             }
         }
+        self.progress.close();
+    }
+
+    /// Applies one entry; `false` when the namespace is gone.
+    fn handle(
+        &self,
+        id: &str,
+        key: Option<(u64, u64)>,
+        data: &Bytes,
+        state: &mut ReceiverState,
+    ) -> bool {
+        let (instance, seq) = match entry::origin(data) {
+            Ok(origin) => origin,
+            Err(error) => {
+                state.skipped.note(&error, id);
+                return true;
+            }
+        };
+        // This node applied its own entries when it made them.
+        if instance == self.me {
+            return true;
+        }
+        if !state.seen.entry(instance).or_default().insert(seq) {
+            tracing::debug!(instance = %format_args!("{instance:x}"), seq, "duplicate bus entry; skipped");
+            return true;
+        }
+        let Some(local) = self.local.upgrade() else {
+            return false;
+        };
+        if entry::is_leave(data) {
+            match Leave::decode(data) {
+                // The recovery records of the sockets that left keep the room until they
+                // are next written: an application re-checks what a recovery brings back
+                // (the chat does, against the memberships).
+                Ok(leave) => {
+                    local.leave_selected(&leave.opts, &leave.rooms);
+                }
+                Err(error) => state.skipped.note(&error, id),
+            }
+            return true;
+        }
+        let Entry { packet, opts, .. } = match Entry::decode(data) {
+            Ok(entry) => entry,
+            Err(error) => {
+                state.skipped.note(&error, id);
+                return true;
+            }
+        };
+        // Another node's broadcast, read once: this node's own entries and duplicates
+        // were skipped above.
+        metrics().bus_received(Topic::Broadcast);
+        if self.offsets && is_event(&packet) {
+            local.deliver(&packet.with_offset(id), &opts, key);
+        } else {
+            local.deliver(&packet, &opts, None);
+        }
+        true
     }
 }
 
@@ -647,12 +847,19 @@ mod tests {
     use crate::bus::MemoryBus;
 
     #[derive(Default)]
-    struct Recorder(Mutex<Vec<(Sid, Encoded)>>);
+    struct Recorder(Mutex<Vec<(Sid, Encoded)>>, Mutex<Vec<(Sid, Room)>>);
 
     impl LocalSockets for Recorder {
         fn deliver(&self, sids: &[Sid], packet: &Encoded, _offset: Option<(u64, u64)>) {
             let mut got = self.0.lock();
             got.extend(sids.iter().map(|sid| (*sid, packet.clone())));
+        }
+
+        fn left(&self, sids: &[Sid], rooms: &[Room]) {
+            let mut left = self.1.lock();
+            for sid in sids {
+                left.extend(rooms.iter().map(|room| (*sid, room.clone())));
+            }
         }
     }
 
@@ -705,6 +912,43 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(on_a.0.lock().is_empty());
         assert_eq!(on_b.0.lock().len(), 1);
+    }
+
+    /// Once `del_sockets` has returned on one node, a broadcast that another node starts
+    /// reaches none of the selected sockets, its own included (it waits for its reader
+    /// to apply the leave), while the others still get it.
+    #[tokio::test]
+    async fn a_leave_is_applied_on_every_node_before_any_later_broadcast() {
+        let bus = MemoryBus::new();
+        let (a, on_a) = node(&bus, "a");
+        let (b, on_b) = node(&bus, "b");
+        let [a1, b1, b2] = [Sid::random(), Sid::random(), Sid::random()];
+        a.add_all(a1, vec![a1.into(), "@u".into(), "red".into()])
+            .await
+            .unwrap();
+        b.add_all(b1, vec![b1.into(), "@u".into(), "red".into()])
+            .await
+            .unwrap();
+        b.add_all(b2, vec![b2.into(), "red".into()]).await.unwrap();
+        let user = BroadcastOptions {
+            rooms: vec!["@u".into()],
+            except: vec![],
+        };
+        a.del_sockets(user, vec!["red".into()]).await.unwrap();
+        let packet = Encoded {
+            text: "2[\"m\"]".into(),
+            attachments: vec![],
+        };
+        let red = BroadcastOptions {
+            rooms: vec!["red".into()],
+            except: vec![],
+        };
+        b.broadcast(packet.clone(), red).await.unwrap();
+        assert_eq!(on_b.0.lock().clone(), vec![(b2, packet)]);
+        assert_eq!(on_a.1.lock().clone(), vec![(a1, Room::from("red"))]);
+        assert_eq!(on_b.1.lock().clone(), vec![(b1, Room::from("red"))]);
+        assert_eq!(b.rooms_of(b1).await.unwrap().len(), 2);
+        assert!(on_a.0.lock().is_empty());
     }
 
     #[tokio::test]

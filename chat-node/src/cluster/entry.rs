@@ -18,6 +18,14 @@
 //! | text: the rest of the entry, UTF-8
 //! ```
 //!
+//! A leave entry ([`Leave`]: sockets taken out of rooms on every node) has the same
+//! header with its own tag, then the rooms to leave instead of the packet:
+//!
+//! ```text
+//! "SYL" 0x01 | instance u64 | seq u64 | node str
+//! | rooms: u32 count, str… | except: u32 count, str… | leave: u32 count, str…
+//! ```
+//!
 //! Anything else (another version, an older node's JSON entry, a truncated entry) is
 //! refused with an [`EntryError`]; decoding never panics, and allocates in proportion to
 //! the entry's size whatever its counts say.
@@ -29,6 +37,9 @@ use crate::socketio::{BroadcastOptions, Encoded, Room};
 /// The tag and version that start every entry: not the start of any JSON text, so an
 /// entry of the earlier JSON format is refused as foreign.
 const MAGIC: [u8; 4] = *b"SYB\x01";
+/// The tag and version of a leave entry: a node of an earlier version, which has no
+/// such entry, skips it as foreign.
+const LEAVE_MAGIC: [u8; 4] = *b"SYL\x01";
 /// Magic, instance, seq: what [`origin`] reads.
 const ORIGIN_LEN: usize = MAGIC.len() + 8 + 8;
 
@@ -74,28 +85,14 @@ impl Entry {
             packet,
             opts,
         } = self;
-        let names = opts.rooms.iter().chain(&opts.except);
-        let size = ORIGIN_LEN
-            + 4 * 4
-            + node.len()
-            + names.map(|r| 4 + r.as_str().len()).sum::<usize>()
+        let body = 4
             + packet
                 .attachments
                 .iter()
                 .map(|a| 4 + a.len())
                 .sum::<usize>()
             + packet.text.len();
-        let mut out = BytesMut::with_capacity(size);
-        out.put_slice(&MAGIC);
-        out.put_u64(*instance);
-        out.put_u64(*seq);
-        put_bytes(&mut out, node.as_bytes())?;
-        for rooms in [&opts.rooms, &opts.except] {
-            put_len(&mut out, rooms.len())?;
-            for room in rooms {
-                put_bytes(&mut out, room.as_str().as_bytes())?;
-            }
-        }
+        let mut out = put_head(MAGIC, (*instance, *seq), node, opts, body)?;
         put_len(&mut out, packet.attachments.len())?;
         for attachment in &packet.attachments {
             put_bytes(&mut out, attachment)?;
@@ -106,14 +103,7 @@ impl Entry {
 
     /// Reads an entry; its attachments share `data`'s buffer.
     pub fn decode(data: &Bytes) -> Result<Self, EntryError> {
-        let (instance, seq) = origin(data)?;
-        let mut reader = Reader {
-            data,
-            at: ORIGIN_LEN,
-        };
-        let node = reader.str()?.to_owned();
-        let rooms = reader.rooms()?;
-        let except = reader.rooms()?;
+        let (mut reader, (instance, seq), node, opts) = read_head(data, MAGIC)?;
         let count = reader.count()?;
         let mut attachments = Vec::new();
         for _ in 0..count {
@@ -128,23 +118,127 @@ impl Entry {
             instance,
             seq,
             packet: Encoded { text, attachments },
-            opts: BroadcastOptions { rooms, except },
+            opts,
         })
     }
+}
+
+/// Sockets to take out of rooms, on every node: those `opts` selects leave `rooms` (the
+/// reference server's `socketsLeave`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leave {
+    /// The publishing node's id (for logs).
+    pub node: String,
+    /// The publishing process, as in [`Entry`].
+    pub instance: u64,
+    /// In the same numbering as the instance's broadcasts.
+    pub seq: u64,
+    /// Which sockets leave.
+    pub opts: BroadcastOptions,
+    /// The rooms they leave.
+    pub rooms: Vec<Room>,
+}
+
+impl Leave {
+    /// The entry's bytes.
+    pub fn encode(&self) -> Result<Bytes, EntryError> {
+        let body = 4 + self
+            .rooms
+            .iter()
+            .map(|r| 4 + r.as_str().len())
+            .sum::<usize>();
+        let origin = (self.instance, self.seq);
+        let mut out = put_head(LEAVE_MAGIC, origin, &self.node, &self.opts, body)?;
+        put_rooms(&mut out, &self.rooms)?;
+        Ok(out.freeze())
+    }
+
+    /// Reads a leave entry.
+    pub fn decode(data: &Bytes) -> Result<Self, EntryError> {
+        let (mut reader, (instance, seq), node, opts) = read_head(data, LEAVE_MAGIC)?;
+        let rooms = reader.rooms()?;
+        if reader.at != data.len() {
+            return Err(EntryError::Truncated);
+        }
+        Ok(Self {
+            node,
+            instance,
+            seq,
+            opts,
+            rooms,
+        })
+    }
+}
+
+/// Whether `data` is a leave entry (else a broadcast, or foreign).
+pub fn is_leave(data: &[u8]) -> bool {
+    data.starts_with(&LEAVE_MAGIC)
+}
+
+/// A buffer for an entry with tag `magic`, holding the header every entry starts with:
+/// origin, node, selection; `body` more bytes are to follow.
+fn put_head(
+    magic: [u8; 4],
+    (instance, seq): (u64, u64),
+    node: &str,
+    opts: &BroadcastOptions,
+    body: usize,
+) -> Result<BytesMut, EntryError> {
+    let names = opts.rooms.iter().chain(&opts.except);
+    let size =
+        ORIGIN_LEN + 4 * 3 + node.len() + names.map(|r| 4 + r.as_str().len()).sum::<usize>() + body;
+    let mut out = BytesMut::with_capacity(size);
+    out.put_slice(&magic);
+    out.put_u64(instance);
+    out.put_u64(seq);
+    put_bytes(&mut out, node.as_bytes())?;
+    put_rooms(&mut out, &opts.rooms)?;
+    put_rooms(&mut out, &opts.except)?;
+    Ok(out)
+}
+
+/// Reads the header of an entry with tag `magic`: a reader at the body, the origin, the
+/// node and the selection.
+fn read_head(
+    data: &Bytes,
+    magic: [u8; 4],
+) -> Result<(Reader<'_>, (u64, u64), String, BroadcastOptions), EntryError> {
+    if !data.starts_with(&magic) {
+        return Err(EntryError::Foreign);
+    }
+    let origin = origin(data)?;
+    let mut reader = Reader {
+        data,
+        at: ORIGIN_LEN,
+    };
+    let node = reader.str()?.to_owned();
+    let rooms = reader.rooms()?;
+    let except = reader.rooms()?;
+    Ok((reader, origin, node, BroadcastOptions { rooms, except }))
+}
+
+fn put_rooms(out: &mut BytesMut, rooms: &[Room]) -> Result<(), EntryError> {
+    put_len(out, rooms.len())?;
+    for room in rooms {
+        put_bytes(out, room.as_str().as_bytes())?;
+    }
+    Ok(())
 }
 
 /// The publishing instance and sequence number of an entry, read without decoding the
 /// rest.
 pub fn origin(data: &[u8]) -> Result<(u64, u64), EntryError> {
     let Some(head) = data.get(..ORIGIN_LEN) else {
-        return Err(if data.starts_with(&MAGIC) {
-            EntryError::Truncated
-        } else {
-            EntryError::Foreign
-        });
+        return Err(
+            if data.starts_with(&MAGIC) || data.starts_with(&LEAVE_MAGIC) {
+                EntryError::Truncated
+            } else {
+                EntryError::Foreign
+            },
+        );
     };
     let (magic, numbers) = head.split_at(MAGIC.len());
-    if magic != MAGIC {
+    if magic != MAGIC && magic != LEAVE_MAGIC {
         return Err(EntryError::Foreign);
     }
     let (instance, seq) = numbers.split_at(8);
@@ -296,6 +390,37 @@ mod tests {
             Entry::decode(&Bytes::from(huge)),
             Err(EntryError::Truncated)
         );
+    }
+
+    #[test]
+    fn a_leave_entry_round_trips_and_is_no_broadcast() {
+        let leave = Leave {
+            node: "n2".into(),
+            instance: 9,
+            seq: 3,
+            opts: BroadcastOptions {
+                rooms: vec!["@u1".into()],
+                except: vec![],
+            },
+            rooms: vec!["#secret".into()],
+        };
+        let bytes = leave.encode().unwrap();
+        assert!(is_leave(&bytes) && !is_leave(&sample().encode().unwrap()));
+        assert_eq!(Leave::decode(&bytes).unwrap(), leave);
+        assert_eq!(origin(&bytes).unwrap(), (9, 3));
+        // A replay reading the log as broadcasts passes over it.
+        assert_eq!(Entry::decode(&bytes), Err(EntryError::Foreign));
+        assert_eq!(
+            Leave::decode(&sample().encode().unwrap()),
+            Err(EntryError::Foreign)
+        );
+        for cut in MAGIC.len()..bytes.len() {
+            assert_eq!(
+                Leave::decode(&bytes.slice(..cut)),
+                Err(EntryError::Truncated),
+                "cut at {cut}"
+            );
+        }
     }
 
     proptest! {

@@ -97,6 +97,11 @@ pub trait LocalSockets: Send + Sync + 'static {
     ///
     /// [`parse_id`]: crate::bus::parse_id
     fn deliver(&self, sids: &[Sid], packet: &Encoded, offset: Option<(u64, u64)>);
+
+    /// The local sockets `sids` were taken out of `rooms` by
+    /// [`Adapter::del_sockets`] (called on this node or another). Called on the adapter's
+    /// own path (a bus reader, between two entries): it must not block.
+    fn left(&self, _sids: &[Sid], _rooms: &[Room]) {}
 }
 
 /// The recorded state of a socket that a reconnecting client may take back
@@ -143,6 +148,16 @@ pub trait Adapter: Send + Sync + 'static {
     async fn broadcast(&self, packet: Encoded, opts: BroadcastOptions) -> Result<(), AdapterError>;
     /// The ids of the sockets `opts` selects.
     async fn sockets(&self, opts: BroadcastOptions) -> Result<Vec<Sid>, AdapterError>;
+    /// Takes the sockets `opts` selects out of `rooms`, wherever they are connected (the
+    /// reference server's `socketsLeave`). When it returns `Ok`, this node's sockets have
+    /// left, and no broadcast that starts afterwards, on any node, reaches one of the
+    /// selected sockets through those rooms. An error means the other nodes may not have
+    /// been told (this node's sockets have left all the same).
+    async fn del_sockets(
+        &self,
+        opts: BroadcastOptions,
+        rooms: Vec<Room>,
+    ) -> Result<(), AdapterError>;
 
     /// Whether this adapter recovers connection states: sockets then get a private id.
     fn recovers(&self) -> bool {
@@ -316,6 +331,24 @@ impl LocalAdapter {
             .collect()
     }
 
+    /// Takes the local sockets `opts` selects out of `rooms`, and tells the namespace
+    /// which ([`LocalSockets::left`]).
+    pub fn leave_selected(&self, opts: &BroadcastOptions, rooms: &[Room]) -> Vec<Sid> {
+        let sids = self.targets(opts);
+        if sids.is_empty() {
+            return sids;
+        }
+        for sid in &sids {
+            for room in rooms {
+                self.leave(*sid, room);
+            }
+        }
+        if let Some(local) = self.local.upgrade() {
+            local.left(&sids, rooms);
+        }
+        sids
+    }
+
     /// Delivers `packet` to the local sockets `opts` selects.
     pub fn deliver(&self, packet: &Encoded, opts: &BroadcastOptions, offset: Option<(u64, u64)>) {
         let Some(local) = self.local.upgrade() else {
@@ -356,6 +389,15 @@ impl Adapter for LocalAdapter {
 
     async fn sockets(&self, opts: BroadcastOptions) -> Result<Vec<Sid>, AdapterError> {
         Ok(self.targets(&opts))
+    }
+
+    async fn del_sockets(
+        &self,
+        opts: BroadcastOptions,
+        rooms: Vec<Room>,
+    ) -> Result<(), AdapterError> {
+        self.leave_selected(&opts, &rooms);
+        Ok(())
     }
 }
 

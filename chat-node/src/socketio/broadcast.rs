@@ -64,6 +64,12 @@ impl BroadcastOperator {
         Ok(self.ns.adapter().broadcast(packet, self.opts).await?)
     }
 
+    /// Takes every selected socket, on every node, out of `rooms` (see
+    /// [`Adapter::del_sockets`](super::Adapter::del_sockets) for what `Ok` promises).
+    pub async fn sockets_leave(self, rooms: Vec<Room>) -> Result<(), EmitError> {
+        Ok(self.ns.adapter().del_sockets(self.opts, rooms).await?)
+    }
+
     /// The selected sockets connected to this node.
     pub async fn local_sockets(self) -> Result<Vec<SocketRef>, EmitError> {
         let sids = self.ns.adapter().sockets(self.opts).await?;

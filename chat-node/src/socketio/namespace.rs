@@ -118,12 +118,18 @@ where
     }
 }
 
+/// What the application is told when sockets of this node were taken out of rooms by
+/// [`BroadcastOperator::sockets_leave`] (here or on another node): the sockets, the rooms.
+/// Called between two bus entries: it must not block.
+pub type LeftHook = dyn Fn(&[Sid], &[Room]) + Send + Sync;
+
 /// A namespace's state, shared by its sockets.
 pub(crate) struct NamespaceInner {
     name: Namespace,
     hook: Box<dyn ConnectHook>,
     adapter: Arc<dyn Adapter>,
     recovery_check: RwLock<Option<Arc<dyn RecoveryCheck>>>,
+    left_hook: RwLock<Option<Arc<LeftHook>>>,
     sockets: RwLock<SidMap<SocketRef>>,
 }
 
@@ -140,6 +146,7 @@ impl NamespaceInner {
                 name,
                 hook,
                 recovery_check: RwLock::new(None),
+                left_hook: RwLock::new(None),
                 sockets: RwLock::new(SidMap::default()),
             }
         })
@@ -194,6 +201,13 @@ impl LocalSockets for NamespaceInner {
         }
         // One atomic add per broadcast, not one per recipient.
         crate::metrics::metrics().packets_sent.add(sent);
+    }
+
+    fn left(&self, sids: &[Sid], rooms: &[Room]) {
+        let hook = self.left_hook.read().clone();
+        if let Some(hook) = hook {
+            hook(sids, rooms);
+        }
     }
 }
 
@@ -250,5 +264,11 @@ impl Nsp {
     /// as with the reference server.
     pub fn on_recovery(&self, check: impl RecoveryCheck) {
         *self.0.recovery_check.write() = Some(Arc::new(check));
+    }
+
+    /// Sets what to call when sockets of this node are taken out of rooms by a
+    /// [`BroadcastOperator::sockets_leave`] of any node (replacing any previous hook).
+    pub fn on_sockets_left(&self, hook: impl Fn(&[Sid], &[Room]) + Send + Sync + 'static) {
+        *self.0.left_hook.write() = Some(Arc::new(hook));
     }
 }
