@@ -43,6 +43,11 @@ pub enum ChatError {
     /// `history` with a `before` that is not a message id.
     #[error("invalid cursor")]
     InvalidCursor,
+    /// `leave` ended the membership and took this node's sockets of the user out of the
+    /// room, but the other nodes could not be told (the bus is unreachable): the user's
+    /// sockets there may still get the room until they are, or until they reconnect.
+    #[error("leave incomplete")]
+    LeaveIncomplete,
     /// The store (Redis) failed; details are in the node's log.
     #[error("unavailable")]
     Unavailable,

@@ -139,7 +139,7 @@ async fn member(
     if room != LOBBY && !chat.store.is_member(room, user).await? {
         return Err(not_member(chat, room).await);
     }
-    chat.enter_late(socket, room).await;
+    chat.enter_late(socket, user, room).await;
     Ok(())
 }
 
@@ -221,8 +221,7 @@ async fn create(chat: Arc<ChatInner>, socket: SocketRef, request: CreateRequest)
         return Err(ChatError::RoomExists);
     }
     chat.store.add_member(&room, &user).await?;
-    chat.enter(&socket, &room).await;
-    chat.presence_changed(&room);
+    chat.enter_late(&socket, &user, &room).await;
     let mut answer = fields(json!({"room": room}));
     if let Some(invite) = invite {
         answer.insert("invite".to_owned(), Value::String(invite));
@@ -257,7 +256,7 @@ async fn join(chat: Arc<ChatInner>, socket: SocketRef, request: JoinRequest) -> 
         }
     }
     let added = !already && chat.store.add_member(&room, &user).await?;
-    chat.enter(&socket, &room).await;
+    chat.enter_late(&socket, &user, &room).await;
     let history = chat
         .store
         .history(&room, None, chat.config.history_on_join)
@@ -295,8 +294,12 @@ struct RoomRequest {
     room: String,
 }
 
-/// `leave {room}`: ends the membership (this socket leaves the room at once; the user's
-/// other sockets stop receiving it when they reconnect).
+/// `leave {room}`: ends the membership, and takes every socket of the user, on every
+/// node, out of the room (see the chat module's documentation for why none gets a message
+/// sent after the ack). The store first: if it fails, nothing has changed and the ack
+/// says `unavailable`. If the other nodes cannot be told, the membership has ended all
+/// the same and the ack says `leave incomplete`; a retry tells them (a `leave` of a room
+/// the user is not in still takes the user's sockets out).
 async fn leave(chat: Arc<ChatInner>, socket: SocketRef, request: RoomRequest) -> Answer {
     let (user, name) = identity(&chat, &socket)?;
     let room = validate::room(&request.room)?;
@@ -305,15 +308,14 @@ async fn leave(chat: Arc<ChatInner>, socket: SocketRef, request: RoomRequest) ->
     }
     admit_join(&chat, &user).await?;
     let removed = chat.store.remove_member(&room, &user).await?;
-    let was_in = chat.exit(&socket, &room).await;
+    // Each node whose sockets leave tells the room's presence (only a real change is
+    // announced: a stranger's `leave` sends nothing to the room).
+    let everywhere = chat.exit_everywhere(&user, &room).await;
     if removed {
         let notice = json!({"room": room, "text": format!("{name} left"), "ts": now_ms()});
         chat.broadcast(&room, "system", notice).await;
     }
-    // Only a real change is announced: a stranger's `leave` sends nothing to the room.
-    if removed || was_in {
-        chat.presence_changed(&room);
-    }
+    everywhere?;
     Ok(Map::new())
 }
 
@@ -356,7 +358,7 @@ async fn send(chat: Arc<ChatInner>, socket: SocketRef, request: SendRequest) -> 
         Posted::RateLimited => Err(ChatError::RateLimited),
         Posted::Appended(id) => Ok(id),
     };
-    chat.enter_late(&socket, &room).await;
+    chat.enter_late(&socket, &stored.user, &room).await;
     let id = id?;
     let message = Message::new(id.clone(), &room, stored);
     let payload = serde_json::to_value(&message).unwrap_or_default();

@@ -21,6 +21,27 @@
 //! connection-state recovery goes only to the same user (the token's user id is recorded
 //! with the state) and brings back only the rooms it is still a member of, and their
 //! missed broadcasts only (`may_recover`).
+//!
+//! # Leaving a room on every node
+//!
+//! Every socket is also in its user's Socket.IO room ([`user_room`]). `leave` ends the
+//! membership in the store, then takes every socket of the user room out of the chat
+//! room, on every node, through the adapter ([`crate::cluster`]: a leave entry in the
+//! namespace's log, which every node applies in the log's order, and a node delivers even
+//! its own broadcasts in that order). Why no socket of the user receives a message sent
+//! after the `leave` ack:
+//! - The message's broadcast is appended to the log after the leave entry (the ack waits
+//!   for the leave's append), so every node applies the leave before it delivers it.
+//! - A socket that was not in the room when its node applied the leave cannot enter it
+//!   afterwards: each way in (the connect hook, `join`, `create`, a late entry) puts the
+//!   socket in the room first and reads the membership after; a read after the store
+//!   dropped the membership makes the socket leave again, and a read before it means the
+//!   socket was in the room (and its user's room, joined first of all) before the leave
+//!   entry was even appended, so that its node's reader takes it out.
+//!
+//! Each node then removes its sockets' presence in the room and announces it, so the
+//! room's `presence` stops listing the user. `leave` is the only way a membership ends
+//! (rooms are never deleted, nobody is removed by someone else).
 
 pub mod config;
 pub mod error;
@@ -56,6 +77,13 @@ pub const LOBBY: &str = "lobby";
 /// room name and in no socket id.
 pub(crate) fn sio_room(room: &str) -> Room {
     Room::from(format!("#{room}"))
+}
+
+/// The Socket.IO room of all the sockets of user `user`, on every node: what a `leave`
+/// takes out of the room. `@` is in no user id, no socket id, and starts no chat room's
+/// Socket.IO room.
+pub(crate) fn user_room(user: &str) -> Room {
+    Room::from(format!("@{user}"))
 }
 
 /// The chat room a Socket.IO room stands for, if it is one.
@@ -166,6 +194,12 @@ pub fn register(
             }
         },
     );
+    let weak = Arc::downgrade(&inner);
+    nsp.on_sockets_left(move |sids: &[Sid], rooms: &[Room]| {
+        if let Some(chat) = weak.upgrade() {
+            chat.sockets_left(sids, rooms);
+        }
+    });
     let _ = inner.nsp.set(nsp);
     tokio::spawn(presence::heartbeat(Arc::downgrade(&inner)));
     Ok(Chat { inner })
@@ -284,6 +318,11 @@ async fn connect(
     );
     // Recorded with the socket's recovery state: only this user may take it back.
     socket.set_identity(user.clone());
+    // Before any chat room (and before any request can come): a `leave` from another
+    // tab must find every socket that may be in the room (see the module's documentation).
+    if let Err(error) = socket.join(user_room(&user)).await {
+        tracing::warn!(%error, "joining the user's socket.io room");
+    }
     handlers::register(&chat, &socket);
     let weak = Arc::downgrade(&chat);
     socket.on_disconnect(move |socket, _reason| {
@@ -294,11 +333,17 @@ async fn connect(
     for room in &rooms {
         chat.enter(&socket, room).await;
     }
+    let announced = rooms.clone();
+    // The memberships were read before the socket entered the rooms: the user may have
+    // left one since, from another tab, too early for that leave to find this socket in
+    // the room.
+    let rooms = chat.still_member(&socket, &user, rooms).await;
     // A recovered socket got its Socket.IO rooms back before this hook, checked against
     // the memberships of a moment ago: one the user left since then goes now.
     if socket.recovered() {
-        chat.drop_stale_rooms(&socket, &rooms).await;
+        chat.drop_stale_rooms(&socket, &user, &rooms).await;
     }
+    let rooms = announced;
     // Everyone in those rooms, this socket included (it is reachable by broadcasts once
     // the hook returns, well before the debounced broadcast), gets the new member list.
     for room in &rooms {
@@ -358,18 +403,62 @@ impl ChatInner {
         true
     }
 
-    /// [`enter`](Self::enter) for a socket of a member that may not be in the room yet
-    /// (the user joined from another tab since it connected): when it was not, the room
-    /// is told, as for any socket that comes.
-    async fn enter_late(self: &Arc<Self>, socket: &SocketRef, room: &str) {
-        if self.enter(socket, room).await {
-            self.presence_changed(room);
+    /// [`enter`](Self::enter) for a socket of user `user`, a member of `room` when
+    /// checked a moment ago, that may not be in the room yet (the user joined from
+    /// another tab since it connected, or is joining now): when it was not, the
+    /// membership is read again, now that the socket is in, and the room is told, as for
+    /// any socket that comes. A membership ended meanwhile (a `leave` from another tab,
+    /// which may have missed this socket) takes it out again.
+    async fn enter_late(self: &Arc<Self>, socket: &SocketRef, user: &str, room: &str) {
+        if !self.enter(socket, room).await {
+            return;
         }
+        if room != LOBBY {
+            let member = self.store.is_member(room, user).await;
+            if let Err(error) = &member {
+                error::store_failed(error, "checking a membership");
+            }
+            // Unknown counts as ended: the socket comes back on its next request there.
+            if !member.unwrap_or(false) {
+                self.exit(socket, room).await;
+            }
+        }
+        self.presence_changed(room);
     }
 
-    /// Takes the socket out of the Socket.IO rooms that are not among the chat rooms
-    /// `rooms` (nor its own room).
-    async fn drop_stale_rooms(&self, socket: &SocketRef, rooms: &BTreeSet<String>) {
+    /// The rooms of `entered` (which the socket of `user` has just entered) that the
+    /// user is still a member of, read now; the socket leaves the others. When the store
+    /// cannot say, the socket keeps `lobby` only: it enters its other rooms on its next
+    /// request there.
+    async fn still_member(
+        &self,
+        socket: &SocketRef,
+        user: &str,
+        entered: BTreeSet<String>,
+    ) -> BTreeSet<String> {
+        // `lobby` alone: nothing to leave.
+        if entered.len() <= 1 {
+            return entered;
+        }
+        let now: HashSet<String> = match self.store.rooms_of(user).await {
+            Ok(rooms) => rooms.into_iter().collect(),
+            Err(error) => {
+                error::store_failed(&error, "a connection");
+                HashSet::new()
+            }
+        };
+        let (kept, gone): (BTreeSet<String>, BTreeSet<String>) = entered
+            .into_iter()
+            .partition(|room| room == LOBBY || now.contains(room));
+        for room in &gone {
+            self.exit(socket, room).await;
+        }
+        kept
+    }
+
+    /// Takes the socket of `user` out of the Socket.IO rooms that are not among the chat
+    /// rooms `rooms` (nor its own room, nor its user's).
+    async fn drop_stale_rooms(&self, socket: &SocketRef, user: &str, rooms: &BTreeSet<String>) {
         let current = match socket.rooms().await {
             Ok(current) => current,
             Err(error) => {
@@ -378,8 +467,9 @@ impl ChatInner {
             }
         };
         let own = Room::from(socket.id());
+        let user = user_room(user);
         for room in current {
-            if room != own && !chat_room(&room).is_some_and(|r| rooms.contains(r)) {
+            if room != own && room != user && !chat_room(&room).is_some_and(|r| rooms.contains(r)) {
                 if let Err(error) = socket.leave(room.clone()).await {
                     tracing::warn!(%error, %room, "leaving a socket.io room");
                 }
@@ -414,13 +504,63 @@ impl ChatInner {
         true
     }
 
+    /// Takes every socket of `user`, on every node, out of `room` (see the module's
+    /// documentation); this node's at once. An error: the other nodes could not be told.
+    async fn exit_everywhere(&self, user: &str, room: &str) -> Result<(), ChatError> {
+        let Some(nsp) = self.nsp() else {
+            return Err(ChatError::Unavailable);
+        };
+        nsp.to(user_room(user))
+            .sockets_leave(vec![sio_room(room)])
+            .await
+            .map_err(|error| {
+                tracing::warn!(%error, room, "a leave not told to the other nodes");
+                ChatError::LeaveIncomplete
+            })
+    }
+
+    /// The adapter took local sockets out of rooms (a `leave` of their user, made on this
+    /// node or another): they are no longer online there. Runs between two entries of the
+    /// bus reader: the presence writes go to a task.
+    fn sockets_left(self: &Arc<Self>, sids: &[Sid], rooms: &[Room]) {
+        let rooms: Vec<&str> = rooms.iter().filter_map(chat_room).collect();
+        let mut gone: Vec<(Sid, String)> = Vec::new();
+        {
+            let mut sessions = self.sessions.lock();
+            for sid in sids {
+                let Some(session) = sessions.get_mut(sid) else {
+                    continue;
+                };
+                for room in &rooms {
+                    if session.rooms.remove(*room) {
+                        gone.push((*sid, (*room).to_owned()));
+                    }
+                }
+            }
+        }
+        if gone.is_empty() {
+            return;
+        }
+        let chat = Arc::clone(self);
+        tokio::spawn(async move {
+            chat.went_offline(&gone).await;
+        });
+    }
+
     /// A socket is gone: forget it and tell its rooms who is left.
     async fn disconnected(self: Arc<Self>, sid: Sid) {
         let Some(session) = self.sessions.lock().remove(&sid) else {
             return;
         };
+        let gone: Vec<(Sid, String)> = session.rooms.into_iter().map(|room| (sid, room)).collect();
+        self.went_offline(&gone).await;
+    }
+
+    /// Removes the presence of each socket in its room (sessions no longer list them),
+    /// then tells those rooms.
+    async fn went_offline(self: &Arc<Self>, gone: &[(Sid, String)]) {
         let writing = self.presence_writes.read().await;
-        for room in &session.rooms {
+        for (sid, room) in gone {
             let removed = self
                 .store
                 .presence_remove(&self.node, room, sid.as_str())
@@ -430,7 +570,8 @@ impl ChatInner {
             }
         }
         drop(writing);
-        for room in &session.rooms {
+        let rooms: BTreeSet<&str> = gone.iter().map(|(_, room)| room.as_str()).collect();
+        for room in rooms {
             self.presence_changed(room);
         }
     }
@@ -489,6 +630,16 @@ impl ChatInner {
                 let Some(socket) = sid.parse().ok().and_then(|sid| nsp.socket(sid)) else {
                     continue;
                 };
+                // Not to a socket that left the room since the snapshot (its user's
+                // `leave`): a room's events stop at the leave.
+                let still_in = self
+                    .sessions
+                    .lock()
+                    .get(&socket.id())
+                    .is_some_and(|session| session.rooms.contains(room));
+                if !still_in {
+                    continue;
+                }
                 // A socket that went away meanwhile has nothing to be told.
                 let _ = socket.emit("presence", vec![Data::from(event.clone())]);
             }
