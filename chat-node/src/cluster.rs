@@ -870,6 +870,20 @@ mod tests {
         (factory.create(&Namespace::root(), local), recorder)
     }
 
+    /// Nodes a and b on one bus, with socket a1 on a, b1 and b2 on b; each socket is in
+    /// its own room and in the rooms given for it.
+    async fn two_nodes(rooms: [&[&str]; 3]) -> ([(Arc<dyn Adapter>, Arc<Recorder>); 2], [Sid; 3]) {
+        let bus = MemoryBus::new();
+        let nodes = [node(&bus, "a"), node(&bus, "b")];
+        let sids = [Sid::random(), Sid::random(), Sid::random()];
+        for ((sid, rooms), on) in sids.iter().zip(rooms).zip([0, 1, 1]) {
+            let mut all = vec![Room::from(*sid)];
+            all.extend(rooms.iter().map(|r| Room::from(*r)));
+            nodes[on].0.add_all(*sid, all).await.unwrap();
+        }
+        (nodes, sids)
+    }
+
     async fn eventually(recorder: &Recorder, n: usize) -> Vec<(Sid, Encoded)> {
         for _ in 0..100 {
             if recorder.0.lock().len() >= n {
@@ -891,13 +905,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_broadcast_reaches_room_members_on_every_node_except_the_excluded() {
-        let bus = MemoryBus::new();
-        let (a, on_a) = node(&bus, "a");
-        let (b, on_b) = node(&bus, "b");
-        let [a1, b1, b2] = [Sid::random(), Sid::random(), Sid::random()];
-        a.add_all(a1, vec![a1.into(), "red".into()]).await.unwrap();
-        b.add_all(b1, vec![b1.into(), "red".into()]).await.unwrap();
-        b.add_all(b2, vec![b2.into(), "red".into()]).await.unwrap();
+        let ([(a, on_a), (_b, on_b)], [a1, b1, b2]) =
+            two_nodes([&["red"], &["red"], &["red"]]).await;
         let packet = Encoded {
             text: "2[\"m\",{\"_placeholder\":true,\"num\":0}]".into(),
             attachments: vec![Bytes::from_static(b"\x00\xff")],
@@ -919,17 +928,8 @@ mod tests {
     /// to apply the leave), while the others still get it.
     #[tokio::test]
     async fn a_leave_is_applied_on_every_node_before_any_later_broadcast() {
-        let bus = MemoryBus::new();
-        let (a, on_a) = node(&bus, "a");
-        let (b, on_b) = node(&bus, "b");
-        let [a1, b1, b2] = [Sid::random(), Sid::random(), Sid::random()];
-        a.add_all(a1, vec![a1.into(), "@u".into(), "red".into()])
-            .await
-            .unwrap();
-        b.add_all(b1, vec![b1.into(), "@u".into(), "red".into()])
-            .await
-            .unwrap();
-        b.add_all(b2, vec![b2.into(), "red".into()]).await.unwrap();
+        let ([(a, on_a), (b, on_b)], [a1, b1, b2]) =
+            two_nodes([&["@u", "red"], &["@u", "red"], &["red"]]).await;
         let user = BroadcastOptions {
             rooms: vec!["@u".into()],
             except: vec![],

@@ -185,6 +185,33 @@ pub async fn raw_chat_connect(node: &ChatNode, auth: &str) -> Ws {
     ws
 }
 
+/// The events (`[name, payload, …]`) read on `ws` up to and including the first `event`
+/// whose payload satisfies `pred`, in their order of arrival.
+///
+/// # Panics
+/// If no such event comes within [`STEP_TIMEOUT`] of the previous packet.
+pub async fn events_until(
+    ws: &mut Ws,
+    event: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> Vec<serde_json::Value> {
+    let mut seen = Vec::new();
+    loop {
+        let Some(Message::Text(text)) = ws_recv(ws, STEP_TIMEOUT).await else {
+            panic!("no {event} event in time; got {seen:?}");
+        };
+        let Some(json) = text.strip_prefix("42") else {
+            continue;
+        };
+        let args: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
+        let done = args[0] == event && pred(&args[1]);
+        seen.push(args);
+        if done {
+            return seen;
+        }
+    }
+}
+
 /// Emits chat event `event` with `payload` (JSON) and ack id `id` on a
 /// [`raw_chat_socket`], and returns the ack's answer (`{"ok":…}`); other packets are
 /// skipped.

@@ -8,30 +8,9 @@
 //! `cargo build -p chat-node --bin chat-node && cargo test -p tests --test chat_leave`.
 
 use serde_json::{json, Value};
-use tests::chatnode::{raw_chat_call, raw_chat_connect, ChatNode};
+use tests::chatnode::{events_until, raw_chat_call, raw_chat_connect, ChatNode};
 use tests::redis::RedisServer;
-use tests::{ws_recv, Ws, STEP_TIMEOUT};
-use tokio_tungstenite::tungstenite::Message;
-
-/// The events (`[name, payload]`) read on `ws` up to and including the first `event`
-/// whose payload satisfies `pred`, in their order of arrival.
-async fn events_until(ws: &mut Ws, event: &str, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
-    let mut seen = Vec::new();
-    loop {
-        let Some(Message::Text(text)) = ws_recv(ws, STEP_TIMEOUT).await else {
-            panic!("no {event} event in time; got {seen:?}");
-        };
-        let Some(json) = text.strip_prefix("42") else {
-            continue;
-        };
-        let args: Value = serde_json::from_str(json).unwrap_or_default();
-        let done = args[0] == event && pred(&args[1]);
-        seen.push(args);
-        if done {
-            return seen;
-        }
-    }
-}
+use tests::Ws;
 
 /// A chat socket of a new user on `node`, its `welcome` read: the socket and the token.
 async fn new_user(node: &ChatNode, name: &str) -> (Ws, String) {
@@ -122,25 +101,31 @@ async fn leave_takes_every_tab_out(
     assert_eq!(refused["ok"], false, "{refused}");
 }
 
+/// Chat nodes `ids` on the Redis at `url`.
+fn nodes_on(url: &str, ids: &[&str]) -> Vec<ChatNode> {
+    ids.iter()
+        .map(|id| ChatNode::start(id, Some(url), &["--rate-limit", "1000/1s"]))
+        .collect()
+}
+
 #[tokio::test]
 async fn leave_takes_the_users_tabs_on_other_nodes_out_of_a_private_room() {
     let redis = RedisServer::start();
-    let url = redis.url();
-    let n1 = ChatNode::start("n1", Some(&url), &["--rate-limit", "1000/1s"]);
-    let n2 = ChatNode::start("n2", Some(&url), &["--rate-limit", "1000/1s"]);
+    let [n1, n2] = &nodes_on(&redis.url(), &["n1", "n2"])[..] else {
+        unreachable!("two nodes")
+    };
     // Alice's second tab and Bob on the other node: Bob's message there is delivered to
     // the node's own sockets without crossing the bus.
-    leave_takes_every_tab_out(&n1, &n2, &n2).await;
+    leave_takes_every_tab_out(n1, n2, n2).await;
 }
 
 #[tokio::test]
 async fn leave_takes_the_users_tabs_on_other_nodes_out_when_the_message_comes_from_a_third_node() {
     let redis = RedisServer::start();
-    let url = redis.url();
-    let n1 = ChatNode::start("n1", Some(&url), &["--rate-limit", "1000/1s"]);
-    let n2 = ChatNode::start("n2", Some(&url), &["--rate-limit", "1000/1s"]);
-    let n3 = ChatNode::start("n3", Some(&url), &["--rate-limit", "1000/1s"]);
-    leave_takes_every_tab_out(&n1, &n2, &n3).await;
+    let [n1, n2, n3] = &nodes_on(&redis.url(), &["n1", "n2", "n3"])[..] else {
+        unreachable!("three nodes")
+    };
+    leave_takes_every_tab_out(n1, n2, n3).await;
 }
 
 #[tokio::test]

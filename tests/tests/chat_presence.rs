@@ -10,25 +10,14 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tests::chatnode::{raw_chat_call, raw_chat_connect, ChatNode};
+use tests::chatnode::{events_until, raw_chat_call, raw_chat_connect, ChatNode};
 use tests::redis::RedisServer;
-use tests::{client, free_port, send, wait_until, ws_recv, Ws, STEP_TIMEOUT};
-use tokio_tungstenite::tungstenite::Message;
+use tests::{client, free_port, send, wait_until, Ws, STEP_TIMEOUT};
 
 /// The first event `event` that arrives on `ws` and satisfies `pred`, its payload.
 async fn await_event(ws: &mut Ws, event: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    loop {
-        let Some(Message::Text(text)) = ws_recv(ws, STEP_TIMEOUT).await else {
-            panic!("no {event} event in time");
-        };
-        let Some(json) = text.strip_prefix("42") else {
-            continue;
-        };
-        let args: Value = serde_json::from_str(json).unwrap_or_default();
-        if args[0] == event && pred(&args[1]) {
-            return args[1].clone();
-        }
-    }
+    let seen = events_until(ws, event, pred).await;
+    seen.last().map(|e| e[1].clone()).unwrap_or_default()
 }
 
 /// Reads `presence` events on `ws` until each of `rooms` has had one listing `members`
