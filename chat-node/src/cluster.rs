@@ -951,6 +951,93 @@ mod tests {
         assert!(on_a.0.lock().is_empty());
     }
 
+    /// A bus whose broker is down: entries are accepted into the buffer, without an id
+    /// (as the Redis bus answers then).
+    struct Down(MemoryBus);
+
+    #[async_trait]
+    impl Bus for Down {
+        async fn publish(&self, _topic: &str, _entry: Bytes) -> Result<(), crate::bus::BusError> {
+            Ok(())
+        }
+
+        async fn append(
+            &self,
+            _topic: &str,
+            _entry: Bytes,
+        ) -> Result<Option<String>, crate::bus::BusError> {
+            Ok(None)
+        }
+
+        fn subscribe(&self, topic: &str) -> mpsc::Receiver<BusEntry> {
+            self.0.subscribe(topic)
+        }
+
+        async fn read_after(
+            &self,
+            topic: &str,
+            after: &str,
+            limit: usize,
+        ) -> Result<Option<Vec<BusEntry>>, crate::bus::BusError> {
+            self.0.read_after(topic, after, limit).await
+        }
+
+        async fn last_id(&self, topic: &str) -> Result<String, crate::bus::BusError> {
+            self.0.last_id(topic).await
+        }
+
+        fn retain(&self, topic: &str, window: Duration) {
+            self.0.retain(topic, window);
+        }
+
+        fn session_store(&self) -> Arc<dyn SessionStore> {
+            self.0.session_store()
+        }
+
+        async fn ping(&self) -> Result<(), crate::bus::BusError> {
+            Err(crate::bus::BusError::Unavailable("down".into()))
+        }
+
+        fn kind(&self) -> &'static str {
+            "down"
+        }
+    }
+
+    /// With the broker down, the local sockets leave and get broadcasts at once, but the
+    /// leave says that the other nodes were not told.
+    #[tokio::test]
+    async fn a_leave_the_bus_cannot_take_is_done_here_and_reported() {
+        let recorder = Arc::new(Recorder::default());
+        let local = Arc::downgrade(&recorder) as Weak<dyn LocalSockets>;
+        let factory = ClusterAdapterFactory::new(Arc::new(Down(MemoryBus::new())), "a");
+        let a = factory.create(&Namespace::root(), local);
+        let [a1, a2] = [Sid::random(), Sid::random()];
+        a.add_all(a1, vec![a1.into(), "@u".into(), "red".into()])
+            .await
+            .unwrap();
+        a.add_all(a2, vec![a2.into(), "red".into()]).await.unwrap();
+        let user = BroadcastOptions {
+            rooms: vec!["@u".into()],
+            except: vec![],
+        };
+        let left = a.del_sockets(user, vec!["red".into()]).await;
+        assert!(
+            matches!(left, Err(AdapterError::Unavailable(_))),
+            "{left:?}"
+        );
+        assert_eq!(recorder.1.lock().clone(), vec![(a1, Room::from("red"))]);
+        let packet = Encoded {
+            text: "2[\"m\"]".into(),
+            attachments: vec![],
+        };
+        let red = BroadcastOptions {
+            rooms: vec!["red".into()],
+            except: vec![],
+        };
+        a.broadcast(packet.clone(), red).await.unwrap();
+        assert_eq!(recorder.0.lock().clone(), vec![(a2, packet)]);
+    }
+
     #[tokio::test]
     async fn duplicates_and_garbage_on_the_bus_are_skipped() {
         let bus = MemoryBus::new();
