@@ -884,6 +884,22 @@ mod tests {
         (nodes, sids)
     }
 
+    /// The sockets in `room`.
+    fn to(room: &str) -> BroadcastOptions {
+        BroadcastOptions {
+            rooms: vec![room.into()],
+            except: vec![],
+        }
+    }
+
+    /// An EVENT packet.
+    fn event() -> Encoded {
+        Encoded {
+            text: "2[\"m\"]".into(),
+            attachments: vec![],
+        }
+    }
+
     async fn eventually(recorder: &Recorder, n: usize) -> Vec<(Sid, Encoded)> {
         for _ in 0..100 {
             if recorder.0.lock().len() >= n {
@@ -930,20 +946,9 @@ mod tests {
     async fn a_leave_is_applied_on_every_node_before_any_later_broadcast() {
         let ([(a, on_a), (b, on_b)], [a1, b1, b2]) =
             two_nodes([&["@u", "red"], &["@u", "red"], &["red"]]).await;
-        let user = BroadcastOptions {
-            rooms: vec!["@u".into()],
-            except: vec![],
-        };
-        a.del_sockets(user, vec!["red".into()]).await.unwrap();
-        let packet = Encoded {
-            text: "2[\"m\"]".into(),
-            attachments: vec![],
-        };
-        let red = BroadcastOptions {
-            rooms: vec!["red".into()],
-            except: vec![],
-        };
-        b.broadcast(packet.clone(), red).await.unwrap();
+        a.del_sockets(to("@u"), vec!["red".into()]).await.unwrap();
+        let packet = event();
+        b.broadcast(packet.clone(), to("red")).await.unwrap();
         assert_eq!(on_b.0.lock().clone(), vec![(b2, packet)]);
         assert_eq!(on_a.1.lock().clone(), vec![(a1, Room::from("red"))]);
         assert_eq!(on_b.1.lock().clone(), vec![(b1, Room::from("red"))]);
@@ -1016,25 +1021,14 @@ mod tests {
             .await
             .unwrap();
         a.add_all(a2, vec![a2.into(), "red".into()]).await.unwrap();
-        let user = BroadcastOptions {
-            rooms: vec!["@u".into()],
-            except: vec![],
-        };
-        let left = a.del_sockets(user, vec!["red".into()]).await;
+        let left = a.del_sockets(to("@u"), vec!["red".into()]).await;
         assert!(
             matches!(left, Err(AdapterError::Unavailable(_))),
             "{left:?}"
         );
         assert_eq!(recorder.1.lock().clone(), vec![(a1, Room::from("red"))]);
-        let packet = Encoded {
-            text: "2[\"m\"]".into(),
-            attachments: vec![],
-        };
-        let red = BroadcastOptions {
-            rooms: vec!["red".into()],
-            except: vec![],
-        };
-        a.broadcast(packet.clone(), red).await.unwrap();
+        let packet = event();
+        a.broadcast(packet.clone(), to("red")).await.unwrap();
         assert_eq!(recorder.0.lock().clone(), vec![(a2, packet)]);
     }
 
