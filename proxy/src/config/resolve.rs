@@ -1,7 +1,8 @@
 //! File types → [`Config`]: applies defaults, reads `*_env` secrets, checks every value and
 //! collects all errors (each with its key path) instead of stopping at the first.
 
-use std::collections::HashSet;
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
@@ -144,6 +145,7 @@ pub(super) fn resolve(f: FileConfig, env: Env<'_>, out: &mut Resolved) -> Config
     if upstreams.is_empty() {
         out.err(root.key("upstreams"), ErrorKind::NoUpstream);
     }
+    warn_shared_sticky_cookies(&upstreams, &root, out);
 
     let routes = resolve_routes(f.routes, &upstreams, &root, out);
 
@@ -158,6 +160,33 @@ pub(super) fn resolve(f: FileConfig, env: Env<'_>, out: &mut Resolved) -> Config
         routes,
         source: None,
         warnings: Vec::new(),
+    }
+}
+
+/// Two sticky upstreams under one cookie name, serving one host, overwrite each other's
+/// cookie (same name, path `/`): a client whose requests go to both is re-placed at every
+/// switch, and sticks to neither. Only a warning: on different hosts they do not meet.
+fn warn_shared_sticky_cookies(upstreams: &[UpstreamConfig], root: &KeyPath, out: &mut Resolved) {
+    let mut first_by_cookie: HashMap<&str, &str> = HashMap::new();
+    for u in upstreams
+        .iter()
+        .filter(|u| u.strategy == StrategyKind::StickyCookie)
+    {
+        match first_by_cookie.entry(u.sticky.cookie.as_str()) {
+            Entry::Vacant(v) => {
+                v.insert(u.name.as_str());
+            }
+            Entry::Occupied(o) => out.warn(
+                root.key("upstreams").key(u.name.as_str()).key("sticky"),
+                format!(
+                    "cookie `{}` is upstream {}'s too: if both serve one host, each overwrites \
+                     the other's and a client moving between them sticks to neither; give \
+                     each its own `cookie`",
+                    u.sticky.cookie,
+                    o.get()
+                ),
+            ),
+        }
     }
 }
 

@@ -1074,3 +1074,40 @@ fn listener_response_headers() {
         );
     }
 }
+
+#[test]
+fn sticky_upstreams_sharing_a_cookie_name_are_warned_about() {
+    let upstream = |name: &str, port: u16, cookie: &str| {
+        format!(
+            "[upstreams.{name}]\nstrategy = \"sticky_cookie\"\n\
+             backends = [{{ addr = \"127.0.0.1:{port}\" }}]\n\
+             [upstreams.{name}.sticky]\nkey = \"0123456789abcdef\"\n{cookie}"
+        )
+    };
+    let listener = "[[listeners]]\nlisten = \"127.0.0.1:8080\"\n\
+                    [[routes]]\npath_prefix = \"/a/\"\nupstream = \"a\"\n\
+                    [[routes]]\npath_prefix = \"/\"\nupstream = \"b\"\n";
+    // Both on the default name.
+    let text = format!(
+        "{listener}{}{}",
+        upstream("a", 9001, ""),
+        upstream("b", 9002, "")
+    );
+    let c = ok(&text);
+    let line = line_of(&text, "[upstreams.b.sticky]");
+    assert_eq!(
+        c.warnings,
+        vec![format!(
+            "proxy.toml:{line}: upstreams.b.sticky: cookie `syd_route` is upstream a's too: if \
+             both serve one host, each overwrites the other's and a client moving between them \
+             sticks to neither; give each its own `cookie`"
+        )]
+    );
+    // Names of their own: nothing to say.
+    let c = ok(&format!(
+        "{listener}{}{}",
+        upstream("a", 9001, "cookie = \"a_route\"\n"),
+        upstream("b", 9002, "cookie = \"b_route\"\n")
+    ));
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+}
