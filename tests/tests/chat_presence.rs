@@ -1,8 +1,9 @@
 //! Presence when things go wrong, on chat nodes sharing a real `redis-server`: a client that
 //! goes away while its connect hook is still putting it in its rooms is not left online,
 //! the users of a node that dies stop being listed in the `presence` the other nodes'
-//! clients were last sent, and a tab that enters a room late (its user joined it from
-//! another tab) is announced there.
+//! clients were last sent, a tab that enters a room late (its user joined it from
+//! another tab) is announced there, and a client that goes away while the connect hook of
+//! its recovery runs can still recover.
 //!
 //! Needs `redis-server` (`scripts/install-deps.sh` installs it). Build the node first:
 //! `cargo build -p chat-node --bin chat-node && cargo test -p tests --test chat_presence`.
@@ -178,4 +179,98 @@ async fn a_tab_that_enters_a_room_late_is_announced() {
     let sent = raw_chat_call(&mut tab_b, 1, "send", r#"{"room":"team","text":"back"}"#).await;
     assert_eq!(sent["ok"], true, "{sent}");
     await_presence(&mut watcher, &["team"], &["carol", "watcher"]).await;
+}
+
+/// The reply to a CONNECT sent with [`raw_chat_connect`]: `{"sid", "pid"}`.
+async fn connect_reply(ws: &mut Ws) -> Value {
+    loop {
+        match tests::ws_recv(ws, STEP_TIMEOUT).await {
+            Some(tokio_tungstenite::tungstenite::Message::Text(t)) if t.starts_with("40") => {
+                return serde_json::from_str(&t[2..]).expect("a CONNECT reply's JSON");
+            }
+            Some(_) => {}
+            None => panic!("no CONNECT reply"),
+        }
+    }
+}
+
+/// A client that goes away while the connect hook of its *recovery* runs never got the
+/// CONNECT reply, so as far as it knows nothing was recovered: it asks again with the same
+/// pid, and must get its socket back. (The state had been taken for the attempt and was
+/// gone: the next attempt got a new socket, and lost what it had missed.)
+#[tokio::test]
+async fn a_recovery_abandoned_while_its_hook_runs_can_be_asked_again() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let metrics_url = format!("http://{metrics}/metrics");
+    let node = ChatNode::start(
+        "n1",
+        Some(&url),
+        &[
+            "--rate-limit",
+            "1000/1s",
+            "--recovery-window",
+            "60s",
+            "--metrics-listen",
+            &metrics,
+        ],
+    );
+    let mut ws = raw_chat_connect(&node, r#"{"name":"ghost"}"#).await;
+    let reply = connect_reply(&mut ws).await;
+    let (sid, pid) = (reply["sid"].clone(), reply["pid"].clone());
+    let pid = pid.as_str().expect("a pid: recovery is on").to_owned();
+    let welcome = await_event(&mut ws, "welcome", |_| true).await;
+    let token = welcome["token"].as_str().expect("a token").to_owned();
+    for i in 0..ROOMS {
+        let created =
+            raw_chat_call(&mut ws, i, "create", &format!(r#"{{"room":"r{i:03}"}}"#)).await;
+        assert_eq!(created["ok"], true, "{created}");
+    }
+    drop(ws);
+    // The record of a disconnected socket lives for the recovery window (a connected
+    // one's, longer).
+    let redis = &redis;
+    let record = format!("syd:pid:{pid}");
+    let record = record.as_str();
+    wait_until(
+        STEP_TIMEOUT,
+        "the socket recorded as disconnected",
+        || async move {
+            redis
+                .command(&["PTTL", record])
+                .trim_start_matches(':')
+                .parse::<i64>()
+                .is_ok_and(|ms| (0..=60_000).contains(&ms))
+        },
+    )
+    .await;
+
+    // The recovery: once the hook has put it back online in `lobby`, Redis holds every
+    // write while the client goes away.
+    let auth = format!(r#"{{"name":"ghost","token":"{token}","pid":"{pid}"}}"#);
+    let lobby = "syd:chat:presence:lobby:n1";
+    let ws = raw_chat_connect(&node, &auth).await;
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    while redis.command(&["HLEN", lobby]) != ":1" {
+        assert!(Instant::now() < deadline, "the hook never entered lobby");
+    }
+    assert_eq!(redis.command(&["CLIENT", "PAUSE", "20000", "WRITE"]), "+OK");
+    drop(ws);
+    let sessions = r#"switchyard_chat_sessions_open{transport="websocket"}"#;
+    let metrics_url = &metrics_url;
+    wait_until(STEP_TIMEOUT, "the node saw the client go", || async move {
+        metric(metrics_url, sessions).await == Some(0.0)
+    })
+    .await;
+    assert_eq!(redis.command(&["CLIENT", "UNPAUSE"]), "+OK");
+    wait_until(STEP_TIMEOUT, "the recovery state put back", || async move {
+        redis.command(&["EXISTS", record]) == ":1"
+    })
+    .await;
+
+    // Asked again, the recovery gives the same socket.
+    let mut ws = raw_chat_connect(&node, &auth).await;
+    let reply = connect_reply(&mut ws).await;
+    assert_eq!(reply["sid"], sid, "{reply}");
 }

@@ -14,7 +14,7 @@ use futures::stream::{FuturesUnordered, StreamExt as _};
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 
-use super::adapter::Room;
+use super::adapter::{Room, TakenSession};
 use super::namespace::{ConnectError, NamespaceInner};
 use super::packet::{Decoder, Namespace, Packet, PacketData, RecoveryRequest};
 use super::server::ServerInner;
@@ -162,8 +162,14 @@ impl Client {
             self.send(&ConnectError::new("Invalid namespace").to_packet(nsp));
             return;
         };
+        // The state a recovered socket was made from, kept to be put back should the client
+        // go away before it gets the CONNECT reply.
+        let mut taken_back = None;
         let socket = match self.recover(&ns, auth.as_ref()).await {
-            Some(socket) => socket,
+            Some((socket, taken)) => {
+                taken_back = socket.pid().map(|pid| (pid.to_string(), taken));
+                socket
+            }
             None => {
                 let recovery = socket::Recovery {
                     pid: ns.adapter().recovers().then(new_pid),
@@ -188,6 +194,14 @@ impl Client {
                     .close_reason()
                     .map_or(DisconnectReason::TransportClose, DisconnectReason::from);
                 socket.abandoned(reason);
+                // A recovery the client never heard of did not happen: it will ask again
+                // with the same pid and offset, and the state must still be there (taken,
+                // it was gone, and the client lost what it had missed).
+                if let Some((pid, taken)) = taken_back {
+                    if let Err(error) = ns.adapter().restore_session(&pid, taken).await {
+                        tracing::warn!(%error, "could not put a recovery state back");
+                    }
+                }
                 return;
             }
         };
@@ -232,7 +246,7 @@ impl Client {
         &self,
         ns: &Arc<NamespaceInner>,
         auth: Option<&Map<String, Value>>,
-    ) -> Option<SocketRef> {
+    ) -> Option<(SocketRef, TakenSession)> {
         let adapter = ns.adapter();
         if !adapter.recovers() {
             return None;
@@ -250,6 +264,7 @@ impl Client {
             .clone()
             .unwrap_or_else(|| taken.connected_at.clone());
         let sid = taken.sid;
+        let original = taken.clone();
         // The application decides whether this client may have the state, and which rooms
         // it keeps (a pid alone is no credential; memberships may have ended meanwhile).
         let rooms = match ns.recovery_check() {
@@ -292,7 +307,7 @@ impl Client {
             Ok(Some(replay)) => {
                 tracing::debug!(%sid, missed = replay.packets.len(), "socket recovered");
                 socket.set_replay(replay.packets, replay.through);
-                Some(socket)
+                Some((socket, original))
             }
             outcome => {
                 if let Err(error) = outcome {
