@@ -153,6 +153,9 @@ pub struct ReloadReport {
     /// Settings that only take effect after a restart (listener addresses, TLS or not and
     /// h2, the admin address, threads, http1, grace period).
     pub needs_restart: Vec<String>,
+    /// The new config's warnings (file, line, key and why), as a start logs them: a reload
+    /// that brings in `verify = false` or a shared sticky cookie name says so too.
+    pub warnings: Vec<String>,
 }
 
 impl Shared {
@@ -251,7 +254,11 @@ impl Shared {
             upstreams: runtime.upstreams.len(),
             routes: runtime.routes.len(),
             needs_restart,
+            warnings: runtime.config.warnings.clone(),
         };
+        for w in &report.warnings {
+            tracing::warn!("{w}");
+        }
         self.runtime.store(Arc::new(runtime));
         self.access_log.store(Arc::new(access_log));
         for (resolver, loaded) in certs {

@@ -739,3 +739,46 @@ async fn a_request_on_a_kept_alive_connection_follows_a_reload_made_while_it_wai
         "served under the config of before the reload: {resp:?}"
     );
 }
+
+/// A reload says what a start says of its config: the warnings (here, two sticky
+/// upstreams under one cookie name) are in the admin answer and in the log, with file,
+/// line and key; the reload is made all the same.
+#[tokio::test]
+async fn a_reload_reports_the_new_configs_warnings() {
+    let a = Backend::start("a");
+    let [listen, admin_port] = port_array();
+    let sticky = |name: &str| {
+        format!(
+            "[upstreams.{name}]\nstrategy = \"sticky_cookie\"\nbackends = [{}]\n\
+             [upstreams.{name}.sticky]\nkey = \"0123456789abcdef\"\n",
+            backend_entry(&a, "")
+        )
+    };
+    let routes = "[[routes]]\npath_prefix = \"/x/\"\nupstream = \"x\"\n\
+                  [[routes]]\npath_prefix = \"/\"\nupstream = \"app\"\n";
+    let base = format!("{}\n{}", admin(admin_port, "t"), listener(listen));
+    let proxy = Proxy::start_config(&format!("{base}{}", sticky("app")));
+    let r = admin_post(&proxy, "/reload", Some("t")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.json()["report"]["warnings"],
+        serde_json::json!([]),
+        "{}",
+        r.body
+    );
+
+    proxy.write_config(&format!("{base}{}{}{routes}", sticky("app"), sticky("x")));
+    let r = admin_post(&proxy, "/reload", Some("t")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let warnings = r.json()["report"]["warnings"].clone();
+    let warning = warnings[0].as_str().unwrap_or_default().to_owned();
+    assert!(
+        warning.contains("proxy.toml:")
+            && warning.contains("upstreams.x.sticky: cookie `syd_route` is upstream app's too"),
+        "{}",
+        r.body
+    );
+    assert_eq!(warnings.as_array().map(Vec::len), Some(1), "{}", r.body);
+    proxy.wait_log(&warning, tests::STEP_TIMEOUT);
+    assert_eq!(get(&proxy.url("/x/id")).await.status, 200);
+}
