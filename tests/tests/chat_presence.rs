@@ -50,30 +50,24 @@ async fn metric(url: &str, series: &str) -> Option<f64> {
 /// in: its connect hook takes long enough to be caught in the middle.
 const ROOMS: u64 = 300;
 
-/// A client that goes away while its connect hook is still putting it in its rooms (the
-/// hook is abandoned) must not stay online: its socket's presence was written for the
-/// rooms entered so far, and the heartbeat kept rewriting it from the node's sessions,
-/// forever (a ghost in every `presence` list of those rooms, and a session never freed).
-#[tokio::test]
-async fn a_client_gone_while_it_connects_is_not_left_online() {
-    let redis = RedisServer::start();
-    let url = redis.url();
+/// The presence hash of `lobby` on node n1.
+const LOBBY_N1: &str = "syd:chat:presence:lobby:n1";
+
+/// Node n1 on `redis` with `extra` flags, a rate limit the rooms' creation stays within,
+/// and its metrics served: the node and its metrics URL.
+fn node_n1(redis: &RedisServer, extra: &[&str]) -> (ChatNode, String) {
     let metrics = format!("127.0.0.1:{}", free_port());
-    let metrics_url = format!("http://{metrics}/metrics");
-    let node = ChatNode::start(
-        "n1",
-        Some(&url),
-        &[
-            "--presence-ttl",
-            "1500ms",
-            "--rate-limit",
-            "1000/1s",
-            "--metrics-listen",
-            &metrics,
-        ],
-    );
-    // A user in many rooms: its connect hook enters them one by one, `lobby` first.
-    let mut ws = raw_chat_connect(&node, r#"{"name":"ghost"}"#).await;
+    let mut args = vec!["--rate-limit", "1000/1s", "--metrics-listen", &metrics];
+    args.extend_from_slice(extra);
+    let node = ChatNode::start("n1", Some(&redis.url()), &args);
+    (node, format!("http://{metrics}/metrics"))
+}
+
+/// Connects user `ghost` to `node`, makes it a member of [`ROOMS`] rooms (its next connect
+/// hook enters them one by one, `lobby` first) and goes away; its CONNECT reply and token.
+async fn ghost_in_many_rooms(node: &ChatNode) -> (Value, String) {
+    let mut ws = raw_chat_connect(node, r#"{"name":"ghost"}"#).await;
+    let reply = connect_reply(&mut ws).await;
     let welcome = await_event(&mut ws, "welcome", |_| true).await;
     let token = welcome["token"].as_str().expect("a token").to_owned();
     for i in 0..ROOMS {
@@ -81,38 +75,55 @@ async fn a_client_gone_while_it_connects_is_not_left_online() {
             raw_chat_call(&mut ws, i, "create", &format!(r#"{{"room":"r{i:03}"}}"#)).await;
         assert_eq!(created["ok"], true, "{created}");
     }
-    drop(ws);
-    let redis = &redis;
-    let lobby = "syd:chat:presence:lobby:n1";
-    wait_until(STEP_TIMEOUT, "the first connection gone", || async move {
-        redis.command(&["HLEN", lobby]) == ":0"
-    })
-    .await;
+    (reply, token)
+}
 
-    // Back with the token; once it is online in `lobby`, Redis holds every write (the
-    // hook's next presence entry among them) while the client goes away. Watched without
-    // a pause between looks: the hook takes a Redis round trip or two per room.
-    let ws = raw_chat_connect(&node, &format!(r#"{{"name":"ghost","token":"{token}"}}"#)).await;
+/// Connects to `node` with `auth`; once the connect hook has put the socket online in
+/// `lobby`, Redis holds every write (the hook's next one among them) while the client goes
+/// away. Returns when the node has seen it go (its metrics at `metrics_url`), writes
+/// allowed again. Watched without a pause between looks: the hook takes a Redis round trip
+/// or two per room.
+async fn go_away_mid_hook(node: &ChatNode, redis: &RedisServer, auth: &str, metrics_url: &str) {
+    let ws = raw_chat_connect(node, auth).await;
     let deadline = Instant::now() + STEP_TIMEOUT;
-    while redis.command(&["HLEN", lobby]) != ":1" {
+    while redis.command(&["HLEN", LOBBY_N1]) != ":1" {
         assert!(Instant::now() < deadline, "the hook never entered lobby");
     }
     assert_eq!(redis.command(&["CLIENT", "PAUSE", "20000", "WRITE"]), "+OK");
     drop(ws);
     let sessions = r#"switchyard_chat_sessions_open{transport="websocket"}"#;
-    let metrics_url = &metrics_url;
     wait_until(STEP_TIMEOUT, "the node saw the client go", || async move {
         metric(metrics_url, sessions).await == Some(0.0)
     })
     .await;
     assert_eq!(redis.command(&["CLIENT", "UNPAUSE"]), "+OK");
+}
+
+/// A client that goes away while its connect hook is still putting it in its rooms (the
+/// hook is abandoned) must not stay online: its socket's presence was written for the
+/// rooms entered so far, and the heartbeat kept rewriting it from the node's sessions,
+/// forever (a ghost in every `presence` list of those rooms, and a session never freed).
+#[tokio::test]
+async fn a_client_gone_while_it_connects_is_not_left_online() {
+    let redis = RedisServer::start();
+    let (node, metrics_url) = node_n1(&redis, &["--presence-ttl", "1500ms"]);
+    let (_, token) = ghost_in_many_rooms(&node).await;
+    let redis = &redis;
+    wait_until(STEP_TIMEOUT, "the first connection gone", || async move {
+        redis.command(&["HLEN", LOBBY_N1]) == ":0"
+    })
+    .await;
+
+    // Back with the token, gone again while the hook runs.
+    let auth = format!(r#"{{"name":"ghost","token":"{token}"}}"#);
+    go_away_mid_hook(&node, redis, &auth, &metrics_url).await;
 
     // Nothing of it stays online, in `lobby` or the rooms the hook had entered.
     wait_until(
         Duration::from_secs(8),
         "the abandoned socket offline",
         || async move {
-            redis.command(&["HLEN", lobby]) == ":0"
+            redis.command(&["HLEN", LOBBY_N1]) == ":0"
                 && redis.command(&["EXISTS", "syd:chat:presence:r000:n1"]) == ":0"
         },
     )
@@ -201,33 +212,13 @@ async fn connect_reply(ws: &mut Ws) -> Value {
 #[tokio::test]
 async fn a_recovery_abandoned_while_its_hook_runs_can_be_asked_again() {
     let redis = RedisServer::start();
-    let url = redis.url();
-    let metrics = format!("127.0.0.1:{}", free_port());
-    let metrics_url = format!("http://{metrics}/metrics");
-    let node = ChatNode::start(
-        "n1",
-        Some(&url),
-        &[
-            "--rate-limit",
-            "1000/1s",
-            "--recovery-window",
-            "60s",
-            "--metrics-listen",
-            &metrics,
-        ],
-    );
-    let mut ws = raw_chat_connect(&node, r#"{"name":"ghost"}"#).await;
-    let reply = connect_reply(&mut ws).await;
-    let (sid, pid) = (reply["sid"].clone(), reply["pid"].clone());
-    let pid = pid.as_str().expect("a pid: recovery is on").to_owned();
-    let welcome = await_event(&mut ws, "welcome", |_| true).await;
-    let token = welcome["token"].as_str().expect("a token").to_owned();
-    for i in 0..ROOMS {
-        let created =
-            raw_chat_call(&mut ws, i, "create", &format!(r#"{{"room":"r{i:03}"}}"#)).await;
-        assert_eq!(created["ok"], true, "{created}");
-    }
-    drop(ws);
+    let (node, metrics_url) = node_n1(&redis, &["--recovery-window", "60s"]);
+    let (reply, token) = ghost_in_many_rooms(&node).await;
+    let sid = reply["sid"].clone();
+    let pid = reply["pid"]
+        .as_str()
+        .expect("a pid: recovery is on")
+        .to_owned();
     // The record of a disconnected socket lives for the recovery window (a connected
     // one's, longer).
     let redis = &redis;
@@ -246,24 +237,9 @@ async fn a_recovery_abandoned_while_its_hook_runs_can_be_asked_again() {
     )
     .await;
 
-    // The recovery: once the hook has put it back online in `lobby`, Redis holds every
-    // write while the client goes away.
+    // The recovery, gone while its hook runs.
     let auth = format!(r#"{{"name":"ghost","token":"{token}","pid":"{pid}"}}"#);
-    let lobby = "syd:chat:presence:lobby:n1";
-    let ws = raw_chat_connect(&node, &auth).await;
-    let deadline = Instant::now() + STEP_TIMEOUT;
-    while redis.command(&["HLEN", lobby]) != ":1" {
-        assert!(Instant::now() < deadline, "the hook never entered lobby");
-    }
-    assert_eq!(redis.command(&["CLIENT", "PAUSE", "20000", "WRITE"]), "+OK");
-    drop(ws);
-    let sessions = r#"switchyard_chat_sessions_open{transport="websocket"}"#;
-    let metrics_url = &metrics_url;
-    wait_until(STEP_TIMEOUT, "the node saw the client go", || async move {
-        metric(metrics_url, sessions).await == Some(0.0)
-    })
-    .await;
-    assert_eq!(redis.command(&["CLIENT", "UNPAUSE"]), "+OK");
+    go_away_mid_hook(&node, redis, &auth, &metrics_url).await;
     wait_until(STEP_TIMEOUT, "the recovery state put back", || async move {
         redis.command(&["EXISTS", record]) == ":1"
     })
