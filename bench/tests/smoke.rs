@@ -485,6 +485,20 @@ fn children(pid: u32) -> Vec<u32> {
         .collect()
 }
 
+/// `bench http` at a tiny size (4 connections at 100 req/s) into `out`: `runs` runs of
+/// `duration` over `targets`, with this workspace's proxy.
+fn small_http_run(runs: &str, duration: &str, targets: &str, out: &Path) -> Command {
+    let mut cmd = Command::new(bench());
+    cmd.args(["http", "--runs", runs, "--quiet", "--duration", duration])
+        .args(["--connections", "4", "--rates", "100"])
+        .args(["--targets", targets])
+        .arg("--out")
+        .arg(out)
+        .arg("--proxy-bin")
+        .arg(sibling("proxy"));
+    cmd
+}
+
 #[test]
 fn interrupted_run_writes_a_partial_report_and_stops_everything() {
     // A space in the path: the report's command line must still read back as bench's words.
@@ -492,14 +506,7 @@ fn interrupted_run_writes_a_partial_report_and_stops_everything() {
         .prefix("bench out ")
         .tempdir()
         .expect("temp dir");
-    let child = Command::new(bench())
-        .args(["http", "--runs", "2", "--quiet", "--duration", "1s"])
-        .args(["--connections", "4", "--rates", "100"])
-        .args(["--targets", "direct,switchyard:round_robin"])
-        .arg("--out")
-        .arg(out.path())
-        .arg("--proxy-bin")
-        .arg(sibling("proxy"))
+    let child = small_http_run("2", "1s", "direct,switchyard:round_robin", out.path())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -564,14 +571,7 @@ fn exited(pid: u32) -> bool {
 #[test]
 fn killed_bench_takes_its_children_with_it() {
     let out = tempfile::tempdir().expect("temp dir");
-    let mut child = Command::new(bench())
-        .args(["http", "--runs", "1", "--quiet", "--duration", "60s"])
-        .args(["--connections", "4", "--rates", "100"])
-        .args(["--targets", "switchyard:round_robin"])
-        .arg("--out")
-        .arg(out.path())
-        .arg("--proxy-bin")
-        .arg(sibling("proxy"))
+    let mut child = small_http_run("1", "60s", "switchyard:round_robin", out.path())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
