@@ -35,6 +35,7 @@ pub mod health;
 pub mod limits;
 pub mod logging;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod server;
 pub mod state;
 pub mod tls;

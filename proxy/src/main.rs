@@ -76,6 +76,10 @@ struct Cli {
     /// ALPN h2 with it), for gRPC and other HTTP/2-only backends.
     #[arg(long)]
     backend_h2: bool,
+    /// Quick mode: the listeners sit behind a TCP load balancer that sends a PROXY
+    /// protocol header (v1 or v2) first on every connection, with the client's address.
+    #[arg(long)]
+    proxy_protocol: bool,
     /// HMAC key for sticky cookies (shared by all replicas).
     #[arg(long, env = "SWITCHYARD_STICKY_KEY", hide_env_values = true)]
     sticky_key: Option<String>,
@@ -159,6 +163,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             backend_ca: cli.backend_ca,
             backend_server_name: cli.backend_server_name,
             backend_h2: cli.backend_h2,
+            proxy_protocol: cli.proxy_protocol,
         }),
     };
     let config = match config {

@@ -29,6 +29,7 @@ use crate::h1::{Outcome, H1};
 use crate::h2::{self, FirstRequest};
 use crate::health::HealthChecker;
 use crate::proxy::{EdgeProxy, KeptAlive};
+use crate::proxy_protocol::{self, ProxyHeader};
 use crate::state::Shared;
 use crate::tls;
 
@@ -340,10 +341,15 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         server_options: h2::server_options(&shared.current().config),
     };
     let open = shared.open.clone();
+    let expecting = proxy_protocol::Expecting::of(&listeners);
     let mut service = Service::new(
         "switchyard proxy".to_string(),
         Counted::new(
-            FirstRequest::new(edge, shared.clone(), waiting),
+            ProxyHeader::new(
+                FirstRequest::new(edge, shared.clone(), waiting),
+                shared.clone(),
+                expecting.clone(),
+            ),
             shared.clone(),
         ),
     );
@@ -351,7 +357,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
     // Runs on TLS listeners only, before the handshake.
     service
         .endpoints()
-        .set_pre_tls_callback(Arc::new(PlainHttpOnTls::new(shared.clone())));
+        .set_pre_tls_callback(Arc::new(PlainHttpOnTls::new(shared.clone(), expecting)));
     for (l, tls) in listeners.iter().zip(tls_settings) {
         // No L4 read buffer: request heads are parsed from pingora's own header buffer and
         // tunnels read through our relay, so a 64 KiB buffer per connection buys nothing
@@ -362,7 +368,12 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
             lc = lc.tls(t);
         }
         service.add_listener(lc);
-        tracing::info!(listen = %l.listen, tls = l.tls.is_some(), "listening");
+        tracing::info!(
+            listen = %l.listen,
+            tls = l.tls.is_some(),
+            proxy_protocol = l.proxy_protocol.is_some(),
+            "listening"
+        );
     }
     server.add_service(service);
 

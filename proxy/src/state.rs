@@ -10,7 +10,9 @@ use arc_swap::ArcSwap;
 
 use crate::access_log::AccessLog;
 use crate::admin::metrics::Metrics;
-use crate::config::{Config, ConfigError, ConfigErrors, ErrorKind, UpstreamProtocol};
+use crate::config::{
+    Config, ConfigError, ConfigErrors, ErrorKind, ProxyProtocolConfig, UpstreamProtocol,
+};
 use crate::limits::ClientLimits;
 use crate::tls::{SniCerts, SniResolver};
 use crate::upstream::{StatsRegistry, Upstream};
@@ -219,12 +221,19 @@ impl Shared {
             None => (*old.config).clone(),
         };
         let mut needs_restart = Vec::new();
-        // A listener's address, TLS or not, and ALPN are fixed at start; its certificates
-        // are not.
-        let listen = |c: &Config| -> Vec<(SocketAddr, Option<bool>)> {
+        // A listener's address, TLS or not, ALPN and PROXY protocol are fixed at start; its
+        // certificates are not.
+        type Fixed = (SocketAddr, Option<bool>, Option<ProxyProtocolConfig>);
+        let listen = |c: &Config| -> Vec<Fixed> {
             c.listeners
                 .iter()
-                .map(|l| (l.listen, l.tls.as_ref().map(|t| t.h2)))
+                .map(|l| {
+                    (
+                        l.listen,
+                        l.tls.as_ref().map(|t| t.h2),
+                        l.proxy_protocol.clone(),
+                    )
+                })
                 .collect()
         };
         if listen(&new_config) != listen(&old.config) {
@@ -321,6 +330,14 @@ mod tests {
             shared.reload().unwrap().needs_restart,
             ["listeners", "server.threads", "server.grace_period"]
         );
+
+        // The PROXY protocol is read by the accept path set up at start.
+        let with_pp = config(2, "9s", 18081).replace(
+            "listen = \"127.0.0.1:18081\"\n",
+            "listen = \"127.0.0.1:18081\"\nproxy_protocol = true\n",
+        );
+        std::fs::write(&path, with_pp).unwrap();
+        assert_eq!(shared.reload().unwrap().needs_restart, ["listeners"]);
     }
 
     #[test]

@@ -11,10 +11,22 @@ use crate::STEP_TIMEOUT;
 
 /// A TLS connection to 127.0.0.1:`port` for `localhost`, offering only `alpn`.
 pub async fn tls_connect(ca: &[u8], port: u16, alpn: &[&[u8]]) -> TlsStream<TcpStream> {
+    tls_connect_after(ca, port, alpn, b"").await
+}
+
+/// [`tls_connect`], with `first` sent before the handshake (a PROXY protocol header).
+pub async fn tls_connect_after(
+    ca: &[u8],
+    port: u16,
+    alpn: &[&[u8]],
+    first: &[u8],
+) -> TlsStream<TcpStream> {
+    use tokio::io::AsyncWriteExt as _;
     let attempt = async {
-        let tcp = TcpStream::connect(("127.0.0.1", port))
+        let mut tcp = TcpStream::connect(("127.0.0.1", port))
             .await
             .expect("connecting to the proxy");
+        tcp.write_all(first).await.expect("sending the preamble");
         let name = "localhost".try_into().expect("a valid server name");
         TlsConnector::from(rustls_client_config(ca, alpn))
             .connect(name, tcp)
@@ -28,7 +40,11 @@ pub async fn tls_connect(ca: &[u8], port: u16, alpn: &[&[u8]]) -> TlsStream<TcpS
 
 /// An h2 connection to the TLS listener on `port`, its driver running in the background.
 pub async fn connect(ca: &[u8], port: u16) -> h2::client::SendRequest<Bytes> {
-    let tls = tls_connect(ca, port, &[b"h2"]).await;
+    handshake(tls_connect(ca, port, &[b"h2"]).await).await
+}
+
+/// An h2 connection over `tls`, its driver running in the background.
+pub async fn handshake(tls: TlsStream<TcpStream>) -> h2::client::SendRequest<Bytes> {
     let (send, conn) = tokio::time::timeout(STEP_TIMEOUT, h2::client::handshake(tls))
         .await
         .expect("h2 handshake in time")

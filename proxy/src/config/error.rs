@@ -94,6 +94,9 @@ pub enum ErrorKind {
     /// A setting that only makes sense on a TLS listener.
     #[error("only valid on a TLS listener (set `tls = {{ cert = ..., key = ... }}`)")]
     NeedsTls,
+    /// `proxy_protocol_from` on a listener without `proxy_protocol = true`.
+    #[error("only valid with `proxy_protocol = true` on this listener")]
+    NeedsProxyProtocol,
     /// Two SNI certificates for one server name.
     #[error("duplicate server name `{0}`")]
     DuplicateServerName(String),

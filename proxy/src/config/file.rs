@@ -182,6 +182,12 @@ pub(super) struct ListenerFile {
     /// Fields set on every answer (Strict-Transport-Security, ...), by name.
     #[serde(default)]
     pub response_headers: std::collections::BTreeMap<String, String>,
+    /// Every connection starts with a PROXY protocol header (v1 or v2).
+    #[serde(default)]
+    pub proxy_protocol: bool,
+    /// Only these peers (IPs or CIDRs: the load balancers) may connect; default any.
+    #[serde(default)]
+    pub proxy_protocol_from: Vec<String>,
 }
 
 /// `tls = { cert, key }`.

@@ -271,6 +271,16 @@ pub struct ListenerConfig {
     /// replacing any of the same name (as nginx's `add_header ... always` and HAProxy's
     /// `http-response set-header`): names are tokens, values visible text.
     pub response_headers: Vec<(String, String)>,
+    /// Every connection begins with a PROXY protocol header from a load balancer, which
+    /// gives the client's address ([`crate::proxy_protocol`]).
+    pub proxy_protocol: Option<ProxyProtocolConfig>,
+}
+
+/// A listener's PROXY protocol settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProxyProtocolConfig {
+    /// Peers allowed to connect (bare IPs become /32 or /128); empty: any.
+    pub from: Vec<ipnet::IpNet>,
 }
 
 /// TLS settings of a listener. The files were checked to hold a certificate / a key.

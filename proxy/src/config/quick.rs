@@ -11,9 +11,9 @@ use super::resolve::{
 };
 use super::{
     AccessLogConfig, ActiveCheck, AdminConfig, BackendConfig, CheckKind, Config, ConfigError,
-    ConfigErrors, Env, HealthConfig, IpHashConfig, Limits, ListenerConfig, Route, ServerConfig,
-    StickyConfig, StrategyKind, Timeouts, TlsConfig, UpstreamConfig, UpstreamProtocol,
-    MIN_STICKY_KEY_LEN, QUICK_STICKY_KEY_ENV,
+    ConfigErrors, Env, HealthConfig, IpHashConfig, Limits, ListenerConfig, ProxyProtocolConfig,
+    Route, ServerConfig, StickyConfig, StrategyKind, Timeouts, TlsConfig, UpstreamConfig,
+    UpstreamProtocol, MIN_STICKY_KEY_LEN, QUICK_STICKY_KEY_ENV,
 };
 
 /// Name of the single upstream of quick mode.
@@ -54,6 +54,8 @@ pub struct QuickOptions {
     pub backend_server_name: Option<String>,
     /// The backends speak h2 (h2c without TLS).
     pub backend_h2: bool,
+    /// Both listeners expect a PROXY protocol header on every connection.
+    pub proxy_protocol: bool,
 }
 
 impl Default for QuickOptions {
@@ -75,6 +77,7 @@ impl Default for QuickOptions {
             backend_ca: None,
             backend_server_name: None,
             backend_h2: false,
+            proxy_protocol: false,
         }
     }
 }
@@ -129,12 +132,14 @@ pub(super) fn resolve(q: &QuickOptions, env: Env<'_>) -> Result<Config, ConfigEr
     };
 
     let mut listeners = Vec::new();
+    let proxy_protocol = q.proxy_protocol.then(ProxyProtocolConfig::default);
     if let Some(listen) = q.listen {
         listeners.push(ListenerConfig {
             listen,
             tls: None,
             redirect_https_port: None,
             response_headers: Vec::new(),
+            proxy_protocol: proxy_protocol.clone(),
         });
     }
     match (q.tls_listen, &q.cert, &q.key) {
@@ -164,6 +169,7 @@ pub(super) fn resolve(q: &QuickOptions, env: Env<'_>) -> Result<Config, ConfigEr
                 }),
                 redirect_https_port: None,
                 response_headers: Vec::new(),
+                proxy_protocol: proxy_protocol.clone(),
             });
         }
         (Some(_), _, _) => errs.push("--tls-listen", ErrorKind::NeedsFlags("--cert and --key")),

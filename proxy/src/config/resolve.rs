@@ -19,9 +19,9 @@ use super::file::{
 use super::locate::KeyPath;
 use super::{
     AccessLogConfig, ActiveCheck, AdminConfig, BackendConfig, CheckKind, Config, Env, HealthConfig,
-    IpHashConfig, Limits, ListenerConfig, Route, ServerConfig, SniCert, StickyConfig, StrategyKind,
-    Timeouts, TlsConfig, UpstreamConfig, UpstreamTlsConfig, MAX_WEIGHT, MIN_STICKY_KEY_LEN,
-    MIN_TUNNEL_IDLE,
+    IpHashConfig, Limits, ListenerConfig, ProxyProtocolConfig, Route, ServerConfig, SniCert,
+    StickyConfig, StrategyKind, Timeouts, TlsConfig, UpstreamConfig, UpstreamTlsConfig, MAX_WEIGHT,
+    MIN_STICKY_KEY_LEN, MIN_TUNNEL_IDLE,
 };
 
 /// Errors and warnings found while resolving, each with the key path it is about.
@@ -332,11 +332,33 @@ fn resolve_listeners(
                 }
             })
             .collect();
+        let from = p.key("proxy_protocol_from");
+        let nets: Vec<ipnet::IpNet> = l
+            .proxy_protocol_from
+            .iter()
+            .enumerate()
+            .filter_map(|(k, s)| match parse_net(s) {
+                Ok(net) => Some(net),
+                Err(kind) => {
+                    out.err(from.index(k), kind);
+                    None
+                }
+            })
+            .collect();
+        let proxy_protocol = if l.proxy_protocol {
+            Some(ProxyProtocolConfig { from: nets })
+        } else {
+            if !l.proxy_protocol_from.is_empty() {
+                out.err(from, ErrorKind::NeedsProxyProtocol);
+            }
+            None
+        };
         listeners.push(ListenerConfig {
             listen,
             tls,
             redirect_https_port: l.redirect_https_port,
             response_headers,
+            proxy_protocol,
         });
     }
     listeners

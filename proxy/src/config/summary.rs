@@ -60,6 +60,13 @@ impl Config {
                 }
                 None => write!(s, "  http")?,
             }
+            if let Some(p) = &l.proxy_protocol {
+                write!(s, "  proxy_protocol")?;
+                if !p.from.is_empty() {
+                    let from: Vec<String> = p.from.iter().map(|n| n.to_string()).collect();
+                    write!(s, " from {}", from.join(", "))?;
+                }
+            }
             if let Some(port) = l.redirect_https_port {
                 write!(s, "  (redirects everything to https port {port})")?;
             }

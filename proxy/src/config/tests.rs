@@ -1111,3 +1111,32 @@ fn sticky_upstreams_sharing_a_cookie_name_are_warned_about() {
     ));
     assert!(c.warnings.is_empty(), "{:?}", c.warnings);
 }
+
+#[test]
+fn proxy_protocol_on_a_listener() {
+    let text = "[[listeners]]\nlisten = \"127.0.0.1:8080\"\nproxy_protocol = true\nproxy_protocol_from = [\"10.0.0.0/8\", \"lb.local\"]\n\n[upstreams.app]\nbackends = [{ addr = \"127.0.0.1:9001\" }]\n";
+    assert_eq!(
+        errs(text),
+        vec![
+            "proxy.toml:4: listeners[0].proxy_protocol_from[1]: invalid network `lb.local`: expected an IP address or a CIDR, e.g. 10.0.0.0/8"
+        ]
+    );
+    let c = ok(&text.replace(", \"lb.local\"", ", \"192.0.2.7\""));
+    let from: Vec<String> = c.listeners[0]
+        .proxy_protocol
+        .as_ref()
+        .unwrap()
+        .from
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(from, vec!["10.0.0.0/8", "192.0.2.7/32"]);
+    assert!(ok(MINIMAL).listeners[0].proxy_protocol.is_none());
+    // A list of load balancers without the header would trust nobody's header.
+    assert_eq!(
+        errs(&text.replace("proxy_protocol = true\n", "").replace(", \"lb.local\"", "")),
+        vec![
+            "proxy.toml:3: listeners[0].proxy_protocol_from: only valid with `proxy_protocol = true` on this listener"
+        ]
+    );
+}

@@ -18,7 +18,7 @@
 //! head. HTTP/2 never comes here.
 
 pub(crate) mod body;
-mod bound;
+pub(crate) mod bound;
 pub(crate) mod head;
 pub mod lent;
 pub mod plain_on_tls;
@@ -75,7 +75,7 @@ const POOL_IDLE: Duration = Duration::from_secs(30);
 const POOL_SWEEP: Duration = Duration::from_secs(5);
 /// Bound on reading the rest of a head once its first bytes came, when no header timeout
 /// is configured.
-const DEFAULT_HEAD_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_HEAD_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How a connection left this path.
 pub enum Outcome {

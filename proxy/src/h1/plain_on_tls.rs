@@ -22,6 +22,7 @@ use tokio::io::AsyncReadExt as _;
 use super::{addresses, bound::bounded, refuse, DEFAULT_HEAD_TIMEOUT, LINGER, LOGGED_LINE};
 use crate::proxy::is_token_char;
 use crate::proxy::policy::Rejection;
+use crate::proxy_protocol::{self, Expecting};
 use crate::state::Shared;
 
 /// The first byte of a TLS record carrying a handshake (a ClientHello).
@@ -30,20 +31,27 @@ const TLS_HANDSHAKE: u8 = 0x16;
 /// What the client is told.
 const DETAIL: &str = "plain HTTP request sent to a TLS listener (use https://)";
 
-/// The pre-TLS step of every TLS listener of the proxy service.
+/// The pre-TLS step of every TLS listener of the proxy service. It also reads the PROXY
+/// protocol header of the listeners that expect one, which comes before the handshake.
 pub struct PlainHttpOnTls {
     shared: Arc<Shared>,
+    expecting: Vec<Expecting>,
 }
 
 impl PlainHttpOnTls {
-    pub fn new(shared: Arc<Shared>) -> Self {
-        Self { shared }
+    pub fn new(shared: Arc<Shared>, expecting: Vec<Expecting>) -> Self {
+        Self { shared, expecting }
     }
 }
 
 #[async_trait]
 impl PreTlsProcess for PlainHttpOnTls {
     async fn process(&self, stream: &mut L4Stream) -> pingora::Result<()> {
+        if !self.expecting.is_empty() {
+            if let Err(e) = proxy_protocol::accept(&self.shared, &self.expecting, stream).await {
+                return Err(Error::explain(ErrorType::ConnectRefused, e.to_string()));
+            }
+        }
         let rt = self.shared.current();
         // The same bound as the first byte of a request on a plain listener: a client that
         // connects and says nothing is not kept for pingora's 60 s handshake limit.
