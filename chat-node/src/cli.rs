@@ -83,6 +83,10 @@ pub struct Args {
     /// beats every third of it): how long users of a crashed node still count as online.
     #[arg(long, env = "CHAT_PRESENCE_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
     pub presence_ttl: Duration,
+    /// Chat: how many rooms may exist, across all nodes (rooms are never deleted); beyond
+    /// it `create` answers `too many rooms`.
+    #[arg(long, env = "CHAT_MAX_ROOMS", default_value_t = 10_000)]
+    pub max_rooms: usize,
     /// Worker threads (default: one per CPU). One is the cheapest per message when several
     /// nodes share a machine's cores (no hand-offs between threads); more let one node use
     /// more cores.
@@ -148,6 +152,7 @@ impl Args {
                 ChatConfigError::HistoryOnJoin(_) => ("history-on-join", "CHAT_HISTORY_ON_JOIN"),
                 ChatConfigError::MaxText(_) => ("max-text", "CHAT_MAX_TEXT"),
                 ChatConfigError::PresenceTtl(_) => ("presence-ttl", "CHAT_PRESENCE_TTL"),
+                ChatConfigError::MaxRooms => ("max-rooms", "CHAT_MAX_ROOMS"),
             };
             return Err(named(which, error.to_string()));
         }
@@ -194,6 +199,7 @@ impl Args {
                 typing_rate_limit: self.typing_rate_limit,
                 max_text: self.max_text,
                 presence_ttl: self.presence_ttl,
+                max_rooms: self.max_rooms,
             },
         }
     }

@@ -11,7 +11,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chat_node::chat::store::{Membership, NewMessage, Post, Posted, PresenceEntry, RoomMeta};
+use chat_node::chat::store::{
+    Created, Membership, NewMessage, Post, Posted, PresenceEntry, RoomMeta,
+};
 use chat_node::chat::validate::message_id;
 use chat_node::chat::{ChatStore, MemoryStore, RateLimit, RedisStore};
 use utils::redis::RedisServer;
@@ -42,9 +44,29 @@ fn message(i: usize) -> NewMessage {
 }
 
 async fn rooms_members_tokens(store: &dyn ChatStore) {
-    assert!(store.create_room("pub", &meta(false)).await.unwrap());
-    assert!(store.create_room("priv", &meta(true)).await.unwrap());
-    assert!(!store.create_room("priv", &meta(false)).await.unwrap());
+    assert_eq!(
+        store.create_room("pub", &meta(false), 3).await.unwrap(),
+        Created::Created
+    );
+    assert_eq!(
+        store.create_room("priv", &meta(true), 3).await.unwrap(),
+        Created::Created
+    );
+    assert_eq!(
+        store.create_room("priv", &meta(false), 3).await.unwrap(),
+        Created::Exists
+    );
+    // Two rooms exist: a limit of two refuses a third, private rooms counted; a taken
+    // name is still told as taken.
+    assert_eq!(
+        store.create_room("third", &meta(false), 2).await.unwrap(),
+        Created::Full
+    );
+    assert_eq!(
+        store.create_room("pub", &meta(false), 2).await.unwrap(),
+        Created::Exists
+    );
+    assert_eq!(store.room("third").await.unwrap(), None);
     assert_eq!(store.room("priv").await.unwrap(), Some(meta(true)));
     assert_eq!(store.room("none").await.unwrap(), None);
     assert_eq!(store.public_rooms().await.unwrap(), ["pub"]);

@@ -223,14 +223,23 @@ function refreshRoomsSoon() {
   roomsRefresh = setTimeout(() => refreshRooms().catch(() => {}), 300);
 }
 
+// Pages of the room list; the node bounds how many rooms exist (`--max-rooms`).
+const ROOMS_PAGE = 200;
+
 async function refreshRooms() {
-  const reply = await request("rooms", {});
-  if (!Array.isArray(reply.rooms)) return;
-  state.rooms.clear();
-  for (const r of reply.rooms) {
-    if (!r || typeof r.room !== "string") continue;
-    state.rooms.set(r.room, { room: r.room, private: Boolean(r.private), members: Number(r.members) || 0 });
-  }
+  const rooms = new Map();
+  let after;
+  do {
+    const reply = await request("rooms", after === undefined ? { limit: ROOMS_PAGE } : { limit: ROOMS_PAGE, after });
+    if (!Array.isArray(reply.rooms)) return;
+    for (const r of reply.rooms) {
+      if (!r || typeof r.room !== "string") continue;
+      rooms.set(r.room, { room: r.room, private: Boolean(r.private), members: Number(r.members) || 0 });
+    }
+    // A cursor that does not move on would loop for ever.
+    after = typeof reply.next === "string" && reply.next !== after ? reply.next : undefined;
+  } while (after !== undefined);
+  state.rooms = rooms;
   renderRooms();
 }
 

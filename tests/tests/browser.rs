@@ -23,7 +23,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tempfile::TempDir;
 use tests::browser::{artifacts_dir, spki_pin, Browser, BrowserOptions, Chromedriver};
-use tests::chatnode::{raw_chat_socket, ChatNode};
+use tests::chatnode::{raw_chat_call, raw_chat_socket, ChatNode};
 use tests::redis::RedisServer;
 use tests::socketio::run_with_timeout;
 use tests::{port_array, Certs, Proxy};
@@ -63,10 +63,15 @@ struct Stack {
 
 impl Stack {
     fn start() -> Stack {
+        Stack::start_with(&[])
+    }
+
+    /// [`Stack::start`] with `node_flags` for every chat node.
+    fn start_with(node_flags: &[&str]) -> Stack {
         let redis = RedisServer::start();
         let nodes: Vec<ChatNode> = NODES
             .iter()
-            .map(|id| ChatNode::start(id, Some(&redis.url()), &[]))
+            .map(|id| ChatNode::start(id, Some(&redis.url()), node_flags))
             .collect();
         let certs_dir = tempfile::tempdir().unwrap();
         let certs = Certs::generate(certs_dir.path(), &["localhost", "127.0.0.1"]);
@@ -654,6 +659,39 @@ async fn the_room_list_counts_users_not_names() {
         .await;
     assert_eq!(names, json!(["bob", "gail"]), "names are listed once");
     close_clean(gail).await;
+}
+
+/// The room list holds every room, however many pages of `rooms` that takes (the page
+/// asks for 200 at a time, the node answers at most 500).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_room_list_holds_rooms_beyond_one_page() {
+    const ROOMS: usize = 520;
+    let stack = Stack::start_with(&["--rate-limit", "10000/1s"]);
+    let mut maker = raw_chat_socket(&stack.nodes[1], "maker").await;
+    for i in 0..ROOMS {
+        let payload = format!(r#"{{"room":"room {i:03}"}}"#);
+        let answer = raw_chat_call(&mut maker, i as u64, "create", &payload).await;
+        assert_eq!(answer["ok"], true, "room {i}: {answer}");
+    }
+    let driver = Chromedriver::start();
+    let hana = open_chat(&driver, &stack, "hana", "").await;
+    let count = hana
+        .wait_js(
+            T,
+            "every room listed",
+            &format!(
+                "const n = document.querySelectorAll('#room-list li').length; \
+                 return n === {} ? n : null;",
+                ROOMS + 1
+            ),
+            vec![],
+        )
+        .await;
+    assert_eq!(count, json!(ROOMS + 1));
+    let rooms = listed_rooms(&hana).await;
+    assert_eq!(rooms.first().map(String::as_str), Some("lobby"));
+    assert_eq!(rooms.last().map(String::as_str), Some("room 519"));
+    close_clean(hana).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,6 +7,9 @@ use super::rate::RateLimit;
 /// The longest history page a client may ask for.
 pub const MAX_PAGE: usize = 100;
 
+/// The longest page of `rooms` a client may ask for, and the page it gets by default.
+pub const MAX_ROOMS_PAGE: usize = 500;
+
 /// The default of [`ChatConfig::join_rate_limit`]: 20 in a burst, then one every 500 ms
 /// (clicking through rooms stays well below; a script cycling join/leave does not).
 pub const DEFAULT_JOIN_RATE_LIMIT: RateLimit = RateLimit {
@@ -41,6 +44,9 @@ pub struct ChatConfig {
     /// How long a node's presence entries live without its heartbeat (it beats every third
     /// of this): the longest a dead node's users still count as online.
     pub presence_ttl: Duration,
+    /// How many rooms (public and private) may exist, across all nodes: rooms are never
+    /// deleted, and every client's room list grows with the public ones.
+    pub max_rooms: usize,
 }
 
 impl Default for ChatConfig {
@@ -53,6 +59,7 @@ impl Default for ChatConfig {
             typing_rate_limit: DEFAULT_TYPING_RATE_LIMIT,
             max_text: 2000,
             presence_ttl: Duration::from_secs(30),
+            max_rooms: 10_000,
         }
     }
 }
@@ -72,6 +79,9 @@ pub enum ChatConfigError {
     /// `presence_ttl` is below 300 ms.
     #[error("the presence TTL must be at least 300ms, got {0:?}")]
     PresenceTtl(Duration),
+    /// `max_rooms` is 0.
+    #[error("the room limit must be at least 1")]
+    MaxRooms,
 }
 
 impl ChatConfig {
@@ -88,6 +98,9 @@ impl ChatConfig {
         }
         if self.presence_ttl < Duration::from_millis(300) {
             return Err(ChatConfigError::PresenceTtl(self.presence_ttl));
+        }
+        if self.max_rooms == 0 {
+            return Err(ChatConfigError::MaxRooms);
         }
         Ok(self)
     }
@@ -125,6 +138,10 @@ mod tests {
         }));
         assert!(bad(ChatConfig {
             presence_ttl: Duration::from_millis(10),
+            ..ChatConfig::default()
+        }));
+        assert!(bad(ChatConfig {
+            max_rooms: 0,
             ..ChatConfig::default()
         }));
         assert!(ChatConfig {

@@ -18,6 +18,9 @@ pub enum ChatError {
     /// `create` with a taken name.
     #[error("room exists")]
     RoomExists,
+    /// `create` when `max_rooms` rooms exist.
+    #[error("too many rooms")]
+    TooManyRooms,
     /// The room does not exist — or is private and the user is not a member (the two are
     /// indistinguishable on purpose, except to `join` with an invite).
     #[error("no such room")]

@@ -10,9 +10,9 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::config::MAX_PAGE;
+use super::config::{MAX_PAGE, MAX_ROOMS_PAGE};
 use super::error::ChatError;
-use super::store::{Membership, Message, NewMessage, Post, Posted, RoomMeta};
+use super::store::{Created, Membership, Message, NewMessage, Post, Posted, RoomMeta};
 use super::{now_ms, presence, rate, secret, validate, ChatInner, LOBBY};
 use crate::metrics::metrics;
 use crate::socketio::{AckSender, Data, SocketRef};
@@ -154,18 +154,45 @@ async fn not_member(chat: &ChatInner, room: &str) -> ChatError {
 }
 
 #[derive(Deserialize)]
-struct Empty {}
+struct RoomsRequest {
+    /// The last room of the previous page.
+    #[serde(default)]
+    after: Option<String>,
+    #[serde(default)]
+    limit: Option<u64>,
+}
 
-/// `rooms` → `{rooms: [{room, private, members}]}`: the public rooms and the user's
-/// private ones, with online member counts.
-async fn rooms(chat: Arc<ChatInner>, socket: SocketRef, _: Empty) -> Answer {
+/// `rooms {after?, limit?}` → `{rooms: [{room, private, members}], next?}`: the public
+/// rooms and the user's private ones, `lobby` first, then by name, with online member
+/// counts; a page of at most `limit` ([`MAX_ROOMS_PAGE`], the default), and `next` (the
+/// `after` of the next page) when more follow.
+async fn rooms(chat: Arc<ChatInner>, socket: SocketRef, request: RoomsRequest) -> Answer {
     let (user, _) = identity(&chat, &socket)?;
+    // Clamped, as `history`'s limit is.
+    let limit = request
+        .limit
+        .map_or(MAX_ROOMS_PAGE, |l| {
+            usize::try_from(l).unwrap_or(MAX_ROOMS_PAGE)
+        })
+        .clamp(1, MAX_ROOMS_PAGE);
     let mut names: BTreeSet<String> = chat.store.public_rooms().await?.into_iter().collect();
     names.extend(chat.store.rooms_of(&user).await?);
-    names.insert(LOBBY.to_owned());
-    let names: Vec<String> = names.into_iter().collect();
-    let metas = chat.store.rooms(&names).await?;
-    let visible: Vec<(String, bool)> = names
+    names.remove(LOBBY);
+    // The order pages follow: lobby, then the others by name.
+    let ordered = std::iter::once(LOBBY.to_owned()).chain(names);
+    let mut rest: Vec<String> = match request.after.as_deref() {
+        None => ordered.collect(),
+        Some(LOBBY) => ordered.skip(1).collect(),
+        Some(after) => ordered.skip(1).filter(|r| r.as_str() > after).collect(),
+    };
+    rest.truncate(limit.saturating_add(1));
+    let next = (rest.len() > limit)
+        .then(|| rest.get(limit - 1).cloned())
+        .flatten();
+    rest.truncate(limit);
+    let metas = chat.store.rooms(&rest).await?;
+    // A private room shows up only when the user is a member: `rooms_of` checked that.
+    let visible: Vec<(String, bool)> = rest
         .into_iter()
         .filter_map(|room| {
             let private = if room == LOBBY {
@@ -176,9 +203,8 @@ async fn rooms(chat: Arc<ChatInner>, socket: SocketRef, _: Empty) -> Answer {
             Some((room, private))
         })
         .collect();
-    let rooms: Vec<String> = visible.iter().map(|(r, _)| r.clone()).collect();
-    let online = chat.store.presence(&rooms).await?;
-    // A private room shows up only when the user is a member: `rooms_of` checked that.
+    let page: Vec<String> = visible.iter().map(|(r, _)| r.clone()).collect();
+    let online = chat.store.presence(&page).await?;
     let list: Vec<Value> = visible
         .iter()
         .map(|(room, private)| {
@@ -186,9 +212,11 @@ async fn rooms(chat: Arc<ChatInner>, socket: SocketRef, _: Empty) -> Answer {
             json!({"room": room, "private": private, "members": members})
         })
         .collect();
-    let mut sorted = list;
-    sorted.sort_by_key(|r| (r["room"] != LOBBY, r["room"].as_str().map(str::to_owned)));
-    Ok(fields(json!({"rooms": sorted})))
+    let mut answer = fields(json!({"rooms": list}));
+    if let Some(next) = next {
+        answer.insert("next".to_owned(), Value::String(next));
+    }
+    Ok(answer)
 }
 
 #[derive(Deserialize)]
@@ -217,8 +245,14 @@ async fn create(chat: Arc<ChatInner>, socket: SocketRef, request: CreateRequest)
         created_by: user.clone(),
         created_at: now_ms(),
     };
-    if !chat.store.create_room(&room, &meta).await? {
-        return Err(ChatError::RoomExists);
+    match chat
+        .store
+        .create_room(&room, &meta, chat.config.max_rooms)
+        .await?
+    {
+        Created::Created => {}
+        Created::Exists => return Err(ChatError::RoomExists),
+        Created::Full => return Err(ChatError::TooManyRooms),
     }
     chat.store.add_member(&room, &user).await?;
     chat.enter_late(&socket, &user, &room).await;

@@ -12,8 +12,8 @@ use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use super::{
-    ChatStore, Membership, Message, NewMessage, Online, Post, Posted, PresenceEntry, RoomMeta,
-    StoreError,
+    ChatStore, Created, Membership, Message, NewMessage, Online, Post, Posted, PresenceEntry,
+    RoomMeta, StoreError,
 };
 use crate::chat::now_ms;
 use crate::chat::rate::RateLimit;
@@ -120,13 +120,21 @@ impl ChatStore for MemoryStore {
         Ok(())
     }
 
-    async fn create_room(&self, room: &str, meta: &RoomMeta) -> Result<bool, StoreError> {
+    async fn create_room(
+        &self,
+        room: &str,
+        meta: &RoomMeta,
+        max_rooms: usize,
+    ) -> Result<Created, StoreError> {
         let mut state = self.state.lock();
         if state.rooms.contains_key(room) {
-            return Ok(false);
+            return Ok(Created::Exists);
+        }
+        if state.rooms.len() >= max_rooms {
+            return Ok(Created::Full);
         }
         state.rooms.insert(room.to_owned(), meta.clone());
-        Ok(true)
+        Ok(Created::Created)
     }
 
     async fn room(&self, room: &str) -> Result<Option<RoomMeta>, StoreError> {

@@ -147,6 +147,16 @@ pub struct Post<'a> {
 }
 
 /// The chat's state. Every method is one atomic step; the chat composes them.
+/// What [`ChatStore::create_room`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    Created,
+    /// The name is taken.
+    Exists,
+    /// The room limit is reached.
+    Full,
+}
+
 #[async_trait]
 pub trait ChatStore: Send + Sync + 'static {
     /// What the store is (`redis`, `memory`), for logs.
@@ -157,8 +167,14 @@ pub trait ChatStore: Send + Sync + 'static {
     /// Records a new user with its token.
     async fn create_user(&self, user: &str, token: &str) -> Result<(), StoreError>;
 
-    /// Creates a room; `false` when the name is taken.
-    async fn create_room(&self, room: &str, meta: &RoomMeta) -> Result<bool, StoreError>;
+    /// Creates a room, unless the name is taken or `max_rooms` rooms exist already (one
+    /// step: nodes creating rooms at once cannot overshoot the limit).
+    async fn create_room(
+        &self,
+        room: &str,
+        meta: &RoomMeta,
+        max_rooms: usize,
+    ) -> Result<Created, StoreError>;
     /// A room's settings, if it exists.
     async fn room(&self, room: &str) -> Result<Option<RoomMeta>, StoreError>;
     /// The settings of each of `rooms` that exists.

@@ -25,8 +25,8 @@ use redis::streams::StreamRangeReply;
 use redis::{Pipeline, RedisError, Script, Value};
 
 use super::{
-    ChatStore, Membership, Message, NewMessage, Online, Post, Posted, PresenceEntry, RoomMeta,
-    StoreError,
+    ChatStore, Created, Membership, Message, NewMessage, Online, Post, Posted, PresenceEntry,
+    RoomMeta, StoreError,
 };
 use crate::chat::now_ms;
 use crate::chat::rate::RateLimit;
@@ -84,6 +84,30 @@ if not admit(KEYS[2], tonumber(ARGV[3]), tonumber(ARGV[4])) then return 1 end
 return redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'm', ARGV[6])
 "
     ))
+});
+
+/// [`ChatStore::create_room`], atomic: the room, its place in the public list and the
+/// count of rooms change together or not at all (a room created and never listed, or a
+/// limit overshot by two nodes at once, would otherwise be possible). KEYS: the room, the
+/// public room set, the room count. ARGV: the room's JSON, `1` when public, the name, the
+/// limit. Returns 0 (the name is taken), 2 (the limit is reached) or 1.
+static CREATE_ROOM: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local count = redis.call('GET', KEYS[3])
+if not count then
+  -- Rooms from before the count was kept: the public ones are known, the private not.
+  count = redis.call('SCARD', KEYS[2])
+  redis.call('SET', KEYS[3], count)
+end
+if tonumber(count) >= tonumber(ARGV[4]) then return 2 end
+redis.call('SET', KEYS[1], ARGV[1])
+if ARGV[2] == '1' then redis.call('SADD', KEYS[2], ARGV[3]) end
+redis.call('INCR', KEYS[3])
+return 1
+",
+    )
 });
 
 /// [`ChatStore::presence_refresh`], atomic: every presence hash of the node is replaced
@@ -232,23 +256,33 @@ impl ChatStore for RedisStore {
         self.query(&cmd).await
     }
 
-    async fn create_room(&self, room: &str, meta: &RoomMeta) -> Result<bool, StoreError> {
+    async fn create_room(
+        &self,
+        room: &str,
+        meta: &RoomMeta,
+        max_rooms: usize,
+    ) -> Result<Created, StoreError> {
         let json = serde_json::to_string(meta).map_err(|e| StoreError::Corrupt {
             key: key(&["room", room]),
             reason: e.to_string(),
         })?;
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(key(&["room", room])).arg(json).arg("NX");
-        let created: Option<String> = self.query(&cmd).await?;
-        if created.is_none() {
-            return Ok(false);
-        }
-        if !meta.private {
-            let mut cmd = redis::cmd("SADD");
-            cmd.arg(key(&["rooms", "public"])).arg(room);
-            let _: i64 = self.query(&cmd).await?;
-        }
-        Ok(true)
+        let mut conn = self.conn.clone();
+        let reply: i64 = CREATE_ROOM
+            .key(key(&["room", room]))
+            .key(key(&["rooms", "public"]))
+            .key(key(&["rooms", "count"]))
+            .arg(json)
+            .arg(if meta.private { "0" } else { "1" })
+            .arg(room)
+            .arg(max_rooms)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(redis_error)?;
+        Ok(match reply {
+            0 => Created::Exists,
+            2 => Created::Full,
+            _ => Created::Created,
+        })
     }
 
     async fn room(&self, room: &str) -> Result<Option<RoomMeta>, StoreError> {
