@@ -60,7 +60,7 @@ fn pick(c: &mut Criterion) {
 }
 
 fn cookie(c: &mut Criterion) {
-    let signer = proxy::balance::CookieSigner::new(b"0123456789abcdef0123456789abcdef");
+    let signer = proxy::balance::CookieSigner::new(b"0123456789abcdef0123456789abcdef", "app");
     let value = signer.sign("backend-42");
     c.bench_function("cookie/sign", |b| {
         b.iter(|| black_box(signer.sign(black_box("backend-42"))))

@@ -280,6 +280,94 @@ async fn sticky_cookie_pins_resists_tampering_fails_over_and_is_shared_by_replic
     assert_pinned(&c, &url, &v, &backend, 20).await;
 }
 
+/// Two sticky upstreams on two routes, sharing the key and the cookie name, whose backends
+/// have the same ids: a cookie minted by one names a backend of the other too. Its MAC
+/// covers the upstream's name, so the other ignores it, places the request with its
+/// fallback and sets its own cookie. Before, upstream b followed upstream a's cookie.
+#[tokio::test]
+async fn a_cookie_minted_by_one_upstream_is_not_followed_by_another() {
+    let bs = Backend::start_many(&["a1", "a2", "b1", "b2"]);
+    let entry = |b: &Backend, id: &str| format!("{{ addr = \"{}\", id = \"{id}\" }}", b.addr());
+    // round_robin as the fallback: where an ignored cookie lands is known (it alternates).
+    let sticky = |name: &str| {
+        format!("[upstreams.{name}.sticky]\nkey = \"{STICKY_KEY}\"\nfallback = \"round_robin\"\n")
+    };
+    let toml = format!(
+        "{TWO_THREADS}\n{}\n{}{}\n{}{}\n\
+         [[routes]]\npath_prefix = \"/a/\"\nupstream = \"a\"\n\n\
+         [[routes]]\npath_prefix = \"/b/\"\nupstream = \"b\"\n",
+        listener(free_port()),
+        upstream(
+            "a",
+            Some("sticky_cookie"),
+            &[entry(&bs[0], "one"), entry(&bs[1], "two")]
+        ),
+        sticky("a"),
+        upstream(
+            "b",
+            Some("sticky_cookie"),
+            &[entry(&bs[2], "one"), entry(&bs[3], "two")]
+        ),
+        sticky("b"),
+    );
+    let proxy = Proxy::start_config(&toml);
+    let c = client();
+    let (url_a, url_b) = (proxy.url("/a/id"), proxy.url("/b/id"));
+
+    // A cookie from upstream a for its backend `two` (a2): round robin reaches it second.
+    let mut from_a = None;
+    for _ in 0..2 {
+        let r = send(c.get(&url_a)).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        if r.backend() == Some("a2") {
+            let set = r.header_all("set-cookie");
+            assert_eq!(set.len(), 1, "{set:?}");
+            let (name, value, _) = parse_set_cookie(&set[0]);
+            assert_eq!(name, COOKIE);
+            assert!(value.starts_with("two."), "{value}");
+            from_a = Some(value);
+        }
+    }
+    let from_a = from_a.expect("upstream a placed a request on a2");
+    // Upstream a follows its own cookie.
+    assert_pinned(&c, &url_a, &from_a, "a2", 3).await;
+
+    // Upstream b ignores it: every request is placed by round robin (b1 and b2 in turn),
+    // and answered with b's own cookie.
+    let mut seen = BTreeSet::new();
+    let mut from_b = BTreeMap::new();
+    for i in 0..4 {
+        let r = with_cookie(&c, &url_b, &from_a).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let backend = r.backend().unwrap().to_owned();
+        let set = r.header_all("set-cookie");
+        assert_eq!(
+            set.len(),
+            1,
+            "request {i} to upstream b with upstream a's cookie (answered by {backend}) \
+             got no cookie of its own: {set:?}"
+        );
+        let (name, value, _) = parse_set_cookie(&set[0]);
+        assert_eq!(name, COOKIE);
+        assert_ne!(value, from_a, "upstream b minted upstream a's cookie");
+        seen.insert(backend.clone());
+        from_b.insert(backend, value);
+    }
+    assert_eq!(
+        seen,
+        BTreeSet::from(["b1".to_owned(), "b2".to_owned()]),
+        "upstream a's cookie steered upstream b's requests"
+    );
+    // b's own cookies pin on b, and are not followed by a.
+    assert_pinned(&c, &url_b, &from_b["b2"], "b2", 3).await;
+    let r = with_cookie(&c, &url_a, &from_b["b2"]).await;
+    assert_eq!(
+        r.header_all("set-cookie").len(),
+        1,
+        "upstream a followed b's cookie"
+    );
+}
+
 /// Without active checks, a backend marked down is probed with one request per fail window:
 /// a request the strategy would send it, never one whose cookie pins it to another backend.
 /// The first request after the window used to be the probe whatever its cookie, so a client

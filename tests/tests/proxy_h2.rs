@@ -13,7 +13,9 @@ use tokio::io::AsyncReadExt as _;
 use tokio::net::TcpStream;
 
 use tests::fixtures::{listener, tls_keys, upstream, TWO_THREADS};
-use tests::h2client::{connect as h2_connect, get as h2_get, read_response, tls_connect};
+use tests::h2client::{
+    connect as h2_connect, get as h2_get, read_full, read_response, tls_connect,
+};
 use tests::raw::{field, split_head, RawBackend, RawConn};
 use tests::{Certs, Proxy, STEP_TIMEOUT};
 
@@ -275,4 +277,48 @@ async fn framing_fields_spelled_with_underscores_are_dropped() {
         .unwrap()
         .unwrap();
     assert!(headers.iter().all(|(n, _)| !n.contains('_')), "{headers:?}");
+}
+
+/// What the README's HTTP/2 section says of the requests pingora refuses while accepting the
+/// stream, before any hook of the proxy runs: a `Host` that differs from `:authority` gets
+/// a bare `400` (no reason), has no access-log line, and the connection goes on serving.
+/// Should a pingora upgrade hand such requests to the proxy's hooks, this fails: they should
+/// then get a reason and a log line, and the README be updated.
+#[tokio::test]
+async fn a_host_differing_from_authority_gets_pingoras_bare_400_unlogged() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::generate(dir.path(), &["localhost", "127.0.0.1"]);
+    let log = dir.path().join("access.log");
+    let (_b, _proxy, port) = echo_tls_proxy(
+        &certs,
+        &format!(
+            "[access_log]\nenabled = true\nformat = \"json\"\npath = \"{}\"\n",
+            log.display()
+        ),
+    );
+    let h2 = h2_connect(&certs.ca_pem(), port).await;
+
+    let mut ready = tokio::time::timeout(STEP_TIMEOUT, h2.clone().ready())
+        .await
+        .unwrap()
+        .unwrap();
+    let req = http::Request::get(format!("https://localhost:{port}/bad-host"))
+        .header("host", "other.example")
+        .body(())
+        .unwrap();
+    let (resp, _) = ready.send_request(req, true).unwrap();
+    let r = read_full(resp).await.unwrap();
+    assert_eq!((r.status.as_u16(), r.body.as_str()), (400, ""));
+
+    // The same connection serves the next request, which is logged.
+    let (status, body) = h2_get(&h2, &format!("https://localhost:{port}/after"))
+        .await
+        .unwrap();
+    assert_eq!((status.as_u16(), body.as_str()), (200, "b1"));
+    let text = tests::wait_for(STEP_TIMEOUT, "the access-log line of /after", || async {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.contains("\"/after\"").then_some(text)
+    })
+    .await;
+    assert!(!text.contains("/bad-host"), "{text}");
 }

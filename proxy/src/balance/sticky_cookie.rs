@@ -73,14 +73,19 @@ const TAG_LEN: usize = 16;
 /// `TAG_LEN` bytes in unpadded base64.
 const TAG_B64_LEN: usize = (TAG_LEN * 4).div_ceil(3);
 
-/// Signs and verifies sticky cookie values `<backend-id>.<base64url(HMAC-SHA256(key, id))>`.
+/// Signs and verifies sticky cookie values
+/// `<backend-id>.<base64url(HMAC-SHA256(key, len(upstream) ‖ upstream ‖ id))>`, the length
+/// a big-endian u64.
 ///
 /// The signature stops clients from steering themselves onto a backend of their choice by
-/// writing the cookie by hand; it is not encryption, and the backend id is visible.
+/// writing the cookie by hand; it is not encryption, and the backend id is visible. The
+/// upstream's name is in the MAC so that two upstreams sharing a key and a cookie name
+/// (backend ids are only unique within an upstream) do not follow each other's cookies.
+/// The length prefix keeps (`ab`, `c`) and (`a`, `bc`) apart, whatever the names contain.
 #[derive(Clone)]
 pub struct CookieSigner {
-    /// The keyed HMAC state, prepared once: each sign or verify clones it instead of
-    /// rehashing the key.
+    /// The keyed HMAC state with the upstream's name already fed, prepared once: each sign
+    /// or verify clones it instead of rehashing the key.
     mac: HmacSha256,
 }
 
@@ -91,11 +96,15 @@ impl std::fmt::Debug for CookieSigner {
 }
 
 impl CookieSigner {
-    pub fn new(key: &[u8]) -> Self {
+    /// A signer for the cookies of upstream `upstream`: it verifies only what it signed
+    /// for that upstream's name.
+    pub fn new(key: &[u8], upstream: &str) -> Self {
         #[allow(clippy::expect_used)]
-        let mac = HmacSha256::new_from_slice(key)
+        let mut mac = HmacSha256::new_from_slice(key)
             // HMAC takes keys of any length (long ones are hashed first): this cannot fail.
             .expect("HMAC accepts keys of any length");
+        mac.update(&(upstream.len() as u64).to_be_bytes());
+        mac.update(upstream.as_bytes());
         Self { mac }
     }
 
@@ -191,7 +200,7 @@ mod tests {
 
     #[test]
     fn sign_then_verify_round_trips() {
-        let signer = CookieSigner::new(b"secret key");
+        let signer = CookieSigner::new(b"secret key", "app");
         for id in ["b0", "web-1", "10.0.0.7:8080", "a.b.c", "[::1]:80", "ü"] {
             let v = signer.sign(id);
             assert!(v.starts_with(id));
@@ -202,7 +211,7 @@ mod tests {
 
     #[test]
     fn signing_is_deterministic_and_url_safe() {
-        let signer = CookieSigner::new(b"k");
+        let signer = CookieSigner::new(b"k", "app");
         let v = signer.sign("b0");
         assert_eq!(v, signer.sign("b0"));
         let tag = v.rsplit_once('.').unwrap().1;
@@ -213,7 +222,7 @@ mod tests {
 
     #[test]
     fn tampering_is_rejected() {
-        let signer = CookieSigner::new(b"secret key");
+        let signer = CookieSigner::new(b"secret key", "app");
         let v = signer.sign("b0");
         let (_, tag) = v.rsplit_once('.').unwrap();
         // Another id with b0's MAC.
@@ -237,18 +246,18 @@ mod tests {
 
     #[test]
     fn a_different_key_is_rejected() {
-        let a = CookieSigner::new(b"key a");
-        let b = CookieSigner::new(b"key b");
+        let a = CookieSigner::new(b"key a", "app");
+        let b = CookieSigner::new(b"key b", "app");
         assert_eq!(b.verify(&a.sign("b0")), None);
         // Long keys (hashed by HMAC first) work too.
-        let long = CookieSigner::new(&[7u8; 200]);
+        let long = CookieSigner::new(&[7u8; 200], "app");
         assert_eq!(long.verify(&long.sign("b0")), Some("b0"));
         assert_eq!(a.verify(&long.sign("b0")), None);
     }
 
     #[test]
     fn garbage_is_rejected() {
-        let signer = CookieSigner::new(b"k");
+        let signer = CookieSigner::new(b"k", "app");
         let valid_tag = signer.sign("b0").rsplit_once('.').unwrap().1.to_owned();
         for v in [
             "",
@@ -267,28 +276,64 @@ mod tests {
     }
 
     #[test]
+    fn another_upstreams_cookie_is_rejected() {
+        // Same key, same backend id, another upstream: the cookie is not followed.
+        let a = CookieSigner::new(b"secret key", "a");
+        let b = CookieSigner::new(b"secret key", "b");
+        assert_eq!(a.verify(&a.sign("b0")), Some("b0"));
+        assert_eq!(b.verify(&b.sign("b0")), Some("b0"));
+        assert_eq!(b.verify(&a.sign("b0")), None);
+        assert_eq!(a.verify(&b.sign("b0")), None);
+        assert_ne!(a.sign("b0"), b.sign("b0"));
+        // A signer built again for the same upstream (a reload, a replica) accepts them.
+        let a2 = CookieSigner::new(b"secret key", "a");
+        assert_eq!(a2.verify(&a.sign("b0")), Some("b0"));
+    }
+
+    #[test]
+    fn name_and_id_boundary_is_unambiguous() {
+        // Without the length prefix, upstream `ab` + id `c` and upstream `a` + id `bc`
+        // would feed the same bytes to the MAC.
+        let ab = CookieSigner::new(b"secret key", "ab");
+        let a = CookieSigner::new(b"secret key", "a");
+        let signed = ab.sign("c");
+        let (_, tag) = signed.rsplit_once('.').unwrap();
+        assert_eq!(a.verify(&format!("bc.{tag}")), None);
+        assert_eq!(ab.verify(&format!("c.{tag}")), Some("c"));
+    }
+
+    #[test]
     fn signer_debug_hides_the_key() {
-        let s = format!("{:?}", CookieSigner::new(b"hunter2"));
+        let s = format!("{:?}", CookieSigner::new(b"hunter2", "app"));
         assert!(!s.contains("hunter2"));
     }
 
     proptest! {
         #[test]
         fn verify_never_panics(s in ".*") {
-            let signer = CookieSigner::new(b"k");
+            let signer = CookieSigner::new(b"k", "app");
             let _ = signer.verify(&s);
         }
 
         #[test]
         fn round_trip_any_id(id in "[^\\x00]{1,64}") {
-            let signer = CookieSigner::new(b"k");
+            let signer = CookieSigner::new(b"k", "app");
             let signed = signer.sign(&id);
             prop_assert_eq!(signer.verify(&signed), Some(id.as_str()));
         }
 
         #[test]
+        fn other_upstream_never_verifies(a in "[a-z0-9_-]{1,12}", b in "[a-z0-9_-]{1,12}", id in "[a-z0-9.:-]{1,20}") {
+            prop_assume!(a != b);
+            let sa = CookieSigner::new(b"k", &a);
+            let sb = CookieSigner::new(b"k", &b);
+            let signed = sa.sign(&id);
+            prop_assert_eq!(sb.verify(&signed), None);
+        }
+
+        #[test]
         fn forged_tag_is_rejected(id in "[a-z0-9.:-]{1,20}", tag in "[A-Za-z0-9_-]{22}") {
-            let signer = CookieSigner::new(b"k");
+            let signer = CookieSigner::new(b"k", "app");
             let forged = format!("{id}.{tag}");
             prop_assume!(forged != signer.sign(&id));
             prop_assert_eq!(signer.verify(&forged), None);

@@ -73,7 +73,7 @@ impl Upstream {
         let backends = primaries;
         let strategy = balance::build(config.strategy, &backends, config.sticky.fallback);
         let signer = (config.strategy == StrategyKind::StickyCookie)
-            .then(|| CookieSigner::new(&config.sticky.key));
+            .then(|| CookieSigner::new(&config.sticky.key, &config.name));
         let metrics = backends
             .iter()
             .map(|b| {
