@@ -28,7 +28,7 @@ use crate::h1::plain_on_tls::PlainHttpOnTls;
 use crate::h1::{Outcome, H1};
 use crate::h2::{self, FirstRequest};
 use crate::health::HealthChecker;
-use crate::proxy::{EdgeProxy, KeptAlive};
+use crate::proxy::{respond, EdgeProxy, KeptAlive};
 use crate::proxy_protocol::{self, ProxyHeader};
 use crate::state::Shared;
 use crate::tls;
@@ -55,6 +55,10 @@ impl HttpServerApp for Edge {
     ) -> Option<ReusedHttpStream> {
         let ServerSession::H1(mut h1) = session else {
             self.waiting.started(session.digest());
+            if session.req_header().method == http::Method::CONNECT {
+                refuse_h2_connect(&self.shared, session).await;
+                return None;
+            }
             return self.pingora_request(session, shutdown).await;
         };
         // A connection pingora served with pipelining on may hold bytes of this request
@@ -181,6 +185,35 @@ impl Edge {
             }
         }
     }
+}
+
+/// Answers an h2 CONNECT as HTTP/1's is answered (501 with the reason, counted, in the
+/// access log): pingora would answer it with an empty 405 before any hook of ours.
+async fn refuse_h2_connect(shared: &Shared, mut session: ServerSession) {
+    let r = crate::h1::head::CONNECT_REFUSED;
+    let socket = session.digest().and_then(|d| d.socket_digest.clone());
+    let (peer, local) = crate::h1::addresses(socket.as_deref());
+    let authority = session
+        .req_header()
+        .uri
+        .authority()
+        .map_or("-", |a| a.as_str());
+    let line = format!("CONNECT {authority} HTTP/2.0");
+    let rt = shared.current();
+    let mut sent = 0;
+    if let Ok((head, body)) = respond::text_answer(r.status, r.detail, rt.response_headers(local)) {
+        let len = body.len();
+        let written = async {
+            session.write_response_header(Box::new(head)).await?;
+            session.write_response_body(body, true).await?;
+            session.finish().await
+        };
+        if written.await.is_ok() {
+            sent = len;
+        }
+    }
+    shared.metrics.reject(r.reason);
+    crate::h1::log_refusal(shared, peer, line.as_bytes(), r.status, sent);
 }
 
 /// Runs `request` (one request of a connection) and gives up on it, returning None, when

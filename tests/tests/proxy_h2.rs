@@ -285,7 +285,7 @@ async fn framing_fields_spelled_with_underscores_are_dropped() {
 /// Should a pingora upgrade hand such requests to the proxy's hooks, this fails: they should
 /// then get a reason and a log line, and the README be updated.
 #[tokio::test]
-async fn a_host_differing_from_authority_gets_pingoras_bare_400_unlogged() {
+async fn a_host_differing_from_authority_gets_pingoras_bare_400_unlogged_and_connect_a_501() {
     let dir = tempfile::tempdir().unwrap();
     let certs = Certs::generate(dir.path(), &["localhost", "127.0.0.1"]);
     let log = dir.path().join("access.log");
@@ -321,4 +321,31 @@ async fn a_host_differing_from_authority_gets_pingoras_bare_400_unlogged() {
     })
     .await;
     assert!(!text.contains("/bad-host"), "{text}");
+
+    // CONNECT is seen before pingora's bare 405: it is answered as over HTTP/1 (501 with
+    // the reason) and logged.
+    let mut ready = tokio::time::timeout(STEP_TIMEOUT, h2.clone().ready())
+        .await
+        .unwrap()
+        .unwrap();
+    let req = http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri("example.com:443")
+        .body(())
+        .unwrap();
+    let (resp, _) = ready.send_request(req, true).unwrap();
+    let r = read_full(resp).await.unwrap();
+    assert_eq!(r.status.as_u16(), 501, "{}", r.body);
+    assert!(r.body.contains("CONNECT is not supported"), "{}", r.body);
+    tests::wait_for(
+        STEP_TIMEOUT,
+        "the access-log line of the CONNECT",
+        || async {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            text.lines()
+                .any(|l| l.contains("\"CONNECT\"") && l.contains("\"status\":501"))
+                .then_some(())
+        },
+    )
+    .await;
 }

@@ -11,6 +11,14 @@ use crate::proxy::{forwarded, is_forwarded_field, FieldValue};
 
 use super::body::Framing;
 
+/// The answer to CONNECT, on HTTP/1 and h2. pingora answers it with an empty 405: a
+/// reverse proxy opens no tunnels to addresses its clients name (that is a forward
+/// proxy's job, and an open relay's).
+pub(crate) const CONNECT_REFUSED: Rejection = Rejection {
+    status: 501,
+    reason: "method",
+    detail: "CONNECT is not supported: this proxy forwards requests to its backends and opens no tunnels to other addresses",
+};
 /// Most header fields a head may have on this path; more go to pingora's parser.
 pub const MAX_HEADERS: usize = 64;
 /// Most header fields a request may have at all: pingora's parser takes no more.
@@ -180,14 +188,8 @@ pub fn handoff_framing(buf: &[u8]) -> Result<(usize, Framing), Rejection> {
             ))
         }
     };
-    // pingora answers CONNECT with an empty 405: a reverse proxy opens no tunnels to
-    // addresses its clients name (that is a forward proxy's job, and an open relay's).
     if line.starts_with(b"CONNECT ") {
-        return Err(Rejection {
-            status: 501,
-            reason: "method",
-            detail: "CONNECT is not supported: this proxy forwards requests to its backends and opens no tunnels to other addresses",
-        });
+        return Err(CONNECT_REFUSED);
     }
     let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
     let (len, fields) = match httparse::parse_headers(&buf[line_end + 1..], &mut fields) {

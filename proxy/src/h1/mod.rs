@@ -922,7 +922,7 @@ pub(crate) async fn refuse<S>(
 /// An access log line for a request refused before it could be parsed, with its first
 /// line as it came (as nginx logs `$request` of a bad request), since an operator looks
 /// for these in the access log like for any other answer.
-fn log_refusal(
+pub(crate) fn log_refusal(
     shared: &Shared,
     peer_ip: Option<IpAddr>,
     head: &[u8],

@@ -74,6 +74,19 @@ pub async fn text(
     detail: &str,
     added: &[(String, String)],
 ) -> Result<()> {
+    let (resp, body) = text_answer(status, detail, added)?;
+    session.set_keepalive(None);
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(body), true).await?;
+    Ok(())
+}
+
+/// The head and body of [`text`], for sessions written outside pingora's proxy loop.
+pub fn text_answer(
+    status: u16,
+    detail: &str,
+    added: &[(String, String)],
+) -> Result<(ResponseHeader, Bytes)> {
     let body = Bytes::from(text_body(status, detail));
     let mut resp = ResponseHeader::build(status, Some(4 + added.len()))?;
     resp.insert_header("content-type", "text/plain; charset=utf-8")?;
@@ -83,10 +96,7 @@ pub async fn text(
         resp.insert_header("retry-after", "1")?;
     }
     insert_all(&mut resp, added)?;
-    session.set_keepalive(None);
-    session.write_response_header(Box::new(resp), false).await?;
-    session.write_response_body(Some(body), true).await?;
-    Ok(())
+    Ok((resp, body))
 }
 
 /// Permanent redirect (308 keeps the method and body).
