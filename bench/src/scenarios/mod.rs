@@ -20,7 +20,7 @@ use anyhow::Context as _;
 
 use crate::backends::Backends;
 use crate::cli::{Command, Common};
-use crate::report::{meta, Check, Column, Report, RunResult, TargetReport};
+use crate::report::{meta, Check, Column, Partial, Report, RunResult, TargetReport};
 use crate::stats::{median, Fairness, Percentiles};
 use crate::targets::{
     availability, launch, parse_targets, LaunchOpts, Proxy, Running, Strategy, Target, Tools,
@@ -187,10 +187,32 @@ pub async fn run(cmd: Command) -> anyhow::Result<()> {
     } else {
         Some(Backends::start(&plan.delays)?)
     };
-    let mut results: BTreeMap<String, (Vec<RunResult>, String, Vec<String>)> = BTreeMap::new();
+    let ids = match (&shared, &plan.chat) {
+        (Some(b), _) => b.ids(),
+        (None, Some(c)) => (1..=c.nodes).map(|i| format!("n{i}")).collect(),
+        (None, None) => (1..=plan.delays.len()).map(|i| format!("b{i}")).collect(),
+    };
+    let frame = Frame {
+        cmd: &cmd,
+        scenario: plan.name,
+        description: plan.description,
+        columns: plan.columns,
+        notes: plan.notes,
+        backends: ids,
+        unavailable: reports,
+        rows: variants
+            .iter()
+            .flat_map(|v| runnable.iter().map(|t| row(t, &v.label)))
+            .collect(),
+        asked: targets.iter().map(ToString::to_string).collect(),
+    };
+    let mut results = Measured::new();
     let total = runnable.len() * runs * variants.len();
     let mut done = 0usize;
     let mut stopped: Option<&'static str> = None;
+    // The machine and versions of the reports written while the run goes on: collected
+    // once (it runs git and each proxy), the final report collects them again.
+    let mut running_meta: Option<serde_json::Value> = None;
     'runs: for run in 0..runs {
         for v in &variants {
             for t in &runnable {
@@ -255,6 +277,31 @@ pub async fn run(cmd: Command) -> anyhow::Result<()> {
                 }
                 done += 1;
                 pb.inc(1);
+                // A bench killed from here on (SIGKILL, out of memory, the machine gone)
+                // leaves this report: no handler runs then to write one.
+                let started = std::time::Instant::now();
+                let meta = running_meta
+                    .get_or_insert_with(|| meta::collect(&tools, pin, opts.workers))
+                    .clone();
+                let partial = Partial {
+                    done,
+                    total,
+                    interrupted_by: None,
+                };
+                let mut report = frame.report(&results, Some(partial), meta);
+                match report.write(&out) {
+                    Ok(()) => tracing::debug!(
+                        "report of {done} of {total} measurements written in {:?}",
+                        started.elapsed()
+                    ),
+                    // The run goes on: the disk may have room again by its end, and the
+                    // previous report is still whole.
+                    Err(e) => tracing::warn!(
+                        "could not write the report of {done} of {total} measurements to {}: \
+                         {e:#}",
+                        out.display()
+                    ),
+                }
             }
         }
     }
@@ -266,63 +313,20 @@ pub async fn run(cmd: Command) -> anyhow::Result<()> {
             );
         }
     }
-    let ids = match (&shared, &plan.chat) {
-        (Some(b), _) => b.ids(),
-        (None, Some(c)) => (1..=c.nodes).map(|i| format!("n{i}")).collect(),
-        (None, None) => (1..=plan.delays.len()).map(|i| format!("b{i}")).collect(),
-    };
     drop(shared);
     drop(redis);
-    for v in &variants {
-        for t in &runnable {
-            let name = row(t, &v.label);
-            let (runs, command, errors) = results.remove(&name).unwrap_or_default();
-            if runs.is_empty() && errors.is_empty() && stopped.is_some() {
-                reports.push(TargetReport::unavailable(
-                    name,
-                    "interrupted (not measured)".to_owned(),
-                ));
-                continue;
-            }
-            reports.push(aggregate(name, runs, command, errors));
-        }
-    }
-    // Keep the order the user asked for, variants together.
-    reports.sort_by_key(|r| {
-        let base = r.target.split(' ').next().unwrap_or_default();
-        targets
-            .iter()
-            .position(|t| t.to_string() == base)
-            .unwrap_or(usize::MAX)
+    let partial = stopped.map(|sig| Partial {
+        done,
+        total,
+        interrupted_by: Some(sig.to_owned()),
     });
-    let checks = checks(&cmd, &mut reports);
-    let mut notes = plan.notes;
-    if let Some(sig) = stopped {
-        notes.insert(
-            0,
-            format!(
-                "**Partial report**: interrupted by {sig} after {done} of {total} \
-                 measurements; the medians are over the runs that finished."
-            ),
-        );
-    }
-    let mut report = Report {
-        scenario: plan.name.to_owned(),
-        description: plan.description,
-        meta: meta::collect(&tools, pin, opts.workers),
-        columns: plan.columns,
-        backends: ids,
-        targets: reports,
-        checks,
-        notes,
-        charts: Vec::new(),
-    };
-    for t in report
-        .targets
-        .iter()
-        .filter(|t| t.status.starts_with("failed"))
-    {
-        eprintln!("bench: {}: {}", t.target, t.status);
+    let mut report = frame.report(&results, partial, meta::collect(&tools, pin, opts.workers));
+    for t in &report.targets {
+        if t.status.starts_with("failed") {
+            eprintln!("bench: {}: {}", t.target, t.status);
+        } else if t.ok() && !t.errors.is_empty() {
+            eprintln!("bench: {}: {}", t.target, t.errors.join("; "));
+        }
     }
     report
         .write(&out)
@@ -335,6 +339,72 @@ pub async fn run(cmd: Command) -> anyhow::Result<()> {
             out.join("report.md").display()
         ),
         None => Ok(()),
+    }
+}
+
+/// Each report row's runs, the command that ran it, and its failed runs.
+type Measured = BTreeMap<String, (Vec<RunResult>, String, Vec<String>)>;
+
+/// What a scenario's report holds besides the measurements, known before the first one.
+struct Frame<'a> {
+    cmd: &'a Command,
+    scenario: &'static str,
+    description: String,
+    columns: Vec<Column>,
+    notes: Vec<String>,
+    backends: Vec<String>,
+    /// The targets that cannot run here, with why.
+    unavailable: Vec<TargetReport>,
+    /// The report's rows in measuring order: each variant of each runnable target.
+    rows: Vec<String>,
+    /// The targets as asked for, whose order the report keeps.
+    asked: Vec<String>,
+}
+
+impl Frame<'_> {
+    /// The report of what has been measured. The report written after each measurement
+    /// and the one written at the end (complete, or interrupted) are made here alike.
+    fn report(
+        &self,
+        results: &Measured,
+        partial: Option<Partial>,
+        meta: serde_json::Value,
+    ) -> Report {
+        let mut reports = self.unavailable.clone();
+        for name in &self.rows {
+            let (runs, command, errors) = results.get(name).cloned().unwrap_or_default();
+            if let (true, true, Some(p)) = (runs.is_empty(), errors.is_empty(), &partial) {
+                let why = if p.interrupted_by.is_some() {
+                    "interrupted (not measured)"
+                } else {
+                    "pending (not measured yet)"
+                };
+                reports.push(TargetReport::unavailable(name.clone(), why.to_owned()));
+                continue;
+            }
+            reports.push(aggregate(name.clone(), runs, command, errors));
+        }
+        // Keep the order the user asked for, variants together.
+        reports.sort_by_key(|r| {
+            let base = r.target.split(' ').next().unwrap_or_default();
+            self.asked
+                .iter()
+                .position(|t| t == base)
+                .unwrap_or(usize::MAX)
+        });
+        let checks = checks(self.cmd, &mut reports);
+        Report {
+            partial,
+            scenario: self.scenario.to_owned(),
+            description: self.description.clone(),
+            meta,
+            columns: self.columns.clone(),
+            backends: self.backends.clone(),
+            targets: reports,
+            checks,
+            notes: self.notes.clone(),
+            charts: Vec::new(),
+        }
     }
 }
 
@@ -397,7 +467,6 @@ fn aggregate(
         // Some runs failed: the medians are over the others; say so in the JSON, and in
         // report.md (through `errors`: the failures were printed on stderr only).
         metrics.insert("failed_runs".into(), errors.len() as f64);
-        eprintln!("bench: {t}: {}", errors.join("; "));
     }
     TargetReport {
         target: t.to_string(),
