@@ -717,3 +717,35 @@ fn killed_bench_leaves_the_report_of_what_it_measured() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+#[test]
+fn full_disk_is_refused_before_measuring() {
+    // A file system of 64 KiB, filled, in a mount namespace of its own (needs root).
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("out");
+    let script = r#"mount -t tmpfs -o size=64k tmpfs "$1" || exit 77
+head -c 1048576 /dev/zero > "$1/fill" 2>/dev/null
+shift
+exec "$@""#;
+    let mut cmd = Command::new("unshare");
+    cmd.args(["-m", "sh", "-c", script, "sh"]).arg(dir.path());
+    let run = small_http_run("1", "1s", "direct", &out);
+    cmd.arg(run.get_program()).args(run.get_args());
+    let output = cmd.output().expect("running unshare");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if output.status.code() == Some(77) || stderr.contains("unshare failed") {
+        eprintln!("smoke: no tmpfs in a mount namespace here ({stderr}); test skipped");
+        return;
+    }
+    assert!(
+        !output.status.success(),
+        "bench ran on a full disk: {stderr}"
+    );
+    assert!(
+        stderr.contains("cannot write into the report folder")
+            && stderr.contains("No space left on device"),
+        "{stderr}"
+    );
+    // Refused before anything was measured, not at the report.
+    assert!(!stderr.contains("measurements to"), "{stderr}");
+}

@@ -420,12 +420,26 @@ fn prepare_out(out: &std::path::Path) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(out)
         .with_context(|| format!("cannot create the report folder {}", out.display()))?;
+    // As much as a report takes, synced: an empty file is made on a full disk too (it
+    // needs no data block), and a file system that allocates late reports a full disk
+    // only when the data is synced.
     let probe = out.join(".bench-write-test");
-    std::fs::write(&probe, b"")
-        .with_context(|| format!("cannot write into the report folder {}", out.display()))?;
+    let written = std::fs::File::create(&probe).and_then(|mut f| {
+        std::io::Write::write_all(&mut f, &[0u8; PROBE_BYTES])?;
+        f.sync_all()
+    });
     let _ = std::fs::remove_file(&probe);
-    Ok(())
+    written.with_context(|| {
+        format!(
+            "cannot write into the report folder {} (a report takes some {} KiB)",
+            out.display(),
+            PROBE_BYTES / 1024
+        )
+    })
 }
+
+/// About the size of a report with its charts and configs.
+const PROBE_BYTES: usize = 256 * 1024;
 
 fn aggregate(
     t: String,
