@@ -596,7 +596,13 @@ pub fn recheck(report: &mut Report) {
     let Some(line) = report.meta.get("command").and_then(|c| c.as_str()) else {
         return;
     };
-    match <crate::cli::Cli as clap::Parser>::try_parse_from(line.split_whitespace()) {
+    // The command is recorded shell-quoted (crate::child::shell_line): a path with a space
+    // is one quoted word.
+    let Some(words) = shlex::split(line) else {
+        eprintln!("bench: keeping the stored checks: `{line}` is not shell words");
+        return;
+    };
+    match <crate::cli::Cli as clap::Parser>::try_parse_from(words) {
         Ok(cli) => {
             let checks = checks(&cli.command, &mut report.targets);
             if !checks.is_empty() {
@@ -780,6 +786,34 @@ mod tests {
             .err()
             .map(|e| format!("{e:#}"));
         assert!(e.is_some_and(|e| e.contains("cannot create the report folder")));
+    }
+
+    #[test]
+    fn a_stored_command_with_quoted_words_is_judged_again() {
+        // As meta::collect records it: the path with a space comes out quoted.
+        let command = crate::child::shell_line([
+            "/opt/my bench/bench",
+            "http",
+            "--targets",
+            "switchyard:round_robin",
+            "--out",
+            "/tmp/bench out",
+        ]);
+        assert!(command.contains("'/tmp/bench out'"), "{command}");
+        let mut report = Report {
+            partial: None,
+            scenario: "http".into(),
+            description: String::new(),
+            meta: serde_json::json!({ "command": command }),
+            columns: Vec::new(),
+            backends: Vec::new(),
+            targets: vec![target("switchyard:round_robin", &[120.0])],
+            checks: Vec::new(),
+            notes: Vec::new(),
+            charts: Vec::new(),
+        };
+        recheck(&mut report);
+        assert_eq!(report.checks.len(), 3, "{:?}", report.checks);
     }
 
     #[test]
