@@ -187,6 +187,9 @@ pub struct Report {
     pub charts: Vec<String>,
 }
 
+/// How the note of charts that could not be drawn begins.
+const NO_CHARTS: &str = "No charts:";
+
 /// Replaces `path` with `bytes` such that a reader, or a bench killed at any moment, finds
 /// the old file or the new one and never part of one: the bytes go to a file beside it (same
 /// file system, so the rename is atomic), reach the disk, then take its name.
@@ -235,12 +238,15 @@ impl Report {
     /// Writes results.json, the charts and report.md into `out`.
     pub fn write(&mut self, out: &Path) -> anyhow::Result<()> {
         std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+        // A report read back (`bench redraw`) holds the note of its last write's charts:
+        // this write's charts replace it.
+        self.notes.retain(|n| !n.starts_with(NO_CHARTS));
         // Without charts the numbers are still worth writing.
         self.charts = match charts::draw_all(self, out) {
             Ok(files) => files,
             Err(e) => {
                 eprintln!("bench: no charts: {e:#}");
-                self.notes.push(format!("No charts: {e:#}"));
+                self.notes.push(format!("{NO_CHARTS} {e:#}"));
                 Vec::new()
             }
         };
@@ -325,6 +331,42 @@ mod tests {
         let gone = tmp.path().join("gone/results.json");
         assert!(write_atomic(&gone, b"x").is_err());
         assert!(!tmp.path().join("gone").exists());
+    }
+
+    #[test]
+    fn a_redrawn_report_keeps_one_note_of_its_charts() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let mut t = TargetReport::unavailable("switchyard:round_robin".into(), "ok".into());
+        t.latency = Some(Percentiles::default());
+        let mut report = Report {
+            partial: None,
+            scenario: "http".into(),
+            description: String::new(),
+            meta: serde_json::json!({}),
+            columns: Vec::new(),
+            backends: Vec::new(),
+            targets: vec![t],
+            checks: Vec::new(),
+            notes: vec!["a scenario's note".into()],
+            charts: Vec::new(),
+        };
+        // A folder in the chart's way: it cannot be drawn.
+        let blocker = tmp.path().join(".latency.svg.tmp");
+        std::fs::create_dir(&blocker).expect("mkdir");
+        let no_charts = |r: &Report| r.notes.iter().filter(|n| n.starts_with(NO_CHARTS)).count();
+        report.write(tmp.path()).expect("first write");
+        let mut again = Report::read(tmp.path()).expect("read back");
+        again.write(tmp.path()).expect("redraw");
+        assert_eq!(no_charts(&again), 1, "{:?}", again.notes);
+        // Drawn at last: the note goes.
+        std::fs::remove_dir(&blocker).expect("rmdir");
+        let mut last = Report::read(tmp.path()).expect("read back");
+        if charts::draw_all(&last, tmp.path()).is_ok() {
+            last.write(tmp.path()).expect("redraw");
+            assert_eq!(no_charts(&last), 0, "{:?}", last.notes);
+            assert_eq!(last.charts, ["latency.svg"]);
+        }
+        assert!(last.notes.contains(&"a scenario's note".to_owned()));
     }
 
     #[test]
