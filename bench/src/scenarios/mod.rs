@@ -17,6 +17,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use nix::fcntl::{Flock, FlockArg};
 
 use crate::backends::Backends;
 use crate::cli::{Command, Common};
@@ -137,7 +138,7 @@ pub async fn run(cmd: Command) -> anyhow::Result<()> {
     }
     // Before anything is measured: a report that cannot be written was found out only at
     // the end, after the whole run.
-    prepare_out(&out)?;
+    let _out_lock = prepare_out(&out)?;
     // Limited chat nodes run on the first CPU, away from the proxy on the last one.
     let node_cpu = pin.and(cpus.first().copied());
     if let Some(cpus) = plan.chat.as_ref().and_then(|c| c.cpu_limit) {
@@ -410,16 +411,34 @@ impl Frame<'_> {
 
 /// Makes the report folder and checks that it can be written, before anything is measured.
 /// A folder that already holds a report is refused: writing over it mixed the old run's
-/// charts and generated configs (`configs/`) into the new report.
-fn prepare_out(out: &std::path::Path) -> anyhow::Result<()> {
+/// charts and generated configs (`configs/`) into the new report. The folder stays locked
+/// while the returned guard lives.
+fn prepare_out(out: &std::path::Path) -> anyhow::Result<OutLock> {
+    std::fs::create_dir_all(out)
+        .with_context(|| format!("cannot create the report folder {}", out.display()))?;
+    // Two benches given the same --out both found it free and wrote over each other's
+    // configs and reports (now rewritten after every measurement). The lock is the
+    // kernel's (flock), so a killed bench leaves none behind; children do not inherit it
+    // (std opens files close-on-exec).
+    let dir = std::fs::File::open(out)
+        .with_context(|| format!("cannot open the report folder {}", out.display()))?;
+    let lock = match Flock::lock(dir, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => lock,
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => anyhow::bail!(
+            "another bench is writing a report into {}: choose another --out",
+            out.display()
+        ),
+        Err((_, e)) => {
+            return Err(e)
+                .with_context(|| format!("cannot lock the report folder {}", out.display()))
+        }
+    };
     if out.join("results.json").exists() {
         anyhow::bail!(
             "{} already holds a report (results.json): choose another --out, or remove it first",
             out.display()
         );
     }
-    std::fs::create_dir_all(out)
-        .with_context(|| format!("cannot create the report folder {}", out.display()))?;
     // As much as a report takes, synced: an empty file is made on a full disk too (it
     // needs no data block), and a file system that allocates late reports a full disk
     // only when the data is synced.
@@ -435,8 +454,12 @@ fn prepare_out(out: &std::path::Path) -> anyhow::Result<()> {
             out.display(),
             PROBE_BYTES / 1024
         )
-    })
+    })?;
+    Ok(lock)
 }
+
+/// The report folder, locked for one bench.
+type OutLock = Flock<std::fs::File>;
 
 /// About the size of a report with its charts and configs.
 const PROBE_BYTES: usize = 256 * 1024;
@@ -779,6 +802,17 @@ mod tests {
         std::fs::write(fresh.join("results.json"), "{}").expect("write");
         let e = prepare_out(&fresh).err().map(|e| format!("{e:#}"));
         assert!(e.is_some_and(|e| e.contains("already holds a report")));
+        // One another bench is writing into, until that one is done.
+        let other = tmp.path().join("busy");
+        let lock = prepare_out(&other).expect("first bench");
+        let e = prepare_out(&other).err().map(|e| format!("{e:#}"));
+        assert!(
+            e.as_deref()
+                .is_some_and(|e| e.contains("another bench is writing a report into")),
+            "{e:?}"
+        );
+        drop(lock);
+        assert!(prepare_out(&other).is_ok());
         // One that cannot be made (a file is in the way).
         let file = tmp.path().join("file");
         std::fs::write(&file, "").expect("write");
