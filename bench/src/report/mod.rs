@@ -187,6 +187,22 @@ pub struct Report {
     pub charts: Vec<String>,
 }
 
+/// A report folder locked for one bench, until dropped.
+pub type FolderLock = nix::fcntl::Flock<std::fs::File>;
+
+/// Locks the report folder `dir` for this process; None when another holds it (a bench
+/// measuring into it, or redrawing it). The lock is the kernel's (flock on the folder), so a
+/// killed bench leaves none behind, and children do not inherit it (std opens files
+/// close-on-exec).
+pub fn lock_folder(dir: &Path) -> std::io::Result<Option<FolderLock>> {
+    let file = std::fs::File::open(dir)?;
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(Some(lock)),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+        Err((_, e)) => Err(e.into()),
+    }
+}
+
 /// How the note of charts that could not be drawn begins.
 const NO_CHARTS: &str = "No charts:";
 

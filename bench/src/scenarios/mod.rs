@@ -17,7 +17,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use nix::fcntl::{Flock, FlockArg};
 
 use crate::backends::Backends;
 use crate::cli::{Command, Common};
@@ -413,26 +412,19 @@ impl Frame<'_> {
 /// A folder that already holds a report is refused: writing over it mixed the old run's
 /// charts and generated configs (`configs/`) into the new report. The folder stays locked
 /// while the returned guard lives.
-fn prepare_out(out: &std::path::Path) -> anyhow::Result<OutLock> {
+fn prepare_out(out: &std::path::Path) -> anyhow::Result<crate::report::FolderLock> {
     std::fs::create_dir_all(out)
         .with_context(|| format!("cannot create the report folder {}", out.display()))?;
     // Two benches given the same --out both found it free and wrote over each other's
-    // configs and reports (now rewritten after every measurement). The lock is the
-    // kernel's (flock), so a killed bench leaves none behind; children do not inherit it
-    // (std opens files close-on-exec).
-    let dir = std::fs::File::open(out)
-        .with_context(|| format!("cannot open the report folder {}", out.display()))?;
-    let lock = match Flock::lock(dir, FlockArg::LockExclusiveNonblock) {
-        Ok(lock) => lock,
-        Err((_, nix::errno::Errno::EWOULDBLOCK)) => anyhow::bail!(
-            "another bench is writing a report into {}: choose another --out",
-            out.display()
-        ),
-        Err((_, e)) => {
-            return Err(e)
-                .with_context(|| format!("cannot lock the report folder {}", out.display()))
-        }
-    };
+    // configs and reports (now rewritten after every measurement).
+    let lock = crate::report::lock_folder(out)
+        .with_context(|| format!("cannot lock the report folder {}", out.display()))?
+        .with_context(|| {
+            format!(
+                "another bench is writing a report into {}: choose another --out",
+                out.display()
+            )
+        })?;
     if out.join("results.json").exists() {
         anyhow::bail!(
             "{} already holds a report (results.json): choose another --out, or remove it first",
@@ -457,9 +449,6 @@ fn prepare_out(out: &std::path::Path) -> anyhow::Result<OutLock> {
     })?;
     Ok(lock)
 }
-
-/// The report folder, locked for one bench.
-type OutLock = Flock<std::fs::File>;
 
 /// About the size of a report with its charts and configs.
 const PROBE_BYTES: usize = 256 * 1024;
@@ -610,6 +599,23 @@ async fn measure(
         }
         Command::Backend(_) | Command::Redraw { .. } => anyhow::bail!("not a scenario"),
     }
+}
+
+/// `bench redraw`: the report in `folder` drawn and judged again from its results.json.
+pub fn redraw(folder: &std::path::Path) -> anyhow::Result<()> {
+    // A running bench rewrites the report after every measurement: a redraw meanwhile
+    // could write the report it read over a newer one, the final one included.
+    let _lock = crate::report::lock_folder(folder)
+        .with_context(|| format!("cannot lock the report folder {}", folder.display()))?
+        .with_context(|| {
+            format!(
+                "a bench is still writing the report in {}: redraw it once that run has ended",
+                folder.display()
+            )
+        })?;
+    let mut report = Report::read(folder)?;
+    recheck(&mut report);
+    report.write(folder)
 }
 
 /// Judges a stored report's goals again with this build's checks, from the command it
@@ -848,6 +854,35 @@ mod tests {
         };
         recheck(&mut report);
         assert_eq!(report.checks.len(), 3, "{:?}", report.checks);
+    }
+
+    #[test]
+    fn no_redraw_while_a_bench_writes_the_report() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let mut report = Report {
+            partial: None,
+            scenario: "http".into(),
+            description: String::new(),
+            meta: serde_json::json!({}),
+            columns: Vec::new(),
+            backends: Vec::new(),
+            targets: vec![target("switchyard:round_robin", &[120.0])],
+            checks: Vec::new(),
+            notes: Vec::new(),
+            charts: Vec::new(),
+        };
+        report.write(tmp.path()).expect("write");
+        let running = crate::report::lock_folder(tmp.path())
+            .expect("lock")
+            .expect("free");
+        let e = redraw(tmp.path()).err().map(|e| format!("{e:#}"));
+        assert!(
+            e.as_deref()
+                .is_some_and(|e| e.contains("a bench is still writing the report")),
+            "{e:?}"
+        );
+        drop(running);
+        assert!(redraw(tmp.path()).is_ok());
     }
 
     #[test]
