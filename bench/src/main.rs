@@ -41,10 +41,7 @@ fn main() -> std::process::ExitCode {
     }
     let result = match cli.command {
         Command::Backend(args) => backend::run(args),
-        Command::Redraw { folder } => report::Report::read(&folder).and_then(|mut r| {
-            scenarios::recheck(&mut r);
-            r.write(&folder)
-        }),
+        Command::Redraw { folder } => scenarios::redraw(&folder),
         cmd => run_scenario(cmd),
     };
     match result {

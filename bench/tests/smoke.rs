@@ -89,6 +89,8 @@ fn run(scenario: &str, targets: &str, extra: &[&str]) -> serde_json::Value {
     let json = std::fs::read_to_string(out.path().join("results.json")).expect("results.json");
     let v: serde_json::Value = serde_json::from_str(&json).expect("results.json parses");
     assert_eq!(v["scenario"], scenario);
+    // The reports written after each measurement were partial; the last one is not.
+    assert!(v.get("partial").is_none(), "complete run marked partial");
     for key in [
         "git_commit",
         "versions",
@@ -140,6 +142,10 @@ fn run(scenario: &str, targets: &str, extra: &[&str]) -> serde_json::Value {
     ] {
         assert!(md.contains(section), "report.md lacks {section}");
     }
+    assert!(
+        !md.contains("Partial report"),
+        "complete run marked partial"
+    );
     let charts = v["charts"].as_array().expect("charts");
     assert!(!charts.is_empty(), "no charts");
     for c in charts {
@@ -602,4 +608,144 @@ fn killed_bench_takes_its_children_with_it() {
         left.is_empty(),
         "left running after bench was killed: {left:?}"
     );
+}
+
+/// Polls until `ready` holds, for at most `secs` seconds; whether it did.
+fn wait_for(secs: u64, mut ready: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if ready() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn killed_bench_leaves_the_report_of_what_it_measured() {
+    let out = tempfile::tempdir().expect("temp dir");
+    let mut child = small_http_run("2", "1s", "direct,switchyard:round_robin", out.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running bench");
+    let results = out.path().join("results.json");
+    let appeared = wait_for(60, || results.exists());
+    let exited_early = child.try_wait().ok().flatten();
+    let started = children(child.id());
+    // SIGKILL: no handler runs, so only what was written before is left.
+    child.kill().expect("SIGKILL");
+    let output = child.wait_with_output().expect("reaping bench");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    // Its backends and proxy get SIGTERM from the kernel; wait for them all the same, so
+    // that they are not counted as another test's.
+    wait_for(30, || started.iter().all(|p| exited(*p)));
+    assert!(appeared, "no results.json while bench ran:\n{stderr}");
+    assert!(
+        exited_early.is_none(),
+        "bench ended ({exited_early:?}) before it was killed:\n{stderr}"
+    );
+
+    let json = std::fs::read_to_string(&results).expect("results.json");
+    let v: serde_json::Value = serde_json::from_str(&json).expect("results.json parses");
+    let done = v["partial"]["done"].as_u64().unwrap_or(0);
+    assert!(
+        done >= 1,
+        "not marked partial, or nothing done: {}",
+        v["partial"]
+    );
+    assert_eq!(v["partial"]["total"], 4, "{}", v["partial"]);
+    assert!(
+        v["partial"].get("interrupted_by").is_none(),
+        "{}",
+        v["partial"]
+    );
+    // direct's first run is the first measurement.
+    assert_eq!(v["targets"][0]["target"], "direct");
+    assert_eq!(v["targets"][0]["status"], "ok", "{}", v["targets"][0]);
+    assert!(v["targets"][0]["metrics"]["rps"]
+        .as_f64()
+        .is_some_and(|r| r > 0.0));
+    let measured: usize = v["targets"]
+        .as_array()
+        .expect("targets")
+        .iter()
+        .map(|t| {
+            let failed = t["errors"].as_array().map_or(0, Vec::len);
+            t["runs"].as_array().map_or(0, Vec::len) + failed
+        })
+        .sum();
+    assert_eq!(
+        measured as u64, done,
+        "every finished measurement is in results.json"
+    );
+    let md = std::fs::read_to_string(out.path().join("report.md")).expect("report.md");
+    assert!(
+        md.contains(&format!(
+            "**Partial report**: {done} of 4 measurements done"
+        )),
+        "{md}"
+    );
+
+    // What reads results.json takes the partial report as it is.
+    let redraw = Command::new(bench())
+        .arg("redraw")
+        .arg(out.path())
+        .output()
+        .expect("running bench redraw");
+    assert!(
+        redraw.status.success(),
+        "bench redraw failed: {}",
+        String::from_utf8_lossy(&redraw.stderr)
+    );
+    let again: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(&results).expect("results.json after redraw"),
+    )
+    .expect("results.json parses after redraw");
+    assert_eq!(again["partial"], v["partial"]);
+    // A report left by a killed run is not written over by the next.
+    let output = small_http_run("1", "1s", "direct", out.path())
+        .output()
+        .expect("running bench");
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("already holds a report"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn full_disk_is_refused_before_measuring() {
+    // A file system of 64 KiB, filled, in a mount namespace of its own (needs root).
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("out");
+    let script = r#"mount -t tmpfs -o size=64k tmpfs "$1" || exit 77
+head -c 1048576 /dev/zero > "$1/fill" 2>/dev/null
+shift
+exec "$@""#;
+    let mut cmd = Command::new("unshare");
+    cmd.args(["-m", "sh", "-c", script, "sh"]).arg(dir.path());
+    let run = small_http_run("1", "1s", "direct", &out);
+    cmd.arg(run.get_program()).args(run.get_args());
+    let output = cmd.output().expect("running unshare");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if output.status.code() == Some(77) || stderr.contains("unshare failed") {
+        eprintln!("smoke: no tmpfs in a mount namespace here ({stderr}); test skipped");
+        return;
+    }
+    assert!(
+        !output.status.success(),
+        "bench ran on a full disk: {stderr}"
+    );
+    assert!(
+        stderr.contains("cannot write into the report folder")
+            && stderr.contains("No space left on device"),
+        "{stderr}"
+    );
+    // Refused before anything was measured, not at the report.
+    assert!(!stderr.contains("measurements to"), "{stderr}");
 }

@@ -60,8 +60,9 @@ pub fn draw_all(r: &Report, out: &Path) -> anyhow::Result<Vec<String>> {
         })
         .collect();
     if !lat.is_empty() {
-        latency(&out.join("latency.svg"), &r.scenario, &lat)?;
-        files.push("latency.svg".to_owned());
+        publish(out, "latency.svg", &mut files, |path| {
+            latency(path, &r.scenario, &lat)
+        })?;
     }
     let dist: Vec<(String, Vec<f64>)> = ok
         .iter()
@@ -69,13 +70,9 @@ pub fn draw_all(r: &Report, out: &Path) -> anyhow::Result<Vec<String>> {
         .map(|t| (t.target.clone(), t.per_backend.clone()))
         .collect();
     if !dist.is_empty() {
-        distribution(
-            &out.join("distribution.svg"),
-            &r.scenario,
-            &r.backends,
-            &dist,
-        )?;
-        files.push("distribution.svg".to_owned());
+        publish(out, "distribution.svg", &mut files, |path| {
+            distribution(path, &r.scenario, &r.backends, &dist)
+        })?;
     }
     // Timelines and curves of the last run of each target.
     let lines: Vec<(String, Timeline)> = ok
@@ -88,8 +85,9 @@ pub fn draw_all(r: &Report, out: &Path) -> anyhow::Result<Vec<String>> {
         .filter(|(_, tl)| !tl.is_empty())
         .collect();
     if !lines.is_empty() {
-        timeline(&out.join("timeline.svg"), &r.scenario, &lines)?;
-        files.push("timeline.svg".to_owned());
+        publish(out, "timeline.svg", &mut files, |path| {
+            timeline(path, &r.scenario, &lines)
+        })?;
     }
     let curves: Vec<(String, Vec<(f64, f64)>)> = ok
         .iter()
@@ -101,17 +99,17 @@ pub fn draw_all(r: &Report, out: &Path) -> anyhow::Result<Vec<String>> {
         .filter(|(_, c)| !c.is_empty())
         .collect();
     if !curves.is_empty() {
-        let path = out.join("curve.svg");
-        let root = SVGBackend::new(&path, (900, 500)).into_drawing_area();
-        xy(
-            &root,
-            &format!("{}: proxy RSS over open connections", r.scenario),
-            "open connections",
-            "RSS (MiB)",
-            &curves,
-        )?;
-        root.present().map_err(err)?;
-        files.push("curve.svg".to_owned());
+        publish(out, "curve.svg", &mut files, |path| {
+            let root = SVGBackend::new(path, (900, 500)).into_drawing_area();
+            xy(
+                &root,
+                &format!("{}: proxy RSS over open connections", r.scenario),
+                "open connections",
+                "RSS (MiB)",
+                &curves,
+            )?;
+            root.present().map_err(err)
+        })?;
     }
     let ladders: Vec<(String, Vec<[f64; 3]>)> = ok
         .iter()
@@ -119,9 +117,6 @@ pub fn draw_all(r: &Report, out: &Path) -> anyhow::Result<Vec<String>> {
         .filter(|(_, steps)| !steps.is_empty())
         .collect();
     if !ladders.is_empty() {
-        let path = out.join("ladder.svg");
-        let root = SVGBackend::new(&path, (1100, 480)).into_drawing_area();
-        let (left, right) = root.split_horizontally(550);
         // A failed step's p99 can be seconds: clip at 3× the bound so the rest stays legible.
         let bound = ok.iter().find_map(|t| t.metric("max_p99_ms"));
         let clip = bound.map_or(f64::MAX, |b| 3.0 * b);
@@ -139,24 +134,48 @@ pub fn draw_all(r: &Report, out: &Path) -> anyhow::Result<Vec<String>> {
             Some(b) => format!("p99 per step (bound {b:.0} ms; clipped at {clip:.0})"),
             None => "p99 delivery latency per step".to_owned(),
         };
-        xy(
-            &left,
-            &format!("{}: delivered/s per load step", r.scenario),
-            "messages/s per client",
-            "delivered/s",
-            &pick(1),
-        )?;
-        xy(
-            &right,
-            &format!("{}: {p99_title}", r.scenario),
-            "messages/s per client",
-            "p99 ms",
-            &pick(2),
-        )?;
-        root.present().map_err(err)?;
-        files.push("ladder.svg".to_owned());
+        publish(out, "ladder.svg", &mut files, |path| {
+            let root = SVGBackend::new(path, (1100, 480)).into_drawing_area();
+            let (left, right) = root.split_horizontally(550);
+            xy(
+                &left,
+                &format!("{}: delivered/s per load step", r.scenario),
+                "messages/s per client",
+                "delivered/s",
+                &pick(1),
+            )?;
+            xy(
+                &right,
+                &format!("{}: {p99_title}", r.scenario),
+                "messages/s per client",
+                "p99 ms",
+                &pick(2),
+            )?;
+            root.present().map_err(err)
+        })?;
     }
     Ok(files)
+}
+
+/// Draws one chart into a file beside `name`, then gives it that name: the report is
+/// rewritten after each measurement, and a bench killed meanwhile must not leave a
+/// half-drawn chart.
+fn publish(
+    out: &Path,
+    name: &str,
+    files: &mut Vec<String>,
+    draw: impl FnOnce(&Path) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let tmp = out.join(format!(".{name}.tmp"));
+    let drawn = draw(&tmp).and_then(|()| {
+        std::fs::rename(&tmp, out.join(name)).map_err(|e| err(format!("naming {name}: {e}")))
+    });
+    if drawn.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    drawn?;
+    files.push(name.to_owned());
+    Ok(())
 }
 
 /// A target's load steps (chat with a CPU limit), ladder and refinement, by rate:

@@ -49,6 +49,9 @@ pub(super) fn failed_runs(r: &Report) -> Vec<String> {
 pub(super) fn render(r: &Report) -> String {
     let mut md = String::new();
     let _ = writeln!(md, "# bench `{}`\n\n{}\n", r.scenario, r.description);
+    if let Some(p) = &r.partial {
+        let _ = writeln!(md, "{}\n", p.describe());
+    }
     let _ = writeln!(md, "## Summary\n\nMedians over the runs.\n");
     let (headers, rows) = table_cells(r);
     let _ = writeln!(md, "| {} |", headers.join(" | "));
@@ -140,6 +143,7 @@ mod tests {
 
     pub(crate) fn report(targets: Vec<TargetReport>) -> Report {
         Report {
+            partial: None,
             scenario: "http".into(),
             description: String::new(),
             meta: serde_json::json!({}),

@@ -139,9 +139,43 @@ pub struct Check {
     pub met: Option<bool>,
 }
 
+/// A report of a run that did not make all its measurements.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Partial {
+    /// Measurements finished (each target in each run), of `total`.
+    pub done: usize,
+    pub total: usize,
+    /// The signal that stopped the run. None in the report written after each measurement
+    /// while the run goes on: one that stays so was left by a bench that was killed
+    /// (SIGKILL, out of memory, the machine gone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interrupted_by: Option<String>,
+}
+
+impl Partial {
+    /// The line report.md opens with.
+    pub fn describe(&self) -> String {
+        let Partial { done, total, .. } = self;
+        match &self.interrupted_by {
+            Some(sig) => format!(
+                "**Partial report**: interrupted by {sig} after {done} of {total} \
+                 measurements; the medians are over the runs that finished."
+            ),
+            None => format!(
+                "**Partial report**: {done} of {total} measurements done. bench rewrites \
+                 this report after each measurement; one left partial is from a run that \
+                 was killed before it ended. The medians are over the runs that finished."
+            ),
+        }
+    }
+}
+
 /// The whole report.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
+    /// Set while the run goes on and when it was interrupted; absent from a complete report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial: Option<Partial>,
     pub scenario: String,
     pub description: String,
     pub meta: serde_json::Value,
@@ -151,6 +185,54 @@ pub struct Report {
     pub checks: Vec<Check>,
     pub notes: Vec<String>,
     pub charts: Vec<String>,
+}
+
+/// A report folder locked for one bench, until dropped.
+pub type FolderLock = nix::fcntl::Flock<std::fs::File>;
+
+/// Locks the report folder `dir` for this process; None when another holds it (a bench
+/// measuring into it, or redrawing it). The lock is the kernel's (flock on the folder), so a
+/// killed bench leaves none behind, and children do not inherit it (std opens files
+/// close-on-exec).
+pub fn lock_folder(dir: &Path) -> std::io::Result<Option<FolderLock>> {
+    let file = std::fs::File::open(dir)?;
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(Some(lock)),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+        Err((_, e)) => Err(e.into()),
+    }
+}
+
+/// How the note of charts that could not be drawn begins.
+const NO_CHARTS: &str = "No charts:";
+
+/// Replaces `path` with `bytes` such that a reader, or a bench killed at any moment, finds
+/// the old file or the new one and never part of one: the bytes go to a file beside it (same
+/// file system, so the rename is atomic), reach the disk, then take its name.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    let written = (|| {
+        let mut file = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut file, bytes)?;
+        // Without it a machine that goes down can leave the new name on an empty file.
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        // A full disk keeps no half-written copy.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written?;
+    // The rename itself survives a machine that goes down once the folder is synced; a
+    // folder that cannot be opened for it still has the new file.
+    if let Some(dir) = path.parent().and_then(|d| std::fs::File::open(d).ok()) {
+        let _ = dir.sync_all();
+    }
+    Ok(())
 }
 
 /// Default report folder: bench/results/<date>-<scenario>/.
@@ -172,19 +254,23 @@ impl Report {
     /// Writes results.json, the charts and report.md into `out`.
     pub fn write(&mut self, out: &Path) -> anyhow::Result<()> {
         std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+        // A report read back (`bench redraw`) holds the note of its last write's charts:
+        // this write's charts replace it.
+        self.notes.retain(|n| !n.starts_with(NO_CHARTS));
         // Without charts the numbers are still worth writing.
         self.charts = match charts::draw_all(self, out) {
             Ok(files) => files,
             Err(e) => {
                 eprintln!("bench: no charts: {e:#}");
-                self.notes.push(format!("No charts: {e:#}"));
+                self.notes.push(format!("{NO_CHARTS} {e:#}"));
                 Vec::new()
             }
         };
-        let json = serde_json::to_string_pretty(self).context("serialising the results")?;
-        std::fs::write(out.join("results.json"), json).context("writing results.json")?;
-        std::fs::write(out.join("report.md"), markdown::render(self))
+        // results.json last: when it is new, so is everything it lists.
+        write_atomic(&out.join("report.md"), markdown::render(self).as_bytes())
             .context("writing report.md")?;
+        let json = serde_json::to_string_pretty(self).context("serialising the results")?;
+        write_atomic(&out.join("results.json"), json.as_bytes()).context("writing results.json")?;
         Ok(())
     }
 
@@ -237,5 +323,81 @@ impl Report {
             s.push_str(&format!("[{mark}] {} — {}\n", c.goal, c.measured));
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_is_replaced_whole_and_no_copy_is_left() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let path = tmp.path().join("results.json");
+        write_atomic(&path, b"first").expect("first write");
+        write_atomic(&path, b"second").expect("second write");
+        assert_eq!(std::fs::read(&path).expect("read"), b"second");
+        let names: Vec<_> = std::fs::read_dir(tmp.path())
+            .expect("list")
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names, ["results.json"]);
+        // Nowhere to write: an error, and the folder is not made.
+        let gone = tmp.path().join("gone/results.json");
+        assert!(write_atomic(&gone, b"x").is_err());
+        assert!(!tmp.path().join("gone").exists());
+    }
+
+    #[test]
+    fn a_redrawn_report_keeps_one_note_of_its_charts() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let mut t = TargetReport::unavailable("switchyard:round_robin".into(), "ok".into());
+        t.latency = Some(Percentiles::default());
+        let mut report = Report {
+            partial: None,
+            scenario: "http".into(),
+            description: String::new(),
+            meta: serde_json::json!({}),
+            columns: Vec::new(),
+            backends: Vec::new(),
+            targets: vec![t],
+            checks: Vec::new(),
+            notes: vec!["a scenario's note".into()],
+            charts: Vec::new(),
+        };
+        // A folder in the chart's way: it cannot be drawn.
+        let blocker = tmp.path().join(".latency.svg.tmp");
+        std::fs::create_dir(&blocker).expect("mkdir");
+        let no_charts = |r: &Report| r.notes.iter().filter(|n| n.starts_with(NO_CHARTS)).count();
+        report.write(tmp.path()).expect("first write");
+        let mut again = Report::read(tmp.path()).expect("read back");
+        again.write(tmp.path()).expect("redraw");
+        assert_eq!(no_charts(&again), 1, "{:?}", again.notes);
+        // Drawn at last: the note goes.
+        std::fs::remove_dir(&blocker).expect("rmdir");
+        let mut last = Report::read(tmp.path()).expect("read back");
+        if charts::draw_all(&last, tmp.path()).is_ok() {
+            last.write(tmp.path()).expect("redraw");
+            assert_eq!(no_charts(&last), 0, "{:?}", last.notes);
+            assert_eq!(last.charts, ["latency.svg"]);
+        }
+        assert!(last.notes.contains(&"a scenario's note".to_owned()));
+    }
+
+    #[test]
+    fn the_partial_mark_reads_back() {
+        let p = Partial {
+            done: 3,
+            total: 8,
+            interrupted_by: None,
+        };
+        assert!(p
+            .describe()
+            .starts_with("**Partial report**: 3 of 8 measurements done."));
+        let json = serde_json::to_value(&p).expect("serialise");
+        assert_eq!(json, serde_json::json!({"done": 3, "total": 8}));
+        let back: Partial = serde_json::from_value(json).expect("parse");
+        assert_eq!(back, p);
     }
 }

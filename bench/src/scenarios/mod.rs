@@ -20,7 +20,7 @@ use anyhow::Context as _;
 
 use crate::backends::Backends;
 use crate::cli::{Command, Common};
-use crate::report::{meta, Check, Column, Report, RunResult, TargetReport};
+use crate::report::{meta, Check, Column, Partial, Report, RunResult, TargetReport};
 use crate::stats::{median, Fairness, Percentiles};
 use crate::targets::{
     availability, launch, parse_targets, LaunchOpts, Proxy, Running, Strategy, Target, Tools,
@@ -137,7 +137,7 @@ pub async fn run(cmd: Command) -> anyhow::Result<()> {
     }
     // Before anything is measured: a report that cannot be written was found out only at
     // the end, after the whole run.
-    prepare_out(&out)?;
+    let _out_lock = prepare_out(&out)?;
     // Limited chat nodes run on the first CPU, away from the proxy on the last one.
     let node_cpu = pin.and(cpus.first().copied());
     if let Some(cpus) = plan.chat.as_ref().and_then(|c| c.cpu_limit) {
@@ -187,10 +187,32 @@ pub async fn run(cmd: Command) -> anyhow::Result<()> {
     } else {
         Some(Backends::start(&plan.delays)?)
     };
-    let mut results: BTreeMap<String, (Vec<RunResult>, String, Vec<String>)> = BTreeMap::new();
+    let ids = match (&shared, &plan.chat) {
+        (Some(b), _) => b.ids(),
+        (None, Some(c)) => (1..=c.nodes).map(|i| format!("n{i}")).collect(),
+        (None, None) => (1..=plan.delays.len()).map(|i| format!("b{i}")).collect(),
+    };
+    let frame = Frame {
+        cmd: &cmd,
+        scenario: plan.name,
+        description: plan.description,
+        columns: plan.columns,
+        notes: plan.notes,
+        backends: ids,
+        unavailable: reports,
+        rows: variants
+            .iter()
+            .flat_map(|v| runnable.iter().map(|t| row(t, &v.label)))
+            .collect(),
+        asked: targets.iter().map(ToString::to_string).collect(),
+    };
+    let mut results = Measured::new();
     let total = runnable.len() * runs * variants.len();
     let mut done = 0usize;
     let mut stopped: Option<&'static str> = None;
+    // The machine and versions of the reports written while the run goes on: collected
+    // once (it runs git and each proxy), the final report collects them again.
+    let mut running_meta: Option<serde_json::Value> = None;
     'runs: for run in 0..runs {
         for v in &variants {
             for t in &runnable {
@@ -255,6 +277,31 @@ pub async fn run(cmd: Command) -> anyhow::Result<()> {
                 }
                 done += 1;
                 pb.inc(1);
+                // A bench killed from here on (SIGKILL, out of memory, the machine gone)
+                // leaves this report: no handler runs then to write one.
+                let started = std::time::Instant::now();
+                let meta = running_meta
+                    .get_or_insert_with(|| meta::collect(&tools, pin, opts.workers))
+                    .clone();
+                let partial = Partial {
+                    done,
+                    total,
+                    interrupted_by: None,
+                };
+                let mut report = frame.report(&results, Some(partial), meta);
+                match report.write(&out) {
+                    Ok(()) => tracing::debug!(
+                        "report of {done} of {total} measurements written in {:?}",
+                        started.elapsed()
+                    ),
+                    // The run goes on: the disk may have room again by its end, and the
+                    // previous report is still whole.
+                    Err(e) => tracing::warn!(
+                        "could not write the report of {done} of {total} measurements to {}: \
+                         {e:#}",
+                        out.display()
+                    ),
+                }
             }
         }
     }
@@ -266,63 +313,20 @@ pub async fn run(cmd: Command) -> anyhow::Result<()> {
             );
         }
     }
-    let ids = match (&shared, &plan.chat) {
-        (Some(b), _) => b.ids(),
-        (None, Some(c)) => (1..=c.nodes).map(|i| format!("n{i}")).collect(),
-        (None, None) => (1..=plan.delays.len()).map(|i| format!("b{i}")).collect(),
-    };
     drop(shared);
     drop(redis);
-    for v in &variants {
-        for t in &runnable {
-            let name = row(t, &v.label);
-            let (runs, command, errors) = results.remove(&name).unwrap_or_default();
-            if runs.is_empty() && errors.is_empty() && stopped.is_some() {
-                reports.push(TargetReport::unavailable(
-                    name,
-                    "interrupted (not measured)".to_owned(),
-                ));
-                continue;
-            }
-            reports.push(aggregate(name, runs, command, errors));
-        }
-    }
-    // Keep the order the user asked for, variants together.
-    reports.sort_by_key(|r| {
-        let base = r.target.split(' ').next().unwrap_or_default();
-        targets
-            .iter()
-            .position(|t| t.to_string() == base)
-            .unwrap_or(usize::MAX)
+    let partial = stopped.map(|sig| Partial {
+        done,
+        total,
+        interrupted_by: Some(sig.to_owned()),
     });
-    let checks = checks(&cmd, &mut reports);
-    let mut notes = plan.notes;
-    if let Some(sig) = stopped {
-        notes.insert(
-            0,
-            format!(
-                "**Partial report**: interrupted by {sig} after {done} of {total} \
-                 measurements; the medians are over the runs that finished."
-            ),
-        );
-    }
-    let mut report = Report {
-        scenario: plan.name.to_owned(),
-        description: plan.description,
-        meta: meta::collect(&tools, pin, opts.workers),
-        columns: plan.columns,
-        backends: ids,
-        targets: reports,
-        checks,
-        notes,
-        charts: Vec::new(),
-    };
-    for t in report
-        .targets
-        .iter()
-        .filter(|t| t.status.starts_with("failed"))
-    {
-        eprintln!("bench: {}: {}", t.target, t.status);
+    let mut report = frame.report(&results, partial, meta::collect(&tools, pin, opts.workers));
+    for t in &report.targets {
+        if t.status.starts_with("failed") {
+            eprintln!("bench: {}: {}", t.target, t.status);
+        } else if t.ok() && !t.errors.is_empty() {
+            eprintln!("bench: {}: {}", t.target, t.errors.join("; "));
+        }
     }
     report
         .write(&out)
@@ -338,24 +342,116 @@ pub async fn run(cmd: Command) -> anyhow::Result<()> {
     }
 }
 
+/// Each report row's runs, the command that ran it, and its failed runs.
+type Measured = BTreeMap<String, (Vec<RunResult>, String, Vec<String>)>;
+
+/// What a scenario's report holds besides the measurements, known before the first one.
+struct Frame<'a> {
+    cmd: &'a Command,
+    scenario: &'static str,
+    description: String,
+    columns: Vec<Column>,
+    notes: Vec<String>,
+    backends: Vec<String>,
+    /// The targets that cannot run here, with why.
+    unavailable: Vec<TargetReport>,
+    /// The report's rows in measuring order: each variant of each runnable target.
+    rows: Vec<String>,
+    /// The targets as asked for, whose order the report keeps.
+    asked: Vec<String>,
+}
+
+impl Frame<'_> {
+    /// The report of what has been measured. The report written after each measurement
+    /// and the one written at the end (complete, or interrupted) are made here alike.
+    fn report(
+        &self,
+        results: &Measured,
+        partial: Option<Partial>,
+        meta: serde_json::Value,
+    ) -> Report {
+        let mut reports = self.unavailable.clone();
+        for name in &self.rows {
+            let (runs, command, errors) = results.get(name).cloned().unwrap_or_default();
+            if let (true, true, Some(p)) = (runs.is_empty(), errors.is_empty(), &partial) {
+                let why = if p.interrupted_by.is_some() {
+                    "interrupted (not measured)"
+                } else {
+                    "pending (not measured yet)"
+                };
+                reports.push(TargetReport::unavailable(name.clone(), why.to_owned()));
+                continue;
+            }
+            reports.push(aggregate(name.clone(), runs, command, errors));
+        }
+        // Keep the order the user asked for, variants together.
+        reports.sort_by_key(|r| {
+            let base = r.target.split(' ').next().unwrap_or_default();
+            self.asked
+                .iter()
+                .position(|t| t == base)
+                .unwrap_or(usize::MAX)
+        });
+        let checks = checks(self.cmd, &mut reports);
+        Report {
+            partial,
+            scenario: self.scenario.to_owned(),
+            description: self.description.clone(),
+            meta,
+            columns: self.columns.clone(),
+            backends: self.backends.clone(),
+            targets: reports,
+            checks,
+            notes: self.notes.clone(),
+            charts: Vec::new(),
+        }
+    }
+}
+
 /// Makes the report folder and checks that it can be written, before anything is measured.
 /// A folder that already holds a report is refused: writing over it mixed the old run's
-/// charts and generated configs (`configs/`) into the new report.
-fn prepare_out(out: &std::path::Path) -> anyhow::Result<()> {
+/// charts and generated configs (`configs/`) into the new report. The folder stays locked
+/// while the returned guard lives.
+fn prepare_out(out: &std::path::Path) -> anyhow::Result<crate::report::FolderLock> {
+    std::fs::create_dir_all(out)
+        .with_context(|| format!("cannot create the report folder {}", out.display()))?;
+    // Two benches given the same --out both found it free and wrote over each other's
+    // configs and reports (now rewritten after every measurement).
+    let lock = crate::report::lock_folder(out)
+        .with_context(|| format!("cannot lock the report folder {}", out.display()))?
+        .with_context(|| {
+            format!(
+                "another bench is writing a report into {}: choose another --out",
+                out.display()
+            )
+        })?;
     if out.join("results.json").exists() {
         anyhow::bail!(
             "{} already holds a report (results.json): choose another --out, or remove it first",
             out.display()
         );
     }
-    std::fs::create_dir_all(out)
-        .with_context(|| format!("cannot create the report folder {}", out.display()))?;
+    // As much as a report takes, synced: an empty file is made on a full disk too (it
+    // needs no data block), and a file system that allocates late reports a full disk
+    // only when the data is synced.
     let probe = out.join(".bench-write-test");
-    std::fs::write(&probe, b"")
-        .with_context(|| format!("cannot write into the report folder {}", out.display()))?;
+    let written = std::fs::File::create(&probe).and_then(|mut f| {
+        std::io::Write::write_all(&mut f, &[0u8; PROBE_BYTES])?;
+        f.sync_all()
+    });
     let _ = std::fs::remove_file(&probe);
-    Ok(())
+    written.with_context(|| {
+        format!(
+            "cannot write into the report folder {} (a report takes some {} KiB)",
+            out.display(),
+            PROBE_BYTES / 1024
+        )
+    })?;
+    Ok(lock)
 }
+
+/// About the size of a report with its charts and configs.
+const PROBE_BYTES: usize = 256 * 1024;
 
 fn aggregate(
     t: String,
@@ -397,7 +493,6 @@ fn aggregate(
         // Some runs failed: the medians are over the others; say so in the JSON, and in
         // report.md (through `errors`: the failures were printed on stderr only).
         metrics.insert("failed_runs".into(), errors.len() as f64);
-        eprintln!("bench: {t}: {}", errors.join("; "));
     }
     TargetReport {
         target: t.to_string(),
@@ -506,6 +601,23 @@ async fn measure(
     }
 }
 
+/// `bench redraw`: the report in `folder` drawn and judged again from its results.json.
+pub fn redraw(folder: &std::path::Path) -> anyhow::Result<()> {
+    // A running bench rewrites the report after every measurement: a redraw meanwhile
+    // could write the report it read over a newer one, the final one included.
+    let _lock = crate::report::lock_folder(folder)
+        .with_context(|| format!("cannot lock the report folder {}", folder.display()))?
+        .with_context(|| {
+            format!(
+                "a bench is still writing the report in {}: redraw it once that run has ended",
+                folder.display()
+            )
+        })?;
+    let mut report = Report::read(folder)?;
+    recheck(&mut report);
+    report.write(folder)
+}
+
 /// Judges a stored report's goals again with this build's checks, from the command it
 /// recorded (the runs are in results.json). A command that no longer parses keeps the
 /// stored checks.
@@ -513,7 +625,13 @@ pub fn recheck(report: &mut Report) {
     let Some(line) = report.meta.get("command").and_then(|c| c.as_str()) else {
         return;
     };
-    match <crate::cli::Cli as clap::Parser>::try_parse_from(line.split_whitespace()) {
+    // The command is recorded shell-quoted (crate::child::shell_line): a path with a space
+    // is one quoted word.
+    let Some(words) = shlex::split(line) else {
+        eprintln!("bench: keeping the stored checks: `{line}` is not shell words");
+        return;
+    };
+    match <crate::cli::Cli as clap::Parser>::try_parse_from(words) {
         Ok(cli) => {
             let checks = checks(&cli.command, &mut report.targets);
             if !checks.is_empty() {
@@ -690,6 +808,17 @@ mod tests {
         std::fs::write(fresh.join("results.json"), "{}").expect("write");
         let e = prepare_out(&fresh).err().map(|e| format!("{e:#}"));
         assert!(e.is_some_and(|e| e.contains("already holds a report")));
+        // One another bench is writing into, until that one is done.
+        let other = tmp.path().join("busy");
+        let lock = prepare_out(&other).expect("first bench");
+        let e = prepare_out(&other).err().map(|e| format!("{e:#}"));
+        assert!(
+            e.as_deref()
+                .is_some_and(|e| e.contains("another bench is writing a report into")),
+            "{e:?}"
+        );
+        drop(lock);
+        assert!(prepare_out(&other).is_ok());
         // One that cannot be made (a file is in the way).
         let file = tmp.path().join("file");
         std::fs::write(&file, "").expect("write");
@@ -697,6 +826,63 @@ mod tests {
             .err()
             .map(|e| format!("{e:#}"));
         assert!(e.is_some_and(|e| e.contains("cannot create the report folder")));
+    }
+
+    #[test]
+    fn a_stored_command_with_quoted_words_is_judged_again() {
+        // As meta::collect records it: the path with a space comes out quoted.
+        let command = crate::child::shell_line([
+            "/opt/my bench/bench",
+            "http",
+            "--targets",
+            "switchyard:round_robin",
+            "--out",
+            "/tmp/bench out",
+        ]);
+        assert!(command.contains("'/tmp/bench out'"), "{command}");
+        let mut report = Report {
+            partial: None,
+            scenario: "http".into(),
+            description: String::new(),
+            meta: serde_json::json!({ "command": command }),
+            columns: Vec::new(),
+            backends: Vec::new(),
+            targets: vec![target("switchyard:round_robin", &[120.0])],
+            checks: Vec::new(),
+            notes: Vec::new(),
+            charts: Vec::new(),
+        };
+        recheck(&mut report);
+        assert_eq!(report.checks.len(), 3, "{:?}", report.checks);
+    }
+
+    #[test]
+    fn no_redraw_while_a_bench_writes_the_report() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let mut report = Report {
+            partial: None,
+            scenario: "http".into(),
+            description: String::new(),
+            meta: serde_json::json!({}),
+            columns: Vec::new(),
+            backends: Vec::new(),
+            targets: vec![target("switchyard:round_robin", &[120.0])],
+            checks: Vec::new(),
+            notes: Vec::new(),
+            charts: Vec::new(),
+        };
+        report.write(tmp.path()).expect("write");
+        let running = crate::report::lock_folder(tmp.path())
+            .expect("lock")
+            .expect("free");
+        let e = redraw(tmp.path()).err().map(|e| format!("{e:#}"));
+        assert!(
+            e.as_deref()
+                .is_some_and(|e| e.contains("a bench is still writing the report")),
+            "{e:?}"
+        );
+        drop(running);
+        assert!(redraw(tmp.path()).is_ok());
     }
 
     #[test]
