@@ -36,7 +36,7 @@ use tokio::io::{AsyncRead, AsyncReadExt as _};
 
 use crate::config::ListenerConfig;
 use crate::h1::bound::bounded;
-use crate::h1::{addresses, refuse, DEFAULT_HEAD_TIMEOUT, LINGER};
+use crate::h1::{addresses, refuse, stopped, DEFAULT_HEAD_TIMEOUT, LINGER};
 use crate::logging::Throttle;
 use crate::proxy::is_token_char;
 use crate::proxy::policy::Rejection;
@@ -94,6 +94,8 @@ pub enum HeaderError {
     Malformed(String),
     #[error("PROXY protocol header longer than {MAX_HEADER} bytes")]
     TooLong,
+    #[error("the proxy is stopping and no PROXY protocol header has begun")]
+    Stopping,
 }
 
 /// What a connection without a header began with, for the log.
@@ -232,21 +234,34 @@ fn v2_addresses(a: &v2::Addresses) -> Addresses {
 
 /// Reads a header from the start of `stream` into `buf` within `wait`: its addresses and
 /// length. The bytes after it in `buf` (the start of the TLS handshake or of the request)
-/// are to be put back.
+/// are to be put back. While no byte has come, the wait also ends when `stopping` does.
 pub async fn read<S>(
     stream: &mut S,
     buf: &mut BytesMut,
     wait: Duration,
+    stopping: impl Future<Output = ()>,
 ) -> Result<(Addresses, usize), HeaderError>
 where
     S: AsyncRead + Unpin + ?Sized,
 {
     let read = async {
+        let mut stopping = std::pin::pin!(stopping);
         loop {
             if let Some(parsed) = parse(buf)? {
                 return Ok(parsed);
             }
-            if stream.read_buf(buf).await? == 0 {
+            let n = if buf.is_empty() {
+                // Idle, as a connection between requests is: a graceful stop ends it rather
+                // than wait for the header timeout (a header under way is let finish).
+                tokio::select! {
+                    biased;
+                    n = stream.read_buf(buf) => n?,
+                    () = stopping.as_mut() => return Err(HeaderError::Stopping),
+                }
+            } else {
+                stream.read_buf(buf).await?
+            };
+            if n == 0 {
                 return Err(HeaderError::Closed(buf.len()));
             }
         }
@@ -319,11 +334,14 @@ fn expected(
 
 /// Reads the header of a new connection on a listener that expects one, and sets the
 /// connection's addresses from it. Err: the connection is to be closed (it has been
-/// answered already if it was a plain HTTP request).
+/// answered already if it was a plain HTTP request). With `shutdown`, a connection that
+/// has sent nothing yet is closed when the proxy stops (the connection is counted then,
+/// and would hold a graceful stop for the header timeout).
 pub async fn accept(
     shared: &Shared,
     expecting: &[Expecting],
     stream: &mut L4Stream,
+    shutdown: Option<&ShutdownWatch>,
 ) -> Result<(), HeaderError> {
     let (peer, local) = addresses(stream.get_socket_digest().as_deref());
     let Some(local) = local else {
@@ -356,7 +374,13 @@ pub async fn accept(
         .header_read_timeout
         .unwrap_or(DEFAULT_HEAD_TIMEOUT);
     let mut buf = BytesMut::with_capacity(512);
-    match read(stream, &mut buf, wait).await {
+    let stopping = async {
+        match shutdown {
+            Some(watch) => stopped(watch.clone()).await,
+            None => std::future::pending().await,
+        }
+    };
+    match read(stream, &mut buf, wait, stopping).await {
         Ok((addresses, len)) => {
             stream.rewind(&buf[len..]);
             let d = digest(stream, addresses);
@@ -384,8 +408,9 @@ pub async fn accept(
             .await;
             Err(refused(HeaderError::Missing(Began::Http)))
         }
-        // Connected and closed without a byte: a TCP health check, not a misconfiguration.
-        Err(e @ HeaderError::Closed(0)) => {
+        // Connected and closed without a byte: a TCP health check, not a misconfiguration;
+        // or idle when the proxy stopped.
+        Err(e @ (HeaderError::Closed(0) | HeaderError::Stopping)) => {
             tracing::debug!(peer = ?peer, listen = %local, "{e}");
             Err(e)
         }
@@ -445,7 +470,9 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ProxyHeader<A> {
             unreachable!("type checked above");
         };
         Box::pin(async move {
-            accept(&self.shared, &self.expecting, &mut l4).await.ok()?;
+            accept(&self.shared, &self.expecting, &mut l4, Some(shutdown))
+                .await
+                .ok()?;
             self.inner.process_new(l4, shutdown).await
         })
     }

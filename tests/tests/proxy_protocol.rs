@@ -309,3 +309,37 @@ async fn quick_mode_and_check_show_the_setting() {
         check.output()
     );
 }
+
+/// A connection that has not begun its header is idle, as a plain connection that has not
+/// begun its first request: a graceful stop closes it at once, instead of keeping the
+/// process for `header_read_timeout` or the whole grace period. A load
+/// balancer may well hold such connections (a client's preconnect, passed on as it came).
+#[tokio::test]
+async fn a_stop_closes_connections_whose_header_has_not_begun() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let b = Backend::start("b1");
+    let port = free_port();
+    let mut proxy = Proxy::start_config(&config(
+        "[server]\nthreads = 2\ngrace_period = \"60s\"\n[limits]\nheader_read_timeout = \"60s\"\n",
+        &pp_listener(port, ""),
+        &log,
+        &b,
+    ));
+    let mut idle = RawConn::connect(proxy.addr()).await;
+    // A listener's connections are accepted in turn: once a later one has been answered,
+    // the idle one is in the proxy's hands.
+    let mut c = RawConn::connect(proxy.addr()).await;
+    c.send(v1("203.0.113.9", port)).await;
+    let r = c.exchange(get_req("/headers")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    drop(c);
+
+    proxy.signal(nix::sys::signal::Signal::SIGTERM);
+    idle.expect_eof("a connection without its header when the proxy stops")
+        .await;
+    assert!(
+        proxy.wait_exit(T).is_some(),
+        "the proxy exits without waiting out the header timeout or the grace period"
+    );
+}

@@ -818,7 +818,7 @@ async fn wait_head(
 }
 
 /// Ends when the proxy starts to stop (never, if the signal's sender is gone).
-async fn stopped(mut watch: ShutdownWatch) {
+pub(crate) async fn stopped(mut watch: ShutdownWatch) {
     while !*watch.borrow_and_update() {
         if watch.changed().await.is_err() {
             std::future::pending::<()>().await;

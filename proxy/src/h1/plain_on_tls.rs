@@ -48,7 +48,9 @@ impl PlainHttpOnTls {
 impl PreTlsProcess for PlainHttpOnTls {
     async fn process(&self, stream: &mut L4Stream) -> pingora::Result<()> {
         if !self.expecting.is_empty() {
-            if let Err(e) = proxy_protocol::accept(&self.shared, &self.expecting, stream).await {
+            if let Err(e) =
+                proxy_protocol::accept(&self.shared, &self.expecting, stream, None).await
+            {
                 return Err(Error::explain(ErrorType::ConnectRefused, e.to_string()));
             }
         }
