@@ -307,3 +307,44 @@ async fn the_redis_store() {
     assert_eq!(store.kind(), "redis");
     all(Arc::new(store)).await;
 }
+
+/// Rooms made before the room count was kept (by an older node, or one still running it
+/// during a rolling upgrade) count toward the limit when the count is first needed, the
+/// private ones too: they are rooms, but not in the public list.
+#[tokio::test]
+async fn the_redis_room_count_starts_from_every_room_there_is() {
+    let redis = RedisServer::start();
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    // What an older node wrote: each room's settings, and the public ones listed.
+    for (room, private) in [("old-public", false), ("old-private", true)] {
+        let json = serde_json::to_string(&meta(private)).unwrap();
+        let () = redis::cmd("SET")
+            .arg(format!("syd:chat:room:{room}"))
+            .arg(json)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let _: i64 = redis::cmd("SADD")
+        .arg("syd:chat:rooms:public")
+        .arg("old-public")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    let store = RedisStore::connect(&redis.url()).await.unwrap();
+    assert_eq!(
+        store.create_room("new", &meta(false), 2).await.unwrap(),
+        Created::Full,
+        "two rooms exist already"
+    );
+    assert_eq!(
+        store.create_room("new", &meta(true), 3).await.unwrap(),
+        Created::Created
+    );
+    assert_eq!(
+        store.create_room("newer", &meta(false), 3).await.unwrap(),
+        Created::Full
+    );
+}

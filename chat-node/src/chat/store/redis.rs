@@ -90,15 +90,28 @@ return redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'm', ARGV[6])
 /// count of rooms change together or not at all (a room created and never listed, or a
 /// limit overshot by two nodes at once, would otherwise be possible). KEYS: the room, the
 /// public room set, the room count. ARGV: the room's JSON, `1` when public, the name, the
-/// limit. Returns 0 (the name is taken), 2 (the limit is reached) or 1.
+/// limit, the `SCAN MATCH` pattern of every room's key. Returns 0 (the name is taken), 2
+/// (the limit is reached) or 1.
 static CREATE_ROOM: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local count = redis.call('GET', KEYS[3])
 if not count then
-  -- Rooms from before the count was kept: the public ones are known, the private not.
-  count = redis.call('SCARD', KEYS[2])
+  -- Rooms from before the count was kept (an older node's): counted once, by their keys,
+  -- since the public list does not name the private ones. SCAN may repeat a key.
+  local seen, cursor = {}, '0'
+  count = 0
+  repeat
+    local reply = redis.call('SCAN', cursor, 'MATCH', ARGV[5], 'COUNT', 1000)
+    cursor = reply[1]
+    for _, k in ipairs(reply[2]) do
+      if not seen[k] then
+        seen[k] = true
+        count = count + 1
+      end
+    end
+  until cursor == '0'
   redis.call('SET', KEYS[3], count)
 end
 if tonumber(count) >= tonumber(ARGV[4]) then return 2 end
@@ -275,6 +288,7 @@ impl ChatStore for RedisStore {
             .arg(if meta.private { "0" } else { "1" })
             .arg(room)
             .arg(max_rooms)
+            .arg(format!("{}*", glob_escape(&key(&["room", ""]))))
             .invoke_async(&mut conn)
             .await
             .map_err(redis_error)?;
