@@ -321,9 +321,13 @@ fn expected(
     if e.from.is_empty() {
         return Some(Ok(()));
     }
+    // An IPv4 balancer on a dual-stack listener is `::ffff:a.b.c.d`, as the refusal's log
+    // line names it: either spelling in the list lets it in, as in `trusted_proxies`.
     let allowed = peer.is_some_and(|ip| {
-        let ip = ip.to_canonical();
-        e.from.iter().any(|n| n.contains(&ip))
+        let canonical = ip.to_canonical();
+        e.from
+            .iter()
+            .any(|n| n.contains(&ip) || n.contains(&canonical))
     });
     Some(if allowed {
         Ok(())
@@ -611,5 +615,24 @@ mod tests {
             Some(Err(_))
         ));
         assert!(expected(&e, "127.0.0.1:8081".parse().unwrap(), None).is_none());
+    }
+
+    #[test]
+    fn a_balancer_listed_as_a_dual_stack_listener_shows_it_may_connect() {
+        // On a `[::]` listener an IPv4 balancer is `::ffff:10.1.2.3`, as a refusal's log
+        // line names it: listed that way, as `trusted_proxies` may list it, it is let in.
+        let e = [Expecting {
+            listen: "[::]:8080".parse().unwrap(),
+            from: vec!["::ffff:10.0.0.0/104".parse().unwrap()],
+        }];
+        let local = "[::ffff:127.0.0.1]:8080".parse().unwrap();
+        assert!(matches!(
+            expected(&e, local, Some("::ffff:10.1.2.3".parse().unwrap())),
+            Some(Ok(_))
+        ));
+        assert!(matches!(
+            expected(&e, local, Some("::ffff:192.0.2.1".parse().unwrap())),
+            Some(Err(_))
+        ));
     }
 }
