@@ -224,7 +224,7 @@ function refreshRoomsSoon() {
 }
 
 // Pages of the room list; the node bounds how many rooms exist (`--max-rooms`).
-const ROOMS_PAGE = 200;
+const ROOMS_PAGE = 500;
 
 async function refreshRooms() {
   const rooms = new Map();

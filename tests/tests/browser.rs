@@ -662,7 +662,7 @@ async fn the_room_list_counts_users_not_names() {
 }
 
 /// The room list holds every room, however many pages of `rooms` that takes (the page
-/// asks for 200 at a time, the node answers at most 500).
+/// asks for the most the node answers, 500 at a time).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_room_list_holds_rooms_beyond_one_page() {
     const ROOMS: usize = 520;
