@@ -28,6 +28,9 @@ pub struct Entry<'a> {
     pub tunnel: bool,
     pub referer: Option<&'a str>,
     pub user_agent: Option<&'a str>,
+    /// The request's `X-Request-Id`, with `[server] request_id`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<&'a str>,
 }
 
 pub struct AccessLog {
@@ -70,7 +73,7 @@ impl AccessLog {
 
     pub fn write(&self, e: &Entry) {
         let Some(out) = &self.out else { return };
-        let line = match self.format {
+        let mut line = match self.format {
             AccessLogFormat::Json => serde_json::to_string(e).unwrap_or_default(),
             AccessLogFormat::Combined => format!(
                 "{} - - [{}] \"{} {} {}\" {} {} \"{}\" \"{}\"",
@@ -87,6 +90,13 @@ impl AccessLog {
                 Escaped(e.user_agent.unwrap_or("-")),
             ),
         };
+        // After the combined fields, as nginx's usual `log_format ... "$request_id"`, so
+        // that parsers of the combined format read the rest as before.
+        if let (AccessLogFormat::Combined, Some(id)) = (self.format, e.request_id) {
+            line.push_str(" \"");
+            line.push_str(id);
+            line.push('"');
+        }
         let mut w = out.lock();
         // A full disk must not take the proxy down: the line is dropped.
         let _ = writeln!(w, "{line}");
@@ -118,8 +128,68 @@ impl std::fmt::Display for Escaped<'_> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
-    use super::Escaped;
+    use super::{AccessLog, Entry, Escaped};
+    use crate::config::{AccessLogConfig, AccessLogFormat};
+
+    fn entry(request_id: Option<&str>) -> Entry<'_> {
+        Entry {
+            ts: AccessLog::now(),
+            client: None,
+            method: "GET",
+            path: "/",
+            version: "HTTP/1.1",
+            host: None,
+            status: 200,
+            bytes_sent: 0,
+            bytes_received: 0,
+            duration_ms: 0.0,
+            upstream: None,
+            backend: None,
+            tunnel: false,
+            referer: None,
+            user_agent: None,
+            request_id,
+        }
+    }
+
+    #[test]
+    fn a_request_id_ends_a_combined_line_and_is_a_json_field() {
+        let dir = tempfile::tempdir().unwrap();
+        for format in [AccessLogFormat::Combined, AccessLogFormat::Json] {
+            let path = dir.path().join(format!("{format:?}.log"));
+            let log = AccessLog::open(&AccessLogConfig {
+                enabled: true,
+                format,
+                path: Some(path.clone()),
+            })
+            .unwrap();
+            log.write(&entry(Some("0123abcd")));
+            log.write(&entry(None));
+            drop(log);
+            let text = std::fs::read_to_string(&path).unwrap();
+            let lines: Vec<&str> = text.lines().collect();
+            match format {
+                AccessLogFormat::Combined => {
+                    assert!(
+                        lines[0].ends_with("\"-\" \"-\" \"0123abcd\""),
+                        "{}",
+                        lines[0]
+                    );
+                    assert!(lines[1].ends_with("\"-\" \"-\""), "{}", lines[1]);
+                }
+                AccessLogFormat::Json => {
+                    assert!(
+                        lines[0].contains("\"request_id\":\"0123abcd\""),
+                        "{}",
+                        lines[0]
+                    );
+                    assert!(!lines[1].contains("request_id"), "{}", lines[1]);
+                }
+            }
+        }
+    }
 
     #[test]
     fn combined_fields_escape_quotes_backslashes_and_non_printables() {

@@ -45,6 +45,8 @@ pub(super) struct ServerFile {
     pub grace_period: HumanDuration,
     /// Which code serves plain HTTP/1.1 requests. Default "native".
     pub http1: super::Http1Path,
+    /// A fresh X-Request-Id on every request. Default false.
+    pub request_id: bool,
 }
 
 impl Default for ServerFile {
@@ -53,6 +55,7 @@ impl Default for ServerFile {
             threads: None,
             grace_period: HumanDuration::secs(5),
             http1: super::Http1Path::Native,
+            request_id: false,
         }
     }
 }

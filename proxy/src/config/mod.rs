@@ -115,6 +115,9 @@ pub struct ServerConfig {
     /// How long a stopping proxy lets in-flight requests finish.
     pub grace_period: Duration,
     pub http1: Http1Path,
+    /// Every request gets a fresh `X-Request-Id` ([`crate::proxy::request_id`]), sent to
+    /// the backend, set on the answer and logged.
+    pub request_id: bool,
 }
 
 /// `server.http1`: which code serves plain HTTP/1.1 requests (see `crate::h1`).

@@ -297,6 +297,7 @@ pub(super) fn resolve(q: &QuickOptions, env: Env<'_>) -> Result<Config, ConfigEr
             threads,
             grace_period: std::time::Duration::from_secs(5),
             http1: super::Http1Path::Native,
+            request_id: false,
         },
         admin,
         access_log: AccessLogConfig::default(),

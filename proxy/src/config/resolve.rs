@@ -64,6 +64,7 @@ pub(super) fn resolve(f: FileConfig, env: Env<'_>, out: &mut Resolved) -> Config
             threads,
             grace_period: f.server.grace_period.0,
             http1: f.server.http1,
+            request_id: f.server.request_id,
         }
     };
 

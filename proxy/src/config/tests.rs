@@ -350,7 +350,7 @@ fn unknown_key() {
     let e = err(&format!("[server]\ntreads = 3\n{MINIMAL}"));
     assert_eq!(
         e,
-        "proxy.toml:2: server.treads: unknown key, expected one of `threads`, `grace_period`, `http1`"
+        "proxy.toml:2: server.treads: unknown key, expected one of `threads`, `grace_period`, `http1`, `request_id`"
     );
     let e = err(&format!(
         "{MINIMAL}[upstreams.app.health]\nkind = \"tcp\"\nrize = 3\n"

@@ -7,6 +7,7 @@ use std::net::IpAddr;
 
 use crate::proxy::policy::{self, Rejection, RequestView};
 use crate::proxy::request::is_framing_mimic;
+use crate::proxy::request_id::{self, RequestId};
 use crate::proxy::{forwarded, is_forwarded_field, FieldValue};
 
 use super::body::Framing;
@@ -304,6 +305,7 @@ impl RequestHead<'_> {
         peer_text: &str,
         client: Option<IpAddr>,
         tls: bool,
+        request_id: Option<&RequestId>,
     ) {
         out.extend_from_slice(self.method.as_bytes());
         out.push(b' ');
@@ -314,6 +316,7 @@ impl RequestHead<'_> {
                 || is_forwarded_field(h.name)
                 || is_framing_mimic(h.name)
                 || (self.length_repeated && h.name.eq_ignore_ascii_case("content-length"))
+                || (request_id.is_some() && h.name.eq_ignore_ascii_case(request_id::HEADER))
             {
                 continue;
             }
@@ -324,6 +327,11 @@ impl RequestHead<'_> {
         }
         if self.length_repeated {
             let _ = write!(out, "Content-Length: {}\r\n", self.content_length);
+        }
+        if let Some(id) = request_id {
+            out.extend_from_slice(b"x-request-id: ");
+            out.extend_from_slice(id.as_str().as_bytes());
+            out.extend_from_slice(b"\r\n");
         }
         forwarded(
             self.values("x-forwarded-for"),
@@ -710,7 +718,7 @@ mod tests {
             };
             assert_eq!(head.content_length, 2);
             let mut out = Vec::new();
-            head.write_upstream(&mut out, None, "", None, false);
+            head.write_upstream(&mut out, None, "", None, false, None);
             let text = String::from_utf8_lossy(&out);
             assert_eq!(
                 text.to_ascii_lowercase().matches("content-length").count(),
@@ -795,7 +803,7 @@ mod tests {
         assert!(head.close);
         let mut out = Vec::new();
         let peer = "127.0.0.9".parse().ok();
-        head.write_upstream(&mut out, peer, "127.0.0.9", peer, false);
+        head.write_upstream(&mut out, peer, "127.0.0.9", peer, false, None);
         let text = String::from_utf8_lossy(&out);
         assert_eq!(
             text,

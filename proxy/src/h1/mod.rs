@@ -38,6 +38,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::access_log::{AccessLog, Entry};
 use crate::proxy::policy::{self, Admission, Rejection, RequestView};
+use crate::proxy::request_id::{self, RequestId};
 use crate::proxy::{is_token_char, respond, MAX_TRIES};
 use crate::state::{Runtime, Shared};
 use crate::tunnel::handshake::{self, HandshakeError};
@@ -348,9 +349,11 @@ impl H1 {
         rt: &Runtime,
         deadline: &mut Deadline,
     ) -> bool {
+        let id = rt.config.server.request_id.then(RequestId::new);
         let mut log = Log {
             shared: &self.shared,
             req,
+            request_id: id,
             client: conn.peer_ip,
             // Only the access log reads the clock for the whole request.
             started: self.shared.access_log.load().enabled().then(Instant::now),
@@ -360,7 +363,8 @@ impl H1 {
             upstream: None,
             backend: None,
         };
-        let added = rt.response_headers(conn.local);
+        let fields = request_id::answer_fields(rt.response_headers(conn.local), id.as_ref());
+        let added: &[(String, String)] = &fields;
         let admitted = match policy::admit(&self.shared, rt, req, conn.peer_ip, || conn.local) {
             Admission::Forward(a) => a,
             Admission::Redirect(location) => {
@@ -390,6 +394,7 @@ impl H1 {
             &conn.peer_text,
             admitted.client_ip,
             conn.tls,
+            id.as_ref(),
         );
         out.extend_from_slice(body);
 
@@ -957,6 +962,7 @@ pub(crate) fn log_refusal(
         tunnel: false,
         referer: None,
         user_agent: None,
+        request_id: None,
     });
 }
 
@@ -1045,6 +1051,7 @@ impl Failure {
 struct Log<'a> {
     shared: &'a Shared,
     req: &'a RequestHead<'a>,
+    request_id: Option<RequestId>,
     client: Option<IpAddr>,
     /// Set when the access log is on.
     started: Option<Instant>,
@@ -1079,6 +1086,7 @@ impl Drop for Log<'_> {
             tunnel: false,
             referer: self.req.header("referer"),
             user_agent: self.req.header("user-agent"),
+            request_id: self.request_id.as_ref().map(RequestId::as_str),
         });
     }
 }

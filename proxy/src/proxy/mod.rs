@@ -5,9 +5,11 @@ mod forwarded;
 mod normalize;
 pub(crate) mod policy;
 pub(crate) mod request;
+pub(crate) mod request_id;
 pub(crate) mod respond;
 mod upgrade;
 
+use std::borrow::Cow;
 use std::cell::Cell;
 use std::future::Future;
 use std::net::IpAddr;
@@ -23,6 +25,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::{HttpPeer, Peer as _};
 use pingora::{Error, ErrorSource, ErrorType, RetryType};
 
+use self::request_id::RequestId;
 use crate::access_log::{AccessLog, Entry};
 use crate::config::UpstreamProtocol;
 use crate::limits::ClientGuard;
@@ -128,6 +131,8 @@ pub struct Ctx {
     /// The client speaks HTTP/1.0: no chunked response, no 1xx (RFC 9112 §6.1, RFC 9110
     /// §15.2).
     http10: bool,
+    /// With `[server] request_id`.
+    request_id: Option<RequestId>,
 }
 
 /// The request's host: an absolute-form target's authority (RFC 9112 §3.2.2: it replaces
@@ -290,7 +295,7 @@ impl EdgeProxy {
         self.shared.metrics.reject(reason);
         ctx.local_status = Some(status);
         let rt = self.runtime_of(ctx);
-        respond::text(session, status, detail, added_fields(&rt, session)).await?;
+        respond::text(session, status, detail, &added_fields(&rt, session, ctx)).await?;
         Ok(true)
     }
 
@@ -301,9 +306,17 @@ impl EdgeProxy {
     }
 }
 
-/// The `response_headers` of the listener `session` came in on.
-pub(crate) fn added_fields<'a>(rt: &'a Runtime, session: &Session) -> &'a [(String, String)] {
-    rt.response_headers(session.server_addr().and_then(|a| a.as_inet()).copied())
+/// The fields of every answer to the request: the `response_headers` of the listener
+/// `session` came in on, and the request's id.
+pub(crate) fn added_fields<'a>(
+    rt: &'a Runtime,
+    session: &Session,
+    ctx: &Ctx,
+) -> Cow<'a, [(String, String)]> {
+    request_id::answer_fields(
+        rt.response_headers(session.server_addr().and_then(|a| a.as_inet()).copied()),
+        ctx.request_id.as_ref(),
+    )
 }
 
 #[async_trait]
@@ -327,6 +340,7 @@ impl ProxyHttp for EdgeProxy {
         let rt = self.shared.current();
         ctx.runtime = Some(rt.clone());
         let cfg = &rt.config;
+        ctx.request_id = cfg.server.request_id.then(RequestId::new);
         ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         ctx.peer_ip = session
             .client_addr()
@@ -409,7 +423,7 @@ impl ProxyHttp for EdgeProxy {
         match admission {
             Admission::Redirect(location) => {
                 ctx.local_status = Some(308);
-                respond::redirect(session, &location, added_fields(&rt, session)).await?;
+                respond::redirect(session, &location, &added_fields(&rt, session, ctx)).await?;
                 return Ok(true);
             }
             Admission::Reject(r) => {
@@ -516,6 +530,10 @@ impl ProxyHttp for EdgeProxy {
         ) {
             upstream_request.insert_header(name, value)?;
         }
+        if let Some(id) = &ctx.request_id {
+            // Replaces the client's.
+            upstream_request.insert_header(request_id::HEADER, id.as_str())?;
+        }
         Ok(())
     }
 
@@ -563,7 +581,7 @@ impl ProxyHttp for EdgeProxy {
         }
         self.observe_response(ctx, resp.status.as_u16());
         if let Some(rt) = &ctx.runtime {
-            for (name, value) in added_fields(rt, session) {
+            for (name, value) in added_fields(rt, session, ctx).iter() {
                 resp.insert_header(name.clone(), value.as_str())?;
             }
         }
@@ -696,7 +714,7 @@ impl ProxyHttp for EdgeProxy {
             };
             let rt = self.runtime_of(ctx);
             if let Err(err) =
-                respond::text(session, code, &detail, added_fields(&rt, session)).await
+                respond::text(session, code, &detail, &added_fields(&rt, session, ctx)).await
             {
                 tracing::debug!("could not send the error response: {err}");
             }
@@ -774,6 +792,7 @@ impl ProxyHttp for EdgeProxy {
             tunnel: false,
             referer: header(http::header::REFERER),
             user_agent: header(http::header::USER_AGENT),
+            request_id: ctx.request_id.as_ref().map(RequestId::as_str),
         });
     }
 }

@@ -21,6 +21,7 @@ use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
 use tokio::io::AsyncWriteExt;
 
+use super::request_id::{self, RequestId};
 use super::{forwarded_headers, host_of, is_forwarded_field, respond, Ctx, EdgeProxy, MAX_TRIES};
 use crate::access_log::{AccessLog, Entry};
 use crate::h1::body::Framing;
@@ -55,7 +56,11 @@ fn request_head(session: &Session, ctx: &Ctx) -> Vec<u8> {
     }
     for (name, value) in req.headers.iter() {
         let n = name.as_str();
-        if is_forwarded_field(n) || HOP_BY_HOP.contains(&n) || n == "host" {
+        if is_forwarded_field(n)
+            || HOP_BY_HOP.contains(&n)
+            || n == "host"
+            || (ctx.request_id.is_some() && n == request_id::HEADER)
+        {
             continue;
         }
         head.extend_from_slice(n.as_bytes());
@@ -71,6 +76,9 @@ fn request_head(session: &Session, ctx: &Ctx) -> Vec<u8> {
         host_of(req),
     ) {
         head.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+    }
+    if let Some(id) = &ctx.request_id {
+        head.extend_from_slice(format!("{}: {}\r\n", request_id::HEADER, id.as_str()).as_bytes());
     }
     head.extend_from_slice(b"\r\n");
     head
@@ -249,7 +257,7 @@ pub(super) async fn handle(p: &EdgeProxy, session: &mut Session, ctx: &mut Ctx) 
                 session,
                 503,
                 &format!("no healthy backend in upstream {}", up.name),
-                super::added_fields(&rt, session),
+                &super::added_fields(&rt, session, ctx),
             )
             .await?;
             return Ok(true);
@@ -285,7 +293,13 @@ pub(super) async fn handle(p: &EdgeProxy, session: &mut Session, ctx: &mut Ctx) 
                     }
                 };
                 ctx.local_status = Some(code);
-                respond::text(session, code, detail, super::added_fields(&rt, session)).await?;
+                respond::text(
+                    session,
+                    code,
+                    detail,
+                    &super::added_fields(&rt, session, ctx),
+                )
+                .await?;
                 return Ok(true);
             }
         }
@@ -300,7 +314,7 @@ pub(super) async fn handle(p: &EdgeProxy, session: &mut Session, ctx: &mut Ctx) 
         .enabled()
         .then(|| tunnel_summary(session, ctx, &up.name));
     // Read before the stream leaves the session, with its addresses.
-    let fields = super::added_fields(&rt, session);
+    let fields = super::added_fields(&rt, session, ctx);
     // Only a WebSocket's frames are known: other protocols are relayed as bytes to the end.
     let websocket = session
         .req_header()
@@ -322,7 +336,7 @@ pub(super) async fn handle(p: &EdgeProxy, session: &mut Session, ctx: &mut Ctx) 
         // with what was read past the request.
         let keep = keep_alive && lent && resp.status >= 200;
         let idle = t.upstream_read;
-        if relay_refusal(&mut client, resp, fields, idle, !keep, head_request).await && keep {
+        if relay_refusal(&mut client, resp, &fields, idle, !keep, head_request).await && keep {
             match super::resume(client, early) {
                 Ok(()) => return Ok(true),
                 Err(back) => client = back,
@@ -338,7 +352,7 @@ pub(super) async fn handle(p: &EdgeProxy, session: &mut Session, ctx: &mut Ctx) 
         .map(|c| format!("set-cookie: {c}\r\n"))
         .unwrap_or_default();
     let out_head =
-        handshake::with_extra_headers(&head::with_fields_set(&resp.head, fields), &extra);
+        handshake::with_extra_headers(&head::with_fields_set(&resp.head, &fields), &extra);
     let UpstreamResponse {
         stream: mut upstream,
         rest,
@@ -470,6 +484,7 @@ impl Tunnel {
                 tunnel: true,
                 referer: None,
                 user_agent: None,
+                request_id: req.request_id.as_ref().map(RequestId::as_str),
             });
         }
     }
@@ -478,6 +493,7 @@ impl Tunnel {
 /// What the tunnel task needs to write its access-log line.
 struct TunnelSummary {
     client: Option<std::net::IpAddr>,
+    request_id: Option<RequestId>,
     path: String,
     host: Option<String>,
     upstream: String,
@@ -488,6 +504,7 @@ fn tunnel_summary(session: &Session, ctx: &Ctx, upstream: &str) -> Box<TunnelSum
     let req = session.req_header();
     Box::new(TunnelSummary {
         client: ctx.client_ip.or(ctx.peer_ip),
+        request_id: ctx.request_id,
         path: req
             .uri
             .path_and_query()

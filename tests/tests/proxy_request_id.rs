@@ -1,0 +1,132 @@
+//! `[server] request_id = true`: every request gets a fresh `X-Request-Id` (the client's
+//! replaced), the backend sees it, the answer carries it — the backend's, the proxy's own
+//! error and a WebSocket's 101 — and the access log line has it, on both HTTP/1 request
+//! paths; off (the default), a client's `X-Request-Id` passes untouched — real
+//! `echo-backend` and `proxy` processes on 127.0.0.1.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use tests::fixtures::{entries, listener, upstream};
+use tests::raw::RawConn;
+use tests::ws::{ws_close, ws_open, WsOptions};
+use tests::{free_port, wait_for, Backend, Proxy};
+
+const T: Duration = Duration::from_secs(10);
+
+/// One listener, upstream `app` over `b` and `dead` (a port nobody listens on) on
+/// `/dead/`, a JSON access log to `log`.
+fn config(server: &str, log: &Path, b: &Backend) -> String {
+    let dead = free_port();
+    format!(
+        "[server]\nthreads = 2\n{server}\n[access_log]\nenabled = true\nformat = \"json\"\npath = \"{}\"\n\n{}\n{}\n{}\n[[routes]]\npath_prefix = \"/dead/\"\nupstream = \"dead\"\n[[routes]]\npath_prefix = \"/\"\nupstream = \"app\"\n",
+        log.display(),
+        listener(free_port()),
+        upstream("app", None, &entries(&[b])),
+        upstream(
+            "dead",
+            None,
+            &[format!("{{ addr = \"127.0.0.1:{dead}\", id = \"dead\" }}")]
+        ),
+    )
+}
+
+/// A GET of `path` with the client's own `X-Request-Id: forged`.
+fn get_forged(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: test\r\nX-Request-Id: forged\r\n\r\n")
+}
+
+fn is_id(s: &str) -> bool {
+    s.len() == 32 && s.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// The access log line whose `request_id` is `id`.
+async fn logged(log: &Path, id: &str) -> serde_json::Value {
+    let want = format!("\"request_id\":\"{id}\"");
+    wait_for(
+        T,
+        &format!("an access log line with request id {id}"),
+        || {
+            let want = want.clone();
+            async move {
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                let line = text.lines().find(|l| l.contains(&want))?;
+                serde_json::from_str(line).ok()
+            }
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn every_request_gets_a_fresh_id_on_both_paths() {
+    let b = Backend::start("b1");
+    for http1 in ["native", "pingora"] {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("access.log");
+        let proxy = Proxy::start_config(&config(
+            &format!("http1 = \"{http1}\"\nrequest_id = true"),
+            &log,
+            &b,
+        ));
+        let mut c = RawConn::connect(proxy.addr()).await;
+
+        // A backend's answer: the backend saw the proxy's id, not the client's.
+        let mut ids = Vec::new();
+        for _ in 0..2 {
+            let r = c.exchange(get_forged("/headers")).await;
+            assert_eq!(r.status, 200, "{http1}: {}", r.text());
+            let seen: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+            let id = seen["x-request-id"].as_str().unwrap_or_default().to_owned();
+            assert!(is_id(&id), "{http1}: the backend saw {seen}");
+            assert_eq!(r.header("x-request-id"), Some(id.as_str()), "{http1}");
+            let line = logged(&log, &id).await;
+            assert_eq!(line["path"], "/headers", "{http1}: {line}");
+            ids.push(id);
+        }
+        assert_ne!(ids[0], ids[1], "{http1}: one id per request");
+
+        // The proxy's own answer.
+        let r = c.exchange(get_forged("/dead/x")).await;
+        assert_eq!(r.status, 502, "{http1}: {}", r.text());
+        let id = r.header("x-request-id").unwrap_or_default().to_owned();
+        assert!(is_id(&id), "{http1}: {:?}", r.headers);
+        assert_eq!(logged(&log, &id).await["status"], 502, "{http1}");
+
+        // A WebSocket: the 101 carries the id, and so does the tunnel's line.
+        let (ws, resp) = ws_open(&proxy.ws_url("/ws"), &WsOptions::default())
+            .await
+            .unwrap();
+        let id = resp
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        assert!(is_id(&id), "{http1}: {resp:?}");
+        ws_close(ws).await;
+        assert_eq!(logged(&log, &id).await["tunnel"], true, "{http1}");
+    }
+}
+
+#[tokio::test]
+async fn off_by_default_a_clients_id_passes_untouched() {
+    let b = Backend::start("b1");
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let proxy = Proxy::start_config(&config("", &log, &b));
+    let mut c = RawConn::connect(proxy.addr()).await;
+    let r = c.exchange(get_forged("/headers")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(seen["x-request-id"], "forged", "{seen}");
+    assert_eq!(r.header("x-request-id"), None);
+    let line = wait_for(T, "the access log line", || async {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.lines().next().map(str::to_owned)
+    })
+    .await;
+    assert!(!line.contains("request_id"), "{line}");
+}
