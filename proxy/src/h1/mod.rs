@@ -353,7 +353,7 @@ impl H1 {
         let mut log = Log {
             shared: &self.shared,
             req,
-            request_id: id,
+            request_id: id.as_ref(),
             client: conn.peer_ip,
             // Only the access log reads the clock for the whole request.
             started: self.shared.access_log.load().enabled().then(Instant::now),
@@ -1051,7 +1051,7 @@ impl Failure {
 struct Log<'a> {
     shared: &'a Shared,
     req: &'a RequestHead<'a>,
-    request_id: Option<RequestId>,
+    request_id: Option<&'a RequestId>,
     client: Option<IpAddr>,
     /// Set when the access log is on.
     started: Option<Instant>,
@@ -1086,7 +1086,7 @@ impl Drop for Log<'_> {
             tunnel: false,
             referer: self.req.header("referer"),
             user_agent: self.req.header("user-agent"),
-            request_id: self.request_id.as_ref().map(RequestId::as_str),
+            request_id: self.request_id.map(RequestId::as_str),
         });
     }
 }

@@ -47,6 +47,7 @@ impl fmt::Debug for RequestId {
 
 /// The listener's `response_headers` plus the request's id, if it has one: the fields of
 /// every answer to the request. Borrowed as they are when there is no id.
+#[inline]
 pub fn answer_fields<'a>(
     added: &'a [(String, String)],
     id: Option<&RequestId>,
