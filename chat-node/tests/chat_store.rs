@@ -69,7 +69,7 @@ async fn rooms_members_tokens(store: &dyn ChatStore) {
     assert_eq!(store.room("third").await.unwrap(), None);
     assert_eq!(store.room("priv").await.unwrap(), Some(meta(true)));
     assert_eq!(store.room("none").await.unwrap(), None);
-    assert_eq!(store.public_rooms().await.unwrap(), ["pub"]);
+    assert_eq!(store.public_rooms("", 10).await.unwrap(), ["pub"]);
     let found = store
         .rooms(&["pub".into(), "priv".into(), "none".into()])
         .await
@@ -95,6 +95,32 @@ async fn rooms_members_tokens(store: &dyn ChatStore) {
         store.user_for_token("t1").await.unwrap().as_deref(),
         Some("u1")
     );
+}
+
+/// The public room list in name order, a page at a time, private rooms left out.
+async fn public_room_pages(store: &dyn ChatStore) {
+    for (room, private) in [
+        ("p-c", false),
+        ("p-a", false),
+        ("p-x", true),
+        ("p-b", false),
+    ] {
+        assert_eq!(
+            store.create_room(room, &meta(private), 100).await.unwrap(),
+            Created::Created
+        );
+    }
+    let all = store.public_rooms("", 100).await.unwrap();
+    let ours: Vec<&str> = all
+        .iter()
+        .map(String::as_str)
+        .filter(|r| r.starts_with("p-"))
+        .collect();
+    assert_eq!(ours, ["p-a", "p-b", "p-c"]);
+    assert_eq!(store.public_rooms("p-", 2).await.unwrap(), ["p-a", "p-b"]);
+    assert_eq!(store.public_rooms("p-b", 1).await.unwrap(), ["p-c"]);
+    // After the last: what sorts later (`pub`, of the test before), never the private one.
+    assert_eq!(store.public_rooms("p-c", 5).await.unwrap(), ["pub"]);
 }
 
 async fn history(store: &dyn ChatStore) {
@@ -289,6 +315,7 @@ async fn presence(store: &dyn ChatStore) {
 
 async fn all(store: Arc<dyn ChatStore>) {
     rooms_members_tokens(&*store).await;
+    public_room_pages(store.as_ref()).await;
     history(&*store).await;
     rate_limit(&*store).await;
     posting(&*store).await;
@@ -312,7 +339,7 @@ async fn the_redis_store() {
 /// during a rolling upgrade) count toward the limit when the count is first needed, the
 /// private ones too: they are rooms, but not in the public list.
 #[tokio::test]
-async fn the_redis_room_count_starts_from_every_room_there_is() {
+async fn an_older_nodes_rooms_are_counted_and_listed() {
     let redis = RedisServer::start();
     let client = redis::Client::open(redis.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
@@ -346,5 +373,18 @@ async fn the_redis_room_count_starts_from_every_room_there_is() {
     assert_eq!(
         store.create_room("newer", &meta(false), 3).await.unwrap(),
         Created::Full
+    );
+    // The older node's public room is in the sorted list too, and so is one an older node
+    // still running lists after the list was first kept.
+    assert_eq!(store.public_rooms("", 10).await.unwrap(), ["old-public"]);
+    let _: i64 = redis::cmd("SADD")
+        .arg("syd:chat:rooms:public")
+        .arg("old-later")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.public_rooms("", 10).await.unwrap(),
+        ["old-later", "old-public"]
     );
 }

@@ -175,17 +175,36 @@ async fn rooms(chat: Arc<ChatInner>, socket: SocketRef, request: RoomsRequest) -
             usize::try_from(l).unwrap_or(MAX_ROOMS_PAGE)
         })
         .clamp(1, MAX_ROOMS_PAGE);
-    let mut names: BTreeSet<String> = chat.store.public_rooms().await?.into_iter().collect();
-    names.extend(chat.store.rooms_of(&user).await?);
-    names.remove(LOBBY);
-    // The order pages follow: lobby, then the others by name.
-    let ordered = std::iter::once(LOBBY.to_owned()).chain(names);
-    let mut rest: Vec<String> = match request.after.as_deref() {
-        None => ordered.collect(),
-        Some(LOBBY) => ordered.skip(1).collect(),
-        Some(after) => ordered.skip(1).filter(|r| r.as_str() > after).collect(),
+    // The order pages follow: lobby, then the others by name (byte order, as the store
+    // keeps them). One more than the page tells whether another follows.
+    let (with_lobby, after) = match request.after.as_deref() {
+        None => (true, ""),
+        Some(LOBBY) => (false, ""),
+        Some(after) => (false, after),
     };
-    rest.truncate(limit.saturating_add(1));
+    let want = limit + 1;
+    // The public rooms of this page, and the user's own (private ones among them) after
+    // `after`: both in order, merged.
+    let mut names: BTreeSet<String> = chat
+        .store
+        .public_rooms(after, want)
+        .await?
+        .into_iter()
+        .collect();
+    names.extend(
+        chat.store
+            .rooms_of(&user)
+            .await?
+            .into_iter()
+            .filter(|r| r.as_str() > after),
+    );
+    names.remove(LOBBY);
+    let mut rest: Vec<String> = with_lobby
+        .then(|| LOBBY.to_owned())
+        .into_iter()
+        .chain(names)
+        .take(want)
+        .collect();
     let next = (rest.len() > limit)
         .then(|| rest.get(limit - 1).cloned())
         .flatten();

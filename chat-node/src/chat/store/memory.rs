@@ -149,13 +149,15 @@ impl ChatStore for MemoryStore {
             .collect())
     }
 
-    async fn public_rooms(&self) -> Result<Vec<String>, StoreError> {
+    async fn public_rooms(&self, after: &str, count: usize) -> Result<Vec<String>, StoreError> {
+        use std::ops::Bound;
         let state = self.state.lock();
         Ok(state
             .rooms
-            .iter()
+            .range::<str, _>((Bound::Excluded(after), Bound::Unbounded))
             .filter(|(_, meta)| !meta.private)
             .map(|(room, _)| room.clone())
+            .take(count)
             .collect())
     }
 

@@ -179,8 +179,10 @@ pub trait ChatStore: Send + Sync + 'static {
     async fn room(&self, room: &str) -> Result<Option<RoomMeta>, StoreError>;
     /// The settings of each of `rooms` that exists.
     async fn rooms(&self, rooms: &[String]) -> Result<BTreeMap<String, RoomMeta>, StoreError>;
-    /// The names of the public rooms.
-    async fn public_rooms(&self) -> Result<Vec<String>, StoreError>;
+    /// The names of the public rooms that sort after `after` (byte order; `""`: from the
+    /// first), at most `count`, in order: a page of the room list costs its own length,
+    /// not the number of rooms.
+    async fn public_rooms(&self, after: &str, count: usize) -> Result<Vec<String>, StoreError>;
 
     /// Makes `user` a member of `room`; `false` when it already was.
     async fn add_member(&self, room: &str, user: &str) -> Result<bool, StoreError>;

@@ -86,14 +86,47 @@ return redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'm', ARGV[6])
     ))
 });
 
+/// Lua: `by_name(set, zset)` makes sure the sorted index of the public rooms (`zset`, all
+/// scores 0, ordered by name) holds every room of the public room set (`set`): rooms
+/// listed by a node from before the index was kept, even while such a node still runs
+/// beside newer ones, are filled in. Rooms are never deleted, so equal sizes mean equal
+/// sets, and the check costs two O(1) calls. A macro so that both scripts that touch the
+/// index can `concat!` it.
+macro_rules! by_name_lua {
+    () => {
+        r"
+local function by_name(set, zset)
+  if redis.call('ZCARD', zset) ~= redis.call('SCARD', set) then
+    for _, room in ipairs(redis.call('SMEMBERS', set)) do
+      redis.call('ZADD', zset, 0, room)
+    end
+  end
+end
+"
+    };
+}
+
+/// [`ChatStore::public_rooms`]. KEYS: the public room set, its sorted index. ARGV: the
+/// lower bound (`-`, or `(` and the name to start after), the count.
+static PUBLIC_ROOMS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        by_name_lua!(),
+        r"
+by_name(KEYS[1], KEYS[2])
+return redis.call('ZRANGEBYLEX', KEYS[2], ARGV[1], '+', 'LIMIT', 0, tonumber(ARGV[2]))
+"
+    ))
+});
+
 /// [`ChatStore::create_room`], atomic: the room, its place in the public list and the
 /// count of rooms change together or not at all (a room created and never listed, or a
 /// limit overshot by two nodes at once, would otherwise be possible). KEYS: the room, the
-/// public room set, the room count. ARGV: the room's JSON, `1` when public, the name, the
+/// public room set, the room count, the public rooms' sorted index. ARGV: the room's JSON, `1` when public, the name, the
 /// limit, the `SCAN MATCH` pattern of every room's key. Returns 0 (the name is taken), 2
 /// (the limit is reached) or 1.
 static CREATE_ROOM: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(concat!(
+        by_name_lua!(),
         r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local count = redis.call('GET', KEYS[3])
@@ -116,11 +149,15 @@ if not count then
 end
 if tonumber(count) >= tonumber(ARGV[4]) then return 2 end
 redis.call('SET', KEYS[1], ARGV[1])
-if ARGV[2] == '1' then redis.call('SADD', KEYS[2], ARGV[3]) end
+if ARGV[2] == '1' then
+  by_name(KEYS[2], KEYS[4])
+  redis.call('SADD', KEYS[2], ARGV[3])
+  redis.call('ZADD', KEYS[4], 0, ARGV[3])
+end
 redis.call('INCR', KEYS[3])
 return 1
-",
-    )
+"
+    ))
 });
 
 /// [`ChatStore::presence_refresh`], atomic: every presence hash of the node is replaced
@@ -284,6 +321,7 @@ impl ChatStore for RedisStore {
             .key(key(&["room", room]))
             .key(key(&["rooms", "public"]))
             .key(key(&["rooms", "count"]))
+            .key(key(&["rooms", "public", "by-name"]))
             .arg(json)
             .arg(if meta.private { "0" } else { "1" })
             .arg(room)
@@ -320,9 +358,20 @@ impl ChatStore for RedisStore {
         Ok(found)
     }
 
-    async fn public_rooms(&self) -> Result<Vec<String>, StoreError> {
-        self.query(redis::cmd("SMEMBERS").arg(key(&["rooms", "public"])))
+    async fn public_rooms(&self, after: &str, count: usize) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.conn.clone();
+        PUBLIC_ROOMS
+            .key(key(&["rooms", "public"]))
+            .key(key(&["rooms", "public", "by-name"]))
+            .arg(if after.is_empty() {
+                "-".to_owned()
+            } else {
+                format!("({after}")
+            })
+            .arg(count)
+            .invoke_async(&mut conn)
             .await
+            .map_err(redis_error)
     }
 
     async fn add_member(&self, room: &str, user: &str) -> Result<bool, StoreError> {
