@@ -130,3 +130,40 @@ async fn off_by_default_a_clients_id_passes_untouched() {
     .await;
     assert!(!line.contains("request_id"), "{line}");
 }
+
+/// The client's id in any spelling is dropped, not only `X-Request-Id`: upper case,
+/// repeated, and `X_Request_Id`, which CGI-style servers (PHP, WSGI, Rack) read as the
+/// same variable as `X-Request-Id` — passed on, it would sit beside the proxy's id and
+/// a backend could log the client's instead. On both HTTP/1 paths, HTTP/1.0 and an upgrade.
+#[tokio::test]
+async fn a_clients_id_in_any_spelling_is_dropped() {
+    let b = Backend::start("b1");
+    let spoof = "X-REQUEST-ID: forged1\r\nx-request-id: forged2\r\nX_Request_Id: forged3\r\nx_request_id: forged4\r\n";
+    for http1 in ["native", "pingora"] {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("access.log");
+        let proxy = Proxy::start_config(&config(
+            &format!("http1 = \"{http1}\"\nrequest_id = true"),
+            &log,
+            &b,
+        ));
+        // An upgrade takes its own path upstream (the backend refuses it here,
+        // and the proxy relays the refusal).
+        let ws = "Connection: Upgrade\r\nUpgrade: example/1\r\n";
+        for (version, extra) in [("1.1", ""), ("1.0", ""), ("1.1", ws)] {
+            let what = format!("{http1} HTTP/{version} {extra:?}");
+            let mut c = RawConn::connect(proxy.addr()).await;
+            let r = c
+                .exchange(format!(
+                    "GET /headers HTTP/{version}\r\nHost: test\r\n{extra}{spoof}\r\n"
+                ))
+                .await;
+            assert_eq!(r.status, 200, "{what}: {}", r.text());
+            let seen: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+            assert!(!seen.to_string().contains("forged"), "{what}: {seen}");
+            let id = seen["x-request-id"].as_str().unwrap_or_default();
+            assert!(is_id(id), "{what}: {seen}");
+            assert_eq!(r.header("x-request-id"), Some(id), "{what}");
+        }
+    }
+}
