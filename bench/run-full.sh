@@ -15,11 +15,19 @@ chat=${CHAT_NODE_BIN:-$dir/chat-node}
 out=bench/results/full-$(date -u +%Y%m%d-%H%M)
 common=(--quiet --proxy-bin "${PROXY_BIN:-$dir/proxy}")
 failed=()
+# Ctrl-C (which reaches bench too: it writes its partial report and exits 1), SIGTERM or
+# SIGHUP stop the whole run once the scenario in progress has ended, and its reports are
+# copied: without the trap, bash took bench's exit 1 for a failed scenario and went on
+# with the next one, so that stopping the run took a Ctrl-C per scenario.
+stopped=
+trap 'stopped=1' INT TERM HUP
 # run <folder> <scenario> [options]. A scenario that fails does not stop the others, nor
 # the copy of their reports (and of its own partial report) below; the script fails at the
-# end, naming it.
+# end, naming it. Nothing runs once the run is stopped.
 run() {
-  local d=$1 s=$2; shift 2; echo "== $s $*"
+  local d=$1 s=$2; shift 2
+  [ -z "$stopped" ] || return 0
+  echo "== $s $*"
   "$bench" "$s" "${common[@]}" --out "$out/$d" "$@" || { failed+=("$d"); return 1; }
 }
 run http http --duration 5s --runs 3 --rates 5000 || true
@@ -58,5 +66,9 @@ done
 echo "results: $out (copied to bench/report/)"
 if [ ${#failed[@]} -gt 0 ]; then
   echo "failed: ${failed[*]} (their partial reports, if any, were copied too)" >&2
-  exit 1
 fi
+if [ -n "$stopped" ]; then
+  echo "stopped by a signal: the scenarios after the one in progress were not run" >&2
+  exit 130
+fi
+[ ${#failed[@]} -eq 0 ]
