@@ -104,6 +104,27 @@ fn finish(mut child: std::process::Child) -> (Option<i32>, String) {
 }
 
 #[test]
+fn a_chat_cpu_failure_that_is_not_the_cgroup_fails_the_run() {
+    let tree = Tree::new(&[("chat-cpu", "fail")]);
+    let (code, err) = finish(tree.script().spawn().expect("run-full.sh"));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("failed: chat-cpu"), "{err}");
+    assert!(!err.contains("skipped"), "{err}");
+    // Its partial report is copied as the others' are.
+    assert!(tree.root.join("bench/report/chat-cpu/report.md").is_file());
+}
+
+#[test]
+fn chat_cpu_without_a_cgroup_is_skipped() {
+    let tree = Tree::new(&[("chat-cpu", "cgroup")]);
+    let (code, err) = finish(tree.script().spawn().expect("run-full.sh"));
+    assert_eq!(code, Some(0), "{err}");
+    let runs = tree.runs();
+    assert!(!runs.contains(&"chat-cpu-redis".to_owned()), "{runs:?}");
+    assert!(runs.contains(&"http-repeat".to_owned()), "{runs:?}");
+}
+
+#[test]
 fn ctrl_c_stops_the_whole_run_and_copies_what_was_measured() {
     use std::os::unix::process::CommandExt as _;
     let tree = Tree::new(&[("ws-echo", "wait")]);
