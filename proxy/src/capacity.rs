@@ -96,7 +96,18 @@ pub async fn refuse(shared: Arc<Shared>, mut session: Stream, max: u32) -> Optio
     };
     let rt = shared.current();
     let added = rt.response_headers(local);
-    crate::h1::refuse(&shared, &mut session, r, peer_ip, b"", added, CAP_LINGER).await;
+    let id = rt.config.server.request_id;
+    crate::h1::refuse(
+        &shared,
+        &mut session,
+        r,
+        peer_ip,
+        b"",
+        added,
+        id,
+        CAP_LINGER,
+    )
+    .await;
     None
 }
 

@@ -407,6 +407,7 @@ pub async fn accept(
                 peer,
                 &buf,
                 rt.response_headers(Some(local)),
+                rt.config.server.request_id,
                 LINGER,
             )
             .await;

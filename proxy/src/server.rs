@@ -28,6 +28,7 @@ use crate::h1::plain_on_tls::PlainHttpOnTls;
 use crate::h1::{Outcome, H1};
 use crate::h2::{self, FirstRequest};
 use crate::health::HealthChecker;
+use crate::proxy::request_id::{self, RequestId};
 use crate::proxy::{respond, EdgeProxy, KeptAlive};
 use crate::proxy_protocol::{self, ProxyHeader};
 use crate::state::Shared;
@@ -200,8 +201,10 @@ async fn refuse_h2_connect(shared: &Shared, mut session: ServerSession) {
         .map_or("-", |a| a.as_str());
     let line = format!("CONNECT {authority} HTTP/2.0");
     let rt = shared.current();
+    let id = rt.config.server.request_id.then(RequestId::new);
+    let fields = request_id::answer_fields(rt.response_headers(local), id.as_ref());
     let mut sent = 0;
-    if let Ok((head, body)) = respond::text_answer(r.status, r.detail, rt.response_headers(local)) {
+    if let Ok((head, body)) = respond::text_answer(r.status, r.detail, &fields) {
         let len = body.len();
         let written = async {
             session.write_response_header(Box::new(head)).await?;
@@ -213,7 +216,7 @@ async fn refuse_h2_connect(shared: &Shared, mut session: ServerSession) {
         }
     }
     shared.metrics.reject(r.reason);
-    crate::h1::log_refusal(shared, peer, line.as_bytes(), r.status, sent);
+    crate::h1::log_refusal(shared, peer, line.as_bytes(), r.status, sent, id.as_ref());
 }
 
 /// Runs `request` (one request of a connection) and gives up on it, returning None, when

@@ -130,3 +130,140 @@ async fn off_by_default_a_clients_id_passes_untouched() {
     .await;
     assert!(!line.contains("request_id"), "{line}");
 }
+
+/// The client's id in any spelling is dropped, not only `X-Request-Id`: upper case,
+/// repeated, and `X_Request_Id`, which CGI-style servers (PHP, WSGI, Rack) read as the
+/// same variable as `X-Request-Id` — passed on, it would sit beside the proxy's id and
+/// a backend could log the client's instead. On both HTTP/1 paths, HTTP/1.0 and an upgrade.
+#[tokio::test]
+async fn a_clients_id_in_any_spelling_is_dropped() {
+    let b = Backend::start("b1");
+    let spoof = "X-REQUEST-ID: forged1\r\nx-request-id: forged2\r\nX_Request_Id: forged3\r\nx_request_id: forged4\r\n";
+    for http1 in ["native", "pingora"] {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("access.log");
+        let proxy = Proxy::start_config(&config(
+            &format!("http1 = \"{http1}\"\nrequest_id = true"),
+            &log,
+            &b,
+        ));
+        // An upgrade takes its own path upstream (the backend refuses it here,
+        // and the proxy relays the refusal).
+        let ws = "Connection: Upgrade\r\nUpgrade: example/1\r\n";
+        for (version, extra) in [("1.1", ""), ("1.0", ""), ("1.1", ws)] {
+            let what = format!("{http1} HTTP/{version} {extra:?}");
+            let mut c = RawConn::connect(proxy.addr()).await;
+            let r = c
+                .exchange(format!(
+                    "GET /headers HTTP/{version}\r\nHost: test\r\n{extra}{spoof}\r\n"
+                ))
+                .await;
+            assert_eq!(r.status, 200, "{what}: {}", r.text());
+            let seen: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+            assert!(!seen.to_string().contains("forged"), "{what}: {seen}");
+            let id = seen["x-request-id"].as_str().unwrap_or_default();
+            assert!(is_id(id), "{what}: {seen}");
+            assert_eq!(r.header("x-request-id"), Some(id), "{what}");
+        }
+    }
+}
+
+/// The proxy's refusals of a request it read but will not forward (a transfer coding it
+/// cannot frame, CONNECT, a version it does not speak) carry an id too, the same one as
+/// their access log line, on both HTTP/1 settings (the front reads these heads on both),
+/// as h2's CONNECT refusal and pingora's own checks do: the answer a user reports is the
+/// one an operator most needs to find.
+#[tokio::test]
+async fn refusals_carry_the_id_of_their_log_line() {
+    let b = Backend::start("b1");
+    for http1 in ["native", "pingora"] {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("access.log");
+        let proxy = Proxy::start_config(&config(
+            &format!("http1 = \"{http1}\"\nrequest_id = true"),
+            &log,
+            &b,
+        ));
+        for (req, status) in [
+            (
+                "POST /te HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: gzip\r\n\r\n",
+                400,
+            ),
+            ("CONNECT test:443 HTTP/1.1\r\nHost: test:443\r\n\r\n", 501),
+            ("GET /v HTTP/1.2\r\nHost: test\r\n\r\n", 400),
+        ] {
+            let what = format!("{http1} {req:?}");
+            let mut c = RawConn::connect(proxy.addr()).await;
+            let r = c.exchange(req).await;
+            assert_eq!(r.status, status, "{what}: {}", r.text());
+            let id = r.header("x-request-id").unwrap_or_default().to_owned();
+            assert!(is_id(&id), "{what}: {:?}", r.headers);
+            assert_eq!(logged(&log, &id).await["status"], status, "{what}");
+        }
+    }
+}
+
+/// An h2 request and h2's CONNECT refusal: the backend gets the proxy's id alone (the
+/// client's, in either spelling, dropped), the answer has it, and so has the log line.
+#[tokio::test]
+async fn h2_requests_and_their_refusals_carry_the_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = tests::Certs::generate(dir.path(), &["localhost", "127.0.0.1"]);
+    let log = dir.path().join("access.log");
+    let b = Backend::start("b1");
+    let port = free_port();
+    let _proxy = Proxy::start_config(&format!(
+        "[server]\nthreads = 2\nrequest_id = true\n[access_log]\nenabled = true\nformat = \"json\"\npath = \"{}\"\n\n{}{}\n\n{}",
+        log.display(),
+        listener(port),
+        tests::fixtures::tls_keys(&certs.cert, &certs.key),
+        upstream("app", None, &entries(&[&b])),
+    ));
+    let h2 = tests::h2client::connect(&certs.ca_pem(), port).await;
+
+    let send = |req: http::Request<()>| {
+        let h2 = h2.clone();
+        async move {
+            let mut ready = tokio::time::timeout(T, h2.ready()).await.unwrap().unwrap();
+            let (resp, _) = ready.send_request(req, true).unwrap();
+            let resp = tokio::time::timeout(T, resp).await.unwrap().unwrap();
+            let (parts, mut body) = resp.into_parts();
+            let mut out = Vec::new();
+            while let Some(chunk) = tokio::time::timeout(T, body.data()).await.unwrap() {
+                let chunk = chunk.unwrap();
+                let _ = body.flow_control().release_capacity(chunk.len());
+                out.extend_from_slice(&chunk);
+            }
+            let id = parts
+                .headers
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            (parts.status.as_u16(), id, out)
+        }
+    };
+
+    let req = http::Request::get(format!("https://localhost:{port}/headers"))
+        .header("x-request-id", "forged1")
+        .header("x_request_id", "forged2")
+        .body(())
+        .unwrap();
+    let (status, id, body) = send(req).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let seen: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert!(!seen.to_string().contains("forged"), "{seen}");
+    assert_eq!(seen["x-request-id"].as_str(), Some(id.as_str()), "{seen}");
+    assert!(is_id(&id), "{id:?}");
+    assert_eq!(logged(&log, &id).await["status"], 200);
+
+    let req = http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri("example.com:443")
+        .body(())
+        .unwrap();
+    let (status, id, _) = send(req).await;
+    assert_eq!(status, 501);
+    assert!(is_id(&id), "{id:?}");
+    assert_eq!(logged(&log, &id).await["status"], 501);
+}

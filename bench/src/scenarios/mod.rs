@@ -393,6 +393,7 @@ impl Frame<'_> {
                 .unwrap_or(usize::MAX)
         });
         let checks = checks(self.cmd, &mut reports);
+        let checks = judged(partial.is_some(), &reports, checks);
         Report {
             partial,
             scenario: self.scenario.to_owned(),
@@ -634,12 +635,38 @@ pub fn recheck(report: &mut Report) {
     match <crate::cli::Cli as clap::Parser>::try_parse_from(words) {
         Ok(cli) => {
             let checks = checks(&cli.command, &mut report.targets);
+            let checks = judged(report.partial.is_some(), &report.targets, checks);
             if !checks.is_empty() {
                 report.checks = checks;
             }
         }
         Err(e) => eprintln!("bench: keeping the stored checks: `{line}` does not parse: {e}"),
     }
+}
+
+/// `checks` as a report states them. A partial report written mid-round has targets with
+/// unequal runs (one has finished run 2, the next only run 1): their medians cover
+/// different minutes of the machine, which the goals' comparisons must not (targets take
+/// turns inside each run for that), so no goal is judged then; at a round's end they are,
+/// over the rounds done.
+fn judged(partial: bool, reports: &[TargetReport], mut checks: Vec<Check>) -> Vec<Check> {
+    // Finished runs, failed ones included, of each target that has any (the others are
+    // pending or cannot run, and no goal uses them).
+    let done = reports
+        .iter()
+        .map(|t| t.runs.len() + t.errors.len())
+        .filter(|&n| n > 0);
+    let (lo, hi) = done.fold((usize::MAX, 0), |(lo, hi), n| (lo.min(n), hi.max(n)));
+    if !partial || lo >= hi {
+        return checks;
+    }
+    for c in checks.iter_mut().filter(|c| c.met.is_some()) {
+        c.met = None;
+        c.measured.push_str(&format!(
+            "; not judged: a partial report, some targets have {hi} runs and others {lo}"
+        ));
+    }
+    checks
 }
 
 fn checks(cmd: &Command, reports: &mut [TargetReport]) -> Vec<Check> {
@@ -795,6 +822,66 @@ mod tests {
             })
             .collect();
         t
+    }
+
+    /// A report written mid-round (a killed bench leaves it so) holds targets with unequal
+    /// runs: switchyard's median over runs 1 and 2 against nginx's run 1 alone compares
+    /// different minutes of the machine, so its goals are not judged; at a round's end
+    /// they are, as in a complete report.
+    #[test]
+    fn a_partial_report_judges_goals_only_over_equal_runs() {
+        let cli =
+            <crate::cli::Cli as clap::Parser>::try_parse_from(["bench", "http"]).expect("parse");
+        let frame = Frame {
+            cmd: &cli.command,
+            scenario: "http",
+            description: String::new(),
+            columns: Vec::new(),
+            notes: Vec::new(),
+            backends: Vec::new(),
+            unavailable: Vec::new(),
+            rows: vec!["switchyard:round_robin".into(), "nginx:round_robin".into()],
+            asked: vec!["switchyard:round_robin".into(), "nginx:round_robin".into()],
+        };
+        let run = |v: f64| {
+            let mut r = RunResult::default();
+            r.set("req_per_cpu_s", v);
+            r
+        };
+        let mut results = Measured::new();
+        results.insert(
+            "switchyard:round_robin".into(),
+            (vec![run(200.0), run(210.0)], String::new(), Vec::new()),
+        );
+        results.insert(
+            "nginx:round_robin".into(),
+            (vec![run(100.0)], String::new(), Vec::new()),
+        );
+        let partial = |done| Partial {
+            done,
+            total: 6,
+            interrupted_by: None,
+        };
+        let goal = |r: &Report| r.checks.first().cloned().expect("a goal");
+        let mid = frame.report(&results, Some(partial(3)), serde_json::json!({}));
+        let c = goal(&mid);
+        assert_eq!(c.met, None, "{c:?}");
+        assert!(c.measured.contains("not judged"), "{c:?}");
+        // A round's end: judged.
+        if let Some(n) = results.get_mut("nginx:round_robin") {
+            n.0.push(run(110.0));
+        }
+        let end = frame.report(&results, Some(partial(4)), serde_json::json!({}));
+        assert_eq!(goal(&end).met, Some(true), "{:?}", goal(&end));
+        // A failed run counts as finished.
+        if let Some(s) = results.get_mut("switchyard:round_robin") {
+            s.2.push("run 3: refused".into());
+        }
+        let failed = frame.report(&results, Some(partial(5)), serde_json::json!({}));
+        assert_eq!(goal(&failed).met, None, "{:?}", goal(&failed));
+        // A complete report is judged whatever its runs.
+        let done = frame.report(&results, None, serde_json::json!({}));
+        assert!(goal(&done).met.is_some(), "{:?}", goal(&done));
     }
 
     #[test]

@@ -316,7 +316,7 @@ impl RequestHead<'_> {
                 || is_forwarded_field(h.name)
                 || is_framing_mimic(h.name)
                 || (self.length_repeated && h.name.eq_ignore_ascii_case("content-length"))
-                || (request_id.is_some() && h.name.eq_ignore_ascii_case(request_id::HEADER))
+                || (request_id.is_some() && request_id::is_id_field(h.name))
             {
                 continue;
             }

@@ -336,7 +336,18 @@ impl H1 {
         head: &[u8],
     ) {
         let added = rt.response_headers(conn.local);
-        refuse(&self.shared, stream, r, conn.peer_ip, head, added, LINGER).await;
+        let id = rt.config.server.request_id;
+        refuse(
+            &self.shared,
+            stream,
+            r,
+            conn.peer_ip,
+            head,
+            added,
+            id,
+            LINGER,
+        )
+        .await;
     }
 
     /// Serves one request; whether the client connection stays open.
@@ -883,7 +894,11 @@ pub(crate) fn addresses(digest: Option<&SocketDigest>) -> (Option<IpAddr>, Optio
 /// lose the answer before reading it: so the write side is shut first, and what still
 /// comes is read and dropped until the client closes, within [`LINGER`] (as nginx's
 /// lingering close does); `linger` bounds that ([`LINGER`] but where holding the
-/// connection costs too much). `added` are the listener's `response_headers`.
+/// connection costs too much). `added` are the listener's `response_headers`; with
+/// `request_id` (`[server] request_id`) the refusal gets an id, on the answer and in its
+/// log line, as a forwarded request's answer does: a refused request is the one a user
+/// reports.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn refuse<S>(
     shared: &Shared,
     stream: &mut S,
@@ -891,12 +906,18 @@ pub(crate) async fn refuse<S>(
     peer_ip: Option<IpAddr>,
     head: &[u8],
     added: &[(String, String)],
+    request_id: bool,
     linger: Duration,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
     shared.metrics.reject(r.reason);
-    let answer = respond::text_bytes(r.status, r.detail, added);
+    let id = request_id.then(RequestId::new);
+    let answer = respond::text_bytes(
+        r.status,
+        r.detail,
+        &request_id::answer_fields(added, id.as_ref()),
+    );
     let sent = write_flush(stream, &answer).await;
     log_refusal(
         shared,
@@ -904,6 +925,7 @@ pub(crate) async fn refuse<S>(
         head,
         r.status,
         if sent { answer.len() } else { 0 },
+        id.as_ref(),
     );
     if !sent {
         return;
@@ -933,6 +955,7 @@ pub(crate) fn log_refusal(
     head: &[u8],
     status: u16,
     bytes_sent: usize,
+    request_id: Option<&RequestId>,
 ) {
     let log = shared.access_log.load();
     if !log.enabled() {
@@ -962,7 +985,7 @@ pub(crate) fn log_refusal(
         tunnel: false,
         referer: None,
         user_agent: None,
-        request_id: None,
+        request_id: request_id.map(RequestId::as_str),
     });
 }
 

@@ -110,6 +110,7 @@ impl PreTlsProcess for PlainHttpOnTls {
             peer_ip,
             &head,
             rt.response_headers(local),
+            rt.config.server.request_id,
             LINGER,
         )
         .await;

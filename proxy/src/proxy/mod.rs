@@ -508,13 +508,17 @@ impl ProxyHttp for EdgeProxy {
             }
         }
         // Ours replace the client's below; its underscore spellings go too, and those of
-        // the framing fields (see `request::is_framing_mimic`).
+        // the framing fields (see `request::is_framing_mimic`) and of the request id.
+        let id_on = ctx.request_id.is_some();
         let mimics: Vec<_> = upstream_request
             .headers
             .keys()
             .filter(|n| {
                 let n = n.as_str();
-                n.contains('_') && (is_forwarded_field(n) || request::is_framing_mimic(n))
+                n.contains('_')
+                    && (is_forwarded_field(n)
+                        || request::is_framing_mimic(n)
+                        || (id_on && request_id::is_id_field(n)))
             })
             .cloned()
             .collect();

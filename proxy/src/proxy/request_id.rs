@@ -12,6 +12,19 @@ use std::fmt;
 /// The field's name, lowercase.
 pub const HEADER: &str = "x-request-id";
 
+/// Whether a client's field `name` is `X-Request-Id` in any case, with `_` for some `-`
+/// too (`X_Request_Id`): with `[server] request_id` all of them are dropped, since
+/// CGI-style servers (PHP, WSGI, Rack) read the underscore spelling as the same variable,
+/// and the client's id would reach the backend beside the proxy's (as the forwarded
+/// fields' underscore spellings would, see `is_forwarded_field`).
+pub fn is_id_field(name: &str) -> bool {
+    HEADER.len() == name.len()
+        && HEADER
+            .bytes()
+            .zip(name.bytes())
+            .all(|(f, n)| f == n.to_ascii_lowercase() || (f == b'-' && n == b'_'))
+}
+
 /// 128 random bits as 32 lowercase hex digits, as nginx's `$request_id`.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct RequestId([u8; 32]);
@@ -82,6 +95,26 @@ mod tests {
             .bytes()
             .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn id_field_in_any_spelling() {
+        for name in [
+            "x-request-id",
+            "X-Request-Id",
+            "X_REQUEST_ID",
+            "x-request_id",
+        ] {
+            assert!(is_id_field(name), "{name}");
+        }
+        for name in [
+            "x-request-ids",
+            "x-requestid",
+            "x-correlation-id",
+            "x request id",
+        ] {
+            assert!(!is_id_field(name), "{name}");
+        }
     }
 
     #[test]

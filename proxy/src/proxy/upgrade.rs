@@ -59,7 +59,7 @@ fn request_head(session: &Session, ctx: &Ctx) -> Vec<u8> {
         if is_forwarded_field(n)
             || HOP_BY_HOP.contains(&n)
             || n == "host"
-            || (ctx.request_id.is_some() && n == request_id::HEADER)
+            || (ctx.request_id.is_some() && request_id::is_id_field(n))
         {
             continue;
         }
