@@ -33,6 +33,19 @@ fn config(server: &str, log: &Path, b: &Backend) -> String {
     )
 }
 
+/// A proxy over `b` with `request_id = true` and `http1 = <http1>`: its folder (kept while
+/// the test runs), its access log and the proxy.
+fn with_ids(http1: &str, b: &Backend) -> (tempfile::TempDir, std::path::PathBuf, Proxy) {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let proxy = Proxy::start_config(&config(
+        &format!("http1 = \"{http1}\"\nrequest_id = true"),
+        &log,
+        b,
+    ));
+    (dir, log, proxy)
+}
+
 /// A GET of `path` with the client's own `X-Request-Id: forged`.
 fn get_forged(path: &str) -> String {
     format!("GET {path} HTTP/1.1\r\nHost: test\r\nX-Request-Id: forged\r\n\r\n")
@@ -64,13 +77,7 @@ async fn logged(log: &Path, id: &str) -> serde_json::Value {
 async fn every_request_gets_a_fresh_id_on_both_paths() {
     let b = Backend::start("b1");
     for http1 in ["native", "pingora"] {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("access.log");
-        let proxy = Proxy::start_config(&config(
-            &format!("http1 = \"{http1}\"\nrequest_id = true"),
-            &log,
-            &b,
-        ));
+        let (_dir, log, proxy) = with_ids(http1, &b);
         let mut c = RawConn::connect(proxy.addr()).await;
 
         // A backend's answer: the backend saw the proxy's id, not the client's.
@@ -140,13 +147,7 @@ async fn a_clients_id_in_any_spelling_is_dropped() {
     let b = Backend::start("b1");
     let spoof = "X-REQUEST-ID: forged1\r\nx-request-id: forged2\r\nX_Request_Id: forged3\r\nx_request_id: forged4\r\n";
     for http1 in ["native", "pingora"] {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("access.log");
-        let proxy = Proxy::start_config(&config(
-            &format!("http1 = \"{http1}\"\nrequest_id = true"),
-            &log,
-            &b,
-        ));
+        let (_dir, _log, proxy) = with_ids(http1, &b);
         // An upgrade takes its own path upstream (the backend refuses it here,
         // and the proxy relays the refusal).
         let ws = "Connection: Upgrade\r\nUpgrade: example/1\r\n";
@@ -177,13 +178,7 @@ async fn a_clients_id_in_any_spelling_is_dropped() {
 async fn refusals_carry_the_id_of_their_log_line() {
     let b = Backend::start("b1");
     for http1 in ["native", "pingora"] {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("access.log");
-        let proxy = Proxy::start_config(&config(
-            &format!("http1 = \"{http1}\"\nrequest_id = true"),
-            &log,
-            &b,
-        ));
+        let (_dir, log, proxy) = with_ids(http1, &b);
         for (req, status) in [
             (
                 "POST /te HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: gzip\r\n\r\n",

@@ -243,6 +243,23 @@ pub fn default_out(scenario: &str) -> PathBuf {
 }
 
 impl Report {
+    /// A complete `http` report of `targets` with nothing else in it, for tests.
+    #[cfg(test)]
+    pub(crate) fn of(targets: Vec<TargetReport>) -> Report {
+        Report {
+            partial: None,
+            scenario: "http".into(),
+            description: String::new(),
+            meta: serde_json::json!({}),
+            columns: Vec::new(),
+            backends: Vec::new(),
+            targets,
+            checks: Vec::new(),
+            notes: Vec::new(),
+            charts: Vec::new(),
+        }
+    }
+
     /// Reads the results.json of an earlier run.
     pub fn read(dir: &Path) -> anyhow::Result<Report> {
         let path = dir.join("results.json");
@@ -354,18 +371,8 @@ mod tests {
         let tmp = tempfile::tempdir().expect("temp dir");
         let mut t = TargetReport::unavailable("switchyard:round_robin".into(), "ok".into());
         t.latency = Some(Percentiles::default());
-        let mut report = Report {
-            partial: None,
-            scenario: "http".into(),
-            description: String::new(),
-            meta: serde_json::json!({}),
-            columns: Vec::new(),
-            backends: Vec::new(),
-            targets: vec![t],
-            checks: Vec::new(),
-            notes: vec!["a scenario's note".into()],
-            charts: Vec::new(),
-        };
+        let mut report = Report::of(vec![t]);
+        report.notes = vec!["a scenario's note".into()];
         // A folder in the chart's way: it cannot be drawn.
         let blocker = tmp.path().join(".latency.svg.tmp");
         std::fs::create_dir(&blocker).expect("mkdir");

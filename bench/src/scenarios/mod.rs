@@ -927,18 +927,8 @@ mod tests {
             "/tmp/bench out",
         ]);
         assert!(command.contains("'/tmp/bench out'"), "{command}");
-        let mut report = Report {
-            partial: None,
-            scenario: "http".into(),
-            description: String::new(),
-            meta: serde_json::json!({ "command": command }),
-            columns: Vec::new(),
-            backends: Vec::new(),
-            targets: vec![target("switchyard:round_robin", &[120.0])],
-            checks: Vec::new(),
-            notes: Vec::new(),
-            charts: Vec::new(),
-        };
+        let mut report = Report::of(vec![target("switchyard:round_robin", &[120.0])]);
+        report.meta = serde_json::json!({ "command": command });
         recheck(&mut report);
         assert_eq!(report.checks.len(), 3, "{:?}", report.checks);
     }
@@ -946,18 +936,7 @@ mod tests {
     #[test]
     fn no_redraw_while_a_bench_writes_the_report() {
         let tmp = tempfile::tempdir().expect("temp dir");
-        let mut report = Report {
-            partial: None,
-            scenario: "http".into(),
-            description: String::new(),
-            meta: serde_json::json!({}),
-            columns: Vec::new(),
-            backends: Vec::new(),
-            targets: vec![target("switchyard:round_robin", &[120.0])],
-            checks: Vec::new(),
-            notes: Vec::new(),
-            charts: Vec::new(),
-        };
+        let mut report = Report::of(vec![target("switchyard:round_robin", &[120.0])]);
         report.write(tmp.path()).expect("write");
         let running = crate::report::lock_folder(tmp.path())
             .expect("lock")
