@@ -22,7 +22,8 @@ use tokio::sync::broadcast;
 use crate::capacity;
 use crate::state::Shared;
 
-type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+/// The future of a `ServerApp` wrapper written out without `#[async_trait]`.
+pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// How long the count must stay at zero before the process exits. A connection accepted
 /// just before the listeners closed is counted only once its task starts (and, on TLS,

@@ -10,8 +10,6 @@
 //! [`options`] sets the h2 header-list bound from `max_request_header_bytes`.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -25,7 +23,7 @@ use pingora::server::ShutdownWatch;
 use crate::config::Config;
 use crate::state::Shared;
 
-type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+use crate::drain::BoxFuture;
 
 /// pingora's bound on the decoded header list of an h2 request (64 KiB).
 const DEFAULT_MAX_HEADER_LIST: usize = 64 * 1024;

@@ -20,7 +20,6 @@ use std::fmt;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd as _;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,8 +34,9 @@ use ppp::{v1, v2, HeaderResult};
 use tokio::io::{AsyncRead, AsyncReadExt as _};
 
 use crate::config::ListenerConfig;
+use crate::drain::BoxFuture;
 use crate::h1::bound::bounded;
-use crate::h1::{addresses, refuse, stopped, DEFAULT_HEAD_TIMEOUT, LINGER};
+use crate::h1::{addresses, first_head_timeout, refuse, stopped, LINGER};
 use crate::logging::Throttle;
 use crate::proxy::is_token_char;
 use crate::proxy::policy::Rejection;
@@ -63,8 +63,6 @@ const MISSING_DETAIL: &str =
 /// One line a minute at most for refused connections: a load balancer that does not send
 /// the header fails every connection, which must be seen, but not once per connection.
 static REFUSED: Throttle = Throttle::new();
-
-type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// The connection's real addresses, as the load balancer saw them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -314,10 +312,9 @@ fn expected(
     local: SocketAddr,
     peer: Option<IpAddr>,
 ) -> Option<Result<(), HeaderError>> {
-    let e = expecting.iter().find(|e| {
-        e.listen.port() == local.port()
-            && (e.listen.ip().is_unspecified() || e.listen.ip() == local.ip())
-    })?;
+    let e = expecting
+        .iter()
+        .find(|e| crate::config::accepted_on(e.listen, local))?;
     if e.from.is_empty() {
         return Some(Ok(()));
     }
@@ -371,12 +368,7 @@ pub async fn accept(
         shared.metrics.reject("proxy_protocol");
         return Err(refused(e));
     }
-    let wait = shared
-        .current()
-        .config
-        .limits
-        .header_read_timeout
-        .unwrap_or(DEFAULT_HEAD_TIMEOUT);
+    let wait = first_head_timeout(&shared.current());
     let mut buf = BytesMut::with_capacity(512);
     let stopping = async {
         match shutdown {

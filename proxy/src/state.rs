@@ -88,10 +88,7 @@ impl Runtime {
         };
         self.response_headers
             .iter()
-            .find(|(listen, _)| {
-                listen.port() == local.port()
-                    && (listen.ip().is_unspecified() || listen.ip() == local.ip())
-            })
+            .find(|(listen, _)| crate::config::accepted_on(*listen, local))
             .map_or(&[], |(_, fields)| fields.as_slice())
     }
 

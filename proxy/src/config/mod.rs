@@ -59,6 +59,12 @@ pub const MAX_WEIGHT: u32 = 10_000;
 
 /// A health check's request path: from `/`, visible ASCII only (it goes on the request line
 /// as written).
+/// Whether a connection whose local address is `local` came in on the listener bound to
+/// `listen`: the same port, and the same address unless the listener's is a wildcard.
+pub fn accepted_on(listen: SocketAddr, local: SocketAddr) -> bool {
+    listen.port() == local.port() && (listen.ip().is_unspecified() || listen.ip() == local.ip())
+}
+
 pub(crate) fn check_path(path: &str) -> Result<(), ErrorKind> {
     if !path.starts_with('/') {
         return Err(ErrorKind::NotAbsolutePath(path.to_owned()));

@@ -76,6 +76,15 @@ const POOL_IDLE: Duration = Duration::from_secs(30);
 const POOL_SWEEP: Duration = Duration::from_secs(5);
 /// Bound on reading the rest of a head once its first bytes came, when no header timeout
 /// is configured.
+/// How long a new connection may take to send its first request head, or what comes before
+/// it (a PROXY protocol header, a TLS handshake).
+pub(crate) fn first_head_timeout(rt: &Runtime) -> Duration {
+    rt.config
+        .limits
+        .header_read_timeout
+        .unwrap_or(DEFAULT_HEAD_TIMEOUT)
+}
+
 pub(crate) const DEFAULT_HEAD_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How a connection left this path.

@@ -19,7 +19,7 @@ use pingora::protocols::{GetSocketDigest as _, Peek as _};
 use pingora::{Error, ErrorType};
 use tokio::io::AsyncReadExt as _;
 
-use super::{addresses, bound::bounded, refuse, DEFAULT_HEAD_TIMEOUT, LINGER, LOGGED_LINE};
+use super::{addresses, bound::bounded, first_head_timeout, refuse, LINGER, LOGGED_LINE};
 use crate::proxy::is_token_char;
 use crate::proxy::policy::Rejection;
 use crate::proxy_protocol::{self, Expecting};
@@ -57,11 +57,7 @@ impl PreTlsProcess for PlainHttpOnTls {
         let rt = self.shared.current();
         // The same bound as the first byte of a request on a plain listener: a client that
         // connects and says nothing is not kept for pingora's 60 s handshake limit.
-        let wait = rt
-            .config
-            .limits
-            .header_read_timeout
-            .unwrap_or(DEFAULT_HEAD_TIMEOUT);
+        let wait = first_head_timeout(&rt);
         let mut first = [0u8; 1];
         match bounded(wait, stream.try_peek(&mut first)).await {
             Ok(Ok(true)) => {}

@@ -104,9 +104,7 @@ pub(crate) fn admit<V: RequestView>(
         let port = local().and_then(|l| {
             cfg.listeners
                 .iter()
-                .find(|x| {
-                    x.listen == l || (x.listen.ip().is_unspecified() && x.listen.port() == l.port())
-                })
+                .find(|x| crate::config::accepted_on(x.listen, l))
                 .and_then(|x| x.redirect_https_port)
         });
         if let Some(port) = port {
