@@ -9,6 +9,20 @@ fn bench() -> &'static str {
     env!("CARGO_BIN_EXE_bench")
 }
 
+/// `bench redraw <folder>`, which must succeed.
+fn redraw(folder: &Path) {
+    let redraw = Command::new(bench())
+        .arg("redraw")
+        .arg(folder)
+        .output()
+        .expect("running bench redraw");
+    assert!(
+        redraw.status.success(),
+        "bench redraw failed: {}",
+        String::from_utf8_lossy(&redraw.stderr)
+    );
+}
+
 /// A workspace binary next to bench; built when missing (scripts/test.sh builds them first).
 fn sibling(package: &str) -> PathBuf {
     let dir = Path::new(bench()).parent().unwrap_or(Path::new("."));
@@ -169,16 +183,7 @@ fn run(scenario: &str, targets: &str, extra: &[&str]) -> serde_json::Value {
     for c in charts {
         std::fs::remove_file(out.path().join(c.as_str().unwrap_or_default())).expect("chart");
     }
-    let redraw = Command::new(bench())
-        .arg("redraw")
-        .arg(out.path())
-        .output()
-        .expect("running bench redraw");
-    assert!(
-        redraw.status.success(),
-        "bench redraw failed: {}",
-        String::from_utf8_lossy(&redraw.stderr)
-    );
+    redraw(out.path());
     for c in charts {
         let file = out.path().join(c.as_str().unwrap_or_default());
         assert!(file.is_file(), "redraw did not draw {}", file.display());
@@ -691,16 +696,7 @@ fn killed_bench_leaves_the_report_of_what_it_measured() {
     );
 
     // What reads results.json takes the partial report as it is.
-    let redraw = Command::new(bench())
-        .arg("redraw")
-        .arg(out.path())
-        .output()
-        .expect("running bench redraw");
-    assert!(
-        redraw.status.success(),
-        "bench redraw failed: {}",
-        String::from_utf8_lossy(&redraw.stderr)
-    );
+    redraw(out.path());
     let again: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(&results).expect("results.json after redraw"),
     )
