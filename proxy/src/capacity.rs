@@ -20,6 +20,7 @@ use pingora::protocols::Stream;
 
 use crate::logging::Throttle;
 use crate::proxy::policy::Rejection;
+use crate::proxy_protocol::{self, Expecting};
 use crate::state::Shared;
 
 /// How long a refused connection is kept to read what the client already sent (so that
@@ -81,9 +82,19 @@ fn warn_at_cap(max: u32) {
 }
 
 /// Refuses a connection over the cap `max`: `503` with the reason on HTTP/1, a close on h2
-/// (which has no answer without its handshake).
-pub async fn refuse(shared: Arc<Shared>, mut session: Stream, max: u32) -> Option<Stream> {
+/// (which has no answer without its handshake). On a plain listener with the PROXY
+/// protocol (`expecting`), the header is read first, within [`CAP_LINGER`] (a load
+/// balancer sends it as it connects): the refusal's access-log line then names the
+/// client; TLS listeners read it before the handshake anyway.
+pub async fn refuse(
+    shared: Arc<Shared>,
+    session: Stream,
+    max: u32,
+    expecting: Arc<[Expecting]>,
+) -> Option<Stream> {
     warn_at_cap(max);
+    let mut session =
+        proxy_protocol::before_refusal(&shared, &expecting, session, CAP_LINGER).await?;
     if session.selected_alpn_proto() == Some(ALPN::H2) {
         shared.metrics.reject("max_connections");
         return None;

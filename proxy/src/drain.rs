@@ -20,6 +20,7 @@ use pingora::server::{ExecutionPhase, ShutdownWatch};
 use tokio::sync::broadcast;
 
 use crate::capacity;
+use crate::proxy_protocol::Expecting;
 use crate::state::Shared;
 
 /// The future of a `ServerApp` wrapper written out without `#[async_trait]`.
@@ -34,17 +35,20 @@ const SETTLE: Duration = Duration::from_millis(300);
 const POLL: Duration = Duration::from_millis(20);
 
 /// A listening service's app whose open connections are counted (`shared.open`), and
-/// refused over `limits.max_connections` ([`crate::capacity`]).
+/// refused over `limits.max_connections` ([`crate::capacity`]). `expecting`: the listeners
+/// with the PROXY protocol, whose header a refused connection is read for.
 pub struct Counted<A> {
     inner: Arc<A>,
     shared: Arc<Shared>,
+    expecting: Arc<[Expecting]>,
 }
 
 impl<A> Counted<A> {
-    pub fn new(inner: A, shared: Arc<Shared>) -> Self {
+    pub fn new(inner: A, shared: Arc<Shared>, expecting: Vec<Expecting>) -> Self {
         Self {
             inner: Arc::new(inner),
             shared,
+            expecting: expecting.into(),
         }
     }
 }
@@ -100,7 +104,12 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Counted<A> {
         let open = Open::new(&self.shared.open);
         let inner = match capacity::over_cap(&self.shared) {
             None => self.inner.process_new(session, shutdown),
-            Some(max) => Box::pin(capacity::refuse(self.shared.clone(), session, max)),
+            Some(max) => Box::pin(capacity::refuse(
+                self.shared.clone(),
+                session,
+                max,
+                self.expecting.clone(),
+            )),
         };
         Box::pin(Guarded { inner, _open: open })
     }

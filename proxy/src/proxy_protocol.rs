@@ -334,7 +334,7 @@ fn expected(
 }
 
 /// Reads the header of a new connection on a listener that expects one, and sets the
-/// connection's addresses from it. Err: the connection is to be closed (it has been
+/// connection's addresses from it, within `wait`. Err: the connection is to be closed (it has been
 /// answered already if it was a plain HTTP request). With `shutdown`, a connection that
 /// has sent nothing yet is closed when the proxy stops (the connection is counted then,
 /// and would hold a graceful stop for the header timeout).
@@ -343,6 +343,7 @@ pub async fn accept(
     expecting: &[Expecting],
     stream: &mut L4Stream,
     shutdown: Option<&ShutdownWatch>,
+    wait: Duration,
 ) -> Result<(), HeaderError> {
     let (peer, local) = addresses(stream.get_socket_digest().as_deref());
     let Some(local) = local else {
@@ -368,7 +369,6 @@ pub async fn accept(
         shared.metrics.reject("proxy_protocol");
         return Err(refused(e));
     }
-    let wait = first_head_timeout(&shared.current());
     let mut buf = BytesMut::with_capacity(512);
     let stopping = async {
         match shutdown {
@@ -418,6 +418,57 @@ pub async fn accept(
     }
 }
 
+/// What a connection needs before its first request, as far as the header goes.
+enum Plain {
+    /// Nothing: its listener expects no header, or it is TLS (read before the handshake).
+    Pass(Stream),
+    /// The header, from this TCP stream.
+    Read(Box<L4Stream>),
+    /// To be closed: its listener expects a header that cannot be read from this stream.
+    Close,
+}
+
+fn plain(expecting: &[Expecting], session: Stream) -> Plain {
+    if expecting.is_empty() || session.get_ssl_digest().is_some() {
+        return Plain::Pass(session);
+    }
+    // Deref explicitly: the box itself is also an `IO`, and its `as_any` is the box.
+    if !(*session).as_any().is::<L4Stream>() {
+        // Not a stream pingora's TCP listeners make: if its listener expects a header,
+        // which cannot be read here, it is closed rather than let through unchecked.
+        let (peer, local) = addresses(session.get_socket_digest().as_deref());
+        if local.is_some_and(|l| expected(expecting, l, peer).is_some()) {
+            tracing::error!("PROXY protocol: cannot read a header from {session:?}");
+            return Plain::Close;
+        }
+        return Plain::Pass(session);
+    }
+    match session.into_any().downcast::<L4Stream>() {
+        Ok(l4) => Plain::Read(l4),
+        Err(_) => unreachable!("type checked above"),
+    }
+}
+
+/// Reads the header of a connection about to be refused (over `limits.max_connections`)
+/// within `wait`, so that the refusal's log line names the client rather than the load
+/// balancer. None: the header was not there, and the connection has been dealt with as
+/// any without one ([`accept`]).
+pub async fn before_refusal(
+    shared: &Shared,
+    expecting: &[Expecting],
+    session: Stream,
+    wait: Duration,
+) -> Option<Stream> {
+    match plain(expecting, session) {
+        Plain::Pass(session) => Some(session),
+        Plain::Close => None,
+        Plain::Read(mut l4) => {
+            accept(shared, expecting, &mut l4, None, wait).await.ok()?;
+            Some(l4)
+        }
+    }
+}
+
 /// The proxy service's app on plain listeners that expect the header: reads it before the
 /// connection's first request. TLS listeners read it before the handshake instead.
 pub struct ProxyHeader<A> {
@@ -449,29 +500,17 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ProxyHeader<A> {
         'life1: 'async_trait,
         Self: 'async_trait,
     {
-        if self.expecting.is_empty() || session.get_ssl_digest().is_some() {
-            return self.inner.process_new(session, shutdown);
+        match plain(&self.expecting, session) {
+            Plain::Pass(session) => self.inner.process_new(session, shutdown),
+            Plain::Close => Box::pin(async { None }),
+            Plain::Read(mut l4) => Box::pin(async move {
+                let wait = first_head_timeout(&self.shared.current());
+                accept(&self.shared, &self.expecting, &mut l4, Some(shutdown), wait)
+                    .await
+                    .ok()?;
+                self.inner.process_new(l4, shutdown).await
+            }),
         }
-        // Deref explicitly: the box itself is also an `IO`, and its `as_any` is the box.
-        if !(*session).as_any().is::<L4Stream>() {
-            // Not a stream pingora's TCP listeners make: if its listener expects a header,
-            // which cannot be read here, it is closed rather than let through unchecked.
-            let (peer, local) = addresses(session.get_socket_digest().as_deref());
-            if local.is_some_and(|l| expected(&self.expecting, l, peer).is_some()) {
-                tracing::error!("PROXY protocol: cannot read a header from {session:?}");
-                return Box::pin(async { None });
-            }
-            return self.inner.process_new(session, shutdown);
-        }
-        let Ok(mut l4) = session.into_any().downcast::<L4Stream>() else {
-            unreachable!("type checked above");
-        };
-        Box::pin(async move {
-            accept(&self.shared, &self.expecting, &mut l4, Some(shutdown))
-                .await
-                .ok()?;
-            self.inner.process_new(l4, shutdown).await
-        })
     }
 
     fn cleanup<'life0, 'async_trait>(&'life0 self) -> BoxFuture<'async_trait, ()>

@@ -387,6 +387,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
                 expecting.clone(),
             ),
             shared.clone(),
+            expecting.clone(),
         ),
     );
     service.threads = Some(threads);

@@ -278,6 +278,53 @@ async fn only_listed_load_balancers_may_connect() {
     proxy.wait_log("not in the listener's proxy_protocol_from", T);
 }
 
+/// Over `max_connections`, a connection's header is still read: the 503's access-log line
+/// names the client behind the load balancer, not the balancer.
+#[tokio::test]
+async fn a_connection_over_the_cap_is_logged_with_the_client_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let b = Backend::start("b1");
+    let port = free_port();
+    let proxy = Proxy::start_config(&config(
+        "[server]\nthreads = 2\n[limits]\nmax_connections = 1\n",
+        &pp_listener(port, ""),
+        &log,
+        &b,
+    ));
+
+    // The one connection the cap allows, kept open.
+    let mut held = RawConn::connect(proxy.addr()).await;
+    held.send(v1("203.0.113.7", port)).await;
+    let r = held.exchange(get_req("/headers")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    let mut c = RawConn::connect(proxy.addr()).await;
+    let r = c
+        .exchange(format!(
+            "{}{}",
+            v1("198.51.100.23", port),
+            get_req("/headers")
+        ))
+        .await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    let line = wait_for(T, "the 503's access log line", || {
+        let log = log.clone();
+        async move {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            text.lines()
+                .find(|l| l.contains("\"status\":503"))
+                .map(str::to_owned)
+        }
+    })
+    .await;
+    assert!(
+        line.contains("\"client\":\"198.51.100.23\""),
+        "the client behind the balancer: {line}"
+    );
+    drop(held);
+}
+
 #[tokio::test]
 async fn quick_mode_and_check_show_the_setting() {
     let b = Backend::start("b1");

@@ -48,8 +48,9 @@ impl PlainHttpOnTls {
 impl PreTlsProcess for PlainHttpOnTls {
     async fn process(&self, stream: &mut L4Stream) -> pingora::Result<()> {
         if !self.expecting.is_empty() {
+            let wait = first_head_timeout(&self.shared.current());
             if let Err(e) =
-                proxy_protocol::accept(&self.shared, &self.expecting, stream, None).await
+                proxy_protocol::accept(&self.shared, &self.expecting, stream, None, wait).await
             {
                 return Err(Error::explain(ErrorType::ConnectRefused, e.to_string()));
             }
