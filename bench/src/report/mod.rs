@@ -283,11 +283,15 @@ impl Report {
                 Vec::new()
             }
         };
-        // results.json last: when it is new, so is everything it lists.
-        write_atomic(&out.join("report.md"), markdown::render(self).as_bytes())
-            .context("writing report.md")?;
+        // The charts first: when results.json is new, so is everything it lists. Then
+        // results.json, the data, and report.md, drawn from it, last: a bench killed (or a
+        // disk filled) between the two leaves report.md a step behind its data, which
+        // `bench redraw` brings level, rather than a report showing a measurement whose
+        // data is lost.
         let json = serde_json::to_string_pretty(self).context("serialising the results")?;
         write_atomic(&out.join("results.json"), json.as_bytes()).context("writing results.json")?;
+        write_atomic(&out.join("report.md"), markdown::render(self).as_bytes())
+            .context("writing report.md")?;
         Ok(())
     }
 
@@ -364,6 +368,30 @@ mod tests {
         let gone = tmp.path().join("gone/results.json");
         assert!(write_atomic(&gone, b"x").is_err());
         assert!(!tmp.path().join("gone").exists());
+    }
+
+    #[test]
+    fn a_write_cut_between_its_files_leaves_the_data_ahead_of_the_report() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let mut report = Report::of(Vec::new());
+        report.notes = vec!["first measurement".into()];
+        report.write(tmp.path()).expect("first write");
+        // report.md's temp file cannot be made: the write stops between the two files, as
+        // a bench killed there would.
+        let blocker = tmp.path().join(".report.md.tmp");
+        std::fs::create_dir(&blocker).expect("mkdir");
+        report.notes = vec!["second measurement".into()];
+        assert!(report.write(tmp.path()).is_err());
+        let read = |name: &str| std::fs::read_to_string(tmp.path().join(name)).expect("read");
+        assert!(read("results.json").contains("second measurement"));
+        assert!(read("report.md").contains("first measurement"));
+        // What `bench redraw` does brings the report level with its data.
+        std::fs::remove_dir(&blocker).expect("rmdir");
+        Report::read(tmp.path())
+            .expect("read back")
+            .write(tmp.path())
+            .expect("redraw");
+        assert!(read("report.md").contains("second measurement"));
     }
 
     #[test]

@@ -410,8 +410,8 @@ impl Frame<'_> {
 }
 
 /// Makes the report folder and checks that it can be written, before anything is measured.
-/// A folder that already holds a report is refused: writing over it mixed the old run's
-/// charts and generated configs (`configs/`) into the new report. The folder stays locked
+/// A folder that already holds a report, or anything else, is refused: writing over it mixed
+/// the old run's charts and generated configs (`configs/`) into the new report. The folder stays locked
 /// while the returned guard lives.
 fn prepare_out(out: &std::path::Path) -> anyhow::Result<crate::report::FolderLock> {
     std::fs::create_dir_all(out)
@@ -432,10 +432,30 @@ fn prepare_out(out: &std::path::Path) -> anyhow::Result<crate::report::FolderLoc
             out.display()
         );
     }
+    // A bench killed before its first measurement leaves `configs/` and no report; what
+    // else is in a folder is not ours to mix into a report either. The probe of a bench
+    // killed while writing it is ours, and is replaced below.
+    let held: Vec<String> = std::fs::read_dir(out)
+        .with_context(|| format!("cannot read the report folder {}", out.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name != PROBE)
+        .collect();
+    if !held.is_empty() {
+        let mut shown = held;
+        shown.sort();
+        shown.truncate(3);
+        anyhow::bail!(
+            "{} is not empty (it holds {}; a bench stopped before its first measurement \
+             leaves configs/): choose another --out, or remove it first",
+            out.display(),
+            shown.join(", ")
+        );
+    }
     // As much as a report takes, synced: an empty file is made on a full disk too (it
     // needs no data block), and a file system that allocates late reports a full disk
     // only when the data is synced.
-    let probe = out.join(".bench-write-test");
+    let probe = out.join(PROBE);
     let written = std::fs::File::create(&probe).and_then(|mut f| {
         std::io::Write::write_all(&mut f, &[0u8; PROBE_BYTES])?;
         f.sync_all()
@@ -453,6 +473,9 @@ fn prepare_out(out: &std::path::Path) -> anyhow::Result<crate::report::FolderLoc
 
 /// About the size of a report with its charts and configs.
 const PROBE_BYTES: usize = 256 * 1024;
+
+/// The file that checks a report folder can be written.
+const PROBE: &str = ".bench-write-test";
 
 fn aggregate(
     t: String,
@@ -895,6 +918,20 @@ mod tests {
         std::fs::write(fresh.join("results.json"), "{}").expect("write");
         let e = prepare_out(&fresh).err().map(|e| format!("{e:#}"));
         assert!(e.is_some_and(|e| e.contains("already holds a report")));
+        // One left by a bench stopped before its first measurement: configs, no report.
+        let early = tmp.path().join("early");
+        std::fs::create_dir_all(early.join("configs")).expect("mkdir");
+        let e = prepare_out(&early).err().map(|e| format!("{e:#}"));
+        assert!(
+            e.as_deref()
+                .is_some_and(|e| e.contains("is not empty (it holds configs;")),
+            "{e:?}"
+        );
+        // The probe of a bench killed while writing it is no obstacle.
+        let probed = tmp.path().join("probed");
+        std::fs::create_dir_all(&probed).expect("mkdir");
+        std::fs::write(probed.join(PROBE), "").expect("write");
+        assert!(prepare_out(&probed).is_ok());
         // One another bench is writing into, until that one is done.
         let other = tmp.path().join("busy");
         let lock = prepare_out(&other).expect("first bench");
