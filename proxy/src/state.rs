@@ -17,14 +17,24 @@ use crate::limits::ClientLimits;
 use crate::tls::{SniCerts, SniResolver};
 use crate::upstream::{StatsRegistry, Upstream};
 
+/// A route of the running config.
+#[derive(Debug)]
+pub struct RouteTo {
+    host: Option<String>,
+    pub prefix: String,
+    /// What replaces `prefix` in the path sent (`prefix_rewrite`).
+    pub rewrite: Option<String>,
+    pub upstream: Arc<Upstream>,
+}
+
 /// Everything built from one config. Requests take an `Arc` of it once and keep it, so a
 /// reload never changes the rules under a request that is already running.
 #[derive(Debug)]
 pub struct Runtime {
     pub config: Arc<Config>,
     pub upstreams: HashMap<String, Arc<Upstream>>,
-    /// Upstream of each route, in route order (first match wins).
-    routes: Vec<(Option<String>, String, Arc<Upstream>)>,
+    /// Each route with its upstream, in route order (first match wins).
+    routes: Vec<RouteTo>,
     /// The listeners that set fields on answers, with those fields (most have none).
     response_headers: Vec<(SocketAddr, Vec<(String, String)>)>,
     /// Some route leads to an h2 upstream (which only pingora's path speaks).
@@ -47,8 +57,12 @@ impl Runtime {
             .routes
             .iter()
             .filter_map(|r| {
-                let up = upstreams.get(&r.upstream)?.clone();
-                Some((r.host.clone(), r.path_prefix.clone(), up))
+                Some(RouteTo {
+                    host: r.host.clone(),
+                    prefix: r.path_prefix.clone(),
+                    rewrite: r.prefix_rewrite.clone(),
+                    upstream: upstreams.get(&r.upstream)?.clone(),
+                })
             })
             .collect();
         let response_headers = config
@@ -77,7 +91,7 @@ impl Runtime {
         self.any_h2
             && crate::proxy::route_path(req.path()).is_ok_and(|path| {
                 self.route(req.host(), &path)
-                    .is_some_and(|u| u.config.protocol == UpstreamProtocol::H2)
+                    .is_some_and(|r| r.upstream.config.protocol == UpstreamProtocol::H2)
             })
     }
 
@@ -92,21 +106,18 @@ impl Runtime {
             .map_or(&[], |(_, fields)| fields.as_slice())
     }
 
-    /// The upstream for a request, by host (exact, case-insensitive, port ignored) and path
+    /// The route of a request, by host (exact, case-insensitive, port ignored) and path
     /// prefix; first match wins.
-    pub fn route(&self, host: Option<&str>, path: &str) -> Option<&Arc<Upstream>> {
+    pub fn route(&self, host: Option<&str>, path: &str) -> Option<&RouteTo> {
         let host = host.map(strip_port);
-        self.routes
-            .iter()
-            .find(|(h, prefix, _)| {
-                let host_ok = match (h, host) {
-                    (None, _) => true,
-                    (Some(want), Some(got)) => want.eq_ignore_ascii_case(got),
-                    (Some(_), None) => false,
-                };
-                host_ok && path.starts_with(prefix.as_str())
-            })
-            .map(|(_, _, u)| u)
+        self.routes.iter().find(|r| {
+            let host_ok = match (&r.host, host) {
+                (None, _) => true,
+                (Some(want), Some(got)) => want.eq_ignore_ascii_case(got),
+                (Some(_), None) => false,
+            };
+            host_ok && path.starts_with(r.prefix.as_str())
+        })
     }
 }
 

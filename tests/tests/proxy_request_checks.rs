@@ -13,9 +13,9 @@
 
 use tokio::net::TcpStream;
 
-use tests::fixtures::{backend_entry, listener, upstream, TWO_THREADS};
+use tests::fixtures::{backend_entry, listener, tls_keys, upstream, TWO_THREADS};
 use tests::raw::{get_req, proxy_for_raw, reply, RawBackend, RawConn};
-use tests::{free_port, Backend, Proxy};
+use tests::{free_port, port_array, Backend, Certs, Proxy};
 
 /// A raw backend that answers every request `200 ok` and counts the connections it got.
 async fn ok_backend() -> RawBackend {
@@ -146,6 +146,85 @@ async fn routes_match_the_decoded_path_with_dot_segments_resolved() {
         let (got_status, body) = answer(&proxy, &get_req(path)).await;
         assert_eq!(got_status, status, "{path}: {got_status} {body}");
         assert!(body.contains(want), "{path}: {body}");
+    }
+}
+
+/// `prefix_rewrite` replaces a route's prefix in the target the backend gets, on every path
+/// a request can take: Switchyard's HTTP/1.1 path and pingora's (HTTP/1.0, or chosen), h2,
+/// and a WebSocket's upgrade. The backend gets the normalized path, so a request cannot
+/// climb out of the rewritten prefix; a route without it forwards the target as it came.
+#[tokio::test]
+async fn a_prefix_rewrite_reaches_the_backend_on_every_path() {
+    let api = Backend::start("api");
+    let web = Backend::start("web");
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::generate(dir.path(), &["localhost", "127.0.0.1"]);
+    for http1 in ["native", "pingora"] {
+        let [plain, tls] = port_array();
+        let proxy = Proxy::start_config(&format!(
+            "[server]\nthreads = 2\nhttp1 = \"{http1}\"\n{}\n{}{}\n\n{}\n{}\n\
+             [[routes]]\npath_prefix = \"/api/\"\nprefix_rewrite = \"/target/\"\nupstream = \"api\"\n\n\
+             [[routes]]\npath_prefix = \"/\"\nupstream = \"web\"\n",
+            listener(plain),
+            listener(tls),
+            tls_keys(&certs.cert, &certs.key),
+            upstream("api", None, &[backend_entry(&api, "")]),
+            upstream("web", None, &[backend_entry(&web, "")]),
+        ));
+        let cases = [
+            (
+                "GET /api/x?q=1&r=%20 HTTP/1.1\r\nHost: t\r\n\r\n",
+                "/target/x?q=1&r=%20",
+            ),
+            (
+                "GET /%61pi//x/./y HTTP/1.1\r\nHost: t\r\n\r\n",
+                "/target/x/y",
+            ),
+            (
+                "GET /api/a%20b/%C3%A9 HTTP/1.1\r\nHost: t\r\n\r\n",
+                "/target/a%20b/%C3%A9",
+            ),
+            // From a deeper segment back into the prefix: still under the rewrite.
+            ("GET /api/y/../z HTTP/1.1\r\nHost: t\r\n\r\n", "/target/z"),
+            // pingora's path.
+            ("GET /api/old?v HTTP/1.0\r\n\r\n", "/target/old?v"),
+            // Another route: the target as it came.
+            ("GET /target/./w HTTP/1.1\r\nHost: t\r\n\r\n", "/target/./w"),
+        ];
+        for (req, want) in cases {
+            let mut c = RawConn::connect(proxy.addr()).await;
+            let r = c.exchange(req).await;
+            assert_eq!(
+                (r.status, r.text()),
+                (200, want.to_owned()),
+                "{http1}: {req:?}"
+            );
+        }
+
+        let h2 = tests::h2client::connect(&certs.ca_pem(), tls).await;
+        let (status, body) =
+            tests::h2client::get(&h2, &format!("https://localhost:{tls}/api/h2?x=1"))
+                .await
+                .unwrap();
+        assert_eq!(
+            (status.as_u16(), body.as_str()),
+            (200, "/target/h2?x=1"),
+            "{http1}: h2"
+        );
+
+        let (_ws, resp) = tests::ws::ws_open(
+            &format!("ws://127.0.0.1:{plain}/api/chat?room=a"),
+            &tests::ws::WsOptions::default(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            resp.headers()
+                .get("x-request-target")
+                .and_then(|v| v.to_str().ok()),
+            Some("/target/chat?room=a"),
+            "{http1}: websocket"
+        );
     }
 }
 

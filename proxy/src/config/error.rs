@@ -153,6 +153,9 @@ pub enum ErrorKind {
     /// An HTTP path (health check path, route prefix) that does not start with `/`.
     #[error("`{0}` must start with `/`")]
     NotAbsolutePath(String),
+    /// A `prefix_rewrite` that would make bad or surprising paths.
+    #[error("`{0}`: {1}")]
+    BadPrefixRewrite(String, &'static str),
     /// A host name with characters a Host header cannot have.
     #[error("invalid host `{0}`")]
     InvalidHost(String),

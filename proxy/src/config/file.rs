@@ -399,6 +399,10 @@ pub(super) struct RouteFile {
     pub path_prefix: String,
     /// Upstream name.
     pub upstream: String,
+    /// Replaces the matched `path_prefix` in the path the backend gets (Envoy's
+    /// `prefix_rewrite`, nginx's `proxy_pass` with a URI); absent: the path as it came.
+    #[serde(default)]
+    pub prefix_rewrite: Option<String>,
 }
 
 fn default_prefix() -> String {

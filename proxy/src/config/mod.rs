@@ -529,6 +529,9 @@ pub struct Route {
     pub path_prefix: String,
     /// Name of the upstream (always defined).
     pub upstream: String,
+    /// What replaces `path_prefix` in the path sent to the backend; None: the request's
+    /// target is sent as it came.
+    pub prefix_rewrite: Option<String>,
 }
 
 impl Config {

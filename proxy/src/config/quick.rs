@@ -326,6 +326,7 @@ pub(super) fn resolve(q: &QuickOptions, env: Env<'_>) -> Result<Config, ConfigEr
             host: None,
             path_prefix: "/".to_string(),
             upstream: QUICK_UPSTREAM.to_string(),
+            prefix_rewrite: None,
         }],
         source: None,
         warnings,

@@ -930,6 +930,23 @@ fn valid_server_name(s: &str) -> bool {
     }
 }
 
+/// Why `rewrite` cannot replace `prefix`, if it cannot. Both must end in `/` or neither:
+/// `/api/` → `/v2` would send `/api/x` as `/v2x`, and `/api` → `/` would send `//x`.
+fn bad_prefix_rewrite(prefix: &str, rewrite: &str) -> Option<ErrorKind> {
+    let bad = |why| Some(ErrorKind::BadPrefixRewrite(rewrite.to_string(), why));
+    if !rewrite.starts_with('/') {
+        return bad("must start with `/`");
+    }
+    // Sent as it is written: only characters a path may hold unencoded.
+    if !rewrite.bytes().all(crate::proxy::normalize::is_path_char) {
+        return bad("holds a character a path cannot have unencoded (`%`, `?`, `#`, a space, ...)");
+    }
+    if prefix.ends_with('/') != rewrite.ends_with('/') {
+        return bad("must end with `/` exactly when path_prefix does");
+    }
+    None
+}
+
 fn resolve_routes(
     files: Option<Vec<RouteFile>>,
     upstreams: &[UpstreamConfig],
@@ -946,6 +963,7 @@ fn resolve_routes(
                     host: None,
                     path_prefix: "/".to_string(),
                     upstream: only.name.clone(),
+                    prefix_rewrite: None,
                 }],
                 [] => Vec::new(), // already reported as "no upstream"
                 _ => {
@@ -973,6 +991,11 @@ fn resolve_routes(
                 ErrorKind::NotAbsolutePath(r.path_prefix.clone()),
             );
         }
+        if let Some(rewrite) = &r.prefix_rewrite {
+            if let Some(kind) = bad_prefix_rewrite(&r.path_prefix, rewrite) {
+                out.err(p.key("prefix_rewrite"), kind);
+            }
+        }
         let host = r.host.map(|h| {
             let n = normalize_host(&h);
             if !valid_host(&n) {
@@ -996,6 +1019,7 @@ fn resolve_routes(
             host,
             path_prefix: r.path_prefix,
             upstream: r.upstream,
+            prefix_rewrite: r.prefix_rewrite,
         });
     }
     for u in upstreams {

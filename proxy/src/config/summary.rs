@@ -189,10 +189,13 @@ impl Config {
         for r in &self.routes {
             writeln!(
                 s,
-                "  {}{} -> {}",
+                "  {}{} -> {}{}",
                 r.host.as_deref().unwrap_or("*"),
                 r.path_prefix,
-                r.upstream
+                r.upstream,
+                r.prefix_rewrite
+                    .as_deref()
+                    .map_or_else(String::new, |w| format!(" (as {w})"))
             )?;
         }
 

@@ -198,12 +198,14 @@ fn the_example_file_loads() {
             Route {
                 host: Some("chat.example.com".to_string()),
                 path_prefix: "/".to_string(),
-                upstream: "chat".to_string()
+                upstream: "chat".to_string(),
+                prefix_rewrite: None,
             },
             Route {
                 host: None,
                 path_prefix: "/".to_string(),
-                upstream: "chat".to_string()
+                upstream: "chat".to_string(),
+                prefix_rewrite: None,
             },
         ]
     );
@@ -323,7 +325,8 @@ fn defaults_and_the_implied_route() {
         vec![Route {
             host: None,
             path_prefix: "/".to_string(),
-            upstream: "app".to_string()
+            upstream: "app".to_string(),
+            prefix_rewrite: None,
         }]
     );
     assert!(c.warnings.is_empty(), "{:?}", c.warnings);
@@ -990,6 +993,55 @@ fn routes_required_unless_one_upstream() {
             "proxy.toml:8: routes[0].path_prefix: `api` must start with `/`",
         ]
     );
+}
+
+#[test]
+fn prefix_rewrites_are_checked() {
+    let route = |prefix: &str, rewrite: &str| {
+        format!(
+            "{MINIMAL}[[routes]]\npath_prefix = \"{prefix}\"\nupstream = \"app\"\nprefix_rewrite = \"{rewrite}\"\n"
+        )
+    };
+    let c = load(&route("/api/", "/")).unwrap();
+    assert_eq!(c.routes[0].prefix_rewrite.as_deref(), Some("/"));
+    assert!(load(&route("/old", "/new")).is_ok());
+    for (prefix, rewrite, why) in [
+        (
+            "/api/",
+            "/v2",
+            "must end with `/` exactly when path_prefix does",
+        ),
+        (
+            "/api",
+            "/",
+            "must end with `/` exactly when path_prefix does",
+        ),
+        ("/api/", "v2/", "must start with `/`"),
+        (
+            "/api/",
+            "/a b/",
+            "holds a character a path cannot have unencoded",
+        ),
+        (
+            "/api/",
+            "/x?y/",
+            "holds a character a path cannot have unencoded",
+        ),
+        (
+            "/api/",
+            "/%41/",
+            "holds a character a path cannot have unencoded",
+        ),
+    ] {
+        let e = errs(&route(prefix, rewrite));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with(&format!(
+                "proxy.toml:9: routes[0].prefix_rewrite: `{rewrite}`: {why}"
+            )),
+            "{prefix} -> {rewrite}: {e:?}"
+        );
+    }
 }
 
 #[test]

@@ -298,9 +298,11 @@ impl RequestHead<'_> {
     /// Writes the head sent to the backend into `out`: the request line and fields as
     /// received, minus hop-by-hop fields and the ones we replace, plus X-Forwarded-*.
     /// `peer_text` is `peer` as text, formatted once per connection.
+    #[allow(clippy::too_many_arguments)]
     pub fn write_upstream(
         &self,
         out: &mut Vec<u8>,
+        target: Option<&str>,
         peer: Option<IpAddr>,
         peer_text: &str,
         client: Option<IpAddr>,
@@ -309,7 +311,7 @@ impl RequestHead<'_> {
     ) {
         out.extend_from_slice(self.method.as_bytes());
         out.push(b' ');
-        out.extend_from_slice(self.target.as_bytes());
+        out.extend_from_slice(target.unwrap_or(self.target).as_bytes());
         out.extend_from_slice(b" HTTP/1.1\r\n");
         for h in self.headers {
             if is_one_of(h.name, HOP_BY_HOP)
@@ -718,7 +720,7 @@ mod tests {
             };
             assert_eq!(head.content_length, 2);
             let mut out = Vec::new();
-            head.write_upstream(&mut out, None, "", None, false, None);
+            head.write_upstream(&mut out, None, None, "", None, false, None);
             let text = String::from_utf8_lossy(&out);
             assert_eq!(
                 text.to_ascii_lowercase().matches("content-length").count(),
@@ -803,7 +805,7 @@ mod tests {
         assert!(head.close);
         let mut out = Vec::new();
         let peer = "127.0.0.9".parse().ok();
-        head.write_upstream(&mut out, peer, "127.0.0.9", peer, false, None);
+        head.write_upstream(&mut out, None, peer, "127.0.0.9", peer, false, None);
         let text = String::from_utf8_lossy(&out);
         assert_eq!(
             text,

@@ -2,7 +2,7 @@
 //! headers, passive health, sticky cookies, metrics and the access log.
 
 mod forwarded;
-mod normalize;
+pub(crate) mod normalize;
 pub(crate) mod policy;
 pub(crate) mod request;
 pub(crate) mod request_id;
@@ -120,6 +120,8 @@ pub struct Ctx {
     client_ip: Option<IpAddr>,
     tls: bool,
     sticky_id: Option<String>,
+    /// The target sent instead of the request's (`prefix_rewrite`).
+    target: Option<String>,
     set_cookie: Option<String>,
     started: Option<Instant>,
     upstream_started: Option<Instant>,
@@ -434,6 +436,7 @@ impl ProxyHttp for EdgeProxy {
             Admission::Forward(a) => {
                 ctx.client_ip = a.client_ip;
                 ctx.sticky_id = a.sticky_id;
+                ctx.target = a.target;
                 ctx.client_guard = a.client_guard;
                 ctx.upstream = Some(a.upstream);
             }
@@ -506,6 +509,9 @@ impl ProxyHttp for EdgeProxy {
             if let Some(host) = request::target_authority(req) {
                 upstream_request.insert_header(http::header::HOST, host)?;
             }
+        }
+        if let Some(target) = &ctx.target {
+            upstream_request.set_raw_path(target.as_bytes())?;
         }
         // Ours replace the client's below; its underscore spellings go too, and those of
         // the framing fields (see `request::is_framing_mimic`) and of the request id.

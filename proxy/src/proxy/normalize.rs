@@ -4,7 +4,8 @@
 //! decodes `%61pi` to `api` or resolves `/api/../admin` would otherwise serve paths the
 //! operator routed elsewhere. So, as nginx does for `location`, the path is percent-decoded,
 //! runs of slashes are merged and dot-segments are resolved before matching; the request
-//! itself is forwarded as it came.
+//! itself is forwarded as it came, unless its route rewrites its prefix
+//! ([`rewrite_target`]).
 
 use std::borrow::Cow;
 
@@ -29,10 +30,21 @@ impl BadPath {
 
 /// The path routes match for the origin-form `path` (no query).
 pub fn route_path(path: &str) -> Result<Cow<'_, str>, BadPath> {
-    let plain = !path.contains('%') && !path.contains("//") && !path.contains("/.");
-    if plain {
+    if is_plain(path) {
         return Ok(Cow::Borrowed(path));
     }
+    let out = normalized(path)?;
+    Ok(Cow::Owned(String::from_utf8_lossy(&out).into_owned()))
+}
+
+/// Whether `path` is its own normalized form: nothing to decode, merge or resolve.
+fn is_plain(path: &str) -> bool {
+    !path.contains('%') && !path.contains("//") && !path.contains("/.")
+}
+
+/// `path` decoded, its slashes merged and its dot-segments resolved, as bytes (a decoded
+/// byte need not be UTF-8).
+fn normalized(path: &str) -> Result<Vec<u8>, BadPath> {
     let decoded = decode(path.as_bytes())?;
     let mut out: Vec<u8> = Vec::with_capacity(decoded.len());
     // Segments of `decoded` after its leading slash; `""` segments are merged slashes.
@@ -60,7 +72,45 @@ pub fn route_path(path: &str) -> Result<Cow<'_, str>, BadPath> {
             }
         }
     }
-    Ok(Cow::Owned(String::from_utf8_lossy(&out).into_owned()))
+    Ok(out)
+}
+
+/// The target a backend gets for `path_and_query` (origin-form) when a route's `prefix`
+/// (which its normalized path starts with) is to be replaced by `rewrite`: None if the
+/// path does not start with `prefix` after all.
+///
+/// The path sent is the normalized one, as nginx sends it for a `proxy_pass` with a URI:
+/// were the raw bytes cut instead, `/a/b/y/../../b/z` (routed as `/a/b/z` under `/a/b/`)
+/// sent as `/c/` + `y/../../b/z` would reach `/b/z`, outside the rewrite. Bytes a path
+/// cannot hold are percent-encoded again (an encoded `/` has become a separator, as in
+/// nginx). The query is kept as it came.
+pub fn rewrite_target(path_and_query: &str, prefix: &str, rewrite: &str) -> Option<String> {
+    let (path, query) = match path_and_query.find('?') {
+        Some(i) => path_and_query.split_at(i),
+        None => (path_and_query, ""),
+    };
+    let mut out = String::with_capacity(rewrite.len() + path_and_query.len());
+    out.push_str(rewrite);
+    if is_plain(path) {
+        out.push_str(path.strip_prefix(prefix)?);
+    } else {
+        let path = normalized(path).ok()?;
+        let rest = path.strip_prefix(prefix.as_bytes())?;
+        for &b in rest {
+            if is_path_char(b) {
+                out.push(char::from(b));
+            } else {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+    }
+    out.push_str(query);
+    Some(out)
+}
+
+/// Whether `b` may stand unencoded in a path: `pchar` or `/` (RFC 3986 §3.3).
+pub fn is_path_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/".contains(&b)
 }
 
 fn decode(path: &[u8]) -> Result<Vec<u8>, BadPath> {
@@ -162,6 +212,39 @@ const REG_NAME: [bool; 256] = {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rewritten_target_replaces_the_prefix_of_the_normalized_path() {
+        let cases = [
+            ("/api/x?q=1", "/api/", "/", Some("/x?q=1")),
+            ("/api/", "/api/", "/", Some("/")),
+            ("/api/x", "/api/", "/v2/", Some("/v2/x")),
+            ("/old/x", "/old", "/new", Some("/new/x")),
+            ("/x/y", "/", "/base/", Some("/base/x/y")),
+            // Decoded, merged and resolved as routes saw them, then encoded again.
+            ("/%61pi//x", "/api/", "/", Some("/x")),
+            (
+                "/api/a%20b/%3F?k=%20",
+                "/api/",
+                "/",
+                Some("/a%20b/%3F?k=%20"),
+            ),
+            ("/api/%C3%A9", "/api/", "/", Some("/%C3%A9")),
+            ("/api/%FF", "/api/", "/", Some("/%FF")),
+            // Climbing back out of a deeper prefix stays within the rewrite.
+            ("/a/b/y/../../b/z", "/a/b/", "/c/", Some("/c/z")),
+            ("/api/../admin", "/api/", "/", None),
+            ("/apix", "/api/", "/", None),
+            ("/api/%zz", "/api/", "/", None),
+        ];
+        for (pq, prefix, rewrite, want) in cases {
+            assert_eq!(
+                rewrite_target(pq, prefix, rewrite).as_deref(),
+                want,
+                "{pq} under {prefix} -> {rewrite}"
+            );
+        }
+    }
 
     #[test]
     fn plain_paths_are_borrowed_unchanged() {

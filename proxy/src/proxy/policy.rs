@@ -13,7 +13,7 @@ use crate::state::{Runtime, Shared};
 use crate::upstream::{ActiveGuard, Backend, Upstream};
 
 use super::client_ip;
-use super::normalize::{route_path, valid_host};
+use super::normalize::{rewrite_target, route_path, valid_host};
 
 /// The parts of a request head the policy reads.
 pub(crate) trait RequestView {
@@ -68,6 +68,8 @@ impl Rejection {
 /// A request allowed through, with what the balancer needs to place it.
 pub(crate) struct Admitted {
     pub upstream: Arc<Upstream>,
+    /// The target to send instead of the request's (its route's `prefix_rewrite`).
+    pub target: Option<String>,
     /// Client address for balancing and X-Real-IP (trusted X-Forwarded-For applied).
     pub client_ip: Option<IpAddr>,
     /// Backend id from a validly signed sticky cookie.
@@ -178,13 +180,29 @@ pub(crate) fn admit<V: RequestView>(
             })
         }
     };
-    let Some(upstream) = rt.route(req.host(), &path).cloned() else {
+    let Some(route) = rt.route(req.host(), &path) else {
         return Admission::Reject(Rejection {
             status: 404,
             reason: "no_route",
             detail: "no route for this host and path",
         });
     };
+    let target = match &route.rewrite {
+        None => None,
+        Some(rewrite) => match rewrite_target(req.path_and_query(), &route.prefix, rewrite) {
+            Some(t) => Some(t),
+            // Routed on its path made text (a decoded byte that is not UTF-8 read as
+            // U+FFFD), which the bytes then do not match: not sent unrewritten.
+            None => {
+                return Admission::Reject(Rejection {
+                    status: 400,
+                    reason: "bad_path",
+                    detail: "the path cannot be rewritten for its route",
+                })
+            }
+        },
+    };
+    let upstream = route.upstream.clone();
     let client_ip = client_ip(
         peer_ip,
         req.values("x-forwarded-for"),
@@ -203,6 +221,7 @@ pub(crate) fn admit<V: RequestView>(
     }
     Admission::Forward(Admitted {
         upstream,
+        target,
         client_ip,
         sticky_id,
         client_guard,

@@ -47,7 +47,10 @@ const HOP_BY_HOP: &[&str] = &[
 fn request_head(session: &Session, ctx: &Ctx) -> Vec<u8> {
     let req = session.req_header();
     let mut head = Vec::with_capacity(512);
-    let pq = req.uri.path_and_query().map_or("/", |p| p.as_str());
+    let pq = match &ctx.target {
+        Some(target) => target.as_str(),
+        None => req.uri.path_and_query().map_or("/", |p| p.as_str()),
+    };
     head.extend_from_slice(format!("{} {} HTTP/1.1\r\n", req.method, pq).as_bytes());
     // The Host sent is the request's host: an absolute-form target's authority replaces
     // the field (RFC 9112 §3.2.2).

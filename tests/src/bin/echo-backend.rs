@@ -11,7 +11,7 @@
 //!
 //! | request | answer |
 //! | --- | --- |
-//! | any WebSocket upgrade | sends `hello <id>`, then echoes text/binary, pongs pings |
+//! | any WebSocket upgrade | `101` with `x-request-target: <target>`, sends `hello <id>`, then echoes text/binary, pongs pings |
 //! | `GET /id`, `GET /`, anything else | `200`, body `<id>` |
 //! | `GET /healthz` | `200 ok`, or `503 down` after `POST /health/off` (until `POST /health/on`) |
 //! | `GET /headers` | JSON object of the request headers (lower-case names; repeats joined by `, `) |
@@ -21,6 +21,7 @@
 //! | `GET /stats` | JSON `{id, connections, requests, healthz, ws_open, ws_total}` |
 //! | `GET /version` | the request's HTTP version (`HTTP/1.1`, `HTTP/2.0`) |
 //! | `GET /trailers` | body `<id>`, then the trailers `grpc-status: 0` and `x-trailer-id: <id>` |
+//! | `GET /target/...` | the request target as received (path and query), as the body |
 //!
 //! Plain connections speak HTTP/1.1; with `--h2c` also h2 with prior knowledge (told apart
 //! by the preface), with `--h2-only` nothing but h2 (TLS then offers only h2 by ALPN): a
@@ -370,6 +371,7 @@ async fn route(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
         (&Method::GET, "/stats") => stats_json(state),
         (&Method::GET, "/version") => text(StatusCode::OK, format!("{:?}", req.version())),
         (&Method::GET, "/trailers") => with_trailers(&state.id),
+        (&Method::GET, p) if p.starts_with("/target/") => text(StatusCode::OK, target_of(&req)),
         (&Method::POST, "/echo") => Response::new(Either::Left(Either::Right(req.into_body()))),
         (&Method::GET, p) if p.starts_with("/delay/") => match p["/delay/".len()..].parse() {
             Ok(ms) => {
@@ -466,6 +468,7 @@ fn websocket(state: Arc<State>, mut req: Request<Incoming>) -> Response<Body> {
     let Ok(accept) = HeaderValue::from_str(&accept) else {
         return text(StatusCode::INTERNAL_SERVER_ERROR, "bad accept key");
     };
+    let target = HeaderValue::from_str(&target_of(&req)).ok();
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         match on_upgrade.await {
@@ -489,7 +492,17 @@ fn websocket(state: Arc<State>, mut req: Request<Incoming>) -> Response<Body> {
     h.insert(UPGRADE, HeaderValue::from_static("websocket"));
     h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
     h.insert(SEC_WEBSOCKET_ACCEPT, accept);
+    if let Some(target) = target {
+        h.insert("x-request-target", target);
+    }
     resp
+}
+
+/// The request's target as it came: path and query.
+fn target_of<B>(req: &Request<B>) -> String {
+    req.uri()
+        .path_and_query()
+        .map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned())
 }
 
 async fn echo_loop<S>(
