@@ -24,6 +24,9 @@ pub struct RouteTo {
     pub prefix: String,
     /// What replaces `prefix` in the path sent (`prefix_rewrite`).
     pub rewrite: Option<String>,
+    /// The prefix a rewrite to `/` strips, without its last `/`: the backend is told it
+    /// (`X-Forwarded-Prefix`) to build its links and redirects under it.
+    pub stripped: Option<String>,
     pub upstream: Arc<Upstream>,
 }
 
@@ -61,6 +64,8 @@ impl Runtime {
                     host: r.host.clone(),
                     prefix: r.path_prefix.clone(),
                     rewrite: r.prefix_rewrite.clone(),
+                    stripped: (r.prefix_rewrite.as_deref() == Some("/") && r.path_prefix != "/")
+                        .then(|| r.path_prefix.trim_end_matches('/').to_owned()),
                     upstream: upstreams.get(&r.upstream)?.clone(),
                 })
             })

@@ -164,6 +164,7 @@ async fn a_prefix_rewrite_reaches_the_backend_on_every_path() {
         let proxy = Proxy::start_config(&format!(
             "[server]\nthreads = 2\nhttp1 = \"{http1}\"\n{}\n{}{}\n\n{}\n{}\n\
              [[routes]]\npath_prefix = \"/api/\"\nprefix_rewrite = \"/target/\"\nupstream = \"api\"\n\n\
+             [[routes]]\npath_prefix = \"/strip/\"\nprefix_rewrite = \"/\"\nupstream = \"api\"\n\n\
              [[routes]]\npath_prefix = \"/\"\nupstream = \"web\"\n",
             listener(plain),
             listener(tls),
@@ -201,6 +202,28 @@ async fn a_prefix_rewrite_reaches_the_backend_on_every_path() {
             );
         }
 
+        // The backend is told the prefix stripped; a client's own is never passed on, on
+        // this route or another.
+        let headers = |route: &'static str, version: &'static str| {
+            let addr = proxy.addr();
+            async move {
+                let mut c = RawConn::connect(addr).await;
+                let r = c
+                    .exchange(format!(
+                        "GET {route} {version}\r\nHost: t\r\nX-Forwarded-Prefix: /evil\r\n\r\n"
+                    ))
+                    .await;
+                assert_eq!(r.status, 200, "{}", r.text());
+                let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+                v["x-forwarded-prefix"].as_str().map(str::to_owned)
+            }
+        };
+        for version in ["HTTP/1.1", "HTTP/1.0"] {
+            let prefix = headers("/strip/headers", version).await;
+            assert_eq!(prefix.as_deref(), Some("/strip"), "{http1} {version}");
+            let prefix = headers("/headers", version).await;
+            assert_eq!(prefix, None, "{http1} {version}");
+        }
         let h2 = tests::h2client::connect(&certs.ca_pem(), tls).await;
         let (status, body) =
             tests::h2client::get(&h2, &format!("https://localhost:{tls}/api/h2?x=1"))
@@ -223,6 +246,26 @@ async fn a_prefix_rewrite_reaches_the_backend_on_every_path() {
                 .get("x-request-target")
                 .and_then(|v| v.to_str().ok()),
             Some("/target/chat?room=a"),
+            "{http1}: websocket"
+        );
+        let (_ws, resp) = tests::ws::ws_open(
+            &format!("ws://127.0.0.1:{plain}/strip/chat"),
+            &tests::ws::WsOptions {
+                headers: vec![("x-forwarded-prefix".into(), "/evil".into())],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        let seen = |name| resp.headers().get(name).and_then(|v| v.to_str().ok());
+        assert_eq!(
+            seen("x-request-target"),
+            Some("/chat"),
+            "{http1}: websocket"
+        );
+        assert_eq!(
+            seen("x-request-forwarded-prefix"),
+            Some("/strip"),
             "{http1}: websocket"
         );
     }

@@ -297,12 +297,13 @@ impl RequestHead<'_> {
 
     /// Writes the head sent to the backend into `out`: the request line and fields as
     /// received, minus hop-by-hop fields and the ones we replace, plus X-Forwarded-*.
-    /// `peer_text` is `peer` as text, formatted once per connection.
+    /// `peer_text` is `peer` as text, formatted once per connection. A route's
+    /// `prefix_rewrite` gives the `target` sent instead and the prefix it `stripped`.
     #[allow(clippy::too_many_arguments)]
     pub fn write_upstream(
         &self,
         out: &mut Vec<u8>,
-        target: Option<&str>,
+        (target, stripped): (Option<&str>, Option<&str>),
         peer: Option<IpAddr>,
         peer_text: &str,
         client: Option<IpAddr>,
@@ -341,6 +342,7 @@ impl RequestHead<'_> {
             client,
             tls,
             self.host(),
+            stripped,
             |name, value| {
                 out.extend_from_slice(name.as_bytes());
                 out.extend_from_slice(b": ");
@@ -720,7 +722,7 @@ mod tests {
             };
             assert_eq!(head.content_length, 2);
             let mut out = Vec::new();
-            head.write_upstream(&mut out, None, None, "", None, false, None);
+            head.write_upstream(&mut out, (None, None), None, "", None, false, None);
             let text = String::from_utf8_lossy(&out);
             assert_eq!(
                 text.to_ascii_lowercase().matches("content-length").count(),
@@ -805,7 +807,7 @@ mod tests {
         assert!(head.close);
         let mut out = Vec::new();
         let peer = "127.0.0.9".parse().ok();
-        head.write_upstream(&mut out, None, peer, "127.0.0.9", peer, false, None);
+        head.write_upstream(&mut out, (None, None), peer, "127.0.0.9", peer, false, None);
         let text = String::from_utf8_lossy(&out);
         assert_eq!(
             text,

@@ -410,7 +410,7 @@ impl H1 {
         let mut out = Vec::with_capacity(req.len + 160 + body.len());
         req.write_upstream(
             &mut out,
-            admitted.target.as_deref(),
+            (admitted.target.as_deref(), admitted.stripped.as_deref()),
             conn.peer_ip,
             &conn.peer_text,
             admitted.client_ip,

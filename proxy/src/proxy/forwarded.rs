@@ -56,12 +56,15 @@ pub fn client_ip<'a>(
     Some(candidate)
 }
 
-/// The fields [`forwarded`] sets on every upstream request: whatever the client sent under
-/// these names is dropped, never passed on beside ours.
-pub const FORWARDED_FIELDS: [&str; 4] = [
+/// The fields [`forwarded`] sets on upstream requests: whatever the client sent under these
+/// names is dropped, never passed on beside ours (or instead of ours where we set none: a
+/// client's `X-Forwarded-Prefix` would make a backend build its links and redirects under a
+/// path of the client's choosing).
+pub const FORWARDED_FIELDS: [&str; 5] = [
     "x-forwarded-for",
     "x-forwarded-proto",
     "x-forwarded-host",
+    "x-forwarded-prefix",
     "x-real-ip",
 ];
 
@@ -100,13 +103,15 @@ impl std::fmt::Display for FieldValue<'_> {
 /// Produces the headers to set on the upstream request (names lowercase), calling `emit`
 /// once per header, so that each request path can write them in its own form (header
 /// values for pingora, raw bytes for the HTTP/1 path) with no intermediate copies.
-/// `prior_xff` yields the request's X-Forwarded-For field values.
+/// `prior_xff` yields the request's X-Forwarded-For field values; `prefix` is the path
+/// prefix a route stripped (`X-Forwarded-Prefix`, as Traefik sets it).
 pub fn forwarded<'a>(
     prior_xff: impl IntoIterator<Item = &'a str>,
     peer: Option<IpAddr>,
     real_ip: Option<IpAddr>,
     tls: bool,
     host: Option<&str>,
+    prefix: Option<&str>,
     mut emit: impl FnMut(&'static str, FieldValue<'_>),
 ) {
     if let Some(peer) = peer {
@@ -132,6 +137,9 @@ pub fn forwarded<'a>(
     if let Some(ip) = real_ip.or(peer) {
         emit("x-real-ip", FieldValue::Ip(ip));
     }
+    if let Some(prefix) = prefix {
+        emit("x-forwarded-prefix", FieldValue::Text(prefix));
+    }
 }
 
 /// The headers to set on the upstream request (names lowercase), as header values.
@@ -141,10 +149,11 @@ pub fn forwarded_header_values(
     real_ip: Option<IpAddr>,
     tls: bool,
     host: Option<&str>,
+    prefix: Option<&str>,
 ) -> Vec<(&'static str, HeaderValue)> {
     // Built from addresses and from header values that were valid already; a host taken
     // from the URI that is not a valid value is left out rather than sent.
-    forwarded_headers(headers, peer, real_ip, tls, host)
+    forwarded_headers(headers, peer, real_ip, tls, host, prefix)
         .into_iter()
         .filter_map(|(name, s)| Some((name, HeaderValue::try_from(s).ok()?)))
         .collect()
@@ -157,6 +166,7 @@ pub fn forwarded_headers(
     real_ip: Option<IpAddr>,
     tls: bool,
     host: Option<&str>,
+    prefix: Option<&str>,
 ) -> Vec<(&'static str, String)> {
     let mut out = Vec::with_capacity(4);
     forwarded(
@@ -165,6 +175,7 @@ pub fn forwarded_headers(
         real_ip,
         tls,
         host,
+        prefix,
         |name, value| {
             out.push((name, value.to_string()));
         },
@@ -257,7 +268,14 @@ mod tests {
     #[test]
     fn xff_is_appended() {
         let peer: IpAddr = "127.0.0.5".parse().unwrap();
-        let h = forwarded_headers(&hm("1.1.1.1"), Some(peer), None, true, Some("a.example"));
+        let h = forwarded_headers(
+            &hm("1.1.1.1"),
+            Some(peer),
+            None,
+            true,
+            Some("a.example"),
+            None,
+        );
         assert!(h.contains(&("x-forwarded-for", "1.1.1.1, 127.0.0.5".to_string())));
         assert!(h.contains(&("x-forwarded-proto", "https".to_string())));
         assert!(h.contains(&("x-forwarded-host", "a.example".to_string())));

@@ -122,6 +122,8 @@ pub struct Ctx {
     sticky_id: Option<String>,
     /// The target sent instead of the request's (`prefix_rewrite`).
     target: Option<String>,
+    /// The prefix the route stripped (`X-Forwarded-Prefix`).
+    stripped: Option<String>,
     set_cookie: Option<String>,
     started: Option<Instant>,
     upstream_started: Option<Instant>,
@@ -437,6 +439,7 @@ impl ProxyHttp for EdgeProxy {
                 ctx.client_ip = a.client_ip;
                 ctx.sticky_id = a.sticky_id;
                 ctx.target = a.target;
+                ctx.stripped = a.stripped;
                 ctx.client_guard = a.client_guard;
                 ctx.upstream = Some(a.upstream);
             }
@@ -521,10 +524,12 @@ impl ProxyHttp for EdgeProxy {
             .keys()
             .filter(|n| {
                 let n = n.as_str();
-                n.contains('_')
-                    && (is_forwarded_field(n)
-                        || request::is_framing_mimic(n)
-                        || (id_on && request_id::is_id_field(n)))
+                // Forwarded fields in any spelling: ours replace some below, and the others
+                // (a Host-less request's X-Forwarded-Host, an X-Forwarded-Prefix where no
+                // route stripped one) are not the client's to set either.
+                is_forwarded_field(n)
+                    || (n.contains('_')
+                        && (request::is_framing_mimic(n) || (id_on && request_id::is_id_field(n))))
             })
             .cloned()
             .collect();
@@ -537,6 +542,7 @@ impl ProxyHttp for EdgeProxy {
             ctx.client_ip,
             ctx.tls,
             host_of(req),
+            ctx.stripped.as_deref(),
         ) {
             upstream_request.insert_header(name, value)?;
         }

@@ -70,6 +70,8 @@ pub(crate) struct Admitted {
     pub upstream: Arc<Upstream>,
     /// The target to send instead of the request's (its route's `prefix_rewrite`).
     pub target: Option<String>,
+    /// The prefix its route stripped, for `X-Forwarded-Prefix`.
+    pub stripped: Option<String>,
     /// Client address for balancing and X-Real-IP (trusted X-Forwarded-For applied).
     pub client_ip: Option<IpAddr>,
     /// Backend id from a validly signed sticky cookie.
@@ -203,6 +205,7 @@ pub(crate) fn admit<V: RequestView>(
         },
     };
     let upstream = route.upstream.clone();
+    let stripped = route.stripped.clone();
     let client_ip = client_ip(
         peer_ip,
         req.values("x-forwarded-for"),
@@ -222,6 +225,7 @@ pub(crate) fn admit<V: RequestView>(
     Admission::Forward(Admitted {
         upstream,
         target,
+        stripped,
         client_ip,
         sticky_id,
         client_guard,

@@ -77,6 +77,7 @@ fn request_head(session: &Session, ctx: &Ctx) -> Vec<u8> {
         ctx.client_ip,
         ctx.tls,
         host_of(req),
+        ctx.stripped.as_deref(),
     ) {
         head.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
     }

@@ -11,7 +11,7 @@
 //!
 //! | request | answer |
 //! | --- | --- |
-//! | any WebSocket upgrade | `101` with `x-request-target: <target>`, sends `hello <id>`, then echoes text/binary, pongs pings |
+//! | any WebSocket upgrade | `101` with `x-request-target: <target>` (and the request's `x-forwarded-prefix` as `x-request-forwarded-prefix`), sends `hello <id>`, then echoes text/binary, pongs pings |
 //! | `GET /id`, `GET /`, anything else | `200`, body `<id>` |
 //! | `GET /healthz` | `200 ok`, or `503 down` after `POST /health/off` (until `POST /health/on`) |
 //! | `GET /headers` | JSON object of the request headers (lower-case names; repeats joined by `, `) |
@@ -469,6 +469,7 @@ fn websocket(state: Arc<State>, mut req: Request<Incoming>) -> Response<Body> {
         return text(StatusCode::INTERNAL_SERVER_ERROR, "bad accept key");
     };
     let target = HeaderValue::from_str(&target_of(&req)).ok();
+    let prefix = req.headers().get("x-forwarded-prefix").cloned();
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         match on_upgrade.await {
@@ -494,6 +495,9 @@ fn websocket(state: Arc<State>, mut req: Request<Incoming>) -> Response<Body> {
     h.insert(SEC_WEBSOCKET_ACCEPT, accept);
     if let Some(target) = target {
         h.insert("x-request-target", target);
+    }
+    if let Some(prefix) = prefix {
+        h.insert("x-request-forwarded-prefix", prefix);
     }
     resp
 }
