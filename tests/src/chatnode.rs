@@ -164,6 +164,30 @@ pub async fn raw_chat_socket(node: &ChatNode, name: &str) -> Ws {
     }
 }
 
+/// A [`raw_chat_socket`] of a new user named `name` on `node`, its `welcome` read: the
+/// socket and the user's token (for [`raw_chat_tab`]).
+///
+/// # Panics
+/// If the node does not open the session or send a `welcome` with a token in time.
+pub async fn raw_chat_user(node: &ChatNode, name: &str) -> (Ws, String) {
+    let mut ws = raw_chat_connect(node, &serde_json::json!({ "name": name }).to_string()).await;
+    let welcome = events_until(&mut ws, "welcome", |_| true).await;
+    let token = welcome.last().map(|w| w[1]["token"].clone());
+    let token = token.and_then(|t| t.as_str().map(str::to_owned));
+    (ws, token.expect("a token in the welcome"))
+}
+
+/// Another socket of the user of `token` on `node` (another tab), its `welcome` read.
+///
+/// # Panics
+/// If the node does not open the session or send the `welcome` in time.
+pub async fn raw_chat_tab(node: &ChatNode, name: &str, token: &str) -> Ws {
+    let auth = serde_json::json!({ "name": name, "token": token }).to_string();
+    let mut ws = raw_chat_connect(node, &auth).await;
+    events_until(&mut ws, "welcome", |_| true).await;
+    ws
+}
+
 /// Opens a raw Engine.IO WebSocket to the chat on `node` and sends the Socket.IO CONNECT
 /// with `auth` (JSON, e.g. `{"name":"a","token":"…"}`); the `welcome` is still to be read.
 ///

@@ -8,26 +8,8 @@
 //! `cargo build -p chat-node --bin chat-node && cargo test -p tests --test chat_leave`.
 
 use serde_json::{json, Value};
-use tests::chatnode::{events_until, raw_chat_call, raw_chat_connect, ChatNode};
+use tests::chatnode::{events_until, raw_chat_call, raw_chat_tab, raw_chat_user, ChatNode};
 use tests::redis::RedisServer;
-use tests::Ws;
-
-/// A chat socket of a new user on `node`, its `welcome` read: the socket and the token.
-async fn new_user(node: &ChatNode, name: &str) -> (Ws, String) {
-    let mut ws = raw_chat_connect(node, &json!({ "name": name }).to_string()).await;
-    let welcome = events_until(&mut ws, "welcome", |_| true).await;
-    let token = welcome.last().map(|w| w[1]["token"].clone());
-    let token = token.and_then(|t| t.as_str().map(str::to_owned));
-    (ws, token.expect("a token in the welcome"))
-}
-
-/// Another socket of the user of `token` on `node` (another tab), its `welcome` read.
-async fn another_tab(node: &ChatNode, name: &str, token: &str) -> Ws {
-    let auth = json!({ "name": name, "token": token }).to_string();
-    let mut ws = raw_chat_connect(node, &auth).await;
-    events_until(&mut ws, "welcome", |_| true).await;
-    ws
-}
 
 fn is_message(text: &'static str) -> impl Fn(&Value) -> bool {
     move |m| m["text"] == text
@@ -43,7 +25,7 @@ async fn leave_takes_every_tab_out(
     tab2_node: &ChatNode,
     bob_node: &ChatNode,
 ) {
-    let (mut tab1, token) = new_user(alice_node, "alice").await;
+    let (mut tab1, token) = raw_chat_user(alice_node, "alice").await;
     let created = raw_chat_call(
         &mut tab1,
         1,
@@ -54,14 +36,14 @@ async fn leave_takes_every_tab_out(
     assert_eq!(created["ok"], true, "{created}");
     let invite = created["invite"].as_str().expect("an invite").to_owned();
     // Connected after the room was made: its connect hook puts it in the room.
-    let mut tab2 = another_tab(tab2_node, "alice", &token).await;
+    let mut tab2 = raw_chat_tab(tab2_node, "alice", &token).await;
 
-    let (mut bob, bob_token) = new_user(bob_node, "bob").await;
+    let (mut bob, bob_token) = raw_chat_user(bob_node, "bob").await;
     let join = json!({"room": "secret", "invite": invite}).to_string();
     let joined = raw_chat_call(&mut bob, 1, "join", &join).await;
     assert_eq!(joined["ok"], true, "{joined}");
     // Another tab of Bob's that only listens: it sees every `presence` of the room.
-    let mut watcher = another_tab(bob_node, "bob", &bob_token).await;
+    let mut watcher = raw_chat_tab(bob_node, "bob", &bob_token).await;
     let sent = raw_chat_call(&mut bob, 2, "send", r#"{"room":"secret","text":"before"}"#).await;
     assert_eq!(sent["ok"], true, "{sent}");
     // Both tabs are in the room.
