@@ -126,10 +126,40 @@ impl ChatNode {
         Some((status, start.elapsed()))
     }
 
+    /// SIGSTOP: a hung node. Its listener and connections stay open (the kernel still
+    /// accepts connections and buffers what clients and Redis send it) but it runs
+    /// nothing until the returned guard is dropped (SIGCONT), a panicking test's
+    /// included.
+    pub fn freeze(&self) -> Frozen<'_> {
+        if let Some(child) = &self.child {
+            send_signal(child, Signal::SIGSTOP);
+        }
+        Frozen { node: self }
+    }
+
     /// SIGKILL and reap.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             kill_and_reap(&mut child);
+        }
+    }
+}
+
+/// A [`ChatNode::freeze`]: the node runs again (SIGCONT) when this is dropped.
+#[must_use = "the node runs again as soon as this is dropped"]
+pub struct Frozen<'a> {
+    node: &'a ChatNode,
+}
+
+impl Frozen<'_> {
+    /// Lets the node run again.
+    pub fn thaw(self) {}
+}
+
+impl Drop for Frozen<'_> {
+    fn drop(&mut self) {
+        if let Some(child) = &self.node.child {
+            send_signal(child, Signal::SIGCONT);
         }
     }
 }
@@ -194,6 +224,17 @@ pub async fn raw_chat_tab(node: &ChatNode, name: &str, token: &str) -> Ws {
 /// # Panics
 /// If the node does not open the session in time.
 pub async fn raw_chat_connect(node: &ChatNode, auth: &str) -> Ws {
+    let mut ws = raw_chat_open(node).await;
+    raw_chat_send_connect(&mut ws, auth).await;
+    ws
+}
+
+/// Opens a raw Engine.IO WebSocket to `node` and reads its open packet: an Engine.IO
+/// session without a Socket.IO socket yet ([`raw_chat_send_connect`] asks for one).
+///
+/// # Panics
+/// If the node does not open the session in time.
+pub async fn raw_chat_open(node: &ChatNode) -> Ws {
     let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", node.addr());
     let (mut ws, _) = ws_open(&url, &WsOptions::default())
         .await
@@ -203,10 +244,19 @@ pub async fn raw_chat_connect(node: &ChatNode, auth: &str) -> Ws {
         matches!(&open, Some(Message::Text(t)) if t.starts_with('0')),
         "an Engine.IO open packet: {open:?}"
     );
+    ws
+}
+
+/// Sends the Socket.IO CONNECT with `auth` (JSON) on a [`raw_chat_open`] session; the
+/// `welcome` is still to be read. It only writes: a frozen node gets it when it runs
+/// again.
+///
+/// # Panics
+/// If the WebSocket is closed.
+pub async fn raw_chat_send_connect(ws: &mut Ws, auth: &str) {
     ws.send(Message::text(format!("40{auth}")))
         .await
         .expect("sending CONNECT");
-    ws
 }
 
 /// The events (`[name, payload, …]`) read on `ws` up to and including the first `event`
