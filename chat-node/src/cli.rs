@@ -87,6 +87,10 @@ pub struct Args {
     /// it `create` answers `too many rooms`.
     #[arg(long, env = "CHAT_MAX_ROOMS", default_value_t = 10_000)]
     pub max_rooms: usize,
+    /// Chat: how many rooms one user may be a member of (`lobby` not counted); beyond it
+    /// `join` and `create` answer `too many memberships`.
+    #[arg(long, env = "CHAT_MAX_MEMBERSHIPS", default_value_t = 1000)]
+    pub max_memberships: usize,
     /// Worker threads (default: one per CPU). One is the cheapest per message when several
     /// nodes share a machine's cores (no hand-offs between threads); more let one node use
     /// more cores.
@@ -153,6 +157,7 @@ impl Args {
                 ChatConfigError::MaxText(_) => ("max-text", "CHAT_MAX_TEXT"),
                 ChatConfigError::PresenceTtl(_) => ("presence-ttl", "CHAT_PRESENCE_TTL"),
                 ChatConfigError::MaxRooms => ("max-rooms", "CHAT_MAX_ROOMS"),
+                ChatConfigError::MaxMemberships => ("max-memberships", "CHAT_MAX_MEMBERSHIPS"),
             };
             return Err(named(which, error.to_string()));
         }
@@ -200,6 +205,7 @@ impl Args {
                 max_text: self.max_text,
                 presence_ttl: self.presence_ttl,
                 max_rooms: self.max_rooms,
+                max_memberships: self.max_memberships,
             },
         }
     }
@@ -318,6 +324,8 @@ mod tests {
             "100",
             "--presence-ttl",
             "2s",
+            "--max-memberships",
+            "7",
         ])
         .unwrap();
         let chat = args.node_config().chat;
@@ -328,6 +336,7 @@ mod tests {
         assert_eq!(chat.typing_rate_limit.to_string(), "5/4s");
         assert_eq!(chat.max_text, 100);
         assert_eq!(chat.presence_ttl, Duration::from_secs(2));
+        assert_eq!(chat.max_memberships, 7);
         assert!(chat.validate().is_ok());
         let defaults = Args::try_parse_from(["chat-node"])
             .unwrap()

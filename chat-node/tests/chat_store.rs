@@ -12,20 +12,45 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chat_node::chat::store::{
-    Created, Membership, NewMessage, Post, Posted, PresenceEntry, RoomMeta,
+    Created, Joined, Membership, NewMessage, Post, Posted, PresenceEntry, RoomLimits, RoomMeta,
 };
 use chat_node::chat::validate::message_id;
 use chat_node::chat::{ChatStore, MemoryStore, RateLimit, RedisStore};
 use utils::redis::RedisServer;
 
+/// Rooms made by `creator`, who becomes a member of each: a user none of the checks of
+/// other users' memberships name.
 fn meta(private: bool) -> RoomMeta {
+    made_by(private, "creator")
+}
+
+fn made_by(private: bool, creator: &str) -> RoomMeta {
     RoomMeta {
         private,
         invite: private.then(|| "invite".to_owned()),
-        created_by: "u1".to_owned(),
+        created_by: creator.to_owned(),
         created_at: 1,
     }
 }
+
+/// A room limit of `max_rooms`, and a membership limit no test reaches.
+fn rooms_up_to(max_rooms: usize) -> RoomLimits {
+    RoomLimits {
+        max_rooms,
+        max_memberships: 1000,
+    }
+}
+
+/// A membership limit of `max_memberships`, and a room limit no test reaches.
+fn memberships_up_to(max_memberships: usize) -> RoomLimits {
+    RoomLimits {
+        max_rooms: 1000,
+        max_memberships,
+    }
+}
+
+/// A membership limit no test reaches.
+const ANY: usize = 1000;
 
 fn entry(user: &str, name: &str) -> PresenceEntry {
     PresenceEntry {
@@ -45,25 +70,40 @@ fn message(i: usize) -> NewMessage {
 
 async fn rooms_members_tokens(store: &dyn ChatStore) {
     assert_eq!(
-        store.create_room("pub", &meta(false), 3).await.unwrap(),
+        store
+            .create_room("pub", &meta(false), rooms_up_to(3))
+            .await
+            .unwrap(),
         Created::Created
     );
     assert_eq!(
-        store.create_room("priv", &meta(true), 3).await.unwrap(),
+        store
+            .create_room("priv", &meta(true), rooms_up_to(3))
+            .await
+            .unwrap(),
         Created::Created
     );
     assert_eq!(
-        store.create_room("priv", &meta(false), 3).await.unwrap(),
+        store
+            .create_room("priv", &meta(false), rooms_up_to(3))
+            .await
+            .unwrap(),
         Created::Exists
     );
     // Two rooms exist: a limit of two refuses a third, private rooms counted; a taken
     // name is still told as taken.
     assert_eq!(
-        store.create_room("third", &meta(false), 2).await.unwrap(),
+        store
+            .create_room("third", &meta(false), rooms_up_to(2))
+            .await
+            .unwrap(),
         Created::Full
     );
     assert_eq!(
-        store.create_room("pub", &meta(false), 2).await.unwrap(),
+        store
+            .create_room("pub", &meta(false), rooms_up_to(2))
+            .await
+            .unwrap(),
         Created::Exists
     );
     assert_eq!(store.room("third").await.unwrap(), None);
@@ -76,9 +116,24 @@ async fn rooms_members_tokens(store: &dyn ChatStore) {
         .unwrap();
     assert_eq!(found.keys().collect::<Vec<_>>(), ["priv", "pub"]);
 
-    assert!(store.add_member("priv", "u1").await.unwrap());
-    assert!(!store.add_member("priv", "u1").await.unwrap());
-    assert!(store.add_member("pub", "u1").await.unwrap());
+    // The creator is a member of each room it made, and of nothing it did not make.
+    let mut made = store.rooms_of("creator").await.unwrap();
+    made.sort();
+    assert_eq!(made, ["priv", "pub"]);
+    assert!(store.is_member("pub", "creator").await.unwrap());
+
+    assert_eq!(
+        store.add_member("priv", "u1", ANY).await.unwrap(),
+        Joined::Added
+    );
+    assert_eq!(
+        store.add_member("priv", "u1", ANY).await.unwrap(),
+        Joined::Already
+    );
+    assert_eq!(
+        store.add_member("pub", "u1", ANY).await.unwrap(),
+        Joined::Added
+    );
     assert!(store.is_member("priv", "u1").await.unwrap());
     assert!(!store.is_member("priv", "u2").await.unwrap());
     let mut rooms = store.rooms_of("u1").await.unwrap();
@@ -106,7 +161,10 @@ async fn public_room_pages(store: &dyn ChatStore) {
         ("p-b", false),
     ] {
         assert_eq!(
-            store.create_room(room, &meta(private), 100).await.unwrap(),
+            store
+                .create_room(room, &meta(private), rooms_up_to(100))
+                .await
+                .unwrap(),
             Created::Created
         );
     }
@@ -202,7 +260,10 @@ async fn posting(store: &dyn ChatStore) {
         text: text.to_owned(),
         ts: 1,
     };
-    assert!(store.add_member("club", "p1").await.unwrap());
+    assert_eq!(
+        store.add_member("club", "p1", ANY).await.unwrap(),
+        Joined::Added
+    );
     let outsider = store
         .post(post("club", Membership::Required, &by("p2", "no"), &limit))
         .await
@@ -313,6 +374,133 @@ async fn presence(store: &dyn ChatStore) {
     assert!(!store.presence_nodes().await.unwrap().contains("n4"));
 }
 
+/// `--max-memberships`: `add_member` and `create_room` stop at the user's limit and
+/// change nothing then; a user at the limit still re-joins a room it is in; leaving
+/// makes room for another.
+async fn membership_limit(store: &dyn ChatStore) {
+    let two = memberships_up_to(2);
+    for room in ["cap-a", "cap-b"] {
+        assert_eq!(
+            store
+                .create_room(room, &made_by(false, "capped"), two)
+                .await
+                .unwrap(),
+            Created::Created
+        );
+    }
+    // At the limit: no third room, and nothing of it is left behind.
+    assert_eq!(
+        store
+            .create_room("cap-c", &made_by(false, "capped"), two)
+            .await
+            .unwrap(),
+        Created::TooManyMemberships
+    );
+    assert_eq!(store.room("cap-c").await.unwrap(), None);
+    assert!(!store.is_member("cap-c", "capped").await.unwrap());
+    assert!(!store
+        .public_rooms("cap-", 10)
+        .await
+        .unwrap()
+        .contains(&"cap-c".to_owned()));
+    // A taken name is still told as such.
+    assert_eq!(
+        store
+            .create_room("cap-a", &made_by(false, "capped"), two)
+            .await
+            .unwrap(),
+        Created::Exists
+    );
+    // Someone else's room, for the joins below.
+    assert_eq!(
+        store
+            .create_room("cap-x", &meta(false), rooms_up_to(ANY))
+            .await
+            .unwrap(),
+        Created::Created
+    );
+
+    // Joining: a room it is in is fine at the limit, another is not.
+    assert_eq!(
+        store.add_member("cap-a", "capped", 2).await.unwrap(),
+        Joined::Already
+    );
+    assert_eq!(
+        store.add_member("cap-x", "capped", 2).await.unwrap(),
+        Joined::TooManyMemberships
+    );
+    assert!(!store.is_member("cap-x", "capped").await.unwrap());
+    let mut rooms = store.rooms_of("capped").await.unwrap();
+    rooms.sort();
+    assert_eq!(rooms, ["cap-a", "cap-b"]);
+    // A higher limit lets it in (the limit is the caller's, not stored).
+    assert_eq!(
+        store.add_member("cap-x", "capped", 3).await.unwrap(),
+        Joined::Added
+    );
+    // Leaving makes room.
+    assert!(store.remove_member("cap-b", "capped").await.unwrap());
+    assert_eq!(
+        store
+            .create_room("cap-c", &made_by(true, "capped"), memberships_up_to(3))
+            .await
+            .unwrap(),
+        Created::Created
+    );
+    let mut rooms = store.rooms_of("capped").await.unwrap();
+    rooms.sort();
+    assert_eq!(rooms, ["cap-a", "cap-c", "cap-x"]);
+}
+
+/// Many joins and creations of one user at once (as from tabs on several nodes) stop
+/// exactly at the limit: the check and the change are one step.
+async fn membership_limit_under_concurrency(store: Arc<dyn ChatStore>) {
+    let rooms: Vec<String> = (0..12).map(|i| format!("race-{i:02}")).collect();
+    for room in &rooms {
+        assert_eq!(
+            store
+                .create_room(room, &meta(false), rooms_up_to(ANY))
+                .await
+                .unwrap(),
+            Created::Created
+        );
+    }
+    let joins = rooms.iter().map(|room| {
+        let store = Arc::clone(&store);
+        let room = room.clone();
+        tokio::spawn(async move { store.add_member(&room, "racer", 5).await.unwrap() })
+    });
+    assert_eq!(succeeded(joins, |j| *j == Joined::Added).await, 5);
+    assert_eq!(store.rooms_of("racer").await.unwrap().len(), 5);
+
+    let creations = (0..12).map(|i| {
+        let store = Arc::clone(&store);
+        let room = format!("made-{i:02}");
+        let meta = made_by(false, "maker");
+        tokio::spawn(async move {
+            let limits = memberships_up_to(4);
+            store.create_room(&room, &meta, limits).await.unwrap()
+        })
+    });
+    assert_eq!(succeeded(creations, |c| *c == Created::Created).await, 4);
+    assert_eq!(store.rooms_of("maker").await.unwrap().len(), 4);
+}
+
+/// Awaits `tasks`, running at once; how many answered what `success` accepts.
+async fn succeeded<T: std::fmt::Debug>(
+    tasks: impl Iterator<Item = tokio::task::JoinHandle<T>>,
+    success: impl Fn(&T) -> bool,
+) -> usize {
+    let answers = futures::future::join_all(tasks).await;
+    let answers: Vec<T> = answers
+        .into_iter()
+        .map(|answer| answer.expect("a task that ends"))
+        .collect();
+    let count = answers.iter().filter(|a| success(a)).count();
+    eprintln!("{count} of {answers:?}");
+    count
+}
+
 async fn all(store: Arc<dyn ChatStore>) {
     rooms_members_tokens(&*store).await;
     public_room_pages(store.as_ref()).await;
@@ -320,14 +508,17 @@ async fn all(store: Arc<dyn ChatStore>) {
     rate_limit(&*store).await;
     posting(&*store).await;
     presence(&*store).await;
+    // Last: their rooms would be in the room counts and pages checked above.
+    membership_limit(&*store).await;
+    membership_limit_under_concurrency(Arc::clone(&store)).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_memory_store() {
     all(Arc::new(MemoryStore::new())).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_redis_store() {
     let redis = RedisServer::start();
     let store = RedisStore::connect(&redis.url()).await.unwrap();
@@ -362,16 +553,25 @@ async fn an_older_nodes_rooms_are_counted_and_listed() {
 
     let store = RedisStore::connect(&redis.url()).await.unwrap();
     assert_eq!(
-        store.create_room("new", &meta(false), 2).await.unwrap(),
+        store
+            .create_room("new", &meta(false), rooms_up_to(2))
+            .await
+            .unwrap(),
         Created::Full,
         "two rooms exist already"
     );
     assert_eq!(
-        store.create_room("new", &meta(true), 3).await.unwrap(),
+        store
+            .create_room("new", &meta(true), rooms_up_to(3))
+            .await
+            .unwrap(),
         Created::Created
     );
     assert_eq!(
-        store.create_room("newer", &meta(false), 3).await.unwrap(),
+        store
+            .create_room("newer", &meta(false), rooms_up_to(3))
+            .await
+            .unwrap(),
         Created::Full
     );
     // The older node's public room is in the sorted list too, and so is one an older node

@@ -126,10 +126,40 @@ impl ChatNode {
         Some((status, start.elapsed()))
     }
 
+    /// SIGSTOP: a hung node. Its listener and connections stay open (the kernel still
+    /// accepts connections and buffers what clients and Redis send it) but it runs
+    /// nothing until the returned guard is dropped (SIGCONT), a panicking test's
+    /// included.
+    pub fn freeze(&self) -> Frozen<'_> {
+        if let Some(child) = &self.child {
+            send_signal(child, Signal::SIGSTOP);
+        }
+        Frozen { node: self }
+    }
+
     /// SIGKILL and reap.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             kill_and_reap(&mut child);
+        }
+    }
+}
+
+/// A [`ChatNode::freeze`]: the node runs again (SIGCONT) when this is dropped.
+#[must_use = "the node runs again as soon as this is dropped"]
+pub struct Frozen<'a> {
+    node: &'a ChatNode,
+}
+
+impl Frozen<'_> {
+    /// Lets the node run again.
+    pub fn thaw(self) {}
+}
+
+impl Drop for Frozen<'_> {
+    fn drop(&mut self) {
+        if let Some(child) = &self.node.child {
+            send_signal(child, Signal::SIGCONT);
         }
     }
 }
@@ -164,12 +194,47 @@ pub async fn raw_chat_socket(node: &ChatNode, name: &str) -> Ws {
     }
 }
 
+/// A [`raw_chat_socket`] of a new user named `name` on `node`, its `welcome` read: the
+/// socket and the user's token (for [`raw_chat_tab`]).
+///
+/// # Panics
+/// If the node does not open the session or send a `welcome` with a token in time.
+pub async fn raw_chat_user(node: &ChatNode, name: &str) -> (Ws, String) {
+    let mut ws = raw_chat_connect(node, &serde_json::json!({ "name": name }).to_string()).await;
+    let welcome = events_until(&mut ws, "welcome", |_| true).await;
+    let token = welcome.last().map(|w| w[1]["token"].clone());
+    let token = token.and_then(|t| t.as_str().map(str::to_owned));
+    (ws, token.expect("a token in the welcome"))
+}
+
+/// Another socket of the user of `token` on `node` (another tab), its `welcome` read.
+///
+/// # Panics
+/// If the node does not open the session or send the `welcome` in time.
+pub async fn raw_chat_tab(node: &ChatNode, name: &str, token: &str) -> Ws {
+    let auth = serde_json::json!({ "name": name, "token": token }).to_string();
+    let mut ws = raw_chat_connect(node, &auth).await;
+    events_until(&mut ws, "welcome", |_| true).await;
+    ws
+}
+
 /// Opens a raw Engine.IO WebSocket to the chat on `node` and sends the Socket.IO CONNECT
 /// with `auth` (JSON, e.g. `{"name":"a","token":"…"}`); the `welcome` is still to be read.
 ///
 /// # Panics
 /// If the node does not open the session in time.
 pub async fn raw_chat_connect(node: &ChatNode, auth: &str) -> Ws {
+    let mut ws = raw_chat_open(node).await;
+    raw_chat_send_connect(&mut ws, auth).await;
+    ws
+}
+
+/// Opens a raw Engine.IO WebSocket to `node` and reads its open packet: an Engine.IO
+/// session without a Socket.IO socket yet ([`raw_chat_send_connect`] asks for one).
+///
+/// # Panics
+/// If the node does not open the session in time.
+pub async fn raw_chat_open(node: &ChatNode) -> Ws {
     let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", node.addr());
     let (mut ws, _) = ws_open(&url, &WsOptions::default())
         .await
@@ -179,10 +244,19 @@ pub async fn raw_chat_connect(node: &ChatNode, auth: &str) -> Ws {
         matches!(&open, Some(Message::Text(t)) if t.starts_with('0')),
         "an Engine.IO open packet: {open:?}"
     );
+    ws
+}
+
+/// Sends the Socket.IO CONNECT with `auth` (JSON) on a [`raw_chat_open`] session; the
+/// `welcome` is still to be read. It only writes: a frozen node gets it when it runs
+/// again.
+///
+/// # Panics
+/// If the WebSocket is closed.
+pub async fn raw_chat_send_connect(ws: &mut Ws, auth: &str) {
     ws.send(Message::text(format!("40{auth}")))
         .await
         .expect("sending CONNECT");
-    ws
 }
 
 /// The events (`[name, payload, …]`) read on `ws` up to and including the first `event`

@@ -133,6 +133,35 @@ impl RedisServer {
     }
 }
 
+impl RedisServer {
+    /// From now on clients may write only the keys matching `pattern` (a Redis glob);
+    /// every key stays readable: the ACL of the `default` user, which every client
+    /// without credentials is, connected ones included. A write of another key is refused
+    /// (`NOPERM`), a script's before it runs. [`all_keys_writable`](Self::all_keys_writable)
+    /// lifts it.
+    ///
+    /// # Panics
+    /// If Redis refuses the rule.
+    pub fn writable_keys_only(&self, pattern: &str) {
+        // One command: the rules change together, no write is refused in between.
+        let writable = format!("~{pattern}");
+        let reply = self.command(&["ACL", "SETUSER", "default", "resetkeys", "%R~*", &writable]);
+        assert_eq!(
+            reply, "+OK",
+            "ACL SETUSER default resetkeys %R~* {writable}"
+        );
+    }
+
+    /// Every key writable again (after [`writable_keys_only`](Self::writable_keys_only)).
+    ///
+    /// # Panics
+    /// If Redis refuses the rule.
+    pub fn all_keys_writable(&self) {
+        let reply = self.command(&["ACL", "SETUSER", "default", "resetkeys", "~*"]);
+        assert_eq!(reply, "+OK", "ACL SETUSER ~*");
+    }
+}
+
 /// Whether a Redis on `port` answers `PING` with `+PONG`.
 pub fn ping(port: u16) -> bool {
     let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {

@@ -53,6 +53,11 @@ fn bad_values_name_their_flag_and_variable() {
             &[],
             "--presence-ttl (or CHAT_PRESENCE_TTL)",
         ),
+        (
+            &[],
+            &[("CHAT_MAX_MEMBERSHIPS", "0")],
+            "--max-memberships (or CHAT_MAX_MEMBERSHIPS)",
+        ),
         // Values clap parses: it names the flag itself.
         (
             &[],

@@ -47,6 +47,10 @@ pub struct ChatConfig {
     /// How many rooms (public and private) may exist, across all nodes: rooms are never
     /// deleted, and every client's room list grows with the public ones.
     pub max_rooms: usize,
+    /// How many rooms one user may be a member of (`lobby`, which everyone is always in,
+    /// not counted): every connection of the user enters all of them, and every `rooms`
+    /// page reads them all.
+    pub max_memberships: usize,
 }
 
 impl Default for ChatConfig {
@@ -60,6 +64,7 @@ impl Default for ChatConfig {
             max_text: 2000,
             presence_ttl: Duration::from_secs(30),
             max_rooms: 10_000,
+            max_memberships: 1000,
         }
     }
 }
@@ -82,6 +87,9 @@ pub enum ChatConfigError {
     /// `max_rooms` is 0.
     #[error("the room limit must be at least 1")]
     MaxRooms,
+    /// `max_memberships` is 0.
+    #[error("the membership limit must be at least 1")]
+    MaxMemberships,
 }
 
 impl ChatConfig {
@@ -101,6 +109,9 @@ impl ChatConfig {
         }
         if self.max_rooms == 0 {
             return Err(ChatConfigError::MaxRooms);
+        }
+        if self.max_memberships == 0 {
+            return Err(ChatConfigError::MaxMemberships);
         }
         Ok(self)
     }
@@ -142,6 +153,10 @@ mod tests {
         }));
         assert!(bad(ChatConfig {
             max_rooms: 0,
+            ..ChatConfig::default()
+        }));
+        assert!(bad(ChatConfig {
+            max_memberships: 0,
             ..ChatConfig::default()
         }));
         assert!(ChatConfig {

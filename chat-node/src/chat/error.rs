@@ -21,6 +21,10 @@ pub enum ChatError {
     /// `create` when `max_rooms` rooms exist.
     #[error("too many rooms")]
     TooManyRooms,
+    /// `join` of a room the user is not in yet, or `create`, by a user who is a member of
+    /// `max_memberships` rooms already (`lobby` not counted).
+    #[error("too many memberships")]
+    TooManyMemberships,
     /// The room does not exist — or is private and the user is not a member (the two are
     /// indistinguishable on purpose, except to `join` with an invite).
     #[error("no such room")]

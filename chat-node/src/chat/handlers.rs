@@ -12,7 +12,9 @@ use serde_json::{json, Map, Value};
 
 use super::config::{MAX_PAGE, MAX_ROOMS_PAGE};
 use super::error::ChatError;
-use super::store::{Created, Membership, Message, NewMessage, Post, Posted, RoomMeta};
+use super::store::{
+    Created, Joined, Membership, Message, NewMessage, Post, Posted, RoomLimits, RoomMeta,
+};
 use super::{now_ms, presence, rate, secret, validate, ChatInner, LOBBY};
 use crate::metrics::metrics;
 use crate::socketio::{AckSender, Data, SocketRef};
@@ -245,8 +247,9 @@ struct CreateRequest {
     private: bool,
 }
 
-/// `create {room, private}` → `{room, invite}`: the creator becomes a member. Counts
-/// against the rate limit like a message.
+/// `create {room, private}` → `{room, invite}`: the creator becomes a member, in the same
+/// store step (so within `--max-memberships`). Counts against the rate limit like a
+/// message.
 async fn create(chat: Arc<ChatInner>, socket: SocketRef, request: CreateRequest) -> Answer {
     let (user, _) = identity(&chat, &socket)?;
     let room = validate::room(&request.room)?;
@@ -264,16 +267,16 @@ async fn create(chat: Arc<ChatInner>, socket: SocketRef, request: CreateRequest)
         created_by: user.clone(),
         created_at: now_ms(),
     };
-    match chat
-        .store
-        .create_room(&room, &meta, chat.config.max_rooms)
-        .await?
-    {
+    let limits = RoomLimits {
+        max_rooms: chat.config.max_rooms,
+        max_memberships: chat.config.max_memberships,
+    };
+    match chat.store.create_room(&room, &meta, limits).await? {
         Created::Created => {}
         Created::Exists => return Err(ChatError::RoomExists),
         Created::Full => return Err(ChatError::TooManyRooms),
+        Created::TooManyMemberships => return Err(ChatError::TooManyMemberships),
     }
-    chat.store.add_member(&room, &user).await?;
     chat.enter_late(&socket, &user, &room).await;
     let mut answer = fields(json!({"room": room}));
     if let Some(invite) = invite {
@@ -290,7 +293,8 @@ struct JoinRequest {
 }
 
 /// `join {room, invite?}` → `{room, history, members}`; a private room needs its invite
-/// unless the user is already a member.
+/// unless the user is already a member. A new membership counts against
+/// `--max-memberships`; re-entering a room the user is in never fails on it.
 async fn join(chat: Arc<ChatInner>, socket: SocketRef, request: JoinRequest) -> Answer {
     let (user, name) = identity(&chat, &socket)?;
     let room = validate::room(&request.room)?;
@@ -308,7 +312,18 @@ async fn join(chat: Arc<ChatInner>, socket: SocketRef, request: JoinRequest) -> 
             return Err(ChatError::InvalidInvite);
         }
     }
-    let added = !already && chat.store.add_member(&room, &user).await?;
+    // `already` may be stale (another tab joined or left meanwhile): the store's step
+    // decides, at the limit too.
+    let added = !already
+        && match chat
+            .store
+            .add_member(&room, &user, chat.config.max_memberships)
+            .await?
+        {
+            Joined::Added => true,
+            Joined::Already => false,
+            Joined::TooManyMemberships => return Err(ChatError::TooManyMemberships),
+        };
     chat.enter_late(&socket, &user, &room).await;
     let history = chat
         .store

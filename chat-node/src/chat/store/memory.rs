@@ -12,8 +12,8 @@ use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use super::{
-    ChatStore, Created, Membership, Message, NewMessage, Online, Post, Posted, PresenceEntry,
-    RoomMeta, StoreError,
+    ChatStore, Created, Joined, Membership, Message, NewMessage, Online, Post, Posted,
+    PresenceEntry, RoomLimits, RoomMeta, StoreError,
 };
 use crate::chat::now_ms;
 use crate::chat::rate::RateLimit;
@@ -62,6 +62,23 @@ impl State {
 
     fn is_member(&self, room: &str, user: &str) -> bool {
         self.members.get(room).is_some_and(|m| m.contains(user))
+    }
+
+    /// Whether `user` is a member of `max` rooms or more.
+    fn memberships_full(&self, user: &str, max: usize) -> bool {
+        self.rooms_of.get(user).map_or(0, BTreeSet::len) >= max
+    }
+
+    /// Records the membership both ways.
+    fn add_member(&mut self, room: &str, user: &str) {
+        self.members
+            .entry(room.to_owned())
+            .or_default()
+            .insert(user.to_owned());
+        self.rooms_of
+            .entry(user.to_owned())
+            .or_default()
+            .insert(room.to_owned());
     }
 
     /// One GCRA step for `user`; `false` when it is over the limit.
@@ -124,16 +141,20 @@ impl ChatStore for MemoryStore {
         &self,
         room: &str,
         meta: &RoomMeta,
-        max_rooms: usize,
+        limits: RoomLimits,
     ) -> Result<Created, StoreError> {
         let mut state = self.state.lock();
         if state.rooms.contains_key(room) {
             return Ok(Created::Exists);
         }
-        if state.rooms.len() >= max_rooms {
+        if state.memberships_full(&meta.created_by, limits.max_memberships) {
+            return Ok(Created::TooManyMemberships);
+        }
+        if state.rooms.len() >= limits.max_rooms {
             return Ok(Created::Full);
         }
         state.rooms.insert(room.to_owned(), meta.clone());
+        state.add_member(room, &meta.created_by);
         Ok(Created::Created)
     }
 
@@ -161,19 +182,21 @@ impl ChatStore for MemoryStore {
             .collect())
     }
 
-    async fn add_member(&self, room: &str, user: &str) -> Result<bool, StoreError> {
+    async fn add_member(
+        &self,
+        room: &str,
+        user: &str,
+        max_memberships: usize,
+    ) -> Result<Joined, StoreError> {
         let mut state = self.state.lock();
-        let added = state
-            .members
-            .entry(room.to_owned())
-            .or_default()
-            .insert(user.to_owned());
-        state
-            .rooms_of
-            .entry(user.to_owned())
-            .or_default()
-            .insert(room.to_owned());
-        Ok(added)
+        if state.is_member(room, user) {
+            return Ok(Joined::Already);
+        }
+        if state.memberships_full(user, max_memberships) {
+            return Ok(Joined::TooManyMemberships);
+        }
+        state.add_member(room, user);
+        Ok(Joined::Added)
     }
 
     async fn remove_member(&self, room: &str, user: &str) -> Result<bool, StoreError> {

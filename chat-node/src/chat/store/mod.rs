@@ -146,17 +146,40 @@ pub struct Post<'a> {
     pub cap: usize,
 }
 
-/// The chat's state. Every method is one atomic step; the chat composes them.
 /// What [`ChatStore::create_room`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Created {
+    /// The room exists now, its creator a member.
     Created,
     /// The name is taken.
     Exists,
     /// The room limit is reached.
     Full,
+    /// The creator is a member of as many rooms as it may be.
+    TooManyMemberships,
 }
 
+/// What [`ChatStore::add_member`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Joined {
+    /// The user is a member now.
+    Added,
+    /// The user was a member already (whatever its number of memberships).
+    Already,
+    /// The user is a member of as many rooms as it may be: nothing changed.
+    TooManyMemberships,
+}
+
+/// The bounds [`ChatStore::create_room`] checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoomLimits {
+    /// How many rooms may exist.
+    pub max_rooms: usize,
+    /// How many rooms the creator may be a member of, the new one included.
+    pub max_memberships: usize,
+}
+
+/// The chat's state. Every method is one atomic step; the chat composes them.
 #[async_trait]
 pub trait ChatStore: Send + Sync + 'static {
     /// What the store is (`redis`, `memory`), for logs.
@@ -167,13 +190,16 @@ pub trait ChatStore: Send + Sync + 'static {
     /// Records a new user with its token.
     async fn create_user(&self, user: &str, token: &str) -> Result<(), StoreError>;
 
-    /// Creates a room, unless the name is taken or `max_rooms` rooms exist already (one
-    /// step: nodes creating rooms at once cannot overshoot the limit).
+    /// Creates a room and makes its creator (`meta.created_by`) a member, unless the name
+    /// is taken, the creator is a member of `limits.max_memberships` rooms already, or
+    /// `limits.max_rooms` rooms exist already (checked in that order). One step: nodes
+    /// creating rooms at once cannot overshoot either limit, and no room is ever left
+    /// without its creator.
     async fn create_room(
         &self,
         room: &str,
         meta: &RoomMeta,
-        max_rooms: usize,
+        limits: RoomLimits,
     ) -> Result<Created, StoreError>;
     /// A room's settings, if it exists.
     async fn room(&self, room: &str) -> Result<Option<RoomMeta>, StoreError>;
@@ -184,8 +210,15 @@ pub trait ChatStore: Send + Sync + 'static {
     /// not the number of rooms.
     async fn public_rooms(&self, after: &str, count: usize) -> Result<Vec<String>, StoreError>;
 
-    /// Makes `user` a member of `room`; `false` when it already was.
-    async fn add_member(&self, room: &str, user: &str) -> Result<bool, StoreError>;
+    /// Makes `user` a member of `room`, unless it already is, or is a member of
+    /// `max_memberships` rooms already (one step: joins on several nodes at once cannot
+    /// overshoot the limit).
+    async fn add_member(
+        &self,
+        room: &str,
+        user: &str,
+        max_memberships: usize,
+    ) -> Result<Joined, StoreError>;
     /// Ends `user`'s membership of `room`; `false` when it was not a member.
     async fn remove_member(&self, room: &str, user: &str) -> Result<bool, StoreError>;
     /// Whether `user` is a member of `room`.

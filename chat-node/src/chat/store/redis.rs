@@ -25,8 +25,8 @@ use redis::streams::StreamRangeReply;
 use redis::{Pipeline, RedisError, Script, Value};
 
 use super::{
-    ChatStore, Created, Membership, Message, NewMessage, Online, Post, Posted, PresenceEntry,
-    RoomMeta, StoreError,
+    ChatStore, Created, Joined, Membership, Message, NewMessage, Online, Post, Posted,
+    PresenceEntry, RoomLimits, RoomMeta, StoreError,
 };
 use crate::chat::now_ms;
 use crate::chat::rate::RateLimit;
@@ -118,17 +118,20 @@ return redis.call('ZRANGEBYLEX', KEYS[2], ARGV[1], '+', 'LIMIT', 0, tonumber(ARG
     ))
 });
 
-/// [`ChatStore::create_room`], atomic: the room, its place in the public list and the
-/// count of rooms change together or not at all (a room created and never listed, or a
-/// limit overshot by two nodes at once, would otherwise be possible). KEYS: the room, the
-/// public room set, the room count, the public rooms' sorted index. ARGV: the room's JSON, `1` when public, the name, the
-/// limit, the `SCAN MATCH` pattern of every room's key. Returns 0 (the name is taken), 2
-/// (the limit is reached) or 1.
+/// [`ChatStore::create_room`], atomic: the room, its place in the public list, the count
+/// of rooms and the creator's membership change together or not at all (a room created
+/// and never listed, a limit overshot by two nodes at once, or a room without its creator
+/// would otherwise be possible). KEYS: the room, the public room set, the room count, the
+/// public rooms' sorted index, the room's members, the creator's rooms. ARGV: the room's
+/// JSON, `1` when public, the name, the room limit, the `SCAN MATCH` pattern of every
+/// room's key, the creator, the membership limit. Returns 0 (the name is taken), 3 (the
+/// creator has too many memberships), 2 (the room limit is reached) or 1.
 static CREATE_ROOM: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
         by_name_lua!(),
         r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if redis.call('SCARD', KEYS[6]) >= tonumber(ARGV[7]) then return 3 end
 local count = redis.call('GET', KEYS[3])
 if not count then
   -- Rooms from before the count was kept (an older node's): counted once, by their keys,
@@ -155,9 +158,27 @@ if ARGV[2] == '1' then
   redis.call('ZADD', KEYS[4], 0, ARGV[3])
 end
 redis.call('INCR', KEYS[3])
+redis.call('SADD', KEYS[5], ARGV[6])
+redis.call('SADD', KEYS[6], ARGV[3])
 return 1
 "
     ))
+});
+
+/// [`ChatStore::add_member`], atomic: the check of the user's memberships and the two
+/// `SADD`s are one step, so that joins on several nodes at once cannot overshoot the
+/// limit. KEYS: the room's members, the user's rooms. ARGV: the user, the room, the
+/// membership limit. Returns 0 (already a member), 2 (too many memberships) or 1.
+static ADD_MEMBER: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return 0 end
+if redis.call('SCARD', KEYS[2]) >= tonumber(ARGV[3]) then return 2 end
+redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('SADD', KEYS[2], ARGV[2])
+return 1
+",
+    )
 });
 
 /// [`ChatStore::presence_refresh`], atomic: every presence hash of the node is replaced
@@ -310,7 +331,7 @@ impl ChatStore for RedisStore {
         &self,
         room: &str,
         meta: &RoomMeta,
-        max_rooms: usize,
+        limits: RoomLimits,
     ) -> Result<Created, StoreError> {
         let json = serde_json::to_string(meta).map_err(|e| StoreError::Corrupt {
             key: key(&["room", room]),
@@ -322,17 +343,22 @@ impl ChatStore for RedisStore {
             .key(key(&["rooms", "public"]))
             .key(key(&["rooms", "count"]))
             .key(key(&["rooms", "public", "by-name"]))
+            .key(key(&["members", room]))
+            .key(key(&["user", &meta.created_by, "rooms"]))
             .arg(json)
             .arg(if meta.private { "0" } else { "1" })
             .arg(room)
-            .arg(max_rooms)
+            .arg(limits.max_rooms)
             .arg(format!("{}*", glob_escape(&key(&["room", ""]))))
+            .arg(&meta.created_by)
+            .arg(limits.max_memberships)
             .invoke_async(&mut conn)
             .await
             .map_err(redis_error)?;
         Ok(match reply {
             0 => Created::Exists,
             2 => Created::Full,
+            3 => Created::TooManyMemberships,
             _ => Created::Created,
         })
     }
@@ -374,18 +400,27 @@ impl ChatStore for RedisStore {
             .map_err(redis_error)
     }
 
-    async fn add_member(&self, room: &str, user: &str) -> Result<bool, StoreError> {
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .cmd("SADD")
-            .arg(key(&["members", room]))
+    async fn add_member(
+        &self,
+        room: &str,
+        user: &str,
+        max_memberships: usize,
+    ) -> Result<Joined, StoreError> {
+        let mut conn = self.conn.clone();
+        let reply: i64 = ADD_MEMBER
+            .key(key(&["members", room]))
+            .key(key(&["user", user, "rooms"]))
             .arg(user)
-            .cmd("SADD")
-            .arg(key(&["user", user, "rooms"]))
             .arg(room)
-            .ignore();
-        let (added,): (i64,) = self.run(&pipe).await?;
-        Ok(added == 1)
+            .arg(max_memberships)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(redis_error)?;
+        Ok(match reply {
+            0 => Joined::Already,
+            2 => Joined::TooManyMemberships,
+            _ => Joined::Added,
+        })
     }
 
     async fn remove_member(&self, room: &str, user: &str) -> Result<bool, StoreError> {
