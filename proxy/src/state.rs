@@ -22,12 +22,19 @@ use crate::upstream::{StatsRegistry, Upstream};
 pub struct RouteTo {
     host: Option<String>,
     pub prefix: String,
-    /// What replaces `prefix` in the path sent (`prefix_rewrite`).
-    pub rewrite: Option<String>,
+    pub rewrite: Option<Box<PrefixRewrite>>,
+    pub upstream: Arc<Upstream>,
+}
+
+/// A route's `prefix_rewrite` (boxed: most routes have none, and the request path then
+/// moves one word for it).
+#[derive(Debug)]
+pub struct PrefixRewrite {
+    /// What replaces the route's prefix in the path sent.
+    pub to: String,
     /// The prefix a rewrite to `/` strips, without its last `/`: the backend is told it
     /// (`X-Forwarded-Prefix`) to build its links and redirects under it.
     pub stripped: Option<String>,
-    pub upstream: Arc<Upstream>,
 }
 
 /// Everything built from one config. Requests take an `Arc` of it once and keep it, so a
@@ -63,9 +70,13 @@ impl Runtime {
                 Some(RouteTo {
                     host: r.host.clone(),
                     prefix: r.path_prefix.clone(),
-                    rewrite: r.prefix_rewrite.clone(),
-                    stripped: (r.prefix_rewrite.as_deref() == Some("/") && r.path_prefix != "/")
-                        .then(|| r.path_prefix.trim_end_matches('/').to_owned()),
+                    rewrite: r.prefix_rewrite.as_ref().map(|to| {
+                        Box::new(PrefixRewrite {
+                            to: to.clone(),
+                            stripped: (to == "/" && r.path_prefix != "/")
+                                .then(|| r.path_prefix.trim_end_matches('/').to_owned()),
+                        })
+                    }),
                     upstream: upstreams.get(&r.upstream)?.clone(),
                 })
             })

@@ -37,7 +37,7 @@ use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::access_log::{AccessLog, Entry};
-use crate::proxy::policy::{self, Admission, Rejection, RequestView};
+use crate::proxy::policy::{self, Admission, Rejection, RequestView, Rewritten};
 use crate::proxy::request_id::{self, RequestId};
 use crate::proxy::{is_token_char, respond, MAX_TRIES};
 use crate::state::{Runtime, Shared};
@@ -410,7 +410,7 @@ impl H1 {
         let mut out = Vec::with_capacity(req.len + 160 + body.len());
         req.write_upstream(
             &mut out,
-            (admitted.target.as_deref(), admitted.stripped.as_deref()),
+            Rewritten::parts(admitted.rewritten.as_deref()),
             conn.peer_ip,
             &conn.peer_text,
             admitted.client_ip,

@@ -37,7 +37,7 @@ pub use forwarded::{
     xff_values, FieldValue, FORWARDED_FIELDS,
 };
 pub(crate) use normalize::{is_token_char, route_path};
-use policy::{Admission, RequestView};
+use policy::{Admission, RequestView, Rewritten};
 
 thread_local! {
     /// Set by `early_request_filter` once a request head has been read. The listener
@@ -120,10 +120,8 @@ pub struct Ctx {
     client_ip: Option<IpAddr>,
     tls: bool,
     sticky_id: Option<String>,
-    /// The target sent instead of the request's (`prefix_rewrite`).
-    target: Option<String>,
-    /// The prefix the route stripped (`X-Forwarded-Prefix`).
-    stripped: Option<String>,
+    /// What the route's `prefix_rewrite` made of the request.
+    rewritten: Option<Box<Rewritten>>,
     set_cookie: Option<String>,
     started: Option<Instant>,
     upstream_started: Option<Instant>,
@@ -438,8 +436,7 @@ impl ProxyHttp for EdgeProxy {
             Admission::Forward(a) => {
                 ctx.client_ip = a.client_ip;
                 ctx.sticky_id = a.sticky_id;
-                ctx.target = a.target;
-                ctx.stripped = a.stripped;
+                ctx.rewritten = a.rewritten;
                 ctx.client_guard = a.client_guard;
                 ctx.upstream = Some(a.upstream);
             }
@@ -513,7 +510,8 @@ impl ProxyHttp for EdgeProxy {
                 upstream_request.insert_header(http::header::HOST, host)?;
             }
         }
-        if let Some(target) = &ctx.target {
+        let (target, stripped) = Rewritten::parts(ctx.rewritten.as_deref());
+        if let Some(target) = target {
             upstream_request.set_raw_path(target.as_bytes())?;
         }
         // Ours replace the client's below; its underscore spellings go too, and those of
@@ -542,7 +540,7 @@ impl ProxyHttp for EdgeProxy {
             ctx.client_ip,
             ctx.tls,
             host_of(req),
-            ctx.stripped.as_deref(),
+            stripped,
         ) {
             upstream_request.insert_header(name, value)?;
         }

@@ -68,16 +68,32 @@ impl Rejection {
 /// A request allowed through, with what the balancer needs to place it.
 pub(crate) struct Admitted {
     pub upstream: Arc<Upstream>,
-    /// The target to send instead of the request's (its route's `prefix_rewrite`).
-    pub target: Option<String>,
-    /// The prefix its route stripped, for `X-Forwarded-Prefix`.
-    pub stripped: Option<String>,
+    /// What its route's `prefix_rewrite` made of it.
+    pub rewritten: Option<Box<Rewritten>>,
     /// Client address for balancing and X-Real-IP (trusted X-Forwarded-For applied).
     pub client_ip: Option<IpAddr>,
     /// Backend id from a validly signed sticky cookie.
     pub sticky_id: Option<String>,
     /// The client's concurrency slot, held until the request (or tunnel) ends.
     pub client_guard: Option<ClientGuard>,
+}
+
+/// A request under a route's `prefix_rewrite`.
+#[derive(Debug)]
+pub(crate) struct Rewritten {
+    /// The target sent instead of the request's.
+    pub target: String,
+    /// The prefix the route stripped, for `X-Forwarded-Prefix`.
+    pub stripped: Option<String>,
+}
+
+impl Rewritten {
+    /// The target and stripped prefix of `rewritten`, as the writers of a request take them.
+    pub(crate) fn parts(rewritten: Option<&Rewritten>) -> (Option<&str>, Option<&str>) {
+        rewritten.map_or((None, None), |r| {
+            (Some(r.target.as_str()), r.stripped.as_deref())
+        })
+    }
 }
 
 pub(crate) enum Admission {
@@ -189,10 +205,13 @@ pub(crate) fn admit<V: RequestView>(
             detail: "no route for this host and path",
         });
     };
-    let target = match &route.rewrite {
+    let rewritten = match &route.rewrite {
         None => None,
-        Some(rewrite) => match rewrite_target(req.path_and_query(), &route.prefix, rewrite) {
-            Some(t) => Some(t),
+        Some(rewrite) => match rewrite_target(req.path_and_query(), &route.prefix, &rewrite.to) {
+            Some(target) => Some(Box::new(Rewritten {
+                target,
+                stripped: rewrite.stripped.clone(),
+            })),
             // Routed on its path made text (a decoded byte that is not UTF-8 read as
             // U+FFFD), which the bytes then do not match: not sent unrewritten.
             None => {
@@ -205,7 +224,6 @@ pub(crate) fn admit<V: RequestView>(
         },
     };
     let upstream = route.upstream.clone();
-    let stripped = route.stripped.clone();
     let client_ip = client_ip(
         peer_ip,
         req.values("x-forwarded-for"),
@@ -224,8 +242,7 @@ pub(crate) fn admit<V: RequestView>(
     }
     Admission::Forward(Admitted {
         upstream,
-        target,
-        stripped,
+        rewritten,
         client_ip,
         sticky_id,
         client_guard,

@@ -21,6 +21,7 @@ use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
 use tokio::io::AsyncWriteExt;
 
+use super::policy::Rewritten;
 use super::request_id::{self, RequestId};
 use super::{forwarded_headers, host_of, is_forwarded_field, respond, Ctx, EdgeProxy, MAX_TRIES};
 use crate::access_log::{AccessLog, Entry};
@@ -47,8 +48,9 @@ const HOP_BY_HOP: &[&str] = &[
 fn request_head(session: &Session, ctx: &Ctx) -> Vec<u8> {
     let req = session.req_header();
     let mut head = Vec::with_capacity(512);
-    let pq = match &ctx.target {
-        Some(target) => target.as_str(),
+    let (target, stripped) = Rewritten::parts(ctx.rewritten.as_deref());
+    let pq = match target {
+        Some(target) => target,
         None => req.uri.path_and_query().map_or("/", |p| p.as_str()),
     };
     head.extend_from_slice(format!("{} {} HTTP/1.1\r\n", req.method, pq).as_bytes());
@@ -77,7 +79,7 @@ fn request_head(session: &Session, ctx: &Ctx) -> Vec<u8> {
         ctx.client_ip,
         ctx.tls,
         host_of(req),
-        ctx.stripped.as_deref(),
+        stripped,
     ) {
         head.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
     }
