@@ -975,3 +975,41 @@ async fn stopping_proxy_closes_idle_kept_alive_connections_at_once() {
     c.expect_eof("an idle connection when the proxy stops")
         .await;
 }
+
+/// `[upstreams.NAME.timeouts]` bound that upstream's backends alone, on both HTTP/1 paths
+/// and for its tunnels: an API answering within 200 ms beside an upstream that may take its
+/// time (the global 60 s), as long-polling does.
+#[tokio::test]
+async fn an_upstream_s_own_timeouts_bind_its_backends_alone() {
+    let quick = Backend::start("quick");
+    let patient = Backend::start("patient");
+    let proxy = Proxy::start_config(&format!(
+        "{TWO_THREADS}\n{}\n{}[upstreams.quick.timeouts]\nupstream_read = \"200ms\"\n\
+         tunnel_idle = \"1s\"\n\n{}\n\
+         [[routes]]\npath_prefix = \"/quick/\"\nprefix_rewrite = \"/\"\nupstream = \"quick\"\n\n\
+         [[routes]]\npath_prefix = \"/\"\nupstream = \"patient\"\n",
+        listener(free_port()),
+        upstream("quick", None, &entries(&[&quick])),
+        upstream("patient", None, &entries(&[&patient])),
+    ));
+    // Ours, then pingora's path (HTTP/1.0).
+    for version in ["HTTP/1.1", "HTTP/1.0"] {
+        let mut c = RawConn::connect(proxy.addr()).await;
+        let r = c
+            .exchange(format!("GET /quick/delay/600 {version}\r\nHost: t\r\n\r\n"))
+            .await;
+        assert_eq!(r.status, 504, "{version}: {}", r.text());
+        let mut c = RawConn::connect(proxy.addr()).await;
+        let r = c
+            .exchange(format!("GET /delay/600 {version}\r\nHost: t\r\n\r\n"))
+            .await;
+        assert_eq!((r.status, r.text()), (200, "patient".into()), "{version}");
+    }
+
+    let url = |path: &str| format!("ws://{}{path}", proxy.addr());
+    let opts = tests::ws::WsOptions::default();
+    let (mut short, _) = tests::ws::connect_and_greet(&url("/quick/ws"), &opts).await;
+    let (mut long, _) = tests::ws::connect_and_greet(&url("/ws"), &opts).await;
+    tests::ws::ws_expect_closed(&mut short, Duration::from_secs(10)).await;
+    tests::ws::ws_echo(&mut long, "still open").await;
+}

@@ -243,6 +243,19 @@ pub(super) struct UpstreamFile {
     /// "http1" (default) or "h2".
     #[serde(default)]
     pub protocol: UpstreamProtocol,
+    /// `[upstreams.<name>.timeouts]`: this upstream's own, each defaulting to `[timeouts]`.
+    #[serde(default)]
+    pub timeouts: UpstreamTimeoutsFile,
+}
+
+/// `[upstreams.<name>.timeouts]`: the timeouts that concern backends, per upstream (an API
+/// that must answer in seconds beside long-polling that waits for half a minute).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct UpstreamTimeoutsFile {
+    pub connect: Option<HumanDuration>,
+    pub upstream_read: Option<HumanDuration>,
+    pub tunnel_idle: Option<HumanDuration>,
 }
 
 /// `[upstreams.<name>.tls]`.

@@ -337,6 +337,29 @@ pub struct UpstreamConfig {
     pub tls: Option<UpstreamTlsConfig>,
     /// HTTP/1.1 or h2 to the backends (WebSocket upgrades always use HTTP/1.1).
     pub protocol: UpstreamProtocol,
+    /// The timeouts towards its backends: `[upstreams.<name>.timeouts]` over `[timeouts]`.
+    pub timeouts: BackendTimeouts,
+}
+
+/// The timeouts that concern an upstream's backends, resolved (its own, or `[timeouts]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendTimeouts {
+    /// TCP connect (and TLS handshake) to a backend; > 0.
+    pub connect: Duration,
+    /// Waiting for a backend's response, and each read of it; > 0.
+    pub upstream_read: Duration,
+    /// Idle time of an upgraded tunnel before both sides are closed; ≥ 1s.
+    pub tunnel_idle: Duration,
+}
+
+impl From<&Timeouts> for BackendTimeouts {
+    fn from(t: &Timeouts) -> Self {
+        BackendTimeouts {
+            connect: t.connect,
+            upstream_read: t.upstream_read,
+            tunnel_idle: t.tunnel_idle,
+        }
+    }
 }
 
 /// `[upstreams.<name>.tls]`: the backends are reached over TLS (nginx's `proxy_pass

@@ -321,6 +321,7 @@ pub(super) fn resolve(q: &QuickOptions, env: Env<'_>) -> Result<Config, ConfigEr
             } else {
                 UpstreamProtocol::Http1
             },
+            timeouts: (&Timeouts::default()).into(),
         }],
         routes: vec![Route {
             host: None,

@@ -18,10 +18,10 @@ use super::file::{
 };
 use super::locate::KeyPath;
 use super::{
-    AccessLogConfig, ActiveCheck, AdminConfig, BackendConfig, CheckKind, Config, Env, HealthConfig,
-    IpHashConfig, Limits, ListenerConfig, ProxyProtocolConfig, Route, ServerConfig, SniCert,
-    StickyConfig, StrategyKind, Timeouts, TlsConfig, UpstreamConfig, UpstreamTlsConfig, MAX_WEIGHT,
-    MIN_STICKY_KEY_LEN, MIN_TUNNEL_IDLE,
+    AccessLogConfig, ActiveCheck, AdminConfig, BackendConfig, BackendTimeouts, CheckKind, Config,
+    Env, HealthConfig, IpHashConfig, Limits, ListenerConfig, ProxyProtocolConfig, Route,
+    ServerConfig, SniCert, StickyConfig, StrategyKind, Timeouts, TlsConfig, UpstreamConfig,
+    UpstreamTlsConfig, MAX_WEIGHT, MIN_STICKY_KEY_LEN, MIN_TUNNEL_IDLE,
 };
 
 /// Errors and warnings found while resolving, each with the key path it is about.
@@ -141,7 +141,7 @@ pub(super) fn resolve(f: FileConfig, env: Env<'_>, out: &mut Resolved) -> Config
         .upstreams
         .0
         .into_iter()
-        .map(|(name, u)| resolve_upstream(name, u, &root, env, out))
+        .map(|(name, u)| resolve_upstream(name, u, &timeouts, &root, env, out))
         .collect();
     if upstreams.is_empty() {
         out.err(root.key("upstreams"), ErrorKind::NoUpstream);
@@ -455,6 +455,7 @@ fn check_key_file(path: &Path) -> Result<(), TlsFileProblem> {
 fn resolve_upstream(
     name: String,
     u: UpstreamFile,
+    global: &Timeouts,
     root: &KeyPath,
     env: Env<'_>,
     out: &mut Resolved,
@@ -559,6 +560,27 @@ fn resolve_upstream(
         tls
     });
 
+    let own = u.timeouts;
+    let timeouts = BackendTimeouts {
+        connect: own.connect.map_or(global.connect, |d| d.0),
+        upstream_read: own.upstream_read.map_or(global.upstream_read, |d| d.0),
+        tunnel_idle: own.tunnel_idle.map_or(global.tunnel_idle, |d| d.0),
+    };
+    // Only its own values are checked here: `[timeouts]`' are checked, and named, there.
+    let tp = p.key("timeouts");
+    if own.connect.is_some() {
+        positive(out, tp.key("connect"), timeouts.connect);
+    }
+    if own.upstream_read.is_some() {
+        positive(out, tp.key("upstream_read"), timeouts.upstream_read);
+    }
+    if own.tunnel_idle.is_some() && timeouts.tunnel_idle < MIN_TUNNEL_IDLE {
+        out.err(
+            tp.key("tunnel_idle"),
+            ErrorKind::DurationTooShort(MIN_TUNNEL_IDLE),
+        );
+    }
+
     UpstreamConfig {
         name,
         strategy: u.strategy,
@@ -569,6 +591,7 @@ fn resolve_upstream(
         ip_hash,
         tls,
         protocol: u.protocol,
+        timeouts,
     }
 }
 

@@ -82,6 +82,16 @@ impl Config {
             if let Some(d) = u.slow_start {
                 write!(s, "  slow start {}", fmt_duration(d))?;
             }
+            if u.timeouts != (&self.timeouts).into() {
+                let t = &u.timeouts;
+                write!(
+                    s,
+                    "  timeouts: connect {}, upstream read {}, tunnel idle {}",
+                    fmt_duration(t.connect),
+                    fmt_duration(t.upstream_read),
+                    fmt_duration(t.tunnel_idle)
+                )?;
+            }
             writeln!(s)?;
             let width = u
                 .backends

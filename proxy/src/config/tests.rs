@@ -1192,3 +1192,67 @@ fn proxy_protocol_on_a_listener() {
         ]
     );
 }
+
+#[test]
+fn an_upstream_has_its_own_timeouts_or_the_global_ones() {
+    let text = r#"[timeouts]
+connect = "3s"
+upstream_read = "45s"
+
+[[listeners]]
+listen = "127.0.0.1:8080"
+
+[upstreams.api]
+backends = [{ addr = "127.0.0.1:9001" }]
+[upstreams.api.timeouts]
+upstream_read = "5s"
+
+[upstreams.chat]
+backends = [{ addr = "127.0.0.1:9002" }]
+
+[[routes]]
+path_prefix = "/api/"
+upstream = "api"
+[[routes]]
+path_prefix = "/"
+upstream = "chat"
+"#;
+    let c = load(text).unwrap();
+    let api = &c.upstreams[0].timeouts;
+    assert_eq!(
+        (api.connect, api.upstream_read, api.tunnel_idle),
+        (
+            Duration::from_secs(3),
+            Duration::from_secs(5),
+            Duration::from_secs(3600)
+        )
+    );
+    assert_eq!(c.upstreams[1].timeouts, (&c.timeouts).into());
+    let summary = c.summary();
+    assert!(
+        summary.contains("api  strategy round_robin  timeouts: connect 3s, upstream read 5s"),
+        "{summary}"
+    );
+    assert!(
+        !summary.contains("chat  strategy round_robin  timeouts"),
+        "{summary}"
+    );
+
+    assert_eq!(
+        errs(&format!(
+            "{MINIMAL}[upstreams.app.timeouts]\nconnect = \"0s\"\ntunnel_idle = \"500ms\"\n"
+        )),
+        vec![
+            "proxy.toml:7: upstreams.app.timeouts.connect: must be greater than 0",
+            "proxy.toml:8: upstreams.app.timeouts.tunnel_idle: must be at least 1s",
+        ]
+    );
+    // The client side's timeouts are the whole proxy's.
+    let e = errs(&format!(
+        "{MINIMAL}[upstreams.app.timeouts]\ndownstream_keepalive = \"5s\"\n"
+    ));
+    assert!(
+        e[0].starts_with("proxy.toml:7: upstreams.app.timeouts.downstream_keepalive: unknown key"),
+        "{e:?}"
+    );
+}

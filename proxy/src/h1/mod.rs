@@ -405,7 +405,7 @@ impl H1 {
         log.client = admitted.client_ip.or(conn.peer_ip);
         let up = &admitted.upstream;
         log.upstream = Some(up.clone());
-        let t = &rt.config.timeouts;
+        let t = &up.config.timeouts;
 
         let mut out = Vec::with_capacity(req.len + 160 + body.len());
         req.write_upstream(
@@ -483,7 +483,7 @@ impl H1 {
         let keep_alive = !req.close
             && !resp.framing.until_close()
             && !*conn.shutdown.borrow()
-            && !t.downstream_keepalive.is_zero();
+            && !rt.config.timeouts.downstream_keepalive.is_zero();
         let mut head = resp.out;
         if !added.is_empty() {
             head::set_fields(&mut head, added);
@@ -563,7 +563,7 @@ impl H1 {
         client: &mut Stream,
         request: &[u8],
         req: &RequestHead<'_>,
-        t: &crate::config::Timeouts,
+        t: &crate::config::BackendTimeouts,
         deadline: &mut Deadline,
     ) -> Result<(UpstreamStream, ResponseHead, BytesMut, Instant), Failure> {
         let started = Instant::now();

@@ -462,7 +462,7 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let (Some(up), Some(rt)) = (ctx.upstream.clone(), ctx.runtime.clone()) else {
+        let Some(up) = ctx.upstream.clone() else {
             return Err(Error::explain(
                 ErrorType::InternalError,
                 "no upstream chosen",
@@ -475,7 +475,7 @@ impl ProxyHttp for EdgeProxy {
                 format!("no healthy backend in upstream {}", up.name),
             ));
         };
-        let t = &rt.config.timeouts;
+        let t = &up.config.timeouts;
         let mut peer = match &up.tls {
             Some(tls) => tls.peer(backend.addr),
             None => HttpPeer::new(backend.addr, false, String::new()),

@@ -248,11 +248,12 @@ pub(super) async fn handle(p: &EdgeProxy, session: &mut Session, ctx: &mut Ctx) 
             "no upstream chosen",
         ));
     };
-    let t = rt.config.timeouts.clone();
+    let t = up.config.timeouts;
     let head = request_head(session, ctx);
     // Whether the client's connection may outlive a refusal: pingora turned keep-alive off
     // for a client that asked to close and for a proxy that is stopping.
-    let keep_alive = session.get_keepalive().is_some() && !t.downstream_keepalive.is_zero();
+    let keep_alive =
+        session.get_keepalive().is_some() && !rt.config.timeouts.downstream_keepalive.is_zero();
     let head_request = session.req_header().method == http::Method::HEAD;
     let max_tries = MAX_TRIES.min(up.backends.len()).max(1);
     let resp = loop {
