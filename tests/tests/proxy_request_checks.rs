@@ -189,6 +189,11 @@ async fn a_prefix_rewrite_reaches_the_backend_on_every_path() {
             ("GET /api/y/../z HTTP/1.1\r\nHost: t\r\n\r\n", "/target/z"),
             // pingora's path.
             ("GET /api/old?v HTTP/1.0\r\n\r\n", "/target/old?v"),
+            // An absolute-form target is sent origin-form.
+            (
+                "GET http://t/api/abs?q HTTP/1.1\r\nHost: t\r\n\r\n",
+                "/target/abs?q",
+            ),
             // Another route: the target as it came.
             ("GET /target/./w HTTP/1.1\r\nHost: t\r\n\r\n", "/target/./w"),
         ];
