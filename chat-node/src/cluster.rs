@@ -47,7 +47,9 @@
 //! concurrent broadcasts of one node take their numbers and reach the bus in different
 //! orders.
 
-mod entry;
+// Public for the fuzz targets in `fuzz/` alone: the bus's bytes come from Redis.
+#[doc(hidden)]
+pub mod entry;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};

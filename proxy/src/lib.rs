@@ -29,6 +29,8 @@ pub mod balance;
 pub mod capacity;
 pub mod config;
 pub mod drain;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod h1;
 pub mod h2;
 pub mod health;

@@ -154,6 +154,19 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Addresses, usize)>, HeaderError> {
         return Ok(None);
     }
     let buf = &buf[..complete];
+    // The v1 line ends at its first CRLF, and nothing before it may end a line. ppp ends it
+    // at the first CR instead, and takes a lone `\n` word for the end of an UNKNOWN line:
+    // `PROXY UNKNOWN x \n y\rPROXY TCP4 …\r\n` would read as a header shorter than the line,
+    // its rest left to the request parser.
+    if !v2
+        && buf[..complete - 2]
+            .iter()
+            .any(|&b| b == b'\r' || b == b'\n')
+    {
+        return Err(HeaderError::Malformed(
+            "a CR or LF inside the v1 header line".to_string(),
+        ));
+    }
     let parsed = if v2 {
         HeaderResult::V2(v2::Header::try_from(buf))
     } else {
@@ -621,6 +634,21 @@ mod tests {
             parse(&[b"PROXY TCP4 ".as_slice(), &[b'1'; 120]].concat()),
             Err(HeaderError::Malformed(_))
         ));
+        // A lone CR, or a lone LF as a word of an UNKNOWN line, is no end of the line: ppp
+        // took the header to end at the CR, and the rest of the line went to the request
+        // parser (found by the `proxy_protocol` fuzz target).
+        for line in [
+            &b"PROXY UNKNOWN x \n y\rPROXY TCP4 192.0.2.1 192.0.2.2 1 2\r\nGET"[..],
+            b"PROXY UNKNOWN \n \r\n",
+            b"PROXY TCP4 192.0.2.1 192.0.2.2 1 2\r \r\n",
+        ] {
+            assert!(
+                matches!(parse(line), Err(HeaderError::Malformed(_))),
+                "{}: {:?}",
+                line.escape_ascii(),
+                parse(line)
+            );
+        }
         let mut huge = V2_SIGNATURE.to_vec();
         huge.extend_from_slice(&[0x21, 0x11, 0xff, 0xff]);
         assert!(matches!(parse(&huge), Err(HeaderError::TooLong)));

@@ -38,12 +38,22 @@ impl<'de> Deserialize<'de> for HumanDuration {
     }
 }
 
+/// The longest duration accepted: 100 years, past any timeout, interval or cookie age. The
+/// request paths add timeouts to the current time (`Instant + Duration`), which panics
+/// past about 2^63 seconds, and humantime reads up to 2^64 (`"500000000000y"`).
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 /// Parses "250ms", "5s", "2m", "1h", "1h 30m"; the error says what was wrong and how to
 /// write it.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim()).map_err(|e| {
+    let invalid = |e: &dyn fmt::Display| {
         format!("invalid duration \"{s}\": {e} (write e.g. \"250ms\", \"5s\", \"2m\" or \"1h\")")
-    })
+    };
+    let d = humantime::parse_duration(s.trim()).map_err(|e| invalid(&e))?;
+    if d > MAX_DURATION {
+        return Err(invalid(&"longer than 100 years"));
+    }
+    Ok(d)
 }
 
 /// Formats a duration the way the config file writes it ("1h 30m", "250ms").

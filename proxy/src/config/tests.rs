@@ -395,6 +395,17 @@ fn wrong_types_and_bad_values() {
         e.starts_with("proxy.toml:3: timeouts.upstream_read: invalid duration \"5x\": "),
         "{e}"
     );
+    // humantime reads up to 2^64 seconds; a timeout past 2^63 overflowed `Instant + Duration`
+    // (a panic) on every request the HTTP/1 path forwarded.
+    let e = err(&format!(
+        "[timeouts]\nupstream_read = \"500000000000y\"\n{MINIMAL}"
+    ));
+    assert!(
+        e.starts_with(
+            "proxy.toml:2: timeouts.upstream_read: invalid duration \"500000000000y\": longer than 100 years"
+        ),
+        "{e}"
+    );
     let e = err(&format!("[timeouts]\nconnect = 2\n{MINIMAL}"));
     assert!(e.starts_with("proxy.toml:2: timeouts.connect: invalid type: integer `2`, expected a duration with a unit"), "{e}");
     let e = err("[[listeners]]\nlisten = \"localhost\"\n");
