@@ -98,3 +98,9 @@ pub fn route_path(path: &str) -> Result<Cow<'_, str>, &'static str> {
 pub fn valid_host(host: &str) -> bool {
     crate::proxy::valid_host(host)
 }
+
+/// The target a backend gets under a route's `prefix_rewrite`
+/// (`proxy::normalize::rewrite_target`).
+pub fn rewrite_target(path_and_query: &str, prefix: &str, rewrite: &str) -> Option<String> {
+    crate::proxy::normalize::rewrite_target(path_and_query, prefix, rewrite)
+}
