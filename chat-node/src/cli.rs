@@ -33,10 +33,10 @@ pub struct Args {
     #[arg(long, env = "CHAT_SESSIONS", value_enum, default_value_t = SessionMode::Shared)]
     pub sessions: SessionMode,
     /// Engine.IO heartbeat interval (`25s`, `300ms`).
-    #[arg(long, env = "CHAT_PING_INTERVAL", default_value = "25s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "CHAT_PING_INTERVAL", default_value = "25s", value_parser = shared::duration::parse_duration)]
     pub ping_interval: Duration,
     /// How long to wait for a pong before closing the session.
-    #[arg(long, env = "CHAT_PING_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "CHAT_PING_TIMEOUT", default_value = "20s", value_parser = shared::duration::parse_duration)]
     pub ping_timeout: Duration,
     /// The largest message or POST body accepted, in bytes.
     #[arg(long, env = "CHAT_MAX_PAYLOAD", default_value_t = 1_000_000)]
@@ -51,11 +51,11 @@ pub struct Args {
     #[arg(long = "cors-origin", env = "CHAT_CORS_ORIGIN", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
     /// How long a stopping node waits for requests in flight before exiting anyway.
-    #[arg(long, env = "CHAT_SHUTDOWN_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "CHAT_SHUTDOWN_GRACE", default_value = "5s", value_parser = shared::duration::parse_duration)]
     pub shutdown_grace: Duration,
     /// How long after a disconnection a client may recover its socket (rooms, id) and the
     /// broadcasts it missed, on any node; `0s` turns connection-state recovery off.
-    #[arg(long, env = "CHAT_RECOVERY_WINDOW", default_value = "2m", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "CHAT_RECOVERY_WINDOW", default_value = "2m", value_parser = shared::duration::parse_duration)]
     pub recovery_window: Duration,
     /// Chat: about how many messages each room's history keeps (Redis trims
     /// approximately).
@@ -81,7 +81,7 @@ pub struct Args {
     pub max_text: usize,
     /// Chat: how long a node's presence entries outlive its last heartbeat (the node
     /// beats every third of it): how long users of a crashed node still count as online.
-    #[arg(long, env = "CHAT_PRESENCE_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "CHAT_PRESENCE_TTL", default_value = "30s", value_parser = shared::duration::parse_duration)]
     pub presence_ttl: Duration,
     /// Chat: how many rooms may exist, across all nodes (rooms are never deleted); beyond
     /// it `create` answers `too many rooms`.

@@ -65,6 +65,17 @@ fn bad_values_name_their_flag_and_variable() {
             "--max-connections",
         ),
         (&["--rate-limit", "fast"], &[], "--rate-limit"),
+        // Past 100 years: a ping interval of 5e11 years overflowed at start.
+        (
+            &[],
+            &[("CHAT_PING_INTERVAL", "500000000000y")],
+            "--ping-interval <PING_INTERVAL>': invalid duration \"500000000000y\": longer than 100 years",
+        ),
+        (
+            &["--rate-limit", "10/500000000000y"],
+            &[],
+            "--rate-limit",
+        ),
     ];
     for (args, env, named) in cases {
         let stderr = refused(args, env);

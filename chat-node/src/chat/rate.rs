@@ -51,7 +51,7 @@ impl FromStr for RateLimit {
         let syntax = || RateLimitError::Syntax(s.to_owned());
         let (count, window) = s.split_once('/').ok_or_else(syntax)?;
         let count: u32 = count.trim().parse().map_err(|_| syntax())?;
-        let window = humantime::parse_duration(window.trim()).map_err(|_| syntax())?;
+        let window = shared::duration::parse_duration(window).map_err(|_| syntax())?;
         if count == 0 || window.is_zero() {
             return Err(RateLimitError::Zero(s.to_owned()));
         }
