@@ -346,9 +346,9 @@ fn expected(
     })
 }
 
-/// Reads the header of a new connection on a listener that expects one, and sets the
-/// connection's addresses from it, within `wait`. Err: the connection is to be closed (it has been
-/// answered already if it was a plain HTTP request). With `shutdown`, a connection that
+/// Reads the header of a new connection on a listener that expects one, within `wait`, and
+/// sets the connection's addresses from it. Err: the connection is to be closed (it has
+/// been answered already if it was a plain HTTP request). With `shutdown`, a connection that
 /// has sent nothing yet is closed when the proxy stops (the connection is counted then,
 /// and would hold a graceful stop for the header timeout).
 pub async fn accept(

@@ -122,7 +122,13 @@ pub(super) fn resolve(f: FileConfig, env: Env<'_>, out: &mut Resolved) -> Config
     let limits = limits_from(f.limits);
 
     let timeouts = timeouts_from(f.timeouts);
-    check_timeouts(&timeouts, &root.key("timeouts"), out);
+    check_backend_timeouts(
+        Some(timeouts.connect),
+        Some(timeouts.upstream_read),
+        Some(timeouts.tunnel_idle),
+        &root.key("timeouts"),
+        out,
+    );
 
     let listeners = resolve_listeners(f.listeners, &root, out);
     if let Some(admin) = &admin {
@@ -218,10 +224,22 @@ pub(super) fn timeouts_from(t: TimeoutsFile) -> Timeouts {
     }
 }
 
-fn check_timeouts(t: &Timeouts, p: &KeyPath, out: &mut Resolved) {
-    positive(out, p.key("connect"), t.connect);
-    positive(out, p.key("upstream_read"), t.upstream_read);
-    if t.tunnel_idle < MIN_TUNNEL_IDLE {
+/// Checks the timeouts towards backends given under `p` (`[timeouts]`, or an upstream's
+/// own, where a value not given is `[timeouts]`', checked there).
+fn check_backend_timeouts(
+    connect: Option<Duration>,
+    upstream_read: Option<Duration>,
+    tunnel_idle: Option<Duration>,
+    p: &KeyPath,
+    out: &mut Resolved,
+) {
+    if let Some(d) = connect {
+        positive(out, p.key("connect"), d);
+    }
+    if let Some(d) = upstream_read {
+        positive(out, p.key("upstream_read"), d);
+    }
+    if tunnel_idle.is_some_and(|d| d < MIN_TUNNEL_IDLE) {
         out.err(
             p.key("tunnel_idle"),
             ErrorKind::DurationTooShort(MIN_TUNNEL_IDLE),
@@ -561,25 +579,17 @@ fn resolve_upstream(
     });
 
     let own = u.timeouts;
+    let (connect, upstream_read, tunnel_idle) = (
+        own.connect.map(Duration::from),
+        own.upstream_read.map(Duration::from),
+        own.tunnel_idle.map(Duration::from),
+    );
+    check_backend_timeouts(connect, upstream_read, tunnel_idle, &p.key("timeouts"), out);
     let timeouts = BackendTimeouts {
-        connect: own.connect.map_or(global.connect, |d| d.0),
-        upstream_read: own.upstream_read.map_or(global.upstream_read, |d| d.0),
-        tunnel_idle: own.tunnel_idle.map_or(global.tunnel_idle, |d| d.0),
+        connect: connect.unwrap_or(global.connect),
+        upstream_read: upstream_read.unwrap_or(global.upstream_read),
+        tunnel_idle: tunnel_idle.unwrap_or(global.tunnel_idle),
     };
-    // Only its own values are checked here: `[timeouts]`' are checked, and named, there.
-    let tp = p.key("timeouts");
-    if own.connect.is_some() {
-        positive(out, tp.key("connect"), timeouts.connect);
-    }
-    if own.upstream_read.is_some() {
-        positive(out, tp.key("upstream_read"), timeouts.upstream_read);
-    }
-    if own.tunnel_idle.is_some() && timeouts.tunnel_idle < MIN_TUNNEL_IDLE {
-        out.err(
-            tp.key("tunnel_idle"),
-            ErrorKind::DurationTooShort(MIN_TUNNEL_IDLE),
-        );
-    }
 
     UpstreamConfig {
         name,

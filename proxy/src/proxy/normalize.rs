@@ -8,6 +8,7 @@
 //! ([`rewrite_target`]).
 
 use std::borrow::Cow;
+use std::fmt::Write as _;
 
 /// Why a path cannot be routed (the client gets a 400 with [`BadPath::reason`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,7 +101,8 @@ pub fn rewrite_target(path_and_query: &str, prefix: &str, rewrite: &str) -> Opti
             if is_path_char(b) {
                 out.push(char::from(b));
             } else {
-                out.push_str(&format!("%{b:02X}"));
+                // Into `out` itself: a `String`'s `write_fmt` cannot fail.
+                let _ = write!(out, "%{b:02X}");
             }
         }
     }
