@@ -28,6 +28,9 @@ use crate::wait::POLL;
 /// Bound for one DevTools command sent beside WebDriver.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long [`Browser::click`] looks an element up again while the page keeps replacing it.
+const STALE_RETRY: Duration = Duration::from_secs(10);
+
 /// Where the Chromium binary is: Debian's real binary (not the `/usr/bin/chromium` wrapper
 /// script, which adds flags of its own), else `chromium` on the `PATH`.
 fn chromium_binary() -> PathBuf {
@@ -372,14 +375,21 @@ impl Browser {
         }
     }
 
-    /// Clicks the element matching `css`.
+    /// Clicks the element matching `css`. The page re-renders lists as updates come (the
+    /// room list on presence and new rooms): an element replaced between its lookup and the
+    /// click is looked up again, as a user's click lands on what is there now.
     pub async fn click(&self, css: &str) {
-        let element = match self.client.find(Locator::Css(css)).await {
-            Ok(e) => e,
-            Err(e) => panic!("{}: no element {css}: {e}", self.label),
-        };
-        if let Err(e) = element.click().await {
-            panic!("{}: clicking {css}: {e}", self.label);
+        let deadline = Instant::now() + STALE_RETRY;
+        loop {
+            let element = match self.client.find(Locator::Css(css)).await {
+                Ok(e) => e,
+                Err(e) => panic!("{}: no element {css}: {e}", self.label),
+            };
+            match element.click().await {
+                Ok(_) => return,
+                Err(e) if e.is_stale_element_reference() && Instant::now() < deadline => {}
+                Err(e) => panic!("{}: clicking {css}: {e}", self.label),
+            }
         }
     }
 
