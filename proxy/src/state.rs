@@ -24,6 +24,18 @@ pub struct RouteTo {
     pub prefix: String,
     pub rewrite: Option<Box<PrefixRewrite>>,
     pub upstream: Arc<Upstream>,
+    /// For a prefix ending in `/` (not `/` itself) with `slash_redirect` on: where a
+    /// request for the prefix without its slash is sent (the prefix, percent-encoded).
+    slash_location: Option<Box<str>>,
+}
+
+/// What a request's host and path lead to.
+#[derive(Debug)]
+pub enum Routed<'a> {
+    Forward(&'a RouteTo),
+    /// A request for `/api` whose route is `/api/`: redirected to the prefix with its slash
+    /// (this location, the query to be added), as nginx redirects for a `location /api/`.
+    AddSlash(&'a str),
 }
 
 /// A route's `prefix_rewrite` (boxed: most routes have none, and the request path then
@@ -78,6 +90,10 @@ impl Runtime {
                         })
                     }),
                     upstream: upstreams.get(&r.upstream)?.clone(),
+                    slash_location: (r.slash_redirect
+                        && r.path_prefix.len() > 1
+                        && r.path_prefix.ends_with('/'))
+                    .then(|| crate::proxy::encode_path(&r.path_prefix).into()),
                 })
             })
             .collect();
@@ -106,8 +122,8 @@ impl Runtime {
     pub(crate) fn routes_to_h2<V: crate::proxy::policy::RequestView>(&self, req: &V) -> bool {
         self.any_h2
             && crate::proxy::route_path(req.path()).is_ok_and(|path| {
-                self.route(req.host(), &path)
-                    .is_some_and(|r| r.upstream.config.protocol == UpstreamProtocol::H2)
+                matches!(self.route(req.host(), &path),
+                    Some(Routed::Forward(r)) if r.upstream.config.protocol == UpstreamProtocol::H2)
             })
     }
 
@@ -123,16 +139,25 @@ impl Runtime {
     }
 
     /// The route of a request, by host (exact, case-insensitive, port ignored) and path
-    /// prefix; first match wins.
-    pub fn route(&self, host: Option<&str>, path: &str) -> Option<&RouteTo> {
+    /// prefix; first match wins. A route `/api/` also matches `/api` exactly, to redirect
+    /// it (unless its `slash_redirect` is off), as nginx's `location /api/` does.
+    pub fn route(&self, host: Option<&str>, path: &str) -> Option<Routed<'_>> {
         let host = host.map(strip_port);
-        self.routes.iter().find(|r| {
+        self.routes.iter().find_map(|r| {
             let host_ok = match (&r.host, host) {
                 (None, _) => true,
                 (Some(want), Some(got)) => want.eq_ignore_ascii_case(got),
                 (Some(_), None) => false,
             };
-            host_ok && path.starts_with(r.prefix.as_str())
+            if !host_ok {
+                None
+            } else if path.starts_with(r.prefix.as_str()) {
+                Some(Routed::Forward(r))
+            } else {
+                let location = r.slash_location.as_deref()?;
+                (r.prefix.len() == path.len() + 1 && r.prefix.starts_with(path))
+                    .then_some(Routed::AddSlash(location))
+            }
         })
     }
 }

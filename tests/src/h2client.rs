@@ -55,9 +55,10 @@ pub async fn handshake(tls: TlsStream<TcpStream>) -> h2::client::SendRequest<Byt
     send
 }
 
-/// A response read whole: status, body and trailers (if any).
+/// A response read whole: status, header fields, body and trailers (if any).
 pub struct Full {
     pub status: http::StatusCode,
+    pub headers: http::HeaderMap,
     pub body: String,
     pub trailers: Option<http::HeaderMap>,
 }
@@ -84,6 +85,7 @@ pub async fn read_full(resp: h2::client::ResponseFuture) -> Result<Full, String>
         .map_err(|e| e.to_string())?;
     Ok(Full {
         status: parts.status,
+        headers: parts.headers,
         body: String::from_utf8_lossy(&out).into_owned(),
         trailers,
     })

@@ -149,6 +149,27 @@ async fn routes_match_the_decoded_path_with_dot_segments_resolved() {
     }
 }
 
+/// A proxy on `http1`'s request path with a plain and a TLS listener (returned with it, in
+/// that order) and two upstreams, `api` and `web`, of one backend each, under `routes`.
+fn api_and_web(
+    http1: &str,
+    certs: &Certs,
+    api: &Backend,
+    web: &Backend,
+    routes: &str,
+) -> (Proxy, u16, u16) {
+    let [plain, tls] = port_array();
+    let proxy = Proxy::start_config(&format!(
+        "[server]\nthreads = 2\nhttp1 = \"{http1}\"\n{}\n{}{}\n\n{}\n{}\n{routes}",
+        listener(plain),
+        listener(tls),
+        tls_keys(&certs.cert, &certs.key),
+        upstream("api", None, &[backend_entry(api, "")]),
+        upstream("web", None, &[backend_entry(web, "")]),
+    ));
+    (proxy, plain, tls)
+}
+
 /// `prefix_rewrite` replaces a route's prefix in the target the backend gets, on every path
 /// a request can take: Switchyard's HTTP/1.1 path and pingora's (HTTP/1.0, or chosen), h2,
 /// and a WebSocket's upgrade. The backend gets the normalized path, so a request cannot
@@ -160,18 +181,15 @@ async fn a_prefix_rewrite_reaches_the_backend_on_every_path() {
     let dir = tempfile::tempdir().unwrap();
     let certs = Certs::generate(dir.path(), &["localhost", "127.0.0.1"]);
     for http1 in ["native", "pingora"] {
-        let [plain, tls] = port_array();
-        let proxy = Proxy::start_config(&format!(
-            "[server]\nthreads = 2\nhttp1 = \"{http1}\"\n{}\n{}{}\n\n{}\n{}\n\
-             [[routes]]\npath_prefix = \"/api/\"\nprefix_rewrite = \"/target/\"\nupstream = \"api\"\n\n\
+        let (proxy, plain, tls) = api_and_web(
+            http1,
+            &certs,
+            &api,
+            &web,
+            "[[routes]]\npath_prefix = \"/api/\"\nprefix_rewrite = \"/target/\"\nupstream = \"api\"\n\n\
              [[routes]]\npath_prefix = \"/strip/\"\nprefix_rewrite = \"/\"\nupstream = \"api\"\n\n\
              [[routes]]\npath_prefix = \"/\"\nupstream = \"web\"\n",
-            listener(plain),
-            listener(tls),
-            tls_keys(&certs.cert, &certs.key),
-            upstream("api", None, &[backend_entry(&api, "")]),
-            upstream("web", None, &[backend_entry(&web, "")]),
-        ));
+        );
         let cases = [
             (
                 "GET /api/x?q=1&r=%20 HTTP/1.1\r\nHost: t\r\n\r\n",
@@ -272,6 +290,90 @@ async fn a_prefix_rewrite_reaches_the_backend_on_every_path() {
             seen("x-request-forwarded-prefix"),
             Some("/strip"),
             "{http1}: websocket"
+        );
+    }
+}
+
+/// A request for a route's prefix without its last `/` (`/api` for `/api/`) is redirected
+/// to the prefix with it, query kept, as nginx redirects for `location /api/`, on every path
+/// (a 308, so that a POST stays a POST); unless the route's `slash_redirect` is off, or an
+/// earlier route takes the request. The location is the prefix as a URI path.
+#[tokio::test]
+async fn a_prefix_without_its_slash_is_redirected_to_its_route() {
+    let api = Backend::start("api");
+    let web = Backend::start("web");
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::generate(dir.path(), &["localhost", "127.0.0.1"]);
+    for http1 in ["native", "pingora"] {
+        let (proxy, _, tls) = api_and_web(
+            http1,
+            &certs,
+            &api,
+            &web,
+            "[[routes]]\npath_prefix = \"/first\"\nupstream = \"web\"\n\n\
+             [[routes]]\npath_prefix = \"/api/\"\nprefix_rewrite = \"/target/\"\nupstream = \"api\"\n\n\
+             [[routes]]\npath_prefix = \"/first/\"\nupstream = \"api\"\n\n\
+             [[routes]]\npath_prefix = \"/my docs/\"\nupstream = \"api\"\n\n\
+             [[routes]]\npath_prefix = \"/raw/\"\nslash_redirect = false\nupstream = \"api\"\n\n\
+             [[routes]]\npath_prefix = \"/\"\nupstream = \"web\"\n",
+        );
+        let redirects = [
+            (
+                "GET /api?x=1&y=%20 HTTP/1.1\r\nHost: t\r\n\r\n",
+                "/api/?x=1&y=%20",
+            ),
+            ("GET /%61pi HTTP/1.1\r\nHost: t\r\n\r\n", "/api/"),
+            ("GET //api HTTP/1.1\r\nHost: t\r\n\r\n", "/api/"),
+            ("GET /api HTTP/1.0\r\n\r\n", "/api/"),
+            ("GET http://t/api?q HTTP/1.1\r\nHost: t\r\n\r\n", "/api/?q"),
+            (
+                "POST /api HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi",
+                "/api/",
+            ),
+            ("GET /my%20docs HTTP/1.1\r\nHost: t\r\n\r\n", "/my%20docs/"),
+        ];
+        for (req, want) in redirects {
+            let mut c = RawConn::connect(proxy.addr()).await;
+            let r = c.exchange(req).await;
+            assert_eq!(
+                (r.status, r.header("location")),
+                (308, Some(want)),
+                "{http1}: {req:?}"
+            );
+        }
+        // Not redirected: the prefix itself, a longer name, a route with the redirect off,
+        // and a path an earlier route takes.
+        let forwarded = [
+            ("/api/", "/target/"),
+            ("/apix", "web"),
+            ("/raw", "web"),
+            ("/raw/", "api"),
+            ("/first", "web"),
+        ];
+        for (path, want) in forwarded {
+            let (status, body) = answer(&proxy, &get_req(path)).await;
+            assert_eq!((status, body.as_str()), (200, want), "{http1}: {path}");
+        }
+        // The redirect keeps the connection for the next request.
+        let mut c = RawConn::connect(proxy.addr()).await;
+        assert_eq!(c.exchange(get_req("/api")).await.status, 308, "{http1}");
+        assert_eq!(
+            c.exchange(get_req("/api/")).await.text(),
+            "/target/",
+            "{http1}"
+        );
+
+        let h2 = tests::h2client::connect(&certs.ca_pem(), tls).await;
+        let full = tests::h2client::get_full(&h2, &format!("https://localhost:{tls}/api?h=2"))
+            .await
+            .unwrap();
+        assert_eq!(
+            (
+                full.status.as_u16(),
+                full.headers.get("location").and_then(|v| v.to_str().ok())
+            ),
+            (308, Some("/api/?h=2")),
+            "{http1}: h2"
         );
     }
 }

@@ -416,6 +416,14 @@ pub(super) struct RouteFile {
     /// `prefix_rewrite`, nginx's `proxy_pass` with a URI); absent: the path as it came.
     #[serde(default)]
     pub prefix_rewrite: Option<String>,
+    /// A request for `path_prefix` without its last `/` is redirected to it (nginx's
+    /// behaviour for `location /api/`); default on.
+    #[serde(default = "yes")]
+    pub slash_redirect: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_prefix() -> String {

@@ -555,6 +555,9 @@ pub struct Route {
     /// What replaces `path_prefix` in the path sent to the backend; None: the request's
     /// target is sent as it came.
     pub prefix_rewrite: Option<String>,
+    /// For a `path_prefix` ending in `/`: a request for it without that `/` gets a `308`
+    /// to it.
+    pub slash_redirect: bool,
 }
 
 impl Config {

@@ -328,6 +328,7 @@ pub(super) fn resolve(q: &QuickOptions, env: Env<'_>) -> Result<Config, ConfigEr
             path_prefix: "/".to_string(),
             upstream: QUICK_UPSTREAM.to_string(),
             prefix_rewrite: None,
+            slash_redirect: true,
         }],
         source: None,
         warnings,

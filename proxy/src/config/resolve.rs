@@ -997,6 +997,7 @@ fn resolve_routes(
                     path_prefix: "/".to_string(),
                     upstream: only.name.clone(),
                     prefix_rewrite: None,
+                    slash_redirect: true,
                 }],
                 [] => Vec::new(), // already reported as "no upstream"
                 _ => {
@@ -1053,6 +1054,7 @@ fn resolve_routes(
             path_prefix: r.path_prefix,
             upstream: r.upstream,
             prefix_rewrite: r.prefix_rewrite,
+            slash_redirect: r.slash_redirect,
         });
     }
     for u in upstreams {

@@ -199,13 +199,18 @@ impl Config {
         for r in &self.routes {
             writeln!(
                 s,
-                "  {}{} -> {}{}",
+                "  {}{} -> {}{}{}",
                 r.host.as_deref().unwrap_or("*"),
                 r.path_prefix,
                 r.upstream,
                 r.prefix_rewrite
                     .as_deref()
-                    .map_or_else(String::new, |w| format!(" (as {w})"))
+                    .map_or_else(String::new, |w| format!(" (as {w})")),
+                if !r.slash_redirect && r.path_prefix.len() > 1 && r.path_prefix.ends_with('/') {
+                    " (no slash redirect)"
+                } else {
+                    ""
+                }
             )?;
         }
 

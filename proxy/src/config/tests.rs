@@ -200,12 +200,14 @@ fn the_example_file_loads() {
                 path_prefix: "/".to_string(),
                 upstream: "chat".to_string(),
                 prefix_rewrite: None,
+                slash_redirect: true,
             },
             Route {
                 host: None,
                 path_prefix: "/".to_string(),
                 upstream: "chat".to_string(),
                 prefix_rewrite: None,
+                slash_redirect: true,
             },
         ]
     );
@@ -327,6 +329,7 @@ fn defaults_and_the_implied_route() {
             path_prefix: "/".to_string(),
             upstream: "app".to_string(),
             prefix_rewrite: None,
+            slash_redirect: true,
         }]
     );
     assert!(c.warnings.is_empty(), "{:?}", c.warnings);
@@ -1053,6 +1056,27 @@ fn prefix_rewrites_are_checked() {
             "{prefix} -> {rewrite}: {e:?}"
         );
     }
+}
+
+#[test]
+fn slash_redirect_is_on_unless_turned_off() {
+    let route = |extra: &str| {
+        format!("{MINIMAL}[[routes]]\npath_prefix = \"/api/\"\nupstream = \"app\"\n{extra}")
+    };
+    let on = load(&route("")).unwrap();
+    assert!(on.routes[0].slash_redirect);
+    assert!(!on.summary().contains("no slash redirect"));
+    let off = load(&route("slash_redirect = false\n")).unwrap();
+    assert!(!off.routes[0].slash_redirect);
+    assert!(
+        off.summary().contains("*/api/ -> app (no slash redirect)"),
+        "{}",
+        off.summary()
+    );
+    assert_eq!(
+        errs(&route("slash_redirect = \"no\"\n")),
+        vec!["proxy.toml:9: routes[0].slash_redirect: invalid type: string \"no\", expected a boolean"]
+    );
 }
 
 #[test]

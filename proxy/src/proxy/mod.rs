@@ -36,7 +36,7 @@ pub use forwarded::{
     client_ip, forwarded, forwarded_header_values, forwarded_headers, is_forwarded_field,
     xff_values, FieldValue, FORWARDED_FIELDS,
 };
-pub(crate) use normalize::{is_token_char, route_path, valid_host};
+pub(crate) use normalize::{encode_path, is_token_char, route_path, valid_host};
 use policy::{Admission, RequestView, Rewritten};
 
 thread_local! {

@@ -96,18 +96,29 @@ pub fn rewrite_target(path_and_query: &str, prefix: &str, rewrite: &str) -> Opti
         out.push_str(path.strip_prefix(prefix)?);
     } else {
         let path = normalized(path).ok()?;
-        let rest = path.strip_prefix(prefix.as_bytes())?;
-        for &b in rest {
-            if is_path_char(b) {
-                out.push(char::from(b));
-            } else {
-                // Into `out` itself: a `String`'s `write_fmt` cannot fail.
-                let _ = write!(out, "%{b:02X}");
-            }
-        }
+        push_encoded(&mut out, path.strip_prefix(prefix.as_bytes())?);
     }
     out.push_str(query);
     Some(out)
+}
+
+/// `path` (text, as routes hold it) as a URI path: bytes a path cannot hold
+/// percent-encoded, as a rewritten path is.
+pub fn encode_path(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    push_encoded(&mut out, path.as_bytes());
+    out
+}
+
+fn push_encoded(out: &mut String, path: &[u8]) {
+    for &b in path {
+        if is_path_char(b) {
+            out.push(char::from(b));
+        } else {
+            // Into `out` itself: a `String`'s `write_fmt` cannot fail.
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
 }
 
 /// Whether `b` may stand unencoded in a path: `pchar` or `/` (RFC 3986 §3.3).

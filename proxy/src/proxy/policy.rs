@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use crate::balance::{PickContext, StrategyKind};
 use crate::limits::ClientGuard;
-use crate::state::{Runtime, Shared};
+use crate::state::{Routed, Runtime, Shared};
 use crate::upstream::{ActiveGuard, Backend, Upstream};
 
 use super::client_ip;
@@ -198,12 +198,20 @@ pub(crate) fn admit<V: RequestView>(
             })
         }
     };
-    let Some(route) = rt.route(req.host(), &path) else {
-        return Admission::Reject(Rejection {
-            status: 404,
-            reason: "no_route",
-            detail: "no route for this host and path",
-        });
+    let route = match rt.route(req.host(), &path) {
+        Some(Routed::Forward(route)) => route,
+        Some(Routed::AddSlash(location)) => {
+            let pq = req.path_and_query();
+            let query = pq.find('?').map_or("", |i| &pq[i..]);
+            return Admission::Redirect(format!("{location}{query}"));
+        }
+        None => {
+            return Admission::Reject(Rejection {
+                status: 404,
+                reason: "no_route",
+                detail: "no route for this host and path",
+            })
+        }
     };
     let rewritten = match &route.rewrite {
         None => None,
