@@ -213,7 +213,7 @@ fn status_reason(e: &Error) -> String {
 }
 
 /// pingora's parsed request head, as the policy sees it.
-struct PingoraHead<'a>(&'a RequestHeader);
+pub(crate) struct PingoraHead<'a>(pub(crate) &'a RequestHeader);
 
 impl RequestView for PingoraHead<'_> {
     fn path_and_query(&self) -> &str {
