@@ -162,6 +162,7 @@ upstream = "hash"
 [[routes]]
 path_prefix = "/raw/"
 slash_redirect = false
+allow = ["127.0.0.0/8", "::1"]
 upstream = "api"
 [[routes]]
 path_prefix = "/my docs/"

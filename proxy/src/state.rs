@@ -27,6 +27,24 @@ pub struct RouteTo {
     /// For a prefix ending in `/` (not `/` itself) with `slash_redirect` on: where a
     /// request for the prefix without its slash is sent (the prefix, percent-encoded).
     slash_location: Option<Box<str>>,
+    /// The clients the route admits (`allow`); None: all.
+    allow: Option<Box<[ipnet::IpNet]>>,
+}
+
+impl RouteTo {
+    /// Whether a client at `ip` may use this route (a client of unknown address may not,
+    /// when the route names who may).
+    pub fn allows(&self, ip: Option<std::net::IpAddr>) -> bool {
+        match &self.allow {
+            None => true,
+            Some(nets) => ip.is_some_and(|ip| nets.iter().any(|n| n.contains(&ip))),
+        }
+    }
+
+    /// Where a request for the prefix without its slash is redirected (see [`Routed`]).
+    pub fn slash_location(&self) -> Option<&str> {
+        self.slash_location.as_deref()
+    }
 }
 
 /// What a request's host and path lead to.
@@ -34,8 +52,9 @@ pub struct RouteTo {
 pub enum Routed<'a> {
     Forward(&'a RouteTo),
     /// A request for `/api` whose route is `/api/`: redirected to the prefix with its slash
-    /// (this location, the query to be added), as nginx redirects for a `location /api/`.
-    AddSlash(&'a str),
+    /// ([`RouteTo::slash_location`], the query to be added), as nginx redirects for a
+    /// `location /api/`.
+    AddSlash(&'a RouteTo),
 }
 
 /// A route's `prefix_rewrite` (boxed: most routes have none, and the request path then
@@ -94,6 +113,7 @@ impl Runtime {
                         && r.path_prefix.len() > 1
                         && r.path_prefix.ends_with('/'))
                     .then(|| crate::proxy::encode_path(&r.path_prefix).into()),
+                    allow: r.allow.as_ref().map(|a| a.clone().into_boxed_slice()),
                 })
             })
             .collect();
@@ -154,9 +174,9 @@ impl Runtime {
             } else if path.starts_with(r.prefix.as_str()) {
                 Some(Routed::Forward(r))
             } else {
-                let location = r.slash_location.as_deref()?;
+                r.slash_location.as_ref()?;
                 (r.prefix.len() == path.len() + 1 && r.prefix.starts_with(path))
-                    .then_some(Routed::AddSlash(location))
+                    .then_some(Routed::AddSlash(r))
             }
         })
     }

@@ -378,6 +378,84 @@ async fn a_prefix_without_its_slash_is_redirected_to_its_route() {
     }
 }
 
+/// A route with `allow` serves only the clients it lists, by the connection's address (a
+/// PROXY header's behind a balancer, never X-Forwarded-For): others get `403` with the
+/// reason, on every path, upgrades and the slash redirect included (which would tell them
+/// the route exists).
+#[tokio::test]
+async fn a_route_with_allow_serves_only_the_addresses_it_lists() {
+    let api = Backend::start("api");
+    let web = Backend::start("web");
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::generate(dir.path(), &["localhost", "127.0.0.1"]);
+    for http1 in ["native", "pingora"] {
+        let balanced = free_port();
+        let (proxy, plain, tls) = api_and_web(
+            http1,
+            &certs,
+            &api,
+            &web,
+            &format!(
+                "[[listeners]]\nlisten = \"127.0.0.1:{balanced}\"\nproxy_protocol = true\n\n\
+                 [[routes]]\npath_prefix = \"/internal/\"\nallow = [\"10.0.0.0/8\", \"::1\"]\nupstream = \"api\"\n\n\
+                 [[routes]]\npath_prefix = \"/local/\"\nallow = [\"127.0.0.1\"]\nupstream = \"api\"\n\n\
+                 [[routes]]\npath_prefix = \"/\"\nupstream = \"web\"\n"
+            ),
+        );
+        for (req, status) in [
+            ("GET /internal/x HTTP/1.1\r\nHost: t\r\n\r\n", 403),
+            // The client's own claim is not believed.
+            (
+                "GET /internal/x HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: 10.1.2.3\r\n\r\n",
+                403,
+            ),
+            ("GET /internal HTTP/1.1\r\nHost: t\r\n\r\n", 403),
+            ("GET /internal/x HTTP/1.0\r\n\r\n", 403),
+            (
+                "POST /internal/x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+                403,
+            ),
+            (
+                "GET /internal/ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+                 Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+                403,
+            ),
+            ("GET /local/x HTTP/1.1\r\nHost: t\r\n\r\n", 200),
+            ("GET /local HTTP/1.1\r\nHost: t\r\n\r\n", 308),
+            ("GET /other HTTP/1.1\r\nHost: t\r\n\r\n", 200),
+        ] {
+            let mut c = RawConn::connect(proxy.addr()).await;
+            let r = c.exchange(req).await;
+            assert_eq!(r.status, status, "{http1}: {req:?}: {}", r.text());
+            if status == 403 {
+                assert!(
+                    r.text().contains("this address may not use this route"),
+                    "{http1}: {}",
+                    r.text()
+                );
+            }
+        }
+        // Behind a balancer, the address its PROXY header gives is the one checked.
+        for (source, status) in [("10.9.8.7", 200), ("192.0.2.1", 403)] {
+            let mut c = RawConn::connect(([127, 0, 0, 1], balanced).into()).await;
+            let r = c
+                .exchange(format!(
+                    "PROXY TCP4 {source} 127.0.0.1 51234 {balanced}\r\nGET /internal/x HTTP/1.1\r\nHost: t\r\n\r\n"
+                ))
+                .await;
+            assert_eq!(r.status, status, "{http1}: from {source}: {}", r.text());
+        }
+        let h2 = tests::h2client::connect(&certs.ca_pem(), tls).await;
+        for (path, status) in [("/internal/h2", 403), ("/local/h2", 200)] {
+            let (got, body) = tests::h2client::get(&h2, &format!("https://localhost:{tls}{path}"))
+                .await
+                .unwrap();
+            assert_eq!(got.as_u16(), status, "{http1}: h2 {path}: {body}");
+        }
+        let _ = plain;
+    }
+}
+
 #[tokio::test]
 async fn a_date_is_added_and_a_status_line_after_empty_lines_is_kept() {
     let raw = RawBackend::start(|mut conn: RawConn<TcpStream>, _| async move {

@@ -179,6 +179,8 @@ pub enum ErrorKind {
     /// No route, and none can be implied.
     #[error("no route: add [[routes]] (a default route `/` is implied only when [[routes]] is absent and there is exactly one upstream)")]
     NoRoute,
+    #[error("an empty list lets no client use the route: list the addresses allowed, or remove the key to allow every client")]
+    EmptyAllow,
     /// Quick mode: no `--backend`.
     #[error("at least one --backend is required")]
     NoBackend,

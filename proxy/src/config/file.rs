@@ -420,6 +420,9 @@ pub(super) struct RouteFile {
     /// behaviour for `location /api/`); default on.
     #[serde(default = "yes")]
     pub slash_redirect: bool,
+    /// Client addresses or CIDRs that may use the route (others get 403); absent: all.
+    #[serde(default)]
+    pub allow: Option<Vec<String>>,
 }
 
 fn yes() -> bool {

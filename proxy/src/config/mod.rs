@@ -558,6 +558,9 @@ pub struct Route {
     /// For a `path_prefix` ending in `/`: a request for it without that `/` gets a `308`
     /// to it.
     pub slash_redirect: bool,
+    /// The client addresses that may use the route (the connection's peer, or the address
+    /// a PROXY header gave); None: every client.
+    pub allow: Option<Vec<ipnet::IpNet>>,
 }
 
 impl Config {

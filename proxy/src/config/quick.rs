@@ -329,6 +329,7 @@ pub(super) fn resolve(q: &QuickOptions, env: Env<'_>) -> Result<Config, ConfigEr
             upstream: QUICK_UPSTREAM.to_string(),
             prefix_rewrite: None,
             slash_redirect: true,
+            allow: None,
         }],
         source: None,
         warnings,

@@ -352,18 +352,7 @@ fn resolve_listeners(
             })
             .collect();
         let from = p.key("proxy_protocol_from");
-        let nets: Vec<ipnet::IpNet> = l
-            .proxy_protocol_from
-            .iter()
-            .enumerate()
-            .filter_map(|(k, s)| match parse_net(s) {
-                Ok(net) => Some(net),
-                Err(kind) => {
-                    out.err(from.index(k), kind);
-                    None
-                }
-            })
-            .collect();
+        let nets = parse_nets(&l.proxy_protocol_from, &from, out);
         let proxy_protocol = if l.proxy_protocol {
             Some(ProxyProtocolConfig { from: nets })
         } else {
@@ -554,14 +543,9 @@ fn resolve_upstream(
                 );
             }
             let tp = p.key("ip_hash").key("trusted_proxies");
-            let mut trusted_proxies = Vec::new();
-            for (k, s) in ih.trusted_proxies.iter().enumerate() {
-                match parse_net(s) {
-                    Ok(net) => trusted_proxies.push(net),
-                    Err(kind) => out.err(tp.index(k), kind),
-                }
+            IpHashConfig {
+                trusted_proxies: parse_nets(&ih.trusted_proxies, &tp, out),
             }
-            IpHashConfig { trusted_proxies }
         }
         None => IpHashConfig::default(),
     };
@@ -890,6 +874,20 @@ pub(super) fn valid_cookie_name(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(is_token_char)
 }
 
+/// A list of [`parse_net`] entries under `key`; each bad one is an error at its index.
+fn parse_nets(list: &[String], key: &KeyPath, out: &mut Resolved) -> Vec<ipnet::IpNet> {
+    list.iter()
+        .enumerate()
+        .filter_map(|(k, s)| match parse_net(s) {
+            Ok(net) => Some(net),
+            Err(kind) => {
+                out.err(key.index(k), kind);
+                None
+            }
+        })
+        .collect()
+}
+
 /// A CIDR (`10.0.0.0/8`) or a bare IP (`10.1.2.3` → /32, `::1` → /128).
 pub(super) fn parse_net(s: &str) -> Result<ipnet::IpNet, ErrorKind> {
     let t = s.trim();
@@ -998,6 +996,7 @@ fn resolve_routes(
                     upstream: only.name.clone(),
                     prefix_rewrite: None,
                     slash_redirect: true,
+                    allow: None,
                 }],
                 [] => Vec::new(), // already reported as "no upstream"
                 _ => {
@@ -1030,6 +1029,12 @@ fn resolve_routes(
                 out.err(p.key("prefix_rewrite"), kind);
             }
         }
+        let allow = r.allow.map(|list| {
+            if list.is_empty() {
+                out.err(p.key("allow"), ErrorKind::EmptyAllow);
+            }
+            parse_nets(&list, &p.key("allow"), out)
+        });
         let host = r.host.map(|h| {
             let n = normalize_host(&h);
             if !valid_host(&n) {
@@ -1055,6 +1060,7 @@ fn resolve_routes(
             upstream: r.upstream,
             prefix_rewrite: r.prefix_rewrite,
             slash_redirect: r.slash_redirect,
+            allow,
         });
     }
     for u in upstreams {

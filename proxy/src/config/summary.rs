@@ -199,7 +199,7 @@ impl Config {
         for r in &self.routes {
             writeln!(
                 s,
-                "  {}{} -> {}{}{}",
+                "  {}{} -> {}{}{}{}",
                 r.host.as_deref().unwrap_or("*"),
                 r.path_prefix,
                 r.upstream,
@@ -210,7 +210,14 @@ impl Config {
                     " (no slash redirect)"
                 } else {
                     ""
-                }
+                },
+                r.allow.as_ref().map_or_else(String::new, |nets| format!(
+                    " (allow {})",
+                    nets.iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
             )?;
         }
 

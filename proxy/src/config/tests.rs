@@ -201,6 +201,7 @@ fn the_example_file_loads() {
                 upstream: "chat".to_string(),
                 prefix_rewrite: None,
                 slash_redirect: true,
+                allow: None,
             },
             Route {
                 host: None,
@@ -208,6 +209,7 @@ fn the_example_file_loads() {
                 upstream: "chat".to_string(),
                 prefix_rewrite: None,
                 slash_redirect: true,
+                allow: None,
             },
         ]
     );
@@ -330,6 +332,7 @@ fn defaults_and_the_implied_route() {
             upstream: "app".to_string(),
             prefix_rewrite: None,
             slash_redirect: true,
+            allow: None,
         }]
     );
     assert!(c.warnings.is_empty(), "{:?}", c.warnings);
@@ -1076,6 +1079,37 @@ fn slash_redirect_is_on_unless_turned_off() {
     assert_eq!(
         errs(&route("slash_redirect = \"no\"\n")),
         vec!["proxy.toml:9: routes[0].slash_redirect: invalid type: string \"no\", expected a boolean"]
+    );
+}
+
+#[test]
+fn a_route_allow_list_is_read_and_checked() {
+    let route = |allow: &str| {
+        format!(
+            "{MINIMAL}[[routes]]\npath_prefix = \"/admin/\"\nupstream = \"app\"\nallow = {allow}\n"
+        )
+    };
+    let c = load(&route(r#"["10.1.2.3/8", "::1", "192.0.2.7"]"#)).unwrap();
+    let nets: Vec<String> = c.routes[0]
+        .allow
+        .iter()
+        .flatten()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(nets, ["10.0.0.0/8", "::1/128", "192.0.2.7/32"]);
+    assert!(
+        c.summary()
+            .contains("*/admin/ -> app (allow 10.0.0.0/8, ::1/128, 192.0.2.7/32)"),
+        "{}",
+        c.summary()
+    );
+    assert_eq!(
+        errs(&route(r#"["10.0.0.0/8", "office"]"#)),
+        vec!["proxy.toml:9: routes[0].allow[1]: invalid network `office`: expected an IP address or a CIDR, e.g. 10.0.0.0/8"]
+    );
+    assert_eq!(
+        errs(&route("[]")),
+        vec!["proxy.toml:9: routes[0].allow: an empty list lets no client use the route: list the addresses allowed, or remove the key to allow every client"]
     );
 }
 

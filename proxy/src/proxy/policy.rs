@@ -198,13 +198,9 @@ pub(crate) fn admit<V: RequestView>(
             })
         }
     };
-    let route = match rt.route(req.host(), &path) {
-        Some(Routed::Forward(route)) => route,
-        Some(Routed::AddSlash(location)) => {
-            let pq = req.path_and_query();
-            let query = pq.find('?').map_or("", |i| &pq[i..]);
-            return Admission::Redirect(format!("{location}{query}"));
-        }
+    let (route, add_slash) = match rt.route(req.host(), &path) {
+        Some(Routed::Forward(route)) => (route, false),
+        Some(Routed::AddSlash(route)) => (route, true),
         None => {
             return Admission::Reject(Rejection {
                 status: 404,
@@ -213,6 +209,22 @@ pub(crate) fn admit<V: RequestView>(
             })
         }
     };
+    // The connection's address (a PROXY header's, behind a load balancer), never one a
+    // client could write into X-Forwarded-For. Checked before the slash redirect, which
+    // would tell a client the route exists.
+    if !route.allows(peer_ip) {
+        return Admission::Reject(Rejection {
+            status: 403,
+            reason: "not_allowed",
+            detail: "this address may not use this route",
+        });
+    }
+    if add_slash {
+        let location = route.slash_location().unwrap_or("/");
+        let pq = req.path_and_query();
+        let query = pq.find('?').map_or("", |i| &pq[i..]);
+        return Admission::Redirect(format!("{location}{query}"));
+    }
     let rewritten = match &route.rewrite {
         None => None,
         Some(rewrite) => match rewrite_target(req.path_and_query(), &route.prefix, &rewrite.to) {
