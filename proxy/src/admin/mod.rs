@@ -80,6 +80,7 @@ impl AdminApp {
                             "draining": s.is_draining(),
                             "active": s.active.load(Ordering::Relaxed),
                             "tunnels": s.tunnels.load(Ordering::Relaxed),
+                            "max_conns": b.max_conns,
                             "requests": s.requests.load(Ordering::Relaxed),
                             "ewma_ms": s.ewma.get_us() / 1000.0,
                         })

@@ -228,6 +228,9 @@ pub(super) struct UpstreamFile {
     /// Weight ramp after recovery; absent or 0 disables.
     #[serde(default)]
     pub slow_start: Option<HumanDuration>,
+    /// Default `max_conns` of each backend that sets none; absent or 0: unlimited.
+    #[serde(default)]
+    pub max_conns: Option<u32>,
     /// `[upstreams.<name>.health]`.
     #[serde(default)]
     pub health: HealthFile,
@@ -305,6 +308,10 @@ pub(super) struct BackendFile {
     /// Only used while every primary is down.
     #[serde(default)]
     pub backup: bool,
+    /// In-flight requests plus tunnels at most; absent: the upstream's `max_conns`; 0:
+    /// unlimited, whatever the upstream's.
+    #[serde(default)]
+    pub max_conns: Option<u32>,
 }
 
 fn default_weight() -> u32 {

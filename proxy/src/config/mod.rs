@@ -56,6 +56,8 @@ pub const DEFAULT_ADMIN_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr
 pub const DEFAULT_STICKY_COOKIE: &str = "syd_route";
 /// Largest backend weight.
 pub const MAX_WEIGHT: u32 = 10_000;
+/// Largest backend `max_conns`.
+pub const MAX_CONNS: u32 = 1_000_000;
 
 /// A health check's request path: from `/`, visible ASCII only (it goes on the request line
 /// as written).
@@ -427,6 +429,8 @@ pub struct BackendConfig {
     pub weight: u32,
     /// Receives traffic only while every primary is unavailable.
     pub backup: bool,
+    /// In-flight requests plus open tunnels at most (nginx's `max_conns`); 0: unlimited.
+    pub max_conns: u32,
 }
 
 /// Health checking of an upstream's backends.

@@ -208,6 +208,7 @@ pub(super) fn resolve(q: &QuickOptions, env: Env<'_>) -> Result<Config, ConfigEr
                     addr,
                     weight,
                     backup,
+                    max_conns: 0,
                 });
             }
             Err(kind) => errs.push(key, kind),

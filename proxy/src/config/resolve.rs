@@ -21,7 +21,7 @@ use super::{
     AccessLogConfig, ActiveCheck, AdminConfig, BackendConfig, BackendTimeouts, CheckKind, Config,
     Env, HealthConfig, IpHashConfig, Limits, ListenerConfig, ProxyProtocolConfig, Route,
     ServerConfig, SniCert, StickyConfig, StrategyKind, Timeouts, TlsConfig, UpstreamConfig,
-    UpstreamTlsConfig, MAX_WEIGHT, MIN_STICKY_KEY_LEN, MIN_TUNNEL_IDLE,
+    UpstreamTlsConfig, MAX_CONNS, MAX_WEIGHT, MIN_STICKY_KEY_LEN, MIN_TUNNEL_IDLE,
 };
 
 /// Errors and warnings found while resolving, each with the key path it is about.
@@ -496,6 +496,16 @@ fn resolve_upstream(
         if let Err(kind) = check_weight(b.weight) {
             out.err(bp.key("weight"), kind);
         }
+        // The backend's own limit, even 0, overrides the upstream's default.
+        let max_conns = match b.max_conns {
+            Some(n) => {
+                if let Err(kind) = check_max_conns(n) {
+                    out.err(bp.key("max_conns"), kind);
+                }
+                n
+            }
+            None => u.max_conns.unwrap_or(0),
+        };
         let id = match b.id {
             Some(id) => {
                 if !valid_name(&id) {
@@ -521,10 +531,14 @@ fn resolve_upstream(
             addr,
             weight: b.weight,
             backup: b.backup,
+            max_conns,
         });
     }
     if !backends.iter().any(|b| !b.backup) {
         out.err(p.key("backends"), ErrorKind::NoPrimaryBackend);
+    }
+    if let Some(Err(kind)) = u.max_conns.map(check_max_conns) {
+        out.err(p.key("max_conns"), kind);
     }
 
     let slow_start = u.slow_start.map(|d| d.0).filter(|d| !d.is_zero());
@@ -762,6 +776,15 @@ fn read_certs(path: &Path) -> Result<std::sync::Arc<[Vec<u8>]>, TlsFileProblem> 
 pub(super) fn check_weight(w: u32) -> Result<(), ErrorKind> {
     if w == 0 || w > MAX_WEIGHT {
         return Err(ErrorKind::WeightOutOfRange(w));
+    }
+    Ok(())
+}
+
+/// 0 (unlimited) to [`MAX_CONNS`]: more than any one proxy can hold open, so a larger
+/// value is a typo (an extra digit) rather than a limit.
+pub(super) fn check_max_conns(n: u32) -> Result<(), ErrorKind> {
+    if n > MAX_CONNS {
+        return Err(ErrorKind::MaxConnsOutOfRange(n));
     }
     Ok(())
 }

@@ -100,7 +100,7 @@ impl Config {
                 .max()
                 .unwrap_or(0);
             for b in &u.backends {
-                writeln!(
+                write!(
                     s,
                     "    {:<width$}  weight {:<5}  id {}{}",
                     b.addr.to_string(),
@@ -108,6 +108,10 @@ impl Config {
                     b.id,
                     if b.backup { "  backup" } else { "" },
                 )?;
+                if b.max_conns > 0 {
+                    write!(s, "  max_conns {}", b.max_conns)?;
+                }
+                writeln!(s)?;
             }
             match &u.health.active {
                 Some(a) => {

@@ -10,7 +10,7 @@ use std::time::Instant;
 use crate::balance::{PickContext, StrategyKind};
 use crate::limits::ClientGuard;
 use crate::state::{Runtime, Shared};
-use crate::upstream::{ActiveGuard, Backend, Upstream};
+use crate::upstream::{ActiveGuard, Backend, NoBackend, Upstream};
 
 use super::client_ip;
 use super::normalize::{rewrite_target, route_path, valid_host};
@@ -357,13 +357,15 @@ pub(crate) struct Choice {
 }
 
 /// Picks a backend for an attempt, skipping those already `tried`, and records the pick.
+/// The caller must have dropped the guard of its previous attempt: that count would make
+/// the backend look fuller than it is (at `max_conns = 1`, full).
 pub(crate) fn choose(
     up: &Upstream,
     client_ip: Option<IpAddr>,
     sticky_id: Option<&str>,
     tried: &mut Vec<usize>,
     tls: bool,
-) -> Option<Choice> {
+) -> Result<Choice, NoBackend> {
     let pctx = PickContext {
         client_ip,
         sticky_id,
@@ -381,9 +383,9 @@ pub(crate) fn choose(
     } else {
         None
     };
-    Some(Choice {
+    Ok(Choice {
         index: pick.index,
-        guard: ActiveGuard::new(pick.backend.stats.clone()).with_probe(pick.probe),
+        guard: pick.guard,
         backend: pick.backend,
         set_cookie,
     })
