@@ -617,6 +617,8 @@ mod tests {
                     for _ in 0..20_000 {
                         if let Some(g) = ActiveGuard::try_acquire(&b) {
                             granted.fetch_add(1, Ordering::Relaxed);
+                            // Held a moment, so that other workers contend for the slots.
+                            std::thread::yield_now();
                             if b.active() > 3 {
                                 over.store(true, Ordering::Relaxed);
                             }
