@@ -10,7 +10,9 @@ use std::time::Duration;
 use tests::admin::{admin_get, backend_status, counter, wait_backend};
 use tests::fixtures::{backend_entry, listener, tls_keys, TWO_THREADS};
 use tests::h2client::{connect as h2_connect, get as h2_get};
-use tests::raw::{get_req, HoldingBackend, RawConn, Resp};
+use tests::raw::{
+    echo_answer, get_req, reply, until_closed, HoldingBackend, RawBackend, RawConn, Resp,
+};
 use tests::{
     client, free_port, get_with, wait_until, ws_close, ws_connect, Backend, Certs, Proxy,
     STEP_TIMEOUT,
@@ -357,5 +359,42 @@ async fn a_reload_lowers_and_raises_the_limit_at_once() {
             .unwrap()
             .unwrap();
         assert_eq!(r.status, 200);
+    }
+}
+
+/// A request that meets a kept-alive connection its backend just closed goes again, to the
+/// same backend when it is the only one: the failed attempt's slot is given back first, or
+/// at `max_conns = 1` the request would find its own backend full.
+#[tokio::test]
+async fn a_request_sent_again_after_a_stale_connection_reuses_its_own_slot() {
+    // Each connection answers its first request and closes at the second, which it reports.
+    let (closed_tx, mut closed_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let raw = RawBackend::start(move |mut conn, _| {
+        let closed_tx = closed_tx.clone();
+        async move {
+            if let Some(req) = conn.request().await {
+                if !reply(&mut conn, echo_answer(&req)).await {
+                    return;
+                }
+            }
+            if let Some(req) = conn.request().await {
+                let _ = closed_tx.send(req.path);
+            }
+        }
+    })
+    .await;
+    let proxy = Proxy::start_config(&config(
+        Path::Native,
+        free_port(),
+        "max_conns = 1\n",
+        &[format!("{{ addr = \"{}\" }}", raw.addr)],
+    ));
+    // HTTP/1.0 goes through pingora's path, HTTP/1.1 through Switchyard's.
+    for version in ["1.0", "1.1"] {
+        let (path, r) = until_closed(&proxy, &mut closed_rx, |n| {
+            format!("GET /again{n} HTTP/{version}\r\nHost: test\r\n\r\n")
+        })
+        .await;
+        assert_eq!(r.status, 200, "{path}: {r:?}");
     }
 }
