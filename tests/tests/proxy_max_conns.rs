@@ -398,3 +398,28 @@ async fn a_request_sent_again_after_a_stale_connection_reuses_its_own_slot() {
         assert_eq!(r.status, 200, "{path}: {r:?}");
     }
 }
+
+/// `proxy check` lists each backend's limit, and refuses one out of range with file, line
+/// and key.
+#[test]
+fn proxy_check_shows_limits_and_locates_a_bad_one() {
+    let toml = |limit: &str| {
+        format!(
+            "{}\n[upstreams.app]\nmax_conns = 8\nbackends = [\n  {{ addr = \"127.0.0.1:9001\" }},\n  {{ addr = \"127.0.0.1:9002\", max_conns = {limit} }},\n]\n",
+            listener(free_port())
+        )
+    };
+    let out = Proxy::check(&toml("3"));
+    assert_eq!(out.code(), Some(0), "{}", out.output());
+    assert!(out.stdout.contains("  max_conns 8"), "{}", out.stdout);
+    assert!(out.stdout.contains("  max_conns 3"), "{}", out.stdout);
+
+    let out = Proxy::check(&toml("2000000"));
+    let all = out.expect_refusal("max_conns 2000000");
+    assert!(
+        all.contains(
+            ":8: upstreams.app.backends[1].max_conns: max_conns 2000000 is out of range (0 for unlimited, or up to 1000000)"
+        ),
+        "{all}"
+    );
+}

@@ -156,14 +156,15 @@ impl Upstream {
         let window = self.config.health.fail_window;
         // Backends whose due probe another request claimed first, between scan and claim.
         let mut taken: Vec<usize> = Vec::new();
-        // Backends at their limit: a snapshot taken once, grown by lost races. Unlimited
-        // upstreams (the common case) never look.
+        // Usable backends at their limit: a snapshot taken once, grown by lost races. A
+        // drained or down backend is left out, so that its open tunnels do not make the
+        // refusal read "at max_conns". Unlimited upstreams (the common case) never look.
         let mut full: Vec<usize> = Vec::new();
         if self.limited {
-            full.extend(
-                (0..self.backends.len())
-                    .filter(|&i| !tried.contains(&i) && self.backends[i].is_full()),
-            );
+            full.extend((0..self.backends.len()).filter(|&i| {
+                let b = &self.backends[i];
+                !tried.contains(&i) && b.is_full() && b.is_available()
+            }));
         }
         let result = loop {
             let skip = |i: usize| tried.contains(&i) || taken.contains(&i) || full.contains(&i);
@@ -383,6 +384,11 @@ mod tests {
         assert_eq!(up.pick(&ctx, &[0]).err(), Some(NoBackend::Unavailable));
         up.backends[0].stats.set_draining(true);
         assert_eq!(up.pick(&ctx, &[]).err(), Some(NoBackend::Unavailable));
+        // Drained while full (its tunnels still open): unavailable, not full.
+        let tunnel = ActiveGuard::new(up.backends[0].stats.clone());
+        assert!(up.backends[0].is_full());
+        assert_eq!(up.pick(&ctx, &[]).err(), Some(NoBackend::Unavailable));
+        drop(tunnel);
     }
 
     #[test]
