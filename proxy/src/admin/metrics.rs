@@ -40,6 +40,7 @@ pub struct Metrics {
     full: IntCounterVec,
     active: IntGaugeVec,
     max_conns: IntGaugeVec,
+    queued: IntGaugeVec,
     tunnels: IntGaugeVec,
     healthy: IntGaugeVec,
     draining: IntGaugeVec,
@@ -112,6 +113,13 @@ impl Metrics {
             ),
             bl,
         ));
+        let queued = must(IntGaugeVec::new(
+            Opts::new(
+                "upstream_queued",
+                "Requests waiting for a slot while every backend is at max_conns",
+            ),
+            &["upstream"],
+        ));
         let active = must(IntGaugeVec::new(
             Opts::new("backend_active", "In-flight requests plus open tunnels"),
             bl,
@@ -142,7 +150,7 @@ impl Metrics {
             must(registry.register(Box::new(c.clone())));
         }
         must(registry.register(Box::new(latency.clone())));
-        for g in [&active, &tunnels, &healthy, &draining, &max_conns] {
+        for g in [&active, &tunnels, &healthy, &draining, &max_conns, &queued] {
             must(registry.register(Box::new(g.clone())));
         }
         must(registry.register(Box::new(weight.clone())));
@@ -156,6 +164,7 @@ impl Metrics {
             full,
             active,
             max_conns,
+            queued,
             tunnels,
             healthy,
             draining,
@@ -189,11 +198,17 @@ impl Metrics {
             &self.healthy,
             &self.draining,
             &self.max_conns,
+            &self.queued,
         ] {
             g.reset();
         }
         self.weight.reset();
         for up in runtime.upstreams.values() {
+            if let Some(q) = &up.queue {
+                self.queued
+                    .with_label_values(&[up.name.as_str()])
+                    .set(i64::try_from(q.waiting()).unwrap_or(i64::MAX));
+            }
             for b in &up.backends {
                 let addr = b.addr.to_string();
                 let l = [up.name.as_str(), addr.as_str()];

@@ -231,6 +231,12 @@ pub(super) struct UpstreamFile {
     /// Default `max_conns` of each backend that sets none; absent or 0: unlimited.
     #[serde(default)]
     pub max_conns: Option<u32>,
+    /// Requests that may wait for a slot while every backend is full; 0 (default): none.
+    #[serde(default)]
+    pub max_queue: u32,
+    /// How long a queued request waits for a slot; default 5s.
+    #[serde(default)]
+    pub queue_timeout: Option<HumanDuration>,
     /// `[upstreams.<name>.health]`.
     #[serde(default)]
     pub health: HealthFile,

@@ -323,6 +323,7 @@ pub(super) fn resolve(q: &QuickOptions, env: Env<'_>) -> Result<Config, ConfigEr
                 UpstreamProtocol::Http1
             },
             timeouts: (&Timeouts::default()).into(),
+            queue: None,
         }],
         routes: vec![Route {
             host: None,

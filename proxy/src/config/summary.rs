@@ -82,6 +82,14 @@ impl Config {
             if let Some(d) = u.slow_start {
                 write!(s, "  slow start {}", fmt_duration(d))?;
             }
+            if let Some(q) = u.queue {
+                write!(
+                    s,
+                    "  queue {} for {} when every backend is full",
+                    q.max,
+                    fmt_duration(q.timeout)
+                )?;
+            }
             if u.timeouts != (&self.timeouts).into() {
                 let t = &u.timeouts;
                 write!(

@@ -543,6 +543,48 @@ fn max_conns_out_of_range_or_mistyped() {
 }
 
 #[test]
+fn max_queue_and_queue_timeout() {
+    let up = |keys: &str| {
+        format!("[[listeners]]\nlisten = \"127.0.0.1:1\"\n[upstreams.a]\n{keys}backends = [{{ addr = \"127.0.0.1:2\", max_conns = 4 }}]\n")
+    };
+    let c = ok(&up("max_queue = 10\n"));
+    assert_eq!(
+        c.upstream("a").unwrap().queue,
+        Some(QueueConfig {
+            max: 10,
+            timeout: DEFAULT_QUEUE_TIMEOUT
+        })
+    );
+    assert!(c
+        .summary()
+        .contains("queue 10 for 5s when every backend is full"));
+    let c = ok(&up("max_queue = 2\nqueue_timeout = \"300ms\"\n"));
+    assert_eq!(
+        c.upstream("a").unwrap().queue.map(|q| q.timeout),
+        Some(Duration::from_millis(300))
+    );
+    let c = ok(&up("queue_timeout = \"1s\"\n"));
+    assert_eq!(c.upstream("a").unwrap().queue, None);
+    assert_eq!(
+        c.warnings,
+        ["proxy.toml:4: upstreams.a.queue_timeout: ignored: max_queue is 0 (no queue)"]
+    );
+    let c = ok("[[listeners]]\nlisten = \"127.0.0.1:1\"\n[upstreams.a]\nmax_queue = 3\nbackends = [{ addr = \"127.0.0.1:2\" }]\n");
+    assert_eq!(c.upstream("a").unwrap().queue, None);
+    assert_eq!(
+        c.warnings,
+        ["proxy.toml:4: upstreams.a.max_queue: ignored: no backend of this upstream has max_conns, so none is ever full"]
+    );
+    assert_eq!(
+        errs(&up("max_queue = 2000000\nqueue_timeout = \"0s\"\n")),
+        [
+            "proxy.toml:4: upstreams.a.max_queue: must be at most 1000000",
+            "proxy.toml:5: upstreams.a.queue_timeout: must be greater than 0",
+        ]
+    );
+}
+
+#[test]
 fn duplicate_listener() {
     let text = format!(
         "{MINIMAL}[[listeners]]\nlisten = \"127.0.0.1:8081\"\n[[listeners]]\nlisten = \"127.0.0.1:8080\"\n[[listeners]]\nlisten = \"0.0.0.0:8081\"\n"

@@ -264,13 +264,40 @@ impl EdgeProxy {
             &mut ctx.tried,
             ctx.tls,
         )?;
+        Ok(Self::adopt(ctx, c))
+    }
+
+    /// [`Self::choose`], waiting in the upstream's queue for a slot when every backend is
+    /// at its `max_conns`.
+    async fn choose_waiting(
+        &self,
+        up: &Arc<Upstream>,
+        ctx: &mut Ctx,
+    ) -> Result<Arc<Backend>, NoBackend> {
+        match self.choose(up, ctx) {
+            Err(NoBackend::Full) if up.queue.is_some() => {}
+            other => return other,
+        }
+        let c = policy::choose_queued(
+            up,
+            ctx.client_ip,
+            ctx.sticky_id.as_deref(),
+            &mut ctx.tried,
+            ctx.tls,
+        )
+        .await?;
+        Ok(Self::adopt(ctx, c))
+    }
+
+    /// Makes `c` the request's current attempt.
+    fn adopt(ctx: &mut Ctx, c: policy::Choice) -> Arc<Backend> {
         // The cookie of this attempt, or none: one set for a backend that failed an
         // earlier attempt would pin the client to it.
         ctx.set_cookie = c.set_cookie;
         ctx.guard = Some(c.guard);
         ctx.backend = Some(c.backend.clone());
         ctx.upstream_started = Some(Instant::now());
-        Ok(c.backend)
+        c.backend
     }
 
     /// Records a response head from the chosen backend (TTFB, metrics, passive success).
@@ -472,7 +499,7 @@ impl ProxyHttp for EdgeProxy {
                 "no upstream chosen",
             ));
         };
-        let backend = match self.choose(&up, ctx) {
+        let backend = match self.choose_waiting(&up, ctx).await {
             Ok(backend) => backend,
             Err(none) => {
                 self.shared.metrics.reject(none.reason());

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+use super::queue::WaitQueue;
+
 /// A backend as configured, plus a handle to its live state.
 #[derive(Debug)]
 pub struct Backend {
@@ -24,6 +26,9 @@ pub struct Backend {
     /// In-flight requests plus open tunnels at most (`active`); 0: unlimited. Kept here,
     /// not in the stats, so a reload applies a new limit at once to the carried-over count.
     pub max_conns: u64,
+    /// Its upstream's wait queue, woken when this backend frees a slot; None without a
+    /// limit or a queue.
+    pub queue: Option<Arc<WaitQueue>>,
     pub stats: Arc<BackendStats>,
 }
 
@@ -35,6 +40,7 @@ impl Backend {
             weight: weight.max(1),
             backup,
             max_conns: 0,
+            queue: None,
             stats: Arc::new(BackendStats::new(true)),
         }
     }
@@ -431,6 +437,8 @@ pub struct ActiveGuard {
     tunnel: bool,
     /// The probe this request is ([`BackendStats::try_claim_probe`]).
     probe: Option<u64>,
+    /// Woken when this request gives its slot back (a full upstream's queued requests).
+    queue: Option<Arc<WaitQueue>>,
 }
 
 impl ActiveGuard {
@@ -462,7 +470,11 @@ impl ActiveGuard {
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
-                Ok(_) => return Some(Self::counted(stats.clone())),
+                Ok(_) => {
+                    let mut guard = Self::counted(stats.clone());
+                    guard.queue = backend.queue.clone();
+                    return Some(guard);
+                }
                 Err(seen) => current = seen,
             }
         }
@@ -475,6 +487,7 @@ impl ActiveGuard {
             stats,
             tunnel: false,
             probe: None,
+            queue: None,
         }
     }
 
@@ -502,6 +515,9 @@ impl Drop for ActiveGuard {
         self.stats.active.fetch_sub(1, Ordering::AcqRel);
         if self.tunnel {
             self.stats.tunnels.fetch_sub(1, Ordering::AcqRel);
+        }
+        if let Some(q) = &self.queue {
+            q.slot_freed();
         }
     }
 }

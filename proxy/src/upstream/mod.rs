@@ -2,6 +2,7 @@
 //! request (health, draining, backup tiers, retries and passive-check probes).
 
 pub mod backend;
+pub mod queue;
 pub mod registry;
 pub mod stream;
 pub mod tls;
@@ -30,6 +31,8 @@ pub struct Upstream {
     pub metrics: Vec<BackendMetrics>,
     /// Some backend has a `max_conns`: without one, picks skip every fullness check.
     pub limited: bool,
+    /// Where requests wait while every backend is full (`max_queue`); None: `503` at once.
+    pub queue: Option<Arc<queue::WaitQueue>>,
     /// Set when the backends speak TLS.
     pub tls: Option<Arc<tls::TlsClient>>,
 }
@@ -54,6 +57,12 @@ pub enum NoBackend {
     /// one is unavailable or full too.
     #[error("every backend is at max_conns")]
     Full,
+    /// [`NoBackend::Full`], and `max_queue` requests already wait.
+    #[error("every backend is at max_conns and the queue is full")]
+    QueueFull,
+    /// [`NoBackend::Full`] for the whole `queue_timeout`.
+    #[error("every backend stayed at max_conns for the queue timeout")]
+    QueueTimeout(std::time::Duration),
 }
 
 impl NoBackend {
@@ -62,6 +71,8 @@ impl NoBackend {
         match self {
             NoBackend::Unavailable => "no_backend",
             NoBackend::Full => "max_conns",
+            NoBackend::QueueFull => "max_conns_queue_full",
+            NoBackend::QueueTimeout(_) => "max_conns_queue_timeout",
         }
     }
 
@@ -70,6 +81,13 @@ impl NoBackend {
         match self {
             NoBackend::Unavailable => format!("no healthy backend in upstream {upstream}"),
             NoBackend::Full => format!("all backends of upstream {upstream} are at max_conns"),
+            NoBackend::QueueFull => format!(
+                "all backends of upstream {upstream} are at max_conns and its queue is full"
+            ),
+            NoBackend::QueueTimeout(d) => format!(
+                "all backends of upstream {upstream} stayed at max_conns for {} (queue_timeout)",
+                crate::config::fmt_duration(d)
+            ),
         }
     }
 }
@@ -79,6 +97,7 @@ impl Upstream {
     /// reloads.
     pub fn build(config: &UpstreamConfig, registry: &StatsRegistry, metrics: &Metrics) -> Self {
         let active_checks = config.health.active.is_some();
+        let queue = config.queue.map(|_| registry.queue(&config.name));
         let mut primaries = Vec::new();
         let mut backups = Vec::new();
         for b in &config.backends {
@@ -94,6 +113,7 @@ impl Upstream {
                 weight: b.weight.max(1),
                 backup: b.backup,
                 max_conns: u64::from(b.max_conns),
+                queue: queue.as_ref().filter(|_| b.max_conns != 0).cloned(),
                 stats,
             });
             if b.backup {
@@ -122,6 +142,7 @@ impl Upstream {
             signer,
             metrics,
             limited,
+            queue,
             tls: config
                 .tls
                 .as_ref()
@@ -152,6 +173,47 @@ impl Upstream {
     /// bounce back), and once every primary is full the backups take the overflow. A backend that fills between the strategy's choice and the
     /// count (another worker took its last slot) is left out and the strategy picks again.
     pub fn pick(&self, ctx: &PickContext, tried: &[usize]) -> Result<Pick, NoBackend> {
+        self.pick_counting(ctx, tried, true)
+    }
+
+    /// After a pick found every backend full ([`NoBackend::Full`]): waits in the upstream's
+    /// queue for a slot, up to `queue_timeout`, and picks again each time one is freed.
+    /// Without a queue, the `Full` stands.
+    ///
+    /// Freed slots are not handed to the oldest waiter: a request that arrives as one is
+    /// freed may take it first (the waiter then waits on), which keeps the common path free
+    /// of queue checks.
+    pub async fn pick_queued(
+        &self,
+        ctx: &PickContext<'_>,
+        tried: &[usize],
+    ) -> Result<Pick, NoBackend> {
+        let (Some(queue), Some(config)) = (&self.queue, self.config.queue) else {
+            return Err(NoBackend::Full);
+        };
+        let Some(waiter) = queue.join(config.max) else {
+            return Err(NoBackend::QueueFull);
+        };
+        let deadline = tokio::time::Instant::now() + config.timeout;
+        loop {
+            let freed = waiter.armed();
+            // A waiting request is not counted again on the full backends.
+            match self.pick_counting(ctx, tried, false) {
+                Err(NoBackend::Full) => {}
+                other => return other,
+            }
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                return Err(NoBackend::QueueTimeout(config.timeout));
+            }
+        }
+    }
+
+    fn pick_counting(
+        &self,
+        ctx: &PickContext,
+        tried: &[usize],
+        count: bool,
+    ) -> Result<Pick, NoBackend> {
         let probes = self.config.health.active.is_none();
         let window = self.config.health.fail_window;
         // Backends whose due probe another request claimed first, between scan and claim.
@@ -214,7 +276,7 @@ impl Upstream {
                 guard: guard.with_probe(probe),
             });
         };
-        if !full.is_empty() {
+        if count && !full.is_empty() {
             self.count_full(&full, result.as_ref().ok());
         }
         result
@@ -416,5 +478,80 @@ mod tests {
         assert!(unlimited.pick(&ctx, &[]).is_ok());
         drop((held, more));
         assert_eq!(raised.backends[0].active(), 0);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod queue_tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::Config;
+
+    fn queued_upstream(max_queue: u32, timeout: &str) -> Upstream {
+        let text = format!(
+            "[[listeners]]\nlisten = \"127.0.0.1:1\"\n[upstreams.app]\nmax_conns = 1\n\
+             max_queue = {max_queue}\nqueue_timeout = \"{timeout}\"\n\
+             backends = [{{ addr = \"127.0.0.1:9001\" }}]\n"
+        );
+        let config = Config::from_toml_str(&text, None).unwrap();
+        Upstream::build(
+            config.upstream("app").unwrap(),
+            &StatsRegistry::default(),
+            &Metrics::default(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_queued_request_gets_the_next_freed_slot() {
+        let up = Arc::new(queued_upstream(1, "10s"));
+        let ctx = PickContext::default();
+        let held = up.pick(&ctx, &[]).unwrap();
+        assert_eq!(up.pick(&ctx, &[]).err(), Some(NoBackend::Full));
+        let waiting = {
+            let up = up.clone();
+            tokio::spawn(async move {
+                up.pick_queued(&PickContext::default(), &[])
+                    .await
+                    .map(|p| p.index)
+            })
+        };
+        let queue = up.queue.clone().unwrap();
+        while queue.waiting() == 0 {
+            tokio::task::yield_now().await;
+        }
+        // One waits already: the next is refused at once.
+        assert_eq!(
+            up.pick_queued(&ctx, &[]).await.err(),
+            Some(NoBackend::QueueFull)
+        );
+        drop(held);
+        let got = tokio::time::timeout(Duration::from_secs(5), waiting).await;
+        assert!(matches!(got, Ok(Ok(Ok(0)))), "{got:?}");
+        assert_eq!(queue.waiting(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_queued_request_gives_up_after_queue_timeout() {
+        let up = queued_upstream(5, "2s");
+        let ctx = PickContext::default();
+        let _held = up.pick(&ctx, &[]).unwrap();
+        let start = tokio::time::Instant::now();
+        assert_eq!(
+            up.pick_queued(&ctx, &[]).await.err(),
+            Some(NoBackend::QueueTimeout(Duration::from_secs(2)))
+        );
+        assert!(start.elapsed() >= Duration::from_secs(2));
+        assert_eq!(up.queue.as_ref().unwrap().waiting(), 0);
+    }
+
+    #[tokio::test]
+    async fn without_a_queue_a_full_upstream_refuses_at_once() {
+        let up = queued_upstream(0, "2s");
+        assert!(up.queue.is_none());
+        let ctx = PickContext::default();
+        let _held = up.pick(&ctx, &[]).unwrap();
+        assert_eq!(up.pick_queued(&ctx, &[]).await.err(), Some(NoBackend::Full));
     }
 }
