@@ -378,32 +378,6 @@ pub fn echo_answer(req: &Req) -> String {
     }
 }
 
-/// Sends the requests `make(0)`, `make(1)`, ... through `proxy`, each on a new client
-/// connection, until the backend reports on `closed` that one met a kept-alive connection
-/// it closed; returns that request's path and answer. The others must succeed.
-pub async fn until_closed(
-    proxy: &Proxy,
-    closed: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
-    make: impl Fn(usize) -> String,
-) -> (String, Resp) {
-    for n in 0..50 {
-        let req = make(n);
-        let mut c = RawConn::connect(proxy.addr()).await;
-        let r = c.exchange(req.as_str()).await;
-        let path = req.split(' ').nth(1).unwrap_or_default().to_owned();
-        // The backend reports before it closes, so before the proxy can answer.
-        let mut hit = false;
-        while let Ok(p) = closed.try_recv() {
-            hit |= p == path;
-        }
-        if hit {
-            return (path, r);
-        }
-        assert_eq!(r.status, 200, "{req:?} on a fresh connection: {r:?}");
-    }
-    panic!("no request met a kept-alive connection in 50 tries");
-}
-
 /// A keep-alive backend that holds each request until the test lets it go, for requests
 /// that must stay in flight: [`Self::wait_arrived`] waits until it has read `n` requests,
 /// [`Self::release`] lets `n` of them (held or still to come) be answered `200 <name>`.

@@ -10,9 +10,7 @@ use std::time::Duration;
 use tests::admin::{admin_get, backend_status, counter, wait_backend};
 use tests::fixtures::{backend_entry, listener, tls_keys, TWO_THREADS};
 use tests::h2client::{connect as h2_connect, get as h2_get};
-use tests::raw::{
-    echo_answer, get_req, reply, until_closed, HoldingBackend, RawBackend, RawConn, Resp,
-};
+use tests::raw::{echo_answer, get_req, reply, HoldingBackend, RawBackend, RawConn, Resp};
 use tests::{
     client, free_port, get_with, wait_until, ws_close, ws_connect, Backend, Certs, Proxy,
     STEP_TIMEOUT,
@@ -294,13 +292,17 @@ async fn open_websockets_count_against_max_conns() {
 
     let (ws, first) = ws_connect(&proxy.ws_url("/ws")).await;
     let other = if first == "a" { "b" } else { "a" };
+    let other_addr = bs.iter().find(|b| b.id() == other).unwrap().addr();
     // Round robin would alternate; the tunnel's backend is full.
     for _ in 0..4 {
+        // Each request's slot is given back just after its answer went out.
+        wait_released(&proxy, other_addr).await;
         let r = get_with(&c, &id_url).await;
         assert_eq!(r.status, 200);
         assert_eq!(r.backend(), Some(other));
     }
 
+    wait_released(&proxy, other_addr).await;
     let (ws2, second) = ws_connect(&proxy.ws_url("/ws")).await;
     assert_eq!(second, other);
     let r = get_with(&c, &id_url).await;
@@ -389,13 +391,32 @@ async fn a_request_sent_again_after_a_stale_connection_reuses_its_own_slot() {
         "max_conns = 1\n",
         &[format!("{{ addr = \"{}\" }}", raw.addr)],
     ));
-    // HTTP/1.0 goes through pingora's path, HTTP/1.1 through Switchyard's.
+    // HTTP/1.0 goes through pingora's path, HTTP/1.1 through Switchyard's. Whether the
+    // proxy reuses a connection is its pool's timing: requests go until one meets a
+    // connection the backend closed.
     for version in ["1.0", "1.1"] {
-        let (path, r) = until_closed(&proxy, &mut closed_rx, |n| {
-            format!("GET /again{n} HTTP/{version}\r\nHost: test\r\n\r\n")
-        })
-        .await;
-        assert_eq!(r.status, 200, "{path}: {r:?}");
+        let mut met_closed = false;
+        for n in 0..50 {
+            // The previous request's slot is given back just after its answer went out.
+            wait_released(&proxy, raw.addr).await;
+            let path = format!("/again{version}-{n}");
+            let r = RawConn::connect(proxy.addr())
+                .await
+                .exchange(format!("GET {path} HTTP/{version}\r\nHost: test\r\n\r\n"))
+                .await;
+            assert_eq!(r.status, 200, "{path}: {r:?}");
+            // The backend reports before it closes, so before the proxy can answer.
+            while let Ok(p) = closed_rx.try_recv() {
+                met_closed |= p == path;
+            }
+            if met_closed {
+                break;
+            }
+        }
+        assert!(
+            met_closed,
+            "HTTP/{version}: no request met a kept-alive connection"
+        );
     }
 }
 
@@ -422,4 +443,132 @@ fn proxy_check_shows_limits_and_locates_a_bad_one() {
         ),
         "{all}"
     );
+}
+
+/// With `max_queue`, a request that finds every backend full waits for a slot and is served
+/// when one is freed; one more than the queue holds gets `503` at once, and a queued one
+/// that waits out `queue_timeout` gets its `503` then. On both HTTP/1 paths.
+async fn a_full_upstream_queues_requests(path: Path) {
+    let a = HoldingBackend::start("a").await;
+    let port = free_port();
+    let queue = |timeout: &str| {
+        config(
+            path,
+            port,
+            &format!("max_queue = 1\nqueue_timeout = \"{timeout}\"\n"),
+            &[holding_entry(&a, "max_conns = 1")],
+        )
+    };
+    let proxy = Proxy::start_config(&queue("10s"));
+    let held = spawn_request(proxy.addr(), path);
+    a.wait_arrived(1).await;
+    let queued = spawn_request(proxy.addr(), path);
+    wait_until(T, "one request waits in the queue", || {
+        let status = tests::admin::status(&proxy);
+        async move { status.await["upstreams"][0]["queue"]["waiting"] == 1 }
+    })
+    .await;
+    let r = request(proxy.addr(), path).await;
+    assert_eq!(r.status, 503, "{}", r.head);
+    assert!(
+        r.text().contains("at max_conns and its queue is full"),
+        "{:?}",
+        r.text()
+    );
+    assert_eq!(
+        a.arrived(),
+        1,
+        "the queued request went to the full backend"
+    );
+
+    // The held request ends: the queued one takes its slot.
+    a.release(2);
+    for h in [held, queued] {
+        let r = tokio::time::timeout(STEP_TIMEOUT, h)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((r.status, r.text().as_str()), (200, "a"), "{}", r.head);
+    }
+    assert_eq!(a.arrived(), 2);
+
+    // A short queue_timeout: the queued request gives up with the reason.
+    proxy.reload(&queue("300ms"));
+    wait_until(T, "queue_timeout 300ms applied", || {
+        let status = tests::admin::status(&proxy);
+        async move { status.await["upstreams"][0]["queue"]["timeout_ms"] == 300 }
+    })
+    .await;
+    wait_released(&proxy, a.addr).await;
+    let held = spawn_request(proxy.addr(), path);
+    a.wait_arrived(3).await;
+    let r = request(proxy.addr(), path).await;
+    assert_eq!(r.status, 503, "{}", r.head);
+    assert!(
+        r.text()
+            .contains("stayed at max_conns for 300ms (queue_timeout)"),
+        "{:?}",
+        r.text()
+    );
+    a.release(1);
+    let r = tokio::time::timeout(STEP_TIMEOUT, held)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        metric(
+            &proxy,
+            "switchyard_rejected_total",
+            "reason=\"max_conns_queue_full\""
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &proxy,
+            "switchyard_rejected_total",
+            "reason=\"max_conns_queue_timeout\""
+        )
+        .await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn a_full_upstream_queues_requests_on_switchyards_path() {
+    a_full_upstream_queues_requests(Path::Native).await;
+}
+
+#[tokio::test]
+async fn a_full_upstream_queues_requests_on_pingoras_path() {
+    a_full_upstream_queues_requests(Path::Pingora).await;
+}
+
+/// A queued WebSocket upgrade gets the slot of a tunnel that closes.
+#[tokio::test]
+async fn a_queued_upgrade_gets_the_slot_of_a_closed_tunnel() {
+    let b = Backend::start("a");
+    let proxy = Proxy::start_config(&config(
+        Path::Native,
+        free_port(),
+        "max_queue = 4\nqueue_timeout = \"10s\"\n",
+        &[backend_entry(&b, "max_conns = 1")],
+    ));
+    let (ws, _) = ws_connect(&proxy.ws_url("/ws")).await;
+    let url = proxy.ws_url("/ws");
+    let second = tokio::spawn(async move { ws_connect(&url).await });
+    wait_until(T, "the second upgrade waits in the queue", || {
+        let status = tests::admin::status(&proxy);
+        async move { status.await["upstreams"][0]["queue"]["waiting"] == 1 }
+    })
+    .await;
+    ws_close(ws).await;
+    let (ws2, id) = tokio::time::timeout(STEP_TIMEOUT, second)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(id, "a");
+    ws_close(ws2).await;
 }

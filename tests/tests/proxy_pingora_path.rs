@@ -14,9 +14,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use tests::fixtures::{listener, upstream, TWO_THREADS};
-use tests::raw::{
-    echo_answer, field, proxy_for_raw, reply, until_closed, RawBackend, RawConn, Req,
-};
+use tests::raw::{echo_answer, field, proxy_for_raw, reply, RawBackend, RawConn, Req};
 use tests::{free_port, Proxy, STEP_TIMEOUT};
 
 // ---------------------------------------------------------------------------------------
@@ -830,6 +828,32 @@ async fn a_request_on_a_kept_alive_connection_the_backend_closed_is_sent_again()
     })
     .await;
     assert_eq!((r.status, r.text().as_str()), (200, "hi"), "{path}: {r:?}");
+}
+
+/// Sends the requests `make(0)`, `make(1)`, ... through `proxy`, each on a new client
+/// connection, until the backend reports on `closed` that one met a kept-alive connection
+/// it closed; returns that request's path and answer. The others must succeed.
+async fn until_closed(
+    proxy: &Proxy,
+    closed: &mut mpsc::UnboundedReceiver<String>,
+    make: impl Fn(usize) -> String,
+) -> (String, tests::raw::Resp) {
+    for n in 0..50 {
+        let req = make(n);
+        let mut c = RawConn::connect(proxy.addr()).await;
+        let r = c.exchange(req.as_str()).await;
+        let path = req.split(' ').nth(1).unwrap_or_default().to_owned();
+        // The backend reports before it closes, so before the proxy can answer.
+        let mut hit = false;
+        while let Ok(p) = closed.try_recv() {
+            hit |= p == path;
+        }
+        if hit {
+            return (path, r);
+        }
+        assert_eq!(r.status, 200, "{req:?} on a fresh connection: {r:?}");
+    }
+    panic!("no request met a kept-alive connection in 50 tries");
 }
 
 /// An answer with both Content-Length and Transfer-Encoding reaches a client of pingora's
