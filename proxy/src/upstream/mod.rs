@@ -518,9 +518,17 @@ mod queue_tests {
             })
         };
         let queue = up.queue.clone().unwrap();
-        while queue.waiting() == 0 {
-            tokio::task::yield_now().await;
-        }
+        let queued = async {
+            while queue.waiting() == 0 {
+                tokio::task::yield_now().await;
+            }
+        };
+        assert!(
+            tokio::time::timeout(Duration::from_secs(5), queued)
+                .await
+                .is_ok(),
+            "the request never joined the queue"
+        );
         // One waits already: the next is refused at once.
         assert_eq!(
             up.pick_queued(&ctx, &[]).await.err(),
