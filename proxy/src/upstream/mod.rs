@@ -1,5 +1,5 @@
 //! Upstream groups: their backends, their strategy, and the choice of a backend for one
-//! request (health, draining, backup tiers, retries and passive-check probes).
+//! request (health, draining, backup tiers, `max_conns`, retries and passive-check probes).
 
 pub mod backend;
 pub mod queue;
