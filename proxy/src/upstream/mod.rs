@@ -170,8 +170,9 @@ impl Upstream {
     /// A backend at its `max_conns` is unavailable for this request, as in nginx: a client
     /// pinned to it by a cookie or its address goes elsewhere (a sticky client is re-pinned
     /// there, as when its backend is down: a session started on the new backend should not
-    /// bounce back), and once every primary is full the backups take the overflow. A backend that fills between the strategy's choice and the
-    /// count (another worker took its last slot) is left out and the strategy picks again.
+    /// bounce back), and once every primary is full the backups take the overflow. A
+    /// backend that fills between the strategy's choice and the count (another worker took
+    /// its last slot) is left out and the strategy picks again.
     pub fn pick(&self, ctx: &PickContext, tried: &[usize]) -> Result<Pick, NoBackend> {
         self.pick_counting(ctx, tried, true)
     }
