@@ -89,9 +89,15 @@ async fn request(proxy: SocketAddr, path: Path) -> Resp {
 }
 
 fn assert_full(r: &Resp) {
+    assert_full_in(r, "app");
+}
+
+/// `r` is the `503` of an `upstream` whose backends are all full.
+fn assert_full_in(r: &Resp, upstream: &str) {
     assert_eq!(r.status, 503, "{}", r.head);
     assert_eq!(r.header("retry-after"), Some("1"), "{}", r.head);
-    assert!(r.text().contains(FULL), "{:?}", r.text());
+    let want = format!("all backends of upstream {upstream} are at max_conns");
+    assert!(r.text().contains(&want), "{:?}", r.text());
 }
 
 /// Waits until the proxy counts nothing in flight on `addr`.
@@ -571,4 +577,29 @@ async fn a_queued_upgrade_gets_the_slot_of_a_closed_tunnel() {
         .unwrap();
     assert_eq!(id, "a");
     ws_close(ws2).await;
+}
+
+/// Quick mode's `--max-conns` limits every backend.
+#[tokio::test]
+async fn quick_mode_limits_every_backend() {
+    let a = HoldingBackend::start("a").await;
+    let listen = format!("127.0.0.1:{}", free_port());
+    let backend = a.addr.to_string();
+    let proxy = Proxy::start_quick(&[
+        "--listen",
+        &listen,
+        "--backend",
+        &backend,
+        "--max-conns",
+        "1",
+    ]);
+    let held = spawn_request(proxy.addr(), Path::Native);
+    a.wait_arrived(1).await;
+    assert_full_in(&request(proxy.addr(), Path::Native).await, "default");
+    a.release(1);
+    let r = tokio::time::timeout(STEP_TIMEOUT, held)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.status, 200);
 }
