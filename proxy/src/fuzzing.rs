@@ -218,7 +218,8 @@ fn admit_view<V: crate::proxy::policy::RequestView>(
                 a.sticky_id.as_deref(),
                 &mut tried,
                 tls,
-            );
+            )
+            .ok();
             Admission::Forward {
                 target: a.rewritten.map(|r| r.target),
                 backend: choice.as_ref().map(|c| c.backend.id.clone()),

@@ -4,7 +4,8 @@
 //! # Layout
 //! - [`config`]: the TOML configuration, its validation and the quick (flags-only) mode.
 //! - [`upstream`]: upstream groups and the live state of each backend (counters, health,
-//!   draining), kept across reloads.
+//!   draining), kept across reloads; the choice of a backend for a request, its `max_conns`
+//!   and the queue of requests waiting for a slot.
 //! - [`balance`]: the balancing strategies, one module each, behind [`balance::Strategy`].
 //! - [`health`]: active health checks (passive ones live with the backend state).
 //! - [`tunnel`]: the WebSocket upgrade handshake and a byte relay that holds no buffer while

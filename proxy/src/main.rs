@@ -80,6 +80,10 @@ struct Cli {
     /// protocol header (v1 or v2) first on every connection, with the client's address.
     #[arg(long)]
     proxy_protocol: bool,
+    /// Quick mode: at most N in-flight requests plus open tunnels on each backend (nginx's
+    /// `max_conns`); a full backend is passed over, and with all full the client gets 503.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    max_conns: u32,
     /// HMAC key for sticky cookies (shared by all replicas).
     #[arg(long, env = "SWITCHYARD_STICKY_KEY", hide_env_values = true)]
     sticky_key: Option<String>,
@@ -164,6 +168,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             backend_server_name: cli.backend_server_name,
             backend_h2: cli.backend_h2,
             proxy_protocol: cli.proxy_protocol,
+            max_conns: cli.max_conns,
         }),
     };
     let config = match config {

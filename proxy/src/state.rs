@@ -432,7 +432,7 @@ mod tests {
         shared.reload().unwrap();
         assert_eq!(backend(&shared).stats.health(), Health::Up);
         let up = shared.current().upstreams["app"].clone();
-        assert!(up.pick(&PickContext::default(), &[]).is_some());
+        assert!(up.pick(&PickContext::default(), &[]).is_ok());
     }
 
     #[test]

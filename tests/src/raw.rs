@@ -377,3 +377,65 @@ pub fn echo_answer(req: &Req) -> String {
         )
     }
 }
+
+/// A keep-alive backend that holds each request until the test lets it go, for requests
+/// that must stay in flight: [`Self::wait_arrived`] waits until it has read `n` requests,
+/// [`Self::release`] lets `n` of them (held or still to come) be answered `200 <name>`.
+pub struct HoldingBackend {
+    pub addr: SocketAddr,
+    arrived: Arc<AtomicUsize>,
+    gate: Arc<tokio::sync::Semaphore>,
+}
+
+impl HoldingBackend {
+    pub async fn start(name: &'static str) -> HoldingBackend {
+        let arrived = Arc::new(AtomicUsize::new(0));
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let (count, permits) = (arrived.clone(), gate.clone());
+        let raw = RawBackend::start(move |mut conn, _| {
+            let (count, permits) = (count.clone(), permits.clone());
+            async move {
+                while conn.request().await.is_some() {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    let Ok(permit) = permits.acquire().await else {
+                        return;
+                    };
+                    permit.forget();
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{name}",
+                        name.len()
+                    );
+                    if !reply(&mut conn, answer).await {
+                        return;
+                    }
+                }
+            }
+        })
+        .await;
+        HoldingBackend {
+            addr: raw.addr,
+            arrived,
+            gate,
+        }
+    }
+
+    /// Requests read so far (held or answered).
+    pub fn arrived(&self) -> usize {
+        self.arrived.load(Ordering::SeqCst)
+    }
+
+    /// Waits (up to [`STEP_TIMEOUT`]) until `n` requests have arrived.
+    pub async fn wait_arrived(&self, n: usize) {
+        crate::wait_until(
+            STEP_TIMEOUT,
+            &format!("{n} requests reach the backend on {}", self.addr),
+            || async { self.arrived() >= n },
+        )
+        .await;
+    }
+
+    /// Lets `n` more requests be answered.
+    pub fn release(&self, n: usize) {
+        self.gate.add_permits(n);
+    }
+}

@@ -18,6 +18,8 @@ pub struct BackendMetrics {
     pub responses: [prometheus::IntCounter; 5],
     /// Picks of the backend's upstream and strategy.
     pub picks: prometheus::IntCounter,
+    /// Requests that found the backend at its `max_conns` (sent elsewhere or refused).
+    pub full: prometheus::IntCounter,
 }
 
 impl BackendMetrics {
@@ -35,7 +37,10 @@ pub struct Metrics {
     pub latency: HistogramVec,
     pub picks: IntCounterVec,
     pub rejected: IntCounterVec,
+    full: IntCounterVec,
     active: IntGaugeVec,
+    max_conns: IntGaugeVec,
+    queued: IntGaugeVec,
     tunnels: IntGaugeVec,
     healthy: IntGaugeVec,
     draining: IntGaugeVec,
@@ -94,6 +99,27 @@ impl Metrics {
             ),
             &["reason"],
         ));
+        let full = must(IntCounterVec::new(
+            Opts::new(
+                "backend_full_total",
+                "Requests that found the backend at max_conns and went to another backend or got 503",
+            ),
+            bl,
+        ));
+        let max_conns = must(IntGaugeVec::new(
+            Opts::new(
+                "backend_max_conns",
+                "In-flight requests plus tunnels allowed on the backend (0: unlimited)",
+            ),
+            bl,
+        ));
+        let queued = must(IntGaugeVec::new(
+            Opts::new(
+                "upstream_queued",
+                "Requests waiting for a slot while every backend is at max_conns",
+            ),
+            &["upstream"],
+        ));
         let active = must(IntGaugeVec::new(
             Opts::new("backend_active", "In-flight requests plus open tunnels"),
             bl,
@@ -120,11 +146,11 @@ impl Metrics {
             ),
             bl,
         ));
-        for c in [&requests, &picks, &rejected, &responses] {
+        for c in [&requests, &picks, &rejected, &responses, &full] {
             must(registry.register(Box::new(c.clone())));
         }
         must(registry.register(Box::new(latency.clone())));
-        for g in [&active, &tunnels, &healthy, &draining] {
+        for g in [&active, &tunnels, &healthy, &draining, &max_conns, &queued] {
             must(registry.register(Box::new(g.clone())));
         }
         must(registry.register(Box::new(weight.clone())));
@@ -135,7 +161,10 @@ impl Metrics {
             latency,
             picks,
             rejected,
+            full,
             active,
+            max_conns,
+            queued,
             tunnels,
             healthy,
             draining,
@@ -153,6 +182,7 @@ impl Metrics {
             responses: ["1xx", "2xx", "3xx", "4xx", "5xx"]
                 .map(|c| self.responses.with_label_values(&[upstream, backend, c])),
             picks: self.picks.with_label_values(&[upstream, strategy]),
+            full: self.full.with_label_values(&l),
         }
     }
 
@@ -162,11 +192,23 @@ impl Metrics {
 
     /// Renders the text exposition, refreshing the backend gauges from `runtime` first.
     pub fn render(&self, runtime: &Runtime) -> String {
-        for g in [&self.active, &self.tunnels, &self.healthy, &self.draining] {
+        for g in [
+            &self.active,
+            &self.tunnels,
+            &self.healthy,
+            &self.draining,
+            &self.max_conns,
+            &self.queued,
+        ] {
             g.reset();
         }
         self.weight.reset();
         for up in runtime.upstreams.values() {
+            if let Some(q) = &up.queue {
+                self.queued
+                    .with_label_values(&[up.name.as_str()])
+                    .set(i64::try_from(q.waiting()).unwrap_or(i64::MAX));
+            }
             for b in &up.backends {
                 let addr = b.addr.to_string();
                 let l = [up.name.as_str(), addr.as_str()];
@@ -176,6 +218,9 @@ impl Metrics {
                 };
                 self.active.with_label_values(&l).set(load(&s.active));
                 self.tunnels.with_label_values(&l).set(load(&s.tunnels));
+                self.max_conns
+                    .with_label_values(&l)
+                    .set(i64::try_from(b.max_conns).unwrap_or(i64::MAX));
                 self.healthy
                     .with_label_values(&l)
                     .set(i64::from(s.health() == Health::Up));

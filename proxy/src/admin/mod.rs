@@ -80,6 +80,7 @@ impl AdminApp {
                             "draining": s.is_draining(),
                             "active": s.active.load(Ordering::Relaxed),
                             "tunnels": s.tunnels.load(Ordering::Relaxed),
+                            "max_conns": b.max_conns,
                             "requests": s.requests.load(Ordering::Relaxed),
                             "ewma_ms": s.ewma.get_us() / 1000.0,
                         })
@@ -90,6 +91,12 @@ impl AdminApp {
                     "strategy": u.config.strategy.as_str(),
                     "protocol": u.config.protocol.as_str(),
                     "active_checks": u.config.health.active.is_some(),
+                    // Requests waiting for a slot while every backend is at max_conns.
+                    "queue": u.config.queue.map(|q| json!({
+                        "max": q.max,
+                        "timeout_ms": u64::try_from(q.timeout.as_millis()).unwrap_or(u64::MAX),
+                        "waiting": u.queue.as_ref().map_or(0, |w| w.waiting()),
+                    })),
                     // What an operator checks when a backend's handshakes fail.
                     "tls": u.config.tls.as_ref().map(|t| json!({
                         "server_name": t.server_name,

@@ -55,6 +55,9 @@ pub enum ErrorKind {
     /// A backend weight outside `1..=10000`.
     #[error("weight {0} is out of range (1 to {max})", max = super::MAX_WEIGHT)]
     WeightOutOfRange(u32),
+    /// A `max_conns` above [`MAX_CONNS`](super::MAX_CONNS).
+    #[error("max_conns {0} is out of range (0 for unlimited, or up to {max})", max = super::MAX_CONNS)]
+    MaxConnsOutOfRange(u32),
     /// An address that is not `ip:port`.
     #[error("invalid address `{0}` (expected ip:port, e.g. 127.0.0.1:9001 or [::1]:9001)")]
     InvalidAddress(String),

@@ -228,6 +228,15 @@ pub(super) struct UpstreamFile {
     /// Weight ramp after recovery; absent or 0 disables.
     #[serde(default)]
     pub slow_start: Option<HumanDuration>,
+    /// Default `max_conns` of each backend that sets none; absent or 0: unlimited.
+    #[serde(default)]
+    pub max_conns: Option<u32>,
+    /// Requests that may wait for a slot while every backend is full; 0 (default): none.
+    #[serde(default)]
+    pub max_queue: u32,
+    /// How long a queued request waits for a slot; default 5s.
+    #[serde(default)]
+    pub queue_timeout: Option<HumanDuration>,
     /// `[upstreams.<name>.health]`.
     #[serde(default)]
     pub health: HealthFile,
@@ -305,6 +314,10 @@ pub(super) struct BackendFile {
     /// Only used while every primary is down.
     #[serde(default)]
     pub backup: bool,
+    /// In-flight requests plus tunnels at most; absent: the upstream's `max_conns`; 0:
+    /// unlimited, whatever the upstream's.
+    #[serde(default)]
+    pub max_conns: Option<u32>,
 }
 
 fn default_weight() -> u32 {

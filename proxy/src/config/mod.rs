@@ -56,6 +56,8 @@ pub const DEFAULT_ADMIN_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr
 pub const DEFAULT_STICKY_COOKIE: &str = "syd_route";
 /// Largest backend weight.
 pub const MAX_WEIGHT: u32 = 10_000;
+/// Largest backend `max_conns`.
+pub const MAX_CONNS: u32 = 1_000_000;
 
 /// A health check's request path: from `/`, visible ASCII only (it goes on the request line
 /// as written).
@@ -339,7 +341,22 @@ pub struct UpstreamConfig {
     pub protocol: UpstreamProtocol,
     /// The timeouts towards its backends: `[upstreams.<name>.timeouts]` over `[timeouts]`.
     pub timeouts: BackendTimeouts,
+    /// Requests wait for a slot while every backend is at `max_conns`; None: `503` at once.
+    pub queue: Option<QueueConfig>,
 }
+
+/// The wait queue of an upstream whose backends are all at their `max_conns` (nginx's
+/// `queue`, HAProxy's `timeout queue`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueConfig {
+    /// Requests waiting at most; one more gets `503` at once. At least 1.
+    pub max: u32,
+    /// How long one waits for a slot before its `503`; > 0.
+    pub timeout: Duration,
+}
+
+/// Default wait of a queued request.
+pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The timeouts that concern an upstream's backends, resolved (its own, or `[timeouts]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -427,6 +444,8 @@ pub struct BackendConfig {
     pub weight: u32,
     /// Receives traffic only while every primary is unavailable.
     pub backup: bool,
+    /// In-flight requests plus open tunnels at most (nginx's `max_conns`); 0: unlimited.
+    pub max_conns: u32,
 }
 
 /// Health checking of an upstream's backends.

@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use super::error::ErrorKind;
 use super::file::UpstreamTlsFile;
 use super::resolve::{
-    addrs_conflict, check_weight, derived_id, tls_pair_problems, upstream_tls, TlsFindings,
+    addrs_conflict, check_max_conns, check_weight, derived_id, tls_pair_problems, upstream_tls,
+    TlsFindings,
 };
 use super::{
     AccessLogConfig, ActiveCheck, AdminConfig, BackendConfig, CheckKind, Config, ConfigError,
@@ -56,6 +57,8 @@ pub struct QuickOptions {
     pub backend_h2: bool,
     /// Both listeners expect a PROXY protocol header on every connection.
     pub proxy_protocol: bool,
+    /// `max_conns` of every backend; 0: unlimited.
+    pub max_conns: u32,
 }
 
 impl Default for QuickOptions {
@@ -78,6 +81,7 @@ impl Default for QuickOptions {
             backend_server_name: None,
             backend_h2: false,
             proxy_protocol: false,
+            max_conns: 0,
         }
     }
 }
@@ -208,6 +212,7 @@ pub(super) fn resolve(q: &QuickOptions, env: Env<'_>) -> Result<Config, ConfigEr
                     addr,
                     weight,
                     backup,
+                    max_conns: q.max_conns,
                 });
             }
             Err(kind) => errs.push(key, kind),
@@ -215,6 +220,9 @@ pub(super) fn resolve(q: &QuickOptions, env: Env<'_>) -> Result<Config, ConfigEr
     }
     if q.backends.is_empty() {
         errs.push("", ErrorKind::NoBackend);
+    }
+    if let Err(kind) = check_max_conns(q.max_conns) {
+        errs.push(format!("--max-conns {}", q.max_conns), kind);
     }
 
     let active = match &q.health_path {
@@ -322,6 +330,7 @@ pub(super) fn resolve(q: &QuickOptions, env: Env<'_>) -> Result<Config, ConfigEr
                 UpstreamProtocol::Http1
             },
             timeouts: (&Timeouts::default()).into(),
+            queue: None,
         }],
         routes: vec![Route {
             host: None,
@@ -355,6 +364,20 @@ mod tests {
 
     fn errors(q: &QuickOptions) -> Vec<String> {
         resolve(q, &no_env).unwrap_err().lines()
+    }
+
+    #[test]
+    fn max_conns_applies_to_every_backend() {
+        let mut q = opts(&["127.0.0.1:9001", "127.0.0.1:9002"]);
+        q.backups = vec!["127.0.0.1:9009".to_string()];
+        q.max_conns = 25;
+        let c = resolve(&q, &no_env).unwrap();
+        assert!(c.upstreams[0].backends.iter().all(|b| b.max_conns == 25));
+        q.max_conns = 1_000_001;
+        assert_eq!(
+            errors(&q),
+            ["--max-conns 1000001: max_conns 1000001 is out of range (0 for unlimited, or up to 1000000)"]
+        );
     }
 
     #[test]

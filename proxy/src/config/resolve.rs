@@ -19,9 +19,10 @@ use super::file::{
 use super::locate::KeyPath;
 use super::{
     AccessLogConfig, ActiveCheck, AdminConfig, BackendConfig, BackendTimeouts, CheckKind, Config,
-    Env, HealthConfig, IpHashConfig, Limits, ListenerConfig, ProxyProtocolConfig, Route,
-    ServerConfig, SniCert, StickyConfig, StrategyKind, Timeouts, TlsConfig, UpstreamConfig,
-    UpstreamTlsConfig, MAX_WEIGHT, MIN_STICKY_KEY_LEN, MIN_TUNNEL_IDLE,
+    Env, HealthConfig, IpHashConfig, Limits, ListenerConfig, ProxyProtocolConfig, QueueConfig,
+    Route, ServerConfig, SniCert, StickyConfig, StrategyKind, Timeouts, TlsConfig, UpstreamConfig,
+    UpstreamTlsConfig, DEFAULT_QUEUE_TIMEOUT, MAX_CONNS, MAX_WEIGHT, MIN_STICKY_KEY_LEN,
+    MIN_TUNNEL_IDLE,
 };
 
 /// Errors and warnings found while resolving, each with the key path it is about.
@@ -485,6 +486,16 @@ fn resolve_upstream(
         if let Err(kind) = check_weight(b.weight) {
             out.err(bp.key("weight"), kind);
         }
+        // The backend's own limit, even 0, overrides the upstream's default.
+        let max_conns = match b.max_conns {
+            Some(n) => {
+                if let Err(kind) = check_max_conns(n) {
+                    out.err(bp.key("max_conns"), kind);
+                }
+                n
+            }
+            None => u.max_conns.unwrap_or(0),
+        };
         let id = match b.id {
             Some(id) => {
                 if !valid_name(&id) {
@@ -510,10 +521,14 @@ fn resolve_upstream(
             addr,
             weight: b.weight,
             backup: b.backup,
+            max_conns,
         });
     }
     if !backends.iter().any(|b| !b.backup) {
         out.err(p.key("backends"), ErrorKind::NoPrimaryBackend);
+    }
+    if let Some(Err(kind)) = u.max_conns.map(check_max_conns) {
+        out.err(p.key("max_conns"), kind);
     }
 
     let slow_start = u.slow_start.map(|d| d.0).filter(|d| !d.is_zero());
@@ -575,6 +590,14 @@ fn resolve_upstream(
         tunnel_idle: tunnel_idle.unwrap_or(global.tunnel_idle),
     };
 
+    let queue = resolve_queue(
+        u.max_queue,
+        u.queue_timeout.map(|d| d.0),
+        &backends,
+        &p,
+        out,
+    );
+
     UpstreamConfig {
         name,
         strategy: u.strategy,
@@ -586,7 +609,41 @@ fn resolve_upstream(
         tls,
         protocol: u.protocol,
         timeouts,
+        queue,
     }
+}
+
+/// `max_queue` and `queue_timeout` of an upstream: a queue only where a backend has a
+/// limit to wait for.
+fn resolve_queue(
+    max_queue: u32,
+    queue_timeout: Option<Duration>,
+    backends: &[BackendConfig],
+    p: &KeyPath,
+    out: &mut Resolved,
+) -> Option<QueueConfig> {
+    let timeout = queue_timeout.unwrap_or(DEFAULT_QUEUE_TIMEOUT);
+    if max_queue == 0 {
+        if queue_timeout.is_some() {
+            out.warn(p.key("queue_timeout"), "ignored: max_queue is 0 (no queue)");
+        }
+        return None;
+    }
+    if max_queue > MAX_CONNS {
+        out.err(p.key("max_queue"), ErrorKind::AtMost(MAX_CONNS as usize));
+    }
+    positive(out, p.key("queue_timeout"), timeout);
+    if backends.iter().all(|b| b.max_conns == 0) {
+        out.warn(
+            p.key("max_queue"),
+            "ignored: no backend of this upstream has max_conns, so none is ever full",
+        );
+        return None;
+    }
+    Some(QueueConfig {
+        max: max_queue,
+        timeout,
+    })
 }
 
 /// What [`upstream_tls`] found wrong or risky, by key of `[upstreams.NAME.tls]`, for the
@@ -746,6 +803,15 @@ fn read_certs(path: &Path) -> Result<std::sync::Arc<[Vec<u8>]>, TlsFileProblem> 
 pub(super) fn check_weight(w: u32) -> Result<(), ErrorKind> {
     if w == 0 || w > MAX_WEIGHT {
         return Err(ErrorKind::WeightOutOfRange(w));
+    }
+    Ok(())
+}
+
+/// 0 (unlimited) to [`MAX_CONNS`]: more than any one proxy can hold open, so a larger
+/// value is a typo (an extra digit) rather than a limit.
+pub(super) fn check_max_conns(n: u32) -> Result<(), ErrorKind> {
+    if n > MAX_CONNS {
+        return Err(ErrorKind::MaxConnsOutOfRange(n));
     }
     Ok(())
 }

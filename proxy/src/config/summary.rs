@@ -82,6 +82,14 @@ impl Config {
             if let Some(d) = u.slow_start {
                 write!(s, "  slow start {}", fmt_duration(d))?;
             }
+            if let Some(q) = u.queue {
+                write!(
+                    s,
+                    "  queue {} for {} when every backend is full",
+                    q.max,
+                    fmt_duration(q.timeout)
+                )?;
+            }
             if u.timeouts != (&self.timeouts).into() {
                 let t = &u.timeouts;
                 write!(
@@ -100,7 +108,7 @@ impl Config {
                 .max()
                 .unwrap_or(0);
             for b in &u.backends {
-                writeln!(
+                write!(
                     s,
                     "    {:<width$}  weight {:<5}  id {}{}",
                     b.addr.to_string(),
@@ -108,6 +116,10 @@ impl Config {
                     b.id,
                     if b.backup { "  backup" } else { "" },
                 )?;
+                if b.max_conns > 0 {
+                    write!(s, "  max_conns {}", b.max_conns)?;
+                }
+                writeln!(s)?;
             }
             match &u.health.active {
                 Some(a) => {

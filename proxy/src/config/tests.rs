@@ -145,19 +145,22 @@ fn the_example_file_loads() {
                 id: derived_id(addr("127.0.0.1:9001")),
                 addr: addr("127.0.0.1:9001"),
                 weight: 1,
-                backup: false
+                backup: false,
+                max_conns: 0,
             },
             BackendConfig {
                 id: "n2".to_string(),
                 addr: addr("127.0.0.1:9002"),
                 weight: 3,
-                backup: false
+                backup: false,
+                max_conns: 0,
             },
             BackendConfig {
                 id: derived_id(addr("127.0.0.1:9009")),
                 addr: addr("127.0.0.1:9009"),
                 weight: 1,
-                backup: true
+                backup: true,
+                max_conns: 0,
             },
         ]
     );
@@ -493,6 +496,96 @@ fn weight_out_of_range() {
         vec![
             "proxy.toml:5: upstreams.a.backends[0].weight: weight 0 is out of range (1 to 10000)",
             "proxy.toml:7: upstreams.a.backends[2].weight: weight 10001 is out of range (1 to 10000)",
+        ]
+    );
+}
+
+#[test]
+fn max_conns_defaults_from_the_upstream_and_a_backend_overrides_it() {
+    let c = ok("[[listeners]]\nlisten = \"127.0.0.1:1\"\n[upstreams.a]\nmax_conns = 50\nbackends = [\n  { addr = \"127.0.0.1:2\" },\n  { addr = \"127.0.0.1:3\", max_conns = 7 },\n  { addr = \"127.0.0.1:4\", max_conns = 0 },\n]\n[upstreams.b]\nbackends = [{ addr = \"127.0.0.1:5\" }]\n[[routes]]\npath_prefix = \"/\"\nupstream = \"a\"\n");
+    let limits = |name: &str| -> Vec<u32> {
+        c.upstream(name)
+            .unwrap()
+            .backends
+            .iter()
+            .map(|b| b.max_conns)
+            .collect()
+    };
+    // A backend's own 0 means unlimited, whatever the upstream's default.
+    assert_eq!(limits("a"), vec![50, 7, 0]);
+    assert_eq!(limits("b"), vec![0]);
+    let summary = c.summary();
+    assert!(
+        summary.contains("127.0.0.1:3  weight 1      id "),
+        "{summary}"
+    );
+    assert!(summary.contains("  max_conns 7"), "{summary}");
+    assert!(summary.contains("  max_conns 50"), "{summary}");
+    assert_eq!(summary.matches("max_conns").count(), 2, "{summary}");
+}
+
+#[test]
+fn max_conns_out_of_range_or_mistyped() {
+    let text = "[[listeners]]\nlisten = \"127.0.0.1:1\"\n[upstreams.a]\nmax_conns = 1000001\nbackends = [\n  { addr = \"127.0.0.1:2\", max_conns = 1000000 },\n  { addr = \"127.0.0.1:3\", max_conns = 4000000000 },\n]\n";
+    assert_eq!(
+        errs(text),
+        vec![
+            "proxy.toml:4: upstreams.a.max_conns: max_conns 1000001 is out of range (0 for unlimited, or up to 1000000)",
+            "proxy.toml:7: upstreams.a.backends[1].max_conns: max_conns 4000000000 is out of range (0 for unlimited, or up to 1000000)",
+        ]
+    );
+    let e = err("[[listeners]]\nlisten = \"127.0.0.1:1\"\n[upstreams.a]\nbackends = [\n  { addr = \"127.0.0.1:2\", max_conns = -1 },\n]\n");
+    assert!(
+        e.starts_with(
+            "proxy.toml:5: upstreams.a.backends[0].max_conns: invalid value: integer `-1`"
+        ),
+        "{e}"
+    );
+    let e = err("[[listeners]]\nlisten = \"127.0.0.1:1\"\n[upstreams.a]\nmax_conns = \"10\"\nbackends = [{ addr = \"127.0.0.1:2\" }]\n");
+    assert!(
+        e.starts_with("proxy.toml:4: upstreams.a.max_conns: invalid type: string \"10\""),
+        "{e}"
+    );
+}
+
+#[test]
+fn max_queue_and_queue_timeout() {
+    let up = |keys: &str| {
+        format!("[[listeners]]\nlisten = \"127.0.0.1:1\"\n[upstreams.a]\n{keys}backends = [{{ addr = \"127.0.0.1:2\", max_conns = 4 }}]\n")
+    };
+    let c = ok(&up("max_queue = 10\n"));
+    assert_eq!(
+        c.upstream("a").unwrap().queue,
+        Some(QueueConfig {
+            max: 10,
+            timeout: DEFAULT_QUEUE_TIMEOUT
+        })
+    );
+    assert!(c
+        .summary()
+        .contains("queue 10 for 5s when every backend is full"));
+    let c = ok(&up("max_queue = 2\nqueue_timeout = \"300ms\"\n"));
+    assert_eq!(
+        c.upstream("a").unwrap().queue.map(|q| q.timeout),
+        Some(Duration::from_millis(300))
+    );
+    let c = ok(&up("queue_timeout = \"1s\"\n"));
+    assert_eq!(c.upstream("a").unwrap().queue, None);
+    assert_eq!(
+        c.warnings,
+        ["proxy.toml:4: upstreams.a.queue_timeout: ignored: max_queue is 0 (no queue)"]
+    );
+    let c = ok("[[listeners]]\nlisten = \"127.0.0.1:1\"\n[upstreams.a]\nmax_queue = 3\nbackends = [{ addr = \"127.0.0.1:2\" }]\n");
+    assert_eq!(c.upstream("a").unwrap().queue, None);
+    assert_eq!(
+        c.warnings,
+        ["proxy.toml:4: upstreams.a.max_queue: ignored: no backend of this upstream has max_conns, so none is ever full"]
+    );
+    assert_eq!(
+        errs(&up("max_queue = 2000000\nqueue_timeout = \"0s\"\n")),
+        [
+            "proxy.toml:4: upstreams.a.max_queue: must be at most 1000000",
+            "proxy.toml:5: upstreams.a.queue_timeout: must be greater than 0",
         ]
     );
 }

@@ -44,7 +44,7 @@ use crate::state::{Runtime, Shared};
 use crate::tunnel::handshake::{self, HandshakeError};
 use crate::upstream::stream::UpstreamStream;
 use crate::upstream::tls::TlsClient;
-use crate::upstream::Upstream;
+use crate::upstream::{NoBackend, Upstream};
 
 use body::{BadChunk, Framing};
 use bound::{bounded, Deadline};
@@ -422,18 +422,32 @@ impl H1 {
         let max_tries = MAX_TRIES.min(up.backends.len()).max(1);
         let mut tried = Vec::with_capacity(2);
         let (choice, mut upstream, resp, mut upbuf, attempt_started) = loop {
-            let Some(choice) = policy::choose(
+            let mut chosen = policy::choose(
                 up,
                 admitted.client_ip,
                 admitted.sticky_id.as_deref(),
                 &mut tried,
                 conn.tls,
-            ) else {
-                self.shared.metrics.reject("no_backend");
-                log.status = 503;
-                let detail = format!("no healthy backend in upstream {}", up.name);
-                answer_own(client, &mut log, &respond::text_bytes(503, &detail, added)).await;
-                return false;
+            );
+            if matches!(chosen, Err(NoBackend::Full)) && up.queue.is_some() {
+                chosen = policy::choose_queued(
+                    up,
+                    admitted.client_ip,
+                    admitted.sticky_id.as_deref(),
+                    &mut tried,
+                    conn.tls,
+                )
+                .await;
+            }
+            let choice = match chosen {
+                Ok(choice) => choice,
+                Err(none) => {
+                    self.shared.metrics.reject(none.reason());
+                    log.status = 503;
+                    let detail = none.detail(&up.name);
+                    answer_own(client, &mut log, &respond::text_bytes(503, &detail, added)).await;
+                    return false;
+                }
             };
             log.backend = Some(choice.backend.addr);
             match self

@@ -30,7 +30,7 @@ use crate::access_log::{AccessLog, Entry};
 use crate::config::UpstreamProtocol;
 use crate::limits::ClientGuard;
 use crate::state::{Runtime, Shared};
-use crate::upstream::{ActiveGuard, Backend, Upstream};
+use crate::upstream::{ActiveGuard, Backend, NoBackend, Upstream};
 
 pub use forwarded::{
     client_ip, forwarded, forwarded_header_values, forwarded_headers, is_forwarded_field,
@@ -251,7 +251,12 @@ impl RequestView for PingoraHead<'_> {
 impl EdgeProxy {
     /// Picks a backend for this request and records it in `ctx`; None when no backend can
     /// take it.
-    fn choose(&self, up: &Arc<Upstream>, ctx: &mut Ctx) -> Option<Arc<Backend>> {
+    fn choose(&self, up: &Arc<Upstream>, ctx: &mut Ctx) -> Result<Arc<Backend>, NoBackend> {
+        // The failed attempt's count is released before the pick: held, it would fill a
+        // backend at its `max_conns` against the retry (the same backend, after a stale
+        // pooled connection).
+        ctx.guard = None;
+        ctx.set_cookie = None;
         let c = policy::choose(
             up,
             ctx.client_ip,
@@ -259,14 +264,40 @@ impl EdgeProxy {
             &mut ctx.tried,
             ctx.tls,
         )?;
+        Ok(Self::adopt(ctx, c))
+    }
+
+    /// [`Self::choose`], waiting in the upstream's queue for a slot when every backend is
+    /// at its `max_conns`.
+    async fn choose_waiting(
+        &self,
+        up: &Arc<Upstream>,
+        ctx: &mut Ctx,
+    ) -> Result<Arc<Backend>, NoBackend> {
+        match self.choose(up, ctx) {
+            Err(NoBackend::Full) if up.queue.is_some() => {}
+            other => return other,
+        }
+        let c = policy::choose_queued(
+            up,
+            ctx.client_ip,
+            ctx.sticky_id.as_deref(),
+            &mut ctx.tried,
+            ctx.tls,
+        )
+        .await?;
+        Ok(Self::adopt(ctx, c))
+    }
+
+    /// Makes `c` the request's current attempt.
+    fn adopt(ctx: &mut Ctx, c: policy::Choice) -> Arc<Backend> {
         // The cookie of this attempt, or none: one set for a backend that failed an
         // earlier attempt would pin the client to it.
         ctx.set_cookie = c.set_cookie;
-        // Replacing the guard of a failed attempt releases that backend's count.
         ctx.guard = Some(c.guard);
         ctx.backend = Some(c.backend.clone());
         ctx.upstream_started = Some(Instant::now());
-        Some(c.backend)
+        c.backend
     }
 
     /// Records a response head from the chosen backend (TTFB, metrics, passive success).
@@ -468,12 +499,15 @@ impl ProxyHttp for EdgeProxy {
                 "no upstream chosen",
             ));
         };
-        let Some(backend) = self.choose(&up, ctx) else {
-            self.shared.metrics.reject("no_backend");
-            return Err(Error::explain(
-                ErrorType::HTTPStatus(503),
-                format!("no healthy backend in upstream {}", up.name),
-            ));
+        let backend = match self.choose_waiting(&up, ctx).await {
+            Ok(backend) => backend,
+            Err(none) => {
+                self.shared.metrics.reject(none.reason());
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(503),
+                    none.detail(&up.name),
+                ));
+            }
         };
         let t = &up.config.timeouts;
         let mut peer = match &up.tls {

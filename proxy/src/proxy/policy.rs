@@ -10,7 +10,7 @@ use std::time::Instant;
 use crate::balance::{PickContext, StrategyKind};
 use crate::limits::ClientGuard;
 use crate::state::{Routed, Runtime, Shared};
-use crate::upstream::{ActiveGuard, Backend, Upstream};
+use crate::upstream::{ActiveGuard, Backend, NoBackend, Pick, Upstream};
 
 use super::client_ip;
 use super::normalize::{rewrite_target, route_path, valid_host};
@@ -377,18 +377,48 @@ pub(crate) struct Choice {
 }
 
 /// Picks a backend for an attempt, skipping those already `tried`, and records the pick.
+/// The caller must have dropped the guard of its previous attempt: that count would make
+/// the backend look fuller than it is (at `max_conns = 1`, full).
 pub(crate) fn choose(
     up: &Upstream,
     client_ip: Option<IpAddr>,
     sticky_id: Option<&str>,
     tried: &mut Vec<usize>,
     tls: bool,
-) -> Option<Choice> {
+) -> Result<Choice, NoBackend> {
     let pctx = PickContext {
         client_ip,
         sticky_id,
     };
     let pick = up.pick(&pctx, tried)?;
+    Ok(chosen(up, pick, sticky_id, tried, tls))
+}
+
+/// [`choose`] for a request that found every backend full ([`NoBackend::Full`]): waits in
+/// the upstream's queue for a slot (see [`Upstream::pick_queued`]).
+pub(crate) async fn choose_queued(
+    up: &Upstream,
+    client_ip: Option<IpAddr>,
+    sticky_id: Option<&str>,
+    tried: &mut Vec<usize>,
+    tls: bool,
+) -> Result<Choice, NoBackend> {
+    let pctx = PickContext {
+        client_ip,
+        sticky_id,
+    };
+    let pick = up.pick_queued(&pctx, tried).await?;
+    Ok(chosen(up, pick, sticky_id, tried, tls))
+}
+
+/// Records `pick` and makes it the attempt's [`Choice`].
+fn chosen(
+    up: &Upstream,
+    pick: Pick,
+    sticky_id: Option<&str>,
+    tried: &mut Vec<usize>,
+    tls: bool,
+) -> Choice {
     if let Some(m) = up.metrics.get(pick.index) {
         m.picks.inc();
         m.requests.inc();
@@ -401,12 +431,12 @@ pub(crate) fn choose(
     } else {
         None
     };
-    Some(Choice {
+    Choice {
         index: pick.index,
-        guard: ActiveGuard::new(pick.backend.stats.clone()).with_probe(pick.probe),
+        guard: pick.guard,
         backend: pick.backend,
         set_cookie,
-    })
+    }
 }
 
 fn sticky_cookie_header(up: &Upstream, id: &str, tls: bool) -> Option<String> {

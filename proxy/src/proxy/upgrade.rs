@@ -257,17 +257,20 @@ pub(super) async fn handle(p: &EdgeProxy, session: &mut Session, ctx: &mut Ctx) 
     let head_request = session.req_header().method == http::Method::HEAD;
     let max_tries = MAX_TRIES.min(up.backends.len()).max(1);
     let resp = loop {
-        let Some(backend) = p.choose(&up, ctx) else {
-            p.shared.metrics.reject("no_backend");
-            ctx.local_status = Some(503);
-            respond::text(
-                session,
-                503,
-                &format!("no healthy backend in upstream {}", up.name),
-                &super::added_fields(&rt, session, ctx),
-            )
-            .await?;
-            return Ok(true);
+        let backend = match p.choose_waiting(&up, ctx).await {
+            Ok(backend) => backend,
+            Err(none) => {
+                p.shared.metrics.reject(none.reason());
+                ctx.local_status = Some(503);
+                respond::text(
+                    session,
+                    503,
+                    &none.detail(&up.name),
+                    &super::added_fields(&rt, session, ctx),
+                )
+                .await?;
+                return Ok(true);
+            }
         };
         let attempt = match handshake::connect(backend.addr, up.tls.as_deref(), t.connect).await {
             Ok(stream) => handshake::exchange(stream, backend.addr, &head, t.upstream_read).await,

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+use super::queue::WaitQueue;
+
 /// A backend as configured, plus a handle to its live state.
 #[derive(Debug)]
 pub struct Backend {
@@ -21,6 +23,12 @@ pub struct Backend {
     pub weight: u32,
     /// Backups get traffic only while every primary of the group is unavailable.
     pub backup: bool,
+    /// In-flight requests plus open tunnels at most (`active`); 0: unlimited. Kept here,
+    /// not in the stats, so a reload applies a new limit at once to the carried-over count.
+    pub max_conns: u64,
+    /// Its upstream's wait queue, woken when this backend frees a slot; None without a
+    /// limit or a queue.
+    pub queue: Option<Arc<WaitQueue>>,
     pub stats: Arc<BackendStats>,
 }
 
@@ -31,8 +39,24 @@ impl Backend {
             addr,
             weight: weight.max(1),
             backup,
+            max_conns: 0,
+            queue: None,
             stats: Arc::new(BackendStats::new(true)),
         }
+    }
+
+    /// The same backend with at most `n` in-flight requests plus tunnels (0: unlimited).
+    #[must_use]
+    pub fn with_max_conns(mut self, n: u64) -> Self {
+        self.max_conns = n;
+        self
+    }
+
+    /// At its `max_conns`: takes no new request or tunnel until one ends. A snapshot: the
+    /// count is taken for good by [`ActiveGuard::try_acquire`].
+    #[inline]
+    pub fn is_full(&self) -> bool {
+        self.max_conns != 0 && self.active() >= self.max_conns
     }
 
     /// Weight as the strategies should see it now: the configured weight, ramped down
@@ -413,16 +437,57 @@ pub struct ActiveGuard {
     tunnel: bool,
     /// The probe this request is ([`BackendStats::try_claim_probe`]).
     probe: Option<u64>,
+    /// Woken when this request gives its slot back (a full upstream's queued requests).
+    queue: Option<Arc<WaitQueue>>,
 }
 
 impl ActiveGuard {
+    /// Counts one more request on the backend, whatever its limit.
     pub fn new(stats: Arc<BackendStats>) -> Self {
         stats.active.fetch_add(1, Ordering::AcqRel);
+        Self::counted(stats)
+    }
+
+    /// Counts one more request on `backend` unless that would take it past its
+    /// `max_conns`: None when it is full. Check and increment are one compare-exchange, so
+    /// workers racing for a backend's last slot never take it twice. Unlimited backends
+    /// take the plain increment of [`Self::new`].
+    #[inline]
+    pub fn try_acquire(backend: &Backend) -> Option<Self> {
+        let max = backend.max_conns;
+        let stats = &backend.stats;
+        if max == 0 {
+            return Some(Self::new(stats.clone()));
+        }
+        let mut current = stats.active.load(Ordering::Acquire);
+        loop {
+            if current >= max {
+                return None;
+            }
+            match stats.active.compare_exchange_weak(
+                current,
+                current + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    let mut guard = Self::counted(stats.clone());
+                    guard.queue = backend.queue.clone();
+                    return Some(guard);
+                }
+                Err(seen) => current = seen,
+            }
+        }
+    }
+
+    /// The guard of a request already counted in `active`.
+    fn counted(stats: Arc<BackendStats>) -> Self {
         stats.requests.fetch_add(1, Ordering::Relaxed);
         Self {
             stats,
             tunnel: false,
             probe: None,
+            queue: None,
         }
     }
 
@@ -450,6 +515,9 @@ impl Drop for ActiveGuard {
         self.stats.active.fetch_sub(1, Ordering::AcqRel);
         if self.tunnel {
             self.stats.tunnels.fetch_sub(1, Ordering::AcqRel);
+        }
+        if let Some(q) = &self.queue {
+            q.slot_freed();
         }
     }
 }
@@ -510,6 +578,78 @@ mod tests {
         assert_eq!(s.record_check(true, 3, 2, None), None);
         assert_eq!(s.health(), Health::Down);
         assert_eq!(s.record_check(true, 3, 2, None), Some(Health::Up));
+    }
+
+    fn limited(n: u64) -> Backend {
+        Backend::new("a", SocketAddr::from(([127, 0, 0, 1], 1)), 1, false).with_max_conns(n)
+    }
+
+    #[test]
+    fn try_acquire_stops_at_max_conns_and_a_release_frees_a_slot() {
+        let b = limited(2);
+        let first = ActiveGuard::try_acquire(&b);
+        let second = ActiveGuard::try_acquire(&b);
+        assert!(first.is_some() && second.is_some());
+        assert!(b.is_full());
+        assert!(ActiveGuard::try_acquire(&b).is_none());
+        assert_eq!(b.active(), 2, "a refused acquire counts nothing");
+        assert_eq!(b.stats.requests.load(Ordering::Relaxed), 2);
+        drop(first);
+        assert!(!b.is_full());
+        let third = ActiveGuard::try_acquire(&b);
+        assert!(third.is_some());
+        assert!(ActiveGuard::try_acquire(&b).is_none());
+        // A tunnel holds its slot like a request.
+        let mut tunnel = third;
+        if let Some(t) = tunnel.as_mut() {
+            t.mark_tunnel();
+        }
+        assert!(ActiveGuard::try_acquire(&b).is_none());
+        drop((second, tunnel));
+        assert_eq!(b.active(), 0);
+    }
+
+    #[test]
+    fn unlimited_backends_are_never_full() {
+        let b = limited(0);
+        let guards: Vec<_> = (0..1000)
+            .filter_map(|_| ActiveGuard::try_acquire(&b))
+            .collect();
+        assert_eq!(guards.len(), 1000);
+        assert!(!b.is_full());
+    }
+
+    #[test]
+    fn racing_workers_never_take_more_than_max_conns() {
+        // Many threads take and release slots at once; the count seen by any holder never
+        // exceeds the limit, which a load-then-add would.
+        let b = Arc::new(limited(3));
+        let over = Arc::new(AtomicBool::new(false));
+        let granted = Arc::new(AtomicU64::new(0));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (b, over, granted) = (b.clone(), over.clone(), granted.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..20_000 {
+                        if let Some(g) = ActiveGuard::try_acquire(&b) {
+                            granted.fetch_add(1, Ordering::Relaxed);
+                            // Held a moment, so that other workers contend for the slots.
+                            std::thread::yield_now();
+                            if b.active() > 3 {
+                                over.store(true, Ordering::Relaxed);
+                            }
+                            drop(g);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            assert!(t.join().is_ok());
+        }
+        assert!(!over.load(Ordering::Relaxed), "more than max_conns at once");
+        assert!(granted.load(Ordering::Relaxed) > 0);
+        assert_eq!(b.active(), 0);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Upstream groups: their backends, their strategy, and the choice of a backend for one
-//! request (health, draining, backup tiers, retries and passive-check probes).
+//! request (health, draining, backup tiers, `max_conns`, retries and passive-check probes).
 
 pub mod backend;
+pub mod queue;
 pub mod registry;
 pub mod stream;
 pub mod tls;
@@ -28,6 +29,10 @@ pub struct Upstream {
     pub signer: Option<CookieSigner>,
     /// Metric handles, indexed like `backends`.
     pub metrics: Vec<BackendMetrics>,
+    /// Some backend has a `max_conns`: without one, picks skip every fullness check.
+    pub limited: bool,
+    /// Where requests wait while every backend is full (`max_queue`); None: `503` at once.
+    pub queue: Option<Arc<queue::WaitQueue>>,
     /// Set when the backends speak TLS.
     pub tls: Option<Arc<tls::TlsClient>>,
 }
@@ -37,9 +42,54 @@ pub struct Upstream {
 pub struct Pick {
     pub index: usize,
     pub backend: Arc<Backend>,
-    /// This request is the single probe sent to a passively-failed backend: the number of
-    /// its claim on the probe slot.
-    pub probe: Option<u64>,
+    /// Counts the request against the backend (least_conn, `max_conns`) until dropped;
+    /// for a probe, also holds the backend's probe slot.
+    pub guard: ActiveGuard,
+}
+
+/// Why no backend could take a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NoBackend {
+    /// Every backend it may use is down, drained or already tried.
+    #[error("no healthy backend")]
+    Unavailable,
+    /// At least one backend could have taken it but for its `max_conns`, and every other
+    /// one is unavailable or full too.
+    #[error("every backend is at max_conns")]
+    Full,
+    /// [`NoBackend::Full`], and `max_queue` requests already wait.
+    #[error("every backend is at max_conns and the queue is full")]
+    QueueFull,
+    /// [`NoBackend::Full`] for the whole `queue_timeout`.
+    #[error("every backend stayed at max_conns for the queue timeout")]
+    QueueTimeout(std::time::Duration),
+}
+
+impl NoBackend {
+    /// The `rejected_total` label.
+    pub fn reason(self) -> &'static str {
+        match self {
+            NoBackend::Unavailable => "no_backend",
+            NoBackend::Full => "max_conns",
+            NoBackend::QueueFull => "max_conns_queue_full",
+            NoBackend::QueueTimeout(_) => "max_conns_queue_timeout",
+        }
+    }
+
+    /// The one-line reason the client gets with its `503`.
+    pub fn detail(self, upstream: &str) -> String {
+        match self {
+            NoBackend::Unavailable => format!("no healthy backend in upstream {upstream}"),
+            NoBackend::Full => format!("all backends of upstream {upstream} are at max_conns"),
+            NoBackend::QueueFull => format!(
+                "all backends of upstream {upstream} are at max_conns and its queue is full"
+            ),
+            NoBackend::QueueTimeout(d) => format!(
+                "all backends of upstream {upstream} stayed at max_conns for {} (queue_timeout)",
+                crate::config::fmt_duration(d)
+            ),
+        }
+    }
 }
 
 impl Upstream {
@@ -47,6 +97,7 @@ impl Upstream {
     /// reloads.
     pub fn build(config: &UpstreamConfig, registry: &StatsRegistry, metrics: &Metrics) -> Self {
         let active_checks = config.health.active.is_some();
+        let queue = config.queue.map(|_| registry.queue(&config.name));
         let mut primaries = Vec::new();
         let mut backups = Vec::new();
         for b in &config.backends {
@@ -61,6 +112,8 @@ impl Upstream {
                 addr: b.addr,
                 weight: b.weight.max(1),
                 backup: b.backup,
+                max_conns: u64::from(b.max_conns),
+                queue: queue.as_ref().filter(|_| b.max_conns != 0).cloned(),
                 stats,
             });
             if b.backup {
@@ -71,6 +124,7 @@ impl Upstream {
         }
         primaries.extend(backups);
         let backends = primaries;
+        let limited = backends.iter().any(|b| b.max_conns != 0);
         let strategy = balance::build(config.strategy, &backends, config.sticky.fallback);
         let signer = (config.strategy == StrategyKind::StickyCookie)
             .then(|| CookieSigner::new(&config.sticky.key, &config.name));
@@ -87,6 +141,8 @@ impl Upstream {
             config: config.clone(),
             signer,
             metrics,
+            limited,
+            queue,
             tls: config
                 .tls
                 .as_ref()
@@ -98,8 +154,9 @@ impl Upstream {
         self.config.slow_start
     }
 
-    /// Chooses a backend for a request. `tried` holds the indices that already failed for
-    /// this request. Backups are eligible only while no primary is.
+    /// Chooses a backend for a request and counts the request on it. `tried` holds the
+    /// indices that already failed for this request. Backups are eligible only while no
+    /// primary is.
     ///
     /// Without active checks, a backend that passive checks took out gets one probe request
     /// per fail window, even while others are healthy (otherwise it would never come back).
@@ -109,13 +166,71 @@ impl Upstream {
     /// moved a pinned client to it (and, once it answered, re-pinned the client there). A
     /// down primary is offered even while backups serve, a down backup only while they do.
     /// A failed probe was never sent, so the request is retried elsewhere.
-    pub fn pick(&self, ctx: &PickContext, tried: &[usize]) -> Option<Pick> {
+    ///
+    /// A backend at its `max_conns` is unavailable for this request, as in nginx: a client
+    /// pinned to it by a cookie or its address goes elsewhere (a sticky client is re-pinned
+    /// there, as when its backend is down: a session started on the new backend should not
+    /// bounce back), and once every primary is full the backups take the overflow. A
+    /// backend that fills between the strategy's choice and the count (another worker took
+    /// its last slot) is left out and the strategy picks again.
+    pub fn pick(&self, ctx: &PickContext, tried: &[usize]) -> Result<Pick, NoBackend> {
+        self.pick_counting(ctx, tried, true)
+    }
+
+    /// After a pick found every backend full ([`NoBackend::Full`]): waits in the upstream's
+    /// queue for a slot, up to `queue_timeout`, and picks again each time one is freed.
+    /// Without a queue, the `Full` stands.
+    ///
+    /// Freed slots are not handed to the oldest waiter: a request that arrives as one is
+    /// freed may take it first (the waiter then waits on), which keeps the common path free
+    /// of queue checks.
+    pub async fn pick_queued(
+        &self,
+        ctx: &PickContext<'_>,
+        tried: &[usize],
+    ) -> Result<Pick, NoBackend> {
+        let (Some(queue), Some(config)) = (&self.queue, self.config.queue) else {
+            return Err(NoBackend::Full);
+        };
+        let Some(waiter) = queue.join(config.max) else {
+            return Err(NoBackend::QueueFull);
+        };
+        let deadline = tokio::time::Instant::now() + config.timeout;
+        loop {
+            let freed = waiter.armed();
+            // A waiting request is not counted again on the full backends.
+            match self.pick_counting(ctx, tried, false) {
+                Err(NoBackend::Full) => {}
+                other => return other,
+            }
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                return Err(NoBackend::QueueTimeout(config.timeout));
+            }
+        }
+    }
+
+    fn pick_counting(
+        &self,
+        ctx: &PickContext,
+        tried: &[usize],
+        count: bool,
+    ) -> Result<Pick, NoBackend> {
         let probes = self.config.health.active.is_none();
         let window = self.config.health.fail_window;
         // Backends whose due probe another request claimed first, between scan and claim.
         let mut taken: Vec<usize> = Vec::new();
-        loop {
-            let skip = |i: usize| tried.contains(&i) || taken.contains(&i);
+        // Usable backends at their limit: a snapshot taken once, grown by lost races. A
+        // drained or down backend is left out, so that its open tunnels do not make the
+        // refusal read "at max_conns". Unlimited upstreams (the common case) never look.
+        let mut full: Vec<usize> = Vec::new();
+        if self.limited {
+            full.extend((0..self.backends.len()).filter(|&i| {
+                let b = &self.backends[i];
+                !tried.contains(&i) && b.is_full() && b.is_available()
+            }));
+        }
+        let result = loop {
+            let skip = |i: usize| tried.contains(&i) || taken.contains(&i) || full.contains(&i);
             let usable = |i: usize| !skip(i) && self.backends[i].is_available();
             let primary_up = self
                 .backends
@@ -130,24 +245,56 @@ impl Upstream {
                     probes && !(b.backup && primary_up) && !skip(i) && b.stats.probe_due(window)
                 }
             };
-            let index = self.strategy.pick(&self.backends, &eligible, ctx)?;
-            let backend = self.backends[index].clone();
-            if backend.is_available() {
-                return Some(Pick {
-                    index,
-                    backend,
-                    probe: None,
+            let Some(index) = self.strategy.pick(&self.backends, &eligible, ctx) else {
+                break Err(if full.is_empty() {
+                    NoBackend::Unavailable
+                } else {
+                    NoBackend::Full
                 });
-            }
-            match backend.stats.try_claim_probe(window) {
-                Some(seq) => {
-                    return Some(Pick {
-                        index,
-                        backend,
-                        probe: Some(seq),
-                    })
+            };
+            let backend = &self.backends[index];
+            let probe = if backend.is_available() {
+                None
+            } else {
+                match backend.stats.try_claim_probe(window) {
+                    Some(seq) => Some(seq),
+                    None => {
+                        taken.push(index);
+                        continue;
+                    }
                 }
-                None => taken.push(index),
+            };
+            let Some(guard) = ActiveGuard::try_acquire(backend) else {
+                if let Some(seq) = probe {
+                    backend.stats.release_probe(seq);
+                }
+                full.push(index);
+                continue;
+            };
+            break Ok(Pick {
+                index,
+                backend: backend.clone(),
+                guard: guard.with_probe(probe),
+            });
+        };
+        if count && !full.is_empty() {
+            self.count_full(&full, result.as_ref().ok());
+        }
+        result
+    }
+
+    /// Counts, on each full backend, a request that went elsewhere or was refused because
+    /// of it. A full backup is not counted while a primary took the request: that request
+    /// would not have gone to it anyway.
+    #[cold]
+    fn count_full(&self, full: &[usize], pick: Option<&Pick>) {
+        let by_primary = pick.is_some_and(|p| !p.backend.backup);
+        for &i in full {
+            if by_primary && self.backends[i].backup {
+                continue;
+            }
+            if let Some(m) = self.metrics.get(i) {
+                m.full.inc();
             }
         }
     }
@@ -201,5 +348,219 @@ impl Upstream {
         self.backends
             .iter()
             .find(|b| b.id == key || b.addr.to_string() == key)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::net::IpAddr;
+
+    use super::*;
+    use crate::config::Config;
+
+    /// An upstream `app` built from `[upstreams.app]` lines, with the stats of `registry`.
+    fn upstream(table: &str, registry: &StatsRegistry) -> Upstream {
+        let text = format!("[[listeners]]\nlisten = \"127.0.0.1:1\"\n[upstreams.app]\n{table}");
+        let config = Config::from_toml_str(&text, None).unwrap();
+        Upstream::build(
+            config.upstream("app").unwrap(),
+            registry,
+            &Metrics::default(),
+        )
+    }
+
+    const TWO: &str = "backends = [{ addr = \"127.0.0.1:9001\", id = \"a\" }, { addr = \"127.0.0.1:9002\", id = \"b\" }]\n";
+
+    #[test]
+    fn every_strategy_passes_over_a_full_backend_and_refuses_when_all_are() {
+        let ip: IpAddr = "10.1.2.3".parse().unwrap();
+        for kind in StrategyKind::ALL {
+            let sticky = "[upstreams.app.sticky]\nkey = \"0123456789abcdef0123\"\n";
+            let table = format!(
+                "strategy = \"{kind}\"\nmax_conns = 1\n{TWO}{}",
+                if kind == StrategyKind::StickyCookie {
+                    sticky
+                } else {
+                    ""
+                }
+            );
+            let up = upstream(&table, &StatsRegistry::default());
+            for pinned in ["a", "b"] {
+                // The same client each time: ip_hash and the cookie would send it to one
+                // backend, which is full after the first request.
+                let ctx = PickContext {
+                    client_ip: Some(ip),
+                    sticky_id: Some(pinned),
+                };
+                let first = up.pick(&ctx, &[]).unwrap();
+                let second = up.pick(&ctx, &[]).unwrap();
+                assert_ne!(first.index, second.index, "{kind}: the full backend again");
+                assert_eq!(
+                    up.pick(&ctx, &[]).err(),
+                    Some(NoBackend::Full),
+                    "{kind}: both full"
+                );
+                let freed = first.index;
+                drop(first);
+                let third = up.pick(&ctx, &[]).unwrap();
+                assert_eq!(third.index, freed, "{kind}: the freed slot");
+                drop((second, third));
+                assert!(up.backends.iter().all(|b| b.active() == 0));
+            }
+            // Each refusal and redirection is counted on the full backends.
+            let full: u64 = up.metrics.iter().map(|m| m.full.get()).sum();
+            assert_eq!(full, 2 * (1 + 2 + 1), "{kind}");
+        }
+    }
+
+    #[test]
+    fn backups_take_the_overflow_once_every_primary_is_full() {
+        let up = upstream(
+            "backends = [{ addr = \"127.0.0.1:9001\", max_conns = 1 }, { addr = \"127.0.0.1:9009\", backup = true, max_conns = 1 }]\n",
+            &StatsRegistry::default(),
+        );
+        let ctx = PickContext::default();
+        let primary = up.pick(&ctx, &[]).unwrap();
+        assert!(!primary.backend.backup);
+        let backup = up.pick(&ctx, &[]).unwrap();
+        assert!(backup.backend.backup);
+        assert_eq!(up.pick(&ctx, &[]).err(), Some(NoBackend::Full));
+        drop(primary);
+        // The primary has room again: it comes before the backup.
+        assert!(!up.pick(&ctx, &[]).unwrap().backend.backup);
+    }
+
+    #[test]
+    fn a_full_backend_is_told_apart_from_unavailable_ones() {
+        let up = upstream(
+            "backends = [{ addr = \"127.0.0.1:9001\", max_conns = 1 }, { addr = \"127.0.0.1:9002\" }]\n",
+            &StatsRegistry::default(),
+        );
+        let ctx = PickContext::default();
+        up.backends[1].stats.set_draining(true);
+        let held = up.pick(&ctx, &[]).unwrap();
+        assert_eq!(held.index, 0);
+        assert_eq!(up.pick(&ctx, &[]).err(), Some(NoBackend::Full));
+        drop(held);
+        // Tried already: that request has nowhere to go, whatever the limits.
+        assert_eq!(up.pick(&ctx, &[0]).err(), Some(NoBackend::Unavailable));
+        up.backends[0].stats.set_draining(true);
+        assert_eq!(up.pick(&ctx, &[]).err(), Some(NoBackend::Unavailable));
+        // Drained while full (its tunnels still open): unavailable, not full.
+        let tunnel = ActiveGuard::new(up.backends[0].stats.clone());
+        assert!(up.backends[0].is_full());
+        assert_eq!(up.pick(&ctx, &[]).err(), Some(NoBackend::Unavailable));
+        drop(tunnel);
+    }
+
+    #[test]
+    fn a_reload_applies_a_new_limit_to_the_count_carried_over() {
+        let registry = StatsRegistry::default();
+        let limit =
+            |n: u32| format!("max_conns = {n}\nbackends = [{{ addr = \"127.0.0.1:9001\" }}]\n");
+        let before = upstream(&limit(3), &registry);
+        let ctx = PickContext::default();
+        let held: Vec<_> = (0..3).map(|_| before.pick(&ctx, &[]).unwrap()).collect();
+        assert_eq!(before.pick(&ctx, &[]).err(), Some(NoBackend::Full));
+
+        let lowered = upstream(&limit(2), &registry);
+        assert_eq!(
+            lowered.backends[0].active(),
+            3,
+            "the count survives the reload"
+        );
+        assert_eq!(lowered.pick(&ctx, &[]).err(), Some(NoBackend::Full));
+        let raised = upstream(&limit(5), &registry);
+        let more: Vec<_> = (0..2).map(|_| raised.pick(&ctx, &[]).unwrap()).collect();
+        assert_eq!(raised.pick(&ctx, &[]).err(), Some(NoBackend::Full));
+        let unlimited = upstream(&limit(0), &registry);
+        assert!(!unlimited.limited);
+        assert!(unlimited.pick(&ctx, &[]).is_ok());
+        drop((held, more));
+        assert_eq!(raised.backends[0].active(), 0);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod queue_tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::Config;
+
+    fn queued_upstream(max_queue: u32, timeout: &str) -> Upstream {
+        let text = format!(
+            "[[listeners]]\nlisten = \"127.0.0.1:1\"\n[upstreams.app]\nmax_conns = 1\n\
+             max_queue = {max_queue}\nqueue_timeout = \"{timeout}\"\n\
+             backends = [{{ addr = \"127.0.0.1:9001\" }}]\n"
+        );
+        let config = Config::from_toml_str(&text, None).unwrap();
+        Upstream::build(
+            config.upstream("app").unwrap(),
+            &StatsRegistry::default(),
+            &Metrics::default(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_queued_request_gets_the_next_freed_slot() {
+        let up = Arc::new(queued_upstream(1, "10s"));
+        let ctx = PickContext::default();
+        let held = up.pick(&ctx, &[]).unwrap();
+        assert_eq!(up.pick(&ctx, &[]).err(), Some(NoBackend::Full));
+        let waiting = {
+            let up = up.clone();
+            tokio::spawn(async move {
+                up.pick_queued(&PickContext::default(), &[])
+                    .await
+                    .map(|p| p.index)
+            })
+        };
+        let queue = up.queue.clone().unwrap();
+        let queued = async {
+            while queue.waiting() == 0 {
+                tokio::task::yield_now().await;
+            }
+        };
+        assert!(
+            tokio::time::timeout(Duration::from_secs(5), queued)
+                .await
+                .is_ok(),
+            "the request never joined the queue"
+        );
+        // One waits already: the next is refused at once.
+        assert_eq!(
+            up.pick_queued(&ctx, &[]).await.err(),
+            Some(NoBackend::QueueFull)
+        );
+        drop(held);
+        let got = tokio::time::timeout(Duration::from_secs(5), waiting).await;
+        assert!(matches!(got, Ok(Ok(Ok(0)))), "{got:?}");
+        assert_eq!(queue.waiting(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_queued_request_gives_up_after_queue_timeout() {
+        let up = queued_upstream(5, "2s");
+        let ctx = PickContext::default();
+        let _held = up.pick(&ctx, &[]).unwrap();
+        let start = tokio::time::Instant::now();
+        assert_eq!(
+            up.pick_queued(&ctx, &[]).await.err(),
+            Some(NoBackend::QueueTimeout(Duration::from_secs(2)))
+        );
+        assert!(start.elapsed() >= Duration::from_secs(2));
+        assert_eq!(up.queue.as_ref().unwrap().waiting(), 0);
+    }
+
+    #[tokio::test]
+    async fn without_a_queue_a_full_upstream_refuses_at_once() {
+        let up = queued_upstream(0, "2s");
+        assert!(up.queue.is_none());
+        let ctx = PickContext::default();
+        let _held = up.pick(&ctx, &[]).unwrap();
+        assert_eq!(up.pick_queued(&ctx, &[]).await.err(), Some(NoBackend::Full));
     }
 }

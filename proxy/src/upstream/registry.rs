@@ -7,11 +7,15 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+use super::queue::WaitQueue;
 use super::BackendStats;
 
 #[derive(Debug, Default)]
 pub struct StatsRegistry {
     map: Mutex<HashMap<(String, SocketAddr), Arc<BackendStats>>>,
+    /// Wait queues by upstream name: requests queued under one config are woken by slots
+    /// freed under the next.
+    queues: Mutex<HashMap<String, Arc<WaitQueue>>>,
 }
 
 impl StatsRegistry {
@@ -28,6 +32,14 @@ impl StatsRegistry {
             .clone()
     }
 
+    pub fn queue(&self, upstream: &str) -> Arc<WaitQueue> {
+        self.queues
+            .lock()
+            .entry(upstream.to_string())
+            .or_default()
+            .clone()
+    }
+
     /// Drops the entries that no config names and nothing uses any more. An entry still
     /// held elsewhere (an open tunnel's or an in-flight request's count, a request running
     /// under an older config) stays: a reload that adds its backend back finds the counts
@@ -37,5 +49,7 @@ impl StatsRegistry {
         self.map
             .lock()
             .retain(|(u, a), stats| keep(u, a) || Arc::strong_count(stats) > 1);
+        // A queue goes with its upstream, once no request or backend holds it.
+        self.queues.lock().retain(|_, q| Arc::strong_count(q) > 1);
     }
 }
