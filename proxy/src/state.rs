@@ -11,7 +11,8 @@ use arc_swap::ArcSwap;
 use crate::access_log::AccessLog;
 use crate::admin::metrics::Metrics;
 use crate::config::{
-    Config, ConfigError, ConfigErrors, ErrorKind, ProxyProtocolConfig, UpstreamProtocol,
+    BackendConfig, Config, ConfigError, ConfigErrors, ErrorKind, ProxyProtocolConfig,
+    UpstreamProtocol,
 };
 use crate::limits::ClientLimits;
 use crate::tls::{SniCerts, SniResolver};
@@ -194,6 +195,9 @@ pub struct Shared {
     /// Open client connections and tunnels: a graceful stop ends when none is left
     /// ([`crate::drain`]).
     pub open: Arc<std::sync::atomic::AtomicUsize>,
+    /// Held while a new runtime is built from the current one and stored (a reload, a
+    /// DNS refresh), so that neither overwrites the other's with one built before it.
+    swap: std::sync::Mutex<()>,
 }
 
 /// What a successful reload changed, for the admin answer and the log.
@@ -225,6 +229,7 @@ impl Shared {
             certs,
             config_path,
             open: Arc::default(),
+            swap: std::sync::Mutex::new(()),
         })
     }
 
@@ -263,12 +268,19 @@ impl Shared {
     /// TLS certificates, the admin token and the access log (reopened). Open tunnels and
     /// in-flight requests keep the backend state they hold. An invalid file, or a
     /// certificate or log file that cannot be used, leaves the running config untouched.
+    ///
+    /// It blocks: reading files and looking up backend names (for at most
+    /// [`crate::config::RESOLVE_TIMEOUT`]). From async code, use [`Shared::reload_blocking`].
     pub fn reload(&self) -> Result<ReloadReport, ConfigErrors> {
-        let old = self.current();
-        let new_config = match &self.config_path {
-            Some(path) => Config::load(path)?,
-            None => (*old.config).clone(),
+        // Read and looked up before the swap is locked: a slow resolver holds no one else.
+        let loaded = match &self.config_path {
+            Some(path) => Some(Config::load(path)?),
+            None => None,
         };
+        // Poisoned only by a panic while building a runtime, which left nothing half-stored.
+        let _swap = self.swap.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self.current();
+        let new_config = loaded.unwrap_or_else(|| (*old.config).clone());
         let mut needs_restart = Vec::new();
         // A listener's address, TLS or not, ALPN and PROXY protocol are fixed at start; its
         // certificates are not.
@@ -324,6 +336,61 @@ impl Shared {
         }
         // The old config no longer holds its backends' stats: what still does is in use.
         drop(old);
+        self.forget_unused_stats();
+        tracing::info!(?report, "configuration reloaded");
+        Ok(report)
+    }
+
+    /// [`Shared::reload`] on tokio's blocking pool: the file reads and name lookups of a
+    /// reload must not stall the runtime the caller runs on (the admin API's, the signal
+    /// handler's; with `threads = 1` each is a current-thread runtime, on which
+    /// `block_in_place` is not allowed).
+    pub async fn reload_blocking(self: &Arc<Self>) -> Result<ReloadReport, ConfigErrors> {
+        let shared = self.clone();
+        match tokio::task::spawn_blocking(move || shared.reload()).await {
+            Ok(result) => result,
+            Err(e) => match e.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                Err(_) => Err(ConfigErrors::from(ConfigError {
+                    file: self.config_path.clone(),
+                    line: None,
+                    key: String::new(),
+                    kind: ErrorKind::Cancelled,
+                })),
+            },
+        }
+    }
+
+    /// Replaces the backends of `upstream` with `backends` (a DNS refresh found other
+    /// addresses), as a reload would, without reading the config file: counters and
+    /// health of the backends kept carry over. Does nothing, and says so, when the
+    /// upstream's backends are no longer `base` (a reload came in between with its own).
+    pub fn replace_backends(
+        &self,
+        upstream: &str,
+        base: &[BackendConfig],
+        backends: Vec<BackendConfig>,
+    ) -> bool {
+        let _swap = self.swap.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self.current();
+        let mut config = (*old.config).clone();
+        let Some(u) = config.upstreams.iter_mut().find(|u| u.name == upstream) else {
+            return false;
+        };
+        if u.backends != base {
+            return false;
+        }
+        u.backends = backends;
+        let runtime = Runtime::build(config, &self.registry, &self.metrics);
+        self.runtime.store(Arc::new(runtime));
+        drop(old);
+        self.forget_unused_stats();
+        true
+    }
+
+    /// Drops the stats of backends no upstream of the current runtime has (those still in
+    /// use by a request or tunnel stay alive through it).
+    fn forget_unused_stats(&self) {
         let current = self.current();
         self.registry.retain(|u, a| {
             current
@@ -331,8 +398,6 @@ impl Shared {
                 .get(u)
                 .is_some_and(|up| up.backends.iter().any(|b| b.addr == *a))
         });
-        tracing::info!(?report, "configuration reloaded");
-        Ok(report)
     }
 }
 

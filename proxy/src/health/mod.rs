@@ -36,9 +36,10 @@ impl HealthChecker {
 /// `tls`, either kind needs the TLS handshake to pass too (as HAProxy's `check-ssl`): a
 /// backend whose certificate the proxy refuses would fail every request sent to it.
 /// An h2 upstream is checked over h2, as its backends may speak nothing else (a gRPC
-/// server refuses HTTP/1.1).
+/// server refuses HTTP/1.1). `name` is the backend's `host:port` when it was named so.
 pub async fn probe(
     addr: SocketAddr,
+    name: Option<&str>,
     tls: Option<&TlsClient>,
     kind: &CheckKind,
     timeout: Duration,
@@ -56,11 +57,14 @@ pub async fn probe(
             CheckKind::Tcp => return Some(true),
             CheckKind::Http { path, host } => (path, host),
         };
-        // A backend serving several names by SNI expects the same name in Host.
-        let host = match (host, tls.and_then(TlsClient::server_name)) {
-            (Some(host), _) => host.clone(),
-            (None, Some(name)) => name.to_owned(),
-            (None, None) => addr.to_string(),
+        // A backend serving several names by SNI expects the same name in Host; one named
+        // `host:port` in the config is asked for that name, as a request to it through
+        // nginx's `proxy_pass http://host:port` would be, not for its address.
+        let host = match (host, tls.and_then(TlsClient::server_name), name) {
+            (Some(host), _, _) => host.clone(),
+            (None, Some(server_name), _) => server_name.to_owned(),
+            (None, None, Some(name)) => name.to_owned(),
+            (None, None, None) => addr.to_string(),
         };
         if h2 {
             let code = h2::get(s, tls.is_some(), &host, path).await?;
@@ -142,7 +146,22 @@ impl BackgroundService for HealthChecker {
                     let timeout = active.timeout;
                     tokio::spawn(async move {
                         let h2 = up.config.protocol == UpstreamProtocol::H2;
-                        let ok = probe(b.addr, up.tls.as_deref(), &kind, timeout, h2).await;
+                        let name = up
+                            .config
+                            .backends
+                            .iter()
+                            .find(|c| c.addr == b.addr)
+                            .and_then(|c| c.dns.as_ref())
+                            .map(|d| d.name(b.addr.port()));
+                        let ok = probe(
+                            b.addr,
+                            name.as_deref(),
+                            up.tls.as_deref(),
+                            &kind,
+                            timeout,
+                            h2,
+                        )
+                        .await;
                         up.report_check(&b, ok);
                     });
                 }
