@@ -175,3 +175,49 @@ impl BackgroundService for HealthChecker {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// The request head an http check sends to a listener that answers 200.
+    async fn check_head(name: Option<&str>, host: Option<&str>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 512];
+            while !head.ends_with(b"\r\n\r\n") {
+                let n = s.read(&mut buf).await.unwrap();
+                assert!(n > 0, "closed before the end of the head");
+                head.extend_from_slice(&buf[..n]);
+            }
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                .await
+                .unwrap();
+            String::from_utf8(head).unwrap()
+        });
+        let kind = CheckKind::Http {
+            path: "/healthz".to_owned(),
+            host: host.map(str::to_owned),
+        };
+        assert!(probe(addr, name, None, &kind, Duration::from_secs(5), false).await);
+        let head = tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .unwrap()
+            .unwrap();
+        head.replace(&addr.to_string(), "ADDR")
+    }
+
+    #[tokio::test]
+    async fn an_http_check_of_a_named_backend_asks_for_its_name() {
+        assert!(check_head(None, None).await.contains("\r\nHost: ADDR\r\n"));
+        let head = check_head(Some("node1:9000"), None).await;
+        assert!(head.contains("\r\nHost: node1:9000\r\n"), "{head}");
+        // A configured host wins.
+        let head = check_head(Some("node1:9000"), Some("chat.internal")).await;
+        assert!(head.contains("\r\nHost: chat.internal\r\n"), "{head}");
+    }
+}

@@ -313,3 +313,54 @@ impl ServerCertVerifier for AcceptAny {
             .supported_schemes()
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::config::DnsOrigin;
+
+    fn backend(addr: &str, host: Option<&str>) -> BackendConfig {
+        BackendConfig {
+            id: "x".to_owned(),
+            addr: addr.parse().unwrap(),
+            weight: 1,
+            backup: false,
+            dns: host.map(|h| DnsOrigin {
+                host: h.to_owned(),
+                entry: 0,
+                id: None,
+            }),
+        }
+    }
+
+    #[test]
+    fn a_named_backend_is_verified_for_its_name_unless_server_name_says_otherwise() {
+        let backends = [
+            backend("10.0.0.1:443", Some("node1.internal")),
+            backend("10.0.0.2:443", None),
+        ];
+        let (named, bare) = (backends[0].addr, backends[1].addr);
+        let config = UpstreamTlsConfig {
+            server_name: None,
+            ca: None,
+            verify: true,
+            client_cert: None,
+        };
+        let tls = TlsClient::new(&config, &backends);
+        let dns = |n: &str| ServerName::try_from(n.to_owned()).unwrap();
+        // As nginx's proxy_ssl_name defaults to the proxy_pass host.
+        assert_eq!(tls.name_for(named), dns("node1.internal"));
+        assert_eq!(tls.peer(named).sni, "node1.internal");
+        assert_eq!(tls.name_for(bare), ServerName::IpAddress(bare.ip().into()));
+        assert_eq!(tls.peer(bare).sni, "10.0.0.2");
+
+        let config = UpstreamTlsConfig {
+            server_name: Some("api.internal".to_owned()),
+            ..config
+        };
+        let tls = TlsClient::new(&config, &backends);
+        assert_eq!(tls.name_for(named), dns("api.internal"));
+        assert_eq!(tls.peer(named).sni, "api.internal");
+    }
+}
