@@ -104,3 +104,26 @@ pub fn valid_host(host: &str) -> bool {
 pub fn rewrite_target(path_and_query: &str, prefix: &str, rewrite: &str) -> Option<String> {
     crate::proxy::normalize::rewrite_target(path_and_query, prefix, rewrite)
 }
+
+/// [`crate::config::Config::from_toml_str`] with every backend host name answered
+/// `192.0.2.1` (TEST-NET-1, RFC 5737) without asking the system resolver: the names a
+/// fuzzer writes must not become DNS queries, nor wait for their answers.
+pub fn config_from_toml(
+    text: &str,
+    source: Option<&std::path::Path>,
+) -> Result<crate::config::Config, crate::config::ConfigErrors> {
+    struct Fixed;
+    impl crate::config::Resolver for Fixed {
+        fn lookup(
+            &self,
+            _host: &str,
+            port: u16,
+        ) -> Result<Vec<std::net::SocketAddr>, crate::config::ResolveError> {
+            Ok(vec![std::net::SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
+                port,
+            )])
+        }
+    }
+    crate::config::parse_with(text, source, &|_| None, &Fixed)
+}

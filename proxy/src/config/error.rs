@@ -79,9 +79,6 @@ pub enum ErrorKind {
         /// The addresses it has.
         found: Vec<SocketAddr>,
     },
-    /// Quick mode: an address flag that is not `ip:port`.
-    #[error("invalid address (expected ip:port, e.g. 127.0.0.1:9001 or [::1]:9001)")]
-    AddressSyntax,
     /// Quick mode: the `=weight` of a `--backend` is not a number.
     #[error("invalid weight `{0}` (expected 1 to {max})", max = super::MAX_WEIGHT)]
     WeightSyntax(String),
