@@ -112,6 +112,7 @@ pub fn config_from_toml(
     text: &str,
     source: Option<&std::path::Path>,
 ) -> Result<crate::config::Config, crate::config::ConfigErrors> {
+    #[derive(Debug)]
     struct Fixed;
     impl crate::config::Resolver for Fixed {
         fn lookup(

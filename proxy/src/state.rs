@@ -195,6 +195,8 @@ pub struct Shared {
     /// Open client connections and tunnels: a graceful stop ends when none is left
     /// ([`crate::drain`]).
     pub open: Arc<std::sync::atomic::AtomicUsize>,
+    /// Looks up backend names at each reload (the system's; tests put their own).
+    pub(crate) resolver: Arc<dyn crate::config::Resolver>,
     /// Held while a new runtime is built from the current one and stored (a reload, a
     /// DNS refresh), so that neither overwrites the other's with one built before it.
     swap: std::sync::Mutex<()>,
@@ -229,6 +231,7 @@ impl Shared {
             certs,
             config_path,
             open: Arc::default(),
+            resolver: Arc::new(crate::config::SystemResolver::default()),
             swap: std::sync::Mutex::new(()),
         })
     }
@@ -274,7 +277,7 @@ impl Shared {
     pub fn reload(&self) -> Result<ReloadReport, ConfigErrors> {
         // Read and looked up before the swap is locked: a slow resolver holds no one else.
         let loaded = match &self.config_path {
-            Some(path) => Some(Config::load(path)?),
+            Some(path) => Some(Config::load_with(path, &*self.resolver)?),
             None => None,
         };
         // Poisoned only by a panic while building a runtime, which left nothing half-stored.
@@ -478,6 +481,62 @@ mod tests {
         assert_eq!(backend(&shared).stats.health(), Health::Up);
         let up = shared.current().upstreams["app"].clone();
         assert!(up.pick(&PickContext::default(), &[]).is_some());
+    }
+
+    /// Answers 127.0.0.1 once released (or after 10 s).
+    #[derive(Debug)]
+    struct Gate(std::sync::Mutex<std::sync::mpsc::Receiver<()>>);
+
+    impl crate::config::Resolver for Gate {
+        fn lookup(
+            &self,
+            _host: &str,
+            port: u16,
+        ) -> Result<Vec<std::net::SocketAddr>, crate::config::ResolveError> {
+            let _ = self
+                .0
+                .lock()
+                .unwrap()
+                .recv_timeout(std::time::Duration::from_secs(10));
+            Ok(vec![std::net::SocketAddr::from(([127, 0, 0, 1], port))])
+        }
+    }
+
+    #[test]
+    fn a_reload_waiting_for_the_resolver_leaves_a_current_thread_runtime_free() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("proxy.toml");
+        std::fs::write(
+            &path,
+            "[[listeners]]\nlisten = \"127.0.0.1:18097\"\n\
+             [upstreams.app]\nbackends = [{ addr = \"node:9001\" }]\n",
+        )
+        .unwrap();
+        let table = crate::config::TableResolver::new(&[("node", &["127.0.0.1"])]);
+        let mut shared =
+            Shared::new(Config::load_with(&path, &*table).unwrap(), Vec::new()).unwrap();
+        let (release, gate) = std::sync::mpsc::channel();
+        shared.resolver = std::sync::Arc::new(Gate(std::sync::Mutex::new(gate)));
+        let shared = std::sync::Arc::new(shared);
+        // The flavour of `threads = 1`, where the admin API and the SIGHUP handler run too.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let s = shared.clone();
+            let reload = tokio::spawn(async move { s.reload_blocking().await });
+            tokio::task::yield_now().await;
+            // Another task of this one thread runs while the reload waits for the resolver.
+            let other = tokio::spawn(async { 42 });
+            assert_eq!(other.await.unwrap(), 42);
+            assert!(
+                !reload.is_finished(),
+                "the reload held the runtime's thread"
+            );
+            release.send(()).unwrap();
+            reload.await.unwrap().unwrap();
+        });
     }
 
     #[test]

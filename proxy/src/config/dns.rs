@@ -180,7 +180,7 @@ pub enum ResolveError {
 }
 
 /// Looks up the addresses of a name; the system's in the proxy, a table in tests.
-pub trait Resolver: Send + Sync {
+pub trait Resolver: Send + Sync + fmt::Debug {
     /// Every address of `host`, with `port`, in any order, duplicates allowed.
     fn lookup(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, ResolveError>;
 }

@@ -586,13 +586,23 @@ impl Config {
     /// most [`RESOLVE_TIMEOUT`]): call it off the request-serving runtime
     /// (`tokio::task::spawn_blocking`).
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        Self::load_with(path, &SystemResolver::default())
+    }
+
+    /// [`Config::load`] with backend names looked up by `resolver`.
+    pub fn load_with(path: &Path, resolver: &dyn Resolver) -> Result<Config, ConfigErrors> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: Some(path.to_path_buf()),
             line: None,
             key: String::new(),
             kind: ErrorKind::Read(e),
         })?;
-        Self::from_toml_str(&text, Some(path))
+        parse_with(
+            &text,
+            Some(path),
+            &|name| std::env::var(name).ok(),
+            resolver,
+        )
     }
 
     /// Parses and validates config text; `source` names it in errors and in
