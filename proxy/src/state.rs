@@ -276,14 +276,15 @@ impl Shared {
     /// [`crate::config::RESOLVE_TIMEOUT`]). From async code, use [`Shared::reload_blocking`].
     pub fn reload(&self) -> Result<ReloadReport, ConfigErrors> {
         // Read and looked up before the swap is locked: a slow resolver holds no one else.
-        let loaded = match &self.config_path {
-            Some(path) => Some(Config::load_with(path, &*self.resolver)?),
-            None => None,
+        let new_config = match &self.config_path {
+            Some(path) => Config::load_with(path, &*self.resolver)?,
+            // Quick mode has no file: the same config, its backend names looked up again (a
+            // name that fails keeps its addresses, as a DNS refresh does).
+            None => self.current_with_names_looked_up(),
         };
         // Poisoned only by a panic while building a runtime, which left nothing half-stored.
         let _swap = self.swap.lock().unwrap_or_else(|p| p.into_inner());
         let old = self.current();
-        let new_config = loaded.unwrap_or_else(|| (*old.config).clone());
         let mut needs_restart = Vec::new();
         // A listener's address, TLS or not, ALPN and PROXY protocol are fixed at start; its
         // certificates are not.
@@ -342,6 +343,24 @@ impl Shared {
         self.forget_unused_stats();
         tracing::info!(?report, "configuration reloaded");
         Ok(report)
+    }
+
+    /// The running config with every upstream's named backends looked up again.
+    fn current_with_names_looked_up(&self) -> Config {
+        let mut config = (*self.current().config).clone();
+        for u in &mut config.upstreams {
+            let (refreshed, errors) = crate::config::refresh(u, &*self.resolver);
+            for e in errors {
+                tracing::warn!(upstream = %u.name, "reload: {e}");
+            }
+            if let Some(r) = refreshed {
+                for c in &r.changes {
+                    tracing::info!(upstream = %u.name, name = %c.name, added = ?c.added, removed = ?c.removed, "backend addresses changed");
+                }
+                u.backends = r.backends;
+            }
+        }
+        config
     }
 
     /// [`Shared::reload`] on tokio's blocking pool: the file reads and name lookups of a
@@ -537,6 +556,31 @@ mod tests {
             release.send(()).unwrap();
             reload.await.unwrap().unwrap();
         });
+    }
+
+    #[test]
+    fn a_reload_without_a_file_looks_the_names_up_again() {
+        let table = crate::config::TableResolver::new(&[("node", &["10.0.0.1"])]);
+        // As quick mode builds it: no file behind it.
+        let config = crate::config::parse_with(
+            "[[listeners]]\nlisten = \"127.0.0.1:18098\"\n\
+             [upstreams.app]\nbackends = [{ addr = \"node:9001\" }]\n",
+            None,
+            &|_| None,
+            &*table,
+        )
+        .unwrap();
+        let mut shared = Shared::new(config, Vec::new()).unwrap();
+        assert!(shared.config_path.is_none());
+        shared.resolver = table.clone();
+        table.set("node", &["10.0.0.2"]);
+        shared.reload().unwrap();
+        let addr = |s: &Shared| s.current().upstreams["app"].backends[0].addr;
+        assert_eq!(addr(&shared), "10.0.0.2:9001".parse().unwrap());
+        // A name that stops resolving keeps its addresses.
+        table.set("node", &[]);
+        shared.reload().unwrap();
+        assert_eq!(addr(&shared), "10.0.0.2:9001".parse().unwrap());
     }
 
     #[test]
