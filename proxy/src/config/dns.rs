@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use serde::de::{Deserialize, Deserializer, Visitor};
@@ -28,9 +28,13 @@ pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// every 5 s; nginx OSS only at load, which `dns_refresh = "0s"` gives).
 pub const DEFAULT_DNS_REFRESH: Duration = Duration::from_secs(30);
 
-/// Lookups of the system resolver waiting at once, beyond which a new one fails at once:
-/// a resolver that hangs must not have each refresh tick leave one more thread behind.
-const MAX_LOOKUPS_IN_FLIGHT: usize = 64;
+/// Lookups of the system resolver that outlived their wait and still run, beyond which a
+/// new one fails at once: a resolver that hangs must not have each refresh leave more
+/// threads behind.
+const MAX_ABANDONED_LOOKUPS: usize = 64;
+
+/// Names looked up at once by [`lookup_all`].
+const PARALLEL_LOOKUPS: usize = 32;
 
 /// A backend's `addr` as written.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -212,36 +216,59 @@ impl Resolver for SystemResolver {
     }
 }
 
-static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+/// Lookups whose waiter gave up and that have not ended yet.
+static ABANDONED: AtomicUsize = AtomicUsize::new(0);
+
+/// Where a lookup's thread leaves its answer for its waiter.
+enum Slot {
+    Waiting,
+    Done(Result<Vec<SocketAddr>, ResolveError>),
+    /// The waiter gave up: the answer, when it comes, is dropped.
+    Abandoned,
+}
 
 /// Runs a blocking lookup on its own thread and waits at most `timeout` for it:
 /// `getaddrinfo` cannot be cancelled, so one that outlives the wait finishes on its own and
-/// its answer is dropped.
+/// its answer is dropped. While [`MAX_ABANDONED_LOOKUPS`] such lookups are still running
+/// (a resolver that does not answer at all), new ones fail at once instead of adding
+/// threads at every refresh.
 fn bounded<F>(timeout: Duration, lookup: F) -> Result<Vec<SocketAddr>, ResolveError>
 where
     F: FnOnce() -> Result<Vec<SocketAddr>, ResolveError> + Send + 'static,
 {
-    if IN_FLIGHT.fetch_add(1, Ordering::AcqRel) >= MAX_LOOKUPS_IN_FLIGHT {
-        IN_FLIGHT.fetch_sub(1, Ordering::AcqRel);
+    if ABANDONED.load(Ordering::Acquire) >= MAX_ABANDONED_LOOKUPS {
         return Err(ResolveError::Busy);
     }
-    let (tx, rx) = mpsc::sync_channel(1);
+    let slot = Arc::new((Mutex::new(Slot::Waiting), Condvar::new()));
+    let theirs = slot.clone();
     let spawned = std::thread::Builder::new()
         .name("dns lookup".to_owned())
         .spawn(move || {
             let answer = lookup();
-            IN_FLIGHT.fetch_sub(1, Ordering::AcqRel);
-            // The waiter may have given up: its answer is then not wanted.
-            let _ = tx.send(answer);
+            let (lock, ready) = &*theirs;
+            let mut s = lock.lock().unwrap_or_else(|p| p.into_inner());
+            if matches!(*s, Slot::Abandoned) {
+                ABANDONED.fetch_sub(1, Ordering::AcqRel);
+            } else {
+                *s = Slot::Done(answer);
+                ready.notify_one();
+            }
         });
     if let Err(e) = spawned {
-        IN_FLIGHT.fetch_sub(1, Ordering::AcqRel);
         return Err(ResolveError::Failed(format!("cannot start a lookup: {e}")));
     }
-    match rx.recv_timeout(timeout) {
-        Ok(answer) => answer,
-        Err(mpsc::RecvTimeoutError::Timeout) => Err(ResolveError::TimedOut(timeout)),
-        Err(mpsc::RecvTimeoutError::Disconnected) => Err(ResolveError::Failed(
+    let (lock, ready) = &*slot;
+    let s = lock.lock().unwrap_or_else(|p| p.into_inner());
+    let (mut s, _) = ready
+        .wait_timeout_while(s, timeout, |s| matches!(s, Slot::Waiting))
+        .unwrap_or_else(|p| p.into_inner());
+    match std::mem::replace(&mut *s, Slot::Abandoned) {
+        Slot::Done(answer) => answer,
+        Slot::Waiting => {
+            ABANDONED.fetch_add(1, Ordering::AcqRel);
+            Err(ResolveError::TimedOut(timeout))
+        }
+        Slot::Abandoned => Err(ResolveError::Failed(
             "the lookup ended without an answer".to_owned(),
         )),
     }
@@ -285,27 +312,31 @@ pub(super) fn entry_backends(
         .collect())
 }
 
-/// The answers for every name in `names`, looked up in parallel so that a file naming many
-/// hosts waits for the slowest lookup, not for their sum.
+/// The answers for every name in `names`, looked up in parallel (a batch at a time) so that
+/// a file naming many hosts waits for the slowest lookup of each batch, not for their sum.
 pub(super) fn lookup_all(resolver: &dyn Resolver, names: HashSet<(String, u16)>) -> Lookups {
-    std::thread::scope(|s| {
-        let pending: Vec<_> = names
-            .into_iter()
-            .map(|key| {
-                let (host, port) = key.clone();
-                (key, s.spawn(move || resolver.lookup(&host, port)))
-            })
-            .collect();
-        pending
-            .into_iter()
-            .map(|(key, handle)| {
+    let names: Vec<(String, u16)> = names.into_iter().collect();
+    let mut found = Lookups::new();
+    for batch in names.chunks(PARALLEL_LOOKUPS) {
+        std::thread::scope(|s| {
+            let pending: Vec<_> = batch
+                .iter()
+                .map(|(host, port)| {
+                    (
+                        (host.clone(), *port),
+                        s.spawn(move || resolver.lookup(host, *port)),
+                    )
+                })
+                .collect();
+            for (key, handle) in pending {
                 let answer = handle
                     .join()
                     .unwrap_or_else(|_| Err(ResolveError::Failed("the lookup failed".to_owned())));
-                (key, answer)
-            })
-            .collect()
-    })
+                found.insert(key, answer);
+            }
+        });
+    }
+    found
 }
 
 /// The addresses a name's answer gives under `family`: sorted and without duplicates, so
@@ -615,7 +646,7 @@ mod tests {
     #[test]
     fn a_lookup_that_does_not_answer_times_out() {
         // The lookup blocks until the test ends: only the bound can end the wait.
-        let (_hold, wait) = mpsc::channel::<()>();
+        let (_hold, wait) = std::sync::mpsc::channel::<()>();
         let started = std::time::Instant::now();
         let r = bounded(Duration::from_millis(50), move || {
             let _ = wait.recv();
