@@ -299,3 +299,27 @@ pub fn admit_pingora(buf: &[u8], listener: u8, peer: u8) -> Option<PingoraReques
         admission,
     })
 }
+
+/// [`crate::config::Config::from_toml_str`] with every backend host name answered
+/// `192.0.2.1` (TEST-NET-1, RFC 5737) without asking the system resolver: the names a
+/// fuzzer writes must not become DNS queries, nor wait for their answers.
+pub fn config_from_toml(
+    text: &str,
+    source: Option<&std::path::Path>,
+) -> Result<crate::config::Config, crate::config::ConfigErrors> {
+    #[derive(Debug)]
+    struct Fixed;
+    impl crate::config::Resolver for Fixed {
+        fn lookup(
+            &self,
+            _host: &str,
+            port: u16,
+        ) -> Result<Vec<std::net::SocketAddr>, crate::config::ResolveError> {
+            Ok(vec![std::net::SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
+                port,
+            )])
+        }
+    }
+    crate::config::parse_with(text, source, &|_| None, &Fixed)
+}

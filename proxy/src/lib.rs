@@ -8,6 +8,7 @@
 //!   and the queue of requests waiting for a slot.
 //! - [`balance`]: the balancing strategies, one module each, behind [`balance::Strategy`].
 //! - [`health`]: active health checks (passive ones live with the backend state).
+//! - [`dns_refresh`]: looks up backends named `host:port` again and swaps in new addresses.
 //! - [`tunnel`]: the WebSocket upgrade handshake and a byte relay that holds no buffer while
 //!   idle.
 //! - [`h1`]: our own HTTP/1.1 request path, which serves plain requests without pingora's
@@ -29,6 +30,7 @@ pub mod admin;
 pub mod balance;
 pub mod capacity;
 pub mod config;
+pub mod dns_refresh;
 pub mod drain;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -31,7 +31,8 @@ struct Cli {
     /// Quick mode: plain HTTP listen address.
     #[arg(long)]
     listen: Option<SocketAddr>,
-    /// Quick mode: a backend `ip:port` or `ip:port=weight` (repeat for more).
+    /// Quick mode: a backend `ip:port`, `[v6]:port` or `host:port` (one backend per address
+    /// of the name), with `=weight` optionally (repeat for more).
     #[arg(long = "backend", value_name = "ADDR[=WEIGHT]")]
     backends: Vec<String>,
     /// Quick mode: a backup backend, used only while every primary is down.
@@ -62,7 +63,7 @@ struct Cli {
     #[arg(long)]
     threads: Option<usize>,
     /// Quick mode: the backends speak TLS (certificates checked against the system's roots
-    /// for each backend's IP address, unless --backend-ca / --backend-server-name say
+    /// for each backend's host name, or IP address, unless --backend-ca / --backend-server-name say
     /// otherwise; either implies this).
     #[arg(long)]
     backend_tls: bool,

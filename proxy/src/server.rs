@@ -21,7 +21,8 @@ use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 
 use crate::admin::AdminApp;
-use crate::config::Config;
+use crate::config::{Config, SystemResolver};
+use crate::dns_refresh::DnsRefresher;
 use crate::drain::{exit_when_drained, Counted};
 use crate::h1::lent::{self, Returned};
 use crate::h1::plain_on_tls::PlainHttpOnTls;
@@ -292,7 +293,7 @@ impl BackgroundService for ReloadOnHup {
         loop {
             tokio::select! {
                 _ = hup.recv() => {
-                    if let Err(errors) = self.shared.reload() {
+                    if let Err(errors) = self.shared.reload_blocking().await {
                         tracing::error!("reload rejected, the running config stays:\n{errors}");
                     }
                 }
@@ -433,6 +434,10 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
     server.add_service(background_service(
         "health checks",
         HealthChecker::new(shared.clone()),
+    ));
+    server.add_service(background_service(
+        "dns refresh",
+        DnsRefresher::new(shared.clone(), Arc::new(SystemResolver::default())),
     ));
     server.add_service(background_service(
         "reload on SIGHUP",

@@ -11,7 +11,8 @@ use arc_swap::ArcSwap;
 use crate::access_log::AccessLog;
 use crate::admin::metrics::Metrics;
 use crate::config::{
-    Config, ConfigError, ConfigErrors, ErrorKind, ProxyProtocolConfig, UpstreamProtocol,
+    BackendConfig, Config, ConfigError, ConfigErrors, ErrorKind, ProxyProtocolConfig,
+    UpstreamProtocol,
 };
 use crate::limits::ClientLimits;
 use crate::tls::{SniCerts, SniResolver};
@@ -214,6 +215,11 @@ pub struct Shared {
     /// Open client connections and tunnels: a graceful stop ends when none is left
     /// ([`crate::drain`]).
     pub open: Arc<std::sync::atomic::AtomicUsize>,
+    /// Looks up backend names at each reload (the system's; tests put their own).
+    pub(crate) resolver: Arc<dyn crate::config::Resolver>,
+    /// Held while a new runtime is built from the current one and stored (a reload, a
+    /// DNS refresh), so that neither overwrites the other's with one built before it.
+    swap: std::sync::Mutex<()>,
 }
 
 /// What a successful reload changed, for the admin answer and the log.
@@ -245,6 +251,8 @@ impl Shared {
             certs,
             config_path,
             open: Arc::default(),
+            resolver: Arc::new(crate::config::SystemResolver::default()),
+            swap: std::sync::Mutex::new(()),
         })
     }
 
@@ -283,12 +291,20 @@ impl Shared {
     /// TLS certificates, the admin token and the access log (reopened). Open tunnels and
     /// in-flight requests keep the backend state they hold. An invalid file, or a
     /// certificate or log file that cannot be used, leaves the running config untouched.
+    ///
+    /// It blocks: reading files and looking up backend names (for at most
+    /// [`crate::config::RESOLVE_TIMEOUT`]). From async code, use [`Shared::reload_blocking`].
     pub fn reload(&self) -> Result<ReloadReport, ConfigErrors> {
-        let old = self.current();
+        // Read and looked up before the swap is locked: a slow resolver holds no one else.
         let new_config = match &self.config_path {
-            Some(path) => Config::load(path)?,
-            None => (*old.config).clone(),
+            Some(path) => Config::load_with(path, &*self.resolver)?,
+            // Quick mode has no file: the same config, its backend names looked up again (a
+            // name that fails keeps its addresses, as a DNS refresh does).
+            None => self.current_with_names_looked_up(),
         };
+        // Poisoned only by a panic while building a runtime, which left nothing half-stored.
+        let _swap = self.swap.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self.current();
         let mut needs_restart = Vec::new();
         // A listener's address, TLS or not, ALPN and PROXY protocol are fixed at start; its
         // certificates are not.
@@ -344,6 +360,79 @@ impl Shared {
         }
         // The old config no longer holds its backends' stats: what still does is in use.
         drop(old);
+        self.forget_unused_stats();
+        tracing::info!(?report, "configuration reloaded");
+        Ok(report)
+    }
+
+    /// The running config with every upstream's named backends looked up again.
+    fn current_with_names_looked_up(&self) -> Config {
+        let mut config = (*self.current().config).clone();
+        for u in &mut config.upstreams {
+            let (refreshed, errors) = crate::config::refresh(u, &*self.resolver);
+            for e in errors {
+                tracing::warn!(upstream = %u.name, "reload: {e}");
+            }
+            if let Some(r) = refreshed {
+                for c in &r.changes {
+                    tracing::info!(upstream = %u.name, name = %c.name, added = ?c.added, removed = ?c.removed, "backend addresses changed");
+                }
+                u.backends = r.backends;
+            }
+        }
+        config
+    }
+
+    /// [`Shared::reload`] on tokio's blocking pool: the file reads and name lookups of a
+    /// reload must not stall the runtime the caller runs on (the admin API's, the signal
+    /// handler's; with `threads = 1` each is a current-thread runtime, on which
+    /// `block_in_place` is not allowed).
+    pub async fn reload_blocking(self: &Arc<Self>) -> Result<ReloadReport, ConfigErrors> {
+        let shared = self.clone();
+        match tokio::task::spawn_blocking(move || shared.reload()).await {
+            Ok(result) => result,
+            Err(e) => match e.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                Err(_) => Err(ConfigErrors::from(ConfigError {
+                    file: self.config_path.clone(),
+                    line: None,
+                    key: String::new(),
+                    kind: ErrorKind::Cancelled,
+                })),
+            },
+        }
+    }
+
+    /// Replaces the backends of `upstream` with `backends` (a DNS refresh found other
+    /// addresses), as a reload would, without reading the config file: counters and
+    /// health of the backends kept carry over. Does nothing, and says so, when the
+    /// upstream's backends are no longer `base` (a reload came in between with its own).
+    pub fn replace_backends(
+        &self,
+        upstream: &str,
+        base: &[BackendConfig],
+        backends: Vec<BackendConfig>,
+    ) -> bool {
+        let _swap = self.swap.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self.current();
+        let mut config = (*old.config).clone();
+        let Some(u) = config.upstreams.iter_mut().find(|u| u.name == upstream) else {
+            return false;
+        };
+        if u.backends != base {
+            return false;
+        }
+        u.backends = backends;
+        let runtime = Runtime::build(config, &self.registry, &self.metrics);
+        self.runtime.store(Arc::new(runtime));
+        drop(old);
+        self.forget_unused_stats();
+        true
+    }
+
+    /// Drops the stats of backends no upstream of the current runtime has (those still in
+    /// use by a request or tunnel stay alive through it).
+    fn forget_unused_stats(&self) {
         let current = self.current();
         self.registry.retain(|u, a| {
             current
@@ -351,8 +440,6 @@ impl Shared {
                 .get(u)
                 .is_some_and(|up| up.backends.iter().any(|b| b.addr == *a))
         });
-        tracing::info!(?report, "configuration reloaded");
-        Ok(report)
     }
 }
 
@@ -433,6 +520,87 @@ mod tests {
         assert_eq!(backend(&shared).stats.health(), Health::Up);
         let up = shared.current().upstreams["app"].clone();
         assert!(up.pick(&PickContext::default(), &[]).is_ok());
+    }
+
+    /// Answers 127.0.0.1 once released (or after 10 s).
+    #[derive(Debug)]
+    struct Gate(std::sync::Mutex<std::sync::mpsc::Receiver<()>>);
+
+    impl crate::config::Resolver for Gate {
+        fn lookup(
+            &self,
+            _host: &str,
+            port: u16,
+        ) -> Result<Vec<std::net::SocketAddr>, crate::config::ResolveError> {
+            let _ = self
+                .0
+                .lock()
+                .unwrap()
+                .recv_timeout(std::time::Duration::from_secs(10));
+            Ok(vec![std::net::SocketAddr::from(([127, 0, 0, 1], port))])
+        }
+    }
+
+    #[test]
+    fn a_reload_waiting_for_the_resolver_leaves_a_current_thread_runtime_free() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("proxy.toml");
+        std::fs::write(
+            &path,
+            "[[listeners]]\nlisten = \"127.0.0.1:18097\"\n\
+             [upstreams.app]\nbackends = [{ addr = \"node:9001\" }]\n",
+        )
+        .unwrap();
+        let table = crate::config::TableResolver::new(&[("node", &["127.0.0.1"])]);
+        let mut shared =
+            Shared::new(Config::load_with(&path, &*table).unwrap(), Vec::new()).unwrap();
+        let (release, gate) = std::sync::mpsc::channel();
+        shared.resolver = std::sync::Arc::new(Gate(std::sync::Mutex::new(gate)));
+        let shared = std::sync::Arc::new(shared);
+        // The flavour of `threads = 1`, where the admin API and the SIGHUP handler run too.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let s = shared.clone();
+            let reload = tokio::spawn(async move { s.reload_blocking().await });
+            tokio::task::yield_now().await;
+            // Another task of this one thread runs while the reload waits for the resolver.
+            let other = tokio::spawn(async { 42 });
+            assert_eq!(other.await.unwrap(), 42);
+            assert!(
+                !reload.is_finished(),
+                "the reload held the runtime's thread"
+            );
+            release.send(()).unwrap();
+            reload.await.unwrap().unwrap();
+        });
+    }
+
+    #[test]
+    fn a_reload_without_a_file_looks_the_names_up_again() {
+        let table = crate::config::TableResolver::new(&[("node", &["10.0.0.1"])]);
+        // As quick mode builds it: no file behind it.
+        let config = crate::config::parse_with(
+            "[[listeners]]\nlisten = \"127.0.0.1:18098\"\n\
+             [upstreams.app]\nbackends = [{ addr = \"node:9001\" }]\n",
+            None,
+            &|_| None,
+            &*table,
+        )
+        .unwrap();
+        let mut shared = Shared::new(config, Vec::new()).unwrap();
+        assert!(shared.config_path.is_none());
+        shared.resolver = table.clone();
+        table.set("node", &["10.0.0.2"]);
+        shared.reload().unwrap();
+        let addr = |s: &Shared| s.current().upstreams["app"].backends[0].addr;
+        assert_eq!(addr(&shared), "10.0.0.2:9001".parse().unwrap());
+        // A name that stops resolving keeps its addresses.
+        table.set("node", &[]);
+        shared.reload().unwrap();
+        assert_eq!(addr(&shared), "10.0.0.2:9001".parse().unwrap());
     }
 
     #[test]

@@ -1,14 +1,14 @@
 //! compose.yml, Dockerfile.node, Dockerfile.proxy and deploy/compose-proxy.toml checked
 //! against each other and against the real binaries (no Docker engine needed): the flags and
 //! environment variables they use are ones `chat-node --help` and `proxy --help` list, the
-//! proxy's config passes `proxy check`, its backends are the nodes' addresses and listen
+//! proxy's config passes `proxy check`, its backends are the nodes' service names and listen
 //! ports, the published ports are 80 and 443, every dependency is health-gated, and the images
 //! run the binaries they build as a non-root user with a health check.
 //!
 //! Build first: `cargo build -p proxy -p chat-node --bins`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -217,13 +217,12 @@ fn environment(service: &Yaml) -> BTreeMap<String, String> {
     })
 }
 
-fn ipv4(service: &Yaml) -> Ipv4Addr {
-    str_of(
-        &service["networks"]["switchyard"]["ipv4_address"],
-        "ipv4_address",
-    )
-    .parse()
-    .expect("an IPv4 address")
+/// Whether a service joins the `switchyard` network, on which compose's DNS resolves the
+/// other services' names.
+fn on_switchyard(service: &Yaml) -> bool {
+    service["networks"]
+        .as_vec()
+        .is_some_and(|n| n.iter().any(|n| n.as_str() == Some("switchyard")))
 }
 
 /// The services a service waits for, with their conditions.
@@ -253,22 +252,17 @@ fn the_services_are_redis_three_nodes_and_the_proxy_on_one_network() {
         names,
         BTreeSet::from(["redis", "node1", "node2", "node3", "proxy"])
     );
-    let subnet = str_of(
-        &compose["networks"]["switchyard"]["ipam"]["config"][0]["subnet"],
-        "subnet",
+    // A user-defined network: compose's DNS resolves service names on it, which the
+    // proxy's backends (node1:9000, ...) and the nodes' Redis URL rely on.
+    assert!(
+        compose["networks"]["switchyard"].as_hash().is_some(),
+        "a `switchyard` network is defined"
     );
-    let (net, bits) = subnet.split_once('/').expect("a CIDR subnet");
-    let (net, bits): (Ipv4Addr, u32) = (net.parse().expect("ip"), bits.parse().expect("bits"));
-    let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
-    let mut seen = BTreeSet::new();
     for name in names {
-        let ip = ipv4(service(&compose, name));
-        assert_eq!(
-            u32::from(ip) & mask,
-            u32::from(net),
-            "{name}: {ip} outside {subnet}"
+        assert!(
+            on_switchyard(service(&compose, name)),
+            "{name} is not on the switchyard network"
         );
-        assert!(seen.insert(ip), "{name}: {ip} used twice");
     }
 }
 
@@ -291,14 +285,19 @@ fn nodes_use_real_chat_node_settings_and_match_the_proxy_backends() {
     assert_eq!(health_port, image_listen.port());
 
     let toml = proxy_toml();
-    let backends: BTreeMap<String, SocketAddr> = toml["upstreams"]["chat"]["backends"]
+    // Each backend is a node by its service name: `node1:9000`.
+    let backends: BTreeMap<String, (String, u16)> = toml["upstreams"]["chat"]["backends"]
         .as_array()
         .expect("backends")
         .iter()
         .map(|b| {
             (
                 b["id"].as_str().expect("id").to_owned(),
-                b["addr"].as_str().expect("addr").parse().expect("ip:port"),
+                b["addr"]
+                    .as_str()
+                    .and_then(|a| a.rsplit_once(':'))
+                    .and_then(|(host, port)| Some((host.to_owned(), port.parse().ok()?)))
+                    .expect("addr is host:port"),
             )
         })
         .collect();
@@ -307,7 +306,6 @@ fn nodes_use_real_chat_node_settings_and_match_the_proxy_backends() {
         NODES
     );
 
-    let redis_ip = ipv4(service(&compose, "redis"));
     for name in NODES {
         let node = service(&compose, name);
         assert_eq!(
@@ -335,14 +333,14 @@ fn nodes_use_real_chat_node_settings_and_match_the_proxy_backends() {
         );
         assert_eq!(
             backends[name],
-            SocketAddr::from((ipv4(node), listen.port())),
-            "{name}: the proxy's backend address"
+            (name.to_owned(), listen.port()),
+            "{name}: the proxy's backend address is the service's name and port"
         );
         let redis = env["CHAT_REDIS_URL"]
             .strip_prefix("redis://")
             .expect("a redis:// URL");
         assert!(
-            redis == "redis:6379" || redis == format!("{redis_ip}:6379"),
+            redis == "redis:6379",
             "{name}: CHAT_REDIS_URL {redis} is not the redis service"
         );
         let sessions = &env["CHAT_SESSIONS"];
@@ -476,10 +474,17 @@ fn the_proxy_publishes_80_and_443_and_its_config_passes_proxy_check() {
     let dir = tempfile::tempdir().expect("temp dir");
     let gen = tests::Proxy::gen_cert(dir.path());
     assert_eq!(gen.code(), Some(0), "{}", gen.output());
-    let local = read("deploy/compose-proxy.toml").replace(
+    // The node names resolve only on compose's network: here, each stands for a loopback
+    // address (node1 → 127.0.0.1, ...), so that the rest of the file is checked as written.
+    let mut local = read("deploy/compose-proxy.toml").replace(
         &format!("{}/", certs_dir.display()),
         &format!("{}/", dir.path().display()),
     );
+    for (i, node) in NODES.iter().enumerate() {
+        let named = format!("addr = \"{node}:");
+        assert!(local.contains(&named), "the proxy's backends name {node}");
+        local = local.replace(&named, &format!("addr = \"127.0.0.{}:", i + 1));
+    }
     let check = tests::Proxy::check(&local);
     assert_eq!(check.code(), Some(0), "proxy check:\n{}", check.output());
 }

@@ -70,9 +70,18 @@ impl AdminApp {
                     .iter()
                     .map(|b| {
                         let s = &b.stats;
+                        // A backend written `host:port`: that name (null otherwise).
+                        let name = u
+                            .config
+                            .backends
+                            .iter()
+                            .find(|c| c.addr == b.addr)
+                            .and_then(|c| c.dns.as_ref())
+                            .map(|d| d.name(b.addr.port()));
                         json!({
                             "id": b.id,
                             "addr": b.addr.to_string(),
+                            "name": name,
                             "weight": b.weight,
                             "effective_weight": b.effective_weight(),
                             "backup": b.backup,
@@ -214,7 +223,7 @@ impl ServeHttp for AdminApp {
             ),
             (&Method::GET, ["status"]) => json_reply(StatusCode::OK, self.status_json()),
             (&Method::GET, ["healthz"]) => reply(StatusCode::OK, "text/plain", "ok\n"),
-            (&Method::POST, ["reload"]) => match self.shared.reload() {
+            (&Method::POST, ["reload"]) => match self.shared.reload_blocking().await {
                 Ok(report) => json_reply(StatusCode::OK, json!({"ok": true, "report": report})),
                 Err(errors) => json_reply(
                     StatusCode::UNPROCESSABLE_ENTITY,

@@ -61,9 +61,27 @@ pub enum ErrorKind {
     /// An address that is not `ip:port`.
     #[error("invalid address `{0}` (expected ip:port, e.g. 127.0.0.1:9001 or [::1]:9001)")]
     InvalidAddress(String),
-    /// Quick mode: an address flag that is not `ip:port`.
-    #[error("invalid address (expected ip:port, e.g. 127.0.0.1:9001 or [::1]:9001)")]
-    AddressSyntax,
+    /// A backend address that is neither `ip:port` nor `host:port`.
+    #[error("invalid address `{0}` (expected host:port or ip:port, e.g. node1:9001, 127.0.0.1:9001 or [::1]:9001)")]
+    InvalidBackendAddress(String),
+    /// A backend's host name that the resolver gave no address for (or no answer in time).
+    #[error("cannot resolve `{name}`: {reason}")]
+    Unresolvable {
+        /// `host:port` as written.
+        name: String,
+        /// The resolver's complaint.
+        reason: String,
+    },
+    /// A backend's host name with addresses, none of them of `dns_family`.
+    #[error("`{name}` has no {} address (dns_family = \"{}\"), only {}", family_name(*.family), .family.as_str(), list(.found))]
+    NoAddressOfFamily {
+        /// `host:port` as written.
+        name: String,
+        /// The family asked for.
+        family: super::dns::DnsFamily,
+        /// The addresses it has.
+        found: Vec<SocketAddr>,
+    },
     /// Quick mode: the `=weight` of a `--backend` is not a number.
     #[error("invalid weight `{0}` (expected 1 to {max})", max = super::MAX_WEIGHT)]
     WeightSyntax(String),
@@ -184,12 +202,30 @@ pub enum ErrorKind {
     NoRoute,
     #[error("an empty list lets no client use the route: list the addresses allowed, or remove the key to allow every client")]
     EmptyAllow,
+    /// A reload stopped before it ended (the proxy is stopping).
+    #[error("the reload was cancelled: the proxy is stopping")]
+    Cancelled,
     /// Quick mode: no `--backend`.
     #[error("at least one --backend is required")]
     NoBackend,
     /// Quick mode: a flag that needs others.
     #[error("needs {0}")]
     NeedsFlags(&'static str),
+}
+
+fn family_name(f: super::dns::DnsFamily) -> &'static str {
+    match f {
+        super::dns::DnsFamily::Ipv6 => "IPv6",
+        _ => "IPv4",
+    }
+}
+
+fn list(addrs: &[SocketAddr]) -> String {
+    addrs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// What is wrong with a certificate or private key file.

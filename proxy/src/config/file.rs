@@ -255,6 +255,13 @@ pub(super) struct UpstreamFile {
     /// `[upstreams.<name>.timeouts]`: this upstream's own, each defaulting to `[timeouts]`.
     #[serde(default)]
     pub timeouts: UpstreamTimeoutsFile,
+    /// How often backends named `host:port` are looked up again; default 30s, 0 turns it
+    /// off (looked up at load and reload only).
+    #[serde(default)]
+    pub dns_refresh: Option<HumanDuration>,
+    /// Which addresses of a name become backends: "all" (default), "ipv4" or "ipv6".
+    #[serde(default)]
+    pub dns_family: super::DnsFamily,
 }
 
 /// `[upstreams.<name>.timeouts]`: the timeouts that concern backends, per upstream (an API
@@ -271,7 +278,8 @@ pub(super) struct UpstreamTimeoutsFile {
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(super) struct UpstreamTlsFile {
-    /// Name checked against the certificates and sent as SNI; default the backend's IP.
+    /// Name checked against the certificates and sent as SNI; default the backend's host
+    /// name (`addr = "host:port"`), else its IP.
     pub server_name: Option<String>,
     /// PEM file of trusted CA certificates; default the system's roots.
     pub ca: Option<PathBuf>,
@@ -303,8 +311,8 @@ fn default_strategy() -> StrategyKind {
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct BackendFile {
-    /// `ip:port`.
-    pub addr: Addr,
+    /// `ip:port`, `[v6]:port` or `host:port` (one backend per address of the name).
+    pub addr: super::BackendAddr,
     /// Default 1; 1 to 10000.
     #[serde(default = "default_weight")]
     pub weight: u32,
@@ -345,7 +353,8 @@ pub(super) struct HealthFile {
     pub kind: HealthKindFile,
     /// Path for http checks.
     pub path: Option<String>,
-    /// Host header for http checks; default the backend's address.
+    /// Host header for http checks; default the tls server_name, else the backend's
+    /// `host:port` as written, else its address.
     pub host: Option<String>,
     /// Default 2s.
     pub interval: HumanDuration,

@@ -9,6 +9,8 @@
 //! - `resolve`: file types → [`Config`], with every semantic check; all errors are collected.
 //! - `quick`: [`QuickOptions`] (command-line flags) → [`Config`].
 //! - `locate`: key paths and the line each is on, for error messages.
+//! - `dns`: backends named `host:port`: the lookup (bounded in time), one backend per
+//!   address, and the re-resolution of `dns_refresh`.
 //! - `duration`: durations written with a unit ("250ms", "5s", "2m", "1h").
 //! - `error`: [`ConfigError`] / [`ConfigErrors`], rendered `<file>:<line>: <key.path>: <message>`.
 //! - `summary`: [`Config::summary`], the human summary printed by `proxy check`.
@@ -23,10 +25,14 @@
 //!   the working directory of the proxy, not to the config file.
 //! - **Backend ids** default to the first 10 hex digits of SHA-256 of the address
 //!   (`127.0.0.1:9001`), so replicas of the proxy agree on sticky cookies.
+//! - **Backend names** (`addr = "node1:9000"`) are looked up at load (start, `proxy check`,
+//!   each reload): one backend per address, sorted; a name without an address is an error.
+//!   A backend's id is derived from its address as for an address written out.
 //! - **Secrets** from `*_env` keys are read at load (and reload) time. An unset `token_env` just
 //!   means no token (admin mutations refused); an unset sticky `key_env` is an error.
 //! - **0 disables** each `[limits]` entry; it is resolved to `None` here.
 
+mod dns;
 mod duration;
 mod error;
 mod file;
@@ -42,6 +48,12 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+#[cfg(test)]
+pub(crate) use self::dns::TableResolver;
+pub use self::dns::{
+    refresh, BackendAddr, DnsFamily, DnsOrigin, DnsSettings, NameChange, RefreshError, Refreshed,
+    ResolveError, Resolver, SystemResolver, DEFAULT_DNS_REFRESH, RESOLVE_TIMEOUT,
+};
 pub use self::duration::{fmt_duration, parse_duration, HumanDuration};
 pub use self::error::{ConfigError, ConfigErrors, ErrorKind, TlsFileProblem};
 pub use self::quick::{QuickOptions, QUICK_UPSTREAM};
@@ -343,6 +355,8 @@ pub struct UpstreamConfig {
     pub timeouts: BackendTimeouts,
     /// Requests wait for a slot while every backend is at `max_conns`; None: `503` at once.
     pub queue: Option<QueueConfig>,
+    /// How named backends are looked up: which addresses, how often again.
+    pub dns: DnsSettings,
 }
 
 /// The wait queue of an upstream whose backends are all at their `max_conns` (nginx's
@@ -383,8 +397,9 @@ impl From<&Timeouts> for BackendTimeouts {
 /// https://`, HAProxy's `server ... ssl`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamTlsConfig {
-    /// The name each backend's certificate must carry, also sent as SNI; None: the
-    /// backend's IP address, which the certificate must then list.
+    /// The name each backend's certificate must carry, also sent as SNI; None: the host
+    /// of a backend named `host:port`, else the backend's IP address, which the
+    /// certificate must then list.
     pub server_name: Option<String>,
     /// Roots trusted for the backends; None: the system's.
     pub ca: Option<CaCerts>,
@@ -446,6 +461,8 @@ pub struct BackendConfig {
     pub backup: bool,
     /// In-flight requests plus open tunnels at most (nginx's `max_conns`); 0: unlimited.
     pub max_conns: u32,
+    /// Set when `addr` is one of the addresses of a host name (`addr = "node1:9000"`).
+    pub dns: Option<DnsOrigin>,
 }
 
 /// Health checking of an upstream's backends.
@@ -504,7 +521,8 @@ pub enum CheckKind {
     Http {
         /// Request path (and query): visible ASCII only, from `/`.
         path: String,
-        /// The `Host` the check sends; default the backend's address (a backend serving
+        /// The `Host` the check sends; default `[upstreams.NAME.tls] server_name`, else the
+        /// backend's `host:port` as written, else its address (a backend serving
         /// virtual hosts may answer that with 404 or a redirect).
         host: Option<String>,
     },
@@ -585,25 +603,48 @@ pub struct Route {
 impl Config {
     /// Reads, parses and validates a config file. On failure, returns every semantic error
     /// (or the first syntax/type error), each as `<file>:<line>: <key.path>: <message>`.
+    ///
+    /// Backend host names are looked up with the system resolver, which blocks (for at
+    /// most [`RESOLVE_TIMEOUT`]): call it off the request-serving runtime
+    /// (`tokio::task::spawn_blocking`).
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        Self::load_with(path, &SystemResolver::default())
+    }
+
+    /// [`Config::load`] with backend names looked up by `resolver`.
+    pub fn load_with(path: &Path, resolver: &dyn Resolver) -> Result<Config, ConfigErrors> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: Some(path.to_path_buf()),
             line: None,
             key: String::new(),
             kind: ErrorKind::Read(e),
         })?;
-        Self::from_toml_str(&text, Some(path))
+        parse_with(
+            &text,
+            Some(path),
+            &|name| std::env::var(name).ok(),
+            resolver,
+        )
     }
 
     /// Parses and validates config text; `source` names it in errors and in
     /// [`Config::source`]. Secrets named by `*_env` keys are read from the environment.
     pub fn from_toml_str(text: &str, source: Option<&Path>) -> Result<Config, ConfigErrors> {
-        parse_with_env(text, source, &|name| std::env::var(name).ok())
+        parse_with(
+            text,
+            source,
+            &|name| std::env::var(name).ok(),
+            &SystemResolver::default(),
+        )
     }
 
     /// Builds the configuration of quick mode from command-line flags.
     pub fn from_quick(q: &QuickOptions) -> Result<Config, ConfigErrors> {
-        quick::resolve(q, &|name| std::env::var(name).ok())
+        quick::resolve(
+            q,
+            &|name| std::env::var(name).ok(),
+            &SystemResolver::default(),
+        )
     }
 
     /// The upstream named `name`.
@@ -615,14 +656,20 @@ impl Config {
 /// Looks up an environment variable (injected so tests need not touch the process env).
 pub(crate) type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
 
-fn parse_with_env(text: &str, source: Option<&Path>, env: Env<'_>) -> Result<Config, ConfigErrors> {
+/// [`Config::from_toml_str`] with the environment and the resolver given.
+pub(crate) fn parse_with(
+    text: &str,
+    source: Option<&Path>,
+    env: Env<'_>,
+    resolver: &dyn Resolver,
+) -> Result<Config, ConfigErrors> {
     let locator = Locator::new(text);
     let file = source.map(Path::to_path_buf);
     let parsed: file::FileConfig = serde_path_to_error::deserialize(toml::Deserializer::new(text))
         .map_err(|e| ConfigErrors::from(serde_error(e, file.as_deref(), &locator)))?;
 
     let mut out = resolve::Resolved::default();
-    let mut config = resolve::resolve(parsed, env, &mut out);
+    let mut config = resolve::resolve(parsed, env, resolver, &mut out);
     let warnings = out
         .warnings
         .iter()

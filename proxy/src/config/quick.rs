@@ -4,11 +4,11 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use super::dns::{self, BackendAddr, DnsFamily, DnsSettings, Resolver};
 use super::error::ErrorKind;
 use super::file::UpstreamTlsFile;
 use super::resolve::{
-    addrs_conflict, check_max_conns, check_weight, derived_id, tls_pair_problems, upstream_tls,
-    TlsFindings,
+    addrs_conflict, check_max_conns, check_weight, tls_pair_problems, upstream_tls, TlsFindings,
 };
 use super::{
     AccessLogConfig, ActiveCheck, AdminConfig, BackendConfig, CheckKind, Config, ConfigError,
@@ -25,7 +25,7 @@ pub const QUICK_UPSTREAM: &str = "default";
 pub struct QuickOptions {
     /// Plain HTTP listener.
     pub listen: Option<SocketAddr>,
-    /// Primary backends: `ip:port` or `ip:port=weight`.
+    /// Primary backends: `ip:port`, `[v6]:port` or `host:port`, each with `=weight` optionally.
     pub backends: Vec<String>,
     /// Backup backends, same syntax.
     pub backups: Vec<String>,
@@ -101,8 +101,8 @@ impl Errors {
     }
 }
 
-/// Parses `ip:port` or `ip:port=weight`.
-fn parse_backend(spec: &str) -> Result<(SocketAddr, u32), ErrorKind> {
+/// Parses `addr` or `addr=weight`, `addr` being `ip:port`, `[v6]:port` or `host:port`.
+fn parse_backend(spec: &str) -> Result<(BackendAddr, u32), ErrorKind> {
     let (addr, weight) = match spec.split_once('=') {
         Some((a, w)) => {
             let w: u32 = w
@@ -113,12 +113,16 @@ fn parse_backend(spec: &str) -> Result<(SocketAddr, u32), ErrorKind> {
         }
         None => (spec, 1),
     };
-    let addr: SocketAddr = addr.trim().parse().map_err(|_| ErrorKind::AddressSyntax)?;
+    let addr = BackendAddr::parse(addr.trim())?;
     check_weight(weight)?;
     Ok((addr, weight))
 }
 
-pub(super) fn resolve(q: &QuickOptions, env: Env<'_>) -> Result<Config, ConfigErrors> {
+pub(super) fn resolve(
+    q: &QuickOptions,
+    env: Env<'_>,
+    resolver: &dyn Resolver,
+) -> Result<Config, ConfigErrors> {
     let mut errs = Errors::default();
     let mut warnings = Vec::new();
 
@@ -199,21 +203,38 @@ pub(super) fn resolve(q: &QuickOptions, env: Env<'_>) -> Result<Config, ConfigEr
         .iter()
         .map(|s| ("--backend", s, false))
         .chain(q.backups.iter().map(|s| ("--backup", s, true)));
-    for (flag, spec, backup) in specs {
-        let key = format!("{flag} {spec}");
-        match parse_backend(spec) {
-            Ok((addr, weight)) => {
-                if backends.iter().any(|b| b.addr == addr) {
-                    errs.push(key, ErrorKind::DuplicateBackend(addr));
-                    continue;
+    let parsed: Vec<_> = specs
+        .map(|(flag, spec, backup)| (format!("{flag} {spec}"), parse_backend(spec), backup))
+        .collect();
+    // Host names are looked up together, as a file's are.
+    let found = dns::lookup_all(
+        resolver,
+        dns::names(
+            parsed
+                .iter()
+                .filter_map(|(_, p, _)| p.as_ref().ok().map(|(a, _)| a)),
+        ),
+    );
+    for (entry, (key, parsed, backup)) in parsed.into_iter().enumerate() {
+        let expanded = parsed.and_then(|(addr, weight)| {
+            dns::entry_backends(&addr, None, entry, &found, DnsFamily::All).map(|b| (b, weight))
+        });
+        match expanded {
+            Ok((list, weight)) => {
+                for (addr, id, dns) in list {
+                    if backends.iter().any(|b| b.addr == addr) {
+                        errs.push(key.clone(), ErrorKind::DuplicateBackend(addr));
+                        continue;
+                    }
+                    backends.push(BackendConfig {
+                        id,
+                        addr,
+                        weight,
+                        backup,
+                        max_conns: q.max_conns,
+                        dns,
+                    });
                 }
-                backends.push(BackendConfig {
-                    id: derived_id(addr),
-                    addr,
-                    weight,
-                    backup,
-                    max_conns: q.max_conns,
-                });
             }
             Err(kind) => errs.push(key, kind),
         }
@@ -331,6 +352,7 @@ pub(super) fn resolve(q: &QuickOptions, env: Env<'_>) -> Result<Config, ConfigEr
             },
             timeouts: (&Timeouts::default()).into(),
             queue: None,
+            dns: DnsSettings::default(),
         }],
         routes: vec![Route {
             host: None,
@@ -349,6 +371,7 @@ pub(super) fn resolve(q: &QuickOptions, env: Env<'_>) -> Result<Config, ConfigEr
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::config::derived_id;
 
     fn no_env(_: &str) -> Option<String> {
         None
@@ -360,6 +383,10 @@ mod tests {
             backends: backends.iter().map(|s| s.to_string()).collect(),
             ..QuickOptions::default()
         }
+    }
+
+    fn resolve(q: &QuickOptions, env: Env<'_>) -> Result<Config, ConfigErrors> {
+        super::resolve(q, env, &super::super::SystemResolver::default())
     }
 
     fn errors(q: &QuickOptions) -> Vec<String> {
@@ -413,6 +440,38 @@ mod tests {
     }
 
     #[test]
+    fn a_backend_named_by_host_is_one_backend_per_address() {
+        let r = super::super::TableResolver::new(&[("node", &["10.0.0.2", "10.0.0.1"])]);
+        let mut q = opts(&["node:9000=2"]);
+        q.backups = vec!["127.0.0.1:9009".to_string()];
+        let c = super::resolve(&q, &no_env, &*r).unwrap();
+        let got: Vec<_> = c.upstreams[0]
+            .backends
+            .iter()
+            .map(|b| (b.addr.to_string(), b.id.clone(), b.weight, b.backup))
+            .collect();
+        let d = |s: &str| derived_id(s.parse().unwrap());
+        assert_eq!(
+            got,
+            vec![
+                ("10.0.0.1:9000".to_string(), d("10.0.0.1:9000"), 2, false),
+                ("10.0.0.2:9000".to_string(), d("10.0.0.2:9000"), 2, false),
+                ("127.0.0.1:9009".to_string(), d("127.0.0.1:9009"), 1, true),
+            ]
+        );
+        let e = super::resolve(&opts(&["nonexistent.invalid:80"]), &no_env, &*r)
+            .unwrap_err()
+            .lines();
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with(
+                "--backend nonexistent.invalid:80: cannot resolve `nonexistent.invalid:80`: "
+            ),
+            "{e:?}"
+        );
+    }
+
+    #[test]
     fn bad_backends_are_all_reported() {
         let q = opts(&[
             "127.0.0.1:x",
@@ -424,7 +483,7 @@ mod tests {
         assert_eq!(
             errors(&q),
             vec![
-                "--backend 127.0.0.1:x: invalid address (expected ip:port, e.g. 127.0.0.1:9001 or [::1]:9001)",
+                "--backend 127.0.0.1:x: invalid address `127.0.0.1:x` (expected host:port or ip:port, e.g. node1:9001, 127.0.0.1:9001 or [::1]:9001)",
                 "--backend 127.0.0.1:9001=0: weight 0 is out of range (1 to 10000)",
                 "--backend 127.0.0.1:9002=abc: invalid weight `abc` (expected 1 to 10000)",
                 "--backend 127.0.0.1:9003=2: duplicate backend address 127.0.0.1:9003",

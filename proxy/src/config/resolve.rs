@@ -11,6 +11,8 @@ use sha2::{Digest, Sha256};
 
 use crate::proxy::is_token_char;
 
+use super::dns::{self, DnsFamily, DnsSettings, Resolver};
+use super::duration::HumanDuration;
 use super::error::{ErrorKind, TlsFileProblem};
 use super::file::{
     FileConfig, HealthFile, HealthKindFile, LimitsFile, ListenerFile, RouteFile, StickyFile,
@@ -44,8 +46,23 @@ impl Resolved {
 
 /// Builds the config from the parsed file. Invalid entries are reported in `out` and left
 /// out of the result, which is only meaningful when `out.errors` stays empty.
-pub(super) fn resolve(f: FileConfig, env: Env<'_>, out: &mut Resolved) -> Config {
+pub(super) fn resolve(
+    f: FileConfig,
+    env: Env<'_>,
+    resolver: &dyn Resolver,
+    out: &mut Resolved,
+) -> Config {
     let root = KeyPath::root();
+    // Every backend host name of the file, looked up together before anything else.
+    let found = dns::lookup_all(
+        resolver,
+        dns::names(
+            f.upstreams
+                .0
+                .iter()
+                .flat_map(|(_, u)| u.backends.iter().map(|b| &b.addr)),
+        ),
+    );
 
     let server = {
         let p = root.key("server");
@@ -148,7 +165,7 @@ pub(super) fn resolve(f: FileConfig, env: Env<'_>, out: &mut Resolved) -> Config
         .upstreams
         .0
         .into_iter()
-        .map(|(name, u)| resolve_upstream(name, u, &timeouts, &root, env, out))
+        .map(|(name, u)| resolve_upstream(name, u, &timeouts, &root, env, &found, out))
         .collect();
     if upstreams.is_empty() {
         out.err(root.key("upstreams"), ErrorKind::NoUpstream);
@@ -460,12 +477,14 @@ fn check_key_file(path: &Path) -> Result<(), TlsFileProblem> {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn resolve_upstream(
     name: String,
     u: UpstreamFile,
     global: &Timeouts,
     root: &KeyPath,
     env: Env<'_>,
+    found: &dns::Lookups,
     out: &mut Resolved,
 ) -> UpstreamConfig {
     let p = root.key("upstreams").key(name.as_str());
@@ -480,9 +499,9 @@ fn resolve_upstream(
     }
 
     let mut backends: Vec<BackendConfig> = Vec::new();
+    let mut unresolved = false;
     for (j, b) in u.backends.into_iter().enumerate() {
         let bp = p.key("backends").index(j);
-        let addr = b.addr.0;
         if let Err(kind) = check_weight(b.weight) {
             out.err(bp.key("weight"), kind);
         }
@@ -496,35 +515,50 @@ fn resolve_upstream(
             }
             None => u.max_conns.unwrap_or(0),
         };
-        let id = match b.id {
-            Some(id) => {
-                if !valid_name(&id) {
-                    out.err(
-                        bp.key("id"),
-                        ErrorKind::InvalidName {
-                            what: "backend id",
-                            name: id.clone(),
-                        },
-                    );
-                }
-                id
-            }
-            None => derived_id(addr),
-        };
-        if backends.iter().any(|o| o.addr == addr) {
-            out.err(bp.key("addr"), ErrorKind::DuplicateBackend(addr));
-        } else if backends.iter().any(|o| o.id == id) {
-            out.err(bp.key("id"), ErrorKind::DuplicateBackendId(id.clone()));
+        if let Some(id) = b.id.as_ref().filter(|id| !valid_name(id)) {
+            out.err(
+                bp.key("id"),
+                ErrorKind::InvalidName {
+                    what: "backend id",
+                    name: id.clone(),
+                },
+            );
         }
-        backends.push(BackendConfig {
-            id,
-            addr,
-            weight: b.weight,
-            backup: b.backup,
-            max_conns,
-        });
+        let addrs = match dns::entry_backends(&b.addr, b.id.as_deref(), j, found, u.dns_family) {
+            Ok(addrs) => addrs,
+            Err(kind) => {
+                out.err(bp.key("addr"), kind);
+                unresolved = true;
+                continue;
+            }
+        };
+        for (addr, id, dns) in addrs {
+            if backends.iter().any(|o| o.addr == addr) {
+                out.err(bp.key("addr"), ErrorKind::DuplicateBackend(addr));
+            } else if backends.iter().any(|o| o.id == id) {
+                out.err(bp.key("id"), ErrorKind::DuplicateBackendId(id.clone()));
+            } else if !valid_name(&id) && b.id.as_ref().is_some_and(|own| valid_name(own)) {
+                // The entry's own id is valid but too long to take an address's suffix.
+                out.err(
+                    bp.key("id"),
+                    ErrorKind::InvalidName {
+                        what: "backend id",
+                        name: id.clone(),
+                    },
+                );
+            }
+            backends.push(BackendConfig {
+                id,
+                addr,
+                weight: b.weight,
+                backup: b.backup,
+                max_conns,
+                dns,
+            });
+        }
     }
-    if !backends.iter().any(|b| !b.backup) {
+    // An entry that did not resolve is reported as such, not as a missing primary.
+    if !unresolved && !backends.iter().any(|b| !b.backup) {
         out.err(p.key("backends"), ErrorKind::NoPrimaryBackend);
     }
     if let Some(Err(kind)) = u.max_conns.map(check_max_conns) {
@@ -610,6 +644,18 @@ fn resolve_upstream(
         protocol: u.protocol,
         timeouts,
         queue,
+        dns: dns_settings(u.dns_refresh, u.dns_family),
+    }
+}
+
+/// `dns_refresh` (absent: the default; 0: off) and `dns_family`.
+fn dns_settings(refresh: Option<HumanDuration>, family: DnsFamily) -> DnsSettings {
+    DnsSettings {
+        refresh: match refresh {
+            None => Some(super::DEFAULT_DNS_REFRESH),
+            Some(d) => Some(d.0).filter(|d| !d.is_zero()),
+        },
+        family,
     }
 }
 
@@ -825,7 +871,7 @@ pub fn derived_id(addr: SocketAddr) -> String {
 }
 
 /// Names that go into cookies, URL paths and metric labels unescaped.
-fn valid_name(s: &str) -> bool {
+pub(super) fn valid_name(s: &str) -> bool {
     (1..=64).contains(&s.len())
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))

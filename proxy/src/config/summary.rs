@@ -100,18 +100,27 @@ impl Config {
                     fmt_duration(t.tunnel_idle)
                 )?;
             }
+            if u.backends.iter().any(|b| b.dns.is_some()) {
+                match u.dns.refresh {
+                    Some(d) => write!(s, "  dns refresh {}", fmt_duration(d))?,
+                    None => write!(s, "  dns refresh off")?,
+                }
+                if u.dns.family != super::DnsFamily::All {
+                    write!(s, "  dns family {}", u.dns.family.as_str())?;
+                }
+            }
             writeln!(s)?;
-            let width = u
-                .backends
-                .iter()
-                .map(|b| b.addr.to_string().len())
-                .max()
-                .unwrap_or(0);
+            // A named backend shows its name and the address it resolved to.
+            let label = |b: &super::BackendConfig| match &b.dns {
+                Some(d) => format!("{} ({})", d.name(b.addr.port()), b.addr),
+                None => b.addr.to_string(),
+            };
+            let width = u.backends.iter().map(|b| label(b).len()).max().unwrap_or(0);
             for b in &u.backends {
                 write!(
                     s,
                     "    {:<width$}  weight {:<5}  id {}{}",
-                    b.addr.to_string(),
+                    label(b),
                     b.weight,
                     b.id,
                     if b.backup { "  backup" } else { "" },
@@ -159,7 +168,7 @@ impl Config {
                     "    tls: name {}, roots {}{}",
                     tls.server_name
                         .as_deref()
-                        .unwrap_or("each backend's IP address"),
+                        .unwrap_or("each backend's host name, or IP address"),
                     match &tls.ca {
                         Some(ca) => format!("{ca:?}"),
                         None => "of the system".to_string(),

@@ -21,7 +21,12 @@ fn env(name: &str) -> Option<String> {
 }
 
 fn load(text: &str) -> Result<Config, ConfigErrors> {
-    parse_with_env(text, Some(Path::new("proxy.toml")), &env)
+    parse_with(
+        text,
+        Some(Path::new("proxy.toml")),
+        &env,
+        &SystemResolver::default(),
+    )
 }
 
 fn ok(text: &str) -> Config {
@@ -147,6 +152,7 @@ fn the_example_file_loads() {
                 weight: 1,
                 backup: false,
                 max_conns: 0,
+                dns: None,
             },
             BackendConfig {
                 id: "n2".to_string(),
@@ -154,6 +160,7 @@ fn the_example_file_loads() {
                 weight: 3,
                 backup: false,
                 max_conns: 0,
+                dns: None,
             },
             BackendConfig {
                 id: derived_id(addr("127.0.0.1:9009")),
@@ -161,6 +168,7 @@ fn the_example_file_loads() {
                 weight: 1,
                 backup: true,
                 max_conns: 0,
+                dns: None,
             },
         ]
     );
@@ -1416,5 +1424,296 @@ upstream = "chat"
     assert!(
         e[0].starts_with("proxy.toml:7: upstreams.app.timeouts.downstream_keepalive: unknown key"),
         "{e:?}"
+    );
+}
+
+/// Loads `text` with names answered by `resolver`.
+fn load_with(text: &str, resolver: &dyn Resolver) -> Result<Config, ConfigErrors> {
+    parse_with(text, Some(Path::new("proxy.toml")), &env, resolver)
+}
+
+/// A listener and upstream `a` over `backends` (TOML array entries), then `extra` keys of
+/// `[upstreams.a]`.
+fn named(backends: &[&str], extra: &str) -> String {
+    format!(
+        "[[listeners]]\nlisten = \"127.0.0.1:1\"\n[upstreams.a]\n{extra}backends = [\n{}\n]\n",
+        backends
+            .iter()
+            .map(|b| format!("  {b},"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    )
+}
+
+#[test]
+fn a_name_with_several_addresses_is_one_backend_per_address() {
+    let r = dns::TableResolver::new(&[
+        ("node", &["10.0.0.2", "10.0.0.1", "10.0.0.2", "fd00::1"]),
+        ("one", &["10.0.0.9"]),
+    ]);
+    let text = named(
+        &[
+            "{ addr = \"node:9000\", weight = 3 }",
+            "{ addr = \"node:9001\", id = \"api\", backup = true }",
+            "{ addr = \"one:80\", id = \"solo\" }",
+            "{ addr = \"127.0.0.1:80\" }",
+        ],
+        "",
+    );
+    let c = load_with(&text, &*r).unwrap();
+    let u = c.upstream("a").unwrap();
+    let got: Vec<_> = u
+        .backends
+        .iter()
+        .map(|b| (b.addr.to_string(), b.id.clone(), b.weight, b.backup))
+        .collect();
+    let d = |s: &str| derived_id(addr(s));
+    assert_eq!(
+        got,
+        vec![
+            // Sorted, duplicates dropped, each address its own derived id.
+            ("10.0.0.1:9000".into(), d("10.0.0.1:9000"), 3, false),
+            ("10.0.0.2:9000".into(), d("10.0.0.2:9000"), 3, false),
+            ("[fd00::1]:9000".into(), d("[fd00::1]:9000"), 3, false),
+            // An explicit id takes each address's derived id as a suffix.
+            (
+                "10.0.0.1:9001".into(),
+                format!("api-{}", d("10.0.0.1:9001")),
+                1,
+                true
+            ),
+            (
+                "10.0.0.2:9001".into(),
+                format!("api-{}", d("10.0.0.2:9001")),
+                1,
+                true
+            ),
+            (
+                "[fd00::1]:9001".into(),
+                format!("api-{}", d("[fd00::1]:9001")),
+                1,
+                true
+            ),
+            // One address: the id as written.
+            ("10.0.0.9:80".into(), "solo".into(), 1, false),
+            ("127.0.0.1:80".into(), d("127.0.0.1:80"), 1, false),
+        ]
+    );
+    let origin = u.backends[0].dns.as_ref().unwrap();
+    assert_eq!((origin.host.as_str(), origin.entry), ("node", 0));
+    assert!(u.backends[7].dns.is_none());
+    // On by default.
+    assert_eq!(u.dns, DnsSettings::default());
+    assert_eq!(u.dns.refresh, Some(Duration::from_secs(30)));
+
+    // dns_family keeps one family; dns_refresh = 0 turns refreshing off.
+    let text = named(
+        &["{ addr = \"node:9000\" }"],
+        "dns_family = \"ipv6\"\ndns_refresh = \"0s\"\n",
+    );
+    let c = load_with(&text, &*r).unwrap();
+    let u = c.upstream("a").unwrap();
+    assert_eq!(u.backends.len(), 1);
+    assert_eq!(u.backends[0].addr, addr("[fd00::1]:9000"));
+    assert_eq!(u.dns.refresh, None);
+    assert!(
+        c.summary().contains("dns refresh off  dns family ipv6"),
+        "{}",
+        c.summary()
+    );
+    let c = load_with(
+        &named(&["{ addr = \"node:9000\" }"], "dns_family = \"ipv4\"\n"),
+        &*r,
+    )
+    .unwrap();
+    assert_eq!(c.upstreams[0].backends.len(), 2);
+}
+
+#[test]
+fn a_name_and_its_address_written_out_get_the_same_id() {
+    // The system resolver: /etc/hosts gives localhost 127.0.0.1 (and maybe ::1).
+    let c = ok(&named(
+        &["{ addr = \"localhost:9001\" }"],
+        "dns_family = \"ipv4\"\n",
+    ));
+    let b = &c.upstreams[0].backends;
+    assert_eq!(b.len(), 1);
+    assert_eq!(b[0].addr, addr("127.0.0.1:9001"));
+    assert_eq!(b[0].id, derived_id(addr("127.0.0.1:9001")));
+    // The summary shows the name and the address it resolved to.
+    let summary = c.summary();
+    assert!(
+        summary.contains(&format!(
+            "    localhost:9001 (127.0.0.1:9001)  weight 1      id {}",
+            b[0].id
+        )),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("strategy round_robin  dns refresh 30s"),
+        "{summary}"
+    );
+}
+
+#[test]
+fn an_unresolvable_name_is_an_error_with_file_line_and_key() {
+    let text = named(
+        &[
+            "{ addr = \"127.0.0.1:9001\" }",
+            "{ addr = \"nonexistent.invalid:80\" }",
+        ],
+        "",
+    );
+    let e = err(&text);
+    assert!(
+        e.starts_with(
+            "proxy.toml:6: upstreams.a.backends[1].addr: cannot resolve `nonexistent.invalid:80`: "
+        ),
+        "{e}"
+    );
+    // The resolver's reason follows.
+    assert!(e.len() > "proxy.toml:6: upstreams.a.backends[1].addr: cannot resolve `nonexistent.invalid:80`: ".len(), "{e}");
+    // Its only backend unresolvable: that error alone, not also "no primary backend".
+    let e = err(&named(&["{ addr = \"nonexistent.invalid:80\" }"], ""));
+    assert!(e.contains("backends[0].addr: cannot resolve"), "{e}");
+
+    // A name whose addresses are all of the other family.
+    let r = dns::TableResolver::new(&[("v4only", &["10.0.0.1"])]);
+    let e = load_with(
+        &named(&["{ addr = \"v4only:80\" }"], "dns_family = \"ipv6\"\n"),
+        &*r,
+    )
+    .unwrap_err()
+    .lines();
+    assert_eq!(
+        e,
+        ["proxy.toml:6: upstreams.a.backends[0].addr: `v4only:80` has no IPv6 address (dns_family = \"ipv6\"), only 10.0.0.1:80"]
+    );
+}
+
+#[test]
+fn backend_addresses_are_host_port_or_ip_port() {
+    for (bad, line) in [
+        ("node1", 5),
+        ("node1:0", 5),
+        ("[::1]", 5),
+        ("10.0.0.300:80", 5),
+    ] {
+        let e = err(&named(&[&format!("{{ addr = \"{bad}\" }}")], ""));
+        assert_eq!(
+            e,
+            format!(
+                "proxy.toml:{line}: upstreams.a.backends[0].addr: invalid address `{bad}` (expected host:port or ip:port, e.g. node1:9001, 127.0.0.1:9001 or [::1]:9001)"
+            )
+        );
+    }
+    // [v6]:port as before.
+    let c = ok(&named(&["{ addr = \"[::1]:80\" }"], ""));
+    assert_eq!(c.upstreams[0].backends[0].addr, addr("[::1]:80"));
+    assert!(c.upstreams[0].backends[0].dns.is_none());
+    // Listeners stay addresses.
+    let e = err("[[listeners]]\nlisten = \"localhost:80\"\n[upstreams.a]\nbackends = [{ addr = \"127.0.0.1:1\" }]\n");
+    assert!(
+        e.starts_with("proxy.toml:2: listeners[0].listen: invalid address"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_name_giving_an_address_listed_too_is_a_duplicate() {
+    let r = dns::TableResolver::new(&[("node", &["10.0.0.1", "10.0.0.2"])]);
+    let e = load_with(
+        &named(
+            &["{ addr = \"10.0.0.2:80\" }", "{ addr = \"node:80\" }"],
+            "",
+        ),
+        &*r,
+    )
+    .unwrap_err()
+    .lines();
+    assert_eq!(
+        e,
+        ["proxy.toml:6: upstreams.a.backends[1].addr: duplicate backend address 10.0.0.2:80"]
+    );
+    // An id too long to take an address's suffix.
+    let long = "x".repeat(60);
+    let e = load_with(
+        &named(&[&format!("{{ addr = \"node:80\", id = \"{long}\" }}")], ""),
+        &*r,
+    )
+    .unwrap_err()
+    .lines();
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(
+        e[0].starts_with("proxy.toml:5: upstreams.a.backends[0].id: invalid backend id `xxxx"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn a_refresh_replaces_the_addresses_of_a_name_that_changed() {
+    let r = dns::TableResolver::new(&[
+        ("node", &["10.0.0.1", "10.0.0.2"]),
+        ("other", &["10.0.1.1"]),
+    ]);
+    let text = named(
+        &[
+            "{ addr = \"127.0.0.1:80\" }",
+            "{ addr = \"node:80\", weight = 4, id = \"n\" }",
+            "{ addr = \"other:80\", backup = true }",
+        ],
+        "",
+    );
+    let c = load_with(&text, &*r).unwrap();
+    let u = c.upstreams[0].clone();
+    // Nothing changed: nothing to do.
+    assert_eq!(refresh(&u, &*r), (None, Vec::new()));
+
+    r.set("node", &["10.0.0.3", "10.0.0.2"]);
+    let (new, errors) = refresh(&u, &*r);
+    assert!(errors.is_empty(), "{errors:?}");
+    let new = new.unwrap();
+    assert_eq!(
+        new.changes,
+        [NameChange {
+            name: "node:80".into(),
+            added: vec![addr("10.0.0.3:80")],
+            removed: vec![addr("10.0.0.1:80")],
+        }]
+    );
+    // Exactly what a load of the file would now give.
+    let reloaded = load_with(&text, &*r).unwrap();
+    assert_eq!(new.backends, reloaded.upstreams[0].backends);
+    assert_eq!(
+        new.backends[2].id,
+        format!("n-{}", derived_id(addr("10.0.0.3:80")))
+    );
+    assert_eq!(new.backends[2].weight, 4);
+
+    // A name that stops resolving keeps its addresses; the others are refreshed.
+    let u = reloaded.upstreams[0].clone();
+    r.set("node", &[]);
+    r.set("other", &["10.0.1.2"]);
+    let (new, errors) = refresh(&u, &*r);
+    assert_eq!(errors.len(), 1);
+    assert!(
+        errors[0]
+            .to_string()
+            .starts_with("cannot resolve `node:80`: "),
+        "{errors:?}"
+    );
+    let new = new.unwrap();
+    assert_eq!(new.backends[..3], u.backends[..3]);
+    assert_eq!(new.backends[3].addr, addr("10.0.1.2:80"));
+    assert!(new.backends[3].backup);
+
+    // A new address that another backend has: nothing changes.
+    r.set("node", &["10.0.0.2", "10.0.0.3"]);
+    r.set("other", &["127.0.0.1"]);
+    let (new, errors) = refresh(&u, &*r);
+    assert_eq!(new, None);
+    assert!(
+        matches!(&errors[..], [RefreshError::Clash(m)] if m.starts_with("127.0.0.1:80 would be")),
+        "{errors:?}"
     );
 }

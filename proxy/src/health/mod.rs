@@ -36,9 +36,10 @@ impl HealthChecker {
 /// `tls`, either kind needs the TLS handshake to pass too (as HAProxy's `check-ssl`): a
 /// backend whose certificate the proxy refuses would fail every request sent to it.
 /// An h2 upstream is checked over h2, as its backends may speak nothing else (a gRPC
-/// server refuses HTTP/1.1).
+/// server refuses HTTP/1.1). `name` is the backend's `host:port` when it was named so.
 pub async fn probe(
     addr: SocketAddr,
+    name: Option<&str>,
     tls: Option<&TlsClient>,
     kind: &CheckKind,
     timeout: Duration,
@@ -56,11 +57,14 @@ pub async fn probe(
             CheckKind::Tcp => return Some(true),
             CheckKind::Http { path, host } => (path, host),
         };
-        // A backend serving several names by SNI expects the same name in Host.
-        let host = match (host, tls.and_then(TlsClient::server_name)) {
-            (Some(host), _) => host.clone(),
-            (None, Some(name)) => name.to_owned(),
-            (None, None) => addr.to_string(),
+        // A backend serving several names by SNI expects the same name in Host; one named
+        // `host:port` in the config is asked for that name, as a request to it through
+        // nginx's `proxy_pass http://host:port` would be, not for its address.
+        let host = match (host, tls.and_then(TlsClient::server_name), name) {
+            (Some(host), _, _) => host.clone(),
+            (None, Some(server_name), _) => server_name.to_owned(),
+            (None, None, Some(name)) => name.to_owned(),
+            (None, None, None) => addr.to_string(),
         };
         if h2 {
             let code = h2::get(s, tls.is_some(), &host, path).await?;
@@ -142,7 +146,22 @@ impl BackgroundService for HealthChecker {
                     let timeout = active.timeout;
                     tokio::spawn(async move {
                         let h2 = up.config.protocol == UpstreamProtocol::H2;
-                        let ok = probe(b.addr, up.tls.as_deref(), &kind, timeout, h2).await;
+                        let name = up
+                            .config
+                            .backends
+                            .iter()
+                            .find(|c| c.addr == b.addr)
+                            .and_then(|c| c.dns.as_ref())
+                            .map(|d| d.name(b.addr.port()));
+                        let ok = probe(
+                            b.addr,
+                            name.as_deref(),
+                            up.tls.as_deref(),
+                            &kind,
+                            timeout,
+                            h2,
+                        )
+                        .await;
                         up.report_check(&b, ok);
                     });
                 }
@@ -154,5 +173,51 @@ impl BackgroundService for HealthChecker {
             }
             schedules.retain(|name, _| rt.upstreams.contains_key(name));
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// The request head an http check sends to a listener that answers 200.
+    async fn check_head(name: Option<&str>, host: Option<&str>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 512];
+            while !head.ends_with(b"\r\n\r\n") {
+                let n = s.read(&mut buf).await.unwrap();
+                assert!(n > 0, "closed before the end of the head");
+                head.extend_from_slice(&buf[..n]);
+            }
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                .await
+                .unwrap();
+            String::from_utf8(head).unwrap()
+        });
+        let kind = CheckKind::Http {
+            path: "/healthz".to_owned(),
+            host: host.map(str::to_owned),
+        };
+        assert!(probe(addr, name, None, &kind, Duration::from_secs(5), false).await);
+        let head = tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .unwrap()
+            .unwrap();
+        head.replace(&addr.to_string(), "ADDR")
+    }
+
+    #[tokio::test]
+    async fn an_http_check_of_a_named_backend_asks_for_its_name() {
+        assert!(check_head(None, None).await.contains("\r\nHost: ADDR\r\n"));
+        let head = check_head(Some("node1:9000"), None).await;
+        assert!(head.contains("\r\nHost: node1:9000\r\n"), "{head}");
+        // A configured host wins.
+        let head = check_head(Some("node1:9000"), Some("chat.internal")).await;
+        assert!(head.contains("\r\nHost: chat.internal\r\n"), "{head}");
     }
 }

@@ -146,7 +146,7 @@ impl Upstream {
             tls: config
                 .tls
                 .as_ref()
-                .map(|t| Arc::new(tls::TlsClient::new(t))),
+                .map(|t| Arc::new(tls::TlsClient::new(t, &config.backends))),
         }
     }
 

@@ -17,7 +17,7 @@ use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio_rustls::TlsConnector;
 
-use crate::config::{ClientCert, UpstreamTlsConfig};
+use crate::config::{BackendConfig, ClientCert, UpstreamTlsConfig};
 
 /// Distinguishes the client settings of one config generation from another's, so that a
 /// pooled connection is only reused under the settings it was opened with.
@@ -31,8 +31,13 @@ pub struct TlsClient {
     /// The same settings offering h2 alone, for the health checks of an h2 upstream.
     h2_connector: TlsConnector,
     /// The name checked against each backend's certificate and sent as SNI; None: the
-    /// backend's IP address (checked against the certificate's IP addresses, no SNI sent).
+    /// backend's host name when it has one (`names`), else its IP address (checked against
+    /// the certificate's IP addresses, no SNI sent).
     server_name: Option<ServerName<'static>>,
+    /// Without `server_name`: the host name of each backend named `host:port`, as nginx's
+    /// `proxy_ssl_name` defaults to the host of `proxy_pass`. Empty for backends written as
+    /// addresses, so that their connections pay one length check for it.
+    names: std::collections::HashMap<SocketAddr, ServerName<'static>>,
     verify: bool,
     /// The configured roots, as pingora's connector takes them; None: the system's.
     pingora_ca: Option<Arc<[WrappedX509]>>,
@@ -52,8 +57,8 @@ impl std::fmt::Debug for TlsClient {
 
 impl TlsClient {
     /// Builds the settings from a resolved config, whose CA certificates were checked to
-    /// parse at load.
-    pub fn new(config: &UpstreamTlsConfig) -> Self {
+    /// parse at load, for `backends` (whose host names are their default server names).
+    pub fn new(config: &UpstreamTlsConfig, backends: &[BackendConfig]) -> Self {
         pingora::tls::install_default_crypto_provider();
         let builder = ClientConfig::builder();
         let builder = if config.verify {
@@ -92,6 +97,16 @@ impl TlsClient {
                 .server_name
                 .as_deref()
                 .and_then(|n| ServerName::try_from(n.to_owned()).ok()),
+            names: match config.server_name {
+                Some(_) => Default::default(),
+                None => backends
+                    .iter()
+                    .filter_map(|b| {
+                        let host = &b.dns.as_ref()?.host;
+                        Some((b.addr, ServerName::try_from(host.clone()).ok()?))
+                    })
+                    .collect(),
+            },
             verify: config.verify,
             pingora_ca,
             pingora_client_cert,
@@ -117,15 +132,28 @@ impl TlsClient {
 
     /// The name `addr`'s certificate must carry.
     pub fn name_for(&self, addr: SocketAddr) -> ServerName<'static> {
-        match &self.server_name {
-            Some(name) => name.clone(),
-            None => ServerName::IpAddress(addr.ip().into()),
+        match (&self.server_name, self.backend_name(addr)) {
+            (Some(name), _) | (None, Some(name)) => name.clone(),
+            (None, None) => ServerName::IpAddress(addr.ip().into()),
         }
+    }
+
+    /// The host name of the backend at `addr`, when it was named `host:port` and no
+    /// `server_name` is set.
+    fn backend_name(&self, addr: SocketAddr) -> Option<&ServerName<'static>> {
+        if self.names.is_empty() {
+            return None;
+        }
+        self.names.get(&addr)
     }
 
     /// A pingora peer for `addr` with these settings.
     pub fn peer(&self, addr: SocketAddr) -> HttpPeer {
-        let sni = match &self.server_name {
+        let sni = match self
+            .server_name
+            .as_ref()
+            .or_else(|| self.backend_name(addr))
+        {
             Some(ServerName::DnsName(name)) => name.as_ref().to_owned(),
             Some(ServerName::IpAddress(ip)) => IpAddr::from(*ip).to_string(),
             // pingora takes an empty SNI for "verify nothing": give it the address instead.
@@ -283,5 +311,57 @@ impl ServerCertVerifier for AcceptAny {
         self.provider
             .signature_verification_algorithms
             .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::config::DnsOrigin;
+
+    fn backend(addr: &str, host: Option<&str>) -> BackendConfig {
+        BackendConfig {
+            id: "x".to_owned(),
+            addr: addr.parse().unwrap(),
+            weight: 1,
+            backup: false,
+            max_conns: 0,
+            dns: host.map(|h| DnsOrigin {
+                host: h.to_owned(),
+                entry: 0,
+                id: None,
+            }),
+        }
+    }
+
+    #[test]
+    fn a_named_backend_is_verified_for_its_name_unless_server_name_says_otherwise() {
+        let backends = [
+            backend("10.0.0.1:443", Some("node1.internal")),
+            backend("10.0.0.2:443", None),
+        ];
+        let (named, bare) = (backends[0].addr, backends[1].addr);
+        let config = UpstreamTlsConfig {
+            server_name: None,
+            ca: None,
+            verify: true,
+            client_cert: None,
+        };
+        let tls = TlsClient::new(&config, &backends);
+        let dns = |n: &str| ServerName::try_from(n.to_owned()).unwrap();
+        // As nginx's proxy_ssl_name defaults to the proxy_pass host.
+        assert_eq!(tls.name_for(named), dns("node1.internal"));
+        assert_eq!(tls.peer(named).sni, "node1.internal");
+        assert_eq!(tls.name_for(bare), ServerName::IpAddress(bare.ip().into()));
+        assert_eq!(tls.peer(bare).sni, "10.0.0.2");
+
+        let config = UpstreamTlsConfig {
+            server_name: Some("api.internal".to_owned()),
+            ..config
+        };
+        let tls = TlsClient::new(&config, &backends);
+        assert_eq!(tls.name_for(named), dns("api.internal"));
+        assert_eq!(tls.peer(named).sni, "api.internal");
     }
 }

@@ -1,0 +1,134 @@
+//! Backends named by host (`addr = "localhost:PORT"`) through the system resolver, end to
+//! end: requests are served, `proxy check` and a start refuse a name that does not resolve
+//! (`.invalid` never does, RFC 6761) with file, line and key, and a reload naming one is
+//! rejected while the proxy goes on serving. How re-resolution swaps addresses is tested in
+//! the proxy's unit tests, through a resolver they control (this machine's answers cannot
+//! be changed without root).
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use tests::admin::{admin_get, admin_post};
+use tests::fixtures::{admin, listener, ONE_THREAD};
+use tests::{free_port, get, Backend, Exited, Proxy, ProxyCmd};
+
+/// A config whose upstream `app` has one backend, `addr` (`localhost:9001`), kept to IPv4
+/// so that a `::1` that /etc/hosts may also give `localhost` (where the echo backend does
+/// not listen) is not a second backend. One worker thread: the proxy then runs
+/// current-thread runtimes, where blocking the admin API's or the signal handler's thread
+/// with a lookup (or `block_in_place`) would show.
+fn config(listen: u16, admin_port: u16, addr: &str) -> String {
+    format!(
+        "{ONE_THREAD}{}{}\n[upstreams.app]\ndns_family = \"ipv4\"\nbackends = [\n  {{ addr = \"{addr}\" }},\n]\n",
+        admin(admin_port, "t"),
+        listener(listen),
+    )
+}
+
+/// The line of `upstreams.app.backends[0].addr` in [`config`]'s text.
+fn addr_line(toml: &str) -> usize {
+    toml.lines().position(|l| l.contains("addr =")).unwrap() + 1
+}
+
+/// Exit code 1, no panic, and a stderr line holding `want` after the harness's directory.
+fn assert_refused(out: &Exited, want: &str) {
+    let all = out.output();
+    assert_eq!(out.code(), Some(1), "exit code: {all}");
+    assert!(!all.contains("panicked"), "{all}");
+    assert!(
+        out.stderr.lines().any(|l| l.contains(&format!("/{want}"))),
+        "no line with {want:?} in:\n{all}"
+    );
+}
+
+#[tokio::test]
+async fn a_backend_named_localhost_is_resolved_and_served() {
+    let b = Backend::start("named");
+    let admin_port = free_port();
+    let toml = config(
+        free_port(),
+        admin_port,
+        &format!("localhost:{}", b.addr().port()),
+    );
+    let proxy = Proxy::start_config(&toml);
+    let r = get(&proxy.url("/id")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.backend(), Some("named"));
+
+    // The backend is its address, with the id the address written out would have (the
+    // first 10 hex digits of SHA-256 of `127.0.0.1:PORT`), so sticky cookies stay valid.
+    let status = admin_get(&proxy, "/status", None).await.json();
+    let backend = &status["upstreams"][0]["backends"][0];
+    let ip_port = format!("127.0.0.1:{}", b.addr().port());
+    let id: String = Sha256::digest(ip_port.as_bytes())
+        .iter()
+        .take(5)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(backend["addr"], ip_port, "{status}");
+    assert_eq!(backend["id"], id, "{status}");
+    assert_eq!(
+        backend["name"],
+        format!("localhost:{}", b.addr().port()),
+        "{status}"
+    );
+
+    // A reload looks the name up again, off the admin API's single thread.
+    let r = admin_post(&proxy, "/reload", Some("t")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(get(&proxy.url("/id")).await.backend(), Some("named"));
+}
+
+#[test]
+fn check_and_start_refuse_a_name_that_does_not_resolve() {
+    let toml = config(free_port(), free_port(), "nonexistent.invalid:80");
+    let want = format!(
+        "proxy.toml:{}: upstreams.app.backends[0].addr: cannot resolve `nonexistent.invalid:80`: ",
+        addr_line(&toml)
+    );
+    assert_refused(&Proxy::check(&toml), &want);
+    assert_refused(
+        &ProxyCmd::config(&toml).run_to_exit(Duration::from_secs(20)),
+        &want,
+    );
+
+    // The summary of a good one shows the name and the address it resolved to.
+    let out = Proxy::check(&config(free_port(), free_port(), "localhost:9001"));
+    assert_eq!(out.code(), Some(0), "{}", out.output());
+    assert!(
+        out.stdout.contains("localhost:9001 (127.0.0.1:9001)"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[tokio::test]
+async fn a_reload_naming_an_unresolvable_host_is_rejected_and_the_proxy_keeps_serving() {
+    let b = Backend::start("kept");
+    let (listen, admin_port) = (free_port(), free_port());
+    let good = config(
+        listen,
+        admin_port,
+        &format!("localhost:{}", b.addr().port()),
+    );
+    let proxy = Proxy::start_config(&good);
+    assert_eq!(get(&proxy.url("/id")).await.backend(), Some("kept"));
+
+    let bad = config(listen, admin_port, "nonexistent.invalid:80");
+    proxy.write_config(&bad);
+    let r = admin_post(&proxy, "/reload", Some("t")).await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    let error = r.json()["error"].as_str().unwrap().to_owned();
+    assert!(
+        error.contains(&format!(
+            "proxy.toml:{}: upstreams.app.backends[0].addr: cannot resolve `nonexistent.invalid:80`: ",
+            addr_line(&bad)
+        )),
+        "{error}"
+    );
+    // The running config stays.
+    assert_eq!(get(&proxy.url("/id")).await.backend(), Some("kept"));
+}
