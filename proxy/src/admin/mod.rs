@@ -71,13 +71,7 @@ impl AdminApp {
                     .map(|b| {
                         let s = &b.stats;
                         // A backend written `host:port`: that name (null otherwise).
-                        let name = u
-                            .config
-                            .backends
-                            .iter()
-                            .find(|c| c.addr == b.addr)
-                            .and_then(|c| c.dns.as_ref())
-                            .map(|d| d.name(b.addr.port()));
+                        let name = u.config.backend_name(b.addr);
                         json!({
                             "id": b.id,
                             "addr": b.addr.to_string(),

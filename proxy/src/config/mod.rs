@@ -359,6 +359,17 @@ pub struct UpstreamConfig {
     pub dns: DnsSettings,
 }
 
+impl UpstreamConfig {
+    /// The `host:port` a backend at `addr` was written as, when it was named by host.
+    pub fn backend_name(&self, addr: SocketAddr) -> Option<String> {
+        self.backends
+            .iter()
+            .find(|c| c.addr == addr)
+            .and_then(|c| c.dns.as_ref())
+            .map(|d| d.name(addr.port()))
+    }
+}
+
 /// The wait queue of an upstream whose backends are all at their `max_conns` (nginx's
 /// `queue`, HAProxy's `timeout queue`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -146,13 +146,7 @@ impl BackgroundService for HealthChecker {
                     let timeout = active.timeout;
                     tokio::spawn(async move {
                         let h2 = up.config.protocol == UpstreamProtocol::H2;
-                        let name = up
-                            .config
-                            .backends
-                            .iter()
-                            .find(|c| c.addr == b.addr)
-                            .and_then(|c| c.dns.as_ref())
-                            .map(|d| d.name(b.addr.port()));
+                        let name = up.config.backend_name(b.addr);
                         let ok = probe(
                             b.addr,
                             name.as_deref(),
