@@ -460,7 +460,8 @@ fn chat_at_equal_cpu() {
     assert!(v["checks"][0]["measured"]
         .as_str()
         .is_some_and(|m| m.contains("sustained no step")));
-    // Every group bench made is gone again (no other bench may run meanwhile).
+    // Every group a bench that has ended made is gone again. A bench still running (another
+    // on this machine) holds its own, named after its pid.
     let root = ["/sys/fs/cgroup/cpu", "/sys/fs/cgroup"]
         .map(Path::new)
         .into_iter()
@@ -469,12 +470,12 @@ fn chat_at_equal_cpu() {
         let left: Vec<_> = std::fs::read_dir(root)
             .expect("cgroup root")
             .filter_map(|e| e.ok())
-            .filter(|e| {
-                e.file_name()
-                    .to_string_lossy()
-                    .starts_with("switchyard-bench-")
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|name| {
+                name.strip_prefix("switchyard-bench-")
+                    .and_then(|rest| rest.split('-').next())
+                    .is_some_and(|pid| !Path::new("/proc").join(pid).exists())
             })
-            .map(|e| e.file_name())
             .collect();
         assert!(left.is_empty(), "cgroups left behind: {left:?}");
     }
