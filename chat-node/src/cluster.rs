@@ -22,6 +22,11 @@
 //! [`crate::recovery`]); the stream is kept for the recovery window, and the adapter keeps
 //! its sockets' recovery records up to date in the [`SessionStore`].
 //!
+//! A broadcast that announces a write of the application's (a chat message, which the
+//! store appends to the room's history) may be appended by that write itself
+//! ([`Adapter::broadcast_joint`], with [`Bus::joint_target`]): one round trip to Redis
+//! for both. The entry is the same, and so is everything after the append.
+//!
 //! # One order for every node
 //!
 //! A node delivers its own broadcast to its own sockets only once its bus reader has
@@ -423,9 +428,7 @@ impl ClusterAdapter {
             tracing::warn!(%sid, %error, "recovery record not updated");
         }
     }
-}
 
-impl ClusterAdapter {
     /// The entry of a broadcast of this node.
     fn entry(&self, packet: Encoded, opts: BroadcastOptions) -> Entry {
         Entry {
