@@ -313,3 +313,45 @@ async fn a_write_refused_inside_the_script_is_reported_and_not_repeated() {
     assert!(failed.is_err(), "{failed:?}");
     assert_eq!(stream(&bus).await.len(), 1);
 }
+
+/// While an entry waits in the bus's queue (the stream refuses it), the bus offers no
+/// target: a post appending beside the queue would overtake it (a `leave` waiting there
+/// must stay ahead of the messages sent after it). Once the queue has drained, it does.
+#[tokio::test]
+async fn nothing_is_appended_beside_entries_waiting_in_the_bus_queue() {
+    let redis = RedisServer::start();
+    let mut config = RedisBusConfig::new(redis.url());
+    config.response_timeout = Duration::from_millis(300);
+    let bus = RedisBus::connect(config).await.unwrap();
+    assert!(bus.joint_target(TOPIC).is_some(), "nothing waits yet");
+    let mut conn = admin(&redis).await;
+    let rule = [
+        "ACL",
+        "SETUSER",
+        "default",
+        "resetkeys",
+        "%R~*",
+        "~syd:chat:*",
+    ];
+    command(&mut conn, &rule).await;
+
+    let waiting = bus
+        .append(TOPIC, Bytes::from_static(b"waiting"))
+        .await
+        .unwrap();
+    assert_eq!(
+        waiting, None,
+        "the stream refuses it: it waits in the queue"
+    );
+    assert_eq!(bus.joint_target(TOPIC), None);
+
+    command(&mut conn, &["ACL", "SETUSER", "default", "resetkeys", "~*"]).await;
+    let deadline = Instant::now() + STEP;
+    while bus.joint_target(TOPIC).is_none() {
+        assert!(Instant::now() < deadline, "the queue did not drain");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let entries = stream(&bus).await;
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].1, b"waiting");
+}
