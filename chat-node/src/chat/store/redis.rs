@@ -14,6 +14,10 @@
 //! | `node:<node>:presence` | set, expiry pushed like the hashes' | the rooms where the node has a `presence` hash |
 //!
 //! Message ids are the stream ids (`<ms>-<seq>`, ordered and unique per room).
+//!
+//! One key outside the prefix: a `send` appends its broadcast to the bus's stream of the
+//! namespace (`syd:{<nsp>}:stream`, the cluster's log) in the script that posts it,
+//! when the bus is on this server ([`POST_AND_APPEND`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::LazyLock;
