@@ -22,6 +22,11 @@
 //! [`crate::recovery`]); the stream is kept for the recovery window, and the adapter keeps
 //! its sockets' recovery records up to date in the [`SessionStore`].
 //!
+//! A broadcast that announces a write of the application's (a chat message, which the
+//! store appends to the room's history) may be appended by that write itself
+//! ([`Adapter::broadcast_joint`], with [`Bus::joint_target`]): one round trip to Redis
+//! for both. The entry is the same, and so is everything after the append.
+//!
 //! # One order for every node
 //!
 //! A node delivers its own broadcast to its own sockets only once its bus reader has
@@ -57,7 +62,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
+use bytes::{BufMut as _, Bytes, BytesMut};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 
@@ -68,8 +73,8 @@ use crate::engineio::Sid;
 use crate::metrics::{metrics, Topic};
 use crate::recovery::{is_pid, Record, RecoveryConfig, SessionStore};
 use crate::socketio::{
-    Adapter, AdapterError, AdapterFactory, BroadcastOptions, Encoded, LocalAdapter, LocalSockets,
-    Namespace, Replay, Room, TakenSession,
+    Adapter, AdapterError, AdapterFactory, BroadcastOptions, Encoded, JointOutcome, JointStep,
+    LocalAdapter, LocalSockets, Namespace, Replay, Room, TakenSession,
 };
 
 /// How many log entries one read of a replay fetches.
@@ -423,6 +428,78 @@ impl ClusterAdapter {
             tracing::warn!(%sid, %error, "recovery record not updated");
         }
     }
+
+    /// The entry of a broadcast of this node.
+    fn entry(&self, packet: Encoded, opts: BroadcastOptions) -> Entry {
+        Entry {
+            node: self.node.clone(),
+            instance: self.instance,
+            seq: self.next_seq(),
+            packet,
+            opts,
+        }
+    }
+
+    /// Appends a broadcast's encoded entry, then delivers it as
+    /// [`broadcast`](Adapter::broadcast) says.
+    async fn append_and_deliver(
+        &self,
+        bytes: Bytes,
+        packet: &Encoded,
+        opts: &BroadcastOptions,
+    ) -> Result<(), AdapterError> {
+        let appended = self.bus.append(&self.topic, bytes).await;
+        metrics().bus_publish(Topic::Broadcast, appended.is_ok());
+        match appended {
+            Ok(Some(id)) => {
+                self.deliver_appended(&id, packet, opts).await;
+                Ok(())
+            }
+            Ok(None) => {
+                self.local.deliver(packet, opts, None);
+                Ok(())
+            }
+            Err(error) => {
+                self.local.deliver(packet, opts, None);
+                Err(AdapterError::Unavailable(error.to_string()))
+            }
+        }
+    }
+
+    /// Delivers a broadcast appended with id `id` to the local sockets, once this node's
+    /// reader has reached it, with the id as the offset when recovery is on.
+    async fn deliver_appended(&self, id: &str, packet: &Encoded, opts: &BroadcastOptions) {
+        let key = parse_id(id);
+        advance(&self.last_offset, id, key);
+        if let Some(key) = key {
+            self.progress.wait(key).await;
+        }
+        if self.recovery.is_none() {
+            self.local.deliver(packet, opts, None);
+        } else if is_event(packet) {
+            self.local.deliver(&packet.with_offset(id), opts, key);
+        } else {
+            self.local.deliver(packet, opts, key);
+        }
+    }
+
+    /// A joint broadcast whose entry cannot be split at its placeholder: the step alone,
+    /// then the filled-in packet broadcast (which fails as it would have).
+    async fn local_first(
+        &self,
+        packet: &Encoded,
+        hole: std::ops::Range<usize>,
+        opts: &BroadcastOptions,
+        step: &dyn JointStep,
+    ) -> Result<(), AdapterError> {
+        match step.run(None, &[], &[]).await {
+            JointOutcome::Declined => Ok(()),
+            JointOutcome::Written(value) | JointOutcome::Appended { value, .. } => {
+                self.broadcast(packet.splice(hole, &value), opts.clone())
+                    .await
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for ClusterAdapter {
@@ -465,46 +542,60 @@ impl Adapter for ClusterAdapter {
     /// keep then. An error means the other nodes will not get it (the local sockets
     /// already have).
     async fn broadcast(&self, packet: Encoded, opts: BroadcastOptions) -> Result<(), AdapterError> {
-        let entry = Entry {
-            node: self.node.clone(),
-            instance: self.instance,
-            seq: self.next_seq(),
-            packet,
-            opts,
-        };
+        let entry = self.entry(packet, opts);
         let Entry { packet, opts, .. } = &entry;
-        let bytes = match entry.encode() {
-            Ok(bytes) => bytes,
-            Err(error) => {
-                self.local.deliver(packet, opts, None);
-                return Err(AdapterError::Unavailable(error.to_string()));
-            }
-        };
-        let appended = self.bus.append(&self.topic, bytes).await;
-        metrics().bus_publish(Topic::Broadcast, appended.is_ok());
-        match appended {
-            Ok(Some(id)) => {
-                let key = parse_id(&id);
-                advance(&self.last_offset, &id, key);
-                if let Some(key) = key {
-                    self.progress.wait(key).await;
-                }
-                if self.recovery.is_none() {
-                    self.local.deliver(packet, opts, None);
-                } else if is_event(packet) {
-                    self.local.deliver(&packet.with_offset(&id), opts, key);
-                } else {
-                    self.local.deliver(packet, opts, key);
-                }
-                Ok(())
-            }
-            Ok(None) => {
-                self.local.deliver(packet, opts, None);
-                Ok(())
-            }
+        match entry.encode() {
+            Ok(bytes) => self.append_and_deliver(bytes, packet, opts).await,
             Err(error) => {
                 self.local.deliver(packet, opts, None);
                 Err(AdapterError::Unavailable(error.to_string()))
+            }
+        }
+    }
+
+    /// The entry is encoded with the placeholder, and the step gets the bytes on either
+    /// side of it: with a [`joint_target`](Bus::joint_target) it appends the entry itself
+    /// (one round trip to the broker for its write and the broadcast), and the broadcast
+    /// is delivered as [`broadcast`](Adapter::broadcast) delivers an appended one. The
+    /// entry is the one `broadcast` would have appended for the filled-in packet, byte for
+    /// byte, so that nodes that append in two steps read it alike.
+    async fn broadcast_joint(
+        &self,
+        packet: Encoded,
+        hole: std::ops::Range<usize>,
+        opts: BroadcastOptions,
+        step: &dyn JointStep,
+    ) -> Result<(), AdapterError> {
+        let entry = self.entry(packet, opts);
+        let Entry { packet, opts, .. } = &entry;
+        let bytes = match entry.encode() {
+            Ok(bytes) => bytes,
+            // Not encodable: what `broadcast` does for such a packet, after the write.
+            Err(_) => return self.local_first(packet, hole, opts, step).await,
+        };
+        // The text is the entry's end: the placeholder's place in the entry follows.
+        let at = bytes.len() - packet.text.len();
+        let (Some(head), Some(tail)) = (bytes.get(..at + hole.start), bytes.get(at + hole.end..))
+        else {
+            return self.local_first(packet, hole, opts, step).await;
+        };
+        let target = self.bus.joint_target(&self.topic);
+        match step.run(target.as_ref(), head, tail).await {
+            JointOutcome::Declined => Ok(()),
+            JointOutcome::Written(value) => {
+                let mut filled = BytesMut::with_capacity(bytes.len() + value.len());
+                filled.put_slice(head);
+                filled.put_slice(value.as_bytes());
+                filled.put_slice(tail);
+                let packet = packet.splice(hole, &value);
+                self.append_and_deliver(filled.freeze(), &packet, opts)
+                    .await
+            }
+            JointOutcome::Appended { value, id } => {
+                metrics().bus_publish(Topic::Broadcast, true);
+                let packet = packet.splice(hole, &value);
+                self.deliver_appended(&id, &packet, opts).await;
+                Ok(())
             }
         }
     }

@@ -134,6 +134,41 @@ impl RedisServer {
 }
 
 impl RedisServer {
+    /// How many times Redis has run `command` (lower case, e.g. `evalsha`) since it
+    /// started or since `CONFIG RESETSTAT`: `INFO commandstats`.
+    ///
+    /// # Panics
+    /// If Redis does not answer within [`STEP_TIMEOUT`](crate::STEP_TIMEOUT).
+    pub fn calls(&self, command: &str) -> u64 {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connecting to redis");
+        stream
+            .set_read_timeout(Some(crate::STEP_TIMEOUT))
+            .expect("a read timeout");
+        stream
+            .write_all(b"*2\r\n$4\r\nINFO\r\n$12\r\ncommandstats\r\n")
+            .expect("sending INFO to redis");
+        // A bulk string: `$<length>`, then the text and its CRLF.
+        let mut header = Vec::new();
+        let mut byte = [0u8; 1];
+        while !header.ends_with(b"\r\n") {
+            stream.read_exact(&mut byte).expect("reading redis's reply");
+            header.push(byte[0]);
+        }
+        let length: usize = std::str::from_utf8(&header[1..header.len() - 2])
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("INFO's reply: {header:?}"));
+        let mut text = vec![0u8; length + 2];
+        stream.read_exact(&mut text).expect("reading INFO");
+        let prefix = format!("cmdstat_{command}:calls=");
+        String::from_utf8_lossy(&text)
+            .lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// From now on clients may write only the keys matching `pattern` (a Redis glob);
     /// every key stays readable: the ACL of the `default` user, which every client
     /// without credentials is, connected ones included. A write of another key is refused

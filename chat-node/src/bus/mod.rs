@@ -50,6 +50,21 @@ pub fn parse_id(id: &str) -> Option<(u64, u64)> {
     Some((ms.parse().ok()?, seq.parse().ok()?))
 }
 
+/// Where a store on the same broker may append an entry to a topic inside a step of its
+/// own, exactly as the bus's own append would ([`Bus::joint_target`]): one round trip to
+/// the broker for the store's write and the broadcast it announces, instead of two.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamTarget {
+    /// The broker's address, as the bus was given it: a store connected elsewhere must
+    /// not use the target.
+    pub server: String,
+    /// The topic's stream, also the name of the channel that carries its entries live.
+    pub key: String,
+    /// How the stream is trimmed on this append: the strategy (`MAXLEN` or `MINID`) and
+    /// its threshold, as the bus's own appends trim it now.
+    pub trim: (&'static str, String),
+}
+
 /// The id before every entry: reading after it reads a whole log.
 pub const LOG_START: &str = "0-0";
 
@@ -79,6 +94,16 @@ pub trait Bus: Send + Sync + 'static {
         after: &str,
         limit: usize,
     ) -> Result<Option<Vec<BusEntry>>, BusError>;
+
+    /// Where a store on the same broker may append an entry to `topic` itself, in one
+    /// step with its own write ([`StreamTarget`]); `None` (the default) when it may not:
+    /// in process, and whenever entries wait in this bus's local queue or Redis did not
+    /// take the last one (an append beside the queue would overtake them, and a node's
+    /// entries must reach the log in the order it published them: a `leave` waiting
+    /// there must stay ahead of the messages sent after it).
+    fn joint_target(&self, _topic: &str) -> Option<StreamTarget> {
+        None
+    }
 
     /// The id of the last entry of `topic` ([`LOG_START`] when it has none).
     async fn last_id(&self, topic: &str) -> Result<String, BusError>;

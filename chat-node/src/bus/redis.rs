@@ -10,6 +10,10 @@
 //!   queue (in order) and the task retries with a capped backoff, so a short outage loses
 //!   nothing; `append` then answers at once, without an id. A retry after a lost reply may
 //!   append an entry twice; readers drop duplicates (see [`crate::cluster`]).
+//! - A store on the same Redis may append an entry itself, in the script of its own write
+//!   ([`Bus::joint_target`]: the chat's post appends the message's broadcast with it), as
+//!   long as nothing waits in the queue: the entry is then the one [`APPEND`] would have
+//!   written, trimmed the same way and published on the channel the same way.
 //! - Subscribers are served by one task per bus on one pub/sub connection ([`live`]): entries
 //!   arrive as they are published, without a read command per entry. The stream is read
 //!   (`XRANGE`) only to catch up: from the last entry at subscription time, after every
@@ -21,7 +25,7 @@
 
 mod live;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -32,7 +36,7 @@ use redis::streams::StreamRangeReply;
 use redis::{AsyncCommands as _, Script, ServerErrorKind, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{parse_id, Bus, BusEntry, BusError, LOG_START, SUBSCRIBER_CAPACITY};
+use super::{parse_id, Bus, BusEntry, BusError, StreamTarget, LOG_START, SUBSCRIBER_CAPACITY};
 
 /// The stream field holding an entry's bytes (also in [`APPEND`]).
 const FIELD: &str = "d";
@@ -103,6 +107,9 @@ struct Inner {
     live: live::Handle,
     /// The last append succeeded: an `append` may wait for its id.
     healthy: Arc<AtomicBool>,
+    /// Entries handed to the publisher task and not yet appended (queued or in flight):
+    /// while there are any, nobody appends beside the queue ([`Bus::joint_target`]).
+    pending: Arc<AtomicUsize>,
     /// Topics trimmed by age rather than length.
     retained: Retained,
 }
@@ -132,18 +139,26 @@ enum Trim {
 }
 
 impl Trim {
-    /// The strategy and its threshold, as [`APPEND`] takes them.
-    fn args(self, cmd: &mut redis::Cmd) {
+    /// The trim of `key`'s stream: by age when it is retained, else by length.
+    fn of(key: &str, retained: &Retained, max_len: usize) -> Self {
+        match retained.read().get(key) {
+            Some(window) => Self::Retention(*window),
+            None => Self::MaxLen(max_len),
+        }
+    }
+
+    /// The strategy and its threshold now, as [`APPEND`] takes them.
+    fn parts(self) -> (&'static str, String) {
         match self {
-            Self::MaxLen(n) => cmd.arg("MAXLEN").arg(n),
+            Self::MaxLen(n) => ("MAXLEN", n.to_string()),
             Self::Retention(window) => {
                 let now = SystemTime::now()
                     .duration_since(UNIX_EPOCH)
                     .unwrap_or_default();
                 let min = now.saturating_sub(window).as_millis();
-                cmd.arg("MINID").arg(min.to_string())
+                ("MINID", min.to_string())
             }
-        };
+        }
     }
 }
 
@@ -203,6 +218,7 @@ impl RedisBus {
         .map_err(unavailable)?;
         let (outbox, queue) = mpsc::channel(config.buffer.max(1));
         let healthy = Arc::new(AtomicBool::new(true));
+        let pending = Arc::new(AtomicUsize::new(0));
         let retained = Retained::default();
         let live = live::spawn(client, conn.clone(), config.clone());
         tokio::spawn(publish_loop(
@@ -211,6 +227,7 @@ impl RedisBus {
             config.max_len,
             Arc::clone(&retained),
             Arc::clone(&healthy),
+            Arc::clone(&pending),
         ));
         Ok(Self {
             inner: Arc::new(Inner {
@@ -219,6 +236,7 @@ impl RedisBus {
                 outbox,
                 live,
                 healthy,
+                pending,
                 retained,
             }),
         })
@@ -275,6 +293,18 @@ impl Bus for RedisBus {
         ))
     }
 
+    fn joint_target(&self, topic: &str) -> Option<StreamTarget> {
+        let inner = &self.inner;
+        if inner.pending.load(Ordering::Acquire) != 0 || !inner.healthy.load(Ordering::Relaxed) {
+            return None;
+        }
+        Some(StreamTarget {
+            server: inner.config.url.clone(),
+            key: topic.to_owned(),
+            trim: Trim::of(topic, &inner.retained, inner.config.max_len).parts(),
+        })
+    }
+
     async fn last_id(&self, topic: &str) -> Result<String, BusError> {
         let mut conn = self.inner.conn.clone();
         last_entry(&mut conn, topic).await.map_err(unavailable)
@@ -328,6 +358,8 @@ impl RedisBus {
         entry: Bytes,
         reply: Option<oneshot::Sender<String>>,
     ) -> Result<(), BusError> {
+        // Counted before it is queued: the publisher may take it (and count it off) at once.
+        self.inner.pending.fetch_add(1, Ordering::AcqRel);
         self.inner
             .outbox
             .try_send(Queued::Entry(Outgoing {
@@ -335,7 +367,10 @@ impl RedisBus {
                 entry,
                 reply,
             }))
-            .map_err(|_| BusError::BufferFull(self.inner.config.buffer))
+            .map_err(|_| {
+                self.inner.pending.fetch_sub(1, Ordering::AcqRel);
+                BusError::BufferFull(self.inner.config.buffer)
+            })
     }
 }
 
@@ -351,6 +386,7 @@ async fn publish_loop(
     max_len: usize,
     retained: Retained,
     healthy: Arc<AtomicBool>,
+    pending: Arc<AtomicUsize>,
 ) {
     while let Some(first) = queue.recv().await {
         let mut batch = Vec::new();
@@ -373,13 +409,13 @@ async fn publish_loop(
         while !batch.is_empty() {
             let mut pipe = redis::pipe();
             for item in &batch {
-                let trim = match retained.read().get(&item.key) {
-                    Some(window) => Trim::Retention(*window),
-                    None => Trim::MaxLen(max_len),
-                };
+                let (strategy, threshold) = Trim::of(&item.key, &retained, max_len).parts();
                 let mut cmd = redis::cmd("EVALSHA");
-                cmd.arg(APPEND.get_hash()).arg(1).arg(&item.key);
-                trim.args(&mut cmd);
+                cmd.arg(APPEND.get_hash())
+                    .arg(1)
+                    .arg(&item.key)
+                    .arg(strategy)
+                    .arg(threshold);
                 cmd.arg(item.entry.as_ref());
                 pipe.add_command(cmd);
             }
@@ -387,6 +423,7 @@ async fn publish_loop(
             match added {
                 Ok(ids) => {
                     healthy.store(true, Ordering::Relaxed);
+                    pending.fetch_sub(batch.len(), Ordering::AcqRel);
                     for (item, id) in batch.drain(..).zip(ids) {
                         if let Some(reply) = item.reply {
                             let _ = reply.send(id);

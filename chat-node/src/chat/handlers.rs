@@ -6,6 +6,8 @@ use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::Arc;
 
+use async_trait::async_trait;
+use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -13,11 +15,14 @@ use serde_json::{json, Map, Value};
 use super::config::{MAX_PAGE, MAX_ROOMS_PAGE};
 use super::error::ChatError;
 use super::store::{
-    Created, Joined, Membership, Message, NewMessage, Post, Posted, RoomLimits, RoomMeta,
+    Created, Joined, JointEntry, Membership, Message, NewMessage, Post, Posted, RoomLimits,
+    RoomMeta,
 };
+use super::StoreError;
 use super::{now_ms, presence, rate, secret, validate, ChatInner, LOBBY};
+use crate::bus::StreamTarget;
 use crate::metrics::metrics;
-use crate::socketio::{AckSender, Data, SocketRef};
+use crate::socketio::{AckSender, Data, JointOutcome, JointStep, SocketRef};
 
 type Answer = Result<Map<String, Value>, ChatError>;
 
@@ -394,8 +399,11 @@ struct SendRequest {
 }
 
 /// `send {room, text}` → `{id}`: members only, rate limited; everyone in the room gets
-/// the `message`, the sender included. The checks and the append are one store step (one
-/// round trip to Redis).
+/// the `message`, the sender included. The checks, the append to the history and the
+/// broadcast's append to the bus are one store step when the store and the bus are on
+/// the same Redis (one round trip, [`ChatStore::post_and_append`]), else two.
+///
+/// [`ChatStore::post_and_append`]: super::ChatStore::post_and_append
 async fn send(chat: Arc<ChatInner>, socket: SocketRef, request: SendRequest) -> Answer {
     let (user, name) = identity(&chat, &socket)?;
     let room = validate::room(&request.room)?;
@@ -411,27 +419,71 @@ async fn send(chat: Arc<ChatInner>, socket: SocketRef, request: SendRequest) -> 
         text: text.to_owned(),
         ts: now_ms(),
     };
-    let posted = chat
-        .store
-        .post(Post {
+    // The `message` is encoded before the post gives it its id: the id's place holds a
+    // random token, which no text of the message can, until the post fills it in.
+    let hole = format!("{:032x}", rand::random::<u128>());
+    let template = Message::new(hole.clone(), &room, stored.clone());
+    let payload = serde_json::to_value(&template).unwrap_or_default();
+    let step = SendStep {
+        chat: &chat,
+        socket: &socket,
+        post: Post {
             room: &room,
             membership,
             message: &stored,
             limit: &chat.config.rate_limit,
             cap: chat.config.history_cap,
-        })
-        .await?;
-    let id = match posted {
-        Posted::NotMember => return Err(not_member(&chat, &room).await),
-        Posted::RateLimited => Err(ChatError::RateLimited),
-        Posted::Appended(id) => Ok(id),
+        },
+        result: Mutex::new(None),
     };
-    chat.enter_late(&socket, &stored.user, &room).await;
-    let id = id?;
-    let message = Message::new(id.clone(), &room, stored);
-    let payload = serde_json::to_value(&message).unwrap_or_default();
-    chat.broadcast(&room, "message", payload).await;
-    Ok(fields(json!({"id": id})))
+    chat.broadcast_joint(&room, "message", payload, &hole, &step)
+        .await;
+    let Some(posted) = step.result.lock().take() else {
+        // The broadcast refused the packet before the post ran (it cannot, with the
+        // chat's own event and token): nothing was written.
+        return Err(ChatError::Unavailable);
+    };
+    match posted? {
+        Posted::NotMember => Err(not_member(&chat, &room).await),
+        Posted::RateLimited => Err(ChatError::RateLimited),
+        Posted::Appended(id) => Ok(fields(json!({"id": id}))),
+    }
+}
+
+/// The post of a `send`, run by the broadcast of its `message` ([`JointStep`]): the
+/// broadcast is delivered to this node's sockets after it, as after a post before.
+struct SendStep<'a> {
+    chat: &'a Arc<ChatInner>,
+    socket: &'a SocketRef,
+    post: Post<'a>,
+    /// What the post did, for the ack (`None`: it did not run).
+    result: Mutex<Option<Result<Posted, StoreError>>>,
+}
+
+#[async_trait]
+impl JointStep for SendStep<'_> {
+    async fn run(&self, target: Option<&StreamTarget>, head: &[u8], tail: &[u8]) -> JointOutcome {
+        let entry = target.map(|target| JointEntry { target, head, tail });
+        let result = self.chat.store.post_and_append(self.post, entry).await;
+        let outcome = match &result {
+            Ok((Posted::Appended(id), Some(entry_id))) => JointOutcome::Appended {
+                value: id.clone(),
+                id: entry_id.clone(),
+            },
+            Ok((Posted::Appended(id), None)) => JointOutcome::Written(id.clone()),
+            Ok((Posted::NotMember | Posted::RateLimited, _)) | Err(_) => JointOutcome::Declined,
+        };
+        // A member whose socket is not in the room yet (it joined from another tab) has
+        // it enter now: its own message, delivered once this returns, reaches it.
+        if let Ok((Posted::Appended(_) | Posted::RateLimited, _)) = &result {
+            let user = &self.post.message.user;
+            self.chat
+                .enter_late(self.socket, user, self.post.room)
+                .await;
+        }
+        *self.result.lock() = Some(result.map(|(posted, _)| posted));
+        outcome
+    }
 }
 
 #[derive(Deserialize)]

@@ -66,7 +66,7 @@ use self::store::PresenceEntry;
 pub use self::store::{ChatStore, MemoryStore, RedisStore, StoreError};
 use crate::engineio::{Sid, SidMap};
 use crate::socketio::packet::InvalidNamespace;
-use crate::socketio::{ConnectError, Data, Nsp, Room, SocketIo, SocketRef};
+use crate::socketio::{ConnectError, Data, JointStep, Nsp, Room, SocketIo, SocketRef};
 
 /// The public room every socket is in; it always exists.
 pub const LOBBY: &str = "lobby";
@@ -654,6 +654,32 @@ impl ChatInner {
         if let Err(error) = nsp
             .to(sio_room(room))
             .emit(event, vec![Data::from(payload)])
+            .await
+        {
+            tracing::warn!(%error, room, event, "broadcast");
+        }
+    }
+
+    /// [`broadcast`](Self::broadcast) of an event that `step` writes first, with the
+    /// value it writes in place of `hole` ([`BroadcastOperator::emit_joint`]); the step
+    /// runs even when there is no namespace to broadcast in.
+    ///
+    /// [`BroadcastOperator::emit_joint`]: crate::socketio::BroadcastOperator::emit_joint
+    async fn broadcast_joint(
+        &self,
+        room: &str,
+        event: &str,
+        payload: Value,
+        hole: &str,
+        step: &dyn JointStep,
+    ) {
+        let Some(nsp) = self.nsp() else {
+            step.run(None, &[], &[]).await;
+            return;
+        };
+        if let Err(error) = nsp
+            .to(sio_room(room))
+            .emit_joint(event, vec![Data::from(payload)], hole, step)
             .await
         {
             tracing::warn!(%error, room, event, "broadcast");

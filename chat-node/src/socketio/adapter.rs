@@ -130,6 +130,42 @@ pub struct Replay {
     pub through: Option<(u64, u64)>,
 }
 
+/// What a [`JointStep`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JointOutcome {
+    /// Nothing was written: there is nothing to broadcast.
+    Declined,
+    /// The step's write is done, its value is this; the broadcast's entry is not in the
+    /// log: the adapter appends it, as for any broadcast.
+    Written(String),
+    /// The write is done and the entry, with the value spliced in, is in the log with id
+    /// `id`.
+    Appended {
+        /// The value spliced into the packet.
+        value: String,
+        /// The entry's id in the log.
+        id: String,
+    },
+}
+
+/// A write of the application's that a broadcast announces, run together with the
+/// broadcast's append when the broker allows it ([`Adapter::broadcast_joint`]): the
+/// chat's post, which stores a message and yields its id, the value the packet is
+/// missing. The step keeps its own result (an error, a refusal) for its caller; the
+/// adapter only learns whether there is something to broadcast.
+#[async_trait]
+pub trait JointStep: Send + Sync {
+    /// Does the write; with `target`, also appends `head`, the value, then `tail` to the
+    /// stream there, in the same atomic step on the broker, unless that stream refuses it
+    /// (then [`JointOutcome::Written`]: the adapter appends it).
+    async fn run(
+        &self,
+        target: Option<&crate::bus::StreamTarget>,
+        head: &[u8],
+        tail: &[u8],
+    ) -> JointOutcome;
+}
+
 /// Room membership and broadcasts for one namespace.
 ///
 /// Membership is about this node's sockets; a broadcast reaches the matching sockets
@@ -146,6 +182,24 @@ pub trait Adapter: Send + Sync + 'static {
     async fn rooms_of(&self, sid: Sid) -> Result<Vec<Room>, AdapterError>;
     /// Sends `packet` to the sockets `opts` selects.
     async fn broadcast(&self, packet: Encoded, opts: BroadcastOptions) -> Result<(), AdapterError>;
+    /// Runs `step`, then sends `packet`, its text's `hole` replaced by the value the step
+    /// wrote, to the sockets `opts` selects; nothing when the step declined. A distributed
+    /// adapter may have the step append the broadcast's entry itself (one round trip to
+    /// the broker for both); the default runs the step, then [`broadcast`](Adapter::broadcast)s.
+    async fn broadcast_joint(
+        &self,
+        packet: Encoded,
+        hole: std::ops::Range<usize>,
+        opts: BroadcastOptions,
+        step: &dyn JointStep,
+    ) -> Result<(), AdapterError> {
+        match step.run(None, &[], &[]).await {
+            JointOutcome::Declined => Ok(()),
+            JointOutcome::Written(value) | JointOutcome::Appended { value, .. } => {
+                self.broadcast(packet.splice(hole, &value), opts).await
+            }
+        }
+    }
     /// The ids of the sockets `opts` selects.
     async fn sockets(&self, opts: BroadcastOptions) -> Result<Vec<Sid>, AdapterError>;
     /// Takes the sockets `opts` selects out of `rooms`, wherever they are connected (the

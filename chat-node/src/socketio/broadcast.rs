@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::adapter::{BroadcastOptions, Room};
+use super::adapter::{BroadcastOptions, JointStep, Room};
 use super::data::Data;
 use super::namespace::NamespaceInner;
 use super::packet::Packet;
@@ -62,6 +62,32 @@ impl BroadcastOperator {
         check_event(event)?;
         let packet = Packet::event(self.ns.name().clone(), event, args, None).encode();
         Ok(self.ns.adapter().broadcast(packet, self.opts).await?)
+    }
+
+    /// Emits an event whose arguments hold the placeholder `hole` (text that no argument
+    /// can otherwise produce: a random token) where the value `step` writes goes: the
+    /// step runs first, and nothing is sent when it declines (see
+    /// [`Adapter::broadcast_joint`](super::Adapter::broadcast_joint)). A placeholder that
+    /// the encoded packet does not hold exactly once is refused before the step runs.
+    pub async fn emit_joint(
+        self,
+        event: &str,
+        args: Vec<Data>,
+        hole: &str,
+        step: &dyn JointStep,
+    ) -> Result<(), EmitError> {
+        check_event(event)?;
+        let packet = Packet::event(self.ns.name().clone(), event, args, None).encode();
+        let mut found = packet.text.match_indices(hole).map(|(at, _)| at);
+        let (Some(at), None) = (found.next(), found.next()) else {
+            return Err(EmitError::Placeholder);
+        };
+        let hole = at..at + hole.len();
+        Ok(self
+            .ns
+            .adapter()
+            .broadcast_joint(packet, hole, self.opts, step)
+            .await?)
     }
 
     /// Takes every selected socket, on every node, out of `rooms` (see

@@ -27,8 +27,8 @@ pub mod socket;
 
 pub use ack::{AckError, AckSender};
 pub use adapter::{
-    Adapter, AdapterError, AdapterFactory, BroadcastOptions, LocalAdapter, LocalAdapterFactory,
-    LocalSockets, Replay, Room, TakenSession,
+    Adapter, AdapterError, AdapterFactory, BroadcastOptions, JointOutcome, JointStep, LocalAdapter,
+    LocalAdapterFactory, LocalSockets, Replay, Room, TakenSession,
 };
 pub use broadcast::BroadcastOperator;
 pub use data::{Data, Object};

@@ -237,6 +237,24 @@ impl Encoded {
     /// The same EVENT with `offset` appended as its last argument (connection-state
     /// recovery); anything that does not end with its JSON array is returned as is.
     #[must_use]
+    /// The packet with `text[hole]` replaced by `value` (a placeholder filled in once the
+    /// value is known: [`Adapter::broadcast_joint`](super::Adapter::broadcast_joint));
+    /// as it was when `hole` is not a range of the text.
+    pub fn splice(&self, hole: std::ops::Range<usize>, value: &str) -> Self {
+        let (Some(head), Some(tail)) = (self.text.get(..hole.start), self.text.get(hole.end..))
+        else {
+            return self.clone();
+        };
+        let mut text = String::with_capacity(head.len() + value.len() + tail.len());
+        text.push_str(head);
+        text.push_str(value);
+        text.push_str(tail);
+        Self {
+            text,
+            attachments: self.attachments.clone(),
+        }
+    }
+
     pub fn with_offset(&self, offset: &str) -> Self {
         let Some(head) = self.text.strip_suffix(']') else {
             return self.clone();

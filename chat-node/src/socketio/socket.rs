@@ -102,6 +102,12 @@ pub enum EmitError {
     /// The client reads too slowly; its connection has been closed.
     #[error("the client's queue is full")]
     QueueFull,
+    /// A placeholder to fill in ([`BroadcastOperator::emit_joint`]) is not in the
+    /// encoded packet exactly once.
+    ///
+    /// [`BroadcastOperator::emit_joint`]: super::BroadcastOperator::emit_joint
+    #[error("the placeholder is not in the packet exactly once")]
+    Placeholder,
     /// The adapter failed to broadcast.
     #[error(transparent)]
     Adapter(#[from] AdapterError),

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 pub use self::memory::MemoryStore;
 pub use self::redis::RedisStore;
 use super::rate::RateLimit;
+use crate::bus::StreamTarget;
 
 /// A store failure (Redis unreachable, a corrupt entry).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -146,6 +147,18 @@ pub struct Post<'a> {
     pub cap: usize,
 }
 
+/// A bus entry for [`ChatStore::post_and_append`]: the broadcast of the message, whose id
+/// goes between `head` and `tail`, and where to append it.
+#[derive(Debug, Clone, Copy)]
+pub struct JointEntry<'a> {
+    /// The bus's stream, as the bus would append to it.
+    pub target: &'a StreamTarget,
+    /// The entry's bytes before the message id.
+    pub head: &'a [u8],
+    /// The entry's bytes after it.
+    pub tail: &'a [u8],
+}
+
 /// What [`ChatStore::create_room`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Created {
@@ -252,6 +265,21 @@ pub trait ChatStore: Send + Sync + 'static {
     /// limit like [`admit`](ChatStore::admit), then appends it like
     /// [`append`](ChatStore::append). A check that fails leaves everything as it was.
     async fn post(&self, post: Post<'_>) -> Result<Posted, StoreError>;
+
+    /// [`post`](ChatStore::post), and when the message is appended, `entry` (its
+    /// broadcast, the message id spliced in) appended to the bus's stream in the same
+    /// step: one round trip to Redis for both instead of two. Answers the entry's id when
+    /// the store appended it; `None` when the caller is to append it, as after `post`:
+    /// a store that cannot (the default), one on another server than the bus, and when
+    /// the stream refused the entry (the message stays posted, as it would have).
+    async fn post_and_append(
+        &self,
+        post: Post<'_>,
+        entry: Option<JointEntry<'_>>,
+    ) -> Result<(Posted, Option<String>), StoreError> {
+        let _ = entry;
+        Ok((self.post(post).await?, None))
+    }
 
     /// Records socket `sid` of node `node` as online in `room`, until `ttl` from now
     /// unless refreshed.

@@ -14,6 +14,10 @@
 //! | `node:<node>:presence` | set, expiry pushed like the hashes' | the rooms where the node has a `presence` hash |
 //!
 //! Message ids are the stream ids (`<ms>-<seq>`, ordered and unique per room).
+//!
+//! One key outside the prefix: a `send` appends its broadcast to the bus's stream of the
+//! namespace (`syd:{<nsp>}:stream`, the cluster's log) in the script that posts it,
+//! when the bus is on this server ([`POST_AND_APPEND`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::LazyLock;
@@ -25,7 +29,7 @@ use redis::streams::StreamRangeReply;
 use redis::{Pipeline, RedisError, Script, Value};
 
 use super::{
-    ChatStore, Created, Joined, Membership, Message, NewMessage, Online, Post, Posted,
+    ChatStore, Created, Joined, JointEntry, Membership, Message, NewMessage, Online, Post, Posted,
     PresenceEntry, RoomLimits, RoomMeta, StoreError,
 };
 use crate::chat::now_ms;
@@ -82,6 +86,47 @@ static POST: LazyLock<Script> = LazyLock::new(|| {
 if ARGV[1] == '1' and redis.call('SISMEMBER', KEYS[1], ARGV[2]) == 0 then return 0 end
 if not admit(KEYS[2], tonumber(ARGV[3]), tonumber(ARGV[4])) then return 1 end
 return redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'm', ARGV[6])
+"
+    ))
+});
+
+/// [`ChatStore::post_and_append`]: [`POST`], then the message's broadcast appended to the
+/// bus's stream as the bus's own script appends and publishes it
+/// ([`crate::bus::redis`]'s `APPEND`, the same trim, field and channel message), with the
+/// message id spliced in. KEYS: [`POST`]'s, then the bus's stream. ARGV: [`POST`]'s, then
+/// the trim strategy and threshold, the entry's bytes before the id and after it.
+/// Returns 0 (not a member), 1 (over the limit), `{id, entry id}`, `{id, '', error}` when
+/// the stream refused the entry (the message is posted: the caller appends it), or
+/// `{'', error}` when the post's own writes failed.
+///
+/// Every write runs under `pcall`: a script that stops on an error keeps the writes done
+/// before it, so the reply must say how far it got. An error reply therefore means that
+/// nothing was written (Redis refused the script before it ran: a key the ACL does not
+/// let this client write, a replica, a server loading); every key it writes is declared,
+/// which is what has Redis check them all first.
+static POST_AND_APPEND: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        gcra_lua!(),
+        r"
+if ARGV[1] == '1' and redis.call('SISMEMBER', KEYS[1], ARGV[2]) == 0 then return 0 end
+local function failure(e)
+  if type(e) == 'table' and e.err then return e.err end
+  return tostring(e)
+end
+local posted, id = pcall(function()
+  if not admit(KEYS[2], tonumber(ARGV[3]), tonumber(ARGV[4])) then return false end
+  return redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'm', ARGV[6])
+end)
+if not posted then return {'', failure(id)} end
+if not id then return 1 end
+local entry = ARGV[9] .. id .. ARGV[10]
+local appended, entry_id = pcall(function()
+  local entry_id = redis.call('XADD', KEYS[4], ARGV[7], '~', ARGV[8], '*', 'd', entry)
+  redis.call('PUBLISH', KEYS[4], entry_id .. ' ' .. entry)
+  return entry_id
+end)
+if not appended then return {id, '', failure(entry_id)} end
+return {id, entry_id}
 "
     ))
 });
@@ -242,6 +287,9 @@ fn ttl_ms(ttl: Duration) -> u64 {
 #[derive(Clone)]
 pub struct RedisStore {
     conn: ConnectionManager,
+    /// The address it connected to: a bus stream on another server is not appended to
+    /// from here ([`ChatStore::post_and_append`]).
+    url: String,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -254,7 +302,10 @@ impl RedisStore {
     /// Connects to Redis at `url` (it must answer now).
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         let conn = crate::bus::redis::open(url).await.map_err(redis_error)?;
-        Ok(Self { conn })
+        Ok(Self {
+            conn,
+            url: url.to_owned(),
+        })
     }
 
     async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
@@ -295,6 +346,51 @@ fn history_json(room: &str, message: &NewMessage) -> Result<String, StoreError> 
         key: key(&["history", room]),
         reason: e.to_string(),
     })
+}
+
+/// Whether Redis answered `error` (rather than the connection failing: then the script
+/// may have run).
+fn refused(error: &RedisError) -> bool {
+    matches!(
+        error.kind(),
+        redis::ErrorKind::Server(_) | redis::ErrorKind::Extension
+    )
+}
+
+/// A string reply's text.
+fn reply_text(value: &Value) -> Option<&str> {
+    match value {
+        Value::BulkString(bytes) => std::str::from_utf8(bytes).ok(),
+        Value::SimpleString(text) => Some(text),
+        _ => None,
+    }
+}
+
+/// What [`POST_AND_APPEND`] answered, as [`ChatStore::post_and_append`] answers.
+fn joint_reply(reply: Value) -> Result<(Posted, Option<String>), StoreError> {
+    let unexpected = |reply: &Value| {
+        StoreError::Redis(format!("unexpected reply to the post script: {reply:?}"))
+    };
+    let parts = match &reply {
+        Value::Int(0) => return Ok((Posted::NotMember, None)),
+        Value::Int(1) => return Ok((Posted::RateLimited, None)),
+        Value::Array(parts) => parts,
+        _ => return Err(unexpected(&reply)),
+    };
+    let texts: Option<Vec<&str>> = parts.iter().map(reply_text).collect();
+    match texts.as_deref() {
+        Some(["", error]) => Err(StoreError::Redis((*error).to_owned())),
+        Some([id, "", error]) if !id.is_empty() => {
+            crate::bus::redis::bus_error();
+            tracing::warn!(%error, "the bus's stream refused a message's broadcast; it waits in the bus's queue");
+            Ok((Posted::Appended((*id).to_owned()), None))
+        }
+        Some([id, entry_id]) if !id.is_empty() && !entry_id.is_empty() => Ok((
+            Posted::Appended((*id).to_owned()),
+            Some((*entry_id).to_owned()),
+        )),
+        _ => Err(unexpected(&reply)),
+    }
 }
 
 fn parse_meta(key: &str, json: &str) -> Result<RoomMeta, StoreError> {
@@ -560,6 +656,59 @@ impl ChatStore for RedisStore {
                 "unexpected reply to the post script: {other:?}"
             ))),
         }
+    }
+
+    async fn post_and_append(
+        &self,
+        post: Post<'_>,
+        entry: Option<JointEntry<'_>>,
+    ) -> Result<(Posted, Option<String>), StoreError> {
+        let Some(entry) = entry.filter(|e| e.target.server == self.url) else {
+            return Ok((self.post(post).await?, None));
+        };
+        let Post {
+            room,
+            membership,
+            message,
+            limit,
+            cap,
+        } = post;
+        let json = history_json(room, message)?;
+        let required = match membership {
+            Membership::Required => "1",
+            Membership::Open => "0",
+        };
+        let (strategy, threshold) = &entry.target.trim;
+        let mut conn = self.conn.clone();
+        let reply: Result<Value, RedisError> = POST_AND_APPEND
+            .key(key(&["members", room]))
+            .key(key(&["rate", &message.user]))
+            .key(key(&["history", room]))
+            .key(&entry.target.key)
+            .arg(required)
+            .arg(&message.user)
+            .arg(limit.interval_us())
+            .arg(limit.tolerance_us())
+            .arg(cap.max(1))
+            .arg(json)
+            .arg(*strategy)
+            .arg(threshold)
+            .arg(entry.head)
+            .arg(entry.tail)
+            .invoke_async(&mut conn)
+            .await;
+        let reply = match reply {
+            Ok(reply) => reply,
+            // Refused before it ran (see the script): nothing is written, and the two
+            // steps do what they did before the script joined them (say the bus's stream
+            // is not writable: the message is posted, and waits in the bus's queue).
+            Err(error) if refused(&error) => {
+                tracing::debug!(%error, "joint post refused; posting, then appending");
+                return Ok((self.post(post).await?, None));
+            }
+            Err(error) => return Err(redis_error(error)),
+        };
+        joint_reply(reply)
     }
 
     async fn presence_add(
