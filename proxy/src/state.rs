@@ -184,6 +184,7 @@ impl Runtime {
 }
 
 /// `host` without its `:port`, if any; an IPv6 literal keeps its brackets.
+#[inline]
 pub(crate) fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
         // [v6]:port
