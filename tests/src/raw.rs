@@ -364,6 +364,29 @@ pub async fn reply(conn: &mut RawConn<TcpStream>, bytes: impl AsRef<[u8]>) -> bo
     conn.io.write_all(bytes.as_ref()).await.is_ok()
 }
 
+/// A backend each connection of which answers its first request ([`echo_answer`]) and
+/// closes at the second, whose path it hands over: a kept-alive connection that the
+/// backend's idle timeout closed as the proxy reused it.
+pub async fn closing_at_second_request(
+) -> (RawBackend, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    let (closed_tx, closed_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let raw = RawBackend::start(move |mut conn: RawConn<TcpStream>, _| {
+        let closed_tx = closed_tx.clone();
+        async move {
+            if let Some(req) = conn.request().await {
+                if !reply(&mut conn, echo_answer(&req)).await {
+                    return;
+                }
+            }
+            if let Some(req) = conn.request().await {
+                let _ = closed_tx.send(req.path);
+            }
+        }
+    })
+    .await;
+    (raw, closed_rx)
+}
+
 /// The answer of a backend that echoes: `200` with the body `req` carried, or
 /// `400 body missing` when the declared body never came.
 pub fn echo_answer(req: &Req) -> String {

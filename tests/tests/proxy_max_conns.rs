@@ -10,7 +10,7 @@ use std::time::Duration;
 use tests::admin::{admin_get, backend_status, counter, wait_backend};
 use tests::fixtures::{backend_entry, listener, tls_keys, TWO_THREADS};
 use tests::h2client::{connect as h2_connect, get as h2_get};
-use tests::raw::{echo_answer, get_req, reply, HoldingBackend, RawBackend, RawConn, Resp};
+use tests::raw::{get_req, HoldingBackend, RawConn, Resp};
 use tests::{
     client, free_port, get_with, wait_until, ws_close, ws_connect, Backend, Certs, Proxy,
     STEP_TIMEOUT,
@@ -376,21 +376,7 @@ async fn a_reload_lowers_and_raises_the_limit_at_once() {
 #[tokio::test]
 async fn a_request_sent_again_after_a_stale_connection_reuses_its_own_slot() {
     // Each connection answers its first request and closes at the second, which it reports.
-    let (closed_tx, mut closed_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let raw = RawBackend::start(move |mut conn, _| {
-        let closed_tx = closed_tx.clone();
-        async move {
-            if let Some(req) = conn.request().await {
-                if !reply(&mut conn, echo_answer(&req)).await {
-                    return;
-                }
-            }
-            if let Some(req) = conn.request().await {
-                let _ = closed_tx.send(req.path);
-            }
-        }
-    })
-    .await;
+    let (raw, mut closed_rx) = tests::raw::closing_at_second_request().await;
     let proxy = Proxy::start_config(&config(
         Path::Native,
         free_port(),

@@ -792,21 +792,7 @@ async fn a_request_on_a_kept_alive_connection_the_backend_closed_is_sent_again()
     // Each connection answers its first request, and closes at the second, which it
     // reports (whether the proxy reuses a connection is its pool's timing: the test sends
     // requests until one meets a closed connection).
-    let (closed_tx, mut closed_rx) = mpsc::unbounded_channel::<String>();
-    let raw = RawBackend::start(move |mut conn, _| {
-        let closed_tx = closed_tx.clone();
-        async move {
-            if let Some(req) = conn.request().await {
-                if !reply(&mut conn, echo_answer(&req)).await {
-                    return;
-                }
-            }
-            if let Some(req) = conn.request().await {
-                let _ = closed_tx.send(req.path);
-            }
-        }
-    })
-    .await;
+    let (raw, mut closed_rx) = tests::raw::closing_at_second_request().await;
     let proxy = proxy_for_raw(&[&raw], "");
     // HTTP/1.0: pingora's path.
     let (path, r) = until_closed(&proxy, &mut closed_rx, |n| {

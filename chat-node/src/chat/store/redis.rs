@@ -348,6 +348,30 @@ fn history_json(room: &str, message: &NewMessage) -> Result<String, StoreError> 
     })
 }
 
+/// [`POST`]'s keys and arguments for `post`: [`POST_AND_APPEND`] begins with the same.
+fn post_invocation<'s>(
+    script: &'s Script,
+    post: &Post<'_>,
+) -> Result<redis::ScriptInvocation<'s>, StoreError> {
+    let json = history_json(post.room, post.message)?;
+    let required = match post.membership {
+        Membership::Required => "1",
+        Membership::Open => "0",
+    };
+    let mut invocation = script.prepare_invoke();
+    invocation
+        .key(key(&["members", post.room]))
+        .key(key(&["rate", &post.message.user]))
+        .key(key(&["history", post.room]))
+        .arg(required)
+        .arg(&post.message.user)
+        .arg(post.limit.interval_us())
+        .arg(post.limit.tolerance_us())
+        .arg(post.cap.max(1))
+        .arg(json);
+    Ok(invocation)
+}
+
 /// Whether Redis answered `error` (rather than the connection failing: then the script
 /// may have run).
 fn refused(error: &RedisError) -> bool {
@@ -619,29 +643,8 @@ impl ChatStore for RedisStore {
     }
 
     async fn post(&self, post: Post<'_>) -> Result<Posted, StoreError> {
-        let Post {
-            room,
-            membership,
-            message,
-            limit,
-            cap,
-        } = post;
-        let json = history_json(room, message)?;
-        let required = match membership {
-            Membership::Required => "1",
-            Membership::Open => "0",
-        };
         let mut conn = self.conn.clone();
-        let reply: Value = POST
-            .key(key(&["members", room]))
-            .key(key(&["rate", &message.user]))
-            .key(key(&["history", room]))
-            .arg(required)
-            .arg(&message.user)
-            .arg(limit.interval_us())
-            .arg(limit.tolerance_us())
-            .arg(cap.max(1))
-            .arg(json)
+        let reply: Value = post_invocation(&POST, &post)?
             .invoke_async(&mut conn)
             .await
             .map_err(redis_error)?;
@@ -666,31 +669,10 @@ impl ChatStore for RedisStore {
         let Some(entry) = entry.filter(|e| e.target.server == self.url) else {
             return Ok((self.post(post).await?, None));
         };
-        let Post {
-            room,
-            membership,
-            message,
-            limit,
-            cap,
-        } = post;
-        let json = history_json(room, message)?;
-        let required = match membership {
-            Membership::Required => "1",
-            Membership::Open => "0",
-        };
         let (strategy, threshold) = &entry.target.trim;
         let mut conn = self.conn.clone();
-        let reply: Result<Value, RedisError> = POST_AND_APPEND
-            .key(key(&["members", room]))
-            .key(key(&["rate", &message.user]))
-            .key(key(&["history", room]))
+        let reply: Result<Value, RedisError> = post_invocation(&POST_AND_APPEND, &post)?
             .key(&entry.target.key)
-            .arg(required)
-            .arg(&message.user)
-            .arg(limit.interval_us())
-            .arg(limit.tolerance_us())
-            .arg(cap.max(1))
-            .arg(json)
             .arg(*strategy)
             .arg(threshold)
             .arg(entry.head)
