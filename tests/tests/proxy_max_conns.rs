@@ -184,10 +184,7 @@ async fn held_requests_fill_every_backend(path: Path) {
     b.release(1);
     let mut bodies = Vec::new();
     for h in held {
-        let r = tokio::time::timeout(STEP_TIMEOUT, h)
-            .await
-            .unwrap()
-            .unwrap();
+        let r = answer(h).await;
         assert_eq!(r.status, 200);
         bodies.push(r.text());
     }
@@ -242,17 +239,13 @@ async fn a_retry_passes_over_a_full_backend(path: Path) {
         "",
         &[dead, holding_entry(&b, "max_conns = 1")],
     ));
-    let held = spawn_request(proxy.addr(), path);
-    b.wait_arrived(1).await;
+    let held = hold(&proxy, path, &b).await;
     for _ in 0..2 {
         assert_full(&request(proxy.addr(), path).await);
     }
     assert_eq!(b.arrived(), 1);
     b.release(1);
-    let r = tokio::time::timeout(STEP_TIMEOUT, held)
-        .await
-        .unwrap()
-        .unwrap();
+    let r = answer(held).await;
     assert_eq!(r.status, 200);
 }
 
@@ -293,11 +286,7 @@ async fn h2_streams_count_against_max_conns() {
     assert_eq!(a.arrived(), 1);
 
     a.release(2);
-    let (status, body) = tokio::time::timeout(STEP_TIMEOUT, held)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let (status, body) = answer(held).await.unwrap();
     assert_eq!((status.as_u16(), body.as_str()), (200, "a"));
     wait_released(&proxy, a.addr).await;
     let (status, body) = h2_get(&h2, &url).await.unwrap();
@@ -362,8 +351,7 @@ async fn a_reload_lowers_and_raises_the_limit_at_once() {
     };
     let proxy = Proxy::start_config(&with_limit(2));
     let key = a.addr.to_string();
-    let mut held = vec![spawn_request(proxy.addr(), Path::Native)];
-    a.wait_arrived(1).await;
+    let mut held = vec![hold(&proxy, Path::Native, &a).await];
 
     proxy.reload(&with_limit(1));
     wait_backend(&proxy, &key, T, "max_conns 1 applied", |s| {
@@ -385,10 +373,7 @@ async fn a_reload_lowers_and_raises_the_limit_at_once() {
 
     a.release(3);
     for h in held {
-        let r = tokio::time::timeout(STEP_TIMEOUT, h)
-            .await
-            .unwrap()
-            .unwrap();
+        let r = answer(h).await;
         assert_eq!(r.status, 200);
     }
 }
@@ -475,8 +460,7 @@ async fn a_full_upstream_queues_requests(path: Path) {
         )
     };
     let proxy = Proxy::start_config(&queue("10s"));
-    let held = spawn_request(proxy.addr(), path);
-    a.wait_arrived(1).await;
+    let held = hold(&proxy, path, &a).await;
     let queued = spawn_request(proxy.addr(), path);
     wait_until(T, "one request waits in the queue", || {
         let status = tests::admin::status(&proxy);
@@ -499,10 +483,7 @@ async fn a_full_upstream_queues_requests(path: Path) {
     // The held request ends: the queued one takes its slot.
     a.release(2);
     for h in [held, queued] {
-        let r = tokio::time::timeout(STEP_TIMEOUT, h)
-            .await
-            .unwrap()
-            .unwrap();
+        let r = answer(h).await;
         assert_eq!((r.status, r.text().as_str()), (200, "a"), "{}", r.head);
     }
     assert_eq!(a.arrived(), 2);
@@ -515,8 +496,7 @@ async fn a_full_upstream_queues_requests(path: Path) {
     })
     .await;
     wait_released(&proxy, a.addr).await;
-    let held = spawn_request(proxy.addr(), path);
-    a.wait_arrived(3).await;
+    let held = hold(&proxy, path, &a).await;
     let r = request(proxy.addr(), path).await;
     assert_eq!(r.status, 503, "{}", r.head);
     assert!(
@@ -526,10 +506,7 @@ async fn a_full_upstream_queues_requests(path: Path) {
         r.text()
     );
     a.release(1);
-    let r = tokio::time::timeout(STEP_TIMEOUT, held)
-        .await
-        .unwrap()
-        .unwrap();
+    let r = answer(held).await;
     assert_eq!(r.status, 200);
     assert_eq!(
         metric(
@@ -640,10 +617,7 @@ async fn a_queued_upgrade_gets_the_slot_of_a_closed_tunnel() {
     })
     .await;
     ws_close(ws).await;
-    let (ws2, id) = tokio::time::timeout(STEP_TIMEOUT, second)
-        .await
-        .unwrap()
-        .unwrap();
+    let (ws2, id) = answer(second).await;
     assert_eq!(id, "a");
     ws_close(ws2).await;
 }
@@ -662,13 +636,9 @@ async fn quick_mode_limits_every_backend() {
         "--max-conns",
         "1",
     ]);
-    let held = spawn_request(proxy.addr(), Path::Native);
-    a.wait_arrived(1).await;
+    let held = hold(&proxy, Path::Native, &a).await;
     assert_full_in(&request(proxy.addr(), Path::Native).await, "default");
     a.release(1);
-    let r = tokio::time::timeout(STEP_TIMEOUT, held)
-        .await
-        .unwrap()
-        .unwrap();
+    let r = answer(held).await;
     assert_eq!(r.status, 200);
 }
