@@ -320,6 +320,7 @@ pub fn config_from_toml(
             &self,
             _host: &str,
             port: u16,
+            _timeout: std::time::Duration,
         ) -> Result<Vec<std::net::SocketAddr>, crate::config::ResolveError> {
             Ok(vec![std::net::SocketAddr::new(
                 IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
