@@ -81,7 +81,7 @@ impl DnsRefresher {
     ) {
         let name = config.name.as_str();
         let (cfg, resolver) = (config.clone(), self.resolver.clone());
-        // Lookups block (for at most RESOLVE_TIMEOUT each): never on a runtime thread.
+        // Lookups block (for at most the upstream's dns_timeout each): never on a runtime thread.
         let looked_up =
             tokio::task::spawn_blocking(move || crate::config::refresh(&cfg, &*resolver)).await;
         let (refreshed, errors) = match looked_up {

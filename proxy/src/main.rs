@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use proxy::balance::StrategyKind;
-use proxy::config::{Config, QuickOptions};
+use proxy::config::{Config, DnsFamily, QuickOptions};
 
 /// mimalloc returns freed memory to the OS far better than glibc malloc after bursts of
 /// handshakes, which keeps RSS per idle WebSocket low (see the memory figures in README).
@@ -85,6 +85,10 @@ struct Cli {
     /// `max_conns`); a full backend is passed over, and with all full the client gets 503.
     #[arg(long, value_name = "N", default_value_t = 0)]
     max_conns: u32,
+    /// Quick mode: which addresses of a backend named `host:port` become backends (all:
+    /// IPv4 and IPv6; ipv4 for a `localhost` whose `::1` nothing listens on).
+    #[arg(long, value_enum, default_value_t = DnsFamily::All)]
+    dns_family: DnsFamily,
     /// HMAC key for sticky cookies (shared by all replicas).
     #[arg(long, env = "SWITCHYARD_STICKY_KEY", hide_env_values = true)]
     sticky_key: Option<String>,
@@ -170,6 +174,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             backend_h2: cli.backend_h2,
             proxy_protocol: cli.proxy_protocol,
             max_conns: cli.max_conns,
+            dns_family: cli.dns_family,
         }),
     };
     let config = match config {

@@ -437,7 +437,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
     ));
     server.add_service(background_service(
         "dns refresh",
-        DnsRefresher::new(shared.clone(), Arc::new(SystemResolver::default())),
+        DnsRefresher::new(shared.clone(), Arc::new(SystemResolver)),
     ));
     server.add_service(background_service(
         "reload on SIGHUP",

@@ -252,7 +252,7 @@ impl Shared {
             certs,
             config_path,
             open: Arc::default(),
-            resolver: Arc::new(crate::config::SystemResolver::default()),
+            resolver: Arc::new(crate::config::SystemResolver),
             swap: std::sync::Mutex::new(()),
         })
     }
@@ -293,8 +293,8 @@ impl Shared {
     /// in-flight requests keep the backend state they hold. An invalid file, or a
     /// certificate or log file that cannot be used, leaves the running config untouched.
     ///
-    /// It blocks: reading files and looking up backend names (for at most
-    /// [`crate::config::RESOLVE_TIMEOUT`]). From async code, use [`Shared::reload_blocking`].
+    /// It blocks: reading files and looking up backend names (for at most each upstream's
+    /// `dns_timeout`). From async code, use [`Shared::reload_blocking`].
     pub fn reload(&self) -> Result<ReloadReport, ConfigErrors> {
         // Read and looked up before the swap is locked: a slow resolver holds no one else.
         let new_config = match &self.config_path {
@@ -532,6 +532,7 @@ mod tests {
             &self,
             _host: &str,
             port: u16,
+            _timeout: std::time::Duration,
         ) -> Result<Vec<std::net::SocketAddr>, crate::config::ResolveError> {
             let _ = self
                 .0

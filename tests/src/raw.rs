@@ -407,6 +407,8 @@ pub fn echo_answer(req: &Req) -> String {
 pub struct HoldingBackend {
     pub addr: SocketAddr,
     arrived: Arc<AtomicUsize>,
+    /// The paths of the requests read so far, in the order they arrived.
+    paths: Arc<std::sync::Mutex<Vec<String>>>,
     gate: Arc<tokio::sync::Semaphore>,
 }
 
@@ -414,11 +416,13 @@ impl HoldingBackend {
     pub async fn start(name: &'static str) -> HoldingBackend {
         let arrived = Arc::new(AtomicUsize::new(0));
         let gate = Arc::new(tokio::sync::Semaphore::new(0));
-        let (count, permits) = (arrived.clone(), gate.clone());
+        let paths = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (count, permits, seen) = (arrived.clone(), gate.clone(), paths.clone());
         let raw = RawBackend::start(move |mut conn, _| {
-            let (count, permits) = (count.clone(), permits.clone());
+            let (count, permits, seen) = (count.clone(), permits.clone(), seen.clone());
             async move {
-                while conn.request().await.is_some() {
+                while let Some(req) = conn.request().await {
+                    seen.lock().unwrap().push(req.path);
                     count.fetch_add(1, Ordering::SeqCst);
                     let Ok(permit) = permits.acquire().await else {
                         return;
@@ -438,8 +442,14 @@ impl HoldingBackend {
         HoldingBackend {
             addr: raw.addr,
             arrived,
+            paths,
             gate,
         }
+    }
+
+    /// The paths of the requests read so far, in the order they arrived.
+    pub fn paths(&self) -> Vec<String> {
+        self.paths.lock().unwrap().clone()
     }
 
     /// Requests read so far (held or answered).

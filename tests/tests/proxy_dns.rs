@@ -3,7 +3,7 @@
 //! (`.invalid` never does, RFC 6761) with file, line and key, and a reload naming one is
 //! rejected while the proxy goes on serving. How re-resolution swaps addresses is tested in
 //! the proxy's unit tests, through a resolver they control (this machine's answers cannot
-//! be changed without root).
+//! be changed without root). Quick mode's `--dns-family` is tested here too.
 
 #![allow(clippy::unwrap_used)]
 
@@ -131,4 +131,46 @@ async fn a_reload_naming_an_unresolvable_host_is_rejected_and_the_proxy_keeps_se
     );
     // The running config stays.
     assert_eq!(get(&proxy.url("/id")).await.backend(), Some("kept"));
+}
+
+/// Quick mode's `--dns-family` keeps the addresses of one family of a backend named by
+/// host, as `dns_family` does in a file; a family it does not know is refused with those
+/// it does.
+#[tokio::test]
+async fn quick_mode_keeps_one_family_of_a_named_backend() {
+    let b = Backend::start("named");
+    let backend = format!("localhost:{}", b.addr().port());
+    let quick = |family: &str| {
+        [
+            "--listen".to_owned(),
+            format!("127.0.0.1:{}", free_port()),
+            "--backend".to_owned(),
+            backend.clone(),
+            "--dns-family".to_owned(),
+            family.to_owned(),
+        ]
+    };
+    let args = quick("ipv4");
+    let proxy = Proxy::start_quick(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let status = admin_get(&proxy, "/status", None).await.json();
+    let backends = &status["upstreams"][0]["backends"];
+    assert_eq!(backends.as_array().map(Vec::len), Some(1), "{status}");
+    assert_eq!(
+        backends[0]["addr"],
+        format!("127.0.0.1:{}", b.addr().port()),
+        "{status}"
+    );
+    assert_eq!(get(&proxy.url("/id")).await.backend(), Some("named"));
+
+    let args = quick("ipv5");
+    let out = ProxyCmd::quick(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        .run_to_exit(Duration::from_secs(20));
+    let all = out.output();
+    assert_eq!(out.code(), Some(2), "{all}");
+    assert!(
+        out.stderr
+            .contains("invalid value 'ipv5' for '--dns-family")
+            && out.stderr.contains("[possible values: all, ipv4, ipv6]"),
+        "{all}"
+    );
 }

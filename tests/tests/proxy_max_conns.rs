@@ -7,6 +7,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use tokio::task::JoinHandle;
+
 use tests::admin::{admin_get, backend_status, counter, wait_backend};
 use tests::fixtures::{backend_entry, listener, tls_keys, TWO_THREADS};
 use tests::h2client::{connect as h2_connect, get as h2_get};
@@ -68,13 +70,34 @@ fn holding_entry(b: &HoldingBackend, keys: &str) -> String {
 }
 
 /// One request on a connection of its own, in the background: it may be held.
-fn spawn_request(proxy: SocketAddr, path: Path) -> tokio::task::JoinHandle<Resp> {
+fn spawn_request(proxy: SocketAddr, path: Path) -> JoinHandle<Resp> {
+    spawn_get(proxy, path, "/held")
+}
+
+/// [`spawn_request`] for `target`, which the backend sees (the order of queued requests).
+fn spawn_get(proxy: SocketAddr, path: Path, target: &'static str) -> JoinHandle<Resp> {
     tokio::spawn(async move {
         RawConn::connect(proxy)
             .await
-            .exchange(path.request("/held"))
+            .exchange(path.request(target))
             .await
     })
+}
+
+/// A request held on `backend`: sent, and waited for until the backend has read it.
+async fn hold(proxy: &Proxy, path: Path, backend: &HoldingBackend) -> JoinHandle<Resp> {
+    let n = backend.arrived() + 1;
+    let held = spawn_request(proxy.addr(), path);
+    backend.wait_arrived(n).await;
+    held
+}
+
+/// The outcome of a request sent in the background, within [`STEP_TIMEOUT`].
+async fn answer<T>(request: JoinHandle<T>) -> T {
+    tokio::time::timeout(STEP_TIMEOUT, request)
+        .await
+        .expect("an answer in time")
+        .unwrap()
 }
 
 /// One request on a connection of its own, answered at once (a `503`, or a released
@@ -161,10 +184,7 @@ async fn held_requests_fill_every_backend(path: Path) {
     b.release(1);
     let mut bodies = Vec::new();
     for h in held {
-        let r = tokio::time::timeout(STEP_TIMEOUT, h)
-            .await
-            .unwrap()
-            .unwrap();
+        let r = answer(h).await;
         assert_eq!(r.status, 200);
         bodies.push(r.text());
     }
@@ -219,17 +239,13 @@ async fn a_retry_passes_over_a_full_backend(path: Path) {
         "",
         &[dead, holding_entry(&b, "max_conns = 1")],
     ));
-    let held = spawn_request(proxy.addr(), path);
-    b.wait_arrived(1).await;
+    let held = hold(&proxy, path, &b).await;
     for _ in 0..2 {
         assert_full(&request(proxy.addr(), path).await);
     }
     assert_eq!(b.arrived(), 1);
     b.release(1);
-    let r = tokio::time::timeout(STEP_TIMEOUT, held)
-        .await
-        .unwrap()
-        .unwrap();
+    let r = answer(held).await;
     assert_eq!(r.status, 200);
 }
 
@@ -270,11 +286,7 @@ async fn h2_streams_count_against_max_conns() {
     assert_eq!(a.arrived(), 1);
 
     a.release(2);
-    let (status, body) = tokio::time::timeout(STEP_TIMEOUT, held)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let (status, body) = answer(held).await.unwrap();
     assert_eq!((status.as_u16(), body.as_str()), (200, "a"));
     wait_released(&proxy, a.addr).await;
     let (status, body) = h2_get(&h2, &url).await.unwrap();
@@ -339,8 +351,7 @@ async fn a_reload_lowers_and_raises_the_limit_at_once() {
     };
     let proxy = Proxy::start_config(&with_limit(2));
     let key = a.addr.to_string();
-    let mut held = vec![spawn_request(proxy.addr(), Path::Native)];
-    a.wait_arrived(1).await;
+    let mut held = vec![hold(&proxy, Path::Native, &a).await];
 
     proxy.reload(&with_limit(1));
     wait_backend(&proxy, &key, T, "max_conns 1 applied", |s| {
@@ -362,10 +373,7 @@ async fn a_reload_lowers_and_raises_the_limit_at_once() {
 
     a.release(3);
     for h in held {
-        let r = tokio::time::timeout(STEP_TIMEOUT, h)
-            .await
-            .unwrap()
-            .unwrap();
+        let r = answer(h).await;
         assert_eq!(r.status, 200);
     }
 }
@@ -452,8 +460,7 @@ async fn a_full_upstream_queues_requests(path: Path) {
         )
     };
     let proxy = Proxy::start_config(&queue("10s"));
-    let held = spawn_request(proxy.addr(), path);
-    a.wait_arrived(1).await;
+    let held = hold(&proxy, path, &a).await;
     let queued = spawn_request(proxy.addr(), path);
     wait_until(T, "one request waits in the queue", || {
         let status = tests::admin::status(&proxy);
@@ -476,10 +483,7 @@ async fn a_full_upstream_queues_requests(path: Path) {
     // The held request ends: the queued one takes its slot.
     a.release(2);
     for h in [held, queued] {
-        let r = tokio::time::timeout(STEP_TIMEOUT, h)
-            .await
-            .unwrap()
-            .unwrap();
+        let r = answer(h).await;
         assert_eq!((r.status, r.text().as_str()), (200, "a"), "{}", r.head);
     }
     assert_eq!(a.arrived(), 2);
@@ -492,8 +496,7 @@ async fn a_full_upstream_queues_requests(path: Path) {
     })
     .await;
     wait_released(&proxy, a.addr).await;
-    let held = spawn_request(proxy.addr(), path);
-    a.wait_arrived(3).await;
+    let held = hold(&proxy, path, &a).await;
     let r = request(proxy.addr(), path).await;
     assert_eq!(r.status, 503, "{}", r.head);
     assert!(
@@ -503,10 +506,7 @@ async fn a_full_upstream_queues_requests(path: Path) {
         r.text()
     );
     a.release(1);
-    let r = tokio::time::timeout(STEP_TIMEOUT, held)
-        .await
-        .unwrap()
-        .unwrap();
+    let r = answer(held).await;
     assert_eq!(r.status, 200);
     assert_eq!(
         metric(
@@ -538,6 +538,66 @@ async fn a_full_upstream_queues_requests_on_pingoras_path() {
     a_full_upstream_queues_requests(Path::Pingora).await;
 }
 
+/// Waits until `n` requests wait in upstream `app`'s queue (`/metrics`).
+async fn wait_queued(proxy: &Proxy, n: usize) {
+    wait_until(T, &format!("{n} requests wait in the queue"), || async {
+        metric(proxy, "switchyard_upstream_queued", "upstream=\"app\"").await == n as f64
+    })
+    .await;
+}
+
+/// The queue is first come, first served: requests that queued while the backend was full
+/// are served in the order they came, and one that comes while they wait queues behind
+/// them even when a slot is free (here the room a reload adds, which no request ending on
+/// the backend announces), rather than take it ahead of them.
+async fn queued_requests_are_served_in_order(path: Path) {
+    let a = HoldingBackend::start("a").await;
+    let port = free_port();
+    let with_limit = |n: u32| {
+        config(
+            path,
+            port,
+            "max_queue = 10\nqueue_timeout = \"30s\"\n",
+            &[holding_entry(&a, &format!("max_conns = {n}"))],
+        )
+    };
+    let proxy = Proxy::start_config(&with_limit(1));
+    let mut answers = vec![hold(&proxy, path, &a).await];
+    for (waiting, target) in [(1, "/a"), (2, "/b")] {
+        answers.push(spawn_get(proxy.addr(), path, target));
+        wait_queued(&proxy, waiting).await;
+    }
+    proxy.reload(&with_limit(2));
+    wait_backend(&proxy, &a.addr.to_string(), T, "max_conns 2 applied", |s| {
+        counter(s, "max_conns") == 2
+    })
+    .await;
+    answers.push(spawn_get(proxy.addr(), path, "/c"));
+    // Each request is either at the backend or in the queue.
+    wait_until(T, "the third request is placed", || async {
+        let queued = metric(&proxy, "switchyard_upstream_queued", "upstream=\"app\"").await;
+        a.arrived() + queued as usize == 4
+    })
+    .await;
+
+    a.release(4);
+    for r in answers {
+        let r = answer(r).await;
+        assert_eq!((r.status, r.text().as_str()), (200, "a"), "{}", r.head);
+    }
+    assert_eq!(a.paths(), ["/held", "/a", "/b", "/c"]);
+}
+
+#[tokio::test]
+async fn queued_requests_are_served_in_order_on_switchyards_path() {
+    queued_requests_are_served_in_order(Path::Native).await;
+}
+
+#[tokio::test]
+async fn queued_requests_are_served_in_order_on_pingoras_path() {
+    queued_requests_are_served_in_order(Path::Pingora).await;
+}
+
 /// A queued WebSocket upgrade gets the slot of a tunnel that closes.
 #[tokio::test]
 async fn a_queued_upgrade_gets_the_slot_of_a_closed_tunnel() {
@@ -557,10 +617,7 @@ async fn a_queued_upgrade_gets_the_slot_of_a_closed_tunnel() {
     })
     .await;
     ws_close(ws).await;
-    let (ws2, id) = tokio::time::timeout(STEP_TIMEOUT, second)
-        .await
-        .unwrap()
-        .unwrap();
+    let (ws2, id) = answer(second).await;
     assert_eq!(id, "a");
     ws_close(ws2).await;
 }
@@ -579,13 +636,9 @@ async fn quick_mode_limits_every_backend() {
         "--max-conns",
         "1",
     ]);
-    let held = spawn_request(proxy.addr(), Path::Native);
-    a.wait_arrived(1).await;
+    let held = hold(&proxy, Path::Native, &a).await;
     assert_full_in(&request(proxy.addr(), Path::Native).await, "default");
     a.release(1);
-    let r = tokio::time::timeout(STEP_TIMEOUT, held)
-        .await
-        .unwrap()
-        .unwrap();
+    let r = answer(held).await;
     assert_eq!(r.status, 200);
 }

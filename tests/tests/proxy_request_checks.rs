@@ -14,7 +14,7 @@
 use tokio::net::TcpStream;
 
 use tests::fixtures::{backend_entry, listener, tls_keys, upstream, TWO_THREADS};
-use tests::raw::{get_req, proxy_for_raw, reply, RawBackend, RawConn};
+use tests::raw::{get_req, proxy_for_raw, reply, RawBackend, RawConn, Resp};
 use tests::{free_port, port_array, Backend, Certs, Proxy};
 
 /// A raw backend that answers every request `200 ok` and counts the connections it got.
@@ -51,11 +51,29 @@ async fn recording_backend() -> (
     (raw, seen)
 }
 
+/// Sends `raw` on a new connection and returns the answer.
+async fn send(proxy: &Proxy, raw: &str) -> Resp {
+    RawConn::connect(proxy.addr()).await.exchange(raw).await
+}
+
 /// Sends `raw` on a new connection and returns the answer's status and body text.
 async fn answer(proxy: &Proxy, raw: &str) -> (u16, String) {
-    let mut c = RawConn::connect(proxy.addr()).await;
-    let r = c.exchange(raw).await;
+    let r = send(proxy, raw).await;
     (r.status, r.text())
+}
+
+/// Sends each request of `cases` on a connection of its own and checks that `read` makes
+/// its paired value of the answer (`what` names the request path in a failure).
+async fn expect_each<T: PartialEq + std::fmt::Debug>(
+    proxy: &Proxy,
+    what: &str,
+    cases: impl IntoIterator<Item = (&str, T)>,
+    read: impl Fn(&Resp) -> T,
+) {
+    for (req, want) in cases {
+        let r = send(proxy, req).await;
+        assert_eq!(read(&r), want, "{what}: {req:?}: {}", r.text());
+    }
 }
 
 #[tokio::test]
@@ -149,25 +167,42 @@ async fn routes_match_the_decoded_path_with_dot_segments_resolved() {
     }
 }
 
-/// A proxy on `http1`'s request path with a plain and a TLS listener (returned with it, in
-/// that order) and two upstreams, `api` and `web`, of one backend each, under `routes`.
-fn api_and_web(
-    http1: &str,
-    certs: &Certs,
-    api: &Backend,
-    web: &Backend,
-    routes: &str,
-) -> (Proxy, u16, u16) {
-    let [plain, tls] = port_array();
-    let proxy = Proxy::start_config(&format!(
-        "[server]\nthreads = 2\nhttp1 = \"{http1}\"\n{}\n{}{}\n\n{}\n{}\n{routes}",
-        listener(plain),
-        listener(tls),
-        tls_keys(&certs.cert, &certs.key),
-        upstream("api", None, &[backend_entry(api, "")]),
-        upstream("web", None, &[backend_entry(web, "")]),
-    ));
-    (proxy, plain, tls)
+/// The route tests' two backends, `api` and `web`, and the certificate of their proxies'
+/// TLS listener.
+struct ApiAndWeb {
+    api: Backend,
+    web: Backend,
+    certs: Certs,
+    _dir: tempfile::TempDir,
+}
+
+impl ApiAndWeb {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = Certs::generate(dir.path(), &["localhost", "127.0.0.1"]);
+        ApiAndWeb {
+            api: Backend::start("api"),
+            web: Backend::start("web"),
+            certs,
+            _dir: dir,
+        }
+    }
+
+    /// A proxy on `http1`'s request path with a plain and a TLS listener (returned with it,
+    /// in that order) and two upstreams, `api` and `web`, of one backend each, under
+    /// `routes`.
+    fn proxy(&self, http1: &str, routes: &str) -> (Proxy, u16, u16) {
+        let [plain, tls] = port_array();
+        let proxy = Proxy::start_config(&format!(
+            "[server]\nthreads = 2\nhttp1 = \"{http1}\"\n{}\n{}{}\n\n{}\n{}\n{routes}",
+            listener(plain),
+            listener(tls),
+            tls_keys(&self.certs.cert, &self.certs.key),
+            upstream("api", None, &[backend_entry(&self.api, "")]),
+            upstream("web", None, &[backend_entry(&self.web, "")]),
+        ));
+        (proxy, plain, tls)
+    }
 }
 
 /// `prefix_rewrite` replaces a route's prefix in the target the backend gets, on every path
@@ -176,16 +211,11 @@ fn api_and_web(
 /// climb out of the rewritten prefix; a route without it forwards the target as it came.
 #[tokio::test]
 async fn a_prefix_rewrite_reaches_the_backend_on_every_path() {
-    let api = Backend::start("api");
-    let web = Backend::start("web");
-    let dir = tempfile::tempdir().unwrap();
-    let certs = Certs::generate(dir.path(), &["localhost", "127.0.0.1"]);
+    let backends = ApiAndWeb::start();
+    let certs = &backends.certs;
     for http1 in ["native", "pingora"] {
-        let (proxy, plain, tls) = api_and_web(
+        let (proxy, plain, tls) = backends.proxy(
             http1,
-            &certs,
-            &api,
-            &web,
             "[[routes]]\npath_prefix = \"/api/\"\nprefix_rewrite = \"/target/\"\nupstream = \"api\"\n\n\
              [[routes]]\npath_prefix = \"/strip/\"\nprefix_rewrite = \"/\"\nupstream = \"api\"\n\n\
              [[routes]]\npath_prefix = \"/\"\nupstream = \"web\"\n",
@@ -215,15 +245,8 @@ async fn a_prefix_rewrite_reaches_the_backend_on_every_path() {
             // Another route: the target as it came.
             ("GET /target/./w HTTP/1.1\r\nHost: t\r\n\r\n", "/target/./w"),
         ];
-        for (req, want) in cases {
-            let mut c = RawConn::connect(proxy.addr()).await;
-            let r = c.exchange(req).await;
-            assert_eq!(
-                (r.status, r.text()),
-                (200, want.to_owned()),
-                "{http1}: {req:?}"
-            );
-        }
+        let cases = cases.map(|(req, want)| (req, (200, want.to_owned())));
+        expect_each(&proxy, http1, cases, |r| (r.status, r.text())).await;
 
         // The backend is told the prefix stripped; a client's own is never passed on, on
         // this route or another.
@@ -300,16 +323,11 @@ async fn a_prefix_rewrite_reaches_the_backend_on_every_path() {
 /// earlier route takes the request. The location is the prefix as a URI path.
 #[tokio::test]
 async fn a_prefix_without_its_slash_is_redirected_to_its_route() {
-    let api = Backend::start("api");
-    let web = Backend::start("web");
-    let dir = tempfile::tempdir().unwrap();
-    let certs = Certs::generate(dir.path(), &["localhost", "127.0.0.1"]);
+    let backends = ApiAndWeb::start();
+    let certs = &backends.certs;
     for http1 in ["native", "pingora"] {
-        let (proxy, _, tls) = api_and_web(
+        let (proxy, _, tls) = backends.proxy(
             http1,
-            &certs,
-            &api,
-            &web,
             "[[routes]]\npath_prefix = \"/first\"\nupstream = \"web\"\n\n\
              [[routes]]\npath_prefix = \"/api/\"\nprefix_rewrite = \"/target/\"\nupstream = \"api\"\n\n\
              [[routes]]\npath_prefix = \"/first/\"\nupstream = \"api\"\n\n\
@@ -332,15 +350,11 @@ async fn a_prefix_without_its_slash_is_redirected_to_its_route() {
             ),
             ("GET /my%20docs HTTP/1.1\r\nHost: t\r\n\r\n", "/my%20docs/"),
         ];
-        for (req, want) in redirects {
-            let mut c = RawConn::connect(proxy.addr()).await;
-            let r = c.exchange(req).await;
-            assert_eq!(
-                (r.status, r.header("location")),
-                (308, Some(want)),
-                "{http1}: {req:?}"
-            );
-        }
+        let redirects = redirects.map(|(req, want)| (req, (308, Some(want.to_owned()))));
+        expect_each(&proxy, http1, redirects, |r| {
+            (r.status, r.header("location").map(str::to_owned))
+        })
+        .await;
         // Not redirected: the prefix itself, a longer name, a route with the redirect off,
         // and a path an earlier route takes.
         let forwarded = [
@@ -384,17 +398,12 @@ async fn a_prefix_without_its_slash_is_redirected_to_its_route() {
 /// the route exists).
 #[tokio::test]
 async fn a_route_with_allow_serves_only_the_addresses_it_lists() {
-    let api = Backend::start("api");
-    let web = Backend::start("web");
-    let dir = tempfile::tempdir().unwrap();
-    let certs = Certs::generate(dir.path(), &["localhost", "127.0.0.1"]);
+    let backends = ApiAndWeb::start();
+    let certs = &backends.certs;
     for http1 in ["native", "pingora"] {
         let balanced = free_port();
-        let (proxy, plain, tls) = api_and_web(
+        let (proxy, plain, tls) = backends.proxy(
             http1,
-            &certs,
-            &api,
-            &web,
             &format!(
                 "[[listeners]]\nlisten = \"127.0.0.1:{balanced}\"\nproxy_protocol = true\n\n\
                  [[routes]]\npath_prefix = \"/internal/\"\nallow = [\"10.0.0.0/8\", \"::1\"]\nupstream = \"api\"\n\n\
@@ -402,7 +411,7 @@ async fn a_route_with_allow_serves_only_the_addresses_it_lists() {
                  [[routes]]\npath_prefix = \"/\"\nupstream = \"web\"\n"
             ),
         );
-        for (req, status) in [
+        let cases = [
             ("GET /internal/x HTTP/1.1\r\nHost: t\r\n\r\n", 403),
             // The client's own claim is not believed.
             (
@@ -423,18 +432,14 @@ async fn a_route_with_allow_serves_only_the_addresses_it_lists() {
             ("GET /local/x HTTP/1.1\r\nHost: t\r\n\r\n", 200),
             ("GET /local HTTP/1.1\r\nHost: t\r\n\r\n", 308),
             ("GET /other HTTP/1.1\r\nHost: t\r\n\r\n", 200),
-        ] {
-            let mut c = RawConn::connect(proxy.addr()).await;
-            let r = c.exchange(req).await;
-            assert_eq!(r.status, status, "{http1}: {req:?}: {}", r.text());
-            if status == 403 {
-                assert!(
-                    r.text().contains("this address may not use this route"),
-                    "{http1}: {}",
-                    r.text()
-                );
-            }
-        }
+        ];
+        // Each 403 with the reason.
+        let cases = cases.map(|(req, status)| (req, (status, status == 403)));
+        expect_each(&proxy, http1, cases, |r| {
+            let reason = r.text().contains("this address may not use this route");
+            (r.status, reason)
+        })
+        .await;
         // Behind a balancer, the address its PROXY header gives is the one checked.
         for (source, status) in [("10.9.8.7", 200), ("192.0.2.1", 403)] {
             let mut c = RawConn::connect(([127, 0, 0, 1], balanced).into()).await;

@@ -19,10 +19,10 @@ use super::error::ErrorKind;
 use super::resolve::derived_id;
 use super::{BackendConfig, UpstreamConfig};
 
-/// How long one lookup may take before it is an error: a resolver that does not answer
-/// must not hold a start, a `proxy check` or a reload for ever (glibc's own bound is
-/// `timeout × attempts` per server, 10 s and more with the defaults).
-pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default `dns_timeout`, how long one lookup may take before it is an error: a resolver
+/// that does not answer must not hold a start, a `proxy check` or a reload for ever
+/// (glibc's own bound is `timeout × attempts` per server, 10 s and more with the defaults).
+pub const DEFAULT_DNS_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Default `dns_refresh`: named backends are looked up again every 30 s (Envoy's STRICT_DNS
 /// every 5 s; nginx OSS only at load, which `dns_refresh = "0s"` gives).
@@ -100,9 +100,10 @@ impl<'de> Deserialize<'de> for BackendAddr {
     }
 }
 
-/// `dns_family`: which addresses of a name become backends.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Deserialize)]
+/// `dns_family` (quick mode: `--dns-family`): which addresses of a name become backends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
+#[value(rename_all = "lowercase")]
 pub enum DnsFamily {
     /// IPv4 and IPv6 (nginx's behaviour).
     #[default]
@@ -139,6 +140,8 @@ pub struct DnsSettings {
     pub refresh: Option<Duration>,
     /// Which addresses of a name are used.
     pub family: DnsFamily,
+    /// How long one lookup of a name may take (at load, reload and refresh).
+    pub timeout: Duration,
 }
 
 impl Default for DnsSettings {
@@ -146,6 +149,7 @@ impl Default for DnsSettings {
         DnsSettings {
             refresh: Some(DEFAULT_DNS_REFRESH),
             family: DnsFamily::All,
+            timeout: DEFAULT_DNS_TIMEOUT,
         }
     }
 }
@@ -185,29 +189,29 @@ pub enum ResolveError {
 
 /// Looks up the addresses of a name; the system's in the proxy, a table in tests.
 pub trait Resolver: Send + Sync + fmt::Debug {
-    /// Every address of `host`, with `port`, in any order, duplicates allowed.
-    fn lookup(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, ResolveError>;
+    /// Every address of `host`, with `port`, in any order, duplicates allowed, or
+    /// [`ResolveError::TimedOut`] after `timeout`.
+    fn lookup(
+        &self,
+        host: &str,
+        port: u16,
+        timeout: Duration,
+    ) -> Result<Vec<SocketAddr>, ResolveError>;
 }
 
-/// The system resolver (`getaddrinfo`: `/etc/hosts`, then DNS, as `nsswitch.conf` says),
-/// each lookup bounded by `timeout`.
-#[derive(Debug, Clone, Copy)]
-pub struct SystemResolver {
-    pub timeout: Duration,
-}
-
-impl Default for SystemResolver {
-    fn default() -> Self {
-        SystemResolver {
-            timeout: RESOLVE_TIMEOUT,
-        }
-    }
-}
+/// The system resolver (`getaddrinfo`: `/etc/hosts`, then DNS, as `nsswitch.conf` says).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemResolver;
 
 impl Resolver for SystemResolver {
-    fn lookup(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, ResolveError> {
+    fn lookup(
+        &self,
+        host: &str,
+        port: u16,
+        timeout: Duration,
+    ) -> Result<Vec<SocketAddr>, ResolveError> {
         let host = host.to_owned();
-        bounded(self.timeout, move || {
+        bounded(timeout, move || {
             (host.as_str(), port)
                 .to_socket_addrs()
                 .map(Iterator::collect)
@@ -277,14 +281,20 @@ where
 /// The answer for each name, by (host, port).
 pub(super) type Lookups = HashMap<(String, u16), Result<Vec<SocketAddr>, ResolveError>>;
 
-/// The names among `addrs`.
-pub(super) fn names<'a>(addrs: impl Iterator<Item = &'a BackendAddr>) -> HashSet<(String, u16)> {
-    addrs
-        .filter_map(|a| match a {
-            BackendAddr::Name { host, port } => Some((host.clone(), *port)),
-            BackendAddr::Socket(_) => None,
-        })
-        .collect()
+/// Names to look up, by (host, port), each with how long its lookup may take.
+pub(super) type Names = HashMap<(String, u16), Duration>;
+
+/// The names among `addrs`, each address with its upstream's `dns_timeout`. A name in
+/// several upstreams gets the longest of their timeouts: it is looked up once for all.
+pub(super) fn names<'a>(addrs: impl Iterator<Item = (&'a BackendAddr, Duration)>) -> Names {
+    let mut names = Names::new();
+    for (a, timeout) in addrs {
+        if let BackendAddr::Name { host, port } = a {
+            let t = names.entry((host.clone(), *port)).or_insert(timeout);
+            *t = (*t).max(timeout);
+        }
+    }
+    names
 }
 
 /// The backends one `backends` entry (the `entry`th) defines, as (address, id, origin):
@@ -314,17 +324,17 @@ pub(super) fn entry_backends(
 
 /// The answers for every name in `names`, looked up in parallel (a batch at a time) so that
 /// a file naming many hosts waits for the slowest lookup of each batch, not for their sum.
-pub(super) fn lookup_all(resolver: &dyn Resolver, names: HashSet<(String, u16)>) -> Lookups {
-    let names: Vec<(String, u16)> = names.into_iter().collect();
+pub(super) fn lookup_all(resolver: &dyn Resolver, names: Names) -> Lookups {
+    let names: Vec<((String, u16), Duration)> = names.into_iter().collect();
     let mut found = Lookups::new();
     for batch in names.chunks(PARALLEL_LOOKUPS) {
         std::thread::scope(|s| {
             let pending: Vec<_> = batch
                 .iter()
-                .map(|(host, port)| {
+                .map(|((host, port), timeout)| {
                     (
                         (host.clone(), *port),
-                        s.spawn(move || resolver.lookup(host, *port)),
+                        s.spawn(move || resolver.lookup(host, *port, *timeout)),
                     )
                 })
                 .collect();
@@ -440,10 +450,14 @@ pub fn refresh(
     u: &UpstreamConfig,
     resolver: &dyn Resolver,
 ) -> (Option<Refreshed>, Vec<RefreshError>) {
-    let names: HashSet<(String, u16)> = u
+    let names: Names = u
         .backends
         .iter()
-        .filter_map(|b| b.dns.as_ref().map(|d| (d.host.clone(), b.addr.port())))
+        .filter_map(|b| {
+            b.dns
+                .as_ref()
+                .map(|d| ((d.host.clone(), b.addr.port()), u.dns.timeout))
+        })
         .collect();
     if names.is_empty() {
         return (None, Vec::new());
@@ -542,7 +556,12 @@ impl TableResolver {
 
 #[cfg(test)]
 impl Resolver for TableResolver {
-    fn lookup(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, ResolveError> {
+    fn lookup(
+        &self,
+        host: &str,
+        port: u16,
+        _timeout: Duration,
+    ) -> Result<Vec<SocketAddr>, ResolveError> {
         #[allow(clippy::unwrap_used)]
         let table = self.0.lock().unwrap();
         match table.get(host) {
@@ -644,6 +663,21 @@ mod tests {
     }
 
     #[test]
+    fn family_names_agree_across_serde_clap_and_as_str() {
+        use clap::ValueEnum;
+        for family in DnsFamily::value_variants() {
+            let name = family.as_str();
+            assert_eq!(DnsFamily::from_str(name, false), Ok(*family));
+            let back: DnsFamily =
+                serde::Deserialize::deserialize(serde::de::value::StrDeserializer::<
+                    serde::de::value::Error,
+                >::new(name))
+                .unwrap();
+            assert_eq!(back, *family);
+        }
+    }
+
+    #[test]
     fn a_lookup_that_does_not_answer_times_out() {
         // The lookup blocks until the test ends: only the bound can end the wait.
         let (_hold, wait) = std::sync::mpsc::channel::<()>();
@@ -658,11 +692,13 @@ mod tests {
 
     #[test]
     fn the_system_resolver_finds_localhost_and_not_an_invalid_name() {
-        let r = SystemResolver::default();
-        let found = r.lookup("localhost", 80).unwrap();
+        let r = SystemResolver;
+        let found = r.lookup("localhost", 80, DEFAULT_DNS_TIMEOUT).unwrap();
         assert!(found.contains(&sa("127.0.0.1:80")), "{found:?}");
         // RFC 6761: .invalid never resolves.
-        let e = r.lookup("nonexistent.invalid", 80).unwrap_err();
+        let e = r
+            .lookup("nonexistent.invalid", 80, DEFAULT_DNS_TIMEOUT)
+            .unwrap_err();
         assert!(matches!(e, ResolveError::Failed(_)), "{e:?}");
     }
 }

@@ -262,6 +262,9 @@ pub(super) struct UpstreamFile {
     /// Which addresses of a name become backends: "all" (default), "ipv4" or "ipv6".
     #[serde(default)]
     pub dns_family: super::DnsFamily,
+    /// How long one lookup of a backend's name may take before it fails; default 5s.
+    #[serde(default)]
+    pub dns_timeout: Option<HumanDuration>,
 }
 
 /// `[upstreams.<name>.timeouts]`: the timeouts that concern backends, per upstream (an API

@@ -52,7 +52,7 @@ use std::time::Duration;
 pub(crate) use self::dns::TableResolver;
 pub use self::dns::{
     refresh, BackendAddr, DnsFamily, DnsOrigin, DnsSettings, NameChange, RefreshError, Refreshed,
-    ResolveError, Resolver, SystemResolver, DEFAULT_DNS_REFRESH, RESOLVE_TIMEOUT,
+    ResolveError, Resolver, SystemResolver, DEFAULT_DNS_REFRESH, DEFAULT_DNS_TIMEOUT,
 };
 pub use self::duration::{fmt_duration, parse_duration, HumanDuration};
 pub use self::error::{ConfigError, ConfigErrors, ErrorKind, TlsFileProblem};
@@ -616,10 +616,10 @@ impl Config {
     /// (or the first syntax/type error), each as `<file>:<line>: <key.path>: <message>`.
     ///
     /// Backend host names are looked up with the system resolver, which blocks (for at
-    /// most [`RESOLVE_TIMEOUT`]): call it off the request-serving runtime
+    /// most each upstream's `dns_timeout`): call it off the request-serving runtime
     /// (`tokio::task::spawn_blocking`).
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-        Self::load_with(path, &SystemResolver::default())
+        Self::load_with(path, &SystemResolver)
     }
 
     /// [`Config::load`] with backend names looked up by `resolver`.
@@ -645,17 +645,13 @@ impl Config {
             text,
             source,
             &|name| std::env::var(name).ok(),
-            &SystemResolver::default(),
+            &SystemResolver,
         )
     }
 
     /// Builds the configuration of quick mode from command-line flags.
     pub fn from_quick(q: &QuickOptions) -> Result<Config, ConfigErrors> {
-        quick::resolve(
-            q,
-            &|name| std::env::var(name).ok(),
-            &SystemResolver::default(),
-        )
+        quick::resolve(q, &|name| std::env::var(name).ok(), &SystemResolver)
     }
 
     /// The upstream named `name`.

@@ -59,6 +59,8 @@ pub struct QuickOptions {
     pub proxy_protocol: bool,
     /// `max_conns` of every backend; 0: unlimited.
     pub max_conns: u32,
+    /// Which addresses of a backend's name become backends (`dns_family`).
+    pub dns_family: DnsFamily,
 }
 
 impl Default for QuickOptions {
@@ -82,6 +84,7 @@ impl Default for QuickOptions {
             backend_h2: false,
             proxy_protocol: false,
             max_conns: 0,
+            dns_family: DnsFamily::All,
         }
     }
 }
@@ -197,6 +200,10 @@ pub(super) fn resolve(
         );
     }
 
+    let dns = DnsSettings {
+        family: q.dns_family,
+        ..DnsSettings::default()
+    };
     let mut backends: Vec<BackendConfig> = Vec::new();
     let specs = q
         .backends
@@ -212,12 +219,12 @@ pub(super) fn resolve(
         dns::names(
             parsed
                 .iter()
-                .filter_map(|(_, p, _)| p.as_ref().ok().map(|(a, _)| a)),
+                .filter_map(|(_, p, _)| p.as_ref().ok().map(|(a, _)| (a, dns.timeout))),
         ),
     );
     for (entry, (key, parsed, backup)) in parsed.into_iter().enumerate() {
         let expanded = parsed.and_then(|(addr, weight)| {
-            dns::entry_backends(&addr, None, entry, &found, DnsFamily::All).map(|b| (b, weight))
+            dns::entry_backends(&addr, None, entry, &found, dns.family).map(|b| (b, weight))
         });
         match expanded {
             Ok((list, weight)) => {
@@ -352,7 +359,7 @@ pub(super) fn resolve(
             },
             timeouts: (&Timeouts::default()).into(),
             queue: None,
-            dns: DnsSettings::default(),
+            dns,
         }],
         routes: vec![Route {
             host: None,
@@ -386,7 +393,7 @@ mod tests {
     }
 
     fn resolve(q: &QuickOptions, env: Env<'_>) -> Result<Config, ConfigErrors> {
-        super::resolve(q, env, &super::super::SystemResolver::default())
+        super::resolve(q, env, &super::super::SystemResolver)
     }
 
     fn errors(q: &QuickOptions) -> Vec<String> {
@@ -469,6 +476,26 @@ mod tests {
             ),
             "{e:?}"
         );
+    }
+
+    #[test]
+    fn dns_family_keeps_the_addresses_of_one_family() {
+        let r = super::super::TableResolver::new(&[("node", &["10.0.0.1", "fd00::1"])]);
+        let mut q = opts(&["node:9000"]);
+        let addrs = |q: &QuickOptions| -> Vec<String> {
+            let c = super::resolve(q, &no_env, &*r).unwrap();
+            assert_eq!(c.upstreams[0].dns.family, q.dns_family);
+            c.upstreams[0]
+                .backends
+                .iter()
+                .map(|b| b.addr.to_string())
+                .collect()
+        };
+        assert_eq!(addrs(&q), ["10.0.0.1:9000", "[fd00::1]:9000"]);
+        q.dns_family = DnsFamily::Ipv4;
+        assert_eq!(addrs(&q), ["10.0.0.1:9000"]);
+        q.dns_family = DnsFamily::Ipv6;
+        assert_eq!(addrs(&q), ["[fd00::1]:9000"]);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 use crate::proxy::is_token_char;
 
-use super::dns::{self, DnsFamily, DnsSettings, Resolver};
+use super::dns::{self, DnsSettings, Resolver};
 use super::duration::HumanDuration;
 use super::error::{ErrorKind, TlsFileProblem};
 use super::file::{
@@ -56,12 +56,11 @@ pub(super) fn resolve(
     // Every backend host name of the file, looked up together before anything else.
     let found = dns::lookup_all(
         resolver,
-        dns::names(
-            f.upstreams
-                .0
-                .iter()
-                .flat_map(|(_, u)| u.backends.iter().map(|b| &b.addr)),
-        ),
+        dns::names(f.upstreams.0.iter().flat_map(|(_, u)| {
+            // A zero, refused below, must not fail every lookup meanwhile.
+            let timeout = dns_timeout(u.dns_timeout).unwrap_or(super::DEFAULT_DNS_TIMEOUT);
+            u.backends.iter().map(move |b| (&b.addr, timeout))
+        })),
     );
 
     let server = {
@@ -644,18 +643,28 @@ fn resolve_upstream(
         protocol: u.protocol,
         timeouts,
         queue,
-        dns: dns_settings(u.dns_refresh, u.dns_family),
+        dns: DnsSettings {
+            refresh: match u.dns_refresh {
+                None => Some(super::DEFAULT_DNS_REFRESH),
+                Some(d) => Some(d.0).filter(|d| !d.is_zero()),
+            },
+            family: u.dns_family,
+            timeout: match dns_timeout(u.dns_timeout) {
+                Some(t) => t,
+                None => {
+                    out.err(p.key("dns_timeout"), ErrorKind::ZeroDuration);
+                    super::DEFAULT_DNS_TIMEOUT
+                }
+            },
+        },
     }
 }
 
-/// `dns_refresh` (absent: the default; 0: off) and `dns_family`.
-fn dns_settings(refresh: Option<HumanDuration>, family: DnsFamily) -> DnsSettings {
-    DnsSettings {
-        refresh: match refresh {
-            None => Some(super::DEFAULT_DNS_REFRESH),
-            Some(d) => Some(d.0).filter(|d| !d.is_zero()),
-        },
-        family,
+/// `dns_timeout` (absent: the default); None for a zero, which is refused.
+fn dns_timeout(timeout: Option<HumanDuration>) -> Option<Duration> {
+    match timeout {
+        None => Some(super::DEFAULT_DNS_TIMEOUT),
+        Some(d) => Some(d.0).filter(|d| !d.is_zero()),
     }
 }
 

@@ -108,6 +108,9 @@ impl Config {
                 if u.dns.family != super::DnsFamily::All {
                     write!(s, "  dns family {}", u.dns.family.as_str())?;
                 }
+                if u.dns.timeout != super::DEFAULT_DNS_TIMEOUT {
+                    write!(s, "  dns timeout {}", fmt_duration(u.dns.timeout))?;
+                }
             }
             writeln!(s)?;
             // A named backend shows its name and the address it resolved to.

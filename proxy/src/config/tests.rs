@@ -21,12 +21,7 @@ fn env(name: &str) -> Option<String> {
 }
 
 fn load(text: &str) -> Result<Config, ConfigErrors> {
-    parse_with(
-        text,
-        Some(Path::new("proxy.toml")),
-        &env,
-        &SystemResolver::default(),
-    )
+    parse_with(text, Some(Path::new("proxy.toml")), &env, &SystemResolver)
 }
 
 fn ok(text: &str) -> Config {
@@ -1527,6 +1522,54 @@ fn a_name_with_several_addresses_is_one_backend_per_address() {
     )
     .unwrap();
     assert_eq!(c.upstreams[0].backends.len(), 2);
+}
+
+/// Answers every lookup with its time running out, to show the bound it was given.
+#[derive(Debug)]
+struct Unanswering;
+
+impl Resolver for Unanswering {
+    fn lookup(
+        &self,
+        _host: &str,
+        _port: u16,
+        timeout: Duration,
+    ) -> Result<Vec<SocketAddr>, dns::ResolveError> {
+        Err(dns::ResolveError::TimedOut(timeout))
+    }
+}
+
+#[test]
+fn dns_timeout_bounds_each_lookup_and_must_be_positive() {
+    let r = dns::TableResolver::new(&[("node", &["10.0.0.1"])]);
+    let entry = ["{ addr = \"node:9000\" }"];
+    let c = load_with(&named(&entry, ""), &*r).unwrap();
+    assert_eq!(c.upstreams[0].dns.timeout, Duration::from_secs(5));
+    assert!(!c.summary().contains("dns timeout"), "{}", c.summary());
+    let c = load_with(&named(&entry, "dns_timeout = \"1500ms\"\n"), &*r).unwrap();
+    assert_eq!(c.upstreams[0].dns.timeout, Duration::from_millis(1500));
+    assert!(
+        c.summary().contains("dns timeout 1s 500ms"),
+        "{}",
+        c.summary()
+    );
+
+    // The upstream's timeout is the lookup's.
+    let e = load_with(&named(&entry, "dns_timeout = \"2s\"\n"), &Unanswering)
+        .unwrap_err()
+        .lines();
+    assert_eq!(
+        e,
+        ["proxy.toml:6: upstreams.a.backends[0].addr: cannot resolve `node:9000`: no answer from the resolver within 2s"]
+    );
+
+    let e = load_with(&named(&entry, "dns_timeout = \"0s\"\n"), &*r)
+        .unwrap_err()
+        .lines();
+    assert_eq!(
+        e,
+        ["proxy.toml:4: upstreams.a.dns_timeout: must be greater than 0"]
+    );
 }
 
 #[test]

@@ -44,7 +44,7 @@ use crate::state::{Runtime, Shared};
 use crate::tunnel::handshake::{self, HandshakeError};
 use crate::upstream::stream::UpstreamStream;
 use crate::upstream::tls::TlsClient;
-use crate::upstream::{NoBackend, Upstream};
+use crate::upstream::Upstream;
 
 use body::{BadChunk, Framing};
 use bound::{bounded, Deadline};
@@ -422,23 +422,14 @@ impl H1 {
         let max_tries = MAX_TRIES.min(up.backends.len()).max(1);
         let mut tried = Vec::with_capacity(2);
         let (choice, mut upstream, resp, mut upbuf, attempt_started) = loop {
-            let mut chosen = policy::choose(
+            let chosen = policy::choose(
                 up,
                 admitted.client_ip,
                 admitted.sticky_id.as_deref(),
                 &mut tried,
                 conn.tls,
-            );
-            if matches!(chosen, Err(NoBackend::Full)) && up.queue.is_some() {
-                chosen = policy::choose_queued(
-                    up,
-                    admitted.client_ip,
-                    admitted.sticky_id.as_deref(),
-                    &mut tried,
-                    conn.tls,
-                )
-                .await;
-            }
+            )
+            .await;
             let choice = match chosen {
                 Ok(choice) => choice,
                 Err(none) => {

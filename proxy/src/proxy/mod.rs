@@ -249,36 +249,16 @@ impl RequestView for PingoraHead<'_> {
 }
 
 impl EdgeProxy {
-    /// Picks a backend for this request and records it in `ctx`; None when no backend can
-    /// take it.
-    fn choose(&self, up: &Arc<Upstream>, ctx: &mut Ctx) -> Result<Arc<Backend>, NoBackend> {
+    /// Picks a backend for this request and records it in `ctx`, waiting in the upstream's
+    /// queue for a slot when every backend is at its `max_conns`; an error when no backend
+    /// can take it.
+    async fn choose(&self, up: &Arc<Upstream>, ctx: &mut Ctx) -> Result<Arc<Backend>, NoBackend> {
         // The failed attempt's count is released before the pick: held, it would fill a
         // backend at its `max_conns` against the retry (the same backend, after a stale
         // pooled connection).
         ctx.guard = None;
         ctx.set_cookie = None;
         let c = policy::choose(
-            up,
-            ctx.client_ip,
-            ctx.sticky_id.as_deref(),
-            &mut ctx.tried,
-            ctx.tls,
-        )?;
-        Ok(Self::adopt(ctx, c))
-    }
-
-    /// [`Self::choose`], waiting in the upstream's queue for a slot when every backend is
-    /// at its `max_conns`.
-    async fn choose_waiting(
-        &self,
-        up: &Arc<Upstream>,
-        ctx: &mut Ctx,
-    ) -> Result<Arc<Backend>, NoBackend> {
-        match self.choose(up, ctx) {
-            Err(NoBackend::Full) if up.queue.is_some() => {}
-            other => return other,
-        }
-        let c = policy::choose_queued(
             up,
             ctx.client_ip,
             ctx.sticky_id.as_deref(),
@@ -499,7 +479,7 @@ impl ProxyHttp for EdgeProxy {
                 "no upstream chosen",
             ));
         };
-        let backend = match self.choose_waiting(&up, ctx).await {
+        let backend = match self.choose(&up, ctx).await {
             Ok(backend) => backend,
             Err(none) => {
                 self.shared.metrics.reject(none.reason());
@@ -851,8 +831,8 @@ mod tests {
     use super::*;
     use crate::config::Config;
 
-    #[test]
-    fn a_retry_on_the_cookies_own_backend_sets_no_cookie_for_the_failed_one() {
+    #[tokio::test]
+    async fn a_retry_on_the_cookies_own_backend_sets_no_cookie_for_the_failed_one() {
         let config = Config::from_toml_str(
             "[[listeners]]\nlisten = \"127.0.0.1:18091\"\n\
              [upstreams.app]\nstrategy = \"sticky_cookie\"\n\
@@ -871,12 +851,12 @@ mod tests {
         };
         // The cookie's backend cannot take the first attempt: another is chosen, and pinned.
         up.backends[1].stats.set_draining(true);
-        let first = proxy.choose(&up, &mut ctx).unwrap();
+        let first = proxy.choose(&up, &mut ctx).await.unwrap();
         assert_eq!(first.id, "a");
         assert!(ctx.set_cookie.as_deref().is_some_and(|c| c.contains("=a.")));
         // That attempt failed; meanwhile the cookie's backend came back and takes the retry.
         up.backends[1].stats.set_draining(false);
-        let second = proxy.choose(&up, &mut ctx).unwrap();
+        let second = proxy.choose(&up, &mut ctx).await.unwrap();
         assert_eq!(second.id, "b");
         // The client is already pinned to b: pinning it to the failed a would move it.
         assert_eq!(ctx.set_cookie, None);

@@ -377,9 +377,12 @@ pub(crate) struct Choice {
 }
 
 /// Picks a backend for an attempt, skipping those already `tried`, and records the pick.
+/// When every backend is at its `max_conns` ([`NoBackend::Full`]) and the upstream has a
+/// queue, waits in it for a slot (see [`Upstream::pick_queued`]); otherwise the future is
+/// ready at its first poll.
 /// The caller must have dropped the guard of its previous attempt: that count would make
 /// the backend look fuller than it is (at `max_conns = 1`, full).
-pub(crate) fn choose(
+pub(crate) async fn choose(
     up: &Upstream,
     client_ip: Option<IpAddr>,
     sticky_id: Option<&str>,
@@ -390,24 +393,10 @@ pub(crate) fn choose(
         client_ip,
         sticky_id,
     };
-    let pick = up.pick(&pctx, tried)?;
-    Ok(chosen(up, pick, sticky_id, tried, tls))
-}
-
-/// [`choose`] for a request that found every backend full ([`NoBackend::Full`]): waits in
-/// the upstream's queue for a slot (see [`Upstream::pick_queued`]).
-pub(crate) async fn choose_queued(
-    up: &Upstream,
-    client_ip: Option<IpAddr>,
-    sticky_id: Option<&str>,
-    tried: &mut Vec<usize>,
-    tls: bool,
-) -> Result<Choice, NoBackend> {
-    let pctx = PickContext {
-        client_ip,
-        sticky_id,
-    };
-    let pick = up.pick_queued(&pctx, tried).await?;
+    let pick = match up.pick(&pctx, tried) {
+        Err(NoBackend::Full) if up.queue.is_some() => up.pick_queued(&pctx, tried).await,
+        other => other,
+    }?;
     Ok(chosen(up, pick, sticky_id, tried, tls))
 }
 
@@ -481,8 +470,70 @@ pub(crate) fn observe_response(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
-    use super::check_transfer_encoding;
+    use std::future::Future;
+    use std::sync::Arc;
+    use std::task::{Context, Poll, Waker};
+    use std::time::Duration;
+
+    use super::{check_transfer_encoding, choose};
+    use crate::admin::metrics::Metrics;
+    use crate::config::Config;
+    use crate::upstream::{StatsRegistry, Upstream};
+
+    /// An upstream of one backend with `max_conns = 1` and a queue.
+    fn queued_upstream() -> Arc<Upstream> {
+        let text = "[[listeners]]\nlisten = \"127.0.0.1:1\"\n[upstreams.app]\nmax_conns = 1\n\
+                    max_queue = 4\nqueue_timeout = \"10s\"\n\
+                    backends = [{ addr = \"127.0.0.1:9001\" }]\n";
+        let config = Config::from_toml_str(text, None).unwrap();
+        Arc::new(Upstream::build(
+            config.upstream("app").unwrap(),
+            &StatsRegistry::default(),
+            &Metrics::default(),
+        ))
+    }
+
+    #[tokio::test]
+    async fn choose_is_ready_at_once_with_room_and_waits_in_the_queue_without() {
+        let up = queued_upstream();
+        let mut tried = Vec::new();
+        // With room, the pick needs no second poll (nor a waker).
+        let held = {
+            let first = std::pin::pin!(choose(&up, None, None, &mut tried, false));
+            match first.poll(&mut Context::from_waker(Waker::noop())) {
+                Poll::Ready(c) => c.unwrap(),
+                Poll::Pending => panic!("a pick with room waited"),
+            }
+        };
+        assert_eq!(tried, [0]);
+        let queued = {
+            let up = up.clone();
+            tokio::spawn(async move {
+                let mut tried = Vec::new();
+                let c = choose(&up, None, None, &mut tried, false).await;
+                (c.map(|c| c.index), tried)
+            })
+        };
+        let queue = up.queue.clone().unwrap();
+        let joined = async {
+            while queue.waiting() == 0 {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), joined)
+            .await
+            .expect("the second request never joined the queue");
+        drop(held);
+        let got = tokio::time::timeout(Duration::from_secs(5), queued).await;
+        // The slot, recorded as the attempt's pick.
+        assert!(
+            matches!(&got, Ok(Ok((Ok(0), tried))) if tried == &[0]),
+            "{got:?}"
+        );
+        assert_eq!(up.metrics[0].picks.get(), 2);
+    }
 
     #[test]
     fn transfer_codings() {

@@ -257,7 +257,7 @@ pub(super) async fn handle(p: &EdgeProxy, session: &mut Session, ctx: &mut Ctx) 
     let head_request = session.req_header().method == http::Method::HEAD;
     let max_tries = MAX_TRIES.min(up.backends.len()).max(1);
     let resp = loop {
-        let backend = match p.choose_waiting(&up, ctx).await {
+        let backend = match p.choose(&up, ctx).await {
             Ok(backend) => backend,
             Err(none) => {
                 p.shared.metrics.reject(none.reason());

@@ -173,17 +173,18 @@ impl Upstream {
     /// bounce back), and once every primary is full the backups take the overflow. A
     /// backend that fills between the strategy's choice and the count (another worker took
     /// its last slot) is left out and the strategy picks again.
+    ///
+    /// While requests wait in the upstream's queue, a request finds it [`NoBackend::Full`]
+    /// whatever the room, so that it queues behind them ([`Self::pick_queued`]).
     pub fn pick(&self, ctx: &PickContext, tried: &[usize]) -> Result<Pick, NoBackend> {
         self.pick_counting(ctx, tried, true)
     }
 
     /// After a pick found every backend full ([`NoBackend::Full`]): waits in the upstream's
-    /// queue for a slot, up to `queue_timeout`, and picks again each time one is freed.
-    /// Without a queue, the `Full` stands.
+    /// queue for a slot, up to `queue_timeout`. Without a queue, the `Full` stands.
     ///
-    /// Freed slots are not handed to the oldest waiter: a request that arrives as one is
-    /// freed may take it first (the waiter then waits on), which keeps the common path free
-    /// of queue checks.
+    /// First come, first served (see [`queue`]): the request picks only when a slot is
+    /// offered to it, which happens once every request queued before it holds an offer.
     pub async fn pick_queued(
         &self,
         ctx: &PickContext<'_>,
@@ -196,17 +197,38 @@ impl Upstream {
             return Err(NoBackend::QueueFull);
         };
         let deadline = tokio::time::Instant::now() + config.timeout;
+        // Room no freed slot announced to the queue: one freed between this request's
+        // first pick and its joining, or a backend that came back into service.
+        queue.offer(self.room(), None);
         loop {
-            let freed = waiter.armed();
-            // A waiting request is not counted again on the full backends.
-            match self.pick_counting(ctx, tried, false) {
-                Err(NoBackend::Full) => {}
-                other => return other,
-            }
-            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+            if tokio::time::timeout_at(deadline, waiter.turn())
+                .await
+                .is_err()
+            {
                 return Err(NoBackend::QueueTimeout(config.timeout));
             }
+            // A waiting request is not counted again on the full backends.
+            match self.pick_counting(ctx, tried, false) {
+                // Its slot was taken by a request that came just before the queue had
+                // anyone in it, or is on a backend it may not use again: what room there
+                // is goes to the waiters behind it.
+                Err(NoBackend::Full) => waiter.pass(self.room()),
+                other => return other,
+            }
         }
+    }
+
+    /// Free slots on the backends in service (`usize::MAX` when one has no limit).
+    #[cold]
+    fn room(&self) -> usize {
+        self.backends
+            .iter()
+            .filter(|b| b.is_available())
+            .map(|b| match b.max_conns {
+                0 => usize::MAX,
+                max => usize::try_from(max.saturating_sub(b.active())).unwrap_or(usize::MAX),
+            })
+            .fold(0, usize::saturating_add)
     }
 
     fn pick_counting(
@@ -228,6 +250,20 @@ impl Upstream {
                 let b = &self.backends[i];
                 !tried.contains(&i) && b.is_full() && b.is_available()
             }));
+            // First come, first served: while requests wait for a slot, a new one queues
+            // behind them rather than take one freed for them. Not when no backend is in
+            // service: that is a `503` at once, not a wait.
+            if count
+                && self.queue.as_ref().is_some_and(|q| q.waiting() > 0)
+                && self
+                    .backends
+                    .iter()
+                    .enumerate()
+                    .any(|(i, b)| !tried.contains(&i) && b.is_available())
+            {
+                self.count_full(&full, None);
+                return Err(NoBackend::Full);
+            }
         }
         let result = loop {
             let skip = |i: usize| tried.contains(&i) || taken.contains(&i) || full.contains(&i);
@@ -510,35 +546,82 @@ mod queue_tests {
         let ctx = PickContext::default();
         let held = up.pick(&ctx, &[]).unwrap();
         assert_eq!(up.pick(&ctx, &[]).err(), Some(NoBackend::Full));
-        let waiting = {
-            let up = up.clone();
-            tokio::spawn(async move {
-                up.pick_queued(&PickContext::default(), &[])
-                    .await
-                    .map(|p| p.index)
-            })
-        };
-        let queue = up.queue.clone().unwrap();
-        let queued = async {
-            while queue.waiting() == 0 {
-                tokio::task::yield_now().await;
-            }
-        };
-        assert!(
-            tokio::time::timeout(Duration::from_secs(5), queued)
-                .await
-                .is_ok(),
-            "the request never joined the queue"
-        );
+        let waiting = spawn_queued(&up);
+        queued(&up, 1).await;
         // One waits already: the next is refused at once.
         assert_eq!(
             up.pick_queued(&ctx, &[]).await.err(),
             Some(NoBackend::QueueFull)
         );
         drop(held);
+        assert_served(waiting).await;
+        assert_eq!(up.queue.as_ref().unwrap().waiting(), 0);
+    }
+
+    /// Waits until `n` requests wait in `up`'s queue.
+    async fn queued(up: &Upstream, n: usize) {
+        let queue = up.queue.clone().unwrap();
+        let joined = async {
+            while queue.waiting() < n {
+                tokio::task::yield_now().await;
+            }
+        };
+        assert!(
+            tokio::time::timeout(Duration::from_secs(5), joined)
+                .await
+                .is_ok(),
+            "{n} requests never joined the queue"
+        );
+    }
+
+    fn spawn_queued(up: &Arc<Upstream>) -> tokio::task::JoinHandle<Result<usize, NoBackend>> {
+        let up = up.clone();
+        tokio::spawn(async move {
+            up.pick_queued(&PickContext::default(), &[])
+                .await
+                .map(|p| p.index)
+        })
+    }
+
+    /// Asserts that the queued pick `waiting` got the backend, in time.
+    async fn assert_served(waiting: tokio::task::JoinHandle<Result<usize, NoBackend>>) {
         let got = tokio::time::timeout(Duration::from_secs(5), waiting).await;
         assert!(matches!(got, Ok(Ok(Ok(0)))), "{got:?}");
-        assert_eq!(queue.waiting(), 0);
+    }
+
+    /// An upstream whose only slot the returned pick holds, with room for 5 in its queue.
+    fn held_upstream() -> (Arc<Upstream>, Pick) {
+        let up = Arc::new(queued_upstream(5, "10s"));
+        let held = up.pick(&PickContext::default(), &[]).unwrap();
+        (up, held)
+    }
+
+    #[tokio::test]
+    async fn a_new_request_queues_behind_waiting_ones_for_a_freed_slot() {
+        let (up, held) = held_upstream();
+        let waiting = spawn_queued(&up);
+        queued(&up, 1).await;
+        // The slot is free, but offered to the waiting request, which has not run yet.
+        drop(held);
+        assert_eq!(
+            up.pick(&PickContext::default(), &[]).err(),
+            Some(NoBackend::Full)
+        );
+        assert_served(waiting).await;
+    }
+
+    #[tokio::test]
+    async fn the_slot_of_a_cancelled_waiter_goes_to_the_next() {
+        let (up, held) = held_upstream();
+        let first = spawn_queued(&up);
+        queued(&up, 1).await;
+        let second = spawn_queued(&up);
+        queued(&up, 2).await;
+        drop(held);
+        // Offered the slot, the first goes before it could take it.
+        first.abort();
+        assert_served(second).await;
+        assert_eq!(up.queue.as_ref().unwrap().waiting(), 0);
     }
 
     #[tokio::test(start_paused = true)]

@@ -2,51 +2,125 @@
 //! there for a slot (up to `max_queue` of them, each up to `queue_timeout`) instead of
 //! getting `503` at once, as with nginx's `queue` and HAProxy's `timeout queue`.
 //!
-//! A request that ends on a limited backend of a queued upstream wakes one waiter, which
-//! then picks again among every backend; the queue is kept by upstream name across reloads,
-//! so a request counted under the old config wakes one that waits under the new.
+//! First come, first served, as in HAProxy: while requests wait, a new one joins behind
+//! them rather than take a slot (see [`super::Upstream::pick`]), and each freed slot is
+//! offered to the oldest waiter not already offered one. Only an offered waiter picks, so
+//! a freed slot is not raced for. An offer that goes unused (its waiter timed out or went
+//! away, or could not use the slot) passes to the next waiter, so no slot is left idle
+//! while requests wait. The queue is kept by upstream name across reloads, so a request
+//! counted under the old config wakes one that waits under the new.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{fence, AtomicUsize, Ordering};
+use std::sync::Arc;
 
+use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 #[derive(Debug, Default)]
 pub struct WaitQueue {
-    /// Requests waiting now.
+    /// Requests waiting now: read without the lock by every request to a limited upstream
+    /// (to queue behind them) and by every freed slot (to skip the lock when none waits).
     waiting: AtomicUsize,
-    freed: Notify,
+    line: Mutex<Line>,
+}
+
+#[derive(Debug, Default)]
+struct Line {
+    next_id: u64,
+    /// Oldest first.
+    places: VecDeque<Place>,
+    /// How many places hold an offer not yet taken up.
+    offered: usize,
+}
+
+#[derive(Debug)]
+struct Place {
+    id: u64,
+    offered: bool,
+    turn: Arc<Notify>,
+}
+
+impl Line {
+    /// Offers a slot to the oldest waiter without an offer, other than `skip`; false when
+    /// there is none.
+    fn offer_next(&mut self, skip: Option<u64>) -> bool {
+        let Some(place) = self
+            .places
+            .iter_mut()
+            .find(|p| !p.offered && Some(p.id) != skip)
+        else {
+            return false;
+        };
+        place.offered = true;
+        // A stored permit when the waiter is not polling yet: the offer is not lost.
+        place.turn.notify_one();
+        self.offered += 1;
+        true
+    }
+
+    /// Takes back the offer made to waiter `id`, if it holds one.
+    fn withdraw(&mut self, id: u64) -> bool {
+        match self.places.iter_mut().find(|p| p.id == id) {
+            Some(p) if p.offered => {
+                p.offered = false;
+                self.offered -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 impl WaitQueue {
-    /// A slot was given back: wake one waiter, if any.
+    /// A slot was given back: offer it to the oldest waiter without an offer, if any.
     pub(super) fn slot_freed(&self) {
-        // Pairs with the fence in `Waiter::armed`: either the waiter is seen here, or it
-        // sees the freed slot when it picks.
+        // Pairs with the fence in `join`: either the waiter is seen here, or the room it
+        // looks for after joining includes this slot.
         fence(Ordering::SeqCst);
         if self.waiting.load(Ordering::Relaxed) > 0 {
-            self.freed.notify_one();
+            self.line.lock().offer_next(None);
         }
     }
 
-    /// Joins the queue unless `max` requests already wait in it.
+    /// There are `room` free slots (`usize::MAX` for an unlimited backend): offers them to
+    /// waiters, oldest first, other than `skip`, until as many hold an offer as there are
+    /// slots. For room that no freed slot announced (a slot freed before a waiter joined, a
+    /// backend back in service, a slot a waiter could not use).
+    pub(super) fn offer(&self, room: usize, skip: Option<u64>) {
+        if room == 0 {
+            return;
+        }
+        let mut line = self.line.lock();
+        while line.offered < room && line.offer_next(skip) {}
+    }
+
+    /// Joins the queue, at its end, unless `max` requests already wait in it.
     pub fn join(&self, max: u32) -> Option<Waiter<'_>> {
         let max = usize::try_from(max).unwrap_or(usize::MAX);
-        let mut n = self.waiting.load(Ordering::Relaxed);
-        loop {
-            if n >= max {
-                return None;
-            }
-            match self
-                .waiting
-                .compare_exchange_weak(n, n + 1, Ordering::SeqCst, Ordering::Relaxed)
-            {
-                Ok(_) => return Some(Waiter { queue: self }),
-                Err(seen) => n = seen,
-            }
+        let mut line = self.line.lock();
+        if line.places.len() >= max {
+            return None;
         }
+        let id = line.next_id;
+        line.next_id += 1;
+        let turn = Arc::new(Notify::new());
+        line.places.push_back(Place {
+            id,
+            offered: false,
+            turn: turn.clone(),
+        });
+        self.waiting.store(line.places.len(), Ordering::Relaxed);
+        drop(line);
+        fence(Ordering::SeqCst);
+        Some(Waiter {
+            queue: self,
+            id,
+            turn,
+        })
     }
 
-    /// Requests waiting now (status, metrics).
+    /// Requests waiting now (status, metrics, and new requests, which queue behind them).
     pub fn waiting(&self) -> usize {
         self.waiting.load(Ordering::Relaxed)
     }
@@ -56,28 +130,58 @@ impl WaitQueue {
 #[derive(Debug)]
 pub struct Waiter<'a> {
     queue: &'a WaitQueue,
+    id: u64,
+    turn: Arc<Notify>,
 }
 
 impl Waiter<'_> {
-    /// A future that completes at the next freed slot, registered before the caller looks
-    /// for one (so that a slot freed in between is not missed).
-    pub fn armed(&self) -> std::pin::Pin<Box<tokio::sync::futures::Notified<'_>>> {
-        let mut notified = Box::pin(self.queue.freed.notified());
-        notified.as_mut().enable();
-        fence(Ordering::SeqCst);
-        notified
+    /// Waits until a slot is offered to this request, then takes the offer up: a slot
+    /// freed after this returns is offered to it again, so one freed while it picks is not
+    /// missed. Cancel-safe: dropped while waiting, the offer stays until the waiter leaves.
+    pub async fn turn(&self) {
+        self.turn.notified().await;
+        self.queue.line.lock().withdraw(self.id);
+    }
+
+    /// The offered slot could not be used by this request, with `room` slots still free
+    /// (a backend it already tried, say): offers them to the waiters behind it.
+    pub fn pass(&self, room: usize) {
+        self.queue.offer(room, Some(self.id));
     }
 }
 
 impl Drop for Waiter<'_> {
     fn drop(&mut self) {
-        self.queue.waiting.fetch_sub(1, Ordering::SeqCst);
+        let mut line = self.queue.line.lock();
+        // The offer of a waiter that leaves without using it (timed out, cancelled) goes
+        // to the next one: its slot would otherwise stay free while requests wait.
+        let offered = line.withdraw(self.id);
+        line.places.retain(|p| p.id != self.id);
+        self.queue
+            .waiting
+            .store(line.places.len(), Ordering::Relaxed);
+        if offered {
+            line.offer_next(None);
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+
+    fn join(q: &WaitQueue) -> Waiter<'_> {
+        q.join(10).unwrap_or_else(|| panic!("room in the queue"))
+    }
+
+    /// Whether `w` holds an offer, without waiting.
+    async fn offered(w: &Waiter<'_>) -> bool {
+        tokio::time::timeout(Duration::from_millis(20), w.turn())
+            .await
+            .is_ok()
+    }
 
     #[test]
     fn the_queue_is_bounded_and_a_waiter_leaves_when_dropped() {
@@ -94,13 +198,49 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_freed_slot_wakes_an_armed_waiter() {
+    async fn a_freed_slot_is_offered_to_the_oldest_waiter_once() {
         let q = WaitQueue::default();
-        let w = q.join(1).unwrap_or_else(|| panic!("room in the queue"));
-        let woken = w.armed();
-        // Freed after arming and before awaiting: not lost.
+        let (a, b, c) = (join(&q), join(&q), join(&q));
         q.slot_freed();
-        let r = tokio::time::timeout(std::time::Duration::from_secs(5), woken).await;
-        assert!(r.is_ok());
+        assert!(!offered(&b).await && !offered(&c).await);
+        assert!(offered(&a).await, "the oldest waiter gets the slot");
+        // `a` took its offer up and waits on: the next slot is its again.
+        q.slot_freed();
+        q.slot_freed();
+        assert!(offered(&a).await && offered(&b).await);
+        assert!(!offered(&c).await);
+    }
+
+    #[tokio::test]
+    async fn an_offer_left_unused_passes_to_the_next_waiter() {
+        let q = WaitQueue::default();
+        let (a, b, c) = (join(&q), join(&q), join(&q));
+        q.slot_freed();
+        // `a` times out or is cancelled before it looks: its slot goes to `b`.
+        drop(a);
+        assert!(offered(&b).await);
+        assert!(!offered(&c).await);
+        // `b` cannot use the slot (a backend it tried): `c` may.
+        b.pass(1);
+        assert!(offered(&c).await);
+        assert!(
+            !offered(&b).await,
+            "not offered back to the waiter that passed"
+        );
+    }
+
+    #[tokio::test]
+    async fn room_is_offered_to_as_many_waiters_as_it_has_slots() {
+        let q = WaitQueue::default();
+        let (a, b, c) = (join(&q), join(&q), join(&q));
+        q.slot_freed();
+        // One slot, already offered to `a`: nothing more.
+        q.offer(1, None);
+        assert!(!offered(&b).await);
+        q.offer(2, None);
+        assert!(offered(&b).await && !offered(&c).await);
+        q.offer(usize::MAX, None);
+        assert!(offered(&c).await);
+        assert!(offered(&a).await);
     }
 }
