@@ -312,6 +312,13 @@ async fn a_write_refused_inside_the_script_is_reported_and_not_repeated() {
     let failed = store.post_and_append(open, joint(&target)).await;
     assert!(failed.is_err(), "{failed:?}");
     assert_eq!(stream(&bus).await.len(), 1);
+    // Not repeated either: it spent one of the two messages the limit allows.
+    let again = by("p4", "again");
+    let (posted, _) = store
+        .post_and_append(post("lobby", &again, &limit), joint(&target))
+        .await
+        .unwrap();
+    assert!(matches!(posted, Posted::Appended(_)), "{posted:?}");
 }
 
 /// While an entry waits in the bus's queue (the stream refuses it), the bus offers no
