@@ -41,6 +41,26 @@ async fn command(conn: &mut redis::aio::MultiplexedConnection, args: &[&str]) ->
         .unwrap()
 }
 
+/// The ACL rule under which this server's clients may write the chat store's keys but
+/// not the bus's stream (they may read every key): Redis refuses a script that declares
+/// the stream before it runs, and the bus's own appends.
+async fn refuse_stream_writes(conn: &mut redis::aio::MultiplexedConnection) {
+    let rule = [
+        "ACL",
+        "SETUSER",
+        "default",
+        "resetkeys",
+        "%R~*",
+        "~syd:chat:*",
+    ];
+    command(conn, &rule).await;
+}
+
+/// Undoes [`refuse_stream_writes`].
+async fn allow_all_writes(conn: &mut redis::aio::MultiplexedConnection) {
+    command(conn, &["ACL", "SETUSER", "default", "resetkeys", "~*"]).await;
+}
+
 /// A bus on `redis` whose subscription of [`TOPIC`] is in place: probes are appended
 /// until one arrives.
 async fn subscribed(redis: &RedisServer) -> (RedisBus, mpsc::Receiver<BusEntry>) {
@@ -227,15 +247,7 @@ async fn a_stream_the_acl_refuses_leaves_the_message_posted_once_for_the_caller_
     let store = RedisStore::connect(&redis.url()).await.unwrap();
     let target = bus.joint_target(TOPIC).unwrap();
     let mut conn = admin(&redis).await;
-    let rule = [
-        "ACL",
-        "SETUSER",
-        "default",
-        "resetkeys",
-        "%R~*",
-        "~syd:chat:*",
-    ];
-    command(&mut conn, &rule).await;
+    refuse_stream_writes(&mut conn).await;
 
     let limit: RateLimit = "2/1h".parse().unwrap();
     let first = by("p1", "first");
@@ -251,7 +263,7 @@ async fn a_stream_the_acl_refuses_leaves_the_message_posted_once_for_the_caller_
         history_ids(&store, "lobby").await,
         [(id, "first".to_owned())]
     );
-    command(&mut conn, &["ACL", "SETUSER", "default", "resetkeys", "~*"]).await;
+    allow_all_writes(&mut conn).await;
     assert!(stream(&bus).await.is_empty());
     // One of the two messages the limit allows is spent, not two.
     let second = by("p1", "second");
@@ -332,15 +344,7 @@ async fn nothing_is_appended_beside_entries_waiting_in_the_bus_queue() {
     let bus = RedisBus::connect(config).await.unwrap();
     assert!(bus.joint_target(TOPIC).is_some(), "nothing waits yet");
     let mut conn = admin(&redis).await;
-    let rule = [
-        "ACL",
-        "SETUSER",
-        "default",
-        "resetkeys",
-        "%R~*",
-        "~syd:chat:*",
-    ];
-    command(&mut conn, &rule).await;
+    refuse_stream_writes(&mut conn).await;
 
     let waiting = bus
         .append(TOPIC, Bytes::from_static(b"waiting"))
@@ -352,7 +356,7 @@ async fn nothing_is_appended_beside_entries_waiting_in_the_bus_queue() {
     );
     assert_eq!(bus.joint_target(TOPIC), None);
 
-    command(&mut conn, &["ACL", "SETUSER", "default", "resetkeys", "~*"]).await;
+    allow_all_writes(&mut conn).await;
     let deadline = Instant::now() + STEP;
     while bus.joint_target(TOPIC).is_none() {
         assert!(Instant::now() < deadline, "the queue did not drain");
