@@ -10,15 +10,23 @@
 
 mod utils;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
 use bytes::Bytes;
-use chat_node::bus::{Bus, BusEntry, RedisBus, RedisBusConfig, StreamTarget};
+use chat_node::bus::{parse_id, Bus, BusEntry, BusError, RedisBus, RedisBusConfig, StreamTarget};
 use chat_node::chat::store::{Joined, JointEntry, Membership, NewMessage, Post, Posted};
 use chat_node::chat::{ChatStore, RateLimit, RedisStore};
+use chat_node::forward::MemoryDirectory;
+use chat_node::node::{Node, NodeConfig};
+use chat_node::recovery::SessionStore;
+use serde_json::json;
 use tokio::sync::mpsc;
+use utils::chat::Client;
 use utils::redis::RedisServer;
-use utils::STEP;
+use utils::{TestServer, STEP};
 
 /// The chat namespace's stream, as the cluster adapter names it.
 const TOPIC: &str = "syd:{/chat}:stream";
@@ -365,4 +373,236 @@ async fn nothing_is_appended_beside_entries_waiting_in_the_bus_queue() {
     let entries = stream(&bus).await;
     assert_eq!(entries.len(), 1);
     assert_eq!(entries[0].1, b"waiting");
+}
+
+/// A node's [`RedisBus`], counting the appends made through it. Without `joint` it offers
+/// the store no target, as a node from before the joint script (or one whose bus has
+/// entries queued) does: its `send`s post, then append the broadcast through the bus.
+struct Observed {
+    bus: RedisBus,
+    joint: bool,
+    appends: AtomicUsize,
+}
+
+#[async_trait]
+impl Bus for Observed {
+    async fn publish(&self, topic: &str, entry: Bytes) -> Result<(), BusError> {
+        self.appends.fetch_add(1, Ordering::Relaxed);
+        self.bus.publish(topic, entry).await
+    }
+
+    async fn append(&self, topic: &str, entry: Bytes) -> Result<Option<String>, BusError> {
+        self.appends.fetch_add(1, Ordering::Relaxed);
+        self.bus.append(topic, entry).await
+    }
+
+    fn subscribe(&self, topic: &str) -> mpsc::Receiver<BusEntry> {
+        self.bus.subscribe(topic)
+    }
+
+    async fn read_after(
+        &self,
+        topic: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Option<Vec<BusEntry>>, BusError> {
+        self.bus.read_after(topic, after, limit).await
+    }
+
+    fn joint_target(&self, topic: &str) -> Option<StreamTarget> {
+        self.joint.then(|| self.bus.joint_target(topic)).flatten()
+    }
+
+    async fn last_id(&self, topic: &str) -> Result<String, BusError> {
+        self.bus.last_id(topic).await
+    }
+
+    fn retain(&self, topic: &str, window: Duration) {
+        self.bus.retain(topic, window);
+    }
+
+    fn session_store(&self) -> Arc<dyn SessionStore> {
+        self.bus.session_store()
+    }
+
+    async fn ping(&self) -> Result<(), BusError> {
+        self.bus.ping().await
+    }
+
+    async fn flush(&self) {
+        self.bus.flush().await;
+    }
+
+    fn kind(&self) -> &'static str {
+        self.bus.kind()
+    }
+}
+
+/// A chat node on `redis` whose `send`s take the joint script (`joint`) or post and then
+/// append in two steps; and its bus.
+async fn chat_node(redis: &RedisServer, id: &str, joint: bool) -> (TestServer, Arc<Observed>) {
+    let bus = Arc::new(Observed {
+        bus: RedisBus::connect(RedisBusConfig::new(redis.url()))
+            .await
+            .unwrap(),
+        joint,
+        appends: AtomicUsize::new(0),
+    });
+    let store = Arc::new(RedisStore::connect(&redis.url()).await.unwrap());
+    let config = NodeConfig {
+        node_id: id.to_owned(),
+        ping_interval: Duration::from_secs(20),
+        ping_timeout: Duration::from_secs(20),
+        ..NodeConfig::default()
+    };
+    let node = Node::with_store(config, bus.clone(), Arc::new(MemoryDirectory::new()), store);
+    (TestServer::start_node(node.unwrap()).await, bus)
+}
+
+/// `texts` sent in `room`, each once its ack came: the ids the acks gave.
+async fn send_all(client: &mut Client, room: &str, texts: &[String]) -> Vec<String> {
+    let mut ids = Vec::new();
+    for text in texts {
+        let sent = client
+            .call("send", json!({"room": room, "text": text}))
+            .await;
+        assert_eq!(sent["ok"], true, "{sent}");
+        ids.push(sent["id"].as_str().unwrap().to_owned());
+    }
+    ids
+}
+
+/// The first `count` messages of `room` the client got, in order: id and text.
+async fn received(client: &mut Client, room: &str, count: usize) -> Vec<(String, String)> {
+    let messages = |client: &Client| -> Vec<(String, String)> {
+        client
+            .events
+            .iter()
+            .filter(|(event, m)| event == "message" && m["room"] == room)
+            .map(|(_, m)| {
+                (
+                    m["id"].as_str().unwrap().to_owned(),
+                    m["text"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    while messages(client).len() < count {
+        assert!(client.read().await.is_none(), "an ack nobody asked for");
+    }
+    messages(client)
+}
+
+/// A room's history as a node serves it: id and text.
+async fn served_history(client: &mut Client, room: &str) -> Vec<(String, String)> {
+    let history = client.call("history", json!({"room": room})).await;
+    history["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["id"].as_str().unwrap().to_owned(),
+                m["text"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// What the members of one room saw while they sent at once, alice on a node whose
+/// `send`s take the joint script and bob on one that posts and appends in two steps.
+struct Exchange {
+    /// The messages each got, in order: id and text.
+    seen_by_alice: Vec<(String, String)>,
+    seen_by_bob: Vec<(String, String)>,
+    /// Each one's messages as sent: the id its ack gave, and the text.
+    sent_by_alice: Vec<(String, String)>,
+    sent_by_bob: Vec<(String, String)>,
+    /// The room's history as each node serves it.
+    history_on_a: Vec<(String, String)>,
+    history_on_b: Vec<(String, String)>,
+}
+
+async fn exchange() -> Exchange {
+    let redis = RedisServer::start();
+    let (a, joint_bus) = chat_node(&redis, "a", true).await;
+    let (b, two_step_bus) = chat_node(&redis, "b", false).await;
+    let mut alice = Client::connect(&a, json!({"name": "alice"})).await;
+    let mut bob = Client::connect(&b, json!({"name": "bob"})).await;
+    let made = alice
+        .call("create", json!({"room": "mixed", "private": false}))
+        .await;
+    assert_eq!(made["ok"], true, "{made}");
+    let joined = bob.call("join", json!({"room": "mixed"})).await;
+    assert_eq!(joined["ok"], true, "{joined}");
+
+    let (joint_before, two_step_before) = (
+        joint_bus.appends.load(Ordering::Relaxed),
+        two_step_bus.appends.load(Ordering::Relaxed),
+    );
+    let texts = |who: &str| (0..8).map(|i| format!("{who} {i}")).collect::<Vec<_>>();
+    let (from_alice, from_bob) = (texts("alice"), texts("bob"));
+    let (alice_ids, bob_ids) = tokio::join!(
+        send_all(&mut alice, "mixed", &from_alice),
+        send_all(&mut bob, "mixed", &from_bob),
+    );
+    // Each path was taken: node a appended nothing beside its script, node b each
+    // broadcast itself.
+    assert_eq!(joint_bus.appends.load(Ordering::Relaxed), joint_before);
+    assert_eq!(
+        two_step_bus.appends.load(Ordering::Relaxed) - two_step_before,
+        from_bob.len()
+    );
+
+    let total = from_alice.len() + from_bob.len();
+    Exchange {
+        seen_by_alice: received(&mut alice, "mixed", total).await,
+        seen_by_bob: received(&mut bob, "mixed", total).await,
+        sent_by_alice: alice_ids.into_iter().zip(from_alice).collect(),
+        sent_by_bob: bob_ids.into_iter().zip(from_bob).collect(),
+        history_on_a: served_history(&mut alice, "mixed").await,
+        history_on_b: served_history(&mut bob, "mixed").await,
+    }
+}
+
+/// The messages of `seen` whose text starts with `who`, in order.
+fn sent_by(who: &str, seen: &[(String, String)]) -> Vec<(String, String)> {
+    seen.iter()
+        .filter(|(_, text)| text.starts_with(who))
+        .cloned()
+        .collect()
+}
+
+/// A cluster mid-upgrade, one node posting and appending each `send` in one script and
+/// the other in two steps: both nodes deliver every message, once, with the id its
+/// sender's ack gave, each sender's in the order sent; and both serve one history,
+/// holding exactly those messages in id order.
+#[tokio::test]
+async fn nodes_with_and_without_the_joint_script_agree_on_ids_and_history() {
+    let seen = exchange().await;
+    for (node, got) in [("a", &seen.seen_by_alice), ("b", &seen.seen_by_bob)] {
+        assert_eq!(sent_by("alice", got), seen.sent_by_alice, "on node {node}");
+        assert_eq!(sent_by("bob", got), seen.sent_by_bob, "on node {node}");
+        assert_eq!(got.len(), seen.sent_by_alice.len() + seen.sent_by_bob.len());
+    }
+    assert_eq!(seen.history_on_a, seen.history_on_b, "one history");
+    let mut delivered = seen.seen_by_alice.clone();
+    delivered.sort_by_key(|(id, _)| parse_id(id));
+    assert_eq!(
+        seen.history_on_a, delivered,
+        "the history is what was delivered"
+    );
+}
+
+/// The same exchange, asking that both nodes deliver the room's messages in one order
+/// (cluster.rs, "One order for every node"). Fails in most runs, whichever path each node
+/// takes (two nodes with the joint script too): a node's reader wakes the broadcast of
+/// this node waiting for its entry, then goes on delivering the entries after it before
+/// that broadcast's task runs, so a node's own message can reach its sockets after a
+/// later one of another node.
+#[tokio::test]
+#[ignore = "cluster adapter bug: a node's own broadcast can be delivered after the entry that follows it"]
+async fn nodes_with_and_without_the_joint_script_deliver_one_order() {
+    let seen = exchange().await;
+    assert_eq!(seen.seen_by_alice, seen.seen_by_bob);
 }
