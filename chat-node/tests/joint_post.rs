@@ -126,6 +126,20 @@ fn joint(target: &StreamTarget) -> Option<JointEntry<'_>> {
     })
 }
 
+/// `message` posted in `room` with its broadcast for `target`, as a `send` posts it.
+async fn post_joint(
+    store: &RedisStore,
+    room: &str,
+    message: &NewMessage,
+    limit: &RateLimit,
+    target: &StreamTarget,
+) -> (Posted, Option<String>) {
+    store
+        .post_and_append(post(room, message, limit), joint(target))
+        .await
+        .unwrap()
+}
+
 fn spliced(id: &str) -> Vec<u8> {
     [HEAD, id.as_bytes(), TAIL].concat()
 }
@@ -164,10 +178,7 @@ async fn the_post_and_its_broadcast_are_one_step() {
 
     // Not a member: nothing written, nothing broadcast.
     let outsider = by("p2", "no");
-    let refused = store
-        .post_and_append(post("club", &outsider, &limit), joint(&target))
-        .await
-        .unwrap();
+    let refused = post_joint(&store, "club", &outsider, &limit, &target).await;
     assert_eq!(refused, (Posted::NotMember, None));
 
     // A member: the message in the history, its broadcast in the stream and on the
@@ -177,10 +188,7 @@ async fn the_post_and_its_broadcast_are_one_step() {
         Joined::Added
     );
     let hi = by("p1", "hi");
-    let (posted, entry_id) = store
-        .post_and_append(post("club", &hi, &limit), joint(&target))
-        .await
-        .unwrap();
+    let (posted, entry_id) = post_joint(&store, "club", &hi, &limit, &target).await;
     let Posted::Appended(id) = posted else {
         panic!("a member's post is appended: {posted:?}");
     };
@@ -201,16 +209,10 @@ async fn the_post_and_its_broadcast_are_one_step() {
 
     // Over the limit: the history and the stream as they were.
     let two = by("p1", "two");
-    let (posted, second) = store
-        .post_and_append(post("club", &two, &limit), joint(&target))
-        .await
-        .unwrap();
+    let (posted, second) = post_joint(&store, "club", &two, &limit, &target).await;
     assert!(matches!(posted, Posted::Appended(_)) && second.is_some());
     let three = by("p1", "three");
-    let limited = store
-        .post_and_append(post("club", &three, &limit), joint(&target))
-        .await
-        .unwrap();
+    let limited = post_joint(&store, "club", &three, &limit, &target).await;
     assert_eq!(limited, (Posted::RateLimited, None));
     assert_eq!(history_ids(&store, "club").await.len(), 2);
     assert_eq!(stream(&bus).await.len(), 2);
@@ -219,10 +221,7 @@ async fn the_post_and_its_broadcast_are_one_step() {
     let mut conn = admin(&redis).await;
     command(&mut conn, &["SCRIPT", "FLUSH"]).await;
     let after = by("p3", "after flush");
-    let (posted, appended) = store
-        .post_and_append(post("lobby", &after, &limit), joint(&target))
-        .await
-        .unwrap();
+    let (posted, appended) = post_joint(&store, "lobby", &after, &limit, &target).await;
     assert!(matches!(posted, Posted::Appended(_)), "{posted:?}");
     assert!(appended.is_some());
 }
@@ -236,10 +235,7 @@ async fn a_stream_on_another_server_is_left_to_the_caller() {
     let target = bus.joint_target(TOPIC).unwrap();
     let limit: RateLimit = "2/1h".parse().unwrap();
     let message = by("p1", "hi");
-    let (posted, appended) = store
-        .post_and_append(post("lobby", &message, &limit), joint(&target))
-        .await
-        .unwrap();
+    let (posted, appended) = post_joint(&store, "lobby", &message, &limit, &target).await;
     assert!(matches!(posted, Posted::Appended(_)), "{posted:?}");
     assert_eq!(appended, None);
     assert!(stream(&bus).await.is_empty());
@@ -259,10 +255,7 @@ async fn a_stream_the_acl_refuses_leaves_the_message_posted_once_for_the_caller_
 
     let limit: RateLimit = "2/1h".parse().unwrap();
     let first = by("p1", "first");
-    let (posted, appended) = store
-        .post_and_append(post("lobby", &first, &limit), joint(&target))
-        .await
-        .unwrap();
+    let (posted, appended) = post_joint(&store, "lobby", &first, &limit, &target).await;
     let Posted::Appended(id) = posted else {
         panic!("posted: {posted:?}");
     };
@@ -275,10 +268,7 @@ async fn a_stream_the_acl_refuses_leaves_the_message_posted_once_for_the_caller_
     assert!(stream(&bus).await.is_empty());
     // One of the two messages the limit allows is spent, not two.
     let second = by("p1", "second");
-    let (posted, _) = store
-        .post_and_append(post("lobby", &second, &limit), joint(&target))
-        .await
-        .unwrap();
+    let (posted, _) = post_joint(&store, "lobby", &second, &limit, &target).await;
     assert!(matches!(posted, Posted::Appended(_)), "{posted:?}");
 }
 
@@ -298,10 +288,7 @@ async fn a_write_refused_inside_the_script_is_reported_and_not_repeated() {
 
     let limit: RateLimit = "2/1h".parse().unwrap();
     let first = by("p1", "first");
-    let (posted, appended) = store
-        .post_and_append(post("lobby", &first, &limit), joint(&target))
-        .await
-        .unwrap();
+    let (posted, appended) = post_joint(&store, "lobby", &first, &limit, &target).await;
     let Posted::Appended(id) = posted else {
         panic!("posted: {posted:?}");
     };
@@ -312,10 +299,7 @@ async fn a_write_refused_inside_the_script_is_reported_and_not_repeated() {
     );
     command(&mut conn, &["DEL", TOPIC]).await;
     let second = by("p1", "second");
-    let (posted, appended) = store
-        .post_and_append(post("lobby", &second, &limit), joint(&target))
-        .await
-        .unwrap();
+    let (posted, appended) = post_joint(&store, "lobby", &second, &limit, &target).await;
     assert!(
         matches!(posted, Posted::Appended(_)),
         "counted once: {posted:?}"
@@ -334,10 +318,7 @@ async fn a_write_refused_inside_the_script_is_reported_and_not_repeated() {
     assert_eq!(stream(&bus).await.len(), 1);
     // Not repeated either: it spent one of the two messages the limit allows.
     let again = by("p4", "again");
-    let (posted, _) = store
-        .post_and_append(post("lobby", &again, &limit), joint(&target))
-        .await
-        .unwrap();
+    let (posted, _) = post_joint(&store, "lobby", &again, &limit, &target).await;
     assert!(matches!(posted, Posted::Appended(_)), "{posted:?}");
 }
 
