@@ -583,14 +583,11 @@ async fn nodes_with_and_without_the_joint_script_agree_on_ids_and_history() {
     );
 }
 
-/// The same exchange, asking that both nodes deliver the room's messages in one order
-/// (cluster.rs, "One order for every node"). Fails in most runs, whichever path each node
-/// takes (two nodes with the joint script too): a node's reader wakes the broadcast of
-/// this node waiting for its entry, then goes on delivering the entries after it before
-/// that broadcast's task runs, so a node's own message can reach its sockets after a
-/// later one of another node.
+/// The same exchange: both nodes deliver the room's messages in one order, the log's
+/// (cluster.rs, "One order for every node"). It failed in most runs, whichever path each
+/// node took, while a node's reader woke the broadcast of this node waiting for its entry
+/// and went on delivering the entries after it before that broadcast's task ran.
 #[tokio::test]
-#[ignore = "cluster adapter bug: a node's own broadcast can be delivered after the entry that follows it"]
 async fn nodes_with_and_without_the_joint_script_deliver_one_order() {
     let seen = exchange().await;
     assert_eq!(seen.seen_by_alice, seen.seen_by_bob);
