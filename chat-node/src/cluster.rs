@@ -32,7 +32,11 @@
 //! A node delivers its own broadcast to its own sockets only once its bus reader has
 //! reached the broadcast's entry in the log ([`ReadProgress`]), as every other node does.
 //! So on every node the local sockets see the namespace's broadcasts and room changes in
-//! the log's order, wherever they were made. That is what makes
+//! the log's order, wherever they were made: the reader, at an entry of this node whose
+//! broadcast is waiting, waits in turn until that broadcast is delivered before it
+//! delivers the next entry (the broadcast is in flight from before its append,
+//! [`ReadProgress::in_flight`], so this holds too when the entry comes back before the
+//! append's reply). That is what makes
 //! [`sockets_leave`](crate::socketio::BroadcastOperator::sockets_leave) hold cluster-wide:
 //! a leave is an entry of the same log ([`Leave`]), applied by each node's reader between
 //! two broadcasts, and once its append has returned every later broadcast is after it in
@@ -41,7 +45,8 @@
 //! broadcasts one bus round trip later (the append's reply, then the entry coming back),
 //! as the other nodes' sockets already did. A reader that does not get there within
 //! [`ORDER_WAIT`] (stalled, the broker's live feed down) is not waited for longer:
-//! delivery goes on, out of that order, and says so in the log.
+//! delivery goes on, out of that order, and says so in the log; nor is a broadcast whose
+//! append's reply takes that long by the reader.
 //!
 //! An entry ([`Entry`], a small binary format: `cluster/entry.rs`) holds the encoded
 //! packet (text and attachments, as raw bytes), the rooms and `except`, and its origin: the
@@ -273,8 +278,25 @@ struct ProgressState {
     /// The reader has stopped: nobody waits for it any more.
     closed: bool,
     waiting: BTreeMap<(u64, u64), Vec<oneshot::Sender<()>>>,
+    /// This node's broadcasts from before their append until their local delivery, by
+    /// sequence number, with the reader waiting for each ([`ReadProgress::in_flight`]).
+    in_flight: HashMap<u64, Vec<oneshot::Sender<()>>>,
     /// Broadcasts delivered without waiting for the reader (counted for the log).
     late: u64,
+}
+
+/// A broadcast of this node in flight ([`ReadProgress::in_flight`]): dropped once it is
+/// delivered to the local sockets, or will not be.
+struct InFlight {
+    progress: Arc<ReadProgress>,
+    seq: u64,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        // Dropping the reader's sender wakes it.
+        self.progress.state.lock().in_flight.remove(&self.seq);
+    }
 }
 
 impl ReadProgress {
@@ -310,6 +332,32 @@ impl ReadProgress {
         for waiter in waiting.into_values().flatten() {
             let _ = waiter.send(());
         }
+    }
+
+    /// This node's broadcast `seq` is about to be appended. When the reader reaches its
+    /// entry, it wakes the broadcast waiting there ([`wait`](Self::wait)), then waits
+    /// until the returned guard is dropped ([`delivered`](Self::delivered)) before it
+    /// delivers the entries after it: else the woken task may deliver its broadcast after
+    /// the reader has delivered a later entry of another node, and the local sockets see
+    /// another order than the log's. The same holds when the reader gets the entry
+    /// before the append's reply.
+    fn in_flight(self: &Arc<Self>, seq: u64) -> InFlight {
+        self.state.lock().in_flight.insert(seq, Vec::new());
+        InFlight {
+            progress: Arc::clone(self),
+            seq,
+        }
+    }
+
+    /// For the reader at this node's entry `seq`: resolves once its broadcast is
+    /// delivered here; `None` when it is not in flight (delivered already, or never
+    /// waiting for the reader: a leave, a broadcast appended late).
+    fn delivered(&self, seq: u64) -> Option<oneshot::Receiver<()>> {
+        let mut state = self.state.lock();
+        let waiting = state.in_flight.get_mut(&seq)?;
+        let (tx, rx) = oneshot::channel();
+        waiting.push(tx);
+        Some(rx)
     }
 
     /// Returns once the reader has handled the entry `key`, or after [`ORDER_WAIT`].
@@ -543,6 +591,7 @@ impl Adapter for ClusterAdapter {
     /// already have).
     async fn broadcast(&self, packet: Encoded, opts: BroadcastOptions) -> Result<(), AdapterError> {
         let entry = self.entry(packet, opts);
+        let _in_flight = self.progress.in_flight(entry.seq);
         let Entry { packet, opts, .. } = &entry;
         match entry.encode() {
             Ok(bytes) => self.append_and_deliver(bytes, packet, opts).await,
@@ -567,6 +616,7 @@ impl Adapter for ClusterAdapter {
         step: &dyn JointStep,
     ) -> Result<(), AdapterError> {
         let entry = self.entry(packet, opts);
+        let _in_flight = self.progress.in_flight(entry.seq);
         let Entry { packet, opts, .. } = &entry;
         let bytes = match entry.encode() {
             Ok(bytes) => bytes,
@@ -865,6 +915,15 @@ impl Receiver {
             // After the entry is applied: a broadcast of this node waiting for its own
             // entry finds every earlier one (a leave among them) done.
             self.progress.reached(key);
+            // And before the next: that broadcast reaches the local sockets first.
+            let delivered = match entry::origin(&data) {
+                Ok((instance, seq)) if instance == self.me => self.progress.delivered(seq),
+                _ => None,
+            };
+            if let Some(delivered) = delivered {
+                // An error: the broadcast gave up (its guard is gone); nothing to wait for.
+                let _ = tokio::time::timeout(ORDER_WAIT, delivered).await;
+            }
             if !namespace_alive {
                 break;
             }

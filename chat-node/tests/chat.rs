@@ -20,9 +20,10 @@ use chat_node::chat::store::{
 use chat_node::chat::{ChatStore, MemoryStore, RateLimit, StoreError};
 use chat_node::forward::MemoryDirectory;
 use chat_node::node::{Node, NodeConfig};
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::sync::oneshot;
-use utils::{TestServer, Ws, STEP};
+use utils::chat::Client;
+use utils::{TestServer, STEP};
 
 /// Two nodes, "a" and "b", on shared in-process parts.
 async fn pair() -> (TestServer, TestServer) {
@@ -46,75 +47,6 @@ async fn pair_on(store: Arc<dyn ChatStore>) -> (TestServer, TestServer) {
         TestServer::start_node(node("a")).await,
         TestServer::start_node(node("b")).await,
     )
-}
-
-/// A raw Socket.IO client of `/` that keeps every event it reads.
-struct Client {
-    ws: Ws,
-    events: Vec<(String, Value)>,
-    next_ack: u32,
-    welcome: Value,
-}
-
-impl Client {
-    async fn connect(server: &TestServer, auth: Value) -> Self {
-        let (mut ws, _) = Ws::open(server).await;
-        ws.send_text(&format!("40{auth}")).await;
-        assert!(ws.recv_text().await.starts_with("40{"));
-        let mut client = Self {
-            ws,
-            events: Vec::new(),
-            next_ack: 1,
-            welcome: Value::Null,
-        };
-        client.welcome = client.event("welcome", |_| true).await;
-        client
-    }
-
-    /// Reads one frame: an event is kept, an ack is returned.
-    async fn read(&mut self) -> Option<(u32, Value)> {
-        let text = self.ws.recv_text().await;
-        if let Some(event) = text.strip_prefix("42") {
-            let args: Value = serde_json::from_str(event).unwrap();
-            self.events
-                .push((args[0].as_str().unwrap().to_owned(), args[1].clone()));
-            return None;
-        }
-        let ack = text.strip_prefix("43").expect("an event or an ack");
-        let split = ack.find('[').unwrap();
-        let args: Value = serde_json::from_str(&ack[split..]).unwrap();
-        Some((ack[..split].parse().unwrap(), args[0].clone()))
-    }
-
-    /// Emits `event` with `arg` and returns the ack's answer.
-    async fn call(&mut self, event: &str, arg: Value) -> Value {
-        let id = self.next_ack;
-        self.next_ack += 1;
-        self.ws
-            .send_text(&format!("42{id}{}", json!([event, arg])))
-            .await;
-        loop {
-            if let Some((ack, answer)) = self.read().await {
-                assert_eq!(ack, id);
-                return answer;
-            }
-        }
-    }
-
-    /// The first `event` (kept or still to come) whose payload satisfies `pred`.
-    async fn event(&mut self, event: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let mut seen = 0;
-        loop {
-            if let Some((_, v)) = self.events[seen..]
-                .iter()
-                .find(|(e, v)| e == event && pred(v))
-            {
-                return v.clone();
-            }
-            seen = self.events.len();
-            assert!(self.read().await.is_none(), "an ack nobody asked for");
-        }
-    }
 }
 
 /// `from` sends a lobby message and `to` waits for it: each node applies the log in
