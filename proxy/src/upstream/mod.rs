@@ -268,11 +268,15 @@ impl Upstream {
         let result = loop {
             let skip = |i: usize| tried.contains(&i) || taken.contains(&i) || full.contains(&i);
             let usable = |i: usize| !skip(i) && self.backends[i].is_available();
-            let primary_up = self
-                .backends
-                .iter()
-                .enumerate()
-                .any(|(i, b)| !b.backup && usable(i));
+            // Without backups (the common case) the scan cannot change what is eligible:
+            // an available backend that is not skipped is itself a usable primary.
+            let has_backups = self.backends.last().is_some_and(|b| b.backup);
+            let primary_up = !has_backups
+                || self
+                    .backends
+                    .iter()
+                    .enumerate()
+                    .any(|(i, b)| !b.backup && usable(i));
             let eligible = |i: usize| -> bool {
                 let b = &self.backends[i];
                 if b.is_available() {
