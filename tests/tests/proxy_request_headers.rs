@@ -40,6 +40,20 @@ fn config(server: &str, extra: &str, app: &str, fields: &str, other: &Backend) -
     )
 }
 
+/// The id of the backend that answered `GET /headers`, sent as `HTTP/<version>` with
+/// `Host: <host>` and `rest` (fields, then any body), and the fields it reports.
+async fn headers_seen(proxy: &Proxy, version: &str, host: &str, rest: &str) -> (String, Value) {
+    let r = RawConn::connect(proxy.addr())
+        .await
+        .exchange(format!(
+            "GET /headers HTTP/{version}\r\nHost: {host}\r\n{rest}\r\n"
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = r.header("x-backend-id").unwrap_or_default().to_owned();
+    (id, serde_json::from_slice(&r.body).unwrap())
+}
+
 /// What a backend that saw the route's fields in place of the client's reports.
 #[track_caller]
 fn assert_replaced(seen: &Value, what: &str) {
@@ -77,27 +91,15 @@ async fn a_routes_fields_replace_the_clients_on_both_http1_paths() {
             ("1.0", ""),
         ] {
             let what = format!("{http1} HTTP/{version} {body:?}");
-            let mut c = RawConn::connect(proxy.addr()).await;
-            let r = c
-                .exchange(format!(
-                    "GET /headers HTTP/{version}\r\nHost: localhost\r\n{CLIENT}{body}\r\n"
-                ))
-                .await;
-            assert_eq!(r.status, 200, "{what}: {}", r.text());
-            assert_eq!(r.header("x-backend-id"), Some("b1"), "{what}");
-            let seen: Value = serde_json::from_slice(&r.body).unwrap();
+            let (id, seen) =
+                headers_seen(&proxy, version, "localhost", &format!("{CLIENT}{body}")).await;
+            assert_eq!(id, "b1", "{what}");
             assert_replaced(&seen, &what);
             assert_eq!(seen["x-keep"], "k", "{what}: {seen}");
         }
         // A route without fields passes the client's on.
-        let mut c = RawConn::connect(proxy.addr()).await;
-        let r = c
-            .exchange(format!(
-                "GET /headers HTTP/1.1\r\nHost: elsewhere\r\n{CLIENT}\r\n"
-            ))
-            .await;
-        assert_eq!(r.header("x-backend-id"), Some("other"), "{http1}");
-        let seen: Value = serde_json::from_slice(&r.body).unwrap();
+        let (id, seen) = headers_seen(&proxy, "1.1", "elsewhere", CLIENT).await;
+        assert_eq!(id, "other", "{http1}");
         assert_eq!(seen["x-env"], "dev", "{http1}: {seen}");
         assert_eq!(seen["x_debug"], "2", "{http1}: {seen}");
     }
@@ -194,11 +196,7 @@ async fn a_reload_changes_them() {
     let app = upstream("app", None, &entries(&[&b]));
     let proxy = Proxy::start_config(&config("", &front, &app, SET, &other));
     let env_seen = || async {
-        let mut c = RawConn::connect(proxy.addr()).await;
-        let r = c
-            .exchange("GET /headers HTTP/1.1\r\nHost: localhost\r\nX-Env: dev\r\n\r\n")
-            .await;
-        let seen: Value = serde_json::from_slice(&r.body).unwrap();
+        let (_, seen) = headers_seen(&proxy, "1.1", "localhost", "X-Env: dev\r\n").await;
         seen["x-env"].as_str().unwrap_or_default().to_owned()
     };
     assert_eq!(env_seen().await, "prod");

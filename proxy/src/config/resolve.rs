@@ -391,26 +391,30 @@ fn resolve_listeners(
     listeners
 }
 
+/// The fields about a connection or a message's framing, which the proxy sets for each of
+/// its hops itself: neither a listener's answers nor a route's requests may set them.
+const HOP_AND_FRAMING: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+];
+
 /// A field a listener adds to answers: a token name (RFC 9110 §5.1) that is not about the
 /// connection or the framing, which the proxy itself sets, nor `set-cookie`, which would
 /// replace the application's cookies; a value of visible text, spaces and tabs.
 fn check_added_field(name: &str, value: &str) -> Result<(), ErrorKind> {
-    const RESERVED: &[&str] = &[
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "content-length",
-        "set-cookie",
-    ];
     let token = !name.is_empty() && name.bytes().all(is_token_char);
     if !token {
         return Err(ErrorKind::InvalidFieldName(name.to_owned()));
     }
-    if RESERVED.iter().any(|r| r.eq_ignore_ascii_case(name)) {
+    if name.eq_ignore_ascii_case("set-cookie")
+        || HOP_AND_FRAMING.iter().any(|r| r.eq_ignore_ascii_case(name))
+    {
         return Err(ErrorKind::ReservedField(name.to_owned()));
     }
     let visible = value
@@ -428,16 +432,6 @@ fn check_added_field(name: &str, value: &str) -> Result<(), ErrorKind> {
 /// CGI-style backends read it); a value without control characters, where a CR or LF would
 /// end the field and start another, or empty to remove the client's. A `Host` must be one.
 fn check_request_field(name: &str, value: &str, request_id: bool) -> Result<(), ErrorKind> {
-    const HOP_AND_FRAMING: &[&str] = &[
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "content-length",
-    ];
     if name.is_empty() || !name.bytes().all(is_token_char) {
         return Err(ErrorKind::InvalidFieldName(name.to_owned()));
     }
