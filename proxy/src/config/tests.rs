@@ -1128,12 +1128,23 @@ fn route_request_headers_are_parsed() {
         ]
         .map(|(n, v)| (n.to_owned(), v.to_owned()))
     );
+    assert!(
+        c.summary()
+            .contains("*/ -> app (sets Host, X-Env, X-Note; removes X-Debug)"),
+        "{}",
+        c.summary()
+    );
     // Without `[server] request_id` the proxy leaves X-Request-Id to the client: a route
     // may remove it or set it.
     let c = ok(&format!(
         "{MINIMAL}[[routes]]\nupstream = \"app\"\nrequest_headers = {{ X-Request-Id = \"\" }}\n"
     ));
     assert_eq!(c.routes[0].request_headers.len(), 1);
+    assert!(
+        c.summary().contains("*/ -> app (removes X-Request-Id)"),
+        "{}",
+        c.summary()
+    );
     assert!(ok(MINIMAL).routes[0].request_headers.is_empty());
 }
 
