@@ -362,11 +362,13 @@ impl RequestHead<'_> {
                 out.extend_from_slice(b"\r\n");
             },
         );
-        for (name, value) in set.into_iter().flat_map(RequestHeaders::sent) {
-            out.extend_from_slice(name.as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value.as_bytes());
-            out.extend_from_slice(b"\r\n");
+        if let Some(set) = set {
+            for (name, value) in set.sent() {
+                out.extend_from_slice(name.as_bytes());
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(value.as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
         }
         out.extend_from_slice(b"\r\n");
     }
