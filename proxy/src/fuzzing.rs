@@ -47,13 +47,23 @@ pub fn request_head(buf: &[u8]) -> RequestHead {
             );
             let _ = req.values("cookie").count();
             let mut upstream = Vec::new();
-            req.write_upstream(&mut upstream, (None, None), None, "", None, false, None);
+            req.write_upstream(
+                &mut upstream,
+                (None, None),
+                None,
+                None,
+                "",
+                None,
+                false,
+                None,
+            );
             upstream.clear();
             let peer = IpAddr::V4(Ipv4Addr::LOCALHOST);
             let id = RequestId::new();
             req.write_upstream(
                 &mut upstream,
                 (None, None),
+                None,
                 Some(peer),
                 "127.0.0.1",
                 Some(peer),

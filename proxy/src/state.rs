@@ -15,6 +15,7 @@ use crate::config::{
     UpstreamProtocol,
 };
 use crate::limits::ClientLimits;
+use crate::proxy::request_headers::RequestHeaders;
 use crate::tls::{SniCerts, SniResolver};
 use crate::upstream::{StatsRegistry, Upstream};
 
@@ -30,6 +31,9 @@ pub struct RouteTo {
     slash_location: Option<Box<str>>,
     /// The clients the route admits (`allow`); None: all.
     allow: Option<Box<[ipnet::IpNet]>>,
+    /// Fields set on its requests (`request_headers`), shared with each request that
+    /// outlives a reload; None for most routes.
+    pub request_headers: Option<Arc<RequestHeaders>>,
 }
 
 impl RouteTo {
@@ -115,6 +119,7 @@ impl Runtime {
                         && r.path_prefix.ends_with('/'))
                     .then(|| crate::proxy::encode_path(&r.path_prefix).into()),
                     allow: r.allow.as_ref().map(|a| a.clone().into_boxed_slice()),
+                    request_headers: RequestHeaders::new(&r.request_headers).map(Arc::new),
                 })
             })
             .collect();

@@ -156,6 +156,18 @@ pub enum ErrorKind {
     /// A response field value with control characters, or empty or padded.
     #[error("invalid value: visible text without line breaks, not empty, no spaces around it")]
     InvalidFieldValue,
+    /// A request field a route may not set, with the reason.
+    #[error("`{0}` cannot be set here: {1}")]
+    ReservedRequestField(String, &'static str),
+    /// A request field value with control characters, or padded.
+    #[error("invalid value: visible text and spaces, no CR, LF, NUL or other control characters, no spaces around it (\"\" removes the field)")]
+    InvalidRequestFieldValue,
+    /// Two request fields that a backend reads as one.
+    #[error("`{0}` names the same field as `{1}` (case and `_` for `-` aside)")]
+    SameRequestField(String, String),
+    /// A `Host` to send that is not an authority.
+    #[error("`{0}` is not a valid Host: a DNS name or IP address, with an optional port")]
+    InvalidHostField(String),
     /// A key meaningful only for HTTP health checks.
     #[error("only valid when kind = \"http\"")]
     OnlyForHttpChecks,

@@ -448,6 +448,10 @@ pub(super) struct RouteFile {
     /// Client addresses or CIDRs that may use the route (others get 403); absent: all.
     #[serde(default)]
     pub allow: Option<Vec<String>>,
+    /// Fields set on every request the route sends to a backend, replacing the client's of
+    /// the same name; an empty value removes the client's (nginx's `proxy_set_header`).
+    #[serde(default)]
+    pub request_headers: std::collections::BTreeMap<String, String>,
 }
 
 fn yes() -> bool {

@@ -609,6 +609,9 @@ pub struct Route {
     /// The client addresses that may use the route (the connection's peer, or the address
     /// a PROXY header gave); None: every client.
     pub allow: Option<Vec<ipnet::IpNet>>,
+    /// Fields set on every request sent to a backend, replacing the client's of the same
+    /// name in any case or spelling (`_` for `-`); an empty value removes the client's.
+    pub request_headers: Vec<(String, String)>,
 }
 
 impl Config {

@@ -368,6 +368,7 @@ pub(super) fn resolve(
             prefix_rewrite: None,
             slash_redirect: true,
             allow: None,
+            request_headers: Vec::new(),
         }],
         source: None,
         warnings,

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use crate::proxy::is_token_char;
+use crate::proxy::request_headers::same_field;
+use crate::proxy::request_id::is_id_field;
+use crate::proxy::{is_forwarded_field, is_token_char};
 
 use super::dns::{self, DnsSettings, Resolver};
 use super::duration::HumanDuration;
@@ -171,7 +173,7 @@ pub(super) fn resolve(
     }
     warn_shared_sticky_cookies(&upstreams, &root, out);
 
-    let routes = resolve_routes(f.routes, &upstreams, &root, out);
+    let routes = resolve_routes(f.routes, &upstreams, server.request_id, &root, out);
 
     Config {
         server,
@@ -389,26 +391,30 @@ fn resolve_listeners(
     listeners
 }
 
+/// The fields about a connection or a message's framing, which the proxy sets for each of
+/// its hops itself: neither a listener's answers nor a route's requests may set them.
+const HOP_AND_FRAMING: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+];
+
 /// A field a listener adds to answers: a token name (RFC 9110 §5.1) that is not about the
 /// connection or the framing, which the proxy itself sets, nor `set-cookie`, which would
 /// replace the application's cookies; a value of visible text, spaces and tabs.
 fn check_added_field(name: &str, value: &str) -> Result<(), ErrorKind> {
-    const RESERVED: &[&str] = &[
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "content-length",
-        "set-cookie",
-    ];
     let token = !name.is_empty() && name.bytes().all(is_token_char);
     if !token {
         return Err(ErrorKind::InvalidFieldName(name.to_owned()));
     }
-    if RESERVED.iter().any(|r| r.eq_ignore_ascii_case(name)) {
+    if name.eq_ignore_ascii_case("set-cookie")
+        || HOP_AND_FRAMING.iter().any(|r| r.eq_ignore_ascii_case(name))
+    {
         return Err(ErrorKind::ReservedField(name.to_owned()));
     }
     let visible = value
@@ -418,6 +424,63 @@ fn check_added_field(name: &str, value: &str) -> Result<(), ErrorKind> {
         return Err(ErrorKind::InvalidFieldValue);
     }
     Ok(())
+}
+
+/// A field a route sets on requests (`request_headers`): a token name (RFC 9110 §5.1) that
+/// neither describes a connection or a body's framing (the proxy sets those for its own hop
+/// to the backend) nor is one the proxy sets itself, in either spelling (`_` for `-`, as
+/// CGI-style backends read it); a value without control characters, where a CR or LF would
+/// end the field and start another, or empty to remove the client's. A `Host` must be one.
+fn check_request_field(name: &str, value: &str, request_id: bool) -> Result<(), ErrorKind> {
+    if name.is_empty() || !name.bytes().all(is_token_char) {
+        return Err(ErrorKind::InvalidFieldName(name.to_owned()));
+    }
+    let reserved = |why| Err(ErrorKind::ReservedRequestField(name.to_owned(), why));
+    if HOP_AND_FRAMING.iter().any(|f| same_field(f, name)) {
+        return reserved(
+            "it describes the connection or the body's framing, which the proxy sets for each hop",
+        );
+    }
+    if is_forwarded_field(name) {
+        return reserved("the proxy sets X-Forwarded-For, -Proto, -Host, -Prefix and X-Real-IP");
+    }
+    if request_id && is_id_field(name) {
+        return reserved("the proxy sets it, as `[server] request_id` is on");
+    }
+    if name.eq_ignore_ascii_case("host") {
+        return match valid_authority(value) {
+            true => Ok(()),
+            false => Err(ErrorKind::InvalidHostField(value.to_owned())),
+        };
+    }
+    let text = value
+        .bytes()
+        .all(|b| b == b'\t' || b == b' ' || b.is_ascii_graphic() || b >= 0x80);
+    if !text || value.trim().len() != value.len() {
+        return Err(ErrorKind::InvalidRequestFieldValue);
+    }
+    Ok(())
+}
+
+/// A route's `request_headers`, each checked; one that is invalid is reported and left out.
+fn resolve_request_headers(
+    fields: std::collections::BTreeMap<String, String>,
+    request_id: bool,
+    p: &KeyPath,
+    out: &mut Resolved,
+) -> Vec<(String, String)> {
+    let mut kept: Vec<(String, String)> = Vec::with_capacity(fields.len());
+    for (name, value) in fields {
+        let key = p.key(name.as_str());
+        if let Err(kind) = check_request_field(&name, &value, request_id) {
+            out.err(key, kind);
+        } else if let Some((other, _)) = kept.iter().find(|(n, _)| same_field(n, &name)) {
+            out.err(key, ErrorKind::SameRequestField(name, other.clone()));
+        } else {
+            kept.push((name, value));
+        }
+    }
+    kept
 }
 
 /// Checks `<p>.cert` and `<p>.key`.
@@ -1102,6 +1165,7 @@ fn bad_prefix_rewrite(prefix: &str, rewrite: &str) -> Option<ErrorKind> {
 fn resolve_routes(
     files: Option<Vec<RouteFile>>,
     upstreams: &[UpstreamConfig],
+    request_id: bool,
     root: &KeyPath,
     out: &mut Resolved,
 ) -> Vec<Route> {
@@ -1118,6 +1182,7 @@ fn resolve_routes(
                     prefix_rewrite: None,
                     slash_redirect: true,
                     allow: None,
+                    request_headers: Vec::new(),
                 }],
                 [] => Vec::new(), // already reported as "no upstream"
                 _ => {
@@ -1156,6 +1221,12 @@ fn resolve_routes(
             }
             parse_nets(&list, &p.key("allow"), out)
         });
+        let request_headers = resolve_request_headers(
+            r.request_headers,
+            request_id,
+            &p.key("request_headers"),
+            out,
+        );
         let host = r.host.map(|h| {
             let n = normalize_host(&h);
             if !valid_host(&n) {
@@ -1182,6 +1253,7 @@ fn resolve_routes(
             prefix_rewrite: r.prefix_rewrite,
             slash_redirect: r.slash_redirect,
             allow,
+            request_headers,
         });
     }
     for u in upstreams {

@@ -223,7 +223,7 @@ impl Config {
         for r in &self.routes {
             writeln!(
                 s,
-                "  {}{} -> {}{}{}{}",
+                "  {}{} -> {}{}{}{}{}",
                 r.host.as_deref().unwrap_or("*"),
                 r.path_prefix,
                 r.upstream,
@@ -241,7 +241,8 @@ impl Config {
                         .map(ToString::to_string)
                         .collect::<Vec<_>>()
                         .join(", ")
-                ))
+                )),
+                request_fields(&r.request_headers),
             )?;
         }
 
@@ -313,5 +314,23 @@ fn plural(n: usize) -> &'static str {
         ""
     } else {
         "s"
+    }
+}
+
+/// A route's `request_headers` in its summary line: ` (sets X-Env, Host; removes X-Debug)`.
+fn request_fields(fields: &[(String, String)]) -> String {
+    let names = |removed: bool| {
+        fields
+            .iter()
+            .filter(|(_, v)| v.is_empty() == removed)
+            .map(|(n, _)| n.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match (names(false), names(true)) {
+        (set, removed) if set.is_empty() && removed.is_empty() => String::new(),
+        (set, removed) if removed.is_empty() => format!(" (sets {set})"),
+        (set, removed) if set.is_empty() => format!(" (removes {removed})"),
+        (set, removed) => format!(" (sets {set}; removes {removed})"),
     }
 }

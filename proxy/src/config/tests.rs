@@ -208,6 +208,7 @@ fn the_example_file_loads() {
                 prefix_rewrite: None,
                 slash_redirect: true,
                 allow: None,
+                request_headers: Vec::new(),
             },
             Route {
                 host: None,
@@ -216,6 +217,7 @@ fn the_example_file_loads() {
                 prefix_rewrite: None,
                 slash_redirect: true,
                 allow: None,
+                request_headers: Vec::new(),
             },
         ]
     );
@@ -339,6 +341,7 @@ fn defaults_and_the_implied_route() {
             prefix_rewrite: None,
             slash_redirect: true,
             allow: None,
+            request_headers: Vec::new(),
         }]
     );
     assert!(c.warnings.is_empty(), "{:?}", c.warnings);
@@ -1106,6 +1109,120 @@ fn routes_required_unless_one_upstream() {
             "proxy.toml:8: routes[0].path_prefix: `api` must start with `/`",
         ]
     );
+}
+
+#[test]
+fn route_request_headers_are_parsed() {
+    let c = ok(&format!(
+        "{MINIMAL}[[routes]]\nupstream = \"app\"\n\
+         request_headers = {{ \"X-Env\" = \"prod\", \"Host\" = \"api.internal:8443\", \"X-Debug\" = \"\", X-Note = \"a b\\tc\" }}\n"
+    ));
+    // In name order (a TOML table's keys have none of their own); "" removes.
+    assert_eq!(
+        c.routes[0].request_headers,
+        [
+            ("Host", "api.internal:8443"),
+            ("X-Debug", ""),
+            ("X-Env", "prod"),
+            ("X-Note", "a b\tc"),
+        ]
+        .map(|(n, v)| (n.to_owned(), v.to_owned()))
+    );
+    assert!(
+        c.summary()
+            .contains("*/ -> app (sets Host, X-Env, X-Note; removes X-Debug)"),
+        "{}",
+        c.summary()
+    );
+    // Without `[server] request_id` the proxy leaves X-Request-Id to the client: a route
+    // may remove it or set it.
+    let c = ok(&format!(
+        "{MINIMAL}[[routes]]\nupstream = \"app\"\nrequest_headers = {{ X-Request-Id = \"\" }}\n"
+    ));
+    assert_eq!(c.routes[0].request_headers.len(), 1);
+    assert!(
+        c.summary().contains("*/ -> app (removes X-Request-Id)"),
+        "{}",
+        c.summary()
+    );
+    assert!(ok(MINIMAL).routes[0].request_headers.is_empty());
+}
+
+#[test]
+fn route_request_headers_are_checked() {
+    let with = |server: &str, fields: &str| {
+        format!(
+            "{server}{MINIMAL}[[routes]]\nupstream = \"app\"\nrequest_headers = {{ {fields} }}\n"
+        )
+    };
+    let framing = "cannot be set here: it describes the connection or the body's framing";
+    let forwarded =
+        "cannot be set here: the proxy sets X-Forwarded-For, -Proto, -Host, -Prefix and X-Real-IP";
+    let value = "invalid value: visible text and spaces, no CR, LF, NUL";
+    let fixed = [
+        (r#""X Bad" = "v""#, "`X Bad` is not a field name"),
+        (r#""" = "v""#, "`` is not a field name"),
+        (r#"":authority" = "v""#, "`:authority` is not a field name"),
+        (r#"X-A = "a\r\nX-B: b""#, value),
+        (r#"X-A = "a\nb""#, value),
+        (r#"X-A = "a\u0000b""#, value),
+        (r#"X-A = "a\u007fb""#, value),
+        (r#"X-A = " padded""#, value),
+        (r#"Host = "a b""#, "`a b` is not a valid Host"),
+        (r#"Host = "a@b""#, "`a@b` is not a valid Host"),
+        (r#"Host = "api:port""#, "`api:port` is not a valid Host"),
+        (r#"Host = """#, "`` is not a valid Host"),
+        (
+            r#"X-Env = "a", x_env = "b""#,
+            "routes[0].request_headers.x_env: `x_env` names the same field as `X-Env`",
+        ),
+    ];
+    let mut cases: Vec<(String, &str)> = fixed.iter().map(|(f, w)| ((*f).to_owned(), *w)).collect();
+    for name in [
+        "Connection",
+        "keep-alive",
+        "Proxy-Connection",
+        "TE",
+        "Trailer",
+        "Transfer-Encoding",
+        "Transfer_Encoding",
+        "Upgrade",
+        "Content-Length",
+        "content_length",
+    ] {
+        cases.push((format!("{name} = \"x\""), framing));
+    }
+    for name in [
+        "X-Forwarded-For",
+        "X-Forwarded-Proto",
+        "x-forwarded-host",
+        "X-Forwarded-Prefix",
+        "X_Forwarded_Prefix",
+        "X-Real-IP",
+    ] {
+        cases.push((format!("{name} = \"x\""), forwarded));
+    }
+    for (fields, why) in cases {
+        let e = err(&with("", &fields));
+        assert!(
+            e.starts_with("proxy.toml:8: routes[0].request_headers.") && e.contains(why),
+            "{fields}: {e}"
+        );
+    }
+    // The proxy sets X-Request-Id itself when request ids are on, in either spelling.
+    for name in ["X-Request-Id", "x_request_id"] {
+        let e = err(&with(
+            "[server]\nrequest_id = true\n",
+            &format!("{name} = \"\""),
+        ));
+        assert!(
+            e.starts_with("proxy.toml:10: routes[0].request_headers.")
+                && e.contains(&format!(
+                    "`{name}` cannot be set here: the proxy sets it, as `[server] request_id` is on"
+                )),
+            "{e}"
+        );
+    }
 }
 
 #[test]

@@ -7,6 +7,7 @@ use std::net::IpAddr;
 
 use crate::proxy::policy::{self, Rejection, RequestView};
 use crate::proxy::request::is_framing_mimic;
+use crate::proxy::request_headers::RequestHeaders;
 use crate::proxy::request_id::{self, RequestId};
 use crate::proxy::{forwarded, is_forwarded_field, FieldValue};
 
@@ -298,12 +299,14 @@ impl RequestHead<'_> {
     /// Writes the head sent to the backend into `out`: the request line and fields as
     /// received, minus hop-by-hop fields and the ones we replace, plus X-Forwarded-*.
     /// `peer_text` is `peer` as text, formatted once per connection. A route's
-    /// `prefix_rewrite` gives the `target` sent instead and the prefix it `stripped`.
+    /// `prefix_rewrite` gives the `target` sent instead and the prefix it `stripped`; its
+    /// `request_headers` (`set`) replace the client's fields of their names.
     #[allow(clippy::too_many_arguments)]
     pub fn write_upstream(
         &self,
         out: &mut Vec<u8>,
         (target, stripped): (Option<&str>, Option<&str>),
+        set: Option<&RequestHeaders>,
         peer: Option<IpAddr>,
         peer_text: &str,
         client: Option<IpAddr>,
@@ -320,6 +323,7 @@ impl RequestHead<'_> {
                 || is_framing_mimic(h.name)
                 || (self.length_repeated && h.name.eq_ignore_ascii_case("content-length"))
                 || (request_id.is_some() && request_id::is_id_field(h.name))
+                || set.is_some_and(|set| set.replaces(h.name))
             {
                 continue;
             }
@@ -358,6 +362,14 @@ impl RequestHead<'_> {
                 out.extend_from_slice(b"\r\n");
             },
         );
+        if let Some(set) = set {
+            for (name, value) in set.sent() {
+                out.extend_from_slice(name.as_bytes());
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(value.as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+        }
         out.extend_from_slice(b"\r\n");
     }
 }
@@ -722,7 +734,7 @@ mod tests {
             };
             assert_eq!(head.content_length, 2);
             let mut out = Vec::new();
-            head.write_upstream(&mut out, (None, None), None, "", None, false, None);
+            head.write_upstream(&mut out, (None, None), None, None, "", None, false, None);
             let text = String::from_utf8_lossy(&out);
             assert_eq!(
                 text.to_ascii_lowercase().matches("content-length").count(),
@@ -798,6 +810,37 @@ mod tests {
     }
 
     #[test]
+    fn upstream_head_carries_the_routes_request_headers_instead_of_the_clients() {
+        let raw = b"GET / HTTP/1.1\r\nHost: a.example\r\nX-Env: dev\r\nx_env: dev\r\nX-Debug: 1\r\nX-Keep: k\r\n\r\n";
+        let mut h = fields();
+        let Parse::Ready(head) = parse_request(raw, &mut h) else {
+            panic!("not ready");
+        };
+        let set = RequestHeaders::new(&[
+            ("Host".to_owned(), "api.internal".to_owned()),
+            ("X-Debug".to_owned(), String::new()),
+            ("X-Env".to_owned(), "prod".to_owned()),
+        ]);
+        let mut out = Vec::new();
+        head.write_upstream(
+            &mut out,
+            (None, None),
+            set.as_ref(),
+            None,
+            "",
+            None,
+            false,
+            None,
+        );
+        let text = String::from_utf8_lossy(&out);
+        assert_eq!(
+            text,
+            "GET / HTTP/1.1\r\nX-Keep: k\r\nx-forwarded-proto: http\r\n\
+             x-forwarded-host: a.example\r\nHost: api.internal\r\nX-Env: prod\r\n\r\n"
+        );
+    }
+
+    #[test]
     fn upstream_head_drops_hop_by_hop_and_replaces_forwarded_fields() {
         let raw = b"GET /p?q=1 HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\nKeep-Alive: 5\r\nX-Real-IP: 6.6.6.6\r\nX-Forwarded-For: 1.1.1.1\r\nX-Custom: Yes\r\n\r\n";
         let mut h = fields();
@@ -807,7 +850,16 @@ mod tests {
         assert!(head.close);
         let mut out = Vec::new();
         let peer = "127.0.0.9".parse().ok();
-        head.write_upstream(&mut out, (None, None), peer, "127.0.0.9", peer, false, None);
+        head.write_upstream(
+            &mut out,
+            (None, None),
+            None,
+            peer,
+            "127.0.0.9",
+            peer,
+            false,
+            None,
+        );
         let text = String::from_utf8_lossy(&out);
         assert_eq!(
             text,

@@ -411,6 +411,7 @@ impl H1 {
         req.write_upstream(
             &mut out,
             Rewritten::parts(admitted.rewritten.as_deref()),
+            admitted.request_headers.as_deref(),
             conn.peer_ip,
             &conn.peer_text,
             admitted.client_ip,

@@ -6,6 +6,8 @@ use std::net::IpAddr;
 use http::{HeaderMap, HeaderValue};
 use ipnet::IpNet;
 
+use super::request_headers::same_field;
+
 /// The values of every X-Forwarded-For field of a request, in order.
 pub fn xff_values(headers: &HeaderMap) -> impl Iterator<Item = &str> + '_ {
     headers
@@ -72,12 +74,7 @@ pub const FORWARDED_FIELDS: [&str; 5] = [
 /// CGI-style servers (PHP, WSGI, Rack) read `X_Forwarded_For` and `X-Forwarded-For` as the
 /// same variable, so the underscore spelling would smuggle a client's value in beside ours.
 pub fn is_forwarded_field(name: &str) -> bool {
-    FORWARDED_FIELDS.iter().any(|f| {
-        f.len() == name.len()
-            && f.bytes()
-                .zip(name.bytes())
-                .all(|(f, n)| f == n.to_ascii_lowercase() || (f == b'-' && n == b'_'))
-    })
+    FORWARDED_FIELDS.iter().any(|f| same_field(f, name))
 }
 
 /// The value of one forwarded header, kept structured so that a writer can reuse text it

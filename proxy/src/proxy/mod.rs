@@ -5,6 +5,7 @@ mod forwarded;
 pub(crate) mod normalize;
 pub(crate) mod policy;
 pub(crate) mod request;
+pub(crate) mod request_headers;
 pub(crate) mod request_id;
 pub(crate) mod respond;
 mod upgrade;
@@ -25,6 +26,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::{HttpPeer, Peer as _};
 use pingora::{Error, ErrorSource, ErrorType, RetryType};
 
+use self::request_headers::RequestHeaders;
 use self::request_id::RequestId;
 use crate::access_log::{AccessLog, Entry};
 use crate::config::UpstreamProtocol;
@@ -122,6 +124,8 @@ pub struct Ctx {
     sticky_id: Option<String>,
     /// What the route's `prefix_rewrite` made of the request.
     rewritten: Option<Box<Rewritten>>,
+    /// The route's `request_headers`.
+    request_headers: Option<Arc<RequestHeaders>>,
     set_cookie: Option<String>,
     started: Option<Instant>,
     upstream_started: Option<Instant>,
@@ -448,6 +452,7 @@ impl ProxyHttp for EdgeProxy {
                 ctx.client_ip = a.client_ip;
                 ctx.sticky_id = a.sticky_id;
                 ctx.rewritten = a.rewritten;
+                ctx.request_headers = a.request_headers;
                 ctx.client_guard = a.client_guard;
                 ctx.upstream = Some(a.upstream);
             }
@@ -531,6 +536,7 @@ impl ProxyHttp for EdgeProxy {
         // Ours replace the client's below; its underscore spellings go too, and those of
         // the framing fields (see `request::is_framing_mimic`) and of the request id.
         let id_on = ctx.request_id.is_some();
+        let set = ctx.request_headers.as_deref();
         let mimics: Vec<_> = upstream_request
             .headers
             .keys()
@@ -542,6 +548,7 @@ impl ProxyHttp for EdgeProxy {
                 is_forwarded_field(n)
                     || (n.contains('_')
                         && (request::is_framing_mimic(n) || (id_on && request_id::is_id_field(n))))
+                    || set.is_some_and(|set| set.replaces(n))
             })
             .cloned()
             .collect();
@@ -561,6 +568,11 @@ impl ProxyHttp for EdgeProxy {
         if let Some(id) = &ctx.request_id {
             // Replaces the client's.
             upstream_request.insert_header(request_id::HEADER, id.as_str())?;
+        }
+        // A Host of the route's replaces the client's after routing and X-Forwarded-Host
+        // read it; pingora carries it into an h2 backend's `:authority`.
+        for (name, value) in set.into_iter().flat_map(RequestHeaders::sent) {
+            upstream_request.insert_header(name.to_owned(), value)?;
         }
         Ok(())
     }

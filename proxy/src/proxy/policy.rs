@@ -14,6 +14,7 @@ use crate::upstream::{ActiveGuard, Backend, NoBackend, Pick, Upstream};
 
 use super::client_ip;
 use super::normalize::{rewrite_target, route_path, valid_host};
+use super::request_headers::RequestHeaders;
 
 /// The parts of a request head the policy reads.
 pub(crate) trait RequestView {
@@ -70,6 +71,8 @@ pub(crate) struct Admitted {
     pub upstream: Arc<Upstream>,
     /// What its route's `prefix_rewrite` made of it.
     pub rewritten: Option<Box<Rewritten>>,
+    /// Its route's `request_headers`.
+    pub request_headers: Option<Arc<RequestHeaders>>,
     /// Client address for balancing and X-Real-IP (trusted X-Forwarded-For applied).
     pub client_ip: Option<IpAddr>,
     /// Backend id from a validly signed sticky cookie.
@@ -263,6 +266,7 @@ pub(crate) fn admit<V: RequestView>(
     Admission::Forward(Admitted {
         upstream,
         rewritten,
+        request_headers: route.request_headers.clone(),
         client_ip,
         sticky_id,
         client_guard,

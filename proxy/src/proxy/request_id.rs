@@ -19,11 +19,7 @@ pub const HEADER: &str = "x-request-id";
 /// and the client's id would reach the backend beside the proxy's (as the forwarded
 /// fields' underscore spellings would, see `is_forwarded_field`).
 pub fn is_id_field(name: &str) -> bool {
-    HEADER.len() == name.len()
-        && HEADER
-            .bytes()
-            .zip(name.bytes())
-            .all(|(f, n)| f == n.to_ascii_lowercase() || (f == b'-' && n == b'_'))
+    super::request_headers::same_field(HEADER, name)
 }
 
 /// 128 random bits as 32 lowercase hex digits, as nginx's `$request_id`.

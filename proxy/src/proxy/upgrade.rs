@@ -22,6 +22,7 @@ use pingora::{Error, ErrorType, Result};
 use tokio::io::AsyncWriteExt;
 
 use super::policy::Rewritten;
+use super::request_headers::RequestHeaders;
 use super::request_id::{self, RequestId};
 use super::{forwarded_headers, host_of, is_forwarded_field, respond, Ctx, EdgeProxy, MAX_TRIES};
 use crate::access_log::{AccessLog, Entry};
@@ -54,9 +55,10 @@ fn request_head(session: &Session, ctx: &Ctx) -> Vec<u8> {
         None => req.uri.path_and_query().map_or("/", |p| p.as_str()),
     };
     head.extend_from_slice(format!("{} {} HTTP/1.1\r\n", req.method, pq).as_bytes());
+    let set = ctx.request_headers.as_deref();
     // The Host sent is the request's host: an absolute-form target's authority replaces
-    // the field (RFC 9112 §3.2.2).
-    if let Some(host) = host_of(req) {
+    // the field (RFC 9112 §3.2.2); a route's own Host replaces both.
+    if let Some(host) = set.and_then(RequestHeaders::host).or(host_of(req)) {
         head.extend_from_slice(format!("host: {host}\r\n").as_bytes());
     }
     for (name, value) in req.headers.iter() {
@@ -65,6 +67,7 @@ fn request_head(session: &Session, ctx: &Ctx) -> Vec<u8> {
             || HOP_BY_HOP.contains(&n)
             || n == "host"
             || (ctx.request_id.is_some() && request_id::is_id_field(n))
+            || set.is_some_and(|set| set.replaces(n))
         {
             continue;
         }
@@ -85,6 +88,11 @@ fn request_head(session: &Session, ctx: &Ctx) -> Vec<u8> {
     }
     if let Some(id) = &ctx.request_id {
         head.extend_from_slice(format!("{}: {}\r\n", request_id::HEADER, id.as_str()).as_bytes());
+    }
+    for (name, value) in set.into_iter().flat_map(RequestHeaders::sent) {
+        if !name.eq_ignore_ascii_case("host") {
+            head.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+        }
     }
     head.extend_from_slice(b"\r\n");
     head

@@ -11,7 +11,7 @@
 //!
 //! | request | answer |
 //! | --- | --- |
-//! | any WebSocket upgrade | `101` with `x-request-target: <target>` (and the request's `x-forwarded-prefix` as `x-request-forwarded-prefix`), sends `hello <id>`, then echoes text/binary, pongs pings |
+//! | any WebSocket upgrade | `101` with `x-request-target: <target>` (and the request's `x-forwarded-prefix` as `x-request-forwarded-prefix`, its headers as `/headers` gives them, in `x-request-headers`, when they are ASCII), sends `hello <id>`, then echoes text/binary, pongs pings |
 //! | `GET /id`, `GET /`, anything else | `200`, body `<id>` |
 //! | `GET /healthz` | `200 ok`, or `503 down` after `POST /health/off` (until `POST /health/on`) |
 //! | `GET /headers` | JSON object of the request headers (lower-case names; repeats joined by `, `) |
@@ -412,6 +412,11 @@ fn json(value: serde_json::Value) -> Response<Body> {
 }
 
 fn headers_json(req: &Request<Incoming>) -> Response<Body> {
+    json(serde_json::Value::Object(headers_map(req)))
+}
+
+/// The request headers as [`headers_json`] answers them.
+fn headers_map<B>(req: &Request<B>) -> serde_json::Map<String, serde_json::Value> {
     let mut map = serde_json::Map::new();
     for (name, value) in req.headers() {
         let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
@@ -431,7 +436,7 @@ fn headers_json(req: &Request<Incoming>) -> Response<Body> {
             map.insert("host".into(), auth.as_str().into());
         }
     }
-    json(serde_json::Value::Object(map))
+    map
 }
 
 fn stats_json(state: &State) -> Response<Body> {
@@ -470,6 +475,8 @@ fn websocket(state: Arc<State>, mut req: Request<Incoming>) -> Response<Body> {
     };
     let target = HeaderValue::from_str(&target_of(&req)).ok();
     let prefix = req.headers().get("x-forwarded-prefix").cloned();
+    let seen =
+        HeaderValue::from_str(&serde_json::Value::Object(headers_map(&req)).to_string()).ok();
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         match on_upgrade.await {
@@ -498,6 +505,9 @@ fn websocket(state: Arc<State>, mut req: Request<Incoming>) -> Response<Body> {
     }
     if let Some(prefix) = prefix {
         h.insert("x-request-forwarded-prefix", prefix);
+    }
+    if let Some(seen) = seen {
+        h.insert("x-request-headers", seen);
     }
     resp
 }
