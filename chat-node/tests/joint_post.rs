@@ -24,6 +24,7 @@ use chat_node::node::{Node, NodeConfig};
 use chat_node::recovery::SessionStore;
 use serde_json::json;
 use tokio::sync::mpsc;
+use utils::bus::settle;
 use utils::chat::Client;
 use utils::redis::RedisServer;
 use utils::{TestServer, STEP};
@@ -69,30 +70,14 @@ async fn allow_all_writes(conn: &mut redis::aio::MultiplexedConnection) {
     command(conn, &["ACL", "SETUSER", "default", "resetkeys", "~*"]).await;
 }
 
-/// A bus on `redis` whose subscription of [`TOPIC`] is in place: probes are appended
-/// until one arrives.
+/// A bus on `redis` whose subscription of [`TOPIC`] is in place.
 async fn subscribed(redis: &RedisServer) -> (RedisBus, mpsc::Receiver<BusEntry>) {
     let bus = RedisBus::connect(RedisBusConfig::new(redis.url()))
         .await
         .unwrap();
     let mut rx = bus.subscribe(TOPIC);
-    let deadline = Instant::now() + STEP;
-    'probe: while Instant::now() < deadline {
-        let probe = bus
-            .append(TOPIC, Bytes::from_static(b"probe"))
-            .await
-            .unwrap()
-            .expect("Redis answers");
-        loop {
-            match tokio::time::timeout(Duration::from_millis(250), rx.recv()).await {
-                Ok(Some(entry)) if entry.id == probe => return (bus, rx),
-                Ok(Some(_)) => {}
-                Ok(None) => panic!("the subscription ended"),
-                Err(_) => continue 'probe,
-            }
-        }
-    }
-    panic!("the subscription did not start");
+    settle(&bus, TOPIC, &mut [&mut rx]).await;
+    (bus, rx)
 }
 
 fn by(user: &str, text: &str) -> NewMessage {

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use chat_node::bus::{Bus, BusEntry, RedisBus, RedisBusConfig, SUBSCRIBER_CAPACITY};
 use tokio::sync::mpsc;
+use utils::bus::settle;
 use utils::redis::RedisServer;
 use utils::STEP;
 
@@ -49,33 +50,6 @@ async fn next(rx: &mut mpsc::Receiver<BusEntry>) -> BusEntry {
         .await
         .expect("no entry in time")
         .expect("the subscription ended")
-}
-
-/// Waits until the subscriptions `rxs` of `topic` are in place (a subscription starts
-/// reading in the background): appends probes until every one has received the last
-/// probe appended, so that nothing the test publishes next is older than their start, and
-/// no probe is left to come.
-async fn settle(bus: &RedisBus, topic: &str, rxs: &mut [&mut mpsc::Receiver<BusEntry>]) {
-    let deadline = Instant::now() + STEP;
-    'probe: while Instant::now() < deadline {
-        let probe = bus
-            .append(topic, Bytes::from_static(b"probe"))
-            .await
-            .unwrap()
-            .expect("Redis answers");
-        for rx in rxs.iter_mut() {
-            loop {
-                match tokio::time::timeout(Duration::from_millis(250), rx.recv()).await {
-                    Ok(Some(entry)) if entry.id == probe => break,
-                    Ok(Some(entry)) => assert_eq!(entry.data.as_ref(), b"probe"),
-                    Ok(None) => panic!("the subscription ended"),
-                    Err(_) => continue 'probe,
-                }
-            }
-        }
-        return;
-    }
-    panic!("the subscriptions of {topic} did not start");
 }
 
 /// A bus on `redis` with a subscription of `topic`, in place.

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
+pub mod bus;
 pub mod chat;
 pub mod placeholder;
 pub mod process;
