@@ -381,7 +381,10 @@ impl Shared {
             unchanged_upstreams: runtime
                 .upstreams
                 .iter()
-                .filter(|(name, up)| old.upstreams.get(*name).is_some_and(|o| Arc::ptr_eq(o, up)))
+                .filter(|(name, up)| {
+                    let running = old.upstreams.get(*name);
+                    running.is_some_and(|r| Arc::ptr_eq(r, up))
+                })
                 .count(),
             routes: runtime.routes.len(),
             needs_restart,
@@ -442,8 +445,9 @@ impl Shared {
 
     /// Replaces the backends of `upstream` with `backends` (a DNS refresh found other
     /// addresses), as a reload would, without reading the config file: counters and
-    /// health of the backends kept carry over, and every other upstream is kept as it is. Does nothing, and says so, when the
-    /// upstream's backends are no longer `base` (a reload came in between with its own).
+    /// health of the backends kept carry over, and every other upstream is kept as it is.
+    /// Does nothing, and says so, when the upstream's backends are no longer `base` (a
+    /// reload came in between with its own).
     pub fn replace_backends(
         &self,
         upstream: &str,
