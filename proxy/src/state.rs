@@ -88,15 +88,37 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    pub fn build(config: Config, registry: &StatsRegistry, metrics: &Metrics) -> Self {
+    /// Builds the runtime of `config`, which replaces `previous` (None at start).
+    ///
+    /// An upstream whose resolved config equals the running one's is kept as it is, the
+    /// same `Arc` (as Envoy keeps an unchanged cluster): its strategy's state (round-robin
+    /// positions, latency estimates), its TLS client with the backend connections pooled
+    /// under it and its session cache, its sticky signer and queue. The config is all
+    /// [`Upstream::build`] reads besides the stats registry and metrics, which are the
+    /// process's own, and the global settings it depends on (`[timeouts]`) are folded
+    /// into it when it is resolved. A changed upstream is built anew, keeping only its TLS
+    /// client when that would come out the same ([`Upstream::build_after`]).
+    pub fn build(
+        config: Config,
+        previous: Option<&Runtime>,
+        registry: &StatsRegistry,
+        metrics: &Metrics,
+    ) -> Self {
         let upstreams: HashMap<String, Arc<Upstream>> = config
             .upstreams
             .iter()
             .map(|u| {
-                (
-                    u.name.clone(),
-                    Arc::new(Upstream::build(u, registry, metrics)),
-                )
+                let running = previous.and_then(|p| p.upstreams.get(&u.name));
+                let up = match running {
+                    Some(r) if r.config == *u => r.clone(),
+                    _ => Arc::new(Upstream::build_after(
+                        u,
+                        running.map(|r| &**r),
+                        registry,
+                        metrics,
+                    )),
+                };
+                (u.name.clone(), up)
             })
             .collect();
         let routes = config
@@ -232,6 +254,9 @@ pub struct Shared {
 #[derive(Debug, serde::Serialize)]
 pub struct ReloadReport {
     pub upstreams: usize,
+    /// Upstreams whose config the reload left as it was: they go on as they were (balancing
+    /// positions, TLS sessions and pooled backend connections), see [`Runtime::build`].
+    pub unchanged_upstreams: usize,
     pub routes: usize,
     /// Settings that only take effect after a restart (listener addresses, TLS or not and
     /// h2, the admin address, threads, http1, grace period).
@@ -247,7 +272,7 @@ impl Shared {
         let access_log = open_access_log(&config)?;
         let config_path = config.source.clone();
         let metrics = Metrics::new();
-        let runtime = Runtime::build(config, &registry, &metrics);
+        let runtime = Runtime::build(config, None, &registry, &metrics);
         Ok(Self {
             runtime: ArcSwap::from_pointee(runtime),
             registry,
@@ -294,7 +319,8 @@ impl Shared {
     }
 
     /// Re-reads the config file and swaps upstreams, strategies, routes, limits, timeouts,
-    /// TLS certificates, the admin token and the access log (reopened). Open tunnels and
+    /// TLS certificates, the admin token and the access log (reopened). An upstream whose
+    /// config did not change is kept as it was ([`Runtime::build`]). Open tunnels and
     /// in-flight requests keep the backend state they hold. An invalid file, or a
     /// certificate or log file that cannot be used, leaves the running config untouched.
     ///
@@ -349,9 +375,17 @@ impl Shared {
         // rejects the reload.
         let access_log = open_access_log(&new_config)?;
         let certs = self.load_certs(&new_config)?;
-        let runtime = Runtime::build(new_config, &self.registry, &self.metrics);
+        let runtime = Runtime::build(new_config, Some(&old), &self.registry, &self.metrics);
         let report = ReloadReport {
             upstreams: runtime.upstreams.len(),
+            unchanged_upstreams: runtime
+                .upstreams
+                .iter()
+                .filter(|(name, up)| {
+                    let running = old.upstreams.get(*name);
+                    running.is_some_and(|r| Arc::ptr_eq(r, up))
+                })
+                .count(),
             routes: runtime.routes.len(),
             needs_restart,
             warnings: runtime.config.warnings.clone(),
@@ -411,8 +445,9 @@ impl Shared {
 
     /// Replaces the backends of `upstream` with `backends` (a DNS refresh found other
     /// addresses), as a reload would, without reading the config file: counters and
-    /// health of the backends kept carry over. Does nothing, and says so, when the
-    /// upstream's backends are no longer `base` (a reload came in between with its own).
+    /// health of the backends kept carry over, and every other upstream is kept as it is.
+    /// Does nothing, and says so, when the upstream's backends are no longer `base` (a
+    /// reload came in between with its own).
     pub fn replace_backends(
         &self,
         upstream: &str,
@@ -429,7 +464,7 @@ impl Shared {
             return false;
         }
         u.backends = backends;
-        let runtime = Runtime::build(config, &self.registry, &self.metrics);
+        let runtime = Runtime::build(config, Some(&old), &self.registry, &self.metrics);
         self.runtime.store(Arc::new(runtime));
         drop(old);
         self.forget_unused_stats();
@@ -467,10 +502,12 @@ fn open_access_log(config: &Config) -> Result<AccessLog, ConfigErrors> {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use std::sync::Arc;
+
     use super::{strip_port, Shared};
     use crate::balance::PickContext;
     use crate::config::Config;
-    use crate::upstream::Health;
+    use crate::upstream::{Health, Upstream};
 
     #[test]
     fn a_reload_lists_what_only_a_restart_applies() {
@@ -608,6 +645,150 @@ mod tests {
         table.set("node", &[]);
         shared.reload().unwrap();
         assert_eq!(addr(&shared), "10.0.0.2:9001".parse().unwrap());
+    }
+
+    /// Upstreams `a` (round robin over three backends) and `b` (`b_table` as its body),
+    /// each routed.
+    fn two_upstreams(b_table: &str, extra: &str) -> String {
+        format!(
+            "[[listeners]]\nlisten = \"127.0.0.1:18099\"\n\
+             [upstreams.a]\nstrategy = \"round_robin\"\nbackends = [\
+             {{ addr = \"127.0.0.1:9001\" }}, {{ addr = \"127.0.0.1:9002\" }}, \
+             {{ addr = \"127.0.0.1:9003\" }}]\n\
+             [upstreams.b]\n{b_table}\n\
+             [[routes]]\npath_prefix = \"/a/\"\nupstream = \"a\"\n\
+             [[routes]]\npath_prefix = \"/b/\"\nupstream = \"b\"\n{extra}"
+        )
+    }
+
+    fn forwarded_to(rt: &super::Runtime, path: &str) -> Arc<Upstream> {
+        match rt.route(None, path) {
+            Some(super::Routed::Forward(r)) => r.upstream.clone(),
+            other => panic!("{path}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_reload_keeps_each_unchanged_upstream_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("proxy.toml");
+        let b = |weight: u32| {
+            format!("backends = [{{ addr = \"127.0.0.1:9101\", weight = {weight} }}]\n")
+        };
+        std::fs::write(&path, two_upstreams(&b(1), "")).unwrap();
+        let shared = Shared::new(Config::load(&path).unwrap(), Vec::new()).unwrap();
+        let before = shared.current();
+        let a = before.upstreams["a"].clone();
+        assert_eq!(a.pick(&PickContext::default(), &[]).unwrap().index, 0);
+
+        // `b` changes, and a route is added: `a` is not touched.
+        let route = "[[routes]]\npath_prefix = \"/more/\"\nupstream = \"b\"\n";
+        std::fs::write(&path, two_upstreams(&b(2), route)).unwrap();
+        let report = shared.reload().unwrap();
+        assert_eq!((report.upstreams, report.unchanged_upstreams), (2, 1));
+        let after = shared.current();
+        assert!(Arc::ptr_eq(&after.upstreams["a"], &a));
+        assert!(!Arc::ptr_eq(&after.upstreams["b"], &before.upstreams["b"]));
+        assert_eq!(after.upstreams["b"].backends[0].weight, 2);
+        // The routes lead to the upstreams of the new runtime, kept or not.
+        assert!(Arc::ptr_eq(&forwarded_to(&after, "/a/x"), &a));
+        assert!(Arc::ptr_eq(
+            &forwarded_to(&after, "/more/x"),
+            &after.upstreams["b"]
+        ));
+        // The rotation goes on where it was, rather than from the first backend again.
+        let next = after.upstreams["a"].pick(&PickContext::default(), &[]);
+        assert_eq!(next.unwrap().index, 1);
+    }
+
+    #[test]
+    fn a_dns_refresh_of_one_upstream_keeps_the_others() {
+        let table = crate::config::TableResolver::new(&[("node", &["10.0.0.1"])]);
+        let config = crate::config::parse_with(
+            &two_upstreams("backends = [{ addr = \"node:9001\" }]\n", ""),
+            None,
+            &|_| None,
+            &*table,
+        )
+        .unwrap();
+        let shared = Shared::new(config, Vec::new()).unwrap();
+        let before = shared.current();
+        let base = before.upstreams["b"].config.backends.clone();
+        let mut moved = base.clone();
+        moved[0].addr = "10.0.0.2:9001".parse().unwrap();
+        assert!(shared.replace_backends("b", &base, moved));
+        let after = shared.current();
+        assert!(Arc::ptr_eq(&after.upstreams["a"], &before.upstreams["a"]));
+        assert!(!Arc::ptr_eq(&after.upstreams["b"], &before.upstreams["b"]));
+    }
+
+    /// The id of the TLS client of `b` in the running config.
+    fn tls_id(shared: &Shared) -> u64 {
+        shared.current().upstreams["b"].tls.as_ref().unwrap().id
+    }
+
+    #[test]
+    fn a_changed_upstream_keeps_its_tls_client_while_its_settings_and_names_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("proxy.toml");
+        let b = |backends: &str, tls: &str| {
+            format!("backends = [{backends}]\n[upstreams.b.tls]\nverify = false\n{tls}")
+        };
+        let one = "{ addr = \"127.0.0.1:9101\" }";
+        let two = "{ addr = \"127.0.0.1:9101\" }, { addr = \"127.0.0.1:9102\" }";
+        std::fs::write(&path, two_upstreams(&b(one, ""), "")).unwrap();
+        let shared = Shared::new(Config::load(&path).unwrap(), Vec::new()).unwrap();
+        let first = tls_id(&shared);
+
+        // Another backend: the connections pooled to the first stay usable.
+        std::fs::write(&path, two_upstreams(&b(two, ""), "")).unwrap();
+        assert_eq!(shared.reload().unwrap().unchanged_upstreams, 1);
+        assert_eq!(tls_id(&shared), first);
+
+        // Another name to verify: none of them is.
+        let named = "server_name = \"api.internal\"\n";
+        std::fs::write(&path, two_upstreams(&b(two, named), "")).unwrap();
+        shared.reload().unwrap();
+        let renamed = tls_id(&shared);
+        assert_ne!(renamed, first);
+        // Back to the first settings: a new client still, never one of an older config.
+        std::fs::write(&path, two_upstreams(&b(two, ""), "")).unwrap();
+        shared.reload().unwrap();
+        assert!(![first, renamed].contains(&tls_id(&shared)));
+    }
+
+    #[test]
+    fn a_dns_refresh_keeps_the_tls_client_only_if_every_name_stays() {
+        let table = crate::config::TableResolver::new(&[("node", &["10.0.0.1"])]);
+        let load = |tls: &str| {
+            let b = format!(
+                "backends = [{{ addr = \"node:9443\" }}, {{ addr = \"127.0.0.1:9443\" }}]\n\
+                 [upstreams.b.tls]\nverify = false\n{tls}"
+            );
+            let config =
+                crate::config::parse_with(&two_upstreams(&b, ""), None, &|_| None, &*table);
+            Shared::new(config.unwrap(), Vec::new()).unwrap()
+        };
+        let refresh = |shared: &Shared| {
+            let base = shared.current().upstreams["b"].config.backends.clone();
+            let mut moved = base.clone();
+            let named = moved.iter_mut().find(|b| b.dns.is_some()).unwrap();
+            named.addr = "10.0.0.2:9443".parse().unwrap();
+            assert!(shared.replace_backends("b", &base, moved));
+        };
+        // Each backend has one name, `server_name`, wherever it moves.
+        let shared = load("server_name = \"api.internal\"\n");
+        let id = tls_id(&shared);
+        refresh(&shared);
+        assert_eq!(tls_id(&shared), id);
+
+        // Without it, each address of `node` is verified for `node`: the client's pool may
+        // hold connections to 10.0.0.1 verified for that name, which a later config could
+        // bring back as a bare address (verified for its IP): a new client.
+        let shared = load("");
+        let id = tls_id(&shared);
+        refresh(&shared);
+        assert_ne!(tls_id(&shared), id);
     }
 
     #[test]

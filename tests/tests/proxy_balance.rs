@@ -422,6 +422,41 @@ async fn a_probe_never_takes_a_request_pinned_to_another_backend() {
     assert_pinned(&c, &url, &on_b, "b", 5).await;
 }
 
+/// A reload that leaves an upstream as it was (another upstream and route added) keeps its
+/// strategy's state, as Envoy keeps an unchanged cluster: the rotation goes on where it
+/// was. Each reload used to start it over at the first backend, so frequent reloads sent
+/// it more than its share.
+#[tokio::test]
+async fn round_robin_goes_on_across_a_reload_that_leaves_its_upstream_as_it_was() {
+    let bs = Backend::start_many(&["a", "b", "c"]);
+    let (port, admin_port) = (free_port(), free_port());
+    let config = |other: &str| {
+        format!(
+            "{TWO_THREADS}\n{}\n{}\n{other}{}\n[[routes]]\npath_prefix = \"/\"\nupstream = \"app\"\n",
+            listener(port),
+            admin(admin_port, TOKEN),
+            upstream(
+                "app",
+                Some("round_robin"),
+                &entries(&[&bs[0], &bs[1], &bs[2]])
+            ),
+        )
+    };
+    let proxy = Proxy::start_config(&config(""));
+    let c = client();
+    let url = proxy.url("/id");
+    assert_eq!(backend_sequence(&c, &url, 1).await, ["a"]);
+
+    let other = format!(
+        "{}[[routes]]\npath_prefix = \"/other/\"\nupstream = \"other\"\n",
+        upstream("other", None, &entries(&[&bs[0]]))
+    );
+    proxy.write_config(&config(&other));
+    let r = admin_post(&proxy, "/reload", Some(TOKEN)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(backend_sequence(&c, &url, 3).await, ["b", "c", "a"]);
+}
+
 /// A reload that removes a backend, then one that adds it back while WebSockets opened to
 /// it are still open: least_conn still counts them, so new ones go to the other backend.
 /// The backend added back used to start from zero, as if it carried nothing.

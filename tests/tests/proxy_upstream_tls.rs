@@ -344,6 +344,51 @@ async fn a_reload_that_changes_only_the_roots_is_applied_on_pingoras_path_too() 
     );
 }
 
+/// A reload that leaves a TLS upstream as it was (another upstream and route added) keeps
+/// its client, and so the backend connection it pools: the backend sees no new connection,
+/// no new handshake. Each reload used to open a new one, the pooled connections of the old
+/// settings going unused until they aged out.
+#[tokio::test]
+async fn a_reload_that_leaves_a_tls_upstream_as_it_was_keeps_its_backend_connections() {
+    let tb = TlsBackend::start("r3");
+    let [port, admin_port] = port_array();
+    let tls = trusting(tb.ca(), "backend.test");
+    let proxy = Proxy::start_config(&reloadable(port, admin_port, &tb, &tls));
+    let c = client();
+    // Through the proxy, on the route to `app`: the connection that asks is counted too.
+    let connections = || async {
+        let r = get_with(&c, &proxy.url("/stats")).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        r.json()["connections"].as_u64().unwrap()
+    };
+    let r = get_with(&c, &proxy.url("/id")).await;
+    assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "r3"), "{r:?}");
+    assert_eq!(connections().await, 1);
+
+    proxy.write_config(&format!(
+        "{TWO_THREADS}\n{}\n{}\n{}\n{}",
+        admin(admin_port, "t"),
+        listener(port),
+        tls_upstream("other", &tb.backend, &tls),
+        routed("app", &tb.backend, &tls, "/")
+    ));
+    let r = admin_post(&proxy, "/reload", Some("t")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let report = &r.json()["report"];
+    assert_eq!(
+        (&report["upstreams"], &report["unchanged_upstreams"]),
+        (&json!(2), &json!(1)),
+        "{report}"
+    );
+    let r = get_with(&c, &proxy.url("/id")).await;
+    assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "r3"), "{r:?}");
+    assert_eq!(
+        connections().await,
+        1,
+        "the reload dropped the pooled TLS connection"
+    );
+}
+
 /// One TLS upstream for every path, and an admin listener whose token is `t`.
 fn reloadable(port: u16, admin_port: u16, tb: &TlsBackend, tls_table: &str) -> String {
     format!(

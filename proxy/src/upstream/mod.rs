@@ -96,6 +96,20 @@ impl Upstream {
     /// Builds the group, reusing live stats from `registry` so counters and health survive
     /// reloads.
     pub fn build(config: &UpstreamConfig, registry: &StatsRegistry, metrics: &Metrics) -> Self {
+        Self::build_after(config, None, registry, metrics)
+    }
+
+    /// [`Upstream::build`] for a config that replaces `previous` (the running group of that
+    /// name, whose config differs): its TLS client is kept when the new config would build
+    /// the same one ([`tls::TlsClient::keep_or_new`]), and with it the backend connections
+    /// it pools. The strategy starts over: its state (positions, estimates, rings) is
+    /// relative to the old backend list.
+    pub fn build_after(
+        config: &UpstreamConfig,
+        previous: Option<&Upstream>,
+        registry: &StatsRegistry,
+        metrics: &Metrics,
+    ) -> Self {
         let active_checks = config.health.active.is_some();
         let queue = config.queue.map(|_| registry.queue(&config.name));
         let mut primaries = Vec::new();
@@ -143,10 +157,10 @@ impl Upstream {
             metrics,
             limited,
             queue,
-            tls: config
-                .tls
-                .as_ref()
-                .map(|t| Arc::new(tls::TlsClient::new(t, &config.backends))),
+            tls: config.tls.as_ref().map(|t| {
+                let previous = previous.and_then(|p| p.tls.as_ref());
+                tls::TlsClient::keep_or_new(previous, t, &config.backends)
+            }),
         }
     }
 

@@ -19,8 +19,10 @@ use tokio_rustls::TlsConnector;
 
 use crate::config::{BackendConfig, ClientCert, UpstreamTlsConfig};
 
-/// Distinguishes the client settings of one config generation from another's, so that a
-/// pooled connection is only reused under the settings it was opened with.
+/// Distinguishes one client's settings from another's, so that a pooled connection is only
+/// reused under the settings it was opened with. A reload or DNS refresh that leaves an
+/// upstream's settings and per-address names as they were keeps its client, id included
+/// ([`TlsClient::keep_or_new`]).
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// How an upstream's backends are reached over TLS.
@@ -43,6 +45,8 @@ pub struct TlsClient {
     pingora_ca: Option<Arc<[WrappedX509]>>,
     /// The client certificate, as pingora's connector takes it.
     pingora_client_cert: Option<Arc<CertKey>>,
+    /// What this client was built from, to tell whether the next config can keep it.
+    config: UpstreamTlsConfig,
 }
 
 impl std::fmt::Debug for TlsClient {
@@ -59,6 +63,32 @@ impl TlsClient {
     /// Builds the settings from a resolved config, whose CA certificates were checked to
     /// parse at load, for `backends` (whose host names are their default server names).
     pub fn new(config: &UpstreamTlsConfig, backends: &[BackendConfig]) -> Self {
+        Self::with_names(config, backend_names(config, backends))
+    }
+
+    /// `previous` when it was built from the same settings and derives the same name for
+    /// every address, else a new client (a new id). Kept, its pooled connections (keyed
+    /// by its id) and its session cache go on serving: each of them was opened with the
+    /// roots, client certificate, verification and name it would be opened with now. A
+    /// client whose names differ is not kept even for the addresses whose name stayed:
+    /// its pool may hold connections to an address that it named otherwise (one a
+    /// refresh removed and a later one brings back under another name).
+    pub fn keep_or_new(
+        previous: Option<&Arc<TlsClient>>,
+        config: &UpstreamTlsConfig,
+        backends: &[BackendConfig],
+    ) -> Arc<TlsClient> {
+        let names = backend_names(config, backends);
+        match previous {
+            Some(p) if p.config == *config && p.names == names => p.clone(),
+            _ => Arc::new(Self::with_names(config, names)),
+        }
+    }
+
+    fn with_names(
+        config: &UpstreamTlsConfig,
+        names: std::collections::HashMap<SocketAddr, ServerName<'static>>,
+    ) -> Self {
         pingora::tls::install_default_crypto_provider();
         let builder = ClientConfig::builder();
         let builder = if config.verify {
@@ -97,19 +127,11 @@ impl TlsClient {
                 .server_name
                 .as_deref()
                 .and_then(|n| ServerName::try_from(n.to_owned()).ok()),
-            names: match config.server_name {
-                Some(_) => Default::default(),
-                None => backends
-                    .iter()
-                    .filter_map(|b| {
-                        let host = &b.dns.as_ref()?.host;
-                        Some((b.addr, ServerName::try_from(host.clone()).ok()?))
-                    })
-                    .collect(),
-            },
+            names,
             verify: config.verify,
             pingora_ca,
             pingora_client_cert,
+            config: config.clone(),
         }
     }
 
@@ -169,6 +191,24 @@ impl TlsClient {
         // connections verified under the old one.
         peer.group_key = self.id;
         peer
+    }
+}
+
+/// The host name of each backend of `backends` named `host:port`, when `config` sets no
+/// `server_name` (see [`TlsClient`]'s `names`).
+fn backend_names(
+    config: &UpstreamTlsConfig,
+    backends: &[BackendConfig],
+) -> std::collections::HashMap<SocketAddr, ServerName<'static>> {
+    match config.server_name {
+        Some(_) => Default::default(),
+        None => backends
+            .iter()
+            .filter_map(|b| {
+                let host = &b.dns.as_ref()?.host;
+                Some((b.addr, ServerName::try_from(host.clone()).ok()?))
+            })
+            .collect(),
     }
 }
 
