@@ -1,6 +1,6 @@
 //! The request of an HTTP health check, over h2 (for an h2 upstream).
 
-use super::Request;
+use super::{body_contains, CheckRequest};
 use crate::config::MAX_CHECK_BODY;
 use crate::upstream::stream::UpstreamStream;
 
@@ -11,7 +11,7 @@ use crate::upstream::stream::UpstreamStream;
 pub(super) async fn get(
     stream: UpstreamStream,
     tls: bool,
-    req: &Request<'_>,
+    req: &CheckRequest<'_>,
 ) -> Option<(u16, bool)> {
     let (client, connection) = ::h2::client::handshake(stream).await.ok()?;
     let scheme = if tls { "https" } else { "http" };
@@ -20,7 +20,7 @@ pub(super) async fn get(
         request = request.header(http::header::USER_AGENT, "switchyard-health");
     }
     for (name, value) in req.headers.iter().filter(|(_, v)| !v.is_empty()) {
-        // h2 field names are lowercase; the name is lowered here.
+        // `http` lowers the name, as h2 requires (`X-Health-Token` goes as `x-health-token`).
         request = request.header(name.as_str(), value.as_bytes());
     }
     let request = match request.body(()) {
@@ -50,8 +50,7 @@ pub(super) async fn get(
             got.extend_from_slice(&data);
         }
         got.truncate(MAX_CHECK_BODY);
-        let found = got.windows(needle.len()).any(|w| w == needle.as_bytes());
-        Some((status, found))
+        Some((status, body_contains(&got, needle)))
     };
     // The connection is driven beside the exchange, and dropped (closed) with it.
     tokio::select! {

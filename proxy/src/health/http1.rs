@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::Request;
+use super::{body_contains, CheckRequest};
 use crate::config::MAX_CHECK_BODY;
 
 /// Most bytes of a response head read before the check gives up on it.
@@ -13,7 +13,7 @@ const MAX_HEAD: usize = 16 * 1024;
 /// The request head: `GET path` with `Host`, the configured fields (their own User-Agent
 /// replacing the check's), and `Connection: close`, so that a body without framing ends
 /// with the connection.
-pub(super) fn head(req: &Request<'_>) -> String {
+pub(super) fn head(req: &CheckRequest<'_>) -> String {
     let mut head = format!("GET {} HTTP/1.1\r\nHost: {}\r\n", req.path, req.host);
     if !req.sets_user_agent() {
         head.push_str("User-Agent: switchyard-health\r\n");
@@ -29,7 +29,7 @@ pub(super) fn head(req: &Request<'_>) -> String {
 /// Sends the request on `s` and returns the answer's status, and whether its body contains
 /// `req.body` (true when there is none to look for; the body is then not read). None when
 /// the backend fails or does not answer HTTP/1. The caller bounds the time.
-pub(super) async fn get<S>(s: &mut S, req: &Request<'_>) -> Option<(u16, bool)>
+pub(super) async fn get<S>(s: &mut S, req: &CheckRequest<'_>) -> Option<(u16, bool)>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -45,7 +45,7 @@ where
         Framing::Close => read_length(s, rest, u64::MAX).await?,
         Framing::Chunked => read_chunked(s, rest).await?,
     };
-    Some((status, contains(&body, needle.as_bytes())))
+    Some((status, body_contains(&body, needle)))
 }
 
 /// The status of the answer, from its first line alone (`HTTP/1.1 200`).
@@ -181,10 +181,6 @@ async fn read_chunked<S: AsyncRead + Unpin>(s: &mut S, mut raw: Vec<u8>) -> Opti
     Some(body)
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -205,7 +201,7 @@ mod tests {
             // A write the client stops reading does not matter.
             let _ = server.write_all(&response).await;
         });
-        let req = Request {
+        let req = CheckRequest {
             host: "h",
             path: "/",
             headers: &[],

@@ -33,7 +33,7 @@ impl HealthChecker {
 }
 
 /// What an HTTP check sends, and the text its body must have.
-pub(super) struct Request<'a> {
+pub(super) struct CheckRequest<'a> {
     host: &'a str,
     path: &'a str,
     /// As configured: validated, in name order; an empty value sends nothing.
@@ -42,13 +42,18 @@ pub(super) struct Request<'a> {
     body: Option<&'a str>,
 }
 
-impl Request<'_> {
+impl CheckRequest<'_> {
     /// Whether the configured fields replace the check's own `User-Agent`.
     fn sets_user_agent(&self) -> bool {
         self.headers
             .iter()
             .any(|(name, _)| name.eq_ignore_ascii_case("user-agent"))
     }
+}
+
+/// Whether the part of a body that was read has `text` (`expect_body`).
+fn body_contains(body: &[u8], text: &str) -> bool {
+    text.is_empty() || body.windows(text.len()).any(|w| w == text.as_bytes())
 }
 
 /// One probe. HTTP: `GET path` with the configured fields; it passes on a status of
@@ -93,7 +98,7 @@ pub async fn probe(
             (None, None, Some(name)) => name.to_owned(),
             (None, None, None) => addr.to_string(),
         };
-        let req = Request {
+        let req = CheckRequest {
             host: &host,
             path,
             headers,
