@@ -634,3 +634,111 @@ async fn an_http_check_sends_the_configured_host() {
         "{checks:?}"
     );
 }
+
+/// A config with one upstream `app` over raw backends `raw0`, `raw1`... and `health` as its
+/// `[upstreams.app.health]` body, for a proxy listening on `port`.
+fn raw_config(port: u16, backends: &[&tests::raw::RawBackend], health: &str) -> String {
+    let entries: Vec<String> = backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| format!("{{ addr = \"{}\", id = \"raw{i}\" }}", b.addr))
+        .collect();
+    format!(
+        "{ONE_THREAD}\n{}\n{}\n[upstreams.app.health]\nkind = \"http\"\npath = \"/healthz\"\n\
+         interval = \"100ms\"\ntimeout = \"500ms\"\nrise = 1\nfall = 1\n{health}",
+        listener(port),
+        upstream("app", None, &entries),
+    )
+}
+
+/// A raw backend answering `/healthz` with what `answer` makes of the request's fields.
+async fn health_backend(
+    answer: impl Fn(&[(String, String)]) -> &'static str + Send + Sync + 'static,
+) -> tests::raw::RawBackend {
+    let answer = std::sync::Arc::new(answer);
+    tests::raw::RawBackend::start(move |mut conn, _| {
+        let answer = answer.clone();
+        async move {
+            while let Some(req) = conn.request().await {
+                conn.send(answer(&req.headers)).await;
+            }
+        }
+    })
+    .await
+}
+
+/// `headers` go with every check: a backend that lets only checks carrying its token
+/// pass (HAProxy's `http-check send hdr`) stays up with them, and goes down when a reload
+/// drops them.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http_check_sends_the_configured_fields() {
+    use tests::raw::field;
+
+    let guarded = health_backend(|fields| match field(fields, "x-health-token") {
+        Some("s3cret") => "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+        _ => "HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n",
+    })
+    .await;
+    let port = ports(1)[0];
+    let with =
+        "headers = { \"X-Health-Token\" = \"s3cret\", \"User-Agent\" = \"switchyard-check\" }\n";
+    let proxy = Proxy::start_config(&raw_config(port, &[&guarded], with));
+    wait_health(&proxy, "raw0", "up", T).await;
+    // Every check passes, not a lucky one: with `fall = 1`, one 403 would take it down.
+    let checked = guarded.accepted();
+    wait_until(T, "five more checks", || async {
+        guarded.accepted() >= checked + 5
+    })
+    .await;
+    assert_eq!(backend_status(&proxy, "raw0").await["health"], "up");
+
+    proxy.reload(&raw_config(port, &[&guarded], ""));
+    wait_health(&proxy, "raw0", "down", T).await;
+}
+
+/// `expect_status` narrows the statuses that pass: backends answering 204 and 301 are up
+/// by default (any 2xx or 3xx) and down with `expect_status = [200]`.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http_check_passes_only_on_the_expected_statuses() {
+    let no_content = health_backend(|_| "HTTP/1.1 204 No Content\r\n\r\n").await;
+    let moved =
+        health_backend(|_| "HTTP/1.1 301 Moved\r\nlocation: /x\r\ncontent-length: 0\r\n\r\n").await;
+    let ok = health_backend(|_| "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+    let port = ports(1)[0];
+    let backends = [&no_content, &moved, &ok];
+    let proxy = Proxy::start_config(&raw_config(port, &backends, ""));
+    for id in ["raw0", "raw1", "raw2"] {
+        wait_health(&proxy, id, "up", T).await;
+    }
+
+    proxy.reload(&raw_config(port, &backends, "expect_status = [200]\n"));
+    wait_health(&proxy, "raw0", "down", T).await;
+    wait_health(&proxy, "raw1", "down", T).await;
+    assert_eq!(backend_status(&proxy, "raw2").await["health"], "up");
+}
+
+/// `expect_body` passes only answers whose body has the text (HAProxy's `http-check expect
+/// string`), in any framing: a backend that answers 200 "starting" is up by default and
+/// down with `expect_body = "OK"`; one that answers "all OK" in chunks stays up.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http_check_looks_for_the_expected_text_in_the_body() {
+    let starting = health_backend(|_| "HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nstarting").await;
+    let ready = health_backend(|_| {
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nall O\r\n1\r\nK\r\n0\r\n\r\n"
+    })
+    .await;
+    let port = ports(1)[0];
+    let backends = [&starting, &ready];
+    let proxy = Proxy::start_config(&raw_config(port, &backends, ""));
+    wait_health(&proxy, "raw0", "up", T).await;
+    wait_health(&proxy, "raw1", "up", T).await;
+
+    proxy.reload(&raw_config(port, &backends, "expect_body = \"OK\"\n"));
+    wait_health(&proxy, "raw0", "down", T).await;
+    let checked = ready.accepted();
+    wait_until(T, "more checks of raw1", || async {
+        ready.accepted() >= checked + 3
+    })
+    .await;
+    assert_eq!(backend_status(&proxy, "raw1").await["health"], "up");
+}

@@ -168,6 +168,15 @@ pub enum ErrorKind {
     /// A `Host` to send that is not an authority.
     #[error("`{0}` is not a valid Host: a DNS name or IP address, with an optional port")]
     InvalidHostField(String),
+    /// An `expect_status` entry that is neither a status code nor a class.
+    #[error("`{0}` is not a status: a code from 100 to 599, or a class such as \"2xx\"")]
+    InvalidStatus(String),
+    /// An empty `expect_status`.
+    #[error("no status would pass: list at least one, e.g. [200] (default: any 2xx or 3xx)")]
+    NoStatus,
+    /// An `expect_body` that is empty or longer than the part of a body a check reads.
+    #[error("must be 1 to {0} bytes")]
+    ExpectBodyLength(usize),
     /// A key meaningful only for HTTP health checks.
     #[error("only valid when kind = \"http\"")]
     OnlyForHttpChecks,

@@ -342,7 +342,7 @@ pub(super) enum HealthKindFile {
     /// No active check (default).
     #[default]
     None,
-    /// GET `path`; 2xx/3xx passes.
+    /// GET `path`; a status in `expect_status` (default 2xx/3xx) passes.
     Http,
     /// TCP connect.
     Tcp,
@@ -359,6 +359,14 @@ pub(super) struct HealthFile {
     /// Host header for http checks; default the tls server_name, else the backend's
     /// `host:port` as written, else its address.
     pub host: Option<String>,
+    /// Fields sent with every http check besides Host (HAProxy's `http-check send hdr`,
+    /// Envoy's `request_headers_to_add`).
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// Statuses that pass an http check: a code, a class ("2xx"), or a list of them; a
+    /// `toml::Value` so that each entry's error is ours, with its own line. Default 2xx/3xx.
+    pub expect_status: Option<toml::Value>,
+    /// Text an http check's body must contain; default the body is not read.
+    pub expect_body: Option<String>,
     /// Default 2s.
     pub interval: HumanDuration,
     /// Default 1s.
@@ -379,6 +387,9 @@ impl Default for HealthFile {
             kind: HealthKindFile::None,
             path: None,
             host: None,
+            headers: Default::default(),
+            expect_status: None,
+            expect_body: None,
             interval: HumanDuration::secs(2),
             timeout: HumanDuration::secs(1),
             rise: 2,

@@ -12,6 +12,7 @@
 //! - `dns`: backends named `host:port`: the lookup (bounded in time), one backend per
 //!   address, and the re-resolution of `dns_refresh`.
 //! - `duration`: durations written with a unit ("250ms", "5s", "2m", "1h").
+//! - `expect`: [`StatusSet`], the statuses an HTTP health check passes on.
 //! - `error`: [`ConfigError`] / [`ConfigErrors`], rendered `<file>:<line>: <key.path>: <message>`.
 //! - `summary`: [`Config::summary`], the human summary printed by `proxy check`.
 //!
@@ -35,6 +36,7 @@
 mod dns;
 mod duration;
 mod error;
+mod expect;
 mod file;
 mod locate;
 mod quick;
@@ -56,6 +58,7 @@ pub use self::dns::{
 };
 pub use self::duration::{fmt_duration, parse_duration, HumanDuration};
 pub use self::error::{ConfigError, ConfigErrors, ErrorKind, TlsFileProblem};
+pub use self::expect::StatusSet;
 pub use self::quick::{QuickOptions, QUICK_UPSTREAM};
 pub use self::resolve::derived_id;
 pub use crate::balance::StrategyKind;
@@ -525,10 +528,14 @@ impl ActiveCheck {
     }
 }
 
+/// Most bytes of a body an HTTP check reads looking for `expect_body`: enough for a status
+/// page, little enough that a backend answering its home page costs the check nothing.
+pub const MAX_CHECK_BODY: usize = 64 * 1024;
+
 /// Kind of active check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CheckKind {
-    /// `GET path`; 2xx and 3xx pass. `path` starts with `/`.
+    /// `GET path`; a status in `expect_status` passes. `path` starts with `/`.
     Http {
         /// Request path (and query): visible ASCII only, from `/`.
         path: String,
@@ -536,9 +543,31 @@ pub enum CheckKind {
         /// backend's `host:port` as written, else its address (a backend serving
         /// virtual hosts may answer that with 404 or a redirect).
         host: Option<String>,
+        /// Fields sent besides Host, in name order: valid field names and values, none
+        /// about the connection or framing. An empty value sends nothing (so
+        /// `User-Agent = ""` drops the check's own).
+        headers: Vec<(String, String)>,
+        /// The statuses that pass; default any 2xx or 3xx.
+        expect_status: StatusSet,
+        /// Text the body must contain within its first [`MAX_CHECK_BODY`] bytes; None: the
+        /// body is not read.
+        expect_body: Option<String>,
     },
     /// A TCP connect passes.
     Tcp,
+}
+
+impl CheckKind {
+    /// `GET path` with the defaults of the file: no extra fields, 2xx and 3xx pass.
+    pub fn http(path: impl Into<String>, host: Option<String>) -> Self {
+        CheckKind::Http {
+            path: path.into(),
+            host,
+            headers: Vec::new(),
+            expect_status: StatusSet::default(),
+            expect_body: None,
+        }
+    }
 }
 
 /// Sticky-cookie settings.

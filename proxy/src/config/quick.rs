@@ -255,10 +255,10 @@ pub(super) fn resolve(
 
     let active = match &q.health_path {
         Some(path) => match super::check_path(path) {
-            Ok(()) => Some(ActiveCheck::with_defaults(CheckKind::Http {
-                path: path.clone(),
-                host: None,
-            })),
+            Ok(()) => Some(ActiveCheck::with_defaults(CheckKind::http(
+                path.clone(),
+                None,
+            ))),
             Err(kind) => {
                 errs.push("--health-path", kind);
                 None
@@ -566,10 +566,7 @@ mod tests {
         let active = c.upstreams[0].health.active.clone().unwrap();
         assert_eq!(
             active,
-            ActiveCheck::with_defaults(CheckKind::Http {
-                path: "/healthz".to_string(),
-                host: None,
-            })
+            ActiveCheck::with_defaults(CheckKind::http("/healthz", None))
         );
         assert_eq!(active.rise, 2);
         assert_eq!(c.upstreams[0].health.max_fails, 3);

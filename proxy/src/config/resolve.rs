@@ -24,9 +24,9 @@ use super::locate::KeyPath;
 use super::{
     AccessLogConfig, ActiveCheck, AdminConfig, BackendConfig, BackendTimeouts, CheckKind, Config,
     Env, HealthConfig, IpHashConfig, Limits, ListenerConfig, ProxyProtocolConfig, QueueConfig,
-    Route, ServerConfig, SniCert, StickyConfig, StrategyKind, Timeouts, TlsConfig, UpstreamConfig,
-    UpstreamTlsConfig, DEFAULT_QUEUE_TIMEOUT, MAX_CONNS, MAX_WEIGHT, MIN_STICKY_KEY_LEN,
-    MIN_TUNNEL_IDLE,
+    Route, ServerConfig, SniCert, StatusSet, StickyConfig, StrategyKind, Timeouts, TlsConfig,
+    UpstreamConfig, UpstreamTlsConfig, DEFAULT_QUEUE_TIMEOUT, MAX_CONNS, MAX_WEIGHT,
+    MIN_STICKY_KEY_LEN, MIN_TUNNEL_IDLE,
 };
 
 /// Errors and warnings found while resolving, each with the key path it is about.
@@ -426,21 +426,41 @@ fn check_added_field(name: &str, value: &str) -> Result<(), ErrorKind> {
     Ok(())
 }
 
-/// A field a route sets on requests (`request_headers`): a token name (RFC 9110 §5.1) that
-/// neither describes a connection or a body's framing (the proxy sets those for its own hop
-/// to the backend) nor is one the proxy sets itself, in either spelling (`_` for `-`, as
-/// CGI-style backends read it); a value without control characters, where a CR or LF would
-/// end the field and start another, or empty to remove the client's. A `Host` must be one.
-fn check_request_field(name: &str, value: &str, request_id: bool) -> Result<(), ErrorKind> {
+/// The checks shared by every field the proxy sends to a backend (a route's
+/// `request_headers`, a health check's `headers`): a token name (RFC 9110 §5.1) that does not
+/// describe a connection or a body's framing (the proxy sets those for its own hop to the
+/// backend), in either spelling (`_` for `-`, as CGI-style backends read it).
+fn check_sent_field_name(name: &str) -> Result<(), ErrorKind> {
     if name.is_empty() || !name.bytes().all(is_token_char) {
         return Err(ErrorKind::InvalidFieldName(name.to_owned()));
     }
-    let reserved = |why| Err(ErrorKind::ReservedRequestField(name.to_owned(), why));
     if HOP_AND_FRAMING.iter().any(|f| same_field(f, name)) {
-        return reserved(
+        return Err(ErrorKind::ReservedRequestField(
+            name.to_owned(),
             "it describes the connection or the body's framing, which the proxy sets for each hop",
-        );
+        ));
     }
+    Ok(())
+}
+
+/// A value without control characters, where a CR or LF would end the field and start
+/// another; empty means "send none".
+fn check_sent_field_value(value: &str) -> Result<(), ErrorKind> {
+    let text = value
+        .bytes()
+        .all(|b| b == b'\t' || b == b' ' || b.is_ascii_graphic() || b >= 0x80);
+    if !text || value.trim().len() != value.len() {
+        return Err(ErrorKind::InvalidRequestFieldValue);
+    }
+    Ok(())
+}
+
+/// A field a route sets on requests (`request_headers`): one the proxy may send
+/// ([`check_sent_field_name`]) and does not set itself; a value without control characters,
+/// or empty to remove the client's. A `Host` must be one.
+fn check_request_field(name: &str, value: &str, request_id: bool) -> Result<(), ErrorKind> {
+    check_sent_field_name(name)?;
+    let reserved = |why| Err(ErrorKind::ReservedRequestField(name.to_owned(), why));
     if is_forwarded_field(name) {
         return reserved("the proxy sets X-Forwarded-For, -Proto, -Host, -Prefix and X-Real-IP");
     }
@@ -453,26 +473,35 @@ fn check_request_field(name: &str, value: &str, request_id: bool) -> Result<(), 
             false => Err(ErrorKind::InvalidHostField(value.to_owned())),
         };
     }
-    let text = value
-        .bytes()
-        .all(|b| b == b'\t' || b == b' ' || b.is_ascii_graphic() || b >= 0x80);
-    if !text || value.trim().len() != value.len() {
-        return Err(ErrorKind::InvalidRequestFieldValue);
-    }
-    Ok(())
+    check_sent_field_value(value)
 }
 
-/// A route's `request_headers`, each checked; one that is invalid is reported and left out.
-fn resolve_request_headers(
+/// A field a health check sends (`headers`): as a route's, but `Host` has its own key,
+/// which also decides the TLS check's and the h2 check's `:authority`.
+fn check_health_field(name: &str, value: &str) -> Result<(), ErrorKind> {
+    check_sent_field_name(name)?;
+    if same_field(name, "host") {
+        return Err(ErrorKind::ReservedRequestField(
+            name.to_owned(),
+            "the check's Host is set by `host` in this table",
+        ));
+    }
+    check_sent_field_value(value)
+}
+
+/// Fields to send (a route's `request_headers`, a check's `headers`), each checked by
+/// `check`; one that is invalid, or that a backend would read as one already kept, is
+/// reported and left out.
+fn resolve_sent_fields(
     fields: std::collections::BTreeMap<String, String>,
-    request_id: bool,
+    check: impl Fn(&str, &str) -> Result<(), ErrorKind>,
     p: &KeyPath,
     out: &mut Resolved,
 ) -> Vec<(String, String)> {
     let mut kept: Vec<(String, String)> = Vec::with_capacity(fields.len());
     for (name, value) in fields {
         let key = p.key(name.as_str());
-        if let Err(kind) = check_request_field(&name, &value, request_id) {
+        if let Err(kind) = check(&name, &value) {
             out.err(key, kind);
         } else if let Some((other, _)) = kept.iter().find(|(n, _)| same_field(n, &name)) {
             out.err(key, ErrorKind::SameRequestField(name, other.clone()));
@@ -942,6 +971,10 @@ pub fn derived_id(addr: SocketAddr) -> String {
     digest.iter().take(5).map(|b| format!("{b:02x}")).collect()
 }
 
+/// Longest `expect_body`: a marker such as "OK" or `"status":"up"`, far shorter than the
+/// part of a body a check reads.
+const MAX_EXPECT_BODY: usize = 1024;
+
 /// Names that go into cookies, URL paths and metric labels unescaped.
 pub(super) fn valid_name(s: &str) -> bool {
     (1..=64).contains(&s.len())
@@ -950,19 +983,53 @@ pub(super) fn valid_name(s: &str) -> bool {
 }
 
 fn resolve_health(h: HealthFile, p: &KeyPath, out: &mut Resolved) -> HealthConfig {
-    if h.host.is_some() && !matches!(h.kind, HealthKindFile::Http) {
-        out.err(p.key("host"), ErrorKind::OnlyForHttpChecks);
+    let http = matches!(h.kind, HealthKindFile::Http);
+    for (key, set) in [
+        ("host", h.host.is_some()),
+        ("headers", !h.headers.is_empty()),
+        ("expect_status", h.expect_status.is_some()),
+        ("expect_body", h.expect_body.is_some()),
+    ] {
+        if set && !http {
+            out.err(p.key(key), ErrorKind::OnlyForHttpChecks);
+        }
     }
     if let Some(host) = h.host.as_ref().filter(|host| !valid_authority(host)) {
         out.err(p.key("host"), ErrorKind::InvalidHost(host.clone()));
     }
     let host = h.host;
+    let headers = resolve_sent_fields(h.headers, check_health_field, &p.key("headers"), out);
+    let expect_status = match &h.expect_status {
+        None => StatusSet::default(),
+        Some(value) => StatusSet::from_toml(value).unwrap_or_else(|errors| {
+            let key = p.key("expect_status");
+            for (at, kind) in errors {
+                out.err(at.map_or(key.clone(), |i| key.index(i)), kind);
+            }
+            StatusSet::default()
+        }),
+    };
+    let expect_body = h.expect_body;
+    if let Some(body) = &expect_body {
+        if body.is_empty() || body.len() > MAX_EXPECT_BODY {
+            out.err(
+                p.key("expect_body"),
+                ErrorKind::ExpectBodyLength(MAX_EXPECT_BODY),
+            );
+        }
+    }
     let kind = match h.kind {
         HealthKindFile::None => None,
         HealthKindFile::Tcp => Some(CheckKind::Tcp),
         HealthKindFile::Http => match h.path {
             Some(path) => match super::check_path(&path) {
-                Ok(()) => Some(CheckKind::Http { path, host }),
+                Ok(()) => Some(CheckKind::Http {
+                    path,
+                    host,
+                    headers,
+                    expect_status,
+                    expect_body,
+                }),
                 Err(kind) => {
                     out.err(p.key("path"), kind);
                     None
@@ -1221,9 +1288,9 @@ fn resolve_routes(
             }
             parse_nets(&list, &p.key("allow"), out)
         });
-        let request_headers = resolve_request_headers(
+        let request_headers = resolve_sent_fields(
             r.request_headers,
-            request_id,
+            |name, value| check_request_field(name, value, request_id),
             &p.key("request_headers"),
             out,
         );

@@ -3,7 +3,7 @@
 use std::fmt::Write;
 
 use super::duration::fmt_duration;
-use super::{CheckKind, Config, StrategyKind};
+use super::{CheckKind, Config, StatusSet, StrategyKind};
 
 impl Config {
     /// A human summary: listeners (TLS, h2, redirect), upstreams (strategy, backends with
@@ -136,11 +136,33 @@ impl Config {
             match &u.health.active {
                 Some(a) => {
                     let what = match &a.kind {
-                        CheckKind::Http { path, host: None } => format!("http GET {path}"),
                         CheckKind::Http {
                             path,
-                            host: Some(host),
-                        } => format!("http GET {path} (Host: {host})"),
+                            host,
+                            headers,
+                            expect_status,
+                            expect_body,
+                        } => {
+                            let mut notes: Vec<String> =
+                                host.iter().map(|h| format!("Host: {h}")).collect();
+                            if !headers.is_empty() {
+                                // Names only: a value may be a token.
+                                let names: Vec<&str> =
+                                    headers.iter().map(|(n, _)| n.as_str()).collect();
+                                notes.push(format!("sends {}", names.join(", ")));
+                            }
+                            if *expect_status != StatusSet::default() {
+                                notes.push(format!("expects {expect_status}"));
+                            }
+                            if let Some(body) = expect_body {
+                                notes.push(format!("body contains {body:?}"));
+                            }
+                            let mut what = format!("http GET {path}");
+                            if !notes.is_empty() {
+                                write!(what, " ({})", notes.join("; "))?;
+                            }
+                            what
+                        }
                         CheckKind::Tcp => "tcp connect".to_string(),
                     };
                     write!(

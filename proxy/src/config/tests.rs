@@ -172,10 +172,7 @@ fn the_example_file_loads() {
         u.health,
         HealthConfig {
             active: Some(ActiveCheck {
-                kind: CheckKind::Http {
-                    path: "/healthz".to_string(),
-                    host: None,
-                },
+                kind: CheckKind::http("/healthz", None),
                 interval: Duration::from_secs(2),
                 timeout: Duration::from_secs(1),
                 rise: 2,
@@ -914,13 +911,7 @@ fn health_check_values() {
             "kind = \"http\"\npath = \"/healthz\"\nhost = \"{host}\"\n"
         )));
         let active = c.upstreams[0].health.active.clone().unwrap();
-        assert_eq!(
-            active.kind,
-            CheckKind::Http {
-                path: "/healthz".into(),
-                host: Some(host.into())
-            }
-        );
+        assert_eq!(active.kind, CheckKind::http("/healthz", Some(host.into())));
     }
     for host in [
         "",
@@ -961,6 +952,184 @@ fn health_check_values() {
     assert_eq!(
         c.warnings,
         vec!["proxy.toml:9: upstreams.app.health.timeout: longer than the interval: checks of one backend will overlap"]
+    );
+}
+
+#[test]
+fn http_check_fields_and_expectations_are_parsed() {
+    let h = |body: &str| {
+        format!("{MINIMAL}[upstreams.app.health]\nkind = \"http\"\npath = \"/healthz\"\n{body}")
+    };
+    // The defaults: no extra fields, any 2xx or 3xx, the body unread.
+    let c = ok(&h(""));
+    let active = c.upstreams[0].health.active.clone().unwrap();
+    assert_eq!(active.kind, CheckKind::http("/healthz", None));
+    let CheckKind::Http {
+        headers,
+        expect_status,
+        expect_body,
+        ..
+    } = active.kind
+    else {
+        panic!("not an http check");
+    };
+    assert!(headers.is_empty());
+    assert_eq!(expect_status, StatusSet::default());
+    assert!(expect_status.contains(204) && expect_status.contains(302));
+    assert!(!expect_status.contains(404));
+    assert_eq!(expect_body, None);
+    assert!(c
+        .summary()
+        .contains("active check: http GET /healthz every 2s"));
+
+    let c = ok(&h(concat!(
+        "host = \"chat.internal\"\n",
+        "headers = { \"X-Health-Token\" = \"s3cret\", \"User-Agent\" = \"switchyard-check\", X-Note = \"a b\" }\n",
+        "expect_status = [200, \"3xx\"]\n",
+        "expect_body = \"OK\"\n",
+    )));
+    let CheckKind::Http {
+        headers,
+        expect_status,
+        expect_body,
+        ..
+    } = c.upstreams[0].health.active.clone().unwrap().kind
+    else {
+        panic!("not an http check");
+    };
+    assert_eq!(
+        headers,
+        [
+            ("User-Agent", "switchyard-check"),
+            ("X-Health-Token", "s3cret"),
+            ("X-Note", "a b"),
+        ]
+        .map(|(n, v)| (n.to_owned(), v.to_owned()))
+    );
+    assert!(expect_status.contains(200) && expect_status.contains(308));
+    assert!(!expect_status.contains(204));
+    assert_eq!(expect_body.as_deref(), Some("OK"));
+    // Field names, never their values (a token).
+    let summary = c.summary();
+    assert!(
+        summary.contains(
+            "active check: http GET /healthz (Host: chat.internal; sends User-Agent, X-Health-Token, X-Note; expects 200, 3xx; body contains \"OK\") every 2s"
+        ),
+        "{summary}"
+    );
+    assert!(!summary.contains("s3cret"));
+    // One status on its own, and a class in either case.
+    for (v, passes, fails) in [
+        ("204", 204, 200),
+        ("\"5XX\"", 503, 200),
+        ("[\"200\"]", 200, 201),
+    ] {
+        let c = ok(&h(&format!("expect_status = {v}\n")));
+        let Some(ActiveCheck {
+            kind: CheckKind::Http { expect_status, .. },
+            ..
+        }) = &c.upstreams[0].health.active
+        else {
+            panic!("not an http check");
+        };
+        assert!(
+            expect_status.contains(passes) && !expect_status.contains(fails),
+            "{v}"
+        );
+    }
+}
+
+#[test]
+fn http_check_fields_and_expectations_are_checked() {
+    let h = |body: &str| {
+        format!("{MINIMAL}[upstreams.app.health]\nkind = \"http\"\npath = \"/healthz\"\n{body}")
+    };
+    let framing = "cannot be set here: it describes the connection or the body's framing";
+    let value = "invalid value: visible text and spaces, no CR, LF, NUL";
+    let mut cases: Vec<(String, String)> = [
+        (r#""X Bad" = "v""#, "`X Bad` is not a field name"),
+        (r#"":authority" = "v""#, "`:authority` is not a field name"),
+        (r#"X-A = "a\r\nX-B: b""#, value),
+        (r#"X-A = "a\u0000b""#, value),
+        (r#"X-A = " padded""#, value),
+        (
+            r#"Host = "api.internal""#,
+            "`Host` cannot be set here: the check's Host is set by `host` in this table",
+        ),
+        (
+            r#"X-A = "a", host = "b""#,
+            "`host` cannot be set here: the check's Host is set by `host` in this table",
+        ),
+        (
+            r#"X-Env = "a", x_env = "b""#,
+            "upstreams.app.health.headers.x_env: `x_env` names the same field as `X-Env`",
+        ),
+    ]
+    .iter()
+    .map(|(f, w)| ((*f).to_owned(), (*w).to_owned()))
+    .collect();
+    for name in [
+        "Connection",
+        "Keep-Alive",
+        "TE",
+        "Trailer",
+        "Transfer-Encoding",
+        "Upgrade",
+        "Content-Length",
+        "content_length",
+    ] {
+        cases.push((format!("{name} = \"x\""), format!("`{name}` {framing}")));
+    }
+    for (fields, why) in cases {
+        let e = err(&h(&format!("headers = {{ {fields} }}\n")));
+        assert!(
+            e.starts_with("proxy.toml:9: upstreams.app.health.headers.") && e.contains(&why),
+            "{fields}: {e}"
+        );
+    }
+    // Each `expect_status` entry on its own line, with its index.
+    assert_eq!(
+        errs(&h("expect_status = [\n  200,\n  600,\n  \"2xy\",\n  true,\n]\n")),
+        vec![
+            "proxy.toml:11: upstreams.app.health.expect_status[1]: `600` is not a status: a code from 100 to 599, or a class such as \"2xx\"",
+            "proxy.toml:12: upstreams.app.health.expect_status[2]: `\"2xy\"` is not a status: a code from 100 to 599, or a class such as \"2xx\"",
+            "proxy.toml:13: upstreams.app.health.expect_status[3]: `true` is not a status: a code from 100 to 599, or a class such as \"2xx\"",
+        ]
+    );
+    for (v, shown) in [
+        ("99", "99"),
+        ("\"6xx\"", "\"6xx\""),
+        ("\"2xy\"", "\"2xy\""),
+        ("true", "true"),
+        ("[200, \"ok\"]", "\"ok\""),
+    ] {
+        let e = err(&h(&format!("expect_status = {v}\n")));
+        let at = if v.starts_with('[') { "[1]" } else { "" };
+        assert_eq!(
+            e,
+            format!("proxy.toml:9: upstreams.app.health.expect_status{at}: `{shown}` is not a status: a code from 100 to 599, or a class such as \"2xx\""),
+        );
+    }
+    assert_eq!(
+        err(&h("expect_status = []\n")),
+        "proxy.toml:9: upstreams.app.health.expect_status: no status would pass: list at least one, e.g. [200] (default: any 2xx or 3xx)"
+    );
+    for body in [String::new(), "x".repeat(1025)] {
+        assert_eq!(
+            err(&h(&format!("expect_body = \"{body}\"\n"))),
+            "proxy.toml:9: upstreams.app.health.expect_body: must be 1 to 1024 bytes"
+        );
+    }
+    // Meaningless for a tcp check.
+    assert_eq!(
+        errs(&format!(
+            "{MINIMAL}[upstreams.app.health]\nkind = \"tcp\"\nheaders = {{ X-A = \"b\" }}\nexpect_status = [200]\nexpect_body = \"OK\"\n"
+        )),
+        vec![
+            "proxy.toml:8: upstreams.app.health.headers: only valid when kind = \"http\"",
+            "proxy.toml:9: upstreams.app.health.expect_status: only valid when kind = \"http\"",
+            "proxy.toml:10: upstreams.app.health.expect_body: only valid when kind = \"http\"",
+        ]
     );
 }
 

@@ -1,5 +1,6 @@
 //! Active health checks: a background task that probes every backend of every upstream
-//! with an active check configured (HTTP GET or TCP connect), applying rise/fall.
+//! with an active check configured (HTTP GET or TCP connect), applying rise/fall. The
+//! HTTP exchange itself is in `http1` and, for h2 upstreams, `h2`.
 //! Passive checks live with the backend state (`upstream::backend`).
 
 use std::collections::{HashMap, HashSet};
@@ -10,9 +11,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
 mod h2;
+mod http1;
 
 use crate::config::{ActiveCheck, CheckKind, UpstreamProtocol};
 use crate::state::Shared;
@@ -32,11 +32,37 @@ impl HealthChecker {
     }
 }
 
-/// One probe. HTTP: `GET path`, any 2xx or 3xx passes; TCP: the connect succeeds. With
-/// `tls`, either kind needs the TLS handshake to pass too (as HAProxy's `check-ssl`): a
-/// backend whose certificate the proxy refuses would fail every request sent to it.
-/// An h2 upstream is checked over h2, as its backends may speak nothing else (a gRPC
-/// server refuses HTTP/1.1). `name` is the backend's `host:port` when it was named so.
+/// What an HTTP check sends, and the text its body must have.
+pub(super) struct CheckRequest<'a> {
+    host: &'a str,
+    path: &'a str,
+    /// As configured: validated, in name order; an empty value sends nothing.
+    headers: &'a [(String, String)],
+    /// `expect_body`; None: the body is not read.
+    body: Option<&'a str>,
+}
+
+impl CheckRequest<'_> {
+    /// Whether the configured fields replace the check's own `User-Agent`.
+    fn sets_user_agent(&self) -> bool {
+        self.headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("user-agent"))
+    }
+}
+
+/// Whether the part of a body that was read has `text` (`expect_body`).
+fn body_contains(body: &[u8], text: &str) -> bool {
+    text.is_empty() || body.windows(text.len()).any(|w| w == text.as_bytes())
+}
+
+/// One probe. HTTP: `GET path` with the configured fields; it passes on a status of
+/// `expect_status` (default any 2xx or 3xx) with `expect_body` in the body when set. TCP:
+/// the connect succeeds. With `tls`, either kind needs the TLS handshake to pass too (as
+/// HAProxy's `check-ssl`): a backend whose certificate the proxy refuses would fail every
+/// request sent to it. An h2 upstream is checked over h2, as its backends may speak nothing
+/// else (a gRPC server refuses HTTP/1.1). `name` is the backend's `host:port` when it was
+/// named so.
 pub async fn probe(
     addr: SocketAddr,
     name: Option<&str>,
@@ -53,9 +79,15 @@ pub async fn probe(
                 return None;
             }
         };
-        let (path, host) = match kind {
-            CheckKind::Tcp => return Some(true),
-            CheckKind::Http { path, host } => (path, host),
+        let CheckKind::Http {
+            path,
+            host,
+            headers,
+            expect_status,
+            expect_body,
+        } = kind
+        else {
+            return Some(true);
         };
         // A backend serving several names by SNI expects the same name in Host; one named
         // `host:port` in the config is asked for that name, as a request to it through
@@ -66,28 +98,22 @@ pub async fn probe(
             (None, None, Some(name)) => name.to_owned(),
             (None, None, None) => addr.to_string(),
         };
-        if h2 {
-            let code = h2::get(s, tls.is_some(), &host, path).await?;
-            return Some((200..400).contains(&code));
+        let req = CheckRequest {
+            host: &host,
+            path,
+            headers,
+            body: expect_body.as_deref(),
+        };
+        let (status, body_ok) = match h2 {
+            true => h2::get(s, tls.is_some(), &req).await?,
+            false => http1::get(&mut s, &req).await?,
+        };
+        if !expect_status.contains(status) {
+            tracing::debug!("health check of {addr}: status {status} is not expected");
+        } else if !body_ok {
+            tracing::debug!("health check of {addr}: the body lacks the expected text");
         }
-        let req = format!(
-            "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: switchyard-health\r\nConnection: close\r\n\r\n"
-        );
-        s.write_all(req.as_bytes()).await.ok()?;
-        s.flush().await.ok()?;
-        let mut buf = [0u8; 64];
-        let mut got = 0;
-        while got < 12 {
-            let n = s.read(&mut buf[got..]).await.ok()?;
-            if n == 0 {
-                break;
-            }
-            got += n;
-        }
-        // "HTTP/1.1 200"
-        let line = std::str::from_utf8(&buf[..got]).ok()?;
-        let code: u16 = line.get(9..12)?.parse().ok()?;
-        Some((200..400).contains(&code))
+        Some(expect_status.contains(status) && body_ok)
     };
     matches!(tokio::time::timeout(timeout, attempt).await, Ok(Some(true)))
 }
@@ -173,10 +199,14 @@ impl BackgroundService for HealthChecker {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    /// The request head an http check sends to a listener that answers 200.
-    async fn check_head(name: Option<&str>, host: Option<&str>) -> String {
+    use super::*;
+    use crate::config::StatusSet;
+
+    /// Whether an http check of `kind` passes against a listener answering `response`,
+    /// and the request head it sent.
+    async fn check(name: Option<&str>, kind: &CheckKind, response: &'static str) -> (bool, String) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
@@ -188,21 +218,25 @@ mod tests {
                 assert!(n > 0, "closed before the end of the head");
                 head.extend_from_slice(&buf[..n]);
             }
-            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
-                .await
-                .unwrap();
+            s.write_all(response.as_bytes()).await.unwrap();
             String::from_utf8(head).unwrap()
         });
-        let kind = CheckKind::Http {
-            path: "/healthz".to_owned(),
-            host: host.map(str::to_owned),
-        };
-        assert!(probe(addr, name, None, &kind, Duration::from_secs(5), false).await);
+        let ok = probe(addr, name, None, kind, Duration::from_secs(5), false).await;
         let head = tokio::time::timeout(Duration::from_secs(5), server)
             .await
             .unwrap()
             .unwrap();
-        head.replace(&addr.to_string(), "ADDR")
+        (ok, head.replace(&addr.to_string(), "ADDR"))
+    }
+
+    const OK: &str = "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+
+    /// The request head an http check sends to a listener that answers 200.
+    async fn check_head(name: Option<&str>, host: Option<&str>) -> String {
+        let kind = CheckKind::http("/healthz", host.map(str::to_owned));
+        let (ok, head) = check(name, &kind, OK).await;
+        assert!(ok);
+        head
     }
 
     #[tokio::test]
@@ -213,5 +247,134 @@ mod tests {
         // A configured host wins.
         let head = check_head(Some("node1:9000"), Some("chat.internal")).await;
         assert!(head.contains("\r\nHost: chat.internal\r\n"), "{head}");
+    }
+
+    fn with_headers(headers: &[(&str, &str)]) -> CheckKind {
+        let mut kind = CheckKind::http("/healthz", None);
+        if let CheckKind::Http { headers: h, .. } = &mut kind {
+            *h = headers
+                .iter()
+                .map(|&(n, v)| (n.to_owned(), v.to_owned()))
+                .collect();
+        }
+        kind
+    }
+
+    #[tokio::test]
+    async fn an_http_check_sends_the_configured_fields() {
+        let (_, head) = check(None, &with_headers(&[("X-Health-Token", "s3cret")]), OK).await;
+        assert_eq!(
+            head,
+            "GET /healthz HTTP/1.1\r\nHost: ADDR\r\nUser-Agent: switchyard-health\r\nX-Health-Token: s3cret\r\nConnection: close\r\n\r\n"
+        );
+        // A configured User-Agent replaces the check's; an empty one sends none.
+        let (_, head) = check(None, &with_headers(&[("user-agent", "probe/1")]), OK).await;
+        assert!(head.contains("\r\nuser-agent: probe/1\r\n"), "{head}");
+        assert!(!head.contains("switchyard-health"), "{head}");
+        let (_, head) = check(None, &with_headers(&[("User-Agent", "")]), OK).await;
+        assert!(!head.to_ascii_lowercase().contains("user-agent"), "{head}");
+    }
+
+    #[tokio::test]
+    async fn an_http_check_passes_on_the_expected_statuses() {
+        let answer = |code: u16| -> &'static str {
+            match code {
+                200 => OK,
+                204 => "HTTP/1.1 204 No Content\r\n\r\n",
+                301 => "HTTP/1.1 301 Moved\r\nlocation: /x\r\ncontent-length: 0\r\n\r\n",
+                _ => "HTTP/1.1 503 Unavailable\r\ncontent-length: 0\r\n\r\n",
+            }
+        };
+        let mut only_200 = CheckKind::http("/healthz", None);
+        let mut also_503 = CheckKind::http("/healthz", None);
+        let set = |v: &str| {
+            let doc: toml::Table = toml::from_str(&format!("v = {v}")).unwrap();
+            StatusSet::from_toml(&doc["v"]).unwrap()
+        };
+        if let CheckKind::Http { expect_status, .. } = &mut only_200 {
+            *expect_status = set("[200]");
+        }
+        if let CheckKind::Http { expect_status, .. } = &mut also_503 {
+            *expect_status = set("[\"2xx\", 503]");
+        }
+        let default = CheckKind::http("/healthz", None);
+        for (code, default_passes, only_200_passes, also_503_passes) in [
+            (200, true, true, true),
+            (204, true, false, true),
+            (301, true, false, false),
+            (503, false, false, true),
+        ] {
+            assert_eq!(
+                check(None, &default, answer(code)).await.0,
+                default_passes,
+                "{code}"
+            );
+            assert_eq!(
+                check(None, &only_200, answer(code)).await.0,
+                only_200_passes,
+                "{code}"
+            );
+            assert_eq!(
+                check(None, &also_503, answer(code)).await.0,
+                also_503_passes,
+                "{code}"
+            );
+        }
+    }
+
+    /// Whether an h2 check of `kind` passes against an h2c listener answering `status` with
+    /// `body`, and the fields of the request it sent.
+    async fn h2_check(
+        kind: &CheckKind,
+        status: u16,
+        body: &'static str,
+    ) -> (bool, http::HeaderMap) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            let mut conn = ::h2::server::handshake(s).await.unwrap();
+            let (req, mut respond) = conn.accept().await.unwrap().unwrap();
+            let response = http::Response::builder().status(status).body(()).unwrap();
+            let mut send = respond.send_response(response, body.is_empty()).unwrap();
+            if !body.is_empty() {
+                send.send_data(body.into(), true).unwrap();
+            }
+            // Driven until the check closes it, so that the answer goes out.
+            while let Some(Ok(_)) = conn.accept().await {}
+            req.headers().clone()
+        });
+        let ok = probe(addr, None, None, kind, Duration::from_secs(5), true).await;
+        let fields = tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .unwrap()
+            .unwrap();
+        (ok, fields)
+    }
+
+    #[tokio::test]
+    async fn an_h2_check_sends_the_fields_and_checks_the_answer() {
+        let mut kind = with_headers(&[("X-Health-Token", "s3cret"), ("User-Agent", "probe/1")]);
+        let (ok, fields) = h2_check(&kind, 204, "").await;
+        assert!(ok);
+        assert_eq!(fields["x-health-token"], "s3cret");
+        assert_eq!(fields["user-agent"], "probe/1");
+        assert_eq!(fields.get_all("user-agent").iter().count(), 1);
+        let (_, fields) = h2_check(&CheckKind::http("/healthz", None), 200, "").await;
+        assert_eq!(fields["user-agent"], "switchyard-health");
+
+        if let CheckKind::Http {
+            expect_status,
+            expect_body,
+            ..
+        } = &mut kind
+        {
+            let doc: toml::Table = toml::from_str("v = [200]").unwrap();
+            *expect_status = StatusSet::from_toml(&doc["v"]).unwrap();
+            *expect_body = Some("OK".to_owned());
+        }
+        assert!(!h2_check(&kind, 204, "").await.0);
+        assert!(h2_check(&kind, 200, "all OK").await.0);
+        assert!(!h2_check(&kind, 200, "all fine").await.0);
     }
 }
