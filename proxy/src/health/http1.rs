@@ -152,6 +152,9 @@ async fn read_chunked<S: AsyncRead + Unpin>(s: &mut S, mut raw: Vec<u8>) -> Opti
                 raw.drain(..used);
                 size
             }
+            // A size line that never ends (endless chunk extensions) would otherwise
+            // grow `raw` for as long as the check's timeout lets the backend write.
+            httparse::Status::Partial if raw.len() > MAX_HEAD => return None,
             httparse::Status::Partial => match read_more(s, &mut raw).await? {
                 true => continue,
                 false => break,
@@ -256,5 +259,9 @@ mod tests {
         }
         chunked.extend(b"2\r\nOK\r\n0\r\n\r\n");
         assert_eq!(answer(&chunked).await, Some((200, false)));
+        // A chunk size line that does not end is not buffered without bound.
+        let mut endless = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2;x=".to_vec();
+        endless.extend(std::iter::repeat_n(b'y', 4 * MAX_HEAD));
+        assert_eq!(answer(&endless).await, None);
     }
 }
