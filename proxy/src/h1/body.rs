@@ -23,15 +23,31 @@ impl Framing {
     /// Takes the next `bytes` of the body: how many of them belong to it, and whether the
     /// body is complete with them.
     pub fn feed(&mut self, bytes: &[u8]) -> Result<(usize, bool), BadChunk> {
+        self.feed_with(bytes, |_| {})
+    }
+
+    /// [`Framing::feed`] that also hands `data` the body's content in those bytes, without
+    /// the chunked framing (for a reader of the body, such as a health check's
+    /// `expect_body`; the relay passes a closure that does nothing).
+    #[inline]
+    pub fn feed_with(
+        &mut self,
+        bytes: &[u8],
+        mut data: impl FnMut(&[u8]),
+    ) -> Result<(usize, bool), BadChunk> {
         match self {
             Framing::Empty => Ok((0, true)),
             Framing::Length(left) => {
                 let take = (*left).min(bytes.len() as u64);
                 *left -= take;
+                data(&bytes[..take as usize]);
                 Ok((take as usize, *left == 0))
             }
-            Framing::Chunked(c) => c.feed(bytes),
-            Framing::UntilClose => Ok((bytes.len(), false)),
+            Framing::Chunked(c) => c.feed_with(bytes, data),
+            Framing::UntilClose => {
+                data(bytes);
+                Ok((bytes.len(), false))
+            }
         }
     }
 
@@ -78,10 +94,21 @@ enum State {
 
 impl Chunked {
     pub fn feed(&mut self, bytes: &[u8]) -> Result<(usize, bool), BadChunk> {
+        self.feed_with(bytes, |_| {})
+    }
+
+    /// [`Chunked::feed`] that hands `data` each run of chunk data it passes over.
+    #[inline]
+    pub fn feed_with(
+        &mut self,
+        bytes: &[u8],
+        mut data: impl FnMut(&[u8]),
+    ) -> Result<(usize, bool), BadChunk> {
         let mut i = 0;
         while i < bytes.len() {
             if self.state == State::Data {
                 let take = self.size.min((bytes.len() - i) as u64) as usize;
+                data(&bytes[i..i + take]);
                 i += take;
                 self.size -= take as u64;
                 if self.size == 0 {
@@ -185,6 +212,31 @@ mod tests {
             }
         }
         Ok((total, false))
+    }
+
+    #[test]
+    fn hands_out_the_data_without_the_framing_across_any_split() {
+        let body = b"5\r\nhello\r\n1a;ext=1\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nx-trailer: 1\r\n\r\nNEXT";
+        for cut in 0..body.len() {
+            let mut c = Framing::Chunked(Chunked::default());
+            let mut data = Vec::new();
+            let (a, b) = body.split_at(cut);
+            for part in [a, b] {
+                match c.feed_with(part, |d| data.extend_from_slice(d)) {
+                    Ok((_, true)) => break,
+                    Ok((_, false)) => {}
+                    Err(e) => panic!("split at {cut}: {e}"),
+                }
+            }
+            assert_eq!(data, b"helloabcdefghijklmnopqrstuvwxyz", "split at {cut}");
+        }
+        let mut data = Vec::new();
+        let mut length = Framing::Length(3);
+        assert_eq!(
+            length.feed_with(b"abcdef", |d| data.extend_from_slice(d)),
+            Ok((3, true))
+        );
+        assert_eq!(data, b"abc");
     }
 
     #[test]

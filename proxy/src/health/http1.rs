@@ -6,6 +6,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::{body_contains, CheckRequest};
 use crate::config::MAX_CHECK_BODY;
+use crate::h1::head::parse_response;
 
 /// Most bytes of a response head read before the check gives up on it.
 const MAX_HEAD: usize = 16 * 1024;
@@ -38,13 +39,7 @@ where
     let Some(needle) = req.body else {
         return Some((status_only(s).await?, true));
     };
-    let (status, framing, rest) = read_head(s).await?;
-    let body = match framing {
-        Framing::None => Vec::new(),
-        Framing::Length(len) => read_length(s, rest, len).await?,
-        Framing::Close => read_length(s, rest, u64::MAX).await?,
-        Framing::Chunked => read_chunked(s, rest).await?,
-    };
+    let (status, body) = read_answer(s).await?;
     Some((status, body_contains(&body, needle)))
 }
 
@@ -63,56 +58,38 @@ async fn status_only<S: AsyncRead + Unpin>(s: &mut S) -> Option<u16> {
     line.get(9..12)?.parse().ok()
 }
 
-/// How the body of an answer ends (RFC 9112 §6.3).
-#[derive(Debug, PartialEq, Eq)]
-enum Framing {
-    /// There is none (204, 304, 1xx).
-    None,
-    Length(u64),
-    Chunked,
-    /// With the connection.
-    Close,
-}
-
-/// Reads the response head: its status, how its body ends, and the bytes read past it.
-async fn read_head<S: AsyncRead + Unpin>(s: &mut S) -> Option<(u16, Framing, Vec<u8>)> {
+/// Reads the answer with the proxy's own parser and framing (`h1::head`, `h1::body`), as
+/// strict as for an answer relayed to a client: its status and up to [`MAX_CHECK_BODY`]
+/// bytes of its body's content (a body cut short by the close gives what came). None when
+/// the answer cannot be read as HTTP/1 (a head over [`MAX_HEAD`], a malformed chunked body,
+/// two lengths that differ, a `101`).
+async fn read_answer<S: AsyncRead + Unpin>(s: &mut S) -> Option<(u16, Vec<u8>)> {
     let mut buf = Vec::with_capacity(1024);
-    loop {
-        if !read_more(s, &mut buf).await? || buf.len() > MAX_HEAD {
+    let head = loop {
+        if !read_more(s, &mut buf).await? {
             return None;
         }
-        let mut fields = [httparse::EMPTY_HEADER; 64];
-        let mut response = httparse::Response::new(&mut fields);
-        let httparse::Status::Complete(end) = response.parse(&buf).ok()? else {
-            continue;
-        };
-        let status = response.code?;
-        let framing = framing(status, response.headers)?;
-        return Some((status, framing, buf.split_off(end)));
-    }
-}
-
-/// None when the framing is unreadable (a Content-Length that is not a number).
-fn framing(status: u16, fields: &[httparse::Header<'_>]) -> Option<Framing> {
-    if status < 200 || status == 204 || status == 304 {
-        return Some(Framing::None);
-    }
-    let values = |name: &str| -> Vec<String> {
-        fields
-            .iter()
-            .filter(|f| f.name.eq_ignore_ascii_case(name))
-            .map(|f| String::from_utf8_lossy(f.value).trim().to_ascii_lowercase())
-            .collect()
+        if let Some(head) = parse_response(&buf, false, MAX_HEAD).ok()? {
+            break head;
+        }
     };
-    if let Some(codings) = values("transfer-encoding").last() {
-        return Some(match codings.rsplit(',').next().map(str::trim) {
-            Some("chunked") => Framing::Chunked,
-            _ => Framing::Close,
-        });
-    }
-    match values("content-length").first() {
-        Some(len) => len.parse().ok().map(Framing::Length),
-        None => Some(Framing::Close),
+    let mut framing = head.framing;
+    let mut body = Vec::new();
+    let mut unread = buf.split_off(head.len);
+    loop {
+        let (_, done) = framing
+            .feed_with(&unread, |data| {
+                let room = MAX_CHECK_BODY - body.len();
+                body.extend_from_slice(&data[..data.len().min(room)]);
+            })
+            .ok()?;
+        if done || body.len() >= MAX_CHECK_BODY {
+            return Some((head.status, body));
+        }
+        unread.clear();
+        if !read_more(s, &mut unread).await? {
+            return Some((head.status, body));
+        }
     }
 }
 
@@ -122,66 +99,6 @@ async fn read_more<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>) -> Option
     let n = s.read(&mut chunk).await.ok()?;
     buf.extend_from_slice(&chunk[..n]);
     Some(n > 0)
-}
-
-/// Up to `len` bytes of body (at most [`MAX_CHECK_BODY`]), `rest` first; a stream that ends
-/// early gives what came.
-async fn read_length<S: AsyncRead + Unpin>(
-    s: &mut S,
-    mut body: Vec<u8>,
-    len: u64,
-) -> Option<Vec<u8>> {
-    let want = usize::try_from(len)
-        .unwrap_or(usize::MAX)
-        .min(MAX_CHECK_BODY);
-    while body.len() < want {
-        if !read_more(s, &mut body).await? {
-            break;
-        }
-    }
-    body.truncate(want);
-    Some(body)
-}
-
-/// Up to [`MAX_CHECK_BODY`] bytes of a chunked body, `raw` being what was read past the head.
-async fn read_chunked<S: AsyncRead + Unpin>(s: &mut S, mut raw: Vec<u8>) -> Option<Vec<u8>> {
-    let mut body = Vec::new();
-    while body.len() < MAX_CHECK_BODY {
-        let size = match httparse::parse_chunk_size(&raw).ok()? {
-            httparse::Status::Complete((used, size)) => {
-                raw.drain(..used);
-                size
-            }
-            // A size line that never ends (endless chunk extensions) would otherwise
-            // grow `raw` for as long as the check's timeout lets the backend write.
-            httparse::Status::Partial if raw.len() > MAX_HEAD => return None,
-            httparse::Status::Partial => match read_more(s, &mut raw).await? {
-                true => continue,
-                false => break,
-            },
-        };
-        if size == 0 {
-            break;
-        }
-        let mut left = usize::try_from(size).unwrap_or(usize::MAX);
-        while left > 0 && body.len() < MAX_CHECK_BODY {
-            if raw.is_empty() && !read_more(s, &mut raw).await? {
-                return Some(body);
-            }
-            let take = left.min(raw.len());
-            body.extend(raw.drain(..take));
-            left -= take;
-        }
-        // The CRLF after the chunk's data.
-        while raw.len() < 2 && body.len() < MAX_CHECK_BODY {
-            if !read_more(s, &mut raw).await? {
-                return Some(body);
-            }
-        }
-        raw.drain(..raw.len().min(2));
-    }
-    body.truncate(MAX_CHECK_BODY);
-    Some(body)
 }
 
 #[cfg(test)]
