@@ -132,7 +132,17 @@ pub async fn send(req: RequestBuilder) -> Reply {
         .unwrap_or_else(|| "request".into());
     match try_send(req).await {
         Ok(reply) => reply,
-        Err(e) => panic!("{what}: {e:#}"),
+        Err(e) => {
+            // reqwest's Display stops at "error sending request"; the cause (refused,
+            // reset, closed before the answer) is what tells one failure from another.
+            let mut why = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                why.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            panic!("{what}: {why}")
+        }
     }
 }
 
