@@ -105,8 +105,10 @@ fn a_node_restarted_under_its_id_does_not_keep_its_old_sockets_online() {
 async fn a_heartbeat_replaces_its_nodes_presence_entries() {
     let redis = RedisServer::start();
     let url = redis.url();
-    // Heartbeats every 500 ms.
-    let node = ChatNode::start("n1", Some(&url), &["--presence-ttl", "1500ms"]);
+    // Heartbeats every 2 s. The TTL is far longer than a stall of this shared machine: a
+    // hash that expired between two beats would lose the ghost for another reason, and
+    // the anchor with it until the next beat.
+    let node = ChatNode::start("n1", Some(&url), &["--presence-ttl", "6s"]);
     let _anchor = raw_chat_socket(&node, "anchor").await;
     let hash = "syd:chat:presence:lobby:n1";
     assert_eq!(redis.command(&["HLEN", hash]), ":1", "the anchor is online");
@@ -118,7 +120,7 @@ async fn a_heartbeat_replaces_its_nodes_presence_entries() {
     // anchor stays. (Refreshing by adding kept it, and its expiry, forever.)
     let redis = &redis;
     wait_until(
-        Duration::from_secs(5),
+        Duration::from_secs(15),
         "the ghost entry removed",
         || async move { redis.command(&["HEXISTS", hash, "ghost-sid"]) == ":0" },
     )
