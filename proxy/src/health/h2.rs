@@ -16,12 +16,9 @@ pub(super) async fn get(
     let (client, connection) = ::h2::client::handshake(stream).await.ok()?;
     let scheme = if tls { "https" } else { "http" };
     let mut request = http::Request::get(format!("{scheme}://{}{}", req.host, req.path));
-    if !req.sets_user_agent() {
-        request = request.header(http::header::USER_AGENT, "switchyard-health");
-    }
-    for (name, value) in req.headers.iter().filter(|(_, v)| !v.is_empty()) {
+    for (name, value) in req.fields() {
         // `http` lowers the name, as h2 requires (`X-Health-Token` goes as `x-health-token`).
-        request = request.header(name.as_str(), value.as_bytes());
+        request = request.header(name, value);
     }
     let request = match request.body(()) {
         Ok(r) => r,

@@ -16,10 +16,7 @@ const MAX_HEAD: usize = 16 * 1024;
 /// with the connection.
 pub(super) fn head(req: &CheckRequest<'_>) -> String {
     let mut head = format!("GET {} HTTP/1.1\r\nHost: {}\r\n", req.path, req.host);
-    if !req.sets_user_agent() {
-        head.push_str("User-Agent: switchyard-health\r\n");
-    }
-    for (name, value) in req.headers.iter().filter(|(_, v)| !v.is_empty()) {
+    for (name, value) in req.fields() {
         // Writing to a String cannot fail.
         let _ = write!(head, "{name}: {value}\r\n");
     }

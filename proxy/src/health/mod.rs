@@ -43,11 +43,18 @@ pub(super) struct CheckRequest<'a> {
 }
 
 impl CheckRequest<'_> {
-    /// Whether the configured fields replace the check's own `User-Agent`.
-    fn sets_user_agent(&self) -> bool {
-        self.headers
-            .iter()
-            .any(|(name, _)| name.eq_ignore_ascii_case("user-agent"))
+    /// The fields sent besides `Host`, over HTTP/1.1 and h2 alike: the check's own
+    /// `User-Agent` unless one is configured (an empty one sends none), then the
+    /// configured fields that have a value.
+    fn fields(&self) -> impl Iterator<Item = (&str, &str)> {
+        let configured = self.headers.iter().map(|(n, v)| (n.as_str(), v.as_str()));
+        let own_agent = !configured
+            .clone()
+            .any(|(name, _)| name.eq_ignore_ascii_case("user-agent"));
+        own_agent
+            .then_some(("User-Agent", "switchyard-health"))
+            .into_iter()
+            .chain(configured.filter(|(_, value)| !value.is_empty()))
     }
 }
 
