@@ -23,7 +23,7 @@ use pingora::services::listening::Service;
 use crate::admin::AdminApp;
 use crate::config::{Config, SystemResolver};
 use crate::dns_refresh::DnsRefresher;
-use crate::drain::{exit_when_drained, Counted};
+use crate::drain::{exit_when_drained, Accepted, Counted};
 use crate::h1::lent::{self, Returned};
 use crate::h1::plain_on_tls::PlainHttpOnTls;
 use crate::h1::{Outcome, H1};
@@ -378,6 +378,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         server_options: h2::server_options(&shared.current().config),
     };
     let open = shared.open.clone();
+    let accepted = Accepted::new(listeners.iter().map(|l| l.listen.port()));
     let expecting = proxy_protocol::Expecting::of(&listeners);
     let mut service = Service::new(
         "switchyard proxy".to_string(),
@@ -443,7 +444,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         "reload on SIGHUP",
         ReloadOnHup { shared },
     ));
-    exit_when_drained(server.watch_execution_phase(), open, grace);
+    exit_when_drained(server.watch_execution_phase(), open, accepted, grace);
     server.run_forever();
 }
 

@@ -712,6 +712,48 @@ async fn a_graceful_stop_exits_when_the_last_connection_closes_not_when_the_grac
     );
 }
 
+/// The proxy's `client_connections` gauge.
+async fn client_connections(proxy: &Proxy) -> Option<u64> {
+    let metrics = admin_get(proxy, "/metrics", None).await.body;
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("switchyard_client_connections "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// A client that opened its connection before a stop and sends its request just after it
+/// gets an answer: it did nothing wrong, and a new connection closed with no answer is an
+/// error it does not retry (the stop closed it, as pingora does; under load, that cut
+/// requests already sent). A kept-alive connection idle at the stop is closed at once: its
+/// client retries on a new connection.
+#[tokio::test]
+async fn a_request_sent_just_after_the_stop_on_a_connection_opened_before_it_is_answered() {
+    let (_b, mut proxy) = proxy_with_grace("60s");
+    let mut kept = RawConn::connect(proxy.addr()).await;
+    let r = kept.exchange(get_req("/id")).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "b1"), "{r:?}");
+    let mut fresh = RawConn::connect(proxy.addr()).await;
+    let proxy_ref = &proxy;
+    tests::wait_until(T, "both connections counted", || async move {
+        client_connections(proxy_ref).await == Some(2)
+    })
+    .await;
+
+    proxy.signal(nix::sys::signal::Signal::SIGTERM);
+    // The stop has reached the connections.
+    kept.expect_eof("the kept-alive connection idle at the stop")
+        .await;
+    let r = fresh.exchange(get_req("/id")).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "b1"), "{r:?}");
+    assert!(r.closes(), "{r:?}");
+    fresh.expect_eof("the connection after its answer").await;
+
+    let status = proxy
+        .wait_exit(T)
+        .unwrap_or_else(|| panic!("still running with nothing left:\n{}", proxy.logs()));
+    assert!(status.success(), "{status:?}");
+}
+
 #[tokio::test]
 async fn a_request_on_a_kept_alive_connection_follows_a_reload_made_while_it_waited() {
     let (a, b) = (Backend::start("a"), Backend::start("b"));

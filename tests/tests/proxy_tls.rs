@@ -28,6 +28,9 @@ use tests::{
     Certs, Proxy, ProxyCmd, TestCa, STEP_TIMEOUT,
 };
 
+/// Bound for a graceful stop's steps.
+const T: Duration = Duration::from_secs(30);
+
 /// A backend, a TLS listener (and a plain one) with `tls_table` as the listener's TLS keys.
 fn tls_config(plain: u16, tls: u16, backend: &Backend, tls_table: &str) -> String {
     format!(
@@ -858,4 +861,69 @@ async fn a_key_that_is_not_the_certificates_is_refused_at_start_by_check_and_by_
     let r = get_with(&client, &format!("https://localhost:{tls}/id")).await;
     assert_eq!(r.status, 200, "{r:?}");
     drop(proxy);
+}
+
+/// A graceful stop waits for a connection it accepted before the stop whose TLS handshake
+/// is not done yet. The drain's count sees a connection only once its handshake is done
+/// (and, on a loaded machine, only once its task has run), so going by the count alone
+/// the proxy exited a moment into the grace period and cut such a client.
+#[test]
+fn a_graceful_stop_waits_for_a_tls_handshake_begun_before_it() {
+    use std::io::{Read as _, Write as _};
+
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::generate(dir.path(), &["localhost"]);
+    let backend = Backend::start("b1");
+    let port = free_port();
+    let mut proxy = Proxy::start_config(&format!(
+        "[server]\nthreads = 1\ngrace_period = \"60s\"\n{}{}\n{}",
+        listener(port),
+        tls_keys(&certs.cert, &certs.key),
+        upstream("app", None, &entries(&[&backend]))
+    ));
+
+    // The handshake up to the client's Finished, held back: the proxy has accepted the
+    // connection, answered the ClientHello, and waits.
+    let config = verifying_config(&certs.ca_pem(), &[&rustls::version::TLS13]);
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut tls = rustls::ClientConnection::new(config, name).unwrap();
+    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(STEP_TIMEOUT)).unwrap();
+    while tls.wants_write() {
+        tls.write_tls(&mut tcp).unwrap();
+    }
+    while !tls.wants_write() {
+        assert_ne!(
+            tls.read_tls(&mut tcp).unwrap(),
+            0,
+            "the proxy closed the handshake"
+        );
+        tls.process_new_packets().unwrap();
+    }
+
+    proxy.signal(nix::sys::signal::Signal::SIGTERM);
+    proxy.wait_log("waiting for connections accepted but not yet served", T);
+    assert!(proxy.is_running(), "{}", proxy.logs());
+
+    // The handshake ends and the request is served; the stop closes the connection after it.
+    let mut stream = rustls::Stream::new(&mut tls, &mut tcp);
+    stream
+        .write_all(b"GET /id HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    match stream.read_to_end(&mut answer) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {}
+        Err(e) => panic!("reading the answer: {e}\n{}", proxy.logs()),
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("b1"), "{answer}");
+    drop(tcp);
+
+    let status = proxy
+        .wait_exit(T)
+        .unwrap_or_else(|| panic!("still running with nothing left:\n{}", proxy.logs()));
+    assert!(status.success(), "{status:?}");
+    assert!(proxy.logs().contains("every connection has closed"));
 }

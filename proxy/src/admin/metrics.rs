@@ -2,8 +2,8 @@
 //! backend state (active, tunnels, health) are read from the live stats at scrape time.
 
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::state::Runtime;
@@ -45,6 +45,7 @@ pub struct Metrics {
     healthy: IntGaugeVec,
     draining: IntGaugeVec,
     weight: GaugeVec,
+    connections: IntGauge,
 }
 
 /// Every metric here is created from constant names and labels; a failure is a programming
@@ -139,6 +140,11 @@ impl Metrics {
             ),
             bl,
         ));
+        let connections = must(IntGauge::new(
+            "client_connections",
+            "Open client connections, and tunnels that outlived theirs (what max_connections \
+             and a graceful stop count)",
+        ));
         let weight = must(GaugeVec::new(
             Opts::new(
                 "backend_weight",
@@ -154,6 +160,7 @@ impl Metrics {
             must(registry.register(Box::new(g.clone())));
         }
         must(registry.register(Box::new(weight.clone())));
+        must(registry.register(Box::new(connections.clone())));
         Self {
             registry,
             requests,
@@ -169,6 +176,7 @@ impl Metrics {
             healthy,
             draining,
             weight,
+            connections,
         }
     }
 
@@ -190,8 +198,11 @@ impl Metrics {
         self.rejected.with_label_values(&[reason]).inc();
     }
 
-    /// Renders the text exposition, refreshing the backend gauges from `runtime` first.
-    pub fn render(&self, runtime: &Runtime) -> String {
+    /// Renders the text exposition, refreshing the backend gauges from `runtime` and the
+    /// connection gauge from `open` first.
+    pub fn render(&self, runtime: &Runtime, open: usize) -> String {
+        self.connections
+            .set(i64::try_from(open).unwrap_or(i64::MAX));
         for g in [
             &self.active,
             &self.tunnels,

@@ -213,7 +213,10 @@ impl ServeHttp for AdminApp {
             (&Method::GET, ["metrics"]) => reply(
                 StatusCode::OK,
                 "text/plain; version=0.0.4",
-                self.shared.metrics.render(&self.shared.current()),
+                self.shared.metrics.render(
+                    &self.shared.current(),
+                    self.shared.open.load(std::sync::atomic::Ordering::Acquire),
+                ),
             ),
             (&Method::GET, ["status"]) => json_reply(StatusCode::OK, self.status_json()),
             (&Method::GET, ["healthz"]) => reply(StatusCode::OK, "text/plain", "ok\n"),

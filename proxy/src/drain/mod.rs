@@ -5,7 +5,10 @@
 //! `grace_period = "30s"` took 30 s even on an idle proxy. nginx and HAProxy exit once their
 //! last connection is done, and supervisors and rolling restarts are sized for that. Here
 //! the proxy service counts its connections ([`Counted`]), and once the grace period has
-//! begun, a watcher ([`exit_when_drained`]) ends the process when none is left.
+//! begun, a watcher ([`exit_when_drained`]) ends the process when none is left, counted or
+//! still held in the kernel's file table ([`accepted`]).
+
+mod accepted;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -23,6 +26,8 @@ use crate::capacity;
 use crate::proxy_protocol::Expecting;
 use crate::state::Shared;
 
+pub use accepted::Accepted;
+
 /// The future of a `ServerApp` wrapper written out without `#[async_trait]`.
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -33,6 +38,11 @@ const SETTLE: Duration = Duration::from_millis(300);
 
 /// How often the watcher looks at the count during the grace period.
 const POLL: Duration = Duration::from_millis(20);
+
+/// How often, once the count is zero, the kernel's file table is read again while it
+/// still holds connections the count has not seen ([`Accepted`]). Slower than [`POLL`]:
+/// `/proc/net/tcp` lists every socket of the host's network namespace.
+const RECHECK: Duration = Duration::from_millis(100);
 
 /// A listening service's app whose open connections are counted (`shared.open`), and
 /// refused over `limits.max_connections` ([`crate::capacity`]). `expecting`: the listeners
@@ -124,12 +134,14 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Counted<A> {
 }
 
 /// Watches pingora's execution phases from a thread of its own and exits the process once
-/// a graceful stop's grace period has begun and `open` has stayed at zero for [`SETTLE`].
-/// If connections outlast the grace period (`grace`), pingora's own shutdown ends them as
-/// before; WebSockets are first sent a Close frame ([`going_away_at`]).
+/// a graceful stop's grace period has begun, `open` has stayed at zero for [`SETTLE`], and
+/// the process holds no connection accepted on a listener (`accepted`). If connections
+/// outlast the grace period (`grace`), pingora's own shutdown ends them as before;
+/// WebSockets are first sent a Close frame ([`going_away_at`]).
 pub fn exit_when_drained(
     mut phases: broadcast::Receiver<ExecutionPhase>,
     open: Arc<AtomicUsize>,
+    accepted: Accepted,
     grace: Duration,
 ) {
     let spawned = std::thread::Builder::new()
@@ -137,7 +149,7 @@ pub fn exit_when_drained(
         .spawn(move || loop {
             match phases.blocking_recv() {
                 Ok(ExecutionPhase::ShutdownGracePeriod) => {
-                    break wait_and_exit(&open, going_away_at(grace))
+                    break wait_and_exit(&open, &accepted, going_away_at(grace))
                 }
                 Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
                 Err(broadcast::error::RecvError::Closed) => break,
@@ -157,9 +169,10 @@ fn going_away_at(grace: Duration) -> Option<Duration> {
     (!grace.is_zero()).then(|| grace - margin)
 }
 
-fn wait_and_exit(open: &AtomicUsize, mut going_away: Option<Duration>) {
+fn wait_and_exit(open: &AtomicUsize, accepted: &Accepted, mut going_away: Option<Duration>) {
     let started = Instant::now();
     let mut zero_since: Option<Instant> = None;
+    let mut uncounted_told = false;
     loop {
         if going_away.is_some_and(|at| started.elapsed() >= at) {
             going_away = None;
@@ -169,8 +182,26 @@ fn wait_and_exit(open: &AtomicUsize, mut going_away: Option<Duration>) {
         if open.load(Ordering::Acquire) == 0 {
             let since = *zero_since.get_or_insert_with(Instant::now);
             if since.elapsed() >= SETTLE {
-                tracing::info!("every connection has closed: exiting before the grace period ends");
-                std::process::exit(0);
+                match accepted.open() {
+                    Some(held) if held > 0 => {
+                        if !uncounted_told {
+                            uncounted_told = true;
+                            tracing::info!(
+                                held,
+                                "waiting for connections accepted but not yet served \
+                                 (a TLS handshake, a task not yet run)"
+                            );
+                        }
+                        std::thread::sleep(RECHECK);
+                        continue;
+                    }
+                    _ => {
+                        tracing::info!(
+                            "every connection has closed: exiting before the grace period ends"
+                        );
+                        std::process::exit(0);
+                    }
+                }
             }
         } else {
             zero_since = None;

@@ -221,6 +221,7 @@ impl H1 {
                 first_wait,
                 head_timeout,
                 shutdown,
+                served,
                 stopping.as_mut(),
                 &mut timers.client,
             )
@@ -783,7 +784,13 @@ async fn read_body(stream: &mut Stream, buf: &mut BytesMut, need: usize, limit: 
     true
 }
 
-/// Waits until `buf` holds a whole request head of at most `limit` bytes.
+/// How long into a stop a new connection may still send its first request: a request in
+/// flight when the stop came arrives within a round trip.
+const FIRST_REQUEST_AFTER_STOP: Duration = Duration::from_secs(2);
+
+/// Waits until `buf` holds a whole request head of at most `limit` bytes. Once the proxy
+/// stops, a connection that has `served` a request is closed while it idles; a new one
+/// may still send its first request for [`FIRST_REQUEST_AFTER_STOP`].
 #[allow(clippy::too_many_arguments)]
 async fn wait_head(
     stream: &mut Stream,
@@ -792,6 +799,7 @@ async fn wait_head(
     first_wait: Duration,
     head_timeout: Duration,
     shutdown: &ShutdownWatch,
+    served: bool,
     mut stopping: Pin<&mut impl Future<Output = ()>>,
     timer: &mut Deadline,
 ) -> Result<(), NoHead> {
@@ -825,8 +833,25 @@ async fn wait_head(
         if buf.capacity() - buf.len() < 1024 {
             buf.reserve(4096);
         }
-        let read = if buf.is_empty() {
-            // Idle between requests: also end when the proxy stops.
+        let read = if buf.is_empty() && !served {
+            // A client that connected while the listener was open gets an answer to the
+            // request it sent, even when the stop came before the request was read: a new
+            // connection closed without an answer is an error to it, not retried. One that
+            // sends nothing (a browser's preconnect) is closed a moment into the stop.
+            let stopped_a_while = async {
+                if !*shutdown.borrow() {
+                    stopping.as_mut().await;
+                }
+                tokio::time::sleep(FIRST_REQUEST_AFTER_STOP).await;
+            };
+            tokio::select! {
+                biased;
+                r = timer.within(first_wait, stream.read_buf(buf)) => r.ok_or(NoHead::Idle)?,
+                () = stopped_a_while => return Err(NoHead::Gone),
+            }
+        } else if buf.is_empty() {
+            // Idle between requests: also end when the proxy stops. The client retries a
+            // request on a kept-alive connection that closed, as RFC 9112 §9.3.1 allows.
             if *shutdown.borrow() {
                 return Err(NoHead::Gone);
             }
