@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use tempfile::TempDir;
-use tests::admin::{admin_post, status};
+use tests::admin::{admin_post, status, wait_health};
 use tests::fixtures::{admin, listener, tls_keys, TWO_THREADS};
 use tests::raw::RawConn;
 use tests::{
@@ -29,18 +29,22 @@ struct TlsBackend {
 
 impl TlsBackend {
     fn start(id: &str) -> TlsBackend {
+        Self::start_with(id, &[])
+    }
+
+    /// [`TlsBackend::start`] with `args` for `echo-backend` (`--h2-only`).
+    fn start_with(id: &str, args: &[&str]) -> TlsBackend {
         let dir = tempfile::tempdir().unwrap();
         let ca = TestCa::new(dir.path());
         let (cert, key) = ca.issue(&["backend.test", "127.0.0.1"]);
-        let backend = Backend::start_with(
-            id,
-            &[
-                "--tls-cert",
-                cert.to_str().unwrap(),
-                "--tls-key",
-                key.to_str().unwrap(),
-            ],
-        );
+        let mut all = vec![
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ];
+        all.extend_from_slice(args);
+        let backend = Backend::start_with(id, &all);
         TlsBackend {
             backend,
             ca,
@@ -433,6 +437,45 @@ async fn health_checks_pass_only_through_a_trusted_handshake() {
         let r = get(&proxy.url(&format!("/{name}/id"))).await;
         assert_eq!(r.status, 503, "{name} after {seen} checks: {r:?}");
         assert!(r.body.contains("no healthy backend"), "{name}: {r:?}");
+    }
+}
+
+/// An HTTP check over TLS sends its `headers` and reads the body for `expect_body`, over
+/// HTTP/1.1 and over h2 (chosen by ALPN): each backend's `/headers` answers the fields it
+/// got, and the token among them keeps it up; a reload that drops the fields takes both
+/// down.
+#[tokio::test]
+async fn an_http_check_over_tls_sends_its_fields_over_http1_and_h2() {
+    let h1 = TlsBackend::start("t6");
+    let h2 = TlsBackend::start_with("t7", &["--h2-only"]);
+    let [port] = port_array();
+    let upstream = |name: &str, protocol: &str, tb: &TlsBackend, fields: &str| {
+        format!(
+            "[upstreams.{name}]\nprotocol = \"{protocol}\"\n\
+             backends = [{{ addr = \"{}\", id = \"{}\" }}]\n\
+             [upstreams.{name}.tls]\n{}\
+             [upstreams.{name}.health]\nkind = \"http\"\npath = \"/headers\"\n\
+             interval = \"100ms\"\nrise = 1\nfall = 1\nexpect_body = \"s3cret\"\n{fields}",
+            tb.backend.addr(),
+            tb.backend.id(),
+            trusting(tb.ca(), "backend.test"),
+        )
+    };
+    let config = |fields: &str| {
+        format!(
+            "{TWO_THREADS}\n{}\n{}\n{}\n[[routes]]\npath_prefix = \"/\"\nupstream = \"one\"\n",
+            listener(port),
+            upstream("one", "http1", &h1, fields),
+            upstream("two", "h2", &h2, fields),
+        )
+    };
+    let proxy = Proxy::start_config(&config("headers = { \"X-Health-Token\" = \"s3cret\" }\n"));
+    for id in ["t6", "t7"] {
+        wait_health(&proxy, id, "up", STEP_TIMEOUT).await;
+    }
+    proxy.reload(&config(""));
+    for id in ["t6", "t7"] {
+        wait_health(&proxy, id, "down", STEP_TIMEOUT).await;
     }
 }
 
