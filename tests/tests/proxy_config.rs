@@ -725,7 +725,8 @@ async fn client_connections(proxy: &Proxy) -> Option<u64> {
 /// gets an answer: it did nothing wrong, and a new connection closed with no answer is an
 /// error it does not retry (the stop closed it, as pingora does; under load, that cut
 /// requests already sent). A kept-alive connection idle at the stop is closed at once: its
-/// client retries on a new connection.
+/// client retries on a new connection. One that never sends a request is closed a moment
+/// into the stop.
 #[tokio::test]
 async fn a_request_sent_just_after_the_stop_on_a_connection_opened_before_it_is_answered() {
     let (_b, mut proxy) = proxy_with_grace("60s");
@@ -733,9 +734,11 @@ async fn a_request_sent_just_after_the_stop_on_a_connection_opened_before_it_is_
     let r = kept.exchange(get_req("/id")).await;
     assert_eq!((r.status, r.text().as_str()), (200, "b1"), "{r:?}");
     let mut fresh = RawConn::connect(proxy.addr()).await;
+    // One that never sends anything, as a browser's preconnect.
+    let mut silent = RawConn::connect(proxy.addr()).await;
     let proxy_ref = &proxy;
-    tests::wait_until(T, "both connections counted", || async move {
-        client_connections(proxy_ref).await == Some(2)
+    tests::wait_until(T, "the three connections counted", || async move {
+        client_connections(proxy_ref).await == Some(3)
     })
     .await;
 
@@ -747,6 +750,10 @@ async fn a_request_sent_just_after_the_stop_on_a_connection_opened_before_it_is_
     assert_eq!((r.status, r.text().as_str()), (200, "b1"), "{r:?}");
     assert!(r.closes(), "{r:?}");
     fresh.expect_eof("the connection after its answer").await;
+    // Closed 2 s into the stop, not at the end of the 60 s grace period.
+    silent
+        .expect_eof("the connection that sent nothing, a moment into the stop")
+        .await;
 
     let status = proxy
         .wait_exit(T)

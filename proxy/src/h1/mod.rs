@@ -838,16 +838,21 @@ async fn wait_head(
             // request it sent, even when the stop came before the request was read: a new
             // connection closed without an answer is an error to it, not retried. One that
             // sends nothing (a browser's preconnect) is closed a moment into the stop.
-            let stopped_a_while = async {
-                if !*shutdown.borrow() {
-                    stopping.as_mut().await;
-                }
-                tokio::time::sleep(FIRST_REQUEST_AFTER_STOP).await;
+            let stopped = *shutdown.borrow();
+            let wait = if stopped {
+                first_wait.min(FIRST_REQUEST_AFTER_STOP)
+            } else {
+                first_wait
             };
             tokio::select! {
                 biased;
-                r = timer.within(first_wait, stream.read_buf(buf)) => r.ok_or(NoHead::Idle)?,
-                () = stopped_a_while => return Err(NoHead::Gone),
+                r = timer.within(wait, stream.read_buf(buf)) => match r {
+                    Some(read) => read,
+                    None if stopped => return Err(NoHead::Gone),
+                    None => return Err(NoHead::Idle),
+                },
+                // Polled only until it ends: the next turn waits with the stop's bound.
+                () = stopping.as_mut(), if !stopped => continue,
             }
         } else if buf.is_empty() {
             // Idle between requests: also end when the proxy stops. The client retries a
