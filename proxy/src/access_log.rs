@@ -31,6 +31,9 @@ pub struct Entry<'a> {
     /// The request's `X-Request-Id`, with `[server] request_id`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request_id: Option<&'a str>,
+    /// The subject of the client's verified certificate (mutual TLS), RFC 4514; JSON only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<&'a str>,
 }
 
 pub struct AccessLog {
@@ -151,6 +154,7 @@ mod tests {
             referer: None,
             user_agent: None,
             request_id,
+            client_cert: None,
         }
     }
 
@@ -188,6 +192,36 @@ mod tests {
                     assert!(!lines[1].contains("request_id"), "{}", lines[1]);
                 }
             }
+        }
+    }
+
+    #[test]
+    fn a_client_certificate_subject_is_a_json_field_only() {
+        let dir = tempfile::tempdir().unwrap();
+        for format in [AccessLogFormat::Combined, AccessLogFormat::Json] {
+            let path = dir.path().join(format!("{format:?}.log"));
+            let log = AccessLog::open(&AccessLogConfig {
+                enabled: true,
+                format,
+                path: Some(path.clone()),
+            })
+            .unwrap();
+            log.write(&Entry {
+                client_cert: Some("CN=alice,O=Acme"),
+                ..entry(None)
+            });
+            log.write(&entry(None));
+            drop(log);
+            let text = std::fs::read_to_string(&path).unwrap();
+            let lines: Vec<&str> = text.lines().collect();
+            let json = format == AccessLogFormat::Json;
+            assert_eq!(
+                lines[0].contains("\"client_cert\":\"CN=alice,O=Acme\""),
+                json,
+                "{}",
+                lines[0]
+            );
+            assert!(!lines[1].contains("client_cert"), "{}", lines[1]);
         }
     }
 

@@ -56,6 +56,7 @@ pub fn request_head(buf: &[u8]) -> RequestHead {
                 None,
                 false,
                 None,
+                None,
             );
             upstream.clear();
             let peer = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -68,6 +69,7 @@ pub fn request_head(buf: &[u8]) -> RequestHead {
                 "127.0.0.1",
                 Some(peer),
                 true,
+                Some("Hash=00;Subject=\"CN=fuzz\""),
                 Some(&id),
             );
             RequestHead::Ready {

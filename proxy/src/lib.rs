@@ -21,6 +21,8 @@
 //! - [`logging`]: the subscriber, and pingora's log records bridged into it.
 //! - [`admin`]: metrics, status and the token-protected admin API.
 //! - [`tls`]: certificate loading, SNI selection and the dev CA generator.
+//! - [`client_cert`]: client certificates (mutual TLS): the verifier a reload swaps, and the
+//!   `x-forwarded-client-cert` a verified one gives the backends.
 //! - [`state`]: the swappable runtime built from a config, and reload.
 //! - [`server`]: assembles the pingora server and its services.
 //! - [`drain`]: ends a graceful stop as soon as the last client connection has closed.
@@ -29,6 +31,7 @@ pub mod access_log;
 pub mod admin;
 pub mod balance;
 pub mod capacity;
+pub mod client_cert;
 pub mod config;
 pub mod dns_refresh;
 pub mod drain;

@@ -311,9 +311,9 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
     for l in &config.listeners {
         tls_settings.push(match &l.tls {
             Some(t) => {
-                let (settings, resolver) =
+                let (settings, running) =
                     tls::listener_settings(t).with_context(|| format!("listener {}", l.listen))?;
-                resolvers.push((l.listen, resolver));
+                resolvers.push((l.listen, running));
                 Some(settings)
             }
             None => None,

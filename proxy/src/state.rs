@@ -10,13 +10,14 @@ use arc_swap::ArcSwap;
 
 use crate::access_log::AccessLog;
 use crate::admin::metrics::Metrics;
+use crate::client_cert::{client_verifier, ClientCerts};
 use crate::config::{
     BackendConfig, Config, ConfigError, ConfigErrors, ErrorKind, ProxyProtocolConfig,
     UpstreamProtocol,
 };
 use crate::limits::ClientLimits;
 use crate::proxy::request_headers::RequestHeaders;
-use crate::tls::{SniCerts, SniResolver};
+use crate::tls::{ListenerTls, SniCerts, SniResolver};
 use crate::upstream::{StatsRegistry, Upstream};
 
 /// A route of the running config.
@@ -235,9 +236,10 @@ pub struct Shared {
     pub limits: ClientLimits,
     /// Swapped by reload: a new path or format, or the same file reopened after rotation.
     pub access_log: ArcSwap<AccessLog>,
-    /// The certificate resolver of each TLS listener, by address: a reload swaps in the
-    /// certificates its files hold now.
-    pub certs: Vec<(SocketAddr, SniResolver)>,
+    /// The certificate resolver and client certificate verifier of each TLS listener, by
+    /// address: a reload swaps in the certificates its files hold now and its client
+    /// certificate checks.
+    pub certs: Vec<(SocketAddr, ListenerTls)>,
     /// The file to re-read on reload (None in quick mode: reload re-applies the same config).
     pub config_path: Option<PathBuf>,
     /// Open client connections and tunnels: a graceful stop ends when none is left
@@ -248,6 +250,15 @@ pub struct Shared {
     /// Held while a new runtime is built from the current one and stored (a reload, a
     /// DNS refresh), so that neither overwrites the other's with one built before it.
     swap: std::sync::Mutex<()>,
+}
+
+/// What a reload swaps in under one running TLS listener, loaded before anything is
+/// swapped.
+struct LoadedTls<'a> {
+    resolver: &'a SniResolver,
+    certs: SniCerts,
+    verifier: &'a ClientCerts,
+    clients: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
 }
 
 /// What a successful reload changed, for the admin answer and the log.
@@ -267,7 +278,7 @@ pub struct ReloadReport {
 }
 
 impl Shared {
-    pub fn new(config: Config, certs: Vec<(SocketAddr, SniResolver)>) -> anyhow::Result<Self> {
+    pub fn new(config: Config, certs: Vec<(SocketAddr, ListenerTls)>) -> anyhow::Result<Self> {
         let registry = StatsRegistry::default();
         let access_log = open_access_log(&config)?;
         let config_path = config.source.clone();
@@ -291,29 +302,48 @@ impl Shared {
         self.runtime.load_full()
     }
 
-    /// The certificates `config` names for each running TLS listener that it keeps (a
-    /// listener it adds or turns to TLS waits for a restart, which the reload reports).
-    fn load_certs(&self, config: &Config) -> Result<Vec<(&SniResolver, SniCerts)>, ConfigErrors> {
+    /// The certificates and client certificate verifier `config` gives each running TLS
+    /// listener that it keeps (a listener it adds or turns to TLS waits for a restart,
+    /// which the reload reports).
+    fn load_certs(&self, config: &Config) -> Result<Vec<LoadedTls<'_>>, ConfigErrors> {
         let mut loaded = Vec::new();
         for (i, l) in config.listeners.iter().enumerate() {
-            let (Some(tls), Some((_, resolver))) = (
+            let (Some(tls), Some((_, running))) = (
                 &l.tls,
                 self.certs.iter().find(|(addr, _)| *addr == l.listen),
             ) else {
                 continue;
             };
-            let certs = SniCerts::load(tls).map_err(|e| {
+            let error = |kind| {
                 ConfigErrors::from(ConfigError {
                     file: config.source.clone(),
                     line: None,
                     key: format!("listeners[{i}].tls"),
-                    kind: ErrorKind::TlsFile {
-                        path: e.path,
-                        problem: e.problem,
-                    },
+                    kind,
+                })
+            };
+            let certs = SniCerts::load(tls).map_err(|e| {
+                error(ErrorKind::TlsFile {
+                    path: e.path,
+                    problem: e.problem,
                 })
             })?;
-            loaded.push((resolver, certs));
+            // Checked when the config was read; only a broken crypto provider fails here.
+            let clients = match &tls.client_auth {
+                Some(auth) => Some(client_verifier(auth).map_err(|e| {
+                    error(ErrorKind::TlsFile {
+                        path: auth.ca.path.clone(),
+                        problem: crate::config::TlsFileProblem::InvalidPem(e.to_string()),
+                    })
+                })?),
+                None => None,
+            };
+            loaded.push(LoadedTls {
+                resolver: &running.certs,
+                certs,
+                verifier: &running.clients,
+                clients,
+            });
         }
         Ok(loaded)
     }
@@ -395,8 +425,9 @@ impl Shared {
         }
         self.runtime.store(Arc::new(runtime));
         self.access_log.store(Arc::new(access_log));
-        for (resolver, loaded) in certs {
-            resolver.store(loaded);
+        for loaded in certs {
+            loaded.resolver.store(loaded.certs);
+            loaded.verifier.store_verifier(loaded.clients);
         }
         // The old config no longer holds its backends' stats: what still does is in use.
         drop(old);

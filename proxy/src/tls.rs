@@ -1,5 +1,6 @@
 //! TLS for listeners (certificates loaded and checked up front, chosen by SNI, swapped by a
-//! reload) and the dev CA generator behind `proxy gen-cert`.
+//! reload, with the client certificate checks of [`crate::client_cert`]) and the dev CA
+//! generator behind `proxy gen-cert`.
 
 use std::collections::HashMap;
 use std::fs;
@@ -12,6 +13,7 @@ use pingora::listeners::tls::TlsSettings;
 use pingora::tls::sign::CertifiedKey;
 use pingora::tls::{ClientHello, CryptoProvider, ResolvesServerCert};
 
+use crate::client_cert::{ClientCerts, PeerCertCallback};
 use crate::config::{TlsConfig, TlsFileProblem};
 
 /// A certificate or key file a listener cannot serve with: the file at fault and why.
@@ -147,19 +149,37 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
+/// What a reload swaps under a running TLS listener: its certificates and its client
+/// certificate checks.
+#[derive(Debug, Clone)]
+pub struct ListenerTls {
+    pub certs: SniResolver,
+    pub clients: ClientCerts,
+}
+
 /// TLS settings for one listener: TLS 1.2 and 1.3 (pingora's rustls defaults), our SNI
-/// resolver, ALPN h2 + http/1.1 when enabled. The resolver is returned too, for reloads.
-pub fn listener_settings(cfg: &TlsConfig) -> Result<(TlsSettings, SniResolver)> {
+/// resolver, our client certificate verifier (asking for none unless configured), the
+/// client certificate read once per connection, ALPN h2 + http/1.1 when enabled. The
+/// resolver and verifier are returned too, for reloads.
+pub fn listener_settings(cfg: &TlsConfig) -> Result<(TlsSettings, ListenerTls)> {
     let resolver = SniResolver::new(SniCerts::load(cfg)?);
-    let mut settings =
-        TlsSettings::intermediate("", "").map_err(|e| anyhow!("TLS settings: {e}"))?;
+    let clients = ClientCerts::new(cfg.client_auth.as_ref())?;
+    let mut settings = TlsSettings::with_callbacks(Box::new(PeerCertCallback))
+        .map_err(|e| anyhow!("TLS settings: {e}"))?;
     settings.set_cert_resolver(Arc::new(resolver.clone()));
+    settings.set_client_cert_verifier(Arc::new(clients.clone()));
     if cfg.h2 {
         settings.enable_h2();
     } else {
         settings.set_alpn(pingora::listeners::ALPN::H1);
     }
-    Ok((settings, resolver))
+    Ok((
+        settings,
+        ListenerTls {
+            certs: resolver,
+            clients,
+        },
+    ))
 }
 
 /// Writes a development CA (`ca.pem`, `ca-key.pem`) and a certificate for localhost,

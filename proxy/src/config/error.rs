@@ -115,6 +115,9 @@ pub enum ErrorKind {
     /// A setting that only makes sense on a TLS listener.
     #[error("only valid on a TLS listener (set `tls = {{ cert = ..., key = ... }}`)")]
     NeedsTls,
+    /// `client_auth` or `client_crl` on a listener without `client_ca`.
+    #[error("only valid with `client_ca` (the CA file client certificates are checked against)")]
+    NeedsClientCa,
     /// `proxy_protocol_from` on a listener without `proxy_protocol = true`.
     #[error("only valid with `proxy_protocol = true` on this listener")]
     NeedsProxyProtocol,
@@ -265,6 +268,12 @@ pub enum TlsFileProblem {
     /// Valid PEM, but no PKCS#8, PKCS#1 (RSA) or SEC1 (EC) private key.
     #[error("no PEM private key found (PKCS#8, RSA or EC)")]
     NoPrivateKey,
+    /// Valid PEM, but no `X509 CRL` section.
+    #[error("no PEM certificate revocation list (X509 CRL) found")]
+    NoCrl,
+    /// A revocation list the TLS library cannot use.
+    #[error("invalid certificate revocation list: {0}")]
+    InvalidCrl(String),
     /// A private key the TLS library cannot sign with (an unsupported algorithm or curve).
     #[error("unusable private key: {0}")]
     UnusableKey(String),

@@ -193,7 +193,7 @@ pub(super) struct ListenerFile {
     pub proxy_protocol_from: Vec<String>,
 }
 
-/// `tls = { cert, key }`.
+/// `tls = { cert, key, client_ca, client_auth, client_crl }`.
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct CertFile {
@@ -201,6 +201,16 @@ pub(super) struct CertFile {
     pub cert: PathBuf,
     /// PEM private key.
     pub key: PathBuf,
+    /// PEM CA certificates that clients' certificates are checked against; absent: no
+    /// client certificate is asked for.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    /// Whether a client must present a certificate; default "required" with `client_ca`.
+    #[serde(default)]
+    pub client_auth: Option<super::ClientAuthMode>,
+    /// PEM certificate revocation lists for the client certificates.
+    #[serde(default)]
+    pub client_crl: Option<PathBuf>,
 }
 
 /// One `sni = [...]` entry.

@@ -320,6 +320,48 @@ pub struct TlsConfig {
     pub sni: Vec<SniCert>,
     /// Offer h2 by ALPN (besides http/1.1).
     pub h2: bool,
+    /// Client certificates asked for and checked (mutual TLS); None: none asked for.
+    pub client_auth: Option<ClientAuth>,
+}
+
+/// A TLS listener's client certificate checks (nginx's `ssl_verify_client`, HAProxy's
+/// `verify required ca-file`), read at load and again at each reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientAuth {
+    /// The roots a client's certificate must chain to.
+    pub ca: CaCerts,
+    /// Whether a client without a certificate is refused.
+    pub mode: ClientAuthMode,
+    /// Revoked certificates, when configured.
+    pub crls: Option<Crls>,
+}
+
+/// Whether a TLS listener with `client_ca` requires a client certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuthMode {
+    /// A client without a verified certificate is refused during the handshake.
+    #[default]
+    Required,
+    /// A client may present no certificate (the backend then gets no
+    /// `x-forwarded-client-cert`); one that presents a certificate that does not verify is
+    /// still refused.
+    Optional,
+}
+
+/// Certificate revocation lists read from a PEM file at load (and again at each reload).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Crls {
+    /// The file, as configured.
+    pub path: PathBuf,
+    /// DER CRLs, each checked to parse.
+    pub crls: std::sync::Arc<[Vec<u8>]>,
+}
+
+impl std::fmt::Debug for Crls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({} CRLs)", self.path.display(), self.crls.len())
+    }
 }
 
 /// A certificate served for one TLS server name.

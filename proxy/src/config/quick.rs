@@ -177,6 +177,7 @@ pub(super) fn resolve(
                     key: key.clone(),
                     sni: Vec::new(),
                     h2: true,
+                    client_auth: None,
                 }),
                 redirect_https_port: None,
                 response_headers: Vec::new(),

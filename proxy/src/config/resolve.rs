@@ -4,7 +4,7 @@
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -22,11 +22,11 @@ use super::file::{
 };
 use super::locate::KeyPath;
 use super::{
-    AccessLogConfig, ActiveCheck, AdminConfig, BackendConfig, BackendTimeouts, CheckKind, Config,
-    Env, HealthConfig, IpHashConfig, Limits, ListenerConfig, ProxyProtocolConfig, QueueConfig,
-    Route, ServerConfig, SniCert, StatusSet, StickyConfig, StrategyKind, Timeouts, TlsConfig,
-    UpstreamConfig, UpstreamTlsConfig, DEFAULT_QUEUE_TIMEOUT, MAX_CONNS, MAX_WEIGHT,
-    MIN_STICKY_KEY_LEN, MIN_TUNNEL_IDLE,
+    AccessLogConfig, ActiveCheck, AdminConfig, BackendConfig, BackendTimeouts, CheckKind,
+    ClientAuth, ClientAuthMode, Config, Crls, Env, HealthConfig, IpHashConfig, Limits,
+    ListenerConfig, ProxyProtocolConfig, QueueConfig, Route, ServerConfig, SniCert, StatusSet,
+    StickyConfig, StrategyKind, Timeouts, TlsConfig, UpstreamConfig, UpstreamTlsConfig,
+    DEFAULT_QUEUE_TIMEOUT, MAX_CONNS, MAX_WEIGHT, MIN_STICKY_KEY_LEN, MIN_TUNNEL_IDLE,
 };
 
 /// Errors and warnings found while resolving, each with the key path it is about.
@@ -341,11 +341,14 @@ fn resolve_listeners(
                         key: s.key,
                     });
                 }
+                let client_auth =
+                    client_auth(t.client_ca, t.client_auth, t.client_crl, &p.key("tls"), out);
                 Some(TlsConfig {
                     cert: t.cert,
                     key: t.key,
                     sni,
                     h2: l.h2.unwrap_or(true),
+                    client_auth,
                 })
             }
             None => {
@@ -510,6 +513,97 @@ fn resolve_sent_fields(
         }
     }
     kept
+}
+
+/// A listener's client certificate checks (`<p>.client_ca`, `.client_auth`, `.client_crl`),
+/// read and then built as a handshake will use them, so that `proxy check` and a reload
+/// refuse what the listener could not verify with.
+fn client_auth(
+    ca: Option<PathBuf>,
+    mode: Option<ClientAuthMode>,
+    crl: Option<PathBuf>,
+    p: &KeyPath,
+    out: &mut Resolved,
+) -> Option<ClientAuth> {
+    let Some(ca_path) = ca else {
+        if mode.is_some() {
+            out.err(p.key("client_auth"), ErrorKind::NeedsClientCa);
+        }
+        if crl.is_some() {
+            out.err(p.key("client_crl"), ErrorKind::NeedsClientCa);
+        }
+        return None;
+    };
+    let file = |path: PathBuf, problem| ErrorKind::TlsFile { path, problem };
+    let ca = match read_ca_file(&ca_path) {
+        Ok(certs) => Some(super::CaCerts {
+            path: ca_path,
+            certs,
+        }),
+        Err(problem) => {
+            out.err(p.key("client_ca"), file(ca_path, problem));
+            None
+        }
+    };
+    let crls = match crl.map(|path| read_crl_file(&path).map(|crls| Crls { path, crls })) {
+        None => None,
+        Some(Ok(crls)) => Some(crls),
+        Some(Err((path, problem))) => {
+            out.err(p.key("client_crl"), file(path, problem));
+            return None;
+        }
+    };
+    let auth = ClientAuth {
+        ca: ca?,
+        mode: mode.unwrap_or_default(),
+        crls,
+    };
+    use crate::client_cert::ClientVerifierError;
+    use rustls::server::VerifierBuilderError;
+    match (crate::client_cert::client_verifier(&auth), &auth.crls) {
+        (Ok(_), _) => Some(auth),
+        (Err(ClientVerifierError::Build(VerifierBuilderError::InvalidCrl(e))), Some(crls)) => {
+            let problem = TlsFileProblem::InvalidCrl(crl_problem(&e));
+            out.err(p.key("client_crl"), file(crls.path.clone(), problem));
+            None
+        }
+        // The CA file was checked to hold trust anchors above: hardly reachable.
+        (Err(e), _) => {
+            let problem = TlsFileProblem::InvalidPem(e.to_string());
+            out.err(p.key("client_ca"), file(auth.ca.path, problem));
+            None
+        }
+    }
+}
+
+/// What rustls found wrong with a CRL, in words (its error has no `Display`).
+fn crl_problem(e: &rustls::CertRevocationListError) -> String {
+    use rustls::CertRevocationListError as E;
+    match e {
+        E::ParseError => "it is not correctly encoded".to_owned(),
+        E::UnsupportedCrlVersion => "it is not a version 2 X.509 CRL".to_owned(),
+        E::InvalidCrlNumber => "its CRL number is invalid".to_owned(),
+        E::InvalidRevokedCertSerialNumber => {
+            "a revoked certificate's serial number is invalid".to_owned()
+        }
+        E::Other(o) => format!("it cannot be read ({o})"),
+        other => format!("{other:?}"),
+    }
+}
+
+/// The revocation lists of a PEM file, at least one.
+fn read_crl_file(path: &Path) -> Result<std::sync::Arc<[Vec<u8>]>, (PathBuf, TlsFileProblem)> {
+    let fail = |problem| (path.to_path_buf(), problem);
+    let data = std::fs::read(path).map_err(|e| fail(TlsFileProblem::Read(e)))?;
+    let mut crls = Vec::new();
+    for crl in rustls_pemfile::crls(&mut data.as_slice()) {
+        let der = crl.map_err(|e| fail(TlsFileProblem::InvalidPem(e.to_string())))?;
+        crls.push(der.to_vec());
+    }
+    if crls.is_empty() {
+        return Err(fail(TlsFileProblem::NoCrl));
+    }
+    Ok(crls.into())
 }
 
 /// Checks `<p>.cert` and `<p>.key`.

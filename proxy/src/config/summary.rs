@@ -49,6 +49,20 @@ impl Config {
                         "  alpn {}",
                         if t.h2 { "h2,http/1.1" } else { "http/1.1" }
                     )?;
+                    if let Some(c) = &t.client_auth {
+                        let mode = match c.mode {
+                            super::ClientAuthMode::Required => "required",
+                            super::ClientAuthMode::Optional => "optional",
+                        };
+                        write!(
+                            s,
+                            "\n      client certificates {mode}, ca {}",
+                            c.ca.path.display()
+                        )?;
+                        if let Some(crls) = &c.crls {
+                            write!(s, ", crl {}", crls.path.display())?;
+                        }
+                    }
                     for sni in &t.sni {
                         write!(
                             s,

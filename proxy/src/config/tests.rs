@@ -2046,3 +2046,157 @@ fn a_refresh_replaces_the_addresses_of_a_name_that_changed() {
         "{errors:?}"
     );
 }
+
+/// A CA certificate (`ca.pem`) and a CRL it signed (`crl.pem`) in `certs`' directory.
+fn ca_and_crl(certs: &Certs) -> (PathBuf, PathBuf) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    let ca = params.self_signed(&key).unwrap();
+    let crl = rcgen::CertificateRevocationListParams {
+        this_update: rcgen::date_time_ymd(2024, 1, 1),
+        next_update: rcgen::date_time_ymd(2035, 1, 1),
+        crl_number: rcgen::SerialNumber::from(1u64),
+        issuing_distribution_point: None,
+        revoked_certs: Vec::new(),
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    }
+    .signed_by(&ca, &key)
+    .unwrap();
+    (
+        certs.file("ca.pem", &ca.pem()),
+        certs.file("crl.pem", &crl.pem().unwrap()),
+    )
+}
+
+#[test]
+fn client_certificates_are_checked_against_a_ca_file_and_optional_crls() {
+    let certs = Certs::new();
+    let (ca, crl) = ca_and_crl(&certs);
+    let listener = |extra: &str| {
+        format!(
+            "{MINIMAL}[[listeners]]\nlisten = \"127.0.0.1:8443\"\ntls = {{ cert = \"{}\", key = \"{}\"{extra} }}\n",
+            certs.cert().display(),
+            certs.key().display()
+        )
+    };
+    let c = ok(&listener(""));
+    assert!(c.listeners[1].tls.as_ref().unwrap().client_auth.is_none());
+
+    // Required unless told otherwise.
+    let c = ok(&listener(&format!(", client_ca = \"{}\"", ca.display())));
+    let auth = c.listeners[1]
+        .tls
+        .as_ref()
+        .unwrap()
+        .client_auth
+        .clone()
+        .unwrap();
+    assert_eq!(auth.mode, ClientAuthMode::Required);
+    assert_eq!(
+        (auth.ca.path.as_path(), auth.ca.certs.len()),
+        (ca.as_path(), 1)
+    );
+    assert!(auth.crls.is_none());
+    let c = ok(&listener(&format!(
+        ", client_ca = \"{}\", client_auth = \"optional\", client_crl = \"{}\"",
+        ca.display(),
+        crl.display()
+    )));
+    let auth = c.listeners[1]
+        .tls
+        .as_ref()
+        .unwrap()
+        .client_auth
+        .clone()
+        .unwrap();
+    assert_eq!(auth.mode, ClientAuthMode::Optional);
+    assert_eq!(auth.crls.unwrap().crls.len(), 1);
+
+    // Without client_ca, the other two mean nothing.
+    assert_eq!(
+        errs(&listener(&format!(
+            ", client_auth = \"required\", client_crl = \"{}\"",
+            crl.display()
+        ))),
+        [
+            "proxy.toml:8: listeners[1].tls.client_auth: only valid with `client_ca` (the CA file client certificates are checked against)",
+            "proxy.toml:8: listeners[1].tls.client_crl: only valid with `client_ca` (the CA file client certificates are checked against)",
+        ]
+    );
+    let e = err(&listener(&format!(
+        ", client_ca = \"{}\", client_auth = \"sometimes\"",
+        ca.display()
+    )));
+    assert!(
+        e.starts_with("proxy.toml:8: listeners[1].tls.client_auth: unknown variant `sometimes`, expected `required` or `optional`"),
+        "{e}"
+    );
+
+    // Files that are missing or do not hold what they should.
+    let missing = certs.dir.path().join("missing.pem");
+    let e = err(&listener(&format!(
+        ", client_ca = \"{}\"",
+        missing.display()
+    )));
+    assert!(
+        e.starts_with(&format!(
+            "proxy.toml:8: listeners[1].tls.client_ca: {}: cannot read: ",
+            missing.display()
+        )),
+        "{e}"
+    );
+    assert_eq!(
+        err(&listener(&format!(
+            ", client_ca = \"{}\"",
+            certs.key().display()
+        ))),
+        format!(
+            "proxy.toml:8: listeners[1].tls.client_ca: {}: no PEM certificate found",
+            certs.key().display()
+        )
+    );
+    assert_eq!(
+        err(&listener(&format!(
+            ", client_ca = \"{}\", client_crl = \"{}\"",
+            ca.display(),
+            ca.display()
+        ))),
+        format!(
+            "proxy.toml:8: listeners[1].tls.client_crl: {}: no PEM certificate revocation list (X509 CRL) found",
+            ca.display()
+        )
+    );
+    // Base64 that is no CRL.
+    let bad = certs.file(
+        "bad-crl.pem",
+        "-----BEGIN X509 CRL-----\nAAECAwQF\n-----END X509 CRL-----\n",
+    );
+    let e = err(&listener(&format!(
+        ", client_ca = \"{}\", client_crl = \"{}\"",
+        ca.display(),
+        bad.display()
+    )));
+    assert!(
+        e.starts_with(&format!(
+            "proxy.toml:8: listeners[1].tls.client_crl: {}: invalid certificate revocation list: ",
+            bad.display()
+        )),
+        "{e}"
+    );
+    // Both files wrong: both reported.
+    let e = errs(&listener(&format!(
+        ", client_ca = \"{}\", client_crl = \"{}\"",
+        missing.display(),
+        ca.display()
+    )));
+    assert_eq!(e.len(), 2, "{e:#?}");
+    assert!(
+        e[0].contains("tls.client_ca: ") && e[1].contains("tls.client_crl: "),
+        "{e:#?}"
+    );
+}

@@ -311,6 +311,7 @@ impl RequestHead<'_> {
         peer_text: &str,
         client: Option<IpAddr>,
         tls: bool,
+        client_cert: Option<&str>,
         request_id: Option<&RequestId>,
     ) {
         out.extend_from_slice(self.method.as_bytes());
@@ -347,6 +348,7 @@ impl RequestHead<'_> {
             tls,
             self.host(),
             stripped,
+            client_cert,
             |name, value| {
                 out.extend_from_slice(name.as_bytes());
                 out.extend_from_slice(b": ");
@@ -734,7 +736,17 @@ mod tests {
             };
             assert_eq!(head.content_length, 2);
             let mut out = Vec::new();
-            head.write_upstream(&mut out, (None, None), None, None, "", None, false, None);
+            head.write_upstream(
+                &mut out,
+                (None, None),
+                None,
+                None,
+                "",
+                None,
+                false,
+                None,
+                None,
+            );
             let text = String::from_utf8_lossy(&out);
             assert_eq!(
                 text.to_ascii_lowercase().matches("content-length").count(),
@@ -831,6 +843,7 @@ mod tests {
             None,
             false,
             None,
+            None,
         );
         let text = String::from_utf8_lossy(&out);
         assert_eq!(
@@ -842,7 +855,7 @@ mod tests {
 
     #[test]
     fn upstream_head_drops_hop_by_hop_and_replaces_forwarded_fields() {
-        let raw = b"GET /p?q=1 HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\nKeep-Alive: 5\r\nX-Real-IP: 6.6.6.6\r\nX-Forwarded-For: 1.1.1.1\r\nX-Custom: Yes\r\n\r\n";
+        let raw = b"GET /p?q=1 HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\nKeep-Alive: 5\r\nX-Real-IP: 6.6.6.6\r\nX-Forwarded-For: 1.1.1.1\r\nX-Forwarded-Client-Cert: Hash=forged\r\nX_Forwarded_Client_Cert: Hash=forged\r\nX-Custom: Yes\r\n\r\n";
         let mut h = fields();
         let Parse::Ready(head) = parse_request(raw, &mut h) else {
             panic!("not ready");
@@ -859,6 +872,7 @@ mod tests {
             peer,
             false,
             None,
+            None,
         );
         let text = String::from_utf8_lossy(&out);
         assert_eq!(
@@ -867,6 +881,25 @@ mod tests {
              x-forwarded-for: 1.1.1.1, 127.0.0.9\r\nx-forwarded-proto: http\r\n\
              x-forwarded-host: a.example\r\nx-real-ip: 127.0.0.9\r\n\r\n"
         );
+        // A connection with a verified client certificate: ours, never the client's.
+        out.clear();
+        head.write_upstream(
+            &mut out,
+            (None, None),
+            None,
+            peer,
+            "127.0.0.9",
+            peer,
+            true,
+            Some("Hash=ab;Subject=\"CN=c\""),
+            None,
+        );
+        let text = String::from_utf8_lossy(&out);
+        assert!(
+            text.ends_with("x-forwarded-client-cert: Hash=ab;Subject=\"CN=c\"\r\n\r\n"),
+            "{text}"
+        );
+        assert!(!text.contains("forged"), "{text}");
     }
 
     #[test]

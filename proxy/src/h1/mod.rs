@@ -37,6 +37,7 @@ use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::access_log::{AccessLog, Entry};
+use crate::client_cert::PeerCert;
 use crate::proxy::policy::{self, Admission, Rejection, RequestView, Rewritten};
 use crate::proxy::request_id::{self, RequestId};
 use crate::proxy::{is_token_char, respond, MAX_TRIES};
@@ -117,6 +118,8 @@ struct Conn {
     peer_text: String,
     local: Option<SocketAddr>,
     tls: bool,
+    /// The client's verified certificate, read once at the handshake.
+    client_cert: Option<Arc<PeerCert>>,
     /// Set when the proxy starts to stop: the connection is not kept alive after that.
     shutdown: ShutdownWatch,
 }
@@ -180,11 +183,13 @@ impl H1 {
     ) -> Outcome {
         self.start_sweeper();
         let (peer_ip, local) = addresses(stream.get_socket_digest().as_deref());
+        let ssl = stream.get_ssl_digest();
         let conn = Conn {
             peer_ip,
             peer_text: peer_ip.map(|ip| ip.to_string()).unwrap_or_default(),
             local,
-            tls: stream.get_ssl_digest().is_some(),
+            tls: ssl.is_some(),
+            client_cert: PeerCert::of(ssl.as_deref()),
             shutdown: shutdown.clone(),
         };
         // Registered once for the connection's life, not once per wait for a request.
@@ -376,6 +381,7 @@ impl H1 {
             req,
             request_id: id.as_ref(),
             client: conn.peer_ip,
+            client_cert: conn.client_cert.as_deref(),
             // Only the access log reads the clock for the whole request.
             started: self.shared.access_log.load().enabled().then(Instant::now),
             status: 0,
@@ -417,6 +423,7 @@ impl H1 {
             &conn.peer_text,
             admitted.client_ip,
             conn.tls,
+            conn.client_cert.as_ref().map(|c| c.xfcc.as_str()),
             id.as_ref(),
         );
         out.extend_from_slice(body);
@@ -1032,6 +1039,7 @@ pub(crate) fn log_refusal(
         referer: None,
         user_agent: None,
         request_id: request_id.map(RequestId::as_str),
+        client_cert: None,
     });
 }
 
@@ -1122,6 +1130,7 @@ struct Log<'a> {
     req: &'a RequestHead<'a>,
     request_id: Option<&'a RequestId>,
     client: Option<IpAddr>,
+    client_cert: Option<&'a PeerCert>,
     /// Set when the access log is on.
     started: Option<Instant>,
     status: u16,
@@ -1156,6 +1165,7 @@ impl Drop for Log<'_> {
             referer: self.req.header("referer"),
             user_agent: self.req.header("user-agent"),
             request_id: self.request_id.map(RequestId::as_str),
+            client_cert: self.client_cert.map(|c| c.subject.as_str()),
         });
     }
 }

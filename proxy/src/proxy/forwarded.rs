@@ -61,20 +61,33 @@ pub fn client_ip<'a>(
 /// The fields [`forwarded`] sets on upstream requests: whatever the client sent under these
 /// names is dropped, never passed on beside ours (or instead of ours where we set none: a
 /// client's `X-Forwarded-Prefix` would make a backend build its links and redirects under a
-/// path of the client's choosing).
-pub const FORWARDED_FIELDS: [&str; 5] = [
+/// path of the client's choosing; a client's `X-Forwarded-Client-Cert` would claim a
+/// certificate it never presented, on every listener, TLS or not).
+pub const FORWARDED_FIELDS: [&str; 6] = [
     "x-forwarded-for",
     "x-forwarded-proto",
     "x-forwarded-host",
     "x-forwarded-prefix",
     "x-real-ip",
+    crate::client_cert::XFCC,
 ];
 
 /// Whether a client's field `name` is one of [`FORWARDED_FIELDS`], with `_` for `-` too:
 /// CGI-style servers (PHP, WSGI, Rack) read `X_Forwarded_For` and `X-Forwarded-For` as the
 /// same variable, so the underscore spelling would smuggle a client's value in beside ours.
 pub fn is_forwarded_field(name: &str) -> bool {
-    FORWARDED_FIELDS.iter().any(|f| same_field(f, name))
+    // Called for every field of every request: the names all differ in length, so the
+    // length picks the one name to compare (a test keeps this in step with the list).
+    let field = match name.len() {
+        9 => "x-real-ip",
+        15 => "x-forwarded-for",
+        16 => "x-forwarded-host",
+        17 => "x-forwarded-proto",
+        18 => "x-forwarded-prefix",
+        23 => crate::client_cert::XFCC,
+        _ => return false,
+    };
+    same_field(field, name)
 }
 
 /// The value of one forwarded header, kept structured so that a writer can reuse text it
@@ -101,7 +114,9 @@ impl std::fmt::Display for FieldValue<'_> {
 /// once per header, so that each request path can write them in its own form (header
 /// values for pingora, raw bytes for the HTTP/1 path) with no intermediate copies.
 /// `prior_xff` yields the request's X-Forwarded-For field values; `prefix` is the path
-/// prefix a route stripped (`X-Forwarded-Prefix`, as Traefik sets it).
+/// prefix a route stripped (`X-Forwarded-Prefix`, as Traefik sets it); `client_cert` the
+/// `X-Forwarded-Client-Cert` of a connection whose client presented a verified certificate.
+#[allow(clippy::too_many_arguments)]
 pub fn forwarded<'a>(
     prior_xff: impl IntoIterator<Item = &'a str>,
     peer: Option<IpAddr>,
@@ -109,6 +124,7 @@ pub fn forwarded<'a>(
     tls: bool,
     host: Option<&str>,
     prefix: Option<&str>,
+    client_cert: Option<&str>,
     mut emit: impl FnMut(&'static str, FieldValue<'_>),
 ) {
     if let Some(peer) = peer {
@@ -137,9 +153,13 @@ pub fn forwarded<'a>(
     if let Some(prefix) = prefix {
         emit("x-forwarded-prefix", FieldValue::Text(prefix));
     }
+    if let Some(cert) = client_cert {
+        emit(crate::client_cert::XFCC, FieldValue::Text(cert));
+    }
 }
 
 /// The headers to set on the upstream request (names lowercase), as header values.
+#[allow(clippy::too_many_arguments)]
 pub fn forwarded_header_values(
     headers: &HeaderMap,
     peer: Option<IpAddr>,
@@ -147,16 +167,18 @@ pub fn forwarded_header_values(
     tls: bool,
     host: Option<&str>,
     prefix: Option<&str>,
+    client_cert: Option<&str>,
 ) -> Vec<(&'static str, HeaderValue)> {
     // Built from addresses and from header values that were valid already; a host taken
     // from the URI that is not a valid value is left out rather than sent.
-    forwarded_headers(headers, peer, real_ip, tls, host, prefix)
+    forwarded_headers(headers, peer, real_ip, tls, host, prefix, client_cert)
         .into_iter()
         .filter_map(|(name, s)| Some((name, HeaderValue::try_from(s).ok()?)))
         .collect()
 }
 
 /// The headers to set on the upstream request (names lowercase), as strings.
+#[allow(clippy::too_many_arguments)]
 pub fn forwarded_headers(
     headers: &HeaderMap,
     peer: Option<IpAddr>,
@@ -164,6 +186,7 @@ pub fn forwarded_headers(
     tls: bool,
     host: Option<&str>,
     prefix: Option<&str>,
+    client_cert: Option<&str>,
 ) -> Vec<(&'static str, String)> {
     let mut out = Vec::with_capacity(4);
     forwarded(
@@ -173,6 +196,7 @@ pub fn forwarded_headers(
         tls,
         host,
         prefix,
+        client_cert,
         |name, value| {
             out.push((name, value.to_string()));
         },
@@ -190,6 +214,8 @@ mod tests {
             "x_forwarded_for",
             "X_Real_IP",
             "x-forwarded-host",
+            "X-Forwarded-Client-Cert",
+            "x_forwarded_client_cert",
         ] {
             assert!(is_forwarded_field(name), "{name}");
         }
@@ -198,8 +224,13 @@ mod tests {
             "forwarded",
             "x-real-ipx",
             "x.forwarded.for",
+            "x-forwarded-client-crt",
         ] {
             assert!(!is_forwarded_field(name), "{name}");
+        }
+        // The match on length names every field of the list.
+        for name in super::FORWARDED_FIELDS {
+            assert!(is_forwarded_field(name), "{name}");
         }
     }
 
@@ -272,10 +303,22 @@ mod tests {
             true,
             Some("a.example"),
             None,
+            None,
         );
         assert!(h.contains(&("x-forwarded-for", "1.1.1.1, 127.0.0.5".to_string())));
         assert!(h.contains(&("x-forwarded-proto", "https".to_string())));
         assert!(h.contains(&("x-forwarded-host", "a.example".to_string())));
         assert!(h.contains(&("x-real-ip", "127.0.0.5".to_string())));
+        assert!(!h.iter().any(|(n, _)| *n == crate::client_cert::XFCC));
+        let h = forwarded_headers(
+            &hm("1.1.1.1"),
+            Some(peer),
+            None,
+            true,
+            None,
+            None,
+            Some("Hash=ab"),
+        );
+        assert!(h.contains(&(crate::client_cert::XFCC, "Hash=ab".to_string())));
     }
 }

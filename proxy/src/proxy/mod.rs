@@ -29,6 +29,7 @@ use pingora::{Error, ErrorSource, ErrorType, RetryType};
 use self::request_headers::RequestHeaders;
 use self::request_id::RequestId;
 use crate::access_log::{AccessLog, Entry};
+use crate::client_cert::PeerCert;
 use crate::config::UpstreamProtocol;
 use crate::limits::ClientGuard;
 use crate::state::{Runtime, Shared};
@@ -121,6 +122,8 @@ pub struct Ctx {
     /// Client address for balancing and X-Real-IP (trusted X-Forwarded-For applied).
     client_ip: Option<IpAddr>,
     tls: bool,
+    /// The client's verified certificate (mutual TLS), read once at the handshake.
+    client_cert: Option<Arc<PeerCert>>,
     sticky_id: Option<String>,
     /// What the route's `prefix_rewrite` made of the request.
     rewritten: Option<Box<Rewritten>>,
@@ -358,7 +361,9 @@ impl ProxyHttp for EdgeProxy {
         ctx.runtime = Some(rt.clone());
         let cfg = &rt.config;
         ctx.request_id = cfg.server.request_id.then(RequestId::new);
-        ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        let ssl = session.digest().and_then(|d| d.ssl_digest.as_deref());
+        ctx.tls = ssl.is_some();
+        ctx.client_cert = PeerCert::of(ssl);
         ctx.peer_ip = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -562,6 +567,7 @@ impl ProxyHttp for EdgeProxy {
             ctx.tls,
             host_of(req),
             stripped,
+            ctx.client_cert.as_ref().map(|c| c.xfcc.as_str()),
         ) {
             upstream_request.insert_header(name, value)?;
         }
@@ -833,6 +839,7 @@ impl ProxyHttp for EdgeProxy {
             referer: header(http::header::REFERER),
             user_agent: header(http::header::USER_AGENT),
             request_id: ctx.request_id.as_ref().map(RequestId::as_str),
+            client_cert: ctx.client_cert.as_ref().map(|c| c.subject.as_str()),
         });
     }
 }

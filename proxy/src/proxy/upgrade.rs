@@ -83,6 +83,7 @@ fn request_head(session: &Session, ctx: &Ctx) -> Vec<u8> {
         ctx.tls,
         host_of(req),
         stripped,
+        ctx.client_cert.as_ref().map(|c| c.xfcc.as_str()),
     ) {
         head.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
     }
@@ -503,6 +504,7 @@ impl Tunnel {
                 referer: None,
                 user_agent: None,
                 request_id: req.request_id.as_ref().map(RequestId::as_str),
+                client_cert: req.client_cert.as_ref().map(|c| c.subject.as_str()),
             });
         }
     }
@@ -512,6 +514,7 @@ impl Tunnel {
 struct TunnelSummary {
     client: Option<std::net::IpAddr>,
     request_id: Option<RequestId>,
+    client_cert: Option<std::sync::Arc<crate::client_cert::PeerCert>>,
     path: String,
     host: Option<String>,
     upstream: String,
@@ -523,6 +526,7 @@ fn tunnel_summary(session: &Session, ctx: &Ctx, upstream: &str) -> Box<TunnelSum
     Box::new(TunnelSummary {
         client: ctx.client_ip.or(ctx.peer_ip),
         request_id: ctx.request_id,
+        client_cert: ctx.client_cert.clone(),
         path: req
             .uri
             .path_and_query()
