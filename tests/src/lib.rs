@@ -13,7 +13,8 @@
 //! - [`h2client`]: h2 clients of the TLS listeners (`h2` crate), responses with trailers.
 //! - [`ws`]: WebSocket clients (plain, from a local address, TLS) that read the backend's
 //!   `hello <id>` greeting, and echo helpers.
-//! - [`certs`]: a throw-away CA and server certificates ([`Certs`]), made with rcgen.
+//! - [`certs`]: a throw-away CA and server certificates ([`Certs`]), client certificates and
+//!   revocation lists, made with rcgen.
 //! - [`raw`]: raw HTTP/1.1 clients and misbehaving backends, for tests of exact bytes.
 //! - [`wait`]: [`wait_until`] / [`wait_for`] — poll a condition with a bounded timeout.
 //! - [`admin`]: the proxy's admin API — `/status` lookups, waits on its counters and health,
@@ -46,7 +47,7 @@ pub mod socketio;
 pub mod wait;
 pub mod ws;
 
-pub use certs::{Certs, TestCa};
+pub use certs::{Certs, ClientCert, TestCa};
 pub use http::{client, client_from, get, get_with, send, tls_client, Alpn, Reply};
 pub use procs::{
     bin_path, free_port, init, port_array, ports, target_dir, Backend, Exited, Proxy, ProxyCmd,

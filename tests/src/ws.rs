@@ -32,6 +32,8 @@ pub struct WsOptions {
     pub ca_pem: Option<Vec<u8>>,
     /// Extra request headers (e.g. `cookie`).
     pub headers: Vec<(String, String)>,
+    /// For `wss://`: present this client certificate (mutual TLS).
+    pub client_cert: Option<crate::ClientCert>,
 }
 
 /// Opens a WebSocket without reading anything: the socket and the handshake response (e.g. for
@@ -83,7 +85,7 @@ async fn open_inner(url: &str, opts: &WsOptions) -> Result<(Ws, Response), tungs
         let ca = opts.ca_pem.as_deref().ok_or_else(|| {
             tungstenite::Error::Io(std::io::Error::other("wss:// needs WsOptions::ca_pem"))
         })?;
-        let config = rustls_client_config(ca, &[b"http/1.1"]);
+        let config = rustls_client_config_with(ca, &[b"http/1.1"], opts.client_cert.as_ref());
         let name = rustls::pki_types::ServerName::try_from(host.clone())
             .map_err(|e| tungstenite::Error::Io(std::io::Error::other(e)))?;
         let tls = tokio_rustls::TlsConnector::from(config)
@@ -124,21 +126,42 @@ async fn connect_tcp(addr: SocketAddr, local: Option<IpAddr>) -> std::io::Result
 
 /// A rustls client config (ring provider, TLS 1.2 and 1.3) trusting only the CAs in `ca_pem`.
 pub fn rustls_client_config(ca_pem: &[u8], alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    rustls_client_config_with(ca_pem, alpn, None)
+}
+
+/// [`rustls_client_config`], presenting `client` when the server asks for a certificate.
+pub fn rustls_client_config_with(
+    ca_pem: &[u8],
+    alpn: &[&[u8]],
+    client: Option<&crate::ClientCert>,
+) -> Arc<rustls::ClientConfig> {
     use rustls::pki_types::pem::PemObject as _;
-    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(ca_pem) {
         roots
             .add(cert.expect("CA PEM parses"))
             .expect("CA certificate is acceptable as a root");
     }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .expect("ring supports the default TLS versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    .with_root_certificates(roots);
+    let mut config = match client {
+        None => config.with_no_client_auth(),
+        Some(c) => {
+            let chain = CertificateDer::pem_file_iter(&c.cert)
+                .expect("reading the client cert")
+                .collect::<Result<Vec<_>, _>>()
+                .expect("client cert PEM parses");
+            let key = PrivateKeyDer::from_pem_file(&c.key).expect("client key PEM parses");
+            config
+                .with_client_auth_cert(chain, key)
+                .expect("the client cert and key are a pair")
+        }
+    };
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Arc::new(config)
 }
