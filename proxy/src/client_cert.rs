@@ -342,8 +342,35 @@ fn escape_value(out: &mut String, v: &[u8]) {
 
 /// Reads the client's certificate once, when the handshake completes, so that requests
 /// only clone what it made (a connection without one costs nothing more per request).
+///
+/// It also checks the certificate again against the listener's current verifier. rustls
+/// does not verify anything when a client resumes a session from its cache: the session
+/// brings back the certificate (or the lack of one) of the handshake that made it, perhaps
+/// under the CAs or CRLs of before a reload. nginx keeps such sessions apart with a session
+/// id context derived from its client certificate settings; pingora's rustls listener has
+/// no such setting, and the callback cannot tell a resumed handshake from a full one, so it
+/// checks every handshake: a full one that presented a certificate is verified twice.
 #[derive(Debug)]
-pub struct PeerCertCallback;
+pub struct PeerCertCallback {
+    clients: ClientCerts,
+}
+
+impl PeerCertCallback {
+    pub fn new(clients: ClientCerts) -> Self {
+        Self { clients }
+    }
+}
+
+/// Left on a connection whose (resumed) session has a client certificate the listener's
+/// current settings refuse, or none where they require one: it is closed before any request
+/// ([`refused`]).
+#[derive(Debug)]
+pub struct Refused;
+
+/// Whether the handshake of a connection was marked [`Refused`].
+pub fn refused(ssl: Option<&SslDigest>) -> bool {
+    ssl.is_some_and(|d| d.extension.get::<Refused>().is_some())
+}
 
 #[async_trait]
 impl TlsAccept for PeerCertCallback {
@@ -351,9 +378,20 @@ impl TlsAccept for PeerCertCallback {
         &self,
         tls: &TlsRef,
     ) -> Option<Arc<dyn Any + Send + Sync>> {
-        // Only a certificate the listener's verifier accepted gets this far.
-        let der = tls.peer_certificate_der()?;
-        Some(Arc::new(Arc::new(PeerCert::from_der(der))))
+        let current = self.clients.current.load();
+        // Without client authentication now, a certificate from a session of before is
+        // not passed on: a new handshake would not have asked for it.
+        let verifier = current.verifier.as_ref()?;
+        let Some((leaf, intermediates)) = tls.peer_cert_chain_der().and_then(|c| c.split_first())
+        else {
+            return verifier
+                .client_auth_mandatory()
+                .then(|| Arc::new(Refused) as Arc<dyn Any + Send + Sync>);
+        };
+        match verifier.verify_client_cert(leaf, intermediates, UnixTime::now()) {
+            Ok(_) => Some(Arc::new(Arc::new(PeerCert::from_der(leaf)))),
+            Err(_) => Some(Arc::new(Refused)),
+        }
     }
 }
 

@@ -164,8 +164,9 @@ pub struct ListenerTls {
 pub fn listener_settings(cfg: &TlsConfig) -> Result<(TlsSettings, ListenerTls)> {
     let resolver = SniResolver::new(SniCerts::load(cfg)?);
     let clients = ClientCerts::new(cfg.client_auth.as_ref())?;
-    let mut settings = TlsSettings::with_callbacks(Box::new(PeerCertCallback))
-        .map_err(|e| anyhow!("TLS settings: {e}"))?;
+    let mut settings =
+        TlsSettings::with_callbacks(Box::new(PeerCertCallback::new(clients.clone())))
+            .map_err(|e| anyhow!("TLS settings: {e}"))?;
     settings.set_cert_resolver(Arc::new(resolver.clone()));
     settings.set_client_cert_verifier(Arc::new(clients.clone()));
     if cfg.h2 {

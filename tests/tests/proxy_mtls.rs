@@ -125,8 +125,78 @@ fn expected_xfcc(cert: &ClientCert, cn: &str) -> String {
 
 /// Whether a request over a fresh connection with `cert` (or none) is served.
 async fn served(m: &Mtls, cert: Option<&ClientCert>) -> bool {
-    let c = client(&m.server, Alpn::Http1, cert);
-    matches!(try_send(c.get(m.url("/id"))).await, Ok(r) if r.status == 200)
+    served_at(&m.server, m.tls, cert).await
+}
+
+/// Whether a request to the TLS listener on `port` over a fresh connection with `cert` (or
+/// none) is served.
+async fn served_at(server: &Certs, port: u16, cert: Option<&ClientCert>) -> bool {
+    let c = client(server, Alpn::Http1, cert);
+    let url = format!("https://localhost:{port}/id");
+    matches!(try_send(c.get(url)).await, Ok(r) if r.status == 200)
+}
+
+/// For the reload tests: the server's certificate, two client CAs with a client certificate
+/// each (`one`, `two`), and a proxy started with no client certificate checks.
+struct Reloadable {
+    proxy: Proxy,
+    backend: Backend,
+    server: Certs,
+    ca1: TestCa,
+    ca2: TestCa,
+    one: ClientCert,
+    two: ClientCert,
+    /// Plain, TLS and admin listeners.
+    ports: [u16; 3],
+    dirs: [TempDir; 3],
+}
+
+impl Reloadable {
+    fn start() -> Reloadable {
+        let dirs = [
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+        ];
+        let server = Certs::generate(dirs[0].path(), &["localhost", "127.0.0.1"]);
+        let (ca1, ca2) = (TestCa::new(dirs[1].path()), TestCa::new(dirs[2].path()));
+        let (one, two) = (ca1.issue_client("one", 1), ca2.issue_client("two", 1));
+        let backend = Backend::start("b1");
+        let ports = port_array();
+        let [plain, tls, admin_port] = ports;
+        let toml = config(plain, tls, admin_port, &backend, &tls_table(&server, ""));
+        Reloadable {
+            proxy: Proxy::start_config(&toml),
+            backend,
+            server,
+            ca1,
+            ca2,
+            one,
+            two,
+            ports,
+            dirs,
+        }
+    }
+
+    /// The config with `extra` keys in the TLS listener's table.
+    fn with(&self, extra: &str) -> String {
+        let [plain, tls, admin_port] = self.ports;
+        config(
+            plain,
+            tls,
+            admin_port,
+            &self.backend,
+            &tls_table(&self.server, extra),
+        )
+    }
+
+    fn tls(&self) -> u16 {
+        self.ports[1]
+    }
+
+    async fn served(&self, cert: Option<&ClientCert>) -> bool {
+        served_at(&self.server, self.tls(), cert).await
+    }
 }
 
 /// A raw HTTP/1.0 request over TLS with `cert` (pingora's path takes HTTP/1.0 requests),
@@ -286,25 +356,18 @@ async fn a_revoked_client_certificate_is_refused() {
 
 #[tokio::test]
 async fn a_reload_adds_changes_and_removes_client_certificate_checks_without_a_restart() {
-    let dirs = [
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-    ];
-    let server = Certs::generate(dirs[0].path(), &["localhost", "127.0.0.1"]);
-    let (ca1, ca2) = (TestCa::new(dirs[1].path()), TestCa::new(dirs[2].path()));
-    let (one, two) = (ca1.issue_client("one", 1), ca2.issue_client("two", 1));
-    let b = Backend::start("b1");
-    let [plain, tls, admin_port] = port_array();
-    let with = |extra: &str| config(plain, tls, admin_port, &b, &tls_table(&server, extra));
-    let proxy = Proxy::start_config(&with(""));
+    let r = Reloadable::start();
+    let Reloadable {
+        proxy,
+        ca1,
+        ca2,
+        one,
+        two,
+        dirs,
+        ..
+    } = &r;
+    let (with, served) = (|extra: &str| r.with(extra), |c| r.served(c));
     let pid = proxy.pid();
-    let url = format!("https://localhost:{tls}/id");
-    let served = |cert: Option<&ClientCert>| {
-        let c = client(&server, Alpn::Http1, cert);
-        let url = url.clone();
-        async move { matches!(try_send(c.get(url)).await, Ok(r) if r.status == 200) }
-    };
     assert!(
         served(None).await,
         "no client certificate asked for at first"
@@ -317,17 +380,17 @@ async fn a_reload_adds_changes_and_removes_client_certificate_checks_without_a_r
         async move { !anonymous.await }
     })
     .await;
-    assert!(served(Some(&one)).await);
+    assert!(served(Some(one)).await);
 
     // Another CA: the first one's certificate is refused, the new one's accepted.
     proxy.reload(&with(&client_ca(&ca2.pem, "")));
-    tests::wait_until(STEP_TIMEOUT, "the new CA trusted", || served(Some(&two))).await;
-    assert!(!served(Some(&one)).await, "the old CA's certificate");
+    tests::wait_until(STEP_TIMEOUT, "the new CA trusted", || served(Some(two))).await;
+    assert!(!served(Some(one)).await, "the old CA's certificate");
 
     // A file that cannot be used rejects the reload; the running checks stay.
     let missing = dirs[1].path().join("missing.pem");
     proxy.write_config(&with(&client_ca(&missing, "")));
-    let r = admin_post(&proxy, "/reload", Some("t")).await;
+    let r = admin_post(proxy, "/reload", Some("t")).await;
     assert_eq!(r.status, 422, "{}", r.body);
     let error = r.json()["error"].as_str().unwrap().to_owned();
     let line = with(&client_ca(&missing, ""))
@@ -340,16 +403,113 @@ async fn a_reload_adds_changes_and_removes_client_certificate_checks_without_a_r
             && error.contains(&missing.display().to_string()),
         "{error}"
     );
-    assert!(served(Some(&two)).await);
+    assert!(served(Some(two)).await);
     assert!(!served(None).await);
 
     // Removed: no certificate asked for again, and the report names no restart.
     proxy.write_config(&with(""));
-    let r = admin_post(&proxy, "/reload", Some("t")).await;
+    let r = admin_post(proxy, "/reload", Some("t")).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["report"]["needs_restart"], serde_json::json!([]));
     assert!(served(None).await);
     assert_eq!(proxy.pid(), pid, "no restart");
+}
+
+/// `GET /headers` over a new TLS connection made with `config` (which keeps the sessions it
+/// gets, so the next connection resumes one): how the handshake went, and the answer read
+/// to the end ("" when the connection closed without one).
+async fn exchange(
+    config: &Arc<rustls::ClientConfig>,
+    port: u16,
+) -> (Option<rustls::HandshakeKind>, String) {
+    let attempt = async {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(Arc::clone(config))
+            .connect("localhost".try_into().unwrap(), tcp)
+            .await
+            .unwrap();
+        let kind = tls.get_ref().1.handshake_kind();
+        tls.write_all(b"GET /headers HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        let _ = tls.read_to_end(&mut out).await;
+        (kind, String::from_utf8_lossy(&out).into_owned())
+    };
+    tokio::time::timeout(STEP_TIMEOUT, attempt).await.unwrap()
+}
+
+/// The `x-forwarded-client-cert` the backend's `/headers` answer (head and body) shows.
+fn xfcc_in(answer: &str) -> Option<String> {
+    let (_, body) = answer.split_once("\r\n\r\n")?;
+    let headers: serde_json::Value = serde_json::from_str(body).ok()?;
+    Some(headers.get(XFCC)?.as_str()?.to_owned())
+}
+
+/// A client that resumes a TLS session made before a reload is held to the reload's client
+/// certificate checks. rustls verifies nothing on a resumed session: without the listener's
+/// own check, a session from before `client_ca` was added went on without a certificate,
+/// and one whose certificate's CA a reload dropped went on naming it to the backend.
+#[tokio::test]
+async fn a_session_resumed_after_a_reload_is_held_to_the_new_client_certificate_checks() {
+    use rustls::HandshakeKind::{Full, Resumed};
+
+    let r = Reloadable::start();
+    let Reloadable {
+        proxy,
+        server,
+        ca1,
+        ca2,
+        one,
+        two,
+        ..
+    } = &r;
+    let (with, served, tls) = (|extra: &str| r.with(extra), |c| r.served(c), r.tls());
+
+    // A session without a client certificate, then `client_ca` added by a reload.
+    let anonymous = rustls_client_config_with(&server.ca_pem(), &[b"http/1.1"], None);
+    let (kind, answer) = exchange(&anonymous, tls).await;
+    assert_eq!(kind, Some(Full));
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    proxy.reload(&with(&client_ca(&ca1.pem, "")));
+    tests::wait_until(STEP_TIMEOUT, "client certificates required", || {
+        let anonymous = served(None);
+        async move { !anonymous.await }
+    })
+    .await;
+    let (kind, answer) = exchange(&anonymous, tls).await;
+    assert_eq!(kind, Some(Resumed), "the test needs a resumed session");
+    assert_eq!(
+        answer, "",
+        "a resumed session without a certificate was served"
+    );
+
+    // A session with the first CA's certificate, then that CA replaced by a reload.
+    let with_one = rustls_client_config_with(&server.ca_pem(), &[b"http/1.1"], Some(one));
+    let (kind, answer) = exchange(&with_one, tls).await;
+    assert_eq!(kind, Some(Full));
+    assert_eq!(
+        xfcc_in(&answer),
+        Some(expected_xfcc(one, "one")),
+        "{answer}"
+    );
+    let (kind, answer) = exchange(&with_one, tls).await;
+    assert_eq!(kind, Some(Resumed), "the test needs a resumed session");
+    assert_eq!(
+        xfcc_in(&answer),
+        Some(expected_xfcc(one, "one")),
+        "a resumed session whose certificate still verifies is served: {answer}"
+    );
+    proxy.reload(&with(&client_ca(&ca2.pem, "")));
+    tests::wait_until(STEP_TIMEOUT, "the new CA trusted", || served(Some(two))).await;
+    let (kind, answer) = exchange(&with_one, tls).await;
+    assert_eq!(kind, Some(Resumed), "the test needs a resumed session");
+    assert_eq!(
+        answer, "",
+        "a resumed session with the dropped CA's certificate was served"
+    );
 }
 
 #[test]

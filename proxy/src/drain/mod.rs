@@ -108,6 +108,13 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Counted<A> {
         'life1: 'async_trait,
         Self: 'async_trait,
     {
+        if crate::client_cert::refused(session.get_ssl_digest().as_deref()) {
+            // A resumed TLS session whose client certificate the listener no longer accepts
+            // (a reload changed its CAs or CRLs): closed before any request.
+            self.shared.metrics.reject("client_certificate");
+            tracing::debug!("client certificate refused on a resumed TLS session: closed");
+            return Box::pin(std::future::ready(None));
+        }
         // Counted before the future is first polled. A kept-alive connection that pingora
         // hands back for its next request is uncounted only between this future's end and
         // the next call, with no await between them, which the watcher's settle time covers.
