@@ -431,14 +431,11 @@ impl H1 {
         let max_tries = MAX_TRIES.min(up.backends.len()).max(1);
         let mut tried = Vec::with_capacity(2);
         let (choice, mut upstream, resp, mut upbuf, attempt_started) = loop {
-            let chosen = policy::choose(
-                up,
-                admitted.client_ip,
-                admitted.sticky_id.as_deref(),
-                &mut tried,
-                conn.tls,
-            )
-            .await;
+            let (ip, sticky) = (admitted.client_ip, admitted.sticky_id.as_deref());
+            let chosen = match policy::choose_now(up, ip, sticky, &mut tried, conn.tls) {
+                Some(chosen) => chosen,
+                None => policy::choose_queued(up, ip, sticky, &mut tried, conn.tls).await,
+            };
             let choice = match chosen {
                 Ok(choice) => choice,
                 Err(none) => {

@@ -393,14 +393,46 @@ pub(crate) async fn choose(
     tried: &mut Vec<usize>,
     tls: bool,
 ) -> Result<Choice, NoBackend> {
+    match choose_now(up, client_ip, sticky_id, tried, tls) {
+        Some(chosen) => chosen,
+        None => choose_queued(up, client_ip, sticky_id, tried, tls).await,
+    }
+}
+
+/// [`choose`] up to the queue: `None` when every backend is at its `max_conns` and the
+/// upstream has a queue, where [`choose_queued`] waits. A caller on the hot path calls the
+/// two itself, so that a request that needs no queue creates and polls no future.
+pub(crate) fn choose_now(
+    up: &Upstream,
+    client_ip: Option<IpAddr>,
+    sticky_id: Option<&str>,
+    tried: &mut Vec<usize>,
+    tls: bool,
+) -> Option<Result<Choice, NoBackend>> {
     let pctx = PickContext {
         client_ip,
         sticky_id,
     };
-    let pick = match up.pick(&pctx, tried) {
-        Err(NoBackend::Full) if up.queue.is_some() => up.pick_queued(&pctx, tried).await,
-        other => other,
-    }?;
+    match up.pick(&pctx, tried) {
+        Err(NoBackend::Full) if up.queue.is_some() => None,
+        other => Some(other.map(|pick| chosen(up, pick, sticky_id, tried, tls))),
+    }
+}
+
+/// The rest of [`choose`] after [`choose_now`] found every backend full: waits in the
+/// upstream's queue for a slot.
+pub(crate) async fn choose_queued(
+    up: &Upstream,
+    client_ip: Option<IpAddr>,
+    sticky_id: Option<&str>,
+    tried: &mut Vec<usize>,
+    tls: bool,
+) -> Result<Choice, NoBackend> {
+    let pctx = PickContext {
+        client_ip,
+        sticky_id,
+    };
+    let pick = up.pick_queued(&pctx, tried).await?;
     Ok(chosen(up, pick, sticky_id, tried, tls))
 }
 
