@@ -158,22 +158,28 @@ mod tests {
         }
     }
 
+    /// The lines an access log in `format` (a file in `dir`) writes for `entries`.
+    fn written(dir: &std::path::Path, format: AccessLogFormat, entries: &[Entry]) -> Vec<String> {
+        let path = dir.join(format!("{format:?}.log"));
+        let log = AccessLog::open(&AccessLogConfig {
+            enabled: true,
+            format,
+            path: Some(path.clone()),
+        })
+        .unwrap();
+        for e in entries {
+            log.write(e);
+        }
+        drop(log);
+        let text = std::fs::read_to_string(&path).unwrap();
+        text.lines().map(str::to_owned).collect()
+    }
+
     #[test]
     fn a_request_id_ends_a_combined_line_and_is_a_json_field() {
         let dir = tempfile::tempdir().unwrap();
         for format in [AccessLogFormat::Combined, AccessLogFormat::Json] {
-            let path = dir.path().join(format!("{format:?}.log"));
-            let log = AccessLog::open(&AccessLogConfig {
-                enabled: true,
-                format,
-                path: Some(path.clone()),
-            })
-            .unwrap();
-            log.write(&entry(Some("0123abcd")));
-            log.write(&entry(None));
-            drop(log);
-            let text = std::fs::read_to_string(&path).unwrap();
-            let lines: Vec<&str> = text.lines().collect();
+            let lines = written(dir.path(), format, &[entry(Some("0123abcd")), entry(None)]);
             match format {
                 AccessLogFormat::Combined => {
                     assert!(
@@ -199,21 +205,11 @@ mod tests {
     fn a_client_certificate_subject_is_a_json_field_only() {
         let dir = tempfile::tempdir().unwrap();
         for format in [AccessLogFormat::Combined, AccessLogFormat::Json] {
-            let path = dir.path().join(format!("{format:?}.log"));
-            let log = AccessLog::open(&AccessLogConfig {
-                enabled: true,
-                format,
-                path: Some(path.clone()),
-            })
-            .unwrap();
-            log.write(&Entry {
+            let with_cert = Entry {
                 client_cert: Some("CN=alice,O=Acme"),
                 ..entry(None)
-            });
-            log.write(&entry(None));
-            drop(log);
-            let text = std::fs::read_to_string(&path).unwrap();
-            let lines: Vec<&str> = text.lines().collect();
+            };
+            let lines = written(dir.path(), format, &[with_cert, entry(None)]);
             let json = format == AccessLogFormat::Json;
             assert_eq!(
                 lines[0].contains("\"client_cert\":\"CN=alice,O=Acme\""),

@@ -126,8 +126,20 @@ impl ClientCerts {
     }
 }
 
-fn not_asked() -> rustls::Error {
-    rustls::Error::General("this listener asks for no client certificate".to_owned())
+impl ClientCerts {
+    /// `check` with the current verifier; an error when the listener asks for no client
+    /// certificate (rustls does not call the checks then).
+    fn with_current<T>(
+        &self,
+        check: impl FnOnce(&dyn ClientCertVerifier) -> Result<T, rustls::Error>,
+    ) -> Result<T, rustls::Error> {
+        match &self.current.load().verifier {
+            Some(v) => check(v.as_ref()),
+            None => Err(rustls::Error::General(
+                "this listener asks for no client certificate".to_owned(),
+            )),
+        }
+    }
 }
 
 impl ClientCertVerifier for ClientCerts {
@@ -153,10 +165,7 @@ impl ClientCertVerifier for ClientCerts {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        match &self.current.load().verifier {
-            Some(v) => v.verify_client_cert(end_entity, intermediates, now),
-            None => Err(not_asked()),
-        }
+        self.with_current(|v| v.verify_client_cert(end_entity, intermediates, now))
     }
 
     fn verify_tls12_signature(
@@ -165,10 +174,7 @@ impl ClientCertVerifier for ClientCerts {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        match &self.current.load().verifier {
-            Some(v) => v.verify_tls12_signature(message, cert, dss),
-            None => Err(not_asked()),
-        }
+        self.with_current(|v| v.verify_tls12_signature(message, cert, dss))
     }
 
     fn verify_tls13_signature(
@@ -177,10 +183,7 @@ impl ClientCertVerifier for ClientCerts {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        match &self.current.load().verifier {
-            Some(v) => v.verify_tls13_signature(message, cert, dss),
-            None => Err(not_asked()),
-        }
+        self.with_current(|v| v.verify_tls13_signature(message, cert, dss))
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
