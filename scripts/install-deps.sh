@@ -3,7 +3,8 @@
 # cmake and a C compiler (pingora's zlib-ng build), redis-server (chat-node tests), Node.js
 # and npm (the official socket.io-client in the interop tests), Chromium and chromedriver
 # (the browser tests), nginx and HAProxy (the benchmark's comparison targets, also in its
-# smoke test) and a font for its charts, then the pinned Node packages of tests/node and
+# smoke test), a font for its charts and unshare and mount (the dns_refresh test gives its proxy
+# an /etc/hosts of its own), then the pinned Node packages of tests/node and
 # bench/node.
 # Idempotent; uses apt-get (Debian) and needs root or sudo when something is missing.
 set -euo pipefail
@@ -19,6 +20,8 @@ command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
 [ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
+command -v unshare >/dev/null 2>&1 || need+=(util-linux)
+command -v mount >/dev/null 2>&1 || need+=(mount)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"

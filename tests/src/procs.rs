@@ -460,6 +460,8 @@ pub struct ProxyCmd {
     env: Vec<(String, String)>,
     wait_for: Vec<SocketAddr>,
     no_auto_admin: bool,
+    /// A program (and its arguments) that runs the proxy: `<via…> <proxy> <args…>`.
+    via: Vec<String>,
 }
 
 /// A finished process: exit status and its output.
@@ -548,6 +550,13 @@ impl ProxyCmd {
         self
     }
 
+    /// Runs the proxy through `program` (which must end by exec'ing its remaining arguments,
+    /// so that the proxy keeps the pid the harness signals): `unshare … sh -c '…; exec "$@"'`.
+    pub fn via(mut self, program: &[&str]) -> Self {
+        self.via = program.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
     /// Leaves the admin listener as given (no automatic `--admin` / `[admin]`).
     pub fn no_auto_admin(mut self) -> Self {
         self.no_auto_admin = true;
@@ -609,7 +618,14 @@ impl ProxyCmd {
     fn spawn(&mut self, dir: &Path) -> (Child, Option<PathBuf>) {
         init();
         let bin = bin_path("proxy");
-        let mut cmd = Command::new(&bin);
+        let mut cmd = match self.via.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(&bin);
+                cmd
+            }
+            None => Command::new(&bin),
+        };
         cmd.args(&self.pre);
         let mut config_path = None;
         if let Some(toml) = &self.config {

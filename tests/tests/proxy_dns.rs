@@ -1,19 +1,24 @@
 //! Backends named by host (`addr = "localhost:PORT"`) through the system resolver, end to
 //! end: requests are served, `proxy check` and a start refuse a name that does not resolve
 //! (`.invalid` never does, RFC 6761) with file, line and key, and a reload naming one is
-//! rejected while the proxy goes on serving. How re-resolution swaps addresses is tested in
-//! the proxy's unit tests, through a resolver they control (this machine's answers cannot
-//! be changed without root). Quick mode's `--dns-family` is tested here too.
+//! rejected while the proxy goes on serving. `dns_refresh` is tested with a proxy that has
+//! an `/etc/hosts` of its own (a bind mount in a private mount namespace), which the test
+//! rewrites to move a name; the proxy's unit tests cover the same through a resolver they
+//! control. Quick mode's `--dns-family` is tested here too.
 
 #![allow(clippy::unwrap_used)]
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
+use tempfile::TempDir;
 
 use tests::admin::{admin_get, admin_post};
 use tests::fixtures::{admin, listener, ONE_THREAD};
-use tests::{free_port, get, Backend, Exited, Proxy, ProxyCmd};
+use tests::http::backend_counts;
+use tests::ws::{ws_connect, ws_echo};
+use tests::{client, free_port, get, wait_until, Backend, Exited, Proxy, ProxyCmd};
 
 /// A config whose upstream `app` has one backend, `addr` (`localhost:9001`), kept to IPv4
 /// so that a `::1` that /etc/hosts may also give `localhost` (where the echo backend does
@@ -173,4 +178,113 @@ async fn quick_mode_keeps_one_family_of_a_named_backend() {
             && out.stderr.contains("[possible values: all, ipv4, ipv6]"),
         "{all}"
     );
+}
+
+/// The name the `dns_refresh` test moves; `.test` is never a real name (RFC 6761).
+const MOVING: &str = "backend.test";
+
+/// An `/etc/hosts` of one proxy's own: the proxy starts in a private mount namespace
+/// (`unshare`) where this file is bind-mounted over `/etc/hosts`, so that the test changes
+/// what the system resolver answers for the proxy alone. Root gets a mount namespace; anyone
+/// else a user namespace mapping them to root as well, which creating one needs.
+struct Hosts {
+    _dir: TempDir,
+    path: PathBuf,
+}
+
+impl Hosts {
+    fn new(names: &str) -> Hosts {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hosts");
+        let hosts = Hosts { _dir: dir, path };
+        hosts.set(names);
+        hosts
+    }
+
+    /// Rewrites the file in place: the bind mount holds the inode, so a new file renamed
+    /// over it would not be seen. `localhost` stays, as the machine's file has it.
+    fn set(&self, names: &str) {
+        std::fs::write(&self.path, format!("127.0.0.1 localhost\n{names}")).unwrap();
+    }
+
+    fn via(&self) -> Vec<String> {
+        let mut via = vec!["unshare".to_string()];
+        if !nix::unistd::geteuid().is_root() {
+            via.extend(["--user".into(), "--map-root-user".into()]);
+        }
+        // `unshare` makes the mounts private, so the bind mount stays in the namespace; `sh`
+        // execs the proxy, which keeps the pid the harness signals.
+        via.extend([
+            "--mount".into(),
+            "sh".into(),
+            "-c".into(),
+            r#"mount --bind "$0" /etc/hosts && exec "$@""#.into(),
+            self.path.display().to_string(),
+        ]);
+        via
+    }
+}
+
+/// `dns_refresh` follows a name to its new address, then to two, and keeps the last ones
+/// while the name does not resolve; a WebSocket opened to the old address stays open, as
+/// at a reload.
+#[tokio::test]
+async fn dns_refresh_follows_a_name_that_moves_and_keeps_the_tunnels_to_the_old_address() {
+    // One port at two loopback addresses: the move changes only the address.
+    let a = Backend::start_on("a", "127.0.0.2:0".parse().unwrap(), &[]);
+    let port = a.addr().port();
+    let b = Backend::start_on("b", format!("127.0.0.3:{port}").parse().unwrap(), &[]);
+    let hosts = Hosts::new(&format!("127.0.0.2 {MOVING}\n"));
+    let toml = format!(
+        "{ONE_THREAD}{}\n[upstreams.app]\nstrategy = \"round_robin\"\ndns_refresh = \"1s\"\n\
+         dns_timeout = \"1s\"\ndns_family = \"ipv4\"\nbackends = [{{ addr = \"{MOVING}:{port}\" }}]\n",
+        listener(free_port()),
+    );
+    let via = hosts.via();
+    let via: Vec<&str> = via.iter().map(String::as_str).collect();
+    let proxy = ProxyCmd::config(&toml).via(&via).start();
+    let url = proxy.url("/id");
+    assert_eq!(get(&url).await.backend(), Some("a"), "{}", proxy.logs());
+    let (mut ws, id) = ws_connect(&proxy.ws_url("/ws")).await;
+    assert_eq!(id, "a");
+
+    hosts.set(&format!("127.0.0.3 {MOVING}\n"));
+    wait_until(
+        Duration::from_secs(15),
+        "requests to go to the new address",
+        || async { get(&url).await.backend() == Some("b") },
+    )
+    .await;
+    let http = client();
+    assert_eq!(
+        backend_counts(&http, &url, 10).await,
+        [("b".to_string(), 10)].into(),
+        "the old address still gets requests"
+    );
+    let logs = proxy.logs();
+    assert!(
+        logs.contains("backend addresses changed")
+            && logs.contains(&format!("added=[127.0.0.3:{port}]"))
+            && logs.contains(&format!("removed=[127.0.0.2:{port}]")),
+        "{logs}"
+    );
+    // The tunnel to the address the name left goes on.
+    ws_echo(&mut ws, "still open").await;
+
+    hosts.set(&format!("127.0.0.2 {MOVING}\n127.0.0.3 {MOVING}\n"));
+    wait_until(
+        Duration::from_secs(15),
+        "both addresses to be served",
+        || async { backend_counts(&http, &url, 4).await.len() == 2 },
+    )
+    .await;
+
+    // Gone from the resolver: a warning, and the last addresses go on serving.
+    hosts.set("");
+    proxy.wait_log("keeping the last addresses", Duration::from_secs(15));
+    assert_eq!(
+        backend_counts(&http, &url, 4).await,
+        [("a".to_string(), 2), ("b".to_string(), 2)].into()
+    );
+    drop(b);
 }
