@@ -423,7 +423,9 @@ impl Shared {
         for w in &report.warnings {
             tracing::warn!("{w}");
         }
-        self.runtime.store(Arc::new(runtime));
+        let runtime = Arc::new(runtime);
+        self.runtime.store(runtime.clone());
+        hand_over_queues(&old, &runtime);
         self.access_log.store(Arc::new(access_log));
         for loaded in certs {
             loaded.resolver.store(loaded.certs);
@@ -495,8 +497,14 @@ impl Shared {
             return false;
         }
         u.backends = backends;
-        let runtime = Runtime::build(config, Some(&old), &self.registry, &self.metrics);
-        self.runtime.store(Arc::new(runtime));
+        let runtime = Arc::new(Runtime::build(
+            config,
+            Some(&old),
+            &self.registry,
+            &self.metrics,
+        ));
+        self.runtime.store(runtime.clone());
+        hand_over_queues(&old, &runtime);
         drop(old);
         self.forget_unused_stats();
         true
@@ -512,6 +520,31 @@ impl Shared {
                 .get(u)
                 .is_some_and(|up| up.backends.iter().any(|b| b.addr == *a))
         });
+    }
+}
+
+/// Once `new` is running: the requests waiting in the queue of an upstream that `new`
+/// replaced pick again under its successor (see [`crate::upstream::queue`]). An upstream
+/// `new` kept as it was keeps its waiters; one it dropped leaves them to its old backends.
+fn hand_over_queues(old: &Runtime, new: &Runtime) {
+    for (name, up) in &new.upstreams {
+        let before = old.upstreams.get(name);
+        if before.is_some_and(|b| Arc::ptr_eq(b, up)) {
+            continue;
+        }
+        // One queue per name, shared by both configs when both have one: the old config's
+        // waiters are in the old one's, which the new config may have dropped.
+        let old_queue = before.and_then(|b| b.queue.as_ref());
+        if let Some(q) = old_queue {
+            q.hand_over(up);
+        }
+        if let Some(q) = up
+            .queue
+            .as_ref()
+            .filter(|q| !old_queue.is_some_and(|o| Arc::ptr_eq(o, q)))
+        {
+            q.hand_over(up);
+        }
     }
 }
 

@@ -598,6 +598,90 @@ async fn queued_requests_are_served_in_order_on_pingoras_path() {
     queued_requests_are_served_in_order(Path::Pingora).await;
 }
 
+/// A reload that raises `max_conns` while requests wait in the queue serves them at once,
+/// while the request that filled the backend is still held there; one that adds a backend
+/// sends the waiting requests to it. Without the hand-over they would wait for a slot under
+/// the limits and backends of the config they came under.
+async fn a_reload_serves_the_waiting_requests_under_the_new_config(path: Path) {
+    let (a, b) = (
+        HoldingBackend::start("a").await,
+        HoldingBackend::start("b").await,
+    );
+    let port = free_port();
+    let with = |backends: &[String]| {
+        config(
+            path,
+            port,
+            "max_queue = 10\nqueue_timeout = \"60s\"\n",
+            backends,
+        )
+    };
+    let proxy = Proxy::start_config(&with(&[holding_entry(&a, "max_conns = 1")]));
+    let queue_two = |first: &'static str, second: &'static str| {
+        let proxy = &proxy;
+        async move {
+            let mut waiting = Vec::new();
+            for (n, target) in [(1, first), (2, second)] {
+                waiting.push(spawn_get(proxy.addr(), path, target));
+                wait_queued(proxy, n).await;
+            }
+            waiting
+        }
+    };
+
+    // A higher limit: both waiting requests go to `a` beside the held one.
+    let held = hold(&proxy, path, &a).await;
+    let waiting = queue_two("/q1", "/q2").await;
+    proxy.reload(&with(&[holding_entry(&a, "max_conns = 3")]));
+    a.wait_arrived(3).await;
+    wait_queued(&proxy, 0).await;
+    a.release(3);
+    for r in [held].into_iter().chain(waiting) {
+        let r = answer(r).await;
+        assert_eq!((r.status, r.text().as_str()), (200, "a"), "{}", r.head);
+    }
+    // Both were let through at once: in either order.
+    let mut paths = a.paths();
+    paths[1..].sort();
+    assert_eq!(paths, ["/held", "/q1", "/q2"]);
+
+    // Back to one slot, then a second backend: the waiting requests go to it.
+    proxy.reload(&with(&[holding_entry(&a, "max_conns = 1")]));
+    wait_backend(&proxy, &a.addr.to_string(), T, "max_conns 1 applied", |s| {
+        counter(s, "max_conns") == 1
+    })
+    .await;
+    wait_released(&proxy, a.addr).await;
+    let held = hold(&proxy, path, &a).await;
+    let waiting = queue_two("/q3", "/q4").await;
+    proxy.reload(&with(&[
+        holding_entry(&a, "max_conns = 1"),
+        holding_entry(&b, "max_conns = 2"),
+    ]));
+    b.wait_arrived(2).await;
+    wait_queued(&proxy, 0).await;
+    b.release(2);
+    for r in waiting {
+        let r = answer(r).await;
+        assert_eq!((r.status, r.text().as_str()), (200, "b"), "{}", r.head);
+    }
+    let mut paths = b.paths();
+    paths.sort();
+    assert_eq!(paths, ["/q3", "/q4"]);
+    a.release(1);
+    assert_eq!(answer(held).await.status, 200);
+}
+
+#[tokio::test]
+async fn a_reload_serves_the_waiting_requests_under_the_new_config_on_switchyards_path() {
+    a_reload_serves_the_waiting_requests_under_the_new_config(Path::Native).await;
+}
+
+#[tokio::test]
+async fn a_reload_serves_the_waiting_requests_under_the_new_config_on_pingoras_path() {
+    a_reload_serves_the_waiting_requests_under_the_new_config(Path::Pingora).await;
+}
+
 /// A queued WebSocket upgrade gets the slot of a tunnel that closes.
 #[tokio::test]
 async fn a_queued_upgrade_gets_the_slot_of_a_closed_tunnel() {

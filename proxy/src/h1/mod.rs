@@ -45,7 +45,7 @@ use crate::state::{Runtime, Shared};
 use crate::tunnel::handshake::{self, HandshakeError};
 use crate::upstream::stream::UpstreamStream;
 use crate::upstream::tls::TlsClient;
-use crate::upstream::Upstream;
+use crate::upstream::{NotPicked, Upstream};
 
 use body::{BadChunk, Framing};
 use bound::{bounded, Deadline};
@@ -410,9 +410,10 @@ impl H1 {
             }
         };
         log.client = admitted.client_ip.or(conn.peer_ip);
-        let up = &admitted.upstream;
+        // Moved out, not borrowed: a request that waited in the queue while a reload
+        // replaced the upstream goes on under the new one.
+        let mut up = admitted.upstream;
         log.upstream = Some(up.clone());
-        let t = &up.config.timeouts;
 
         let mut out = Vec::with_capacity(req.len + 160 + body.len());
         req.write_upstream(
@@ -432,9 +433,18 @@ impl H1 {
         let mut tried = Vec::with_capacity(2);
         let (choice, mut upstream, resp, mut upbuf, attempt_started) = loop {
             let (ip, sticky) = (admitted.client_ip, admitted.sticky_id.as_deref());
-            let chosen = match policy::choose_now(up, ip, sticky, &mut tried, conn.tls) {
+            let chosen = match policy::choose_now(&up, ip, sticky, &mut tried, conn.tls) {
                 Some(chosen) => chosen,
-                None => policy::choose_queued(up, ip, sticky, &mut tried, conn.tls).await,
+                None => match policy::choose_queued(&up, ip, sticky, &mut tried, conn.tls).await {
+                    Ok(choice) => Ok(choice),
+                    Err(NotPicked::NoBackend(none)) => Err(none),
+                    Err(NotPicked::Replaced(newer)) => {
+                        up = newer;
+                        log.upstream = Some(up.clone());
+                        tried.clear();
+                        continue;
+                    }
+                },
             };
             let choice = match chosen {
                 Ok(choice) => choice,
@@ -454,7 +464,7 @@ impl H1 {
                     client,
                     &out,
                     req,
-                    t,
+                    &up.config.timeouts,
                     deadline,
                 )
                 .await
@@ -483,7 +493,7 @@ impl H1 {
         };
         let answered = Instant::now();
         policy::observe_response(
-            up,
+            &up,
             choice.index,
             &choice.backend,
             Some((attempt_started, answered)),
@@ -517,7 +527,7 @@ impl H1 {
             resp.len,
             head,
             &mut framing,
-            t.upstream_read,
+            up.config.timeouts.upstream_read,
         )
         .await;
         let ok = match relay {

@@ -33,7 +33,7 @@ use crate::client_cert::PeerCert;
 use crate::config::UpstreamProtocol;
 use crate::limits::ClientGuard;
 use crate::state::{Runtime, Shared};
-use crate::upstream::{ActiveGuard, Backend, NoBackend, Upstream};
+use crate::upstream::{ActiveGuard, Backend, NoBackend, NotPicked, Upstream};
 
 pub use forwarded::{
     client_ip, forwarded, forwarded_header_values, forwarded_headers, is_forwarded_field,
@@ -258,22 +258,37 @@ impl RequestView for PingoraHead<'_> {
 impl EdgeProxy {
     /// Picks a backend for this request and records it in `ctx`, waiting in the upstream's
     /// queue for a slot when every backend is at its `max_conns`; an error when no backend
-    /// can take it.
-    async fn choose(&self, up: &Arc<Upstream>, ctx: &mut Ctx) -> Result<Arc<Backend>, NoBackend> {
+    /// can take it. A reload that replaces the upstream while the request waits makes `up`
+    /// (and `ctx.upstream`) the new one, under which it picks again.
+    async fn choose(
+        &self,
+        up: &mut Arc<Upstream>,
+        ctx: &mut Ctx,
+    ) -> Result<Arc<Backend>, NoBackend> {
         // The failed attempt's count is released before the pick: held, it would fill a
         // backend at its `max_conns` against the retry (the same backend, after a stale
         // pooled connection).
         ctx.guard = None;
         ctx.set_cookie = None;
-        let c = policy::choose(
-            up,
-            ctx.client_ip,
-            ctx.sticky_id.as_deref(),
-            &mut ctx.tried,
-            ctx.tls,
-        )
-        .await?;
-        Ok(Self::adopt(ctx, c))
+        loop {
+            let chosen = policy::choose(
+                up,
+                ctx.client_ip,
+                ctx.sticky_id.as_deref(),
+                &mut ctx.tried,
+                ctx.tls,
+            )
+            .await;
+            match chosen {
+                Ok(c) => return Ok(Self::adopt(ctx, c)),
+                Err(NotPicked::NoBackend(none)) => return Err(none),
+                Err(NotPicked::Replaced(newer)) => {
+                    ctx.upstream = Some(newer.clone());
+                    ctx.tried.clear();
+                    *up = newer;
+                }
+            }
+        }
     }
 
     /// Makes `c` the request's current attempt.
@@ -483,13 +498,13 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let Some(up) = ctx.upstream.clone() else {
+        let Some(mut up) = ctx.upstream.clone() else {
             return Err(Error::explain(
                 ErrorType::InternalError,
                 "no upstream chosen",
             ));
         };
-        let backend = match self.choose(&up, ctx).await {
+        let backend = match self.choose(&mut up, ctx).await {
             Ok(backend) => backend,
             Err(none) => {
                 self.shared.metrics.reject(none.reason());
@@ -870,12 +885,12 @@ mod tests {
         };
         // The cookie's backend cannot take the first attempt: another is chosen, and pinned.
         up.backends[1].stats.set_draining(true);
-        let first = proxy.choose(&up, &mut ctx).await.unwrap();
+        let first = proxy.choose(&mut up.clone(), &mut ctx).await.unwrap();
         assert_eq!(first.id, "a");
         assert!(ctx.set_cookie.as_deref().is_some_and(|c| c.contains("=a.")));
         // That attempt failed; meanwhile the cookie's backend came back and takes the retry.
         up.backends[1].stats.set_draining(false);
-        let second = proxy.choose(&up, &mut ctx).await.unwrap();
+        let second = proxy.choose(&mut up.clone(), &mut ctx).await.unwrap();
         assert_eq!(second.id, "b");
         // The client is already pinned to b: pinning it to the failed a would move it.
         assert_eq!(ctx.set_cookie, None);

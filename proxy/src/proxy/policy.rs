@@ -10,7 +10,7 @@ use std::time::Instant;
 use crate::balance::{PickContext, StrategyKind};
 use crate::limits::ClientGuard;
 use crate::state::{Routed, Runtime, Shared};
-use crate::upstream::{ActiveGuard, Backend, NoBackend, Pick, Upstream};
+use crate::upstream::{ActiveGuard, Backend, NoBackend, NotPicked, Pick, Upstream};
 
 use super::client_ip;
 use super::normalize::{rewrite_target, route_path, valid_host};
@@ -392,9 +392,9 @@ pub(crate) async fn choose(
     sticky_id: Option<&str>,
     tried: &mut Vec<usize>,
     tls: bool,
-) -> Result<Choice, NoBackend> {
+) -> Result<Choice, NotPicked> {
     match choose_now(up, client_ip, sticky_id, tried, tls) {
-        Some(chosen) => chosen,
+        Some(chosen) => chosen.map_err(NotPicked::from),
         None => choose_queued(up, client_ip, sticky_id, tried, tls).await,
     }
 }
@@ -420,14 +420,16 @@ pub(crate) fn choose_now(
 }
 
 /// The rest of [`choose`] after [`choose_now`] found every backend full: waits in the
-/// upstream's queue for a slot.
+/// upstream's queue for a slot. [`NotPicked::Replaced`] when a reload replaced the upstream
+/// meanwhile: the caller picks again under the new one, with `tried` cleared (its indices
+/// are the old backend list's).
 pub(crate) async fn choose_queued(
     up: &Upstream,
     client_ip: Option<IpAddr>,
     sticky_id: Option<&str>,
     tried: &mut Vec<usize>,
     tls: bool,
-) -> Result<Choice, NoBackend> {
+) -> Result<Choice, NotPicked> {
     let pctx = PickContext {
         client_ip,
         sticky_id,

@@ -251,13 +251,12 @@ fn chunked(data: &[u8]) -> Vec<u8> {
 }
 
 pub(super) async fn handle(p: &EdgeProxy, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-    let (Some(up), Some(rt)) = (ctx.upstream.clone(), ctx.runtime.clone()) else {
+    let (Some(mut up), Some(rt)) = (ctx.upstream.clone(), ctx.runtime.clone()) else {
         return Err(Error::explain(
             ErrorType::InternalError,
             "no upstream chosen",
         ));
     };
-    let t = up.config.timeouts;
     let head = request_head(session, ctx);
     // Whether the client's connection may outlive a refusal: pingora turned keep-alive off
     // for a client that asked to close and for a proxy that is stopping.
@@ -266,7 +265,7 @@ pub(super) async fn handle(p: &EdgeProxy, session: &mut Session, ctx: &mut Ctx) 
     let head_request = session.req_header().method == http::Method::HEAD;
     let max_tries = MAX_TRIES.min(up.backends.len()).max(1);
     let resp = loop {
-        let backend = match p.choose(&up, ctx).await {
+        let backend = match p.choose(&mut up, ctx).await {
             Ok(backend) => backend,
             Err(none) => {
                 p.shared.metrics.reject(none.reason());
@@ -281,6 +280,7 @@ pub(super) async fn handle(p: &EdgeProxy, session: &mut Session, ctx: &mut Ctx) 
                 return Ok(true);
             }
         };
+        let t = up.config.timeouts;
         let attempt = match handshake::connect(backend.addr, up.tls.as_deref(), t.connect).await {
             Ok(stream) => handshake::exchange(stream, backend.addr, &head, t.upstream_read).await,
             Err(e) => Err(e),
@@ -324,6 +324,7 @@ pub(super) async fn handle(p: &EdgeProxy, session: &mut Session, ctx: &mut Ctx) 
         }
     };
     p.observe_response(ctx, resp.status);
+    let t = up.config.timeouts;
     // Only what the access log needs, and only when it is on: this lives as long as the
     // tunnel. Taken before the client stream, which replaces the request in the session.
     let summary = p

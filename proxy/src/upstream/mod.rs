@@ -47,6 +47,31 @@ pub struct Pick {
     pub guard: ActiveGuard,
 }
 
+/// Why a request that waited in the queue left it without a backend.
+#[derive(Debug)]
+pub enum NotPicked {
+    NoBackend(NoBackend),
+    /// A reload or DNS refresh replaced the upstream while the request waited: it picks
+    /// again under this one, the upstream of that name now, with nothing tried yet.
+    Replaced(Arc<Upstream>),
+}
+
+impl From<NoBackend> for NotPicked {
+    fn from(none: NoBackend) -> Self {
+        NotPicked::NoBackend(none)
+    }
+}
+
+impl PartialEq for NotPicked {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (NotPicked::NoBackend(a), NotPicked::NoBackend(b)) => a == b,
+            (NotPicked::Replaced(a), NotPicked::Replaced(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
 /// Why no backend could take a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum NoBackend {
@@ -203,23 +228,31 @@ impl Upstream {
         &self,
         ctx: &PickContext<'_>,
         tried: &[usize],
-    ) -> Result<Pick, NoBackend> {
+    ) -> Result<Pick, NotPicked> {
         let (Some(queue), Some(config)) = (&self.queue, self.config.queue) else {
-            return Err(NoBackend::Full);
+            return Err(NoBackend::Full.into());
         };
         let Some(waiter) = queue.join(config.max) else {
-            return Err(NoBackend::QueueFull);
+            return Err(NoBackend::QueueFull.into());
         };
         let deadline = tokio::time::Instant::now() + config.timeout;
         // Room no freed slot announced to the queue: one freed between this request's
         // first pick and its joining, or a backend that came back into service.
         queue.offer(self.room(), None);
         loop {
+            // Looked at before the first wait too: this request may have chosen its
+            // upstream just before a reload replaced it, and joined just after.
+            if let Some(newer) = queue.replaced(self) {
+                return Err(NotPicked::Replaced(newer));
+            }
             if tokio::time::timeout_at(deadline, waiter.turn())
                 .await
                 .is_err()
             {
-                return Err(NoBackend::QueueTimeout(config.timeout));
+                return Err(NoBackend::QueueTimeout(config.timeout).into());
+            }
+            if let Some(newer) = queue.replaced(self) {
+                return Err(NotPicked::Replaced(newer));
             }
             // A waiting request is not counted again on the full backends.
             match self.pick_counting(ctx, tried, false) {
@@ -227,7 +260,7 @@ impl Upstream {
                 // anyone in it, or is on a backend it may not use again: what room there
                 // is goes to the waiters behind it.
                 Err(NoBackend::Full) => waiter.pass(self.room()),
-                other => return other,
+                other => return other.map_err(NotPicked::from),
             }
         }
     }
@@ -545,6 +578,11 @@ mod queue_tests {
     use crate::config::Config;
 
     fn queued_upstream(max_queue: u32, timeout: &str) -> Upstream {
+        queued_upstream_in(&StatsRegistry::default(), max_queue, timeout)
+    }
+
+    /// [`queued_upstream`] with its stats and queue in `registry`, as a reload builds it.
+    fn queued_upstream_in(registry: &StatsRegistry, max_queue: u32, timeout: &str) -> Upstream {
         let text = format!(
             "[[listeners]]\nlisten = \"127.0.0.1:1\"\n[upstreams.app]\nmax_conns = 1\n\
              max_queue = {max_queue}\nqueue_timeout = \"{timeout}\"\n\
@@ -553,9 +591,43 @@ mod queue_tests {
         let config = Config::from_toml_str(&text, None).unwrap();
         Upstream::build(
             config.upstream("app").unwrap(),
-            &StatsRegistry::default(),
+            registry,
             &Metrics::default(),
         )
+    }
+
+    /// A request waiting under an upstream that a reload replaced leaves the queue to pick
+    /// under the new one; one waiting under the new one stays; one that joins under the old
+    /// one after the hand-over leaves at once.
+    #[tokio::test]
+    async fn a_queued_request_leaves_for_the_upstream_that_replaced_its_own() {
+        let registry = StatsRegistry::default();
+        let old = Arc::new(queued_upstream_in(&registry, 4, "10s"));
+        let ctx = PickContext::default();
+        let _held = old.pick(&ctx, &[]).unwrap();
+        let waiting_old = spawn_queued(&old);
+        queued(&old, 1).await;
+        let new = Arc::new(queued_upstream_in(&registry, 4, "10s"));
+        assert!(Arc::ptr_eq(
+            old.queue.as_ref().unwrap(),
+            new.queue.as_ref().unwrap()
+        ));
+        let waiting_new = spawn_queued(&new);
+        queued(&old, 2).await;
+
+        new.queue.as_ref().unwrap().hand_over(&new);
+        let got = tokio::time::timeout(Duration::from_secs(5), waiting_old).await;
+        assert!(
+            matches!(&got, Ok(Ok(Err(NotPicked::Replaced(up)))) if Arc::ptr_eq(up, &new)),
+            "{got:?}"
+        );
+        queued(&new, 1).await;
+        assert!(!waiting_new.is_finished(), "the new config's waiter left");
+        assert_eq!(
+            old.pick_queued(&ctx, &[]).await.err(),
+            Some(NotPicked::Replaced(new.clone()))
+        );
+        waiting_new.abort();
     }
 
     #[tokio::test]
@@ -569,7 +641,7 @@ mod queue_tests {
         // One waits already: the next is refused at once.
         assert_eq!(
             up.pick_queued(&ctx, &[]).await.err(),
-            Some(NoBackend::QueueFull)
+            Some(NoBackend::QueueFull.into())
         );
         drop(held);
         assert_served(waiting).await;
@@ -592,7 +664,7 @@ mod queue_tests {
         );
     }
 
-    fn spawn_queued(up: &Arc<Upstream>) -> tokio::task::JoinHandle<Result<usize, NoBackend>> {
+    fn spawn_queued(up: &Arc<Upstream>) -> tokio::task::JoinHandle<Result<usize, NotPicked>> {
         let up = up.clone();
         tokio::spawn(async move {
             up.pick_queued(&PickContext::default(), &[])
@@ -602,7 +674,7 @@ mod queue_tests {
     }
 
     /// Asserts that the queued pick `waiting` got the backend, in time.
-    async fn assert_served(waiting: tokio::task::JoinHandle<Result<usize, NoBackend>>) {
+    async fn assert_served(waiting: tokio::task::JoinHandle<Result<usize, NotPicked>>) {
         let got = tokio::time::timeout(Duration::from_secs(5), waiting).await;
         assert!(matches!(got, Ok(Ok(Ok(0)))), "{got:?}");
     }
@@ -650,7 +722,7 @@ mod queue_tests {
         let start = tokio::time::Instant::now();
         assert_eq!(
             up.pick_queued(&ctx, &[]).await.err(),
-            Some(NoBackend::QueueTimeout(Duration::from_secs(2)))
+            Some(NoBackend::QueueTimeout(Duration::from_secs(2)).into())
         );
         assert!(start.elapsed() >= Duration::from_secs(2));
         assert_eq!(up.queue.as_ref().unwrap().waiting(), 0);
@@ -662,6 +734,9 @@ mod queue_tests {
         assert!(up.queue.is_none());
         let ctx = PickContext::default();
         let _held = up.pick(&ctx, &[]).unwrap();
-        assert_eq!(up.pick_queued(&ctx, &[]).await.err(), Some(NoBackend::Full));
+        assert_eq!(
+            up.pick_queued(&ctx, &[]).await.err(),
+            Some(NoBackend::Full.into())
+        );
     }
 }

@@ -8,11 +8,15 @@
 //! a freed slot is not raced for. An offer that goes unused (its waiter timed out or went
 //! away, or could not use the slot) passes to the next waiter, so no slot is left idle
 //! while requests wait. The queue is kept by upstream name across reloads, so a request
-//! counted under the old config wakes one that waits under the new.
+//! counted under the old config wakes one that waits under the new. A reload (or DNS
+//! refresh) that replaces the upstream hands the queue over ([`WaitQueue::hand_over`]):
+//! every request waiting under the old config is woken to pick again under the new one, so
+//! that a raised `max_conns` or an added backend serves them at once, and no request of the
+//! new config waits behind ones that could never use its backends.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{fence, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
 use tokio::sync::Notify;
@@ -32,6 +36,9 @@ struct Line {
     places: VecDeque<Place>,
     /// How many places hold an offer not yet taken up.
     offered: usize,
+    /// The upstream that replaced the one the queue was made for, set by the last
+    /// [`WaitQueue::hand_over`]; a waiter of any other upstream leaves to pick under it.
+    current: Weak<super::Upstream>,
 }
 
 #[derive(Debug)]
@@ -118,6 +125,27 @@ impl WaitQueue {
             id,
             turn,
         })
+    }
+
+    /// The upstream of this name is now `newer`: every waiter is woken, and those waiting
+    /// under another upstream (an older config) find [`Self::replaced`] and leave the queue
+    /// to pick under `newer`. The others take the wake-up as a look at the room.
+    pub fn hand_over(&self, newer: &Arc<super::Upstream>) {
+        let mut line = self.line.lock();
+        line.current = Arc::downgrade(newer);
+        for place in &line.places {
+            place.turn.notify_one();
+        }
+    }
+
+    /// The upstream that replaced `up`, when a [`Self::hand_over`] named another one. Read
+    /// under the lock that the hand-over holds, so that a request joining under `up` as it
+    /// is replaced either is woken by it or finds the new upstream here.
+    pub fn replaced(&self, up: &super::Upstream) -> Option<Arc<super::Upstream>> {
+        let line = self.line.lock();
+        line.current
+            .upgrade()
+            .filter(|current| !std::ptr::eq(Arc::as_ptr(current), up))
     }
 
     /// Requests waiting now (status, metrics, and new requests, which queue behind them).
