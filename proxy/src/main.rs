@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use proxy::balance::StrategyKind;
-use proxy::config::{Config, DnsFamily, QuickOptions};
+use proxy::config::{ClientAuthMode, Config, DnsFamily, QuickOptions};
 
 /// mimalloc returns freed memory to the OS far better than glibc malloc after bursts of
 /// handshakes, which keeps RSS per idle WebSocket low (see the memory figures in README).
@@ -25,7 +25,7 @@ struct Cli {
     command: Option<Command>,
 
     /// Run from this TOML config file.
-    #[arg(long, short, conflicts_with_all = ["listen", "backends", "tls_listen"])]
+    #[arg(long, short, conflicts_with_all = ["listen", "backends", "tls_listen", "client_ca"])]
     config: Option<PathBuf>,
 
     /// Quick mode: plain HTTP listen address.
@@ -50,6 +50,17 @@ struct Cli {
     /// Quick mode: the certificate's private key (PEM).
     #[arg(long)]
     key: Option<PathBuf>,
+    /// Quick mode: clients of --tls-listen present a certificate issued by one of these CA
+    /// certificates (PEM), named to the backends in `x-forwarded-client-cert` (mutual TLS).
+    #[arg(long, value_name = "FILE")]
+    client_ca: Option<PathBuf>,
+    /// Quick mode: with --client-ca, whether a client without a certificate is refused
+    /// (required, the default) or let through unnamed (optional).
+    #[arg(long, value_enum, value_name = "MODE")]
+    client_auth: Option<ClientAuthMode>,
+    /// Quick mode: with --client-ca, revoked client certificates (PEM CRLs).
+    #[arg(long, value_name = "FILE")]
+    client_crl: Option<PathBuf>,
     /// Quick mode: enable active HTTP health checks on this path.
     #[arg(long)]
     health_path: Option<String>,
@@ -163,6 +174,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             tls_listen: cli.tls_listen,
             cert: cli.cert,
             key: cli.key,
+            client_ca: cli.client_ca,
+            client_auth: cli.client_auth,
+            client_crl: cli.client_crl,
             health_path: cli.health_path,
             admin: cli.admin,
             admin_token: cli.admin_token,

@@ -577,3 +577,99 @@ fn check_reports_client_certificate_errors_with_file_line_and_key() {
     let want = format!("client certificates optional, ca {}", server.ca.display());
     assert!(out.stdout.contains(&want), "{}", out.output());
 }
+
+/// Quick mode asks for client certificates with `--client-ca` (required unless
+/// `--client-auth optional`, revocations from `--client-crl`), names them to the backend,
+/// and refuses the flags without `--tls-listen` or `--client-ca`, and a CA file that holds
+/// no certificate, naming the flag.
+#[tokio::test]
+async fn quick_mode_asks_for_client_certificates_with_client_ca() {
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let server = Certs::generate(dirs[0].path(), &["localhost", "127.0.0.1"]);
+    let clients = TestCa::new(dirs[1].path());
+    let (alice, bob) = (
+        clients.issue_client("alice", 1),
+        clients.issue_client("bob", 2),
+    );
+    let crl = clients.crl(&[2]);
+    let backend = Backend::start("b1");
+    let quick = |tls: u16, more: &[String]| {
+        let mut args = vec![
+            "--tls-listen".to_string(),
+            format!("127.0.0.1:{tls}"),
+            "--cert".into(),
+            server.cert.display().to_string(),
+            "--key".into(),
+            server.key.display().to_string(),
+            "--backend".into(),
+            backend.addr().to_string(),
+            "--client-ca".into(),
+            clients.pem.display().to_string(),
+        ];
+        args.extend(more.iter().cloned());
+        args
+    };
+    let start = |args: Vec<String>| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Proxy::start_quick(&args)
+    };
+
+    let tls = free_port();
+    let crl_flag = ["--client-crl".to_string(), crl.display().to_string()];
+    let _required = start(quick(tls, &crl_flag));
+    assert!(!served_at(&server, tls, None).await, "no certificate");
+    assert!(!served_at(&server, tls, Some(&bob)).await, "a revoked one");
+    let c = client(&server, Alpn::Http1, Some(&alice));
+    let url = format!("https://localhost:{tls}/headers");
+    assert_eq!(
+        xfcc_seen(&c, &url).await.as_deref(),
+        Some(&*expected_xfcc(&alice, "alice"))
+    );
+
+    let tls = free_port();
+    let _optional = start(quick(tls, &["--client-auth".into(), "optional".into()]));
+    let url = format!("https://localhost:{tls}/headers");
+    let anonymous = client(&server, Alpn::Http1, None);
+    assert_eq!(xfcc_seen(&anonymous, &url).await, None);
+    let c = client(&server, Alpn::Http1, Some(&bob));
+    assert_eq!(
+        xfcc_seen(&c, &url).await.as_deref(),
+        Some(&*expected_xfcc(&bob, "bob"))
+    );
+
+    let refused = |args: &[&str], want: &str| {
+        let out = tests::ProxyCmd::quick(args).run_to_exit(STEP_TIMEOUT);
+        let all = out.expect_refusal(want);
+        assert_eq!(out.code(), Some(1), "{all}");
+        assert!(all.contains(want), "no {want:?} in:\n{all}");
+    };
+    let ca = clients.pem.display().to_string();
+    let b = backend.addr().to_string();
+    refused(
+        &[
+            "--listen",
+            "127.0.0.1:1",
+            "--backend",
+            &b,
+            "--client-ca",
+            &ca,
+        ],
+        "--client-ca: needs --tls-listen",
+    );
+    let mut no_ca = quick(free_port(), &["--client-auth".into(), "optional".into()]);
+    no_ca.truncate(no_ca.len() - 4);
+    no_ca.extend(["--client-auth".into(), "optional".into()]);
+    let no_ca: Vec<&str> = no_ca.iter().map(String::as_str).collect();
+    refused(&no_ca, "--client-auth: needs --client-ca");
+    let mut bad_ca = quick(free_port(), &[]);
+    let last = bad_ca.len() - 1;
+    bad_ca[last] = server.key.display().to_string();
+    let bad_ca: Vec<&str> = bad_ca.iter().map(String::as_str).collect();
+    refused(
+        &bad_ca,
+        &format!(
+            "--client-ca: {}: no PEM certificate found",
+            server.key.display()
+        ),
+    );
+}

@@ -337,7 +337,7 @@ pub struct ClientAuth {
 }
 
 /// Whether a TLS listener with `client_ca` requires a client certificate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum ClientAuthMode {
     /// A client without a verified certificate is refused during the handshake.

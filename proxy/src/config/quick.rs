@@ -8,7 +8,8 @@ use super::dns::{self, BackendAddr, DnsFamily, DnsSettings, Resolver};
 use super::error::ErrorKind;
 use super::file::UpstreamTlsFile;
 use super::resolve::{
-    addrs_conflict, check_max_conns, check_weight, tls_pair_problems, upstream_tls, TlsFindings,
+    addrs_conflict, check_max_conns, check_weight, client_auth_checked, tls_pair_problems,
+    upstream_tls, TlsFindings,
 };
 use super::{
     AccessLogConfig, ActiveCheck, AdminConfig, BackendConfig, CheckKind, Config, ConfigError,
@@ -37,6 +38,13 @@ pub struct QuickOptions {
     pub cert: Option<PathBuf>,
     /// PEM private key for `tls_listen`.
     pub key: Option<PathBuf>,
+    /// CA certificates (PEM) that clients of `tls_listen` must present a certificate from
+    /// (the listener's `client_ca`).
+    pub client_ca: Option<PathBuf>,
+    /// Whether a client without a certificate is refused (`client_auth`; default required).
+    pub client_auth: Option<super::ClientAuthMode>,
+    /// Revoked client certificates (PEM CRLs; `client_crl`).
+    pub client_crl: Option<PathBuf>,
     /// Enables an HTTP active check of this path with the default timings.
     pub health_path: Option<String>,
     /// Admin listener (the CLI's bare `--admin` means [`super::DEFAULT_ADMIN_LISTEN`]).
@@ -73,6 +81,9 @@ impl Default for QuickOptions {
             tls_listen: None,
             cert: None,
             key: None,
+            client_ca: None,
+            client_auth: None,
+            client_crl: None,
             health_path: None,
             admin: None,
             admin_token: None,
@@ -170,6 +181,15 @@ pub(super) fn resolve(
                     errs.push(flag, kind);
                 }
             }
+            let (client_auth, problems) =
+                client_auth_checked(q.client_ca.clone(), q.client_auth, q.client_crl.clone());
+            for (setting, kind) in problems {
+                let kind = match kind {
+                    ErrorKind::NeedsClientCa => ErrorKind::NeedsFlags("--client-ca"),
+                    other => other,
+                };
+                errs.push(format!("--{}", setting.replace('_', "-")), kind);
+            }
             listeners.push(ListenerConfig {
                 listen,
                 tls: Some(TlsConfig {
@@ -177,7 +197,7 @@ pub(super) fn resolve(
                     key: key.clone(),
                     sni: Vec::new(),
                     h2: true,
-                    client_auth: None,
+                    client_auth,
                 }),
                 redirect_https_port: None,
                 response_headers: Vec::new(),
@@ -186,11 +206,15 @@ pub(super) fn resolve(
         }
         (Some(_), _, _) => errs.push("--tls-listen", ErrorKind::NeedsFlags("--cert and --key")),
         (None, cert, key) => {
-            if cert.is_some() {
-                errs.push("--cert", ErrorKind::NeedsFlags("--tls-listen"));
-            }
-            if key.is_some() {
-                errs.push("--key", ErrorKind::NeedsFlags("--tls-listen"));
+            let flags = [
+                ("--cert", cert.is_some()),
+                ("--key", key.is_some()),
+                ("--client-ca", q.client_ca.is_some()),
+                ("--client-auth", q.client_auth.is_some()),
+                ("--client-crl", q.client_crl.is_some()),
+            ];
+            for (flag, _) in flags.into_iter().filter(|(_, given)| *given) {
+                errs.push(flag, ErrorKind::NeedsFlags("--tls-listen"));
             }
         }
     }

@@ -525,14 +525,29 @@ fn client_auth(
     p: &KeyPath,
     out: &mut Resolved,
 ) -> Option<ClientAuth> {
+    let (auth, problems) = client_auth_checked(ca, mode, crl);
+    for (key, kind) in problems {
+        out.err(p.key(key), kind);
+    }
+    auth
+}
+
+/// [`client_auth`]'s checks, each problem under the name of its setting (`client_ca`,
+/// `client_auth` or `client_crl`), which quick mode turns into its flags.
+pub(super) fn client_auth_checked(
+    ca: Option<PathBuf>,
+    mode: Option<ClientAuthMode>,
+    crl: Option<PathBuf>,
+) -> (Option<ClientAuth>, Vec<(&'static str, ErrorKind)>) {
+    let mut problems = Vec::new();
     let Some(ca_path) = ca else {
         if mode.is_some() {
-            out.err(p.key("client_auth"), ErrorKind::NeedsClientCa);
+            problems.push(("client_auth", ErrorKind::NeedsClientCa));
         }
         if crl.is_some() {
-            out.err(p.key("client_crl"), ErrorKind::NeedsClientCa);
+            problems.push(("client_crl", ErrorKind::NeedsClientCa));
         }
-        return None;
+        return (None, problems);
     };
     let file = |path: PathBuf, problem| ErrorKind::TlsFile { path, problem };
     let ca = match read_ca_file(&ca_path) {
@@ -541,7 +556,7 @@ fn client_auth(
             certs,
         }),
         Err(problem) => {
-            out.err(p.key("client_ca"), file(ca_path, problem));
+            problems.push(("client_ca", file(ca_path, problem)));
             None
         }
     };
@@ -549,31 +564,33 @@ fn client_auth(
         None => None,
         Some(Ok(crls)) => Some(crls),
         Some(Err((path, problem))) => {
-            out.err(p.key("client_crl"), file(path, problem));
-            return None;
+            problems.push(("client_crl", file(path, problem)));
+            return (None, problems);
         }
     };
+    let Some(ca) = ca else {
+        return (None, problems);
+    };
     let auth = ClientAuth {
-        ca: ca?,
+        ca,
         mode: mode.unwrap_or_default(),
         crls,
     };
     use crate::client_cert::ClientVerifierError;
     use rustls::server::VerifierBuilderError;
     match (crate::client_cert::client_verifier(&auth), &auth.crls) {
-        (Ok(_), _) => Some(auth),
+        (Ok(_), _) => return (Some(auth), problems),
         (Err(ClientVerifierError::Build(VerifierBuilderError::InvalidCrl(e))), Some(crls)) => {
             let problem = TlsFileProblem::InvalidCrl(crl_problem(&e));
-            out.err(p.key("client_crl"), file(crls.path.clone(), problem));
-            None
+            problems.push(("client_crl", file(crls.path.clone(), problem)));
         }
         // The CA file was checked to hold trust anchors above: hardly reachable.
         (Err(e), _) => {
             let problem = TlsFileProblem::InvalidPem(e.to_string());
-            out.err(p.key("client_ca"), file(auth.ca.path, problem));
-            None
+            problems.push(("client_ca", file(auth.ca.path, problem)));
         }
     }
+    (None, problems)
 }
 
 /// What rustls found wrong with a CRL, in words (its error has no `Display`).
