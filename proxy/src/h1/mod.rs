@@ -431,17 +431,33 @@ impl H1 {
 
         let max_tries = MAX_TRIES.min(up.backends.len()).max(1);
         let mut tried = Vec::with_capacity(2);
+        // The place in the queue of a request whose upstream a reload replaced.
+        let mut carried = None;
         let (choice, mut upstream, resp, mut upbuf, attempt_started) = loop {
             let (ip, sticky) = (admitted.client_ip, admitted.sticky_id.as_deref());
-            let chosen = match policy::choose_now(&up, ip, sticky, &mut tried, conn.tls) {
+            let now = match carried {
+                None => policy::choose_now(&up, ip, sticky, &mut tried, conn.tls),
+                Some(_) => None,
+            };
+            let chosen = match now {
                 Some(chosen) => chosen,
-                None => match policy::choose_queued(&up, ip, sticky, &mut tried, conn.tls).await {
+                None => match policy::choose_queued(
+                    &up,
+                    ip,
+                    sticky,
+                    &mut tried,
+                    conn.tls,
+                    carried.take(),
+                )
+                .await
+                {
                     Ok(choice) => Ok(choice),
                     Err(NotPicked::NoBackend(none)) => Err(none),
-                    Err(NotPicked::Replaced(newer)) => {
+                    Err(NotPicked::Replaced(newer, place)) => {
                         up = newer;
                         log.upstream = Some(up.clone());
                         tried.clear();
+                        carried = Some(place);
                         continue;
                     }
                 },

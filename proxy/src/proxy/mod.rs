@@ -270,22 +270,21 @@ impl EdgeProxy {
         // pooled connection).
         ctx.guard = None;
         ctx.set_cookie = None;
+        let (ip, tls) = (ctx.client_ip, ctx.tls);
+        let mut chosen =
+            policy::choose(up, ip, ctx.sticky_id.as_deref(), &mut ctx.tried, tls).await;
         loop {
-            let chosen = policy::choose(
-                up,
-                ctx.client_ip,
-                ctx.sticky_id.as_deref(),
-                &mut ctx.tried,
-                ctx.tls,
-            )
-            .await;
             match chosen {
                 Ok(c) => return Ok(Self::adopt(ctx, c)),
                 Err(NotPicked::NoBackend(none)) => return Err(none),
-                Err(NotPicked::Replaced(newer)) => {
+                Err(NotPicked::Replaced(newer, place)) => {
                     ctx.upstream = Some(newer.clone());
                     ctx.tried.clear();
                     *up = newer;
+                    let sticky = ctx.sticky_id.as_deref();
+                    chosen =
+                        policy::choose_queued(up, ip, sticky, &mut ctx.tried, tls, Some(place))
+                            .await;
                 }
             }
         }

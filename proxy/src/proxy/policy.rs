@@ -10,6 +10,7 @@ use std::time::Instant;
 use crate::balance::{PickContext, StrategyKind};
 use crate::limits::ClientGuard;
 use crate::state::{Routed, Runtime, Shared};
+use crate::upstream::queue::Waiter;
 use crate::upstream::{ActiveGuard, Backend, NoBackend, NotPicked, Pick, Upstream};
 
 use super::client_ip;
@@ -395,7 +396,7 @@ pub(crate) async fn choose(
 ) -> Result<Choice, NotPicked> {
     match choose_now(up, client_ip, sticky_id, tried, tls) {
         Some(chosen) => chosen.map_err(NotPicked::from),
-        None => choose_queued(up, client_ip, sticky_id, tried, tls).await,
+        None => choose_queued(up, client_ip, sticky_id, tried, tls, None).await,
     }
 }
 
@@ -421,20 +422,21 @@ pub(crate) fn choose_now(
 
 /// The rest of [`choose`] after [`choose_now`] found every backend full: waits in the
 /// upstream's queue for a slot. [`NotPicked::Replaced`] when a reload replaced the upstream
-/// meanwhile: the caller picks again under the new one, with `tried` cleared (its indices
-/// are the old backend list's).
+/// meanwhile: the caller calls this again with the new one, the place it returned
+/// (`carried`) and `tried` cleared (its indices are the old backend list's).
 pub(crate) async fn choose_queued(
     up: &Upstream,
     client_ip: Option<IpAddr>,
     sticky_id: Option<&str>,
     tried: &mut Vec<usize>,
     tls: bool,
+    carried: Option<Waiter>,
 ) -> Result<Choice, NotPicked> {
     let pctx = PickContext {
         client_ip,
         sticky_id,
     };
-    let pick = up.pick_queued(&pctx, tried).await?;
+    let pick = up.pick_queued(&pctx, tried, carried).await?;
     Ok(chosen(up, pick, sticky_id, tried, tls))
 }
 

@@ -16,6 +16,7 @@ pub use registry::StatsRegistry;
 use crate::admin::metrics::{BackendMetrics, Metrics};
 use crate::balance::{self, CookieSigner, PickContext, Strategy, StrategyKind};
 use crate::config::UpstreamConfig;
+use queue::Waiter;
 
 /// One upstream group as built from the current config.
 #[derive(Debug)]
@@ -52,8 +53,9 @@ pub struct Pick {
 pub enum NotPicked {
     NoBackend(NoBackend),
     /// A reload or DNS refresh replaced the upstream while the request waited: it picks
-    /// again under this one, the upstream of that name now, with nothing tried yet.
-    Replaced(Arc<Upstream>),
+    /// again under this one, the upstream of that name now, with nothing tried yet, from
+    /// its place in the queue (given back to [`Upstream::pick_queued`]).
+    Replaced(Arc<Upstream>, Waiter),
 }
 
 impl From<NoBackend> for NotPicked {
@@ -66,7 +68,7 @@ impl PartialEq for NotPicked {
     fn eq(&self, other: &Self) -> bool {
         match (self, other) {
             (NotPicked::NoBackend(a), NotPicked::NoBackend(b)) => a == b,
-            (NotPicked::Replaced(a), NotPicked::Replaced(b)) => Arc::ptr_eq(a, b),
+            (NotPicked::Replaced(a, _), NotPicked::Replaced(b, _)) => Arc::ptr_eq(a, b),
             _ => false,
         }
     }
@@ -224,35 +226,51 @@ impl Upstream {
     ///
     /// First come, first served (see [`queue`]): the request picks only when a slot is
     /// offered to it, which happens once every request queued before it holds an offer.
+    ///
+    /// `carried`: the place of a request that waited under the upstream this one replaced
+    /// ([`NotPicked::Replaced`]): it waits on from there, before those that came after it,
+    /// until its first deadline.
     pub async fn pick_queued(
         &self,
         ctx: &PickContext<'_>,
         tried: &[usize],
+        carried: Option<Waiter>,
     ) -> Result<Pick, NotPicked> {
         let (Some(queue), Some(config)) = (&self.queue, self.config.queue) else {
-            return Err(NoBackend::Full.into());
+            // Came over from a config with a queue to one without: it picks as a new request
+            // would, and gets the `Full` at once.
+            return match carried {
+                Some(_) => self.pick(ctx, tried).map_err(NotPicked::from),
+                None => Err(NoBackend::Full.into()),
+            };
         };
-        let Some(waiter) = queue.join(config.max) else {
-            return Err(NoBackend::QueueFull.into());
+        let waiter = match carried {
+            Some(w) if w.is_in(queue) => w,
+            _ => {
+                let deadline = tokio::time::Instant::now() + config.timeout;
+                queue
+                    .join(config.max, deadline)
+                    .ok_or(NoBackend::QueueFull)?
+            }
         };
-        let deadline = tokio::time::Instant::now() + config.timeout;
         // Room no freed slot announced to the queue: one freed between this request's
-        // first pick and its joining, or a backend that came back into service.
+        // first pick and its joining, a backend that came back into service, or what a
+        // reload added.
         queue.offer(self.room(), None);
         loop {
             // Looked at before the first wait too: this request may have chosen its
             // upstream just before a reload replaced it, and joined just after.
             if let Some(newer) = queue.replaced(self) {
-                return Err(NotPicked::Replaced(newer));
+                return Err(NotPicked::Replaced(newer, waiter));
             }
-            if tokio::time::timeout_at(deadline, waiter.turn())
+            if tokio::time::timeout_at(waiter.deadline, waiter.turn())
                 .await
                 .is_err()
             {
                 return Err(NoBackend::QueueTimeout(config.timeout).into());
             }
             if let Some(newer) = queue.replaced(self) {
-                return Err(NotPicked::Replaced(newer));
+                return Err(NotPicked::Replaced(newer, waiter));
             }
             // A waiting request is not counted again on the full backends.
             match self.pick_counting(ctx, tried, false) {
@@ -597,37 +615,58 @@ mod queue_tests {
     }
 
     /// A request waiting under an upstream that a reload replaced leaves the queue to pick
-    /// under the new one; one waiting under the new one stays; one that joins under the old
-    /// one after the hand-over leaves at once.
+    /// under the new one, and keeps its place there: the next freed slot is its, not that
+    /// of one that joined under the new config after it. One waiting under the new one
+    /// stays; one that joins under the old one after the hand-over leaves at once.
     #[tokio::test]
-    async fn a_queued_request_leaves_for_the_upstream_that_replaced_its_own() {
+    async fn a_queued_request_moves_to_the_upstream_that_replaced_its_own_in_its_place() {
         let registry = StatsRegistry::default();
         let old = Arc::new(queued_upstream_in(&registry, 4, "10s"));
         let ctx = PickContext::default();
-        let _held = old.pick(&ctx, &[]).unwrap();
-        let waiting_old = spawn_queued(&old);
+        let held = old.pick(&ctx, &[]).unwrap();
+        // Who got a slot, in order: each records itself while it holds its slot.
+        let served = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let spawn = |up: &Arc<Upstream>, place: Option<Waiter>, name: &'static str| {
+            let (up, served) = (up.clone(), served.clone());
+            tokio::spawn(async move {
+                let pick = up.pick_queued(&PickContext::default(), &[], place).await;
+                if pick.is_ok() {
+                    served.lock().push(name);
+                }
+                pick.map(|p| p.index)
+            })
+        };
+        let waiting_old = spawn(&old, None, "old");
         queued(&old, 1).await;
         let new = Arc::new(queued_upstream_in(&registry, 4, "10s"));
         assert!(Arc::ptr_eq(
             old.queue.as_ref().unwrap(),
             new.queue.as_ref().unwrap()
         ));
-        let waiting_new = spawn_queued(&new);
+        let waiting_new = spawn(&new, None, "new");
         queued(&old, 2).await;
 
         new.queue.as_ref().unwrap().hand_over(&new);
-        let got = tokio::time::timeout(Duration::from_secs(5), waiting_old).await;
-        assert!(
-            matches!(&got, Ok(Ok(Err(NotPicked::Replaced(up)))) if Arc::ptr_eq(up, &new)),
-            "{got:?}"
-        );
-        queued(&new, 1).await;
-        assert!(!waiting_new.is_finished(), "the new config's waiter left");
-        assert_eq!(
-            old.pick_queued(&ctx, &[]).await.err(),
-            Some(NotPicked::Replaced(new.clone()))
-        );
-        waiting_new.abort();
+        let got = tokio::time::timeout(Duration::from_secs(5), waiting_old)
+            .await
+            .unwrap()
+            .unwrap();
+        let place = match got {
+            Err(NotPicked::Replaced(up, place)) if Arc::ptr_eq(&up, &new) => place,
+            other => panic!("{other:?}"),
+        };
+        // Its place is still in the line, ahead of the new config's waiter.
+        assert_eq!(new.queue.as_ref().unwrap().waiting(), 2);
+        let moved = spawn(&new, Some(place), "moved");
+        drop(held);
+        for waiting in [moved, waiting_new] {
+            assert_served(waiting).await;
+        }
+        assert_eq!(*served.lock(), ["moved", "new"]);
+        assert!(matches!(
+            old.pick_queued(&ctx, &[], None).await.err(),
+            Some(NotPicked::Replaced(up, _)) if Arc::ptr_eq(&up, &new)
+        ));
     }
 
     #[tokio::test]
@@ -640,7 +679,7 @@ mod queue_tests {
         queued(&up, 1).await;
         // One waits already: the next is refused at once.
         assert_eq!(
-            up.pick_queued(&ctx, &[]).await.err(),
+            up.pick_queued(&ctx, &[], None).await.err(),
             Some(NoBackend::QueueFull.into())
         );
         drop(held);
@@ -667,7 +706,7 @@ mod queue_tests {
     fn spawn_queued(up: &Arc<Upstream>) -> tokio::task::JoinHandle<Result<usize, NotPicked>> {
         let up = up.clone();
         tokio::spawn(async move {
-            up.pick_queued(&PickContext::default(), &[])
+            up.pick_queued(&PickContext::default(), &[], None)
                 .await
                 .map(|p| p.index)
         })
@@ -721,7 +760,7 @@ mod queue_tests {
         let _held = up.pick(&ctx, &[]).unwrap();
         let start = tokio::time::Instant::now();
         assert_eq!(
-            up.pick_queued(&ctx, &[]).await.err(),
+            up.pick_queued(&ctx, &[], None).await.err(),
             Some(NoBackend::QueueTimeout(Duration::from_secs(2)).into())
         );
         assert!(start.elapsed() >= Duration::from_secs(2));
@@ -735,7 +774,7 @@ mod queue_tests {
         let ctx = PickContext::default();
         let _held = up.pick(&ctx, &[]).unwrap();
         assert_eq!(
-            up.pick_queued(&ctx, &[]).await.err(),
+            up.pick_queued(&ctx, &[], None).await.err(),
             Some(NoBackend::Full.into())
         );
     }

@@ -10,9 +10,10 @@
 //! while requests wait. The queue is kept by upstream name across reloads, so a request
 //! counted under the old config wakes one that waits under the new. A reload (or DNS
 //! refresh) that replaces the upstream hands the queue over ([`WaitQueue::hand_over`]):
-//! every request waiting under the old config is woken to pick again under the new one, so
-//! that a raised `max_conns` or an added backend serves them at once, and no request of the
-//! new config waits behind ones that could never use its backends.
+//! every request waiting under the old config is woken to pick again under the new one,
+//! keeping its place and its deadline, so that a raised `max_conns` or an added backend
+//! serves them at once, in order, and no request of the new config waits behind ones that
+//! could never use its backends.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{fence, AtomicUsize, Ordering};
@@ -20,6 +21,7 @@ use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 #[derive(Debug, Default)]
 pub struct WaitQueue {
@@ -102,8 +104,9 @@ impl WaitQueue {
         while line.offered < room && line.offer_next(skip) {}
     }
 
-    /// Joins the queue, at its end, unless `max` requests already wait in it.
-    pub fn join(&self, max: u32) -> Option<Waiter<'_>> {
+    /// Joins the queue, at its end, unless `max` requests already wait in it; the request
+    /// gives up at `deadline`.
+    pub fn join(self: &Arc<Self>, max: u32, deadline: Instant) -> Option<Waiter> {
         let max = usize::try_from(max).unwrap_or(usize::MAX);
         let mut line = self.line.lock();
         if line.places.len() >= max {
@@ -121,9 +124,10 @@ impl WaitQueue {
         drop(line);
         fence(Ordering::SeqCst);
         Some(Waiter {
-            queue: self,
+            queue: self.clone(),
             id,
             turn,
+            deadline,
         })
     }
 
@@ -154,15 +158,23 @@ impl WaitQueue {
     }
 }
 
-/// One request's place in a [`WaitQueue`], left when dropped.
+/// One request's place in a [`WaitQueue`], left when dropped. Owned, so that a request
+/// whose upstream a reload replaced carries it to the new one ([`WaitQueue::hand_over`]).
 #[derive(Debug)]
-pub struct Waiter<'a> {
-    queue: &'a WaitQueue,
+pub struct Waiter {
+    queue: Arc<WaitQueue>,
     id: u64,
     turn: Arc<Notify>,
+    /// When the request stops waiting: set when it joined, under the config it came with.
+    pub deadline: Instant,
 }
 
-impl Waiter<'_> {
+impl Waiter {
+    /// Whether this place is in `queue`.
+    pub fn is_in(&self, queue: &Arc<WaitQueue>) -> bool {
+        Arc::ptr_eq(&self.queue, queue)
+    }
+
     /// Waits until a slot is offered to this request, then takes the offer up: a slot
     /// freed after this returns is offered to it again, so one freed while it picks is not
     /// missed. Cancel-safe: dropped while waiting, the offer stays until the waiter leaves.
@@ -178,7 +190,7 @@ impl Waiter<'_> {
     }
 }
 
-impl Drop for Waiter<'_> {
+impl Drop for Waiter {
     fn drop(&mut self) {
         let mut line = self.queue.line.lock();
         // The offer of a waiter that leaves without using it (timed out, cancelled) goes
@@ -200,12 +212,21 @@ mod tests {
 
     use super::*;
 
-    fn join(q: &WaitQueue) -> Waiter<'_> {
-        q.join(10).unwrap_or_else(|| panic!("room in the queue"))
+    fn queue() -> Arc<WaitQueue> {
+        Arc::new(WaitQueue::default())
+    }
+
+    fn in_a_minute() -> Instant {
+        Instant::now() + Duration::from_secs(60)
+    }
+
+    fn join(q: &Arc<WaitQueue>) -> Waiter {
+        q.join(10, in_a_minute())
+            .unwrap_or_else(|| panic!("room in the queue"))
     }
 
     /// Whether `w` holds an offer, without waiting.
-    async fn offered(w: &Waiter<'_>) -> bool {
+    async fn offered(w: &Waiter) -> bool {
         tokio::time::timeout(Duration::from_millis(20), w.turn())
             .await
             .is_ok()
@@ -213,21 +234,21 @@ mod tests {
 
     #[test]
     fn the_queue_is_bounded_and_a_waiter_leaves_when_dropped() {
-        let q = WaitQueue::default();
-        let a = q.join(2);
-        let b = q.join(2);
+        let q = queue();
+        let a = q.join(2, in_a_minute());
+        let b = q.join(2, in_a_minute());
         assert!(a.is_some() && b.is_some());
-        assert!(q.join(2).is_none());
+        assert!(q.join(2, in_a_minute()).is_none());
         assert_eq!(q.waiting(), 2);
         drop(a);
-        assert!(q.join(2).is_some());
+        assert!(q.join(2, in_a_minute()).is_some());
         drop(b);
         assert_eq!(q.waiting(), 0);
     }
 
     #[tokio::test]
     async fn a_freed_slot_is_offered_to_the_oldest_waiter_once() {
-        let q = WaitQueue::default();
+        let q = queue();
         let (a, b, c) = (join(&q), join(&q), join(&q));
         q.slot_freed();
         assert!(!offered(&b).await && !offered(&c).await);
@@ -241,7 +262,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_offer_left_unused_passes_to_the_next_waiter() {
-        let q = WaitQueue::default();
+        let q = queue();
         let (a, b, c) = (join(&q), join(&q), join(&q));
         q.slot_freed();
         // `a` times out or is cancelled before it looks: its slot goes to `b`.
@@ -259,7 +280,7 @@ mod tests {
 
     #[tokio::test]
     async fn room_is_offered_to_as_many_waiters_as_it_has_slots() {
-        let q = WaitQueue::default();
+        let q = queue();
         let (a, b, c) = (join(&q), join(&q), join(&q));
         q.slot_freed();
         // One slot, already offered to `a`: nothing more.
