@@ -821,8 +821,11 @@ mod tests {
         assert!(![first, renamed].contains(&tls_id(&shared)));
     }
 
+    /// A DNS refresh keeps the upstream's TLS client (its id) while the settings stay, so
+    /// the connections pooled to the other backends stay usable; an address named otherwise
+    /// gets another pool key, so none verified for another name is reused for it.
     #[test]
-    fn a_dns_refresh_keeps_the_tls_client_only_if_every_name_stays() {
+    fn a_dns_refresh_keeps_the_tls_client_and_keys_the_pool_by_name() {
         let table = crate::config::TableResolver::new(&[("node", &["10.0.0.1"])]);
         let load = |tls: &str| {
             let b = format!(
@@ -833,26 +836,45 @@ mod tests {
                 crate::config::parse_with(&two_upstreams(&b, ""), None, &|_| None, &*table);
             Shared::new(config.unwrap(), Vec::new()).unwrap()
         };
-        let refresh = |shared: &Shared| {
+        let refresh = |shared: &Shared, to: &str| {
             let base = shared.current().upstreams["b"].config.backends.clone();
             let mut moved = base.clone();
             let named = moved.iter_mut().find(|b| b.dns.is_some()).unwrap();
-            named.addr = "10.0.0.2:9443".parse().unwrap();
+            named.addr = to.parse().unwrap();
             assert!(shared.replace_backends("b", &base, moved));
         };
-        // Each backend has one name, `server_name`, wherever it moves.
-        let shared = load("server_name = \"api.internal\"\n");
-        let id = tls_id(&shared);
-        refresh(&shared);
-        assert_eq!(tls_id(&shared), id);
+        let key = |shared: &Shared, addr: &str| {
+            let rt = shared.current();
+            rt.upstreams["b"]
+                .tls
+                .as_ref()
+                .unwrap()
+                .pool_key(addr.parse().unwrap())
+        };
+        let (one, two, bare) = ("10.0.0.1:9443", "10.0.0.2:9443", "127.0.0.1:9443");
 
-        // Without it, each address of `node` is verified for `node`: the client's pool may
-        // hold connections to 10.0.0.1 verified for that name, which a later config could
-        // bring back as a bare address (verified for its IP): a new client.
+        // With `server_name`, every backend is verified for it, wherever it moves.
+        let shared = load("server_name = \"api.internal\"\n");
+        let (id, before) = (tls_id(&shared), key(&shared, one));
+        refresh(&shared, two);
+        assert_eq!(tls_id(&shared), id);
+        assert_eq!(key(&shared, two), before);
+
+        // Without it, each address of `node` is verified for `node`, the bare address for
+        // its IP: the client stays, the bare address keeps its key, and the named one's
+        // key carries the name's tag.
         let shared = load("");
-        let id = tls_id(&shared);
-        refresh(&shared);
-        assert_ne!(tls_id(&shared), id);
+        let (id, bare_key, named_key) = (tls_id(&shared), key(&shared, bare), key(&shared, one));
+        assert_eq!(bare_key, (id, 0));
+        assert_ne!(named_key.1, 0);
+        refresh(&shared, two);
+        assert_eq!(tls_id(&shared), id);
+        assert_eq!(key(&shared, bare), bare_key);
+        assert_eq!(key(&shared, two), named_key, "the name's key moves with it");
+        // `10.0.0.1` no longer named `node`: anything pooled for it under the name is not
+        // reused for the address alone, which would be verified for its IP.
+        assert_eq!(key(&shared, one), (id, 0));
+        assert_ne!(key(&shared, one), named_key);
     }
 
     #[test]

@@ -207,6 +207,25 @@ impl Hosts {
         std::fs::write(&self.path, format!("127.0.0.1 localhost\n{names}")).unwrap();
     }
 
+    /// Moves the name to 127.0.0.3 and waits until the proxy at `url` sends requests
+    /// there, to the backend `b`.
+    async fn move_to_b(&self, url: &str) {
+        self.set(&format!("127.0.0.3 {MOVING}\n"));
+        wait_until(
+            Duration::from_secs(15),
+            "requests to go to the new address",
+            || async { get(url).await.backend() == Some("b") },
+        )
+        .await;
+    }
+
+    /// Starts a proxy with `toml` that sees this file as `/etc/hosts`.
+    fn start(&self, toml: &str) -> Proxy {
+        let via = self.via();
+        let via: Vec<&str> = via.iter().map(String::as_str).collect();
+        ProxyCmd::config(toml).via(&via).start()
+    }
+
     fn via(&self) -> Vec<String> {
         let mut via = vec!["unshare".to_string()];
         if !nix::unistd::geteuid().is_root() {
@@ -240,21 +259,13 @@ async fn dns_refresh_follows_a_name_that_moves_and_keeps_the_tunnels_to_the_old_
          dns_timeout = \"1s\"\ndns_family = \"ipv4\"\nbackends = [{{ addr = \"{MOVING}:{port}\" }}]\n",
         listener(free_port()),
     );
-    let via = hosts.via();
-    let via: Vec<&str> = via.iter().map(String::as_str).collect();
-    let proxy = ProxyCmd::config(&toml).via(&via).start();
+    let proxy = hosts.start(&toml);
     let url = proxy.url("/id");
     assert_eq!(get(&url).await.backend(), Some("a"), "{}", proxy.logs());
     let (mut ws, id) = ws_connect(&proxy.ws_url("/ws")).await;
     assert_eq!(id, "a");
 
-    hosts.set(&format!("127.0.0.3 {MOVING}\n"));
-    wait_until(
-        Duration::from_secs(15),
-        "requests to go to the new address",
-        || async { get(&url).await.backend() == Some("b") },
-    )
-    .await;
+    hosts.move_to_b(&url).await;
     let http = client();
     assert_eq!(
         backend_counts(&http, &url, 10).await,
@@ -286,5 +297,61 @@ async fn dns_refresh_follows_a_name_that_moves_and_keeps_the_tunnels_to_the_old_
         backend_counts(&http, &url, 4).await,
         [("a".to_string(), 2), ("b".to_string(), 2)].into()
     );
+    drop(b);
+}
+
+/// A DNS refresh that moves one TLS backend's name keeps the connections pooled to the
+/// upstream's other backends: the client's settings did not change, and each pooled
+/// connection is keyed by the name it was verified for.
+#[tokio::test]
+async fn a_dns_move_keeps_the_pooled_tls_connections_to_the_other_backends() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = tests::TestCa::new(dir.path());
+    let (cert, key) = ca.issue(&[MOVING, "127.0.0.1"]);
+    let tls = [
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ];
+    let a = Backend::start_on("a", "127.0.0.2:0".parse().unwrap(), &tls);
+    let port = a.addr().port();
+    let b = Backend::start_on("b", format!("127.0.0.3:{port}").parse().unwrap(), &tls);
+    let c = Backend::start_with("c", &tls);
+    let hosts = Hosts::new(&format!("127.0.0.2 {MOVING}\n"));
+    let toml = format!(
+        "{ONE_THREAD}{}\n[upstreams.app]\nstrategy = \"round_robin\"\ndns_refresh = \"1s\"\n\
+         dns_family = \"ipv4\"\nbackends = [{{ addr = \"{MOVING}:{port}\" }}, {{ addr = \"{}\" }}]\n\
+         [upstreams.app.tls]\nca = \"{}\"\n",
+        listener(free_port()),
+        c.addr(),
+        ca.pem.display(),
+    );
+    let proxy = hosts.start(&toml);
+    let url = proxy.url("/id");
+    let http = client();
+    // The connections `c` has accepted, this look's own (a new one each time) included.
+    let ca_pem = std::fs::read(&ca.pem).unwrap();
+    let stats_url = format!("https://127.0.0.1:{}/stats", c.addr().port());
+    let accepted = || async {
+        let direct = tests::tls_client(&ca_pem, tests::Alpn::Http1);
+        let stats = tests::get_with(&direct, &stats_url).await.json();
+        stats["connections"].as_u64().unwrap()
+    };
+
+    assert_eq!(
+        backend_counts(&http, &url, 6).await,
+        [("a".to_string(), 3), ("c".to_string(), 3)].into(),
+        "{}",
+        proxy.logs()
+    );
+    let before = accepted().await;
+
+    hosts.move_to_b(&url).await;
+    let after_move = backend_counts(&http, &url, 6).await;
+    assert_eq!(after_move.get("c"), Some(&3), "{after_move:?}");
+    assert_eq!(after_move.get("a"), None, "{after_move:?}");
+    // One more: this look's own. A new TLS client would have opened another.
+    assert_eq!(accepted().await, before + 1, "{}", proxy.logs());
     drop(b);
 }

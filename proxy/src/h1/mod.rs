@@ -550,7 +550,8 @@ impl H1 {
             Ok(r) => {
                 log.bytes_sent = r.body_bytes;
                 if resp.reusable && r.clean {
-                    let key = (choice.backend.addr, up.tls.as_ref().map_or(0, |t| t.id));
+                    let addr = choice.backend.addr;
+                    let key = (addr, up.tls.as_ref().map_or((0, 0), |t| t.pool_key(addr)));
                     self.pool.put(key, upstream, answered);
                 }
                 true
@@ -604,7 +605,7 @@ impl H1 {
         deadline: &mut Deadline,
     ) -> Result<(UpstreamStream, ResponseHead, BytesMut, Instant), Failure> {
         let started = Instant::now();
-        let key = (addr, tls.map_or(0, |t| t.id));
+        let key = (addr, tls.map_or((0, 0), |t| t.pool_key(addr)));
         let mut pooled = self.pool.take(key, started);
         loop {
             let reused = pooled.is_some();

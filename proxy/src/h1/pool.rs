@@ -8,10 +8,10 @@ use parking_lot::Mutex;
 
 use crate::upstream::stream::UpstreamStream;
 
-/// A backend's address and the TLS settings its connections were opened with (the
-/// [`crate::upstream::tls::TlsClient`] id, 0 for plain TCP): a connection is only reused
-/// under the settings that opened it.
-pub type Key = (SocketAddr, u64);
+/// A backend's address and the TLS settings and name its connections were opened with
+/// ([`crate::upstream::tls::TlsClient::pool_key`], zeros for plain TCP): a connection is
+/// only reused under the settings and name that opened it.
+pub type Key = (SocketAddr, (u64, u64));
 
 struct Idle {
     stream: UpstreamStream,
@@ -117,7 +117,7 @@ mod tests {
     #[tokio::test]
     async fn reuses_open_connections_and_drops_closed_ones() -> std::io::Result<()> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = (listener.local_addr()?, 0);
+        let addr = (listener.local_addr()?, (0, 0));
         let pool = Pool::new(2, Duration::from_secs(30));
         let a = TcpStream::connect(addr.0).await?;
         let (server_a, _) = listener.accept().await?;

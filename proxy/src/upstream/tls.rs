@@ -21,9 +21,30 @@ use crate::config::{BackendConfig, ClientCert, UpstreamTlsConfig};
 
 /// Distinguishes one client's settings from another's, so that a pooled connection is only
 /// reused under the settings it was opened with. A reload or DNS refresh that leaves an
-/// upstream's settings and per-address names as they were keeps its client, id included
-/// ([`TlsClient::keep_or_new`]).
+/// upstream's settings as they were keeps its client's id ([`TlsClient::keep_or_new`]).
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The host name each backend address is verified for, with its tag.
+type Names = std::collections::HashMap<SocketAddr, (ServerName<'static>, u64)>;
+
+/// A number for each host name a backend has been verified for, never reused for another
+/// name (1 and up; 0 is "verified for its IP address"): with the client's id it keys the
+/// pooled connections ([`TlsClient::pool_key`]), so that a DNS refresh that names an address
+/// otherwise keeps the other addresses' connections and never reuses one verified for the
+/// old name. Grows with the distinct backend names the process has seen.
+fn name_tag(name: &ServerName<'static>) -> u64 {
+    static TAGS: std::sync::Mutex<Option<std::collections::HashMap<String, u64>>> =
+        std::sync::Mutex::new(None);
+    let key = match name {
+        ServerName::DnsName(n) => n.as_ref().to_owned(),
+        other => format!("{other:?}"),
+    };
+    // Poisoned only by a panic in the two lines below, which leave the map whole.
+    let mut tags = TAGS.lock().unwrap_or_else(|p| p.into_inner());
+    let tags = tags.get_or_insert_with(Default::default);
+    let next = tags.len() as u64 + 1;
+    *tags.entry(key).or_insert(next)
+}
 
 /// How an upstream's backends are reached over TLS.
 pub struct TlsClient {
@@ -37,9 +58,10 @@ pub struct TlsClient {
     /// the certificate's IP addresses, no SNI sent).
     server_name: Option<ServerName<'static>>,
     /// Without `server_name`: the host name of each backend named `host:port`, as nginx's
-    /// `proxy_ssl_name` defaults to the host of `proxy_pass`. Empty for backends written as
-    /// addresses, so that their connections pay one length check for it.
-    names: std::collections::HashMap<SocketAddr, ServerName<'static>>,
+    /// `proxy_ssl_name` defaults to the host of `proxy_pass`, with the name's tag
+    /// ([`name_tag`]). Empty for backends written as addresses, so that their connections
+    /// pay one length check for it.
+    names: Names,
     verify: bool,
     /// The configured roots, as pingora's connector takes them; None: the system's.
     pingora_ca: Option<Arc<[WrappedX509]>>,
@@ -81,14 +103,33 @@ impl TlsClient {
         let names = backend_names(config, backends);
         match previous {
             Some(p) if p.config == *config && p.names == names => p.clone(),
+            // Same settings, an address named otherwise (a DNS refresh): the same client
+            // under the new names. Its pool keys carry each address's name, so the other
+            // addresses keep their connections and a renamed one opens new ones.
+            Some(p) if p.config == *config => Arc::new(TlsClient {
+                id: p.id,
+                connector: p.connector.clone(),
+                h2_connector: p.h2_connector.clone(),
+                server_name: p.server_name.clone(),
+                names,
+                verify: p.verify,
+                pingora_ca: p.pingora_ca.clone(),
+                pingora_client_cert: p.pingora_client_cert.clone(),
+                config: p.config.clone(),
+            }),
             _ => Arc::new(Self::with_names(config, names)),
         }
     }
 
-    fn with_names(
-        config: &UpstreamTlsConfig,
-        names: std::collections::HashMap<SocketAddr, ServerName<'static>>,
-    ) -> Self {
+    /// What a pooled connection to `addr` is kept under besides the address: this client's
+    /// settings (its id) and the name `addr` is verified for (its tag, 0 for the address or
+    /// the configured `server_name`). A connection is reused only under both.
+    #[inline]
+    pub fn pool_key(&self, addr: SocketAddr) -> (u64, u64) {
+        (self.id, self.backend_name(addr).map_or(0, |(_, tag)| *tag))
+    }
+
+    fn with_names(config: &UpstreamTlsConfig, names: Names) -> Self {
         pingora::tls::install_default_crypto_provider();
         let builder = ClientConfig::builder();
         let builder = if config.verify {
@@ -155,14 +196,15 @@ impl TlsClient {
     /// The name `addr`'s certificate must carry.
     pub fn name_for(&self, addr: SocketAddr) -> ServerName<'static> {
         match (&self.server_name, self.backend_name(addr)) {
-            (Some(name), _) | (None, Some(name)) => name.clone(),
+            (Some(name), _) | (None, Some((name, _))) => name.clone(),
             (None, None) => ServerName::IpAddress(addr.ip().into()),
         }
     }
 
-    /// The host name of the backend at `addr`, when it was named `host:port` and no
-    /// `server_name` is set.
-    fn backend_name(&self, addr: SocketAddr) -> Option<&ServerName<'static>> {
+    /// The host name of the backend at `addr` and its tag, when it was named `host:port`
+    /// and no `server_name` is set.
+    #[inline]
+    fn backend_name(&self, addr: SocketAddr) -> Option<&(ServerName<'static>, u64)> {
         if self.names.is_empty() {
             return None;
         }
@@ -174,7 +216,7 @@ impl TlsClient {
         let sni = match self
             .server_name
             .as_ref()
-            .or_else(|| self.backend_name(addr))
+            .or_else(|| self.backend_name(addr).map(|(name, _)| name))
         {
             Some(ServerName::DnsName(name)) => name.as_ref().to_owned(),
             Some(ServerName::IpAddress(ip)) => IpAddr::from(*ip).to_string(),
@@ -196,17 +238,16 @@ impl TlsClient {
 
 /// The host name of each backend of `backends` named `host:port`, when `config` sets no
 /// `server_name` (see [`TlsClient`]'s `names`).
-fn backend_names(
-    config: &UpstreamTlsConfig,
-    backends: &[BackendConfig],
-) -> std::collections::HashMap<SocketAddr, ServerName<'static>> {
+fn backend_names(config: &UpstreamTlsConfig, backends: &[BackendConfig]) -> Names {
     match config.server_name {
         Some(_) => Default::default(),
         None => backends
             .iter()
             .filter_map(|b| {
                 let host = &b.dns.as_ref()?.host;
-                Some((b.addr, ServerName::try_from(host.clone()).ok()?))
+                let name = ServerName::try_from(host.clone()).ok()?;
+                let tag = name_tag(&name);
+                Some((b.addr, (name, tag)))
             })
             .collect(),
     }
