@@ -226,8 +226,9 @@ fn admit_view<V: crate::proxy::policy::RequestView>(
             let mut tried = Vec::new();
             // One poll, without a runtime: nothing holds a slot between two inputs, so no
             // backend is ever full and the pick never waits in a queue.
+            let mut up = a.upstream.clone();
             let choose = std::pin::pin!(policy::choose(
-                &a.upstream,
+                &mut up,
                 a.client_ip,
                 a.sticky_id.as_deref(),
                 &mut tried,

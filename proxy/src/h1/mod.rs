@@ -45,7 +45,7 @@ use crate::state::{Runtime, Shared};
 use crate::tunnel::handshake::{self, HandshakeError};
 use crate::upstream::stream::UpstreamStream;
 use crate::upstream::tls::TlsClient;
-use crate::upstream::{NotPicked, Upstream};
+use crate::upstream::Upstream;
 
 use body::{BadChunk, Framing};
 use bound::{bounded, Deadline};
@@ -431,36 +431,17 @@ impl H1 {
 
         let max_tries = MAX_TRIES.min(up.backends.len()).max(1);
         let mut tried = Vec::with_capacity(2);
-        // The place in the queue of a request whose upstream a reload replaced.
-        let mut carried = None;
         let (choice, mut upstream, resp, mut upbuf, attempt_started) = loop {
             let (ip, sticky) = (admitted.client_ip, admitted.sticky_id.as_deref());
-            let now = match carried {
-                None => policy::choose_now(&up, ip, sticky, &mut tried, conn.tls),
-                Some(_) => None,
-            };
-            let chosen = match now {
+            let chosen = match policy::choose_now(&up, ip, sticky, &mut tried, conn.tls) {
                 Some(chosen) => chosen,
-                None => match policy::choose_queued(
-                    &up,
-                    ip,
-                    sticky,
-                    &mut tried,
-                    conn.tls,
-                    carried.take(),
-                )
-                .await
-                {
-                    Ok(choice) => Ok(choice),
-                    Err(NotPicked::NoBackend(none)) => Err(none),
-                    Err(NotPicked::Replaced(newer, place)) => {
-                        up = newer;
-                        log.upstream = Some(up.clone());
-                        tried.clear();
-                        carried = Some(place);
-                        continue;
-                    }
-                },
+                None => {
+                    let chosen =
+                        policy::choose_queued(&mut up, ip, sticky, &mut tried, conn.tls).await;
+                    // A reload may have moved the waiting request to a new upstream.
+                    log.upstream = Some(up.clone());
+                    chosen
+                }
             };
             let choice = match chosen {
                 Ok(choice) => choice,

@@ -33,7 +33,7 @@ use crate::client_cert::PeerCert;
 use crate::config::UpstreamProtocol;
 use crate::limits::ClientGuard;
 use crate::state::{Runtime, Shared};
-use crate::upstream::{ActiveGuard, Backend, NoBackend, NotPicked, Upstream};
+use crate::upstream::{ActiveGuard, Backend, NoBackend, Upstream};
 
 pub use forwarded::{
     client_ip, forwarded, forwarded_header_values, forwarded_headers, is_forwarded_field,
@@ -270,24 +270,18 @@ impl EdgeProxy {
         // pooled connection).
         ctx.guard = None;
         ctx.set_cookie = None;
-        let (ip, tls) = (ctx.client_ip, ctx.tls);
-        let mut chosen =
-            policy::choose(up, ip, ctx.sticky_id.as_deref(), &mut ctx.tried, tls).await;
-        loop {
-            match chosen {
-                Ok(c) => return Ok(Self::adopt(ctx, c)),
-                Err(NotPicked::NoBackend(none)) => return Err(none),
-                Err(NotPicked::Replaced(newer, place)) => {
-                    ctx.upstream = Some(newer.clone());
-                    ctx.tried.clear();
-                    *up = newer;
-                    let sticky = ctx.sticky_id.as_deref();
-                    chosen =
-                        policy::choose_queued(up, ip, sticky, &mut ctx.tried, tls, Some(place))
-                            .await;
-                }
-            }
+        let c = policy::choose(
+            up,
+            ctx.client_ip,
+            ctx.sticky_id.as_deref(),
+            &mut ctx.tried,
+            ctx.tls,
+        )
+        .await;
+        if !ctx.upstream.as_ref().is_some_and(|u| Arc::ptr_eq(u, up)) {
+            ctx.upstream = Some(up.clone());
         }
+        Ok(Self::adopt(ctx, c?))
     }
 
     /// Makes `c` the request's current attempt.

@@ -10,7 +10,6 @@ use std::time::Instant;
 use crate::balance::{PickContext, StrategyKind};
 use crate::limits::ClientGuard;
 use crate::state::{Routed, Runtime, Shared};
-use crate::upstream::queue::Waiter;
 use crate::upstream::{ActiveGuard, Backend, NoBackend, NotPicked, Pick, Upstream};
 
 use super::client_ip;
@@ -383,20 +382,20 @@ pub(crate) struct Choice {
 
 /// Picks a backend for an attempt, skipping those already `tried`, and records the pick.
 /// When every backend is at its `max_conns` ([`NoBackend::Full`]) and the upstream has a
-/// queue, waits in it for a slot (see [`Upstream::pick_queued`]); otherwise the future is
-/// ready at its first poll.
+/// queue, waits in it for a slot (see [`choose_queued`]); otherwise the future is ready at
+/// its first poll.
 /// The caller must have dropped the guard of its previous attempt: that count would make
 /// the backend look fuller than it is (at `max_conns = 1`, full).
 pub(crate) async fn choose(
-    up: &Upstream,
+    up: &mut Arc<Upstream>,
     client_ip: Option<IpAddr>,
     sticky_id: Option<&str>,
     tried: &mut Vec<usize>,
     tls: bool,
-) -> Result<Choice, NotPicked> {
+) -> Result<Choice, NoBackend> {
     match choose_now(up, client_ip, sticky_id, tried, tls) {
-        Some(chosen) => chosen.map_err(NotPicked::from),
-        None => choose_queued(up, client_ip, sticky_id, tried, tls, None).await,
+        Some(chosen) => chosen,
+        None => choose_queued(up, client_ip, sticky_id, tried, tls).await,
     }
 }
 
@@ -421,23 +420,33 @@ pub(crate) fn choose_now(
 }
 
 /// The rest of [`choose`] after [`choose_now`] found every backend full: waits in the
-/// upstream's queue for a slot. [`NotPicked::Replaced`] when a reload replaced the upstream
-/// meanwhile: the caller calls this again with the new one, the place it returned
-/// (`carried`) and `tried` cleared (its indices are the old backend list's).
+/// upstream's queue for a slot. When a reload replaces the upstream meanwhile
+/// ([`NotPicked::Replaced`]), `up` becomes the new one and the request waits on under it
+/// from its place in the queue, with `tried` cleared (its indices were the old backend
+/// list's); the caller sees the change in `up`.
 pub(crate) async fn choose_queued(
-    up: &Upstream,
+    up: &mut Arc<Upstream>,
     client_ip: Option<IpAddr>,
     sticky_id: Option<&str>,
     tried: &mut Vec<usize>,
     tls: bool,
-    carried: Option<Waiter>,
-) -> Result<Choice, NotPicked> {
+) -> Result<Choice, NoBackend> {
     let pctx = PickContext {
         client_ip,
         sticky_id,
     };
-    let pick = up.pick_queued(&pctx, tried, carried).await?;
-    Ok(chosen(up, pick, sticky_id, tried, tls))
+    let mut carried = None;
+    loop {
+        match up.pick_queued(&pctx, tried, carried.take()).await {
+            Ok(pick) => return Ok(chosen(up, pick, sticky_id, tried, tls)),
+            Err(NotPicked::NoBackend(none)) => return Err(none),
+            Err(NotPicked::Replaced(newer, place)) => {
+                *up = newer;
+                tried.clear();
+                carried = Some(place);
+            }
+        }
+    }
 }
 
 /// Records `pick` and makes it the attempt's [`Choice`].
@@ -541,7 +550,8 @@ mod tests {
         let mut tried = Vec::new();
         // With room, the pick needs no second poll (nor a waker).
         let held = {
-            let first = std::pin::pin!(choose(&up, None, None, &mut tried, false));
+            let mut first_up = up.clone();
+            let first = std::pin::pin!(choose(&mut first_up, None, None, &mut tried, false));
             match first.poll(&mut Context::from_waker(Waker::noop())) {
                 Poll::Ready(c) => c.unwrap(),
                 Poll::Pending => panic!("a pick with room waited"),
@@ -552,7 +562,7 @@ mod tests {
             let up = up.clone();
             tokio::spawn(async move {
                 let mut tried = Vec::new();
-                let c = choose(&up, None, None, &mut tried, false).await;
+                let c = choose(&mut up.clone(), None, None, &mut tried, false).await;
                 (c.map(|c| c.index), tried)
             })
         };

@@ -257,12 +257,13 @@ impl Upstream {
         // first pick and its joining, a backend that came back into service, or what a
         // reload added.
         queue.offer(self.room(), None);
+        // This request may have chosen its upstream just before a reload replaced it, and
+        // joined just after the hand-over, which therefore did not wake it. A hand-over
+        // from here on wakes it, and the look after each wait sees it.
+        if let Some(newer) = queue.replaced(self) {
+            return Err(NotPicked::Replaced(newer, waiter));
+        }
         loop {
-            // Looked at before the first wait too: this request may have chosen its
-            // upstream just before a reload replaced it, and joined just after.
-            if let Some(newer) = queue.replaced(self) {
-                return Err(NotPicked::Replaced(newer, waiter));
-            }
             if tokio::time::timeout_at(waiter.deadline, waiter.turn())
                 .await
                 .is_err()

@@ -33,20 +33,20 @@ type Names = std::collections::HashMap<SocketAddr, (ServerName<'static>, u64)>;
 /// otherwise keeps the other addresses' connections and never reuses one verified for the
 /// old name. Grows with the distinct backend names the process has seen.
 fn name_tag(name: &ServerName<'static>) -> u64 {
-    static TAGS: std::sync::Mutex<Option<std::collections::HashMap<String, u64>>> =
-        std::sync::Mutex::new(None);
+    static TAGS: std::sync::Mutex<std::collections::BTreeMap<String, u64>> =
+        std::sync::Mutex::new(std::collections::BTreeMap::new());
     let key = match name {
         ServerName::DnsName(n) => n.as_ref().to_owned(),
         other => format!("{other:?}"),
     };
     // Poisoned only by a panic in the two lines below, which leave the map whole.
     let mut tags = TAGS.lock().unwrap_or_else(|p| p.into_inner());
-    let tags = tags.get_or_insert_with(Default::default);
     let next = tags.len() as u64 + 1;
     *tags.entry(key).or_insert(next)
 }
 
 /// How an upstream's backends are reached over TLS.
+#[derive(Clone)]
 pub struct TlsClient {
     /// Never 0 (0 keys plain connections in the pool).
     pub id: u64,
@@ -107,15 +107,8 @@ impl TlsClient {
             // under the new names. Its pool keys carry each address's name, so the other
             // addresses keep their connections and a renamed one opens new ones.
             Some(p) if p.config == *config => Arc::new(TlsClient {
-                id: p.id,
-                connector: p.connector.clone(),
-                h2_connector: p.h2_connector.clone(),
-                server_name: p.server_name.clone(),
                 names,
-                verify: p.verify,
-                pingora_ca: p.pingora_ca.clone(),
-                pingora_client_cert: p.pingora_client_cert.clone(),
-                config: p.config.clone(),
+                ..TlsClient::clone(p)
             }),
             _ => Arc::new(Self::with_names(config, names)),
         }
