@@ -258,11 +258,48 @@ async fn a_dropped_subscription_unsubscribes_its_channel() {
         }
     };
     assert_eq!(subscribers(&mut admin).await, 1);
+    let connection = pubsub_clients(&mut admin).await;
+    assert_eq!(connection.len(), 1, "{connection:?}");
     drop(rx);
     // The bus notices at its next keepalive tick (200 ms here).
     let deadline = Instant::now() + STEP;
     while subscribers(&mut admin).await != 0 {
         assert!(Instant::now() < deadline, "still subscribed");
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Subscribed again on the same connection: the answers to the UNSUBSCRIBE and to the
+    // keepalive PINGs were taken for what they answer, not as a connection out of step.
+    let mut rx = _bus.subscribe("t");
+    settle(&_bus, "t", &mut [&mut rx]).await;
+    assert_next_is_new(&_bus, "t", &mut rx).await;
+    assert_eq!(pubsub_clients(&mut admin).await, connection);
+}
+
+#[tokio::test]
+async fn the_pubsub_connection_authenticates_as_the_url_says() {
+    let redis = RedisServer::start();
+    let mut admin = admin(&redis).await;
+    let _: () = redis::cmd("ACL")
+        .arg(&["SETUSER", "chat", "on", ">user-secret", "~*", "&*", "+@all"])
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg(&["SET", "requirepass", "default-secret"])
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let port = redis.port;
+    for url in [
+        format!("redis://:default-secret@127.0.0.1:{port}"),
+        format!("redis://chat:user-secret@127.0.0.1:{port}"),
+    ] {
+        let mut config = RedisBusConfig::new(url.clone());
+        config.keepalive = Duration::from_millis(200);
+        let bus = RedisBus::connect(config).await.unwrap();
+        let mut rx = bus.subscribe("t");
+        // Live entries flow only once Redis has confirmed the channel to the hub.
+        settle(&bus, "t", &mut [&mut rx]).await;
+        assert_next_is_new(&bus, "t", &mut rx).await;
     }
 }

@@ -18,12 +18,15 @@
 //!   arrive as they are published, without a read command per entry. The stream is read
 //!   (`XRANGE`) only to catch up: from the last entry at subscription time, after every
 //!   reconnection, and for a subscriber that fell behind; so nothing the connection missed
-//!   is skipped.
+//!   is skipped. That connection speaks RESP2 itself ([`pubsub`]): every node reads every
+//!   message there, and the redis crate's general reader cost more than the rest of the
+//!   message's way through the hub.
 //! - Trimming bounds memory: by age (`MINID`) when recovery needs the log for a time
 //!   window, by length (`MAXLEN`) otherwise. A reader away for longer than that misses the
 //!   trimmed entries, and [`Bus::read_after`] says so.
 
 mod live;
+mod pubsub;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -33,16 +33,15 @@
 //! The limit is the stream's trimming: a subscriber behind by more than the stream keeps
 //! misses what was trimmed, as it would reading the stream alone.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
-use futures::StreamExt as _;
-use redis::aio::{ConnectionManager, PubSubSink, PubSubStream};
-use redis::{Msg, Value};
+use redis::aio::ConnectionManager;
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use super::pubsub::{self, PubSubError, Reader, Reply, Writer};
 use super::{last_entry, next_backoff, range_after, RedisBusConfig, MIN_BACKOFF};
 use crate::bus::{parse_id, BusEntry, SUBSCRIBER_CAPACITY};
 
@@ -107,6 +106,7 @@ pub(super) fn spawn(
         events,
         generation: 0,
         link: None,
+        awaited: VecDeque::new(),
         channels: HashMap::default(),
         subs: HashMap::default(),
         next_sub: 0,
@@ -120,24 +120,30 @@ pub(super) fn spawn(
 
 /// What the hub's helper tasks report.
 enum Event {
-    /// Redis answered the SUBSCRIBE with `token` (or it failed).
-    Subscribed {
-        channel: String,
-        token: u64,
-        ok: bool,
-    },
-    /// The connection of `generation` failed a command: it is not to be trusted.
+    /// The connection of `generation` could not take a command: it is not to be trusted.
     Failed { generation: u64 },
     /// Subscription `sub`'s catch-up read to the stream's end, through `last`; `None`: the
     /// subscriber is gone.
     CaughtUp { sub: u64, last: Option<Id> },
 }
 
-/// A command for the connection, sent in order by its control task.
+/// A command for the connection, sent in order by its control task; Redis answers each
+/// in turn, so the hub keeps the same list to know what an answer is for.
+#[derive(Clone)]
 enum Control {
     Subscribe { channel: String, token: u64 },
     Unsubscribe(String),
     Ping,
+}
+
+impl Control {
+    fn name(&self) -> &'static str {
+        match self {
+            Control::Subscribe { .. } => "SUBSCRIBE",
+            Control::Unsubscribe(_) => "UNSUBSCRIBE",
+            Control::Ping => "PING",
+        }
+    }
 }
 
 /// The pub/sub connection's command side. Dropping it ends the control task.
@@ -257,6 +263,9 @@ struct Hub {
     /// Counts connections: a catch-up or a failure of an older one is stale.
     generation: u64,
     link: Option<Link>,
+    /// The commands sent on this connection and not answered yet, oldest first, each with
+    /// the time by which its answer is due.
+    awaited: VecDeque<(Control, Instant)>,
     /// Keyed by this node's own topic names and subscription numbers: a fast hash (one
     /// lookup per message) with nothing to defend against.
     channels: HashMap<String, Channel, foldhash::fast::RandomState>,
@@ -267,10 +276,10 @@ struct Hub {
     reconnect_at: Instant,
 }
 
-/// The next message of the connection, if there is one.
-async fn next_message(stream: &mut Option<PubSubStream>) -> Option<Msg> {
-    match stream {
-        Some(stream) => stream.next().await,
+/// The next reply of the connection, if there is one.
+async fn next_reply(reader: &mut Option<Reader>) -> Result<Reply, PubSubError> {
+    match reader {
+        Some(reader) => reader.next().await,
         None => std::future::pending().await,
     }
 }
@@ -281,12 +290,13 @@ impl Hub {
         mut requested: mpsc::UnboundedReceiver<Request>,
         mut happened: mpsc::UnboundedReceiver<Event>,
     ) {
-        let mut stream: Option<PubSubStream> = None;
+        let mut reader: Option<Reader> = None;
         let mut ticks = tokio::time::interval(self.config.keepalive);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let reconnect = self.link.is_none() && !self.channels.is_empty();
             let reconnect_at = self.reconnect_at;
+            let due = self.awaited.front().map(|(_, due)| *due);
             tokio::select! {
                 request = requested.recv() => match request {
                     Some(request) => self.add(request),
@@ -294,32 +304,44 @@ impl Hub {
                     None => return,
                 },
                 Some(event) = happened.recv() => self.on_event(event),
-                message = next_message(&mut stream) => match message {
-                    Some(message) => self.on_message(&message),
-                    None => {
+                reply = next_reply(&mut reader) => match reply {
+                    Ok(reply) => self.on_reply(reply),
+                    Err(error) => {
                         super::bus_error();
-                        tracing::warn!("Redis pub/sub connection lost; reconnecting");
+                        tracing::warn!(%error, "Redis pub/sub connection lost; reconnecting");
                         self.lost();
                     }
                 },
                 // Lazy: no timer is made for the (usual) loop turn without a reconnection.
                 () = async { tokio::time::sleep_until(reconnect_at).await }, if reconnect => {
-                    stream = self.connect().await;
+                    reader = self.connect().await;
+                }
+                () = async {
+                    if let Some(due) = due {
+                        tokio::time::sleep_until(due).await;
+                    }
+                }, if due.is_some() => {
+                    super::bus_error();
+                    let what = self.awaited.front().map_or("", |(c, _)| c.name());
+                    tracing::warn!("Redis pub/sub connection not answering {what}; reconnecting");
+                    self.lost();
                 }
                 _ = ticks.tick() => self.keep_alive(),
             }
             if self.link.is_none() {
-                stream = None;
+                reader = None;
             }
         }
     }
 
-    async fn connect(&mut self) -> Option<PubSubStream> {
-        let opened =
-            tokio::time::timeout(self.config.response_timeout, self.client.get_async_pubsub())
-                .await;
-        let pubsub = match opened {
-            Ok(Ok(pubsub)) => pubsub,
+    async fn connect(&mut self) -> Option<Reader> {
+        let opened = tokio::time::timeout(
+            self.config.response_timeout,
+            pubsub::open(self.client.get_connection_info()),
+        )
+        .await;
+        let (reader, writer) = match opened {
+            Ok(Ok(opened)) => opened,
             Ok(Err(error)) => {
                 super::bus_error();
                 tracing::warn!(%error, "Redis pub/sub connection failed; retrying");
@@ -333,11 +355,10 @@ impl Hub {
                 return None;
             }
         };
-        let (sink, stream) = pubsub.split();
         self.generation += 1;
         let (control, commands) = mpsc::unbounded_channel();
         tokio::spawn(control_loop(
-            sink,
+            writer,
             commands,
             self.events.clone(),
             self.generation,
@@ -348,7 +369,16 @@ impl Hub {
         for name in names {
             self.send_subscribe(name);
         }
-        Some(stream)
+        Some(reader)
+    }
+
+    /// Sends `command` on the connection, if there is one, and awaits its answer.
+    fn send(&mut self, command: Control) {
+        if let Some(link) = &self.link {
+            let due = Instant::now() + self.config.response_timeout;
+            self.awaited.push_back((command.clone(), due));
+            let _ = link.control.send(command);
+        }
     }
 
     fn retry_later(&mut self) {
@@ -359,6 +389,7 @@ impl Hub {
     /// The connection is gone or untrustworthy: drop it, and reconnect after a pause.
     fn lost(&mut self) {
         self.link = None;
+        self.awaited.clear();
         self.generation += 1;
         for channel in self.channels.values_mut() {
             channel.confirmed = false;
@@ -377,9 +408,7 @@ impl Hub {
         };
         entry.token = token;
         entry.confirmed = false;
-        if let Some(link) = &self.link {
-            let _ = link.control.send(Control::Subscribe { channel, token });
-        }
+        self.send(Control::Subscribe { channel, token });
     }
 
     fn add(&mut self, request: Request) {
@@ -427,9 +456,7 @@ impl Hub {
         channel.subs.retain(|s| *s != sub);
         if channel.subs.is_empty() {
             self.channels.remove(&removed.topic);
-            if let Some(link) = &self.link {
-                let _ = link.control.send(Control::Unsubscribe(removed.topic));
-            }
+            self.send(Control::Unsubscribe(removed.topic));
         }
     }
 
@@ -471,27 +498,63 @@ impl Hub {
         });
     }
 
+    /// Redis confirmed the SUBSCRIBE of `channel` that carried `token`.
+    fn subscribed(&mut self, channel: &str, token: u64) {
+        let Some(entry) = self.channels.get_mut(channel) else {
+            return;
+        };
+        // An older SUBSCRIBE of a channel dropped and asked for again since.
+        if entry.token != token {
+            return;
+        }
+        self.backoff = MIN_BACKOFF;
+        entry.confirmed = true;
+        // One that is still reading (begun on an older connection) starts again when it
+        // ends.
+        for sub in entry.subs.clone() {
+            self.start_catch_up(sub);
+        }
+    }
+
+    fn on_reply(&mut self, reply: Reply) {
+        let answered = match reply {
+            Reply::Message { channel, payload } => return self.on_message(&channel, &payload),
+            Reply::Other => return,
+            reply => (reply, self.awaited.pop_front().map(|(c, _)| c)),
+        };
+        match answered {
+            (Reply::Subscribed(confirmed), Some(Control::Subscribe { channel, token }))
+                if confirmed == channel.as_bytes() =>
+            {
+                self.subscribed(&channel, token)
+            }
+            (Reply::Unsubscribed(_), Some(Control::Unsubscribe(_)))
+            | (Reply::Pong, Some(Control::Ping)) => {}
+            (Reply::Error(error), command) => {
+                super::bus_error();
+                let what = command.as_ref().map_or("a command", Control::name);
+                match command {
+                    Some(Control::Subscribe { channel, .. }) => {
+                        tracing::warn!(%channel, %error, "SUBSCRIBE failed; reconnecting")
+                    }
+                    _ => tracing::warn!(%error, "pub/sub {what} failed; reconnecting"),
+                }
+                self.lost();
+            }
+            (reply, command) => {
+                super::bus_error();
+                let what = command.as_ref().map_or("nothing", Control::name);
+                tracing::warn!(
+                    ?reply,
+                    "pub/sub answer out of step with {what}; reconnecting"
+                );
+                self.lost();
+            }
+        }
+    }
+
     fn on_event(&mut self, event: Event) {
         match event {
-            Event::Subscribed { channel, token, ok } => {
-                let Some(entry) = self.channels.get_mut(&channel) else {
-                    return;
-                };
-                if entry.token != token || self.link.is_none() {
-                    return;
-                }
-                if !ok {
-                    self.lost();
-                    return;
-                }
-                self.backoff = MIN_BACKOFF;
-                entry.confirmed = true;
-                // One that is still reading (begun on an older connection) starts again
-                // when it ends.
-                for sub in entry.subs.clone() {
-                    self.start_catch_up(sub);
-                }
-            }
             Event::Failed { generation } => {
                 if generation == self.generation && self.link.is_some() {
                     super::bus_error();
@@ -553,15 +616,15 @@ impl Hub {
         }
     }
 
-    fn on_message(&mut self, message: &Msg) {
-        let Some(channel) = self.channels.get(message.get_channel_name()) else {
+    fn on_message(&mut self, channel: &[u8], payload: &[u8]) {
+        let Some((name, channel)) = std::str::from_utf8(channel)
+            .ok()
+            .and_then(|name| Some((name, self.channels.get(name)?)))
+        else {
             return;
         };
-        let Some((key, entry)) = parse_message(message.get_payload_bytes()) else {
-            tracing::warn!(
-                channel = message.get_channel_name(),
-                "malformed bus message; skipped"
-            );
+        let Some((key, entry)) = parse_message(payload) else {
+            tracing::warn!(channel = name, "malformed bus message; skipped");
             return;
         };
         let mut behind = Vec::new();
@@ -595,9 +658,7 @@ impl Hub {
     /// Pings the connection, and forgets the subscriptions whose receiver is gone (a quiet
     /// topic would not show it).
     fn keep_alive(&mut self) {
-        if let Some(link) = &self.link {
-            let _ = link.control.send(Control::Ping);
-        }
+        self.send(Control::Ping);
         let gone: Vec<u64> = self
             .subs
             .iter()
@@ -625,42 +686,27 @@ fn parse_message(payload: &[u8]) -> Option<(Id, BusEntry)> {
     ))
 }
 
-/// Sends the connection's commands in order (so that an UNSUBSCRIBE and a later SUBSCRIBE
-/// of one channel reach Redis in that order), each bounded by `timeout`; reports the
-/// answers. Ends when the hub drops the connection.
+/// Writes the connection's commands in order (so that an UNSUBSCRIBE and a later SUBSCRIBE
+/// of one channel reach Redis in that order), each within `timeout`; the hub reads the
+/// answers. Ends when the hub drops the connection, or at the first write that fails.
 async fn control_loop(
-    mut sink: PubSubSink,
+    mut writer: Writer,
     mut commands: mpsc::UnboundedReceiver<Control>,
     events: mpsc::UnboundedSender<Event>,
     generation: u64,
     timeout: Duration,
 ) {
     while let Some(command) = commands.recv().await {
-        let (done, what) = match command {
-            Control::Subscribe { channel, token } => {
-                let done = tokio::time::timeout(timeout, sink.subscribe(&channel)).await;
-                let ok = matches!(done, Ok(Ok(())));
-                if !ok {
-                    super::bus_error();
-                    tracing::warn!(%channel, ?done, "SUBSCRIBE failed");
-                }
-                let _ = events.send(Event::Subscribed { channel, token, ok });
-                continue;
-            }
-            Control::Unsubscribe(channel) => (
-                tokio::time::timeout(timeout, sink.unsubscribe(&channel)).await,
-                "UNSUBSCRIBE",
-            ),
-            Control::Ping => (
-                tokio::time::timeout(timeout, sink.ping::<Value>())
-                    .await
-                    .map(|pong| pong.map(drop)),
-                "PING",
-            ),
+        let args: &[&[u8]] = match &command {
+            Control::Subscribe { channel, .. } => &[b"SUBSCRIBE", channel.as_bytes()],
+            Control::Unsubscribe(channel) => &[b"UNSUBSCRIBE", channel.as_bytes()],
+            Control::Ping => &[b"PING"],
         };
-        if !matches!(done, Ok(Ok(()))) {
-            tracing::warn!(?done, "pub/sub {what} failed");
+        let written = tokio::time::timeout(timeout, writer.send(args)).await;
+        if !matches!(written, Ok(Ok(()))) {
+            tracing::warn!(?written, "pub/sub {} not sent", command.name());
             let _ = events.send(Event::Failed { generation });
+            return;
         }
     }
 }
