@@ -307,7 +307,6 @@ impl Hub {
                 reply = next_reply(&mut reader) => match reply {
                     Ok(reply) => self.on_reply(reply),
                     Err(error) => {
-                        super::bus_error();
                         tracing::warn!(%error, "Redis pub/sub connection lost; reconnecting");
                         self.lost();
                     }
@@ -321,7 +320,6 @@ impl Hub {
                         tokio::time::sleep_until(due).await;
                     }
                 }, if due.is_some() => {
-                    super::bus_error();
                     let what = self.awaited.front().map_or("", |(c, _)| c.name());
                     tracing::warn!("Redis pub/sub connection not answering {what}; reconnecting");
                     self.lost();
@@ -386,8 +384,10 @@ impl Hub {
         self.backoff = next_backoff(self.backoff);
     }
 
-    /// The connection is gone or untrustworthy: drop it, and reconnect after a pause.
+    /// The connection is gone or untrustworthy: count the error, drop the connection, and
+    /// reconnect after a pause.
     fn lost(&mut self) {
+        super::bus_error();
         self.link = None;
         self.awaited.clear();
         self.generation += 1;
@@ -531,7 +531,6 @@ impl Hub {
             (Reply::Unsubscribed(_), Some(Control::Unsubscribe(_)))
             | (Reply::Pong, Some(Control::Ping)) => {}
             (Reply::Error(error), command) => {
-                super::bus_error();
                 let what = command.as_ref().map_or("a command", Control::name);
                 match command {
                     Some(Control::Subscribe { channel, .. }) => {
@@ -542,7 +541,6 @@ impl Hub {
                 self.lost();
             }
             (reply, command) => {
-                super::bus_error();
                 let what = command.as_ref().map_or("nothing", Control::name);
                 tracing::warn!(
                     ?reply,
@@ -557,7 +555,6 @@ impl Hub {
         match event {
             Event::Failed { generation } => {
                 if generation == self.generation && self.link.is_some() {
-                    super::bus_error();
                     tracing::warn!("Redis pub/sub connection not answering; reconnecting");
                     self.lost();
                 }
