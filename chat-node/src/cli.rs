@@ -45,6 +45,12 @@ pub struct Args {
     /// `Server at capacity` (0: no limit). Keep it below the open-file limit.
     #[arg(long, env = "CHAT_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
+    /// The shortest time between two writes to one WebSocket client (`5ms`; at most `1s`):
+    /// messages queued sooner after a write go out together when it is over, one send
+    /// instead of many, for a client receiving a stream; an idle client gets its next
+    /// message at once. `0s` writes every message as soon as it is queued.
+    #[arg(long, env = "CHAT_WS_FLUSH_INTERVAL", default_value = "5ms", value_parser = shared::duration::parse_duration)]
+    pub ws_flush_interval: Duration,
     /// Allowed browser origins: `*` (any, without credentials), `mirror` (any, with
     /// credentials), or origins such as `https://chat.example` (repeat the flag, or
     /// separate with commas). None: CORS off.
@@ -132,6 +138,9 @@ impl Args {
                 ConfigError::Zero("ping_timeout") => Some(("ping-timeout", "CHAT_PING_TIMEOUT")),
                 ConfigError::Zero("max_payload") => Some(("max-payload", "CHAT_MAX_PAYLOAD")),
                 ConfigError::NodeId(_) => Some(("node-id", "CHAT_NODE_ID")),
+                ConfigError::FlushInterval(_) => {
+                    Some(("ws-flush-interval", "CHAT_WS_FLUSH_INTERVAL"))
+                }
                 // Settings without a flag: `Node::new` reports them.
                 _ => None,
             };
@@ -193,6 +202,7 @@ impl Args {
             ping_timeout: self.ping_timeout,
             max_payload: self.max_payload,
             max_connections: self.max_connections,
+            ws_flush_interval: self.ws_flush_interval,
             cors: self.cors(),
             shutdown_grace: self.shutdown_grace,
             recovery_window: self.recovery_window,
@@ -236,9 +246,12 @@ mod tests {
             "1000",
             "--cors-origin",
             "https://a.example,https://b.example",
+            "--ws-flush-interval",
+            "0s",
         ])
         .unwrap();
         let config = args.node_config();
+        assert_eq!(config.ws_flush_interval, Duration::ZERO);
         assert_eq!(config.node_id, "n1");
         assert_eq!(config.redis_url.as_deref(), Some("redis://127.0.0.1:6379"));
         assert_eq!(config.sessions, SessionMode::Local);
@@ -259,6 +272,10 @@ mod tests {
         assert_eq!(config.sessions, SessionMode::Shared);
         assert_eq!(config.cors, Cors::Disabled);
         assert_eq!(config.ping_interval, Duration::from_secs(25));
+        assert_eq!(
+            config.ws_flush_interval,
+            crate::node::DEFAULT_WS_FLUSH_INTERVAL
+        );
         let any = Args::try_parse_from(["chat-node", "--cors-origin", "*"]).unwrap();
         assert_eq!(any.cors(), Cors::AnyOrigin);
         assert!(Args::try_parse_from(["chat-node", "--sessions", "sticky"]).is_err());
@@ -267,6 +284,21 @@ mod tests {
         let one = Args::try_parse_from(["chat-node", "--threads", "1"]).unwrap();
         assert_eq!(one.threads, Some(1));
         assert!(Args::try_parse_from(["chat-node", "--threads", "0"]).is_err());
+    }
+
+    #[test]
+    fn a_flush_interval_beyond_a_second_is_refused_by_its_flag() {
+        let args = Args::try_parse_from(["chat-node", "--ws-flush-interval", "1s"]).unwrap();
+        assert!(args.checked_config().is_ok());
+        let args = Args::try_parse_from(["chat-node", "--ws-flush-interval", "2s"]).unwrap();
+        let error = args.checked_config().unwrap_err();
+        assert_eq!(error.flag, "ws-flush-interval");
+        assert!(
+            error
+                .to_string()
+                .starts_with("--ws-flush-interval (or CHAT_WS_FLUSH_INTERVAL): "),
+            "{error}"
+        );
     }
 
     #[test]

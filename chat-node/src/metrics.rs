@@ -213,6 +213,10 @@ pub struct Metrics {
     packets_received: [Counter; 5],
     /// Socket.IO packets queued for clients.
     pub packets_sent: Counter,
+    /// Engine.IO packets written to WebSocket clients, one frame each.
+    pub websocket_frames: Counter,
+    /// Writes to WebSocket clients (each a send of one or more frames).
+    pub websocket_writes: Counter,
     /// Chat messages stored and broadcast.
     pub messages_accepted: Counter,
     messages_rejected: [Counter; 9],
@@ -263,6 +267,8 @@ impl Metrics {
             sessions_closed: counters!(7),
             packets_received: counters!(5),
             packets_sent: Counter::new(),
+            websocket_frames: Counter::new(),
+            websocket_writes: Counter::new(),
             messages_accepted: Counter::new(),
             messages_rejected: counters!(9),
             room_joins: Counter::new(),
@@ -283,6 +289,12 @@ impl Metrics {
     pub fn session_opened(&self, transport: Transport) {
         self.handshakes[transport_index(transport)].inc();
         self.sessions_open[transport_index(transport)].inc();
+    }
+
+    /// `frames` written to a WebSocket client in one write.
+    pub fn websocket_written(&self, frames: usize) {
+        self.websocket_writes.inc();
+        self.websocket_frames.add(frames as u64);
     }
 
     /// A session moved from polling to WebSocket.
@@ -417,6 +429,18 @@ impl Metrics {
             "counter",
             "Socket.IO packets queued for clients (a broadcast counts once per socket)",
             self.packets_sent.get(),
+        );
+        w.single(
+            "websocket_frames_total",
+            "counter",
+            "Engine.IO packets written to WebSocket clients, one frame each",
+            self.websocket_frames.get(),
+        );
+        w.single(
+            "websocket_writes_total",
+            "counter",
+            "Writes to WebSocket clients; frames per write shows how much --ws-flush-interval coalesces",
+            self.websocket_writes.get(),
         );
         w.single(
             "messages_accepted_total",
@@ -664,7 +688,11 @@ mod tests {
         m.message_rejected(&ChatError::RateLimited);
         m.bus_publish(Topic::Forward, false);
         m.redis_error(Component::Store);
+        m.websocket_written(3);
+        m.websocket_written(1);
         let text = m.render("n\"1");
+        assert!(text.contains("switchyard_chat_websocket_frames_total 4\n"));
+        assert!(text.contains("switchyard_chat_websocket_writes_total 2\n"));
         assert!(text.contains("switchyard_chat_node_info{node=\"n\\\"1\",version=\""));
         assert!(text.contains("switchyard_chat_handshakes_total{transport=\"polling\"} 1\n"));
         assert!(text.contains("switchyard_chat_upgrades_total 1\n"));

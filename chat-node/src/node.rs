@@ -45,6 +45,11 @@ pub enum SessionMode {
     Local,
 }
 
+/// A chat node's default [`NodeConfig::ws_flush_interval`]. A chat client receiving more
+/// than a few hundred messages a second gets them in writes of several, at most this much
+/// later; one receiving fewer, as a person reading a room does, is not delayed at all.
+pub const DEFAULT_WS_FLUSH_INTERVAL: Duration = Duration::from_millis(5);
+
 /// Settings of a chat node.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -62,6 +67,9 @@ pub struct NodeConfig {
     pub max_payload: usize,
     /// The most clients connected to this node at once (zero: no limit).
     pub max_connections: usize,
+    /// The shortest time between two writes to one WebSocket (see
+    /// [`EngineConfig::ws_flush_interval`]); zero writes every packet at once.
+    pub ws_flush_interval: Duration,
     /// Cross-origin policy.
     pub cors: Cors,
     /// How long a stopping node waits for its requests in flight before it exits anyway.
@@ -84,6 +92,7 @@ impl Default for NodeConfig {
             ping_timeout: engine.ping_timeout,
             max_payload: engine.max_payload,
             max_connections: engine.max_sessions,
+            ws_flush_interval: DEFAULT_WS_FLUSH_INTERVAL,
             cors: Cors::Disabled,
             shutdown_grace: Duration::from_secs(5),
             recovery_window: RecoveryConfig::default().window,
@@ -131,6 +140,7 @@ impl NodeConfig {
             ping_timeout: self.ping_timeout,
             max_payload: self.max_payload,
             max_sessions: self.max_connections,
+            ws_flush_interval: self.ws_flush_interval,
             cors: self.cors.clone(),
             node_id: self.node_id.clone(),
             ..EngineConfig::default()

@@ -58,6 +58,11 @@ fn bad_values_name_their_flag_and_variable() {
             &[("CHAT_MAX_MEMBERSHIPS", "0")],
             "--max-memberships (or CHAT_MAX_MEMBERSHIPS)",
         ),
+        (
+            &[],
+            &[("CHAT_WS_FLUSH_INTERVAL", "2s")],
+            "--ws-flush-interval (or CHAT_WS_FLUSH_INTERVAL)",
+        ),
         // Values clap parses: it names the flag itself.
         (
             &[],

@@ -249,6 +249,9 @@ async fn metrics_follow_sessions_packets_and_messages_on_one_node() {
         sent_before + 7.0,
     )
     .await;
+    // Alice's WebSocket carried them (and her handshake): counted by frame and by write.
+    await_at_least(&metrics, "switchyard_chat_websocket_frames_total", 8.0).await;
+    await_at_least(&metrics, "switchyard_chat_websocket_writes_total", 1.0).await;
 
     // A long-polling client, then its upgrade to WebSocket.
     let sid = polling_chat_session(&node, &node, "bob").await;

@@ -43,6 +43,13 @@ pub struct EngineConfig {
     /// out of file descriptors or memory would fail everyone). Zero: no limit, as the
     /// reference server.
     pub max_sessions: usize,
+    /// The shortest time between two writes to one WebSocket. Packets queued sooner after
+    /// a write wait for the rest of the interval and go out together, in one write: a
+    /// client receiving a stream of broadcasts costs one send per interval instead of one
+    /// per packet (each a system call, and on loopback the reader's TCP work too), for at
+    /// most this much added latency; a client that was idle gets its packet at once. Zero:
+    /// every packet is written as soon as it is queued, as the reference server does.
+    pub ws_flush_interval: Duration,
     /// Cross-origin policy.
     pub cors: Cors,
     /// This node's name, sent in the `x-served-by` header of every response.
@@ -60,11 +67,16 @@ impl Default for EngineConfig {
             close_timeout: Duration::from_millis(30_000),
             max_queued_packets: 10_000,
             max_sessions: 0,
+            ws_flush_interval: Duration::ZERO,
             cors: Cors::Disabled,
             node_id: "chat-node".to_owned(),
         }
     }
 }
+
+/// The longest [`EngineConfig::ws_flush_interval`]: well within any heartbeat, and
+/// already far beyond what a chat user would accept as delay.
+pub const MAX_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// An invalid setting.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -75,6 +87,9 @@ pub enum ConfigError {
     /// A duration that must be positive is zero.
     #[error("{0} must be greater than zero")]
     Zero(&'static str),
+    /// A WebSocket flush interval so long that it would hold heartbeats back.
+    #[error("ws_flush_interval {0:?} is longer than the most allowed, {MAX_FLUSH_INTERVAL:?}")]
+    FlushInterval(Duration),
     /// The node id cannot be sent in an HTTP header.
     #[error("node id {0:?} is not a valid header value")]
     NodeId(String),
@@ -100,6 +115,9 @@ impl EngineConfig {
         }
         if self.max_queued_packets == 0 {
             return Err(ConfigError::Zero("max_queued_packets"));
+        }
+        if self.ws_flush_interval > MAX_FLUSH_INTERVAL {
+            return Err(ConfigError::FlushInterval(self.ws_flush_interval));
         }
         if HeaderValue::from_str(&self.node_id).is_err() {
             return Err(ConfigError::NodeId(self.node_id));
@@ -140,5 +158,18 @@ mod tests {
             ..Default::default()
         };
         assert!(matches!(node.validate(), Err(ConfigError::NodeId(_))));
+        let flush = EngineConfig {
+            ws_flush_interval: Duration::from_millis(1001),
+            ..Default::default()
+        };
+        assert_eq!(
+            flush.validate().err(),
+            Some(ConfigError::FlushInterval(Duration::from_millis(1001)))
+        );
+        let flush = EngineConfig {
+            ws_flush_interval: MAX_FLUSH_INTERVAL,
+            ..Default::default()
+        };
+        assert!(flush.validate().is_ok());
     }
 }

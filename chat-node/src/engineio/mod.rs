@@ -26,7 +26,7 @@ pub mod sid;
 pub mod text;
 pub(crate) mod websocket;
 
-pub use config::{ConfigError, Cors, EngineConfig};
+pub use config::{ConfigError, Cors, EngineConfig, MAX_FLUSH_INTERVAL};
 pub use error::EngineError;
 pub use packet::{DecodeError, Frame, OpenPacket, Packet, PacketType, Transport};
 pub use payload::{Batch, PayloadError};

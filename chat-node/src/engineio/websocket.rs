@@ -5,9 +5,11 @@ use std::sync::Arc;
 
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
 use futures::{Sink, SinkExt as _, Stream, StreamExt as _};
+use tokio::time::Instant;
 
 use super::packet::{Frame, Packet, PROBE};
 use super::session::{CloseReason, Session};
+use crate::metrics::metrics;
 
 /// The frames a WebSocket (or a bridged one) receives.
 pub(crate) trait Incoming:
@@ -32,31 +34,54 @@ pub(crate) async fn run_on<R: Incoming, W: Outgoing>(
     mut socket: W,
     session: Arc<Session>,
 ) {
+    let interval = session.config().ws_flush_interval;
+    // When the last packets were written, and (while packets queued since wait for the
+    // interval to pass) when they go out; see `EngineConfig::ws_flush_interval`.
+    let mut written_at: Option<Instant> = None;
+    let mut flush_at: Option<Instant> = None;
     loop {
         let notified = session.changed.notified();
         tokio::pin!(notified);
-        notified.as_mut().enable();
-
-        let (packets, closing) = match session.take_all() {
-            Ok(taken) => taken,
-            Err(reason) => {
+        let waiting = flush_at.is_some();
+        if !waiting {
+            notified.as_mut().enable();
+            let (packets, closing) = match session.take_all() {
+                Ok(taken) => taken,
+                Err(reason) => {
+                    close_for(&mut socket, reason).await;
+                    return;
+                }
+            };
+            if !packets.is_empty() {
+                if write(&mut socket, packets).await.is_err() {
+                    session.close(CloseReason::TransportError);
+                    return;
+                }
+                if !interval.is_zero() {
+                    written_at = Some(Instant::now());
+                }
+            }
+            if let Some(reason) = closing {
+                // Everything queued before the close has been written.
+                session.close(reason);
                 close_for(&mut socket, reason).await;
                 return;
             }
+        }
+        let flush = async {
+            if let Some(at) = flush_at {
+                tokio::time::sleep_until(at).await;
+            }
         };
-        if !packets.is_empty() && write(&mut socket, packets).await.is_err() {
-            session.close(CloseReason::TransportError);
-            return;
-        }
-        if let Some(reason) = closing {
-            // Everything queued before the close has been written.
-            session.close(reason);
-            close_for(&mut socket, reason).await;
-            return;
-        }
 
         tokio::select! {
-            () = &mut notified => {}
+            () = &mut notified, if !waiting => {
+                // Not woken again until the interval is over: the queue is read then.
+                flush_at = written_at
+                    .map(|at| at + interval)
+                    .filter(|&at| at > Instant::now());
+            }
+            () = flush, if waiting => flush_at = None,
             frame = rx.next() => {
                 let packet = match frame {
                     Some(Ok(WsMessage::Text(text))) => Packet::decode_frame(Frame::Text(text)),
@@ -145,6 +170,7 @@ pub(crate) async fn upgrade_on<R: Incoming, W: Outgoing>(
 
 /// Writes packets, one frame each, then flushes.
 async fn write<W: Outgoing>(socket: &mut W, packets: Vec<Packet>) -> Result<(), W::Error> {
+    let frames = packets.len();
     for packet in packets {
         let message = match packet.to_frame() {
             Frame::Text(text) => WsMessage::Text(text),
@@ -152,7 +178,9 @@ async fn write<W: Outgoing>(socket: &mut W, packets: Vec<Packet>) -> Result<(), 
         };
         socket.feed(message).await?;
     }
-    socket.flush().await
+    socket.flush().await?;
+    metrics().websocket_written(frames);
+    Ok(())
 }
 
 /// Sends a close frame; the peer may already be gone.
@@ -182,4 +210,149 @@ async fn close_with<W: Outgoing>(socket: &mut W, code: u16, reason: &'static str
         reason: reason.into(),
     };
     let _ = socket.send(WsMessage::Close(Some(frame))).await;
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::pin::Pin;
+    use std::sync::{Mutex, Weak};
+    use std::task::{Context, Poll};
+    use std::time::Duration;
+
+    use tokio::time::advance;
+
+    use super::*;
+    use crate::engineio::{EngineConfig, Message, Sid, Transport};
+
+    /// The frames written to a WebSocket, grouped by the flush that sent them: what the
+    /// peer would get in one write each.
+    #[derive(Default, Clone)]
+    struct Writes {
+        feeding: Arc<Mutex<Vec<String>>>,
+        flushed: Arc<Mutex<Vec<Vec<String>>>>,
+    }
+
+    impl Writes {
+        fn flushed(&self) -> Vec<Vec<String>> {
+            self.flushed.lock().unwrap().clone()
+        }
+    }
+
+    impl Sink<WsMessage> for Writes {
+        type Error = std::convert::Infallible;
+
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn start_send(self: Pin<&mut Self>, message: WsMessage) -> Result<(), Self::Error> {
+            let text = match message {
+                WsMessage::Text(text) => text.as_str().to_owned(),
+                other => format!("{other:?}"),
+            };
+            self.feeding.lock().unwrap().push(text);
+            Ok(())
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            let batch = std::mem::take(&mut *self.feeding.lock().unwrap());
+            if !batch.is_empty() {
+                self.flushed.lock().unwrap().push(batch);
+            }
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            self.poll_flush(cx)
+        }
+    }
+
+    /// A WebSocket session served by `run_on`, whose open packet has been written.
+    async fn serve(interval: Duration) -> (Arc<Session>, Writes) {
+        let config = EngineConfig {
+            ws_flush_interval: interval,
+            ..EngineConfig::default()
+        };
+        let (session, _inbound) = Session::new(
+            Sid::random(),
+            Arc::new(config),
+            Transport::Websocket,
+            Weak::new(),
+        );
+        let writes = Writes::default();
+        tokio::spawn(run_on(
+            futures::stream::pending(),
+            writes.clone(),
+            Arc::clone(&session),
+        ));
+        settle().await;
+        assert_eq!(writes.flushed().len(), 1, "the open packet");
+        writes.flushed.lock().unwrap().clear();
+        (session, writes)
+    }
+
+    async fn settle() {
+        for _ in 0..8 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    fn send(session: &Session, text: &str) {
+        session.send(Message::Text(text.into())).unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn packets_queued_within_the_interval_go_out_together_at_its_end() {
+        let (session, writes) = serve(Duration::from_millis(50)).await;
+        // The open packet was written just now: these wait for the interval's end.
+        send(&session, "a");
+        settle().await;
+        send(&session, "b");
+        settle().await;
+        advance(Duration::from_millis(49)).await;
+        settle().await;
+        assert!(writes.flushed().is_empty(), "{:?}", writes.flushed());
+        advance(Duration::from_millis(1)).await;
+        settle().await;
+        assert_eq!(writes.flushed(), vec![vec!["4a", "4b"]]);
+
+        // A packet after a quiet interval is written at once.
+        advance(Duration::from_millis(50)).await;
+        send(&session, "c");
+        settle().await;
+        assert_eq!(writes.flushed(), vec![vec!["4a", "4b"], vec!["4c"]]);
+        // And one right after it waits again.
+        send(&session, "d");
+        settle().await;
+        assert_eq!(writes.flushed().len(), 2);
+        advance(Duration::from_millis(50)).await;
+        settle().await;
+        assert_eq!(writes.flushed()[2], vec!["4d"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_close_waiting_behind_the_interval_still_comes_after_the_packets() {
+        let (session, writes) = serve(Duration::from_millis(50)).await;
+        send(&session, "last");
+        session.disconnect();
+        settle().await;
+        assert!(writes.flushed().is_empty());
+        advance(Duration::from_millis(50)).await;
+        settle().await;
+        let flushed = writes.flushed().concat();
+        assert_eq!(flushed[0], "4last", "{flushed:?}");
+        assert!(flushed.iter().any(|f| f.contains("Close")), "{flushed:?}");
+        assert!(session.is_closed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_zero_interval_writes_every_packet_at_once() {
+        let (session, writes) = serve(Duration::ZERO).await;
+        send(&session, "a");
+        settle().await;
+        send(&session, "b");
+        settle().await;
+        assert_eq!(writes.flushed(), vec![vec!["4a"], vec!["4b"]]);
+    }
 }
