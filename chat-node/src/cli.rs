@@ -45,10 +45,10 @@ pub struct Args {
     /// `Server at capacity` (0: no limit). Keep it below the open-file limit.
     #[arg(long, env = "CHAT_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
-    /// The shortest time between two writes to one WebSocket client (`5ms`; at most `1s`):
-    /// messages queued sooner after a write go out together when it is over, one send
-    /// instead of many, for a client receiving a stream; an idle client gets its next
-    /// message at once. `0s` writes every message as soon as it is queued.
+    /// The longest a message for a WebSocket client waits, while the node is busy, for
+    /// others to share its write (`5ms`; at most `1s`): one send instead of many for a
+    /// client receiving a stream. No wait while the node's threads are mostly idle, nor for
+    /// a client idle for the interval. `0s` writes every message as soon as it is queued.
     #[arg(long, env = "CHAT_WS_FLUSH_INTERVAL", default_value = "5ms", value_parser = shared::duration::parse_duration)]
     pub ws_flush_interval: Duration,
     /// Allowed browser origins: `*` (any, without credentials), `mirror` (any, with

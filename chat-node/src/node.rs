@@ -45,9 +45,9 @@ pub enum SessionMode {
     Local,
 }
 
-/// A chat node's default [`NodeConfig::ws_flush_interval`]. A chat client receiving more
-/// than a few hundred messages a second gets them in writes of several, at most this much
-/// later; one receiving fewer, as a person reading a room does, is not delayed at all.
+/// A chat node's default [`NodeConfig::ws_flush_interval`]: long enough for a client
+/// receiving a busy room's stream to get several messages per write, short against any
+/// delay a person notices; applied only while the node is busy.
 pub const DEFAULT_WS_FLUSH_INTERVAL: Duration = Duration::from_millis(5);
 
 /// Settings of a chat node.
@@ -67,7 +67,7 @@ pub struct NodeConfig {
     pub max_payload: usize,
     /// The most clients connected to this node at once (zero: no limit).
     pub max_connections: usize,
-    /// The shortest time between two writes to one WebSocket (see
+    /// The longest a WebSocket write waits for more packets while the node is busy (see
     /// [`EngineConfig::ws_flush_interval`]); zero writes every packet at once.
     pub ws_flush_interval: Duration,
     /// Cross-origin policy.

@@ -43,12 +43,16 @@ pub struct EngineConfig {
     /// out of file descriptors or memory would fail everyone). Zero: no limit, as the
     /// reference server.
     pub max_sessions: usize,
-    /// The shortest time between two writes to one WebSocket. Packets queued sooner after
-    /// a write wait for the rest of the interval and go out together, in one write: a
-    /// client receiving a stream of broadcasts costs one send per interval instead of one
-    /// per packet (each a system call, and on loopback the reader's TCP work too), for at
-    /// most this much added latency; a client that was idle gets its packet at once. Zero:
-    /// every packet is written as soon as it is queued, as the reference server does.
+    /// The longest a packet for a WebSocket client waits for others to share its write,
+    /// while the node is busy. A packet queued less than this after the client's last
+    /// write then waits for the interval's end and goes out with everything queued until
+    /// then: a client receiving a stream of broadcasts costs one send per interval instead
+    /// of one per packet (each a system call, and on loopback the reader's TCP work too).
+    /// The wait scales with the load of the node's worker threads (see
+    /// [`super::pacing`]): none while they are mostly idle, so that a node with CPU to
+    /// spare adds no latency, the whole interval when they are busy; a client that was
+    /// idle for the interval never waits. Zero: every packet is written as soon as it is
+    /// queued, as the reference server does.
     pub ws_flush_interval: Duration,
     /// Cross-origin policy.
     pub cors: Cors,

@@ -10,6 +10,7 @@
 //! - [`session`]: one session: outbound queue, transport and upgrade state, heartbeat,
 //!   close.
 //! - [`polling`]: long-polling GET and POST on a session.
+//! - [`pacing`]: how long a WebSocket write waits for more packets, by the node's load.
 //! - `websocket` (private): the WebSocket transport and the upgrade from polling.
 //! - [`server`]: the session table, the handshake, the HTTP handler ([`EngineIo`]).
 //! - [`echo`]: a handler that echoes every message (the official test suite's server).
@@ -17,6 +18,7 @@
 pub mod config;
 pub mod echo;
 pub mod error;
+pub mod pacing;
 pub mod packet;
 pub mod payload;
 pub mod polling;

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use axum::body::Body;
@@ -26,6 +27,7 @@ use tokio::sync::mpsc;
 
 use super::config::{ConfigError, Cors, EngineConfig};
 use super::error::EngineError;
+use super::pacing::FlushPacer;
 use super::packet::Transport;
 use super::session::{CloseReason, Message, Session};
 use super::sid::Sid;
@@ -65,9 +67,23 @@ pub trait Remote: Send + Sync + 'static {
 #[derive(Debug, Default)]
 pub struct Sessions {
     map: RwLock<HashMap<Sid, Arc<Session>>>,
+    pacer: FlushPacer,
 }
 
 impl Sessions {
+    /// An empty table whose WebSockets hold writes back at most `flush_interval`.
+    pub fn new(flush_interval: Duration) -> Self {
+        Self {
+            map: RwLock::default(),
+            pacer: FlushPacer::new(flush_interval),
+        }
+    }
+
+    /// How long a WebSocket write may now wait for more packets.
+    pub(crate) fn flush_interval(&self) -> Duration {
+        self.pacer.interval()
+    }
+
     /// The session with this id, if it is open here.
     pub fn get(&self, sid: Sid) -> Option<Arc<Session>> {
         self.map.read().get(&sid).cloned()
@@ -123,12 +139,13 @@ impl EngineIo {
     /// A server with these settings, handing its sessions to `handler`.
     pub fn new(config: EngineConfig, handler: impl Handler) -> Result<Self, ConfigError> {
         let config = config.validate()?;
+        let flush_interval = config.ws_flush_interval;
         let served_by = HeaderValue::from_str(&config.node_id)
             .map_err(|_| ConfigError::NodeId(config.node_id.clone()))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 config: Arc::new(config),
-                sessions: Arc::new(Sessions::default()),
+                sessions: Arc::new(Sessions::new(flush_interval)),
                 handler: Arc::new(handler),
                 served_by,
                 remote: OnceLock::new(),

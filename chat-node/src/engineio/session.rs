@@ -238,6 +238,15 @@ impl Session {
         self.close_reason().is_some()
     }
 
+    /// How long a WebSocket write may now wait for more packets: the server's current
+    /// interval (see [`super::pacing`]); a session without a server, the configured one.
+    pub(crate) fn flush_interval(&self) -> Duration {
+        match self.sessions.upgrade() {
+            Some(sessions) => sessions.flush_interval(),
+            None => self.config.ws_flush_interval,
+        }
+    }
+
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock()
     }

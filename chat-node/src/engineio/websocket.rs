@@ -34,7 +34,6 @@ pub(crate) async fn run_on<R: Incoming, W: Outgoing>(
     mut socket: W,
     session: Arc<Session>,
 ) {
-    let interval = session.config().ws_flush_interval;
     // When the last packets were written, and (while packets queued since wait for the
     // interval to pass) when they go out; see `EngineConfig::ws_flush_interval`.
     let mut written_at: Option<Instant> = None;
@@ -57,9 +56,7 @@ pub(crate) async fn run_on<R: Incoming, W: Outgoing>(
                     session.close(CloseReason::TransportError);
                     return;
                 }
-                if !interval.is_zero() {
-                    written_at = Some(Instant::now());
-                }
+                written_at = Some(Instant::now());
             }
             if let Some(reason) = closing {
                 // Everything queued before the close has been written.
@@ -77,7 +74,9 @@ pub(crate) async fn run_on<R: Incoming, W: Outgoing>(
         tokio::select! {
             () = &mut notified, if !waiting => {
                 // Not woken again until the interval is over: the queue is read then.
+                let interval = session.flush_interval();
                 flush_at = written_at
+                    .filter(|_| !interval.is_zero())
                     .map(|at| at + interval)
                     .filter(|&at| at > Instant::now());
             }
