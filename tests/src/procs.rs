@@ -332,6 +332,8 @@ impl Backend {
             .append(true)
             .open(self.log_path())
             .map_err(|e| format!("opening backend log: {e}"))?;
+        // Where this start's messages begin in the log, which earlier starts share.
+        let logged_before = read_file_lossy(&self.log_path()).len();
         let mut child = Command::new(&bin)
             .arg("--listen")
             .arg(listen.to_string())
@@ -339,6 +341,9 @@ impl Backend {
             .arg(&self.id)
             .arg("--exit-on-stdin-close")
             .args(&self.extra)
+            // A backtrace would push the error itself out of the log's tail below.
+            .env_remove("RUST_BACKTRACE")
+            .env_remove("RUST_LIB_BACKTRACE")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(stderr)
@@ -349,10 +354,21 @@ impl Backend {
             Ok(addr) => Ok((child, addr)),
             Err(e) => {
                 kill_and_reap(&mut child);
+                let log = read_file_lossy(&self.log_path());
+                // `restart` retries while the port is still held; say so up front, whatever
+                // the tail shows.
+                let cause = if log
+                    .get(logged_before..)
+                    .is_some_and(|l| l.contains("in use"))
+                {
+                    " (address in use)"
+                } else {
+                    ""
+                };
                 Err(format!(
-                    "echo-backend {} on {listen} failed to start: {e}\n--- stderr ---\n{}",
+                    "echo-backend {} on {listen} failed to start{cause}: {e}\n--- stderr ---\n{}",
                     self.id,
-                    tail(&read_file_lossy(&self.log_path()), 50)
+                    tail(&log, 50)
                 ))
             }
         }
