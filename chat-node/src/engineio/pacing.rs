@@ -36,7 +36,7 @@ const RISE: f64 = 1.0;
 const FALL: f64 = 0.01;
 
 /// The flush interval of one Engine.IO server's WebSockets.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct FlushPacer {
     max: Duration,
     /// The interval now, in nanoseconds.
@@ -70,10 +70,10 @@ impl FlushPacer {
         if let Some(mut last) = self.last.try_lock() {
             let now = Instant::now();
             if last.is_none_or(|s| now.duration_since(s.at) >= SAMPLE) {
-                if let Some(busy) = busy_time() {
+                if let Some((busy, workers)) = busy_time() {
                     let load = match *last {
                         Some(s) => {
-                            let wall = now.duration_since(s.at).as_secs_f64() * workers();
+                            let wall = now.duration_since(s.at).as_secs_f64() * workers;
                             let sample =
                                 (busy.saturating_sub(s.busy).as_secs_f64() / wall).clamp(0.0, 1.0);
                             // Quick to rise, slow to fall: coalescing lowers the very
@@ -107,20 +107,15 @@ pub fn scaled(max: Duration, load: f64) -> Duration {
     max.mul_f64(((load - IDLE) / (BUSY - IDLE)).clamp(0.0, 1.0))
 }
 
-/// The total time the current runtime's workers have spent running tasks.
-fn busy_time() -> Option<Duration> {
+/// The total time the current runtime's workers have spent running tasks, and how many
+/// workers it has (at least one).
+fn busy_time() -> Option<(Duration, f64)> {
     let metrics = tokio::runtime::Handle::try_current().ok()?.metrics();
-    Some(
-        (0..metrics.num_workers())
-            .map(|worker| metrics.worker_total_busy_duration(worker))
-            .sum(),
-    )
-}
-
-fn workers() -> f64 {
-    tokio::runtime::Handle::try_current()
-        .map(|handle| handle.metrics().num_workers().max(1) as f64)
-        .unwrap_or(1.0)
+    let workers = metrics.num_workers();
+    let busy = (0..workers)
+        .map(|worker| metrics.worker_total_busy_duration(worker))
+        .sum();
+    Some((busy, workers.max(1) as f64))
 }
 
 #[cfg(test)]

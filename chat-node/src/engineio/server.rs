@@ -64,7 +64,7 @@ pub trait Remote: Send + Sync + 'static {
 }
 
 /// The open sessions of this node.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Sessions {
     map: RwLock<HashMap<Sid, Arc<Session>>>,
     pacer: FlushPacer,
