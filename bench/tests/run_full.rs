@@ -64,14 +64,34 @@ impl Tree {
         Tree { _dir: dir, root }
     }
 
+    /// The script in a process group of its own, as a terminal's foreground job, so that a
+    /// Ctrl-C can reach all of it and a script that hangs can be killed whole.
     fn script(&self) -> Command {
+        use std::os::unix::process::CommandExt as _;
         let mut cmd = Command::new("bash");
         cmd.arg(self.root.join("bench/run-full.sh"))
             .arg(self.root.join("stand-in"))
             .current_dir(&self.root)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .stderr(Stdio::piped())
+            .process_group(0);
+        // A shell that starts with SIGINT ignored can never trap it (POSIX), and tests run
+        // under a runner started in the background inherit exactly that: the script would
+        // then sit out every Ctrl-C. A terminal's foreground job starts with the default.
+        // SAFETY: the closure runs in the forked child before exec and makes one
+        // async-signal-safe system call (sigaction); it allocates nothing.
+        #[allow(unsafe_code)]
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::signal::signal(
+                    nix::sys::signal::Signal::SIGINT,
+                    nix::sys::signal::SigHandler::SigDfl,
+                )
+                .map(drop)
+                .map_err(std::io::Error::from)
+            });
+        }
         cmd
     }
 
@@ -96,7 +116,10 @@ fn finish(mut child: std::process::Child) -> (Option<i32>, String) {
             return (status.code(), err);
         }
         if started.elapsed() > T {
-            let _ = child.kill();
+            // The whole group: the stand-in would otherwise wait forever in its loop.
+            let group = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+            let _ = child.wait();
             panic!("run-full.sh did not end within {T:?}");
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -126,10 +149,8 @@ fn chat_cpu_without_a_cgroup_is_skipped() {
 
 #[test]
 fn ctrl_c_stops_the_whole_run_and_copies_what_was_measured() {
-    use std::os::unix::process::CommandExt as _;
     let tree = Tree::new(&[("ws-echo", "wait")]);
-    // Its own process group, as a terminal's foreground job: Ctrl-C reaches all of it.
-    let child = tree.script().process_group(0).spawn().expect("run-full.sh");
+    let child = tree.script().spawn().expect("run-full.sh");
     let pgid = child.id();
     let started = Instant::now();
     while !tree.root.join("waiting").exists() {
