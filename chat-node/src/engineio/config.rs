@@ -50,9 +50,10 @@ pub struct EngineConfig {
     /// of one per packet (each a system call, and on loopback the reader's TCP work too).
     /// The wait scales with the load of the node's worker threads (see
     /// [`super::pacing`]): none while they are mostly idle, so that a node with CPU to
-    /// spare adds no latency, the whole interval when they are busy; a client that was
-    /// idle for the interval never waits. Zero: every packet is written as soon as it is
-    /// queued, as the reference server does.
+    /// spare adds no latency, the whole interval when they are busy. A client that was
+    /// idle for the interval never waits, nor does one whose packets come too far apart
+    /// for a hold to merge several ([`super::pacing::Density`]). Zero: every packet is
+    /// written as soon as it is queued, as the reference server does.
     pub ws_flush_interval: Duration,
     /// Cross-origin policy.
     pub cors: Cors,

@@ -7,6 +7,7 @@ use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
 use futures::{Sink, SinkExt as _, Stream, StreamExt as _};
 use tokio::time::Instant;
 
+use super::pacing::Density;
 use super::packet::{Frame, Packet, PROBE};
 use super::session::{CloseReason, Session};
 use crate::metrics::metrics;
@@ -37,6 +38,8 @@ pub(crate) async fn run_on<R: Incoming, W: Outgoing>(
     // When the last packets were written, and (while packets queued since wait for the
     // interval to pass) when they go out; see `EngineConfig::ws_flush_interval`.
     let mut written_at: Option<Instant> = None;
+    // Whether a hold would merge enough of this client's packets to be worth its wait.
+    let mut density = Density::default();
     let mut flush_at: Option<Instant> = None;
     loop {
         let notified = session.changed.notified();
@@ -52,11 +55,14 @@ pub(crate) async fn run_on<R: Incoming, W: Outgoing>(
                 }
             };
             if !packets.is_empty() {
+                let count = packets.len();
                 if write(&mut socket, packets).await.is_err() {
                     session.close(CloseReason::TransportError);
                     return;
                 }
-                written_at = Some(Instant::now());
+                let now = Instant::now();
+                density.record(count, now);
+                written_at = Some(now);
             }
             if let Some(reason) = closing {
                 // Everything queued before the close has been written.
@@ -76,7 +82,7 @@ pub(crate) async fn run_on<R: Incoming, W: Outgoing>(
                 // Not woken again until the interval is over: the queue is read then.
                 let interval = session.flush_interval();
                 flush_at = written_at
-                    .filter(|_| !interval.is_zero())
+                    .filter(|_| !interval.is_zero() && density.merges(interval))
                     .map(|at| at + interval)
                     .filter(|&at| at > Instant::now());
             }
@@ -301,15 +307,34 @@ mod tests {
         session.send(Message::Text(text.into())).unwrap();
     }
 
+    const INTERVAL: Duration = Duration::from_millis(5);
+
+    /// Makes the session's client one that receives a dense stream: a burst sent at once
+    /// (the first packet written, the rest held and written together at the interval's
+    /// end), so that a hold now merges enough packets. Clears what it wrote.
+    async fn dense(session: &Session, writes: &Writes) {
+        for i in 0..8 {
+            send(session, &format!("burst{i}"));
+            settle().await;
+        }
+        advance(INTERVAL).await;
+        settle().await;
+        let flushed = writes.flushed();
+        assert_eq!(flushed.len(), 2, "{flushed:?}");
+        assert_eq!(flushed[1].len(), 7, "{flushed:?}");
+        writes.flushed.lock().unwrap().clear();
+    }
+
     #[tokio::test(start_paused = true)]
     async fn packets_queued_within_the_interval_go_out_together_at_its_end() {
-        let (session, writes) = serve(Duration::from_millis(50)).await;
-        // The open packet was written just now: these wait for the interval's end.
+        let (session, writes) = serve(INTERVAL).await;
+        dense(&session, &writes).await;
+        // Packets were written just now: these wait for the interval's end.
         send(&session, "a");
         settle().await;
         send(&session, "b");
         settle().await;
-        advance(Duration::from_millis(49)).await;
+        advance(INTERVAL - Duration::from_millis(1)).await;
         settle().await;
         assert!(writes.flushed().is_empty(), "{:?}", writes.flushed());
         advance(Duration::from_millis(1)).await;
@@ -317,27 +342,34 @@ mod tests {
         assert_eq!(writes.flushed(), vec![vec!["4a", "4b"]]);
 
         // A packet after a quiet interval is written at once.
-        advance(Duration::from_millis(50)).await;
+        advance(INTERVAL).await;
         send(&session, "c");
         settle().await;
         assert_eq!(writes.flushed(), vec![vec!["4a", "4b"], vec!["4c"]]);
-        // And one right after it waits again.
-        send(&session, "d");
-        settle().await;
-        assert_eq!(writes.flushed().len(), 2);
-        advance(Duration::from_millis(50)).await;
-        settle().await;
-        assert_eq!(writes.flushed()[2], vec!["4d"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_whose_packets_would_not_merge_is_written_at_once() {
+        let (session, writes) = serve(INTERVAL).await;
+        // A packet every 3.3 ms: a 5 ms hold would merge one or two, so none is held.
+        for i in 0..20 {
+            advance(Duration::from_micros(3300)).await;
+            send(&session, &format!("{i}"));
+            settle().await;
+            assert_eq!(writes.flushed().len(), i + 1, "{:?}", writes.flushed());
+        }
+        assert!(writes.flushed().iter().all(|w| w.len() == 1));
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_close_waiting_behind_the_interval_still_comes_after_the_packets() {
-        let (session, writes) = serve(Duration::from_millis(50)).await;
+        let (session, writes) = serve(INTERVAL).await;
+        dense(&session, &writes).await;
         send(&session, "last");
         session.disconnect();
         settle().await;
         assert!(writes.flushed().is_empty());
-        advance(Duration::from_millis(50)).await;
+        advance(INTERVAL).await;
         settle().await;
         let flushed = writes.flushed().concat();
         assert_eq!(flushed[0], "4last", "{flushed:?}");
