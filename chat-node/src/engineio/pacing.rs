@@ -153,6 +153,11 @@ impl Density {
         self.last = Some(now);
     }
 
+    /// When the last write was.
+    pub fn last_write(&self) -> Option<Instant> {
+        self.last
+    }
+
     /// Whether holding the next write for `interval` would merge at least [`MERGE`]
     /// packets at this client's recent rate.
     pub fn merges(&self, interval: Duration) -> bool {

@@ -35,10 +35,9 @@ pub(crate) async fn run_on<R: Incoming, W: Outgoing>(
     mut socket: W,
     session: Arc<Session>,
 ) {
-    // When the last packets were written, and (while packets queued since wait for the
-    // interval to pass) when they go out; see `EngineConfig::ws_flush_interval`.
-    let mut written_at: Option<Instant> = None;
-    // Whether a hold would merge enough of this client's packets to be worth its wait.
+    // When the last packets were written and how densely they have been coming (whether
+    // a hold would merge enough to be worth its wait), and, while packets queued since
+    // wait for the interval to pass, when they go out; see `EngineConfig::ws_flush_interval`.
     let mut density = Density::default();
     let mut flush_at: Option<Instant> = None;
     loop {
@@ -60,9 +59,7 @@ pub(crate) async fn run_on<R: Incoming, W: Outgoing>(
                     session.close(CloseReason::TransportError);
                     return;
                 }
-                let now = Instant::now();
-                density.record(count, now);
-                written_at = Some(now);
+                density.record(count, Instant::now());
             }
             if let Some(reason) = closing {
                 // Everything queued before the close has been written.
@@ -81,7 +78,8 @@ pub(crate) async fn run_on<R: Incoming, W: Outgoing>(
             () = &mut notified, if !waiting => {
                 // Not woken again until the interval is over: the queue is read then.
                 let interval = session.flush_interval();
-                flush_at = written_at
+                flush_at = density
+                    .last_write()
                     .filter(|_| !interval.is_zero() && density.merges(interval))
                     .map(|at| at + interval)
                     .filter(|&at| at > Instant::now());
