@@ -48,7 +48,8 @@ pub struct Args {
     /// The longest a message for a WebSocket client waits, while the node is busy, for
     /// others to share its write (`5ms`; at most `1s`): one send instead of many for a
     /// client receiving a stream. No wait while the node's threads are mostly idle, nor for
-    /// a client idle for the interval. `0s` writes every message as soon as it is queued.
+    /// a client idle for the interval, nor for one whose messages come too far apart for
+    /// several to share a write. `0s` writes every message as soon as it is queued.
     #[arg(long, env = "CHAT_WS_FLUSH_INTERVAL", default_value = "5ms", value_parser = shared::duration::parse_duration)]
     pub ws_flush_interval: Duration,
     /// Allowed browser origins: `*` (any, without credentials), `mirror` (any, with
