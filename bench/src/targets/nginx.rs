@@ -44,6 +44,10 @@ pub(super) fn prepare(
     // Socket.IO (chat, polling) upgrades on /socket.io/: under `location /` nginx dropped
     // the Upgrade header, so `chat --targets nginx` failed with "no client connected";
     // its long-polls are held by the node, so they get the long read timeout too.
+    // Keep-alive as Switchyard and HAProxy keep it: with `keepalive 64` nginx held more
+    // upstream connections than its idle cache at 50 clients over 3 backends and closed
+    // and reopened about 500 a second; its default `keepalive_requests 1000` closed the
+    // load generator's connections too. Neither proxy under comparison does either.
     let conf = format!(
         "worker_processes {workers};
 worker_rlimit_nofile 20000;
@@ -53,12 +57,16 @@ error_log {d}/error.log crit;
 events {{ worker_connections 19000; }}
 http {{
   access_log off;
+  keepalive_requests 1000000;
+  keepalive_timeout 1h;
   client_body_temp_path {d}; proxy_temp_path {d};
   fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};
   map $http_upgrade $connection_upgrade {{ default upgrade; '' ''; }}
   upstream b {{
     {balance}
-{servers}    keepalive 64;
+{servers}    keepalive 1024;
+    keepalive_requests 1000000;
+    keepalive_timeout 1h;
   }}
   server {{
     listen {listen} backlog=4096;
