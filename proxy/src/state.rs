@@ -97,8 +97,9 @@ impl Runtime {
     /// under it and its session cache, its sticky signer and queue. The config is all
     /// [`Upstream::build`] reads besides the stats registry and metrics, which are the
     /// process's own, and the global settings it depends on (`[timeouts]`) are folded
-    /// into it when it is resolved. A changed upstream is built anew, keeping only its TLS
-    /// client when that would come out the same ([`Upstream::build_after`]).
+    /// into it when it is resolved. A changed upstream is built anew, keeping its TLS client
+    /// when that would come out the same, and its rotation when its backends and strategy
+    /// stay ([`Upstream::build_after`]).
     pub fn build(
         config: Config,
         previous: Option<&Runtime>,
@@ -763,6 +764,56 @@ mod tests {
         // The rotation goes on where it was, rather than from the first backend again.
         let next = after.upstreams["a"].pick(&PickContext::default(), &[]);
         assert_eq!(next.unwrap().index, 1);
+    }
+
+    /// Picks `n` times from `up`, each released before the next (so that least_conn sees
+    /// ties), as backend numbers from 0.
+    fn picks(up: &Upstream, n: usize) -> Vec<usize> {
+        (0..n)
+            .map(|_| up.pick(&PickContext::default(), &[]).unwrap().index)
+            .collect()
+    }
+
+    #[test]
+    fn a_rebuilt_upstream_with_the_same_backends_goes_on_where_its_rotation_stood() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("proxy.toml");
+        let three = "backends = [{ addr = \"127.0.0.1:9201\" }, \
+                     { addr = \"127.0.0.1:9202\" }, { addr = \"127.0.0.1:9203\" }]\n";
+        let config = |strategy: &str, extra: &str, backends: &str| {
+            let sticky = if strategy == "sticky_cookie" {
+                "[upstreams.a.sticky]\nkey = \"a-key-of-sixteen-bytes-or-more\"\n"
+            } else {
+                ""
+            };
+            format!(
+                "[[listeners]]\nlisten = \"127.0.0.1:18098\"\n\
+                 [upstreams.a]\nstrategy = \"{strategy}\"\n{backends}{sticky}{extra}\n\
+                 [[routes]]\npath_prefix = \"/\"\nupstream = \"a\"\n"
+            )
+        };
+        for strategy in ["round_robin", "least_conn", "sticky_cookie", "least_time"] {
+            std::fs::write(&path, config(strategy, "", three)).unwrap();
+            let shared = Shared::new(Config::load(&path).unwrap(), Vec::new()).unwrap();
+            let first = shared.current().upstreams["a"].clone();
+            assert_eq!(picks(&first, 2), [0, 1], "{strategy}");
+
+            // Only the upstream's timeouts change: it is rebuilt, and picks the third next.
+            let timeouts = "[upstreams.a.timeouts]\nconnect = \"5s\"\n";
+            std::fs::write(&path, config(strategy, timeouts, three)).unwrap();
+            shared.reload().unwrap();
+            let rebuilt = shared.current().upstreams["a"].clone();
+            assert!(!Arc::ptr_eq(&rebuilt, &first), "{strategy}");
+            assert_eq!(picks(&rebuilt, 4), [2, 0, 1, 2], "{strategy}");
+
+            // Other backends: the old positions mean nothing for them, and it starts over.
+            let two = "backends = [{ addr = \"127.0.0.1:9201\" }, \
+                       { addr = \"127.0.0.1:9204\" }, { addr = \"127.0.0.1:9203\" }]\n";
+            std::fs::write(&path, config(strategy, timeouts, two)).unwrap();
+            shared.reload().unwrap();
+            let other = shared.current().upstreams["a"].clone();
+            assert_eq!(picks(&other, 1), [0], "{strategy}");
+        }
     }
 
     #[test]

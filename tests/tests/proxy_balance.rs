@@ -425,7 +425,8 @@ async fn a_probe_never_takes_a_request_pinned_to_another_backend() {
 /// A reload that leaves an upstream as it was (another upstream and route added) keeps its
 /// strategy's state, as Envoy keeps an unchanged cluster: the rotation goes on where it
 /// was. Each reload used to start it over at the first backend, so frequent reloads sent
-/// it more than its share.
+/// it more than its share. So does one that rebuilds the upstream with the same backends
+/// (a new timeout).
 #[tokio::test]
 async fn round_robin_goes_on_across_a_reload_that_leaves_its_upstream_as_it_was() {
     let bs = Backend::start_many(&["a", "b", "c"]);
@@ -455,6 +456,17 @@ async fn round_robin_goes_on_across_a_reload_that_leaves_its_upstream_as_it_was(
     let r = admin_post(&proxy, "/reload", Some(TOKEN)).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(backend_sequence(&c, &url, 3).await, ["b", "c", "a"]);
+
+    let timeout = format!("{other}[upstreams.app.timeouts]\nconnect = \"5s\"\n");
+    proxy.write_config(&config(&timeout));
+    let r = admin_post(&proxy, "/reload", Some(TOKEN)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        r.body.contains("\"unchanged_upstreams\":1"),
+        "app is rebuilt, other kept: {}",
+        r.body
+    );
+    assert_eq!(backend_sequence(&c, &url, 2).await, ["b", "c"]);
 }
 
 /// A reload that removes a backend, then one that adds it back while WebSockets opened to

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::{PickContext, RotatingMin, Strategy, StrategyKind};
+use super::{PickContext, Position, RotatingMin, Strategy, StrategyKind};
 use crate::upstream::Backend;
 
 /// Picks the eligible backend with the lowest `active / effective_weight`.
@@ -23,6 +23,14 @@ impl LeastConn {
 impl Strategy for LeastConn {
     fn kind(&self) -> StrategyKind {
         StrategyKind::LeastConn
+    }
+
+    fn position(&self) -> Position {
+        self.scan.position()
+    }
+
+    fn resume(&self, position: &Position) {
+        self.scan.resume(position);
     }
 
     fn pick(

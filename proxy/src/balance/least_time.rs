@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::{PickContext, RotatingMin, Strategy, StrategyKind};
+use super::{PickContext, Position, RotatingMin, Strategy, StrategyKind};
 use crate::upstream::Backend;
 
 /// Picks the eligible backend with the lowest `ewma_us × (active + 1) / effective_weight`:
@@ -27,6 +27,14 @@ impl LeastTime {
 impl Strategy for LeastTime {
     fn kind(&self) -> StrategyKind {
         StrategyKind::LeastTime
+    }
+
+    fn position(&self) -> Position {
+        self.scan.position()
+    }
+
+    fn resume(&self, position: &Position) {
+        self.scan.resume(position);
     }
 
     fn pick(

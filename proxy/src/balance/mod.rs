@@ -56,6 +56,30 @@ pub trait Strategy: Send + Sync + std::fmt::Debug {
         eligible: &dyn Fn(usize) -> bool,
         ctx: &PickContext,
     ) -> Option<usize>;
+
+    /// Where its rotation stands, for a successor over the same backends ([`Position`]).
+    fn position(&self) -> Position {
+        Position::None
+    }
+
+    /// Goes on from `position`, taken from a strategy of the same kind over the same
+    /// backends in the same order.
+    fn resume(&self, _position: &Position) {}
+}
+
+/// The part of a strategy's state that decides the next pick among equals, carried from a
+/// running upstream to its successor when a reload rebuilds it with the same backends and
+/// strategy (a changed health check, timeout or DNS refresh period). Without it round robin
+/// would start again at the first backend, which would get one request more than its share
+/// on every such reload, and least_conn's tie rotation likewise.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Position {
+    /// Nothing to carry: stateless (ip_hash) or random (p2c).
+    None,
+    /// Smooth weighted round robin's current weights, one per backend.
+    Weights(Vec<f64>),
+    /// Where the next scan for the least loaded backend starts.
+    Next(usize),
 }
 
 /// The strategies, as named in the config file and on the command line.
@@ -141,6 +165,16 @@ struct RotatingMin {
 }
 
 impl RotatingMin {
+    fn position(&self) -> Position {
+        Position::Next(self.next.load(Ordering::Relaxed))
+    }
+
+    fn resume(&self, position: &Position) {
+        if let Position::Next(n) = position {
+            self.next.store(*n, Ordering::Relaxed);
+        }
+    }
+
     /// Index of the eligible backend with the lowest `load(backend)`.
     ///
     /// `floor(backend)` is a cheap lower bound of `load(backend)`: a backend whose floor already

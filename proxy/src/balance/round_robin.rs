@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use super::{PickContext, Strategy, StrategyKind};
+use super::{PickContext, Position, Strategy, StrategyKind};
 use crate::upstream::Backend;
 
 /// nginx's smooth weighted round robin (`ngx_http_upstream_get_peer`).
@@ -29,6 +29,19 @@ impl RoundRobin {
 impl Strategy for RoundRobin {
     fn kind(&self) -> StrategyKind {
         StrategyKind::RoundRobin
+    }
+
+    fn position(&self) -> Position {
+        Position::Weights(self.current.lock().clone())
+    }
+
+    fn resume(&self, position: &Position) {
+        let mut current = self.current.lock();
+        if let Position::Weights(w) = position {
+            if w.len() == current.len() {
+                current.copy_from_slice(w);
+            }
+        }
     }
 
     fn pick(

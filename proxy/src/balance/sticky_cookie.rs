@@ -8,7 +8,7 @@ use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use super::{build, PickContext, Strategy, StrategyKind};
+use super::{build, PickContext, Position, Strategy, StrategyKind};
 use crate::upstream::Backend;
 
 /// Sends a request to the backend its (already verified) cookie names, while that backend
@@ -62,6 +62,14 @@ impl Strategy for StickyCookie {
             }
         }
         self.fallback.pick(backends, eligible, ctx)
+    }
+
+    fn position(&self) -> Position {
+        self.fallback.position()
+    }
+
+    fn resume(&self, position: &Position) {
+        self.fallback.resume(position);
     }
 }
 

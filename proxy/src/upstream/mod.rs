@@ -129,8 +129,9 @@ impl Upstream {
     /// [`Upstream::build`] for a config that replaces `previous` (the running group of that
     /// name, whose config differs): its TLS client is kept when the new config would build
     /// the same one ([`tls::TlsClient::keep_or_new`]), and with it the backend connections
-    /// it pools. The strategy starts over: its state (positions, estimates, rings) is
-    /// relative to the old backend list.
+    /// it pools. The strategy goes on from the running one's rotation when the backends and
+    /// strategy stay the same ([`same_rotation`]), and starts over otherwise: its positions
+    /// are relative to the old backend list.
     pub fn build_after(
         config: &UpstreamConfig,
         previous: Option<&Upstream>,
@@ -167,6 +168,9 @@ impl Upstream {
         let backends = primaries;
         let limited = backends.iter().any(|b| b.max_conns != 0);
         let strategy = balance::build(config.strategy, &backends, config.sticky.fallback);
+        if let Some(p) = previous.filter(|p| same_rotation(&p.config, config)) {
+            strategy.resume(&p.strategy.position());
+        }
         let signer = (config.strategy == StrategyKind::StickyCookie)
             .then(|| CookieSigner::new(&config.sticky.key, &config.name));
         let metrics = backends
@@ -455,6 +459,14 @@ impl Upstream {
             .iter()
             .find(|b| b.id == key || b.addr.to_string() == key)
     }
+}
+
+/// Whether `next` picks among the same backends, in the same order, the same way as
+/// `running`: then its strategy goes on where the running one stands.
+fn same_rotation(running: &UpstreamConfig, next: &UpstreamConfig) -> bool {
+    running.strategy == next.strategy
+        && running.sticky.fallback == next.sticky.fallback
+        && running.backends == next.backends
 }
 
 #[cfg(test)]
