@@ -130,7 +130,7 @@ impl Upstream {
     /// name, whose config differs): its TLS client is kept when the new config would build
     /// the same one ([`tls::TlsClient::keep_or_new`]), and with it the backend connections
     /// it pools. The strategy goes on from the running one's rotation when the backends and
-    /// strategy stay the same ([`same_rotation`]), and starts over otherwise: its positions
+    /// strategy stay the same (`same_rotation`), and starts over otherwise: its positions
     /// are relative to the old backend list.
     pub fn build_after(
         config: &UpstreamConfig,
