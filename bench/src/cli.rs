@@ -171,7 +171,7 @@ pub struct Common {
     /// Worker threads/processes of every proxy.
     #[arg(long, default_value_t = 1, value_parser = at_least_one)]
     pub workers: usize,
-    /// Report folder; default bench/results/<date>-<scenario>/.
+    /// Report folder; default `bench/results/<date>-<scenario>/`.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Repetitions; numbers are the medians over the runs.

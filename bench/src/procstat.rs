@@ -2,7 +2,7 @@
 
 use std::fs;
 
-/// Kernel clock ticks per second for /proc/<pid>/stat times (USER_HZ, 100 on Linux).
+/// Kernel clock ticks per second for `/proc/<pid>/stat` times (USER_HZ, 100 on Linux).
 const TICKS_PER_SEC: f64 = 100.0;
 
 /// Below this many CPU seconds a count per CPU-second is not reported: /proc counts CPU

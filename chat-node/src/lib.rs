@@ -38,6 +38,9 @@
 //! [`node::Node::serve`]).
 
 #![forbid(unsafe_code)]
+// The crate's readers are its developers: its docs are built with --document-private-items,
+// where links to private items resolve.
+#![allow(rustdoc::private_intra_doc_links)]
 
 pub mod bus;
 pub mod chat;

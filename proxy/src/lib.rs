@@ -27,6 +27,10 @@
 //! - [`server`]: assembles the pingora server and its services.
 //! - [`drain`]: ends a graceful stop as soon as the last client connection has closed.
 
+// The crate's readers are its developers: its docs are built with --document-private-items,
+// where links to private items resolve.
+#![allow(rustdoc::private_intra_doc_links)]
+
 pub mod access_log;
 pub mod admin;
 pub mod balance;

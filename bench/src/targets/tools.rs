@@ -44,7 +44,7 @@ impl Tools {
 }
 
 /// `explicit` if given, else the workspace binary `name` next to this executable
-/// (target/<profile>/), else in the other profile's folder.
+/// (`target/<profile>/`), else in the other profile's folder.
 pub fn sibling_bin(explicit: Option<PathBuf>, name: &str) -> Option<PathBuf> {
     if let Some(p) = explicit {
         return p.is_file().then_some(p);

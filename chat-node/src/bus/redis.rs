@@ -44,7 +44,7 @@ use super::{parse_id, Bus, BusEntry, BusError, StreamTarget, LOG_START, SUBSCRIB
 /// The stream field holding an entry's bytes (also in [`APPEND`]).
 const FIELD: &str = "d";
 
-/// Appends an entry and publishes it with its id. KEYS[1]: the stream, also the channel's
+/// Appends an entry and publishes it with its id. `KEYS[1]`: the stream, also the channel's
 /// name (Redis keeps channel names apart from keys). ARGV: the trim strategy (`MAXLEN` or
 /// `MINID`), its threshold, the entry. Returns the id. The message is `<id> <entry>`: an
 /// id has no space. One script, so that no other entry of the stream comes between the two

@@ -8,7 +8,7 @@ use redis::aio::ConnectionManager;
 
 use super::{record_key, Record, SessionStore, StoreError};
 
-/// Replaces the value if its owner prefix matches: KEYS[1], ARGV = owner, value, ttl ms.
+/// Replaces the value if its owner prefix matches: `KEYS[1]`, `ARGV` = owner, value, ttl ms.
 const UPDATE: &str = r"
 local cur = redis.call('GET', KEYS[1])
 if cur and string.sub(cur, 1, string.len(ARGV[1]) + 1) == ARGV[1] .. '\n' then
@@ -18,7 +18,7 @@ end
 return 0
 ";
 
-/// Deletes the key if its owner prefix matches: KEYS[1], ARGV = owner.
+/// Deletes the key if its owner prefix matches: `KEYS[1]`, `ARGV` = owner.
 const REMOVE: &str = r"
 local cur = redis.call('GET', KEYS[1])
 if cur and string.sub(cur, 1, string.len(ARGV[1]) + 1) == ARGV[1] .. '\n' then

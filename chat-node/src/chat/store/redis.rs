@@ -77,7 +77,7 @@ redis.call('SET', ",
     };
 }
 
-/// [`ChatStore::admit`]. KEYS[1]: the state; ARGV: interval and tolerance in µs.
+/// [`ChatStore::admit`]. `KEYS[1]`: the state; ARGV: interval and tolerance in µs.
 /// Returns 1 (admitted) or 0.
 static ADMIT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
