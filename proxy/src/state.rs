@@ -807,9 +807,9 @@ mod tests {
             assert_eq!(picks(&rebuilt, 4), [2, 0, 1, 2], "{strategy}");
 
             // Other backends: the old positions mean nothing for them, and it starts over.
-            let two = "backends = [{ addr = \"127.0.0.1:9201\" }, \
+            let moved = "backends = [{ addr = \"127.0.0.1:9201\" }, \
                        { addr = \"127.0.0.1:9204\" }, { addr = \"127.0.0.1:9203\" }]\n";
-            std::fs::write(&path, config(strategy, timeouts, two)).unwrap();
+            std::fs::write(&path, config(strategy, timeouts, moved)).unwrap();
             shared.reload().unwrap();
             let other = shared.current().upstreams["a"].clone();
             assert_eq!(picks(&other, 1), [0], "{strategy}");
