@@ -52,8 +52,13 @@ pub fn init(output: Output) {
     }
     if log::set_boxed_logger(Box::new(Bridge)).is_ok() {
         // Records above the subscriber's most verbose level are skipped by `log` itself,
-        // without formatting (pingora's hot paths are full of `debug!`).
-        log::set_max_level(LevelFilter::current().as_log());
+        // without formatting (pingora's hot paths are full of `debug!`). Never above debug:
+        // pingora 0.9.1 formats a backend's response head as UTF-8 with `unwrap()` in a
+        // `trace!` (`v1/client.rs`, `read_response_task`), and a head with obs-text bytes
+        // would panic the request's task. `log` evaluates a record's arguments as soon as
+        // its level passes this cap, before any logger could refuse it, so the cap is the
+        // only guard; pingora's and rustls's trace records are its price.
+        log::set_max_level(LevelFilter::current().as_log().min(log::LevelFilter::Debug));
     }
 }
 

@@ -330,16 +330,23 @@ impl RawBackend {
 
 /// A proxy with one upstream over the raw backends; `extra` is added to the config.
 pub fn proxy_for_raw(backends: &[&RawBackend], extra: &str) -> Proxy {
+    Proxy::start_config(&raw_config(backends, extra))
+}
+
+/// The config of [`proxy_for_raw`], for a proxy started some other way ([`ProxyCmd`]).
+///
+/// [`ProxyCmd`]: crate::ProxyCmd
+pub fn raw_config(backends: &[&RawBackend], extra: &str) -> String {
     let entries: Vec<String> = backends
         .iter()
         .enumerate()
         .map(|(i, b)| format!("{{ addr = \"{}\", id = \"raw{i}\" }}", b.addr))
         .collect();
-    Proxy::start_config(&format!(
+    format!(
         "{TWO_THREADS}\n{extra}\n{}\n{}",
         listener(free_port()),
         upstream("app", None, &entries)
-    ))
+    )
 }
 
 /// An echo backend `b1`, a proxy in front of it, and a client connection to the proxy.

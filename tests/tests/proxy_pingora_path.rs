@@ -14,8 +14,8 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use tests::fixtures::{listener, upstream, TWO_THREADS};
-use tests::raw::{echo_answer, field, proxy_for_raw, reply, RawBackend, RawConn, Req};
-use tests::{free_port, Proxy, STEP_TIMEOUT};
+use tests::raw::{echo_answer, field, proxy_for_raw, raw_config, reply, RawBackend, RawConn, Req};
+use tests::{free_port, Proxy, ProxyCmd, STEP_TIMEOUT};
 
 // ---------------------------------------------------------------------------------------
 // Backends.
@@ -894,4 +894,47 @@ async fn an_answer_with_both_framings_keeps_transfer_encoding_alone() {
     let r = c.exchange("GET /both HTTP/1.0\r\nHost: test\r\n\r\n").await;
     assert_eq!((r.status, r.text().as_str()), (200, "ok"), "{r:?}");
     assert_eq!(r.header("content-length"), None, "{r:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// 8. Trace logging.
+
+/// pingora 0.9.1 writes a backend's response head into a `trace!` record as UTF-8 with an
+/// `unwrap()` (`protocols/http/v1/client.rs`, `read_response_task`). Field values may hold
+/// obs-text (bytes 0x80–0xFF, RFC 9110 §5.5: Latin-1 from older servers), so with trace
+/// logging on (`RUST_LOG=trace`, what an operator sets to debug a backend) such a response
+/// would panic the request's task and the client would get a closed connection instead of
+/// its answer. The proxy keeps `log` records (pingora's) at debug and below.
+#[tokio::test]
+async fn a_response_head_with_obs_text_is_relayed_with_trace_logging_on() {
+    let raw = RawBackend::start(|mut conn, _| async move {
+        while conn.request().await.is_some() {
+            let answer = b"HTTP/1.1 200 OK\r\nX-Name: caf\xe9\r\nContent-Length: 2\r\n\r\nok";
+            if !reply(&mut conn, answer).await {
+                return;
+            }
+        }
+    })
+    .await;
+    let proxy = ProxyCmd::config(&raw_config(&[&raw], ""))
+        .env("RUST_LOG", "trace")
+        .start();
+    // HTTP/1.0: pingora's path, whose client reads the backend's head; then HTTP/1.1, ours.
+    for version in ["1.0", "1.1"] {
+        let mut c = RawConn::connect(proxy.addr()).await;
+        let r = c
+            .exchange(format!("GET /latin1 HTTP/{version}\r\nHost: test\r\n\r\n"))
+            .await;
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (200, "ok"),
+            "{version}: {r:?}"
+        );
+        assert_eq!(r.header("x-name"), Some("caf\u{fffd}"), "{version}: {r:?}");
+    }
+    assert!(
+        !proxy.logs().contains("panicked"),
+        "the proxy panicked:\n{}",
+        proxy.logs()
+    );
 }
