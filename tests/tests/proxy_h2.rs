@@ -14,10 +14,10 @@ use tokio::net::TcpStream;
 
 use tests::fixtures::{listener, tls_keys, upstream, TWO_THREADS};
 use tests::h2client::{
-    connect as h2_connect, get as h2_get, read_full, read_response, tls_connect,
+    connect as h2_connect, get as h2_get, get_full, read_full, read_response, tls_connect,
 };
-use tests::raw::{field, split_head, RawBackend, RawConn};
-use tests::{Certs, Proxy, STEP_TIMEOUT};
+use tests::raw::{field, reply, split_head, RawBackend, RawConn};
+use tests::{Certs, Proxy, ProxyCmd, STEP_TIMEOUT};
 
 /// A TLS proxy in front of `raw` and an h2 connection to it: the proxy, the folder of its
 /// certificates, its port and the connection.
@@ -348,4 +348,49 @@ async fn a_host_differing_from_authority_gets_pingoras_bare_400_unlogged_and_con
         },
     )
     .await;
+}
+
+/// pingora's HTTP/1 client reads the backend's answer to every h2 request; with trace
+/// logging on it used to panic on a head holding obs-text (see `proxy_pingora_path.rs`,
+/// section 8). The h2 client gets the answer, its Latin-1 byte intact.
+#[tokio::test]
+async fn an_h2_client_gets_an_obs_text_answer_with_trace_logging_on() {
+    let raw = RawBackend::start(|mut conn, _| async move {
+        while conn.request().await.is_some() {
+            let answer = b"HTTP/1.1 200 OK\r\nX-Name: caf\xe9\r\nContent-Length: 2\r\n\r\nok";
+            if !reply(&mut conn, answer).await {
+                return;
+            }
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::generate(dir.path(), &["localhost", "127.0.0.1"]);
+    let port = tests::free_port();
+    let proxy = ProxyCmd::config(&format!(
+        "{TWO_THREADS}\n{}{}\n\n{}",
+        listener(port),
+        tls_keys(&certs.cert, &certs.key),
+        upstream(
+            "app",
+            None,
+            &[format!("{{ addr = \"{}\", id = \"raw\" }}", raw.addr)]
+        ),
+    ))
+    .env("RUST_LOG", "trace")
+    .start();
+    let h2 = h2_connect(&certs.ca_pem(), port).await;
+    let r = get_full(&h2, &format!("https://localhost:{port}/latin1"))
+        .await
+        .unwrap();
+    assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "ok"));
+    assert_eq!(
+        r.headers.get("x-name").map(|v| v.as_bytes()),
+        Some(&b"caf\xe9"[..])
+    );
+    assert!(
+        !proxy.logs().contains("panicked"),
+        "the proxy panicked:\n{}",
+        proxy.logs()
+    );
 }
