@@ -148,6 +148,18 @@ pub enum Command {
         /// The report folder (holding results.json).
         folder: PathBuf,
     },
+    /// Compares two reports of one scenario (a before and an after): each target's medians
+    /// metric by metric, their ratio, the range of each one's runs, and whether the change
+    /// goes beyond them. Measures nothing.
+    Compare {
+        /// The first report folder (the "before").
+        first: PathBuf,
+        /// The second report folder (the "after").
+        second: PathBuf,
+        /// Print a Markdown table instead of aligned text.
+        #[arg(long)]
+        markdown: bool,
+    },
 }
 
 /// Options every scenario takes.

@@ -42,6 +42,11 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Backend(args) => backend::run(args),
         Command::Redraw { folder } => scenarios::redraw(&folder),
+        Command::Compare {
+            first,
+            second,
+            markdown,
+        } => report::compare::run(&first, &second, markdown),
         cmd => run_scenario(cmd),
     };
     match result {

@@ -215,6 +215,49 @@ fn http() {
         sy["metrics"]["open200_p99_ms"].as_f64().is_some(),
         "no open loop"
     );
+    compare_with_itself(&v);
+}
+
+/// `bench compare` on two copies of one report: every metric of every target that ran is
+/// listed and none changed; then as Markdown.
+fn compare_with_itself(v: &serde_json::Value) {
+    let dirs = [(); 2].map(|()| tempfile::tempdir().expect("temp dir"));
+    for d in &dirs {
+        std::fs::write(d.path().join("results.json"), v.to_string()).expect("results.json");
+    }
+    for markdown in [false, true] {
+        let out = Command::new(bench())
+            .arg("compare")
+            .arg(dirs[0].path())
+            .arg(dirs[1].path())
+            .args(markdown.then_some("--markdown"))
+            .output()
+            .expect("running bench compare");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "bench compare failed: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let ran = v["targets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|t| t["status"] == "ok");
+        for t in ran {
+            let name = t["target"].as_str().unwrap_or_default();
+            let rows = stdout.lines().filter(|l| l.contains(name)).count();
+            assert!(rows >= 5, "{name}: {rows} rows:\n{stdout}");
+        }
+        assert!(
+            !stdout.contains("higher") && !stdout.contains("lower"),
+            "{stdout}"
+        );
+        assert_eq!(
+            stdout.contains("| --- |") || stdout.contains("|---|"),
+            markdown
+        );
+    }
 }
 
 #[test]

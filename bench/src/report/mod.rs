@@ -1,6 +1,7 @@
 //! The report of one scenario: results.json, report.md, SVG charts and the terminal table.
 
 pub mod charts;
+pub mod compare;
 mod markdown;
 pub mod meta;
 
@@ -121,6 +122,42 @@ impl TargetReport {
     pub fn metric(&self, key: &str) -> Option<f64> {
         self.metrics.get(key).copied()
     }
+}
+
+/// A table as plain text: the first column left-aligned, the others right-aligned.
+pub fn aligned(headers: &[String], rows: &[Vec<String>]) -> String {
+    let widths: Vec<usize> = (0..headers.len())
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|cell| cell.chars().count())
+                .chain([headers[c].chars().count()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: &[String]| {
+        cells
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            .map(|(i, (c, w))| {
+                if i == 0 {
+                    format!("{c:<w$}")
+                } else {
+                    format!("{c:>w$}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("  ")
+    };
+    let mut s = line(headers);
+    s.push('\n');
+    for r in rows {
+        s.push_str(&line(r));
+        s.push('\n');
+    }
+    s
 }
 
 /// Whether a target's per-backend counts say something about balancing: `direct` talks to
@@ -298,36 +335,7 @@ impl Report {
     /// The summary table as aligned plain text.
     pub fn terminal_table(&self) -> String {
         let (headers, rows) = markdown::table_cells(self);
-        let widths: Vec<usize> = (0..headers.len())
-            .map(|c| {
-                rows.iter()
-                    .map(|r| r[c].chars().count())
-                    .chain([headers[c].chars().count()])
-                    .max()
-                    .unwrap_or(0)
-            })
-            .collect();
-        let line = |cells: &[String]| {
-            cells
-                .iter()
-                .zip(&widths)
-                .enumerate()
-                .map(|(i, (c, w))| {
-                    if i == 0 {
-                        format!("{c:<w$}")
-                    } else {
-                        format!("{c:>w$}")
-                    }
-                })
-                .collect::<Vec<_>>()
-                .join("  ")
-        };
-        let mut s = line(&headers);
-        s.push('\n');
-        for r in &rows {
-            s.push_str(&line(r));
-            s.push('\n');
-        }
+        let mut s = aligned(&headers, &rows);
         for t in self.targets.iter().filter(|t| !t.ok()) {
             s.push_str(&format!("{}: {}\n", t.target, t.status));
         }

@@ -542,7 +542,7 @@ fn common_of(cmd: &Command) -> Option<&Common> {
         | Command::Sticky { common, .. }
         | Command::Polling { common, .. }
         | Command::Chat { common, .. } => common,
-        Command::Backend(_) | Command::Redraw { .. } => return None,
+        Command::Backend(_) | Command::Redraw { .. } | Command::Compare { .. } => return None,
     })
 }
 
@@ -576,7 +576,9 @@ fn plan(cmd: &Command) -> anyhow::Result<(Common, Plan)> {
             });
             chat::plan(&common, *rooms, *rate, budget, *max_p99, n(3))
         }
-        Command::Backend(_) | Command::Redraw { .. } => unreachable!("checked by common_of"),
+        Command::Backend(_) | Command::Redraw { .. } | Command::Compare { .. } => {
+            unreachable!("checked by common_of")
+        }
     };
     Ok((common, plan))
 }
@@ -621,7 +623,9 @@ async fn measure(
             };
             chat::measure(common, *rooms, *rate, ladder, running, backends).await
         }
-        Command::Backend(_) | Command::Redraw { .. } => anyhow::bail!("not a scenario"),
+        Command::Backend(_) | Command::Redraw { .. } | Command::Compare { .. } => {
+            anyhow::bail!("not a scenario")
+        }
     }
 }
 
