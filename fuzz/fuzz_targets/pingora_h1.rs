@@ -24,7 +24,7 @@ use tokio::io::{AsyncWriteExt as _, DuplexStream};
 #[derive(Arbitrary, Debug)]
 enum Side {
     /// The client's side: requests, as the proxy's server session reads them.
-    Client { ignore_info: bool },
+    Client,
     /// The backend's side: the answer to this request, as the proxy's client session reads it.
     Backend { request: Request },
 }
@@ -94,12 +94,11 @@ async fn feed(mut tx: DuplexStream, bytes: &[u8], cuts: &[u8]) -> DuplexStream {
 
 /// Reads requests as the proxy's server session does, answering each, for as long as the
 /// connection stays reusable (every loop consumes bytes, so `rounds` is only a backstop).
-async fn serve(io: DuplexStream, ignore_info: bool, rounds: usize) {
+async fn serve(io: DuplexStream, rounds: usize) {
     let mut stream: Stream = Box::new(io);
     for _ in 0..rounds {
         let mut s = ServerSession::new(stream);
         s.set_server_keepalive(Some(60));
-        s.set_ignore_info_resp(ignore_info);
         match s.read_request().await {
             Ok(Some(_)) => {}
             Ok(None) | Err(_) => return,
@@ -108,7 +107,13 @@ async fn serve(io: DuplexStream, ignore_info: bool, rounds: usize) {
         let _ = s.request_summary();
         let _ = s.is_upgrade_req();
         let _ = s.get_header("host");
-        let _ = s.is_body_empty();
+        // As the proxy does, a `100 Continue` before a body the client waits to send.
+        let expects = s
+            .get_header("expect")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        if expects && !s.is_body_empty() && s.write_continue_response().await.is_err() {
+            return;
+        }
         for _ in 0..rounds {
             match s.read_body_bytes().await {
                 Ok(Some(_)) => {}
@@ -205,10 +210,10 @@ fuzz_target!(|input: Input<'_>| {
     let rounds = input.bytes.len() + 4;
     rt.block_on(async {
         match &input.side {
-            Side::Client { ignore_info } => {
+            Side::Client => {
                 let _ = tokio::join!(
                     feed(theirs, input.bytes, &input.cuts),
-                    serve(ours, *ignore_info, rounds)
+                    serve(ours, rounds)
                 );
             }
             Side::Backend { request } => {
