@@ -323,6 +323,18 @@ impl RawBackend {
         RawBackend { addr, accepted }
     }
 
+    /// A backend that answers every request of every connection with `answer`.
+    pub async fn answering(answer: &'static [u8]) -> RawBackend {
+        RawBackend::start(move |mut conn, _| async move {
+            while conn.request().await.is_some() {
+                if !reply(&mut conn, answer).await {
+                    return;
+                }
+            }
+        })
+        .await
+    }
+
     pub fn accepted(&self) -> usize {
         self.accepted.load(Ordering::SeqCst)
     }

@@ -16,7 +16,7 @@ use tests::fixtures::{listener, tls_keys, upstream, TWO_THREADS};
 use tests::h2client::{
     connect as h2_connect, get as h2_get, get_full, read_full, read_response, tls_connect,
 };
-use tests::raw::{field, reply, split_head, RawBackend, RawConn};
+use tests::raw::{field, split_head, RawBackend, RawConn};
 use tests::{Certs, Proxy, ProxyCmd, STEP_TIMEOUT};
 
 /// A TLS proxy in front of `raw` and an h2 connection to it: the proxy, the folder of its
@@ -355,15 +355,9 @@ async fn a_host_differing_from_authority_gets_pingoras_bare_400_unlogged_and_con
 /// section 8). The h2 client gets the answer, its Latin-1 byte intact.
 #[tokio::test]
 async fn an_h2_client_gets_an_obs_text_answer_with_trace_logging_on() {
-    let raw = RawBackend::start(|mut conn, _| async move {
-        while conn.request().await.is_some() {
-            let answer = b"HTTP/1.1 200 OK\r\nX-Name: caf\xe9\r\nContent-Length: 2\r\n\r\nok";
-            if !reply(&mut conn, answer).await {
-                return;
-            }
-        }
-    })
-    .await;
+    let raw =
+        RawBackend::answering(b"HTTP/1.1 200 OK\r\nX-Name: caf\xe9\r\nContent-Length: 2\r\n\r\nok")
+            .await;
     let dir = tempfile::tempdir().unwrap();
     let certs = Certs::generate(dir.path(), &["localhost", "127.0.0.1"]);
     let port = tests::free_port();

@@ -313,15 +313,10 @@ async fn body_until_close_ends_the_client_connection() {
 
 #[tokio::test]
 async fn interim_103_is_forwarded_before_the_final_answer() {
-    let raw = RawBackend::start(|mut conn, _| async move {
-        while conn.request().await.is_some() {
-            let answer = "HTTP/1.1 103 Early Hints\r\nLink: </a>; rel=preload\r\n\r\n\
-                          HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
-            if !reply(&mut conn, answer).await {
-                return;
-            }
-        }
-    })
+    let raw = RawBackend::answering(
+        b"HTTP/1.1 103 Early Hints\r\nLink: </a>; rel=preload\r\n\r\n\
+          HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    )
     .await;
     let proxy = proxy_for_raw(&[&raw], "");
     let mut c = RawConn::connect(proxy.addr()).await;

@@ -907,15 +907,9 @@ async fn an_answer_with_both_framings_keeps_transfer_encoding_alone() {
 /// its answer. The proxy keeps `log` records (pingora's) at debug and below.
 #[tokio::test]
 async fn a_response_head_with_obs_text_is_relayed_with_trace_logging_on() {
-    let raw = RawBackend::start(|mut conn, _| async move {
-        while conn.request().await.is_some() {
-            let answer = b"HTTP/1.1 200 OK\r\nX-Name: caf\xe9\r\nContent-Length: 2\r\n\r\nok";
-            if !reply(&mut conn, answer).await {
-                return;
-            }
-        }
-    })
-    .await;
+    let raw =
+        RawBackend::answering(b"HTTP/1.1 200 OK\r\nX-Name: caf\xe9\r\nContent-Length: 2\r\n\r\nok")
+            .await;
     let proxy = ProxyCmd::config(&raw_config(&[&raw], ""))
         .env("RUST_LOG", "trace")
         .start();
