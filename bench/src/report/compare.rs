@@ -294,21 +294,12 @@ pub fn run(first: &Path, second: &Path, markdown: bool) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::{col, RunResult};
+    use crate::report::col;
 
     fn target(name: &str, runs: &[f64]) -> TargetReport {
-        let mut t = TargetReport::unavailable(name.to_owned(), "ok".to_owned());
-        t.runs = runs
-            .iter()
-            .map(|&v| {
-                let mut r = RunResult::default();
-                r.set("rps", v);
-                r
-            })
-            .collect();
-        let mut sorted = runs.to_vec();
-        sorted.sort_by(f64::total_cmp);
-        t.metrics.insert("rps".to_owned(), sorted[sorted.len() / 2]);
+        let mut t = TargetReport::with_runs(name, "rps", runs);
+        t.metrics
+            .insert("rps".to_owned(), crate::stats::median(runs));
         t
     }
 

@@ -101,6 +101,22 @@ pub struct TargetReport {
 }
 
 impl TargetReport {
+    /// A target that ran, with one run per value of `key` (no medians: tests set or
+    /// derive those themselves).
+    #[cfg(test)]
+    pub fn with_runs(name: &str, key: &str, values: &[f64]) -> Self {
+        let mut t = TargetReport::unavailable(name.to_owned(), "ok".to_owned());
+        t.runs = values
+            .iter()
+            .map(|&v| {
+                let mut r = RunResult::default();
+                r.set(key, v);
+                r
+            })
+            .collect();
+        t
+    }
+
     pub fn unavailable(target: String, status: String) -> Self {
         TargetReport {
             target,

@@ -839,16 +839,7 @@ mod tests {
     use super::*;
 
     fn target(name: &str, per_run: &[f64]) -> TargetReport {
-        let mut t = TargetReport::unavailable(name.to_owned(), "ok".to_owned());
-        t.runs = per_run
-            .iter()
-            .map(|v| {
-                let mut r = RunResult::default();
-                r.set("req_per_cpu_s", *v);
-                r
-            })
-            .collect();
-        t
+        TargetReport::with_runs(name, "req_per_cpu_s", per_run)
     }
 
     /// A report written mid-round (a killed bench leaves it so) holds targets with unequal
