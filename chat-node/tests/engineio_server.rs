@@ -215,6 +215,16 @@ async fn websocket_echoes_text_and_binary_frames() {
 }
 
 #[tokio::test]
+async fn a_client_close_frame_is_answered_with_one() {
+    let server = echo_server(quiet_config("/engine.io/")).await;
+    let (mut ws, _) = Ws::open(&server).await;
+    ws.send_close(1000).await;
+    // RFC 6455 §5.5.1: the server echoes the status code; without the answer a browser
+    // reports every close as unclean (1006).
+    assert_eq!(ws.expect_close_frame().await, (1000, "bye".into()));
+}
+
+#[tokio::test]
 async fn a_websocket_message_over_max_payload_closes_the_session() {
     let config = EngineConfig {
         max_payload: 100,

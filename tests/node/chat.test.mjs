@@ -95,6 +95,12 @@ test("a connection needs a valid name; the reason is the connect_error message",
   // 32 characters (not bytes) after trimming are fine.
   const long = await connect(0, `  ${"é".repeat(32)}  `);
   assert.equal(long.welcome.name, "é".repeat(32));
+  // Counted as stored, after runs of spaces become one.
+  const spaced = await connect(0, `s${" ".repeat(40)}${uniq()}`);
+  assert.match(spaced.welcome.name, /^s [^ ]+$/);
+  // A lone UTF-16 surrogate is a replacement character, not a dropped connection.
+  const cut = await connect(0, `cut-${uniq()}\ud83d`);
+  assert.ok(cut.welcome.name.endsWith("\ufffd"));
 });
 
 test("welcome names the node, the user and a secret token that restores the user anywhere", async () => {
@@ -255,6 +261,14 @@ test("history: the last messages on join, then pages backwards to the start", as
   assert.equal(huge.messages.length, 12, "the limit is clamped, not refused");
   const one = await b.ok("history", { room, limit: 0 });
   assert.deepEqual(one.messages.map((m) => m.id), sent.slice(-1));
+  // Any number is brought into range: negative, past 64 bits, fractional.
+  for (const [limit, count] of [[-1, 1], [1e20, 12], [2.5, 2]]) {
+    const { messages } = await b.ok("history", { room, limit });
+    assert.deepEqual(messages.map((m) => m.id), sent.slice(-count), `limit ${limit}`);
+  }
+  const { rooms } = await b.ok("rooms", { limit: -1 });
+  assert.equal(rooms.length, 1, "rooms' limit too");
+  assert.ok((await b.ok("rooms", { limit: 1e20 })).rooms.some((r) => r.room === room));
   await b.refused("history", { room, before: "abc" }, "invalid cursor");
   await b.refused("history", { room, before: "(1-0" }, "invalid cursor");
   await b.refused("history", { room: `none ${tag}` }, "no such room");
@@ -285,6 +299,10 @@ test("text must be 1 to 2000 characters and not only white space", async () => {
   const long = "é".repeat(MAX_TEXT);
   const { id } = await a.ok("send", { room: "lobby", text: long });
   assert.equal((await a.waitFor("message", (m) => m.id === id)).text, long);
+  // Half an emoji (a lone UTF-16 surrogate, which JSON.stringify escapes) arrives as
+  // U+FFFD, and the connection stays up.
+  const cut = await a.ok("send", { room: "lobby", text: "cut \ud83d" });
+  assert.equal((await a.waitFor("message", (m) => m.id === cut.id)).text, "cut \ufffd");
 });
 
 test("a user with two tabs counts once; presence follows connections", async () => {

@@ -160,13 +160,28 @@ async fn not_member(chat: &ChatInner, room: &str) -> ChatError {
     }
 }
 
+/// A page's size from a request's `limit`: `default` without one, else brought into
+/// 1–`max`. Any JSON number is taken (`-1`, `1e20`, `2.5`), as JavaScript has no other
+/// kind: a client asking for "everything" gets the largest page, not an error.
+fn page_size(limit: Option<f64>, default: usize, max: usize) -> usize {
+    match limit {
+        Some(limit) if !limit.is_nan() => {
+            // In range after the clamp, so the cast neither saturates nor truncates.
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let size = limit.floor().clamp(1.0, max as f64) as usize;
+            size
+        }
+        _ => default,
+    }
+}
+
 #[derive(Deserialize)]
 struct RoomsRequest {
     /// The last room of the previous page.
     #[serde(default)]
     after: Option<String>,
     #[serde(default)]
-    limit: Option<u64>,
+    limit: Option<f64>,
 }
 
 /// `rooms {after?, limit?}` → `{rooms: [{room, private, members}], next?}`: the public
@@ -175,13 +190,7 @@ struct RoomsRequest {
 /// `after` of the next page) when more follow.
 async fn rooms(chat: Arc<ChatInner>, socket: SocketRef, request: RoomsRequest) -> Answer {
     let (user, _) = identity(&chat, &socket)?;
-    // Clamped, as `history`'s limit is.
-    let limit = request
-        .limit
-        .map_or(MAX_ROOMS_PAGE, |l| {
-            usize::try_from(l).unwrap_or(MAX_ROOMS_PAGE)
-        })
-        .clamp(1, MAX_ROOMS_PAGE);
+    let limit = page_size(request.limit, MAX_ROOMS_PAGE, MAX_ROOMS_PAGE);
     // The order pages follow: lobby, then the others by name (byte order, as the store
     // keeps them). One more than the page tells whether another follows.
     let (with_lobby, after) = match request.after.as_deref() {
@@ -524,7 +533,7 @@ struct HistoryRequest {
     #[serde(default)]
     before: Option<String>,
     #[serde(default)]
-    limit: Option<u64>,
+    limit: Option<f64>,
 }
 
 /// `history {room, before?, limit?}` → `{messages}`: members only; up to `limit` (1–100,
@@ -537,11 +546,26 @@ async fn history(chat: Arc<ChatInner>, socket: SocketRef, request: HistoryReques
         .as_deref()
         .map(validate::message_id)
         .transpose()?;
-    let limit = request
-        .limit
-        .map_or(50, |l| usize::try_from(l).unwrap_or(MAX_PAGE))
-        .clamp(1, MAX_PAGE);
+    let limit = page_size(request.limit, 50, MAX_PAGE);
     member(&chat, &socket, &user, &room).await?;
     let messages = chat.store.history(&room, before, limit).await?;
     Ok(fields(json!({"messages": messages})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::page_size;
+
+    #[test]
+    fn a_page_size_is_brought_into_range() {
+        assert_eq!(page_size(None, 50, 100), 50);
+        assert_eq!(page_size(Some(20.0), 50, 100), 20);
+        assert_eq!(page_size(Some(2.9), 50, 100), 2);
+        for low in [0.0, -1.0, -1e300, 0.5] {
+            assert_eq!(page_size(Some(low), 50, 100), 1, "{low}");
+        }
+        for high in [101.0, 1e20, f64::INFINITY] {
+            assert_eq!(page_size(Some(high), 50, 100), 100, "{high}");
+        }
+    }
 }

@@ -67,7 +67,14 @@ fn look_alike(text: &str) -> bool {
 /// A display name: trimmed, runs of spaces made one, 1–32 characters, none of them
 /// invisible, no look-alike letters.
 pub fn name(raw: Option<&str>) -> Result<String, NameError> {
-    let name = raw.ok_or(NameError::Missing)?.trim();
+    // The length is the stored name's: counted after runs of spaces become one.
+    let name = raw
+        .ok_or(NameError::Missing)?
+        .trim()
+        .split(' ')
+        .filter(|w| !w.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
     if name.is_empty() {
         return Err(NameError::Empty);
     }
@@ -77,14 +84,10 @@ pub fn name(raw: Option<&str>) -> Result<String, NameError> {
     if name.chars().any(invisible) {
         return Err(NameError::Invisible);
     }
-    if look_alike(name) {
+    if look_alike(&name) {
         return Err(NameError::LookAlike);
     }
-    Ok(name
-        .split(' ')
-        .filter(|w| !w.is_empty())
-        .collect::<Vec<_>>()
-        .join(" "))
+    Ok(name)
 }
 
 /// A room name: trimmed, 1–64 characters, each a letter or digit (any script), a space,
@@ -154,6 +157,11 @@ mod tests {
         assert_eq!(name(Some("")), Err(NameError::Empty));
         assert_eq!(name(Some(&"é".repeat(32))).unwrap().chars().count(), 32);
         assert_eq!(name(Some(&"é".repeat(33))), Err(NameError::TooLong));
+        // Runs of spaces count as the one they become.
+        let spaced = format!("a{}b", " ".repeat(40));
+        assert_eq!(name(Some(&spaced)).unwrap(), "a b");
+        let long = format!("{}{}{}", "é".repeat(15), " ".repeat(9), "é".repeat(16));
+        assert_eq!(name(Some(&long)).unwrap().chars().count(), 32);
         assert_eq!(name(Some("al\u{0}ice")), Err(NameError::Invisible));
         assert_eq!(name(Some("al\u{200B}ice")), Err(NameError::Invisible));
         assert_eq!(name(Some("a\nb")), Err(NameError::Invisible));

@@ -23,6 +23,9 @@ impl<T: Stream<Item = Result<WsMessage, axum::Error>> + Unpin + Send> Incoming f
 pub(crate) trait Outgoing: Sink<WsMessage> + Unpin + Send {}
 impl<T: Sink<WsMessage> + Unpin + Send> Outgoing for T {}
 
+/// The longest the answer to a client's close frame may take to be written.
+const CLOSE_REPLY_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Serves a session on `socket` until either ends.
 pub(crate) async fn run(socket: WebSocket, session: Arc<Session>) {
     let (tx, rx) = socket.split();
@@ -90,7 +93,16 @@ pub(crate) async fn run_on<R: Incoming, W: Outgoing>(
                     Some(Ok(WsMessage::Text(text))) => Packet::decode_frame(Frame::Text(text)),
                     Some(Ok(WsMessage::Binary(data))) => Packet::decode_frame(Frame::Binary(data)),
                     Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
-                    Some(Ok(WsMessage::Close(_))) | None => {
+                    Some(Ok(WsMessage::Close(_))) => {
+                        session.close(CloseReason::TransportClose);
+                        // RFC 6455 §5.5.1: a close is answered with a close, or the client
+                        // sees an unclean end (1006). The WebSocket queued the answer when it
+                        // read the frame; closing the sink writes it. Bounded: a peer that
+                        // has stopped reading must not hold the task.
+                        let _ = tokio::time::timeout(CLOSE_REPLY_WAIT, socket.close()).await;
+                        return;
+                    }
+                    None => {
                         session.close(CloseReason::TransportClose);
                         return;
                     }

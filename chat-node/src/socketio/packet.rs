@@ -776,8 +776,66 @@ fn parse_digits(s: &str) -> Option<u64> {
     s.parse().ok()
 }
 
-fn parse_json<'a, T: serde::Deserialize<'a>>(json: &'a str) -> Result<T, DecodeError> {
-    serde_json::from_str(json).map_err(DecodeError::InvalidJson)
+fn parse_json<T: serde::de::DeserializeOwned>(json: &str) -> Result<T, DecodeError> {
+    match serde_json::from_str(json) {
+        Ok(value) => Ok(value),
+        // JavaScript strings are UTF-16 and may hold a lone surrogate (half of an emoji cut
+        // by a length limit, say); `JSON.stringify` writes it as a `\uD83D` escape, which
+        // JSON.parse and the reference server accept. A Rust `String` cannot hold one, and
+        // refusing the packet would drop the client's connection over one character, so it
+        // becomes U+FFFD, as a lossy UTF-16 decoder would make it.
+        Err(error) => match replace_lone_surrogates(json) {
+            Some(mended) => serde_json::from_str(&mended).map_err(DecodeError::InvalidJson),
+            None => Err(DecodeError::InvalidJson(error)),
+        },
+    }
+}
+
+/// `json` with each `\u` escape of an unpaired UTF-16 surrogate replaced by `\uFFFD`, or
+/// `None` when it has none. Every backslash in valid JSON starts an escape inside a string,
+/// so walking escapes pairwise finds them without tracking strings.
+fn replace_lone_surrogates(json: &str) -> Option<String> {
+    fn unit_at(bytes: &[u8], at: usize) -> Option<u16> {
+        let escape = bytes.get(at..at + 6)?;
+        if escape[..2] != *b"\\u" {
+            return None;
+        }
+        let hex = std::str::from_utf8(&escape[2..]).ok()?;
+        u16::from_str_radix(hex, 16).ok()
+    }
+    let bytes = json.as_bytes();
+    let mut mended = String::new();
+    let mut copied = 0;
+    let mut at = 0;
+    while at < bytes.len() {
+        if bytes[at] != b'\\' {
+            at += 1;
+            continue;
+        }
+        let Some(unit) = unit_at(bytes, at) else {
+            // Another escape (`\\`, `\"`, ...): skip it whole, so that an escaped
+            // backslash is not taken for the start of the next one.
+            at += 2;
+            continue;
+        };
+        let paired = (0xD800..=0xDBFF).contains(&unit)
+            && unit_at(bytes, at + 6).is_some_and(|low| (0xDC00..=0xDFFF).contains(&low));
+        if paired {
+            at += 12;
+        } else if (0xD800..=0xDFFF).contains(&unit) {
+            mended.push_str(&json[copied..at]);
+            mended.push_str("\\uFFFD");
+            at += 6;
+            copied = at;
+        } else {
+            at += 6;
+        }
+    }
+    if copied == 0 {
+        return None;
+    }
+    mended.push_str(&json[copied..]);
+    Some(mended)
 }
 
 #[cfg(test)]
@@ -1058,6 +1116,43 @@ mod tests {
             panic!("not an event");
         };
         assert!(matches!(args[0], Data::Object(_)));
+    }
+
+    #[test]
+    fn a_lone_surrogate_becomes_a_replacement_character() {
+        let text = |packet: Packet| match packet.data {
+            PacketData::Event { args, .. } => match &args[0] {
+                Data::String(s) => s.clone(),
+                other => panic!("not a string: {other:?}"),
+            },
+            other => panic!("not an event: {other:?}"),
+        };
+        // What `JSON.stringify` writes for half an emoji, at the end, before another
+        // escape, and a trailing half alone.
+        let cases = [
+            (r#"2["a","cut \ud83d"]"#, "cut \u{fffd}"),
+            (r#"2["a","\ud83d\n"]"#, "\u{fffd}\n"),
+            (r#"2["a","\ude00x"]"#, "\u{fffd}x"),
+            // A pair stays one character, also after a lone half.
+            (r#"2["a","\ud83d\ud83d\ude00"]"#, "\u{fffd}\u{1f600}"),
+            // An escaped backslash before `u` starts no escape.
+            (r#"2["a","\\ud83d \ud83d"]"#, "\\ud83d \u{fffd}"),
+        ];
+        for (wire, expected) in cases {
+            assert_eq!(text(decode(wire).unwrap()), expected, "{wire}");
+        }
+        // In a CONNECT's auth too.
+        let packet = decode(r#"0{"name":"x\ud83d"}"#).unwrap();
+        assert_eq!(
+            packet.data,
+            PacketData::Connect(Some(map(json!({ "name": "x\u{fffd}" }))))
+        );
+        // Other bad JSON is still refused.
+        assert!(matches!(
+            decode(r#"2["a","\ud83d]"#),
+            Err(DecodeError::InvalidJson(_))
+        ));
+        assert_eq!(replace_lone_surrogates(r#"["\ud83d\ude00"]"#), None);
     }
 
     #[test]

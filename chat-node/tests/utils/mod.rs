@@ -312,6 +312,18 @@ impl Ws {
         }
     }
 
+    /// Sends a close frame with `code`, as a client ending the connection does.
+    pub async fn send_close(&mut self, code: u16) {
+        let frame = tokio_tungstenite::tungstenite::protocol::CloseFrame {
+            code: code.into(),
+            reason: "bye".into(),
+        };
+        self.stream
+            .send(WsMessage::Close(Some(frame)))
+            .await
+            .unwrap();
+    }
+
     /// Waits for the server to close the connection; fails on any data frame.
     pub async fn expect_close(&mut self) {
         if let Some(frame) = self.recv().await {
