@@ -296,29 +296,63 @@ async fn silent_connection_is_disconnected_after_the_header_read_timeout() {
     expect_closed_within(&mut s, SLOWLORIS_BOUND, "a connection that sends nothing").await;
 }
 
-#[tokio::test]
-async fn trickled_request_head_is_disconnected_after_the_header_read_timeout() {
-    let b = Backend::start("b1");
-    let proxy = Proxy::start_config(&config(&b, "header_read_timeout = \"1s\""));
-    let s = TcpStream::connect(proxy.addr()).await.unwrap();
+/// Writes `head` one byte at a time, then `tail` whole over and over, one write every
+/// 200 ms (each read is quick, no head ever completes), and asserts the proxy closes the
+/// connection within [`SLOWLORIS_BOUND`] (`header_read_timeout = 1s`).
+async fn trickle_until_closed(s: TcpStream, head: &'static [u8], tail: &'static [u8], what: &str) {
     let (mut rd, mut wr) = s.into_split();
-    // One byte every 200 ms: each read is quick, the head never completes.
     let trickle = tokio::spawn(async move {
-        let head = b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ".iter().copied();
-        for byte in head.chain(std::iter::repeat(b'a')) {
-            if wr.write_all(&[byte]).await.is_err() {
+        let writes = head.chunks(1).chain(std::iter::repeat(tail));
+        for write in writes {
+            if wr.write_all(write).await.is_err() {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     });
-    expect_closed_within(
-        &mut rd,
-        SLOWLORIS_BOUND,
+    expect_closed_within(&mut rd, SLOWLORIS_BOUND, what).await;
+    trickle.abort();
+}
+
+#[tokio::test]
+async fn trickled_request_head_is_disconnected_after_the_header_read_timeout() {
+    let b = Backend::start("b1");
+    let proxy = Proxy::start_config(&config(&b, "header_read_timeout = \"1s\""));
+    let s = TcpStream::connect(proxy.addr()).await.unwrap();
+    trickle_until_closed(
+        s,
+        b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ",
+        b"a",
         "a head trickled one byte per 200 ms (header_read_timeout = 1s)",
     )
     .await;
-    trickle.abort();
+}
+
+/// Empty lines before a request are allowed (RFC 9112 §2.2), but they start the head's
+/// clock: a client that sent one every 200 ms kept its connection for good, on a new
+/// connection and on a kept-alive one.
+#[tokio::test]
+async fn trickled_empty_lines_are_disconnected_after_the_header_read_timeout() {
+    let b = Backend::start("b1");
+    let proxy = Proxy::start_config(&config(&b, "header_read_timeout = \"1s\""));
+    let s = TcpStream::connect(proxy.addr()).await.unwrap();
+    trickle_until_closed(s, b"", b"\r\n", "empty lines on a new connection").await;
+
+    let mut s = TcpStream::connect(proxy.addr()).await.unwrap();
+    s.write_all(b"GET /id HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    while !answer.ends_with(b"b1") {
+        let mut buf = [0u8; 1024];
+        let n = tokio::time::timeout(T, s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed before the answer: {answer:?}");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    trickle_until_closed(s, b"", b"\r\n", "empty lines after a request").await;
 }
 
 #[tokio::test]

@@ -826,6 +826,9 @@ async fn wait_head(
         if blank > 0 {
             buf.advance(blank);
             searched = searched.saturating_sub(blank);
+            // The head has begun, as far as its clock goes: otherwise a client sending
+            // an empty line now and then would hold the connection for good.
+            deadline.get_or_insert_with(|| tokio::time::Instant::now() + head_timeout);
         }
         let from = searched.saturating_sub(3);
         if let Some(end) = head_end(&buf[from..]) {
@@ -845,7 +848,7 @@ async fn wait_head(
         if buf.capacity() - buf.len() < 1024 {
             buf.reserve(4096);
         }
-        let read = if buf.is_empty() && !served {
+        let read = if buf.is_empty() && deadline.is_none() && !served {
             // A client that connected while the listener was open gets an answer to the
             // request it sent, even when the stop came before the request was read: a new
             // connection closed without an answer is an error to it, not retried. One that
@@ -866,7 +869,7 @@ async fn wait_head(
                 // Polled only until it ends: the next turn waits with the stop's bound.
                 () = stopping.as_mut(), if !stopped => continue,
             }
-        } else if buf.is_empty() {
+        } else if buf.is_empty() && deadline.is_none() {
             // Idle between requests: also end when the proxy stops. The client retries a
             // request on a kept-alive connection that closed, as RFC 9112 §9.3.1 allows.
             if *shutdown.borrow() {
