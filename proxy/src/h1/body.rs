@@ -74,7 +74,10 @@ enum State {
     /// Hex digits of a chunk size.
     #[default]
     Size,
-    /// Chunk extensions or whitespace, up to the end of the size line.
+    /// Whitespace after the size (RFC 9112 §7.1.1's BWS): only more of it, a `;` or the
+    /// line's end may follow.
+    SizeWs,
+    /// Chunk extensions, up to the end of the size line.
     SizeRest,
     /// The `\n` that ends the size line.
     SizeLf,
@@ -130,8 +133,22 @@ impl Chunked {
                     }
                     None if self.line == 0 => return Err(BadChunk),
                     None if b == b'\r' => State::SizeLf,
-                    None if b == b';' || b == b' ' || b == b'\t' => State::SizeRest,
+                    None if b == b';' => State::SizeRest,
+                    None if b == b' ' || b == b'\t' => State::SizeWs,
                     None => return Err(BadChunk),
+                },
+                // `5 5` would be a size of 5 to us and maybe 0x55 to a lenient client.
+                State::SizeWs => match b {
+                    b' ' | b'\t' => {
+                        self.line += 1;
+                        if self.line > MAX_LINE {
+                            return Err(BadChunk);
+                        }
+                        State::SizeWs
+                    }
+                    b';' => State::SizeRest,
+                    b'\r' => State::SizeLf,
+                    _ => return Err(BadChunk),
                 },
                 State::SizeRest => {
                     self.line += 1;
@@ -269,12 +286,24 @@ mod tests {
             b"3\r\nabc\r\n0\r\nx: y\rz\r\n\r\n",
             b"3\r\nabc\r\n0\r\n\n",
             b"3\nabc\r\n0\r\n\r\n",
+            // Anything but `;` or the line's end after whitespace: `5 5` may be 0x55.
+            b"5 5\r\nhello\r\n0\r\n\r\n",
+            b"3 x\r\nabc\r\n0\r\n\r\n",
         ] {
             assert_eq!(scan(&[bad]), Err(BadChunk), "{}", bad.escape_ascii());
         }
         // Whitespace and extensions with tabs stay fine.
-        let good = b"3 ;a=\"b\tc\"\r\nabc\r\n0\r\nx-a: 1\t2\r\n\r\n";
-        assert_eq!(scan(&[good]), Ok((good.len(), true)));
+        for good in [
+            &b"3 ;a=\"b\tc\"\r\nabc\r\n0\r\nx-a: 1\t2\r\n\r\n"[..],
+            b"3 \t \r\nabc\r\n0\r\n\r\n",
+        ] {
+            assert_eq!(
+                scan(&[good]),
+                Ok((good.len(), true)),
+                "{}",
+                good.escape_ascii()
+            );
+        }
     }
 
     #[test]

@@ -432,6 +432,11 @@ pub struct ResponseHead {
     pub framing: Framing,
     /// The backend keeps the connection open after this response.
     pub reusable: bool,
+    /// The body runs until the backend closes and no field frames it: the client gets it
+    /// chunked (with `Transfer-Encoding: chunked` added to [`ResponseHead::out`]), so that
+    /// a backend failing mid-body shows as a cut body rather than a complete one, and the
+    /// client connection outlives the backend's.
+    pub rechunk: bool,
     /// The head for the client: status line and end-to-end fields, without the final blank
     /// line (the caller adds its own fields first).
     pub out: Vec<u8>,
@@ -562,6 +567,10 @@ pub fn parse_response(
         with_http_date(|d| out.extend_from_slice(d));
         out.extend_from_slice(b"\r\n");
     }
+    let rechunk = chunked.is_none() && length.is_none() && framing.until_close();
+    if rechunk {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
     let both = chunked.is_some() && length.is_some();
     if both {
         // Transfer-Encoding overrides Content-Length (RFC 9112 §6.3); sending both on
@@ -585,6 +594,7 @@ pub fn parse_response(
         // answer is framed by Transfer-Encoding, but the backend may have framed it by the
         // length, so its connection is not used again (nginx refuses such an answer).
         reusable: !close && !framing.until_close() && !both,
+        rechunk,
         framing,
         out,
     }))
@@ -673,10 +683,12 @@ mod tests {
             .find_map(|l| l.strip_prefix("date: "))
             .map(|d| httpdate::parse_http_date(d).is_ok());
         assert_eq!(date, Some(true), "{added}");
-        let kept = head(b"HTTP/1.1 200 OK\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\n\r\n");
+        let kept = head(
+            b"HTTP/1.1 200 OK\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nContent-Length: 0\r\n\r\n",
+        );
         assert_eq!(
             kept,
-            "HTTP/1.1 200 OK\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\n"
+            "HTTP/1.1 200 OK\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nContent-Length: 0\r\n"
         );
     }
 
@@ -972,9 +984,20 @@ mod tests {
             .flatten();
         assert_eq!(
             r.as_ref().map(|r| undated(&r.out)),
-            Some("HTTP/1.1 200 OK\r\n".to_string())
+            Some("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n".to_string())
         );
         assert_eq!(r.as_ref().map(|r| r.reusable), Some(false));
+        assert_eq!(r.as_ref().map(|r| r.rechunk), Some(true));
+        assert_eq!(r.map(|r| r.framing), Some(Framing::UntilClose));
+        // A coding other than chunked also runs until close, but is not re-framed.
+        let r = parse_response(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+            false,
+            1024,
+        )
+        .ok()
+        .flatten();
+        assert_eq!(r.as_ref().map(|r| r.rechunk), Some(false));
         assert_eq!(r.map(|r| r.framing), Some(Framing::UntilClose));
 
         for (raw, want) in [

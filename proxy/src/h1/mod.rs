@@ -499,7 +499,7 @@ impl H1 {
         log.status = resp.status;
 
         let keep_alive = !req.close
-            && !resp.framing.until_close()
+            && (!resp.framing.until_close() || resp.rechunk)
             && !*conn.shutdown.borrow()
             && !rt.config.timeouts.downstream_keepalive.is_zero();
         let mut head = resp.out;
@@ -524,6 +524,7 @@ impl H1 {
             resp.len,
             head,
             &mut framing,
+            resp.rechunk,
             up.config.timeouts.upstream_read,
         )
         .await;
@@ -723,7 +724,9 @@ enum RelayError {
 }
 
 /// Writes the response head and relays the body. The head goes out together with the body
-/// bytes that came with it, in one write.
+/// bytes that came with it, in one write. With `rechunk`, a body that runs until the
+/// backend closes goes out as chunks, and its end (the backend's FIN) as the last chunk.
+#[allow(clippy::too_many_arguments)]
 async fn relay_body(
     client: &mut Stream,
     upstream: &mut UpstreamStream,
@@ -731,13 +734,19 @@ async fn relay_body(
     head_len: usize,
     mut head: Vec<u8>,
     framing: &mut Framing,
+    rechunk: bool,
     limit: Duration,
 ) -> Result<Relayed, RelayError> {
     let first = &upbuf[head_len..];
     let (n, mut done) = framing.feed(first).map_err(RelayError::Unsent)?;
     let mut clean = n == first.len();
-    head.extend_from_slice(&first[..n]);
+    if rechunk {
+        push_chunk(&mut head, &first[..n]);
+    } else {
+        head.extend_from_slice(&first[..n]);
+    }
     let mut sent = n as u64;
+    let mut chunk = Vec::new();
     if !write_all(client, &head, limit).await {
         return Err(RelayError::Client(0));
     }
@@ -759,6 +768,9 @@ async fn relay_body(
             Ok(Err(e)) => return Err(RelayError::Upstream(sent, e.to_string())),
             Ok(Ok(0)) if framing.until_close() => {
                 clean = false;
+                if rechunk && !write_all(client, b"0\r\n\r\n", limit).await {
+                    return Err(RelayError::Client(sent));
+                }
                 break;
             }
             Ok(Ok(0)) => return Err(RelayError::Upstream(sent, "closed mid-body".into())),
@@ -769,7 +781,14 @@ async fn relay_body(
             .map_err(|e| RelayError::Upstream(sent, e.to_string()))?;
         done = d;
         clean &= n == got;
-        if !write_all(client, &upbuf[..n], limit).await {
+        let out = if rechunk {
+            chunk.clear();
+            push_chunk(&mut chunk, &upbuf[..n]);
+            &chunk[..]
+        } else {
+            &upbuf[..n]
+        };
+        if !write_all(client, out, limit).await {
             return Err(RelayError::Client(sent));
         }
         sent += n as u64;
@@ -781,6 +800,16 @@ async fn relay_body(
         body_bytes: sent,
         clean,
     })
+}
+
+/// Appends `data` to `out` as one chunk (nothing for no data: an empty chunk is the last).
+fn push_chunk(out: &mut Vec<u8>, data: &[u8]) {
+    if !data.is_empty() {
+        use std::io::Write as _;
+        let _ = write!(out, "{:x}\r\n", data.len());
+        out.extend_from_slice(data);
+        out.extend_from_slice(b"\r\n");
+    }
 }
 
 /// Reads until `buf` holds `need` bytes (the rest of a request body); false when the client
