@@ -422,27 +422,25 @@ async fn a_reload_reopens_the_access_log_and_refuses_one_it_cannot_open() {
     let r = admin_post(&proxy, "/reload", Some("t")).await;
     assert_eq!(r.status, 422, "{}", r.body);
     let error = r.json()["error"].as_str().unwrap().to_owned();
-    assert!(
-        error.contains("proxy.toml: access_log.path: cannot open ")
-            && error.contains("no-such-dir")
-            && error.contains("for appending"),
-        "{error}"
+    let toml = config(&missing);
+    let line = toml.lines().position(|l| l.starts_with("path = ")).unwrap() + 1;
+    let want = format!(
+        "proxy.toml:{line}: access_log.path: cannot open {} for appending: no directory {}",
+        missing.display(),
+        dir.path().join("no-such-dir").display()
     );
+    assert!(error.contains(&want), "{error}");
     assert_eq!(get(&proxy.url("/id?n=3")).await.status, 200);
     wait_log_line(&log, "the line of n=3 after the refused reload", |l| {
         l.contains("/id?n=3")
     })
     .await;
 
-    // Starting with that file fails the same way, before listening.
-    let out = ProxyCmd::config(&config(&missing)).run_to_exit(Duration::from_secs(20));
-    assert_error_prefix(
-        &out,
-        &format!(
-            "proxy.toml: access_log.path: cannot open {} for appending",
-            missing.display()
-        ),
-    );
+    // Starting with that file fails the same way, before listening, and `proxy check`
+    // finds it too.
+    let out = ProxyCmd::config(&toml).run_to_exit(Duration::from_secs(20));
+    assert_error_line(&out, &want);
+    assert_error_line(&Proxy::check(&toml), &want);
 }
 
 #[tokio::test]

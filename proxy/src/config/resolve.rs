@@ -46,6 +46,31 @@ impl Resolved {
     }
 }
 
+/// Whether a log file could be opened for appending, found without creating or changing
+/// anything: an existing file must open for appending, a new one needs its directory.
+fn appendable(path: &Path) -> Result<(), String> {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_dir() => Err("it is a directory".to_owned()),
+        Ok(_) => std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map(drop)
+            .map_err(|e| e.to_string()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let dir = path
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            if dir.is_dir() {
+                Ok(())
+            } else {
+                Err(format!("no directory {}", dir.display()))
+            }
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Builds the config from the parsed file. Invalid entries are reported in `out` and left
 /// out of the result, which is only meaningful when `out.errors` stays empty.
 pub(super) fn resolve(
@@ -129,6 +154,19 @@ pub(super) fn resolve(
         } else if a.path == Path::new("-") {
             None
         } else {
+            if a.enabled {
+                // Checked here, not only when the proxy opens it, so that `proxy check`
+                // finds what a start or reload would refuse, with its line.
+                if let Err(reason) = appendable(&a.path) {
+                    out.err(
+                        root.key("access_log").key("path"),
+                        ErrorKind::CannotOpen {
+                            path: a.path.clone(),
+                            reason,
+                        },
+                    );
+                }
+            }
             Some(a.path)
         };
         AccessLogConfig {
@@ -1216,6 +1254,14 @@ fn resolve_sticky(s: StickyFile, p: &KeyPath, env: Env<'_>, out: &mut Resolved) 
             Vec::new()
         }
     };
+    // Max-Age counts whole seconds: under one, the cookie would go out as `Max-Age=0`,
+    // which tells the browser to delete it, and no client would ever be pinned.
+    if s.max_age.is_some_and(|a| a.0 < Duration::from_secs(1)) {
+        out.err(
+            p.key("max_age"),
+            ErrorKind::DurationTooShort(Duration::from_secs(1)),
+        );
+    }
     StickyConfig {
         cookie: s.cookie,
         max_age: s.max_age.map(|d| d.0),

@@ -810,6 +810,26 @@ backends = [{ addr = "127.0.0.1:9001" }]
 "#;
 
 #[test]
+fn a_sticky_max_age_under_a_second_is_refused() {
+    // It would go out as `Max-Age=0`, which deletes the cookie: no client ever pinned.
+    for age in ["0s", "500ms"] {
+        assert_eq!(
+            err(&format!(
+                "{STICKY}[upstreams.app.sticky]\nkey = \"0123456789abcdef\"\nmax_age = \"{age}\"\n"
+            )),
+            "proxy.toml:9: upstreams.app.sticky.max_age: must be at least 1s"
+        );
+    }
+    let c = ok(&format!(
+        "{STICKY}[upstreams.app.sticky]\nkey = \"0123456789abcdef\"\nmax_age = \"1s\"\n"
+    ));
+    assert_eq!(
+        c.upstream("app").unwrap().sticky.max_age,
+        Some(Duration::from_secs(1))
+    );
+}
+
+#[test]
 fn sticky_cookie_needs_a_long_enough_key() {
     // No [sticky] table: reported at the upstream's header.
     assert_eq!(
@@ -1160,17 +1180,43 @@ fn trusted_proxies_are_cidrs_or_ips() {
 
 #[test]
 fn access_log_path() {
-    let c = ok(&format!(
-        "{MINIMAL}[access_log]\nenabled = true\nformat = \"combined\"\npath = \"/var/log/s.log\"\n"
-    ));
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("s.log");
+    let with = |path: &std::path::Path, enabled: bool| {
+        format!(
+            "{MINIMAL}[access_log]\nenabled = {enabled}\nformat = \"combined\"\npath = \"{}\"\n",
+            path.display()
+        )
+    };
+    let c = ok(&with(&log, true));
     assert_eq!(
         c.access_log,
         AccessLogConfig {
             enabled: true,
             format: AccessLogFormat::Combined,
-            path: Some(PathBuf::from("/var/log/s.log"))
+            path: Some(log.clone())
         }
     );
+    assert!(!log.exists(), "checking the path creates nothing");
+    // What the proxy could not open is found by the check too, with its line.
+    let missing = dir.path().join("no-such-dir").join("s.log");
+    assert_eq!(
+        err(&with(&missing, true)),
+        format!(
+            "proxy.toml:9: access_log.path: cannot open {} for appending: no directory {}",
+            missing.display(),
+            dir.path().join("no-such-dir").display()
+        )
+    );
+    assert_eq!(
+        err(&with(dir.path(), true)),
+        format!(
+            "proxy.toml:9: access_log.path: cannot open {} for appending: it is a directory",
+            dir.path().display()
+        )
+    );
+    // A log that is off is not opened, so its path is not checked.
+    assert!(!ok(&with(&missing, false)).access_log.enabled);
     assert_eq!(
         err(&format!("{MINIMAL}[access_log]\npath = \"\"\n")),
         "proxy.toml:7: access_log.path: must not be empty (use \"-\" for stdout)"
