@@ -353,6 +353,18 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
     // Before bootstrap: in an upgrade, bootstrap takes the running proxy's sockets, and a
     // failure after that (an access log that cannot be opened) would leave no one serving.
     let shared = Arc::new(Shared::new(config, resolvers)?);
+    if !upgrade {
+        // pingora binds in its service threads, retrying for half a minute, then panics
+        // there: the process would stay up with its admin port answering and no proxy
+        // port. Binding each address once first (and letting go) turns an address in use
+        // into an error at start, as from nginx. (In an upgrade the running proxy holds
+        // them, and hands them over.)
+        let addrs = listeners.iter().map(|l| ("listener", l.listen));
+        for (what, addr) in addrs.chain(admin.as_ref().map(|a| ("admin listener", a.listen))) {
+            std::net::TcpListener::bind(addr)
+                .with_context(|| format!("{what} {addr}: cannot listen"))?;
+        }
+    }
 
     let opt = pingora::server::configuration::Opt {
         upgrade,

@@ -164,6 +164,43 @@ fn check_reports_every_semantic_error_in_one_run_and_run_refuses_the_same_file()
     assert_error_line(&out, route_error);
 }
 
+/// An address another process listens on: an error at start and exit code 1, for a proxy
+/// listener and for the admin one (pingora would retry for 30 s, then panic in its service
+/// thread and leave the process up, its admin port answering, no proxy port open).
+#[test]
+fn an_address_in_use_is_an_error_at_start() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    let b = Backend::start("b1");
+    let ups = upstream("app", None, &entries(&[&b]));
+    let cases = [
+        (
+            format!("{}\n{ups}", listener(taken_port)),
+            format!("error: listener 127.0.0.1:{taken_port}: cannot listen: "),
+        ),
+        (
+            format!(
+                "{}\n{}\n{ups}",
+                admin(taken_port, "t"),
+                listener(free_port())
+            ),
+            format!("error: admin listener 127.0.0.1:{taken_port}: cannot listen: "),
+        ),
+    ];
+    for (toml, want) in cases {
+        let out = ProxyCmd::config(&toml).run_to_exit(Duration::from_secs(20));
+        let all = out.output();
+        assert_eq!(out.code(), Some(1), "{all}");
+        assert!(!all.contains("panicked"), "{all}");
+        assert!(
+            out.stderr
+                .lines()
+                .any(|l| l.starts_with(&want) && l.contains("in use")),
+            "no line starting {want:?}: {all}"
+        );
+    }
+}
+
 #[test]
 fn quick_mode_rejects_a_bad_backend_address_naming_it() {
     let listen = format!("127.0.0.1:{}", free_port());
