@@ -243,6 +243,8 @@ pub struct Shared {
     pub certs: Vec<(SocketAddr, ListenerTls)>,
     /// The file to re-read on reload (None in quick mode: reload re-applies the same config).
     pub config_path: Option<PathBuf>,
+    /// The listeners as bound at start, which serve until a restart.
+    bound: Vec<FixedListener>,
     /// Open client connections and tunnels: a graceful stop ends when none is left
     /// ([`crate::drain`]).
     pub open: Arc<std::sync::atomic::AtomicUsize>,
@@ -251,6 +253,29 @@ pub struct Shared {
     /// Held while a new runtime is built from the current one and stored (a reload, a
     /// DNS refresh), so that neither overwrites the other's with one built before it.
     swap: std::sync::Mutex<()>,
+}
+
+/// What of a listener is fixed at start: its address, TLS or not, ALPN and the PROXY
+/// protocol (its certificates are not).
+#[derive(Debug, PartialEq)]
+struct FixedListener {
+    listen: SocketAddr,
+    h2: Option<bool>,
+    proxy_protocol: Option<ProxyProtocolConfig>,
+}
+
+impl FixedListener {
+    fn of(config: &Config) -> Vec<Self> {
+        config
+            .listeners
+            .iter()
+            .map(|l| Self {
+                listen: l.listen,
+                h2: l.tls.as_ref().map(|t| t.h2),
+                proxy_protocol: l.proxy_protocol.clone(),
+            })
+            .collect()
+    }
 }
 
 /// What a reload swaps in under one running TLS listener, loaded before anything is
@@ -283,6 +308,7 @@ impl Shared {
         let registry = StatsRegistry::default();
         let access_log = open_access_log(&config)?;
         let config_path = config.source.clone();
+        let bound = FixedListener::of(&config);
         let metrics = Metrics::new();
         let runtime = Runtime::build(config, None, &registry, &metrics);
         Ok(Self {
@@ -293,6 +319,7 @@ impl Shared {
             access_log: ArcSwap::from_pointee(access_log),
             certs,
             config_path,
+            bound,
             open: Arc::default(),
             resolver: Arc::new(crate::config::SystemResolver),
             swap: std::sync::Mutex::new(()),
@@ -349,6 +376,24 @@ impl Shared {
         Ok(loaded)
     }
 
+    /// Puts back, first in `new`'s listeners, the running settings of each socket bound at
+    /// start that `new` moves or drops: it accepts until the restart the reload asks for,
+    /// and looked up by address in `new` it would match nothing, so a port that redirected
+    /// to HTTPS would proxy plain HTTP and lose its `response_headers` (HSTS). First, so
+    /// that a wildcard of `new` on the same port does not take its connections.
+    fn keep_moved_listeners(&self, running: &Config, new: &mut Config) {
+        let kept: Vec<_> = running
+            .listeners
+            .iter()
+            .filter(|l| self.bound.iter().any(|b| b.listen == l.listen))
+            .filter(|l| !new.listeners.iter().any(|n| n.listen == l.listen))
+            .cloned()
+            .collect();
+        if !kept.is_empty() {
+            new.listeners.splice(0..0, kept);
+        }
+    }
+
     /// Re-reads the config file and swaps upstreams, strategies, routes, limits, timeouts,
     /// TLS certificates, the admin token and the access log (reopened). An upstream whose
     /// config did not change is kept as it was ([`Runtime::build`]). Open tunnels and
@@ -369,22 +414,7 @@ impl Shared {
         let _swap = self.swap.lock().unwrap_or_else(|p| p.into_inner());
         let old = self.current();
         let mut needs_restart = Vec::new();
-        // A listener's address, TLS or not, ALPN and PROXY protocol are fixed at start; its
-        // certificates are not.
-        type Fixed = (SocketAddr, Option<bool>, Option<ProxyProtocolConfig>);
-        let listen = |c: &Config| -> Vec<Fixed> {
-            c.listeners
-                .iter()
-                .map(|l| {
-                    (
-                        l.listen,
-                        l.tls.as_ref().map(|t| t.h2),
-                        l.proxy_protocol.clone(),
-                    )
-                })
-                .collect()
-        };
-        if listen(&new_config) != listen(&old.config) {
+        if FixedListener::of(&new_config) != self.bound {
             needs_restart.push("listeners".to_string());
         }
         if new_config.admin.as_ref().map(|a| a.listen)
@@ -406,6 +436,8 @@ impl Shared {
         // rejects the reload.
         let access_log = open_access_log(&new_config)?;
         let certs = self.load_certs(&new_config)?;
+        let mut new_config = new_config;
+        self.keep_moved_listeners(&old.config, &mut new_config);
         let runtime = Runtime::build(new_config, Some(&old), &self.registry, &self.metrics);
         let report = ReloadReport {
             upstreams: runtime.upstreams.len(),

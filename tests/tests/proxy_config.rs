@@ -422,6 +422,65 @@ async fn access_log_writes_json_lines() {
     assert_eq!(v["tunnel"], true, "{v}");
 }
 
+/// A reload that moves a listener needs a restart; until then the socket bound at start
+/// keeps accepting, and keeps its own settings: a redirecting port still redirects, with
+/// its `response_headers`, instead of proxying plain HTTP without them.
+#[tokio::test]
+async fn a_listener_a_reload_moves_keeps_its_settings_until_the_restart() {
+    let b = Backend::start("b1");
+    let (admin_port, first, moved) = (free_port(), free_port(), free_port());
+    let config = |port: u16| {
+        format!(
+            "{}\n{}redirect_https_port = 8443\n\
+             response_headers = {{ \"Strict-Transport-Security\" = \"max-age=60\" }}\n{}",
+            admin(admin_port, "t"),
+            listener(port),
+            upstream("app", None, &entries(&[&b]))
+        )
+    };
+    let proxy = Proxy::start_config(&config(first));
+    let redirected = |what: &'static str| async move {
+        let mut c = RawConn::connect(std::net::SocketAddr::from(([127, 0, 0, 1], first))).await;
+        c.send(get_req("/secret")).await;
+        let r = c.response(false).await;
+        assert_eq!(r.status, 308, "{what}: {r:?}");
+        assert_eq!(
+            r.header("location"),
+            Some("https://test:8443/secret"),
+            "{what}: {r:?}"
+        );
+        assert_eq!(
+            r.header("strict-transport-security"),
+            Some("max-age=60"),
+            "{what}: {r:?}"
+        );
+    };
+    redirected("before the reload").await;
+
+    proxy.write_config(&config(moved));
+    let r = admin_post(&proxy, "/reload", Some("t")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.json()["report"]["needs_restart"],
+        serde_json::json!(["listeners"]),
+        "{}",
+        r.body
+    );
+    redirected("after a reload that moved it").await;
+
+    // Moved back: what runs is what the file says again, nothing waits for a restart.
+    proxy.write_config(&config(first));
+    let r = admin_post(&proxy, "/reload", Some("t")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.json()["report"]["needs_restart"],
+        serde_json::json!([]),
+        "{}",
+        r.body
+    );
+    redirected("moved back").await;
+}
+
 #[tokio::test]
 async fn a_reload_reopens_the_access_log_and_refuses_one_it_cannot_open() {
     let dir = tempfile::tempdir().unwrap();
