@@ -680,6 +680,15 @@ async fn chunked_body_over_the_limit_gets_413_without_the_backends_address() {
     );
     let addr = raw.addr.to_string();
     assert!(!r.head.contains(&addr) && !text.contains("peer"), "{r:?}");
+
+    // A malformed chunked body gets its 400. Neither writes an ERROR line: any client
+    // could fill the error log with them (the access log has each request).
+    let mut c = RawConn::connect(proxy.addr()).await;
+    c.send("POST /x HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
+        .await;
+    assert_eq!(c.response(false).await.status, 400);
+    let logs = proxy.logs();
+    assert!(!logs.contains("ERROR"), "{logs}");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -931,4 +940,101 @@ async fn a_response_head_with_obs_text_is_relayed_with_trace_logging_on() {
         "the proxy panicked:\n{}",
         proxy.logs()
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// 9. Heads repaired or refused as on Switchyard's own path.
+
+/// A `Content-Length` list of one repeated value goes to the backend as the single field it
+/// means, and an HTTP/1.0 request without Host gets one, since it goes on as HTTP/1.1.
+#[tokio::test]
+async fn a_repeated_length_and_a_missing_host_are_repaired_for_the_backend() {
+    let (tx, mut seen) = mpsc::unbounded_channel();
+    let raw = echo_backend(tx).await;
+    let proxy = proxy_for_raw(&[&raw], "");
+    for fields in [
+        "Content-Length: 5, 5\r\n",
+        "Content-Length: 5\r\nContent-Length: 5\r\n",
+    ] {
+        let mut c = RawConn::connect(proxy.addr()).await;
+        let r = c
+            .exchange(format!("POST /cl HTTP/1.0\r\nHost: a\r\n{fields}\r\nhello"))
+            .await;
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (200, "hello"),
+            "{fields:?}: {r:?}"
+        );
+        let req = next_seen(&mut seen).await;
+        let lengths: Vec<_> = req
+            .headers
+            .iter()
+            .filter(|(n, _)| n == "content-length")
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(lengths, ["5"], "{fields:?}: {req:?}");
+    }
+
+    let mut c = RawConn::connect(proxy.addr()).await;
+    let r = c.exchange("GET /nohost HTTP/1.0\r\n\r\n").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let req = next_seen(&mut seen).await;
+    assert_eq!(req.path, "/nohost");
+    assert_eq!(
+        field(&req.headers, "host"),
+        Some(raw.addr.to_string().as_str()),
+        "{req:?}"
+    );
+}
+
+/// Answers Switchyard's own path refuses get the same `502` and reason on pingora's (here
+/// for HTTP/1.0 clients): a `101` to a request that asked for no upgrade (the client got
+/// it, then a dead connection), a status outside 100–599, a head over 64 KiB. A `204`
+/// loses its `Content-Length`.
+#[tokio::test]
+async fn answers_our_path_refuses_are_refused_on_pingoras_too() {
+    let big = format!("X-Big: {}\r\n", "b".repeat(70_000));
+    let raw = RawBackend::start(move |mut conn, _| {
+        let big = big.clone();
+        async move {
+            while let Some(req) = conn.request().await {
+                let answer = match req.path.as_str() {
+                    "/101" => "HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n".to_owned(),
+                    "/600" => "HTTP/1.1 600 Odd\r\nContent-Length: 2\r\n\r\nok".to_owned(),
+                    "/big" => format!("HTTP/1.1 200 OK\r\n{big}Content-Length: 2\r\n\r\nok"),
+                    "/204" => "HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n".to_owned(),
+                    _ => "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_owned(),
+                };
+                if !reply(&mut conn, answer).await {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    let proxy = proxy_for_raw(&[&raw], "");
+    for (path, reason) in [
+        (
+            "/101",
+            "the backend switched protocols on a request that asked for no upgrade",
+        ),
+        ("/600", "the backend sent an invalid response head"),
+        ("/big", "the backend's response head is too large"),
+    ] {
+        let mut c = RawConn::connect(proxy.addr()).await;
+        let r = c
+            .exchange(format!("GET {path} HTTP/1.0\r\nHost: test\r\n\r\n"))
+            .await;
+        assert_eq!(r.status, 502, "{path}: {r:?}");
+        assert_eq!(
+            r.text(),
+            format!("502 Bad Gateway: {reason}\n"),
+            "{path}: {r:?}"
+        );
+    }
+    let mut c = RawConn::connect(proxy.addr()).await;
+    c.send("GET /204 HTTP/1.0\r\nHost: test\r\n\r\n").await;
+    let r = c.response(true).await;
+    assert_eq!(r.status, 204, "{r:?}");
+    assert!(r.header("content-length").is_none(), "{r:?}");
 }

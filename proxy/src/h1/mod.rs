@@ -66,7 +66,7 @@ const LOGGED_LINE: usize = 1024;
 /// nginx buffers them), so a request can always be sent again; larger ones go to pingora.
 const MAX_BUFFERED_BODY: u64 = 64 * 1024;
 /// Largest response head accepted from a backend.
-const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+pub(crate) const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// Read size for response bodies.
 const BODY_CHUNK: usize = 16 * 1024;
 /// Idle connections kept per backend.

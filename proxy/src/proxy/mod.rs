@@ -219,6 +219,28 @@ fn status_reason(e: &Error) -> String {
         .map_or_else(String::new, |c| c.as_str().to_string())
 }
 
+/// What makes an answer head unfit to relay, as Switchyard's own path judges it: a status
+/// outside 100–599, a head over its size or field limits, or a `101` (upgrades do not come
+/// this way: [`upgrade::handle`] takes them, so this request asked for none).
+fn bad_answer_head(resp: &ResponseHeader) -> Option<crate::h1::head::BadResponse> {
+    use crate::h1::head::{BadResponse, MAX_FIELDS};
+    let status = resp.status.as_u16();
+    if status == 101 {
+        return Some(BadResponse::Upgrade);
+    }
+    if !(100..=599).contains(&status) {
+        return Some(BadResponse::Invalid);
+    }
+    // The status line, each field as `name: value` and its CRLF, the final CRLF.
+    let size = resp.headers.iter().fold(17, |size, (name, value)| {
+        size + name.as_str().len() + value.len() + 4
+    });
+    if resp.headers.len() > MAX_FIELDS || size > crate::h1::MAX_RESPONSE_HEAD {
+        return Some(BadResponse::TooLarge);
+    }
+    None
+}
+
 /// pingora's parsed request head, as the policy sees it.
 pub(crate) struct PingoraHead<'a>(pub(crate) &'a RequestHeader);
 
@@ -588,6 +610,20 @@ impl ProxyHttp for EdgeProxy {
         for (name, value) in set.into_iter().flat_map(RequestHeaders::sent) {
             upstream_request.insert_header(name.to_owned(), value)?;
         }
+        if !upstream_request.headers.contains_key(http::header::HOST) {
+            // An HTTP/1.0 request may come without Host; it goes on as HTTP/1.1, which
+            // requires one (RFC 9112 §3.2): the backend's address, as a client connected
+            // to it directly would send.
+            if let Some(b) = &ctx.backend {
+                upstream_request.insert_header(http::header::HOST, b.addr.to_string())?;
+            }
+        }
+        if let Some(length) = request::repeated_length(&upstream_request.headers) {
+            // `Content-Length: 5, 5` (or two fields of 5) passed the head's checks as the
+            // one length it repeats (RFC 9110 §8.6), and goes on as that: a backend that
+            // cannot parse the list refuses the request, or frames the body otherwise.
+            upstream_request.insert_header(http::header::CONTENT_LENGTH, length.to_string())?;
+        }
         Ok(())
     }
 
@@ -628,9 +664,19 @@ impl ProxyHttp for EdgeProxy {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        // What Switchyard's own path refuses or repairs in an answer head (`h1::head`),
+        // refused or repaired here too, before any of it reaches the client.
+        if let Some(bad) = bad_answer_head(resp) {
+            return Err(Error::explain(ErrorType::HTTPStatus(502), bad.reason()));
+        }
+        if resp.status == 204 || resp.status.is_informational() {
+            // Neither field belongs on a 1xx or 204 (RFC 9110 §8.6, RFC 9112 §6.1).
+            resp.remove_header(&http::header::CONTENT_LENGTH);
+            resp.remove_header(&http::header::TRANSFER_ENCODING);
+        }
         // Interim answers (100, 103) come here too: the metrics, the passive health and the
         // sticky cookie belong to the final one.
-        if resp.status.is_informational() && resp.status != 101 {
+        if resp.status.is_informational() {
             return Ok(());
         }
         self.observe_response(ctx, resp.status.as_u16());
@@ -784,7 +830,12 @@ impl ProxyHttp for EdgeProxy {
     /// `error_while_proxy` and `fail_to_connect` (throttled, as on Switchyard's own path),
     /// and a client that went away is no error of the proxy's (nginx logs it at `info`).
     fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, e: &Error) -> bool {
-        let quiet = client_went_away(e) || e.esource() == &ErrorSource::Upstream;
+        // A client's malformed request (a bad chunked body, one over the size limit) is
+        // answered and in the access log: an ERROR line for each would let any client
+        // write the error log without bound.
+        let quiet = client_went_away(e)
+            || matches!(e.esource(), ErrorSource::Upstream | ErrorSource::Downstream)
+            || matches!(e.etype(), ErrorType::HTTPStatus(_));
         if quiet {
             tracing::debug!("request failed: {e}");
         }

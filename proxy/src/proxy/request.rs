@@ -35,6 +35,31 @@ pub(crate) fn is_framing_mimic(name: &str) -> bool {
     })
 }
 
+/// The length a request's `Content-Length` repeats when it is written as a list or as
+/// several fields of one value (`5, 5`); `None` when it is a single plain value, absent,
+/// beside `Transfer-Encoding` (which frames the request), or not one repeated number
+/// (refused before this is asked).
+pub(crate) fn repeated_length(headers: &http::HeaderMap) -> Option<u64> {
+    if headers.contains_key(http::header::TRANSFER_ENCODING) {
+        return None;
+    }
+    let fields = headers.get_all(http::header::CONTENT_LENGTH);
+    let listed = fields.iter().count() > 1 || fields.iter().any(|v| v.as_bytes().contains(&b','));
+    if !listed {
+        return None;
+    }
+    let mut items = fields
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|item| !item.is_empty());
+    let first = items.next()?;
+    if items.any(|item| item != first) || !first.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(first).ok()?.parse().ok()
+}
+
 /// Whether the request target has a form the routes can read (RFC 9112 §3.2): a path
 /// (origin-form), an http(s)/ws(s) URL (absolute-form), or `*` on an OPTIONS request.
 /// pingora routes any other target as `/` (its URI is left empty) but forwards it as
@@ -239,6 +264,27 @@ mod tests {
             r.append_header(n.to_string(), *v).unwrap();
         }
         r
+    }
+
+    #[test]
+    fn a_repeated_length_is_found_for_one_field_to_replace_it() {
+        let length =
+            |fields: &[(&str, &str)]| repeated_length(&req(Version::HTTP_10, "/", fields).headers);
+        assert_eq!(length(&[("content-length", "5, 5")]), Some(5));
+        assert_eq!(
+            length(&[("content-length", "5"), ("content-length", "5")]),
+            Some(5)
+        );
+        assert_eq!(length(&[("content-length", "5,")]), Some(5));
+        // Nothing to replace, or nothing that may be.
+        assert_eq!(length(&[("content-length", "5")]), None);
+        assert_eq!(length(&[]), None);
+        assert_eq!(length(&[("content-length", "5, 6")]), None);
+        assert_eq!(length(&[("content-length", "+5, +5")]), None);
+        assert_eq!(
+            length(&[("content-length", "5, 5"), ("transfer-encoding", "chunked")]),
+            None
+        );
     }
 
     #[test]
