@@ -126,6 +126,22 @@ pub async fn admin_post(proxy: &Proxy, path: &str, token: Option<&str>) -> Reply
     admin_request(client().post(proxy.admin_url(path)), token).await
 }
 
+/// Reloads the proxy's config through the admin API with `token` and asserts it succeeded
+/// and listed `needs_restart` as the settings only a restart applies.
+///
+/// # Panics
+/// If the reload failed or listed other settings.
+pub async fn reload_needing(proxy: &Proxy, token: &str, needs_restart: &[&str]) {
+    let r = admin_post(proxy, "/reload", Some(token)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.json()["report"]["needs_restart"],
+        serde_json::json!(needs_restart),
+        "{}",
+        r.body
+    );
+}
+
 /// `GET <path>` on the admin listener, with `Authorization: Bearer <token>` when given.
 pub async fn admin_get(proxy: &Proxy, path: &str, token: Option<&str>) -> Reply {
     admin_request(client().get(proxy.admin_url(path)), token).await

@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::time::Duration;
 
-use tests::admin::{admin_get, admin_post, backend_status, counter, status};
+use tests::admin::{admin_get, admin_post, backend_status, counter, reload_needing, status};
 use tests::fixtures::{admin, backend_entry, entries, listener, tls_keys, upstream};
 use tests::http::backend_counts;
 use tests::raw::{get_req, RawConn};
@@ -458,26 +458,12 @@ async fn a_listener_a_reload_moves_keeps_its_settings_until_the_restart() {
     redirected("before the reload").await;
 
     proxy.write_config(&config(moved));
-    let r = admin_post(&proxy, "/reload", Some("t")).await;
-    assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(
-        r.json()["report"]["needs_restart"],
-        serde_json::json!(["listeners"]),
-        "{}",
-        r.body
-    );
+    reload_needing(&proxy, "t", &["listeners"]).await;
     redirected("after a reload that moved it").await;
 
     // Moved back: what runs is what the file says again, nothing waits for a restart.
     proxy.write_config(&config(first));
-    let r = admin_post(&proxy, "/reload", Some("t")).await;
-    assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(
-        r.json()["report"]["needs_restart"],
-        serde_json::json!([]),
-        "{}",
-        r.body
-    );
+    reload_needing(&proxy, "t", &[]).await;
     redirected("moved back").await;
 }
 
