@@ -56,6 +56,12 @@
 //! reply may append an entry twice). Recently, not "at most the highest seen":
 //! concurrent broadcasts of one node take their numbers and reach the bus in different
 //! orders.
+//!
+//! One exception to the skip: a joint broadcast whose step got no answer from the broker
+//! ([`JointOutcome::Unknown`]: Redis stalled past the response timeout, and may run the
+//! script when it resumes) was delivered nowhere, so its sequence number is remembered
+//! ([`Unanswered`]) and the reader delivers that entry of this node like another node's,
+//! once, if it ever comes: every member gets the message exactly once, this node's too.
 
 // Public for the fuzz targets in `fuzz/` alone: the bus's bytes come from Redis.
 #[doc(hidden)]
@@ -161,6 +167,7 @@ impl AdapterFactory for ClusterAdapterFactory {
             seq: AtomicU64::new(0),
             last_offset: Arc::new(Mutex::new(LastOffset::default())),
             progress: Arc::new(ReadProgress::default()),
+            unanswered: Arc::new(Unanswered::default()),
             recovery,
             _dropped: dropped,
         });
@@ -171,6 +178,7 @@ impl AdapterFactory for ClusterAdapterFactory {
                 me: self.instance,
                 last_offset: Arc::clone(&adapter.last_offset),
                 progress: Arc::clone(&adapter.progress),
+                unanswered: Arc::clone(&adapter.unanswered),
                 offsets: adapter.recovery.is_some(),
             };
             let weak = Arc::downgrade(&adapter);
@@ -259,6 +267,8 @@ pub struct ClusterAdapter {
     last_offset: Arc<Mutex<LastOffset>>,
     /// How far this node's reader has gone.
     progress: Arc<ReadProgress>,
+    /// This node's joint broadcasts with an unknown outcome, for the reader to deliver.
+    unanswered: Arc<Unanswered>,
     recovery: Option<Recovery>,
     /// Dropped with the adapter, which stops its bus reader.
     _dropped: oneshot::Sender<()>,
@@ -541,7 +551,8 @@ impl ClusterAdapter {
         step: &dyn JointStep,
     ) -> Result<(), AdapterError> {
         match step.run(None, &[], &[]).await {
-            JointOutcome::Declined => Ok(()),
+            // Without a target the step appended nothing: no entry can show up.
+            JointOutcome::Declined | JointOutcome::Unknown => Ok(()),
             JointOutcome::Written(value) | JointOutcome::Appended { value, .. } => {
                 self.broadcast(packet.splice(hole, &value), opts.clone())
                     .await
@@ -632,6 +643,12 @@ impl Adapter for ClusterAdapter {
         let target = self.bus.joint_target(&self.topic);
         match step.run(target.as_ref(), head, tail).await {
             JointOutcome::Declined => Ok(()),
+            JointOutcome::Unknown => {
+                // Remembered before the reader can meet the entry: it comes at the
+                // earliest when the broker runs again, well after the step gave up.
+                self.unanswered.remember(entry.seq);
+                Ok(())
+            }
             JointOutcome::Written(value) => {
                 let mut filled = BytesMut::with_capacity(bytes.len() + value.len());
                 filled.put_slice(head);
@@ -837,6 +854,52 @@ impl Adapter for ClusterAdapter {
     }
 }
 
+/// How long a joint broadcast without an answer is waited for ([`Unanswered`]): a broker
+/// stalled for longer than this has its late entries skipped by this node, as before.
+const UNANSWERED_FOR: Duration = Duration::from_secs(600);
+/// The most joint broadcasts without an answer remembered at once (a broker stalled under
+/// a busy node), the oldest forgotten first.
+const MAX_UNANSWERED: usize = 10_000;
+
+/// This node's joint broadcasts whose step got no answer from the broker
+/// ([`JointOutcome::Unknown`]), by sequence number: the broker may still append their
+/// entries, and then this node's reader delivers them to the local sockets, once. Bounded
+/// in number and age: an entry that never comes (the step never ran) is forgotten.
+#[derive(Default)]
+struct Unanswered {
+    /// Sequence numbers and when they were remembered, oldest first.
+    seqs: Mutex<std::collections::VecDeque<(u64, std::time::Instant)>>,
+}
+
+impl Unanswered {
+    fn remember(&self, seq: u64) {
+        let now = std::time::Instant::now();
+        let mut seqs = self.seqs.lock();
+        while seqs
+            .front()
+            .is_some_and(|(_, at)| now.duration_since(*at) > UNANSWERED_FOR)
+            || seqs.len() >= MAX_UNANSWERED
+        {
+            seqs.pop_front();
+        }
+        seqs.push_back((seq, now));
+    }
+
+    /// Whether the reader is to deliver this node's entry `seq` (forgotten from now on: a
+    /// duplicate of the entry is not delivered again). Nearly always empty: one check.
+    fn take(&self, seq: u64) -> bool {
+        let mut seqs = self.seqs.lock();
+        if seqs.is_empty() {
+            return false;
+        }
+        let Some(at) = seqs.iter().position(|(s, _)| *s == seq) else {
+            return false;
+        };
+        seqs.remove(at);
+        true
+    }
+}
+
 /// How many sequence numbers per publishing instance a reader remembers: a duplicate
 /// (a retried batch) arrives within a few hundred entries of the original.
 const DEDUP_WINDOW: usize = 4096;
@@ -893,6 +956,8 @@ struct Receiver {
     me: u64,
     last_offset: Arc<Mutex<LastOffset>>,
     progress: Arc<ReadProgress>,
+    /// This node's entries to deliver all the same.
+    unanswered: Arc<Unanswered>,
     /// Append each event's offset (recovery is on).
     offsets: bool,
 }
@@ -946,8 +1011,9 @@ impl Receiver {
                 return true;
             }
         };
-        // This node applied its own entries when it made them.
-        if instance == self.me {
+        // This node applied its own entries when it made them, except the broadcasts
+        // whose append it never heard of.
+        if instance == self.me && !self.unanswered.take(seq) {
             return true;
         }
         if !state.seen.entry(instance).or_default().insert(seq) {
@@ -976,9 +1042,11 @@ impl Receiver {
                 return true;
             }
         };
-        // Another node's broadcast, read once: this node's own entries and duplicates
-        // were skipped above.
-        metrics().bus_received(Topic::Broadcast);
+        // Another node's broadcast, read once (this node's own entries and duplicates
+        // were skipped above), or one of this node's left to the reader.
+        if instance != self.me {
+            metrics().bus_received(Topic::Broadcast);
+        }
         if self.offsets && is_event(&packet) {
             local.deliver(&packet.with_offset(id), &opts, key);
         } else {
@@ -996,7 +1064,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::bus::MemoryBus;
+    use crate::bus::{MemoryBus, StreamTarget};
 
     #[derive(Default)]
     struct Recorder(Mutex<Vec<(Sid, Encoded)>>, Mutex<Vec<(Sid, Room)>>);
@@ -1182,6 +1250,64 @@ mod tests {
         let packet = event();
         a.broadcast(packet.clone(), to("red")).await.unwrap();
         assert_eq!(recorder.0.lock().clone(), vec![(a2, packet)]);
+    }
+
+    /// A joint step that got no answer from the broker: it keeps the entry's bytes, for
+    /// the test to append as a broker that runs the step late would.
+    #[derive(Default)]
+    struct NoAnswer(Mutex<Option<(Vec<u8>, Vec<u8>)>>);
+
+    #[async_trait]
+    impl JointStep for NoAnswer {
+        async fn run(&self, _: Option<&StreamTarget>, head: &[u8], tail: &[u8]) -> JointOutcome {
+            *self.0.lock() = Some((head.to_vec(), tail.to_vec()));
+            JointOutcome::Unknown
+        }
+    }
+
+    /// Its entry with `value` in the hole.
+    fn late_entry(step: &NoAnswer, value: &str) -> Bytes {
+        let (head, tail) = step.0.lock().clone().unwrap();
+        [head.as_slice(), value.as_bytes(), tail.as_slice()]
+            .concat()
+            .into()
+    }
+
+    /// A joint broadcast without an answer is delivered nowhere at first; when its entry
+    /// shows up in the log after all, this node's reader delivers it to the local sockets
+    /// like another node's, once (a duplicate of it is not), while its other own entries
+    /// are still skipped.
+    #[tokio::test]
+    async fn an_unanswered_joint_broadcast_is_delivered_here_when_its_entry_comes() {
+        let bus = MemoryBus::new();
+        let (a, on_a) = node(&bus, "a");
+        let a1 = Sid::random();
+        a.add_all(a1, vec![a1.into(), "red".into()]).await.unwrap();
+        let packet = Encoded {
+            text: "2[\"m\",\"HOLE\"]".into(),
+            attachments: vec![],
+        };
+        let step = NoAnswer::default();
+        a.broadcast_joint(packet.clone(), 7..11, to("red"), &step)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(on_a.0.lock().is_empty());
+
+        let topic = stream_key(&Namespace::root());
+        let late = late_entry(&step, "1-0");
+        bus.publish(&topic, late.clone()).await.unwrap();
+        bus.publish(&topic, late).await.unwrap();
+        // One of its own broadcasts that was delivered already: skipped as ever.
+        a.broadcast(event(), to("red")).await.unwrap();
+        let got: Vec<String> = eventually(&on_a, 2)
+            .await
+            .into_iter()
+            .map(|(_, p)| p.text)
+            .collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(got, ["2[\"m\",\"1-0\"]", "2[\"m\"]"]);
+        assert_eq!(on_a.0.lock().len(), 2);
     }
 
     #[tokio::test]

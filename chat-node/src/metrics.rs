@@ -143,7 +143,7 @@ pub enum PacketType {
 }
 
 /// Why a chat message (`send`) was refused, as label values (in [`reject_index`]'s order).
-const REJECT_REASONS: [&str; 9] = [
+const REJECT_REASONS: [&str; 10] = [
     "invalid_request",
     "invalid_room_name",
     "no_such_room",
@@ -153,6 +153,7 @@ const REJECT_REASONS: [&str; 9] = [
     "rate_limited",
     "unavailable",
     "other",
+    "timeout",
 ];
 
 fn reject_index(error: &ChatError) -> usize {
@@ -165,6 +166,7 @@ fn reject_index(error: &ChatError) -> usize {
         ChatError::TextTooLong => 5,
         ChatError::RateLimited => 6,
         ChatError::Unavailable => 7,
+        ChatError::Timeout => 9,
         // Errors `send` does not answer with; a bucket all the same, should it start to.
         _ => 8,
     }
@@ -219,7 +221,7 @@ pub struct Metrics {
     pub websocket_writes: Counter,
     /// Chat messages stored and broadcast.
     pub messages_accepted: Counter,
-    messages_rejected: [Counter; 9],
+    messages_rejected: [Counter; 10],
     /// Successful `join`s.
     pub room_joins: Counter,
     bus_published: [Counter; 2],
@@ -270,7 +272,7 @@ impl Metrics {
             websocket_frames: Counter::new(),
             websocket_writes: Counter::new(),
             messages_accepted: Counter::new(),
-            messages_rejected: counters!(9),
+            messages_rejected: counters!(10),
             room_joins: Counter::new(),
             bus_published: counters!(2),
             bus_publish_failures: counters!(2),

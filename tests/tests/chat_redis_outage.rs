@@ -1,6 +1,7 @@
 //! A chat node through a Redis outage, with a real `redis-server` killed and started again
 //! on its port: the node keeps its clients connected and answers their requests
-//! `unavailable` while Redis is gone, `/healthz` says 503 with the reason, the node
+//! `unavailable` while Redis is gone (a `send` on its way when the connection broke:
+//! `timeout`), `/healthz` says 503 with the reason, the node
 //! reconnects by itself, and its log says the store failed once, not once per request
 //! (it wrote a line per failed request: thousands a second on a busy node).
 //!
@@ -32,6 +33,12 @@ async fn an_outage_is_answered_reported_logged_once_and_recovered_from() {
     let outage = Instant::now();
     for i in 1..=FAILED {
         let answer = raw_chat_call(&mut ws, i, "send", &send(i)).await;
+        // The first may have been on its way when the connection broke: it may have
+        // been sent, and is not said `unavailable`. The others find the connection
+        // refused: nothing was sent.
+        if i == 1 && answer == json!({"ok": false, "error": "timeout"}) {
+            continue;
+        }
         assert_eq!(
             answer,
             json!({"ok": false, "error": "unavailable"}),

@@ -55,9 +55,15 @@ pub enum ChatError {
     /// sockets there may still get the room until they are, or until they reconnect.
     #[error("leave incomplete")]
     LeaveIncomplete,
-    /// The store (Redis) failed; details are in the node's log.
+    /// The store (Redis) failed; details are in the node's log. Nothing was written.
     #[error("unavailable")]
     Unavailable,
+    /// A `send` whose store step got no reply (Redis stalled, or the connection broke
+    /// under it): the message may have been sent, now or once Redis runs again. If it
+    /// was, it reaches the room as any message does, the sender's sockets included; a
+    /// client that sends it again risks a duplicate.
+    #[error("timeout")]
+    Timeout,
     /// An event the chat does not have.
     #[error("unknown event")]
     UnknownEvent,
@@ -66,7 +72,11 @@ pub enum ChatError {
 impl From<StoreError> for ChatError {
     fn from(error: StoreError) -> Self {
         store_failed(&error, "a request");
-        Self::Unavailable
+        match error {
+            // Not `unavailable`, which promises that nothing was written.
+            StoreError::NoReply(_) => Self::Timeout,
+            StoreError::Redis(_) | StoreError::Corrupt { .. } => Self::Unavailable,
+        }
     }
 }
 

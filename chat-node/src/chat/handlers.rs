@@ -410,7 +410,8 @@ struct SendRequest {
 /// `send {room, text}` → `{id}`: members only, rate limited; everyone in the room gets
 /// the `message`, the sender included. The checks, the append to the history and the
 /// broadcast's append to the bus are one store step when the store and the bus are on
-/// the same Redis (one round trip, [`ChatStore::post_and_append`]), else two.
+/// the same Redis (one round trip, [`ChatStore::post_and_append`]), else two. A post
+/// that got no reply answers `timeout`: Redis may still run it (see [`SendStep`]).
 ///
 /// [`ChatStore::post_and_append`]: super::ChatStore::post_and_append
 async fn send(chat: Arc<ChatInner>, socket: SocketRef, request: SendRequest) -> Answer {
@@ -480,6 +481,10 @@ impl JointStep for SendStep<'_> {
                 id: entry_id.clone(),
             },
             Ok((Posted::Appended(id), None)) => JointOutcome::Written(id.clone()),
+            // The script may still run, the broadcast's append with it: the adapter has
+            // its reader deliver the entry here too if it comes. Without a target only
+            // the history may get it; nobody can broadcast a message whose id is unknown.
+            Err(StoreError::NoReply(_)) if entry.is_some() => JointOutcome::Unknown,
             Ok((Posted::NotMember | Posted::RateLimited, _)) | Err(_) => JointOutcome::Declined,
         };
         // A member whose socket is not in the room yet (it joined from another tab) has

@@ -146,6 +146,11 @@ pub enum JointOutcome {
         /// The entry's id in the log.
         id: String,
     },
+    /// The step got no answer from the broker: the write and the entry's append may have
+    /// happened, or may still happen (a stalled broker runs them when it resumes). The
+    /// value is unknown, so nothing is delivered now: an adapter with a log delivers the
+    /// entry to its local sockets if it shows up there.
+    Unknown,
 }
 
 /// A write of the application's that a broadcast announces, run together with the
@@ -194,7 +199,8 @@ pub trait Adapter: Send + Sync + 'static {
         step: &dyn JointStep,
     ) -> Result<(), AdapterError> {
         match step.run(None, &[], &[]).await {
-            JointOutcome::Declined => Ok(()),
+            // Without a target no entry can show up: an unknown write is not broadcast.
+            JointOutcome::Declined | JointOutcome::Unknown => Ok(()),
             JointOutcome::Written(value) | JointOutcome::Appended { value, .. } => {
                 self.broadcast(packet.splice(hole, &value), opts).await
             }

@@ -27,9 +27,14 @@ use crate::bus::StreamTarget;
 /// A store failure (Redis unreachable, a corrupt entry).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
-    /// Redis did not answer or refused the command.
+    /// Redis did not answer or refused the command: it did not run.
     #[error("redis: {0}")]
     Redis(String),
+    /// A write whose reply never came (the response timed out, the connection broke
+    /// while it was on its way): Redis may have run it, now or later (a stalled server
+    /// runs what it has buffered when it resumes).
+    #[error("redis: no reply, the write may have run: {0}")]
+    NoReply(String),
     /// An entry the store holds is not what this code writes.
     #[error("corrupt entry {key}: {reason}")]
     Corrupt {

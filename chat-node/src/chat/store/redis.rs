@@ -285,6 +285,22 @@ fn redis_error(error: RedisError) -> StoreError {
     StoreError::Redis(error.to_string())
 }
 
+/// The error of a write that is not to be repeated (a post): [`StoreError::NoReply`] when
+/// the command may have reached Redis. A response timeout leaves it in Redis's input (a
+/// stalled server runs it when it resumes); a connection that broke while the command
+/// waited may have broken after Redis ran it (redis-rs reports a command it never sent,
+/// on a connection it had not yet found closed, the same way: that one is taken as sent
+/// too). Only a refused connection says for sure that it was not.
+fn write_error(error: RedisError) -> StoreError {
+    let in_flight =
+        error.is_timeout() || (error.is_connection_dropped() && !error.is_connection_refusal());
+    if in_flight {
+        StoreError::NoReply(error.to_string())
+    } else {
+        redis_error(error)
+    }
+}
+
 fn ttl_ms(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
 }
@@ -656,7 +672,7 @@ impl ChatStore for RedisStore {
         let reply: Value = post_invocation(&POST, &post)?
             .invoke_async(&mut conn)
             .await
-            .map_err(redis_error)?;
+            .map_err(write_error)?;
         match reply {
             Value::Int(0) => Ok(Posted::NotMember),
             Value::Int(1) => Ok(Posted::RateLimited),
@@ -697,7 +713,7 @@ impl ChatStore for RedisStore {
                 tracing::debug!(%error, "joint post refused; posting, then appending");
                 return Ok((self.post(post).await?, None));
             }
-            Err(error) => return Err(redis_error(error)),
+            Err(error) => return Err(write_error(error)),
         };
         joint_reply(reply)
     }
