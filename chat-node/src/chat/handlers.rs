@@ -285,6 +285,13 @@ async fn create(chat: Arc<ChatInner>, socket: SocketRef, request: CreateRequest)
         max_rooms: chat.config.max_rooms,
         max_memberships: chat.config.max_memberships,
     };
+    // Rooms are never deleted, so a room the store does not have has no members: a
+    // socket still in its Socket.IO room, on any node, is a member of a room of that name
+    // that Redis forgot (it lost its data). They all leave before the new room exists:
+    // else they would get its messages, a private room's too.
+    if chat.store.room(&room).await?.is_none() {
+        chat.empty_room(&room).await?;
+    }
     match chat.store.create_room(&room, &meta, limits).await? {
         Created::Created => {}
         Created::Exists => return Err(ChatError::RoomExists),

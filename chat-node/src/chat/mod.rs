@@ -20,7 +20,10 @@
 //! and every request naming a room checks the membership in the store first. A socket's
 //! connection-state recovery goes only to the same user (the token's user id is recorded
 //! with the state) and brings back only the rooms it is still a member of, and their
-//! missed broadcasts only (`may_recover`).
+//! missed broadcasts only (`may_recover`). The one way a socket outlives its membership
+//! is Redis losing its data: the store forgets the room and its members, the sockets stay
+//! in its Socket.IO room. So `create` empties the Socket.IO room of a name the store does
+//! not have, on every node, before the room exists (`empty_room`).
 //!
 //! # Leaving a room on every node
 //!
@@ -516,6 +519,23 @@ impl ChatInner {
             .map_err(|error| {
                 tracing::warn!(%error, room, "a leave not told to the other nodes");
                 ChatError::LeaveIncomplete
+            })
+    }
+
+    /// Takes every socket, on every node, out of `room`'s Socket.IO room, through the
+    /// log like a `leave` (so before any broadcast that starts afterwards): for a room the
+    /// store does not have, whose sockets are left over from before Redis lost its data.
+    /// An error: the other nodes could not be told (this node's sockets have left).
+    async fn empty_room(&self, room: &str) -> Result<(), ChatError> {
+        let Some(nsp) = self.nsp() else {
+            return Err(ChatError::Unavailable);
+        };
+        nsp.to(sio_room(room))
+            .sockets_leave(vec![sio_room(room)])
+            .await
+            .map_err(|error| {
+                tracing::warn!(%error, room, "a forgotten room's sockets not taken out on the other nodes");
+                ChatError::Unavailable
             })
     }
 

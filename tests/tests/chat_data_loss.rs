@@ -1,0 +1,76 @@
+//! Redis losing its data (FLUSHALL on a real `redis-server`) under two chat nodes: the
+//! sockets that were in a room stay connected, but the store no longer knows the room
+//! nor their memberships. Someone who then creates a private room of the same name must
+//! be the only one to get its messages: the old members' sockets, on either node, are
+//! not in it.
+//!
+//! Needs `redis-server`. Build the node first: `cargo build -p chat-node --bin chat-node &&
+//! cargo test -p tests --test chat_data_loss`.
+
+use serde_json::json;
+use tests::chatnode::{events_until, raw_chat_call, raw_chat_socket, ChatNode};
+use tests::redis::RedisServer;
+use tests::ws::Ws;
+
+/// The `message` events (`[room, text]`) read on `ws` up to and including the one whose
+/// text is `last`.
+async fn messages_until(ws: &mut Ws, last: &str) -> Vec<(String, String)> {
+    events_until(ws, "message", |m| m["text"] == last)
+        .await
+        .into_iter()
+        .filter(|event| event[0] == "message")
+        .map(|event| {
+            let field = |name: &str| event[1][name].as_str().unwrap_or_default().to_owned();
+            (field("room"), field("text"))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_private_room_created_after_redis_lost_its_data_reaches_only_its_members() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let a = ChatNode::start("a", Some(&url), &[]);
+    let b = ChatNode::start("b", Some(&url), &[]);
+    let mut alice = raw_chat_socket(&a, "alice").await;
+    let mut bob = raw_chat_socket(&b, "bob").await;
+    let made = raw_chat_call(&mut alice, 1, "create", r#"{"room":"R"}"#).await;
+    assert_eq!(made["ok"], true, "{made}");
+    let joined = raw_chat_call(&mut bob, 1, "join", r#"{"room":"R"}"#).await;
+    assert_eq!(joined["ok"], true, "{joined}");
+
+    assert_eq!(redis.command(&["FLUSHALL"]), "+OK");
+
+    // Right away: nothing waits for a heartbeat to notice the loss.
+    let mut eve = raw_chat_socket(&b, "eve").await;
+    let private = raw_chat_call(&mut eve, 1, "create", r#"{"room":"R","private":true}"#).await;
+    assert_eq!(private["ok"], true, "{private}");
+    let sent = raw_chat_call(
+        &mut eve,
+        2,
+        "send",
+        &json!({"room": "R", "text": "secret"}).to_string(),
+    )
+    .await;
+    assert_eq!(sent["ok"], true, "{sent}");
+    // After it in every node's order: whoever got the secret got it before this.
+    let marker = raw_chat_call(
+        &mut eve,
+        3,
+        "send",
+        &json!({"room": "lobby", "text": "marker"}).to_string(),
+    )
+    .await;
+    assert_eq!(marker["ok"], true, "{marker}");
+
+    for (name, ws) in [("alice", &mut alice), ("bob", &mut bob)] {
+        let got = messages_until(ws, "marker").await;
+        assert_eq!(
+            got,
+            [("lobby".to_owned(), "marker".to_owned())],
+            "{name} is no member of the new private R"
+        );
+    }
+    let history = raw_chat_call(&mut alice, 2, "history", r#"{"room":"R"}"#).await;
+    assert_eq!(history, json!({"ok": false, "error": "not a member"}));
+}
