@@ -15,7 +15,8 @@
 //!   the same [`EngineError`]). The requester waits a bounded time (a GET:
 //!   `ping_interval + ping_timeout`, since the owner answers a long poll by the next ping
 //!   at the latest; a POST: `ping_timeout`); no answer in time (a dead owner) is
-//!   `400 Session ID unknown`, so the client reconnects. A requester that stops sends
+//!   `400 Session ID unknown`, so the client reconnects. A directory or bus that fails
+//!   is a retryable `503` ([`EngineError::Unavailable`]): the session may be alive. A requester that stops sends
 //!   `{"t":"release","id","from"}` for each poll it still waits on: the owner answers it at
 //!   once (a noop if nothing is queued), and the client polls again through another node.
 //! - WebSocket bridge: a WebSocket upgrade for another node's session is accepted and
@@ -133,45 +134,60 @@ fn unavailable(error: impl std::fmt::Display) -> BusError {
     BusError::Unavailable(error.to_string())
 }
 
+/// How many times a directory command is sent when its connection turns out dropped,
+/// and the pause before the second (longer before each next).
+const DIRECTORY_ATTEMPTS: u32 = 3;
+const DIRECTORY_RETRY: Duration = Duration::from_millis(50);
+
 impl RedisDirectory {
     /// Connects to Redis at `url` (it must answer now).
     pub async fn connect(url: &str) -> Result<Self, BusError> {
         let conn = crate::bus::redis::open(url).await.map_err(unavailable)?;
         Ok(Self { conn })
     }
+
+    /// Runs `cmd` (each is idempotent), again when the connection had dropped: the
+    /// connection manager finds a dead connection (Redis restarted) only by a command
+    /// failing on it, and reconnects behind it, so the first command after a restart
+    /// fails though Redis answers. A timeout is not retried: Redis is there but slow.
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, BusError> {
+        let mut attempt = 1;
+        loop {
+            let mut conn = self.conn.clone();
+            match cmd.query_async::<T>(&mut conn).await {
+                Ok(value) => return Ok(value),
+                Err(error) if error.is_connection_dropped() && attempt < DIRECTORY_ATTEMPTS => {
+                    metrics().redis_error(Component::Directory);
+                    tracing::debug!(%error, attempt, "session directory connection dropped; trying again");
+                    tokio::time::sleep(DIRECTORY_RETRY * attempt).await;
+                    attempt += 1;
+                }
+                Err(error) => return Err(unavailable(error)),
+            }
+        }
+    }
 }
 
 #[async_trait]
 impl SessionDirectory for RedisDirectory {
     async fn owner(&self, sid: &str) -> Result<Option<String>, BusError> {
-        let mut conn = self.conn.clone();
-        redis::cmd("GET")
-            .arg(owner_key(sid))
-            .query_async::<Option<String>>(&mut conn)
-            .await
-            .map_err(unavailable)
+        self.query(redis::cmd("GET").arg(owner_key(sid))).await
     }
 
     async fn register(&self, sid: &str, node: &str, ttl: Duration) -> Result<(), BusError> {
-        let mut conn = self.conn.clone();
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        redis::cmd("SET")
-            .arg(owner_key(sid))
-            .arg(node)
-            .arg("PX")
-            .arg(ttl_ms)
-            .query_async::<()>(&mut conn)
-            .await
-            .map_err(unavailable)
+        self.query(
+            redis::cmd("SET")
+                .arg(owner_key(sid))
+                .arg(node)
+                .arg("PX")
+                .arg(ttl_ms),
+        )
+        .await
     }
 
     async fn unregister(&self, sid: &str) -> Result<(), BusError> {
-        let mut conn = self.conn.clone();
-        redis::cmd("DEL")
-            .arg(owner_key(sid))
-            .query_async::<()>(&mut conn)
-            .await
-            .map_err(unavailable)
+        self.query(redis::cmd("DEL").arg(owner_key(sid))).await
     }
 }
 
@@ -271,7 +287,10 @@ type HostedFrames = futures::channel::mpsc::Sender<Result<WsMessage, axum::Error
 
 /// An Engine.IO error as a number: its protocol code, or 413 for a payload too large.
 fn error_code(error: EngineError) -> u16 {
-    error.code().map_or(413, u16::from)
+    match error {
+        EngineError::Unavailable => 503,
+        _ => error.code().map_or(413, u16::from),
+    }
 }
 
 fn error_from_code(code: u16) -> EngineError {
@@ -282,6 +301,7 @@ fn error_from_code(code: u16) -> EngineError {
         4 => EngineError::Forbidden,
         5 => EngineError::UnsupportedProtocolVersion,
         413 => EngineError::PayloadTooLarge,
+        503 => EngineError::Unavailable,
         _ => EngineError::BadRequest,
     }
 }
@@ -584,6 +604,16 @@ impl Forwarder {
         }
     }
 
+    /// The owner of `sid` in the directory. A directory that fails (after its own
+    /// retries) is [`EngineError::Unavailable`]: the session may exist, and a `Session
+    /// ID unknown` would end it for the client.
+    async fn lookup(&self, sid: &str) -> Result<Option<String>, EngineError> {
+        self.inner.directory.owner(sid).await.map_err(|error| {
+            tracing::warn!(%error, "session directory unavailable");
+            EngineError::Unavailable
+        })
+    }
+
     /// Sends a request to `sid`'s owner and waits (bounded) for its answer.
     async fn call(
         &self,
@@ -592,13 +622,8 @@ impl Forwarder {
         binary: bool,
         body: &[u8],
     ) -> Result<Option<String>, EngineError> {
-        let owner = match self.inner.directory.owner(sid).await {
-            Ok(Some(owner)) => owner,
-            Ok(None) => return Err(EngineError::UnknownSid),
-            Err(error) => {
-                tracing::warn!(%error, "session directory unavailable");
-                return Err(EngineError::UnknownSid);
-            }
+        let Some(owner) = self.lookup(sid).await? else {
+            return Err(EngineError::UnknownSid);
         };
         if owner == self.inner.config.node_id {
             // Ours in the directory but not in the table: it just closed.
@@ -627,8 +652,9 @@ impl Forwarder {
             metrics().forwarded(op == Op::Post);
         }
         if let Err(error) = published {
+            // The session is there, the bus is not: the client may try again.
             tracing::warn!(%error, %owner, "forwarding failed");
-            return Err(EngineError::UnknownSid);
+            return Err(EngineError::Unavailable);
         }
         let limit = match op {
             Op::Poll => self.inner.config.poll_timeout,
@@ -731,15 +757,11 @@ impl Remote for Forwarder {
         self.call(Op::Post, sid, binary, &body).await.map(|_| ())
     }
 
-    async fn owner(&self, sid: &str) -> Option<String> {
-        match self.inner.directory.owner(sid).await {
-            Ok(Some(owner)) if owner != self.inner.config.node_id => Some(owner),
-            Ok(_) => None,
-            Err(error) => {
-                tracing::warn!(%error, "session directory unavailable");
-                None
-            }
-        }
+    async fn owner(&self, sid: &str) -> Result<Option<String>, EngineError> {
+        Ok(self
+            .lookup(sid)
+            .await?
+            .filter(|owner| *owner != self.inner.config.node_id))
     }
 
     async fn bridge(&self, sid: String, owner: String, socket: WebSocket) {

@@ -1,18 +1,19 @@
 //! Sessions without stickiness: polling requests for a session owned by another node are
 //! forwarded to the owner (through a real `redis-server`, and on the in-process bus);
 //! `--sessions local` keeps classic behaviour; a dead owner is a bounded
-//! `Session ID unknown`.
+//! `Session ID unknown`; a failing session directory a retryable 503.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod utils;
 
 use std::collections::{BTreeSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chat_node::bus::MemoryBus;
-use chat_node::forward::MemoryDirectory;
+use chat_node::bus::{BusError, MemoryBus};
+use chat_node::forward::{MemoryDirectory, SessionDirectory};
 use chat_node::node::{Node, NodeConfig, SessionMode};
 use serde_json::Value;
 use utils::process::NodeProcess;
@@ -435,4 +436,75 @@ async fn a_dead_owner_is_a_bounded_session_id_unknown() {
     assert!(elapsed < Duration::from_millis(3500), "{elapsed:?}");
     let post = request(http.post(&on_b).body("42[\"x\"]")).await;
     assert_unknown_sid(&post);
+}
+
+/// A session directory whose lookups fail while `down` is set (Redis unreachable for
+/// them); records and removals always work.
+#[derive(Clone, Default)]
+struct Flaky {
+    inner: MemoryDirectory,
+    down: Arc<AtomicBool>,
+}
+
+#[async_trait::async_trait]
+impl SessionDirectory for Flaky {
+    async fn owner(&self, sid: &str) -> Result<Option<String>, BusError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(BusError::Unavailable("connection refused".to_owned()));
+        }
+        self.inner.owner(sid).await
+    }
+
+    async fn register(&self, sid: &str, node: &str, ttl: Duration) -> Result<(), BusError> {
+        self.inner.register(sid, node, ttl).await
+    }
+
+    async fn unregister(&self, sid: &str) -> Result<(), BusError> {
+        self.inner.unregister(sid).await
+    }
+}
+
+/// A request for another node's session while the directory fails is a retryable 503,
+/// not a `Session ID unknown` that would end a session that exists: once the directory
+/// answers again, the same session goes on through the same node.
+#[tokio::test]
+async fn a_failing_directory_is_a_retryable_503_not_an_unknown_sid() {
+    let bus = Arc::new(MemoryBus::new());
+    let directory = Flaky::default();
+    let node = |id: &str| {
+        Node::with_parts(
+            config(id, None, SessionMode::Shared),
+            bus.clone(),
+            Arc::new(directory.clone()),
+        )
+        .unwrap()
+    };
+    let a = TestServer::start_node(placeholder::install(node("a"))).await;
+    let b = TestServer::start_node(placeholder::install(node("b"))).await;
+    let mut client = Client::open(&a).await;
+
+    directory.down.store(true, Ordering::SeqCst);
+    for reply in [client.post(&b, "6").await, client.get(&b).await] {
+        assert_eq!(reply.status, 503, "{}", reply.body);
+        assert_eq!(reply.header("retry-after"), Some("1"));
+        let body: Value = serde_json::from_str(&reply.body).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"message": "Session directory unavailable"})
+        );
+    }
+    let ws = format!("{}&sid={}", b.ws_url(None), client.sid);
+    match tokio::time::timeout(STEP, tokio_tungstenite::connect_async(ws))
+        .await
+        .unwrap()
+    {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 503);
+        }
+        other => panic!("expected a 503, got {:?}", other.map(|(_, r)| r.status())),
+    }
+
+    directory.down.store(false, Ordering::SeqCst);
+    client.send(&b, r#"40{"name":"t"}"#).await;
+    assert!(client.recv(&b).await.starts_with("40"));
 }

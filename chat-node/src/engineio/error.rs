@@ -33,6 +33,12 @@ pub enum EngineError {
     /// refusals by the application, with its own message).
     #[error("Server at capacity")]
     AtCapacity,
+    /// A request for another node's session that cannot be routed now: the session
+    /// directory or the bus (Redis) failed. 503 with `Retry-After`, no code (the reference
+    /// server has none for it): the session may well exist, and the request may be sent
+    /// again; not `Session ID unknown`, which ends the client's session.
+    #[error("Session directory unavailable")]
+    Unavailable,
 }
 
 impl EngineError {
@@ -45,7 +51,7 @@ impl EngineError {
             Self::BadRequest => 3,
             Self::Forbidden | Self::AtCapacity => 4,
             Self::UnsupportedProtocolVersion => 5,
-            Self::PayloadTooLarge => return None,
+            Self::PayloadTooLarge | Self::Unavailable => return None,
         })
     }
 
@@ -54,7 +60,7 @@ impl EngineError {
         match self {
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::AtCapacity => StatusCode::SERVICE_UNAVAILABLE,
+            Self::AtCapacity | Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_REQUEST,
         }
     }
@@ -62,6 +68,21 @@ impl EngineError {
 
 impl IntoResponse for EngineError {
     fn into_response(self) -> Response {
+        if self == Self::Unavailable {
+            let body = serde_json::json!({ "message": self.to_string() }).to_string();
+            return (
+                self.status(),
+                [
+                    (
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/json"),
+                    ),
+                    (header::RETRY_AFTER, HeaderValue::from_static("1")),
+                ],
+                body,
+            )
+                .into_response();
+        }
         let Some(code) = self.code() else {
             return self.status().into_response();
         };
@@ -130,6 +151,11 @@ mod tests {
                 EngineError::AtCapacity,
                 503,
                 r#"{"code":4,"message":"Server at capacity"}"#,
+            ),
+            (
+                EngineError::Unavailable,
+                503,
+                r#"{"message":"Session directory unavailable"}"#,
             ),
         ];
         for (error, status, expected) in cases {

@@ -56,8 +56,9 @@ pub trait Remote: Send + Sync + 'static {
     async fn poll(&self, sid: &str) -> Result<String, EngineError>;
     /// A POST for session `sid`, which is not open here (`max_payload` already checked).
     async fn post(&self, sid: &str, binary: bool, body: Bytes) -> Result<(), EngineError>;
-    /// The node that owns session `sid` (not open here), if another node does.
-    async fn owner(&self, sid: &str) -> Option<String>;
+    /// The node that owns session `sid` (not open here), if another node does; an error
+    /// when that cannot be told now.
+    async fn owner(&self, sid: &str) -> Result<Option<String>, EngineError>;
     /// Carries a client's WebSocket for session `sid` to its owner `owner` (an upgrade
     /// from polling that landed here), until either side ends.
     async fn bridge(&self, sid: String, owner: String, socket: WebSocket);
@@ -304,7 +305,7 @@ impl EngineIo {
             }
             (None, Some(remote)) => {
                 // A WebSocket for a session of another node: bridged to the owner.
-                let owner = remote.owner(&sid).await.ok_or(EngineError::UnknownSid)?;
+                let owner = remote.owner(&sid).await?.ok_or(EngineError::UnknownSid)?;
                 let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, &())
                     .await
                     .map_err(|_| EngineError::BadRequest)?;
