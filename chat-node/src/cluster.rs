@@ -48,6 +48,11 @@
 //! delivery goes on, out of that order, and says so in the log; nor is a broadcast whose
 //! append's reply takes that long by the reader.
 //!
+//! A join ([`Join`], from
+//! [`sockets_join`](crate::socketio::BroadcastOperator::sockets_join)) is the same the
+//! other way: an entry of the log that every node's reader applies in order, so that a
+//! broadcast appended after it reaches the sockets it put in rooms, on every node.
+//!
 //! An entry ([`Entry`], a small binary format: `cluster/entry.rs`) holds the encoded
 //! packet (text and attachments, as raw bytes), the rooms and `except`, and its origin: the
 //! node id, a random instance id of this process, and a sequence number. A node skips its
@@ -77,7 +82,7 @@ use bytes::{BufMut as _, Bytes, BytesMut};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 
-pub use entry::{Entry, EntryError, Leave};
+pub use entry::{Entry, EntryError, Join, Leave};
 
 use crate::bus::{parse_id, Bus, BusEntry, LOG_START};
 use crate::engineio::Sid;
@@ -541,6 +546,22 @@ impl ClusterAdapter {
         }
     }
 
+    /// Appends a leave or join entry (`what`); `Ok` once it has its id.
+    async fn append_room_change(&self, bytes: Bytes, what: &str) -> Result<(), AdapterError> {
+        let appended = self.bus.append(&self.topic, bytes).await;
+        metrics().bus_publish(Topic::Broadcast, appended.is_ok());
+        match appended {
+            Ok(Some(id)) => {
+                advance(&self.last_offset, &id, parse_id(&id));
+                Ok(())
+            }
+            Ok(None) => Err(AdapterError::Unavailable(format!(
+                "bus unreachable: the other nodes get the {what} once it is back"
+            ))),
+            Err(error) => Err(AdapterError::Unavailable(error.to_string())),
+        }
+    }
+
     /// A joint broadcast whose entry cannot be split at its placeholder: the step alone,
     /// then the filled-in packet broadcast (which fails as it would have).
     async fn local_first(
@@ -692,18 +713,31 @@ impl Adapter for ClusterAdapter {
         let bytes = leave
             .encode()
             .map_err(|error| AdapterError::Unavailable(error.to_string()))?;
-        let appended = self.bus.append(&self.topic, bytes).await;
-        metrics().bus_publish(Topic::Broadcast, appended.is_ok());
-        match appended {
-            Ok(Some(id)) => {
-                advance(&self.last_offset, &id, parse_id(&id));
-                Ok(())
-            }
-            Ok(None) => Err(AdapterError::Unavailable(
-                "bus unreachable: the other nodes get the leave once it is back".to_owned(),
-            )),
-            Err(error) => Err(AdapterError::Unavailable(error.to_string())),
+        self.append_room_change(bytes, "leave").await
+    }
+
+    /// As [`del_sockets`](Adapter::del_sockets), the other way: this node's sockets join
+    /// at once, every other node's reader puts its own in at the join's place in the log
+    /// (before any broadcast appended after it).
+    async fn add_sockets(
+        &self,
+        opts: BroadcastOptions,
+        rooms: Vec<Room>,
+    ) -> Result<(), AdapterError> {
+        for sid in self.local.join_selected(&opts, &rooms) {
+            self.rooms_changed(sid).await;
         }
+        let join = Join {
+            node: self.node.clone(),
+            instance: self.instance,
+            seq: self.next_seq(),
+            opts,
+            rooms,
+        };
+        let bytes = join
+            .encode()
+            .map_err(|error| AdapterError::Unavailable(error.to_string()))?;
+        self.append_room_change(bytes, "join").await
     }
 
     /// This node's sockets only.
@@ -1035,6 +1069,16 @@ impl Receiver {
             }
             return true;
         }
+        if entry::is_join(data) {
+            match Join::decode(data) {
+                // As for a leave, the recovery records follow when they are next written.
+                Ok(join) => {
+                    local.join_selected(&join.opts, &join.rooms);
+                }
+                Err(error) => state.skipped.note(&error, id),
+            }
+            return true;
+        }
         let Entry { packet, opts, .. } = match Entry::decode(data) {
             Ok(entry) => entry,
             Err(error) => {
@@ -1174,6 +1218,20 @@ mod tests {
         assert_eq!(on_b.1.lock().clone(), vec![(b1, Room::from("red"))]);
         assert_eq!(b.rooms_of(b1).await.unwrap().len(), 2);
         assert!(on_a.0.lock().is_empty());
+    }
+
+    /// Once `add_sockets` has returned on one node, a broadcast that another node starts
+    /// reaches the selected sockets on both nodes (that node's reader put its own in
+    /// first), and only them.
+    #[tokio::test]
+    async fn a_join_is_applied_on_every_node_before_any_later_broadcast() {
+        let ([(a, on_a), (b, on_b)], [a1, b1, _b2]) = two_nodes([&["@u"], &["@u"], &[]]).await;
+        a.add_sockets(to("@u"), vec!["red".into()]).await.unwrap();
+        assert!(a.rooms_of(a1).await.unwrap().contains(&Room::from("red")));
+        let packet = event();
+        b.broadcast(packet.clone(), to("red")).await.unwrap();
+        assert_eq!(on_b.0.lock().clone(), vec![(b1, packet.clone())]);
+        assert_eq!(eventually(&on_a, 1).await, vec![(a1, packet)]);
     }
 
     /// A bus whose broker is down: entries are accepted into the buffer, without an id

@@ -299,6 +299,7 @@ async fn create(chat: Arc<ChatInner>, socket: SocketRef, request: CreateRequest)
         Created::TooManyMemberships => return Err(ChatError::TooManyMemberships),
     }
     chat.enter_late(&socket, &user, &room).await;
+    chat.enter_everywhere(&user, &room).await;
     let mut answer = fields(json!({"room": room}));
     if let Some(invite) = invite {
         answer.insert("invite".to_owned(), Value::String(invite));
@@ -346,6 +347,7 @@ async fn join(chat: Arc<ChatInner>, socket: SocketRef, request: JoinRequest) -> 
             Joined::TooManyMemberships => return Err(ChatError::TooManyMemberships),
         };
     chat.enter_late(&socket, &user, &room).await;
+    chat.enter_everywhere(&user, &room).await;
     let history = chat
         .store
         .history(&room, None, chat.config.history_on_join)

@@ -36,14 +36,19 @@
 //! - The message's broadcast is appended to the log after the leave entry (the ack waits
 //!   for the leave's append), so every node applies the leave before it delivers it.
 //! - A socket that was not in the room when its node applied the leave cannot enter it
-//!   afterwards: each way in (the connect hook, `join`, `create`, a late entry) puts the
-//!   socket in the room first and reads the membership after; a read after the store
+//!   afterwards: each way in (the connect hook, `join`, `create`, a late entry, a join
+//!   entry from another tab's `join` or `create`) puts the socket in the room first and
+//!   reads the membership after; a read after the store
 //!   dropped the membership makes the socket leave again, and a read before it means the
 //!   socket was in the room (and its user's room, joined first of all) before the leave
 //!   entry was even appended, so that its node's reader takes it out.
 //!
 //! Each node then removes its sockets' presence in the room and announces it, so the
-//! room's `presence` stops listing the user. `leave` is the only way a membership ends
+//! room's `presence` stops listing the user.
+//!
+//! `join` and `create` are the other way round: every socket of the user room enters the
+//! chat room, on every node, through a join entry of the log ([`crate::cluster`]), so
+//! that every connection of the user is in all of its rooms. `leave` is the only way a membership ends
 //! (rooms are never deleted, nobody is removed by someone else).
 
 pub mod config;
@@ -201,6 +206,12 @@ pub fn register(
     nsp.on_sockets_left(move |sids: &[Sid], rooms: &[Room]| {
         if let Some(chat) = weak.upgrade() {
             chat.sockets_left(sids, rooms);
+        }
+    });
+    let weak = Arc::downgrade(&inner);
+    nsp.on_sockets_joined(move |sids: &[Sid], rooms: &[Room]| {
+        if let Some(chat) = weak.upgrade() {
+            chat.sockets_joined(sids, rooms);
         }
     });
     let _ = inner.nsp.set(nsp);
@@ -564,6 +575,61 @@ impl ChatInner {
         let chat = Arc::clone(self);
         tokio::spawn(async move {
             chat.went_offline(&gone).await;
+        });
+    }
+
+    /// Puts every socket of `user`, on every node, in `room` (the user joined or created
+    /// it from one of them: every connection of the user enters all of its rooms). Each
+    /// node's sockets then enter it as a late entry does, the membership read after they
+    /// are in ([`sockets_joined`](Self::sockets_joined)). When the other nodes cannot be
+    /// told, their sockets enter on their next request naming the room, or when they
+    /// reconnect.
+    async fn enter_everywhere(&self, user: &str, room: &str) {
+        // Every socket is in `lobby` from its connect on.
+        let (false, Some(nsp)) = (room == LOBBY, self.nsp()) else {
+            return;
+        };
+        if let Err(error) = nsp
+            .to(user_room(user))
+            .sockets_join(vec![sio_room(room)])
+            .await
+        {
+            tracing::warn!(%error, room, "a join not told to the other nodes");
+        }
+    }
+
+    /// The adapter put local sockets in rooms (a join or create of their user, made on
+    /// this node or another): they enter as a late entry does, which records them in
+    /// their sessions and presence, and takes them out again if the membership has ended
+    /// meanwhile. Runs between two entries of the bus reader: the rest goes to a task.
+    fn sockets_joined(self: &Arc<Self>, sids: &[Sid], rooms: &[Room]) {
+        let rooms: Vec<String> = rooms
+            .iter()
+            .filter_map(chat_room)
+            .map(str::to_owned)
+            .collect();
+        let Some(nsp) = self.nsp() else {
+            return;
+        };
+        let sockets: Vec<(SocketRef, String)> = {
+            let sessions = self.sessions.lock();
+            sids.iter()
+                .filter_map(|sid| {
+                    let user = sessions.get(sid)?.user.clone();
+                    Some((nsp.socket(*sid)?, user))
+                })
+                .collect()
+        };
+        if rooms.is_empty() || sockets.is_empty() {
+            return;
+        }
+        let chat = Arc::clone(self);
+        tokio::spawn(async move {
+            for (socket, user) in &sockets {
+                for room in &rooms {
+                    chat.enter_late(socket, user, room).await;
+                }
+            }
         });
     }
 

@@ -26,6 +26,9 @@
 //! | rooms: u32 count, str… | except: u32 count, str… | leave: u32 count, str…
 //! ```
 //!
+//! A join entry ([`Join`]: sockets put in rooms on every node) is a leave entry with the
+//! tag `"SYJ" 0x01`, the rooms to join in place of the rooms to leave.
+//!
 //! Anything else (another version, an older node's JSON entry, a truncated entry) is
 //! refused with an [`EntryError`]; decoding never panics, and allocates in proportion to
 //! the entry's size whatever its counts say.
@@ -40,6 +43,9 @@ const MAGIC: [u8; 4] = *b"SYB\x01";
 /// The tag and version of a leave entry: a node of an earlier version, which has no
 /// such entry, skips it as foreign.
 const LEAVE_MAGIC: [u8; 4] = *b"SYL\x01";
+/// The tag and version of a join entry: a node of an earlier version skips it as
+/// foreign (its sockets then enter the room on their next request naming it).
+const JOIN_MAGIC: [u8; 4] = *b"SYJ\x01";
 /// Magic, instance, seq: what [`origin`] reads.
 const ORIGIN_LEN: usize = MAGIC.len() + 8 + 8;
 
@@ -142,24 +148,49 @@ pub struct Leave {
 impl Leave {
     /// The entry's bytes.
     pub fn encode(&self) -> Result<Bytes, EntryError> {
-        let body = 4 + self
-            .rooms
-            .iter()
-            .map(|r| 4 + r.as_str().len())
-            .sum::<usize>();
         let origin = (self.instance, self.seq);
-        let mut out = put_head(LEAVE_MAGIC, origin, &self.node, &self.opts, body)?;
-        put_rooms(&mut out, &self.rooms)?;
-        Ok(out.freeze())
+        encode_rooms(LEAVE_MAGIC, origin, &self.node, &self.opts, &self.rooms)
     }
 
     /// Reads a leave entry.
     pub fn decode(data: &Bytes) -> Result<Self, EntryError> {
-        let (mut reader, (instance, seq), node, opts) = read_head(data, LEAVE_MAGIC)?;
-        let rooms = reader.rooms()?;
-        if reader.at != data.len() {
-            return Err(EntryError::Truncated);
-        }
+        decode_rooms(data, LEAVE_MAGIC)
+    }
+}
+
+/// Sockets to put in rooms, on every node: those `opts` selects join `rooms` (the
+/// reference server's `socketsJoin`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Join {
+    /// The publishing node's id (for logs).
+    pub node: String,
+    /// The publishing process, as in [`Entry`].
+    pub instance: u64,
+    /// In the same numbering as the instance's broadcasts.
+    pub seq: u64,
+    /// Which sockets join.
+    pub opts: BroadcastOptions,
+    /// The rooms they join.
+    pub rooms: Vec<Room>,
+}
+
+impl Join {
+    /// The entry's bytes.
+    pub fn encode(&self) -> Result<Bytes, EntryError> {
+        let origin = (self.instance, self.seq);
+        encode_rooms(JOIN_MAGIC, origin, &self.node, &self.opts, &self.rooms)
+    }
+
+    /// Reads a join entry.
+    pub fn decode(data: &Bytes) -> Result<Self, EntryError> {
+        // The same fields as a leave's, under its own tag.
+        let Leave {
+            node,
+            instance,
+            seq,
+            opts,
+            rooms,
+        } = decode_rooms(data, JOIN_MAGIC)?;
         Ok(Self {
             node,
             instance,
@@ -170,9 +201,44 @@ impl Leave {
     }
 }
 
-/// Whether `data` is a leave entry (else a broadcast, or foreign).
+/// A leave or join entry (tag `magic`).
+fn encode_rooms(
+    magic: [u8; 4],
+    origin: (u64, u64),
+    node: &str,
+    opts: &BroadcastOptions,
+    rooms: &[Room],
+) -> Result<Bytes, EntryError> {
+    let body = 4 + rooms.iter().map(|r| 4 + r.as_str().len()).sum::<usize>();
+    let mut out = put_head(magic, origin, node, opts, body)?;
+    put_rooms(&mut out, rooms)?;
+    Ok(out.freeze())
+}
+
+/// Reads a leave or join entry (tag `magic`), as a leave's fields.
+fn decode_rooms(data: &Bytes, magic: [u8; 4]) -> Result<Leave, EntryError> {
+    let (mut reader, (instance, seq), node, opts) = read_head(data, magic)?;
+    let rooms = reader.rooms()?;
+    if reader.at != data.len() {
+        return Err(EntryError::Truncated);
+    }
+    Ok(Leave {
+        node,
+        instance,
+        seq,
+        opts,
+        rooms,
+    })
+}
+
+/// Whether `data` is a leave entry (else a broadcast, a join, or foreign).
 pub fn is_leave(data: &[u8]) -> bool {
     data.starts_with(&LEAVE_MAGIC)
+}
+
+/// Whether `data` is a join entry (else a broadcast, a leave, or foreign).
+pub fn is_join(data: &[u8]) -> bool {
+    data.starts_with(&JOIN_MAGIC)
 }
 
 /// A buffer for an entry with tag `magic`, holding the header every entry starts with:
@@ -230,7 +296,10 @@ fn put_rooms(out: &mut BytesMut, rooms: &[Room]) -> Result<(), EntryError> {
 pub fn origin(data: &[u8]) -> Result<(u64, u64), EntryError> {
     let Some(head) = data.get(..ORIGIN_LEN) else {
         return Err(
-            if data.starts_with(&MAGIC) || data.starts_with(&LEAVE_MAGIC) {
+            if [MAGIC, LEAVE_MAGIC, JOIN_MAGIC]
+                .iter()
+                .any(|magic| data.starts_with(magic))
+            {
                 EntryError::Truncated
             } else {
                 EntryError::Foreign
@@ -238,7 +307,7 @@ pub fn origin(data: &[u8]) -> Result<(u64, u64), EntryError> {
         );
     };
     let (magic, numbers) = head.split_at(MAGIC.len());
-    if magic != MAGIC && magic != LEAVE_MAGIC {
+    if magic != MAGIC && magic != LEAVE_MAGIC && magic != JOIN_MAGIC {
         return Err(EntryError::Foreign);
     }
     let (instance, seq) = numbers.split_at(8);
@@ -417,6 +486,33 @@ mod tests {
         for cut in MAGIC.len()..bytes.len() {
             assert_eq!(
                 Leave::decode(&bytes.slice(..cut)),
+                Err(EntryError::Truncated),
+                "cut at {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_join_entry_round_trips_and_is_neither_a_leave_nor_a_broadcast() {
+        let join = Join {
+            node: "n2".into(),
+            instance: 9,
+            seq: 4,
+            opts: BroadcastOptions {
+                rooms: vec!["@u1".into()],
+                except: vec![],
+            },
+            rooms: vec!["#team".into()],
+        };
+        let bytes = join.encode().unwrap();
+        assert!(is_join(&bytes) && !is_leave(&bytes));
+        assert_eq!(Join::decode(&bytes).unwrap(), join);
+        assert_eq!(origin(&bytes).unwrap(), (9, 4));
+        assert_eq!(Entry::decode(&bytes), Err(EntryError::Foreign));
+        assert_eq!(Leave::decode(&bytes), Err(EntryError::Foreign));
+        for cut in MAGIC.len()..bytes.len() {
+            assert_eq!(
+                Join::decode(&bytes.slice(..cut)),
                 Err(EntryError::Truncated),
                 "cut at {cut}"
             );

@@ -102,6 +102,10 @@ pub trait LocalSockets: Send + Sync + 'static {
     /// [`Adapter::del_sockets`] (called on this node or another). Called on the adapter's
     /// own path (a bus reader, between two entries): it must not block.
     fn left(&self, _sids: &[Sid], _rooms: &[Room]) {}
+
+    /// The local sockets `sids` were put in `rooms` by [`Adapter::add_sockets`] (called
+    /// on this node or another). Called on the adapter's own path: it must not block.
+    fn joined(&self, _sids: &[Sid], _rooms: &[Room]) {}
 }
 
 /// The recorded state of a socket that a reconnecting client may take back
@@ -214,6 +218,15 @@ pub trait Adapter: Send + Sync + 'static {
     /// selected sockets through those rooms. An error means the other nodes may not have
     /// been told (this node's sockets have left all the same).
     async fn del_sockets(
+        &self,
+        opts: BroadcastOptions,
+        rooms: Vec<Room>,
+    ) -> Result<(), AdapterError>;
+    /// Puts the sockets `opts` selects in `rooms`, wherever they are connected (the
+    /// reference server's `socketsJoin`). When it returns `Ok`, this node's sockets are
+    /// in, and every node puts its own in before it delivers any broadcast that starts
+    /// afterwards. An error means the other nodes may not have been told.
+    async fn add_sockets(
         &self,
         opts: BroadcastOptions,
         rooms: Vec<Room>,
@@ -409,6 +422,22 @@ impl LocalAdapter {
         sids
     }
 
+    /// Puts the local sockets `opts` selects in `rooms` and tells the namespace
+    /// ([`LocalSockets::joined`]); returns them.
+    pub fn join_selected(&self, opts: &BroadcastOptions, rooms: &[Room]) -> Vec<Sid> {
+        let sids = self.targets(opts);
+        if sids.is_empty() {
+            return sids;
+        }
+        for sid in &sids {
+            self.join(*sid, rooms.iter().cloned());
+        }
+        if let Some(local) = self.local.upgrade() {
+            local.joined(&sids, rooms);
+        }
+        sids
+    }
+
     /// Delivers `packet` to the local sockets `opts` selects.
     pub fn deliver(&self, packet: &Encoded, opts: &BroadcastOptions, offset: Option<(u64, u64)>) {
         let Some(local) = self.local.upgrade() else {
@@ -457,6 +486,15 @@ impl Adapter for LocalAdapter {
         rooms: Vec<Room>,
     ) -> Result<(), AdapterError> {
         self.leave_selected(&opts, &rooms);
+        Ok(())
+    }
+
+    async fn add_sockets(
+        &self,
+        opts: BroadcastOptions,
+        rooms: Vec<Room>,
+    ) -> Result<(), AdapterError> {
+        self.join_selected(&opts, &rooms);
         Ok(())
     }
 }

@@ -96,6 +96,12 @@ impl BroadcastOperator {
         Ok(self.ns.adapter().del_sockets(self.opts, rooms).await?)
     }
 
+    /// Puts every selected socket, on every node, in `rooms` (see
+    /// [`Adapter::add_sockets`](super::Adapter::add_sockets) for what `Ok` promises).
+    pub async fn sockets_join(self, rooms: Vec<Room>) -> Result<(), EmitError> {
+        Ok(self.ns.adapter().add_sockets(self.opts, rooms).await?)
+    }
+
     /// The selected sockets connected to this node.
     pub async fn local_sockets(self) -> Result<Vec<SocketRef>, EmitError> {
         let sids = self.ns.adapter().sockets(self.opts).await?;

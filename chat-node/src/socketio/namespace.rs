@@ -123,6 +123,11 @@ where
 /// Called between two bus entries: it must not block.
 pub type LeftHook = dyn Fn(&[Sid], &[Room]) + Send + Sync;
 
+/// What the application is told when sockets of this node were put in rooms by
+/// [`BroadcastOperator::sockets_join`] (here or on another node). Called between two bus
+/// entries: it must not block.
+pub type JoinedHook = dyn Fn(&[Sid], &[Room]) + Send + Sync;
+
 /// A namespace's state, shared by its sockets.
 pub(crate) struct NamespaceInner {
     name: Namespace,
@@ -130,6 +135,8 @@ pub(crate) struct NamespaceInner {
     adapter: Arc<dyn Adapter>,
     recovery_check: RwLock<Option<Arc<dyn RecoveryCheck>>>,
     left_hook: RwLock<Option<Arc<LeftHook>>>,
+    /// The same for sockets put in rooms ([`Nsp::on_sockets_joined`]).
+    joined_hook: RwLock<Option<Arc<JoinedHook>>>,
     sockets: RwLock<SidMap<SocketRef>>,
 }
 
@@ -147,6 +154,7 @@ impl NamespaceInner {
                 hook,
                 recovery_check: RwLock::new(None),
                 left_hook: RwLock::new(None),
+                joined_hook: RwLock::new(None),
                 sockets: RwLock::new(SidMap::default()),
             }
         })
@@ -205,6 +213,13 @@ impl LocalSockets for NamespaceInner {
 
     fn left(&self, sids: &[Sid], rooms: &[Room]) {
         let hook = self.left_hook.read().clone();
+        if let Some(hook) = hook {
+            hook(sids, rooms);
+        }
+    }
+
+    fn joined(&self, sids: &[Sid], rooms: &[Room]) {
+        let hook = self.joined_hook.read().clone();
         if let Some(hook) = hook {
             hook(sids, rooms);
         }
@@ -270,5 +285,11 @@ impl Nsp {
     /// [`BroadcastOperator::sockets_leave`] of any node (replacing any previous hook).
     pub fn on_sockets_left(&self, hook: impl Fn(&[Sid], &[Room]) + Send + Sync + 'static) {
         *self.0.left_hook.write() = Some(Arc::new(hook));
+    }
+
+    /// Sets what to call when sockets of this node are put in rooms by a
+    /// [`BroadcastOperator::sockets_join`] of any node (replacing any previous hook).
+    pub fn on_sockets_joined(&self, hook: impl Fn(&[Sid], &[Room]) + Send + Sync + 'static) {
+        *self.0.joined_hook.write() = Some(Arc::new(hook));
     }
 }
