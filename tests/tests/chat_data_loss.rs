@@ -2,13 +2,16 @@
 //! sockets that were in a room stay connected, but the store no longer knows the room
 //! nor their memberships. Someone who then creates a private room of the same name must
 //! be the only one to get its messages: the old members' sockets, on either node, are
-//! not in it.
+//! not in it. And when the room comes back without a member's membership (Redis
+//! restarted from an older snapshot), that member's sockets leave it.
 //!
 //! Needs `redis-server`. Build the node first: `cargo build -p chat-node --bin chat-node &&
 //! cargo test -p tests --test chat_data_loss`.
 
+use std::time::{Duration, Instant};
+
 use serde_json::json;
-use tests::chatnode::{events_until, raw_chat_call, raw_chat_socket, ChatNode};
+use tests::chatnode::{events_until, raw_chat_call, raw_chat_connect, raw_chat_socket, ChatNode};
 use tests::redis::RedisServer;
 use tests::ws::Ws;
 
@@ -73,4 +76,76 @@ async fn a_private_room_created_after_redis_lost_its_data_reaches_only_its_membe
     }
     let history = raw_chat_call(&mut alice, 2, "history", r#"{"room":"R"}"#).await;
     assert_eq!(history, json!({"ok": false, "error": "not a member"}));
+}
+
+/// A socket of a new user named `name` on `node`, past its welcome, and the user id.
+async fn chat_user(node: &ChatNode, name: &str) -> (Ws, String) {
+    let mut ws = raw_chat_connect(node, &json!({ "name": name }).to_string()).await;
+    let welcome = events_until(&mut ws, "welcome", |_| true).await;
+    let user = welcome
+        .last()
+        .and_then(|w| w[1]["user"].as_str().map(str::to_owned));
+    (ws, user.expect("a user id in the welcome"))
+}
+
+fn message(room: &str, text: &str) -> String {
+    json!({"room": room, "text": text}).to_string()
+}
+
+#[tokio::test]
+async fn a_membership_redis_lost_ends_for_its_sockets() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    // A beat a second: the nodes notice the loss soon.
+    let args = ["--presence-ttl", "3s", "--rate-limit", "1000/1s"];
+    let a = ChatNode::start("a", Some(&url), &args);
+    let b = ChatNode::start("b", Some(&url), &args);
+    let (mut alice, alice_id) = chat_user(&a, "alice").await;
+    let mut bob = raw_chat_socket(&b, "bob").await;
+    let made = raw_chat_call(&mut alice, 1, "create", r#"{"room":"R"}"#).await;
+    assert_eq!(made["ok"], true, "{made}");
+    let joined = raw_chat_call(&mut bob, 1, "join", r#"{"room":"R"}"#).await;
+    assert_eq!(joined["ok"], true, "{joined}");
+
+    // Back as an older snapshot had it: the room and alice's membership, not bob's.
+    assert_eq!(redis.command(&["FLUSHALL"]), "+OK");
+    let meta = json!({"private": false, "created_by": alice_id, "created_at": 0}).to_string();
+    assert_eq!(redis.command(&["SET", "syd:chat:room:R", &meta]), "+OK");
+    assert_eq!(
+        redis.command(&["SADD", "syd:chat:members:R", &alice_id]),
+        ":1"
+    );
+    let rooms = format!("syd:chat:user:{alice_id}:rooms");
+    assert_eq!(redis.command(&["SADD", &rooms, "R"]), ":1");
+
+    // Until bob's node has noticed (a beat), alice's messages may still reach him; then
+    // never again.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut id = 1;
+    loop {
+        id += 1;
+        let probe = format!("probe {id}");
+        let sent = raw_chat_call(&mut alice, id, "send", &message("R", &probe)).await;
+        assert_eq!(sent["ok"], true, "{sent}");
+        let mark = format!("mark {id}");
+        id += 1;
+        let sent = raw_chat_call(&mut alice, id, "send", &message("lobby", &mark)).await;
+        assert_eq!(sent["ok"], true, "{sent}");
+        let got = messages_until(&mut bob, &mark).await;
+        if !got.contains(&("R".to_owned(), probe)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "bob, no longer a member of R, still gets its messages 15 s after Redis lost his membership"
+        );
+    }
+    id += 1;
+    let sent = raw_chat_call(&mut alice, id, "send", &message("R", "secret")).await;
+    assert_eq!(sent["ok"], true, "{sent}");
+    id += 1;
+    let sent = raw_chat_call(&mut alice, id, "send", &message("lobby", "last")).await;
+    assert_eq!(sent["ok"], true, "{sent}");
+    let got = messages_until(&mut bob, "last").await;
+    assert_eq!(got, [("lobby".to_owned(), "last".to_owned())]);
 }

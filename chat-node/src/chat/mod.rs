@@ -60,7 +60,8 @@ pub mod secret;
 pub mod store;
 pub mod validate;
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -153,6 +154,9 @@ pub(crate) struct ChatInner {
     /// (it would bring back a socket that left, or hide one that came, until the next
     /// beat).
     presence_writes: tokio::sync::RwLock<()>,
+    /// A socket's presence was written since the last heartbeat: if the heartbeat finds
+    /// none of this node's, Redis lost its data (as when the last beat wrote some).
+    presence_added: AtomicBool,
 }
 
 /// Milliseconds since the epoch (message `ts`, ids of the embedded store).
@@ -178,6 +182,7 @@ pub fn register(
         sessions: Mutex::new(SidMap::default()),
         presence_pending: Mutex::new(HashSet::new()),
         presence_writes: tokio::sync::RwLock::new(()),
+        presence_added: AtomicBool::new(false),
     });
     let weak = Arc::downgrade(&inner);
     let nsp = io.ns(
@@ -411,8 +416,9 @@ impl ChatInner {
                 self.config.presence_ttl,
             )
             .await;
-        if let Err(error) = added {
-            error::store_failed(&error, "recording presence");
+        match added {
+            Ok(()) => self.presence_added.store(true, Ordering::Relaxed),
+            Err(error) => error::store_failed(&error, "recording presence"),
         }
         true
     }
@@ -631,6 +637,58 @@ impl ChatInner {
                 }
             }
         });
+    }
+
+    /// Redis lost its data (the heartbeat found this node's presence gone): the store may
+    /// have forgotten memberships (restarted empty, or from an older snapshot) that the
+    /// local sockets still act on, being in those rooms' Socket.IO rooms. Each leaves the
+    /// rooms its user is not a member of in the store now, and the rooms are told. A
+    /// membership added since the sessions were read is in the store before its socket
+    /// enters the room (each way in), so it is never taken for a forgotten one.
+    async fn recheck_memberships(self: &Arc<Self>) {
+        let Some(nsp) = self.nsp() else {
+            return;
+        };
+        let sessions: Vec<(Sid, String, Vec<String>)> = self
+            .sessions
+            .lock()
+            .iter()
+            .map(|(sid, session)| {
+                let rooms = session.rooms.iter().filter(|r| *r != LOBBY).cloned();
+                (*sid, session.user.clone(), rooms.collect())
+            })
+            .filter(|(_, _, rooms): &(Sid, String, Vec<String>)| !rooms.is_empty())
+            .collect();
+        let mut members: HashMap<String, HashSet<String>> = HashMap::new();
+        for (sid, user, rooms) in sessions {
+            let Some(socket) = nsp.socket(sid) else {
+                continue;
+            };
+            if !members.contains_key(&user) {
+                match self.store.rooms_of(&user).await {
+                    Ok(now) => {
+                        members.insert(user.clone(), now.into_iter().collect());
+                    }
+                    // Redis is going again: the next loss it notices tries again.
+                    Err(error) => {
+                        error::store_failed(&error, "re-checking memberships");
+                        return;
+                    }
+                }
+            }
+            let Some(now) = members.get(&user) else {
+                continue;
+            };
+            for room in rooms.iter().filter(|room| !now.contains(*room)) {
+                tracing::info!(
+                    room,
+                    "a membership lost with Redis's data: its socket leaves the room"
+                );
+                if self.exit(&socket, room).await {
+                    self.presence_changed(room);
+                }
+            }
+        }
     }
 
     /// A socket is gone: forget it and tell its rooms who is left.

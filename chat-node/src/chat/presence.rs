@@ -9,12 +9,17 @@
 //! write) is gone at the next beat. A node starting removes what an earlier process with
 //! its id left.
 //!
+//! A beat that finds this node's own entries gone has found Redis without its data: the
+//! memberships may be gone too, so every local socket leaves the rooms its user is no
+//! longer a member of (`recheck_memberships`).
+//!
 //! An expiry tells no one: so each beat also lists the nodes that have entries, and when
 //! another node dropped out (or came back after Redis lost its data), this node sends its
 //! own sockets the current `presence` of their rooms.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Weak;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
 
 use serde_json::{json, Value};
 
@@ -89,6 +94,8 @@ pub(super) async fn heartbeat(chat: Weak<ChatInner>) {
             return;
         };
         let writing = chat.presence_writes.write().await;
+        // Under the lock: an add from now on counts for the next beat.
+        let added = chat.presence_added.swap(false, Ordering::Relaxed);
         if !forgotten {
             match chat.store.presence_forget(&chat.node).await {
                 Ok(()) => forgotten = true,
@@ -105,8 +112,12 @@ pub(super) async fn heartbeat(chat: Weak<ChatInner>) {
             // Its own entries gone since the last beat: Redis lost its data (or this beat
             // is late). The other nodes write theirs again within a beat: until they
             // have, their absence says nothing about their sockets.
-            Ok(had) if wrote && !had => {
+            Ok(had) if (wrote || added) && !had => {
                 tracing::debug!("this node's presence was lost; the others' is awaited");
+                // The memberships may be lost with it, while the sockets are still in
+                // the rooms' Socket.IO rooms: they leave the ones the store has no more.
+                let recheck = Arc::clone(&chat);
+                tokio::spawn(async move { recheck.recheck_memberships().await });
                 others = None;
                 wrote = !entries.is_empty();
                 continue;
