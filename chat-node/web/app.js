@@ -622,7 +622,14 @@ $("composer").addEventListener("submit", async (event) => {
     await request("send", { room, text });
     input.value = "";
   } catch (error) {
-    notice(`not sent: ${error.message}`);
+    // `timeout`: the server's store did not answer in time, and may still store the
+    // message; it shows up in the room if it does, and sending it again could post it
+    // twice. The text stays in the box for the user to decide.
+    notice(
+      error.message === "timeout"
+        ? "maybe sent: the server got no answer in time; if it went, it shows up here"
+        : `not sent: ${error.message}`,
+    );
   }
 });
 
