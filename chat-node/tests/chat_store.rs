@@ -511,6 +511,29 @@ async fn all(store: Arc<dyn ChatStore>) {
     // Last: their rooms would be in the room counts and pages checked above.
     membership_limit(&*store).await;
     membership_limit_under_concurrency(Arc::clone(&store)).await;
+    look_alike_rooms(&*store).await;
+}
+
+/// One room per look (`chat::validate::look`): a name a reader could not tell from an
+/// existing room's (Cyrillic `рор` beside `pop`, `rnodern` beside `modern`) is refused,
+/// a private room's look too; a name that only resembles one is not.
+async fn look_alike_rooms(store: &dyn ChatStore) {
+    let create = |room: &'static str, private: bool| async move {
+        store
+            .create_room(room, &meta(private), rooms_up_to(ANY))
+            .await
+            .unwrap()
+    };
+    assert_eq!(create("pop", true).await, Created::Created);
+    assert_eq!(
+        create("\u{440}\u{43e}\u{440}", false).await,
+        Created::LooksLike
+    );
+    assert_eq!(create("pop", false).await, Created::Exists);
+    assert_eq!(store.room("\u{440}\u{43e}\u{440}").await.unwrap(), None);
+    assert_eq!(create("modern", false).await, Created::Created);
+    assert_eq!(create("rnodern", false).await, Created::LooksLike);
+    assert_eq!(create("pip", false).await, Created::Created);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -160,6 +160,12 @@ test("create, rooms with counts across nodes, join, system notices, presence, le
   await a.waitFor("presence", (p) => p.room === room && p.members.join() === a.welcome.name);
   await a.refused("create", { room }, "room exists");
   await a.refused("create", { room: "lobby" }, "room exists");
+  // One room per look, across nodes and scripts: Cyrillic "рор" beside Latin "pop" (the
+  // same digits), "1obby" beside "lobby".
+  const digits = String(parseInt(tag, 16));
+  await a.ok("create", { room: `pop ${digits}`, private: true });
+  await b.refused("create", { room: `\u0440\u043e\u0440 ${digits}` }, "room looks like another");
+  await b.refused("create", { room: "1obby" }, "room looks like another");
   for (const bad of ["", "a/b", "x".repeat(65), "<b>", 7, "l\u043ebby", "lobby\u3164", "a  b"]) {
     await a.refused("create", { room: bad }, bad === 7 ? "invalid request" : "invalid room name");
   }

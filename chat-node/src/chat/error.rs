@@ -18,6 +18,10 @@ pub enum ChatError {
     /// `create` with a taken name.
     #[error("room exists")]
     RoomExists,
+    /// `create` of a name that looks like an existing room's (`рор` beside `pop`), which a
+    /// reader of the room list could not tell apart.
+    #[error("room looks like another")]
+    LooksLike,
     /// `create` when `max_rooms` rooms exist.
     #[error("too many rooms")]
     TooManyRooms,

@@ -270,6 +270,9 @@ async fn create(chat: Arc<ChatInner>, socket: SocketRef, request: CreateRequest)
     if room == LOBBY {
         return Err(ChatError::RoomExists);
     }
+    if validate::look(&room) == validate::look(LOBBY) {
+        return Err(ChatError::LooksLike);
+    }
     // Rooms are cheap to create and never deleted: creating counts against the rate limit.
     if !chat.store.admit(&user, &chat.config.rate_limit).await? {
         return Err(ChatError::RateLimited);
@@ -295,6 +298,7 @@ async fn create(chat: Arc<ChatInner>, socket: SocketRef, request: CreateRequest)
     match chat.store.create_room(&room, &meta, limits).await? {
         Created::Created => {}
         Created::Exists => return Err(ChatError::RoomExists),
+        Created::LooksLike => return Err(ChatError::LooksLike),
         Created::Full => return Err(ChatError::TooManyRooms),
         Created::TooManyMemberships => return Err(ChatError::TooManyMemberships),
     }

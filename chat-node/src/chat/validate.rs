@@ -109,6 +109,14 @@ pub fn room(raw: &str) -> Result<String, ChatError> {
     Ok(room.to_owned())
 }
 
+/// What `room` looks like: its confusable skeleton (Unicode TR39 §4), the same for two
+/// names a reader cannot tell apart in the room list (`pop` and Cyrillic `рор`, `ABE` and
+/// Greek `ΑΒΕ`, `lobby` and `1obby`, `m` and `rn`), each in a single script, which
+/// [`room`]'s mixed-script check lets through. The store keeps one room per look.
+pub fn look(room: &str) -> String {
+    unicode_security::confusable_detection::skeleton(room).collect()
+}
+
 /// Message text: 1 to `max_chars` characters, not only white space. Kept as sent.
 pub fn text(raw: &str, max_chars: usize) -> Result<&str, ChatError> {
     if raw.trim().is_empty() {
@@ -147,6 +155,26 @@ pub fn secret_shape(raw: &str) -> bool {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rooms_that_cannot_be_told_apart_look_the_same() {
+        for (a, b) in [
+            ("pop", "\u{440}\u{43e}\u{440}"),
+            ("ABE", "\u{391}\u{392}\u{395}"),
+            ("lobby", "1obby"),
+            ("modern", "rnodern"),
+        ] {
+            assert_eq!(look(a), look(b), "{a} / {b}");
+        }
+        for (a, b) in [
+            ("pop", "pip"),
+            ("ops", "ops-2"),
+            ("lobby", "Lobby"),
+            ("a b", "a_b"),
+        ] {
+            assert_ne!(look(a), look(b), "{a} / {b}");
+        }
+    }
 
     #[test]
     fn names_are_trimmed_and_bounded() {

@@ -17,6 +17,7 @@ use super::{
 };
 use crate::chat::now_ms;
 use crate::chat::rate::RateLimit;
+use crate::chat::validate;
 
 /// The state; cheap to clone (clones share it).
 #[derive(Clone, Default)]
@@ -43,6 +44,8 @@ struct NodePresence {
 struct State {
     tokens: HashMap<String, String>,
     rooms: BTreeMap<String, RoomMeta>,
+    /// Each room's look ([`validate::look`]), to the room.
+    looks: HashMap<String, String>,
     members: HashMap<String, BTreeSet<String>>,
     rooms_of: HashMap<String, BTreeSet<String>>,
     history: HashMap<String, VecDeque<(Id, NewMessage)>>,
@@ -147,6 +150,10 @@ impl ChatStore for MemoryStore {
         if state.rooms.contains_key(room) {
             return Ok(Created::Exists);
         }
+        let look = validate::look(room);
+        if state.looks.contains_key(&look) {
+            return Ok(Created::LooksLike);
+        }
         if state.memberships_full(&meta.created_by, limits.max_memberships) {
             return Ok(Created::TooManyMemberships);
         }
@@ -154,6 +161,7 @@ impl ChatStore for MemoryStore {
             return Ok(Created::Full);
         }
         state.rooms.insert(room.to_owned(), meta.clone());
+        state.looks.insert(look, room.to_owned());
         state.add_member(room, &meta.created_by);
         Ok(Created::Created)
     }

@@ -175,6 +175,8 @@ pub enum Created {
     Full,
     /// The creator is a member of as many rooms as it may be.
     TooManyMemberships,
+    /// Another room looks the same ([`crate::chat::validate::look`]).
+    LooksLike,
 }
 
 /// What [`ChatStore::add_member`] did.
@@ -209,10 +211,11 @@ pub trait ChatStore: Send + Sync + 'static {
     async fn create_user(&self, user: &str, token: &str) -> Result<(), StoreError>;
 
     /// Creates a room and makes its creator (`meta.created_by`) a member, unless the name
-    /// is taken, the creator is a member of `limits.max_memberships` rooms already, or
-    /// `limits.max_rooms` rooms exist already (checked in that order). One step: nodes
-    /// creating rooms at once cannot overshoot either limit, and no room is ever left
-    /// without its creator.
+    /// is taken, another room looks the same ([`crate::chat::validate::look`]), the
+    /// creator is a member of `limits.max_memberships` rooms already, or `limits.max_rooms`
+    /// rooms exist already (checked in that order). One step: nodes creating rooms at once
+    /// cannot overshoot either limit nor make two rooms of one look, and no room is ever
+    /// left without its creator.
     async fn create_room(
         &self,
         room: &str,

@@ -34,6 +34,7 @@ use super::{
 };
 use crate::chat::now_ms;
 use crate::chat::rate::RateLimit;
+use crate::chat::validate;
 
 const PREFIX: &str = "syd:chat:";
 /// How long an unused token stays valid.
@@ -173,15 +174,17 @@ return redis.call('ZRANGEBYLEX', KEYS[2], ARGV[1], '+', 'LIMIT', 0, tonumber(ARG
 /// of rooms and the creator's membership change together or not at all (a room created
 /// and never listed, a limit overshot by two nodes at once, or a room without its creator
 /// would otherwise be possible). KEYS: the room, the public room set, the room count, the
-/// public rooms' sorted index, the room's members, the creator's rooms. ARGV: the room's
-/// JSON, `1` when public, the name, the room limit, the `SCAN MATCH` pattern of every
-/// room's key, the creator, the membership limit. Returns 0 (the name is taken), 3 (the
-/// creator has too many memberships), 2 (the room limit is reached) or 1.
+/// public rooms' sorted index, the room's members, the creator's rooms, the rooms by look.
+/// ARGV: the room's JSON, `1` when public, the name, the room limit, the `SCAN MATCH`
+/// pattern of every room's key, the creator, the membership limit, the room's look.
+/// Returns 0 (the name is taken), 4 (another room looks the same), 3 (the creator has too
+/// many memberships), 2 (the room limit is reached) or 1.
 static CREATE_ROOM: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
         by_name_lua!(),
         r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if redis.call('HEXISTS', KEYS[7], ARGV[8]) == 1 then return 4 end
 if redis.call('SCARD', KEYS[6]) >= tonumber(ARGV[7]) then return 3 end
 local count = redis.call('GET', KEYS[3])
 if not count then
@@ -209,6 +212,7 @@ if ARGV[2] == '1' then
   redis.call('ZADD', KEYS[4], 0, ARGV[3])
 end
 redis.call('INCR', KEYS[3])
+redis.call('HSET', KEYS[7], ARGV[8], ARGV[3])
 redis.call('SADD', KEYS[5], ARGV[6])
 redis.call('SADD', KEYS[6], ARGV[3])
 return 1
@@ -490,6 +494,7 @@ impl ChatStore for RedisStore {
             .key(key(&["rooms", "public", "by-name"]))
             .key(key(&["members", room]))
             .key(key(&["user", &meta.created_by, "rooms"]))
+            .key(key(&["rooms", "looks"]))
             .arg(json)
             .arg(if meta.private { "0" } else { "1" })
             .arg(room)
@@ -497,6 +502,7 @@ impl ChatStore for RedisStore {
             .arg(format!("{}*", glob_escape(&key(&["room", ""]))))
             .arg(&meta.created_by)
             .arg(limits.max_memberships)
+            .arg(validate::look(room))
             .invoke_async(&mut conn)
             .await
             .map_err(redis_error)?;
@@ -504,6 +510,7 @@ impl ChatStore for RedisStore {
             0 => Created::Exists,
             2 => Created::Full,
             3 => Created::TooManyMemberships,
+            4 => Created::LooksLike,
             _ => Created::Created,
         })
     }
