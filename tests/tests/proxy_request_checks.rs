@@ -631,6 +631,59 @@ async fn request_lines_without_a_known_version_get_400_with_the_reason() {
     assert_eq!(raw.accepted(), 0, "a refused request reached the backend");
 }
 
+/// What pingora refuses with an empty 400 in a request line it otherwise repairs (it
+/// escapes spaces and quotes in a target), and a `Transfer-Encoding` that ends in an empty
+/// element, get the 400 with the reason on either path, and reach no backend.
+#[tokio::test]
+async fn request_lines_pingora_would_refuse_bare_get_400_with_the_reason() {
+    let raw = ok_backend().await;
+    let not_routable = "the request target is not a path, an http(s) URL, or * for OPTIONS";
+    let cases: [(&[u8], &str); 6] = [
+        (
+            b"GET\t/x HTTP/1.1\r\nHost: test\r\n\r\n",
+            "malformed request line: a control character (a tab for a space?)",
+        ),
+        (
+            b"GET /\xff HTTP/1.1\r\nHost: test\r\n\r\n",
+            "malformed request line: the target is not UTF-8 (percent-encode it)",
+        ),
+        (
+            b"GET http://u:p@b.example/x HTTP/1.1\r\nHost: b.example\r\n\r\n",
+            "userinfo in the request target",
+        ),
+        (
+            b"GET ftp://b.example/x HTTP/1.1\r\nHost: test\r\n\r\n",
+            not_routable,
+        ),
+        (
+            b"GET ftp://b.example/x HTTP/1.1\r\nHost: b.example\r\n\r\n",
+            not_routable,
+        ),
+        (
+            b"POST /x HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked ,\r\n\r\n0\r\n\r\n",
+            "chunked is not the final transfer coding",
+        ),
+    ];
+    for path in BOTH_PATHS {
+        let proxy = proxy_for_raw(&[&raw], path);
+        for (req, detail) in cases {
+            let what = format!("{path:?} {}", req.escape_ascii());
+            let mut c = RawConn::connect(proxy.addr()).await;
+            refused(&mut c, req, 400, detail, &what).await;
+        }
+        // What pingora repairs still goes through.
+        let mut c = RawConn::connect(proxy.addr()).await;
+        let r = c.exchange("GET /a b HTTP/1.1\r\nHost: test\r\n\r\n").await;
+        assert_eq!(r.status, 200, "{path:?}: {r:?}");
+    }
+    // One connection per proxy, for the repaired request alone.
+    assert_eq!(
+        raw.accepted(),
+        BOTH_PATHS.len(),
+        "only the repaired requests reached the backend"
+    );
+}
+
 #[tokio::test]
 async fn connect_gets_501_with_the_reason_and_opens_no_tunnel() {
     let raw = ok_backend().await;
@@ -687,7 +740,13 @@ const BOTH_PATHS: [&str; 2] = ["", "http1 = \"pingora\"\n"];
 
 /// Sends `raw` on `c` and checks the answer is `status` with the plain-text reason
 /// `"<status> <phrase>: <detail>"`, then that the connection closes.
-async fn refused(c: &mut RawConn<TcpStream>, raw: &str, status: u16, detail: &str, what: &str) {
+async fn refused(
+    c: &mut RawConn<TcpStream>,
+    raw: impl AsRef<[u8]>,
+    status: u16,
+    detail: &str,
+    what: &str,
+) {
     c.send(raw).await;
     let r = c.response(false).await;
     assert_eq!(r.status, status, "{what}: {r:?}");

@@ -165,6 +165,54 @@ pub fn parse_request<'a>(buf: &'a [u8], fields: &'a mut Fields<'a>) -> Parse<'a>
     })
 }
 
+/// What pingora refuses in a request line it would otherwise repair, with an empty 400:
+/// refused here with the reason. A control byte (a tab for a space), a target that is not
+/// UTF-8, an absolute-form target with userinfo or of a scheme other than http(s) or
+/// ws(s) (whose authority pingora compares with Host).
+fn check_handoff_line(line: &[u8]) -> Result<(), Rejection> {
+    if line.iter().any(|&b| b < 0x20 || b == 0x7f) {
+        return Err(Rejection::bad_request(
+            "malformed request line: a control character (a tab for a space?)",
+        ));
+    }
+    // Between the method and the version (pingora escapes spaces within).
+    let (Some(start), Some(end)) = (memchr::memchr(b' ', line), memchr::memrchr(b' ', line)) else {
+        return Ok(());
+    };
+    let target = line.get(start + 1..end).unwrap_or_default().trim_ascii();
+    if std::str::from_utf8(target).is_err() {
+        return Err(Rejection::bad_request(
+            "malformed request line: the target is not UTF-8 (percent-encode it)",
+        ));
+    }
+    if target.starts_with(b"/") {
+        return Ok(());
+    }
+    let Some(colon) = target.windows(3).position(|w| w == b"://") else {
+        return Ok(());
+    };
+    let scheme = &target[..colon];
+    if !["http", "https", "ws", "wss"]
+        .iter()
+        .any(|s| scheme.eq_ignore_ascii_case(s.as_bytes()))
+    {
+        return Err(Rejection {
+            status: 400,
+            reason: "bad_target",
+            detail: "the request target is not a path, an http(s) URL, or * for OPTIONS",
+        });
+    }
+    let rest = &target[colon + 3..];
+    let authority = rest
+        .iter()
+        .position(|b| matches!(b, b'/' | b'?' | b'#'))
+        .map_or(rest, |end| &rest[..end]);
+    if authority.contains(&b'@') {
+        return Err(Rejection::bad_request("userinfo in the request target"));
+    }
+    Ok(())
+}
+
 /// Where a request handed to pingora ends, read from its complete head at the start of
 /// `buf` (leading empty lines already dropped): the head's length and the body's framing.
 /// Its framing follows the rules of pingora's parser, which reads it next; what that parser
@@ -193,6 +241,7 @@ pub fn handoff_framing(buf: &[u8]) -> Result<(usize, Framing), Rejection> {
     if line.starts_with(b"CONNECT ") {
         return Err(CONNECT_REFUSED);
     }
+    check_handoff_line(line)?;
     let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
     let (len, fields) = match httparse::parse_headers(&buf[line_end + 1..], &mut fields) {
         Ok(httparse::Status::Complete((n, parsed))) => (line_end + 1 + n, parsed),

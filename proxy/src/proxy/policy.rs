@@ -319,8 +319,15 @@ pub(crate) fn check_transfer_encoding<'a>(
     let mut present = false;
     let mut codings = 0usize;
     let mut last: &[u8] = b"";
+    // What follows the last comma of the last field: pingora frames by it alone.
+    let mut last_element: &[u8] = b"";
     for v in values {
         present = true;
+        last_element = v
+            .rsplit(|&b| b == b',')
+            .next()
+            .unwrap_or_default()
+            .trim_ascii();
         // Empty list elements are allowed and mean nothing (RFC 9110 §5.6.1).
         for t in v.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
             if !t.is_empty() {
@@ -345,7 +352,9 @@ pub(crate) fn check_transfer_encoding<'a>(
         ));
     }
     let name = last.split(|&b| b == b';').next().unwrap_or_default();
-    if !name.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+    // An empty last element means nothing (RFC 9110 §5.6.1), but pingora, which reads
+    // the body, takes it for the final coding and refuses the request with an empty 400.
+    if !name.trim_ascii().eq_ignore_ascii_case(b"chunked") || last_element.is_empty() {
         return Err(refuse(
             400,
             "bad_transfer_encoding",
@@ -594,7 +603,17 @@ mod tests {
         assert_eq!(check(&[], false), Ok(false));
         assert_eq!(check(&[], true), Ok(false));
         assert_eq!(check(&["chunked"], false), Ok(true));
-        assert_eq!(check(&[" Chunked ,"], false), Ok(true));
+        assert_eq!(check(&[" Chunked "], false), Ok(true));
+        assert_eq!(check(&[", chunked"], false), Ok(true));
+        // An empty last element means nothing (RFC 9110 §5.6.1), but pingora, which reads
+        // chunked bodies, frames by the last element and would refuse it with an empty 400.
+        for trailing in [&[" Chunked ,"][..], &["chunked", ""]] {
+            assert_eq!(
+                check(trailing, false),
+                Err((400, "chunked is not the final transfer coding")),
+                "{trailing:?}"
+            );
+        }
         for gzip_first in [
             &["gzip, chunked"][..],
             &["gzip", "chunked"],
