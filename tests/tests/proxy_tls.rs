@@ -674,6 +674,49 @@ async fn plain_http_sent_to_the_tls_port_gets_a_400_saying_so() {
     assert!(!logs.contains('\u{1b}'), "{logs}");
 }
 
+/// A TLS handshake is held to `header_read_timeout` as a request head is: a client that
+/// starts its ClientHello and stalls (one byte, or a record header and part of the record)
+/// is closed then, not after pingora's 60 s handshake limit (slowloris over TLS), and does
+/// not hold a graceful stop that long either.
+#[tokio::test]
+async fn a_stalled_client_hello_is_closed_after_the_header_read_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::generate(dir.path(), &["localhost", "127.0.0.1"]);
+    let backend = Backend::start("b1");
+    let [plain, tls] = port_array();
+    let keys = tls_keys(&certs.cert, &certs.key);
+    let config = format!(
+        "{}\n[limits]\nheader_read_timeout = \"1s\"\n",
+        tls_config(plain, tls, &backend, &keys)
+    );
+    let _proxy = Proxy::start_config(&config);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], tls));
+    for start in [
+        &b"\x16"[..],
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+    ] {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(start).await.unwrap();
+        let started = std::time::Instant::now();
+        let mut out = Vec::new();
+        // A bound well under pingora's 60 s: 1 s, on a loaded machine.
+        let closed = tokio::time::timeout(Duration::from_secs(8), s.read_to_end(&mut out)).await;
+        assert!(
+            closed.is_ok(),
+            "{}: still open after {:?}",
+            start.escape_ascii(),
+            started.elapsed()
+        );
+    }
+    // A whole handshake is unaffected.
+    let r = get_with(
+        &tls_client(&certs.ca_pem(), Alpn::Http1),
+        &format!("https://localhost:{tls}/id"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+}
+
 /// Runs a proxy that must refuse to start; returns its output.
 fn must_fail(cmd: ProxyCmd) -> String {
     cmd.run_to_exit(Duration::from_secs(20))

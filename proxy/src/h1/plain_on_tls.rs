@@ -57,10 +57,22 @@ impl PreTlsProcess for PlainHttpOnTls {
         }
         let rt = self.shared.current();
         // The same bound as the first byte of a request on a plain listener: a client that
-        // connects and says nothing is not kept for pingora's 60 s handshake limit.
+        // connects and says nothing is not kept for pingora's 60 s handshake limit. Nor is
+        // one that starts its ClientHello and stalls (slowloris over TLS): the whole first
+        // record must come within it.
         let wait = first_head_timeout(&rt);
         let mut first = [0u8; 1];
-        match bounded(wait, stream.try_peek(&mut first)).await {
+        let peeked = bounded(wait, async {
+            if !stream.try_peek(&mut first).await? {
+                return Ok::<_, std::io::Error>(false);
+            }
+            if first[0] == TLS_HANDSHAKE {
+                peek_first_record(stream).await?;
+            }
+            Ok(true)
+        })
+        .await;
+        match peeked {
             Ok(Ok(true)) => {}
             // Peeking is not offered on this stream: the handshake decides, as before.
             Ok(Ok(false)) => return Ok(()),
@@ -117,6 +129,22 @@ impl PreTlsProcess for PlainHttpOnTls {
         ))
     }
 }
+
+/// Waits until the whole first TLS record (the ClientHello) has arrived, leaving it unread
+/// for the handshake. A length no ClientHello has is left for rustls to refuse.
+async fn peek_first_record(stream: &mut L4Stream) -> std::io::Result<()> {
+    let mut header = [0u8; 5];
+    stream.try_peek(&mut header).await?;
+    let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
+    if len <= MAX_RECORD {
+        let mut record = vec![0u8; header.len() + len];
+        stream.try_peek(&mut record).await?;
+    }
+    Ok(())
+}
+
+/// The largest TLS plaintext record (RFC 8446 §5.1).
+const MAX_RECORD: usize = 1 << 14;
 
 /// How long the rest of the first line may take once a plain request has begun: the answer
 /// does not depend on it, only the access log's line does.
