@@ -378,6 +378,21 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
     }
     let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
+    if upgrade {
+        // The sockets are ours now; nothing is accepted on them until the services run,
+        // and the old process accepts for a few seconds more. Backends with active checks
+        // get traffic only after their first pass: without this round first, the requests
+        // of the first interval would get 503 "no healthy backend" from a proxy whose
+        // predecessor knew them up.
+        let checks = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("a runtime for the first health checks")?;
+        let (passed, all) = checks.block_on(crate::health::first_round(&shared));
+        if all > 0 {
+            tracing::info!(passed, of = all, "backends checked before serving");
+        }
+    }
 
     let mut proxy = HttpProxy::new(EdgeProxy::new(shared.clone()), server.configuration.clone());
     proxy.handle_init_modules();

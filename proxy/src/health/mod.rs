@@ -136,6 +136,45 @@ struct Schedule {
     backends: HashSet<SocketAddr>,
 }
 
+/// Checks every backend of every upstream with active checks once, all at once, and
+/// records the results; returns how many passed, of how many. For a process that takes
+/// over a running proxy's sockets (`--upgrade`): until its first check passes a backend
+/// gets no traffic, and the requests of that first round would get `503`, though the
+/// backends are up.
+pub async fn first_round(shared: &Shared) -> (usize, usize) {
+    let rt = shared.current();
+    let mut probes = tokio::task::JoinSet::new();
+    for up in rt.upstreams.values() {
+        let Some(active) = up.config.health.active.clone() else {
+            continue;
+        };
+        for b in &up.backends {
+            let (up, b, kind) = (up.clone(), b.clone(), active.kind.clone());
+            probes.spawn(async move {
+                let h2 = up.config.protocol == UpstreamProtocol::H2;
+                let name = up.config.backend_name(b.addr);
+                let ok = probe(
+                    b.addr,
+                    name.as_deref(),
+                    up.tls.as_deref(),
+                    &kind,
+                    active.timeout,
+                    h2,
+                )
+                .await;
+                up.report_check(&b, ok);
+                ok
+            });
+        }
+    }
+    let (mut passed, mut all) = (0, 0);
+    while let Some(done) = probes.join_next().await {
+        all += 1;
+        passed += usize::from(done.unwrap_or(false));
+    }
+    (passed, all)
+}
+
 #[async_trait]
 impl BackgroundService for HealthChecker {
     async fn start(&self, mut shutdown: ShutdownWatch) {
