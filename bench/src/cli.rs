@@ -167,7 +167,7 @@ pub enum Command {
 pub struct Common {
     /// Length of each measurement (http, ws-echo, hetero, failover's phases, chat); ws-hold,
     /// recover, sticky and polling run until their steps are done and do not use it.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = measurement)]
     pub duration: Duration,
     /// Concurrent client connections (http, ws-echo, hetero, failover) or clients (sticky,
     /// polling, chat); ws-hold and recover set their own counts (--steps, --batch).
@@ -287,6 +287,16 @@ fn at_least_one(s: &str) -> Result<usize, String> {
     }
 }
 
+/// A measurement's length: zero would judge the goals on no samples at all (`met`, with
+/// every latency 0).
+fn measurement(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if d < Duration::from_millis(100) => Err("must be at least 100ms".to_owned()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// A rate of at least 1/s (clap's own range check said `0 is not in
 /// 1..18446744073709551615`).
 fn rate(s: &str) -> Result<u64, String> {
@@ -347,6 +357,8 @@ mod tests {
             "bench chat --rate -1",
             "bench chat --rate nan",
             "bench chat --cpu-limit 0",
+            "bench http --duration 0s",
+            "bench ws-echo --duration 50ms",
         ] {
             assert!(!parses(bad), "{bad} was accepted");
         }

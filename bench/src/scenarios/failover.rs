@@ -106,7 +106,10 @@ impl Plan {
         let frozen = d.mul_f64(0.4);
         if frozen < UPSTREAM_READ {
             self.notes.push(format!(
-                "The stop phase froze b1 for {frozen:?}, less than the proxies' {UPSTREAM_READ:?}                  upstream read timeout: requests sent to it were answered late after SIGCONT                  rather than failing, so this phase shows latency, not failures or detection.                  Run with --duration 8s or more to see a freeze detected."
+                "The stop phase froze b1 for {frozen:?}, less than the proxies' {UPSTREAM_READ:?} \
+                 upstream read timeout: requests sent to it were answered late after SIGCONT \
+                 rather than failing, so this phase shows latency, not failures or detection. \
+                 Run with --duration 8s or more to see a freeze detected."
             ));
         }
         self
