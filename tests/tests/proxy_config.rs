@@ -247,6 +247,9 @@ fn gen_cert_writes_a_ca_and_a_localhost_certificate_with_private_keys_0600() {
     let out = Proxy::gen_cert(&out_dir);
     assert_eq!(out.code(), Some(0), "{}", out.output());
     assert_eq!(std::fs::read(out_dir.join("ca-key.pem")).unwrap(), ca_key);
+    // And says so, rather than asking for the CA to be trusted again.
+    assert!(out.stdout.contains("kept the CA"), "{}", out.output());
+    assert!(!out.stdout.contains("trust the CA"), "{}", out.output());
 }
 
 /// The value of the first sample of `metrics` whose line starts with `name{` and contains
@@ -642,6 +645,9 @@ async fn admin_answers_a_wrong_method_with_405_and_allow_and_takes_any_case_of_b
         (http::Method::GET, "/backends/app/a/drain", "POST"),
         (http::Method::DELETE, "/status", "GET"),
         (http::Method::PUT, "/metrics", "GET"),
+        // Without the token too: the method is checked first.
+        (http::Method::POST, "/status", "GET"),
+        (http::Method::POST, "/healthz", "GET"),
     ] {
         let r = tests::send(c.request(method.clone(), url(path))).await;
         assert_eq!(r.status, 405, "{method} {path}: {}", r.body);

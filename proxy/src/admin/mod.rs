@@ -180,14 +180,6 @@ impl ServeHttp for AdminApp {
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_string();
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-        let mutation = method == Method::POST;
-        // A load balancer probing /healthz has no token.
-        let read = method == Method::GET && segments.as_slice() != ["healthz"];
-        if mutation || read {
-            if let Err(denied) = self.access(session, mutation) {
-                return *denied;
-            }
-        }
         // An endpoint asked with another method gets 405 and the method it takes, as RFC
         // 9110 §15.5.6 requires, rather than a 404 that says it does not exist.
         match endpoint_method(&segments) {
@@ -208,6 +200,16 @@ impl ServeHttp for AdminApp {
                 return r;
             }
             Some(_) => {}
+        }
+        // After the method check: the endpoints and their methods are no secret (they are
+        // documented), and a client asking with the wrong one is told so, token or not.
+        let mutation = method == Method::POST;
+        // A load balancer probing /healthz has no token.
+        let read = method == Method::GET && segments.as_slice() != ["healthz"];
+        if mutation || read {
+            if let Err(denied) = self.access(session, mutation) {
+                return *denied;
+            }
         }
         match (&method, segments.as_slice()) {
             (&Method::GET, ["metrics"]) => reply(
