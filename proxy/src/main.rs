@@ -141,12 +141,20 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Some(Command::GenCert { out }) => {
-            proxy::tls::gen_cert(&out)?;
-            println!(
-                "wrote {0}/ca.pem, {0}/ca-key.pem, {0}/localhost.pem, {0}/localhost-key.pem",
-                out.display()
-            );
-            println!("trust the CA: see README.md, section \"Trusting the development CA\"");
+            let dir = out.display();
+            if proxy::tls::gen_cert(&out)? {
+                println!(
+                    "wrote {dir}/ca.pem, {dir}/ca-key.pem, {dir}/localhost.pem, \
+                     {dir}/localhost-key.pem"
+                );
+                println!("trust the CA: see README.md, section \"Trusting the development CA\"");
+            } else {
+                // A CA that is trusted already stays trusted: nothing to do again.
+                println!(
+                    "kept the CA {dir}/ca.pem (and its key); wrote {dir}/localhost.pem, \
+                     {dir}/localhost-key.pem signed by it"
+                );
+            }
             return Ok(ExitCode::SUCCESS);
         }
         Some(Command::Check { config }) => {

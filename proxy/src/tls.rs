@@ -186,7 +186,8 @@ pub fn listener_settings(cfg: &TlsConfig) -> Result<(TlsSettings, ListenerTls)> 
 /// Writes a development CA (`ca.pem`, `ca-key.pem`) and a certificate for localhost,
 /// 127.0.0.1 and ::1 signed by it (`localhost.pem`, `localhost-key.pem`) into `dir`.
 /// An existing CA in `dir` is reused so that browsers that already trust it keep working.
-pub fn gen_cert(dir: &Path) -> Result<()> {
+/// Returns whether the CA is new (and needs trusting).
+pub fn gen_cert(dir: &Path) -> Result<bool> {
     use rcgen::{
         BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
         IsCa, KeyPair, KeyUsagePurpose, SanType,
@@ -209,7 +210,8 @@ pub fn gen_cert(dir: &Path) -> Result<()> {
     ca_params.not_before = rcgen::date_time_ymd(2024, 1, 1);
     ca_params.not_after = rcgen::date_time_ymd(2036, 1, 1);
 
-    let (ca_key, ca_cert) = if ca_cert_path.exists() && ca_key_path.exists() {
+    let kept = ca_cert_path.exists() && ca_key_path.exists();
+    let (ca_key, ca_cert) = if kept {
         let key_pem = fs::read_to_string(&ca_key_path)
             .with_context(|| format!("read {}", ca_key_path.display()))?;
         let key =
@@ -256,7 +258,7 @@ pub fn gen_cert(dir: &Path) -> Result<()> {
     fs::write(&leaf_path, format!("{}{}", leaf_cert.pem(), ca_cert.pem()))
         .with_context(|| format!("write {}", leaf_path.display()))?;
     write_private(&dir.join("localhost-key.pem"), &leaf_key.serialize_pem())?;
-    Ok(())
+    Ok(!kept)
 }
 
 fn write_private(path: &Path, contents: &str) -> Result<()> {
@@ -283,10 +285,10 @@ mod tests {
     fn generated_certs_load_and_reuse_the_ca() {
         let dir = std::env::temp_dir().join(format!("syd-certs-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
-        gen_cert(&dir).unwrap();
+        assert!(gen_cert(&dir).unwrap(), "a new CA");
         let ca1 = fs::read_to_string(dir.join("ca-key.pem")).unwrap();
         load_certified_key(&dir.join("localhost.pem"), &dir.join("localhost-key.pem")).unwrap();
-        gen_cert(&dir).unwrap();
+        assert!(!gen_cert(&dir).unwrap(), "the CA kept");
         assert_eq!(ca1, fs::read_to_string(dir.join("ca-key.pem")).unwrap());
         let err = load_certified_key(&dir.join("missing.pem"), &dir.join("localhost-key.pem"))
             .unwrap_err()

@@ -14,7 +14,8 @@ pub struct DevCerts {
     pub cert: PathBuf,
     /// Its private key (`localhost-key.pem`, git-ignored).
     pub key: PathBuf,
-    /// Whether they were made just now.
+    /// Whether the CA was made just now (and needs trusting); a localhost certificate made
+    /// for a CA that was there already does not.
     pub created: bool,
 }
 
@@ -23,9 +24,9 @@ pub struct DevCerts {
 /// since the proxy child reads them from its own working directory.
 pub fn ensure(dir: &Path) -> Result<DevCerts> {
     let files = ["ca.pem", "localhost.pem", "localhost-key.pem"];
-    let created = !files.iter().all(|f| dir.join(f).is_file());
-    if created {
-        proxy::tls::gen_cert(dir)
+    let mut created = false;
+    if !files.iter().all(|f| dir.join(f).is_file()) {
+        created = proxy::tls::gen_cert(dir)
             .with_context(|| format!("creating the dev certificate in {}", dir.display()))?;
     }
     let dir = dir
@@ -71,6 +72,11 @@ mod tests {
         let second = ensure(&certs_dir).unwrap();
         assert!(!second.created);
         assert_eq!(std::fs::read_to_string(&second.ca).unwrap(), ca);
+        // A lost localhost key is made again, for the same CA: nothing new to trust.
+        std::fs::remove_file(&second.key).unwrap();
+        let third = ensure(&certs_dir).unwrap();
+        assert!(!third.created && third.key.is_file());
+        assert_eq!(std::fs::read_to_string(&third.ca).unwrap(), ca);
         let help = trust_help(&second.ca, 8443);
         assert!(help.contains("--cacert") && help.contains("update-ca-certificates"));
     }

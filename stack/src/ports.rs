@@ -17,6 +17,12 @@ pub fn ensure_free(addr: SocketAddr, what: &str, flag: &str) -> Result<()> {
     }
 }
 
+/// Whether listeners on `a` and `b` (the same port) would clash: the same address, or a
+/// wildcard beside any address.
+pub fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
 /// A port on 127.0.0.1 that is free now (the kernel's choice).
 pub fn free_local_port() -> Result<u16> {
     let listener = TcpListener::bind(("127.0.0.1", 0)).context("finding a free port")?;
@@ -43,6 +49,15 @@ pub fn connectable(addr: SocketAddr) -> SocketAddr {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_on_one_port_overlap_when_one_is_a_wildcard_or_both_are_one() {
+        let at = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert!(overlap(at("127.0.0.1:80"), at("127.0.0.1:80")));
+        assert!(overlap(at("0.0.0.0:80"), at("127.0.0.1:80")));
+        assert!(!overlap(at("127.0.0.1:80"), at("127.0.0.2:80")));
+        assert!(!overlap(at("127.0.0.1:80"), at("127.0.0.1:81")));
+    }
 
     #[test]
     fn a_taken_address_is_refused_naming_the_flag() {

@@ -110,7 +110,13 @@ pub async fn up(args: UpArgs) -> Result<()> {
     };
     let ended = match started {
         Ok(redis) => {
-            banner(&args, &redis, &token, token_from_env);
+            banner(
+                &args,
+                &redis,
+                running.redis.is_some(),
+                &token,
+                token_from_env,
+            );
             tokio::select! {
                 signal = signals.recv() => Ended::Signal(signal),
                 exit = exits.recv() => Ended::Failed(died(exit)),
@@ -158,11 +164,31 @@ fn node_list(args: &UpArgs) -> Result<Vec<(String, SocketAddr)>> {
 
 /// Refuses at once when an address is taken, naming the flag that changes it.
 fn check_addresses(args: &UpArgs, nodes: &[(String, SocketAddr)]) -> Result<()> {
-    ports::ensure_free(args.https, "the proxy's HTTPS listener", "--https")?;
-    ports::ensure_free(args.http, "the proxy's HTTP listener", "--http")?;
-    ports::ensure_free(args.admin, "the proxy's admin API", "--admin")?;
+    let mut wanted = vec![
+        (
+            args.https,
+            "the proxy's HTTPS listener".to_owned(),
+            "--https",
+        ),
+        (args.http, "the proxy's HTTP listener".to_owned(), "--http"),
+        (args.admin, "the proxy's admin API".to_owned(), "--admin"),
+    ];
     for (id, addr) in nodes {
-        ports::ensure_free(*addr, &format!("chat node {id}"), "--node-base-port")?;
+        wanted.push((*addr, format!("chat node {id}"), "--node-base-port"));
+    }
+    // Two of our own on one port: each is free until the first takes it, and the second
+    // would fail after everything before it had started.
+    for (i, (addr, what, flag)) in wanted.iter().enumerate() {
+        if let Some((_, other, other_flag)) =
+            wanted[..i].iter().find(|(a, ..)| ports::overlap(*a, *addr))
+        {
+            bail!(
+                "{what} ({flag}) and {other} ({other_flag}) are both given {addr}: change one of them"
+            );
+        }
+    }
+    for (addr, what, flag) in &wanted {
+        ports::ensure_free(*addr, what, flag)?;
     }
     Ok(())
 }
@@ -292,7 +318,7 @@ async fn start(
     Ok(redis)
 }
 
-fn banner(args: &UpArgs, redis: &str, token: &str, token_from_env: bool) {
+fn banner(args: &UpArgs, redis: &str, private_redis: bool, token: &str, token_from_env: bool) {
     let url = format!("https://localhost:{}/", args.https.port());
     let admin = ports::connectable(args.admin);
     let token_line = if token_from_env {
@@ -307,7 +333,9 @@ fn banner(args: &UpArgs, redis: &str, token: &str, token_from_env: bool) {
          \x20 Open:   {url}   (http://{http}/ redirects there)\n\
          \x20 Admin:  http://{admin}/status   {token_line}\n\
          \x20         e.g. curl -X POST -H 'Authorization: Bearer <token>' http://{admin}/backends/chat/n1/drain\n\
-         \x20 Stop:   Ctrl-C (the proxy, then the nodes, then Redis)\n",
+         \x20 Stop:   Ctrl-C (the proxy, then the nodes{then_redis})\n",
+        // Only a Redis of this run's own is stopped with it.
+        then_redis = if private_redis { ", then Redis" } else { "" },
         nodes = args.nodes,
         strategy = args.strategy.as_str(),
         http = ports::connectable(args.http),

@@ -628,18 +628,17 @@ async fn killed_with_sigkill_it_leaves_no_orphans() {
     sy.assert_ports_free();
 }
 
-#[test]
-fn a_taken_port_is_refused_naming_the_flag() {
-    let held = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let taken: SocketAddr = held.local_addr().expect("addr");
+/// `switchyard up` with `https` as its HTTPS address and `node_base` as its first node's
+/// port; it must refuse at once: its exit code 1 and its output.
+fn up_refused(https: SocketAddr, node_base: u16) -> String {
     let [http, admin] = tests::port_array();
     let dir = tempfile::tempdir().expect("temp dir");
     let out = Command::new(bin_path("switchyard"))
         .arg("up")
-        .args(["--https", &taken.to_string()])
+        .args(["--https", &https.to_string()])
         .args(["--http", &format!("127.0.0.1:{http}")])
         .args(["--admin", &format!("127.0.0.1:{admin}")])
-        .args(["--node-base-port", &node_base().to_string()])
+        .args(["--node-base-port", &node_base.to_string()])
         .current_dir(dir.path())
         .stdin(Stdio::null())
         .output()
@@ -650,12 +649,33 @@ fn a_taken_port_is_refused_naming_the_flag() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(!all.contains("started "), "nothing may start: {all}");
+    assert!(!all.contains("panicked"), "{all}");
+    all
+}
+
+#[test]
+fn a_taken_port_is_refused_naming_the_flag() {
+    let held = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken: SocketAddr = held.local_addr().expect("addr");
+    let all = up_refused(taken, node_base());
     assert!(
         all.contains("already in use") && all.contains("--https"),
         "{all}"
     );
-    assert!(!all.contains("started "), "nothing may start: {all}");
-    assert!(!all.contains("panicked"), "{all}");
+}
+
+/// Two of its own addresses on one port: refused before anything starts, naming both
+/// flags (the second listener failed once everything before it had started).
+#[test]
+fn two_of_its_own_addresses_on_one_port_are_refused_naming_both_flags() {
+    let base = node_base();
+    let https = SocketAddr::from(([127, 0, 0, 1], base));
+    let all = up_refused(https, base);
+    assert!(
+        all.contains("--https") && all.contains("--node-base-port") && all.contains("both"),
+        "{all}"
+    );
 }
 
 #[test]
