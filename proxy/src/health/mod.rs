@@ -18,6 +18,7 @@ use crate::config::{ActiveCheck, CheckKind, UpstreamProtocol};
 use crate::state::Shared;
 use crate::tunnel::handshake;
 use crate::upstream::tls::TlsClient;
+use crate::upstream::{Backend, Upstream};
 
 /// How often the checker wakes to see which upstream is due.
 const TICK: Duration = Duration::from_millis(50);
@@ -136,6 +137,24 @@ struct Schedule {
     backends: HashSet<SocketAddr>,
 }
 
+/// Probes backend `b` of `up` as `active` says and records the result (rise/fall);
+/// whether it passed.
+async fn check(up: Arc<Upstream>, b: Arc<Backend>, active: ActiveCheck) -> bool {
+    let h2 = up.config.protocol == UpstreamProtocol::H2;
+    let name = up.config.backend_name(b.addr);
+    let ok = probe(
+        b.addr,
+        name.as_deref(),
+        up.tls.as_deref(),
+        &active.kind,
+        active.timeout,
+        h2,
+    )
+    .await;
+    up.report_check(&b, ok);
+    ok
+}
+
 /// Checks every backend of every upstream with active checks once, all at once, and
 /// records the results; returns how many passed, of how many. For a process that takes
 /// over a running proxy's sockets (`--upgrade`): until its first check passes a backend
@@ -149,22 +168,7 @@ pub async fn first_round(shared: &Shared) -> (usize, usize) {
             continue;
         };
         for b in &up.backends {
-            let (up, b, kind) = (up.clone(), b.clone(), active.kind.clone());
-            probes.spawn(async move {
-                let h2 = up.config.protocol == UpstreamProtocol::H2;
-                let name = up.config.backend_name(b.addr);
-                let ok = probe(
-                    b.addr,
-                    name.as_deref(),
-                    up.tls.as_deref(),
-                    &kind,
-                    active.timeout,
-                    h2,
-                )
-                .await;
-                up.report_check(&b, ok);
-                ok
-            });
+            probes.spawn(check(up.clone(), b.clone(), active.clone()));
         }
     }
     let (mut passed, mut all) = (0, 0);
@@ -214,22 +218,7 @@ impl BackgroundService for HealthChecker {
                     if !s.backends.insert(b.addr) && !round {
                         continue;
                     }
-                    let (up, b, kind) = (up.clone(), b.clone(), active.kind.clone());
-                    let timeout = active.timeout;
-                    tokio::spawn(async move {
-                        let h2 = up.config.protocol == UpstreamProtocol::H2;
-                        let name = up.config.backend_name(b.addr);
-                        let ok = probe(
-                            b.addr,
-                            name.as_deref(),
-                            up.tls.as_deref(),
-                            &kind,
-                            timeout,
-                            h2,
-                        )
-                        .await;
-                        up.report_check(&b, ok);
-                    });
+                    tokio::spawn(check(up.clone(), b.clone(), active.clone()));
                 }
                 // Forget the backends a reload removed, so that one added back is new again.
                 if s.backends.len() > up.backends.len() {
