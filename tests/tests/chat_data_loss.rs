@@ -48,23 +48,9 @@ async fn a_private_room_created_after_redis_lost_its_data_reaches_only_its_membe
     let mut eve = raw_chat_socket(&b, "eve").await;
     let private = raw_chat_call(&mut eve, 1, "create", r#"{"room":"R","private":true}"#).await;
     assert_eq!(private["ok"], true, "{private}");
-    let sent = raw_chat_call(
-        &mut eve,
-        2,
-        "send",
-        &json!({"room": "R", "text": "secret"}).to_string(),
-    )
-    .await;
-    assert_eq!(sent["ok"], true, "{sent}");
+    send(&mut eve, 2, "R", "secret").await;
     // After it in every node's order: whoever got the secret got it before this.
-    let marker = raw_chat_call(
-        &mut eve,
-        3,
-        "send",
-        &json!({"room": "lobby", "text": "marker"}).to_string(),
-    )
-    .await;
-    assert_eq!(marker["ok"], true, "{marker}");
+    send(&mut eve, 3, "lobby", "marker").await;
 
     for (name, ws) in [("alice", &mut alice), ("bob", &mut bob)] {
         let got = messages_until(ws, "marker").await;
@@ -88,8 +74,11 @@ async fn chat_user(node: &ChatNode, name: &str) -> (Ws, String) {
     (ws, user.expect("a user id in the welcome"))
 }
 
-fn message(room: &str, text: &str) -> String {
-    json!({"room": room, "text": text}).to_string()
+/// Sends `text` to `room` on `ws` as call `id`, and checks it was accepted.
+async fn send(ws: &mut Ws, id: u64, room: &str, text: &str) {
+    let message = json!({"room": room, "text": text}).to_string();
+    let sent = raw_chat_call(ws, id, "send", &message).await;
+    assert_eq!(sent["ok"], true, "{room}: {text}: {sent}");
 }
 
 #[tokio::test]
@@ -125,12 +114,10 @@ async fn a_membership_redis_lost_ends_for_its_sockets() {
     loop {
         id += 1;
         let probe = format!("probe {id}");
-        let sent = raw_chat_call(&mut alice, id, "send", &message("R", &probe)).await;
-        assert_eq!(sent["ok"], true, "{sent}");
+        send(&mut alice, id, "R", &probe).await;
         let mark = format!("mark {id}");
         id += 1;
-        let sent = raw_chat_call(&mut alice, id, "send", &message("lobby", &mark)).await;
-        assert_eq!(sent["ok"], true, "{sent}");
+        send(&mut alice, id, "lobby", &mark).await;
         let got = messages_until(&mut bob, &mark).await;
         if !got.contains(&("R".to_owned(), probe)) {
             break;
@@ -141,11 +128,9 @@ async fn a_membership_redis_lost_ends_for_its_sockets() {
         );
     }
     id += 1;
-    let sent = raw_chat_call(&mut alice, id, "send", &message("R", "secret")).await;
-    assert_eq!(sent["ok"], true, "{sent}");
+    send(&mut alice, id, "R", "secret").await;
     id += 1;
-    let sent = raw_chat_call(&mut alice, id, "send", &message("lobby", "last")).await;
-    assert_eq!(sent["ok"], true, "{sent}");
+    send(&mut alice, id, "lobby", "last").await;
     let got = messages_until(&mut bob, "last").await;
     assert_eq!(got, [("lobby".to_owned(), "last".to_owned())]);
 }
