@@ -37,10 +37,7 @@ async fn a_private_room_created_after_redis_lost_its_data_reaches_only_its_membe
     let b = ChatNode::start("b", Some(&url), &[]);
     let mut alice = raw_chat_socket(&a, "alice").await;
     let mut bob = raw_chat_socket(&b, "bob").await;
-    let made = raw_chat_call(&mut alice, 1, "create", r#"{"room":"R"}"#).await;
-    assert_eq!(made["ok"], true, "{made}");
-    let joined = raw_chat_call(&mut bob, 1, "join", r#"{"room":"R"}"#).await;
-    assert_eq!(joined["ok"], true, "{joined}");
+    both_in_r(&mut alice, &mut bob).await;
 
     assert_eq!(redis.command(&["FLUSHALL"]), "+OK");
 
@@ -74,6 +71,14 @@ async fn chat_user(node: &ChatNode, name: &str) -> (Ws, String) {
     (ws, user.expect("a user id in the welcome"))
 }
 
+/// `creator` creates the public room R and `joiner` joins it (calls number 1).
+async fn both_in_r(creator: &mut Ws, joiner: &mut Ws) {
+    let made = raw_chat_call(creator, 1, "create", r#"{"room":"R"}"#).await;
+    assert_eq!(made["ok"], true, "{made}");
+    let joined = raw_chat_call(joiner, 1, "join", r#"{"room":"R"}"#).await;
+    assert_eq!(joined["ok"], true, "{joined}");
+}
+
 /// Sends `text` to `room` on `ws` as call `id`, and checks it was accepted.
 async fn send(ws: &mut Ws, id: u64, room: &str, text: &str) {
     let message = json!({"room": room, "text": text}).to_string();
@@ -91,10 +96,7 @@ async fn a_membership_redis_lost_ends_for_its_sockets() {
     let b = ChatNode::start("b", Some(&url), &args);
     let (mut alice, alice_id) = chat_user(&a, "alice").await;
     let mut bob = raw_chat_socket(&b, "bob").await;
-    let made = raw_chat_call(&mut alice, 1, "create", r#"{"room":"R"}"#).await;
-    assert_eq!(made["ok"], true, "{made}");
-    let joined = raw_chat_call(&mut bob, 1, "join", r#"{"room":"R"}"#).await;
-    assert_eq!(joined["ok"], true, "{joined}");
+    both_in_r(&mut alice, &mut bob).await;
 
     // Back as an older snapshot had it: the room and alice's membership, not bob's.
     assert_eq!(redis.command(&["FLUSHALL"]), "+OK");
