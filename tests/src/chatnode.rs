@@ -17,8 +17,8 @@ use tempfile::TempDir;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::procs::{
-    bin_path, init, kill_and_reap, read_file_lossy, read_listening, send_signal, tail, wait_exit,
-    START_TIMEOUT,
+    bin_path, init, kill_and_reap, read_file_lossy, read_listening, send_signal,
+    stop_until_dropped, tail, wait_exit, Stopped, START_TIMEOUT,
 };
 use crate::ws::{ws_open, ws_recv, Ws, WsOptions};
 use crate::STEP_TIMEOUT;
@@ -130,36 +130,14 @@ impl ChatNode {
     /// accepts connections and buffers what clients and Redis send it) but it runs
     /// nothing until the returned guard is dropped (SIGCONT), a panicking test's
     /// included.
-    pub fn freeze(&self) -> Frozen<'_> {
-        if let Some(child) = &self.child {
-            send_signal(child, Signal::SIGSTOP);
-        }
-        Frozen { node: self }
+    pub fn freeze(&self) -> Stopped<'_> {
+        stop_until_dropped(self.child.as_ref())
     }
 
     /// SIGKILL and reap.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             kill_and_reap(&mut child);
-        }
-    }
-}
-
-/// A [`ChatNode::freeze`]: the node runs again (SIGCONT) when this is dropped.
-#[must_use = "the node runs again as soon as this is dropped"]
-pub struct Frozen<'a> {
-    node: &'a ChatNode,
-}
-
-impl Frozen<'_> {
-    /// Lets the node run again.
-    pub fn thaw(self) {}
-}
-
-impl Drop for Frozen<'_> {
-    fn drop(&mut self) {
-        if let Some(child) = &self.node.child {
-            send_signal(child, Signal::SIGCONT);
         }
     }
 }

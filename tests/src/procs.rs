@@ -157,6 +157,35 @@ pub(crate) fn send_signal(child: &Child, sig: Signal) {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
 }
 
+/// SIGSTOPs `child` (a hung process: its sockets stay open, the kernel still accepts and
+/// buffers, it runs nothing) until the returned guard is dropped (SIGCONT), a panicking
+/// test's included.
+pub(crate) fn stop_until_dropped(child: Option<&Child>) -> Stopped<'_> {
+    if let Some(child) = child {
+        send_signal(child, Signal::SIGSTOP);
+    }
+    Stopped { child }
+}
+
+/// A process stopped by [`stop_until_dropped`]: it runs again (SIGCONT) when this is dropped.
+#[must_use = "the process runs again as soon as this is dropped"]
+pub struct Stopped<'a> {
+    child: Option<&'a Child>,
+}
+
+impl Stopped<'_> {
+    /// Lets the process run again.
+    pub fn thaw(self) {}
+}
+
+impl Drop for Stopped<'_> {
+    fn drop(&mut self) {
+        if let Some(child) = self.child {
+            send_signal(child, Signal::SIGCONT);
+        }
+    }
+}
+
 pub(crate) fn kill_and_reap(child: &mut Child) {
     let _ = child.kill();
     let _ = child.wait();

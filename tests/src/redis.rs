@@ -7,9 +7,7 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::Signal;
-
-use crate::procs::{free_port, kill_and_reap, send_signal, START_TIMEOUT};
+use crate::procs::{free_port, kill_and_reap, stop_until_dropped, Stopped, START_TIMEOUT};
 use crate::wait::POLL;
 
 /// A running `redis-server`.
@@ -90,11 +88,8 @@ impl RedisServer {
     /// SIGSTOP: a stalled Redis. Its connections stay open and the kernel buffers the
     /// commands sent to it, which it runs when the returned guard is dropped (SIGCONT), a
     /// panicking test's included: a command whose client gave up waiting still runs.
-    pub fn freeze(&self) -> FrozenRedis<'_> {
-        if let Some(child) = &self.child {
-            send_signal(child, Signal::SIGSTOP);
-        }
-        FrozenRedis { server: self }
+    pub fn freeze(&self) -> Stopped<'_> {
+        stop_until_dropped(self.child.as_ref())
     }
 
     /// The port it listens on (127.0.0.1).
@@ -105,25 +100,6 @@ impl RedisServer {
     /// `redis://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
-    }
-}
-
-/// A [`RedisServer::freeze`]: Redis runs again (SIGCONT) when this is dropped.
-#[must_use = "redis runs again as soon as this is dropped"]
-pub struct FrozenRedis<'a> {
-    server: &'a RedisServer,
-}
-
-impl FrozenRedis<'_> {
-    /// Lets Redis run again.
-    pub fn thaw(self) {}
-}
-
-impl Drop for FrozenRedis<'_> {
-    fn drop(&mut self) {
-        if let Some(child) = &self.server.child {
-            send_signal(child, Signal::SIGCONT);
-        }
     }
 }
 
