@@ -167,7 +167,8 @@ pub(crate) fn stop_until_dropped(child: Option<&Child>) -> Stopped<'_> {
     Stopped { child }
 }
 
-/// A process stopped by [`stop_until_dropped`]: it runs again (SIGCONT) when this is dropped.
+/// A process stopped by a `freeze` ([`crate::chatnode::ChatNode::freeze`],
+/// [`crate::redis::RedisServer::freeze`]): it runs again (SIGCONT) when this is dropped.
 #[must_use = "the process runs again as soon as this is dropped"]
 pub struct Stopped<'a> {
     child: Option<&'a Child>,
