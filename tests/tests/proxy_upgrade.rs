@@ -23,25 +23,30 @@ const LOAD_CLIENTS: usize = 7;
 
 #[tokio::test]
 async fn an_upgrade_hands_the_listeners_over_without_refusing_a_connection() {
-    hand_over(&[], "").await;
+    hand_over(&[], "", "1s").await;
 }
 
 /// With active checks, the new process checks its backends before it serves: they would
 /// wait for their first pass, and its first requests got `503 no healthy backend` (here
-/// for a whole check, the backends answering after 1 s).
+/// for a whole check, the backends answering after 1 s). Every answer takes a second
+/// here, so the first from the new process may come only after the old one stops
+/// accepting (about 5 s): the old one's grace period outlasts that, so that its tunnel is
+/// still there to check.
 #[tokio::test]
 async fn an_upgrade_with_active_checks_refuses_no_request_either() {
     hand_over(
         &["--delay-ms", "1000"],
         "[upstreams.app.health]\nkind = \"http\"\npath = \"/id\"\ninterval = \"1s\"\ntimeout = \"3s\"\n",
+        "10s",
     )
     .await;
 }
 
 /// Starts a proxy to backend `a`, then one with `--upgrade` to backend `b` (both started
-/// with `backend_args`, the upstream with the `health` table), sends the first SIGQUIT,
+/// with `backend_args`, the upstream with the `health` table, the proxies with `grace`
+/// as their grace period), sends the first SIGQUIT,
 /// and checks every request, each on a fresh connection, is answered `200` throughout.
-async fn hand_over(backend_args: &[&str], health: &str) {
+async fn hand_over(backend_args: &[&str], health: &str, grace: &str) {
     let a = Backend::start_with("a", backend_args);
     let b = Backend::start_with("b", backend_args);
     let port = free_port();
@@ -49,7 +54,7 @@ async fn hand_over(backend_args: &[&str], health: &str) {
     // process took each connection.
     let config = |backend: &Backend| {
         format!(
-            "[server]\nthreads = 1\ngrace_period = \"1s\"\n{}\n{}\n{health}",
+            "[server]\nthreads = 1\ngrace_period = \"{grace}\"\n{}\n{}\n{health}",
             listener(port),
             upstream("app", None, &entries(&[backend]))
         )
