@@ -99,6 +99,11 @@ pub async fn refuse(
         shared.metrics.reject("max_connections");
         return None;
     }
+    // The request is read (its first line, briefly) before it is answered: a client
+    // such as hyper takes an answer that comes before its request for a broken connection
+    // ("unexpected message"), not for a 503, and a TLS client sends its request only after
+    // the handshake. The line names the refusal in the access log too.
+    let head = crate::h1::first_line(&mut session, CAP_LINGER).await;
     let (peer_ip, local) = crate::h1::addresses(session.get_socket_digest().as_deref());
     let r = Rejection {
         status: 503,
@@ -113,7 +118,7 @@ pub async fn refuse(
         &mut session,
         r,
         peer_ip,
-        b"",
+        &head,
         added,
         id,
         CAP_LINGER,

@@ -43,6 +43,7 @@ pub mod drain;
 pub mod fuzzing;
 pub mod h1;
 pub mod h2;
+pub mod handshakes;
 pub mod health;
 pub mod limits;
 pub mod logging;

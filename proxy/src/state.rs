@@ -248,6 +248,8 @@ pub struct Shared {
     /// Open client connections and tunnels: a graceful stop ends when none is left
     /// ([`crate::drain`]).
     pub open: Arc<std::sync::atomic::AtomicUsize>,
+    /// TLS handshakes in progress (counted in `open`).
+    pub handshakes: Arc<crate::handshakes::Handshakes>,
     /// Looks up backend names at each reload (the system's; tests put their own).
     pub(crate) resolver: Arc<dyn crate::config::Resolver>,
     /// Held while a new runtime is built from the current one and stored (a reload, a
@@ -321,6 +323,7 @@ impl Shared {
             config_path,
             bound,
             open: Arc::default(),
+            handshakes: Arc::default(),
             resolver: Arc::new(crate::config::SystemResolver),
             swap: std::sync::Mutex::new(()),
         })

@@ -717,6 +717,116 @@ async fn a_stalled_client_hello_is_closed_after_the_header_read_timeout() {
     assert_eq!(r.status, 200, "{r:?}");
 }
 
+/// A TLS 1.3 handshake with 127.0.0.1:`port` up to the client's Finished, held back: the
+/// proxy has accepted the connection, answered the ClientHello, and waits for the client.
+fn held_handshake(port: u16, ca_pem: &[u8]) -> (rustls::ClientConnection, std::net::TcpStream) {
+    let config = verifying_config(ca_pem, &[&rustls::version::TLS13]);
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut tls = rustls::ClientConnection::new(config, name).unwrap();
+    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(STEP_TIMEOUT)).unwrap();
+    while tls.wants_write() {
+        tls.write_tls(&mut tcp).unwrap();
+    }
+    while !tls.wants_write() {
+        assert_ne!(
+            tls.read_tls(&mut tcp).unwrap(),
+            0,
+            "the proxy closed the handshake"
+        );
+        tls.process_new_packets().unwrap();
+    }
+    (tls, tcp)
+}
+
+/// Whether the proxy closes `tcp` within `within` (an end of stream or a reset).
+fn closed_within(tcp: &mut std::net::TcpStream, within: Duration) -> bool {
+    use std::io::Read as _;
+    tcp.set_read_timeout(Some(within)).unwrap();
+    let mut buf = [0u8; 1024];
+    loop {
+        match tcp.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return false
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+/// The rest of a handshake is bounded by `header_read_timeout` too, not only its first
+/// record: a client that sends a whole ClientHello and never its Finished was held for
+/// pingora's fixed 60 s (slowloris over TLS, past any configured timeout).
+#[test]
+fn a_handshake_stalled_after_its_client_hello_is_closed_after_the_header_read_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::generate(dir.path(), &["localhost", "127.0.0.1"]);
+    let backend = Backend::start("b1");
+    let [plain, tls] = port_array();
+    let keys = tls_keys(&certs.cert, &certs.key);
+    let mut proxy = Proxy::start_config(&format!(
+        "{}\n[limits]\nheader_read_timeout = \"1s\"\n",
+        tls_config(plain, tls, &backend, &keys)
+    ));
+    let (_tls, mut tcp) = held_handshake(tls, &certs.ca_pem());
+    // A bound well under pingora's 60 s: 1 s, on a loaded machine.
+    assert!(
+        closed_within(&mut tcp, Duration::from_secs(10)),
+        "a stalled handshake is still open\n{}",
+        proxy.logs()
+    );
+    assert!(proxy.is_running(), "{}", proxy.logs());
+}
+
+/// Connections in their TLS handshake count against `limits.max_connections`, as HAProxy's
+/// `maxconn` counts them: pingora counted a connection only once its handshake was done, so
+/// any number of stalled handshakes could hold descriptors beyond the cap. A client over
+/// the cap still gets its `503` with the reason, and a handshake's count ends with it.
+#[tokio::test]
+async fn handshakes_in_progress_count_against_max_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::generate(dir.path(), &["localhost", "127.0.0.1"]);
+    let backend = Backend::start("b1");
+    let [plain, tls] = port_array();
+    let keys = tls_keys(&certs.cert, &certs.key);
+    let proxy = Proxy::start_config(&format!(
+        "{}\n[limits]\nmax_connections = 2\n",
+        tls_config(plain, tls, &backend, &keys)
+    ));
+    let ca = certs.ca_pem();
+    let url = format!("https://localhost:{tls}/id");
+    let mut held: Vec<_> = (0..2).map(|_| held_handshake(tls, &ca)).collect();
+
+    let r = get_with(&tls_client(&ca, Alpn::Http1), &url).await;
+    assert_eq!(r.status, 503, "{r:?}\n{}", proxy.logs());
+    assert!(r.body.contains("connection limit"), "{r:?}");
+
+    // One handshake ends (its client goes away): the cap has room again.
+    held.pop();
+    let deadline = tokio::time::Instant::now() + STEP_TIMEOUT;
+    loop {
+        let r = get_with(&tls_client(&ca, Alpn::Http1), &url).await;
+        if r.status == 200 {
+            assert_eq!(r.body, "b1");
+            break;
+        }
+        assert_eq!(r.status, 503, "{r:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still over the cap with one handshake left\n{}",
+            proxy.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Runs a proxy that must refuse to start; returns its output.
 fn must_fail(cmd: ProxyCmd) -> String {
     cmd.run_to_exit(Duration::from_secs(20))
@@ -918,27 +1028,10 @@ fn a_graceful_stop_waits_for_a_tls_handshake_begun_before_it() {
         upstream("app", None, &entries(&[&backend]))
     ));
 
-    // The handshake up to the client's Finished, held back: the proxy has accepted the
-    // connection, answered the ClientHello, and waits.
-    let config = verifying_config(&certs.ca_pem(), &[&rustls::version::TLS13]);
-    let name = ServerName::try_from("localhost").unwrap();
-    let mut tls = rustls::ClientConnection::new(config, name).unwrap();
-    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    tcp.set_read_timeout(Some(STEP_TIMEOUT)).unwrap();
-    while tls.wants_write() {
-        tls.write_tls(&mut tcp).unwrap();
-    }
-    while !tls.wants_write() {
-        assert_ne!(
-            tls.read_tls(&mut tcp).unwrap(),
-            0,
-            "the proxy closed the handshake"
-        );
-        tls.process_new_packets().unwrap();
-    }
+    let (mut tls, mut tcp) = held_handshake(port, &certs.ca_pem());
 
     proxy.signal(nix::sys::signal::Signal::SIGTERM);
-    proxy.wait_log("waiting for connections accepted but not yet served", T);
+    proxy.wait_log("graceful stop: waiting for the open connections", T);
     assert!(proxy.is_running(), "{}", proxy.logs());
 
     // The handshake ends and the request is served; the stop closes the connection after it.

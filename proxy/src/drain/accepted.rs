@@ -1,11 +1,10 @@
 //! The connections this process has accepted on its listeners and still holds, as the
 //! kernel lists them (Linux `/proc`).
 //!
-//! The drain's count ([`super::Counted`]) sees a connection only once pingora runs its
-//! task, and on a TLS listener only once the handshake is done. A connection accepted
-//! just before the listeners stopped, whose task has not run yet on a loaded machine, or
-//! whose client is still in its TLS handshake, is in neither the count nor the listen
-//! queue that the next process takes over: exiting then cuts it. The kernel's view has no
+//! The drain's count ([`super::Counted`], and [`crate::handshakes`] on a TLS listener)
+//! sees a connection only once pingora runs its task. A connection accepted just before
+//! the listeners stopped, whose task has not run yet on a loaded machine, is in neither
+//! the count nor the listen queue that the next process takes over: exiting then cuts it. The kernel's view has no
 //! such gap: an accepted socket is in this process's file table from `accept` until it is
 //! closed.
 

@@ -32,8 +32,8 @@ pub use accepted::Accepted;
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// How long the count must stay at zero before the process exits. A connection accepted
-/// just before the listeners closed is counted only once its task starts (and, on TLS,
-/// once its handshake is done), so a zero is trusted only after it has lasted a moment.
+/// just before the listeners closed is counted only once its task starts (on TLS, once
+/// its handshake starts), so a zero is trusted only after it has lasted a moment.
 const SETTLE: Duration = Duration::from_millis(300);
 
 /// How often the watcher looks at the count during the grace period.
@@ -108,7 +108,12 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Counted<A> {
         'life1: 'async_trait,
         Self: 'async_trait,
     {
-        if crate::client_cert::refused(session.get_ssl_digest().as_deref()) {
+        let ssl = session.get_ssl_digest();
+        if ssl.is_some() {
+            // Counted from here on: the handshake's own count ends.
+            self.shared.handshakes.finish(session.id());
+        }
+        if crate::client_cert::refused(ssl.as_deref()) {
             // A resumed TLS session whose client certificate the listener no longer accepts
             // (a reload changed its CAs or CRLs): closed before any request.
             self.shared.metrics.reject("client_certificate");
@@ -178,6 +183,13 @@ fn going_away_at(grace: Duration) -> Option<Duration> {
 
 fn wait_and_exit(open: &AtomicUsize, accepted: &Accepted, mut going_away: Option<Duration>) {
     let started = Instant::now();
+    let waiting_for = open.load(Ordering::Acquire);
+    if waiting_for > 0 {
+        tracing::info!(
+            open = waiting_for,
+            "graceful stop: waiting for the open connections and tunnels to finish"
+        );
+    }
     let mut zero_since: Option<Instant> = None;
     let mut uncounted_told = false;
     loop {

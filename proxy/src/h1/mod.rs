@@ -1036,6 +1036,25 @@ pub(crate) async fn refuse<S>(
     .await;
 }
 
+/// What the client has sent, up to the end of its first line (at most [`LOGGED_LINE`]
+/// bytes), read within `wait`: the request line a refusal's access-log line names.
+pub(crate) async fn first_line<S>(stream: &mut S, wait: Duration) -> BytesMut
+where
+    S: AsyncRead + Unpin + ?Sized,
+{
+    let mut head = BytesMut::with_capacity(LOGGED_LINE);
+    let _ = bounded(wait, async {
+        while !head.contains(&b'\n') && head.len() < LOGGED_LINE {
+            match stream.read_buf(&mut head).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    head
+}
+
 /// An access log line for a request refused before it could be parsed, with its first
 /// line as it came (as nginx logs `$request` of a bad request), since an operator looks
 /// for these in the access log like for any other answer.

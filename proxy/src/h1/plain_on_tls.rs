@@ -12,14 +12,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::BytesMut;
 use pingora::listeners::PreTlsProcess;
 use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::{GetSocketDigest as _, Peek as _};
 use pingora::{Error, ErrorType};
-use tokio::io::AsyncReadExt as _;
 
-use super::{addresses, bound::bounded, first_head_timeout, refuse, LINGER, LOGGED_LINE};
+use super::{addresses, bound::bounded, first_head_timeout, first_line, refuse, LINGER};
 use crate::proxy::is_token_char;
 use crate::proxy::policy::Rejection;
 use crate::proxy_protocol::{self, Expecting};
@@ -47,20 +45,21 @@ impl PlainHttpOnTls {
 #[async_trait]
 impl PreTlsProcess for PlainHttpOnTls {
     async fn process(&self, stream: &mut L4Stream) -> pingora::Result<()> {
+        let rt = self.shared.current();
+        // The same bound as the first byte of a request on a plain listener, for the whole
+        // handshake: a client that connects and says nothing, or that starts its handshake
+        // and stalls (slowloris over TLS), is not kept for pingora's 60 s handshake limit.
+        let wait = first_head_timeout(&rt);
+        self.shared.handshakes.start(&self.shared, stream, wait);
         if !self.expecting.is_empty() {
-            let wait = first_head_timeout(&self.shared.current());
             if let Err(e) =
                 proxy_protocol::accept(&self.shared, &self.expecting, stream, None, wait).await
             {
                 return Err(Error::explain(ErrorType::ConnectRefused, e.to_string()));
             }
         }
-        let rt = self.shared.current();
-        // The same bound as the first byte of a request on a plain listener: a client that
-        // connects and says nothing is not kept for pingora's 60 s handshake limit. Nor is
-        // one that starts its ClientHello and stalls (slowloris over TLS): the whole first
-        // record must come within it.
-        let wait = first_head_timeout(&rt);
+        // Until the first record (the ClientHello) is in, the wait is also bounded here,
+        // which tells a silent client from a plain HTTP one and a stalled handshake.
         let mut first = [0u8; 1];
         let peeked = bounded(wait, async {
             if !stream.try_peek(&mut first).await? {
@@ -96,16 +95,7 @@ impl PreTlsProcess for PlainHttpOnTls {
         }
 
         // The first line, for the access log (as nginx logs `$request` of this 400).
-        let mut head = BytesMut::with_capacity(LOGGED_LINE);
-        let _ = bounded(wait.min(MAX_LINE_WAIT), async {
-            while !head.contains(&b'\n') && head.len() < LOGGED_LINE {
-                match stream.read_buf(&mut head).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {}
-                }
-            }
-        })
-        .await;
+        let head = first_line(stream, wait.min(MAX_LINE_WAIT)).await;
         let (peer_ip, local) = addresses(stream.get_socket_digest().as_deref());
         let r = Rejection {
             status: 400,
