@@ -19,7 +19,8 @@ use std::net::SocketAddr;
 
 use tests::fixtures::{entries, listener, upstream, TWO_THREADS};
 use tests::raw::{
-    echo_answer, echo_setup, get_req, proxy_for, proxy_for_raw, reply, RawBackend, RawConn,
+    echo_answer, echo_setup, get_req, proxy_for, proxy_for_raw, reply, HoldingBackend, RawBackend,
+    RawConn,
 };
 use tests::{free_port, get, Backend, Proxy, STEP_TIMEOUT};
 
@@ -48,6 +49,36 @@ async fn pipelined_requests_are_answered_in_order() {
     // The connection still serves what comes next.
     let r = c.exchange(get_req("/status/202")).await;
     assert_eq!(r.status, 202, "{r:?}");
+}
+
+/// Requests a client pipelines while the one before waits for its backend are kept, and
+/// answered in order. The proxy reads the client during that wait (to notice a client that
+/// leaves), so what it reads then must not be lost or reordered.
+#[tokio::test]
+async fn requests_pipelined_while_one_waits_are_answered_in_order() {
+    let a = HoldingBackend::start("a").await;
+    let proxy = Proxy::start_config(&format!(
+        "{TWO_THREADS}\n{}\n[upstreams.app]\nbackends = [{{ addr = \"{}\" }}]\n",
+        listener(free_port()),
+        a.addr
+    ));
+    let mut c = RawConn::connect(proxy.addr()).await;
+    c.send(get_req("/1")).await;
+    a.wait_arrived(1).await;
+    // Sent while the first is held on the backend, in two writes.
+    c.send(get_req("/2")).await;
+    c.send(get_req("/3")).await;
+    // Long enough for the proxy to read them during the wait on a loaded machine; the
+    // answers below are checked either way.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    a.release(4);
+    for _ in 0..3 {
+        let r = c.response(false).await;
+        assert_eq!((r.status, r.text().as_str()), (200, "a"), "{r:?}");
+    }
+    assert_eq!(a.paths(), ["/1", "/2", "/3"]);
+    let r = c.exchange(get_req("/4")).await;
+    assert_eq!(r.status, 200, "{r:?}");
 }
 
 #[tokio::test]

@@ -538,6 +538,77 @@ async fn a_full_upstream_queues_requests_on_pingoras_path() {
     a_full_upstream_queues_requests(Path::Pingora).await;
 }
 
+/// A client connection with one request sent, left unanswered.
+async fn sent(proxy: &Proxy, path: Path, target: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt as _;
+    let mut s = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
+    s.write_all(path.request(target).as_bytes()).await.unwrap();
+    s
+}
+
+/// Closes `s` the way `reset` says: a reset, or an orderly close (FIN).
+#[allow(deprecated)] // set_linger: the blocking close it warns of is what a reset wants.
+fn leave(s: tokio::net::TcpStream, reset: bool) {
+    if reset {
+        s.set_linger(Some(Duration::ZERO)).unwrap();
+    }
+    drop(s);
+}
+
+/// A client that leaves while its request waits (for a slot in the queue, or for the
+/// backend's answer) gives up its place and its slot at once, as nginx and pingora's path
+/// do: the queue and the backend's count go down before anything is answered, and a queued
+/// request whose client has gone is never sent. Switchyard's own HTTP/1.1 path noticed the
+/// client only when writing the answer, so the abandoned requests kept the queue full (new
+/// clients got `503`) and were sent to the backend when their turn came.
+async fn a_client_that_leaves_gives_up_its_place_and_its_slot(path: Path) {
+    let a = HoldingBackend::start("a").await;
+    let port = free_port();
+    let proxy = Proxy::start_config(&config(
+        path,
+        port,
+        "max_queue = 4\nqueue_timeout = \"30s\"\n",
+        &[holding_entry(&a, "max_conns = 1")],
+    ));
+    let held = hold(&proxy, path, &a).await;
+    for reset in [false, true] {
+        let gone = sent(&proxy, path, "/gone").await;
+        wait_queued(&proxy, 1).await;
+        leave(gone, reset);
+        wait_queued(&proxy, 0).await;
+    }
+    a.release(1);
+    let r = answer(held).await;
+    assert_eq!(r.status, 200, "{}", r.head);
+
+    // Waiting for the answer: the backend's slot is freed before the backend answers.
+    for reset in [false, true] {
+        wait_released(&proxy, a.addr).await;
+        let n = a.arrived() + 1;
+        let waiting = sent(&proxy, path, "/waiting").await;
+        a.wait_arrived(n).await;
+        leave(waiting, reset);
+        wait_released(&proxy, a.addr).await;
+    }
+    a.release(2);
+
+    let after = spawn_get(proxy.addr(), path, "/after");
+    a.release(1);
+    let r = answer(after).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "a"), "{}", r.head);
+    assert_eq!(a.paths(), ["/held", "/waiting", "/waiting", "/after"]);
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_gives_up_its_place_and_its_slot_on_switchyards_path() {
+    a_client_that_leaves_gives_up_its_place_and_its_slot(Path::Native).await;
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_gives_up_its_place_and_its_slot_on_pingoras_path() {
+    a_client_that_leaves_gives_up_its_place_and_its_slot(Path::Pingora).await;
+}
+
 /// Waits until `n` requests wait in upstream `app`'s queue (`/metrics`).
 async fn wait_queued(proxy: &Proxy, n: usize) {
     wait_until(T, &format!("{n} requests wait in the queue"), || async {

@@ -321,6 +321,13 @@ impl H1 {
                 return Outcome::Closed;
             }
             buf.advance(consumed);
+            // Read after what `buf` held: the client's next requests, sent while this one
+            // waited for its backend.
+            let pipelined = &mut timers.upstream.pipelined;
+            if !pipelined.is_empty() {
+                buf.extend_from_slice(pipelined);
+                pipelined.clear();
+            }
             served = true;
         }
     }
@@ -373,7 +380,7 @@ impl H1 {
         body: &[u8],
         conn: &Conn,
         rt: &Runtime,
-        deadline: &mut Deadline,
+        wait: &mut UpstreamWait,
     ) -> bool {
         let id = rt.config.server.request_id.then(RequestId::new);
         let mut log = Log {
@@ -436,8 +443,14 @@ impl H1 {
             let chosen = match policy::choose_now(&up, ip, sticky, &mut tried, conn.tls) {
                 Some(chosen) => chosen,
                 None => {
-                    let chosen =
-                        policy::choose_queued(&mut up, ip, sticky, &mut tried, conn.tls).await;
+                    let queued = policy::choose_queued(&mut up, ip, sticky, &mut tried, conn.tls);
+                    // A client that leaves gives up its place (and its counts) at once,
+                    // not when a slot would have come to it.
+                    let chosen = tokio::select! {
+                        biased;
+                        chosen = queued => chosen,
+                        () = client_gone(client, &mut wait.pipelined) => return false,
+                    };
                     // A reload may have moved the waiting request to a new upstream.
                     log.upstream = Some(up.clone());
                     chosen
@@ -462,7 +475,7 @@ impl H1 {
                     &out,
                     req,
                     &up.config.timeouts,
-                    deadline,
+                    wait,
                 )
                 .await
             {
@@ -584,7 +597,7 @@ impl H1 {
         request: &[u8],
         req: &RequestHead<'_>,
         t: &crate::config::BackendTimeouts,
-        deadline: &mut Deadline,
+        wait: &mut UpstreamWait,
     ) -> Result<(UpstreamStream, ResponseHead, BytesMut, Instant), Failure> {
         let started = Instant::now();
         let key = (addr, tls.map_or((0, 0), |t| t.pool_key(addr)));
@@ -593,20 +606,18 @@ impl H1 {
             let reused = pooled.is_some();
             let mut upstream = match pooled.take() {
                 Some(s) => s,
-                None => handshake::connect(addr, tls, t.connect)
-                    .await
-                    .map_err(Failure::Connect)?,
+                None => tokio::select! {
+                    biased;
+                    connected = handshake::connect(addr, tls, t.connect) => {
+                        connected.map_err(Failure::Connect)?
+                    }
+                    () = client_gone(client, &mut wait.pipelined) => return Err(Failure::Client),
+                },
             };
             let result = async {
                 write_upstream(&mut upstream, request, t.upstream_read).await?;
-                read_response_head(
-                    &mut upstream,
-                    client,
-                    req.is_head(),
-                    t.upstream_read,
-                    deadline,
-                )
-                .await
+                read_response_head(&mut upstream, client, req.is_head(), t.upstream_read, wait)
+                    .await
             }
             .await;
             match result {
@@ -661,7 +672,7 @@ async fn read_response_head(
     client: &mut Stream,
     request_was_head: bool,
     limit: Duration,
-    deadline: &mut Deadline,
+    wait: &mut UpstreamWait,
 ) -> Result<(ResponseHead, BytesMut), Failure> {
     let mut buf = BytesMut::with_capacity(BODY_CHUNK);
     let until = tokio::time::Instant::now() + limit;
@@ -684,7 +695,16 @@ async fn read_response_head(
         if buf.capacity() - buf.len() < 1024 {
             buf.reserve(BODY_CHUNK);
         }
-        match deadline.until(until, upstream.read_buf(&mut buf)).await {
+        let UpstreamWait {
+            deadline,
+            pipelined,
+        } = &mut *wait;
+        let read = tokio::select! {
+            biased;
+            read = deadline.until(until, upstream.read_buf(&mut buf)) => read,
+            () = client_gone(client, pipelined) => return Err(Failure::Client),
+        };
+        match read {
             None => return Err(Failure::Timeout),
             Some(Ok(0)) if !received => return Err(Failure::Closed),
             Some(Ok(0)) => return Err(Failure::Bad(BadResponse::Invalid)),
@@ -1132,7 +1152,43 @@ struct Timers {
     /// Waiting for the client's next request (keep-alive, header timeout).
     client: Deadline,
     /// Waiting for a backend's answer.
-    upstream: Deadline,
+    upstream: UpstreamWait,
+}
+
+/// What a request keeps while it waits for a backend (a slot, a connection, the answer's
+/// head), reused across the connection's requests.
+#[derive(Default)]
+struct UpstreamWait {
+    /// The bound on the backend's answer.
+    deadline: Deadline,
+    /// What the client sent meanwhile (its next requests, pipelined), kept for the next
+    /// request: it is read to notice a client that goes away ([`client_gone`]).
+    pipelined: BytesMut,
+}
+
+/// How much of a client's pipelined requests is read while one waits for its backend;
+/// beyond it the client is not read until the answer (and a client that leaves then is
+/// noticed when the answer is written).
+const MAX_PIPELINED: usize = 64 * 1024;
+
+/// Resolves once the client has gone (closed its side of the connection, or reset it)
+/// while its request waits for a backend. nginx (`proxy_ignore_client_abort off`) and
+/// pingora's path do the same: a request nobody waits for gives up its place in a
+/// `max_conns` queue, its backend slot and its connection counts at once, and a queued
+/// one is never sent. What the client sends meanwhile is kept in `pipelined`.
+async fn client_gone(client: &mut Stream, pipelined: &mut BytesMut) {
+    // Read through a small array, not into `pipelined`: nearly every wait reads nothing,
+    // and a kept-alive connection should not hold a buffer for what is seldom sent.
+    let mut chunk = [0u8; 512];
+    loop {
+        if pipelined.len() >= MAX_PIPELINED {
+            return std::future::pending().await;
+        }
+        match client.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => pipelined.extend_from_slice(&chunk[..n]),
+        }
+    }
 }
 
 /// Why an attempt on a backend failed.

@@ -512,14 +512,36 @@ impl ProxyHttp for EdgeProxy {
         Ok(false)
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let Some(mut up) = ctx.upstream.clone() else {
             return Err(Error::explain(
                 ErrorType::InternalError,
                 "no upstream chosen",
             ));
         };
-        let backend = match self.choose(&mut up, ctx).await {
+        // pingora watches the client only once it proxies: a request waiting in a
+        // `max_conns` queue would keep its place after its client left, and be sent when
+        // its turn came. An HTTP/1 request whose body is all read is watched here (a FIN
+        // or a reset ends it; pipelined bytes are kept for the next request); one still
+        // sending its body cannot be read without taking the body. h2 ends a cancelled
+        // stream's task, and with it the wait.
+        let watch = !session.is_http2() && (session.is_body_empty() || session.is_body_done());
+        let chosen = if watch {
+            let mut choose = std::pin::pin!(self.choose(&mut up, ctx));
+            tokio::select! {
+                biased;
+                chosen = &mut choose => chosen,
+                idle = session.read_body_or_idle(true) => match idle.map_err(|e| e.into_down()) {
+                    Err(e) if client_went_away(&e) => return Err(e),
+                    // Bytes pingora does not keep (pipelining is off): pingora's own
+                    // read, once it proxies, decides what they mean.
+                    _ => choose.await,
+                },
+            }
+        } else {
+            self.choose(&mut up, ctx).await
+        };
+        let backend = match chosen {
             Ok(backend) => backend,
             Err(none) => {
                 self.shared.metrics.reject(none.reason());
