@@ -53,6 +53,13 @@
 //! other way: an entry of the log that every node's reader applies in order, so that a
 //! broadcast appended after it reaches the sockets it put in rooms, on every node.
 //!
+//! A leave may also be appended by a write of the application's, in the write's own
+//! atomic step on the broker ([`del_sockets_joint`](Adapter::del_sockets_joint), with
+//! [`Bus::log_target`]): the chat's creation of a room, with the leave of the sockets left
+//! over from a room of that name that Redis lost, so that nothing that follows the
+//! creation comes before the leave in the log. The creating node applies that leave to
+//! its own sockets once its reader has reached it, as it delivers its own broadcasts.
+//!
 //! An entry ([`Entry`], a small binary format: `cluster/entry.rs`) holds the encoded
 //! packet (text and attachments, as raw bytes), the rooms and `except`, and its origin: the
 //! node id, a random instance id of this process, and a sequence number. A node skips its
@@ -67,6 +74,7 @@
 //! script when it resumes) was delivered nowhere, so its sequence number is remembered
 //! ([`Unanswered`]) and the reader delivers that entry of this node like another node's,
 //! once, if it ever comes: every member gets the message exactly once, this node's too.
+//! A joint leave without an answer is applied here the same way.
 
 // Public for the fuzz targets in `fuzz/` alone: the bus's bytes come from Redis.
 #[doc(hidden)]
@@ -272,7 +280,7 @@ pub struct ClusterAdapter {
     last_offset: Arc<Mutex<LastOffset>>,
     /// How far this node's reader has gone.
     progress: Arc<ReadProgress>,
-    /// This node's joint broadcasts with an unknown outcome, for the reader to deliver.
+    /// This node's joint entries with an unknown outcome, for the reader to apply.
     unanswered: Arc<Unanswered>,
     recovery: Option<Recovery>,
     /// Dropped with the adapter, which stops its bus reader.
@@ -546,6 +554,14 @@ impl ClusterAdapter {
         }
     }
 
+    /// Takes this node's sockets that `opts` selects out of `rooms`, and updates their
+    /// recovery records.
+    async fn leave_here(&self, opts: &BroadcastOptions, rooms: &[Room]) {
+        for sid in self.local.leave_selected(opts, rooms) {
+            self.rooms_changed(sid).await;
+        }
+    }
+
     /// Appends a leave or join entry (`what`); `Ok` once it has its id.
     async fn append_room_change(&self, bytes: Bytes, what: &str) -> Result<(), AdapterError> {
         let appended = self.bus.append(&self.topic, bytes).await;
@@ -700,9 +716,7 @@ impl Adapter for ClusterAdapter {
         opts: BroadcastOptions,
         rooms: Vec<Room>,
     ) -> Result<(), AdapterError> {
-        for sid in self.local.leave_selected(&opts, &rooms) {
-            self.rooms_changed(sid).await;
-        }
+        self.leave_here(&opts, &rooms).await;
         let leave = Leave {
             node: self.node.clone(),
             instance: self.instance,
@@ -714,6 +728,57 @@ impl Adapter for ClusterAdapter {
             .encode()
             .map_err(|error| AdapterError::Unavailable(error.to_string()))?;
         self.append_room_change(bytes, "leave").await
+    }
+
+    /// The leave's entry goes to the step with the bus's [`log_target`](Bus::log_target)
+    /// (it may overtake this node's queued entries: they come from before the step's
+    /// write, which the leave is about). Appended by the step, the leave is applied here
+    /// once this node's reader has reached it, as a broadcast of this node is delivered
+    /// (and the reader waits for that before the next entry): in the log's order. Written
+    /// without the entry, it is [`del_sockets`](Adapter::del_sockets). With no answer
+    /// from the broker, this node's reader applies the entry if it shows up.
+    async fn del_sockets_joint(
+        &self,
+        opts: BroadcastOptions,
+        rooms: Vec<Room>,
+        step: &dyn JointStep,
+    ) -> Result<(), AdapterError> {
+        let leave = Leave {
+            node: self.node.clone(),
+            instance: self.instance,
+            seq: self.next_seq(),
+            opts,
+            rooms,
+        };
+        let bytes = leave
+            .encode()
+            .map_err(|error| AdapterError::Unavailable(error.to_string()))?;
+        // Before the step: the entry may come back to the reader before the step returns.
+        let in_flight = self.progress.in_flight(leave.seq);
+        let target = self.bus.log_target(&self.topic);
+        match step.run(target.as_ref(), &bytes, &[]).await {
+            JointOutcome::Declined => Ok(()),
+            JointOutcome::Unknown => {
+                self.unanswered.remember(leave.seq);
+                Ok(())
+            }
+            JointOutcome::Written(_) => {
+                // Not in the log yet: nothing for the reader to wait for.
+                drop(in_flight);
+                self.leave_here(&leave.opts, &leave.rooms).await;
+                self.append_room_change(bytes, "leave").await
+            }
+            JointOutcome::Appended { id, .. } => {
+                metrics().bus_publish(Topic::Broadcast, true);
+                let key = parse_id(&id);
+                advance(&self.last_offset, &id, key);
+                if let Some(key) = key {
+                    self.progress.wait(key).await;
+                }
+                self.leave_here(&leave.opts, &leave.rooms).await;
+                Ok(())
+            }
+        }
     }
 
     /// As [`del_sockets`](Adapter::del_sockets), the other way: this node's sockets join
@@ -1174,6 +1239,17 @@ mod tests {
         recorder.0.lock().clone()
     }
 
+    /// The sockets that left rooms, once there are `n` (or after a second).
+    async fn eventually_left(recorder: &Recorder, n: usize) -> Vec<(Sid, Room)> {
+        for _ in 0..100 {
+            if recorder.1.lock().len() >= n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        recorder.1.lock().clone()
+    }
+
     #[test]
     fn the_stream_key_tags_the_namespace() {
         assert_eq!(stream_key(&Namespace::root()), "syd:{/}:stream");
@@ -1232,6 +1308,108 @@ mod tests {
         b.broadcast(packet.clone(), to("red")).await.unwrap();
         assert_eq!(on_b.0.lock().clone(), vec![(b1, packet.clone())]);
         assert_eq!(eventually(&on_a, 1).await, vec![(a1, packet)]);
+    }
+
+    /// A joint step that stands for a write appending the entry itself: it appends it to
+    /// the bus (or not: `Declined`), as a store's script would.
+    struct AppendsItself {
+        bus: MemoryBus,
+        write: bool,
+    }
+
+    #[async_trait]
+    impl JointStep for AppendsItself {
+        async fn run(&self, _: Option<&StreamTarget>, head: &[u8], tail: &[u8]) -> JointOutcome {
+            if !self.write {
+                return JointOutcome::Declined;
+            }
+            let topic = stream_key(&Namespace::root());
+            let entry = Bytes::from([head, tail].concat());
+            match self.bus.append(&topic, entry).await {
+                Ok(Some(id)) => JointOutcome::Appended {
+                    value: String::new(),
+                    id,
+                },
+                _ => JointOutcome::Declined,
+            }
+        }
+    }
+
+    /// The sockets in `room` but not in `except`.
+    fn to_except(room: &str, except: &str) -> BroadcastOptions {
+        BroadcastOptions {
+            rooms: vec![room.into()],
+            except: vec![except.into()],
+        }
+    }
+
+    /// A leave whose entry the step appends with its write takes the selected sockets out
+    /// on every node (this one once its reader has reached the entry), sparing those in
+    /// `except`, before any later broadcast; a step that declines appends and takes out
+    /// nothing.
+    #[tokio::test]
+    async fn a_joint_leave_is_applied_on_every_node_unless_its_step_declines() {
+        let bus = MemoryBus::new();
+        let (a, on_a) = node(&bus, "a");
+        let (b, on_b) = node(&bus, "b");
+        let [a1, a2, b1, b2] = [Sid::random(), Sid::random(), Sid::random(), Sid::random()];
+        for (adapter, sid, marked) in [
+            (&a, a1, false),
+            (&a, a2, true),
+            (&b, b1, false),
+            (&b, b2, true),
+        ] {
+            let mut rooms = vec![Room::from(sid), "red".into()];
+            if marked {
+                rooms.push("%c/red".into());
+            }
+            adapter.add_all(sid, rooms).await.unwrap();
+        }
+        let declines = AppendsItself {
+            bus: bus.clone(),
+            write: false,
+        };
+        a.del_sockets_joint(to_except("red", "%c/red"), vec!["red".into()], &declines)
+            .await
+            .unwrap();
+        assert!(a.rooms_of(a1).await.unwrap().contains(&Room::from("red")));
+
+        let writes = AppendsItself {
+            bus: bus.clone(),
+            write: true,
+        };
+        a.del_sockets_joint(to_except("red", "%c/red"), vec!["red".into()], &writes)
+            .await
+            .unwrap();
+        assert_eq!(on_a.1.lock().clone(), vec![(a1, Room::from("red"))]);
+        let packet = event();
+        b.broadcast(packet.clone(), to("red")).await.unwrap();
+        assert_eq!(on_b.0.lock().clone(), vec![(b2, packet.clone())]);
+        assert_eq!(on_b.1.lock().clone(), vec![(b1, Room::from("red"))]);
+        assert_eq!(eventually(&on_a, 1).await, vec![(a2, packet)]);
+    }
+
+    /// A joint leave without an answer from the broker takes nothing out here at first;
+    /// when its entry shows up in the log after all, this node's reader applies it.
+    #[tokio::test]
+    async fn an_unanswered_joint_leave_is_applied_here_when_its_entry_comes() {
+        let bus = MemoryBus::new();
+        let (a, on_a) = node(&bus, "a");
+        let a1 = Sid::random();
+        a.add_all(a1, vec![a1.into(), "red".into()]).await.unwrap();
+        let step = NoAnswer::default();
+        a.del_sockets_joint(to("red"), vec!["red".into()], &step)
+            .await
+            .unwrap();
+        assert!(a.rooms_of(a1).await.unwrap().contains(&Room::from("red")));
+
+        let topic = stream_key(&Namespace::root());
+        bus.publish(&topic, late_entry(&step, "")).await.unwrap();
+        assert_eq!(
+            eventually_left(&on_a, 1).await,
+            vec![(a1, Room::from("red"))]
+        );
+        assert!(!a.rooms_of(a1).await.unwrap().contains(&Room::from("red")));
     }
 
     /// A bus whose broker is down: entries are accepted into the buffer, without an id

@@ -30,6 +30,7 @@ fn made_by(private: bool, creator: &str) -> RoomMeta {
         invite: private.then(|| "invite".to_owned()),
         created_by: creator.to_owned(),
         created_at: 1,
+        creation: String::new(),
     }
 }
 

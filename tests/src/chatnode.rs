@@ -347,3 +347,22 @@ pub fn refused_start(args: &[&str], env: &[(&str, &str)]) -> String {
     );
     run.stderr
 }
+
+/// Whether a `message` of `room` with text `text` comes on `ws` within `within`; the
+/// packets before it are read and dropped.
+pub async fn message_within(ws: &mut Ws, room: &str, text: &str, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Some(Message::Text(packet)) = ws_recv(ws, left).await else {
+            return false;
+        };
+        let Some(json) = packet.strip_prefix("42") else {
+            continue;
+        };
+        let args: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
+        if args[0] == "message" && args[1]["room"] == room && args[1]["text"] == text {
+            return true;
+        }
+    }
+}

@@ -105,6 +105,15 @@ pub trait Bus: Send + Sync + 'static {
         None
     }
 
+    /// [`joint_target`](Bus::joint_target) for an entry that may overtake the entries
+    /// waiting in this bus's local queue: one about something that did not exist when
+    /// they were published (the leave entry of a room being created, which concerns only
+    /// sockets left over from an older room of that name). `None` when the broker is not
+    /// known to be reachable; the default is the joint target, which asks more.
+    fn log_target(&self, topic: &str) -> Option<StreamTarget> {
+        self.joint_target(topic)
+    }
+
     /// The id of the last entry of `topic` ([`LOG_START`] when it has none).
     async fn last_id(&self, topic: &str) -> Result<String, BusError>;
 

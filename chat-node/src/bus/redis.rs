@@ -13,7 +13,9 @@
 //! - A store on the same Redis may append an entry itself, in the script of its own write
 //!   ([`Bus::joint_target`]: the chat's post appends the message's broadcast with it), as
 //!   long as nothing waits in the queue: the entry is then the one [`APPEND`] would have
-//!   written, trimmed the same way and published on the channel the same way.
+//!   written, trimmed the same way and published on the channel the same way. An entry
+//!   that may overtake the queue ([`Bus::log_target`]: the leave in a room's creation)
+//!   only needs the last append to have succeeded.
 //! - Subscribers are served by one task per bus on one pub/sub connection ([`live`]): entries
 //!   arrive as they are published, without a read command per entry. The stream is read
 //!   (`XRANGE`) only to catch up: from the last entry at subscription time, after every
@@ -297,8 +299,15 @@ impl Bus for RedisBus {
     }
 
     fn joint_target(&self, topic: &str) -> Option<StreamTarget> {
+        if self.inner.pending.load(Ordering::Acquire) != 0 {
+            return None;
+        }
+        self.log_target(topic)
+    }
+
+    fn log_target(&self, topic: &str) -> Option<StreamTarget> {
         let inner = &self.inner;
-        if inner.pending.load(Ordering::Acquire) != 0 || !inner.healthy.load(Ordering::Relaxed) {
+        if !inner.healthy.load(Ordering::Relaxed) {
             return None;
         }
         Some(StreamTarget {

@@ -79,7 +79,9 @@ impl From<StoreError> for ChatError {
         match error {
             // Not `unavailable`, which promises that nothing was written.
             StoreError::NoReply(_) => Self::Timeout,
-            StoreError::Redis(_) | StoreError::Corrupt { .. } => Self::Unavailable,
+            StoreError::Redis(_) | StoreError::NoLog(_) | StoreError::Corrupt { .. } => {
+                Self::Unavailable
+            }
         }
     }
 }

@@ -18,8 +18,8 @@ use super::store::{
     Created, Joined, JointEntry, Membership, Message, NewMessage, Post, Posted, RoomLimits,
     RoomMeta,
 };
-use super::StoreError;
 use super::{now_ms, presence, rate, secret, validate, ChatInner, LOBBY};
+use super::{ChatStore, StoreError};
 use crate::bus::StreamTarget;
 use crate::metrics::metrics;
 use crate::socketio::{AckSender, Data, JointOutcome, JointStep, SocketRef};
@@ -123,6 +123,7 @@ fn lobby() -> RoomMeta {
         invite: None,
         created_by: String::new(),
         created_at: 0,
+        creation: String::new(),
     }
 }
 
@@ -146,7 +147,7 @@ async fn member(
     if room != LOBBY && !chat.store.is_member(room, user).await? {
         return Err(not_member(chat, room).await);
     }
-    chat.enter_late(socket, user, room).await;
+    chat.enter_late(socket, user, room, None).await;
     Ok(())
 }
 
@@ -263,7 +264,8 @@ struct CreateRequest {
 
 /// `create {room, private}` → `{room, invite}`: the creator becomes a member, in the same
 /// store step (so within `--max-memberships`). Counts against the rate limit like a
-/// message.
+/// message. The sockets left over in the room's Socket.IO room from a room of that name
+/// that Redis lost leave it in that step too ([`CreateStep`]).
 async fn create(chat: Arc<ChatInner>, socket: SocketRef, request: CreateRequest) -> Answer {
     let (user, _) = identity(&chat, &socket)?;
     let room = validate::room(&request.room)?;
@@ -283,32 +285,74 @@ async fn create(chat: Arc<ChatInner>, socket: SocketRef, request: CreateRequest)
         invite: invite.clone(),
         created_by: user.clone(),
         created_at: now_ms(),
+        creation: secret::creation(),
     };
-    let limits = RoomLimits {
-        max_rooms: chat.config.max_rooms,
-        max_memberships: chat.config.max_memberships,
+    let step = CreateStep {
+        store: chat.store.as_ref(),
+        room: &room,
+        meta: &meta,
+        limits: RoomLimits {
+            max_rooms: chat.config.max_rooms,
+            max_memberships: chat.config.max_memberships,
+        },
+        result: Mutex::new(None),
     };
-    // Rooms are never deleted, so a room the store does not have has no members: a
-    // socket still in its Socket.IO room, on any node, is a member of a room of that name
-    // that Redis forgot (it lost its data). They all leave before the new room exists:
-    // else they would get its messages, a private room's too.
-    if chat.store.room(&room).await?.is_none() {
-        chat.empty_room(&room).await?;
-    }
-    match chat.store.create_room(&room, &meta, limits).await? {
+    chat.create_emptied(&room, &meta.creation, &step).await;
+    // `None`: the leave's entry could not be made, nothing was written.
+    let created = step.result.lock().take().ok_or(ChatError::Unavailable)?;
+    match created? {
         Created::Created => {}
         Created::Exists => return Err(ChatError::RoomExists),
         Created::LooksLike => return Err(ChatError::LooksLike),
         Created::Full => return Err(ChatError::TooManyRooms),
         Created::TooManyMemberships => return Err(ChatError::TooManyMemberships),
     }
-    chat.enter_late(&socket, &user, &room).await;
-    chat.enter_everywhere(&user, &room).await;
+    chat.enter_late(&socket, &user, &room, Some(&meta.creation))
+        .await;
+    chat.enter_everywhere(&user, &room, &meta.creation).await;
     let mut answer = fields(json!({"room": room}));
     if let Some(invite) = invite {
         answer.insert("invite".to_owned(), Value::String(invite));
     }
     Ok(answer)
+}
+
+/// The store's creation of a room, run by the leave of the sockets left over from an
+/// older room of that name ([`JointStep`]): with a store that can, the leave's entry is
+/// appended to the cluster's log in the same atomic step as the room, so that nothing of
+/// the new room (a message, a `presence`, a joiner's entry) can come before it in the log,
+/// and a `create` that finds the name taken appends nothing (see the chat module's
+/// documentation).
+struct CreateStep<'a> {
+    store: &'a dyn ChatStore,
+    room: &'a str,
+    meta: &'a RoomMeta,
+    limits: RoomLimits,
+    /// What the store did, for the ack (`None`: it did not run).
+    result: Mutex<Option<Result<Created, StoreError>>>,
+}
+
+#[async_trait]
+impl JointStep for CreateStep<'_> {
+    async fn run(&self, target: Option<&StreamTarget>, head: &[u8], tail: &[u8]) -> JointOutcome {
+        let entry = target.map(|target| JointEntry { target, head, tail });
+        let result = self
+            .store
+            .create_room_and_append(self.room, self.meta, self.limits, entry)
+            .await;
+        let outcome = match &result {
+            Ok((Created::Created, Some(id))) => JointOutcome::Appended {
+                value: String::new(),
+                id: id.clone(),
+            },
+            Ok((Created::Created, None)) => JointOutcome::Written(String::new()),
+            // The script may still run, the room and the leave's entry with it.
+            Err(StoreError::NoReply(_)) => JointOutcome::Unknown,
+            Ok(_) | Err(_) => JointOutcome::Declined,
+        };
+        *self.result.lock() = Some(result.map(|(created, _)| created));
+        outcome
+    }
 }
 
 #[derive(Deserialize)]
@@ -350,8 +394,9 @@ async fn join(chat: Arc<ChatInner>, socket: SocketRef, request: JoinRequest) -> 
             Joined::Already => false,
             Joined::TooManyMemberships => return Err(ChatError::TooManyMemberships),
         };
-    chat.enter_late(&socket, &user, &room).await;
-    chat.enter_everywhere(&user, &room).await;
+    chat.enter_late(&socket, &user, &room, Some(&meta.creation))
+        .await;
+    chat.enter_everywhere(&user, &room, &meta.creation).await;
     let history = chat
         .store
         .history(&room, None, chat.config.history_on_join)
@@ -402,10 +447,17 @@ async fn leave(chat: Arc<ChatInner>, socket: SocketRef, request: RoomRequest) ->
         return Err(ChatError::CannotLeaveLobby);
     }
     admit_join(&chat, &user).await?;
+    // Which creation's mark the sockets drop with the room.
+    let creation = chat
+        .store
+        .room(&room)
+        .await?
+        .map(|meta| meta.creation)
+        .unwrap_or_default();
     let removed = chat.store.remove_member(&room, &user).await?;
     // Each node whose sockets leave tells the room's presence (only a real change is
     // announced: a stranger's `leave` sends nothing to the room).
-    let everywhere = chat.exit_everywhere(&user, &room).await;
+    let everywhere = chat.exit_everywhere(&user, &room, &creation).await;
     if removed {
         let notice = json!({"room": room, "text": format!("{name} left"), "ts": now_ms()});
         chat.broadcast(&room, "system", notice).await;
@@ -505,7 +557,7 @@ impl JointStep for SendStep<'_> {
         if let Ok((Posted::Appended(_) | Posted::RateLimited, _)) = &result {
             let user = &self.post.message.user;
             self.chat
-                .enter_late(self.socket, user, self.post.room)
+                .enter_late(self.socket, user, self.post.room, None)
                 .await;
         }
         *self.result.lock() = Some(result.map(|(posted, _)| posted));

@@ -22,8 +22,33 @@
 //! with the state) and brings back only the rooms it is still a member of, and their
 //! missed broadcasts only (`may_recover`). The one way a socket outlives its membership
 //! is Redis losing its data: the store forgets the room and its members, the sockets stay
-//! in its Socket.IO room. So `create` empties the Socket.IO room of a name the store does
-//! not have, on every node, before the room exists (`empty_room`).
+//! in its Socket.IO room. So creating a room takes every socket that is not the new
+//! room's out of its Socket.IO room, on every node, before anything of the new room can
+//! reach one (see "A room created again").
+//!
+//! # A room created again
+//!
+//! Each creation of a room has a random id
+//! ([`RoomMeta::creation`](store::RoomMeta::creation)), and a socket in a chat room's
+//! Socket.IO room (`#<room>`) is also in its creation's (`%<creation>/<room>`,
+//! [`creation_room`]), put in both in one step. `create` runs the store's creation of the
+//! room with the leave, from `#<room>`, of every socket *not* in the new creation's room
+//! (`create_emptied`), and a store that may lose its data (Redis) appends the leave's
+//! entry to the cluster's log in the script that creates the room, or creates none
+//! ([`ChatStore::create_room_and_append`]). Why:
+//! - Nothing of the new room comes before the leave in the log: its messages, `presence`,
+//!   `system` notices and join entries all follow the room's creation, so its leave, and
+//!   every node applies the log in order (the creating node too: it applies its own leave
+//!   once its reader has reached it). The sockets left over from the lost room leave
+//!   before any of the new room's events reach their node, and do not come back: every
+//!   way in checks the membership, which the store no longer has.
+//! - Only the `create` that makes the room appends a leave: one that finds the name taken
+//!   writes nothing. A leave from each `create` that found the name free, appended before
+//!   it knew whether it would win, could come in the log after the winner's socket, or an
+//!   early joiner's, had entered, and take it out.
+//! - The leave spares every socket of the new room whenever a node applies it: a joiner's
+//!   socket that enters on a node whose reader has not reached the leave yet is marked as
+//!   the new creation's, as is the creator's.
 //!
 //! # Leaving a room on every node
 //!
@@ -98,6 +123,32 @@ pub(crate) fn user_room(user: &str) -> Room {
 /// The chat room a Socket.IO room stands for, if it is one.
 fn chat_room(room: &Room) -> Option<&str> {
     room.as_str().strip_prefix('#')
+}
+
+/// The Socket.IO room that marks the sockets of creation `creation` of chat room `room`
+/// ([`RoomMeta::creation`](store::RoomMeta::creation)): every socket in the room's
+/// Socket.IO room is in it too, so that the leave of a new room's leftover sockets spares
+/// its own (see the module's documentation). `%` starts no other Socket.IO room (no chat
+/// room name, socket id or user id holds it), and a creation id has no `/`.
+fn creation_room(room: &str, creation: &str) -> Room {
+    Room::from(format!("%{creation}/{room}"))
+}
+
+/// The chat room a creation room ([`creation_room`]) marks the sockets of, if it is one.
+fn marked_room(room: &Room) -> Option<&str> {
+    let (_, room) = room.as_str().strip_prefix('%')?.split_once('/')?;
+    Some(room)
+}
+
+/// The Socket.IO rooms a socket of `room` is in: the room's, and its creation's (none for
+/// `lobby` and a room an older node created, which no leave of leftovers concerns).
+fn entry_rooms(room: &str, creation: &str) -> Vec<Room> {
+    let mut rooms = Vec::with_capacity(2);
+    if !creation.is_empty() {
+        rooms.push(creation_room(room, creation));
+    }
+    rooms.push(sio_room(room));
+    rooms
 }
 
 /// How long presence changes in one room are gathered into one broadcast.
@@ -262,7 +313,11 @@ async fn may_recover(
     Some(
         rooms
             .into_iter()
-            .filter(|room| chat_room(room).is_some_and(|r| r == LOBBY || member.contains(r)))
+            .filter(|room| {
+                chat_room(room)
+                    .or_else(|| marked_room(room))
+                    .is_some_and(|r| r == LOBBY || member.contains(r))
+            })
             .collect(),
     )
 }
@@ -314,6 +369,9 @@ async fn connect(
         .map_err(unavailable)?
         .into_iter()
         .collect();
+    // Which creation of each room the socket enters (see the module's documentation).
+    let listed: Vec<String> = rooms.iter().cloned().collect();
+    let metas = chat.store.rooms(&listed).await.map_err(unavailable)?;
     rooms.insert(LOBBY.to_owned());
 
     let _ = socket.emit(
@@ -350,7 +408,8 @@ async fn connect(
         }
     });
     for room in &rooms {
-        chat.enter(&socket, room).await;
+        let creation = metas.get(room).map_or("", |meta| meta.creation.as_str());
+        chat.enter(&socket, room, creation).await;
     }
     let announced = rooms.clone();
     // The memberships were read before the socket entered the rooms: the user may have
@@ -384,9 +443,18 @@ impl ChatInner {
             .map(|s| (s.user.clone(), s.name.clone()))
     }
 
-    /// Puts the socket in the Socket.IO room of `room` and records it as online there;
-    /// whether it was not in yet. Only call it for a member.
-    async fn enter(&self, socket: &SocketRef, room: &str) -> bool {
+    /// Whether the session of the socket lists `room`.
+    fn is_in(&self, socket: &SocketRef, room: &str) -> bool {
+        self.sessions
+            .lock()
+            .get(&socket.id())
+            .is_some_and(|session| session.rooms.contains(room))
+    }
+
+    /// Puts the socket in the Socket.IO room of `room`, marked as one of its creation
+    /// `creation`, and records it as online there; whether it was not in yet. Only call
+    /// it for a member.
+    async fn enter(&self, socket: &SocketRef, room: &str, creation: &str) -> bool {
         let entry = {
             let mut sessions = self.sessions.lock();
             let Some(session) = sessions.get_mut(&socket.id()) else {
@@ -402,7 +470,8 @@ impl ChatInner {
                 name: session.name.clone(),
             }
         };
-        if let Err(error) = socket.join(sio_room(room)).await {
+        // Both at once: a leave of leftovers finds it either out of the room or marked.
+        if let Err(error) = socket.join_all(entry_rooms(room, creation)).await {
             tracing::warn!(%error, room, "joining a socket.io room");
         }
         let _writing = self.presence_writes.read().await;
@@ -428,9 +497,31 @@ impl ChatInner {
     /// another tab since it connected, or is joining now): when it was not, the
     /// membership is read again, now that the socket is in, and the room is told, as for
     /// any socket that comes. A membership ended meanwhile (a `leave` from another tab,
-    /// which may have missed this socket) takes it out again.
-    async fn enter_late(self: &Arc<Self>, socket: &SocketRef, user: &str, room: &str) {
-        if !self.enter(socket, room).await {
+    /// which may have missed this socket) takes it out again. `creation`: the room's,
+    /// when the caller has just read it; else it is read, if the socket is not in yet.
+    async fn enter_late(
+        self: &Arc<Self>,
+        socket: &SocketRef,
+        user: &str,
+        room: &str,
+        creation: Option<&str>,
+    ) {
+        if self.is_in(socket, room) {
+            return;
+        }
+        let creation = match creation {
+            Some(creation) => creation.to_owned(),
+            None => match self.creation_of(room).await {
+                Some(creation) => creation,
+                // Gone, or unknown: out (a join entry may have put it in), until its next
+                // request there.
+                None => {
+                    self.exit(socket, room).await;
+                    return;
+                }
+            },
+        };
+        if !self.enter(socket, room, &creation).await {
             return;
         }
         if room != LOBBY {
@@ -444,6 +535,21 @@ impl ChatInner {
             }
         }
         self.presence_changed(room);
+    }
+
+    /// The creation of `room` ([`RoomMeta::creation`](store::RoomMeta::creation)), read
+    /// from the store; `None` when the room does not exist or the store cannot say.
+    async fn creation_of(&self, room: &str) -> Option<String> {
+        if room == LOBBY {
+            return Some(String::new());
+        }
+        match self.store.room(room).await {
+            Ok(meta) => meta.map(|meta| meta.creation),
+            Err(error) => {
+                error::store_failed(&error, "reading a room");
+                None
+            }
+        }
     }
 
     /// The rooms of `entered` (which the socket of `user` has just entered) that the
@@ -489,7 +595,10 @@ impl ChatInner {
         let own = Room::from(socket.id());
         let user = user_room(user);
         for room in current {
-            if room != own && room != user && !chat_room(&room).is_some_and(|r| rooms.contains(r)) {
+            let kept = chat_room(&room)
+                .or_else(|| marked_room(&room))
+                .is_some_and(|r| rooms.contains(r));
+            if room != own && room != user && !kept {
                 if let Err(error) = socket.leave(room.clone()).await {
                     tracing::warn!(%error, %room, "leaving a socket.io room");
                 }
@@ -506,7 +615,9 @@ impl ChatInner {
             .get_mut(&socket.id())
             .is_some_and(|session| session.rooms.remove(room));
         // Always, even when the session does not list it: the socket must not stay in a
-        // room it left (whatever put it there).
+        // room it left (whatever put it there). Its marks first: never in the room
+        // unmarked, should it enter again meanwhile.
+        self.drop_marks(socket, room).await;
         if let Err(error) = socket.leave(sio_room(room)).await {
             tracing::warn!(%error, room, "leaving a socket.io room");
         }
@@ -524,14 +635,37 @@ impl ChatInner {
         true
     }
 
+    /// Takes the socket out of the creation rooms that mark it as one of `room`'s.
+    async fn drop_marks(&self, socket: &SocketRef, room: &str) {
+        let current = match socket.rooms().await {
+            Ok(current) => current,
+            Err(error) => {
+                tracing::warn!(%error, "listing a socket's rooms");
+                return;
+            }
+        };
+        for mark in current.into_iter().filter(|r| marked_room(r) == Some(room)) {
+            if let Err(error) = socket.leave(mark).await {
+                tracing::warn!(%error, room, "leaving a socket.io room");
+            }
+        }
+    }
+
     /// Takes every socket of `user`, on every node, out of `room` (see the module's
-    /// documentation); this node's at once. An error: the other nodes could not be told.
-    async fn exit_everywhere(&self, user: &str, room: &str) -> Result<(), ChatError> {
+    /// documentation), and out of the room of its creation `creation` (the marks of the
+    /// sockets of an older creation of that name stay until they disconnect: they mark
+    /// nothing); this node's at once. An error: the other nodes could not be told.
+    async fn exit_everywhere(
+        &self,
+        user: &str,
+        room: &str,
+        creation: &str,
+    ) -> Result<(), ChatError> {
         let Some(nsp) = self.nsp() else {
             return Err(ChatError::Unavailable);
         };
         nsp.to(user_room(user))
-            .sockets_leave(vec![sio_room(room)])
+            .sockets_leave(entry_rooms(room, creation))
             .await
             .map_err(|error| {
                 tracing::warn!(%error, room, "a leave not told to the other nodes");
@@ -539,21 +673,25 @@ impl ChatInner {
             })
     }
 
-    /// Takes every socket, on every node, out of `room`'s Socket.IO room, through the
-    /// log like a `leave` (so before any broadcast that starts afterwards): for a room the
-    /// store does not have, whose sockets are left over from before Redis lost its data.
-    /// An error: the other nodes could not be told (this node's sockets have left).
-    async fn empty_room(&self, room: &str) -> Result<(), ChatError> {
+    /// Runs `step`, the store's creation of `room` as creation `creation`, with the
+    /// leave that takes every socket not marked as one of this creation's out of the
+    /// room's Socket.IO room, on every node: the sockets left over from a room of that
+    /// name that the store lost (see the module's documentation). The step appends the
+    /// leave's entry in the same step as the room when the store can
+    /// ([`ChatStore::create_room_and_append`]); the step keeps its own result.
+    async fn create_emptied(&self, room: &str, creation: &str, step: &dyn JointStep) {
         let Some(nsp) = self.nsp() else {
-            return Err(ChatError::Unavailable);
+            step.run(None, &[], &[]).await;
+            return;
         };
-        nsp.to(sio_room(room))
-            .sockets_leave(vec![sio_room(room)])
+        if let Err(error) = nsp
+            .to(sio_room(room))
+            .except(creation_room(room, creation))
+            .sockets_leave_joint(vec![sio_room(room)], step)
             .await
-            .map_err(|error| {
-                tracing::warn!(%error, room, "a forgotten room's sockets not taken out on the other nodes");
-                ChatError::Unavailable
-            })
+        {
+            tracing::warn!(%error, room, "a new room's leftover sockets not taken out on the other nodes");
+        }
     }
 
     /// The adapter took local sockets out of rooms (a `leave` of their user, made on this
@@ -590,14 +728,14 @@ impl ChatInner {
     /// are in ([`sockets_joined`](Self::sockets_joined)). When the other nodes cannot be
     /// told, their sockets enter on their next request naming the room, or when they
     /// reconnect.
-    async fn enter_everywhere(&self, user: &str, room: &str) {
+    async fn enter_everywhere(&self, user: &str, room: &str, creation: &str) {
         // Every socket is in `lobby` from its connect on.
         let (false, Some(nsp)) = (room == LOBBY, self.nsp()) else {
             return;
         };
         if let Err(error) = nsp
             .to(user_room(user))
-            .sockets_join(vec![sio_room(room)])
+            .sockets_join(entry_rooms(room, creation))
             .await
         {
             tracing::warn!(%error, room, "a join not told to the other nodes");
@@ -633,7 +771,7 @@ impl ChatInner {
         tokio::spawn(async move {
             for (socket, user) in &sockets {
                 for room in &rooms {
-                    chat.enter_late(socket, user, room).await;
+                    chat.enter_late(socket, user, room, None).await;
                 }
             }
         });

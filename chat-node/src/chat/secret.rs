@@ -1,6 +1,6 @@
-//! Fresh secrets and ids: user tokens and invites (256 bits) and public user ids (96 bits),
-//! URL-safe base64 from the thread-local CSPRNG; and a comparison that takes the same time
-//! wherever two secrets differ.
+//! Fresh secrets and ids: user tokens and invites (256 bits), public user ids and room
+//! creation ids (96 bits), URL-safe base64 from the thread-local CSPRNG; and a comparison
+//! that takes the same time wherever two secrets differ.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -20,6 +20,14 @@ pub fn secret() -> String {
 /// A public user id: `u` and 12 random bytes (16 characters).
 pub fn user_id() -> String {
     format!("u{}", random_b64::<12>())
+}
+
+/// A room's creation id ([`RoomMeta::creation`]): 12 random bytes (16 characters), so
+/// that two creations of one name never share one.
+///
+/// [`RoomMeta::creation`]: crate::chat::store::RoomMeta::creation
+pub fn creation() -> String {
+    random_b64::<12>()
 }
 
 /// Whether two secrets are equal, in a time that depends only on their lengths.

@@ -222,6 +222,26 @@ pub trait Adapter: Send + Sync + 'static {
         opts: BroadcastOptions,
         rooms: Vec<Room>,
     ) -> Result<(), AdapterError>;
+    /// Runs `step`, then [`del_sockets`](Adapter::del_sockets) unless the step declined:
+    /// the leave of the sockets that a write of the application's turns into strangers
+    /// (the chat's creation of a room, for the sockets left over from a room of that name
+    /// that Redis lost). A distributed adapter may have the step append the leave's entry
+    /// itself, in the same atomic step as its write (`head` is the whole entry, `tail`
+    /// empty): nothing that follows the write can then come before the leave in the log.
+    /// When it returns `Ok` after a write, this node's sockets have left.
+    async fn del_sockets_joint(
+        &self,
+        opts: BroadcastOptions,
+        rooms: Vec<Room>,
+        step: &dyn JointStep,
+    ) -> Result<(), AdapterError> {
+        match step.run(None, &[], &[]).await {
+            JointOutcome::Declined | JointOutcome::Unknown => Ok(()),
+            JointOutcome::Written(_) | JointOutcome::Appended { .. } => {
+                self.del_sockets(opts, rooms).await
+            }
+        }
+    }
     /// Puts the sockets `opts` selects in `rooms`, wherever they are connected (the
     /// reference server's `socketsJoin`). When it returns `Ok`, this node's sockets are
     /// in, and every node puts its own in before it delivers any broadcast that starts

@@ -96,6 +96,22 @@ impl BroadcastOperator {
         Ok(self.ns.adapter().del_sockets(self.opts, rooms).await?)
     }
 
+    /// Runs `step`, then takes every selected socket, on every node, out of `rooms`,
+    /// unless the step declined; the leave's entry appended by the step itself when the
+    /// adapter allows (see
+    /// [`Adapter::del_sockets_joint`](super::Adapter::del_sockets_joint)).
+    pub async fn sockets_leave_joint(
+        self,
+        rooms: Vec<Room>,
+        step: &dyn JointStep,
+    ) -> Result<(), EmitError> {
+        Ok(self
+            .ns
+            .adapter()
+            .del_sockets_joint(self.opts, rooms, step)
+            .await?)
+    }
+
     /// Puts every selected socket, on every node, in `rooms` (see
     /// [`Adapter::add_sockets`](super::Adapter::add_sockets) for what `Ok` promises).
     pub async fn sockets_join(self, rooms: Vec<Room>) -> Result<(), EmitError> {

@@ -308,6 +308,12 @@ impl SocketRef {
         self.ns.adapter().add_all(self.id, vec![room.into()]).await
     }
 
+    /// Adds the socket to several rooms at once: no leave of the adapter's comes between
+    /// them.
+    pub async fn join_all(&self, rooms: Vec<Room>) -> Result<(), AdapterError> {
+        self.ns.adapter().add_all(self.id, rooms).await
+    }
+
     /// Removes the socket from a room.
     pub async fn leave(&self, room: impl Into<Room>) -> Result<(), AdapterError> {
         self.ns.adapter().del(self.id, room.into()).await

@@ -35,6 +35,11 @@ pub enum StoreError {
     /// runs what it has buffered when it resumes).
     #[error("redis: no reply, the write may have run: {0}")]
     NoReply(String),
+    /// A step that must append to the bus's log in the same atomic step as its write
+    /// cannot ([`ChatStore::create_room_and_append`]): no log to append to on this
+    /// server. Nothing was written.
+    #[error("redis: {0}")]
+    NoLog(String),
     /// An entry the store holds is not what this code writes.
     #[error("corrupt entry {key}: {reason}")]
     Corrupt {
@@ -59,6 +64,14 @@ pub struct RoomMeta {
     /// Milliseconds since the epoch.
     #[serde(default)]
     pub created_at: u64,
+    /// This creation of the room, random ([`secret::creation`]): a room created again
+    /// under the same name, after Redis lost the first one, has another, which tells the
+    /// new room's sockets from those left over from the old one (see `crate::chat`'s
+    /// documentation). Empty for `lobby`, and for rooms an older node created.
+    ///
+    /// [`secret::creation`]: crate::chat::secret::creation
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub creation: String,
 }
 
 /// A message as it is stored, without its id and room.
@@ -222,6 +235,28 @@ pub trait ChatStore: Send + Sync + 'static {
         meta: &RoomMeta,
         limits: RoomLimits,
     ) -> Result<Created, StoreError>;
+    /// [`create_room`](ChatStore::create_room), and when the room is created, `entry`
+    /// appended to the bus's log in the same atomic step: the leave entry that takes out
+    /// of the room's Socket.IO room the sockets left over from a room of that name the
+    /// store lost (see `crate::chat`'s documentation), which must be in the log before
+    /// anything of the new room can be. Answers the entry's id when the store appended
+    /// it; `None` when the caller is to append it.
+    ///
+    /// The default creates the room and leaves the append to the caller: a store that
+    /// keeps its data as long as its nodes run (in process) has no room whose sockets
+    /// outlived it. A store that may lose its data under running nodes (Redis) appends
+    /// the entry itself, or creates nothing ([`StoreError::NoLog`]: no `entry`, or the
+    /// log is on another server).
+    async fn create_room_and_append(
+        &self,
+        room: &str,
+        meta: &RoomMeta,
+        limits: RoomLimits,
+        entry: Option<JointEntry<'_>>,
+    ) -> Result<(Created, Option<String>), StoreError> {
+        let _ = entry;
+        Ok((self.create_room(room, meta, limits).await?, None))
+    }
     /// A room's settings, if it exists.
     async fn room(&self, room: &str) -> Result<Option<RoomMeta>, StoreError>;
     /// The settings of each of `rooms` that exists.

@@ -3,7 +3,7 @@
 //! | key | type | holds |
 //! |---|---|---|
 //! | `token:<token>` | string, 90-day expiry refreshed on use | the user id |
-//! | `room:<room>` | string (JSON) | [`RoomMeta`], created with `SET NX` |
+//! | `room:<room>` | string (JSON) | [`RoomMeta`] |
 //! | `rooms:public` | set | the public rooms' names |
 //! | `members:<room>` | set | member user ids |
 //! | `user:<user>:rooms` | set | the rooms the user is a member of |
@@ -17,7 +17,9 @@
 //!
 //! One key outside the prefix: a `send` appends its broadcast to the bus's stream of the
 //! namespace (`syd:{<nsp>}:stream`, the cluster's log) in the script that posts it,
-//! when the bus is on this server ([`POST_AND_APPEND`]).
+//! when the bus is on this server ([`POST_AND_APPEND`]); a `create`, the leave of the
+//! sockets left over from a room of that name that Redis lost, in the script that creates
+//! the room ([`CREATE_ROOM`]: without the stream on this server, no room is created).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::LazyLock;
@@ -174,11 +176,19 @@ return redis.call('ZRANGEBYLEX', KEYS[2], ARGV[1], '+', 'LIMIT', 0, tonumber(ARG
 /// of rooms and the creator's membership change together or not at all (a room created
 /// and never listed, a limit overshot by two nodes at once, or a room without its creator
 /// would otherwise be possible). KEYS: the room, the public room set, the room count, the
-/// public rooms' sorted index, the room's members, the creator's rooms, the rooms by look.
-/// ARGV: the room's JSON, `1` when public, the name, the room limit, the `SCAN MATCH`
-/// pattern of every room's key, the creator, the membership limit, the room's look.
-/// Returns 0 (the name is taken), 4 (another room looks the same), 3 (the creator has too
-/// many memberships), 2 (the room limit is reached) or 1.
+/// public rooms' sorted index, the room's members, the creator's rooms, the rooms by look,
+/// and for [`ChatStore::create_room_and_append`] the bus's stream. ARGV: the room's JSON,
+/// `1` when public, the name, the room limit, the `SCAN MATCH` pattern of every room's
+/// key, the creator, the membership limit, the room's look; with the stream, the trim
+/// strategy and threshold and the entry. Returns 0 (the name is taken), 4 (another room
+/// looks the same), 3 (the creator has too many memberships), 2 (the room limit is
+/// reached), or, once the room is created, 1 or the entry's id.
+///
+/// The entry is appended and published as the bus's own script does (the same trim,
+/// field and channel message) once every check has passed and before the room is
+/// written: a stream that refuses it stops the script with an error and no room (a
+/// script that stops keeps what it wrote, so the entry's append comes first; the room
+/// count it may have filled in is the same either way).
 static CREATE_ROOM: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
         by_name_lua!(),
@@ -205,6 +215,16 @@ if not count then
   redis.call('SET', KEYS[3], count)
 end
 if tonumber(count) >= tonumber(ARGV[4]) then return 2 end
+local created = 1
+if KEYS[8] then
+  local id = redis.pcall('XADD', KEYS[8], ARGV[9], '~', ARGV[10], '*', 'd', ARGV[11])
+  if type(id) == 'table' then return redis.error_reply('the log refused the entry: ' .. id.err) end
+  local published = redis.pcall('PUBLISH', KEYS[8], id .. ' ' .. ARGV[11])
+  if type(published) == 'table' then
+    return redis.error_reply('the entry was not published: ' .. published.err)
+  end
+  created = id
+end
 redis.call('SET', KEYS[1], ARGV[1])
 if ARGV[2] == '1' then
   by_name(KEYS[2], KEYS[4])
@@ -215,7 +235,7 @@ redis.call('INCR', KEYS[3])
 redis.call('HSET', KEYS[7], ARGV[8], ARGV[3])
 redis.call('SADD', KEYS[5], ARGV[6])
 redis.call('SADD', KEYS[6], ARGV[3])
-return 1
+return created
 "
     ))
 });
@@ -446,6 +466,55 @@ fn joint_reply(reply: Value) -> Result<(Posted, Option<String>), StoreError> {
     }
 }
 
+/// [`CREATE_ROOM`]'s keys and arguments, without the stream.
+fn create_invocation(
+    room: &str,
+    meta: &RoomMeta,
+    limits: RoomLimits,
+) -> Result<redis::ScriptInvocation<'static>, StoreError> {
+    let json = serde_json::to_string(meta).map_err(|e| StoreError::Corrupt {
+        key: key(&["room", room]),
+        reason: e.to_string(),
+    })?;
+    let mut invocation = CREATE_ROOM.prepare_invoke();
+    invocation
+        .key(key(&["room", room]))
+        .key(key(&["rooms", "public"]))
+        .key(key(&["rooms", "count"]))
+        .key(key(&["rooms", "public", "by-name"]))
+        .key(key(&["members", room]))
+        .key(key(&["user", &meta.created_by, "rooms"]))
+        .key(key(&["rooms", "looks"]))
+        .arg(json)
+        .arg(if meta.private { "0" } else { "1" })
+        .arg(room)
+        .arg(limits.max_rooms)
+        .arg(format!("{}*", glob_escape(&key(&["room", ""]))))
+        .arg(&meta.created_by)
+        .arg(limits.max_memberships)
+        .arg(validate::look(room));
+    Ok(invocation)
+}
+
+/// What [`CREATE_ROOM`] answered: what it did, and the id of the entry it appended.
+fn created_reply(reply: &Value) -> Result<(Created, Option<String>), StoreError> {
+    Ok(match reply {
+        Value::Int(0) => (Created::Exists, None),
+        Value::Int(2) => (Created::Full, None),
+        Value::Int(3) => (Created::TooManyMemberships, None),
+        Value::Int(4) => (Created::LooksLike, None),
+        Value::Int(1) => (Created::Created, None),
+        other => match reply_text(other) {
+            Some(id) if !id.is_empty() => (Created::Created, Some(id.to_owned())),
+            _ => {
+                return Err(StoreError::Redis(format!(
+                    "unexpected reply to the create script: {other:?}"
+                )))
+            }
+        },
+    })
+}
+
 fn parse_meta(key: &str, json: &str) -> Result<RoomMeta, StoreError> {
     serde_json::from_str(json).map_err(|e| StoreError::Corrupt {
         key: key.to_owned(),
@@ -482,37 +551,41 @@ impl ChatStore for RedisStore {
         meta: &RoomMeta,
         limits: RoomLimits,
     ) -> Result<Created, StoreError> {
-        let json = serde_json::to_string(meta).map_err(|e| StoreError::Corrupt {
-            key: key(&["room", room]),
-            reason: e.to_string(),
-        })?;
         let mut conn = self.conn.clone();
-        let reply: i64 = CREATE_ROOM
-            .key(key(&["room", room]))
-            .key(key(&["rooms", "public"]))
-            .key(key(&["rooms", "count"]))
-            .key(key(&["rooms", "public", "by-name"]))
-            .key(key(&["members", room]))
-            .key(key(&["user", &meta.created_by, "rooms"]))
-            .key(key(&["rooms", "looks"]))
-            .arg(json)
-            .arg(if meta.private { "0" } else { "1" })
-            .arg(room)
-            .arg(limits.max_rooms)
-            .arg(format!("{}*", glob_escape(&key(&["room", ""]))))
-            .arg(&meta.created_by)
-            .arg(limits.max_memberships)
-            .arg(validate::look(room))
+        let reply: Value = create_invocation(room, meta, limits)?
             .invoke_async(&mut conn)
             .await
             .map_err(redis_error)?;
-        Ok(match reply {
-            0 => Created::Exists,
-            2 => Created::Full,
-            3 => Created::TooManyMemberships,
-            4 => Created::LooksLike,
-            _ => Created::Created,
-        })
+        Ok(created_reply(&reply)?.0)
+    }
+
+    async fn create_room_and_append(
+        &self,
+        room: &str,
+        meta: &RoomMeta,
+        limits: RoomLimits,
+        entry: Option<JointEntry<'_>>,
+    ) -> Result<(Created, Option<String>), StoreError> {
+        let Some(entry) = entry.filter(|e| e.target.server == self.url) else {
+            return Err(StoreError::NoLog(
+                "the bus's log is not on the store's server, or the bus is unreachable".into(),
+            ));
+        };
+        let (strategy, threshold) = &entry.target.trim;
+        let mut invocation = create_invocation(room, meta, limits)?;
+        invocation
+            .key(&entry.target.key)
+            .arg(*strategy)
+            .arg(threshold)
+            .arg([entry.head, entry.tail].concat());
+        let mut conn = self.conn.clone();
+        // Not repeated on a lost reply: the room and its entry may be in (see
+        // `write_error`).
+        let reply: Value = invocation
+            .invoke_async(&mut conn)
+            .await
+            .map_err(write_error)?;
+        created_reply(&reply)
     }
 
     async fn room(&self, room: &str) -> Result<Option<RoomMeta>, StoreError> {
