@@ -612,3 +612,53 @@ async fn an_older_nodes_rooms_are_counted_and_listed() {
         ["old-later", "old-public"]
     );
 }
+
+/// Rooms an older node created before the look index was kept are indexed when asked
+/// (a node starting asks): their look-alikes are refused from then on, public or private,
+/// however many pages of keys the store holds. Asking again, or on two nodes at once,
+/// changes nothing.
+#[tokio::test]
+async fn an_older_nodes_rooms_are_indexed_by_look() {
+    let redis = RedisServer::start();
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    // More rooms than one step of the index reads, as an older node wrote them.
+    let json = serde_json::to_string(&meta(false)).unwrap();
+    let () = redis::cmd("EVAL")
+        .arg("for i = 1, 2500 do redis.call('SET', 'syd:chat:room:old' .. i, ARGV[1]) end")
+        .arg(0)
+        .arg(&json)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let private = serde_json::to_string(&meta(true)).unwrap();
+    let () = redis::cmd("SET")
+        .arg("syd:chat:room:pop")
+        .arg(private)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    let store = RedisStore::connect(&redis.url()).await.unwrap();
+    let create = |room: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .create_room(room, &meta(false), rooms_up_to(10_000))
+                .await
+                .unwrap()
+        }
+    };
+    // Not indexed yet: a look-alike gets through.
+    assert_eq!(create("o1d1").await, Created::Created);
+
+    let other = RedisStore::connect(&redis.url()).await.unwrap();
+    let (here, there) = tokio::join!(store.index_looks(), other.index_looks());
+    // Each look once: `old1`'s is `o1d1`'s, indexed when that room was created.
+    assert_eq!(here.unwrap() + there.unwrap(), 2500);
+    assert_eq!(store.index_looks().await.unwrap(), 0);
+    for look_alike in ["o1d2500", "\u{440}\u{43e}\u{440}", "oldl234"] {
+        assert_eq!(create(look_alike).await, Created::LooksLike, "{look_alike}");
+    }
+    assert_eq!(create("new").await, Created::Created);
+}

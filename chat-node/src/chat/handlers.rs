@@ -275,6 +275,8 @@ async fn create(chat: Arc<ChatInner>, socket: SocketRef, request: CreateRequest)
     if validate::look(&room) == validate::look(LOBBY) {
         return Err(ChatError::LooksLike);
     }
+    // Else the store's look index may miss an older node's room this one looks like.
+    chat.looks_indexed().await?;
     // Rooms are cheap to create and never deleted: creating counts against the rate limit.
     if !chat.store.admit(&user, &chat.config.rate_limit).await? {
         return Err(ChatError::RateLimited);

@@ -4,7 +4,8 @@
 //!
 //! # Layout
 //! - this module: registration ([`register`]), the connect hook (identity, rejoining the
-//!   user's rooms, `welcome`) and the disconnect clean-up.
+//!   user's rooms, `welcome`), the disconnect clean-up, and the indexing by look of the
+//!   rooms older nodes created (`index_looks`).
 //! - [`handlers`]: one function per client event (`rooms`, `create`, `join`, `leave`,
 //!   `send`, `typing`, `history`), each answering its ack.
 //! - [`validate`]: checks of names, room names, text and cursors.
@@ -87,11 +88,12 @@ pub mod validate;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 use serde_json::{json, Map, Value};
+use tokio::sync::watch;
 
 pub use self::config::{ChatConfig, ChatConfigError};
 pub use self::error::ChatError;
@@ -154,6 +156,10 @@ fn entry_rooms(room: &str, creation: &str) -> Vec<Room> {
 /// How long presence changes in one room are gathered into one broadcast.
 pub const PRESENCE_DEBOUNCE: Duration = Duration::from_millis(150);
 
+/// How long a `create` waits for this node to have indexed the rooms of older nodes by
+/// look ([`index_looks`]) before it answers `unavailable`.
+const LOOKS_WAIT: Duration = Duration::from_secs(5);
+
 /// The chat of one node: keep it alive as long as the node (the namespace hook holds only
 /// a weak reference, and the presence heartbeat stops when it is dropped).
 #[derive(Clone)]
@@ -208,6 +214,9 @@ pub(crate) struct ChatInner {
     /// A socket's presence was written since the last heartbeat: if the heartbeat finds
     /// none of this node's, Redis lost its data (as when the last beat wrote some).
     presence_added: AtomicBool,
+    /// `true` once the rooms of older nodes are indexed by look ([`index_looks`]):
+    /// `create` waits for it.
+    looks_indexed: watch::Receiver<bool>,
 }
 
 /// Milliseconds since the epoch (message `ts`, ids of the embedded store).
@@ -218,13 +227,15 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 /// Registers the chat on namespace `/` of `io`, as node `node`, on `store`; starts the
-/// presence heartbeat. Call inside a Tokio runtime.
+/// presence heartbeat and the indexing of older nodes' rooms by look. Call inside a Tokio
+/// runtime.
 pub fn register(
     io: &SocketIo,
     node: &str,
     config: ChatConfig,
     store: Arc<dyn ChatStore>,
 ) -> Result<Chat, InvalidNamespace> {
+    let (looks_done, looks_indexed) = watch::channel(false);
     let inner = Arc::new(ChatInner {
         node: node.to_owned(),
         config,
@@ -234,6 +245,7 @@ pub fn register(
         presence_pending: Mutex::new(HashSet::new()),
         presence_writes: tokio::sync::RwLock::new(()),
         presence_added: AtomicBool::new(false),
+        looks_indexed,
     });
     let weak = Arc::downgrade(&inner);
     let nsp = io.ns(
@@ -272,7 +284,36 @@ pub fn register(
     });
     let _ = inner.nsp.set(nsp);
     tokio::spawn(presence::heartbeat(Arc::downgrade(&inner)));
+    tokio::spawn(index_looks(Arc::downgrade(&inner), looks_done));
     Ok(Chat { inner })
+}
+
+/// Indexes by look the rooms that nodes from before the look index created
+/// ([`ChatStore::index_looks`]), then lets `create` through: until then, a look-alike of
+/// such a room would be accepted. A task rather than a step of the start: it reads every
+/// key of the store, so on a big data set it takes a while, and only `create` needs it
+/// (connections, joins and messages go on meanwhile). Tries again after a failure.
+async fn index_looks(chat: Weak<ChatInner>, done: watch::Sender<bool>) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let Some(store) = chat.upgrade().map(|chat| Arc::clone(&chat.store)) else {
+            return;
+        };
+        match store.index_looks().await {
+            Ok(added) => {
+                if added > 0 {
+                    tracing::info!(added, "rooms of older nodes indexed by look");
+                }
+                let _ = done.send(true);
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "indexing older nodes' rooms by look; `create` waits for it");
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
 }
 
 /// The recovery check: a socket's state goes back only to its own user (the token in the
@@ -433,6 +474,20 @@ async fn connect(
 impl ChatInner {
     fn nsp(&self) -> Option<&Nsp> {
         self.nsp.get()
+    }
+
+    /// Returns once the rooms of older nodes are indexed by look ([`index_looks`]), or
+    /// `unavailable` after [`LOOKS_WAIT`]: a room created before could pass for one of
+    /// them.
+    async fn looks_indexed(&self) -> Result<(), ChatError> {
+        let mut indexed = self.looks_indexed.clone();
+        let waited = tokio::time::timeout(LOOKS_WAIT, indexed.wait_for(|done| *done)).await;
+        // An error: the indexing task is gone (the chat is shutting down).
+        if matches!(waited, Ok(Ok(_))) {
+            Ok(())
+        } else {
+            Err(ChatError::Unavailable)
+        }
     }
 
     /// The user id and display name of a local socket.

@@ -257,6 +257,15 @@ pub trait ChatStore: Send + Sync + 'static {
         let _ = entry;
         Ok((self.create_room(room, meta, limits).await?, None))
     }
+    /// Indexes by look ([`crate::chat::validate::look`]) the rooms created before the
+    /// store kept that index (by an older node), so that
+    /// [`create_room`](ChatStore::create_room) refuses their look-alikes too; answers how
+    /// many it added. Idempotent, and safe beside other nodes doing the same and creating
+    /// rooms: a look keeps the first room indexed under it. Its work comes in bounded
+    /// steps. The default has nothing to index.
+    async fn index_looks(&self) -> Result<u64, StoreError> {
+        Ok(0)
+    }
     /// A room's settings, if it exists.
     async fn room(&self, room: &str) -> Result<Option<RoomMeta>, StoreError>;
     /// The settings of each of `rooms` that exists.

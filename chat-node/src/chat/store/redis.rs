@@ -5,6 +5,9 @@
 //! | `token:<token>` | string, 90-day expiry refreshed on use | the user id |
 //! | `room:<room>` | string (JSON) | [`RoomMeta`] |
 //! | `rooms:public` | set | the public rooms' names |
+//! | `rooms:public:by-name` | sorted set, every score 0 | the same names in order, for the room list's pages |
+//! | `rooms:count` | string | how many rooms exist |
+//! | `rooms:looks` | hash | a room's look ([`validate::look`]) → its name: one room per look; an older node's rooms are added when a node starts ([`ChatStore::index_looks`]) |
 //! | `members:<room>` | set | member user ids |
 //! | `user:<user>:rooms` | set | the rooms the user is a member of |
 //! | `history:<room>` | stream, `XADD MAXLEN ~ cap` | field `m`: a [`NewMessage`] as JSON |
@@ -586,6 +589,47 @@ impl ChatStore for RedisStore {
             .await
             .map_err(write_error)?;
         created_reply(&reply)
+    }
+
+    async fn index_looks(&self) -> Result<u64, StoreError> {
+        // The rooms' keys, a page at a time (SCAN: no step blocks Redis for long, however
+        // many keys it holds), each page's looks in one pipeline. `HSETNX`: a look already
+        // indexed keeps its room, whether a create or another node's backfill put it there.
+        let prefix = key(&["room", ""]);
+        let pattern = format!("{}*", glob_escape(&prefix));
+        let looks = key(&["rooms", "looks"]);
+        let mut added = 0;
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<Vec<u8>>) = self
+                .query(
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(1000),
+                )
+                .await?;
+            let mut pipe = redis::pipe();
+            // A key this code did not write (not UTF-8) names no room it could create.
+            for room in keys.into_iter().filter_map(|k| String::from_utf8(k).ok()) {
+                if let Some(room) = room.strip_prefix(&prefix) {
+                    pipe.cmd("HSETNX")
+                        .arg(&looks)
+                        .arg(validate::look(room))
+                        .arg(room);
+                }
+            }
+            if !pipe.is_empty() {
+                let set: Vec<u64> = self.run(&pipe).await?;
+                added += set.iter().sum::<u64>();
+            }
+            cursor = next;
+            if cursor == 0 {
+                return Ok(added);
+            }
+        }
     }
 
     async fn room(&self, room: &str) -> Result<Option<RoomMeta>, StoreError> {
