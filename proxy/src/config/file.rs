@@ -151,6 +151,8 @@ pub(super) struct TimeoutsFile {
     pub tunnel_idle: HumanDuration,
     /// Idle keep-alive of client connections. Default 60s; 0 disables keep-alive.
     pub downstream_keepalive: HumanDuration,
+    /// Each wait on the client during a request (its body, room for the answer). Default 60s.
+    pub client: HumanDuration,
 }
 
 impl Default for TimeoutsFile {
@@ -160,6 +162,7 @@ impl Default for TimeoutsFile {
             upstream_read: HumanDuration::secs(60),
             tunnel_idle: HumanDuration::secs(3600),
             downstream_keepalive: HumanDuration::secs(60),
+            client: HumanDuration::secs(60),
         }
     }
 }

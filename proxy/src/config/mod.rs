@@ -275,10 +275,17 @@ pub struct Timeouts {
     pub tunnel_idle: Duration,
     /// Idle time of a client keep-alive connection; zero disables keep-alive.
     pub downstream_keepalive: Duration,
+    /// Each wait on the client during a request: the next piece of its body, room in its
+    /// connection for the answer (HAProxy's `timeout client`, nginx's
+    /// `client_body_timeout` and `send_timeout`); > 0. Not `upstream_read`: a client that
+    /// pauses is not a backend that failed, and a short `upstream_read` (an API's) must
+    /// not cut a slow client's download.
+    pub client: Duration,
 }
 
 impl Default for Timeouts {
-    /// The file's defaults: connect 2s, upstream_read 60s, tunnel_idle 1h, keep-alive 60s.
+    /// The file's defaults: connect 2s, upstream_read 60s, tunnel_idle 1h, keep-alive 60s,
+    /// client 60s.
     fn default() -> Self {
         resolve::timeouts_from(file::TimeoutsFile::default())
     }

@@ -186,6 +186,7 @@ pub(super) fn resolve(
         &root.key("timeouts"),
         out,
     );
+    positive(out, root.key("timeouts").key("client"), timeouts.client);
 
     let listeners = resolve_listeners(f.listeners, &root, out);
     if let Some(admin) = &admin {
@@ -278,6 +279,7 @@ pub(super) fn timeouts_from(t: TimeoutsFile) -> Timeouts {
         upstream_read: t.upstream_read.0,
         tunnel_idle: t.tunnel_idle.0,
         downstream_keepalive: t.downstream_keepalive.0,
+        client: t.client.0,
     }
 }
 

@@ -297,7 +297,8 @@ impl Config {
         let t = &self.timeouts;
         writeln!(
             s,
-            "timeouts: connect {}, upstream read {}, tunnel idle {}, downstream keep-alive {}",
+            "timeouts: connect {}, upstream read {}, tunnel idle {}, downstream keep-alive {}, \
+             client {}",
             fmt_duration(t.connect),
             fmt_duration(t.upstream_read),
             fmt_duration(t.tunnel_idle),
@@ -306,6 +307,7 @@ impl Config {
             } else {
                 fmt_duration(t.downstream_keepalive)
             },
+            fmt_duration(t.client),
         )?;
         match &self.admin {
             Some(a) => writeln!(

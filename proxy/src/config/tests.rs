@@ -321,6 +321,7 @@ fn defaults_and_the_implied_route() {
             upstream_read: Duration::from_secs(60),
             tunnel_idle: Duration::from_secs(3600),
             downstream_keepalive: Duration::from_secs(60),
+            client: Duration::from_secs(60),
         }
     );
     let u = &c.upstreams[0];
@@ -418,6 +419,8 @@ fn wrong_types_and_bad_values() {
         ),
         "{e}"
     );
+    let e = err(&format!("[timeouts]\nclient = \"0s\"\n{MINIMAL}"));
+    assert!(e.starts_with("proxy.toml:2: timeouts.client: "), "{e}");
     let e = err(&format!("[timeouts]\nconnect = 2\n{MINIMAL}"));
     assert!(e.starts_with("proxy.toml:2: timeouts.connect: invalid type: integer `2`, expected a duration with a unit"), "{e}");
     let e = err("[[listeners]]\nlisten = \"localhost\"\n");

@@ -313,8 +313,18 @@ impl H1 {
                         }
                     }
                 };
-                if !read_body(&mut stream, &mut buf, need, t.upstream_read).await {
-                    return Outcome::Closed;
+                match read_body(&mut stream, &mut buf, need, t.client).await {
+                    BodyRead::Whole => {}
+                    BodyRead::Gone => return Outcome::Closed,
+                    BodyRead::Stalled => {
+                        let r = Rejection {
+                            status: 408,
+                            reason: "body_timeout",
+                            detail: "the request body stalled (timeouts.client)",
+                        };
+                        self.refuse(&mut stream, r, &conn, &rt, &buf).await;
+                        return Outcome::Closed;
+                    }
                 }
             };
             if !next {
@@ -539,6 +549,7 @@ impl H1 {
             &mut framing,
             resp.rechunk,
             up.config.timeouts.upstream_read,
+            rt.config.timeouts.client,
         )
         .await;
         let ok = match relay {
@@ -756,6 +767,7 @@ async fn relay_body(
     framing: &mut Framing,
     rechunk: bool,
     limit: Duration,
+    client_limit: Duration,
 ) -> Result<Relayed, RelayError> {
     let first = &upbuf[head_len..];
     let (n, mut done) = framing.feed(first).map_err(RelayError::Unsent)?;
@@ -767,7 +779,7 @@ async fn relay_body(
     }
     let mut sent = n as u64;
     let mut chunk = Vec::new();
-    if !write_all(client, &head, limit).await {
+    if !write_all(client, &head, client_limit).await {
         return Err(RelayError::Client(0));
     }
     while !done {
@@ -776,7 +788,7 @@ async fn relay_body(
         // answer (server-sent events, a slow backend) would reach the client only once that
         // buffer fills or the body ends. Cheap when the buffer is empty (large writes
         // bypass it).
-        if !flush(client, limit).await {
+        if !flush(client, client_limit).await {
             return Err(RelayError::Client(sent));
         }
         upbuf.clear();
@@ -788,7 +800,7 @@ async fn relay_body(
             Ok(Err(e)) => return Err(RelayError::Upstream(sent, e.to_string())),
             Ok(Ok(0)) if framing.until_close() => {
                 clean = false;
-                if rechunk && !write_all(client, b"0\r\n\r\n", limit).await {
+                if rechunk && !write_all(client, b"0\r\n\r\n", client_limit).await {
                     return Err(RelayError::Client(sent));
                 }
                 break;
@@ -808,12 +820,12 @@ async fn relay_body(
         } else {
             &upbuf[..n]
         };
-        if !write_all(client, out, limit).await {
+        if !write_all(client, out, client_limit).await {
             return Err(RelayError::Client(sent));
         }
         sent += n as u64;
     }
-    if !flush(client, limit).await {
+    if !flush(client, client_limit).await {
         return Err(RelayError::Client(sent));
     }
     Ok(Relayed {
@@ -832,17 +844,32 @@ fn push_chunk(out: &mut Vec<u8>, data: &[u8]) {
     }
 }
 
-/// Reads until `buf` holds `need` bytes (the rest of a request body); false when the client
-/// went away or stalled for `limit`.
-async fn read_body(stream: &mut Stream, buf: &mut BytesMut, need: usize, limit: Duration) -> bool {
+/// How reading the rest of a request body ended.
+enum BodyRead {
+    Whole,
+    /// The client closed or reset the connection.
+    Gone,
+    /// Nothing came for the client timeout.
+    Stalled,
+}
+
+/// Reads until `buf` holds `need` bytes (the rest of a request body), each read bounded by
+/// `limit`.
+async fn read_body(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    need: usize,
+    limit: Duration,
+) -> BodyRead {
     buf.reserve(need.saturating_sub(buf.len()));
     while buf.len() < need {
         match bounded(limit, stream.read_buf(buf)).await {
             Ok(Ok(n)) if n > 0 => {}
-            _ => return false,
+            Ok(_) => return BodyRead::Gone,
+            Err(_) => return BodyRead::Stalled,
         }
     }
-    true
+    BodyRead::Whole
 }
 
 /// How long into a stop a new connection may still send its first request: a request in

@@ -399,8 +399,10 @@ impl ProxyHttp for EdgeProxy {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
         // The head has been read: from now on the downstream read timeout guards bodies,
-        // not the (short) header timeout our listener wrapper set.
-        session.set_read_timeout(Some(cfg.timeouts.upstream_read));
+        // not the (short) header timeout our listener wrapper set; writes of the answer get
+        // the same bound, as on Switchyard's path.
+        session.set_read_timeout(Some(cfg.timeouts.client));
+        session.set_write_timeout(Some(cfg.timeouts.client));
         // pingora keeps HTTP/1.1 connections alive with no idle limit by default; bound the
         // wait for the next request (unless the client asked to close).
         if session.get_keepalive().is_some() {
@@ -757,6 +759,22 @@ impl ProxyHttp for EdgeProxy {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e;
+        if e.esource() == &ErrorSource::Upstream
+            && matches!(e.etype(), ErrorType::ReadTimedout)
+            && !(session.is_body_empty() || session.is_body_done())
+        {
+            // The backend waits for the rest of a body the client has stopped sending:
+            // the client's stall, answered 408, not the backend's failure (a client that
+            // pauses its upload must not get healthy backends marked down).
+            tracing::debug!(%peer, "the request body stalled while the backend waited for it");
+            let mut stalled = Error::explain(
+                ErrorType::ReadTimedout,
+                "the request body stalled while the backend waited for it",
+            );
+            stalled.esource = ErrorSource::Downstream;
+            stalled.set_retry(false);
+            return stalled;
+        }
         // pingora marks the failures a pooled connection the backend closed while idle
         // would give (`ReusedOnly`). On a reused connection such a failure says nothing
         // about the backend: its keep-alive timeout struck as the request went out.
