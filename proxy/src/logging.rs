@@ -1,5 +1,5 @@
 //! Logging: `tracing` for the proxy's own events, and pingora's `log` records bridged into
-//! it, with the TLS handshake failures that clients cause demoted from ERROR to INFO.
+//! it, with the TLS and h2 handshake failures that clients cause demoted from ERROR to INFO.
 //!
 //! pingora logs every failed downstream handshake at ERROR: a port scanner, a load
 //! balancer's TCP check that connects and closes, a client that does not trust the
@@ -92,16 +92,19 @@ impl Log for Bridge {
     fn flush(&self) {}
 }
 
-/// pingora's "Downstream handshake error …" and "… timeout" from its listening service.
+/// pingora's "Downstream handshake error …" and "… timeout" from its listening service
+/// (TLS), and its "H2 handshake error …" from its HTTP app (a client that goes away or
+/// sends no valid h2 preface).
 fn is_client_handshake_failure(record: &Record<'_>) -> bool {
-    record.level() == Level::Error
-        && record
-            .target()
-            .starts_with("pingora_core::services::listening")
-        && record
-            .args()
-            .to_string()
-            .starts_with("Downstream handshake")
+    if record.level() != Level::Error {
+        return false;
+    }
+    let prefix = match record.target() {
+        t if t.starts_with("pingora_core::services::listening") => "Downstream handshake",
+        t if t.starts_with("pingora_core::apps") => "H2 handshake error",
+        _ => return false,
+    };
+    record.args().to_string().starts_with(prefix)
 }
 
 /// One line per minute at most for failed attempts on backends.
@@ -189,6 +192,16 @@ mod tests {
             listening,
             Level::Error,
             format_args!("Downstream handshake timeout")
+        ));
+        assert!(check(
+            "pingora_core::apps",
+            Level::Error,
+            format_args!("H2 handshake error  while h2 handshaking with client cause: Broken pipe")
+        ));
+        assert!(!check(
+            "pingora_core::apps",
+            Level::Error,
+            format_args!("something else")
         ));
         // Accept failures (out of descriptors) stay errors, as does anything elsewhere.
         assert!(!check(

@@ -31,6 +31,9 @@ impl std::fmt::Debug for MemoryStore {
     }
 }
 
+/// The rate limit's entries are not swept below this many.
+const RATE_SWEEP_MIN: usize = 1024;
+
 /// A message id: milliseconds, sequence number.
 type Id = (u64, u64);
 
@@ -51,6 +54,8 @@ struct State {
     history: HashMap<String, VecDeque<(Id, NewMessage)>>,
     last_id: HashMap<String, Id>,
     rate: HashMap<String, u64>,
+    /// `rate`'s size after its last sweep ([`State::admit`]).
+    rate_swept: usize,
     /// By room, then by node.
     presence: HashMap<String, HashMap<String, NodePresence>>,
     clock: Option<Instant>,
@@ -91,10 +96,22 @@ impl State {
         match limit.admit(tat, now) {
             Some(next) => {
                 self.rate.insert(user.to_owned(), next);
+                self.sweep_rate(now);
                 true
             }
             None => false,
         }
+    }
+
+    /// Drops the users whose limit has refilled (an entry at or before `now` admits as no
+    /// entry does), once the map has doubled since the last sweep: every user who ever
+    /// sent would otherwise keep one for the node's life, as Redis's rate keys expire.
+    fn sweep_rate(&mut self, now: u64) {
+        if self.rate.len() < (2 * self.rate_swept).max(RATE_SWEEP_MIN) {
+            return;
+        }
+        self.rate.retain(|_, tat| *tat > now);
+        self.rate_swept = self.rate.len();
     }
 
     /// Appends to the room's history, trimmed to `cap`; the new id.
@@ -458,6 +475,30 @@ mod tests {
         tokio::time::advance(Duration::from_millis(1000)).await;
         assert!(store.admit("u1", &limit).await.unwrap());
         assert!(!store.admit("u1", &limit).await.unwrap());
+    }
+
+    /// Users whose limit has refilled leave the table: it holds the recent senders, not
+    /// every user the node has seen.
+    #[tokio::test(start_paused = true)]
+    async fn the_rate_limit_forgets_users_whose_limit_refilled() {
+        let store = MemoryStore::new();
+        let limit: RateLimit = "2/2s".parse().unwrap();
+        for round in 0..5 {
+            for u in 0..1000 {
+                let user = format!("u{round}-{u}");
+                assert!(store.admit(&user, &limit).await.unwrap());
+            }
+            tokio::time::advance(Duration::from_secs(2)).await;
+        }
+        let kept = store.state.lock().rate.len();
+        assert!(kept <= 2 * RATE_SWEEP_MIN, "{kept} entries kept");
+        // A user still limited stays limited across a sweep.
+        assert!(store.admit("busy", &limit).await.unwrap());
+        assert!(store.admit("busy", &limit).await.unwrap());
+        for u in 0..3000 {
+            assert!(store.admit(&format!("x{u}"), &limit).await.unwrap());
+        }
+        assert!(!store.admit("busy", &limit).await.unwrap());
     }
 
     #[tokio::test(start_paused = true)]
