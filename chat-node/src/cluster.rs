@@ -596,6 +596,25 @@ impl ClusterAdapter {
             }
         }
     }
+
+    /// A leave of this node's for the log: the entry and its encoding.
+    fn leave_entry(
+        &self,
+        opts: BroadcastOptions,
+        rooms: Vec<Room>,
+    ) -> Result<(Leave, Bytes), AdapterError> {
+        let leave = Leave {
+            node: self.node.clone(),
+            instance: self.instance,
+            seq: self.next_seq(),
+            opts,
+            rooms,
+        };
+        let bytes = leave
+            .encode()
+            .map_err(|error| AdapterError::Unavailable(error.to_string()))?;
+        Ok((leave, bytes))
+    }
 }
 
 impl std::fmt::Debug for ClusterAdapter {
@@ -717,16 +736,7 @@ impl Adapter for ClusterAdapter {
         rooms: Vec<Room>,
     ) -> Result<(), AdapterError> {
         self.leave_here(&opts, &rooms).await;
-        let leave = Leave {
-            node: self.node.clone(),
-            instance: self.instance,
-            seq: self.next_seq(),
-            opts,
-            rooms,
-        };
-        let bytes = leave
-            .encode()
-            .map_err(|error| AdapterError::Unavailable(error.to_string()))?;
+        let (_, bytes) = self.leave_entry(opts, rooms)?;
         self.append_room_change(bytes, "leave").await
     }
 
@@ -743,16 +753,7 @@ impl Adapter for ClusterAdapter {
         rooms: Vec<Room>,
         step: &dyn JointStep,
     ) -> Result<(), AdapterError> {
-        let leave = Leave {
-            node: self.node.clone(),
-            instance: self.instance,
-            seq: self.next_seq(),
-            opts,
-            rooms,
-        };
-        let bytes = leave
-            .encode()
-            .map_err(|error| AdapterError::Unavailable(error.to_string()))?;
+        let (leave, bytes) = self.leave_entry(opts, rooms)?;
         // Before the step: the entry may come back to the reader before the step returns.
         let in_flight = self.progress.in_flight(leave.seq);
         let target = self.bus.log_target(&self.topic);

@@ -366,6 +366,24 @@ impl RedisStore {
         let mut conn = self.conn.clone();
         pipe.query_async(&mut conn).await.map_err(redis_error)
     }
+
+    /// One page of the keys matching `pattern` from `cursor` on: the next cursor (0 at the
+    /// end) and the keys.
+    async fn scan_page<T: redis::FromRedisValue>(
+        &self,
+        cursor: u64,
+        pattern: &str,
+    ) -> Result<(u64, Vec<T>), StoreError> {
+        self.query(
+            redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(1000),
+        )
+        .await
+    }
 }
 
 /// `raw` matching itself in a `SCAN MATCH` pattern.
@@ -601,16 +619,7 @@ impl ChatStore for RedisStore {
         let mut added = 0;
         let mut cursor: u64 = 0;
         loop {
-            let (next, keys): (u64, Vec<Vec<u8>>) = self
-                .query(
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(&pattern)
-                        .arg("COUNT")
-                        .arg(1000),
-                )
-                .await?;
+            let (next, keys): (u64, Vec<Vec<u8>>) = self.scan_page(cursor, &pattern).await?;
             let mut pipe = redis::pipe();
             // A key this code did not write (not UTF-8) names no room it could create.
             for room in keys.into_iter().filter_map(|k| String::from_utf8(k).ok()) {
@@ -935,16 +944,7 @@ impl ChatStore for RedisStore {
         let mut doomed = vec![key(&["node", node, "presence"])];
         let mut cursor: u64 = 0;
         loop {
-            let (next, keys): (u64, Vec<String>) = self
-                .query(
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(&pattern)
-                        .arg("COUNT")
-                        .arg(1000),
-                )
-                .await?;
+            let (next, keys): (u64, Vec<String>) = self.scan_page(cursor, &pattern).await?;
             // Room names have no `:`: `presence:<room>:<node>` is this node's hash, not
             // that of a node whose id ends with `:<node>`.
             doomed.extend(keys.into_iter().filter(|k| {
