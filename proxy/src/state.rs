@@ -245,6 +245,8 @@ pub struct Shared {
     pub config_path: Option<PathBuf>,
     /// The listeners as bound at start, which serve until a restart.
     bound: Vec<FixedListener>,
+    /// The other settings taken at start, which a reload cannot change.
+    started: Started,
     /// Open client connections and tunnels: a graceful stop ends when none is left
     /// ([`crate::drain`]).
     pub open: Arc<std::sync::atomic::AtomicUsize>,
@@ -255,6 +257,28 @@ pub struct Shared {
     /// Held while a new runtime is built from the current one and stored (a reload, a
     /// DNS refresh), so that neither overwrites the other's with one built before it.
     swap: std::sync::Mutex<()>,
+}
+
+/// The settings other than listeners that only a restart changes, as the process started
+/// with them: a reload is compared with these, not with the last file read (a second
+/// reload of a changed thread count still needs the restart the first one reported).
+#[derive(Debug)]
+struct Started {
+    admin_listen: Option<SocketAddr>,
+    threads: usize,
+    http1: crate::config::Http1Path,
+    grace_period: std::time::Duration,
+}
+
+impl Started {
+    fn of(config: &Config) -> Self {
+        Self {
+            admin_listen: config.admin.as_ref().map(|a| a.listen),
+            threads: config.server.threads,
+            http1: config.server.http1,
+            grace_period: config.server.grace_period,
+        }
+    }
 }
 
 /// What of a listener is fixed at start: its address, TLS or not, ALPN and the PROXY
@@ -311,6 +335,7 @@ impl Shared {
         let access_log = open_access_log(&config)?;
         let config_path = config.source.clone();
         let bound = FixedListener::of(&config);
+        let started = Started::of(&config);
         let metrics = Metrics::new();
         let runtime = Runtime::build(config, None, &registry, &metrics);
         Ok(Self {
@@ -322,6 +347,7 @@ impl Shared {
             certs,
             config_path,
             bound,
+            started,
             open: Arc::default(),
             handshakes: Arc::default(),
             resolver: Arc::new(crate::config::SystemResolver),
@@ -420,19 +446,18 @@ impl Shared {
         if FixedListener::of(&new_config) != self.bound {
             needs_restart.push("listeners".to_string());
         }
-        if new_config.admin.as_ref().map(|a| a.listen)
-            != old.config.admin.as_ref().map(|a| a.listen)
-        {
+        let started = &self.started;
+        if new_config.admin.as_ref().map(|a| a.listen) != started.admin_listen {
             needs_restart.push("admin.listen".to_string());
         }
-        if new_config.server.threads != old.config.server.threads {
+        if new_config.server.threads != started.threads {
             needs_restart.push("server.threads".to_string());
         }
-        if new_config.server.http1 != old.config.server.http1 {
+        if new_config.server.http1 != started.http1 {
             needs_restart.push("server.http1".to_string());
         }
         // pingora takes the grace period when the server is built.
-        if new_config.server.grace_period != old.config.server.grace_period {
+        if new_config.server.grace_period != started.grace_period {
             needs_restart.push("server.grace_period".to_string());
         }
         // Opened before anything is swapped: a log or certificate that cannot be loaded

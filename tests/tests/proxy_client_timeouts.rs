@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpSocket, TcpStream};
 
-use tests::admin::backend_status;
+use tests::admin::{admin_get, backend_status};
 use tests::raw::{raw_config, reply, RawBackend, RawConn};
 use tests::{Proxy, STEP_TIMEOUT};
 
@@ -107,6 +107,11 @@ async fn a_stalled_small_body_gets_408() {
     let answer = read_all(&mut s).await;
     assert!(answer.starts_with("HTTP/1.1 408 "), "{answer:?}");
     assert!(answer.contains("the request body stalled"), "{answer:?}");
+    let metrics = admin_get(&proxy, "/metrics", None).await.body;
+    assert!(
+        metrics.contains("switchyard_rejected_total{reason=\"body_timeout\"} 1"),
+        "{metrics}"
+    );
 }
 
 /// A client that pauses its upload while the backend waits for the rest: the backend's
@@ -146,6 +151,12 @@ async fn a_paused_upload_is_the_clients_stall_not_a_backend_failure() {
             proxy.logs()
         );
     }
+    // Counted as the proxy's own answers, as on Switchyard's path.
+    let metrics = admin_get(&proxy, "/metrics", None).await.body;
+    assert!(
+        metrics.contains("switchyard_rejected_total{reason=\"body_timeout\"} 5"),
+        "{metrics}"
+    );
 
     // The backend serves the next request.
     let mut s = TcpStream::connect(proxy.addr()).await.unwrap();

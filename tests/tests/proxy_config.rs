@@ -470,6 +470,31 @@ async fn a_listener_a_reload_moves_keeps_its_settings_until_the_restart() {
     redirected("moved back").await;
 }
 
+/// What needs a restart is judged against what runs, not against the last file read: a
+/// second reload of a changed thread count (or admin address, HTTP/1 path, grace period)
+/// still lists it, and one back to the running value lists nothing. They were compared
+/// with the previous reload's file, so the second reload said nothing waited.
+#[tokio::test]
+async fn a_reload_lists_what_needs_a_restart_until_the_file_matches_what_runs() {
+    let b = Backend::start("b1");
+    let (admin_port, port, other_admin) = (free_port(), free_port(), free_port());
+    let config = |threads: usize, admin_at: u16, grace: &str| {
+        format!(
+            "[server]\nthreads = {threads}\ngrace_period = \"{grace}\"\n{}\n{}{}",
+            admin(admin_at, "t"),
+            listener(port),
+            upstream("app", None, &entries(&[&b]))
+        )
+    };
+    let proxy = Proxy::start_config(&config(2, admin_port, "5s"));
+    proxy.write_config(&config(1, other_admin, "9s"));
+    let changed = ["admin.listen", "server.threads", "server.grace_period"];
+    reload_needing(&proxy, "t", &changed).await;
+    reload_needing(&proxy, "t", &changed).await;
+    proxy.write_config(&config(2, admin_port, "5s"));
+    reload_needing(&proxy, "t", &[]).await;
+}
+
 #[tokio::test]
 async fn a_reload_reopens_the_access_log_and_refuses_one_it_cannot_open() {
     let dir = tempfile::tempdir().unwrap();

@@ -13,9 +13,9 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-use tests::fixtures::{listener, upstream, TWO_THREADS};
+use tests::fixtures::{entries, listener, upstream, TWO_THREADS};
 use tests::raw::{echo_answer, field, proxy_for_raw, raw_config, reply, RawBackend, RawConn, Req};
-use tests::{free_port, Proxy, ProxyCmd, STEP_TIMEOUT};
+use tests::{free_port, Backend, Proxy, ProxyCmd, STEP_TIMEOUT};
 
 // ---------------------------------------------------------------------------------------
 // Backends.
@@ -789,6 +789,22 @@ async fn a_failing_backend_is_logged_once_a_minute_on_every_path_never_as_error(
         .filter(|l| l.contains("further backend failures within a minute"))
         .count();
     assert_eq!(warned, 1, "{logs}");
+}
+
+/// A refused target is logged as the client sent it, on pingora's path as on Switchyard's:
+/// pingora's path logged `/` for any target it could not parse.
+#[tokio::test]
+async fn a_refused_target_is_logged_as_sent() {
+    let b = Backend::start("b1");
+    let proxy = Proxy::start_config(&format!(
+        "{TWO_THREADS}http1 = \"pingora\"\n[access_log]\nenabled = true\nformat = \"combined\"\n{}{}",
+        listener(free_port()),
+        upstream("app", None, &entries(&[&b])),
+    ));
+    let mut c = RawConn::connect(proxy.addr()).await;
+    let r = c.exchange("GET foo HTTP/1.1\r\nHost: test\r\n\r\n").await;
+    assert_eq!(r.status, 400, "{r:?}");
+    proxy.wait_log("\"GET foo HTTP/1.1\" 400", STEP_TIMEOUT);
 }
 
 /// A kept-alive backend connection that the backend closes when the next request comes

@@ -839,8 +839,14 @@ impl ProxyHttp for EdgeProxy {
                 ErrorSource::Upstream => (502, "the backend failed".into()),
                 ErrorSource::Downstream => match e.etype() {
                     _ if client_went_away(e) => (0, String::new()),
-                    ErrorType::ReadTimedout => (408, "request timed out".into()),
-                    _ => (400, "bad request".into()),
+                    ErrorType::ReadTimedout => {
+                        self.shared.metrics.reject("body_timeout");
+                        (408, "request timed out".into())
+                    }
+                    _ => {
+                        self.shared.metrics.reject("bad_request");
+                        (400, "bad request".into())
+                    }
                 },
                 ErrorSource::Internal | ErrorSource::Unset => (500, "internal error".into()),
             },
@@ -921,11 +927,13 @@ impl ProxyHttp for EdgeProxy {
         let req = session.req_header();
         let header = |n: http::header::HeaderName| req.headers.get(n).and_then(|v| v.to_str().ok());
         let version = format!("{:?}", req.version);
+        // The target as the client sent it: a refused one (`bad_target`) has no parsed path.
+        let path = String::from_utf8_lossy(req.raw_path());
         log.write(&Entry {
             ts: AccessLog::now(),
             client: ctx.client_ip.or(ctx.peer_ip),
             method: req.method.as_str(),
-            path: req.uri.path_and_query().map_or("/", |p| p.as_str()),
+            path: &path,
             version: &version,
             host: host_of(req),
             status,
