@@ -413,8 +413,14 @@ async fn access_log_writes_json_lines() {
     let v: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(v["status"], 404, "{v}");
 
-    // A WebSocket is logged when it closes, as a tunnel.
-    let (ws, _) = ws_connect(&proxy.ws_url("/chat")).await;
+    // A WebSocket is logged when it closes, as a tunnel, with its client's User-Agent and
+    // every byte it relayed: the backend's greeting may come in the same read as its 101,
+    // before the relay counts.
+    let opts = tests::ws::WsOptions {
+        headers: vec![("user-agent".into(), "ws-log-test".into())],
+        ..Default::default()
+    };
+    let (ws, _) = tests::ws::connect_and_greet(&proxy.ws_url("/chat"), &opts).await;
     tests::ws_close(ws).await;
     let line = wait_log_line(&log, "an access log line for the tunnel", |l| {
         l.contains("\"/chat\"")
@@ -423,6 +429,9 @@ async fn access_log_writes_json_lines() {
     let v: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(v["status"], 101, "{v}");
     assert_eq!(v["tunnel"], true, "{v}");
+    assert_eq!(v["user_agent"], "ws-log-test", "{v}");
+    // The greeting (`hello b1`, a 10-byte frame) and the backend's Close (2 bytes or more).
+    assert!(v["bytes_sent"].as_u64().unwrap() >= 12, "{v}");
 }
 
 /// A reload that moves a listener needs a restart; until then the socket bound at start

@@ -327,7 +327,7 @@ pub(super) async fn handle(p: &EdgeProxy, session: &mut Session, ctx: &mut Ctx) 
     let t = up.config.timeouts;
     // Only what the access log needs, and only when it is on: this lives as long as the
     // tunnel. Taken before the client stream, which replaces the request in the session.
-    let summary = p
+    let mut summary = p
         .shared
         .access_log
         .load()
@@ -399,6 +399,11 @@ pub(super) async fn handle(p: &EdgeProxy, session: &mut Session, ctx: &mut Ctx) 
         (ab, ba)
     });
 
+    if let Some(s) = summary.as_mut() {
+        // Relayed already, outside the relay's totals.
+        s.sent_before = rest.len() as u64;
+        s.received_before = early.len() as u64;
+    }
     let mut guard = ctx.guard.take();
     if let Some(g) = guard.as_mut() {
         g.mark_tunnel();
@@ -496,14 +501,14 @@ impl Tunnel {
                 version: "HTTP/1.1",
                 host: req.host.as_deref(),
                 status: 101,
-                bytes_sent: totals.b_to_a,
-                bytes_received: totals.a_to_b,
+                bytes_sent: req.sent_before + totals.b_to_a,
+                bytes_received: req.received_before + totals.a_to_b,
                 duration_ms: self.started.elapsed().as_secs_f64() * 1e3,
                 upstream: Some(&req.upstream),
                 backend: req.backend.clone(),
                 tunnel: true,
-                referer: None,
-                user_agent: None,
+                referer: req.referer.as_deref(),
+                user_agent: req.user_agent.as_deref(),
                 request_id: req.request_id.as_ref().map(RequestId::as_str),
                 client_cert: req.client_cert.as_ref().map(|c| c.subject.as_str()),
             });
@@ -520,6 +525,12 @@ struct TunnelSummary {
     host: Option<String>,
     upstream: String,
     backend: Option<String>,
+    referer: Option<String>,
+    user_agent: Option<String>,
+    /// What went each way before the relay started: the backend's bytes read with its
+    /// `101`, the client's sent right behind its request.
+    sent_before: u64,
+    received_before: u64,
 }
 
 fn tunnel_summary(session: &Session, ctx: &Ctx, upstream: &str) -> Box<TunnelSummary> {
@@ -536,7 +547,21 @@ fn tunnel_summary(session: &Session, ctx: &Ctx, upstream: &str) -> Box<TunnelSum
         host: host_of(req).map(str::to_string),
         upstream: upstream.to_string(),
         backend: ctx.backend.as_ref().map(|b| b.addr.to_string()),
+        referer: header_text(req, http::header::REFERER),
+        user_agent: header_text(req, http::header::USER_AGENT),
+        sent_before: 0,
+        received_before: 0,
     })
+}
+
+fn header_text(
+    req: &pingora::http::RequestHeader,
+    name: http::header::HeaderName,
+) -> Option<String> {
+    req.headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
 }
 
 #[cfg(test)]
