@@ -413,6 +413,21 @@ async fn access_log_writes_json_lines() {
     let v: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(v["status"], 404, "{v}");
 
+    // The proxy's own answers count their body as sent, as a backend's do (nginx's
+    // `$body_bytes_sent`), not their head too; nothing was received of a refused request.
+    let mut c = RawConn::connect(proxy.addr()).await;
+    let r = c
+        .exchange("GET /own-answer HTTP/1.1\r\nHost: bad host\r\n\r\n")
+        .await;
+    assert_eq!(r.status, 400, "{r:?}");
+    let line = wait_log_line(&log, "an access log line for /own-answer", |l| {
+        l.contains("/own-answer")
+    })
+    .await;
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["bytes_sent"], r.body.len(), "{v}");
+    assert_eq!(v["bytes_received"], 0, "{v}");
+
     // A WebSocket is logged when it closes, as a tunnel, with its client's User-Agent and
     // every byte it relayed: the backend's greeting may come in the same read as its 101,
     // before the relay counts.

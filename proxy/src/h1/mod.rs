@@ -1061,7 +1061,7 @@ pub(crate) async fn refuse<S>(
         peer_ip,
         head,
         r.status,
-        if sent { answer.len() } else { 0 },
+        if sent { body_len(&answer) } else { 0 },
         id.as_ref(),
     );
     if !sent {
@@ -1134,7 +1134,8 @@ pub(crate) fn log_refusal(
         host: None,
         status,
         bytes_sent: bytes_sent as u64,
-        bytes_received: head.len() as u64,
+        // A body, as for requests that are served: none was read.
+        bytes_received: 0,
         duration_ms: 0.0,
         upstream: None,
         backend: None,
@@ -1161,9 +1162,18 @@ async fn flush(client: &mut Stream, limit: Duration) -> bool {
 async fn answer_own(client: &mut Stream, log: &mut Log<'_>, answer: &[u8]) -> bool {
     let written = write_flush(client, answer).await;
     if written {
-        log.bytes_sent = answer.len() as u64;
+        log.bytes_sent = body_len(answer) as u64;
     }
     written
+}
+
+/// The length of the body of `answer`, a whole response: what the access log counts as
+/// sent (nginx's `$body_bytes_sent`), as for a backend's answers and on pingora's path.
+fn body_len(answer: &[u8]) -> usize {
+    answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(0, |end| answer.len() - end - 4)
 }
 
 async fn write_flush<S>(client: &mut S, bytes: &[u8]) -> bool
