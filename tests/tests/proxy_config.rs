@@ -428,6 +428,24 @@ async fn access_log_writes_json_lines() {
     assert_eq!(v["bytes_sent"], r.body.len(), "{v}");
     assert_eq!(v["bytes_received"], 0, "{v}");
 
+    // A User-Agent past ASCII is logged, on both HTTP/1 paths (HTTP/1.0 goes to
+    // pingora's): it was dropped, so a client could hide it from the log.
+    for version in ["1.1", "1.0"] {
+        let mut c = RawConn::connect(proxy.addr()).await;
+        let r = c
+            .exchange(format!(
+                "GET /ua-{version} HTTP/{version}\r\nHost: test\r\nUser-Agent: \u{fc}-agent\r\n\r\n"
+            ))
+            .await;
+        assert_eq!(r.status, 200, "{r:?}");
+        let line = wait_log_line(&log, "an access log line for /ua-", |l| {
+            l.contains(&format!("/ua-{version}"))
+        })
+        .await;
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["user_agent"], "\u{fc}-agent", "{v}");
+    }
+
     // A WebSocket is logged when it closes, as a tunnel, with its client's User-Agent and
     // every byte it relayed: the backend's greeting may come in the same read as its 101,
     // before the relay counts.

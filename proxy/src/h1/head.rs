@@ -326,10 +326,16 @@ fn parse_length(v: &[u8]) -> Option<u64> {
 
 impl RequestHead<'_> {
     pub fn header(&self, name: &str) -> Option<&str> {
+        self.header_bytes(name)
+            .and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    /// A field's value as sent, whatever its bytes.
+    pub fn header_bytes(&self, name: &str) -> Option<&[u8]> {
         self.headers
             .iter()
             .find(|h| h.name.eq_ignore_ascii_case(name))
-            .and_then(|h| std::str::from_utf8(h.value).ok())
+            .map(|h| h.value)
     }
 
     pub fn is_head(&self) -> bool {

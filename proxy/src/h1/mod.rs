@@ -1295,6 +1295,10 @@ impl Drop for Log<'_> {
         if !log.enabled() {
             return;
         }
+        // Logged whatever their bytes (a byte that is not UTF-8 as U+FFFD): a client must
+        // not hide its User-Agent from the log by sending one.
+        let text = |name| self.req.header_bytes(name).map(String::from_utf8_lossy);
+        let (referer, user_agent) = (text("referer"), text("user-agent"));
         log.write(&Entry {
             ts: AccessLog::now(),
             client: self.client,
@@ -1311,8 +1315,8 @@ impl Drop for Log<'_> {
             upstream: self.upstream.as_ref().map(|u| u.name.as_str()),
             backend: self.backend.map(|b| b.to_string()),
             tunnel: false,
-            referer: self.req.header("referer"),
-            user_agent: self.req.header("user-agent"),
+            referer: referer.as_deref(),
+            user_agent: user_agent.as_deref(),
             request_id: self.request_id.map(RequestId::as_str),
             client_cert: self.client_cert.map(|c| c.subject.as_str()),
         });

@@ -925,7 +925,16 @@ impl ProxyHttp for EdgeProxy {
             .or(ctx.local_status)
             .unwrap_or(0);
         let req = session.req_header();
-        let header = |n: http::header::HeaderName| req.headers.get(n).and_then(|v| v.to_str().ok());
+        // Whatever their bytes, as on Switchyard's path (`to_str` refuses any byte past ASCII).
+        let header = |n: http::header::HeaderName| {
+            req.headers
+                .get(n)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()))
+        };
+        let (referer, user_agent) = (
+            header(http::header::REFERER),
+            header(http::header::USER_AGENT),
+        );
         let version = format!("{:?}", req.version);
         // The target as the client sent it: a refused one (`bad_target`) has no parsed path.
         let path = String::from_utf8_lossy(req.raw_path());
@@ -943,8 +952,8 @@ impl ProxyHttp for EdgeProxy {
             upstream: ctx.upstream.as_ref().map(|u| u.name.as_str()),
             backend: ctx.backend.as_ref().map(|b| b.addr.to_string()),
             tunnel: false,
-            referer: header(http::header::REFERER),
-            user_agent: header(http::header::USER_AGENT),
+            referer: referer.as_deref(),
+            user_agent: user_agent.as_deref(),
             request_id: ctx.request_id.as_ref().map(RequestId::as_str),
             client_cert: ctx.client_cert.as_ref().map(|c| c.subject.as_str()),
         });

@@ -560,8 +560,7 @@ fn header_text(
 ) -> Option<String> {
     req.headers
         .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
 }
 
 #[cfg(test)]
