@@ -280,10 +280,17 @@ async fn concurrent_connections_over_the_limit_get_429_until_one_closes() {
 #[tokio::test]
 async fn stalled_request_head_is_disconnected_after_the_header_read_timeout() {
     let b = Backend::start("b1");
-    let proxy = Proxy::start_config(&config(&b, "header_read_timeout = \"1s\""));
+    let proxy = Proxy::start_config(&format!(
+        "{}\n[access_log]\nenabled = true\nformat = \"combined\"\n",
+        config(&b, "header_read_timeout = \"1s\"")
+    ));
     let mut s = TcpStream::connect(proxy.addr()).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    s.write_all(b"GET /half HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
     expect_closed_within(&mut s, SLOWLORIS_BOUND, "a connection with half a head").await;
+    // In the access log as a 408, as nginx logs it.
+    proxy.wait_log("\"GET /half HTTP/1.1\" 408", STEP_TIMEOUT);
     // The proxy still serves everyone else.
     assert_eq!(get(&proxy.url("/id")).await.status, 200);
 }
@@ -401,6 +408,13 @@ async fn connections_over_max_connections_get_503_until_one_closes() {
     let proxy = Proxy::start_config(&config(&b, "max_connections = 2"));
     let addr = proxy.addr();
     let get_one = b"GET /id HTTP/1.1\r\nHost: test\r\n\r\n";
+    // The harness's start-up probe (a TCP connect) is a connection too, counted until the
+    // proxy reads its close, which a loaded machine may delay past the next connect.
+    wait_until(T, "the start-up probe's connection closed", || async {
+        let metrics = tests::admin::admin_get(&proxy, "/metrics", None).await.body;
+        metrics.contains("switchyard_client_connections 0")
+    })
+    .await;
 
     // One kept-alive connection and one WebSocket: the cap is reached.
     let mut kept = TcpStream::connect(addr).await.unwrap();

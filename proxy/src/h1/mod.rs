@@ -244,6 +244,11 @@ impl H1 {
                 Err(NoHead::Idle | NoHead::Gone) => return Outcome::Closed,
                 Err(NoHead::TimedOut) => {
                     self.shared.metrics.reject("header_timeout");
+                    // Closed without an answer, as nginx closes it, and logged as a 408, as
+                    // nginx logs it: the access log has every request that began.
+                    if !buf.is_empty() {
+                        log_refusal(&self.shared, conn.peer_ip, &buf, 408, 0, None);
+                    }
                     return Outcome::Closed;
                 }
                 Err(NoHead::TooLarge) => {
