@@ -303,6 +303,14 @@ impl ChatStore for GatedStore {
     async fn presence_forget(&self, node: &str) -> Result<(), StoreError> {
         self.inner.presence_forget(node).await
     }
+    async fn swap_beat_mark(
+        &self,
+        node: &str,
+        mark: &str,
+        ttl: Duration,
+    ) -> Result<Option<String>, StoreError> {
+        self.inner.swap_beat_mark(node, mark, ttl).await
+    }
     async fn presence(&self, rooms: &[String]) -> Result<BTreeMap<String, Online>, StoreError> {
         self.inner.presence(rooms).await
     }

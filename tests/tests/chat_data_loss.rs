@@ -88,6 +88,20 @@ async fn send(ws: &mut Ws, id: u64, room: &str, text: &str) {
 
 #[tokio::test]
 async fn a_membership_redis_lost_ends_for_its_sockets() {
+    a_membership_redis_lost_ends(false).await;
+}
+
+/// The same on a busy node, where sockets keep arriving: each writes the node's presence,
+/// which made the heartbeat take Redis for intact (it judged by the node's presence keys),
+/// so bob's socket kept getting the room's messages for good.
+#[tokio::test]
+async fn a_membership_redis_lost_ends_for_its_sockets_on_a_busy_node() {
+    a_membership_redis_lost_ends(true).await;
+}
+
+/// Redis comes back as an older snapshot had it (the room and alice's membership, not
+/// bob's); with `busy`, a socket connects to bob's node right after, and before each probe.
+async fn a_membership_redis_lost_ends(busy: bool) {
     let redis = RedisServer::start();
     let url = redis.url();
     // A beat a second: the nodes notice the loss soon.
@@ -108,12 +122,19 @@ async fn a_membership_redis_lost_ends_for_its_sockets() {
     );
     let rooms = format!("syd:chat:user:{alice_id}:rooms");
     assert_eq!(redis.command(&["SADD", &rooms, "R"]), ":1");
+    let mut visitors = Vec::new();
+    if busy {
+        visitors.push(raw_chat_socket(&b, "visitor").await);
+    }
 
     // Until bob's node has noticed (a beat), alice's messages may still reach him; then
     // never again.
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut id = 1;
     loop {
+        if busy {
+            visitors.push(raw_chat_socket(&b, "visitor").await);
+        }
         id += 1;
         let probe = format!("probe {id}");
         send(&mut alice, id, "R", &probe).await;

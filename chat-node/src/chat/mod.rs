@@ -87,7 +87,6 @@ pub mod store;
 pub mod validate;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -211,9 +210,6 @@ pub(crate) struct ChatInner {
     /// (it would bring back a socket that left, or hide one that came, until the next
     /// beat).
     presence_writes: tokio::sync::RwLock<()>,
-    /// A socket's presence was written since the last heartbeat: if the heartbeat finds
-    /// none of this node's, Redis lost its data (as when the last beat wrote some).
-    presence_added: AtomicBool,
     /// `true` once the rooms of older nodes are indexed by look ([`index_looks`]):
     /// `create` waits for it.
     looks_indexed: watch::Receiver<bool>,
@@ -244,7 +240,6 @@ pub fn register(
         sessions: Mutex::new(SidMap::default()),
         presence_pending: Mutex::new(HashSet::new()),
         presence_writes: tokio::sync::RwLock::new(()),
-        presence_added: AtomicBool::new(false),
         looks_indexed,
     });
     let weak = Arc::downgrade(&inner);
@@ -541,7 +536,7 @@ impl ChatInner {
             )
             .await;
         match added {
-            Ok(()) => self.presence_added.store(true, Ordering::Relaxed),
+            Ok(()) => {}
             Err(error) => error::store_failed(&error, "recording presence"),
         }
         true
@@ -832,7 +827,7 @@ impl ChatInner {
         });
     }
 
-    /// Redis lost its data (the heartbeat found this node's presence gone): the store may
+    /// Redis lost its data (the heartbeat found another beat mark than its own): the store may
     /// have forgotten memberships (restarted empty, or from an older snapshot) that the
     /// local sockets still act on, being in those rooms' Socket.IO rooms. Each leaves the
     /// rooms its user is not a member of in the store now, and the rooms are told. A

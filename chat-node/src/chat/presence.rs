@@ -9,16 +9,18 @@
 //! write) is gone at the next beat. A node starting removes what an earlier process with
 //! its id left.
 //!
-//! A beat that finds this node's own entries gone has found Redis without its data: the
-//! memberships may be gone too, so every local socket leaves the rooms its user is no
-//! longer a member of (`recheck_memberships`).
+//! Each beat also swaps the node's beat mark (a key only the heartbeat writes, unique to
+//! the process and the beat): a beat that finds another mark than the one it wrote last
+//! has found Redis without its data, or with an older snapshot's. The memberships may be
+//! gone too, so every local socket leaves the rooms its user is no longer a member of
+//! (`recheck_memberships`). The node's presence keys could not tell: a socket arriving
+//! between the loss and the beat writes them again.
 //!
 //! An expiry tells no one: so each beat also lists the nodes that have entries, and when
 //! another node dropped out (or came back after Redis lost its data), this node sends its
 //! own sockets the current `presence` of their rooms.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
 use serde_json::{json, Value};
@@ -84,18 +86,19 @@ pub(super) async fn heartbeat(chat: Weak<ChatInner>) {
     // (its sockets are gone; a refresh would otherwise never touch the hashes of rooms this
     // process has no socket in, and their TTL would keep counting them until it ran out).
     let mut forgotten = false;
-    // The other nodes that had presence entries at the last beat, and whether this node
-    // wrote some then.
+    // The other nodes that had presence entries at the last beat.
     let mut others: Option<BTreeSet<String>> = None;
-    let mut wrote = false;
+    // The beat mark this process wrote last ([`ChatStore::swap_beat_mark`]): unique to the
+    // process and the beat, so that a mark an older snapshot brings back differs too.
+    let process = super::secret::secret();
+    let mut beats: u64 = 0;
+    let mut last_mark: Option<String> = None;
     loop {
         ticks.tick().await;
         let Some(chat) = chat.upgrade() else {
             return;
         };
         let writing = chat.presence_writes.write().await;
-        // Under the lock: an add from now on counts for the next beat.
-        let added = chat.presence_added.swap(false, Ordering::Relaxed);
         if !forgotten {
             match chat.store.presence_forget(&chat.node).await {
                 Ok(()) => forgotten = true,
@@ -108,25 +111,42 @@ pub(super) async fn heartbeat(chat: Weak<ChatInner>) {
             .presence_refresh(&chat.node, &entries, chat.config.presence_ttl)
             .await;
         drop(writing);
-        match refreshed {
-            // Its own entries gone since the last beat: Redis lost its data (or this beat
-            // is late). The other nodes write theirs again within a beat: until they
-            // have, their absence says nothing about their sockets.
-            Ok(had) if (wrote || added) && !had => {
-                tracing::debug!("this node's presence was lost; the others' is awaited");
-                // The memberships may be lost with it, while the sockets are still in
-                // the rooms' Socket.IO rooms: they leave the ones the store has no more.
-                let recheck = Arc::clone(&chat);
-                tokio::spawn(async move { recheck.recheck_memberships().await });
-                others = None;
-                wrote = !entries.is_empty();
-                continue;
+        beats += 1;
+        let mark = format!("{process}-{beats}");
+        let swapped = chat
+            .store
+            .swap_beat_mark(&chat.node, &mark, chat.config.presence_ttl)
+            .await;
+        // Not the mark this node wrote last: Redis lost its data since (or this beat is
+        // late past the mark's expiry). Judged by a key only the heartbeat writes: a
+        // socket's presence written meanwhile, or a beat that failed, must not hide it.
+        let lost = match swapped {
+            Ok(previous) => {
+                let lost = last_mark.is_some() && previous != last_mark;
+                last_mark = Some(mark);
+                lost
             }
-            Ok(_) => wrote = !entries.is_empty(),
             Err(error) => {
-                tracing::warn!(%error, "presence heartbeat");
-                continue;
+                tracing::warn!(%error, "heartbeat mark");
+                false
             }
+        };
+        if lost {
+            tracing::debug!(
+                "Redis lost this node's heartbeat mark; the others' presence is awaited"
+            );
+            // The memberships may be lost with it, while the sockets are still in the
+            // rooms' Socket.IO rooms: they leave the ones the store has no more.
+            let recheck = Arc::clone(&chat);
+            tokio::spawn(async move { recheck.recheck_memberships().await });
+            // The other nodes write their presence again within a beat: until they have,
+            // its absence says nothing about their sockets.
+            others = None;
+            continue;
+        }
+        if let Err(error) = refreshed {
+            tracing::warn!(%error, "presence heartbeat");
+            continue;
         }
         let now = match chat.store.presence_nodes().await {
             Ok(mut nodes) => {

@@ -56,6 +56,8 @@ struct State {
     rate: HashMap<String, u64>,
     /// `rate`'s size after its last sweep ([`State::admit`]).
     rate_swept: usize,
+    /// Each node's heartbeat mark ([`ChatStore::swap_beat_mark`]).
+    beat_marks: HashMap<String, String>,
     /// By room, then by node.
     presence: HashMap<String, HashMap<String, NodePresence>>,
     clock: Option<Instant>,
@@ -367,6 +369,20 @@ impl ChatStore for MemoryStore {
             );
         }
         Ok(had)
+    }
+
+    async fn swap_beat_mark(
+        &self,
+        node: &str,
+        mark: &str,
+        _ttl: Duration,
+    ) -> Result<Option<String>, StoreError> {
+        // In process, the store lives as long as its nodes: no mark is ever lost.
+        Ok(self
+            .state
+            .lock()
+            .beat_marks
+            .insert(node.to_owned(), mark.to_owned()))
     }
 
     async fn presence_forget(&self, node: &str) -> Result<(), StoreError> {

@@ -360,6 +360,17 @@ pub trait ChatStore: Send + Sync + 'static {
     /// Removes every entry of node `node`, wherever it is: a node starting forgets what an
     /// earlier process with its id left.
     async fn presence_forget(&self, node: &str) -> Result<(), StoreError>;
+    /// Replaces node `node`'s beat mark with `mark`, kept for `ttl`, and answers the mark it
+    /// had (`None`: none, or it expired). Only the node's heartbeat writes it: a mark other
+    /// than the one the heartbeat wrote last means the store lost its data since (restarted
+    /// empty, flushed, or restored from an older snapshot), which nothing else written
+    /// meanwhile can hide.
+    async fn swap_beat_mark(
+        &self,
+        node: &str,
+        mark: &str,
+        ttl: Duration,
+    ) -> Result<Option<String>, StoreError>;
     /// Who is online in each of `rooms`, on every live node.
     async fn presence(&self, rooms: &[String]) -> Result<BTreeMap<String, Online>, StoreError>;
     /// The nodes that have presence entries now (not expired): a node that drops out

@@ -15,6 +15,7 @@
 //! | `presence:<room>:<node>` | hash, expiry pushed by the node's heartbeat | socket id → [`PresenceEntry`] |
 //! | `nodes` | sorted set | nodes that wrote presence (score: last write, ms), to find the hashes |
 //! | `node:<node>:presence` | set, expiry pushed like the hashes' | the rooms where the node has a `presence` hash |
+//! | `node:<node>:beat` | string, expiry pushed by the node's heartbeat | the heartbeat's last mark: another one means Redis lost its data ([`ChatStore::swap_beat_mark`]) |
 //!
 //! Message ids are the stream ids (`<ms>-<seq>`, ordered and unique per room).
 //!
@@ -933,6 +934,26 @@ impl ChatStore for RedisStore {
             .await
             .map(|had| had == 1)
             .map_err(redis_error)
+    }
+
+    async fn swap_beat_mark(
+        &self,
+        node: &str,
+        mark: &str,
+        ttl: Duration,
+    ) -> Result<Option<String>, StoreError> {
+        let key = key(&["node", node, "beat"]);
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("GETSET")
+            .arg(&key)
+            .arg(mark)
+            .cmd("PEXPIRE")
+            .arg(&key)
+            .arg(ttl_ms(ttl))
+            .ignore();
+        let (previous,): (Option<String>,) = self.run(&pipe).await?;
+        Ok(previous)
     }
 
     async fn presence_forget(&self, node: &str) -> Result<(), StoreError> {
