@@ -661,7 +661,14 @@ mod tests {
             "listen = \"127.0.0.1:18081\"\nproxy_protocol = true\n",
         );
         std::fs::write(&path, with_pp).unwrap();
-        assert_eq!(shared.reload().unwrap().needs_restart, ["listeners"]);
+        // The thread count and grace period read at start still wait for the restart too.
+        assert_eq!(
+            shared.reload().unwrap().needs_restart,
+            ["listeners", "server.threads", "server.grace_period"]
+        );
+        // Back to what runs: nothing waits.
+        std::fs::write(&path, config(1, "5s", 18080)).unwrap();
+        assert!(shared.reload().unwrap().needs_restart.is_empty());
     }
 
     #[test]
