@@ -13,7 +13,7 @@ mod utils;
 use chat_node::bus::{Bus, RedisBus, RedisBusConfig, StreamTarget};
 use chat_node::chat::store::{Created, JointEntry, RoomLimits, RoomMeta};
 use chat_node::chat::{ChatStore, MemoryStore, RedisStore, StoreError};
-use utils::bus::settle;
+use utils::bus::{entries, settle};
 use utils::redis::RedisServer;
 use utils::STEP;
 
@@ -44,18 +44,6 @@ fn leave(target: &StreamTarget) -> Option<JointEntry<'_>> {
     })
 }
 
-/// The entries of the bus's stream: id and data.
-async fn stream(bus: &RedisBus) -> Vec<(String, Vec<u8>)> {
-    bus.read_after(TOPIC, "0-0", 1000)
-        .await
-        .unwrap()
-        .unwrap()
-        .into_iter()
-        .filter(|e| e.data.as_ref() != b"probe")
-        .map(|e| (e.id, e.data.to_vec()))
-        .collect()
-}
-
 async fn command(redis: &RedisServer, args: &[&str]) -> redis::Value {
     let client = redis::Client::open(redis.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
@@ -83,7 +71,7 @@ async fn the_room_and_its_leave_are_one_step() {
         .unwrap();
     assert_eq!(created, Created::Created);
     let id = id.expect("the leave is appended with the room");
-    assert_eq!(stream(&bus).await, [(id.clone(), ENTRY.to_vec())]);
+    assert_eq!(entries(&bus, TOPIC).await, [(id.clone(), ENTRY.to_vec())]);
     let live = tokio::time::timeout(STEP, rx.recv())
         .await
         .unwrap()
@@ -103,7 +91,7 @@ async fn the_room_and_its_leave_are_one_step() {
             .unwrap();
         assert_eq!(answer, (refusal, None), "{room}");
     }
-    assert_eq!(stream(&bus).await.len(), 1);
+    assert_eq!(entries(&bus, TOPIC).await.len(), 1);
     assert_eq!(store.room("team").await.unwrap(), Some(meta("c1")));
 }
 
@@ -130,7 +118,7 @@ async fn no_room_is_created_without_its_leave() {
             .create_room_and_append("team", &meta("c1"), LIMITS, leave(&target))
             .await,
     );
-    assert!(stream(&other).await.is_empty());
+    assert!(entries(&other, TOPIC).await.is_empty());
     assert_eq!(store.room("team").await.unwrap(), None);
 
     // The stream refuses the entry inside the script (it is not a stream): an error, and

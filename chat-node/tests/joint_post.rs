@@ -24,7 +24,7 @@ use chat_node::node::{Node, NodeConfig};
 use chat_node::recovery::SessionStore;
 use serde_json::json;
 use tokio::sync::mpsc;
-use utils::bus::settle;
+use utils::bus::{entries, settle};
 use utils::chat::Client;
 use utils::redis::RedisServer;
 use utils::{TestServer, STEP};
@@ -129,18 +129,6 @@ fn spliced(id: &str) -> Vec<u8> {
     [HEAD, id.as_bytes(), TAIL].concat()
 }
 
-/// The entries of the bus's stream: id and data.
-async fn stream(bus: &RedisBus) -> Vec<(String, Vec<u8>)> {
-    bus.read_after(TOPIC, "0-0", 1000)
-        .await
-        .unwrap()
-        .unwrap()
-        .into_iter()
-        .filter(|e| e.data.as_ref() != b"probe")
-        .map(|e| (e.id, e.data.to_vec()))
-        .collect()
-}
-
 async fn history_ids(store: &RedisStore, room: &str) -> Vec<(String, String)> {
     store
         .history(room, None, 100)
@@ -182,7 +170,10 @@ async fn the_post_and_its_broadcast_are_one_step() {
         history_ids(&store, "club").await,
         [(id.clone(), "hi".to_owned())]
     );
-    assert_eq!(stream(&bus).await, [(entry_id.clone(), spliced(&id))]);
+    assert_eq!(
+        entries(&bus, TOPIC).await,
+        [(entry_id.clone(), spliced(&id))]
+    );
     let live = tokio::time::timeout(STEP, rx.recv())
         .await
         .unwrap()
@@ -200,7 +191,7 @@ async fn the_post_and_its_broadcast_are_one_step() {
     let limited = post_joint(&store, "club", &three, &limit, &target).await;
     assert_eq!(limited, (Posted::RateLimited, None));
     assert_eq!(history_ids(&store, "club").await.len(), 2);
-    assert_eq!(stream(&bus).await.len(), 2);
+    assert_eq!(entries(&bus, TOPIC).await.len(), 2);
 
     // Redis lost its scripts (a restart): the store loads it again.
     let mut conn = admin(&redis).await;
@@ -223,7 +214,7 @@ async fn a_stream_on_another_server_is_left_to_the_caller() {
     let (posted, appended) = post_joint(&store, "lobby", &message, &limit, &target).await;
     assert!(matches!(posted, Posted::Appended(_)), "{posted:?}");
     assert_eq!(appended, None);
-    assert!(stream(&bus).await.is_empty());
+    assert!(entries(&bus, TOPIC).await.is_empty());
 }
 
 /// The ACL lets the store write its keys but not the bus's stream: Redis refuses the
@@ -250,7 +241,7 @@ async fn a_stream_the_acl_refuses_leaves_the_message_posted_once_for_the_caller_
         [(id, "first".to_owned())]
     );
     allow_all_writes(&mut conn).await;
-    assert!(stream(&bus).await.is_empty());
+    assert!(entries(&bus, TOPIC).await.is_empty());
     // One of the two messages the limit allows is spent, not two.
     let second = by("p1", "second");
     let (posted, _) = post_joint(&store, "lobby", &second, &limit, &target).await;
@@ -300,7 +291,7 @@ async fn a_write_refused_inside_the_script_is_reported_and_not_repeated() {
     };
     let failed = store.post_and_append(open, joint(&target)).await;
     assert!(failed.is_err(), "{failed:?}");
-    assert_eq!(stream(&bus).await.len(), 1);
+    assert_eq!(entries(&bus, TOPIC).await.len(), 1);
     // Not repeated either: it spent one of the two messages the limit allows.
     let again = by("p4", "again");
     let (posted, _) = post_joint(&store, "lobby", &again, &limit, &target).await;
@@ -336,7 +327,7 @@ async fn nothing_is_appended_beside_entries_waiting_in_the_bus_queue() {
         assert!(Instant::now() < deadline, "the queue did not drain");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let entries = stream(&bus).await;
+    let entries = entries(&bus, TOPIC).await;
     assert_eq!(entries.len(), 1);
     assert_eq!(entries[0].1, b"waiting");
 }

@@ -36,3 +36,15 @@ pub async fn settle(bus: &RedisBus, topic: &str, rxs: &mut [&mut mpsc::Receiver<
     }
     panic!("the subscriptions of {topic} did not start");
 }
+
+/// The entries of `topic`'s stream but [`settle`]'s probes: id and data.
+pub async fn entries(bus: &RedisBus, topic: &str) -> Vec<(String, Vec<u8>)> {
+    bus.read_after(topic, "0-0", 1000)
+        .await
+        .unwrap()
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.data.as_ref() != b"probe")
+        .map(|e| (e.id, e.data.to_vec()))
+        .collect()
+}
