@@ -182,6 +182,11 @@ fn client_went_away(e: &Error) -> bool {
         )
 }
 
+/// Whether the client's request body has all been read (or there is none).
+fn body_read(session: &mut Session) -> bool {
+    session.is_body_empty() || session.is_body_done()
+}
+
 /// A TLS handshake with the backend failed on pingora's connector (an untrusted or
 /// misnamed certificate, a backend that does not speak TLS).
 fn tls_handshake_failed(e: &Error) -> bool {
@@ -524,10 +529,10 @@ impl ProxyHttp for EdgeProxy {
         // pingora watches the client only once it proxies: a request waiting in a
         // `max_conns` queue would keep its place after its client left, and be sent when
         // its turn came. An HTTP/1 request whose body is all read is watched here (a FIN
-        // or a reset ends it; pipelined bytes are kept for the next request); one still
-        // sending its body cannot be read without taking the body. h2 ends a cancelled
-        // stream's task, and with it the wait.
-        let watch = !session.is_http2() && (session.is_body_empty() || session.is_body_done());
+        // or a reset ends it; bytes sent after it end the watch); one still sending its
+        // body cannot be read without taking the body. h2 ends a cancelled stream's task,
+        // and with it the wait.
+        let watch = !session.is_http2() && body_read(session);
         let chosen = if watch {
             let mut choose = std::pin::pin!(self.choose(&mut up, ctx));
             tokio::select! {
@@ -761,7 +766,7 @@ impl ProxyHttp for EdgeProxy {
         let mut e = e;
         if e.esource() == &ErrorSource::Upstream
             && matches!(e.etype(), ErrorType::ReadTimedout)
-            && !(session.is_body_empty() || session.is_body_done())
+            && !body_read(session)
         {
             // The backend waits for the rest of a body the client has stopped sending:
             // the client's stall, answered 408, not the backend's failure (a client that
