@@ -1175,10 +1175,7 @@ async fn answer_own(client: &mut Stream, log: &mut Log<'_>, answer: &[u8]) -> bo
 /// The length of the body of `answer`, a whole response: what the access log counts as
 /// sent (nginx's `$body_bytes_sent`), as for a backend's answers and on pingora's path.
 fn body_len(answer: &[u8]) -> usize {
-    answer
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map_or(0, |end| answer.len() - end - 4)
+    head_end(answer).map_or(0, |end| answer.len() - end)
 }
 
 async fn write_flush<S>(client: &mut S, bytes: &[u8]) -> bool
