@@ -98,6 +98,11 @@ pub struct Args {
     /// `join` and `create` answer `too many memberships`.
     #[arg(long, env = "CHAT_MAX_MEMBERSHIPS", default_value_t = 1000)]
     pub max_memberships: usize,
+    /// Chat: how long a user's token stays valid unused (a connected user keeps it in
+    /// use); then the user is forgotten: its memberships end and the token names nobody.
+    /// At least 1s and at least `--presence-ttl`.
+    #[arg(long, env = "CHAT_TOKEN_TTL", default_value = "90days", value_parser = shared::duration::parse_duration)]
+    pub token_ttl: Duration,
     /// Worker threads (default: one per CPU). One is the cheapest per message when several
     /// nodes share a machine's cores (no hand-offs between threads); more let one node use
     /// more cores.
@@ -168,6 +173,7 @@ impl Args {
                 ChatConfigError::PresenceTtl(_) => ("presence-ttl", "CHAT_PRESENCE_TTL"),
                 ChatConfigError::MaxRooms => ("max-rooms", "CHAT_MAX_ROOMS"),
                 ChatConfigError::MaxMemberships => ("max-memberships", "CHAT_MAX_MEMBERSHIPS"),
+                ChatConfigError::TokenTtl(_) => ("token-ttl", "CHAT_TOKEN_TTL"),
             };
             return Err(named(which, error.to_string()));
         }
@@ -217,6 +223,7 @@ impl Args {
                 presence_ttl: self.presence_ttl,
                 max_rooms: self.max_rooms,
                 max_memberships: self.max_memberships,
+                token_ttl: self.token_ttl,
             },
         }
     }
@@ -359,6 +366,8 @@ mod tests {
             "2s",
             "--max-memberships",
             "7",
+            "--token-ttl",
+            "1h",
         ])
         .unwrap();
         let chat = args.node_config().chat;
@@ -370,6 +379,7 @@ mod tests {
         assert_eq!(chat.max_text, 100);
         assert_eq!(chat.presence_ttl, Duration::from_secs(2));
         assert_eq!(chat.max_memberships, 7);
+        assert_eq!(chat.token_ttl, Duration::from_secs(3600));
         assert!(chat.validate().is_ok());
         let defaults = Args::try_parse_from(["chat-node"])
             .unwrap()

@@ -213,11 +213,25 @@ impl ChatStore for GatedStore {
         }
         Ok(rooms)
     }
-    async fn user_for_token(&self, token: &str) -> Result<Option<String>, StoreError> {
-        self.inner.user_for_token(token).await
+    async fn user_for_token(
+        &self,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<Option<String>, StoreError> {
+        self.inner.user_for_token(token, ttl).await
     }
-    async fn create_user(&self, user: &str, token: &str) -> Result<(), StoreError> {
-        self.inner.create_user(user, token).await
+    async fn create_user(&self, user: &str, token: &str, ttl: Duration) -> Result<(), StoreError> {
+        self.inner.create_user(user, token, ttl).await
+    }
+    async fn touch_users(
+        &self,
+        users: &[(String, String)],
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        self.inner.touch_users(users, ttl).await
+    }
+    async fn forget_expired_users(&self, ttl: Duration) -> Result<u64, StoreError> {
+        self.inner.forget_expired_users(ttl).await
     }
     async fn create_room(
         &self,

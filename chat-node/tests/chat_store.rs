@@ -145,11 +145,78 @@ async fn rooms_members_tokens(store: &dyn ChatStore) {
     assert!(!store.is_member("priv", "u1").await.unwrap());
     assert_eq!(store.rooms_of("u1").await.unwrap(), ["pub"]);
 
-    assert_eq!(store.user_for_token("t1").await.unwrap(), None);
-    store.create_user("u1", "t1").await.unwrap();
+    assert_eq!(store.user_for_token("t1", TOKEN_TTL).await.unwrap(), None);
+    store.create_user("u1", "t1", TOKEN_TTL).await.unwrap();
     assert_eq!(
-        store.user_for_token("t1").await.unwrap().as_deref(),
+        store
+            .user_for_token("t1", TOKEN_TTL)
+            .await
+            .unwrap()
+            .as_deref(),
         Some("u1")
+    );
+}
+
+/// A token TTL no check reaches.
+const TOKEN_TTL: Duration = Duration::from_secs(3600);
+
+/// A user whose token goes unused for the TTL is forgotten, its memberships with it; one
+/// whose token is kept in use (connected: `touch_users`) stays, however long ago it was
+/// created, and so does one whose token was just used (a connect).
+async fn expired_users(store: &dyn ChatStore) {
+    let ttl = Duration::from_millis(600);
+    for (user, token) in [
+        ("x-gone", "tx-gone"),
+        ("x-kept", "tx-kept"),
+        ("x-back", "tx-back"),
+    ] {
+        store.create_user(user, token, ttl).await.unwrap();
+        for room in ["x-den", "x-hall"] {
+            assert_eq!(
+                store.add_member(room, user, ANY).await.unwrap(),
+                Joined::Added
+            );
+        }
+    }
+    assert_eq!(store.forget_expired_users(ttl).await.unwrap(), 0);
+    // Until the TTL has passed since the tokens were created: `x-kept` connected all
+    // along, `x-back` connects again half-way.
+    let created = Instant::now();
+    let mut back = false;
+    while created.elapsed() < ttl + Duration::from_millis(100) {
+        store
+            .touch_users(&[("x-kept".to_owned(), "tx-kept".to_owned())], ttl)
+            .await
+            .unwrap();
+        if !back && created.elapsed() > ttl / 2 {
+            assert_eq!(
+                store
+                    .user_for_token("tx-back", ttl)
+                    .await
+                    .unwrap()
+                    .as_deref(),
+                Some("x-back")
+            );
+            back = true;
+        }
+        tokio::time::sleep(ttl / 6).await;
+    }
+    assert_eq!(store.user_for_token("tx-gone", ttl).await.unwrap(), None);
+    assert_eq!(store.forget_expired_users(ttl).await.unwrap(), 1);
+    assert_eq!(store.forget_expired_users(ttl).await.unwrap(), 0);
+    for room in ["x-den", "x-hall"] {
+        assert!(!store.is_member(room, "x-gone").await.unwrap(), "{room}");
+        assert!(store.is_member(room, "x-kept").await.unwrap(), "{room}");
+        assert!(store.is_member(room, "x-back").await.unwrap(), "{room}");
+    }
+    assert!(store.rooms_of("x-gone").await.unwrap().is_empty());
+    assert_eq!(
+        store
+            .user_for_token("tx-kept", ttl)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("x-kept")
     );
 }
 
@@ -513,6 +580,7 @@ async fn all(store: Arc<dyn ChatStore>) {
     membership_limit(&*store).await;
     membership_limit_under_concurrency(Arc::clone(&store)).await;
     look_alike_rooms(&*store).await;
+    expired_users(&*store).await;
 }
 
 /// One room per look (`chat::validate::look`): a name a reader could not tell from an
@@ -661,4 +729,61 @@ async fn an_older_nodes_rooms_are_indexed_by_look() {
         assert_eq!(create(look_alike).await, Created::LooksLike, "{look_alike}");
     }
     assert_eq!(create("new").await, Created::Created);
+}
+
+/// Users an older node created (a token, memberships, no record of the token's use) are
+/// recorded when asked (a node starting asks), with the use the token's expiry implies,
+/// and forgotten once it expires. A user whose token an older node keeps in use (it
+/// refreshes the token, not the record) is not forgotten.
+#[tokio::test]
+async fn an_older_nodes_users_are_forgotten_when_their_token_expires() {
+    let redis = RedisServer::start();
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let ttl = Duration::from_secs(60);
+    // What an older node wrote: `u-old` last connected 59.5 s before a 60 s TTL ran out.
+    let () = redis::cmd("EVAL")
+        .arg(
+            "redis.call('SET', 'syd:chat:token:t-old', 'u-old', 'PX', 500) \
+             redis.call('SET', 'syd:chat:token:t-busy', 'u-busy', 'PX', 60000) \
+             for _, u in ipairs({'u-old', 'u-busy'}) do \
+               redis.call('SADD', 'syd:chat:user:' .. u .. ':rooms', 'den') \
+               redis.call('SADD', 'syd:chat:members:den', u) \
+             end",
+        )
+        .arg(0)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let store = RedisStore::connect(&redis.url()).await.unwrap();
+    assert_eq!(store.index_users(ttl).await.unwrap(), 2);
+    assert_eq!(store.index_users(ttl).await.unwrap(), 0, "each user once");
+    assert_eq!(store.forget_expired_users(ttl).await.unwrap(), 0);
+    // `u-busy`'s record says it expired long ago, but an older node keeps its token in use.
+    let _: i64 = redis::cmd("ZADD")
+        .arg("syd:chat:users:used")
+        .arg(0)
+        .arg("u-busy t-busy")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut forgotten = 0;
+    while forgotten == 0 {
+        assert!(Instant::now() < deadline, "u-old was never forgotten");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        forgotten = store.forget_expired_users(ttl).await.unwrap();
+    }
+    assert_eq!(forgotten, 1);
+    assert!(!store.is_member("den", "u-old").await.unwrap());
+    assert!(store.rooms_of("u-old").await.unwrap().is_empty());
+    assert!(store.is_member("den", "u-busy").await.unwrap());
+    assert_eq!(
+        store
+            .user_for_token("t-busy", ttl)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("u-busy")
+    );
 }

@@ -51,7 +51,14 @@ pub struct ChatConfig {
     /// not counted): every connection of the user enters all of them, and every `rooms`
     /// page reads them all.
     pub max_memberships: usize,
+    /// How long a user's token stays valid unused. A connected user keeps it in use;
+    /// once it expires, the user is forgotten: its memberships end, and the token names
+    /// nobody (the client gets a new identity).
+    pub token_ttl: Duration,
 }
+
+/// The default of [`ChatConfig::token_ttl`].
+pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
 
 impl Default for ChatConfig {
     fn default() -> Self {
@@ -65,6 +72,7 @@ impl Default for ChatConfig {
             presence_ttl: Duration::from_secs(30),
             max_rooms: 10_000,
             max_memberships: 1000,
+            token_ttl: DEFAULT_TOKEN_TTL,
         }
     }
 }
@@ -90,6 +98,9 @@ pub enum ChatConfigError {
     /// `max_memberships` is 0.
     #[error("the membership limit must be at least 1")]
     MaxMemberships,
+    /// `token_ttl` is below a second or below `presence_ttl`.
+    #[error("the token TTL must be at least 1s and at least the presence TTL, got {0:?}")]
+    TokenTtl(Duration),
 }
 
 impl ChatConfig {
@@ -113,12 +124,27 @@ impl ChatConfig {
         if self.max_memberships == 0 {
             return Err(ChatConfigError::MaxMemberships);
         }
+        // At least the presence TTL: connected users' tokens are kept in use at the pace
+        // of the heartbeat ([`ChatConfig::users_period`]), which must come well within it.
+        if self.token_ttl < Duration::from_secs(1) || self.token_ttl < self.presence_ttl {
+            return Err(ChatConfigError::TokenTtl(self.token_ttl));
+        }
         Ok(self)
     }
 
     /// How often the presence heartbeat runs.
     pub fn heartbeat(&self) -> Duration {
         self.presence_ttl / 3
+    }
+
+    /// How often connected users' tokens are marked in use and expired users forgotten:
+    /// an eighth of the token TTL, at most hourly (a few Redis calls per node each time),
+    /// never more often than the heartbeat. With the TTL at least the presence TTL, it
+    /// comes at least three times within the TTL.
+    pub fn users_period(&self) -> Duration {
+        (self.token_ttl / 8)
+            .min(Duration::from_secs(3600))
+            .max(self.heartbeat())
     }
 }
 
@@ -159,11 +185,45 @@ mod tests {
             max_memberships: 0,
             ..ChatConfig::default()
         }));
+        assert!(bad(ChatConfig {
+            token_ttl: Duration::from_millis(999),
+            presence_ttl: Duration::from_millis(300),
+            ..ChatConfig::default()
+        }));
+        assert!(bad(ChatConfig {
+            token_ttl: Duration::from_secs(20),
+            ..ChatConfig::default()
+        }));
         assert!(ChatConfig {
             history_on_join: 0,
             ..ChatConfig::default()
         }
         .validate()
         .is_ok());
+    }
+
+    #[test]
+    fn users_are_kept_in_use_well_within_the_token_ttl() {
+        let period = |token_ttl: Duration, presence_ttl: Duration| {
+            ChatConfig {
+                token_ttl,
+                presence_ttl,
+                ..ChatConfig::default()
+            }
+            .users_period()
+        };
+        assert_eq!(
+            period(DEFAULT_TOKEN_TTL, Duration::from_secs(30)),
+            Duration::from_secs(3600)
+        );
+        assert_eq!(
+            period(Duration::from_secs(80), Duration::from_secs(3)),
+            Duration::from_secs(10)
+        );
+        // Short TTLs: at the heartbeat's pace, still a third of the TTL at most.
+        assert_eq!(
+            period(Duration::from_secs(3), Duration::from_secs(3)),
+            Duration::from_secs(1)
+        );
     }
 }

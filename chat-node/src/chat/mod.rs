@@ -14,6 +14,7 @@
 //! - [`rate`]: the per-user rate limit (GCRA).
 //! - [`presence`]: presence counting and the heartbeat that keeps this node's entries alive.
 //! - [`secret`]: tokens, invites and user ids.
+//! - [`users`]: connected users' tokens kept in use, expired users forgotten.
 //! - [`store`]: where the state lives ([`ChatStore`]): Redis or memory.
 //!
 //! Private rooms are enforced here, for every event: the Socket.IO room of a chat room
@@ -84,6 +85,7 @@ pub mod presence;
 pub mod rate;
 pub mod secret;
 pub mod store;
+mod users;
 pub mod validate;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -191,6 +193,8 @@ impl Chat {
 /// One local socket's identity and the chat rooms it is in.
 struct Session {
     user: String,
+    /// The user's token: kept in use while the session lasts ([`users`]).
+    token: String,
     name: String,
     rooms: BTreeSet<String>,
 }
@@ -280,6 +284,7 @@ pub fn register(
     let _ = inner.nsp.set(nsp);
     tokio::spawn(presence::heartbeat(Arc::downgrade(&inner)));
     tokio::spawn(index_looks(Arc::downgrade(&inner), looks_done));
+    tokio::spawn(users::keep(Arc::downgrade(&inner)));
     Ok(Chat { inner })
 }
 
@@ -328,7 +333,11 @@ async fn may_recover(
         .and_then(|a| a.get("token"))
         .and_then(Value::as_str)
         .filter(|t| validate::secret_shape(t))?;
-    let user = match chat.store.user_for_token(token).await {
+    let user = match chat
+        .store
+        .user_for_token(token, chat.config.token_ttl)
+        .await
+    {
         Ok(user) => user?,
         Err(error) => {
             error::store_failed(&error, "a recovery");
@@ -381,7 +390,7 @@ async fn connect(
     let known = match field("token").filter(|t| validate::secret_shape(t)) {
         Some(token) => chat
             .store
-            .user_for_token(token)
+            .user_for_token(token, chat.config.token_ttl)
             .await
             .map_err(unavailable)?
             .map(|user| (user, token.to_owned())),
@@ -392,7 +401,7 @@ async fn connect(
         None => {
             let (user, token) = (secret::user_id(), secret::secret());
             chat.store
-                .create_user(&user, &token)
+                .create_user(&user, &token, chat.config.token_ttl)
                 .await
                 .map_err(unavailable)?;
             (user, token)
@@ -425,6 +434,7 @@ async fn connect(
         socket.id(),
         Session {
             user: user.clone(),
+            token: token.clone(),
             name: name.clone(),
             rooms: BTreeSet::new(),
         },

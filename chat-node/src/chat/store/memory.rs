@@ -1,7 +1,7 @@
 //! The embedded store: the chat's state in this process's memory, for a node without
 //! Redis (or several in-process nodes sharing one `MemoryStore`, which then behave like a
-//! cluster). Same behaviour as the Redis store, except that nothing outlives the process,
-//! history is trimmed to exactly `cap`, and tokens never expire.
+//! cluster). Same behaviour as the Redis store, except that nothing outlives the process
+//! and history is trimmed to exactly `cap`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -43,9 +43,15 @@ struct NodePresence {
     expires: Instant,
 }
 
+/// A token's user, and when the token expires unless used again.
+struct TokenUse {
+    user: String,
+    expires: Instant,
+}
+
 #[derive(Default)]
 struct State {
-    tokens: HashMap<String, String>,
+    tokens: HashMap<String, TokenUse>,
     rooms: BTreeMap<String, RoomMeta>,
     /// Each room's look ([`validate::look`]), to the room.
     looks: HashMap<String, String>,
@@ -77,6 +83,15 @@ impl State {
     /// Whether `user` is a member of `max` rooms or more.
     fn memberships_full(&self, user: &str, max: usize) -> bool {
         self.rooms_of.get(user).map_or(0, BTreeSet::len) >= max
+    }
+
+    /// Ends every membership of `user`.
+    fn forget_memberships(&mut self, user: &str) {
+        for room in self.rooms_of.remove(user).unwrap_or_default() {
+            if let Some(members) = self.members.get_mut(&room) {
+                members.remove(user);
+            }
+        }
     }
 
     /// Records the membership both ways.
@@ -147,16 +162,59 @@ impl ChatStore for MemoryStore {
         "memory"
     }
 
-    async fn user_for_token(&self, token: &str) -> Result<Option<String>, StoreError> {
-        Ok(self.state.lock().tokens.get(token).cloned())
+    async fn user_for_token(
+        &self,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<Option<String>, StoreError> {
+        let now = Instant::now();
+        let mut state = self.state.lock();
+        // An expired token names nobody, as its Redis key would be gone; the user's
+        // memberships end at the next `forget_expired_users`.
+        Ok(state
+            .tokens
+            .get_mut(token)
+            .filter(|t| t.expires > now)
+            .map(|t| {
+                t.expires = now + ttl;
+                t.user.clone()
+            }))
     }
 
-    async fn create_user(&self, user: &str, token: &str) -> Result<(), StoreError> {
-        self.state
-            .lock()
-            .tokens
-            .insert(token.to_owned(), user.to_owned());
+    async fn touch_users(
+        &self,
+        users: &[(String, String)],
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let expires = Instant::now() + ttl;
+        let mut state = self.state.lock();
+        for (user, token) in users {
+            state.tokens.insert(
+                token.clone(),
+                TokenUse {
+                    user: user.clone(),
+                    expires,
+                },
+            );
+        }
         Ok(())
+    }
+
+    async fn forget_expired_users(&self, _ttl: Duration) -> Result<u64, StoreError> {
+        let now = Instant::now();
+        let mut state = self.state.lock();
+        let expired: Vec<String> = state
+            .tokens
+            .iter()
+            .filter(|(_, t)| t.expires <= now)
+            .map(|(token, _)| token.clone())
+            .collect();
+        for token in &expired {
+            if let Some(gone) = state.tokens.remove(token) {
+                state.forget_memberships(&gone.user);
+            }
+        }
+        Ok(u64::try_from(expired.len()).unwrap_or(u64::MAX))
     }
 
     async fn create_room(

@@ -218,10 +218,42 @@ pub trait ChatStore: Send + Sync + 'static {
     /// What the store is (`redis`, `memory`), for logs.
     fn kind(&self) -> &'static str;
 
-    /// The user that `token` identifies; refreshes the token's expiry.
-    async fn user_for_token(&self, token: &str) -> Result<Option<String>, StoreError>;
-    /// Records a new user with its token.
-    async fn create_user(&self, user: &str, token: &str) -> Result<(), StoreError>;
+    /// The user that `token` identifies, unless the token went unused for `ttl`; marks it
+    /// in use now.
+    async fn user_for_token(
+        &self,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<Option<String>, StoreError>;
+    /// Records a new user with its token, in use now: as [`touch_users`] does for a
+    /// connected user.
+    ///
+    /// [`touch_users`]: ChatStore::touch_users
+    async fn create_user(&self, user: &str, token: &str, ttl: Duration) -> Result<(), StoreError> {
+        self.touch_users(&[(user.to_owned(), token.to_owned())], ttl)
+            .await
+    }
+    /// Marks the tokens of connected users (user, token) in use now: a user stays known
+    /// however long its connections last. Writes a token again if the store lost it.
+    async fn touch_users(
+        &self,
+        users: &[(String, String)],
+        ttl: Duration,
+    ) -> Result<(), StoreError>;
+    /// Forgets the users whose token expired, unused for the TTL its last use gave it (it
+    /// names nobody any more; `ttl` is the TTL now): their memberships end. Answers how many it forgot. Idempotent, and safe beside
+    /// other nodes doing the same; its work comes in bounded steps.
+    async fn forget_expired_users(&self, ttl: Duration) -> Result<u64, StoreError>;
+    /// Records when each user created before the store kept that record (by an older
+    /// node) last used its token, so that [`forget_expired_users`] finds them too;
+    /// answers how many it added. Idempotent; its work comes in bounded steps. The
+    /// default has nothing to record.
+    ///
+    /// [`forget_expired_users`]: ChatStore::forget_expired_users
+    async fn index_users(&self, ttl: Duration) -> Result<u64, StoreError> {
+        let _ = ttl;
+        Ok(0)
+    }
 
     /// Creates a room and makes its creator (`meta.created_by`) a member, unless the name
     /// is taken, another room looks the same ([`crate::chat::validate::look`]), the

@@ -2,7 +2,8 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `token:<token>` | string, 90-day expiry refreshed on use | the user id |
+//! | `token:<token>` | string, expiry (`--token-ttl`, 90 days) refreshed on use | the user id |
+//! | `users:used` | sorted set | `<user> <token>` of each user, scored by the token's last use (ms): [`ChatStore::forget_expired_users`] finds the users whose token expired; an older node's users are added when a node starts ([`ChatStore::index_users`]) |
 //! | `room:<room>` | string (JSON) | [`RoomMeta`] |
 //! | `rooms:public` | set | the public rooms' names |
 //! | `rooms:public:by-name` | sorted set, every score 0 | the same names in order, for the room list's pages |
@@ -43,8 +44,6 @@ use crate::chat::rate::RateLimit;
 use crate::chat::validate;
 
 const PREFIX: &str = "syd:chat:";
-/// How long an unused token stays valid.
-const TOKEN_TTL_SECS: u64 = 90 * 24 * 3600;
 /// Nodes silent for this long are dropped from `nodes` (their hashes expired long ago).
 const NODE_FORGET_MS: u64 = 24 * 3600 * 1000;
 /// The stream field holding a message (also in [`POST`]).
@@ -258,6 +257,112 @@ redis.call('SADD', KEYS[2], ARGV[2])
 return 1
 ",
     )
+});
+
+/// Now on Redis's clock, in ms, as a Lua local `now` (a number; `%d` to write it).
+macro_rules! now_ms_lua {
+    () => {
+        "
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+"
+    };
+}
+
+/// [`ChatStore::user_for_token`]: the token's user, its expiry pushed to the TTL, and its
+/// use recorded. KEYS: the token, `users:used`. ARGV: the TTL (ms), the token. Returns the
+/// user or nil.
+static USE_TOKEN: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        now_ms_lua!(),
+        r"
+local user = redis.call('GET', KEYS[1])
+if not user then return false end
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[2], string.format('%d', now), user .. ' ' .. ARGV[2])
+return user
+"
+    ))
+});
+
+/// [`ChatStore::touch_users`] and [`ChatStore::create_user`]: each token written (again:
+/// a token never changes user) with the TTL, and its use recorded. KEYS: `users:used`.
+/// ARGV: the TTL (ms), the token keys' prefix, then pairs user, token.
+static TOUCH_USERS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        now_ms_lua!(),
+        r"
+local used = string.format('%d', now)
+for i = 3, #ARGV - 1, 2 do
+  redis.call('SET', ARGV[2] .. ARGV[i + 1], ARGV[i], 'PX', ARGV[1])
+  redis.call('ZADD', KEYS[1], used, ARGV[i] .. ' ' .. ARGV[i + 1])
+end
+"
+    ))
+});
+
+/// [`ChatStore::forget_expired_users`]: up to ARGV[2] users whose recorded use is older
+/// than the TTL. One whose token is still there was kept in use by a node that does not
+/// record uses (an older one): its use is recorded as the token's expiry says, and it is
+/// kept. The others' memberships end. KEYS: `users:used`. ARGV: the TTL (ms), the most
+/// to look at, the key prefix. Returns how many were due (each is either kept with a
+/// newer use or removed: none is due again) and how many were forgotten.
+static FORGET_EXPIRED_USERS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        now_ms_lua!(),
+        r"
+local ttl, prefix = tonumber(ARGV[1]), ARGV[3]
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', string.format('(%d', now - ttl),
+  'LIMIT', 0, ARGV[2])
+local forgotten = 0
+for _, entry in ipairs(due) do
+  local space = string.find(entry, ' ', 1, true)
+  local left = -2
+  if space then left = redis.call('PTTL', prefix .. 'token:' .. string.sub(entry, space + 1)) end
+  if left == -1 then
+    redis.call('ZADD', KEYS[1], string.format('%d', now), entry)
+  elseif left > 0 then
+    redis.call('ZADD', KEYS[1], string.format('%d', now - math.max(ttl - left, 0)), entry)
+  else
+    if space then
+      local user = string.sub(entry, 1, space - 1)
+      local rooms = prefix .. 'user:' .. user .. ':rooms'
+      for _, room in ipairs(redis.call('SMEMBERS', rooms)) do
+        redis.call('SREM', prefix .. 'members:' .. room, user)
+      end
+      redis.call('DEL', rooms)
+      forgotten = forgotten + 1
+    end
+    redis.call('ZREM', KEYS[1], entry)
+  end
+end
+return {#due, forgotten}
+"
+    ))
+});
+
+/// [`ChatStore::index_users`], one page of token keys: each token's use recorded (unless
+/// it is already), as its remaining TTL says. KEYS: `users:used`. ARGV: the TTL (ms), the
+/// token keys' prefix, then the token keys. Returns how many it recorded.
+static INDEX_USERS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        now_ms_lua!(),
+        r"
+local ttl, prefix = tonumber(ARGV[1]), ARGV[2]
+local added = 0
+for i = 3, #ARGV do
+  local user = redis.call('GET', ARGV[i])
+  if user then
+    local left = redis.call('PTTL', ARGV[i])
+    local used = now
+    if left > 0 then used = now - math.max(ttl - left, 0) end
+    added = added + redis.call('ZADD', KEYS[1], 'NX', string.format('%d', used),
+      user .. ' ' .. string.sub(ARGV[i], #prefix + 1))
+  end
+end
+return added
+"
+    ))
 });
 
 /// [`ChatStore::presence_refresh`], atomic: every presence hash of the node is replaced
@@ -550,21 +655,91 @@ impl ChatStore for RedisStore {
         "redis"
     }
 
-    async fn user_for_token(&self, token: &str) -> Result<Option<String>, StoreError> {
-        let mut cmd = redis::cmd("GETEX");
-        cmd.arg(key(&["token", token]))
-            .arg("EX")
-            .arg(TOKEN_TTL_SECS);
-        self.query(&cmd).await
+    async fn user_for_token(
+        &self,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<Option<String>, StoreError> {
+        let mut conn = self.conn.clone();
+        USE_TOKEN
+            .key(key(&["token", token]))
+            .key(key(&["users", "used"]))
+            .arg(ttl_ms(ttl))
+            .arg(token)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(redis_error)
     }
 
-    async fn create_user(&self, user: &str, token: &str) -> Result<(), StoreError> {
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(key(&["token", token]))
-            .arg(user)
-            .arg("EX")
-            .arg(TOKEN_TTL_SECS);
-        self.query(&cmd).await
+    async fn touch_users(
+        &self,
+        users: &[(String, String)],
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let prefix = key(&["token", ""]);
+        // Bounded steps: however many users a node has, Redis is never blocked for long.
+        for chunk in users.chunks(500) {
+            let mut invocation = TOUCH_USERS.key(key(&["users", "used"]));
+            invocation.arg(ttl_ms(ttl)).arg(&prefix);
+            for (user, token) in chunk {
+                invocation.arg(user).arg(token);
+            }
+            let mut conn = self.conn.clone();
+            let () = invocation
+                .invoke_async(&mut conn)
+                .await
+                .map_err(redis_error)?;
+        }
+        Ok(())
+    }
+
+    async fn forget_expired_users(&self, ttl: Duration) -> Result<u64, StoreError> {
+        // A batch at a time, so that Redis is never blocked for long.
+        const BATCH: usize = 100;
+        let mut forgotten = 0;
+        loop {
+            let mut conn = self.conn.clone();
+            let (due, batch): (usize, u64) = FORGET_EXPIRED_USERS
+                .key(key(&["users", "used"]))
+                .arg(ttl_ms(ttl))
+                .arg(BATCH)
+                .arg(PREFIX)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(redis_error)?;
+            forgotten += batch;
+            if due < BATCH {
+                return Ok(forgotten);
+            }
+        }
+    }
+
+    async fn index_users(&self, ttl: Duration) -> Result<u64, StoreError> {
+        // As `index_looks`: SCAN a page at a time, each page in one script.
+        let prefix = key(&["token", ""]);
+        let pattern = format!("{}*", glob_escape(&prefix));
+        let mut added = 0;
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<Vec<u8>>) = self.scan_page(cursor, &pattern).await?;
+            if !keys.is_empty() {
+                let mut invocation = INDEX_USERS.key(key(&["users", "used"]));
+                invocation.arg(ttl_ms(ttl)).arg(&prefix);
+                for k in &keys {
+                    invocation.arg(k.as_slice());
+                }
+                let mut conn = self.conn.clone();
+                let page: u64 = invocation
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(redis_error)?;
+                added += page;
+            }
+            cursor = next;
+            if cursor == 0 {
+                return Ok(added);
+            }
+        }
     }
 
     async fn create_room(
