@@ -188,15 +188,18 @@ impl Runtime {
             .map_or(&[], |(_, fields)| fields.as_slice())
     }
 
-    /// The route of a request, by host (exact, case-insensitive, port ignored) and path
-    /// prefix; first match wins. A route `/api/` also matches `/api` exactly, to redirect
-    /// it (unless its `slash_redirect` is off), as nginx's `location /api/` does.
+    /// The route of a request, by host (exact, case-insensitive, port and a trailing dot
+    /// ignored) and path prefix; first match wins. A route `/api/` also matches `/api`
+    /// exactly, to redirect it (unless its `slash_redirect` is off), as nginx's
+    /// `location /api/` does.
     pub fn route(&self, host: Option<&str>, path: &str) -> Option<Routed<'_>> {
-        let host = host.map(strip_port);
+        // `admin.local.` is `admin.local` fully qualified: the same site to DNS and to
+        // backends (Django, nginx's server names), so it must not miss the site's route.
+        let host = host.map(|h| fqdn(strip_port(h)));
         self.routes.iter().find_map(|r| {
             let host_ok = match (&r.host, host) {
                 (None, _) => true,
-                (Some(want), Some(got)) => want.eq_ignore_ascii_case(got),
+                (Some(want), Some(got)) => fqdn(want).eq_ignore_ascii_case(got),
                 (Some(_), None) => false,
             };
             if !host_ok {
@@ -210,6 +213,12 @@ impl Runtime {
             }
         })
     }
+}
+
+/// `host` without one trailing dot.
+#[inline]
+fn fqdn(host: &str) -> &str {
+    host.strip_suffix('.').unwrap_or(host)
 }
 
 /// `host` without its `:port`, if any; an IPv6 literal keeps its brackets.

@@ -246,6 +246,16 @@ async fn sticky_cookie_pins_resists_tampering_fails_over_and_is_shared_by_replic
     let r = with_cookie(&c, &url, &swapped).await;
     let fresh = issued_cookie(&p1, &r, &bs).await;
     assert_pinned(&c, &url, &fresh, r.backend().unwrap(), 3).await;
+    // Any client can send bad cookies: the log warns of one a minute, not of each (the
+    // proxy writes its log before it answers).
+    for _ in 0..5 {
+        with_cookie(&c, &url, &forged).await;
+    }
+    let warned = p1
+        .logs()
+        .matches("ignoring a sticky cookie with a bad signature")
+        .count();
+    assert_eq!(warned, 1, "{}", p1.logs());
 
     // A cookie for every backend (the fallback, least_conn, rotates over idle backends).
     let mut cookies: BTreeMap<String, String> = BTreeMap::new();

@@ -72,6 +72,50 @@ fn tls_proxy(certs: &Certs, backend: &str, extra: &str) -> (Proxy, u16) {
     (proxy, port)
 }
 
+/// A backend that answers every request `200 ok` and reports its fields on the receiver.
+async fn fields_backend() -> (
+    RawBackend,
+    tokio::sync::mpsc::UnboundedReceiver<Vec<(String, String)>>,
+) {
+    let (seen_tx, seen) = tokio::sync::mpsc::unbounded_channel();
+    let raw = RawBackend::start(move |mut conn: RawConn<TcpStream>, _| {
+        let seen_tx = seen_tx.clone();
+        async move {
+            while let Some(req) = conn.request().await {
+                let _ = seen_tx.send(req.headers);
+                let answer = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                if !tests::raw::reply(&mut conn, answer).await {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    (raw, seen)
+}
+
+/// Sends the body-less `req` on `h2` to a [`fields_backend`], checks its `200 ok`, and
+/// returns the fields the backend got.
+async fn fields_sent(
+    h2: &h2::client::SendRequest<Bytes>,
+    req: http::request::Builder,
+    seen: &mut tokio::sync::mpsc::UnboundedReceiver<Vec<(String, String)>>,
+) -> Vec<(String, String)> {
+    let mut ready = tokio::time::timeout(STEP_TIMEOUT, h2.clone().ready())
+        .await
+        .unwrap()
+        .unwrap();
+    let (resp, _) = ready.send_request(req.body(()).unwrap(), true).unwrap();
+    assert_eq!(
+        read_response(resp).await,
+        Ok((http::StatusCode::OK, "ok".to_owned()))
+    );
+    tokio::time::timeout(STEP_TIMEOUT, seen.recv())
+        .await
+        .unwrap()
+        .unwrap()
+}
+
 /// Reads a chunked body off `conn` up to its last chunk; the bytes of the chunks, or None
 /// when it did not end in time. Trailers are not expected.
 async fn chunked_body(conn: &mut RawConn<TcpStream>) -> Option<Vec<u8>> {
@@ -243,40 +287,38 @@ async fn h2_heads_are_held_to_max_request_header_bytes() {
 /// by them (as on the HTTP/1 paths, `proxy_request_checks.rs`).
 #[tokio::test]
 async fn framing_fields_spelled_with_underscores_are_dropped() {
-    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
-    let raw = RawBackend::start(move |mut conn: RawConn<TcpStream>, _| {
-        let seen_tx = seen_tx.clone();
-        async move {
-            while let Some(req) = conn.request().await {
-                let _ = seen_tx.send(req.headers);
-                let answer = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
-                if !tests::raw::reply(&mut conn, answer).await {
-                    return;
-                }
-            }
-        }
-    })
-    .await;
+    let (raw, mut seen) = fields_backend().await;
     let (_proxy, _dir, port, h2) = h2_to_raw(&raw).await;
-    let mut ready = tokio::time::timeout(STEP_TIMEOUT, h2.clone().ready())
-        .await
-        .unwrap()
-        .unwrap();
     let req = http::Request::get(format!("https://localhost:{port}/p"))
         .header("content_length", "40")
-        .header("transfer_encoding", "chunked")
-        .body(())
-        .unwrap();
-    let (resp, _) = ready.send_request(req, true).unwrap();
-    assert_eq!(
-        read_response(resp).await,
-        Ok((http::StatusCode::OK, "ok".to_owned()))
-    );
-    let headers = tokio::time::timeout(STEP_TIMEOUT, seen.recv())
-        .await
-        .unwrap()
-        .unwrap();
+        .header("transfer_encoding", "chunked");
+    let headers = fields_sent(&h2, req, &mut seen).await;
     assert!(headers.iter().all(|(n, _)| !n.contains('_')), "{headers:?}");
+}
+
+/// An h2 client's cookies sent as one field each (RFC 9113 §8.2.3, as browsers compress
+/// them) reach an HTTP/1 backend as one `Cookie` field, joined with `; `: a server that reads
+/// one `Cookie` line would otherwise lose all but one of them.
+#[tokio::test]
+async fn split_cookies_reach_an_http1_backend_as_one_field() {
+    let (raw, mut seen) = fields_backend().await;
+    let (_proxy, _dir, port, h2) = h2_to_raw(&raw).await;
+    for (cookies, want) in [
+        (&["a=1", "b=2", "c=3; d=4"][..], "a=1; b=2; c=3; d=4"),
+        (&["only=1"][..], "only=1"),
+    ] {
+        let mut req = http::Request::get(format!("https://localhost:{port}/c"));
+        for c in cookies {
+            req = req.header(http::header::COOKIE, *c);
+        }
+        let headers = fields_sent(&h2, req, &mut seen).await;
+        let sent: Vec<&str> = headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("cookie"))
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(sent, [want], "{headers:?}");
+    }
 }
 
 /// What the README's HTTP/2 section says of the requests pingora refuses while accepting the

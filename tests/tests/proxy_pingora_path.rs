@@ -170,6 +170,64 @@ async fn upgrade_request_with_a_body_is_proxied_without_the_upgrade() {
     assert_eq!(body.as_deref(), Some(&b"hello world"[..]));
 }
 
+/// An upgrade's head reaches the backend with a `Connection` of ours (`upgrade`), not the
+/// client's: a client's could list the fields the proxy adds (X-Forwarded-For,
+/// X-Request-Id) for a next hop to delete, so that it took the proxy for the client. The
+/// fields the client's lists are hop-by-hop and not sent, and the framing fields' underscore
+/// spellings are dropped as on every other path.
+#[tokio::test]
+async fn an_upgrade_carries_our_connection_field_and_no_framing_look_alikes() {
+    let (seen_tx, mut seen) = mpsc::unbounded_channel();
+    let raw = RawBackend::start(move |mut conn, _| {
+        let seen_tx = seen_tx.clone();
+        async move {
+            let Some(req) = conn.request().await else {
+                return;
+            };
+            let _ = seen_tx.send(req);
+            let _ = reply(
+                &mut conn,
+                "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+                 Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
+            )
+            .await;
+            // Held open until the client goes.
+            let _ = conn.fill(STEP_TIMEOUT).await;
+        }
+    })
+    .await;
+    for path in ["", "http1 = \"pingora\"\n"] {
+        let proxy = proxy_for_raw(&[&raw], path);
+        let mut c = RawConn::connect(proxy.addr()).await;
+        c.send(
+            "GET /ws HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade, X-Forwarded-For, X-Request-Id, X-Secret\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+             X-Secret: hop\r\nContent_Length: 7\r\nTransfer_Encoding: chunked\r\nX-Kept: 1\r\n\r\n",
+        )
+        .await;
+        let head = c.head(STEP_TIMEOUT).await.unwrap().unwrap_or_default();
+        assert!(head.starts_with("HTTP/1.1 101"), "{path:?}: {head}");
+        let req = next_seen(&mut seen).await;
+        let all = |name: &str| -> Vec<&str> {
+            req.headers
+                .iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+                .collect()
+        };
+        assert_eq!(all("connection"), ["upgrade"], "{path:?}: {req:?}");
+        assert_eq!(all("upgrade"), ["websocket"], "{path:?}: {req:?}");
+        assert_eq!(all("x-forwarded-for"), ["127.0.0.1"], "{path:?}: {req:?}");
+        assert_eq!(all("x-kept"), ["1"], "{path:?}: {req:?}");
+        assert!(all("x-secret").is_empty(), "{path:?}: {req:?}");
+        assert!(
+            req.headers.iter().all(|(n, _)| !n.contains('_')),
+            "{path:?}: {req:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn body_less_tcp_upgrade_is_still_tunnelled() {
     // `Upgrade: tcp` (docker attach): 101, then raw bytes both ways.

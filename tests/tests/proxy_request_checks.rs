@@ -143,6 +143,12 @@ async fn routes_match_the_decoded_path_with_dot_segments_resolved() {
         ("/api/%2e%2e/secret", 200, "web"),
         ("/api%2F..%2Fsecret", 200, "web"),
         ("/apiary", 200, "web"),
+        // Path parameters are left out and `..;` climbs, as a servlet container reads them.
+        ("/api;x/y", 200, "api"),
+        ("/x/..;/api/y", 200, "api"),
+        ("/x/..%3B/api/y", 200, "api"),
+        ("/api/..;/secret", 200, "web"),
+        ("/api/..;/..;/x", 400, "the path climbs above the root"),
         ("/../etc/passwd", 400, "the path climbs above the root"),
         ("/api/../../x", 400, "the path climbs above the root"),
         ("/a%zz", 400, "a percent escape in the path is invalid"),
@@ -235,6 +241,13 @@ async fn a_prefix_rewrite_reaches_the_backend_on_every_path() {
             ),
             // From a deeper segment back into the prefix: still under the rewrite.
             ("GET /api/y/../z HTTP/1.1\r\nHost: t\r\n\r\n", "/target/z"),
+            ("GET /api/y/..;/z HTTP/1.1\r\nHost: t\r\n\r\n", "/target/z"),
+            // Parameters go on, unless they were in the prefix's segments.
+            (
+                "GET /api/a;v=1/b HTTP/1.1\r\nHost: t\r\n\r\n",
+                "/target/a;v=1/b",
+            ),
+            ("GET /api;v=1/b HTTP/1.1\r\nHost: t\r\n\r\n", "/target/b"),
             // pingora's path.
             ("GET /api/old?v HTTP/1.0\r\n\r\n", "/target/old?v"),
             // An absolute-form target is sent origin-form.
@@ -419,6 +432,9 @@ async fn a_route_with_allow_serves_only_the_addresses_it_lists() {
                 403,
             ),
             ("GET /internal HTTP/1.1\r\nHost: t\r\n\r\n", 403),
+            // A backend that reads `;` as parameters (Tomcat, Spring) acts on /internal/x.
+            ("GET /internal;x/x HTTP/1.1\r\nHost: t\r\n\r\n", 403),
+            ("GET /y/..;/internal/x HTTP/1.1\r\nHost: t\r\n\r\n", 403),
             ("GET /internal/x HTTP/1.0\r\n\r\n", 403),
             (
                 "POST /internal/x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
@@ -458,6 +474,29 @@ async fn a_route_with_allow_serves_only_the_addresses_it_lists() {
             assert_eq!(got.as_u16(), status, "{http1}: h2 {path}: {body}");
         }
         let _ = plain;
+    }
+}
+
+/// A route for a host takes the host's fully qualified spelling too (`admin.local.`, to
+/// DNS and to backends the same site), so that it cannot be used to get past the route's
+/// `allow`, on either request path.
+#[tokio::test]
+async fn a_host_route_takes_its_host_with_a_trailing_dot() {
+    let backends = ApiAndWeb::start();
+    for http1 in ["native", "pingora"] {
+        let (proxy, _, _) = backends.proxy(
+            http1,
+            "[[routes]]\nhost = \"admin.local\"\nallow = [\"10.0.0.0/8\"]\nupstream = \"api\"\n\n\
+             [[routes]]\nupstream = \"web\"\n",
+        );
+        let cases = [
+            ("GET /x HTTP/1.1\r\nHost: admin.local\r\n\r\n", 403),
+            ("GET /x HTTP/1.1\r\nHost: admin.local.\r\n\r\n", 403),
+            ("GET /x HTTP/1.1\r\nHost: ADMIN.local.:80\r\n\r\n", 403),
+            ("GET http://admin.local./x HTTP/1.1\r\nHost: t\r\n\r\n", 403),
+            ("GET /x HTTP/1.1\r\nHost: other.local.\r\n\r\n", 200),
+        ];
+        expect_each(&proxy, http1, cases, |r| r.status).await;
     }
 }
 
@@ -518,11 +557,15 @@ async fn the_only_backend_stays_in_service_through_failed_requests() {
     assert_eq!(answer(&proxy, &get_req("/")).await, (200, "ok".into()));
 }
 
+/// A client's forwarded fields never reach a backend beside ours: the underscore spellings,
+/// and RFC 7239's `Forwarded` and `X-Forwarded-Port`, which frameworks read with ours
+/// (Spring's forwarded-header filter reads `Forwarded` first).
 #[tokio::test]
 async fn forwarded_fields_spelled_with_underscores_are_dropped() {
     let (raw, mut seen) = recording_backend().await;
     let proxy = proxy_for_raw(&[&raw], "");
-    let spoof = "X_Forwarded_For: 6.6.6.6\r\nX_Real_IP: 6.6.6.6\r\nx_forwarded_host: evil\r\n";
+    let spoof = "X_Forwarded_For: 6.6.6.6\r\nX_Real_IP: 6.6.6.6\r\nx_forwarded_host: evil\r\n\
+                 Forwarded: for=6.6.6.6;proto=https;host=evil\r\nX-Forwarded-Port: 6666\r\n";
     // The HTTP/1 path, then pingora's (HTTP/1.0).
     for req in [
         format!("GET / HTTP/1.1\r\nHost: test\r\n{spoof}X-Custom_Name: kept\r\n\r\n"),
@@ -534,7 +577,7 @@ async fn forwarded_fields_spelled_with_underscores_are_dropped() {
         assert!(
             headers
                 .iter()
-                .all(|(_, v)| !v.contains("6.6.6.6") && v != "evil"),
+                .all(|(_, v)| !v.contains("6.6.6.6") && v != "evil" && v != "6666"),
             "{req:?}: {headers:?}"
         );
         for kept in [("x-custom_name", "kept"), ("x-real-ip", "127.0.0.1")] {

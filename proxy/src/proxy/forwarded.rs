@@ -58,17 +58,23 @@ pub fn client_ip<'a>(
     Some(candidate)
 }
 
-/// The fields [`forwarded`] sets on upstream requests: whatever the client sent under these
-/// names is dropped, never passed on beside ours (or instead of ours where we set none: a
-/// client's `X-Forwarded-Prefix` would make a backend build its links and redirects under a
-/// path of the client's choosing; a client's `X-Forwarded-Client-Cert` would claim a
-/// certificate it never presented, on every listener, TLS or not).
-pub const FORWARDED_FIELDS: [&str; 6] = [
+/// The fields [`forwarded`] sets on upstream requests, and the ones that would say what
+/// they say otherwise: whatever the client sent under these names is dropped, never passed
+/// on beside ours (or instead of ours where we set none: a client's `X-Forwarded-Prefix`
+/// would make a backend build its links and redirects under a path of the client's
+/// choosing; a client's `X-Forwarded-Client-Cert` would claim a certificate it never
+/// presented, on every listener, TLS or not; a client's RFC 7239 `Forwarded`, which Spring's
+/// forwarded-header filter and Rack 3 read before the `X-Forwarded-*` fields, would name
+/// the client address, scheme and host of its choosing, and its `X-Forwarded-Port` the
+/// port of the links built with our `X-Forwarded-Host`).
+pub const FORWARDED_FIELDS: [&str; 8] = [
     "x-forwarded-for",
     "x-forwarded-proto",
     "x-forwarded-host",
+    "x-forwarded-port",
     "x-forwarded-prefix",
     "x-real-ip",
+    "forwarded",
     crate::client_cert::XFCC,
 ];
 
@@ -76,18 +82,17 @@ pub const FORWARDED_FIELDS: [&str; 6] = [
 /// CGI-style servers (PHP, WSGI, Rack) read `X_Forwarded_For` and `X-Forwarded-For` as the
 /// same variable, so the underscore spelling would smuggle a client's value in beside ours.
 pub fn is_forwarded_field(name: &str) -> bool {
-    // Called for every field of every request: the names all differ in length, so the
-    // length picks the one name to compare (a test keeps this in step with the list).
-    let field = match name.len() {
-        9 => "x-real-ip",
-        15 => "x-forwarded-for",
-        16 => "x-forwarded-host",
-        17 => "x-forwarded-proto",
-        18 => "x-forwarded-prefix",
-        23 => crate::client_cert::XFCC,
-        _ => return false,
-    };
-    same_field(field, name)
+    // Called for every field of every request: the length picks the one or two names to
+    // compare (a test keeps this in step with the list).
+    match name.len() {
+        9 => same_field("x-real-ip", name) || same_field("forwarded", name),
+        15 => same_field("x-forwarded-for", name),
+        16 => same_field("x-forwarded-host", name) || same_field("x-forwarded-port", name),
+        17 => same_field("x-forwarded-proto", name),
+        18 => same_field("x-forwarded-prefix", name),
+        23 => same_field(crate::client_cert::XFCC, name),
+        _ => false,
+    }
 }
 
 /// The value of one forwarded header, kept structured so that a writer can reuse text it
@@ -216,12 +221,14 @@ mod tests {
             "x-forwarded-host",
             "X-Forwarded-Client-Cert",
             "x_forwarded_client_cert",
+            "Forwarded",
+            "X_Forwarded_Port",
         ] {
             assert!(is_forwarded_field(name), "{name}");
         }
         for name in [
-            "x-forwarded-port",
-            "forwarded",
+            "x-forwarded-portx",
+            "forwardedx",
             "x-real-ipx",
             "x.forwarded.for",
             "x-forwarded-client-crt",

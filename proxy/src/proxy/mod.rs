@@ -647,6 +647,12 @@ impl ProxyHttp for EdgeProxy {
                 upstream_request.insert_header(http::header::HOST, b.addr.to_string())?;
             }
         }
+        if let Some(joined) = request::split_cookies(&upstream_request.headers) {
+            // An h2 client may send its cookies as one field each (RFC 9113 §8.2.3); an
+            // HTTP/1.1 backend may read only one `Cookie` line, so they go as one, as the
+            // RFC asks of a gateway to HTTP/1.1 (and an h2 backend takes either).
+            upstream_request.insert_header(http::header::COOKIE, joined)?;
+        }
         if let Some(length) = request::repeated_length(&upstream_request.headers) {
             // `Content-Length: 5, 5` (or two fields of 5) passed the head's checks as the
             // one length it repeats (RFC 9110 §8.6), and goes on as that: a backend that

@@ -6,6 +6,12 @@
 //! runs of slashes are merged and dot-segments are resolved before matching; the request
 //! itself is forwarded as it came, unless its route rewrites its prefix
 //! ([`rewrite_target`]).
+//!
+//! Unlike nginx, a segment's `;` parameters (RFC 3986 §3.3) are left out of the path routes
+//! match, and `..;x` is a dot-segment: servlet containers (Tomcat, Jetty) and Spring act on
+//! `/admin;x/secret` as `/admin/secret` and resolve `/x/..;/admin`, so a route by the
+//! literal segments would let those paths past an `allow` list or out of a rewritten
+//! prefix. A backend that reads `;` literally only ever sees routes chosen more strictly.
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
@@ -34,18 +40,27 @@ pub fn route_path(path: &str) -> Result<Cow<'_, str>, BadPath> {
     if is_plain(path) {
         return Ok(Cow::Borrowed(path));
     }
-    let out = normalized(path)?;
+    let out = normalized(path, Params::Drop)?;
     Ok(Cow::Owned(String::from_utf8_lossy(&out).into_owned()))
 }
 
-/// Whether `path` is its own normalized form: nothing to decode, merge or resolve.
+/// Whether `path` is its own normalized form: nothing to decode, merge, resolve or strip.
 fn is_plain(path: &str) -> bool {
-    !path.contains('%') && !path.contains("//") && !path.contains("/.")
+    !path.contains('%') && !path.contains("//") && !path.contains("/.") && !path.contains(';')
+}
+
+/// What [`normalized`] does with a segment's `;` parameters.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Params {
+    /// Left out: the path routes match.
+    Drop,
+    /// Kept (the backend may need them, e.g. `;jsessionid=`): a rewritten path.
+    Keep,
 }
 
 /// `path` decoded, its slashes merged and its dot-segments resolved, as bytes (a decoded
-/// byte need not be UTF-8).
-fn normalized(path: &str) -> Result<Vec<u8>, BadPath> {
+/// byte need not be UTF-8). A segment is a dot-segment by its name before any `;`.
+fn normalized(path: &str, params: Params) -> Result<Vec<u8>, BadPath> {
     let decoded = decode(path.as_bytes())?;
     let mut out: Vec<u8> = Vec::with_capacity(decoded.len());
     // Segments of `decoded` after its leading slash; `""` segments are merged slashes.
@@ -53,8 +68,10 @@ fn normalized(path: &str) -> Result<Vec<u8>, BadPath> {
     out.push(b'/');
     while let Some(seg) = segments.next() {
         let last = segments.peek().is_none();
-        match seg {
-            b"" if !last => {}
+        let name = seg.split(|&b| b == b';').next().unwrap_or(seg);
+        let seg = if params == Params::Drop { name } else { seg };
+        match name {
+            b"" if !last && seg.is_empty() => {}
             b"." => {}
             b".." => {
                 // Drop the last segment written (out ends with '/').
@@ -65,7 +82,7 @@ fn normalized(path: &str) -> Result<Vec<u8>, BadPath> {
                 let cut = out.iter().rposition(|&b| b == b'/').map_or(0, |i| i + 1);
                 out.truncate(cut);
             }
-            seg => {
+            _ => {
                 out.extend_from_slice(seg);
                 if !last {
                     out.push(b'/');
@@ -95,8 +112,16 @@ pub fn rewrite_target(path_and_query: &str, prefix: &str, rewrite: &str) -> Opti
     if is_plain(path) {
         out.push_str(path.strip_prefix(prefix)?);
     } else {
-        let path = normalized(path).ok()?;
-        push_encoded(&mut out, path.strip_prefix(prefix.as_bytes())?);
+        // With its parameters, unless they are in the prefix's segments: the route was
+        // matched without them.
+        let kept = normalized(path, Params::Keep).ok()?;
+        match kept.strip_prefix(prefix.as_bytes()) {
+            Some(rest) => push_encoded(&mut out, rest),
+            None => {
+                let dropped = normalized(path, Params::Drop).ok()?;
+                push_encoded(&mut out, dropped.strip_prefix(prefix.as_bytes())?);
+            }
+        }
     }
     out.push_str(query);
     Some(out)
@@ -246,6 +271,13 @@ mod tests {
             ("/api/%FF", "/api/", "/", Some("/%FF")),
             // Climbing back out of a deeper prefix stays within the rewrite.
             ("/a/b/y/../../b/z", "/a/b/", "/c/", Some("/c/z")),
+            // Parameters kept, but a dot-segment by its name: `..;` climbs as `..` does.
+            ("/api/a;v=1/b", "/api/", "/v2/", Some("/v2/a;v=1/b")),
+            ("/api/x;jsessionid=1", "/api/", "/", Some("/x;jsessionid=1")),
+            ("/api/a/..;/b", "/api/", "/v2/", Some("/v2/b")),
+            ("/api/a/..%3B/b", "/api/", "/v2/", Some("/v2/b")),
+            ("/api;x/b", "/api/", "/v2/", Some("/v2/b")),
+            ("/api/..;/..;/admin", "/api/", "/v2/", None),
             ("/api/../admin", "/api/", "/", None),
             ("/apix", "/api/", "/", None),
             ("/api/%zz", "/api/", "/", None),
@@ -283,6 +315,15 @@ mod tests {
             ("/api/", "/api/"),
             ("/.well-known/x", "/.well-known/x"),
             ("/a/..b", "/a/..b"),
+            // Path parameters are not part of the path a servlet container acts on.
+            ("/admin;x/secret", "/admin/secret"),
+            ("/x/..;/admin/secret", "/admin/secret"),
+            ("/x/..;y/admin", "/admin"),
+            ("/x/.;/admin", "/x/admin"),
+            ("/x/..%3B/admin", "/admin"),
+            ("/app/page;jsessionid=AB", "/app/page"),
+            ("/a/;x/b", "/a/b"),
+            ("/a/;x", "/a/"),
         ];
         for (raw, want) in cases {
             assert_eq!(route_path(raw).as_deref(), Ok(want), "{raw}");
@@ -294,6 +335,7 @@ mod tests {
         assert_eq!(route_path("/../etc"), Err(BadPath::AboveRoot));
         assert_eq!(route_path("/a/../../etc"), Err(BadPath::AboveRoot));
         assert_eq!(route_path("/%2e%2e/x"), Err(BadPath::AboveRoot));
+        assert_eq!(route_path("/api/..;/..;/admin"), Err(BadPath::AboveRoot));
         assert_eq!(route_path("/a%zz"), Err(BadPath::Escape));
         assert_eq!(route_path("/a%4"), Err(BadPath::Escape));
         assert_eq!(route_path("/a%00b"), Err(BadPath::Nul));

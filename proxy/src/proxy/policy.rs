@@ -106,6 +106,9 @@ pub(crate) enum Admission {
     Forward(Admitted),
 }
 
+/// Lets one warning about a bad sticky cookie through a minute.
+static BAD_STICKY: crate::logging::Throttle = crate::logging::Throttle::new();
+
 /// Decides what happens to a request. `local` gives the listener address the request came
 /// in on; it is only asked for when some listener redirects.
 pub(crate) fn admit<V: RequestView>(
@@ -257,8 +260,13 @@ pub(crate) fn admit<V: RequestView>(
         if let Some(value) = cookie_value(req, &upstream.config.sticky.cookie) {
             match signer.verify(value) {
                 Some(id) => sticky_id = Some(id.to_string()),
+                // Any client can send one per request: seen, not a flood.
+                None if BAD_STICKY.allow() => tracing::warn!(
+                    client = ?peer_ip,
+                    "ignoring a sticky cookie with a bad signature (more within a minute at debug)"
+                ),
                 None => {
-                    tracing::warn!(client = ?peer_ip, "ignoring a sticky cookie with a bad signature")
+                    tracing::debug!(client = ?peer_ip, "ignoring a sticky cookie with a bad signature")
                 }
             }
         }

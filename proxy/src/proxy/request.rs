@@ -60,6 +60,21 @@ pub(crate) fn repeated_length(headers: &http::HeaderMap) -> Option<u64> {
     std::str::from_utf8(first).ok()?.parse().ok()
 }
 
+/// A request's `Cookie` fields joined with `"; "` when there are several (RFC 9113 §8.2.3);
+/// `None` for one or none.
+pub(crate) fn split_cookies(headers: &http::HeaderMap) -> Option<http::HeaderValue> {
+    let mut fields = headers.get_all(http::header::COOKIE).iter();
+    let first = fields.next()?;
+    let mut rest = fields.peekable();
+    rest.peek()?;
+    let mut joined = first.as_bytes().to_vec();
+    for v in rest {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(v.as_bytes());
+    }
+    http::HeaderValue::from_bytes(&joined).ok()
+}
+
 /// Whether the request target has a form the routes can read (RFC 9112 §3.2): a path
 /// (origin-form), an http(s)/ws(s) URL (absolute-form), or `*` on an OPTIONS request.
 /// pingora routes any other target as `/` (its URI is left empty) but forwards it as
@@ -256,6 +271,17 @@ pub(crate) fn host_from_target(buf: &[u8]) -> Option<BytesMut> {
 mod tests {
     use super::*;
     use http::Version;
+
+    #[test]
+    fn several_cookie_fields_are_joined() {
+        let mut h = http::HeaderMap::new();
+        assert_eq!(split_cookies(&h), None);
+        h.append(http::header::COOKIE, "a=1".parse().unwrap());
+        assert_eq!(split_cookies(&h), None, "one field stays as it is");
+        h.append(http::header::COOKIE, "b=2".parse().unwrap());
+        h.append(http::header::COOKIE, "c=3; d=4".parse().unwrap());
+        assert_eq!(split_cookies(&h).unwrap(), "a=1; b=2; c=3; d=4");
+    }
 
     fn req(version: Version, target: &str, fields: &[(&str, &str)]) -> RequestHeader {
         let mut r = RequestHeader::build("GET", target.as_bytes(), None).unwrap();

@@ -22,6 +22,7 @@ use pingora::{Error, ErrorType, Result};
 use tokio::io::AsyncWriteExt;
 
 use super::policy::Rewritten;
+use super::request;
 use super::request_headers::RequestHeaders;
 use super::request_id::{self, RequestId};
 use super::{forwarded_headers, host_of, is_forwarded_field, respond, Ctx, EdgeProxy, MAX_TRIES};
@@ -61,11 +62,27 @@ fn request_head(session: &Session, ctx: &Ctx) -> Vec<u8> {
     if let Some(host) = set.and_then(RequestHeaders::host).or(host_of(req)) {
         head.extend_from_slice(format!("host: {host}\r\n").as_bytes());
     }
+    // The client's `Connection` describes its hop: what it lists (other than `Upgrade`,
+    // which goes on) is not sent, and ours says only `upgrade`. Sent as it came, it could
+    // name the fields we add (X-Forwarded-For, X-Request-Id) for a next hop to delete.
+    let listed: Vec<String> = req
+        .headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty() && t != "upgrade")
+        .collect();
+    head.extend_from_slice(b"connection: upgrade\r\n");
     for (name, value) in req.headers.iter() {
         let n = name.as_str();
         if is_forwarded_field(n)
             || HOP_BY_HOP.contains(&n)
             || n == "host"
+            || n == "connection"
+            || listed.iter().any(|l| l == n)
+            || (n.contains('_') && request::is_framing_mimic(n))
             || (ctx.request_id.is_some() && request_id::is_id_field(n))
             || set.is_some_and(|set| set.replaces(n))
         {
