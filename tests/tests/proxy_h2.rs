@@ -280,6 +280,20 @@ async fn h2_heads_are_held_to_max_request_header_bytes() {
     assert_eq!(r.status, 431, "{r:?}");
     assert!(r.body.contains("request header fields too large"), "{r:?}");
     assert_eq!(r.backend(), None);
+
+    // The HTTP/1 paths' bound on the number of fields holds for h2 too.
+    let many = |n: usize| {
+        (0..n).fold(client.get(&url), |req, i| {
+            req.header(format!("x-f{i}"), "v")
+        })
+    };
+    // (The echo backend, hyper, takes up to 100.)
+    let r = tests::send(many(80)).await;
+    assert_eq!((r.status.as_u16(), r.backend()), (200, Some("b1")), "{r:?}");
+    let r = tests::send(many(300)).await;
+    assert_eq!(r.status, 431, "{r:?}");
+    assert!(r.body.contains("too many header fields"), "{r:?}");
+    assert_eq!(r.backend(), None);
 }
 
 /// An h2 request's `content_length` and `transfer_encoding` fields (underscores) never

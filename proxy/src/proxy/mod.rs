@@ -250,6 +250,9 @@ fn bad_answer_head(resp: &ResponseHeader) -> Option<crate::h1::head::BadResponse
 pub(crate) struct PingoraHead<'a>(pub(crate) &'a RequestHeader);
 
 impl RequestView for PingoraHead<'_> {
+    fn unbounded_fields(&self) -> usize {
+        self.0.headers.len()
+    }
     fn path_and_query(&self) -> &str {
         self.0.uri.path_and_query().map_or("/", |p| p.as_str())
     }

@@ -23,6 +23,11 @@ pub(crate) trait RequestView {
     fn host(&self) -> Option<&str>;
     /// Size of the request line plus headers as sent, for the 431 limit.
     fn head_size(&self) -> usize;
+    /// How many header fields the request has where its parser did not bound them (an h2
+    /// client's): 0 where it did (HTTP/1 heads are refused at parse past 256).
+    fn unbounded_fields(&self) -> usize {
+        0
+    }
     /// The declared Content-Length, when there is a valid one.
     fn content_length(&self) -> Option<u64>;
     /// Every value of the header `name` (lowercase), in order.
@@ -154,6 +159,15 @@ pub(crate) fn admit<V: RequestView>(
             status: 431,
             reason: "header_too_large",
             detail: "request header fields too large",
+        });
+    }
+    // The HTTP/1 paths' bound, for h2 too: a backend (nginx: 100 by default) may refuse
+    // what the proxy let through, or an h2 client could send what no HTTP/1.1 one can.
+    if req.unbounded_fields() > crate::h1::head::MAX_FIELDS {
+        return Admission::Reject(Rejection {
+            status: 431,
+            reason: "too_many_fields",
+            detail: "too many header fields (more than 256)",
         });
     }
     let mut client_guard = None;
