@@ -618,6 +618,25 @@ async fn framing_fields_spelled_with_underscores_are_dropped() {
     }
 }
 
+/// A `Connection` field naming a field the proxy sets (which a next hop would then delete)
+/// is refused by pingora, on either path: with its reason, not a bare `bad request`.
+#[tokio::test]
+async fn a_connection_field_naming_a_forwarded_field_gets_400_with_the_reason() {
+    let raw = ok_backend().await;
+    for path in BOTH_PATHS {
+        let proxy = proxy_for_raw(&[&raw], path);
+        for listed in ["X-Forwarded-For", "Host"] {
+            let req = format!("GET / HTTP/1.1\r\nHost: t\r\nConnection: {listed}\r\n\r\n");
+            let (status, body) = answer(&proxy, &req).await;
+            assert_eq!(status, 400, "{path:?} {listed}: {body}");
+            assert!(
+                body.contains("protected header cannot be nominated by the Connection header"),
+                "{path:?} {listed}: {body}"
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn malformed_heads_get_400_with_the_reason() {
     let raw = ok_backend().await;

@@ -246,6 +246,19 @@ fn bad_answer_head(resp: &ResponseHeader) -> Option<crate::h1::head::BadResponse
     None
 }
 
+/// The reason a client's request pingora refused is told: pingora's own explanation of a
+/// bad head (`protected header cannot be nominated by the Connection header`, `non-chunked
+/// final Transfer-Encoding`), which are fixed texts; not one that quotes the client's bytes
+/// back (`buf: …`).
+fn bad_request_reason(e: &Error) -> String {
+    match (e.etype(), e.context.as_ref().map(|c| c.as_str())) {
+        (ErrorType::InvalidHTTPHeader, Some(why)) if !why.starts_with("buf:") => {
+            format!("bad request: {why}")
+        }
+        _ => "bad request".into(),
+    }
+}
+
 /// pingora's parsed request head, as the policy sees it.
 pub(crate) struct PingoraHead<'a>(pub(crate) &'a RequestHeader);
 
@@ -859,7 +872,7 @@ impl ProxyHttp for EdgeProxy {
                     }
                     _ => {
                         self.shared.metrics.reject("bad_request");
-                        (400, "bad request".into())
+                        (400, bad_request_reason(e))
                     }
                 },
                 ErrorSource::Internal | ErrorSource::Unset => (500, "internal error".into()),
