@@ -1,6 +1,10 @@
 //! Checks of what clients send: display names, room names, message text, history cursors
 //! and identity tokens. Pure functions, no I/O.
 
+use icu_properties::props::GeneralCategory;
+use icu_properties::CodePointMapData;
+use unicode_normalization::UnicodeNormalization;
+
 use super::error::ChatError;
 
 /// The longest display name, in characters after trimming.
@@ -31,12 +35,22 @@ pub enum NameError {
     LookAlike,
 }
 
+/// The general category of `c`.
+fn category(c: char) -> GeneralCategory {
+    CodePointMapData::<GeneralCategory>::new().get(c)
+}
+
 /// Whether `c` shows nothing, or nothing but a space: control characters, white space
-/// other than the plain space, and the characters that render blank or invisibly
-/// (zero-width spaces and joiners, direction marks, the BOM, Hangul and Braille blanks,
-/// variation selectors, tags) — each would let two names look alike.
+/// other than the plain space, every format character (zero-width spaces and joiners,
+/// direction marks, the BOM, tags, the Arabic number signs), the characters that render
+/// blank (Hangul and Braille blanks, variation selectors), private-use and unassigned code
+/// points (no font shows them alike) — each would let two names look alike.
 fn invisible(c: char) -> bool {
     c.is_control()
+        || matches!(
+            category(c),
+            GeneralCategory::Format | GeneralCategory::PrivateUse | GeneralCategory::Unassigned
+        )
         || (c.is_whitespace() && c != ' ')
         || matches!(c, '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}'
             | '\u{17B4}' | '\u{17B5}' | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200F}'
@@ -92,21 +106,64 @@ pub fn name(raw: Option<&str>) -> Result<String, NameError> {
 
 /// A room name: trimmed, 1–64 characters, each a letter or digit (any script), a space,
 /// `-`, `_` or `.`; no two spaces in a row, nothing invisible, no look-alike letters (a
-/// room must not pass for another in the room list).
+/// room must not pass for another in the room list), no stray marks.
 pub fn room(raw: &str) -> Result<String, ChatError> {
     let room = raw.trim();
     let chars = room.chars().count();
-    let allowed =
-        |c: char| (c.is_alphanumeric() && !invisible(c)) || matches!(c, ' ' | '-' | '_' | '.');
+    // Marks too (a virama is neither a letter nor a digit), where they belong to a letter.
+    let allowed = |c: char| {
+        (c.is_alphanumeric() && !invisible(c)) || is_mark(c) || matches!(c, ' ' | '-' | '_' | '.')
+    };
     if chars == 0
         || chars > MAX_ROOM_CHARS
         || !room.chars().all(allowed)
         || room.contains("  ")
         || look_alike(room)
+        || stray_mark(room)
     {
         return Err(ChatError::InvalidRoomName);
     }
     Ok(room.to_owned())
+}
+
+/// Whether `c` is a combining mark (Mn, Mc, Me).
+fn is_mark(c: char) -> bool {
+    matches!(
+        category(c),
+        GeneralCategory::NonspacingMark
+            | GeneralCategory::EnclosingMark
+            | GeneralCategory::SpacingMark
+    )
+}
+
+/// Whether `room` has a combining mark that is not part of a letter: one with nothing
+/// before it, or one left after a Latin, Greek or Cyrillic letter (or a digit, a space,
+/// `-`, `_`, `.`) once composed (NFC). Those scripts write every letter of their
+/// languages precomposed (`é`, `ῳ`, `й`); a mark they do not compose with, such as
+/// `lobby` + U+0345, renders as a dot or nothing and lets a name pass for another, which
+/// the confusable skeleton keeps apart. Scripts whose letters take marks (Devanagari,
+/// Thai, Tibetan) keep them after their letters.
+fn stray_mark(room: &str) -> bool {
+    let mut before: Option<char> = None;
+    for c in room.nfc() {
+        let mark = is_mark(c);
+        if mark {
+            let composes_only = before.is_none_or(|b| {
+                b.is_ascii()
+                    || matches!(b, '\u{00C0}'..='\u{024F}' | '\u{1E00}'..='\u{1EFF}'
+                        | '\u{0370}'..='\u{03FF}' | '\u{1F00}'..='\u{1FFF}'
+                        | '\u{0400}'..='\u{052F}')
+            });
+            if composes_only {
+                return true;
+            }
+        }
+        // A run of marks belongs to the letter before it.
+        if !mark {
+            before = Some(c);
+        }
+    }
+    false
 }
 
 /// What `room` looks like: its confusable skeleton (Unicode TR39 §4), the same for two
@@ -117,9 +174,10 @@ pub fn look(room: &str) -> String {
     unicode_security::confusable_detection::skeleton(room).collect()
 }
 
-/// Message text: 1 to `max_chars` characters, not only white space. Kept as sent.
+/// Message text: 1 to `max_chars` characters, something visible among them (not only
+/// white space, control or invisible characters). Kept as sent.
 pub fn text(raw: &str, max_chars: usize) -> Result<&str, ChatError> {
-    if raw.trim().is_empty() {
+    if raw.chars().all(|c| c.is_whitespace() || invisible(c)) {
         return Err(ChatError::EmptyText);
     }
     if raw.chars().count() > max_chars {
@@ -163,6 +221,7 @@ mod tests {
             ("ABE", "\u{391}\u{392}\u{395}"),
             ("lobby", "1obby"),
             ("modern", "rnodern"),
+            ("caf\u{E9}", "cafe\u{0301}"),
         ] {
             assert_eq!(look(a), look(b), "{a} / {b}");
         }
@@ -202,6 +261,12 @@ mod tests {
             "\u{115F}\u{1160}",
             "a\u{2003}b",
             "a\u{FE0F}",
+            // Format characters the list did not name, private use, unassigned.
+            "alice\u{1BCA1}",
+            "alice\u{13430}",
+            "\u{0600}alice",
+            "alice\u{E000}",
+            "alice\u{0378}",
         ] {
             assert_eq!(name(Some(blank)), Err(NameError::Invisible), "{blank:?}");
         }
@@ -237,6 +302,29 @@ mod tests {
             assert_eq!(room(bad), Err(ChatError::InvalidRoomName), "{bad:?}");
         }
         assert_eq!(room(&"r".repeat(65)), Err(ChatError::InvalidRoomName));
+        // Marks that compose with no letter: after Latin, Greek or Cyrillic, or first.
+        for stray in [
+            "lobby\u{0345}",
+            "TEAM\u{0345}",
+            "\u{0F71}",
+            "a\u{0301}\u{0301}",
+            "ops-\u{0301}",
+            "\u{0434}\u{0488}",
+        ] {
+            assert_eq!(room(stray), Err(ChatError::InvalidRoomName), "{stray:?}");
+        }
+        // Marks that are part of letters: precomposed, or of a script whose letters take
+        // them.
+        for real in [
+            "caf\u{E9}",
+            "cafe\u{0301}",
+            "\u{939}\u{93F}\u{928}\u{94D}\u{926}\u{940}",
+            "\u{E20}\u{E32}\u{E29}\u{E32}\u{E44}\u{E17}\u{E22}",
+            "\u{F56}\u{F7C}\u{F51}",
+            "ti\u{1EBF}ng vi\u{1EC7}t",
+        ] {
+            assert!(room(real).is_ok(), "{real:?}");
+        }
     }
 
     #[test]
@@ -246,6 +334,10 @@ mod tests {
         assert_eq!(text(&"é".repeat(11), 10), Err(ChatError::TextTooLong));
         assert_eq!(text("", 10), Err(ChatError::EmptyText));
         assert_eq!(text(" \n ", 10), Err(ChatError::EmptyText));
+        for blank in ["\u{200B}\u{200B}", "\0\0", " \u{FEFF}\n", "\u{2060}"] {
+            assert_eq!(text(blank, 10), Err(ChatError::EmptyText), "{blank:?}");
+        }
+        assert_eq!(text("a\u{200B}", 10).unwrap(), "a\u{200B}");
     }
 
     #[test]
