@@ -31,6 +31,7 @@ async fn polling_handshake_returns_the_open_packet() {
         reply.header("content-type"),
         Some("text/plain; charset=UTF-8")
     );
+    assert_eq!(reply.header("x-content-type-options"), Some("nosniff"));
     let open: serde_json::Value =
         serde_json::from_str(reply.body.strip_prefix('0').unwrap()).unwrap();
     assert_eq!(

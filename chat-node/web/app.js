@@ -353,7 +353,14 @@ function messageNode(entry) {
   if (entry.kind === "message") {
     li.dataset.id = entry.id;
     if (entry.user && entry.user === state.user) li.classList.add("mine");
-    li.append(el("span", "msg-from", entry.from), el("span", "msg-text", entry.text));
+    li.append(el("span", "msg-from", entry.from));
+    // Anyone may take any name: the start of the user id tells two "alice"s apart.
+    if (entry.user) {
+      const who = el("span", "msg-who", `#${entry.user.slice(1, 5)}`);
+      who.title = `user ${entry.user}`;
+      li.append(who);
+    }
+    li.append(el("span", "msg-text", entry.text));
   } else {
     li.append(el("span", "msg-text", entry.text));
   }

@@ -624,7 +624,8 @@ async fn the_page_falls_back_to_long_polling_and_still_chats() {
 
 /// The room list counts the users online, not their names: two people may both be "bob",
 /// and a `presence` lists at most 100 names. (Each `presence` set the count to the number
-/// of names: the list said 2 where `rooms`, and the `presence` itself, said 3.)
+/// of names: the list said 2 where `rooms`, and the `presence` itself, said 3.) Their
+/// messages tell them apart by the start of each one's user id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_room_list_counts_users_not_names() {
     let stack = Stack::start();
@@ -640,8 +641,8 @@ async fn the_room_list_counts_users_not_names() {
         vec![],
     )
     .await;
-    let _bob = raw_chat_socket(&stack.nodes[0], "bob").await;
-    let _other_bob = raw_chat_socket(&stack.nodes[1], "bob").await;
+    let mut bob = raw_chat_socket(&stack.nodes[0], "bob").await;
+    let mut other_bob = raw_chat_socket(&stack.nodes[1], "bob").await;
     let shown = gail
         .wait_js(
             T,
@@ -658,6 +659,28 @@ async fn the_room_list_counts_users_not_names() {
         )
         .await;
     assert_eq!(names, json!(["bob", "gail"]), "names are listed once");
+    // Their messages tell the two bobs apart: each name shows the start of its user id.
+    for (ws, text) in [(&mut bob, "one"), (&mut other_bob, "two")] {
+        let payload = json!({"room": "lobby", "text": text}).to_string();
+        let sent = raw_chat_call(ws, 1, "send", &payload).await;
+        assert_eq!(sent["ok"], true, "{sent}");
+        wait_message(&gail, "bob", text).await;
+    }
+    let tags = gail
+        .js(
+            "return [...document.querySelectorAll('#messages li.message .msg-who')]\
+               .map(w => w.textContent);",
+            vec![],
+        )
+        .await;
+    let tags: Vec<String> = serde_json::from_value(tags).unwrap();
+    assert_eq!(tags.len(), 2, "{tags:?}");
+    assert_ne!(tags[0], tags[1], "two users, one name");
+    assert!(
+        tags.iter()
+            .all(|t| t.starts_with('#') && t.chars().count() == 5),
+        "{tags:?}"
+    );
     close_clean(gail).await;
 }
 

@@ -416,6 +416,11 @@ async fn handle(State(engine): State<EngineIo>, request: Request) -> Response {
         }
     };
     response.headers_mut().extend(headers);
+    // A poll carries other users' text: never to be sniffed into HTML by an old browser.
+    response.headers_mut().insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     response
 }
 
