@@ -60,6 +60,15 @@ const BRIDGE_CAPACITY: usize = 256;
 const LINGER_CHECK: Duration = Duration::from_millis(100);
 const LINGER_CHECKS: u32 = 30;
 
+/// The start of every node's RPC topic ([`node_topic`]).
+const NODE_TOPIC_PREFIX: &str = "syd:node:";
+
+/// How much longer than the longest wait for an answer an RPC entry is kept.
+const EXPIRY_MARGIN: Duration = Duration::from_secs(10);
+
+/// The most taken RPC entries removed from the topic in one step.
+const DISCARD_BATCH: usize = 256;
+
 /// The Redis key naming the owner of session `sid`: `syd:eio:<sid>`.
 pub fn owner_key(sid: &str) -> String {
     format!("syd:eio:{sid}")
@@ -67,7 +76,7 @@ pub fn owner_key(sid: &str) -> String {
 
 /// The bus topic of node `node`'s RPC requests and replies: `syd:node:<node>`.
 pub fn node_topic(node: &str) -> String {
-    format!("syd:node:{node}")
+    format!("{NODE_TOPIC_PREFIX}{node}")
 }
 
 /// Who owns which Engine.IO session.
@@ -368,7 +377,15 @@ impl Forwarder {
         directory: Arc<dyn SessionDirectory>,
         sessions: Arc<Sessions>,
     ) -> Self {
-        let mut entries = bus.subscribe(&node_topic(&config.node_id));
+        let topic = node_topic(&config.node_id);
+        let mut entries = bus.subscribe(&topic);
+        // An RPC entry is worthless once its requester stopped waiting, and may hold a
+        // whole forwarded body: every node topic keeps entries for that long at most
+        // (this bus trims the topics it appends to), not the length bound's worth.
+        bus.expire(
+            NODE_TOPIC_PREFIX,
+            config.poll_timeout.max(config.post_timeout) + EXPIRY_MARGIN,
+        );
         let forwarder = Self {
             inner: Arc::new(Inner {
                 config,
@@ -388,13 +405,44 @@ impl Forwarder {
         };
         let weak = Arc::downgrade(&forwarder.inner);
         tokio::spawn(async move {
+            // Entries taken and not yet removed from the topic, and the removal under way:
+            // this node is the topic's only reader, so what it took can go at once (one
+            // removal at a time, of all taken meanwhile).
+            let mut taken: Vec<String> = Vec::new();
+            let mut discarding: Option<tokio::task::JoinHandle<()>> = None;
             while let Some(entry) = entries.recv().await {
                 let Some(inner) = weak.upgrade() else { return };
                 metrics().bus_received(Topic::Forward);
                 match serde_json::from_slice::<Rpc>(&entry.data) {
-                    Ok(rpc) => Self { inner }.on_rpc(rpc),
+                    Ok(rpc) => Self {
+                        inner: Arc::clone(&inner),
+                    }
+                    .on_rpc(rpc),
                     Err(error) => tracing::warn!(%error, "invalid RPC entry; skipped"),
                 }
+                taken.push(entry.id);
+                let drained = entries.is_empty();
+                if !drained && taken.len() < DISCARD_BATCH {
+                    continue;
+                }
+                if let Some(previous) = discarding.take() {
+                    if drained {
+                        // Nothing else to do meanwhile: the last entries go too.
+                        let _ = previous.await;
+                    } else if !previous.is_finished() {
+                        discarding = Some(previous);
+                        continue;
+                    }
+                }
+                let ids = std::mem::take(&mut taken);
+                let bus = Arc::clone(&inner.bus);
+                let topic = topic.clone();
+                discarding = Some(tokio::spawn(async move {
+                    if let Err(error) = bus.discard(&topic, &ids).await {
+                        // They go with the topic's trim by age instead.
+                        tracing::debug!(%error, "removing taken RPC entries");
+                    }
+                }));
             }
         });
         forwarder

@@ -122,6 +122,24 @@ pub trait Bus: Send + Sync + 'static {
     /// nothing (in process).
     fn retain(&self, topic: &str, window: std::time::Duration);
 
+    /// Keeps the entries of the topics whose names start with `prefix` for at most about
+    /// `window` (Redis: trimmed by age on each append this bus makes, not by length), for
+    /// topics whose entries are worthless once their reader took them or gave up waiting,
+    /// and may be large (forwarded request bodies): a stream then holds what arrived within
+    /// the window, not the length bound's worth of the largest entries. In process nothing
+    /// is kept anyway (the default).
+    fn expire(&self, prefix: &str, window: std::time::Duration) {
+        let _ = (prefix, window);
+    }
+
+    /// Removes entries of `topic` that its only reader has taken (Redis: `XDEL`), so that
+    /// the stream holds only what is still on its way. In process nothing is kept (the
+    /// default).
+    async fn discard(&self, topic: &str, ids: &[String]) -> Result<(), BusError> {
+        let _ = (topic, ids);
+        Ok(())
+    }
+
     /// The store of connection-state recovery records that lives with this bus (the same
     /// Redis, or the same process): the records and the log they point into stay
     /// together.

@@ -119,7 +119,16 @@ struct Inner {
     retained: Retained,
 }
 
-type Retained = Arc<parking_lot::RwLock<std::collections::HashMap<String, Duration>>>;
+type Retained = Arc<parking_lot::RwLock<Trims>>;
+
+/// The topics trimmed by age, and for how long each keeps its entries.
+#[derive(Debug, Default)]
+struct Trims {
+    /// By topic ([`Bus::retain`]).
+    topics: std::collections::HashMap<String, Duration>,
+    /// By the start of the topic's name ([`Bus::expire`]).
+    prefixes: Vec<(String, Duration)>,
+}
 
 /// What the publisher task takes from its queue.
 enum Queued {
@@ -146,7 +155,15 @@ enum Trim {
 impl Trim {
     /// The trim of `key`'s stream: by age when it is retained, else by length.
     fn of(key: &str, retained: &Retained, max_len: usize) -> Self {
-        match retained.read().get(key) {
+        let trims = retained.read();
+        let by_prefix = || {
+            trims
+                .prefixes
+                .iter()
+                .find(|(prefix, _)| key.starts_with(prefix.as_str()))
+                .map(|(_, window)| window)
+        };
+        match trims.topics.get(key).or_else(by_prefix) {
             Some(window) => Self::Retention(*window),
             None => Self::MaxLen(max_len),
         }
@@ -327,7 +344,33 @@ impl Bus for RedisBus {
     }
 
     fn retain(&self, topic: &str, window: Duration) {
-        self.inner.retained.write().insert(topic.to_owned(), window);
+        self.inner
+            .retained
+            .write()
+            .topics
+            .insert(topic.to_owned(), window);
+    }
+
+    fn expire(&self, prefix: &str, window: Duration) {
+        // The same trim by age (`MINID`) as a retained topic's.
+        let mut trims = self.inner.retained.write();
+        trims.prefixes.retain(|(p, _)| p != prefix);
+        trims.prefixes.push((prefix.to_owned(), window));
+    }
+
+    async fn discard(&self, topic: &str, ids: &[String]) -> Result<(), BusError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.inner.conn.clone();
+        let mut command = redis::cmd("XDEL");
+        command.arg(topic).arg(ids);
+        let deleted = command.query_async::<u64>(&mut conn);
+        match tokio::time::timeout(self.inner.config.response_timeout, deleted).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(error)) => Err(unavailable(error)),
+            Err(_) => Err(BusError::Unavailable("XDEL timed out".to_owned())),
+        }
     }
 
     fn subscribe(&self, topic: &str) -> mpsc::Receiver<BusEntry> {
@@ -565,6 +608,31 @@ fn text(value: Value) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn topics_are_trimmed_by_age_by_name_or_by_prefix_else_by_length() {
+        let retained = Retained::default();
+        retained
+            .write()
+            .topics
+            .insert("log".into(), Duration::from_secs(60));
+        retained
+            .write()
+            .prefixes
+            .push(("syd:node:".into(), Duration::from_secs(5)));
+        let strategy = |key: &str| Trim::of(key, &retained, 10).parts().0;
+        assert_eq!(strategy("log"), "MINID");
+        assert_eq!(strategy("syd:node:a"), "MINID");
+        assert_eq!(strategy("syd:nodes"), "MAXLEN");
+        assert_eq!(strategy("other"), "MAXLEN");
+        let (_, threshold) = Trim::of("syd:node:a", &retained, 10).parts();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis();
+        let min: u128 = threshold.parse().unwrap_or(0);
+        assert!((now - 6_000..=now - 4_000).contains(&min), "{min} vs {now}");
+    }
 
     fn bulk(text: &str) -> Value {
         Value::BulkString(text.as_bytes().to_vec())
