@@ -11,6 +11,21 @@ const TICKS_PER_SEC: f64 = 100.0;
 /// work). At 0.1 s the tick is 10% of the total; a longer --duration gets more.
 pub const MIN_CPU_SECONDS: f64 = 0.1;
 
+/// Below this many CPU seconds (100 ticks) a per-CPU-second figure is marked low-precision:
+/// one tick is then more than 1% of it (17 ticks, a low open-loop rate over a short
+/// --duration, gave a figure that one tick more or less moves by 6%).
+pub const PRECISE_CPU_SECONDS: f64 = 1.0;
+
+/// Whether a figure divided by `cpu` seconds rests on too few ticks to be precise.
+pub fn low_precision(cpu: f64) -> bool {
+    cpu < PRECISE_CPU_SECONDS
+}
+
+/// /proc ticks in `cpu` seconds.
+pub fn ticks(cpu: f64) -> f64 {
+    (cpu * TICKS_PER_SEC).round()
+}
+
 /// `count` per CPU second, or None when `cpu` is too little to divide by.
 pub fn per_cpu_second(count: f64, cpu: f64) -> Option<f64> {
     (cpu >= MIN_CPU_SECONDS).then(|| count / cpu)
@@ -21,8 +36,39 @@ pub fn coarse_cpu_note() -> String {
     format!(
         "A per-CPU-second figure shown as `-` had less than {MIN_CPU_SECONDS} CPU-second to \
          divide by: /proc counts CPU time in 10 ms ticks, so it would be off by more than 10% \
-         (a longer --duration or a higher rate measures it)."
+         (a longer --duration or a higher rate measures it); one marked {LOW_PRECISION} had \
+         less than {PRECISE_CPU_SECONDS} (the number of ticks is in results.json as \
+         `<column>_cpu_ticks`)."
     )
+}
+
+/// How a per-CPU-second cell on fewer than 100 ticks is marked.
+pub const LOW_PRECISION: &str = "(low precision)";
+
+/// The mark of a per-CPU-second column `key` (see `set_per_cpu`).
+pub fn low_precision_mark(key: &str) -> crate::report::Mark {
+    crate::report::Mark {
+        key: format!("{key}_low_precision"),
+        text: LOW_PRECISION.to_owned(),
+        legend: format!(
+            "the CPU time divided by was under {PRECISE_CPU_SECONDS} CPU-second (100 /proc \
+             ticks of 10 ms), so each tick moves the figure by more than 1%; a longer \
+             --duration measures it more precisely"
+        ),
+    }
+}
+
+/// Sets `key` to `count` per CPU-second of `cpu` (when there is enough to divide by),
+/// with the ticks it rests on and whether they are too few for precision.
+pub fn set_per_cpu(r: &mut crate::report::RunResult, key: &str, count: f64, cpu: f64) {
+    if let Some(per) = per_cpu_second(count, cpu) {
+        r.set(key, per);
+        r.set(&format!("{key}_cpu_ticks"), ticks(cpu));
+        r.set(
+            &format!("{key}_low_precision"),
+            f64::from(u8::from(low_precision(cpu))),
+        );
+    }
 }
 
 /// User + system CPU seconds of `pid` and of its direct children (nginx's workers).
@@ -109,5 +155,20 @@ mod tests {
         assert_eq!(per_cpu_second(200.0, 0.03), None);
         assert_eq!(per_cpu_second(0.0, 0.0), None);
         assert_eq!(per_cpu_second(5000.0, 0.1), Some(50000.0));
+    }
+
+    #[test]
+    fn a_figure_on_fewer_than_100_ticks_is_marked() {
+        let mut r = crate::report::RunResult::default();
+        set_per_cpu(&mut r, "req_per_cpu_s", 1700.0, 0.17);
+        assert_eq!(r.metric("req_per_cpu_s"), Some(10000.0));
+        assert_eq!(r.metric("req_per_cpu_s_cpu_ticks"), Some(17.0));
+        assert_eq!(r.metric("req_per_cpu_s_low_precision"), Some(1.0));
+        set_per_cpu(&mut r, "req_per_cpu_s", 25000.0, 2.5);
+        assert_eq!(r.metric("req_per_cpu_s_low_precision"), Some(0.0));
+        // Too little to divide by: nothing at all.
+        let mut none = crate::report::RunResult::default();
+        set_per_cpu(&mut none, "req_per_cpu_s", 10.0, 0.02);
+        assert!(none.metrics.is_empty());
     }
 }

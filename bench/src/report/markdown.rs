@@ -14,18 +14,47 @@ pub(super) fn table_cells(r: &Report) -> (Vec<String>, Vec<Vec<String>>) {
         .map(|t| {
             let mut row = vec![t.target.clone()];
             for (i, c) in r.columns.iter().enumerate() {
-                row.push(match t.metrics.get(&c.key) {
+                let mut cell = match t.metrics.get(&c.key) {
                     Some(v) if v.is_finite() => format!("{v:.prec$}", prec = c.decimals),
                     Some(_) => "∞".to_owned(),
                     None if t.ok() || i > 0 => "-".to_owned(),
                     // The reason is listed under the table; the cell says which kind.
                     None => t.status.split([' ', ':']).next().unwrap_or("-").to_owned(),
-                });
+                };
+                if t.metrics.contains_key(&c.key) {
+                    for m in c.marks.iter().filter(|m| marked(t, m)) {
+                        cell.push(' ');
+                        cell.push_str(&m.text);
+                    }
+                }
+                row.push(cell);
             }
             row
         })
         .collect();
     (headers, rows)
+}
+
+fn marked(t: &super::TargetReport, m: &super::Mark) -> bool {
+    t.metric(&m.key).is_some_and(|v| v > 0.0)
+}
+
+/// `<mark>: <legend>` for each mark some cell of the table carries.
+pub(super) fn legends(r: &Report) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for c in &r.columns {
+        for m in &c.marks {
+            let shown = r
+                .targets
+                .iter()
+                .any(|t| t.metrics.contains_key(&c.key) && marked(t, m));
+            let line = format!("{}: {}", m.text, m.legend);
+            if shown && !out.contains(&line) {
+                out.push(line);
+            }
+        }
+    }
+    out
 }
 
 /// A line per target that lost some of its runs (the others made its medians).
@@ -58,6 +87,9 @@ pub(super) fn render(r: &Report) -> String {
     let _ = writeln!(md, "|{}", "---|".repeat(headers.len()));
     for row in rows {
         let _ = writeln!(md, "| {} |", row.join(" | "));
+    }
+    for line in legends(r) {
+        let _ = writeln!(md, "\n{line}");
     }
     for t in r.targets.iter().filter(|t| !t.ok()) {
         let _ = writeln!(md, "\n{}: {}", t.target, t.status);

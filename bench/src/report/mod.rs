@@ -14,12 +14,24 @@ use serde::{Deserialize, Serialize};
 use crate::load::http::Bucket;
 use crate::stats::{Fairness, Percentiles};
 
-/// One measured number shown as a column: key in `metrics`, header, decimals.
+/// One measured number shown as a column: key in `metrics`, header, decimals, and the
+/// marks its cells can carry.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Column {
     pub key: String,
     pub header: String,
     pub decimals: usize,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub marks: Vec<Mark>,
+}
+
+/// A qualification of a cell: `text` follows the number when the target's metric `key` is
+/// above 0 (a flag such as `open5000_saturated`), and `legend` explains it under the table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mark {
+    pub key: String,
+    pub text: String,
+    pub legend: String,
 }
 
 pub fn col(key: &str, header: &str, decimals: usize) -> Column {
@@ -27,6 +39,15 @@ pub fn col(key: &str, header: &str, decimals: usize) -> Column {
         key: key.to_owned(),
         header: header.to_owned(),
         decimals,
+        marks: Vec::new(),
+    }
+}
+
+impl Column {
+    /// The column with `mark` on the cells of targets whose `mark.key` is set.
+    pub fn marked(mut self, mark: Mark) -> Column {
+        self.marks.push(mark);
+        self
     }
 }
 
@@ -352,6 +373,10 @@ impl Report {
     pub fn terminal_table(&self) -> String {
         let (headers, rows) = markdown::table_cells(self);
         let mut s = aligned(&headers, &rows);
+        for line in markdown::legends(self) {
+            s.push_str(&line);
+            s.push('\n');
+        }
         for t in self.targets.iter().filter(|t| !t.ok()) {
             s.push_str(&format!("{}: {}\n", t.target, t.status));
         }

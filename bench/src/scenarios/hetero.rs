@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::http::{load, record};
+use super::http::{load, open_loop_note, record_open, saturated_mark, LATENCY_NOTE};
 use super::{compare, find, run_ratios, Plan};
 use crate::backends::Backends;
 use crate::cli::Common;
@@ -21,7 +21,7 @@ pub fn plan(common: &Common, rate: u64, slow: Duration, backends: usize) -> Plan
         name: "hetero",
         description: format!(
             "{backends} backends, the last one answers after {slow:?}; open loop at {rate} req/s \
-             over {} connections for {:?} (latency from the scheduled send time).",
+             over {} connections for {:?}.",
             common.connections, common.duration
         ),
         default_targets: "switchyard:round_robin,switchyard:least_conn,switchyard:p2c,\
@@ -32,14 +32,17 @@ pub fn plan(common: &Common, rate: u64, slow: Duration, backends: usize) -> Plan
         fresh_backends: false,
         allow_direct: false,
         columns: vec![
-            col("rps", "rps", 0),
+            col("rps", "rps", 0).marked(saturated_mark("")),
             col("p50_ms", "p50 ms", 2),
             col("p99_ms", "p99 ms", 2),
             col("p999_ms", "p99.9 ms", 2),
             col("slow_share_pct", "% to slow", 2),
             col("errors", "errors", 0),
         ],
-        notes: Vec::new(),
+        notes: vec![
+            open_loop_note("The open loop", "unsent"),
+            LATENCY_NOTE.into(),
+        ],
         chat: None,
     }
 }
@@ -52,7 +55,7 @@ pub async fn measure(
 ) -> anyhow::Result<RunResult> {
     let o = run_load(load(common, running, backends, Some(rate), common.duration)).await;
     let mut r = RunResult::default();
-    record(&mut r, &o, "");
+    record_open(&mut r, &o, "", rate);
     let total: u64 = o.per_backend.iter().sum();
     let slow = o.per_backend.last().copied().unwrap_or(0);
     r.set("slow_share_pct", 100.0 * slow as f64 / total.max(1) as f64);

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::http::{saturated_mark, SATURATED_BELOW};
 use super::{compare, find, PerRun, Plan};
 use crate::backends::Backends;
 use crate::cli::Common;
@@ -13,19 +14,18 @@ use crate::report::{col, Check, RunResult, TargetReport};
 use crate::stats::Percentiles;
 use crate::targets::{Running, Strategy};
 
-/// Below this share of the offered rate a target is reported as saturated.
-const SATURATED_BELOW: f64 = 0.95;
-
 pub fn plan(common: &Common, size: usize, rates: &[u64], backends: usize) -> Plan {
     let mut columns = vec![
         col("msgs_per_s", "msgs/s", 0),
         col("p99_ms", "p99 ms", 3),
         col("errors", "errors", 0),
-        col("msgs_per_cpu_s", "msgs/proxy-CPU-s", 0),
+        col("msgs_per_cpu_s", "msgs/proxy-CPU-s", 0)
+            .marked(crate::procstat::low_precision_mark("msgs_per_cpu_s")),
     ];
     for r in rates {
         columns.extend([
-            col(&format!("open{r}_msgs_per_s"), &format!("msgs/s @{r}/s"), 0),
+            col(&format!("open{r}_msgs_per_s"), &format!("msgs/s @{r}/s"), 0)
+                .marked(saturated_mark(&format!("open{r}_"))),
             col(&format!("open{r}_p50_ms"), &format!("p50 ms @{r}/s"), 3),
             col(&format!("open{r}_p99_ms"), &format!("p99 ms @{r}/s"), 3),
             col(&format!("open{r}_p999_ms"), &format!("p99.9 ms @{r}/s"), 3),
@@ -115,8 +115,8 @@ pub async fn measure(
     r.set("p99_ms", p.p99);
     r.set("p999_ms", p.p999);
     r.set("errors", o.errors as f64);
-    if let Some(per) = super::http::per_cpu(running, o.messages as u64, cpu) {
-        r.set("msgs_per_cpu_s", per);
+    if running.pid.is_some() {
+        crate::procstat::set_per_cpu(&mut r, "msgs_per_cpu_s", o.messages as f64, cpu);
     }
     r.latency = Some(p);
     r.per_backend = o.per_backend.iter().map(|c| *c as f64).collect();
@@ -128,6 +128,8 @@ pub async fn measure(
         let p = Percentiles::of(&o.latency);
         let key = |m: &str| format!("open{rate}_{m}");
         r.set(&key("msgs_per_s"), o.messages as f64 / secs);
+        let short = (o.messages as f64 / secs) < SATURATED_BELOW * *rate as f64;
+        r.set(&key("saturated"), f64::from(u8::from(short)));
         r.set(&key("p50_ms"), p.p50);
         r.set(&key("p99_ms"), p.p99);
         r.set(&key("p999_ms"), p.p999);
