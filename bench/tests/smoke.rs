@@ -277,7 +277,10 @@ fn ws_echo() {
     assert!(has_chart(&v, "latency.svg"));
     if isolate {
         let rest: Vec<usize> = (0..cores - 1).collect();
-        assert_eq!(v["meta"]["proxy_pinned_cpu"], cores - 1);
+        assert_eq!(
+            v["meta"]["proxy_pinned_cpus"],
+            serde_json::json!([cores - 1])
+        );
         assert_eq!(
             v["meta"]["bench_cpus"],
             serde_json::json!(rest),

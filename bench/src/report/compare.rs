@@ -147,12 +147,15 @@ fn caveats(before: &Report, after: &Report) -> Vec<String> {
         ("cores", "core counts"),
         ("kernel", "kernels"),
         ("proxy_workers", "proxy worker counts"),
-        ("proxy_pinned_cpu", "proxy CPU pinning"),
     ] {
         let (b, a) = (&before.meta[key], &after.meta[key]);
         if b != a {
             out.push(format!("different {what}: {b} and {a}"));
         }
+    }
+    let (b, a) = (pinned(before), pinned(after));
+    if b != a {
+        out.push(format!("different proxy CPU pinning: {b} and {a}"));
     }
     let (b, a) = (options(before), options(after));
     if b != a {
@@ -163,6 +166,19 @@ fn caveats(before: &Report, after: &Report) -> Vec<String> {
         ));
     }
     out
+}
+
+/// The CPUs a report's proxy was pinned to; reports before `--workers` pinned as many
+/// CPUs recorded one (or null) as `proxy_pinned_cpu`.
+fn pinned(r: &Report) -> serde_json::Value {
+    match (
+        r.meta.get("proxy_pinned_cpus"),
+        r.meta.get("proxy_pinned_cpu"),
+    ) {
+        (Some(list), _) => list.clone(),
+        (None, Some(serde_json::Value::Null)) | (None, None) => serde_json::json!([]),
+        (None, Some(one)) => serde_json::json!([one]),
+    }
 }
 
 /// A report's command without the options that do not change what is measured.

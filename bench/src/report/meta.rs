@@ -4,7 +4,7 @@ use std::process::Command;
 
 use crate::targets::{tool_versions, Tools};
 
-pub fn collect(tools: &Tools, pin: Option<usize>, workers: usize) -> serde_json::Value {
+pub fn collect(tools: &Tools, pin: &[usize], workers: usize) -> serde_json::Value {
     let git = |args: &[&str]| {
         Command::new("git")
             .args(args)
@@ -46,7 +46,7 @@ pub fn collect(tools: &Tools, pin: Option<usize>, workers: usize) -> serde_json:
         "kernel": kernel,
         "loadavg_at_report": load,
         "proxy_workers": workers,
-        "proxy_pinned_cpu": pin,
+        "proxy_pinned_cpus": pin,
         "fd_limit": rlimit::getrlimit(rlimit::Resource::NOFILE).ok().map(|l| l.0),
         "note": "loopback only; load generator, backends and proxy share this machine's cores",
     })

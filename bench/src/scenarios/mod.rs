@@ -80,29 +80,31 @@ pub async fn run(cmd: Command) -> anyhow::Result<()> {
         .unwrap_or_else(|| crate::report::default_out(plan.name));
     // nginx resolves a relative -c against its -p prefix: hand every tool absolute paths.
     let out = std::path::absolute(&out).context("resolving --out")?;
-    // The proxy takes the last CPU this process may use; bench and chat nodes the others.
     let cpus = crate::affinity::allowed();
-    let pin = cpus
-        .last()
-        .copied()
-        .filter(|_| !common.no_pin && cpus.len() >= 2);
+    let workers = common.workers.max(1);
+    let pinning = Pinning::choose(&cpus, workers, common.no_pin, tools.taskset);
+    if let Some(why) = &pinning.warning {
+        eprintln!("bench: warning: {why}");
+    }
+    let pin = pinning.cpus.clone();
     if common.isolate {
         if !tools.taskset {
             anyhow::bail!("--isolate needs taskset (util-linux) to keep the proxy on its CPU");
         }
-        let Some(proxy_cpu) = pin else {
+        if pin.is_empty() {
             anyhow::bail!(
-                "--isolate needs a CPU for the proxy and another for bench; this process may use {}",
+                "--isolate needs {workers} CPU(s) for the proxy and another for bench; this \
+                 process may use {}",
                 cpus.len()
             );
-        };
-        let others: Vec<usize> = cpus.iter().copied().filter(|&c| c != proxy_cpu).collect();
+        }
+        let others: Vec<usize> = cpus.iter().copied().filter(|c| !pin.contains(c)).collect();
         crate::affinity::set_threads(std::process::id(), &others)
-            .context("--isolate: moving bench off the proxy's CPU")?;
+            .context("--isolate: moving bench off the proxy's CPUs")?;
     }
     let opts = LaunchOpts {
-        workers: common.workers.max(1),
-        pin,
+        workers,
+        pin: pin.clone(),
         tools: tools.clone(),
         config_dir: out.join("configs"),
     };
@@ -139,7 +141,7 @@ pub async fn run(cmd: Command) -> anyhow::Result<()> {
     // the end, after the whole run.
     let _out_lock = prepare_out(&out)?;
     // Limited chat nodes run on the first CPU, away from the proxy on the last one.
-    let node_cpu = pin.and(cpus.first().copied());
+    let node_cpu = pin.first().and(cpus.first()).copied();
     if let Some(cpus) = plan.chat.as_ref().and_then(|c| c.cpu_limit) {
         // Fail before starting anything when the budget cannot be set.
         crate::cpulimit::CpuLimit::create(cpus, node_cpu)?;
@@ -197,7 +199,11 @@ pub async fn run(cmd: Command) -> anyhow::Result<()> {
         scenario: plan.name,
         description: plan.description,
         columns: plan.columns,
-        notes: plan.notes,
+        notes: plan
+            .notes
+            .into_iter()
+            .chain(pinning.note(workers, common.isolate))
+            .collect(),
         backends: ids,
         unavailable: reports,
         rows: variants
@@ -281,7 +287,7 @@ pub async fn run(cmd: Command) -> anyhow::Result<()> {
                 // leaves this report: no handler runs then to write one.
                 let started = std::time::Instant::now();
                 let meta = running_meta
-                    .get_or_insert_with(|| meta::collect(&tools, pin, opts.workers))
+                    .get_or_insert_with(|| meta::collect(&tools, &pin, opts.workers))
                     .clone();
                 let partial = Partial {
                     done,
@@ -320,7 +326,7 @@ pub async fn run(cmd: Command) -> anyhow::Result<()> {
         total,
         interrupted_by: Some(sig.to_owned()),
     });
-    let mut report = frame.report(&results, partial, meta::collect(&tools, pin, opts.workers));
+    let mut report = frame.report(&results, partial, meta::collect(&tools, &pin, opts.workers));
     for t in &report.targets {
         if t.status.starts_with("failed") {
             eprintln!("bench: {}: {}", t.target, t.status);
@@ -339,6 +345,73 @@ pub async fn run(cmd: Command) -> anyhow::Result<()> {
             out.join("report.md").display()
         ),
         None => Ok(()),
+    }
+}
+
+/// Where the proxy's workers run.
+#[derive(Debug, PartialEq)]
+struct Pinning {
+    /// The CPUs the proxy is pinned to (taskset -c); empty: not pinned.
+    cpus: Vec<usize>,
+    /// Why it is not pinned, when it was meant to be.
+    warning: Option<String>,
+}
+
+impl Pinning {
+    /// The last `workers` of the CPUs this process may use, so that bench keeps at least
+    /// one CPU of its own. All workers used to share the last CPU alone, whatever
+    /// `--workers` said, and nothing said so.
+    fn choose(allowed: &[usize], workers: usize, no_pin: bool, taskset: bool) -> Pinning {
+        let none = |warning| Pinning {
+            cpus: Vec::new(),
+            warning,
+        };
+        if no_pin {
+            return none(None);
+        }
+        if allowed.len() <= workers {
+            // One CPU and one worker: nothing to pin to, as ever.
+            return none((workers > 1 || allowed.len() > 1).then(|| {
+                format!(
+                    "--workers {workers} needs {workers} CPU(s) for the proxy and one more for \
+                     bench, and this process may use {}: the proxy is not pinned (its workers \
+                     share every CPU with bench and the backends)",
+                    allowed.len()
+                )
+            }));
+        }
+        if !taskset {
+            return none(Some(
+                "taskset (util-linux) is not installed: the proxy is not pinned".to_owned(),
+            ));
+        }
+        Pinning {
+            cpus: allowed[allowed.len() - workers..].to_vec(),
+            warning: None,
+        }
+    }
+
+    /// What the report says about it.
+    fn note(&self, workers: usize, isolate: bool) -> Option<String> {
+        let workers = match workers {
+            1 => "its one worker".to_owned(),
+            n => format!("its {n} workers"),
+        };
+        if self.cpus.is_empty() {
+            return Some(match &self.warning {
+                Some(why) => format!("CPU pinning: {why}."),
+                None => format!("CPU pinning: none; the proxy ({workers}) ran on any CPU."),
+            });
+        }
+        let others = if isolate {
+            "bench, its backends and chat nodes were kept on the other CPUs (--isolate)"
+        } else {
+            "bench and its backends could run on any CPU (--isolate keeps them off these)"
+        };
+        Some(format!(
+            "CPU pinning: the proxy ({workers}) ran on CPU {} (taskset -c); {others}.",
+            crate::report::list(&self.cpus)
+        ))
     }
 }
 
@@ -995,6 +1068,39 @@ mod tests {
         assert!(t.ok());
         assert_eq!(t.metric("failed_runs"), Some(1.0));
         assert_eq!(t.errors, vec!["run 3: proxy did not answer".to_owned()]);
+    }
+
+    #[test]
+    fn every_worker_gets_a_cpu_of_its_own() {
+        let cpus = [0, 1, 2, 3];
+        let p = Pinning::choose(&cpus, 2, false, true);
+        assert_eq!(p.cpus, [2, 3]);
+        assert_eq!(p.warning, None);
+        let note = p.note(2, false).unwrap_or_default();
+        assert!(note.contains("its 2 workers) ran on CPU 2, 3"), "{note}");
+        assert_eq!(Pinning::choose(&cpus, 1, false, true).cpus, [3]);
+        // Bench keeps a CPU: three workers of four CPUs still pin, four do not.
+        assert_eq!(Pinning::choose(&cpus, 3, false, true).cpus, [1, 2, 3]);
+        let p = Pinning::choose(&cpus, 4, false, true);
+        assert!(p.cpus.is_empty());
+        let why = p.warning.clone().unwrap_or_default();
+        assert!(
+            why.contains("--workers 4") && why.contains("may use 4"),
+            "{why}"
+        );
+        assert!(p.note(4, false).is_some_and(|n| n.contains("not pinned")));
+        // Two workers on two CPUs were all pinned to the last one.
+        assert!(Pinning::choose(&[0, 1], 2, false, true).warning.is_some());
+        // One CPU and one worker: nothing to pin, nothing to warn about.
+        assert_eq!(
+            Pinning::choose(&[0], 1, false, true),
+            Pinning {
+                cpus: Vec::new(),
+                warning: None
+            }
+        );
+        assert!(Pinning::choose(&cpus, 2, true, true).cpus.is_empty());
+        assert!(Pinning::choose(&cpus, 2, false, false).warning.is_some());
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Targets: `direct` (no proxy), or a proxy (Switchyard, nginx, HAProxy) with a strategy,
-//! started by bench with a generated config, one worker, pinned to a CPU when possible.
+//! started by bench with a generated config, `--workers` workers, pinned to as many CPUs
+//! when possible.
 
 mod haproxy;
 mod nginx;
@@ -140,8 +141,8 @@ pub fn parse_targets(list: &[String], default_strategy: Strategy) -> anyhow::Res
 #[derive(Debug, Clone)]
 pub struct LaunchOpts {
     pub workers: usize,
-    /// CPU to pin the proxy to (taskset -c).
-    pub pin: Option<usize>,
+    /// CPUs to pin the proxy to (taskset -c); empty: not pinned.
+    pub pin: Vec<usize>,
     pub tools: Tools,
     /// Where the generated configs go (kept for the report).
     pub config_dir: PathBuf,
@@ -268,13 +269,13 @@ pub fn launch(
         Proxy::Haproxy => haproxy::prepare(target, listen, backends, opts, &name)?,
         Proxy::Direct => unreachable!("handled above"),
     };
-    let mut cmd = match opts.pin {
-        Some(cpu) if opts.tools.taskset => {
-            let mut c = crate::child::command("taskset");
-            c.arg("-c").arg(cpu.to_string()).arg(&program);
-            c
-        }
-        _ => crate::child::command(&program),
+    let mut cmd = if !opts.pin.is_empty() && opts.tools.taskset {
+        let list: Vec<String> = opts.pin.iter().map(ToString::to_string).collect();
+        let mut c = crate::child::command("taskset");
+        c.arg("-c").arg(list.join(",")).arg(&program);
+        c
+    } else {
+        crate::child::command(&program)
     };
     cmd.args(&args)
         .stdin(Stdio::null())

@@ -119,7 +119,7 @@ mod tests {
         let tmp = tempfile::tempdir().expect("temp dir");
         let opts = LaunchOpts {
             workers: 1,
-            pin: None,
+            pin: Vec::new(),
             tools: Tools {
                 proxy: None,
                 nginx: Some(PathBuf::from("/usr/sbin/nginx")),
