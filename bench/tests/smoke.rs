@@ -796,3 +796,44 @@ exec "$@""#;
     // Refused before anything was measured, not at the report.
     assert!(!stderr.contains("measurements to"), "{stderr}");
 }
+
+#[test]
+fn a_wrong_explicit_binary_is_an_error_and_leaves_no_report_folder() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let out = tmp.path().join("proxy-bin");
+    let output = Command::new(bench())
+        .args([
+            "http",
+            "--targets",
+            "switchyard,nginx",
+            "--runs",
+            "1",
+            "--quiet",
+        ])
+        .args(["--proxy-bin", "/nonexistent/proxy", "--out"])
+        .arg(&out)
+        .output()
+        .expect("running bench");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    // It used to run nginx alone and exit 0.
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("--proxy-bin /nonexistent/proxy: no such file"),
+        "{stderr}"
+    );
+    assert!(!out.exists());
+    let out = tmp.path().join("chat-node-bin");
+    let output = Command::new(bench())
+        .args(["chat", "--targets", "switchyard", "--runs", "1", "--quiet"])
+        .arg("--proxy-bin")
+        .arg(sibling("proxy"))
+        .args(["--chat-node-bin", "/nonexistent/chat-node", "--out"])
+        .arg(&out)
+        .output()
+        .expect("running bench");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("/nonexistent/chat-node"), "{stderr}");
+    // It used to leave the empty report folder behind.
+    assert!(!out.exists(), "{} left behind", out.display());
+}

@@ -14,6 +14,7 @@ mod ws_hold;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -67,7 +68,7 @@ pub async fn run(cmd: Command) -> anyhow::Result<()> {
     // Before anything is started: see crate::signals.
     let mut stop = crate::signals::Stop::install().context("installing the signal handlers")?;
     let (common, plan) = plan(&cmd)?;
-    let tools = Tools::discover(common.proxy_bin.clone(), common.install);
+    let tools = Tools::discover(common.proxy_bin.clone(), common.install)?;
     let listed: Vec<String> = if common.targets.is_empty() {
         plan.default_targets.split(',').map(str::to_owned).collect()
     } else {
@@ -137,9 +138,21 @@ pub async fn run(cmd: Command) -> anyhow::Result<()> {
             why.join("; ")
         );
     }
+    // Checked before the report folder is made: a wrong path used to leave an empty one.
+    let chat_bin = match &plan.chat {
+        Some(_) => Some(
+            crate::targets::sibling_bin(
+                common.chat_node_bin.clone(),
+                "chat-node",
+                "--chat-node-bin",
+            )?
+            .context("chat-node binary not found: cargo build -p chat-node, or --chat-node-bin")?,
+        ),
+        None => None,
+    };
     // Before anything is measured: a report that cannot be written was found out only at
     // the end, after the whole run.
-    let _out_lock = prepare_out(&out)?;
+    let _out = prepare_out(&out)?;
     // Limited chat nodes run on the first CPU, away from the proxy on the last one.
     let node_cpu = pin.first().and(cpus.first()).copied();
     if let Some(cpus) = plan.chat.as_ref().and_then(|c| c.cpu_limit) {
@@ -147,14 +160,6 @@ pub async fn run(cmd: Command) -> anyhow::Result<()> {
         crate::cpulimit::CpuLimit::create(cpus, node_cpu)?;
     }
     let runs = common.runs.max(1);
-    let chat_bin = match &plan.chat {
-        Some(_) => Some(
-            crate::targets::sibling_bin(common.chat_node_bin.clone(), "chat-node").context(
-                "chat-node binary not found: cargo build -p chat-node, or --chat-node-bin",
-            )?,
-        ),
-        None => None,
-    };
     let redis = match &plan.chat {
         Some(c)
             if c.variants
@@ -486,19 +491,29 @@ impl Frame<'_> {
 /// A folder that already holds a report, or anything else, is refused: writing over it mixed
 /// the old run's charts and generated configs (`configs/`) into the new report. The folder stays locked
 /// while the returned guard lives.
-fn prepare_out(out: &std::path::Path) -> anyhow::Result<crate::report::FolderLock> {
+fn prepare_out(out: &std::path::Path) -> anyhow::Result<OutFolder> {
+    // The folders this makes: a run that fails before writing anything into them (a
+    // redis-server that does not start, a cgroup that cannot be made) removes them again.
+    let made: Vec<PathBuf> = out
+        .ancestors()
+        .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
+        .map(Path::to_path_buf)
+        .collect();
     std::fs::create_dir_all(out)
         .with_context(|| format!("cannot create the report folder {}", out.display()))?;
+    let mut out_folder = OutFolder { lock: None, made };
     // Two benches given the same --out both found it free and wrote over each other's
     // configs and reports (now rewritten after every measurement).
-    let lock = crate::report::lock_folder(out)
-        .with_context(|| format!("cannot lock the report folder {}", out.display()))?
-        .with_context(|| {
-            format!(
-                "another bench is writing a report into {}: choose another --out",
-                out.display()
-            )
-        })?;
+    out_folder.lock = Some(
+        crate::report::lock_folder(out)
+            .with_context(|| format!("cannot lock the report folder {}", out.display()))?
+            .with_context(|| {
+                format!(
+                    "another bench is writing a report into {}: choose another --out",
+                    out.display()
+                )
+            })?,
+    );
     if out.join("results.json").exists() {
         anyhow::bail!(
             "{} already holds a report (results.json): choose another --out, or remove it first",
@@ -541,7 +556,28 @@ fn prepare_out(out: &std::path::Path) -> anyhow::Result<crate::report::FolderLoc
             PROBE_BYTES / 1024
         )
     })?;
-    Ok(lock)
+    Ok(out_folder)
+}
+
+/// A report folder locked for this bench; the folders `prepare_out` made are removed on
+/// drop if they are still empty (nothing was written into them).
+struct OutFolder {
+    lock: Option<crate::report::FolderLock>,
+    /// Innermost first.
+    made: Vec<PathBuf>,
+}
+
+impl Drop for OutFolder {
+    fn drop(&mut self) {
+        // Unlocked first: the lock holds the folder open.
+        self.lock = None;
+        for dir in &self.made {
+            // Fails, as it should, on a folder with anything in it.
+            if std::fs::remove_dir(dir).is_err() {
+                break;
+            }
+        }
+    }
 }
 
 /// About the size of a report with its charts and configs.
@@ -980,7 +1016,18 @@ mod tests {
         let tmp = tempfile::tempdir().expect("temp dir");
         // A fresh folder (and its parents) is made.
         let fresh = tmp.path().join("a/b");
-        assert!(prepare_out(&fresh).is_ok());
+        let made = prepare_out(&fresh).expect("a fresh folder");
+        assert!(fresh.is_dir());
+        // A run that stops before writing anything into them leaves none of them behind.
+        drop(made);
+        assert!(!tmp.path().join("a").exists());
+        let made = prepare_out(&fresh).expect("a fresh folder");
+        // One with something in it is kept, and so is a folder that was there before.
+        std::fs::write(fresh.join("report.md"), "").expect("write");
+        drop(made);
+        assert!(fresh.join("report.md").is_file());
+        std::fs::remove_file(fresh.join("report.md")).expect("rm");
+        drop(prepare_out(&fresh).expect("an empty folder"));
         assert!(fresh.is_dir());
         // One holding a report is refused: its charts and configs would mix with ours.
         std::fs::write(fresh.join("results.json"), "{}").expect("write");

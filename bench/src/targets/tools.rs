@@ -17,9 +17,9 @@ pub struct Tools {
 
 impl Tools {
     /// Looks for everything; with `install`, runs `apt-get install` for a missing nginx or
-    /// HAProxy first (root only).
-    pub fn discover(proxy_bin: Option<PathBuf>, install: bool) -> Tools {
-        let proxy = sibling_bin(proxy_bin, "proxy");
+    /// HAProxy first (root only). An explicit `--proxy-bin` that is not a file is an error.
+    pub fn discover(proxy_bin: Option<PathBuf>, install: bool) -> anyhow::Result<Tools> {
+        let proxy = sibling_bin(proxy_bin, "proxy", "--proxy-bin")?;
         let mut nginx = which("nginx");
         let mut haproxy = which("haproxy");
         let mut missing = Vec::new();
@@ -34,21 +34,32 @@ impl Tools {
             nginx = which("nginx");
             haproxy = which("haproxy");
         }
-        Tools {
+        Ok(Tools {
             proxy,
             nginx,
             haproxy,
             taskset: which("taskset").is_some(),
-        }
+        })
     }
 }
 
-/// `explicit` if given, else the workspace binary `name` next to this executable
-/// (`target/<profile>/`), else in the other profile's folder.
-pub fn sibling_bin(explicit: Option<PathBuf>, name: &str) -> Option<PathBuf> {
-    if let Some(p) = explicit {
-        return p.is_file().then_some(p);
+/// `explicit` (given as `flag`) if given, else the workspace binary `name` next to this
+/// executable (`target/<profile>/`), else in the other profile's folder. An explicit path
+/// that is not a file is an error: a mistyped --proxy-bin dropped Switchyard from the run
+/// and exited 0. Not found by default is None: the caller says what is skipped.
+pub fn sibling_bin(
+    explicit: Option<PathBuf>,
+    name: &str,
+    flag: &str,
+) -> anyhow::Result<Option<PathBuf>> {
+    match explicit {
+        Some(p) if p.is_file() => Ok(Some(p)),
+        Some(p) => anyhow::bail!("{flag} {}: no such file", p.display()),
+        None => Ok(default_bin(name)),
     }
+}
+
+fn default_bin(name: &str) -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
     let dir = exe.parent()?;
     // target/<profile>/bench, or target/<profile>/deps/<test> for integration tests.
