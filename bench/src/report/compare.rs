@@ -21,15 +21,25 @@ pub enum Verdict {
     WithinSpread,
     /// The same median and the same range of runs.
     Same,
+    /// Different, but one side has this many runs, fewer than `MIN_RUNS`: too few to know
+    /// their spread.
+    TooFewRuns(usize),
 }
 
+/// Runs each side needs before a difference can be judged against the spread: one run has
+/// none, and two say little about it.
+pub const MIN_RUNS: usize = 3;
+
 impl Verdict {
-    fn word(self) -> &'static str {
+    fn word(self) -> String {
         match self {
-            Verdict::Higher => "higher",
-            Verdict::Lower => "lower",
-            Verdict::WithinSpread => "within the spread",
-            Verdict::Same => "same",
+            Verdict::Higher => "higher".into(),
+            Verdict::Lower => "lower".into(),
+            Verdict::WithinSpread => "within the spread".into(),
+            Verdict::Same => "same".into(),
+            Verdict::TooFewRuns(0) => "n/a (no runs)".into(),
+            Verdict::TooFewRuns(1) => "n/a (1 run)".into(),
+            Verdict::TooFewRuns(n) => format!("n/a ({n} runs)"),
         }
     }
 }
@@ -106,8 +116,12 @@ fn row(b: &TargetReport, a: &TargetReport, c: &Column) -> Option<Row> {
     let after = a.metric(&c.key).filter(|v| v.is_finite())?;
     let before_runs = range(b, &c.key).unwrap_or((before, before));
     let after_runs = range(a, &c.key).unwrap_or((after, after));
+    let runs = runs_of(b, &c.key).min(runs_of(a, &c.key));
     let verdict = if before == after && before_runs == after_runs {
         Verdict::Same
+    } else if runs < MIN_RUNS {
+        // Two single runs always differ somewhat, and were called higher or lower.
+        Verdict::TooFewRuns(runs)
     } else if after_runs.0 > before_runs.1 {
         Verdict::Higher
     } else if after_runs.1 < before_runs.0 {
@@ -125,6 +139,14 @@ fn row(b: &TargetReport, a: &TargetReport, c: &Column) -> Option<Row> {
         after_runs,
         verdict,
     })
+}
+
+/// How many of a target's runs measured `key`.
+fn runs_of(t: &TargetReport, key: &str) -> usize {
+    t.runs
+        .iter()
+        .filter(|r| r.metric(key).is_some_and(f64::is_finite))
+        .count()
 }
 
 /// The smallest and largest finite value of `key` over a target's runs.
@@ -233,7 +255,7 @@ impl Comparison {
                     ratio,
                     span(r.before_runs),
                     span(r.after_runs),
-                    r.verdict.word().to_owned(),
+                    r.verdict.word(),
                 ]
             })
             .collect();
@@ -434,6 +456,49 @@ mod tests {
                 "different CPUs: \"EPYC\" and \"Xeon\"",
                 "the commands differ: `http` and `http --runs 5`",
             ]
+        );
+    }
+
+    #[test]
+    fn single_runs_are_not_called_higher_or_lower() {
+        let before = report(
+            "bench http --runs 1",
+            "EPYC",
+            vec![
+                target("direct", &[100.0]),
+                target("nginx:round_robin", &[100.0, 101.0]),
+            ],
+        );
+        let after = report(
+            "bench http --runs 1",
+            "EPYC",
+            vec![
+                target("direct", &[150.0]),
+                target("nginx:round_robin", &[200.0, 201.0, 202.0]),
+            ],
+        );
+        let c = compare(&before, &after).expect("same scenario");
+        let verdicts: Vec<Verdict> = c.rows.iter().map(|r| r.verdict).collect();
+        assert_eq!(verdicts, [Verdict::TooFewRuns(1), Verdict::TooFewRuns(2)]);
+        let text = c.text(Path::new("a"), Path::new("b"));
+        assert!(
+            text.contains("n/a (1 run)") && text.contains("n/a (2 runs)"),
+            "{text}"
+        );
+        assert!(!text.contains("higher"), "{text}");
+    }
+
+    #[test]
+    fn an_older_reports_single_pinned_cpu_reads_as_a_list() {
+        let mut before = report("bench http", "EPYC", Vec::new());
+        let mut after = report("bench http", "EPYC", Vec::new());
+        before.meta["proxy_pinned_cpu"] = serde_json::json!(1);
+        after.meta["proxy_pinned_cpus"] = serde_json::json!([1]);
+        assert!(caveats(&before, &after).is_empty());
+        after.meta["proxy_pinned_cpus"] = serde_json::json!([0, 1]);
+        assert_eq!(
+            caveats(&before, &after),
+            ["different proxy CPU pinning: [1] and [0,1]"]
         );
     }
 
