@@ -202,15 +202,16 @@ fn latency(path: &Path, scenario: &str, series: &[(String, Vec<f64>)]) -> anyhow
     let hi = all.clone().fold(0.01f64, f64::max) * 1.5;
     let lo = all.fold(f64::MAX, f64::min).max(0.001) / 1.5;
     let names = ["p50", "p90", "p99", "p99.9"];
+    let lo = lo.min(hi / 2.0);
     let mut chart = ChartBuilder::on(&root)
-        .caption(
-            format!("{scenario}: latency percentiles (ms, log)"),
-            (FONT, 20),
-        )
+        .caption(latency_caption(scenario), (FONT, 20))
         .margin(12)
         .x_label_area_size(35)
         .y_label_area_size(60)
-        .build_cartesian_2d(-0.2f64..3.2f64, (lo.min(hi / 2.0)..hi).log_scale())
+        .build_cartesian_2d(
+            -0.2f64..3.2f64,
+            (lo..hi).log_scale().with_key_points(log_ticks(lo, hi)),
+        )
         .map_err(err)?;
     chart
         .configure_mesh()
@@ -239,6 +240,37 @@ fn latency(path: &Path, scenario: &str, series: &[(String, Vec<f64>)]) -> anyhow
     legend(&mut chart)?;
     root.present().map_err(err)?;
     Ok(())
+}
+
+/// The latency chart's title: which latency a scenario's chart shows.
+fn latency_caption(scenario: &str) -> String {
+    let what = match scenario {
+        // The open-loop rates are in the table; the chart is the closed loop's.
+        "http" => "closed-loop latency percentiles",
+        "failover" => "latency percentiles, both phases' requests together",
+        _ => "latency percentiles",
+    };
+    format!("{scenario}: {what} (ms, log)")
+}
+
+/// Ticks at 1, 2 and 5 of each decade within `lo..=hi` (ms): plotters' own put them on whole
+/// decades and their multiples only, which left a chart of sub-millisecond latencies
+/// labelled at 1–5 ms alone. None below the 1 µs the labels resolve.
+fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    let mut ticks = Vec::new();
+    if !(lo > 0.0 && hi >= lo && hi.is_finite()) {
+        return ticks;
+    }
+    for e in (lo.log10().floor() as i32)..=(hi.log10().ceil() as i32) {
+        for k in [1.0, 2.0, 5.0] {
+            // Via the string so that 0.1 × 2 is 0.2, not 0.20000000000000004.
+            let v: f64 = format!("{k}e{e}").parse().unwrap_or(f64::NAN);
+            if v >= lo && v <= hi && v >= 0.001 {
+                ticks.push(v);
+            }
+        }
+    }
+    ticks
 }
 
 /// An axis label: plotters prints the raw f64 of a tick (`0.30000000000000004`,
@@ -411,7 +443,21 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::tick;
+    use super::{latency_caption, log_ticks, tick};
+
+    #[test]
+    fn sub_millisecond_latencies_are_labelled() {
+        // The audit's http chart: 0.04 ms to 6 ms had labels at 1–5 ms only.
+        let ticks: Vec<String> = log_ticks(0.03, 6.0).into_iter().map(tick).collect();
+        assert_eq!(
+            ticks,
+            ["0.05", "0.1", "0.2", "0.5", "1", "2", "5"].map(str::to_owned)
+        );
+        assert_eq!(log_ticks(0.0004, 0.0015), [0.001]);
+        assert!(log_ticks(0.0, 1.0).is_empty());
+        assert!(latency_caption("http").contains("closed-loop"));
+        assert!(latency_caption("failover").contains("both phases"));
+    }
 
     #[test]
     fn axis_labels_are_short() {

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hdrhistogram::Histogram;
 use nix::sys::signal::Signal;
 
 use super::Plan;
@@ -14,14 +15,19 @@ use crate::backends::Backends;
 use crate::cli::Common;
 use crate::load::http::{run as run_load, Bucket, HttpLoad};
 use crate::load::ws::hold_many;
-use crate::report::{col, timeline_of, RunResult};
-use crate::stats::Percentiles;
+use crate::report::{col, timeline_of, Mark, RunResult};
+use crate::stats::{histogram, Percentiles};
 use crate::targets::{Running, Strategy};
 
 const BUCKET: Duration = Duration::from_millis(50);
 
 /// The proxies' upstream read timeout in this scenario (set in each generated config).
 const UPSTREAM_READ: Duration = Duration::from_secs(3);
+
+/// About how long after its restore a proxy takes to send to b1 again: Switchyard and
+/// HAProxy check every 1 s and need 2 good checks, nginx tries again after its 2 s
+/// fail_timeout.
+const READMIT_NEEDS: Duration = Duration::from_secs(3);
 
 #[derive(Clone, Copy)]
 enum Fault {
@@ -53,11 +59,24 @@ pub fn plan(common: &Common, rate: u64, websockets: usize, backends: usize) -> P
             &format!("{m}: detection ms"),
             0,
         ));
-        columns.push(col(
-            &format!("{m}_readmit_ms"),
-            &format!("{m}: re-admission ms"),
-            0,
-        ));
+        columns.push(
+            col(
+                &format!("{m}_readmit_ms"),
+                &format!("{m}: re-admission ms"),
+                0,
+            )
+            .marked(Mark {
+                key: format!("{m}_readmit_unseen"),
+                text: "(phase too short)".into(),
+                legend: format!(
+                    "b1 got no request between its restore and the end of the phase, which \
+                     left less than the ~{READMIT_NEEDS:?} the proxies need to re-admit it \
+                     (health checks every 1 s, 2 to rise; nginx: fail_timeout 2 s): the phase \
+                     was too short to measure re-admission. Run with --duration 8s or more."
+                ),
+            }),
+        );
+        columns.push(col(&format!("{m}_p99_ms"), &format!("{m}: p99 ms"), 1));
         columns.push(col(
             &format!("{m}_ws_lost_other"),
             &format!("{m}: WS lost elsewhere"),
@@ -92,6 +111,9 @@ pub fn plan(common: &Common, rate: u64, websockets: usize, backends: usize) -> P
              0 failed requests with a 0 ms detection means the proxy retried every failed \
              connect on another backend, so the client never saw the fault."
                 .into(),
+            "`p99 ms` of each phase covers every request sent, failed ones too (a timeout as \
+             its whole 2 s wait). The latency chart shows both phases' requests together."
+                .into(),
         ],
         chat: None,
     }
@@ -108,8 +130,8 @@ impl Plan {
             self.notes.push(format!(
                 "The stop phase froze b1 for {frozen:?}, less than the proxies' {UPSTREAM_READ:?} \
                  upstream read timeout: requests sent to it were answered late after SIGCONT \
-                 rather than failing, so this phase shows latency, not failures or detection. \
-                 Run with --duration 8s or more to see a freeze detected."
+                 rather than failing, so this phase shows latency (`stop: p99 ms`), not failures \
+                 or detection. Run with --duration 8s or more to see a freeze detected."
             ));
         }
         self
@@ -125,18 +147,20 @@ pub async fn measure(
 ) -> anyhow::Result<RunResult> {
     let mut r = RunResult::default();
     let mut offset = 0.0;
-    let mut lat = Vec::new();
+    let mut lat = histogram();
     for (k, fault) in [Fault::Kill, Fault::Stop].into_iter().enumerate() {
-        let (timeline, p) = phase(
+        let (timeline, h) = phase(
             fault, k, common, rate, websockets, running, backends, &mut r,
         )
         .await?;
         r.timeline
             .extend(timeline.into_iter().map(|(t, a, b)| (t + offset, a, b)));
         offset += common.duration.as_secs_f64();
-        lat.push(p);
+        // The two phases' requests together: a field-by-field median of two percentile
+        // sets is their mean, the latency of no request set.
+        let _ = lat.add(&h);
     }
-    r.latency = Some(Percentiles::median_of(&lat));
+    r.latency = Some(Percentiles::of(&lat));
     Ok(r)
 }
 
@@ -150,7 +174,7 @@ async fn phase(
     running: &Running,
     backends: &mut Backends,
     r: &mut RunResult,
-) -> anyhow::Result<(Vec<(f64, f64, f64)>, Percentiles)> {
+) -> anyhow::Result<(Vec<(f64, f64, f64)>, Histogram<u64>)> {
     let ids = Arc::new(backends.ids());
     // WebSocket clients use source addresses after the HTTP clients'.
     let first = 5000 + k * websockets;
@@ -225,6 +249,8 @@ async fn phase(
     r.set(&format!("{m}_window_ms"), window);
     r.set(&format!("{m}_detect_ms"), detect);
     r.set(&format!("{m}_readmit_ms"), readmit);
+    let unseen = readmit.is_infinite() && d.saturating_sub(restore_at) < READMIT_NEEDS;
+    r.set(&format!("{m}_readmit_unseen"), f64::from(u8::from(unseen)));
     r.set(&format!("{m}_ws_lost_other"), lost_other as f64);
     r.set(&format!("{m}_ws_lost_victim"), lost_victim as f64);
     let p = Percentiles::of(&o.latency);
@@ -235,5 +261,50 @@ async fn phase(
         }
         r.per_backend[i] += *c as f64;
     }
-    Ok((timeline_of(&o.timeline, b), p))
+    Ok((timeline_of(&o.timeline, b), o.latency))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::{Report, TargetReport};
+
+    #[test]
+    fn each_phases_p99_is_in_the_table_and_an_unseen_readmission_says_why() {
+        let common = <crate::cli::Cli as clap::Parser>::try_parse_from([
+            "bench",
+            "failover",
+            "--duration",
+            "2s",
+        ])
+        .ok()
+        .and_then(|c| super::super::common_of(&c.command).cloned())
+        .expect("common options");
+        let p = plan(&common, 100, 3, 3);
+        let keys: Vec<&str> = p.columns.iter().map(|c| c.key.as_str()).collect();
+        assert!(keys.contains(&"kill_p99_ms") && keys.contains(&"stop_p99_ms"));
+        let mut t = TargetReport::unavailable("switchyard:round_robin".into(), "ok".into());
+        for (k, v) in [
+            ("kill_readmit_ms", f64::INFINITY),
+            ("kill_readmit_unseen", 1.0),
+            ("stop_readmit_ms", 120.0),
+            ("stop_readmit_unseen", 0.0),
+            ("stop_p99_ms", 2000.0),
+        ] {
+            t.metrics.insert(k.into(), v);
+        }
+        let mut report = Report::of(vec![t]);
+        report.columns = p.columns;
+        let text = report.terminal_table();
+        assert!(text.contains("∞ (phase too short)"), "{text}");
+        assert!(
+            text.contains(" 120 ") && !text.contains("120 (phase"),
+            "{text}"
+        );
+        assert!(text.contains("2000.0"), "{text}");
+        assert!(
+            text.contains("(phase too short): b1 got no request"),
+            "{text}"
+        );
+    }
 }

@@ -150,6 +150,7 @@ pub struct LaunchOpts {
 
 /// A started target. The proxy is stopped on drop.
 pub struct Running {
+    pub target: Target,
     pub addr: SocketAddr,
     /// The proxy's process (nginx: the master; its workers are counted as children).
     pub pid: Option<u32>,
@@ -253,6 +254,7 @@ pub fn launch(
             bail!("no backends");
         };
         return Ok(Running {
+            target,
             addr: *addr,
             pid: None,
             command: String::new(),
@@ -287,6 +289,7 @@ pub fn launch(
         .with_context(|| format!("starting {}", program.display()))?;
     let pid = child.id();
     let running = Running {
+        target,
         addr: listen,
         pid: Some(pid),
         command,
