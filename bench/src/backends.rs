@@ -61,15 +61,31 @@ impl Backends {
         Self::start_with(bin, &[], specs)
     }
 
-    /// Starts the reference Node.js socket.io nodes (bench/node/server.mjs) with `args`.
-    pub fn start_node_reference(n: usize, args: &[String]) -> anyhow::Result<Self> {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("node");
+    /// The folder of the reference Node.js cluster: `explicit` (--node-dir), else bench/node
+    /// of the source tree this bench was built from. An error when it cannot run from there.
+    pub fn node_reference_dir(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
+        let dir = explicit.map_or_else(
+            || Path::new(env!("CARGO_MANIFEST_DIR")).join("node"),
+            Path::to_path_buf,
+        );
+        if !dir.join("server.mjs").is_file() {
+            bail!(
+                "no Node.js reference in {} (no server.mjs): --node-dir names the folder \
+                 holding it (bench/node of the source tree)",
+                dir.display()
+            );
+        }
         if !dir.join("node_modules").is_dir() {
             bail!(
                 "the Node.js reference is not installed: npm ci --prefix {}",
                 dir.display()
             );
         }
+        Ok(dir)
+    }
+
+    /// Starts the reference Node.js socket.io nodes (`dir`/server.mjs) with `args`.
+    pub fn start_node_reference(dir: &Path, n: usize, args: &[String]) -> anyhow::Result<Self> {
         let script = dir.join("server.mjs").display().to_string();
         let specs = (1..=n).map(|k| {
             let id = format!("n{k}");

@@ -44,11 +44,13 @@ pub enum Command {
     WsHold {
         #[command(flatten)]
         common: Common,
-        /// Open connections after each step.
+        /// Open connections after each step (at least two different counts: the memory
+        /// per connection is the slope between them).
         #[arg(
             long,
             value_delimiter = ',',
-            default_value = "1000,2000,4000,6000,8000"
+            default_value = "1000,2000,4000,6000,8000",
+            value_parser = at_least_one
         )]
         steps: Vec<usize>,
     },
@@ -205,6 +207,11 @@ pub struct Common {
     /// The `chat-node` binary (polling, chat); default: next to this executable.
     #[arg(long)]
     pub chat_node_bin: Option<PathBuf>,
+    /// The Node.js reference cluster's folder (chat): server.mjs with its node_modules
+    /// (`npm ci --prefix <dir>`); default: bench/node of the source tree bench was built
+    /// from.
+    #[arg(long, env = "BENCH_NODE_DIR")]
+    pub node_dir: Option<PathBuf>,
     /// Install nginx/haproxy with apt-get when missing (otherwise they are skipped).
     #[arg(long)]
     pub install: bool,
@@ -359,6 +366,8 @@ mod tests {
             "bench chat --cpu-limit 0",
             "bench http --duration 0s",
             "bench ws-echo --duration 50ms",
+            "bench ws-hold --steps 0",
+            "bench ws-hold --steps 0,100",
         ] {
             assert!(!parses(bad), "{bad} was accepted");
         }

@@ -842,4 +842,23 @@ fn a_wrong_explicit_binary_is_an_error_and_leaves_no_report_folder() {
     assert!(stderr.contains("/nonexistent/chat-node"), "{stderr}");
     // It used to leave the empty report folder behind.
     assert!(!out.exists(), "{} left behind", out.display());
+    // The Node.js reference's folder can be given, and is checked before the run too.
+    let out = tmp.path().join("node-dir");
+    let output = Command::new(bench())
+        .args(["chat", "--targets", "switchyard", "--runs", "1", "--quiet"])
+        .arg("--proxy-bin")
+        .arg(sibling("proxy"))
+        .arg("--chat-node-bin")
+        .arg(sibling("chat-node"))
+        .args(["--node-dir", "/nonexistent/node", "--out"])
+        .arg(&out)
+        .output()
+        .expect("running bench");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("no Node.js reference in /nonexistent/node"),
+        "{stderr}"
+    );
+    assert!(!out.exists(), "{} left behind", out.display());
 }

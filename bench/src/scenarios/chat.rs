@@ -9,7 +9,7 @@ use super::{compare, run_ratios, ChatPlan, ChatVariant, Plan};
 use crate::backends::Backends;
 use crate::cli::Common;
 use crate::load::socketio::{run as run_chat, ChatLoad, ChatOutcome};
-use crate::procstat::{per_cpu_second, MIN_CPU_SECONDS};
+use crate::procstat::{low_precision_mark, set_per_cpu, MIN_CPU_SECONDS};
 use crate::report::{col, Check, RunResult, TargetReport};
 use crate::stats::Percentiles;
 use crate::targets::{Running, Strategy};
@@ -62,14 +62,16 @@ pub fn plan(
                 col("p99_ms", "p99 ms", 2),
                 col("p999_ms", "p99.9 ms", 2),
                 col("node_cpu_pct", "nodes CPU %", 0),
-                col("delivered_per_cpu_s", "delivered/node-CPU-s", 0),
+                col("delivered_per_cpu_s", "delivered/node-CPU-s", 0)
+                    .marked(low_precision_mark("delivered_per_cpu_s")),
                 col("redis_cpu_pct", "redis CPU %", 0),
                 col("redis_us_per_msg", "redis µs/msg", 1),
                 col(
                     "delivered_per_cpu_s_with_redis",
                     "delivered/CPU-s with redis",
                     0,
-                ),
+                )
+                .marked(low_precision_mark("delivered_per_cpu_s_with_redis")),
                 col("connected", "connected", 0),
                 col("rejected", "rejected sends", 0),
             ],
@@ -106,7 +108,8 @@ pub fn plan(
                 col("p50_ms", "p50 ms", 2),
                 col("p99_ms", "p99 ms", 2),
                 col("budget_used_pct", "CPU budget used %", 0),
-                col("delivered_per_cpu_s", "delivered/node-CPU-s", 0),
+                col("delivered_per_cpu_s", "delivered/node-CPU-s", 0)
+                    .marked(low_precision_mark("delivered_per_cpu_s")),
                 col("redis_cpu_pct", "redis CPU %", 0),
                 col("redis_us_per_msg", "redis µs/msg", 1),
                 col("next_rate", "next step msgs/s", 1),
@@ -421,6 +424,8 @@ impl Step {
     fn record(&self, r: &mut RunResult, prefix: &str, budget: Option<Budget>) {
         let o = &self.outcome;
         let p = self.percentiles();
+        // Deliveries per CPU-second of these CPU times, set once `set` is done with `r`.
+        let mut per_cpu: Vec<(&str, f64)> = Vec::new();
         let mut set = |key: &str, value: f64| r.set(&format!("{prefix}{key}"), value);
         set("delivered_per_s", self.delivered_per_s());
         set("expected_per_s", o.expected as f64 / self.secs);
@@ -440,22 +445,21 @@ impl Step {
             if o.sent > 0 && redis >= MIN_CPU_SECONDS {
                 set("redis_us_per_msg", 1e6 * redis / o.sent as f64);
             }
-            if let Some(per) = per_cpu_second(o.delivered as f64, self.cpu + redis) {
-                set("delivered_per_cpu_s_with_redis", per);
-            }
+            per_cpu.push(("delivered_per_cpu_s_with_redis", self.cpu + redis));
         }
         if let Some(Budget { cpus, with_redis }) = budget {
             let redis = if with_redis { self.redis_cpu } else { None };
             let used = self.cpu + redis.unwrap_or(0.0);
             set("budget_used_pct", 100.0 * used / self.secs / cpus);
         }
-        if let Some(per) = per_cpu_second(o.delivered as f64, self.cpu) {
-            set("delivered_per_cpu_s", per);
-        }
+        per_cpu.push(("delivered_per_cpu_s", self.cpu));
         set("connected", o.connected as f64);
         set("sent", o.sent as f64);
         set("acked", o.acked as f64);
         set("rejected", o.rejected as f64);
+        for (key, cpu) in per_cpu {
+            set_per_cpu(r, &format!("{prefix}{key}"), o.delivered as f64, cpu);
+        }
     }
 }
 

@@ -150,6 +150,12 @@ pub async fn run(cmd: Command) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let node_dir = match &plan.chat {
+        Some(c) if c.variants.iter().any(|v| v.node_reference) => {
+            Some(Backends::node_reference_dir(common.node_dir.as_deref())?)
+        }
+        _ => None,
+    };
     // Before anything is measured: a report that cannot be written was found out only at
     // the end, after the whole run.
     let _out = prepare_out(&out)?;
@@ -250,10 +256,12 @@ pub async fn run(cmd: Command) -> anyhow::Result<()> {
                                 }
                             })
                             .collect();
-                        let mut started = if v.node_reference {
-                            Backends::start_node_reference(c.nodes, &args)?
-                        } else {
-                            Backends::start_chat(bin, c.nodes, &args)?
+                        let mut started = match (&node_dir, v.node_reference) {
+                            (Some(dir), true) => {
+                                Backends::start_node_reference(dir, c.nodes, &args)?
+                            }
+                            (None, true) => anyhow::bail!("no Node.js reference folder"),
+                            (_, false) => Backends::start_chat(bin, c.nodes, &args)?,
                         };
                         if let Some(cpus) = c.cpu_limit {
                             started.limit_cpu(cpus, node_cpu)?;
@@ -661,7 +669,10 @@ fn plan(cmd: &Command) -> anyhow::Result<(Common, Plan)> {
     let plan = match cmd {
         Command::Http { rates, .. } => http::plan(&common, rates, n(3)),
         Command::WsEcho { size, rates, .. } => ws_echo::plan(&common, *size, rates, n(3)),
-        Command::WsHold { steps, .. } => ws_hold::plan(steps, n(3), common.workers),
+        Command::WsHold { steps, .. } => {
+            ws_hold::check_steps(steps)?;
+            ws_hold::plan(steps, n(3), common.workers)
+        }
         Command::Hetero { rate, slow, .. } => hetero::plan(&common, *rate, *slow, n(3)),
         Command::Recover { batch, wait, .. } => recover::plan(*batch, *wait, n(3)),
         Command::Failover {

@@ -46,6 +46,22 @@ pub fn plan(steps: &[usize], backends: usize, workers: usize) -> Plan {
     }
 }
 
+/// Steps that can give a slope: two different counts at least. One step gave a slope of
+/// 0.00 KiB per connection, and `--steps 0` (no connection at all) did too, with exit 0.
+pub fn check_steps(steps: &[usize]) -> anyhow::Result<()> {
+    let mut distinct: Vec<usize> = steps.to_vec();
+    distinct.sort_unstable();
+    distinct.dedup();
+    if distinct.len() < 2 {
+        anyhow::bail!(
+            "ws-hold needs --steps with at least two different connection counts (the memory \
+             per connection is the slope between them), got {}",
+            crate::report::list(steps)
+        );
+    }
+    Ok(())
+}
+
 pub async fn measure(
     steps: &[usize],
     running: &Running,
@@ -123,6 +139,18 @@ mod tests {
         t.metrics.insert("kib_per_conn".into(), kib);
         t.metrics.insert("open".into(), open);
         t
+    }
+
+    #[test]
+    fn steps_without_a_slope_are_refused() {
+        assert!(check_steps(&[20, 50]).is_ok());
+        for bad in [&[50][..], &[50, 50], &[]] {
+            let e = check_steps(bad)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(e.contains("at least two different"), "{bad:?}: {e}");
+        }
     }
 
     #[test]
