@@ -96,6 +96,7 @@ async fn requests_without_one_valid_host_get_400_and_reach_no_backend() {
             "GET / HTTP/1.1\r\nHost: user@a\r\n\r\n",
             "invalid Host header",
         ),
+        ("GET / HTTP/1.1\r\nHost: :80\r\n\r\n", "invalid Host header"),
         // pingora's path (a chunked body).
         (
             &format!("POST / HTTP/1.1\r\n{chunked}"),

@@ -201,6 +201,10 @@ pub fn valid_host(host: &str) -> bool {
         let port_ok = after.is_empty() || after.strip_prefix(b":").is_some_and(digits);
         return literal_ok && port_ok;
     }
+    // A port with no host names nothing (nginx refuses it too).
+    if bytes.first() == Some(&b':') {
+        return false;
+    }
     // Every request's Host goes through here: one pass, a table lookup per byte until the
     // port, digits after it.
     let mut i = 0;
@@ -357,7 +361,7 @@ mod tests {
         }
         for bad in [
             "a b", "a@b", "a/b", "a b/c@d", "a:b:c", "host:80x", "[::1", "[::1]x", "[]", "a?b",
-            "a#b", "a\tb",
+            "a#b", "a\tb", ":80", ":",
         ] {
             assert!(!valid_host(bad), "{bad:?} should be invalid");
         }
