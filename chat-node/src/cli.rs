@@ -41,6 +41,11 @@ pub struct Args {
     /// The largest message or POST body accepted, in bytes.
     #[arg(long, env = "CHAT_MAX_PAYLOAD", default_value_t = 1_000_000)]
     pub max_payload: usize,
+    /// The most bytes waiting for one client (a polling client that does not poll, a
+    /// WebSocket that does not read); beyond it the client is closed as a slow client.
+    /// At least `--max-payload`. Default: 4 × `--max-payload`.
+    #[arg(long, env = "CHAT_MAX_QUEUED_BYTES")]
+    pub max_queued_bytes: Option<usize>,
     /// The most clients connected to this node at once; a handshake beyond it gets 503
     /// `Server at capacity` (0: no limit). Keep it below the open-file limit.
     #[arg(long, env = "CHAT_MAX_CONNECTIONS", default_value_t = 10_000)]
@@ -83,6 +88,14 @@ pub struct Args {
     /// dropped).
     #[arg(long, env = "CHAT_TYPING_RATE_LIMIT", default_value = "10/5s")]
     pub typing_rate_limit: RateLimit,
+    /// Chat: `history` requests per user and window, across all nodes (beyond it they
+    /// answer `rate limited`).
+    #[arg(long, env = "CHAT_HISTORY_RATE_LIMIT", default_value = "20/10s")]
+    pub history_rate_limit: RateLimit,
+    /// Chat: `rooms` requests per user and window, across all nodes (beyond it they
+    /// answer `rate limited`).
+    #[arg(long, env = "CHAT_ROOMS_RATE_LIMIT", default_value = "100/10s")]
+    pub rooms_rate_limit: RateLimit,
     /// Chat: the longest message, in characters.
     #[arg(long, env = "CHAT_MAX_TEXT", default_value_t = 2000)]
     pub max_text: usize,
@@ -144,6 +157,9 @@ impl Args {
                 ConfigError::Zero("ping_timeout") => Some(("ping-timeout", "CHAT_PING_TIMEOUT")),
                 ConfigError::Zero("max_payload") => Some(("max-payload", "CHAT_MAX_PAYLOAD")),
                 ConfigError::NodeId(_) => Some(("node-id", "CHAT_NODE_ID")),
+                ConfigError::QueuedBytes { .. } => {
+                    Some(("max-queued-bytes", "CHAT_MAX_QUEUED_BYTES"))
+                }
                 ConfigError::FlushInterval(_) => {
                     Some(("ws-flush-interval", "CHAT_WS_FLUSH_INTERVAL"))
                 }
@@ -208,6 +224,10 @@ impl Args {
             ping_interval: self.ping_interval,
             ping_timeout: self.ping_timeout,
             max_payload: self.max_payload,
+            max_queued_bytes: self.max_queued_bytes.unwrap_or_else(|| {
+                self.max_payload
+                    .saturating_mul(crate::engineio::config::DEFAULT_QUEUED_PAYLOADS)
+            }),
             max_connections: self.max_connections,
             ws_flush_interval: self.ws_flush_interval,
             cors: self.cors(),
@@ -219,6 +239,8 @@ impl Args {
                 rate_limit: self.rate_limit,
                 join_rate_limit: self.join_rate_limit,
                 typing_rate_limit: self.typing_rate_limit,
+                history_rate_limit: self.history_rate_limit,
+                rooms_rate_limit: self.rooms_rate_limit,
                 max_text: self.max_text,
                 presence_ttl: self.presence_ttl,
                 max_rooms: self.max_rooms,
@@ -310,6 +332,31 @@ mod tests {
     }
 
     #[test]
+    fn the_outbound_queue_follows_the_payload_unless_set_and_holds_one() {
+        let config = |args: &[&str]| {
+            let all = std::iter::once("chat-node").chain(args.iter().copied());
+            Args::try_parse_from(all).unwrap().checked_config()
+        };
+        let defaults = config(&[]).unwrap();
+        assert_eq!(defaults.max_queued_bytes, 4_000_000);
+        assert_eq!(
+            defaults.engine_config().max_queued_bytes,
+            crate::engineio::EngineConfig::default().max_queued_bytes
+        );
+        let larger = config(&["--max-payload", "5000000"]).unwrap();
+        assert_eq!(larger.max_queued_bytes, 20_000_000);
+        let set = config(&["--max-queued-bytes", "123456", "--max-payload", "1000"]).unwrap();
+        assert_eq!(set.engine_config().max_queued_bytes, 123_456);
+        let error = config(&["--max-queued-bytes", "999999"]).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("--max-queued-bytes (or CHAT_MAX_QUEUED_BYTES): "),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn metrics_listen_is_off_by_default_and_needs_its_own_address() {
         let args = Args::try_parse_from(["chat-node"]).unwrap();
         assert_eq!(args.metrics_listen, None);
@@ -360,6 +407,10 @@ mod tests {
             "4/3s",
             "--typing-rate-limit",
             "5/4s",
+            "--history-rate-limit",
+            "6/5s",
+            "--rooms-rate-limit",
+            "7/6s",
             "--max-text",
             "100",
             "--presence-ttl",
@@ -376,6 +427,8 @@ mod tests {
         assert_eq!(chat.rate_limit.to_string(), "3/2s");
         assert_eq!(chat.join_rate_limit.to_string(), "4/3s");
         assert_eq!(chat.typing_rate_limit.to_string(), "5/4s");
+        assert_eq!(chat.history_rate_limit.to_string(), "6/5s");
+        assert_eq!(chat.rooms_rate_limit.to_string(), "7/6s");
         assert_eq!(chat.max_text, 100);
         assert_eq!(chat.presence_ttl, Duration::from_secs(2));
         assert_eq!(chat.max_memberships, 7);

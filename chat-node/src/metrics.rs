@@ -101,7 +101,7 @@ fn transport_index(transport: Transport) -> usize {
 }
 
 /// Why sessions close, as label values (in [`close_index`]'s order).
-const CLOSE_REASONS: [&str; 7] = [
+const CLOSE_REASONS: [&str; 8] = [
     "client_close",
     "transport_close",
     "transport_error",
@@ -109,6 +109,7 @@ const CLOSE_REASONS: [&str; 7] = [
     "parse_error",
     "forced_close",
     "server_shutdown",
+    "slow_client",
 ];
 
 fn close_index(reason: CloseReason) -> usize {
@@ -120,6 +121,7 @@ fn close_index(reason: CloseReason) -> usize {
         CloseReason::ParseError => 4,
         CloseReason::ForcedClose => 5,
         CloseReason::ServerShutdown => 6,
+        CloseReason::SlowClient => 7,
     }
 }
 
@@ -211,7 +213,7 @@ pub struct Metrics {
     pub handshakes_refused: Counter,
     /// Sessions moved from polling to WebSocket.
     pub upgrades: Counter,
-    sessions_closed: [Counter; 7],
+    sessions_closed: [Counter; 8],
     packets_received: [Counter; 5],
     /// Socket.IO packets queued for clients.
     pub packets_sent: Counter,
@@ -266,7 +268,7 @@ impl Metrics {
             handshakes: counters!(2),
             handshakes_refused: Counter::new(),
             upgrades: Counter::new(),
-            sessions_closed: counters!(7),
+            sessions_closed: counters!(8),
             packets_received: counters!(5),
             packets_sent: Counter::new(),
             websocket_frames: Counter::new(),

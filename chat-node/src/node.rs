@@ -65,6 +65,9 @@ pub struct NodeConfig {
     pub ping_timeout: Duration,
     /// The largest message or POST body accepted, in bytes.
     pub max_payload: usize,
+    /// The most bytes waiting for one client before it is closed as a slow client (see
+    /// [`EngineConfig::max_queued_bytes`]).
+    pub max_queued_bytes: usize,
     /// The most clients connected to this node at once (zero: no limit).
     pub max_connections: usize,
     /// The longest a WebSocket write waits for more packets while the node is busy (see
@@ -91,6 +94,7 @@ impl Default for NodeConfig {
             ping_interval: engine.ping_interval,
             ping_timeout: engine.ping_timeout,
             max_payload: engine.max_payload,
+            max_queued_bytes: engine.max_queued_bytes,
             max_connections: engine.max_sessions,
             ws_flush_interval: DEFAULT_WS_FLUSH_INTERVAL,
             cors: Cors::Disabled,
@@ -139,6 +143,7 @@ impl NodeConfig {
             ping_interval: self.ping_interval,
             ping_timeout: self.ping_timeout,
             max_payload: self.max_payload,
+            max_queued_bytes: self.max_queued_bytes,
             max_sessions: self.max_connections,
             ws_flush_interval: self.ws_flush_interval,
             cors: self.cors.clone(),

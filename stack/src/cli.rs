@@ -26,8 +26,9 @@ pub enum Command {
         config: PathBuf,
     },
     /// Internal (started by `up`): run one chat node; takes `chat-node`'s flags.
+    // Boxed: the node's flags are many times the size of the other variants.
     #[command(hide = true)]
-    Node(chat_node::cli::Args),
+    Node(Box<chat_node::cli::Args>),
 }
 
 /// `switchyard up`.

@@ -19,7 +19,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         // pingora builds its own runtimes: the proxy role must not run inside Tokio.
         Command::Proxy { config } => run_proxy(&config),
-        Command::Node(args) => runtime().and_then(|rt| rt.block_on(stack::nodes::run_role(args))),
+        Command::Node(args) => runtime().and_then(|rt| rt.block_on(stack::nodes::run_role(*args))),
         Command::Up(args) => runtime().and_then(|rt| rt.block_on(stack::up::up(args))),
     };
     match result {

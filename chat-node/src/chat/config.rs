@@ -24,6 +24,24 @@ pub const DEFAULT_TYPING_RATE_LIMIT: RateLimit = RateLimit {
     window: Duration::from_secs(5),
 };
 
+/// The default of [`ChatConfig::history_rate_limit`]: 20 in a burst, then one every
+/// 500 ms (a reader paging back through a room goes slower; a page may be a megabyte, and
+/// a script asking for thousands without reading them would have the node hold them).
+pub const DEFAULT_HISTORY_RATE_LIMIT: RateLimit = RateLimit {
+    count: 20,
+    window: Duration::from_secs(10),
+};
+
+/// The default of [`ChatConfig::rooms_rate_limit`]: 100 in a burst, then one every
+/// 100 ms. The browser page reads the whole list on connect, every 10 s and after each
+/// join or leave it hears of: 21 pages of 500 at the most rooms there may be (10 000).
+/// Each page reads hundreds of rooms, their members and the user's memberships from the
+/// store: a client asking without pause would keep the store busy.
+pub const DEFAULT_ROOMS_RATE_LIMIT: RateLimit = RateLimit {
+    count: 100,
+    window: Duration::from_secs(10),
+};
+
 /// Settings of the chat application.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChatConfig {
@@ -39,6 +57,10 @@ pub struct ChatConfig {
     pub join_rate_limit: RateLimit,
     /// `typing` events per user and window, across all nodes; those beyond it are dropped.
     pub typing_rate_limit: RateLimit,
+    /// `history` requests per user and window, across all nodes.
+    pub history_rate_limit: RateLimit,
+    /// `rooms` requests per user and window, across all nodes.
+    pub rooms_rate_limit: RateLimit,
     /// The longest message, in characters.
     pub max_text: usize,
     /// How long a node's presence entries live without its heartbeat (it beats every third
@@ -68,6 +90,8 @@ impl Default for ChatConfig {
             rate_limit: RateLimit::default(),
             join_rate_limit: DEFAULT_JOIN_RATE_LIMIT,
             typing_rate_limit: DEFAULT_TYPING_RATE_LIMIT,
+            history_rate_limit: DEFAULT_HISTORY_RATE_LIMIT,
+            rooms_rate_limit: DEFAULT_ROOMS_RATE_LIMIT,
             max_text: 2000,
             presence_ttl: Duration::from_secs(30),
             max_rooms: 10_000,

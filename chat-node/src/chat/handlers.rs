@@ -188,9 +188,11 @@ struct RoomsRequest {
 /// `rooms {after?, limit?}` → `{rooms: [{room, private, members}], next?}`: the public
 /// rooms and the user's private ones, `lobby` first, then by name, with online member
 /// counts; a page of at most `limit` ([`MAX_ROOMS_PAGE`], the default), and `next` (the
-/// `after` of the next page) when more follow.
+/// `after` of the next page) when more follow. Rate limited: a page reads hundreds of
+/// rooms and their presence from the store.
 async fn rooms(chat: Arc<ChatInner>, socket: SocketRef, request: RoomsRequest) -> Answer {
     let (user, _) = identity(&chat, &socket)?;
+    admit(&chat, &user, "rooms", &chat.config.rooms_rate_limit).await?;
     let limit = page_size(request.limit, MAX_ROOMS_PAGE, MAX_ROOMS_PAGE);
     // The order pages follow: lobby, then the others by name (byte order, as the store
     // keeps them). One more than the page tells whether another follows.
@@ -419,12 +421,17 @@ async fn join(chat: Arc<ChatInner>, socket: SocketRef, request: JoinRequest) -> 
 /// Counts a `join` or `leave` against the user's limit: each may tell a whole room
 /// (`system` notice, `presence`), so a loop of them would flood it.
 async fn admit_join(chat: &ChatInner, user: &str) -> Result<(), ChatError> {
-    let bucket = rate::bucket(user, "join");
-    if chat
-        .store
-        .admit(&bucket, &chat.config.join_rate_limit)
-        .await?
-    {
+    admit(chat, user, "join", &chat.config.join_rate_limit).await
+}
+
+/// Counts a request of kind `kind` against the user's limit for it; `rate limited` beyond.
+async fn admit(
+    chat: &ChatInner,
+    user: &str,
+    kind: &str,
+    limit: &rate::RateLimit,
+) -> Result<(), ChatError> {
+    if chat.store.admit(&rate::bucket(user, kind), limit).await? {
         Ok(())
     } else {
         Err(ChatError::RateLimited)
@@ -609,7 +616,8 @@ struct HistoryRequest {
 }
 
 /// `history {room, before?, limit?}` → `{messages}`: members only; up to `limit` (1–100,
-/// default 50) messages older than `before`, oldest first.
+/// default 50) messages older than `before`, oldest first. Rate limited: a page may be
+/// a megabyte, for a request of a few dozen bytes.
 async fn history(chat: Arc<ChatInner>, socket: SocketRef, request: HistoryRequest) -> Answer {
     let (user, _) = identity(&chat, &socket)?;
     let room = validate::room(&request.room)?;
@@ -619,6 +627,7 @@ async fn history(chat: Arc<ChatInner>, socket: SocketRef, request: HistoryReques
         .map(validate::message_id)
         .transpose()?;
     let limit = page_size(request.limit, 50, MAX_PAGE);
+    admit(&chat, &user, "history", &chat.config.history_rate_limit).await?;
     member(&chat, &socket, &user, &room).await?;
     let messages = chat.store.history(&room, before, limit).await?;
     Ok(fields(json!({"messages": messages})))

@@ -37,8 +37,15 @@ pub struct EngineConfig {
     /// How long a closing session waits for a poll to deliver its last packets.
     pub close_timeout: Duration,
     /// The most packets queued for a client that does not read them; beyond it the session
-    /// is closed (a slow or gone client must not hold memory forever).
+    /// is closed as a slow client (a slow or gone client must not hold memory forever).
     pub max_queued_packets: usize,
+    /// The most bytes of packets waiting for a client (queued, or taken by a WebSocket
+    /// write that has not completed); a packet that would take it beyond closes the session
+    /// as a slow client. The packet count alone bounds nothing: one request may be
+    /// answered with a megabyte (a `history` page), and a client may ask for thousands of
+    /// them without reading one. A packet for a client with nothing waiting is always
+    /// taken, so that no packet is too large to be sent at all. At least `max_payload`.
+    pub max_queued_bytes: usize,
     /// The most sessions open at once; a handshake beyond it is refused with 503 (a node
     /// out of file descriptors or memory would fail everyone). Zero: no limit, as the
     /// reference server.
@@ -71,6 +78,7 @@ impl Default for EngineConfig {
             upgrade_timeout: Duration::from_millis(10_000),
             close_timeout: Duration::from_millis(30_000),
             max_queued_packets: 10_000,
+            max_queued_bytes: DEFAULT_QUEUED_PAYLOADS * 1_000_000,
             max_sessions: 0,
             ws_flush_interval: Duration::ZERO,
             cors: Cors::Disabled,
@@ -78,6 +86,12 @@ impl Default for EngineConfig {
         }
     }
 }
+
+/// [`EngineConfig::max_queued_bytes`] by default, in multiples of `max_payload`: room for
+/// a few of the largest answers a client may be waiting for at once (several polls' worth
+/// for a polling client), yet a bound per client that a node holds thousands of. (The
+/// reference server and `ws` queue without bound.)
+pub const DEFAULT_QUEUED_PAYLOADS: usize = 4;
 
 /// The longest [`EngineConfig::ws_flush_interval`]: well within any heartbeat, and
 /// already far beyond what a chat user would accept as delay.
@@ -95,6 +109,14 @@ pub enum ConfigError {
     /// A WebSocket flush interval so long that it would hold heartbeats back.
     #[error("ws_flush_interval {0:?} is longer than the most allowed, {MAX_FLUSH_INTERVAL:?}")]
     FlushInterval(Duration),
+    /// An outbound queue that could not hold one payload.
+    #[error("max_queued_bytes ({queued}) must be at least max_payload ({payload})")]
+    QueuedBytes {
+        /// `max_queued_bytes`.
+        queued: usize,
+        /// `max_payload`.
+        payload: usize,
+    },
     /// The node id cannot be sent in an HTTP header.
     #[error("node id {0:?} is not a valid header value")]
     NodeId(String),
@@ -120,6 +142,12 @@ impl EngineConfig {
         }
         if self.max_queued_packets == 0 {
             return Err(ConfigError::Zero("max_queued_packets"));
+        }
+        if self.max_queued_bytes < self.max_payload {
+            return Err(ConfigError::QueuedBytes {
+                queued: self.max_queued_bytes,
+                payload: self.max_payload,
+            });
         }
         if self.ws_flush_interval > MAX_FLUSH_INTERVAL {
             return Err(ConfigError::FlushInterval(self.ws_flush_interval));
@@ -170,6 +198,18 @@ mod tests {
         assert_eq!(
             flush.validate().err(),
             Some(ConfigError::FlushInterval(Duration::from_millis(1001)))
+        );
+        let queue = EngineConfig {
+            max_payload: 1000,
+            max_queued_bytes: 999,
+            ..Default::default()
+        };
+        assert_eq!(
+            queue.validate().err(),
+            Some(ConfigError::QueuedBytes {
+                queued: 999,
+                payload: 1000
+            })
         );
         let flush = EngineConfig {
             ws_flush_interval: MAX_FLUSH_INTERVAL,

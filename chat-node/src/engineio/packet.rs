@@ -245,6 +245,19 @@ impl Packet {
         }
     }
 
+    /// The bytes this packet holds while it waits for its client: its data (a binary
+    /// message's raw bytes, not their base64), which is what a client that does not read
+    /// makes the server keep ([`super::EngineConfig::max_queued_bytes`]).
+    pub fn held_len(&self) -> usize {
+        match self {
+            Self::Message(text) => text.packet().len(),
+            Self::Binary(data) => data.len(),
+            Self::Ping(data) | Self::Pong(data) => 1 + data.len(),
+            Self::Open(_) => self.to_text().len(),
+            Self::Close | Self::Upgrade | Self::Noop => 1,
+        }
+    }
+
     /// Whether this is the upgrade probe `2probe` / `3probe`.
     pub fn is_probe(&self) -> bool {
         matches!(self, Self::Ping(d) | Self::Pong(d) if d == PROBE)

@@ -58,8 +58,11 @@ pub enum CloseReason {
     /// The client's WebSocket closed, or its connection went away.
     TransportClose,
     /// The transport misbehaved: overlapping polls, a poll abandoned by the client, a
-    /// write error, a ping from the client, too many packets queued for it.
+    /// write error, a ping from the client.
     TransportError,
+    /// The client does not read what is sent to it: more packets or bytes than allowed
+    /// wait for it (`max_queued_packets`, `max_queued_bytes`).
+    SlowClient,
     /// The client did not answer a ping within `ping_timeout`.
     PingTimeout,
     /// The client sent something that is not an Engine.IO packet.
@@ -71,11 +74,13 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
-    /// The reason as the reference server names it.
+    /// The reason as the reference server names it (which has no outbound limit, hence
+    /// no name for [`CloseReason::SlowClient`]: ours).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::ClientClose | Self::TransportClose => "transport close",
             Self::TransportError => "transport error",
+            Self::SlowClient => "slow client",
             Self::PingTimeout => "ping timeout",
             Self::ParseError => "parse error",
             Self::ForcedClose => "forced close",
@@ -97,7 +102,7 @@ pub enum SendError {
     #[error("the session is closed")]
     Closed,
     /// The client does not read what is sent to it; the session has been closed.
-    #[error("too many packets queued for the client")]
+    #[error("too much queued for the client")]
     QueueFull,
 }
 
@@ -127,6 +132,9 @@ pub(crate) struct State {
     pub(crate) transport: Transport,
     pub(crate) upgrade: Upgrade,
     pub(crate) queue: VecDeque<Packet>,
+    /// The bytes ([`Packet::held_len`]) of `queue` and of the packets a WebSocket write
+    /// has taken and not finished writing: what the client keeps the server holding.
+    queued_bytes: usize,
     /// A GET is pending (only one at a time).
     pub(crate) polling: bool,
     /// A POST is being read (only one at a time).
@@ -195,6 +203,7 @@ impl Session {
             state: Mutex::new(State {
                 transport,
                 upgrade: Upgrade::None,
+                queued_bytes: open.held_len(),
                 queue: VecDeque::from([open]),
                 polling: false,
                 posting: false,
@@ -276,14 +285,21 @@ impl Session {
                 return Err(SendError::Closed);
             }
             let before = state.queue.len();
-            state.queue.extend(packets);
-            if state.queue.len() > self.config.max_queued_packets {
+            let mut added = 0usize;
+            state.queue.extend(packets.into_iter().inspect(|packet| {
+                added = added.saturating_add(packet.held_len());
+            }));
+            let bytes = state.queued_bytes.saturating_add(added);
+            // Nothing waiting: the packet goes whatever its size (see `max_queued_bytes`).
+            let too_large = state.queued_bytes > 0 && bytes > self.config.max_queued_bytes;
+            if too_large || state.queue.len() > self.config.max_queued_packets {
                 state.queue.truncate(before);
                 drop(state);
-                tracing::debug!(sid = %self.id, "outbound queue full, closing");
-                self.close(CloseReason::TransportError);
+                tracing::debug!(sid = %self.id, bytes, "outbound queue full, closing");
+                self.close(CloseReason::SlowClient);
                 return Err(SendError::QueueFull);
             }
+            state.queued_bytes = bytes;
         }
         self.changed.notify_waiters();
         Ok(())
@@ -303,6 +319,7 @@ impl Session {
             // between the two.
             metrics().session_closed(state.transport, reason);
             state.queue = VecDeque::new();
+            state.queued_bytes = 0;
             // The client closes with a POST while its GET is pending; when the POST is
             // served first (the two race on separate connections), the GET still gets "6".
             state.noop_owed = reason == CloseReason::ClientClose
@@ -475,7 +492,8 @@ impl Session {
             // This answer releases the GET as well as a noop would.
             state.release = false;
             let batch = payload::encode(state.queue.iter(), self.config.max_payload);
-            state.queue.drain(..batch.taken);
+            let sent: usize = state.queue.drain(..batch.taken).map(|p| p.held_len()).sum();
+            state.queued_bytes = state.queued_bytes.saturating_sub(sent);
             let mut body = batch.body;
             let finish = state.closing.is_some() && state.queue.is_empty();
             if finish {
@@ -500,7 +518,9 @@ impl Session {
     }
 
     /// Takes everything queued for the WebSocket, with the reason the session is closing
-    /// for when it is (then this is the last of it).
+    /// for when it is (then this is the last of it). Their bytes still count against
+    /// `max_queued_bytes` until [`written`](Self::written) says they are out: a client
+    /// that stops reading leaves them in a write that does not end.
     pub(crate) fn take_all(&self) -> Result<(Vec<Packet>, Option<CloseReason>), CloseReason> {
         let mut state = self.state.lock();
         if let Some(reason) = state.closed {
@@ -508,6 +528,12 @@ impl Session {
         }
         let packets: Vec<Packet> = state.queue.drain(..).collect();
         Ok((packets, state.closing))
+    }
+
+    /// `bytes` of packets taken by [`take_all`](Self::take_all) have been written.
+    pub(crate) fn written(&self, bytes: usize) {
+        let mut state = self.state.lock();
+        state.queued_bytes = state.queued_bytes.saturating_sub(bytes);
     }
 
     /// A WebSocket with this session's id wants to take over; `false` when it may not (the
@@ -582,7 +608,9 @@ impl Session {
                 return Err(SendError::Closed);
             }
             state.pong_due = Some(due);
-            state.queue.push_back(Packet::ping());
+            let ping = Packet::ping();
+            state.queued_bytes = state.queued_bytes.saturating_add(ping.held_len());
+            state.queue.push_back(ping);
         }
         self.changed.notify_waiters();
         Ok(())
@@ -661,11 +689,16 @@ mod tests {
             ping_interval: Duration::from_millis(300),
             ping_timeout: Duration::from_millis(200),
             max_queued_packets: 4,
+            max_queued_bytes: 100,
             ..EngineConfig::default()
         };
         let (session, inbound) =
             Session::new(Sid::random(), Arc::new(config), transport, Weak::new());
-        session.lock().queue.clear();
+        {
+            let mut state = session.lock();
+            state.queue.clear();
+            state.queued_bytes = 0;
+        }
         (session, inbound)
     }
 
@@ -746,7 +779,58 @@ mod tests {
             session.send(Message::Text("x".into())),
             Err(SendError::QueueFull)
         );
-        assert_eq!(session.close_reason(), Some(CloseReason::TransportError));
+        assert_eq!(session.close_reason(), Some(CloseReason::SlowClient));
+    }
+
+    fn text(len: usize) -> Message {
+        // `held_len` counts the packet: the type digit and the text.
+        Message::Text("x".repeat(len - 1).as_str().into())
+    }
+
+    #[tokio::test]
+    async fn a_client_with_too_many_bytes_waiting_is_closed() {
+        let (session, _inbound) = session(Transport::Polling);
+        session.send(text(60)).unwrap();
+        session.send(text(40)).unwrap();
+        assert_eq!(session.send(text(1)), Err(SendError::QueueFull));
+        assert_eq!(session.close_reason(), Some(CloseReason::SlowClient));
+
+        // What a poll takes no longer counts.
+        let (session, _inbound) = self::session(Transport::Polling);
+        session.send(text(60)).unwrap();
+        let poll = {
+            let mut state = session.lock();
+            session.take_poll(&mut state, false).unwrap().unwrap()
+        };
+        assert_eq!(poll.body.len(), 60);
+        session.send(text(60)).unwrap();
+        session.send(text(40)).unwrap();
+        assert!(!session.is_closed());
+    }
+
+    #[tokio::test]
+    async fn a_packet_larger_than_the_cap_goes_to_a_client_with_nothing_waiting() {
+        let (session, _inbound) = session(Transport::Polling);
+        session.send(text(500)).unwrap();
+        assert_eq!(session.send(text(1)), Err(SendError::QueueFull));
+        assert_eq!(session.close_reason(), Some(CloseReason::SlowClient));
+    }
+
+    #[tokio::test]
+    async fn what_a_websocket_write_took_counts_until_it_is_written() {
+        let (session, _inbound) = session(Transport::Websocket);
+        session.send(text(60)).unwrap();
+        let (taken, _) = session.take_all().unwrap();
+        assert_eq!(taken.len(), 1);
+        // The client has not read it yet: 60 + 41 is too much.
+        let (later, _inbound) = self::session(Transport::Websocket);
+        later.send(text(60)).unwrap();
+        later.take_all().unwrap();
+        assert_eq!(later.send(text(41)), Err(SendError::QueueFull));
+        // Once written, it no longer counts.
+        session.written(60);
+        session.send(text(100)).unwrap();
+        assert!(!session.is_closed());
     }
 
     #[tokio::test]

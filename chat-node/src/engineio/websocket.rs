@@ -23,7 +23,8 @@ impl<T: Stream<Item = Result<WsMessage, axum::Error>> + Unpin + Send> Incoming f
 pub(crate) trait Outgoing: Sink<WsMessage> + Unpin + Send {}
 impl<T: Sink<WsMessage> + Unpin + Send> Outgoing for T {}
 
-/// The longest the answer to a client's close frame may take to be written.
+/// The longest the answer to a client's close frame, or a close frame of ours, may take
+/// to be written.
 const CLOSE_REPLY_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Serves a session on `socket` until either ends.
@@ -58,9 +59,24 @@ pub(crate) async fn run_on<R: Incoming, W: Outgoing>(
             };
             if !packets.is_empty() {
                 let count = packets.len();
-                if write(&mut socket, packets).await.is_err() {
-                    session.close(CloseReason::TransportError);
-                    return;
+                let bytes = packets.iter().map(Packet::held_len).sum();
+                let written = tokio::select! {
+                    written = write(&mut socket, packets) => Some(written.is_ok()),
+                    // A client that stops reading leaves the write pending for good: the
+                    // session's close (too much queued meanwhile, a missed pong) ends it.
+                    () = session.closed() => None,
+                };
+                match written {
+                    Some(true) => session.written(bytes),
+                    Some(false) => {
+                        session.close(CloseReason::TransportError);
+                        return;
+                    }
+                    None => {
+                        let reason = session.close_reason().unwrap_or(CloseReason::ForcedClose);
+                        close_for(&mut socket, reason).await;
+                        return;
+                    }
                 }
                 density.record(count, Instant::now());
             }
@@ -209,7 +225,7 @@ pub(crate) async fn close<W: Outgoing>(socket: &mut W) {
 async fn close_for<W: Outgoing>(socket: &mut W, reason: CloseReason) {
     let code = match reason {
         CloseReason::ParseError => 1002,
-        CloseReason::TransportError => 1008,
+        CloseReason::TransportError | CloseReason::SlowClient => 1008,
         CloseReason::ServerShutdown => 1001,
         CloseReason::ClientClose
         | CloseReason::TransportClose
@@ -219,12 +235,14 @@ async fn close_for<W: Outgoing>(socket: &mut W, reason: CloseReason) {
     close_with(socket, code, reason.as_str()).await;
 }
 
+/// Bounded: behind the frame may wait what a client that stopped reading never takes.
 async fn close_with<W: Outgoing>(socket: &mut W, code: u16, reason: &'static str) {
     let frame = CloseFrame {
         code,
         reason: reason.into(),
     };
-    let _ = socket.send(WsMessage::Close(Some(frame))).await;
+    let _ =
+        tokio::time::timeout(CLOSE_REPLY_WAIT, socket.send(WsMessage::Close(Some(frame)))).await;
 }
 
 #[cfg(test)]
@@ -385,6 +403,84 @@ mod tests {
         assert_eq!(flushed[0], "4last", "{flushed:?}");
         assert!(flushed.iter().any(|f| f.contains("Close")), "{flushed:?}");
         assert!(session.is_closed());
+    }
+
+    /// A WebSocket whose client reads the open packet, then nothing: every write after
+    /// it waits for good.
+    #[derive(Default)]
+    struct Unread {
+        flushed: bool,
+    }
+
+    impl Sink<WsMessage> for Unread {
+        type Error = std::convert::Infallible;
+
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            if self.flushed {
+                Poll::Pending
+            } else {
+                Poll::Ready(Ok(()))
+            }
+        }
+
+        fn start_send(self: Pin<&mut Self>, _: WsMessage) -> Result<(), Self::Error> {
+            Ok(())
+        }
+
+        fn poll_flush(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Result<(), Self::Error>> {
+            if self.flushed {
+                Poll::Pending
+            } else {
+                self.flushed = true;
+                Poll::Ready(Ok(()))
+            }
+        }
+
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Pending
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_stops_reading_is_closed_and_its_write_abandoned() {
+        let config = EngineConfig {
+            ws_flush_interval: Duration::ZERO,
+            max_queued_bytes: 100,
+            ..EngineConfig::default()
+        };
+        let (session, _inbound) = Session::new(
+            Sid::random(),
+            Arc::new(config),
+            Transport::Websocket,
+            Weak::new(),
+        );
+        let task = tokio::spawn(run_on(
+            futures::stream::pending(),
+            Unread::default(),
+            Arc::clone(&session),
+        ));
+        settle().await;
+        // The first write is taken and never ends; the next ones wait behind it.
+        let text = "x".repeat(39);
+        let mut sent = 0;
+        while session.send(Message::Text(text.as_str().into())).is_ok() {
+            sent += 1;
+            settle().await;
+            assert!(sent < 10, "never closed");
+        }
+        assert_eq!(
+            sent, 2,
+            "40 bytes in the write, 40 queued, 40 more is too much"
+        );
+        assert_eq!(session.close_reason(), Some(CloseReason::SlowClient));
+        // The task ends (its close frame, which cannot be written either, bounded).
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("the WebSocket task ends")
+            .unwrap();
     }
 
     #[tokio::test(start_paused = true)]

@@ -81,7 +81,8 @@ impl From<CloseReason> for DisconnectReason {
     fn from(reason: CloseReason) -> Self {
         match reason {
             CloseReason::ClientClose | CloseReason::TransportClose => Self::TransportClose,
-            CloseReason::TransportError => Self::TransportError,
+            // The reference server has no outbound limit: the nearest of its reasons.
+            CloseReason::TransportError | CloseReason::SlowClient => Self::TransportError,
             CloseReason::PingTimeout => Self::PingTimeout,
             CloseReason::ParseError => Self::ParseError,
             CloseReason::ForcedClose => Self::ForcedClose,
