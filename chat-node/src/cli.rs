@@ -38,7 +38,8 @@ pub struct Args {
     /// How long to wait for a pong before closing the session.
     #[arg(long, env = "CHAT_PING_TIMEOUT", default_value = "20s", value_parser = shared::duration::parse_duration)]
     pub ping_timeout: Duration,
-    /// The largest message or POST body accepted, in bytes.
+    /// The largest message or POST body accepted, in bytes; also the most bytes of one
+    /// packet's binary attachments together.
     #[arg(long, env = "CHAT_MAX_PAYLOAD", default_value_t = 1_000_000)]
     pub max_payload: usize,
     /// The most bytes waiting for one client (a polling client that does not poll, a

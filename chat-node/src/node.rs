@@ -63,7 +63,8 @@ pub struct NodeConfig {
     pub ping_interval: Duration,
     /// Engine.IO heartbeat: how long to wait for a pong.
     pub ping_timeout: Duration,
-    /// The largest message or POST body accepted, in bytes.
+    /// The largest message or POST body accepted, in bytes; also the most bytes of one
+    /// Socket.IO packet's binary attachments together.
     pub max_payload: usize,
     /// The most bytes waiting for one client before it is closed as a slow client (see
     /// [`EngineConfig::max_queued_bytes`]).
@@ -227,7 +228,11 @@ impl Node {
         if let Some(recovery) = config.recovery() {
             adapters = adapters.with_recovery(bus.session_store(), recovery);
         }
-        let io = SocketIo::with_adapter(SocketIoConfig::default(), adapters);
+        let sio_config = SocketIoConfig {
+            max_attachment_bytes: config.max_payload,
+            ..SocketIoConfig::default()
+        };
+        let io = SocketIo::with_adapter(sio_config, adapters);
         let chat = chat::register(&io, &config.node_id, chat_config, store)?;
         let engine = EngineIo::new(engine_config, io.clone())?;
         let mut forwarder = None;

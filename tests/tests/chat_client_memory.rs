@@ -2,7 +2,9 @@
 //! that never polls and a WebSocket client that never reads are closed as slow clients
 //! once more than `--max-queued-bytes` wait for them (counted in
 //! `switchyard_chat_sessions_closed_total{reason="slow_client"}`), while the other clients
-//! carry on; `history` and `rooms` are rate limited per user.
+//! carry on; `history` and `rooms` are rate limited per user; a binary packet whose
+//! attachments together pass `--max-payload` closes its connection with `1002 parse
+//! error` rather than being buffered.
 //!
 //! Build the node first: `cargo build -p chat-node --bin chat-node && cargo test -p tests
 //! --test chat_client_memory`.
@@ -12,7 +14,7 @@ use std::time::Duration;
 use futures::{SinkExt as _, StreamExt as _};
 use serde_json::json;
 use tests::chatnode::{engine_url, polling_open, raw_chat_call, raw_chat_socket, ChatNode};
-use tests::{client, free_port, send, wait_until, Ws, STEP_TIMEOUT};
+use tests::{client, free_port, send, wait_until, ws_recv, Ws, STEP_TIMEOUT};
 use tokio::net::TcpSocket;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
@@ -209,4 +211,44 @@ async fn history_and_rooms_are_rate_limited_per_user() {
     assert_eq!(page["ok"], true, "{page}");
     let rooms = raw_chat_call(&mut bob, 2, "rooms", "{}").await;
     assert_eq!(rooms["ok"], true, "{rooms}");
+}
+
+#[tokio::test]
+async fn attachments_larger_together_than_the_payload_limit_close_the_connection() {
+    let node = ChatNode::start("n1", None, &["--max-payload", "100000"]);
+    let mut other = raw_chat_socket(&node, "other").await;
+    let mut ws = raw_chat_socket(&node, "sender").await;
+    // Three attachments announced; two of 60 kB are more than one payload together.
+    let placeholders: Vec<_> = (0..3)
+        .map(|num| json!({"_placeholder": true, "num": num}))
+        .collect();
+    let header = json!(["send", {"room": "lobby", "text": "x", "files": placeholders}]);
+    ws.send(Message::text(format!("453-1{header}")))
+        .await
+        .expect("sending the header");
+    for _ in 0..2 {
+        ws.send(Message::binary(vec![7u8; 60_000]))
+            .await
+            .expect("sending an attachment");
+    }
+    let closed = tokio::time::timeout(NOTICE, async {
+        loop {
+            match ws_recv(&mut ws, NOTICE).await {
+                Some(Message::Close(frame)) => {
+                    return frame.map(|f| (f.code, f.reason.to_string()))
+                }
+                Some(_) => {}
+                None => return None,
+            }
+        }
+    })
+    .await
+    .expect("the connection is still open, its attachments buffered");
+    assert_eq!(
+        closed,
+        Some((CloseCode::Protocol, "parse error".to_owned())),
+        "closed for its attachments"
+    );
+    let page = raw_chat_call(&mut other, 1, "history", r#"{"room":"lobby"}"#).await;
+    assert_eq!(page["ok"], true, "the other client is served: {page}");
 }

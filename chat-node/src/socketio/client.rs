@@ -48,7 +48,8 @@ pub(crate) async fn run(
     let connect_timeout = tokio::time::sleep(server.config.connect_timeout);
     tokio::pin!(connect_timeout);
     let mut client = Client {
-        decoder: Decoder::with_max_attachments(server.config.max_attachments),
+        decoder: Decoder::with_max_attachments(server.config.max_attachments)
+            .max_attachment_bytes(server.config.max_attachment_bytes),
         server,
         session,
         sockets: HashMap::new(),

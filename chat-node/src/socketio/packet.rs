@@ -296,6 +296,12 @@ pub enum DecodeError {
         /// The decoder's limit.
         max: usize,
     },
+    /// A binary packet whose attachments together are larger than allowed.
+    #[error("attachments larger than {max} bytes in all")]
+    AttachmentsTooLarge {
+        /// The decoder's limit.
+        max: usize,
+    },
     /// An id too large for 64 bits.
     #[error("invalid ack id")]
     InvalidId,
@@ -573,6 +579,9 @@ impl RecoveryRequest {
 #[derive(Debug)]
 pub struct Decoder {
     max_attachments: usize,
+    /// The most bytes of one packet's attachments together: what one connection may make
+    /// the server hold for as long as it keeps the packet unfinished.
+    max_attachment_bytes: usize,
     pending: Option<Pending>,
 }
 
@@ -582,6 +591,8 @@ struct Pending {
     packet: Packet,
     expected: usize,
     attachments: Vec<Bytes>,
+    /// The bytes of `attachments`.
+    bytes: usize,
 }
 
 impl Default for Decoder {
@@ -596,11 +607,21 @@ impl Decoder {
         Self::with_max_attachments(DEFAULT_MAX_ATTACHMENTS)
     }
 
-    /// A decoder accepting up to `max` attachments per packet.
+    /// A decoder accepting up to `max` attachments per packet, of any size.
     pub fn with_max_attachments(max: usize) -> Self {
         Self {
             max_attachments: max,
+            max_attachment_bytes: usize::MAX,
             pending: None,
+        }
+    }
+
+    /// This decoder, accepting attachments of at most `max` bytes together per packet.
+    #[must_use]
+    pub fn max_attachment_bytes(self, max: usize) -> Self {
+        Self {
+            max_attachment_bytes: max,
+            ..self
         }
     }
 
@@ -623,6 +644,7 @@ impl Decoder {
                     packet,
                     expected,
                     attachments: Vec::new(),
+                    bytes: 0,
                 });
                 Ok(None)
             }
@@ -632,6 +654,12 @@ impl Decoder {
     /// Takes a binary message: the packet once its last attachment is in, else `None`.
     pub fn push_binary(&mut self, data: Bytes) -> Result<Option<Packet>, DecodeError> {
         let mut pending = self.pending.take().ok_or(DecodeError::UnexpectedBinary)?;
+        pending.bytes = pending.bytes.saturating_add(data.len());
+        if pending.bytes > self.max_attachment_bytes {
+            return Err(DecodeError::AttachmentsTooLarge {
+                max: self.max_attachment_bytes,
+            });
+        }
         pending.attachments.push(data);
         if pending.attachments.len() < pending.expected {
             self.pending = Some(pending);
@@ -1065,6 +1093,38 @@ mod tests {
         );
         // The decoder is ready for the next packet.
         assert!(decoder.push_text(r#"2["next"]"#).unwrap().is_some());
+    }
+
+    #[test]
+    fn attachments_larger_together_than_allowed_are_an_error() {
+        let mut decoder = Decoder::with_max_attachments(10).max_attachment_bytes(10);
+        let header = r#"53-["a",{"_placeholder":true,"num":0},{"_placeholder":true,"num":1},{"_placeholder":true,"num":2}]"#;
+        assert!(decoder.push_text(header).unwrap().is_none());
+        assert!(decoder
+            .push_binary(Bytes::from_static(b"12345"))
+            .unwrap()
+            .is_none());
+        assert!(decoder
+            .push_binary(Bytes::from_static(b"67890"))
+            .unwrap()
+            .is_none());
+        // The limit is on the packet's bytes together, however they are split.
+        assert!(matches!(
+            decoder.push_binary(Bytes::from_static(b"x")),
+            Err(DecodeError::AttachmentsTooLarge { max: 10 })
+        ));
+        // Nothing is kept of it; the next packet decodes on its own.
+        assert!(!decoder.is_awaiting_attachments());
+        assert!(decoder.push_text(r#"2["b"]"#).unwrap().is_some());
+        // Exactly at the limit is fine.
+        let mut decoder = Decoder::with_max_attachments(10).max_attachment_bytes(10);
+        decoder
+            .push_text(r#"51-["a",{"_placeholder":true,"num":0}]"#)
+            .unwrap();
+        assert!(decoder
+            .push_binary(Bytes::from_static(b"1234567890"))
+            .unwrap()
+            .is_some());
     }
 
     #[test]

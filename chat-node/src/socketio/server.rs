@@ -13,9 +13,13 @@ use super::client;
 use super::namespace::{ConnectHook, NamespaceInner, Nsp};
 use super::packet::{InvalidNamespace, Namespace};
 
-/// The default of [`SocketIoConfig::max_attachments`]: enough for any real client, small
-/// enough that a connection cannot make the server buffer hundreds of megabytes.
+/// The default of [`SocketIoConfig::max_attachments`]: the reference parser's
+/// `maxAttachments`, enough for any real client.
 pub const DEFAULT_MAX_ATTACHMENTS_PER_PACKET: usize = 10;
+
+/// The default of [`SocketIoConfig::max_attachment_bytes`]: the Engine.IO default
+/// `max_payload`, so that a packet in pieces holds no more than one message could.
+pub const DEFAULT_MAX_ATTACHMENT_BYTES: usize = 1_000_000;
 use crate::engineio::{Handler, Message, Session};
 
 /// Settings of a Socket.IO server; the defaults are the reference server's.
@@ -23,9 +27,12 @@ use crate::engineio::{Handler, Message, Session};
 pub struct SocketIoConfig {
     /// How long a new connection may take to join a namespace before it is closed.
     pub connect_timeout: Duration,
-    /// The most binary attachments one packet may announce; each may be as large as
-    /// `max_payload` and is buffered until the last one arrives.
+    /// The most binary attachments one packet may announce.
     pub max_attachments: usize,
+    /// The most bytes of one packet's attachments together. They are buffered until the
+    /// last one arrives, for as long as the client keeps the packet unfinished: without
+    /// it, `max_attachments` messages of `max_payload` each per connection.
+    pub max_attachment_bytes: usize,
 }
 
 impl Default for SocketIoConfig {
@@ -33,6 +40,7 @@ impl Default for SocketIoConfig {
         Self {
             connect_timeout: Duration::from_millis(45_000),
             max_attachments: DEFAULT_MAX_ATTACHMENTS_PER_PACKET,
+            max_attachment_bytes: DEFAULT_MAX_ATTACHMENT_BYTES,
         }
     }
 }
