@@ -28,7 +28,7 @@
 //!   silent for `ping_interval + ping_timeout` (it pings every `ping_interval`).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,8 +52,12 @@ use crate::engineio::{
 use crate::metrics::{metrics, Component, Topic};
 
 /// How many bridged WebSocket frames may wait, in each direction, for a slow consumer
-/// before the bridge is closed.
+/// before the bridge is closed (and, towards the client, no more than
+/// [`ForwardConfig::max_queued_bytes`] of them).
 const BRIDGE_CAPACITY: usize = 256;
+
+/// The longest a bridge's close frame to its client may take to be written.
+const BRIDGE_CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// How often, and how many times at most, a closed session is checked for having left the
 /// session table before its owner record is deleted.
@@ -278,6 +282,14 @@ impl WsFrame {
         }
     }
 
+    /// The bytes it holds while it waits for its client.
+    fn len(&self) -> usize {
+        match self {
+            Self::Text { d } | Self::Bin { d } => d.len(),
+            Self::Close => 1,
+        }
+    }
+
     /// The frame as a message; an undecodable binary frame is a close.
     fn into_message(self) -> WsMessage {
         match self {
@@ -293,6 +305,36 @@ impl WsFrame {
 
 /// The frames from a bridged client, as the owner's WebSocket transport reads them.
 type HostedFrames = futures::channel::mpsc::Sender<Result<WsMessage, axum::Error>>;
+
+/// Bridging side: the frames from the owner on their way to one bridged client.
+struct BridgeOut {
+    frames: mpsc::Sender<WsFrame>,
+    /// The bytes of the frames in `frames` or being written to the client.
+    bytes: Arc<AtomicUsize>,
+    /// Cancelled when the client falls too far behind: the bridge ends, also in the
+    /// middle of a write the client never takes (which would otherwise hold the bridge,
+    /// and what waits in `frames`, for good).
+    behind: CancellationToken,
+}
+
+impl BridgeOut {
+    /// Queues `frame`; `false` when the client is too far behind for it: more than
+    /// `max_bytes` would wait (a frame for a client with nothing waiting always goes, as
+    /// on the owner's own transports), or [`BRIDGE_CAPACITY`] frames.
+    fn offer(&self, frame: WsFrame, max_bytes: usize) -> bool {
+        let len = frame.len();
+        // Added before the frame can be taken (and its bytes taken off): one reader of the
+        // node's topic offers, so the check and the add do not race another offer.
+        let held = self.bytes.fetch_add(len, Ordering::Relaxed);
+        if (held > 0 && held.saturating_add(len) > max_bytes)
+            || self.frames.try_send(frame).is_err()
+        {
+            self.bytes.fetch_sub(len, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+}
 
 /// An Engine.IO error as a number: its protocol code, or 413 for a payload too large.
 fn error_code(error: EngineError) -> u16 {
@@ -331,6 +373,10 @@ pub struct ForwardConfig {
     pub owner_ttl: Duration,
     /// How often a live session's owner record is refreshed.
     pub refresh: Duration,
+    /// The most bytes of frames from the owner waiting for a bridged client (its
+    /// sessions' [`crate::engineio::EngineConfig::max_queued_bytes`]): a client that does
+    /// not read is closed as a slow client here too.
+    pub max_queued_bytes: usize,
 }
 
 /// Forwards requests for other nodes' sessions, and serves this node's sessions for them.
@@ -347,7 +393,7 @@ struct Inner {
     next_id: AtomicU64,
     pending: Mutex<HashMap<u64, oneshot::Sender<Answer>>>,
     /// Bridging side: the frames for each bridged client, by bridge id.
-    bridges: Mutex<HashMap<u64, mpsc::Sender<WsFrame>>>,
+    bridges: Mutex<HashMap<u64, BridgeOut>>,
     /// Owner side: the frames from each bridged client, by (bridging node, bridge id).
     hosted: Mutex<HashMap<(String, u64), HostedFrames>>,
     /// Owner side: the sessions of the forwarded polls being served, by (requesting node,
@@ -508,11 +554,16 @@ impl Forwarder {
             Rpc::WsOut { id, frame } => {
                 let mut bridges = self.inner.bridges.lock();
                 let close = frame == WsFrame::Close;
+                let max = self.inner.config.max_queued_bytes;
                 let delivered = bridges
                     .get(&id)
-                    .is_some_and(|tx| tx.try_send(frame).is_ok());
+                    .is_some_and(|bridge| bridge.offer(frame, max));
                 if close || !delivered {
-                    bridges.remove(&id);
+                    if let Some(bridge) = bridges.remove(&id) {
+                        if !delivered {
+                            bridge.behind.cancel();
+                        }
+                    }
                 }
             }
             Rpc::Res { id, body, error } => {
@@ -826,7 +877,14 @@ impl Forwarder {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let from = self.inner.config.node_id.clone();
         let (out_tx, mut out_rx) = mpsc::channel(BRIDGE_CAPACITY);
-        self.inner.bridges.lock().insert(id, out_tx);
+        let bytes = Arc::new(AtomicUsize::new(0));
+        let behind = CancellationToken::new();
+        let bridge = BridgeOut {
+            frames: out_tx,
+            bytes: Arc::clone(&bytes),
+            behind: behind.clone(),
+        };
+        self.inner.bridges.lock().insert(id, bridge);
         let _cleanup = RemoveBridge(&self.inner, id);
         metrics().bridges.inc();
         metrics().bridges_open.inc();
@@ -850,15 +908,13 @@ impl Forwarder {
                 () = self.inner.stopping.cancelled() => {
                     let gone = Rpc::WsIn { id, from: from.clone(), frame: WsFrame::Close };
                     self.send_to(&owner, &gone).await;
-                    let _ = ws_tx.send(WsMessage::Close(Some(CloseFrame {
-                        code: 1001,
-                        reason: CloseReason::ServerShutdown.as_str().into(),
-                    }))).await;
+                    close_bridged(&mut ws_tx, 1001, CloseReason::ServerShutdown).await;
                     break;
                 }
                 () = &mut owner_gone => {
                     tracing::debug!(%owner, "bridged WebSocket: no frame from the owner in time");
-                    let _ = ws_tx.send(WsMessage::Close(None)).await;
+                    let close = ws_tx.send(WsMessage::Close(None));
+                    let _ = tokio::time::timeout(BRIDGE_CLOSE_WAIT, close).await;
                     break;
                 }
                 frame = ws_rx.next() => {
@@ -878,9 +934,33 @@ impl Forwarder {
                 }
                 frame = out_rx.recv() => {
                     owner_gone.as_mut().reset(Instant::now() + silence);
-                    let message = frame.unwrap_or(WsFrame::Close).into_message();
+                    let frame = frame.unwrap_or(WsFrame::Close);
+                    let len = frame.len();
+                    let message = frame.into_message();
                     let close = matches!(message, WsMessage::Close(_));
-                    if ws_tx.send(message).await.is_err() {
+                    let sent = tokio::select! {
+                        sent = ws_tx.send(message) => sent.is_ok(),
+                        // The client does not read: what the owner sends piles up here, or,
+                        // once the owner has nothing more to send (it closed the session
+                        // for the pongs the client did not send), nothing would end the
+                        // write.
+                        () = behind.cancelled() => {
+                            tracing::debug!(%owner, "bridged WebSocket: slow client, closed");
+                            close_bridged(&mut ws_tx, 1008, CloseReason::SlowClient).await;
+                            false
+                        }
+                        () = tokio::time::sleep(silence) => {
+                            tracing::debug!(%owner, "bridged WebSocket: a write not taken in time");
+                            close_bridged(&mut ws_tx, 1008, CloseReason::SlowClient).await;
+                            false
+                        }
+                        () = self.inner.stopping.cancelled() => {
+                            close_bridged(&mut ws_tx, 1001, CloseReason::ServerShutdown).await;
+                            false
+                        }
+                    };
+                    bytes.fetch_sub(len, Ordering::Relaxed);
+                    if !sent {
                         let gone = Rpc::WsIn { id, from: from.clone(), frame: WsFrame::Close };
                         self.send_to(&owner, &gone).await;
                         break;
@@ -892,6 +972,19 @@ impl Forwarder {
             }
         }
     }
+}
+
+/// Sends a bridged client the close frame for `reason`, if it takes it in time: behind it
+/// may wait what a client that stopped reading never takes.
+async fn close_bridged<W>(ws_tx: &mut W, code: u16, reason: CloseReason)
+where
+    W: futures::Sink<WsMessage> + Unpin,
+{
+    let frame = WsMessage::Close(Some(CloseFrame {
+        code,
+        reason: reason.as_str().into(),
+    }));
+    let _ = tokio::time::timeout(BRIDGE_CLOSE_WAIT, ws_tx.send(frame)).await;
 }
 
 /// Forgets a bridge when it ends.
@@ -908,6 +1001,30 @@ impl Drop for RemoveBridge<'_> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    fn text(len: usize) -> WsFrame {
+        WsFrame::Text { d: "x".repeat(len) }
+    }
+
+    #[test]
+    fn a_bridged_client_is_offered_no_more_than_the_queue_holds() {
+        let (frames, mut taken) = mpsc::channel(BRIDGE_CAPACITY);
+        let bridge = BridgeOut {
+            frames,
+            bytes: Arc::new(AtomicUsize::new(0)),
+            behind: CancellationToken::new(),
+        };
+        // A frame for a client with nothing waiting goes whatever its size.
+        assert!(bridge.offer(text(500), 100));
+        assert!(!bridge.offer(text(1), 100));
+        // Written: the client is no longer behind.
+        let frame = taken.try_recv().unwrap();
+        bridge.bytes.fetch_sub(frame.len(), Ordering::Relaxed);
+        assert!(bridge.offer(text(60), 100));
+        assert!(bridge.offer(text(40), 100));
+        assert!(!bridge.offer(text(1), 100));
+        assert_eq!(bridge.bytes.load(Ordering::Relaxed), 100);
+    }
 
     #[test]
     fn rpc_entries_round_trip_and_errors_keep_their_codes() {

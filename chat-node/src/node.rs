@@ -243,6 +243,7 @@ impl Node {
                     poll_timeout: config.ping_interval + config.ping_timeout,
                     post_timeout: config.ping_timeout,
                     owner_ttl: config.ping_interval * 2 + config.ping_timeout,
+                    max_queued_bytes: config.max_queued_bytes,
                     refresh: config.ping_interval,
                 },
                 Arc::clone(&bus),

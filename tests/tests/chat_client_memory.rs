@@ -2,9 +2,10 @@
 //! that never polls and a WebSocket client that never reads are closed as slow clients
 //! once more than `--max-queued-bytes` wait for them (counted in
 //! `switchyard_chat_sessions_closed_total{reason="slow_client"}`), while the other clients
-//! carry on; `history` and `rooms` are rate limited per user; a binary packet whose
-//! attachments together pass `--max-payload` closes its connection with `1002 parse
-//! error` rather than being buffered.
+//! carry on, also when the WebSocket is bridged to the session's node by another (needs
+//! `redis-server`); `history` and `rooms` are rate limited per user; a binary packet whose
+//! attachments together pass `--max-payload` closes its connection with `1002 parse error`
+//! rather than being buffered.
 //!
 //! Build the node first: `cargo build -p chat-node --bin chat-node && cargo test -p tests
 //! --test chat_client_memory`.
@@ -14,10 +15,12 @@ use std::time::Duration;
 use futures::{SinkExt as _, StreamExt as _};
 use serde_json::json;
 use tests::chatnode::{engine_url, polling_open, raw_chat_call, raw_chat_socket, ChatNode};
+use tests::redis::RedisServer;
 use tests::{client, free_port, send, wait_until, ws_recv, Ws, STEP_TIMEOUT};
-use tokio::net::TcpSocket;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
 
 /// The longest a node takes to notice a client over its limits (a few seconds alone;
 /// the machine is shared).
@@ -26,7 +29,7 @@ const NOTICE: Duration = Duration::from_secs(30);
 /// `history` answers of about 110 kB (50 messages of 2000 characters) against a queue of
 /// 200 kB: two unread answers are too many. The limits on messages and `history` are
 /// out of the way.
-const QUEUE_FLAGS: &[&str] = &[
+const QUEUE_FLAGS: [&str; 8] = [
     "--max-payload",
     "100000",
     "--max-queued-bytes",
@@ -93,6 +96,45 @@ async fn still_served(ws: &mut Ws, id: u64) {
     );
 }
 
+/// A WebSocket to `url` on `node` (not yet read) whose client will not read: a small
+/// receive buffer, so that the node's writes block soon after the client stops reading,
+/// rather than after the megabytes the kernel would take on its behalf.
+async fn unread_websocket(node: &ChatNode, url: &str) -> WebSocketStream<TcpStream> {
+    let socket = TcpSocket::new_v4().expect("a TCP socket");
+    socket
+        .set_recv_buffer_size(4096)
+        .expect("a small receive buffer");
+    let stream = socket.connect(node.addr()).await.expect("connecting");
+    let (ws, _) = tokio::time::timeout(STEP_TIMEOUT, tokio_tungstenite::client_async(url, stream))
+        .await
+        .expect("the WebSocket handshake in time")
+        .expect("a WebSocket");
+    ws
+}
+
+/// Reads what the node wrote before it closed the connection, then the end: a close frame
+/// saying `1008 slow client` if it fit behind what the client did not read.
+async fn read_to_the_end(ws: &mut WebSocketStream<TcpStream>) {
+    let ended = tokio::time::timeout(NOTICE, async {
+        while let Some(Ok(message)) = ws.next().await {
+            if let Message::Close(frame) = message {
+                return frame.map(|f| (f.code, f.reason.to_string()));
+            }
+        }
+        None
+    })
+    .await;
+    match ended {
+        Ok(Some((code, reason))) => {
+            assert_eq!((code, reason.as_str()), (CloseCode::Policy, "slow client"));
+        }
+        Ok(None) => {}
+        Err(_) => panic!("the slow client's connection is still open"),
+    }
+}
+
+const BRIDGES_OPEN: &str = "switchyard_chat_bridges_open";
+
 /// `count` `history` requests (ack ids from 1), as one payload or one frame each.
 fn history_requests(count: u64) -> Vec<String> {
     (1..=count)
@@ -102,7 +144,7 @@ fn history_requests(count: u64) -> Vec<String> {
 
 #[tokio::test]
 async fn a_polling_client_that_never_polls_is_closed_as_a_slow_client() {
-    let (node, metrics) = node_with_metrics(QUEUE_FLAGS);
+    let (node, metrics) = node_with_metrics(&QUEUE_FLAGS);
     let mut filler = filled_lobby(&node).await;
     let sid = polling_open(&node, "idle").await;
     let url = engine_url(&node, "polling", Some(&sid));
@@ -122,23 +164,10 @@ async fn a_polling_client_that_never_polls_is_closed_as_a_slow_client() {
 
 #[tokio::test]
 async fn a_websocket_client_that_never_reads_is_closed_as_a_slow_client() {
-    let (node, metrics) = node_with_metrics(QUEUE_FLAGS);
+    let (node, metrics) = node_with_metrics(&QUEUE_FLAGS);
     let mut filler = filled_lobby(&node).await;
-    // A small receive buffer, so that the node's writes block soon after the client stops
-    // reading, rather than after the megabytes the kernel would take on its behalf.
-    let socket = TcpSocket::new_v4().expect("a TCP socket");
-    socket
-        .set_recv_buffer_size(4096)
-        .expect("a small receive buffer");
-    let stream = socket.connect(node.addr()).await.expect("connecting");
     let url = engine_url(&node, "websocket", None).replacen("http", "ws", 1);
-    let (mut ws, _) = tokio::time::timeout(
-        STEP_TIMEOUT,
-        tokio_tungstenite::client_async(url.as_str(), stream),
-    )
-    .await
-    .expect("the WebSocket handshake in time")
-    .expect("a WebSocket");
+    let mut ws = unread_websocket(&node, &url).await;
     ws.send(Message::text(r#"40{"name":"noread"}"#))
         .await
         .expect("sending CONNECT");
@@ -155,24 +184,7 @@ async fn a_websocket_client_that_never_reads_is_closed_as_a_slow_client() {
     }
     ws.flush().await.expect("sending");
     slow_clients(&metrics, 1.0).await;
-    // Reading again, the client gets what was written before the close, then the end.
-    let ended = tokio::time::timeout(NOTICE, async {
-        while let Some(Ok(message)) = ws.next().await {
-            if let Message::Close(frame) = message {
-                return frame.map(|f| (f.code, f.reason.to_string()));
-            }
-        }
-        None
-    })
-    .await;
-    match ended {
-        // The close frame comes when it fit behind the answers the client did not read.
-        Ok(Some((code, reason))) => {
-            assert_eq!((code, reason.as_str()), (CloseCode::Policy, "slow client"));
-        }
-        Ok(None) => {}
-        Err(_) => panic!("the slow client's connection is still open"),
-    }
+    read_to_the_end(&mut ws).await;
     still_served(&mut filler, 100).await;
 }
 
@@ -251,4 +263,56 @@ async fn attachments_larger_together_than_the_payload_limit_close_the_connection
     );
     let page = raw_chat_call(&mut other, 1, "history", r#"{"room":"lobby"}"#).await;
     assert_eq!(page["ok"], true, "the other client is served: {page}");
+}
+
+#[tokio::test]
+async fn a_bridged_websocket_client_that_never_reads_is_closed_as_a_slow_client() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    // The session lives on n2; its upgrade to WebSocket lands on n1, which bridges it.
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let mut flags = vec!["--metrics-listen", metrics.as_str()];
+    flags.extend_from_slice(&QUEUE_FLAGS);
+    let n1 = ChatNode::start("n1", Some(&url), &flags);
+    let metrics = format!("http://{metrics}/metrics");
+    // The owner takes the answers as fast as the bus carries them (its own queue does not
+    // fill): they pile up on n1, behind the client that does not read.
+    let owner_flags = QUEUE_FLAGS.map(|flag| match flag {
+        "200000" => "100000000",
+        other => other,
+    });
+    let n2 = ChatNode::start("n2", Some(&url), &owner_flags);
+    let mut filler = filled_lobby(&n2).await;
+    let sid = polling_open(&n2, "noread").await;
+    let poll_url = engine_url(&n2, "polling", Some(&sid));
+    wait_until(STEP_TIMEOUT, "the welcome over polling", || async {
+        let poll = send(client().get(&poll_url)).await;
+        assert_eq!(poll.status, 200, "poll: {}", poll.body);
+        poll.body.contains(r#"42["welcome""#)
+    })
+    .await;
+    let url = engine_url(&n1, "websocket", Some(&sid)).replacen("http", "ws", 1);
+    let mut ws = unread_websocket(&n1, &url).await;
+    ws.send(Message::text("2probe")).await.expect("probing");
+    loop {
+        match tokio::time::timeout(STEP_TIMEOUT, ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) if t.as_str() == "3probe" => break,
+            Ok(Some(Ok(_))) => {}
+            other => panic!("no 3probe: {other:?}"),
+        }
+    }
+    ws.send(Message::text("5")).await.expect("upgrading");
+    assert_eq!(metric(&metrics, BRIDGES_OPEN).await, Some(1.0));
+    // 150 answers of 110 kB, 16 MB, far more than the kernel's buffers take; fewer than
+    // the owner lets wait from a bridged client (else it ends the session for that first).
+    for request in history_requests(150) {
+        ws.feed(Message::text(request)).await.expect("sending");
+    }
+    ws.flush().await.expect("sending");
+    wait_until(NOTICE, "the bridge closed", || async {
+        metric(&metrics, BRIDGES_OPEN).await == Some(0.0)
+    })
+    .await;
+    read_to_the_end(&mut ws).await;
+    still_served(&mut filler, 100).await;
 }
