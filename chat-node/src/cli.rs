@@ -8,8 +8,10 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::chat::{ChatConfig, ChatConfigError, RateLimit};
+use crate::client_addr::{TrustedProxies, DEFAULT_TRUSTED_PROXIES};
+use crate::conn::{auto_max_connections, ConnLimits, ConnLimitsError};
 use crate::engineio::{ConfigError, Cors};
-use crate::node::{NodeConfig, SessionMode};
+use crate::node::{NodeConfig, SessionMode, DEFAULT_MAX_SESSIONS_PER_CLIENT};
 
 /// A Switchyard chat node: a Socket.IO v4 server on `/socket.io/`.
 #[derive(Debug, Clone, Parser)]
@@ -51,6 +53,32 @@ pub struct Args {
     /// `Server at capacity` (0: no limit). Keep it below the open-file limit.
     #[arg(long, env = "CHAT_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
+    /// The most sessions one client (an IPv4 address, an IPv6 /64) may have open on this
+    /// node; a handshake beyond it gets 429 (0: no limit).
+    #[arg(long, env = "CHAT_MAX_SESSIONS_PER_CLIENT", default_value_t = DEFAULT_MAX_SESSIONS_PER_CLIENT)]
+    pub max_sessions_per_client: usize,
+    /// How long a polling session waits for its client's first request after the
+    /// handshake; then it closes (a client polls at once: one that does not is gone).
+    #[arg(long, env = "CHAT_FIRST_POLL_TIMEOUT", default_value = "10s", value_parser = shared::duration::parse_duration)]
+    pub first_poll_timeout: Duration,
+    /// The proxies whose `X-Forwarded-For` names the client, for the per-client limits:
+    /// CIDR blocks or addresses, comma-separated, or `none`. From another peer the header
+    /// is ignored; from these the client is the right-most address that is not one of them.
+    #[arg(long, env = "CHAT_TRUSTED_PROXIES", default_value = DEFAULT_TRUSTED_PROXIES)]
+    pub trusted_proxies: TrustedProxies,
+    /// The most TCP connections open at once, WebSockets included; one beyond it gets 503
+    /// and is closed at once. Default: the open-file limit less an eighth of it (at least
+    /// 64 kept for everything else).
+    #[arg(long, env = "CHAT_MAX_TCP_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_tcp_connections: Option<u32>,
+    /// How long a client may take to send a request's head, from the connection's opening
+    /// or the end of the previous response: an idle keep-alive connection closes after it.
+    #[arg(long, env = "CHAT_HEADER_TIMEOUT", default_value = "10s", value_parser = shared::duration::parse_duration)]
+    pub header_timeout: Duration,
+    /// How long a connection may stay with no request in progress (h2c between requests,
+    /// a response its client does not read) before it is closed.
+    #[arg(long, env = "CHAT_IDLE_TIMEOUT", default_value = "60s", value_parser = shared::duration::parse_duration)]
+    pub idle_timeout: Duration,
     /// The longest a message for a WebSocket client waits, while the node is busy, for
     /// others to share its write (`5ms`; at most `1s`): one send instead of many for a
     /// client receiving a stream. No wait while the node's threads are mostly idle, nor for
@@ -97,6 +125,15 @@ pub struct Args {
     /// answer `rate limited`).
     #[arg(long, env = "CHAT_ROOMS_RATE_LIMIT", default_value = "100/10s")]
     pub rooms_rate_limit: RateLimit,
+    /// Chat: new users (connections without a valid token) per client address and window,
+    /// across all nodes; beyond it the connection is refused with `rate limited`. Each
+    /// new user has its own per-user limits: without this, fresh identities would undo them.
+    #[arg(long, env = "CHAT_NEW_USER_RATE_LIMIT", default_value = "60/10m")]
+    pub new_user_rate_limit: RateLimit,
+    /// Chat: `create`s per client address and window, across all nodes (beyond it they
+    /// answer `rate limited`): rooms are never deleted, and `--max-rooms` is for everyone.
+    #[arg(long, env = "CHAT_CREATE_RATE_LIMIT", default_value = "100/1h")]
+    pub create_rate_limit: RateLimit,
     /// Chat: the longest message, in characters.
     #[arg(long, env = "CHAT_MAX_TEXT", default_value_t = 2000)]
     pub max_text: usize,
@@ -164,12 +201,25 @@ impl Args {
                 ConfigError::FlushInterval(_) => {
                     Some(("ws-flush-interval", "CHAT_WS_FLUSH_INTERVAL"))
                 }
+                ConfigError::Zero("first_poll_timeout") => {
+                    Some(("first-poll-timeout", "CHAT_FIRST_POLL_TIMEOUT"))
+                }
                 // Settings without a flag: `Node::new` reports them.
                 _ => None,
             };
             if let Some(which) = which {
                 return Err(named(which, error.to_string()));
             }
+        }
+        if let Err(error) = config.conn.validate() {
+            let which = match error {
+                ConnLimitsError::Zero("header_timeout") => {
+                    ("header-timeout", "CHAT_HEADER_TIMEOUT")
+                }
+                ConnLimitsError::Zero("idle_timeout") => ("idle-timeout", "CHAT_IDLE_TIMEOUT"),
+                ConnLimitsError::Zero(_) => ("max-tcp-connections", "CHAT_MAX_TCP_CONNECTIONS"),
+            };
+            return Err(named(which, error.to_string()));
         }
         if let Some(metrics) = self.metrics_listen {
             // Port 0 twice is two free ports; the same fixed address twice cannot be bound
@@ -230,6 +280,16 @@ impl Args {
                     .saturating_mul(crate::engineio::config::DEFAULT_QUEUED_PAYLOADS)
             }),
             max_connections: self.max_connections,
+            max_sessions_per_client: self.max_sessions_per_client,
+            first_poll_timeout: self.first_poll_timeout,
+            trusted_proxies: self.trusted_proxies.clone(),
+            conn: ConnLimits {
+                max_connections: self
+                    .max_tcp_connections
+                    .map_or_else(auto_max_connections, |max| max as usize),
+                header_timeout: self.header_timeout,
+                idle_timeout: self.idle_timeout,
+            },
             ws_flush_interval: self.ws_flush_interval,
             cors: self.cors(),
             shutdown_grace: self.shutdown_grace,
@@ -242,6 +302,8 @@ impl Args {
                 typing_rate_limit: self.typing_rate_limit,
                 history_rate_limit: self.history_rate_limit,
                 rooms_rate_limit: self.rooms_rate_limit,
+                new_user_rate_limit: self.new_user_rate_limit,
+                create_rate_limit: self.create_rate_limit,
                 max_text: self.max_text,
                 presence_ttl: self.presence_ttl,
                 max_rooms: self.max_rooms,
@@ -392,6 +454,61 @@ mod tests {
         ])
         .unwrap();
         assert!(zeros.checked_config().is_ok());
+    }
+
+    #[test]
+    fn connection_and_client_flags_map_to_settings() {
+        let args = Args::try_parse_from([
+            "chat-node",
+            "--max-sessions-per-client",
+            "7",
+            "--first-poll-timeout",
+            "3s",
+            "--trusted-proxies",
+            "10.0.0.0/8,::1",
+            "--max-tcp-connections",
+            "50",
+            "--header-timeout",
+            "4s",
+            "--idle-timeout",
+            "5s",
+            "--new-user-rate-limit",
+            "2/1m",
+            "--create-rate-limit",
+            "3/1h",
+        ])
+        .unwrap();
+        let config = args.checked_config().unwrap();
+        assert_eq!(config.max_sessions_per_client, 7);
+        assert_eq!(config.first_poll_timeout, Duration::from_secs(3));
+        assert_eq!(config.trusted_proxies.to_string(), "10.0.0.0/8,::1/128");
+        assert_eq!(config.conn.max_connections, 50);
+        assert_eq!(config.conn.header_timeout, Duration::from_secs(4));
+        assert_eq!(config.conn.idle_timeout, Duration::from_secs(5));
+        assert_eq!(config.chat.new_user_rate_limit.to_string(), "2/1m");
+        assert_eq!(config.chat.create_rate_limit.to_string(), "3/1h");
+
+        let defaults = Args::try_parse_from(["chat-node"]).unwrap().node_config();
+        assert_eq!(defaults.trusted_proxies, TrustedProxies::loopback());
+        assert_eq!(defaults.conn.max_connections, auto_max_connections());
+        assert_eq!(
+            defaults.max_sessions_per_client,
+            DEFAULT_MAX_SESSIONS_PER_CLIENT
+        );
+
+        for (flag, env) in [
+            ("header-timeout", "CHAT_HEADER_TIMEOUT"),
+            ("idle-timeout", "CHAT_IDLE_TIMEOUT"),
+            ("first-poll-timeout", "CHAT_FIRST_POLL_TIMEOUT"),
+        ] {
+            let args = Args::try_parse_from(["chat-node", &format!("--{flag}"), "0s"]).unwrap();
+            let error = args.checked_config().unwrap_err();
+            assert_eq!((error.flag, error.env), (flag, env), "{error}");
+        }
+        assert!(Args::try_parse_from(["chat-node", "--max-tcp-connections", "0"]).is_err());
+        let error =
+            Args::try_parse_from(["chat-node", "--trusted-proxies", "proxy.local"]).unwrap_err();
+        assert!(error.to_string().contains("CIDR"), "{error}");
     }
 
     #[test]

@@ -23,6 +23,10 @@
 //!   ([`forward::Forwarder`]).
 //! - [`metrics`]: Prometheus metrics (plain atomics), served on their own listener
 //!   (`--metrics-listen`).
+//! - [`conn`]: the node's TCP connections: a cap, header-read and idle timeouts, HTTP/1
+//!   and h2c with upgrades.
+//! - [`client_addr`]: which client a request comes from (`X-Forwarded-For` from trusted
+//!   proxies), for the limits counted per client.
 //! - [`node`]: one chat node: settings ([`node::NodeConfig`]), the HTTP application
 //!   (engine path, `/healthz`, `x-served-by`), serving with a bounded graceful shutdown.
 //! - [`web`]: the browser chat page (`web/`: HTML, CSS, the JavaScript Socket.IO client),
@@ -45,8 +49,10 @@
 pub mod bus;
 pub mod chat;
 pub mod cli;
+pub mod client_addr;
 pub mod cluster;
 pub mod conformance;
+pub mod conn;
 pub mod engineio;
 pub mod forward;
 pub mod metrics;

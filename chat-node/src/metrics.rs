@@ -211,6 +211,10 @@ pub struct Metrics {
     handshakes: [Counter; 2],
     /// Handshakes refused at the connection limit.
     pub handshakes_refused: Counter,
+    /// Handshakes refused at the per-client session limit.
+    pub client_handshakes_refused: Counter,
+    /// TCP connections refused at the connection cap.
+    pub tcp_connections_refused: Counter,
     /// Sessions moved from polling to WebSocket.
     pub upgrades: Counter,
     sessions_closed: [Counter; 8],
@@ -267,6 +271,8 @@ impl Metrics {
             sessions_open: [GAUGE; 2],
             handshakes: counters!(2),
             handshakes_refused: Counter::new(),
+            client_handshakes_refused: Counter::new(),
+            tcp_connections_refused: Counter::new(),
             upgrades: Counter::new(),
             sessions_closed: counters!(8),
             packets_received: counters!(5),
@@ -405,6 +411,18 @@ impl Metrics {
             "counter",
             "Handshakes refused at the connection limit (--max-connections)",
             self.handshakes_refused.get(),
+        );
+        w.single(
+            "client_handshakes_refused_total",
+            "counter",
+            "Handshakes refused at the per-client session limit (--max-sessions-per-client)",
+            self.client_handshakes_refused.get(),
+        );
+        w.single(
+            "tcp_connections_refused_total",
+            "counter",
+            "TCP connections refused at the connection cap (--max-tcp-connections)",
+            self.tcp_connections_refused.get(),
         );
         w.single(
             "upgrades_total",

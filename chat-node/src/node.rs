@@ -5,7 +5,7 @@
 //! HTTP routes: the engine path (`/socket.io/`), `GET /healthz` and the browser page
 //! ([`crate::web`]: `/`, `/assets/…`); every response carries `x-served-by: <node-id>`.
 
-use std::future::{Future, IntoFuture as _};
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +14,6 @@ use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::serve::ListenerExt as _;
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -24,7 +23,9 @@ use crate::bus::{Bus, BusError, MemoryBus, RedisBus, RedisBusConfig};
 use crate::chat::{
     self, Chat, ChatConfig, ChatConfigError, ChatStore, MemoryStore, RedisStore, StoreError,
 };
+use crate::client_addr::TrustedProxies;
 use crate::cluster::ClusterAdapterFactory;
+use crate::conn::{ConnLimits, ConnLimitsError};
 use crate::engineio::server::served_by;
 use crate::engineio::{CloseReason, ConfigError, Cors, EngineConfig, EngineIo};
 use crate::forward::{ForwardConfig, Forwarder, MemoryDirectory, RedisDirectory, SessionDirectory};
@@ -50,6 +51,15 @@ pub enum SessionMode {
 /// delay a person notices; applied only while the node is busy.
 pub const DEFAULT_WS_FLUSH_INTERVAL: Duration = Duration::from_millis(5);
 
+/// A chat node's default [`NodeConfig::max_sessions_per_client`]: a household or an
+/// office behind one address has far fewer tabs open; one client cannot take more than a
+/// hundredth of the default `--max-connections`.
+pub const DEFAULT_MAX_SESSIONS_PER_CLIENT: usize = 100;
+
+/// A chat node's default [`NodeConfig::first_poll_timeout`]: a client polls as soon as
+/// the handshake's answer arrives, within a round trip.
+pub const DEFAULT_FIRST_POLL_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Settings of a chat node.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -71,6 +81,15 @@ pub struct NodeConfig {
     pub max_queued_bytes: usize,
     /// The most clients connected to this node at once (zero: no limit).
     pub max_connections: usize,
+    /// The most sessions one client may have open on this node (zero: no limit).
+    pub max_sessions_per_client: usize,
+    /// How long a polling session waits for its client's first request after the
+    /// handshake (see [`EngineConfig::first_poll_timeout`]).
+    pub first_poll_timeout: Duration,
+    /// The proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: TrustedProxies,
+    /// The TCP connections' cap and timeouts.
+    pub conn: ConnLimits,
     /// The longest a WebSocket write waits for more packets while the node is busy (see
     /// [`EngineConfig::ws_flush_interval`]); zero writes every packet at once.
     pub ws_flush_interval: Duration,
@@ -97,6 +116,10 @@ impl Default for NodeConfig {
             max_payload: engine.max_payload,
             max_queued_bytes: engine.max_queued_bytes,
             max_connections: engine.max_sessions,
+            max_sessions_per_client: DEFAULT_MAX_SESSIONS_PER_CLIENT,
+            first_poll_timeout: DEFAULT_FIRST_POLL_TIMEOUT,
+            trusted_proxies: TrustedProxies::loopback(),
+            conn: ConnLimits::default(),
             ws_flush_interval: DEFAULT_WS_FLUSH_INTERVAL,
             cors: Cors::Disabled,
             shutdown_grace: Duration::from_secs(5),
@@ -115,6 +138,9 @@ pub enum StartError {
     /// The configured Redis does not answer.
     #[error("redis: {0}")]
     Bus(#[from] BusError),
+    /// An invalid connection limit.
+    #[error(transparent)]
+    Conn(#[from] ConnLimitsError),
     /// An invalid chat setting (the source says which).
     #[error("invalid chat setting")]
     Chat(#[from] ChatConfigError),
@@ -146,6 +172,9 @@ impl NodeConfig {
             max_payload: self.max_payload,
             max_queued_bytes: self.max_queued_bytes,
             max_sessions: self.max_connections,
+            max_sessions_per_client: self.max_sessions_per_client,
+            first_poll_timeout: Some(self.first_poll_timeout),
+            trusted_proxies: self.trusted_proxies.clone(),
             ws_flush_interval: self.ws_flush_interval,
             cors: self.cors.clone(),
             node_id: self.node_id.clone(),
@@ -223,6 +252,7 @@ impl Node {
         store: Arc<dyn ChatStore>,
     ) -> Result<Self, StartError> {
         let engine_config = config.engine_config().validate()?;
+        config.conn.validate()?;
         let chat_config = config.chat.clone().validate()?;
         let mut adapters = ClusterAdapterFactory::new(Arc::clone(&bus), config.node_id.clone());
         if let Some(recovery) = config.recovery() {
@@ -327,23 +357,27 @@ impl Node {
     {
         let (fired_tx, fired_rx) = oneshot::channel::<Instant>();
         let node = self.clone();
-        let listener = listener.tap_io(crate::engineio::server::no_delay);
-        let server = axum::serve(listener, self.router()).with_graceful_shutdown(async move {
-            shutdown.await;
-            let since = Instant::now();
-            tracing::info!(
-                node = %node.config.node_id,
-                sessions = node.engine.sessions().len(),
-                "shutting down"
-            );
-            node.stopping.store(true, Ordering::Relaxed);
-            node.engine.close_all(CloseReason::ServerShutdown);
-            if let Some(forwarder) = &node.forwarder {
-                forwarder.stop();
-            }
-            let _ = fired_tx.send(since);
-        });
-        let server = server.into_future();
+        let server = crate::conn::serve(
+            listener,
+            self.router(),
+            self.config.conn,
+            crate::engineio::server::no_delay,
+            async move {
+                shutdown.await;
+                let since = Instant::now();
+                tracing::info!(
+                    node = %node.config.node_id,
+                    sessions = node.engine.sessions().len(),
+                    "shutting down"
+                );
+                node.stopping.store(true, Ordering::Relaxed);
+                node.engine.close_all(CloseReason::ServerShutdown);
+                if let Some(forwarder) = &node.forwarder {
+                    forwarder.stop();
+                }
+                let _ = fired_tx.send(since);
+            },
+        );
         tokio::pin!(server);
         tokio::pin!(fired_rx);
         let grace = self.config.shutdown_grace;

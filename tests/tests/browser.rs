@@ -689,7 +689,12 @@ async fn the_room_list_counts_users_not_names() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_room_list_holds_rooms_beyond_one_page() {
     const ROOMS: usize = 520;
-    let stack = Stack::start_with(&["--rate-limit", "10000/1s"]);
+    let stack = Stack::start_with(&[
+        "--rate-limit",
+        "10000/1s",
+        "--create-rate-limit",
+        "10000/1s",
+    ]);
     let mut maker = raw_chat_socket(&stack.nodes[1], "maker").await;
     for i in 0..ROOMS {
         let payload = format!(r#"{{"room":"room {i:03}"}}"#);

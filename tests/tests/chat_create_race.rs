@@ -66,7 +66,15 @@ impl User {
 /// Two chat nodes on `redis` with rate limits no test reaches.
 fn two_nodes(redis: &RedisServer) -> [ChatNode; 2] {
     let url = redis.url();
-    let args = ["--rate-limit", "10000/1s", "--join-rate-limit", "100000/1s"];
+    // Every creator is on this one address: its creation limit too.
+    let args = [
+        "--rate-limit",
+        "10000/1s",
+        "--join-rate-limit",
+        "100000/1s",
+        "--create-rate-limit",
+        "100000/1s",
+    ];
     [
         ChatNode::start("a", Some(&url), &args),
         ChatNode::start("b", Some(&url), &args),

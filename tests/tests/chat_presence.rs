@@ -57,7 +57,15 @@ const LOBBY_N1: &str = "syd:chat:presence:lobby:n1";
 /// and its metrics served: the node and its metrics URL.
 fn node_n1(redis: &RedisServer, extra: &[&str]) -> (ChatNode, String) {
     let metrics = format!("127.0.0.1:{}", free_port());
-    let mut args = vec!["--rate-limit", "1000/1s", "--metrics-listen", &metrics];
+    // 300 rooms from one address: beyond the default per-client creation limit.
+    let mut args = vec![
+        "--rate-limit",
+        "1000/1s",
+        "--create-rate-limit",
+        "1000/1s",
+        "--metrics-listen",
+        &metrics,
+    ];
     args.extend_from_slice(extra);
     let node = ChatNode::start("n1", Some(&redis.url()), &args);
     (node, format!("http://{metrics}/metrics"))

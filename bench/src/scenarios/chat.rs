@@ -35,6 +35,14 @@ pub fn plan(
         "shared",
         "--rate-limit",
         "1000000/1s",
+        // Every client is on one address (the proxy forwards 127.0.0.1): the per-client
+        // limits would count them all as one.
+        "--max-sessions-per-client",
+        "0",
+        "--new-user-rate-limit",
+        "1000000/1s",
+        "--create-rate-limit",
+        "1000000/1s",
         "--threads",
         "1",
     ]

@@ -13,7 +13,19 @@ use crate::targets::{Running, Strategy};
 
 pub fn plan(common: &Common, sessions: usize, cycles: usize, nodes: usize) -> Plan {
     // Short heartbeats so each poll returns quickly with a ping to answer.
-    let base = ["--ping-interval", "300ms", "--ping-timeout", "2s"].map(str::to_owned);
+    // Each client opens all its sessions (each a new user) from its one address, and
+    // behind a proxy that sends no X-Forwarded-For every client is the proxy's.
+    let base = [
+        "--ping-interval",
+        "300ms",
+        "--ping-timeout",
+        "2s",
+        "--new-user-rate-limit",
+        "1000000/1s",
+        "--max-sessions-per-client",
+        "0",
+    ]
+    .map(str::to_owned);
     let local: Vec<String> = ["--sessions", "local"]
         .map(str::to_owned)
         .into_iter()

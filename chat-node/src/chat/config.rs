@@ -42,6 +42,22 @@ pub const DEFAULT_ROOMS_RATE_LIMIT: RateLimit = RateLimit {
     window: Duration::from_secs(10),
 };
 
+/// The default of [`ChatConfig::new_user_rate_limit`]: 60 in a burst, then one every
+/// 10 s. A browser keeps its token, so new users from one address are rare; a script
+/// making identities to escape the per-user limits is not.
+pub const DEFAULT_NEW_USER_RATE_LIMIT: RateLimit = RateLimit {
+    count: 60,
+    window: Duration::from_secs(600),
+};
+
+/// The default of [`ChatConfig::create_rate_limit`]: 100 in a burst, then one every
+/// 36 s. Rooms are never deleted: at this rate one address would take 100 hours to fill
+/// the default `--max-rooms`.
+pub const DEFAULT_CREATE_RATE_LIMIT: RateLimit = RateLimit {
+    count: 100,
+    window: Duration::from_secs(3600),
+};
+
 /// Settings of the chat application.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChatConfig {
@@ -61,6 +77,12 @@ pub struct ChatConfig {
     pub history_rate_limit: RateLimit,
     /// `rooms` requests per user and window, across all nodes.
     pub rooms_rate_limit: RateLimit,
+    /// New users (connections without a valid token) per client address and window,
+    /// across all nodes: each new user starts with fresh per-user limits.
+    pub new_user_rate_limit: RateLimit,
+    /// `create`s per client address and window, across all nodes: rooms are never
+    /// deleted, and `max_rooms` counts everyone's.
+    pub create_rate_limit: RateLimit,
     /// The longest message, in characters.
     pub max_text: usize,
     /// How long a node's presence entries live without its heartbeat (it beats every third
@@ -92,6 +114,8 @@ impl Default for ChatConfig {
             typing_rate_limit: DEFAULT_TYPING_RATE_LIMIT,
             history_rate_limit: DEFAULT_HISTORY_RATE_LIMIT,
             rooms_rate_limit: DEFAULT_ROOMS_RATE_LIMIT,
+            new_user_rate_limit: DEFAULT_NEW_USER_RATE_LIMIT,
+            create_rate_limit: DEFAULT_CREATE_RATE_LIMIT,
             max_text: 2000,
             presence_ttl: Duration::from_secs(30),
             max_rooms: 10_000,

@@ -283,6 +283,17 @@ async fn create(chat: Arc<ChatInner>, socket: SocketRef, request: CreateRequest)
     if !chat.store.admit(&user, &chat.config.rate_limit).await? {
         return Err(ChatError::RateLimited);
     }
+    // And against its client's: the per-user limit alone is one new user away.
+    if let Some(client) = socket.session().client() {
+        let bucket = rate::client_bucket(client, "create");
+        if !chat
+            .store
+            .admit(&bucket, &chat.config.create_rate_limit)
+            .await?
+        {
+            return Err(ChatError::RateLimited);
+        }
+    }
     let invite = request.private.then(secret::secret);
     let meta = RoomMeta {
         private: request.private,

@@ -367,6 +367,31 @@ async fn may_recover(
     )
 }
 
+/// Counts a new user against its client's limit (a client not known, as in process,
+/// is not limited): each new user comes with fresh per-user limits.
+async fn admit_new_user(chat: &ChatInner, socket: &SocketRef) -> Result<(), ConnectError> {
+    let Some(client) = socket.session().client() else {
+        return Ok(());
+    };
+    let bucket = rate::client_bucket(client, "new-user");
+    match chat
+        .store
+        .admit(&bucket, &chat.config.new_user_rate_limit)
+        .await
+    {
+        Ok(true) => Ok(()),
+        Ok(false) => {
+            tracing::debug!(%client, "new user refused: rate limited");
+            let reason = ChatError::RateLimited.to_string();
+            Err(ConnectError::new(reason.clone()).with_data(json!({ "reason": reason })))
+        }
+        Err(error) => {
+            error::store_failed(&error, "a connection");
+            Err(ConnectError::new("unavailable"))
+        }
+    }
+}
+
 /// The connect hook: checks the name, finds or creates the user, puts the socket in
 /// `lobby` and in every room the user is a member of, says `welcome`.
 async fn connect(
@@ -399,6 +424,7 @@ async fn connect(
     let (user, token) = match known {
         Some(known) => known,
         None => {
+            admit_new_user(&chat, &socket).await?;
             let (user, token) = (secret::user_id(), secret::secret());
             chat.store
                 .create_user(&user, &token, chat.config.token_ttl)

@@ -2,16 +2,26 @@
 //! rate algorithm, a token bucket kept as one timestamp): a user may send `count` messages
 //! in a burst, then one every `window / count`. The state is one "theoretical arrival time"
 //! per user, kept in the store so that the limit holds across nodes (the Redis store runs
-//! the same arithmetic in a script, on Redis's clock).
+//! the same arithmetic in a script, on Redis's clock). Some limits count by client address
+//! instead ([`client_bucket`]): what a client could otherwise multiply by making users.
 
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::client_addr::ClientKey;
+
 /// The limiter state of `user`'s events of kind `kind` (`join`, `typing`), apart from its
 /// messages (whose state is keyed by the bare user id).
 pub fn bucket(user: &str, kind: &str) -> String {
     format!("{user}:{kind}")
+}
+
+/// The limiter state of the events of kind `kind` (`new-user`, `create`) of client
+/// `client` (an address, counted across all its users). User ids start with `u`: no
+/// user's bucket is named like this.
+pub fn client_bucket(client: ClientKey, kind: &str) -> String {
+    format!("client:{client}:{kind}")
 }
 
 /// A rate limit: at most `count` messages per `window` (`10/5s` on the command line).

@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use http::HeaderValue;
 
+use crate::client_addr::TrustedProxies;
+
 /// Which cross-origin requests the server allows (browsers only; other clients ignore it).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Cors {
@@ -50,6 +52,19 @@ pub struct EngineConfig {
     /// out of file descriptors or memory would fail everyone). Zero: no limit, as the
     /// reference server.
     pub max_sessions: usize,
+    /// The most sessions open at once for one client ([`crate::client_addr::ClientKey`]);
+    /// a handshake beyond it is refused with 429. Without it, one client that handshakes
+    /// and never comes back fills `max_sessions` for everyone, holding no connection.
+    /// Zero: no limit, as the reference server.
+    pub max_sessions_per_client: usize,
+    /// How long a polling session waits, after its handshake, for its client's next
+    /// request (a poll, a POST or an upgrade) before it closes: a client polls at once,
+    /// and one that never comes back would otherwise hold its place until its first ping
+    /// times out (`ping_interval + ping_timeout`). `None`: the heartbeat alone, as the
+    /// reference server.
+    pub first_poll_timeout: Option<Duration>,
+    /// The proxies whose `X-Forwarded-For` names the client (see [`crate::client_addr`]).
+    pub trusted_proxies: TrustedProxies,
     /// The longest a packet for a WebSocket client waits for others to share its write,
     /// while the node is busy. A packet queued less than this after the client's last
     /// write then waits for the interval's end and goes out with everything queued until
@@ -80,6 +95,9 @@ impl Default for EngineConfig {
             max_queued_packets: 10_000,
             max_queued_bytes: DEFAULT_QUEUED_PAYLOADS * 1_000_000,
             max_sessions: 0,
+            max_sessions_per_client: 0,
+            first_poll_timeout: None,
+            trusted_proxies: TrustedProxies::loopback(),
             ws_flush_interval: Duration::ZERO,
             cors: Cors::Disabled,
             node_id: "chat-node".to_owned(),
@@ -139,6 +157,9 @@ impl EngineConfig {
         }
         if self.max_payload == 0 {
             return Err(ConfigError::Zero("max_payload"));
+        }
+        if self.first_poll_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(ConfigError::Zero("first_poll_timeout"));
         }
         if self.max_queued_packets == 0 {
             return Err(ConfigError::Zero("max_queued_packets"));

@@ -33,6 +33,10 @@ pub enum EngineError {
     /// refusals by the application, with its own message).
     #[error("Server at capacity")]
     AtCapacity,
+    /// A handshake while the client already has `max_sessions_per_client` sessions open
+    /// (429, code 4 as [`EngineError::AtCapacity`]).
+    #[error("Too many sessions from this client")]
+    TooManyFromClient,
     /// A request for another node's session that cannot be routed now: the session
     /// directory or the bus (Redis) failed. 503 with `Retry-After`, no code (the reference
     /// server has none for it): the session may well exist, and the request may be sent
@@ -49,7 +53,7 @@ impl EngineError {
             Self::UnknownSid => 1,
             Self::BadHandshakeMethod => 2,
             Self::BadRequest => 3,
-            Self::Forbidden | Self::AtCapacity => 4,
+            Self::Forbidden | Self::AtCapacity | Self::TooManyFromClient => 4,
             Self::UnsupportedProtocolVersion => 5,
             Self::PayloadTooLarge | Self::Unavailable => return None,
         })
@@ -61,6 +65,7 @@ impl EngineError {
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::AtCapacity | Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::TooManyFromClient => StatusCode::TOO_MANY_REQUESTS,
             _ => StatusCode::BAD_REQUEST,
         }
     }
@@ -151,6 +156,11 @@ mod tests {
                 EngineError::AtCapacity,
                 503,
                 r#"{"code":4,"message":"Server at capacity"}"#,
+            ),
+            (
+                EngineError::TooManyFromClient,
+                429,
+                r#"{"code":4,"message":"Too many sessions from this client"}"#,
             ),
             (
                 EngineError::Unavailable,

@@ -44,6 +44,9 @@ pub async fn poll(session: &Arc<Session>) -> Result<String, EngineError> {
             return Err(EngineError::BadRequest);
         }
         state.polling = true;
+        if std::mem::replace(&mut state.handshake_polled, true) {
+            state.returned = true;
+        }
         if state.upgrade == Upgrade::Probed {
             Instant::now() + UPGRADE_NOOP_DELAY
         } else {
@@ -128,6 +131,7 @@ pub async fn post(session: &Arc<Session>, binary: bool, body: Bytes) -> Result<(
             return Err(EngineError::BadRequest);
         }
         state.posting = true;
+        state.returned = true;
     }
     let _posting = Posting(session);
     receive(session, binary, &body).await

@@ -7,17 +7,17 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use axum::body::Body;
 use axum::extract::ws::{WebSocket, WebSocketUpgrade};
-use axum::extract::{FromRequestParts as _, Query, Request, State};
+use axum::extract::{ConnectInfo, FromRequestParts as _, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
-use axum::serve::ListenerExt as _;
 use axum::Router;
 use bytes::Bytes;
 use parking_lot::RwLock;
@@ -32,6 +32,8 @@ use super::packet::Transport;
 use super::session::{CloseReason, Message, Session};
 use super::sid::Sid;
 use super::{polling, websocket};
+use crate::client_addr::ClientKey;
+use crate::conn::ConnLimits;
 
 /// The header naming the node that answered, on every response.
 pub const SERVED_BY: HeaderName = HeaderName::from_static("x-served-by");
@@ -67,15 +69,22 @@ pub trait Remote: Send + Sync + 'static {
 /// The open sessions of this node.
 #[derive(Debug)]
 pub struct Sessions {
-    map: RwLock<HashMap<Sid, Arc<Session>>>,
+    table: RwLock<Table>,
     pacer: FlushPacer,
+}
+
+/// The sessions, and how many each client has open.
+#[derive(Debug, Default)]
+struct Table {
+    map: HashMap<Sid, Arc<Session>>,
+    per_client: HashMap<ClientKey, usize>,
 }
 
 impl Sessions {
     /// An empty table whose WebSockets hold writes back at most `flush_interval`.
     pub fn new(flush_interval: Duration) -> Self {
         Self {
-            map: RwLock::default(),
+            table: RwLock::default(),
             pacer: FlushPacer::new(flush_interval),
         }
     }
@@ -87,29 +96,59 @@ impl Sessions {
 
     /// The session with this id, if it is open here.
     pub fn get(&self, sid: Sid) -> Option<Arc<Session>> {
-        self.map.read().get(&sid).cloned()
+        self.table.read().map.get(&sid).cloned()
     }
 
     /// How many sessions are open.
     pub fn len(&self) -> usize {
-        self.map.read().len()
+        self.table.read().map.len()
     }
 
     /// Whether no session is open.
     pub fn is_empty(&self) -> bool {
-        self.map.read().is_empty()
+        self.table.read().map.is_empty()
     }
 
-    fn insert(&self, session: Arc<Session>) {
-        self.map.write().insert(session.id(), session);
+    /// How many sessions `client` has open.
+    pub fn of_client(&self, client: ClientKey) -> usize {
+        self.table
+            .read()
+            .per_client
+            .get(&client)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Adds a session, unless its client already has `per_client` open (zero: no limit):
+    /// checked and counted under one lock, so that concurrent handshakes cannot overshoot.
+    fn insert(&self, session: Arc<Session>, per_client: usize) -> Result<(), EngineError> {
+        let mut table = self.table.write();
+        if let Some(client) = session.client() {
+            let open = table.per_client.entry(client).or_insert(0);
+            if per_client > 0 && *open >= per_client {
+                return Err(EngineError::TooManyFromClient);
+            }
+            *open += 1;
+        }
+        table.map.insert(session.id(), session);
+        Ok(())
     }
 
     pub(crate) fn remove(&self, sid: Sid) {
-        self.map.write().remove(&sid);
+        let mut table = self.table.write();
+        let Some(client) = table.map.remove(&sid).and_then(|s| s.client()) else {
+            return;
+        };
+        if let Some(open) = table.per_client.get_mut(&client) {
+            *open = open.saturating_sub(1);
+            if *open == 0 {
+                table.per_client.remove(&client);
+            }
+        }
     }
 
     fn all(&self) -> Vec<Arc<Session>> {
-        self.map.read().values().cloned().collect()
+        self.table.read().map.values().cloned().collect()
     }
 }
 
@@ -194,20 +233,26 @@ impl EngineIo {
         served_by(self.routes(), self.inner.served_by.clone())
     }
 
-    /// Serves on `listener` until `shutdown` completes, then closes every session (pending
-    /// polls return, WebSockets close) and waits for the requests in flight.
+    /// Serves on `listener` under the default [`ConnLimits`] until `shutdown` completes,
+    /// then closes every session (pending polls return, WebSockets close) and waits for
+    /// the requests in flight.
     pub async fn serve<F>(self, listener: TcpListener, shutdown: F) -> std::io::Result<()>
     where
         F: Future<Output = ()> + Send + 'static,
     {
         let router = self.router();
         let engine = self.clone();
-        axum::serve(listener.tap_io(no_delay), router)
-            .with_graceful_shutdown(async move {
+        crate::conn::serve(
+            listener,
+            router,
+            ConnLimits::default(),
+            no_delay,
+            async move {
                 shutdown.await;
                 engine.close_all(CloseReason::ServerShutdown);
-            })
-            .await
+            },
+        )
+        .await
     }
 
     /// Closes every session.
@@ -217,19 +262,41 @@ impl EngineIo {
         }
     }
 
-    /// Opens a session and hands it to the handler.
-    fn open(&self, transport: Transport) -> Arc<Session> {
+    /// Opens a session for `client` and hands it to the handler; refused when the client
+    /// has as many open as it may.
+    fn open(
+        &self,
+        transport: Transport,
+        client: Option<ClientKey>,
+    ) -> Result<Arc<Session>, EngineError> {
         let (session, inbound) = Session::new(
             Sid::random(),
             Arc::clone(&self.inner.config),
             transport,
             Arc::downgrade(&self.inner.sessions),
+            client,
         );
-        self.inner.sessions.insert(Arc::clone(&session));
+        let per_client = self.inner.config.max_sessions_per_client;
+        if let Err(error) = self.inner.sessions.insert(Arc::clone(&session), per_client) {
+            refused_for_client(client);
+            return Err(error);
+        }
         session.spawn_heartbeat();
         tracing::debug!(sid = %session.id(), %transport, "session opened");
         self.inner.handler.on_open(Arc::clone(&session), inbound);
-        session
+        Ok(session)
+    }
+
+    /// The client of a request (see [`crate::client_addr`]); unknown when the request did
+    /// not come through [`crate::conn::serve`] (which records the peer's address).
+    fn client(&self, parts: &axum::http::request::Parts) -> Option<ClientKey> {
+        let ConnectInfo(peer) = parts.extensions.get::<ConnectInfo<SocketAddr>>()?;
+        let client = self
+            .inner
+            .config
+            .trusted_proxies
+            .client(peer.ip(), &parts.headers);
+        Some(ClientKey::from(client))
     }
 
     /// Serves one request on the engine path (CORS aside).
@@ -265,17 +332,29 @@ impl EngineIo {
                 crate::metrics::metrics().handshakes_refused.inc();
                 return Err(EngineError::AtCapacity);
             }
+            let client = self.client(&parts);
+            let per_client = self.inner.config.max_sessions_per_client;
+            // Checked again, under the table's lock, when the session opens: this answers
+            // a WebSocket client with the status rather than with a closed socket.
+            if let Some(client) = client.filter(|_| per_client > 0) {
+                if self.inner.sessions.of_client(client) >= per_client {
+                    refused_for_client(Some(client));
+                    return Err(EngineError::TooManyFromClient);
+                }
+            }
             return Ok(match upgrade {
                 Some(upgrade) => {
                     let engine = self.clone();
                     self.configure(upgrade)
-                        .on_upgrade(move |socket| async move {
-                            let session = engine.open(Transport::Websocket);
-                            websocket::run(socket, session).await;
+                        .on_upgrade(move |mut socket| async move {
+                            match engine.open(Transport::Websocket, client) {
+                                Ok(session) => websocket::run(socket, session).await,
+                                Err(_) => websocket::close(&mut socket).await,
+                            }
                         })
                 }
                 None => {
-                    let session = self.open(Transport::Polling);
+                    let session = self.open(Transport::Polling, client)?;
                     if let Some(remote) = self.inner.remote.get() {
                         remote.opened(&session).await;
                     }
@@ -368,6 +447,14 @@ impl EngineIo {
             .max_frame_size(max)
             .read_buffer_size(WS_READ_BUFFER)
             .write_buffer_size(WS_WRITE_BATCH)
+    }
+}
+
+/// Counts and logs a handshake refused at the per-client limit.
+fn refused_for_client(client: Option<ClientKey>) {
+    crate::metrics::metrics().client_handshakes_refused.inc();
+    if let Some(client) = client {
+        tracing::debug!(%client, "refusing a handshake: at the per-client session limit");
     }
 }
 

@@ -22,6 +22,7 @@ use super::payload::{self, SEPARATOR};
 use super::server::Sessions;
 use super::sid::Sid;
 use super::text::MessageText;
+use crate::client_addr::ClientKey;
 use crate::metrics::metrics;
 
 /// How long a session closed by its client's close packet (POST) waits for the client's
@@ -148,6 +149,11 @@ pub(crate) struct State {
     /// The pending GET is to be answered now, with a noop if nothing is queued
     /// ([`Session::release_poll`]).
     pub(crate) release: bool,
+    /// The poll that answers the handshake has been served: polls from now on are the
+    /// client's own.
+    pub(crate) handshake_polled: bool,
+    /// The client came back after its handshake (a poll, a POST, an upgrade).
+    pub(crate) returned: bool,
     /// A ping was sent and its pong is due by this instant.
     pong_due: Option<Instant>,
     /// Where client messages go; dropped when the session closes.
@@ -165,6 +171,8 @@ pub struct Session {
     pong: Notify,
     phase: watch::Sender<Phase>,
     sessions: Weak<Sessions>,
+    /// The client that opened it, when known (see [`crate::client_addr`]).
+    client: Option<ClientKey>,
 }
 
 impl fmt::Debug for Session {
@@ -181,6 +189,7 @@ impl Session {
         config: Arc<EngineConfig>,
         transport: Transport,
         sessions: Weak<Sessions>,
+        client: Option<ClientKey>,
     ) -> (Arc<Self>, mpsc::Receiver<Message>) {
         let (tx, rx) = mpsc::channel(INBOUND_CAPACITY);
         let upgrades = match transport {
@@ -211,6 +220,9 @@ impl Session {
                 closed: None,
                 noop_owed: false,
                 release: false,
+                handshake_polled: false,
+                // A WebSocket handshake is the client's connection itself.
+                returned: transport == Transport::Websocket,
                 pong_due: None,
                 inbound: Some(tx),
             }),
@@ -218,6 +230,7 @@ impl Session {
             pong: Notify::new(),
             phase: watch::Sender::new(Phase::Open),
             sessions,
+            client,
         });
         (session, rx)
     }
@@ -225,6 +238,11 @@ impl Session {
     /// The session id.
     pub fn id(&self) -> Sid {
         self.id
+    }
+
+    /// The client that opened it, when known.
+    pub fn client(&self) -> Option<ClientKey> {
+        self.client
     }
 
     /// The settings it runs with.
@@ -435,8 +453,10 @@ impl Session {
     /// `ping_timeout`. It also bounds how long a closing session waits for its client.
     pub(crate) fn spawn_heartbeat(self: &Arc<Self>) {
         // The first ping is due `ping_interval` from now, however late the task starts.
-        let first_ping = Instant::now() + self.config.ping_interval;
-        tokio::spawn(heartbeat(Arc::clone(self), first_ping));
+        let now = Instant::now();
+        let first_ping = now + self.config.ping_interval;
+        let return_by = self.config.first_poll_timeout.map(|timeout| now + timeout);
+        tokio::spawn(heartbeat(Arc::clone(self), first_ping, return_by));
     }
 
     /// Closes the session if its pong is overdue; `true` if it is (now) closed. Requests
@@ -548,6 +568,7 @@ impl Session {
             return false;
         }
         state.upgrade = Upgrade::Attached;
+        state.returned = true;
         true
     }
 
@@ -645,11 +666,25 @@ pub(crate) enum PollEnd {
 
 /// Deadlines are absolute (from the handshake, then from each pong), so that timer
 /// latency does not accumulate.
-async fn heartbeat(session: Arc<Session>, first_ping: Instant) {
+/// A polling client that has not come back by `return_by` (when that is before the first
+/// ping) is taken as gone, as one that does not answer a ping.
+async fn heartbeat(session: Arc<Session>, first_ping: Instant, return_by: Option<Instant>) {
     let mut phase = session.phase.subscribe();
     let interval = session.config.ping_interval;
     let timeout = session.config.ping_timeout;
     let mut next_ping = first_ping;
+    if let Some(return_by) = return_by.filter(|at| *at < first_ping) {
+        tokio::select! {
+            () = sleep_until(return_by) => {
+                if !session.state.lock().returned {
+                    tracing::debug!(sid = %session.id, "the client never came back after its handshake");
+                    session.close(CloseReason::PingTimeout);
+                    return;
+                }
+            }
+            _ = phase.wait_for(|p| *p != Phase::Open) => {}
+        }
+    }
     loop {
         tokio::select! {
             () = sleep_until(next_ping) => {}
@@ -692,8 +727,13 @@ mod tests {
             max_queued_bytes: 100,
             ..EngineConfig::default()
         };
-        let (session, inbound) =
-            Session::new(Sid::random(), Arc::new(config), transport, Weak::new());
+        let (session, inbound) = Session::new(
+            Sid::random(),
+            Arc::new(config),
+            transport,
+            Weak::new(),
+            None,
+        );
         {
             let mut state = session.lock();
             state.queue.clear();

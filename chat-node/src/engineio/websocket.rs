@@ -312,6 +312,7 @@ mod tests {
             Arc::new(config),
             Transport::Websocket,
             Weak::new(),
+            None,
         );
         let writes = Writes::default();
         tokio::spawn(run_on(
@@ -456,6 +457,7 @@ mod tests {
             Arc::new(config),
             Transport::Websocket,
             Weak::new(),
+            None,
         );
         let task = tokio::spawn(run_on(
             futures::stream::pending(),
