@@ -37,7 +37,8 @@ pub struct Args {
     /// Engine.IO heartbeat interval (`25s`, `300ms`).
     #[arg(long, env = "CHAT_PING_INTERVAL", default_value = "25s", value_parser = shared::duration::parse_duration)]
     pub ping_interval: Duration,
-    /// How long to wait for a pong before closing the session.
+    /// How long to wait for a pong before closing the session; also how long a
+    /// long-polling POST's body may take to arrive.
     #[arg(long, env = "CHAT_PING_TIMEOUT", default_value = "20s", value_parser = shared::duration::parse_duration)]
     pub ping_timeout: Duration,
     /// The largest message or POST body accepted, in bytes; also the most bytes of one

@@ -3,8 +3,9 @@
 //!
 //! - A connection that sends no request, or sends its head a line at a time, is closed
 //!   after `--header-timeout` (it was held forever: slowloris), and one left idle after its
-//!   requests (h2c) after `--idle-timeout`; a WebSocket, and a long poll, live on beyond
-//!   both.
+//!   requests (h2c) after `--idle-timeout`; a POST whose body stops coming is answered
+//!   400 after `--ping-timeout` (as long as a pong may take), and its connection closed; a
+//!   WebSocket, and a long poll, live on beyond all of them.
 //! - At most `--max-tcp-connections` are open at once, WebSockets counted: one beyond
 //!   gets 503 at once while those open are served, and a place freed serves again (idle
 //!   sockets filled the node's open files: `/healthz` timed out).
@@ -168,6 +169,31 @@ async fn websockets_and_long_polls_outlive_the_header_and_idle_timeouts() {
     // Pending until the first ping, 2.5 s after the handshake.
     let poll = send(http.get(engine_url(&node, "polling", Some(&sid)))).await;
     assert_eq!((poll.status.as_u16(), poll.body.as_str()), (200, "2"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_body_sent_too_slowly_is_refused_and_its_connection_closed() {
+    // The body has as long as a pong (`--ping-timeout`); the first ping is 25 s away.
+    let node = ChatNode::start("n1", None, &["--ping-timeout", "1s"]);
+    let (status, body) = handshake_as(&node, None).await;
+    assert_eq!(status, 200, "{body}");
+    let sid = body.split('"').nth(3).expect("a sid");
+    let mut post = TcpStream::connect(node.addr()).await.expect("connecting");
+    let head = format!(
+        "POST /socket.io/?EIO=4&transport=polling&sid={sid} HTTP/1.1\r\nHost: node\r\n\
+         Content-Type: text/plain\r\nContent-Length: 100\r\n\r\n40"
+    );
+    post.write_all(head.as_bytes())
+        .await
+        .expect("a head and 2 bytes");
+    let mut answer = Vec::new();
+    let closed = tokio::time::timeout(STEP_TIMEOUT, post.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        closed.is_ok(),
+        "no answer to a POST whose body stopped: {answer:?}"
+    );
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -374,8 +374,7 @@ impl EngineIo {
                     Method::GET => Ok(polling_response(remote.poll(&sid).await?)),
                     Method::POST => {
                         let binary = is_binary(&parts.headers);
-                        let body =
-                            read_body(&parts.headers, body, self.inner.config.max_payload).await?;
+                        let body = read_body(&parts.headers, body, &self.inner.config).await?;
                         remote.post(&sid, binary, body).await?;
                         Ok(post_response())
                     }
@@ -409,8 +408,7 @@ impl EngineIo {
                     Method::GET => Ok(polling_response(polling::poll(&session).await?)),
                     Method::POST => {
                         let binary = is_binary(&parts.headers);
-                        let body =
-                            read_body(&parts.headers, body, self.inner.config.max_payload).await?;
+                        let body = read_body(&parts.headers, body, &self.inner.config).await?;
                         polling::post(&session, binary, body).await?;
                         Ok(post_response())
                     }
@@ -542,8 +540,16 @@ fn polling_response(body: String) -> Response {
         .into_response()
 }
 
-/// Reads a POST body of at most `max` bytes.
-async fn read_body(headers: &HeaderMap, body: Body, max: usize) -> Result<Bytes, EngineError> {
+/// Reads a POST body of at most `max_payload` bytes, within `ping_timeout` (as long as a
+/// client has to answer a ping): a body sent a byte at a time would otherwise hold its
+/// connection for as long as the client likes, out of reach of the connection's idle
+/// timeout (a request is in progress) and of its header timeout (the head is complete).
+async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    config: &EngineConfig,
+) -> Result<Bytes, EngineError> {
+    let max = config.max_payload;
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -551,7 +557,12 @@ async fn read_body(headers: &HeaderMap, body: Body, max: usize) -> Result<Bytes,
     if declared.is_some_and(|len| len > max as u64) {
         return Err(EngineError::PayloadTooLarge);
     }
-    axum::body::to_bytes(body, max).await.map_err(|error| {
+    let read = tokio::time::timeout(config.ping_timeout, axum::body::to_bytes(body, max));
+    let Ok(read) = read.await else {
+        tracing::debug!("a POST body did not arrive in time");
+        return Err(EngineError::BadRequest);
+    };
+    read.map_err(|error| {
         let too_large = std::error::Error::source(&error)
             .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
         if too_large {
