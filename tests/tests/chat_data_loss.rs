@@ -104,8 +104,18 @@ async fn a_membership_redis_lost_ends_for_its_sockets_on_a_busy_node() {
 async fn a_membership_redis_lost_ends(busy: bool) {
     let redis = RedisServer::start();
     let url = redis.url();
-    // A beat a second: the nodes notice the loss soon.
-    let args = ["--presence-ttl", "3s", "--rate-limit", "1000/1s"];
+    // A beat a second: the nodes notice the loss soon. A visitor (a new user, kept
+    // connected) per probe, all from this one address: no per-client limit in the way.
+    let args = [
+        "--presence-ttl",
+        "3s",
+        "--rate-limit",
+        "1000/1s",
+        "--new-user-rate-limit",
+        "100000/1s",
+        "--max-sessions-per-client",
+        "0",
+    ];
     let a = ChatNode::start("a", Some(&url), &args);
     let b = ChatNode::start("b", Some(&url), &args);
     let (mut alice, alice_id) = chat_user(&a, "alice").await;
