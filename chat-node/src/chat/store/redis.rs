@@ -13,6 +13,7 @@
 //! | `user:<user>:rooms` | set | the rooms the user is a member of |
 //! | `history:<room>` | stream, `XADD MAXLEN ~ cap` | field `m`: a [`NewMessage`] as JSON |
 //! | `rate:<user>`, `rate:<user>:<kind>` | string, expires when idle | a rate limit's arrival time (µs): messages, `join`/`leave` (`join`), `typing`, `history`, `rooms` |
+//! | `rate:client:<address>:<kind>` | string, expires when idle | a client address's arrival time (µs): new users (`new-user`), `create` |
 //! | `presence:<room>:<node>` | hash, expiry pushed by the node's heartbeat | socket id → [`PresenceEntry`] |
 //! | `nodes` | sorted set | nodes that wrote presence (score: last write, ms), to find the hashes |
 //! | `node:<node>:presence` | set, expiry pushed like the hashes' | the rooms where the node has a `presence` hash |
