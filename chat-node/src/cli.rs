@@ -72,12 +72,14 @@ pub struct Args {
     /// 64 kept for everything else).
     #[arg(long, env = "CHAT_MAX_TCP_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_tcp_connections: Option<u32>,
-    /// How long a client may take to send a request's head, from the connection's opening
-    /// or the end of the previous response: an idle keep-alive connection closes after it.
+    /// How long a client may take to send a connection's first request head, from its
+    /// opening (slowloris, and connections that send nothing).
     #[arg(long, env = "CHAT_HEADER_TIMEOUT", default_value = "10s", value_parser = shared::duration::parse_duration)]
     pub header_timeout: Duration,
-    /// How long a connection may stay with no request in progress (h2c between requests,
-    /// a response its client does not read) before it is closed.
+    /// How long a connection may stay with no request in progress (a keep-alive or h2c
+    /// connection between requests, a response its client does not read) before it is
+    /// closed; on HTTP/1 also how long a later request's head may take. Keep it above the
+    /// proxy's 30 s idle pool.
     #[arg(long, env = "CHAT_IDLE_TIMEOUT", default_value = "60s", value_parser = shared::duration::parse_duration)]
     pub idle_timeout: Duration,
     /// The longest a message for a WebSocket client waits, while the node is busy, for

@@ -6,12 +6,14 @@
 //! nothing, or sends a request's head a line every few seconds (slowloris), holds each of
 //! them, and its file descriptor, for as long as it likes, until the node cannot accept
 //! anyone (`accept: Too many open files`). Here:
-//! - a request's head must arrive within [`ConnLimits::header_timeout`] of the connection's
-//!   opening (hyper's `header_read_timeout` counts it for each later head of an HTTP/1
-//!   connection, from the end of the previous response: an idle keep-alive connection
-//!   closes after it too);
+//! - a connection's first request head must arrive within [`ConnLimits::header_timeout`]
+//!   of its opening;
 //! - a connection with no request in progress for [`ConnLimits::idle_timeout`] is closed
-//!   (h2c between requests, a response its client stopped reading);
+//!   (an HTTP/1 keep-alive or h2c connection between requests, a response its client
+//!   stopped reading), and a later HTTP/1 head must arrive within it of the previous
+//!   response (hyper's `header_read_timeout`). Not the header timeout: the proxy keeps idle
+//!   connections to a node for 30 s, and one the node closed at 10 s could be the one the
+//!   proxy had just chosen for a request;
 //! - at most [`ConnLimits::max_connections`] are open at once, upgraded WebSockets
 //!   included (the count travels with the socket into the upgrade); a connection beyond
 //!   it gets `503` and is closed at once, so that the ones already open are never starved
@@ -85,10 +87,10 @@ too many connections\n";
 pub struct ConnLimits {
     /// The most connections open at once, WebSockets included.
     pub max_connections: usize,
-    /// How long a client may take to send a request's head, from the connection's opening
-    /// (and, on HTTP/1, from the end of the previous response).
+    /// How long a client may take to send a connection's first request head.
     pub header_timeout: Duration,
-    /// How long a connection may stay without a request in progress.
+    /// How long a connection may stay without a request in progress, and, on HTTP/1, how
+    /// long a later head may take from the end of the previous response.
     pub idle_timeout: Duration,
 }
 
@@ -163,7 +165,9 @@ where
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout);
+        // Counted from the end of the previous response, so also an idle keep-alive's
+        // wait (see the module's documentation); the first head has its own deadline.
+        .header_read_timeout(limits.idle_timeout.max(limits.header_timeout));
     let builder = Arc::new(builder);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let tracker = TaskTracker::new();

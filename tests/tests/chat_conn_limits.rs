@@ -115,9 +115,42 @@ async fn silent_and_slow_connections_are_closed_after_the_header_timeout() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
 
+/// An HTTP/1 keep-alive connection between requests waits for the idle timeout, not the
+/// header timeout: the proxy keeps idle connections to a node for 30 s, and a node that
+/// closed them at 10 s could close the one the proxy had just chosen for a request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keep_alive_connection_between_requests_waits_for_the_idle_timeout() {
+    let node = ChatNode::start(
+        "n1",
+        None,
+        &["--header-timeout", "1s", "--idle-timeout", "4s"],
+    );
+    let mut conn = TcpStream::connect(node.addr()).await.expect("connecting");
+    let ask = "GET /healthz HTTP/1.1\r\nHost: node\r\n\r\n";
+    let mut buf = [0u8; 1024];
+    for n in 0..2 {
+        conn.write_all(ask.as_bytes()).await.expect("a request");
+        let read = tokio::time::timeout(STEP_TIMEOUT, conn.read(&mut buf))
+            .await
+            .expect("an answer in time")
+            .expect("an answer");
+        let answer = String::from_utf8_lossy(&buf[..read]);
+        assert!(answer.starts_with("HTTP/1.1 200"), "request {n}: {answer}");
+        if n == 0 {
+            // Past the header timeout, well within the idle timeout: the time passing is
+            // what is tested.
+            tokio::time::sleep(Duration::from_millis(2000)).await;
+        }
+    }
+    assert!(
+        closed_by_node(&mut conn).await,
+        "an idle keep-alive connection is still open past the idle timeout"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_left_idle_after_its_requests_is_closed_after_the_idle_timeout() {
-    // h2c: HTTP/1's keep-alive wait is the header timeout's; h2 has none of its own.
+    // h2c: hyper's h2 has no idle timeout of its own.
     let node = ChatNode::start(
         "n1",
         None,
