@@ -302,7 +302,7 @@ end
     ))
 });
 
-/// [`ChatStore::forget_expired_users`]: up to ARGV[2] users whose recorded use is older
+/// [`ChatStore::forget_expired_users`]: up to `ARGV[2]` users whose recorded use is older
 /// than the TTL. One whose token is still there was kept in use by a node that does not
 /// record uses (an older one): its use is recorded as the token's expiry says, and it is
 /// kept. The others' memberships end. KEYS: `users:used`. ARGV: the TTL (ms), the most
