@@ -223,3 +223,16 @@ pub fn assert_plain_text(r: &Reply) {
     let ct = r.header("content-type").unwrap_or_default();
     assert!(ct.starts_with("text/plain"), "content-type {ct:?}: {r:?}");
 }
+
+/// The value of gauge or counter `series` (its name with any labels, as the text format
+/// writes it) in a Prometheus scrape of `url`; `None` when the scrape lacks it.
+pub async fn metric(url: &str, series: &str) -> Option<f64> {
+    let body = send(client().get(url)).await.body;
+    body.lines().find_map(|line| {
+        line.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}

@@ -48,7 +48,7 @@ pub mod wait;
 pub mod ws;
 
 pub use certs::{Certs, ClientCert, TestCa};
-pub use http::{client, client_from, get, get_with, send, tls_client, Alpn, Reply};
+pub use http::{client, client_from, get, get_with, metric, send, tls_client, Alpn, Reply};
 pub use procs::{
     bin_path, free_port, init, port_array, ports, target_dir, Backend, Exited, Proxy, ProxyCmd,
 };

@@ -16,7 +16,7 @@ use futures::{SinkExt as _, StreamExt as _};
 use serde_json::json;
 use tests::chatnode::{engine_url, polling_open, raw_chat_call, raw_chat_socket, ChatNode};
 use tests::redis::RedisServer;
-use tests::{client, free_port, send, wait_until, ws_recv, Ws, STEP_TIMEOUT};
+use tests::{client, free_port, metric, send, wait_until, ws_recv, Ws, STEP_TIMEOUT};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
@@ -49,18 +49,6 @@ fn node_with_metrics(flags: &[&str]) -> (ChatNode, String) {
         ChatNode::start("n1", None, &args),
         format!("http://{metrics}/metrics"),
     )
-}
-
-/// The value of counter `series` in a scrape of `url`.
-async fn metric(url: &str, series: &str) -> Option<f64> {
-    let body = send(client().get(url)).await.body;
-    body.lines().find_map(|line| {
-        line.strip_prefix(series)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
 }
 
 const SLOW_CLIENTS: &str = r#"switchyard_chat_sessions_closed_total{reason="slow_client"}"#;

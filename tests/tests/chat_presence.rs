@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tests::chatnode::{events_until, raw_chat_call, raw_chat_connect, ChatNode};
 use tests::redis::RedisServer;
-use tests::{client, free_port, send, wait_until, Ws, STEP_TIMEOUT};
+use tests::{free_port, metric, wait_until, Ws, STEP_TIMEOUT};
 
 /// The first event `event` that arrives on `ws` and satisfies `pred`, its payload.
 async fn await_event(ws: &mut Ws, event: &str, pred: impl Fn(&Value) -> bool) -> Value {
@@ -32,18 +32,6 @@ async fn await_presence(ws: &mut Ws, rooms: &[&str], members: &[&str]) {
         .await;
         waiting.retain(|room| event["room"] != *room);
     }
-}
-
-/// The value of gauge or counter `series` in a scrape of `url`.
-async fn metric(url: &str, series: &str) -> Option<f64> {
-    let body = send(client().get(url)).await.body;
-    body.lines().find_map(|line| {
-        line.strip_prefix(series)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
 }
 
 /// How many rooms the user of [`a_client_gone_while_it_connects_is_not_left_online`] is
