@@ -803,62 +803,72 @@ exec "$@""#;
     assert!(!stderr.contains("measurements to"), "{stderr}");
 }
 
-#[test]
-fn a_wrong_explicit_binary_is_an_error_and_leaves_no_report_folder() {
-    let tmp = tempfile::tempdir().expect("temp dir");
-    let out = tmp.path().join("proxy-bin");
+/// Runs bench with `args` and `--out <tmp>/<name>`, which must fail before it writes
+/// anything: its stderr, once the exit status and the absent folder are checked.
+fn refused(tmp: &std::path::Path, name: &str, args: &[&std::ffi::OsStr]) -> String {
+    let out = tmp.join(name);
     let output = Command::new(bench())
-        .args([
-            "http",
-            "--targets",
-            "switchyard,nginx",
-            "--runs",
-            "1",
-            "--quiet",
-        ])
-        .args(["--proxy-bin", "/nonexistent/proxy", "--out"])
+        .args(args)
+        .arg("--out")
         .arg(&out)
         .output()
         .expect("running bench");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    // It used to run nginx alone and exit 0.
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(!output.status.success(), "{stderr}");
+    // It used to leave the empty report folder behind.
+    assert!(!out.exists(), "{} left behind", out.display());
+    stderr
+}
+
+#[test]
+fn a_wrong_explicit_binary_is_an_error_and_leaves_no_report_folder() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let (proxy, chat_node) = (sibling("proxy"), sibling("chat-node"));
+    let os = |s: &'static str| std::ffi::OsStr::new(s);
+    // It used to run nginx alone and exit 0.
+    let stderr = refused(
+        tmp.path(),
+        "proxy-bin",
+        &[
+            os("http"),
+            os("--targets"),
+            os("switchyard,nginx"),
+            os("--runs"),
+            os("1"),
+            os("--quiet"),
+            os("--proxy-bin"),
+            os("/nonexistent/proxy"),
+        ],
+    );
     assert!(
         stderr.contains("--proxy-bin /nonexistent/proxy: no such file"),
         "{stderr}"
     );
-    assert!(!out.exists());
-    let out = tmp.path().join("chat-node-bin");
-    let output = Command::new(bench())
-        .args(["chat", "--targets", "switchyard", "--runs", "1", "--quiet"])
-        .arg("--proxy-bin")
-        .arg(sibling("proxy"))
-        .args(["--chat-node-bin", "/nonexistent/chat-node", "--out"])
-        .arg(&out)
-        .output()
-        .expect("running bench");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "{stderr}");
+    let chat = [
+        os("chat"),
+        os("--targets"),
+        os("switchyard"),
+        os("--runs"),
+        os("1"),
+        os("--quiet"),
+        os("--proxy-bin"),
+        proxy.as_os_str(),
+    ];
+    let mut args = chat.to_vec();
+    args.extend([os("--chat-node-bin"), os("/nonexistent/chat-node")]);
+    let stderr = refused(tmp.path(), "chat-node-bin", &args);
     assert!(stderr.contains("/nonexistent/chat-node"), "{stderr}");
-    // It used to leave the empty report folder behind.
-    assert!(!out.exists(), "{} left behind", out.display());
     // The Node.js reference's folder can be given, and is checked before the run too.
-    let out = tmp.path().join("node-dir");
-    let output = Command::new(bench())
-        .args(["chat", "--targets", "switchyard", "--runs", "1", "--quiet"])
-        .arg("--proxy-bin")
-        .arg(sibling("proxy"))
-        .arg("--chat-node-bin")
-        .arg(sibling("chat-node"))
-        .args(["--node-dir", "/nonexistent/node", "--out"])
-        .arg(&out)
-        .output()
-        .expect("running bench");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "{stderr}");
+    let mut args = chat.to_vec();
+    args.extend([
+        os("--chat-node-bin"),
+        chat_node.as_os_str(),
+        os("--node-dir"),
+        os("/nonexistent/node"),
+    ]);
+    let stderr = refused(tmp.path(), "node-dir", &args);
     assert!(
         stderr.contains("no Node.js reference in /nonexistent/node"),
         "{stderr}"
     );
-    assert!(!out.exists(), "{} left behind", out.display());
 }
