@@ -134,7 +134,8 @@ pub struct Args {
     #[arg(long, env = "CHAT_NEW_USER_RATE_LIMIT", default_value = "60/10m")]
     pub new_user_rate_limit: RateLimit,
     /// Chat: `create`s per client address and window, across all nodes (beyond it they
-    /// answer `rate limited`): rooms are never deleted, and `--max-rooms` is for everyone.
+    /// answer `rate limited`): a room lives until empty for `--empty-room-ttl`, and
+    /// `--max-rooms` is for everyone.
     #[arg(long, env = "CHAT_CREATE_RATE_LIMIT", default_value = "100/1h")]
     pub create_rate_limit: RateLimit,
     /// Chat: the longest message, in characters.
@@ -144,8 +145,8 @@ pub struct Args {
     /// beats every third of it): how long users of a crashed node still count as online.
     #[arg(long, env = "CHAT_PRESENCE_TTL", default_value = "30s", value_parser = shared::duration::parse_duration)]
     pub presence_ttl: Duration,
-    /// Chat: how many rooms may exist, across all nodes (rooms are never deleted); beyond
-    /// it `create` answers `too many rooms`.
+    /// Chat: how many rooms may exist, across all nodes (a room is deleted once empty for
+    /// `--empty-room-ttl`); beyond it `create` answers `too many rooms`.
     #[arg(long, env = "CHAT_MAX_ROOMS", default_value_t = 10_000)]
     pub max_rooms: usize,
     /// Chat: how many rooms one user may be a member of (`lobby` not counted); beyond it
@@ -157,6 +158,11 @@ pub struct Args {
     /// At least 1s and at least `--presence-ttl`.
     #[arg(long, env = "CHAT_TOKEN_TTL", default_value = "90days", value_parser = shared::duration::parse_duration)]
     pub token_ttl: Duration,
+    /// Chat: how long a room stays without members (its last member left, or was
+    /// forgotten with its token) before it is deleted with its history and invite, and
+    /// its name is free again. A `join` in the meantime keeps it. At least 1s.
+    #[arg(long, env = "CHAT_EMPTY_ROOM_TTL", default_value = "30days", value_parser = shared::duration::parse_duration)]
+    pub empty_room_ttl: Duration,
     /// Worker threads (default: one per CPU). One is the cheapest per message when several
     /// nodes share a machine's cores (no hand-offs between threads); more let one node use
     /// more cores.
@@ -244,6 +250,7 @@ impl Args {
                 ChatConfigError::MaxRooms => ("max-rooms", "CHAT_MAX_ROOMS"),
                 ChatConfigError::MaxMemberships => ("max-memberships", "CHAT_MAX_MEMBERSHIPS"),
                 ChatConfigError::TokenTtl(_) => ("token-ttl", "CHAT_TOKEN_TTL"),
+                ChatConfigError::EmptyRoomTtl(_) => ("empty-room-ttl", "CHAT_EMPTY_ROOM_TTL"),
             };
             return Err(named(which, error.to_string()));
         }
@@ -312,6 +319,7 @@ impl Args {
                 max_rooms: self.max_rooms,
                 max_memberships: self.max_memberships,
                 token_ttl: self.token_ttl,
+                empty_room_ttl: self.empty_room_ttl,
             },
         }
     }
@@ -540,6 +548,8 @@ mod tests {
             "7",
             "--token-ttl",
             "1h",
+            "--empty-room-ttl",
+            "2h",
         ])
         .unwrap();
         let chat = args.node_config().chat;
@@ -554,6 +564,7 @@ mod tests {
         assert_eq!(chat.presence_ttl, Duration::from_secs(2));
         assert_eq!(chat.max_memberships, 7);
         assert_eq!(chat.token_ttl, Duration::from_secs(3600));
+        assert_eq!(chat.empty_room_ttl, Duration::from_secs(7200));
         assert!(chat.validate().is_ok());
         let defaults = Args::try_parse_from(["chat-node"])
             .unwrap()

@@ -233,6 +233,9 @@ impl ChatStore for GatedStore {
     async fn forget_expired_users(&self, ttl: Duration) -> Result<u64, StoreError> {
         self.inner.forget_expired_users(ttl).await
     }
+    async fn forget_empty_rooms(&self, ttl: Duration) -> Result<u64, StoreError> {
+        self.inner.forget_empty_rooms(ttl).await
+    }
     async fn create_room(
         &self,
         room: &str,
@@ -254,9 +257,12 @@ impl ChatStore for GatedStore {
         &self,
         room: &str,
         user: &str,
+        creation: &str,
         max_memberships: usize,
     ) -> Result<Joined, StoreError> {
-        self.inner.add_member(room, user, max_memberships).await
+        self.inner
+            .add_member(room, user, creation, max_memberships)
+            .await
     }
     async fn remove_member(&self, room: &str, user: &str) -> Result<bool, StoreError> {
         self.inner.remove_member(room, user).await

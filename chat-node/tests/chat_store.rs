@@ -124,15 +124,15 @@ async fn rooms_members_tokens(store: &dyn ChatStore) {
     assert!(store.is_member("pub", "creator").await.unwrap());
 
     assert_eq!(
-        store.add_member("priv", "u1", ANY).await.unwrap(),
+        store.add_member("priv", "u1", "", ANY).await.unwrap(),
         Joined::Added
     );
     assert_eq!(
-        store.add_member("priv", "u1", ANY).await.unwrap(),
+        store.add_member("priv", "u1", "", ANY).await.unwrap(),
         Joined::Already
     );
     assert_eq!(
-        store.add_member("pub", "u1", ANY).await.unwrap(),
+        store.add_member("pub", "u1", "", ANY).await.unwrap(),
         Joined::Added
     );
     assert!(store.is_member("priv", "u1").await.unwrap());
@@ -165,6 +165,15 @@ const TOKEN_TTL: Duration = Duration::from_secs(3600);
 /// created, and so does one whose token was just used (a connect).
 async fn expired_users(store: &dyn ChatStore) {
     let ttl = Duration::from_millis(600);
+    for room in ["x-den", "x-hall"] {
+        assert_eq!(
+            store
+                .create_room(room, &made_by(false, "x-owner"), rooms_up_to(ANY))
+                .await
+                .unwrap(),
+            Created::Created
+        );
+    }
     for (user, token) in [
         ("x-gone", "tx-gone"),
         ("x-kept", "tx-kept"),
@@ -173,7 +182,7 @@ async fn expired_users(store: &dyn ChatStore) {
         store.create_user(user, token, ttl).await.unwrap();
         for room in ["x-den", "x-hall"] {
             assert_eq!(
-                store.add_member(room, user, ANY).await.unwrap(),
+                store.add_member(room, user, "", ANY).await.unwrap(),
                 Joined::Added
             );
         }
@@ -329,7 +338,14 @@ async fn posting(store: &dyn ChatStore) {
         ts: 1,
     };
     assert_eq!(
-        store.add_member("club", "p1", ANY).await.unwrap(),
+        store
+            .create_room("club", &meta(false), rooms_up_to(ANY))
+            .await
+            .unwrap(),
+        Created::Created
+    );
+    assert_eq!(
+        store.add_member("club", "p1", "", ANY).await.unwrap(),
         Joined::Added
     );
     let outsider = store
@@ -490,11 +506,11 @@ async fn membership_limit(store: &dyn ChatStore) {
 
     // Joining: a room it is in is fine at the limit, another is not.
     assert_eq!(
-        store.add_member("cap-a", "capped", 2).await.unwrap(),
+        store.add_member("cap-a", "capped", "", 2).await.unwrap(),
         Joined::Already
     );
     assert_eq!(
-        store.add_member("cap-x", "capped", 2).await.unwrap(),
+        store.add_member("cap-x", "capped", "", 2).await.unwrap(),
         Joined::TooManyMemberships
     );
     assert!(!store.is_member("cap-x", "capped").await.unwrap());
@@ -503,7 +519,7 @@ async fn membership_limit(store: &dyn ChatStore) {
     assert_eq!(rooms, ["cap-a", "cap-b"]);
     // A higher limit lets it in (the limit is the caller's, not stored).
     assert_eq!(
-        store.add_member("cap-x", "capped", 3).await.unwrap(),
+        store.add_member("cap-x", "capped", "", 3).await.unwrap(),
         Joined::Added
     );
     // Leaving makes room.
@@ -536,7 +552,7 @@ async fn membership_limit_under_concurrency(store: Arc<dyn ChatStore>) {
     let joins = rooms.iter().map(|room| {
         let store = Arc::clone(&store);
         let room = room.clone();
-        tokio::spawn(async move { store.add_member(&room, "racer", 5).await.unwrap() })
+        tokio::spawn(async move { store.add_member(&room, "racer", "", 5).await.unwrap() })
     });
     assert_eq!(succeeded(joins, |j| *j == Joined::Added).await, 5);
     assert_eq!(store.rooms_of("racer").await.unwrap().len(), 5);
@@ -603,6 +619,200 @@ async fn look_alike_rooms(store: &dyn ChatStore) {
     assert_eq!(create("modern", false).await, Created::Created);
     assert_eq!(create("rnodern", false).await, Created::LooksLike);
     assert_eq!(create("pip", false).await, Created::Created);
+}
+
+/// A room without members for the TTL is deleted with its history, its place in the
+/// public list, its look and its place in the count, so that its name can be created
+/// again; a room with a member is not, and a join while it is empty starts its wait over.
+/// A join that read the room's settings before it was deleted (and created again) gets
+/// no membership. A room whose last member is forgotten with its token is empty too.
+/// Runs on a store of its own: the room count is checked.
+async fn empty_rooms(store: &dyn ChatStore) {
+    // Long enough that a stall of the machine cannot make the half-way join below come
+    // after the deletion it is to prevent.
+    let ttl = Duration::from_secs(2);
+    let limits = rooms_up_to(3);
+    for room in ["e-hall", "e-den", "e-kept"] {
+        assert_eq!(
+            store
+                .create_room(room, &made_by(false, "e-a"), limits)
+                .await
+                .unwrap(),
+            Created::Created
+        );
+    }
+    assert_eq!(
+        store
+            .create_room("e-more", &made_by(false, "e-a"), limits)
+            .await
+            .unwrap(),
+        Created::Full
+    );
+    store.append("e-hall", &message(1), 10).await.unwrap();
+    store.create_user("e-b", "t-e-b", ttl).await.unwrap();
+    assert_eq!(
+        store.add_member("e-kept", "e-b", "", ANY).await.unwrap(),
+        Joined::Added
+    );
+    for room in ["e-hall", "e-den", "e-kept"] {
+        assert!(store.remove_member(room, "e-a").await.unwrap());
+    }
+    // After the marks: waiting from here waits at least the TTL from each.
+    let emptied = Instant::now();
+    assert_eq!(store.forget_empty_rooms(ttl).await.unwrap(), 0);
+    // Half-way, someone joins `e-den` and leaves again: its wait starts over.
+    tokio::time::sleep(ttl / 2).await;
+    assert_eq!(
+        store.add_member("e-den", "e-c", "", ANY).await.unwrap(),
+        Joined::Added
+    );
+    assert!(store.remove_member("e-den", "e-c").await.unwrap());
+    let den_emptied = Instant::now();
+    tokio::time::sleep((emptied + ttl + Duration::from_millis(100)) - Instant::now()).await;
+    assert_eq!(store.forget_empty_rooms(ttl).await.unwrap(), 1);
+    assert_eq!(store.room("e-hall").await.unwrap(), None);
+    assert!(store.room("e-den").await.unwrap().is_some());
+    assert!(store.room("e-kept").await.unwrap().is_some());
+    assert_eq!(
+        store.public_rooms("", 10).await.unwrap(),
+        ["e-den", "e-kept"]
+    );
+    // Its name, look and place in the count are free: created again (private now), with
+    // nothing of the old room's history.
+    let again = RoomMeta {
+        creation: "second".to_owned(),
+        ..made_by(true, "e-d")
+    };
+    assert_eq!(
+        store.create_room("e-hall", &again, limits).await.unwrap(),
+        Created::Created
+    );
+    assert!(store.history("e-hall", None, 10).await.unwrap().is_empty());
+    // A join that checked the deleted room (public, creation "") gets nothing of the new
+    // private one; nor does one of a room that is gone.
+    assert_eq!(
+        store.add_member("e-hall", "e-c", "", ANY).await.unwrap(),
+        Joined::NoSuchRoom
+    );
+    assert!(!store.is_member("e-hall", "e-c").await.unwrap());
+    assert_eq!(
+        store.add_member("e-gone", "e-c", "", ANY).await.unwrap(),
+        Joined::NoSuchRoom
+    );
+    assert!(store.rooms_of("e-c").await.unwrap().is_empty());
+    assert_eq!(
+        store
+            .add_member("e-hall", "e-c", "second", ANY)
+            .await
+            .unwrap(),
+        Joined::Added
+    );
+
+    tokio::time::sleep((den_emptied + ttl + Duration::from_millis(100)) - Instant::now()).await;
+    assert_eq!(store.forget_empty_rooms(ttl).await.unwrap(), 1);
+    assert_eq!(store.room("e-den").await.unwrap(), None);
+    // `e-b`'s token has expired: forgotten, it leaves `e-kept` empty from now.
+    assert_eq!(store.forget_expired_users(ttl).await.unwrap(), 1);
+    assert_eq!(store.forget_empty_rooms(ttl).await.unwrap(), 0);
+    assert_eq!(
+        store.forget_empty_rooms(Duration::ZERO).await.unwrap(),
+        1,
+        "e-kept, and not e-hall, which has members"
+    );
+    assert_eq!(store.room("e-kept").await.unwrap(), None);
+    assert!(store.room("e-hall").await.unwrap().is_some());
+    assert!(store.public_rooms("", 10).await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_rooms_in_the_memory_store() {
+    empty_rooms(&MemoryStore::new()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_rooms_in_the_redis_store() {
+    let redis = RedisServer::start();
+    empty_rooms(&RedisStore::connect(&redis.url()).await.unwrap()).await;
+}
+
+/// The rooms an older node left without members (it kept no record of when) are marked
+/// empty when asked (a node starting asks), however many pages of keys the store holds;
+/// asking again changes nothing. A room marked empty that an older node's join filled
+/// (it does not clear the mark) is not deleted, and loses its mark.
+#[tokio::test]
+async fn an_older_nodes_empty_rooms_are_marked() {
+    let redis = RedisServer::start();
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let json = serde_json::to_string(&meta(false)).unwrap();
+    // 1500 empty rooms and one with a member, more than one step of the index reads.
+    let () = redis::cmd("EVAL")
+        .arg(
+            "for i = 1, 1500 do redis.call('SET', 'syd:chat:room:old' .. i, ARGV[1]) end \
+             redis.call('SET', 'syd:chat:room:full', ARGV[1]) \
+             redis.call('SADD', 'syd:chat:members:full', 'u')",
+        )
+        .arg(0)
+        .arg(&json)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let store = RedisStore::connect(&redis.url()).await.unwrap();
+    assert_eq!(store.index_empty_rooms().await.unwrap(), 1500);
+    assert_eq!(store.index_empty_rooms().await.unwrap(), 0);
+    // An older node's join of `old1`, after the mark.
+    let _: i64 = redis::cmd("SADD")
+        .arg("syd:chat:members:old1")
+        .arg("v")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.forget_empty_rooms(Duration::ZERO).await.unwrap(),
+        1499
+    );
+    assert!(store.room("full").await.unwrap().is_some());
+    assert!(store.room("old1").await.unwrap().is_some());
+    assert_eq!(store.room("old2").await.unwrap(), None);
+    let mark: Option<String> = redis::cmd("ZSCORE")
+        .arg("syd:chat:rooms:empty")
+        .arg("old1")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(mark, None);
+}
+
+/// What an older node's join or post that crossed a room's deletion left (a membership,
+/// a message: it checks no room) passes to no room created again under that name.
+#[tokio::test]
+async fn a_room_created_again_inherits_nothing_an_older_node_left() {
+    let redis = RedisServer::start();
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let () = redis::cmd("EVAL")
+        .arg(
+            "redis.call('SADD', 'syd:chat:members:den', 'stale') \
+             redis.call('SADD', 'syd:chat:user:stale:rooms', 'den', 'elsewhere') \
+             redis.call('XADD', 'syd:chat:history:den', '*', 'm', ARGV[1])",
+        )
+        .arg(0)
+        .arg(serde_json::to_string(&message(1)).unwrap())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let store = RedisStore::connect(&redis.url()).await.unwrap();
+    assert_eq!(
+        store
+            .create_room("den", &meta(true), rooms_up_to(ANY))
+            .await
+            .unwrap(),
+        Created::Created
+    );
+    assert!(!store.is_member("den", "stale").await.unwrap());
+    assert_eq!(store.rooms_of("stale").await.unwrap(), ["elsewhere"]);
+    assert!(store.is_member("den", "creator").await.unwrap());
+    assert!(store.history("den", None, 10).await.unwrap().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use chat_node::bus::{parse_id, Bus, BusEntry, BusError, RedisBus, RedisBusConfig, StreamTarget};
-use chat_node::chat::store::{Joined, JointEntry, Membership, NewMessage, Post, Posted};
+use chat_node::chat::store::{
+    Created, Joined, JointEntry, Membership, NewMessage, Post, Posted, RoomLimits, RoomMeta,
+};
 use chat_node::chat::{ChatStore, RateLimit, RedisStore};
 use chat_node::forward::MemoryDirectory;
 use chat_node::node::{Node, NodeConfig};
@@ -156,8 +158,23 @@ async fn the_post_and_its_broadcast_are_one_step() {
 
     // A member: the message in the history, its broadcast in the stream and on the
     // channel, the id spliced in.
+    let club = RoomMeta {
+        private: false,
+        invite: None,
+        created_by: "creator".to_owned(),
+        created_at: 1,
+        creation: String::new(),
+    };
+    let limits = RoomLimits {
+        max_rooms: 10,
+        max_memberships: 10,
+    };
     assert_eq!(
-        store.add_member("club", "p1", 1000).await.unwrap(),
+        store.create_room("club", &club, limits).await.unwrap(),
+        Created::Created
+    );
+    assert_eq!(
+        store.add_member("club", "p1", "", 1000).await.unwrap(),
         Joined::Added
     );
     let hi = by("p1", "hi");

@@ -51,8 +51,8 @@ pub const DEFAULT_NEW_USER_RATE_LIMIT: RateLimit = RateLimit {
 };
 
 /// The default of [`ChatConfig::create_rate_limit`]: 100 in a burst, then one every
-/// 36 s. Rooms are never deleted: at this rate one address would take 100 hours to fill
-/// the default `--max-rooms`.
+/// 36 s. Rooms live until empty for `--empty-room-ttl` (30 days): at this rate one
+/// address would take 100 hours to fill the default `--max-rooms`.
 pub const DEFAULT_CREATE_RATE_LIMIT: RateLimit = RateLimit {
     count: 100,
     window: Duration::from_secs(3600),
@@ -80,16 +80,17 @@ pub struct ChatConfig {
     /// New users (connections without a valid token) per client address and window,
     /// across all nodes: each new user starts with fresh per-user limits.
     pub new_user_rate_limit: RateLimit,
-    /// `create`s per client address and window, across all nodes: rooms are never
-    /// deleted, and `max_rooms` counts everyone's.
+    /// `create`s per client address and window, across all nodes: a room lives until
+    /// empty for `empty_room_ttl`, and `max_rooms` counts everyone's.
     pub create_rate_limit: RateLimit,
     /// The longest message, in characters.
     pub max_text: usize,
     /// How long a node's presence entries live without its heartbeat (it beats every third
     /// of this): the longest a dead node's users still count as online.
     pub presence_ttl: Duration,
-    /// How many rooms (public and private) may exist, across all nodes: rooms are never
-    /// deleted, and every client's room list grows with the public ones.
+    /// How many rooms (public and private) may exist, across all nodes: a room lives until
+    /// empty for `empty_room_ttl`, and every client's room list grows with the public
+    /// ones.
     pub max_rooms: usize,
     /// How many rooms one user may be a member of (`lobby`, which everyone is always in,
     /// not counted): every connection of the user enters all of them, and every `rooms`
@@ -99,7 +100,15 @@ pub struct ChatConfig {
     /// once it expires, the user is forgotten: its memberships end, and the token names
     /// nobody (the client gets a new identity).
     pub token_ttl: Duration,
+    /// How long a room stays without members before it is deleted, with its history and
+    /// invite (its name can then be created again). Its last member's `leave`, or the
+    /// expiry of its last member's token, starts it; a `join` ends it. Checked at
+    /// [`ChatConfig::users_period`]'s pace.
+    pub empty_room_ttl: Duration,
 }
+
+/// The default of [`ChatConfig::empty_room_ttl`].
+pub const DEFAULT_EMPTY_ROOM_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// The default of [`ChatConfig::token_ttl`].
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
@@ -121,6 +130,7 @@ impl Default for ChatConfig {
             max_rooms: 10_000,
             max_memberships: 1000,
             token_ttl: DEFAULT_TOKEN_TTL,
+            empty_room_ttl: DEFAULT_EMPTY_ROOM_TTL,
         }
     }
 }
@@ -149,6 +159,9 @@ pub enum ChatConfigError {
     /// `token_ttl` is below a second or below `presence_ttl`.
     #[error("the token TTL must be at least 1s and at least the presence TTL, got {0:?}")]
     TokenTtl(Duration),
+    /// `empty_room_ttl` is below a second.
+    #[error("the empty room TTL must be at least 1s, got {0:?}")]
+    EmptyRoomTtl(Duration),
 }
 
 impl ChatConfig {
@@ -177,6 +190,9 @@ impl ChatConfig {
         if self.token_ttl < Duration::from_secs(1) || self.token_ttl < self.presence_ttl {
             return Err(ChatConfigError::TokenTtl(self.token_ttl));
         }
+        if self.empty_room_ttl < Duration::from_secs(1) {
+            return Err(ChatConfigError::EmptyRoomTtl(self.empty_room_ttl));
+        }
         Ok(self)
     }
 
@@ -185,12 +201,13 @@ impl ChatConfig {
         self.presence_ttl / 3
     }
 
-    /// How often connected users' tokens are marked in use and expired users forgotten:
-    /// an eighth of the token TTL, at most hourly (a few Redis calls per node each time),
-    /// never more often than the heartbeat. With the TTL at least the presence TTL, it
-    /// comes at least three times within the TTL.
+    /// How often connected users' tokens are marked in use, expired users forgotten and
+    /// rooms empty for `empty_room_ttl` deleted: an eighth of the shorter TTL, at most
+    /// hourly (a few Redis calls per node each time), never more often than the
+    /// heartbeat. With the token TTL at least the presence TTL, it comes at least three
+    /// times within the token TTL.
     pub fn users_period(&self) -> Duration {
-        (self.token_ttl / 8)
+        (self.token_ttl.min(self.empty_room_ttl) / 8)
             .min(Duration::from_secs(3600))
             .max(self.heartbeat())
     }
@@ -242,6 +259,10 @@ mod tests {
             token_ttl: Duration::from_secs(20),
             ..ChatConfig::default()
         }));
+        assert!(bad(ChatConfig {
+            empty_room_ttl: Duration::from_millis(999),
+            ..ChatConfig::default()
+        }));
         assert!(ChatConfig {
             history_on_join: 0,
             ..ChatConfig::default()
@@ -273,5 +294,11 @@ mod tests {
             period(Duration::from_secs(3), Duration::from_secs(3)),
             Duration::from_secs(1)
         );
+        // A short empty-room TTL: rooms are deleted at most an eighth of it late.
+        let rooms = ChatConfig {
+            empty_room_ttl: Duration::from_secs(80),
+            ..ChatConfig::default()
+        };
+        assert_eq!(rooms.users_period(), Duration::from_secs(10));
     }
 }

@@ -279,7 +279,8 @@ async fn create(chat: Arc<ChatInner>, socket: SocketRef, request: CreateRequest)
     }
     // Else the store's look index may miss an older node's room this one looks like.
     chat.looks_indexed().await?;
-    // Rooms are cheap to create and never deleted: creating counts against the rate limit.
+    // Rooms are cheap to create and live until empty for `--empty-room-ttl`: creating
+    // counts against the rate limit.
     if !chat.store.admit(&user, &chat.config.rate_limit).await? {
         return Err(ChatError::RateLimited);
     }
@@ -397,17 +398,21 @@ async fn join(chat: Arc<ChatInner>, socket: SocketRef, request: JoinRequest) -> 
             return Err(ChatError::InvalidInvite);
         }
     }
-    // `already` may be stale (another tab joined or left meanwhile): the store's step
-    // decides, at the limit too.
-    let added = !already
+    // `already` may be stale (another tab joined or left meanwhile, the room was deleted
+    // and created again): the store's step decides, at the limit too, and checks that the
+    // room is still the one read above.
+    let added = room != LOBBY
         && match chat
             .store
-            .add_member(&room, &user, chat.config.max_memberships)
+            .add_member(&room, &user, &meta.creation, chat.config.max_memberships)
             .await?
         {
             Joined::Added => true,
             Joined::Already => false,
             Joined::TooManyMemberships => return Err(ChatError::TooManyMemberships),
+            // Deleted since `meta` was read (empty for `--empty-room-ttl`), perhaps
+            // created again: its invite was not checked against the new one.
+            Joined::NoSuchRoom => return Err(ChatError::NoSuchRoom),
         };
     chat.enter_late(&socket, &user, &room, Some(&meta.creation))
         .await;

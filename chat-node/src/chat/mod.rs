@@ -14,7 +14,8 @@
 //! - [`rate`]: the per-user rate limit (GCRA).
 //! - [`presence`]: presence counting and the heartbeat that keeps this node's entries alive.
 //! - [`secret`]: tokens, invites and user ids.
-//! - [`users`]: connected users' tokens kept in use, expired users forgotten.
+//! - [`users`]: connected users' tokens kept in use, expired users forgotten, rooms empty
+//!   for `--empty-room-ttl` deleted.
 //! - [`store`]: where the state lives ([`ChatStore`]): Redis or memory.
 //!
 //! Private rooms are enforced here, for every event: the Socket.IO room of a chat room
@@ -76,7 +77,8 @@
 //! `join` and `create` are the other way round: every socket of the user room enters the
 //! chat room, on every node, through a join entry of the log ([`crate::cluster`]), so
 //! that every connection of the user is in all of its rooms. `leave` is the only way a membership ends
-//! (rooms are never deleted, nobody is removed by someone else).
+//! (nobody is removed by someone else; a room is deleted only once it has had no member
+//! for `--empty-room-ttl`, see [`users`]).
 
 pub mod config;
 pub mod error;

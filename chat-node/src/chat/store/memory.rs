@@ -56,6 +56,8 @@ struct State {
     /// Each room's look ([`validate::look`]), to the room.
     looks: HashMap<String, String>,
     members: HashMap<String, BTreeSet<String>>,
+    /// The rooms without members, since when.
+    empty_since: HashMap<String, Instant>,
     rooms_of: HashMap<String, BTreeSet<String>>,
     history: HashMap<String, VecDeque<(Id, NewMessage)>>,
     last_id: HashMap<String, Id>,
@@ -88,14 +90,34 @@ impl State {
     /// Ends every membership of `user`.
     fn forget_memberships(&mut self, user: &str) {
         for room in self.rooms_of.remove(user).unwrap_or_default() {
-            if let Some(members) = self.members.get_mut(&room) {
-                members.remove(user);
+            self.remove_member(&room, user);
+        }
+    }
+
+    /// Ends the membership of `user` in `room` (both ways); `false` when it was not a
+    /// member. The room is empty from now if that was its last member.
+    fn remove_member(&mut self, room: &str, user: &str) -> bool {
+        if let Some(rooms) = self.rooms_of.get_mut(user) {
+            rooms.remove(room);
+        }
+        let Some(members) = self.members.get_mut(room) else {
+            return false;
+        };
+        let removed = members.remove(user);
+        if members.is_empty() {
+            self.members.remove(room);
+            if self.rooms.contains_key(room) {
+                self.empty_since
+                    .entry(room.to_owned())
+                    .or_insert_with(Instant::now);
             }
         }
+        removed
     }
 
     /// Records the membership both ways.
     fn add_member(&mut self, room: &str, user: &str) {
+        self.empty_since.remove(room);
         self.members
             .entry(room.to_owned())
             .or_default()
@@ -217,6 +239,29 @@ impl ChatStore for MemoryStore {
         Ok(u64::try_from(expired.len()).unwrap_or(u64::MAX))
     }
 
+    async fn forget_empty_rooms(&self, ttl: Duration) -> Result<u64, StoreError> {
+        let now = Instant::now();
+        let mut state = self.state.lock();
+        let due: Vec<String> = state
+            .empty_since
+            .iter()
+            .filter(|(_, since)| now.saturating_duration_since(**since) >= ttl)
+            .map(|(room, _)| room.clone())
+            .collect();
+        for room in &due {
+            state.empty_since.remove(room);
+            state.rooms.remove(room);
+            state.members.remove(room);
+            state.history.remove(room);
+            state.last_id.remove(room);
+            let look = validate::look(room);
+            if state.looks.get(&look) == Some(room) {
+                state.looks.remove(&look);
+            }
+        }
+        Ok(u64::try_from(due.len()).unwrap_or(u64::MAX))
+    }
+
     async fn create_room(
         &self,
         room: &str,
@@ -271,9 +316,13 @@ impl ChatStore for MemoryStore {
         &self,
         room: &str,
         user: &str,
+        creation: &str,
         max_memberships: usize,
     ) -> Result<Joined, StoreError> {
         let mut state = self.state.lock();
+        if state.rooms.get(room).is_none_or(|m| m.creation != creation) {
+            return Ok(Joined::NoSuchRoom);
+        }
         if state.is_member(room, user) {
             return Ok(Joined::Already);
         }
@@ -285,12 +334,7 @@ impl ChatStore for MemoryStore {
     }
 
     async fn remove_member(&self, room: &str, user: &str) -> Result<bool, StoreError> {
-        let mut state = self.state.lock();
-        let removed = state.members.get_mut(room).is_some_and(|m| m.remove(user));
-        if let Some(rooms) = state.rooms_of.get_mut(user) {
-            rooms.remove(room);
-        }
-        Ok(removed)
+        Ok(self.state.lock().remove_member(room, user))
     }
 
     async fn is_member(&self, room: &str, user: &str) -> Result<bool, StoreError> {

@@ -201,6 +201,9 @@ pub enum Joined {
     Already,
     /// The user is a member of as many rooms as it may be: nothing changed.
     TooManyMemberships,
+    /// The room does not exist, or is not the creation the joiner checked (deleted, and
+    /// perhaps created again, since): nothing changed.
+    NoSuchRoom,
 }
 
 /// The bounds [`ChatStore::create_room`] checks.
@@ -255,6 +258,25 @@ pub trait ChatStore: Send + Sync + 'static {
         Ok(0)
     }
 
+    /// Deletes the rooms that have had no member for `ttl`: their settings and invite,
+    /// history, place in the room list and look, so that their names can be created again
+    /// and they no longer count against the room limit. A room is empty from the moment
+    /// its last member leaves or is forgotten ([`forget_expired_users`]); a join ends
+    /// it. Answers how many it deleted. Idempotent, and safe beside other nodes doing the
+    /// same and joins: a room deleted has no member at that moment, and a join after it
+    /// finds no room ([`Joined::NoSuchRoom`]). Its work comes in bounded steps.
+    ///
+    /// [`forget_expired_users`]: ChatStore::forget_expired_users
+    async fn forget_empty_rooms(&self, ttl: Duration) -> Result<u64, StoreError>;
+    /// Marks empty from now the rooms without members that the store does not know to be
+    /// empty (left by their last member on an older node), so that
+    /// [`forget_empty_rooms`](ChatStore::forget_empty_rooms) finds them too; answers how
+    /// many it marked. Idempotent; its work comes in bounded steps. The default has
+    /// nothing to mark.
+    async fn index_empty_rooms(&self) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+
     /// Creates a room and makes its creator (`meta.created_by`) a member, unless the name
     /// is taken, another room looks the same ([`crate::chat::validate::look`]), the
     /// creator is a member of `limits.max_memberships` rooms already, or `limits.max_rooms`
@@ -276,7 +298,7 @@ pub trait ChatStore: Send + Sync + 'static {
     ///
     /// The default creates the room and leaves the append to the caller: a store that
     /// keeps its data as long as its nodes run (in process) has no room whose sockets
-    /// outlived it. A store that may lose its data under running nodes (Redis) appends
+    /// outlived it (a room it deletes has had no member, hence no socket, for its TTL). A store that may lose its data under running nodes (Redis) appends
     /// the entry itself, or creates nothing ([`StoreError::NoLog`]: no `entry`, or the
     /// log is on another server).
     async fn create_room_and_append(
@@ -308,15 +330,21 @@ pub trait ChatStore: Send + Sync + 'static {
     async fn public_rooms(&self, after: &str, count: usize) -> Result<Vec<String>, StoreError>;
 
     /// Makes `user` a member of `room`, unless it already is, or is a member of
-    /// `max_memberships` rooms already (one step: joins on several nodes at once cannot
-    /// overshoot the limit).
+    /// `max_memberships` rooms already, or the room is gone or is no longer the creation
+    /// `creation` ([`RoomMeta::creation`]) whose settings the joiner checked (one step:
+    /// joins on several nodes at once cannot overshoot the limit, and a join that checked
+    /// a room's invite cannot become a membership of a room created again under its name).
     async fn add_member(
         &self,
         room: &str,
         user: &str,
+        creation: &str,
         max_memberships: usize,
     ) -> Result<Joined, StoreError>;
-    /// Ends `user`'s membership of `room`; `false` when it was not a member.
+    /// Ends `user`'s membership of `room`; `false` when it was not a member. A room left
+    /// without members is marked empty from now ([`forget_empty_rooms`]).
+    ///
+    /// [`forget_empty_rooms`]: ChatStore::forget_empty_rooms
     async fn remove_member(&self, room: &str, user: &str) -> Result<bool, StoreError>;
     /// Whether `user` is a member of `room`.
     async fn is_member(&self, room: &str, user: &str) -> Result<bool, StoreError>;

@@ -9,6 +9,7 @@
 //! | `rooms:public:by-name` | sorted set, every score 0 | the same names in order, for the room list's pages |
 //! | `rooms:count` | string | how many rooms exist |
 //! | `rooms:looks` | hash | a room's look ([`validate::look`]) → its name: one room per look; an older node's rooms are added when a node starts ([`ChatStore::index_looks`]) |
+//! | `rooms:empty` | sorted set | the rooms without members, scored by when their last member left (ms): [`ChatStore::forget_empty_rooms`] deletes those empty for `--empty-room-ttl`; an older node's are added when a node starts ([`ChatStore::index_empty_rooms`]) |
 //! | `members:<room>` | set | member user ids |
 //! | `user:<user>:rooms` | set | the rooms the user is a member of |
 //! | `history:<room>` | stream, `XADD MAXLEN ~ cap` | field `m`: a [`NewMessage`] as JSON |
@@ -147,8 +148,9 @@ return id .. ' ' .. entry_id
 /// Lua: `by_name(set, zset)` makes sure the sorted index of the public rooms (`zset`, all
 /// scores 0, ordered by name) holds every room of the public room set (`set`): rooms
 /// listed by a node from before the index was kept, even while such a node still runs
-/// beside newer ones, are filled in. Rooms are never deleted, so equal sizes mean equal
-/// sets, and the check costs two O(1) calls. A macro so that both scripts that touch the
+/// beside newer ones, are filled in. The index only ever holds rooms of the set (a
+/// deleted room leaves both in one step), so equal sizes mean equal sets, and the check
+/// costs two O(1) calls. A macro so that both scripts that touch the
 /// index can `concat!` it.
 macro_rules! by_name_lua {
     () => {
@@ -183,8 +185,8 @@ return redis.call('ZRANGEBYLEX', KEYS[2], ARGV[1], '+', 'LIMIT', 0, tonumber(ARG
 /// public rooms' sorted index, the room's members, the creator's rooms, the rooms by look,
 /// and for [`ChatStore::create_room_and_append`] the bus's stream. ARGV: the room's JSON,
 /// `1` when public, the name, the room limit, the `SCAN MATCH` pattern of every room's
-/// key, the creator, the membership limit, the room's look; with the stream, the trim
-/// strategy and threshold and the entry. Returns 0 (the name is taken), 4 (another room
+/// key, the creator, the membership limit, the room's look, the key prefix; with the
+/// stream, the trim strategy and threshold and the entry. Returns 0 (the name is taken), 4 (another room
 /// looks the same), 3 (the creator has too many memberships), 2 (the room limit is
 /// reached), or, once the room is created, 1 or the entry's id.
 ///
@@ -221,14 +223,20 @@ end
 if tonumber(count) >= tonumber(ARGV[4]) then return 2 end
 local created = 1
 if KEYS[8] then
-  local id = redis.pcall('XADD', KEYS[8], ARGV[9], '~', ARGV[10], '*', 'd', ARGV[11])
+  local id = redis.pcall('XADD', KEYS[8], ARGV[10], '~', ARGV[11], '*', 'd', ARGV[12])
   if type(id) == 'table' then return redis.error_reply('the log refused the entry: ' .. id.err) end
-  local published = redis.pcall('PUBLISH', KEYS[8], id .. ' ' .. ARGV[11])
+  local published = redis.pcall('PUBLISH', KEYS[8], id .. ' ' .. ARGV[12])
   if type(published) == 'table' then
     return redis.error_reply('the entry was not published: ' .. published.err)
   end
   created = id
 end
+-- What an older node's join or post that crossed the deletion of a room of this name
+-- left (it checks no room): none of it may pass to the new room.
+for _, member in ipairs(redis.call('SMEMBERS', KEYS[5])) do
+  redis.call('SREM', ARGV[9] .. 'user:' .. member .. ':rooms', ARGV[3])
+end
+redis.call('DEL', KEYS[5], ARGV[9] .. 'history:' .. ARGV[3])
 redis.call('SET', KEYS[1], ARGV[1])
 if ARGV[2] == '1' then
   by_name(KEYS[2], KEYS[4])
@@ -244,17 +252,28 @@ return created
     ))
 });
 
-/// [`ChatStore::add_member`], atomic: the check of the user's memberships and the two
-/// `SADD`s are one step, so that joins on several nodes at once cannot overshoot the
-/// limit. KEYS: the room's members, the user's rooms. ARGV: the user, the room, the
-/// membership limit. Returns 0 (already a member), 2 (too many memberships) or 1.
+/// [`ChatStore::add_member`], atomic: the checks of the room's creation and of the
+/// user's memberships and the two `SADD`s are one step, so that joins on several nodes
+/// at once cannot overshoot the limit, and a join cannot land in a room deleted (or
+/// deleted and created again) since the joiner read its settings. KEYS: the room's
+/// members, the user's rooms, the room, `rooms:empty`. ARGV: the user, the room, the
+/// membership limit, the creation. Returns 3 (no such room, or another creation), 0
+/// (already a member), 2 (too many memberships) or 1.
 static ADD_MEMBER: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
+local meta = redis.call('GET', KEYS[3])
+if not meta then return 3 end
+local ok, decoded = pcall(cjson.decode, meta)
+if not ok or type(decoded) ~= 'table' then return 3 end
+local creation = decoded.creation
+if type(creation) ~= 'string' then creation = '' end
+if creation ~= ARGV[4] then return 3 end
 if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return 0 end
 if redis.call('SCARD', KEYS[2]) >= tonumber(ARGV[3]) then return 2 end
 redis.call('SADD', KEYS[1], ARGV[1])
 redis.call('SADD', KEYS[2], ARGV[2])
+redis.call('ZREM', KEYS[4], ARGV[2])
 return 1
 ",
     )
@@ -269,6 +288,116 @@ local now = t[1] * 1000 + math.floor(t[2] / 1000)
 "
     };
 }
+
+/// [`ChatStore::index_looks`], one page of rooms: each room still there is indexed by its
+/// look unless the look is. `HSETNX`: a look already indexed keeps its room, whether a
+/// create or another node's backfill put it there. KEYS: `rooms:looks`. ARGV: the room
+/// keys' prefix, then pairs room, look. Returns how many it indexed.
+static INDEX_LOOKS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local added = 0
+for i = 2, #ARGV - 1, 2 do
+  if redis.call('EXISTS', ARGV[1] .. ARGV[i]) == 1 then
+    added = added + redis.call('HSETNX', KEYS[1], ARGV[i + 1], ARGV[i])
+  end
+end
+return added
+",
+    )
+});
+
+/// [`ChatStore::remove_member`], atomic: both sides of the membership, and the room
+/// marked empty from now when its last member left. KEYS: the room's members, the user's
+/// rooms, the room, `rooms:empty`. ARGV: the user, the room. Returns 1 when the user was
+/// a member, else 0.
+static REMOVE_MEMBER: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        now_ms_lua!(),
+        r"
+local removed = redis.call('SREM', KEYS[1], ARGV[1])
+redis.call('SREM', KEYS[2], ARGV[2])
+if redis.call('SCARD', KEYS[1]) == 0 and redis.call('EXISTS', KEYS[3]) == 1 then
+  -- Empty from now when this was its last member; a room found empty without a mark
+  -- (left on an older node) keeps any mark it has.
+  if removed == 1 then
+    redis.call('ZADD', KEYS[4], string.format('%d', now), ARGV[2])
+  else
+    redis.call('ZADD', KEYS[4], 'NX', string.format('%d', now), ARGV[2])
+  end
+end
+return removed
+"
+    ))
+});
+
+/// [`ChatStore::forget_empty_rooms`], the first step: up to `ARGV[2]` rooms marked empty
+/// for the TTL or longer, on Redis's clock. KEYS: `rooms:empty`. ARGV: the TTL (ms), the
+/// most to answer.
+static DUE_EMPTY_ROOMS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        now_ms_lua!(),
+        r"
+return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf',
+  string.format('%d', now - tonumber(ARGV[1])), 'LIMIT', 0, ARGV[2])
+"
+    ))
+});
+
+/// [`ChatStore::forget_empty_rooms`], the second step, atomic per room: each room still
+/// marked empty for the TTL loses its mark, and is deleted unless it has members (a join
+/// on an older node, which does not clear the mark): its settings, history, places in
+/// the public list and its index, its look (if the look is still its), and one from the
+/// count. KEYS: `rooms:empty`, `rooms:public`, `rooms:public:by-name`, `rooms:count`,
+/// `rooms:looks`. ARGV: the TTL (ms), the key prefix, then pairs room, look. Returns how
+/// many rooms it deleted.
+static FORGET_EMPTY_ROOMS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        now_ms_lua!(),
+        r"
+local cutoff, prefix = now - tonumber(ARGV[1]), ARGV[2]
+local deleted = 0
+for i = 3, #ARGV - 1, 2 do
+  local room, look = ARGV[i], ARGV[i + 1]
+  local since = redis.call('ZSCORE', KEYS[1], room)
+  if since and tonumber(since) <= cutoff then
+    redis.call('ZREM', KEYS[1], room)
+    if redis.call('SCARD', prefix .. 'members:' .. room) == 0
+      and redis.call('DEL', prefix .. 'room:' .. room) == 1 then
+      redis.call('DEL', prefix .. 'history:' .. room)
+      redis.call('SREM', KEYS[2], room)
+      redis.call('ZREM', KEYS[3], room)
+      local count = redis.call('GET', KEYS[4])
+      if count and tonumber(count) > 0 then redis.call('DECR', KEYS[4]) end
+      if redis.call('HGET', KEYS[5], look) == room then redis.call('HDEL', KEYS[5], look) end
+      deleted = deleted + 1
+    end
+  end
+end
+return deleted
+"
+    ))
+});
+
+/// [`ChatStore::index_empty_rooms`], one page of room keys: each room without members
+/// and without a mark is marked empty from now. KEYS: `rooms:empty`. ARGV: the room
+/// keys' prefix, the members keys' prefix, then the room keys. Returns how many it
+/// marked.
+static INDEX_EMPTY_ROOMS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        now_ms_lua!(),
+        r"
+local marked = 0
+for i = 3, #ARGV do
+  local room = string.sub(ARGV[i], #ARGV[1] + 1)
+  if redis.call('SCARD', ARGV[2] .. room) == 0 and redis.call('EXISTS', ARGV[i]) == 1 then
+    marked = marked + redis.call('ZADD', KEYS[1], 'NX', string.format('%d', now), room)
+  end
+end
+return marked
+"
+    ))
+});
 
 /// [`ChatStore::user_for_token`]: the token's user, its expiry pushed to the TTL, and its
 /// use recorded. KEYS: the token, `users:used`. ARGV: the TTL (ms), the token. Returns the
@@ -329,7 +458,11 @@ for _, entry in ipairs(due) do
       local user = string.sub(entry, 1, space - 1)
       local rooms = prefix .. 'user:' .. user .. ':rooms'
       for _, room in ipairs(redis.call('SMEMBERS', rooms)) do
-        redis.call('SREM', prefix .. 'members:' .. room, user)
+        local members = prefix .. 'members:' .. room
+        if redis.call('SREM', members, user) == 1 and redis.call('SCARD', members) == 0
+          and redis.call('EXISTS', prefix .. 'room:' .. room) == 1 then
+          redis.call('ZADD', prefix .. 'rooms:empty', string.format('%d', now), room)
+        end
       end
       redis.call('DEL', rooms)
       forgotten = forgotten + 1
@@ -472,6 +605,43 @@ impl RedisStore {
     async fn run<T: redis::FromRedisValue>(&self, pipe: &Pipeline) -> Result<T, StoreError> {
         let mut conn = self.conn.clone();
         pipe.query_async(&mut conn).await.map_err(redis_error)
+    }
+
+    /// Runs `script` on every key that starts with `prefix`, a page of keys at a time (SCAN:
+    /// no step blocks Redis for long, however many keys it holds): `script_key` as its one
+    /// key, `args` then the page's keys as its arguments. Answers the sum of its answers.
+    async fn per_key_page(
+        &self,
+        prefix: &str,
+        script: &Script,
+        script_key: &str,
+        args: &[String],
+    ) -> Result<u64, StoreError> {
+        let pattern = format!("{}*", glob_escape(prefix));
+        let mut total = 0;
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<Vec<u8>>) = self.scan_page(cursor, &pattern).await?;
+            if !keys.is_empty() {
+                let mut invocation = script.key(script_key);
+                for arg in args {
+                    invocation.arg(arg);
+                }
+                for k in &keys {
+                    invocation.arg(k.as_slice());
+                }
+                let mut conn = self.conn.clone();
+                let page: u64 = invocation
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(redis_error)?;
+                total += page;
+            }
+            cursor = next;
+            if cursor == 0 {
+                return Ok(total);
+            }
+        }
     }
 
     /// One page of the keys matching `pattern` from `cursor` on: the next cursor (0 at the
@@ -620,7 +790,8 @@ fn create_invocation(
         .arg(format!("{}*", glob_escape(&key(&["room", ""]))))
         .arg(&meta.created_by)
         .arg(limits.max_memberships)
-        .arg(validate::look(room));
+        .arg(validate::look(room))
+        .arg(PREFIX);
     Ok(invocation)
 }
 
@@ -715,32 +886,68 @@ impl ChatStore for RedisStore {
         }
     }
 
-    async fn index_users(&self, ttl: Duration) -> Result<u64, StoreError> {
-        // As `index_looks`: SCAN a page at a time, each page in one script.
-        let prefix = key(&["token", ""]);
-        let pattern = format!("{}*", glob_escape(&prefix));
-        let mut added = 0;
-        let mut cursor: u64 = 0;
+    async fn forget_empty_rooms(&self, ttl: Duration) -> Result<u64, StoreError> {
+        // A batch at a time, so that Redis is never blocked for long. The looks are
+        // computed here (Lua has no Unicode tables), between the two steps; the second
+        // checks again what the first found, atomically per room.
+        const BATCH: usize = 100;
+        // Not `ttl_ms`: a TTL of 0 is meant here (everything empty now), not 1 ms.
+        let ttl = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        let mut deleted = 0;
         loop {
-            let (next, keys): (u64, Vec<Vec<u8>>) = self.scan_page(cursor, &pattern).await?;
-            if !keys.is_empty() {
-                let mut invocation = INDEX_USERS.key(key(&["users", "used"]));
-                invocation.arg(ttl_ms(ttl)).arg(&prefix);
-                for k in &keys {
-                    invocation.arg(k.as_slice());
-                }
-                let mut conn = self.conn.clone();
-                let page: u64 = invocation
-                    .invoke_async(&mut conn)
-                    .await
-                    .map_err(redis_error)?;
-                added += page;
+            let mut conn = self.conn.clone();
+            let due: Vec<String> = DUE_EMPTY_ROOMS
+                .key(key(&["rooms", "empty"]))
+                .arg(ttl)
+                .arg(BATCH)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(redis_error)?;
+            if due.is_empty() {
+                return Ok(deleted);
             }
-            cursor = next;
-            if cursor == 0 {
-                return Ok(added);
+            let mut invocation = FORGET_EMPTY_ROOMS.prepare_invoke();
+            invocation
+                .key(key(&["rooms", "empty"]))
+                .key(key(&["rooms", "public"]))
+                .key(key(&["rooms", "public", "by-name"]))
+                .key(key(&["rooms", "count"]))
+                .key(key(&["rooms", "looks"]))
+                .arg(ttl)
+                .arg(PREFIX);
+            for room in &due {
+                invocation.arg(room).arg(validate::look(room));
+            }
+            let batch: u64 = invocation
+                .invoke_async(&mut conn)
+                .await
+                .map_err(redis_error)?;
+            deleted += batch;
+            // Every room the first step found lost its mark in the second, unless Redis's
+            // clock went back in between: then stop, the next sweep goes on.
+            if due.len() < BATCH || batch == 0 {
+                return Ok(deleted);
             }
         }
+    }
+
+    async fn index_empty_rooms(&self) -> Result<u64, StoreError> {
+        let prefix = key(&["room", ""]);
+        let args = [prefix.clone(), key(&["members", ""])];
+        self.per_key_page(
+            &prefix,
+            &INDEX_EMPTY_ROOMS,
+            &key(&["rooms", "empty"]),
+            &args,
+        )
+        .await
+    }
+
+    async fn index_users(&self, ttl: Duration) -> Result<u64, StoreError> {
+        let prefix = key(&["token", ""]);
+        let args = [ttl_ms(ttl).to_string(), prefix.clone()];
+        self.per_key_page(&prefix, &INDEX_USERS, &key(&["users", "used"]), &args)
+            .await
     }
 
     async fn create_room(
@@ -788,28 +995,32 @@ impl ChatStore for RedisStore {
 
     async fn index_looks(&self) -> Result<u64, StoreError> {
         // The rooms' keys, a page at a time (SCAN: no step blocks Redis for long, however
-        // many keys it holds), each page's looks in one pipeline. `HSETNX`: a look already
-        // indexed keeps its room, whether a create or another node's backfill put it there.
+        // many keys it holds), each page's looks in one script, which indexes only the
+        // rooms still there: a room deleted since the page was read must not leave its
+        // look behind for good.
         let prefix = key(&["room", ""]);
         let pattern = format!("{}*", glob_escape(&prefix));
-        let looks = key(&["rooms", "looks"]);
         let mut added = 0;
         let mut cursor: u64 = 0;
         loop {
             let (next, keys): (u64, Vec<Vec<u8>>) = self.scan_page(cursor, &pattern).await?;
-            let mut pipe = redis::pipe();
+            let mut invocation = INDEX_LOOKS.key(key(&["rooms", "looks"]));
+            invocation.arg(&prefix);
+            let mut any = false;
             // A key this code did not write (not UTF-8) names no room it could create.
             for room in keys.into_iter().filter_map(|k| String::from_utf8(k).ok()) {
                 if let Some(room) = room.strip_prefix(&prefix) {
-                    pipe.cmd("HSETNX")
-                        .arg(&looks)
-                        .arg(validate::look(room))
-                        .arg(room);
+                    invocation.arg(room).arg(validate::look(room));
+                    any = true;
                 }
             }
-            if !pipe.is_empty() {
-                let set: Vec<u64> = self.run(&pipe).await?;
-                added += set.iter().sum::<u64>();
+            if any {
+                let mut conn = self.conn.clone();
+                let page: u64 = invocation
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(redis_error)?;
+                added += page;
             }
             cursor = next;
             if cursor == 0 {
@@ -859,36 +1070,42 @@ impl ChatStore for RedisStore {
         &self,
         room: &str,
         user: &str,
+        creation: &str,
         max_memberships: usize,
     ) -> Result<Joined, StoreError> {
         let mut conn = self.conn.clone();
         let reply: i64 = ADD_MEMBER
             .key(key(&["members", room]))
             .key(key(&["user", user, "rooms"]))
+            .key(key(&["room", room]))
+            .key(key(&["rooms", "empty"]))
             .arg(user)
             .arg(room)
             .arg(max_memberships)
+            .arg(creation)
             .invoke_async(&mut conn)
             .await
             .map_err(redis_error)?;
         Ok(match reply {
             0 => Joined::Already,
             2 => Joined::TooManyMemberships,
+            3 => Joined::NoSuchRoom,
             _ => Joined::Added,
         })
     }
 
     async fn remove_member(&self, room: &str, user: &str) -> Result<bool, StoreError> {
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .cmd("SREM")
-            .arg(key(&["members", room]))
+        let mut conn = self.conn.clone();
+        let removed: i64 = REMOVE_MEMBER
+            .key(key(&["members", room]))
+            .key(key(&["user", user, "rooms"]))
+            .key(key(&["room", room]))
+            .key(key(&["rooms", "empty"]))
             .arg(user)
-            .cmd("SREM")
-            .arg(key(&["user", user, "rooms"]))
             .arg(room)
-            .ignore();
-        let (removed,): (i64,) = self.run(&pipe).await?;
+            .invoke_async(&mut conn)
+            .await
+            .map_err(redis_error)?;
         Ok(removed == 1)
     }
 
