@@ -64,6 +64,7 @@ const state = {
   unread: new Map(), // room -> count
   loaded: new Set(), // rooms whose history this tab has
   pendingInvite: null, // {room, invite} from the URL fragment, joined once connected
+  sending: 0, // sends awaiting their ack
   typingSentAt: 0,
   typingIdle: null,
   noticeTimer: null,
@@ -93,7 +94,9 @@ client.on("state", (s) => {
   el.textContent = s;
   el.className = s;
   const online = s === "connected";
-  $("message-input").disabled = !online;
+  // Only sending waits for the connection: a disabled box would drop the keyboard focus at
+  // every reconnect and stop the person from writing on meanwhile.
+  $("message-input").placeholder = online ? "Message" : "Offline: reconnecting…";
   $("send-button").disabled = !online;
   if (!online) {
     $("status-transport").textContent = client.transport ?? "none";
@@ -340,6 +343,15 @@ function el(tag, className, text) {
   return node;
 }
 
+/** An element for text that people wrote (names, messages), in whatever script: set apart
+ * for the bidirectional algorithm, so that a right-to-left name does not pull what follows
+ * it (the user id tag, the punctuation) into its own direction. */
+function userText(tag, className, text) {
+  const node = el(tag, className, text);
+  node.dir = "auto";
+  return node;
+}
+
 function formatTime(ts) {
   const date = new Date(ts);
   return date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
@@ -353,14 +365,14 @@ function messageNode(entry) {
   if (entry.kind === "message") {
     li.dataset.id = entry.id;
     if (entry.user && entry.user === state.user) li.classList.add("mine");
-    li.append(el("span", "msg-from", entry.from));
+    li.append(userText("span", "msg-from", entry.from));
     // Anyone may take any name: the start of the user id tells two "alice"s apart.
     if (entry.user) {
       const who = el("span", "msg-who", `#${entry.user.slice(1, 5)}`);
       who.title = `user ${entry.user}`;
       li.append(who);
     }
-    li.append(el("span", "msg-text", entry.text));
+    li.append(userText("span", "msg-text", entry.text));
   } else {
     li.append(el("span", "msg-text", entry.text));
   }
@@ -401,6 +413,10 @@ function renderMessages() {
 
 function renderRooms() {
   const list = $("room-list");
+  // The list is rebuilt at every presence and refresh: the room whose button has the
+  // keyboard focus gets it back, or the focus would fall to the page every few seconds.
+  const focused = list.contains(document.activeElement) ? document.activeElement.closest("li")?.dataset.room : null;
+  let refocus = null;
   const rooms = [...state.rooms.values()];
   if (!state.rooms.has(state.current)) {
     rooms.push({ room: state.current, private: false, members: 0, unlisted: true });
@@ -420,21 +436,23 @@ function renderRooms() {
       lock.title = "private";
       button.append(lock);
     }
-    button.append(el("span", "room-name", r.room));
+    button.append(userText("span", "room-name", r.room));
     const unread = state.unread.get(r.room);
     if (unread) button.append(el("span", "room-unread", String(unread)));
     if (!r.unlisted) button.append(el("span", "room-count", String(r.members)));
     button.title = `${r.members} online`;
     button.addEventListener("click", () => switchTo(r.room).catch((e) => notice(e.message)));
     li.append(button);
+    if (r.room === focused) refocus = button;
     return li;
   });
   list.replaceChildren(...items);
+  refocus?.focus();
 }
 
 function renderMembers() {
   const names = state.members.get(state.current) ?? [];
-  $("members").replaceChildren(...names.map((name) => el("li", "member", name)));
+  $("members").replaceChildren(...names.map((name) => userText("li", "member", name)));
 }
 
 function renderTyping() {
@@ -456,6 +474,7 @@ function renderAll() {
   renderMessages();
   renderMembers();
   renderTyping();
+  renderInvite();
 }
 
 function notice(text, kind = "error") {
@@ -516,12 +535,7 @@ $("create-form").addEventListener("submit", async (event) => {
     const reply = await request("create", { room, private: isPrivate });
     const name = typeof reply.room === "string" ? reply.room : room;
     $("create-name").value = "";
-    if (typeof reply.invite === "string" && reply.invite) {
-      store.rememberInvite(name, reply.invite);
-      showInvite(name, reply.invite);
-    } else {
-      $("invite-box").hidden = true;
-    }
+    if (typeof reply.invite === "string" && reply.invite) store.rememberInvite(name, reply.invite);
     state.current = name;
     await joinRoom(name, reply.invite);
   } catch (error) {
@@ -529,10 +543,16 @@ $("create-form").addEventListener("submit", async (event) => {
   }
 });
 
-function showInvite(room, invite) {
+/** The invite link of the room shown, whenever this browser knows it: not only right after
+ * the `create`, but after a reload, in another tab, or for a room joined by a link. */
+function renderInvite() {
+  const room = state.current;
+  const invite = store.invites().get(room);
+  const shown = Boolean(invite) && state.rooms.get(room)?.private !== false;
+  $("invite-box").hidden = !shown;
+  if (!shown) return;
   $("invite-room").textContent = room;
   $("invite-link").value = inviteLink(room, invite);
-  $("invite-box").hidden = false;
 }
 
 $("invite-copy").addEventListener("click", async () => {
@@ -625,18 +645,30 @@ $("composer").addEventListener("submit", async (event) => {
   if (!text.trim()) return;
   const room = state.current;
   stopTyping();
+  // Emptied now, not on the ack: a second Enter while the ack is on its way would post the
+  // text twice, and emptying on the ack would wipe what was typed meanwhile.
+  input.value = "";
+  const composer = $("composer");
+  state.sending += 1;
+  composer.setAttribute("aria-busy", "true");
   try {
     await request("send", { room, text });
-    input.value = "";
   } catch (error) {
-    // `timeout`: the server's store did not answer in time, and may still store the
-    // message; it shows up in the room if it does, and sending it again could post it
-    // twice. The text stays in the box for the user to decide.
+    // Back in the box for the person to decide, before anything typed since.
+    input.value = input.value ? `${text} ${input.value}` : text;
+    // `timeout` (the server's store did not answer in time), a connection lost or an ack
+    // that never came: the message may still be stored; it shows up in the room if it
+    // is, and sending it again could post it twice.
+    const maybe =
+      error.message === "timeout" || error.message === "disconnected" || error.message.startsWith("no answer");
     notice(
-      error.message === "timeout"
-        ? "maybe sent: the server got no answer in time; if it went, it shows up here"
+      maybe
+        ? "maybe sent: no answer came in time; if it went, it shows up here"
         : `not sent: ${error.message}`,
     );
+  } finally {
+    state.sending -= 1;
+    if (state.sending === 0) composer.removeAttribute("aria-busy");
   }
 });
 

@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use fantoccini::Locator;
 use serde_json::{json, Value};
 use tempfile::TempDir;
 use tests::browser::{artifacts_dir, spki_pin, Browser, BrowserOptions, Chromedriver};
@@ -241,7 +242,7 @@ async fn status(browser: &Browser, css: &str) -> String {
 }
 
 /// Types `text` into the composer and sends it; waits for the server's acknowledgement (the
-/// input is cleared only then).
+/// composer is busy until then).
 async fn send(browser: &Browser, text: &str) {
     browser.fill("#message-input", text).await;
     browser.click("#send-button").await;
@@ -249,10 +250,29 @@ async fn send(browser: &Browser, text: &str) {
         .wait_js(
             T,
             &format!("{text:?} to be acknowledged"),
-            "return document.getElementById('message-input').value === '';",
+            "return document.getElementById('message-input').value === '' \
+               && !document.getElementById('composer').hasAttribute('aria-busy');",
             vec![],
         )
         .await;
+}
+
+/// Presses `keys` (WebDriver key codes allowed: `\u{e007}` is Enter) in the element `css`,
+/// without clearing it first.
+async fn press(browser: &Browser, css: &str, keys: &str) {
+    let element = browser.client().find(Locator::Css(css)).await.unwrap();
+    element.send_keys(keys).await.unwrap();
+}
+
+/// A single node on its embedded store, straight over plain HTTP, and the page opened on it
+/// as `name`.
+async fn open_solo(driver: &Chromedriver, node: &ChatNode, name: &str) -> Browser {
+    let browser = start_browser(driver, name, &BrowserOptions::default()).await;
+    browser.goto(&node.url("/")).await;
+    browser.fill("#name-input", name).await;
+    browser.click("#name-submit").await;
+    wait_connected(&browser).await;
+    browser
 }
 
 /// Waits until the message list shows `text` from `from`.
@@ -879,6 +899,168 @@ async fn a_refused_name_is_explained_and_the_identity_survives_a_reload() {
     )
     .await;
     close_clean(hana).await;
+}
+
+/// Sending does not wait on the ack to empty the box: on a slow link a second Enter posted
+/// the text twice, and what was typed before the ack came was wiped by it. A connection lost
+/// and found again leaves the box usable, with its draft and the keyboard focus (it was
+/// disabled, and the focus fell to the page).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_composer_survives_a_slow_ack_and_a_reconnection() {
+    let node = ChatNode::start("solo", None, &[]);
+    let driver = Chromedriver::start();
+    let ivy = open_solo(&driver, &node, "ivy").await;
+    // A slow link: every `send` leaves a second late.
+    ivy.js(
+        "const c = window.switchyard.client; const request = c.request.bind(c); \
+         c.request = (e, d, t) => e === 'send' \
+           ? new Promise((r) => setTimeout(r, 1000)).then(() => request(e, d, t)) \
+           : request(e, d, t);",
+        vec![],
+    )
+    .await;
+    press(&ivy, "#message-input", "first\u{e007}").await;
+    press(&ivy, "#message-input", "\u{e007}").await;
+    press(&ivy, "#message-input", "next draft").await;
+    wait_message(&ivy, "ivy", "first").await;
+    ivy.wait_js(
+        T,
+        "no send awaiting its ack",
+        "return !document.getElementById('composer').hasAttribute('aria-busy');",
+        vec![],
+    )
+    .await;
+    // A second copy would have been sent right behind the first.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let shown = ivy
+        .js(
+            "return [[...document.querySelectorAll('#messages .msg-text')] \
+               .filter((t) => t.textContent === 'first').length, \
+               document.getElementById('message-input').value];",
+            vec![],
+        )
+        .await;
+    assert_eq!(shown, json!([1, "next draft"]), "[copies sent, the box]");
+
+    // The connection drops (as when the network does) while Ivy writes on.
+    let offline = ivy
+        .js(
+            "const input = document.getElementById('message-input'); input.focus(); \
+             window.switchyard.client.engine.finish('test: network lost'); \
+             return [document.getElementById('status-state').textContent, input.disabled, \
+                     document.activeElement.id];",
+            vec![],
+        )
+        .await;
+    assert_eq!(offline, json!(["reconnecting", false, "message-input"]));
+    press(&ivy, "#message-input", ", written offline").await;
+    wait_connected(&ivy).await;
+    let back = ivy
+        .js(
+            "return [document.activeElement.id, document.getElementById('message-input').value];",
+            vec![],
+        )
+        .await;
+    assert_eq!(
+        back,
+        json!(["message-input", "next draft, written offline"])
+    );
+    press(&ivy, "#message-input", "\u{e007}").await;
+    wait_message(&ivy, "ivy", "next draft, written offline").await;
+    close_clean(ivy).await;
+}
+
+/// The room list, rebuilt at every presence and refresh, keeps the keyboard focus on the
+/// room that had it (it fell to the page every few seconds). A right-to-left name keeps its
+/// user id tag after it (the tag was split around the name: `#71אבי yE`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_room_list_keeps_the_focus_and_right_to_left_names_stay_apart() {
+    let node = ChatNode::start("solo", None, &[]);
+    let driver = Chromedriver::start();
+    let avi = open_solo(&driver, &node, "אבי").await;
+    avi.js(
+        "document.querySelector('#room-list li[data-room=\"lobby\"] button').focus();",
+        vec![],
+    )
+    .await;
+    let _bob = raw_chat_socket(&node, "bob").await;
+    avi.wait_js(
+        T,
+        "two in the lobby",
+        "return document.querySelector('#room-list li[data-room=\"lobby\"] .room-count') \
+           ?.textContent === '2';",
+        vec![],
+    )
+    .await;
+    let focused = avi
+        .js(
+            "return document.activeElement.closest('#room-list li')?.dataset.room ?? \
+               document.activeElement.tagName;",
+            vec![],
+        )
+        .await;
+    assert_eq!(focused, json!("lobby"), "the focus left the room list");
+
+    // A user id whose tag starts with digits: they took the direction of the name before
+    // them.
+    avi.js(
+        "window.switchyard.client.fire('message', { id: '1-0', room: 'lobby', from: 'אבי', \
+           user: 'u71yEabcdefghijk', text: 'שלום!', ts: Date.now() });",
+        vec![],
+    )
+    .await;
+    wait_message(&avi, "אבי", "שלום!").await;
+    let layout = avi
+        .js(
+            "const li = document.querySelector('#messages li.message[data-id=\"1-0\"]'); \
+             const from = li.querySelector('.msg-from').getBoundingClientRect(); \
+             const who = li.querySelector('.msg-who').getBoundingClientRect(); \
+             return [from.left, from.right, who.left, who.right];",
+            vec![],
+        )
+        .await;
+    let [from_left, from_right, who_left, _]: [f64; 4] = serde_json::from_value(layout).unwrap();
+    assert!(
+        from_left < from_right && who_left >= from_right - 0.5,
+        "the tag is not after the name: {layout:?}",
+        layout = [from_left, from_right, who_left]
+    );
+    close_clean(avi).await;
+}
+
+/// The invite link of a private room is there whenever the room is shown, not only right
+/// after creating it: a reload lost it for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_rooms_invite_link_is_shown_again_after_a_reload() {
+    let node = ChatNode::start("solo", None, &[]);
+    let driver = Chromedriver::start();
+    let jo = open_solo(&driver, &node, "jo").await;
+    jo.fill("#create-name", "hideout").await;
+    jo.click("#create-submit").await;
+    jo.wait_text(T, "#room-title", "hideout").await;
+    let invite_link = "return document.getElementById('invite-box').hidden ? null : \
+                       [document.getElementById('invite-room').textContent, \
+                        document.getElementById('invite-link').value];";
+    let link = jo.wait_js(T, "the invite link", invite_link, vec![]).await;
+    assert_eq!(link[0], json!("hideout"));
+
+    jo.goto(&node.url("/")).await;
+    wait_connected(&jo).await;
+    jo.wait_text(T, "#room-title", "lobby").await;
+    let lobby = jo
+        .js(
+            "return document.getElementById('invite-box').hidden;",
+            vec![],
+        )
+        .await;
+    assert_eq!(lobby, json!(true), "an invite link shown for the lobby");
+    jo.click("#room-list li[data-room='hideout'] button").await;
+    jo.wait_text(T, "#room-title", "hideout").await;
+    let again = jo
+        .wait_js(T, "the invite link after a reload", invite_link, vec![])
+        .await;
+    assert_eq!(again, link);
+    close_clean(jo).await;
 }
 
 #[test]
