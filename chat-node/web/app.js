@@ -205,7 +205,34 @@ async function afterConnect() {
     // The server replayed what we missed; nothing to fetch.
     return;
   }
+  if (state.current !== LOBBY && state.loaded.has(state.current)) {
+    await resumeRoom(state.current);
+    return;
+  }
   await joinRoom(state.current, store.invites().get(state.current));
+}
+
+/**
+ * Back, without recovery, in a room this tab had open: what was missed, from `history`, not
+ * `join`. The membership may have ended meanwhile (a `leave` from another tab or device):
+ * a `join` would make the person a member again, and announce it to the room.
+ */
+async function resumeRoom(room) {
+  let reply;
+  try {
+    reply = await request("history", { room });
+  } catch (error) {
+    if (error.message !== "not a member" && error.message !== "no such room") {
+      notice(`${room}: ${error.message}`);
+      return;
+    }
+    notice(`you are no longer in ${room}`, "info");
+    state.loaded.delete(room);
+    state.messages.delete(room);
+    if (room === state.current) await switchTo(LOBBY);
+    return;
+  }
+  if (Array.isArray(reply.messages)) mergeHistory(room, reply.messages);
 }
 
 // -------------------------------------------------------------------------------------------

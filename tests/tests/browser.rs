@@ -24,7 +24,7 @@ use fantoccini::Locator;
 use serde_json::{json, Value};
 use tempfile::TempDir;
 use tests::browser::{artifacts_dir, spki_pin, Browser, BrowserOptions, Chromedriver};
-use tests::chatnode::{raw_chat_call, raw_chat_socket, ChatNode};
+use tests::chatnode::{raw_chat_call, raw_chat_socket, raw_chat_tab, ChatNode};
 use tests::redis::RedisServer;
 use tests::socketio::run_with_timeout;
 use tests::{port_array, Certs, Proxy};
@@ -1061,6 +1061,46 @@ async fn a_private_rooms_invite_link_is_shown_again_after_a_reload() {
         .await;
     assert_eq!(again, link);
     close_clean(jo).await;
+}
+
+/// A room left from another tab (or device) stays left when this tab comes back without
+/// recovery (after a long sleep): the page fetched the room it showed with a `join`, which
+/// made the person a member again and announced it to the room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_left_in_another_tab_is_not_joined_again_on_a_reconnect() {
+    let node = ChatNode::start("solo", None, &[]);
+    let driver = Chromedriver::start();
+    let kai = open_solo(&driver, &node, "kai").await;
+    kai.fill("#create-name", "games").await;
+    kai.js(
+        "document.getElementById('create-private').checked = false;",
+        vec![],
+    )
+    .await;
+    kai.click("#create-submit").await;
+    kai.wait_text(T, "#room-title", "games").await;
+    let token = kai
+        .js("return localStorage.getItem('switchyard.token');", vec![])
+        .await;
+    let mut other_tab = raw_chat_tab(&node, "kai", token.as_str().unwrap()).await;
+    let left = raw_chat_call(&mut other_tab, 1, "leave", r#"{"room":"games"}"#).await;
+    assert_eq!(left["ok"], true, "{left}");
+
+    // The page comes back as a new session (its recovery window gone by).
+    kai.js(
+        "const c = window.switchyard.client; c.pid = null; c.engine.finish('test: asleep');",
+        vec![],
+    )
+    .await;
+    kai.wait_text(T, "#status-state", "reconnecting").await;
+    wait_connected(&kai).await;
+    kai.wait_text(T, "#room-title", "lobby").await;
+    let history = raw_chat_call(&mut other_tab, 2, "history", r#"{"room":"games"}"#).await;
+    assert_eq!(
+        history["error"], "not a member",
+        "kai is in the room again: {history}"
+    );
+    close_clean(kai).await;
 }
 
 #[test]
