@@ -1029,20 +1029,26 @@ async fn the_room_list_keeps_the_focus_and_right_to_left_names_stay_apart() {
 }
 
 /// The invite link of a private room is there whenever the room is shown, not only right
-/// after creating it: a reload lost it for good.
+/// after creating it: a reload lost it for good. A room name of 64 letters without a space
+/// stays inside the invite box and the join question (it spilled out of both).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_private_rooms_invite_link_is_shown_again_after_a_reload() {
     let node = ChatNode::start("solo", None, &[]);
     let driver = Chromedriver::start();
     let jo = open_solo(&driver, &node, "jo").await;
-    jo.fill("#create-name", "hideout").await;
+    let hideout = format!("hideout{}", "o".repeat(57));
+    jo.fill("#create-name", &hideout).await;
     jo.click("#create-submit").await;
-    jo.wait_text(T, "#room-title", "hideout").await;
+    jo.wait_text(T, "#room-title", &hideout).await;
     let invite_link = "return document.getElementById('invite-box').hidden ? null : \
                        [document.getElementById('invite-room').textContent, \
                         document.getElementById('invite-link').value];";
     let link = jo.wait_js(T, "the invite link", invite_link, vec![]).await;
-    assert_eq!(link[0], json!("hideout"));
+    assert_eq!(link[0], json!(hideout));
+    let overflow = "const e = document.querySelector(arguments[0]); \
+                    return e.scrollWidth - e.clientWidth;";
+    let sidebar = jo.js(overflow, vec![json!("#sidebar")]).await;
+    assert_eq!(sidebar, json!(0), "the room name spills out of the sidebar");
 
     jo.goto(&node.url("/")).await;
     wait_connected(&jo).await;
@@ -1054,12 +1060,31 @@ async fn a_private_rooms_invite_link_is_shown_again_after_a_reload() {
         )
         .await;
     assert_eq!(lobby, json!(true), "an invite link shown for the lobby");
-    jo.click("#room-list li[data-room='hideout'] button").await;
-    jo.wait_text(T, "#room-title", "hideout").await;
+    jo.click(&format!("#room-list li[data-room='{hideout}'] button"))
+        .await;
+    jo.wait_text(T, "#room-title", &hideout).await;
     let again = jo
         .wait_js(T, "the invite link after a reload", invite_link, vec![])
         .await;
     assert_eq!(again, link);
+
+    let long = "L".repeat(64);
+    let mut lee = raw_chat_socket(&node, "lee").await;
+    let made = json!({ "room": long, "private": false }).to_string();
+    let made = raw_chat_call(&mut lee, 1, "create", &made).await;
+    assert_eq!(made["ok"], true, "{made}");
+    jo.js(
+        "location.hash = new URLSearchParams({ room: arguments[0] }).toString();",
+        vec![json!(long)],
+    )
+    .await;
+    jo.wait_text(T, "#join-room", &long).await;
+    let dialog = jo.js(overflow, vec![json!("#join-form")]).await;
+    assert_eq!(
+        dialog,
+        json!(0),
+        "the room name spills out of the join question"
+    );
     close_clean(jo).await;
 }
 
