@@ -63,6 +63,8 @@ const state = {
   typing: new Map(), // room -> Map(name -> expiry ms)
   unread: new Map(), // room -> count
   loaded: new Set(), // rooms whose history this tab has
+  started: new Set(), // rooms whose history this tab has from the first message kept
+  loadingOlder: null, // the room whose earlier messages are being fetched
   pendingInvite: null, // {room, invite} from the URL fragment, joined once connected
   sending: 0, // sends awaiting their ack
   typingSentAt: 0,
@@ -304,7 +306,61 @@ async function switchTo(room) {
   await joinRoom(room, store.invites().get(room));
 }
 
-function mergeHistory(room, messages) {
+/** How many earlier messages one click (or a scroll to the top) fetches: the server's
+ * largest page. */
+const OLDER_PAGE = 100;
+
+/** The id of the oldest message this tab has of `room`, if any. */
+function oldestId(room) {
+  return sortedEntries(room).find((e) => e.kind === "message" && e.id)?.id ?? null;
+}
+
+/**
+ * Fetches the page of messages before the oldest one shown, keeping in view what the person
+ * was reading. An empty or short page means the room's history starts there (it keeps
+ * about the last 1000 messages).
+ */
+async function loadOlder() {
+  const room = state.current;
+  const before = oldestId(room);
+  if (state.loadingOlder || !before || state.started.has(room)) return;
+  state.loadingOlder = room;
+  renderOlder();
+  try {
+    const reply = await request("history", { room, before, limit: OLDER_PAGE });
+    const messages = Array.isArray(reply.messages) ? reply.messages : [];
+    if (messages.length < OLDER_PAGE) state.started.add(room);
+    if (room !== state.current) {
+      mergeHistory(room, messages);
+      return;
+    }
+    const list = $("messages");
+    const fromBottom = list.scrollHeight - list.scrollTop;
+    mergeHistory(room, messages, { keepScroll: true });
+    list.scrollTop = list.scrollHeight - fromBottom;
+  } catch (error) {
+    notice(`earlier messages of ${room}: ${error.message}`);
+  } finally {
+    state.loadingOlder = null;
+    renderOlder();
+  }
+}
+
+function renderOlder() {
+  const button = $("older");
+  const room = state.current;
+  button.hidden = !oldestId(room) || state.started.has(room);
+  button.disabled = state.loadingOlder !== null;
+  button.textContent = state.loadingOlder === room ? "Loading…" : "Earlier messages";
+}
+
+$("older").addEventListener("click", () => loadOlder());
+// Scrolled to the top: the next page comes without a click, as in other chat apps.
+$("messages").addEventListener("scroll", (event) => {
+  if (event.target.scrollTop === 0 && !$("older").hidden) loadOlder();
+});
+
+function mergeHistory(room, messages, { keepScroll = false } = {}) {
   for (const m of messages) {
     if (!m || typeof m !== "object") continue;
     addEntry(
@@ -320,7 +376,7 @@ function mergeHistory(room, messages) {
       false,
     );
   }
-  if (room === state.current) renderMessages();
+  if (room === state.current) renderMessages({ keepScroll });
 }
 
 // -------------------------------------------------------------------------------------------
@@ -427,7 +483,7 @@ function appendMessage(entry) {
   if (stick) list.scrollTop = list.scrollHeight;
 }
 
-function renderMessages() {
+function renderMessages({ keepScroll = false } = {}) {
   const list = $("messages");
   const nodes = sortedEntries(state.current).map((entry) => {
     const node = messageNode(entry);
@@ -435,7 +491,8 @@ function renderMessages() {
     return node;
   });
   list.replaceChildren(...nodes);
-  list.scrollTop = list.scrollHeight;
+  if (!keepScroll) list.scrollTop = list.scrollHeight;
+  renderOlder();
 }
 
 function renderRooms() {
@@ -522,9 +579,23 @@ function askName(error) {
   $("name-error").textContent = error ?? "";
   const input = $("name-input");
   input.value = state.name ?? "";
+  // A change of name the person asked for may be called off; a first name, or one the
+  // server refused, may not: there is no name to go back to.
+  $("name-cancel").hidden = Boolean(error) || !state.name;
   $("name-dialog").hidden = false;
   input.focus();
 }
+
+function cancelName() {
+  if ($("name-cancel").hidden) return;
+  $("name-dialog").hidden = true;
+  $("change-name").focus();
+}
+
+$("name-cancel").addEventListener("click", cancelName);
+$("name-dialog").addEventListener("keydown", (event) => {
+  if (event.key === "Escape") cancelName();
+});
 
 $("name-form").addEventListener("submit", (event) => {
   event.preventDefault();

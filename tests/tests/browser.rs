@@ -1137,3 +1137,135 @@ fn the_page_socketio_client_passes_its_unit_tests() {
         .env("NO_COLOR", "1");
     run_with_timeout(node, Duration::from_secs(60)).assert_passed("sio.js unit tests");
 }
+
+/// A room's earlier messages page in on demand, with "Earlier messages" or by scrolling to
+/// the top, a page of 100 at a time, in order, keeping in view the message being read, until
+/// the start of the room's history, where the button goes away. Joining shows only the last
+/// 50: without this the rest of a room's history (it keeps about 1000) was out of reach.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn earlier_messages_page_in_up_to_the_start_of_the_history() {
+    let node = ChatNode::start("solo", None, &["--rate-limit", "1000/1s"]);
+    let mut writer = raw_chat_socket(&node, "writer").await;
+    for i in 0..250u64 {
+        let payload = json!({"room": "lobby", "text": format!("m{i:03}")}).to_string();
+        let sent = raw_chat_call(&mut writer, i + 1, "send", &payload).await;
+        assert_eq!(sent["ok"], true, "{sent}");
+    }
+    let driver = Chromedriver::start();
+    let ivy = open_solo(&driver, &node, "ivy").await;
+    // The texts shown, once there are `n`: their count, first and last, and whether they
+    // are in order.
+    let shown = |n: usize| {
+        let ivy = &ivy;
+        async move {
+            ivy.wait_js(
+                T,
+                &format!("{n} messages shown"),
+                "const texts = [...document.querySelectorAll('#messages li.message .msg-text')] \
+                   .map((t) => t.textContent); \
+                 if (texts.length !== arguments[0]) return null; \
+                 const sorted = texts.every((t, i) => i === 0 || texts[i - 1] < t); \
+                 return [texts[0], texts[texts.length - 1], sorted, \
+                         document.getElementById('older').hidden];",
+                vec![json!(n)],
+            )
+            .await
+        }
+    };
+    assert_eq!(shown(50).await, json!(["m200", "m249", true, false]));
+    ivy.click("#older").await;
+    assert_eq!(shown(150).await, json!(["m100", "m249", true, false]));
+    // Scrolled to the top: the next page comes by itself, and what was at the top stays
+    // in view.
+    ivy.js("document.getElementById('messages').scrollTop = 0;", vec![])
+        .await;
+    assert_eq!(shown(250).await, json!(["m000", "m249", true, false]));
+    let in_view = ivy
+        .js(
+            "const list = document.getElementById('messages').getBoundingClientRect(); \
+             const li = [...document.querySelectorAll('#messages li.message')] \
+               .find((li) => li.querySelector('.msg-text').textContent === 'm100'); \
+             const top = li.getBoundingClientRect().top; \
+             return top >= list.top && top < list.bottom;",
+            vec![],
+        )
+        .await;
+    assert_eq!(
+        in_view,
+        json!(true),
+        "m100 was at the top, and should still be in view"
+    );
+    // The start: one more page, empty, and the button goes.
+    ivy.click("#older").await;
+    ivy.wait_js(
+        T,
+        "the button gone at the start of the history",
+        "return document.getElementById('older').hidden;",
+        vec![],
+    )
+    .await;
+    assert_eq!(shown(250).await, json!(["m000", "m249", true, true]));
+    close_clean(ivy).await;
+}
+
+/// The nickname dialog opened with "Name" can be called off (Cancel, or Escape), the name
+/// and the connection as they were; the first one cannot, there being no name yet (the
+/// dialog had no way out but choosing a name).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_of_name_can_be_called_off() {
+    let node = ChatNode::start("solo", None, &[]);
+    let driver = Chromedriver::start();
+    let ivy = start_browser(&driver, "ivy", &BrowserOptions::default()).await;
+    ivy.goto(&node.url("/")).await;
+    let dialog = "return [document.getElementById('name-dialog').hidden, \
+                  document.getElementById('name-cancel').hidden];";
+    ivy.wait_js(
+        T,
+        "the nickname prompt",
+        "return !document.getElementById('name-dialog').hidden;",
+        vec![],
+    )
+    .await;
+    assert_eq!(
+        ivy.js(dialog, vec![]).await,
+        json!([false, true]),
+        "[dialog hidden, cancel hidden]"
+    );
+    press(&ivy, "#name-input", "\u{e00c}").await;
+    assert_eq!(
+        ivy.js(dialog, vec![]).await,
+        json!([false, true]),
+        "Escape at the first name"
+    );
+    ivy.fill("#name-input", "ivy").await;
+    ivy.click("#name-submit").await;
+    let node_id = wait_connected(&ivy).await;
+
+    ivy.click("#change-name").await;
+    assert_eq!(ivy.js(dialog, vec![]).await, json!([false, false]));
+    ivy.fill("#name-input", "ivan").await;
+    press(&ivy, "#name-input", "\u{e00c}").await;
+    assert_eq!(
+        ivy.js(dialog, vec![]).await,
+        json!([true, false]),
+        "Escape called it off"
+    );
+    ivy.click("#change-name").await;
+    ivy.click("#name-cancel").await;
+    assert_eq!(
+        ivy.js(dialog, vec![]).await,
+        json!([true, false]),
+        "Cancel called it off"
+    );
+    let after = ivy
+        .js(
+            "return [document.getElementById('status-name').textContent, \
+                     document.getElementById('status-state').textContent, \
+                     document.activeElement.id];",
+            vec![],
+        )
+        .await;
+    assert_eq!(after, json!(["ivy", "connected", "change-name"]));
+    assert_eq!(status(&ivy, "#status-node").await, node_id);
+    close_clean(ivy).await;
+}
