@@ -65,6 +65,7 @@ const state = {
   loaded: new Set(), // rooms whose history this tab has
   started: new Set(), // rooms whose history this tab has from the first message kept
   loadingOlder: null, // the room whose earlier messages are being fetched
+  leaving: null, // the room this tab is leaving
   pendingInvite: null, // {room, invite} from the URL fragment, joined once connected
   sending: 0, // sends awaiting their ack
   typingSentAt: 0,
@@ -180,6 +181,23 @@ client.on("presence", (event) => {
     renderRooms();
   }
   if (event.room === state.current) renderMembers();
+});
+
+// A `leave` from any of this person's connections (another tab, another device): the
+// server has taken this tab out of the room too, which would otherwise go on showing it,
+// quiet, its sends refused.
+client.on("left", (event) => {
+  if (!event || typeof event.room !== "string" || event.room === LOBBY) return;
+  const room = event.room;
+  state.loaded.delete(room);
+  state.messages.delete(room);
+  state.started.delete(room);
+  state.unread.delete(room);
+  if (room === state.current) {
+    if (state.leaving !== room) notice(`you left ${room} in another tab or device`, "info");
+    switchTo(LOBBY).catch((error) => notice(error.message));
+  }
+  refreshRoomsSoon();
 });
 
 client.on("typing", (event) => {
@@ -669,6 +687,7 @@ $("invite-copy").addEventListener("click", async () => {
 $("leave-room").addEventListener("click", async () => {
   const room = state.current;
   if (room === LOBBY) return;
+  state.leaving = room;
   try {
     await request("leave", { room });
     state.loaded.delete(room);
@@ -677,6 +696,8 @@ $("leave-room").addEventListener("click", async () => {
     await refreshRooms();
   } catch (error) {
     notice(`cannot leave ${room}: ${error.message}`);
+  } finally {
+    state.leaving = null;
   }
 });
 

@@ -1269,3 +1269,33 @@ async fn a_change_of_name_can_be_called_off() {
     assert_eq!(status(&ivy, "#status-node").await, node_id);
     close_clean(ivy).await;
 }
+
+/// A room left in another tab (or on another device) leaves this tab's view at once: the
+/// server tells every connection of the person (`left`), and the page goes back to the
+/// lobby with a notice, instead of showing a room gone quiet whose sends are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_left_in_another_tab_leaves_this_tabs_view() {
+    let node = ChatNode::start("solo", None, &[]);
+    let driver = Chromedriver::start();
+    let kai = open_solo(&driver, &node, "kai").await;
+    kai.fill("#create-name", "games").await;
+    kai.click("#create-submit").await;
+    kai.wait_text(T, "#room-title", "games").await;
+    let token = kai
+        .js("return localStorage.getItem('switchyard.token');", vec![])
+        .await;
+    let mut other_tab = raw_chat_tab(&node, "kai", token.as_str().unwrap()).await;
+    let left = raw_chat_call(&mut other_tab, 1, "leave", r#"{"room":"games"}"#).await;
+    assert_eq!(left["ok"], true, "{left}");
+    kai.wait_text(T, "#room-title", "lobby").await;
+    kai.wait_js(
+        T,
+        "the notice of the leave",
+        "return document.getElementById('notice').textContent.includes('you left games');",
+        vec![],
+    )
+    .await;
+    // Still connected all along: told, not reconnected.
+    assert_eq!(status(&kai, "#status-state").await, "connected");
+    close_clean(kai).await;
+}

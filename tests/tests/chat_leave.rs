@@ -1,6 +1,7 @@
 //! `leave` takes every connection of the user out of the room at once, on every node: a
 //! private room's later messages reach none of the user's sockets (another tab, on
-//! another node behind the load balancer), and `presence` stops listing the user there.
+//! another node behind the load balancer), each of them is told (`left`), and `presence`
+//! stops listing the user there.
 //! Checked on two chat nodes sharing a real `redis-server`, and on one node with its
 //! in-process bus. And when the other nodes cannot be reached: while the bus refuses the
 //! leave the ack says `leave incomplete` and the node finishes it on its own; a node that
@@ -39,6 +40,9 @@ async fn leave_takes_every_tab_out(
     let mut room = secret_room(alice_node, tab2_node, bob_node, bob_node).await;
     let left = raw_chat_call(&mut room.tab1, 2, "leave", r#"{"room":"secret"}"#).await;
     assert_eq!(left["ok"], true, "{left}");
+    // The other tab is told (so that its page stops showing the room); so was this one,
+    // before the ack, which `raw_chat_call` read past.
+    events_until(&mut room.tab2, "left", |e| *e == json!({"room": "secret"})).await;
     nothing_of_the_room_reaches(
         &mut room.bob,
         3,

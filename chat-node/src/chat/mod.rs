@@ -1016,6 +1016,20 @@ impl ChatInner {
         }
     }
 
+    /// Emits `event` to every socket of `user`, on every node.
+    async fn tell_user(&self, user: &str, event: &str, payload: Value) {
+        let Some(nsp) = self.nsp() else {
+            return;
+        };
+        if let Err(error) = nsp
+            .to(user_room(user))
+            .emit(event, vec![Data::from(payload)])
+            .await
+        {
+            tracing::warn!(%error, event, "an event to a user's connections");
+        }
+    }
+
     /// Emits `event` to every socket in `room`, on every node.
     async fn broadcast(&self, room: &str, event: &str, payload: Value) {
         let Some(nsp) = self.nsp() else {
