@@ -69,6 +69,7 @@ const state = {
   pendingInvite: null, // {room, invite} from the URL fragment, joined once connected
   sending: 0, // sends awaiting their ack
   typingSentAt: 0,
+  typingRoom: null, // the room the typing notice was sent to
   typingIdle: null,
   noticeTimer: null,
   systemSeq: 0,
@@ -318,6 +319,7 @@ async function joinRoom(room, invite) {
 
 async function switchTo(room) {
   closePanels();
+  stopTyping();
   if (room === state.current && state.loaded.has(room)) return;
   state.current = room;
   renderAll();
@@ -793,19 +795,24 @@ $("composer").addEventListener("submit", async (event) => {
 
 $("message-input").addEventListener("input", () => {
   const now = Date.now();
+  // A draft carried over from another room: that room's notice ends first.
+  if (state.typingRoom !== state.current) stopTyping();
   if (now - state.typingSentAt > TYPING_SEND_EVERY_MS) {
     state.typingSentAt = now;
+    state.typingRoom = state.current;
     client.emit("typing", { room: state.current, typing: true });
   }
   clearTimeout(state.typingIdle);
   state.typingIdle = setTimeout(stopTyping, TYPING_IDLE_MS);
 });
 
+/** Ends the typing notice in the room it was sent to: the person may have switched rooms
+ * since, and a notice ended in the wrong room stayed in the first one until it expired. */
 function stopTyping() {
   clearTimeout(state.typingIdle);
   if (state.typingSentAt) {
     state.typingSentAt = 0;
-    client.emit("typing", { room: state.current, typing: false });
+    client.emit("typing", { room: state.typingRoom, typing: false });
   }
 }
 

@@ -24,7 +24,7 @@ use fantoccini::Locator;
 use serde_json::{json, Value};
 use tempfile::TempDir;
 use tests::browser::{artifacts_dir, spki_pin, Browser, BrowserOptions, Chromedriver};
-use tests::chatnode::{raw_chat_call, raw_chat_socket, raw_chat_tab, ChatNode};
+use tests::chatnode::{events_until, raw_chat_call, raw_chat_socket, raw_chat_tab, ChatNode};
 use tests::redis::RedisServer;
 use tests::socketio::run_with_timeout;
 use tests::{port_array, Certs, Proxy};
@@ -1297,5 +1297,37 @@ async fn a_room_left_in_another_tab_leaves_this_tabs_view() {
     .await;
     // Still connected all along: told, not reconnected.
     assert_eq!(status(&kai, "#status-state").await, "connected");
+    close_clean(kai).await;
+}
+
+/// Switching rooms mid-draft ends the typing notice in the room it was shown in: it was
+/// ended in the room switched to, and stayed in the first one until it expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switching_rooms_ends_the_typing_notice_where_it_was_shown() {
+    let node = ChatNode::start("solo", None, &[]);
+    let driver = Chromedriver::start();
+    let kai = open_solo(&driver, &node, "kai").await;
+    kai.fill("#create-name", "games").await;
+    kai.js(
+        "document.getElementById('create-private').checked = false;",
+        vec![],
+    )
+    .await;
+    kai.click("#create-submit").await;
+    kai.wait_text(T, "#room-title", "games").await;
+    let mut lia = raw_chat_socket(&node, "lia").await;
+    let joined = raw_chat_call(&mut lia, 1, "join", r#"{"room":"games"}"#).await;
+    assert_eq!(joined["ok"], true, "{joined}");
+    press(&kai, "#message-input", "half a thou").await;
+    events_until(&mut lia, "typing", |e| {
+        e["room"] == "games" && e["name"] == "kai" && e["typing"] == true
+    })
+    .await;
+    kai.click("#room-list li[data-room='lobby'] button").await;
+    kai.wait_text(T, "#room-title", "lobby").await;
+    events_until(&mut lia, "typing", |e| {
+        e["room"] == "games" && e["name"] == "kai" && e["typing"] == false
+    })
+    .await;
     close_clean(kai).await;
 }
