@@ -310,7 +310,9 @@ async function joinRoom(room, invite) {
   if (Array.isArray(reply.history)) mergeHistory(name, reply.history);
   if (Array.isArray(reply.members)) state.members.set(name, reply.members.map(String));
   state.loaded.add(name);
-  state.current = name;
+  // Another room chosen while this answer was on its way (a quick second click): that one
+  // is shown, whichever answer comes last.
+  if (state.current === room) state.current = name;
   state.unread.delete(name);
   await refreshRooms().catch(() => {});
   renderAll();

@@ -1331,3 +1331,51 @@ async fn switching_rooms_ends_the_typing_notice_where_it_was_shown() {
     .await;
     close_clean(kai).await;
 }
+
+/// The room chosen last is the one shown, whichever `join` answer comes last: a second
+/// click while the first room's answer was on its way landed in the first room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_room_chosen_last_is_shown_whatever_the_order_of_the_answers() {
+    let node = ChatNode::start("solo", None, &[]);
+    let driver = Chromedriver::start();
+    let kai = open_solo(&driver, &node, "kai").await;
+    kai.fill("#create-name", "games").await;
+    kai.js(
+        "document.getElementById('create-private').checked = false;",
+        vec![],
+    )
+    .await;
+    kai.click("#create-submit").await;
+    kai.wait_text(T, "#room-title", "games").await;
+    kai.click("#room-list li[data-room='lobby'] button").await;
+    kai.wait_text(T, "#room-title", "lobby").await;
+    // The answer to a join of `games` now takes a second; the lobby's does not.
+    kai.js(
+        "const c = window.switchyard.client; const request = c.request.bind(c); \
+         window.__slowJoins = 0; \
+         c.request = (e, d, t) => e === 'join' && d.room === 'games' \
+           ? new Promise((r) => setTimeout(r, 1000)).then(() => request(e, d, t)) \
+               .finally(() => { window.__slowJoins += 1; }) \
+           : request(e, d, t);",
+        vec![],
+    )
+    .await;
+    kai.click("#room-list li[data-room='games'] button").await;
+    kai.click("#room-list li[data-room='lobby'] button").await;
+    kai.wait_js(
+        T,
+        "the slow answer for games",
+        "return window.__slowJoins === 1;",
+        vec![],
+    )
+    .await;
+    let shown = kai
+        .js(
+            "return [document.getElementById('room-title').textContent, \
+                     window.switchyard.state.current];",
+            vec![],
+        )
+        .await;
+    assert_eq!(shown, json!(["lobby", "lobby"]));
+    close_clean(kai).await;
+}
