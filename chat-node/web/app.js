@@ -404,6 +404,13 @@ function mergeHistory(room, messages, { keepScroll = false } = {}) {
 // -------------------------------------------------------------------------------------------
 // State
 
+/** How many entries a room keeps in a tab: a tab left open in a busy room would otherwise
+ * hold every message for as long as it stays open. The oldest go once this many and a
+ * batch more have come, unless the person is reading back in the room shown; they can be
+ * paged in again ("Earlier messages"). */
+const KEPT_ENTRIES = 1000;
+const TRIM_BATCH = 100;
+
 function addEntry(room, entry, render = true) {
   const entries = state.messages.get(room) ?? new Map();
   const key = entry.kind === "message" ? `m:${entry.id}` : entry.id;
@@ -411,6 +418,20 @@ function addEntry(room, entry, render = true) {
   entries.set(key, entry);
   state.messages.set(room, entries);
   if (render && room === state.current) appendMessage(entry);
+  if (render && entries.size > KEPT_ENTRIES + TRIM_BATCH) trimEntries(room, entries);
+}
+
+function trimEntries(room, entries) {
+  const list = $("messages");
+  const shown = room === state.current;
+  if (shown && !nearBottom(list)) return;
+  const oldest = sortedEntries(room).slice(0, entries.size - KEPT_ENTRIES);
+  for (const entry of oldest) {
+    entries.delete(entry.kind === "message" ? `m:${entry.id}` : entry.id);
+  }
+  // What was dropped can be fetched again.
+  state.started.delete(room);
+  if (shown) renderMessages();
 }
 
 function clearTyping(room, name) {

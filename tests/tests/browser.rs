@@ -1379,3 +1379,35 @@ async fn the_room_chosen_last_is_shown_whatever_the_order_of_the_answers() {
     assert_eq!(shown, json!(["lobby", "lobby"]));
     close_clean(kai).await;
 }
+
+/// A tab left open in a busy room keeps its last 1000 messages or so, not every message
+/// since it opened; the older ones can be paged in again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tab_open_in_a_busy_room_keeps_a_bounded_list() {
+    let node = ChatNode::start("solo", None, &["--rate-limit", "10000/1s"]);
+    let driver = Chromedriver::start();
+    let ivy = open_solo(&driver, &node, "ivy").await;
+    let mut writer = raw_chat_socket(&node, "writer").await;
+    for i in 0..1500u64 {
+        let payload = json!({"room": "lobby", "text": format!("m{i:04}")}).to_string();
+        let sent = raw_chat_call(&mut writer, i + 1, "send", &payload).await;
+        assert_eq!(sent["ok"], true, "{sent}");
+    }
+    wait_message(&ivy, "writer", "m1499").await;
+    let kept = ivy
+        .js(
+            "const texts = [...document.querySelectorAll('#messages li.message .msg-text')] \
+               .map((t) => t.textContent); \
+             return [texts.length <= 1100, texts.length >= 1000, \
+                     window.switchyard.state.messages.get('lobby').size <= 1100, \
+                     document.getElementById('older').hidden];",
+            vec![],
+        )
+        .await;
+    assert_eq!(
+        kept,
+        json!([true, true, true, false]),
+        "[shown ≤ 1100, shown ≥ 1000, kept ≤ 1100, the button hidden]"
+    );
+    close_clean(ivy).await;
+}
