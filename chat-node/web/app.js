@@ -677,6 +677,9 @@ $("create-form").addEventListener("submit", async (event) => {
     const name = typeof reply.room === "string" ? reply.room : room;
     $("create-name").value = "";
     if (typeof reply.invite === "string" && reply.invite) store.rememberInvite(name, reply.invite);
+    // At phone width the rooms panel covers the chat: a public room is shown at once; a
+    // private one keeps the panel open on its invite link, which is there to be copied.
+    if (!isPrivate) closePanels();
     state.current = name;
     await joinRoom(name, reply.invite);
   } catch (error) {

@@ -1411,3 +1411,50 @@ async fn a_tab_open_in_a_busy_room_keeps_a_bounded_list() {
     );
     close_clean(ivy).await;
 }
+
+/// At phone width, creating a public room shows it: the rooms panel closes (it stayed open
+/// over the chat). A private room's creation keeps the panel on its invite link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_phone_width_a_new_public_room_is_shown_and_a_private_ones_invite_kept() {
+    let node = ChatNode::start("solo", None, &[]);
+    let driver = Chromedriver::start();
+    let kai = open_solo(&driver, &node, "kai").await;
+    kai.client().set_window_size(390, 844).await.unwrap();
+    kai.wait_js(
+        T,
+        "the phone layout",
+        "return getComputedStyle(document.getElementById('toggle-rooms')).display !== 'none';",
+        vec![],
+    )
+    .await;
+    let panel = "return [document.getElementById('sidebar').classList.contains('open'), \
+                 document.getElementById('invite-box').hidden];";
+    for (room, private, expected) in [
+        ("games", false, json!([false, true])),
+        ("den", true, json!([true, false])),
+    ] {
+        kai.click("#toggle-rooms").await;
+        assert_eq!(
+            kai.js(panel, vec![]).await[0],
+            json!(true),
+            "{room}: the panel opened"
+        );
+        kai.fill("#create-name", room).await;
+        kai.js(
+            "document.getElementById('create-private').checked = arguments[0];",
+            vec![json!(private)],
+        )
+        .await;
+        kai.click("#create-submit").await;
+        kai.wait_text(T, "#room-title", room).await;
+        assert_eq!(
+            kai.js(panel, vec![]).await,
+            expected,
+            "{room}: [panel open, invite hidden]"
+        );
+        if private {
+            kai.click("#toggle-rooms").await;
+        }
+    }
+    close_clean(kai).await;
+}
