@@ -156,6 +156,8 @@ client.on("message", (message) => {
   if (message.room !== state.current) {
     state.unread.set(message.room, (state.unread.get(message.room) ?? 0) + 1);
     renderRooms();
+  } else {
+    announce(`${String(message.from ?? "")}: ${String(message.text ?? "")}`);
   }
   clearTyping(message.room, message.from);
 });
@@ -217,6 +219,7 @@ async function afterConnect() {
   if (state.pendingInvite && alreadyIn(state.pendingInvite.room)) {
     const { room, invite } = state.pendingInvite;
     state.pendingInvite = null;
+    state.current = room;
     await joinRoom(room, invite ?? store.invites().get(room));
     return;
   }
@@ -294,6 +297,8 @@ async function refreshRooms() {
   renderRooms();
 }
 
+/** Joins `room` (or re-enters it) and shows it if it is still the room chosen
+ * (`state.current`, which the caller sets first). */
 async function joinRoom(room, invite) {
   const data = { room };
   if (invite) data.invite = invite;
@@ -604,6 +609,13 @@ function renderAll() {
   renderInvite();
 }
 
+/** What a screen reader is to read out: a new message of the room shown. The list itself is
+ * not a live region: switching rooms rebuilds it, and a reader would read out the whole
+ * history of the room each time. */
+function announce(text) {
+  $("announcer").textContent = text;
+}
+
 function notice(text, kind = "error") {
   const box = $("notice");
   box.textContent = text;
@@ -772,7 +784,11 @@ $("join-form").addEventListener("submit", (event) => {
   const pending = state.pendingInvite;
   state.pendingInvite = null;
   $("join-dialog").hidden = true;
-  if (pending) joinRoom(pending.room, pending.invite).catch((error) => notice(error.message));
+  if (!pending) return;
+  // Chosen now, as a click in the room list chooses: the room chosen last is shown.
+  state.current = pending.room;
+  renderAll();
+  joinRoom(pending.room, pending.invite).catch((error) => notice(error.message));
 });
 
 $("join-decline").addEventListener("click", () => {

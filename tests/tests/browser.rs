@@ -1458,3 +1458,25 @@ async fn at_phone_width_a_new_public_room_is_shown_and_a_private_ones_invite_kep
     }
     close_clean(kai).await;
 }
+
+/// A screen reader is told each new message of the room shown, and only that: the message
+/// list was the live region, and switching rooms, which rebuilds it, had the whole
+/// history read out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_screen_reader_hears_new_messages_not_a_rooms_history() {
+    let node = ChatNode::start("solo", None, &[]);
+    let driver = Chromedriver::start();
+    let ivy = open_solo(&driver, &node, "ivy").await;
+    let live = "return [...document.querySelectorAll('[aria-live]')] \
+                .filter((e) => e.getAttribute('aria-live') !== 'off') \
+                .map((e) => [e.id, e.textContent]);";
+    let mut writer = raw_chat_socket(&node, "writer").await;
+    let sent = raw_chat_call(&mut writer, 1, "send", r#"{"room":"lobby","text":"hello"}"#).await;
+    assert_eq!(sent["ok"], true, "{sent}");
+    wait_message(&ivy, "writer", "hello").await;
+    assert_eq!(
+        ivy.js(live, vec![]).await,
+        json!([["announcer", "writer: hello"], ["typing", ""]])
+    );
+    close_clean(ivy).await;
+}
