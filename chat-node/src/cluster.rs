@@ -1007,14 +1007,14 @@ const DEDUP_WINDOW: usize = 4096;
 /// The sequence numbers recently seen from one instance. A fast hash: the numbers are the
 /// cluster's own (its nodes' instance ids and counters), nothing a client chooses.
 #[derive(Default)]
-struct Seen {
+pub(crate) struct Seen {
     set: HashSet<u64, foldhash::fast::RandomState>,
     order: std::collections::VecDeque<u64>,
 }
 
 impl Seen {
     /// Records `seq`; `false` when it was already there.
-    fn insert(&mut self, seq: u64) -> bool {
+    pub(crate) fn insert(&mut self, seq: u64) -> bool {
         if !self.set.insert(seq) {
             return false;
         }

@@ -26,6 +26,11 @@
 //!   owner runs its usual upgrade (probe, `5`, then the session) on a transport made of
 //!   those frames. The bridging node closes the client's WebSocket when the owner is
 //!   silent for `ping_interval + ping_timeout` (it pings every `ping_interval`).
+//! - Every entry also carries its sender's origin, `"o"` (a random id of the sending
+//!   process) and `"s"` (its sequence number): the bus's publisher appends an entry again
+//!   when Redis's reply is lost (a stall, a broken connection), and the reader serves an
+//!   origin's sequence number once ([`Deduper`]). Without it a request or bridged frame
+//!   read twice was served twice: a `send` in it posted its message twice.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -46,6 +51,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::bus::{Bus, BusError};
+use crate::cluster::Seen;
 use crate::engineio::{
     polling, websocket, CloseReason, EngineError, Remote, Session, Sessions, Sid,
 };
@@ -253,6 +259,66 @@ enum Rpc {
     },
 }
 
+/// An [`Rpc`] as a node appends it: with its origin and sequence number.
+#[derive(Serialize)]
+struct Stamped<'a> {
+    #[serde(flatten)]
+    rpc: &'a Rpc,
+    /// The sending process ([`Inner::instance`]).
+    o: u64,
+    /// Its sequence number there ([`Inner::seq`]).
+    s: u64,
+}
+
+/// An [`Rpc`] as read: its origin and sequence number are absent from a node of an
+/// older version (such an entry is served as it comes).
+#[derive(Deserialize)]
+struct Received {
+    #[serde(flatten)]
+    rpc: Rpc,
+    #[serde(default)]
+    o: Option<u64>,
+    #[serde(default)]
+    s: Option<u64>,
+}
+
+/// How long an origin that sent nothing is remembered by [`Deduper`]: a duplicate comes
+/// right behind its original (the publisher's retry, within seconds of Redis answering).
+const ORIGIN_IDLE: Duration = Duration::from_secs(600);
+
+/// The sequence numbers recently read from each origin, so that an entry appended twice
+/// is served once. Origins idle for [`ORIGIN_IDLE`] are forgotten (a node restarted has a
+/// new one).
+#[derive(Default)]
+struct Deduper {
+    origins: HashMap<u64, (Seen, Instant), foldhash::fast::RandomState>,
+    last_sweep: Option<Instant>,
+}
+
+impl Deduper {
+    /// Whether the entry is new (to be served); `false` for a duplicate.
+    fn first(&mut self, origin: Option<u64>, seq: Option<u64>) -> bool {
+        let (Some(origin), Some(seq)) = (origin, seq) else {
+            return true;
+        };
+        let now = Instant::now();
+        if self
+            .last_sweep
+            .is_none_or(|at| now.duration_since(at) >= ORIGIN_IDLE)
+        {
+            self.last_sweep = Some(now);
+            self.origins
+                .retain(|_, (_, last)| now.duration_since(*last) < ORIGIN_IDLE);
+        }
+        let (seen, last) = self
+            .origins
+            .entry(origin)
+            .or_insert_with(|| (Seen::default(), now));
+        *last = now;
+        seen.insert(seq)
+    }
+}
+
 /// A WebSocket frame carried over the bus.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "k", rename_all = "lowercase")]
@@ -391,6 +457,10 @@ struct Inner {
     directory: Arc<dyn SessionDirectory>,
     sessions: Arc<Sessions>,
     next_id: AtomicU64,
+    /// This process's origin on the RPC topics ([`Stamped`]), and its next sequence
+    /// number there.
+    instance: u64,
+    seq: AtomicU64,
     pending: Mutex<HashMap<u64, oneshot::Sender<Answer>>>,
     /// Bridging side: the frames for each bridged client, by bridge id.
     bridges: Mutex<HashMap<u64, BridgeOut>>,
@@ -404,6 +474,18 @@ struct Inner {
     tasks: TaskTracker,
     /// Cancelled when the node stops: the bridges it holds end ([`Forwarder::stop`]).
     stopping: CancellationToken,
+}
+
+impl Inner {
+    /// `rpc` as appended to a node's topic: stamped with this process's origin and the
+    /// next sequence number, so that its reader serves it once.
+    fn encode(&self, rpc: &Rpc) -> serde_json::Result<Vec<u8>> {
+        serde_json::to_vec(&Stamped {
+            rpc,
+            o: self.instance,
+            s: self.seq.fetch_add(1, Ordering::Relaxed),
+        })
+    }
 }
 
 impl std::fmt::Debug for Forwarder {
@@ -441,6 +523,8 @@ impl Forwarder {
                 // Random start: a restarted node with the same id does not take a stale
                 // reply for one of its new requests.
                 next_id: AtomicU64::new(rand::random::<u64>() >> 1),
+                instance: rand::random(),
+                seq: AtomicU64::new(0),
                 pending: Mutex::new(HashMap::new()),
                 bridges: Mutex::new(HashMap::new()),
                 hosted: Mutex::new(HashMap::new()),
@@ -456,14 +540,16 @@ impl Forwarder {
             // removal at a time, of all taken meanwhile).
             let mut taken: Vec<String> = Vec::new();
             let mut discarding: Option<tokio::task::JoinHandle<()>> = None;
+            let mut deduper = Deduper::default();
             while let Some(entry) = entries.recv().await {
                 let Some(inner) = weak.upgrade() else { return };
                 metrics().bus_received(Topic::Forward);
-                match serde_json::from_slice::<Rpc>(&entry.data) {
-                    Ok(rpc) => Self {
+                match serde_json::from_slice::<Received>(&entry.data) {
+                    Ok(received) if deduper.first(received.o, received.s) => Self {
                         inner: Arc::clone(&inner),
                     }
-                    .on_rpc(rpc),
+                    .on_rpc(received.rpc),
+                    Ok(_) => tracing::debug!(id = %entry.id, "duplicate RPC entry; skipped"),
                     Err(error) => tracing::warn!(%error, "invalid RPC entry; skipped"),
                 }
                 taken.push(entry.id);
@@ -512,7 +598,7 @@ impl Forwarder {
 
     /// Appends `rpc` to node `node`'s topic; `false` if the bus refused it.
     async fn send_to(&self, node: &str, rpc: &Rpc) -> bool {
-        let bytes = match serde_json::to_vec(rpc) {
+        let bytes = match self.inner.encode(rpc) {
             Ok(bytes) => bytes,
             Err(error) => {
                 tracing::warn!(%error, "RPC entry not encoded");
@@ -609,7 +695,7 @@ impl Forwarder {
                         Err(error) => (None, Some(error_code(error))),
                     };
                     let reply = Rpc::Res { id, body, error };
-                    match serde_json::to_vec(&reply) {
+                    match self.inner.encode(&reply) {
                         Ok(bytes) => {
                             let published = self
                                 .inner
@@ -737,7 +823,10 @@ impl Forwarder {
             binary,
             body: base64::engine::general_purpose::STANDARD.encode(body),
         };
-        let bytes = serde_json::to_vec(&request).map_err(|_| EngineError::BadRequest)?;
+        let bytes = self
+            .inner
+            .encode(&request)
+            .map_err(|_| EngineError::BadRequest)?;
         let (tx, rx) = oneshot::channel();
         self.inner.pending.lock().insert(id, tx);
         let _cleanup = RemovePending(&self.inner, id);
@@ -1065,6 +1154,42 @@ mod tests {
             assert_eq!(error_from_code(error_code(error)), error);
         }
         assert!(serde_json::from_slice::<Rpc>(b"\xff{").is_err());
+    }
+
+    #[test]
+    fn stamped_entries_are_served_once_per_origin_and_unstamped_ones_always() {
+        let frame = Rpc::WsIn {
+            id: 3,
+            from: "b".into(),
+            frame: WsFrame::Text { d: "42".into() },
+        };
+        let text = serde_json::to_string(&Stamped {
+            rpc: &frame,
+            o: 9,
+            s: 4,
+        })
+        .unwrap();
+        assert_eq!(
+            text,
+            r#"{"t":"wsin","id":3,"from":"b","frame":{"k":"text","d":"42"},"o":9,"s":4}"#
+        );
+        let read: Received = serde_json::from_str(&text).unwrap();
+        assert_eq!((read.o, read.s), (Some(9), Some(4)));
+        assert!(matches!(read.rpc, Rpc::WsIn { id: 3, .. }));
+        // From a node of an older version: no stamp.
+        let old: Received = serde_json::from_str(r#"{"t":"release","id":7,"from":"b"}"#).unwrap();
+        assert_eq!((old.o, old.s), (None, None));
+
+        let mut deduper = Deduper::default();
+        assert!(deduper.first(Some(9), Some(4)));
+        assert!(
+            !deduper.first(Some(9), Some(4)),
+            "appended twice: served once"
+        );
+        assert!(deduper.first(Some(9), Some(5)));
+        assert!(deduper.first(Some(8), Some(4)), "another origin");
+        assert!(deduper.first(None, None));
+        assert!(deduper.first(None, None), "unstamped: always served");
     }
 
     #[tokio::test(start_paused = true)]
