@@ -486,10 +486,11 @@ async fn leave(chat: Arc<ChatInner>, socket: SocketRef, request: RoomRequest) ->
     if removed {
         let notice = json!({"room": room, "text": format!("{name} left"), "ts": now_ms()});
         chat.broadcast(&room, "system", notice).await;
+        // Every connection of the user learns it is out of the room, after the leave in
+        // the log: another tab would otherwise keep showing the room, gone quiet, its
+        // sends refused. Not for a stranger's `leave`: nothing of a room it is not in.
+        chat.tell_user(&user, "left", json!({ "room": room })).await;
     }
-    // Every connection of the user learns it is out of the room, after the leave in the
-    // log: another tab would otherwise keep showing the room, gone quiet, its sends refused.
-    chat.tell_user(&user, "left", json!({ "room": room })).await;
     everywhere?;
     Ok(Map::new())
 }
