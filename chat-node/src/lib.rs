@@ -55,6 +55,7 @@ pub mod conformance;
 pub mod conn;
 pub mod engineio;
 pub mod forward;
+mod log_every;
 pub mod metrics;
 pub mod node;
 pub mod recovery;

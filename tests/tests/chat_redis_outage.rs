@@ -3,11 +3,13 @@
 //! `unavailable` while Redis is gone (a `send` on its way when the connection broke:
 //! `timeout`), `/healthz` says 503 with the reason, the node
 //! reconnects by itself, and its log says the store failed once, not once per request
-//! (it wrote a line per failed request: thousands a second on a busy node).
+//! (it wrote a line per failed request: thousands a second on a busy node), and each of
+//! the bus's retrying loops once per 10 s, not once per retry.
 //!
 //! Needs `redis-server`. Build the node first: `cargo build -p chat-node --bin chat-node &&
 //! cargo test -p tests --test chat_redis_outage`.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -55,6 +57,29 @@ async fn an_outage_is_answered_reported_logged_once_and_recovered_from() {
     assert!(
         (1..=allowed).contains(&store_lines),
         "{store_lines} lines about the store for {FAILED} failed requests (at most {allowed}):\n{logs}"
+    );
+
+    // The bus's retrying loops too: one line per loop (and topic) per 10 s, not one per
+    // retry (its reconnections back off from 50 ms: half a dozen lines in 3 s each).
+    while outage.elapsed() < Duration::from_secs(3) {
+        tokio::time::sleep(POLL).await;
+    }
+    let allowed = 1 + outage.elapsed().as_secs() / 10;
+    let logs = node.logs();
+    let mut per_loop: HashMap<String, u64> = HashMap::new();
+    for line in logs.lines().filter(|l| l.contains("; retrying")) {
+        let what = line.split("; retrying").next().unwrap_or_default();
+        let what = what.rsplit(": ").next().unwrap_or(what);
+        let topic = line
+            .split_whitespace()
+            .find(|f| f.starts_with("topic="))
+            .unwrap_or_default();
+        *per_loop.entry(format!("{what} {topic}")).or_default() += 1;
+    }
+    assert!(!per_loop.is_empty(), "no retry of the bus logged:\n{logs}");
+    assert!(
+        per_loop.values().all(|&n| n <= allowed),
+        "{per_loop:?}: at most {allowed} line(s) each:\n{logs}"
     );
 
     // Back, empty: the node reconnects by itself, the same client chats again.

@@ -42,6 +42,7 @@ use redis::{AsyncCommands as _, Script, ServerErrorKind, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{parse_id, Bus, BusEntry, BusError, StreamTarget, LOG_START, SUBSCRIBER_CAPACITY};
+use crate::log_every::{LogEvery, RETRY_LOG_PERIOD};
 
 /// The stream field holding an entry's bytes (also in [`APPEND`]).
 const FIELD: &str = "d";
@@ -443,6 +444,7 @@ async fn publish_loop(
     healthy: Arc<AtomicBool>,
     pending: Arc<AtomicUsize>,
 ) {
+    let mut failures = LogEvery::new(RETRY_LOG_PERIOD);
     while let Some(first) = queue.recv().await {
         let mut batch = Vec::new();
         // A flush ends the batch: it is answered once the batch is appended.
@@ -491,7 +493,9 @@ async fn publish_loop(
                 Err(error) if is_no_script(&error) => {
                     if let Err(error) = APPEND.load_async(&mut conn).await {
                         bus_error();
-                        tracing::warn!(%error, "SCRIPT LOAD failed; retrying");
+                        if let Some(suppressed) = failures.due() {
+                            tracing::warn!(%error, suppressed, "SCRIPT LOAD failed; retrying");
+                        }
                         tokio::time::sleep(backoff).await;
                         backoff = next_backoff(backoff);
                     }
@@ -504,7 +508,15 @@ async fn publish_loop(
                 Err(error) => {
                     bus_error();
                     healthy.store(false, Ordering::Relaxed);
-                    tracing::warn!(%error, waiting = queue.len() + batch.len(), "append failed; retrying");
+                    if let Some(suppressed) = failures.due() {
+                        tracing::warn!(
+                            %error,
+                            waiting = queue.len() + batch.len(),
+                            suppressed,
+                            "append failed; retrying (one line per {}s at most, `suppressed`: those left out before this one)",
+                            RETRY_LOG_PERIOD.as_secs()
+                        );
+                    }
                     tokio::time::sleep(backoff).await;
                     backoff = next_backoff(backoff);
                 }

@@ -44,6 +44,7 @@ use tokio::time::Instant;
 use super::pubsub::{self, PubSubError, Reader, Reply, Writer};
 use super::{last_entry, next_backoff, range_after, RedisBusConfig, MIN_BACKOFF};
 use crate::bus::{parse_id, BusEntry, SUBSCRIBER_CAPACITY};
+use crate::log_every::{LogEvery, RETRY_LOG_PERIOD};
 
 /// The most entries one catch-up read returns.
 const READ_COUNT: usize = 256;
@@ -113,6 +114,7 @@ pub(super) fn spawn(
         next_token: 0,
         backoff: MIN_BACKOFF,
         reconnect_at: Instant::now(),
+        connect_failures: LogEvery::new(RETRY_LOG_PERIOD),
     };
     tokio::spawn(hub.run(requested, happened));
     Handle { requests, conn }
@@ -274,6 +276,8 @@ struct Hub {
     next_token: u64,
     backoff: Duration,
     reconnect_at: Instant,
+    /// The log lines of failed reconnections: one per period at most while Redis is down.
+    connect_failures: LogEvery,
 }
 
 /// The next reply of the connection, if there is one.
@@ -342,13 +346,17 @@ impl Hub {
             Ok(Ok(opened)) => opened,
             Ok(Err(error)) => {
                 super::bus_error();
-                tracing::warn!(%error, "Redis pub/sub connection failed; retrying");
+                if let Some(suppressed) = self.connect_failures.due() {
+                    tracing::warn!(%error, suppressed, "Redis pub/sub connection failed; retrying");
+                }
                 self.retry_later();
                 return None;
             }
             Err(_) => {
                 super::bus_error();
-                tracing::warn!("Redis pub/sub connection timed out; retrying");
+                if let Some(suppressed) = self.connect_failures.due() {
+                    tracing::warn!(suppressed, "Redis pub/sub connection timed out; retrying");
+                }
                 self.retry_later();
                 return None;
             }
@@ -717,6 +725,7 @@ async fn read_after(
     tx: mpsc::Sender<BusEntry>,
     mut last: Option<Id>,
 ) -> Option<Id> {
+    let mut failures = LogEvery::new(RETRY_LOG_PERIOD);
     let mut backoff = MIN_BACKOFF;
     loop {
         let read = async {
@@ -755,7 +764,9 @@ async fn read_after(
             }
             Err(error) => {
                 super::bus_error();
-                tracing::warn!(%topic, %error, "XRANGE failed; retrying");
+                if let Some(suppressed) = failures.due() {
+                    tracing::warn!(%topic, %error, suppressed, "XRANGE failed; retrying");
+                }
                 tokio::select! {
                     () = tokio::time::sleep(backoff) => {}
                     () = tx.closed() => return None,
