@@ -791,9 +791,14 @@ $("join-form").addEventListener("submit", (event) => {
   joinRoom(pending.room, pending.invite).catch((error) => notice(error.message));
 });
 
-$("join-decline").addEventListener("click", () => {
+function declineJoin() {
   state.pendingInvite = null;
   $("join-dialog").hidden = true;
+}
+
+$("join-decline").addEventListener("click", declineJoin);
+$("join-dialog").addEventListener("keydown", (event) => {
+  if (event.key === "Escape") declineJoin();
 });
 
 window.addEventListener("hashchange", readInviteFromHash);

@@ -1480,3 +1480,32 @@ async fn a_screen_reader_hears_new_messages_not_a_rooms_history() {
     );
     close_clean(ivy).await;
 }
+
+/// The question an invite link asks can be declined with Escape, as with "Not now": the
+/// page stays where it was and the server is asked nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invite_links_question_is_declined_with_escape() {
+    let node = ChatNode::start("solo", None, &[]);
+    let driver = Chromedriver::start();
+    let kai = open_solo(&driver, &node, "kai").await;
+    kai.goto(&node.url("/#room=den&invite=AAAA")).await;
+    wait_connected(&kai).await;
+    kai.wait_js(
+        T,
+        "the join question",
+        "return !document.getElementById('join-dialog').hidden;",
+        vec![],
+    )
+    .await;
+    press(&kai, "#join-accept", "\u{e00c}").await;
+    let after = kai
+        .js(
+            "return [document.getElementById('join-dialog').hidden, \
+                     document.getElementById('room-title').textContent, \
+                     window.switchyard.state.pendingInvite];",
+            vec![],
+        )
+        .await;
+    assert_eq!(after, json!([true, "lobby", null]));
+    close_clean(kai).await;
+}
