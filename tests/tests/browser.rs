@@ -275,6 +275,19 @@ async fn open_solo(driver: &Chromedriver, node: &ChatNode, name: &str) -> Browse
     browser
 }
 
+/// Creates `room` from the page's form, public or private, and waits until it is shown.
+async fn create_room(browser: &Browser, room: &str, private: bool) {
+    browser.fill("#create-name", room).await;
+    browser
+        .js(
+            "document.getElementById('create-private').checked = arguments[0];",
+            vec![json!(private)],
+        )
+        .await;
+    browser.click("#create-submit").await;
+    browser.wait_text(T, "#room-title", room).await;
+}
+
 /// Waits until the message list shows `text` from `from`.
 async fn wait_message(browser: &Browser, from: &str, text: &str) {
     browser
@@ -1037,9 +1050,7 @@ async fn a_private_rooms_invite_link_is_shown_again_after_a_reload() {
     let driver = Chromedriver::start();
     let jo = open_solo(&driver, &node, "jo").await;
     let hideout = format!("hideout{}", "o".repeat(57));
-    jo.fill("#create-name", &hideout).await;
-    jo.click("#create-submit").await;
-    jo.wait_text(T, "#room-title", &hideout).await;
+    create_room(&jo, &hideout, true).await;
     let invite_link = "return document.getElementById('invite-box').hidden ? null : \
                        [document.getElementById('invite-room').textContent, \
                         document.getElementById('invite-link').value];";
@@ -1096,14 +1107,7 @@ async fn a_room_left_in_another_tab_is_not_joined_again_on_a_reconnect() {
     let node = ChatNode::start("solo", None, &[]);
     let driver = Chromedriver::start();
     let kai = open_solo(&driver, &node, "kai").await;
-    kai.fill("#create-name", "games").await;
-    kai.js(
-        "document.getElementById('create-private').checked = false;",
-        vec![],
-    )
-    .await;
-    kai.click("#create-submit").await;
-    kai.wait_text(T, "#room-title", "games").await;
+    create_room(&kai, "games", false).await;
     let token = kai
         .js("return localStorage.getItem('switchyard.token');", vec![])
         .await;
@@ -1278,9 +1282,7 @@ async fn a_room_left_in_another_tab_leaves_this_tabs_view() {
     let node = ChatNode::start("solo", None, &[]);
     let driver = Chromedriver::start();
     let kai = open_solo(&driver, &node, "kai").await;
-    kai.fill("#create-name", "games").await;
-    kai.click("#create-submit").await;
-    kai.wait_text(T, "#room-title", "games").await;
+    create_room(&kai, "games", true).await;
     let token = kai
         .js("return localStorage.getItem('switchyard.token');", vec![])
         .await;
@@ -1307,14 +1309,7 @@ async fn switching_rooms_ends_the_typing_notice_where_it_was_shown() {
     let node = ChatNode::start("solo", None, &[]);
     let driver = Chromedriver::start();
     let kai = open_solo(&driver, &node, "kai").await;
-    kai.fill("#create-name", "games").await;
-    kai.js(
-        "document.getElementById('create-private').checked = false;",
-        vec![],
-    )
-    .await;
-    kai.click("#create-submit").await;
-    kai.wait_text(T, "#room-title", "games").await;
+    create_room(&kai, "games", false).await;
     let mut lia = raw_chat_socket(&node, "lia").await;
     let joined = raw_chat_call(&mut lia, 1, "join", r#"{"room":"games"}"#).await;
     assert_eq!(joined["ok"], true, "{joined}");
@@ -1339,14 +1334,7 @@ async fn the_room_chosen_last_is_shown_whatever_the_order_of_the_answers() {
     let node = ChatNode::start("solo", None, &[]);
     let driver = Chromedriver::start();
     let kai = open_solo(&driver, &node, "kai").await;
-    kai.fill("#create-name", "games").await;
-    kai.js(
-        "document.getElementById('create-private').checked = false;",
-        vec![],
-    )
-    .await;
-    kai.click("#create-submit").await;
-    kai.wait_text(T, "#room-title", "games").await;
+    create_room(&kai, "games", false).await;
     kai.click("#room-list li[data-room='lobby'] button").await;
     kai.wait_text(T, "#room-title", "lobby").await;
     // The answer to a join of `games` now takes a second; the lobby's does not.
@@ -1439,14 +1427,7 @@ async fn at_phone_width_a_new_public_room_is_shown_and_a_private_ones_invite_kep
             json!(true),
             "{room}: the panel opened"
         );
-        kai.fill("#create-name", room).await;
-        kai.js(
-            "document.getElementById('create-private').checked = arguments[0];",
-            vec![json!(private)],
-        )
-        .await;
-        kai.click("#create-submit").await;
-        kai.wait_text(T, "#room-title", room).await;
+        create_room(&kai, room, private).await;
         assert_eq!(
             kai.js(panel, vec![]).await,
             expected,
