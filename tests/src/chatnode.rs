@@ -264,6 +264,17 @@ pub async fn events_until(
     }
 }
 
+/// The texts of the `message` events read on `ws` up to and including the one whose text
+/// is `last` (bounded: each packet must come within the step timeout).
+pub async fn message_texts_until(ws: &mut Ws, last: &str) -> Vec<String> {
+    events_until(ws, "message", |m| m["text"] == last)
+        .await
+        .into_iter()
+        .filter(|event| event[0] == "message")
+        .filter_map(|event| event[1]["text"].as_str().map(str::to_owned))
+        .collect()
+}
+
 /// Emits chat event `event` with `payload` (JSON) and ack id `id` on a
 /// [`raw_chat_socket`], and returns the ack's answer (`{"ok":…}`); other packets are
 /// skipped.

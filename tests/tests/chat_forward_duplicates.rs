@@ -14,7 +14,7 @@ use std::time::Instant;
 use futures::SinkExt as _;
 use serde_json::json;
 use tests::chatnode::{
-    engine_url, events_until, polling_open, raw_chat_call, raw_chat_socket, ChatNode,
+    engine_url, message_texts_until, polling_open, raw_chat_call, raw_chat_socket, ChatNode,
 };
 use tests::redis::RedisServer;
 use tests::ws::Ws;
@@ -49,17 +49,6 @@ async fn bridged_socket(owner: &ChatNode, bridge: &ChatNode, name: &str) -> Ws {
     ws
 }
 
-/// The texts of the `message` events read on `ws` up to and including the one whose text
-/// is `last` (bounded: each packet must come within the step timeout).
-async fn texts_until(ws: &mut Ws, last: &str) -> Vec<String> {
-    events_until(ws, "message", |m| m["text"] == last)
-        .await
-        .into_iter()
-        .filter(|event| event[0] == "message")
-        .filter_map(|event| event[1]["text"].as_str().map(str::to_owned))
-        .collect()
-}
-
 fn send_text(text: &str) -> String {
     json!({"room": "lobby", "text": text}).to_string()
 }
@@ -80,7 +69,10 @@ async fn a_frame_bridged_while_redis_stalls_is_served_once() {
     // A round trip through the bridge: the upgrade is complete, the scripts loaded.
     let warm = raw_chat_call(&mut bridged, 1, "send", &send_text("warm-up")).await;
     assert_eq!(warm["ok"], true, "{warm}");
-    assert_eq!(texts_until(&mut watcher, "warm-up").await, ["warm-up"]);
+    assert_eq!(
+        message_texts_until(&mut watcher, "warm-up").await,
+        ["warm-up"]
+    );
 
     let frozen = redis.freeze();
     bridged
@@ -100,12 +92,12 @@ async fn a_frame_bridged_while_redis_stalls_is_served_once() {
     .await;
     frozen.thaw();
 
-    let stalled = texts_until(&mut watcher, "stalled").await;
+    let stalled = message_texts_until(&mut watcher, "stalled").await;
     assert_eq!(stalled, ["stalled"]);
     let after = raw_chat_call(&mut other, 1, "send", &send_text("after")).await;
     assert_eq!(after["ok"], true, "{after}");
     assert_eq!(
-        texts_until(&mut watcher, "after").await,
+        message_texts_until(&mut watcher, "after").await,
         ["after"],
         "the stalled message once, not again"
     );

@@ -8,20 +8,8 @@
 //! cargo test -p tests --test chat_redis_stall`.
 
 use serde_json::json;
-use tests::chatnode::{events_until, raw_chat_call, raw_chat_socket, ChatNode};
+use tests::chatnode::{message_texts_until, raw_chat_call, raw_chat_socket, ChatNode};
 use tests::redis::RedisServer;
-use tests::ws::Ws;
-
-/// The texts of the `message` events read on `ws` up to and including the one whose text
-/// is `last` (bounded: each packet must come within the step timeout).
-async fn texts_until(ws: &mut Ws, last: &str) -> Vec<String> {
-    events_until(ws, "message", |m| m["text"] == last)
-        .await
-        .into_iter()
-        .filter(|event| event[0] == "message")
-        .filter_map(|event| event[1]["text"].as_str().map(str::to_owned))
-        .collect()
-}
 
 fn send(text: &str) -> String {
     json!({"room": "lobby", "text": text}).to_string()
@@ -48,7 +36,7 @@ async fn a_send_redis_runs_after_the_reply_timed_out_reaches_every_member_once()
     let warm = raw_chat_call(&mut b2, 1, "send", &send("warm-up 2")).await;
     assert_eq!(warm["ok"], true, "{warm}");
     for ws in [&mut a1, &mut a2, &mut b1] {
-        texts_until(ws, "warm-up 2").await;
+        message_texts_until(ws, "warm-up 2").await;
     }
 
     let frozen = redis.freeze();
@@ -62,13 +50,13 @@ async fn a_send_redis_runs_after_the_reply_timed_out_reaches_every_member_once()
     frozen.thaw();
 
     for (name, ws) in [("a1", &mut a1), ("a2", &mut a2), ("b1", &mut b1)] {
-        let got = texts_until(ws, "stalled").await;
+        let got = message_texts_until(ws, "stalled").await;
         assert_eq!(got, ["stalled"], "{name}");
     }
     let after = raw_chat_call(&mut b2, 2, "send", &send("after")).await;
     assert_eq!(after["ok"], true, "{after}");
     for (name, ws) in [("a1", &mut a1), ("a2", &mut a2), ("b1", &mut b1)] {
-        let got = texts_until(ws, "after").await;
+        let got = message_texts_until(ws, "after").await;
         assert_eq!(
             got,
             ["after"],
