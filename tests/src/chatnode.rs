@@ -309,6 +309,27 @@ pub fn engine_url(node: &ChatNode, transport: &str, sid: Option<&str>) -> String
     url
 }
 
+/// Upgrades polling session `sid` to a WebSocket opened at `node` (the owner or another
+/// node, which then bridges it): `2probe`, whose answer must be the next frame (`3probe`),
+/// then `5`.
+///
+/// # Panics
+/// If the WebSocket does not open, or the probe is not answered first.
+pub async fn upgrade_to_websocket(node: &ChatNode, sid: &str) -> Ws {
+    let ws_url = engine_url(node, "websocket", Some(sid)).replacen("http://", "ws://", 1);
+    let (mut ws, _) = ws_open(&ws_url, &WsOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("the WebSocket upgrade on {}: {e}", node.id()));
+    ws.send(Message::text("2probe")).await.expect("probe");
+    let probe = ws_recv(&mut ws, STEP_TIMEOUT).await;
+    assert!(
+        matches!(&probe, Some(Message::Text(t)) if t.as_str() == "3probe"),
+        "{probe:?}"
+    );
+    ws.send(Message::text("5")).await.expect("upgrade");
+    ws
+}
+
 /// A chat socket opened over long-polling on `node`: the Engine.IO handshake, then the
 /// Socket.IO CONNECT as `name`. Returns the Engine.IO session id; the `welcome` is still
 /// to be polled.

@@ -14,11 +14,12 @@ use std::time::Instant;
 use futures::SinkExt as _;
 use serde_json::json;
 use tests::chatnode::{
-    engine_url, message_texts_until, polling_open, raw_chat_call, raw_chat_socket, ChatNode,
+    engine_url, message_texts_until, polling_open, raw_chat_call, raw_chat_socket,
+    upgrade_to_websocket, ChatNode,
 };
 use tests::redis::RedisServer;
 use tests::ws::Ws;
-use tests::{client, send, wait_until, ws_open, ws_recv, WsOptions, STEP_TIMEOUT};
+use tests::{client, send, wait_until, STEP_TIMEOUT};
 use tokio_tungstenite::tungstenite::Message;
 
 /// A chat socket of `name` opened by polling on `owner` and upgraded through `bridge`,
@@ -35,18 +36,7 @@ async fn bridged_socket(owner: &ChatNode, bridge: &ChatNode, name: &str) -> Ws {
         assert_eq!(poll.status, 200, "poll: {}", poll.body);
         welcome = poll.body.contains(r#"42["welcome""#);
     }
-    let ws_url = engine_url(bridge, "websocket", Some(&sid)).replacen("http://", "ws://", 1);
-    let (mut ws, _) = ws_open(&ws_url, &WsOptions::default())
-        .await
-        .expect("the WebSocket upgrade on the bridging node");
-    ws.send(Message::text("2probe")).await.expect("probe");
-    let probe = ws_recv(&mut ws, STEP_TIMEOUT).await;
-    assert!(
-        matches!(&probe, Some(Message::Text(t)) if t.as_str() == "3probe"),
-        "{probe:?}"
-    );
-    ws.send(Message::text("5")).await.expect("upgrade");
-    ws
+    upgrade_to_websocket(bridge, &sid).await
 }
 
 fn send_text(text: &str) -> String {

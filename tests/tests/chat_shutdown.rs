@@ -24,9 +24,9 @@
 use std::time::{Duration, Instant};
 
 use futures::SinkExt as _;
-use tests::chatnode::{engine_url, polling_open, ChatNode};
+use tests::chatnode::{engine_url, polling_open, upgrade_to_websocket, ChatNode};
 use tests::redis::RedisServer;
-use tests::{client, send, wait_until, ws_open, ws_recv, WsOptions, STEP_TIMEOUT};
+use tests::{client, send, wait_until, ws_recv, STEP_TIMEOUT};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -168,17 +168,7 @@ async fn a_websocket_bridged_by_a_stopping_node_is_closed_and_its_owner_told() {
     let sid = polling_chat_session(&n2, "bridged").await;
     let presence = "syd:chat:presence:lobby:n2";
     assert_eq!(redis.command(&["HLEN", presence]), ":1", "online on n2");
-    let ws_url = engine_url(&n1, "websocket", Some(&sid)).replacen("http://", "ws://", 1);
-    let (mut ws, _) = ws_open(&ws_url, &WsOptions::default())
-        .await
-        .expect("the WebSocket upgrade on n1");
-    ws.send(Message::text("2probe")).await.expect("probe");
-    let probe = ws_recv(&mut ws, STEP_TIMEOUT).await;
-    assert!(
-        matches!(&probe, Some(Message::Text(t)) if t.as_str() == "3probe"),
-        "{probe:?}"
-    );
-    ws.send(Message::text("5")).await.expect("upgrade");
+    let mut ws = upgrade_to_websocket(&n1, &sid).await;
     // A round trip through the bridge: the upgrade is complete.
     ws.send(Message::text(r#"421["rooms",{}]"#))
         .await
