@@ -336,10 +336,19 @@ impl Node {
         if self.stopping.load(Ordering::Relaxed) {
             return Err("shutting down".to_owned());
         }
-        let ping = tokio::time::timeout(Duration::from_secs(2), self.bus.ping()).await;
-        match ping {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(error)) => Err(format!("{}: {error}", self.bus.kind())),
+        let checks = async {
+            self.bus
+                .ping()
+                .await
+                .map_err(|error| format!("{}: {error}", self.bus.kind()))?;
+            self.chat
+                .store()
+                .check()
+                .await
+                .map_err(|error| format!("{error} (the chat store's write)"))
+        };
+        match tokio::time::timeout(Duration::from_secs(2), checks).await {
+            Ok(checked) => checked,
             Err(_) => Err(format!("{}: no answer in time", self.bus.kind())),
         }
     }

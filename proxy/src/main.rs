@@ -64,6 +64,10 @@ struct Cli {
     /// Quick mode: enable active HTTP health checks on this path.
     #[arg(long)]
     health_path: Option<String>,
+    /// Quick mode: while every backend is down by health checks, send requests to all of
+    /// them rather than answer 503 (`fail_open`).
+    #[arg(long)]
+    fail_open: bool,
     /// Quick mode: admin listener (metrics, status, mutations).
     #[arg(long)]
     admin: Option<SocketAddr>,
@@ -186,6 +190,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             client_auth: cli.client_auth,
             client_crl: cli.client_crl,
             health_path: cli.health_path,
+            fail_open: cli.fail_open,
             admin: cli.admin,
             admin_token: cli.admin_token,
             threads: cli.threads,

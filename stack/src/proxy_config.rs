@@ -1,6 +1,6 @@
 //! The proxy's configuration for the stack: HTTPS with the dev certificate, HTTP redirecting
 //! to it, the admin API with a token, one upstream of chat nodes with active health checks on
-//! `/healthz`, and a sticky-cookie key when that strategy is chosen. Secrets go into the file
+//! `/healthz` that fail open, and a sticky-cookie key when that strategy is chosen. Secrets go into the file
 //! (kept in a private temporary directory) so that it can be validated in-process first.
 
 use std::net::SocketAddr;
@@ -61,7 +61,11 @@ impl StackProxy<'_> {
              interval = \"1s\"\n\
              timeout = \"1s\"\n\
              rise = 1\n\
-             fall = 2\n",
+             fall = 2\n\
+             # A node says 503 while Redis is unreachable, so that the proxy prefers one\n\
+             # that can reach it; when none can, they still serve the page and keep\n\
+             # their sessions, and are back the moment Redis is.\n\
+             fail_open = true\n",
             admin = lit(&self.admin.to_string()),
             token = lit(self.admin_token),
             http = lit(&self.http.to_string()),
@@ -119,6 +123,8 @@ mod tests {
                 Err(e) => panic!("{strategy:?}: {e}\n{toml}"),
             };
             assert_eq!(config.listeners.len(), 2, "{strategy:?}");
+            let chat = config.upstream("chat").unwrap();
+            assert!(chat.health.active.is_some() && chat.health.fail_open);
             assert_eq!(
                 config.admin.as_ref().and_then(|a| a.token.as_deref()),
                 Some("t\"oken\\")

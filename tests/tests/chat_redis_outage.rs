@@ -102,3 +102,43 @@ async fn an_outage_is_answered_reported_logged_once_and_recovered_from() {
     let health = get(&node.url("/healthz")).await;
     assert_eq!((health.status.as_u16(), health.body.as_str()), (200, "ok"));
 }
+
+/// A Redis that answers but refuses writes can post nothing: `/healthz` says so, whether
+/// it is over `maxmemory` (with `noeviction`) or an ACL forbids the chat's keys, and says
+/// `ok` again once it accepts them. A PING alone passed through both.
+#[tokio::test]
+async fn a_redis_that_refuses_writes_makes_the_node_unhealthy() {
+    let redis = RedisServer::start();
+    let node = ChatNode::start("n1", Some(&redis.url()), &[]);
+    let health = || async { get(&node.url("/healthz")).await };
+    let h = health().await;
+    assert_eq!((h.status.as_u16(), h.body.as_str()), (200, "ok"));
+
+    assert_eq!(
+        redis.command(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]),
+        "+OK"
+    );
+    assert_eq!(redis.command(&["CONFIG", "SET", "maxmemory", "1"]), "+OK");
+    let h = health().await;
+    assert_eq!(h.status, 503, "{}", h.body);
+    assert!(
+        h.body.starts_with("redis: ") && h.body.contains("OOM"),
+        "{}",
+        h.body
+    );
+    assert_eq!(redis.command(&["CONFIG", "SET", "maxmemory", "0"]), "+OK");
+    let h = health().await;
+    assert_eq!((h.status.as_u16(), h.body.as_str()), (200, "ok"));
+
+    redis.writable_keys_only("nothing-of-the-chat:*");
+    let h = health().await;
+    assert_eq!(h.status, 503, "{}", h.body);
+    assert!(
+        h.body.starts_with("redis: ") && h.body.to_lowercase().contains("noperm"),
+        "{}",
+        h.body
+    );
+    redis.all_keys_writable();
+    let h = health().await;
+    assert_eq!((h.status.as_u16(), h.body.as_str()), (200, "ok"));
+}

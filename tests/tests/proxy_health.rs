@@ -6,7 +6,9 @@
 
 use std::time::Duration;
 
-use tests::admin::{admin_post, backend_status, counter, status, wait_backend, wait_health};
+use tests::admin::{
+    admin_get, admin_post, backend_status, counter, status, wait_backend, wait_health,
+};
 use tests::fixtures::{admin, backend_entry, entries, http_health, listener, upstream, ONE_THREAD};
 use tests::http::{assert_counts, assert_plain_text, backend_counts};
 use tests::raw::{get_req, RawConn};
@@ -465,6 +467,81 @@ async fn no_healthy_backend_is_an_immediate_503_with_a_reason() {
         Ok((_, resp)) => panic!("upgrade with no healthy backend succeeded: {resp:?}"),
         Err(e) => panic!("expected a 503 answer to the upgrade, got {e}"),
     }
+}
+
+/// `fail_open`: while every backend fails its checks (a dependency they share is down, or a
+/// deploy broke the check path), requests and WebSockets go to all of them not drained,
+/// rather than a `503` that would take the whole site down. Once one passes again, it alone
+/// takes the traffic.
+#[tokio::test]
+async fn with_fail_open_every_backend_failing_its_checks_still_gets_the_traffic() {
+    let a = Backend::start("a");
+    let b = Backend::start("b");
+    let drained = Backend::start("d");
+    let extra = format!("{}fail_open = true\n{}", active(), admin_with_token());
+    let proxy = Proxy::start_config(&config(ports(1)[0], &[&a, &b, &drained], &[], &extra));
+    for id in ["a", "b", "d"] {
+        wait_health(&proxy, id, "up", T).await;
+    }
+    let r = admin_post(&proxy, "/backends/app/d/drain", Some(TOKEN)).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let failing_open = |s: &serde_json::Value| s["upstreams"][0]["failing_open"].clone();
+    assert_eq!(failing_open(&status(&proxy).await), false);
+
+    for backend in [&a, &b, &drained] {
+        set_backend_health(backend, false).await;
+    }
+    for id in ["a", "b", "d"] {
+        wait_health(&proxy, id, "down", T).await;
+    }
+    let s = status(&proxy).await;
+    assert_eq!(failing_open(&s), true, "{s}");
+    let metrics = admin_get(&proxy, "/metrics", None).await.body;
+    assert!(
+        metrics.contains("upstream_failing_open{upstream=\"app\"} 1"),
+        "{metrics}"
+    );
+    let c = client();
+    let url = proxy.url("/id");
+    assert_counts(&c, &url, &[("a", 10), ("b", 10)]).await;
+    let (mut ws, on) = ws_connect(&proxy.ws_url("/ws")).await;
+    assert!(on == "a" || on == "b", "{on}");
+    ws_echo(&mut ws, "through a backend failing its checks").await;
+
+    set_backend_health(&b, true).await;
+    wait_health(&proxy, "b", "up", T).await;
+    assert_counts(&c, &url, &[("b", 20)]).await;
+    assert_eq!(failing_open(&status(&proxy).await), false);
+    let metrics = admin_get(&proxy, "/metrics", None).await.body;
+    assert!(
+        metrics.contains("upstream_failing_open{upstream=\"app\"} 0"),
+        "{metrics}"
+    );
+}
+
+/// Quick mode's `--fail-open` is the config's `fail_open`.
+#[tokio::test]
+async fn quick_mode_fails_open_with_the_flag() {
+    let a = Backend::start("a");
+    let listen = format!("127.0.0.1:{}", ports(1)[0]);
+    let backend = a.addr().to_string();
+    let proxy = Proxy::start_quick(&[
+        "--listen",
+        &listen,
+        "--backend",
+        &backend,
+        "--health-path",
+        "/healthz",
+        "--fail-open",
+        "--threads",
+        "1",
+    ]);
+    // Quick mode names backends by a hash of their address: found here by the address.
+    wait_health(&proxy, &backend, "up", T).await;
+    set_backend_health(&a, false).await;
+    wait_health(&proxy, &backend, "down", T).await;
+    let r = get(&proxy.url("/id")).await;
+    assert_eq!((r.status.as_u16(), r.backend()), (200, Some("a")), "{r:?}");
 }
 
 #[tokio::test]

@@ -594,6 +594,85 @@ async fn with_a_given_redis_it_uses_it_and_leaves_it_running_after_sigterm() {
     dbsize(redis.port());
 }
 
+/// `/status` on the stack's admin listener, with the token its banner printed.
+async fn admin_status(sy: &mut Switchyard) -> serde_json::Value {
+    let line = sy.wait_line("token: ", STEP_TIMEOUT);
+    let token = line.rsplit("token: ").next().unwrap_or_default().trim();
+    let url = format!("http://127.0.0.1:{}/status", sy.admin);
+    let r = send(reqwest::Client::new().get(url).bearer_auth(token)).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    r.json()
+}
+
+/// The chat upstream's backends whose health is `health`.
+fn nodes_with_health(status: &serde_json::Value, health: &str) -> usize {
+    status["upstreams"][0]["backends"]
+        .as_array()
+        .map_or(0, |bs| bs.iter().filter(|b| b["health"] == health).count())
+}
+
+/// Every node says 503 on `/healthz` while it cannot reach Redis, so the proxy's checks take
+/// them all out. The stack's proxy fails open: the site stays up (its page, each node's own
+/// answer), not a `503` from the proxy for everything, and chat works again across nodes
+/// once Redis is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_leaves_the_nodes_reachable_through_the_proxy() {
+    let mut redis = RedisServer::start();
+    let mut sy = Switchyard::start(&["--redis", &redis.url(), "--strategy", "round_robin"]);
+    sy.wait_ready();
+    let https = tls_client(&sy.ca_pem(), Alpn::Http1);
+    let base = format!("https://localhost:{}", sy.https);
+
+    redis.stop();
+    let deadline = Instant::now() + UP_TIMEOUT;
+    let status = loop {
+        let status = admin_status(&mut sy).await;
+        if nodes_with_health(&status, "down") == 3 {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the nodes not all down: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status["upstreams"][0]["failing_open"], true, "{status}");
+    let mut served = BTreeSet::new();
+    for _ in 0..6 {
+        let health = get_with(&https, &format!("{base}/healthz")).await;
+        assert_eq!(health.status, 503, "{health:?}");
+        assert!(
+            health.body.starts_with("redis: "),
+            "the node's own answer: {health:?}"
+        );
+        served.insert(
+            health
+                .header("x-served-by")
+                .expect("x-served-by")
+                .to_owned(),
+        );
+        let page = get_with(&https, &format!("{base}/")).await;
+        assert!(page.header("x-served-by").is_some(), "{page:?}");
+    }
+    assert_eq!(served.len(), 3, "round_robin over all three: {served:?}");
+
+    redis.restart();
+    let deadline = Instant::now() + UP_TIMEOUT;
+    loop {
+        let status = admin_status(&mut sy).await;
+        if nodes_with_health(&status, "up") == 3 {
+            assert_eq!(status["upstreams"][0]["failing_open"], false, "{status}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the nodes not all up: {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_chat_across_nodes(&sy).await;
+    let out = sy.output();
+    assert!(out.contains("no backend in service: failing open"), "{out}");
+    assert!(out.contains("a backend is in service again"), "{out}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_redis_the_nodes_run_in_process_and_sigint_stops_it() {
     let mut sy = Switchyard::start(&["--no-redis"]);

@@ -41,6 +41,7 @@ pub struct Metrics {
     active: IntGaugeVec,
     max_conns: IntGaugeVec,
     queued: IntGaugeVec,
+    failing_open: IntGaugeVec,
     tunnels: IntGaugeVec,
     healthy: IntGaugeVec,
     draining: IntGaugeVec,
@@ -121,6 +122,13 @@ impl Metrics {
             ),
             &["upstream"],
         ));
+        let failing_open = must(IntGaugeVec::new(
+            Opts::new(
+                "upstream_failing_open",
+                "1 while no backend is in service and fail_open sends requests to all of them",
+            ),
+            &["upstream"],
+        ));
         let active = must(IntGaugeVec::new(
             Opts::new("backend_active", "In-flight requests plus open tunnels"),
             bl,
@@ -156,7 +164,15 @@ impl Metrics {
             must(registry.register(Box::new(c.clone())));
         }
         must(registry.register(Box::new(latency.clone())));
-        for g in [&active, &tunnels, &healthy, &draining, &max_conns, &queued] {
+        for g in [
+            &active,
+            &tunnels,
+            &healthy,
+            &draining,
+            &max_conns,
+            &queued,
+            &failing_open,
+        ] {
             must(registry.register(Box::new(g.clone())));
         }
         must(registry.register(Box::new(weight.clone())));
@@ -172,6 +188,7 @@ impl Metrics {
             active,
             max_conns,
             queued,
+            failing_open,
             tunnels,
             healthy,
             draining,
@@ -210,11 +227,17 @@ impl Metrics {
             &self.draining,
             &self.max_conns,
             &self.queued,
+            &self.failing_open,
         ] {
             g.reset();
         }
         self.weight.reset();
         for up in runtime.upstreams.values() {
+            if up.config.health.fail_open {
+                self.failing_open
+                    .with_label_values(&[up.name.as_str()])
+                    .set(i64::from(up.failing_open()));
+            }
             if let Some(q) = &up.queue {
                 self.queued
                     .with_label_values(&[up.name.as_str()])

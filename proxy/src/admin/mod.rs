@@ -94,6 +94,9 @@ impl AdminApp {
                     "strategy": u.config.strategy.as_str(),
                     "protocol": u.config.protocol.as_str(),
                     "active_checks": u.config.health.active.is_some(),
+                    "fail_open": u.config.health.fail_open,
+                    // No backend in service, and requests go to all of them anyway.
+                    "failing_open": u.failing_open(),
                     // Requests waiting for a slot while every backend is at max_conns.
                     "queue": u.config.queue.map(|q| json!({
                         "max": q.max,

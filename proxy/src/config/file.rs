@@ -392,6 +392,9 @@ pub(super) struct HealthFile {
     pub max_fails: u32,
     /// Default 10s.
     pub fail_window: HumanDuration,
+    /// With no backend in service by health, spread requests over all those not drained
+    /// rather than answer `503`. Default false.
+    pub fail_open: bool,
 }
 
 impl Default for HealthFile {
@@ -409,6 +412,7 @@ impl Default for HealthFile {
             fall: 2,
             max_fails: 3,
             fail_window: HumanDuration::secs(10),
+            fail_open: false,
         }
     }
 }

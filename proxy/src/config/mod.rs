@@ -537,6 +537,12 @@ pub struct HealthConfig {
     pub max_fails: u32,
     /// Passive: the failure window, also the wait before a probe request.
     pub fail_window: Duration,
+    /// While no backend is in service by health (every one down or not yet checked), send
+    /// requests to every backend not drained, as if all were up, instead of answering `503`
+    /// (Envoy's panic routing). For backends whose checks can all fail together for a
+    /// reason that does not stop them serving: a shared dependency such as a database,
+    /// or a check path broken by a deploy.
+    pub fail_open: bool,
 }
 
 impl Default for HealthConfig {
@@ -545,6 +551,7 @@ impl Default for HealthConfig {
             active: None,
             max_fails: 3,
             fail_window: Duration::from_secs(10),
+            fail_open: false,
         }
     }
 }

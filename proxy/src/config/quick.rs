@@ -47,6 +47,8 @@ pub struct QuickOptions {
     pub client_crl: Option<PathBuf>,
     /// Enables an HTTP active check of this path with the default timings.
     pub health_path: Option<String>,
+    /// With every backend down, requests go to all of them (`fail_open`).
+    pub fail_open: bool,
     /// Admin listener (the CLI's bare `--admin` means [`super::DEFAULT_ADMIN_LISTEN`]).
     pub admin: Option<SocketAddr>,
     /// Bearer token for admin mutations.
@@ -85,6 +87,7 @@ impl Default for QuickOptions {
             client_auth: None,
             client_crl: None,
             health_path: None,
+            fail_open: false,
             admin: None,
             admin_token: None,
             threads: None,
@@ -372,6 +375,7 @@ pub(super) fn resolve(
             slow_start: None,
             health: HealthConfig {
                 active,
+                fail_open: q.fail_open,
                 ..HealthConfig::default()
             },
             sticky,
@@ -595,6 +599,9 @@ mod tests {
         );
         assert_eq!(active.rise, 2);
         assert_eq!(c.upstreams[0].health.max_fails, 3);
+        assert!(!c.upstreams[0].health.fail_open);
+        q.fail_open = true;
+        assert!(resolve(&q, &no_env).unwrap().upstreams[0].health.fail_open);
         q.health_path = Some("healthz".to_string());
         assert_eq!(
             errors(&q),

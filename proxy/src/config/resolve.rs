@@ -1225,6 +1225,7 @@ fn resolve_health(h: HealthFile, p: &KeyPath, out: &mut Resolved) -> HealthConfi
         active,
         max_fails: h.max_fails,
         fail_window: h.fail_window.0,
+        fail_open: h.fail_open,
     }
 }
 

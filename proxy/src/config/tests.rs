@@ -180,6 +180,7 @@ fn the_example_file_loads() {
             }),
             max_fails: 3,
             fail_window: Duration::from_secs(10),
+            fail_open: false,
         }
     );
     // Not sticky_cookie: the sticky table is ignored (and reported as such).
@@ -975,6 +976,19 @@ fn health_check_values() {
     assert_eq!(
         c.warnings,
         vec!["proxy.toml:9: upstreams.app.health.timeout: longer than the interval: checks of one backend will overlap"]
+    );
+}
+
+#[test]
+fn fail_open_is_read_and_checked() {
+    let h = |body: &str| format!("{MINIMAL}[upstreams.app.health]\n{body}");
+    let c = ok(&h("kind = \"tcp\"\nfail_open = true\n"));
+    assert!(c.upstreams[0].health.fail_open);
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    assert!(!ok(MINIMAL).upstreams[0].health.fail_open);
+    assert_eq!(
+        err(&h("kind = \"tcp\"\nfail_open = \"yes\"\n")),
+        "proxy.toml:8: upstreams.app.health.fail_open: invalid type: string \"yes\", expected a boolean"
     );
 }
 

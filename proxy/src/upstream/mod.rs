@@ -288,12 +288,14 @@ impl Upstream {
         }
     }
 
-    /// Free slots on the backends in service (`usize::MAX` when one has no limit).
+    /// Free slots on the backends in service, or on every one not drained while failing
+    /// open (`usize::MAX` when one has no limit).
     #[cold]
     fn room(&self) -> usize {
+        let open = self.failing_open();
         self.backends
             .iter()
-            .filter(|b| b.is_available())
+            .filter(|b| b.is_available() || (open && !b.stats.is_draining()))
             .map(|b| match b.max_conns {
                 0 => usize::MAX,
                 max => usize::try_from(max.saturating_sub(b.active())).unwrap_or(usize::MAX),
@@ -355,15 +357,24 @@ impl Upstream {
                     probes && !(b.backup && primary_up) && !skip(i) && b.stats.probe_due(window)
                 }
             };
-            let Some(index) = self.strategy.pick(&self.backends, &eligible, ctx) else {
-                break Err(if full.is_empty() {
-                    NoBackend::Unavailable
-                } else {
-                    NoBackend::Full
-                });
+            let (index, open) = match self.strategy.pick(&self.backends, &eligible, ctx) {
+                Some(index) => (index, false),
+                None => match self.pick_open(ctx, &skip) {
+                    Some(index) => (index, true),
+                    None => {
+                        break Err(if full.is_empty() {
+                            NoBackend::Unavailable
+                        } else {
+                            NoBackend::Full
+                        })
+                    }
+                },
             };
             let backend = &self.backends[index];
-            let probe = if backend.is_available() {
+            // Sent while failing open, a request is no probe: every backend gets them, and
+            // none waits for a probe slot. An answer still re-admits a backend that passive
+            // checks took out ([`BackendStats::record_success`]).
+            let probe = if backend.is_available() || open {
                 None
             } else {
                 match backend.stats.try_claim_probe(window) {
@@ -391,6 +402,36 @@ impl Upstream {
             self.count_full(&full, result.as_ref().ok());
         }
         result
+    }
+
+    /// `fail_open`: with no backend in service by health, the strategy's pick among those
+    /// not drained (nor `skip`ped), as if every one were up: primaries, and backups once no
+    /// primary is left to try. None otherwise, and when it is off.
+    #[cold]
+    fn pick_open(&self, ctx: &PickContext, skip: &dyn Fn(usize) -> bool) -> Option<usize> {
+        if !self.config.health.fail_open || self.in_service() {
+            return None;
+        }
+        let open = |i: usize| !skip(i) && !self.backends[i].stats.is_draining();
+        let primary_open = (0..self.backends.len()).any(|i| !self.backends[i].backup && open(i));
+        self.strategy.pick(
+            &self.backends,
+            &|i| open(i) && self.backends[i].backup != primary_open,
+            ctx,
+        )
+    }
+
+    /// Some backend is in service: healthy and not drained.
+    pub fn in_service(&self) -> bool {
+        self.backends.iter().any(|b| b.is_available())
+    }
+
+    /// Failing open now: `fail_open` is on, no backend is in service by health, and some
+    /// backend is not drained.
+    pub fn failing_open(&self) -> bool {
+        self.config.health.fail_open
+            && !self.in_service()
+            && self.backends.iter().any(|b| !b.stats.is_draining())
     }
 
     /// Counts, on each full backend, a request that went elsewhere or was refused because
@@ -428,6 +469,7 @@ impl Upstream {
             .record_failure(self.config.health.max_fails, self.config.health.fail_window)
         {
             tracing::warn!(upstream = %self.name, backend = %backend.addr, "backend marked down by passive checks");
+            self.after_health_change(Health::Down);
         }
     }
 
@@ -438,6 +480,7 @@ impl Upstream {
         let readmit = self.config.health.active.is_none();
         if backend.stats.record_success(self.slow_start(), readmit) {
             tracing::info!(upstream = %self.name, backend = %backend.addr, "backend re-admitted after a successful probe");
+            self.after_health_change(Health::Up);
         }
     }
 
@@ -450,7 +493,28 @@ impl Upstream {
                     .record_check(passed, active.rise, active.fall, self.slow_start())
             {
                 tracing::info!(upstream = %self.name, backend = %backend.addr, health = ?h, "health changed");
+                self.after_health_change(h);
             }
+        }
+    }
+
+    /// Says when a change of health left the upstream with no backend in service, and
+    /// when one came back: what its clients get meanwhile depends on `fail_open`.
+    #[cold]
+    fn after_health_change(&self, now: Health) {
+        let in_service = self.backends.iter().filter(|b| b.is_available()).count();
+        match now {
+            Health::Up if in_service == 1 => {
+                tracing::info!(upstream = %self.name, "a backend is in service again");
+            }
+            Health::Down if in_service == 0 => {
+                if self.failing_open() {
+                    tracing::warn!(upstream = %self.name, "no backend in service: failing open, requests go to every backend not drained");
+                } else {
+                    tracing::warn!(upstream = %self.name, "no backend in service: requests get 503 until one comes back");
+                }
+            }
+            _ => {}
         }
     }
 
@@ -472,6 +536,7 @@ fn same_rotation(running: &UpstreamConfig, next: &UpstreamConfig) -> bool {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use std::collections::BTreeSet;
     use std::net::IpAddr;
 
     use super::*;
@@ -547,6 +612,96 @@ mod tests {
         drop(primary);
         // The primary has room again: it comes before the backup.
         assert!(!up.pick(&ctx, &[]).unwrap().backend.backup);
+    }
+
+    /// Three primaries (`a`, `b`, `c`) and a backup `z`, with active checks, and
+    /// `fail_open` as given; every backend up.
+    fn three_and_a_backup(fail_open: bool) -> Upstream {
+        let up = upstream(
+            &format!(
+                "backends = [{{ addr = \"127.0.0.1:9001\", id = \"a\" }}, \
+                 {{ addr = \"127.0.0.1:9002\", id = \"b\" }}, \
+                 {{ addr = \"127.0.0.1:9003\", id = \"c\" }}, \
+                 {{ addr = \"127.0.0.1:9009\", id = \"z\", backup = true }}]\n\
+                 [upstreams.app.health]\nkind = \"tcp\"\nfail_open = {fail_open}\n"
+            ),
+            &StatsRegistry::default(),
+        );
+        for b in &up.backends {
+            b.stats.set_health(Health::Up, None);
+        }
+        up
+    }
+
+    /// Which backends `n` picks (each dropped at once) went to, by id.
+    fn picked_ids(up: &Upstream, tried: &[usize], n: usize) -> BTreeSet<String> {
+        (0..n)
+            .map(|_| {
+                up.pick(&PickContext::default(), tried)
+                    .unwrap()
+                    .backend
+                    .id
+                    .clone()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn fail_open_spreads_requests_over_every_backend_not_drained_while_none_is_in_service() {
+        let ids = |s: &[&str]| s.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+        let up = three_and_a_backup(true);
+        assert!(!up.failing_open());
+        for b in &up.backends {
+            b.stats.set_health(Health::Down, None);
+        }
+        assert!(up.failing_open());
+        // The primaries, as if up; the drained one left out, and the backup kept for when
+        // no primary is left to try.
+        up.backends[2].stats.set_draining(true);
+        assert_eq!(picked_ids(&up, &[], 12), ids(&["a", "b"]));
+        assert_eq!(picked_ids(&up, &[0], 4), ids(&["b"]));
+        assert_eq!(picked_ids(&up, &[0, 1], 4), ids(&["z"]));
+        assert_eq!(
+            up.pick(&PickContext::default(), &[0, 1, 3]).err(),
+            Some(NoBackend::Unavailable)
+        );
+        // A request sent while failing open is no probe: none holds a probe slot, so
+        // every backend goes on getting them.
+        let held: Vec<_> = (0..4)
+            .map(|_| up.pick(&PickContext::default(), &[]).unwrap())
+            .collect();
+        assert_eq!(picked_ids(&up, &[], 12), ids(&["a", "b"]));
+        drop(held);
+        // Not yet checked counts as not in service too.
+        up.backends[0].stats.set_health(Health::Pending, None);
+        assert_eq!(picked_ids(&up, &[], 12), ids(&["a", "b"]));
+        // One back in service: it alone takes the requests.
+        up.backends[1].stats.set_health(Health::Up, None);
+        assert!(!up.failing_open());
+        assert_eq!(picked_ids(&up, &[], 12), ids(&["b"]));
+        // Every one drained: nothing to fail open to.
+        for b in &up.backends {
+            b.stats.set_health(Health::Down, None);
+            b.stats.set_draining(true);
+        }
+        assert!(!up.failing_open());
+        assert_eq!(
+            up.pick(&PickContext::default(), &[]).err(),
+            Some(NoBackend::Unavailable)
+        );
+    }
+
+    #[test]
+    fn without_fail_open_no_backend_in_service_is_a_refusal() {
+        let up = three_and_a_backup(false);
+        for b in &up.backends {
+            b.stats.set_health(Health::Down, None);
+        }
+        assert!(!up.failing_open());
+        assert_eq!(
+            up.pick(&PickContext::default(), &[]).err(),
+            Some(NoBackend::Unavailable)
+        );
     }
 
     #[test]

@@ -221,6 +221,14 @@ pub trait ChatStore: Send + Sync + 'static {
     /// What the store is (`redis`, `memory`), for logs.
     fn kind(&self) -> &'static str;
 
+    /// Whether it can serve the chat now, for `/healthz`: a write, not a ping. A Redis
+    /// that answers but refuses writes (over `maxmemory` with `noeviction`, an ACL, a
+    /// read-only replica) can post nothing, and its store connection, kept apart from the
+    /// bus's, may still be reconnecting when the bus's PING passes again.
+    async fn check(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// The user that `token` identifies, unless the token went unused for `ttl`; marks it
     /// in use now.
     async fn user_for_token(

@@ -19,6 +19,7 @@
 //! | `nodes` | sorted set | nodes that wrote presence (score: last write, ms), to find the hashes |
 //! | `node:<node>:presence` | set, expiry pushed like the hashes' | the rooms where the node has a `presence` hash |
 //! | `node:<node>:beat` | string, expiry pushed by the node's heartbeat | the heartbeat's last mark: another one means Redis lost its data ([`ChatStore::swap_beat_mark`]) |
+//! | `health` | string, expires after a minute | nothing: written by each `/healthz` ([`ChatStore::check`]) |
 //!
 //! Message ids are the stream ids (`<ms>-<seq>`, ordered and unique per room).
 //!
@@ -825,6 +826,12 @@ fn parse_meta(key: &str, json: &str) -> Result<RoomMeta, StoreError> {
 impl ChatStore for RedisStore {
     fn kind(&self) -> &'static str {
         "redis"
+    }
+
+    async fn check(&self) -> Result<(), StoreError> {
+        let mut set = redis::cmd("SET");
+        set.arg(key(&["health"])).arg(1).arg("PX").arg(60_000);
+        self.query(&set).await
     }
 
     async fn user_for_token(
