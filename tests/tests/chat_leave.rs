@@ -219,6 +219,9 @@ async fn leave_is_incomplete_while_the_bus_refuses_it_and_the_node_finishes_it()
         s["room"] == "secret" && s["text"] == "alice left"
     })
     .await;
+    // Alice's other tab is told too, by the same waiting append: the retry below finds
+    // her no member any more, and tells nobody.
+    events_until(&mut room.tab2, "left", |l| l["room"] == "secret").await;
     nothing_of_the_room_reaches(&mut room.bob, 20, "after", &mut [("tab2", &mut room.tab2)]).await;
     leave_until_complete(&mut room.tab1, 30).await;
     nothing_of_the_room_reaches(
