@@ -24,7 +24,8 @@ const DEFAULT_FILTER: &str = "info,pingora_core=warn,pingora_proxy=warn";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Output {
     Stdout,
-    /// For a process whose stdout carries something else (`switchyard`'s roles).
+    /// For a process whose stdout carries something else: the proxy's access log (`path =
+    /// "-"`), `switchyard`'s `LISTENING` lines and banner.
     Stderr,
 }
 

@@ -130,7 +130,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    proxy::logging::init(proxy::logging::Output::Stdout);
+    // stdout belongs to the access log (`path = "-"`), as nginx's images send access.log
+    // to stdout and error.log to stderr: one stream of log lines mixed into the other breaks
+    // every shipper that parses it as JSON or combined lines.
+    proxy::logging::init(proxy::logging::Output::Stderr);
     // Before the config is read: the default connection cap is derived from the result.
     proxy::capacity::raise_open_files();
     match run(cli) {

@@ -467,6 +467,42 @@ async fn access_log_writes_json_lines() {
     assert!(v["bytes_sent"].as_u64().unwrap() >= 12, "{v}");
 }
 
+/// With the access log on stdout (`path = "-"`), stdout holds nothing else: the proxy's own
+/// lines (`listening`, warnings) go to stderr, or a shipper parsing stdout as JSON breaks.
+#[tokio::test]
+async fn an_access_log_on_stdout_is_not_mixed_with_the_proxys_own_log() {
+    let b = Backend::start("b1");
+    let toml = format!(
+        r#"
+[access_log]
+enabled = true
+format = "json"
+path = "-"
+
+{listener}
+{upstream}"#,
+        listener = listener(free_port()),
+        upstream = upstream("app", None, &entries(&[&b])),
+    );
+    let proxy = Proxy::start_config(&toml);
+    let r = get(&proxy.url("/id?stdout-log")).await;
+    assert_eq!(r.status, 200);
+    let stdout = proxy.dir().join("stdout.log");
+    wait_log_line(&stdout, "the access log line on stdout", |l| {
+        l.contains("/id?stdout-log")
+    })
+    .await;
+    let text = std::fs::read_to_string(&stdout).unwrap();
+    for line in text.lines() {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line).is_ok(),
+            "a line on stdout that is not an access log entry: {line:?}\n{}",
+            proxy.logs()
+        );
+    }
+    proxy.wait_log("listening", T);
+}
+
 /// A reload that moves a listener needs a restart; until then the socket bound at start
 /// keeps accepting, and keeps its own settings: a redirecting port still redirects, with
 /// its `response_headers`, instead of proxying plain HTTP without them.
