@@ -19,6 +19,8 @@ pub struct Entry<'a> {
     pub path: &'a str,
     pub version: &'a str,
     pub host: Option<&'a str>,
+    /// 0 when nothing was answered; logged as [`CLIENT_CLOSED`].
+    #[serde(serialize_with = "serialize_status")]
     pub status: u16,
     pub bytes_sent: u64,
     pub bytes_received: u64,
@@ -34,6 +36,23 @@ pub struct Entry<'a> {
     /// The subject of the client's verified certificate (mutual TLS), RFC 4514; JSON only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_cert: Option<&'a str>,
+}
+
+/// nginx's 499 "client closed request": the status logged for a request whose client went
+/// away before any answer was sent. Log parsers (GoAccess, fail2ban, dashboards that bucket
+/// by class) read the status as an HTTP code, and a 0 is none.
+pub const CLIENT_CLOSED: u16 = 499;
+
+fn logged_status(status: u16) -> u16 {
+    if status == 0 {
+        CLIENT_CLOSED
+    } else {
+        status
+    }
+}
+
+fn serialize_status<S: serde::Serializer>(status: &u16, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u16(logged_status(*status))
 }
 
 pub struct AccessLog {
@@ -87,7 +106,7 @@ impl AccessLog {
                 Escaped(e.method),
                 Escaped(e.path),
                 Escaped(e.version),
-                e.status,
+                logged_status(e.status),
                 e.bytes_sent,
                 Escaped(e.referer.unwrap_or("-")),
                 Escaped(e.user_agent.unwrap_or("-")),
@@ -219,6 +238,23 @@ mod tests {
             );
             assert!(!lines[1].contains("client_cert"), "{}", lines[1]);
         }
+    }
+
+    #[test]
+    fn a_request_its_client_left_unanswered_is_logged_as_499_as_nginx_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let left = Entry {
+            status: 0,
+            ..entry(None)
+        };
+        let combined = written(dir.path(), AccessLogFormat::Combined, &[left]);
+        assert!(combined[0].contains("\" 499 0 \""), "{}", combined[0]);
+        let left = Entry {
+            status: 0,
+            ..entry(None)
+        };
+        let json = written(dir.path(), AccessLogFormat::Json, &[left]);
+        assert!(json[0].contains("\"status\":499,"), "{}", json[0]);
     }
 
     #[test]
