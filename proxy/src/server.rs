@@ -293,9 +293,8 @@ impl BackgroundService for ReloadOnHup {
         loop {
             tokio::select! {
                 _ = hup.recv() => {
-                    if let Err(errors) = self.shared.reload_blocking().await {
-                        tracing::error!("reload rejected, the running config stays:\n{errors}");
-                    }
+                    // reload_blocking logs a rejection itself.
+                    let _ = self.shared.reload_blocking().await;
                 }
                 _ = shutdown.changed() => return,
             }

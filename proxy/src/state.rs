@@ -505,6 +505,12 @@ impl Shared {
         drop(old);
         self.forget_unused_stats();
         tracing::info!(?report, "configuration reloaded");
+        if !report.needs_restart.is_empty() {
+            tracing::warn!(
+                needs_restart = ?report.needs_restart,
+                "the reload changed settings that apply only after a restart; until then they run as at start"
+            );
+        }
         Ok(report)
     }
 
@@ -532,7 +538,7 @@ impl Shared {
     /// `block_in_place` is not allowed).
     pub async fn reload_blocking(self: &Arc<Self>) -> Result<ReloadReport, ConfigErrors> {
         let shared = self.clone();
-        match tokio::task::spawn_blocking(move || shared.reload()).await {
+        let result = match tokio::task::spawn_blocking(move || shared.reload()).await {
             Ok(result) => result,
             Err(e) => match e.try_into_panic() {
                 Ok(panic) => std::panic::resume_unwind(panic),
@@ -543,7 +549,14 @@ impl Shared {
                     kind: ErrorKind::Cancelled,
                 })),
             },
+        };
+        // Logged here, whoever asked (SIGHUP or `POST /reload`): the admin API's caller gets
+        // the errors in its answer, but the operator reading the log must see that the file
+        // on disk is not what runs, as nginx logs a failed `nginx -s reload`.
+        if let Err(errors) = &result {
+            tracing::error!("reload rejected, the running config stays:\n{errors}");
         }
+        result
     }
 
     /// Replaces the backends of `upstream` with `backends` (a DNS refresh found other

@@ -573,6 +573,38 @@ async fn a_reload_lists_what_needs_a_restart_until_the_file_matches_what_runs() 
     reload_needing(&proxy, "t", &[]).await;
 }
 
+/// A reload refused through the admin API is in the log, as one refused on SIGHUP is: the
+/// caller of `POST /reload` (a deploy script that ignores the answer) may be the only one
+/// that saw the errors, while the file on disk no longer says what runs. A reload whose
+/// changes wait for a restart says so at warning level.
+#[tokio::test]
+async fn a_reload_refused_through_the_admin_api_is_logged_with_its_errors() {
+    let b = Backend::start("b1");
+    let (admin_port, port) = (free_port(), free_port());
+    let config = |strategy: &str, threads: usize| {
+        format!(
+            "[server]\nthreads = {threads}\n{}\n{}{}",
+            admin(admin_port, "t"),
+            listener(port),
+            upstream("app", Some(strategy), &entries(&[&b]))
+        )
+    };
+    let proxy = Proxy::start_config(&config("round_robin", 2));
+    proxy.write_config(&config("leest_conn", 2));
+    let r = admin_post(&proxy, "/reload", Some("t")).await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    proxy.wait_log("reload rejected, the running config stays", T);
+    assert!(
+        proxy.logs().contains("unknown variant `leest_conn`"),
+        "{}",
+        proxy.logs()
+    );
+
+    proxy.write_config(&config("round_robin", 1));
+    reload_needing(&proxy, "t", &["server.threads"]).await;
+    proxy.wait_log("apply only after a restart", T);
+}
+
 #[tokio::test]
 async fn a_reload_reopens_the_access_log_and_refuses_one_it_cannot_open() {
     let dir = tempfile::tempdir().unwrap();
