@@ -52,6 +52,11 @@ impl BackendAddr {
     pub fn parse(s: &str) -> Result<Self, ErrorKind> {
         let bad = || ErrorKind::InvalidBackendAddress(s.to_owned());
         if let Ok(addr) = s.parse::<SocketAddr>() {
+            // Nothing listens on port 0: every connection would be refused, as nginx's
+            // `invalid port` refuses it at load, and as a name with port 0 is below.
+            if addr.port() == 0 {
+                return Err(bad());
+            }
             return Ok(BackendAddr::Socket(addr));
         }
         let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
@@ -610,6 +615,8 @@ mod tests {
             "node1",
             "node1:",
             "node1:0",
+            "127.0.0.1:0",
+            "[::1]:0",
             "node1:65536",
             "node1:x",
             ":80",

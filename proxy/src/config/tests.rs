@@ -1988,6 +1988,7 @@ fn backend_addresses_are_host_port_or_ip_port() {
     for (bad, line) in [
         ("node1", 5),
         ("node1:0", 5),
+        ("10.0.0.1:0", 5),
         ("[::1]", 5),
         ("10.0.0.300:80", 5),
     ] {
