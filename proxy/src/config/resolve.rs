@@ -666,10 +666,46 @@ fn read_crl_file(path: &Path) -> Result<std::sync::Arc<[Vec<u8>]>, (PathBuf, Tls
 /// Checks `<p>.cert` and `<p>.key`.
 fn check_pair(out: &mut Resolved, p: &KeyPath, cert: &Path, key: &Path) {
     let (cert_problem, key_problem) = tls_pair_problems(cert, key);
+    let usable = cert_problem.is_none() && key_problem.is_none();
     for (name, kind) in [("cert", cert_problem), ("key", key_problem)] {
         if let Some(kind) = kind {
             out.err(p.key(name), kind);
         }
+    }
+    if usable {
+        if let Some(w) = leaf_validity_warning(cert, std::time::SystemTime::now()) {
+            out.warn(p.key("cert"), w);
+        }
+    }
+}
+
+/// A warning when the chain's first certificate is outside its validity period at `now`: a
+/// renewal that was copied over the wrong file, or never ran, loads and serves, and every
+/// browser then refuses the site, while nginx and HAProxy load it as silently. A warning
+/// rather than an error: a clock set wrong on this host must not stop the proxy.
+fn leaf_validity_warning(cert: &Path, now: std::time::SystemTime) -> Option<String> {
+    let data = std::fs::read(cert).ok()?;
+    let der = rustls_pemfile::certs(&mut data.as_slice()).next()?.ok()?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(&der).ok()?;
+    let now = match now.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_secs()).ok()?,
+        Err(_) => return None,
+    };
+    let validity = parsed.validity();
+    if now > validity.not_after.timestamp() {
+        Some(format!(
+            "{}: the certificate expired on {} (clients will refuse it)",
+            cert.display(),
+            validity.not_after
+        ))
+    } else if now < validity.not_before.timestamp() {
+        Some(format!(
+            "{}: the certificate is not valid before {} (clients will refuse it until then)",
+            cert.display(),
+            validity.not_before
+        ))
+    } else {
+        None
     }
 }
 

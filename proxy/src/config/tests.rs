@@ -675,6 +675,57 @@ fn admin_auth_reads_needs_a_token() {
 }
 
 #[test]
+fn an_expired_or_not_yet_valid_certificate_is_a_warning_with_file_line_and_key() {
+    let certs = Certs::new();
+    let write = |name: &str, from: (i32, u8, u8), to: (i32, u8, u8)| {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        params.not_before = rcgen::date_time_ymd(from.0, from.1, from.2);
+        params.not_after = rcgen::date_time_ymd(to.0, to.1, to.2);
+        let cert = params.self_signed(&key).unwrap();
+        (
+            certs.file(&format!("{name}.pem"), &cert.pem()),
+            certs.file(&format!("{name}-key.pem"), &key.serialize_pem()),
+        )
+    };
+    let (expired, expired_key) = write("expired", (2020, 1, 1), (2020, 2, 1));
+    let (future, future_key) = write("future", (2200, 1, 1), (2201, 1, 1));
+    let text = format!(
+        "{MINIMAL}[[listeners]]\nlisten = \"127.0.0.1:8443\"\ntls = {{ cert = \"{}\", key = \"{}\" }}\nsni = [{{ server_name = \"a.test\", cert = \"{}\", key = \"{}\" }}]\n",
+        expired.display(),
+        expired_key.display(),
+        future.display(),
+        future_key.display()
+    );
+    let c = ok(&text);
+    assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
+    assert!(
+        c.warnings[0].starts_with(&format!(
+            "proxy.toml:8: listeners[1].tls.cert: {}: the certificate expired on ",
+            expired.display()
+        )),
+        "{:?}",
+        c.warnings
+    );
+    assert!(
+        c.warnings[1].starts_with(&format!(
+            "proxy.toml:9: listeners[1].sni[0].cert: {}: the certificate is not valid before ",
+            future.display()
+        )),
+        "{:?}",
+        c.warnings
+    );
+
+    // A certificate in its validity period says nothing.
+    let c = ok(&format!(
+        "{MINIMAL}[[listeners]]\nlisten = \"127.0.0.1:8443\"\ntls = {{ cert = \"{}\", key = \"{}\" }}\n",
+        certs.cert().display(),
+        certs.key().display()
+    ));
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+}
+
+#[test]
 fn tls_files_must_hold_a_certificate_and_a_key() {
     let certs = Certs::new();
     let listener = |cert: &Path, key: &Path| {
