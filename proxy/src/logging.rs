@@ -108,32 +108,34 @@ fn is_client_handshake_failure(record: &Record<'_>) -> bool {
     record.args().to_string().starts_with(prefix)
 }
 
-/// One line per minute at most for failed attempts on backends.
-static BACKEND_FAILURES: Throttle = Throttle::new();
-
 /// A request (or upgrade) could not be served by a backend: refused, reset, timed out, a
-/// malformed answer. Every path of the proxy logs it here, the first of each minute as a
-/// warning and the others at debug: a backend that fails every request would otherwise
-/// write a line per request, as pingora's own ERROR did, and the access log already has
-/// each request's status. A backend that goes down is logged by its health (warn).
+/// malformed answer. Every path of the proxy logs it here, the first of each minute for
+/// each backend as a warning and the others at debug: a backend that fails every request
+/// would otherwise write a line per request, as pingora's own ERROR did, and the access log
+/// already has each request's status (`backend_failures_total` counts them all). The
+/// throttle is the backend's own: with one for the whole proxy, a second backend that
+/// started failing within the minute of the first went unlogged. A backend that goes down
+/// is logged by its health (warn).
 pub fn backend_failure(
     upstream: &str,
-    backend: std::net::SocketAddr,
+    backend: &crate::upstream::Backend,
     what: &dyn std::fmt::Display,
 ) {
-    if BACKEND_FAILURES.allow() {
+    let addr = backend.addr;
+    if backend.stats.failure_log.allow() {
         tracing::warn!(
             upstream,
-            %backend,
-            "{what} (further backend failures within a minute are logged at debug)"
+            backend = %addr,
+            "{what} (further failures of this backend within a minute are logged at debug)"
         );
     } else {
-        tracing::debug!(upstream, %backend, "{what}");
+        tracing::debug!(upstream, backend = %addr, "{what}");
     }
 }
 
 /// Lets a warning that can repeat per connection (a full connection table, a backend whose
 /// certificate is refused) through once a minute at most, so it is seen without flooding.
+#[derive(Debug)]
 pub struct Throttle {
     /// When a line was last let through (Unix seconds).
     last: AtomicU64,

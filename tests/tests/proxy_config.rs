@@ -467,6 +467,62 @@ async fn access_log_writes_json_lines() {
     assert!(v["bytes_sent"].as_u64().unwrap() >= 12, "{v}");
 }
 
+/// Each failing backend gets its own warning and its failures a counter: the warning was
+/// throttled for the whole proxy, so a second backend that began failing within the minute
+/// of the first was logged at debug only, and nothing in `/metrics` showed the proxy's own
+/// 502s (`responses_total` counts backends' answers).
+#[tokio::test]
+async fn each_failing_backend_is_logged_and_counted() {
+    let (admin_port, port) = (free_port(), free_port());
+    let (dead_a, dead_b) = (free_port(), free_port());
+    let toml = format!(
+        r#"{admin}
+{listener}
+[upstreams.a]
+backends = [{{ addr = "127.0.0.1:{dead_a}" }}]
+[upstreams.b]
+backends = [{{ addr = "127.0.0.1:{dead_b}" }}]
+[[routes]]
+path_prefix = "/a/"
+upstream = "a"
+[[routes]]
+path_prefix = "/b/"
+upstream = "b"
+"#,
+        admin = admin(admin_port, "t"),
+        listener = listener(port),
+    );
+    let proxy = Proxy::start_config(&toml);
+    for path in ["/a/x", "/b/x"] {
+        assert_eq!(get(&proxy.url(path)).await.status, 502, "{path}");
+    }
+    for dead in [dead_a, dead_b] {
+        let needle = format!("backend=127.0.0.1:{dead}");
+        wait_for(T, "a warning for each dead backend", || {
+            let found = proxy
+                .logs()
+                .lines()
+                .any(|l| l.contains(" WARN ") && l.contains(&needle));
+            std::future::ready(found.then_some(()))
+        })
+        .await;
+    }
+    let metrics = admin_get(&proxy, "/metrics", None).await.body;
+    for (up, dead) in [("a", dead_a), ("b", dead_b)] {
+        let backend = format!("backend=\"127.0.0.1:{dead}\"");
+        let upstream = format!("upstream=\"{up}\"");
+        assert_eq!(
+            sample(
+                &metrics,
+                "switchyard_backend_failures_total",
+                &[&backend, &upstream]
+            ),
+            Some(1.0),
+            "{metrics}"
+        );
+    }
+}
+
 /// With the access log on stdout (`path = "-"`), stdout holds nothing else: the proxy's own
 /// lines (`listening`, warnings) go to stderr, or a shipper parsing stdout as JSON breaks.
 #[tokio::test]

@@ -844,7 +844,7 @@ async fn a_failing_backend_is_logged_once_a_minute_on_every_path_never_as_error(
     assert!(!logs.contains("Fail to proxy"), "{logs}");
     let warned = logs
         .lines()
-        .filter(|l| l.contains("further backend failures within a minute"))
+        .filter(|l| l.contains("further failures of this backend within a minute"))
         .count();
     assert_eq!(warned, 1, "{logs}");
 }

@@ -20,6 +20,8 @@ pub struct BackendMetrics {
     pub picks: prometheus::IntCounter,
     /// Requests that found the backend at its `max_conns` (sent elsewhere or refused).
     pub full: prometheus::IntCounter,
+    /// Attempts the backend failed (refused, reset, timed out, a malformed answer).
+    pub failures: prometheus::IntCounter,
 }
 
 impl BackendMetrics {
@@ -38,6 +40,7 @@ pub struct Metrics {
     pub picks: IntCounterVec,
     pub rejected: IntCounterVec,
     full: IntCounterVec,
+    failures: IntCounterVec,
     active: IntGaugeVec,
     max_conns: IntGaugeVec,
     queued: IntGaugeVec,
@@ -108,6 +111,17 @@ impl Metrics {
             ),
             bl,
         ));
+        // The proxy's own 502s and 504s have no status from a backend, so responses_total
+        // never shows them: without this, a backend failing every request showed nothing
+        // in the metrics (HAProxy's `connection_errors_total` / `response_errors_total`).
+        let failures = must(IntCounterVec::new(
+            Opts::new(
+                "backend_failures_total",
+                "Attempts on the backend that failed: connection refused or failed, reset, \
+                 timed out, a malformed answer (the request went to another backend or got 502/504)",
+            ),
+            bl,
+        ));
         let max_conns = must(IntGaugeVec::new(
             Opts::new(
                 "backend_max_conns",
@@ -160,7 +174,7 @@ impl Metrics {
             ),
             bl,
         ));
-        for c in [&requests, &picks, &rejected, &responses, &full] {
+        for c in [&requests, &picks, &rejected, &responses, &full, &failures] {
             must(registry.register(Box::new(c.clone())));
         }
         must(registry.register(Box::new(latency.clone())));
@@ -185,6 +199,7 @@ impl Metrics {
             picks,
             rejected,
             full,
+            failures,
             active,
             max_conns,
             queued,
@@ -208,6 +223,7 @@ impl Metrics {
                 .map(|c| self.responses.with_label_values(&[upstream, backend, c])),
             picks: self.picks.with_label_values(&[upstream, strategy]),
             full: self.full.with_label_values(&l),
+            failures: self.failures.with_label_values(&l),
         }
     }
 

@@ -500,7 +500,7 @@ impl H1 {
                 Err(Failure::Client) => return false,
                 Err(e) => {
                     up.report_failure(&choice.backend);
-                    crate::logging::backend_failure(&up.name, choice.backend.addr, &e);
+                    crate::logging::backend_failure(&up.name, &choice.backend, &e);
                     let again = match e {
                         Failure::Connect(_) | Failure::Unsent(_) => true,
                         _ => req.idempotent(),
@@ -571,7 +571,7 @@ impl H1 {
                 up.report_failure(&choice.backend);
                 crate::logging::backend_failure(
                     &up.name,
-                    choice.backend.addr,
+                    &choice.backend,
                     &format_args!("response body: {e}"),
                 );
                 log.status = 502;
@@ -589,7 +589,7 @@ impl H1 {
                 up.report_failure(&choice.backend);
                 crate::logging::backend_failure(
                     &up.name,
-                    choice.backend.addr,
+                    &choice.backend,
                     &format_args!("response body: {e}"),
                 );
                 false

@@ -768,7 +768,7 @@ impl ProxyHttp for EdgeProxy {
         }
         if let (Some(up), Some(b)) = (&ctx.upstream, &ctx.backend) {
             up.report_failure(b);
-            crate::logging::backend_failure(&up.name, b.addr, &e);
+            crate::logging::backend_failure(&up.name, b, &e);
             // Nothing was sent, so any method may go to another backend.
             if ctx.tried.len() < MAX_TRIES.min(up.backends.len()) {
                 e.set_retry(true);
@@ -809,7 +809,7 @@ impl ProxyHttp for EdgeProxy {
         match (e.esource(), &ctx.upstream, &ctx.backend) {
             (ErrorSource::Upstream, Some(up), Some(b)) if !stale => {
                 up.report_failure(b);
-                crate::logging::backend_failure(&up.name, b.addr, &e);
+                crate::logging::backend_failure(&up.name, b, &e);
             }
             // The peer goes to the log, not into the error: fail_to_proxy may show its
             // context to the client.

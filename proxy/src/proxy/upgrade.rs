@@ -308,7 +308,7 @@ pub(super) async fn handle(p: &EdgeProxy, session: &mut Session, ctx: &mut Ctx) 
                 up.report_failure(&backend);
                 crate::logging::backend_failure(
                     &up.name,
-                    backend.addr,
+                    &backend,
                     &format_args!("websocket upgrade: {e}"),
                 );
                 if e.retryable() && ctx.tried.len() < max_tries {

@@ -130,6 +130,9 @@ pub struct BackendStats {
     ramping: AtomicBool,
     /// Consecutive active-check passes and failures (rise/fall).
     checks: Mutex<(u32, u32)>,
+    /// Lets one warning a minute through for this backend's failures
+    /// ([`crate::logging::backend_failure`]); kept across reloads with the stats.
+    pub failure_log: crate::logging::Throttle,
 }
 
 #[derive(Debug, Default)]
@@ -167,6 +170,7 @@ impl BackendStats {
             slow_start: Mutex::new(None),
             ramping: AtomicBool::new(false),
             checks: Mutex::new((0, 0)),
+            failure_log: crate::logging::Throttle::new(),
         }
     }
 

@@ -457,6 +457,14 @@ impl Upstream {
     /// service, the others drained (during a deploy, say), for the same reason. Active
     /// checks still can.
     pub fn report_failure(&self, backend: &Backend) {
+        if let Some(m) = self
+            .backends
+            .iter()
+            .position(|b| b.addr == backend.addr)
+            .and_then(|i| self.metrics.get(i))
+        {
+            m.failures.inc();
+        }
         let others_in_service = self
             .backends
             .iter()
