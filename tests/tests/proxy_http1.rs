@@ -1052,3 +1052,55 @@ async fn an_upstream_s_own_timeouts_bind_its_backends_alone() {
     tests::ws::ws_expect_closed(&mut short, Duration::from_secs(10)).await;
     tests::ws::ws_echo(&mut long, "still open").await;
 }
+
+/// A request refused by policy (no route, an address a route does not allow, a rate limit)
+/// leaves the connection open for the next one, as nginx leaves it after its own 403, 404
+/// and 429: every refused client reconnected, a TLS handshake each time for one that is
+/// rate-limited. One whose body is left unread (413), or that asked to close, closes it.
+#[tokio::test]
+async fn a_request_refused_by_policy_keeps_the_connection_for_the_next() {
+    let b = Backend::start("b1");
+    let routes = "[[routes]]\npath_prefix = \"/api/\"\nupstream = \"app\"\n\
+                  [[routes]]\npath_prefix = \"/admin/\"\nupstream = \"app\"\nallow = [\"10.0.0.0/8\"]\n";
+    let proxy = Proxy::start_config(&format!(
+        "{TWO_THREADS}[limits]\nmax_request_body_bytes = 10\n{}{}{routes}",
+        listener(free_port()),
+        upstream("app", None, &entries(&[&b])),
+    ));
+    let mut c = RawConn::connect(proxy.addr()).await;
+    for (path, status) in [("/nowhere", 404), ("/admin/x", 403), ("/api/id", 200)] {
+        let r = c.exchange(get_req(path)).await;
+        assert_eq!(r.status, status, "{path}: {r:?}");
+        assert!(!r.closes(), "{path}: {r:?}");
+    }
+    let r = c
+        .exchange("GET /nowhere HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        .await;
+    assert_eq!(r.status, 404, "{r:?}");
+    assert!(r.closes(), "{r:?}");
+    c.expect_eof("after a refusal the client asked to close on")
+        .await;
+    let mut c = RawConn::connect(proxy.addr()).await;
+    let r = c
+        .exchange("POST /api/echo HTTP/1.1\r\nHost: test\r\nContent-Length: 20\r\n\r\n")
+        .await;
+    assert_eq!(r.status, 413, "{r:?}");
+    assert!(r.closes(), "{r:?}");
+
+    // A rate-limited client keeps its connection too: each refusal, then (once the rate
+    // lets it) an answer, on the one connection.
+    let limited = Proxy::start_config(&format!(
+        "{TWO_THREADS}[limits]\nrequests_per_second_per_ip = 1\n{}{}{routes}",
+        listener(free_port()),
+        upstream("app", None, &entries(&[&b])),
+    ));
+    let mut c = RawConn::connect(limited.addr()).await;
+    let mut refused = 0;
+    for _ in 0..20 {
+        let r = c.exchange(get_req("/api/id")).await;
+        assert!(matches!(r.status, 200 | 429), "{r:?}");
+        assert!(!r.closes(), "{r:?}");
+        refused += usize::from(r.status == 429);
+    }
+    assert!(refused > 0, "20 requests at once, none refused at 1/s");
+}

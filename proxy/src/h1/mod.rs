@@ -426,9 +426,11 @@ impl H1 {
             Admission::Reject(r) => {
                 self.shared.metrics.reject(r.reason);
                 log.status = r.status;
-                let answer = respond::text_bytes(r.status, r.detail, added);
-                answer_own(client, &mut log, &answer).await;
-                return false;
+                // A body we did not read would be taken for the next request.
+                let close =
+                    !r.keeps_alive() || req.close || (body.len() as u64) < req.content_length;
+                let answer = respond::text_bytes_on(r.status, r.detail, close, added);
+                return answer_own(client, &mut log, &answer).await && !close;
             }
         };
         log.client = admitted.client_ip.or(conn.peer_ip);

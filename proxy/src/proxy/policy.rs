@@ -61,6 +61,16 @@ pub(crate) struct Rejection {
 }
 
 impl Rejection {
+    /// Whether the connection may carry the client's next request after this answer: a
+    /// well-formed request refused by policy (no route, an address a route does not
+    /// allow, a rate or connection limit), as nginx keeps it for its own 403, 404 and 429.
+    /// Closing made every refused client reconnect, a TLS handshake each time for a
+    /// rate-limited one. A request that could not be read, or whose body is left unread
+    /// (413), closes it.
+    pub(crate) fn keeps_alive(&self) -> bool {
+        matches!(self.status, 403 | 404 | 429)
+    }
+
     /// `400` for a request that cannot be read as one, saying why.
     pub(crate) fn bad_request(detail: &'static str) -> Self {
         Self {

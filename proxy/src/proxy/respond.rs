@@ -23,15 +23,26 @@ fn text_body(status: u16, detail: &str) -> String {
 /// connection: for request paths that write to the socket themselves. `added` are the
 /// listener's `response_headers`.
 pub fn text_bytes(status: u16, detail: &str, added: &[(String, String)]) -> Vec<u8> {
+    text_bytes_on(status, detail, true, added)
+}
+
+/// [`text_bytes`], keeping the connection open unless `close`.
+pub fn text_bytes_on(
+    status: u16,
+    detail: &str,
+    close: bool,
+    added: &[(String, String)],
+) -> Vec<u8> {
     let body = text_body(status, detail);
     let retry = if status == 429 || status == 503 {
         "retry-after: 1\r\n"
     } else {
         ""
     };
+    let connection = if close { "connection: close\r\n" } else { "" };
     let head = format!(
         "HTTP/1.1 {status} {}\r\ncontent-type: text/plain; charset=utf-8\r\n\
-         content-length: {}\r\ncache-control: no-store\r\n{retry}connection: close\r\n",
+         content-length: {}\r\ncache-control: no-store\r\n{retry}{connection}",
         reason(status),
         body.len()
     );
