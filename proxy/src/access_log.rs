@@ -63,6 +63,9 @@ fn serialize_ms<S: serde::Serializer>(ms: &f64, s: S) -> Result<S::Ok, S::Error>
     s.serialize_f64((ms * 1e3).round() / 1e3)
 }
 
+/// One error line a minute at most for access log lines that could not be written.
+static WRITE_FAILURES: crate::logging::Throttle = crate::logging::Throttle::new();
+
 pub struct AccessLog {
     format: AccessLogFormat,
     out: Option<Mutex<Box<dyn Write + Send>>>,
@@ -128,8 +131,18 @@ impl AccessLog {
             line.push('"');
         }
         let mut w = out.lock();
-        // A full disk must not take the proxy down: the line is dropped.
-        let _ = writeln!(w, "{line}");
+        // A full disk must not take the proxy down: the line is dropped. But not silently,
+        // as nginx logs its failed access log writes: an operator who finds a gap in the
+        // log must be able to tell it from a quiet hour.
+        if let Err(e) = writeln!(w, "{line}") {
+            drop(w);
+            if WRITE_FAILURES.allow() {
+                tracing::error!(
+                    "cannot write the access log: {e}; its lines are dropped until writes succeed \
+                     (further failures within a minute are not logged)"
+                );
+            }
+        }
     }
 
     pub fn now() -> String {

@@ -523,6 +523,19 @@ upstream = "b"
     }
 }
 
+/// An access log line that cannot be written (a full disk) is dropped, and the proxy says
+/// so in its own log, as nginx does: it dropped them in silence.
+#[tokio::test]
+async fn an_access_log_that_cannot_be_written_is_reported() {
+    let b = Backend::start("b1");
+    // Opens for appending; every write fails with ENOSPC.
+    let proxy = Proxy::start_config(&access_log_config("json", Path::new("/dev/full"), &b));
+    assert_eq!(get(&proxy.url("/id")).await.status, 200);
+    proxy.wait_log("cannot write the access log", T);
+    // The request was served all the same, and the next one too.
+    assert_eq!(get(&proxy.url("/id")).await.status, 200);
+}
+
 /// With the access log on stdout (`path = "-"`), stdout holds nothing else: the proxy's own
 /// lines (`listening`, warnings) go to stderr, or a shipper parsing stdout as JSON breaks.
 #[tokio::test]
