@@ -280,6 +280,26 @@ async fn failing_active_check_takes_a_backend_out_and_passing_brings_it_back() {
     assert_counts(&c, &url, &[("a", 5), ("b", 5)]).await;
 }
 
+/// A backend the active checks take out is a warning that says why (HAProxy's `Server ...
+/// is DOWN, reason: ...`): it was an info line, `health changed`, without a reason.
+#[tokio::test]
+async fn a_backend_marked_down_by_active_checks_is_a_warning_with_the_reason() {
+    let (a, _b, proxy) = both_up_with_active_checks().await;
+    set_backend_health(&a, false).await;
+    let needle = format!("backend={}", a.addr());
+    let line = tests::wait_for(T, "the line of the check that took a out", || {
+        let line = proxy
+            .logs()
+            .lines()
+            .find(|l| l.contains("marked down by active checks") && l.contains(&needle))
+            .map(str::to_owned);
+        std::future::ready(line)
+    })
+    .await;
+    assert!(line.contains(" WARN "), "{line}");
+    assert!(line.contains("status 503 is not expected"), "{line}");
+}
+
 #[tokio::test]
 async fn with_active_checks_a_new_backend_gets_no_traffic_until_it_passes() {
     let a = Backend::start("a");

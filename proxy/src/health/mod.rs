@@ -70,7 +70,7 @@ fn body_contains(body: &[u8], text: &str) -> bool {
 /// HAProxy's `check-ssl`): a backend whose certificate the proxy refuses would fail every
 /// request sent to it. An h2 upstream is checked over h2, as its backends may speak nothing
 /// else (a gRPC server refuses HTTP/1.1). `name` is the backend's `host:port` when it was
-/// named so.
+/// named so. A failure says why, for the log line of a backend the checks mark down.
 pub async fn probe(
     addr: SocketAddr,
     name: Option<&str>,
@@ -78,13 +78,13 @@ pub async fn probe(
     kind: &CheckKind,
     timeout: Duration,
     h2: bool,
-) -> bool {
+) -> Result<(), String> {
     let attempt = async {
         let mut s = match handshake::connect_alpn(addr, tls, timeout, h2).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!("health check: {e}");
-                return None;
+                return Err(e.to_string());
             }
         };
         let CheckKind::Http {
@@ -95,7 +95,7 @@ pub async fn probe(
             expect_body,
         } = kind
         else {
-            return Some(true);
+            return Ok(());
         };
         // A backend serving several names by SNI expects the same name in Host; one named
         // `host:port` in the config is asked for that name, as a request to it through
@@ -112,18 +112,30 @@ pub async fn probe(
             headers,
             body: expect_body.as_deref(),
         };
-        let (status, body_ok) = match h2 {
-            true => h2::get(s, tls.is_some(), &req).await?,
-            false => http1::get(&mut s, &req).await?,
+        let answer = match h2 {
+            true => h2::get(s, tls.is_some(), &req).await,
+            false => http1::get(&mut s, &req).await,
         };
-        if !expect_status.contains(status) {
-            tracing::debug!("health check of {addr}: status {status} is not expected");
+        let Some((status, body_ok)) = answer else {
+            return Err("no valid answer to the check".to_owned());
+        };
+        let failed = if !expect_status.contains(status) {
+            format!("status {status} is not expected")
         } else if !body_ok {
-            tracing::debug!("health check of {addr}: the body lacks the expected text");
-        }
-        Some(expect_status.contains(status) && body_ok)
+            "the body lacks the expected text".to_owned()
+        } else {
+            return Ok(());
+        };
+        tracing::debug!("health check of {addr}: {failed}");
+        Err(failed)
     };
-    matches!(tokio::time::timeout(timeout, attempt).await, Ok(Some(true)))
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(result) => result,
+        Err(_) => Err(format!(
+            "no answer within {}",
+            humantime::format_duration(timeout)
+        )),
+    }
 }
 
 /// The checks of one upstream: when its next round is due, the settings that date was
@@ -151,8 +163,9 @@ async fn check(up: Arc<Upstream>, b: Arc<Backend>, active: ActiveCheck) -> bool 
         h2,
     )
     .await;
+    let passed = ok.is_ok();
     up.report_check(&b, ok);
-    ok
+    passed
 }
 
 /// Checks every backend of every upstream with active checks once, all at once, and
@@ -256,7 +269,9 @@ mod tests {
             s.write_all(response.as_bytes()).await.unwrap();
             String::from_utf8(head).unwrap()
         });
-        let ok = probe(addr, name, None, kind, Duration::from_secs(5), false).await;
+        let ok = probe(addr, name, None, kind, Duration::from_secs(5), false)
+            .await
+            .is_ok();
         let head = tokio::time::timeout(Duration::from_secs(5), server)
             .await
             .unwrap()
@@ -379,7 +394,9 @@ mod tests {
             while let Some(Ok(_)) = conn.accept().await {}
             req.headers().clone()
         });
-        let ok = probe(addr, None, None, kind, Duration::from_secs(5), true).await;
+        let ok = probe(addr, None, None, kind, Duration::from_secs(5), true)
+            .await
+            .is_ok();
         let fields = tokio::time::timeout(Duration::from_secs(5), server)
             .await
             .unwrap()

@@ -492,15 +492,28 @@ impl Upstream {
         }
     }
 
-    /// Active check result.
-    pub fn report_check(&self, backend: &Backend, passed: bool) {
+    /// Active check result: passed, or why not. A backend the checks take out of service
+    /// is a warning with the last failure's reason, as HAProxy logs `Server ... is DOWN,
+    /// reason: ...`: as an info line without one it was missed by whoever watches
+    /// warnings, and said nothing of what to look at.
+    pub fn report_check(&self, backend: &Backend, result: Result<(), String>) {
         if let Some(active) = &self.config.health.active {
+            let passed = result.is_ok();
             if let Some(h) =
                 backend
                     .stats
                     .record_check(passed, active.rise, active.fall, self.slow_start())
             {
-                tracing::info!(upstream = %self.name, backend = %backend.addr, health = ?h, "health changed");
+                match (h, &result) {
+                    (Health::Down, Err(reason)) => tracing::warn!(
+                        upstream = %self.name,
+                        backend = %backend.addr,
+                        "backend marked down by active checks: {reason}"
+                    ),
+                    _ => {
+                        tracing::info!(upstream = %self.name, backend = %backend.addr, health = ?h, "health changed")
+                    }
+                }
                 self.after_health_change(h);
             }
         }
