@@ -556,6 +556,7 @@ impl Shared {
         if let Err(errors) = &result {
             tracing::error!("reload rejected, the running config stays:\n{errors}");
         }
+        self.metrics.reloaded(result.is_ok());
         result
     }
 

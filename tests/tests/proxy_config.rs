@@ -674,6 +674,48 @@ async fn a_reload_refused_through_the_admin_api_is_logged_with_its_errors() {
     proxy.wait_log("apply only after a restart", T);
 }
 
+/// Whether the last reload was applied is a metric, under Prometheus's own names, so that a
+/// refused reload (a file on disk that is not what runs) can be alerted on.
+#[tokio::test]
+async fn the_last_reloads_outcome_is_a_metric() {
+    let b = Backend::start("b1");
+    let (admin_port, port) = (free_port(), free_port());
+    let config = |strategy: &str| {
+        format!(
+            "{}\n{}{}",
+            admin(admin_port, "t"),
+            listener(port),
+            upstream("app", Some(strategy), &entries(&[&b]))
+        )
+    };
+    let proxy = Proxy::start_config(&config("round_robin"));
+    let gauge = |metrics: &str, name: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    let ok = "switchyard_config_last_reload_successful";
+    let at = "switchyard_config_last_reload_success_timestamp_seconds";
+    let m = admin_get(&proxy, "/metrics", None).await.body;
+    assert_eq!(gauge(&m, ok), Some(1.0), "{m}");
+    let started = gauge(&m, at).unwrap_or_else(|| panic!("{m}"));
+    assert!(started > 1.7e9, "{m}");
+
+    proxy.write_config(&config("leest_conn"));
+    assert_eq!(admin_post(&proxy, "/reload", Some("t")).await.status, 422);
+    let m = admin_get(&proxy, "/metrics", None).await.body;
+    assert_eq!(gauge(&m, ok), Some(0.0), "{m}");
+    assert_eq!(gauge(&m, at), Some(started), "{m}");
+
+    proxy.write_config(&config("least_conn"));
+    reload_needing(&proxy, "t", &[]).await;
+    let m = admin_get(&proxy, "/metrics", None).await.body;
+    assert_eq!(gauge(&m, ok), Some(1.0), "{m}");
+    assert!(gauge(&m, at).is_some_and(|t| t >= started), "{m}");
+}
+
 #[tokio::test]
 async fn a_reload_reopens_the_access_log_and_refuses_one_it_cannot_open() {
     let dir = tempfile::tempdir().unwrap();

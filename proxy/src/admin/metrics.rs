@@ -50,6 +50,10 @@ pub struct Metrics {
     draining: IntGaugeVec,
     weight: GaugeVec,
     connections: IntGauge,
+    /// 1 when the last reload was applied (or none was asked for), 0 when it was refused.
+    reload_ok: IntGauge,
+    /// When the running config was loaded (start or last applied reload), Unix seconds.
+    reload_time: IntGauge,
 }
 
 /// Every metric here is created from constant names and labels; a failure is a programming
@@ -167,6 +171,20 @@ impl Metrics {
             "Open client connections, and tunnels that outlived theirs (what max_connections \
              and a graceful stop count)",
         ));
+        // Prometheus's own names for it (`prometheus_config_last_reload_successful`): a
+        // refused reload leaves a file on disk that is not what runs, which only the log
+        // said; this one can be alerted on.
+        let reload_ok = must(IntGauge::new(
+            "config_last_reload_successful",
+            "1 when the last reload was applied (or none was asked for), 0 when it was refused \
+             and the previous config still runs",
+        ));
+        let reload_time = must(IntGauge::new(
+            "config_last_reload_success_timestamp_seconds",
+            "When the running config was loaded: the start, or the last reload applied",
+        ));
+        reload_ok.set(1);
+        reload_time.set(unix_now());
         let weight = must(GaugeVec::new(
             Opts::new(
                 "backend_weight",
@@ -191,6 +209,8 @@ impl Metrics {
         }
         must(registry.register(Box::new(weight.clone())));
         must(registry.register(Box::new(connections.clone())));
+        must(registry.register(Box::new(reload_ok.clone())));
+        must(registry.register(Box::new(reload_time.clone())));
         Self {
             registry,
             requests,
@@ -209,6 +229,16 @@ impl Metrics {
             draining,
             weight,
             connections,
+            reload_ok,
+            reload_time,
+        }
+    }
+
+    /// Records a reload's outcome.
+    pub fn reloaded(&self, applied: bool) {
+        self.reload_ok.set(i64::from(applied));
+        if applied {
+            self.reload_time.set(unix_now());
         }
     }
 
@@ -289,6 +319,12 @@ impl Metrics {
         }
         String::from_utf8(out).unwrap_or_default()
     }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]
