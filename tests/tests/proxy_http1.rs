@@ -1104,3 +1104,39 @@ async fn a_request_refused_by_policy_keeps_the_connection_for_the_next() {
     }
     assert!(refused > 0, "20 requests at once, none refused at 1/s");
 }
+
+/// The proxy's own answers carry a Date, as the backends' answers do when they lack one and
+/// as nginx's and HAProxy's own do (RFC 9110 §6.6.1), on both HTTP/1 paths: errors and
+/// redirects alike.
+#[tokio::test]
+async fn the_proxys_own_answers_carry_a_date() {
+    let b = Backend::start("b1");
+    let proxy = Proxy::start_config(&format!(
+        "{TWO_THREADS}{}{}[[routes]]\npath_prefix = \"/api/\"\nupstream = \"app\"\n",
+        listener(free_port()),
+        upstream("app", None, &entries(&[&b])),
+    ));
+    for (req, status) in [
+        // Switchyard's path: a refusal, a redirect, a malformed request.
+        (get_req("/nowhere"), 404),
+        (get_req("/api"), 308),
+        ("GET /x HTTP/1.1\r\n\r\n".to_owned(), 400),
+        // pingora's path (HTTP/1.0): a refusal and a redirect.
+        (
+            "GET /nowhere HTTP/1.0\r\nHost: test\r\n\r\n".to_owned(),
+            404,
+        ),
+        ("GET /api HTTP/1.0\r\nHost: test\r\n\r\n".to_owned(), 308),
+    ] {
+        let mut c = RawConn::connect(proxy.addr()).await;
+        let r = c.exchange(&req).await;
+        assert_eq!(r.status, status, "{req:?}: {r:?}");
+        let date = r
+            .header("date")
+            .unwrap_or_else(|| panic!("{req:?}: no Date: {r:?}"));
+        assert!(
+            date.ends_with(" GMT") && date.len() == 29,
+            "{req:?}: {date:?}"
+        );
+    }
+}

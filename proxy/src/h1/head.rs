@@ -656,7 +656,7 @@ pub fn parse_response(
 }
 
 /// Calls `f` with the current time as an HTTP date, formatted once a second per thread.
-fn with_http_date<R>(f: impl FnOnce(&[u8]) -> R) -> R {
+pub(crate) fn with_http_date<R>(f: impl FnOnce(&[u8]) -> R) -> R {
     thread_local! {
         static DATE: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((0, String::new())) };
     }

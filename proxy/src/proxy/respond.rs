@@ -61,6 +61,11 @@ pub fn redirect_bytes(location: &str, close: bool, added: &[(String, String)]) -
 /// `head` (its fields, without the blank line) with `added` set, then `body`.
 fn finish(head: String, added: &[(String, String)], body: &[u8]) -> Vec<u8> {
     let mut out = head.into_bytes();
+    // RFC 9110 §6.6.1: a server with a clock sends Date, as the backends' answers get it
+    // when they lack one and as nginx and HAProxy date their own answers.
+    out.extend_from_slice(b"date: ");
+    crate::h1::head::with_http_date(|d| out.extend_from_slice(d));
+    out.extend_from_slice(b"\r\n");
     if !added.is_empty() {
         set_fields(&mut out, added);
     }
@@ -99,10 +104,11 @@ pub fn text_answer(
     added: &[(String, String)],
 ) -> Result<(ResponseHeader, Bytes)> {
     let body = Bytes::from(text_body(status, detail));
-    let mut resp = ResponseHeader::build(status, Some(4 + added.len()))?;
+    let mut resp = ResponseHeader::build(status, Some(5 + added.len()))?;
     resp.insert_header("content-type", "text/plain; charset=utf-8")?;
     resp.insert_header("content-length", body.len().to_string())?;
     resp.insert_header("cache-control", "no-store")?;
+    crate::h1::head::with_http_date(|d| resp.insert_header("date", d))?;
     if status == 429 || status == 503 {
         resp.insert_header("retry-after", "1")?;
     }
@@ -116,9 +122,10 @@ pub async fn redirect(
     location: &str,
     added: &[(String, String)],
 ) -> Result<()> {
-    let mut resp = ResponseHeader::build(308, Some(2 + added.len()))?;
+    let mut resp = ResponseHeader::build(308, Some(3 + added.len()))?;
     resp.insert_header("location", location)?;
     resp.insert_header("content-length", "0")?;
+    crate::h1::head::with_http_date(|d| resp.insert_header("date", d))?;
     insert_all(&mut resp, added)?;
     session.write_response_header(Box::new(resp), true).await?;
     Ok(())
