@@ -374,7 +374,11 @@ fn resolve_listeners(
                             ErrorKind::DuplicateServerName(server_name.clone()),
                         );
                     }
-                    check_pair(out, &sp, &s.cert, &s.key);
+                    if check_pair(out, &sp, &s.cert, &s.key) {
+                        if let Some(w) = sni_name_warning(&s.cert, &server_name) {
+                            out.warn(sp.key("cert"), w);
+                        }
+                    }
                     sni.push(SniCert {
                         server_name,
                         cert: s.cert,
@@ -664,7 +668,8 @@ fn read_crl_file(path: &Path) -> Result<std::sync::Arc<[Vec<u8>]>, (PathBuf, Tls
 }
 
 /// Checks `<p>.cert` and `<p>.key`.
-fn check_pair(out: &mut Resolved, p: &KeyPath, cert: &Path, key: &Path) {
+/// Whether the pair is usable.
+fn check_pair(out: &mut Resolved, p: &KeyPath, cert: &Path, key: &Path) -> bool {
     let (cert_problem, key_problem) = tls_pair_problems(cert, key);
     let usable = cert_problem.is_none() && key_problem.is_none();
     for (name, kind) in [("cert", cert_problem), ("key", key_problem)] {
@@ -677,6 +682,50 @@ fn check_pair(out: &mut Resolved, p: &KeyPath, cert: &Path, key: &Path) {
             out.warn(p.key("cert"), w);
         }
     }
+    usable
+}
+
+/// A warning when an SNI entry's certificate does not cover its `server_name`: the wrong
+/// file copied into one entry loads, and clients asking for that name then refuse the
+/// site, which nothing said at load.
+fn sni_name_warning(cert: &Path, server_name: &str) -> Option<String> {
+    use x509_parser::extensions::GeneralName;
+    let data = std::fs::read(cert).ok()?;
+    let der = rustls_pemfile::certs(&mut data.as_slice()).next()?.ok()?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(&der).ok()?;
+    let names: Vec<String> = match parsed.subject_alternative_name() {
+        Ok(Some(san)) => san
+            .value
+            .general_names
+            .iter()
+            .filter_map(|n| match n {
+                GeneralName::DNSName(d) => Some(d.to_ascii_lowercase()),
+                _ => None,
+            })
+            .collect(),
+        // Without a SAN extension clients match nothing (the subject's CN is ignored).
+        _ => Vec::new(),
+    };
+    let covered = names.iter().any(|n| {
+        n == server_name
+            || n.strip_prefix("*.").is_some_and(|suffix| {
+                server_name
+                    .split_once('.')
+                    .is_some_and(|(label, rest)| label != "*" && rest == suffix)
+            })
+    });
+    (!covered).then(|| {
+        format!(
+            "{}: the certificate does not cover `{server_name}` (its names: {}); clients \
+             asking for it will refuse it",
+            cert.display(),
+            if names.is_empty() {
+                "none".to_owned()
+            } else {
+                names.join(", ")
+            }
+        )
+    })
 }
 
 /// A warning when the chain's first certificate is outside its validity period at `now`: a

@@ -691,7 +691,7 @@ fn an_expired_or_not_yet_valid_certificate_is_a_warning_with_file_line_and_key()
     let (expired, expired_key) = write("expired", (2020, 1, 1), (2020, 2, 1));
     let (future, future_key) = write("future", (2200, 1, 1), (2201, 1, 1));
     let text = format!(
-        "{MINIMAL}[[listeners]]\nlisten = \"127.0.0.1:8443\"\ntls = {{ cert = \"{}\", key = \"{}\" }}\nsni = [{{ server_name = \"a.test\", cert = \"{}\", key = \"{}\" }}]\n",
+        "{MINIMAL}[[listeners]]\nlisten = \"127.0.0.1:8443\"\ntls = {{ cert = \"{}\", key = \"{}\" }}\nsni = [{{ server_name = \"localhost\", cert = \"{}\", key = \"{}\" }}]\n",
         expired.display(),
         expired_key.display(),
         future.display(),
@@ -723,6 +723,47 @@ fn an_expired_or_not_yet_valid_certificate_is_a_warning_with_file_line_and_key()
         certs.key().display()
     ));
     assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+}
+
+#[test]
+fn an_sni_certificate_that_does_not_cover_its_name_is_a_warning() {
+    let certs = Certs::new();
+    let wild = rcgen::generate_simple_self_signed(vec!["*.example.com".to_string()]).unwrap();
+    let (wild_cert, wild_key) = (
+        certs.file("wild.pem", &wild.cert.pem()),
+        certs.file("wild-key.pem", &wild.key_pair.serialize_pem()),
+    );
+    let entry = |name: &str, cert: &Path, key: &Path| {
+        format!(
+            "{{ server_name = \"{name}\", cert = \"{}\", key = \"{}\" }}",
+            cert.display(),
+            key.display()
+        )
+    };
+    let text = format!(
+        "{MINIMAL}[[listeners]]\nlisten = \"127.0.0.1:8443\"\ntls = {{ cert = \"{}\", key = \"{}\" }}\nsni = [{}, {}, {}, {}, {}]\n",
+        certs.cert().display(),
+        certs.key().display(),
+        entry("localhost", &certs.cert(), &certs.key()),
+        entry("api.example.com", &wild_cert, &wild_key),
+        entry("*.example.com", &wild_cert, &wild_key),
+        entry("chat.example.org", &certs.cert(), &certs.key()),
+        entry("a.b.example.com", &wild_cert, &wild_key),
+    );
+    let c = ok(&text);
+    assert_eq!(
+        c.warnings,
+        vec![
+            format!(
+                "proxy.toml:9: listeners[1].sni[3].cert: {}: the certificate does not cover `chat.example.org` (its names: localhost); clients asking for it will refuse it",
+                certs.cert().display()
+            ),
+            format!(
+                "proxy.toml:9: listeners[1].sni[4].cert: {}: the certificate does not cover `a.b.example.com` (its names: *.example.com); clients asking for it will refuse it",
+                wild_cert.display()
+            ),
+        ]
+    );
 }
 
 #[test]
