@@ -128,8 +128,19 @@ pub(super) fn resolve(
                 }
                 Some(t)
             }
-            // An unset variable means "no token": mutations are refused, as documented.
-            (None, Some(var)) => env(&var),
+            // An unset variable means "no token": mutations are refused, as documented. Said
+            // at load, as an empty `token` is: a variable missing from the service's
+            // environment showed only as every `POST /reload` refused.
+            (None, Some(var)) => {
+                let token = env(&var);
+                if token.as_deref().is_none_or(str::is_empty) {
+                    out.warn(
+                        p.key("token_env"),
+                        format!("`{var}` is not set or empty: admin mutations are refused"),
+                    );
+                }
+                token
+            }
             (None, None) => None,
         }
         .filter(|t| !t.is_empty());

@@ -633,11 +633,18 @@ fn admin_token_sources() {
     ));
     assert_eq!(c.admin.unwrap().token.as_deref(), Some("admin-secret"));
 
-    // An unset or empty variable: no token (mutations refused), no error, no warning.
+    // An unset or empty variable: no token (mutations refused), no error, and a warning,
+    // as for an empty `token`: a variable missing from the service's environment showed
+    // only as every mutation refused.
     for var in ["TEST_UNSET", "TEST_EMPTY"] {
         let c = ok(&format!("[admin]\ntoken_env = \"{var}\"\n{MINIMAL}"));
         assert_eq!(c.admin.unwrap().token, None);
-        assert!(c.warnings.is_empty());
+        assert_eq!(
+            c.warnings,
+            vec![format!(
+                "proxy.toml:2: admin.token_env: `{var}` is not set or empty: admin mutations are refused"
+            )]
+        );
     }
 
     let e = err(&format!(
