@@ -92,6 +92,53 @@ impl<'a> Locator<'a> {
             + 1
     }
 
+    /// The key a `key = value` line sets (1-based `line`), under the table header above
+    /// it (`limits.max_connections`, `listeners[1].listen`), read from the text alone: for
+    /// an error the TOML parser reports with a line but no key (a number too large for
+    /// any integer), when the file does not parse. None for a header or a line without
+    /// `=`.
+    pub(crate) fn key_at_line(&self, line: usize) -> Option<String> {
+        let lines: Vec<&str> = self.text.lines().collect();
+        let this = lines.get(line.checked_sub(1)?)?.trim_start();
+        if this.starts_with('[') {
+            return None;
+        }
+        let key = this.split_once('=')?.0.trim();
+        // A line inside a multi-line array or inline table (`{ addr = ...`) sets no key of
+        // its table: better no key than a wrong one.
+        let bare = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '"');
+        if key.is_empty() || !key.chars().all(bare) {
+            return None;
+        }
+        let header = lines[..line - 1]
+            .iter()
+            .rev()
+            .map(|l| l.trim())
+            .find(|l| l.starts_with('['));
+        let Some(header) = header else {
+            return Some(key.to_owned());
+        };
+        let table = |h: &str| h.split('#').next().unwrap_or("").trim().to_owned();
+        let prefix = match header.strip_prefix("[[") {
+            Some(rest) => {
+                let name = table(rest).trim_end_matches(']').trim().to_owned();
+                // The array's index: how many headers of that name come before, from 0.
+                let index = lines[..line - 1]
+                    .iter()
+                    .filter(|l| {
+                        l.trim()
+                            .strip_prefix("[[")
+                            .is_some_and(|r| table(r).trim_end_matches(']').trim() == name)
+                    })
+                    .count()
+                    .checked_sub(1)?;
+                format!("{name}[{index}]")
+            }
+            None => table(&header[1..]).trim_end_matches(']').trim().to_owned(),
+        };
+        Some(format!("{prefix}.{key}"))
+    }
+
     /// Line of the deepest part of `path` present in the file.
     pub(crate) fn line_of_path(&self, path: &KeyPath) -> Option<usize> {
         let doc = self.doc.as_ref()?;

@@ -823,10 +823,16 @@ fn serde_error(
         },
         None => ErrorKind::Syntax(message),
     };
+    let key = if path != "." {
+        path
+    } else {
+        line.and_then(|l| locator.key_at_line(l))
+            .unwrap_or_default()
+    };
     ConfigError {
         file: file.map(Path::to_path_buf),
         line,
-        key: if path == "." { String::new() } else { path },
+        key,
         kind,
     }
 }

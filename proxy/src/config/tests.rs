@@ -450,6 +450,31 @@ fn syntax_error_has_a_line_and_no_key() {
     assert!(!e.contains('\n'), "{e}");
 }
 
+/// A value the TOML parser itself refuses (a number too large for any integer) is named
+/// by its key too, read from its line and the table above it.
+#[test]
+fn a_number_too_large_names_its_key() {
+    let e = err(&format!(
+        "{MINIMAL}[limits]\nmax_connections = 18446744073709551615\n"
+    ));
+    assert_eq!(
+        e,
+        "proxy.toml:7: limits.max_connections: number too large to fit in target type"
+    );
+    let e = err(&format!(
+        "{MINIMAL}[[listeners]]\nlisten = \"127.0.0.1:1\"\n[[listeners]]\nlisten = \"127.0.0.1:2\"\nh2 = 99999999999999999999\n"
+    ));
+    assert_eq!(
+        e,
+        "proxy.toml:10: listeners[2].h2: number too large to fit in target type"
+    );
+    // Inside a multi-line array no key is guessed.
+    let e = err(
+        "[[listeners]]\nlisten = \"127.0.0.1:8080\"\n[upstreams.app]\nbackends = [\n  { addr = \"127.0.0.1:9001\", weight = 99999999999999999999 },\n]\n",
+    );
+    assert_eq!(e, "proxy.toml:5: number too large to fit in target type");
+}
+
 #[test]
 fn route_to_unknown_upstream() {
     let text = format!("{MINIMAL}\n[[routes]]\npath_prefix = \"/\"\nupstream = \"ap\"\n");
