@@ -80,6 +80,10 @@ pub enum NoBackend {
     /// Every backend it may use is down, drained or already tried.
     #[error("no healthy backend")]
     Unavailable,
+    /// Every backend of the upstream is drained by the admin: said as such, or an operator
+    /// who drained the last one reads "no healthy backend" and looks at health checks.
+    #[error("every backend is drained")]
+    Drained,
     /// At least one backend could have taken it but for its `max_conns`, and every other
     /// one is unavailable or full too.
     #[error("every backend is at max_conns")]
@@ -96,7 +100,7 @@ impl NoBackend {
     /// The `rejected_total` label.
     pub fn reason(self) -> &'static str {
         match self {
-            NoBackend::Unavailable => "no_backend",
+            NoBackend::Unavailable | NoBackend::Drained => "no_backend",
             NoBackend::Full => "max_conns",
             NoBackend::QueueFull => "max_conns_queue_full",
             NoBackend::QueueTimeout(_) => "max_conns_queue_timeout",
@@ -107,6 +111,7 @@ impl NoBackend {
     pub fn detail(self, upstream: &str) -> String {
         match self {
             NoBackend::Unavailable => format!("no healthy backend in upstream {upstream}"),
+            NoBackend::Drained => format!("every backend of upstream {upstream} is drained"),
             NoBackend::Full => format!("all backends of upstream {upstream} are at max_conns"),
             NoBackend::QueueFull => format!(
                 "all backends of upstream {upstream} are at max_conns and its queue is full"
@@ -362,10 +367,12 @@ impl Upstream {
                 None => match self.pick_open(ctx, &skip) {
                     Some(index) => (index, true),
                     None => {
-                        break Err(if full.is_empty() {
-                            NoBackend::Unavailable
-                        } else {
+                        break Err(if !full.is_empty() {
                             NoBackend::Full
+                        } else if self.backends.iter().all(|b| b.stats.is_draining()) {
+                            NoBackend::Drained
+                        } else {
+                            NoBackend::Unavailable
                         })
                     }
                 },
@@ -708,7 +715,7 @@ mod tests {
         assert!(!up.failing_open());
         assert_eq!(
             up.pick(&PickContext::default(), &[]).err(),
-            Some(NoBackend::Unavailable)
+            Some(NoBackend::Drained)
         );
     }
 
@@ -740,12 +747,36 @@ mod tests {
         // Tried already: that request has nowhere to go, whatever the limits.
         assert_eq!(up.pick(&ctx, &[0]).err(), Some(NoBackend::Unavailable));
         up.backends[0].stats.set_draining(true);
-        assert_eq!(up.pick(&ctx, &[]).err(), Some(NoBackend::Unavailable));
-        // Drained while full (its tunnels still open): unavailable, not full.
+        assert_eq!(up.pick(&ctx, &[]).err(), Some(NoBackend::Drained));
+        // Drained while full (its tunnels still open): drained, not full.
         let tunnel = ActiveGuard::new(up.backends[0].stats.clone());
         assert!(up.backends[0].is_full());
-        assert_eq!(up.pick(&ctx, &[]).err(), Some(NoBackend::Unavailable));
+        assert_eq!(up.pick(&ctx, &[]).err(), Some(NoBackend::Drained));
         drop(tunnel);
+    }
+
+    /// With every backend drained the 503 says so: "no healthy backend" sent an operator
+    /// who had drained the last one to look at the health checks.
+    #[test]
+    fn every_backend_drained_is_told_apart_from_none_healthy() {
+        let up = upstream(
+            "backends = [{ addr = \"127.0.0.1:9001\" }, { addr = \"127.0.0.1:9002\" }]\n",
+            &StatsRegistry::default(),
+        );
+        let ctx = PickContext::default();
+        up.backends[0].stats.set_draining(true);
+        up.backends[1].stats.set_health(Health::Down, None);
+        assert_eq!(up.pick(&ctx, &[]).err(), Some(NoBackend::Unavailable));
+        up.backends[1].stats.set_draining(true);
+        let e = up.pick(&ctx, &[]).err();
+        assert_eq!(e, Some(NoBackend::Drained));
+        assert_eq!(
+            e.map(|e| (e.reason(), e.detail("app"))),
+            Some((
+                "no_backend",
+                "every backend of upstream app is drained".to_owned()
+            ))
+        );
     }
 
     #[test]
