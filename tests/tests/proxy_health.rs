@@ -507,6 +507,9 @@ async fn with_fail_open_every_backend_failing_its_checks_still_gets_the_traffic(
     assert_eq!(r.status, 200, "{r:?}");
     let failing_open = |s: &serde_json::Value| s["upstreams"][0]["failing_open"].clone();
     assert_eq!(failing_open(&status(&proxy).await), false);
+    // The first passes at start-up bring nothing back.
+    let back = "a backend is in service again";
+    assert!(!proxy.logs().contains(back), "{}", proxy.logs());
 
     for backend in [&a, &b, &drained] {
         set_backend_health(backend, false).await;
@@ -528,8 +531,13 @@ async fn with_fail_open_every_backend_failing_its_checks_still_gets_the_traffic(
     assert!(on == "a" || on == "b", "{on}");
     ws_echo(&mut ws, "through a backend failing its checks").await;
 
+    proxy.wait_log(
+        "no backend in service: failing open, requests go to every backend not drained",
+        T,
+    );
     set_backend_health(&b, true).await;
     wait_health(&proxy, "b", "up", T).await;
+    proxy.wait_log(back, T);
     assert_counts(&c, &url, &[("b", 20)]).await;
     assert_eq!(failing_open(&status(&proxy).await), false);
     let metrics = admin_get(&proxy, "/metrics", None).await.body;

@@ -668,9 +668,8 @@ async fn a_redis_outage_leaves_the_nodes_reachable_through_the_proxy() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_chat_across_nodes(&sy).await;
-    let out = sy.output();
-    assert!(out.contains("no backend in service: failing open"), "{out}");
-    assert!(out.contains("a backend is in service again"), "{out}");
+    sy.wait_line("no backend in service: failing open", STEP_TIMEOUT);
+    sy.wait_line("a backend is in service again", STEP_TIMEOUT);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,6 +7,7 @@ pub mod registry;
 pub mod stream;
 pub mod tls;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,6 +37,9 @@ pub struct Upstream {
     pub queue: Option<Arc<queue::WaitQueue>>,
     /// Set when the backends speak TLS.
     pub tls: Option<Arc<tls::TlsClient>>,
+    /// Set when a change of health left no backend in service, so that the first one back
+    /// is told, and a backend's first pass at start-up is not.
+    none_in_service: AtomicBool,
 }
 
 /// The outcome of a pick.
@@ -197,6 +201,9 @@ impl Upstream {
                 let previous = previous.and_then(|p| p.tls.as_ref());
                 tls::TlsClient::keep_or_new(previous, t, &config.backends)
             }),
+            none_in_service: AtomicBool::new(
+                previous.is_some_and(|p| p.none_in_service.load(Ordering::Relaxed)),
+            ),
         }
     }
 
@@ -532,10 +539,11 @@ impl Upstream {
     fn after_health_change(&self, now: Health) {
         let in_service = self.backends.iter().filter(|b| b.is_available()).count();
         match now {
-            Health::Up if in_service == 1 => {
+            Health::Up if in_service > 0 && self.none_in_service.swap(false, Ordering::Relaxed) => {
                 tracing::info!(upstream = %self.name, "a backend is in service again");
             }
             Health::Down if in_service == 0 => {
+                self.none_in_service.store(true, Ordering::Relaxed);
                 if self.failing_open() {
                     tracing::warn!(upstream = %self.name, "no backend in service: failing open, requests go to every backend not drained");
                 } else {
