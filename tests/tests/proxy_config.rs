@@ -89,7 +89,7 @@ fn check_reports_an_unknown_key_with_file_line_and_key() {
     );
     assert_error_line(
         &out,
-        "proxy.toml:2: server.treads: unknown key, expected one of `threads`, `grace_period`, `http1`, `request_id`",
+        "proxy.toml:2: server.treads: unknown key, expected one of `threads`, `grace_period`, `http1`, `request_id`, `real_ip_from`",
     );
 }
 

@@ -15,8 +15,8 @@ use tests::fixtures::{entries, listener, upstream, TWO_THREADS};
 use tests::http::assert_plain_text;
 use tests::ws::{ws_close, ws_open, WsOptions};
 use tests::{
-    client, client_from, free_port, get, get_with, send, wait_until, ws_connect, ws_echo, Backend,
-    Proxy, STEP_TIMEOUT,
+    client, client_from, free_port, get, get_with, send, wait_for, wait_until, ws_connect, ws_echo,
+    Backend, Proxy, STEP_TIMEOUT,
 };
 
 /// Bound for waits on the proxy's state (a slot freed after a tunnel closes).
@@ -470,4 +470,108 @@ async fn connections_over_max_connections_get_503_until_one_closes() {
             .any(|l| l.starts_with("switchyard_rejected_total{reason=\"max_connections\"}")),
         "{metrics}"
     );
+}
+
+/// Behind an HTTP balancer (here at 127.0.0.7, listed in `[server] real_ip_from`), the
+/// client is the right-most address its X-Forwarded-For names that is not a balancer's:
+/// that address gets `X-Real-IP`, its own request budget, the route's `allow` and the
+/// access log's `client`. What a client wrote left of it is not believed, nor an
+/// X-Forwarded-For from a connection that is no balancer's.
+#[tokio::test]
+async fn behind_a_real_ip_from_balancer_its_x_forwarded_for_names_the_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let b = Backend::start("b1");
+    let proxy = Proxy::start_config(&format!(
+        r#"
+{TWO_THREADS}real_ip_from = ["127.0.0.6/31"]
+
+[limits]
+requests_per_second_per_ip = 3
+
+[access_log]
+enabled = true
+format = "json"
+path = "{log}"
+
+{listener}
+{upstream}
+[[routes]]
+path_prefix = "/"
+upstream = "app"
+allow = ["203.0.113.0/24", "127.0.0.1"]
+"#,
+        log = log.display(),
+        listener = listener(free_port()),
+        upstream = upstream("app", None, &entries(&[&b])),
+    ));
+    let url = proxy.url("/headers");
+    let balancer = client_from("127.0.0.7".parse().unwrap());
+    let via = |xff: &'static str| balancer.get(&url).header("x-forwarded-for", xff);
+
+    let r = send(via("198.51.100.1, 203.0.113.7")).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let h = r.json();
+    assert_eq!(h["x-real-ip"], "203.0.113.7", "{h}");
+    assert_eq!(
+        h["x-forwarded-for"], "198.51.100.1, 203.0.113.7, 127.0.0.7",
+        "{h}"
+    );
+    // Two balancers in a row: both are skipped.
+    let h = send(via("203.0.113.8, 127.0.0.6")).await.json();
+    assert_eq!(h["x-real-ip"], "203.0.113.8", "{h}");
+
+    // The route's `allow` sees the client, not the balancer.
+    let r = send(via("203.0.113.7, 198.51.100.1")).await;
+    assert_eq!(r.status, 403, "{r:?}");
+    let r = send(balancer.get(&url)).await;
+    assert_eq!(r.status, 403, "the balancer itself is not allowed: {r:?}");
+
+    // Each client behind the balancer has its own budget: 203.0.113.7 has used two.
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(send(via("203.0.113.7")).await.status.as_u16());
+    }
+    assert!(statuses.contains(&429), "{statuses:?}");
+    assert_eq!(send(via("203.0.113.9")).await.status, 200);
+
+    // A direct client cannot claim an address.
+    let h = send(client().get(&url).header("x-forwarded-for", "203.0.113.7"))
+        .await
+        .json();
+    assert_eq!(h["x-real-ip"], "127.0.0.1", "{h}");
+
+    let line = wait_for(T, "the access log line of 203.0.113.9", || {
+        let log = log.clone();
+        async move {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            text.lines()
+                .find(|l| l.contains("\"203.0.113.9\""))
+                .map(str::to_owned)
+        }
+    })
+    .await;
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(
+        (v["client"].as_str(), v["status"].as_u64()),
+        (Some("203.0.113.9"), Some(200)),
+        "{v}"
+    );
+    // A refusal too is logged with the client it refused, not the balancer.
+    let refused_clients = || {
+        let lines = std::fs::read_to_string(&log).unwrap_or_default();
+        lines
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["status"] == 429 || v["status"] == 403)
+            .filter_map(|v| v["client"].as_str().map(str::to_owned))
+            .collect::<std::collections::BTreeSet<String>>()
+    };
+    let want: std::collections::BTreeSet<String> = ["127.0.0.7", "198.51.100.1", "203.0.113.7"]
+        .map(str::to_owned)
+        .into();
+    wait_until(T, "the refusals logged with their clients", || async {
+        refused_clients() == want
+    })
+    .await;
 }

@@ -47,6 +47,9 @@ pub(super) struct ServerFile {
     pub http1: super::Http1Path,
     /// A fresh X-Request-Id on every request. Default false.
     pub request_id: bool,
+    /// Balancers in front (CIDRs or addresses) whose X-Forwarded-For names the client
+    /// (nginx's `set_real_ip_from`). Default none.
+    pub real_ip_from: Vec<String>,
 }
 
 impl Default for ServerFile {
@@ -56,6 +59,7 @@ impl Default for ServerFile {
             grace_period: HumanDuration::secs(5),
             http1: super::Http1Path::Native,
             request_id: false,
+            real_ip_from: Vec::new(),
         }
     }
 }

@@ -141,6 +141,13 @@ pub struct ServerConfig {
     /// Every request gets a fresh `X-Request-Id` ([`crate::proxy::request_id`]), sent to
     /// the backend, set on the answer and logged.
     pub request_id: bool,
+    /// HTTP balancers in front of the proxy (an AWS ALB, a CDN) whose X-Forwarded-For is
+    /// believed: a request from one of them is taken to come from the right-most address
+    /// of its X-Forwarded-For that is not one of them (nginx's `set_real_ip_from` with
+    /// `real_ip_recursive on`), for the per-address limits, routes' `allow`, `ip_hash`
+    /// (unless its own `trusted_proxies` is set), `X-Real-IP` and the access log. Empty:
+    /// the connection's address (a PROXY header's) is the client's.
+    pub real_ip_from: Vec<ipnet::IpNet>,
 }
 
 /// `server.http1`: which code serves plain HTTP/1.1 requests (see `crate::h1`).

@@ -362,6 +362,7 @@ pub(super) fn resolve(
             grace_period: std::time::Duration::from_secs(5),
             http1: super::Http1Path::Native,
             request_id: false,
+            real_ip_from: Vec::new(),
         },
         admin,
         access_log: AccessLogConfig::default(),

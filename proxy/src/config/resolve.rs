@@ -104,11 +104,13 @@ pub(super) fn resolve(
             Some(n) => n,
             None => default_threads(),
         };
+        let real_ip_from = parse_nets(&f.server.real_ip_from, &p.key("real_ip_from"), out);
         ServerConfig {
             threads,
             grace_period: f.server.grace_period.0,
             http1: f.server.http1,
             request_id: f.server.request_id,
+            real_ip_from,
         }
     };
 

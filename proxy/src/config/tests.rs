@@ -367,7 +367,7 @@ fn unknown_key() {
     let e = err(&format!("[server]\ntreads = 3\n{MINIMAL}"));
     assert_eq!(
         e,
-        "proxy.toml:2: server.treads: unknown key, expected one of `threads`, `grace_period`, `http1`, `request_id`"
+        "proxy.toml:2: server.treads: unknown key, expected one of `threads`, `grace_period`, `http1`, `request_id`, `real_ip_from`"
     );
     let e = err(&format!(
         "{MINIMAL}[upstreams.app.health]\nkind = \"tcp\"\nrize = 3\n"
@@ -1317,6 +1317,26 @@ fn trusted_proxies_are_cidrs_or_ips() {
         .map(ToString::to_string)
         .collect();
     assert_eq!(nets, vec!["10.0.0.0/8", "192.168.1.7/32", "::1/128"]);
+}
+
+#[test]
+fn real_ip_from_is_cidrs_or_ips() {
+    let text = format!("[server]\nreal_ip_from = [\"10.0.0.0/8\", \"alb.internal\"]\n{MINIMAL}");
+    assert_eq!(
+        errs(&text),
+        vec!["proxy.toml:2: server.real_ip_from[1]: invalid network `alb.internal`: expected an IP address or a CIDR, e.g. 10.0.0.0/8"]
+    );
+    let c = ok(&format!(
+        "[server]\nreal_ip_from = [\"10.0.0.0/8\", \"::1\"]\n{MINIMAL}"
+    ));
+    let nets: Vec<String> = c
+        .server
+        .real_ip_from
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(nets, vec!["10.0.0.0/8", "::1/128"]);
+    assert!(ok(MINIMAL).server.real_ip_from.is_empty());
 }
 
 #[test]

@@ -426,6 +426,7 @@ impl H1 {
             Admission::Reject(r) => {
                 self.shared.metrics.reject(r.reason);
                 log.status = r.status;
+                log.client = policy::real_client(&rt.config, req, conn.peer_ip);
                 // A body we did not read would be taken for the next request.
                 let close =
                     !r.keeps_alive() || req.close || (body.len() as u64) < req.content_length;

@@ -502,6 +502,11 @@ impl ProxyHttp for EdgeProxy {
                 return Ok(true);
             }
             Admission::Reject(r) => {
+                ctx.client_ip = policy::real_client(
+                    &rt.config,
+                    &PingoraHead(session.req_header()),
+                    ctx.peer_ip,
+                );
                 return self
                     .reject(session, ctx, r.status, r.reason, r.detail)
                     .await;

@@ -124,6 +124,27 @@ pub(crate) enum Admission {
 /// Lets one warning about a bad sticky cookie through a minute.
 static BAD_STICKY: crate::logging::Throttle = crate::logging::Throttle::new();
 
+/// The client of a request: the connection's address (`peer_ip`, a PROXY header's), or,
+/// behind an HTTP balancer listed in `real_ip_from`, the address its X-Forwarded-For names:
+/// the one every per-client decision is about, and the one logged. Only the part the
+/// balancers appended is believed: a client can write anything left of it, nothing right.
+#[inline]
+pub(crate) fn real_client<V: RequestView>(
+    cfg: &crate::config::Config,
+    req: &V,
+    peer_ip: Option<IpAddr>,
+) -> Option<IpAddr> {
+    if cfg.server.real_ip_from.is_empty() {
+        peer_ip
+    } else {
+        client_ip(
+            peer_ip,
+            req.values("x-forwarded-for"),
+            &cfg.server.real_ip_from,
+        )
+    }
+}
+
 /// Decides what happens to a request. `local` gives the listener address the request came
 /// in on; it is only asked for when some listener redirects.
 pub(crate) fn admit<V: RequestView>(
@@ -180,8 +201,9 @@ pub(crate) fn admit<V: RequestView>(
             detail: "too many header fields (more than 256)",
         });
     }
+    let client = real_client(cfg, req, peer_ip);
     let mut client_guard = None;
-    if let Some(ip) = peer_ip {
+    if let Some(ip) = client {
         if !shared
             .limits
             .allow_request(ip, limits.requests_per_second_per_ip.unwrap_or(0))
@@ -239,10 +261,10 @@ pub(crate) fn admit<V: RequestView>(
             })
         }
     };
-    // The connection's address (a PROXY header's, behind a load balancer), never one a
-    // client could write into X-Forwarded-For. Checked before the slash redirect, which
-    // would tell a client the route exists.
-    if !route.allows(peer_ip) {
+    // The connection's address (a PROXY header's, behind a load balancer), or the one a
+    // `real_ip_from` balancer appended to X-Forwarded-For, never one a client could write
+    // there. Checked before the slash redirect, which would tell a client the route exists.
+    if !route.allows(client) {
         return Admission::Reject(Rejection {
             status: 403,
             reason: "not_allowed",
@@ -274,11 +296,14 @@ pub(crate) fn admit<V: RequestView>(
         },
     };
     let upstream = route.upstream.clone();
-    let client_ip = client_ip(
-        peer_ip,
-        req.values("x-forwarded-for"),
-        &upstream.config.ip_hash.trusted_proxies,
-    );
+    // ip_hash's own `trusted_proxies`, when set, walks the chain from the connection's
+    // address as it always did.
+    let trusted = &upstream.config.ip_hash.trusted_proxies;
+    let client_ip = if trusted.is_empty() {
+        client
+    } else {
+        client_ip(peer_ip, req.values("x-forwarded-for"), trusted)
+    };
     let mut sticky_id = None;
     if let Some(signer) = &upstream.signer {
         if let Some(value) = cookie_value(req, &upstream.config.sticky.cookie) {
