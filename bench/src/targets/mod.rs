@@ -109,26 +109,39 @@ pub fn parse_targets(list: &[String], default_strategy: Strategy) -> anyhow::Res
             "haproxy" => Proxy::Haproxy,
             other => bail!("unknown target {other:?} (direct, switchyard, nginx, haproxy)"),
         };
+        let mut found = Vec::new();
         if proxy == Proxy::Direct {
-            out.push(Target {
+            // `direct:least_conn` used to run as plain `direct`, a strategy silently dropped.
+            if let Some(s) = strategy {
+                bail!("direct takes no strategy (got direct:{s}): it talks to the first backend");
+            }
+            found.push(Target {
                 proxy,
                 strategy: None,
             });
-            continue;
+        } else {
+            match strategy {
+                Some("all") => found.extend(Strategy::ALL.into_iter().map(|s| Target {
+                    proxy,
+                    strategy: Some(s),
+                })),
+                Some(s) => found.push(Target {
+                    proxy,
+                    strategy: Some(Strategy::parse(s)?),
+                }),
+                None => found.push(Target {
+                    proxy,
+                    strategy: Some(default_strategy),
+                }),
+            }
         }
-        match strategy {
-            Some("all") => out.extend(Strategy::ALL.into_iter().map(|s| Target {
-                proxy,
-                strategy: Some(s),
-            })),
-            Some(s) => out.push(Target {
-                proxy,
-                strategy: Some(Strategy::parse(s)?),
-            }),
-            None => out.push(Target {
-                proxy,
-                strategy: Some(default_strategy),
-            }),
+        // A target named twice (`switchyard,switchyard:least_conn`, or `nginx:all` next to
+        // `nginx:ip_hash`) was measured twice under one name: two identical rows in the
+        // table and its runs mixed in results.json. The first mention keeps its place.
+        for t in found {
+            if !out.contains(&t) {
+                out.push(t);
+            }
         }
     }
     if out.is_empty() {
@@ -366,5 +379,31 @@ mod tests {
         assert!(e.contains("direct, switchyard, nginx, haproxy"), "{e}");
         assert!(parse_targets(&list("nginx:all"), Strategy::RoundRobin)
             .is_ok_and(|t| t.len() == Strategy::ALL.len()));
+    }
+
+    #[test]
+    fn a_target_named_twice_is_measured_once() {
+        let list: Vec<String> = ["switchyard", "direct", "switchyard:least_conn", "nginx:all"]
+            .into_iter()
+            .chain(["nginx:ip_hash", "direct"])
+            .map(str::to_owned)
+            .collect();
+        let names: Vec<String> = parse_targets(&list, Strategy::LeastConn)
+            .map(|t| t.iter().map(ToString::to_string).collect())
+            .unwrap_or_default();
+        assert_eq!(names.len(), 2 + Strategy::ALL.len(), "{names:?}");
+        assert_eq!(
+            names[..3],
+            ["switchyard:least_conn", "direct", "nginx:round_robin"]
+        );
+    }
+
+    #[test]
+    fn direct_with_a_strategy_is_refused() {
+        let e = parse_targets(&["direct:least_conn".to_owned()], Strategy::RoundRobin)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("direct takes no strategy"), "{e}");
     }
 }
