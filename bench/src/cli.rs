@@ -275,8 +275,28 @@ pub fn unused_flags(scenario: &str, given: impl Fn(&str) -> bool) -> Vec<String>
         )],
         _ => &[],
     };
+    // The chat nodes' flags are listed in every scenario's --help (the options are
+    // shared): `bench http --chat-node-bin x` looked as if it did something.
+    let chat_node_bin: &[(&str, &str, &str)] = match scenario {
+        "polling" | "chat" => &[],
+        _ => &[(
+            "chat_node_bin",
+            "--chat-node-bin",
+            "only polling and chat start chat nodes",
+        )],
+    };
+    let node_dir: &[(&str, &str, &str)] = match scenario {
+        "chat" => &[],
+        _ => &[(
+            "node_dir",
+            "--node-dir",
+            "only chat runs the Node.js reference cluster",
+        )],
+    };
     unused
         .iter()
+        .chain(chat_node_bin)
+        .chain(node_dir)
         .filter(|(id, _, _)| given(id))
         .map(|(_, flag, why)| format!("{scenario} does not use {flag} ({why}); ignored"))
         .collect()
@@ -336,9 +356,17 @@ mod tests {
         let w = unused_flags("recover", |id| id == "duration");
         assert_eq!(w.len(), 1);
         assert!(w[0].starts_with("recover does not use --duration"), "{w:?}");
-        assert_eq!(unused_flags("ws-hold", |_| true).len(), 2);
-        assert!(unused_flags("http", |_| true).is_empty());
+        let chat_flags = |id: &str| id == "chat_node_bin" || id == "node_dir";
+        assert_eq!(unused_flags("ws-hold", |id| !chat_flags(id)).len(), 2);
+        assert!(unused_flags("http", |id| !chat_flags(id)).is_empty());
         assert!(unused_flags("sticky", |_| false).is_empty());
+        assert_eq!(unused_flags("http", chat_flags).len(), 2);
+        let polling = unused_flags("polling", chat_flags);
+        assert!(
+            polling.len() == 1 && polling[0].contains("--node-dir"),
+            "{polling:?}"
+        );
+        assert!(unused_flags("chat", chat_flags).is_empty());
     }
 
     #[test]
