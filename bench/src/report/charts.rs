@@ -100,7 +100,8 @@ pub fn draw_all(r: &Report, out: &Path) -> anyhow::Result<Vec<String>> {
         .collect();
     if !curves.is_empty() {
         publish(out, "curve.svg", &mut files, |path| {
-            let root = SVGBackend::new(path, (900, 500)).into_drawing_area();
+            let lw = legend_width(curves.iter().map(|(n, _)| n.as_str()));
+            let root = SVGBackend::new(path, (900 + lw, 500)).into_drawing_area();
             xy(
                 &root,
                 &format!("{}: proxy RSS over open connections", r.scenario),
@@ -135,8 +136,9 @@ pub fn draw_all(r: &Report, out: &Path) -> anyhow::Result<Vec<String>> {
             None => "p99 delivery latency per step".to_owned(),
         };
         publish(out, "ladder.svg", &mut files, |path| {
-            let root = SVGBackend::new(path, (1100, 480)).into_drawing_area();
-            let (left, right) = root.split_horizontally(550);
+            let lw = legend_width(ladders.iter().map(|(n, _)| n.as_str()));
+            let root = SVGBackend::new(path, (1100 + 2 * lw, 480)).into_drawing_area();
+            let (left, right) = root.split_horizontally(550 + lw);
             xy(
                 &left,
                 &format!("{}: delivered/s per load step", r.scenario),
@@ -196,8 +198,10 @@ fn ladder_steps(t: &super::TargetReport) -> Vec<[f64; 3]> {
 }
 
 fn latency(path: &Path, scenario: &str, series: &[(String, Vec<f64>)]) -> anyhow::Result<()> {
-    let root = SVGBackend::new(path, (900, 520)).into_drawing_area();
+    let lw = legend_width(series.iter().map(|(n, _)| n.as_str()));
+    let root = SVGBackend::new(path, (900 + lw, 520)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
+    let (root, key) = root.split_horizontally(900);
     let all = series.iter().flat_map(|(_, v)| v.iter().copied());
     let hi = all.clone().fold(0.01f64, f64::max) * 1.5;
     let lo = all.fold(f64::MAX, f64::min).max(0.001) / 1.5;
@@ -221,7 +225,7 @@ fn latency(path: &Path, scenario: &str, series: &[(String, Vec<f64>)]) -> anyhow
         .y_desc("ms")
         .draw()
         .map_err(err)?;
-    for (i, (name, v)) in series.iter().enumerate() {
+    for (i, (_, v)) in series.iter().enumerate() {
         let c = color(i);
         let pts: Vec<(f64, f64)> = v
             .iter()
@@ -230,14 +234,12 @@ fn latency(path: &Path, scenario: &str, series: &[(String, Vec<f64>)]) -> anyhow
             .collect();
         chart
             .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))
-            .map_err(err)?
-            .label(name.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+            .map_err(err)?;
         chart
             .draw_series(pts.into_iter().map(|p| Circle::new(p, 3, c.filled())))
             .map_err(err)?;
     }
-    legend(&mut chart)?;
+    side_legend(&key, series.iter().map(|(n, _)| n.as_str()), Swatch::Line)?;
     root.present().map_err(err)?;
     Ok(())
 }
@@ -307,8 +309,10 @@ fn distribution(
     series: &[(String, Vec<f64>)],
 ) -> anyhow::Result<()> {
     let width = (160 + 110 * series.len()).max(700) as u32;
-    let root = SVGBackend::new(path, (width, 520)).into_drawing_area();
+    let lw = legend_width(backends.iter().map(String::as_str));
+    let root = SVGBackend::new(path, (width + lw, 520)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
+    let (root, key) = root.split_horizontally(width);
     // Shares in percent, so targets with different totals compare.
     let shares: Vec<Vec<f64>> = series
         .iter()
@@ -341,7 +345,7 @@ fn distribution(
         .map_err(err)?;
     let nb = backends.len().max(1);
     let w = 0.8 / nb as f64;
-    for (b, id) in backends.iter().enumerate() {
+    for b in 0..backends.len() {
         let c = color(b);
         chart
             .draw_series(shares.iter().enumerate().map(|(t, v)| {
@@ -349,17 +353,16 @@ fn distribution(
                 let y = v.get(b).copied().unwrap_or(0.0);
                 Rectangle::new([(x0, 0.0), (x0 + w * 0.9, y)], c.filled())
             }))
-            .map_err(err)?
-            .label(id.as_str())
-            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], c.filled()));
+            .map_err(err)?;
     }
-    legend(&mut chart)?;
+    side_legend(&key, backends.iter().map(String::as_str), Swatch::Box)?;
     root.present().map_err(err)?;
     Ok(())
 }
 
 fn timeline(path: &Path, scenario: &str, series: &[(String, Timeline)]) -> anyhow::Result<()> {
-    let root = SVGBackend::new(path, (900, 760)).into_drawing_area();
+    let lw = legend_width(series.iter().map(|(n, _)| n.as_str()));
+    let root = SVGBackend::new(path, (900 + lw, 760)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let (top, bottom) = root.split_vertically(400);
     let ok: Vec<(String, Vec<(f64, f64)>)> = series
@@ -396,10 +399,13 @@ fn xy(
     series: &[(String, Vec<(f64, f64)>)],
 ) -> anyhow::Result<()> {
     area.fill(&WHITE).map_err(err)?;
+    let lw = legend_width(series.iter().map(|(n, _)| n.as_str()));
+    let (plot_w, _) = area.dim_in_pixel();
+    let (area, key) = area.split_horizontally(plot_w.saturating_sub(lw));
     let pts = series.iter().flat_map(|(_, v)| v.iter());
     let xmax = pts.clone().map(|p| p.0).fold(1.0f64, f64::max);
     let ymax = pts.map(|p| p.1).fold(1.0f64, f64::max) * 1.1;
-    let mut chart = ChartBuilder::on(area)
+    let mut chart = ChartBuilder::on(&area)
         .caption(title, (FONT, 18))
         .margin(12)
         .x_label_area_size(35)
@@ -414,36 +420,67 @@ fn xy(
         .y_label_formatter(&|y| tick(*y))
         .draw()
         .map_err(err)?;
-    for (i, (name, v)) in series.iter().enumerate() {
+    for (i, (_, v)) in series.iter().enumerate() {
         let c = color(i);
         chart
             .draw_series(LineSeries::new(v.clone(), c.stroke_width(2)))
-            .map_err(err)?
-            .label(name.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+            .map_err(err)?;
     }
-    legend(&mut chart)?;
+    side_legend(&key, series.iter().map(|(n, _)| n.as_str()), Swatch::Line)?;
     Ok(())
 }
 
-fn legend<'a, DB: DrawingBackend + 'a, CT: plotters::coord::CoordTranslate>(
-    chart: &mut ChartContext<'a, DB, CT>,
-) -> anyhow::Result<()>
-where
-    DB::ErrorType: 'static,
-{
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font((FONT, 12))
-        .draw()
-        .map_err(err)
+/// How a series is keyed in its legend.
+#[derive(Clone, Copy)]
+enum Swatch {
+    Line,
+    Box,
+}
+
+const LEGEND_FONT: u32 = 12;
+
+/// Pixels for a legend of `names` beside the plot: plotters' own legend sat inside the plot
+/// area and covered bars and lines (the distribution chart's last bars, the latency
+/// lines' p99–p99.9 rise), whatever corner it was put in.
+fn legend_width<'a>(names: impl Iterator<Item = &'a str>) -> u32 {
+    let chars = names.map(|n| n.chars().count()).max().unwrap_or(0) as u32;
+    // DejaVu Sans at 12 px averages under 7 px per character.
+    (chars * 7 + 44).clamp(80, 360)
+}
+
+/// The legend in its own column `area`, one row per name in series order (the colours of
+/// `color(i)`).
+fn side_legend<'a>(
+    area: &DrawingArea<SVGBackend<'_>, Shift>,
+    names: impl Iterator<Item = &'a str>,
+    swatch: Swatch,
+) -> anyhow::Result<()> {
+    for (i, name) in names.enumerate() {
+        let c = color(i);
+        let y = 48 + 18 * i as i32;
+        match swatch {
+            Swatch::Line => area
+                .draw(&PathElement::new(vec![(6, y), (26, y)], c.stroke_width(2)))
+                .map_err(err)?,
+            Swatch::Box => area
+                .draw(&Rectangle::new([(10, y - 5), (22, y + 5)], c.filled()))
+                .map_err(err)?,
+        }
+        let style = TextStyle::from((FONT, LEGEND_FONT).into_font()).pos(
+            plotters::style::text_anchor::Pos::new(
+                plotters::style::text_anchor::HPos::Left,
+                plotters::style::text_anchor::VPos::Center,
+            ),
+        );
+        area.draw(&Text::new(name.to_owned(), (32, y), style))
+            .map_err(err)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{latency_caption, log_ticks, tick};
+    use super::{latency_caption, legend_width, log_ticks, tick};
 
     #[test]
     fn sub_millisecond_latencies_are_labelled() {
@@ -457,6 +494,15 @@ mod tests {
         assert!(log_ticks(0.0, 1.0).is_empty());
         assert!(latency_caption("http").contains("closed-loop"));
         assert!(latency_caption("failover").contains("both phases"));
+    }
+
+    #[test]
+    fn the_legend_column_fits_the_longest_name() {
+        let short = legend_width(["b1", "b2"].into_iter());
+        let long = legend_width(["switchyard:sticky_cookie [shared]"].into_iter());
+        assert_eq!(short, 80);
+        assert!((33 * 7..360).contains(&long), "{long}");
+        assert_eq!(legend_width(["x".repeat(500).as_str()].into_iter()), 360);
     }
 
     #[test]
