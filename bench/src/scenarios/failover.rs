@@ -48,7 +48,19 @@ pub fn plan(common: &Common, rate: u64, websockets: usize, backends: usize) -> P
     let d = common.duration;
     let mut columns = Vec::new();
     for m in ["kill", "stop"] {
-        columns.push(col(&format!("{m}_failed"), &format!("{m}: failed"), 0));
+        columns.push(
+            col(&format!("{m}_failed"), &format!("{m}: failed"), 0).marked(Mark {
+                key: format!("{m}_b1_idle"),
+                text: "(b1 out of service)".into(),
+                legend: format!(
+                    "b1 answered no request between the start of the phase and the fault: \
+                     the proxy had not re-admitted it after the previous phase yet (that \
+                     takes ~{READMIT_NEEDS:?}), so the fault hit a backend out of rotation \
+                     and this phase does not show how the proxy handles it. Run with \
+                     --duration 8s or more."
+                ),
+            }),
+        );
         columns.push(col(
             &format!("{m}_window_ms"),
             &format!("{m}: error window ms"),
@@ -236,6 +248,15 @@ async fn phase(
         .map_or(f64::INFINITY, |(i, _)| {
             ((i as f64 * b) - restore_at.as_secs_f64()).max(0.0) * 1000.0
         });
+    // The stop phase follows the kill phase at once: with a short --duration b1 is not
+    // back in rotation yet, and a freeze of a backend nobody sends to looked like a
+    // flawless failover (0 failed, a low p99).
+    let b1_before: u64 = o
+        .timeline
+        .iter()
+        .take(f_slot)
+        .map(|x| x.per_backend.first().copied().unwrap_or(0))
+        .sum();
     let lost_other = held
         .iter()
         .filter(|h| h.backend != Some(0) && h.is_closed())
@@ -245,6 +266,8 @@ async fn phase(
         .filter(|h| h.backend == Some(0) && h.is_closed())
         .count();
     r.set(&format!("{m}_failed"), o.errors as f64);
+    r.set(&format!("{m}_b1_before"), b1_before as f64);
+    r.set(&format!("{m}_b1_idle"), f64::from(u8::from(b1_before == 0)));
     r.set(&format!("{m}_ok"), o.ok as f64);
     r.set(&format!("{m}_window_ms"), window);
     r.set(&format!("{m}_detect_ms"), detect);
@@ -290,6 +313,10 @@ mod tests {
             ("stop_readmit_ms", 120.0),
             ("stop_readmit_unseen", 0.0),
             ("stop_p99_ms", 2000.0),
+            ("stop_failed", 0.0),
+            ("stop_b1_idle", 1.0),
+            ("kill_failed", 3.0),
+            ("kill_b1_idle", 0.0),
         ] {
             t.metrics.insert(k.into(), v);
         }
@@ -304,6 +331,12 @@ mod tests {
         assert!(text.contains("2000.0"), "{text}");
         assert!(
             text.contains("(phase too short): b1 got no request"),
+            "{text}"
+        );
+        assert!(text.contains("0 (b1 out of service)"), "{text}");
+        assert!(!text.contains("3 (b1 out of service)"), "{text}");
+        assert!(
+            text.contains("(b1 out of service): b1 answered no request"),
             "{text}"
         );
     }
