@@ -9,8 +9,13 @@ use std::time::Duration;
 use super::Plan;
 use crate::backends::Backends;
 use crate::load::ws::hold_many;
-use crate::report::{col, RunResult};
+use crate::report::{col, Mark, RunResult};
 use crate::targets::{Running, Strategy};
+
+/// About how long after its restart a proxy takes to send to the backend again: Switchyard
+/// and HAProxy check every 1 s and need 2 good checks, nginx tries again after its 2 s
+/// fail_timeout.
+const READMIT_NEEDS: Duration = Duration::from_secs(3);
 
 pub fn plan(batch: usize, wait: Duration, backends: usize) -> Plan {
     Plan {
@@ -29,7 +34,17 @@ pub fn plan(batch: usize, wait: Duration, backends: usize) -> Plan {
         fresh_backends: true,
         allow_direct: false,
         columns: vec![
-            col("recovered_share_pct", "% on recovered", 1),
+            col("recovered_share_pct", "% on recovered", 1).marked(Mark {
+                key: "wait_too_short".into(),
+                text: "(--wait too short)".into(),
+                legend: format!(
+                    "the recovered backend got none of the second batch, opened {wait:?} after \
+                     its restart: less than the ~{READMIT_NEEDS:?} a proxy may need to re-admit \
+                     it (health checks every 1 s, 2 to rise; nginx: fail_timeout 2 s), so 0 \
+                     may only mean it was not re-admitted yet. Run with --wait 4s (the \
+                     default) or more."
+                ),
+            }),
             col("expected_share_pct", "expected %", 1),
             col("open", "open", 0),
             col("failed", "failed handshakes", 0),
@@ -78,6 +93,9 @@ pub async fn measure(
     let open: f64 = per.iter().sum();
     let mut r = RunResult::default();
     r.set("recovered_share_pct", 100.0 * per[victim] / open.max(1.0));
+    // `--wait 1s` showed Switchyard and nginx at 0% without a word, as if they never
+    // re-admitted the backend.
+    r.set("wait_too_short", wait_too_short(wait, per[victim]));
     let strategy = running.target.strategy.unwrap_or(Strategy::RoundRobin);
     r.set(
         "expected_share_pct",
@@ -87,6 +105,12 @@ pub async fn measure(
     r.set("failed", failed as f64);
     r.per_backend = per;
     Ok(r)
+}
+
+/// 1 when the recovered backend ended with no socket after a wait shorter than a proxy's
+/// re-admission, else 0.
+fn wait_too_short(wait: Duration, on_recovered: f64) -> f64 {
+    f64::from(u8::from(wait < READMIT_NEEDS && on_recovered == 0.0))
 }
 
 /// The share (%) of the `first + second` sockets that the recovered one of `n` backends ends
@@ -117,5 +141,22 @@ mod tests {
         // Not when the second batch is too small: all 10 of 100.
         assert_eq!(pct(Strategy::P2c, 3, 90, 10), 10.0);
         assert_eq!(expected_share(Strategy::LeastTime, 3, 0, 0), 0.0);
+    }
+
+    #[test]
+    fn a_zero_share_after_a_short_wait_is_marked() {
+        assert_eq!(wait_too_short(Duration::from_secs(1), 0.0), 1.0);
+        assert_eq!(wait_too_short(Duration::from_secs(1), 4.0), 0.0);
+        assert_eq!(wait_too_short(Duration::from_secs(4), 0.0), 0.0);
+        let p = plan(12, Duration::from_secs(1), 3);
+        let mut t =
+            crate::report::TargetReport::unavailable("nginx:least_conn".into(), "ok".into());
+        t.metrics.insert("recovered_share_pct".into(), 0.0);
+        t.metrics.insert("wait_too_short".into(), 1.0);
+        let mut report = crate::report::Report::of(vec![t]);
+        report.columns = p.columns;
+        let text = report.terminal_table();
+        assert!(text.contains("0.0 (--wait too short)"), "{text}");
+        assert!(text.contains("opened 1s after its restart"), "{text}");
     }
 }
