@@ -369,12 +369,32 @@ impl Report {
         Ok(())
     }
 
+    /// Whether a target that ran shows `-` for a per-CPU-second column (too few /proc
+    /// ticks to divide by); `direct` has no proxy CPU to divide by at all.
+    fn cpu_figure_dropped(&self) -> bool {
+        self.columns
+            .iter()
+            .filter(|c| c.key.contains("_per_cpu_s"))
+            .any(|c| {
+                self.targets
+                    .iter()
+                    .any(|t| t.ok() && t.target != "direct" && !t.metrics.contains_key(&c.key))
+            })
+    }
+
     /// The summary table as aligned plain text.
     pub fn terminal_table(&self) -> String {
         let (headers, rows) = markdown::table_cells(self);
         let mut s = aligned(&headers, &rows);
         for line in markdown::legends(self) {
             s.push_str(&line);
+            s.push('\n');
+        }
+        // report.md explains a per-CPU-second `-` in its notes; the terminal showed the
+        // dash alone, which reads as "not applicable" for a proxy that did run.
+        let coarse = crate::procstat::coarse_cpu_note();
+        if self.notes.contains(&coarse) && self.cpu_figure_dropped() {
+            s.push_str(&coarse);
             s.push('\n');
         }
         for t in self.targets.iter().filter(|t| !t.ok()) {
@@ -399,6 +419,32 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dropped_cpu_figure_is_explained_on_the_terminal() {
+        let row = |name: &str, per_cpu: Option<f64>| {
+            let mut t = TargetReport::unavailable(name.into(), "ok".into());
+            t.metrics.insert("rps".into(), 100.0);
+            if let Some(v) = per_cpu {
+                t.metrics.insert("req_per_cpu_s".into(), v);
+            }
+            t
+        };
+        let table = |targets| {
+            let mut r = Report::of(targets);
+            r.columns = vec![col("rps", "rps", 0), col("req_per_cpu_s", "req/CPU-s", 0)];
+            r.notes = vec![crate::procstat::coarse_cpu_note()];
+            r.terminal_table()
+        };
+        let why = "A per-CPU-second figure shown as `-`";
+        let text = table(vec![
+            row("direct", None),
+            row("nginx:round_robin", Some(5.0)),
+        ]);
+        assert!(!text.contains(why), "{text}");
+        let text = table(vec![row("direct", None), row("nginx:round_robin", None)]);
+        assert!(text.contains(why), "{text}");
+    }
 
     #[test]
     fn a_file_is_replaced_whole_and_no_copy_is_left() {
