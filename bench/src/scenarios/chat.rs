@@ -10,7 +10,7 @@ use crate::backends::Backends;
 use crate::cli::Common;
 use crate::load::socketio::{run as run_chat, ChatLoad, ChatOutcome};
 use crate::procstat::{low_precision_mark, set_per_cpu, MIN_CPU_SECONDS};
-use crate::report::{col, Check, RunResult, TargetReport};
+use crate::report::{col, Check, Mark, RunResult, TargetReport};
 use crate::stats::Percentiles;
 use crate::targets::{Running, Strategy};
 
@@ -111,7 +111,15 @@ pub fn plan(
                 common.duration
             ),
             vec![
-                col("sustained_per_s", "sustained delivered/s", 0),
+                col("sustained_per_s", "sustained delivered/s", 0).marked(Mark {
+                    key: "ladder_topped".into(),
+                    text: "(ladder's top)".into(),
+                    legend: "every step of the ladder was sustained (none failed within \
+                             --steps): this is where the ladder ended, not the cluster's \
+                             limit (a lower bound), and a goal it cannot decide is not \
+                             judged. Raise --steps or --rate."
+                        .into(),
+                }),
                 col("sustained_rate", "msgs/s per client", 1),
                 col("p50_ms", "p50 ms", 2),
                 col("p99_ms", "p99 ms", 2),
@@ -240,6 +248,10 @@ pub async fn measure(
             failed = Some(step);
         }
     }
+    // Without a failed step the ladder ran out first: `sustained` is a lower bound, and
+    // two clusters that both sustained the whole ladder compared as equal (1.00×, goal
+    // missed) although neither was at its limit.
+    r.set("ladder_topped", f64::from(u8::from(failed.is_none())));
     if let Some(step) = &failed {
         step.record(&mut r, "next_", Some(budget));
         r.set("next_rate", step.rate);
@@ -499,26 +511,47 @@ pub fn checks(reports: &[TargetReport]) -> Vec<Check> {
         let step = theirs.and_then(|r| r.metric("ladder_step")).unwrap_or(0.0);
         let key = format!("step{step:.0}_p99_ms");
         let rate = ours.and_then(|r| r.metric(&format!("step{step:.0}_rate")));
-        return vec![
-            compare(GOAL, pair("sustained_per_s"), |a, b| {
-                let how = format!(
-                    "sustained with each cluster's {what} limited to {cpus} CPU and p99 ≤ \
+        let topped =
+            |r: Option<&TargetReport>| r.and_then(|r| r.metric("ladder_topped")) == Some(1.0);
+        let (ours_topped, theirs_topped) = (topped(ours), topped(theirs));
+        let mut goal = compare(GOAL, pair("sustained_per_s"), |a, b| {
+            let how = format!(
+                "sustained with each cluster's {what} limited to {cpus} CPU and p99 ≤ \
                      {bound:.0} ms"
-                );
-                if b <= 0.0 {
-                    let text = format!(
-                        "{a:.0} vs none: the Node.js cluster sustained no step ({how}); start \
-                         lower with --rate"
-                    );
-                    return (text, false);
-                }
+            );
+            if b <= 0.0 {
                 let text = format!(
-                    "{a:.0} vs {b:.0} deliveries/s {how} = {:.2}×{}",
-                    a / b.max(1e-9),
-                    runs("sustained_per_s", |r| r >= 3.0)
+                    "{a:.0} vs none: the Node.js cluster sustained no step ({how}); start \
+                         lower with --rate"
                 );
-                (text, a >= 3.0 * b)
-            }),
+                return (text, false);
+            }
+            let text = format!(
+                "{a:.0} vs {b:.0} deliveries/s {how} = {:.2}×{}",
+                a / b.max(1e-9),
+                runs("sustained_per_s", |r| r >= 3.0)
+            );
+            (text, a >= 3.0 * b)
+        });
+        if let Some(met) = goal.met {
+            // A topped ladder's figure is a lower bound: chat-node's can only turn a
+            // miss into a meet, the reference's only a meet into a miss.
+            let decided = match (ours_topped, theirs_topped) {
+                (false, false) => true,
+                (true, false) => met,
+                (false, true) => !met,
+                (true, true) => false,
+            };
+            if !decided {
+                goal.met = None;
+                goal.measured.push_str(
+                    " — not judged: the ladder ended before a cluster's limit (ladder's \
+                     top); raise --steps or --rate",
+                );
+            }
+        }
+        return vec![
+            goal,
             compare(P99, pair(&key), |a, b| {
                 let at = rate.map_or(String::new(), |r| format!(" at {r:.1} msgs/s per client"));
                 let per_run = runs(&key, |r| r < 1.0);
@@ -581,6 +614,43 @@ mod tests {
         }
         // refine0 (≈ 6.73) was sustained: the last one lies between it and 8.
         assert!(rates[4] > rates[3] && rates[4] < 8.0, "{rates:?}");
+    }
+
+    #[test]
+    fn a_goal_on_a_ladder_that_ran_out_is_judged_only_when_the_bound_decides_it() {
+        let cluster = |label: &str, sustained: f64, topped: bool| {
+            let mut t =
+                TargetReport::unavailable(format!("switchyard:least_conn {label}"), "ok".into());
+            for (k, v) in [
+                ("cpu_limit", 0.3),
+                ("sustained_per_s", sustained),
+                ("ladder_topped", f64::from(u8::from(topped))),
+            ] {
+                t.metrics.insert(k.into(), v);
+            }
+            t
+        };
+        let met = |ours: (f64, bool), theirs: (f64, bool)| {
+            let reports = [
+                cluster(SWITCHYARD, ours.0, ours.1),
+                cluster(NODE, theirs.0, theirs.1),
+            ];
+            let goal = checks(&reports)
+                .into_iter()
+                .next()
+                .expect("the throughput goal");
+            (goal.met, goal.measured)
+        };
+        // The audit's run: both sustained all of --steps 2, 102 vs 102.
+        let (m, text) = met((102.0, true), (102.0, true));
+        assert_eq!(m, None, "{text}");
+        assert!(text.contains("not judged"), "{text}");
+        assert_eq!(met((102.0, false), (102.0, false)).0, Some(false));
+        // A lower bound already 3× over, or a reference's lower bound already out of reach.
+        assert_eq!(met((400.0, true), (100.0, false)).0, Some(true));
+        assert_eq!(met((200.0, true), (100.0, false)).0, None);
+        assert_eq!(met((200.0, false), (100.0, true)).0, Some(false));
+        assert_eq!(met((400.0, false), (100.0, true)).0, None);
     }
 
     #[test]
