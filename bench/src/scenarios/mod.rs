@@ -191,6 +191,18 @@ pub async fn run(cmd: Command) -> anyhow::Result<()> {
             format!("{t} {label}")
         }
     };
+    let collect_meta = || {
+        let mut m = meta::collect(&tools, &pin, opts.workers);
+        if let (Some(bin), Some(versions)) = (&chat_bin, m.get_mut("versions")) {
+            if let (Some(all), serde_json::Value::Object(chat)) = (
+                versions.as_object_mut(),
+                crate::targets::chat_versions(bin, node_dir.as_deref()),
+            ) {
+                all.extend(chat);
+            }
+        }
+        m
+    };
     let pb = crate::progress::bar(
         (runnable.len() * runs * variants.len()) as u64,
         common.quiet,
@@ -299,9 +311,7 @@ pub async fn run(cmd: Command) -> anyhow::Result<()> {
                 // A bench killed from here on (SIGKILL, out of memory, the machine gone)
                 // leaves this report: no handler runs then to write one.
                 let started = std::time::Instant::now();
-                let meta = running_meta
-                    .get_or_insert_with(|| meta::collect(&tools, &pin, opts.workers))
-                    .clone();
+                let meta = running_meta.get_or_insert_with(collect_meta).clone();
                 let partial = Partial {
                     done,
                     total,
@@ -339,7 +349,7 @@ pub async fn run(cmd: Command) -> anyhow::Result<()> {
         total,
         interrupted_by: Some(sig.to_owned()),
     });
-    let mut report = frame.report(&results, partial, meta::collect(&tools, &pin, opts.workers));
+    let mut report = frame.report(&results, partial, collect_meta());
     for t in &report.targets {
         if t.status.starts_with("failed") {
             eprintln!("bench: {}: {}", t.target, t.status);

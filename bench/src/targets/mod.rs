@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use serde::Serialize;
 
-pub use tools::{sibling_bin, tool_versions, Tools};
+pub use tools::{chat_versions, sibling_bin, tool_versions, Tools};
 
 /// A balancing strategy, named as in Switchyard's config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

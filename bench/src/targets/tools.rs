@@ -147,3 +147,45 @@ pub fn tool_versions(tools: &Tools) -> serde_json::Value {
         "haproxy": v(&tools.haproxy, "-v"),
     })
 }
+
+/// Versions of what serves the chat scenarios behind the proxy (polling: chat-node and
+/// redis-server; chat: the Node.js reference too), for the report: only the proxies' were
+/// recorded, and a run with --chat-node-bin or another Node.js said nothing of them.
+pub fn chat_versions(chat_node: &Path, node_dir: Option<&Path>) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "chat_node": version_of(chat_node, "--version"),
+        "redis_server": version_of(Path::new("redis-server"), "--version"),
+    });
+    if let Some(dir) = node_dir {
+        // The Node.js found on PATH is the one the reference cluster is started with.
+        v["node"] = version_of(Path::new("node"), "--version").into();
+        v["socket_io"] = package_version(&dir.join("node_modules/socket.io/package.json")).into();
+    }
+    v
+}
+
+/// `version` of an npm package.json, if it can be read.
+fn package_version(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    json.get("version")?.as_str().map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_package_version_is_read_and_a_broken_one_is_none() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let good = dir.path().join("good.json");
+        std::fs::write(&good, r#"{"name":"socket.io","version":"4.8.4"}"#).expect("write");
+        assert_eq!(package_version(&good).as_deref(), Some("4.8.4"));
+        let bad = dir.path().join("bad.json");
+        std::fs::write(&bad, "{").expect("write");
+        assert_eq!(package_version(&bad), None);
+        assert_eq!(package_version(&dir.path().join("missing.json")), None);
+        let v = chat_versions(&dir.path().join("no-chat-node"), Some(dir.path()));
+        assert!(v["chat_node"].is_null() && v["socket_io"].is_null(), "{v}");
+    }
+}
