@@ -367,11 +367,11 @@ fn timeline(path: &Path, scenario: &str, series: &[(String, Timeline)]) -> anyho
     let (top, bottom) = root.split_vertically(400);
     let ok: Vec<(String, Vec<(f64, f64)>)> = series
         .iter()
-        .map(|(n, tl)| (n.clone(), tl.iter().map(|p| (p.0, p.1)).collect()))
+        .map(|(n, tl)| (n.clone(), steps(tl, |p| p.1)))
         .collect();
     let errs: Vec<(String, Vec<(f64, f64)>)> = series
         .iter()
-        .map(|(n, tl)| (n.clone(), tl.iter().map(|p| (p.0, p.2)).collect()))
+        .map(|(n, tl)| (n.clone(), steps(tl, |p| p.2)))
         .collect();
     xy(
         &top,
@@ -389,6 +389,18 @@ fn timeline(path: &Path, scenario: &str, series: &[(String, Timeline)]) -> anyho
     )?;
     root.present().map_err(err)?;
     Ok(())
+}
+
+/// A timeline as steps: each bucket's rate held from its start to its end. Drawn at the
+/// starts alone, a 2 s run's line stopped at 1 s, as if its last second were missing.
+fn steps(tl: &[(f64, f64, f64)], value: impl Fn(&(f64, f64, f64)) -> f64) -> Vec<(f64, f64)> {
+    let width = match tl {
+        [a, b, ..] if b.0 > a.0 => b.0 - a.0,
+        _ => 1.0,
+    };
+    tl.iter()
+        .flat_map(|p| [(p.0, value(p)), (p.0 + width, value(p))])
+        .collect()
 }
 
 fn xy(
@@ -480,7 +492,7 @@ fn side_legend<'a>(
 
 #[cfg(test)]
 mod tests {
-    use super::{latency_caption, legend_width, log_ticks, tick};
+    use super::{latency_caption, legend_width, log_ticks, steps, tick};
 
     #[test]
     fn sub_millisecond_latencies_are_labelled() {
@@ -503,6 +515,16 @@ mod tests {
         assert_eq!(short, 80);
         assert!((33 * 7..360).contains(&long), "{long}");
         assert_eq!(legend_width(["x".repeat(500).as_str()].into_iter()), 360);
+    }
+
+    #[test]
+    fn a_timeline_covers_its_last_bucket() {
+        let tl = vec![(0.0, 10.0, 0.0), (1.0, 20.0, 1.0)];
+        assert_eq!(
+            steps(&tl, |p| p.1),
+            [(0.0, 10.0), (1.0, 10.0), (1.0, 20.0), (2.0, 20.0)]
+        );
+        assert_eq!(steps(&[(0.0, 5.0, 0.0)], |p| p.2), [(0.0, 0.0), (1.0, 0.0)]);
     }
 
     #[test]
