@@ -761,6 +761,14 @@ async fn measure(
 
 /// `bench redraw`: the report in `folder` drawn and judged again from its results.json.
 pub fn redraw(folder: &std::path::Path) -> anyhow::Result<()> {
+    // A mistyped folder said "cannot lock the report folder …: No such file or directory",
+    // which reads like a locking problem.
+    if !folder.join("results.json").is_file() {
+        anyhow::bail!(
+            "{} is not a bench report folder (no results.json in it)",
+            folder.display()
+        );
+    }
     // A running bench rewrites the report after every measurement: a redraw meanwhile
     // could write the report it read over a newer one, the final one included.
     let _lock = crate::report::lock_folder(folder)
@@ -967,6 +975,19 @@ pub(crate) fn compare(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redrawing_a_folder_without_a_report_says_so() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        for folder in [tmp.path().to_path_buf(), tmp.path().join("missing")] {
+            let e = redraw(&folder)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(e.contains("not a bench report folder"), "{e}");
+        }
+        assert!(!tmp.path().join("missing").exists());
+    }
 
     fn target(name: &str, per_run: &[f64]) -> TargetReport {
         TargetReport::with_runs(name, "req_per_cpu_s", per_run)
