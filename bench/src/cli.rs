@@ -185,7 +185,8 @@ pub struct Common {
     /// Worker threads/processes of every proxy.
     #[arg(long, default_value_t = 1, value_parser = at_least_one)]
     pub workers: usize,
-    /// Report folder; default `bench/results/<date>-<scenario>/`.
+    /// Report folder; default `bench/results/<date>-<time>-<scenario>/` (e.g.
+    /// `2026-11-30-231313-http`) in the source tree bench was built from.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Repetitions; numbers are the medians over the runs.

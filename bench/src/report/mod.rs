@@ -309,7 +309,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Default report folder: `bench/results/<date>-<scenario>/`.
+/// Default report folder: `bench/results/<date>-<time>-<scenario>/`.
 pub fn default_out(scenario: &str) -> PathBuf {
     let date = chrono::Local::now().format("%Y-%m-%d-%H%M%S");
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("results");
