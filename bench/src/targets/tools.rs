@@ -124,9 +124,44 @@ fn nix_is_root() -> bool {
         .unwrap_or(false)
 }
 
-/// First line of `<program> <flag>` (stdout or stderr), e.g. "nginx version: nginx/1.22.1".
+/// How long `<program> --version` may take. A binary that never answered it (a wrong
+/// --proxy-bin, a wrapper script) hung bench for good, deaf to Ctrl-C and SIGTERM: the call
+/// blocks the thread that would notice them.
+const VERSION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// First line of `<program> <flag>` (stdout or stderr), e.g. "nginx version: nginx/1.22.1";
+/// None when it cannot run or does not answer within VERSION_TIMEOUT.
 fn version_of(program: &Path, flag: &str) -> Option<String> {
-    let out = Command::new(program).arg(flag).output().ok()?;
+    let child = Command::new(program)
+        .arg(flag)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .ok()?;
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    // The output is read on a thread of its own: a child of the program can keep the pipes
+    // open after the program is gone, and that thread then outlives the wait.
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let out = match rx.recv_timeout(VERSION_TIMEOUT) {
+        Ok(out) => out.ok()?,
+        Err(_) => {
+            if let Ok(pid) = i32::try_from(pid) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            tracing::warn!(
+                "{} {flag} did not answer within {VERSION_TIMEOUT:?}",
+                program.display()
+            );
+            return None;
+        }
+    };
     let text = if out.stdout.is_empty() {
         out.stderr
     } else {
@@ -174,6 +209,29 @@ fn package_version(path: &Path) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_program_that_never_answers_its_version_is_given_up() {
+        // Scripts run by sh, not executed: a script written by a test and executed while
+        // another test's thread forks can fail with ETXTBSY.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let hangs = dir.path().join("hangs");
+        std::fs::write(&hangs, "exec sleep 60\n").expect("write");
+        let start = std::time::Instant::now();
+        let sh = Path::new("/bin/sh");
+        assert_eq!(version_of(sh, &hangs.to_string_lossy()), None);
+        assert!(
+            start.elapsed() < VERSION_TIMEOUT * 2,
+            "{:?}",
+            start.elapsed()
+        );
+        let answers = dir.path().join("answers");
+        std::fs::write(&answers, "echo 'proxy 9.9'\n").expect("write");
+        assert_eq!(
+            version_of(sh, &answers.to_string_lossy()).as_deref(),
+            Some("proxy 9.9")
+        );
+    }
 
     #[test]
     fn a_package_version_is_read_and_a_broken_one_is_none() {
