@@ -301,14 +301,23 @@ pub fn launch(
         .spawn()
         .with_context(|| format!("starting {}", program.display()))?;
     let pid = child.id();
-    let running = Running {
+    let mut running = Running {
         target,
         addr: listen,
         pid: Some(pid),
         command,
         child: Some(child),
     };
-    wait_ready(listen, Duration::from_secs(10))
+    // A proxy that exits at once (a config it refuses, a wrong --proxy-bin) was waited for
+    // the whole 10 s and reported as "not ready", which sent users looking at the network.
+    let exited = || {
+        let status = running.child.as_mut()?.try_wait().ok()??;
+        Some(format!(
+            "it exited ({status}) before answering; run `{}` to see why",
+            running.command
+        ))
+    };
+    wait_ready(listen, Duration::from_secs(10), exited)
         .with_context(|| format!("{target} did not answer on {listen}"))?;
     Ok(running)
 }
@@ -327,11 +336,19 @@ pub fn free_port() -> anyhow::Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
-/// Polls `GET /healthz` until it answers 200 or `timeout` passes.
-pub fn wait_ready(addr: SocketAddr, timeout: Duration) -> anyhow::Result<()> {
+/// Polls `GET /healthz` until it answers 200 or `timeout` passes, or `gone` says why it
+/// never will.
+pub fn wait_ready(
+    addr: SocketAddr,
+    timeout: Duration,
+    mut gone: impl FnMut() -> Option<String>,
+) -> anyhow::Result<()> {
     use std::io::{Read as _, Write as _};
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
+        if let Some(why) = gone() {
+            bail!("{why}");
+        }
         if let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
             let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
             let req = b"GET /healthz HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n";
@@ -396,6 +413,21 @@ mod tests {
             names[..3],
             ["switchyard:least_conn", "direct", "nginx:round_robin"]
         );
+    }
+
+    #[test]
+    fn a_proxy_that_exited_is_not_waited_for() {
+        let port = free_port().expect("a free port");
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let start = Instant::now();
+        let e = wait_ready(addr, Duration::from_secs(10), || {
+            Some("it exited (3)".into())
+        })
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert_eq!(e, "it exited (3)");
+        assert!(start.elapsed() < Duration::from_secs(1));
     }
 
     #[test]
