@@ -84,9 +84,16 @@ pub fn draw_all(r: &Report, out: &Path) -> anyhow::Result<Vec<String>> {
         })
         .filter(|(_, tl)| !tl.is_empty())
         .collect();
+    // The same for every target (failover's kill and restart times): the first run's.
+    let events = ok
+        .iter()
+        .filter_map(|t| t.runs.last())
+        .map(|run| run.events.clone())
+        .find(|e| !e.is_empty())
+        .unwrap_or_default();
     if !lines.is_empty() {
         publish(out, "timeline.svg", &mut files, |path| {
-            timeline(path, &r.scenario, &lines)
+            timeline(path, &r.scenario, &lines, &events)
         })?;
     }
     let curves: Vec<(String, Vec<(f64, f64)>)> = ok
@@ -108,6 +115,7 @@ pub fn draw_all(r: &Report, out: &Path) -> anyhow::Result<Vec<String>> {
                 "open connections",
                 "RSS (MiB)",
                 &curves,
+                &[],
             )?;
             root.present().map_err(err)
         })?;
@@ -145,6 +153,7 @@ pub fn draw_all(r: &Report, out: &Path) -> anyhow::Result<Vec<String>> {
                 "messages/s per client",
                 "delivered/s",
                 &pick(1),
+                &[],
             )?;
             xy(
                 &right,
@@ -152,6 +161,7 @@ pub fn draw_all(r: &Report, out: &Path) -> anyhow::Result<Vec<String>> {
                 "messages/s per client",
                 "p99 ms",
                 &pick(2),
+                &[],
             )?;
             root.present().map_err(err)
         })?;
@@ -360,7 +370,12 @@ fn distribution(
     Ok(())
 }
 
-fn timeline(path: &Path, scenario: &str, series: &[(String, Timeline)]) -> anyhow::Result<()> {
+fn timeline(
+    path: &Path,
+    scenario: &str,
+    series: &[(String, Timeline)],
+    events: &[(f64, String)],
+) -> anyhow::Result<()> {
     let lw = legend_width(series.iter().map(|(n, _)| n.as_str()));
     let root = SVGBackend::new(path, (900 + lw, 760)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
@@ -379,6 +394,7 @@ fn timeline(path: &Path, scenario: &str, series: &[(String, Timeline)]) -> anyho
         "time (s)",
         "ok/s",
         &ok,
+        events,
     )?;
     xy(
         &bottom,
@@ -386,6 +402,7 @@ fn timeline(path: &Path, scenario: &str, series: &[(String, Timeline)]) -> anyho
         "time (s)",
         "errors/s",
         &errs,
+        events,
     )?;
     root.present().map_err(err)?;
     Ok(())
@@ -403,12 +420,15 @@ fn steps(tl: &[(f64, f64, f64)], value: impl Fn(&(f64, f64, f64)) -> f64) -> Vec
         .collect()
 }
 
+/// Lines of `series` over x, with a dashed vertical line and its label at each of
+/// `events` (x, what happened then).
 fn xy(
     area: &DrawingArea<SVGBackend<'_>, Shift>,
     title: &str,
     xdesc: &str,
     ydesc: &str,
     series: &[(String, Vec<(f64, f64)>)],
+    events: &[(f64, String)],
 ) -> anyhow::Result<()> {
     area.fill(&WHITE).map_err(err)?;
     let lw = legend_width(series.iter().map(|(n, _)| n.as_str()));
@@ -432,10 +452,32 @@ fn xy(
         .y_label_formatter(&|y| tick(*y))
         .draw()
         .map_err(err)?;
+    for (x, what) in events.iter().filter(|(x, _)| *x <= xmax) {
+        let grey = RGBColor(110, 110, 110);
+        chart
+            .draw_series(DashedLineSeries::new(
+                [(*x, 0.0), (*x, ymax)],
+                6,
+                4,
+                grey.stroke_width(1),
+            ))
+            .map_err(err)?;
+        chart
+            .draw_series(std::iter::once(Text::new(
+                what.clone(),
+                (*x, ymax * 0.98),
+                (FONT, 11).into_font().color(&grey),
+            )))
+            .map_err(err)?;
+    }
+    // Each line a pixel thinner than the one drawn before it: lines with equal values
+    // (every target at the same rate) show as nested bands, not the last one alone.
+    let n = series.len();
     for (i, (_, v)) in series.iter().enumerate() {
         let c = color(i);
+        let width = 2 + u32::try_from(n.saturating_sub(i + 1).min(4)).unwrap_or(0);
         chart
-            .draw_series(LineSeries::new(v.clone(), c.stroke_width(2)))
+            .draw_series(LineSeries::new(v.clone(), c.stroke_width(width)))
             .map_err(err)?;
     }
     side_legend(&key, series.iter().map(|(n, _)| n.as_str()), Swatch::Line)?;
@@ -492,7 +534,27 @@ fn side_legend<'a>(
 
 #[cfg(test)]
 mod tests {
-    use super::{latency_caption, legend_width, log_ticks, steps, tick};
+    use super::{ensure_font, latency_caption, legend_width, log_ticks, steps, tick, timeline};
+
+    #[test]
+    fn a_timeline_marks_what_was_done_to_the_backends() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("timeline.svg");
+        let series = [
+            ("a".to_owned(), vec![(0.0, 10.0, 0.0), (1.0, 10.0, 2.0)]),
+            ("b".to_owned(), vec![(0.0, 10.0, 0.0), (1.0, 10.0, 2.0)]),
+        ];
+        let events = [(0.4, "kill b1".to_owned()), (1.2, "restart b1".to_owned())];
+        ensure_font().expect("a font");
+        timeline(&path, "failover", &series, &events).expect("a chart");
+        let svg = std::fs::read_to_string(&path).expect("the chart");
+        // Both charts (ok/s, errors/s) carry each event in range.
+        assert_eq!(svg.matches("kill b1").count(), 2, "{svg}");
+        assert_eq!(svg.matches("restart b1").count(), 2);
+        // Equal lines stay apart: the first drawn is the wider.
+        assert!(svg.contains("stroke-width=\"3\""), "{svg}");
+        assert!(svg.contains("stroke-width=\"2\""));
+    }
 
     #[test]
     fn sub_millisecond_latencies_are_labelled() {

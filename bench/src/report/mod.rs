@@ -75,6 +75,11 @@ pub struct RunResult {
     /// Free-form points for a scenario chart (ws-hold: connections → RSS MiB).
     pub curve: Vec<(f64, f64)>,
     pub details: serde_json::Value,
+    /// What bench did to the backends during the run (failover: `kill b1` at 1.0 s), in the
+    /// timeline's seconds: drawn on it, so that a dip can be read against its cause.
+    /// Absent from reports written before it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<(f64, String)>,
 }
 
 impl RunResult {

@@ -35,6 +35,11 @@ enum Fault {
     Stop,
 }
 
+/// When in a phase b1 is killed (or frozen), as a share of `--duration`.
+const FAULT_AT: f64 = 0.2;
+/// When it is restarted (or thawed).
+const RESTORE_AT: f64 = 0.6;
+
 impl Fault {
     fn name(self) -> &'static str {
         match self {
@@ -161,6 +166,18 @@ pub async fn measure(
     let mut offset = 0.0;
     let mut lat = histogram();
     for (k, fault) in [Fault::Kill, Fault::Stop].into_iter().enumerate() {
+        let d = common.duration;
+        let (what, undo) = match fault {
+            Fault::Kill => ("kill b1", "restart b1"),
+            Fault::Stop => ("SIGSTOP b1", "SIGCONT b1"),
+        };
+        r.events.extend([
+            (offset + d.mul_f64(FAULT_AT).as_secs_f64(), what.to_owned()),
+            (
+                offset + d.mul_f64(RESTORE_AT).as_secs_f64(),
+                undo.to_owned(),
+            ),
+        ]);
         let (timeline, h) = phase(
             fault, k, common, rate, websockets, running, backends, &mut r,
         )
@@ -192,7 +209,7 @@ async fn phase(
     let first = 5000 + k * websockets;
     let (held, _) = hold_many(first, websockets, running.addr, ids.clone(), 8).await;
     let d = common.duration;
-    let (fault_at, restore_at) = (d.mul_f64(0.2), d.mul_f64(0.6));
+    let (fault_at, restore_at) = (d.mul_f64(FAULT_AT), d.mul_f64(RESTORE_AT));
     let load = HttpLoad {
         addr: running.addr,
         connections: common.connections.max(1),
