@@ -304,6 +304,8 @@ fn ws_hold() {
     );
     assert!(has_chart(&v, "curve.svg"));
     assert_eq!(v["targets"][0]["metrics"]["open"], 50.0);
+    // A slope over 50 connections is the allocator's noise, and marked so.
+    assert_eq!(v["targets"][0]["metrics"]["few_connections"], 1.0);
 }
 
 #[test]
