@@ -28,6 +28,11 @@ pub struct Entry<'a> {
     pub duration_ms: f64,
     pub upstream: Option<&'a str>,
     pub backend: Option<String>,
+    /// The backends tried before `backend`, in order, when the request was retried (its
+    /// connection failed, or a kept-alive one had just been closed): nginx's
+    /// `$upstream_addr` lists them all. JSON only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tried: Option<String>,
     pub tunnel: bool,
     pub referer: Option<&'a str>,
     pub user_agent: Option<&'a str>,
@@ -195,6 +200,7 @@ mod tests {
             user_agent: None,
             request_id,
             client_cert: None,
+            tried: None,
         }
     }
 

@@ -1163,3 +1163,50 @@ async fn a_reload_reports_the_new_configs_warnings() {
     proxy.wait_log(&warning, tests::STEP_TIMEOUT);
     assert_eq!(get(&proxy.url("/x/id")).await.status, 200);
 }
+
+/// A request retried on another backend (its connection to the first was refused) names
+/// every backend it tried, as nginx's `$upstream_addr` does: `backend` the one that
+/// answered, `tried` the ones before it. On both HTTP/1 paths.
+#[tokio::test]
+async fn a_retried_request_logs_every_backend_it_tried() {
+    for path in ["native", "pingora"] {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("access.log");
+        let mut a = Backend::start("a");
+        let b = Backend::start("b");
+        let proxy = Proxy::start_config(&format!(
+            "[server]\nhttp1 = \"{path}\"\n\n[access_log]\nenabled = true\nformat = \"json\"\n\
+             path = \"{log}\"\n\n{listener}\n{upstream}\n",
+            log = log.display(),
+            listener = listener(free_port()),
+            upstream = upstream("app", Some("round_robin"), &entries(&[&a, &b])),
+        ));
+        let (dead, alive) = (a.addr().to_string(), b.addr().to_string());
+        a.kill();
+        // Round robin sends one of any two requests to `a` first.
+        for i in 0..2 {
+            let r = get(&proxy.url(&format!("/id?n={i}"))).await;
+            assert_eq!(r.backend(), Some("b"), "{path}: {r:?}");
+        }
+        let line = wait_log_line(&log, "a retried request's line", |l| {
+            l.contains("\"tried\"")
+        })
+        .await;
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(
+            (
+                v["tried"].as_str(),
+                v["backend"].as_str(),
+                v["status"].as_u64()
+            ),
+            (Some(dead.as_str()), Some(alive.as_str()), Some(200)),
+            "{path}: {v}"
+        );
+        // Every retried line says the same; none names a backend twice.
+        let text = std::fs::read_to_string(&log).unwrap();
+        for l in text.lines().filter(|l| l.contains("\"tried\"")) {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            assert_eq!(v["tried"].as_str(), Some(dead.as_str()), "{path}: {v}");
+        }
+    }
+}

@@ -411,6 +411,7 @@ impl H1 {
             bytes_received: body.len() as u64,
             upstream: None,
             backend: None,
+            tried: Vec::new(),
         };
         let fields = request_id::answer_fields(rt.response_headers(conn.local), id.as_ref());
         let added: &[(String, String)] = &fields;
@@ -484,7 +485,9 @@ impl H1 {
                     return false;
                 }
             };
-            log.backend = Some(choice.backend.addr);
+            if let Some(before) = log.backend.replace(choice.backend.addr) {
+                log.tried.push(before);
+            }
             match self
                 .attempt(
                     choice.backend.addr,
@@ -1152,6 +1155,7 @@ pub(crate) fn log_refusal(
         user_agent: None,
         request_id: request_id.map(RequestId::as_str),
         client_cert: None,
+        tried: None,
     });
 }
 
@@ -1292,6 +1296,8 @@ struct Log<'a> {
     bytes_received: u64,
     upstream: Option<Arc<Upstream>>,
     backend: Option<SocketAddr>,
+    /// The backends tried before `backend` (empty, with no allocation, unless retried).
+    tried: Vec<SocketAddr>,
 }
 
 impl Drop for Log<'_> {
@@ -1319,6 +1325,7 @@ impl Drop for Log<'_> {
                 .map_or(0.0, |t| t.elapsed().as_secs_f64() * 1e3),
             upstream: self.upstream.as_ref().map(|u| u.name.as_str()),
             backend: self.backend.map(|b| b.to_string()),
+            tried: crate::upstream::addr_list(&self.tried),
             tunnel: false,
             referer: referer.as_deref(),
             user_agent: user_agent.as_deref(),

@@ -983,6 +983,10 @@ impl ProxyHttp for EdgeProxy {
             duration_ms: ctx.started.map_or(0.0, |t| t.elapsed().as_secs_f64() * 1e3),
             upstream: ctx.upstream.as_ref().map(|u| u.name.as_str()),
             backend: ctx.backend.as_ref().map(|b| b.addr.to_string()),
+            tried: ctx
+                .upstream
+                .as_ref()
+                .and_then(|u| u.tried_before_last(&ctx.tried)),
             tunnel: false,
             referer: referer.as_deref(),
             user_agent: user_agent.as_deref(),

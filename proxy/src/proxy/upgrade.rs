@@ -523,6 +523,7 @@ impl Tunnel {
                 duration_ms: self.started.elapsed().as_secs_f64() * 1e3,
                 upstream: Some(&req.upstream),
                 backend: req.backend.clone(),
+                tried: req.tried.clone(),
                 tunnel: true,
                 referer: req.referer.as_deref(),
                 user_agent: req.user_agent.as_deref(),
@@ -542,6 +543,7 @@ struct TunnelSummary {
     host: Option<String>,
     upstream: String,
     backend: Option<String>,
+    tried: Option<String>,
     referer: Option<String>,
     user_agent: Option<String>,
     /// What went each way before the relay started: the backend's bytes read with its
@@ -564,6 +566,10 @@ fn tunnel_summary(session: &Session, ctx: &Ctx, upstream: &str) -> Box<TunnelSum
         host: host_of(req).map(str::to_string),
         upstream: upstream.to_string(),
         backend: ctx.backend.as_ref().map(|b| b.addr.to_string()),
+        tried: ctx
+            .upstream
+            .as_ref()
+            .and_then(|u| u.tried_before_last(&ctx.tried)),
         referer: header_text(req, http::header::REFERER),
         user_agent: header_text(req, http::header::USER_AGENT),
         sent_before: 0,

@@ -7,6 +7,7 @@ pub mod registry;
 pub mod stream;
 pub mod tls;
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -554,11 +555,37 @@ impl Upstream {
         }
     }
 
+    /// The addresses of the backends `tried` (indices, in order) before the last one, for
+    /// the access log; None unless the request was retried.
+    #[cold]
+    pub fn tried_before_last(&self, tried: &[usize]) -> Option<String> {
+        let (_, before) = tried.split_last()?;
+        let addrs: Vec<SocketAddr> = before
+            .iter()
+            .filter_map(|&i| self.backends.get(i).map(|b| b.addr))
+            .collect();
+        addr_list(&addrs)
+    }
+
     pub fn find_backend(&self, key: &str) -> Option<&Arc<Backend>> {
         self.backends
             .iter()
             .find(|b| b.id == key || b.addr.to_string() == key)
     }
+}
+
+/// `a, b` (nginx's `$upstream_addr`), None for none.
+pub fn addr_list(addrs: &[SocketAddr]) -> Option<String> {
+    if addrs.is_empty() {
+        return None;
+    }
+    Some(
+        addrs
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+    )
 }
 
 /// Whether `next` picks among the same backends, in the same order, the same way as
