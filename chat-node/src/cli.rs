@@ -9,7 +9,9 @@ use clap::Parser;
 
 use crate::chat::{ChatConfig, ChatConfigError, RateLimit};
 use crate::client_addr::{TrustedProxies, DEFAULT_TRUSTED_PROXIES};
-use crate::conn::{auto_max_connections, ConnLimits, ConnLimitsError};
+use crate::conn::{
+    auto_max_connections, ConnLimits, ConnLimitsError, DEFAULT_MAX_PENDING_PER_ADDRESS,
+};
 use crate::engineio::{ConfigError, Cors};
 use crate::node::{NodeConfig, SessionMode, DEFAULT_MAX_SESSIONS_PER_CLIENT};
 
@@ -72,6 +74,12 @@ pub struct Args {
     /// 64 kept for everything else).
     #[arg(long, env = "CHAT_MAX_TCP_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_tcp_connections: Option<u32>,
+    /// The most connections from one address that have not sent their first request yet
+    /// (a trusted proxy's are not counted); one beyond it gets 503 and is closed at once.
+    /// Without it, one address opening connections that send nothing holds the whole
+    /// `--max-tcp-connections` for `--header-timeout` at a time.
+    #[arg(long, env = "CHAT_MAX_PENDING_PER_ADDRESS", default_value_t = DEFAULT_MAX_PENDING_PER_ADDRESS as u32, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_pending_per_address: u32,
     /// How long a client may take to send a connection's first request head, from its
     /// opening (slowloris, and connections that send nothing).
     #[arg(long, env = "CHAT_HEADER_TIMEOUT", default_value = "10s", value_parser = shared::duration::parse_duration)]
@@ -226,6 +234,9 @@ impl Args {
                     ("header-timeout", "CHAT_HEADER_TIMEOUT")
                 }
                 ConnLimitsError::Zero("idle_timeout") => ("idle-timeout", "CHAT_IDLE_TIMEOUT"),
+                ConnLimitsError::Zero("max_pending_per_address") => {
+                    ("max-pending-per-address", "CHAT_MAX_PENDING_PER_ADDRESS")
+                }
                 ConnLimitsError::Zero(_) => ("max-tcp-connections", "CHAT_MAX_TCP_CONNECTIONS"),
             };
             return Err(named(which, error.to_string()));
@@ -297,6 +308,7 @@ impl Args {
                 max_connections: self
                     .max_tcp_connections
                     .map_or_else(auto_max_connections, |max| max as usize),
+                max_pending_per_address: self.max_pending_per_address as usize,
                 header_timeout: self.header_timeout,
                 idle_timeout: self.idle_timeout,
             },
@@ -479,6 +491,8 @@ mod tests {
             "10.0.0.0/8,::1",
             "--max-tcp-connections",
             "50",
+            "--max-pending-per-address",
+            "9",
             "--header-timeout",
             "4s",
             "--idle-timeout",
@@ -494,6 +508,7 @@ mod tests {
         assert_eq!(config.first_poll_timeout, Duration::from_secs(3));
         assert_eq!(config.trusted_proxies.to_string(), "10.0.0.0/8,::1/128");
         assert_eq!(config.conn.max_connections, 50);
+        assert_eq!(config.conn.max_pending_per_address, 9);
         assert_eq!(config.conn.header_timeout, Duration::from_secs(4));
         assert_eq!(config.conn.idle_timeout, Duration::from_secs(5));
         assert_eq!(config.chat.new_user_rate_limit.to_string(), "2/1m");
@@ -502,6 +517,11 @@ mod tests {
         let defaults = Args::try_parse_from(["chat-node"]).unwrap().node_config();
         assert_eq!(defaults.trusted_proxies, TrustedProxies::loopback());
         assert_eq!(defaults.conn.max_connections, auto_max_connections());
+        assert_eq!(
+            defaults.conn.max_pending_per_address,
+            DEFAULT_MAX_PENDING_PER_ADDRESS
+        );
+        assert!(Args::try_parse_from(["chat-node", "--max-pending-per-address", "0"]).is_err());
         assert_eq!(
             defaults.max_sessions_per_client,
             DEFAULT_MAX_SESSIONS_PER_CLIENT

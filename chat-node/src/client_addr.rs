@@ -72,7 +72,7 @@ impl TrustedProxies {
 
     /// Whether `ip` is one of them (an IPv4 client of a `[::]` listener, `::ffff:a.b.c.d`,
     /// as `a.b.c.d`).
-    fn contains(&self, ip: IpAddr) -> bool {
+    pub(crate) fn contains(&self, ip: IpAddr) -> bool {
         let canonical = ip.to_canonical();
         self.0
             .iter()

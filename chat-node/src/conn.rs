@@ -24,10 +24,11 @@
 //! gracefully (requests in flight are answered; idle ones close), and [`serve`] returns
 //! when all have.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -48,6 +49,9 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use crate::client_addr::TrustedProxies;
+use parking_lot::Mutex;
 
 /// The default [`ConnLimits::header_timeout`]: a client on a slow link sends a request's
 /// head (a few hundred bytes) in well under a second.
@@ -82,11 +86,29 @@ connection: close\r\n\
 \r\n\
 too many connections\n";
 
+/// The default [`ConnLimits::max_pending_per_address`]: far above what one household or a
+/// large NAT has waiting at once (each of its connections sends its request within a
+/// round trip of opening), far below the node's cap.
+pub const DEFAULT_MAX_PENDING_PER_ADDRESS: usize = 256;
+
+/// The answer to a connection beyond [`ConnLimits::max_pending_per_address`].
+const TOO_MANY_PENDING: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+content-type: text/plain\r\n\
+content-length: 43\r\n\
+retry-after: 1\r\n\
+connection: close\r\n\
+\r\n\
+too many new connections from this address\n";
+
 /// Limits on the node's TCP connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnLimits {
     /// The most connections open at once, WebSockets included.
     pub max_connections: usize,
+    /// The most connections from one address (not a trusted proxy's) that have not sent
+    /// their first request yet: without it, one address opening connections and sending
+    /// nothing held the whole cap for `header_timeout` at a time.
+    pub max_pending_per_address: usize,
     /// How long a client may take to send a connection's first request head.
     pub header_timeout: Duration,
     /// How long a connection may stay without a request in progress, and, on HTTP/1, how
@@ -98,6 +120,7 @@ impl Default for ConnLimits {
     fn default() -> Self {
         Self {
             max_connections: auto_max_connections(),
+            max_pending_per_address: DEFAULT_MAX_PENDING_PER_ADDRESS,
             header_timeout: DEFAULT_HEADER_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
         }
@@ -117,6 +140,9 @@ impl ConnLimits {
     pub fn validate(self) -> Result<Self, ConnLimitsError> {
         if self.max_connections == 0 {
             return Err(ConnLimitsError::Zero("max_connections"));
+        }
+        if self.max_pending_per_address == 0 {
+            return Err(ConnLimitsError::Zero("max_pending_per_address"));
         }
         if self.header_timeout.is_zero() {
             return Err(ConnLimitsError::Zero("header_timeout"));
@@ -142,10 +168,13 @@ pub fn auto_max_connections() -> usize {
 
 /// Serves `router` on `listener` under `limits` until `signal` completes, then shuts down
 /// gracefully (see the module's documentation). `tap` runs on every accepted connection.
+/// Connections from `proxies` are not counted per address: all of a proxy's clients come
+/// from its address.
 pub async fn serve<F>(
     listener: TcpListener,
     router: Router,
     limits: ConnLimits,
+    proxies: TrustedProxies,
     tap: fn(&mut TcpStream),
     signal: F,
 ) -> io::Result<()>
@@ -170,6 +199,7 @@ where
         .header_read_timeout(limits.idle_timeout.max(limits.header_timeout));
     let builder = Arc::new(builder);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let pending = Pending::default();
     let tracker = TaskTracker::new();
     let mut accept_errors = AcceptErrors::default();
     loop {
@@ -182,6 +212,17 @@ where
                 }
             },
             () = stopping.cancelled() => break,
+        };
+        let waiting = if proxies.contains(peer.ip()) {
+            None
+        } else {
+            match pending.enter(peer.ip(), limits.max_pending_per_address) {
+                Some(guard) => Some(guard),
+                None => {
+                    refuse_pending(&stream, peer, limits.max_pending_per_address);
+                    continue;
+                }
+            }
         };
         let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
             refuse(&stream, peer, limits.max_connections);
@@ -198,6 +239,7 @@ where
             builder: Arc::clone(&builder),
             limits,
             stopping: stopping.clone(),
+            waiting,
         };
         tracker.spawn(connection.run());
     }
@@ -213,6 +255,51 @@ fn refuse(stream: &TcpStream, peer: SocketAddr, max: usize) {
     tracing::debug!(%peer, max, "refusing a connection: at the TCP connection limit");
     // Best effort: a full send buffer (never, on a fresh socket) only loses the 503.
     let _ = stream.try_write(AT_CAPACITY);
+}
+
+/// Answers a connection beyond its address's pending limit and closes it.
+fn refuse_pending(stream: &TcpStream, peer: SocketAddr, max: usize) {
+    crate::metrics::metrics().tcp_connections_refused.inc();
+    tracing::debug!(%peer, max, "refusing a connection: its address has too many that sent nothing yet");
+    let _ = stream.try_write(TOO_MANY_PENDING);
+}
+
+/// Per address, the connections that have not sent their first request yet.
+#[derive(Clone, Default)]
+struct Pending(Arc<Mutex<HashMap<IpAddr, usize>>>);
+
+impl Pending {
+    /// Counts a new connection from `ip`; None when `ip` already has `max` waiting.
+    fn enter(&self, ip: IpAddr, max: usize) -> Option<Waiting> {
+        let mut map = self.0.lock();
+        let n = map.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(Waiting {
+            pending: self.clone(),
+            ip,
+        })
+    }
+}
+
+/// One connection counted in [`Pending`] until its first request comes, or it ends.
+struct Waiting {
+    pending: Pending,
+    ip: IpAddr,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        let mut map = self.pending.0.lock();
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// The accept loop's errors other than a client's: logged, at most every
@@ -308,11 +395,12 @@ struct Connection {
     builder: Arc<Builder<TokioExecutor>>,
     limits: ConnLimits,
     stopping: CancellationToken,
+    waiting: Option<Waiting>,
 }
 
 impl Connection {
     async fn run(self) {
-        let activity = Arc::new(Activity::new());
+        let activity = Arc::new(Activity::new(self.waiting));
         let service = Service {
             router: self.router,
             peer: self.peer,
@@ -368,16 +456,20 @@ struct Activity {
     idle_since_ms: AtomicU64,
     /// Woken when a handler finishes.
     finished: Notify,
+    /// Its place among its address's connections that sent nothing yet, given back at the
+    /// first request.
+    waiting: Mutex<Option<Waiting>>,
 }
 
 impl Activity {
-    fn new() -> Self {
+    fn new(waiting: Option<Waiting>) -> Self {
         Self {
             opened: Instant::now(),
             in_flight: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
             idle_since_ms: AtomicU64::new(0),
             finished: Notify::new(),
+            waiting: Mutex::new(waiting),
         }
     }
 
@@ -397,7 +489,9 @@ impl Activity {
 
     fn start(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
-        self.requests.fetch_add(1, Ordering::AcqRel);
+        if self.requests.fetch_add(1, Ordering::AcqRel) == 0 {
+            drop(self.waiting.lock().take());
+        }
         InFlight(Arc::clone(self))
     }
 }
@@ -457,6 +551,14 @@ mod tests {
         assert_eq!(
             zero.validate(),
             Err(ConnLimitsError::Zero("max_connections"))
+        );
+        let zero = ConnLimits {
+            max_pending_per_address: 0,
+            ..ConnLimits::default()
+        };
+        assert_eq!(
+            zero.validate(),
+            Err(ConnLimitsError::Zero("max_pending_per_address"))
         );
         let zero = ConnLimits {
             header_timeout: Duration::ZERO,

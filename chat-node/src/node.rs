@@ -370,6 +370,7 @@ impl Node {
             listener,
             self.router(),
             self.config.conn,
+            self.config.trusted_proxies.clone(),
             crate::engineio::server::no_delay,
             async move {
                 shutdown.await;

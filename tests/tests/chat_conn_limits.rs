@@ -265,6 +265,86 @@ async fn connections_beyond_the_cap_get_503_at_once_and_the_others_are_served() 
     .await;
 }
 
+/// A TCP connection to `node` from the loopback address `from`.
+async fn connect_from(node: &ChatNode, from: &str) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    let from: std::net::IpAddr = from.parse().expect("an address");
+    socket.bind((from, 0).into()).expect("binding");
+    socket.connect(node.addr()).await.expect("connecting")
+}
+
+/// `/healthz` on `stream`, with `Connection: close`: the raw answer.
+async fn healthz_on(mut stream: TcpStream) -> String {
+    let exchange = async {
+        stream.write_all(HEALTHZ.as_bytes()).await.ok()?;
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer).await;
+        Some(String::from_utf8_lossy(&answer).into_owned())
+    };
+    tokio::time::timeout(STEP_TIMEOUT, exchange)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+/// One address may have `--max-pending-per-address` connections that sent nothing yet;
+/// one more gets 503 at once, while other addresses are served, and a connection that
+/// sends its request gives its place back. Without it, one address holding silent
+/// connections took the node's whole cap for `--header-timeout` at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_hold_the_node_with_connections_that_send_nothing() {
+    // Loopback is a trusted proxy by default, whose connections are not counted.
+    let node = ChatNode::start(
+        "n1",
+        None,
+        &[
+            "--trusted-proxies",
+            "none",
+            "--max-pending-per-address",
+            "3",
+            "--header-timeout",
+            "60s",
+        ],
+    );
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        silent.push(connect_from(&node, "127.0.0.1").await);
+    }
+    let answer = healthz_on(connect_from(&node, "127.0.0.1").await).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 503")
+            && answer.ends_with("too many new connections from this address\n"),
+        "a fourth connection from the same address: {answer:?}"
+    );
+    let answer = healthz_on(connect_from(&node, "127.0.0.2").await).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "another address: {answer:?}"
+    );
+    // One of the silent ones sends its request, and stays open (kept alive): its place
+    // was given back when the request came.
+    let kept = &mut silent[0];
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: node\r\n\r\n")
+        .await
+        .expect("a request");
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !answer.ends_with(b"\r\n\r\nok") {
+        let n = tokio::time::timeout(STEP_TIMEOUT, kept.read(&mut buf))
+            .await
+            .expect("an answer in time")
+            .expect("reading");
+        assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let answer = healthz_on(connect_from(&node, "127.0.0.1").await).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "after one sent its request: {answer:?}"
+    );
+}
+
 /// A polling handshake on `node` from the client `xff` names (the test's peer, loopback, is
 /// a trusted proxy by default): the status and body.
 async fn handshake_as(node: &ChatNode, xff: Option<&str>) -> (u16, String) {

@@ -246,6 +246,7 @@ impl EngineIo {
             listener,
             router,
             ConnLimits::default(),
+            crate::client_addr::TrustedProxies::loopback(),
             no_delay,
             async move {
                 shutdown.await;
