@@ -54,8 +54,16 @@ async fn closed_by_node(stream: &mut TcpStream) -> bool {
 /// One HTTP/1.1 request on a fresh connection, answered with `Connection: close`: the
 /// raw answer (status line, headers, body).
 async fn raw_request(node: &ChatNode, head: &str) -> String {
+    match tokio::time::timeout(STEP_TIMEOUT, TcpStream::connect(node.addr())).await {
+        Ok(Ok(stream)) => request_on(stream, head).await,
+        _ => String::new(),
+    }
+}
+
+/// One HTTP/1.1 request on `stream`, answered with `Connection: close`: the raw answer,
+/// empty when none came within [`STEP_TIMEOUT`].
+async fn request_on(mut stream: TcpStream, head: &str) -> String {
     let exchange = async {
-        let mut stream = TcpStream::connect(node.addr()).await.ok()?;
         stream.write_all(head.as_bytes()).await.ok()?;
         let mut answer = Vec::new();
         // A reset after the answer (the node closed with our request unread) still leaves
@@ -274,18 +282,8 @@ async fn connect_from(node: &ChatNode, from: &str) -> TcpStream {
 }
 
 /// `/healthz` on `stream`, with `Connection: close`: the raw answer.
-async fn healthz_on(mut stream: TcpStream) -> String {
-    let exchange = async {
-        stream.write_all(HEALTHZ.as_bytes()).await.ok()?;
-        let mut answer = Vec::new();
-        let _ = stream.read_to_end(&mut answer).await;
-        Some(String::from_utf8_lossy(&answer).into_owned())
-    };
-    tokio::time::timeout(STEP_TIMEOUT, exchange)
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or_default()
+async fn healthz_on(stream: TcpStream) -> String {
+    request_on(stream, HEALTHZ).await
 }
 
 /// One address may have `--max-pending-per-address` connections that sent nothing yet;
