@@ -107,6 +107,7 @@ fn run(scenario: &str, targets: &str, extra: &[&str]) -> serde_json::Value {
     assert!(v.get("partial").is_none(), "complete run marked partial");
     for key in [
         "git_commit",
+        "git_commit_date",
         "versions",
         "cores",
         "memory_mib",
@@ -115,6 +116,12 @@ fn run(scenario: &str, targets: &str, extra: &[&str]) -> serde_json::Value {
     ] {
         assert!(v["meta"].get(key).is_some(), "meta.{key} missing");
     }
+    // When the binary measured was built, to tell it from the tree's commit.
+    assert!(
+        v["meta"]["proxy_bin"]["built"].is_string(),
+        "{}",
+        v["meta"]["proxy_bin"]
+    );
     let columns = v["columns"].as_array().expect("columns");
     assert!(!columns.is_empty());
     let reports = v["targets"].as_array().expect("targets");

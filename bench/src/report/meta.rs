@@ -4,6 +4,12 @@ use std::process::Command;
 
 use crate::targets::{tool_versions, Tools};
 
+/// When `path` was last written, RFC 3339; None when it cannot be read.
+fn modified(path: &std::path::Path) -> Option<String> {
+    let at = std::fs::metadata(path).ok()?.modified().ok()?;
+    Some(chrono::DateTime::<chrono::Local>::from(at).to_rfc3339())
+}
+
 pub fn collect(tools: &Tools, pin: &[usize], workers: usize) -> serde_json::Value {
     let git = |args: &[&str]| {
         Command::new("git")
@@ -36,7 +42,15 @@ pub fn collect(tools: &Tools, pin: &[usize], workers: usize) -> serde_json::Valu
         "date": chrono::Local::now().to_rfc3339(),
         "command": command,
         "git_commit": git(&["rev-parse", "HEAD"]),
+        "git_commit_date": git(&["log", "-1", "--format=%cI"]),
         "git_dirty": dirty,
+        // The commit is the tree's when the report is written: a proxy binary built before
+        // it (or given with --proxy-bin) may not be that commit's, which its build time
+        // next to the commit's date tells.
+        "proxy_bin": tools.proxy.as_ref().map(|p| serde_json::json!({
+            "path": p.display().to_string(),
+            "built": modified(p),
+        })),
         "versions": tool_versions(tools),
         "bench": env!("CARGO_PKG_VERSION"),
         "cores": crate::affinity::online(),
