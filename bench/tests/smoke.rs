@@ -881,3 +881,38 @@ fn a_wrong_explicit_binary_is_an_error_and_leaves_no_report_folder() {
         "{stderr}"
     );
 }
+
+/// A run stopped before its first measurement leaves its `--out` as it found it: its
+/// generated configs made the same command refused when run again.
+#[test]
+fn a_run_interrupted_before_any_measurement_leaves_its_folder_empty() {
+    let out = tempfile::tempdir().expect("temp dir");
+    let child = small_http_run("1", "30s", "switchyard:round_robin", out.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running bench");
+    let config = out.path().join("configs/switchyard-round_robin.toml");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !config.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(config.exists(), "switchyard was never started");
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let output = child.wait_with_output().expect("waiting for bench");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("before any measurement finished"),
+        "{stderr}"
+    );
+    let left: Vec<_> = std::fs::read_dir(out.path())
+        .expect("the folder")
+        .filter_map(|e| e.ok().map(|e| e.file_name()))
+        .collect();
+    assert!(left.is_empty(), "left in --out: {left:?}");
+}

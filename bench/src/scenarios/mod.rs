@@ -337,6 +337,10 @@ pub async fn run(cmd: Command) -> anyhow::Result<()> {
     pb.finish_and_clear();
     if let Some(sig) = stopped {
         if done == 0 {
+            // Nothing measured: the generated configs alone would make the folder refused
+            // by the same command run again (the folder must be empty). They are this
+            // run's: a folder with anything in it was refused before it began.
+            let _ = std::fs::remove_dir_all(out.join("configs"));
             anyhow::bail!(
                 "interrupted by {sig} before any measurement finished; no report written"
             );
