@@ -542,7 +542,8 @@ fn prepare_out(out: &std::path::Path) -> anyhow::Result<OutFolder> {
             out.display()
         );
     }
-    // A bench killed before its first measurement leaves `configs/` and no report; what
+    // A bench killed (SIGKILL) before its first measurement leaves `configs/` and no
+    // report; what
     // else is in a folder is not ours to mix into a report either. The probe of a bench
     // killed while writing it is ours, and is replaced below.
     let held: Vec<String> = std::fs::read_dir(out)
@@ -556,7 +557,7 @@ fn prepare_out(out: &std::path::Path) -> anyhow::Result<OutFolder> {
         shown.sort();
         shown.truncate(3);
         anyhow::bail!(
-            "{} is not empty (it holds {}; a bench stopped before its first measurement \
+            "{} is not empty (it holds {}; a bench killed before its first measurement \
              leaves configs/): choose another --out, or remove it first",
             out.display(),
             shown.join(", ")
