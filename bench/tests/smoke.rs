@@ -572,6 +572,32 @@ fn small_http_run(runs: &str, duration: &str, targets: &str, out: &Path) -> Comm
     cmd
 }
 
+/// Starts `cmd` (its output piped) and returns once it has written the config of the
+/// `switchyard:round_robin` target into `out`, that is once that proxy is starting.
+fn spawn_until_switchyard_starts(mut cmd: Command, out: &Path) -> std::process::Child {
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running bench");
+    let config = out.join("configs/switchyard-round_robin.toml");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !config.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(config.exists(), "switchyard was never started");
+    child
+}
+
+/// Ctrl-C to `child`.
+fn sigint(child: &std::process::Child) {
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
 #[test]
 fn interrupted_run_writes_a_partial_report_and_stops_everything() {
     // A space in the path: the report's command line must still read back as bench's words.
@@ -579,26 +605,15 @@ fn interrupted_run_writes_a_partial_report_and_stops_everything() {
         .prefix("bench out ")
         .tempdir()
         .expect("temp dir");
-    let child = small_http_run("2", "1s", "direct,switchyard:round_robin", out.path())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("running bench");
     // The proxy's config is written when direct's first measurement is done.
-    let config = out.path().join("configs/switchyard-round_robin.toml");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !config.exists() && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    assert!(config.exists(), "switchyard was never started");
+    let child = spawn_until_switchyard_starts(
+        small_http_run("2", "1s", "direct,switchyard:round_robin", out.path()),
+        out.path(),
+    );
     std::thread::sleep(std::time::Duration::from_millis(500));
     let started = children(child.id());
     assert!(started.len() >= 4, "backends and proxy: {started:?}");
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
+    sigint(&child);
     let output = child.wait_with_output().expect("waiting for bench");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -887,22 +902,11 @@ fn a_wrong_explicit_binary_is_an_error_and_leaves_no_report_folder() {
 #[test]
 fn a_run_interrupted_before_any_measurement_leaves_its_folder_empty() {
     let out = tempfile::tempdir().expect("temp dir");
-    let child = small_http_run("1", "30s", "switchyard:round_robin", out.path())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("running bench");
-    let config = out.path().join("configs/switchyard-round_robin.toml");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !config.exists() && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    assert!(config.exists(), "switchyard was never started");
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
+    let child = spawn_until_switchyard_starts(
+        small_http_run("1", "30s", "switchyard:round_robin", out.path()),
+        out.path(),
+    );
+    sigint(&child);
     let output = child.wait_with_output().expect("waiting for bench");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
